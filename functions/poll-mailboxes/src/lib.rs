@@ -1,0 +1,1 @@
+//! poll-mailboxes: the logic, in plain async code behind the shared library's ports. `main.rs` is only Lambda glue.

@@ -1,0 +1,1 @@
+//! send-notifications: the logic, in plain async code behind the shared library's ports. `main.rs` is only Lambda glue.

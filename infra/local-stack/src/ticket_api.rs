@@ -1,0 +1,1 @@
+//! Helpdesk ticket API stand-in: records tickets, honours `Idempotency-Key`, test controls.

@@ -1,0 +1,2 @@
+//! `mailbridge`: the operator CLI.
+fn main() {}

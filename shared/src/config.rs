@@ -1,0 +1,1 @@
+//! Configuration helpers: typed settings from the environment, URL validation.

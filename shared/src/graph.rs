@@ -1,0 +1,1 @@
+//! Microsoft Graph `sendMail` client (the mail sender adapter).

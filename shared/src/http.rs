@@ -1,0 +1,1 @@
+//! The HTTP client used for the identity platform, Graph and the ticket API.

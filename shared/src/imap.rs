@@ -1,0 +1,1 @@
+//! IMAP over implicit TLS with SASL XOAUTH2 (the mailbox adapter).

@@ -1,0 +1,1 @@
+//! The DynamoDB state table: idempotency records for notifications, dedupe records for mail.

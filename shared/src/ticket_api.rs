@@ -1,0 +1,1 @@
+//! The helpdesk ticket API client (the ticket sink adapter).

@@ -1,0 +1,94 @@
+//! OAuth2 token layer: account secrets in Secrets Manager, the Microsoft identity platform
+//! client (refresh, ROPC bootstrap, device code), a per-(account, audience) access-token cache
+//! with single-flight refresh, and rate-limited write-back of rotated refresh tokens.
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+/// The resource an access token is minted for. One refresh token mints both; an access token
+/// is only ever valid for one audience.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Audience {
+    /// Microsoft Graph (`https://graph.microsoft.com/Mail.Send`).
+    Graph,
+    /// Exchange Online IMAP (`https://outlook.office.com/IMAP.AccessAsUser.All`).
+    Imap,
+}
+
+/// A bearer token for one audience. `Debug` never shows the token.
+#[derive(Clone)]
+pub struct AccessToken {
+    /// The bearer token itself.
+    pub secret: SecretString,
+    /// When the identity platform says it expires.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// What it is for.
+    pub audience: Audience,
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("secret", &"[redacted]")
+            .field("expires_at", &self.expires_at)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
+/// Port: where the functions get access tokens from. The real adapter caches per
+/// (account, audience) and refreshes through the identity platform; tests may use a fake.
+#[async_trait]
+pub trait AccessTokenSource: Send + Sync {
+    /// A live access token for `account` (the account secret's name) and `audience`.
+    async fn access_token(
+        &self,
+        account: &str,
+        audience: Audience,
+    ) -> Result<AccessToken, TokenError>;
+
+    /// Forget the cached token (after a 401), so the next call refreshes.
+    fn invalidate(&self, account: &str, audience: Audience);
+}
+
+/// Why no access token could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// A person must act (re-consent, MFA, new password...). The account status says why.
+    #[error("account {account} needs re-authentication: {reason}")]
+    NeedsReauth {
+        /// Account secret name.
+        account: String,
+        /// Human-readable reason with the AADSTS code when there is one.
+        reason: String,
+    },
+    /// Identity platform or Secrets Manager unavailable; retry later.
+    #[error("token for account {account} temporarily unavailable: {detail}")]
+    Transient {
+        /// Account secret name.
+        account: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The account secret is missing or malformed.
+    #[error("account secret {secret}: {problem}")]
+    BadSecret {
+        /// Secret name.
+        secret: String,
+        /// Which field and what is wrong with it.
+        problem: String,
+    },
+}
+
+impl crate::error::Classify for TokenError {
+    fn class(&self) -> crate::error::ErrorClass {
+        use crate::error::ErrorClass;
+        match self {
+            TokenError::NeedsReauth { .. } => ErrorClass::NeedsReauth,
+            TokenError::Transient { .. } => ErrorClass::Transient,
+            TokenError::BadSecret { .. } => ErrorClass::Permanent,
+        }
+    }
+}
