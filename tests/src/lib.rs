@@ -163,3 +163,80 @@ pub async fn create_state_table(prefix: &str) -> anyhow::Result<String> {
     local_stack::moto::ensure_state_table(&dynamodb(), &name).await?;
     Ok(name)
 }
+
+/// An IMAP session over TLS to a local Dovecot.
+pub type ImapSession = async_imap::Session<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// SASL XOAUTH2 (`user=<user>^Aauth=Bearer <token>^A^A`; answers the error challenge with an
+/// empty response so the server's final NO arrives).
+pub struct XOAuth2 {
+    /// Login user (the mailbox).
+    pub user: String,
+    /// Bearer access token.
+    pub token: String,
+    sent: bool,
+}
+
+impl XOAuth2 {
+    /// Authenticator for `user` with `token`.
+    pub fn new(user: &str, token: &str) -> Self {
+        XOAuth2 {
+            user: user.to_string(),
+            token: token.to_string(),
+            sent: false,
+        }
+    }
+}
+
+impl async_imap::Authenticator for XOAuth2 {
+    type Response = String;
+    fn process(&mut self, _challenge: &[u8]) -> String {
+        if self.sent {
+            String::new()
+        } else {
+            self.sent = true;
+            format!("user={}\x01auth=Bearer {}\x01\x01", self.user, self.token)
+        }
+    }
+}
+
+/// Connect to `dovecot`'s IMAPS port (server name `localhost`, only its CA trusted) and read
+/// the greeting.
+pub async fn imaps_connect(
+    dovecot: &local_stack::dovecot::Dovecot,
+) -> anyhow::Result<async_imap::Client<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>> {
+    let tls = tokio_rustls::TlsConnector::from(dovecot.rustls_client_config()?);
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", dovecot.imaps_port)).await?;
+    let server_name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let stream = tls.connect(server_name, tcp).await?;
+    let mut client = async_imap::Client::new(stream);
+    let greeting = client
+        .read_response()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("dovecot closed the connection before the greeting"))?;
+    tracing::debug!(greeting = ?greeting.parsed(), "imap greeting");
+    Ok(client)
+}
+
+/// Log in to `dovecot` over IMAPS with XOAUTH2.
+pub async fn imap_login_xoauth2(
+    dovecot: &local_stack::dovecot::Dovecot,
+    user: &str,
+    token: &str,
+) -> anyhow::Result<ImapSession> {
+    let client = imaps_connect(dovecot).await?;
+    client
+        .authenticate("XOAUTH2", XOAuth2::new(user, token))
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("XOAUTH2 login as {user} failed: {e}"))
+}
+
+/// Start a private Dovecot instance (for tests that stop/restart it or need their own
+/// introspection endpoint) in a fresh run folder.
+pub async fn start_private_dovecot(
+    label: &str,
+    introspection_url: &str,
+) -> anyhow::Result<local_stack::dovecot::Dovecot> {
+    let dir = local_stack::default_run_dir(label)?;
+    local_stack::dovecot::Dovecot::start(&dir, introspection_url).await
+}

@@ -233,21 +233,57 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target"))
 }
 
-/// A fresh run folder `<target>/local-stack-runs/<label>-<pid>-<n>` (falls back to the system
-/// temp dir when the target dir is not writable). Kept after the run so logs can be read.
+/// Parent of all run folders: `$MAILBRIDGE_RUN_DIR`, default `<tmp>/mailbridge-local-stack`.
+/// (Not under the cargo target dir: that may sit in a private home folder, and Dovecot's
+/// unprivileged processes must be able to reach the maildirs.)
+pub fn runs_parent() -> PathBuf {
+    std::env::var_os("MAILBRIDGE_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("mailbridge-local-stack"))
+}
+
+/// A fresh run folder `<runs_parent>/<label>-<pid>-<random>` (mode 755), kept after the run so
+/// logs can be read. Folders of earlier runs whose process is gone are removed.
 pub fn default_run_dir(label: &str) -> anyhow::Result<PathBuf> {
-    let parent = target_dir().join("local-stack-runs");
-    let parent = if std::fs::create_dir_all(&parent).is_ok() {
-        parent
-    } else {
-        std::env::temp_dir().join("mailbridge-local-stack")
-    };
+    use std::os::unix::fs::PermissionsExt;
+    let parent = runs_parent();
     std::fs::create_dir_all(&parent)?;
+    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o755))?;
+    remove_stale_runs(&parent);
     let dir = tempfile::Builder::new()
         .prefix(&format!("{label}-{}-", std::process::id()))
         .tempdir_in(&parent)?
         .keep();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
     Ok(dir)
+}
+
+/// Remove run folders (`<label>-<pid>-<random>`) whose process no longer exists and that are
+/// older than ten minutes.
+fn remove_stale_runs(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .split('-')
+            .rev()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(600));
+        if old && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
