@@ -173,7 +173,9 @@ pub async fn process_batch(event: SqsEvent, deadline: Instant, deps: &Deps) -> B
                 .per_mailbox
                 .entry(n.sending_mailbox())
                 .or_insert_with(|| {
-                    Arc::new(Semaphore::new(deps.settings.max_in_flight_per_mailbox.max(1)))
+                    Arc::new(Semaphore::new(
+                        deps.settings.max_in_flight_per_mailbox.max(1),
+                    ))
                 });
         }
     }
@@ -237,7 +239,15 @@ async fn process_message(
         outcome: Outcome::NotStarted,
         throttled: 0,
     };
-    report.outcome = decide(message, parsed, deadline, deps, limits, &mut report.throttled).await;
+    report.outcome = decide(
+        message,
+        parsed,
+        deadline,
+        deps,
+        limits,
+        &mut report.throttled,
+    )
+    .await;
     log_outcome(&report, parsed.as_ref().ok());
     report
 }
@@ -254,7 +264,8 @@ fn log_outcome(report: &MessageReport, n: Option<&Notification>) {
         Outcome::Duplicate | Outcome::NotStarted => (None, None),
     };
     let mailbox = n.map(|n| n.from.as_deref().unwrap_or("me"));
-    let level_warn = report.outcome.is_failure() || matches!(report.outcome, Outcome::Parked { .. });
+    let level_warn =
+        report.outcome.is_failure() || matches!(report.outcome, Outcome::Parked { .. });
     if level_warn {
         tracing::warn!(
             sqs_message_id = %report.sqs_message_id,
@@ -295,7 +306,12 @@ async fn park(deps: &Deps, message: &SqsMessage, reason: ParkReason) -> Outcome 
     }
 }
 
-fn base_reason(message: &SqsMessage, n: Option<&Notification>, kind: &str, reason: String) -> ParkReason {
+fn base_reason(
+    message: &SqsMessage,
+    n: Option<&Notification>,
+    kind: &str,
+    reason: String,
+) -> ParkReason {
     ParkReason {
         kind: kind.to_owned(),
         reason,
@@ -360,7 +376,15 @@ async fn decide(
                     n.id()
                 ),
             );
-            return park(deps, message, ParkReason { field: Some("id".into()), ..r }).await;
+            return park(
+                deps,
+                message,
+                ParkReason {
+                    field: Some("id".into()),
+                    ..r
+                },
+            )
+            .await;
         }
         Ok(Claim::InProgress { lease_expires_at }) => {
             return Outcome::Retry {
@@ -484,7 +508,11 @@ async fn send_claimed(
     }
 }
 
-async fn token(deps: &Deps, message: &SqsMessage, n: &Notification) -> Result<AccessToken, Outcome> {
+async fn token(
+    deps: &Deps,
+    message: &SqsMessage,
+    n: &Notification,
+) -> Result<AccessToken, Outcome> {
     match deps.tokens.access_token(&n.account, Audience::Graph).await {
         Ok(t) => Ok(t),
         Err(e @ TokenError::NeedsReauth { .. }) => {

@@ -15,17 +15,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
+type TokenFailure = fn(&str) -> TokenError;
+type ScriptedError = fn() -> GraphError;
+
 #[derive(Default)]
 struct FakeTokens {
     calls: AtomicUsize,
     invalidations: AtomicUsize,
     /// account → error to return
-    failing: Mutex<HashMap<String, fn(&str) -> TokenError>>,
+    failing: Mutex<HashMap<String, TokenFailure>>,
 }
 
 #[async_trait]
 impl AccessTokenSource for FakeTokens {
-    async fn access_token(&self, account: &str, audience: Audience) -> Result<AccessToken, TokenError> {
+    async fn access_token(
+        &self,
+        account: &str,
+        audience: Audience,
+    ) -> Result<AccessToken, TokenError> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         if let Some(f) = self.failing.lock().unwrap().get(account) {
             return Err(f(account));
@@ -45,7 +52,7 @@ impl AccessTokenSource for FakeTokens {
 #[derive(Default)]
 struct FakeGraph {
     latency: Duration,
-    script: Mutex<HashMap<String, VecDeque<fn() -> GraphError>>>,
+    script: Mutex<HashMap<String, VecDeque<ScriptedError>>>,
     sent: Mutex<Vec<(SendAs, String, String)>>,
     in_flight: Mutex<HashMap<String, usize>>,
     max_in_flight: Mutex<HashMap<String, usize>>,
@@ -53,7 +60,12 @@ struct FakeGraph {
 
 #[async_trait]
 impl MailSender for FakeGraph {
-    async fn send_mail(&self, token: &AccessToken, mail: &OutgoingMail, _timeout: Duration) -> Result<SendReceipt, GraphError> {
+    async fn send_mail(
+        &self,
+        token: &AccessToken,
+        mail: &OutgoingMail,
+        _timeout: Duration,
+    ) -> Result<SendReceipt, GraphError> {
         use secrecy::ExposeSecret as _;
         let key = format!("{:?}", mail.send_as);
         {
@@ -67,12 +79,24 @@ impl MailSender for FakeGraph {
         tokio::time::sleep(self.latency).await;
         *self.in_flight.lock().unwrap().get_mut(&key).unwrap() -= 1;
         let subject = mail.request.message.subject.clone();
-        let scripted = self.script.lock().unwrap().get_mut(&subject).and_then(|q| q.pop_front());
+        let scripted = self
+            .script
+            .lock()
+            .unwrap()
+            .get_mut(&subject)
+            .and_then(|q| q.pop_front());
         if let Some(make) = scripted {
             return Err(make());
         }
-        self.sent.lock().unwrap().push((mail.send_as.clone(), subject, token.secret.expose_secret().to_owned()));
-        Ok(SendReceipt { request_id: Some("req-1".into()), client_request_id: "c".into() })
+        self.sent.lock().unwrap().push((
+            mail.send_as.clone(),
+            subject,
+            token.secret.expose_secret().to_owned(),
+        ));
+        Ok(SendReceipt {
+            request_id: Some("req-1".into()),
+            client_request_id: "c".into(),
+        })
     }
 }
 
@@ -86,9 +110,15 @@ struct FakeParking {
 impl Parking for FakeParking {
     async fn park(&self, body: &str, reason: &ParkReason) -> Result<(), ParkError> {
         if self.fail {
-            return Err(ParkError { queue: "dlq".into(), detail: "AccessDenied".into() });
+            return Err(ParkError {
+                queue: "dlq".into(),
+                detail: "AccessDenied".into(),
+            });
         }
-        self.parked.lock().unwrap().push((body.to_owned(), reason.clone()));
+        self.parked
+            .lock()
+            .unwrap()
+            .push((body.to_owned(), reason.clone()));
         Ok(())
     }
 }
@@ -101,7 +131,10 @@ struct FakeVisibility {
 #[async_trait]
 impl Visibility for FakeVisibility {
     async fn delay(&self, _arn: &str, handle: &str, seconds: i32) -> Result<(), VisibilityError> {
-        self.delays.lock().unwrap().push((handle.to_owned(), seconds));
+        self.delays
+            .lock()
+            .unwrap()
+            .push((handle.to_owned(), seconds));
         Ok(())
     }
 }
@@ -123,7 +156,10 @@ impl Harness {
             store: Arc::default(),
             parking: Arc::default(),
             visibility: Arc::default(),
-            settings: BatchSettings { safety_margin: Duration::from_secs(1), ..Default::default() },
+            settings: BatchSettings {
+                safety_margin: Duration::from_secs(1),
+                ..Default::default()
+            },
         }
     }
     fn deps(&self) -> Deps {
@@ -137,8 +173,12 @@ impl Harness {
             settings: self.settings.clone(),
         }
     }
-    fn script(&self, subject: &str, errors: Vec<fn() -> GraphError>) {
-        self.graph.script.lock().unwrap().insert(subject.to_owned(), errors.into());
+    fn script(&self, subject: &str, errors: Vec<ScriptedError>) {
+        self.graph
+            .script
+            .lock()
+            .unwrap()
+            .insert(subject.to_owned(), errors.into());
     }
     async fn run(&self, messages: Vec<SqsMessage>, budget: Duration) -> crate::BatchReport {
         let mut event = SqsEvent::default();
@@ -165,22 +205,44 @@ fn notification(subject: &str) -> serde_json::Value {
 }
 
 fn failures(report: &crate::BatchReport) -> Vec<String> {
-    let mut ids: Vec<_> = report.response.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect();
+    let mut ids: Vec<_> = report
+        .response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
     ids.sort();
     ids
 }
 
 fn throttled() -> GraphError {
-    GraphError::Throttled { retry_after: Some(Duration::from_secs(2)), code: "TooManyRequests".into(), request_id: Some("r429".into()) }
+    GraphError::Throttled {
+        retry_after: Some(Duration::from_secs(2)),
+        code: "TooManyRequests".into(),
+        request_id: Some("r429".into()),
+    }
 }
 fn throttled_long() -> GraphError {
-    GraphError::Throttled { retry_after: Some(Duration::from_secs(600)), code: "TooManyRequests".into(), request_id: None }
+    GraphError::Throttled {
+        retry_after: Some(Duration::from_secs(600)),
+        code: "TooManyRequests".into(),
+        request_id: None,
+    }
 }
 fn unauthorized() -> GraphError {
-    GraphError::Unauthorized { code: "InvalidAuthenticationToken".into(), message: "expired".into(), request_id: None }
+    GraphError::Unauthorized {
+        code: "InvalidAuthenticationToken".into(),
+        message: "expired".into(),
+        request_id: None,
+    }
 }
 fn send_as_denied() -> GraphError {
-    GraphError::Rejected { status: 403, code: "ErrorSendAsDenied".into(), message: "no".into(), request_id: Some("r403".into()) }
+    GraphError::Rejected {
+        status: 403,
+        code: "ErrorSendAsDenied".into(),
+        message: "no".into(),
+        request_id: Some("r403".into()),
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -204,10 +266,22 @@ async fn a_mixed_batch_reports_exactly_the_transient_failures_and_parks_the_inva
         .await;
     assert_eq!(failures(&report), vec!["slow"]);
     let parked = h.parking.parked.lock().unwrap();
-    let kinds: Vec<_> = parked.iter().map(|(_, r)| (r.sqs_message_id.as_str(), r.kind.as_str(), r.field.clone())).collect();
-    assert!(kinds.contains(&("bad", "invalid-message", Some("subject".into()))), "{kinds:?}");
-    assert!(kinds.contains(&("junk", "invalid-message", None)), "{kinds:?}");
-    let denied = parked.iter().find(|(_, r)| r.sqs_message_id == "denied").unwrap();
+    let kinds: Vec<_> = parked
+        .iter()
+        .map(|(_, r)| (r.sqs_message_id.as_str(), r.kind.as_str(), r.field.clone()))
+        .collect();
+    assert!(
+        kinds.contains(&("bad", "invalid-message", Some("subject".into()))),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("junk", "invalid-message", None)),
+        "{kinds:?}"
+    );
+    let denied = parked
+        .iter()
+        .find(|(_, r)| r.sqs_message_id == "denied")
+        .unwrap();
     assert_eq!(denied.1.graph_code.as_deref(), Some("ErrorSendAsDenied"));
     assert_eq!(denied.1.graph_request_id.as_deref(), Some("r403"));
     assert_eq!(report.metrics.sent, 1);
@@ -223,7 +297,12 @@ async fn retry_after_is_honoured_when_it_fits_the_deadline() {
     let h = Harness::new();
     h.script("busy", vec![throttled, throttled]);
     let started = Instant::now();
-    let report = h.run(vec![message("m", notification("busy"))], Duration::from_secs(30)).await;
+    let report = h
+        .run(
+            vec![message("m", notification("busy"))],
+            Duration::from_secs(30),
+        )
+        .await;
     assert!(failures(&report).is_empty());
     assert_eq!(report.metrics.throttled, 2);
     assert!(Instant::now() - started >= Duration::from_secs(4));
@@ -235,7 +314,12 @@ async fn retry_after_beyond_the_deadline_fails_fast() {
     let h = Harness::new();
     h.script("busy", vec![throttled]);
     let started = Instant::now();
-    let report = h.run(vec![message("m", notification("busy"))], Duration::from_secs(3)).await;
+    let report = h
+        .run(
+            vec![message("m", notification("busy"))],
+            Duration::from_secs(3),
+        )
+        .await;
     assert_eq!(failures(&report), vec!["m"]);
     assert!(Instant::now() - started < Duration::from_secs(2));
 }
@@ -244,28 +328,61 @@ async fn retry_after_beyond_the_deadline_fails_fast() {
 async fn a_401_invalidates_the_token_refreshes_once_and_retries_once() {
     let h = Harness::new();
     h.script("expired", vec![unauthorized]);
-    let report = h.run(vec![message("m", notification("expired"))], Duration::from_secs(30)).await;
+    let report = h
+        .run(
+            vec![message("m", notification("expired"))],
+            Duration::from_secs(30),
+        )
+        .await;
     assert!(failures(&report).is_empty());
     assert_eq!(h.tokens.invalidations.load(Ordering::SeqCst), 1);
     assert_eq!(h.tokens.calls.load(Ordering::SeqCst), 2);
-    assert_eq!(h.graph.sent.lock().unwrap()[0].2, "token-1", "sent with the refreshed token");
+    assert_eq!(
+        h.graph.sent.lock().unwrap()[0].2,
+        "token-1",
+        "sent with the refreshed token"
+    );
 
     let h = Harness::new();
     h.script("refused", vec![unauthorized, unauthorized]);
-    let report = h.run(vec![message("m", notification("refused"))], Duration::from_secs(30)).await;
+    let report = h
+        .run(
+            vec![message("m", notification("refused"))],
+            Duration::from_secs(30),
+        )
+        .await;
     assert_eq!(failures(&report), vec!["m"]);
-    assert!(matches!(report.messages[0].outcome, Outcome::NeedsReauth { .. }));
-    assert_eq!(h.tokens.invalidations.load(Ordering::SeqCst), 1, "only one refresh");
+    assert!(matches!(
+        report.messages[0].outcome,
+        Outcome::NeedsReauth { .. }
+    ));
+    assert_eq!(
+        h.tokens.invalidations.load(Ordering::SeqCst),
+        1,
+        "only one refresh"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_account_needing_reauth_fails_with_a_long_visibility_delay() {
     let h = Harness::new();
-    h.tokens.failing.lock().unwrap().insert("mailbridge/contoso".into(), |a| TokenError::NeedsReauth {
-        account: a.into(),
-        reason: "AADSTS700082: refresh token expired".into(),
-    });
-    let report = h.run(vec![message("a", notification("x")), message("b", notification("y"))], Duration::from_secs(30)).await;
+    h.tokens
+        .failing
+        .lock()
+        .unwrap()
+        .insert("mailbridge/contoso".into(), |a| TokenError::NeedsReauth {
+            account: a.into(),
+            reason: "AADSTS700082: refresh token expired".into(),
+        });
+    let report = h
+        .run(
+            vec![
+                message("a", notification("x")),
+                message("b", notification("y")),
+            ],
+            Duration::from_secs(30),
+        )
+        .await;
     assert_eq!(failures(&report), vec!["a", "b"]);
     assert_eq!(report.metrics.accounts_need_reauth, 1);
     let delays = h.visibility.delays.lock().unwrap();
@@ -277,30 +394,62 @@ async fn an_account_needing_reauth_fails_with_a_long_visibility_delay() {
 #[tokio::test(start_paused = true)]
 async fn a_bad_account_secret_is_parked_and_a_token_outage_is_retried() {
     let h = Harness::new();
-    h.tokens.failing.lock().unwrap().insert("mailbridge/contoso".into(), |a| TokenError::BadSecret {
-        secret: a.into(),
-        problem: "refresh_token is missing".into(),
-    });
-    let report = h.run(vec![message("a", notification("x"))], Duration::from_secs(30)).await;
+    h.tokens
+        .failing
+        .lock()
+        .unwrap()
+        .insert("mailbridge/contoso".into(), |a| TokenError::BadSecret {
+            secret: a.into(),
+            problem: "refresh_token is missing".into(),
+        });
+    let report = h
+        .run(
+            vec![message("a", notification("x"))],
+            Duration::from_secs(30),
+        )
+        .await;
     assert!(failures(&report).is_empty());
-    assert_eq!(h.parking.parked.lock().unwrap()[0].1.kind, "bad-account-secret");
+    assert_eq!(
+        h.parking.parked.lock().unwrap()[0].1.kind,
+        "bad-account-secret"
+    );
 
     let h = Harness::new();
-    h.tokens.failing.lock().unwrap().insert("mailbridge/contoso".into(), |a| TokenError::Transient {
-        account: a.into(),
-        detail: "token endpoint 503".into(),
-    });
-    let report = h.run(vec![message("a", notification("x"))], Duration::from_secs(30)).await;
+    h.tokens
+        .failing
+        .lock()
+        .unwrap()
+        .insert("mailbridge/contoso".into(), |a| TokenError::Transient {
+            account: a.into(),
+            detail: "token endpoint 503".into(),
+        });
+    let report = h
+        .run(
+            vec![message("a", notification("x"))],
+            Duration::from_secs(30),
+        )
+        .await;
     assert_eq!(failures(&report), vec!["a"]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn when_parking_fails_the_item_is_reported_as_failed() {
     let mut h = Harness::new();
-    h.parking = Arc::new(FakeParking { fail: true, ..Default::default() });
-    let report = h.run(vec![message("bad", serde_json::json!({"version": 1}))], Duration::from_secs(30)).await;
+    h.parking = Arc::new(FakeParking {
+        fail: true,
+        ..Default::default()
+    });
+    let report = h
+        .run(
+            vec![message("bad", serde_json::json!({"version": 1}))],
+            Duration::from_secs(30),
+        )
+        .await;
     assert_eq!(failures(&report), vec!["bad"]);
-    assert!(matches!(report.messages[0].outcome, Outcome::ParkFailed { .. }));
+    assert!(matches!(
+        report.messages[0].outcome,
+        Outcome::ParkFailed { .. }
+    ));
 }
 
 #[tokio::test(start_paused = true)]
@@ -308,15 +457,21 @@ async fn a_redelivered_notification_is_not_sent_twice() {
     let h = Harness::new();
     let mut n = notification("once");
     n["id"] = "notification-1".into();
-    let report = h.run(vec![message("first", n.clone())], Duration::from_secs(30)).await;
+    let report = h
+        .run(vec![message("first", n.clone())], Duration::from_secs(30))
+        .await;
     assert!(failures(&report).is_empty());
-    let report = h.run(vec![message("second", n.clone())], Duration::from_secs(30)).await;
+    let report = h
+        .run(vec![message("second", n.clone())], Duration::from_secs(30))
+        .await;
     assert!(failures(&report).is_empty());
     assert_eq!(report.messages[0].outcome, Outcome::Duplicate);
     assert_eq!(h.graph.sent.lock().unwrap().len(), 1);
     // same id, different content: parked, not sent
     n["subject"] = "something else".into();
-    let report = h.run(vec![message("third", n)], Duration::from_secs(30)).await;
+    let report = h
+        .run(vec![message("third", n)], Duration::from_secs(30))
+        .await;
     assert_eq!(h.parking.parked.lock().unwrap()[0].1.kind, "id-reused");
     assert!(failures(&report).is_empty());
 }
@@ -324,7 +479,10 @@ async fn a_redelivered_notification_is_not_sent_twice() {
 #[tokio::test(start_paused = true)]
 async fn at_most_n_sends_are_in_flight_per_mailbox() {
     let mut h = Harness::new();
-    h.graph = Arc::new(FakeGraph { latency: Duration::from_millis(100), ..Default::default() });
+    h.graph = Arc::new(FakeGraph {
+        latency: Duration::from_millis(100),
+        ..Default::default()
+    });
     let mut messages = Vec::new();
     for i in 0..10 {
         messages.push(message(&format!("me{i}"), notification(&format!("me {i}"))));
@@ -339,20 +497,32 @@ async fn at_most_n_sends_are_in_flight_per_mailbox() {
     assert_eq!(max.values().copied().collect::<Vec<_>>(), vec![4, 4]);
     // 10 per mailbox at 4 in flight = 3 waves; both mailboxes in parallel
     let elapsed = Instant::now() - started;
-    assert!(elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(400), "{elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(400),
+        "{elapsed:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn near_the_deadline_nothing_new_starts_and_the_rest_is_reported() {
     let mut h = Harness::new();
-    h.graph = Arc::new(FakeGraph { latency: Duration::from_millis(800), ..Default::default() });
+    h.graph = Arc::new(FakeGraph {
+        latency: Duration::from_millis(800),
+        ..Default::default()
+    });
     h.settings.max_in_flight_per_mailbox = 1;
-    let messages: Vec<_> = (0..5).map(|i| message(&format!("m{i}"), notification(&format!("s{i}")))).collect();
+    let messages: Vec<_> = (0..5)
+        .map(|i| message(&format!("m{i}"), notification(&format!("s{i}"))))
+        .collect();
     // 2.5 s budget, 1 s margin, 0.8 s per send, one at a time: m0 and m1 start, the rest must not.
     let report = h.run(messages, Duration::from_millis(2500)).await;
     assert_eq!(report.metrics.sent, 2);
     assert_eq!(failures(&report), vec!["m2", "m3", "m4"]);
-    assert!(report.messages[2..].iter().all(|m| m.outcome == Outcome::NotStarted));
+    assert!(
+        report.messages[2..]
+            .iter()
+            .all(|m| m.outcome == Outcome::NotStarted)
+    );
 }
 
 #[tokio::test(start_paused = true)]

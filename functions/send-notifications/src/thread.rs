@@ -88,7 +88,10 @@ mod tests {
     #[test]
     fn a_ticket_is_stamped_in_subject_footer_header_and_message_id() {
         let key = ThreadKey::new(b"k".to_vec());
-        let extras = stamp(&key, &notification("html", "<html><body><p>x</p></body></html>"));
+        let extras = stamp(
+            &key,
+            &notification("html", "<html><body><p>x</p></body></html>"),
+        );
         assert!(extras.subject.as_deref().unwrap().contains("[Ticket#4711]"));
         let (name, reference) = &extras.headers[0];
         assert_eq!(name, REF_HEADER);
