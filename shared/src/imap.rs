@@ -212,12 +212,13 @@ pub async fn connect_tls(
         detail: e.to_string(),
     })?;
     let _ = tcp.set_nodelay(true);
-    let server_name = rustls_pki_types::ServerName::try_from(endpoint.host.clone()).map_err(|e| {
-        ImapError::Tls {
-            host: endpoint.host.clone(),
-            detail: format!("invalid server name: {e}"),
-        }
-    })?;
+    let server_name =
+        rustls_pki_types::ServerName::try_from(endpoint.host.clone()).map_err(|e| {
+            ImapError::Tls {
+                host: endpoint.host.clone(),
+                detail: format!("invalid server name: {e}"),
+            }
+        })?;
     let connector = tokio_rustls::TlsConnector::from(tls);
     tokio::time::timeout(endpoint.timeout, connector.connect(server_name, tcp))
         .await
@@ -411,14 +412,14 @@ where
         let initial = xoauth2_initial_response(user, access_token.expose_secret());
         let (command, authenticator) = if caps.contains("SASL-IR") {
             let encoded = base64::engine::general_purpose::STANDARD.encode(initial.as_bytes());
-            (
-                format!("XOAUTH2 {encoded}"),
-                Xoauth2 { initial: None },
-            )
+            (format!("XOAUTH2 {encoded}"), Xoauth2 { initial: None })
         } else {
-            ("XOAUTH2".to_string(), Xoauth2 {
-                initial: Some(initial),
-            })
+            (
+                "XOAUTH2".to_string(),
+                Xoauth2 {
+                    initial: Some(initial),
+                },
+            )
         };
         round_trips += 1;
         let session = tokio::time::timeout(timeout, client.authenticate(command, authenticator))
@@ -836,9 +837,14 @@ mod tests {
             "{err:?}"
         );
         let seen = server.await.unwrap();
-        assert_eq!(seen[1], "", "the JSON challenge must be answered with an empty line");
+        assert_eq!(
+            seen[1], "",
+            "the JSON challenge must be answered with an empty line"
+        );
         let ir = seen[0].rsplit(' ').next().unwrap();
-        let decoded = base64::engine::general_purpose::STANDARD.decode(ir).unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(ir)
+            .unwrap();
         assert_eq!(decoded, b"user=a@example.com\x01auth=Bearer tok\x01\x01");
     }
 
@@ -881,7 +887,10 @@ mod tests {
                         "{tag} OK FETCH completed.\r\n",
                     ],
                 ),
-                ("UID MOVE 3 \"Processed\"", vec!["{tag} OK MOVE completed.\r\n"]),
+                (
+                    "UID MOVE 3 \"Processed\"",
+                    vec!["{tag} OK MOVE completed.\r\n"],
+                ),
             ],
         ));
         let token = SecretString::from("tok");

@@ -227,7 +227,12 @@ pub struct WebhookTicketSink {
 
 impl WebhookTicketSink {
     /// A sink posting to `url` (already validated: https, or http on loopback).
-    pub fn new(client: reqwest::Client, url: String, auth: TicketApiAuth, retry: RetryPolicy) -> Self {
+    pub fn new(
+        client: reqwest::Client,
+        url: String,
+        auth: TicketApiAuth,
+        retry: RetryPolicy,
+    ) -> Self {
         WebhookTicketSink {
             client,
             url,
@@ -243,7 +248,11 @@ impl WebhookTicketSink {
 }
 
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }
@@ -331,7 +340,9 @@ impl TicketSink for WebhookTicketSink {
                         // Credentials or URL wrong: retrying now will not help; next run might.
                         return Err(unavailable(
                             attempts,
-                            format!("HTTP {code} (check the target URL and its credential secret): {text}"),
+                            format!(
+                                "HTTP {code} (check the target URL and its credential secret): {text}"
+                            ),
                         ));
                     }
                     (format!("HTTP {code}: {text}"), hint)
@@ -366,13 +377,19 @@ mod tests {
             Ok(TicketApiAuth::Bearer(_))
         ));
         assert!(matches!(
-            TicketApiAuth::from_secret_json("s", r#"{"type":"api_key","header":"X-Key","key":"k"}"#),
+            TicketApiAuth::from_secret_json(
+                "s",
+                r#"{"type":"api_key","header":"X-Key","key":"k"}"#
+            ),
             Ok(TicketApiAuth::ApiKey { .. })
         ));
         let err = TicketApiAuth::from_secret_json("helpdesk", r#"{"type":"bearer"}"#).unwrap_err();
         assert!(err.contains("helpdesk") && err.contains("`token`"), "{err}");
-        let err = TicketApiAuth::from_secret_json("h", r#"{"type":"api_key","header":"bad header","key":"k"}"#)
-            .unwrap_err();
+        let err = TicketApiAuth::from_secret_json(
+            "h",
+            r#"{"type":"api_key","header":"bad header","key":"k"}"#,
+        )
+        .unwrap_err();
         assert!(err.contains("`header`"), "{err}");
         let debug = format!(
             "{:?}",

@@ -143,7 +143,11 @@ fn decide(state: &mut SinkState, headers: &HeaderMap, body: &[u8], next_id: u64)
         let mut extra = HeaderMap::new();
         extra.insert(
             "retry-after",
-            state.retry_after_seconds.to_string().parse().expect("digits"),
+            state
+                .retry_after_seconds
+                .to_string()
+                .parse()
+                .expect("digits"),
         );
         return Decision::Answer(
             StatusCode::TOO_MANY_REQUESTS,
@@ -154,7 +158,10 @@ fn decide(state: &mut SinkState, headers: &HeaderMap, body: &[u8], next_id: u64)
     if state.reject_next > 0 {
         state.reject_next -= 1;
         let status = StatusCode::from_u16(state.reject_status).unwrap_or(StatusCode::BAD_REQUEST);
-        return json(status, serde_json::json!({"error": "ticket rejected by test control"}));
+        return json(
+            status,
+            serde_json::json!({"error": "ticket rejected by test control"}),
+        );
     }
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
         return json(
