@@ -17,55 +17,20 @@ pub struct ParseContext {
     pub thread_key: Option<Vec<u8>>,
 }
 
-/// Turn raw bytes into the ticket draft JSON, or say why it cannot be parsed.
-///
-/// Interim minimal conversion until `mailbridge::mail::parse` lands on main; same field names.
+/// Turn raw bytes into the ticket draft JSON (`mailbridge::mail::parse`), or say why it cannot be
+/// parsed. The mailbox's own address counts as "own mail" for loop detection.
 pub fn parse_draft(
     raw: &[u8],
-    _own_address: &str,
-    _context: &ParseContext,
+    own_address: &str,
+    context: &ParseContext,
 ) -> Result<serde_json::Value, String> {
-    let (fields, _) = dedupe::split_headers(raw);
-    if fields.is_empty() {
-        return Err("no RFC 5322 header fields found".into());
-    }
-    let message = MessageParser::default()
-        .parse(raw)
-        .ok_or_else(|| "the MIME structure could not be parsed".to_string())?;
-    let mut draft = draft_from_headers(&fields, "");
-    let body_text = message
-        .body_text(0)
-        .map(|t| t.to_string())
-        .unwrap_or_default();
-    draft["subject"] = serde_json::Value::String(message.subject().unwrap_or("").to_string());
-    draft["reply_text"] = serde_json::Value::String(body_text.clone());
-    draft["body_text"] = serde_json::Value::String(body_text);
-    draft["body_html"] = message
-        .body_html(0)
-        .map(|h| serde_json::Value::String(h.to_string()))
-        .unwrap_or(serde_json::Value::Null);
-    let attachments: Vec<serde_json::Value> = message
-        .attachments()
-        .map(|part| {
-            let ctype = part
-                .content_type()
-                .map(|c| match c.subtype() {
-                    Some(sub) => format!("{}/{}", c.ctype(), sub),
-                    None => c.ctype().to_string(),
-                })
-                .unwrap_or_else(|| "application/octet-stream".into())
-                .to_ascii_lowercase();
-            serde_json::json!({
-                "filename": part.attachment_name(),
-                "content_type": ctype,
-                "size": part.contents().len(),
-                "inline": part.content_disposition().is_some_and(|d| d.is_inline()),
-                "content_id": part.content_id().map(|c| c.trim_matches(['<', '>']).to_string()),
-            })
-        })
-        .collect();
-    draft["attachments"] = serde_json::Value::Array(attachments);
-    Ok(draft)
+    let options = mailbridge::mail::ParseOptions {
+        thread_key: context.thread_key.clone(),
+        own_addresses: vec![own_address.to_string()],
+        ..Default::default()
+    };
+    let draft = mailbridge::mail::parse(raw, &options).map_err(|e| e.to_string())?;
+    serde_json::to_value(draft).map_err(|e| e.to_string())
 }
 
 /// A best-effort draft from header fields alone (oversize or unparseable mail).
