@@ -1,1 +1,242 @@
 //! Helpers shared by the integration tests in `tests/tests/`.
+//!
+//! Every test binary shares one [`stack()`] (started on first use on its own runtime thread);
+//! tests isolate themselves with [`unique`] names for queues, secrets, tables and IMAP users.
+
+use std::sync::Once;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use local_stack::LocalStack;
+
+/// The process-wide local stack (moto, identity, Dovecot, Graph and ticket API stand-ins).
+/// Also initialises test logging.
+pub fn stack() -> &'static LocalStack {
+    init_tracing();
+    LocalStack::shared()
+}
+
+/// A name unique within this machine and run: `<prefix>-<pid>-<counter>-<random>`, using only
+/// `[a-z0-9-]` (valid for SQS queues, secrets, DynamoDB tables and as an e-mail local part).
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let random = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    format!("{prefix}-{}-{n}-{random}", std::process::id())
+}
+
+/// A unique IMAP/M365 user name, e.g. `helpdesk-1234-0-ab12cd@example.com`.
+pub fn unique_user(prefix: &str) -> String {
+    format!("{}@example.com", unique(prefix))
+}
+
+/// Test logging to the test's captured output; level from `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// AWS SDK config for the shared moto (build clients inside the test's runtime).
+pub fn aws_config() -> aws_config::SdkConfig {
+    stack().moto().sdk_config()
+}
+
+/// SQS client on the shared moto.
+pub fn sqs() -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(&aws_config())
+}
+
+/// Secrets Manager client on the shared moto.
+pub fn secrets() -> aws_sdk_secretsmanager::Client {
+    aws_sdk_secretsmanager::Client::new(&aws_config())
+}
+
+/// DynamoDB client on the shared moto.
+pub fn dynamodb() -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(&aws_config())
+}
+
+/// Create a queue named `name` and return its URL.
+pub async fn create_queue(name: &str) -> anyhow::Result<String> {
+    let out = sqs()
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("create queue {name}: {}", e.into_service_error()))?;
+    out.queue_url
+        .ok_or_else(|| anyhow::anyhow!("create queue {name}: no QueueUrl in the answer"))
+}
+
+/// Create a queue with a dead-letter queue (`maxReceiveCount` receives before redrive).
+/// Returns `(queue_url, dlq_url)`.
+pub async fn create_queue_with_dlq(
+    name: &str,
+    max_receive_count: u32,
+) -> anyhow::Result<(String, String)> {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let client = sqs();
+    let dlq_url = create_queue(&format!("{name}-dlq")).await?;
+    let attrs = client
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("get DLQ arn: {}", e.into_service_error()))?;
+    let dlq_arn = attrs
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("DLQ {dlq_url} has no QueueArn"))?;
+    let redrive = serde_json::json!({
+        "deadLetterTargetArn": dlq_arn,
+        "maxReceiveCount": max_receive_count.to_string(),
+    })
+    .to_string();
+    let out = client
+        .create_queue()
+        .queue_name(name)
+        .attributes(QueueAttributeName::RedrivePolicy, redrive)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("create queue {name}: {}", e.into_service_error()))?;
+    let url = out
+        .queue_url
+        .ok_or_else(|| anyhow::anyhow!("create queue {name}: no QueueUrl"))?;
+    Ok((url, dlq_url))
+}
+
+/// Create (or overwrite) the secret `name` with the string `value`.
+pub async fn put_secret(name: &str, value: &str) -> anyhow::Result<()> {
+    let client = secrets();
+    let created = client
+        .create_secret()
+        .name(name)
+        .secret_string(value)
+        .send()
+        .await;
+    match created {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_exists_exception()) =>
+        {
+            client
+                .put_secret_value()
+                .secret_id(name)
+                .secret_string(value)
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("put secret {name}: {}", e.into_service_error()))?;
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "create secret {name}: {}",
+            e.into_service_error()
+        )),
+    }
+}
+
+/// Read the current string value of secret `name`.
+pub async fn get_secret(name: &str) -> anyhow::Result<String> {
+    let out = secrets()
+        .get_secret_value()
+        .secret_id(name)
+        .version_stage("AWSCURRENT")
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("get secret {name}: {}", e.into_service_error()))?;
+    out.secret_string
+        .ok_or_else(|| anyhow::anyhow!("secret {name} has no SecretString"))
+}
+
+/// Create a fresh state table (unique name with `prefix`) and return its name.
+pub async fn create_state_table(prefix: &str) -> anyhow::Result<String> {
+    let name = unique(prefix);
+    local_stack::moto::ensure_state_table(&dynamodb(), &name).await?;
+    Ok(name)
+}
+
+/// An IMAP session over TLS to a local Dovecot.
+pub type ImapSession = async_imap::Session<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// SASL XOAUTH2 (`user=<user>^Aauth=Bearer <token>^A^A`; answers the error challenge with an
+/// empty response so the server's final NO arrives).
+pub struct XOAuth2 {
+    /// Login user (the mailbox).
+    pub user: String,
+    /// Bearer access token.
+    pub token: String,
+    sent: bool,
+}
+
+impl XOAuth2 {
+    /// Authenticator for `user` with `token`.
+    pub fn new(user: &str, token: &str) -> Self {
+        XOAuth2 {
+            user: user.to_string(),
+            token: token.to_string(),
+            sent: false,
+        }
+    }
+}
+
+impl async_imap::Authenticator for XOAuth2 {
+    type Response = String;
+    fn process(&mut self, _challenge: &[u8]) -> String {
+        if self.sent {
+            String::new()
+        } else {
+            self.sent = true;
+            format!("user={}\x01auth=Bearer {}\x01\x01", self.user, self.token)
+        }
+    }
+}
+
+/// Connect to `dovecot`'s IMAPS port (server name `localhost`, only its CA trusted) and read
+/// the greeting.
+pub async fn imaps_connect(
+    dovecot: &local_stack::dovecot::Dovecot,
+) -> anyhow::Result<async_imap::Client<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>> {
+    let tls = tokio_rustls::TlsConnector::from(dovecot.rustls_client_config()?);
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", dovecot.imaps_port)).await?;
+    let server_name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let stream = tls.connect(server_name, tcp).await?;
+    let mut client = async_imap::Client::new(stream);
+    let greeting = client
+        .read_response()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("dovecot closed the connection before the greeting"))?;
+    tracing::debug!(greeting = ?greeting.parsed(), "imap greeting");
+    Ok(client)
+}
+
+/// Log in to `dovecot` over IMAPS with XOAUTH2.
+pub async fn imap_login_xoauth2(
+    dovecot: &local_stack::dovecot::Dovecot,
+    user: &str,
+    token: &str,
+) -> anyhow::Result<ImapSession> {
+    let client = imaps_connect(dovecot).await?;
+    client
+        .authenticate("XOAUTH2", XOAuth2::new(user, token))
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("XOAUTH2 login as {user} failed: {e}"))
+}
+
+/// Start a private Dovecot instance (for tests that stop/restart it or need their own
+/// introspection endpoint) in a fresh run folder.
+pub async fn start_private_dovecot(
+    label: &str,
+    introspection_url: &str,
+) -> anyhow::Result<local_stack::dovecot::Dovecot> {
+    let dir = local_stack::default_run_dir(label)?;
+    local_stack::dovecot::Dovecot::start(&dir, introspection_url).await
+}

@@ -1,2 +1,734 @@
 //! A throwaway Dovecot instance: generated config, CA and server cert, IMAPS on a free port,
 //! oauth2 passdb pointed at the identity stand-in's introspection endpoint.
+//!
+//! Follows the tested recipe (`local-stack.md` §2): anvil auth penalty off,
+//! `auth_failure_delay = 0`, stale `run/` removed before each start, maildirs owned by
+//! `nobody:nogroup`, readiness = the `* OK` greeting, leaf certificate with `CA:FALSE`.
+//! Several independent instances can run at once (each has its own folder and ports), so
+//! fault tests can stop/restart their own instance without touching the shared one.
+//!
+//! Token check: the `oauth2` passdb POSTs `token=...` to the identity stand-in's introspection
+//! endpoint and requires `{"active": true, "email": <login user>}`. Dovecot 2.3.19 sends ONLY the
+//! token (it does not expand `%u` in `introspection_url`: the URL is used verbatim and a `%u`
+//! in it makes the auth process panic), so the introspection endpoint cannot know which mailbox
+//! is being opened. For shared mailboxes (a delegate logs in as `user=shared@...` with their own
+//! token) a second passdb, `checkpassword`, runs when the oauth2 passdb fails: a small Python
+//! script POSTs `token=...&user=<login user>` to the same introspection URL and accepts the login
+//! when the answer is active with `email` equal to the login user. The identity stand-in answers
+//! that form for mailboxes it has granted to the token's user.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The Dovecot master binary (Debian `dovecot-core`).
+pub const DOVECOT_BIN: &str = "/usr/sbin/dovecot";
+/// `doveadm` (Debian `dovecot-core`).
+pub const DOVEADM_BIN: &str = "/usr/bin/doveadm";
+
+/// A running Dovecot instance. Stopped on drop and when this process exits.
+pub struct Dovecot {
+    /// IMAPS port on 127.0.0.1 (certificate for `localhost` and `127.0.0.1`).
+    pub imaps_port: u16,
+    /// Plain IMAP port on 127.0.0.1 (XOAUTH2 allowed without TLS, loopback only).
+    pub imap_port: u16,
+    /// PEM of the CA that signed the server certificate (clients trust it explicitly).
+    pub ca_pem_path: PathBuf,
+    /// The instance folder: `dovecot.conf`, `tls/`, `mail/`, `log/`, `run/`, `state/`.
+    pub dir: PathBuf,
+    /// The generated `dovecot.conf`.
+    pub conf_path: PathBuf,
+    /// Dovecot's log file.
+    pub log_path: PathBuf,
+    /// The introspection URL as written into the config.
+    pub introspection_url: String,
+    child: Mutex<Option<Child>>,
+}
+
+impl std::fmt::Debug for Dovecot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dovecot")
+            .field("imaps_port", &self.imaps_port)
+            .field("imap_port", &self.imap_port)
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+/// `doveadm mailbox status` of one folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailboxStatus {
+    /// Number of messages.
+    pub messages: u32,
+    /// Messages without `\Seen`.
+    pub unseen: u32,
+    /// UIDVALIDITY.
+    pub uidvalidity: u32,
+    /// Next UID to be assigned.
+    pub uidnext: u32,
+}
+
+/// One message stored in a folder.
+#[derive(Clone, Debug)]
+pub struct StoredMessage {
+    /// IMAP UID.
+    pub uid: u32,
+    /// Flags, e.g. `\Seen`.
+    pub flags: Vec<String>,
+    /// The full RFC 5322 message.
+    pub raw: Vec<u8>,
+}
+
+impl StoredMessage {
+    /// True when the message has `\Seen`.
+    pub fn is_seen(&self) -> bool {
+        self.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Seen"))
+    }
+}
+
+impl Dovecot {
+    /// Start an instance in `dir` (created; its `run/` is wiped) validating tokens at
+    /// `introspection_url` (RFC 7662, POST).
+    pub async fn start(dir: &Path, introspection_url: &str) -> anyhow::Result<Dovecot> {
+        let dir = dir.to_path_buf();
+        let introspection_url = introspection_url.to_string();
+        tokio::task::spawn_blocking(move || Self::start_blocking(&dir, &introspection_url))
+            .await
+            .context("dovecot start task panicked")?
+    }
+
+    /// Blocking variant of [`Dovecot::start`].
+    pub fn start_blocking(dir: &Path, introspection_url: &str) -> anyhow::Result<Dovecot> {
+        for bin in [DOVECOT_BIN, DOVEADM_BIN] {
+            if !Path::new(bin).exists() {
+                bail!(
+                    "Dovecot is not installed ({bin} is missing). Run `bash infra/scripts/install-prerequisites.sh` \
+                     from the repository root (it installs the Debian package dovecot-imapd)"
+                );
+            }
+        }
+        make_dir_world_traversable(dir)?;
+        for sub in ["tls", "log", "state", "mail"] {
+            make_dir_world_traversable(&dir.join(sub))?;
+        }
+        let mail_dir = dir.join("mail");
+        chown_to_mail_user(&mail_dir)?;
+        let ca_pem_path = write_certificates(&dir.join("tls"))?;
+        let conf_path = dir.join("dovecot.conf");
+        let log_path = dir.join("log/dovecot.log");
+        let mut last_error = None;
+        for attempt in 1..=3 {
+            let imap_port = crate::free_port()?;
+            let imaps_port = crate::free_port()?;
+            if imap_port == imaps_port {
+                continue;
+            }
+            write_config(dir, imap_port, imaps_port, introspection_url)?;
+            let dovecot = Dovecot {
+                imaps_port,
+                imap_port,
+                ca_pem_path: ca_pem_path.clone(),
+                dir: dir.to_path_buf(),
+                conf_path: conf_path.clone(),
+                log_path: log_path.clone(),
+                introspection_url: introspection_url.to_string(),
+                child: Mutex::new(None),
+            };
+            match dovecot.launch() {
+                Ok(()) => {
+                    tracing::info!(imaps_port, imap_port, dir = %dir.display(), "dovecot ready");
+                    return Ok(dovecot);
+                }
+                Err(e) => {
+                    tracing::warn!(attempt, error = %format!("{e:#}"), "dovecot start failed");
+                    dovecot.stop();
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no free ports for dovecot")))
+    }
+
+    /// Spawn `dovecot -F -c <conf>` and wait for the greeting.
+    fn launch(&self) -> anyhow::Result<()> {
+        // pitfall 3: stale sockets from an earlier run make auth wait 5 s
+        let run = self.dir.join("run");
+        if run.exists() {
+            std::fs::remove_dir_all(&run).with_context(|| format!("remove {}", run.display()))?;
+        }
+        let console = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("log/console.log"))?;
+        let mut command = Command::new(DOVECOT_BIN);
+        command
+            .arg("-F")
+            .arg("-c")
+            .arg(&self.conf_path)
+            .stdin(Stdio::null())
+            .stdout(console.try_clone()?)
+            .stderr(console);
+        let child = crate::spawn_child(command, libc::SIGTERM).context("spawn dovecot")?;
+        *self.child.lock().expect("dovecot child lock") = Some(child);
+        self.wait_for_greeting(Duration::from_secs(20))
+    }
+
+    fn wait_for_greeting(&self, timeout: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let mut last: String;
+        loop {
+            if let Some(status) = self.exit_status() {
+                bail!(
+                    "dovecot exited ({status}) before it was ready; {}:\n{}\n{}",
+                    self.log_path.display(),
+                    crate::log_tail(&self.dir.join("log/console.log"), 10),
+                    crate::log_tail(&self.log_path, 20)
+                );
+            }
+            match greeting(self.imap_port) {
+                Ok(line) if line.starts_with("* OK") => return Ok(()),
+                Ok(line) => last = line,
+                Err(e) => last = e.to_string(),
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "dovecot sent no `* OK` greeting on port {} within {timeout:?} (last: {last}); {}:\n{}",
+                    self.imap_port,
+                    self.log_path.display(),
+                    crate::log_tail(&self.log_path, 20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn exit_status(&self) -> Option<std::process::ExitStatus> {
+        let mut guard = self.child.lock().expect("dovecot child lock");
+        guard.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// True while the master process runs.
+    pub fn is_running(&self) -> bool {
+        let mut guard = self.child.lock().expect("dovecot child lock");
+        guard
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Stop the instance (SIGTERM to the master, which stops its children; SIGKILL after 5 s).
+    /// Mail and config stay; [`Dovecot::restart`] brings it back on the same ports.
+    pub fn stop(&self) {
+        let Some(mut child) = self.child.lock().expect("dovecot child lock").take() else {
+            return;
+        };
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        // the listeners belong to child processes that exit right after the master
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while greeting(self.imap_port).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stop (if running) and start again with the same ports, config and mail.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        self.stop();
+        let mut last_error = None;
+        // the old listeners may take a moment to release the ports
+        for _ in 0..20 {
+            match self.launch() {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    self.stop();
+                    last_error = Some(e);
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            }
+        }
+        Err(last_error.expect("at least one attempt"))
+    }
+
+    /// One-line description: ports and CA path.
+    pub fn describe(&self) -> String {
+        format!(
+            "imaps://localhost:{} (plain imap {}), CA {}, log {}",
+            self.imaps_port,
+            self.imap_port,
+            self.ca_pem_path.display(),
+            self.log_path.display()
+        )
+    }
+
+    /// The folder holding `user`'s Maildir (Dovecot lower-cases the user name).
+    pub fn home_of(&self, user: &str) -> PathBuf {
+        self.dir.join("mail").join(user.to_lowercase())
+    }
+
+    /// Run `doveadm -c <conf> <args>` (with `stdin` piped in when given); returns stdout.
+    pub fn doveadm(&self, args: &[&str], stdin: Option<&[u8]>) -> anyhow::Result<String> {
+        let mut command = Command::new(DOVEADM_BIN);
+        command
+            .arg("-c")
+            .arg(&self.conf_path)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().context("spawn doveadm")?;
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().expect("piped stdin");
+            pipe.write_all(input).context("write to doveadm")?;
+        }
+        let out = child.wait_with_output().context("wait for doveadm")?;
+        if !out.status.success() {
+            bail!(
+                "doveadm {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Put `raw` into `user`'s `folder` (created if missing) with `doveadm save`.
+    pub fn deliver_to(&self, user: &str, folder: &str, raw: &[u8]) -> anyhow::Result<()> {
+        if !folder.eq_ignore_ascii_case("INBOX") {
+            self.create_folder(user, folder)?;
+        }
+        self.doveadm(&["save", "-u", user, "-m", folder], Some(raw))
+            .with_context(|| format!("deliver a message to {user}/{folder}"))?;
+        Ok(())
+    }
+
+    /// Create `folder` for `user` (no error if it exists).
+    pub fn create_folder(&self, user: &str, folder: &str) -> anyhow::Result<()> {
+        match self.doveadm(&["mailbox", "create", "-u", user, folder], None) {
+            Ok(_) => Ok(()),
+            Err(e) if format!("{e}").contains("already exists") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `doveadm mailbox status` of `user`'s `folder`.
+    pub fn mailbox_status(&self, user: &str, folder: &str) -> anyhow::Result<MailboxStatus> {
+        let out = self.doveadm(
+            &[
+                "-f",
+                "flow",
+                "mailbox",
+                "status",
+                "-u",
+                user,
+                "messages unseen uidvalidity uidnext",
+                folder,
+            ],
+            None,
+        )?;
+        let field = |name: &str| -> anyhow::Result<u32> {
+            out.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .with_context(|| format!("no {name} in doveadm mailbox status output: {out}"))?
+                .parse()
+                .with_context(|| format!("bad {name} in doveadm output: {out}"))
+        };
+        Ok(MailboxStatus {
+            messages: field("messages")?,
+            unseen: field("unseen")?,
+            uidvalidity: field("uidvalidity")?,
+            uidnext: field("uidnext")?,
+        })
+    }
+
+    /// Change the UIDVALIDITY of `user`'s `folder` (simulates a mailbox rebuilt by the server).
+    pub fn set_uidvalidity(
+        &self,
+        user: &str,
+        folder: &str,
+        uidvalidity: u32,
+    ) -> anyhow::Result<()> {
+        self.doveadm(
+            &[
+                "mailbox",
+                "update",
+                "-u",
+                user,
+                "--uid-validity",
+                &uidvalidity.to_string(),
+                folder,
+            ],
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// Every message in `user`'s `folder`, in UID order, with flags and full text.
+    pub fn list_messages(&self, user: &str, folder: &str) -> anyhow::Result<Vec<StoredMessage>> {
+        let listing = self.doveadm(
+            &[
+                "-f",
+                "tab",
+                "fetch",
+                "-u",
+                user,
+                "uid flags",
+                "mailbox",
+                folder,
+                "all",
+            ],
+            None,
+        )?;
+        let mut messages = Vec::new();
+        for line in listing.lines().skip(1) {
+            let mut cols = line.splitn(2, '\t');
+            let Some(uid) = cols.next().and_then(|u| u.trim().parse::<u32>().ok()) else {
+                continue;
+            };
+            let flags = cols
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            let raw = self.fetch_raw(user, folder, uid)?;
+            messages.push(StoredMessage { uid, flags, raw });
+        }
+        Ok(messages)
+    }
+
+    /// The full text of message `uid` in `user`'s `folder` (CRLF line endings, as over IMAP).
+    pub fn fetch_raw(&self, user: &str, folder: &str, uid: u32) -> anyhow::Result<Vec<u8>> {
+        let mut command = Command::new(DOVEADM_BIN);
+        command
+            .arg("-c")
+            .arg(&self.conf_path)
+            .args([
+                "-f", "pager", "fetch", "-u", user, "text", "mailbox", folder,
+            ])
+            .arg("uid")
+            .arg(uid.to_string())
+            .stdin(Stdio::null());
+        let out = command.output().context("run doveadm fetch")?;
+        if !out.status.success() {
+            bail!(
+                "doveadm fetch text of {user}/{folder} uid {uid} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        // pager format: "text:\n<message>\n\x0c\n"
+        let body = out.stdout;
+        let body = body.strip_prefix(b"text:\n").unwrap_or(&body).to_vec();
+        let mut body = body;
+        if body.ends_with(b"\x0c\n") {
+            body.truncate(body.len() - 2);
+        }
+        // maildir stores LF line endings; give CRLF, as an IMAP client sees it
+        let mut crlf = Vec::with_capacity(body.len() + body.len() / 40);
+        for (i, byte) in body.iter().enumerate() {
+            if *byte == b'\n' && (i == 0 || body[i - 1] != b'\r') {
+                crlf.push(b'\r');
+            }
+            crlf.push(*byte);
+        }
+        Ok(crlf)
+    }
+
+    /// Remove every message from `user`'s `folder`.
+    pub fn expunge_all(&self, user: &str, folder: &str) -> anyhow::Result<()> {
+        self.doveadm(&["expunge", "-u", user, "mailbox", folder, "all"], None)?;
+        Ok(())
+    }
+
+    /// A rustls client config trusting only this instance's CA (verification on).
+    pub fn rustls_client_config(&self) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&self.ca_pem_path)
+            .with_context(|| format!("read {}", self.ca_pem_path.display()))?
+        {
+            roots.add(cert?)?;
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(std::sync::Arc::new(config))
+    }
+}
+
+impl crate::MailDrop for Dovecot {
+    fn deliver(&self, recipient: &str, raw: &[u8]) -> anyhow::Result<()> {
+        self.deliver_to(recipient, "INBOX", raw)
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Connect to the plain port and read the first line.
+fn greeting(port: u16) -> std::io::Result<String> {
+    let stream = TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(500),
+    )?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    Ok(line)
+}
+
+/// Absolute path of a python3 for the checkpassword script (`/usr/bin/python3` on Debian).
+fn find_python3() -> String {
+    if Path::new("/usr/bin/python3").exists() {
+        return "/usr/bin/python3".into();
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|p| p.join("python3"))
+                .find(|p| p.exists())
+        })
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "/usr/bin/python3".into())
+}
+
+fn make_dir_world_traversable(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("chmod 755 {}", dir.display()))?;
+    Ok(())
+}
+
+/// uid/gid the mail processes run as: `nobody:nogroup` when root (pitfall 6: uid 0 is refused
+/// for mail), else the current user.
+fn mail_user() -> (u32, u32, String, String) {
+    // SAFETY: plain libc calls without pointers.
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 {
+        (65534, 65534, "nobody".into(), "nogroup".into())
+    } else {
+        // SAFETY: as above.
+        let egid = unsafe { libc::getegid() };
+        let name = std::env::var("USER").unwrap_or_else(|_| euid.to_string());
+        (euid, egid, name.clone(), name)
+    }
+}
+
+fn chown_to_mail_user(dir: &Path) -> anyhow::Result<()> {
+    let (uid, gid, ..) = mail_user();
+    // SAFETY: plain libc call, only as root; the path is a valid C string.
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+            .with_context(|| format!("chown {uid}:{gid} {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Generate a CA and a `localhost`/`127.0.0.1` server certificate (CA:FALSE, serverAuth) signed
+/// by it, unless present. Returns the CA PEM path.
+fn write_certificates(tls: &Path) -> anyhow::Result<PathBuf> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SanType,
+    };
+    let ca_path = tls.join("ca.crt");
+    let cert_path = tls.join("server.crt");
+    let key_path = tls.join("server.key");
+    if ca_path.exists() && cert_path.exists() && key_path.exists() {
+        return Ok(ca_path);
+    }
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "mailbridge local-stack test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()])?;
+    leaf.subject_alt_names
+        .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
+    leaf.is_ca = IsCa::ExplicitNoCa;
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_key = KeyPair::generate()?;
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
+
+    std::fs::write(&ca_path, ca_cert.pem())?;
+    std::fs::write(&cert_path, leaf_cert.pem())?;
+    std::fs::write(&key_path, leaf_key.serialize_pem())?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(ca_path)
+}
+
+fn write_config(
+    dir: &Path,
+    imap_port: u16,
+    imaps_port: u16,
+    introspection_url: &str,
+) -> anyhow::Result<()> {
+    let d = dir.display();
+    let (_, _, user, group) = mail_user();
+    let debug = if std::env::var_os("MAILBRIDGE_DOVECOT_DEBUG").is_some() {
+        "yes"
+    } else {
+        "no"
+    };
+    let ssl_dh = if Path::new("/usr/share/dovecot/dh.pem").exists() {
+        "ssl_dh = </usr/share/dovecot/dh.pem\n"
+    } else {
+        ""
+    };
+    let non_root = if user == "nobody" {
+        String::new()
+    } else {
+        // running unprivileged: every service runs as the current user
+        format!(
+            "default_internal_user = {user}\ndefault_login_user = {user}\n\
+             first_valid_uid = 1\nfirst_valid_gid = 1\n"
+        )
+    };
+    let conf = format!(
+        r#"# Throwaway Dovecot instance generated by mailbridge's local stack. Nothing from /etc/dovecot.
+instance_name = mailbridge-{imap_port}
+base_dir  = {d}/run
+state_dir = {d}/state
+log_path  = {d}/log/dovecot.log
+{non_root}
+protocols = imap
+listen = 127.0.0.1
+
+ssl = yes
+ssl_cert = <{d}/tls/server.crt
+ssl_key  = <{d}/tls/server.key
+{ssl_dh}ssl_min_protocol = TLSv1.2
+disable_plaintext_auth = no
+
+auth_mechanisms = xoauth2 oauthbearer
+auth_verbose = yes
+auth_debug = {debug}
+auth_cache_size = 0
+auth_failure_delay = 0
+
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {d}/dovecot-oauth2.conf.ext
+}}
+# shared mailboxes: introspection with the login user (runs only when the oauth2 passdb failed)
+passdb {{
+  driver = checkpassword
+  mechanisms = xoauth2 oauthbearer
+  args = {d}/shared-mailbox-check.py
+}}
+userdb {{
+  driver = static
+  args = uid={user} gid={group} home={d}/mail/%Lu allow_all_users=yes
+}}
+mail_location = maildir:~/Maildir
+
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {imap_port}
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {imaps_port}
+    ssl = yes
+  }}
+}}
+
+# no per-IP auth penalty (anvil would delay every login after failures: 2, 4, 8, 15 s)
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
+"#
+    );
+    std::fs::write(dir.join("dovecot.conf"), conf)?;
+    let mode = "post";
+    let python = find_python3();
+    let script = format!(
+        r#"#!{python}
+# Dovecot checkpassword passdb for shared mailboxes (generated by mailbridge's local stack).
+# fd 3 carries "user\0token\0"; POST token + user to the introspection endpoint; on
+# {{"active": true, "email": <user>}} exec checkpassword-reply (argv[1]) with USER set.
+import json, os, sys, urllib.parse, urllib.request
+data = b""
+while True:
+    chunk = os.read(3, 65536)
+    if not chunk:
+        break
+    data += chunk
+parts = data.split(b"\0")
+user, token = parts[0].decode(), parts[1].decode()
+body = urllib.parse.urlencode({{"token": token, "user": user}}).encode()
+try:
+    with urllib.request.urlopen({url:?}, data=body, timeout=5) as resp:
+        answer = json.load(resp)
+except Exception as e:
+    print("shared-mailbox-check: introspection failed: %s" % e, file=sys.stderr)
+    sys.exit(111)
+if answer.get("active") is True and str(answer.get("email", "")).lower() == user.lower():
+    os.environ["USER"] = user
+    os.execv(sys.argv[1], sys.argv[1:])
+sys.exit(1)
+"#,
+        url = introspection_url
+    );
+    let script_path = dir.join("shared-mailbox-check.py");
+    std::fs::write(&script_path, script)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script_path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let oauth2 = format!(
+        "# oauth2 passdb -> identity stand-in (RFC 7662 introspection)\n\
+         introspection_mode = {mode}\n\
+         introspection_url = {introspection_url}\n\
+         username_attribute = email\n\
+         active_attribute = active\n\
+         active_value = true\n\
+         timeout_msecs = 5000\n\
+         debug = {debug}\n"
+    );
+    std::fs::write(dir.join("dovecot-oauth2.conf.ext"), oauth2)?;
+    Ok(())
+}

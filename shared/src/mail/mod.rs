@@ -1,1 +1,300 @@
 //! Mail → ticket draft: a pure function from raw RFC 5322 bytes to a ticket draft.
+//!
+//! [`parse`] never panics and never does I/O: the poller, the operator CLI (`mailbridge parse`)
+//! and the tests all call it. MIME decoding is `mail-parser`'s; this module adds what a
+//! helpdesk needs on top: which parts are the body and which attachments, charset repairs,
+//! machine-mail detection (`auto`), bounce details (`bounce`), the new part of a reply
+//! (`reply`) and thread detection through our HMAC-signed markers ([`threading`]).
+
+mod auto;
+mod body;
+mod bounce;
+mod charset;
+mod draft;
+mod normalize;
+mod reply;
+pub mod threading;
+
+pub use draft::{
+    Attachment, Bounce, MailAddress, ParseError, ParseOptions, ThreadSource, TicketDraft,
+};
+
+use mail_parser::{Address, HeaderValue, Message, MessageParser, MimeHeaders};
+
+/// HTML above this size is not rendered to text (html2text is not linear on hostile input);
+/// the draft then carries a short note instead of derived text.
+const MAX_HTML_TO_TEXT: usize = 4 * 1024 * 1024;
+
+/// Turns one raw message into a ticket draft. Any input yields a draft or a [`ParseError`];
+/// LF, CRLF and bare-CR line ends give the same draft.
+pub fn parse(raw: &[u8], opts: &ParseOptions) -> Result<TicketDraft, ParseError> {
+    let data = normalize::normalize(raw)?;
+    let message = MessageParser::default()
+        .parse(data.as_ref())
+        .ok_or(ParseError::Unparseable)?;
+    if message.parts.is_empty() {
+        return Err(ParseError::Unparseable);
+    }
+    Ok(build_draft(&message, &data, opts))
+}
+
+fn build_draft(message: &Message<'_>, raw: &[u8], opts: &ParseOptions) -> TicketDraft {
+    let headers = auto::Headers::new(message.headers_raw());
+    let subject = message
+        .subject()
+        .map(|s| unfold(&body::lf_text(s)))
+        .unwrap_or_default();
+    let from = message
+        .from()
+        .and_then(|a| addresses(a).into_iter().next())
+        .or_else(|| {
+            message
+                .sender()
+                .and_then(|a| addresses(a).into_iter().next())
+        });
+    let message_id = message
+        .message_id()
+        .map(|id| body::strip_angles(id).to_string())
+        .filter(|id| !id.is_empty());
+    let in_reply_to = ids(message.in_reply_to()).into_iter().next();
+    let references = ids(message.references());
+    let date = message.date().and_then(|d| {
+        chrono::DateTime::parse_from_rfc3339(&d.to_rfc3339())
+            .ok()
+            .map(|d| d.to_rfc3339())
+    });
+
+    let bodies = body::collect(message, raw);
+    let body_text = if !bodies.text_parts.is_empty() {
+        join_texts(&bodies.text_parts)
+    } else if let Some(html) = &bodies.html {
+        html_to_text(html)
+    } else {
+        String::new()
+    };
+    let reply_text = reply::reply_text(&body_text);
+
+    let root = message.root_part();
+    let report_type = root
+        .content_type()
+        .filter(|ct| {
+            ct.ctype().eq_ignore_ascii_case("multipart")
+                && ct
+                    .subtype()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("report"))
+        })
+        .map(|ct| {
+            ct.attribute("report-type")
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    let has_disposition_notification = bodies.attachments.iter().any(|a| {
+        a.content_type == "message/disposition-notification"
+            || a.content_type == "message/global-disposition-notification"
+    });
+    let evidence = auto::Evidence {
+        headers: &headers,
+        from_address: from.as_ref().map(|f| f.address.as_str()),
+        subject: &subject,
+        message_id: message_id.as_deref(),
+        report_type,
+        has_delivery_status: !bodies.delivery_status.is_empty(),
+        has_disposition_notification,
+        own_addresses: &opts.own_addresses,
+        thread_key: opts.thread_key.as_deref(),
+    };
+    let auto_reason = auto::classify(&evidence);
+    let bounce = auto_reason
+        .as_deref()
+        .filter(|r| r.starts_with("bounce:"))
+        .map(|_| {
+            bounce::extract(
+                &bodies.delivery_status,
+                &bodies.returned_headers,
+                &body_text,
+                &headers,
+            )
+        });
+
+    let (ticket_number, thread_source) = find_thread(
+        opts,
+        &headers,
+        in_reply_to.as_deref(),
+        &references,
+        &body_text,
+        bodies.html.as_deref(),
+        &bodies.returned_headers,
+        &subject,
+    );
+
+    TicketDraft {
+        message_id,
+        subject,
+        from,
+        to: message.to().map(addresses).unwrap_or_default(),
+        cc: message.cc().map(addresses).unwrap_or_default(),
+        reply_to: message.reply_to().map(addresses).unwrap_or_default(),
+        date,
+        in_reply_to,
+        references,
+        body_text,
+        body_html: bodies.html,
+        reply_text,
+        attachments: bodies.attachments,
+        auto_generated: auto_reason.is_some(),
+        auto_reason,
+        bounce,
+        ticket_number,
+        thread_source,
+    }
+}
+
+/// Thread detection in order of trust: verified marker (header or body footer), verified
+/// reference in In-Reply-To/References, then the subject patterns.
+#[allow(clippy::too_many_arguments)]
+fn find_thread(
+    opts: &ParseOptions,
+    headers: &auto::Headers,
+    in_reply_to: Option<&str>,
+    references: &[String],
+    body_text: &str,
+    body_html: Option<&str>,
+    returned_headers: &[String],
+    subject: &str,
+) -> (Option<String>, Option<ThreadSource>) {
+    if let Some(key) = opts.thread_key.as_deref() {
+        let header_ref = headers
+            .all(&threading::REFERENCE_HEADER.to_ascii_lowercase())
+            .find_map(|v| threading::verify_reference(v, key));
+        let marker = header_ref
+            .or_else(|| threading::find_footer_marker(body_text, key))
+            .or_else(|| body_html.and_then(|h| threading::find_footer_marker(h, key)));
+        if let Some(ticket) = marker {
+            return (Some(ticket), Some(ThreadSource::Marker));
+        }
+        let by_reference = in_reply_to
+            .into_iter()
+            .chain(references.iter().rev().map(String::as_str))
+            .find_map(|id| threading::find_reference_in_id(id, key))
+            .or_else(|| {
+                // A bounce of our own notification: the returned headers carry our Message-ID.
+                returned_headers
+                    .iter()
+                    .find_map(|h| threading::find_reference_in_id(h, key))
+            });
+        if let Some(ticket) = by_reference {
+            return (Some(ticket), Some(ThreadSource::References));
+        }
+    }
+    for pattern in &opts.subject_ticket_patterns {
+        if let Some(c) = pattern.captures(subject) {
+            let m = c.name("ticket").or_else(|| c.get(1)).or_else(|| c.get(0));
+            if let Some(m) = m {
+                let ticket = m.as_str().trim();
+                if !ticket.is_empty() {
+                    return (Some(ticket.to_string()), Some(ThreadSource::Subject));
+                }
+            }
+        }
+    }
+    (None, None)
+}
+
+fn unfold(s: &str) -> String {
+    let s: String = s
+        .chars()
+        .map(|c| if c == '\n' || c == '\t' { ' ' } else { c })
+        .collect();
+    let mut out = String::with_capacity(s.len());
+    let mut last_space = false;
+    for c in s.trim().chars() {
+        if c == ' ' {
+            if !last_space {
+                out.push(c);
+            }
+            last_space = true;
+        } else {
+            out.push(c);
+            last_space = false;
+        }
+    }
+    out
+}
+
+fn addresses(address: &Address<'_>) -> Vec<MailAddress> {
+    let list: Vec<&mail_parser::Addr<'_>> = match address {
+        Address::List(list) => list.iter().collect(),
+        Address::Group(groups) => groups.iter().flat_map(|g| g.addresses.iter()).collect(),
+    };
+    list.into_iter()
+        .filter_map(|a| {
+            let address = a.address.as_deref()?.trim();
+            if address.is_empty() || !address.contains('@') {
+                return None;
+            }
+            let name = a
+                .name
+                .as_deref()
+                .map(|n| unfold(n).trim_matches(['"', '\'', ' ']).to_string())
+                .filter(|n| !n.is_empty());
+            Some(MailAddress {
+                name,
+                address: address.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn ids(value: &HeaderValue<'_>) -> Vec<String> {
+    let raw: Vec<&str> = match value {
+        HeaderValue::Text(t) => vec![t.as_ref()],
+        HeaderValue::TextList(l) => l.iter().map(|t| t.as_ref()).collect(),
+        _ => Vec::new(),
+    };
+    raw.into_iter()
+        .map(|id| body::strip_angles(id).to_string())
+        .filter(|id| !id.is_empty() && !id.contains(char::is_whitespace))
+        .collect()
+}
+
+fn join_texts(parts: &[String]) -> String {
+    let mut out = String::new();
+    for p in parts {
+        let p = p.trim_end();
+        if p.trim().is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str("\n\n");
+        }
+        out.push_str(p);
+    }
+    out
+}
+
+/// Readable text from HTML (no tags), via html2text without decorations.
+fn html_to_text(html: &str) -> String {
+    if html.len() > MAX_HTML_TO_TEXT {
+        return "[HTML body too large to convert to text; see body_html]".to_string();
+    }
+    let text = html2text::config::plain_no_decorate()
+        .string_from_read(html.as_bytes(), 10_000)
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+    let mut out = String::with_capacity(text.len());
+    let mut blank = 0;
+    for line in lines {
+        if line.trim().is_empty() {
+            blank += 1;
+            if blank > 1 {
+                continue;
+            }
+        } else {
+            blank = 0;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.trim().to_string()
+}

@@ -1,0 +1,3 @@
+//! The subcommands of `mailbridge`, one module each.
+
+pub mod parse;

@@ -1,0 +1,411 @@
+//! The MIME walk: which leaves are the text body, which the HTML body, which are attachments
+//! (issue 5, "What goes where"), with charset and transfer-encoding repairs per leaf.
+
+use super::charset;
+use super::draft::Attachment;
+use base64::Engine as _;
+use mail_parser::{Message, MessageParser, MessagePart, MimeHeaders, PartType};
+use std::borrow::Cow;
+
+/// What the walk collects from one message.
+#[derive(Default)]
+pub(crate) struct Bodies {
+    /// Inline text/plain leaves, in order.
+    pub text_parts: Vec<String>,
+    /// The HTML body.
+    pub html: Option<String>,
+    /// Every other leaf.
+    pub attachments: Vec<Attachment>,
+    /// Decoded contents of `message/delivery-status` parts.
+    pub delivery_status: Vec<String>,
+    /// Header blocks of returned mail (`message/rfc822` heads, `text/rfc822-headers`).
+    pub returned_headers: Vec<String>,
+}
+
+/// Which body kinds a subtree may contribute (alternatives contribute only one each).
+#[derive(Clone, Copy)]
+struct Mode {
+    text: bool,
+    html: bool,
+}
+
+const BOTH: Mode = Mode {
+    text: true,
+    html: true,
+};
+
+/// Depth guard for hostile nesting (mail-parser limits nesting too; this keeps our recursion
+/// bounded whatever it returns).
+const MAX_DEPTH: usize = 64;
+
+/// Walks `message` (parsed from `raw`) and sorts its leaves.
+pub(crate) fn collect(message: &Message<'_>, raw: &[u8]) -> Bodies {
+    let mut walk = Walk {
+        message,
+        raw,
+        out: Bodies::default(),
+    };
+    if !message.parts.is_empty() {
+        walk.part(0, BOTH, 0);
+    }
+    walk.out
+}
+
+struct Walk<'m, 'x> {
+    message: &'m Message<'x>,
+    raw: &'m [u8],
+    out: Bodies,
+}
+
+fn lower_type(part: &MessagePart<'_>) -> (String, String) {
+    match part.content_type() {
+        Some(ct) => (
+            ct.ctype().to_ascii_lowercase(),
+            ct.subtype().unwrap_or("").to_ascii_lowercase(),
+        ),
+        None => ("text".into(), "plain".into()),
+    }
+}
+
+impl Walk<'_, '_> {
+    fn get(&self, id: u32) -> Option<&MessagePart<'_>> {
+        self.message.parts.get(id as usize)
+    }
+
+    fn part(&mut self, id: u32, mode: Mode, depth: usize) {
+        let Some(part) = self.message.parts.get(id as usize) else {
+            return;
+        };
+        if depth > MAX_DEPTH {
+            return;
+        }
+        if let PartType::Multipart(children) = &part.body {
+            let (_, subtype) = lower_type(part);
+            let children: Vec<u32> = children.clone();
+            match subtype.as_str() {
+                "alternative" => self.alternative(&children, mode, depth),
+                "related" => self.related(part, &children, mode, depth),
+                "signed" => {
+                    for (i, child) in children.iter().enumerate() {
+                        let m = if i == 0 { mode } else { NONE_BODY };
+                        self.part(*child, m, depth + 1);
+                    }
+                }
+                _ => {
+                    for child in children {
+                        self.part(child, mode, depth + 1);
+                    }
+                }
+            }
+            return;
+        }
+        self.leaf(part, mode);
+    }
+
+    fn contains(&self, id: u32, want: &str, depth: usize) -> bool {
+        let Some(part) = self.get(id) else {
+            return false;
+        };
+        if depth > MAX_DEPTH {
+            return false;
+        }
+        match &part.body {
+            PartType::Multipart(children) => {
+                children.iter().any(|c| self.contains(*c, want, depth + 1))
+            }
+            _ => {
+                let (t, s) = lower_type(part);
+                t == "text" && s == want && !is_attachment_like(part)
+            }
+        }
+    }
+
+    /// multipart/alternative: the plain branch gives the text, the HTML branch the HTML, and
+    /// both give their attachments.
+    fn alternative(&mut self, children: &[u32], mode: Mode, depth: usize) {
+        let text_child = children
+            .iter()
+            .copied()
+            .find(|c| self.contains(*c, "plain", depth));
+        let html_child = children
+            .iter()
+            .copied()
+            .rev()
+            .find(|c| self.contains(*c, "html", depth));
+        for &child in children {
+            let m = if Some(child) == text_child {
+                Mode {
+                    text: mode.text,
+                    html: mode.html && html_child.is_none(),
+                }
+            } else if Some(child) == html_child {
+                Mode {
+                    text: mode.text && text_child.is_none(),
+                    html: mode.html,
+                }
+            } else {
+                NONE_BODY
+            };
+            self.part(child, m, depth + 1);
+        }
+    }
+
+    /// multipart/related: the root (the `start` part, else the first) is the body; the rest
+    /// (inline images) are attachments.
+    fn related(&mut self, part: &MessagePart<'_>, children: &[u32], mode: Mode, depth: usize) {
+        let start = part
+            .content_type()
+            .and_then(|ct| ct.attribute("start"))
+            .map(|s| s.trim().trim_matches(['<', '>']).to_string());
+        let root = start
+            .and_then(|s| {
+                children.iter().copied().find(|c| {
+                    self.get(*c).and_then(|p| p.content_id()).map(strip_angles) == Some(s.as_str())
+                })
+            })
+            .or_else(|| children.first().copied());
+        for &child in children {
+            let m = if Some(child) == root { mode } else { NONE_BODY };
+            self.part(child, m, depth + 1);
+        }
+    }
+
+    fn leaf(&mut self, part: &MessagePart<'_>, mode: Mode) {
+        let (ctype, subtype) = lower_type(part);
+        let attachment_like = is_attachment_like(part);
+        if ctype == "text" && subtype == "plain" && !attachment_like {
+            if mode.text {
+                let text = self.text_of(part);
+                self.out.text_parts.push(text);
+                return;
+            }
+            if mode.html {
+                // The plain twin inside an HTML alternative branch: not an attachment.
+                return;
+            }
+        }
+        if ctype == "text"
+            && subtype == "html"
+            && !attachment_like
+            && mode.html
+            && self.out.html.is_none()
+        {
+            self.out.html = Some(self.text_of(part));
+            return;
+        }
+        if ctype == "message"
+            && (subtype == "delivery-status" || subtype == "global-delivery-status")
+        {
+            let bytes = self.decoded_bytes(part);
+            self.out
+                .delivery_status
+                .push(String::from_utf8_lossy(&bytes).into_owned());
+        }
+        if (ctype == "message" && (subtype == "rfc822" || subtype == "global"))
+            || (ctype == "text" && subtype == "rfc822-headers")
+        {
+            let bytes = self.decoded_bytes(part);
+            let head_end = find_header_end(&bytes);
+            self.out
+                .returned_headers
+                .push(String::from_utf8_lossy(&bytes[..head_end]).into_owned());
+        }
+        let attachment = self.attachment(part, ctype, subtype);
+        self.out.attachments.push(attachment);
+    }
+
+    fn attachment(&self, part: &MessagePart<'_>, ctype: String, subtype: String) -> Attachment {
+        let size = match &part.body {
+            PartType::Binary(b) | PartType::InlineBinary(b) if !part.is_encoding_problem => b.len(),
+            _ => self.decoded_bytes(part).len(),
+        } as u64;
+        let content_id = part
+            .content_id()
+            .map(|c| strip_angles(c).to_string())
+            .filter(|c| !c.is_empty());
+        let inline = match part.content_disposition() {
+            Some(d) if d.ctype().eq_ignore_ascii_case("inline") => true,
+            Some(d) if d.ctype().eq_ignore_ascii_case("attachment") => false,
+            _ => content_id.is_some(),
+        };
+        Attachment {
+            filename: self.filename(part),
+            content_type: if subtype.is_empty() {
+                ctype
+            } else {
+                format!("{ctype}/{subtype}")
+            },
+            size,
+            inline,
+            content_id,
+        }
+    }
+
+    /// The decoded filename; raw 8-bit names in an undeclared charset are re-read with the
+    /// sniffed charset.
+    fn filename(&self, part: &MessagePart<'_>) -> Option<String> {
+        let name = part.attachment_name()?;
+        let name = if charset::looks_misdecoded(name) {
+            self.reparse_header_name(part)
+                .unwrap_or_else(|| name.to_string())
+        } else {
+            name.to_string()
+        };
+        let name = name.trim().to_string();
+        (!name.is_empty()).then_some(name)
+    }
+
+    fn reparse_header_name(&self, part: &MessagePart<'_>) -> Option<String> {
+        let head = self
+            .raw
+            .get(part.offset_header as usize..part.offset_body as usize)?;
+        let text = charset::sniff_decode(head, None);
+        let reparsed = MessageParser::default().parse_headers(text.as_bytes())?;
+        reparsed.root_part().attachment_name().map(str::to_string)
+    }
+
+    /// The part's content with the transfer encoding undone (leniently: base64 of invalid
+    /// length keeps every full quantum), before any charset conversion.
+    fn decoded_bytes<'r>(&'r self, part: &'r MessagePart<'_>) -> Cow<'r, [u8]> {
+        if !part.is_encoding_problem {
+            match &part.body {
+                PartType::Binary(b) | PartType::InlineBinary(b) => {
+                    return Cow::Borrowed(b.as_ref());
+                }
+                PartType::Message(_) => {}
+                _ => {}
+            }
+        }
+        let Some(body) = self.raw.get(
+            part.offset_body as usize..(part.offset_end as usize).max(part.offset_body as usize),
+        ) else {
+            return Cow::Borrowed(&[]);
+        };
+        match part
+            .content_transfer_encoding()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("base64") => Cow::Owned(lenient_base64(body)),
+            Some("quoted-printable") => {
+                mail_parser::decoders::quoted_printable::quoted_printable_decode(body)
+                    .map_or(Cow::Borrowed(body), Cow::Owned)
+            }
+            _ => Cow::Borrowed(body),
+        }
+    }
+
+    /// Text of a text leaf, charset-repaired, with LF line ends.
+    fn text_of(&self, part: &MessagePart<'_>) -> String {
+        let declared = part
+            .content_type()
+            .and_then(|ct| ct.attribute("charset"))
+            .map(str::to_string);
+        let text: Cow<'_, str> = match &part.body {
+            PartType::Text(t) | PartType::Html(t) if !part.is_encoding_problem => {
+                let declared_utf8 = declared.as_deref().is_some_and(|d| {
+                    d.eq_ignore_ascii_case("utf-8") || d.eq_ignore_ascii_case("utf8")
+                });
+                if declared
+                    .as_deref()
+                    .is_some_and(charset::is_iso_2022_jp_label)
+                {
+                    Cow::Owned(charset::decode_iso_2022_jp(&self.decoded_bytes(part)))
+                } else if charset::looks_misdecoded(t) || (!t.is_ascii() && !declared_utf8) {
+                    let bytes = self.decoded_bytes(part);
+                    if bytes.is_ascii()
+                        || (!charset::looks_misdecoded(t) && std::str::from_utf8(&bytes).is_err())
+                    {
+                        Cow::Borrowed(t.as_ref())
+                    } else {
+                        Cow::Owned(charset::sniff_decode(&bytes, declared.as_deref()).into_owned())
+                    }
+                } else {
+                    Cow::Borrowed(t.as_ref())
+                }
+            }
+            _ => {
+                let bytes = self.decoded_bytes(part);
+                if declared
+                    .as_deref()
+                    .is_some_and(charset::is_iso_2022_jp_label)
+                {
+                    Cow::Owned(charset::decode_iso_2022_jp(&bytes))
+                } else {
+                    Cow::Owned(charset::sniff_decode(&bytes, declared.as_deref()).into_owned())
+                }
+            }
+        };
+        lf_text(&text)
+    }
+}
+
+const NONE_BODY: Mode = Mode {
+    text: false,
+    html: false,
+};
+
+/// A text part that is an attachment all the same: `Content-Disposition: attachment` or a
+/// filename.
+fn is_attachment_like(part: &MessagePart<'_>) -> bool {
+    part.content_disposition()
+        .is_some_and(|d| d.ctype().eq_ignore_ascii_case("attachment"))
+        || part.attachment_name().is_some_and(|n| !n.trim().is_empty())
+}
+
+pub(crate) fn strip_angles(s: &str) -> &str {
+    s.trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim()
+}
+
+fn find_header_end(bytes: &[u8]) -> usize {
+    bytes
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map_or(bytes.len(), |p| p + 1)
+}
+
+/// CRLF / CR → LF and no NULs (text from base64 keeps the sender's line ends).
+pub(crate) fn lf_text(text: &str) -> String {
+    if !text.contains(['\r', '\0']) {
+        return text.to_string();
+    }
+    text.replace("\r\n", "\n")
+        .replace('\r', "\n")
+        .replace('\0', "")
+}
+
+/// Base64 that tolerates junk characters, missing padding and a dangling last character.
+pub(crate) fn lenient_base64(input: &[u8]) -> Vec<u8> {
+    let mut clean: Vec<u8> = input
+        .iter()
+        .copied()
+        .take_while(|&b| b != b'=')
+        .filter(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+        .collect();
+    if clean.len() % 4 == 1 {
+        clean.pop();
+    }
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
+    );
+    engine.decode(&clean).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lenient_base64_keeps_full_quanta() {
+        assert_eq!(lenient_base64(b"aGVsbG8gd29ybGQ="), b"hello world");
+        assert_eq!(lenient_base64(b"aGVsbG8gd29ybGQ"), b"hello world");
+        assert_eq!(lenient_base64(b"aGVs\nbG8g\nd29y\nbGQx!x"), b"hello world1");
+        assert_eq!(lenient_base64(b"aGVsbG8gd29ybGQ=\n=="), b"hello world");
+    }
+}

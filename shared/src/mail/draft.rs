@@ -1,0 +1,154 @@
+//! The ticket draft (the parser's output, printed by `mailbridge parse` and posted by the poller),
+//! the parse options and the parse error. Field names are the contract of issue 5 and of
+//! `shared/schemas/ticket-draft.schema.json`.
+
+use crate::error::{Classify, ErrorClass};
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+/// One mail address with its display name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailAddress {
+    /// Decoded display name, `null` when the header has none.
+    pub name: Option<String>,
+    /// The address (`local@domain`), as written.
+    pub address: String,
+}
+
+/// One attachment: every leaf that is not a body part (see issue 5, "What goes where").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Decoded filename (Content-Disposition `filename`, else Content-Type `name`); `null` when
+    /// the part has none.
+    pub filename: Option<String>,
+    /// Lower-case `type/subtype`.
+    pub content_type: String,
+    /// Size of the decoded content in bytes.
+    pub size: u64,
+    /// Whether the part is meant to be shown inline (Content-Disposition `inline`, or no
+    /// disposition and a Content-ID, like the images of `multipart/related`).
+    pub inline: bool,
+    /// Content-ID without angle brackets (what `cid:` URLs in the HTML refer to).
+    pub content_id: Option<String>,
+}
+
+/// What a delivery status notification says about the mail that bounced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bounce {
+    /// Message-ID (no angle brackets) of the mail that could not be delivered.
+    pub original_message_id: Option<String>,
+    /// The recipient that failed (Final-Recipient / Original-Recipient / X-Failed-Recipients).
+    pub recipient: Option<String>,
+    /// The RFC 3463 status code, e.g. `5.1.1`.
+    pub status: Option<String>,
+}
+
+/// Which layer found the ticket a reply belongs to, most trusted first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThreadSource {
+    /// A verified (HMAC) reference in the body footer or the `X-Mailbridge-Ref` header.
+    Marker,
+    /// A verified reference inside a Message-ID in In-Reply-To / References.
+    References,
+    /// A ticket number in the subject (`[Ticket#123]` or a configured pattern): anyone can type
+    /// it, so the ticket API should check that the sender belongs to the ticket.
+    Subject,
+}
+
+/// The ticket draft one mail turns into.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketDraft {
+    /// Message-ID without angle brackets.
+    pub message_id: Option<String>,
+    /// Decoded, unfolded subject; empty when the mail has none.
+    pub subject: String,
+    /// The author (`From`); `null` when the mail has no usable From address.
+    pub from: Option<MailAddress>,
+    /// `To` recipients.
+    pub to: Vec<MailAddress>,
+    /// `Cc` recipients.
+    pub cc: Vec<MailAddress>,
+    /// `Reply-To` addresses.
+    pub reply_to: Vec<MailAddress>,
+    /// `Date` as RFC 3339; `null` when missing or unparseable.
+    pub date: Option<String>,
+    /// First Message-ID of In-Reply-To, without angle brackets.
+    pub in_reply_to: Option<String>,
+    /// Message-IDs of References, oldest first, without angle brackets.
+    pub references: Vec<String>,
+    /// The text body: inline text/plain leaves joined in order, or text derived from the HTML.
+    pub body_text: String,
+    /// The HTML body, when the mail has one.
+    pub body_html: Option<String>,
+    /// The new part of a reply (quoted history and signature removed); equals `body_text`
+    /// when nothing can be told apart.
+    pub reply_text: String,
+    /// Every leaf that is not a body part.
+    pub attachments: Vec<Attachment>,
+    /// Machine mail: auto-replies, out-of-office, bounces, receipts, lists, bulk, own loops.
+    pub auto_generated: bool,
+    /// Why the mail counts as machine mail: `<category>: <evidence>`, category one of
+    /// `loop`, `bounce`, `delivery_report`, `read_receipt`, `feedback_report`, `out_of_office`,
+    /// `auto_reply`, `auto_generated`, `mailing_list`, `bulk`.
+    pub auto_reason: Option<String>,
+    /// For bounces: what the delivery report says.
+    pub bounce: Option<Bounce>,
+    /// The ticket this mail belongs to, when one was found.
+    pub ticket_number: Option<String>,
+    /// Which layer found `ticket_number`.
+    pub thread_source: Option<ThreadSource>,
+}
+
+/// Options of [`crate::mail::parse`].
+#[derive(Clone, Debug)]
+pub struct ParseOptions {
+    /// HMAC key of the thread markers; without it no marker or reference is trusted.
+    pub thread_key: Option<Vec<u8>>,
+    /// Subject patterns with the ticket number in the capture group named `ticket`, or else in
+    /// the first capture group. Default: `[Ticket#N]`.
+    pub subject_ticket_patterns: Vec<Regex>,
+    /// The helpdesk's own mailbox addresses: mail from them (or with an `X-Loop` naming them)
+    /// is a loop.
+    pub own_addresses: Vec<String>,
+}
+
+impl ParseOptions {
+    /// The default subject pattern: `[Ticket#123]` (case-insensitive, spaces tolerated).
+    pub fn default_subject_pattern() -> Regex {
+        Regex::new(r"(?i)\[\s*Ticket\s*#\s*(?P<ticket>[A-Za-z0-9_-]+)\s*\]").expect("static regex")
+    }
+}
+
+impl Default for ParseOptions {
+    fn default() -> Self {
+        Self {
+            thread_key: None,
+            subject_ticket_patterns: vec![Self::default_subject_pattern()],
+            own_addresses: Vec::new(),
+        }
+    }
+}
+
+/// Why a byte string could not be turned into a ticket draft.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// Zero bytes, or only whitespace.
+    #[error("the input is empty")]
+    Empty,
+    /// No line that looks like a header field (`Name: value`) near the start.
+    #[error("no RFC 5322 header fields found in the first {scanned} bytes")]
+    NoHeaders {
+        /// How many bytes were searched.
+        scanned: usize,
+    },
+    /// The MIME parser gave up.
+    #[error("the MIME structure could not be parsed")]
+    Unparseable,
+}
+
+impl Classify for ParseError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Permanent
+    }
+}

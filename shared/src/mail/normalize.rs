@@ -1,0 +1,265 @@
+//! Repairs applied to the raw bytes before MIME parsing, so LF, CRLF and bare-CR input, mbox
+//! `From ` lines, junk before the first header and broken header folding all parse the same.
+//!
+//! Output uses LF line ends. Only the header block is rewritten beyond line ends; the body is
+//! copied (or borrowed, when nothing needs changing).
+
+use super::charset;
+use super::draft::ParseError;
+use std::borrow::Cow;
+
+/// How far into the input we look for the first header field before giving up.
+const HEADER_SEARCH_LIMIT: usize = 64 * 1024;
+
+/// LF line ends, then header-block repairs. Errors on empty input or input without headers.
+pub(crate) fn normalize(raw: &[u8]) -> Result<Cow<'_, [u8]>, ParseError> {
+    if raw.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(ParseError::Empty);
+    }
+    let lf = to_lf(raw);
+    let (header_start, header_end) = locate_header_block(&lf)?;
+    let header = &lf[header_start..header_end];
+    match repair_header_block(header) {
+        None if header_start == 0 => Ok(lf),
+        None => Ok(slice_cow(lf, header_start)),
+        Some(fixed) => {
+            let mut out = Vec::with_capacity(fixed.len() + lf.len() - header_end);
+            out.extend_from_slice(&fixed);
+            out.extend_from_slice(&lf[header_end..]);
+            Ok(Cow::Owned(out))
+        }
+    }
+}
+
+fn slice_cow(data: Cow<'_, [u8]>, from: usize) -> Cow<'_, [u8]> {
+    match data {
+        Cow::Borrowed(b) => Cow::Borrowed(&b[from..]),
+        Cow::Owned(mut v) => {
+            v.drain(..from);
+            Cow::Owned(v)
+        }
+    }
+}
+
+/// CRLF and bare CR become LF. Borrows when the input has no CR at all.
+pub(crate) fn to_lf(raw: &[u8]) -> Cow<'_, [u8]> {
+    if !raw.contains(&b'\r') {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if b == b'\r' {
+            out.push(b'\n');
+            if raw.get(i + 1) == Some(&b'\n') {
+                i += 1;
+            }
+        } else {
+            out.push(b);
+        }
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
+/// Whether a line looks like a header field: a field name of printable ASCII, then a colon.
+pub(crate) fn is_header_line(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    if colon == 0 || colon > 76 {
+        return false;
+    }
+    let name = trim_end_ws(&line[..colon]);
+    !name.is_empty() && name.iter().all(|&b| (33..=126).contains(&b) && b != b':')
+}
+
+fn trim_end_ws(s: &[u8]) -> &[u8] {
+    let end = s
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(0, |p| p + 1);
+    &s[..end]
+}
+
+fn is_continuation(line: &[u8]) -> bool {
+    matches!(line.first(), Some(b' ' | b'\t'))
+}
+
+/// Start of the first header line (after BOM, blank lines, an mbox `From ` line or other junk)
+/// and the end of the header block (just past the LF of the last header line).
+fn locate_header_block(data: &[u8]) -> Result<(usize, usize), ParseError> {
+    let mut pos = 0;
+    if data.starts_with(b"\xEF\xBB\xBF") {
+        pos = 3;
+    }
+    let limit = data.len().min(HEADER_SEARCH_LIMIT);
+    let start = loop {
+        if pos >= limit {
+            return Err(ParseError::NoHeaders { scanned: limit });
+        }
+        let end = line_end(data, pos);
+        let line = &data[pos..end];
+        let mbox_from = line.starts_with(b"From ") || line.starts_with(b">From ");
+        if !mbox_from && is_header_line(line) {
+            break pos;
+        }
+        // An indented header right after an mbox From line (broken folding): take it.
+        if is_continuation(line) && pos > 0 && is_header_line(trim_start_ws(line)) {
+            break pos;
+        }
+        pos = (end + 1).min(data.len());
+    };
+    // End of the header block: the first empty line.
+    let mut pos = start;
+    while pos < data.len() {
+        let end = line_end(data, pos);
+        if end == pos {
+            return Ok((start, pos));
+        }
+        pos = end + 1;
+    }
+    Ok((start, data.len()))
+}
+
+fn trim_start_ws(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(s.len());
+    &s[start..]
+}
+
+fn line_end(data: &[u8], from: usize) -> usize {
+    data[from..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(data.len(), |p| from + p)
+}
+
+/// Repairs the header block; `None` when it needs nothing. Repairs:
+/// - indented lines before the first real header (folding broken after an mbox `From ` line)
+///   are un-indented;
+/// - a line that is neither a header nor a continuation becomes a continuation when a header
+///   follows it (broken folding), else it starts the body (missing blank line);
+/// - raw 8-bit bytes that are not UTF-8 are transcoded to UTF-8 from the sniffed charset.
+fn repair_header_block(header: &[u8]) -> Option<Vec<u8>> {
+    let lines: Vec<&[u8]> = header
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut out: Vec<u8> = Vec::with_capacity(header.len() + 16);
+    let mut changed = false;
+    let mut seen_header = false;
+    for (i, line) in lines.iter().enumerate() {
+        if is_header_line(line) && !is_continuation(line) {
+            seen_header = true;
+            out.extend_from_slice(line);
+        } else if is_continuation(line) {
+            if seen_header {
+                out.extend_from_slice(line);
+            } else {
+                out.extend_from_slice(trim_start_ws(line));
+                changed = true;
+                seen_header = true;
+            }
+        } else {
+            let header_follows = lines[i + 1..]
+                .iter()
+                .find(|l| !is_continuation(l))
+                .is_some_and(|l| is_header_line(l));
+            changed = true;
+            if header_follows {
+                out.push(b' ');
+                out.extend_from_slice(line);
+            } else {
+                // The blank line between header and body is missing: start the body here.
+                out.push(b'\n');
+                for rest in &lines[i..] {
+                    out.extend_from_slice(rest);
+                    out.push(b'\n');
+                }
+                out.pop();
+                out.push(b'\n');
+                return Some(transcode_8bit(out).unwrap_or_else(|v| v));
+            }
+        }
+        out.push(b'\n');
+    }
+    match transcode_8bit(out) {
+        Ok(fixed) => Some(fixed),
+        Err(unchanged) if changed => Some(unchanged),
+        Err(_) => None,
+    }
+}
+
+/// `Ok(transcoded)` when the block had 8-bit bytes that are not UTF-8, else `Err(input)`.
+fn transcode_8bit(block: Vec<u8>) -> Result<Vec<u8>, Vec<u8>> {
+    if block.is_ascii() || std::str::from_utf8(&block).is_ok() {
+        return Err(block);
+    }
+    Ok(charset::sniff_decode(&block, None)
+        .into_owned()
+        .into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(s: &[u8]) -> String {
+        String::from_utf8(normalize(s).unwrap().into_owned()).unwrap()
+    }
+
+    #[test]
+    fn crlf_and_bare_cr_become_lf() {
+        assert_eq!(
+            norm(b"A: 1\r\nB: 2\r\n\r\nbody\r\n"),
+            "A: 1\nB: 2\n\nbody\n"
+        );
+        assert_eq!(norm(b"A: 1\rB: 2\r\rbody\r"), "A: 1\nB: 2\n\nbody\n");
+    }
+
+    #[test]
+    fn mbox_from_line_and_junk_are_skipped() {
+        assert_eq!(
+            norm(b"From someone@example.com Mon Jan  1 00:00:00 2024\nSubject: x\n\nhi"),
+            "Subject: x\n\nhi"
+        );
+        assert_eq!(
+            norm(b"\n\n  garbage line\nSubject: x\n\nhi"),
+            "Subject: x\n\nhi"
+        );
+    }
+
+    #[test]
+    fn broken_folding_is_repaired() {
+        assert_eq!(
+            norm(b"Subject: a very long\nsubject line\nFrom: a@b.c\n\nhi"),
+            "Subject: a very long\n subject line\nFrom: a@b.c\n\nhi"
+        );
+        assert_eq!(
+            norm(b"From x Mon Jan  1 00:00:00 2024\n Subject: x\nFrom: a@b.c\n\nhi"),
+            "Subject: x\nFrom: a@b.c\n\nhi"
+        );
+    }
+
+    #[test]
+    fn missing_blank_line_starts_the_body() {
+        assert_eq!(
+            norm(b"Subject: x\nhello there\n"),
+            "Subject: x\n\nhello there\n"
+        );
+    }
+
+    #[test]
+    fn empty_and_headerless_input_are_errors() {
+        assert_eq!(normalize(b"").unwrap_err(), ParseError::Empty);
+        assert_eq!(normalize(b" \r\n ").unwrap_err(), ParseError::Empty);
+        assert!(matches!(
+            normalize(b"just some text\nwithout any header\n"),
+            Err(ParseError::NoHeaders { .. })
+        ));
+    }
+}

@@ -1,0 +1,137 @@
+//! The new part of a reply: quoted history and signature removed from the text body.
+//!
+//! Cuts at the first quote header ("On … wrote:", Outlook's "From: … Sent: …" block,
+//! "-----Original Message-----", localized variants), at a signature delimiter ("-- ") or a
+//! mobile signature ("Sent from my iPhone"), and drops `>` quoted lines (interleaved answers
+//! stay). When nothing is left the whole body is kept: better too much than an empty ticket.
+
+use regex::Regex;
+use std::sync::LazyLock;
+
+/// Lines that start the quoted original on their own.
+static QUOTE_HEADER_LINE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(concat!(
+        r"(?i)^\s*(",
+        r"-{2,}\s*(original message|ursprüngliche nachricht|message d'origine|mensaje original|messaggio originale|oorspronkelijk bericht|originalmeddelande|original meddelelse|alkuperäinen viesti|wiadomość oryginalna|původní zpráva|исходное сообщение)\s*-{2,}",
+        r"|-{2,}\s*(forwarded message|weitergeleitete nachricht|message transféré)\s*-{2,}",
+        r"|_{20,}",
+        r"|on\s.{1,250}\swrote:",
+        r"|am\s.{1,250}\sschrieb\s.{0,250}:",
+        r"|le\s.{1,250}\sa écrit\s?:",
+        r"|el\s.{1,250}\sescribió:",
+        r"|il\s.{1,250}\sha scritto:",
+        r"|op\s.{1,250}\sschreef\s.{0,250}:",
+        r"|den\s.{1,250}\sskrev\s.{0,250}:",
+        r"|.{1,250}\s(wrote|schrieb|a écrit|escribió|ha scritto|schreef|skrev)\s?:",
+        r")\s*$"
+    ))
+    .expect("static regex")
+});
+
+/// "On Tue, 3 Jan 2024 at 10:00, Someone <a@b.c>" whose "wrote:" is on the next line (Gmail
+/// wraps long attributions).
+static WRAPPED_ATTRIBUTION: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)^\s*(on|am|le|el|il|op|den)\s.{1,250}$").expect("static regex")
+});
+static WROTE_ALONE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)^\s*.{0,250}(wrote|schrieb|a écrit|escribió|ha scritto|schreef|skrev)\s?:\s*$")
+        .expect("static regex")
+});
+
+/// Outlook's header block: a `From:` line followed closely by `Sent:`/`Date:`/`To:`/`Subject:`.
+static OUTLOOK_FROM: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)^\s*\*?(from|von|de|da|van|från|fra|od|от)\s*:\*?\s*\S").expect("static regex")
+});
+static OUTLOOK_NEXT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)^\s*\*?(sent|date|to|subject|cc|gesendet|datum|an|betreff|envoyé|date|à|objet|enviado|para|asunto|inviato|data|oggetto|verzonden|aan|onderwerp|skickat|till|ämne|sendt|til|emne|wysłano|temat|отправлено|тема)\s*:\*?").expect("static regex")
+});
+
+/// Signature starts: RFC 3676 `-- ` and mobile client signatures.
+static SIGNATURE_LINE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)^(--\s?|sent from my (iphone|ipad|android|samsung|galaxy|mobile|phone|blackberry|huawei|xiaomi).*|sent from (outlook|mail) for (ios|android|windows).*|get outlook for (ios|android).*|von meinem (iphone|ipad|smartphone|samsung).* gesendet|envoyé de mon (iphone|ipad|smartphone).*|enviado desde mi (iphone|ipad|smartphone).*)\s*$")
+        .expect("static regex")
+});
+
+/// The new part of `body`; `body` itself when nothing remains after stripping.
+pub(crate) fn reply_text(body: &str) -> String {
+    let lines: Vec<&str> = body.lines().collect();
+    let mut end = lines.len();
+    for (i, line) in lines.iter().enumerate() {
+        if QUOTE_HEADER_LINE.is_match(line) && !line.trim_start().starts_with('>') {
+            end = i;
+            break;
+        }
+        if WRAPPED_ATTRIBUTION.is_match(line)
+            && lines.get(i + 1).is_some_and(|n| WROTE_ALONE.is_match(n))
+            && !line.trim_start().starts_with('>')
+        {
+            end = i;
+            break;
+        }
+        if OUTLOOK_FROM.is_match(line) {
+            let following = lines[i + 1..]
+                .iter()
+                .take(6)
+                .filter(|l| OUTLOOK_NEXT.is_match(l))
+                .count();
+            if following >= 2 {
+                end = i;
+                break;
+            }
+        }
+        if SIGNATURE_LINE.is_match(line) {
+            end = i;
+            break;
+        }
+    }
+    let kept: Vec<&str> = lines[..end]
+        .iter()
+        .copied()
+        .filter(|l| !l.trim_start().starts_with('>'))
+        .collect();
+    let text = kept.join("\n");
+    let text = text.trim_matches(|c: char| c == '\n' || c.is_whitespace());
+    if text.is_empty() {
+        body.to_string()
+    } else {
+        text.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gmail_attribution_and_quotes_are_removed() {
+        let body = "Thanks, that fixed it.\n\nOn Tue, Jan 2, 2024 at 10:00 AM Help Desk <help@example.com> wrote:\n> Please restart.\n> Bye";
+        assert_eq!(reply_text(body), "Thanks, that fixed it.");
+        let wrapped = "Works now.\n\nOn Tue, Jan 2, 2024 at 10:00 AM Help Desk <help@example.com>\nwrote:\n> x";
+        assert_eq!(reply_text(wrapped), "Works now.");
+    }
+
+    #[test]
+    fn outlook_header_block_is_removed() {
+        let body = "Still broken.\n\n________________________________\nFrom: Help Desk <help@example.com>\nSent: Tuesday, January 2, 2024 10:00 AM\nTo: Me\nSubject: RE: printer\n\nold text";
+        assert_eq!(reply_text(body), "Still broken.");
+        let body2 = "Danke!\n\nVon: Help Desk <help@example.com>\nGesendet: Dienstag, 2. Januar 2024 10:00\nAn: Ich\nBetreff: AW: Drucker\n\nalt";
+        assert_eq!(reply_text(body2), "Danke!");
+        let body3 = "ok\n\n-----Original Message-----\nFrom: x\n";
+        assert_eq!(reply_text(body3), "ok");
+    }
+
+    #[test]
+    fn signature_is_removed_and_interleaved_answers_stay() {
+        assert_eq!(reply_text("Hi\n\n-- \nJohn\nACME"), "Hi");
+        assert_eq!(reply_text("Hi\n\nSent from my iPhone"), "Hi");
+        assert_eq!(
+            reply_text("> question?\nanswer\n> q2\nanswer 2"),
+            "answer\nanswer 2"
+        );
+    }
+
+    #[test]
+    fn nothing_left_keeps_the_body() {
+        assert_eq!(reply_text("> only quoted"), "> only quoted");
+    }
+}

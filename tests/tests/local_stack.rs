@@ -1,0 +1,304 @@
+//! The local stack itself: moto through the real AWS SDK clients, Dovecot XOAUTH2 over IMAPS,
+//! and the Lambda Runtime API emulator with a real bootstrap.
+
+use mailbridge_tests::{
+    create_queue, create_state_table, dynamodb, get_secret, put_secret, sqs, stack, unique,
+};
+
+#[tokio::test]
+async fn moto_sqs_roundtrip_through_the_sdk() {
+    let queue_url = create_queue(&unique("stack-sqs")).await.unwrap();
+    let client = sqs();
+    client
+        .send_message()
+        .queue_url(&queue_url)
+        .message_body(r#"{"hello":"world"}"#)
+        .send()
+        .await
+        .unwrap();
+    let received = client
+        .receive_message()
+        .queue_url(&queue_url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .unwrap();
+    let messages = received.messages();
+    assert_eq!(messages.len(), 1, "one message back: {messages:?}");
+    assert_eq!(messages[0].body(), Some(r#"{"hello":"world"}"#));
+    client
+        .delete_message()
+        .queue_url(&queue_url)
+        .receipt_handle(messages[0].receipt_handle().unwrap())
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn moto_secrets_manager_roundtrip_through_the_sdk() {
+    let name = format!("mailbridge/{}", unique("stack-secret"));
+    put_secret(&name, r#"{"v":1}"#).await.unwrap();
+    assert_eq!(get_secret(&name).await.unwrap(), r#"{"v":1}"#);
+    put_secret(&name, r#"{"v":2}"#).await.unwrap();
+    assert_eq!(get_secret(&name).await.unwrap(), r#"{"v":2}"#);
+}
+
+#[tokio::test]
+async fn moto_dynamodb_state_table_roundtrip_through_the_sdk() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let table = create_state_table("stack-state").await.unwrap();
+    // idempotent
+    local_stack::moto::ensure_state_table(&dynamodb(), &table)
+        .await
+        .unwrap();
+    let client = dynamodb();
+    let ttl = client
+        .describe_time_to_live()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ttl.time_to_live_description()
+            .and_then(|d| d.attribute_name()),
+        Some("expires_at")
+    );
+    client
+        .put_item()
+        .table_name(&table)
+        .item("pk", AttributeValue::S("notification#1".into()))
+        .item("expires_at", AttributeValue::N("4102444800".into()))
+        .condition_expression("attribute_not_exists(pk)")
+        .send()
+        .await
+        .unwrap();
+    let again = client
+        .put_item()
+        .table_name(&table)
+        .item("pk", AttributeValue::S("notification#1".into()))
+        .condition_expression("attribute_not_exists(pk)")
+        .send()
+        .await;
+    assert!(
+        again
+            .unwrap_err()
+            .into_service_error()
+            .is_conditional_check_failed_exception(),
+        "second conditional put must fail"
+    );
+    let item = client
+        .get_item()
+        .table_name(&table)
+        .key("pk", AttributeValue::S("notification#1".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap();
+    assert!(item.item().is_some());
+}
+
+#[test]
+fn moto_env_points_child_processes_at_moto() {
+    let env = stack().moto().env();
+    let endpoint = env
+        .iter()
+        .find(|(k, _)| k == "AWS_ENDPOINT_URL")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    assert_eq!(endpoint, stack().moto().endpoint_url);
+    assert!(
+        env.iter()
+            .any(|(k, v)| k == "AWS_REGION" && v == "us-east-1")
+    );
+}
+
+/// A minimal RFC 7662 introspection endpoint for the Dovecot harness tests (independent of the
+/// identity stand-in): `tokens` maps token → e-mail, `grants` maps (token, mailbox) → allowed;
+/// every request's URI and body is recorded.
+#[derive(Clone, Default)]
+struct FakeIntrospection {
+    tokens: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    grants: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakeIntrospection {
+    async fn serve(&self) -> String {
+        use axum::extract::{Query, State};
+        async fn introspect(
+            State(fake): State<FakeIntrospection>,
+            Query(query): Query<std::collections::HashMap<String, String>>,
+            uri: axum::http::Uri,
+            body: String,
+        ) -> axum::Json<serde_json::Value> {
+            fake.requests.lock().unwrap().push(format!("{uri} {body}"));
+            let form: std::collections::HashMap<String, String> =
+                url::form_urlencoded::parse(body.as_bytes())
+                    .into_owned()
+                    .collect();
+            let field = |name: &str| query.get(name).or_else(|| form.get(name)).cloned();
+            let token = field("token").unwrap_or_default();
+            let Some(email) = fake.tokens.lock().unwrap().get(&token).cloned() else {
+                return axum::Json(serde_json::json!({"active": false}));
+            };
+            // a delegate asking for a mailbox it was granted: answer with that mailbox
+            let email = match field("user") {
+                Some(user)
+                    if fake
+                        .grants
+                        .lock()
+                        .unwrap()
+                        .contains(&(token.clone(), user.to_lowercase())) =>
+                {
+                    user.to_lowercase()
+                }
+                _ => email,
+            };
+            axum::Json(serde_json::json!({"active": true, "email": email}))
+        }
+        let app = axum::Router::new()
+            .route(
+                "/introspect",
+                axum::routing::get(introspect).post(introspect),
+            )
+            .with_state(self.clone());
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let url = format!("http://{}/introspect", listener.local_addr().unwrap());
+        // serve on the stack's long-lived runtime: Dovecot may call after this test's runtime ends
+        stack().runtime().spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        url
+    }
+}
+
+#[tokio::test]
+async fn dovecot_xoauth2_over_imaps_own_and_shared_mailbox() {
+    let fake = FakeIntrospection::default();
+    let url = fake.serve().await;
+    let dovecot = mailbridge_tests::start_private_dovecot("dovecot-xoauth2", &url)
+        .await
+        .unwrap();
+    let user = mailbridge_tests::unique_user("helpdesk");
+    let shared = mailbridge_tests::unique_user("shared");
+    fake.tokens
+        .lock()
+        .unwrap()
+        .insert("good-token".into(), user.clone());
+    fake.grants
+        .lock()
+        .unwrap()
+        .push(("good-token".into(), shared.clone()));
+
+    // good token, own mailbox
+    let mut session = mailbridge_tests::imap_login_xoauth2(&dovecot, &user, "good-token")
+        .await
+        .unwrap();
+    let inbox = session.select("INBOX").await.unwrap();
+    assert_eq!(inbox.exists, 0);
+    session.logout().await.unwrap();
+    let seen = fake.requests.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|r| r.contains("token=good-token")),
+        "Dovecot introspected the token: {seen:?}"
+    );
+
+    // unknown token
+    let err = mailbridge_tests::imap_login_xoauth2(&dovecot, &user, "bad-token")
+        .await
+        .unwrap_err();
+    assert!(format!("{err}").contains("AUTHENTICATIONFAILED"), "{err}");
+
+    // shared mailbox with the delegate's token
+    let mut session = mailbridge_tests::imap_login_xoauth2(&dovecot, &shared, "good-token")
+        .await
+        .unwrap();
+    session.select("INBOX").await.unwrap();
+    session.logout().await.unwrap();
+    // a mailbox the token was not granted
+    let other = mailbridge_tests::unique_user("other");
+    assert!(
+        mailbridge_tests::imap_login_xoauth2(&dovecot, &other, "good-token")
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn dovecot_deliver_status_list_uidvalidity_and_restart() {
+    use futures::TryStreamExt;
+    let fake = FakeIntrospection::default();
+    let url = fake.serve().await;
+    let dovecot = mailbridge_tests::start_private_dovecot("dovecot-admin", &url)
+        .await
+        .unwrap();
+    let user = mailbridge_tests::unique_user("helpdesk");
+    fake.tokens
+        .lock()
+        .unwrap()
+        .insert("admin-token".into(), user.clone());
+    let raw = b"From: a@example.com\r\nTo: helpdesk@example.com\r\nSubject: hello\r\nMessage-ID: <m1@example.com>\r\n\r\nbody line\r\n";
+    dovecot_arc(&dovecot).deliver(&user, raw).unwrap();
+    dovecot.deliver_to(&user, "Archive", raw).unwrap();
+
+    let status = dovecot.mailbox_status(&user, "INBOX").unwrap();
+    assert_eq!((status.messages, status.unseen, status.uidnext), (1, 1, 2));
+    let listed = dovecot.list_messages(&user, "INBOX").unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].uid, 1);
+    assert!(!listed[0].is_seen());
+    assert_eq!(
+        listed[0].raw,
+        raw.to_vec(),
+        "stored text is the delivered message"
+    );
+    assert_eq!(
+        dovecot.mailbox_status(&user, "Archive").unwrap().messages,
+        1
+    );
+
+    // the same message over IMAP
+    let mut session = mailbridge_tests::imap_login_xoauth2(&dovecot, &user, "admin-token")
+        .await
+        .unwrap();
+    let mailbox = session.select("INBOX").await.unwrap();
+    assert_eq!(mailbox.uid_validity, Some(status.uidvalidity));
+    let fetched: Vec<_> = session
+        .uid_fetch("1", "(UID BODY.PEEK[])")
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(fetched[0].body(), Some(&raw[..]));
+    session.logout().await.unwrap();
+
+    dovecot
+        .set_uidvalidity(&user, "INBOX", status.uidvalidity + 7)
+        .unwrap();
+    assert_eq!(
+        dovecot.mailbox_status(&user, "INBOX").unwrap().uidvalidity,
+        status.uidvalidity + 7
+    );
+
+    // stop: logins fail; restart: same ports, same mail
+    dovecot.stop();
+    assert!(!dovecot.is_running());
+    assert!(mailbridge_tests::imaps_connect(&dovecot).await.is_err());
+    dovecot.restart().unwrap();
+    let mut session = mailbridge_tests::imap_login_xoauth2(&dovecot, &user, "admin-token")
+        .await
+        .unwrap();
+    assert_eq!(session.select("INBOX").await.unwrap().exists, 1);
+    session.logout().await.unwrap();
+    dovecot.expunge_all(&user, "INBOX").unwrap();
+    assert_eq!(dovecot.mailbox_status(&user, "INBOX").unwrap().messages, 0);
+}
+
+fn dovecot_arc(dovecot: &local_stack::dovecot::Dovecot) -> &dyn local_stack::MailDrop {
+    dovecot
+}
