@@ -161,7 +161,9 @@ mod tests {
 
     #[test]
     fn https_urls_are_accepted() {
-        assert!(validate_service_url("https://login.microsoftonline.com", "authority_host").is_ok());
+        assert!(
+            validate_service_url("https://login.microsoftonline.com", "authority_host").is_ok()
+        );
         assert_eq!(
             service_base_url("https://graph.microsoft.us/", "graph_host").unwrap(),
             "https://graph.microsoft.us"

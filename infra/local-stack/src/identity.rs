@@ -46,7 +46,8 @@ const GRAPH_PERMISSIONS: &[&str] = &[
     "User.Read",
 ];
 /// Permissions the stand-in knows on Outlook (Exchange Online) resources.
-const OUTLOOK_PERMISSIONS: &[&str] = &["IMAP.AccessAsUser.All", "POP.AccessAsUser.All", "SMTP.Send"];
+const OUTLOOK_PERMISSIONS: &[&str] =
+    &["IMAP.AccessAsUser.All", "POP.AccessAsUser.All", "SMTP.Send"];
 /// The IMAP permission Dovecot logins need.
 pub const IMAP_PERMISSION: &str = "IMAP.AccessAsUser.All";
 /// Built-in Graph resources (global and national clouds).
@@ -209,6 +210,18 @@ pub enum FailureKind {
     },
 }
 
+/// Which endpoint an injected failure hits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureTarget {
+    /// `/token` and `/devicecode` (default).
+    #[default]
+    TokenEndpoint,
+    /// `/introspect` (Dovecot's view); the scope's user is the token's owner or the `user`
+    /// field, the tenant the token's tenant.
+    Introspection,
+}
+
 /// A failure to inject into the next `times` matching requests.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FailureInjection {
@@ -218,6 +231,21 @@ pub struct FailureInjection {
     pub failure: FailureKind,
     /// How many requests it affects.
     pub times: u32,
+    /// Which endpoint (default: the token endpoint).
+    #[serde(default)]
+    pub target: FailureTarget,
+}
+
+impl FailureInjection {
+    /// `failure` on the next `times` token-endpoint requests for `scope`.
+    pub fn token(scope: FailureScope, failure: FailureKind, times: u32) -> Self {
+        Self {
+            scope,
+            failure,
+            times,
+            target: FailureTarget::TokenEndpoint,
+        }
+    }
 }
 
 /// One request the stand-in answered (for assertions on call counts).
@@ -264,8 +292,14 @@ impl RequestFilter {
 
     fn matches(&self, r: &RequestRecord) -> bool {
         self.endpoint.as_ref().is_none_or(|e| &r.endpoint == e)
-            && self.tenant.as_ref().is_none_or(|t| r.tenant.as_ref() == Some(t))
-            && self.grant_type.as_ref().is_none_or(|g| r.grant_type.as_ref() == Some(g))
+            && self
+                .tenant
+                .as_ref()
+                .is_none_or(|t| r.tenant.as_ref() == Some(t))
+            && self
+                .grant_type
+                .as_ref()
+                .is_none_or(|g| r.grant_type.as_ref() == Some(g))
             && self
                 .user
                 .as_ref()
@@ -488,7 +522,9 @@ fn parse_scope(state: &StandInState, scope: &str) -> Result<ScopeRequest, AadErr
                 return Err(AadError::bad(
                     "invalid_scope",
                     70011,
-                    format!("The provided value for the input parameter 'scope' is not valid. The scope '{item}' is not valid."),
+                    format!(
+                        "The provided value for the input parameter 'scope' is not valid. The scope '{item}' is not valid."
+                    ),
                 ));
             }
             None => (GRAPH_RESOURCES[0].to_owned(), item.to_owned()),
@@ -504,7 +540,9 @@ fn parse_scope(state: &StandInState, scope: &str) -> Result<ScopeRequest, AadErr
             return Err(AadError::bad(
                 "invalid_scope",
                 70011,
-                format!("The provided value for the input parameter 'scope' is not valid. The scope '{item}' does not exist."),
+                format!(
+                    "The provided value for the input parameter 'scope' is not valid. The scope '{item}' does not exist."
+                ),
             ));
         }
         match resources.iter_mut().find(|(r, _)| *r == resource) {
@@ -516,7 +554,9 @@ fn parse_scope(state: &StandInState, scope: &str) -> Result<ScopeRequest, AadErr
         return Err(AadError::bad(
             "invalid_scope",
             70011,
-            format!("The provided value for the input parameter 'scope' is not valid. The scope '{scope}' does not include a resource."),
+            format!(
+                "The provided value for the input parameter 'scope' is not valid. The scope '{scope}' does not include a resource."
+            ),
         ));
     }
     Ok(ScopeRequest {
@@ -634,9 +674,15 @@ impl IdentityStandIn {
             .entry(tenant.to_owned())
             .or_insert_with(Tenant::new);
         let s = &mut t.settings;
-        s.access_token_lifetime_secs = settings.access_token_lifetime_secs.or(s.access_token_lifetime_secs);
-        s.device_code_interval_secs = settings.device_code_interval_secs.or(s.device_code_interval_secs);
-        s.device_code_lifetime_secs = settings.device_code_lifetime_secs.or(s.device_code_lifetime_secs);
+        s.access_token_lifetime_secs = settings
+            .access_token_lifetime_secs
+            .or(s.access_token_lifetime_secs);
+        s.device_code_interval_secs = settings
+            .device_code_interval_secs
+            .or(s.device_code_interval_secs);
+        s.device_code_lifetime_secs = settings
+            .device_code_lifetime_secs
+            .or(s.device_code_lifetime_secs);
         s.refresh_token_inactivity_secs = settings
             .refresh_token_inactivity_secs
             .or(s.refresh_token_inactivity_secs);
@@ -756,7 +802,9 @@ impl IdentityStandIn {
             .get(&tenant)
             .is_some_and(|t| t.users.contains_key(&key))
         {
-            return Err(ControlError(format!("user {upn} is not in tenant {tenant}")));
+            return Err(ControlError(format!(
+                "user {upn} is not in tenant {tenant}"
+            )));
         }
         let record = device_by_user_code(&mut state, user_code)?;
         record.state = DeviceState::Approved(key);
@@ -865,15 +913,27 @@ fn live_access_token<'a>(state: &'a StandInState, token: &str) -> Option<&'a Acc
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token_endpoint))
-        .route("/{tenant}/oauth2/v2.0/devicecode", post(devicecode_endpoint))
+        .route(
+            "/{tenant}/oauth2/v2.0/devicecode",
+            post(devicecode_endpoint),
+        )
         .route("/introspect", post(introspect_post).get(introspect_get))
         .route("/_control/apps", post(control_app))
         .route("/_control/users", post(control_user))
         .route("/_control/users/revoke", post(control_revoke))
-        .route("/_control/users/expire-refresh-tokens", post(control_expire_rt))
-        .route("/_control/users/revoke-access-tokens", post(control_revoke_at))
+        .route(
+            "/_control/users/expire-refresh-tokens",
+            post(control_expire_rt),
+        )
+        .route(
+            "/_control/users/revoke-access-tokens",
+            post(control_revoke_at),
+        )
         .route("/_control/tenants/settings", post(control_settings))
-        .route("/_control/tenants/advance-clock", post(control_advance_clock))
+        .route(
+            "/_control/tenants/advance-clock",
+            post(control_advance_clock),
+        )
         .route("/_control/mailbox-grants", post(control_grant))
         .route("/_control/device-codes", get(control_list_device_codes))
         .route("/_control/device-codes/{action}", post(control_device_code))
@@ -884,11 +944,18 @@ fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// Find and consume the first injected failure matching `tenant` / `user`.
-fn take_failure(state: &mut StandInState, tenant: &str, user: Option<&str>) -> Option<FailureKind> {
-    let user = user.map(str::to_lowercase);
-    let index = state.failures.iter().position(|f| match &f.scope {
-        FailureScope::Tenant(t) => t == tenant,
-        FailureScope::User(u) => user.as_deref() == Some(u.to_lowercase().as_str()),
+fn take_failure(
+    state: &mut StandInState,
+    target: FailureTarget,
+    tenant: Option<&str>,
+    users: &[&str],
+) -> Option<FailureKind> {
+    let index = state.failures.iter().position(|f| {
+        f.target == target
+            && match &f.scope {
+                FailureScope::Tenant(t) => Some(t.as_str()) == tenant,
+                FailureScope::User(u) => users.iter().any(|x| x.eq_ignore_ascii_case(u)),
+            }
     })?;
     let failure = state.failures[index].failure.clone();
     state.failures[index].times = state.failures[index].times.saturating_sub(1);
@@ -925,7 +992,13 @@ fn failure_error(kind: &FailureKind) -> Option<AadError> {
     }
 }
 
-fn record(state: &mut StandInState, endpoint: &str, tenant: Option<&str>, outcome: &Outcome, response: &Result<Response, AadError>) {
+fn record(
+    state: &mut StandInState,
+    endpoint: &str,
+    tenant: Option<&str>,
+    outcome: &Outcome,
+    response: &Result<Response, AadError>,
+) {
     let (status, error, error_code) = match response {
         Ok(r) => (r.status().as_u16(), None, None),
         Err(e) => (e.status.as_u16(), Some(e.error.to_owned()), Some(e.code)),
@@ -939,6 +1012,18 @@ fn record(state: &mut StandInState, endpoint: &str, tenant: Option<&str>, outcom
         error,
         error_code,
     });
+}
+
+/// Record the request, then turn the result into the HTTP response.
+fn respond(
+    state: &mut StandInState,
+    endpoint: &str,
+    tenant: Option<&str>,
+    outcome: &Outcome,
+    result: Result<Response, AadError>,
+) -> Response {
+    record(state, endpoint, tenant, outcome, &result);
+    result.unwrap_or_else(AadError::into_response)
 }
 
 async fn token_endpoint(
@@ -955,12 +1040,17 @@ async fn token_endpoint(
     let latency = {
         let mut state = shared.lock();
         outcome.user = request_user(&state, &form);
-        match take_failure(&mut state, &tenant, outcome.user.as_deref()) {
+        let users: Vec<&str> = outcome.user.as_deref().into_iter().collect();
+        match take_failure(
+            &mut state,
+            FailureTarget::TokenEndpoint,
+            Some(&tenant),
+            &users,
+        ) {
             Some(FailureKind::Latency { millis }) => Some(Duration::from_millis(millis)),
             Some(kind) => {
-                let result = Err(failure_error(&kind).expect("not latency"));
-                record(&mut state, "token", Some(&tenant), &outcome, &result);
-                return result.unwrap_or_else(AadError::into_response);
+                let err = failure_error(&kind).expect("not latency");
+                return respond(&mut state, "token", Some(&tenant), &outcome, Err(err));
             }
             None => None,
         }
@@ -1004,7 +1094,9 @@ fn check_client<'a>(
             format!("Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud. Check with your subscription administrator, this may happen if there are no active subscriptions for the tenant."),
         )
     })?;
-    let client_id = form.get("client_id").ok_or_else(|| AadError::missing("client_id"))?;
+    let client_id = form
+        .get("client_id")
+        .ok_or_else(|| AadError::missing("client_id"))?;
     let app = t.apps.get(client_id).ok_or_else(|| {
         AadError::bad(
             "unauthorized_client",
@@ -1020,7 +1112,12 @@ fn check_client<'a>(
                 "Client is public so neither 'client_assertion' nor 'client_secret' should be presented.",
             ));
         }
-        return Err(AadError::new(401, "invalid_client", 7000215, "Invalid client secret provided."));
+        return Err(AadError::new(
+            401,
+            "invalid_client",
+            7000215,
+            "Invalid client secret provided.",
+        ));
     }
     if !app.public_client_flows {
         return Err(AadError::new(
@@ -1049,7 +1146,11 @@ fn grant_scopes(
     consented_for(app, resource, asked).map(|perms| (resource.clone(), perms))
 }
 
-fn consented_for(app: &AppRegistration, resource: &str, asked: &[String]) -> Result<Vec<String>, AadError> {
+fn consented_for(
+    app: &AppRegistration,
+    resource: &str,
+    asked: &[String],
+) -> Result<Vec<String>, AadError> {
     let prefix = format!("{resource}/");
     let consented: BTreeSet<String> = app
         .consented_scopes
@@ -1064,7 +1165,10 @@ fn consented_for(app: &AppRegistration, resource: &str, asked: &[String]) -> Res
         return Err(AadError::bad(
             "invalid_grant",
             65001,
-            format!("The user or administrator has not consented to use the application with ID '{}'. Send an interactive authorization request for this user and resource.", app.client_id),
+            format!(
+                "The user or administrator has not consented to use the application with ID '{}'. Send an interactive authorization request for this user and resource.",
+                app.client_id
+            ),
         ));
     }
     Ok(consented.into_iter().collect())
@@ -1079,10 +1183,18 @@ fn user_blocks(user: &UserAccount, check_password_flags: bool) -> Result<(), Aad
         ));
     }
     if user.disabled {
-        return Err(AadError::bad("invalid_grant", 50057, "The user account is disabled."));
+        return Err(AadError::bad(
+            "invalid_grant",
+            50057,
+            "The user account is disabled.",
+        ));
     }
     if check_password_flags && user.password_expired {
-        return Err(AadError::bad("invalid_grant", 50055, "The password is expired."));
+        return Err(AadError::bad(
+            "invalid_grant",
+            50055,
+            "The password is expired.",
+        ));
     }
     if user.ca_blocked {
         return Err(AadError::bad(
@@ -1098,7 +1210,9 @@ fn mfa_error(resource: &str) -> AadError {
     AadError::bad(
         "invalid_grant",
         50076,
-        format!("Due to a configuration change made by your administrator, or because you moved to a new location, you must use multi-factor authentication to access '{resource}'."),
+        format!(
+            "Due to a configuration change made by your administrator, or because you moved to a new location, you must use multi-factor authentication to access '{resource}'."
+        ),
     )
 }
 
@@ -1108,15 +1222,24 @@ fn handle_token(
     form: &HashMap<String, String>,
     outcome: &mut Outcome,
 ) -> Result<Response, AadError> {
-    let grant_type = form.get("grant_type").ok_or_else(|| AadError::missing("grant_type"))?.clone();
+    let grant_type = form
+        .get("grant_type")
+        .ok_or_else(|| AadError::missing("grant_type"))?
+        .clone();
     let (t, app) = check_client(state, tenant, form)?;
     let app = app.clone();
     let now = t.now();
     match grant_type.as_str() {
         "password" => {
-            let username = form.get("username").ok_or_else(|| AadError::missing("username"))?;
-            let password = form.get("password").ok_or_else(|| AadError::missing("password"))?;
-            let scope = form.get("scope").ok_or_else(|| AadError::missing("scope"))?;
+            let username = form
+                .get("username")
+                .ok_or_else(|| AadError::missing("username"))?;
+            let password = form
+                .get("password")
+                .ok_or_else(|| AadError::missing("password"))?;
+            let scope = form
+                .get("scope")
+                .ok_or_else(|| AadError::missing("scope"))?;
             outcome.user = Some(username.to_lowercase());
             let user = t.users.get(&username.to_lowercase()).ok_or_else(|| {
                 AadError::bad(
@@ -1142,11 +1265,25 @@ fn handle_token(
                 return Err(mfa_error(&resource));
             }
             let upn = user.upn.clone();
-            Ok(issue(state, tenant, &app.client_id, &upn, &resource, perms, request.offline_access, false, now))
+            Ok(issue(
+                state,
+                tenant,
+                &app.client_id,
+                &upn,
+                &resource,
+                perms,
+                request.offline_access,
+                false,
+                now,
+            ))
         }
         "refresh_token" => {
-            let token = form.get("refresh_token").ok_or_else(|| AadError::missing("refresh_token"))?;
-            let scope = form.get("scope").ok_or_else(|| AadError::missing("scope"))?;
+            let token = form
+                .get("refresh_token")
+                .ok_or_else(|| AadError::missing("refresh_token"))?;
+            let scope = form
+                .get("scope")
+                .ok_or_else(|| AadError::missing("scope"))?;
             let invalid = || {
                 AadError::bad(
                     "invalid_grant",
@@ -1154,7 +1291,11 @@ fn handle_token(
                     "Invalid request. Request is malformed or invalid.",
                 )
             };
-            let record = state.refresh_tokens.get(token).cloned().ok_or_else(invalid)?;
+            let record = state
+                .refresh_tokens
+                .get(token)
+                .cloned()
+                .ok_or_else(invalid)?;
             outcome.user = Some(record.upn.to_lowercase());
             if record.tenant != tenant || record.client_id != app.client_id {
                 return Err(invalid());
@@ -1167,7 +1308,11 @@ fn handle_token(
                 return Err(AadError::bad(
                     "invalid_grant",
                     50173,
-                    format!("The provided grant has expired due to it being revoked, a fresh auth token is needed. The user might have changed or reset their password. The grant was issued on '{}' and the TokensValidFrom date (before which tokens are not valid) for this user is '{}'.", record.issued_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"), valid_from.format("%Y-%m-%dT%H:%M:%S%.3fZ")),
+                    format!(
+                        "The provided grant has expired due to it being revoked, a fresh auth token is needed. The user might have changed or reset their password. The grant was issued on '{}' and the TokensValidFrom date (before which tokens are not valid) for this user is '{}'.",
+                        record.issued_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                        valid_from.format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                    ),
                 ));
             }
             let window = t.inactivity_window();
@@ -1175,7 +1320,11 @@ fn handle_token(
                 return Err(AadError::bad(
                     "invalid_grant",
                     700082,
-                    format!("The refresh token has expired due to inactivity. The token was issued on {} and was inactive for {}.00:00:00.", record.issued_at.format("%Y-%m-%dT%H:%M:%S%.7fZ"), window.num_days()),
+                    format!(
+                        "The refresh token has expired due to inactivity. The token was issued on {} and was inactive for {}.00:00:00.",
+                        record.issued_at.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
+                        window.num_days()
+                    ),
                 ));
             }
             user_blocks(user, false)?;
@@ -1188,24 +1337,52 @@ fn handle_token(
                 r.last_used_at = now;
             }
             let upn = record.upn.clone();
-            Ok(issue(state, tenant, &app.client_id, &upn, &resource, perms, request.offline_access, record.mfa, now))
+            Ok(issue(
+                state,
+                tenant,
+                &app.client_id,
+                &upn,
+                &resource,
+                perms,
+                request.offline_access,
+                record.mfa,
+                now,
+            ))
         }
         "urn:ietf:params:oauth:grant-type:device_code" => {
-            let code = form.get("device_code").ok_or_else(|| AadError::missing("device_code"))?;
+            let code = form
+                .get("device_code")
+                .ok_or_else(|| AadError::missing("device_code"))?;
             let record = state.device_codes.get(code).cloned().ok_or_else(|| {
-                AadError::bad("bad_verification_code", 70018, "The provided value for the input parameter 'device_code' is not valid.")
+                AadError::bad(
+                    "bad_verification_code",
+                    70018,
+                    "The provided value for the input parameter 'device_code' is not valid.",
+                )
             })?;
             if record.tenant != tenant || record.client_id != app.client_id {
-                return Err(AadError::bad("bad_verification_code", 70018, "The provided value for the input parameter 'device_code' is not valid."));
+                return Err(AadError::bad(
+                    "bad_verification_code",
+                    70018,
+                    "The provided value for the input parameter 'device_code' is not valid.",
+                ));
             }
             if record.expires_at <= now {
-                return Err(AadError::bad("expired_token", 70019, "Verification code expired."));
+                return Err(AadError::bad(
+                    "expired_token",
+                    70019,
+                    "Verification code expired.",
+                ));
             }
             if record.slow_downs > 0 {
                 if let Some(r) = state.device_codes.get_mut(code) {
                     r.slow_downs -= 1;
                 }
-                return Err(AadError::bad("slow_down", 70016, "OAuth 2.0 device flow error. Polling too frequently; slow down."));
+                return Err(AadError::bad(
+                    "slow_down",
+                    70016,
+                    "OAuth 2.0 device flow error. Polling too frequently; slow down.",
+                ));
             }
             match &record.state {
                 DeviceState::Pending => Err(AadError::bad(
@@ -1225,7 +1402,13 @@ fn handle_token(
                 )),
                 DeviceState::Approved(upn_key) => {
                     outcome.user = Some(upn_key.clone());
-                    let user = t.users.get(upn_key).ok_or_else(|| AadError::bad("invalid_grant", 50034, "The user account does not exist in the directory."))?;
+                    let user = t.users.get(upn_key).ok_or_else(|| {
+                        AadError::bad(
+                            "invalid_grant",
+                            50034,
+                            "The user account does not exist in the directory.",
+                        )
+                    })?;
                     user_blocks(user, false)?;
                     let request = parse_scope(state, &record.scope)?;
                     // Consent covers every resource asked for; the token is for the first.
@@ -1238,7 +1421,17 @@ fn handle_token(
                     if let Some(r) = state.device_codes.get_mut(code) {
                         r.state = DeviceState::Redeemed;
                     }
-                    Ok(issue(state, tenant, &app.client_id, &upn, &resource, perms, request.offline_access, true, now))
+                    Ok(issue(
+                        state,
+                        tenant,
+                        &app.client_id,
+                        &upn,
+                        &resource,
+                        perms,
+                        request.offline_access,
+                        true,
+                        now,
+                    ))
                 }
             }
         }
@@ -1317,16 +1510,17 @@ async fn devicecode_endpoint(
     let form = parse_form(&body);
     let outcome = Outcome::default();
     let mut state = shared.lock();
-    if let Some(kind) = take_failure(&mut state, &tenant, None)
+    if let Some(kind) = take_failure(&mut state, FailureTarget::TokenEndpoint, Some(&tenant), &[])
         && let Some(err) = failure_error(&kind)
     {
-        let result = Err(err);
-        record(&mut state, "devicecode", Some(&tenant), &outcome, &result);
-        return result.unwrap_or_else(AadError::into_response);
+        return respond(&mut state, "devicecode", Some(&tenant), &outcome, Err(err));
     }
     let result = (|| {
         let (t, app) = check_client(&state, &tenant, &form)?;
-        let scope = form.get("scope").ok_or_else(|| AadError::missing("scope"))?.clone();
+        let scope = form
+            .get("scope")
+            .ok_or_else(|| AadError::missing("scope"))?
+            .clone();
         parse_scope(&state, &scope)?;
         let now = t.now();
         let interval = t.settings.device_code_interval_secs.unwrap_or(1);
@@ -1360,7 +1554,48 @@ async fn devicecode_endpoint(
     result.unwrap_or_else(AadError::into_response)
 }
 
-fn introspect(shared: &Shared, token: Option<String>, user: Option<String>) -> Response {
+async fn introspect(shared: &Shared, token: Option<String>, user: Option<String>) -> Response {
+    let injected = {
+        let mut state = shared.lock();
+        let owner = token
+            .as_deref()
+            .and_then(|t| state.access_tokens.get(t))
+            .map(|r| (r.tenant.clone(), r.issued.upn.clone()));
+        let mut users: Vec<&str> = Vec::new();
+        if let Some((_, upn)) = &owner {
+            users.push(upn);
+        }
+        if let Some(u) = &user {
+            users.push(u);
+        }
+        let tenant = owner.as_ref().map(|(t, _)| t.as_str());
+        take_failure(&mut state, FailureTarget::Introspection, tenant, &users)
+    };
+    match injected {
+        Some(FailureKind::Latency { millis }) => {
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+        }
+        Some(kind) => {
+            let status = match kind {
+                FailureKind::Status { status } => status,
+                FailureKind::TooManyRequests { .. } => 429,
+                _ => 503,
+            };
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut state = shared.lock();
+            state.requests.push(RequestRecord {
+                endpoint: "introspect".into(),
+                tenant: None,
+                grant_type: None,
+                user: user.as_ref().map(|u| u.to_lowercase()),
+                status: status.as_u16(),
+                error: Some("injected".into()),
+                error_code: None,
+            });
+            return (status, "injected failure").into_response();
+        }
+        None => {}
+    }
     let mut state = shared.lock();
     let answer = token.as_deref().and_then(|token| {
         let record = live_access_token(&state, token)?;
@@ -1368,15 +1603,18 @@ fn introspect(shared: &Shared, token: Option<String>, user: Option<String>) -> R
             return None;
         }
         let upn = record.issued.upn.clone();
-        let email = match user.as_deref().map(str::to_lowercase) {
-            Some(u) if u != upn.to_lowercase() => {
-                if state.mailbox_grants.contains(&(upn.to_lowercase(), u.clone())) {
-                    u
+        // With a `user` (shared-mailbox check), echo it back when the token's owner may open it.
+        let email = match user.as_deref() {
+            Some(u) if u.eq_ignore_ascii_case(&upn) => u.to_owned(),
+            Some(u) => {
+                let grant = (upn.to_lowercase(), u.to_lowercase());
+                if state.mailbox_grants.contains(&grant) {
+                    u.to_owned()
                 } else {
                     return None;
                 }
             }
-            _ => upn.clone(),
+            None => upn.clone(),
         };
         Some(json!({
             "active": true,
@@ -1399,9 +1637,7 @@ fn introspect(shared: &Shared, token: Option<String>, user: Option<String>) -> R
     };
     let body = answer.unwrap_or_else(|| json!({"active": false}));
     let response = (StatusCode::OK, Json(body)).into_response();
-    let result = Ok(response);
-    record(&mut state, "introspect", None, &outcome, &result);
-    result.unwrap_or_else(AadError::into_response)
+    respond(&mut state, "introspect", None, &outcome, Ok(response))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
@@ -1413,19 +1649,33 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
         .map(|t| t.trim().to_owned())
 }
 
-async fn introspect_post(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
+async fn introspect_post(
+    State(shared): State<Arc<Shared>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let form = parse_form(&body);
     let query = parse_form(query.unwrap_or_default().as_bytes());
     let token = form
         .get("token")
         .cloned()
         .filter(|t| !t.is_empty())
+        .or_else(|| query.get("token").cloned().filter(|t| !t.is_empty()))
         .or_else(|| bearer(&headers));
-    let user = form.get("user").or_else(|| query.get("user")).cloned().filter(|u| !u.is_empty());
-    introspect(&shared, token, user)
+    let user = form
+        .get("user")
+        .or_else(|| query.get("user"))
+        .cloned()
+        .filter(|u| !u.is_empty());
+    introspect(&shared, token, user).await
 }
 
-async fn introspect_get(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+async fn introspect_get(
+    State(shared): State<Arc<Shared>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let query = parse_form(query.unwrap_or_default().as_bytes());
     let token = query
         .get("token")
@@ -1433,7 +1683,7 @@ async fn introspect_get(State(shared): State<Arc<Shared>>, RawQuery(query): RawQ
         .filter(|t| !t.is_empty())
         .or_else(|| bearer(&headers));
     let user = query.get("user").cloned().filter(|u| !u.is_empty());
-    introspect(&shared, token, user)
+    introspect(&shared, token, user).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1442,7 +1692,11 @@ async fn introspect_get(State(shared): State<Arc<Shared>>, RawQuery(query): RawQ
 fn control_result(result: Result<(), ControlError>) -> Response {
     match result {
         Ok(()) => (StatusCode::OK, Json(json!({"ok": true}))).into_response(),
-        Err(e) => (StatusCode::NOT_FOUND, Json(json!({"ok": false, "error": e.to_string()}))).into_response(),
+        Err(e) => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"ok": false, "error": e.to_string()})),
+        )
+            .into_response(),
     }
 }
 
@@ -1453,12 +1707,18 @@ fn handle(shared: &Arc<Shared>) -> IdentityStandIn {
     }
 }
 
-async fn control_app(State(shared): State<Arc<Shared>>, Json(app): Json<AppRegistration>) -> Response {
+async fn control_app(
+    State(shared): State<Arc<Shared>>,
+    Json(app): Json<AppRegistration>,
+) -> Response {
     handle(&shared).register_app(app);
     control_result(Ok(()))
 }
 
-async fn control_user(State(shared): State<Arc<Shared>>, Json(user): Json<UserAccount>) -> Response {
+async fn control_user(
+    State(shared): State<Arc<Shared>>,
+    Json(user): Json<UserAccount>,
+) -> Response {
     handle(&shared).register_user(user);
     control_result(Ok(()))
 }
@@ -1474,11 +1734,17 @@ async fn control_revoke(State(shared): State<Arc<Shared>>, Json(user): Json<User
     control_result(handle(&shared).revoke_refresh_tokens(&user.upn))
 }
 
-async fn control_expire_rt(State(shared): State<Arc<Shared>>, Json(user): Json<UserRef>) -> Response {
+async fn control_expire_rt(
+    State(shared): State<Arc<Shared>>,
+    Json(user): Json<UserRef>,
+) -> Response {
     control_result(handle(&shared).expire_refresh_tokens(&user.upn))
 }
 
-async fn control_revoke_at(State(shared): State<Arc<Shared>>, Json(user): Json<UserRef>) -> Response {
+async fn control_revoke_at(
+    State(shared): State<Arc<Shared>>,
+    Json(user): Json<UserRef>,
+) -> Response {
     handle(&shared).revoke_access_tokens(&user.upn);
     control_result(Ok(()))
 }
@@ -1493,7 +1759,10 @@ pub struct TenantSettingsRequest {
     pub settings: TenantSettings,
 }
 
-async fn control_settings(State(shared): State<Arc<Shared>>, Json(req): Json<TenantSettingsRequest>) -> Response {
+async fn control_settings(
+    State(shared): State<Arc<Shared>>,
+    Json(req): Json<TenantSettingsRequest>,
+) -> Response {
     handle(&shared).set_tenant_settings(&req.tenant, req.settings);
     control_result(Ok(()))
 }
@@ -1507,7 +1776,10 @@ pub struct AdvanceClockRequest {
     pub seconds: i64,
 }
 
-async fn control_advance_clock(State(shared): State<Arc<Shared>>, Json(req): Json<AdvanceClockRequest>) -> Response {
+async fn control_advance_clock(
+    State(shared): State<Arc<Shared>>,
+    Json(req): Json<AdvanceClockRequest>,
+) -> Response {
     handle(&shared).advance_tenant_clock(&req.tenant, chrono::Duration::seconds(req.seconds));
     control_result(Ok(()))
 }
@@ -1521,7 +1793,10 @@ pub struct MailboxGrant {
     pub shared_mailbox: String,
 }
 
-async fn control_grant(State(shared): State<Arc<Shared>>, Json(req): Json<MailboxGrant>) -> Response {
+async fn control_grant(
+    State(shared): State<Arc<Shared>>,
+    Json(req): Json<MailboxGrant>,
+) -> Response {
     handle(&shared).grant_mailbox_access(&req.delegate, &req.shared_mailbox);
     control_result(Ok(()))
 }
@@ -1531,7 +1806,10 @@ struct TenantQuery {
     tenant: String,
 }
 
-async fn control_list_device_codes(State(shared): State<Arc<Shared>>, axum::extract::Query(q): axum::extract::Query<TenantQuery>) -> Response {
+async fn control_list_device_codes(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Query(q): axum::extract::Query<TenantQuery>,
+) -> Response {
     let state = shared.lock();
     Json(device_code_infos(&state, &q.tenant)).into_response()
 }
@@ -1549,7 +1827,11 @@ pub struct DeviceCodeAction {
     pub times: Option<u32>,
 }
 
-async fn control_device_code(State(shared): State<Arc<Shared>>, Path(action): Path<String>, Json(req): Json<DeviceCodeAction>) -> Response {
+async fn control_device_code(
+    State(shared): State<Arc<Shared>>,
+    Path(action): Path<String>,
+    Json(req): Json<DeviceCodeAction>,
+) -> Response {
     let h = handle(&shared);
     let result = match action.as_str() {
         "approve" => match &req.upn {
@@ -1564,12 +1846,18 @@ async fn control_device_code(State(shared): State<Arc<Shared>>, Path(action): Pa
     control_result(result)
 }
 
-async fn control_failure(State(shared): State<Arc<Shared>>, Json(req): Json<FailureInjection>) -> Response {
+async fn control_failure(
+    State(shared): State<Arc<Shared>>,
+    Json(req): Json<FailureInjection>,
+) -> Response {
     handle(&shared).inject_failure(req);
     control_result(Ok(()))
 }
 
-async fn control_requests(State(shared): State<Arc<Shared>>, axum::extract::Query(filter): axum::extract::Query<RequestFilter>) -> Response {
+async fn control_requests(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Query(filter): axum::extract::Query<RequestFilter>,
+) -> Response {
     Json(handle(&shared).requests(&filter)).into_response()
 }
 
@@ -1600,7 +1888,10 @@ impl IdentityControl {
             .await?;
         let status = response.status();
         if !status.is_success() {
-            anyhow::bail!("{path}: HTTP {status}: {}", response.text().await.unwrap_or_default());
+            anyhow::bail!(
+                "{path}: HTTP {status}: {}",
+                response.text().await.unwrap_or_default()
+            );
         }
         Ok(())
     }
@@ -1615,14 +1906,20 @@ impl IdentityControl {
     }
     /// See [`IdentityStandIn::revoke_refresh_tokens`].
     pub async fn revoke_refresh_tokens(&self, upn: &str) -> anyhow::Result<()> {
-        self.post("users/revoke", &UserRef { upn: upn.into() }).await
+        self.post("users/revoke", &UserRef { upn: upn.into() })
+            .await
     }
     /// See [`IdentityStandIn::expire_refresh_tokens`].
     pub async fn expire_refresh_tokens(&self, upn: &str) -> anyhow::Result<()> {
-        self.post("users/expire-refresh-tokens", &UserRef { upn: upn.into() }).await
+        self.post("users/expire-refresh-tokens", &UserRef { upn: upn.into() })
+            .await
     }
     /// See [`IdentityStandIn::grant_mailbox_access`].
-    pub async fn grant_mailbox_access(&self, delegate: &str, shared_mailbox: &str) -> anyhow::Result<()> {
+    pub async fn grant_mailbox_access(
+        &self,
+        delegate: &str,
+        shared_mailbox: &str,
+    ) -> anyhow::Result<()> {
         self.post(
             "mailbox-grants",
             &MailboxGrant {

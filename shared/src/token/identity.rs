@@ -13,9 +13,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use super::Audience;
 use super::oauth_error::{TokenEndpointError, TransientFailure, classify};
 use super::secret::AccountSecret;
-use super::Audience;
 
 /// Grant type of the device authorization grant.
 pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
@@ -111,7 +111,8 @@ pub enum DeviceCodeError {
 }
 
 fn json_u64(v: &serde_json::Value) -> Option<u64> {
-    v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }
 
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
@@ -300,7 +301,10 @@ impl IdentityClient {
                     let delay = failure.retry_after.map_or(backoff, |ra| ra.max(backoff));
                     if Instant::now() + delay >= deadline {
                         return Err(TokenEndpointError::Transient(TransientFailure {
-                            detail: format!("{} (gave up after {attempts} attempts)", failure.detail),
+                            detail: format!(
+                                "{} (gave up after {attempts} attempts)",
+                                failure.detail
+                            ),
                             retry_after: failure.retry_after,
                         }));
                     }
@@ -325,7 +329,10 @@ impl IdentityClient {
     ) -> Result<(String, DeviceCodePrompt), TokenEndpointError> {
         let url = secret.device_code_endpoint();
         let (status, after, body) = self
-            .post_form(&url, &[("client_id", secret.client_id.as_str()), ("scope", scope)])
+            .post_form(
+                &url,
+                &[("client_id", secret.client_id.as_str()), ("scope", scope)],
+            )
             .await?;
         if !(200..300).contains(&status) {
             return Err(classify(status, after, &body));
@@ -396,7 +403,9 @@ impl IdentityClient {
                     interval += SLOW_DOWN_STEP;
                     on_event(DeviceCodeEvent::SlowDown(interval));
                 }
-                Err(TokenEndpointError::AuthorizationDeclined) => return Err(DeviceCodeError::Declined),
+                Err(TokenEndpointError::AuthorizationDeclined) => {
+                    return Err(DeviceCodeError::Declined);
+                }
                 Err(TokenEndpointError::ExpiredToken) => return Err(DeviceCodeError::Expired),
                 Err(TokenEndpointError::Transient(t)) => {
                     tracing::warn!(detail = %t.detail, "device code poll failed; polling again");

@@ -156,7 +156,10 @@ pub async fn store_login(
             }
             let value = SecretString::from(account.to_json());
             let token = client_request_token(secret_name, &current.version_id, &value);
-            let version_id = store.put(secret_name, &value, &token).await.map_err(store_err)?;
+            let version_id = store
+                .put(secret_name, &value, &token)
+                .await
+                .map_err(store_err)?;
             Ok(LoginOutcome {
                 secret_name: secret_name.to_owned(),
                 version_id,

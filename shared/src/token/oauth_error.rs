@@ -104,7 +104,9 @@ pub enum TokenEndpointError {
 }
 
 /// Codes meaning "the refresh token (grant) itself is dead": ROPC re-bootstrap may help.
-const GRANT_DEAD: &[u64] = &[70008, 700082, 700084, 50173, 9002313, 70000, 50089, 70043, 70012];
+const GRANT_DEAD: &[u64] = &[
+    70008, 700082, 700084, 50173, 9002313, 70000, 50089, 70043, 70012,
+];
 
 /// Codes Microsoft documents as transient / throttling.
 const TRANSIENT_CODES: &[u64] = &[
@@ -114,33 +116,55 @@ const TRANSIENT_CODES: &[u64] = &[
 /// Operator-facing explanation of an AADSTS code.
 pub fn explain(code: u64) -> Option<&'static str> {
     Some(match code {
-        50076 => "multi-factor authentication is required for this account; sign in with `mailbridge login` (device code flow)",
-        50079 | 50072 => "the user must register for multi-factor authentication, then sign in with `mailbridge login`",
-        50074 => "the multi-factor challenge was not completed; sign in again with `mailbridge login`",
-        50126 => "wrong user name or password (ROPC bootstrap); fix the password or use `mailbridge login`",
-        50053 => "the account is locked (too many failed sign-ins or a blocked IP); unlock it, then `mailbridge login`",
+        50076 => {
+            "multi-factor authentication is required for this account; sign in with `mailbridge login` (device code flow)"
+        }
+        50079 | 50072 => {
+            "the user must register for multi-factor authentication, then sign in with `mailbridge login`"
+        }
+        50074 => {
+            "the multi-factor challenge was not completed; sign in again with `mailbridge login`"
+        }
+        50126 => {
+            "wrong user name or password (ROPC bootstrap); fix the password or use `mailbridge login`"
+        }
+        50053 => {
+            "the account is locked (too many failed sign-ins or a blocked IP); unlock it, then `mailbridge login`"
+        }
         50055 | 50144 => "the user's password has expired; change it, then `mailbridge login`",
         50057 => "the user account is disabled in Entra ID",
         50034 => "the user account does not exist in this tenant",
-        50173 => "the refresh token was revoked (password change/reset or sessions revoked); run `mailbridge login`",
+        50173 => {
+            "the refresh token was revoked (password change/reset or sessions revoked); run `mailbridge login`"
+        }
         70008 => "the refresh token expired or was revoked; run `mailbridge login`",
         700082 => "the refresh token expired after 90 days without use; run `mailbridge login`",
         700084 => "the refresh token reached its maximum lifetime; run `mailbridge login`",
-        70043 | 50089 => "a Conditional Access sign-in frequency policy requires a new sign-in; run `mailbridge login`",
+        70043 | 50089 => {
+            "a Conditional Access sign-in frequency policy requires a new sign-in; run `mailbridge login`"
+        }
         9002313 | 70000 | 70012 => "the stored refresh token is invalid; run `mailbridge login`",
-        65001 => "the application has not been granted consent for the requested permissions; an admin must grant consent",
+        65001 => {
+            "the application has not been granted consent for the requested permissions; an admin must grant consent"
+        }
         65004 => "the user declined consent to the application",
         90094 | 90095 => "admin consent is required for the requested permissions",
         53003 | 530032 | 530035 => "sign-in blocked by Conditional Access / security policy",
         53000 | 53001 => "Conditional Access requires a compliant or domain-joined device",
         700016 | 700011 => "the application (client_id) is not registered in this tenant",
-        7000218 => "public client flows are disabled: set \"Allow public client flows\" = Yes in the app registration",
+        7000218 => {
+            "public client flows are disabled: set \"Allow public client flows\" = Yes in the app registration"
+        }
         700025 => "the app registration is public but a client secret was sent",
         700022 => "the requested scope spans more than one resource (mailbridge bug)",
-        70011 => "the requested scope is not valid (check graph_host / imap_resource for your cloud)",
+        70011 => {
+            "the requested scope is not valid (check graph_host / imap_resource for your cloud)"
+        }
         90002 => "the tenant does not exist (check tenant_id and authority_host)",
         50194 => "the application is single-tenant and cannot use the /common endpoint",
-        9001023 | 90124 | 90130 => "this grant is not supported on the /common or /consumers endpoint",
+        9001023 | 90124 | 90130 => {
+            "this grant is not supported on the /common or /consumers endpoint"
+        }
         _ => return None,
     })
 }
@@ -192,11 +216,13 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &str) -> Token
         .map(str::to_owned)
         .unwrap_or_else(|| match err.error.as_str() {
             "interaction_required" => {
-                "the identity platform requires an interactive sign-in; run `mailbridge login`".to_owned()
+                "the identity platform requires an interactive sign-in; run `mailbridge login`"
+                    .to_owned()
             }
             "consent_required" => "consent is required for the requested permissions".to_owned(),
             "invalid_client" | "unauthorized_client" => {
-                "the app registration rejects this client (check client_id and public client flows)".to_owned()
+                "the app registration rejects this client (check client_id and public client flows)"
+                    .to_owned()
             }
             "invalid_grant" => "the stored grant was rejected; run `mailbridge login`".to_owned(),
             other => format!("the identity platform refused the request ({other})"),
@@ -268,8 +294,16 @@ mod tests {
             assert!(p.reason.contains("Something happened."), "{}", p.reason);
             assert!(!p.reason.contains("Trace ID"), "{}", p.reason);
         }
-        assert!(person(400, "invalid_grant", 50076).reason.contains("multi-factor"));
-        assert!(person(401, "invalid_client", 7000218).reason.contains("public client flows"));
+        assert!(
+            person(400, "invalid_grant", 50076)
+                .reason
+                .contains("multi-factor")
+        );
+        assert!(
+            person(401, "invalid_client", 7000218)
+                .reason
+                .contains("public client flows")
+        );
     }
 
     #[test]
@@ -281,11 +315,18 @@ mod tests {
             (400, "invalid_request", 90024),
         ] {
             assert!(
-                matches!(classify(status, None, &body(error, code)), TokenEndpointError::Transient(_)),
+                matches!(
+                    classify(status, None, &body(error, code)),
+                    TokenEndpointError::Transient(_)
+                ),
                 "{status} {error} {code}"
             );
         }
-        let t = classify(502, Some(Duration::from_secs(3)), "<html>bad gateway</html>");
+        let t = classify(
+            502,
+            Some(Duration::from_secs(3)),
+            "<html>bad gateway</html>",
+        );
         assert_eq!(
             t,
             TokenEndpointError::Transient(TransientFailure {
@@ -297,16 +338,30 @@ mod tests {
 
     #[test]
     fn device_code_states_are_recognised() {
-        assert_eq!(classify(400, None, &body("authorization_pending", 70016)), TokenEndpointError::AuthorizationPending);
-        assert_eq!(classify(400, None, &body("slow_down", 70016)), TokenEndpointError::SlowDown);
-        assert_eq!(classify(400, None, &body("authorization_declined", 70000)), TokenEndpointError::AuthorizationDeclined);
-        assert_eq!(classify(400, None, &body("expired_token", 70019)), TokenEndpointError::ExpiredToken);
+        assert_eq!(
+            classify(400, None, &body("authorization_pending", 70016)),
+            TokenEndpointError::AuthorizationPending
+        );
+        assert_eq!(
+            classify(400, None, &body("slow_down", 70016)),
+            TokenEndpointError::SlowDown
+        );
+        assert_eq!(
+            classify(400, None, &body("authorization_declined", 70000)),
+            TokenEndpointError::AuthorizationDeclined
+        );
+        assert_eq!(
+            classify(400, None, &body("expired_token", 70019)),
+            TokenEndpointError::ExpiredToken
+        );
     }
 
     #[test]
     fn code_falls_back_to_the_description_prefix() {
         let b = serde_json::json!({"error": "invalid_grant", "error_description": "AADSTS50126: Error validating credentials."}).to_string();
-        let TokenEndpointError::NeedsPerson(p) = classify(400, None, &b) else { panic!() };
+        let TokenEndpointError::NeedsPerson(p) = classify(400, None, &b) else {
+            panic!()
+        };
         assert_eq!(p.code, "AADSTS50126");
     }
 }

@@ -70,7 +70,11 @@ impl AccountStatus {
     }
 
     /// needs_reauth with a reason and code, since `now`.
-    pub fn needs_reauth(reason: impl Into<String>, code: impl Into<String>, now: DateTime<Utc>) -> Self {
+    pub fn needs_reauth(
+        reason: impl Into<String>,
+        code: impl Into<String>,
+        now: DateTime<Utc>,
+    ) -> Self {
         Self {
             state: AccountState::NeedsReauth,
             reason: Some(reason.into()),
@@ -174,12 +178,19 @@ impl FieldReader<'_> {
             None => Ok(None),
             Some(s) => DateTime::parse_from_rfc3339(&s)
                 .map(|t| Some(t.with_timezone(&Utc)))
-                .map_err(|e| self.bad(field, format!("expected an RFC 3339 timestamp, got {s:?} ({e})"))),
+                .map_err(|e| {
+                    self.bad(
+                        field,
+                        format!("expected an RFC 3339 timestamp, got {s:?} ({e})"),
+                    )
+                }),
         }
     }
 
     fn opt_url(&mut self, field: &str, default: &str) -> Result<String, TokenError> {
-        let raw = self.opt_string(field)?.unwrap_or_else(|| default.to_owned());
+        let raw = self
+            .opt_string(field)?
+            .unwrap_or_else(|| default.to_owned());
         crate::config::service_base_url(&raw, field).map_err(|e| match e {
             crate::config::ConfigError::Invalid { problem, .. } => self.bad(field, problem),
             other => self.bad(field, other),
@@ -244,7 +255,10 @@ impl AccountSecret {
         let client_id = r.req_string("client_id")?;
         let username = r.req_string("username")?;
         if !username.contains('@') {
-            return Err(r.bad("username", "expected a user principal name like user@contoso.com"));
+            return Err(r.bad(
+                "username",
+                "expected a user principal name like user@contoso.com",
+            ));
         }
         let password = r.opt_string("password")?.map(SecretString::from);
         let refresh_token = r.opt_string("refresh_token")?.map(SecretString::from);
@@ -273,7 +287,9 @@ impl AccountSecret {
                         other => {
                             return Err(r.bad(
                                 "graph_scopes",
-                                format!("expected permission names like \"Mail.Send\", got {other}"),
+                                format!(
+                                    "expected permission names like \"Mail.Send\", got {other}"
+                                ),
                             ));
                         }
                     }
@@ -284,10 +300,15 @@ impl AccountSecret {
                 scopes
             }
             Some(other) => {
-                return Err(r.bad("graph_scopes", format!("expected an array, got {}", kind(&other))));
+                return Err(r.bad(
+                    "graph_scopes",
+                    format!("expected an array, got {}", kind(&other)),
+                ));
             }
         };
-        let imap_resource = r.opt_string("imap_resource")?.unwrap_or_else(|| DEFAULT_IMAP_RESOURCE.to_owned());
+        let imap_resource = r
+            .opt_string("imap_resource")?
+            .unwrap_or_else(|| DEFAULT_IMAP_RESOURCE.to_owned());
         match url::Url::parse(&imap_resource) {
             Ok(u) if u.scheme() == "https" && u.host().is_some() => {}
             _ => {
@@ -298,7 +319,9 @@ impl AccountSecret {
             }
         }
         let imap_resource = imap_resource.trim_end_matches('/').to_owned();
-        let imap_host = r.opt_string("imap_host")?.unwrap_or_else(|| DEFAULT_IMAP_HOST.to_owned());
+        let imap_host = r
+            .opt_string("imap_host")?
+            .unwrap_or_else(|| DEFAULT_IMAP_HOST.to_owned());
         let status = match r.take("status") {
             None => AccountStatus::ok(),
             Some(Value::Object(status)) => {
@@ -317,8 +340,12 @@ impl AccountSecret {
                         ));
                     }
                 };
-                let reason = s.opt_string("reason").map_err(|_| r.bad("status.reason", "expected a string"))?;
-                let code = s.opt_string("code").map_err(|_| r.bad("status.code", "expected a string"))?;
+                let reason = s
+                    .opt_string("reason")
+                    .map_err(|_| r.bad("status.reason", "expected a string"))?;
+                let code = s
+                    .opt_string("code")
+                    .map_err(|_| r.bad("status.code", "expected a string"))?;
                 let since = s
                     .opt_time("since")
                     .map_err(|_| r.bad("status.since", "expected an RFC 3339 timestamp"))?;
@@ -330,7 +357,10 @@ impl AccountSecret {
                 }
             }
             Some(other) => {
-                return Err(r.bad("status", format!("expected an object, got {}", kind(&other))));
+                return Err(r.bad(
+                    "status",
+                    format!("expected an object, got {}", kind(&other)),
+                ));
             }
         };
         Ok(Self {
@@ -385,10 +415,19 @@ impl AccountSecret {
         if let Some(t) = self.refresh_token_stored_at {
             o.insert("refresh_token_stored_at".into(), Value::from(rfc3339(t)));
         }
-        o.insert("authority_host".into(), Value::from(self.authority_host.clone()));
+        o.insert(
+            "authority_host".into(),
+            Value::from(self.authority_host.clone()),
+        );
         o.insert("graph_host".into(), Value::from(self.graph_host.clone()));
-        o.insert("graph_scopes".into(), Value::from(self.graph_scopes.clone()));
-        o.insert("imap_resource".into(), Value::from(self.imap_resource.clone()));
+        o.insert(
+            "graph_scopes".into(),
+            Value::from(self.graph_scopes.clone()),
+        );
+        o.insert(
+            "imap_resource".into(),
+            Value::from(self.imap_resource.clone()),
+        );
         o.insert("imap_host".into(), Value::from(self.imap_host.clone()));
         let mut status = Map::new();
         status.insert("state".into(), Value::from(self.status.state.as_str()));
@@ -431,12 +470,18 @@ impl AccountSecret {
 
     /// `{authority}/{tenant}/oauth2/v2.0/token`.
     pub fn token_endpoint(&self) -> String {
-        format!("{}/{}/oauth2/v2.0/token", self.authority_host, self.tenant_id)
+        format!(
+            "{}/{}/oauth2/v2.0/token",
+            self.authority_host, self.tenant_id
+        )
     }
 
     /// `{authority}/{tenant}/oauth2/v2.0/devicecode`.
     pub fn device_code_endpoint(&self) -> String {
-        format!("{}/{}/oauth2/v2.0/devicecode", self.authority_host, self.tenant_id)
+        format!(
+            "{}/{}/oauth2/v2.0/devicecode",
+            self.authority_host, self.tenant_id
+        )
     }
 }
 
@@ -493,23 +538,104 @@ mod tests {
     fn errors_name_the_secret_and_the_field() {
         let cases: Vec<(Value, &str)> = vec![
             (serde_json::json!({"tenant_id": "t"}), "schema_version"),
-            ({ let mut v = minimal(); v["schema_version"] = 2.into(); v }, "schema_version"),
-            ({ let mut v = minimal(); v.as_object_mut().unwrap().remove("tenant_id"); v }, "tenant_id"),
-            ({ let mut v = minimal(); v["client_id"] = 5.into(); v }, "client_id"),
-            ({ let mut v = minimal(); v["username"] = "nobody".into(); v }, "username"),
-            ({ let mut v = minimal(); v["refresh_token"] = "rt".into(); v }, "refresh_token_stored_at"),
-            ({ let mut v = minimal(); v["refresh_token"] = "rt".into(); v["refresh_token_stored_at"] = "yesterday".into(); v }, "refresh_token_stored_at"),
-            ({ let mut v = minimal(); v["authority_host"] = "http://login.example.com".into(); v }, "authority_host"),
-            ({ let mut v = minimal(); v["graph_host"] = "ftp://x".into(); v }, "graph_host"),
-            ({ let mut v = minimal(); v["graph_scopes"] = serde_json::json!([]); v }, "graph_scopes"),
-            ({ let mut v = minimal(); v["status"] = serde_json::json!({"state": "broken"}); v }, "status.state"),
-            ({ let mut v = minimal(); v["tenant_id"] = "common".into(); v }, "tenant_id"),
+            (
+                {
+                    let mut v = minimal();
+                    v["schema_version"] = 2.into();
+                    v
+                },
+                "schema_version",
+            ),
+            (
+                {
+                    let mut v = minimal();
+                    v.as_object_mut().unwrap().remove("tenant_id");
+                    v
+                },
+                "tenant_id",
+            ),
+            (
+                {
+                    let mut v = minimal();
+                    v["client_id"] = 5.into();
+                    v
+                },
+                "client_id",
+            ),
+            (
+                {
+                    let mut v = minimal();
+                    v["username"] = "nobody".into();
+                    v
+                },
+                "username",
+            ),
+            (
+                {
+                    let mut v = minimal();
+                    v["refresh_token"] = "rt".into();
+                    v
+                },
+                "refresh_token_stored_at",
+            ),
+            (
+                {
+                    let mut v = minimal();
+                    v["refresh_token"] = "rt".into();
+                    v["refresh_token_stored_at"] = "yesterday".into();
+                    v
+                },
+                "refresh_token_stored_at",
+            ),
+            (
+                {
+                    let mut v = minimal();
+                    v["authority_host"] = "http://login.example.com".into();
+                    v
+                },
+                "authority_host",
+            ),
+            (
+                {
+                    let mut v = minimal();
+                    v["graph_host"] = "ftp://x".into();
+                    v
+                },
+                "graph_host",
+            ),
+            (
+                {
+                    let mut v = minimal();
+                    v["graph_scopes"] = serde_json::json!([]);
+                    v
+                },
+                "graph_scopes",
+            ),
+            (
+                {
+                    let mut v = minimal();
+                    v["status"] = serde_json::json!({"state": "broken"});
+                    v
+                },
+                "status.state",
+            ),
+            (
+                {
+                    let mut v = minimal();
+                    v["tenant_id"] = "common".into();
+                    v
+                },
+                "tenant_id",
+            ),
         ];
         for (json, field) in cases {
             let err = AccountSecret::parse("mailbridge/acme", &json.to_string()).unwrap_err();
             let text = err.to_string();
             assert!(text.contains("mailbridge/acme"), "{text}");
-            assert!(text.contains(&format!("`{field}`")), "expected field {field}: {text}");
+            assert!(
+                text.contains(&format!("`{field}`")),
+                "expected field {field}: {text}"
+            );
         }
         let err = AccountSecret::parse("mailbridge/acme", "{not json").unwrap_err();
         assert!(err.to_string().contains("not valid JSON"), "{err}");

@@ -275,7 +275,8 @@ impl TokenService {
             .get(&name)
             .await
             .map_err(|e| store_error(&name, e))?;
-        let secret = AccountSecret::parse(&name, secrecy::ExposeSecret::expose_secret(&stored.value))?;
+        let secret =
+            AccountSecret::parse(&name, secrecy::ExposeSecret::expose_secret(&stored.value))?;
         if secret.status.state == AccountState::NeedsReauth {
             let reason = status_reason(&secret.status);
             state.blocked = Some(Blocked {
@@ -310,13 +311,18 @@ impl TokenService {
             (_, stored_rt) => stored_rt.clone(),
         };
         let mut bootstrapped = false;
-        let outcome: Result<TokenResponse, TokenEndpointError> = match (&refresh_token, &secret.password) {
+        let outcome: Result<TokenResponse, TokenEndpointError> = match (
+            &refresh_token,
+            &secret.password,
+        ) {
             (Some(rt), password) => {
                 let refreshed = identity
                     .with_retries(deadline, || identity.refresh(secret, audience, rt))
                     .await;
                 match (refreshed, password) {
-                    (Err(TokenEndpointError::NeedsPerson(p)), Some(password)) if p.grant_rejected => {
+                    (Err(TokenEndpointError::NeedsPerson(p)), Some(password))
+                        if p.grant_rejected =>
+                    {
                         tracing::warn!(
                             account = name,
                             code = %p.code,
@@ -324,14 +330,19 @@ impl TokenService {
                         );
                         bootstrapped = true;
                         identity
-                            .with_retries(deadline, || identity.password(secret, audience, password))
+                            .with_retries(deadline, || {
+                                identity.password(secret, audience, password)
+                            })
                             .await
                     }
                     (other, _) => other,
                 }
             }
             (None, Some(password)) => {
-                tracing::info!(account = name, "no refresh token stored; bootstrapping with ROPC");
+                tracing::info!(
+                    account = name,
+                    "no refresh token stored; bootstrapping with ROPC"
+                );
                 bootstrapped = true;
                 identity
                     .with_retries(deadline, || identity.password(secret, audience, password))
@@ -413,7 +424,10 @@ impl TokenService {
                 return;
             }
         };
-        let mut secret = match AccountSecret::parse(name, secrecy::ExposeSecret::expose_secret(&current.value)) {
+        let mut secret = match AccountSecret::parse(
+            name,
+            secrecy::ExposeSecret::expose_secret(&current.value),
+        ) {
             Ok(secret) => secret,
             Err(e) => {
                 tracing::warn!(account = name, error = %e, "refresh token write-back skipped: secret became unreadable");
@@ -423,11 +437,17 @@ impl TokenService {
         if current.version_id != base.version_id
             && secret.refresh_token_stored_at > base_secret.refresh_token_stored_at
         {
-            tracing::info!(account = name, "refresh token write-back skipped: a newer one was written concurrently");
+            tracing::info!(
+                account = name,
+                "refresh token write-back skipped: a newer one was written concurrently"
+            );
             return;
         }
         if secret.status.state != AccountState::Ok {
-            tracing::info!(account = name, "refresh token write-back skipped: status changed concurrently");
+            tracing::info!(
+                account = name,
+                "refresh token write-back skipped: status changed concurrently"
+            );
             return;
         }
         let previous_age_hours = secret
@@ -466,7 +486,10 @@ impl TokenService {
         let reason = format!("{} [{}]", person.reason, person.code);
         match store.get(name).await {
             Ok(current) => {
-                match AccountSecret::parse(name, secrecy::ExposeSecret::expose_secret(&current.value)) {
+                match AccountSecret::parse(
+                    name,
+                    secrecy::ExposeSecret::expose_secret(&current.value),
+                ) {
                     Ok(mut secret) => {
                         if secret.refresh_token_stored_at > used.refresh_token_stored_at {
                             // Someone (mailbridge login, another instance after ROPC) stored a
@@ -474,16 +497,21 @@ impl TokenService {
                             state.newest_refresh_token = None;
                             return TokenError::Transient {
                                 account: name.to_owned(),
-                                detail: "the account secret changed during the refresh; retry".to_owned(),
+                                detail: "the account secret changed during the refresh; retry"
+                                    .to_owned(),
                             };
                         }
                         if secret.status.state == AccountState::NeedsReauth {
                             tracing::info!(account = name, "account already marked needs_reauth");
                         } else {
-                            secret.status =
-                                AccountStatus::needs_reauth(person.reason.clone(), person.code.clone(), now);
+                            secret.status = AccountStatus::needs_reauth(
+                                person.reason.clone(),
+                                person.code.clone(),
+                                now,
+                            );
                             let value = SecretString::from(secret.to_json());
-                            let request_token = client_request_token(name, &current.version_id, &value);
+                            let request_token =
+                                client_request_token(name, &current.version_id, &value);
                             if let Err(e) = store.put(name, &value, &request_token).await {
                                 tracing::warn!(account = name, error = %e, "could not record needs_reauth status in the secret");
                             }

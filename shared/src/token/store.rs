@@ -135,9 +135,11 @@ impl SecretStore for SecretsManagerStore {
             .await;
         match result {
             Ok(out) => {
-                let value = out.secret_string.ok_or_else(|| SecretStoreError::NotFound {
-                    name: name.to_owned(),
-                })?;
+                let value = out
+                    .secret_string
+                    .ok_or_else(|| SecretStoreError::NotFound {
+                        name: name.to_owned(),
+                    })?;
                 Ok(SecretValue {
                     value: SecretString::from(value),
                     version_id: out.version_id.unwrap_or_default(),
@@ -149,7 +151,8 @@ impl SecretStore for SecretsManagerStore {
                     Err(SecretStoreError::NotFound {
                         name: name.to_owned(),
                     })
-                } else if service.and_then(|e| aws_sdk_secretsmanager::error::ProvideErrorMetadata::code(e))
+                } else if service
+                    .and_then(|e| aws_sdk_secretsmanager::error::ProvideErrorMetadata::code(e))
                     == Some("AccessDeniedException")
                 {
                     Err(SecretStoreError::AccessDenied {
@@ -192,7 +195,8 @@ impl SecretStore for SecretsManagerStore {
                     Err(SecretStoreError::TokenReused {
                         name: name.to_owned(),
                     })
-                } else if service.and_then(|e| aws_sdk_secretsmanager::error::ProvideErrorMetadata::code(e))
+                } else if service
+                    .and_then(|e| aws_sdk_secretsmanager::error::ProvideErrorMetadata::code(e))
                     == Some("AccessDeniedException")
                 {
                     Err(SecretStoreError::AccessDenied {
@@ -226,7 +230,9 @@ impl SecretsManagerStore {
             .create_secret()
             .name(name)
             .secret_string(value.expose_secret())
-            .description("mailbridge account: Microsoft 365 OAuth2 grant (see README, account-secret)")
+            .description(
+                "mailbridge account: Microsoft 365 OAuth2 grant (see README, account-secret)",
+            )
             .send()
             .await;
         match result {
@@ -374,7 +380,9 @@ pub fn client_request_token(secret_name: &str, base_version: &str, value: &Secre
     let digest = hasher.finalize();
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 #[cfg(test)]
