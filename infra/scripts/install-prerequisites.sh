@@ -1,26 +1,54 @@
 #!/usr/bin/env bash
-# Installs what the local stack needs on a Debian machine that has only the Rust toolchain and
-# Python 3: Dovecot (IMAP server, from Debian) and a project virtualenv with moto (AWS stand-in).
-# Idempotent: a second run only checks. Run as root or with sudo available.
+# Installs what the local stack needs on a Debian/Ubuntu machine that has only the Rust toolchain
+# and Python 3:
+#   - Debian packages: dovecot-imapd (IMAP server; brings dovecot-core with doveadm), and only if
+#     missing: python3-venv (for the venv), ca-certificates (for pip's downloads)
+#   - a project virtualenv <repo>/.local/venv (or $MAILBRIDGE_VENV) with moto[server] from
+#     infra/requirements.txt (the AWS stand-in: SQS, Secrets Manager, DynamoDB)
+# Idempotent: a second run only checks (the venv is rebuilt when infra/requirements.txt changes).
+# apt-get needs root: run as root or with sudo available. Nothing is started as a system service:
+# if the package starts Dovecot's system service, it is stopped and disabled again (the tests
+# run their own throwaway instances on free ports).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 venv=${MAILBRIDGE_VENV:-$root/.local/venv}
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else echo "need root (or sudo) to run: $*" >&2; exit 1
+  fi
+}
+
+command -v python3 >/dev/null 2>&1 || { echo "python3 is required (apt-get install python3)" >&2; exit 1; }
+command -v cargo >/dev/null 2>&1 || { echo "the Rust toolchain (cargo) is required: https://rustup.rs" >&2; exit 1; }
 
 apt_pkgs=()
-command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || apt_pkgs+=(dovecot-imapd)
-command -v openssl >/dev/null 2>&1 || apt_pkgs+=(openssl)
+had_dovecot=yes
+if [ ! -x /usr/sbin/dovecot ] || [ ! -x /usr/bin/doveadm ]; then
+  apt_pkgs+=(dovecot-imapd)
+  had_dovecot=no
+fi
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_pkgs+=(python3-venv)
+[ -e /etc/ssl/certs/ca-certificates.crt ] || apt_pkgs+=(ca-certificates)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   echo "installing Debian packages: ${apt_pkgs[*]}"
   as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}" >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}" >/dev/null
+fi
+if [ "$had_dovecot" = no ] && command -v systemctl >/dev/null 2>&1 \
+   && systemctl is-active --quiet dovecot 2>/dev/null; then
+  echo "stopping and disabling the system Dovecot service the package started (not needed)"
+  as_root systemctl disable --now dovecot >/dev/null 2>&1 || true
 fi
 
-if [ ! -x "$venv/bin/moto_server" ]; then
-  echo "creating $venv with moto[server]"
+req="$root/infra/requirements.txt"
+want=$(sha256sum "$req" | cut -d' ' -f1)
+have=$(cat "$venv/.requirements.sha256" 2>/dev/null || true)
+if [ ! -x "$venv/bin/moto_server" ] || [ "$want" != "$have" ]; then
+  echo "creating $venv with $(grep -v '^#' "$req" | tr '\n' ' ')"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check -r "$root/infra/requirements.txt"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
+  echo "$want" > "$venv/.requirements.sha256"
 fi
-echo "prerequisites ready: dovecot $(/usr/sbin/dovecot --version | cut -d' ' -f1), moto in $venv"
+echo "prerequisites ready: dovecot $(/usr/sbin/dovecot --version | cut -d' ' -f1), moto $("$venv/bin/python" -c 'import moto; print(moto.__version__)') in $venv"

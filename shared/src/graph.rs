@@ -1,1 +1,684 @@
 //! Microsoft Graph `sendMail` client (the mail sender adapter).
+//!
+//! [`MailSender`] is the port send-notifications talks to; [`GraphClient`] implements it with
+//! `POST {base}/me/sendMail` or `POST {base}/users/{from}/sendMail`, a JSON `message` resource and
+//! `saveToSentItems`. Success is `202 Accepted` with an empty body. Every answer's `request-id`
+//! header is captured (it is what Microsoft support asks for), and we send a `client-request-id`.
+//!
+//! Errors are classified ([`crate::error::Classify`]): 429 and 5xx are transient (with the
+//! `Retry-After` delay when given), 401 means the token was refused, 400/403/404/413 are
+//! permanent (bad message, `ErrorAccessDenied`, `ErrorSendAsDenied`, `MailboxNotEnabledForRESTAPI`,
+//! too large), transport failures and timeouts are transient.
+
+use crate::error::{Classify, ErrorClass};
+use crate::notification::{BodyType, Importance, Notification, Recipient};
+use crate::token::AccessToken;
+use async_trait::async_trait;
+use secrecy::ExposeSecret as _;
+use serde::Serialize;
+use std::time::Duration;
+
+/// Graph v1.0 in the global cloud.
+pub const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com/v1.0";
+
+/// Port: something that submits one mail with a bearer token.
+#[async_trait]
+pub trait MailSender: Send + Sync {
+    /// Submit `mail`. `timeout` bounds the whole HTTP exchange.
+    async fn send_mail(
+        &self,
+        token: &AccessToken,
+        mail: &OutgoingMail,
+        timeout: Duration,
+    ) -> Result<SendReceipt, GraphError>;
+}
+
+/// Which mailbox sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendAs {
+    /// The signed-in user of the token (`/me/sendMail`).
+    Me,
+    /// A shared mailbox or another user (`/users/{id}/sendMail`; needs Send As rights).
+    User(String),
+}
+
+/// One sendMail request: the mailbox plus the JSON body.
+#[derive(Clone, Debug)]
+pub struct OutgoingMail {
+    /// `/me` or `/users/{id}`.
+    pub send_as: SendAs,
+    /// The request body (`message`, `saveToSentItems`).
+    pub request: SendMailRequest,
+}
+
+/// The sendMail JSON body.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SendMailRequest {
+    /// The message resource.
+    pub message: GraphMessage,
+    /// Only sent when false (Graph's default is true).
+    #[serde(skip_serializing_if = "is_true")]
+    pub save_to_sent_items: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// The subset of Graph's `message` resource we write.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GraphMessage {
+    /// Subject.
+    pub subject: String,
+    /// Body.
+    pub body: GraphBody,
+    /// To.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub to_recipients: Vec<GraphRecipient>,
+    /// Cc.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cc_recipients: Vec<GraphRecipient>,
+    /// Bcc.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bcc_recipients: Vec<GraphRecipient>,
+    /// Reply-To.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reply_to: Vec<GraphRecipient>,
+    /// From (only for send-as; must match the `/users/{id}` mailbox).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<GraphRecipient>,
+    /// `low` / `normal` / `high`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub importance: Option<&'static str>,
+    /// File attachments.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<GraphAttachment>,
+    /// `X-` headers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub internet_message_headers: Vec<GraphHeader>,
+    /// The RFC 5322 Message-ID (writable while the message is a draft, which sendMail's is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub internet_message_id: Option<String>,
+}
+
+/// `itemBody`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GraphBody {
+    /// `text` or `html`.
+    pub content_type: &'static str,
+    /// The content.
+    pub content: String,
+}
+
+/// `recipient`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GraphRecipient {
+    /// `emailAddress`.
+    pub email_address: GraphEmailAddress,
+}
+
+/// `emailAddress`.
+#[derive(Clone, Debug, Serialize)]
+pub struct GraphEmailAddress {
+    /// Address.
+    pub address: String,
+    /// Display name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `fileAttachment`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GraphAttachment {
+    /// Always `#microsoft.graph.fileAttachment`.
+    #[serde(rename = "@odata.type")]
+    pub odata_type: &'static str,
+    /// File name.
+    pub name: String,
+    /// MIME type.
+    pub content_type: String,
+    /// base64.
+    pub content_bytes: String,
+    /// Inline (cid:) attachment.
+    pub is_inline: bool,
+    /// Content-ID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_id: Option<String>,
+}
+
+/// `internetMessageHeader`.
+#[derive(Clone, Debug, Serialize)]
+pub struct GraphHeader {
+    /// Name (`X-...`).
+    pub name: String,
+    /// Value.
+    pub value: String,
+}
+
+/// What mailbridge adds on top of the queue message (thread marker, Message-ID).
+#[derive(Clone, Debug, Default)]
+pub struct MessageExtras {
+    /// Subject to use instead of the notification's (e.g. with `[Ticket#N]`).
+    pub subject: Option<String>,
+    /// Body content to use instead of the notification's (e.g. with a reference footer).
+    pub body_content: Option<String>,
+    /// Extra `X-` headers (e.g. `X-Mailbridge-Ref`).
+    pub headers: Vec<(String, String)>,
+    /// `internetMessageId`, with angle brackets.
+    pub internet_message_id: Option<String>,
+}
+
+fn recipients(list: &[Recipient]) -> Vec<GraphRecipient> {
+    list.iter()
+        .map(|r| GraphRecipient {
+            email_address: GraphEmailAddress {
+                address: r.address.clone(),
+                name: r.name.clone(),
+            },
+        })
+        .collect()
+}
+
+impl OutgoingMail {
+    /// Build the Graph request for a validated notification.
+    pub fn from_notification(n: &Notification, extras: MessageExtras) -> Self {
+        let send_as = match &n.from {
+            Some(from) => SendAs::User(from.clone()),
+            None => SendAs::Me,
+        };
+        let mut headers: Vec<GraphHeader> = n
+            .headers
+            .iter()
+            .map(|(name, value)| GraphHeader {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect();
+        headers.extend(
+            extras
+                .headers
+                .into_iter()
+                .map(|(name, value)| GraphHeader { name, value }),
+        );
+        let message = GraphMessage {
+            subject: extras.subject.unwrap_or_else(|| n.subject.clone()),
+            body: GraphBody {
+                content_type: match n.body.content_type {
+                    BodyType::Text => "text",
+                    BodyType::Html => "html",
+                },
+                content: extras
+                    .body_content
+                    .unwrap_or_else(|| n.body.content.clone()),
+            },
+            to_recipients: recipients(&n.to),
+            cc_recipients: recipients(&n.cc),
+            bcc_recipients: recipients(&n.bcc),
+            reply_to: recipients(&n.reply_to),
+            from: n.from.as_ref().map(|address| GraphRecipient {
+                email_address: GraphEmailAddress {
+                    address: address.clone(),
+                    name: None,
+                },
+            }),
+            importance: n.importance.map(|i| match i {
+                Importance::Low => "low",
+                Importance::Normal => "normal",
+                Importance::High => "high",
+            }),
+            attachments: n
+                .attachments
+                .iter()
+                .map(|a| GraphAttachment {
+                    odata_type: "#microsoft.graph.fileAttachment",
+                    name: a.name.clone(),
+                    content_type: a.content_type.clone(),
+                    content_bytes: a.content_base64.clone(),
+                    is_inline: a.inline,
+                    content_id: a.content_id.clone(),
+                })
+                .collect(),
+            internet_message_headers: headers,
+            internet_message_id: extras.internet_message_id,
+        };
+        OutgoingMail {
+            send_as,
+            request: SendMailRequest {
+                message,
+                save_to_sent_items: n.save_to_sent_items.unwrap_or(true),
+            },
+        }
+    }
+}
+
+/// A 202 from Graph.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SendReceipt {
+    /// Graph's `request-id` response header.
+    pub request_id: Option<String>,
+    /// The `client-request-id` we sent.
+    pub client_request_id: String,
+}
+
+/// Why Graph did not accept the mail.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphError {
+    /// 429: too many requests for this mailbox/app.
+    #[error(
+        "Graph throttled the request (429 {code}), retry after {retry_after:?} [request-id {request_id:?}]"
+    )]
+    Throttled {
+        /// `Retry-After`, when given.
+        retry_after: Option<Duration>,
+        /// Graph error code.
+        code: String,
+        /// `request-id`.
+        request_id: Option<String>,
+    },
+    /// 5xx: Graph unavailable.
+    #[error(
+        "Graph unavailable ({status} {code}: {message}), retry after {retry_after:?} [request-id {request_id:?}]"
+    )]
+    Unavailable {
+        /// HTTP status.
+        status: u16,
+        /// `Retry-After`, when given.
+        retry_after: Option<Duration>,
+        /// Graph error code.
+        code: String,
+        /// Graph error message.
+        message: String,
+        /// `request-id`.
+        request_id: Option<String>,
+    },
+    /// 401: the access token was refused.
+    #[error("Graph refused the access token (401 {code}: {message}) [request-id {request_id:?}]")]
+    Unauthorized {
+        /// Graph error code (e.g. `InvalidAuthenticationToken`).
+        code: String,
+        /// Graph error message.
+        message: String,
+        /// `request-id`.
+        request_id: Option<String>,
+    },
+    /// 4xx other than 401/408/429: the message or the mailbox's permissions are wrong.
+    #[error("Graph rejected the message ({status} {code}: {message}) [request-id {request_id:?}]")]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// Graph error code (`ErrorAccessDenied`, `ErrorSendAsDenied`, `MailboxNotEnabledForRESTAPI`...).
+        code: String,
+        /// Graph error message.
+        message: String,
+        /// `request-id`.
+        request_id: Option<String>,
+    },
+    /// No answer: connection refused/reset, timeout. The mail may or may not have been accepted.
+    #[error("Graph request failed before an answer: {detail}")]
+    Transport {
+        /// What failed (no secrets).
+        detail: String,
+        /// Whether it was a timeout (the request may have been processed).
+        timed_out: bool,
+    },
+}
+
+impl GraphError {
+    /// Graph's `request-id`, when an answer came.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            GraphError::Throttled { request_id, .. }
+            | GraphError::Unavailable { request_id, .. }
+            | GraphError::Unauthorized { request_id, .. }
+            | GraphError::Rejected { request_id, .. } => request_id.as_deref(),
+            GraphError::Transport { .. } => None,
+        }
+    }
+
+    /// The server's requested delay, when it gave one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GraphError::Throttled { retry_after, .. }
+            | GraphError::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Graph's error code (`ErrorSendAsDenied`...) or a short description of the failure.
+    pub fn code(&self) -> &str {
+        match self {
+            GraphError::Throttled { code, .. }
+            | GraphError::Unavailable { code, .. }
+            | GraphError::Unauthorized { code, .. }
+            | GraphError::Rejected { code, .. } => code,
+            GraphError::Transport {
+                timed_out: true, ..
+            } => "Timeout",
+            GraphError::Transport { .. } => "TransportError",
+        }
+    }
+}
+
+impl Classify for GraphError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            GraphError::Throttled { .. }
+            | GraphError::Unavailable { .. }
+            | GraphError::Transport { .. } => ErrorClass::Transient,
+            // A 401 that survives a fresh token: the grant no longer works for Graph.
+            GraphError::Unauthorized { .. } => ErrorClass::NeedsReauth,
+            GraphError::Rejected { .. } => ErrorClass::Permanent,
+        }
+    }
+}
+
+/// Configuration problems when building the client.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphConfigError {
+    /// The base URL is unusable.
+    #[error("Graph base URL {url:?}: {problem}")]
+    BadUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// reqwest could not build a client.
+    #[error("cannot build the HTTP client for Graph: {0}")]
+    Client(String),
+}
+
+/// The real Graph client.
+#[derive(Clone, Debug)]
+pub struct GraphClient {
+    http: reqwest::Client,
+    base_url: url::Url,
+}
+
+impl GraphClient {
+    /// `base_url` like `https://graph.microsoft.com/v1.0`; plain http only for loopback hosts.
+    pub fn new(base_url: &str) -> Result<Self, GraphConfigError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(50))
+            .user_agent(concat!("mailbridge/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| GraphConfigError::Client(e.to_string()))?;
+        Self::with_http(http, base_url)
+    }
+
+    /// As [`GraphClient::new`] with a caller-built reqwest client.
+    pub fn with_http(http: reqwest::Client, base_url: &str) -> Result<Self, GraphConfigError> {
+        let bad = |problem: &str| GraphConfigError::BadUrl {
+            url: base_url.to_owned(),
+            problem: problem.to_owned(),
+        };
+        let url = url::Url::parse(base_url.trim_end_matches('/'))
+            .map_err(|e| bad(&format!("not a URL ({e})")))?;
+        let loopback = matches!(
+            url.host(),
+            Some(url::Host::Ipv4(ip)) if ip.is_loopback()
+        ) || matches!(url.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
+            || url.host_str() == Some("localhost");
+        match url.scheme() {
+            "https" => {}
+            "http" if loopback => {}
+            "http" => {
+                return Err(bad(
+                    "must use https (http is allowed only for loopback hosts)",
+                ));
+            }
+            _ => return Err(bad("must be an https URL")),
+        }
+        if url.cannot_be_a_base() {
+            return Err(bad("cannot be a base URL"));
+        }
+        Ok(GraphClient {
+            http,
+            base_url: url,
+        })
+    }
+
+    /// The sendMail URL for a mailbox.
+    pub fn send_mail_url(&self, send_as: &SendAs) -> url::Url {
+        let mut url = self.base_url.clone();
+        {
+            let mut segments = url.path_segments_mut().expect("checked in with_http");
+            segments.pop_if_empty();
+            match send_as {
+                SendAs::Me => {
+                    segments.push("me");
+                }
+                SendAs::User(id) => {
+                    segments.push("users").push(id);
+                }
+            }
+            segments.push("sendMail");
+        }
+        url
+    }
+}
+
+#[derive(serde::Deserialize, Default)]
+struct ErrorEnvelope {
+    #[serde(default)]
+    error: ErrorBody,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default, rename = "innerError")]
+    inner_error: Option<InnerError>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct InnerError {
+    #[serde(default, rename = "request-id")]
+    request_id: Option<String>,
+}
+
+/// Parse `Retry-After`: delta-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let delta = date.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(delta.to_std().unwrap_or(Duration::ZERO))
+}
+
+#[async_trait]
+impl MailSender for GraphClient {
+    async fn send_mail(
+        &self,
+        token: &AccessToken,
+        mail: &OutgoingMail,
+        timeout: Duration,
+    ) -> Result<SendReceipt, GraphError> {
+        let client_request_id = uuid::Uuid::new_v4().to_string();
+        let url = self.send_mail_url(&mail.send_as);
+        let response = self
+            .http
+            .post(url)
+            .bearer_auth(token.secret.expose_secret())
+            .header("client-request-id", &client_request_id)
+            .header("return-client-request-id", "true")
+            .json(&mail.request)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| GraphError::Transport {
+                timed_out: e.is_timeout(),
+                detail: transport_detail(&e),
+            })?;
+        let status = response.status().as_u16();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let mut request_id = header("request-id");
+        let retry_after = header("retry-after").as_deref().and_then(parse_retry_after);
+        if status == 202 || status == 200 {
+            return Ok(SendReceipt {
+                request_id,
+                client_request_id,
+            });
+        }
+        let body = response.bytes().await.unwrap_or_default();
+        let envelope: ErrorEnvelope = serde_json::from_slice(&body).unwrap_or_default();
+        let ErrorBody {
+            code,
+            message,
+            inner_error,
+        } = envelope.error;
+        if request_id.is_none() {
+            request_id = inner_error.and_then(|i| i.request_id);
+        }
+        let code = if code.is_empty() {
+            format!("HTTP{status}")
+        } else {
+            code
+        };
+        let message: String = message.chars().take(500).collect();
+        Err(match status {
+            429 => GraphError::Throttled {
+                retry_after,
+                code,
+                request_id,
+            },
+            401 => GraphError::Unauthorized {
+                code,
+                message,
+                request_id,
+            },
+            408 | 500..=599 => GraphError::Unavailable {
+                status,
+                retry_after,
+                code,
+                message,
+                request_id,
+            },
+            _ => GraphError::Rejected {
+                status,
+                code,
+                message,
+                request_id,
+            },
+        })
+    }
+}
+
+fn transport_detail(e: &reqwest::Error) -> String {
+    // reqwest's Display includes the URL (no secrets in it); add the root cause.
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    detail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notification() -> Notification {
+        Notification::parse(
+            &serde_json::json!({
+                "version": 1, "account": "a", "from": "shared@contoso.com",
+                "to": [{"address": "c@example.com", "name": "C"}],
+                "subject": "S", "body": {"content_type": "html", "content": "<b>x</b>"},
+                "importance": "high", "save_to_sent_items": false,
+                "attachments": [{"name": "i.png", "content_type": "image/png", "content_base64": "AAAA", "inline": true, "content_id": "img1"}],
+                "headers": {"X-A": "1"}
+            })
+            .to_string(),
+            "m1",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_message_resource_uses_graph_names() {
+        let extras = MessageExtras {
+            headers: vec![("X-Mailbridge-Ref".into(), "r".into())],
+            internet_message_id: Some("<a@b>".into()),
+            ..Default::default()
+        };
+        let mail = OutgoingMail::from_notification(&notification(), extras);
+        assert_eq!(mail.send_as, SendAs::User("shared@contoso.com".into()));
+        let json = serde_json::to_value(&mail.request).unwrap();
+        assert_eq!(json["saveToSentItems"], false);
+        let m = &json["message"];
+        assert_eq!(
+            m["toRecipients"][0]["emailAddress"]["address"],
+            "c@example.com"
+        );
+        assert_eq!(m["body"]["contentType"], "html");
+        assert_eq!(m["importance"], "high");
+        assert_eq!(
+            m["attachments"][0]["@odata.type"],
+            "#microsoft.graph.fileAttachment"
+        );
+        assert_eq!(m["attachments"][0]["contentBytes"], "AAAA");
+        assert_eq!(m["attachments"][0]["isInline"], true);
+        assert_eq!(m["internetMessageHeaders"][1]["name"], "X-Mailbridge-Ref");
+        assert_eq!(m["internetMessageId"], "<a@b>");
+        assert_eq!(m["from"]["emailAddress"]["address"], "shared@contoso.com");
+        assert!(m.get("ccRecipients").is_none());
+    }
+
+    #[test]
+    fn save_to_sent_items_is_omitted_when_true() {
+        let mut n = notification();
+        n.save_to_sent_items = None;
+        let mail = OutgoingMail::from_notification(&n, MessageExtras::default());
+        let json = serde_json::to_value(&mail.request).unwrap();
+        assert!(json.get("saveToSentItems").is_none());
+    }
+
+    #[test]
+    fn urls_for_me_and_send_as() {
+        let c = GraphClient::new("http://127.0.0.1:8080/v1.0/").unwrap();
+        assert_eq!(
+            c.send_mail_url(&SendAs::Me).as_str(),
+            "http://127.0.0.1:8080/v1.0/me/sendMail"
+        );
+        assert_eq!(
+            c.send_mail_url(&SendAs::User("a b@c.com".into())).as_str(),
+            "http://127.0.0.1:8080/v1.0/users/a%20b@c.com/sendMail"
+        );
+    }
+
+    #[test]
+    fn plain_http_is_refused_except_for_loopback() {
+        assert!(GraphClient::new("http://graph.example.com/v1.0").is_err());
+        assert!(GraphClient::new("https://graph.microsoft.com/v1.0").is_ok());
+        assert!(GraphClient::new("http://localhost:1/v1.0").is_ok());
+    }
+
+    #[test]
+    fn retry_after_in_seconds_and_dates() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

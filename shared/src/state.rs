@@ -1,1 +1,407 @@
 //! The DynamoDB state table: idempotency records for notifications, dedupe records for mail.
+//!
+//! One table (env `MAILBRIDGE_STATE_TABLE`): partition key `pk` (S), TTL attribute `expires_at`
+//! (N, epoch seconds). This module holds the notification idempotency records
+//! (`notification#<id>`), modelled on Powertools' idempotency utility:
+//!
+//! - [`IdempotencyStore::claim`] writes an `in_progress` record with a lease (conditional put:
+//!   only if no record exists, the previous lease ran out, or the record expired). A record that is
+//!   `completed` means "already sent": the caller must not send again.
+//! - [`IdempotencyStore::complete`] turns it into `completed` with a TTL (default 14 days, the
+//!   longest SQS retention, so every redelivery of the same notification finds it).
+//! - [`IdempotencyStore::release`] deletes an `in_progress` record we own after a failure that
+//!   did not send, so the retry can claim it immediately.
+//!
+//! Each record carries a hash of the message, so an id reused for a *different* message is told
+//! apart from a redelivery ([`Claim::CompletedWithDifferentPayload`]).
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::AttributeValue;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The state of an idempotency key after a claim attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// We hold the lease; go ahead and send. Pass the token to `complete`/`release`.
+    Acquired {
+        /// Identifies our lease.
+        lease_token: String,
+    },
+    /// Already sent (a redelivery). Do not send again.
+    Completed {
+        /// Graph `request-id` of the send that completed it, when recorded.
+        graph_request_id: Option<String>,
+    },
+    /// The same id was sent before with a different message.
+    CompletedWithDifferentPayload,
+    /// Another invocation holds a live lease (it may be sending right now).
+    InProgress {
+        /// When that lease runs out (epoch seconds).
+        lease_expires_at: i64,
+    },
+}
+
+/// Port: idempotency records for notifications.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    /// Try to take the key for `lease` (conditional write).
+    async fn claim(
+        &self,
+        id: &str,
+        payload_hash: &str,
+        lease: Duration,
+    ) -> Result<Claim, StateError>;
+    /// Mark the key as sent; the record lives for `ttl`.
+    async fn complete(
+        &self,
+        id: &str,
+        payload_hash: &str,
+        lease_token: &str,
+        graph_request_id: Option<&str>,
+        ttl: Duration,
+    ) -> Result<(), StateError>;
+    /// Drop our in-progress record (nothing was sent), so a retry can claim it at once.
+    async fn release(&self, id: &str, lease_token: &str) -> Result<(), StateError>;
+}
+
+/// The state table could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("state table {table}: {operation} failed: {detail}")]
+pub struct StateError {
+    /// Table name.
+    pub table: String,
+    /// e.g. `claim notification#123`.
+    pub operation: String,
+    /// What the SDK said.
+    pub detail: String,
+}
+
+impl crate::error::Classify for StateError {
+    fn class(&self) -> crate::error::ErrorClass {
+        crate::error::ErrorClass::Transient
+    }
+}
+
+const IN_PROGRESS: &str = "in_progress";
+const COMPLETED: &str = "completed";
+
+/// Default lifetime of a completed record: SQS's longest retention (14 days).
+pub const DEFAULT_COMPLETED_TTL: Duration = Duration::from_secs(14 * 24 * 3600);
+
+fn now_epoch() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// The partition key of a notification's idempotency record.
+pub fn notification_key(id: &str) -> String {
+    format!("notification#{id}")
+}
+
+/// DynamoDB implementation.
+#[derive(Clone, Debug)]
+pub struct DynamoIdempotencyStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+impl DynamoIdempotencyStore {
+    /// Use `table` (the state table) through `client`.
+    pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+        DynamoIdempotencyStore {
+            client,
+            table: table.into(),
+        }
+    }
+
+    fn error(&self, operation: String, e: impl std::fmt::Display) -> StateError {
+        StateError {
+            table: self.table.clone(),
+            operation,
+            detail: e.to_string(),
+        }
+    }
+}
+
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn get_n(item: &HashMap<String, AttributeValue>, k: &str) -> Option<i64> {
+    item.get(k)?.as_n().ok()?.parse().ok()
+}
+
+fn get_s<'a>(item: &'a HashMap<String, AttributeValue>, k: &str) -> Option<&'a str> {
+    item.get(k)?.as_s().ok().map(String::as_str)
+}
+
+#[async_trait]
+impl IdempotencyStore for DynamoIdempotencyStore {
+    async fn claim(
+        &self,
+        id: &str,
+        payload_hash: &str,
+        lease: Duration,
+    ) -> Result<Claim, StateError> {
+        let key = notification_key(id);
+        let now = now_epoch();
+        let lease_expires_at = now + lease.as_secs() as i64;
+        let lease_token = uuid::Uuid::new_v4().to_string();
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(&key))
+            .item("status", s(IN_PROGRESS))
+            .item("payload_hash", s(payload_hash))
+            .item("lease_token", s(&lease_token))
+            .item("lease_expires_at", n(lease_expires_at))
+            // keep abandoned leases around for a day so they can be inspected, then TTL them
+            .item("expires_at", n(lease_expires_at + 24 * 3600))
+            .condition_expression(
+                "attribute_not_exists(pk) OR (#status = :in_progress AND lease_expires_at < :now) OR expires_at < :now",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":in_progress", s(IN_PROGRESS))
+            .expression_attribute_values(":now", n(now))
+            .send()
+            .await;
+        match put {
+            Ok(_) => return Ok(Claim::Acquired { lease_token }),
+            Err(e) => {
+                let service = e.into_service_error();
+                if !service.is_conditional_check_failed_exception() {
+                    return Err(self.error(format!("claim {key}"), service));
+                }
+            }
+        }
+        let existing = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(&key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.error(format!("read {key}"), e.into_service_error()))?;
+        let Some(item) = existing.item else {
+            // deleted between our put and get (a release): the caller may retry later
+            return Ok(Claim::InProgress {
+                lease_expires_at: now,
+            });
+        };
+        match get_s(&item, "status") {
+            Some(COMPLETED) => {
+                if get_s(&item, "payload_hash").is_some_and(|h| h != payload_hash) {
+                    Ok(Claim::CompletedWithDifferentPayload)
+                } else {
+                    Ok(Claim::Completed {
+                        graph_request_id: get_s(&item, "graph_request_id").map(str::to_owned),
+                    })
+                }
+            }
+            _ => Ok(Claim::InProgress {
+                lease_expires_at: get_n(&item, "lease_expires_at").unwrap_or(now),
+            }),
+        }
+    }
+
+    async fn complete(
+        &self,
+        id: &str,
+        payload_hash: &str,
+        _lease_token: &str,
+        graph_request_id: Option<&str>,
+        ttl: Duration,
+    ) -> Result<(), StateError> {
+        let key = notification_key(id);
+        let now = now_epoch();
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(&key))
+            .item("status", s(COMPLETED))
+            .item("payload_hash", s(payload_hash))
+            .item("completed_at", n(now))
+            .item("expires_at", n(now + ttl.as_secs() as i64));
+        if let Some(rid) = graph_request_id {
+            put = put.item("graph_request_id", s(rid));
+        }
+        put.send()
+            .await
+            .map_err(|e| self.error(format!("complete {key}"), e.into_service_error()))?;
+        Ok(())
+    }
+
+    async fn release(&self, id: &str, lease_token: &str) -> Result<(), StateError> {
+        let key = notification_key(id);
+        let deleted = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(&key))
+            .condition_expression("#status = :in_progress AND lease_token = :token")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":in_progress", s(IN_PROGRESS))
+            .expression_attribute_values(":token", s(lease_token))
+            .send()
+            .await;
+        match deleted {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let service = e.into_service_error();
+                if service.is_conditional_check_failed_exception() {
+                    Ok(()) // someone else's lease now, or already gone: nothing of ours to drop
+                } else {
+                    Err(self.error(format!("release {key}"), service))
+                }
+            }
+        }
+    }
+}
+
+/// In-memory implementation (unit tests, local experiments). Same semantics as DynamoDB's.
+#[derive(Debug, Default)]
+pub struct InMemoryIdempotencyStore {
+    records: Mutex<HashMap<String, MemoryRecord>>,
+}
+
+#[derive(Clone, Debug)]
+struct MemoryRecord {
+    completed: bool,
+    payload_hash: String,
+    lease_token: String,
+    lease_expires_at: i64,
+    graph_request_id: Option<String>,
+}
+
+impl InMemoryIdempotencyStore {
+    /// Whether `id` is recorded as completed.
+    pub fn is_completed(&self, id: &str) -> bool {
+        self.records
+            .lock()
+            .expect("lock")
+            .get(id)
+            .is_some_and(|r| r.completed)
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for InMemoryIdempotencyStore {
+    async fn claim(
+        &self,
+        id: &str,
+        payload_hash: &str,
+        lease: Duration,
+    ) -> Result<Claim, StateError> {
+        let now = now_epoch();
+        let mut records = self.records.lock().expect("lock");
+        if let Some(r) = records.get(id) {
+            if r.completed {
+                return Ok(if r.payload_hash == payload_hash {
+                    Claim::Completed {
+                        graph_request_id: r.graph_request_id.clone(),
+                    }
+                } else {
+                    Claim::CompletedWithDifferentPayload
+                });
+            }
+            if r.lease_expires_at >= now {
+                return Ok(Claim::InProgress {
+                    lease_expires_at: r.lease_expires_at,
+                });
+            }
+        }
+        let lease_token = uuid::Uuid::new_v4().to_string();
+        records.insert(
+            id.to_owned(),
+            MemoryRecord {
+                completed: false,
+                payload_hash: payload_hash.to_owned(),
+                lease_token: lease_token.clone(),
+                lease_expires_at: now + lease.as_secs() as i64,
+                graph_request_id: None,
+            },
+        );
+        Ok(Claim::Acquired { lease_token })
+    }
+
+    async fn complete(
+        &self,
+        id: &str,
+        payload_hash: &str,
+        lease_token: &str,
+        graph_request_id: Option<&str>,
+        _ttl: Duration,
+    ) -> Result<(), StateError> {
+        self.records.lock().expect("lock").insert(
+            id.to_owned(),
+            MemoryRecord {
+                completed: true,
+                payload_hash: payload_hash.to_owned(),
+                lease_token: lease_token.to_owned(),
+                lease_expires_at: 0,
+                graph_request_id: graph_request_id.map(str::to_owned),
+            },
+        );
+        Ok(())
+    }
+
+    async fn release(&self, id: &str, lease_token: &str) -> Result<(), StateError> {
+        let mut records = self.records.lock().expect("lock");
+        if records
+            .get(id)
+            .is_some_and(|r| !r.completed && r.lease_token == lease_token)
+        {
+            records.remove(id);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_claims_completes_and_releases_like_dynamodb() {
+        let store = InMemoryIdempotencyStore::default();
+        let lease = Duration::from_secs(60);
+        let Claim::Acquired { lease_token } = store.claim("a", "h", lease).await.unwrap() else {
+            panic!("first claim must be acquired")
+        };
+        assert!(matches!(
+            store.claim("a", "h", lease).await.unwrap(),
+            Claim::InProgress { .. }
+        ));
+        store.release("a", "someone-else").await.unwrap();
+        assert!(matches!(
+            store.claim("a", "h", lease).await.unwrap(),
+            Claim::InProgress { .. }
+        ));
+        store.release("a", &lease_token).await.unwrap();
+        let Claim::Acquired { lease_token } = store.claim("a", "h", lease).await.unwrap() else {
+            panic!("claim after release must be acquired")
+        };
+        store
+            .complete("a", "h", &lease_token, Some("rid"), lease)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.claim("a", "h", lease).await.unwrap(),
+            Claim::Completed {
+                graph_request_id: Some("rid".into())
+            }
+        );
+        assert_eq!(
+            store.claim("a", "other", lease).await.unwrap(),
+            Claim::CompletedWithDifferentPayload
+        );
+    }
+}

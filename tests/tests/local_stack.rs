@@ -302,3 +302,79 @@ async fn dovecot_deliver_status_list_uidvalidity_and_restart() {
 fn dovecot_arc(dovecot: &local_stack::dovecot::Dovecot) -> &dyn local_stack::MailDrop {
     dovecot
 }
+
+#[tokio::test]
+async fn runtime_api_runs_the_real_bootstrap_warm_across_invocations() {
+    use local_stack::runtime_api::{FunctionConfig, InvocationResult, RuntimeApi};
+    use std::time::Duration;
+    let binary =
+        local_stack::runtime_api::workspace_binary("send-notifications", "send-notifications")
+            .unwrap();
+    let api = RuntimeApi::start().await.unwrap();
+    let function = FunctionConfig::new("send-notifications", &binary)
+        .with_env(stack().moto().env())
+        .with_env([("RUST_LOG", "info")]);
+    api.spawn_function(&function).unwrap();
+
+    let first = api
+        .invoke(serde_json::json!({"n": 1}), Duration::from_secs(60))
+        .await
+        .unwrap();
+    println!(
+        "cold start: init {:?}, first invocation {:?}",
+        first.init_duration, first.duration
+    );
+    assert!(
+        first.init_duration.is_some(),
+        "first invocation is a cold start"
+    );
+    let first_id = first.request_id.clone();
+    let body = first.into_response().unwrap();
+    assert!(body.to_string().contains("\"n\":1"), "answer: {body}");
+
+    let second = api
+        .invoke(serde_json::json!({"n": 2}), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(second.init_duration.is_none(), "same process: warm");
+    assert_ne!(second.request_id, first_id);
+    println!("warm invocation {:?}", second.duration);
+    assert!(
+        matches!(second.result, InvocationResult::Response(ref v) if v.to_string().contains("\"n\":2"))
+    );
+    api.shutdown();
+
+    // one-shot helper
+    let outcome = local_stack::runtime_api::invoke_binary(
+        &binary,
+        &stack().moto().env(),
+        serde_json::json!({"n": 3}),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert!(
+        outcome
+            .into_response()
+            .unwrap()
+            .to_string()
+            .contains("\"n\":3")
+    );
+}
+
+#[tokio::test]
+async fn runtime_api_reports_a_process_that_exits_without_answering() {
+    use local_stack::runtime_api::{InvocationResult, invoke_binary};
+    let outcome = invoke_binary(
+        std::path::Path::new("/bin/false"),
+        &[],
+        serde_json::json!({}),
+        std::time::Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(outcome.result, InvocationResult::ProcessExited(_)),
+        "{outcome:?}"
+    );
+}

@@ -168,6 +168,31 @@ impl LocalStack {
         component("ticket API stand-in", &self.tickets)
     }
 
+    /// moto, or its start error.
+    pub fn try_moto(&self) -> Result<&moto::Moto, &str> {
+        self.moto.as_ref().map_err(String::as_str)
+    }
+
+    /// The identity stand-in, or its start error.
+    pub fn try_identity(&self) -> Result<&identity::IdentityStandIn, &str> {
+        self.identity.as_ref().map_err(String::as_str)
+    }
+
+    /// The shared Dovecot, or its start error.
+    pub fn try_dovecot(&self) -> Result<&Arc<dovecot::Dovecot>, &str> {
+        self.dovecot.as_ref().map_err(String::as_str)
+    }
+
+    /// The Graph stand-in, or its start error.
+    pub fn try_graph(&self) -> Result<&graph::GraphStandIn, &str> {
+        self.graph.as_ref().map_err(String::as_str)
+    }
+
+    /// The ticket API stand-in, or its start error.
+    pub fn try_tickets(&self) -> Result<&ticket_api::TicketApiStandIn, &str> {
+        self.tickets.as_ref().map_err(String::as_str)
+    }
+
     /// One line per component: name and endpoint, or its start error.
     pub fn summary(&self) -> Vec<(String, Result<String, String>)> {
         vec![

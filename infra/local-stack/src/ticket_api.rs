@@ -1,19 +1,279 @@
 //! Helpdesk ticket API stand-in: records tickets, honours `Idempotency-Key`, test controls.
 //!
-//! Placeholder (answers 501 to everything) until the poller's issue replaces the body; the
-//! signature below is the agreed contract used by [`crate::LocalStack`].
+//! `POST {base_url}/sinks/<sink>/tickets` with a JSON body creates a ticket (201 `{"id":"T-<n>"}`).
+//! Everything is per *sink* (a path segment the test owns), so tests running in parallel against
+//! one stand-in never see each other's tickets or faults:
+//! - a repeated `Idempotency-Key` on a sink returns the first answer again and records nothing new;
+//! - [`TicketApiStandIn::require_header`]: answer 401 unless a header has a value;
+//! - [`TicketApiStandIn::fail_next`] (5xx), [`TicketApiStandIn::throttle_next`] (429 +
+//!   `Retry-After`), [`TicketApiStandIn::reject_next`] (4xx), [`TicketApiStandIn::set_down`]
+//!   (503 until turned off), [`TicketApiStandIn::set_latency`],
+//!   [`TicketApiStandIn::drop_response_next`] (record the ticket, then close the connection without
+//!   answering: the client cannot know it was accepted).
 
-/// Handle to a running ticket API stand-in.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+
+/// A ticket the stand-in accepted.
 #[derive(Clone, Debug)]
+pub struct RecordedTicket {
+    /// The `Idempotency-Key` header (empty when absent).
+    pub idempotency_key: String,
+    /// The JSON body.
+    pub body: serde_json::Value,
+    /// The id it was given.
+    pub id: String,
+}
+
+#[derive(Default)]
+struct SinkState {
+    tickets: Vec<RecordedTicket>,
+    answers: HashMap<String, String>,
+    requests: u64,
+    fail_next: u32,
+    fail_status: u16,
+    throttle_next: u32,
+    retry_after_seconds: u64,
+    reject_next: u32,
+    reject_status: u16,
+    down: bool,
+    latency: Duration,
+    drop_next: u32,
+    required_header: Option<(String, String)>,
+}
+
+#[derive(Default)]
+struct Shared {
+    sinks: HashMap<String, SinkState>,
+    next_id: u64,
+}
+
+/// Handle to a running ticket API stand-in. Cheap to clone; all clones share state.
+#[derive(Clone)]
 pub struct TicketApiStandIn {
-    /// e.g. `http://127.0.0.1:41237`.
+    /// e.g. `http://127.0.0.1:41234`.
     pub base_url: String,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl std::fmt::Debug for TicketApiStandIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TicketApiStandIn")
+            .field("base_url", &self.base_url)
+            .finish()
+    }
+}
+
+enum Decision {
+    Answer(StatusCode, HeaderMap, String),
+    Drop,
+}
+
+async fn create_ticket(
+    State(shared): State<Arc<Mutex<Shared>>>,
+    Path(sink): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let latency = {
+        let mut guard = shared.lock().expect("stand-in state");
+        let state = guard.sinks.entry(sink.clone()).or_default();
+        state.requests += 1;
+        state.latency
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let decision = {
+        let mut guard = shared.lock().expect("stand-in state");
+        guard.next_id += 1;
+        let next_id = guard.next_id;
+        let state = guard.sinks.entry(sink).or_default();
+        decide(state, &headers, &body, next_id)
+    };
+    match decision {
+        Decision::Answer(status, extra, text) => {
+            let mut response = (status, text).into_response();
+            response.headers_mut().extend(extra);
+            response
+                .headers_mut()
+                .insert("content-type", "application/json".parse().expect("static"));
+            response
+        }
+        // Unwinding out of the handler makes hyper drop the connection without a response.
+        Decision::Drop => std::panic::resume_unwind(Box::new(
+            "ticket API stand-in: dropping the response on purpose (drop_response_next)",
+        )),
+    }
+}
+
+fn decide(state: &mut SinkState, headers: &HeaderMap, body: &[u8], next_id: u64) -> Decision {
+    let json = |status: StatusCode, value: serde_json::Value| {
+        Decision::Answer(status, HeaderMap::new(), value.to_string())
+    };
+    if let Some((name, value)) = &state.required_header
+        && headers.get(name.as_str()).and_then(|v| v.to_str().ok()) != Some(value.as_str())
+    {
+        return json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"error": "missing or wrong credentials"}),
+        );
+    }
+    if state.down {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": "down for maintenance"}),
+        );
+    }
+    if state.fail_next > 0 {
+        state.fail_next -= 1;
+        let status = StatusCode::from_u16(state.fail_status).unwrap_or(StatusCode::BAD_GATEWAY);
+        return json(status, serde_json::json!({"error": "injected failure"}));
+    }
+    if state.throttle_next > 0 {
+        state.throttle_next -= 1;
+        let mut extra = HeaderMap::new();
+        extra.insert(
+            "retry-after",
+            state
+                .retry_after_seconds
+                .to_string()
+                .parse()
+                .expect("digits"),
+        );
+        return Decision::Answer(
+            StatusCode::TOO_MANY_REQUESTS,
+            extra,
+            serde_json::json!({"error": "slow down"}).to_string(),
+        );
+    }
+    if state.reject_next > 0 {
+        state.reject_next -= 1;
+        let status = StatusCode::from_u16(state.reject_status).unwrap_or(StatusCode::BAD_REQUEST);
+        return json(
+            status,
+            serde_json::json!({"error": "ticket rejected by test control"}),
+        );
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "body is not JSON"}),
+        );
+    };
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    if !key.is_empty()
+        && let Some(previous) = state.answers.get(&key)
+    {
+        return Decision::Answer(StatusCode::OK, HeaderMap::new(), previous.clone());
+    }
+    let id = format!("T-{next_id}");
+    let answer = serde_json::json!({"id": id}).to_string();
+    state.tickets.push(RecordedTicket {
+        idempotency_key: key.clone(),
+        body: value,
+        id,
+    });
+    if !key.is_empty() {
+        state.answers.insert(key, answer.clone());
+    }
+    if state.drop_next > 0 {
+        state.drop_next -= 1;
+        return Decision::Drop;
+    }
+    Decision::Answer(StatusCode::CREATED, HeaderMap::new(), answer)
 }
 
 impl TicketApiStandIn {
     /// Bind 127.0.0.1:0 and serve on the current tokio runtime.
     pub async fn start() -> anyhow::Result<Self> {
-        let base_url = crate::serve_not_implemented("ticket API stand-in").await?;
-        Ok(TicketApiStandIn { base_url })
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let app = Router::new()
+            .route("/sinks/{sink}/tickets", post(create_ticket))
+            .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base_url = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(TicketApiStandIn { base_url, shared })
+    }
+
+    /// The URL to POST tickets for `sink` to.
+    pub fn sink_url(&self, sink: &str) -> String {
+        format!("{}/sinks/{sink}/tickets", self.base_url)
+    }
+
+    fn with_sink<T>(&self, sink: &str, f: impl FnOnce(&mut SinkState) -> T) -> T {
+        let mut guard = self.shared.lock().expect("stand-in state");
+        f(guard.sinks.entry(sink.to_string()).or_default())
+    }
+
+    /// Tickets accepted on `sink` (each idempotency key once), in arrival order.
+    pub fn tickets(&self, sink: &str) -> Vec<RecordedTicket> {
+        self.with_sink(sink, |s| s.tickets.clone())
+    }
+
+    /// Requests received on `sink` (including failed and repeated ones).
+    pub fn requests(&self, sink: &str) -> u64 {
+        self.with_sink(sink, |s| s.requests)
+    }
+
+    /// Answer 401 unless header `name` equals `value`.
+    pub fn require_header(&self, sink: &str, name: &str, value: &str) {
+        let (name, value) = (name.to_ascii_lowercase(), value.to_string());
+        self.with_sink(sink, |s| s.required_header = Some((name, value)));
+    }
+
+    /// Answer the next `count` requests with HTTP `status` (5xx).
+    pub fn fail_next(&self, sink: &str, count: u32, status: u16) {
+        self.with_sink(sink, |s| {
+            s.fail_next = count;
+            s.fail_status = status;
+        });
+    }
+
+    /// Answer the next `count` requests with 429 and `Retry-After: retry_after_seconds`.
+    pub fn throttle_next(&self, sink: &str, count: u32, retry_after_seconds: u64) {
+        self.with_sink(sink, |s| {
+            s.throttle_next = count;
+            s.retry_after_seconds = retry_after_seconds;
+        });
+    }
+
+    /// Reject the next `count` requests with HTTP `status` (4xx).
+    pub fn reject_next(&self, sink: &str, count: u32, status: u16) {
+        self.with_sink(sink, |s| {
+            s.reject_next = count;
+            s.reject_status = status;
+        });
+    }
+
+    /// Answer every request with 503 while `down`.
+    pub fn set_down(&self, sink: &str, down: bool) {
+        self.with_sink(sink, |s| s.down = down);
+    }
+
+    /// Delay every answer on `sink`.
+    pub fn set_latency(&self, sink: &str, latency: Duration) {
+        self.with_sink(sink, |s| s.latency = latency);
+    }
+
+    /// Record the next `count` tickets, then drop the connection instead of answering.
+    pub fn drop_response_next(&self, sink: &str, count: u32) {
+        self.with_sink(sink, |s| s.drop_next = count);
     }
 }

@@ -84,6 +84,11 @@ static BOUNCE_SUBJECT: LazyLock<Regex> = LazyLock::new(|| {
     .expect("static regex")
 });
 
+static FEEDBACK_SUBJECT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)^\s*(complaint about message from|abuse report|spam report|fbl report)")
+        .expect("static regex")
+});
+
 fn daemon_sender(address: &str) -> bool {
     let local = address
         .rsplit_once('@')
@@ -128,7 +133,9 @@ pub(crate) fn classify(e: &Evidence<'_>) -> Option<String> {
         }
     }
     if let Some(key) = e.thread_key {
-        if h.has(&threading::REFERENCE_HEADER.to_ascii_lowercase()) {
+        if h.all(&threading::REFERENCE_HEADER.to_ascii_lowercase())
+            .any(|v| threading::verify_reference(v, key).is_some())
+        {
             return Some("loop: carries our X-Mailbridge-Ref header (own notification)".into());
         }
         if let Some(id) = e.message_id
@@ -162,11 +169,17 @@ pub(crate) fn classify(e: &Evidence<'_>) -> Option<String> {
         }
         None => {}
     }
+    if FEEDBACK_SUBJECT.is_match(e.subject) {
+        return Some(format!("feedback_report: subject \"{}\"", e.subject.trim()));
+    }
     if e.has_delivery_status {
         return Some("bounce: message/delivery-status part".into());
     }
     if e.has_disposition_notification {
         return Some("read_receipt: message/disposition-notification part".into());
+    }
+    if e.report_type.is_some() {
+        return Some("delivery_report: multipart/report".into());
     }
     if let Some(rcpt) = h.first("x-failed-recipients") {
         return Some(format!("bounce: X-Failed-Recipients {rcpt}"));
@@ -286,8 +299,14 @@ pub(crate) fn classify(e: &Evidence<'_>) -> Option<String> {
     {
         return Some("auto_generated: X-FC-MachineGenerated true".into());
     }
+    if h.has("x-amz-sns-message-id") {
+        return Some("auto_generated: Amazon SNS notification (x-amz-sns-message-id)".into());
+    }
     if let Some(v) = h.first("x-loop") {
         return Some(format!("auto_generated: X-Loop {v}"));
+    }
+    if let Some(v) = h.first("list-id") {
+        return Some(format!("mailing_list: List-Id {v}"));
     }
     for name in ["precedence", "x-precedence"] {
         if let Some(v) = h.first(name)
@@ -307,10 +326,7 @@ pub(crate) fn classify(e: &Evidence<'_>) -> Option<String> {
         return Some("auto_generated: Return-Path <>".into());
     }
 
-    // 5. Lists and bulk mail.
-    if let Some(v) = h.first("list-id") {
-        return Some(format!("mailing_list: List-Id {v}"));
-    }
+    // 5. Bulk mail.
     if h.has("list-unsubscribe") {
         return Some("bulk: List-Unsubscribe".into());
     }

@@ -39,10 +39,15 @@ const BOTH: Mode = Mode {
 const MAX_DEPTH: usize = 64;
 
 /// Walks `message` (parsed from `raw`) and sorts its leaves.
-pub(crate) fn collect(message: &Message<'_>, raw: &[u8]) -> Bodies {
+pub(crate) fn collect(
+    message: &Message<'_>,
+    raw: &[u8],
+    charset_hint: Option<&'static encoding_rs::Encoding>,
+) -> Bodies {
     let mut walk = Walk {
         message,
         raw,
+        charset_hint,
         out: Bodies::default(),
     };
     if !message.parts.is_empty() {
@@ -54,6 +59,7 @@ pub(crate) fn collect(message: &Message<'_>, raw: &[u8]) -> Bodies {
 struct Walk<'m, 'x> {
     message: &'m Message<'x>,
     raw: &'m [u8],
+    charset_hint: Option<&'static encoding_rs::Encoding>,
     out: Bodies,
 }
 
@@ -184,11 +190,14 @@ impl Walk<'_, '_> {
                 return;
             }
         }
+        // An inline HTML leaf is the HTML body when it is the first one and no plain text came
+        // before it outside an alternative; otherwise it is an extra HTML part (attachment).
         if ctype == "text"
             && subtype == "html"
             && !attachment_like
             && mode.html
             && self.out.html.is_none()
+            && (!mode.text || self.out.text_parts.is_empty())
         {
             self.out.html = Some(self.text_of(part));
             return;
@@ -251,7 +260,9 @@ impl Walk<'_, '_> {
         } else {
             name.to_string()
         };
-        let name = name.trim().to_string();
+        let name = charset::fix_embedded_iso_2022_jp(name.trim())
+            .trim()
+            .to_string();
         (!name.is_empty()).then_some(name)
     }
 
@@ -259,7 +270,10 @@ impl Walk<'_, '_> {
         let head = self
             .raw
             .get(part.offset_header as usize..part.offset_body as usize)?;
-        let text = charset::sniff_decode(head, None);
+        if let Some(name) = rfc2231_continued_name(head) {
+            return Some(name);
+        }
+        let text = charset::sniff_decode(head, None, self.charset_hint);
         let reparsed = MessageParser::default().parse_headers(text.as_bytes())?;
         reparsed.root_part().attachment_name().map(str::to_string)
     }
@@ -318,8 +332,13 @@ impl Walk<'_, '_> {
                     {
                         Cow::Borrowed(t.as_ref())
                     } else {
-                        Cow::Owned(charset::sniff_decode(&bytes, declared.as_deref()).into_owned())
+                        Cow::Owned(
+                            charset::sniff_decode(&bytes, declared.as_deref(), self.charset_hint)
+                                .into_owned(),
+                        )
                     }
+                } else if t.contains("\x1b$") {
+                    charset::fix_embedded_iso_2022_jp(t)
                 } else {
                     Cow::Borrowed(t.as_ref())
                 }
@@ -332,12 +351,91 @@ impl Walk<'_, '_> {
                 {
                     Cow::Owned(charset::decode_iso_2022_jp(&bytes))
                 } else {
-                    Cow::Owned(charset::sniff_decode(&bytes, declared.as_deref()).into_owned())
+                    Cow::Owned(
+                        charset::sniff_decode(&bytes, declared.as_deref(), self.charset_hint)
+                            .into_owned(),
+                    )
                 }
             }
         };
         lf_text(&text)
     }
+}
+
+/// RFC 2231 `filename*0*=charset'lang'%xx; filename*1*=%xx; ...`: percent-decodes every
+/// segment to bytes first and decodes the whole with the charset of segment 0 (parsers that
+/// decode segment by segment garble the later ones).
+fn rfc2231_continued_name(head: &[u8]) -> Option<String> {
+    static PARAM: std::sync::LazyLock<regex::bytes::Regex> = std::sync::LazyLock::new(|| {
+        regex::bytes::Regex::new(
+            r#"(?i)(?:^|[;\s])(filename|name)\*(\d+)(\*?)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)"#,
+        )
+        .expect("static regex")
+    });
+    for wanted in [&b"filename"[..], &b"name"[..]] {
+        let mut segments: Vec<(usize, bool, Vec<u8>)> = PARAM
+            .captures_iter(head)
+            .filter(|c| c[1].eq_ignore_ascii_case(wanted))
+            .filter_map(|c| {
+                let index: usize = std::str::from_utf8(&c[2]).ok()?.parse().ok()?;
+                let value = c[4].strip_prefix(b"\"").unwrap_or(&c[4]);
+                let value = value.strip_suffix(b"\"").unwrap_or(value);
+                Some((index, !c[3].is_empty(), value.to_vec()))
+            })
+            .collect();
+        if segments.is_empty() {
+            continue;
+        }
+        segments.sort_by_key(|s| s.0);
+        let mut charset: Option<String> = None;
+        let mut bytes = Vec::new();
+        for (i, (_, encoded, value)) in segments.iter().enumerate() {
+            let mut value: &[u8] = value;
+            if i == 0 && *encoded {
+                let mut parts = value.splitn(3, |&b| b == b'\'');
+                if let (Some(cs), Some(_lang), Some(rest)) =
+                    (parts.next(), parts.next(), parts.next())
+                {
+                    charset = Some(String::from_utf8_lossy(cs).into_owned());
+                    value = rest;
+                }
+            }
+            if *encoded {
+                bytes.extend(percent_decode(value));
+            } else {
+                bytes.extend_from_slice(value);
+            }
+        }
+        let text = match charset.as_deref().filter(|c| !c.is_empty()) {
+            Some(cs) if charset::is_iso_2022_jp_label(cs) => charset::decode_iso_2022_jp(&bytes),
+            Some(cs) => match encoding_rs::Encoding::for_label(cs.as_bytes()) {
+                Some(enc) => enc.decode_without_bom_handling(&bytes).0.into_owned(),
+                None => charset::sniff_decode(&bytes, None, None).into_owned(),
+            },
+            None => charset::sniff_decode(&bytes, None, None).into_owned(),
+        };
+        return Some(text);
+    }
+    None
+}
+
+fn percent_decode(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len());
+    let mut i = 0;
+    while i < value.len() {
+        if value[i] == b'%'
+            && let Some(hex) = value.get(i + 1..i + 3)
+            && let Ok(text) = std::str::from_utf8(hex)
+            && let Ok(byte) = u8::from_str_radix(text, 16)
+        {
+            out.push(byte);
+            i += 3;
+            continue;
+        }
+        out.push(value[i]);
+        i += 1;
+    }
+    out
 }
 
 const NONE_BODY: Mode = Mode {

@@ -2,12 +2,62 @@
 //! wrong labels, ISO-2022-JP with vendor extensions (and Shift_JIS sent as ISO-2022-JP).
 
 use encoding_rs::{Encoding, ISO_2022_JP, SHIFT_JIS, UTF_8};
+use regex::Regex;
 use std::borrow::Cow;
+use std::sync::LazyLock;
+
+/// The charset chardetng guesses for 8-bit bytes.
+pub(crate) fn guess(bytes: &[u8]) -> &'static Encoding {
+    let mut detector = chardetng::EncodingDetector::new();
+    detector.feed(bytes, true);
+    detector.guess(None, true)
+}
+
+/// A hint for undeclared 8-bit body text: the charset of the first RFC 2047 encoded word in
+/// the header block that is not UTF-8/ASCII (the sender's client used it for the header, so
+/// likely for the body too).
+pub(crate) fn encoded_word_charset(header: &[u8]) -> Option<&'static Encoding> {
+    static WORD: LazyLock<regex::bytes::Regex> = LazyLock::new(|| {
+        regex::bytes::Regex::new(r"=\?([A-Za-z0-9_.:-]{1,40})(\*[A-Za-z-]*)?\?[bBqQ]\?")
+            .expect("static regex")
+    });
+    WORD.captures_iter(header).find_map(|c| {
+        let label = &c[1];
+        if label.eq_ignore_ascii_case(b"us-ascii") || label.eq_ignore_ascii_case(b"ascii") {
+            return None;
+        }
+        let enc = Encoding::for_label(label)?;
+        (enc != UTF_8).then_some(enc)
+    })
+}
+
+/// Decodes raw ISO-2022-JP runs (`ESC $ B ... ESC ( B`) left inside otherwise decoded text,
+/// e.g. RFC 2231 continuations that repeat no charset, or undeclared JIS mail.
+pub(crate) fn fix_embedded_iso_2022_jp(text: &str) -> Cow<'_, str> {
+    static RUN: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"\x1b[\$\(][@A-Z(][^\x1b]*(\x1b[\$\(][@A-Z(][^\x1b]*)*").expect("static regex")
+    });
+    if !text.contains('\x1b') {
+        return Cow::Borrowed(text);
+    }
+    RUN.replace_all(text, |c: &regex::Captures<'_>| {
+        let mut run = c[0].as_bytes().to_vec();
+        run.extend_from_slice(b"\x1b(B");
+        decode_iso_2022_jp(&run)
+    })
+}
 
 /// Decodes `bytes` to text: as UTF-8 when valid, else with the declared charset when it decodes
 /// without errors, else with the charset `chardetng` sniffs (Firefox's detector).
-pub(crate) fn sniff_decode<'a>(bytes: &'a [u8], declared: Option<&str>) -> Cow<'a, str> {
+pub(crate) fn sniff_decode<'a>(
+    bytes: &'a [u8],
+    declared: Option<&str>,
+    hint: Option<&'static Encoding>,
+) -> Cow<'a, str> {
     if let Ok(s) = std::str::from_utf8(bytes) {
+        if s.contains("\x1b$") {
+            return Cow::Owned(fix_embedded_iso_2022_jp(s).into_owned());
+        }
         return Cow::Borrowed(s);
     }
     let declared = declared.and_then(|label| Encoding::for_label(label.trim().as_bytes()));
@@ -26,10 +76,15 @@ pub(crate) fn sniff_decode<'a>(bytes: &'a [u8], declared: Option<&str>) -> Cow<'
             }
         }
     }
-    let mut detector = chardetng::EncodingDetector::new();
-    detector.feed(bytes, true);
-    let guess = detector.guess(None, true);
-    let (text, _, _) = guess.decode(bytes);
+    if let Some(enc) = hint
+        && declared.is_none()
+    {
+        let (text, had_errors) = enc.decode_without_bom_handling(bytes);
+        if !had_errors {
+            return Cow::Owned(text.into_owned());
+        }
+    }
+    let (text, _, _) = guess(bytes).decode(bytes);
     Cow::Owned(text.into_owned())
 }
 
@@ -58,25 +113,43 @@ pub(crate) fn decode_iso_2022_jp(bytes: &[u8]) -> String {
             return text.into_owned();
         }
     }
+    // Rewrite vendor designations to ones the WHATWG decoder knows, and drop an escape
+    // sequence that is directly followed by another (WHATWG reports that as an error).
     let mut fixed = Vec::with_capacity(bytes.len() + 16);
     let mut i = 0;
     while i < bytes.len() {
-        match bytes[i] {
-            0x1B if bytes[i + 1..].starts_with(b"$(")
-                && matches!(bytes.get(i + 3), Some(b'O' | b'Q' | b'P')) =>
-            {
-                fixed.extend_from_slice(b"\x1b$B");
-                i += 4;
-                continue;
+        if let Some((len, replacement)) = escape_at(bytes, i) {
+            if escape_at(bytes, i + len).is_none() {
+                fixed.extend_from_slice(replacement);
             }
-            0x0E => fixed.extend_from_slice(b"\x1b(I"),
-            0x0F => fixed.extend_from_slice(b"\x1b(B"),
-            b => fixed.push(b),
+            i += len;
+            continue;
         }
+        fixed.push(bytes[i]);
         i += 1;
     }
     let (text, _) = ISO_2022_JP.decode_without_bom_handling(&fixed);
     text.into_owned()
+}
+
+/// The escape sequence (or SO/SI shift) at `i`: its length and what the WHATWG decoder should
+/// see instead.
+fn escape_at(bytes: &[u8], i: usize) -> Option<(usize, &'static [u8])> {
+    match bytes.get(i)? {
+        0x0E => Some((1, b"\x1b(I")),
+        0x0F => Some((1, b"\x1b(B")),
+        0x1B => match (bytes.get(i + 1), bytes.get(i + 2), bytes.get(i + 3)) {
+            (Some(b'$'), Some(b'('), Some(b'O' | b'Q' | b'P')) => Some((4, b"\x1b$B")),
+            (Some(b'$'), Some(b'('), Some(b'B')) => Some((4, b"\x1b$B")),
+            (Some(b'$'), Some(b'@'), _) => Some((3, b"\x1b$@")),
+            (Some(b'$'), Some(b'B'), _) => Some((3, b"\x1b$B")),
+            (Some(b'('), Some(b'B'), _) => Some((3, b"\x1b(B")),
+            (Some(b'('), Some(b'J'), _) => Some((3, b"\x1b(J")),
+            (Some(b'('), Some(b'I'), _) => Some((3, b"\x1b(I")),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// Whether text decoded by the MIME parser needs a second look: it holds U+FFFD replacement
@@ -92,7 +165,7 @@ mod tests {
     #[test]
     fn valid_utf8_is_kept() {
         assert_eq!(
-            sniff_decode("grüße".as_bytes(), Some("iso-8859-1")),
+            sniff_decode("grüße".as_bytes(), Some("iso-8859-1"), None),
             "grüße"
         );
     }
@@ -101,13 +174,28 @@ mod tests {
     fn undeclared_latin1_and_cyrillic_are_sniffed() {
         let latin1 = b"Sehr geehrte Damen und Herren, vielen Dank f\xfcr Ihre Gr\xfc\xdfe.";
         assert_eq!(
-            sniff_decode(latin1, None),
+            sniff_decode(latin1, None, None),
             "Sehr geehrte Damen und Herren, vielen Dank für Ihre Grüße."
         );
         let (koi, _, _) = encoding_rs::KOI8_R.encode("Здравствуйте, у нас не работает принтер");
         assert_eq!(
-            sniff_decode(&koi, None),
+            sniff_decode(&koi, None, None),
             "Здравствуйте, у нас не работает принтер"
+        );
+    }
+
+    #[test]
+    fn header_charset_hint_decides_tiny_bodies() {
+        let hint = encoded_word_charset(b"Subject: =?KOI8-R?B?1MXT1A==?=\n");
+        assert_eq!(hint, Some(encoding_rs::KOI8_R));
+        assert_eq!(sniff_decode(b"\xf4\xe5\xf3\xf4", None, hint), "ТЕСТ");
+    }
+
+    #[test]
+    fn raw_jis_runs_inside_text_are_decoded() {
+        assert_eq!(
+            fix_embedded_iso_2022_jp("a \x1b$B%I%-%e%a%s%H\x1b(B.txt"),
+            "a ドキュメント.txt"
         );
     }
 
@@ -115,7 +203,7 @@ mod tests {
     fn shift_jis_labelled_iso_2022_jp_is_recovered() {
         let (sjis, _, _) = SHIFT_JIS.encode("お問い合わせありがとうございます");
         assert_eq!(
-            sniff_decode(&sjis, Some("iso-2022-jp")),
+            sniff_decode(&sjis, Some("iso-2022-jp"), None),
             "お問い合わせありがとうございます"
         );
     }

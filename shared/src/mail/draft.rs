@@ -136,8 +136,11 @@ pub enum ParseError {
     /// Zero bytes, or only whitespace.
     #[error("the input is empty")]
     Empty,
-    /// No line that looks like a header field (`Name: value`) near the start.
-    #[error("no RFC 5322 header fields found in the first {scanned} bytes")]
+    /// No line that looks like a header field (`Name: value`) near the start, and the
+    /// content is binary (text without a header is parsed as a body-only message).
+    #[error(
+        "not a mail message: no header field in the first {scanned} bytes and the content is binary"
+    )]
     NoHeaders {
         /// How many bytes were searched.
         scanned: usize,

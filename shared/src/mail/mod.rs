@@ -28,21 +28,27 @@ const MAX_HTML_TO_TEXT: usize = 4 * 1024 * 1024;
 /// Turns one raw message into a ticket draft. Any input yields a draft or a [`ParseError`];
 /// LF, CRLF and bare-CR line ends give the same draft.
 pub fn parse(raw: &[u8], opts: &ParseOptions) -> Result<TicketDraft, ParseError> {
-    let data = normalize::normalize(raw)?;
+    let normalized = normalize::normalize(raw)?;
+    let data = normalized.data.as_ref();
     let message = MessageParser::default()
-        .parse(data.as_ref())
+        .parse(data)
         .ok_or(ParseError::Unparseable)?;
     if message.parts.is_empty() {
         return Err(ParseError::Unparseable);
     }
-    Ok(build_draft(&message, &data, opts))
+    Ok(build_draft(&message, data, normalized.charset_hint, opts))
 }
 
-fn build_draft(message: &Message<'_>, raw: &[u8], opts: &ParseOptions) -> TicketDraft {
+fn build_draft(
+    message: &Message<'_>,
+    raw: &[u8],
+    charset_hint: Option<&'static encoding_rs::Encoding>,
+    opts: &ParseOptions,
+) -> TicketDraft {
     let headers = auto::Headers::new(message.headers_raw());
     let subject = message
         .subject()
-        .map(|s| unfold(&body::lf_text(s)))
+        .map(|s| unfold(&charset::fix_embedded_iso_2022_jp(&body::lf_text(s))))
         .unwrap_or_default();
     let from = message
         .from()
@@ -64,7 +70,7 @@ fn build_draft(message: &Message<'_>, raw: &[u8], opts: &ParseOptions) -> Ticket
             .map(|d| d.to_rfc3339())
     });
 
-    let bodies = body::collect(message, raw);
+    let bodies = body::collect(message, raw, charset_hint);
     let body_text = if !bodies.text_parts.is_empty() {
         join_texts(&bodies.text_parts)
     } else if let Some(html) = &bodies.html {
@@ -236,7 +242,11 @@ fn addresses(address: &Address<'_>) -> Vec<MailAddress> {
             let name = a
                 .name
                 .as_deref()
-                .map(|n| unfold(n).trim_matches(['"', '\'', ' ']).to_string())
+                .map(|n| {
+                    unfold(&charset::fix_embedded_iso_2022_jp(n))
+                        .trim_matches(['"', '\'', ' '])
+                        .to_string()
+                })
                 .filter(|n| !n.is_empty());
             Some(MailAddress {
                 name,
@@ -262,6 +272,11 @@ fn join_texts(parts: &[String]) -> String {
     let mut out = String::new();
     for p in parts {
         let p = p.trim_end();
+        // Drop leading blank lines, keep the first line's indentation.
+        let p = match p.find(|c: char| !c.is_whitespace()) {
+            Some(first) => &p[p[..first].rfind('\n').map_or(0, |nl| nl + 1)..],
+            None => "",
+        };
         if p.trim().is_empty() {
             continue;
         }

@@ -11,24 +11,67 @@ use std::borrow::Cow;
 /// How far into the input we look for the first header field before giving up.
 const HEADER_SEARCH_LIMIT: usize = 64 * 1024;
 
-/// LF line ends, then header-block repairs. Errors on empty input or input without headers.
-pub(crate) fn normalize(raw: &[u8]) -> Result<Cow<'_, [u8]>, ParseError> {
+/// The repaired message and what the header block says about undeclared charsets.
+#[derive(Debug)]
+pub(crate) struct Normalized<'a> {
+    /// The message with LF line ends and a repaired header block.
+    pub data: Cow<'a, [u8]>,
+    /// Charset hint for undeclared 8-bit body text (from RFC 2047 words or raw 8-bit headers).
+    pub charset_hint: Option<&'static encoding_rs::Encoding>,
+}
+
+/// LF line ends, then header-block repairs. Text without any header becomes a body-only
+/// message. Errors on empty input and on binary input without headers.
+pub(crate) fn normalize(raw: &[u8]) -> Result<Normalized<'_>, ParseError> {
     if raw.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ParseError::Empty);
     }
     let lf = to_lf(raw);
-    let (header_start, header_end) = locate_header_block(&lf)?;
+    let (header_start, header_end) = match locate_header_block(&lf) {
+        Ok(found) => found,
+        Err(error) => {
+            if !looks_like_text(&lf) {
+                return Err(error);
+            }
+            // Plain text without a header: a body-only message.
+            let mut out = Vec::with_capacity(lf.len() + 20);
+            out.extend_from_slice(b"MIME-Version: 1.0\n\n");
+            out.extend_from_slice(&lf);
+            return Ok(Normalized {
+                data: Cow::Owned(out),
+                charset_hint: None,
+            });
+        }
+    };
     let header = &lf[header_start..header_end];
-    match repair_header_block(header) {
-        None if header_start == 0 => Ok(lf),
-        None => Ok(slice_cow(lf, header_start)),
-        Some(fixed) => {
+    let mut charset_hint = charset::encoded_word_charset(header);
+    let data = match repair_header_block(header) {
+        None if header_start == 0 => lf,
+        None => slice_cow(lf, header_start),
+        Some((fixed, transcoded_from)) => {
+            charset_hint = charset_hint.or(transcoded_from);
             let mut out = Vec::with_capacity(fixed.len() + lf.len() - header_end);
             out.extend_from_slice(&fixed);
             out.extend_from_slice(&lf[header_end..]);
-            Ok(Cow::Owned(out))
+            Cow::Owned(out)
         }
-    }
+    };
+    // Part headers: only worth a look when some line is a bare `boundary=`-style parameter.
+    let data = match repair_part_headers(&data, 0) {
+        Some(fixed) => Cow::Owned(fixed),
+        None => data,
+    };
+    Ok(Normalized { data, charset_hint })
+}
+
+/// Text, not binary: no NUL and few control characters in the first 64 KiB.
+fn looks_like_text(data: &[u8]) -> bool {
+    let sample = &data[..data.len().min(HEADER_SEARCH_LIMIT)];
+    let controls = sample
+        .iter()
+        .filter(|&&b| b < 0x20 && !matches!(b, b'\n' | b'\t' | b'\x0c' | 0x1b))
+        .count();
+    !sample.contains(&0) && controls * 20 <= sample.len()
 }
 
 fn slice_cow(data: Cow<'_, [u8]>, from: usize) -> Cow<'_, [u8]> {
@@ -73,6 +116,86 @@ pub(crate) fn is_header_line(line: &[u8]) -> bool {
     }
     let name = trim_end_ws(&line[..colon]);
     !name.is_empty() && name.iter().all(|&b| (33..=126).contains(&b) && b != b':')
+}
+
+/// Whether a line is a bare MIME parameter (`name="value"`, `filename*0*=...`), i.e. the tail
+/// of a Content-Type / Content-Disposition whose folding whitespace was lost.
+fn is_param_line(line: &[u8]) -> bool {
+    let Some(eq) = line.iter().position(|&b| b == b'=') else {
+        return false;
+    };
+    let name = trim_end_ws(&line[..eq]);
+    let known = [
+        &b"boundary"[..],
+        b"charset",
+        b"name",
+        b"filename",
+        b"format",
+        b"delsp",
+        b"type",
+        b"start",
+        b"report-type",
+        b"protocol",
+        b"micalg",
+        b"method",
+        b"size",
+        b"creation-date",
+        b"modification-date",
+    ];
+    let base = name.split(|&b| b == b'*').next().unwrap_or(name);
+    !name.is_empty()
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'*'))
+        && known.iter().any(|k| base.eq_ignore_ascii_case(k))
+}
+
+/// Un-folded MIME parameters in part headers (a line `boundary="..."` without leading
+/// whitespace right after a `Content-Type:` line) get their folding space back. Only the
+/// header blocks that follow a boundary delimiter line (`--...`) are looked at.
+fn repair_part_headers(data: &[u8], from: usize) -> Option<Vec<u8>> {
+    let mut inserts: Vec<usize> = Vec::new();
+    let mut pos = from;
+    while pos < data.len() {
+        let end = line_end(data, pos);
+        if data[pos..end].starts_with(b"--") {
+            // Walk this part's header block (bounded).
+            let mut p = (end + 1).min(data.len());
+            let mut in_header = false;
+            for _ in 0..64 {
+                if p >= data.len() {
+                    break;
+                }
+                let e = line_end(data, p);
+                let line = &data[p..e];
+                if line.is_empty() {
+                    break;
+                }
+                if in_header && is_param_line(line) {
+                    inserts.push(p);
+                } else if !is_header_line(line) && !is_continuation(line) {
+                    break;
+                }
+                in_header = true;
+                p = (e + 1).min(data.len());
+            }
+            pos = p.max(end + 1);
+            continue;
+        }
+        pos = end + 1;
+    }
+    if inserts.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(data.len() + inserts.len());
+    let mut last = 0;
+    for at in inserts {
+        out.extend_from_slice(&data[last..at]);
+        out.push(b' ');
+        last = at;
+    }
+    out.extend_from_slice(&data[last..]);
+    Some(out)
 }
 
 fn trim_end_ws(s: &[u8]) -> &[u8] {
@@ -144,7 +267,9 @@ fn line_end(data: &[u8], from: usize) -> usize {
 /// - a line that is neither a header nor a continuation becomes a continuation when a header
 ///   follows it (broken folding), else it starts the body (missing blank line);
 /// - raw 8-bit bytes that are not UTF-8 are transcoded to UTF-8 from the sniffed charset.
-fn repair_header_block(header: &[u8]) -> Option<Vec<u8>> {
+///
+/// Returns the repaired block and, when raw 8-bit was transcoded, the charset it came from.
+fn repair_header_block(header: &[u8]) -> Option<(Vec<u8>, Option<&'static encoding_rs::Encoding>)> {
     let lines: Vec<&[u8]> = header
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
@@ -153,7 +278,12 @@ fn repair_header_block(header: &[u8]) -> Option<Vec<u8>> {
     let mut changed = false;
     let mut seen_header = false;
     for (i, line) in lines.iter().enumerate() {
-        if is_header_line(line) && !is_continuation(line) {
+        if seen_header && is_param_line(line) {
+            // A MIME parameter (`boundary="..."`) that lost its folding whitespace.
+            out.push(b' ');
+            out.extend_from_slice(line);
+            changed = true;
+        } else if is_header_line(line) && !is_continuation(line) {
             seen_header = true;
             out.extend_from_slice(line);
         } else if is_continuation(line) {
@@ -182,26 +312,47 @@ fn repair_header_block(header: &[u8]) -> Option<Vec<u8>> {
                 }
                 out.pop();
                 out.push(b'\n');
-                return Some(transcode_8bit(out).unwrap_or_else(|v| v));
+                return Some(match transcode_8bit(out) {
+                    Ok((fixed, enc)) => (fixed, Some(enc)),
+                    Err(unchanged) => (unchanged, None),
+                });
             }
         }
         out.push(b'\n');
     }
     match transcode_8bit(out) {
-        Ok(fixed) => Some(fixed),
-        Err(unchanged) if changed => Some(unchanged),
+        Ok((fixed, enc)) => Some((fixed, Some(enc))),
+        Err(unchanged) if changed => Some((unchanged, None)),
         Err(_) => None,
     }
 }
 
-/// `Ok(transcoded)` when the block had 8-bit bytes that are not UTF-8, else `Err(input)`.
-fn transcode_8bit(block: Vec<u8>) -> Result<Vec<u8>, Vec<u8>> {
+/// `Ok((transcoded, charset))` when the block had 8-bit bytes that are not UTF-8, else
+/// `Err(input)`. The charset is sniffed from the 8-bit bytes alone.
+fn transcode_8bit(block: Vec<u8>) -> Result<(Vec<u8>, &'static encoding_rs::Encoding), Vec<u8>> {
     if block.is_ascii() || std::str::from_utf8(&block).is_ok() {
         return Err(block);
     }
-    Ok(charset::sniff_decode(&block, None)
-        .into_owned()
-        .into_bytes())
+    // Guess from the lines that are not UTF-8; transcode only those lines.
+    let foreign: Vec<u8> = block
+        .split(|&b| b == b'\n')
+        .filter(|l| std::str::from_utf8(l).is_err())
+        .flat_map(|l| l.iter().copied().chain([b'\n']))
+        .collect();
+    let enc = charset::guess(&foreign);
+    let mut out = Vec::with_capacity(block.len() + block.len() / 2);
+    for (i, line) in block.split(|&b| b == b'\n').enumerate() {
+        if i > 0 {
+            out.push(b'\n');
+        }
+        if std::str::from_utf8(line).is_ok() {
+            out.extend_from_slice(line);
+        } else {
+            let (text, _) = enc.decode_without_bom_handling(line);
+            out.extend_from_slice(text.as_bytes());
+        }
+    }
+    Ok((out, enc))
 }
 
 #[cfg(test)]
@@ -209,7 +360,7 @@ mod tests {
     use super::*;
 
     fn norm(s: &[u8]) -> String {
-        String::from_utf8(normalize(s).unwrap().into_owned()).unwrap()
+        String::from_utf8(normalize(s).unwrap().data.into_owned()).unwrap()
     }
 
     #[test]
@@ -258,8 +409,12 @@ mod tests {
         assert_eq!(normalize(b"").unwrap_err(), ParseError::Empty);
         assert_eq!(normalize(b" \r\n ").unwrap_err(), ParseError::Empty);
         assert!(matches!(
-            normalize(b"just some text\nwithout any header\n"),
+            normalize(b"\x00\x01binary\x02\x03\x04 junk"),
             Err(ParseError::NoHeaders { .. })
         ));
+        assert_eq!(
+            norm(b"just some text\nwithout any header\n"),
+            "MIME-Version: 1.0\n\njust some text\nwithout any header\n"
+        );
     }
 }

@@ -1,0 +1,447 @@
+//! Mailbox configuration: the typed [`MailboxConfig`], its validation from a JSON object (what a
+//! `mailbox#<name>` item in the state table holds), and the function's [`Settings`] from the
+//! environment.
+//!
+//! Every field is checked; an error names the mailbox and the field and says what is wrong. A
+//! bad mailbox is reported on its own and never stops the others.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Default IMAP host (Exchange Online).
+pub const DEFAULT_HOST: &str = "outlook.office365.com";
+/// Default IMAP port (implicit TLS).
+pub const DEFAULT_PORT: u16 = 993;
+/// Default folder polled.
+pub const DEFAULT_FOLDER: &str = "INBOX";
+/// Default folder processed mail is moved to.
+pub const DEFAULT_PROCESSED_FOLDER: &str = "Processed";
+/// Folder for mail that could not be fully read or that the ticket API rejected.
+pub const DEFAULT_FAILED_FOLDER: &str = "mailbridge-failed";
+/// Default messages per mailbox per run.
+pub const DEFAULT_MAX_MESSAGES_PER_RUN: u32 = 200;
+/// Default largest message fetched whole (bytes).
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 32 * 1024 * 1024;
+/// Default cap on attachment content sent inline (base64) per ticket (decoded bytes).
+pub const DEFAULT_MAX_ATTACHMENT_BYTES: u64 = 10 * 1024 * 1024;
+
+/// What to do with a mail once the ticket API accepted its ticket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AfterAction {
+    /// Move it to this folder (created if missing).
+    Move(String),
+    /// Set `\Seen` and leave it (only unseen mail is polled then).
+    MarkSeen,
+    /// Delete it (flag `\Deleted` + expunge that one message).
+    Delete,
+}
+
+/// One mailbox to poll.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MailboxConfig {
+    /// The configuration key (`mailbox#<name>`), used in logs, dedupe keys and status.
+    pub name: String,
+    /// Polled at all.
+    pub enabled: bool,
+    /// IMAP host.
+    pub host: String,
+    /// IMAP port (implicit TLS).
+    pub port: u16,
+    /// Login user: the mailbox address (for a shared mailbox, the shared address).
+    pub user: String,
+    /// The account secret whose token logs in (for a shared mailbox, a delegate's account).
+    pub account: String,
+    /// Folder polled.
+    pub folder: String,
+    /// What to do after the ticket was accepted.
+    pub after_action: AfterAction,
+    /// Where unreadable / oversize / rejected mail goes.
+    pub failed_folder: String,
+    /// Most messages handled per run.
+    pub max_messages_per_run: u32,
+    /// Larger messages are not fetched whole: a ticket is made from their headers.
+    pub max_message_bytes: u64,
+    /// Attachment content (decoded bytes) sent inline per ticket; beyond it metadata only.
+    pub max_attachment_bytes: u64,
+    /// Ticket API URL (https; http only for loopback hosts).
+    pub ticket_api_url: String,
+    /// Secret holding the ticket API credentials (none: no auth header).
+    pub ticket_api_secret: Option<String>,
+}
+
+/// A mailbox whose configuration is unusable: which one, which field, what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("mailbox {mailbox}: field `{field}` {problem}")]
+pub struct ConfigError {
+    /// Mailbox name.
+    pub mailbox: String,
+    /// Field name.
+    pub field: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// Check a URL: https anywhere, http only on loopback hosts.
+pub fn validate_target_url(url: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("is not a URL ({e})"))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let loopback = match parsed.host() {
+                Some(url::Host::Domain(d)) => d == "localhost",
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            if loopback {
+                Ok(())
+            } else {
+                Err("must be https (http is allowed only for localhost/127.0.0.1)".into())
+            }
+        }
+        other => Err(format!("has scheme {other:?}; must be https")),
+    }
+}
+
+fn valid_folder(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".into());
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return Err("contains control characters".into());
+    }
+    Ok(())
+}
+
+impl MailboxConfig {
+    /// Validate a mailbox from its JSON object (the item's attributes; `pk` and unknown
+    /// attributes starting with `_` are ignored).
+    pub fn from_json(name: &str, value: &serde_json::Value) -> Result<Self, ConfigError> {
+        let err = |field: &str, problem: String| ConfigError {
+            mailbox: name.to_string(),
+            field: field.to_string(),
+            problem,
+        };
+        if name.is_empty()
+            || name.len() > 128
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+        {
+            return Err(err(
+                "name",
+                "must be 1-128 characters of A-Z a-z 0-9 - _ . @".into(),
+            ));
+        }
+        let object = value
+            .as_object()
+            .ok_or_else(|| err("(item)", "is not an object".into()))?;
+        const KNOWN: &[&str] = &[
+            "pk",
+            "name",
+            "enabled",
+            "host",
+            "port",
+            "user",
+            "account",
+            "folder",
+            "after_action",
+            "processed_folder",
+            "failed_folder",
+            "max_messages_per_run",
+            "max_message_bytes",
+            "max_attachment_bytes",
+            "ticket_api_url",
+            "ticket_api_secret",
+            "expires_at",
+        ];
+        if let Some(unknown) = object
+            .keys()
+            .find(|k| !k.starts_with('_') && !KNOWN.contains(&k.as_str()))
+        {
+            return Err(err(unknown, "is not a known field (typo?)".into()));
+        }
+        let string = |field: &str| -> Result<Option<String>, ConfigError> {
+            match object.get(field) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::String(s)) => Ok(Some(s.trim().to_string())),
+                Some(_) => Err(err(field, "must be a string".into())),
+            }
+        };
+        let required = |field: &str| -> Result<String, ConfigError> {
+            match string(field)? {
+                Some(s) if !s.is_empty() => Ok(s),
+                _ => Err(err(field, "is required".into())),
+            }
+        };
+        let number = |field: &str, min: u64, max: u64, default: u64| -> Result<u64, ConfigError> {
+            let n = match object.get(field) {
+                None | Some(serde_json::Value::Null) => return Ok(default),
+                Some(serde_json::Value::Number(n)) => n.as_u64(),
+                Some(serde_json::Value::String(s)) => s.trim().parse::<u64>().ok(),
+                Some(_) => None,
+            }
+            .ok_or_else(|| err(field, "must be a whole number".into()))?;
+            if n < min || n > max {
+                return Err(err(
+                    field,
+                    format!("is {n}; must be between {min} and {max}"),
+                ));
+            }
+            Ok(n)
+        };
+        if let Some(given) = string("name")?
+            && given != name
+        {
+            return Err(err(
+                "name",
+                format!("is {given:?} but the item key says {name:?}"),
+            ));
+        }
+        let enabled = match object.get("enabled") {
+            None | Some(serde_json::Value::Null) => true,
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(_) => return Err(err("enabled", "must be true or false".into())),
+        };
+        let host = string("host")?
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| DEFAULT_HOST.to_string());
+        if host.contains(['/', ':', ' ']) {
+            return Err(err(
+                "host",
+                "must be a bare host name (no scheme, port or path)".into(),
+            ));
+        }
+        let port = number("port", 1, 65535, DEFAULT_PORT as u64)? as u16;
+        let user = required("user")?;
+        if !user.contains('@') || user.contains(char::is_whitespace) {
+            return Err(err(
+                "user",
+                "must be the mailbox address (user@domain)".into(),
+            ));
+        }
+        let account = required("account")?;
+        let folder = string("folder")?.unwrap_or_else(|| DEFAULT_FOLDER.to_string());
+        valid_folder(&folder).map_err(|p| err("folder", p))?;
+        let processed_folder =
+            string("processed_folder")?.unwrap_or_else(|| DEFAULT_PROCESSED_FOLDER.to_string());
+        valid_folder(&processed_folder).map_err(|p| err("processed_folder", p))?;
+        let failed_folder =
+            string("failed_folder")?.unwrap_or_else(|| DEFAULT_FAILED_FOLDER.to_string());
+        valid_folder(&failed_folder).map_err(|p| err("failed_folder", p))?;
+        if failed_folder.eq_ignore_ascii_case(&folder) {
+            return Err(err("failed_folder", "must differ from `folder`".into()));
+        }
+        let after_action = match string("after_action")?.as_deref() {
+            None | Some("") | Some("move") => {
+                if processed_folder.eq_ignore_ascii_case(&folder) {
+                    return Err(err("processed_folder", "must differ from `folder`".into()));
+                }
+                AfterAction::Move(processed_folder)
+            }
+            Some("mark_seen") => AfterAction::MarkSeen,
+            Some("delete") => AfterAction::Delete,
+            Some(other) => {
+                return Err(err(
+                    "after_action",
+                    format!("is {other:?}; must be \"move\", \"mark_seen\" or \"delete\""),
+                ));
+            }
+        };
+        let max_messages_per_run = number(
+            "max_messages_per_run",
+            1,
+            100_000,
+            DEFAULT_MAX_MESSAGES_PER_RUN as u64,
+        )? as u32;
+        let max_message_bytes = number(
+            "max_message_bytes",
+            1024,
+            150 * 1024 * 1024,
+            DEFAULT_MAX_MESSAGE_BYTES,
+        )?;
+        let max_attachment_bytes = number(
+            "max_attachment_bytes",
+            0,
+            100 * 1024 * 1024,
+            DEFAULT_MAX_ATTACHMENT_BYTES,
+        )?;
+        let ticket_api_url = required("ticket_api_url")?;
+        validate_target_url(&ticket_api_url).map_err(|p| err("ticket_api_url", p))?;
+        let ticket_api_secret = string("ticket_api_secret")?.filter(|s| !s.is_empty());
+        Ok(MailboxConfig {
+            name: name.to_string(),
+            enabled,
+            host,
+            port,
+            user,
+            account,
+            folder,
+            after_action,
+            failed_folder,
+            max_messages_per_run,
+            max_message_bytes,
+            max_attachment_bytes,
+            ticket_api_url,
+            ticket_api_secret,
+        })
+    }
+}
+
+/// The function's settings, read once per cold start.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `MAILBRIDGE_STATE_TABLE`.
+    pub state_table: String,
+    /// `MAILBRIDGE_MAX_CONCURRENT_MAILBOXES` (default 8).
+    pub max_concurrent_mailboxes: usize,
+    /// `MAILBRIDGE_POLL_DEADLINE_MARGIN_SECONDS` (default 20): stop starting new messages when
+    /// less than this is left of the invocation.
+    pub deadline_margin: Duration,
+    /// `MAILBRIDGE_IMAP_TIMEOUT_SECONDS` (default 30): per IMAP operation.
+    pub imap_timeout: Duration,
+    /// `MAILBRIDGE_IMAP_CA_FILE`: extra PEM trust anchors for IMAP TLS (private CA).
+    pub imap_ca_file: Option<std::path::PathBuf>,
+    /// `MAILBRIDGE_DEDUPE_TTL_DAYS` (default 30): how long dedupe records live.
+    pub dedupe_ttl: Duration,
+}
+
+/// A missing or invalid environment variable.
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable {name}: {problem}")]
+pub struct SettingsError {
+    /// Variable name.
+    pub name: &'static str,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl Settings {
+    /// Read from a variable lookup (the process environment in `main`).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+        let number = |name: &'static str, default: u64, min: u64, max: u64| match get(name)
+            .filter(|v| !v.trim().is_empty())
+        {
+            None => Ok(default),
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(n),
+                _ => Err(SettingsError {
+                    name,
+                    problem: format!("{v:?} is not a whole number between {min} and {max}"),
+                }),
+            },
+        };
+        let state_table = get("MAILBRIDGE_STATE_TABLE")
+            .filter(|v| !v.trim().is_empty())
+            .ok_or(SettingsError {
+                name: "MAILBRIDGE_STATE_TABLE",
+                problem: "is required (the DynamoDB state table name)".into(),
+            })?;
+        Ok(Settings {
+            state_table,
+            max_concurrent_mailboxes: number("MAILBRIDGE_MAX_CONCURRENT_MAILBOXES", 8, 1, 256)?
+                as usize,
+            deadline_margin: Duration::from_secs(number(
+                "MAILBRIDGE_POLL_DEADLINE_MARGIN_SECONDS",
+                20,
+                1,
+                600,
+            )?),
+            imap_timeout: Duration::from_secs(number(
+                "MAILBRIDGE_IMAP_TIMEOUT_SECONDS",
+                30,
+                1,
+                600,
+            )?),
+            imap_ca_file: get("MAILBRIDGE_IMAP_CA_FILE")
+                .filter(|v| !v.trim().is_empty())
+                .map(Into::into),
+            dedupe_ttl: Duration::from_secs(
+                number("MAILBRIDGE_DEDUPE_TTL_DAYS", 30, 1, 3650)? * 86_400,
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn minimal() -> serde_json::Value {
+        json!({"user": "helpdesk@contoso.com", "account": "contoso", "ticket_api_url": "https://psa.example.com/api/tickets"})
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let cfg = MailboxConfig::from_json("helpdesk", &minimal()).unwrap();
+        assert_eq!(cfg.host, "outlook.office365.com");
+        assert_eq!(cfg.port, 993);
+        assert_eq!(cfg.folder, "INBOX");
+        assert_eq!(cfg.after_action, AfterAction::Move("Processed".into()));
+        assert_eq!(cfg.failed_folder, "mailbridge-failed");
+        assert!(cfg.enabled);
+        assert_eq!(cfg.ticket_api_secret, None);
+    }
+
+    #[test]
+    fn each_bad_field_is_named_with_the_mailbox() {
+        let cases = [
+            ("user", json!("not-an-address"), "user"),
+            ("port", json!(70000), "port"),
+            ("port", json!("abc"), "port"),
+            ("after_action", json!("archive"), "after_action"),
+            (
+                "ticket_api_url",
+                json!("http://psa.example.com/t"),
+                "ticket_api_url",
+            ),
+            ("ticket_api_url", json!("ftp://x"), "ticket_api_url"),
+            ("max_message_bytes", json!(10), "max_message_bytes"),
+            ("folder", json!(""), "folder"),
+            ("enabled", json!("yes"), "enabled"),
+            ("host", json!("imaps://outlook.office365.com"), "host"),
+            ("colour", json!("blue"), "colour"),
+        ];
+        for (field, value, expected) in cases {
+            let mut item = minimal();
+            item[field] = value;
+            let err = MailboxConfig::from_json("sales", &item).unwrap_err();
+            assert_eq!(err.mailbox, "sales");
+            assert_eq!(err.field, expected, "{err}");
+            assert!(
+                err.to_string().starts_with("mailbox sales: field `"),
+                "{err}"
+            );
+        }
+        let mut item = minimal();
+        item.as_object_mut().unwrap().remove("account");
+        let err = MailboxConfig::from_json("sales", &item).unwrap_err();
+        assert_eq!(err.field, "account");
+    }
+
+    #[test]
+    fn loopback_http_is_allowed_for_the_local_stack() {
+        assert!(validate_target_url("http://127.0.0.1:8080/t").is_ok());
+        assert!(validate_target_url("http://localhost/t").is_ok());
+        assert!(validate_target_url("http://10.0.0.1/t").is_err());
+    }
+
+    #[test]
+    fn settings_name_the_variable() {
+        let err = Settings::from_lookup(|_| None).unwrap_err();
+        assert_eq!(err.name, "MAILBRIDGE_STATE_TABLE");
+        let err = Settings::from_lookup(|k| match k {
+            "MAILBRIDGE_STATE_TABLE" => Some("t".into()),
+            "MAILBRIDGE_MAX_CONCURRENT_MAILBOXES" => Some("0".into()),
+            _ => None,
+        })
+        .unwrap_err();
+        assert_eq!(err.name, "MAILBRIDGE_MAX_CONCURRENT_MAILBOXES");
+        let ok =
+            Settings::from_lookup(|k| (k == "MAILBRIDGE_STATE_TABLE").then(|| "t".into())).unwrap();
+        assert_eq!(ok.max_concurrent_mailboxes, 8);
+    }
+}

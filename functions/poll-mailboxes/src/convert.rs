@@ -1,0 +1,231 @@
+//! Raw mail → ticket payload pieces: the ticket draft (from the shared parser) and the
+//! attachments with their content up to the cap.
+//!
+//! [`parse_draft`] is the one place the MIME → draft conversion is called, so swapping the
+//! parser is a one-line change.
+
+use base64::Engine as _;
+use mail_parser::{MessageParser, MimeHeaders as _, PartType};
+use mailbridge::ticket_api::TicketAttachment;
+
+use crate::dedupe::{self, HeaderField};
+
+/// What the parser needs besides the bytes.
+#[derive(Clone, Debug, Default)]
+pub struct ParseContext {
+    /// HMAC key of the thread markers (from `MAILBRIDGE_THREAD_KEY_SECRET`), if configured.
+    pub thread_key: Option<Vec<u8>>,
+}
+
+/// Turn raw bytes into the ticket draft JSON (`mailbridge::mail::parse`), or say why it cannot be
+/// parsed. The mailbox's own address counts as "own mail" for loop detection.
+pub fn parse_draft(
+    raw: &[u8],
+    own_address: &str,
+    context: &ParseContext,
+) -> Result<serde_json::Value, String> {
+    let options = mailbridge::mail::ParseOptions {
+        thread_key: context.thread_key.clone(),
+        own_addresses: vec![own_address.to_string()],
+        ..Default::default()
+    };
+    let draft = mailbridge::mail::parse(raw, &options).map_err(|e| e.to_string())?;
+    serde_json::to_value(draft).map_err(|e| e.to_string())
+}
+
+/// A best-effort draft from header fields alone (oversize or unparseable mail).
+pub fn draft_from_headers(fields: &[HeaderField], note: &str) -> serde_json::Value {
+    let get = |name| dedupe::header(fields, name).map(str::to_string);
+    let address = |value: Option<String>| -> Option<serde_json::Value> {
+        let value = value?;
+        let address = match (value.rfind('<'), value.rfind('>')) {
+            (Some(start), Some(end)) if start < end => value[start + 1..end].trim().to_string(),
+            _ => value.trim().to_string(),
+        };
+        let name = value
+            .find('<')
+            .map(|i| value[..i].trim().trim_matches('"').to_string())
+            .filter(|n| !n.is_empty());
+        Some(serde_json::json!({"name": name, "address": address}))
+    };
+    let list = |value: Option<String>| -> Vec<serde_json::Value> {
+        value
+            .map(|v| {
+                v.split(',')
+                    .filter(|s| s.contains('@'))
+                    .filter_map(|s| address(Some(s.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let date = get("date").and_then(|d| {
+        chrono::DateTime::parse_from_rfc2822(d.trim())
+            .ok()
+            .map(|d| d.to_rfc3339())
+    });
+    serde_json::json!({
+        "message_id": dedupe::message_id(fields),
+        "subject": get("subject").unwrap_or_default(),
+        "from": address(get("from")),
+        "to": list(get("to")),
+        "cc": list(get("cc")),
+        "reply_to": list(get("reply-to")),
+        "date": date,
+        "in_reply_to": get("in-reply-to").map(|v| v.trim().trim_matches(['<', '>']).to_string()),
+        "references": get("references").map(|v| v.split_whitespace().map(|r| r.trim_matches(['<', '>']).to_string()).collect::<Vec<_>>()).unwrap_or_default(),
+        "body_text": note,
+        "body_html": null,
+        "reply_text": note,
+        "attachments": [],
+        "auto_generated": false,
+        "auto_reason": null,
+        "bounce": null,
+        "ticket_number": null,
+        "thread_source": null,
+    })
+}
+
+/// Attachment contents for the draft's attachments, base64 while the running total stays under
+/// `cap` (decoded bytes); beyond it metadata only with the reason.
+pub fn attachments_with_content(
+    raw: &[u8],
+    draft: &serde_json::Value,
+    cap: u64,
+) -> Vec<TicketAttachment> {
+    let listed: Vec<TicketAttachment> = draft
+        .get("attachments")
+        .and_then(|a| a.as_array())
+        .map(|list| {
+            list.iter()
+                .map(|a| TicketAttachment {
+                    filename: a
+                        .get("filename")
+                        .and_then(|v| v.as_str())
+                        .map(str::to_string),
+                    content_type: a
+                        .get("content_type")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("application/octet-stream")
+                        .to_string(),
+                    size: a.get("size").and_then(|v| v.as_u64()).unwrap_or(0),
+                    inline: a.get("inline").and_then(|v| v.as_bool()).unwrap_or(false),
+                    content_id: a
+                        .get("content_id")
+                        .and_then(|v| v.as_str())
+                        .map(str::to_string),
+                    content_base64: None,
+                    omitted_reason: None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if listed.is_empty() {
+        return listed;
+    }
+    let total_wanted: u64 = listed.iter().map(|a| a.size).sum();
+    let Some(message) = MessageParser::default().parse(raw) else {
+        return listed
+            .into_iter()
+            .map(|mut a| {
+                a.omitted_reason = Some("content could not be extracted".into());
+                a
+            })
+            .collect();
+    };
+    // Leaf parts that are not multipart containers, in order, with their decoded bytes.
+    let mut used = vec![false; message.parts.len()];
+    let mut budget = cap;
+    let mut out = Vec::with_capacity(listed.len());
+    for mut attachment in listed {
+        if attachment.size > budget {
+            attachment.omitted_reason = Some(format!(
+                "attachment content over the {cap}-byte cap per ticket (attachments total {total_wanted} bytes); metadata only"
+            ));
+            out.push(attachment);
+            continue;
+        }
+        let found = message.parts.iter().enumerate().find(|(i, part)| {
+            if used[*i] || matches!(part.body, PartType::Multipart(_)) {
+                return false;
+            }
+            let size = part.contents().len() as u64;
+            let ctype = part
+                .content_type()
+                .map(|c| match c.subtype() {
+                    Some(sub) => format!("{}/{}", c.ctype(), sub),
+                    None => c.ctype().to_string(),
+                })
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            size == attachment.size
+                && (ctype == attachment.content_type || ctype.is_empty())
+                && (attachment.filename.is_none()
+                    || part.attachment_name() == attachment.filename.as_deref())
+        });
+        match found {
+            Some((index, part)) => {
+                used[index] = true;
+                budget -= attachment.size;
+                attachment.content_base64 =
+                    Some(base64::engine::general_purpose::STANDARD.encode(part.contents()));
+            }
+            None => {
+                attachment.omitted_reason =
+                    Some("content could not be located in the MIME structure".into());
+            }
+        }
+        out.push(attachment);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAIL: &str = "From: Ann <ann@example.com>\r\nTo: helpdesk@example.com\r\nSubject: Printer\r\nMessage-ID: <p1@example.com>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nIt is broken.\r\n--b\r\nContent-Type: application/pdf; name=\"a.pdf\"\r\nContent-Disposition: attachment; filename=\"a.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b\r\nContent-Type: application/octet-stream; name=\"big.bin\"\r\nContent-Disposition: attachment; filename=\"big.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n--b--\r\n";
+
+    #[test]
+    fn draft_and_attachments_under_the_cap_carry_content() {
+        let draft = parse_draft(
+            MAIL.as_bytes(),
+            "helpdesk@example.com",
+            &ParseContext::default(),
+        )
+        .unwrap();
+        assert_eq!(draft["subject"], "Printer");
+        assert_eq!(draft["message_id"], "p1@example.com");
+        let attachments = attachments_with_content(MAIL.as_bytes(), &draft, 20);
+        assert_eq!(attachments.len(), 2, "{attachments:?}");
+        assert_eq!(attachments[0].filename.as_deref(), Some("a.pdf"));
+        assert_eq!(
+            attachments[0].content_base64.as_deref(),
+            Some("JVBERi0xLjQK")
+        );
+        assert!(attachments[1].content_base64.is_none());
+        assert!(
+            attachments[1]
+                .omitted_reason
+                .as_deref()
+                .unwrap()
+                .contains("cap")
+        );
+    }
+
+    #[test]
+    fn header_only_draft_keeps_sender_and_subject() {
+        let (fields, _) = dedupe::split_headers(b"From: \"Bob B\" <bob@example.com>\r\nSubject: Huge\r\nMessage-ID: <h@x>\r\nDate: Sat, 28 Nov 2026 10:00:00 +0000\r\n\r\n");
+        let draft = draft_from_headers(&fields, "note");
+        assert_eq!(draft["from"]["address"], "bob@example.com");
+        assert_eq!(draft["from"]["name"], "Bob B");
+        assert_eq!(draft["subject"], "Huge");
+        assert_eq!(draft["message_id"], "h@x");
+        assert_eq!(draft["body_text"], "note");
+        assert!(
+            draft["date"]
+                .as_str()
+                .unwrap()
+                .starts_with("2026-11-28T10:00:00")
+        );
+    }
+}

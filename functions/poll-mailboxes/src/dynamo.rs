@@ -1,0 +1,382 @@
+//! The state table adapter (DynamoDB): dedupe records, mailbox status, mailbox configuration.
+//!
+//! Items (partition key `pk`, TTL attribute `expires_at`):
+//! - `mailbox#<name>`: one mailbox's configuration, one attribute per field (see the README).
+//! - `mailbox-index`: attribute `names` (string set) listing the configured mailboxes, so a run
+//!   reads the list with one `GetItem` and the configs with `BatchGetItem` (100 per call) instead
+//!   of scanning a table that also holds every dedupe record. [`put_mailbox_config`] and
+//!   [`delete_mailbox_config`] keep both in one transaction (the CLI uses them).
+//! - `mailbox-status#<name>`: the last run's outcome ([`MailboxStatus`]).
+//! - `mail#<mailbox>#<hash>`: dedupe records ([`DedupeRecord`]) with a TTL.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem, Update};
+
+use crate::config::{ConfigError, MailboxConfig};
+use crate::ports::{DedupeRecord, MailboxStatus, StateStore, StoreError};
+
+/// Partition key of the mailbox index item.
+pub const MAILBOX_INDEX_KEY: &str = "mailbox-index";
+
+/// DynamoDB-backed [`StateStore`].
+#[derive(Clone, Debug)]
+pub struct DynamoStateStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoStateStore {
+    /// Use `table` through `client`.
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoStateStore {
+            client,
+            table: table.into(),
+        }
+    }
+}
+
+fn store_err(operation: &'static str, e: impl std::fmt::Display) -> StoreError {
+    StoreError {
+        operation,
+        detail: e.to_string(),
+    }
+}
+
+fn sdk_err<E, R>(operation: &'static str, e: aws_sdk_dynamodb::error::SdkError<E, R>) -> StoreError
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use std::error::Error as _;
+    let mut detail = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    StoreError { operation, detail }
+}
+
+/// DynamoDB attribute → JSON (S, N, BOOL, NULL, M, L, SS, NS).
+pub fn attr_to_json(value: &AttributeValue) -> serde_json::Value {
+    match value {
+        AttributeValue::S(s) => serde_json::Value::String(s.clone()),
+        AttributeValue::N(n) => serde_json::from_str::<serde_json::Number>(n)
+            .map(serde_json::Value::Number)
+            .unwrap_or_else(|_| serde_json::Value::String(n.clone())),
+        AttributeValue::Bool(b) => serde_json::Value::Bool(*b),
+        AttributeValue::Null(_) => serde_json::Value::Null,
+        AttributeValue::M(m) => serde_json::Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), attr_to_json(v)))
+                .collect(),
+        ),
+        AttributeValue::L(l) => serde_json::Value::Array(l.iter().map(attr_to_json).collect()),
+        AttributeValue::Ss(ss) => {
+            serde_json::Value::Array(ss.iter().cloned().map(serde_json::Value::String).collect())
+        }
+        AttributeValue::Ns(ns) => {
+            serde_json::Value::Array(ns.iter().cloned().map(serde_json::Value::String).collect())
+        }
+        _ => serde_json::Value::Null,
+    }
+}
+
+/// JSON → DynamoDB attribute.
+pub fn json_to_attr(value: &serde_json::Value) -> AttributeValue {
+    match value {
+        serde_json::Value::Null => AttributeValue::Null(true),
+        serde_json::Value::Bool(b) => AttributeValue::Bool(*b),
+        serde_json::Value::Number(n) => AttributeValue::N(n.to_string()),
+        serde_json::Value::String(s) => AttributeValue::S(s.clone()),
+        serde_json::Value::Array(a) => AttributeValue::L(a.iter().map(json_to_attr).collect()),
+        serde_json::Value::Object(o) => AttributeValue::M(
+            o.iter()
+                .map(|(k, v)| (k.clone(), json_to_attr(v)))
+                .collect(),
+        ),
+    }
+}
+
+fn item_from<T: serde::Serialize>(pk: &str, value: &T) -> HashMap<String, AttributeValue> {
+    let mut item: HashMap<String, AttributeValue> = match serde_json::to_value(value) {
+        Ok(serde_json::Value::Object(o)) => o
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k.clone(), json_to_attr(v)))
+            .collect(),
+        _ => HashMap::new(),
+    };
+    item.insert("pk".into(), AttributeValue::S(pk.to_string()));
+    item
+}
+
+fn item_to<T: serde::de::DeserializeOwned>(item: &HashMap<String, AttributeValue>) -> Option<T> {
+    let object: serde_json::Map<String, serde_json::Value> = item
+        .iter()
+        .map(|(k, v)| (k.clone(), attr_to_json(v)))
+        .collect();
+    serde_json::from_value(serde_json::Value::Object(object)).ok()
+}
+
+impl DynamoStateStore {
+    async fn get(
+        &self,
+        operation: &'static str,
+        pk: &str,
+    ) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(pk.to_string()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_err(operation, e))?;
+        Ok(output.item)
+    }
+
+    /// Names listed in the mailbox index.
+    pub async fn mailbox_names(&self) -> Result<Vec<String>, StoreError> {
+        let item = self.get("GetItem mailbox-index", MAILBOX_INDEX_KEY).await?;
+        let mut names = match item.as_ref().and_then(|i| i.get("names")) {
+            Some(AttributeValue::Ss(names)) => names.clone(),
+            Some(AttributeValue::L(list)) => {
+                list.iter().filter_map(|v| v.as_s().ok().cloned()).collect()
+            }
+            _ => Vec::new(),
+        };
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+}
+
+#[async_trait]
+impl StateStore for DynamoStateStore {
+    async fn get_dedupe(&self, pk: &str) -> Result<Option<DedupeRecord>, StoreError> {
+        let item = self.get("GetItem dedupe", pk).await?;
+        Ok(item.as_ref().and_then(item_to))
+    }
+
+    async fn put_dedupe(&self, record: &DedupeRecord) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item_from(&record.pk, record)))
+            .send()
+            .await
+            .map_err(|e| sdk_err("PutItem dedupe", e))?;
+        Ok(())
+    }
+
+    async fn get_status(&self, mailbox: &str) -> Result<Option<MailboxStatus>, StoreError> {
+        let item = self
+            .get(
+                "GetItem mailbox-status",
+                &format!("mailbox-status#{mailbox}"),
+            )
+            .await?;
+        Ok(item.as_ref().and_then(item_to))
+    }
+
+    async fn put_status(&self, status: &MailboxStatus) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item_from(
+                &format!("mailbox-status#{}", status.mailbox),
+                status,
+            )))
+            .send()
+            .await
+            .map_err(|e| sdk_err("PutItem mailbox-status", e))?;
+        Ok(())
+    }
+
+    async fn load_mailboxes(
+        &self,
+        names: Option<&[String]>,
+    ) -> Result<Vec<Result<MailboxConfig, ConfigError>>, StoreError> {
+        let names: Vec<String> = match names {
+            Some(names) => names.to_vec(),
+            None => self.mailbox_names().await?,
+        };
+        let mut found: HashMap<String, HashMap<String, AttributeValue>> = HashMap::new();
+        for chunk in names.chunks(100) {
+            let keys: Vec<HashMap<String, AttributeValue>> = chunk
+                .iter()
+                .map(|n| {
+                    HashMap::from([("pk".to_string(), AttributeValue::S(format!("mailbox#{n}")))])
+                })
+                .collect();
+            let mut request = KeysAndAttributes::builder()
+                .set_keys(Some(keys))
+                .consistent_read(true)
+                .build()
+                .map_err(|e| store_err("BatchGetItem mailbox", e))?;
+            for _attempt in 0..8 {
+                let output = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request.clone())
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err("BatchGetItem mailbox", e))?;
+                for item in output
+                    .responses
+                    .unwrap_or_default()
+                    .remove(&self.table)
+                    .unwrap_or_default()
+                {
+                    if let Some(AttributeValue::S(pk)) = item.get("pk")
+                        && let Some(name) = pk.strip_prefix("mailbox#")
+                    {
+                        found.insert(name.to_string(), item);
+                    }
+                }
+                match output
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table))
+                {
+                    Some(rest) if !rest.keys().is_empty() => {
+                        request = rest;
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        Ok(names
+            .iter()
+            .map(|name| match found.get(name) {
+                None => Err(ConfigError {
+                    mailbox: name.clone(),
+                    field: "(item)".into(),
+                    problem: format!("no item mailbox#{name} in the state table"),
+                }),
+                Some(item) => {
+                    let object: serde_json::Map<String, serde_json::Value> = item
+                        .iter()
+                        .map(|(k, v)| (k.clone(), attr_to_json(v)))
+                        .collect();
+                    MailboxConfig::from_json(name, &serde_json::Value::Object(object))
+                }
+            })
+            .collect())
+    }
+}
+
+/// Add or replace a mailbox configuration (validated first) and list it in the index, atomically.
+/// `fields` is the JSON object of the README's mailbox fields.
+pub async fn put_mailbox_config(
+    client: &Client,
+    table: &str,
+    name: &str,
+    fields: &serde_json::Value,
+) -> Result<MailboxConfig, PutConfigError> {
+    let config = MailboxConfig::from_json(name, fields).map_err(PutConfigError::Invalid)?;
+    let mut item: HashMap<String, AttributeValue> = fields
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(k, v)| k.as_str() != "pk" && !v.is_null())
+                .map(|(k, v)| (k.clone(), json_to_attr(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    item.insert("pk".into(), AttributeValue::S(format!("mailbox#{name}")));
+    item.insert("name".into(), AttributeValue::S(name.to_string()));
+    let put = Put::builder()
+        .table_name(table)
+        .set_item(Some(item))
+        .build()
+        .map_err(|e| PutConfigError::Store(store_err("TransactWriteItems", e)))?;
+    let index = Update::builder()
+        .table_name(table)
+        .key("pk", AttributeValue::S(MAILBOX_INDEX_KEY.into()))
+        .update_expression("ADD #names :name")
+        .expression_attribute_names("#names", "names")
+        .expression_attribute_values(":name", AttributeValue::Ss(vec![name.to_string()]))
+        .build()
+        .map_err(|e| PutConfigError::Store(store_err("TransactWriteItems", e)))?;
+    client
+        .transact_write_items()
+        .transact_items(TransactWriteItem::builder().put(put).build())
+        .transact_items(TransactWriteItem::builder().update(index).build())
+        .send()
+        .await
+        .map_err(|e| PutConfigError::Store(sdk_err("TransactWriteItems mailbox", e)))?;
+    Ok(config)
+}
+
+/// Remove a mailbox configuration and its index entry.
+pub async fn delete_mailbox_config(
+    client: &Client,
+    table: &str,
+    name: &str,
+) -> Result<(), StoreError> {
+    client
+        .delete_item()
+        .table_name(table)
+        .key("pk", AttributeValue::S(format!("mailbox#{name}")))
+        .send()
+        .await
+        .map_err(|e| sdk_err("DeleteItem mailbox", e))?;
+    client
+        .update_item()
+        .table_name(table)
+        .key("pk", AttributeValue::S(MAILBOX_INDEX_KEY.into()))
+        .update_expression("DELETE #names :name")
+        .expression_attribute_names("#names", "names")
+        .expression_attribute_values(":name", AttributeValue::Ss(vec![name.to_string()]))
+        .send()
+        .await
+        .map_err(|e| sdk_err("UpdateItem mailbox-index", e))?;
+    Ok(())
+}
+
+/// Why a mailbox configuration was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum PutConfigError {
+    /// It does not validate.
+    #[error(transparent)]
+    Invalid(ConfigError),
+    /// DynamoDB failed.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trips_through_attributes() {
+        let status = MailboxStatus {
+            mailbox: "m".into(),
+            outcome: "ok".into(),
+            reason: None,
+            last_run_at: "2026-11-28T00:00:00Z".into(),
+            duration_ms: 5,
+            tickets_created: 2,
+            parked: 0,
+            duplicates: 1,
+            deferred: 0,
+            uid_validity: Some(7),
+            imap_round_trips: 9,
+        };
+        let item = item_from("mailbox-status#m", &status);
+        assert_eq!(
+            item.get("pk"),
+            Some(&AttributeValue::S("mailbox-status#m".into()))
+        );
+        let back: MailboxStatus = item_to(&item).unwrap();
+        assert_eq!(back, status);
+    }
+}

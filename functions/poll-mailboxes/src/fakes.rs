@@ -1,0 +1,684 @@
+//! In-memory fakes of the ports, and unit tests of the poll loop against them. The same
+//! scenarios run against Dovecot, moto and the stand-ins in `tests/tests/poll_mailboxes.rs`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mailbridge::imap::{ImapError, SearchScope, SelectedFolder, Uid};
+use mailbridge::ticket_api::{TicketApiError, TicketPayload, TicketReceipt, TicketSink};
+use mailbridge::token::{AccessToken, AccessTokenSource, Audience, TokenError};
+use secrecy::SecretString;
+use tokio::time::Instant;
+
+use crate::config::{ConfigError, MailboxConfig};
+use crate::convert::ParseContext;
+use crate::poll::{PollDeps, poll_once};
+use crate::ports::{
+    DedupeRecord, Mailbox, MailboxConnector, MailboxStatus, SinkFactory, StateStore, StoreError,
+};
+
+#[derive(Clone, Debug)]
+struct Message {
+    uid: Uid,
+    raw: Vec<u8>,
+    seen: bool,
+}
+
+#[derive(Default)]
+struct ServerState {
+    /// user → folder → messages
+    folders: HashMap<String, HashMap<String, Vec<Message>>>,
+    next_uid: Uid,
+    /// drop the connection after this many more commands (per connect)
+    drop_after: Option<u32>,
+    auth_fails_for: Vec<String>,
+}
+
+#[derive(Clone, Default)]
+struct FakeServer(Arc<Mutex<ServerState>>);
+
+impl FakeServer {
+    fn deliver(&self, user: &str, raw: &[u8]) {
+        let mut s = self.0.lock().unwrap();
+        s.next_uid += 1;
+        let uid = s.next_uid;
+        s.folders
+            .entry(user.into())
+            .or_default()
+            .entry("INBOX".into())
+            .or_default()
+            .push(Message {
+                uid,
+                raw: raw.to_vec(),
+                seen: false,
+            });
+    }
+    fn count(&self, user: &str, folder: &str) -> usize {
+        let s = self.0.lock().unwrap();
+        s.folders
+            .get(user)
+            .and_then(|f| f.get(folder))
+            .map_or(0, |m| m.len())
+    }
+    fn seen(&self, user: &str, folder: &str) -> usize {
+        let s = self.0.lock().unwrap();
+        s.folders
+            .get(user)
+            .and_then(|f| f.get(folder))
+            .map_or(0, |m| m.iter().filter(|m| m.seen).count())
+    }
+}
+
+struct FakeMailbox {
+    server: FakeServer,
+    user: String,
+    folder: String,
+    budget: Option<u32>,
+    round_trips: u64,
+}
+
+impl FakeMailbox {
+    fn op(&mut self) -> Result<(), ImapError> {
+        self.round_trips += 1;
+        if let Some(b) = self.budget.as_mut() {
+            if *b == 0 {
+                return Err(ImapError::ConnectionLost {
+                    operation: "fake",
+                    detail: "dropped".into(),
+                });
+            }
+            *b -= 1;
+        }
+        Ok(())
+    }
+    fn with_folder<T>(&self, f: impl FnOnce(&mut Vec<Message>) -> T) -> T {
+        let mut s = self.server.0.lock().unwrap();
+        let folder = s
+            .folders
+            .entry(self.user.clone())
+            .or_default()
+            .entry(self.folder.clone())
+            .or_default();
+        f(folder)
+    }
+    fn take(&self, uid: Uid) -> Option<Message> {
+        self.with_folder(|f| {
+            let i = f.iter().position(|m| m.uid == uid)?;
+            Some(f.remove(i))
+        })
+    }
+}
+
+#[async_trait]
+impl Mailbox for FakeMailbox {
+    async fn select(&mut self, folder: &str) -> Result<SelectedFolder, ImapError> {
+        self.op()?;
+        self.folder = folder.into();
+        let exists = self.with_folder(|f| f.len() as u32);
+        Ok(SelectedFolder {
+            uid_validity: 1,
+            exists,
+        })
+    }
+    async fn search(&mut self, scope: SearchScope) -> Result<Vec<Uid>, ImapError> {
+        self.op()?;
+        Ok(self.with_folder(|f| {
+            f.iter()
+                .filter(|m| scope == SearchScope::Undeleted || !m.seen)
+                .map(|m| m.uid)
+                .collect()
+        }))
+    }
+    async fn sizes(&mut self, uids: &[Uid]) -> Result<Vec<(Uid, u32)>, ImapError> {
+        self.op()?;
+        Ok(self.with_folder(|f| {
+            f.iter()
+                .filter(|m| uids.contains(&m.uid))
+                .map(|m| (m.uid, m.raw.len() as u32))
+                .collect()
+        }))
+    }
+    async fn fetch_raw(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
+        self.op()?;
+        Ok(self.with_folder(|f| f.iter().find(|m| m.uid == uid).map(|m| m.raw.clone())))
+    }
+    async fn fetch_header(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
+        self.op()?;
+        Ok(self.with_folder(|f| {
+            f.iter().find(|m| m.uid == uid).map(|m| {
+                let (_, start) = crate::dedupe::split_headers(&m.raw);
+                m.raw[..start].to_vec()
+            })
+        }))
+    }
+    async fn move_to(&mut self, uid: Uid, folder: &str) -> Result<(), ImapError> {
+        self.op()?;
+        if let Some(m) = self.take(uid) {
+            let mut s = self.server.0.lock().unwrap();
+            s.folders
+                .entry(self.user.clone())
+                .or_default()
+                .entry(folder.into())
+                .or_default()
+                .push(m);
+        }
+        Ok(())
+    }
+    async fn mark_seen(&mut self, uid: Uid) -> Result<(), ImapError> {
+        self.op()?;
+        self.with_folder(|f| {
+            if let Some(m) = f.iter_mut().find(|m| m.uid == uid) {
+                m.seen = true;
+            }
+        });
+        Ok(())
+    }
+    async fn delete(&mut self, uid: Uid) -> Result<(), ImapError> {
+        self.op()?;
+        self.take(uid);
+        Ok(())
+    }
+    fn round_trips(&self) -> u64 {
+        self.round_trips
+    }
+    async fn logout(self: Box<Self>) {}
+}
+
+#[async_trait]
+impl MailboxConnector for FakeServer {
+    async fn connect(
+        &self,
+        config: &MailboxConfig,
+        _token: &SecretString,
+    ) -> Result<Box<dyn Mailbox>, ImapError> {
+        let budget = {
+            let s = self.0.lock().unwrap();
+            if s.auth_fails_for.contains(&config.user) {
+                return Err(ImapError::AuthenticateFailed {
+                    user: config.user.clone(),
+                    detail: "AUTHENTICATE failed.".into(),
+                });
+            }
+            s.drop_after
+        };
+        Ok(Box::new(FakeMailbox {
+            server: self.clone(),
+            user: config.user.clone(),
+            folder: "INBOX".into(),
+            budget,
+            round_trips: 0,
+        }))
+    }
+}
+
+#[derive(Default)]
+struct FakeState {
+    dedupe: Mutex<HashMap<String, DedupeRecord>>,
+    statuses: Mutex<HashMap<String, MailboxStatus>>,
+    configs: Mutex<Vec<Result<MailboxConfig, ConfigError>>>,
+}
+
+#[async_trait]
+impl StateStore for FakeState {
+    async fn get_dedupe(&self, pk: &str) -> Result<Option<DedupeRecord>, StoreError> {
+        Ok(self.dedupe.lock().unwrap().get(pk).cloned())
+    }
+    async fn put_dedupe(&self, record: &DedupeRecord) -> Result<(), StoreError> {
+        self.dedupe
+            .lock()
+            .unwrap()
+            .insert(record.pk.clone(), record.clone());
+        Ok(())
+    }
+    async fn get_status(&self, mailbox: &str) -> Result<Option<MailboxStatus>, StoreError> {
+        Ok(self.statuses.lock().unwrap().get(mailbox).cloned())
+    }
+    async fn put_status(&self, status: &MailboxStatus) -> Result<(), StoreError> {
+        self.statuses
+            .lock()
+            .unwrap()
+            .insert(status.mailbox.clone(), status.clone());
+        Ok(())
+    }
+    async fn load_mailboxes(
+        &self,
+        names: Option<&[String]>,
+    ) -> Result<Vec<Result<MailboxConfig, ConfigError>>, StoreError> {
+        let all = self.configs.lock().unwrap().clone();
+        Ok(all
+            .into_iter()
+            .filter(|c| {
+                let name = match c {
+                    Ok(c) => &c.name,
+                    Err(e) => &e.mailbox,
+                };
+                names.is_none_or(|n| n.contains(name))
+            })
+            .collect())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SinkMode {
+    Accept,
+    Down,
+    Reject,
+}
+
+struct FakeSink {
+    mode: Mutex<SinkMode>,
+    tickets: Mutex<Vec<(String, TicketPayload)>>,
+}
+
+#[async_trait]
+impl TicketSink for FakeSink {
+    async fn create_ticket(
+        &self,
+        payload: &TicketPayload,
+        key: &str,
+        _deadline: Instant,
+    ) -> Result<TicketReceipt, TicketApiError> {
+        match *self.mode.lock().unwrap() {
+            SinkMode::Down => Err(TicketApiError::Unavailable {
+                url: "fake".into(),
+                attempts: 1,
+                detail: "503".into(),
+            }),
+            SinkMode::Reject => Err(TicketApiError::Rejected {
+                url: "fake".into(),
+                status: 422,
+                body: "no".into(),
+            }),
+            SinkMode::Accept => {
+                let mut tickets = self.tickets.lock().unwrap();
+                if !tickets.iter().any(|(k, _)| k == key) {
+                    tickets.push((key.to_string(), payload.clone()));
+                }
+                Ok(TicketReceipt {
+                    status: 201,
+                    ticket_id: Some(format!("T-{}", tickets.len())),
+                    attempts: 1,
+                })
+            }
+        }
+    }
+}
+
+struct FakeSinks(Arc<FakeSink>);
+
+#[async_trait]
+impl SinkFactory for FakeSinks {
+    async fn sink_for(&self, _config: &MailboxConfig) -> Result<Arc<dyn TicketSink>, String> {
+        Ok(self.0.clone())
+    }
+}
+
+#[derive(Default)]
+struct FakeTokens {
+    needs_reauth: Vec<String>,
+    invalidations: Mutex<u32>,
+}
+
+#[async_trait]
+impl AccessTokenSource for FakeTokens {
+    async fn access_token(
+        &self,
+        account: &str,
+        audience: Audience,
+    ) -> Result<AccessToken, TokenError> {
+        if self.needs_reauth.iter().any(|a| a == account) {
+            return Err(TokenError::NeedsReauth {
+                account: account.into(),
+                reason: "AADSTS70008: refresh token expired".into(),
+            });
+        }
+        Ok(AccessToken {
+            secret: SecretString::from("tok"),
+            expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
+            audience,
+        })
+    }
+    fn invalidate(&self, _account: &str, _audience: Audience) {
+        *self.invalidations.lock().unwrap() += 1;
+    }
+}
+
+struct World {
+    server: FakeServer,
+    state: Arc<FakeState>,
+    sink: Arc<FakeSink>,
+    deps: PollDeps,
+}
+
+fn mailbox(name: &str, user: &str, extra: serde_json::Value) -> MailboxConfig {
+    let mut item = serde_json::json!({"user": user, "account": format!("acct-{name}"), "ticket_api_url": "https://psa.example.com/t"});
+    for (k, v) in extra.as_object().unwrap() {
+        item[k] = v.clone();
+    }
+    MailboxConfig::from_json(name, &item).unwrap()
+}
+
+fn world(configs: Vec<Result<MailboxConfig, ConfigError>>, tokens: FakeTokens) -> World {
+    let server = FakeServer::default();
+    let state = Arc::new(FakeState::default());
+    *state.configs.lock().unwrap() = configs;
+    let sink = Arc::new(FakeSink {
+        mode: Mutex::new(SinkMode::Accept),
+        tickets: Mutex::new(Vec::new()),
+    });
+    let deps = PollDeps {
+        tokens: Arc::new(tokens),
+        connector: Arc::new(server.clone()),
+        state: state.clone(),
+        sinks: Arc::new(FakeSinks(sink.clone())),
+        parse: ParseContext::default(),
+        max_concurrent_mailboxes: 4,
+        deadline_margin: Duration::from_secs(5),
+        dedupe_ttl: Duration::from_secs(86_400),
+    };
+    World {
+        server,
+        state,
+        sink,
+        deps,
+    }
+}
+
+fn mail(id: &str, body: &str) -> Vec<u8> {
+    format!("From: Ann <ann@example.com>\r\nTo: help@example.com\r\nSubject: Issue {id}\r\nMessage-ID: <{id}@example.com>\r\n\r\n{body}\r\n").into_bytes()
+}
+
+fn later() -> Instant {
+    Instant::now() + Duration::from_secs(300)
+}
+
+#[tokio::test]
+async fn a_mail_becomes_exactly_one_ticket_and_is_moved() {
+    let w = world(
+        vec![Ok(mailbox(
+            "help",
+            "help@example.com",
+            serde_json::json!({}),
+        ))],
+        FakeTokens::default(),
+    );
+    w.server
+        .deliver("help@example.com", &mail("a", "printer broken"));
+    let report = poll_once(&w.deps, None, later()).await.unwrap();
+    assert_eq!(report.tickets_created, 1);
+    assert_eq!(w.server.count("help@example.com", "INBOX"), 0);
+    assert_eq!(w.server.count("help@example.com", "Processed"), 1);
+    let tickets = w.sink.tickets.lock().unwrap().clone();
+    assert_eq!(tickets.len(), 1);
+    assert_eq!(tickets[0].1.draft["subject"], "Issue a");
+    assert_eq!(tickets[0].1.idempotency_key, tickets[0].0);
+    let again = poll_once(&w.deps, None, later()).await.unwrap();
+    assert_eq!(again.outcome(), crate::PollOutcome::Empty);
+    assert_eq!(w.state.statuses.lock().unwrap()["help"].outcome, "ok");
+}
+
+#[tokio::test]
+async fn ticket_api_down_leaves_the_mail_for_the_next_run() {
+    let w = world(
+        vec![Ok(mailbox(
+            "help",
+            "help@example.com",
+            serde_json::json!({}),
+        ))],
+        FakeTokens::default(),
+    );
+    w.server.deliver("help@example.com", &mail("a", "x"));
+    w.server.deliver("help@example.com", &mail("b", "y"));
+    *w.sink.mode.lock().unwrap() = SinkMode::Down;
+    let report = poll_once(&w.deps, None, later()).await.unwrap();
+    assert_eq!(report.tickets_created, 0);
+    assert_eq!(report.mailboxes[0].outcome, "partial");
+    assert_eq!(report.mailboxes[0].deferred, 2);
+    assert_eq!(w.server.count("help@example.com", "INBOX"), 2);
+    *w.sink.mode.lock().unwrap() = SinkMode::Accept;
+    let report = poll_once(&w.deps, None, later()).await.unwrap();
+    assert_eq!(report.tickets_created, 2);
+    assert_eq!(w.sink.tickets.lock().unwrap().len(), 2);
+    assert_eq!(w.server.count("help@example.com", "Processed"), 2);
+}
+
+#[tokio::test]
+async fn reused_message_id_gives_two_tickets_and_the_same_mail_twice_gives_one() {
+    let w = world(
+        vec![Ok(mailbox(
+            "help",
+            "help@example.com",
+            serde_json::json!({}),
+        ))],
+        FakeTokens::default(),
+    );
+    w.server
+        .deliver("help@example.com", &mail("same", "first content"));
+    w.server
+        .deliver("help@example.com", &mail("same", "second content"));
+    w.server
+        .deliver("help@example.com", &mail("twice", "identical"));
+    w.server
+        .deliver("help@example.com", &mail("twice", "identical"));
+    let report = poll_once(&w.deps, None, later()).await.unwrap();
+    assert_eq!(report.tickets_created, 3);
+    assert_eq!(report.mailboxes[0].duplicates, 1);
+    assert_eq!(w.sink.tickets.lock().unwrap().len(), 3);
+    assert_eq!(w.server.count("help@example.com", "Processed"), 4);
+}
+
+#[tokio::test]
+async fn malformed_and_oversize_mail_get_a_ticket_with_a_note_and_are_parked() {
+    let w = world(
+        vec![Ok(mailbox(
+            "help",
+            "help@example.com",
+            serde_json::json!({"max_message_bytes": 2048}),
+        ))],
+        FakeTokens::default(),
+    );
+    w.server.deliver(
+        "help@example.com",
+        b"\x00\x01garbage without any header\r\n",
+    );
+    let mut big = mail("big", "");
+    big.extend(std::iter::repeat_n(b'x', 4096));
+    w.server.deliver("help@example.com", &big);
+    w.server.deliver("help@example.com", &mail("fine", "ok"));
+    let report = poll_once(&w.deps, None, later()).await.unwrap();
+    assert_eq!(report.parked, 2, "{report:?}");
+    assert_eq!(report.tickets_created, 1);
+    assert_eq!(w.server.count("help@example.com", "mailbridge-failed"), 2);
+    let tickets = w.sink.tickets.lock().unwrap().clone();
+    let garbage = &tickets[0].1;
+    assert!(
+        garbage
+            .problem
+            .as_deref()
+            .unwrap()
+            .contains("could not parse")
+    );
+    assert!(garbage.raw_message_base64.is_some());
+    let oversize = &tickets[1].1;
+    assert!(
+        oversize
+            .problem
+            .as_deref()
+            .unwrap()
+            .contains("over the 2048-byte limit")
+    );
+    assert_eq!(oversize.draft["subject"], "Issue big");
+    assert!(oversize.raw_message_base64.is_none());
+}
+
+#[tokio::test]
+async fn a_rejected_mail_is_parked_without_blocking_the_rest() {
+    let w = world(
+        vec![Ok(mailbox(
+            "help",
+            "help@example.com",
+            serde_json::json!({}),
+        ))],
+        FakeTokens::default(),
+    );
+    w.server.deliver("help@example.com", &mail("a", "x"));
+    *w.sink.mode.lock().unwrap() = SinkMode::Reject;
+    let report = poll_once(&w.deps, None, later()).await.unwrap();
+    assert_eq!(report.parked, 1);
+    assert_eq!(w.server.count("help@example.com", "mailbridge-failed"), 1);
+}
+
+#[tokio::test]
+async fn auth_problems_are_per_mailbox_and_the_others_are_polled() {
+    let tokens = FakeTokens {
+        needs_reauth: vec!["acct-expired".into()],
+        ..Default::default()
+    };
+    let bad_config =
+        MailboxConfig::from_json("broken", &serde_json::json!({"user": "x"})).unwrap_err();
+    let w = world(
+        vec![
+            Ok(mailbox(
+                "expired",
+                "expired@example.com",
+                serde_json::json!({}),
+            )),
+            Ok(mailbox(
+                "denied",
+                "denied@example.com",
+                serde_json::json!({}),
+            )),
+            Err(bad_config),
+            Ok(mailbox("good", "good@example.com", serde_json::json!({}))),
+        ],
+        tokens,
+    );
+    w.server.0.lock().unwrap().auth_fails_for = vec!["denied@example.com".into()];
+    for user in [
+        "expired@example.com",
+        "denied@example.com",
+        "good@example.com",
+    ] {
+        w.server.deliver(user, &mail(user, "x"));
+    }
+    let report = poll_once(&w.deps, None, later()).await.unwrap();
+    assert_eq!(report.tickets_created, 1);
+    assert_eq!(report.mailboxes_failed, 3);
+    assert_eq!(report.accounts_need_reauth, 1);
+    let by_name: HashMap<_, _> = report
+        .mailboxes
+        .iter()
+        .map(|s| (s.mailbox.as_str(), s))
+        .collect();
+    assert_eq!(by_name["expired"].outcome, "needs_reauth");
+    assert!(
+        by_name["expired"]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("AADSTS70008")
+    );
+    assert_eq!(by_name["denied"].outcome, "failed");
+    assert!(
+        by_name["denied"]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("IMAP.AccessAsUser.All")
+    );
+    assert_eq!(by_name["broken"].outcome, "config_error");
+    assert!(
+        by_name["broken"]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("field `user`")
+    );
+    assert_eq!(by_name["good"].outcome, "ok");
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_resumed_next_run_without_loss_or_duplicates() {
+    let w = world(
+        vec![Ok(mailbox(
+            "help",
+            "help@example.com",
+            serde_json::json!({}),
+        ))],
+        FakeTokens::default(),
+    );
+    for i in 0..5 {
+        w.server
+            .deliver("help@example.com", &mail(&format!("m{i}"), "x"));
+    }
+    // select, search, sizes, then fetch+move per mail: drop in the middle of the third mail's
+    // move (after its ticket was accepted and recorded).
+    for budget in [7, 3, 8] {
+        w.server.0.lock().unwrap().drop_after = Some(budget);
+        let report = poll_once(&w.deps, None, later()).await.unwrap();
+        assert_eq!(report.mailboxes[0].outcome, "failed", "{report:?}");
+    }
+    w.server.0.lock().unwrap().drop_after = None;
+    poll_once(&w.deps, None, later()).await.unwrap();
+    assert_eq!(w.server.count("help@example.com", "INBOX"), 0);
+    assert_eq!(w.server.count("help@example.com", "Processed"), 5);
+    assert_eq!(w.sink.tickets.lock().unwrap().len(), 5);
+}
+
+#[tokio::test]
+async fn near_the_deadline_no_new_mail_is_started() {
+    let w = world(
+        vec![Ok(mailbox(
+            "help",
+            "help@example.com",
+            serde_json::json!({}),
+        ))],
+        FakeTokens::default(),
+    );
+    w.server.deliver("help@example.com", &mail("a", "x"));
+    let report = poll_once(&w.deps, None, Instant::now() + Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(report.tickets_created, 0);
+    assert_eq!(report.mailboxes[0].outcome, "partial");
+    assert_eq!(report.mailboxes[0].deferred, 1);
+    assert_eq!(w.server.count("help@example.com", "INBOX"), 1);
+}
+
+#[tokio::test]
+async fn mark_seen_mode_only_polls_unseen_mail() {
+    let w = world(
+        vec![Ok(mailbox(
+            "help",
+            "help@example.com",
+            serde_json::json!({"after_action": "mark_seen"}),
+        ))],
+        FakeTokens::default(),
+    );
+    w.server.deliver("help@example.com", &mail("a", "x"));
+    poll_once(&w.deps, None, later()).await.unwrap();
+    poll_once(&w.deps, None, later()).await.unwrap();
+    assert_eq!(w.sink.tickets.lock().unwrap().len(), 1);
+    assert_eq!(w.server.seen("help@example.com", "INBOX"), 1);
+}
+
+#[tokio::test]
+async fn a_manual_event_polls_only_the_named_mailboxes() {
+    let w = world(
+        vec![
+            Ok(mailbox("a", "a@example.com", serde_json::json!({}))),
+            Ok(mailbox("b", "b@example.com", serde_json::json!({}))),
+        ],
+        FakeTokens::default(),
+    );
+    w.server.deliver("a@example.com", &mail("1", "x"));
+    w.server.deliver("b@example.com", &mail("2", "x"));
+    let report = crate::handler::handle(&w.deps, &serde_json::json!({"mailboxes": ["b"]}), later())
+        .await
+        .unwrap();
+    assert_eq!(report.mailboxes.len(), 1);
+    assert_eq!(w.server.count("a@example.com", "INBOX"), 1);
+    assert_eq!(w.server.count("b@example.com", "INBOX"), 0);
+}

@@ -1,0 +1,95 @@
+//! The real [`Mailbox`] / [`MailboxConnector`]: `mailbridge::imap` over implicit TLS.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mailbridge::imap::{
+    self, ImapConnection, ImapEndpoint, ImapError, SearchScope, SelectedFolder, Uid,
+};
+use secrecy::SecretString;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::config::MailboxConfig;
+use crate::ports::{Mailbox, MailboxConnector};
+
+/// Connects to each mailbox's host with one shared rustls config.
+#[derive(Clone)]
+pub struct ImapConnector {
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for ImapConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImapConnector")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl ImapConnector {
+    /// Trust the webpki roots plus the PEM file `extra_ca` (if any); `timeout` per operation.
+    pub fn new(extra_ca: Option<&std::path::Path>, timeout: Duration) -> Result<Self, ImapError> {
+        Ok(ImapConnector {
+            tls: imap::tls_config(extra_ca)?,
+            timeout,
+        })
+    }
+}
+
+#[async_trait]
+impl MailboxConnector for ImapConnector {
+    async fn connect(
+        &self,
+        config: &MailboxConfig,
+        access_token: &SecretString,
+    ) -> Result<Box<dyn Mailbox>, ImapError> {
+        let endpoint = ImapEndpoint {
+            host: config.host.clone(),
+            port: config.port,
+            timeout: self.timeout,
+        };
+        let connection =
+            imap::connect_and_login(&endpoint, self.tls.clone(), &config.user, access_token)
+                .await?;
+        Ok(Box::new(connection))
+    }
+}
+
+#[async_trait]
+impl<S> Mailbox for ImapConnection<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + std::fmt::Debug + Send + Sync + 'static,
+{
+    async fn select(&mut self, folder: &str) -> Result<SelectedFolder, ImapError> {
+        ImapConnection::select(self, folder).await
+    }
+    async fn search(&mut self, scope: SearchScope) -> Result<Vec<Uid>, ImapError> {
+        ImapConnection::search(self, scope).await
+    }
+    async fn sizes(&mut self, uids: &[Uid]) -> Result<Vec<(Uid, u32)>, ImapError> {
+        ImapConnection::sizes(self, uids).await
+    }
+    async fn fetch_raw(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
+        ImapConnection::fetch_raw(self, uid).await
+    }
+    async fn fetch_header(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
+        ImapConnection::fetch_header(self, uid).await
+    }
+    async fn move_to(&mut self, uid: Uid, folder: &str) -> Result<(), ImapError> {
+        ImapConnection::move_to(self, uid, folder).await
+    }
+    async fn mark_seen(&mut self, uid: Uid) -> Result<(), ImapError> {
+        ImapConnection::mark_seen(self, uid).await
+    }
+    async fn delete(&mut self, uid: Uid) -> Result<(), ImapError> {
+        ImapConnection::delete(self, uid).await
+    }
+    fn round_trips(&self) -> u64 {
+        ImapConnection::round_trips(self)
+    }
+    async fn logout(self: Box<Self>) {
+        ImapConnection::logout(*self).await
+    }
+}

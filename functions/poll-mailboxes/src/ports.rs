@@ -1,0 +1,132 @@
+//! The small traits the poll loop runs on. Real adapters: [`crate::imap_adapter`] (IMAP),
+//! [`crate::dynamo`] (DynamoDB), `mailbridge::ticket_api` (webhook), the shared token layer.
+//! Unit tests use in-memory fakes.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use mailbridge::imap::{ImapError, SearchScope, SelectedFolder, Uid};
+use mailbridge::ticket_api::TicketSink;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, MailboxConfig};
+
+/// One logged-in mailbox connection (one message in flight at a time).
+#[async_trait]
+pub trait Mailbox: Send {
+    /// Select the folder.
+    async fn select(&mut self, folder: &str) -> Result<SelectedFolder, ImapError>;
+    /// UIDs in the selected folder, ascending.
+    async fn search(&mut self, scope: SearchScope) -> Result<Vec<Uid>, ImapError>;
+    /// `RFC822.SIZE` of each UID (one round trip), ascending by UID.
+    async fn sizes(&mut self, uids: &[Uid]) -> Result<Vec<(Uid, u32)>, ImapError>;
+    /// The whole raw message (`BODY.PEEK[]`), None when it vanished.
+    async fn fetch_raw(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError>;
+    /// The header block only, None when it vanished.
+    async fn fetch_header(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError>;
+    /// Move to a folder (created if missing).
+    async fn move_to(&mut self, uid: Uid, folder: &str) -> Result<(), ImapError>;
+    /// Set `\Seen`.
+    async fn mark_seen(&mut self, uid: Uid) -> Result<(), ImapError>;
+    /// Delete this one message.
+    async fn delete(&mut self, uid: Uid) -> Result<(), ImapError>;
+    /// Commands sent so far.
+    fn round_trips(&self) -> u64;
+    /// Log out (best effort).
+    async fn logout(self: Box<Self>);
+}
+
+/// Opens mailbox connections.
+#[async_trait]
+pub trait MailboxConnector: Send + Sync {
+    /// Connect (TLS) and `AUTHENTICATE XOAUTH2` as `config.user` with `access_token`.
+    async fn connect(
+        &self,
+        config: &MailboxConfig,
+        access_token: &SecretString,
+    ) -> Result<Box<dyn Mailbox>, ImapError>;
+}
+
+/// A DynamoDB (or other) store failure: transient for the mailbox.
+#[derive(Debug, thiserror::Error)]
+#[error("state table {operation} failed: {detail}")]
+pub struct StoreError {
+    /// What was attempted.
+    pub operation: &'static str,
+    /// What failed.
+    pub detail: String,
+}
+
+/// A dedupe record: this mail already became a ticket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupeRecord {
+    /// `mail#<mailbox>#<hash>`.
+    pub pk: String,
+    /// The ticket id the API returned, if any.
+    pub ticket_id: Option<String>,
+    /// Message-ID, if the mail had one.
+    pub message_id: Option<String>,
+    /// UIDVALIDITY and UID it had when ticketed (for diagnostics).
+    pub uid_validity: u32,
+    /// UID when ticketed.
+    pub uid: u32,
+    /// When (RFC 3339).
+    pub created_at: String,
+    /// TTL (epoch seconds).
+    pub expires_at: i64,
+}
+
+/// The last run of one mailbox, for `mailbridge status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxStatus {
+    /// Mailbox name.
+    pub mailbox: String,
+    /// `ok`, `partial` (stopped early: deadline, ticket API down), `failed`, `needs_reauth`,
+    /// `config_error` or `disabled`.
+    pub outcome: String,
+    /// Why, when not `ok`.
+    pub reason: Option<String>,
+    /// Run start (RFC 3339).
+    pub last_run_at: String,
+    /// Run duration.
+    pub duration_ms: u64,
+    /// Tickets created this run.
+    pub tickets_created: u32,
+    /// Mails parked (failed folder) this run.
+    pub parked: u32,
+    /// Duplicates found (after-action applied, no new ticket).
+    pub duplicates: u32,
+    /// Mails left for the next run.
+    pub deferred: u32,
+    /// UIDVALIDITY of the folder.
+    pub uid_validity: Option<u32>,
+    /// IMAP commands sent.
+    pub imap_round_trips: u64,
+}
+
+/// The state table, as the poll loop needs it.
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// Look up a dedupe record.
+    async fn get_dedupe(&self, pk: &str) -> Result<Option<DedupeRecord>, StoreError>;
+    /// Write a dedupe record.
+    async fn put_dedupe(&self, record: &DedupeRecord) -> Result<(), StoreError>;
+    /// Read a mailbox's last status (UIDVALIDITY comparison).
+    async fn get_status(&self, mailbox: &str) -> Result<Option<MailboxStatus>, StoreError>;
+    /// Write a mailbox's last status.
+    async fn put_status(&self, status: &MailboxStatus) -> Result<(), StoreError>;
+    /// Load mailbox configurations: all (None) or the named ones. Each entry is a config or the
+    /// reason that one mailbox is unusable.
+    async fn load_mailboxes(
+        &self,
+        names: Option<&[String]>,
+    ) -> Result<Vec<Result<MailboxConfig, ConfigError>>, StoreError>;
+}
+
+/// Builds (and caches) the ticket sink of a mailbox's target.
+#[async_trait]
+pub trait SinkFactory: Send + Sync {
+    /// The sink for this mailbox (URL + credential secret). Error: why it cannot be built.
+    async fn sink_for(&self, config: &MailboxConfig) -> Result<Arc<dyn TicketSink>, String>;
+}

@@ -1,0 +1,80 @@
+//! CloudWatch metrics for one invocation, written as one Embedded Metric Format (EMF) line on
+//! stdout: namespace `Mailbridge`, dimension `Function`. CloudWatch Logs turns it into metrics; no
+//! API call, no agent.
+
+use serde_json::{Map, Value, json};
+
+/// Counts of one batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchMetrics {
+    /// Accepted by Graph (202).
+    pub sent: u64,
+    /// Redeliveries recognised by the idempotency record (not sent again).
+    pub duplicates: u64,
+    /// Parked in the DLQ as permanent failures.
+    pub parked: u64,
+    /// Reported in `batchItemFailures` (SQS delivers them again).
+    pub retried: u64,
+    /// 429 answers from Graph (each one counts, also when waited out).
+    pub throttled: u64,
+    /// Distinct accounts found needing re-authentication.
+    pub accounts_need_reauth: u64,
+}
+
+impl BatchMetrics {
+    /// The EMF document (one JSON object; print it as one line).
+    pub fn emf(&self, function_name: &str) -> Value {
+        let metrics = [
+            ("NotificationsSent", self.sent),
+            ("NotificationsParked", self.parked),
+            ("NotificationsRetried", self.retried),
+            ("GraphThrottled", self.throttled),
+            ("AccountNeedsReauth", self.accounts_need_reauth),
+        ];
+        let mut doc = Map::new();
+        doc.insert(
+            "_aws".into(),
+            json!({
+                "Timestamp": chrono::Utc::now().timestamp_millis(),
+                "CloudWatchMetrics": [{
+                    "Namespace": "Mailbridge",
+                    "Dimensions": [["Function"]],
+                    "Metrics": metrics.iter().map(|(name, _)| json!({"Name": name, "Unit": "Count"})).collect::<Vec<_>>(),
+                }],
+            }),
+        );
+        doc.insert("Function".into(), function_name.into());
+        for (name, value) in metrics {
+            doc.insert(name.into(), value.into());
+        }
+        doc.insert("NotificationsDuplicate".into(), self.duplicates.into());
+        Value::Object(doc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emf_names_every_metric_with_its_value() {
+        let m = BatchMetrics {
+            sent: 3,
+            parked: 1,
+            retried: 2,
+            throttled: 4,
+            accounts_need_reauth: 1,
+            duplicates: 0,
+        };
+        let doc = m.emf("send-notifications");
+        let defs = &doc["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(defs["Namespace"], "Mailbridge");
+        assert_eq!(defs["Dimensions"][0][0], "Function");
+        for def in defs["Metrics"].as_array().unwrap() {
+            let name = def["Name"].as_str().unwrap();
+            assert!(doc[name].is_u64(), "{name} has no value");
+        }
+        assert_eq!(doc["GraphThrottled"], 4);
+        assert_eq!(doc["Function"], "send-notifications");
+    }
+}

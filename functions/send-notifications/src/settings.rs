@@ -1,0 +1,158 @@
+//! Typed settings for send-notifications, parsed from the environment once per cold start.
+//!
+//! Every missing or invalid variable is reported at once, each naming the variable.
+
+use std::time::Duration;
+
+/// Everything the handler needs to know from the environment.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `MAILBRIDGE_STATE_TABLE`: the DynamoDB state table (idempotency records).
+    pub state_table: String,
+    /// `MAILBRIDGE_DLQ_URL`: where permanent failures are parked.
+    pub dlq_url: String,
+    /// `MAILBRIDGE_THREAD_KEY_SECRET`: secret holding the HMAC key for ticket thread markers.
+    pub thread_key_secret: String,
+    /// `MAILBRIDGE_SECRET_PREFIX` (default `mailbridge/`).
+    pub secret_prefix: String,
+    /// `MAILBRIDGE_GRAPH_URL` (default `https://graph.microsoft.com/v1.0`; national clouds differ).
+    pub graph_url: String,
+    /// Limits and timings used by the batch logic.
+    pub batch: BatchSettings,
+}
+
+/// The knobs of the batch logic (plain values so tests can build them).
+#[derive(Clone, Debug)]
+pub struct BatchSettings {
+    /// `MAILBRIDGE_MAX_IN_FLIGHT_PER_MAILBOX` (default 4: Graph's per-mailbox concurrency limit).
+    pub max_in_flight_per_mailbox: usize,
+    /// At most this many sends in flight per invocation, all mailboxes together.
+    pub max_in_flight_total: usize,
+    /// `MAILBRIDGE_REAUTH_VISIBILITY_SECONDS` (default 3600, at most 43200): how long a message of an
+    /// account that needs re-consent stays invisible before it is tried again.
+    pub reauth_visibility: Duration,
+    /// Do not start a send when less than this is left before the invocation deadline.
+    pub safety_margin: Duration,
+    /// Upper bound of one Graph request.
+    pub send_timeout: Duration,
+    /// How many times one message may wait out a `Retry-After` within an invocation.
+    pub max_retry_after_waits: u32,
+    /// Lifetime of a completed idempotency record.
+    pub completed_ttl: Duration,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings {
+            max_in_flight_per_mailbox: 4,
+            max_in_flight_total: 32,
+            reauth_visibility: Duration::from_secs(3600),
+            safety_margin: Duration::from_secs(3),
+            send_timeout: Duration::from_secs(20),
+            max_retry_after_waits: 3,
+            completed_ttl: mailbridge::state::DEFAULT_COMPLETED_TTL,
+        }
+    }
+}
+
+/// Some variables are missing or invalid; the message lists every one.
+#[derive(Debug, thiserror::Error)]
+#[error("send-notifications configuration: {}", .0.join("; "))]
+pub struct SettingsError(pub Vec<String>);
+
+impl Settings {
+    /// Read the process environment.
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Read variables through `lookup` (testable without touching the process environment).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+        let mut problems = Vec::new();
+        let mut required = |name: &str| match lookup(name) {
+            Some(v) if !v.trim().is_empty() => v,
+            _ => {
+                problems.push(format!("{name} is required"));
+                String::new()
+            }
+        };
+        let state_table = required("MAILBRIDGE_STATE_TABLE");
+        let dlq_url = required("MAILBRIDGE_DLQ_URL");
+        let thread_key_secret = required("MAILBRIDGE_THREAD_KEY_SECRET");
+        let secret_prefix =
+            lookup("MAILBRIDGE_SECRET_PREFIX").unwrap_or_else(|| "mailbridge/".to_owned());
+        let graph_url = lookup("MAILBRIDGE_GRAPH_URL")
+            .unwrap_or_else(|| mailbridge::graph::DEFAULT_GRAPH_URL.to_owned());
+        let mut batch = BatchSettings::default();
+        if let Some(v) = lookup("MAILBRIDGE_MAX_IN_FLIGHT_PER_MAILBOX") {
+            match v.trim().parse::<usize>() {
+                Ok(n @ 1..=64) => batch.max_in_flight_per_mailbox = n,
+                _ => problems.push(format!(
+                    "MAILBRIDGE_MAX_IN_FLIGHT_PER_MAILBOX must be a whole number from 1 to 64 (got {v:?})"
+                )),
+            }
+        }
+        if let Some(v) = lookup("MAILBRIDGE_REAUTH_VISIBILITY_SECONDS") {
+            match v.trim().parse::<u64>() {
+                Ok(n @ 0..=43200) => batch.reauth_visibility = Duration::from_secs(n),
+                _ => problems.push(format!(
+                    "MAILBRIDGE_REAUTH_VISIBILITY_SECONDS must be seconds from 0 to 43200, SQS's maximum (got {v:?})"
+                )),
+            }
+        }
+        if let Err(e) = mailbridge::graph::GraphClient::new(&graph_url) {
+            problems.push(format!("MAILBRIDGE_GRAPH_URL: {e}"));
+        }
+        if problems.is_empty() {
+            Ok(Settings {
+                state_table,
+                dlq_url,
+                thread_key_secret,
+                secret_prefix,
+                graph_url,
+                batch,
+            })
+        } else {
+            Err(SettingsError(problems))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_missing_or_bad_variable_is_named() {
+        let err = Settings::from_lookup(|name| match name {
+            "MAILBRIDGE_MAX_IN_FLIGHT_PER_MAILBOX" => Some("0".into()),
+            "MAILBRIDGE_REAUTH_VISIBILITY_SECONDS" => Some("99999".into()),
+            _ => None,
+        })
+        .unwrap_err()
+        .to_string();
+        for name in [
+            "MAILBRIDGE_STATE_TABLE",
+            "MAILBRIDGE_DLQ_URL",
+            "MAILBRIDGE_THREAD_KEY_SECRET",
+            "MAILBRIDGE_MAX_IN_FLIGHT_PER_MAILBOX",
+            "MAILBRIDGE_REAUTH_VISIBILITY_SECONDS",
+        ] {
+            assert!(err.contains(name), "{name} not in {err}");
+        }
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let s = Settings::from_lookup(|name| match name {
+            "MAILBRIDGE_STATE_TABLE" => Some("t".into()),
+            "MAILBRIDGE_DLQ_URL" => Some("http://127.0.0.1/q".into()),
+            "MAILBRIDGE_THREAD_KEY_SECRET" => Some("k".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(s.batch.max_in_flight_per_mailbox, 4);
+        assert_eq!(s.batch.reauth_visibility, Duration::from_secs(3600));
+        assert_eq!(s.secret_prefix, "mailbridge/");
+    }
+}

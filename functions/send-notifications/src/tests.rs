@@ -1,0 +1,536 @@
+//! Unit tests of the batch logic against in-memory fakes of every port.
+
+use crate::batch::{Deps, Outcome, process_batch};
+use crate::ports::{ParkError, ParkReason, Parking, Visibility, VisibilityError};
+use crate::settings::BatchSettings;
+use crate::thread::ThreadKey;
+use async_trait::async_trait;
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use mailbridge::graph::{GraphError, MailSender, OutgoingMail, SendAs, SendReceipt};
+use mailbridge::state::InMemoryIdempotencyStore;
+use mailbridge::token::{AccessToken, AccessTokenSource, Audience, TokenError};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+type TokenFailure = fn(&str) -> TokenError;
+type ScriptedError = fn() -> GraphError;
+
+#[derive(Default)]
+struct FakeTokens {
+    calls: AtomicUsize,
+    invalidations: AtomicUsize,
+    /// account → error to return
+    failing: Mutex<HashMap<String, TokenFailure>>,
+}
+
+#[async_trait]
+impl AccessTokenSource for FakeTokens {
+    async fn access_token(
+        &self,
+        account: &str,
+        audience: Audience,
+    ) -> Result<AccessToken, TokenError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(f) = self.failing.lock().unwrap().get(account) {
+            return Err(f(account));
+        }
+        Ok(AccessToken {
+            secret: format!("token-{n}").into(),
+            expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
+            audience,
+        })
+    }
+    fn invalidate(&self, _account: &str, _audience: Audience) {
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Scripted Graph: per subject, a queue of errors to return before succeeding.
+#[derive(Default)]
+struct FakeGraph {
+    latency: Duration,
+    script: Mutex<HashMap<String, VecDeque<ScriptedError>>>,
+    sent: Mutex<Vec<(SendAs, String, String)>>,
+    in_flight: Mutex<HashMap<String, usize>>,
+    max_in_flight: Mutex<HashMap<String, usize>>,
+}
+
+#[async_trait]
+impl MailSender for FakeGraph {
+    async fn send_mail(
+        &self,
+        token: &AccessToken,
+        mail: &OutgoingMail,
+        _timeout: Duration,
+    ) -> Result<SendReceipt, GraphError> {
+        use secrecy::ExposeSecret as _;
+        let key = format!("{:?}", mail.send_as);
+        {
+            let mut f = self.in_flight.lock().unwrap();
+            let now = f.entry(key.clone()).or_default();
+            *now += 1;
+            let mut max = self.max_in_flight.lock().unwrap();
+            let m = max.entry(key.clone()).or_default();
+            *m = (*m).max(*now);
+        }
+        tokio::time::sleep(self.latency).await;
+        *self.in_flight.lock().unwrap().get_mut(&key).unwrap() -= 1;
+        let subject = mail.request.message.subject.clone();
+        let scripted = self
+            .script
+            .lock()
+            .unwrap()
+            .get_mut(&subject)
+            .and_then(|q| q.pop_front());
+        if let Some(make) = scripted {
+            return Err(make());
+        }
+        self.sent.lock().unwrap().push((
+            mail.send_as.clone(),
+            subject,
+            token.secret.expose_secret().to_owned(),
+        ));
+        Ok(SendReceipt {
+            request_id: Some("req-1".into()),
+            client_request_id: "c".into(),
+        })
+    }
+}
+
+#[derive(Default)]
+struct FakeParking {
+    fail: bool,
+    parked: Mutex<Vec<(String, ParkReason)>>,
+}
+
+#[async_trait]
+impl Parking for FakeParking {
+    async fn park(&self, body: &str, reason: &ParkReason) -> Result<(), ParkError> {
+        if self.fail {
+            return Err(ParkError {
+                queue: "dlq".into(),
+                detail: "AccessDenied".into(),
+            });
+        }
+        self.parked
+            .lock()
+            .unwrap()
+            .push((body.to_owned(), reason.clone()));
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct FakeVisibility {
+    delays: Mutex<Vec<(String, i32)>>,
+}
+
+#[async_trait]
+impl Visibility for FakeVisibility {
+    async fn delay(&self, _arn: &str, handle: &str, seconds: i32) -> Result<(), VisibilityError> {
+        self.delays
+            .lock()
+            .unwrap()
+            .push((handle.to_owned(), seconds));
+        Ok(())
+    }
+}
+
+struct Harness {
+    tokens: Arc<FakeTokens>,
+    graph: Arc<FakeGraph>,
+    store: Arc<InMemoryIdempotencyStore>,
+    parking: Arc<FakeParking>,
+    visibility: Arc<FakeVisibility>,
+    settings: BatchSettings,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Harness {
+            tokens: Arc::default(),
+            graph: Arc::default(),
+            store: Arc::default(),
+            parking: Arc::default(),
+            visibility: Arc::default(),
+            settings: BatchSettings {
+                safety_margin: Duration::from_secs(1),
+                ..Default::default()
+            },
+        }
+    }
+    fn deps(&self) -> Deps {
+        Deps {
+            tokens: self.tokens.clone(),
+            mail: self.graph.clone(),
+            idempotency: self.store.clone(),
+            parking: self.parking.clone(),
+            visibility: self.visibility.clone(),
+            thread_key: ThreadKey::new(b"test-key".to_vec()),
+            settings: self.settings.clone(),
+        }
+    }
+    fn script(&self, subject: &str, errors: Vec<ScriptedError>) {
+        self.graph
+            .script
+            .lock()
+            .unwrap()
+            .insert(subject.to_owned(), errors.into());
+    }
+    async fn run(&self, messages: Vec<SqsMessage>, budget: Duration) -> crate::BatchReport {
+        let mut event = SqsEvent::default();
+        event.records = messages;
+        process_batch(event, Instant::now() + budget, &self.deps()).await
+    }
+}
+
+fn message(id: &str, body: serde_json::Value) -> SqsMessage {
+    let mut m = SqsMessage::default();
+    m.message_id = Some(id.to_owned());
+    m.receipt_handle = Some(format!("rh-{id}"));
+    m.body = Some(body.to_string());
+    m.event_source_arn = Some("arn:aws:sqs:eu-west-1:123456789012:notifications".into());
+    m
+}
+
+fn notification(subject: &str) -> serde_json::Value {
+    serde_json::json!({
+        "version": 1, "account": "mailbridge/contoso",
+        "to": [{"address": "customer@example.com"}],
+        "subject": subject, "body": {"content_type": "text", "content": "hello"}
+    })
+}
+
+fn failures(report: &crate::BatchReport) -> Vec<String> {
+    let mut ids: Vec<_> = report
+        .response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn throttled() -> GraphError {
+    GraphError::Throttled {
+        retry_after: Some(Duration::from_secs(2)),
+        code: "TooManyRequests".into(),
+        request_id: Some("r429".into()),
+    }
+}
+fn throttled_long() -> GraphError {
+    GraphError::Throttled {
+        retry_after: Some(Duration::from_secs(600)),
+        code: "TooManyRequests".into(),
+        request_id: None,
+    }
+}
+fn unauthorized() -> GraphError {
+    GraphError::Unauthorized {
+        code: "InvalidAuthenticationToken".into(),
+        message: "expired".into(),
+        request_id: None,
+    }
+}
+fn send_as_denied() -> GraphError {
+    GraphError::Rejected {
+        status: 403,
+        code: "ErrorSendAsDenied".into(),
+        message: "no".into(),
+        request_id: Some("r403".into()),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mixed_batch_reports_exactly_the_transient_failures_and_parks_the_invalid_ones() {
+    let h = Harness::new();
+    h.script("throttled for long", vec![throttled_long]);
+    h.script("denied", vec![send_as_denied]);
+    let mut invalid = notification("x");
+    invalid["subject"] = "a\r\nBcc: x@example.com".into();
+    let report = h
+        .run(
+            vec![
+                message("ok", notification("fine")),
+                message("bad", invalid),
+                message("slow", notification("throttled for long")),
+                message("denied", notification("denied")),
+                message("junk", serde_json::json!("not an object")),
+            ],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(failures(&report), vec!["slow"]);
+    let parked = h.parking.parked.lock().unwrap();
+    let kinds: Vec<_> = parked
+        .iter()
+        .map(|(_, r)| (r.sqs_message_id.as_str(), r.kind.as_str(), r.field.clone()))
+        .collect();
+    assert!(
+        kinds.contains(&("bad", "invalid-message", Some("subject".into()))),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("junk", "invalid-message", None)),
+        "{kinds:?}"
+    );
+    let denied = parked
+        .iter()
+        .find(|(_, r)| r.sqs_message_id == "denied")
+        .unwrap();
+    assert_eq!(denied.1.graph_code.as_deref(), Some("ErrorSendAsDenied"));
+    assert_eq!(denied.1.graph_request_id.as_deref(), Some("r403"));
+    assert_eq!(report.metrics.sent, 1);
+    assert_eq!(report.metrics.parked, 3);
+    assert_eq!(report.metrics.retried, 1);
+    assert_eq!(report.metrics.throttled, 1);
+    // the failed send released its lease: a retry can claim it at once
+    assert!(!h.store.is_completed("slow"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured_when_it_fits_the_deadline() {
+    let h = Harness::new();
+    h.script("busy", vec![throttled, throttled]);
+    let started = Instant::now();
+    let report = h
+        .run(
+            vec![message("m", notification("busy"))],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(failures(&report).is_empty());
+    assert_eq!(report.metrics.throttled, 2);
+    assert!(Instant::now() - started >= Duration::from_secs(4));
+    assert_eq!(h.graph.sent.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_beyond_the_deadline_fails_fast() {
+    let h = Harness::new();
+    h.script("busy", vec![throttled]);
+    let started = Instant::now();
+    let report = h
+        .run(
+            vec![message("m", notification("busy"))],
+            Duration::from_secs(3),
+        )
+        .await;
+    assert_eq!(failures(&report), vec!["m"]);
+    assert!(Instant::now() - started < Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_invalidates_the_token_refreshes_once_and_retries_once() {
+    let h = Harness::new();
+    h.script("expired", vec![unauthorized]);
+    let report = h
+        .run(
+            vec![message("m", notification("expired"))],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(failures(&report).is_empty());
+    assert_eq!(h.tokens.invalidations.load(Ordering::SeqCst), 1);
+    assert_eq!(h.tokens.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        h.graph.sent.lock().unwrap()[0].2,
+        "token-1",
+        "sent with the refreshed token"
+    );
+
+    let h = Harness::new();
+    h.script("refused", vec![unauthorized, unauthorized]);
+    let report = h
+        .run(
+            vec![message("m", notification("refused"))],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(failures(&report), vec!["m"]);
+    assert!(matches!(
+        report.messages[0].outcome,
+        Outcome::NeedsReauth { .. }
+    ));
+    assert_eq!(
+        h.tokens.invalidations.load(Ordering::SeqCst),
+        1,
+        "only one refresh"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_account_needing_reauth_fails_with_a_long_visibility_delay() {
+    let h = Harness::new();
+    h.tokens
+        .failing
+        .lock()
+        .unwrap()
+        .insert("mailbridge/contoso".into(), |a| TokenError::NeedsReauth {
+            account: a.into(),
+            reason: "AADSTS700082: refresh token expired".into(),
+        });
+    let report = h
+        .run(
+            vec![
+                message("a", notification("x")),
+                message("b", notification("y")),
+            ],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(failures(&report), vec!["a", "b"]);
+    assert_eq!(report.metrics.accounts_need_reauth, 1);
+    let delays = h.visibility.delays.lock().unwrap();
+    assert_eq!(delays.len(), 2);
+    assert!(delays.iter().all(|(_, s)| *s == 3600));
+    assert!(h.parking.parked.lock().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_account_secret_is_parked_and_a_token_outage_is_retried() {
+    let h = Harness::new();
+    h.tokens
+        .failing
+        .lock()
+        .unwrap()
+        .insert("mailbridge/contoso".into(), |a| TokenError::BadSecret {
+            secret: a.into(),
+            problem: "refresh_token is missing".into(),
+        });
+    let report = h
+        .run(
+            vec![message("a", notification("x"))],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(failures(&report).is_empty());
+    assert_eq!(
+        h.parking.parked.lock().unwrap()[0].1.kind,
+        "bad-account-secret"
+    );
+
+    let h = Harness::new();
+    h.tokens
+        .failing
+        .lock()
+        .unwrap()
+        .insert("mailbridge/contoso".into(), |a| TokenError::Transient {
+            account: a.into(),
+            detail: "token endpoint 503".into(),
+        });
+    let report = h
+        .run(
+            vec![message("a", notification("x"))],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(failures(&report), vec!["a"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_parking_fails_the_item_is_reported_as_failed() {
+    let mut h = Harness::new();
+    h.parking = Arc::new(FakeParking {
+        fail: true,
+        ..Default::default()
+    });
+    let report = h
+        .run(
+            vec![message("bad", serde_json::json!({"version": 1}))],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(failures(&report), vec!["bad"]);
+    assert!(matches!(
+        report.messages[0].outcome,
+        Outcome::ParkFailed { .. }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_redelivered_notification_is_not_sent_twice() {
+    let h = Harness::new();
+    let mut n = notification("once");
+    n["id"] = "notification-1".into();
+    let report = h
+        .run(vec![message("first", n.clone())], Duration::from_secs(30))
+        .await;
+    assert!(failures(&report).is_empty());
+    let report = h
+        .run(vec![message("second", n.clone())], Duration::from_secs(30))
+        .await;
+    assert!(failures(&report).is_empty());
+    assert_eq!(report.messages[0].outcome, Outcome::Duplicate);
+    assert_eq!(h.graph.sent.lock().unwrap().len(), 1);
+    // same id, different content: parked, not sent
+    n["subject"] = "something else".into();
+    let report = h
+        .run(vec![message("third", n)], Duration::from_secs(30))
+        .await;
+    assert_eq!(h.parking.parked.lock().unwrap()[0].1.kind, "id-reused");
+    assert!(failures(&report).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_most_n_sends_are_in_flight_per_mailbox() {
+    let mut h = Harness::new();
+    h.graph = Arc::new(FakeGraph {
+        latency: Duration::from_millis(100),
+        ..Default::default()
+    });
+    let mut messages = Vec::new();
+    for i in 0..10 {
+        messages.push(message(&format!("me{i}"), notification(&format!("me {i}"))));
+        let mut shared = notification(&format!("shared {i}"));
+        shared["from"] = "support@contoso.com".into();
+        messages.push(message(&format!("sh{i}"), shared));
+    }
+    let started = Instant::now();
+    let report = h.run(messages, Duration::from_secs(30)).await;
+    assert!(failures(&report).is_empty());
+    let max = h.graph.max_in_flight.lock().unwrap().clone();
+    assert_eq!(max.values().copied().collect::<Vec<_>>(), vec![4, 4]);
+    // 10 per mailbox at 4 in flight = 3 waves; both mailboxes in parallel
+    let elapsed = Instant::now() - started;
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(400),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn near_the_deadline_nothing_new_starts_and_the_rest_is_reported() {
+    let mut h = Harness::new();
+    h.graph = Arc::new(FakeGraph {
+        latency: Duration::from_millis(800),
+        ..Default::default()
+    });
+    h.settings.max_in_flight_per_mailbox = 1;
+    let messages: Vec<_> = (0..5)
+        .map(|i| message(&format!("m{i}"), notification(&format!("s{i}"))))
+        .collect();
+    // 2.5 s budget, 1 s margin, 0.8 s per send, one at a time: m0 and m1 start, the rest must not.
+    let report = h.run(messages, Duration::from_millis(2500)).await;
+    assert_eq!(report.metrics.sent, 2);
+    assert_eq!(failures(&report), vec!["m2", "m3", "m4"]);
+    assert!(
+        report.messages[2..]
+            .iter()
+            .all(|m| m.outcome == Outcome::NotStarted)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn ticket_mail_is_stamped_before_sending() {
+    let h = Harness::new();
+    let mut n = notification("Update");
+    n["ticket_number"] = "4711".into();
+    let report = h.run(vec![message("m", n)], Duration::from_secs(30)).await;
+    assert!(failures(&report).is_empty());
+    assert_eq!(h.graph.sent.lock().unwrap()[0].1, "[Ticket#4711] Update");
+}

@@ -1,0 +1,113 @@
+//! Ticket threading for outgoing mail: when a notification carries `ticket_number`, stamp
+//! `[Ticket#N]` into the subject, a signed reference `[ref:<ticket>.<hmac16>]` into a body footer,
+//! the `X-Mailbridge-Ref` header, and a Message-ID embedding the reference (Graph lets sendMail
+//! set `internetMessageId`: the message is a draft when sendMail creates it). Replies then thread
+//! back through In-Reply-To/References, the footer or the subject, in that order of trust.
+
+use mailbridge::graph::MessageExtras;
+use mailbridge::notification::{BodyType, Notification};
+use secrecy::{ExposeSecret as _, SecretSlice};
+
+/// The HMAC key for thread references (from the secret named by `MAILBRIDGE_THREAD_KEY_SECRET`).
+#[derive(Clone)]
+pub struct ThreadKey(SecretSlice<u8>);
+
+impl std::fmt::Debug for ThreadKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ThreadKey([redacted])")
+    }
+}
+
+impl ThreadKey {
+    /// Wrap key bytes.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        ThreadKey(SecretSlice::from(bytes))
+    }
+
+    /// The key bytes (only for the HMAC).
+    pub fn expose(&self) -> &[u8] {
+        self.0.expose_secret()
+    }
+}
+
+/// The header carrying the signed reference.
+pub const REF_HEADER: &str = mailbridge::mail::threading::REFERENCE_HEADER;
+
+/// What to change in the outgoing message for `n` (nothing without a ticket number).
+pub fn stamp(key: &ThreadKey, n: &Notification) -> MessageExtras {
+    let Some(ticket) = n.ticket_number.as_deref() else {
+        return MessageExtras::default();
+    };
+    use mailbridge::mail::threading as t;
+    let reference = t::ticket_reference(ticket, key.expose());
+    let subject = t::subject_with_ticket(&n.subject, ticket);
+    let body = match n.body.content_type {
+        BodyType::Text => format!("{}{}", n.body.content, t::body_footer_text(&reference)),
+        BodyType::Html => insert_html_footer(&n.body.content, &t::body_footer_html(&reference)),
+    };
+    let domain = n
+        .from
+        .as_deref()
+        .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_owned()))
+        .unwrap_or_else(|| "mailbridge.invalid".to_owned());
+    MessageExtras {
+        subject: Some(subject),
+        body_content: Some(body),
+        headers: vec![(REF_HEADER.to_owned(), reference.clone())],
+        // deterministic per notification: a retried send reuses the Message-ID
+        internet_message_id: Some(t::message_id_with_unique(&reference, n.id(), &domain)),
+    }
+}
+
+/// Put the footer before `</body>` when there is one, else append it.
+fn insert_html_footer(html: &str, footer: &str) -> String {
+    match html.to_ascii_lowercase().rfind("</body>") {
+        Some(at) => format!("{}{}{}", &html[..at], footer, &html[at..]),
+        None => format!("{html}{footer}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notification(body_type: &str, content: &str) -> Notification {
+        Notification::parse(
+            &serde_json::json!({
+                "version": 1, "account": "a", "from": "support@contoso.com",
+                "to": [{"address": "c@example.com"}], "subject": "Update",
+                "body": {"content_type": body_type, "content": content},
+                "ticket_number": "4711"
+            })
+            .to_string(),
+            "sqs-1",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_ticket_is_stamped_in_subject_footer_header_and_message_id() {
+        let key = ThreadKey::new(b"k".to_vec());
+        let extras = stamp(
+            &key,
+            &notification("html", "<html><body><p>x</p></body></html>"),
+        );
+        assert!(extras.subject.as_deref().unwrap().contains("[Ticket#4711]"));
+        let (name, reference) = &extras.headers[0];
+        assert_eq!(name, REF_HEADER);
+        assert!(reference.starts_with("4711."));
+        let body = extras.body_content.unwrap();
+        assert!(body.contains(reference.as_str()));
+        assert!(body.ends_with("</body></html>"));
+        let mid = extras.internet_message_id.unwrap();
+        assert!(mid.starts_with('<') && mid.ends_with('>') && mid.contains(reference.as_str()));
+    }
+
+    #[test]
+    fn no_ticket_no_changes() {
+        let mut n = notification("text", "x");
+        n.ticket_number = None;
+        let extras = stamp(&ThreadKey::new(b"k".to_vec()), &n);
+        assert!(extras.subject.is_none() && extras.headers.is_empty());
+    }
+}
