@@ -2,6 +2,20 @@
 //! client (refresh, ROPC bootstrap, device code), a per-(account, audience) access-token cache
 //! with single-flight refresh, and rate-limited write-back of rotated refresh tokens.
 
+pub mod clock;
+pub mod identity;
+pub mod login;
+pub mod oauth_error;
+pub mod secret;
+pub mod service;
+pub mod store;
+
+pub use clock::{Clock, OffsetClock, SystemClock};
+pub use identity::{DeviceCodeEvent, DeviceCodePrompt, IdentityClient, TokenResponse};
+pub use secret::{AccountSecret, AccountState, AccountStatus};
+pub use service::{TokenService, TokenServiceConfig};
+pub use store::{InMemorySecretStore, SecretStore, SecretStoreError, SecretsManagerStore};
+
 use async_trait::async_trait;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,434 @@
+//! Client for the Microsoft identity platform's v2.0 endpoints: refresh-token grant, ROPC
+//! (password) bootstrap, and the device authorization grant (device code flow).
+//!
+//! One attempt = one HTTP request. [`IdentityClient::with_retries`] repeats transient failures
+//! with exponential backoff and jitter (backon), honouring `Retry-After`, and never sleeps past
+//! the caller's deadline.
+
+use std::future::Future;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::Audience;
+use super::oauth_error::{TokenEndpointError, TransientFailure, classify};
+use super::secret::AccountSecret;
+
+/// Grant type of the device authorization grant.
+pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+/// RFC 8628 §3.5: on `slow_down` the interval grows by 5 seconds.
+pub const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
+
+/// A successful token response. `Debug` redacts both tokens.
+#[derive(Clone)]
+pub struct TokenResponse {
+    /// The access token (for one resource).
+    pub access_token: SecretString,
+    /// Lifetime in seconds.
+    pub expires_in: u64,
+    /// The rotated refresh token, when `offline_access` was granted.
+    pub refresh_token: Option<SecretString>,
+    /// Granted scopes (space separated).
+    pub scope: String,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("access_token", &"[redacted]")
+            .field("expires_in", &self.expires_in)
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct RawTokenResponse {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    scope: String,
+}
+
+/// What the user must be told to complete a device code sign-in.
+#[derive(Clone, Debug)]
+pub struct DeviceCodePrompt {
+    /// The code to type at `verification_uri`.
+    pub user_code: String,
+    /// Where to type it (`https://microsoft.com/devicelogin`).
+    pub verification_uri: String,
+    /// Microsoft's ready-made instruction text.
+    pub message: String,
+    /// How long the code is valid.
+    pub expires_in: Duration,
+    /// Minimum time between polls.
+    pub interval: Duration,
+}
+
+/// Progress of a device code sign-in, reported to the caller's callback.
+#[derive(Clone, Debug)]
+pub enum DeviceCodeEvent {
+    /// Show this to the user.
+    Prompt(DeviceCodePrompt),
+    /// The server asked to poll less often; the new interval.
+    SlowDown(Duration),
+}
+
+#[derive(Deserialize)]
+struct RawDeviceCode {
+    device_code: String,
+    user_code: String,
+    verification_uri: String,
+    #[serde(default)]
+    message: String,
+    expires_in: serde_json::Value,
+    #[serde(default)]
+    interval: Option<serde_json::Value>,
+}
+
+/// How a device code sign-in ended without a token.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceCodeError {
+    /// The user declined at the sign-in page.
+    #[error("the sign-in was declined")]
+    Declined,
+    /// The code expired before the user finished.
+    #[error("the device code expired before the sign-in was completed")]
+    Expired,
+    /// Anything else the identity platform refused, or it stayed unavailable.
+    #[error("device code sign-in failed: {0:?}")]
+    Failed(TokenEndpointError),
+}
+
+fn json_u64(v: &serde_json::Value) -> Option<u64> {
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// Backoff policy for transient failures.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// First delay.
+    pub min_delay: Duration,
+    /// Cap on one delay (a larger `Retry-After` still wins, within the deadline).
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            min_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(8),
+        }
+    }
+}
+
+/// Talks to `{authority}/{tenant}/oauth2/v2.0/{token,devicecode}`.
+#[derive(Clone, Debug)]
+pub struct IdentityClient {
+    http: reqwest::Client,
+    retry: RetryPolicy,
+}
+
+impl IdentityClient {
+    /// Use `http` (build it with [`crate::http::client`]).
+    pub fn new(http: reqwest::Client) -> Self {
+        Self {
+            http,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Change the backoff policy.
+    pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    async fn post_form(
+        &self,
+        url: &str,
+        form: &[(&str, &str)],
+    ) -> Result<(u16, Option<Duration>, String), TokenEndpointError> {
+        let response = self
+            .http
+            .post(url)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(form)
+            .send()
+            .await
+            .map_err(|e| {
+                let kind = if e.is_timeout() {
+                    "timed out"
+                } else if e.is_connect() {
+                    "connection failed"
+                } else {
+                    "request failed"
+                };
+                TokenEndpointError::Transient(TransientFailure {
+                    detail: format!("{kind}: {url}: {}", error_chain(&e)),
+                    retry_after: None,
+                })
+            })?;
+        let status = response.status().as_u16();
+        let after = retry_after(response.headers());
+        let body = response.text().await.map_err(|e| {
+            TokenEndpointError::Transient(TransientFailure {
+                detail: format!("reading the response from {url}: {e}"),
+                retry_after: None,
+            })
+        })?;
+        Ok((status, after, body))
+    }
+
+    /// One token request (no retries).
+    pub async fn token_request(
+        &self,
+        token_endpoint: &str,
+        form: &[(&str, &str)],
+    ) -> Result<TokenResponse, TokenEndpointError> {
+        let (status, after, body) = self.post_form(token_endpoint, form).await?;
+        if !(200..300).contains(&status) {
+            return Err(classify(status, after, &body));
+        }
+        let raw: RawTokenResponse = serde_json::from_str(&body).map_err(|e| {
+            TokenEndpointError::Transient(TransientFailure {
+                detail: format!("malformed token response from {token_endpoint}: {e}"),
+                retry_after: None,
+            })
+        })?;
+        Ok(TokenResponse {
+            access_token: SecretString::from(raw.access_token),
+            expires_in: raw.expires_in.as_ref().and_then(json_u64).unwrap_or(3599),
+            refresh_token: raw.refresh_token.map(SecretString::from),
+            scope: raw.scope,
+        })
+    }
+
+    /// `grant_type=refresh_token` for `audience`.
+    pub async fn refresh(
+        &self,
+        secret: &AccountSecret,
+        audience: Audience,
+        refresh_token: &SecretString,
+    ) -> Result<TokenResponse, TokenEndpointError> {
+        let scope = secret.scope_for(audience);
+        self.token_request(
+            &secret.token_endpoint(),
+            &[
+                ("client_id", secret.client_id.as_str()),
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token.expose_secret()),
+                ("scope", scope.as_str()),
+            ],
+        )
+        .await
+    }
+
+    /// `grant_type=password` (ROPC) for `audience`. Not for MFA accounts.
+    pub async fn password(
+        &self,
+        secret: &AccountSecret,
+        audience: Audience,
+        password: &SecretString,
+    ) -> Result<TokenResponse, TokenEndpointError> {
+        let scope = secret.scope_for(audience);
+        self.token_request(
+            &secret.token_endpoint(),
+            &[
+                ("client_id", secret.client_id.as_str()),
+                ("grant_type", "password"),
+                ("username", secret.username.as_str()),
+                ("password", password.expose_secret()),
+                ("scope", scope.as_str()),
+            ],
+        )
+        .await
+    }
+
+    /// Run `attempt` until it succeeds, fails for a non-transient reason, or the next backoff
+    /// would end after `deadline`. Each attempt is itself cut off at the deadline.
+    pub async fn with_retries<T, F, Fut>(
+        &self,
+        deadline: Instant,
+        mut attempt: F,
+    ) -> Result<T, TokenEndpointError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, TokenEndpointError>>,
+    {
+        let mut delays = backon::ExponentialBuilder::default()
+            .with_min_delay(self.retry.min_delay)
+            .with_max_delay(self.retry.max_delay)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let outcome = match tokio::time::timeout_at(deadline, attempt()).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(TokenEndpointError::Transient(TransientFailure {
+                    detail: format!("deadline reached during attempt {attempts}"),
+                    retry_after: None,
+                })),
+            };
+            match outcome {
+                Err(TokenEndpointError::Transient(failure)) => {
+                    let backoff = delays.next().unwrap_or(self.retry.max_delay);
+                    let delay = failure.retry_after.map_or(backoff, |ra| ra.max(backoff));
+                    if Instant::now() + delay >= deadline {
+                        return Err(TokenEndpointError::Transient(TransientFailure {
+                            detail: format!(
+                                "{} (gave up after {attempts} attempts)",
+                                failure.detail
+                            ),
+                            retry_after: failure.retry_after,
+                        }));
+                    }
+                    tracing::warn!(
+                        attempt = attempts,
+                        delay_ms = delay.as_millis() as u64,
+                        detail = %failure.detail,
+                        "identity platform transient failure; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Start a device code sign-in: `POST /devicecode` with `scope`.
+    pub async fn start_device_code(
+        &self,
+        secret: &AccountSecret,
+        scope: &str,
+    ) -> Result<(String, DeviceCodePrompt), TokenEndpointError> {
+        let url = secret.device_code_endpoint();
+        let (status, after, body) = self
+            .post_form(
+                &url,
+                &[("client_id", secret.client_id.as_str()), ("scope", scope)],
+            )
+            .await?;
+        if !(200..300).contains(&status) {
+            return Err(classify(status, after, &body));
+        }
+        let raw: RawDeviceCode = serde_json::from_str(&body).map_err(|e| {
+            TokenEndpointError::Transient(TransientFailure {
+                detail: format!("malformed devicecode response from {url}: {e}"),
+                retry_after: None,
+            })
+        })?;
+        let prompt = DeviceCodePrompt {
+            message: if raw.message.is_empty() {
+                format!(
+                    "To sign in, use a web browser to open the page {} and enter the code {} to authenticate.",
+                    raw.verification_uri, raw.user_code
+                )
+            } else {
+                raw.message
+            },
+            user_code: raw.user_code,
+            verification_uri: raw.verification_uri,
+            expires_in: Duration::from_secs(json_u64(&raw.expires_in).unwrap_or(900)),
+            interval: Duration::from_secs(raw.interval.as_ref().and_then(json_u64).unwrap_or(5)),
+        };
+        Ok((raw.device_code, prompt))
+    }
+
+    /// The whole device code flow for `audience` (plus `offline_access`): request a code, hand
+    /// the prompt to `on_event`, poll at `interval` (+5 s on `slow_down`) until the user
+    /// approves, declines or the code expires. Transient poll failures are retried until the
+    /// code's own expiry.
+    pub async fn device_code_flow(
+        &self,
+        secret: &AccountSecret,
+        audience: Audience,
+        mut on_event: impl FnMut(DeviceCodeEvent) + Send,
+    ) -> Result<TokenResponse, DeviceCodeError> {
+        let scope = secret.scope_for(audience);
+        let start_deadline = Instant::now() + Duration::from_secs(60);
+        let (device_code, prompt) = self
+            .with_retries(start_deadline, || self.start_device_code(secret, &scope))
+            .await
+            .map_err(DeviceCodeError::Failed)?;
+        let expires_at = Instant::now() + prompt.expires_in;
+        let mut interval = prompt.interval;
+        on_event(DeviceCodeEvent::Prompt(prompt));
+        let endpoint = secret.token_endpoint();
+        loop {
+            if Instant::now() + interval >= expires_at {
+                tokio::time::sleep_until(expires_at).await;
+            } else {
+                tokio::time::sleep(interval).await;
+            }
+            let poll = self
+                .token_request(
+                    &endpoint,
+                    &[
+                        ("client_id", secret.client_id.as_str()),
+                        ("grant_type", DEVICE_CODE_GRANT),
+                        ("device_code", device_code.as_str()),
+                    ],
+                )
+                .await;
+            match poll {
+                Ok(tokens) => return Ok(tokens),
+                Err(TokenEndpointError::AuthorizationPending) => {}
+                Err(TokenEndpointError::SlowDown) => {
+                    interval += SLOW_DOWN_STEP;
+                    on_event(DeviceCodeEvent::SlowDown(interval));
+                }
+                Err(TokenEndpointError::AuthorizationDeclined) => {
+                    return Err(DeviceCodeError::Declined);
+                }
+                Err(TokenEndpointError::ExpiredToken) => return Err(DeviceCodeError::Expired),
+                Err(TokenEndpointError::Transient(t)) => {
+                    tracing::warn!(detail = %t.detail, "device code poll failed; polling again");
+                    if let Some(ra) = t.retry_after {
+                        tokio::time::sleep(ra.min(Duration::from_secs(60))).await;
+                    }
+                }
+                Err(other) => return Err(DeviceCodeError::Failed(other)),
+            }
+            if Instant::now() >= expires_at {
+                return Err(DeviceCodeError::Expired);
+            }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

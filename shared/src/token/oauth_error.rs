@@ -1,0 +1,367 @@
+//! The identity platform's error taxonomy: parse `error`, `error_description`, `error_codes`
+//! and decide what the caller must do — wait for a person (and say why, in words an operator
+//! understands), or retry with backoff.
+//!
+//! Codes and meanings: `shared/notes/platform-facts.md` §A8 (Microsoft's reference-error-codes
+//! page). Microsoft warns that codes and texts change, so the `error` field decides first and
+//! the AADSTS code only refines the explanation and the ROPC-fallback decision.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The JSON body of a failed token / devicecode request.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct OAuthErrorBody {
+    /// `invalid_grant`, `interaction_required`, `temporarily_unavailable`, ...
+    #[serde(default)]
+    pub error: String,
+    /// `AADSTSnnnnn: text. Trace ID: ... Correlation ID: ... Timestamp: ...`
+    #[serde(default)]
+    pub error_description: Option<String>,
+    /// The AADSTS numbers.
+    #[serde(default)]
+    pub error_codes: Vec<u64>,
+    /// Trace id (logged for support cases).
+    #[serde(default)]
+    pub trace_id: Option<String>,
+    /// Correlation id (logged for support cases).
+    #[serde(default)]
+    pub correlation_id: Option<String>,
+    /// e.g. `basic_action`, `consent_required`.
+    #[serde(default)]
+    pub suberror: Option<String>,
+}
+
+impl OAuthErrorBody {
+    /// First AADSTS code, from `error_codes` or the description prefix.
+    pub fn code(&self) -> Option<u64> {
+        self.error_codes.first().copied().or_else(|| {
+            let d = self.error_description.as_deref()?;
+            let rest = d.strip_prefix("AADSTS")?;
+            let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            digits.parse().ok()
+        })
+    }
+
+    /// The description without the `AADSTSnnnnn: ` prefix and the Trace ID / Timestamp tail,
+    /// on one line and at most 300 characters.
+    pub fn message(&self) -> String {
+        let d = self.error_description.as_deref().unwrap_or("");
+        let d = match d.find(": ") {
+            Some(i) if d.starts_with("AADSTS") => &d[i + 2..],
+            _ => d,
+        };
+        let d = d.split("Trace ID:").next().unwrap_or(d);
+        let one_line = d.split_whitespace().collect::<Vec<_>>().join(" ");
+        let mut out: String = one_line.chars().take(300).collect();
+        if one_line.chars().count() > 300 {
+            out.push('…');
+        }
+        out
+    }
+}
+
+/// A failure only a person can fix (re-consent, MFA sign-in, new password, admin action).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NeedsPerson {
+    /// `AADSTS50076`, or the OAuth `error` when there is no code.
+    pub code: String,
+    /// What happened and what to do, in operator words.
+    pub reason: String,
+    /// The stored grant itself is dead (expired / revoked / invalid refresh token): a stored
+    /// password may re-bootstrap it with ROPC. False for MFA, consent, locked, etc., where
+    /// ROPC would fail the same way.
+    pub grant_rejected: bool,
+}
+
+/// A failure worth retrying.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransientFailure {
+    /// What failed (status, error, code).
+    pub detail: String,
+    /// The server's `Retry-After`, if any.
+    pub retry_after: Option<Duration>,
+}
+
+/// Every outcome of a failed token-endpoint call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenEndpointError {
+    /// A person must act.
+    NeedsPerson(NeedsPerson),
+    /// Retry later.
+    Transient(TransientFailure),
+    /// Device code: the user has not finished signing in yet.
+    AuthorizationPending,
+    /// Device code: poll less often (+5 s).
+    SlowDown,
+    /// Device code: the user declined.
+    AuthorizationDeclined,
+    /// Device code: the code expired before the user finished.
+    ExpiredToken,
+    /// Device code: the code is not known (typo, or already redeemed).
+    BadVerificationCode,
+}
+
+/// Codes meaning "the refresh token (grant) itself is dead": ROPC re-bootstrap may help.
+const GRANT_DEAD: &[u64] = &[
+    70008, 700082, 700084, 50173, 9002313, 70000, 50089, 70043, 70012,
+];
+
+/// Codes Microsoft documents as transient / throttling.
+const TRANSIENT_CODES: &[u64] = &[
+    50033, 50087, 90024, 90006, 90033, 90090, 90012, 80005, 501621, 90055, 50196,
+];
+
+/// Operator-facing explanation of an AADSTS code.
+pub fn explain(code: u64) -> Option<&'static str> {
+    Some(match code {
+        50076 => {
+            "multi-factor authentication is required for this account; sign in with `mailbridge login` (device code flow)"
+        }
+        50079 | 50072 => {
+            "the user must register for multi-factor authentication, then sign in with `mailbridge login`"
+        }
+        50074 => {
+            "the multi-factor challenge was not completed; sign in again with `mailbridge login`"
+        }
+        50126 => {
+            "wrong user name or password (ROPC bootstrap); fix the password or use `mailbridge login`"
+        }
+        50053 => {
+            "the account is locked (too many failed sign-ins or a blocked IP); unlock it, then `mailbridge login`"
+        }
+        50055 | 50144 => "the user's password has expired; change it, then `mailbridge login`",
+        50057 => "the user account is disabled in Entra ID",
+        50034 => "the user account does not exist in this tenant",
+        50173 => {
+            "the refresh token was revoked (password change/reset or sessions revoked); run `mailbridge login`"
+        }
+        70008 => "the refresh token expired or was revoked; run `mailbridge login`",
+        700082 => "the refresh token expired after 90 days without use; run `mailbridge login`",
+        700084 => "the refresh token reached its maximum lifetime; run `mailbridge login`",
+        70043 | 50089 => {
+            "a Conditional Access sign-in frequency policy requires a new sign-in; run `mailbridge login`"
+        }
+        9002313 | 70000 | 70012 => "the stored refresh token is invalid; run `mailbridge login`",
+        65001 => {
+            "the application has not been granted consent for the requested permissions; an admin must grant consent"
+        }
+        65004 => "the user declined consent to the application",
+        90094 | 90095 => "admin consent is required for the requested permissions",
+        53003 | 530032 | 530035 => "sign-in blocked by Conditional Access / security policy",
+        53000 | 53001 => "Conditional Access requires a compliant or domain-joined device",
+        700016 | 700011 => "the application (client_id) is not registered in this tenant",
+        7000218 => {
+            "public client flows are disabled: set \"Allow public client flows\" = Yes in the app registration"
+        }
+        700025 => "the app registration is public but a client secret was sent",
+        700022 => "the requested scope spans more than one resource (mailbridge bug)",
+        70011 => {
+            "the requested scope is not valid (check graph_host / imap_resource for your cloud)"
+        }
+        90002 => "the tenant does not exist (check tenant_id and authority_host)",
+        50194 => "the application is single-tenant and cannot use the /common endpoint",
+        9001023 | 90124 | 90130 => {
+            "this grant is not supported on the /common or /consumers endpoint"
+        }
+        _ => return None,
+    })
+}
+
+/// Classify an HTTP error response from the token or devicecode endpoint.
+pub fn classify(status: u16, retry_after: Option<Duration>, body: &str) -> TokenEndpointError {
+    let parsed: Option<OAuthErrorBody> = serde_json::from_str(body).ok();
+    let transient = |detail: String| {
+        TokenEndpointError::Transient(TransientFailure {
+            detail,
+            retry_after,
+        })
+    };
+    let Some(err) = parsed.filter(|b| !b.error.is_empty()) else {
+        return if status == 429 || status == 408 || status >= 500 {
+            transient(format!("HTTP {status} from the identity platform"))
+        } else {
+            TokenEndpointError::NeedsPerson(NeedsPerson {
+                code: format!("http_{status}"),
+                reason: format!(
+                    "the token endpoint answered HTTP {status} without an OAuth error (check authority_host)"
+                ),
+                grant_rejected: false,
+            })
+        };
+    };
+    let code = err.code();
+    let code_text = code.map(|c| format!("AADSTS{c}"));
+    let with_code = |s: &str| match &code_text {
+        Some(c) => format!("{s} [{c}]"),
+        None => format!("{s} [{}]", err.error),
+    };
+    match err.error.as_str() {
+        "authorization_pending" => return TokenEndpointError::AuthorizationPending,
+        "slow_down" => return TokenEndpointError::SlowDown,
+        "authorization_declined" => return TokenEndpointError::AuthorizationDeclined,
+        "expired_token" => return TokenEndpointError::ExpiredToken,
+        "bad_verification_code" => return TokenEndpointError::BadVerificationCode,
+        "temporarily_unavailable" | "server_error" => {
+            return transient(with_code(&format!("HTTP {status} {}", err.error)));
+        }
+        _ => {}
+    }
+    if status == 429 || status >= 500 || code.is_some_and(|c| TRANSIENT_CODES.contains(&c)) {
+        return transient(with_code(&format!("HTTP {status} {}", err.error)));
+    }
+    let explanation = code
+        .and_then(explain)
+        .map(str::to_owned)
+        .unwrap_or_else(|| match err.error.as_str() {
+            "interaction_required" => {
+                "the identity platform requires an interactive sign-in; run `mailbridge login`"
+                    .to_owned()
+            }
+            "consent_required" => "consent is required for the requested permissions".to_owned(),
+            "invalid_client" | "unauthorized_client" => {
+                "the app registration rejects this client (check client_id and public client flows)"
+                    .to_owned()
+            }
+            "invalid_grant" => "the stored grant was rejected; run `mailbridge login`".to_owned(),
+            other => format!("the identity platform refused the request ({other})"),
+        });
+    let message = err.message();
+    let reason = if message.is_empty() {
+        explanation
+    } else {
+        format!("{explanation}. Microsoft said: {message}")
+    };
+    let grant_rejected = match code {
+        Some(c) => GRANT_DEAD.contains(&c),
+        None => err.error == "invalid_grant",
+    };
+    TokenEndpointError::NeedsPerson(NeedsPerson {
+        code: code_text.unwrap_or_else(|| err.error.clone()),
+        reason,
+        grant_rejected,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(error: &str, code: u64) -> String {
+        serde_json::json!({
+            "error": error,
+            "error_description": format!("AADSTS{code}: Something happened.\r\nTrace ID: abc\r\nCorrelation ID: def\r\nTimestamp: 2026-11-28 10:00:00Z"),
+            "error_codes": [code],
+            "timestamp": "2026-11-28 10:00:00Z",
+            "trace_id": "abc",
+            "correlation_id": "def",
+        })
+        .to_string()
+    }
+
+    fn person(status: u16, error: &str, code: u64) -> NeedsPerson {
+        match classify(status, None, &body(error, code)) {
+            TokenEndpointError::NeedsPerson(p) => p,
+            other => panic!("{error}/{code}: expected NeedsPerson, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn needs_person_codes_carry_code_and_reason() {
+        for (error, code, dead) in [
+            ("invalid_grant", 50076, false),
+            ("invalid_grant", 50079, false),
+            ("invalid_grant", 50126, false),
+            ("invalid_grant", 50055, false),
+            ("invalid_grant", 50053, false),
+            ("invalid_grant", 50057, false),
+            ("invalid_grant", 70008, true),
+            ("invalid_grant", 700082, true),
+            ("invalid_grant", 50173, true),
+            ("invalid_grant", 700084, true),
+            ("invalid_grant", 65001, false),
+            ("invalid_grant", 53003, false),
+            ("interaction_required", 50158, false),
+            ("invalid_client", 7000218, false),
+            ("unauthorized_client", 700016, false),
+            ("invalid_request", 90002, false),
+            ("invalid_scope", 70011, false),
+        ] {
+            let p = person(400, error, code);
+            assert_eq!(p.code, format!("AADSTS{code}"));
+            assert_eq!(p.grant_rejected, dead, "{code}");
+            assert!(p.reason.contains("Something happened."), "{}", p.reason);
+            assert!(!p.reason.contains("Trace ID"), "{}", p.reason);
+        }
+        assert!(
+            person(400, "invalid_grant", 50076)
+                .reason
+                .contains("multi-factor")
+        );
+        assert!(
+            person(401, "invalid_client", 7000218)
+                .reason
+                .contains("public client flows")
+        );
+    }
+
+    #[test]
+    fn transient_errors_are_retryable() {
+        for (status, error, code) in [
+            (503, "temporarily_unavailable", 50033),
+            (500, "server_error", 90033),
+            (429, "invalid_request", 90055),
+            (400, "invalid_request", 90024),
+        ] {
+            assert!(
+                matches!(
+                    classify(status, None, &body(error, code)),
+                    TokenEndpointError::Transient(_)
+                ),
+                "{status} {error} {code}"
+            );
+        }
+        let t = classify(
+            502,
+            Some(Duration::from_secs(3)),
+            "<html>bad gateway</html>",
+        );
+        assert_eq!(
+            t,
+            TokenEndpointError::Transient(TransientFailure {
+                detail: "HTTP 502 from the identity platform".into(),
+                retry_after: Some(Duration::from_secs(3)),
+            })
+        );
+    }
+
+    #[test]
+    fn device_code_states_are_recognised() {
+        assert_eq!(
+            classify(400, None, &body("authorization_pending", 70016)),
+            TokenEndpointError::AuthorizationPending
+        );
+        assert_eq!(
+            classify(400, None, &body("slow_down", 70016)),
+            TokenEndpointError::SlowDown
+        );
+        assert_eq!(
+            classify(400, None, &body("authorization_declined", 70000)),
+            TokenEndpointError::AuthorizationDeclined
+        );
+        assert_eq!(
+            classify(400, None, &body("expired_token", 70019)),
+            TokenEndpointError::ExpiredToken
+        );
+    }
+
+    #[test]
+    fn code_falls_back_to_the_description_prefix() {
+        let b = serde_json::json!({"error": "invalid_grant", "error_description": "AADSTS50126: Error validating credentials."}).to_string();
+        let TokenEndpointError::NeedsPerson(p) = classify(400, None, &b) else {
+            panic!()
+        };
+        assert_eq!(p.code, "AADSTS50126");
+    }
+}

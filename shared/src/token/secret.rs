@@ -1,0 +1,667 @@
+//! The account secret: one JSON document per Microsoft 365 account in Secrets Manager
+//! (`shared/schemas/account-secret.schema.json`, README section "account-secret").
+//!
+//! Parsing is strict and every error names the field; fields this version does not know are
+//! kept and written back unchanged, so a newer writer's additions survive a write-back.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value};
+
+use super::{Audience, TokenError};
+
+/// The only schema version this code reads and writes.
+pub const SCHEMA_VERSION: u64 = 1;
+/// Default Entra ID authority (global cloud).
+pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
+/// Default Microsoft Graph root (global cloud).
+pub const DEFAULT_GRAPH_HOST: &str = "https://graph.microsoft.com";
+/// Default resource (audience) for Exchange Online IMAP tokens.
+pub const DEFAULT_IMAP_RESOURCE: &str = "https://outlook.office.com";
+/// Default Exchange Online IMAP server.
+pub const DEFAULT_IMAP_HOST: &str = "outlook.office365.com";
+/// Default Graph permission names requested for the Graph audience. Microsoft returns every
+/// permission already consented for the resource (e.g. `Mail.Send.Shared`) in the token.
+pub const DEFAULT_GRAPH_SCOPES: &[&str] = &["Mail.Send"];
+/// Permission requested for the IMAP audience.
+pub const IMAP_SCOPE: &str = "IMAP.AccessAsUser.All";
+
+/// Whether the account's grant is usable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccountState {
+    /// Tokens can be minted.
+    Ok,
+    /// A person must sign in again (`mailbridge login`); functions do not call the token endpoint.
+    NeedsReauth,
+}
+
+impl AccountState {
+    /// The JSON spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AccountState::Ok => "ok",
+            AccountState::NeedsReauth => "needs_reauth",
+        }
+    }
+}
+
+/// `status` of an account secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountStatus {
+    /// ok / needs_reauth.
+    pub state: AccountState,
+    /// Human-readable reason (needs_reauth), e.g. "multi-factor authentication required ...".
+    pub reason: Option<String>,
+    /// Machine code, e.g. `AADSTS50076` or `invalid_grant`.
+    pub code: Option<String>,
+    /// When the state was entered.
+    pub since: Option<DateTime<Utc>>,
+}
+
+impl AccountStatus {
+    /// `{"state":"ok"}`.
+    pub fn ok() -> Self {
+        Self {
+            state: AccountState::Ok,
+            reason: None,
+            code: None,
+            since: None,
+        }
+    }
+
+    /// needs_reauth with a reason and code, since `now`.
+    pub fn needs_reauth(
+        reason: impl Into<String>,
+        code: impl Into<String>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            state: AccountState::NeedsReauth,
+            reason: Some(reason.into()),
+            code: Some(code.into()),
+            since: Some(now),
+        }
+    }
+}
+
+/// A parsed account secret. `Debug` redacts the password and refresh token.
+#[derive(Clone)]
+pub struct AccountSecret {
+    /// Entra tenant id (GUID) or verified domain name. Not `common`/`consumers`.
+    pub tenant_id: String,
+    /// Application (client) id of the public-client app registration.
+    pub client_id: String,
+    /// User principal name the refresh token belongs to (the sending / IMAP login user).
+    pub username: String,
+    /// Optional password, only for ROPC bootstrap (accounts without MFA).
+    pub password: Option<SecretString>,
+    /// Current refresh token (absent before the first login).
+    pub refresh_token: Option<SecretString>,
+    /// When `refresh_token` was stored.
+    pub refresh_token_stored_at: Option<DateTime<Utc>>,
+    /// Entra authority, e.g. `https://login.microsoftonline.com` (sovereign clouds differ).
+    pub authority_host: String,
+    /// Graph root, e.g. `https://graph.microsoft.com`.
+    pub graph_host: String,
+    /// Graph permission names requested for the Graph audience.
+    pub graph_scopes: Vec<String>,
+    /// Resource whose `IMAP.AccessAsUser.All` permission IMAP tokens carry.
+    pub imap_resource: String,
+    /// IMAP server host (optionally `host:port`).
+    pub imap_host: String,
+    /// ok / needs_reauth.
+    pub status: AccountStatus,
+    /// Fields this version does not know; written back unchanged.
+    pub extra: Map<String, Value>,
+}
+
+impl std::fmt::Debug for AccountSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountSecret")
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "[redacted]"))
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field("refresh_token_stored_at", &self.refresh_token_stored_at)
+            .field("authority_host", &self.authority_host)
+            .field("graph_host", &self.graph_host)
+            .field("graph_scopes", &self.graph_scopes)
+            .field("imap_resource", &self.imap_resource)
+            .field("imap_host", &self.imap_host)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+struct FieldReader<'a> {
+    secret: &'a str,
+    object: Map<String, Value>,
+}
+
+impl FieldReader<'_> {
+    fn bad(&self, field: &str, problem: impl std::fmt::Display) -> TokenError {
+        TokenError::BadSecret {
+            secret: self.secret.to_owned(),
+            problem: format!("field `{field}`: {problem}"),
+        }
+    }
+
+    fn take(&mut self, field: &str) -> Option<Value> {
+        match self.object.remove(field) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v),
+        }
+    }
+
+    fn opt_string(&mut self, field: &str) -> Result<Option<String>, TokenError> {
+        match self.take(field) {
+            None => Ok(None),
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                Err(self.bad(field, "must not be empty (omit it instead)"))
+            }
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(self.bad(field, format!("expected a string, got {}", kind(&other)))),
+        }
+    }
+
+    fn req_string(&mut self, field: &str) -> Result<String, TokenError> {
+        self.opt_string(field)?
+            .ok_or_else(|| self.bad(field, "is required but missing"))
+    }
+
+    fn opt_time(&mut self, field: &str) -> Result<Option<DateTime<Utc>>, TokenError> {
+        match self.opt_string(field)? {
+            None => Ok(None),
+            Some(s) => DateTime::parse_from_rfc3339(&s)
+                .map(|t| Some(t.with_timezone(&Utc)))
+                .map_err(|e| {
+                    self.bad(
+                        field,
+                        format!("expected an RFC 3339 timestamp, got {s:?} ({e})"),
+                    )
+                }),
+        }
+    }
+
+    fn opt_url(&mut self, field: &str, default: &str) -> Result<String, TokenError> {
+        let raw = self
+            .opt_string(field)?
+            .unwrap_or_else(|| default.to_owned());
+        crate::config::service_base_url(&raw, field).map_err(|e| match e {
+            crate::config::ConfigError::Invalid { problem, .. } => self.bad(field, problem),
+            other => self.bad(field, other),
+        })
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+impl AccountSecret {
+    /// Parse the JSON stored in secret `secret_name`. Errors are [`TokenError::BadSecret`]
+    /// naming the secret and the field.
+    pub fn parse(secret_name: &str, json: &str) -> Result<Self, TokenError> {
+        let value: Value = serde_json::from_str(json).map_err(|e| TokenError::BadSecret {
+            secret: secret_name.to_owned(),
+            // serde_json's message names the position, never the content.
+            problem: format!("not valid JSON: {e}"),
+        })?;
+        let Value::Object(object) = value else {
+            return Err(TokenError::BadSecret {
+                secret: secret_name.to_owned(),
+                problem: format!("expected a JSON object, got {}", kind(&value)),
+            });
+        };
+        let mut r = FieldReader {
+            secret: secret_name,
+            object,
+        };
+        match r.take("schema_version") {
+            None => return Err(r.bad("schema_version", "is required but missing")),
+            Some(Value::Number(n)) if n.as_u64() == Some(SCHEMA_VERSION) => {}
+            Some(other) => {
+                return Err(r.bad(
+                    "schema_version",
+                    format!("unsupported value {other}; this version reads {SCHEMA_VERSION}"),
+                ));
+            }
+        }
+        let tenant_id = r.req_string("tenant_id")?;
+        if ["common", "consumers"].contains(&tenant_id.to_ascii_lowercase().as_str()) {
+            return Err(r.bad(
+                "tenant_id",
+                format!("{tenant_id:?} cannot be used here; use the tenant id or domain"),
+            ));
+        }
+        if tenant_id.contains('/') || tenant_id.contains(char::is_whitespace) {
+            return Err(r.bad("tenant_id", "must be a tenant GUID or domain name"));
+        }
+        let client_id = r.req_string("client_id")?;
+        let username = r.req_string("username")?;
+        if !username.contains('@') {
+            return Err(r.bad(
+                "username",
+                "expected a user principal name like user@contoso.com",
+            ));
+        }
+        let password = r.opt_string("password")?.map(SecretString::from);
+        let refresh_token = r.opt_string("refresh_token")?.map(SecretString::from);
+        let refresh_token_stored_at = r.opt_time("refresh_token_stored_at")?;
+        if refresh_token.is_some() && refresh_token_stored_at.is_none() {
+            return Err(r.bad(
+                "refresh_token_stored_at",
+                "is required when refresh_token is present",
+            ));
+        }
+        let authority_host = r.opt_url("authority_host", DEFAULT_AUTHORITY_HOST)?;
+        let graph_host = r.opt_url("graph_host", DEFAULT_GRAPH_HOST)?;
+        let graph_scopes = match r.take("graph_scopes") {
+            None => DEFAULT_GRAPH_SCOPES.iter().map(|s| s.to_string()).collect(),
+            Some(Value::Array(items)) => {
+                let mut scopes = Vec::new();
+                for item in items {
+                    match item {
+                        Value::String(s)
+                            if !s.is_empty()
+                                && !s.contains(char::is_whitespace)
+                                && !s.contains('/') =>
+                        {
+                            scopes.push(s)
+                        }
+                        other => {
+                            return Err(r.bad(
+                                "graph_scopes",
+                                format!(
+                                    "expected permission names like \"Mail.Send\", got {other}"
+                                ),
+                            ));
+                        }
+                    }
+                }
+                if scopes.is_empty() {
+                    return Err(r.bad("graph_scopes", "must not be empty"));
+                }
+                scopes
+            }
+            Some(other) => {
+                return Err(r.bad(
+                    "graph_scopes",
+                    format!("expected an array, got {}", kind(&other)),
+                ));
+            }
+        };
+        let imap_resource = r
+            .opt_string("imap_resource")?
+            .unwrap_or_else(|| DEFAULT_IMAP_RESOURCE.to_owned());
+        match url::Url::parse(&imap_resource) {
+            Ok(u) if u.scheme() == "https" && u.host().is_some() => {}
+            _ => {
+                return Err(r.bad(
+                    "imap_resource",
+                    format!("expected an https resource URI like {DEFAULT_IMAP_RESOURCE}, got {imap_resource:?}"),
+                ));
+            }
+        }
+        let imap_resource = imap_resource.trim_end_matches('/').to_owned();
+        let imap_host = r
+            .opt_string("imap_host")?
+            .unwrap_or_else(|| DEFAULT_IMAP_HOST.to_owned());
+        let status = match r.take("status") {
+            None => AccountStatus::ok(),
+            Some(Value::Object(status)) => {
+                let mut s = FieldReader {
+                    secret: secret_name,
+                    object: status,
+                };
+                let state = match s.opt_string("state")?.as_deref() {
+                    Some("ok") => AccountState::Ok,
+                    Some("needs_reauth") => AccountState::NeedsReauth,
+                    None => return Err(r.bad("status.state", "is required but missing")),
+                    Some(other) => {
+                        return Err(r.bad(
+                            "status.state",
+                            format!("expected \"ok\" or \"needs_reauth\", got {other:?}"),
+                        ));
+                    }
+                };
+                let reason = s
+                    .opt_string("reason")
+                    .map_err(|_| r.bad("status.reason", "expected a string"))?;
+                let code = s
+                    .opt_string("code")
+                    .map_err(|_| r.bad("status.code", "expected a string"))?;
+                let since = s
+                    .opt_time("since")
+                    .map_err(|_| r.bad("status.since", "expected an RFC 3339 timestamp"))?;
+                AccountStatus {
+                    state,
+                    reason,
+                    code,
+                    since,
+                }
+            }
+            Some(other) => {
+                return Err(r.bad(
+                    "status",
+                    format!("expected an object, got {}", kind(&other)),
+                ));
+            }
+        };
+        Ok(Self {
+            tenant_id,
+            client_id,
+            username,
+            password,
+            refresh_token,
+            refresh_token_stored_at,
+            authority_host,
+            graph_host,
+            graph_scopes,
+            imap_resource,
+            imap_host,
+            status,
+            extra: r.object,
+        })
+    }
+
+    /// A new secret with defaults for everything but the identity of the account.
+    pub fn new(tenant_id: &str, client_id: &str, username: &str) -> Self {
+        Self {
+            tenant_id: tenant_id.to_owned(),
+            client_id: client_id.to_owned(),
+            username: username.to_owned(),
+            password: None,
+            refresh_token: None,
+            refresh_token_stored_at: None,
+            authority_host: DEFAULT_AUTHORITY_HOST.to_owned(),
+            graph_host: DEFAULT_GRAPH_HOST.to_owned(),
+            graph_scopes: DEFAULT_GRAPH_SCOPES.iter().map(|s| s.to_string()).collect(),
+            imap_resource: DEFAULT_IMAP_RESOURCE.to_owned(),
+            imap_host: DEFAULT_IMAP_HOST.to_owned(),
+            status: AccountStatus::ok(),
+            extra: Map::new(),
+        }
+    }
+
+    /// Serialise to the stored JSON (this is the only place secrets are exposed for writing).
+    pub fn to_json(&self) -> String {
+        let mut o = self.extra.clone();
+        o.insert("schema_version".into(), Value::from(SCHEMA_VERSION));
+        o.insert("tenant_id".into(), Value::from(self.tenant_id.clone()));
+        o.insert("client_id".into(), Value::from(self.client_id.clone()));
+        o.insert("username".into(), Value::from(self.username.clone()));
+        if let Some(p) = &self.password {
+            o.insert("password".into(), Value::from(p.expose_secret()));
+        }
+        if let Some(t) = &self.refresh_token {
+            o.insert("refresh_token".into(), Value::from(t.expose_secret()));
+        }
+        if let Some(t) = self.refresh_token_stored_at {
+            o.insert("refresh_token_stored_at".into(), Value::from(rfc3339(t)));
+        }
+        o.insert(
+            "authority_host".into(),
+            Value::from(self.authority_host.clone()),
+        );
+        o.insert("graph_host".into(), Value::from(self.graph_host.clone()));
+        o.insert(
+            "graph_scopes".into(),
+            Value::from(self.graph_scopes.clone()),
+        );
+        o.insert(
+            "imap_resource".into(),
+            Value::from(self.imap_resource.clone()),
+        );
+        o.insert("imap_host".into(), Value::from(self.imap_host.clone()));
+        let mut status = Map::new();
+        status.insert("state".into(), Value::from(self.status.state.as_str()));
+        if let Some(r) = &self.status.reason {
+            status.insert("reason".into(), Value::from(r.clone()));
+        }
+        if let Some(c) = &self.status.code {
+            status.insert("code".into(), Value::from(c.clone()));
+        }
+        if let Some(s) = self.status.since {
+            status.insert("since".into(), Value::from(rfc3339(s)));
+        }
+        o.insert("status".into(), Value::Object(status));
+        Value::Object(o).to_string()
+    }
+
+    /// The resource (audience URI) tokens for `audience` are minted for.
+    pub fn resource(&self, audience: Audience) -> &str {
+        match audience {
+            Audience::Graph => &self.graph_host,
+            Audience::Imap => &self.imap_resource,
+        }
+    }
+
+    /// The `scope` parameter for a token request for `audience`: fully-qualified permissions
+    /// of ONE resource plus `offline_access` (so a refresh token comes back).
+    pub fn scope_for(&self, audience: Audience) -> String {
+        let resource = self.resource(audience);
+        let mut parts: Vec<String> = match audience {
+            Audience::Graph => self
+                .graph_scopes
+                .iter()
+                .map(|p| format!("{resource}/{p}"))
+                .collect(),
+            Audience::Imap => vec![format!("{resource}/{IMAP_SCOPE}")],
+        };
+        parts.push("offline_access".to_owned());
+        parts.join(" ")
+    }
+
+    /// `{authority}/{tenant}/oauth2/v2.0/token`.
+    pub fn token_endpoint(&self) -> String {
+        format!(
+            "{}/{}/oauth2/v2.0/token",
+            self.authority_host, self.tenant_id
+        )
+    }
+
+    /// `{authority}/{tenant}/oauth2/v2.0/devicecode`.
+    pub fn device_code_endpoint(&self) -> String {
+        format!(
+            "{}/{}/oauth2/v2.0/devicecode",
+            self.authority_host, self.tenant_id
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> Value {
+        serde_json::json!({
+            "schema_version": 1,
+            "tenant_id": "contoso.onmicrosoft.com",
+            "client_id": "11111111-2222-3333-4444-555555555555",
+            "username": "helpdesk@contoso.com",
+        })
+    }
+
+    #[test]
+    fn defaults_apply_and_round_trip_keeps_unknown_fields() {
+        let mut v = minimal();
+        v["future_field"] = serde_json::json!({"x": 1});
+        v["refresh_token"] = "rt-1".into();
+        v["refresh_token_stored_at"] = "2026-11-01T10:00:00Z".into();
+        let s = AccountSecret::parse("mailbridge/contoso", &v.to_string()).unwrap();
+        assert_eq!(s.authority_host, DEFAULT_AUTHORITY_HOST);
+        assert_eq!(s.graph_host, DEFAULT_GRAPH_HOST);
+        assert_eq!(s.imap_resource, DEFAULT_IMAP_RESOURCE);
+        assert_eq!(s.imap_host, DEFAULT_IMAP_HOST);
+        assert_eq!(s.status, AccountStatus::ok());
+        assert_eq!(
+            s.scope_for(Audience::Graph),
+            "https://graph.microsoft.com/Mail.Send offline_access"
+        );
+        assert_eq!(
+            s.scope_for(Audience::Imap),
+            "https://outlook.office.com/IMAP.AccessAsUser.All offline_access"
+        );
+        let again = AccountSecret::parse("x", &s.to_json()).unwrap();
+        assert_eq!(again.extra["future_field"], serde_json::json!({"x": 1}));
+        assert_eq!(again.refresh_token.unwrap().expose_secret(), "rt-1");
+    }
+
+    #[test]
+    fn debug_redacts_password_and_refresh_token() {
+        let mut s = AccountSecret::new("t", "c", "u@x.com");
+        s.password = Some("hunter2-password".into());
+        s.refresh_token = Some("0.ARt-secret-refresh".into());
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("secret-refresh"), "{shown}");
+        assert!(shown.contains("[redacted]"));
+    }
+
+    #[test]
+    fn errors_name_the_secret_and_the_field() {
+        let cases: Vec<(Value, &str)> = vec![
+            (serde_json::json!({"tenant_id": "t"}), "schema_version"),
+            (
+                {
+                    let mut v = minimal();
+                    v["schema_version"] = 2.into();
+                    v
+                },
+                "schema_version",
+            ),
+            (
+                {
+                    let mut v = minimal();
+                    v.as_object_mut().unwrap().remove("tenant_id");
+                    v
+                },
+                "tenant_id",
+            ),
+            (
+                {
+                    let mut v = minimal();
+                    v["client_id"] = 5.into();
+                    v
+                },
+                "client_id",
+            ),
+            (
+                {
+                    let mut v = minimal();
+                    v["username"] = "nobody".into();
+                    v
+                },
+                "username",
+            ),
+            (
+                {
+                    let mut v = minimal();
+                    v["refresh_token"] = "rt".into();
+                    v
+                },
+                "refresh_token_stored_at",
+            ),
+            (
+                {
+                    let mut v = minimal();
+                    v["refresh_token"] = "rt".into();
+                    v["refresh_token_stored_at"] = "yesterday".into();
+                    v
+                },
+                "refresh_token_stored_at",
+            ),
+            (
+                {
+                    let mut v = minimal();
+                    v["authority_host"] = "http://login.example.com".into();
+                    v
+                },
+                "authority_host",
+            ),
+            (
+                {
+                    let mut v = minimal();
+                    v["graph_host"] = "ftp://x".into();
+                    v
+                },
+                "graph_host",
+            ),
+            (
+                {
+                    let mut v = minimal();
+                    v["graph_scopes"] = serde_json::json!([]);
+                    v
+                },
+                "graph_scopes",
+            ),
+            (
+                {
+                    let mut v = minimal();
+                    v["status"] = serde_json::json!({"state": "broken"});
+                    v
+                },
+                "status.state",
+            ),
+            (
+                {
+                    let mut v = minimal();
+                    v["tenant_id"] = "common".into();
+                    v
+                },
+                "tenant_id",
+            ),
+        ];
+        for (json, field) in cases {
+            let err = AccountSecret::parse("mailbridge/acme", &json.to_string()).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("mailbridge/acme"), "{text}");
+            assert!(
+                text.contains(&format!("`{field}`")),
+                "expected field {field}: {text}"
+            );
+        }
+        let err = AccountSecret::parse("mailbridge/acme", "{not json").unwrap_err();
+        assert!(err.to_string().contains("not valid JSON"), "{err}");
+        let err = AccountSecret::parse("mailbridge/acme", "[1]").unwrap_err();
+        assert!(err.to_string().contains("JSON object"), "{err}");
+    }
+
+    #[test]
+    fn sovereign_cloud_hosts_shape_the_scopes() {
+        let mut v = minimal();
+        v["authority_host"] = "https://login.microsoftonline.us".into();
+        v["graph_host"] = "https://graph.microsoft.us/".into();
+        v["imap_resource"] = "https://outlook.office365.us".into();
+        v["graph_scopes"] = serde_json::json!(["Mail.Send", "Mail.Send.Shared"]);
+        let s = AccountSecret::parse("gov", &v.to_string()).unwrap();
+        assert_eq!(
+            s.token_endpoint(),
+            "https://login.microsoftonline.us/contoso.onmicrosoft.com/oauth2/v2.0/token"
+        );
+        assert_eq!(
+            s.scope_for(Audience::Graph),
+            "https://graph.microsoft.us/Mail.Send https://graph.microsoft.us/Mail.Send.Shared offline_access"
+        );
+        assert_eq!(
+            s.scope_for(Audience::Imap),
+            "https://outlook.office365.us/IMAP.AccessAsUser.All offline_access"
+        );
+    }
+}

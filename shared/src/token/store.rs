@@ -1,0 +1,414 @@
+//! Where account secrets live: the [`SecretStore`] port, the Secrets Manager adapter and an
+//! in-memory fake for unit tests.
+//!
+//! Reads always ask for the `AWSCURRENT` stage explicitly (harmless on AWS; moto returns a stale
+//! version without it after a stage move). Writes carry a `ClientRequestToken`, so a retried
+//! write of the same value is a no-op and two different values can never share a version.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
+
+/// The current value of a secret and the version it came from.
+#[derive(Clone)]
+pub struct SecretValue {
+    /// The secret string (JSON for account secrets).
+    pub value: SecretString,
+    /// Secrets Manager version id of `value`.
+    pub version_id: String,
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretValue")
+            .field("value", &"[redacted]")
+            .field("version_id", &self.version_id)
+            .finish()
+    }
+}
+
+/// A secret store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretStoreError {
+    /// No such secret (or it has no current version).
+    #[error("secret {name} does not exist")]
+    NotFound {
+        /// Secret name.
+        name: String,
+    },
+    /// `create` of a secret that already exists.
+    #[error("secret {name} already exists")]
+    AlreadyExists {
+        /// Secret name.
+        name: String,
+    },
+    /// The client request token was already used with a different value.
+    #[error("secret {name}: a different value was already written with this request token")]
+    TokenReused {
+        /// Secret name.
+        name: String,
+    },
+    /// Not allowed (IAM) — a deployment problem.
+    #[error("secret {name}: access denied: {detail}")]
+    AccessDenied {
+        /// Secret name.
+        name: String,
+        /// The service's message.
+        detail: String,
+    },
+    /// Throttled, network, 5xx: try again later.
+    #[error("secret {name}: secrets store unavailable: {detail}")]
+    Unavailable {
+        /// Secret name.
+        name: String,
+        /// What failed.
+        detail: String,
+    },
+}
+
+impl crate::error::Classify for SecretStoreError {
+    fn class(&self) -> crate::error::ErrorClass {
+        use crate::error::ErrorClass;
+        match self {
+            SecretStoreError::Unavailable { .. } => ErrorClass::Transient,
+            _ => ErrorClass::Permanent,
+        }
+    }
+}
+
+/// Port: read and write whole secret values.
+#[async_trait]
+pub trait SecretStore: Send + Sync {
+    /// The current (`AWSCURRENT`) value of `name`.
+    async fn get(&self, name: &str) -> Result<SecretValue, SecretStoreError>;
+
+    /// Store `value` as the new current version of `name`. `client_request_token` (32–64
+    /// chars) makes the write idempotent. Returns the new version id.
+    async fn put(
+        &self,
+        name: &str,
+        value: &SecretString,
+        client_request_token: &str,
+    ) -> Result<String, SecretStoreError>;
+
+    /// Create a new secret `name` with `value` (fails with `AlreadyExists`). Returns the
+    /// version id.
+    async fn create(&self, name: &str, value: &SecretString) -> Result<String, SecretStoreError>;
+}
+
+/// AWS Secrets Manager adapter.
+#[derive(Clone, Debug)]
+pub struct SecretsManagerStore {
+    client: aws_sdk_secretsmanager::Client,
+}
+
+impl SecretsManagerStore {
+    /// Wrap an SDK client.
+    pub fn new(client: aws_sdk_secretsmanager::Client) -> Self {
+        Self { client }
+    }
+
+    /// Build from the shared AWS config ([`crate::aws::load_config`]).
+    pub fn from_conf(config: &aws_config::SdkConfig) -> Self {
+        Self::new(aws_sdk_secretsmanager::Client::new(config))
+    }
+}
+
+fn sdk_detail<E>(err: &aws_sdk_secretsmanager::error::SdkError<E>) -> String
+where
+    E: std::error::Error + 'static,
+{
+    aws_sdk_secretsmanager::error::DisplayErrorContext(err).to_string()
+}
+
+#[async_trait]
+impl SecretStore for SecretsManagerStore {
+    async fn get(&self, name: &str) -> Result<SecretValue, SecretStoreError> {
+        let result = self
+            .client
+            .get_secret_value()
+            .secret_id(name)
+            .version_stage("AWSCURRENT")
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let value = out
+                    .secret_string
+                    .ok_or_else(|| SecretStoreError::NotFound {
+                        name: name.to_owned(),
+                    })?;
+                Ok(SecretValue {
+                    value: SecretString::from(value),
+                    version_id: out.version_id.unwrap_or_default(),
+                })
+            }
+            Err(err) => {
+                let service = err.as_service_error();
+                if service.is_some_and(|e| e.is_resource_not_found_exception()) {
+                    Err(SecretStoreError::NotFound {
+                        name: name.to_owned(),
+                    })
+                } else if service
+                    .and_then(|e| aws_sdk_secretsmanager::error::ProvideErrorMetadata::code(e))
+                    == Some("AccessDeniedException")
+                {
+                    Err(SecretStoreError::AccessDenied {
+                        name: name.to_owned(),
+                        detail: sdk_detail(&err),
+                    })
+                } else {
+                    Err(SecretStoreError::Unavailable {
+                        name: name.to_owned(),
+                        detail: sdk_detail(&err),
+                    })
+                }
+            }
+        }
+    }
+
+    async fn put(
+        &self,
+        name: &str,
+        value: &SecretString,
+        client_request_token: &str,
+    ) -> Result<String, SecretStoreError> {
+        let result = self
+            .client
+            .put_secret_value()
+            .secret_id(name)
+            .secret_string(value.expose_secret())
+            .client_request_token(client_request_token)
+            .send()
+            .await;
+        match result {
+            Ok(out) => Ok(out.version_id.unwrap_or_default()),
+            Err(err) => {
+                let service = err.as_service_error();
+                if service.is_some_and(|e| e.is_resource_not_found_exception()) {
+                    Err(SecretStoreError::NotFound {
+                        name: name.to_owned(),
+                    })
+                } else if service.is_some_and(|e| e.is_resource_exists_exception()) {
+                    Err(SecretStoreError::TokenReused {
+                        name: name.to_owned(),
+                    })
+                } else if service
+                    .and_then(|e| aws_sdk_secretsmanager::error::ProvideErrorMetadata::code(e))
+                    == Some("AccessDeniedException")
+                {
+                    Err(SecretStoreError::AccessDenied {
+                        name: name.to_owned(),
+                        detail: sdk_detail(&err),
+                    })
+                } else {
+                    Err(SecretStoreError::Unavailable {
+                        name: name.to_owned(),
+                        detail: sdk_detail(&err),
+                    })
+                }
+            }
+        }
+    }
+
+    async fn create(&self, name: &str, value: &SecretString) -> Result<String, SecretStoreError> {
+        self.create_secret(name, value).await
+    }
+}
+
+impl SecretsManagerStore {
+    /// Create a secret (used by the operator CLI's login).
+    async fn create_secret(
+        &self,
+        name: &str,
+        value: &SecretString,
+    ) -> Result<String, SecretStoreError> {
+        let result = self
+            .client
+            .create_secret()
+            .name(name)
+            .secret_string(value.expose_secret())
+            .description(
+                "mailbridge account: Microsoft 365 OAuth2 grant (see README, account-secret)",
+            )
+            .send()
+            .await;
+        match result {
+            Ok(out) => Ok(out.version_id.unwrap_or_default()),
+            Err(err) => {
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_exists_exception())
+                {
+                    Err(SecretStoreError::AlreadyExists {
+                        name: name.to_owned(),
+                    })
+                } else {
+                    Err(SecretStoreError::Unavailable {
+                        name: name.to_owned(),
+                        detail: sdk_detail(&err),
+                    })
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct MemorySecret {
+    /// (version id, value, client request token), oldest first; the last is AWSCURRENT.
+    versions: Vec<(String, String, String)>,
+}
+
+/// In-memory [`SecretStore`] with Secrets Manager's idempotency rules, for unit tests.
+#[derive(Default)]
+pub struct InMemorySecretStore {
+    secrets: Mutex<HashMap<String, MemorySecret>>,
+    puts: Mutex<u64>,
+}
+
+impl InMemorySecretStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Create or overwrite `name` with `value` (no idempotency token; test setup).
+    pub fn insert(&self, name: &str, value: &str) {
+        let mut secrets = self.secrets.lock().expect("store lock");
+        let entry = secrets.entry(name.to_owned()).or_default();
+        let version = uuid::Uuid::new_v4().to_string();
+        entry
+            .versions
+            .push((version.clone(), value.to_owned(), version));
+    }
+
+    /// Current value (test inspection).
+    pub fn current(&self, name: &str) -> Option<String> {
+        let secrets = self.secrets.lock().expect("store lock");
+        secrets
+            .get(name)
+            .and_then(|s| s.versions.last().map(|v| v.1.clone()))
+    }
+
+    /// Number of `put` calls that created a new version.
+    pub fn put_count(&self) -> u64 {
+        *self.puts.lock().expect("store lock")
+    }
+}
+
+#[async_trait]
+impl SecretStore for InMemorySecretStore {
+    async fn get(&self, name: &str) -> Result<SecretValue, SecretStoreError> {
+        let secrets = self.secrets.lock().expect("store lock");
+        let (version_id, value, _) = secrets
+            .get(name)
+            .and_then(|s| s.versions.last())
+            .ok_or_else(|| SecretStoreError::NotFound {
+                name: name.to_owned(),
+            })?;
+        Ok(SecretValue {
+            value: SecretString::from(value.clone()),
+            version_id: version_id.clone(),
+        })
+    }
+
+    async fn put(
+        &self,
+        name: &str,
+        value: &SecretString,
+        client_request_token: &str,
+    ) -> Result<String, SecretStoreError> {
+        let mut secrets = self.secrets.lock().expect("store lock");
+        let secret = secrets
+            .get_mut(name)
+            .ok_or_else(|| SecretStoreError::NotFound {
+                name: name.to_owned(),
+            })?;
+        if let Some((version, existing, _)) = secret
+            .versions
+            .iter()
+            .find(|(_, _, token)| token == client_request_token)
+        {
+            return if existing == value.expose_secret() {
+                Ok(version.clone())
+            } else {
+                Err(SecretStoreError::TokenReused {
+                    name: name.to_owned(),
+                })
+            };
+        }
+        let version = uuid::Uuid::new_v4().to_string();
+        secret.versions.push((
+            version.clone(),
+            value.expose_secret().to_owned(),
+            client_request_token.to_owned(),
+        ));
+        *self.puts.lock().expect("store lock") += 1;
+        Ok(version)
+    }
+
+    async fn create(&self, name: &str, value: &SecretString) -> Result<String, SecretStoreError> {
+        let mut secrets = self.secrets.lock().expect("store lock");
+        if secrets.contains_key(name) {
+            return Err(SecretStoreError::AlreadyExists {
+                name: name.to_owned(),
+            });
+        }
+        let version = uuid::Uuid::new_v4().to_string();
+        secrets.entry(name.to_owned()).or_default().versions.push((
+            version.clone(),
+            value.expose_secret().to_owned(),
+            version.clone(),
+        ));
+        Ok(version)
+    }
+}
+
+/// A deterministic client request token for writing `value` on top of `base_version`: a
+/// retry of the same write reuses it (no duplicate version), a different value gets another.
+pub fn client_request_token(secret_name: &str, base_version: &str, value: &SecretString) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(secret_name.as_bytes());
+    hasher.update([0]);
+    hasher.update(base_version.as_bytes());
+    hasher.update([0]);
+    hasher.update(value.expose_secret().as_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_follows_secrets_manager_idempotency() {
+        let store = InMemorySecretStore::new();
+        store.insert("a", "v1");
+        let v2: SecretString = "v2".into();
+        let token = client_request_token("a", "base", &v2);
+        assert_eq!(token.len(), 36);
+        let first = store.put("a", &v2, &token).await.unwrap();
+        let again = store.put("a", &v2, &token).await.unwrap();
+        assert_eq!(first, again);
+        assert_eq!(store.put_count(), 1);
+        let other: SecretString = "v3".into();
+        assert!(matches!(
+            store.put("a", &other, &token).await,
+            Err(SecretStoreError::TokenReused { .. })
+        ));
+        assert!(matches!(
+            store.get("missing").await,
+            Err(SecretStoreError::NotFound { .. })
+        ));
+        assert_ne!(token, client_request_token("a", "base", &other));
+    }
+}

@@ -1,0 +1,1047 @@
+//! Token layer against real servers: moto Secrets Manager and the identity stand-in.
+//!
+//! Each test owns a unique tenant, app, user and secret, so tests run in parallel on the shared
+//! stack; failures are injected only for the test's own user or tenant.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use local_stack::identity::{
+    AppRegistration, FailureInjection, FailureKind, FailureScope, IdentityStandIn, RequestFilter,
+    TenantSettings, UserAccount,
+};
+use mailbridge::error::{Classify, ErrorClass};
+use mailbridge::token::identity::{DeviceCodeError, DeviceCodeEvent, RetryPolicy};
+use mailbridge::token::login::{self, LoginError};
+use mailbridge::token::store::{SecretValue, client_request_token};
+use mailbridge::token::{
+    AccessTokenSource, AccountSecret, AccountState, Audience, Clock, IdentityClient, OffsetClock,
+    SecretStore, SecretStoreError, SecretsManagerStore, SystemClock, TokenError, TokenService,
+    TokenServiceConfig,
+};
+use mailbridge_tests::{get_secret, put_secret, stack, unique, unique_user};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use tokio::time::Instant;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// One test's world: tenant, app, user and account secret.
+struct World {
+    idp: IdentityStandIn,
+    tenant: String,
+    client_id: String,
+    upn: String,
+    secret_name: String,
+    store: Arc<SecretsManagerStore>,
+    /// Token requests the test itself made to seed refresh tokens (ROPC), not counted.
+    seed_requests: AtomicUsize,
+}
+
+fn identity_client() -> IdentityClient {
+    IdentityClient::new(mailbridge::http::default_client().expect("http client")).with_retry_policy(
+        RetryPolicy {
+            min_delay: Duration::from_millis(50),
+            max_delay: Duration::from_millis(400),
+        },
+    )
+}
+
+fn config() -> TokenServiceConfig {
+    TokenServiceConfig {
+        secret_prefix: "mailbridge/".into(),
+        default_timeout: Duration::from_secs(10),
+        ..TokenServiceConfig::default()
+    }
+}
+
+impl World {
+    /// A tenant with the mailbridge app and one plain user; no secret yet.
+    async fn new() -> World {
+        let idp = stack().identity().clone();
+        let tenant = format!("{}.onmicrosoft.com", unique("tenant"));
+        let client_id = uuid::Uuid::new_v4().to_string();
+        let upn = unique_user("helpdesk");
+        idp.register_app(AppRegistration::mailbridge(&tenant, &client_id));
+        idp.register_user(UserAccount::new(&tenant, &upn, PASSWORD));
+        let store = Arc::new(SecretsManagerStore::from_conf(&stack().moto().sdk_config()));
+        World {
+            idp,
+            tenant,
+            client_id,
+            upn,
+            secret_name: format!("mailbridge/{}", unique("acct")),
+            store,
+            seed_requests: AtomicUsize::new(0),
+        }
+    }
+
+    fn account(&self) -> AccountSecret {
+        let mut a = AccountSecret::new(&self.tenant, &self.client_id, &self.upn);
+        a.authority_host = self.idp.base_url.clone();
+        a
+    }
+
+    async fn write_secret(&self, account: &AccountSecret) {
+        put_secret(&self.secret_name, &account.to_json())
+            .await
+            .expect("write secret");
+    }
+
+    async fn read_secret(&self) -> AccountSecret {
+        let json = get_secret(&self.secret_name).await.expect("read secret");
+        AccountSecret::parse(&self.secret_name, &json).expect("parse secret")
+    }
+
+    /// A secret holding only a password (ROPC bootstrap).
+    async fn with_password(&self) {
+        let mut a = self.account();
+        a.password = Some(PASSWORD.into());
+        self.write_secret(&a).await;
+    }
+
+    /// A real refresh token from the stand-in (via ROPC), stored `age` ago, no password.
+    async fn with_refresh_token(&self, age: chrono::Duration) -> String {
+        let rt = self.fresh_refresh_token().await;
+        let mut a = self.account();
+        a.refresh_token = Some(rt.clone().into());
+        a.refresh_token_stored_at = Some(chrono::Utc::now() - age);
+        self.write_secret(&a).await;
+        rt
+    }
+
+    async fn fresh_refresh_token(&self) -> String {
+        self.seed_requests.fetch_add(1, Ordering::SeqCst);
+        let tokens = identity_client()
+            .password(&self.account(), Audience::Graph, &PASSWORD.into())
+            .await
+            .expect("seed refresh token via ROPC");
+        tokens
+            .refresh_token
+            .expect("offline_access gives a refresh token")
+            .expose_secret()
+            .to_owned()
+    }
+
+    fn service(&self) -> TokenService {
+        TokenService::new(self.store.clone(), identity_client(), config())
+    }
+
+    /// Token requests made by the code under test (seeding excluded).
+    fn token_requests(&self) -> usize {
+        self.idp.token_request_count(&self.upn) - self.seed_requests.load(Ordering::SeqCst)
+    }
+
+    fn token_requests_with_grant(&self, grant: &str) -> usize {
+        self.idp
+            .requests(&RequestFilter {
+                endpoint: Some("token".into()),
+                user: Some(self.upn.clone()),
+                grant_type: Some(grant.into()),
+                ..RequestFilter::default()
+            })
+            .len()
+            - if grant == "password" {
+                self.seed_requests.load(Ordering::SeqCst)
+            } else {
+                0
+            }
+    }
+
+    fn inject(&self, failure: FailureKind, times: u32) {
+        self.idp.inject_failure(FailureInjection::token(
+            FailureScope::User(self.upn.clone()),
+            failure,
+            times,
+        ));
+    }
+}
+
+async fn introspect(idp: &IdentityStandIn, token: &str, user: Option<&str>) -> Value {
+    let mut form = vec![("token", token), ("client_id", ""), ("client_secret", "")];
+    if let Some(u) = user {
+        form.push(("user", u));
+    }
+    reqwest::Client::new()
+        .post(idp.introspection_url())
+        .form(&form)
+        .send()
+        .await
+        .expect("introspect")
+        .json()
+        .await
+        .expect("introspection JSON")
+}
+
+#[tokio::test]
+async fn ropc_bootstrap_mints_a_token_and_stores_the_refresh_token() {
+    let w = World::new().await;
+    w.with_password().await;
+    let token = w
+        .service()
+        .access_token(&w.secret_name, Audience::Graph)
+        .await
+        .expect("token via ROPC");
+    let issued = w
+        .idp
+        .lookup_access_token(token.secret.expose_secret())
+        .expect("stand-in knows the token");
+    assert_eq!(issued.audience, "https://graph.microsoft.com");
+    assert!(issued.scopes.contains(&"Mail.Send".to_string()));
+    assert_eq!(issued.upn, w.upn);
+    assert_eq!(w.token_requests_with_grant("password"), 1);
+
+    let stored = w.read_secret().await;
+    assert!(
+        stored.refresh_token.is_some(),
+        "bootstrap stores the refresh token"
+    );
+    assert!(stored.refresh_token_stored_at.is_some());
+    assert_eq!(stored.password.unwrap().expose_secret(), PASSWORD);
+    assert_eq!(stored.status.state, AccountState::Ok);
+
+    // The next audience uses the stored refresh token, not the password.
+    w.service()
+        .access_token(&w.secret_name, Audience::Imap)
+        .await
+        .expect("IMAP token");
+    assert_eq!(w.token_requests_with_grant("password"), 1);
+    assert_eq!(w.token_requests_with_grant("refresh_token"), 1);
+}
+
+#[tokio::test]
+async fn graph_and_imap_tokens_are_each_for_one_audience() {
+    let w = World::new().await;
+    w.with_refresh_token(chrono::Duration::hours(1)).await;
+    let service = w.service();
+    let graph = service
+        .access_token(&w.secret_name, Audience::Graph)
+        .await
+        .unwrap();
+    let imap = service
+        .access_token(&w.secret_name, Audience::Imap)
+        .await
+        .unwrap();
+    assert_eq!(graph.audience, Audience::Graph);
+    assert_eq!(imap.audience, Audience::Imap);
+    let g = w
+        .idp
+        .lookup_access_token(graph.secret.expose_secret())
+        .unwrap();
+    let i = w
+        .idp
+        .lookup_access_token(imap.secret.expose_secret())
+        .unwrap();
+    assert_eq!(g.audience, "https://graph.microsoft.com");
+    assert_eq!(
+        g.scopes,
+        vec!["Mail.Send".to_string(), "Mail.Send.Shared".to_string()],
+        "all consented Graph permissions, nothing of Outlook"
+    );
+    assert_eq!(i.audience, "https://outlook.office.com");
+    assert_eq!(i.scopes, vec!["IMAP.AccessAsUser.All".to_string()]);
+
+    // Dovecot's view: only the IMAP token is active.
+    let ok = introspect(&w.idp, imap.secret.expose_secret(), None).await;
+    assert_eq!(ok["active"], true);
+    assert_eq!(ok["email"], w.upn.as_str());
+    let rejected = introspect(&w.idp, graph.secret.expose_secret(), None).await;
+    assert_eq!(rejected, serde_json::json!({"active": false}));
+    let unknown = introspect(&w.idp, "not-a-token", None).await;
+    assert_eq!(unknown, serde_json::json!({"active": false}));
+
+    // Shared mailbox: only with a grant.
+    let shared_box = unique_user("support");
+    let denied = introspect(&w.idp, imap.secret.expose_secret(), Some(&shared_box)).await;
+    assert_eq!(denied["active"], false);
+    w.idp.grant_mailbox_access(&w.upn, &shared_box);
+    let allowed = introspect(&w.idp, imap.secret.expose_secret(), Some(&shared_box)).await;
+    assert_eq!(allowed["active"], true);
+    assert_eq!(allowed["email"], shared_box.as_str());
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_writes_back_when_the_stored_token_is_older_than_the_interval() {
+    let w = World::new().await;
+    let seeded = w.with_refresh_token(chrono::Duration::hours(25)).await;
+    let before = w.read_secret().await;
+    let service = w.service();
+    service
+        .access_token(&w.secret_name, Audience::Graph)
+        .await
+        .expect("refresh");
+    let after = w.read_secret().await;
+    let rotated = after.refresh_token.clone().unwrap();
+    assert_ne!(
+        rotated.expose_secret(),
+        seeded,
+        "rotated token written back"
+    );
+    assert!(after.refresh_token_stored_at > before.refresh_token_stored_at);
+    assert_eq!(w.token_requests_with_grant("refresh_token"), 1);
+
+    // The old refresh token still works (Microsoft does not revoke on rotation).
+    let old_still_valid = identity_client()
+        .refresh(&w.account(), Audience::Imap, &seeded.clone().into())
+        .await;
+    assert!(old_still_valid.is_ok(), "{old_still_valid:?}");
+
+    // Cold start of another instance: the stored token is fresh now, so no second write.
+    let json_before = get_secret(&w.secret_name).await.unwrap();
+    w.service()
+        .access_token(&w.secret_name, Audience::Imap)
+        .await
+        .expect("IMAP token with the written-back refresh token");
+    assert_eq!(get_secret(&w.secret_name).await.unwrap(), json_before);
+}
+
+#[tokio::test]
+async fn no_write_back_when_the_stored_token_is_fresh() {
+    let w = World::new().await;
+    w.with_refresh_token(chrono::Duration::hours(2)).await;
+    let json_before = get_secret(&w.secret_name).await.unwrap();
+    let service = w.service();
+    for audience in [Audience::Graph, Audience::Imap] {
+        service
+            .access_token(&w.secret_name, audience)
+            .await
+            .unwrap();
+    }
+    // invalidate → a real second refresh for Graph (uses the rotated in-memory token).
+    service.invalidate(&w.secret_name, Audience::Graph);
+    service
+        .access_token(&w.secret_name, Audience::Graph)
+        .await
+        .unwrap();
+    assert_eq!(w.token_requests_with_grant("refresh_token"), 3);
+    assert_eq!(
+        get_secret(&w.secret_name).await.unwrap(),
+        json_before,
+        "three refreshes, stored token 2 h old: no write"
+    );
+    let versions = stack().moto().sdk_config();
+    let sm = aws_sdk_secretsmanager::Client::new(&versions);
+    let listed = sm
+        .list_secret_version_ids()
+        .secret_id(&w.secret_name)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.versions().len(),
+        1,
+        "only the version the test wrote"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_callers_share_one_token_request() {
+    let w = World::new().await;
+    w.with_refresh_token(chrono::Duration::hours(1)).await;
+    // Make the one request slow, so every caller arrives while it is in flight.
+    w.inject(FailureKind::Latency { millis: 500 }, 1);
+    let service = w.service();
+    let calls = (0..16).map(|_| {
+        let service = service.clone();
+        let name = w.secret_name.clone();
+        tokio::spawn(async move { service.access_token(&name, Audience::Graph).await })
+    });
+    let results = futures::future::join_all(calls).await;
+    let tokens: Vec<String> = results
+        .into_iter()
+        .map(|r| r.unwrap().unwrap().secret.expose_secret().to_owned())
+        .collect();
+    assert!(
+        tokens.windows(2).all(|p| p[0] == p[1]),
+        "all callers got the same token"
+    );
+    assert_eq!(
+        w.token_requests(),
+        1,
+        "exactly one token request for 16 callers"
+    );
+}
+
+struct NeedsPersonCase {
+    name: &'static str,
+    code: &'static str,
+    setup: fn(&World),
+    /// Use ROPC (password) instead of a stored refresh token.
+    ropc: bool,
+    audience: Audience,
+}
+
+fn set_user(w: &World, edit: fn(&mut UserAccount)) {
+    w.idp.update_user(&w.upn, edit).unwrap();
+}
+
+#[tokio::test]
+async fn each_needs_person_error_sets_the_status_once_and_stops_token_requests() {
+    let cases = vec![
+        NeedsPersonCase {
+            name: "mfa required (ROPC)",
+            code: "AADSTS50076",
+            ropc: true,
+            audience: Audience::Graph,
+            setup: |w| set_user(w, |u| u.mfa_required = true),
+        },
+        NeedsPersonCase {
+            name: "mfa required (refresh from a password sign-in)",
+            code: "AADSTS50076",
+            ropc: false,
+            audience: Audience::Graph,
+            setup: |w| set_user(w, |u| u.mfa_required = true),
+        },
+        NeedsPersonCase {
+            name: "wrong password",
+            code: "AADSTS50126",
+            ropc: true,
+            audience: Audience::Graph,
+            setup: |w| set_user(w, |u| u.password = "changed".into()),
+        },
+        NeedsPersonCase {
+            name: "password expired",
+            code: "AADSTS50055",
+            ropc: true,
+            audience: Audience::Graph,
+            setup: |w| set_user(w, |u| u.password_expired = true),
+        },
+        NeedsPersonCase {
+            name: "locked",
+            code: "AADSTS50053",
+            ropc: false,
+            audience: Audience::Graph,
+            setup: |w| set_user(w, |u| u.locked = true),
+        },
+        NeedsPersonCase {
+            name: "disabled",
+            code: "AADSTS50057",
+            ropc: false,
+            audience: Audience::Imap,
+            setup: |w| set_user(w, |u| u.disabled = true),
+        },
+        NeedsPersonCase {
+            name: "conditional access",
+            code: "AADSTS53003",
+            ropc: false,
+            audience: Audience::Graph,
+            setup: |w| set_user(w, |u| u.ca_blocked = true),
+        },
+        NeedsPersonCase {
+            name: "refresh token revoked",
+            code: "AADSTS50173",
+            ropc: false,
+            audience: Audience::Graph,
+            setup: |w| w.idp.revoke_refresh_tokens(&w.upn).unwrap(),
+        },
+        NeedsPersonCase {
+            name: "refresh token inactive 90 days",
+            code: "AADSTS700082",
+            ropc: false,
+            audience: Audience::Graph,
+            setup: |w| w.idp.expire_refresh_tokens(&w.upn).unwrap(),
+        },
+        NeedsPersonCase {
+            name: "consent missing for IMAP",
+            code: "AADSTS65001",
+            ropc: false,
+            audience: Audience::Imap,
+            setup: |w| {
+                let mut app = AppRegistration::mailbridge(&w.tenant, &w.client_id);
+                app.consented_scopes.retain(|s| !s.contains("IMAP"));
+                w.idp.register_app(app);
+            },
+        },
+        NeedsPersonCase {
+            name: "public client flows off",
+            code: "AADSTS7000218",
+            ropc: false,
+            audience: Audience::Graph,
+            setup: |w| {
+                let mut app = AppRegistration::mailbridge(&w.tenant, &w.client_id);
+                app.public_client_flows = false;
+                w.idp.register_app(app);
+            },
+        },
+    ];
+    let runs = cases.into_iter().map(|case| async move {
+        let w = World::new().await;
+        if case.ropc {
+            w.with_password().await;
+        } else {
+            w.with_refresh_token(chrono::Duration::hours(1)).await;
+        }
+        (case.setup)(&w);
+        let service = w.service();
+        let err = service
+            .access_token(&w.secret_name, case.audience)
+            .await
+            .expect_err(case.name);
+        assert_eq!(err.class(), ErrorClass::NeedsReauth, "{}: {err}", case.name);
+        assert!(err.to_string().contains(case.code), "{}: {err}", case.name);
+        let requests = w.token_requests();
+        assert_eq!(requests, 1, "{}: one token request, no retries", case.name);
+
+        let stored = w.read_secret().await;
+        assert_eq!(
+            stored.status.state,
+            AccountState::NeedsReauth,
+            "{}",
+            case.name
+        );
+        assert_eq!(
+            stored.status.code.as_deref(),
+            Some(case.code),
+            "{}",
+            case.name
+        );
+        assert!(
+            stored
+                .status
+                .reason
+                .as_deref()
+                .is_some_and(|r| !r.is_empty())
+        );
+        let since = stored.status.since;
+
+        // Same instance (negative cache) and a cold-started one (status check): no request.
+        let again = service.access_token(&w.secret_name, case.audience).await;
+        assert!(
+            matches!(again, Err(TokenError::NeedsReauth { .. })),
+            "{}",
+            case.name
+        );
+        let cold = w
+            .service()
+            .access_token(&w.secret_name, Audience::Imap)
+            .await;
+        match cold {
+            Err(TokenError::NeedsReauth { reason, .. }) => {
+                assert!(reason.contains(case.code), "{}: {reason}", case.name)
+            }
+            other => panic!("{}: expected NeedsReauth, got {other:?}", case.name),
+        }
+        assert_eq!(
+            w.token_requests(),
+            requests,
+            "{}: stopped hammering",
+            case.name
+        );
+        assert_eq!(
+            w.read_secret().await.status.since,
+            since,
+            "{}: status set once",
+            case.name
+        );
+    });
+    futures::future::join_all(runs).await;
+}
+
+#[tokio::test]
+async fn a_dead_refresh_token_is_re_bootstrapped_with_the_stored_password() {
+    let w = World::new().await;
+    let seeded = w.with_refresh_token(chrono::Duration::hours(1)).await;
+    let mut a = w.read_secret().await;
+    a.password = Some(PASSWORD.into());
+    w.write_secret(&a).await;
+    w.idp.revoke_refresh_tokens(&w.upn).unwrap();
+    w.service()
+        .access_token(&w.secret_name, Audience::Graph)
+        .await
+        .expect("ROPC fallback");
+    assert_eq!(w.token_requests_with_grant("refresh_token"), 1);
+    assert_eq!(w.token_requests_with_grant("password"), 1);
+    let stored = w.read_secret().await;
+    assert_ne!(
+        stored.refresh_token.unwrap().expose_secret(),
+        seeded,
+        "replaced at once"
+    );
+    assert_eq!(stored.status.state, AccountState::Ok);
+}
+
+#[tokio::test]
+async fn transient_errors_are_retried_with_backoff() {
+    let w = World::new().await;
+    w.with_refresh_token(chrono::Duration::hours(1)).await;
+    w.inject(FailureKind::Status { status: 503 }, 1);
+    w.inject(FailureKind::TemporarilyUnavailable, 1);
+    w.inject(
+        FailureKind::TooManyRequests {
+            retry_after_secs: 1,
+        },
+        1,
+    );
+    let started = std::time::Instant::now();
+    w.service()
+        .access_token(&w.secret_name, Audience::Graph)
+        .await
+        .expect("succeeds after three transient failures");
+    println!(
+        "3 transient failures then success in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(w.token_requests(), 4);
+    assert_eq!(w.read_secret().await.status.state, AccountState::Ok);
+}
+
+#[tokio::test]
+async fn transient_errors_surface_at_the_deadline_without_marking_the_account() {
+    let w = World::new().await;
+    w.with_refresh_token(chrono::Duration::hours(1)).await;
+    w.inject(FailureKind::Status { status: 500 }, 1000);
+    let service = w.service();
+    let err = service
+        .access_token_until(
+            &w.secret_name,
+            Audience::Graph,
+            Instant::now() + Duration::from_millis(1500),
+        )
+        .await
+        .expect_err("keeps failing");
+    assert_eq!(err.class(), ErrorClass::Transient, "{err}");
+    let attempts = w.token_requests();
+    println!("attempts within 1.5 s: {attempts}");
+    assert!(attempts >= 2, "retried: {attempts}");
+    assert_eq!(w.read_secret().await.status.state, AccountState::Ok);
+
+    // A request that hangs past the deadline is cut off too.
+    w.inject(FailureKind::Latency { millis: 5000 }, 1);
+    let err = TokenService::new(w.store.clone(), identity_client(), config())
+        .access_token_until(
+            &w.secret_name,
+            Audience::Imap,
+            Instant::now() + Duration::from_millis(300),
+        )
+        .await
+        .expect_err("deadline");
+    assert_eq!(err.class(), ErrorClass::Transient, "{err}");
+}
+
+async fn run_device_code(
+    w: &World,
+    account: AccountSecret,
+) -> (
+    tokio::task::JoinHandle<Result<login::LoginOutcome, LoginError>>,
+    tokio::sync::mpsc::UnboundedReceiver<DeviceCodeEvent>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let store = w.store.clone();
+    let name = w.secret_name.clone();
+    let handle = tokio::spawn(async move {
+        login::device_code_login(
+            store.as_ref(),
+            &identity_client(),
+            &name,
+            account,
+            &SystemClock,
+            move |event| {
+                let _ = tx.send(event);
+            },
+        )
+        .await
+    });
+    (handle, rx)
+}
+
+async fn prompt(rx: &mut tokio::sync::mpsc::UnboundedReceiver<DeviceCodeEvent>) -> String {
+    match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+        Ok(Some(DeviceCodeEvent::Prompt(p))) => {
+            assert!(p.message.contains(&p.user_code), "{}", p.message);
+            assert_eq!(p.verification_uri, "https://microsoft.com/devicelogin");
+            p.user_code
+        }
+        other => panic!("expected a prompt, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn device_code_approve_stores_a_grant_that_works_for_an_mfa_account() {
+    let w = World::new().await;
+    set_user(&w, |u| u.mfa_required = true);
+    let (flow, mut rx) = run_device_code(&w, w.account()).await;
+    let code = prompt(&mut rx).await;
+    // A few polls see authorization_pending first.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    w.idp.approve_device_code(&code, &w.upn).unwrap();
+    let outcome = flow.await.unwrap().expect("login");
+    assert!(outcome.created, "secret created by login");
+    let stored = w.read_secret().await;
+    assert!(stored.refresh_token.is_some());
+    assert_eq!(stored.status.state, AccountState::Ok);
+    assert!(
+        w.idp
+            .requests(&RequestFilter {
+                tenant: Some(w.tenant.clone()),
+                ..RequestFilter::default()
+            })
+            .iter()
+            .any(|r| r.error.as_deref() == Some("authorization_pending"))
+    );
+    // The MFA-backed refresh token mints both audiences; ROPC could not.
+    let service = w.service();
+    service
+        .access_token(&w.secret_name, Audience::Imap)
+        .await
+        .expect("IMAP");
+    service
+        .access_token(&w.secret_name, Audience::Graph)
+        .await
+        .expect("Graph");
+}
+
+#[tokio::test]
+async fn device_code_login_clears_a_needs_reauth_status() {
+    let w = World::new().await;
+    w.with_refresh_token(chrono::Duration::hours(1)).await;
+    w.idp.revoke_refresh_tokens(&w.upn).unwrap();
+    let service = w.service();
+    assert!(
+        service
+            .access_token(&w.secret_name, Audience::Graph)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        w.read_secret().await.status.state,
+        AccountState::NeedsReauth
+    );
+
+    let (flow, mut rx) = run_device_code(&w, w.read_secret().await).await;
+    let code = prompt(&mut rx).await;
+    w.idp.approve_device_code(&code, &w.upn).unwrap();
+    let outcome = flow.await.unwrap().expect("login");
+    assert!(!outcome.created);
+    assert_eq!(w.read_secret().await.status.state, AccountState::Ok);
+    // A fresh instance works again; the old (warm) one notices after its recheck interval.
+    w.service()
+        .access_token(&w.secret_name, Audience::Graph)
+        .await
+        .expect("works after login");
+}
+
+#[tokio::test]
+async fn device_code_decline_and_expiry_end_the_flow() {
+    let w = World::new().await;
+    let (flow, mut rx) = run_device_code(&w, w.account()).await;
+    let code = prompt(&mut rx).await;
+    w.idp.decline_device_code(&code).unwrap();
+    match flow.await.unwrap() {
+        Err(LoginError::DeviceCode { source, .. }) => assert_eq!(source, DeviceCodeError::Declined),
+        other => panic!("expected declined, got {other:?}"),
+    }
+
+    let (flow, mut rx) = run_device_code(&w, w.account()).await;
+    let code = prompt(&mut rx).await;
+    w.idp.expire_device_code(&code).unwrap();
+    match flow.await.unwrap() {
+        Err(LoginError::DeviceCode { source, .. }) => assert_eq!(source, DeviceCodeError::Expired),
+        other => panic!("expected expired, got {other:?}"),
+    }
+    // Nothing was stored.
+    assert!(get_secret(&w.secret_name).await.is_err());
+}
+
+#[tokio::test]
+async fn device_code_slow_down_adds_five_seconds_to_the_interval() {
+    let w = World::new().await;
+    let (flow, mut rx) = run_device_code(&w, w.account()).await;
+    let code = prompt(&mut rx).await;
+    w.idp.slow_down_device_code(&code, 1).unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+        Ok(Some(DeviceCodeEvent::SlowDown(interval))) => {
+            assert_eq!(interval, Duration::from_secs(1 + 5))
+        }
+        other => panic!("expected slow_down, got {other:?}"),
+    }
+    w.idp.approve_device_code(&code, &w.upn).unwrap();
+    flow.await.unwrap().expect("login after slow_down");
+}
+
+#[tokio::test]
+async fn a_missing_or_corrupt_secret_names_the_secret_and_the_field() {
+    let w = World::new().await;
+    let service = w.service();
+    let missing = format!("mailbridge/{}", unique("missing"));
+    match service.access_token(&missing, Audience::Graph).await {
+        Err(TokenError::BadSecret { secret, problem }) => {
+            assert_eq!(secret, missing);
+            assert!(problem.contains("does not exist"), "{problem}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let cases: Vec<(String, &str)> = vec![
+        (
+            "{\"schema_version\": 1, \"tenant_id\": ".to_string(),
+            "not valid JSON",
+        ),
+        (
+            serde_json::json!({"schema_version": 1, "tenant_id": w.tenant, "username": w.upn})
+                .to_string(),
+            "`client_id`",
+        ),
+        (
+            {
+                let mut v: Value = serde_json::from_str(&w.account().to_json()).unwrap();
+                v["refresh_token"] = "x".into();
+                v["refresh_token_stored_at"] = "last tuesday".into();
+                v.to_string()
+            },
+            "`refresh_token_stored_at`",
+        ),
+        (
+            {
+                let mut v: Value = serde_json::from_str(&w.account().to_json()).unwrap();
+                v["authority_host"] = "http://login.example.com".into();
+                v.to_string()
+            },
+            "`authority_host`",
+        ),
+    ];
+    for (json, expected) in cases {
+        let name = format!("mailbridge/{}", unique("corrupt"));
+        put_secret(&name, &json).await.unwrap();
+        let err = service
+            .access_token(&name, Audience::Imap)
+            .await
+            .expect_err(expected);
+        let text = err.to_string();
+        assert!(matches!(err, TokenError::BadSecret { .. }), "{text}");
+        assert!(text.contains(&name), "{text}");
+        assert!(text.contains(expected), "{text}");
+        assert_eq!(err.class(), ErrorClass::Permanent);
+    }
+    assert_eq!(w.token_requests(), 0);
+}
+
+/// The 90-day inactivity window can never lapse while the functions run: simulate 200 days of
+/// an instance running every 16 hours (cold-starting every third run) (clocks of the service and of the tenant move
+/// together). The stored refresh token is never older than the write-back interval plus one
+/// run gap, far inside 90 days; and the stand-in really enforces the window (a gap of 91 days
+/// kills the grant).
+#[tokio::test]
+async fn the_90_day_inactivity_window_never_lapses_while_the_functions_run() {
+    let w = World::new().await;
+    w.with_refresh_token(chrono::Duration::zero()).await;
+    let clock = Arc::new(OffsetClock::new());
+    let gap = chrono::Duration::hours(16);
+    let interval = chrono::Duration::hours(24);
+    let mut oldest_seen = chrono::Duration::zero();
+    let mut writes = 0;
+    let mut last_stored = w.read_secret().await.refresh_token_stored_at;
+    let mut service = None;
+    for run in 0..300 {
+        clock.advance(gap);
+        w.idp.advance_tenant_clock(&w.tenant, gap);
+        let before = w.read_secret().await;
+        let age = clock.now() - before.refresh_token_stored_at.unwrap();
+        oldest_seen = oldest_seen.max(age);
+        if run % 3 == 0 {
+            service = Some(TokenService::with_clock(
+                w.store.clone(),
+                identity_client(),
+                config(),
+                clock.clone(),
+            ));
+        }
+        service
+            .as_ref()
+            .unwrap()
+            .access_token(
+                &w.secret_name,
+                if run % 2 == 0 {
+                    Audience::Graph
+                } else {
+                    Audience::Imap
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("run {run} (day {}): {e}", (gap * run).num_days()));
+        let after = w.read_secret().await.refresh_token_stored_at;
+        if after != last_stored {
+            writes += 1;
+            last_stored = after;
+        }
+    }
+    println!(
+        "200 days simulated: {writes} write-backs, oldest stored refresh token seen {} h",
+        oldest_seen.num_hours()
+    );
+    assert!(
+        oldest_seen <= interval + gap,
+        "stored token aged {} h",
+        oldest_seen.num_hours()
+    );
+    assert!(oldest_seen < chrono::Duration::days(90));
+    assert!(writes >= 100, "writes: {writes}");
+
+    // Control: stop the functions for 91 days and the grant is dead (the window is real).
+    clock.advance(chrono::Duration::days(91));
+    w.idp
+        .advance_tenant_clock(&w.tenant, chrono::Duration::days(91));
+    let err = TokenService::with_clock(w.store.clone(), identity_client(), config(), clock.clone())
+        .access_token(&w.secret_name, Audience::Graph)
+        .await
+        .expect_err("inactive for 91 days");
+    assert!(err.to_string().contains("AADSTS700082"), "{err}");
+}
+
+/// A store that lets another "instance" write a newer refresh token right before the
+/// write-back's re-read.
+struct RacingStore {
+    inner: Arc<SecretsManagerStore>,
+    gets: AtomicUsize,
+    race_on_get: usize,
+    newer_value: String,
+}
+
+#[async_trait]
+impl SecretStore for RacingStore {
+    async fn get(&self, name: &str) -> Result<SecretValue, SecretStoreError> {
+        if self.gets.fetch_add(1, Ordering::SeqCst) + 1 == self.race_on_get {
+            put_secret(name, &self.newer_value)
+                .await
+                .expect("concurrent write");
+        }
+        self.inner.get(name).await
+    }
+    async fn put(
+        &self,
+        name: &str,
+        value: &SecretString,
+        token: &str,
+    ) -> Result<String, SecretStoreError> {
+        self.inner.put(name, value, token).await
+    }
+    async fn create(&self, name: &str, value: &SecretString) -> Result<String, SecretStoreError> {
+        self.inner.create(name, value).await
+    }
+}
+
+#[tokio::test]
+async fn write_back_never_overwrites_a_newer_token_written_concurrently() {
+    let w = World::new().await;
+    w.with_refresh_token(chrono::Duration::hours(30)).await;
+    // The other instance's newer token (written a moment "later").
+    let theirs = w.fresh_refresh_token().await;
+    let mut newer = w.read_secret().await;
+    newer.refresh_token = Some(theirs.clone().into());
+    newer.refresh_token_stored_at = Some(chrono::Utc::now());
+    let store = Arc::new(RacingStore {
+        inner: w.store.clone(),
+        gets: AtomicUsize::new(0),
+        race_on_get: 2, // 1 = initial read, 2 = write-back's re-read
+        newer_value: newer.to_json(),
+    });
+    TokenService::new(store, identity_client(), config())
+        .access_token(&w.secret_name, Audience::Graph)
+        .await
+        .expect("token");
+    let stored = w.read_secret().await;
+    assert_eq!(
+        stored.refresh_token.unwrap().expose_secret(),
+        theirs,
+        "newer token kept"
+    );
+}
+
+#[tokio::test]
+async fn write_back_is_idempotent_with_a_client_request_token() {
+    let w = World::new().await;
+    w.with_refresh_token(chrono::Duration::hours(1)).await;
+    let current = w.store.get(&w.secret_name).await.unwrap();
+    let mut a = w.read_secret().await;
+    a.refresh_token = Some("rotated".into());
+    let value: SecretString = a.to_json().into();
+    let token = client_request_token(&w.secret_name, &current.version_id, &value);
+    let first = w.store.put(&w.secret_name, &value, &token).await.unwrap();
+    let retry = w.store.put(&w.secret_name, &value, &token).await.unwrap();
+    assert_eq!(first, retry, "a retried write creates no new version");
+    let other: SecretString = "{\"different\": true}".to_string().into();
+    assert!(matches!(
+        w.store.put(&w.secret_name, &other, &token).await,
+        Err(SecretStoreError::TokenReused { .. })
+    ));
+}
+
+#[tokio::test]
+async fn strict_stand_in_errors_have_microsoft_shape() {
+    let w = World::new().await;
+    let http = reqwest::Client::new();
+    let post = |tenant: String, form: Vec<(&'static str, String)>| {
+        let http = http.clone();
+        let url = format!("{}/{tenant}/oauth2/v2.0/token", w.idp.base_url);
+        async move {
+            let r = http.post(url).form(&form).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let base = |scope: &str| {
+        vec![
+            ("client_id", w.client_id.clone()),
+            ("grant_type", "password".to_string()),
+            ("username", w.upn.clone()),
+            ("password", PASSWORD.to_string()),
+            ("scope", scope.to_string()),
+        ]
+    };
+    let (s, body) = post(
+        "no-such-tenant".into(),
+        base("https://graph.microsoft.com/Mail.Send"),
+    )
+    .await;
+    assert_eq!((s, body["error_codes"][0].as_u64()), (400, Some(90002)));
+    let desc = body["error_description"].as_str().unwrap();
+    assert!(
+        desc.starts_with("AADSTS90002: ")
+            && desc.contains("Trace ID: ")
+            && desc.contains("Timestamp: "),
+        "{desc}"
+    );
+    for key in ["timestamp", "trace_id", "correlation_id", "error_uri"] {
+        assert!(body[key].is_string(), "{key} in {body}");
+    }
+    let mut f = base("https://graph.microsoft.com/Mail.Send");
+    f[0].1 = "unknown-client".into();
+    assert_eq!(post(w.tenant.clone(), f).await.1["error_codes"][0], 700016);
+    let two = base(
+        "https://graph.microsoft.com/Mail.Send https://outlook.office.com/IMAP.AccessAsUser.All",
+    );
+    assert_eq!(
+        post(w.tenant.clone(), two).await.1["error_codes"][0],
+        700022
+    );
+    let bad_scope = base("https://graph.microsoft.com/Mail.Explode");
+    assert_eq!(
+        post(w.tenant.clone(), bad_scope).await.1["error_codes"][0],
+        70011
+    );
+    let mut wrong_pw = base("https://graph.microsoft.com/Mail.Send");
+    wrong_pw[3].1 = "nope".into();
+    let (s, body) = post(w.tenant.clone(), wrong_pw).await;
+    assert_eq!((s, body["error"].as_str()), (400, Some("invalid_grant")));
+    assert_eq!(body["error_codes"][0], 50126);
+
+    // Per-tenant settings: access token lifetime.
+    w.idp.set_tenant_settings(
+        &w.tenant,
+        TenantSettings {
+            access_token_lifetime_secs: Some(120),
+            ..TenantSettings::default()
+        },
+    );
+    let (s, body) = post(
+        w.tenant.clone(),
+        base("https://graph.microsoft.com/Mail.Send offline_access"),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(body["expires_in"], 120);
+    assert!(body["refresh_token"].is_string());
+    assert_eq!(
+        body["scope"],
+        "https://graph.microsoft.com/Mail.Send https://graph.microsoft.com/Mail.Send.Shared offline_access"
+    );
+}
