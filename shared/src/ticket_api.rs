@@ -399,6 +399,55 @@ mod tests {
     }
 
     #[test]
+    fn payload_fields_match_the_json_schema() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../schemas/ticket-payload.schema.json")).unwrap();
+        let payload = TicketPayload {
+            schema: TICKET_PAYLOAD_SCHEMA.into(),
+            mailbox: "m".into(),
+            mailbox_address: "m@x".into(),
+            received_at: chrono::Utc::now(),
+            idempotency_key: "0".repeat(64),
+            draft: serde_json::json!({}),
+            attachments: vec![TicketAttachment {
+                filename: None,
+                content_type: "text/plain".into(),
+                size: 1,
+                inline: false,
+                content_id: None,
+                content_base64: None,
+                omitted_reason: None,
+            }],
+            problem: None,
+            raw_message_base64: None,
+        };
+        let value = serde_json::to_value(&payload).unwrap();
+        let keys = |v: &serde_json::Value| {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        let required = |v: &serde_json::Value| {
+            let mut k: Vec<String> = v["required"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_string())
+                .collect();
+            k.sort();
+            k
+        };
+        assert_eq!(keys(&value), required(&schema));
+        assert_eq!(keys(&schema["properties"]), required(&schema));
+        let item_schema = &schema["properties"]["attachments"]["items"];
+        assert_eq!(keys(&value["attachments"][0]), required(item_schema));
+        assert_eq!(
+            schema["properties"]["schema"]["const"],
+            TICKET_PAYLOAD_SCHEMA
+        );
+    }
+
+    #[test]
     fn retry_after_accepts_seconds_and_http_dates() {
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(reqwest::header::RETRY_AFTER, "3".parse().unwrap());

@@ -295,6 +295,8 @@ impl MailboxConfig {
 pub struct Settings {
     /// `MAILBRIDGE_STATE_TABLE`.
     pub state_table: String,
+    /// `MAILBRIDGE_THREAD_KEY_SECRET`: secret holding the thread-marker HMAC key (plain string).
+    pub thread_key_secret: String,
     /// `MAILBRIDGE_MAX_CONCURRENT_MAILBOXES` (default 8).
     pub max_concurrent_mailboxes: usize,
     /// `MAILBRIDGE_POLL_DEADLINE_MARGIN_SECONDS` (default 20): stop starting new messages when
@@ -339,8 +341,15 @@ impl Settings {
                 name: "MAILBRIDGE_STATE_TABLE",
                 problem: "is required (the DynamoDB state table name)".into(),
             })?;
+        let thread_key_secret = get("MAILBRIDGE_THREAD_KEY_SECRET")
+            .filter(|v| !v.trim().is_empty())
+            .ok_or(SettingsError {
+                name: "MAILBRIDGE_THREAD_KEY_SECRET",
+                problem: "is required (the secret holding the thread-marker HMAC key)".into(),
+            })?;
         Ok(Settings {
             state_table,
+            thread_key_secret,
             max_concurrent_mailboxes: number("MAILBRIDGE_MAX_CONCURRENT_MAILBOXES", 8, 1, 256)?
                 as usize,
             deadline_margin: Duration::from_secs(number(
@@ -434,14 +443,20 @@ mod tests {
         let err = Settings::from_lookup(|_| None).unwrap_err();
         assert_eq!(err.name, "MAILBRIDGE_STATE_TABLE");
         let err = Settings::from_lookup(|k| match k {
-            "MAILBRIDGE_STATE_TABLE" => Some("t".into()),
+            "MAILBRIDGE_STATE_TABLE" | "MAILBRIDGE_THREAD_KEY_SECRET" => Some("t".into()),
             "MAILBRIDGE_MAX_CONCURRENT_MAILBOXES" => Some("0".into()),
             _ => None,
         })
         .unwrap_err();
         assert_eq!(err.name, "MAILBRIDGE_MAX_CONCURRENT_MAILBOXES");
-        let ok =
-            Settings::from_lookup(|k| (k == "MAILBRIDGE_STATE_TABLE").then(|| "t".into())).unwrap();
+        let err = Settings::from_lookup(|k| (k == "MAILBRIDGE_STATE_TABLE").then(|| "t".into()))
+            .unwrap_err();
+        assert_eq!(err.name, "MAILBRIDGE_THREAD_KEY_SECRET");
+        let ok = Settings::from_lookup(|k| {
+            matches!(k, "MAILBRIDGE_STATE_TABLE" | "MAILBRIDGE_THREAD_KEY_SECRET")
+                .then(|| "t".into())
+        })
+        .unwrap();
         assert_eq!(ok.max_concurrent_mailboxes, 8);
     }
 }

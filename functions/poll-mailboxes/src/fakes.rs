@@ -681,4 +681,20 @@ async fn a_manual_event_polls_only_the_named_mailboxes() {
     assert_eq!(report.mailboxes.len(), 1);
     assert_eq!(w.server.count("a@example.com", "INBOX"), 1);
     assert_eq!(w.server.count("b@example.com", "INBOX"), 0);
+    // by address, and an unknown name is reported, not ignored
+    let report = crate::handler::handle(
+        &w.deps,
+        &serde_json::json!({"mailboxes": ["A@example.com", "nobody"]}),
+        later(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.mailboxes.len(), 2);
+    assert_eq!(w.server.count("a@example.com", "INBOX"), 0);
+    let unknown = report
+        .mailboxes
+        .iter()
+        .find(|s| s.mailbox == "nobody")
+        .unwrap();
+    assert_eq!(unknown.outcome, "config_error");
 }

@@ -144,6 +144,16 @@ mod tests {
     }
 
     #[test]
+    fn the_committed_event_samples_parse() {
+        let schedule: serde_json::Value =
+            serde_json::from_str(include_str!("../../../infra/events/poll-schedule.json")).unwrap();
+        assert_eq!(parse_event(&schedule).unwrap(), PollRequest::All);
+        let manual: serde_json::Value =
+            serde_json::from_str(include_str!("../../../infra/events/poll-manual.json")).unwrap();
+        assert!(matches!(parse_event(&manual).unwrap(), PollRequest::Named(n) if n.len() == 2));
+    }
+
+    #[test]
     fn emf_line_names_the_agreed_metrics() {
         let report = PollReport {
             tickets_created: 3,

@@ -99,7 +99,28 @@ pub async fn poll_once(
     names: Option<&[String]>,
     deadline: Instant,
 ) -> Result<PollReport, StoreError> {
-    let configs = deps.state.load_mailboxes(names).await?;
+    let mut configs = deps.state.load_mailboxes(None).await?;
+    if let Some(wanted) = names {
+        // A manual run may name mailboxes by configuration name or by address.
+        let matches =
+            |entry: &Result<MailboxConfig, crate::config::ConfigError>, w: &str| match entry {
+                Ok(c) => c.name == w || c.user.eq_ignore_ascii_case(w),
+                Err(e) => e.mailbox == w,
+            };
+        let unknown: Vec<_> = wanted
+            .iter()
+            .filter(|w| !configs.iter().any(|c| matches(c, w)))
+            .map(|w| {
+                Err(crate::config::ConfigError {
+                    mailbox: w.clone(),
+                    field: "(name)".into(),
+                    problem: "matches no configured mailbox (name or address)".into(),
+                })
+            })
+            .collect();
+        configs.retain(|c| wanted.iter().any(|w| matches(c, w)));
+        configs.extend(unknown);
+    }
     let concurrency = deps.max_concurrent_mailboxes.max(1);
     let statuses: Vec<MailboxStatus> = futures::stream::iter(configs)
         .map(|entry| async move {

@@ -1,0 +1,177 @@
+//! Deploy assets agree with the code: the `infra/events/` files are what the functions accept, and
+//! `template.yaml` gives each function the environment it reads.
+//!
+//! The events are also run through the real `bootstrap` binaries by the sender's and poller's tests;
+//! these checks are the cheap, offline half (no local stack needed).
+
+use std::path::PathBuf;
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use mailbridge::notification::Notification;
+
+fn repo_file(relative: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+fn json_file(relative: &str) -> serde_json::Value {
+    serde_json::from_str(&repo_file(relative))
+        .unwrap_or_else(|e| panic!("{relative} is not valid JSON: {e}"))
+}
+
+/// The lines of one top-level resource of template.yaml (from `  Name:` to the next resource).
+fn template_resource(template: &str, name: &str) -> String {
+    let header = format!("  {name}:");
+    let mut lines = template.lines().skip_while(|l| *l != header);
+    let first = lines
+        .next()
+        .unwrap_or_else(|| panic!("template.yaml has no resource {name}"));
+    let is_next_resource =
+        |l: &str| l.starts_with("  ") && !l.starts_with("   ") && l.trim_end().ends_with(':');
+    let is_next_section = |l: &str| !l.is_empty() && !l.starts_with(' ');
+    let rest = lines.take_while(|l| !is_next_resource(l) && !is_next_section(l));
+    std::iter::once(first)
+        .chain(rest)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_sqs_batch_event_is_a_lambda_sqs_event_whose_bodies_are_valid_notifications() {
+    let event: SqsEvent =
+        serde_json::from_value(json_file("infra/events/sqs-notification-batch.json"))
+            .expect("sqs-notification-batch.json must deserialize as aws_lambda_events SqsEvent");
+    assert!(
+        event.records.len() >= 3,
+        "the batch should show several shapes"
+    );
+    let mut ids = Vec::new();
+    for record in &event.records {
+        let message_id = record
+            .message_id
+            .clone()
+            .expect("every record has a messageId");
+        assert_eq!(record.event_source.as_deref(), Some("aws:sqs"));
+        assert!(
+            record.attributes.contains_key("ApproximateReceiveCount"),
+            "record {message_id} lacks the SQS system attributes"
+        );
+        let body = record.body.as_deref().expect("every record has a body");
+        let notification = Notification::parse(body, &message_id).unwrap_or_else(|e| {
+            panic!("record {message_id}: body is not a valid notification: {e}")
+        });
+        ids.push(notification.id().to_owned());
+    }
+    assert!(
+        ids.iter().any(|id| event
+            .records
+            .iter()
+            .any(|r| r.message_id.as_deref() == Some(id))),
+        "one record leaves out `id`, so the SQS message id is the idempotency key"
+    );
+}
+
+#[test]
+fn the_single_notification_for_send_message_is_valid() {
+    let body = repo_file("infra/events/notification.json");
+    let notification =
+        Notification::parse(&body, "cli-test").expect("notification.json must be valid");
+    assert!(notification.ticket_number.is_some() && !notification.attachments.is_empty());
+}
+
+#[test]
+fn the_schedule_input_in_the_template_matches_the_schedule_event_file() {
+    let template = repo_file("template.yaml");
+    let poller = template_resource(&template, "PollMailboxesFunction");
+    // the folded `Input: >-` block: its indented lines up to the next key
+    let mut input = String::new();
+    let mut lines = poller.lines().skip_while(|l| l.trim() != "Input: >-");
+    lines.next().expect("the schedule has an Input");
+    for line in lines {
+        if line.trim_end().ends_with(':') || line.trim_start().starts_with('#') {
+            break;
+        }
+        input.push_str(line.trim());
+        input.push(' ');
+    }
+    let input: serde_json::Value = serde_json::from_str(&input)
+        .unwrap_or_else(|e| panic!("schedule Input is not JSON ({e}): {input}"));
+    let sample = json_file("infra/events/poll-schedule.json");
+    let keys = |v: &serde_json::Value| {
+        let mut k: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&input), keys(&sample));
+    assert_eq!(input["source"], sample["source"]);
+    assert!(
+        input.get("mailboxes").is_none(),
+        "a scheduled run polls every mailbox"
+    );
+}
+
+#[test]
+fn the_poller_reads_the_schedule_event_as_all_mailboxes_and_the_manual_event_as_named_ones() {
+    use poll_mailboxes::handler::{PollRequest, parse_event};
+    let scheduled = parse_event(&json_file("infra/events/poll-schedule.json"))
+        .expect("the poller accepts the schedule event");
+    assert_eq!(scheduled, PollRequest::All);
+    let manual = parse_event(&json_file("infra/events/poll-manual.json"))
+        .expect("the poller accepts the manual event");
+    match manual {
+        PollRequest::Named(names) => assert_eq!(names.len(), 2, "{names:?}"),
+        PollRequest::All => panic!("the manual event names mailboxes"),
+    }
+}
+
+#[test]
+fn the_template_gives_each_function_the_environment_it_reads() {
+    let template = repo_file("template.yaml");
+    let both = [
+        "RUST_LOG",
+        "MAILBRIDGE_STATE_TABLE",
+        "MAILBRIDGE_SECRET_PREFIX",
+        "MAILBRIDGE_THREAD_KEY_SECRET",
+    ];
+    let sender_only = [
+        "MAILBRIDGE_DLQ_URL",
+        "MAILBRIDGE_MAX_IN_FLIGHT_PER_MAILBOX",
+        "MAILBRIDGE_REAUTH_VISIBILITY_SECONDS",
+        "MAILBRIDGE_GRAPH_URL",
+    ];
+    let poller_only = ["MAILBRIDGE_MAX_CONCURRENT_MAILBOXES"];
+    let sender = template_resource(&template, "SendNotificationsFunction");
+    let poller = template_resource(&template, "PollMailboxesFunction");
+    let has = |section: &str, var: &str| {
+        section
+            .lines()
+            .any(|l| l.trim_start().starts_with(&format!("{var}:")))
+    };
+    for var in both.iter().chain(&sender_only) {
+        assert!(has(&sender, var), "SendNotificationsFunction lacks {var}");
+    }
+    for var in both.iter().chain(&poller_only) {
+        assert!(has(&poller, var), "PollMailboxesFunction lacks {var}");
+    }
+    for var in sender_only {
+        assert!(
+            !has(&poller, var),
+            "PollMailboxesFunction should not get {var}"
+        );
+    }
+    for section in [&sender, &poller] {
+        for needle in [
+            "Runtime: provided.al2023",
+            "Architectures: [arm64]",
+            "Handler: bootstrap",
+            "BuildMethod: rust-cargolambda",
+            "LogFormat: JSON",
+        ] {
+            assert!(section.contains(needle), "a function lacks `{needle}`");
+        }
+    }
+    assert!(sender.contains("FunctionResponseTypes: [ReportBatchItemFailures]"));
+    assert!(poller.contains("Type: ScheduleV2"));
+}
