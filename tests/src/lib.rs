@@ -200,6 +200,39 @@ impl async_imap::Authenticator for XOAuth2 {
     }
 }
 
+/// SASL OAUTHBEARER (RFC 7628: `n,a=<user>,^Aauth=Bearer <token>^A^A`).
+pub struct OAuthBearer {
+    /// Login user (the mailbox).
+    pub user: String,
+    /// Bearer access token.
+    pub token: String,
+    sent: bool,
+}
+
+impl OAuthBearer {
+    /// Authenticator for `user` with `token`.
+    pub fn new(user: &str, token: &str) -> Self {
+        OAuthBearer {
+            user: user.to_string(),
+            token: token.to_string(),
+            sent: false,
+        }
+    }
+}
+
+impl async_imap::Authenticator for OAuthBearer {
+    type Response = String;
+    fn process(&mut self, _challenge: &[u8]) -> String {
+        if self.sent {
+            // RFC 7628: answer the error challenge with a single ^A
+            "\x01".to_string()
+        } else {
+            self.sent = true;
+            format!("n,a={},\x01auth=Bearer {}\x01\x01", self.user, self.token)
+        }
+    }
+}
+
 /// Connect to `dovecot`'s IMAPS port (server name `localhost`, only its CA trusted) and read
 /// the greeting.
 pub async fn imaps_connect(
@@ -229,6 +262,19 @@ pub async fn imap_login_xoauth2(
         .authenticate("XOAUTH2", XOAuth2::new(user, token))
         .await
         .map_err(|(e, _)| anyhow::anyhow!("XOAUTH2 login as {user} failed: {e}"))
+}
+
+/// Log in to `dovecot` over IMAPS with OAUTHBEARER.
+pub async fn imap_login_oauthbearer(
+    dovecot: &local_stack::dovecot::Dovecot,
+    user: &str,
+    token: &str,
+) -> anyhow::Result<ImapSession> {
+    let client = imaps_connect(dovecot).await?;
+    client
+        .authenticate("OAUTHBEARER", OAuthBearer::new(user, token))
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("OAUTHBEARER login as {user} failed: {e}"))
 }
 
 /// Start a private Dovecot instance (for tests that stop/restart it or need their own

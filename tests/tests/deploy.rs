@@ -110,12 +110,20 @@ fn the_schedule_input_in_the_template_matches_the_schedule_event_file() {
         input.get("mailboxes").is_none(),
         "a scheduled run polls every mailbox"
     );
-    let manual = json_file("infra/events/poll-manual.json");
-    assert!(
-        manual["mailboxes"]
-            .as_array()
-            .is_some_and(|m| !m.is_empty())
-    );
+}
+
+#[test]
+fn the_poller_reads_the_schedule_event_as_all_mailboxes_and_the_manual_event_as_named_ones() {
+    use poll_mailboxes::handler::{PollRequest, parse_event};
+    let scheduled = parse_event(&json_file("infra/events/poll-schedule.json"))
+        .expect("the poller accepts the schedule event");
+    assert_eq!(scheduled, PollRequest::All);
+    let manual = parse_event(&json_file("infra/events/poll-manual.json"))
+        .expect("the poller accepts the manual event");
+    match manual {
+        PollRequest::Named(names) => assert_eq!(names.len(), 2, "{names:?}"),
+        PollRequest::All => panic!("the manual event names mailboxes"),
+    }
 }
 
 #[test]

@@ -207,6 +207,17 @@ async fn dovecot_xoauth2_over_imaps_own_and_shared_mailbox() {
         "Dovecot introspected the token: {seen:?}"
     );
 
+    // OAUTHBEARER with the same token
+    let mut session = mailbridge_tests::imap_login_oauthbearer(&dovecot, &user, "good-token")
+        .await
+        .unwrap();
+    session.logout().await.unwrap();
+    assert!(
+        mailbridge_tests::imap_login_oauthbearer(&dovecot, &user, "bad-token")
+            .await
+            .is_err()
+    );
+
     // unknown token
     let err = mailbridge_tests::imap_login_xoauth2(&dovecot, &user, "bad-token")
         .await

@@ -449,8 +449,14 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(err.name, "MAILBRIDGE_MAX_CONCURRENT_MAILBOXES");
-        let ok =
-            Settings::from_lookup(|k| (k == "MAILBRIDGE_STATE_TABLE").then(|| "t".into())).unwrap();
+        let err = Settings::from_lookup(|k| (k == "MAILBRIDGE_STATE_TABLE").then(|| "t".into()))
+            .unwrap_err();
+        assert_eq!(err.name, "MAILBRIDGE_THREAD_KEY_SECRET");
+        let ok = Settings::from_lookup(|k| {
+            matches!(k, "MAILBRIDGE_STATE_TABLE" | "MAILBRIDGE_THREAD_KEY_SECRET")
+                .then(|| "t".into())
+        })
+        .unwrap();
         assert_eq!(ok.max_concurrent_mailboxes, 8);
     }
 }

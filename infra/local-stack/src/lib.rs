@@ -26,7 +26,8 @@ use std::sync::{Arc, OnceLock, mpsc};
 /// Somewhere a stand-in can put a message for a mailbox (the Graph stand-in delivers the mail it
 /// "sends" into Dovecot through this, so a test can read it back over IMAP).
 pub trait MailDrop: Send + Sync {
-    /// Deliver the raw RFC 5322 message `raw` into `recipient`'s INBOX.
+    /// Deliver the raw RFC 5322 message `raw` into `recipient`'s INBOX. Blocking (Dovecot's
+    /// implementation runs `doveadm save`, ~10 ms): call it from `spawn_blocking` in a server.
     fn deliver(&self, recipient: &str, raw: &[u8]) -> anyhow::Result<()>;
 }
 

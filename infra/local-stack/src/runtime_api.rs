@@ -567,12 +567,14 @@ fn complete(state: &ServerState, id: &str, result: InvocationResult) -> Response
     }
 }
 
-/// Path of a workspace binary (`<target>/<profile>/<name>`), building it first with
-/// `cargo build -p <package> --bin <name>` once per process. The target/profile directory is
-/// taken from the running executable when it lives in `<target>/<profile>/deps/` (a test), else
-/// from [`crate::target_dir`] + `debug`.
+/// Path of a workspace binary (`<target>/<profile>/<name>`), building every workspace binary
+/// first with `cargo build --workspace --bins` once per process (the same feature set as
+/// `infra/scripts/test.sh`'s build, so after that build this is a no-op; `-p <package>` alone
+/// would resolve different features and rebuild the shared crates). The target/profile
+/// directory is taken from the running executable when it lives in `<target>/<profile>/deps/`
+/// (a test), else from [`crate::target_dir`] + `debug`. `package` is only used in messages.
 pub fn workspace_binary(package: &str, name: &str) -> anyhow::Result<PathBuf> {
-    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    static BUILT: Mutex<bool> = Mutex::new(false);
     let profile_dir = std::env::current_exe()
         .ok()
         .and_then(|exe| {
@@ -581,13 +583,13 @@ pub fn workspace_binary(package: &str, name: &str) -> anyhow::Result<PathBuf> {
         })
         .unwrap_or_else(|| crate::target_dir().join("debug"));
     let path = profile_dir.join(name);
-    let mut built = BUILT.lock().expect("lock");
-    if !built.iter().any(|b| b == name) {
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !*built {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut command = Command::new(cargo);
         command
             .current_dir(crate::repo_root())
-            .args(["build", "-q", "-p", package, "--bin", name]);
+            .args(["build", "-q", "--workspace", "--bins"]);
         if let Some(target) = profile_dir.parent() {
             command.env("CARGO_TARGET_DIR", target);
         }
@@ -599,14 +601,17 @@ pub fn workspace_binary(package: &str, name: &str) -> anyhow::Result<PathBuf> {
         }
         let status = command
             .status()
-            .with_context(|| format!("run cargo build -p {package} --bin {name}"))?;
+            .with_context(|| format!("run cargo build --workspace --bins (for {package})"))?;
         if !status.success() {
-            bail!("cargo build -p {package} --bin {name} failed ({status})");
+            bail!("cargo build --workspace --bins failed ({status}) while building {package}");
         }
-        built.push(name.to_string());
+        *built = true;
     }
     if !path.exists() {
-        bail!("{} is missing after cargo build", path.display());
+        bail!(
+            "{} is missing after cargo build (is `{name}` a binary of {package}?)",
+            path.display()
+        );
     }
     Ok(path)
 }

@@ -358,7 +358,7 @@ impl Walk<'_, '_> {
                 }
             }
         };
-        lf_text(&text)
+        lf_text(text)
     }
 }
 
@@ -466,9 +466,9 @@ fn find_header_end(bytes: &[u8]) -> usize {
 }
 
 /// CRLF / CR → LF and no NULs (text from base64 keeps the sender's line ends).
-pub(crate) fn lf_text(text: &str) -> String {
+pub(crate) fn lf_text(text: Cow<'_, str>) -> String {
     if !text.contains(['\r', '\0']) {
-        return text.to_string();
+        return text.into_owned();
     }
     text.replace("\r\n", "\n")
         .replace('\r', "\n")

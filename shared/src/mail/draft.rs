@@ -145,6 +145,12 @@ pub enum ParseError {
         /// How many bytes were searched.
         scanned: usize,
     },
+    /// More MIME parts than the parser accepts (memory bound).
+    #[error("too many MIME parts (more than {limit} boundary lines)")]
+    TooManyParts {
+        /// The limit.
+        limit: usize,
+    },
     /// The MIME parser gave up.
     #[error("the MIME structure could not be parsed")]
     Unparseable,

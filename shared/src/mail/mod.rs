@@ -36,7 +36,11 @@ pub fn parse(raw: &[u8], opts: &ParseOptions) -> Result<TicketDraft, ParseError>
     if message.parts.is_empty() {
         return Err(ParseError::Unparseable);
     }
-    Ok(build_draft(&message, data, normalized.charset_hint, opts))
+    let mut draft = build_draft(&message, data, normalized.charset_hint, opts);
+    // The MIME tree is no longer needed: free it before the reply text copies the body.
+    drop(message);
+    draft.reply_text = reply::reply_text(&draft.body_text);
+    Ok(draft)
 }
 
 fn build_draft(
@@ -48,7 +52,7 @@ fn build_draft(
     let headers = auto::Headers::new(message.headers_raw());
     let subject = message
         .subject()
-        .map(|s| unfold(&charset::fix_embedded_iso_2022_jp(&body::lf_text(s))))
+        .map(|s| unfold(&charset::fix_embedded_iso_2022_jp(s)))
         .unwrap_or_default();
     let from = message
         .from()
@@ -70,15 +74,14 @@ fn build_draft(
             .map(|d| d.to_rfc3339())
     });
 
-    let bodies = body::collect(message, raw, charset_hint);
+    let mut bodies = body::collect(message, raw, charset_hint);
     let body_text = if !bodies.text_parts.is_empty() {
-        join_texts(&bodies.text_parts)
+        join_texts(std::mem::take(&mut bodies.text_parts))
     } else if let Some(html) = &bodies.html {
         html_to_text(html)
     } else {
         String::new()
     };
-    let reply_text = reply::reply_text(&body_text);
 
     let root = message.root_part();
     let report_type = root
@@ -146,7 +149,8 @@ fn build_draft(
         references,
         body_text,
         body_html: bodies.html,
-        reply_text,
+        // Filled in by `parse` once the MIME tree is freed.
+        reply_text: String::new(),
         attachments: bodies.attachments,
         auto_generated: auto_reason.is_some(),
         auto_reason,
@@ -210,7 +214,13 @@ fn find_thread(
 fn unfold(s: &str) -> String {
     let s: String = s
         .chars()
-        .map(|c| if c == '\n' || c == '\t' { ' ' } else { c })
+        .map(|c| {
+            if matches!(c, '\n' | '\r' | '\t') {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect();
     let mut out = String::with_capacity(s.len());
     let mut last_space = false;
@@ -268,22 +278,23 @@ fn ids(value: &HeaderValue<'_>) -> Vec<String> {
         .collect()
 }
 
-fn join_texts(parts: &[String]) -> String {
+fn join_texts(parts: Vec<String>) -> String {
     let mut out = String::new();
-    for p in parts {
-        let p = p.trim_end();
-        // Drop leading blank lines, keep the first line's indentation.
-        let p = match p.find(|c: char| !c.is_whitespace()) {
-            Some(first) => &p[p[..first].rfind('\n').map_or(0, |nl| nl + 1)..],
-            None => "",
+    for mut p in parts {
+        // Drop trailing whitespace and leading blank lines; keep the first line's indentation.
+        let end = p.trim_end().len();
+        p.truncate(end);
+        let start = match p.find(|c: char| !c.is_whitespace()) {
+            Some(first) => p[..first].rfind('\n').map_or(0, |nl| nl + 1),
+            None => continue,
         };
-        if p.trim().is_empty() {
-            continue;
-        }
-        if !out.is_empty() {
+        if out.is_empty() {
+            p.drain(..start);
+            out = p;
+        } else {
             out.push_str("\n\n");
+            out.push_str(&p[start..]);
         }
-        out.push_str(p);
     }
     out
 }

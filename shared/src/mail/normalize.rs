@@ -8,6 +8,10 @@ use super::charset;
 use super::draft::ParseError;
 use std::borrow::Cow;
 
+/// More boundary lines than this and the message is refused: the MIME tree of that many parts
+/// costs far more memory than the message (a helpdesk mail has a few dozen at most).
+pub(crate) const MAX_PARTS: usize = 10_000;
+
 /// How far into the input we look for the first header field before giving up.
 const HEADER_SEARCH_LIMIT: usize = 64 * 1024;
 
@@ -57,7 +61,11 @@ pub(crate) fn normalize(raw: &[u8]) -> Result<Normalized<'_>, ParseError> {
         }
     };
     // Part headers: only worth a look when some line is a bare `boundary=`-style parameter.
-    let data = match repair_part_headers(&data, 0) {
+    let (fixed, dash_lines) = repair_part_headers(&data, 0);
+    if dash_lines > MAX_PARTS {
+        return Err(ParseError::TooManyParts { limit: MAX_PARTS });
+    }
+    let data = match fixed {
         Some(fixed) => Cow::Owned(fixed),
         None => data,
     };
@@ -153,12 +161,15 @@ fn is_param_line(line: &[u8]) -> bool {
 /// Un-folded MIME parameters in part headers (a line `boundary="..."` without leading
 /// whitespace right after a `Content-Type:` line) get their folding space back. Only the
 /// header blocks that follow a boundary delimiter line (`--...`) are looked at.
-fn repair_part_headers(data: &[u8], from: usize) -> Option<Vec<u8>> {
+/// Also counts the lines that start with `--` (an upper bound of the MIME parts).
+fn repair_part_headers(data: &[u8], from: usize) -> (Option<Vec<u8>>, usize) {
     let mut inserts: Vec<usize> = Vec::new();
+    let mut dash_lines = 0;
     let mut pos = from;
     while pos < data.len() {
         let end = line_end(data, pos);
         if data[pos..end].starts_with(b"--") {
+            dash_lines += 1;
             // Walk this part's header block (bounded).
             let mut p = (end + 1).min(data.len());
             let mut in_header = false;
@@ -185,7 +196,7 @@ fn repair_part_headers(data: &[u8], from: usize) -> Option<Vec<u8>> {
         pos = end + 1;
     }
     if inserts.is_empty() {
-        return None;
+        return (None, dash_lines);
     }
     let mut out = Vec::with_capacity(data.len() + inserts.len());
     let mut last = 0;
@@ -195,7 +206,7 @@ fn repair_part_headers(data: &[u8], from: usize) -> Option<Vec<u8>> {
         last = at;
     }
     out.extend_from_slice(&data[last..]);
-    Some(out)
+    (Some(out), dash_lines)
 }
 
 fn trim_end_ws(s: &[u8]) -> &[u8] {

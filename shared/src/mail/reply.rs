@@ -52,11 +52,21 @@ static SIGNATURE_LINE: LazyLock<Regex> = LazyLock::new(|| {
         .expect("static regex")
 });
 
+/// How much of the body is searched for quote headers and signature delimiters.
+const MAX_SCAN_BYTES: usize = 1024 * 1024;
+
 /// The new part of `body`; `body` itself when nothing remains after stripping.
 pub(crate) fn reply_text(body: &str) -> String {
     let lines: Vec<&str> = body.lines().collect();
     let mut end = lines.len();
+    // Quote headers and signatures sit near the top of a reply: only the first lines are
+    // searched, which keeps huge bodies linear and cheap.
+    let mut scanned_bytes = 0;
     for (i, line) in lines.iter().enumerate() {
+        scanned_bytes += line.len() + 1;
+        if scanned_bytes > MAX_SCAN_BYTES {
+            break;
+        }
         if QUOTE_HEADER_LINE.is_match(line) && !line.trim_start().starts_with('>') {
             end = i;
             break;
@@ -84,17 +94,23 @@ pub(crate) fn reply_text(body: &str) -> String {
             break;
         }
     }
-    let kept: Vec<&str> = lines[..end]
+    let mut text = String::new();
+    for line in lines[..end]
         .iter()
-        .copied()
         .filter(|l| !l.trim_start().starts_with('>'))
-        .collect();
-    let text = kept.join("\n");
-    let text = text.trim_matches(|c: char| c == '\n' || c.is_whitespace());
+    {
+        if text.is_empty() && line.trim().is_empty() {
+            continue;
+        }
+        text.push_str(line);
+        text.push('\n');
+    }
+    let trimmed = text.trim_end().len();
+    text.truncate(trimmed);
     if text.is_empty() {
         body.to_string()
     } else {
-        text.to_string()
+        text
     }
 }
 
