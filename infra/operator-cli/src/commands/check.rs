@@ -198,7 +198,9 @@ async fn check_target(ctx: &Context, target: Target, timeout: Duration) -> Targe
                 steps: vec![Step::failed(
                     "mailbox configuration",
                     problem,
-                    format!("fix the field and store it again with `mailbridge mailbox add {name} ...`"),
+                    format!(
+                        "fix the field and store it again with `mailbridge mailbox add {name} ...`"
+                    ),
                 )],
             };
         }
@@ -213,7 +215,12 @@ async fn check_target(ctx: &Context, target: Target, timeout: Duration) -> Targe
                 folder: config.folder.clone(),
             }),
         ),
-        Target::Account(secret) => ("account", ctx.account_name(&secret).to_owned(), secret, None),
+        Target::Account(secret) => (
+            "account",
+            ctx.account_name(&secret).to_owned(),
+            secret,
+            None,
+        ),
     };
     let steps = run_steps(ctx, &secret_name, imap, timeout).await;
     TargetReport {
@@ -290,11 +297,19 @@ async fn run_steps(
         mailbridge::token::AccountState::Ok if account.refresh_token.is_some() => {
             let age = account
                 .refresh_token_stored_at
-                .map(|t| format!(", refresh token stored {} ago", human_duration(chrono::Utc::now() - t)))
+                .map(|t| {
+                    format!(
+                        ", refresh token stored {} ago",
+                        human_duration(chrono::Utc::now() - t)
+                    )
+                })
                 .unwrap_or_default();
             steps.push(Step::ok(
                 step_secret,
-                format!("user {}, tenant {}, status ok{age}", account.username, account.tenant_id),
+                format!(
+                    "user {}, tenant {}, status ok{age}",
+                    account.username, account.tenant_id
+                ),
             ));
         }
         mailbridge::token::AccountState::Ok => {
@@ -338,7 +353,11 @@ async fn run_steps(
     let tokens = match ctx.token_service().await {
         Ok(t) => t,
         Err(e) => {
-            steps.push(Step::failed("token (Graph)", format!("{e:#}"), "fix the setting named"));
+            steps.push(Step::failed(
+                "token (Graph)",
+                format!("{e:#}"),
+                "fix the setting named",
+            ));
             return steps;
         }
     };
@@ -374,10 +393,9 @@ async fn run_steps(
                         "the identity platform ({}) or Secrets Manager did not answer; check the network and authority_host, then retry",
                         account.authority_host
                     ),
-                    TokenError::BadSecret { .. } => format!(
-                        "fix the named field or {}",
-                        login_fix(ctx, secret_name)
-                    ),
+                    TokenError::BadSecret { .. } => {
+                        format!("fix the named field or {}", login_fix(ctx, secret_name))
+                    }
                 };
                 steps.push(Step::failed(label, e.to_string(), fix));
             }
@@ -392,9 +410,9 @@ async fn run_steps(
     // 3. Graph
     let graph_url = ctx.graph_url(&account);
     match &graph_token {
-        Some(token) => steps.push(
-            graph_probe(ctx, secret_name, &graph_url, token, &account, timeout).await,
-        ),
+        Some(token) => {
+            steps.push(graph_probe(ctx, secret_name, &graph_url, token, &account, timeout).await)
+        }
         None => steps.push(Step::skipped(graph_step, "no Graph token")),
     }
 
@@ -425,8 +443,10 @@ fn token_fix(ctx: &Context, secret_name: &str, audience: Option<Audience>, reaso
             "IMAP.AccessAsUser.All (Office 365 Exchange Online, delegated)".to_owned()
         }
         Some(Audience::Graph) => "Mail.Send (Microsoft Graph, delegated)".to_owned(),
-        None => "Mail.Send (Microsoft Graph) and IMAP.AccessAsUser.All (Office 365 Exchange Online)"
-            .to_owned(),
+        None => {
+            "Mail.Send (Microsoft Graph) and IMAP.AccessAsUser.All (Office 365 Exchange Online)"
+                .to_owned()
+        }
     };
     match code {
         Some(65001 | 90094 | 90095 | 65004) => format!(
@@ -459,7 +479,8 @@ async fn graph_probe(
     account: &AccountSecret,
     timeout: Duration,
 ) -> Step {
-    let step = format!("Graph {graph_url} reachable (sendMail probe without recipients, nothing sent)");
+    let step =
+        format!("Graph {graph_url} reachable (sendMail probe without recipients, nothing sent)");
     let client = match GraphClient::new(graph_url) {
         Ok(c) => c,
         Err(e) => {
@@ -493,7 +514,12 @@ async fn graph_probe(
         },
     };
     match client.send_mail(token, &probe, timeout).await {
-        Err(GraphError::Rejected { status: 400, code, request_id, .. }) => Step::ok(
+        Err(GraphError::Rejected {
+            status: 400,
+            code,
+            request_id,
+            ..
+        }) => Step::ok(
             step,
             format!(
                 "token and Mail.Send accepted for {} (probe refused as intended: 400 {code}, request-id {})",
@@ -531,7 +557,9 @@ async fn graph_probe(
         Err(e) => Step::failed(
             step,
             e.to_string(),
-            format!("Graph at {graph_url} did not answer normally; check the network / proxy and retry"),
+            format!(
+                "Graph at {graph_url} did not answer normally; check the network / proxy and retry"
+            ),
         ),
     }
 }
@@ -631,6 +659,10 @@ fn print_report(report: &TargetReport) {
     }
     println!(
         "  => {}",
-        if report.ok { "all checks passed" } else { "PROBLEMS FOUND" }
+        if report.ok {
+            "all checks passed"
+        } else {
+            "PROBLEMS FOUND"
+        }
     );
 }

@@ -60,13 +60,23 @@ pub struct GlobalArgs {
     )]
     pub secret_prefix: String,
     /// The DynamoDB state table (mailbox configurations, last-run status, dedupe records).
-    #[arg(long, global = true, env = "MAILBRIDGE_STATE_TABLE", value_name = "TABLE")]
+    #[arg(
+        long,
+        global = true,
+        env = "MAILBRIDGE_STATE_TABLE",
+        value_name = "TABLE"
+    )]
     pub state_table: Option<String>,
     /// Microsoft Graph v1.0 root. Default: the account secret's `graph_host` + `/v1.0`.
     #[arg(long, global = true, env = "MAILBRIDGE_GRAPH_URL", value_name = "URL")]
     pub graph_url: Option<String>,
     /// Extra PEM trust anchors for IMAP TLS (a private CA); verification always stays on.
-    #[arg(long, global = true, env = "MAILBRIDGE_IMAP_CA_FILE", value_name = "PEM")]
+    #[arg(
+        long,
+        global = true,
+        env = "MAILBRIDGE_IMAP_CA_FILE",
+        value_name = "PEM"
+    )]
     pub imap_ca_file: Option<PathBuf>,
 }
 

@@ -74,7 +74,9 @@ pub async fn run(ctx: &Context, args: LoginArgs) -> Result<Exit> {
         Ok(existing) => existing,
         Err(e) => {
             // A corrupt secret is replaced by a fresh one built from the flags.
-            eprintln!("mailbridge: the stored secret {secret_name} is unusable ({e:#}); it will be replaced");
+            eprintln!(
+                "mailbridge: the stored secret {secret_name} is unusable ({e:#}); it will be replaced"
+            );
             None
         }
     };
@@ -96,7 +98,14 @@ pub async fn run(ctx: &Context, args: LoginArgs) -> Result<Exit> {
         )
         .await
     } else {
-        device_code(ctx, store.as_ref(), &identity, &secret_name, account.clone()).await
+        device_code(
+            ctx,
+            store.as_ref(),
+            &identity,
+            &secret_name,
+            account.clone(),
+        )
+        .await
     };
     let outcome = outcome.map_err(|e| login_failed(&secret_name, e))?;
     report(ctx, &account, &outcome);
@@ -245,8 +254,15 @@ async fn device_code(
             }
         }
     });
-    let result = device_code_login(store, identity, secret_name, account, &SystemClock, on_event)
-        .await;
+    let result = device_code_login(
+        store,
+        identity,
+        secret_name,
+        account,
+        &SystemClock,
+        on_event,
+    )
+    .await;
     ticker.abort();
     if stderr_is_terminal() {
         eprintln!();
@@ -292,7 +308,11 @@ fn report(ctx: &Context, account: &AccountSecret, outcome: &LoginOutcome) {
             "✓ signed in as {} — secret {} {} (status ok)",
             account.username,
             outcome.secret_name,
-            if outcome.created { "created" } else { "updated" }
+            if outcome.created {
+                "created"
+            } else {
+                "updated"
+            }
         );
         if !outcome.granted_scope.is_empty() {
             println!("  granted: {}", outcome.granted_scope);

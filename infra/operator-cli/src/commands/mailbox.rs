@@ -15,7 +15,7 @@ use super::context::{Context, Exit, print_json};
 #[derive(Debug, clap::Subcommand)]
 pub enum MailboxCommand {
     /// Add or replace a mailbox configuration.
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// List the configured mailboxes.
     List,
     /// Show one mailbox's configuration with its defaults filled in.
@@ -91,16 +91,34 @@ impl AddArgs {
         o.insert("ticket_api_url".into(), json!(self.ticket_api_url));
         o.insert("enabled".into(), json!(!self.disabled));
         let optional: [(&str, Option<Value>); 10] = [
-            ("ticket_api_secret", self.ticket_api_secret.as_ref().map(|v| json!(v))),
+            (
+                "ticket_api_secret",
+                self.ticket_api_secret.as_ref().map(|v| json!(v)),
+            ),
             ("host", self.host.as_ref().map(|v| json!(v))),
             ("port", self.port.map(|v| json!(v))),
             ("folder", self.folder.as_ref().map(|v| json!(v))),
             ("after_action", self.after_action.as_ref().map(|v| json!(v))),
-            ("processed_folder", self.processed_folder.as_ref().map(|v| json!(v))),
-            ("failed_folder", self.failed_folder.as_ref().map(|v| json!(v))),
-            ("max_messages_per_run", self.max_messages_per_run.map(|v| json!(v))),
-            ("max_message_bytes", self.max_message_bytes.map(|v| json!(v))),
-            ("max_attachment_bytes", self.max_attachment_bytes.map(|v| json!(v))),
+            (
+                "processed_folder",
+                self.processed_folder.as_ref().map(|v| json!(v)),
+            ),
+            (
+                "failed_folder",
+                self.failed_folder.as_ref().map(|v| json!(v)),
+            ),
+            (
+                "max_messages_per_run",
+                self.max_messages_per_run.map(|v| json!(v)),
+            ),
+            (
+                "max_message_bytes",
+                self.max_message_bytes.map(|v| json!(v)),
+            ),
+            (
+                "max_attachment_bytes",
+                self.max_attachment_bytes.map(|v| json!(v)),
+            ),
         ];
         for (k, v) in optional {
             if let Some(v) = v {
@@ -123,7 +141,12 @@ pub async fn run(ctx: &Context, command: MailboxCommand) -> Result<Exit> {
             } else {
                 println!(
                     "✓ mailbox {} stored in {table}: {} on {}:{} via account {}, folder {}",
-                    config.name, config.user, config.host, config.port, config.account, config.folder
+                    config.name,
+                    config.user,
+                    config.host,
+                    config.port,
+                    config.account,
+                    config.folder
                 );
                 println!("  next: mailbridge check {}", config.name);
             }
@@ -153,7 +176,11 @@ pub async fn run(ctx: &Context, command: MailboxCommand) -> Result<Exit> {
         }
         MailboxCommand::Show { name } => {
             let state = ctx.state_store().await?;
-            match state.load_mailboxes(Some(std::slice::from_ref(&name))).await?.pop() {
+            match state
+                .load_mailboxes(Some(std::slice::from_ref(&name)))
+                .await?
+                .pop()
+            {
                 Some(Ok(config)) => {
                     if ctx.json() {
                         print_json(&json!({ "mailbox": config }));
@@ -167,7 +194,10 @@ pub async fn run(ctx: &Context, command: MailboxCommand) -> Result<Exit> {
         }
         MailboxCommand::Remove { name } => {
             let state = ctx.state_store().await?;
-            if let Some(Err(e)) = state.load_mailboxes(Some(std::slice::from_ref(&name))).await?.pop()
+            if let Some(Err(e)) = state
+                .load_mailboxes(Some(std::slice::from_ref(&name)))
+                .await?
+                .pop()
                 && e.field == "(item)"
             {
                 bail!("mailbox {name} is not configured in {table}");

@@ -119,7 +119,10 @@ impl DryRunMailbox {
         });
         if self.progress {
             if stderr_is_terminal() {
-                eprint!("\r{}: reading mail {index}/{total} (UID {uid})   ", self.name);
+                eprint!(
+                    "\r{}: reading mail {index}/{total} (UID {uid})   ",
+                    self.name
+                );
             } else if index == 1 || index == total || index % 50 == 0 {
                 eprintln!("{}: reading mail {index}/{total}", self.name);
             }
@@ -254,7 +257,8 @@ impl TicketSink for RecordingSink {
         _idempotency_key: &str,
         _deadline: tokio::time::Instant,
     ) -> Result<TicketReceipt, TicketApiError> {
-        let json = serde_json::to_value(payload).map_err(|e| TicketApiError::Encode(e.to_string()))?;
+        let json =
+            serde_json::to_value(payload).map_err(|e| TicketApiError::Encode(e.to_string()))?;
         self.log.with(&payload.mailbox, |l| {
             let Some(uid) = l.current_uid else { return };
             let plan = l.mails.entry(uid).or_default();
@@ -286,10 +290,7 @@ struct RecordingSinks {
 
 #[async_trait]
 impl SinkFactory for RecordingSinks {
-    async fn sink_for(
-        &self,
-        _config: &MailboxConfig,
-    ) -> Result<Arc<dyn TicketSink>, String> {
+    async fn sink_for(&self, _config: &MailboxConfig) -> Result<Arc<dyn TicketSink>, String> {
         Ok(Arc::new(RecordingSink {
             log: self.log.clone(),
         }))
@@ -325,14 +326,13 @@ pub async fn run(ctx: &Context, args: PollArgs) -> Result<Exit> {
     let state = ctx.state_store().await?;
     let log = DryRunLog::default();
     let tokens = ctx.token_service().await?.clone();
-    let connector = ImapConnector::new(
-        ctx.global.imap_ca_file.as_deref(),
-        Duration::from_secs(30),
-    )?;
+    let connector =
+        ImapConnector::new(ctx.global.imap_ca_file.as_deref(), Duration::from_secs(30))?;
     let thread_key = match std::env::var(super::parse::THREAD_KEY_ENV) {
-        Ok(hex_key) => Some(hex::decode(hex_key.trim()).map_err(|e| {
-            anyhow::anyhow!("{} is not hex: {e}", super::parse::THREAD_KEY_ENV)
-        })?),
+        Ok(hex_key) => Some(
+            hex::decode(hex_key.trim())
+                .map_err(|e| anyhow::anyhow!("{} is not hex: {e}", super::parse::THREAD_KEY_ENV))?,
+        ),
         Err(_) => None,
     };
     let deps = PollDeps {
@@ -350,8 +350,7 @@ pub async fn run(ctx: &Context, args: PollArgs) -> Result<Exit> {
         dedupe_ttl: Duration::from_secs(86_400),
     };
     let names = (!args.mailboxes.is_empty()).then_some(args.mailboxes.as_slice());
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_secs(args.timeout.max(10));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout.max(10));
     let report = poll_once(&deps, names, deadline).await?;
     let mut previews = Vec::new();
     for status in &report.mailboxes {
@@ -366,7 +365,10 @@ pub async fn run(ctx: &Context, args: PollArgs) -> Result<Exit> {
             mailbox: status.mailbox.clone(),
             outcome: status.outcome.clone(),
             reason: status.reason.clone(),
-            would_create: mails.iter().filter(|m| m.action.starts_with("ticket")).count(),
+            would_create: mails
+                .iter()
+                .filter(|m| m.action.starts_with("ticket"))
+                .count(),
             duplicates: mails.iter().filter(|m| m.action == "duplicate").count(),
             deferred: status.deferred,
             mails,

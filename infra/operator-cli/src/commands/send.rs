@@ -50,7 +50,11 @@ pub struct SendArgs {
     #[arg(long)]
     pub subject: String,
     /// Body text (or HTML with --html).
-    #[arg(long, conflicts_with = "body_file", required_unless_present = "body_file")]
+    #[arg(
+        long,
+        conflicts_with = "body_file",
+        required_unless_present = "body_file"
+    )]
     pub body: Option<String>,
     /// Read the body from a file (`-` = stdin).
     #[arg(long, value_name = "FILE")]
@@ -256,10 +260,9 @@ fn extras(n: &Notification) -> Result<MessageExtras> {
 
 async fn send_direct(ctx: &Context, n: &Notification) -> Result<Exit> {
     let secret_name = ctx.secret_name(&n.account);
-    let account = ctx
-        .read_account(&secret_name)
-        .await?
-        .with_context(|| format!("account secret {secret_name} does not exist (run `mailbridge login`)"))?;
+    let account = ctx.read_account(&secret_name).await?.with_context(|| {
+        format!("account secret {secret_name} does not exist (run `mailbridge login`)")
+    })?;
     let graph_url = ctx.graph_url(&account);
     let client = GraphClient::new(&graph_url)?;
     let mail = OutgoingMail::from_notification(n, extras(n)?);

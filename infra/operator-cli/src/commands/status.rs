@@ -78,7 +78,12 @@ pub async fn account_secret_names(ctx: &Context) -> Result<Vec<String>> {
             .set_next_token(next.take())
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("ListSecrets (prefix {prefix}): {}", aws_sdk_secretsmanager::error::DisplayErrorContext(e)))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "ListSecrets (prefix {prefix}): {}",
+                    aws_sdk_secretsmanager::error::DisplayErrorContext(e)
+                )
+            })?;
         for secret in out.secret_list() {
             if let Some(name) = secret.name()
                 && name.starts_with(&prefix)
@@ -105,14 +110,22 @@ async fn account_rows(ctx: &Context) -> Result<Vec<AccountRow>> {
             .secret_id(&secret)
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("GetSecretValue {secret}: {}", aws_sdk_secretsmanager::error::DisplayErrorContext(e)))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "GetSecretValue {secret}: {}",
+                    aws_sdk_secretsmanager::error::DisplayErrorContext(e)
+                )
+            })?;
         let Some(text) = value.secret_string() else {
             continue;
         };
         // Only account secrets (other secrets may share the prefix: ticket API, thread key).
         let looks_like_account = serde_json::from_str::<serde_json::Value>(text)
             .ok()
-            .and_then(|v| v.as_object().map(|o| o.contains_key("tenant_id") || o.contains_key("client_id")))
+            .and_then(|v| {
+                v.as_object()
+                    .map(|o| o.contains_key("tenant_id") || o.contains_key("client_id"))
+            })
             .unwrap_or(false);
         if !looks_like_account {
             continue;
@@ -225,7 +238,12 @@ fn print_human(ctx: &Context, accounts: &[AccountRow], mailboxes: Option<&[Mailb
         let mark = if a.status == "ok" { "✓" } else { "✗" };
         let age = a
             .token_age_seconds
-            .map(|s| format!(", refresh token {} old", human_duration(chrono::Duration::seconds(s))))
+            .map(|s| {
+                format!(
+                    ", refresh token {} old",
+                    human_duration(chrono::Duration::seconds(s))
+                )
+            })
             .unwrap_or_default();
         println!(
             "  {mark} {} ({}) — {}{age}",
@@ -234,14 +252,16 @@ fn print_human(ctx: &Context, accounts: &[AccountRow], mailboxes: Option<&[Mailb
             a.status
         );
         if let Some(reason) = &a.reason {
-            let code = a.code.as_deref().map(|c| format!(" [{c}]")).unwrap_or_default();
+            let code = a
+                .code
+                .as_deref()
+                .map(|c| format!(" [{c}]"))
+                .unwrap_or_default();
             println!("      reason: {reason}{code}");
         }
     }
     match mailboxes {
-        None => println!(
-            "Mailboxes: give --state-table / MAILBRIDGE_STATE_TABLE to list them"
-        ),
+        None => println!("Mailboxes: give --state-table / MAILBRIDGE_STATE_TABLE to list them"),
         Some(rows) => {
             println!("Mailboxes:");
             if rows.is_empty() {
@@ -257,7 +277,11 @@ fn print_human(ctx: &Context, accounts: &[AccountRow], mailboxes: Option<&[Mailb
                     m.user.as_deref().unwrap_or("?"),
                     m.account.as_deref().unwrap_or("?")
                 );
-                let disabled = if m.enabled == Some(false) { " [disabled]" } else { "" };
+                let disabled = if m.enabled == Some(false) {
+                    " [disabled]"
+                } else {
+                    ""
+                };
                 match &m.last_run {
                     None => println!("  – {} ({who}){disabled} — never polled", m.mailbox),
                     Some(r) => {
