@@ -1045,3 +1045,151 @@ async fn strict_stand_in_errors_have_microsoft_shape() {
         "https://graph.microsoft.com/Mail.Send https://graph.microsoft.com/Mail.Send.Shared offline_access"
     );
 }
+
+#[tokio::test]
+async fn imap_token_logs_in_to_dovecot_with_xoauth2_and_a_graph_token_does_not() {
+    let w = World::new().await;
+    w.with_refresh_token(chrono::Duration::hours(1)).await;
+    let dovecot = stack().dovecot();
+    let service = w.service();
+    let imap = service
+        .access_token(&w.secret_name, Audience::Imap)
+        .await
+        .unwrap();
+    let graph = service
+        .access_token(&w.secret_name, Audience::Graph)
+        .await
+        .unwrap();
+
+    let mut session =
+        mailbridge_tests::imap_login_xoauth2(dovecot, &w.upn, imap.secret.expose_secret())
+            .await
+            .expect("IMAP-audience token logs in");
+    session.select("INBOX").await.unwrap();
+    session.logout().await.unwrap();
+
+    let err = mailbridge_tests::imap_login_xoauth2(dovecot, &w.upn, graph.secret.expose_secret())
+        .await
+        .expect_err("Graph-audience token is rejected");
+    assert!(err.to_string().contains("AUTHENTICATIONFAILED"), "{err}");
+
+    // Shared mailbox: the delegate's IMAP token opens it once granted.
+    let shared_box = unique_user("shared");
+    assert!(
+        mailbridge_tests::imap_login_xoauth2(dovecot, &shared_box, imap.secret.expose_secret())
+            .await
+            .is_err()
+    );
+    w.idp.grant_mailbox_access(&w.upn, &shared_box);
+    let mut session =
+        mailbridge_tests::imap_login_xoauth2(dovecot, &shared_box, imap.secret.expose_secret())
+            .await
+            .expect("delegate opens the shared mailbox");
+    session.logout().await.unwrap();
+
+    // Introspection outage (scoped to this user) is a temporary failure, not a bad token.
+    w.idp.inject_failure(FailureInjection {
+        scope: FailureScope::User(w.upn.clone()),
+        failure: FailureKind::Status { status: 500 },
+        // the oauth2 passdb and then the shared-mailbox checkpassword passdb both introspect
+        times: 2,
+        target: local_stack::identity::FailureTarget::Introspection,
+    });
+    let err = mailbridge_tests::imap_login_xoauth2(dovecot, &w.upn, imap.secret.expose_secret())
+        .await
+        .expect_err("introspection down");
+    assert!(err.to_string().contains("UNAVAILABLE"), "{err}");
+
+    // Revoked access token: rejected.
+    w.idp.revoke_access_tokens(&w.upn);
+    let err = mailbridge_tests::imap_login_xoauth2(dovecot, &w.upn, imap.secret.expose_secret())
+        .await
+        .expect_err("revoked");
+    assert!(err.to_string().contains("AUTHENTICATIONFAILED"), "{err}");
+}
+
+#[tokio::test]
+async fn the_stand_in_can_be_driven_over_http_controls() {
+    use local_stack::identity::IdentityControl;
+    let idp = stack().identity().clone();
+    let control = IdentityControl::new(&idp.base_url);
+    let tenant = format!("{}.onmicrosoft.com", unique("tenant"));
+    let client_id = uuid::Uuid::new_v4().to_string();
+    let upn = unique_user("remote");
+    control
+        .register_app(&AppRegistration::mailbridge(&tenant, &client_id))
+        .await
+        .unwrap();
+    let mut user = UserAccount::new(&tenant, &upn, PASSWORD);
+    user.mfa_required = true;
+    control.register_user(&user).await.unwrap();
+
+    let mut account = AccountSecret::new(&tenant, &client_id, &upn);
+    account.authority_host = idp.base_url.clone();
+    let client = identity_client();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let flow = {
+        let account = account.clone();
+        tokio::spawn(async move {
+            client
+                .device_code_flow(&account, Audience::Imap, move |e| {
+                    let _ = tx.send(e);
+                })
+                .await
+        })
+    };
+    let shown = prompt(&mut rx).await;
+    let listed = control.device_codes(&tenant).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].user_code, shown);
+    assert_eq!(listed[0].state, "pending");
+    control.approve_device_code(&shown, &upn).await.unwrap();
+    let tokens = flow.await.unwrap().expect("device code over HTTP controls");
+    assert!(tokens.refresh_token.is_some());
+    assert_eq!(
+        tokens.scope,
+        "https://outlook.office.com/IMAP.AccessAsUser.All offline_access"
+    );
+
+    control
+        .inject_failure(&FailureInjection::token(
+            FailureScope::Tenant(tenant.clone()),
+            FailureKind::Status { status: 502 },
+            1,
+        ))
+        .await
+        .unwrap();
+    let client = identity_client();
+    let rt = tokens.refresh_token.clone().unwrap();
+    let retried = client
+        .with_retries(Instant::now() + Duration::from_secs(5), || {
+            client.refresh(&account, Audience::Graph, &rt)
+        })
+        .await;
+    assert!(retried.is_ok(), "{retried:?}");
+    let requests = control
+        .requests(&RequestFilter {
+            tenant: Some(tenant.clone()),
+            endpoint: Some("token".into()),
+            grant_type: Some("refresh_token".into()),
+            ..RequestFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        requests.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![502, 200]
+    );
+    control.revoke_refresh_tokens(&upn).await.unwrap();
+    let revoked = identity_client()
+        .refresh(
+            &account,
+            Audience::Graph,
+            tokens.refresh_token.as_ref().unwrap(),
+        )
+        .await;
+    assert!(
+        format!("{revoked:?}").contains("AADSTS50173"),
+        "{revoked:?}"
+    );
+}

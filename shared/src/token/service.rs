@@ -269,11 +269,12 @@ impl TokenService {
                 reason: blocked.reason.clone(),
             });
         }
-        let stored = self
-            .inner
-            .store
-            .get(&name)
+        let stored = tokio::time::timeout_at(deadline, self.inner.store.get(&name))
             .await
+            .map_err(|_| TokenError::Transient {
+                account: name.clone(),
+                detail: "deadline reached while reading the account secret".to_owned(),
+            })?
             .map_err(|e| store_error(&name, e))?;
         let secret =
             AccountSecret::parse(&name, secrecy::ExposeSecret::expose_secret(&stored.value))?;
