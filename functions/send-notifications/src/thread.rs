@@ -24,6 +24,17 @@ impl ThreadKey {
         ThreadKey(SecretSlice::from(bytes))
     }
 
+    /// The key from a secret's string value: hex (like the CLI's `MAILBRIDGE_THREAD_KEY`), at
+    /// least 16 bytes. Generate one with `openssl rand -hex 32`.
+    pub fn from_secret_value(value: &str) -> Result<Self, String> {
+        let value = value.trim();
+        match hex::decode(value) {
+            Ok(bytes) if bytes.len() >= 16 => Ok(ThreadKey::new(bytes)),
+            Ok(_) => Err("must hold at least 16 bytes (32 hex characters)".into()),
+            Err(_) => Err("must be hex (e.g. from `openssl rand -hex 32`)".into()),
+        }
+    }
+
     /// The key bytes (only for the HMAC).
     pub fn expose(&self) -> &[u8] {
         self.0.expose_secret()
@@ -101,6 +112,13 @@ mod tests {
         assert!(body.ends_with("</body></html>"));
         let mid = extras.internet_message_id.unwrap();
         assert!(mid.starts_with('<') && mid.ends_with('>') && mid.contains(reference.as_str()));
+    }
+
+    #[test]
+    fn the_key_secret_is_hex_of_at_least_16_bytes() {
+        assert!(ThreadKey::from_secret_value(&"ab".repeat(32)).is_ok());
+        assert!(ThreadKey::from_secret_value("abcd").is_err());
+        assert!(ThreadKey::from_secret_value("not hex at all, but long enough!!").is_err());
     }
 
     #[test]
