@@ -64,7 +64,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         Ok(deps) => Arc::new(deps),
         Err(e) => {
             tracing::error!(error = %e, "send-notifications cannot start");
-            return Err(Box::new(e));
+            return Err(e.into());
         }
     };
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
