@@ -24,14 +24,17 @@ impl ThreadKey {
         ThreadKey(SecretSlice::from(bytes))
     }
 
-    /// The key from a secret's string value: hex (like the CLI's `MAILBRIDGE_THREAD_KEY`), at
-    /// least 16 bytes. Generate one with `openssl rand -hex 32`.
+    /// The key from a secret's string value: the string's bytes as they are (the same rule as
+    /// poll-mailboxes, which verifies the markers), at least 16 bytes. Generate one with
+    /// `openssl rand -hex 32`.
     pub fn from_secret_value(value: &str) -> Result<Self, String> {
-        let value = value.trim();
-        match hex::decode(value) {
-            Ok(bytes) if bytes.len() >= 16 => Ok(ThreadKey::new(bytes)),
-            Ok(_) => Err("must hold at least 16 bytes (32 hex characters)".into()),
-            Err(_) => Err("must be hex (e.g. from `openssl rand -hex 32`)".into()),
+        if value.len() >= 16 {
+            Ok(ThreadKey::new(value.as_bytes().to_vec()))
+        } else {
+            Err(format!(
+                "must be at least 16 characters (got {}); e.g. `openssl rand -hex 32`",
+                value.len()
+            ))
         }
     }
 
@@ -115,10 +118,10 @@ mod tests {
     }
 
     #[test]
-    fn the_key_secret_is_hex_of_at_least_16_bytes() {
-        assert!(ThreadKey::from_secret_value(&"ab".repeat(32)).is_ok());
-        assert!(ThreadKey::from_secret_value("abcd").is_err());
-        assert!(ThreadKey::from_secret_value("not hex at all, but long enough!!").is_err());
+    fn the_key_secret_is_a_plain_string_of_at_least_16_bytes() {
+        let key = ThreadKey::from_secret_value("0123456789abcdef-key").unwrap();
+        assert_eq!(key.expose(), b"0123456789abcdef-key");
+        assert!(ThreadKey::from_secret_value("short").is_err());
     }
 
     #[test]
