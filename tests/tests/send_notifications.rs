@@ -304,7 +304,9 @@ fn failures(report: &BatchReport) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_html_with_attachments_and_ticket_marker_is_sent_and_recorded() {
     let w = World::new().await;
+    let customer = unique_user("customer");
     let mut n = w.notification("Your ticket was updated");
+    n["to"] = json!([{"address": customer, "name": "A Customer"}]);
     n["id"] = "ticket-77-update-1".into();
     n["ticket_number"] = "77".into();
     n["body"] = json!({"content_type": "html", "content": "<html><body><p>Hi <img src=\"cid:logo\"></p></body></html>"});
