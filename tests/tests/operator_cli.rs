@@ -289,6 +289,67 @@ async fn login_with_device_code_approved_through_the_identity_control_then_statu
 }
 
 #[tokio::test]
+async fn check_is_green_for_a_working_mailbox() {
+    let w = World::new(|_| {}).await;
+    w.login_with_password().await;
+    w.add_mailbox("support", &unique("sink")).await;
+
+    let out = w.run(&["check", "support"]).await;
+    assert_eq!(out.status.code(), Some(0), "check failed");
+    let human = text(&out.stdout);
+    assert!(!human.contains('✗'), "{human}");
+    assert_eq!(human.matches('✓').count(), 5, "{human}");
+
+    let out = w.run(&["check", "--json", "support"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let report = json(&out);
+    assert_eq!(report["ok"], true);
+    let target = &report["targets"][0];
+    assert_eq!(target["kind"], "mailbox");
+    for s in target["steps"].as_array().unwrap() {
+        assert_eq!(s["result"], "ok", "{s:#}");
+    }
+    // the Graph probe sent nothing
+    assert!(stack().graph().accepted(&w.upn).is_empty());
+    assert!(step(target, "IMAP").to_string().contains("SELECT INBOX"));
+}
+
+#[tokio::test]
+async fn send_direct_is_delivered_through_graph() {
+    let w = World::new(|_| {}).await;
+    w.login_with_password().await;
+    let recipient = unique_user("customer");
+    let subject = format!("direct {}", unique("s"));
+    let out = w
+        .run(&[
+            "send",
+            "--json",
+            "--direct",
+            "--account",
+            "helpdesk",
+            "--to",
+            &recipient,
+            "--subject",
+            &subject,
+            "--body",
+            "<p>Hi</p>",
+            "--html",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(0));
+    let result = json(&out);
+    assert_eq!(result["sent"], true);
+    assert!(result["id"].as_str().is_some());
+    let accepted = stack().graph().accepted(&w.upn);
+    assert_eq!(accepted.len(), 1, "Graph stand-in recorded one send");
+    assert_eq!(accepted[0].request["message"]["subject"], subject.as_str());
+    assert_eq!(
+        accepted[0].request["message"]["toRecipients"][0]["emailAddress"]["address"],
+        recipient.as_str()
+    );
+}
+
+#[tokio::test]
 async fn check_names_the_fix_when_imap_consent_is_missing() {
     let w = World::new(|app| app.consented_scopes.retain(|s| !s.contains("IMAP"))).await;
     w.login_with_password().await;
