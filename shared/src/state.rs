@@ -53,6 +53,16 @@ pub trait IdempotencyStore: Send + Sync {
         payload_hash: &str,
         lease: Duration,
     ) -> Result<Claim, StateError>;
+    /// Claim several keys (`(id, payload_hash)`) with one lease; one result per key, in order.
+    /// Stores that can do it in one round trip override this (DynamoDB: one transaction).
+    async fn claim_many(
+        &self,
+        keys: &[(String, String)],
+        lease: Duration,
+    ) -> Vec<Result<Claim, StateError>> {
+        futures::future::join_all(keys.iter().map(|(id, hash)| self.claim(id, hash, lease))).await
+    }
+
     /// Mark the key as sent; the record lives for `ttl`.
     async fn complete(
         &self,
@@ -85,6 +95,8 @@ impl crate::error::Classify for StateError {
 }
 
 const IN_PROGRESS: &str = "in_progress";
+/// A claim succeeds when there is no record, the lease ran out, or the record expired.
+const CLAIM_CONDITION: &str = "attribute_not_exists(pk) OR (#status = :in_progress AND lease_expires_at < :now) OR expires_at < :now";
 const COMPLETED: &str = "completed";
 
 /// Default lifetime of a completed record: SQS's longest retention (14 days).
@@ -100,10 +112,35 @@ pub fn notification_key(id: &str) -> String {
 }
 
 /// DynamoDB implementation.
-#[derive(Clone, Debug)]
+///
+/// Round trips are what a batch waits for, so: [`IdempotencyStore::claim_many`] claims a whole
+/// batch in one `TransactWriteItems` (falling back to one conditional put per key when any
+/// condition fails), and [`IdempotencyStore::complete`] group-commits: while one `BatchWriteItem`
+/// is in flight, completions arriving meanwhile queue up and go out together in the next one.
 pub struct DynamoIdempotencyStore {
     client: aws_sdk_dynamodb::Client,
     table: String,
+    completions: Mutex<CompletionQueue>,
+}
+
+/// A completed record waiting to be written, and who to tell when it is.
+type PendingCompletion = (
+    HashMap<String, AttributeValue>,
+    tokio::sync::oneshot::Sender<Result<(), StateError>>,
+);
+
+#[derive(Default)]
+struct CompletionQueue {
+    pending: Vec<PendingCompletion>,
+    flushing: bool,
+}
+
+impl std::fmt::Debug for DynamoIdempotencyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamoIdempotencyStore")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DynamoIdempotencyStore {
@@ -112,6 +149,106 @@ impl DynamoIdempotencyStore {
         DynamoIdempotencyStore {
             client,
             table: table.into(),
+            completions: Mutex::new(CompletionQueue::default()),
+        }
+    }
+
+    fn claim_item(
+        &self,
+        id: &str,
+        payload_hash: &str,
+        lease_token: &str,
+        lease_expires_at: i64,
+    ) -> HashMap<String, AttributeValue> {
+        HashMap::from([
+            ("pk".to_owned(), s(notification_key(id))),
+            ("status".to_owned(), s(IN_PROGRESS)),
+            ("payload_hash".to_owned(), s(payload_hash)),
+            ("lease_token".to_owned(), s(lease_token)),
+            ("lease_expires_at".to_owned(), n(lease_expires_at)),
+            // keep abandoned leases a day for inspection, then TTL them
+            ("expires_at".to_owned(), n(lease_expires_at + 24 * 3600)),
+        ])
+    }
+
+    /// Write queued completions until the queue is empty (called by the one flushing caller).
+    async fn flush_completions(&self) {
+        loop {
+            let batch: Vec<_> = {
+                let mut queue = self.completions.lock().expect("lock");
+                if queue.pending.is_empty() {
+                    queue.flushing = false;
+                    return;
+                }
+                let take = queue.pending.len().min(25);
+                queue.pending.drain(..take).collect()
+            };
+            let requests: Vec<_> = batch
+                .iter()
+                .filter_map(|(item, _)| {
+                    aws_sdk_dynamodb::types::PutRequest::builder()
+                        .set_item(Some(item.clone()))
+                        .build()
+                        .ok()
+                        .map(|put| {
+                            aws_sdk_dynamodb::types::WriteRequest::builder()
+                                .put_request(put)
+                                .build()
+                        })
+                })
+                .collect();
+            let written = if batch.len() == 1 {
+                self.client
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(batch[0].0.clone()))
+                    .send()
+                    .await
+                    .map(|_| Vec::new())
+                    .map_err(|e| e.into_service_error().to_string())
+            } else {
+                self.client
+                    .batch_write_item()
+                    .request_items(&self.table, requests)
+                    .send()
+                    .await
+                    .map(|out| {
+                        out.unprocessed_items
+                            .and_then(|mut u| u.remove(&self.table))
+                            .unwrap_or_default()
+                    })
+                    .map_err(|e| e.into_service_error().to_string())
+            };
+            for (item, done) in batch {
+                let key = item
+                    .get("pk")
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default();
+                let result = match &written {
+                    Err(detail) => Err(self.error(format!("complete {key}"), detail)),
+                    Ok(unprocessed)
+                        if unprocessed.iter().any(|w| {
+                            w.put_request()
+                                .is_some_and(|p| p.item().get("pk") == item.get("pk"))
+                        }) =>
+                    {
+                        // throttled inside the batch: one more try on its own
+                        self.client
+                            .put_item()
+                            .table_name(&self.table)
+                            .set_item(Some(item))
+                            .send()
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| {
+                                self.error(format!("complete {key}"), e.into_service_error())
+                            })
+                    }
+                    Ok(_) => Ok(()),
+                };
+                let _ = done.send(result);
+            }
         }
     }
 
@@ -156,16 +293,13 @@ impl IdempotencyStore for DynamoIdempotencyStore {
             .client
             .put_item()
             .table_name(&self.table)
-            .item("pk", s(&key))
-            .item("status", s(IN_PROGRESS))
-            .item("payload_hash", s(payload_hash))
-            .item("lease_token", s(&lease_token))
-            .item("lease_expires_at", n(lease_expires_at))
-            // keep abandoned leases around for a day so they can be inspected, then TTL them
-            .item("expires_at", n(lease_expires_at + 24 * 3600))
-            .condition_expression(
-                "attribute_not_exists(pk) OR (#status = :in_progress AND lease_expires_at < :now) OR expires_at < :now",
-            )
+            .set_item(Some(self.claim_item(
+                id,
+                payload_hash,
+                &lease_token,
+                lease_expires_at,
+            )))
+            .condition_expression(CLAIM_CONDITION)
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":in_progress", s(IN_PROGRESS))
             .expression_attribute_values(":now", n(now))
@@ -211,6 +345,72 @@ impl IdempotencyStore for DynamoIdempotencyStore {
         }
     }
 
+    async fn claim_many(
+        &self,
+        keys: &[(String, String)],
+        lease: Duration,
+    ) -> Vec<Result<Claim, StateError>> {
+        // Distinct ids go into one transaction (DynamoDB refuses two operations on one item in
+        // a transaction, and allows 100 per transaction); repeats are claimed afterwards.
+        let mut seen = std::collections::HashSet::new();
+        let first: Vec<bool> = keys.iter().map(|(id, _)| seen.insert(id.clone())).collect();
+        let distinct = first.iter().filter(|f| **f).count();
+        if !(2..=100).contains(&distinct) {
+            return futures::future::join_all(
+                keys.iter().map(|(id, hash)| self.claim(id, hash, lease)),
+            )
+            .await;
+        }
+        let now = now_epoch();
+        let lease_expires_at = now + lease.as_secs() as i64;
+        let mut tokens = Vec::new();
+        let mut transaction = self.client.transact_write_items();
+        for ((id, hash), is_first) in keys.iter().zip(&first) {
+            if !is_first {
+                continue;
+            }
+            let token = uuid::Uuid::new_v4().to_string();
+            let put = aws_sdk_dynamodb::types::Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(self.claim_item(id, hash, &token, lease_expires_at)))
+                .condition_expression(CLAIM_CONDITION)
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":in_progress", s(IN_PROGRESS))
+                .expression_attribute_values(":now", n(now))
+                .build();
+            match put {
+                Ok(put) => {
+                    transaction = transaction.transact_items(
+                        aws_sdk_dynamodb::types::TransactWriteItem::builder()
+                            .put(put)
+                            .build(),
+                    );
+                    tokens.push(token);
+                }
+                Err(_) => tokens.push(String::new()),
+            }
+        }
+        let all_acquired = !tokens.iter().any(String::is_empty) && transaction.send().await.is_ok();
+        if all_acquired {
+            let mut tokens = tokens.into_iter();
+            // a repeat of an id claimed above finds that copy holding the lease
+            return first
+                .iter()
+                .map(|is_first| {
+                    Ok(if *is_first {
+                        Claim::Acquired {
+                            lease_token: tokens.next().unwrap_or_default(),
+                        }
+                    } else {
+                        Claim::InProgress { lease_expires_at }
+                    })
+                })
+                .collect();
+        }
+        // some condition failed (a redelivery, a lease held elsewhere): settle each key alone
+        futures::future::join_all(keys.iter().map(|(id, hash)| self.claim(id, hash, lease))).await
+    }
+
     async fn complete(
         &self,
         id: &str,
@@ -219,24 +419,32 @@ impl IdempotencyStore for DynamoIdempotencyStore {
         graph_request_id: Option<&str>,
         ttl: Duration,
     ) -> Result<(), StateError> {
-        let key = notification_key(id);
         let now = now_epoch();
-        let mut put = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(&key))
-            .item("status", s(COMPLETED))
-            .item("payload_hash", s(payload_hash))
-            .item("completed_at", n(now))
-            .item("expires_at", n(now + ttl.as_secs() as i64));
+        let mut item = HashMap::from([
+            ("pk".to_owned(), s(notification_key(id))),
+            ("status".to_owned(), s(COMPLETED)),
+            ("payload_hash".to_owned(), s(payload_hash)),
+            ("completed_at".to_owned(), n(now)),
+            ("expires_at".to_owned(), n(now + ttl.as_secs() as i64)),
+        ]);
         if let Some(rid) = graph_request_id {
-            put = put.item("graph_request_id", s(rid));
+            item.insert("graph_request_id".to_owned(), s(rid));
         }
-        put.send()
-            .await
-            .map_err(|e| self.error(format!("complete {key}"), e.into_service_error()))?;
-        Ok(())
+        let (done, result) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut queue = self.completions.lock().expect("lock");
+            queue.pending.push((item, done));
+            !std::mem::replace(&mut queue.flushing, true)
+        };
+        if lead {
+            self.flush_completions().await;
+        }
+        result.await.unwrap_or_else(|_| {
+            Err(self.error(
+                format!("complete {}", notification_key(id)),
+                "the flushing caller went away",
+            ))
+        })
     }
 
     async fn release(&self, id: &str, lease_token: &str) -> Result<(), StateError> {

@@ -389,3 +389,67 @@ async fn runtime_api_reports_a_process_that_exits_without_answering() {
         "{outcome:?}"
     );
 }
+
+#[tokio::test]
+async fn dovecot_accepts_an_imap_token_from_the_identity_stand_in_and_rejects_a_graph_token() {
+    use local_stack::identity::{AppRegistration, UserAccount};
+    use std::time::Duration;
+    let stack = stack();
+    let identity = stack.identity();
+    let dovecot = stack.dovecot();
+    let tenant = unique("tenant");
+    let client_id = uuid::Uuid::new_v4().to_string();
+    let user = mailbridge_tests::unique_user("helpdesk");
+    let shared = mailbridge_tests::unique_user("shared");
+    identity.register_app(AppRegistration::mailbridge(&tenant, &client_id));
+    identity.register_user(UserAccount::new(&tenant, &user, "pw"));
+    let imap_token = identity.mint_access_token(
+        &tenant,
+        &client_id,
+        &user,
+        "https://outlook.office.com",
+        &["IMAP.AccessAsUser.All"],
+        Duration::from_secs(3600),
+    );
+    let graph_token = identity.mint_access_token(
+        &tenant,
+        &client_id,
+        &user,
+        "https://graph.microsoft.com",
+        &["Mail.Send"],
+        Duration::from_secs(3600),
+    );
+
+    let mut session = mailbridge_tests::imap_login_xoauth2(dovecot, &user, &imap_token)
+        .await
+        .expect("an IMAP-audience token logs in");
+    session.select("INBOX").await.unwrap();
+    session.logout().await.unwrap();
+
+    let err = mailbridge_tests::imap_login_xoauth2(dovecot, &user, &graph_token)
+        .await
+        .expect_err("a Graph-audience token must be rejected by IMAP");
+    assert!(format!("{err}").contains("AUTHENTICATIONFAILED"), "{err}");
+
+    // a token of one user does not open another user's mailbox
+    assert!(
+        mailbridge_tests::imap_login_xoauth2(dovecot, &shared, &imap_token)
+            .await
+            .is_err()
+    );
+    // ...until that user grants access to it (shared mailbox)
+    identity.grant_mailbox_access(&user, &shared);
+    let mut session = mailbridge_tests::imap_login_xoauth2(dovecot, &shared, &imap_token)
+        .await
+        .expect("a delegate's token opens a shared mailbox it was granted");
+    session.select("INBOX").await.unwrap();
+    session.logout().await.unwrap();
+
+    // revoked access tokens stop working at the next login (auth cache off)
+    identity.revoke_access_tokens(&user);
+    assert!(
+        mailbridge_tests::imap_login_xoauth2(dovecot, &user, &imap_token)
+            .await
+            .is_err()
+    );
+}

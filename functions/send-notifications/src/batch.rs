@@ -32,13 +32,13 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use mailbridge::error::{Classify, ErrorClass};
 use mailbridge::graph::{GraphError, MailSender, OutgoingMail};
 use mailbridge::notification::Notification;
-use mailbridge::state::{Claim, IdempotencyStore};
+use mailbridge::state::{Claim, IdempotencyStore, StateError};
 use mailbridge::token::{AccessToken, AccessTokenSource, Audience, TokenError};
 use sha2::Digest as _;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// The ports one batch needs. Built once per cold start in `main`.
@@ -180,12 +180,12 @@ pub async fn process_batch(event: SqsEvent, deadline: Instant, deps: &Deps) -> B
         }
     }
     let limits = &limits;
-    let reports = futures::future::join_all(
-        parsed
-            .iter()
-            .map(|(message, parsed)| process_message(message, parsed, deadline, deps, limits)),
-    )
-    .await;
+    let claims = claim_all(&parsed, deadline, deps).await;
+    let reports =
+        futures::future::join_all(parsed.iter().zip(claims).map(|((message, parsed), claim)| {
+            process_message(message, parsed, claim, deadline, deps, limits)
+        }))
+        .await;
 
     let mut metrics = BatchMetrics::default();
     let mut reauth_accounts = HashSet::new();
@@ -216,6 +216,46 @@ pub async fn process_batch(event: SqsEvent, deadline: Instant, deps: &Deps) -> B
     }
 }
 
+/// A message's idempotency claim, made for the whole batch at once (one round trip to the store
+/// where it supports that), before any message waits for a mailbox slot.
+type ClaimResult = Option<(String, Result<Claim, StateError>)>;
+
+fn payload_hash(message: &SqsMessage) -> String {
+    hex::encode(sha2::Sha256::digest(
+        message.body.as_deref().unwrap_or_default().as_bytes(),
+    ))
+}
+
+async fn claim_all(
+    parsed: &[(SqsMessage, Result<Notification, String>)],
+    deadline: Instant,
+    deps: &Deps,
+) -> Vec<ClaimResult> {
+    if remaining(deadline) <= deps.settings.safety_margin {
+        return parsed.iter().map(|_| None).collect();
+    }
+    let wanted: Vec<(usize, String, String)> = parsed
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (m, n))| {
+            n.as_ref()
+                .ok()
+                .map(|n| (i, n.id().to_owned(), payload_hash(m)))
+        })
+        .collect();
+    let keys: Vec<(String, String)> = wanted
+        .iter()
+        .map(|(_, id, hash)| (id.clone(), hash.clone()))
+        .collect();
+    let lease = remaining(deadline) + Duration::from_secs(60);
+    let results = deps.idempotency.claim_many(&keys, lease).await;
+    let mut claims: Vec<ClaimResult> = parsed.iter().map(|_| None).collect();
+    for ((i, _, hash), result) in wanted.into_iter().zip(results) {
+        claims[i] = Some((hash, result));
+    }
+    claims
+}
+
 fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
@@ -223,6 +263,7 @@ fn remaining(deadline: Instant) -> Duration {
 async fn process_message(
     message: &SqsMessage,
     parsed: &Result<Notification, String>,
+    claim: ClaimResult,
     deadline: Instant,
     deps: &Deps,
     limits: &Limits,
@@ -242,6 +283,7 @@ async fn process_message(
     report.outcome = decide(
         message,
         parsed,
+        claim,
         deadline,
         deps,
         limits,
@@ -325,6 +367,7 @@ fn base_reason(
 async fn decide(
     message: &SqsMessage,
     parsed: &Result<Notification, String>,
+    claim: ClaimResult,
     deadline: Instant,
     deps: &Deps,
     limits: &Limits,
@@ -344,26 +387,10 @@ async fn decide(
             return park(deps, message, r).await;
         }
     };
-    // Wait for a slot of this mailbox (and overall), but never past the safety margin.
-    let mailbox_limit = limits.per_mailbox[&n.sending_mailbox()].clone();
-    let start_by = deadline.checked_sub(margin).unwrap_or(deadline);
-    let permits = tokio::time::timeout_at(start_by, async {
-        let mailbox = mailbox_limit.acquire_owned().await;
-        let total = limits.total.clone().acquire_owned().await;
-        (mailbox, total)
-    })
-    .await;
-    let Ok((Ok(_mailbox_permit), Ok(_total_permit))) = permits else {
+    let Some((payload_hash, claim)) = claim else {
         return Outcome::NotStarted;
     };
-    if remaining(deadline) <= margin {
-        return Outcome::NotStarted;
-    }
-
-    let body = message.body.as_deref().unwrap_or_default();
-    let payload_hash = hex::encode(sha2::Sha256::digest(body.as_bytes()));
-    let lease = remaining(deadline) + Duration::from_secs(60);
-    let lease_token = match deps.idempotency.claim(n.id(), &payload_hash, lease).await {
+    let lease_token = match claim {
         Ok(Claim::Acquired { lease_token }) => lease_token,
         Ok(Claim::Completed { .. }) => return Outcome::Duplicate,
         Ok(Claim::CompletedWithDifferentPayload) => {
@@ -402,7 +429,23 @@ async fn decide(
         }
     };
 
-    let outcome = send_claimed(message, n, deadline, deps, throttled).await;
+    // Claimed (all messages of the batch claim concurrently); now wait for a slot of this
+    // mailbox and an overall slot, but never past the safety margin. The slots are freed as
+    // soon as Graph has answered, before the record is completed.
+    let mailbox_limit = limits.per_mailbox[&n.sending_mailbox()].clone();
+    let start_by = deadline.checked_sub(margin).unwrap_or(deadline);
+    let permits = tokio::time::timeout_at(start_by, async {
+        let mailbox = mailbox_limit.acquire_owned().await;
+        let total = limits.total.clone().acquire_owned().await;
+        (mailbox, total)
+    })
+    .await;
+    let outcome = match permits {
+        Ok((Ok(mailbox), Ok(total))) if remaining(deadline) > margin => {
+            send_claimed(message, n, deadline, deps, throttled, (mailbox, total)).await
+        }
+        _ => Outcome::NotStarted,
+    };
     match &outcome {
         Outcome::Sent { graph_request_id } => {
             if let Err(e) = deps
@@ -437,7 +480,9 @@ async fn send_claimed(
     deadline: Instant,
     deps: &Deps,
     throttled: &mut u32,
+    slots: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 ) -> Outcome {
+    let _slots = slots;
     let settings = &deps.settings;
     let mut token = match token(deps, message, n).await {
         Ok(t) => t,

@@ -1,13 +1,139 @@
 //! Lambda glue only: build clients once per cold start, then hand each event to the library.
+//!
+//! Cold start: settings from the environment, the AWS config, the Graph client, the token
+//! service (Secrets Manager + identity platform, with its access-token cache), the idempotency
+//! store, the DLQ and visibility adapters, and the thread key (one Secrets Manager read). A warm
+//! invocation with a live cached token touches neither Secrets Manager nor the token endpoint.
 
-use lambda_runtime::{LambdaEvent, service_fn};
-use serde_json::Value;
+use std::sync::Arc;
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
+use send_notifications::ports::{SqsParking, SqsVisibility};
+use send_notifications::settings::Settings;
+use send_notifications::thread::ThreadKey;
+use send_notifications::{Deps, process_batch};
+
+/// Startup failures, with a stable `errorType` for CloudWatch and the Lambda console.
+#[derive(Debug, thiserror::Error)]
+enum StartupError {
+    #[error(transparent)]
+    Settings(#[from] send_notifications::settings::SettingsError),
+    #[error("token service: {0}")]
+    Tokens(String),
+    #[error("thread key secret {secret}: {problem}")]
+    ThreadKey { secret: String, problem: String },
+}
+
+impl From<StartupError> for Diagnostic {
+    fn from(e: StartupError) -> Diagnostic {
+        let error_type = match e {
+            StartupError::Settings(_) => "ConfigurationError",
+            StartupError::Tokens(_) => "ConfigurationError",
+            StartupError::ThreadKey { .. } => "ThreadKeyUnavailable",
+        };
+        Diagnostic {
+            error_type: error_type.into(),
+            error_message: e.to_string(),
+        }
+    }
+}
+
+/// Invocation failures (the whole batch is retried by SQS).
+#[derive(Debug, thiserror::Error)]
+enum InvocationError {
+    #[error("SQS record {index} has no messageId; cannot report partial failures")]
+    MissingMessageId { index: usize },
+}
+
+impl From<InvocationError> for Diagnostic {
+    fn from(e: InvocationError) -> Diagnostic {
+        Diagnostic {
+            error_type: "MalformedEvent".into(),
+            error_message: e.to_string(),
+        }
+    }
+}
+
+const FUNCTION_NAME: &str = "send-notifications";
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     mailbridge::telemetry::init_json_logging();
-    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| async move {
-        Ok::<Value, lambda_runtime::Error>(serde_json::json!({ "received": event.payload }))
+    let deps = match build().await {
+        Ok(deps) => Arc::new(deps),
+        Err(e) => {
+            tracing::error!(error = %e, "send-notifications cannot start");
+            return Err(e.into());
+        }
+    };
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
+        let deps = deps.clone();
+        async move { handle(event, &deps).await }
     }))
     .await
+}
+
+async fn build() -> Result<Deps, StartupError> {
+    let settings = Settings::from_env()?;
+    let aws = mailbridge::aws::load_config().await;
+    let tokens = mailbridge::token::TokenService::from_env(&aws)
+        .map_err(|e| StartupError::Tokens(e.to_string()))?;
+    let graph = mailbridge::graph::GraphClient::new(&settings.graph_url)
+        .map_err(|e| StartupError::Tokens(e.to_string()))?;
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let secrets = aws_sdk_secretsmanager::Client::new(&aws);
+    let thread_key = load_thread_key(&secrets, &settings.thread_key_secret).await?;
+    Ok(Deps {
+        tokens: Arc::new(tokens),
+        mail: Arc::new(graph),
+        idempotency: Arc::new(mailbridge::state::DynamoIdempotencyStore::new(
+            aws_sdk_dynamodb::Client::new(&aws),
+            settings.state_table.clone(),
+        )),
+        parking: Arc::new(SqsParking::new(sqs.clone(), settings.dlq_url.clone())),
+        visibility: Arc::new(SqsVisibility::new(sqs)),
+        thread_key,
+        settings: settings.batch,
+    })
+}
+
+async fn load_thread_key(
+    secrets: &aws_sdk_secretsmanager::Client,
+    name: &str,
+) -> Result<ThreadKey, StartupError> {
+    let err = |problem: String| StartupError::ThreadKey {
+        secret: name.to_owned(),
+        problem,
+    };
+    let value = secrets
+        .get_secret_value()
+        .secret_id(name)
+        .send()
+        .await
+        .map_err(|e| err(e.into_service_error().to_string()))?;
+    let text = value
+        .secret_string()
+        .ok_or_else(|| err("has no SecretString".into()))?;
+    ThreadKey::from_secret_value(text).map_err(err)
+}
+
+async fn handle(
+    event: LambdaEvent<SqsEvent>,
+    deps: &Deps,
+) -> Result<SqsBatchResponse, InvocationError> {
+    let LambdaEvent {
+        payload: event,
+        context,
+    } = event;
+    if let Some(index) = event.records.iter().position(|r| r.message_id.is_none()) {
+        return Err(InvocationError::MissingMessageId { index });
+    }
+    // Context::deadline is epoch milliseconds; turn it into a monotonic instant.
+    let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    let left = std::time::Duration::from_millis(context.deadline.saturating_sub(now_ms));
+    let deadline = tokio::time::Instant::now() + left;
+    let report = process_batch(event, deadline, deps).await;
+    println!("{}", report.metrics.emf(FUNCTION_NAME));
+    Ok(report.response)
 }

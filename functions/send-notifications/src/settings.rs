@@ -1,6 +1,7 @@
 //! Typed settings for send-notifications, parsed from the environment once per cold start.
 //!
 //! Every missing or invalid variable is reported at once, each naming the variable.
+//! (`MAILBRIDGE_SECRET_PREFIX` is read by the token layer's own configuration.)
 
 use std::time::Duration;
 
@@ -13,8 +14,6 @@ pub struct Settings {
     pub dlq_url: String,
     /// `MAILBRIDGE_THREAD_KEY_SECRET`: secret holding the HMAC key for ticket thread markers.
     pub thread_key_secret: String,
-    /// `MAILBRIDGE_SECRET_PREFIX` (default `mailbridge/`).
-    pub secret_prefix: String,
     /// `MAILBRIDGE_GRAPH_URL` (default `https://graph.microsoft.com/v1.0`; national clouds differ).
     pub graph_url: String,
     /// Limits and timings used by the batch logic.
@@ -79,8 +78,6 @@ impl Settings {
         let state_table = required("MAILBRIDGE_STATE_TABLE");
         let dlq_url = required("MAILBRIDGE_DLQ_URL");
         let thread_key_secret = required("MAILBRIDGE_THREAD_KEY_SECRET");
-        let secret_prefix =
-            lookup("MAILBRIDGE_SECRET_PREFIX").unwrap_or_else(|| "mailbridge/".to_owned());
         let graph_url = lookup("MAILBRIDGE_GRAPH_URL")
             .unwrap_or_else(|| mailbridge::graph::DEFAULT_GRAPH_URL.to_owned());
         let mut batch = BatchSettings::default();
@@ -108,7 +105,6 @@ impl Settings {
                 state_table,
                 dlq_url,
                 thread_key_secret,
-                secret_prefix,
                 graph_url,
                 batch,
             })
@@ -153,6 +149,5 @@ mod tests {
         .unwrap();
         assert_eq!(s.batch.max_in_flight_per_mailbox, 4);
         assert_eq!(s.batch.reauth_visibility, Duration::from_secs(3600));
-        assert_eq!(s.secret_prefix, "mailbridge/");
     }
 }

@@ -24,6 +24,20 @@ impl ThreadKey {
         ThreadKey(SecretSlice::from(bytes))
     }
 
+    /// The key from a secret's string value: the string's bytes as they are (the same rule as
+    /// poll-mailboxes, which verifies the markers), at least 16 bytes. Generate one with
+    /// `openssl rand -hex 32`.
+    pub fn from_secret_value(value: &str) -> Result<Self, String> {
+        if value.len() >= 16 {
+            Ok(ThreadKey::new(value.as_bytes().to_vec()))
+        } else {
+            Err(format!(
+                "must be at least 16 characters (got {}); e.g. `openssl rand -hex 32`",
+                value.len()
+            ))
+        }
+    }
+
     /// The key bytes (only for the HMAC).
     pub fn expose(&self) -> &[u8] {
         self.0.expose_secret()
@@ -101,6 +115,13 @@ mod tests {
         assert!(body.ends_with("</body></html>"));
         let mid = extras.internet_message_id.unwrap();
         assert!(mid.starts_with('<') && mid.ends_with('>') && mid.contains(reference.as_str()));
+    }
+
+    #[test]
+    fn the_key_secret_is_a_plain_string_of_at_least_16_bytes() {
+        let key = ThreadKey::from_secret_value("0123456789abcdef-key").unwrap();
+        assert_eq!(key.expose(), b"0123456789abcdef-key");
+        assert!(ThreadKey::from_secret_value("short").is_err());
     }
 
     #[test]

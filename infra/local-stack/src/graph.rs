@@ -1,18 +1,50 @@
 //! Microsoft Graph stand-in: `POST /v1.0/me/sendMail` and `/v1.0/users/{id}/sendMail`.
 //!
-//! Placeholder (answers 501 to everything) until the sender's issue replaces the body; the
-//! signatures below are the agreed contract used by [`crate::LocalStack`].
+//! Strict like Graph:
+//! - the bearer token must be a live access token issued by the identity stand-in for the
+//!   Graph audience with `Mail.Send` (an IMAP-audience, unknown or expired token → 401
+//!   `InvalidAuthenticationToken`; no `Mail.Send` → 403 `ErrorAccessDenied`);
+//! - `/users/{id}` for another mailbox needs a send-as grant ([`GraphStandIn::grant_send_as`]),
+//!   else 403 `ErrorAccessDenied`; a `from` the caller may not send as → 403 `ErrorSendAsDenied`;
+//! - the body is checked against the message resource: unknown property → 400
+//!   `RequestBodyRead`, a header not starting with `X-` → 400 `InvalidInternetMessageHeader`,
+//!   no valid recipient → 400 `ErrorInvalidRecipients`, a request over 4 MB → 413;
+//! - at most 4 concurrent requests per mailbox, beyond that 429 `ApplicationThrottled` with
+//!   `Retry-After`;
+//! - `202 Accepted` with an empty body on success; every answer has a `request-id` header.
+//!
+//! Test controls are scoped per mailbox (the sending mailbox's address, case-insensitive):
+//! latency, 503 bursts, 429 bursts, connection resets, REST API disabled. Accepted messages are
+//! recorded per mailbox; with a [`MailDrop`] each is also built into a real MIME message and
+//! delivered to every recipient's mailbox (Dovecot), so replies can flow back through the poller.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use base64::Engine as _;
+use serde::Deserialize;
 
 use crate::MailDrop;
 use crate::identity::IdentityStandIn;
 
-/// Handle to a running Graph stand-in.
+/// Graph's concurrency limit per mailbox.
+pub const MAX_CONCURRENT_PER_MAILBOX: usize = 4;
+/// Requests above this many bytes get 413.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Handle to a running Graph stand-in. Cheap to clone; all clones share state.
 #[derive(Clone)]
 pub struct GraphStandIn {
-    /// e.g. `http://127.0.0.1:41236` (the "Graph host" accounts point at).
+    /// e.g. `http://127.0.0.1:41236` (Graph v1.0 lives at `{base_url}/v1.0`).
     pub base_url: String,
+    state: Arc<StandInState>,
 }
 
 impl std::fmt::Debug for GraphStandIn {
@@ -23,6 +55,44 @@ impl std::fmt::Debug for GraphStandIn {
     }
 }
 
+/// One message the stand-in accepted (202).
+#[derive(Clone, Debug)]
+pub struct AcceptedMail {
+    /// The sending mailbox (lowercase).
+    pub mailbox: String,
+    /// The token's user.
+    pub upn: String,
+    /// `me` or `users/{id}`.
+    pub path: String,
+    /// The request body as sent.
+    pub request: serde_json::Value,
+    /// The `request-id` the stand-in answered with.
+    pub request_id: String,
+    /// The MIME message built from it (what the mail drop received).
+    pub mime: Vec<u8>,
+}
+
+#[derive(Default)]
+struct MailboxControls {
+    latency: Duration,
+    fail_503: u32,
+    retry_after_503: Option<u64>,
+    throttle_429: u32,
+    retry_after_429: u64,
+    resets: u32,
+    rest_disabled: bool,
+}
+
+struct StandInState {
+    identity: IdentityStandIn,
+    mail_drop: Option<Arc<dyn MailDrop>>,
+    controls: Mutex<HashMap<String, MailboxControls>>,
+    in_flight: Mutex<HashMap<String, usize>>,
+    send_as: Mutex<HashSet<(String, String)>>,
+    accepted: Mutex<Vec<AcceptedMail>>,
+    requests: Mutex<HashMap<String, u64>>,
+}
+
 impl GraphStandIn {
     /// Bind 127.0.0.1:0 and serve on the current tokio runtime. Tokens are checked against
     /// `identity`; sent mail is delivered into `mail_drop` (Dovecot) when given.
@@ -30,8 +100,783 @@ impl GraphStandIn {
         identity: IdentityStandIn,
         mail_drop: Option<Arc<dyn MailDrop>>,
     ) -> anyhow::Result<Self> {
-        let _ = (identity, mail_drop);
-        let base_url = crate::serve_not_implemented("graph stand-in").await?;
-        Ok(GraphStandIn { base_url })
+        let state = Arc::new(StandInState {
+            identity,
+            mail_drop,
+            controls: Mutex::default(),
+            in_flight: Mutex::default(),
+            send_as: Mutex::default(),
+            accepted: Mutex::default(),
+            requests: Mutex::default(),
+        });
+        let app = Router::new()
+            .route("/v1.0/me/sendMail", post(send_me))
+            .route("/v1.0/users/{id}/sendMail", post(send_user))
+            .layer(DefaultBodyLimit::max(3 * MAX_REQUEST_BYTES))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base_url = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "graph stand-in stopped");
+            }
+        });
+        Ok(GraphStandIn { base_url, state })
+    }
+
+    /// Graph's v1.0 root (what `MAILBRIDGE_GRAPH_URL` points at).
+    pub fn v1_url(&self) -> String {
+        format!("{}/v1.0", self.base_url)
+    }
+
+    fn with_controls(&self, mailbox: &str, f: impl FnOnce(&mut MailboxControls)) {
+        let mut controls = self.state.controls.lock().expect("lock");
+        f(controls.entry(mailbox.to_ascii_lowercase()).or_default());
+    }
+
+    /// Every request for `mailbox` takes `latency` (while holding one of its 4 slots).
+    pub fn set_latency(&self, mailbox: &str, latency: Duration) {
+        self.with_controls(mailbox, |c| c.latency = latency);
+    }
+
+    /// The next `count` requests for `mailbox` get 503 (with `Retry-After` when given).
+    pub fn fail_503(&self, mailbox: &str, count: u32, retry_after_secs: Option<u64>) {
+        self.with_controls(mailbox, |c| {
+            c.fail_503 = count;
+            c.retry_after_503 = retry_after_secs;
+        });
+    }
+
+    /// The next `count` requests for `mailbox` get 429 with `Retry-After: retry_after_secs`.
+    pub fn throttle_429(&self, mailbox: &str, count: u32, retry_after_secs: u64) {
+        self.with_controls(mailbox, |c| {
+            c.throttle_429 = count;
+            c.retry_after_429 = retry_after_secs;
+        });
+    }
+
+    /// The next `count` requests for `mailbox` have their connection dropped without an answer.
+    pub fn reset_connections(&self, mailbox: &str, count: u32) {
+        self.with_controls(mailbox, |c| c.resets = count);
+    }
+
+    /// `mailbox` answers 404 `MailboxNotEnabledForRESTAPI` (no Exchange Online licence).
+    pub fn disable_rest_api(&self, mailbox: &str) {
+        self.with_controls(mailbox, |c| c.rest_disabled = true);
+    }
+
+    /// Let `user` send as `mailbox` (`/users/{mailbox}/sendMail`, `from: mailbox`).
+    pub fn grant_send_as(&self, user: &str, mailbox: &str) {
+        self.state
+            .send_as
+            .lock()
+            .expect("lock")
+            .insert((user.to_ascii_lowercase(), mailbox.to_ascii_lowercase()));
+    }
+
+    /// Messages accepted for `mailbox`, in order.
+    pub fn accepted(&self, mailbox: &str) -> Vec<AcceptedMail> {
+        let mailbox = mailbox.to_ascii_lowercase();
+        self.state
+            .accepted
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|m| m.mailbox == mailbox)
+            .cloned()
+            .collect()
+    }
+
+    /// All sendMail requests that reached `mailbox` (any answer).
+    pub fn request_count(&self, mailbox: &str) -> u64 {
+        self.state
+            .requests
+            .lock()
+            .expect("lock")
+            .get(&mailbox.to_ascii_lowercase())
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+async fn send_me(
+    State(state): State<Arc<StandInState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(state, None, headers, body).await
+}
+
+async fn send_user(
+    State(state): State<Arc<StandInState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(state, Some(id), headers, body).await
+}
+
+fn graph_error(status: StatusCode, code: &str, message: &str, request_id: &str) -> Response {
+    let body = serde_json::json!({
+        "error": {
+            "code": code,
+            "message": message,
+            "innerError": {
+                "date": chrono::Utc::now().to_rfc3339(),
+                "request-id": request_id,
+                "client-request-id": request_id,
+            }
+        }
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+/// Releases a mailbox's concurrency slot when the request ends.
+struct Slot {
+    state: Arc<StandInState>,
+    mailbox: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(n) = self
+            .state
+            .in_flight
+            .lock()
+            .expect("lock")
+            .get_mut(&self.mailbox)
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+async fn handle(
+    state: Arc<StandInState>,
+    user_path: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let client_request_id = headers
+        .get("client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut response = answer(&state, user_path, &headers, body, &request_id).await;
+    let h = response.headers_mut();
+    h.insert(
+        "request-id",
+        HeaderValue::from_str(&request_id).expect("uuid"),
+    );
+    if let Some(c) = client_request_id.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        h.insert("client-request-id", c);
+    }
+    response
+}
+
+async fn answer(
+    state: &Arc<StandInState>,
+    user_path: Option<String>,
+    headers: &HeaderMap,
+    body: Bytes,
+    rid: &str,
+) -> Response {
+    // 1. the bearer token
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return graph_error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "Access token is empty.",
+            rid,
+        );
+    };
+    let Some(issued) = state.identity.lookup_access_token(token) else {
+        return graph_error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "Access token validation failure. Invalid or expired token.",
+            rid,
+        );
+    };
+    if issued.expires_at <= chrono::Utc::now() {
+        return graph_error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "Lifetime validation failed, the token is expired.",
+            rid,
+        );
+    }
+    if issued.audience.trim_end_matches('/') != "https://graph.microsoft.com" {
+        return graph_error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "Access token validation failure. Invalid audience.",
+            rid,
+        );
+    }
+    if !issued.scopes.iter().any(|s| {
+        s.rsplit('/').next().is_some_and(|s| {
+            s.eq_ignore_ascii_case("Mail.Send") || s.eq_ignore_ascii_case("Mail.Send.Shared")
+        })
+    }) {
+        return graph_error(
+            StatusCode::FORBIDDEN,
+            "ErrorAccessDenied",
+            "Access is denied. Check credentials and try again.",
+            rid,
+        );
+    }
+    let upn = issued.upn.to_ascii_lowercase();
+    let (mailbox, path) = match &user_path {
+        None => (upn.clone(), "me".to_owned()),
+        Some(id) => (id.to_ascii_lowercase(), format!("users/{id}")),
+    };
+    let may_send_as = |target: &str| {
+        target == upn
+            || state
+                .send_as
+                .lock()
+                .expect("lock")
+                .contains(&(upn.clone(), target.to_owned()))
+    };
+    if !may_send_as(&mailbox) {
+        return graph_error(
+            StatusCode::FORBIDDEN,
+            "ErrorAccessDenied",
+            "Access is denied. Check credentials and try again.",
+            rid,
+        );
+    }
+    *state
+        .requests
+        .lock()
+        .expect("lock")
+        .entry(mailbox.clone())
+        .or_default() += 1;
+
+    // 2. scoped fault injection
+    let (latency, fault) = {
+        let mut controls = state.controls.lock().expect("lock");
+        let c = controls.entry(mailbox.clone()).or_default();
+        let fault = if c.rest_disabled {
+            Some(Fault::RestDisabled)
+        } else if c.resets > 0 {
+            c.resets -= 1;
+            Some(Fault::Reset)
+        } else if c.fail_503 > 0 {
+            c.fail_503 -= 1;
+            Some(Fault::Unavailable(c.retry_after_503))
+        } else if c.throttle_429 > 0 {
+            c.throttle_429 -= 1;
+            Some(Fault::Throttled(c.retry_after_429))
+        } else {
+            None
+        };
+        (c.latency, fault)
+    };
+    match fault {
+        Some(Fault::RestDisabled) => {
+            return graph_error(
+                StatusCode::NOT_FOUND,
+                "MailboxNotEnabledForRESTAPI",
+                "The mailbox is either inactive, soft-deleted, or is hosted on-premise.",
+                rid,
+            );
+        }
+        Some(Fault::Reset) => {
+            // Unwind the connection task without running the panic hook: hyper drops the socket
+            // and the client sees the connection closed before any answer.
+            std::panic::resume_unwind(Box::new("graph stand-in: injected connection reset"));
+        }
+        Some(Fault::Unavailable(retry_after)) => {
+            let mut r = graph_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "Service is temporarily unavailable.",
+                rid,
+            );
+            if let Some(s) = retry_after {
+                r.headers_mut().insert("retry-after", HeaderValue::from(s));
+            }
+            return r;
+        }
+        Some(Fault::Throttled(retry_after)) => {
+            return throttled(rid, retry_after);
+        }
+        None => {}
+    }
+
+    // 3. per-mailbox concurrency
+    let _slot = {
+        let mut in_flight = state.in_flight.lock().expect("lock");
+        let n = in_flight.entry(mailbox.clone()).or_default();
+        if *n >= MAX_CONCURRENT_PER_MAILBOX {
+            drop(in_flight);
+            return throttled(rid, 1);
+        }
+        *n += 1;
+        Slot {
+            state: state.clone(),
+            mailbox: mailbox.clone(),
+        }
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+
+    // 4. the request body
+    if body.len() > MAX_REQUEST_BYTES {
+        return graph_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            &format!(
+                "The request is {} bytes; the maximum is {MAX_REQUEST_BYTES}.",
+                body.len()
+            ),
+            rid,
+        );
+    }
+    let request: SendMailBody = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return graph_error(
+                StatusCode::BAD_REQUEST,
+                "RequestBodyRead",
+                &e.to_string(),
+                rid,
+            );
+        }
+    };
+    if let Err((code, message)) = request.message.check() {
+        return graph_error(StatusCode::BAD_REQUEST, code, &message, rid);
+    }
+    if let Some(from) = &request.message.from {
+        let from = from.email_address.address.to_ascii_lowercase();
+        if from != mailbox || !may_send_as(&from) {
+            return graph_error(
+                StatusCode::FORBIDDEN,
+                "ErrorSendAsDenied",
+                "The user account which was used to submit this request does not have the right to send mail on behalf of the specified sending account.",
+                rid,
+            );
+        }
+    }
+
+    // 5. accept
+    let mime = request.message.to_mime(&mailbox);
+    let raw_json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    state.accepted.lock().expect("lock").push(AcceptedMail {
+        mailbox: mailbox.clone(),
+        upn,
+        path,
+        request: raw_json,
+        request_id: rid.to_owned(),
+        mime: mime.clone(),
+    });
+    if let Some(drop) = state.mail_drop.clone() {
+        let recipients = request.message.all_recipients();
+        tokio::task::spawn_blocking(move || {
+            for r in recipients {
+                if let Err(e) = drop.deliver(&r, &mime) {
+                    tracing::warn!(recipient = %r, error = %e, "graph stand-in: delivery into the mail drop failed");
+                }
+            }
+        });
+    }
+    StatusCode::ACCEPTED.into_response()
+}
+
+enum Fault {
+    RestDisabled,
+    Reset,
+    Unavailable(Option<u64>),
+    Throttled(u64),
+}
+
+fn throttled(rid: &str, retry_after: u64) -> Response {
+    let mut r = graph_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "ApplicationThrottled",
+        "Application is over its MailboxConcurrency limit.",
+        rid,
+    );
+    r.headers_mut()
+        .insert("retry-after", HeaderValue::from(retry_after));
+    r
+}
+
+// ---- the message resource (writable properties only; anything else is refused) ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SendMailBody {
+    message: Message,
+    #[serde(default)]
+    #[allow(dead_code)]
+    save_to_sent_items: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Message {
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    body: Option<ItemBody>,
+    #[serde(default)]
+    to_recipients: Vec<Recipient>,
+    #[serde(default)]
+    cc_recipients: Vec<Recipient>,
+    #[serde(default)]
+    bcc_recipients: Vec<Recipient>,
+    #[serde(default)]
+    reply_to: Vec<Recipient>,
+    #[serde(default)]
+    from: Option<Recipient>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    sender: Option<Recipient>,
+    #[serde(default)]
+    importance: Option<String>,
+    #[serde(default)]
+    attachments: Vec<FileAttachment>,
+    #[serde(default)]
+    internet_message_headers: Vec<InternetMessageHeader>,
+    #[serde(default)]
+    internet_message_id: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    categories: Vec<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    is_delivery_receipt_requested: Option<bool>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    is_read_receipt_requested: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ItemBody {
+    content_type: String,
+    content: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Recipient {
+    email_address: EmailAddress,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmailAddress {
+    address: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FileAttachment {
+    #[serde(rename = "@odata.type")]
+    odata_type: String,
+    name: String,
+    #[serde(default)]
+    content_type: Option<String>,
+    content_bytes: String,
+    #[serde(default)]
+    is_inline: bool,
+    #[serde(default)]
+    content_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InternetMessageHeader {
+    name: String,
+    value: String,
+}
+
+fn plausible_address(a: &str) -> bool {
+    match a.rsplit_once('@') {
+        Some((l, d)) => {
+            !l.is_empty()
+                && d.contains('.')
+                && !a.chars().any(|c| c.is_whitespace() || c.is_control())
+        }
+        None => false,
+    }
+}
+
+impl Message {
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        let all: Vec<&Recipient> = self
+            .to_recipients
+            .iter()
+            .chain(&self.cc_recipients)
+            .chain(&self.bcc_recipients)
+            .collect();
+        if all.is_empty() {
+            return Err((
+                "ErrorInvalidRecipients",
+                "At least one recipient isn't valid.".into(),
+            ));
+        }
+        if all.len() > 500 {
+            return Err((
+                "ErrorExceededMaxRecipientLimit",
+                "The message has too many recipients.".into(),
+            ));
+        }
+        for r in all
+            .iter()
+            .chain(self.reply_to.iter().collect::<Vec<_>>().iter())
+        {
+            if !plausible_address(&r.email_address.address) {
+                return Err((
+                    "ErrorInvalidRecipients",
+                    format!(
+                        "At least one recipient isn't valid., Recipient '{}' isn't resolved.",
+                        r.email_address.address
+                    ),
+                ));
+            }
+        }
+        if let Some(b) = &self.body
+            && !matches!(
+                b.content_type.to_ascii_lowercase().as_str(),
+                "text" | "html"
+            )
+        {
+            return Err((
+                "RequestBodyRead",
+                format!("Requested value '{}' was not found.", b.content_type),
+            ));
+        }
+        if let Some(i) = &self.importance
+            && !matches!(i.to_ascii_lowercase().as_str(), "low" | "normal" | "high")
+        {
+            return Err((
+                "RequestBodyRead",
+                format!("Requested value '{i}' was not found."),
+            ));
+        }
+        for h in &self.internet_message_headers {
+            if !(h.name.starts_with("x-") || h.name.starts_with("X-")) {
+                return Err((
+                    "InvalidInternetMessageHeader",
+                    format!(
+                        "The internet message header name '{}' should start with 'x-' or 'X-'.",
+                        h.name
+                    ),
+                ));
+            }
+            if h.value.contains(['\r', '\n']) || h.name.contains(['\r', '\n', ':', ' ']) {
+                return Err((
+                    "InvalidInternetMessageHeader",
+                    format!("The internet message header '{}' is not valid.", h.name),
+                ));
+            }
+        }
+        if let Some(id) = &self.internet_message_id
+            && !(id.starts_with('<')
+                && id.ends_with('>')
+                && id.contains('@')
+                && !id.contains(['\r', '\n', ' ']))
+        {
+            return Err((
+                "InvalidInternetMessageId",
+                format!("The internet message id '{id}' is not valid."),
+            ));
+        }
+        for a in &self.attachments {
+            if a.odata_type != "#microsoft.graph.fileAttachment" {
+                return Err((
+                    "RequestBodyRead",
+                    format!("Unsupported attachment type '{}'.", a.odata_type),
+                ));
+            }
+            if base64::engine::general_purpose::STANDARD
+                .decode(&a.content_bytes)
+                .is_err()
+            {
+                return Err((
+                    "ErrorInvalidRequest",
+                    format!("The attachment '{}' has invalid contentBytes.", a.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn all_recipients(&self) -> Vec<String> {
+        self.to_recipients
+            .iter()
+            .chain(&self.cc_recipients)
+            .chain(&self.bcc_recipients)
+            .map(|r| r.email_address.address.to_ascii_lowercase())
+            .collect()
+    }
+
+    /// A real RFC 5322 / MIME message, as Exchange would put on the wire (Bcc omitted).
+    fn to_mime(&self, mailbox: &str) -> Vec<u8> {
+        let mut out = String::new();
+        let from = self
+            .from
+            .as_ref()
+            .map(|r| mailbox_header(&r.email_address))
+            .unwrap_or_else(|| format!("<{mailbox}>"));
+        out.push_str(&format!("From: {from}\r\n"));
+        for (name, list) in [
+            ("To", &self.to_recipients),
+            ("Cc", &self.cc_recipients),
+            ("Reply-To", &self.reply_to),
+        ] {
+            if !list.is_empty() {
+                let v: Vec<String> = list
+                    .iter()
+                    .map(|r| mailbox_header(&r.email_address))
+                    .collect();
+                out.push_str(&format!("{name}: {}\r\n", v.join(", ")));
+            }
+        }
+        out.push_str(&format!(
+            "Subject: {}\r\n",
+            encode_word(self.subject.as_deref().unwrap_or_default())
+        ));
+        out.push_str(&format!("Date: {}\r\n", chrono::Utc::now().to_rfc2822()));
+        let message_id = self
+            .internet_message_id
+            .clone()
+            .unwrap_or_else(|| format!("<{}@graph-stand-in.local>", uuid::Uuid::new_v4().simple()));
+        out.push_str(&format!("Message-ID: {message_id}\r\n"));
+        if let Some(i) = &self.importance {
+            out.push_str(&format!("Importance: {i}\r\n"));
+        }
+        for h in &self.internet_message_headers {
+            out.push_str(&format!("{}: {}\r\n", h.name, h.value));
+        }
+        out.push_str("MIME-Version: 1.0\r\n");
+        let (ct, content) = match &self.body {
+            Some(b) if b.content_type.eq_ignore_ascii_case("html") => {
+                ("text/html", b.content.as_str())
+            }
+            Some(b) => ("text/plain", b.content.as_str()),
+            None => ("text/plain", ""),
+        };
+        let body_part = format!(
+            "Content-Type: {ct}; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n{}",
+            wrap_base64(content.as_bytes())
+        );
+        if self.attachments.is_empty() {
+            out.push_str(&body_part);
+        } else {
+            let boundary = format!("=_graph_{}", uuid::Uuid::new_v4().simple());
+            out.push_str(&format!(
+                "Content-Type: multipart/mixed; boundary=\"{boundary}\"\r\n\r\n"
+            ));
+            out.push_str(&format!("--{boundary}\r\n{body_part}"));
+            for a in &self.attachments {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(&a.content_bytes)
+                    .unwrap_or_default();
+                let name = encode_word(&a.name).replace('"', "'");
+                out.push_str(&format!("--{boundary}\r\n"));
+                out.push_str(&format!(
+                    "Content-Type: {}; name=\"{name}\"\r\n",
+                    a.content_type
+                        .as_deref()
+                        .unwrap_or("application/octet-stream")
+                ));
+                out.push_str(&format!(
+                    "Content-Disposition: {}; filename=\"{name}\"\r\n",
+                    if a.is_inline { "inline" } else { "attachment" }
+                ));
+                if let Some(cid) = &a.content_id {
+                    out.push_str(&format!("Content-ID: <{cid}>\r\n"));
+                }
+                out.push_str("Content-Transfer-Encoding: base64\r\n\r\n");
+                out.push_str(&wrap_base64(&bytes));
+            }
+            out.push_str(&format!("--{boundary}--\r\n"));
+        }
+        out.into_bytes()
+    }
+}
+
+fn mailbox_header(a: &EmailAddress) -> String {
+    match &a.name {
+        Some(n) if !n.is_empty() => format!("{} <{}>", encode_word(n), a.address),
+        _ => format!("<{}>", a.address),
+    }
+}
+
+/// RFC 2047 encoded word for non-ASCII (or quote-needing) text.
+fn encode_word(s: &str) -> String {
+    if s.is_ascii() && !s.contains(['"', '\r', '\n']) {
+        s.to_owned()
+    } else {
+        format!(
+            "=?utf-8?B?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
+        )
+    }
+}
+
+fn wrap_base64(bytes: &[u8]) -> String {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut out = String::with_capacity(encoded.len() + encoded.len() / 76 * 2 + 2);
+    for chunk in encoded.as_bytes().chunks(76) {
+        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        out.push_str("\r\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mime_carries_subject_headers_message_id_and_attachments() {
+        let m: Message = serde_json::from_value(serde_json::json!({
+            "subject": "[Ticket#1] Grüße",
+            "body": {"contentType": "html", "content": "<p>Hi</p>"},
+            "toRecipients": [{"emailAddress": {"address": "c@example.com", "name": "C"}}],
+            "bccRecipients": [{"emailAddress": {"address": "hidden@example.com"}}],
+            "internetMessageHeaders": [{"name": "X-Mailbridge-Ref", "value": "1.abcdef0123456789"}],
+            "internetMessageId": "<mb.1.abc@contoso.com>",
+            "attachments": [{"@odata.type": "#microsoft.graph.fileAttachment", "name": "a.txt", "contentType": "text/plain", "contentBytes": "aGVsbG8="}]
+        }))
+        .unwrap();
+        m.check().unwrap();
+        let raw = m.to_mime("support@contoso.com");
+        let parsed = mail_parser::MessageParser::default().parse(&raw).unwrap();
+        assert_eq!(parsed.subject(), Some("[Ticket#1] Grüße"));
+        assert_eq!(parsed.message_id(), Some("mb.1.abc@contoso.com"));
+        assert_eq!(parsed.attachment_count(), 1);
+        assert_eq!(parsed.body_html(0).as_deref(), Some("<p>Hi</p>"));
+        assert!(!String::from_utf8_lossy(&raw).contains("hidden@example.com"));
+        assert_eq!(m.all_recipients().len(), 2);
+    }
+
+    #[test]
+    fn non_x_headers_unknown_properties_and_no_recipients_are_refused() {
+        let m: Message = serde_json::from_value(serde_json::json!({
+            "toRecipients": [{"emailAddress": {"address": "c@example.com"}}],
+            "internetMessageHeaders": [{"name": "List-Unsubscribe", "value": "x"}]
+        }))
+        .unwrap();
+        assert_eq!(m.check().unwrap_err().0, "InvalidInternetMessageHeader");
+        let unknown = serde_json::from_value::<Message>(serde_json::json!({"subjectLine": "x"}));
+        assert!(unknown.is_err());
+        let m: Message = serde_json::from_value(serde_json::json!({"subject": "x"})).unwrap();
+        assert_eq!(m.check().unwrap_err().0, "ErrorInvalidRecipients");
     }
 }

@@ -193,32 +193,92 @@ async fn demo(stack: &LocalStack) -> anyhow::Result<()> {
         received.messages().len()
     );
 
-    step(3, "identity platform stand-in");
-    match stack.try_identity() {
-        Ok(identity) => println!(
-            "  up at {} (introspection {})",
-            identity.base_url,
-            identity.introspection_url()
-        ),
-        Err(e) => anyhow::bail!("identity stand-in did not start: {e}"),
-    }
+    step(
+        3,
+        "identity platform stand-in: register an app and a user, mint tokens",
+    );
+    let identity = stack
+        .try_identity()
+        .map_err(|e| anyhow::anyhow!("identity stand-in did not start: {e}"))?;
+    println!(
+        "  up at {} (introspection {})",
+        identity.base_url,
+        identity.introspection_url()
+    );
+    let tenant = "demo-tenant";
+    let client_id = "11111111-2222-3333-4444-555555555555";
+    let user = "helpdesk@demo.example.com";
+    identity.register_app(local_stack::identity::AppRegistration::mailbridge(
+        tenant, client_id,
+    ));
+    identity.register_user(local_stack::identity::UserAccount::new(
+        tenant,
+        user,
+        "demo-password",
+    ));
+    let lifetime = std::time::Duration::from_secs(3600);
+    let imap_token = identity.mint_access_token(
+        tenant,
+        client_id,
+        user,
+        "https://outlook.office.com",
+        &["IMAP.AccessAsUser.All"],
+        lifetime,
+    );
+    let graph_token = identity.mint_access_token(
+        tenant,
+        client_id,
+        user,
+        "https://graph.microsoft.com",
+        &["Mail.Send"],
+        lifetime,
+    );
+    println!("  {user}: one IMAP-audience and one Graph-audience access token");
 
-    step(4, "Dovecot: deliver a message and read the mailbox status");
+    step(
+        4,
+        "Dovecot: deliver a message, then read it over IMAPS with XOAUTH2",
+    );
     let dovecot = stack
         .try_dovecot()
         .map_err(|e| anyhow::anyhow!("dovecot did not start: {e}"))?
         .clone();
-    let user = "helpdesk@demo.example.com";
     let raw = b"From: Alice <alice@customer.example>\r\nTo: helpdesk@demo.example.com\r\nSubject: Printer on fire\r\nMessage-ID: <demo-1@customer.example>\r\n\r\nPlease help.\r\n";
+    let admin = dovecot.clone();
     let status = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        dovecot.deliver_to(user, "INBOX", raw)?;
-        dovecot.mailbox_status(user, "INBOX")
+        admin.deliver_to(user, "INBOX", raw)?;
+        admin.mailbox_status(user, "INBOX")
     })
     .await??;
     println!(
-        "  {user}: {} message(s), {} unseen, UIDVALIDITY {}",
+        "  delivered with doveadm: {} message(s), {} unseen, UIDVALIDITY {}",
         status.messages, status.unseen, status.uidvalidity
     );
+    // the production IMAP client (mailbridge::imap), trusting the local CA explicitly
+    let endpoint = mailbridge::imap::ImapEndpoint {
+        host: "localhost".into(),
+        port: dovecot.imaps_port,
+        timeout: std::time::Duration::from_secs(10),
+    };
+    let tls = mailbridge::imap::tls_config(Some(&dovecot.ca_pem_path))?;
+    let token = secrecy::SecretString::from(imap_token);
+    let mut imap = mailbridge::imap::connect_and_login(&endpoint, tls.clone(), user, &token)
+        .await
+        .context("XOAUTH2 login with the IMAP token")?;
+    let folder = imap.select("INBOX").await?;
+    let unseen = imap
+        .search(mailbridge::imap::SearchScope::UnseenUndeleted)
+        .await?;
+    println!(
+        "  XOAUTH2 login OK; INBOX has {} message(s), unseen UIDs {unseen:?}",
+        folder.exists
+    );
+    imap.logout().await;
+    let graph_token = secrecy::SecretString::from(graph_token);
+    match mailbridge::imap::connect_and_login(&endpoint, tls, user, &graph_token).await {
+        Ok(_) => anyhow::bail!("Dovecot accepted a Graph-audience token for IMAP"),
+        Err(e) => println!("  a Graph-audience token is rejected, as at Microsoft: {e}"),
+    }
 
     println!("\ndemo finished: every step passed");
     Ok(())
