@@ -1148,8 +1148,9 @@ async fn the_stand_in_can_be_driven_over_http_controls() {
     assert!(tokens.refresh_token.is_some());
     assert_eq!(
         tokens.scope,
-        "https://outlook.office.com/IMAP.AccessAsUser.All offline_access"
+        "openid profile https://outlook.office.com/IMAP.AccessAsUser.All offline_access"
     );
+    assert_eq!(tokens.signed_in_user().as_deref(), Some(upn.as_str()));
 
     control
         .inject_failure(&FailureInjection::token(
@@ -1192,4 +1193,27 @@ async fn the_stand_in_can_be_driven_over_http_controls() {
         format!("{revoked:?}").contains("AADSTS50173"),
         "{revoked:?}"
     );
+}
+
+#[tokio::test]
+async fn device_code_login_as_the_wrong_user_stores_nothing() {
+    let w = World::new().await;
+    let intruder = unique_user("someone-else");
+    w.idp
+        .register_user(UserAccount::new(&w.tenant, &intruder, PASSWORD));
+    let (flow, mut rx) = run_device_code(&w, w.account()).await;
+    let code = prompt(&mut rx).await;
+    w.idp.approve_device_code(&code, &intruder).unwrap();
+    match flow.await.unwrap() {
+        Err(LoginError::WrongUser {
+            expected,
+            signed_in,
+            ..
+        }) => {
+            assert_eq!(expected, w.upn);
+            assert_eq!(signed_in, intruder);
+        }
+        other => panic!("expected WrongUser, got {other:?}"),
+    }
+    assert!(get_secret(&w.secret_name).await.is_err(), "nothing stored");
 }

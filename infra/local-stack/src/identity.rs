@@ -506,14 +506,17 @@ struct ScopeRequest {
     /// Resources in request order, each with its permission names (`.default` kept as is).
     resources: Vec<(String, Vec<String>)>,
     offline_access: bool,
+    openid: bool,
 }
 
 fn parse_scope(state: &StandInState, scope: &str) -> Result<ScopeRequest, AadError> {
     let mut resources: Vec<(String, Vec<String>)> = Vec::new();
     let mut offline_access = false;
+    let mut openid = false;
     for item in scope.split_whitespace() {
         if OIDC_SCOPES.contains(&item) {
             offline_access |= item == "offline_access";
+            openid |= item == "openid";
             continue;
         }
         let (resource, permission) = match item.rfind('/') {
@@ -562,6 +565,7 @@ fn parse_scope(state: &StandInState, scope: &str) -> Result<ScopeRequest, AadErr
     Ok(ScopeRequest {
         resources,
         offline_access,
+        openid,
     })
 }
 
@@ -1272,7 +1276,7 @@ fn handle_token(
                 &upn,
                 &resource,
                 perms,
-                request.offline_access,
+                (request.offline_access, request.openid),
                 false,
                 now,
             ))
@@ -1344,7 +1348,7 @@ fn handle_token(
                 &upn,
                 &resource,
                 perms,
-                request.offline_access,
+                (request.offline_access, request.openid),
                 record.mfa,
                 now,
             ))
@@ -1428,7 +1432,7 @@ fn handle_token(
                         &upn,
                         &resource,
                         perms,
-                        request.offline_access,
+                        (request.offline_access, request.openid),
                         true,
                         now,
                     ))
@@ -1451,7 +1455,7 @@ fn issue(
     upn: &str,
     resource: &str,
     perms: Vec<String>,
-    offline_access: bool,
+    (offline_access, openid): (bool, bool),
     mfa: bool,
     now: DateTime<Utc>,
 ) -> Response {
@@ -1498,8 +1502,57 @@ fn issue(
         );
         body["refresh_token"] = json!(refresh_token);
     }
+    if openid {
+        scope.insert(0, "openid".to_owned());
+        scope.insert(1, "profile".to_owned());
+        body["id_token"] = json!(id_token(state, tenant, client_id, upn, now));
+    }
     body["scope"] = json!(scope.join(" "));
     (StatusCode::OK, Json(body)).into_response()
+}
+
+/// An (unsigned, `alg: none`) OpenID Connect ID token with Entra's v2.0 claim names.
+fn id_token(
+    state: &StandInState,
+    tenant: &str,
+    client_id: &str,
+    upn: &str,
+    now: DateTime<Utc>,
+) -> String {
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+    };
+    let name = state
+        .tenants
+        .get(tenant)
+        .and_then(|t| t.users.get(&upn.to_lowercase()))
+        .map_or(upn, |u| u.upn.as_str());
+    let oid = {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(upn.to_lowercase().as_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        uuid::Builder::from_random_bytes(bytes)
+            .into_uuid()
+            .to_string()
+    };
+    let claims = json!({
+        "aud": client_id,
+        "iss": format!("https://login.microsoftonline.com/{tenant}/v2.0"),
+        "iat": now.timestamp(),
+        "nbf": now.timestamp(),
+        "exp": now.timestamp() + 3600,
+        "name": name,
+        "preferred_username": name,
+        "oid": oid,
+        "tid": tenant,
+        "ver": "2.0",
+    });
+    format!(
+        "{}.{}.",
+        b64(&json!({"typ": "JWT", "alg": "none"})),
+        b64(&claims)
+    )
 }
 
 async fn devicecode_endpoint(

@@ -33,6 +33,27 @@ pub struct TokenResponse {
     pub refresh_token: Option<SecretString>,
     /// Granted scopes (space separated).
     pub scope: String,
+    /// OpenID Connect ID token, when `openid` was requested (sign-in flows).
+    pub id_token: Option<String>,
+}
+
+impl TokenResponse {
+    /// Who signed in, from the ID token's `preferred_username` (or `upn`/`email`).
+    ///
+    /// The ID token comes straight from the token endpoint over TLS, so its signature is not
+    /// checked (OpenID Connect Core §3.1.3.7 allows TLS server validation instead); it is only
+    /// used to catch signing in with the wrong account.
+    pub fn signed_in_user(&self) -> Option<String> {
+        use base64::Engine;
+        let payload = self.id_token.as_deref()?.split('.').nth(1)?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .ok()?;
+        let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        ["preferred_username", "upn", "email"]
+            .iter()
+            .find_map(|k| claims.get(*k).and_then(|v| v.as_str()).map(str::to_owned))
+    }
 }
 
 impl std::fmt::Debug for TokenResponse {
@@ -58,6 +79,8 @@ struct RawTokenResponse {
     refresh_token: Option<String>,
     #[serde(default)]
     scope: String,
+    #[serde(default)]
+    id_token: Option<String>,
 }
 
 /// What the user must be told to complete a device code sign-in.
@@ -223,6 +246,7 @@ impl IdentityClient {
             expires_in: raw.expires_in.as_ref().and_then(json_u64).unwrap_or(3599),
             refresh_token: raw.refresh_token.map(SecretString::from),
             scope: raw.scope,
+            id_token: raw.id_token,
         })
     }
 
@@ -360,7 +384,7 @@ impl IdentityClient {
         Ok((raw.device_code, prompt))
     }
 
-    /// The whole device code flow for `audience` (plus `offline_access`): request a code, hand
+    /// The whole device code flow for `audience` (plus `offline_access openid profile`): request a code, hand
     /// the prompt to `on_event`, poll at `interval` (+5 s on `slow_down`) until the user
     /// approves, declines or the code expires. Transient poll failures are retried until the
     /// code's own expiry.
@@ -370,7 +394,8 @@ impl IdentityClient {
         audience: Audience,
         mut on_event: impl FnMut(DeviceCodeEvent) + Send,
     ) -> Result<TokenResponse, DeviceCodeError> {
-        let scope = secret.scope_for(audience);
+        // `openid profile` adds an ID token saying who signed in (checked by the login).
+        let scope = format!("{} openid profile", secret.scope_for(audience));
         let start_deadline = Instant::now() + Duration::from_secs(60);
         let (device_code, prompt) = self
             .with_retries(start_deadline, || self.start_device_code(secret, &scope))

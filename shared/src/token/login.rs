@@ -44,6 +44,18 @@ pub enum LoginError {
         /// Reason with code.
         reason: String,
     },
+    /// Someone other than the account's user signed in; nothing was stored.
+    #[error(
+        "sign-in for {account} was completed as {signed_in}, but the account's username is {expected}; nothing stored — sign in as {expected}"
+    )]
+    WrongUser {
+        /// Account secret name.
+        account: String,
+        /// The secret's `username`.
+        expected: String,
+        /// Who actually signed in.
+        signed_in: String,
+    },
     /// The identity platform answered without a refresh token (offline_access not granted).
     #[error("sign-in for {account} returned no refresh token (is offline_access allowed?)")]
     NoRefreshToken {
@@ -122,7 +134,8 @@ pub async fn password_login(
     store_login(store, secret_name, account, &tokens, clock).await
 }
 
-/// Store a fresh grant: refresh token, stored-at, status ok. Creates the secret if missing;
+/// Store a fresh grant: refresh token, stored-at, status ok. Refuses (`WrongUser`) when the
+/// ID token says another user signed in. Creates the secret if missing;
 /// otherwise `account` replaces the stored value, keeping only stored fields this version does not
 /// know (read the existing secret first to keep e.g. its password).
 pub async fn store_login(
@@ -132,6 +145,15 @@ pub async fn store_login(
     tokens: &TokenResponse,
     clock: &dyn Clock,
 ) -> Result<LoginOutcome, LoginError> {
+    if let Some(signed_in) = tokens.signed_in_user()
+        && !signed_in.eq_ignore_ascii_case(&account.username)
+    {
+        return Err(LoginError::WrongUser {
+            account: secret_name.to_owned(),
+            expected: account.username.clone(),
+            signed_in,
+        });
+    }
     let refresh_token = tokens
         .refresh_token
         .clone()
