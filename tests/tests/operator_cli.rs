@@ -14,8 +14,12 @@ use serde_json::Value;
 
 const PASSWORD: &str = "correct horse battery staple";
 
-/// The `mailbridge` binary, built first if needed.
+/// The `mailbridge` binary: `$MAILBRIDGE_CLI_BIN` when set (e.g. a release build to test),
+/// else the workspace build, built first if needed.
 fn cli_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("MAILBRIDGE_CLI_BIN") {
+        return PathBuf::from(path);
+    }
     local_stack::runtime_api::workspace_binary("mailbridge-cli", "mailbridge")
         .expect("build the mailbridge CLI")
 }
