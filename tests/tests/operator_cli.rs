@@ -315,6 +315,17 @@ async fn check_is_green_for_a_working_mailbox() {
     }
     // the Graph probe sent nothing
     assert!(stack().graph().accepted(&w.upn).is_empty());
+    // no targets: every configured mailbox (its account is not checked twice)
+    let out = w.run(&["check", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let all = json(&out);
+    let names: Vec<&str> = all["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["support"], "{all:#}");
     assert!(step(target, "IMAP").to_string().contains("SELECT INBOX"));
 }
 
@@ -550,6 +561,41 @@ async fn poll_dry_run_shows_the_mail_without_posting_or_moving_it() {
         .await
         .unwrap();
     assert!(status.item.is_none(), "a dry run records no status");
+
+    // status shows the mailbox's last run once the poller recorded one
+    let out = w.run(&["status", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let status = json(&out);
+    assert_eq!(status["mailboxes"][0]["mailbox"], "inbox");
+    assert!(status["mailboxes"][0]["last_run"].is_null(), "{status:#}");
+    use poll_mailboxes::ports::StateStore as _;
+    poll_mailboxes::dynamo::DynamoStateStore::new(mailbridge_tests::dynamodb(), &w.table)
+        .put_status(&poll_mailboxes::ports::MailboxStatus {
+            mailbox: "inbox".into(),
+            outcome: "failed".into(),
+            reason: Some("AUTHENTICATE XOAUTH2 failed for the test".into()),
+            last_run_at: chrono::Utc::now().to_rfc3339(),
+            duration_ms: 12,
+            tickets_created: 0,
+            parked: 0,
+            duplicates: 0,
+            deferred: 1,
+            uid_validity: None,
+            imap_round_trips: 2,
+        })
+        .await
+        .unwrap();
+    let out = w.run(&["status", "--json"]).await;
+    assert_eq!(out.status.code(), Some(3), "a failed last run is a problem");
+    let last_run = &json(&out)["mailboxes"][0]["last_run"];
+    assert_eq!(last_run["outcome"], "failed");
+    assert!(last_run["reason"].as_str().unwrap().contains("XOAUTH2"));
+    let out = w.run(&["status"]).await;
+    assert!(
+        text(&out.stdout).contains("✗ inbox"),
+        "{}",
+        text(&out.stdout)
+    );
 
     // without --dry-run the CLI refuses (real polls are the Lambda's job)
     let out = w.run(&["poll", "inbox"]).await;
