@@ -843,3 +843,359 @@ async fn dovecot_restarted_mid_run_then_the_next_run_completes_without_loss_or_d
     assert_eq!(p.count(&user, "INBOX"), 0);
     assert_eq!(p.count(&user, "Processed"), 8);
 }
+
+/// The real `bootstrap` (the `poll-mailboxes` binary) under the Lambda Runtime API emulator with
+/// the committed scheduler event, then warm with a manual event.
+#[tokio::test]
+async fn the_bootstrap_binary_polls_on_a_scheduler_event() {
+    use local_stack::runtime_api::{FunctionConfig, RuntimeApi, workspace_binary};
+    let binary =
+        tokio::task::spawn_blocking(|| workspace_binary("poll-mailboxes", "poll-mailboxes"))
+            .await
+            .unwrap()
+            .expect("build the poll-mailboxes binary");
+    let p = Poller::new(stack().dovecot().clone()).await;
+    let user = unique_user("bootstrap");
+    let account = p.account(&user).await;
+    p.mailbox("bootstrap", &user, &account, serde_json::json!({}))
+        .await;
+    p.deliver(&user, &mail("b1", "Via the bootstrap", "x"));
+    let thread_key_secret = unique("thread-key");
+    put_secret(&thread_key_secret, "0123456789abcdef0123456789abcdef")
+        .await
+        .unwrap();
+    let mut env = stack().moto().env();
+    env.extend([
+        ("MAILBRIDGE_STATE_TABLE".to_string(), p.table.clone()),
+        (
+            "MAILBRIDGE_THREAD_KEY_SECRET".to_string(),
+            thread_key_secret,
+        ),
+        (
+            "MAILBRIDGE_SECRET_PREFIX".to_string(),
+            "mailbridge/".to_string(),
+        ),
+        (
+            "MAILBRIDGE_IMAP_CA_FILE".to_string(),
+            p.dovecot.ca_pem_path.display().to_string(),
+        ),
+        ("RUST_LOG".to_string(), "info".to_string()),
+    ]);
+    let api = RuntimeApi::start().await.expect("runtime api");
+    api.spawn_function(&FunctionConfig::new("poll-mailboxes", binary).with_env(env))
+        .expect("spawn bootstrap");
+    let schedule: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(local_stack::repo_root().join("infra/events/poll-schedule.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let outcome = api.invoke(schedule, Duration::from_secs(60)).await.unwrap();
+    assert!(
+        outcome.init_duration.is_some(),
+        "first invocation is a cold start"
+    );
+    let report = outcome
+        .into_response()
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", api.logs()));
+    assert_eq!(report["tickets_created"], 1, "{report}");
+    assert_eq!(p.tickets().len(), 1);
+    assert_eq!(p.count(&user, "Processed"), 1);
+
+    p.deliver(&user, &mail("b2", "Manual run", "y"));
+    let manual = serde_json::json!({"source": "mailbridge.manual", "mailboxes": [user]});
+    let outcome = api.invoke(manual, Duration::from_secs(60)).await.unwrap();
+    assert!(outcome.init_duration.is_none(), "warm");
+    let report = outcome.into_response().unwrap();
+    assert_eq!(report["tickets_created"], 1, "{report}");
+    assert_eq!(p.tickets().len(), 2);
+    let logs = api.logs();
+    assert!(
+        logs.contains("\"TicketsCreated\":1"),
+        "EMF metrics line: {logs}"
+    );
+    api.shutdown();
+}
+
+/// Deterministic pseudo-random numbers for the benchmark's mail generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn range(&mut self, low: usize, high: usize) -> usize {
+        low + (self.next() as usize) % (high - low)
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(n + 8);
+        while out.len() < n {
+            out.extend_from_slice(&self.next().to_le_bytes());
+        }
+        out.truncate(n);
+        out
+    }
+}
+
+fn base64_lines(data: &[u8]) -> String {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(data);
+    let mut out = String::with_capacity(encoded.len() + encoded.len() / 76 * 2 + 2);
+    for chunk in encoded.as_bytes().chunks(76) {
+        out.push_str(std::str::from_utf8(chunk).unwrap());
+        out.push_str("\r\n");
+    }
+    out
+}
+
+const WORDS: &[&str] = &[
+    "printer",
+    "server",
+    "invoice",
+    "password",
+    "reset",
+    "outlook",
+    "cannot",
+    "login",
+    "error",
+    "urgent",
+    "please",
+    "thanks",
+    "the",
+    "a",
+    "is",
+    "not",
+    "working",
+    "since",
+    "yesterday",
+    "morning",
+    "attached",
+    "screenshot",
+    "VPN",
+    "disk",
+    "backup",
+    "failed",
+    "ticket",
+    "user",
+];
+
+/// A helpdesk-like mail: text + HTML alternative; some with a PDF/PNG attachment.
+fn realistic_mail(rng: &mut Rng, i: usize, to: &str, attachment: Option<usize>) -> Vec<u8> {
+    let words = rng.range(60, 1200);
+    let mut text = String::new();
+    for w in 0..words {
+        text.push_str(WORDS[rng.range(0, WORDS.len())]);
+        text.push(if w % 14 == 13 { '\n' } else { ' ' });
+    }
+    let html = format!(
+        "<html><body><p>{}</p><p>Regards,<br>Customer {i}</p></body></html>",
+        text.replace('\n', "</p><p>")
+    );
+    let alternative = format!(
+        "Content-Type: multipart/alternative; boundary=alt{i}\r\n\r\n--alt{i}\r\n\
+         Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{}\r\n--alt{i}\r\n\
+         Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{html}\r\n--alt{i}--\r\n",
+        text.replace('\n', "\r\n")
+    );
+    let headers = format!(
+        "Received: from mx.customer.example by mail.example.com; Sat, 28 Nov 2026 10:00:00 +0000\r\n\
+         From: Customer {i} <customer{i}@customer.example>\r\nTo: {to}\r\n\
+         Subject: Issue #{i}: {} {}\r\nDate: Sat, 28 Nov 2026 10:{:02}:00 +0000\r\n\
+         Message-ID: <bench-{i}@customer.example>\r\nMIME-Version: 1.0\r\n",
+        WORDS[rng.range(0, WORDS.len())],
+        WORDS[rng.range(0, WORDS.len())],
+        i % 60
+    );
+    match attachment {
+        None => format!("{headers}{alternative}").into_bytes(),
+        Some(size) => {
+            let data = rng.bytes(size);
+            format!(
+                "{headers}Content-Type: multipart/mixed; boundary=mix{i}\r\n\r\n--mix{i}\r\n{alternative}--mix{i}\r\n\
+                 Content-Type: application/pdf; name=\"report-{i}.pdf\"\r\n\
+                 Content-Disposition: attachment; filename=\"report-{i}.pdf\"\r\n\
+                 Content-Transfer-Encoding: base64\r\n\r\n{}--mix{i}--\r\n",
+                base64_lines(&data)
+            )
+            .into_bytes()
+        }
+    }
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Benchmark (prints numbers; recorded in BENCHMARKS.md): 1,000 realistic mails plus one with a
+/// 20 MB attachment in one mailbox, polled by the real bootstrap (bench profile) at 128 MB.
+/// Run: `cargo test --profile bench -p mailbridge-tests --test poll_mailboxes -- --ignored --nocapture bench_`
+#[tokio::test]
+#[ignore = "benchmark: run explicitly (see BENCHMARKS.md)"]
+async fn bench_poll_1000_mails_and_a_20_mb_attachment() {
+    use local_stack::runtime_api::{FunctionConfig, RuntimeApi};
+    // Build the bootstrap with the bench profile (thin LTO) next to this test binary.
+    let profile_dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let status = tokio::task::spawn_blocking({
+        let target = profile_dir.parent().unwrap().to_path_buf();
+        move || {
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(local_stack::repo_root())
+                .env("CARGO_TARGET_DIR", target)
+                .args([
+                    "build",
+                    "-q",
+                    "--profile",
+                    "bench",
+                    "-p",
+                    "poll-mailboxes",
+                    "--bin",
+                    "poll-mailboxes",
+                ])
+                .status()
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(status.success());
+    let binary = profile_dir.join("poll-mailboxes");
+    assert!(binary.exists(), "{} missing", binary.display());
+
+    let dovecot = Arc::new(
+        mailbridge_tests::start_private_dovecot(
+            "poll-bench",
+            &stack().identity().introspection_url(),
+        )
+        .await
+        .unwrap(),
+    );
+    let p = Poller::new(dovecot.clone()).await;
+    let user = unique_user("bench");
+    let account = p.account(&user).await;
+    p.mailbox(
+        "bench",
+        &user,
+        &account,
+        serde_json::json!({"max_messages_per_run": 5000}),
+    )
+    .await;
+
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut mails = Vec::with_capacity(1001);
+    for i in 0..1000 {
+        let attachment = match i % 10 {
+            0 => Some(rng.range(300_000, 1_000_000)),
+            1 | 2 => Some(rng.range(20_000, 300_000)),
+            _ => None,
+        };
+        mails.push(realistic_mail(&mut rng, i, &user, attachment));
+    }
+    mails.insert(
+        500,
+        realistic_mail(&mut rng, 1000, &user, Some(20 * 1024 * 1024)),
+    );
+    let total_bytes: usize = mails.iter().map(Vec::len).sum();
+    let deliver_started = std::time::Instant::now();
+    let mails = Arc::new(mails);
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let (dovecot, mails, user) = (dovecot.clone(), mails.clone(), user.clone());
+        workers.push(tokio::task::spawn_blocking(move || {
+            for (i, raw) in mails.iter().enumerate() {
+                if i % 4 == w {
+                    dovecot.deliver_to(&user, "INBOX", raw).unwrap();
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    println!(
+        "bench: delivered {} mails, {:.1} MB, in {:.1} s",
+        mails.len(),
+        total_bytes as f64 / 1e6,
+        deliver_started.elapsed().as_secs_f64()
+    );
+
+    let thread_key_secret = unique("thread-key");
+    put_secret(&thread_key_secret, "0123456789abcdef0123456789abcdef")
+        .await
+        .unwrap();
+    let mut env = stack().moto().env();
+    env.extend([
+        ("MAILBRIDGE_STATE_TABLE".to_string(), p.table.clone()),
+        (
+            "MAILBRIDGE_THREAD_KEY_SECRET".to_string(),
+            thread_key_secret,
+        ),
+        (
+            "MAILBRIDGE_IMAP_CA_FILE".to_string(),
+            dovecot.ca_pem_path.display().to_string(),
+        ),
+        ("RUST_LOG".to_string(), "warn".to_string()),
+    ]);
+    let api = RuntimeApi::start().await.expect("runtime api");
+    api.spawn_function(&FunctionConfig::new("poll-mailboxes", binary).with_env(env))
+        .expect("spawn bootstrap");
+    let pid = api.function_pid().expect("function pid");
+    let outcome = api
+        .invoke(
+            serde_json::json!({"source": "mailbridge.schedule"}),
+            Duration::from_secs(900),
+        )
+        .await
+        .unwrap();
+    let wall = outcome.duration;
+    let init = outcome.init_duration;
+    let rss = peak_rss_kib(pid);
+    let report = outcome
+        .into_response()
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", api.logs()));
+    let s = &report["mailboxes"][0];
+    let handled = s["tickets_created"].as_u64().unwrap() + s["parked"].as_u64().unwrap();
+    let round_trips = s["imap_round_trips"].as_u64().unwrap();
+    println!(
+        "bench: {handled} mails in {:.2} s = {:.1} mails/s; init {:?}; peak RSS {:.1} MiB (limit 128); \
+         IMAP round trips {round_trips} = {:.2} per mail; outcome {}",
+        wall.as_secs_f64(),
+        handled as f64 / wall.as_secs_f64(),
+        init,
+        rss.unwrap_or(0) as f64 / 1024.0,
+        round_trips as f64 / handled as f64,
+        s["outcome"]
+    );
+    api.shutdown();
+    assert_eq!(handled, 1001, "{report}");
+    assert_eq!(p.tickets().len(), 1001);
+    let big = p
+        .tickets()
+        .into_iter()
+        .find(|t| {
+            t.body["draft"]["subject"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("Issue #1000")
+        })
+        .expect("the 20 MB mail became a ticket");
+    assert!(big.body["attachments"][0]["content_base64"].is_null());
+    assert!(
+        rss.unwrap_or(u64::MAX) < 128 * 1024,
+        "peak RSS {rss:?} KiB is over a 128 MB Lambda"
+    );
+}
