@@ -1199,3 +1199,39 @@ async fn bench_poll_1000_mails_and_a_20_mb_attachment() {
         "peak RSS {rss:?} KiB is over a 128 MB Lambda"
     );
 }
+
+#[tokio::test]
+async fn a_uidvalidity_change_does_not_duplicate_tickets() {
+    let p = Poller::new(stack().dovecot().clone()).await;
+    let user = unique_user("uidv");
+    let account = p.account(&user).await;
+    p.mailbox(
+        "uidv",
+        &user,
+        &account,
+        serde_json::json!({"after_action": "mark_seen"}),
+    )
+    .await;
+    p.deliver(&user, &mail("u1", "Before the rebuild", "x"));
+    let report = p.poll().await;
+    assert_eq!(report.tickets_created, 1);
+    let before = status(&report, "uidv").uid_validity.unwrap();
+    // The server rebuilds the folder: new UIDVALIDITY, and the flags are lost.
+    p.dovecot
+        .doveadm(
+            &[
+                "flags", "remove", "-u", &user, "\\Seen", "mailbox", "INBOX", "all",
+            ],
+            None,
+        )
+        .unwrap();
+    p.dovecot
+        .set_uidvalidity(&user, "INBOX", before + 1000)
+        .unwrap();
+    let report = p.poll().await;
+    let s = status(&report, "uidv");
+    assert_eq!(s.uid_validity, Some(before + 1000));
+    assert_eq!((s.tickets_created, s.duplicates), (0, 1), "{s:?}");
+    assert_eq!(p.tickets().len(), 1);
+    assert!(p.dovecot.list_messages(&user, "INBOX").unwrap()[0].is_seen());
+}
