@@ -1,3 +1,11 @@
-//! The subcommands of `mailbridge`, one module each.
+//! The subcommands of `mailbridge`, one module each, plus [`context`] (global options, AWS and
+//! token-layer wiring, output helpers) shared by them.
 
+pub mod check;
+pub mod context;
+pub mod login;
+pub mod mailbox;
 pub mod parse;
+pub mod poll;
+pub mod send;
+pub mod status;

@@ -1,0 +1,322 @@
+//! `mailbridge login`: sign a Microsoft 365 account in and write (or update) its account
+//! secret through the token layer (`mailbridge::token::login`).
+//!
+//! - Default: the device code flow (works with MFA): the identity platform's message is shown on
+//!   stderr, then progress while waiting for the user to finish in a browser.
+//! - `--password-stdin`: ROPC (accounts without MFA); the password is read from stdin, never
+//!   echoed or printed, and stored only with `--keep-password` (for ROPC re-bootstrap).
+//! - An existing secret keeps its fields (hosts, scopes, unknown fields) unless a flag
+//!   overrides them, so `mailbridge login --account X` alone re-consents an account.
+//!
+//! Nothing secret is ever printed: the output names the secret, the user and the scopes.
+
+use std::io::{BufRead as _, Write as _};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use mailbridge::token::login::{LoginError, LoginOutcome, device_code_login, password_login};
+use mailbridge::token::{AccountSecret, DeviceCodeEvent, SystemClock};
+use secrecy::SecretString;
+
+use super::context::{Context, Exit, ExitError, print_json, stderr_is_terminal};
+
+/// Arguments of `mailbridge login`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  mailbridge login --tenant contoso.onmicrosoft.com --client-id 1111... --user helpdesk@contoso.com
+  mailbridge login --account helpdesk@contoso.com          # sign in again (re-consent)
+  printf '%s' \"$PW\" | mailbridge login --user svc@contoso.com --tenant ... --client-id ... --password-stdin")]
+pub struct LoginArgs {
+    /// Account name: the secret is `<prefix><account>`. Default: the user address.
+    #[arg(long, value_name = "NAME")]
+    pub account: Option<String>,
+    /// Entra tenant id (GUID or verified domain). Required for a new account.
+    #[arg(long, value_name = "TENANT")]
+    pub tenant: Option<String>,
+    /// Application (client) id of the public-client app registration. Required for a new account.
+    #[arg(long, value_name = "GUID")]
+    pub client_id: Option<String>,
+    /// The user (UPN) to sign in: the sending / IMAP login user. Required for a new account.
+    #[arg(long, value_name = "UPN")]
+    pub user: Option<String>,
+    /// Read a password from stdin and use ROPC instead of the device code flow (no MFA).
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Also store the password, so the functions can re-bootstrap with ROPC if the refresh
+    /// token dies (as the seed product did). Off by default.
+    #[arg(long, requires = "password_stdin")]
+    pub keep_password: bool,
+    /// Entra authority (sovereign clouds: e.g. https://login.microsoftonline.us).
+    #[arg(long, value_name = "URL")]
+    pub authority_host: Option<String>,
+    /// Graph root and token resource (e.g. https://graph.microsoft.us).
+    #[arg(long, value_name = "URL")]
+    pub graph_host: Option<String>,
+    /// Resource of IMAP tokens (e.g. https://outlook.office365.us).
+    #[arg(long, value_name = "URL")]
+    pub imap_resource: Option<String>,
+    /// IMAP server, `host` or `host:port` (default outlook.office365.com).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub imap_host: Option<String>,
+}
+
+/// Run `mailbridge login`.
+pub async fn run(ctx: &Context, args: LoginArgs) -> Result<Exit> {
+    let account_name = args
+        .account
+        .clone()
+        .or_else(|| args.user.clone())
+        .context("name the account with --account NAME or --user UPN")?;
+    let secret_name = ctx.secret_name(&account_name);
+    let existing = match ctx.read_account(&secret_name).await {
+        Ok(existing) => existing,
+        Err(e) => {
+            // A corrupt secret is replaced by a fresh one built from the flags.
+            eprintln!(
+                "mailbridge: the stored secret {secret_name} is unusable ({e:#}); it will be replaced"
+            );
+            None
+        }
+    };
+    let account = build_account(&secret_name, existing, &args)?;
+    let store = ctx.secret_store().await;
+    let identity = ctx.identity_client()?;
+    let clock = SystemClock;
+
+    let outcome = if args.password_stdin {
+        let password = read_password()?;
+        password_login(
+            store.as_ref(),
+            &identity,
+            &secret_name,
+            account.clone(),
+            password,
+            args.keep_password,
+            &clock,
+        )
+        .await
+    } else {
+        device_code(
+            ctx,
+            store.as_ref(),
+            &identity,
+            &secret_name,
+            account.clone(),
+        )
+        .await
+    };
+    let outcome = outcome.map_err(|e| login_failed(&secret_name, e))?;
+    report(ctx, &account, &outcome);
+    Ok(Exit::Ok)
+}
+
+/// The account fields: the stored secret (if any) with the flags applied, validated by the
+/// token layer's parser (errors name the field).
+fn build_account(
+    secret_name: &str,
+    existing: Option<AccountSecret>,
+    args: &LoginArgs,
+) -> Result<AccountSecret> {
+    let mut account = match existing {
+        Some(mut a) => {
+            if let Some(t) = &args.tenant {
+                a.tenant_id = t.clone();
+            }
+            if let Some(c) = &args.client_id {
+                a.client_id = c.clone();
+            }
+            if let Some(u) = &args.user {
+                a.username = u.clone();
+            }
+            a
+        }
+        None => {
+            let missing: Vec<&str> = [
+                ("--tenant", args.tenant.is_none()),
+                ("--client-id", args.client_id.is_none()),
+                ("--user", args.user.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(flag, missing)| missing.then_some(flag))
+            .collect();
+            if !missing.is_empty() {
+                bail!(
+                    "secret {secret_name} does not exist yet; a new account needs {}",
+                    missing.join(", ")
+                );
+            }
+            AccountSecret::new(
+                args.tenant.as_deref().unwrap_or_default(),
+                args.client_id.as_deref().unwrap_or_default(),
+                args.user.as_deref().unwrap_or_default(),
+            )
+        }
+    };
+    if let Some(h) = &args.authority_host {
+        account.authority_host = h.clone();
+    }
+    if let Some(h) = &args.graph_host {
+        account.graph_host = h.clone();
+    }
+    if let Some(r) = &args.imap_resource {
+        account.imap_resource = r.clone();
+    }
+    if let Some(h) = &args.imap_host {
+        account.imap_host = h.clone();
+    }
+    // Round trip through the strict parser: normalises hosts and names any bad field.
+    let checked = AccountSecret::parse(secret_name, &account.to_json())?;
+    Ok(checked)
+}
+
+/// One line from stdin, without the line ending. Never echoed (stdin is not a terminal prompt).
+fn read_password() -> Result<SecretString> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("read the password from stdin")?;
+    let password = line.trim_end_matches(['\n', '\r']).to_owned();
+    if password.is_empty() {
+        bail!("--password-stdin: stdin was empty");
+    }
+    Ok(SecretString::from(password))
+}
+
+async fn device_code(
+    ctx: &Context,
+    store: &dyn mailbridge::token::SecretStore,
+    identity: &mailbridge::token::IdentityClient,
+    secret_name: &str,
+    account: AccountSecret,
+) -> Result<LoginOutcome, LoginError> {
+    // The flow calls back synchronously; the ticker task below shows progress until it ends.
+    let expires_at: Arc<Mutex<Option<tokio::time::Instant>>> = Arc::default();
+    let interval = Arc::new(Mutex::new(Duration::from_secs(5)));
+    let json = ctx.json();
+    let on_event = {
+        let expires_at = expires_at.clone();
+        let interval = interval.clone();
+        move |event: DeviceCodeEvent| match event {
+            DeviceCodeEvent::Prompt(prompt) => {
+                *expires_at.lock().expect("lock") =
+                    Some(tokio::time::Instant::now() + prompt.expires_in);
+                *interval.lock().expect("lock") = prompt.interval;
+                if json {
+                    let line = serde_json::json!({
+                        "event": "device_code",
+                        "verification_uri": prompt.verification_uri,
+                        "user_code": prompt.user_code,
+                        "message": prompt.message,
+                        "expires_in": prompt.expires_in.as_secs(),
+                    });
+                    eprintln!("{line}");
+                } else {
+                    eprintln!("{}", prompt.message);
+                    eprintln!(
+                        "(code {} — valid for {} min)",
+                        prompt.user_code,
+                        prompt.expires_in.as_secs().div_ceil(60)
+                    );
+                }
+            }
+            DeviceCodeEvent::SlowDown(new_interval) => {
+                *interval.lock().expect("lock") = new_interval;
+            }
+        }
+    };
+    let ticker = tokio::spawn(async move {
+        let terminal = stderr_is_terminal();
+        let started = tokio::time::Instant::now();
+        let mut last_line = started;
+        let spinner = ['|', '/', '-', '\\'];
+        let mut tick = 0usize;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tick += 1;
+            let Some(expiry) = *expires_at.lock().expect("lock") else {
+                continue;
+            };
+            let left = expiry.saturating_duration_since(tokio::time::Instant::now());
+            let text = format!(
+                "waiting for the sign-in to complete ... {} s elapsed, code valid {} s more",
+                started.elapsed().as_secs(),
+                left.as_secs()
+            );
+            if terminal {
+                eprint!("\r{} {text}   ", spinner[tick % spinner.len()]);
+                let _ = std::io::stderr().flush();
+            } else if last_line.elapsed() >= Duration::from_secs(15) {
+                eprintln!("{text}");
+                last_line = tokio::time::Instant::now();
+            }
+        }
+    });
+    let result = device_code_login(
+        store,
+        identity,
+        secret_name,
+        account,
+        &SystemClock,
+        on_event,
+    )
+    .await;
+    ticker.abort();
+    if stderr_is_terminal() {
+        eprintln!();
+    }
+    result
+}
+
+fn login_failed(secret_name: &str, error: LoginError) -> anyhow::Error {
+    match error {
+        LoginError::Token(e) => anyhow::Error::new(e).context(format!("login for {secret_name}")),
+        other => {
+            let hint = match &other {
+                LoginError::DeviceCode { .. } => " — run `mailbridge login` again",
+                LoginError::NoRefreshToken { .. } => {
+                    " — the app registration must allow the offline_access permission"
+                }
+                _ => "",
+            };
+            ExitError {
+                exit: Exit::LoginIncomplete,
+                message: format!("{other}{hint}"),
+            }
+            .into()
+        }
+    }
+}
+
+fn report(ctx: &Context, account: &AccountSecret, outcome: &LoginOutcome) {
+    let account_name = ctx.account_name(&outcome.secret_name).to_owned();
+    if ctx.json() {
+        print_json(&serde_json::json!({
+            "account": account_name,
+            "secret": outcome.secret_name,
+            "created": outcome.created,
+            "version_id": outcome.version_id,
+            "user": account.username,
+            "tenant": account.tenant_id,
+            "granted_scope": outcome.granted_scope,
+            "status": "ok",
+        }));
+    } else {
+        println!(
+            "✓ signed in as {} — secret {} {} (status ok)",
+            account.username,
+            outcome.secret_name,
+            if outcome.created {
+                "created"
+            } else {
+                "updated"
+            }
+        );
+        if !outcome.granted_scope.is_empty() {
+            println!("  granted: {}", outcome.granted_scope);
+        }
+        println!("  next: mailbridge check {account_name}");
+    }
+}

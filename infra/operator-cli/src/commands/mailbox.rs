@@ -1,0 +1,233 @@
+//! `mailbridge mailbox add|list|show|remove`: the mailbox configurations poll-mailboxes reads
+//! (`mailbox#<name>` items plus the `mailbox-index` item in the state table). Writes go through
+//! poll-mailboxes' own `put_mailbox_config` / `delete_mailbox_config`, so a configuration is
+//! validated by exactly the code that will use it (errors name the mailbox and the field).
+
+use anyhow::{Result, bail};
+use poll_mailboxes::config::MailboxConfig;
+use poll_mailboxes::dynamo::{delete_mailbox_config, put_mailbox_config};
+use poll_mailboxes::ports::StateStore as _;
+use serde_json::{Map, Value, json};
+
+use super::context::{Context, Exit, print_json};
+
+/// `mailbridge mailbox ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum MailboxCommand {
+    /// Add or replace a mailbox configuration.
+    Add(Box<AddArgs>),
+    /// List the configured mailboxes.
+    List,
+    /// Show one mailbox's configuration with its defaults filled in.
+    Show {
+        /// Mailbox name.
+        name: String,
+    },
+    /// Remove a mailbox configuration (its dedupe records expire on their own).
+    Remove {
+        /// Mailbox name.
+        name: String,
+    },
+}
+
+/// Arguments of `mailbridge mailbox add`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Example:
+  mailbridge mailbox add helpdesk --user helpdesk@contoso.com --account contoso \\
+      --ticket-api-url https://psa.example.com/api/tickets --ticket-api-secret mailbridge-tickets")]
+pub struct AddArgs {
+    /// Mailbox name (A-Z a-z 0-9 - _ . @), used in logs, status and dedupe keys.
+    pub name: String,
+    /// Login user: the mailbox address (for a shared mailbox, the shared address).
+    #[arg(long, value_name = "ADDRESS")]
+    pub user: String,
+    /// Account secret whose token logs in (for a shared mailbox, a delegate's account).
+    #[arg(long, value_name = "ACCOUNT")]
+    pub account: String,
+    /// Ticket API URL (https; http only for loopback).
+    #[arg(long, value_name = "URL")]
+    pub ticket_api_url: String,
+    /// Secret holding the ticket API credentials (none: no auth header).
+    #[arg(long, value_name = "SECRET")]
+    pub ticket_api_secret: Option<String>,
+    /// IMAP host (default outlook.office365.com).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// IMAP port, implicit TLS (default 993).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Folder polled (default INBOX).
+    #[arg(long)]
+    pub folder: Option<String>,
+    /// After the ticket is accepted: move (default), mark_seen or delete.
+    #[arg(long, value_parser = ["move", "mark_seen", "delete"])]
+    pub after_action: Option<String>,
+    /// Folder for `move` (default Processed; created if missing).
+    #[arg(long)]
+    pub processed_folder: Option<String>,
+    /// Folder for unreadable / rejected mail (default mailbridge-failed).
+    #[arg(long)]
+    pub failed_folder: Option<String>,
+    /// Most messages per run (default 200).
+    #[arg(long)]
+    pub max_messages_per_run: Option<u32>,
+    /// Larger messages become header-only tickets (bytes, default 32 MiB).
+    #[arg(long)]
+    pub max_message_bytes: Option<u64>,
+    /// Attachment content sent inline per ticket (bytes, default 10 MiB).
+    #[arg(long)]
+    pub max_attachment_bytes: Option<u64>,
+    /// Store it disabled (not polled).
+    #[arg(long)]
+    pub disabled: bool,
+}
+
+impl AddArgs {
+    fn fields(&self) -> Value {
+        let mut o = Map::new();
+        o.insert("user".into(), json!(self.user));
+        o.insert("account".into(), json!(self.account));
+        o.insert("ticket_api_url".into(), json!(self.ticket_api_url));
+        o.insert("enabled".into(), json!(!self.disabled));
+        let optional: [(&str, Option<Value>); 10] = [
+            (
+                "ticket_api_secret",
+                self.ticket_api_secret.as_ref().map(|v| json!(v)),
+            ),
+            ("host", self.host.as_ref().map(|v| json!(v))),
+            ("port", self.port.map(|v| json!(v))),
+            ("folder", self.folder.as_ref().map(|v| json!(v))),
+            ("after_action", self.after_action.as_ref().map(|v| json!(v))),
+            (
+                "processed_folder",
+                self.processed_folder.as_ref().map(|v| json!(v)),
+            ),
+            (
+                "failed_folder",
+                self.failed_folder.as_ref().map(|v| json!(v)),
+            ),
+            (
+                "max_messages_per_run",
+                self.max_messages_per_run.map(|v| json!(v)),
+            ),
+            (
+                "max_message_bytes",
+                self.max_message_bytes.map(|v| json!(v)),
+            ),
+            (
+                "max_attachment_bytes",
+                self.max_attachment_bytes.map(|v| json!(v)),
+            ),
+        ];
+        for (k, v) in optional {
+            if let Some(v) = v {
+                o.insert(k.into(), v);
+            }
+        }
+        Value::Object(o)
+    }
+}
+
+/// Run `mailbridge mailbox ...`.
+pub async fn run(ctx: &Context, command: MailboxCommand) -> Result<Exit> {
+    let table = ctx.state_table()?.to_owned();
+    let client = ctx.dynamodb().await;
+    match command {
+        MailboxCommand::Add(args) => {
+            let config = put_mailbox_config(&client, &table, &args.name, &args.fields()).await?;
+            if ctx.json() {
+                print_json(&json!({ "stored": true, "mailbox": config }));
+            } else {
+                println!(
+                    "✓ mailbox {} stored in {table}: {} on {}:{} via account {}, folder {}",
+                    config.name,
+                    config.user,
+                    config.host,
+                    config.port,
+                    config.account,
+                    config.folder
+                );
+                println!("  next: mailbridge check {}", config.name);
+            }
+        }
+        MailboxCommand::List => {
+            let state = ctx.state_store().await?;
+            let entries = state.load_mailboxes(None).await?;
+            if ctx.json() {
+                let list: Vec<Value> = entries
+                    .iter()
+                    .map(|e| match e {
+                        Ok(c) => json!({ "name": c.name, "config": c }),
+                        Err(err) => json!({ "name": err.mailbox, "error": err.to_string() }),
+                    })
+                    .collect();
+                print_json(&json!({ "mailboxes": list }));
+            } else if entries.is_empty() {
+                println!("no mailboxes in {table} — add one with `mailbridge mailbox add`");
+            } else {
+                for e in &entries {
+                    match e {
+                        Ok(c) => println!("{}", summary(c)),
+                        Err(err) => println!("✗ {} — {err}", err.mailbox),
+                    }
+                }
+            }
+        }
+        MailboxCommand::Show { name } => {
+            let state = ctx.state_store().await?;
+            match state
+                .load_mailboxes(Some(std::slice::from_ref(&name)))
+                .await?
+                .pop()
+            {
+                Some(Ok(config)) => {
+                    if ctx.json() {
+                        print_json(&json!({ "mailbox": config }));
+                    } else {
+                        print_json(&serde_json::to_value(&config)?);
+                    }
+                }
+                Some(Err(e)) => bail!("{e}"),
+                None => bail!("mailbox {name} not found"),
+            }
+        }
+        MailboxCommand::Remove { name } => {
+            let state = ctx.state_store().await?;
+            if let Some(Err(e)) = state
+                .load_mailboxes(Some(std::slice::from_ref(&name)))
+                .await?
+                .pop()
+                && e.field == "(item)"
+            {
+                bail!("mailbox {name} is not configured in {table}");
+            }
+            delete_mailbox_config(&client, &table, &name).await?;
+            if ctx.json() {
+                print_json(&json!({ "removed": name }));
+            } else {
+                println!("✓ mailbox {name} removed from {table}");
+            }
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+fn summary(c: &MailboxConfig) -> String {
+    format!(
+        "{}{} — {} on {}:{} via {}, folder {}, after: {}, tickets → {}",
+        c.name,
+        if c.enabled { "" } else { " [disabled]" },
+        c.user,
+        c.host,
+        c.port,
+        c.account,
+        c.folder,
+        match &c.after_action {
+            poll_mailboxes::config::AfterAction::Move(f) => format!("move to {f}"),
+            poll_mailboxes::config::AfterAction::MarkSeen => "mark seen".into(),
+            poll_mailboxes::config::AfterAction::Delete => "delete".into(),
+        },
+        c.ticket_api_url
+    )
+}

@@ -1,0 +1,451 @@
+//! `mailbridge poll --dry-run [MAILBOX...]`: what the poller would turn into tickets, without
+//! posting or moving anything.
+//!
+//! It runs poll-mailboxes' own loop ([`poll_mailboxes::poll_once`]) — same token, IMAP, size
+//! check, `BODY.PEEK[]` fetch (never sets `\Seen`), parser, dedupe lookup — over dry-run
+//! adapters of its ports:
+//! - the ticket sink records the payload instead of POSTing it;
+//! - the mailbox records the after-action (move / mark seen / delete) instead of doing it;
+//! - the state store reads (mailbox configs, dedupe records) but writes nothing (no dedupe
+//!   records, no `mailbox-status`).
+//!
+//! So a mail shown as "ticket" here is exactly what the next real run would post, and one shown
+//! as "duplicate" already has a ticket (the real run would only apply the after-action).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use async_trait::async_trait;
+use mailbridge::imap::{ImapError, SearchScope, SelectedFolder, Uid};
+use mailbridge::ticket_api::{TicketApiError, TicketPayload, TicketReceipt, TicketSink};
+use poll_mailboxes::config::MailboxConfig;
+use poll_mailboxes::convert::ParseContext;
+use poll_mailboxes::imap_adapter::ImapConnector;
+use poll_mailboxes::ports::{
+    DedupeRecord, Mailbox, MailboxConnector, MailboxStatus, SinkFactory, StateStore, StoreError,
+};
+use poll_mailboxes::{PollDeps, poll_once};
+use secrecy::SecretString;
+use serde::Serialize;
+
+use super::context::{Context, Exit, print_json, stderr_is_terminal};
+
+/// Arguments of `mailbridge poll`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Only --dry-run is offered: real polls are the poll-mailboxes Lambda's job.
+Nothing is posted, moved, flagged or recorded; mail is read with BODY.PEEK (stays unread).")]
+pub struct PollArgs {
+    /// Show what would happen without posting tickets or touching mail (required).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Mailbox names (default: every configured mailbox).
+    #[arg(value_name = "MAILBOX")]
+    pub mailboxes: Vec<String>,
+    /// Seconds allowed for the whole preview.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub timeout: u64,
+}
+
+/// What would happen to one mail.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MailPlan {
+    /// IMAP UID.
+    pub uid: Uid,
+    /// `RFC822.SIZE`.
+    pub size: Option<u32>,
+    /// `ticket`, `ticket_with_problem` or `duplicate`.
+    pub action: String,
+    /// Subject (from the draft).
+    pub subject: Option<String>,
+    /// From address (from the draft).
+    pub from: Option<String>,
+    /// Ticket number found in the mail (a reply to an existing ticket).
+    pub ticket_number: Option<String>,
+    /// Machine mail reason (auto-reply, bounce...).
+    pub auto_reason: Option<String>,
+    /// Attachments in the ticket.
+    pub attachments: usize,
+    /// Why the ticket carries a problem note.
+    pub problem: Option<String>,
+    /// The after-action the real run would apply.
+    pub then: Option<String>,
+    /// The payload that would be POSTed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+}
+
+#[derive(Default)]
+struct MailboxLog {
+    current_uid: Option<Uid>,
+    sizes: BTreeMap<Uid, u32>,
+    mails: BTreeMap<Uid, MailPlan>,
+}
+
+/// Per mailbox, what the dry run saw.
+#[derive(Default, Clone)]
+struct DryRunLog(Arc<Mutex<BTreeMap<String, MailboxLog>>>);
+
+impl DryRunLog {
+    fn with<T>(&self, mailbox: &str, f: impl FnOnce(&mut MailboxLog) -> T) -> T {
+        let mut all = self.0.lock().expect("dry-run log lock");
+        f(all.entry(mailbox.to_owned()).or_default())
+    }
+}
+
+struct DryRunMailbox {
+    inner: Box<dyn Mailbox>,
+    name: String,
+    log: DryRunLog,
+    progress: bool,
+}
+
+impl DryRunMailbox {
+    fn reading(&mut self, uid: Uid) {
+        let (index, total) = self.log.with(&self.name, |l| {
+            l.current_uid = Some(uid);
+            let size = l.sizes.get(&uid).copied();
+            l.mails.entry(uid).or_insert_with(|| MailPlan {
+                uid,
+                size,
+                ..MailPlan::default()
+            });
+            (
+                l.sizes.keys().position(|u| *u == uid).map_or(0, |p| p + 1),
+                l.sizes.len(),
+            )
+        });
+        if self.progress {
+            if stderr_is_terminal() {
+                eprint!(
+                    "\r{}: reading mail {index}/{total} (UID {uid})   ",
+                    self.name
+                );
+            } else if index == 1 || index == total || index % 50 == 0 {
+                eprintln!("{}: reading mail {index}/{total}", self.name);
+            }
+        }
+    }
+
+    fn then(&self, uid: Uid, what: String) {
+        self.log.with(&self.name, |l| {
+            let plan = l.mails.entry(uid).or_insert_with(|| MailPlan {
+                uid,
+                ..MailPlan::default()
+            });
+            if plan.action.is_empty() {
+                plan.action = "duplicate".into();
+            }
+            plan.then = Some(what);
+        });
+    }
+}
+
+#[async_trait]
+impl Mailbox for DryRunMailbox {
+    async fn select(&mut self, folder: &str) -> Result<SelectedFolder, ImapError> {
+        // EXAMINE would be stricter, but SELECT alone changes nothing either: only STORE,
+        // MOVE, EXPUNGE and a fetch without PEEK do, and none of those reach the server here.
+        self.inner.select(folder).await
+    }
+    async fn search(&mut self, scope: SearchScope) -> Result<Vec<Uid>, ImapError> {
+        self.inner.search(scope).await
+    }
+    async fn sizes(&mut self, uids: &[Uid]) -> Result<Vec<(Uid, u32)>, ImapError> {
+        let sizes = self.inner.sizes(uids).await?;
+        self.log
+            .with(&self.name, |l| l.sizes.extend(sizes.iter().copied()));
+        Ok(sizes)
+    }
+    async fn fetch_raw(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
+        self.reading(uid);
+        self.inner.fetch_raw(uid).await
+    }
+    async fn fetch_header(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
+        self.reading(uid);
+        self.inner.fetch_header(uid).await
+    }
+    async fn move_to(&mut self, uid: Uid, folder: &str) -> Result<(), ImapError> {
+        self.then(uid, format!("move to {folder}"));
+        Ok(())
+    }
+    async fn mark_seen(&mut self, uid: Uid) -> Result<(), ImapError> {
+        self.then(uid, "mark seen".into());
+        Ok(())
+    }
+    async fn delete(&mut self, uid: Uid) -> Result<(), ImapError> {
+        self.then(uid, "delete".into());
+        Ok(())
+    }
+    fn round_trips(&self) -> u64 {
+        self.inner.round_trips()
+    }
+    async fn logout(self: Box<Self>) {
+        if self.progress && stderr_is_terminal() {
+            eprintln!();
+        }
+        self.inner.logout().await
+    }
+}
+
+struct DryRunConnector {
+    inner: ImapConnector,
+    log: DryRunLog,
+    progress: bool,
+}
+
+#[async_trait]
+impl MailboxConnector for DryRunConnector {
+    async fn connect(
+        &self,
+        config: &MailboxConfig,
+        access_token: &SecretString,
+    ) -> Result<Box<dyn Mailbox>, ImapError> {
+        let inner = self.inner.connect(config, access_token).await?;
+        Ok(Box::new(DryRunMailbox {
+            inner,
+            name: config.name.clone(),
+            log: self.log.clone(),
+            progress: self.progress,
+        }))
+    }
+}
+
+/// Reads pass through; writes are dropped.
+struct ReadOnlyState<S>(S);
+
+#[async_trait]
+impl<S: StateStore> StateStore for ReadOnlyState<S> {
+    async fn get_dedupe(&self, pk: &str) -> Result<Option<DedupeRecord>, StoreError> {
+        self.0.get_dedupe(pk).await
+    }
+    async fn put_dedupe(&self, _record: &DedupeRecord) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn get_status(&self, mailbox: &str) -> Result<Option<MailboxStatus>, StoreError> {
+        self.0.get_status(mailbox).await
+    }
+    async fn put_status(&self, _status: &MailboxStatus) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn load_mailboxes(
+        &self,
+        names: Option<&[String]>,
+    ) -> Result<Vec<Result<MailboxConfig, poll_mailboxes::config::ConfigError>>, StoreError> {
+        self.0.load_mailboxes(names).await
+    }
+}
+
+/// Records what would be posted.
+struct RecordingSink {
+    log: DryRunLog,
+}
+
+fn text(v: &serde_json::Value, pointer: &str) -> Option<String> {
+    v.pointer(pointer)
+        .and_then(|x| x.as_str())
+        .map(str::to_owned)
+}
+
+#[async_trait]
+impl TicketSink for RecordingSink {
+    async fn create_ticket(
+        &self,
+        payload: &TicketPayload,
+        _idempotency_key: &str,
+        _deadline: tokio::time::Instant,
+    ) -> Result<TicketReceipt, TicketApiError> {
+        let json =
+            serde_json::to_value(payload).map_err(|e| TicketApiError::Encode(e.to_string()))?;
+        self.log.with(&payload.mailbox, |l| {
+            let Some(uid) = l.current_uid else { return };
+            let plan = l.mails.entry(uid).or_default();
+            plan.uid = uid;
+            plan.action = if payload.problem.is_some() {
+                "ticket_with_problem".into()
+            } else {
+                "ticket".into()
+            };
+            plan.subject = text(&payload.draft, "/subject");
+            plan.from = text(&payload.draft, "/from/address");
+            plan.ticket_number = text(&payload.draft, "/ticket_number");
+            plan.auto_reason = text(&payload.draft, "/auto_reason");
+            plan.attachments = payload.attachments.len();
+            plan.problem = payload.problem.clone();
+            plan.payload = Some(json);
+        });
+        Ok(TicketReceipt {
+            status: 202,
+            ticket_id: None,
+            attempts: 0,
+        })
+    }
+}
+
+struct RecordingSinks {
+    log: DryRunLog,
+}
+
+#[async_trait]
+impl SinkFactory for RecordingSinks {
+    async fn sink_for(&self, _config: &MailboxConfig) -> Result<Arc<dyn TicketSink>, String> {
+        Ok(Arc::new(RecordingSink {
+            log: self.log.clone(),
+        }))
+    }
+}
+
+/// One mailbox's preview.
+#[derive(Clone, Debug, Serialize)]
+pub struct MailboxPreview {
+    /// Mailbox name.
+    pub mailbox: String,
+    /// How the run went (`ok`, `partial`, `failed`, `needs_reauth`, `config_error`, `disabled`).
+    pub outcome: String,
+    /// Why, when not ok.
+    pub reason: Option<String>,
+    /// Mails that would become tickets.
+    pub would_create: usize,
+    /// Mails already ticketed.
+    pub duplicates: usize,
+    /// Left for a later run (max_messages_per_run / time).
+    pub deferred: u32,
+    /// The mails.
+    pub mails: Vec<MailPlan>,
+}
+
+/// Run `mailbridge poll --dry-run`.
+pub async fn run(ctx: &Context, args: PollArgs) -> Result<Exit> {
+    if !args.dry_run {
+        bail!(
+            "only `mailbridge poll --dry-run` is offered; real polls run in the poll-mailboxes Lambda (invoke it with a manual event to poll now)"
+        );
+    }
+    let state = ctx.state_store().await?;
+    let log = DryRunLog::default();
+    let tokens = ctx.token_service().await?.clone();
+    let connector =
+        ImapConnector::new(ctx.global.imap_ca_file.as_deref(), Duration::from_secs(30))?;
+    let thread_key = match std::env::var(super::parse::THREAD_KEY_ENV) {
+        Ok(hex_key) => Some(
+            hex::decode(hex_key.trim())
+                .map_err(|e| anyhow::anyhow!("{} is not hex: {e}", super::parse::THREAD_KEY_ENV))?,
+        ),
+        Err(_) => None,
+    };
+    let deps = PollDeps {
+        tokens: Arc::new(tokens),
+        connector: Arc::new(DryRunConnector {
+            inner: connector,
+            log: log.clone(),
+            progress: true,
+        }),
+        state: Arc::new(ReadOnlyState(state)),
+        sinks: Arc::new(RecordingSinks { log: log.clone() }),
+        parse: ParseContext { thread_key },
+        max_concurrent_mailboxes: 4,
+        deadline_margin: Duration::from_secs(5),
+        dedupe_ttl: Duration::from_secs(86_400),
+    };
+    let names = (!args.mailboxes.is_empty()).then_some(args.mailboxes.as_slice());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout.max(10));
+    let report = poll_once(&deps, names, deadline).await?;
+    let mut previews = Vec::new();
+    for status in &report.mailboxes {
+        let mails: Vec<MailPlan> = log.with(&status.mailbox, |l| {
+            l.mails
+                .values()
+                .filter(|m| !m.action.is_empty())
+                .cloned()
+                .collect()
+        });
+        previews.push(MailboxPreview {
+            mailbox: status.mailbox.clone(),
+            outcome: status.outcome.clone(),
+            reason: status.reason.clone(),
+            would_create: mails
+                .iter()
+                .filter(|m| m.action.starts_with("ticket"))
+                .count(),
+            duplicates: mails.iter().filter(|m| m.action == "duplicate").count(),
+            deferred: status.deferred,
+            mails,
+        });
+    }
+    let failed = previews.iter().any(|p| {
+        matches!(
+            p.outcome.as_str(),
+            "failed" | "needs_reauth" | "config_error"
+        )
+    });
+    if ctx.json() {
+        print_json(&serde_json::json!({ "dry_run": true, "mailboxes": previews }));
+    } else {
+        print_human(&previews);
+    }
+    Ok(if failed { Exit::Problems } else { Exit::Ok })
+}
+
+fn print_human(previews: &[MailboxPreview]) {
+    if previews.is_empty() {
+        println!("no mailboxes configured");
+    }
+    for p in previews {
+        let mark = match p.outcome.as_str() {
+            "ok" => "✓",
+            "partial" | "disabled" => "~",
+            _ => "✗",
+        };
+        println!(
+            "{mark} mailbox {} — {}: {} ticket(s) would be created, {} already ticketed{}",
+            p.mailbox,
+            p.outcome,
+            p.would_create,
+            p.duplicates,
+            if p.deferred > 0 {
+                format!(", {} left for a later run", p.deferred)
+            } else {
+                String::new()
+            }
+        );
+        if let Some(reason) = &p.reason {
+            println!("    reason: {reason}");
+        }
+        for m in &p.mails {
+            let what = match m.action.as_str() {
+                "ticket" => "new ticket".to_owned(),
+                "ticket_with_problem" => "ticket with a problem note".to_owned(),
+                "duplicate" => "already ticketed".to_owned(),
+                other => other.to_owned(),
+            };
+            let reply = m
+                .ticket_number
+                .as_deref()
+                .map(|t| format!(" [reply to ticket {t}]"))
+                .unwrap_or_default();
+            let auto = m
+                .auto_reason
+                .as_deref()
+                .map(|a| format!(" [machine mail: {a}]"))
+                .unwrap_or_default();
+            println!(
+                "    UID {}: {what} — {:?} from {}{reply}{auto}{}; then: {}",
+                m.uid,
+                m.subject.as_deref().unwrap_or(""),
+                m.from.as_deref().unwrap_or("?"),
+                if m.attachments > 0 {
+                    format!(", {} attachment(s)", m.attachments)
+                } else {
+                    String::new()
+                },
+                m.then.as_deref().unwrap_or("nothing")
+            );
+            if let Some(problem) = &m.problem {
+                println!("        note: {problem}");
+            }
+        }
+    }
+    println!("(dry run: nothing was posted, moved, flagged or recorded)");
+}

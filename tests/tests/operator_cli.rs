@@ -1,0 +1,591 @@
+//! The operator CLI `mailbridge` run AS A PROCESS against the local stack (moto, identity
+//! stand-in, Dovecot, Graph and ticket API stand-ins), the way an operator runs it: standard AWS
+//! environment variables, account hosts from the account secret.
+//!
+//! Each test owns its tenant, app, user, secret prefix, state table and queue.
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+use local_stack::identity::{AppRegistration, IdentityStandIn, UserAccount};
+use mailbridge_tests::{create_queue, create_state_table, get_secret, stack, unique, unique_user};
+use serde_json::Value;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// The `mailbridge` binary: `$MAILBRIDGE_CLI_BIN` when set (e.g. a release build to test),
+/// else the workspace build, built first if needed.
+fn cli_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("MAILBRIDGE_CLI_BIN") {
+        return PathBuf::from(path);
+    }
+    local_stack::runtime_api::workspace_binary("mailbridge-cli", "mailbridge")
+        .expect("build the mailbridge CLI")
+}
+
+/// One test's world.
+struct World {
+    idp: IdentityStandIn,
+    tenant: String,
+    client_id: String,
+    upn: String,
+    prefix: String,
+    table: String,
+}
+
+impl World {
+    /// A tenant with the mailbridge app (`app` edits the registration), one plain user, a
+    /// secret prefix and a state table of its own.
+    async fn new(app: impl FnOnce(&mut AppRegistration)) -> World {
+        let idp = stack().identity().clone();
+        let tenant = format!("{}.onmicrosoft.com", unique("tenant"));
+        let client_id = uuid::Uuid::new_v4().to_string();
+        let upn = unique_user("helpdesk");
+        let mut registration = AppRegistration::mailbridge(&tenant, &client_id);
+        app(&mut registration);
+        idp.register_app(registration);
+        idp.register_user(UserAccount::new(&tenant, &upn, PASSWORD));
+        World {
+            idp,
+            tenant,
+            client_id,
+            upn,
+            prefix: format!("{}/", unique("cli")),
+            table: create_state_table("cli-state").await.expect("state table"),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let stack = stack();
+        let mut command = tokio::process::Command::new(cli_binary());
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(stack.moto().env())
+            .env("MAILBRIDGE_SECRET_PREFIX", &self.prefix)
+            .env("MAILBRIDGE_STATE_TABLE", &self.table)
+            .env(
+                "MAILBRIDGE_GRAPH_URL",
+                format!("{}/v1.0", stack.graph().base_url),
+            )
+            .env("MAILBRIDGE_IMAP_CA_FILE", &stack.dovecot().ca_pem_path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Run the CLI to the end (60 s at most).
+    async fn run(&self, args: &[&str]) -> Output {
+        let child = self.command(args).spawn().expect("start mailbridge");
+        let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("mailbridge {args:?} did not finish in 60 s"))
+            .expect("wait for mailbridge");
+        eprintln!(
+            "$ mailbridge {}\n--- exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            args.join(" "),
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    /// Run with `password` on stdin.
+    async fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        use tokio::io::AsyncWriteExt as _;
+        let mut command = self.command(args);
+        command.stdin(std::process::Stdio::piped());
+        let mut child = command.spawn().expect("start mailbridge");
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(stdin.as_bytes()).await.expect("write stdin");
+        drop(pipe);
+        let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("mailbridge finished in time")
+            .expect("wait for mailbridge");
+        eprintln!(
+            "$ mailbridge {} (stdin given)\n--- exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            args.join(" "),
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    fn account(&self) -> String {
+        "helpdesk".to_owned()
+    }
+
+    fn secret_name(&self) -> String {
+        format!("{}{}", self.prefix, self.account())
+    }
+
+    fn login_args(&self) -> Vec<String> {
+        vec![
+            "login".into(),
+            "--account".into(),
+            self.account(),
+            "--tenant".into(),
+            self.tenant.clone(),
+            "--client-id".into(),
+            self.client_id.clone(),
+            "--user".into(),
+            self.upn.clone(),
+            "--authority-host".into(),
+            self.idp.base_url.clone(),
+            "--imap-host".into(),
+            format!("localhost:{}", stack().dovecot().imaps_port),
+        ]
+    }
+
+    /// `mailbridge login --password-stdin` (ROPC).
+    async fn login_with_password(&self) {
+        let mut args = self.login_args();
+        args.push("--password-stdin".into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.run_with_stdin(&args, &format!("{PASSWORD}\n")).await;
+        assert_eq!(out.status.code(), Some(0), "login failed");
+        assert!(!text(&out.stdout).contains(PASSWORD));
+        assert!(!text(&out.stderr).contains(PASSWORD));
+    }
+
+    /// `mailbridge mailbox add` for this user's Dovecot mailbox.
+    async fn add_mailbox(&self, name: &str, sink: &str) {
+        let port = stack().dovecot().imaps_port.to_string();
+        let url = stack().tickets().sink_url(sink);
+        let account = self.account();
+        let out = self
+            .run(&[
+                "mailbox",
+                "add",
+                name,
+                "--user",
+                &self.upn,
+                "--account",
+                &account,
+                "--host",
+                "localhost",
+                "--port",
+                &port,
+                "--ticket-api-url",
+                &url,
+            ])
+            .await;
+        assert_eq!(out.status.code(), Some(0), "mailbox add failed");
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", text(&out.stdout)))
+}
+
+/// The step of a `check --json` target whose name starts with `prefix`.
+fn step<'a>(target: &'a Value, prefix: &str) -> &'a Value {
+    target["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|s| s["step"].as_str().unwrap_or("").starts_with(prefix))
+        .unwrap_or_else(|| panic!("no step {prefix:?} in {target:#}"))
+}
+
+#[tokio::test]
+async fn login_with_device_code_approved_through_the_identity_control_then_status() {
+    let w = World::new(|_| {}).await;
+    let args = w.login_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = w.command(&args).spawn().expect("start mailbridge login");
+
+    // The operator would type the code at the verification page; the test approves it through
+    // the identity stand-in's control as the user.
+    let mut user_code = None;
+    for _ in 0..200 {
+        if let Some(code) = w
+            .idp
+            .device_codes(&w.tenant)
+            .into_iter()
+            .find(|c| c.state == "pending")
+        {
+            user_code = Some(code.user_code);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let user_code = user_code.expect("the CLI requested a device code");
+    w.idp
+        .approve_device_code(&user_code, &w.upn)
+        .expect("approve the device code");
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("login finished")
+        .expect("wait for login");
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    eprintln!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(out.status.code(), Some(0));
+    // the prompt (Microsoft's message with the code) was shown, on stderr
+    assert!(stderr.contains(&user_code), "{stderr}");
+    assert!(stdout.contains("signed in as"), "{stdout}");
+    assert!(stdout.contains(&w.secret_name()), "{stdout}");
+
+    // the account secret holds a refresh token with status ok, and it was never printed
+    let stored: Value = serde_json::from_str(&get_secret(&w.secret_name()).await.unwrap()).unwrap();
+    let refresh_token = stored["refresh_token"]
+        .as_str()
+        .expect("refresh token stored");
+    assert_eq!(stored["status"]["state"], "ok");
+    assert_eq!(stored["authority_host"], w.idp.base_url.as_str());
+    assert!(!stdout.contains(refresh_token) && !stderr.contains(refresh_token));
+
+    // status: the account with its token age
+    let out = w.run(&["status", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let status = json(&out);
+    let accounts = status["accounts"].as_array().unwrap();
+    assert_eq!(accounts.len(), 1, "{status:#}");
+    assert_eq!(accounts[0]["account"], "helpdesk");
+    assert_eq!(accounts[0]["user"], w.upn.as_str());
+    assert_eq!(accounts[0]["status"], "ok");
+    assert!(accounts[0]["token_age_seconds"].as_i64().unwrap() < 600);
+    assert!(!text(&out.stdout).contains(refresh_token));
+
+    // a declined sign-in stores nothing new and exits 4
+    let child = w
+        .command(&["login", "--account", "helpdesk"])
+        .spawn()
+        .expect("start the second login");
+    let mut declined = false;
+    for _ in 0..200 {
+        if let Some(code) = w
+            .idp
+            .device_codes(&w.tenant)
+            .into_iter()
+            .find(|c| c.state == "pending")
+        {
+            w.idp.decline_device_code(&code.user_code).unwrap();
+            declined = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(declined, "the re-login requested a device code");
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("declined login finished")
+        .expect("wait");
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("declined"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn check_is_green_for_a_working_mailbox() {
+    let w = World::new(|_| {}).await;
+    w.login_with_password().await;
+    w.add_mailbox("support", &unique("sink")).await;
+
+    let out = w.run(&["check", "support"]).await;
+    assert_eq!(out.status.code(), Some(0), "check failed");
+    let human = text(&out.stdout);
+    assert!(!human.contains('✗'), "{human}");
+    assert_eq!(human.matches('✓').count(), 5, "{human}");
+
+    let out = w.run(&["check", "--json", "support"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let report = json(&out);
+    assert_eq!(report["ok"], true);
+    let target = &report["targets"][0];
+    assert_eq!(target["kind"], "mailbox");
+    for s in target["steps"].as_array().unwrap() {
+        assert_eq!(s["result"], "ok", "{s:#}");
+    }
+    // the Graph probe sent nothing
+    assert!(stack().graph().accepted(&w.upn).is_empty());
+    assert!(step(target, "IMAP").to_string().contains("SELECT INBOX"));
+}
+
+#[tokio::test]
+async fn send_direct_is_delivered_through_graph() {
+    let w = World::new(|_| {}).await;
+    w.login_with_password().await;
+    let recipient = unique_user("customer");
+    let subject = format!("direct {}", unique("s"));
+    let out = w
+        .run(&[
+            "send",
+            "--json",
+            "--direct",
+            "--account",
+            "helpdesk",
+            "--to",
+            &recipient,
+            "--subject",
+            &subject,
+            "--body",
+            "<p>Hi</p>",
+            "--html",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(0));
+    let result = json(&out);
+    assert_eq!(result["sent"], true);
+    assert!(result["id"].as_str().is_some());
+    let accepted = stack().graph().accepted(&w.upn);
+    assert_eq!(accepted.len(), 1, "Graph stand-in recorded one send");
+    assert_eq!(accepted[0].request["message"]["subject"], subject.as_str());
+    assert_eq!(
+        accepted[0].request["message"]["toRecipients"][0]["emailAddress"]["address"],
+        recipient.as_str()
+    );
+}
+
+#[tokio::test]
+async fn check_names_the_fix_when_imap_consent_is_missing() {
+    let w = World::new(|app| app.consented_scopes.retain(|s| !s.contains("IMAP"))).await;
+    w.login_with_password().await;
+
+    let out = w.run(&["check", "--json", "helpdesk"]).await;
+    assert_eq!(out.status.code(), Some(3));
+    let report = json(&out);
+    assert_eq!(report["ok"], false);
+    let target = &report["targets"][0];
+    assert_eq!(target["kind"], "account");
+    assert_eq!(step(target, "token (Graph)")["result"], "ok");
+    let imap = step(target, "token (IMAP)");
+    assert_eq!(imap["result"], "failed");
+    assert!(
+        imap["detail"].as_str().unwrap().contains("AADSTS65001"),
+        "{imap:#}"
+    );
+    let fix = imap["fix"].as_str().unwrap();
+    assert!(fix.contains("IMAP.AccessAsUser.All"), "{fix}");
+    assert!(fix.contains("consent"), "{fix}");
+    assert_eq!(step(target, "IMAP")["result"], "skipped");
+
+    // human output: ✗ with the reason and the fix
+    let out = w.run(&["check", "helpdesk"]).await;
+    assert_eq!(out.status.code(), Some(3));
+    let human = text(&out.stdout);
+    assert!(human.contains("✗"), "{human}");
+    assert!(human.contains("fix: "), "{human}");
+}
+
+#[tokio::test]
+async fn check_after_the_refresh_token_was_revoked_says_to_sign_in_again() {
+    let w = World::new(|_| {}).await;
+    w.login_with_password().await;
+    w.add_mailbox("revoked", &unique("sink")).await;
+    w.idp.revoke_refresh_tokens(&w.upn).unwrap();
+
+    let out = w.run(&["check", "--json", "revoked"]).await;
+    assert_eq!(out.status.code(), Some(3));
+    let report = json(&out);
+    let target = &report["targets"][0];
+    let graph = step(target, "token (Graph)");
+    assert_eq!(graph["result"], "failed", "{target:#}");
+    assert!(
+        graph["detail"].as_str().unwrap().contains("AADSTS50173"),
+        "{graph:#}"
+    );
+    assert!(
+        graph["fix"]
+            .as_str()
+            .unwrap()
+            .contains("mailbridge login --account helpdesk")
+    );
+
+    // the account's status now says why (set by the token layer), and check/status report it
+    let out = w.run(&["status", "--json"]).await;
+    assert_eq!(out.status.code(), Some(3));
+    let status = json(&out);
+    assert_eq!(status["accounts"][0]["status"], "needs_reauth");
+    assert!(
+        status["accounts"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("revoked")
+    );
+    let out = w.run(&["check", "--json", "helpdesk"]).await;
+    assert_eq!(out.status.code(), Some(3));
+    let secret_step = step(&json(&out)["targets"][0], "account secret").clone();
+    assert_eq!(secret_step["result"], "failed");
+    assert!(
+        secret_step["detail"]
+            .as_str()
+            .unwrap()
+            .contains("needs_reauth")
+    );
+}
+
+#[tokio::test]
+async fn send_enqueues_a_valid_notification_and_prints_its_id() {
+    let w = World::new(|_| {}).await;
+    let queue_url = create_queue(&unique("cli-notify")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.pdf");
+    std::fs::write(&report, b"%PDF-1.4 tiny").unwrap();
+    let out = w
+        .run(&[
+            "send",
+            "--account",
+            "helpdesk",
+            "--to",
+            "customer@example.com",
+            "--subject",
+            "Your ticket",
+            "--body",
+            "Hello from the CLI",
+            "--attach",
+            report.to_str().unwrap(),
+            "--ticket",
+            "4711",
+            "--queue-url",
+            &queue_url,
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(0));
+    let id = text(&out.stdout).trim().to_owned();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+
+    let received = mailbridge_tests::sqs()
+        .receive_message()
+        .queue_url(&queue_url)
+        .wait_time_seconds(5)
+        .send()
+        .await
+        .unwrap();
+    let message = &received.messages()[0];
+    let notification =
+        mailbridge::notification::Notification::parse(message.body().unwrap(), "sqs-id").unwrap();
+    notification.validate().unwrap();
+    assert_eq!(notification.id(), id);
+    assert_eq!(notification.account, "helpdesk");
+    assert_eq!(notification.to[0].address, "customer@example.com");
+    assert_eq!(notification.ticket_number.as_deref(), Some("4711"));
+    assert_eq!(notification.attachments[0].name, "report.pdf");
+    assert_eq!(notification.attachments[0].content_type, "application/pdf");
+
+    // an invalid notification is refused before anything is queued, naming the field
+    let out = w
+        .run(&[
+            "send",
+            "--account",
+            "helpdesk",
+            "--to",
+            "not-an-address",
+            "--subject",
+            "x",
+            "--body",
+            "y",
+            "--queue-url",
+            &queue_url,
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("to[0]"), "{}", text(&out.stderr));
+}
+
+#[tokio::test]
+async fn poll_dry_run_shows_the_mail_without_posting_or_moving_it() {
+    let w = World::new(|_| {}).await;
+    w.login_with_password().await;
+    let sink = unique("sink");
+    w.add_mailbox("inbox", &sink).await;
+    let subject = format!("Printer on fire {}", unique("p"));
+    let raw = format!(
+        "From: Alice <alice@example.com>\r\nTo: {}\r\nSubject: {subject}\r\nMessage-ID: <{}@example.com>\r\nDate: Sat, 28 Nov 2026 10:00:00 +0000\r\n\r\nIt is on fire.\r\n",
+        w.upn,
+        unique("m")
+    );
+    let dovecot = stack().dovecot();
+    dovecot.deliver_to(&w.upn, "INBOX", raw.as_bytes()).unwrap();
+
+    let out = w.run(&["poll", "--dry-run", "--json", "inbox"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let preview = json(&out);
+    assert_eq!(preview["dry_run"], true);
+    let mailbox = &preview["mailboxes"][0];
+    assert_eq!(mailbox["mailbox"], "inbox");
+    assert_eq!(mailbox["outcome"], "ok", "{mailbox:#}");
+    assert_eq!(mailbox["would_create"], 1);
+    let mail = &mailbox["mails"][0];
+    assert_eq!(mail["action"], "ticket");
+    assert_eq!(mail["subject"], subject.as_str());
+    assert_eq!(mail["from"], "alice@example.com");
+    assert_eq!(mail["then"], "move to Processed");
+
+    // human output names the mail too
+    let out = w.run(&["poll", "--dry-run", "inbox"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains(&subject));
+
+    // nothing happened: still in INBOX, unread; no ticket; no Processed folder; no status
+    let messages = dovecot.list_messages(&w.upn, "INBOX").unwrap();
+    assert_eq!(messages.len(), 1);
+    assert!(!messages[0].is_seen(), "BODY.PEEK must not set \\Seen");
+    assert!(stack().tickets().tickets(&sink).is_empty());
+    assert_eq!(stack().tickets().requests(&sink), 0);
+    let status = mailbridge_tests::dynamodb()
+        .get_item()
+        .table_name(&w.table)
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S("mailbox-status#inbox".into()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(status.item.is_none(), "a dry run records no status");
+
+    // without --dry-run the CLI refuses (real polls are the Lambda's job)
+    let out = w.run(&["poll", "inbox"]).await;
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn mailbox_add_validates_and_lists() {
+    let w = World::new(|_| {}).await;
+    let out = w
+        .run(&[
+            "mailbox",
+            "add",
+            "bad",
+            "--user",
+            "not-an-address",
+            "--account",
+            "helpdesk",
+            "--ticket-api-url",
+            "https://psa.example.com/t",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("mailbox bad: field `user`"),
+        "{}",
+        text(&out.stderr)
+    );
+    w.add_mailbox("listed", "sink").await;
+    let out = w.run(&["mailbox", "list", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let list = json(&out);
+    assert_eq!(list["mailboxes"][0]["name"], "listed");
+    assert_eq!(list["mailboxes"][0]["config"]["user"], w.upn.as_str());
+    let out = w.run(&["mailbox", "remove", "listed"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let out = w.run(&["mailbox", "list", "--json"]).await;
+    assert_eq!(json(&out)["mailboxes"].as_array().unwrap().len(), 0);
+}
