@@ -64,11 +64,15 @@ pub fn client(options: &HttpOptions) -> Result<reqwest::Client, HttpClientError>
         .pool_idle_timeout(Duration::from_secs(50));
     if !options.extra_root_certs_pem.is_empty() {
         let mut certs = Vec::new();
-        for pem in &options.extra_root_certs_pem {
-            certs.push(
-                reqwest::Certificate::from_pem(pem)
-                    .map_err(|e| HttpClientError(format!("extra CA certificate: {e}")))?,
-            );
+        for (i, pem) in options.extra_root_certs_pem.iter().enumerate() {
+            let bundle = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| HttpClientError(format!("extra CA certificate #{i}: {e}")))?;
+            if bundle.is_empty() {
+                return Err(HttpClientError(format!(
+                    "extra CA certificate #{i}: no PEM certificate found"
+                )));
+            }
+            certs.extend(bundle);
         }
         builder = builder.tls_certs_merge(certs);
     }
@@ -109,9 +113,7 @@ mod tests {
             extra_root_certs_pem: vec![b"not a pem".to_vec()],
             ..HttpOptions::default()
         };
-        // Either from_pem or build must fail; both name the problem.
-        if let Err(e) = client(&options) {
-            assert!(e.to_string().contains("HTTP client"));
-        }
+        let err = client(&options).expect_err("garbage CA must be refused");
+        assert!(err.to_string().contains("extra CA certificate"), "{err}");
     }
 }

@@ -271,3 +271,967 @@ async fn dedupe_and_status_records_round_trip_with_a_ttl() {
     store.put_status(&status).await.unwrap();
     assert_eq!(store.get_status("m").await.unwrap(), Some(status));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The whole poller: Dovecot (XOAUTH2 via the identity stand-in), moto, ticket API stand-in, and
+// the real token layer (account secrets in moto, tokens from the identity stand-in).
+
+use std::sync::Arc;
+
+use local_stack::dovecot::Dovecot;
+use local_stack::identity::{AppRegistration, UserAccount};
+use mailbridge::token::Audience;
+use mailbridge::token::identity::{IdentityClient, RetryPolicy as IdentityRetry};
+use mailbridge::token::secret::AccountSecret;
+use mailbridge::token::service::{TokenService, TokenServiceConfig};
+use mailbridge::token::store::SecretsManagerStore;
+use mailbridge_tests::{put_secret, unique_user};
+use poll_mailboxes::PollDeps;
+use poll_mailboxes::convert::ParseContext;
+use poll_mailboxes::imap_adapter::ImapConnector;
+use poll_mailboxes::sinks::WebhookSinkFactory;
+use secrecy::ExposeSecret as _;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn identity_client() -> IdentityClient {
+    IdentityClient::new(mailbridge::http::default_client().expect("http client")).with_retry_policy(
+        IdentityRetry {
+            min_delay: Duration::from_millis(50),
+            max_delay: Duration::from_millis(400),
+        },
+    )
+}
+
+/// One tenant + app, a state table, a ticket sink path, and poller deps wired to `dovecot`.
+struct Poller {
+    tenant: String,
+    client_id: String,
+    table: String,
+    sink: String,
+    dovecot: Arc<Dovecot>,
+    deps: PollDeps,
+}
+
+impl Poller {
+    async fn new(dovecot: Arc<Dovecot>) -> Poller {
+        Self::with_margin(dovecot, Duration::from_secs(2)).await
+    }
+
+    async fn with_margin(dovecot: Arc<Dovecot>, deadline_margin: Duration) -> Poller {
+        let stack = stack();
+        let idp = stack.identity();
+        let tenant = format!("{}.onmicrosoft.com", unique("tenant"));
+        let client_id = uuid::Uuid::new_v4().to_string();
+        idp.register_app(AppRegistration::mailbridge(&tenant, &client_id));
+        let table = mailbridge_tests::create_state_table("poll").await.unwrap();
+        let aws = stack.moto().sdk_config();
+        let tokens = TokenService::new(
+            Arc::new(SecretsManagerStore::from_conf(&aws)),
+            identity_client(),
+            TokenServiceConfig {
+                default_timeout: Duration::from_secs(10),
+                ..TokenServiceConfig::default()
+            },
+        );
+        let deps = PollDeps {
+            tokens: Arc::new(tokens),
+            connector: Arc::new(
+                ImapConnector::new(Some(&dovecot.ca_pem_path), Duration::from_secs(10)).unwrap(),
+            ),
+            state: Arc::new(DynamoStateStore::new(dynamodb(), &table)),
+            sinks: Arc::new(WebhookSinkFactory::new(
+                reqwest::Client::new(),
+                aws_sdk_secretsmanager::Client::new(&aws),
+                fast_retry(),
+            )),
+            parse: ParseContext {
+                thread_key: Some(b"poll-test-thread-key".to_vec()),
+            },
+            max_concurrent_mailboxes: 4,
+            deadline_margin,
+            dedupe_ttl: Duration::from_secs(86_400),
+        };
+        Poller {
+            tenant,
+            client_id,
+            table,
+            sink: unique("sink"),
+            dovecot,
+            deps,
+        }
+    }
+
+    fn account_secret(&self, upn: &str) -> AccountSecret {
+        let mut a = AccountSecret::new(&self.tenant, &self.client_id, upn);
+        a.authority_host = stack().identity().base_url.clone();
+        a
+    }
+
+    /// A user with a password-only account secret (ROPC bootstrap); returns the account name.
+    async fn account(&self, upn: &str) -> String {
+        stack()
+            .identity()
+            .register_user(UserAccount::new(&self.tenant, upn, PASSWORD));
+        let account = unique("acct");
+        let mut secret = self.account_secret(upn);
+        secret.password = Some(PASSWORD.into());
+        put_secret(&format!("mailbridge/{account}"), &secret.to_json())
+            .await
+            .unwrap();
+        account
+    }
+
+    /// A user whose secret holds only a refresh token (as after a device-code login).
+    async fn account_with_refresh_token(&self, upn: &str) -> String {
+        stack()
+            .identity()
+            .register_user(UserAccount::new(&self.tenant, upn, PASSWORD));
+        let mut secret = self.account_secret(upn);
+        let tokens = identity_client()
+            .password(&secret, Audience::Imap, &PASSWORD.into())
+            .await
+            .expect("seed a refresh token");
+        let refresh = tokens.refresh_token.expect("refresh token");
+        secret.refresh_token = Some(refresh.expose_secret().to_string().into());
+        secret.refresh_token_stored_at = Some(chrono::Utc::now());
+        let account = unique("acct");
+        put_secret(&format!("mailbridge/{account}"), &secret.to_json())
+            .await
+            .unwrap();
+        account
+    }
+
+    async fn mailbox(&self, name: &str, user: &str, account: &str, extra: serde_json::Value) {
+        let mut fields = serde_json::json!({
+            "user": user,
+            "account": account,
+            "host": "localhost",
+            "port": self.dovecot.imaps_port,
+            "ticket_api_url": stack().tickets().sink_url(&self.sink),
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            fields[k] = v.clone();
+        }
+        put_mailbox_config(&dynamodb(), &self.table, name, &fields)
+            .await
+            .unwrap();
+    }
+
+    async fn poll(&self) -> poll_mailboxes::PollReport {
+        self.poll_until(Instant::now() + Duration::from_secs(60))
+            .await
+    }
+
+    async fn poll_until(&self, deadline: Instant) -> poll_mailboxes::PollReport {
+        poll_mailboxes::poll_once(&self.deps, None, deadline)
+            .await
+            .unwrap()
+    }
+
+    fn tickets(&self) -> Vec<local_stack::ticket_api::RecordedTicket> {
+        stack().tickets().tickets(&self.sink)
+    }
+
+    fn count(&self, user: &str, folder: &str) -> usize {
+        self.dovecot
+            .list_messages(user, folder)
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    fn deliver(&self, user: &str, raw: &[u8]) {
+        self.dovecot.deliver_to(user, "INBOX", raw).unwrap();
+    }
+}
+
+fn mail(id: &str, subject: &str, body: &str) -> Vec<u8> {
+    format!(
+        "From: Ann Example <ann@customer.example>\r\nTo: helpdesk@example.com\r\nSubject: {subject}\r\n\
+         Date: Sat, 28 Nov 2026 10:00:00 +0000\r\nMessage-ID: <{id}@customer.example>\r\n\
+         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
+    )
+    .into_bytes()
+}
+
+fn status<'a>(report: &'a poll_mailboxes::PollReport, name: &str) -> &'a MailboxStatus {
+    report
+        .mailboxes
+        .iter()
+        .find(|s| s.mailbox == name)
+        .unwrap_or_else(|| panic!("no status for {name}: {report:?}"))
+}
+
+#[tokio::test]
+async fn mail_delivered_into_dovecot_becomes_exactly_one_ticket_and_is_moved() {
+    let p = Poller::new(stack().dovecot().clone()).await;
+    let user = unique_user("helpdesk");
+    let account = p.account(&user).await;
+    p.mailbox("helpdesk", &user, &account, serde_json::json!({}))
+        .await;
+    let attachment_mail = format!(
+        "From: Bob <bob@customer.example>\r\nTo: {user}\r\nSubject: Scanner report\r\nMessage-ID: <att@customer.example>\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n\
+         See attached.\r\n--b\r\nContent-Type: application/pdf; name=\"r.pdf\"\r\nContent-Disposition: attachment; filename=\"r.pdf\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n"
+    );
+    p.deliver(&user, &mail("one", "Printer on fire", "Please help."));
+    p.deliver(&user, attachment_mail.as_bytes());
+
+    let report = p.poll().await;
+    assert_eq!(status(&report, "helpdesk").outcome, "ok", "{report:?}");
+    assert_eq!(report.tickets_created, 2);
+    let tickets = p.tickets();
+    assert_eq!(tickets.len(), 2);
+    let first = &tickets[0].body;
+    assert_eq!(first["schema"], "mailbridge.ticket-payload/1");
+    assert_eq!(first["mailbox"], "helpdesk");
+    assert_eq!(first["draft"]["subject"], "Printer on fire");
+    assert_eq!(first["draft"]["from"]["address"], "ann@customer.example");
+    assert_eq!(
+        tickets[0].idempotency_key,
+        first["idempotency_key"].as_str().unwrap()
+    );
+    let attachment = &tickets[1].body["attachments"][0];
+    assert_eq!(attachment["filename"], "r.pdf");
+    assert_eq!(attachment["content_base64"], "JVBERi0xLjQK");
+
+    assert_eq!(p.count(&user, "INBOX"), 0);
+    let processed = p.dovecot.list_messages(&user, "Processed").unwrap();
+    assert_eq!(processed.len(), 2);
+    assert!(
+        processed.iter().all(|m| !m.is_seen()),
+        "BODY.PEEK[] must not set \\Seen"
+    );
+    let again = p.poll().await;
+    assert_eq!(again.tickets_created, 0);
+    assert_eq!(p.tickets().len(), 2);
+    let stored = DynamoStateStore::new(dynamodb(), &p.table)
+        .get_status("helpdesk")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.outcome, "ok");
+    assert!(stored.uid_validity.is_some());
+}
+
+#[tokio::test]
+async fn mark_seen_and_delete_after_actions() {
+    let p = Poller::new(stack().dovecot().clone()).await;
+    let seen_user = unique_user("seen");
+    let gone_user = unique_user("gone");
+    let a = p.account(&seen_user).await;
+    let b = p.account(&gone_user).await;
+    p.mailbox(
+        "seen",
+        &seen_user,
+        &a,
+        serde_json::json!({"after_action": "mark_seen"}),
+    )
+    .await;
+    p.mailbox(
+        "gone",
+        &gone_user,
+        &b,
+        serde_json::json!({"after_action": "delete"}),
+    )
+    .await;
+    p.deliver(&seen_user, &mail("s1", "Seen me", "x"));
+    p.deliver(&gone_user, &mail("d1", "Delete me", "x"));
+    p.poll().await;
+    p.poll().await;
+    assert_eq!(p.tickets().len(), 2);
+    let inbox = p.dovecot.list_messages(&seen_user, "INBOX").unwrap();
+    assert_eq!(inbox.len(), 1);
+    assert!(inbox[0].is_seen());
+    assert_eq!(p.count(&gone_user, "INBOX"), 0);
+}
+
+#[tokio::test]
+async fn ticket_api_down_for_one_run_then_the_ticket_is_created_next_run() {
+    let p = Poller::new(stack().dovecot().clone()).await;
+    let user = unique_user("down");
+    let account = p.account(&user).await;
+    p.mailbox("down", &user, &account, serde_json::json!({}))
+        .await;
+    p.deliver(&user, &mail("d1", "First", "x"));
+    p.deliver(&user, &mail("d2", "Second", "y"));
+    stack().tickets().set_down(&p.sink, true);
+    let report = p.poll_until(Instant::now() + Duration::from_secs(8)).await;
+    let s = status(&report, "down");
+    assert_eq!(s.outcome, "partial", "{s:?}");
+    assert_eq!(s.deferred, 2);
+    assert_eq!(
+        p.count(&user, "INBOX"),
+        2,
+        "nothing moved while the API is down"
+    );
+    stack().tickets().set_down(&p.sink, false);
+    let report = p.poll().await;
+    assert_eq!(report.tickets_created, 2);
+    assert_eq!(p.tickets().len(), 2);
+    assert_eq!(p.count(&user, "Processed"), 2);
+    assert_eq!(p.poll().await.tickets_created, 0);
+}
+
+#[tokio::test]
+async fn reused_message_id_makes_two_tickets_and_the_same_mail_twice_makes_one() {
+    let p = Poller::new(stack().dovecot().clone()).await;
+    let user = unique_user("dupes");
+    let account = p.account(&user).await;
+    p.mailbox("dupes", &user, &account, serde_json::json!({}))
+        .await;
+    p.deliver(&user, &mail("reused", "Alarm", "disk full on srv1"));
+    p.deliver(&user, &mail("reused", "Alarm", "disk full on srv2"));
+    p.deliver(&user, &mail("twice", "Same", "identical"));
+    let report = p.poll().await;
+    assert_eq!(report.tickets_created, 3);
+    // the same mail arrives again later (e.g. a re-sent copy)
+    p.deliver(&user, &mail("twice", "Same", "identical"));
+    let report = p.poll().await;
+    assert_eq!(report.tickets_created, 0);
+    assert_eq!(status(&report, "dupes").duplicates, 1);
+    assert_eq!(p.tickets().len(), 3);
+    assert_eq!(p.count(&user, "Processed"), 4);
+}
+
+#[tokio::test]
+async fn malformed_and_oversize_mail_are_parked_with_a_ticket_and_a_note() {
+    let p = Poller::new(stack().dovecot().clone()).await;
+    let user = unique_user("poison");
+    let account = p.account(&user).await;
+    p.mailbox(
+        "poison",
+        &user,
+        &account,
+        serde_json::json!({"max_message_bytes": 8192}),
+    )
+    .await;
+    p.deliver(
+        &user,
+        b"\x00\x01\x02 this is not a mail at all\r\n\r\n\xff\xfe",
+    );
+    let mut big = mail("big", "Huge log", "");
+    big.extend(std::iter::repeat_n(b'A', 20_000));
+    p.deliver(&user, &big);
+    p.deliver(&user, &mail("fine", "Fine", "ok"));
+    let report = p.poll().await;
+    let s = status(&report, "poison");
+    assert_eq!((s.parked, s.tickets_created), (2, 1), "{s:?}");
+    assert_eq!(p.count(&user, "mailbridge-failed"), 2);
+    assert_eq!(p.count(&user, "Processed"), 1);
+    let tickets = p.tickets();
+    let garbage = tickets
+        .iter()
+        .find(|t| !t.body["raw_message_base64"].is_null())
+        .expect("the unparseable mail's ticket carries the raw mail");
+    assert!(
+        garbage.body["problem"]
+            .as_str()
+            .unwrap()
+            .contains("could not parse")
+    );
+    let oversize = tickets
+        .iter()
+        .find(|t| t.body["draft"]["subject"] == "Huge log")
+        .unwrap();
+    assert!(
+        oversize.body["problem"]
+            .as_str()
+            .unwrap()
+            .contains("over the 8192-byte limit")
+    );
+    assert!(oversize.body["raw_message_base64"].is_null());
+}
+
+#[tokio::test]
+async fn a_revoked_grant_is_a_clear_per_mailbox_error_and_other_mailboxes_are_polled() {
+    let p = Poller::new(stack().dovecot().clone()).await;
+    let revoked_user = unique_user("revoked");
+    let good_user = unique_user("good");
+    let revoked = p.account_with_refresh_token(&revoked_user).await;
+    let good = p.account(&good_user).await;
+    p.mailbox("revoked", &revoked_user, &revoked, serde_json::json!({}))
+        .await;
+    p.mailbox("good", &good_user, &good, serde_json::json!({}))
+        .await;
+    // a mailbox whose configuration an operator broke
+    dynamodb()
+        .put_item()
+        .table_name(&p.table)
+        .item(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S("mailbox#broken".into()),
+        )
+        .item(
+            "user",
+            aws_sdk_dynamodb::types::AttributeValue::S("broken".into()),
+        )
+        .send()
+        .await
+        .unwrap();
+    dynamodb()
+        .update_item()
+        .table_name(&p.table)
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S("mailbox-index".into()),
+        )
+        .update_expression("ADD #n :n")
+        .expression_attribute_names("#n", "names")
+        .expression_attribute_values(
+            ":n",
+            aws_sdk_dynamodb::types::AttributeValue::Ss(vec!["broken".into()]),
+        )
+        .send()
+        .await
+        .unwrap();
+    stack()
+        .identity()
+        .revoke_refresh_tokens(&revoked_user)
+        .unwrap();
+    p.deliver(&revoked_user, &mail("r1", "Waiting", "x"));
+    p.deliver(&good_user, &mail("g1", "Fine", "x"));
+
+    let report = p.poll().await;
+    let r = status(&report, "revoked");
+    assert_eq!(r.outcome, "needs_reauth", "{r:?}");
+    assert!(r.reason.as_deref().unwrap().contains(&revoked), "{r:?}");
+    assert_eq!(status(&report, "broken").outcome, "config_error");
+    assert!(
+        status(&report, "broken")
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("field `user`")
+    );
+    assert_eq!(status(&report, "good").outcome, "ok");
+    assert_eq!(report.tickets_created, 1);
+    assert_eq!(report.accounts_need_reauth, 1);
+    assert_eq!(report.mailboxes_failed, 2);
+    assert_eq!(
+        p.count(&revoked_user, "INBOX"),
+        1,
+        "the mail waits for re-consent"
+    );
+}
+
+#[tokio::test]
+async fn access_revoked_at_the_imap_server_is_authenticate_failed_for_that_mailbox() {
+    let p = Poller::new(stack().dovecot().clone()).await;
+    let user = unique_user("denied");
+    let account = p.account(&user).await;
+    // The account logs in as a shared mailbox it was never granted.
+    let shared = unique_user("not-granted");
+    p.mailbox("denied", &shared, &account, serde_json::json!({}))
+        .await;
+    p.deliver(&shared, &mail("x", "x", "x"));
+    let report = p.poll().await;
+    let s = status(&report, "denied");
+    assert_eq!(s.outcome, "failed", "{s:?}");
+    let reason = s.reason.as_deref().unwrap();
+    assert!(reason.contains("AUTHENTICATE XOAUTH2 failed"), "{reason}");
+    assert!(reason.contains("FullAccess"), "{reason}");
+    assert_eq!(p.count(&shared, "INBOX"), 1);
+}
+
+#[tokio::test]
+async fn a_shared_mailbox_is_polled_with_a_delegates_token() {
+    let p = Poller::new(stack().dovecot().clone()).await;
+    let delegate = unique_user("agent");
+    let shared = unique_user("support-shared");
+    let account = p.account(&delegate).await;
+    stack().identity().grant_mailbox_access(&delegate, &shared);
+    p.mailbox("support", &shared, &account, serde_json::json!({}))
+        .await;
+    p.deliver(&shared, &mail("s1", "Shared mailbox mail", "x"));
+    let report = p.poll().await;
+    assert_eq!(status(&report, "support").outcome, "ok", "{report:?}");
+    assert_eq!(p.tickets().len(), 1);
+    assert_eq!(p.tickets()[0].body["mailbox_address"], shared.as_str());
+    assert_eq!(p.count(&shared, "Processed"), 1);
+}
+
+#[tokio::test]
+async fn near_the_deadline_the_remaining_mail_waits_for_the_next_run() {
+    let p = Poller::with_margin(stack().dovecot().clone(), Duration::from_secs(3)).await;
+    let user = unique_user("deadline");
+    let account = p.account(&user).await;
+    p.mailbox("deadline", &user, &account, serde_json::json!({}))
+        .await;
+    for i in 0..6 {
+        p.deliver(&user, &mail(&format!("dl{i}"), &format!("Mail {i}"), "x"));
+    }
+    stack()
+        .tickets()
+        .set_latency(&p.sink, Duration::from_millis(700));
+    // 3 s margin + ~2.5 s of work: some mail is handled, the rest is not started.
+    let report = p
+        .poll_until(Instant::now() + Duration::from_millis(5500))
+        .await;
+    let s = status(&report, "deadline");
+    assert_eq!(s.outcome, "partial", "{s:?}");
+    assert!(s.tickets_created >= 1 && s.deferred >= 1, "{s:?}");
+    assert_eq!(s.tickets_created + s.deferred, 6, "{s:?}");
+    assert_eq!(p.count(&user, "INBOX") as u32, s.deferred);
+    stack().tickets().set_latency(&p.sink, Duration::ZERO);
+    p.poll().await;
+    assert_eq!(p.tickets().len(), 6);
+    assert_eq!(p.count(&user, "Processed"), 6);
+}
+
+#[tokio::test]
+async fn dovecot_restarted_mid_run_then_the_next_run_completes_without_loss_or_duplicates() {
+    let stack = stack();
+    let dovecot = Arc::new(
+        mailbridge_tests::start_private_dovecot(
+            "poll-restart",
+            &stack.identity().introspection_url(),
+        )
+        .await
+        .unwrap(),
+    );
+    let p = Poller::new(dovecot.clone()).await;
+    let user = unique_user("restart");
+    let account = p.account(&user).await;
+    p.mailbox("restart", &user, &account, serde_json::json!({}))
+        .await;
+    for i in 0..8 {
+        p.deliver(&user, &mail(&format!("rs{i}"), &format!("Mail {i}"), "x"));
+    }
+    // Slow tickets so the run is still busy when Dovecot goes away.
+    stack
+        .tickets()
+        .set_latency(&p.sink, Duration::from_millis(300));
+    let sink = p.sink.clone();
+    let killer = {
+        let dovecot = dovecot.clone();
+        let user = user.clone();
+        tokio::spawn(async move {
+            while stack.tickets().tickets(&sink).len() < 3 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::task::spawn_blocking(move || {
+                // Dovecot keeps logged-in sessions across a master restart by default: kick
+                // them, then stop the server.
+                dovecot.doveadm(&["kick", &user], None).unwrap();
+                dovecot.stop();
+            })
+            .await
+            .unwrap();
+        })
+    };
+    let report = p.poll().await;
+    killer.await.unwrap();
+    let s = status(&report, "restart");
+    assert_eq!(s.outcome, "failed", "{s:?}");
+    assert!(s.tickets_created < 8, "{s:?}");
+    let d = dovecot.clone();
+    tokio::task::spawn_blocking(move || d.restart())
+        .await
+        .unwrap()
+        .unwrap();
+    stack.tickets().set_latency(&p.sink, Duration::ZERO);
+    let report = p.poll().await;
+    assert_eq!(status(&report, "restart").outcome, "ok", "{report:?}");
+    let tickets = p.tickets();
+    assert_eq!(tickets.len(), 8, "every mail exactly one ticket");
+    let mut keys: Vec<_> = tickets.iter().map(|t| t.idempotency_key.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 8);
+    assert_eq!(p.count(&user, "INBOX"), 0);
+    assert_eq!(p.count(&user, "Processed"), 8);
+}
+
+/// The real `bootstrap` (the `poll-mailboxes` binary) under the Lambda Runtime API emulator with
+/// the committed scheduler event, then warm with a manual event.
+#[tokio::test]
+async fn the_bootstrap_binary_polls_on_a_scheduler_event() {
+    use local_stack::runtime_api::{FunctionConfig, RuntimeApi, workspace_binary};
+    let binary =
+        tokio::task::spawn_blocking(|| workspace_binary("poll-mailboxes", "poll-mailboxes"))
+            .await
+            .unwrap()
+            .expect("build the poll-mailboxes binary");
+    let p = Poller::new(stack().dovecot().clone()).await;
+    let user = unique_user("bootstrap");
+    let account = p.account(&user).await;
+    p.mailbox("bootstrap", &user, &account, serde_json::json!({}))
+        .await;
+    p.deliver(&user, &mail("b1", "Via the bootstrap", "x"));
+    let thread_key_secret = unique("thread-key");
+    put_secret(&thread_key_secret, "0123456789abcdef0123456789abcdef")
+        .await
+        .unwrap();
+    let mut env = stack().moto().env();
+    env.extend([
+        ("MAILBRIDGE_STATE_TABLE".to_string(), p.table.clone()),
+        (
+            "MAILBRIDGE_THREAD_KEY_SECRET".to_string(),
+            thread_key_secret,
+        ),
+        (
+            "MAILBRIDGE_SECRET_PREFIX".to_string(),
+            "mailbridge/".to_string(),
+        ),
+        (
+            "MAILBRIDGE_IMAP_CA_FILE".to_string(),
+            p.dovecot.ca_pem_path.display().to_string(),
+        ),
+        ("RUST_LOG".to_string(), "info".to_string()),
+    ]);
+    let api = RuntimeApi::start().await.expect("runtime api");
+    api.spawn_function(&FunctionConfig::new("poll-mailboxes", binary).with_env(env))
+        .expect("spawn bootstrap");
+    let schedule: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(local_stack::repo_root().join("infra/events/poll-schedule.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let outcome = api.invoke(schedule, Duration::from_secs(60)).await.unwrap();
+    assert!(
+        outcome.init_duration.is_some(),
+        "first invocation is a cold start"
+    );
+    let report = outcome
+        .into_response()
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", api.logs()));
+    assert_eq!(report["tickets_created"], 1, "{report}");
+    assert_eq!(p.tickets().len(), 1);
+    assert_eq!(p.count(&user, "Processed"), 1);
+
+    p.deliver(&user, &mail("b2", "Manual run", "y"));
+    let manual = serde_json::json!({"source": "mailbridge.manual", "mailboxes": [user]});
+    let outcome = api.invoke(manual, Duration::from_secs(60)).await.unwrap();
+    assert!(outcome.init_duration.is_none(), "warm");
+    let report = outcome.into_response().unwrap();
+    assert_eq!(report["tickets_created"], 1, "{report}");
+    assert_eq!(p.tickets().len(), 2);
+    let logs = api.logs();
+    assert!(
+        logs.contains("\"TicketsCreated\":1"),
+        "EMF metrics line: {logs}"
+    );
+    api.shutdown();
+}
+
+/// Deterministic pseudo-random numbers for the benchmark's mail generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn range(&mut self, low: usize, high: usize) -> usize {
+        low + (self.next() as usize) % (high - low)
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(n + 8);
+        while out.len() < n {
+            out.extend_from_slice(&self.next().to_le_bytes());
+        }
+        out.truncate(n);
+        out
+    }
+}
+
+fn base64_lines(data: &[u8]) -> String {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(data);
+    let mut out = String::with_capacity(encoded.len() + encoded.len() / 76 * 2 + 2);
+    for chunk in encoded.as_bytes().chunks(76) {
+        out.push_str(std::str::from_utf8(chunk).unwrap());
+        out.push_str("\r\n");
+    }
+    out
+}
+
+const WORDS: &[&str] = &[
+    "printer",
+    "server",
+    "invoice",
+    "password",
+    "reset",
+    "outlook",
+    "cannot",
+    "login",
+    "error",
+    "urgent",
+    "please",
+    "thanks",
+    "the",
+    "a",
+    "is",
+    "not",
+    "working",
+    "since",
+    "yesterday",
+    "morning",
+    "attached",
+    "screenshot",
+    "VPN",
+    "disk",
+    "backup",
+    "failed",
+    "ticket",
+    "user",
+];
+
+/// A helpdesk-like mail: text + HTML alternative; some with a PDF/PNG attachment.
+fn realistic_mail(rng: &mut Rng, i: usize, to: &str, attachment: Option<usize>) -> Vec<u8> {
+    let words = rng.range(60, 1200);
+    let mut text = String::new();
+    for w in 0..words {
+        text.push_str(WORDS[rng.range(0, WORDS.len())]);
+        text.push(if w % 14 == 13 { '\n' } else { ' ' });
+    }
+    let html = format!(
+        "<html><body><p>{}</p><p>Regards,<br>Customer {i}</p></body></html>",
+        text.replace('\n', "</p><p>")
+    );
+    let alternative = format!(
+        "Content-Type: multipart/alternative; boundary=alt{i}\r\n\r\n--alt{i}\r\n\
+         Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{}\r\n--alt{i}\r\n\
+         Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{html}\r\n--alt{i}--\r\n",
+        text.replace('\n', "\r\n")
+    );
+    let headers = format!(
+        "Received: from mx.customer.example by mail.example.com; Sat, 28 Nov 2026 10:00:00 +0000\r\n\
+         From: Customer {i} <customer{i}@customer.example>\r\nTo: {to}\r\n\
+         Subject: Issue #{i}: {} {}\r\nDate: Sat, 28 Nov 2026 10:{:02}:00 +0000\r\n\
+         Message-ID: <bench-{i}@customer.example>\r\nMIME-Version: 1.0\r\n",
+        WORDS[rng.range(0, WORDS.len())],
+        WORDS[rng.range(0, WORDS.len())],
+        i % 60
+    );
+    match attachment {
+        None => format!("{headers}{alternative}").into_bytes(),
+        Some(size) => {
+            let data = rng.bytes(size);
+            format!(
+                "{headers}Content-Type: multipart/mixed; boundary=mix{i}\r\n\r\n--mix{i}\r\n{alternative}--mix{i}\r\n\
+                 Content-Type: application/pdf; name=\"report-{i}.pdf\"\r\n\
+                 Content-Disposition: attachment; filename=\"report-{i}.pdf\"\r\n\
+                 Content-Transfer-Encoding: base64\r\n\r\n{}--mix{i}--\r\n",
+                base64_lines(&data)
+            )
+            .into_bytes()
+        }
+    }
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Benchmark (prints numbers; recorded in BENCHMARKS.md): 1,000 realistic mails plus one with a
+/// 20 MB attachment in one mailbox, polled by the real bootstrap (bench profile) at 128 MB.
+/// Run: `cargo test --profile bench -p mailbridge-tests --test poll_mailboxes -- --ignored --nocapture bench_`
+#[tokio::test]
+#[ignore = "benchmark: run explicitly (see BENCHMARKS.md)"]
+async fn bench_poll_1000_mails_and_a_20_mb_attachment() {
+    use local_stack::runtime_api::{FunctionConfig, RuntimeApi};
+    // Build the bootstrap with the bench profile (thin LTO) next to this test binary.
+    let profile_dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let status = tokio::task::spawn_blocking({
+        let target = profile_dir.parent().unwrap().to_path_buf();
+        move || {
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(local_stack::repo_root())
+                .env("CARGO_TARGET_DIR", target)
+                .args([
+                    "build",
+                    "-q",
+                    "--profile",
+                    "bench",
+                    "-p",
+                    "poll-mailboxes",
+                    "--bin",
+                    "poll-mailboxes",
+                ])
+                .status()
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(status.success());
+    let binary = profile_dir.join("poll-mailboxes");
+    assert!(binary.exists(), "{} missing", binary.display());
+
+    let dovecot = Arc::new(
+        mailbridge_tests::start_private_dovecot(
+            "poll-bench",
+            &stack().identity().introspection_url(),
+        )
+        .await
+        .unwrap(),
+    );
+    let p = Poller::new(dovecot.clone()).await;
+    let user = unique_user("bench");
+    let account = p.account(&user).await;
+    p.mailbox(
+        "bench",
+        &user,
+        &account,
+        serde_json::json!({"max_messages_per_run": 5000}),
+    )
+    .await;
+
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut mails = Vec::with_capacity(1001);
+    for i in 0..1000 {
+        let attachment = match i % 10 {
+            0 => Some(rng.range(300_000, 1_000_000)),
+            1 | 2 => Some(rng.range(20_000, 300_000)),
+            _ => None,
+        };
+        mails.push(realistic_mail(&mut rng, i, &user, attachment));
+    }
+    mails.insert(
+        500,
+        realistic_mail(&mut rng, 1000, &user, Some(20 * 1024 * 1024)),
+    );
+    let total_bytes: usize = mails.iter().map(Vec::len).sum();
+    let deliver_started = std::time::Instant::now();
+    let mails = Arc::new(mails);
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let (dovecot, mails, user) = (dovecot.clone(), mails.clone(), user.clone());
+        workers.push(tokio::task::spawn_blocking(move || {
+            for (i, raw) in mails.iter().enumerate() {
+                if i % 4 == w {
+                    dovecot.deliver_to(&user, "INBOX", raw).unwrap();
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    println!(
+        "bench: delivered {} mails, {:.1} MB, in {:.1} s",
+        mails.len(),
+        total_bytes as f64 / 1e6,
+        deliver_started.elapsed().as_secs_f64()
+    );
+
+    let thread_key_secret = unique("thread-key");
+    put_secret(&thread_key_secret, "0123456789abcdef0123456789abcdef")
+        .await
+        .unwrap();
+    let mut env = stack().moto().env();
+    env.extend([
+        ("MAILBRIDGE_STATE_TABLE".to_string(), p.table.clone()),
+        (
+            "MAILBRIDGE_THREAD_KEY_SECRET".to_string(),
+            thread_key_secret,
+        ),
+        (
+            "MAILBRIDGE_IMAP_CA_FILE".to_string(),
+            dovecot.ca_pem_path.display().to_string(),
+        ),
+        ("RUST_LOG".to_string(), "warn".to_string()),
+    ]);
+    let api = RuntimeApi::start().await.expect("runtime api");
+    api.spawn_function(&FunctionConfig::new("poll-mailboxes", binary).with_env(env))
+        .expect("spawn bootstrap");
+    let pid = api.function_pid().expect("function pid");
+    let outcome = api
+        .invoke(
+            serde_json::json!({"source": "mailbridge.schedule"}),
+            Duration::from_secs(900),
+        )
+        .await
+        .unwrap();
+    let wall = outcome.duration;
+    let init = outcome.init_duration;
+    let rss = peak_rss_kib(pid);
+    let report = outcome
+        .into_response()
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", api.logs()));
+    let s = &report["mailboxes"][0];
+    let handled = s["tickets_created"].as_u64().unwrap() + s["parked"].as_u64().unwrap();
+    let round_trips = s["imap_round_trips"].as_u64().unwrap();
+    println!(
+        "bench: {handled} mails in {:.2} s = {:.1} mails/s; init {:?}; peak RSS {:.1} MiB (limit 128); \
+         IMAP round trips {round_trips} = {:.2} per mail; outcome {}",
+        wall.as_secs_f64(),
+        handled as f64 / wall.as_secs_f64(),
+        init,
+        rss.unwrap_or(0) as f64 / 1024.0,
+        round_trips as f64 / handled as f64,
+        s["outcome"]
+    );
+    api.shutdown();
+    assert_eq!(handled, 1001, "{report}");
+    assert_eq!(p.tickets().len(), 1001);
+    let big = p
+        .tickets()
+        .into_iter()
+        .find(|t| {
+            t.body["draft"]["subject"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("Issue #1000")
+        })
+        .expect("the 20 MB mail became a ticket");
+    assert!(big.body["attachments"][0]["content_base64"].is_null());
+    assert!(
+        rss.unwrap_or(u64::MAX) < 128 * 1024,
+        "peak RSS {rss:?} KiB is over a 128 MB Lambda"
+    );
+}
+
+#[tokio::test]
+async fn a_uidvalidity_change_does_not_duplicate_tickets() {
+    let p = Poller::new(stack().dovecot().clone()).await;
+    let user = unique_user("uidv");
+    let account = p.account(&user).await;
+    p.mailbox(
+        "uidv",
+        &user,
+        &account,
+        serde_json::json!({"after_action": "mark_seen"}),
+    )
+    .await;
+    p.deliver(&user, &mail("u1", "Before the rebuild", "x"));
+    let report = p.poll().await;
+    assert_eq!(report.tickets_created, 1);
+    let before = status(&report, "uidv").uid_validity.unwrap();
+    // The server rebuilds the folder: new UIDVALIDITY, and the flags are lost.
+    p.dovecot
+        .doveadm(
+            &[
+                "flags", "remove", "-u", &user, "\\Seen", "mailbox", "INBOX", "all",
+            ],
+            None,
+        )
+        .unwrap();
+    p.dovecot
+        .set_uidvalidity(&user, "INBOX", before + 1000)
+        .unwrap();
+    let report = p.poll().await;
+    let s = status(&report, "uidv");
+    assert_eq!(s.uid_validity, Some(before + 1000));
+    assert_eq!((s.tickets_created, s.duplicates), (0, 1), "{s:?}");
+    assert_eq!(p.tickets().len(), 1);
+    assert!(p.dovecot.list_messages(&user, "INBOX").unwrap()[0].is_seen());
+}

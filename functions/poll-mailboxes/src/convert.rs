@@ -123,6 +123,18 @@ pub fn attachments_with_content(
         return listed;
     }
     let total_wanted: u64 = listed.iter().map(|a| a.size).sum();
+    if listed.iter().all(|a| a.size > cap) {
+        // Nothing fits: do not decode the MIME tree again (a 20 MB attachment would cost 20 MB).
+        return listed
+            .into_iter()
+            .map(|mut a| {
+                a.omitted_reason = Some(format!(
+                    "attachment content over the {cap}-byte cap per ticket (attachments total {total_wanted} bytes); metadata only"
+                ));
+                a
+            })
+            .collect();
+    }
     let Some(message) = MessageParser::default().parse(raw) else {
         return listed
             .into_iter()

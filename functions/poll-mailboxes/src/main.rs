@@ -1,13 +1,111 @@
 //! Lambda glue only: build clients once per cold start, then hand each event to the library.
+//!
+//! Environment: see `poll_mailboxes::config::Settings` (`MAILBRIDGE_STATE_TABLE`,
+//! `MAILBRIDGE_THREAD_KEY_SECRET`, `MAILBRIDGE_MAX_CONCURRENT_MAILBOXES`, ...), the token layer's
+//! `MAILBRIDGE_SECRET_PREFIX`, and the standard AWS variables. A missing or invalid variable stops
+//! the cold start with an error naming it.
 
-use lambda_runtime::{LambdaEvent, service_fn};
+use std::sync::Arc;
+
+use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
+use poll_mailboxes::PollDeps;
+use poll_mailboxes::config::Settings;
+use poll_mailboxes::convert::ParseContext;
+use poll_mailboxes::dynamo::DynamoStateStore;
+use poll_mailboxes::handler::{HandlerError, handle};
+use poll_mailboxes::imap_adapter::ImapConnector;
+use poll_mailboxes::sinks::WebhookSinkFactory;
 use serde_json::Value;
+
+/// A cold-start failure, reported to Lambda as an init error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct StartupError(String);
+
+fn startup(e: impl std::fmt::Display) -> StartupError {
+    StartupError(e.to_string())
+}
+
+async fn build_deps() -> Result<PollDeps, StartupError> {
+    let settings = Settings::from_lookup(|k| std::env::var(k).ok()).map_err(startup)?;
+    let aws = mailbridge::aws::load_config().await;
+    let secrets = aws_sdk_secretsmanager::Client::new(&aws);
+    let thread_key = secrets
+        .get_secret_value()
+        .secret_id(&settings.thread_key_secret)
+        .version_stage("AWSCURRENT")
+        .send()
+        .await
+        .map_err(|e| {
+            StartupError(format!(
+                "MAILBRIDGE_THREAD_KEY_SECRET {}: cannot read it: {}",
+                settings.thread_key_secret,
+                aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
+            ))
+        })?
+        .secret_string()
+        .map(|s| s.as_bytes().to_vec())
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            StartupError(format!(
+                "MAILBRIDGE_THREAD_KEY_SECRET {}: the secret has no string value",
+                settings.thread_key_secret
+            ))
+        })?;
+    let tokens = mailbridge::token::TokenService::from_env(&aws).map_err(startup)?;
+    let connector = ImapConnector::new(settings.imap_ca_file.as_deref(), settings.imap_timeout)
+        .map_err(|e| StartupError(format!("MAILBRIDGE_IMAP_CA_FILE: {e}")))?;
+    let http = mailbridge::http::default_client().map_err(startup)?;
+    Ok(PollDeps {
+        tokens: Arc::new(tokens),
+        connector: Arc::new(connector),
+        state: Arc::new(DynamoStateStore::new(
+            aws_sdk_dynamodb::Client::new(&aws),
+            &settings.state_table,
+        )),
+        sinks: Arc::new(WebhookSinkFactory::new(http, secrets, Default::default())),
+        parse: ParseContext {
+            thread_key: Some(thread_key),
+        },
+        max_concurrent_mailboxes: settings.max_concurrent_mailboxes,
+        deadline_margin: settings.deadline_margin,
+        dedupe_ttl: settings.dedupe_ttl,
+    })
+}
+
+fn diagnostic(e: HandlerError) -> Diagnostic {
+    let error_type = match &e {
+        HandlerError::Event(_) => "InvalidEvent",
+        HandlerError::Store(_) => "StateTableUnavailable",
+    };
+    Diagnostic {
+        error_type: error_type.into(),
+        error_message: e.to_string(),
+    }
+}
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     mailbridge::telemetry::init_json_logging();
-    lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| async move {
-        Ok::<Value, lambda_runtime::Error>(serde_json::json!({ "received": event.payload }))
+    let deps = match build_deps().await {
+        Ok(deps) => deps,
+        Err(e) => {
+            tracing::error!(error = %e, "poll-mailboxes cannot start");
+            return Err(e.into());
+        }
+    };
+    let deps = &deps;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let (payload, context) = event.into_parts();
+        // Lambda's deadline (epoch ms) → a monotonic instant.
+        let remaining_ms = (context.deadline as i64 - chrono::Utc::now().timestamp_millis()).max(0);
+        let deadline =
+            tokio::time::Instant::now() + std::time::Duration::from_millis(remaining_ms as u64);
+        let report = handle(deps, &payload, deadline).await.map_err(diagnostic)?;
+        serde_json::to_value(&report).map_err(|e| Diagnostic {
+            error_type: "EncodeResponse".into(),
+            error_message: e.to_string(),
+        })
     }))
     .await
 }

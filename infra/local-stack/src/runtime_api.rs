@@ -276,6 +276,16 @@ impl RuntimeApi {
         Ok(())
     }
 
+    /// OS process id of the running function process, if any (benchmarks read its peak RSS from
+    /// `/proc/<pid>/status`).
+    pub fn function_pid(&self) -> Option<u32> {
+        self.process
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .map(|p| p.child.id())
+    }
+
     /// Hand `event` to the running function and wait (at most `timeout`) for its answer.
     pub async fn invoke(
         &self,
