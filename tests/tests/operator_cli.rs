@@ -80,7 +80,14 @@ impl World {
 
     /// Run the CLI to the end (60 s at most).
     async fn run(&self, args: &[&str]) -> Output {
-        let child = self.command(args).spawn().expect("start mailbridge");
+        self.run_env(args, &[]).await
+    }
+
+    /// Run the CLI with extra environment variables.
+    async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut command = self.command(args);
+        command.envs(env.iter().copied());
+        let child = command.spawn().expect("start mailbridge");
         let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
             .await
             .unwrap_or_else(|_| panic!("mailbridge {args:?} did not finish in 60 s"))
@@ -361,6 +368,48 @@ async fn send_direct_is_delivered_through_graph() {
     assert_eq!(
         accepted[0].request["message"]["toRecipients"][0]["emailAddress"]["address"],
         recipient.as_str()
+    );
+
+    // with --ticket, the thread marker is stamped with the key the functions use
+    let key_secret = unique("thread-key");
+    mailbridge_tests::put_secret(&key_secret, "0123456789abcdef0123456789abcdef")
+        .await
+        .unwrap();
+    let out = w
+        .run_env(
+            &[
+                "send",
+                "--direct",
+                "--account",
+                "helpdesk",
+                "--to",
+                &recipient,
+                "--subject",
+                "Re: your printer",
+                "--body",
+                "Fixed.",
+                "--ticket",
+                "4711",
+            ],
+            &[("MAILBRIDGE_THREAD_KEY_SECRET", key_secret.as_str())],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0));
+    let accepted = stack().graph().accepted(&w.upn);
+    assert_eq!(accepted.len(), 2);
+    let message = &accepted[1].request["message"];
+    assert!(
+        message["subject"]
+            .as_str()
+            .unwrap()
+            .contains("[Ticket#4711]"),
+        "{message:#}"
+    );
+    assert!(
+        message["internetMessageHeaders"]
+            .to_string()
+            .contains("4711."),
+        "{message:#}"
     );
 }
 

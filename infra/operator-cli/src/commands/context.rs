@@ -217,6 +217,49 @@ impl Context {
     }
 }
 
+/// Environment variable naming the secret that holds the thread-marker HMAC key (as the
+/// functions read it).
+pub const THREAD_KEY_SECRET_ENV: &str = "MAILBRIDGE_THREAD_KEY_SECRET";
+
+impl Context {
+    /// The thread-marker HMAC key, as the functions use it: the string value of the secret named
+    /// by `MAILBRIDGE_THREAD_KEY_SECRET`, else `MAILBRIDGE_THREAD_KEY` (hex, as `mailbridge
+    /// parse` reads it), else none.
+    pub async fn thread_key(&self) -> Result<Option<Vec<u8>>> {
+        if let Some(name) = std::env::var(THREAD_KEY_SECRET_ENV)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+        {
+            let client = aws_sdk_secretsmanager::Client::new(self.aws().await);
+            let out = client
+                .get_secret_value()
+                .secret_id(&name)
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "{THREAD_KEY_SECRET_ENV} {name}: cannot read it: {}",
+                        aws_sdk_secretsmanager::error::DisplayErrorContext(e)
+                    )
+                })?;
+            let value = out.secret_string().with_context(|| {
+                format!("{THREAD_KEY_SECRET_ENV} {name}: the secret has no string value")
+            })?;
+            let key = send_notifications::thread::ThreadKey::from_secret_value(value)
+                .map_err(|e| anyhow::anyhow!("{THREAD_KEY_SECRET_ENV} {name}: {e}"))?;
+            return Ok(Some(key.expose().to_vec()));
+        }
+        match std::env::var(super::parse::THREAD_KEY_ENV) {
+            Ok(hex_key) if !hex_key.trim().is_empty() => {
+                Ok(Some(hex::decode(hex_key.trim()).with_context(|| {
+                    format!("{} is not hex", super::parse::THREAD_KEY_ENV)
+                })?))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
 /// Logs (tracing) go to stderr only when `RUST_LOG` is set; the CLI's own output says what
 /// happened.
 pub fn init_logging() {

@@ -328,13 +328,7 @@ pub async fn run(ctx: &Context, args: PollArgs) -> Result<Exit> {
     let tokens = ctx.token_service().await?.clone();
     let connector =
         ImapConnector::new(ctx.global.imap_ca_file.as_deref(), Duration::from_secs(30))?;
-    let thread_key = match std::env::var(super::parse::THREAD_KEY_ENV) {
-        Ok(hex_key) => Some(
-            hex::decode(hex_key.trim())
-                .map_err(|e| anyhow::anyhow!("{} is not hex: {e}", super::parse::THREAD_KEY_ENV))?,
-        ),
-        Err(_) => None,
-    };
+    let thread_key = ctx.thread_key().await?;
     let deps = PollDeps {
         tokens: Arc::new(tokens),
         connector: Arc::new(DryRunConnector {

@@ -238,20 +238,19 @@ pub async fn run(ctx: &Context, args: SendArgs) -> Result<Exit> {
     }
 }
 
-/// The thread marker stamp for `--direct` with `--ticket`: needs the HMAC key
-/// (`MAILBRIDGE_THREAD_KEY`, hex, as `mailbridge parse` uses).
-fn extras(n: &Notification) -> Result<MessageExtras> {
+/// The thread marker stamp for `--direct` with `--ticket`: needs the HMAC key the functions use
+/// (`MAILBRIDGE_THREAD_KEY_SECRET`, or `MAILBRIDGE_THREAD_KEY` in hex).
+async fn extras(ctx: &Context, n: &Notification) -> Result<MessageExtras> {
     if n.ticket_number.is_none() {
         return Ok(MessageExtras::default());
     }
-    let hex_key = std::env::var(super::parse::THREAD_KEY_ENV).map_err(|_| {
-        anyhow::anyhow!(
-            "--direct with --ticket needs the thread key: set {} (hex), or enqueue instead (send-notifications stamps it)",
+    let key = ctx.thread_key().await?.with_context(|| {
+        format!(
+            "--direct with --ticket needs the thread key: set {} (or {}, hex), or enqueue instead (send-notifications stamps it)",
+            super::context::THREAD_KEY_SECRET_ENV,
             super::parse::THREAD_KEY_ENV
         )
     })?;
-    let key = hex::decode(hex_key.trim())
-        .with_context(|| format!("{} is not hex", super::parse::THREAD_KEY_ENV))?;
     Ok(send_notifications::thread::stamp(
         &send_notifications::thread::ThreadKey::new(key),
         n,
@@ -265,7 +264,7 @@ async fn send_direct(ctx: &Context, n: &Notification) -> Result<Exit> {
     })?;
     let graph_url = ctx.graph_url(&account);
     let client = GraphClient::new(&graph_url)?;
-    let mail = OutgoingMail::from_notification(n, extras(n)?);
+    let mail = OutgoingMail::from_notification(n, extras(ctx, n).await?);
     let tokens = ctx.token_service().await?;
     let timeout = Duration::from_secs(60);
     let mut token = tokens.access_token(&n.account, Audience::Graph).await?;
