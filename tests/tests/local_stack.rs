@@ -315,17 +315,15 @@ fn dovecot_arc(dovecot: &local_stack::dovecot::Dovecot) -> &dyn local_stack::Mai
 }
 
 #[tokio::test]
-async fn runtime_api_runs_the_real_bootstrap_warm_across_invocations() {
+async fn runtime_api_runs_a_real_bootstrap_warm_across_invocations() {
     use local_stack::runtime_api::{FunctionConfig, InvocationResult, RuntimeApi};
     use std::time::Duration;
     let binary =
-        local_stack::runtime_api::workspace_binary("send-notifications", "send-notifications")
+        local_stack::runtime_api::workspace_binary("mailbridge-local-stack", "echo-bootstrap")
             .unwrap();
     let api = RuntimeApi::start().await.unwrap();
-    let function = FunctionConfig::new("send-notifications", &binary)
-        .with_env(stack().moto().env())
-        .with_env([("RUST_LOG", "info")]);
-    api.spawn_function(&function).unwrap();
+    api.spawn_function(&FunctionConfig::new("echo", &binary))
+        .unwrap();
 
     let first = api
         .invoke(serde_json::json!({"n": 1}), Duration::from_secs(60))
@@ -337,11 +335,16 @@ async fn runtime_api_runs_the_real_bootstrap_warm_across_invocations() {
     );
     assert!(
         first.init_duration.is_some(),
-        "first invocation is a cold start"
+        "first invocation is a cold start: {first:?}"
     );
     let first_id = first.request_id.clone();
     let body = first.into_response().unwrap();
-    assert!(body.to_string().contains("\"n\":1"), "answer: {body}");
+    assert_eq!(body["echo"]["n"], 1, "answer: {body}");
+    assert_eq!(
+        body["request_id"],
+        first_id.as_str(),
+        "request id header reached the handler"
+    );
 
     let second = api
         .invoke(serde_json::json!({"n": 2}), Duration::from_secs(60))
@@ -351,25 +354,87 @@ async fn runtime_api_runs_the_real_bootstrap_warm_across_invocations() {
     assert_ne!(second.request_id, first_id);
     println!("warm invocation {:?}", second.duration);
     assert!(
-        matches!(second.result, InvocationResult::Response(ref v) if v.to_string().contains("\"n\":2"))
+        matches!(second.result, InvocationResult::Response(ref v) if v["echo"]["n"] == 2),
+        "{second:?}"
+    );
+
+    // a function error is reported, and the process stays warm
+    let failed = api
+        .invoke(serde_json::json!({"fail": "boom"}), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        matches!(failed.result, InvocationResult::FunctionError { ref error_type, ref error_message, .. }
+            if error_type == "EchoFailure" && error_message == "boom"),
+        "{failed:?}"
+    );
+    let after = api
+        .invoke(serde_json::json!({"n": 3}), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        after.init_duration.is_none(),
+        "still warm after a function error"
+    );
+
+    // timeout: the sandbox is reset; the next process is a cold start again
+    let slow = api
+        .invoke(
+            serde_json::json!({"sleep_ms": 5000}),
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(slow.result, InvocationResult::TimedOut),
+        "{slow:?}"
+    );
+    let died = api
+        .invoke(serde_json::json!({"n": 4}), Duration::from_secs(5))
+        .await;
+    assert!(
+        died.is_err(),
+        "no process after a timeout until spawn_function"
+    );
+    api.spawn_function(&FunctionConfig::new("echo", &binary))
+        .unwrap();
+    let exited = api
+        .invoke(serde_json::json!({"exit": 3}), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        matches!(exited.result, InvocationResult::ProcessExited(_)),
+        "{exited:?}"
     );
     api.shutdown();
+}
 
-    // one-shot helper
-    let outcome = local_stack::runtime_api::invoke_binary(
+#[tokio::test]
+async fn runtime_api_runs_the_real_send_notifications_bootstrap() {
+    use local_stack::runtime_api::{InvocationResult, invoke_binary};
+    // without its configuration the real function must refuse to start and say what is missing
+    let binary =
+        local_stack::runtime_api::workspace_binary("send-notifications", "send-notifications")
+            .unwrap();
+    let outcome = invoke_binary(
         &binary,
         &stack().moto().env(),
-        serde_json::json!({"n": 3}),
-        Duration::from_secs(60),
+        serde_json::json!({"Records": []}),
+        std::time::Duration::from_secs(60),
     )
     .await
     .unwrap();
     assert!(
-        outcome
-            .into_response()
-            .unwrap()
-            .to_string()
-            .contains("\"n\":3")
+        matches!(
+            outcome.result,
+            InvocationResult::ProcessExited(_) | InvocationResult::InitError { .. }
+        ),
+        "{outcome:?}"
+    );
+    let logs = outcome.logs();
+    assert!(
+        logs.contains("MAILBRIDGE_"),
+        "the startup error names the missing variable: {logs}"
     );
 }
 

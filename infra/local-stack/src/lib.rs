@@ -243,8 +243,26 @@ fn component<'a, T>(name: &str, started: &'a Result<T, String>) -> &'a T {
     }
 }
 
-/// The repository root (this crate lives in `<repo>/infra/local-stack`).
+/// The repository root, found at RUN time: the nearest ancestor holding
+/// `infra/local-stack/Cargo.toml` of `$CARGO_MANIFEST_DIR` (cargo sets it for tests and
+/// `cargo run`), else of the current directory, else the compile-time location of this crate.
+/// (Run time first: with a build cache shared by several checkouts, the compiled crate may come
+/// from another checkout.)
 pub fn repo_root() -> PathBuf {
+    fn find_from(start: &Path) -> Option<PathBuf> {
+        start
+            .ancestors()
+            .find(|dir| dir.join("infra/local-stack/Cargo.toml").is_file())
+            .map(Path::to_path_buf)
+    }
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .and_then(|dir| find_from(Path::new(&dir)))
+        .or_else(|| std::env::current_dir().ok().and_then(|dir| find_from(&dir)))
+        .unwrap_or_else(compile_time_repo_root)
+}
+
+/// Where this crate's sources were when it was compiled (`<repo>/infra/local-stack/../..`).
+pub fn compile_time_repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .ancestors()
         .nth(2)

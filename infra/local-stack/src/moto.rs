@@ -43,11 +43,21 @@ impl std::fmt::Debug for Moto {
     }
 }
 
-/// The project venv holding moto (`$MAILBRIDGE_VENV`, default `<repo>/.local/venv`).
+/// The project venv holding moto: `$MAILBRIDGE_VENV`, else `<repo>/.local/venv` of the
+/// repository found at run time ([`crate::repo_root`]), else that of the compile-time checkout.
 pub fn venv_dir() -> PathBuf {
-    std::env::var_os("MAILBRIDGE_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::repo_root().join(".local/venv"))
+    if let Some(venv) = std::env::var_os("MAILBRIDGE_VENV") {
+        return PathBuf::from(venv);
+    }
+    let primary = crate::repo_root().join(".local/venv");
+    if primary.join("bin/moto_server").exists() {
+        return primary;
+    }
+    let compiled = crate::compile_time_repo_root().join(".local/venv");
+    if compiled.join("bin/moto_server").exists() {
+        return compiled;
+    }
+    primary
 }
 
 impl Moto {

@@ -84,9 +84,19 @@ pub struct InvocationOutcome {
     pub duration: Duration,
     /// Process spawn → first `/next` (only on the first invocation of a process: a cold start).
     pub init_duration: Option<Duration>,
+    /// The process's stdout/stderr file (its logs, including earlier invocations).
+    pub log_path: Option<PathBuf>,
 }
 
 impl InvocationOutcome {
+    /// The process's logs (stdout/stderr) so far.
+    pub fn logs(&self) -> String {
+        self.log_path
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+
     /// The response body as JSON, or an error describing what happened instead.
     pub fn into_response(self) -> anyhow::Result<serde_json::Value> {
         match self.result {
@@ -136,14 +146,13 @@ struct Shared {
     init_error: Mutex<Option<(String, String)>>,
     init_error_notify: Notify,
     first_next: Mutex<Option<Instant>>,
+    spawned_at: Mutex<Option<Instant>>,
+    init_reported: Mutex<bool>,
     function_name: Mutex<String>,
 }
 
 struct Process {
     child: Child,
-    spawned_at: Instant,
-    init_reported: bool,
-    log_path: PathBuf,
 }
 
 /// A Runtime API endpoint serving one function process at a time.
@@ -153,6 +162,7 @@ pub struct RuntimeApi {
     shared: Arc<Shared>,
     events: mpsc::UnboundedSender<Pending>,
     process: Mutex<Option<Process>>,
+    last_log: Mutex<Option<PathBuf>>,
     server: tokio::task::JoinHandle<()>,
     log_dir: PathBuf,
 }
@@ -191,6 +201,7 @@ impl RuntimeApi {
             shared,
             events,
             process: Mutex::new(None),
+            last_log: Mutex::new(None),
             server,
             log_dir,
         })
@@ -267,12 +278,10 @@ impl RuntimeApi {
         let spawned_at = Instant::now();
         let child = crate::spawn_child(command, libc::SIGKILL)
             .with_context(|| format!("spawn {}", function.binary.display()))?;
-        *self.process.lock().expect("lock") = Some(Process {
-            child,
-            spawned_at,
-            init_reported: false,
-            log_path,
-        });
+        *self.shared.spawned_at.lock().expect("lock") = Some(spawned_at);
+        *self.shared.init_reported.lock().expect("lock") = false;
+        *self.last_log.lock().expect("lock") = Some(log_path.clone());
+        *self.process.lock().expect("lock") = Some(Process { child });
         Ok(())
     }
 
@@ -359,18 +368,19 @@ impl RuntimeApi {
             result,
             duration,
             init_duration,
+            log_path: self.log_path(),
         })
     }
 
     fn take_init_duration(&self) -> Option<Duration> {
-        let mut process = self.process.lock().expect("lock");
-        let process = process.as_mut()?;
-        if process.init_reported {
+        let mut reported = self.shared.init_reported.lock().expect("lock");
+        if *reported {
             return None;
         }
         let first_next = (*self.shared.first_next.lock().expect("lock"))?;
-        process.init_reported = true;
-        Some(first_next.saturating_duration_since(process.spawned_at))
+        let spawned_at = (*self.shared.spawned_at.lock().expect("lock"))?;
+        *reported = true;
+        Some(first_next.saturating_duration_since(spawned_at))
     }
 
     fn exit_status(&self) -> Option<String> {
@@ -383,7 +393,7 @@ impl RuntimeApi {
         }
     }
 
-    /// The running process's stdout/stderr so far (the function's logs).
+    /// The running (or last) process's stdout/stderr so far (the function's logs).
     pub fn logs(&self) -> String {
         self.log_path()
             .and_then(|p| std::fs::read_to_string(p).ok())
@@ -392,11 +402,7 @@ impl RuntimeApi {
 
     /// Path of the running (or last) process's log file.
     pub fn log_path(&self) -> Option<PathBuf> {
-        self.process
-            .lock()
-            .expect("lock")
-            .as_ref()
-            .map(|p| p.log_path.clone())
+        self.last_log.lock().expect("lock").clone()
     }
 
     /// Stop the function process (the API keeps serving; spawn another with
