@@ -6,7 +6,7 @@
 //! `UPDATE_SNAPSHOTS=1 cargo test -p mailbridge-shared --test parse_corpus` rewrites the
 //! snapshots (review the git diff before committing).
 
-use mailbridge::mail::{ParseOptions, TicketDraft, parse};
+use mailbridge::mail::{ParseOptions, TicketDraft, parse, parse_with_attachments};
 use std::path::{Path, PathBuf};
 
 /// The HMAC key the hand-written fixtures' markers were made with.
@@ -225,4 +225,43 @@ fn snapshots_are_valid_drafts_for_the_schema_field_names() {
             eml.display()
         );
     }
+}
+
+#[test]
+fn attachment_contents_match_the_listed_attachments() {
+    let opts = options();
+    let mut with_attachments = 0;
+    for eml in fixtures() {
+        let raw = std::fs::read(&eml).expect("fixture readable");
+        let Ok(parsed) = parse_with_attachments(&raw, &opts) else {
+            continue;
+        };
+        assert_eq!(
+            Ok(&parsed.draft),
+            parse(&raw, &opts).as_ref(),
+            "{}",
+            eml.display()
+        );
+        let listed = &parsed.draft.attachments;
+        assert_eq!(
+            listed.len(),
+            parsed.attachment_contents.len(),
+            "{}",
+            eml.display()
+        );
+        for (a, content) in listed.iter().zip(&parsed.attachment_contents) {
+            assert_eq!(
+                a.size,
+                content.len() as u64,
+                "{}: {:?}",
+                eml.display(),
+                a.filename
+            );
+        }
+        with_attachments += usize::from(!listed.is_empty());
+    }
+    assert!(
+        with_attachments > 10,
+        "fixtures with attachments: {with_attachments}"
+    );
 }

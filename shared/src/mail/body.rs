@@ -20,6 +20,8 @@ pub(crate) struct Bodies {
     pub delivery_status: Vec<String>,
     /// Header blocks of returned mail (`message/rfc822` heads, `text/rfc822-headers`).
     pub returned_headers: Vec<String>,
+    /// Decoded contents, one per entry of `attachments`, when asked for.
+    pub contents: Option<Vec<Vec<u8>>>,
 }
 
 /// Which body kinds a subtree may contribute (alternatives contribute only one each).
@@ -43,12 +45,16 @@ pub(crate) fn collect(
     message: &Message<'_>,
     raw: &[u8],
     charset_hint: Option<&'static encoding_rs::Encoding>,
+    keep_contents: bool,
 ) -> Bodies {
     let mut walk = Walk {
         message,
         raw,
         charset_hint,
-        out: Bodies::default(),
+        out: Bodies {
+            contents: keep_contents.then(Vec::new),
+            ..Bodies::default()
+        },
     };
     if !message.parts.is_empty() {
         walk.part(0, BOTH, 0);
@@ -182,6 +188,7 @@ impl Walk<'_, '_> {
         if ctype == "text" && subtype == "plain" && !attachment_like {
             if mode.text {
                 let text = self.text_of(part);
+                let text = self.extract_uuencoded(text);
                 self.out.text_parts.push(text);
                 return;
             }
@@ -221,6 +228,74 @@ impl Walk<'_, '_> {
         }
         let attachment = self.attachment(part, ctype, subtype);
         self.out.attachments.push(attachment);
+        if self.out.contents.is_some() {
+            let bytes = self.decoded_bytes(part).into_owned();
+            if let Some(contents) = self.out.contents.as_mut() {
+                contents.push(bytes);
+            }
+        }
+    }
+
+    /// Old mailers (Lotus Notes, early Outlook) put files into the text as uuencode blocks
+    /// (`begin 644 name` … `end`): those become attachments and leave the text.
+    fn extract_uuencoded(&mut self, text: String) -> String {
+        if !text.contains("begin ") {
+            return text;
+        }
+        let mut kept = String::with_capacity(text.len());
+        let mut lines = text.split_inclusive('\n').peekable();
+        let mut found = false;
+        while let Some(line) = lines.next() {
+            let Some(name) = uu_begin(line) else {
+                kept.push_str(line);
+                continue;
+            };
+            let mut size = 0u64;
+            let mut decoded = Vec::new();
+            let keep = self.out.contents.is_some();
+            let mut body_lines = Vec::new();
+            let mut closed = false;
+            for l in lines.by_ref() {
+                body_lines.push(l);
+                let t = l.trim_end();
+                if t == "end" {
+                    closed = true;
+                    break;
+                }
+                if let Some(&first) = t.as_bytes().first() {
+                    let n = u64::from((first.wrapping_sub(b' ')) & 0x3f);
+                    if first != b'`' {
+                        size += n;
+                        if keep {
+                            uudecode_line(t.as_bytes(), &mut decoded);
+                        }
+                    }
+                }
+                if body_lines.len() > 2_000_000 {
+                    break;
+                }
+            }
+            if !closed {
+                // Not a uuencode block after all: keep the text as it was.
+                kept.push_str(line);
+                for l in body_lines {
+                    kept.push_str(l);
+                }
+                continue;
+            }
+            found = true;
+            if let Some(contents) = self.out.contents.as_mut() {
+                contents.push(decoded);
+            }
+            self.out.attachments.push(Attachment {
+                content_type: content_type_for(&name).to_string(),
+                filename: Some(name),
+                size,
+                inline: false,
+                content_id: None,
+            });
+        }
+        if found { kept } else { text }
     }
 
     fn attachment(&self, part: &MessagePart<'_>, ctype: String, subtype: String) -> Attachment {
@@ -449,6 +524,56 @@ fn is_attachment_like(part: &MessagePart<'_>) -> bool {
     part.content_disposition()
         .is_some_and(|d| d.ctype().eq_ignore_ascii_case("attachment"))
         || part.attachment_name().is_some_and(|n| !n.trim().is_empty())
+}
+
+/// Appends the bytes of one uuencoded line (length character, then 4-for-3 groups).
+fn uudecode_line(line: &[u8], out: &mut Vec<u8>) {
+    let Some((&len, rest)) = line.split_first() else {
+        return;
+    };
+    let want = usize::from(len.wrapping_sub(b' ') & 0x3f);
+    let start = out.len();
+    for group in rest.chunks(4) {
+        let v: Vec<u8> = group.iter().map(|c| c.wrapping_sub(b' ') & 0x3f).collect();
+        let get = |i: usize| v.get(i).copied().unwrap_or(0);
+        out.push((get(0) << 2) | (get(1) >> 4));
+        out.push((get(1) << 4) | (get(2) >> 2));
+        out.push((get(2) << 6) | get(3));
+    }
+    out.truncate(start + want.min(out.len() - start));
+}
+
+/// `begin 644 file name.jpg` → `file name.jpg`.
+fn uu_begin(line: &str) -> Option<String> {
+    let rest = line.trim_end().strip_prefix("begin ")?;
+    let (mode, name) = rest.split_once(' ')?;
+    if !(3..=4).contains(&mode.len()) || !mode.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return None;
+    }
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// A content type from a file extension, for attachments that carry none (uuencode).
+fn content_type_for(name: &str) -> &'static str {
+    let ext = name
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "bmp" => "image/bmp",
+        "pdf" => "application/pdf",
+        "txt" | "log" => "text/plain",
+        "zip" => "application/zip",
+        "doc" => "application/msword",
+        "xls" => "application/vnd.ms-excel",
+        "docx" => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "xlsx" => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        _ => "application/octet-stream",
+    }
 }
 
 pub(crate) fn strip_angles(s: &str) -> &str {

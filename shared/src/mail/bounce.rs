@@ -141,11 +141,17 @@ pub(crate) fn extract(
 /// message", "Original message follows" and the like).
 fn split_returned_copy(text: &str) -> (&str, Option<&str>) {
     static COPY_MARKER: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r"(?im)^.*(below this line is a copy of the message|this is a copy of the message|original message follows|returned message follows|undelivered message follows|--- original message ---|original message headers|message headers follow|------ ?this is a copy).*$")
+        Regex::new(r"(?i)(below this line is a copy of the message|this is a copy of the message|original message follows|returned message follows|undelivered message follows|--- original message ---|original message headers|message headers follow|------ ?this is a copy)")
             .expect("static regex")
     });
     match COPY_MARKER.find(text) {
-        Some(m) => (&text[..m.start()], Some(&text[m.end()..])),
+        Some(m) => {
+            let line_start = text[..m.start()].rfind('\n').map_or(0, |p| p + 1);
+            let line_end = text[m.end()..]
+                .find('\n')
+                .map_or(text.len(), |p| m.end() + p);
+            (&text[..line_start], Some(&text[line_end..]))
+        }
         None => (text, None),
     }
 }

@@ -28,19 +28,46 @@ const MAX_HTML_TO_TEXT: usize = 4 * 1024 * 1024;
 /// Turns one raw message into a ticket draft. Any input yields a draft or a [`ParseError`];
 /// LF, CRLF and bare-CR line ends give the same draft.
 pub fn parse(raw: &[u8], opts: &ParseOptions) -> Result<TicketDraft, ParseError> {
+    parse_inner(raw, opts, false).map(|parsed| parsed.draft)
+}
+
+/// A draft together with the decoded content of each of its attachments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedMail {
+    /// The ticket draft, exactly as [`parse`] returns it.
+    pub draft: TicketDraft,
+    /// Decoded bytes of `draft.attachments[i]`, same order and length as the list.
+    pub attachment_contents: Vec<Vec<u8>>,
+}
+
+/// Like [`parse`], and also returns every attachment's decoded content (for the ticket API),
+/// in the order of `draft.attachments`. Costs one extra copy of the attachment bytes.
+pub fn parse_with_attachments(raw: &[u8], opts: &ParseOptions) -> Result<ParsedMail, ParseError> {
+    parse_inner(raw, opts, true)
+}
+
+fn parse_inner(
+    raw: &[u8],
+    opts: &ParseOptions,
+    keep_contents: bool,
+) -> Result<ParsedMail, ParseError> {
     let normalized = normalize::normalize(raw)?;
     let data = normalized.data.as_ref();
-    let message = MessageParser::default()
-        .parse(data)
-        .ok_or(ParseError::Unparseable)?;
+    static PARSER: std::sync::LazyLock<MessageParser> =
+        std::sync::LazyLock::new(MessageParser::default);
+    let message = PARSER.parse(data).ok_or(ParseError::Unparseable)?;
     if message.parts.is_empty() {
         return Err(ParseError::Unparseable);
     }
-    let mut draft = build_draft(&message, data, normalized.charset_hint, opts);
+    let (mut draft, contents) =
+        build_draft(&message, data, normalized.charset_hint, opts, keep_contents);
     // The MIME tree is no longer needed: free it before the reply text copies the body.
     drop(message);
     draft.reply_text = reply::reply_text(&draft.body_text);
-    Ok(draft)
+    Ok(ParsedMail {
+        draft,
+        attachment_contents: contents.unwrap_or_default(),
+    })
 }
 
 fn build_draft(
@@ -48,7 +75,8 @@ fn build_draft(
     raw: &[u8],
     charset_hint: Option<&'static encoding_rs::Encoding>,
     opts: &ParseOptions,
-) -> TicketDraft {
+    keep_contents: bool,
+) -> (TicketDraft, Option<Vec<Vec<u8>>>) {
     let headers = auto::Headers::new(message.headers_raw());
     let subject = message
         .subject()
@@ -74,7 +102,7 @@ fn build_draft(
             .map(|d| d.to_rfc3339())
     });
 
-    let mut bodies = body::collect(message, raw, charset_hint);
+    let mut bodies = body::collect(message, raw, charset_hint, keep_contents);
     let body_text = if !bodies.text_parts.is_empty() {
         join_texts(std::mem::take(&mut bodies.text_parts))
     } else if let Some(html) = &bodies.html {
@@ -137,7 +165,7 @@ fn build_draft(
         &subject,
     );
 
-    TicketDraft {
+    let draft = TicketDraft {
         message_id,
         subject,
         from,
@@ -157,7 +185,8 @@ fn build_draft(
         bounce,
         ticket_number,
         thread_source,
-    }
+    };
+    (draft, bodies.contents)
 }
 
 /// Thread detection in order of trust: verified marker (header or body footer), verified

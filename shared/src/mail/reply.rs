@@ -55,6 +55,17 @@ static SIGNATURE_LINE: LazyLock<Regex> = LazyLock::new(|| {
 /// How much of the body is searched for quote headers and signature delimiters.
 const MAX_SCAN_BYTES: usize = 1024 * 1024;
 
+/// Whether a (trimmed) line could start a signature: `--` or a mobile client's line.
+fn maybe_signature(trimmed: &str) -> bool {
+    if trimmed.starts_with("--") {
+        return true;
+    }
+    let head: String = trimmed.chars().take(8).collect::<String>().to_lowercase();
+    ["sent ", "get ", "von ", "envoy", "enviad"]
+        .iter()
+        .any(|p| head.starts_with(p))
+}
+
 /// The new part of `body`; `body` itself when nothing remains after stripping.
 pub(crate) fn reply_text(body: &str) -> String {
     let lines: Vec<&str> = body.lines().collect();
@@ -67,18 +78,28 @@ pub(crate) fn reply_text(body: &str) -> String {
         if scanned_bytes > MAX_SCAN_BYTES {
             break;
         }
-        if QUOTE_HEADER_LINE.is_match(line) && !line.trim_start().starts_with('>') {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('>') {
+            continue;
+        }
+        // Cheap byte checks first; the regexes only see lines that could match.
+        let ends_with_colon = trimmed.ends_with(':');
+        let rule_line = trimmed.starts_with("--") || trimmed.starts_with("__");
+        if (ends_with_colon || rule_line) && QUOTE_HEADER_LINE.is_match(line) {
             end = i;
             break;
         }
-        if WRAPPED_ATTRIBUTION.is_match(line)
-            && lines.get(i + 1).is_some_and(|n| WROTE_ALONE.is_match(n))
-            && !line.trim_start().starts_with('>')
+        if lines.get(i + 1).is_some_and(|n| {
+            n.trim_end().ends_with(':')
+                && !n.trim_start().starts_with('>')
+                && WROTE_ALONE.is_match(n)
+        }) && WRAPPED_ATTRIBUTION.is_match(line)
         {
             end = i;
             break;
         }
-        if OUTLOOK_FROM.is_match(line) {
+        let colon_early = trimmed.bytes().take(14).any(|b| b == b':');
+        if colon_early && OUTLOOK_FROM.is_match(line) {
             let following = lines[i + 1..]
                 .iter()
                 .take(6)
@@ -89,7 +110,7 @@ pub(crate) fn reply_text(body: &str) -> String {
                 break;
             }
         }
-        if SIGNATURE_LINE.is_match(line) {
+        if maybe_signature(trimmed) && SIGNATURE_LINE.is_match(line) {
             end = i;
             break;
         }

@@ -107,6 +107,13 @@ pub fn message_id_with_unique(reference: &str, unique: &str, domain: &str) -> St
 
 /// The first genuine ticket reference in `text` (a footer `[ref:...]` marker), if any.
 pub fn find_footer_marker(text: &str, key: &[u8]) -> Option<String> {
+    if !text
+        .as_bytes()
+        .windows(3)
+        .any(|w| w.eq_ignore_ascii_case(b"ref"))
+    {
+        return None;
+    }
     FOOTER_MARKER.captures_iter(text).find_map(|c| {
         let reference = format!("{}.{}", &c[1], &c[2]);
         verify_reference(&reference, key)

@@ -1,0 +1,168 @@
+//! Parse throughput of `mailbridge::mail::parse` (MB/s, mails/s) on a mail corpus, side by side
+//! with Python's stdlib `email` doing the same work in the same run
+//! (`infra/bench/parse_python.py`).
+//!
+//! `cargo bench -p mailbridge-shared --bench parse_throughput [-- DIR ...]`
+//! Default corpus: `tests/fixtures/mail`, plus `../shared/corpus/{bounces,rt,not-bounces}` when
+//! present. Single-threaded on both sides. Prints numbers; asserts nothing.
+
+use mailbridge::mail::{ParseOptions, parse};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const MIN_TIME: Duration = Duration::from_secs(3);
+
+fn load(dir: &Path) -> Vec<Vec<u8>> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && (p.extension().is_some_and(|e| e == "eml") || p.extension().is_none())
+            })
+            .collect(),
+        Err(_) => return Vec::new(),
+    };
+    files.sort();
+    files
+        .into_iter()
+        .filter_map(|p| std::fs::read(p).ok())
+        .filter(|raw| !raw.is_empty())
+        .collect()
+}
+
+struct Measured {
+    files: usize,
+    bytes: usize,
+    seconds: f64,
+    iterations: usize,
+}
+
+impl Measured {
+    fn mb_per_s(&self) -> f64 {
+        (self.bytes * self.iterations) as f64 / self.seconds / 1e6
+    }
+    fn mails_per_s(&self) -> f64 {
+        (self.files * self.iterations) as f64 / self.seconds
+    }
+}
+
+fn bench_rust(mails: &[Vec<u8>]) -> Measured {
+    let opts = ParseOptions {
+        thread_key: Some(b"bench-thread-key".to_vec()),
+        own_addresses: vec!["helpdesk@mailbridge.test".into()],
+        ..ParseOptions::default()
+    };
+    for raw in mails {
+        let _ = std::hint::black_box(parse(raw, &opts));
+    }
+    let start = Instant::now();
+    let mut iterations = 0;
+    while start.elapsed() < MIN_TIME {
+        for raw in mails {
+            let _ = std::hint::black_box(parse(std::hint::black_box(raw), &opts));
+        }
+        iterations += 1;
+    }
+    Measured {
+        files: mails.len(),
+        bytes: mails.iter().map(Vec::len).sum(),
+        seconds: start.elapsed().as_secs_f64(),
+        iterations,
+    }
+}
+
+fn bench_python(dir: &Path, policy: &str) -> Option<(f64, f64)> {
+    if std::env::var_os("MAILBRIDGE_BENCH_RUST_ONLY").is_some() {
+        return None;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/bench/parse_python.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args(["--min-seconds", "3", "--policy", policy])
+        .arg(dir)
+        .output()
+        .ok()?;
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+    Some((v["mb_per_s"].as_f64()?, v["mails_per_s"].as_f64()?))
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let dirs: Vec<PathBuf> = if args.is_empty() {
+        let mut d = vec![root.join("tests/fixtures/mail")];
+        for sub in ["bounces", "rt", "not-bounces"] {
+            let p = root.join("../shared/corpus").join(sub);
+            if p.is_dir() {
+                d.push(p);
+            }
+        }
+        d
+    } else {
+        args.iter().map(PathBuf::from).collect()
+    };
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("parse throughput, single thread ({cores} cores available)");
+    println!(
+        "{:<34} {:>6} {:>9} {:>11} {:>11} {:>12} {:>12} {:>8} {:>12}",
+        "corpus",
+        "files",
+        "KiB",
+        "rust MB/s",
+        "rust mail/s",
+        "py MB/s",
+        "py mail/s",
+        "ratio",
+        "py(default)"
+    );
+    for dir in dirs {
+        let mails = load(&dir);
+        if mails.is_empty() {
+            continue;
+        }
+        let rust = bench_rust(&mails);
+        let py = bench_python(&dir, "compat32");
+        let py_default = bench_python(&dir, "default");
+        let name = dir
+            .canonicalize()
+            .unwrap_or(dir.clone())
+            .display()
+            .to_string();
+        let name = name
+            .rsplit("/")
+            .take(2)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("/");
+        match py {
+            Some((py_mb, py_mails)) => println!(
+                "{:<34} {:>6} {:>9} {:>11.1} {:>11.0} {:>12.2} {:>12.0} {:>7.1}x {:>11.2}",
+                name,
+                rust.files,
+                rust.bytes / 1024,
+                rust.mb_per_s(),
+                rust.mails_per_s(),
+                py_mb,
+                py_mails,
+                rust.mb_per_s() / py_mb,
+                py_default.map_or(f64::NAN, |p| p.0),
+            ),
+            None => println!(
+                "{:<34} {:>6} {:>9} {:>11.1} {:>11.0}   (python3 not available)",
+                name,
+                rust.files,
+                rust.bytes / 1024,
+                rust.mb_per_s(),
+                rust.mails_per_s()
+            ),
+        }
+    }
+}
