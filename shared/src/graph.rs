@@ -402,13 +402,13 @@ pub struct GraphClient {
 
 impl GraphClient {
     /// `base_url` like `https://graph.microsoft.com/v1.0`; plain http only for loopback hosts.
+    ///
+    /// The HTTP client is [`crate::http::default_client`]: TLS verification on and **no
+    /// redirects followed** (a redirected POST would be re-sent, or turned into a GET whose 2xx
+    /// looked like a sent mail, at another host).
     pub fn new(base_url: &str) -> Result<Self, GraphConfigError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(50))
-            .user_agent(concat!("mailbridge/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| GraphConfigError::Client(e.to_string()))?;
+        let http =
+            crate::http::default_client().map_err(|e| GraphConfigError::Client(e.to_string()))?;
         Self::with_http(http, base_url)
     }
 

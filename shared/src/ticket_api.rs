@@ -185,8 +185,9 @@ impl TicketApiAuth {
                     key: SecretString::from(field("key")?),
                 })
             }
-            other => Err(format!(
-                "secret {secret_name}: field `type` is {other:?}, expected \"bearer\", \"api_key\" or \"none\""
+            // The value is not echoed: a key pasted into the wrong field must not reach a log.
+            _ => Err(format!(
+                "secret {secret_name}: field `type` must be \"bearer\", \"api_key\" or \"none\""
             )),
         }
     }

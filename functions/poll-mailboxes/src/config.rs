@@ -83,9 +83,15 @@ pub struct ConfigError {
     pub problem: String,
 }
 
-/// Check a URL: https anywhere, http only on loopback hosts.
+/// Check a URL: https anywhere, http only on loopback hosts, no `user:password@` (credentials
+/// belong in `ticket_api_secret`; a URL is logged and shown in errors).
 pub fn validate_target_url(url: &str) -> Result<(), String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("is not a URL ({e})"))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(
+            "must not contain credentials (user:password@); put them in ticket_api_secret".into(),
+        );
+    }
     match parsed.scheme() {
         "https" => Ok(()),
         "http" => {

@@ -1,0 +1,371 @@
+//! Fault-matrix rows of issue 9 not covered by the function helpers' tests (see RELIABILITY.md):
+//! the DLQ unavailable while a message must be parked, a folder whose UIDVALIDITY changed with
+//! already-ticketed mail restored into it, a configured folder that does not exist, and a
+//! malformed ticket API secret.
+//!
+//! Each test owns its queue, table, tenant, IMAP user and ticket sink path, so they run in
+//! parallel on the shared stack.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use aws_sdk_sqs::types::QueueAttributeName;
+use local_stack::identity::{AppRegistration, UserAccount};
+use mailbridge::graph::GraphClient;
+use mailbridge::state::DynamoIdempotencyStore;
+use mailbridge::ticket_api::RetryPolicy;
+use mailbridge::token::{
+    AccountSecret, IdentityClient, SecretsManagerStore, TokenService, TokenServiceConfig,
+};
+use mailbridge_tests::{
+    create_queue_with_dlq, create_state_table, dynamodb, put_secret, sqs, stack, unique,
+    unique_user,
+};
+use poll_mailboxes::convert::ParseContext;
+use poll_mailboxes::dynamo::{DynamoStateStore, put_mailbox_config};
+use poll_mailboxes::imap_adapter::ImapConnector;
+use poll_mailboxes::ports::MailboxStatus;
+use poll_mailboxes::sinks::WebhookSinkFactory;
+use poll_mailboxes::{PollDeps, PollReport};
+use send_notifications::ports::{SqsParking, SqsVisibility};
+use send_notifications::settings::BatchSettings;
+use send_notifications::thread::ThreadKey;
+use send_notifications::{Deps, Outcome, process_batch};
+use serde_json::json;
+use tokio::time::Instant;
+
+const PASSWORD: &str = "fault-matrix password";
+
+fn token_service() -> Arc<TokenService> {
+    Arc::new(TokenService::new(
+        Arc::new(SecretsManagerStore::from_conf(&stack().moto().sdk_config())),
+        IdentityClient::new(mailbridge::http::default_client().unwrap()),
+        TokenServiceConfig {
+            default_timeout: Duration::from_secs(10),
+            ..TokenServiceConfig::default()
+        },
+    ))
+}
+
+/// An account secret (password only) for a new user of a new tenant; returns (upn, account).
+async fn new_account(prefix: &str) -> (String, String) {
+    let idp = stack().identity();
+    let tenant = format!("{}.onmicrosoft.com", unique("tenant"));
+    let client_id = uuid::Uuid::new_v4().to_string();
+    idp.register_app(AppRegistration::mailbridge(&tenant, &client_id));
+    let upn = unique_user(prefix);
+    idp.register_user(UserAccount::new(&tenant, &upn, PASSWORD));
+    let account = unique("acct");
+    let mut secret = AccountSecret::new(&tenant, &client_id, &upn);
+    secret.authority_host = idp.base_url.clone();
+    secret.password = Some(PASSWORD.into());
+    put_secret(&format!("mailbridge/{account}"), &secret.to_json())
+        .await
+        .unwrap();
+    (upn, account)
+}
+
+#[tokio::test]
+async fn dlq_unavailable_the_message_is_reported_failed_and_stays_on_the_queue() {
+    let (queue_url, dlq_url) = create_queue_with_dlq(&unique("fm-dlq"), 5).await.unwrap();
+    let arn = sqs()
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+        .cloned()
+        .unwrap();
+    let invalid = json!({
+        "version": 1,
+        "account": "mailbridge/whoever",
+        "to": [{"address": "a@example.com\r\nBcc: evil@attacker.example"}],
+        "subject": "invalid, must be parked",
+        "body": {"content_type": "text", "content": "x"}
+    });
+    sqs()
+        .send_message()
+        .queue_url(&queue_url)
+        .message_body(invalid.to_string())
+        .send()
+        .await
+        .unwrap();
+    let received = sqs()
+        .receive_message()
+        .queue_url(&queue_url)
+        .wait_time_seconds(2)
+        .visibility_timeout(1)
+        .send()
+        .await
+        .unwrap();
+    let m = &received.messages()[0];
+    let mut record = SqsMessage::default();
+    record.message_id = m.message_id().map(str::to_owned);
+    record.receipt_handle = m.receipt_handle().map(str::to_owned);
+    record.body = m.body().map(str::to_owned);
+    record.event_source_arn = Some(arn);
+    record.attributes = HashMap::new();
+    let mut event = SqsEvent::default();
+    event.records = vec![record];
+    let message_id = m.message_id().unwrap().to_owned();
+
+    // The DLQ goes away (deleted, or the role lost sqs:SendMessage).
+    sqs()
+        .delete_queue()
+        .queue_url(&dlq_url)
+        .send()
+        .await
+        .unwrap();
+
+    let aws = stack().moto().sdk_config();
+    let sqs_client = aws_sdk_sqs::Client::new(&aws);
+    let table = create_state_table("fm-dlq").await.unwrap();
+    let deps = Deps {
+        tokens: token_service(),
+        mail: Arc::new(GraphClient::new(&stack().graph().v1_url()).unwrap()),
+        idempotency: Arc::new(DynamoIdempotencyStore::new(
+            aws_sdk_dynamodb::Client::new(&aws),
+            table,
+        )),
+        parking: Arc::new(SqsParking::new(sqs_client.clone(), dlq_url.clone())),
+        visibility: Arc::new(SqsVisibility::new(sqs_client)),
+        thread_key: ThreadKey::from_secret_value("fault-matrix-thread-key").unwrap(),
+        settings: BatchSettings::default(),
+    };
+    let report = process_batch(event, Instant::now() + Duration::from_secs(30), &deps).await;
+    let outcome = &report.messages[0].outcome;
+    let Outcome::ParkFailed { reason } = outcome else {
+        panic!("expected ParkFailed, got {outcome:?}");
+    };
+    assert!(
+        reason.contains("to[0].address"),
+        "names the bad field: {reason}"
+    );
+    let failures: Vec<&str> = report
+        .response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(failures, [message_id.as_str()], "reported, so SQS keeps it");
+
+    // Not lost: SQS delivers it again once the visibility timeout passes.
+    let mut again = Vec::new();
+    for _ in 0..5 {
+        let out = sqs()
+            .receive_message()
+            .queue_url(&queue_url)
+            .wait_time_seconds(2)
+            .send()
+            .await
+            .unwrap();
+        again.extend(
+            out.messages()
+                .iter()
+                .filter_map(|m| m.message_id().map(str::to_owned)),
+        );
+        if !again.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(again, [message_id], "the message is still on the queue");
+}
+
+/// A state table, a ticket sink path and poller deps against the shared Dovecot.
+struct Poller {
+    table: String,
+    sink: String,
+    deps: PollDeps,
+}
+
+impl Poller {
+    async fn new() -> Poller {
+        let aws = stack().moto().sdk_config();
+        let table = create_state_table("fm-poll").await.unwrap();
+        let dovecot = stack().dovecot();
+        let deps = PollDeps {
+            tokens: token_service(),
+            connector: Arc::new(
+                ImapConnector::new(Some(&dovecot.ca_pem_path), Duration::from_secs(10)).unwrap(),
+            ),
+            state: Arc::new(DynamoStateStore::new(dynamodb(), &table)),
+            sinks: Arc::new(WebhookSinkFactory::new(
+                mailbridge::http::default_client().unwrap(),
+                aws_sdk_secretsmanager::Client::new(&aws),
+                RetryPolicy {
+                    initial_backoff: Duration::from_millis(20),
+                    max_backoff: Duration::from_millis(500),
+                    max_attempts: 3,
+                    attempt_timeout: Duration::from_secs(5),
+                },
+            )),
+            parse: ParseContext { thread_key: None },
+            max_concurrent_mailboxes: 4,
+            deadline_margin: Duration::from_secs(2),
+            dedupe_ttl: Duration::from_secs(3600),
+        };
+        Poller {
+            table,
+            sink: unique("fm-sink"),
+            deps,
+        }
+    }
+
+    async fn mailbox(&self, name: &str, user: &str, account: &str, extra: serde_json::Value) {
+        let mut fields = json!({
+            "user": user,
+            "account": account,
+            "host": "localhost",
+            "port": stack().dovecot().imaps_port,
+            "ticket_api_url": stack().tickets().sink_url(&self.sink),
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            fields[k] = v.clone();
+        }
+        put_mailbox_config(&dynamodb(), &self.table, name, &fields)
+            .await
+            .unwrap();
+    }
+
+    async fn poll(&self) -> PollReport {
+        poll_mailboxes::poll_once(&self.deps, None, Instant::now() + Duration::from_secs(60))
+            .await
+            .unwrap()
+    }
+}
+
+fn status<'a>(report: &'a PollReport, name: &str) -> &'a MailboxStatus {
+    report
+        .mailboxes
+        .iter()
+        .find(|s| s.mailbox == name)
+        .unwrap_or_else(|| panic!("no status for {name}: {report:?}"))
+}
+
+fn mail(id: &str, subject: &str) -> Vec<u8> {
+    format!(
+        "From: Ann Example <ann@customer.example>\r\nTo: helpdesk@example.com\r\nSubject: {subject}\r\n\
+         Date: Sat, 28 Nov 2026 10:00:00 +0000\r\nMessage-ID: <{id}@customer.example>\r\n\
+         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nPlease help.\r\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uidvalidity_change_with_restored_mail_makes_no_duplicate_tickets() {
+    let p = Poller::new().await;
+    let dovecot = stack().dovecot();
+    let (user, account) = new_account("fm-uidvalidity").await;
+    p.mailbox("uv", &user, &account, json!({})).await;
+    let first = mail(&unique("uv-1"), "Printer on fire");
+    dovecot.deliver_to(&user, "INBOX", &first).unwrap();
+    let report = p.poll().await;
+    assert_eq!(status(&report, "uv").outcome, "ok", "{report:?}");
+    assert_eq!(stack().tickets().tickets(&p.sink).len(), 1);
+    let before = dovecot.mailbox_status(&user, "INBOX").unwrap().uidvalidity;
+
+    // The folder is rebuilt/restored: new UIDVALIDITY, the already-ticketed mail is back in the
+    // INBOX with a new UID, next to one genuinely new mail.
+    dovecot
+        .set_uidvalidity(&user, "INBOX", before.wrapping_add(1000))
+        .unwrap();
+    dovecot.deliver_to(&user, "INBOX", &first).unwrap();
+    dovecot
+        .deliver_to(&user, "INBOX", &mail(&unique("uv-2"), "Scanner jammed"))
+        .unwrap();
+    let report = p.poll().await;
+    let s = status(&report, "uv");
+    assert_eq!(s.outcome, "ok", "{report:?}");
+    assert_eq!(s.tickets_created, 1, "only the new mail: {s:?}");
+    assert_eq!(s.duplicates, 1, "the restored mail is a duplicate: {s:?}");
+    assert_ne!(s.uid_validity, Some(before), "{s:?}");
+    let tickets = stack().tickets().tickets(&p.sink);
+    assert_eq!(tickets.len(), 2, "no second ticket for the restored mail");
+    assert_eq!(dovecot.list_messages(&user, "INBOX").unwrap().len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_folder_fails_that_mailbox_with_its_name_and_the_others_are_polled() {
+    let p = Poller::new().await;
+    let dovecot = stack().dovecot();
+    let (user, account) = new_account("fm-folder").await;
+    p.mailbox(
+        "nofolder",
+        &user,
+        &account,
+        json!({"folder": "Helpdesk/DoesNotExist"}),
+    )
+    .await;
+    let (good_user, good_account) = new_account("fm-folder-good").await;
+    p.mailbox("good", &good_user, &good_account, json!({}))
+        .await;
+    dovecot
+        .deliver_to(&user, "INBOX", &mail(&unique("nf"), "stays put"))
+        .unwrap();
+    dovecot
+        .deliver_to(&good_user, "INBOX", &mail(&unique("g"), "gets a ticket"))
+        .unwrap();
+    let report = p.poll().await;
+    let s = status(&report, "nofolder");
+    assert_eq!(s.outcome, "failed", "{report:?}");
+    let reason = s.reason.as_deref().unwrap_or_default();
+    assert!(reason.contains("Helpdesk/DoesNotExist"), "{reason}");
+    assert_eq!(status(&report, "good").outcome, "ok", "{report:?}");
+    assert_eq!(stack().tickets().tickets(&p.sink).len(), 1);
+    assert_eq!(report.mailboxes_failed, 1);
+    assert_eq!(dovecot.list_messages(&user, "INBOX").unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_or_missing_ticket_api_secret_leaves_the_mail_and_names_the_secret() {
+    let p = Poller::new().await;
+    let dovecot = stack().dovecot();
+    let (user, account) = new_account("fm-tsecret").await;
+    let malformed = format!("mailbridge/ticket-api/{}", unique("fm-malformed"));
+    put_secret(&malformed, r#"{"type":"api_key","header":"X-API-Key""#)
+        .await
+        .unwrap();
+    let missing = format!("mailbridge/ticket-api/{}", unique("fm-missing"));
+    p.mailbox(
+        "malformed",
+        &user,
+        &account,
+        json!({"ticket_api_secret": malformed}),
+    )
+    .await;
+    let (other_user, other_account) = new_account("fm-tsecret-missing").await;
+    p.mailbox(
+        "missing",
+        &other_user,
+        &other_account,
+        json!({"ticket_api_secret": missing}),
+    )
+    .await;
+    dovecot
+        .deliver_to(&user, "INBOX", &mail(&unique("ts"), "waits"))
+        .unwrap();
+    dovecot
+        .deliver_to(&other_user, "INBOX", &mail(&unique("ts2"), "waits too"))
+        .unwrap();
+    let report = p.poll().await;
+    for (name, secret, upn) in [
+        ("malformed", &malformed, &user),
+        ("missing", &missing, &other_user),
+    ] {
+        let s = status(&report, name);
+        assert_ne!(s.outcome, "ok", "{report:?}");
+        let reason = s.reason.as_deref().unwrap_or_default();
+        assert!(reason.contains(secret.as_str()), "{name}: {reason}");
+        assert_eq!(
+            dovecot.list_messages(upn, "INBOX").unwrap().len(),
+            1,
+            "{name}: the mail waits in the INBOX"
+        );
+    }
+    assert!(stack().tickets().tickets(&p.sink).is_empty());
+}
