@@ -369,3 +369,132 @@ async fn a_malformed_or_missing_ticket_api_secret_leaves_the_mail_and_names_the_
     }
     assert!(stack().tickets().tickets(&p.sink).is_empty());
 }
+
+/// Build the SQS event for `bodies` sent to a fresh queue (records as Lambda delivers them).
+async fn event_for(bodies: &[serde_json::Value]) -> SqsEvent {
+    let (queue_url, _dlq) = create_queue_with_dlq(&unique("fm-graph"), 5).await.unwrap();
+    for body in bodies {
+        sqs()
+            .send_message()
+            .queue_url(&queue_url)
+            .message_body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+    }
+    let mut records = Vec::new();
+    for _ in 0..20 {
+        if records.len() >= bodies.len() {
+            break;
+        }
+        let out = sqs()
+            .receive_message()
+            .queue_url(&queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        for m in out.messages() {
+            let mut record = SqsMessage::default();
+            record.message_id = m.message_id().map(str::to_owned);
+            record.receipt_handle = m.receipt_handle().map(str::to_owned);
+            record.body = m.body().map(str::to_owned);
+            records.push(record);
+        }
+    }
+    assert_eq!(records.len(), bodies.len());
+    let mut event = SqsEvent::default();
+    event.records = records;
+    event
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_503_and_connection_resets_in_a_batch_lose_nothing_and_send_nothing_twice() {
+    let (upn, account) = new_account("fm-graph").await;
+    let graph = stack().graph();
+    let aws = stack().moto().sdk_config();
+    let (_q, dlq_url) = create_queue_with_dlq(&unique("fm-graph-park"), 5)
+        .await
+        .unwrap();
+    let sqs_client = aws_sdk_sqs::Client::new(&aws);
+    let deps = Deps {
+        tokens: token_service(),
+        mail: Arc::new(GraphClient::new(&graph.v1_url()).unwrap()),
+        idempotency: Arc::new(DynamoIdempotencyStore::new(
+            aws_sdk_dynamodb::Client::new(&aws),
+            create_state_table("fm-graph").await.unwrap(),
+        )),
+        parking: Arc::new(SqsParking::new(sqs_client.clone(), dlq_url)),
+        visibility: Arc::new(SqsVisibility::new(sqs_client)),
+        thread_key: ThreadKey::from_secret_value("fault-matrix-thread-key").unwrap(),
+        settings: BatchSettings {
+            safety_margin: Duration::from_secs(1),
+            ..BatchSettings::default()
+        },
+    };
+    let subjects: Vec<String> = (0..4).map(|i| format!("graph fault {i}")).collect();
+    let bodies: Vec<serde_json::Value> = subjects
+        .iter()
+        .map(|s| {
+            json!({
+                "version": 1,
+                "account": format!("mailbridge/{account}"),
+                "to": [{"address": "customer@example.com"}],
+                "subject": s,
+                "body": {"content_type": "text", "content": "x"}
+            })
+        })
+        .collect();
+    let event = event_for(&bodies).await;
+    graph.fail_503(&upn, 2, None);
+    graph.reset_connections(&upn, 1);
+
+    let accepted = |subject: &str| {
+        graph
+            .accepted(&upn)
+            .iter()
+            .filter(|a| a.request["message"]["subject"] == subject)
+            .count()
+    };
+    let report = process_batch(
+        event.clone(),
+        Instant::now() + Duration::from_secs(30),
+        &deps,
+    )
+    .await;
+    let failed: Vec<String> = report
+        .response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    for (record, subject) in event.records.iter().zip(&subjects) {
+        let id = record.message_id.clone().unwrap();
+        let sent = accepted(subject);
+        assert!(sent <= 1, "{subject} sent {sent} times");
+        assert!(
+            (sent == 1) != failed.contains(&id),
+            "{subject}: sent {sent}, reported failed {}: {report:?}",
+            failed.contains(&id)
+        );
+    }
+    // Three requests met a fault (two 503s, one reset); each item is sent or reported.
+    assert!(
+        graph.request_count(&upn) >= 4 && !failed.is_empty(),
+        "the faults were hit: {} requests, failed {failed:?}",
+        graph.request_count(&upn)
+    );
+
+    // SQS redelivers the whole batch: what was sent is a duplicate, the rest is sent now.
+    let report = process_batch(
+        event.clone(),
+        Instant::now() + Duration::from_secs(30),
+        &deps,
+    )
+    .await;
+    assert!(report.response.batch_item_failures.is_empty(), "{report:?}");
+    for subject in &subjects {
+        assert_eq!(accepted(subject), 1, "{subject} exactly once");
+    }
+}
