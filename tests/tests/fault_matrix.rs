@@ -1,7 +1,8 @@
 //! Fault-matrix rows of issue 9 not covered by the function helpers' tests (see RELIABILITY.md):
 //! the DLQ unavailable while a message must be parked, a folder whose UIDVALIDITY changed with
 //! already-ticketed mail restored into it, a configured folder that does not exist, and a
-//! malformed ticket API secret.
+//! malformed ticket API secret, Graph 503s and connection resets inside a batch, and an IMAP
+//! server whose certificate is not trusted.
 //!
 //! Each test owns its queue, table, tenant, IMAP user and ticket sink path, so they run in
 //! parallel on the shared stack.
@@ -497,4 +498,31 @@ async fn graph_503_and_connection_resets_in_a_batch_lose_nothing_and_send_nothin
     for subject in &subjects {
         assert_eq!(accepted(subject), 1, "{subject} exactly once");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imap_server_with_an_untrusted_certificate_is_refused_and_the_mail_stays() {
+    let mut p = Poller::new().await;
+    // The production connector without the local stack's CA: only the OS trust store.
+    p.deps.connector = Arc::new(ImapConnector::new(None, Duration::from_secs(10)).unwrap());
+    let dovecot = stack().dovecot();
+    let (user, account) = new_account("fm-tls").await;
+    p.mailbox("untrusted", &user, &account, json!({})).await;
+    dovecot
+        .deliver_to(
+            &user,
+            "INBOX",
+            &mail(&unique("tls"), "not over an unverified link"),
+        )
+        .unwrap();
+    let report = p.poll().await;
+    let s = status(&report, "untrusted");
+    assert_eq!(s.outcome, "failed", "{report:?}");
+    let reason = s.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("TLS") && reason.contains("certificate"),
+        "names the TLS problem: {reason}"
+    );
+    assert!(stack().tickets().tickets(&p.sink).is_empty());
+    assert_eq!(dovecot.list_messages(&user, "INBOX").unwrap().len(), 1);
 }
