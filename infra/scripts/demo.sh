@@ -6,4 +6,6 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 bash infra/scripts/install-prerequisites.sh
+# the demo runs the real send-notifications and poll-mailboxes bootstraps, found next to local-stack
+cargo build -q --workspace --bins
 cargo run -q -p mailbridge-local-stack --bin local-stack -- demo "$@"

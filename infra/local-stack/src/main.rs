@@ -137,149 +137,491 @@ fn step(n: u32, text: &str) {
     println!("\n[{n}] {text}");
 }
 
+/// An AWS SDK error with its service error spelled out.
+fn sdk<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> anyhow::Error + '_ {
+    move |e| anyhow::anyhow!("{what}: {e:?}")
+}
+
+/// A workspace binary built by `cargo build --workspace --bins` (demo.sh runs it first): it lives
+/// next to this executable in `<target>/debug/`, like `tests/src/lib.rs` finds them. This crate
+/// cannot depend on the function crates, so they are located, not linked.
+fn bootstrap(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("{} has no parent folder", exe.display()))?;
+    let path = dir.join(name);
+    if !path.exists() {
+        anyhow::bail!(
+            "{} is missing: run `cargo build --workspace --bins` first (demo.sh does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Wait until `folder` of `user` holds at least one message; return the messages.
+async fn wait_for_mail(
+    dovecot: &std::sync::Arc<local_stack::dovecot::Dovecot>,
+    user: &str,
+    folder: &str,
+) -> anyhow::Result<Vec<local_stack::dovecot::StoredMessage>> {
+    for _ in 0..50 {
+        let (d, u, f) = (dovecot.clone(), user.to_owned(), folder.to_owned());
+        let listed = tokio::task::spawn_blocking(move || d.list_messages(&u, &f)).await?;
+        if let Ok(messages) = listed
+            && !messages.is_empty()
+        {
+            return Ok(messages);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("no mail arrived in {user}/{folder} within 10 s")
+}
+
+const DEMO_TENANT: &str = "contoso-demo.onmicrosoft.com";
+const DEMO_CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
+const HELPDESK: &str = "helpdesk@contoso-demo.example";
+const HELPDESK_PASSWORD: &str = "demo-password-not-a-secret";
+const CUSTOMER: &str = "alice@customer.example";
+const ACCOUNT: &str = "mailbridge/helpdesk";
+const THREAD_KEY_SECRET: &str = "mailbridge/thread-key";
+const STATE_TABLE: &str = "mailbridge-demo-state";
+const TICKET: &str = "4711";
+
 async fn demo(stack: &LocalStack) -> anyhow::Result<()> {
     use anyhow::Context;
-    step(1, "local stack");
-    let all_up = print_summary(stack);
-    if !all_up {
+    use mailbridge::token::{AccountSecret, IdentityClient, SecretsManagerStore, SystemClock};
+    use std::time::Duration;
+
+    println!("\nlocal stack:");
+    if !print_summary(stack) {
         println!("  (some components are down; the steps that need them will fail)");
     }
-
-    step(
-        2,
-        "moto: SQS queue, DynamoDB state table, Secrets Manager secret",
-    );
     let moto = stack
         .try_moto()
         .map_err(|e| anyhow::anyhow!("moto did not start: {e}"))?;
-    let config = moto.sdk_config();
-    let sqs = aws_sdk_sqs::Client::new(&config);
+    let identity = stack
+        .try_identity()
+        .map_err(|e| anyhow::anyhow!("identity stand-in did not start: {e}"))?;
+    let graph = stack
+        .try_graph()
+        .map_err(|e| anyhow::anyhow!("Graph stand-in did not start: {e}"))?;
+    let tickets = stack
+        .try_tickets()
+        .map_err(|e| anyhow::anyhow!("ticket API stand-in did not start: {e}"))?;
+    let dovecot = stack
+        .try_dovecot()
+        .map_err(|e| anyhow::anyhow!("Dovecot did not start: {e}"))?
+        .clone();
+    let send_binary = bootstrap("send-notifications")?;
+    let poll_binary = bootstrap("poll-mailboxes")?;
+    let aws = moto.sdk_config();
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let dynamodb = aws_sdk_dynamodb::Client::new(&aws);
+    let secrets = aws_sdk_secretsmanager::Client::new(&aws);
+
+    // ---------------------------------------------------------------------------------------
+    step(
+        1,
+        "account secret: ROPC sign-in at the identity stand-in, refresh token stored in Secrets Manager",
+    );
+    identity.register_app(local_stack::identity::AppRegistration::mailbridge(
+        DEMO_TENANT,
+        DEMO_CLIENT_ID,
+    ));
+    identity.register_user(local_stack::identity::UserAccount::new(
+        DEMO_TENANT,
+        HELPDESK,
+        HELPDESK_PASSWORD,
+    ));
+    let mut account = AccountSecret::new(DEMO_TENANT, DEMO_CLIENT_ID, HELPDESK);
+    account.authority_host = identity.base_url.clone();
+    let store = SecretsManagerStore::from_conf(&aws);
+    let identity_client = IdentityClient::new(mailbridge::http::default_client()?);
+    let login = mailbridge::token::login::password_login(
+        &store,
+        &identity_client,
+        ACCOUNT,
+        account,
+        secrecy::SecretString::from(HELPDESK_PASSWORD),
+        false,
+        &SystemClock,
+    )
+    .await
+    .context("ROPC sign-in (mailbridge::token::login::password_login)")?;
+    println!(
+        "  signed in as {HELPDESK} (tenant {DEMO_TENANT}) at {}",
+        identity.base_url
+    );
+    println!(
+        "  secret {} {} (refresh token, status ok, no password kept); granted: {}",
+        login.secret_name,
+        if login.created { "created" } else { "updated" },
+        login.granted_scope
+    );
+    secrets
+        .create_secret()
+        .name(THREAD_KEY_SECRET)
+        .secret_string(format!("demo-thread-key-{}", uuid::Uuid::new_v4().simple()))
+        .send()
+        .await
+        .map_err(sdk("create the thread key secret"))?;
+    println!("  secret {THREAD_KEY_SECRET} created (HMAC key for ticket markers, both functions)");
+
+    // ---------------------------------------------------------------------------------------
+    step(2, "a notification for ticket 4711 queued on SQS (moto)");
+    let dlq_url = sqs
+        .create_queue()
+        .queue_name("mailbridge-demo-notifications-dlq")
+        .send()
+        .await
+        .map_err(sdk("create the DLQ"))?
+        .queue_url
+        .context("no DLQ URL")?;
     let queue_url = sqs
         .create_queue()
         .queue_name("mailbridge-demo-notifications")
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("create queue: {}", e.into_service_error()))?
+        .map_err(sdk("create the queue"))?
         .queue_url
         .context("no queue URL")?;
-    println!("  queue      {queue_url}");
-    let dynamodb = aws_sdk_dynamodb::Client::new(&config);
-    local_stack::moto::ensure_state_table(&dynamodb, "mailbridge-demo-state").await?;
-    println!("  table      mailbridge-demo-state (pk S, TTL expires_at)");
-    let secrets = aws_sdk_secretsmanager::Client::new(&config);
-    let secret = secrets
-        .create_secret()
-        .name(format!("mailbridge/demo-{}", uuid::Uuid::new_v4().simple()))
-        .secret_string(r#"{"schema_version":1,"demo":true}"#)
+    let queue_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("create secret: {}", e.into_service_error()))?;
-    println!("  secret     {}", secret.name().unwrap_or_default());
+        .map_err(sdk("get the queue ARN"))?
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+        .cloned()
+        .context("no QueueArn")?;
+    local_stack::moto::ensure_state_table(&dynamodb, STATE_TABLE).await?;
+    let notification = serde_json::json!({
+        "version": 1,
+        "id": "ticket-4711-update-1",
+        "account": ACCOUNT,
+        "to": [{"address": CUSTOMER, "name": "Alice Customer"}],
+        "subject": "Your printer ticket was updated",
+        "body": {"content_type": "text", "content": "Hello Alice,\n\na technician will visit tomorrow at 10:00.\n\nContoso helpdesk"},
+        "ticket_number": TICKET
+    });
     sqs.send_message()
         .queue_url(&queue_url)
-        .message_body(r#"{"demo":"hello"}"#)
+        .message_body(notification.to_string())
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("send message: {}", e.into_service_error()))?;
+        .map_err(sdk("send the notification"))?;
+    println!("  queue {queue_url}");
+    println!("  {notification}");
+
+    // ---------------------------------------------------------------------------------------
+    step(
+        3,
+        "send-notifications bootstrap under the Lambda Runtime API emulator, SQS event from the queue",
+    );
     let received = sqs
         .receive_message()
         .queue_url(&queue_url)
-        .wait_time_seconds(1)
+        .max_number_of_messages(10)
+        .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+        .wait_time_seconds(2)
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("receive message: {}", e.into_service_error()))?;
+        .map_err(sdk("receive from the queue"))?;
+    let records: Vec<serde_json::Value> = received
+        .messages()
+        .iter()
+        .map(|m| {
+            let attributes: serde_json::Map<String, serde_json::Value> = m
+                .attributes()
+                .map(|a| {
+                    a.iter()
+                        .map(|(k, v)| (k.as_str().to_owned(), v.clone().into()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            serde_json::json!({
+                "messageId": m.message_id(),
+                "receiptHandle": m.receipt_handle(),
+                "body": m.body(),
+                "attributes": attributes,
+                "messageAttributes": {},
+                "md5OfBody": m.md5_of_body(),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": "us-east-1"
+            })
+        })
+        .collect();
+    if records.len() != 1 {
+        anyhow::bail!(
+            "expected 1 message on the queue, received {}",
+            records.len()
+        );
+    }
+    let sqs_event = serde_json::json!({ "Records": records });
+    let mut send_env = moto.env();
+    send_env.extend([
+        ("MAILBRIDGE_STATE_TABLE".to_owned(), STATE_TABLE.to_owned()),
+        (
+            "MAILBRIDGE_SECRET_PREFIX".to_owned(),
+            "mailbridge/".to_owned(),
+        ),
+        ("MAILBRIDGE_DLQ_URL".to_owned(), dlq_url.clone()),
+        (
+            "MAILBRIDGE_THREAD_KEY_SECRET".to_owned(),
+            THREAD_KEY_SECRET.to_owned(),
+        ),
+        ("MAILBRIDGE_GRAPH_URL".to_owned(), graph.v1_url()),
+        ("RUST_LOG".to_owned(), "info".to_owned()),
+    ]);
+    let send_api = local_stack::runtime_api::RuntimeApi::start().await?;
+    send_api.spawn_function(
+        &local_stack::runtime_api::FunctionConfig::new("send-notifications", &send_binary)
+            .with_env(send_env),
+    )?;
+    println!("  bootstrap {}", send_binary.display());
+    let outcome = send_api.invoke(sqs_event, Duration::from_secs(60)).await?;
+    let (duration, init) = (outcome.duration, outcome.init_duration);
+    let response = outcome.into_response().map_err(|e| {
+        anyhow::anyhow!(
+            "send-notifications: {e:#}\nfunction logs:\n{}",
+            send_api.logs()
+        )
+    })?;
     println!(
-        "  sent and received {} message(s) through the real aws-sdk-sqs client",
-        received.messages().len()
+        "  invocation done in {duration:?} (cold start init {:?}); response {response}",
+        init.unwrap_or_default()
     );
-
-    step(
-        3,
-        "identity platform stand-in: register an app and a user, mint tokens",
-    );
-    let identity = stack
-        .try_identity()
-        .map_err(|e| anyhow::anyhow!("identity stand-in did not start: {e}"))?;
+    if response["batchItemFailures"] != serde_json::json!([]) {
+        anyhow::bail!(
+            "send-notifications reported failures: {response}\nfunction logs:\n{}",
+            send_api.logs()
+        );
+    }
+    let accepted = graph.accepted(HELPDESK);
+    if accepted.len() != 1 {
+        anyhow::bail!(
+            "the Graph stand-in accepted {} sendMail request(s) for {HELPDESK}, expected 1",
+            accepted.len()
+        );
+    }
     println!(
-        "  up at {} (introspection {})",
-        identity.base_url,
-        identity.introspection_url()
+        "  Graph stand-in accepted sendMail for {HELPDESK} (request-id {})",
+        accepted[0].request_id
     );
-    let tenant = "demo-tenant";
-    let client_id = "11111111-2222-3333-4444-555555555555";
-    let user = "helpdesk@demo.example.com";
-    identity.register_app(local_stack::identity::AppRegistration::mailbridge(
-        tenant, client_id,
-    ));
-    identity.register_user(local_stack::identity::UserAccount::new(
-        tenant,
-        user,
-        "demo-password",
-    ));
-    let lifetime = std::time::Duration::from_secs(3600);
-    let imap_token = identity.mint_access_token(
-        tenant,
-        client_id,
-        user,
-        "https://outlook.office.com",
-        &["IMAP.AccessAsUser.All"],
-        lifetime,
-    );
-    let graph_token = identity.mint_access_token(
-        tenant,
-        client_id,
-        user,
-        "https://graph.microsoft.com",
-        &["Mail.Send"],
-        lifetime,
-    );
-    println!("  {user}: one IMAP-audience and one Graph-audience access token");
-
-    step(
-        4,
-        "Dovecot: deliver a message, then read it over IMAPS with XOAUTH2",
-    );
-    let dovecot = stack
-        .try_dovecot()
-        .map_err(|e| anyhow::anyhow!("dovecot did not start: {e}"))?
-        .clone();
-    let raw = b"From: Alice <alice@customer.example>\r\nTo: helpdesk@demo.example.com\r\nSubject: Printer on fire\r\nMessage-ID: <demo-1@customer.example>\r\n\r\nPlease help.\r\n";
-    let admin = dovecot.clone();
-    let status = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        admin.deliver_to(user, "INBOX", raw)?;
-        admin.mailbox_status(user, "INBOX")
-    })
-    .await??;
-    println!(
-        "  delivered with doveadm: {} message(s), {} unseen, UIDVALIDITY {}",
-        status.messages, status.unseen, status.uidvalidity
-    );
-    // the production IMAP client (mailbridge::imap), trusting the local CA explicitly
-    let endpoint = mailbridge::imap::ImapEndpoint {
-        host: "localhost".into(),
-        port: dovecot.imaps_port,
-        timeout: std::time::Duration::from_secs(10),
-    };
-    let tls = mailbridge::imap::tls_config(Some(&dovecot.ca_pem_path))?;
-    let token = secrecy::SecretString::from(imap_token);
-    let mut imap = mailbridge::imap::connect_and_login(&endpoint, tls.clone(), user, &token)
-        .await
-        .context("XOAUTH2 login with the IMAP token")?;
-    let folder = imap.select("INBOX").await?;
-    let unseen = imap
-        .search(mailbridge::imap::SearchScope::UnseenUndeleted)
-        .await?;
-    println!(
-        "  XOAUTH2 login OK; INBOX has {} message(s), unseen UIDs {unseen:?}",
-        folder.exists
-    );
-    imap.logout().await;
-    let graph_token = secrecy::SecretString::from(graph_token);
-    match mailbridge::imap::connect_and_login(&endpoint, tls, user, &graph_token).await {
-        Ok(_) => anyhow::bail!("Dovecot accepted a Graph-audience token for IMAP"),
-        Err(e) => println!("  a Graph-audience token is rejected, as at Microsoft: {e}"),
+    send_api.shutdown();
+    let delivered = wait_for_mail(&dovecot, CUSTOMER, "INBOX").await?;
+    let delivered_raw = delivered[0].raw.clone();
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&delivered_raw)
+        .context("parse the delivered mail")?;
+    let delivered_id = parsed
+        .message_id()
+        .context("the delivered mail has no Message-ID")?
+        .to_owned();
+    let delivered_subject = parsed.subject().unwrap_or_default().to_owned();
+    let delivered_text = parsed
+        .body_text(0)
+        .map(|t| t.into_owned())
+        .unwrap_or_default();
+    println!("  delivered into {CUSTOMER}'s Dovecot INBOX:");
+    println!("    Subject: {delivered_subject}");
+    println!("    Message-ID: <{delivered_id}>");
+    for line in delivered_text.lines() {
+        println!("    | {line}");
     }
 
-    println!("\ndemo finished: every step passed");
+    // ---------------------------------------------------------------------------------------
+    step(
+        4,
+        "the customer replies; the reply lands in the helpdesk's Dovecot INBOX",
+    );
+    let quoted: String = delivered_text
+        .lines()
+        .map(|l| format!("> {l}\r\n"))
+        .collect();
+    let reply = format!(
+        "From: Alice Customer <{CUSTOMER}>\r\n\
+         To: {HELPDESK}\r\n\
+         Subject: Re: {delivered_subject}\r\n\
+         Date: {}\r\n\
+         Message-ID: <reply-{}@customer.example>\r\n\
+         In-Reply-To: <{delivered_id}>\r\n\
+         References: <{delivered_id}>\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         \r\n\
+         Thanks, 10:00 works. The printer is on the 2nd floor.\r\n\
+         \r\n\
+         On {} Contoso helpdesk wrote:\r\n{quoted}",
+        chrono::Utc::now().to_rfc2822(),
+        uuid::Uuid::new_v4().simple(),
+        chrono::Utc::now().format("%a, %d %b %Y"),
+    );
+    {
+        let d = dovecot.clone();
+        let raw = reply.clone().into_bytes();
+        tokio::task::spawn_blocking(move || d.deliver_to(HELPDESK, "INBOX", &raw)).await??;
+    }
+    println!("  Subject: Re: {delivered_subject}");
+    println!("  In-Reply-To / References: <{delivered_id}>");
+    println!("  body: a new line above the quoted notification");
+
+    // ---------------------------------------------------------------------------------------
+    step(
+        5,
+        "mailbox config in the state table, then the poll-mailboxes bootstrap on a scheduler event",
+    );
+    let sink = "demo-helpdesk";
+    let mailbox_name = "helpdesk";
+    let fields = serde_json::json!({
+        "user": HELPDESK,
+        "account": ACCOUNT,
+        "host": "localhost",
+        "port": dovecot.imaps_port,
+        "ticket_api_url": tickets.sink_url(sink),
+    });
+    put_mailbox_config(&dynamodb, STATE_TABLE, mailbox_name, &fields).await?;
+    println!("  {STATE_TABLE}: mailbox#{mailbox_name} = {fields} (listed in mailbox-index)");
+    let mut poll_env = moto.env();
+    poll_env.extend([
+        ("MAILBRIDGE_STATE_TABLE".to_owned(), STATE_TABLE.to_owned()),
+        (
+            "MAILBRIDGE_SECRET_PREFIX".to_owned(),
+            "mailbridge/".to_owned(),
+        ),
+        (
+            "MAILBRIDGE_THREAD_KEY_SECRET".to_owned(),
+            THREAD_KEY_SECRET.to_owned(),
+        ),
+        (
+            "MAILBRIDGE_IMAP_CA_FILE".to_owned(),
+            dovecot.ca_pem_path.display().to_string(),
+        ),
+        ("RUST_LOG".to_owned(), "info".to_owned()),
+    ]);
+    let schedule_path = local_stack::repo_root().join("infra/events/poll-schedule.json");
+    let schedule: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&schedule_path)
+            .with_context(|| format!("read {}", schedule_path.display()))?,
+    )?;
+    let poll_api = local_stack::runtime_api::RuntimeApi::start().await?;
+    poll_api.spawn_function(
+        &local_stack::runtime_api::FunctionConfig::new("poll-mailboxes", &poll_binary)
+            .with_env(poll_env),
+    )?;
+    println!("  bootstrap {}", poll_binary.display());
+    println!("  event {}", schedule_path.display());
+    let outcome = poll_api.invoke(schedule, Duration::from_secs(60)).await?;
+    let (duration, init) = (outcome.duration, outcome.init_duration);
+    let report = outcome.into_response().map_err(|e| {
+        anyhow::anyhow!("poll-mailboxes: {e:#}\nfunction logs:\n{}", poll_api.logs())
+    })?;
+    println!(
+        "  invocation done in {duration:?} (cold start init {:?}); report {report}",
+        init.unwrap_or_default()
+    );
+    let poll_logs = poll_api.logs();
+    poll_api.shutdown();
+    if report["tickets_created"] != 1 {
+        anyhow::bail!("poll-mailboxes created no ticket: {report}\nfunction logs:\n{poll_logs}");
+    }
+
+    // ---------------------------------------------------------------------------------------
+    step(
+        6,
+        "the ticket API stand-in received the reply as a ticket update",
+    );
+    let received = tickets.tickets(sink);
+    if received.len() != 1 {
+        anyhow::bail!(
+            "the ticket API received {} tickets, expected 1",
+            received.len()
+        );
+    }
+    let ticket = &received[0];
+    let draft = &ticket.body["draft"];
+    println!(
+        "  ticket id {} (Idempotency-Key {})",
+        ticket.id, ticket.idempotency_key
+    );
+    println!("  subject       {}", draft["subject"]);
+    println!("  from          {}", draft["from"]);
+    println!("  ticket_number {}", draft["ticket_number"]);
+    println!("  thread_source {}", draft["thread_source"]);
+    if draft["ticket_number"] != TICKET {
+        anyhow::bail!(
+            "the ticket was not threaded to ticket {TICKET}: ticket_number {}, draft {draft}",
+            draft["ticket_number"]
+        );
+    }
+    let processed = wait_for_mail(&dovecot, HELPDESK, "Processed").await?;
+    let d = dovecot.clone();
+    let inbox = tokio::task::spawn_blocking(move || d.list_messages(HELPDESK, "INBOX")).await??;
+    println!(
+        "  {HELPDESK}: INBOX {} message(s), Processed {} message(s)",
+        inbox.len(),
+        processed.len()
+    );
+    if !inbox.is_empty() {
+        anyhow::bail!("the reply was not moved out of the INBOX");
+    }
+
+    println!(
+        "\ndemo finished: notification sent for ticket {TICKET}, the reply came back as ticket {TICKET}"
+    );
+    Ok(())
+}
+
+/// The poller's mailbox config format (`poll_mailboxes::dynamo::put_mailbox_config`, which this
+/// crate cannot link): item `mailbox#<name>` with one attribute per field plus `name`, and the
+/// name added to the `mailbox-index` item's `names` string set, in one transaction.
+async fn put_mailbox_config(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    name: &str,
+    fields: &serde_json::Value,
+) -> anyhow::Result<()> {
+    use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+    fn attr(value: &serde_json::Value) -> AttributeValue {
+        match value {
+            serde_json::Value::Null => AttributeValue::Null(true),
+            serde_json::Value::Bool(b) => AttributeValue::Bool(*b),
+            serde_json::Value::Number(n) => AttributeValue::N(n.to_string()),
+            serde_json::Value::String(s) => AttributeValue::S(s.clone()),
+            serde_json::Value::Array(a) => AttributeValue::L(a.iter().map(attr).collect()),
+            serde_json::Value::Object(o) => {
+                AttributeValue::M(o.iter().map(|(k, v)| (k.clone(), attr(v))).collect())
+            }
+        }
+    }
+    let mut item: std::collections::HashMap<String, AttributeValue> = fields
+        .as_object()
+        .map(|o| o.iter().map(|(k, v)| (k.clone(), attr(v))).collect())
+        .unwrap_or_default();
+    item.insert("pk".into(), AttributeValue::S(format!("mailbox#{name}")));
+    item.insert("name".into(), AttributeValue::S(name.to_owned()));
+    let put = Put::builder()
+        .table_name(table)
+        .set_item(Some(item))
+        .build()?;
+    let index = Update::builder()
+        .table_name(table)
+        .key("pk", AttributeValue::S("mailbox-index".into()))
+        .update_expression("ADD #names :name")
+        .expression_attribute_names("#names", "names")
+        .expression_attribute_values(":name", AttributeValue::Ss(vec![name.to_owned()]))
+        .build()?;
+    client
+        .transact_write_items()
+        .transact_items(TransactWriteItem::builder().put(put).build())
+        .transact_items(TransactWriteItem::builder().update(index).build())
+        .send()
+        .await
+        .map_err(sdk("write the mailbox config"))?;
     Ok(())
 }
