@@ -154,6 +154,10 @@ pub enum ParseError {
     /// The MIME parser gave up.
     #[error("the MIME structure could not be parsed")]
     Unparseable,
+    /// The MIME structure is so inconsistent that the MIME parser itself failed on it
+    /// (a panic inside `mail-parser`, caught: one poison mail must not take the poller down).
+    #[error("the MIME structure is inconsistent (the MIME parser failed on it)")]
+    InconsistentMime,
 }
 
 impl Classify for ParseError {

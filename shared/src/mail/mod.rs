@@ -55,14 +55,26 @@ fn parse_inner(
     let data = normalized.data.as_ref();
     static PARSER: std::sync::LazyLock<MessageParser> =
         std::sync::LazyLock::new(MessageParser::default);
-    let message = PARSER.parse(data).ok_or(ParseError::Unparseable)?;
-    if message.parts.is_empty() {
-        return Err(ParseError::Unparseable);
-    }
-    let (mut draft, contents) =
-        build_draft(&message, data, normalized.charset_hint, opts, keep_contents);
-    // The MIME tree is no longer needed: free it before the reply text copies the body.
-    drop(message);
+    // mail-parser can panic on some inconsistent MIME trees (found by the proptests, see
+    // tests/parse_props.proptest-regressions). `parse` promises a draft or an error for any
+    // input, and the release profile keeps `panic = "unwind"`, so the panic is caught here
+    // and reported as `InconsistentMime` (the poller then files the raw mail with a note).
+    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let message = PARSER.parse(data).ok_or(ParseError::Unparseable)?;
+        if message.parts.is_empty() {
+            return Err(ParseError::Unparseable);
+        }
+        // The MIME tree is dropped at the end of this closure, before the reply text
+        // copies the body.
+        Ok(build_draft(
+            &message,
+            data,
+            normalized.charset_hint,
+            opts,
+            keep_contents,
+        ))
+    }));
+    let (mut draft, contents) = built.map_err(|_| ParseError::InconsistentMime)??;
     draft.reply_text = reply::reply_text(&draft.body_text);
     Ok(ParsedMail {
         draft,
