@@ -123,6 +123,28 @@ where
     aws_sdk_secretsmanager::error::DisplayErrorContext(err).to_string()
 }
 
+/// Maps a Secrets Manager SDK error (of any operation) to the store's error, by error code.
+fn classify_sdk_error<E>(
+    name: &str,
+    err: &aws_sdk_secretsmanager::error::SdkError<E>,
+) -> SecretStoreError
+where
+    E: std::error::Error + aws_sdk_secretsmanager::error::ProvideErrorMetadata + 'static,
+{
+    let name = name.to_owned();
+    match err.as_service_error().and_then(|e| e.code()) {
+        Some("ResourceNotFoundException") => SecretStoreError::NotFound { name },
+        Some("ResourceExistsException") => SecretStoreError::TokenReused { name },
+        Some("AccessDeniedException") => SecretStoreError::AccessDenied {
+            name,
+            detail: sdk_detail(err),
+        },
+        _ => SecretStoreError::Unavailable {
+            name,
+            detail: sdk_detail(err),
+        },
+    }
+}
 #[async_trait]
 impl SecretStore for SecretsManagerStore {
     async fn get(&self, name: &str) -> Result<SecretValue, SecretStoreError> {
@@ -145,27 +167,7 @@ impl SecretStore for SecretsManagerStore {
                     version_id: out.version_id.unwrap_or_default(),
                 })
             }
-            Err(err) => {
-                let service = err.as_service_error();
-                if service.is_some_and(|e| e.is_resource_not_found_exception()) {
-                    Err(SecretStoreError::NotFound {
-                        name: name.to_owned(),
-                    })
-                } else if service
-                    .and_then(|e| aws_sdk_secretsmanager::error::ProvideErrorMetadata::code(e))
-                    == Some("AccessDeniedException")
-                {
-                    Err(SecretStoreError::AccessDenied {
-                        name: name.to_owned(),
-                        detail: sdk_detail(&err),
-                    })
-                } else {
-                    Err(SecretStoreError::Unavailable {
-                        name: name.to_owned(),
-                        detail: sdk_detail(&err),
-                    })
-                }
-            }
+            Err(err) => Err(classify_sdk_error(name, &err)),
         }
     }
 
@@ -185,31 +187,7 @@ impl SecretStore for SecretsManagerStore {
             .await;
         match result {
             Ok(out) => Ok(out.version_id.unwrap_or_default()),
-            Err(err) => {
-                let service = err.as_service_error();
-                if service.is_some_and(|e| e.is_resource_not_found_exception()) {
-                    Err(SecretStoreError::NotFound {
-                        name: name.to_owned(),
-                    })
-                } else if service.is_some_and(|e| e.is_resource_exists_exception()) {
-                    Err(SecretStoreError::TokenReused {
-                        name: name.to_owned(),
-                    })
-                } else if service
-                    .and_then(|e| aws_sdk_secretsmanager::error::ProvideErrorMetadata::code(e))
-                    == Some("AccessDeniedException")
-                {
-                    Err(SecretStoreError::AccessDenied {
-                        name: name.to_owned(),
-                        detail: sdk_detail(&err),
-                    })
-                } else {
-                    Err(SecretStoreError::Unavailable {
-                        name: name.to_owned(),
-                        detail: sdk_detail(&err),
-                    })
-                }
-            }
+            Err(err) => Err(classify_sdk_error(name, &err)),
         }
     }
 
