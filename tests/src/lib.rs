@@ -286,3 +286,28 @@ pub async fn start_private_dovecot(
     let dir = local_stack::default_run_dir(label)?;
     local_stack::dovecot::Dovecot::start(&dir, introspection_url).await
 }
+
+/// The record Lambda's SQS event source would deliver for `message`, received from the queue
+/// whose ARN is `queue_arn` (message id, receipt handle, body, MD5, system attributes).
+pub fn sqs_event_record(
+    message: &aws_sdk_sqs::types::Message,
+    queue_arn: &str,
+) -> aws_lambda_events::event::sqs::SqsMessage {
+    let mut record = aws_lambda_events::event::sqs::SqsMessage::default();
+    record.message_id = message.message_id().map(str::to_owned);
+    record.receipt_handle = message.receipt_handle().map(str::to_owned);
+    record.body = message.body().map(str::to_owned);
+    record.md5_of_body = message.md5_of_body().map(str::to_owned);
+    record.attributes = message
+        .attributes()
+        .map(|a| {
+            a.iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
+                .collect::<std::collections::HashMap<_, _>>()
+        })
+        .unwrap_or_default();
+    record.event_source = Some("aws:sqs".into());
+    record.event_source_arn = Some(queue_arn.to_owned());
+    record.aws_region = Some("us-east-1".into());
+    record
+}

@@ -18,13 +18,12 @@
 //! This file installs its own global subscriber, so it holds one test only (a second test in the
 //! same binary would share the capture).
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use aws_lambda_events::event::sqs::SqsEvent;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use base64::Engine as _;
 use local_stack::identity::{AppRegistration, RequestFilter, UserAccount};
@@ -36,7 +35,9 @@ use mailbridge::token::{
     AccessToken, AccessTokenSource, AccountSecret, Audience, IdentityClient, SecretStore,
     SecretsManagerStore, TokenError, TokenService, TokenServiceConfig,
 };
-use mailbridge_tests::{create_queue_with_dlq, create_state_table, put_secret, sqs, unique};
+use mailbridge_tests::{
+    create_queue_with_dlq, create_state_table, put_secret, sqs, sqs_event_record, unique,
+};
 use poll_mailboxes::PollDeps;
 use poll_mailboxes::convert::ParseContext;
 use poll_mailboxes::dynamo::{DynamoStateStore, put_mailbox_config};
@@ -214,22 +215,7 @@ async fn receive_event(queue_url: &str, arn: &str, n: usize) -> SqsEvent {
             .await
             .expect("receive");
         for m in out.messages() {
-            let mut record = SqsMessage::default();
-            record.message_id = m.message_id().map(str::to_owned);
-            record.receipt_handle = m.receipt_handle().map(str::to_owned);
-            record.body = m.body().map(str::to_owned);
-            record.attributes = m
-                .attributes()
-                .map(|a| {
-                    a.iter()
-                        .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
-                        .collect::<HashMap<_, _>>()
-                })
-                .unwrap_or_default();
-            record.event_source = Some("aws:sqs".into());
-            record.event_source_arn = Some(arn.to_owned());
-            record.aws_region = Some("us-east-1".into());
-            records.push(record);
+            records.push(sqs_event_record(m, arn));
         }
     }
     assert_eq!(records.len(), n, "messages received from the queue");

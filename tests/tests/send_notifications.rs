@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use aws_lambda_events::event::sqs::SqsEvent;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use local_stack::graph::GraphStandIn;
 use local_stack::identity::{AppRegistration, IdentityStandIn, UserAccount};
@@ -25,7 +25,8 @@ use mailbridge::token::{
     TokenService, TokenServiceConfig,
 };
 use mailbridge_tests::{
-    create_queue_with_dlq, create_state_table, put_secret, sqs, stack, unique, unique_user,
+    create_queue_with_dlq, create_state_table, put_secret, sqs, sqs_event_record, stack, unique,
+    unique_user,
 };
 use secrecy::SecretString;
 use send_notifications::ports::{SqsParking, SqsVisibility};
@@ -210,23 +211,7 @@ impl World {
                 .await
                 .expect("receive");
             for m in out.messages() {
-                let mut record = SqsMessage::default();
-                record.message_id = m.message_id().map(str::to_owned);
-                record.receipt_handle = m.receipt_handle().map(str::to_owned);
-                record.body = m.body().map(str::to_owned);
-                record.md5_of_body = m.md5_of_body().map(str::to_owned);
-                record.attributes = m
-                    .attributes()
-                    .map(|a| {
-                        a.iter()
-                            .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
-                            .collect::<HashMap<_, _>>()
-                    })
-                    .unwrap_or_default();
-                record.event_source = Some("aws:sqs".into());
-                record.event_source_arn = Some(self.queue_arn.clone());
-                record.aws_region = Some("us-east-1".into());
-                records.push(record);
+                records.push(sqs_event_record(m, &self.queue_arn));
             }
         }
         assert_eq!(records.len(), n, "messages received from the queue");
