@@ -628,6 +628,7 @@ async fn poll_dry_run_shows_the_mail_without_posting_or_moving_it() {
             tickets_created: 0,
             parked: 0,
             duplicates: 0,
+            skipped_auto_generated: 0,
             deferred: 1,
             uid_validity: None,
             imap_round_trips: 2,

@@ -19,6 +19,9 @@ pub const DEFAULT_FOLDER: &str = "INBOX";
 pub const DEFAULT_PROCESSED_FOLDER: &str = "Processed";
 /// Folder for mail that could not be fully read or that the ticket API rejected.
 pub const DEFAULT_FAILED_FOLDER: &str = "mailbridge-failed";
+/// Folder for machine mail (auto-replies, bounces, lists, loops) that threads to no ticket: it
+/// opens no ticket and is moved here, never deleted.
+pub const DEFAULT_AUTO_GENERATED_FOLDER: &str = "mailbridge-auto-generated";
 /// Default messages per mailbox per run.
 pub const DEFAULT_MAX_MESSAGES_PER_RUN: u32 = 200;
 /// Default largest message fetched whole (bytes).
@@ -59,6 +62,8 @@ pub struct MailboxConfig {
     pub after_action: AfterAction,
     /// Where unreadable / oversize / rejected mail goes.
     pub failed_folder: String,
+    /// Where machine mail that threads to no ticket (or is an own-mail loop) goes, unticketed.
+    pub auto_generated_folder: String,
     /// Most messages handled per run.
     pub max_messages_per_run: u32,
     /// Larger messages are not fetched whole: a ticket is made from their headers.
@@ -156,6 +161,7 @@ impl MailboxConfig {
             "after_action",
             "processed_folder",
             "failed_folder",
+            "auto_generated_folder",
             "max_messages_per_run",
             "max_message_bytes",
             "max_attachment_bytes",
@@ -240,6 +246,15 @@ impl MailboxConfig {
         if failed_folder.eq_ignore_ascii_case(&folder) {
             return Err(err("failed_folder", "must differ from `folder`".into()));
         }
+        let auto_generated_folder = string("auto_generated_folder")?
+            .unwrap_or_else(|| DEFAULT_AUTO_GENERATED_FOLDER.to_string());
+        valid_folder(&auto_generated_folder).map_err(|p| err("auto_generated_folder", p))?;
+        if auto_generated_folder.eq_ignore_ascii_case(&folder) {
+            return Err(err(
+                "auto_generated_folder",
+                "must differ from `folder`".into(),
+            ));
+        }
         let after_action = match string("after_action")?.as_deref() {
             None | Some("") | Some("move") => {
                 if processed_folder.eq_ignore_ascii_case(&folder) {
@@ -287,6 +302,7 @@ impl MailboxConfig {
             folder,
             after_action,
             failed_folder,
+            auto_generated_folder,
             max_messages_per_run,
             max_message_bytes,
             max_attachment_bytes,
@@ -397,6 +413,7 @@ mod tests {
         assert_eq!(cfg.folder, "INBOX");
         assert_eq!(cfg.after_action, AfterAction::Move("Processed".into()));
         assert_eq!(cfg.failed_folder, "mailbridge-failed");
+        assert_eq!(cfg.auto_generated_folder, "mailbridge-auto-generated");
         assert!(cfg.enabled);
         assert_eq!(cfg.ticket_api_secret, None);
     }
@@ -416,6 +433,12 @@ mod tests {
             ("ticket_api_url", json!("ftp://x"), "ticket_api_url"),
             ("max_message_bytes", json!(10), "max_message_bytes"),
             ("folder", json!(""), "folder"),
+            ("auto_generated_folder", json!(""), "auto_generated_folder"),
+            (
+                "auto_generated_folder",
+                json!("inbox"),
+                "auto_generated_folder",
+            ),
             ("enabled", json!("yes"), "enabled"),
             ("host", json!("imaps://outlook.office365.com"), "host"),
             ("colour", json!("blue"), "colour"),

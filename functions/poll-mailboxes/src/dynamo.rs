@@ -367,6 +367,7 @@ mod tests {
             tickets_created: 2,
             parked: 0,
             duplicates: 1,
+            skipped_auto_generated: 0,
             deferred: 0,
             uid_validity: Some(7),
             imap_round_trips: 9,

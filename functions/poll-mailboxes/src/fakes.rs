@@ -698,3 +698,129 @@ async fn a_manual_event_polls_only_the_named_mailboxes() {
         .unwrap();
     assert_eq!(unknown.outcome, "config_error");
 }
+
+fn machine_mail(id: &str, from: &str, subject: &str, extra_headers: &str) -> Vec<u8> {
+    format!("From: {from}\r\nTo: help@example.com\r\nSubject: {subject}\r\nMessage-ID: <{id}@example.com>\r\n{extra_headers}\r\nThis is an automatic message.\r\n").into_bytes()
+}
+
+#[tokio::test]
+async fn machine_mail_opens_no_ticket_and_is_set_aside_unless_it_threads_to_one() {
+    for after_action in ["move", "mark_seen", "delete"] {
+        let w = world(
+            vec![Ok(mailbox(
+                "help",
+                "help@example.com",
+                serde_json::json!({"after_action": after_action}),
+            ))],
+            FakeTokens::default(),
+        );
+        let user = "help@example.com";
+        // Unthreaded out-of-office and bounce: never a ticket.
+        w.server.deliver(
+            user,
+            &machine_mail(
+                "ooo",
+                "Bob <bob@example.com>",
+                "Automatic reply: printer",
+                "Auto-Submitted: auto-replied\r\n",
+            ),
+        );
+        w.server.deliver(
+            user,
+            &machine_mail(
+                "bounce",
+                "Mail Delivery System <MAILER-DAEMON@example.com>",
+                "Undelivered Mail Returned to Sender",
+                "Return-Path: <>\r\nAuto-Submitted: auto-replied\r\n",
+            ),
+        );
+        // Our own mail coming back, even with a ticket number: a loop, never posted.
+        w.server.deliver(
+            user,
+            &machine_mail(
+                "loop",
+                "Helpdesk <help@example.com>",
+                "[Ticket#77] Your request",
+                "",
+            ),
+        );
+        // An out-of-office answering a ticket notification: posted to that ticket.
+        w.server.deliver(
+            user,
+            &machine_mail(
+                "ooo-threaded",
+                "Carol <carol@example.com>",
+                "Automatic reply: [Ticket#4711] Your printer",
+                "Auto-Submitted: auto-replied\r\n",
+            ),
+        );
+        // A person's mail: a ticket as always.
+        w.server
+            .deliver(user, &mail("human", "the printer is on fire"));
+
+        let report = poll_once(&w.deps, None, later()).await.unwrap();
+        assert_eq!(
+            report.skipped_auto_generated, 3,
+            "{after_action}: {report:?}"
+        );
+        assert_eq!(report.tickets_created, 2, "{after_action}: {report:?}");
+        assert_eq!(report.outcome(), crate::PollOutcome::Processed(5));
+        assert_eq!(report.mailboxes[0].skipped_auto_generated, 3);
+        let tickets = w.sink.tickets.lock().unwrap().clone();
+        let subjects: Vec<_> = tickets
+            .iter()
+            .map(|(_, p)| p.draft["subject"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            subjects,
+            ["Automatic reply: [Ticket#4711] Your printer", "Issue human"],
+            "{after_action}"
+        );
+        let threaded = &tickets[0].1.draft;
+        assert_eq!(threaded["auto_generated"], true);
+        assert_eq!(threaded["ticket_number"], "4711");
+        // Set aside, never deleted, whatever the after-action.
+        assert_eq!(
+            w.server.count(user, "mailbridge-auto-generated"),
+            3,
+            "{after_action}"
+        );
+        let again = poll_once(&w.deps, None, later()).await.unwrap();
+        assert_eq!(again.skipped_auto_generated, 0);
+        assert_eq!(again.tickets_created, 0);
+        assert_eq!(w.sink.tickets.lock().unwrap().len(), 2);
+    }
+}
+
+#[tokio::test]
+async fn a_drop_while_setting_machine_mail_aside_loses_nothing() {
+    let w = world(
+        vec![Ok(mailbox(
+            "help",
+            "help@example.com",
+            serde_json::json!({"auto_generated_folder": "Robots"}),
+        ))],
+        FakeTokens::default(),
+    );
+    let user = "help@example.com";
+    w.server.deliver(
+        user,
+        &machine_mail(
+            "ooo",
+            "Bob <bob@example.com>",
+            "Out of office",
+            "Auto-Submitted: auto-replied\r\n",
+        ),
+    );
+    // select, search, sizes, fetch: the MOVE is the fifth command and fails.
+    w.server.0.lock().unwrap().drop_after = Some(4);
+    let report = poll_once(&w.deps, None, later()).await.unwrap();
+    assert_eq!(report.mailboxes[0].outcome, "failed");
+    assert_eq!(w.server.count(user, "INBOX"), 1);
+    w.server.0.lock().unwrap().drop_after = None;
+    let report = poll_once(&w.deps, None, later()).await.unwrap();
+    assert_eq!(report.skipped_auto_generated, 1);
+    assert_eq!(w.server.count(user, "INBOX"), 0);
+    assert_eq!(w.server.count(user, "Robots"), 1);
+    assert!(w.sink.tickets.lock().unwrap().is_empty());
+}

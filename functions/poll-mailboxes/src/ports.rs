@@ -97,6 +97,9 @@ pub struct MailboxStatus {
     pub parked: u32,
     /// Duplicates found (after-action applied, no new ticket).
     pub duplicates: u32,
+    /// Machine mail that threads to no ticket: moved to `auto_generated_folder`, no ticket.
+    #[serde(default)]
+    pub skipped_auto_generated: u32,
     /// Mails left for the next run.
     pub deferred: u32,
     /// UIDVALIDITY of the folder.
