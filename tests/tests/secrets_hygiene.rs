@@ -489,6 +489,17 @@ async fn no_secret_value_reaches_logs_errors_or_debug_output() {
         deadline_margin: Duration::from_secs(2),
         dedupe_ttl: Duration::from_secs(3600),
     };
+    // The notification above reaches the helpdesk mailbox from its own address: a mail loop,
+    // which the poller sets aside without a ticket. A customer's reply makes the ticket.
+    dovecot
+        .deliver_to(
+            &upn,
+            "INBOX",
+            b"From: Customer <customer@example.org>\r\nTo: Helpdesk <helpdesk@example.org>\r\n\
+              Subject: Re: [Ticket#4711] hygiene good\r\nMessage-ID: <hygiene-reply@example.org>\r\n\
+              \r\nStill on fire.\r\n",
+        )
+        .unwrap();
     let poll =
         poll_mailboxes::poll_once(&poll_deps, None, Instant::now() + Duration::from_secs(60))
             .await
@@ -505,8 +516,9 @@ async fn no_secret_value_reaches_logs_errors_or_debug_output() {
     assert_eq!(tickets.len(), 1, "{poll:?}");
     assert_eq!(
         tickets[0].body["draft"]["subject"],
-        "[Ticket#4711] hygiene good"
+        "Re: [Ticket#4711] hygiene good"
     );
+    assert_eq!(status("helpdesk").skipped_auto_generated, 1, "{poll:?}");
     record_error(format!("{poll:?}"));
     record_error(serde_json::to_string(&poll).unwrap());
 
