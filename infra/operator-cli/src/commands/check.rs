@@ -111,7 +111,7 @@ struct ImapTarget {
 }
 
 enum Target {
-    Mailbox(MailboxConfig),
+    Mailbox(Box<MailboxConfig>),
     BadMailbox { name: String, problem: String },
     Account(String),
 }
@@ -151,7 +151,7 @@ async fn resolve_targets(ctx: &Context, names: &[String]) -> Result<Vec<Target>>
             match entry {
                 Ok(config) => {
                     used_accounts.push(ctx.secret_name(&config.account));
-                    targets.push(Target::Mailbox(config));
+                    targets.push(Target::Mailbox(Box::new(config)));
                 }
                 Err(e) => targets.push(Target::BadMailbox {
                     name: e.mailbox.clone(),
@@ -176,7 +176,7 @@ async fn resolve_targets(ctx: &Context, names: &[String]) -> Result<Vec<Target>>
             None => None,
         };
         targets.push(match as_mailbox {
-            Some(Ok(config)) => Target::Mailbox(config),
+            Some(Ok(config)) => Target::Mailbox(Box::new(config)),
             Some(Err(e)) if e.field != "(item)" => Target::BadMailbox {
                 name: name.clone(),
                 problem: e.to_string(),
