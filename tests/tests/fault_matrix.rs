@@ -526,3 +526,94 @@ async fn an_imap_server_with_an_untrusted_certificate_is_refused_and_the_mail_st
     assert!(stack().tickets().tickets(&p.sink).is_empty());
     assert_eq!(dovecot.list_messages(&user, "INBOX").unwrap().len(), 1);
 }
+
+/// Lambda row "cold start with a missing config value", for poll-mailboxes: the real bootstrap
+/// under the Runtime API emulator, once per bad variable. Init must fail (the function never
+/// asks for an event, so no mail is touched) and the log must name the variable.
+#[tokio::test]
+async fn poll_mailboxes_cold_start_with_a_missing_or_invalid_variable_names_it() {
+    use local_stack::runtime_api::{InvocationResult, invoke_binary, workspace_binary};
+    let binary =
+        tokio::task::spawn_blocking(|| workspace_binary("poll-mailboxes", "poll-mailboxes"))
+            .await
+            .unwrap()
+            .expect("build the poll-mailboxes binary");
+    let thread_key_secret = unique("fm-thread-key");
+    put_secret(&thread_key_secret, "0123456789abcdef0123456789abcdef")
+        .await
+        .unwrap();
+    let good = |name: &str| -> Option<String> {
+        match name {
+            "MAILBRIDGE_STATE_TABLE" => Some("fm-cold-start-table".into()),
+            "MAILBRIDGE_THREAD_KEY_SECRET" => Some(thread_key_secret.clone()),
+            _ => None,
+        }
+    };
+    // (variable, value: None = unset, what the log must also say)
+    let cases: [(&str, Option<&str>, &str); 6] = [
+        ("MAILBRIDGE_STATE_TABLE", None, "is required"),
+        ("MAILBRIDGE_THREAD_KEY_SECRET", None, "is required"),
+        (
+            "MAILBRIDGE_THREAD_KEY_SECRET",
+            Some("fm-no-such-secret"),
+            "cannot read it",
+        ),
+        (
+            "MAILBRIDGE_MAX_CONCURRENT_MAILBOXES",
+            Some("0"),
+            "between 1 and 256",
+        ),
+        (
+            "MAILBRIDGE_IMAP_TIMEOUT_SECONDS",
+            Some("soon"),
+            "not a whole number",
+        ),
+        (
+            "MAILBRIDGE_IMAP_CA_FILE",
+            Some("/nonexistent/ca.pem"),
+            "/nonexistent/ca.pem",
+        ),
+    ];
+    for (variable, value, detail) in cases {
+        let mut env = stack().moto().env();
+        for name in ["MAILBRIDGE_STATE_TABLE", "MAILBRIDGE_THREAD_KEY_SECRET"] {
+            if name != variable
+                && let Some(v) = good(name)
+            {
+                env.push((name.into(), v));
+            }
+        }
+        if let Some(v) = value {
+            env.push((variable.into(), v.into()));
+        }
+        env.push(("RUST_LOG".into(), "info".into()));
+        let outcome = invoke_binary(
+            &binary,
+            &env,
+            json!({"source": "aws.scheduler"}),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(
+                outcome.result,
+                InvocationResult::ProcessExited(_) | InvocationResult::InitError { .. }
+            ),
+            "{variable}={value:?}: init must fail: {outcome:?}"
+        );
+        let logs = outcome.logs();
+        let error_line = logs
+            .lines()
+            .find(|l| l.contains("poll-mailboxes cannot start"))
+            .unwrap_or_else(|| panic!("{variable}: no startup error line: {logs}"));
+        assert!(
+            error_line.contains(variable) && error_line.contains(detail),
+            "{variable}={value:?}: the startup error names the variable and the problem: {error_line}"
+        );
+        assert!(
+            error_line.contains("\"level\":\"ERROR\""),
+            "a JSON error line: {error_line}"
+        );
+    }
+}
