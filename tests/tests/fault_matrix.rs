@@ -1,8 +1,9 @@
 //! Fault-matrix rows of issue 9 not covered by the function helpers' tests (see RELIABILITY.md):
 //! the DLQ unavailable while a message must be parked, a folder whose UIDVALIDITY changed with
 //! already-ticketed mail restored into it, a configured folder that does not exist, and a
-//! malformed ticket API secret, Graph 503s and connection resets inside a batch, and an IMAP
-//! server whose certificate is not trusted.
+//! malformed ticket API secret, Graph 503s and connection resets inside a batch, an IMAP
+//! server whose certificate is not trusted, Secrets Manager throttling (through
+//! `local_stack::aws_fault_proxy`), and poll-mailboxes' cold start with a bad variable.
 //!
 //! Each test owns its queue, table, tenant, IMAP user and ticket sink path, so they run in
 //! parallel on the shared stack.
@@ -616,4 +617,199 @@ async fn poll_mailboxes_cold_start_with_a_missing_or_invalid_variable_names_it()
             "a JSON error line: {error_line}"
         );
     }
+}
+
+/// A Secrets Manager client that goes through the fault proxy (everything else reaches moto).
+async fn throttling_proxy() -> (
+    local_stack::aws_fault_proxy::AwsFaultProxy,
+    aws_sdk_secretsmanager::Client,
+) {
+    let proxy = local_stack::aws_fault_proxy::AwsFaultProxy::start(&stack().moto().endpoint_url)
+        .await
+        .unwrap();
+    let sdk = stack().moto().sdk_config();
+    let conf = aws_sdk_secretsmanager::config::Builder::from(&sdk)
+        .endpoint_url(&proxy.endpoint_url)
+        .build();
+    (proxy, aws_sdk_secretsmanager::Client::from_conf(conf))
+}
+
+fn token_service_over(client: aws_sdk_secretsmanager::Client) -> Arc<TokenService> {
+    Arc::new(TokenService::new(
+        Arc::new(SecretsManagerStore::new(client)),
+        IdentityClient::new(mailbridge::http::default_client().unwrap()),
+        TokenServiceConfig {
+            default_timeout: Duration::from_secs(20),
+            ..TokenServiceConfig::default()
+        },
+    ))
+}
+
+async fn stored_account(name: &str) -> AccountSecret {
+    AccountSecret::parse(name, &mailbridge_tests::get_secret(name).await.unwrap()).unwrap()
+}
+
+fn gaps_ms(calls: &[local_stack::aws_fault_proxy::ProxyCall], operation: &str) -> Vec<u128> {
+    let at: Vec<_> = calls
+        .iter()
+        .filter(|c| c.operation == operation)
+        .map(|c| c.at)
+        .collect();
+    at.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect()
+}
+
+/// Secrets Manager row "throttling", short burst: the first two `GetSecretValue` and the first
+/// two `PutSecretValue` calls on the account secret answer `ThrottlingException`. The token
+/// layer (through the SDK's standard retry: 3 attempts, exponential backoff with jitter) gets
+/// the token, writes the rotated refresh token back, and never touches the account status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_manager_throttling_burst_is_retried_with_backoff_and_never_needs_reauth() {
+    let (proxy, client) = throttling_proxy().await;
+    let (_upn, account) = new_account("fm-throttle").await;
+    let name = format!("mailbridge/{account}");
+    proxy.throttle("GetSecretValue", &name, 2);
+    proxy.throttle("PutSecretValue", &name, 2);
+    let tokens = token_service_over(client);
+    let token = tokens
+        .access_token_until(
+            &account,
+            mailbridge::token::Audience::Graph,
+            Instant::now() + Duration::from_secs(30),
+        )
+        .await
+        .expect("throttling is retried within the deadline");
+    assert!(!secrecy::ExposeSecret::expose_secret(&token.secret).is_empty());
+    let (gets, gets_throttled) = proxy.count("GetSecretValue", &name);
+    let (puts, puts_throttled) = proxy.count("PutSecretValue", &name);
+    assert_eq!(gets_throttled, 2, "the burst was hit");
+    assert_eq!(puts_throttled, 2, "the burst was hit");
+    assert!(gets >= 3 && puts == 3, "retried: {gets} gets, {puts} puts");
+    let calls = proxy.calls(&name);
+    println!(
+        "backoff between GetSecretValue attempts: {:?} ms; PutSecretValue: {:?} ms",
+        gaps_ms(&calls, "GetSecretValue"),
+        gaps_ms(&calls, "PutSecretValue")
+    );
+    // The write-back got through (ROPC bootstrap → refresh token stored) and the account is ok.
+    let stored = stored_account(&name).await;
+    assert!(stored.refresh_token.is_some(), "rotated token written back");
+    assert_eq!(
+        stored.status.state,
+        mailbridge::token::AccountState::Ok,
+        "throttling never marks the account"
+    );
+}
+
+/// Secrets Manager row "throttling", sustained: every `GetSecretValue` on the account secret is
+/// throttled. send-notifications reports the item for retry (`batchItemFailures`, reason naming
+/// `ThrottlingException`), sends nothing, parks nothing, and the account is not marked; the
+/// poller leaves the mail and names the throttling in the mailbox status. Once the throttling
+/// stops, the redelivered notification is sent exactly once and the mail becomes one ticket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_manager_throttling_past_the_retries_retries_the_notification_and_leaves_the_mail()
+{
+    let (proxy, client) = throttling_proxy().await;
+    let (upn, account) = new_account("fm-throttle-long").await;
+    let name = format!("mailbridge/{account}");
+    proxy.throttle("GetSecretValue", &name, u32::MAX);
+    let tokens = token_service_over(client.clone());
+
+    // --- send-notifications
+    let graph = stack().graph();
+    let aws = stack().moto().sdk_config();
+    let (_q, dlq_url) = create_queue_with_dlq(&unique("fm-throttle-park"), 5)
+        .await
+        .unwrap();
+    let sqs_client = aws_sdk_sqs::Client::new(&aws);
+    let deps = Deps {
+        tokens: tokens.clone(),
+        mail: Arc::new(GraphClient::new(&graph.v1_url()).unwrap()),
+        idempotency: Arc::new(DynamoIdempotencyStore::new(
+            aws_sdk_dynamodb::Client::new(&aws),
+            create_state_table("fm-throttle").await.unwrap(),
+        )),
+        parking: Arc::new(SqsParking::new(sqs_client.clone(), dlq_url.clone())),
+        visibility: Arc::new(SqsVisibility::new(sqs_client)),
+        thread_key: ThreadKey::from_secret_value("fault-matrix-thread-key").unwrap(),
+        settings: BatchSettings {
+            safety_margin: Duration::from_secs(1),
+            ..BatchSettings::default()
+        },
+    };
+    let body = json!({
+        "version": 1,
+        "account": name,
+        "to": [{"address": "customer@example.com"}],
+        "subject": "throttled secret",
+        "body": {"content_type": "text", "content": "x"}
+    });
+    let event = event_for(std::slice::from_ref(&body)).await;
+    let report = process_batch(
+        event.clone(),
+        Instant::now() + Duration::from_secs(30),
+        &deps,
+    )
+    .await;
+    let outcome = &report.messages[0].outcome;
+    let Outcome::Retry { reason, .. } = outcome else {
+        panic!("throttling is transient: expected Retry, got {outcome:?}");
+    };
+    assert!(
+        reason.contains("ThrottlingException") && reason.contains(&name),
+        "the reason names the fault and the secret: {reason}"
+    );
+    assert_eq!(report.response.batch_item_failures.len(), 1, "{report:?}");
+    assert_eq!(graph.accepted(&upn).len(), 0, "nothing sent");
+    let (gets, _) = proxy.count("GetSecretValue", &name);
+    assert!(gets >= 3, "the SDK retried before giving up: {gets} calls");
+    println!(
+        "backoff between throttled GetSecretValue attempts: {:?} ms",
+        gaps_ms(&proxy.calls(&name), "GetSecretValue")
+    );
+
+    // --- poll-mailboxes, same account: the mailbox fails this run, the mail stays.
+    let p = Poller::new().await;
+    let p = Poller {
+        deps: PollDeps {
+            tokens: tokens.clone(),
+            ..p.deps
+        },
+        ..p
+    };
+    p.mailbox("throttled", &upn, &account, json!({})).await;
+    let dovecot = stack().dovecot();
+    dovecot
+        .deliver_to(&upn, "INBOX", &mail(&unique("thr"), "Throttled secret"))
+        .unwrap();
+    let report = p.poll().await;
+    let s = status(&report, "throttled");
+    assert_eq!(s.outcome, "failed", "{s:?}");
+    assert!(
+        s.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("ThrottlingException"),
+        "{s:?}"
+    );
+    assert_eq!(dovecot.list_messages(&upn, "INBOX").unwrap().len(), 1);
+    assert!(stack().tickets().tickets(&p.sink).is_empty());
+    assert_eq!(
+        stored_account(&name).await.status.state,
+        mailbridge::token::AccountState::Ok,
+        "throttling never marks the account"
+    );
+
+    // --- The throttling stops: the redelivery is sent once, the next poll makes one ticket.
+    proxy.stop_throttling(&name);
+    let report = process_batch(event, Instant::now() + Duration::from_secs(30), &deps).await;
+    assert!(report.response.batch_item_failures.is_empty(), "{report:?}");
+    assert_eq!(graph.accepted(&upn).len(), 1, "sent exactly once");
+    let report = p.poll().await;
+    assert_eq!(
+        status(&report, "throttled").tickets_created,
+        1,
+        "{report:?}"
+    );
+    assert_eq!(stack().tickets().tickets(&p.sink).len(), 1);
+    assert_eq!(dovecot.list_messages(&upn, "INBOX").unwrap().len(), 0);
 }

@@ -1,6 +1,7 @@
 //! The local stack: real servers on 127.0.0.1 for tests and the demo.
 //!
 //! - [`moto`]: moto in server mode (SQS, Secrets Manager, DynamoDB), a Python subprocess.
+//! - [`aws_fault_proxy`]: a proxy in front of moto that throttles calls on one secret.
 //! - [`dovecot`]: a throwaway Dovecot (IMAPS, oauth2 passdb) from a generated config.
 //! - [`identity`]: the Microsoft identity platform stand-in (token, devicecode, introspection).
 //! - [`graph`]: the Microsoft Graph `sendMail` stand-in.
@@ -13,6 +14,7 @@
 //! one long-lived thread, with `PR_SET_PDEATHSIG`: they die with the test process even though
 //! statics are never dropped.
 
+pub mod aws_fault_proxy;
 pub mod dovecot;
 pub mod graph;
 pub mod identity;
