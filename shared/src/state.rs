@@ -29,6 +29,16 @@ pub enum Claim {
         /// Identifies our lease.
         lease_token: String,
     },
+    /// We hold the lease, but an earlier attempt claimed this notification and neither
+    /// completed nor released it before its lease ran out: it crashed or timed out after the
+    /// claim, possibly after Graph accepted the mail. Sending now is right (nothing else will),
+    /// but the recipient may get a second copy; callers log and count it.
+    Resumed {
+        /// Identifies our lease.
+        lease_token: String,
+        /// When the unfinished attempt's lease ran out (epoch seconds).
+        previous_lease_expires_at: i64,
+    },
     /// Already sent (a redelivery). Do not send again.
     Completed {
         /// Graph `request-id` of the send that completed it, when recorded.
@@ -97,6 +107,10 @@ impl crate::error::Classify for StateError {
 const IN_PROGRESS: &str = "in_progress";
 /// A claim succeeds when there is no record, the lease ran out, or the record expired.
 const CLAIM_CONDITION: &str = "attribute_not_exists(pk) OR (#status = :in_progress AND lease_expires_at < :now) OR expires_at < :now";
+/// The batch transaction only takes keys without any record; anything else (a redelivery, a
+/// lease held elsewhere or run out) is settled by [`IdempotencyStore::claim`] alone, which can
+/// tell a fresh claim from one taking over an unfinished attempt.
+const NEW_CLAIM_CONDITION: &str = "attribute_not_exists(pk)";
 const COMPLETED: &str = "completed";
 
 /// Default lifetime of a completed record: SQS's longest retention (14 days).
@@ -303,10 +317,22 @@ impl IdempotencyStore for DynamoIdempotencyStore {
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":in_progress", s(IN_PROGRESS))
             .expression_attribute_values(":now", n(now))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
             .send()
             .await;
         match put {
-            Ok(_) => return Ok(Claim::Acquired { lease_token }),
+            Ok(out) => {
+                // The record we replaced, if any: an in-progress one is an unfinished attempt.
+                let previous = out.attributes.unwrap_or_default();
+                return Ok(match get_s(&previous, "status") {
+                    Some(IN_PROGRESS) => Claim::Resumed {
+                        lease_token,
+                        previous_lease_expires_at: get_n(&previous, "lease_expires_at")
+                            .unwrap_or(0),
+                    },
+                    _ => Claim::Acquired { lease_token },
+                });
+            }
             Err(e) => {
                 let service = e.into_service_error();
                 if !service.is_conditional_check_failed_exception() {
@@ -373,10 +399,7 @@ impl IdempotencyStore for DynamoIdempotencyStore {
             let put = aws_sdk_dynamodb::types::Put::builder()
                 .table_name(&self.table)
                 .set_item(Some(self.claim_item(id, hash, &token, lease_expires_at)))
-                .condition_expression(CLAIM_CONDITION)
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":in_progress", s(IN_PROGRESS))
-                .expression_attribute_values(":now", n(now))
+                .condition_expression(NEW_CLAIM_CONDITION)
                 .build();
             match put {
                 Ok(put) => {
@@ -510,6 +533,7 @@ impl IdempotencyStore for InMemoryIdempotencyStore {
     ) -> Result<Claim, StateError> {
         let now = now_epoch();
         let mut records = self.records.lock().expect("lock");
+        let mut previous_lease_expires_at = None;
         if let Some(r) = records.get(id) {
             if r.completed {
                 return Ok(if r.payload_hash == payload_hash {
@@ -525,6 +549,7 @@ impl IdempotencyStore for InMemoryIdempotencyStore {
                     lease_expires_at: r.lease_expires_at,
                 });
             }
+            previous_lease_expires_at = Some(r.lease_expires_at);
         }
         let lease_token = uuid::Uuid::new_v4().to_string();
         records.insert(
@@ -537,7 +562,13 @@ impl IdempotencyStore for InMemoryIdempotencyStore {
                 graph_request_id: None,
             },
         );
-        Ok(Claim::Acquired { lease_token })
+        Ok(match previous_lease_expires_at {
+            Some(previous_lease_expires_at) => Claim::Resumed {
+                lease_token,
+                previous_lease_expires_at,
+            },
+            None => Claim::Acquired { lease_token },
+        })
     }
 
     async fn complete(

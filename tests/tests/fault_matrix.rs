@@ -813,3 +813,388 @@ async fn secrets_manager_throttling_past_the_retries_retries_the_notification_an
     assert_eq!(stack().tickets().tickets(&p.sink).len(), 1);
     assert_eq!(dovecot.list_messages(&upn, "INBOX").unwrap().len(), 0);
 }
+
+/// Crash injection through the idempotency port: a lease shortened to `lease` (standing in for
+/// "the lease ran out": production leases are the invocation's remaining time + 60 s), and an
+/// optional hang in `complete` (the process dies after Graph's 202, before the record).
+struct CrashingIdempotency {
+    inner: DynamoIdempotencyStore,
+    lease: Duration,
+    hang_in_complete: std::sync::atomic::AtomicBool,
+    hung: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl mailbridge::state::IdempotencyStore for CrashingIdempotency {
+    async fn claim(
+        &self,
+        id: &str,
+        payload_hash: &str,
+        _lease: Duration,
+    ) -> Result<mailbridge::state::Claim, mailbridge::state::StateError> {
+        self.inner.claim(id, payload_hash, self.lease).await
+    }
+    async fn claim_many(
+        &self,
+        keys: &[(String, String)],
+        _lease: Duration,
+    ) -> Vec<Result<mailbridge::state::Claim, mailbridge::state::StateError>> {
+        self.inner.claim_many(keys, self.lease).await
+    }
+    async fn complete(
+        &self,
+        id: &str,
+        payload_hash: &str,
+        lease_token: &str,
+        graph_request_id: Option<&str>,
+        ttl: Duration,
+    ) -> Result<(), mailbridge::state::StateError> {
+        if self
+            .hang_in_complete
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            self.hung.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+        self.inner
+            .complete(id, payload_hash, lease_token, graph_request_id, ttl)
+            .await
+    }
+    async fn release(
+        &self,
+        id: &str,
+        lease_token: &str,
+    ) -> Result<(), mailbridge::state::StateError> {
+        self.inner.release(id, lease_token).await
+    }
+}
+
+/// Crash injection through the mail port: hangs before reaching Graph while `hang` is set.
+struct HangingSender {
+    inner: GraphClient,
+    hang: std::sync::atomic::AtomicBool,
+    entered: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl mailbridge::graph::MailSender for HangingSender {
+    async fn send_mail(
+        &self,
+        token: &mailbridge::token::AccessToken,
+        mail: &mailbridge::graph::OutgoingMail,
+        timeout: Duration,
+    ) -> Result<mailbridge::graph::SendReceipt, mailbridge::graph::GraphError> {
+        if self.hang.load(std::sync::atomic::Ordering::SeqCst) {
+            self.entered
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+        self.inner.send_mail(token, mail, timeout).await
+    }
+}
+
+/// Everything written through `tracing` while a future runs, as text.
+#[derive(Clone, Default)]
+struct LogCapture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + use<> {
+        let sink = self.clone();
+        tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || sink.clone())
+            .finish()
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+async fn sqs_deps(idempotency: Arc<CrashingIdempotency>, mail: Arc<HangingSender>) -> Arc<Deps> {
+    let aws = stack().moto().sdk_config();
+    let (_q, dlq_url) = create_queue_with_dlq(&unique("fm-crash-park"), 5)
+        .await
+        .unwrap();
+    let sqs_client = aws_sdk_sqs::Client::new(&aws);
+    Arc::new(Deps {
+        tokens: token_service(),
+        mail,
+        idempotency,
+        parking: Arc::new(SqsParking::new(sqs_client.clone(), dlq_url)),
+        visibility: Arc::new(SqsVisibility::new(sqs_client)),
+        thread_key: ThreadKey::from_secret_value("fault-matrix-thread-key").unwrap(),
+        settings: BatchSettings {
+            safety_margin: Duration::from_secs(1),
+            ..BatchSettings::default()
+        },
+    })
+}
+
+async fn crash_points(lease: Duration) -> (Arc<CrashingIdempotency>, Arc<HangingSender>) {
+    let aws = stack().moto().sdk_config();
+    let idempotency = Arc::new(CrashingIdempotency {
+        inner: DynamoIdempotencyStore::new(
+            aws_sdk_dynamodb::Client::new(&aws),
+            create_state_table("fm-crash").await.unwrap(),
+        ),
+        lease,
+        hang_in_complete: false.into(),
+        hung: 0.into(),
+    });
+    let mail = Arc::new(HangingSender {
+        inner: GraphClient::new(&stack().graph().v1_url()).unwrap(),
+        hang: false.into(),
+        entered: 0.into(),
+    });
+    (idempotency, mail)
+}
+
+/// Run a batch as a "process" that crashes once `crashed()` holds: the task is aborted there,
+/// as a killed Lambda would stop, leaving whatever state it had written.
+async fn run_until_crash(deps: Arc<Deps>, event: SqsEvent, crashed: impl Fn() -> bool) {
+    let task = tokio::spawn(async move {
+        process_batch(event, Instant::now() + Duration::from_secs(60), &deps).await
+    });
+    for _ in 0..500 {
+        if crashed() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(crashed(), "the crash point was never reached");
+    task.abort();
+    let _ = task.await;
+}
+
+/// Wait until a lease written now with length `lease` has run out for DynamoDB's condition
+/// (`lease_expires_at < now`, whole seconds).
+async fn wait_out(lease: Duration) {
+    tokio::time::sleep(lease + Duration::from_millis(2100)).await;
+}
+
+/// SQS row "redelivery after a crash that leaves a live lease": the process dies after the
+/// claim, before Graph. A redelivery while the lease lives is reported for retry (not sent,
+/// not sent twice); once the lease has run out the redelivery takes it over, says so, and the
+/// notification is sent exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_the_claim_leaves_a_live_lease_the_redelivery_waits_then_sends_once() {
+    let (upn, account) = new_account("fm-crash-claim").await;
+    let graph = stack().graph();
+    let lease = Duration::from_secs(2);
+    let (idempotency, mail) = crash_points(lease).await;
+    let deps = sqs_deps(idempotency.clone(), mail.clone()).await;
+    let body = json!({
+        "version": 1,
+        "account": format!("mailbridge/{account}"),
+        "to": [{"address": "customer@example.com"}],
+        "subject": "crash after the claim",
+        "body": {"content_type": "text", "content": "x"}
+    });
+    let event = event_for(std::slice::from_ref(&body)).await;
+
+    // 1. Crash between the claim and Graph.
+    mail.hang.store(true, std::sync::atomic::Ordering::SeqCst);
+    let entered = mail.clone();
+    run_until_crash(deps.clone(), event.clone(), move || {
+        entered.entered.load(std::sync::atomic::Ordering::SeqCst) > 0
+    })
+    .await;
+    mail.hang.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(graph.accepted(&upn).len(), 0);
+
+    // 2. Redelivered while the lease lives: retried, nothing sent.
+    let report = process_batch(
+        event.clone(),
+        Instant::now() + Duration::from_secs(30),
+        &deps,
+    )
+    .await;
+    let outcome = &report.messages[0].outcome;
+    assert!(
+        matches!(outcome, Outcome::Retry { reason, .. } if reason.contains("another invocation is sending this notification")),
+        "{outcome:?}"
+    );
+    assert_eq!(report.response.batch_item_failures.len(), 1);
+    assert_eq!(
+        graph.accepted(&upn).len(),
+        0,
+        "not sent while the lease lives"
+    );
+
+    // 3. The lease runs out: the redelivery resumes, logs it, sends once.
+    wait_out(lease).await;
+    let logs = LogCapture::default();
+    let report = {
+        use tracing::instrument::WithSubscriber as _;
+        process_batch(
+            event.clone(),
+            Instant::now() + Duration::from_secs(30),
+            &deps,
+        )
+        .with_subscriber(logs.subscriber())
+        .await
+    };
+    assert!(
+        matches!(report.messages[0].outcome, Outcome::Sent { .. }),
+        "{report:?}"
+    );
+    assert!(report.messages[0].resumed_unfinished_claim);
+    assert_eq!(report.metrics.resent_after_unfinished_claim, 1);
+    assert_eq!(
+        report.metrics.emf("send-notifications")["NotificationsResentAfterUnfinishedClaim"],
+        1
+    );
+    assert!(
+        logs.text()
+            .contains("resending a notification whose earlier attempt never finished"),
+        "{}",
+        logs.text()
+    );
+    assert_eq!(graph.accepted(&upn).len(), 1, "sent exactly once");
+
+    // 4. Any later redelivery is a duplicate.
+    let report = process_batch(event, Instant::now() + Duration::from_secs(30), &deps).await;
+    assert!(
+        matches!(report.messages[0].outcome, Outcome::Duplicate),
+        "{report:?}"
+    );
+    assert_eq!(graph.accepted(&upn).len(), 1);
+}
+
+/// SQS row "redelivery after Graph 202, before the idempotency record": the process dies
+/// after Graph accepted two notifications (one with a ticket number, one without) and before
+/// their completion records. While the lease lives a redelivery sends nothing. After it, the
+/// redelivery cannot know the mail went out (sendMail has no idempotency key; Mail.Send cannot
+/// read Sent Items), so it sends again: exactly one duplicate each, named in the log and the
+/// `NotificationsResentAfterUnfinishedClaim` metric, and both copies carry the same
+/// deterministic internetMessageId so the receiving server can merge them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_graph_accepted_before_the_record_gives_at_most_one_duplicate_with_the_same_message_id()
+ {
+    let (upn, account) = new_account("fm-crash-202").await;
+    let graph = stack().graph();
+    let lease = Duration::from_secs(2);
+    let (idempotency, mail) = crash_points(lease).await;
+    let deps = sqs_deps(idempotency.clone(), mail).await;
+    let subjects = ["crash after 202 (ticket)", "crash after 202 (plain)"];
+    let bodies = [
+        json!({
+            "version": 1,
+            "account": format!("mailbridge/{account}"),
+            "to": [{"address": "customer@example.com"}],
+            "subject": subjects[0],
+            "ticket_number": "4711",
+            "body": {"content_type": "text", "content": "x"}
+        }),
+        json!({
+            "version": 1,
+            "account": format!("mailbridge/{account}"),
+            "to": [{"address": "customer@example.com"}],
+            "subject": subjects[1],
+            "body": {"content_type": "text", "content": "x"}
+        }),
+    ];
+    let event = event_for(&bodies).await;
+    let copies = |subject: &str| -> Vec<String> {
+        graph
+            .accepted(&upn)
+            .iter()
+            .filter(|a| {
+                a.request["message"]["subject"]
+                    .as_str()
+                    .is_some_and(|s| s.ends_with(subject))
+            })
+            .map(|a| {
+                a.request["message"]["internetMessageId"]
+                    .as_str()
+                    .unwrap_or("(none)")
+                    .to_string()
+            })
+            .collect()
+    };
+
+    // 1. Graph accepts both; the process dies before either completion record.
+    idempotency
+        .hang_in_complete
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let hung = idempotency.clone();
+    run_until_crash(deps.clone(), event.clone(), move || {
+        hung.hung.load(std::sync::atomic::Ordering::SeqCst) == 2
+    })
+    .await;
+    idempotency
+        .hang_in_complete
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    for subject in subjects {
+        assert_eq!(copies(subject).len(), 1, "{subject}: accepted by Graph");
+    }
+
+    // 2. Redelivered while the lease lives: nothing sent twice.
+    let report = process_batch(
+        event.clone(),
+        Instant::now() + Duration::from_secs(30),
+        &deps,
+    )
+    .await;
+    assert_eq!(report.response.batch_item_failures.len(), 2, "{report:?}");
+    for subject in subjects {
+        assert_eq!(
+            copies(subject).len(),
+            1,
+            "{subject}: not resent under a live lease"
+        );
+    }
+
+    // 3. After the lease: resent once each, named, with the same Message-ID.
+    wait_out(lease).await;
+    let logs = LogCapture::default();
+    let report = {
+        use tracing::instrument::WithSubscriber as _;
+        process_batch(
+            event.clone(),
+            Instant::now() + Duration::from_secs(30),
+            &deps,
+        )
+        .with_subscriber(logs.subscriber())
+        .await
+    };
+    assert!(report.response.batch_item_failures.is_empty(), "{report:?}");
+    assert_eq!(report.metrics.sent, 2);
+    assert_eq!(report.metrics.resent_after_unfinished_claim, 2);
+    let resend_lines = logs
+        .text()
+        .lines()
+        .filter(|l| l.contains("resending a notification whose earlier attempt never finished"))
+        .count();
+    assert_eq!(resend_lines, 2, "{}", logs.text());
+    for subject in subjects {
+        let ids = copies(subject);
+        assert_eq!(ids.len(), 2, "{subject}: exactly one duplicate");
+        assert!(
+            ids[0].starts_with("<mb."),
+            "{subject}: deterministic id {ids:?}"
+        );
+        assert_eq!(
+            ids[0], ids[1],
+            "{subject}: both copies carry the same Message-ID"
+        );
+    }
+
+    // 4. Completed now: later redeliveries are duplicates.
+    let report = process_batch(event, Instant::now() + Duration::from_secs(30), &deps).await;
+    assert_eq!(report.metrics.duplicates, 2, "{report:?}");
+    for subject in subjects {
+        assert_eq!(copies(subject).len(), 2);
+    }
+}

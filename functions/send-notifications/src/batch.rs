@@ -21,7 +21,8 @@
 //! - Idempotency window: the record is completed right after Graph's 202. If the process dies
 //!   between the 202 and that write (or the write fails), the in-progress lease (remaining
 //!   invocation time + 60 s) keeps redeliveries off until it runs out; a redelivery after that
-//!   sends again. A Graph timeout is ambiguous (the mail may have been accepted) and is retried:
+//!   sends again ([`Claim::Resumed`]: logged as "resending a notification whose earlier attempt
+//!   never finished", metric `NotificationsResentAfterUnfinishedClaim`). A Graph timeout is ambiguous (the mail may have been accepted) and is retried:
 //!   at-least-once, with the same Message-ID for ticket mail so receivers can collapse it.
 
 use crate::metrics::BatchMetrics;
@@ -131,6 +132,10 @@ pub struct MessageReport {
     pub outcome: Outcome,
     /// How many 429s were seen.
     pub throttled: u32,
+    /// The claim took over an earlier attempt that never finished (crashed or timed out after
+    /// its claim, maybe after Graph accepted the mail): if this one is sent, the recipient may
+    /// have two copies (with the same Message-ID).
+    pub resumed_unfinished_claim: bool,
 }
 
 /// The result of one batch.
@@ -193,7 +198,12 @@ pub async fn process_batch(event: SqsEvent, deadline: Instant, deps: &Deps) -> B
     for report in &reports {
         metrics.throttled += u64::from(report.throttled);
         match &report.outcome {
-            Outcome::Sent { .. } => metrics.sent += 1,
+            Outcome::Sent { .. } => {
+                metrics.sent += 1;
+                if report.resumed_unfinished_claim {
+                    metrics.resent_after_unfinished_claim += 1;
+                }
+            }
             Outcome::Duplicate => metrics.duplicates += 1,
             Outcome::Parked { .. } => metrics.parked += 1,
             Outcome::NeedsReauth { .. } => {
@@ -279,6 +289,7 @@ async fn process_message(
         account,
         outcome: Outcome::NotStarted,
         throttled: 0,
+        resumed_unfinished_claim: matches!(claim, Some((_, Ok(Claim::Resumed { .. })))),
     };
     report.outcome = decide(
         message,
@@ -392,6 +403,22 @@ async fn decide(
     };
     let lease_token = match claim {
         Ok(Claim::Acquired { lease_token }) => lease_token,
+        Ok(Claim::Resumed {
+            lease_token,
+            previous_lease_expires_at,
+        }) => {
+            // Graph's sendMail has no idempotency key and Mail.Send cannot read Sent Items, so
+            // whether the unfinished attempt reached Graph is unknowable: send (at least once),
+            // and say so. The deterministic internetMessageId lets receivers merge two copies.
+            tracing::warn!(
+                sqs_message_id = message.message_id.as_deref().unwrap_or_default(),
+                notification_id = n.id(),
+                account = %n.account,
+                previous_lease_expires_at,
+                "resending a notification whose earlier attempt never finished (crashed or timed out after its claim; if that attempt reached Graph the recipient gets a second copy with the same Message-ID)"
+            );
+            lease_token
+        }
         Ok(Claim::Completed { .. }) => return Outcome::Duplicate,
         Ok(Claim::CompletedWithDifferentPayload) => {
             let r = base_reason(

@@ -19,6 +19,8 @@ pub struct BatchMetrics {
     pub throttled: u64,
     /// Distinct accounts found needing re-authentication.
     pub accounts_need_reauth: u64,
+    /// Sent after taking over an earlier attempt that never finished (possible duplicate).
+    pub resent_after_unfinished_claim: u64,
 }
 
 impl BatchMetrics {
@@ -30,6 +32,10 @@ impl BatchMetrics {
             ("NotificationsRetried", self.retried),
             ("GraphThrottled", self.throttled),
             ("AccountNeedsReauth", self.accounts_need_reauth),
+            (
+                "NotificationsResentAfterUnfinishedClaim",
+                self.resent_after_unfinished_claim,
+            ),
         ];
         let mut doc = Map::new();
         doc.insert(
@@ -65,6 +71,7 @@ mod tests {
             throttled: 4,
             accounts_need_reauth: 1,
             duplicates: 0,
+            resent_after_unfinished_claim: 1,
         };
         let doc = m.emf("send-notifications");
         let defs = &doc["_aws"]["CloudWatchMetrics"][0];

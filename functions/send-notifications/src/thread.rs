@@ -47,10 +47,19 @@ impl ThreadKey {
 /// The header carrying the signed reference.
 pub const REF_HEADER: &str = mailbridge::mail::threading::REFERENCE_HEADER;
 
-/// What to change in the outgoing message for `n` (nothing without a ticket number).
+/// What to change in the outgoing message for `n`. Without a ticket number only the
+/// deterministic `internetMessageId` (see [`plain_message_id`]).
 pub fn stamp(key: &ThreadKey, n: &Notification) -> MessageExtras {
+    let domain = n
+        .from
+        .as_deref()
+        .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_owned()))
+        .unwrap_or_else(|| "mailbridge.invalid".to_owned());
     let Some(ticket) = n.ticket_number.as_deref() else {
-        return MessageExtras::default();
+        return MessageExtras {
+            internet_message_id: Some(plain_message_id(n.id(), &domain)),
+            ..MessageExtras::default()
+        };
     };
     use mailbridge::mail::threading as t;
     let reference = t::ticket_reference(ticket, key.expose());
@@ -59,11 +68,6 @@ pub fn stamp(key: &ThreadKey, n: &Notification) -> MessageExtras {
         BodyType::Text => format!("{}{}", n.body.content, t::body_footer_text(&reference)),
         BodyType::Html => insert_html_footer(&n.body.content, &t::body_footer_html(&reference)),
     };
-    let domain = n
-        .from
-        .as_deref()
-        .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_owned()))
-        .unwrap_or_else(|| "mailbridge.invalid".to_owned());
     MessageExtras {
         subject: Some(subject),
         body_content: Some(body),
@@ -71,6 +75,17 @@ pub fn stamp(key: &ThreadKey, n: &Notification) -> MessageExtras {
         // deterministic per notification: a retried send reuses the Message-ID
         internet_message_id: Some(t::message_id_with_unique(&reference, n.id(), &domain)),
     }
+}
+
+/// The Message-ID of a notification without a ticket: `<mb.n.<32 hex of SHA-256(id)>@domain>`.
+/// Deterministic per notification id, so when a send must be repeated after an attempt whose
+/// outcome is unknown (a crash after Graph's 202, a timeout), both copies carry the same
+/// Message-ID and the receiving server or client can collapse them.
+pub fn plain_message_id(notification_id: &str, domain: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(notification_id.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("<mb.n.{hex}@{domain}>")
 }
 
 /// Put the footer before `</body>` when there is one, else append it.
@@ -130,5 +145,11 @@ mod tests {
         n.ticket_number = None;
         let extras = stamp(&ThreadKey::new(b"k".to_vec()), &n);
         assert!(extras.subject.is_none() && extras.headers.is_empty());
+        assert!(extras.body_content.is_none());
+        // but a deterministic Message-ID, so a repeated send can be collapsed by receivers
+        let again = stamp(&ThreadKey::new(b"k".to_vec()), &n);
+        let mid = extras.internet_message_id.unwrap();
+        assert_eq!(Some(mid.clone()), again.internet_message_id);
+        assert!(mid.starts_with("<mb.n.") && mid.ends_with('>'), "{mid}");
     }
 }
