@@ -7,6 +7,7 @@
 //! - [`graph`]: the Microsoft Graph `sendMail` stand-in.
 //! - [`ticket_api`]: the helpdesk ticket API stand-in.
 //! - [`runtime_api`]: a Lambda Runtime API emulator to run the real `bootstrap` binaries.
+//! - [`tcp_fault_proxy`]: a TCP proxy that cuts a (TLS) connection at a chosen point.
 //!
 //! [`LocalStack::shared`] starts everything once per process (per test binary) on a dedicated
 //! background thread with its own tokio runtime, so the servers outlive each `#[tokio::test]`
@@ -20,6 +21,7 @@ pub mod graph;
 pub mod identity;
 pub mod moto;
 pub mod runtime_api;
+pub mod tcp_fault_proxy;
 pub mod ticket_api;
 
 use std::path::{Path, PathBuf};
