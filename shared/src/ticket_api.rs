@@ -349,7 +349,7 @@ impl TicketSink for WebhookTicketSink {
                     (format!("HTTP {code}: {text}"), hint)
                 }
                 Err(e) if e.is_timeout() => ("request timed out".to_string(), None),
-                Err(e) => (format!("request failed: {e}"), None),
+                Err(e) => (format!("request failed: {}", error_chain(&e)), None),
             };
             if attempts >= self.retry.max_attempts {
                 return Err(unavailable(attempts, detail));
@@ -365,6 +365,19 @@ impl TicketSink for WebhookTicketSink {
             backoff = (backoff * 2).min(self.retry.max_backoff);
         }
     }
+}
+
+/// reqwest's message plus its causes: the top level alone ("error sending request for url")
+/// hides what went wrong (a refused connection, `invalid peer certificate: UnknownIssuer`).
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    detail
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! - [`ticket_api`]: the helpdesk ticket API stand-in.
 //! - [`runtime_api`]: a Lambda Runtime API emulator to run the real `bootstrap` binaries.
 //! - [`tcp_fault_proxy`]: a TCP proxy that cuts a (TLS) connection at a chosen point.
+//! - [`tls_endpoint`]: an HTTPS endpoint with an untrusted or wrongly named certificate.
 //!
 //! [`LocalStack::shared`] starts everything once per process (per test binary) on a dedicated
 //! background thread with its own tokio runtime, so the servers outlive each `#[tokio::test]`
@@ -23,6 +24,7 @@ pub mod moto;
 pub mod runtime_api;
 pub mod tcp_fault_proxy;
 pub mod ticket_api;
+pub mod tls_endpoint;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, mpsc};
