@@ -15,8 +15,9 @@
 //! functions write in production, at TRACE for every crate, including `log` records of
 //! dependencies (async-imap, rustls...) through the `tracing-log` bridge.
 //!
-//! This file installs its own global subscriber, so it holds one test only (a second test in the
-//! same binary would share the capture).
+//! This file installs its own global subscriber for that test. The second test,
+//! [`the_cli_writes_no_secret_to_disk`], runs the operator CLI as child processes (their
+//! files and output are searched, not this process's logs), so sharing the capture is harmless.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -656,5 +657,324 @@ async fn no_secret_value_reaches_logs_errors_or_debug_output() {
         leaks.is_empty(),
         "secret values leaked:\n{}",
         leaks.join("\n")
+    );
+}
+
+/// Every regular file under `dir` (recursively), skipping what cannot be read.
+fn files_under(
+    dir: &std::path::Path,
+    modified_since: Option<std::time::SystemTime>,
+) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file()
+                && modified_since.is_none_or(|t| meta.modified().is_ok_and(|m| m >= t))
+            {
+                out.push(entry.path());
+            }
+        }
+    }
+    out
+}
+
+/// Issue 9, secrets hygiene: "secrets never written to disk by the CLI except through Secrets
+/// Manager". The operator CLI runs as a process with `HOME`, `TMPDIR` and every `XDG_*`
+/// directory in a fresh temp dir and its working directory in another: `login` with a password
+/// on stdin (ROPC), `login` by device code, `status`, `mailbox add/list/remove`, `check`,
+/// `poll --dry-run`, `send --direct` and `send` to a queue. Afterwards every file under both
+/// dirs, and every file under `/tmp` written during the run, is searched for the password,
+/// every access and refresh token the identity stand-in issued to the user, and the XOAUTH2
+/// string of each access token. The secrets are in Secrets Manager (moto) only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_writes_no_secret_to_disk() {
+    let started = std::time::SystemTime::now();
+    // The other test's capture must be the global subscriber whichever test starts first.
+    captured_logs();
+    let stack = mailbridge_tests::stack();
+    let idp = stack.identity().clone();
+    let tenant = format!("{}.onmicrosoft.com", unique("tenant"));
+    let client_id = uuid::Uuid::new_v4().to_string();
+    let upn = mailbridge_tests::unique_user("cli-disk");
+    let password = random_secret("cli-password");
+    idp.register_app(AppRegistration::mailbridge(&tenant, &client_id));
+    idp.register_user(UserAccount::new(&tenant, &upn, &password));
+    let prefix = format!("{}/", unique("cli-disk"));
+    let table = create_state_table("cli-disk").await.unwrap();
+    let queue_url = mailbridge_tests::create_queue(&unique("cli-disk"))
+        .await
+        .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    for sub in ["tmp", "config", "cache", "data", "state", "runtime"] {
+        std::fs::create_dir_all(home.path().join(sub)).unwrap();
+    }
+    let binary = tokio::task::spawn_blocking(|| {
+        local_stack::runtime_api::workspace_binary("mailbridge-cli", "mailbridge")
+    })
+    .await
+    .unwrap()
+    .expect("build the mailbridge CLI");
+    let command = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(&binary);
+        command
+            .args(args)
+            .current_dir(work.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", home.path())
+            .env("TMPDIR", home.path().join("tmp"))
+            .env("XDG_CONFIG_HOME", home.path().join("config"))
+            .env("XDG_CACHE_HOME", home.path().join("cache"))
+            .env("XDG_DATA_HOME", home.path().join("data"))
+            .env("XDG_STATE_HOME", home.path().join("state"))
+            .env("XDG_RUNTIME_DIR", home.path().join("runtime"))
+            .envs(stack.moto().env())
+            .env("MAILBRIDGE_SECRET_PREFIX", &prefix)
+            .env("MAILBRIDGE_STATE_TABLE", &table)
+            .env(
+                "MAILBRIDGE_GRAPH_URL",
+                format!("{}/v1.0", stack.graph().base_url),
+            )
+            .env("MAILBRIDGE_IMAP_CA_FILE", &stack.dovecot().ca_pem_path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        command
+    };
+    let mut outputs = String::new();
+    let finish = |out: std::process::Output, args: &[&str], outputs: &mut String| {
+        let text = format!(
+            "$ mailbridge {}\nexit {:?}\n{}{}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        outputs.push_str(&text);
+        assert_eq!(out.status.code(), Some(0), "{text}");
+    };
+    let login = |account: &str| {
+        vec![
+            "login".to_string(),
+            "--account".into(),
+            account.into(),
+            "--tenant".into(),
+            tenant.clone(),
+            "--client-id".into(),
+            client_id.clone(),
+            "--user".into(),
+            upn.clone(),
+            "--authority-host".into(),
+            idp.base_url.clone(),
+            "--imap-host".into(),
+            format!("localhost:{}", stack.dovecot().imaps_port),
+        ]
+    };
+
+    // login with the password on stdin (ROPC)
+    let mut args = login("ropc");
+    args.push("--password-stdin".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = command(&args)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt as _;
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(format!("{password}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    finish(out, &args, &mut outputs);
+
+    // login by device code, approved through the identity stand-in's control
+    let args = login("device");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = command(&args).spawn().unwrap();
+    let mut approved = false;
+    for _ in 0..300 {
+        if let Some(code) = idp
+            .device_codes(&tenant)
+            .into_iter()
+            .find(|c| c.state == "pending")
+        {
+            idp.approve_device_code(&code.user_code, &upn).unwrap();
+            approved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        approved,
+        "the CLI asked for a device code: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    finish(out, &args, &mut outputs);
+
+    // the other commands
+    stack
+        .dovecot()
+        .deliver_to(
+            &upn,
+            "INBOX",
+            b"From: Alice <alice@example.com>\r\nSubject: disk check\r\nMessage-ID: <disk@example.com>\r\n\r\nhello\r\n",
+        )
+        .unwrap();
+    let port = stack.dovecot().imaps_port.to_string();
+    let sink_url = stack.tickets().sink_url(&unique("cli-disk-sink"));
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["status", "--json"],
+        vec![
+            "mailbox",
+            "add",
+            "inbox",
+            "--user",
+            &upn,
+            "--account",
+            "ropc",
+            "--host",
+            "localhost",
+            "--port",
+            &port,
+            "--ticket-api-url",
+            &sink_url,
+        ],
+        vec!["mailbox", "list", "--json"],
+        vec!["check", "--json", "inbox"],
+        vec!["poll", "--dry-run", "--json", "inbox"],
+        vec![
+            "send",
+            "--json",
+            "--direct",
+            "--account",
+            "device",
+            "--to",
+            "customer@example.com",
+            "--subject",
+            "disk check",
+            "--body",
+            "hi",
+        ],
+        vec![
+            "send",
+            "--account",
+            "ropc",
+            "--to",
+            "customer@example.com",
+            "--subject",
+            "disk check",
+            "--body",
+            "hi",
+            "--queue-url",
+            &queue_url,
+        ],
+        vec!["mailbox", "remove", "inbox"],
+    ];
+    for args in &commands {
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            command(args).spawn().unwrap().wait_with_output(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        finish(out, args, &mut outputs);
+    }
+
+    // What must not be on disk (nor in the CLI's output).
+    let mut secrets: Vec<String> = vec![password.clone()];
+    let tokens = idp.issued_token_values(&upn);
+    assert!(
+        tokens.len() >= 4,
+        "both logins and the commands got tokens: {}",
+        tokens.len()
+    );
+    for token in &tokens {
+        secrets.push(token.clone());
+        secrets.push(
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("user={upn}\x01auth=Bearer {token}\x01\x01")),
+        );
+    }
+    for account in ["ropc", "device"] {
+        let stored: Value = serde_json::from_str(
+            &mailbridge_tests::get_secret(&format!("{prefix}{account}"))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let refresh = stored["refresh_token"]
+            .as_str()
+            .expect("stored in Secrets Manager");
+        assert!(tokens.iter().any(|t| t == refresh));
+        assert!(stored.get("password").is_none_or(Value::is_null) || account == "ropc");
+    }
+    for secret in &secrets {
+        assert!(
+            !outputs.contains(secret.as_str()),
+            "a secret value reached the CLI's output"
+        );
+    }
+    let leaks = |files: &[std::path::PathBuf]| -> Vec<std::path::PathBuf> {
+        files
+            .iter()
+            .filter(|file| {
+                let content = std::fs::read(file)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                secrets.iter().any(|secret| {
+                    content.contains(secret.as_str())
+                        || file.to_string_lossy().contains(secret.as_str())
+                })
+            })
+            .cloned()
+            .collect()
+    };
+    let mut scanned = Vec::new();
+    for (dir, since) in [
+        (home.path().to_path_buf(), None),
+        (work.path().to_path_buf(), None),
+        (std::env::temp_dir(), Some(started)),
+    ] {
+        scanned.extend(files_under(&dir, since));
+    }
+    assert_eq!(
+        leaks(&scanned),
+        Vec::<std::path::PathBuf>::new(),
+        "secret values on disk"
+    );
+    // The search can fail: a file holding the refresh token is found.
+    let probe = work.path().join("probe.txt");
+    std::fs::write(&probe, format!("x{}x", tokens[0])).unwrap();
+    assert_eq!(leaks(&files_under(work.path(), None)), vec![probe]);
+    let in_home_or_work: Vec<_> = scanned
+        .iter()
+        .filter(|f| f.starts_with(home.path()) || f.starts_with(work.path()))
+        .collect();
+    println!(
+        "{} secret values searched in {} files ({} under HOME/TMPDIR/XDG_* or the working directory: {:?})",
+        secrets.len(),
+        scanned.len(),
+        in_home_or_work.len(),
+        in_home_or_work
     );
 }

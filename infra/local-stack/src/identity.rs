@@ -756,6 +756,24 @@ impl IdentityStandIn {
         }
     }
 
+    /// Every access and refresh token value issued to `upn` so far (for tests that search
+    /// logs, files and outputs for leaked tokens).
+    pub fn issued_token_values(&self, upn: &str) -> Vec<String> {
+        let state = self.shared.lock();
+        let key = upn.to_lowercase();
+        let access = state
+            .access_tokens
+            .iter()
+            .filter(|(_, r)| r.issued.upn.to_lowercase() == key)
+            .map(|(t, _)| t.clone());
+        let refresh = state
+            .refresh_tokens
+            .iter()
+            .filter(|(_, r)| r.upn.to_lowercase() == key)
+            .map(|(t, _)| t.clone());
+        access.chain(refresh).collect()
+    }
+
     /// Let `delegate` open the shared mailbox `shared_mailbox` (IMAP `user=` shared address).
     pub fn grant_mailbox_access(&self, delegate: &str, shared_mailbox: &str) {
         self.shared
