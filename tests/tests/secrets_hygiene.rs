@@ -839,6 +839,19 @@ async fn the_cli_writes_no_secret_to_disk() {
             b"From: Alice <alice@example.com>\r\nSubject: disk check\r\nMessage-ID: <disk@example.com>\r\n\r\nhello\r\n",
         )
         .unwrap();
+    // Machine mail: the dry run says the poller would set it aside without a ticket.
+    stack
+        .dovecot()
+        .deliver_to(
+            &upn,
+            "INBOX",
+            &std::fs::read(
+                local_stack::repo_root()
+                    .join("tests/fixtures/mail/306-autoresponder-ticket-receipt.eml"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
     let port = stack.dovecot().imaps_port.to_string();
     let sink_url = stack.tickets().sink_url(&unique("cli-disk-sink"));
     let commands: Vec<Vec<&str>> = vec![
@@ -897,6 +910,17 @@ async fn the_cli_writes_no_secret_to_disk() {
         .await
         .unwrap()
         .unwrap();
+        if args[0] == "poll" {
+            let preview: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let mut actions: Vec<&str> = preview["mailboxes"][0]["mails"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["action"].as_str().unwrap())
+                .collect();
+            actions.sort();
+            assert_eq!(actions, ["skip_auto_generated", "ticket"], "{preview:#}");
+        }
         finish(out, args, &mut outputs);
     }
 

@@ -56,7 +56,8 @@ pub struct MailPlan {
     pub uid: Uid,
     /// `RFC822.SIZE`.
     pub size: Option<u32>,
-    /// `ticket`, `ticket_with_problem` or `duplicate`.
+    /// `ticket`, `ticket_with_problem`, `duplicate`, or `skip_auto_generated` (machine mail
+    /// that threads to no ticket: set aside in the auto-generated folder, no ticket).
     pub action: String,
     /// Subject (from the draft).
     pub subject: Option<String>,
@@ -98,6 +99,7 @@ impl DryRunLog {
 struct DryRunMailbox {
     inner: Box<dyn Mailbox>,
     name: String,
+    auto_generated_folder: String,
     log: DryRunLog,
     progress: bool,
 }
@@ -136,7 +138,13 @@ impl DryRunMailbox {
                 ..MailPlan::default()
             });
             if plan.action.is_empty() {
-                plan.action = "duplicate".into();
+                // No ticket was posted: either it already has one, or it is machine mail the
+                // poller sets aside unticketed.
+                plan.action = if what == format!("move to {}", self.auto_generated_folder) {
+                    "skip_auto_generated".into()
+                } else {
+                    "duplicate".into()
+                };
             }
             plan.then = Some(what);
         });
@@ -207,6 +215,7 @@ impl MailboxConnector for DryRunConnector {
         Ok(Box::new(DryRunMailbox {
             inner,
             name: config.name.clone(),
+            auto_generated_folder: config.auto_generated_folder.clone(),
             log: self.log.clone(),
             progress: self.progress,
         }))
@@ -412,6 +421,9 @@ fn print_human(previews: &[MailboxPreview]) {
                 "ticket" => "new ticket".to_owned(),
                 "ticket_with_problem" => "ticket with a problem note".to_owned(),
                 "duplicate" => "already ticketed".to_owned(),
+                "skip_auto_generated" => {
+                    "no ticket (machine mail threading to no ticket)".to_owned()
+                }
                 other => other.to_owned(),
             };
             let reply = m
