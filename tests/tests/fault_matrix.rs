@@ -1547,3 +1547,79 @@ async fn https_with_an_untrusted_ca_or_a_wrong_host_name_is_refused_and_nothing_
     );
     assert_eq!(untrusted.requests(), 0);
 }
+
+/// Secrets Manager row "account secret deleted while the poller runs": the account secret is
+/// deleted (scheduled for deletion, Secrets Manager's default) between two runs of a warm
+/// poller. While the cached IMAP token lives, mail is still ticketed; once a fresh token is
+/// needed the mailbox fails with a reason naming the secret and the deletion, the mail stays;
+/// after `RestoreSecret` the next run tickets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_secret_deleted_while_the_poller_runs_leaves_the_mail_and_names_the_secret() {
+    let p = Poller::new().await;
+    let dovecot = stack().dovecot();
+    let (user, account) = new_account("fm-deleted").await;
+    let name = format!("mailbridge/{account}");
+    p.mailbox("deleted", &user, &account, json!({})).await;
+    let tickets = || stack().tickets().tickets(&p.sink).len();
+    let inbox = || dovecot.list_messages(&user, "INBOX").unwrap().len();
+
+    dovecot
+        .deliver_to(
+            &user,
+            "INBOX",
+            &mail(&unique("del-1"), "Before the deletion"),
+        )
+        .unwrap();
+    assert_eq!(status(&p.poll().await, "deleted").tickets_created, 1);
+
+    mailbridge_tests::secrets()
+        .delete_secret()
+        .secret_id(&name)
+        .send()
+        .await
+        .unwrap();
+    // Warm: the cached token still logs in.
+    dovecot
+        .deliver_to(
+            &user,
+            "INBOX",
+            &mail(&unique("del-2"), "Token still cached"),
+        )
+        .unwrap();
+    let report = p.poll().await;
+    assert_eq!(status(&report, "deleted").outcome, "ok", "{report:?}");
+    assert_eq!(tickets(), 2);
+
+    // The token runs out (forced): the secret must be read again.
+    p.deps
+        .tokens
+        .invalidate(&account, mailbridge::token::Audience::Imap);
+    dovecot
+        .deliver_to(
+            &user,
+            "INBOX",
+            &mail(&unique("del-3"), "After the deletion"),
+        )
+        .unwrap();
+    let report = p.poll().await;
+    let s = status(&report, "deleted");
+    assert_eq!(s.outcome, "failed", "{s:?}");
+    let reason = s.reason.as_deref().unwrap_or("");
+    assert!(
+        reason.contains(&name) && reason.contains("deletion"),
+        "the reason names the secret and its deletion: {reason}"
+    );
+    assert_eq!(inbox(), 1, "the mail stays");
+    assert_eq!(tickets(), 2);
+
+    mailbridge_tests::secrets()
+        .restore_secret()
+        .secret_id(&name)
+        .send()
+        .await
+        .unwrap();
+    let report = p.poll().await;
+    assert_eq!(status(&report, "deleted").outcome, "ok", "{report:?}");
+    assert_eq!(tickets(), 3, "each mail exactly one ticket");
+    assert_eq!(inbox(), 0);
+}

@@ -162,6 +162,12 @@ fn store_error(account: &str, err: SecretStoreError) -> TokenError {
             secret: name,
             problem: "the secret does not exist (create it with `mailbridge login`)".to_owned(),
         },
+        SecretStoreError::ScheduledForDeletion { name } => TokenError::BadSecret {
+            problem: format!(
+                "the secret is scheduled for deletion: restore it (`aws secretsmanager restore-secret --secret-id {name}`) before `mailbridge login` can use the name again"
+            ),
+            secret: name,
+        },
         SecretStoreError::AccessDenied { name, detail } => TokenError::BadSecret {
             secret: name,
             problem: format!("access denied ({detail})"),

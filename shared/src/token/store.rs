@@ -50,6 +50,15 @@ pub enum SecretStoreError {
         /// Secret name.
         name: String,
     },
+    /// The secret is scheduled for deletion (`DeleteSecret` with a recovery window): every
+    /// read fails until someone restores it.
+    #[error(
+        "secret {name} is scheduled for deletion: restore it (`aws secretsmanager restore-secret --secret-id {name}`) before `mailbridge login` can use the name again"
+    )]
+    ScheduledForDeletion {
+        /// Secret name.
+        name: String,
+    },
     /// Not allowed (IAM) — a deployment problem.
     #[error("secret {name}: access denied: {detail}")]
     AccessDenied {
@@ -135,6 +144,17 @@ where
     match err.as_service_error().and_then(|e| e.code()) {
         Some("ResourceNotFoundException") => SecretStoreError::NotFound { name },
         Some("ResourceExistsException") => SecretStoreError::TokenReused { name },
+        // AWS: "...because it was marked for deletion."; moto: "...currently marked deleted."
+        Some("InvalidRequestException")
+            if err
+                .as_service_error()
+                .and_then(|e| e.message())
+                .is_some_and(|m| {
+                    m.contains("marked for deletion") || m.contains("marked deleted")
+                }) =>
+        {
+            SecretStoreError::ScheduledForDeletion { name }
+        }
         Some("AccessDeniedException") => SecretStoreError::AccessDenied {
             name,
             detail: sdk_detail(err),
