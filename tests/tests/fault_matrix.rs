@@ -991,7 +991,8 @@ async fn wait_out(lease: Duration) {
 async fn a_crash_after_the_claim_leaves_a_live_lease_the_redelivery_waits_then_sends_once() {
     let (upn, account) = new_account("fm-crash-claim").await;
     let graph = stack().graph();
-    let lease = Duration::from_secs(2);
+    // Long enough for the crash and the first redelivery on a loaded machine.
+    let lease = Duration::from_secs(8);
     let (idempotency, mail) = crash_points(lease).await;
     let deps = sqs_deps(idempotency.clone(), mail.clone()).await;
     let body = json!({
@@ -1084,7 +1085,8 @@ async fn a_crash_after_graph_accepted_before_the_record_gives_at_most_one_duplic
  {
     let (upn, account) = new_account("fm-crash-202").await;
     let graph = stack().graph();
-    let lease = Duration::from_secs(2);
+    // Long enough for the crash and the first redelivery on a loaded machine.
+    let lease = Duration::from_secs(8);
     let (idempotency, mail) = crash_points(lease).await;
     let deps = sqs_deps(idempotency.clone(), mail).await;
     let subjects = ["crash after 202 (ticket)", "crash after 202 (plain)"];
