@@ -966,7 +966,8 @@ async fn run_until_crash(deps: Arc<Deps>, event: SqsEvent, crashed: impl Fn() ->
     let task = tokio::spawn(async move {
         process_batch(event, Instant::now() + Duration::from_secs(60), &deps).await
     });
-    for _ in 0..500 {
+    // Polled, not slept: up to 60 s for a loaded machine to reach the crash point.
+    for _ in 0..3000 {
         if crashed() {
             break;
         }

@@ -9,7 +9,9 @@
 //!   `Retry-After`), [`TicketApiStandIn::reject_next`] (4xx), [`TicketApiStandIn::set_down`]
 //!   (503 until turned off), [`TicketApiStandIn::set_latency`],
 //!   [`TicketApiStandIn::drop_response_next`] (record the ticket, then close the connection without
-//!   answering: the client cannot know it was accepted).
+//!   answering: the client cannot know it was accepted);
+//! - [`TicketApiStandIn::hold_requests_after`] / [`TicketApiStandIn::release_held`]: requests past
+//!   the n-th wait (unanswered) until released, so a test can act at an exact point of a run.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -48,6 +50,8 @@ struct SinkState {
     latency: Duration,
     drop_next: u32,
     required_header: Option<(String, String)>,
+    /// Requests numbered above this wait until [`TicketApiStandIn::release_held`].
+    hold_after: Option<u64>,
 }
 
 #[derive(Default)]
@@ -83,12 +87,26 @@ async fn create_ticket(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let latency = {
+    let (latency, number) = {
         let mut guard = shared.lock().expect("stand-in state");
         let state = guard.sinks.entry(sink.clone()).or_default();
         state.requests += 1;
-        state.latency
+        (state.latency, state.requests)
     };
+    loop {
+        let held = {
+            let guard = shared.lock().expect("stand-in state");
+            guard
+                .sinks
+                .get(&sink)
+                .and_then(|s| s.hold_after)
+                .is_some_and(|after| number > after)
+        };
+        if !held {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -270,6 +288,18 @@ impl TicketApiStandIn {
     /// Delay every answer on `sink`.
     pub fn set_latency(&self, sink: &str, latency: Duration) {
         self.with_sink(sink, |s| s.latency = latency);
+    }
+
+    /// Make every request on `sink` after the first `count` wait, unanswered, until
+    /// [`TicketApiStandIn::release_held`] (it is counted by [`TicketApiStandIn::requests`] when it
+    /// arrives, so a test can wait for it).
+    pub fn hold_requests_after(&self, sink: &str, count: u64) {
+        self.with_sink(sink, |s| s.hold_after = Some(count));
+    }
+
+    /// Let held requests on `sink` (and every later one) through.
+    pub fn release_held(&self, sink: &str) {
+        self.with_sink(sink, |s| s.hold_after = None);
     }
 
     /// Record the next `count` tickets, then drop the connection instead of answering.
