@@ -814,11 +814,13 @@ async fn secrets_manager_throttling_past_the_retries_retries_the_notification_an
     assert_eq!(dovecot.list_messages(&upn, "INBOX").unwrap().len(), 0);
 }
 
-/// Crash injection through the idempotency port: a lease shortened to `lease` (standing in for
-/// "the lease ran out": production leases are the invocation's remaining time + 60 s), and an
-/// optional hang in `complete` (the process dies after Graph's 202, before the record).
+/// Crash injection through the idempotency port: claims with a fixed `lease` (long, so "while
+/// the lease lives" holds on any machine), [`CrashingIdempotency::expire_leases`] for "the lease
+/// ran out" (production leases are the invocation's remaining time + 60 s), and an optional
+/// hang in `complete` (the process dies after Graph's 202, before the record).
 struct CrashingIdempotency {
     inner: DynamoIdempotencyStore,
+    table: String,
     lease: Duration,
     hang_in_complete: std::sync::atomic::AtomicBool,
     hung: std::sync::atomic::AtomicUsize,
@@ -866,6 +868,47 @@ impl mailbridge::state::IdempotencyStore for CrashingIdempotency {
         lease_token: &str,
     ) -> Result<(), mailbridge::state::StateError> {
         self.inner.release(id, lease_token).await
+    }
+}
+
+impl CrashingIdempotency {
+    /// "The lease ran out", without racing the clock: every in-progress claim in this test's
+    /// table gets a lease that ended 10 s ago, which is what DynamoDB's claim condition
+    /// (`lease_expires_at < now`) sees once a real lease has run out.
+    async fn expire_leases(&self) {
+        use aws_sdk_dynamodb::types::AttributeValue;
+        let client = dynamodb();
+        let items = client
+            .scan()
+            .table_name(&self.table)
+            .send()
+            .await
+            .unwrap()
+            .items
+            .unwrap_or_default();
+        let past = chrono::Utc::now().timestamp() - 10;
+        let mut expired = 0;
+        for item in items {
+            if item
+                .get("status")
+                .and_then(|v| v.as_s().ok())
+                .map(String::as_str)
+                != Some("in_progress")
+            {
+                continue;
+            }
+            client
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", item["pk"].clone())
+                .update_expression("SET lease_expires_at = :past")
+                .expression_attribute_values(":past", AttributeValue::N(past.to_string()))
+                .send()
+                .await
+                .unwrap();
+            expired += 1;
+        }
+        assert!(expired > 0, "no in-progress claim to expire");
     }
 }
 
@@ -943,11 +986,10 @@ async fn sqs_deps(idempotency: Arc<CrashingIdempotency>, mail: Arc<HangingSender
 
 async fn crash_points(lease: Duration) -> (Arc<CrashingIdempotency>, Arc<HangingSender>) {
     let aws = stack().moto().sdk_config();
+    let table = create_state_table("fm-crash").await.unwrap();
     let idempotency = Arc::new(CrashingIdempotency {
-        inner: DynamoIdempotencyStore::new(
-            aws_sdk_dynamodb::Client::new(&aws),
-            create_state_table("fm-crash").await.unwrap(),
-        ),
+        inner: DynamoIdempotencyStore::new(aws_sdk_dynamodb::Client::new(&aws), table.clone()),
+        table,
         lease,
         hang_in_complete: false.into(),
         hung: 0.into(),
@@ -978,12 +1020,6 @@ async fn run_until_crash(deps: Arc<Deps>, event: SqsEvent, crashed: impl Fn() ->
     let _ = task.await;
 }
 
-/// Wait until a lease written now with length `lease` has run out for DynamoDB's condition
-/// (`lease_expires_at < now`, whole seconds).
-async fn wait_out(lease: Duration) {
-    tokio::time::sleep(lease + Duration::from_millis(2100)).await;
-}
-
 /// SQS row "redelivery after a crash that leaves a live lease": the process dies after the
 /// claim, before Graph. A redelivery while the lease lives is reported for retry (not sent,
 /// not sent twice); once the lease has run out the redelivery takes it over, says so, and the
@@ -992,8 +1028,8 @@ async fn wait_out(lease: Duration) {
 async fn a_crash_after_the_claim_leaves_a_live_lease_the_redelivery_waits_then_sends_once() {
     let (upn, account) = new_account("fm-crash-claim").await;
     let graph = stack().graph();
-    // Long enough for the crash and the first redelivery on a loaded machine.
-    let lease = Duration::from_secs(8);
+    // Outlives the crash and the first redelivery on any machine; its end is simulated.
+    let lease = Duration::from_secs(600);
     let (idempotency, mail) = crash_points(lease).await;
     let deps = sqs_deps(idempotency.clone(), mail.clone()).await;
     let body = json!({
@@ -1035,7 +1071,7 @@ async fn a_crash_after_the_claim_leaves_a_live_lease_the_redelivery_waits_then_s
     );
 
     // 3. The lease runs out: the redelivery resumes, logs it, sends once.
-    wait_out(lease).await;
+    idempotency.expire_leases().await;
     let logs = LogCapture::default();
     let report = {
         use tracing::instrument::WithSubscriber as _;
@@ -1086,8 +1122,8 @@ async fn a_crash_after_graph_accepted_before_the_record_gives_at_most_one_duplic
  {
     let (upn, account) = new_account("fm-crash-202").await;
     let graph = stack().graph();
-    // Long enough for the crash and the first redelivery on a loaded machine.
-    let lease = Duration::from_secs(8);
+    // Outlives the crash and the first redelivery on any machine; its end is simulated.
+    let lease = Duration::from_secs(600);
     let (idempotency, mail) = crash_points(lease).await;
     let deps = sqs_deps(idempotency.clone(), mail).await;
     let subjects = ["crash after 202 (ticket)", "crash after 202 (plain)"];
@@ -1160,7 +1196,7 @@ async fn a_crash_after_graph_accepted_before_the_record_gives_at_most_one_duplic
     }
 
     // 3. After the lease: resent once each, named, with the same Message-ID.
-    wait_out(lease).await;
+    idempotency.expire_leases().await;
     let logs = LogCapture::default();
     let report = {
         use tracing::instrument::WithSubscriber as _;
