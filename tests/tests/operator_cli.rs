@@ -680,6 +680,50 @@ async fn mailbox_add_validates_and_lists() {
     let list = json(&out);
     assert_eq!(list["mailboxes"][0]["name"], "listed");
     assert_eq!(list["mailboxes"][0]["config"]["user"], w.upn.as_str());
+    let out = w.run(&["mailbox", "show", "listed"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(json(&out)["list_mail"], "set_aside", "the default is shown");
+
+    // A helpdesk address that is itself a group: list mail opens tickets.
+    let add_group = |list_mail: &'static str| {
+        [
+            "mailbox",
+            "add",
+            "group",
+            "--user",
+            "group@example.com",
+            "--account",
+            "helpdesk",
+            "--ticket-api-url",
+            "https://psa.example.com/t",
+            "--auto-generated-folder",
+            "Robots",
+            "--list-mail",
+            list_mail,
+        ]
+    };
+    let out = w.run(&add_group("always")).await;
+    assert_eq!(out.status.code(), Some(2), "clap refuses an unknown value");
+    assert!(
+        text(&out.stderr).contains("set_aside"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = w.run(&add_group("ticket")).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = w.run(&["mailbox", "show", "group", "--json"]).await;
+    let shown = &json(&out)["mailbox"];
+    assert_eq!(shown["list_mail"], "ticket", "{shown:#}");
+    assert_eq!(shown["auto_generated_folder"], "Robots");
+    let out = w.run(&["mailbox", "list"]).await;
+    assert!(
+        text(&out.stdout).contains("list mail: ticket"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = w.run(&["mailbox", "remove", "group"]).await;
+    assert_eq!(out.status.code(), Some(0));
+
     let out = w.run(&["mailbox", "remove", "listed"]).await;
     assert_eq!(out.status.code(), Some(0));
     let out = w.run(&["mailbox", "list", "--json"]).await;

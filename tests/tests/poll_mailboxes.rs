@@ -594,6 +594,98 @@ async fn machine_mail_never_opens_a_ticket_and_threaded_machine_mail_reaches_its
     assert_eq!(p.tickets().len(), 3);
 }
 
+/// A helpdesk address that is itself a list or group (a Google Group relaying customer mail with
+/// `List-Id`): by default its list mail is set aside like a newsletter; with `list_mail: ticket`
+/// it opens tickets, while an out-of-office relayed through the same group is still set aside.
+#[tokio::test]
+async fn list_mail_opens_tickets_only_on_a_mailbox_with_list_mail_ticket() {
+    let p = Poller::new(stack().dovecot().clone()).await;
+    let group_post = |user: &str| {
+        format!(
+            "From: Dana Customer <dana@customer.example>\r\nTo: {user}\r\nSubject: VPN drops every hour\r\nMessage-ID: <{}@customer.example>\r\nList-Id: <support.contoso.example>\r\nPrecedence: list\r\nMailing-list: list {user}; contact support+owners@contoso.example\r\nList-Unsubscribe: <mailto:support+unsubscribe@contoso.example>\r\n\r\nSince Monday the VPN drops every hour.\r\n",
+            unique("group-post")
+        )
+        .into_bytes()
+    };
+    let relayed_ooo = |user: &str| {
+        format!(
+            "From: Bob Away <bob@customer.example>\r\nTo: {user}\r\nSubject: Automatic reply: VPN drops every hour\r\nMessage-ID: <{}@customer.example>\r\nAuto-Submitted: auto-replied\r\nList-Id: <support.contoso.example>\r\n\r\nI am away until Monday.\r\n",
+            unique("ooo")
+        )
+        .into_bytes()
+    };
+    let mut users = Vec::new();
+    for (name, setting) in [("group-default", None), ("group-ticket", Some("ticket"))] {
+        let user = unique_user(name);
+        let account = p.account(&user).await;
+        let extra = match setting {
+            Some(value) => serde_json::json!({ "list_mail": value }),
+            None => serde_json::json!({}),
+        };
+        p.mailbox(name, &user, &account, extra).await;
+        p.deliver(&user, &group_post(&user));
+        p.deliver(&user, &corpus_mail("317-mailing-list-post.eml"));
+        p.deliver(&user, &relayed_ooo(&user));
+        users.push(user);
+    }
+    let report = p.poll().await;
+    let default = status(&report, "group-default");
+    assert_eq!(default.outcome, "ok", "{report:?}");
+    assert_eq!(
+        (default.tickets_created, default.skipped_auto_generated),
+        (0, 3),
+        "{default:?}"
+    );
+    assert_eq!(p.count(&users[0], "mailbridge-auto-generated"), 3);
+    let ticket = status(&report, "group-ticket");
+    assert_eq!(ticket.outcome, "ok", "{report:?}");
+    assert_eq!(
+        (ticket.tickets_created, ticket.skipped_auto_generated),
+        (2, 1),
+        "the relayed out-of-office is still set aside: {ticket:?}"
+    );
+    assert_eq!(p.count(&users[1], "mailbridge-auto-generated"), 1);
+    assert_eq!(p.count(&users[1], "Processed"), 2);
+    assert_eq!(p.count(&users[1], "INBOX"), 0);
+    let mut tickets: Vec<_> = p
+        .tickets()
+        .iter()
+        .map(|t| {
+            assert_eq!(t.body["mailbox"], "group-ticket");
+            assert_eq!(
+                t.body["draft"]["auto_generated"], true,
+                "the helpdesk can tell"
+            );
+            (
+                t.body["draft"]["subject"].as_str().unwrap().to_string(),
+                t.body["draft"]["auto_reason"]
+                    .as_str()
+                    .unwrap()
+                    .split(':')
+                    .next()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect();
+    tickets.sort();
+    assert_eq!(
+        tickets,
+        [
+            (
+                "VPN drops every hour".to_string(),
+                "mailing_list".to_string()
+            ),
+            (
+                "[vendor-announce] Security update 4.2.1 released".to_string(),
+                "mailing_list".to_string()
+            ),
+        ]
+    );
+    let again = p.poll().await;
+    assert_eq!(again.tickets_created + again.skipped_auto_generated, 0);
+}
+
 #[tokio::test]
 async fn mark_seen_and_delete_after_actions() {
     let p = Poller::new(stack().dovecot().clone()).await;

@@ -41,6 +41,40 @@ pub enum AfterAction {
     Delete,
 }
 
+/// What to do with mailing-list and bulk mail (`auto_reason` `mailing_list: …` / `bulk: …`) that
+/// threads to no ticket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListMail {
+    /// Set it aside in the auto-generated folder, no ticket (default: newsletters and list
+    /// traffic sent to a helpdesk address are not requests).
+    #[default]
+    SetAside,
+    /// Open tickets for it: for a helpdesk address that is itself a list or group (a Google
+    /// Group, an M365 distribution group adding `List-Id`, a web form sending with
+    /// `Precedence: bulk`). Auto-replies, bounces, reports and own-mail loops are still set aside.
+    Ticket,
+}
+
+impl ListMail {
+    /// The configuration value (`set_aside` / `ticket`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListMail::SetAside => "set_aside",
+            ListMail::Ticket => "ticket",
+        }
+    }
+
+    /// Parse the configuration value.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "set_aside" => Ok(ListMail::SetAside),
+            "ticket" => Ok(ListMail::Ticket),
+            other => Err(format!("is {other:?}; must be \"set_aside\" or \"ticket\"")),
+        }
+    }
+}
+
 /// One mailbox to poll.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MailboxConfig {
@@ -64,6 +98,8 @@ pub struct MailboxConfig {
     pub failed_folder: String,
     /// Where machine mail that threads to no ticket (or is an own-mail loop) goes, unticketed.
     pub auto_generated_folder: String,
+    /// Whether unthreaded mailing-list / bulk mail opens tickets or is set aside.
+    pub list_mail: ListMail,
     /// Most messages handled per run.
     pub max_messages_per_run: u32,
     /// Larger messages are not fetched whole: a ticket is made from their headers.
@@ -162,6 +198,7 @@ impl MailboxConfig {
             "processed_folder",
             "failed_folder",
             "auto_generated_folder",
+            "list_mail",
             "max_messages_per_run",
             "max_message_bytes",
             "max_attachment_bytes",
@@ -255,6 +292,10 @@ impl MailboxConfig {
                 "must differ from `folder`".into(),
             ));
         }
+        let list_mail = match string("list_mail")?.as_deref() {
+            None | Some("") => ListMail::default(),
+            Some(value) => ListMail::parse(value).map_err(|p| err("list_mail", p))?,
+        };
         let after_action = match string("after_action")?.as_deref() {
             None | Some("") | Some("move") => {
                 if processed_folder.eq_ignore_ascii_case(&folder) {
@@ -303,6 +344,7 @@ impl MailboxConfig {
             after_action,
             failed_folder,
             auto_generated_folder,
+            list_mail,
             max_messages_per_run,
             max_message_bytes,
             max_attachment_bytes,
@@ -414,8 +456,31 @@ mod tests {
         assert_eq!(cfg.after_action, AfterAction::Move("Processed".into()));
         assert_eq!(cfg.failed_folder, "mailbridge-failed");
         assert_eq!(cfg.auto_generated_folder, "mailbridge-auto-generated");
+        assert_eq!(cfg.list_mail, ListMail::SetAside);
         assert!(cfg.enabled);
         assert_eq!(cfg.ticket_api_secret, None);
+    }
+
+    #[test]
+    fn list_mail_is_set_aside_or_ticket() {
+        for (value, expected) in [
+            (json!("ticket"), ListMail::Ticket),
+            (json!("set_aside"), ListMail::SetAside),
+            (json!(null), ListMail::SetAside),
+        ] {
+            let mut item = minimal();
+            item["list_mail"] = value;
+            let cfg = MailboxConfig::from_json("lists", &item).unwrap();
+            assert_eq!(cfg.list_mail, expected);
+            assert_eq!(ListMail::parse(expected.as_str()), Ok(expected));
+        }
+        let mut item = minimal();
+        item["list_mail"] = json!("always");
+        let err = MailboxConfig::from_json("lists", &item).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "mailbox lists: field `list_mail` is \"always\"; must be \"set_aside\" or \"ticket\""
+        );
     }
 
     #[test]
@@ -439,6 +504,8 @@ mod tests {
                 json!("inbox"),
                 "auto_generated_folder",
             ),
+            ("list_mail", json!("tickets"), "list_mail"),
+            ("list_mail", json!(true), "list_mail"),
             ("enabled", json!("yes"), "enabled"),
             ("host", json!("imaps://outlook.office365.com"), "host"),
             ("colour", json!("blue"), "colour"),

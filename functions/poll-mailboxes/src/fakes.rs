@@ -824,3 +824,135 @@ async fn a_drop_while_setting_machine_mail_aside_loses_nothing() {
     assert_eq!(w.server.count(user, "Robots"), 1);
     assert!(w.sink.tickets.lock().unwrap().is_empty());
 }
+
+#[test]
+fn list_mail_ticket_lets_only_list_and_bulk_mail_through() {
+    use crate::config::ListMail;
+    use crate::poll::unticketed_auto_generated_reason;
+    let draft = |reason: &str, ticket: Option<&str>| serde_json::json!({"auto_generated": true, "auto_reason": reason, "ticket_number": ticket});
+    let list_or_bulk = [
+        "mailing_list: List-Id <helpdesk.contoso.com>",
+        "mailing_list: Precedence list",
+        "bulk: Precedence bulk",
+        "bulk: List-Unsubscribe",
+    ];
+    for reason in list_or_bulk {
+        assert_eq!(
+            unticketed_auto_generated_reason(&draft(reason, None), ListMail::SetAside).as_deref(),
+            Some(reason)
+        );
+        assert_eq!(
+            unticketed_auto_generated_reason(&draft(reason, None), ListMail::Ticket),
+            None,
+            "{reason}"
+        );
+    }
+    // Never opened by `list_mail: ticket`: auto-replies, bounces, reports, other machine mail,
+    // and loops (not even with a ticket number).
+    let never = [
+        "auto_reply: Auto-Submitted auto-replied",
+        "auto_reply: Precedence auto_reply",
+        "out_of_office: X-MS-Exchange-Inbox-Rules-Loop",
+        "bounce: sent by MAILER-DAEMON",
+        "delivery_report: multipart/report",
+        "auto_generated: Return-Path <>",
+        "auto_generated: X-Loop helpdesk@contoso.com",
+        "loop: sent from own address helpdesk@contoso.com",
+        "bulkmail: a category the parser does not have",
+    ];
+    for reason in never {
+        for setting in [ListMail::SetAside, ListMail::Ticket] {
+            assert_eq!(
+                unticketed_auto_generated_reason(&draft(reason, None), setting).as_deref(),
+                Some(reason),
+                "{reason} {setting:?}"
+            );
+        }
+    }
+    let own_loop = draft(
+        "loop: sent from own address helpdesk@contoso.com",
+        Some("7"),
+    );
+    assert!(unticketed_auto_generated_reason(&own_loop, ListMail::Ticket).is_some());
+    // Threaded machine mail and person mail are posted whatever the setting.
+    let threaded = draft("auto_reply: Auto-Submitted auto-replied", Some("7"));
+    let person = serde_json::json!({"auto_generated": false, "auto_reason": null});
+    for setting in [ListMail::SetAside, ListMail::Ticket] {
+        assert_eq!(unticketed_auto_generated_reason(&threaded, setting), None);
+        assert_eq!(unticketed_auto_generated_reason(&person, setting), None);
+    }
+}
+
+#[tokio::test]
+async fn a_list_helpdesk_address_tickets_list_mail_but_still_sets_auto_replies_aside() {
+    for (setting, tickets, set_aside) in [
+        (None, 1, 3),
+        (Some("set_aside"), 1, 3),
+        (Some("ticket"), 3, 1),
+    ] {
+        let extra = match setting {
+            Some(value) => serde_json::json!({"list_mail": value}),
+            None => serde_json::json!({}),
+        };
+        let w = world(
+            vec![Ok(mailbox("group", "group@example.com", extra))],
+            FakeTokens::default(),
+        );
+        let user = "group@example.com";
+        // A Google Group post and a web form sending with `Precedence: bulk`.
+        w.server.deliver(
+            user,
+            &machine_mail(
+                "group-post",
+                "Dana <dana@example.org>",
+                "VPN drops every hour",
+                "List-Id: <support.example.com>\r\nList-Unsubscribe: <mailto:support+unsubscribe@example.com>\r\n",
+            ),
+        );
+        w.server.deliver(
+            user,
+            &machine_mail(
+                "web-form",
+                "Web form <noreply@example.com>",
+                "Contact form: printer jammed",
+                "Precedence: bulk\r\n",
+            ),
+        );
+        // An out-of-office reaching the group: still set aside.
+        w.server.deliver(
+            user,
+            &machine_mail(
+                "ooo",
+                "Bob <bob@example.com>",
+                "Automatic reply: VPN",
+                "Auto-Submitted: auto-replied\r\nList-Id: <support.example.com>\r\n",
+            ),
+        );
+        w.server.deliver(user, &mail("human", "a person writes"));
+        let report = poll_once(&w.deps, None, later()).await.unwrap();
+        assert_eq!(report.tickets_created, tickets, "{setting:?}: {report:?}");
+        assert_eq!(report.skipped_auto_generated, set_aside, "{setting:?}");
+        assert_eq!(
+            w.server.count(user, "mailbridge-auto-generated"),
+            set_aside as usize,
+            "{setting:?}"
+        );
+        if setting == Some("ticket") {
+            let posted = w.sink.tickets.lock().unwrap().clone();
+            let list_post = posted
+                .iter()
+                .find(|(_, p)| p.draft["subject"] == "VPN drops every hour")
+                .expect("the group post is ticketed");
+            // The helpdesk still sees that it came through a list.
+            assert_eq!(list_post.1.draft["auto_generated"], true);
+            assert!(
+                list_post.1.draft["auto_reason"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("mailing_list:"),
+                "{}",
+                list_post.1.draft
+            );
+        }
+    }
+}

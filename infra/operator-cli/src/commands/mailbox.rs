@@ -69,6 +69,15 @@ pub struct AddArgs {
     /// Folder for unreadable / rejected mail (default mailbridge-failed).
     #[arg(long)]
     pub failed_folder: Option<String>,
+    /// Folder for machine mail set aside without a ticket (default mailbridge-auto-generated).
+    #[arg(long)]
+    pub auto_generated_folder: Option<String>,
+    /// Unthreaded mailing-list / bulk mail (List-Id, Precedence: bulk|list, List-Unsubscribe):
+    /// set_aside (default) or ticket. Use `ticket` when this address is itself a list or group
+    /// (Google Group, distribution group, bulk-sending web form). Auto-replies, bounces and
+    /// loops are set aside either way.
+    #[arg(long, value_parser = ["set_aside", "ticket"], value_name = "set_aside|ticket")]
+    pub list_mail: Option<String>,
     /// Most messages per run (default 200).
     #[arg(long)]
     pub max_messages_per_run: Option<u32>,
@@ -90,7 +99,7 @@ impl AddArgs {
         o.insert("account".into(), json!(self.account));
         o.insert("ticket_api_url".into(), json!(self.ticket_api_url));
         o.insert("enabled".into(), json!(!self.disabled));
-        let optional: [(&str, Option<Value>); 10] = [
+        let optional: [(&str, Option<Value>); 12] = [
             (
                 "ticket_api_secret",
                 self.ticket_api_secret.as_ref().map(|v| json!(v)),
@@ -107,6 +116,11 @@ impl AddArgs {
                 "failed_folder",
                 self.failed_folder.as_ref().map(|v| json!(v)),
             ),
+            (
+                "auto_generated_folder",
+                self.auto_generated_folder.as_ref().map(|v| json!(v)),
+            ),
+            ("list_mail", self.list_mail.as_ref().map(|v| json!(v))),
             (
                 "max_messages_per_run",
                 self.max_messages_per_run.map(|v| json!(v)),
@@ -215,7 +229,7 @@ pub async fn run(ctx: &Context, command: MailboxCommand) -> Result<Exit> {
 
 fn summary(c: &MailboxConfig) -> String {
     format!(
-        "{}{} — {} on {}:{} via {}, folder {}, after: {}, tickets → {}",
+        "{}{} — {} on {}:{} via {}, folder {}, after: {}, list mail: {}, tickets → {}",
         c.name,
         if c.enabled { "" } else { " [disabled]" },
         c.user,
@@ -228,6 +242,7 @@ fn summary(c: &MailboxConfig) -> String {
             poll_mailboxes::config::AfterAction::MarkSeen => "mark seen".into(),
             poll_mailboxes::config::AfterAction::Delete => "delete".into(),
         },
+        c.list_mail.as_str(),
         c.ticket_api_url
     )
 }
