@@ -573,6 +573,16 @@ async fn poll_dry_run_shows_the_mail_without_posting_or_moving_it() {
     );
     let dovecot = stack().dovecot();
     dovecot.deliver_to(&w.upn, "INBOX", raw.as_bytes()).unwrap();
+    // Machine mail threading to no ticket: set aside, but still shown with subject and sender.
+    let auto_subject = format!("Automatic reply: out until Monday {}", unique("a"));
+    let auto_raw = format!(
+        "From: Bob Away <bob@example.com>\r\nTo: {}\r\nSubject: {auto_subject}\r\nMessage-ID: <{}@example.com>\r\nAuto-Submitted: auto-replied\r\n\r\nI am away.\r\n",
+        w.upn,
+        unique("m")
+    );
+    dovecot
+        .deliver_to(&w.upn, "INBOX", auto_raw.as_bytes())
+        .unwrap();
 
     let out = w.run(&["poll", "--dry-run", "--json", "inbox"]).await;
     assert_eq!(out.status.code(), Some(0));
@@ -587,16 +597,39 @@ async fn poll_dry_run_shows_the_mail_without_posting_or_moving_it() {
     assert_eq!(mail["subject"], subject.as_str());
     assert_eq!(mail["from"], "alice@example.com");
     assert_eq!(mail["then"], "move to Processed");
+    let auto = &mailbox["mails"][1];
+    assert_eq!(auto["action"], "skip_auto_generated", "{mailbox:#}");
+    assert_eq!(auto["subject"], auto_subject.as_str());
+    assert_eq!(auto["from"], "bob@example.com");
+    assert!(
+        auto["auto_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("out_of_office: Auto-Submitted auto-replied")),
+        "{auto:#}"
+    );
+    assert_eq!(auto["then"], "move to mailbridge-auto-generated");
 
-    // human output names the mail too
+    // human output names the mails too
     let out = w.run(&["poll", "--dry-run", "inbox"]).await;
     assert_eq!(out.status.code(), Some(0));
-    assert!(text(&out.stdout).contains(&subject));
+    let human = text(&out.stdout);
+    assert!(human.contains(&subject), "{human}");
+    let auto_line = human
+        .lines()
+        .find(|l| l.contains("no ticket (machine mail"))
+        .unwrap_or_else(|| panic!("{human}"));
+    assert!(
+        auto_line.contains(&auto_subject) && auto_line.contains("from bob@example.com"),
+        "{auto_line}"
+    );
 
     // nothing happened: still in INBOX, unread; no ticket; no Processed folder; no status
     let messages = dovecot.list_messages(&w.upn, "INBOX").unwrap();
-    assert_eq!(messages.len(), 1);
-    assert!(!messages[0].is_seen(), "BODY.PEEK must not set \\Seen");
+    assert_eq!(messages.len(), 2);
+    assert!(
+        messages.iter().all(|m| !m.is_seen()),
+        "BODY.PEEK must not set \\Seen"
+    );
     assert!(stack().tickets().tickets(&sink).is_empty());
     assert_eq!(stack().tickets().requests(&sink), 0);
     let status = mailbridge_tests::dynamodb()

@@ -99,7 +99,13 @@ impl DryRunLog {
 struct DryRunMailbox {
     inner: Box<dyn Mailbox>,
     name: String,
+    /// The mailbox address (own mail for loop detection when re-parsing).
+    user: String,
     auto_generated_folder: String,
+    /// The last mail read whole: machine mail set aside builds no payload, so its subject,
+    /// sender and reason are read from it again.
+    last_raw: Option<(Uid, Vec<u8>)>,
+    parse: ParseContext,
     log: DryRunLog,
     progress: bool,
 }
@@ -131,7 +137,12 @@ impl DryRunMailbox {
         }
     }
 
-    fn then(&self, uid: Uid, what: String) {
+    fn then(&mut self, uid: Uid, what: String) {
+        let raw = match self.last_raw.take() {
+            Some((last, raw)) if last == uid => Some(raw),
+            _ => None,
+        };
+        let set_aside = what == format!("move to {}", self.auto_generated_folder);
         self.log.with(&self.name, |l| {
             let plan = l.mails.entry(uid).or_insert_with(|| MailPlan {
                 uid,
@@ -140,11 +151,21 @@ impl DryRunMailbox {
             if plan.action.is_empty() {
                 // No ticket was posted: either it already has one, or it is machine mail the
                 // poller sets aside unticketed.
-                plan.action = if what == format!("move to {}", self.auto_generated_folder) {
+                plan.action = if set_aside {
                     "skip_auto_generated".into()
                 } else {
                     "duplicate".into()
                 };
+            }
+            if plan.subject.is_none()
+                && let Some(raw) = raw
+                && let Ok(draft) =
+                    poll_mailboxes::convert::parse_draft(&raw, &self.user, &self.parse)
+            {
+                plan.subject = text(&draft, "/subject");
+                plan.from = text(&draft, "/from/address");
+                plan.ticket_number = text(&draft, "/ticket_number");
+                plan.auto_reason = text(&draft, "/auto_reason");
             }
             plan.then = Some(what);
         });
@@ -169,10 +190,16 @@ impl Mailbox for DryRunMailbox {
     }
     async fn fetch_raw(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
         self.reading(uid);
-        self.inner.fetch_raw(uid).await
+        self.last_raw = None;
+        let raw = self.inner.fetch_raw(uid).await?;
+        if let Some(raw) = &raw {
+            self.last_raw = Some((uid, raw.clone()));
+        }
+        Ok(raw)
     }
     async fn fetch_header(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
         self.reading(uid);
+        self.last_raw = None;
         self.inner.fetch_header(uid).await
     }
     async fn move_to(&mut self, uid: Uid, folder: &str) -> Result<(), ImapError> {
@@ -200,6 +227,7 @@ impl Mailbox for DryRunMailbox {
 
 struct DryRunConnector {
     inner: ImapConnector,
+    parse: ParseContext,
     log: DryRunLog,
     progress: bool,
 }
@@ -215,7 +243,10 @@ impl MailboxConnector for DryRunConnector {
         Ok(Box::new(DryRunMailbox {
             inner,
             name: config.name.clone(),
+            user: config.user.clone(),
             auto_generated_folder: config.auto_generated_folder.clone(),
+            last_raw: None,
+            parse: self.parse.clone(),
             log: self.log.clone(),
             progress: self.progress,
         }))
@@ -342,6 +373,9 @@ pub async fn run(ctx: &Context, args: PollArgs) -> Result<Exit> {
         tokens: Arc::new(tokens),
         connector: Arc::new(DryRunConnector {
             inner: connector,
+            parse: ParseContext {
+                thread_key: thread_key.clone(),
+            },
             log: log.clone(),
             progress: true,
         }),
