@@ -5,8 +5,19 @@
 //! timeouts, and **no redirects followed** — a redirect from a token endpoint or an API is a
 //! misconfiguration, and following it could carry credentials (form bodies, bearer tokens) to
 //! another host.
+//!
+//! Cold start: the OS trust store is read and parsed on the FIRST TLS handshake, once per process
+//! and shared by every client ([`LazyPlatformVerifier`]), not each time a client is built
+//! (reqwest's default builds a `rustls-platform-verifier` per client, which reads and parses the
+//! whole system CA bundle: several milliseconds per client, three clients per cold start).
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// Default TCP + TLS connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,10 +64,114 @@ pub fn default_client() -> Result<reqwest::Client, HttpClientError> {
     client(&HttpOptions::default())
 }
 
+/// A server certificate verifier that builds `rustls-platform-verifier`'s verifier (OS trust
+/// store, the same verification reqwest does by default) on first use. Signature checks need no
+/// trust store and use the crypto provider directly, as the platform verifier does.
+#[derive(Debug)]
+pub struct LazyPlatformVerifier {
+    provider: Arc<CryptoProvider>,
+    verifier: OnceLock<Result<rustls_platform_verifier::Verifier, rustls::Error>>,
+}
+
+impl LazyPlatformVerifier {
+    /// A verifier using `provider`; nothing is loaded until the first certificate check.
+    pub fn new(provider: Arc<CryptoProvider>) -> Self {
+        Self {
+            provider,
+            verifier: OnceLock::new(),
+        }
+    }
+
+    fn verifier(&self) -> Result<&rustls_platform_verifier::Verifier, rustls::Error> {
+        self.verifier
+            .get_or_init(|| rustls_platform_verifier::Verifier::new(self.provider.clone()))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+impl ServerCertVerifier for LazyPlatformVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.verifier()?.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The TLS configuration every production client shares: aws-lc-rs, TLS 1.2 and 1.3, ALPN
+/// `http/1.1`, certificates verified against the OS trust store by one [`LazyPlatformVerifier`].
+fn shared_tls_config() -> Result<rustls::ClientConfig, HttpClientError> {
+    static CONFIG: OnceLock<Result<rustls::ClientConfig, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(rustls::ALL_VERSIONS)
+                .map_err(|e| format!("TLS versions: {e}"))?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(LazyPlatformVerifier::new(provider)))
+                .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Ok(config)
+        })
+        .clone()
+        .map_err(HttpClientError)
+}
+
 /// Build a client: rustls, TLS verification on, timeouts, no redirects, no cookies.
 pub fn client(options: &HttpOptions) -> Result<reqwest::Client, HttpClientError> {
-    let mut builder = reqwest::Client::builder()
-        .tls_backend_rustls()
+    let builder = reqwest::Client::builder();
+    let mut builder = if options.extra_root_certs_pem.is_empty() {
+        builder.tls_backend_preconfigured(shared_tls_config()?)
+    } else {
+        builder.tls_backend_rustls()
+    };
+    builder = builder
         .user_agent(USER_AGENT)
         .connect_timeout(options.connect_timeout)
         .timeout(options.request_timeout)

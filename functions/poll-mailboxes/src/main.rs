@@ -4,6 +4,10 @@
 //! `MAILBRIDGE_THREAD_KEY_SECRET`, `MAILBRIDGE_MAX_CONCURRENT_MAILBOXES`, ...), the token layer's
 //! `MAILBRIDGE_SECRET_PREFIX`, and the standard AWS variables. A missing or invalid variable stops
 //! the cold start with an error naming it.
+//!
+//! No network in init: the thread key (one Secrets Manager read) is loaded by the first
+//! invocation and kept; if that read fails the invocation fails with `ThreadKeyUnavailable` and
+//! the next one tries again.
 
 use std::sync::Arc;
 
@@ -26,51 +30,90 @@ fn startup(e: impl std::fmt::Display) -> StartupError {
     StartupError(e.to_string())
 }
 
-async fn build_deps() -> Result<PollDeps, StartupError> {
+/// Everything built in init, and the handler's dependencies once the thread key is loaded.
+struct Prepared {
+    settings: Settings,
+    secrets: aws_sdk_secretsmanager::Client,
+    tokens: Arc<mailbridge::token::TokenService>,
+    connector: Arc<ImapConnector>,
+    state: Arc<DynamoStateStore>,
+    sinks: Arc<WebhookSinkFactory>,
+    deps: tokio::sync::OnceCell<PollDeps>,
+}
+
+/// Init: settings and clients, no network.
+async fn prepare() -> Result<Prepared, StartupError> {
     let settings = Settings::from_lookup(|k| std::env::var(k).ok()).map_err(startup)?;
     let aws = mailbridge::aws::load_config().await;
     let secrets = aws_sdk_secretsmanager::Client::new(&aws);
-    let thread_key = secrets
-        .get_secret_value()
-        .secret_id(&settings.thread_key_secret)
-        .version_stage("AWSCURRENT")
-        .send()
-        .await
-        .map_err(|e| {
-            StartupError(format!(
-                "MAILBRIDGE_THREAD_KEY_SECRET {}: cannot read it: {}",
-                settings.thread_key_secret,
-                aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
-            ))
-        })?
-        .secret_string()
-        .map(|s| s.as_bytes().to_vec())
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| {
-            StartupError(format!(
-                "MAILBRIDGE_THREAD_KEY_SECRET {}: the secret has no string value",
-                settings.thread_key_secret
-            ))
-        })?;
     let tokens = mailbridge::token::TokenService::from_env(&aws).map_err(startup)?;
     let connector = ImapConnector::new(settings.imap_ca_file.as_deref(), settings.imap_timeout)
         .map_err(|e| StartupError(format!("MAILBRIDGE_IMAP_CA_FILE: {e}")))?;
     let http = mailbridge::http::default_client().map_err(startup)?;
-    Ok(PollDeps {
+    Ok(Prepared {
         tokens: Arc::new(tokens),
         connector: Arc::new(connector),
         state: Arc::new(DynamoStateStore::new(
             aws_sdk_dynamodb::Client::new(&aws),
             &settings.state_table,
         )),
-        sinks: Arc::new(WebhookSinkFactory::new(http, secrets, Default::default())),
-        parse: ParseContext {
-            thread_key: Some(thread_key),
-        },
-        max_concurrent_mailboxes: settings.max_concurrent_mailboxes,
-        deadline_margin: settings.deadline_margin,
-        dedupe_ttl: settings.dedupe_ttl,
+        sinks: Arc::new(WebhookSinkFactory::new(
+            http,
+            secrets.clone(),
+            Default::default(),
+        )),
+        secrets,
+        settings,
+        deps: tokio::sync::OnceCell::new(),
     })
+}
+
+impl Prepared {
+    /// The handler's dependencies; the first call reads the thread key (retried by the next
+    /// invocation when it fails).
+    async fn deps(&self) -> Result<&PollDeps, StartupError> {
+        self.deps
+            .get_or_try_init(|| async {
+                let thread_key = self.thread_key().await?;
+                Ok(PollDeps {
+                    tokens: self.tokens.clone(),
+                    connector: self.connector.clone(),
+                    state: self.state.clone(),
+                    sinks: self.sinks.clone(),
+                    parse: ParseContext {
+                        thread_key: Some(thread_key),
+                    },
+                    max_concurrent_mailboxes: self.settings.max_concurrent_mailboxes,
+                    deadline_margin: self.settings.deadline_margin,
+                    dedupe_ttl: self.settings.dedupe_ttl,
+                })
+            })
+            .await
+    }
+
+    async fn thread_key(&self) -> Result<Vec<u8>, StartupError> {
+        let name = &self.settings.thread_key_secret;
+        self.secrets
+            .get_secret_value()
+            .secret_id(name)
+            .version_stage("AWSCURRENT")
+            .send()
+            .await
+            .map_err(|e| {
+                StartupError(format!(
+                    "MAILBRIDGE_THREAD_KEY_SECRET {name}: cannot read it: {}",
+                    aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
+                ))
+            })?
+            .secret_string()
+            .map(|s| s.as_bytes().to_vec())
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                StartupError(format!(
+                    "MAILBRIDGE_THREAD_KEY_SECRET {name}: the secret has no string value"
+                ))
+            })
+    }
 }
 
 fn diagnostic(e: HandlerError) -> Diagnostic {
@@ -87,15 +130,22 @@ fn diagnostic(e: HandlerError) -> Diagnostic {
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     mailbridge::telemetry::init_json_logging();
-    let deps = match build_deps().await {
-        Ok(deps) => deps,
+    let prepared = match prepare().await {
+        Ok(prepared) => prepared,
         Err(e) => {
             tracing::error!(error = %e, "poll-mailboxes cannot start");
             return Err(e.into());
         }
     };
-    let deps = &deps;
+    let prepared = &prepared;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let deps = prepared.deps().await.map_err(|e| {
+            tracing::error!(error = %e, "poll-mailboxes cannot poll");
+            Diagnostic {
+                error_type: "ThreadKeyUnavailable".into(),
+                error_message: e.to_string(),
+            }
+        })?;
         let (payload, context) = event.into_parts();
         // Lambda's deadline (epoch ms) → a monotonic instant.
         let remaining_ms = (context.deadline as i64 - chrono::Utc::now().timestamp_millis()).max(0);

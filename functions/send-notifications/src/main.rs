@@ -1,9 +1,12 @@
 //! Lambda glue only: build clients once per cold start, then hand each event to the library.
 //!
-//! Cold start: settings from the environment, the AWS config, the Graph client, the token
-//! service (Secrets Manager + identity platform, with its access-token cache), the idempotency
-//! store, the DLQ and visibility adapters, and the thread key (one Secrets Manager read). A warm
-//! invocation with a live cached token touches neither Secrets Manager nor the token endpoint.
+//! Cold start (init): settings from the environment (a missing or invalid variable fails init),
+//! the AWS config, the Graph client, the token service (Secrets Manager + identity platform,
+//! with its access-token cache), the idempotency store, the DLQ and visibility adapters. No
+//! network in init: the thread key (one Secrets Manager read) is loaded by the first invocation
+//! and kept; if that read fails the invocation fails with `ThreadKeyUnavailable` (the batch goes
+//! back to the queue) and the next invocation tries again. A warm invocation with a live cached
+//! token touches neither Secrets Manager nor the token endpoint.
 
 use std::sync::Arc;
 
@@ -60,21 +63,62 @@ const FUNCTION_NAME: &str = "send-notifications";
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     mailbridge::telemetry::init_json_logging();
-    let deps = match build().await {
-        Ok(deps) => Arc::new(deps),
+    let prepared = match prepare().await {
+        Ok(prepared) => Arc::new(prepared),
         Err(e) => {
             tracing::error!(error = %e, "send-notifications cannot start");
             return Err(e.into());
         }
     };
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
-        let deps = deps.clone();
-        async move { handle(event, &deps).await }
+        let prepared = prepared.clone();
+        async move {
+            let deps = prepared.deps().await.map_err(|e| {
+                tracing::error!(error = %e, "send-notifications cannot handle the batch");
+                Diagnostic::from(e)
+            })?;
+            handle(event, deps).await.map_err(Diagnostic::from)
+        }
     }))
     .await
 }
 
-async fn build() -> Result<Deps, StartupError> {
+/// Everything built in init, and the handler's dependencies once the thread key is loaded.
+struct Prepared {
+    tokens: Arc<mailbridge::token::TokenService>,
+    graph: Arc<mailbridge::graph::GraphClient>,
+    idempotency: Arc<mailbridge::state::DynamoIdempotencyStore>,
+    parking: Arc<SqsParking>,
+    visibility: Arc<SqsVisibility>,
+    secrets: aws_sdk_secretsmanager::Client,
+    settings: Settings,
+    deps: tokio::sync::OnceCell<Deps>,
+}
+
+impl Prepared {
+    /// The handler's dependencies; the first call reads the thread key (retried by the next
+    /// invocation when it fails).
+    async fn deps(&self) -> Result<&Deps, StartupError> {
+        self.deps
+            .get_or_try_init(|| async {
+                let thread_key =
+                    load_thread_key(&self.secrets, &self.settings.thread_key_secret).await?;
+                Ok(Deps {
+                    tokens: self.tokens.clone(),
+                    mail: self.graph.clone(),
+                    idempotency: self.idempotency.clone(),
+                    parking: self.parking.clone(),
+                    visibility: self.visibility.clone(),
+                    thread_key,
+                    settings: self.settings.batch.clone(),
+                })
+            })
+            .await
+    }
+}
+
+/// Init: settings and clients, no network.
+async fn prepare() -> Result<Prepared, StartupError> {
     let settings = Settings::from_env()?;
     let aws = mailbridge::aws::load_config().await;
     let tokens = mailbridge::token::TokenService::from_env(&aws)
@@ -82,19 +126,18 @@ async fn build() -> Result<Deps, StartupError> {
     let graph = mailbridge::graph::GraphClient::new(&settings.graph_url)
         .map_err(|e| StartupError::Tokens(e.to_string()))?;
     let sqs = aws_sdk_sqs::Client::new(&aws);
-    let secrets = aws_sdk_secretsmanager::Client::new(&aws);
-    let thread_key = load_thread_key(&secrets, &settings.thread_key_secret).await?;
-    Ok(Deps {
+    Ok(Prepared {
         tokens: Arc::new(tokens),
-        mail: Arc::new(graph),
+        graph: Arc::new(graph),
         idempotency: Arc::new(mailbridge::state::DynamoIdempotencyStore::new(
             aws_sdk_dynamodb::Client::new(&aws),
             settings.state_table.clone(),
         )),
         parking: Arc::new(SqsParking::new(sqs.clone(), settings.dlq_url.clone())),
         visibility: Arc::new(SqsVisibility::new(sqs)),
-        thread_key,
-        settings: settings.batch,
+        secrets: aws_sdk_secretsmanager::Client::new(&aws),
+        settings,
+        deps: tokio::sync::OnceCell::new(),
     })
 }
 

@@ -9,6 +9,7 @@
 //! - [`runtime_api`]: a Lambda Runtime API emulator to run the real `bootstrap` binaries.
 //! - [`tcp_fault_proxy`]: a TCP proxy that cuts a (TLS) connection at a chosen point.
 //! - [`tls_endpoint`]: an HTTPS endpoint with an untrusted or wrongly named certificate.
+//! - [`aws_calls`]: a counting proxy in front of moto (AWS calls per operation, for benchmarks).
 //!
 //! [`LocalStack::shared`] starts everything once per process (per test binary) on a dedicated
 //! background thread with its own tokio runtime, so the servers outlive each `#[tokio::test]`
@@ -17,6 +18,7 @@
 //! statics are never dropped.
 
 pub mod aws_fault_proxy;
+pub mod aws_calls;
 pub mod dovecot;
 pub mod graph;
 pub mod identity;

@@ -146,6 +146,7 @@ struct Shared {
     init_error: Mutex<Option<(String, String)>>,
     init_error_notify: Notify,
     first_next: Mutex<Option<Instant>>,
+    first_next_notify: Notify,
     spawned_at: Mutex<Option<Instant>>,
     init_reported: Mutex<bool>,
     function_name: Mutex<String>,
@@ -293,6 +294,74 @@ impl RuntimeApi {
             .expect("lock")
             .as_ref()
             .map(|p| p.child.id())
+    }
+
+    /// Wait (at most `timeout`) until the running process makes its first `/next` request and
+    /// return its init time (spawn → first `/next`), without handing it an event. Does not
+    /// consume the init time: the next [`RuntimeApi::invoke`] still reports it. Fails when the
+    /// process reports an init error or exits first.
+    pub async fn wait_for_init(&self, timeout: Duration) -> anyhow::Result<Duration> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.first_next_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let first_next = *self.shared.first_next.lock().expect("lock");
+            let spawned_at = *self.shared.spawned_at.lock().expect("lock");
+            if let (Some(first_next), Some(spawned_at)) = (first_next, spawned_at) {
+                return Ok(first_next.saturating_duration_since(spawned_at));
+            }
+            if let Some((error_type, error_message)) =
+                self.shared.init_error.lock().expect("lock").clone()
+            {
+                bail!("init error {error_type}: {error_message}");
+            }
+            if let Some(status) = self.exit_status() {
+                bail!("the function process exited during init ({status})");
+            }
+            if self.process.lock().expect("lock").is_none() {
+                bail!("no function process: call spawn_function first");
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = tokio::time::sleep_until(deadline) => bail!("no /next request within {timeout:?}"),
+            }
+        }
+    }
+
+    /// CPU time (user + system, all live threads) the running function process has used so far,
+    /// from `/proc/<pid>/task/*/schedstat` (nanosecond resolution; Linux only). Benchmarks read
+    /// it before and after invocations to get the CPU cost of a warm invocation.
+    pub fn function_cpu_time(&self) -> Option<Duration> {
+        let pid = self.function_pid()?;
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        let mut total_ns: u64 = 0;
+        for task in tasks.flatten() {
+            let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                continue;
+            };
+            total_ns += text
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        Some(Duration::from_nanos(total_ns))
+    }
+
+    /// `(VmRSS, VmHWM)` of the running function process in KiB, from `/proc/<pid>/status`.
+    pub fn function_memory_kib(&self) -> Option<(u64, u64)> {
+        let pid = self.function_pid()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        Some((field("VmRSS:")?, field("VmHWM:")?))
     }
 
     /// Hand `event` to the running function and wait (at most `timeout`) for its answer.
@@ -452,6 +521,7 @@ async fn next_invocation(State(state): State<ServerState>) -> Response {
         let mut first = state.shared.first_next.lock().expect("lock");
         if first.is_none() {
             *first = Some(Instant::now());
+            state.shared.first_next_notify.notify_waiters();
         }
     }
     let pending = {
