@@ -31,13 +31,15 @@ pub const MAILBOX_INDEX_KEY: &str = "mailbox-index";
 /// the table (what `mailbridge status` shows) is at most this old while the poller runs.
 pub const STATUS_HEARTBEAT: Duration = Duration::from_secs(600);
 
+/// Per mailbox: the status this process last wrote (with when) or read (no time).
+type StatusCache = Arc<Mutex<HashMap<String, (MailboxStatus, Option<Instant>)>>>;
+
 /// DynamoDB-backed [`StateStore`].
 #[derive(Clone, Debug)]
 pub struct DynamoStateStore {
     client: Client,
     table: String,
-    /// Per mailbox: the status this process last wrote (or read), and when it was written.
-    statuses: Arc<Mutex<HashMap<String, (MailboxStatus, Option<Instant>)>>>,
+    statuses: StatusCache,
 }
 
 impl DynamoStateStore {

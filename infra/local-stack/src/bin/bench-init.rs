@@ -304,7 +304,7 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
-    if p == 0.5 && v.len() % 2 == 0 {
+    if p == 0.5 && v.len().is_multiple_of(2) {
         return (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0;
     }
     let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
