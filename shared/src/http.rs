@@ -223,6 +223,23 @@ mod tests {
     }
 
     #[test]
+    fn the_trust_store_loads_on_the_first_certificate_check_and_garbage_is_refused() {
+        let verifier =
+            LazyPlatformVerifier::new(Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+        assert!(verifier.verifier.get().is_none(), "nothing loaded yet");
+        let garbage = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01]);
+        let result = verifier.verify_server_cert(
+            &garbage,
+            &[],
+            &ServerName::try_from("graph.microsoft.com").unwrap(),
+            &[],
+            UnixTime::now(),
+        );
+        assert!(result.is_err(), "a garbage certificate must not verify");
+        assert!(verifier.verifier.get().is_some(), "loaded on first use");
+    }
+
+    #[test]
     fn a_bad_extra_ca_is_a_clear_error() {
         let options = HttpOptions {
             extra_root_certs_pem: vec![b"not a pem".to_vec()],

@@ -63,7 +63,15 @@ struct Sample {
     wall_ms: f64,
     calls: CallCounts,
     token_requests: usize,
+    log_bytes: u64,
     response: Value,
+}
+
+fn log_size(api: &RuntimeApi) -> u64 {
+    api.log_path()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .unwrap_or(0)
 }
 
 async fn measured(
@@ -75,6 +83,7 @@ async fn measured(
     let cpu_before = api.function_cpu_time().expect("bootstrap running");
     let calls_before = counter.counts();
     let tokens_before = token_count();
+    let log_before = log_size(api);
     let outcome: InvocationOutcome = api
         .invoke(event, Duration::from_secs(120))
         .await
@@ -89,6 +98,7 @@ async fn measured(
         wall_ms,
         calls: counter.since(&calls_before),
         token_requests: token_count() - tokens_before,
+        log_bytes: log_size(api) - log_before,
         response,
     }
 }
@@ -117,8 +127,9 @@ fn report(label: &str, samples: &[Sample], items: usize) {
         .map(|(op, n)| (op, n / samples.len() as u64))
         .collect();
     let tokens: usize = samples.iter().map(|s| s.token_requests).sum();
+    let log_bytes = median(samples.iter().map(|s| s.log_bytes as f64).collect());
     println!(
-        "bench: {label}: {} runs; CPU median {cpu:.2} ms per invocation = {:.3} ms per item ({items} items); wall median {wall:.1} ms; AWS calls per invocation: {}; token requests in all runs: {tokens}",
+        "bench: {label}: {} runs; CPU median {cpu:.2} ms per invocation = {:.3} ms per item ({items} items); wall median {wall:.1} ms; AWS calls per invocation: {}; token requests in all runs: {tokens}; log output {log_bytes:.0} bytes per invocation",
         samples.len(),
         cpu / items.max(1) as f64,
         summarize(&per_run),

@@ -44,6 +44,10 @@ struct Args {
     /// `poll-mailboxes`) instead of building.
     #[arg(long)]
     bins_dir: Option<PathBuf>,
+    /// Also copy the built executables into this folder (for `infra/scripts/bench.sh`'s
+    /// warm-cost run, `MAILBRIDGE_BENCH_BINS`).
+    #[arg(long)]
+    bins_out: Option<PathBuf>,
     /// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` given to every function.
     #[arg(long, default_value_t = 128)]
     memory_mb: u32,
@@ -72,6 +76,11 @@ async fn main() -> anyhow::Result<()> {
         let path = bins.join(name);
         if !path.is_file() {
             bail!("{} is missing", path.display());
+        }
+        if let Some(out) = &args.bins_out {
+            std::fs::create_dir_all(out)?;
+            std::fs::copy(&path, out.join(name))
+                .with_context(|| format!("copy {} into {}", path.display(), out.display()))?;
         }
     }
 
