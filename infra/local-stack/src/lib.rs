@@ -17,8 +17,8 @@
 //! one long-lived thread, with `PR_SET_PDEATHSIG`: they die with the test process even though
 //! statics are never dropped.
 
-pub mod aws_fault_proxy;
 pub mod aws_calls;
+pub mod aws_fault_proxy;
 pub mod dovecot;
 pub mod graph;
 pub mod identity;
