@@ -417,6 +417,7 @@ mod tests {
             tickets_created: 0,
             parked: 0,
             duplicates: 0,
+            skipped_auto_generated: 0,
             deferred: 0,
             uid_validity: Some(7),
             imap_round_trips: 5,
