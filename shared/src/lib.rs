@@ -4,17 +4,32 @@
 //! ticket sink, mailbox, state store); this crate holds those traits, the real adapters
 //! (Secrets Manager, Microsoft identity platform, Graph, IMAP, ticket API, DynamoDB), the
 //! mail → ticket parser, and the error taxonomy (permanent vs transient vs needs-a-person).
+//!
+//! Cargo features: `mail` (the parser) and `services` (every adapter that does I/O), both on by
+//! default; `error` and `notification` are always built. The fuzz crate builds with
+//! `default-features = false, features = ["mail"]`, so the mail parser builds without the AWS
+//! SDKs, reqwest or IMAP.
 #![warn(missing_docs)]
 
+#[cfg(feature = "services")]
 pub mod aws;
+#[cfg(feature = "services")]
 pub mod config;
 pub mod error;
+#[cfg(feature = "services")]
 pub mod graph;
+#[cfg(feature = "services")]
 pub mod http;
+#[cfg(feature = "services")]
 pub mod imap;
+#[cfg(feature = "mail")]
 pub mod mail;
 pub mod notification;
+#[cfg(feature = "services")]
 pub mod state;
+#[cfg(feature = "services")]
 pub mod telemetry;
+#[cfg(feature = "services")]
 pub mod ticket_api;
+#[cfg(feature = "services")]
 pub mod token;

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Bounded fuzzing (issue 9): builds the cargo-fuzz targets of tests/fuzz with AddressSanitizer and
+# runs each for a fixed number of seconds, seeded from tests/fixtures/mail (parse) and
+# infra/events (notification). Exits non-zero when libFuzzer finds a crash, a leak, a timeout or
+# an out-of-memory input; the input is printed (base64) and kept in tests/fuzz/artifacts/<target>/.
+#
+#   bash infra/scripts/fuzz.sh                          # 30 s per target (what CI runs)
+#   MAILBRIDGE_FUZZ_SECONDS=600 bash infra/scripts/fuzz.sh parse   # a longer run by hand
+#
+# Environment: MAILBRIDGE_FUZZ_SECONDS (default 30), MAILBRIDGE_FUZZ_TARGET_DIR (build cache,
+# default $HOME/.cache/mailbridge-fuzz-target), MAILBRIDGE_FUZZ_CORPUS (libFuzzer's growing corpus,
+# kept between runs, default $HOME/.cache/mailbridge-fuzz-corpus), MAILBRIDGE_FUZZ_FEATURES
+# (e.g. "graph": the notification target also builds the Graph request; a much larger build).
+# cargo-fuzz needs nightly-only rustc flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain take them.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+seconds=${MAILBRIDGE_FUZZ_SECONDS:-30}
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(parse notification)
+export CARGO_TARGET_DIR=${MAILBRIDGE_FUZZ_TARGET_DIR:-$HOME/.cache/mailbridge-fuzz-target}
+corpus_root=${MAILBRIDGE_FUZZ_CORPUS:-$HOME/.cache/mailbridge-fuzz-corpus}
+features=${MAILBRIDGE_FUZZ_FEATURES:-}
+export RUSTC_BOOTSTRAP=1
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "fuzz: installing cargo-fuzz from crates.io (into \$CARGO_HOME/bin, reused by later runs)"
+    cargo install cargo-fuzz --locked
+fi
+
+# The fuzz crate is its own workspace; start from the main lock file so it builds the same,
+# already-vetted dependency versions (cargo adds libfuzzer-sys and keeps the rest).
+[ -f tests/fuzz/Cargo.lock ] || cp Cargo.lock tests/fuzz/Cargo.lock
+
+seeds=$(mktemp -d)
+trap 'rm -rf "$seeds"' EXIT
+mkdir -p "$seeds/parse" "$seeds/notification"
+cp tests/fixtures/mail/*.eml "$seeds/parse/"
+# Queue-message bodies: the notification event and every SQS record body of the batch event.
+python3 - "$seeds/notification" <<'PY'
+import glob, json, os, sys
+out = sys.argv[1]
+n = 0
+for path in sorted(glob.glob("infra/events/*.json")):
+    with open(path, "rb") as f:
+        raw = f.read()
+    doc = json.loads(raw)
+    bodies = [r["body"] for r in doc.get("Records", []) if isinstance(r.get("body"), str)]
+    if "version" in doc:
+        bodies.append(raw.decode())
+    for body in bodies:
+        n += 1
+        with open(os.path.join(out, f"seed-{n:03}.json"), "w") as f:
+            f.write(body)
+PY
+
+feature_args=()
+[ -z "$features" ] || feature_args=(--features "$features")
+
+status=0
+for target in "${targets[@]}"; do
+    case "$target" in
+        parse) max_len=262144 ;;
+        notification) max_len=65536 ;;
+        *) echo "fuzz: unknown target $target" >&2; exit 2 ;;
+    esac
+    corpus="$corpus_root/$target"
+    mkdir -p "$corpus" "tests/fuzz/artifacts/$target"
+    build_start=$(date +%s)
+    cargo fuzz build --fuzz-dir tests/fuzz "${feature_args[@]}" "$target"
+    echo "fuzz: $target built in $(( $(date +%s) - build_start )) s; running ${seconds} s"
+    log="$seeds/$target.log"
+    touch "$seeds/$target.started"
+    if cargo fuzz run --fuzz-dir tests/fuzz "${feature_args[@]}" "$target" \
+        "$corpus" "$seeds/$target" -- \
+        -max_total_time="$seconds" -rss_limit_mb=2048 -max_len="$max_len" -timeout=20 \
+        -print_final_stats=1 >"$log" 2>&1; then
+        grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|Done )' "$log" || true
+        echo "fuzz: $target: no crash"
+    else
+        status=1
+        tail -n 60 "$log"
+        for crash in "tests/fuzz/artifacts/$target"/*; do
+            [ "$crash" -nt "$seeds/$target.started" ] || continue
+            echo "fuzz: $target: crashing input $crash (base64):"
+            base64 -w 0 "$crash" | head -c 20000
+            echo
+        done
+        echo "fuzz: $target: FAILED (reproduce: RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir tests/fuzz $target <input>)" >&2
+    fi
+done
+exit $status
