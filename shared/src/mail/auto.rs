@@ -9,49 +9,58 @@
 
 use super::threading;
 use regex::Regex;
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
-/// The headers of the top-level message, names lower-cased, values unfolded and trimmed.
-pub(crate) struct Headers(Vec<(String, String)>);
+/// The header fields of the top-level message, borrowed from it. Names are looked up ASCII
+/// case-insensitively (callers pass lower-case names); values are unfolded and trimmed when
+/// read, so the many fields no rule asks about (Received, DKIM-Signature, ...) cost nothing.
+pub(crate) struct Headers<'a>(Vec<(&'a str, &'a str)>);
 
-impl Headers {
-    pub(crate) fn new<'a>(raw: impl Iterator<Item = (&'a str, &'a str)>) -> Self {
-        Self(
-            raw.map(|(n, v)| {
-                let v: String = v
-                    .split(['\r', '\n'])
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                (n.trim().to_ascii_lowercase(), v)
-            })
-            .collect(),
+/// A field value with folding line breaks replaced by single spaces, trimmed.
+fn unfold_value(v: &str) -> Cow<'_, str> {
+    if v.contains(['\r', '\n']) {
+        Cow::Owned(
+            v.split(['\r', '\n'])
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(" "),
         )
+    } else {
+        Cow::Borrowed(v.trim())
+    }
+}
+
+impl<'a> Headers<'a> {
+    pub(crate) fn new(raw: impl Iterator<Item = (&'a str, &'a str)>) -> Self {
+        Self(raw.map(|(n, v)| (n.trim(), v)).collect())
     }
 
-    pub(crate) fn all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s str> + 's {
+    /// Every value of the field `name` (lower-case).
+    pub(crate) fn all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = Cow<'a, str>> + 's {
         self.0
             .iter()
-            .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| unfold_value(v))
     }
 
-    pub(crate) fn first(&self, name: &str) -> Option<&str> {
+    /// The first value of the field `name` (lower-case).
+    pub(crate) fn first(&self, name: &str) -> Option<Cow<'a, str>> {
         self.0
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| unfold_value(v))
     }
 
     fn has(&self, name: &str) -> bool {
-        self.first(name).is_some()
+        self.0.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
     }
 }
 
 /// What the rules look at besides the headers.
 pub(crate) struct Evidence<'a> {
-    pub headers: &'a Headers,
+    pub headers: &'a Headers<'a>,
     pub from_address: Option<&'a str>,
     pub subject: &'a str,
     pub message_id: Option<&'a str>,
@@ -134,7 +143,7 @@ pub(crate) fn classify(e: &Evidence<'_>) -> Option<String> {
     }
     if let Some(key) = e.thread_key {
         if h.all(&threading::REFERENCE_HEADER.to_ascii_lowercase())
-            .any(|v| threading::verify_reference(v, key).is_some())
+            .any(|v| threading::verify_reference(&v, key).is_some())
         {
             return Some("loop: carries our X-Mailbridge-Ref header (own notification)".into());
         }
@@ -310,11 +319,11 @@ pub(crate) fn classify(e: &Evidence<'_>) -> Option<String> {
     }
     for name in ["precedence", "x-precedence"] {
         if let Some(v) = h.first(name)
-            && token_in(v, &["bulk", "junk", "list", "auto_reply", "auto-reply"])
+            && token_in(&v, &["bulk", "junk", "list", "auto_reply", "auto-reply"])
         {
-            let kind = if token_in(v, &["list"]) {
+            let kind = if token_in(&v, &["list"]) {
                 "mailing_list"
-            } else if token_in(v, &["auto_reply", "auto-reply"]) {
+            } else if token_in(&v, &["auto_reply", "auto-reply"]) {
                 "auto_reply"
             } else {
                 "bulk"

@@ -96,8 +96,7 @@ pub(crate) fn extract(
     if recipient.is_none() {
         recipient = headers
             .first("x-failed-recipients")
-            .and_then(|v| v.split(',').next())
-            .map(|v| strip_angles(v).to_string())
+            .and_then(|v| v.split(',').next().map(|v| strip_angles(v).to_string()))
             .filter(|v| !v.is_empty());
     }
     // Non-DSN bounces: the first address and status code of the bounce text.

@@ -94,23 +94,26 @@ fn slice_cow(data: Cow<'_, [u8]>, from: usize) -> Cow<'_, [u8]> {
 
 /// CRLF and bare CR become LF. Borrows when the input has no CR at all.
 pub(crate) fn to_lf(raw: &[u8]) -> Cow<'_, [u8]> {
-    if !raw.contains(&b'\r') {
+    let Some(first_cr) = memchr::memchr(b'\r', raw) else {
         return Cow::Borrowed(raw);
-    }
+    };
     let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        let b = raw[i];
-        if b == b'\r' {
-            out.push(b'\n');
-            if raw.get(i + 1) == Some(&b'\n') {
-                i += 1;
-            }
+    let mut copied = 0;
+    let mut cr = first_cr;
+    loop {
+        out.extend_from_slice(&raw[copied..cr]);
+        out.push(b'\n');
+        copied = if raw.get(cr + 1) == Some(&b'\n') {
+            cr + 2
         } else {
-            out.push(b);
+            cr + 1
+        };
+        match memchr::memchr(b'\r', &raw[copied..]) {
+            Some(next) => cr = copied + next,
+            None => break,
         }
-        i += 1;
     }
+    out.extend_from_slice(&raw[copied..]);
     Cow::Owned(out)
 }
 
@@ -166,7 +169,16 @@ fn repair_part_headers(data: &[u8], from: usize) -> (Option<Vec<u8>>, usize) {
     let mut inserts: Vec<usize> = Vec::new();
     let mut dash_lines = 0;
     let mut pos = from;
+    // Only lines that start with `--` matter: jump from one to the next (SIMD search for
+    // "\n--"); the lines in between are skipped exactly as a line-by-line walk would skip them.
+    let mut dash_starts = (data[from..].starts_with(b"--").then_some(from).into_iter()).chain(
+        memchr::memmem::find_iter(&data[from..], b"\n--").map(|i| from + i + 1),
+    );
     while pos < data.len() {
+        let Some(next) = dash_starts.find(|&start| start >= pos) else {
+            break;
+        };
+        pos = next;
         let end = line_end(data, pos);
         if data[pos..end].starts_with(b"--") {
             dash_lines += 1;
@@ -266,10 +278,7 @@ fn trim_start_ws(s: &[u8]) -> &[u8] {
 }
 
 fn line_end(data: &[u8], from: usize) -> usize {
-    data[from..]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map_or(data.len(), |p| from + p)
+    memchr::memchr(b'\n', &data[from..]).map_or(data.len(), |p| from + p)
 }
 
 /// Repairs the header block; `None` when it needs nothing. Repairs:
@@ -281,6 +290,9 @@ fn line_end(data: &[u8], from: usize) -> usize {
 ///
 /// Returns the repaired block and, when raw 8-bit was transcoded, the charset it came from.
 fn repair_header_block(header: &[u8]) -> Option<(Vec<u8>, Option<&'static encoding_rs::Encoding>)> {
+    if header_block_is_clean(header) {
+        return None;
+    }
     let lines: Vec<&[u8]> = header
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
@@ -336,6 +348,23 @@ fn repair_header_block(header: &[u8]) -> Option<(Vec<u8>, Option<&'static encodi
         Err(unchanged) if changed => Some((unchanged, None)),
         Err(_) => None,
     }
+}
+
+/// Whether [`repair_header_block`] would leave the block as it is: the same decisions, without
+/// building the copy (most mail needs no repair).
+fn header_block_is_clean(header: &[u8]) -> bool {
+    let mut seen_header = false;
+    for line in header.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        if seen_header && is_param_line(line) {
+            return false;
+        }
+        if is_header_line(line) && !is_continuation(line) {
+            seen_header = true;
+        } else if !is_continuation(line) || !seen_header {
+            return false;
+        }
+    }
+    std::str::from_utf8(header).is_ok()
 }
 
 /// `Ok((transcoded, charset))` when the block had 8-bit bytes that are not UTF-8, else

@@ -8,9 +8,32 @@
 use regex::Regex;
 use std::sync::LazyLock;
 
+/// A line regex with bounded repetitions (`.{1,250}`), checked behind a cheap gate: `gate` is
+/// the same pattern with the bounds dropped (`.+` / `.*`), so it matches a superset of lines and
+/// runs on the lazy DFA; the exact, bounded pattern (whose Unicode NFA is large enough that the
+/// regex crate falls back to a backtracker) only sees the rare lines the gate lets through.
+struct GatedRegex {
+    gate: Regex,
+    exact: Regex,
+}
+
+impl GatedRegex {
+    fn new(exact: &str) -> Self {
+        let gate = exact.replace(".{1,250}", ".+").replace(".{0,250}", ".*");
+        Self {
+            gate: Regex::new(&gate).expect("static regex"),
+            exact: Regex::new(exact).expect("static regex"),
+        }
+    }
+
+    fn is_match(&self, line: &str) -> bool {
+        self.gate.is_match(line) && self.exact.is_match(line)
+    }
+}
+
 /// Lines that start the quoted original on their own.
-static QUOTE_HEADER_LINE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(concat!(
+static QUOTE_HEADER_LINE: LazyLock<GatedRegex> = LazyLock::new(|| {
+    GatedRegex::new(concat!(
         r"(?i)^\s*(",
         r"-{2,}\s*(original message|ursprüngliche nachricht|message d'origine|mensaje original|messaggio originale|oorspronkelijk bericht|originalmeddelande|original meddelelse|alkuperäinen viesti|wiadomość oryginalna|původní zpráva|исходное сообщение)\s*-{2,}",
         r"|-{2,}\s*(forwarded message|weitergeleitete nachricht|message transféré)\s*-{2,}",
@@ -25,17 +48,16 @@ static QUOTE_HEADER_LINE: LazyLock<Regex> = LazyLock::new(|| {
         r"|.{1,250}\s(wrote|schrieb|a écrit|escribió|ha scritto|schreef|skrev)\s?:",
         r")\s*$"
     ))
-    .expect("static regex")
 });
 
 /// "On Tue, 3 Jan 2024 at 10:00, Someone <a@b.c>" whose "wrote:" is on the next line (Gmail
 /// wraps long attributions).
-static WRAPPED_ATTRIBUTION: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)^\s*(on|am|le|el|il|op|den)\s.{1,250}$").expect("static regex")
-});
-static WROTE_ALONE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)^\s*.{0,250}(wrote|schrieb|a écrit|escribió|ha scritto|schreef|skrev)\s?:\s*$")
-        .expect("static regex")
+static WRAPPED_ATTRIBUTION: LazyLock<GatedRegex> =
+    LazyLock::new(|| GatedRegex::new(r"(?i)^\s*(on|am|le|el|il|op|den)\s.{1,250}$"));
+static WROTE_ALONE: LazyLock<GatedRegex> = LazyLock::new(|| {
+    GatedRegex::new(
+        r"(?i)^\s*.{0,250}(wrote|schrieb|a écrit|escribió|ha scritto|schreef|skrev)\s?:\s*$",
+    )
 });
 
 /// Outlook's header block: a `From:` line followed closely by `Sent:`/`Date:`/`To:`/`Subject:`.
@@ -60,10 +82,11 @@ fn maybe_signature(trimmed: &str) -> bool {
     if trimmed.starts_with("--") {
         return true;
     }
-    let head: String = trimmed.chars().take(8).collect::<String>().to_lowercase();
+    // Byte-wise ASCII case folding: no non-ASCII character lower-cases into these prefixes.
+    let head = trimmed.as_bytes();
     ["sent ", "get ", "von ", "envoy", "enviad"]
         .iter()
-        .any(|p| head.starts_with(p))
+        .any(|p| head.len() >= p.len() && head[..p.len()].eq_ignore_ascii_case(p.as_bytes()))
 }
 
 /// The new part of `body`; `body` itself when nothing remains after stripping.

@@ -123,10 +123,40 @@ pub fn find_footer_marker(text: &str, key: &[u8]) -> Option<String> {
 /// The first genuine reference embedded in a header value or Message-ID (`X-Mailbridge-Ref`,
 /// `mb.<reference>.<unique>@domain`).
 pub fn find_reference_in_id(id: &str, key: &[u8]) -> Option<String> {
+    if !may_hold_reference(id.as_bytes()) {
+        return None;
+    }
     REFERENCE_IN_TEXT.captures_iter(id).find_map(|c| {
         let reference = format!("{}.{}", &c[1], &c[2]);
         verify_reference(&reference, key)
     })
+}
+
+/// Cheap necessary condition for a `REFERENCE_IN_TEXT` match: some `.` preceded by a ticket
+/// character and followed by 16 hex digits that are not followed by an ASCII word character
+/// (`\b`). Whole returned header blocks of bounces pass through here, and most hold no
+/// candidate at all, so the regex (and the HMAC per candidate) is skipped.
+fn may_hold_reference(text: &[u8]) -> bool {
+    let ticket_char = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+    let mut from = 0;
+    while let Some(offset) = text[from..].iter().position(|&b| b == b'.') {
+        let dot = from + offset;
+        from = dot + 1;
+        if dot == 0 || !ticket_char(text[dot - 1]) {
+            continue;
+        }
+        let Some(tag) = text.get(dot + 1..dot + 17) else {
+            return false;
+        };
+        if tag.iter().all(u8::is_ascii_hexdigit)
+            && !text
+                .get(dot + 17)
+                .is_some_and(|&b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return true;
+        }
+    }
+    false
 }
 
 #[cfg(test)]
