@@ -76,7 +76,8 @@ for target in "${targets[@]}"; do
         "$corpus" "$seeds/$target" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -max_len="$max_len" -timeout=20 \
         -print_final_stats=1 >"$log" 2>&1; then
-        grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|Done )' "$log" || true
+        grep -E '(INITED|^Done |^stat::number_of_executed_units|^stat::peak_rss_mb)' "$log" || true
+        grep -E 'exec/s' "$log" | tail -n 1 || true
         echo "fuzz: $target: no crash"
     else
         status=1

@@ -1,6 +1,8 @@
 //! Parse throughput of `mailbridge::mail::parse` (MB/s, mails/s) on a mail corpus, side by side
 //! with Python's stdlib `email` doing the same work in the same run
-//! (`infra/bench/parse_python.py`).
+//! (`infra/bench/parse_python.py`): `py` = compat32 parse and MIME walk only (the baseline the
+//! issue names), `pyfull` = compat32 plus the rest of the draft work (HTML to text, machine-mail
+//! rules, bounce details, reply stripping, marker checks), `py(default)` = policy.default parse.
 //!
 //! `cargo bench -p mailbridge-shared --bench parse_throughput [-- DIR ...]`
 //! Default corpus: `tests/fixtures/mail`, plus `../shared/corpus/{bounces,rt,not-bounces}` when
@@ -101,14 +103,14 @@ fn bench_rust(mails: &[Vec<u8>]) -> Measured {
 }
 
 /// Python's (MB/s, mails/s) per CPU second, and its wall-clock MB/s.
-fn bench_python(dir: &Path, policy: &str) -> Option<(f64, f64, f64)> {
+fn bench_python(dir: &Path, policy: &str, work: &str) -> Option<(f64, f64, f64)> {
     if std::env::var_os("MAILBRIDGE_BENCH_RUST_ONLY").is_some() {
         return None;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/bench/parse_python.py");
     let out = Command::new("python3")
         .arg(script)
-        .args(["--min-seconds", "3", "--policy", policy])
+        .args(["--min-seconds", "3", "--policy", policy, "--work", work])
         .arg(dir)
         .output()
         .ok()?;
@@ -142,7 +144,7 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("parse throughput, single thread ({cores} cores available)");
     println!(
-        "{:<22} {:>5} {:>6} {:>10} {:>11} {:>9} {:>10} {:>7} {:>11} {:>9} {:>10}",
+        "{:<20} {:>5} {:>5} {:>9} {:>11} {:>8} {:>9} {:>6} {:>8} {:>6} {:>11} {:>9} {:>7}",
         "corpus",
         "files",
         "KiB",
@@ -150,6 +152,8 @@ fn main() {
         "rust mail/s",
         "py MB/s",
         "py mail/s",
+        "ratio",
+        "pyfull",
         "ratio",
         "py(default)",
         "rust wall",
@@ -161,8 +165,9 @@ fn main() {
             continue;
         }
         let rust = bench_rust(&mails);
-        let py = bench_python(&dir, "compat32");
-        let py_default = bench_python(&dir, "default");
+        let py = bench_python(&dir, "compat32", "parse");
+        let py_full = bench_python(&dir, "compat32", "full");
+        let py_default = bench_python(&dir, "default", "parse");
         let name = dir
             .canonicalize()
             .unwrap_or(dir.clone())
@@ -177,20 +182,25 @@ fn main() {
             .collect::<Vec<_>>()
             .join("/");
         match py {
-            Some((py_mb, py_mails, py_wall)) => println!(
-                "{:<22} {:>5} {:>6} {:>10.1} {:>11.0} {:>9.2} {:>10.0} {:>6.1}x {:>11.2} {:>9.1} {:>10.2}",
-                name,
-                rust.files,
-                rust.bytes / 1024,
-                rust.mb_per_s(),
-                rust.mails_per_s(),
-                py_mb,
-                py_mails,
-                rust.mb_per_s() / py_mb,
-                py_default.map_or(f64::NAN, |p| p.0),
-                rust.wall_mb_per_s(),
-                py_wall,
-            ),
+            Some((py_mb, py_mails, py_wall)) => {
+                let full = py_full.map_or(f64::NAN, |p| p.0);
+                println!(
+                    "{:<20} {:>5} {:>5} {:>9.1} {:>11.0} {:>8.2} {:>9.0} {:>5.1}x {:>8.2} {:>5.1}x {:>11.2} {:>9.1} {:>7.2}",
+                    name,
+                    rust.files,
+                    rust.bytes / 1024,
+                    rust.mb_per_s(),
+                    rust.mails_per_s(),
+                    py_mb,
+                    py_mails,
+                    rust.mb_per_s() / py_mb,
+                    full,
+                    rust.mb_per_s() / full,
+                    py_default.map_or(f64::NAN, |p| p.0),
+                    rust.wall_mb_per_s(),
+                    py_wall,
+                )
+            }
             None => println!(
                 "{:<22} {:>5} {:>6} {:>10.1} {:>11.0}   (python3 not available) {:>9.1}",
                 name,

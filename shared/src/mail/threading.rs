@@ -107,11 +107,7 @@ pub fn message_id_with_unique(reference: &str, unique: &str, domain: &str) -> St
 
 /// The first genuine ticket reference in `text` (a footer `[ref:...]` marker), if any.
 pub fn find_footer_marker(text: &str, key: &[u8]) -> Option<String> {
-    if !text
-        .as_bytes()
-        .windows(3)
-        .any(|w| w.eq_ignore_ascii_case(b"ref"))
-    {
+    if !contains_ref(text.as_bytes()) {
         return None;
     }
     FOOTER_MARKER.captures_iter(text).find_map(|c| {
@@ -129,6 +125,15 @@ pub fn find_reference_in_id(id: &str, key: &[u8]) -> Option<String> {
     REFERENCE_IN_TEXT.captures_iter(id).find_map(|c| {
         let reference = format!("{}.{}", &c[1], &c[2]);
         verify_reference(&reference, key)
+    })
+}
+
+/// Whether `text` holds "ref" in any ASCII case (the footer regex needs it): SIMD search for the
+/// `r`, then a look at the two bytes after it.
+fn contains_ref(text: &[u8]) -> bool {
+    memchr::memchr2_iter(b'r', b'R', text).any(|i| {
+        text.get(i + 1..i + 3)
+            .is_some_and(|ef| ef.eq_ignore_ascii_case(b"ef"))
     })
 }
 
