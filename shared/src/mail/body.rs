@@ -592,7 +592,7 @@ fn find_header_end(bytes: &[u8]) -> usize {
 
 /// CRLF / CR → LF and no NULs (text from base64 keeps the sender's line ends).
 pub(crate) fn lf_text(text: Cow<'_, str>) -> String {
-    if !text.contains(['\r', '\0']) {
+    if memchr::memchr2(b'\r', b'\0', text.as_bytes()).is_none() {
         return text.into_owned();
     }
     text.replace("\r\n", "\n")
