@@ -61,7 +61,7 @@ feature_args=()
 status=0
 for target in "${targets[@]}"; do
     case "$target" in
-        parse) max_len=262144 ;;
+        parse) max_len=65536 ;;
         notification) max_len=65536 ;;
         *) echo "fuzz: unknown target $target" >&2; exit 2 ;;
     esac

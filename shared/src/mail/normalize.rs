@@ -171,9 +171,8 @@ fn repair_part_headers(data: &[u8], from: usize) -> (Option<Vec<u8>>, usize) {
     let mut pos = from;
     // Only lines that start with `--` matter: jump from one to the next (SIMD search for
     // "\n--"); the lines in between are skipped exactly as a line-by-line walk would skip them.
-    let mut dash_starts = (data[from..].starts_with(b"--").then_some(from).into_iter()).chain(
-        memchr::memmem::find_iter(&data[from..], b"\n--").map(|i| from + i + 1),
-    );
+    let mut dash_starts = (data[from..].starts_with(b"--").then_some(from).into_iter())
+        .chain(memchr::memmem::find_iter(&data[from..], b"\n--").map(|i| from + i + 1));
     while pos < data.len() {
         let Some(next) = dash_starts.find(|&start| start >= pos) else {
             break;
