@@ -52,7 +52,11 @@ fi
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 lambda_dir="$target_dir/lambda-$arch"
 arch_flag=--arm64; [ "$arch" = x86_64 ] && arch_flag=--x86-64
-bin_flags=(); for b in "${bins[@]}"; do bin_flags+=(--bin "$b"); done
+# `-p` for each function: without it cargo resolves features for the whole workspace, so the operator CLI's
+# (aws-config `sso`, `credentials-process`) and the local stack's (hyper `server`, ...) would be built into
+# the bootstraps. With it, the feature set is exactly what `sam build` resolves for each member on its own,
+# so `sam build` afterwards finds every unit in the cache (see BENCHMARKS.md, binary-size).
+bin_flags=(); for b in "${bins[@]}"; do bin_flags+=(-p "$b" --bin "$b"); done
 
 echo "== cargo lambda build --release $arch_flag ${bin_flags[*]} --lambda-dir $lambda_dir"
 start=$(date +%s)
