@@ -1029,6 +1029,26 @@ async fn crash_points(lease: Duration) -> (Arc<CrashingIdempotency>, Arc<Hanging
 
 /// Run a batch as a "process" that crashes once `crashed()` holds: the task is aborted there,
 /// as a killed Lambda would stop, leaving whatever state it had written.
+/// The claim's lease runs out (simulated in the state table) and SQS redelivers the batch:
+/// the report and the logs of that invocation.
+async fn redeliver_after_the_lease(
+    idempotency: &CrashingIdempotency,
+    event: &SqsEvent,
+    deps: &Deps,
+) -> (send_notifications::BatchReport, LogCapture) {
+    use tracing::instrument::WithSubscriber as _;
+    idempotency.expire_leases().await;
+    let logs = LogCapture::default();
+    let report = process_batch(
+        event.clone(),
+        Instant::now() + Duration::from_secs(30),
+        deps,
+    )
+    .with_subscriber(logs.subscriber())
+    .await;
+    (report, logs)
+}
+
 async fn run_until_crash(deps: Arc<Deps>, event: SqsEvent, crashed: impl Fn() -> bool) {
     let task = tokio::spawn(async move {
         process_batch(event, Instant::now() + Duration::from_secs(60), &deps).await
@@ -1096,18 +1116,7 @@ async fn a_crash_after_the_claim_leaves_a_live_lease_the_redelivery_waits_then_s
     );
 
     // 3. The lease runs out: the redelivery resumes, logs it, sends once.
-    idempotency.expire_leases().await;
-    let logs = LogCapture::default();
-    let report = {
-        use tracing::instrument::WithSubscriber as _;
-        process_batch(
-            event.clone(),
-            Instant::now() + Duration::from_secs(30),
-            &deps,
-        )
-        .with_subscriber(logs.subscriber())
-        .await
-    };
+    let (report, logs) = redeliver_after_the_lease(&idempotency, &event, &deps).await;
     assert!(
         matches!(report.messages[0].outcome, Outcome::Sent { .. }),
         "{report:?}"
@@ -1221,18 +1230,7 @@ async fn a_crash_after_graph_accepted_before_the_record_gives_at_most_one_duplic
     }
 
     // 3. After the lease: resent once each, named, with the same Message-ID.
-    idempotency.expire_leases().await;
-    let logs = LogCapture::default();
-    let report = {
-        use tracing::instrument::WithSubscriber as _;
-        process_batch(
-            event.clone(),
-            Instant::now() + Duration::from_secs(30),
-            &deps,
-        )
-        .with_subscriber(logs.subscriber())
-        .await
-    };
+    let (report, logs) = redeliver_after_the_lease(&idempotency, &event, &deps).await;
     assert!(report.response.batch_item_failures.is_empty(), "{report:?}");
     assert_eq!(report.metrics.sent, 2);
     assert_eq!(report.metrics.resent_after_unfinished_claim, 2);
