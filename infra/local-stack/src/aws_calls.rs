@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::Response;
 
 /// Calls per operation.
 pub type CallCounts = BTreeMap<String, u64>;
@@ -119,29 +119,14 @@ async fn forward(
         .expect("lock")
         .entry(operation)
         .or_default() += 1;
-    let url = format!(
-        "{}{}",
-        state.upstream,
-        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
-    );
-    let mut request = state.http.request(method, url).body(body);
-    for (name, value) in headers.iter() {
-        if name != "host" && name != "content-length" && name != "connection" {
-            request = request.header(name, value);
-        }
-    }
-    match request.send().await {
-        Ok(response) => {
-            let status = response.status();
-            let mut out_headers = HeaderMap::new();
-            for (name, value) in response.headers() {
-                if name != "content-length" && name != "transfer-encoding" && name != "connection" {
-                    out_headers.insert(name.clone(), value.clone());
-                }
-            }
-            let bytes = response.bytes().await.unwrap_or_default();
-            (status, out_headers, bytes).into_response()
-        }
-        Err(e) => (StatusCode::BAD_GATEWAY, format!("AWS call counter: {e}")).into_response(),
-    }
+    crate::upstream::forward(
+        &state.http,
+        &state.upstream,
+        "AWS call counter",
+        method,
+        &uri,
+        &headers,
+        body,
+    )
+    .await
 }

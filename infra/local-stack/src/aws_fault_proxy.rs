@@ -180,38 +180,14 @@ async fn proxy(
         )
             .into_response();
     }
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut request = state
-        .http
-        .request(method, format!("{}{path}", state.upstream))
-        .body(body);
-    for (name, value) in headers.iter() {
-        if !matches!(
-            name.as_str(),
-            "host" | "content-length" | "connection" | "transfer-encoding"
-        ) {
-            request = request.header(name, value);
-        }
-    }
-    match request.send().await {
-        Ok(upstream) => {
-            let status = upstream.status();
-            let mut out = HeaderMap::new();
-            for (name, value) in upstream.headers() {
-                if !matches!(
-                    name.as_str(),
-                    "content-length" | "connection" | "transfer-encoding"
-                ) {
-                    out.insert(name.clone(), value.clone());
-                }
-            }
-            let bytes = upstream.bytes().await.unwrap_or_default();
-            (status, out, bytes).into_response()
-        }
-        Err(e) => (
-            StatusCode::BAD_GATEWAY,
-            format!("aws fault proxy: upstream unreachable: {e}"),
-        )
-            .into_response(),
-    }
+    crate::upstream::forward(
+        &state.http,
+        &state.upstream,
+        "aws fault proxy",
+        method,
+        &uri,
+        &headers,
+        body,
+    )
+    .await
 }

@@ -27,6 +27,7 @@ pub mod runtime_api;
 pub mod tcp_fault_proxy;
 pub mod ticket_api;
 pub mod tls_endpoint;
+mod upstream;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, mpsc};
