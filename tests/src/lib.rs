@@ -76,6 +76,23 @@ pub async fn create_queue(name: &str) -> anyhow::Result<String> {
 
 /// Create a queue with a dead-letter queue (`maxReceiveCount` receives before redrive).
 /// Returns `(queue_url, dlq_url)`.
+/// The ARN of the queue at `url` (what an event source mapping and the Lambda event carry).
+pub async fn queue_arn(url: &str) -> anyhow::Result<String> {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let attrs = sqs()
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("get queue arn of {url}: {}", e.into_service_error()))?;
+    attrs
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("queue {url} has no QueueArn"))
+}
+
 pub async fn create_queue_with_dlq(
     name: &str,
     max_receive_count: u32,
@@ -83,18 +100,7 @@ pub async fn create_queue_with_dlq(
     use aws_sdk_sqs::types::QueueAttributeName;
     let client = sqs();
     let dlq_url = create_queue(&format!("{name}-dlq")).await?;
-    let attrs = client
-        .get_queue_attributes()
-        .queue_url(&dlq_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("get DLQ arn: {}", e.into_service_error()))?;
-    let dlq_arn = attrs
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("DLQ {dlq_url} has no QueueArn"))?;
+    let dlq_arn = queue_arn(&dlq_url).await?;
     let redrive = serde_json::json!({
         "deadLetterTargetArn": dlq_arn,
         "maxReceiveCount": max_receive_count.to_string(),

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::SqsEvent;
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::MessageSystemAttributeName;
 use local_stack::aws_calls::{AwsCallCounter, CallCounts, summarize};
 use local_stack::identity::{AppRegistration, UserAccount};
 use local_stack::runtime_api::{FunctionConfig, InvocationOutcome, RuntimeApi, workspace_binary};
@@ -175,17 +175,7 @@ impl SendWorld {
         let (queue_url, dlq_url) = create_queue_with_dlq(&unique("bench-notify"), 5)
             .await
             .unwrap();
-        let queue_arn = sqs()
-            .get_queue_attributes()
-            .queue_url(&queue_url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .unwrap()
-            .attributes()
-            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-            .cloned()
-            .unwrap();
+        let queue_arn = mailbridge_tests::queue_arn(&queue_url).await.unwrap();
         let table = create_state_table("bench-state").await.unwrap();
         SendWorld {
             upn,

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
-use aws_sdk_sqs::types::QueueAttributeName;
 use local_stack::identity::{AppRegistration, UserAccount};
 use mailbridge::graph::GraphClient;
 use mailbridge::state::DynamoIdempotencyStore;
@@ -72,17 +71,7 @@ async fn new_account(prefix: &str) -> (String, String) {
 #[tokio::test]
 async fn dlq_unavailable_the_message_is_reported_failed_and_stays_on_the_queue() {
     let (queue_url, dlq_url) = create_queue_with_dlq(&unique("fm-dlq"), 5).await.unwrap();
-    let arn = sqs()
-        .get_queue_attributes()
-        .queue_url(&queue_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-        .cloned()
-        .unwrap();
+    let arn = mailbridge_tests::queue_arn(&queue_url).await.unwrap();
     let invalid = json!({
         "version": 1,
         "account": "mailbridge/whoever",

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::SqsEvent;
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::MessageSystemAttributeName;
 use base64::Engine as _;
 use local_stack::identity::{AppRegistration, RequestFilter, UserAccount};
 use mailbridge::graph::GraphClient;
@@ -186,17 +186,7 @@ fn random_secret(label: &str) -> String {
 }
 
 async fn queue_arn(url: &str) -> String {
-    sqs()
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .expect("queue arn")
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-        .cloned()
-        .expect("QueueArn")
+    mailbridge_tests::queue_arn(url).await.expect("queue arn")
 }
 
 /// Receive `n` messages from `queue_url` as the SQS event Lambda would deliver.

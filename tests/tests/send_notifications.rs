@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::SqsEvent;
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::MessageSystemAttributeName;
 use local_stack::graph::GraphStandIn;
 use local_stack::identity::{AppRegistration, IdentityStandIn, UserAccount};
 use mailbridge::graph::{GraphClient, GraphError, MailSender, MessageExtras, OutgoingMail};
@@ -105,17 +105,9 @@ impl World {
         let (queue_url, dlq_url) = create_queue_with_dlq(&unique("notify"), 5)
             .await
             .expect("queues");
-        let queue_arn = sqs()
-            .get_queue_attributes()
-            .queue_url(&queue_url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
+        let queue_arn = mailbridge_tests::queue_arn(&queue_url)
             .await
-            .expect("queue arn")
-            .attributes()
-            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-            .cloned()
-            .expect("QueueArn");
+            .expect("queue arn");
         let table = create_state_table("state").await.expect("state table");
         let store = Arc::new(CountingStore {
             inner: SecretsManagerStore::from_conf(&stack.moto().sdk_config()),
