@@ -14,16 +14,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 /// Misses the parser is known to have: (mail, field, why). Keep it short and explained.
-const KNOWN_MISSES: &[(&str, &str, &str)] = &[
-    ("written/w17-split-multibyte-encoded-words.eml", "subject", "UTF-8 character split across two encoded-words"),
-    ("written/w17-split-multibyte-encoded-words.eml", "from_name", "UTF-8 character split across two encoded-words"),
-    ("written/w22-base64-invalid-length.eml", "body", "unpadded base64 loses its last partial quantum"),
-    ("written/w22-base64-invalid-length.eml", "att", "unpadded base64 loses its last partial quantum"),
-    ("written/w33-date-no-weekday-2digit-year.eml", "date", "obsolete date syntax not parsed"),
-    ("sisimai/lhost-ezweb-02.eml", "body", "EUC-JP bytes labelled ISO-2022-JP"),
-    ("sisimai/lhost-mailru-08.eml", "subject", "a space is inserted between an encoded-word and the following '.'"),
-    ("sisimai-not/is-not-bounce-02.eml", "from_name", "unpadded B encoded-word loses its last byte"),
-];
+const KNOWN_MISSES: &[(&str, &str, &str)] = &[];
 
 /// The fields of a truth entry, in report order.
 const FIELDS: &[&str] = &[
@@ -84,8 +75,9 @@ fn options_of(v: &Value) -> Vec<String> {
 /// The draft's value of one truth field, as JSON.
 fn extract(draft: &TicketDraft, field: &str) -> Value {
     use serde_json::json;
-    let addresses =
-        |list: &[mailbridge::mail::MailAddress]| json!(list.iter().map(|a| &a.address).collect::<Vec<_>>());
+    let addresses = |list: &[mailbridge::mail::MailAddress]| {
+        json!(list.iter().map(|a| &a.address).collect::<Vec<_>>())
+    };
     match field {
         "mid" => json!(draft.message_id),
         "subject" => json!(draft.subject),

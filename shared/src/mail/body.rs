@@ -300,7 +300,9 @@ impl Walk<'_, '_> {
 
     fn attachment(&self, part: &MessagePart<'_>, ctype: String, subtype: String) -> Attachment {
         let size = match &part.body {
-            PartType::Binary(b) | PartType::InlineBinary(b) if !part.is_encoding_problem => b.len(),
+            PartType::Binary(b) | PartType::InlineBinary(b) if self.decoded_cleanly(part) => {
+                b.len()
+            }
             _ => self.decoded_bytes(part).len(),
         } as u64;
         let content_id = part
@@ -353,10 +355,38 @@ impl Walk<'_, '_> {
         reparsed.root_part().attachment_name().map(str::to_string)
     }
 
+    /// Whether mail-parser's decoding of the part can be used as is: it reported no encoding
+    /// problem and the part is not base64 without its `=` padding (mail-parser then silently
+    /// drops the last one or two bytes).
+    fn decoded_cleanly(&self, part: &MessagePart<'_>) -> bool {
+        if part.is_encoding_problem {
+            return false;
+        }
+        let is_base64 = part
+            .content_transfer_encoding()
+            .is_some_and(|e| e.trim().eq_ignore_ascii_case("base64"));
+        if !is_base64 {
+            return true;
+        }
+        let body = self
+            .raw
+            .get(
+                part.offset_body as usize
+                    ..(part.offset_end as usize).max(part.offset_body as usize),
+            )
+            .unwrap_or_default();
+        let significant = body
+            .iter()
+            .take_while(|&&b| b != b'=')
+            .filter(|b| b.is_ascii_alphanumeric() || **b == b'+' || **b == b'/')
+            .count();
+        significant % 4 == 0 || significant % 4 == 1
+    }
+
     /// The part's content with the transfer encoding undone (leniently: base64 of invalid
     /// length keeps every full quantum), before any charset conversion.
     fn decoded_bytes<'r>(&'r self, part: &'r MessagePart<'_>) -> Cow<'r, [u8]> {
-        if !part.is_encoding_problem {
+        if self.decoded_cleanly(part) {
             match &part.body {
                 PartType::Binary(b) | PartType::InlineBinary(b) => {
                     return Cow::Borrowed(b.as_ref());
@@ -391,7 +421,7 @@ impl Walk<'_, '_> {
             .and_then(|ct| ct.attribute("charset"))
             .map(str::to_string);
         let text: Cow<'_, str> = match &part.body {
-            PartType::Text(t) | PartType::Html(t) if !part.is_encoding_problem => {
+            PartType::Text(t) | PartType::Html(t) if self.decoded_cleanly(part) => {
                 let declared_utf8 = declared.as_deref().is_some_and(|d| {
                     d.eq_ignore_ascii_case("utf-8") || d.eq_ignore_ascii_case("utf8")
                 });

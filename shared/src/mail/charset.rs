@@ -1,7 +1,7 @@
 //! Charset repairs for text the MIME parser could not decode cleanly: undeclared 8-bit text,
 //! wrong labels, ISO-2022-JP with vendor extensions (and Shift_JIS sent as ISO-2022-JP).
 
-use encoding_rs::{Encoding, ISO_2022_JP, SHIFT_JIS, UTF_8};
+use encoding_rs::{EUC_JP, Encoding, ISO_2022_JP, SHIFT_JIS, UTF_8};
 use regex::Regex;
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -69,10 +69,12 @@ pub(crate) fn sniff_decode<'a>(
             return Cow::Owned(text.into_owned());
         }
         if enc == ISO_2022_JP {
-            // Japanese mail labelled ISO-2022-JP that carries Shift_JIS / CP932 bytes.
-            let (text, had_errors) = SHIFT_JIS.decode_without_bom_handling(bytes);
-            if !had_errors {
-                return Cow::Owned(text.into_owned());
+            // Japanese mail labelled ISO-2022-JP that carries Shift_JIS / CP932 or EUC-JP bytes.
+            for fallback in [SHIFT_JIS, EUC_JP] {
+                let (text, had_errors) = fallback.decode_without_bom_handling(bytes);
+                if !had_errors {
+                    return Cow::Owned(text.into_owned());
+                }
             }
         }
     }
@@ -88,6 +90,95 @@ pub(crate) fn sniff_decode<'a>(
     Cow::Owned(text.into_owned())
 }
 
+/// RFC 2047 decoding of a raw header value, for what mail-parser gets wrong: adjacent words of
+/// one charset are joined as bytes before decoding (a UTF-8 or ISO-2022-JP character split over
+/// two words), base64 words without their `=` padding keep every byte, and text right after a
+/// word (`=?...?=. Mail failure`) gets no inserted blank. Whitespace between two words is
+/// dropped (RFC 2047 6.2), other text is kept as written. `None` when there is no encoded-word.
+pub(crate) fn decode_encoded_words(raw: &str) -> Option<String> {
+    static WORD: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=").expect("static regex")
+    });
+    if !raw.contains("=?") {
+        return None;
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut pending: Option<(String, Vec<u8>)> = None;
+    let mut last = 0;
+    let mut found = false;
+    for c in WORD.captures_iter(raw) {
+        let whole = c.get(0).expect("match");
+        let between = &raw[last..whole.start()];
+        let label = c[1].split('*').next().unwrap_or("").to_string();
+        let bytes = if c[2].eq_ignore_ascii_case("b") {
+            super::body::lenient_base64(c[3].as_bytes())
+        } else {
+            q_decode(c[3].as_bytes())
+        };
+        let joins = pending
+            .as_ref()
+            .is_some_and(|(l, _)| l.eq_ignore_ascii_case(&label))
+            && between.trim().is_empty();
+        if joins {
+            if let Some((_, buf)) = pending.as_mut() {
+                buf.extend_from_slice(&bytes);
+            }
+        } else {
+            if let Some((l, buf)) = pending.take() {
+                out.push_str(&decode_word_bytes(&l, &buf));
+            }
+            if !(found && between.trim().is_empty()) {
+                out.push_str(between);
+            }
+            pending = Some((label, bytes));
+        }
+        found = true;
+        last = whole.end();
+    }
+    if let Some((l, buf)) = pending.take() {
+        out.push_str(&decode_word_bytes(&l, &buf));
+    }
+    out.push_str(&raw[last..]);
+    found.then_some(out)
+}
+
+fn q_decode(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'_' => out.push(b' '),
+            b'=' if i + 2 < text.len()
+                && text[i + 1].is_ascii_hexdigit()
+                && text[i + 2].is_ascii_hexdigit() =>
+            {
+                let hex = std::str::from_utf8(&text[i + 1..i + 3]).unwrap_or("00");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+fn decode_word_bytes(label: &str, bytes: &[u8]) -> String {
+    if is_iso_2022_jp_label(label) {
+        return decode_iso_2022_jp(bytes);
+    }
+    match Encoding::for_label(label.trim().as_bytes()) {
+        Some(enc) if enc != UTF_8 => {
+            let (text, had_errors) = enc.decode_without_bom_handling(bytes);
+            if had_errors && std::str::from_utf8(bytes).is_ok() {
+                return String::from_utf8_lossy(bytes).into_owned();
+            }
+            text.into_owned()
+        }
+        _ => sniff_decode(bytes, None, None).into_owned(),
+    }
+}
+
 /// Whether `label` names ISO-2022-JP or one of its vendor variants (CP50220/50221/50222).
 pub(crate) fn is_iso_2022_jp_label(label: &str) -> bool {
     let l = label.trim().to_ascii_lowercase();
@@ -101,16 +192,18 @@ pub(crate) fn is_iso_2022_jp_label(label: &str) -> bool {
 
 /// ISO-2022-JP with the vendor extensions real mailers send: JIS X 0213 designations
 /// (`ESC $ ( O/Q/P`, read as JIS X 0208, which plane 1 extends), SO/SI half-width katakana
-/// (CP50221) and NEC/IBM rows (in the WHATWG JIS X 0208 index). Falls back to Shift_JIS / CP932
-/// when the bytes are 8-bit.
+/// (CP50221) and NEC/IBM rows (in the WHATWG JIS X 0208 index). Falls back to Shift_JIS / CP932,
+/// then EUC-JP, when the bytes are 8-bit (mislabelled: ISO-2022-JP is 7-bit).
 pub(crate) fn decode_iso_2022_jp(bytes: &[u8]) -> String {
     if !bytes.is_ascii() {
         if let Ok(s) = std::str::from_utf8(bytes) {
             return s.to_string();
         }
-        let (text, had_errors) = SHIFT_JIS.decode_without_bom_handling(bytes);
-        if !had_errors {
-            return text.into_owned();
+        for fallback in [SHIFT_JIS, EUC_JP] {
+            let (text, had_errors) = fallback.decode_without_bom_handling(bytes);
+            if !had_errors {
+                return text.into_owned();
+            }
         }
     }
     // Rewrite vendor designations to ones the WHATWG decoder knows, and drop an escape
@@ -196,6 +289,38 @@ mod tests {
         assert_eq!(
             fix_embedded_iso_2022_jp("a \x1b$B%I%-%e%a%s%H\x1b(B.txt"),
             "a ドキュメント.txt"
+        );
+    }
+
+    #[test]
+    fn encoded_words_join_split_characters_and_keep_adjacent_text() {
+        // "é" split over two B words, an unpadded word, text right after a word
+        assert_eq!(
+            decode_encoded_words("=?UTF-8?B?UmVuww==?= =?UTF-8?B?qWUgTGF2YWw=?=").as_deref(),
+            Some("Renée Laval")
+        );
+        assert_eq!(
+            decode_encoded_words("=?utf-8?B?eHB0bw?=").as_deref(),
+            Some("xpto")
+        );
+        assert_eq!(
+            decode_encoded_words("=?UTF-8?Q?Caf=C3=A9?==?UTF-8?Q?_au_lait?=. Fin").as_deref(),
+            Some("Café au lait. Fin")
+        );
+        assert_eq!(
+            decode_encoded_words("Re: =?iso-8859-1?Q?Pr=FCfung?= morgen").as_deref(),
+            Some("Re: Prüfung morgen")
+        );
+        assert_eq!(decode_encoded_words("plain"), None);
+    }
+
+    #[test]
+    fn euc_jp_labelled_iso_2022_jp_is_recovered() {
+        let (euc, _, _) =
+            EUC_JP.encode("次のあて先へのメッセージはエラーのため送信できませんでした。");
+        assert_eq!(
+            decode_iso_2022_jp(&euc),
+            "次のあて先へのメッセージはエラーのため送信できませんでした。"
         );
     }
 

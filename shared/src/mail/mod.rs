@@ -111,9 +111,13 @@ fn build_draft(
     keep_contents: bool,
 ) -> (TicketDraft, Option<Vec<Vec<u8>>>) {
     let headers = auto::Headers::new(message.headers_raw());
-    let subject = message
-        .subject()
-        .map(|s| unfold(&charset::fix_embedded_iso_2022_jp(s)))
+    // Our own RFC 2047 decoding of the raw Subject when it has encoded-words (see
+    // `charset::decode_encoded_words` for what mail-parser gets wrong there).
+    let subject = headers
+        .first("subject")
+        .and_then(|raw| charset::decode_encoded_words(&raw))
+        .or_else(|| message.subject().map(str::to_string))
+        .map(|s| unfold(&charset::fix_embedded_iso_2022_jp(&s)))
         .unwrap_or_default();
     let from = message
         .from()
@@ -122,6 +126,15 @@ fn build_draft(
             message
                 .sender()
                 .and_then(|a| addresses(a).into_iter().next())
+        })
+        .map(|mut from| {
+            if let Some(name) = headers
+                .first("from")
+                .and_then(|raw| encoded_display_name(&raw, &from.address))
+            {
+                from.name = Some(name);
+            }
+            from
         });
     let message_id = message
         .message_id()
@@ -129,11 +142,14 @@ fn build_draft(
         .filter(|id| !id.is_empty());
     let in_reply_to = ids(message.in_reply_to()).into_iter().next();
     let references = ids(message.references());
-    let date = message.date().and_then(|d| {
-        chrono::DateTime::parse_from_rfc3339(&d.to_rfc3339())
-            .ok()
-            .map(|d| d.to_rfc3339())
-    });
+    let date = message
+        .date()
+        .and_then(|d| {
+            chrono::DateTime::parse_from_rfc3339(&d.to_rfc3339())
+                .ok()
+                .map(|d| d.to_rfc3339())
+        })
+        .or_else(|| headers.first("date").and_then(|d| obsolete_date(&d)));
 
     let mut bodies = body::collect(message, raw, charset_hint, keep_contents);
     let body_text = if !bodies.text_parts.is_empty() {
@@ -273,6 +289,42 @@ fn find_thread(
     (None, None)
 }
 
+/// A `Date` that mail-parser rejects, in the obsolete RFC 5322 forms old clients still send
+/// (two-digit year, no seconds, `EST`-style zone names): chrono's RFC 2822 parser reads them.
+fn obsolete_date(value: &str) -> Option<String> {
+    let value = value.split('(').next().unwrap_or(value).trim();
+    if let Ok(d) = chrono::DateTime::parse_from_rfc2822(value) {
+        return Some(d.to_rfc3339());
+    }
+    // No seconds (`10:00 EST`): chrono wants them.
+    static HH_MM: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"(\s\d{1,2}:\d{2})(\s+[+\-A-Za-z])").expect("static regex")
+    });
+    let with_seconds = HH_MM.replace(value, "${1}:00${2}");
+    chrono::DateTime::parse_from_rfc2822(&with_seconds)
+        .ok()
+        .map(|d| d.to_rfc3339())
+}
+
+/// The display name of a single-address `From` whose name has encoded-words, decoded by
+/// `charset::decode_encoded_words` (split characters, unpadded base64).
+fn encoded_display_name(raw: &str, address: &str) -> Option<String> {
+    if !raw.contains("=?") || raw.matches('<').count() != 1 {
+        return None;
+    }
+    let (name, rest) = raw.split_once('<')?;
+    if !rest
+        .trim_start()
+        .to_ascii_lowercase()
+        .starts_with(&address.to_ascii_lowercase())
+    {
+        return None;
+    }
+    let decoded = charset::decode_encoded_words(name.trim().trim_matches('"'))?;
+    let name = unfold(&decoded).trim_matches(['"', '\'', ' ']).to_string();
+    (!name.is_empty()).then_some(name)
+}
+
 fn unfold(s: &str) -> String {
     let s: String = s
         .chars()
@@ -385,4 +437,22 @@ fn html_to_text(html: &str) -> String {
         out.push('\n');
     }
     out.trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::obsolete_date;
+
+    #[test]
+    fn obsolete_dates_are_read() {
+        assert_eq!(
+            obsolete_date("2 Feb 24 10:00 EST").as_deref(),
+            Some("2024-02-02T10:00:00-05:00")
+        );
+        assert_eq!(
+            obsolete_date("Fri, 2 Feb 2024 10:00:30 GMT (comment)").as_deref(),
+            Some("2024-02-02T10:00:30+00:00")
+        );
+        assert_eq!(obsolete_date("yesterday"), None);
+    }
 }
