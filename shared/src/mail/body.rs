@@ -433,7 +433,9 @@ impl Walk<'_, '_> {
                 } else if charset::looks_misdecoded(t) || (!t.is_ascii() && !declared_utf8) {
                     let bytes = self.decoded_bytes(part);
                     if bytes.is_ascii()
-                        || (!charset::looks_misdecoded(t) && std::str::from_utf8(&bytes).is_err())
+                        || (!charset::looks_misdecoded(t)
+                            && !charset::has_c1_controls(t)
+                            && std::str::from_utf8(&bytes).is_err())
                     {
                         Cow::Borrowed(t.as_ref())
                     } else {

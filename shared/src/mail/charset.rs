@@ -1,7 +1,10 @@
 //! Charset repairs for text the MIME parser could not decode cleanly: undeclared 8-bit text,
 //! wrong labels, ISO-2022-JP with vendor extensions (and Shift_JIS sent as ISO-2022-JP).
 
-use encoding_rs::{EUC_JP, Encoding, ISO_2022_JP, SHIFT_JIS, UTF_8};
+use encoding_rs::{
+    EUC_JP, Encoding, ISO_2022_JP, ISO_8859_2, ISO_8859_7, ISO_8859_8, ISO_8859_8_I, ISO_8859_13,
+    SHIFT_JIS, UTF_8, WINDOWS_1250, WINDOWS_1253, WINDOWS_1255, WINDOWS_1257,
+};
 use regex::Regex;
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -66,11 +69,23 @@ pub(crate) fn sniff_decode<'a>(
     {
         let (text, had_errors) = enc.decode_without_bom_handling(bytes);
         if !had_errors {
+            // C1 controls from an ISO-8859-N label: the text is the Windows sibling
+            // (WHATWG already reads ISO-8859-1 as Windows-1252; not -2/-7/-8/-13).
+            if has_c1_controls(&text)
+                && let Some(windows) = windows_sibling(enc)
+            {
+                let (text, had_errors) = windows.decode_without_bom_handling(bytes);
+                if !had_errors {
+                    return Cow::Owned(text.into_owned());
+                }
+            }
             return Cow::Owned(text.into_owned());
         }
         if enc == ISO_2022_JP {
-            // Japanese mail labelled ISO-2022-JP that carries Shift_JIS / CP932 or EUC-JP bytes.
-            for fallback in [SHIFT_JIS, EUC_JP] {
+            // Japanese mail labelled ISO-2022-JP that carries EUC-JP or Shift_JIS / CP932 bytes
+            // (EUC-JP first: Shift_JIS lead bytes 0x81-0x9F are invalid in EUC-JP, while
+            // EUC-JP pairs often decode as Shift_JIS half-width kana and private-use characters).
+            for fallback in [EUC_JP, SHIFT_JIS] {
                 let (text, had_errors) = fallback.decode_without_bom_handling(bytes);
                 if !had_errors {
                     return Cow::Owned(text.into_owned());
@@ -192,14 +207,14 @@ pub(crate) fn is_iso_2022_jp_label(label: &str) -> bool {
 
 /// ISO-2022-JP with the vendor extensions real mailers send: JIS X 0213 designations
 /// (`ESC $ ( O/Q/P`, read as JIS X 0208, which plane 1 extends), SO/SI half-width katakana
-/// (CP50221) and NEC/IBM rows (in the WHATWG JIS X 0208 index). Falls back to Shift_JIS / CP932,
-/// then EUC-JP, when the bytes are 8-bit (mislabelled: ISO-2022-JP is 7-bit).
+/// (CP50221) and NEC/IBM rows (in the WHATWG JIS X 0208 index). Falls back to EUC-JP, then
+/// Shift_JIS / CP932, when the bytes are 8-bit (mislabelled: ISO-2022-JP is 7-bit).
 pub(crate) fn decode_iso_2022_jp(bytes: &[u8]) -> String {
     if !bytes.is_ascii() {
         if let Ok(s) = std::str::from_utf8(bytes) {
             return s.to_string();
         }
-        for fallback in [SHIFT_JIS, EUC_JP] {
+        for fallback in [EUC_JP, SHIFT_JIS] {
             let (text, had_errors) = fallback.decode_without_bom_handling(bytes);
             if !had_errors {
                 return text.into_owned();
@@ -242,6 +257,27 @@ fn escape_at(bytes: &[u8], i: usize) -> Option<(usize, &'static [u8])> {
             _ => None,
         },
         _ => None,
+    }
+}
+
+/// Whether `text` holds C1 control characters (U+0080..U+009F): never meant in mail text, they
+/// are what Windows punctuation (quotes, dashes, euro) becomes under an ISO-8859 label.
+pub(crate) fn has_c1_controls(text: &str) -> bool {
+    text.chars().any(|c| ('\u{80}'..='\u{9f}').contains(&c))
+}
+
+/// The Windows code page that extends an ISO-8859 charset into 0x80..0x9F.
+fn windows_sibling(enc: &'static Encoding) -> Option<&'static Encoding> {
+    if enc == ISO_8859_2 {
+        Some(WINDOWS_1250)
+    } else if enc == ISO_8859_7 {
+        Some(WINDOWS_1253)
+    } else if enc == ISO_8859_8 || enc == ISO_8859_8_I {
+        Some(WINDOWS_1255)
+    } else if enc == ISO_8859_13 {
+        Some(WINDOWS_1257)
+    } else {
+        None
     }
 }
 
@@ -312,6 +348,15 @@ mod tests {
             Some("Re: Prüfung morgen")
         );
         assert_eq!(decode_encoded_words("plain"), None);
+    }
+
+    #[test]
+    fn windows_1250_under_an_iso_8859_2_label_is_recovered() {
+        let (bytes, _, _) = WINDOWS_1250.encode("„tiskárna“ – Děkuji");
+        assert_eq!(
+            sniff_decode(&bytes, Some("iso-8859-2"), None),
+            "„tiskárna“ – Děkuji"
+        );
     }
 
     #[test]
