@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Per-field accuracy of three mail extractors against a hand-written truth set.
 
-Usage: field_accuracy.py [--mailbridge PATH] [--misses] [--only rust|bare|careful] [TRUTH.json]
+Usage: field_accuracy.py [--mailbridge PATH] [--misses] [--only rust|bare|careful] [TRUTH.json...]
 
-TRUTH defaults to tests/fixtures/fidelity/truth.json (paths inside it are relative to its
-folder). The extractors:
+TRUTH defaults to tests/fixtures/fidelity/truth.json and holdout.json (paths inside are relative
+to the file's folder); the table is over all of them, with one overall line per file after it.
+The extractors:
   rust     `mailbridge parse FILE` (the operator CLI; --mailbridge, default: target/debug/mailbridge
            under $CARGO_TARGET_DIR or ./target)
   bare     Python's `email` package used the obvious way (compat32 message_from_bytes,
@@ -134,7 +135,10 @@ def rust(path, binary):
 def bare_header(value):
     if value is None:
         return None
-    return str(email.header.make_header(email.header.decode_header(str(value))))
+    try:
+        return str(email.header.make_header(email.header.decode_header(str(value))))
+    except (UnicodeDecodeError, LookupError):  # a wrong charset: keep the field as written
+        return str(value)
 
 
 def bare(path):
@@ -149,6 +153,8 @@ def bare(path):
             pass
     texts, html_body, atts, dsn = [], None, [], []
     for part in msg.walk():
+        if part.get_content_type() == "message/delivery-status":
+            dsn.extend(b for b in part.get_payload() if hasattr(b, "get"))
         if part.is_multipart():
             continue
         ctype = part.get_content_type()
@@ -170,8 +176,6 @@ def bare(path):
         payload = part.get_payload(decode=True)
         size = len(payload) if isinstance(payload, bytes) else None
         atts.append([bare_header(filename) if filename else None, ctype, size])
-        if ctype == "message/delivery-status":
-            dsn.extend(part.get_payload())
     h = {k.lower(): str(v) for k, v in msg.items()}
     report = msg.get_param("report-type") if msg.get_content_type() == "multipart/report" else None
     local = addr.split("@")[0].lower()
@@ -346,12 +350,10 @@ def repair_raw(raw):
         raw = raw[3:]
     lines = raw.split(b"\n")
     i = 0
-    while i < len(lines) and (not lines[i].strip() or lines[i].startswith((b"From ", b">From ")) or (
-            i > 0 and lines[i][:1] in (b" ", b"\t") and not HEADER_LINE.match(lines[i].lstrip()) and False)):
+    while i < len(lines) and (not lines[i].strip() or lines[i].startswith((b"From ", b">From "))):
         i += 1
-    while i < len(lines) and lines[i][:1] in (b" ", b"\t") and HEADER_LINE.match(lines[i].lstrip()):
+    if i < len(lines) and lines[i][:1] in (b" ", b"\t") and HEADER_LINE.match(lines[i].lstrip()):
         lines[i] = lines[i].lstrip()  # a header folded onto the mbox line
-        break
     out = []
     for j in range(i, len(lines)):
         line = lines[j]
@@ -490,7 +492,7 @@ def default_binary():
 
 
 def main(argv):
-    binary, show_misses, only, truth_path = default_binary(), False, None, "tests/fixtures/fidelity/truth.json"
+    binary, show_misses, only, truth_paths = default_binary(), False, None, []
     args = argv[1:]
     while args:
         a = args.pop(0)
@@ -504,19 +506,26 @@ def main(argv):
             print(__doc__, file=sys.stderr)
             return 2
         else:
-            truth_path = a
-    with open(truth_path, encoding="utf-8") as f:
-        truth = json.load(f)
-    root = os.path.dirname(os.path.abspath(truth_path))
+            truth_paths.append(a)
+    if not truth_paths:
+        truth_paths = ["tests/fixtures/fidelity/truth.json", "tests/fixtures/fidelity/holdout.json"]
+    truth = []
+    for truth_path in truth_paths:
+        with open(truth_path, encoding="utf-8") as f:
+            for t in json.load(f):
+                t["_root"] = os.path.dirname(os.path.abspath(truth_path))
+                t["_set"] = os.path.basename(truth_path)
+                truth.append(t)
     extractors = {"rust": lambda p: rust(p, binary), "bare": bare, "careful": careful}
     if only:
         extractors = {only: extractors[only]}
     results = {}
     for name, extract in extractors.items():
         per_field = {f: [0, 0] for f in FIELDS}
+        per_set = {}
         misses = []
         for t in truth:
-            path = os.path.join(root, t["file"])
+            path = os.path.join(t["_root"], t["file"])
             try:
                 got = extract(path)
             except Exception as e:  # an extractor that crashes gets every field wrong
@@ -528,11 +537,14 @@ def main(argv):
                 ok = "error" not in got and check(field, t[field], value, t)
                 per_field[field][1] += 1
                 per_field[field][0] += ok
+                counts = per_set.setdefault(t["_set"], [0, 0])
+                counts[0] += ok
+                counts[1] += 1
                 if not ok:
                     misses.append((t["file"], field, t[field], got.get("error") or value))
-        results[name] = (per_field, misses)
+        results[name] = (per_field, misses, per_set)
     names = list(results)
-    print(f"truth: {truth_path} ({len(truth)} mails)")
+    print(f"truth: {', '.join(truth_paths)} ({len(truth)} mails)")
     print("| field | checks | " + " | ".join(names) + " |")
     print("|---|---:|" + "---:|" * len(names))
     for field in FIELDS:
@@ -545,6 +557,13 @@ def main(argv):
         total = sum(v[1] for v in results[n][0].values())
         overall.append(f"**{ok}/{total} ({100 * ok / total:.1f} %)**")
     print(f"| **all** | {total} | " + " | ".join(overall) + " |")
+    if len(truth_paths) > 1:
+        for set_name in results[names[0]][2]:
+            cells = []
+            for n in names:
+                ok, total = results[n][2][set_name]
+                cells.append(f"{ok}/{total} ({100 * ok / total:.1f} %)")
+            print(f"| all of {set_name} | {total} | " + " | ".join(cells) + " |")
     if show_misses:
         for n in names:
             misses = results[n][1]
