@@ -3,7 +3,7 @@
 
 Usage: field_accuracy.py [--mailbridge PATH] [--misses] [--only rust|bare|careful] [TRUTH.json...]
 
-TRUTH defaults to tests/fixtures/fidelity/truth.json and holdout.json (paths inside are relative
+TRUTH defaults to tests/fixtures/fidelity/truth.json, holdout.json and holdout3.json (paths inside are relative
 to the file's folder); the table is over all of them, with one overall line per file after it.
 The extractors:
   rust     `mailbridge parse FILE` (the operator CLI; --mailbridge, default: target/debug/mailbridge
@@ -508,7 +508,8 @@ def main(argv):
         else:
             truth_paths.append(a)
     if not truth_paths:
-        truth_paths = ["tests/fixtures/fidelity/truth.json", "tests/fixtures/fidelity/holdout.json"]
+        truth_paths = ["tests/fixtures/fidelity/truth.json", "tests/fixtures/fidelity/holdout.json",
+                       "tests/fixtures/fidelity/holdout3.json"]
     truth = []
     for truth_path in truth_paths:
         with open(truth_path, encoding="utf-8") as f:
@@ -549,6 +550,8 @@ def main(argv):
     print("|---|---:|" + "---:|" * len(names))
     for field in FIELDS:
         total = results[names[0]][0][field][1]
+        if not total:
+            continue
         cells = [f"{results[n][0][field][0]}/{total} ({100 * results[n][0][field][0] / total:.1f} %)" for n in names]
         print(f"| {field} | {total} | " + " | ".join(cells) + " |")
     overall = []

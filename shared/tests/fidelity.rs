@@ -1,6 +1,6 @@
 //! Field accuracy of the mail parser against a hand-written truth set that does not come from
-//! the parser: `tests/fixtures/fidelity/truth.json` and `holdout.json` list, for 115 held-out
-//! real-world and hand-written mails, what a helpdesk agent should see in each field (written by reading the
+//! the parser: `tests/fixtures/fidelity/truth.json`, `holdout.json` and `holdout3.json` list,
+//! for 135 held-out real-world and hand-written mails, what a helpdesk agent should see in each field (written by reading the
 //! raw mail; see `tests/fixtures/fidelity/README.md` for the rules).
 //!
 //! Every checked field must match, except the short `KNOWN_MISSES` list (each with its
@@ -13,9 +13,9 @@ use regex::Regex;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-/// The truth files: the first set (88 mails) and the second hold-out batch (27 mails, its
-/// truth committed before any extractor ran on it).
-const TRUTH_FILES: &[&str] = &["truth.json", "holdout.json"];
+/// The truth files: the first set (88 mails) and two hold-out batches (27 and 20 mails, their
+/// truth committed before any extractor ran on them).
+const TRUTH_FILES: &[&str] = &["truth.json", "holdout.json", "holdout3.json"];
 
 /// Misses the parser is known to have: (mail, field, why). Keep it short and explained.
 const KNOWN_MISSES: &[(&str, &str, &str)] = &[];
@@ -252,7 +252,7 @@ fn parser_matches_the_hand_written_truth_set() {
         truth.len(),
         summary.join(", ")
     );
-    assert!(checks >= 1400, "only {checks} field checks");
+    assert!(checks >= 1700, "only {checks} field checks");
     assert!(
         unexpected.is_empty() && fixed.is_empty(),
         "{} unexpected misses (not in KNOWN_MISSES):\n{}\n{} known misses now pass (remove them from KNOWN_MISSES):\n{}",

@@ -465,8 +465,70 @@ impl Walk<'_, '_> {
                 }
             }
         };
-        lf_text(text)
+        let text = lf_text(text);
+        let flowed = part.content_type().filter(|ct| {
+            ct.attribute("format")
+                .is_some_and(|f| f.trim().eq_ignore_ascii_case("flowed"))
+        });
+        match flowed {
+            Some(ct) => unflow(
+                &text,
+                ct.attribute("delsp")
+                    .is_some_and(|d| d.trim().eq_ignore_ascii_case("yes")),
+            ),
+            None => text,
+        }
     }
+}
+
+/// RFC 3676 `format=flowed`: a line ending in a space continues on the next line of the same
+/// quote depth (with `delsp=yes` that space is deleted, for languages without word spaces);
+/// space-stuffing is undone. `-- ` (the signature separator) never flows.
+fn unflow(text: &str, delsp: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut open: Option<(usize, String)> = None;
+    let emit = |out: &mut String, depth: usize, content: &str| {
+        for _ in 0..depth {
+            out.push('>');
+        }
+        if depth > 0 && !content.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(content);
+        out.push('\n');
+    };
+    for line in text.strip_suffix('\n').unwrap_or(text).split('\n') {
+        let depth = line.bytes().take_while(|&b| b == b'>').count();
+        let rest = &line[depth..];
+        let content = rest.strip_prefix(' ').unwrap_or(rest);
+        let soft = content.ends_with(' ') && content != "-- ";
+        let piece = if soft && delsp {
+            &content[..content.len() - 1]
+        } else {
+            content
+        };
+        match open.take() {
+            Some((d, mut buf)) if d == depth => {
+                buf.push_str(piece);
+                open = Some((d, buf));
+            }
+            Some((d, buf)) => {
+                emit(&mut out, d, &buf);
+                open = Some((depth, piece.to_string()));
+            }
+            None => open = Some((depth, piece.to_string())),
+        }
+        if !soft && let Some((d, buf)) = open.take() {
+            emit(&mut out, d, &buf);
+        }
+    }
+    if let Some((d, buf)) = open.take() {
+        emit(&mut out, d, &buf);
+    }
+    if !text.ends_with('\n') {
+        out.pop();
+    }
+    out
 }
 
 /// RFC 2231 `filename*0*=charset'lang'%xx; filename*1*=%xx; ...`: percent-decodes every
@@ -624,6 +686,11 @@ fn find_header_end(bytes: &[u8]) -> usize {
 
 /// CRLF / CR → LF and no NULs (text from base64 keeps the sender's line ends).
 pub(crate) fn lf_text(text: Cow<'_, str>) -> String {
+    // A byte-order mark at the start is not content.
+    let text = match text.strip_prefix('\u{feff}') {
+        Some(rest) => Cow::Owned(rest.to_string()),
+        None => text,
+    };
     if memchr::memchr2(b'\r', b'\0', text.as_bytes()).is_none() {
         return text.into_owned();
     }
@@ -655,6 +722,16 @@ pub(crate) fn lenient_base64(input: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flowed_text_is_joined() {
+        assert_eq!(
+            unflow("Hello \nworld\n> quoted \n> line\n-- \nsig\n", false),
+            "Hello world\n> quoted line\n-- \nsig\n"
+        );
+        assert_eq!(unflow("印刷でき \nません。", true), "印刷できません。");
+        assert_eq!(unflow(" From stuffed\n", false), "From stuffed\n");
+    }
 
     #[test]
     fn lenient_base64_keeps_full_quanta() {

@@ -307,7 +307,13 @@ fn repair_header_block(header: &[u8]) -> Option<(Vec<u8>, Option<&'static encodi
             changed = true;
         } else if is_header_line(line) && !is_continuation(line) {
             seen_header = true;
-            out.extend_from_slice(line);
+            match numeric_date_zone(line) {
+                Some(fixed) => {
+                    out.extend_from_slice(&fixed);
+                    changed = true;
+                }
+                None => out.extend_from_slice(line),
+            }
         } else if is_continuation(line) {
             if seen_header {
                 out.extend_from_slice(line);
@@ -349,6 +355,26 @@ fn repair_header_block(header: &[u8]) -> Option<(Vec<u8>, Option<&'static encodi
     }
 }
 
+/// A `Date:` line whose zone is `UT` or a one-letter military zone, with the zone rewritten to
+/// `+0000` (RFC 5322 4.3: both mean UTC). mail-parser's date parser reads past such a zone and
+/// swallows the next header field (the Message-ID was lost after `Date: ... 9:05:00 UT`).
+fn numeric_date_zone(line: &[u8]) -> Option<Vec<u8>> {
+    if line.len() < 5 || !line[..5].eq_ignore_ascii_case(b"date:") {
+        return None;
+    }
+    let value = trim_end_ws(line);
+    let zone_start = value.iter().rposition(|b| b.is_ascii_whitespace())? + 1;
+    let zone = &value[zone_start..];
+    let obsolete =
+        zone.eq_ignore_ascii_case(b"UT") || (zone.len() == 1 && zone[0].is_ascii_alphabetic());
+    if !obsolete || zone_start <= 5 {
+        return None;
+    }
+    let mut fixed = value[..zone_start].to_vec();
+    fixed.extend_from_slice(b"+0000");
+    Some(fixed)
+}
+
 /// Whether [`repair_header_block`] would leave the block as it is: the same decisions, without
 /// building the copy (most mail needs no repair).
 fn header_block_is_clean(header: &[u8]) -> bool {
@@ -359,6 +385,9 @@ fn header_block_is_clean(header: &[u8]) -> bool {
         }
         if is_header_line(line) && !is_continuation(line) {
             seen_header = true;
+            if numeric_date_zone(line).is_some() {
+                return false;
+            }
         } else if !is_continuation(line) || !seen_header {
             return false;
         }
@@ -421,6 +450,23 @@ mod tests {
             norm(b"\n\n  garbage line\nSubject: x\n\nhi"),
             "Subject: x\n\nhi"
         );
+    }
+
+    #[test]
+    fn obsolete_date_zones_become_numeric() {
+        assert_eq!(
+            numeric_date_zone(b"Date: Mon, 8 Apr 2024 9:05:00 UT").as_deref(),
+            Some(&b"Date: Mon, 8 Apr 2024 9:05:00 +0000"[..])
+        );
+        assert_eq!(
+            numeric_date_zone(b"Date: Mon, 8 Apr 2024 09:05:00 Z").as_deref(),
+            Some(&b"Date: Mon, 8 Apr 2024 09:05:00 +0000"[..])
+        );
+        assert_eq!(
+            numeric_date_zone(b"Date: Mon, 8 Apr 2024 09:05:00 GMT"),
+            None
+        );
+        assert_eq!(numeric_date_zone(b"Subject: A"), None);
     }
 
     #[test]
