@@ -22,6 +22,10 @@ pub(crate) struct Bodies {
     pub returned_headers: Vec<String>,
     /// Decoded contents, one per entry of `attachments`, when asked for.
     pub contents: Option<Vec<Vec<u8>>>,
+    /// The plain text body inside the first `winmail.dat` (TNEF), for a mail without one.
+    pub tnef_body_text: Option<String>,
+    /// The HTML body inside the first `winmail.dat` (TNEF), for a mail without one.
+    pub tnef_body_html: Option<String>,
 }
 
 /// Which body kinds a subtree may contribute (alternatives contribute only one each).
@@ -227,6 +231,11 @@ impl Walk<'_, '_> {
                 .push(String::from_utf8_lossy(&bytes[..head_end]).into_owned());
         }
         let attachment = self.attachment(part, ctype, subtype);
+        if super::tnef::is_tnef_attachment(&attachment) {
+            let bytes = self.decoded_bytes(part).into_owned();
+            super::tnef::expand_into(attachment, &bytes, &mut self.out);
+            return;
+        }
         self.out.attachments.push(attachment);
         if self.out.contents.is_some() {
             let bytes = self.decoded_bytes(part).into_owned();
@@ -649,7 +658,7 @@ fn uu_begin(line: &str) -> Option<String> {
 }
 
 /// A content type from a file extension, for attachments that carry none (uuencode).
-fn content_type_for(name: &str) -> &'static str {
+pub(crate) fn content_type_for(name: &str) -> &'static str {
     let ext = name
         .rsplit_once('.')
         .map(|(_, e)| e.to_ascii_lowercase())

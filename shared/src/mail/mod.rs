@@ -4,7 +4,8 @@
 //! and the tests all call it. MIME decoding is `mail-parser`'s; this module adds what a
 //! helpdesk needs on top: which parts are the body and which attachments, charset repairs,
 //! machine-mail detection (`auto`), bounce details (`bounce`), the new part of a reply
-//! (`reply`) and thread detection through our HMAC-signed markers ([`threading`]).
+//! (`reply`), thread detection through our HMAC-signed markers ([`threading`]) and the
+//! expansion of Outlook `winmail.dat` (TNEF) parts into their files ([`tnef`]).
 
 mod auto;
 mod body;
@@ -14,6 +15,7 @@ mod draft;
 mod normalize;
 mod reply;
 pub mod threading;
+pub mod tnef;
 
 pub use draft::{
     Attachment, Bounce, MailAddress, ParseError, ParseOptions, ThreadSource, TicketDraft,
@@ -158,6 +160,17 @@ fn build_draft(
         html_to_text(html)
     } else {
         String::new()
+    };
+    // A mail whose only body is inside its winmail.dat (TNEF): that body.
+    let body_text = if body_text.trim().is_empty() && bodies.html.is_none() {
+        bodies.html = bodies.tnef_body_html.take();
+        match (bodies.tnef_body_text.take(), &bodies.html) {
+            (Some(text), _) => text.trim_end().to_string(),
+            (None, Some(html)) => html_to_text(html),
+            (None, None) => body_text,
+        }
+    } else {
+        body_text
     };
 
     let root = message.root_part();
