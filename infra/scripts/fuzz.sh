@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Bounded fuzzing (issue 9): builds the cargo-fuzz targets of tests/fuzz with AddressSanitizer and
-# runs each for a fixed number of seconds, seeded from tests/fixtures/mail (parse) and
-# infra/events (notification). Exits non-zero when libFuzzer finds a crash, a leak, a timeout or
-# an out-of-memory input; the input is printed (base64) and kept in tests/fuzz/artifacts/<target>/.
+# runs each for a fixed number of seconds, seeded from tests/fixtures/mail (parse),
+# tests/fixtures/tnef (tnef, and as binary MIME parts for parse) and infra/events
+# (notification). Exits non-zero when libFuzzer finds a crash, a leak, a timeout or an
+# out-of-memory input; the input is printed (base64) and kept in tests/fuzz/artifacts/<target>/.
 #
 #   bash infra/scripts/fuzz.sh                          # 30 s per target (what CI runs)
 #   MAILBRIDGE_FUZZ_SECONDS=600 bash infra/scripts/fuzz.sh parse   # a longer run by hand
@@ -17,7 +18,7 @@ cd "$(dirname "$0")/../.."
 
 seconds=${MAILBRIDGE_FUZZ_SECONDS:-30}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(parse notification)
+[ ${#targets[@]} -gt 0 ] || targets=(parse tnef notification)
 export CARGO_TARGET_DIR=${MAILBRIDGE_FUZZ_TARGET_DIR:-$HOME/.cache/mailbridge-fuzz-target}
 corpus_root=${MAILBRIDGE_FUZZ_CORPUS:-$HOME/.cache/mailbridge-fuzz-corpus}
 features=${MAILBRIDGE_FUZZ_FEATURES:-}
@@ -35,8 +36,20 @@ fi
 
 seeds=$(mktemp -d)
 trap 'rm -rf "$seeds"' EXIT
-mkdir -p "$seeds/parse" "$seeds/notification"
+mkdir -p "$seeds/parse" "$seeds/tnef" "$seeds/notification"
 cp tests/fixtures/mail/*.eml "$seeds/parse/"
+# TNEF (winmail.dat): the raw files for the reader, and each as a binary MIME part for the
+# parser, so that mutations hit the TNEF bytes rather than their base64.
+cp tests/fixtures/tnef/*.tnef "$seeds/tnef/"
+for tnef in tests/fixtures/tnef/*.tnef; do
+    {
+        printf 'From: a@example.com\r\nSubject: tnef\r\nMIME-Version: 1.0\r\n'
+        printf 'Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nbody\r\n'
+        printf -- '--b\r\nContent-Type: application/ms-tnef; name=winmail.dat\r\nContent-Transfer-Encoding: binary\r\n\r\n'
+        cat "$tnef"
+        printf '\r\n--b--\r\n'
+    } >"$seeds/parse/tnef-$(basename "$tnef" .tnef).eml"
+done
 # Queue-message bodies: the notification event and every SQS record body of the batch event.
 python3 - "$seeds/notification" <<'PY'
 import glob, json, os, sys
@@ -62,6 +75,7 @@ status=0
 for target in "${targets[@]}"; do
     case "$target" in
         parse) max_len=65536 ;;
+        tnef) max_len=65536 ;;
         notification) max_len=65536 ;;
         *) echo "fuzz: unknown target $target" >&2; exit 2 ;;
     esac

@@ -333,3 +333,78 @@ fn parse_with_attachments_hands_out_the_bytes_of_the_expanded_files() {
     assert_eq!(parsed.draft.attachments.len(), 1);
     assert_eq!(parsed.attachment_contents[0], load("rtf.tnef"));
 }
+
+/// The real files, for the property tests.
+fn real_files() -> Vec<Vec<u8>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
+        .expect("tests/fixtures/tnef exists")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "tnef"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| std::fs::read(p).expect("fixture"))
+        .collect()
+}
+
+/// A mail with `tnef` as a binary winmail.dat part after a text body.
+fn mail_with(tnef: &[u8]) -> Vec<u8> {
+    let mut mail = b"From: a@example.com\r\nSubject: t\r\nMIME-Version: 1.0\r\n\
+        Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: text/plain\r\n\r\n\
+        body\r\n--zz\r\nContent-Type: application/ms-tnef; name=winmail.dat\r\n\
+        Content-Transfer-Encoding: binary\r\n\r\n"
+        .to_vec();
+    mail.extend_from_slice(tnef);
+    mail.extend_from_slice(b"\r\n--zz--\r\n");
+    mail
+}
+
+mod props {
+    use super::*;
+    use mailbridge::mail::{ParseOptions, parse_with_attachments};
+    use proptest::prelude::*;
+    use std::sync::LazyLock;
+
+    static FILES: LazyLock<Vec<Vec<u8>>> = LazyLock::new(real_files);
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Random bytes after the signature: no panic; files lie inside the input.
+        #[test]
+        fn random_streams_read_without_panicking(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let mut stream = vec![0x78, 0x9F, 0x3E, 0x22, 0x01, 0x00];
+            stream.extend_from_slice(&body);
+            let read = tnef::read(&stream).expect("signature");
+            let total: usize = read.attachments.iter().map(|a| a.data.len()).sum();
+            prop_assert!(total <= stream.len());
+        }
+
+        /// Real files with bytes overwritten (lengths, counts, types) and cut: no panic, and the
+        /// mail around them still parses, with one content per listed attachment.
+        #[test]
+        fn mutated_real_files_never_fail_the_mail(
+            file in 0usize..64,
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..16),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let files = &*FILES;
+            let mut stream = files[file % files.len()].clone();
+            for (at, value) in edits {
+                let i = at.index(stream.len());
+                stream[i] = value;
+            }
+            let keep = cut.index(stream.len() + 1).max(stream.len() / 2);
+            stream.truncate(keep);
+            let _ = tnef::read(&stream);
+            let parsed = parse_with_attachments(&mail_with(&stream), &ParseOptions::default())
+                .expect("a mail with a broken winmail.dat still parses");
+            prop_assert_eq!(parsed.draft.attachments.len(), parsed.attachment_contents.len());
+            for (listed, content) in parsed.draft.attachments.iter().zip(&parsed.attachment_contents) {
+                prop_assert_eq!(listed.size, content.len() as u64);
+            }
+            prop_assert_eq!(parsed.draft.body_text.as_str(), "body");
+        }
+    }
+}
