@@ -523,6 +523,63 @@ fn corpus_mail(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Issue 5 (stretch): an Outlook `winmail.dat` (TNEF) reaches the ticket API as the files inside
+/// it, each with its bytes; a TNEF that cannot be fully expanded is posted as the winmail.dat
+/// itself, byte for byte.
+#[tokio::test]
+async fn winmail_dat_reaches_the_ticket_api_as_the_files_inside_it() {
+    use base64::Engine as _;
+    let p = Poller::new(stack().dovecot().clone()).await;
+    let user = unique_user("helpdesk");
+    let account = p.account(&user).await;
+    p.mailbox("helpdesk", &user, &account, serde_json::json!({}))
+        .await;
+    p.deliver(&user, &corpus_mail("401-tnef-outlook-two-files.eml"));
+    p.deliver(&user, &corpus_mail("404-tnef-garbage-at-end-kept.eml"));
+
+    let report = p.poll().await;
+    assert_eq!(status(&report, "helpdesk").outcome, "ok", "{report:?}");
+    assert_eq!(report.tickets_created, 2, "{report:?}");
+    let tickets = p.tickets();
+    let by_subject = |subject: &str| {
+        tickets
+            .iter()
+            .find(|t| t.body["draft"]["subject"] == subject)
+            .unwrap_or_else(|| panic!("no ticket {subject:?}"))
+            .body
+            .clone()
+    };
+    let decode = |a: &serde_json::Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(a["content_base64"].as_str().expect("content posted"))
+            .unwrap()
+    };
+    let expanded = by_subject("Printer log files attached");
+    let files = expanded["attachments"].as_array().unwrap();
+    let names: Vec<&str> = files
+        .iter()
+        .map(|a| a["filename"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["AUTHORS", "README"]);
+    assert_eq!(decode(&files[0]).len(), 244);
+    assert!(decode(&files[0]).starts_with(b"\n                              Authors of tnef"));
+    assert_eq!(decode(&files[1]).len(), 893);
+    assert_eq!(
+        expanded["draft"]["attachments"].as_array().unwrap().len(),
+        2
+    );
+
+    let kept = by_subject("Winmail with trailing garbage");
+    let files = kept["attachments"].as_array().unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0]["filename"], "winmail.dat");
+    assert_eq!(files[0]["content_type"], "application/ms-tnef");
+    let raw =
+        std::fs::read(local_stack::repo_root().join("tests/fixtures/tnef/garbage-at-end.tnef"))
+            .unwrap();
+    assert_eq!(decode(&files[0]), raw);
+}
+
 /// Issue 5: auto-replies, bounces and list mail never open a ticket. Machine mail that threads
 /// to a ticket is posted to it (flagged `auto_generated`); the rest is moved, unticketed, to the
 /// auto-generated folder and counted. Nothing is deleted, nothing is sent.

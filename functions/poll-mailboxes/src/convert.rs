@@ -5,7 +5,6 @@
 //! parser is a one-line change.
 
 use base64::Engine as _;
-use mail_parser::{MessageParser, MimeHeaders as _, PartType};
 use mailbridge::ticket_api::TicketAttachment;
 
 use crate::dedupe::{self, HeaderField};
@@ -135,7 +134,14 @@ pub fn attachments_with_content(
             })
             .collect();
     }
-    let Some(message) = MessageParser::default().parse(raw) else {
+    // The contents come from the same parser as the draft, in the order of its list, so that
+    // files the parser takes out of other parts (winmail.dat/TNEF, uuencode) carry their bytes.
+    // The attachment list does not depend on the options.
+    let contents = mailbridge::mail::parse_with_attachments(raw, &Default::default())
+        .ok()
+        .map(|parsed| parsed.attachment_contents)
+        .filter(|contents| contents.len() == listed.len());
+    let Some(contents) = contents else {
         return listed
             .into_iter()
             .map(|mut a| {
@@ -144,11 +150,9 @@ pub fn attachments_with_content(
             })
             .collect();
     };
-    // Leaf parts that are not multipart containers, in order, with their decoded bytes.
-    let mut used = vec![false; message.parts.len()];
     let mut budget = cap;
     let mut out = Vec::with_capacity(listed.len());
-    for mut attachment in listed {
+    for (mut attachment, content) in listed.into_iter().zip(contents) {
         if attachment.size > budget {
             attachment.omitted_reason = Some(format!(
                 "attachment content over the {cap}-byte cap per ticket (attachments total {total_wanted} bytes); metadata only"
@@ -156,35 +160,13 @@ pub fn attachments_with_content(
             out.push(attachment);
             continue;
         }
-        let found = message.parts.iter().enumerate().find(|(i, part)| {
-            if used[*i] || matches!(part.body, PartType::Multipart(_)) {
-                return false;
-            }
-            let size = part.contents().len() as u64;
-            let ctype = part
-                .content_type()
-                .map(|c| match c.subtype() {
-                    Some(sub) => format!("{}/{}", c.ctype(), sub),
-                    None => c.ctype().to_string(),
-                })
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            size == attachment.size
-                && (ctype == attachment.content_type || ctype.is_empty())
-                && (attachment.filename.is_none()
-                    || part.attachment_name() == attachment.filename.as_deref())
-        });
-        match found {
-            Some((index, part)) => {
-                used[index] = true;
-                budget -= attachment.size;
-                attachment.content_base64 =
-                    Some(base64::engine::general_purpose::STANDARD.encode(part.contents()));
-            }
-            None => {
-                attachment.omitted_reason =
-                    Some("content could not be located in the MIME structure".into());
-            }
+        if content.len() as u64 == attachment.size {
+            budget -= attachment.size;
+            attachment.content_base64 =
+                Some(base64::engine::general_purpose::STANDARD.encode(&content));
+        } else {
+            attachment.omitted_reason =
+                Some("content could not be located in the MIME structure".into());
         }
         out.push(attachment);
     }
@@ -222,6 +204,21 @@ mod tests {
                 .unwrap()
                 .contains("cap")
         );
+    }
+
+    #[test]
+    fn files_inside_a_winmail_dat_carry_their_content() {
+        let raw = include_bytes!("../../../tests/fixtures/mail/401-tnef-outlook-two-files.eml");
+        let draft = parse_draft(raw, "helpdesk@mailbridge.test", &ParseContext::default()).unwrap();
+        let attachments = attachments_with_content(raw, &draft, 1_000_000);
+        let names: Vec<_> = attachments.iter().map(|a| a.filename.as_deref()).collect();
+        assert_eq!(names, [Some("AUTHORS"), Some("README")]);
+        let authors = base64::engine::general_purpose::STANDARD
+            .decode(attachments[0].content_base64.as_deref().unwrap())
+            .unwrap();
+        assert_eq!(authors.len(), 244);
+        assert!(authors.starts_with(b"\n                              Authors of tnef"));
+        assert!(attachments.iter().all(|a| a.omitted_reason.is_none()));
     }
 
     #[test]
