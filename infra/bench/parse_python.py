@@ -40,6 +40,10 @@ AUTO_HEADERS = ("auto-submitted", "precedence", "x-auto-response-suppress", "x-a
 def decode_header(value) -> str:
     if value is None:
         return ""
+    if isinstance(value, str) and "=?" not in value:
+        # No encoded word: decode_header/make_header would return the text unchanged (or
+        # fail on raw 8-bit and fall back to it), so skip building the Header object.
+        return value
     try:
         return str(email.header.make_header(email.header.decode_header(str(value))))
     except Exception:
@@ -105,10 +109,11 @@ def work_compat32_message(msg, full=False) -> dict:
                     draft["returned"].append("\n".join(f"{k}: {v}" for k, v in inner[0].items()))
                 else:
                     draft["returned"].append(str(inner).split("\n\n", 1)[0])
-    for name in AUTO_HEADERS:
-        value = msg.get(name)
-        if value is not None:
-            draft["auto"].append((name, str(value)))
+    if not full:  # --work full reads every header once, in classify()
+        for name in AUTO_HEADERS:
+            value = msg.get(name)
+            if value is not None:
+                draft["auto"].append((name, str(value)))
     return draft
 
 
@@ -215,6 +220,7 @@ SIGNATURE_LINE = re.compile(
     r"|sent from (outlook|mail) for (ios|android|windows).*|get outlook for (ios|android).*"
     r"|von meinem (iphone|ipad|smartphone|samsung).* gesendet|envoyé de mon (iphone|ipad|smartphone).*"
     r"|enviado desde mi (iphone|ipad|smartphone).*)\s*$", re.I)
+SIGNATURE_STARTS = ("sent ", "get ", "von ", "envoy", "enviad")
 FOOTER_MARKER = re.compile(r"\[\s*ref\s*:\s*([A-Za-z0-9_-]{1,64})\s*\.\s*([0-9a-f]{16})\s*\]", re.I)
 REFERENCE_IN_TEXT = re.compile(r"([A-Za-z0-9_-]{1,64})\.([0-9a-fA-F]{16})\b")
 TICKET_SUBJECT = re.compile(r"\[Ticket#(?P<ticket>[A-Za-z0-9_-]+)\]")
@@ -280,8 +286,7 @@ def verify_reference(reference: str):
     return ticket if hmac.compare_digest(want, tag.lower()) else None
 
 
-def classify(msg, subject, from_addr, report_type, has_dsn, has_mdn):
-    h = {k.lower(): str(v) for k, v in msg.items()}
+def classify(h, subject, from_addr, report_type, has_dsn, has_mdn):
     if from_addr and from_addr.lower() in OWN_ADDRESSES:
         return "loop"
     if any(o in h.get("x-loop", "").lower() for o in OWN_ADDRESSES):
@@ -378,22 +383,25 @@ def bounce_details(msg, dsn_texts, returned_headers, body_text):
 def reply_text(body: str) -> str:
     lines = body.splitlines()
     end = len(lines)
+    # Each regex only sees lines that pass a cheap necessary condition (as in reply.rs).
     for i, line in enumerate(lines):
         t = line.strip()
         if not t or t.startswith(">"):
             continue
-        if QUOTE_HEADER_LINE.search(line):
+        if (t.endswith(":") or t.startswith(("--", "__"))) and QUOTE_HEADER_LINE.search(line):
             end = i
             break
         nxt = lines[i + 1] if i + 1 < len(lines) else None
-        if nxt is not None and WROTE_ALONE.search(nxt) and WRAPPED_ATTRIBUTION.search(line):
+        if (nxt is not None and nxt.rstrip().endswith(":") and WROTE_ALONE.search(nxt)
+                and WRAPPED_ATTRIBUTION.search(line)):
             end = i
             break
-        if OUTLOOK_FROM.search(line) and sum(
+        if ":" in t and OUTLOOK_FROM.search(line) and sum(
                 1 for l in lines[i + 1:i + 7] if OUTLOOK_NEXT.search(l)) >= 2:
             end = i
             break
-        if SIGNATURE_LINE.search(line):
+        if (t.startswith("--") or t[:8].casefold().startswith(SIGNATURE_STARTS)) \
+                and SIGNATURE_LINE.search(line):
             end = i
             break
     kept = [l for l in lines[:end] if not l.lstrip().startswith(">")]
@@ -412,7 +420,10 @@ def work_full(raw: bytes) -> dict:
     root_type = msg.get_content_type()
     report_type = msg.get_param("report-type") if root_type == "multipart/report" else None
     kinds = [a[1] for a in draft["attachments"]]
-    reason = classify(msg, draft["subject"], from_addr, report_type,
+    # Every header field once, by lower-cased name (classify and the auto list read this).
+    h = {k.lower(): str(v) for k, v in msg.items()}
+    draft["auto"] = [(name, h[name]) for name in AUTO_HEADERS if name in h]
+    reason = classify(h, draft["subject"], from_addr, report_type,
                       "message/delivery-status" in kinds,
                       "message/disposition-notification" in kinds)
     bounce = None

@@ -18,6 +18,11 @@ static MESSAGE_ID_LINE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?im)^\s*Message-I[dD]\s*:\s*(<[^>\s]+>|\S+@\S+)").expect("static regex")
 });
 
+/// The first status code in `text` (the whole match is group 1: `\b` has no width).
+fn status_in(text: &str) -> Option<String> {
+    STATUS_IN_TEXT.find(text).map(|m| m.as_str().to_string())
+}
+
 /// Fields of a delivery-status body: per-message block, then per-recipient blocks.
 fn dsn_fields(text: &str) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
@@ -72,10 +77,7 @@ pub(crate) fn extract(
                     }
                 }
                 "status" => {
-                    current.status = STATUS_IN_TEXT
-                        .captures(&value)
-                        .map(|c| c[1].to_string())
-                        .or(current.status)
+                    current.status = status_in(&value).or(current.status);
                 }
                 "action" => current.failed = value.to_ascii_lowercase().starts_with("failed"),
                 _ => {}
@@ -102,16 +104,22 @@ pub(crate) fn extract(
     // Non-DSN bounces: the first address and status code of the bounce text.
     let (human, quoted) = split_returned_copy(body_text);
     if recipient.is_none() {
+        // The match is group 1 with at most one `<` before and one `>` after it (neither is
+        // in group 1's character classes), so no capture search is needed.
         recipient = ADDRESS_IN_TEXT
-            .captures_iter(human)
-            .map(|c| c[1].to_string())
+            .find_iter(human)
+            .map(|m| {
+                let a = m.as_str();
+                let a = a.strip_prefix('<').unwrap_or(a);
+                a.strip_suffix('>').unwrap_or(a).to_string()
+            })
             .find(|a| {
                 let l = a.to_ascii_lowercase();
                 !l.starts_with("mailer-daemon") && !l.starts_with("postmaster")
             });
     }
     if status.is_none() {
-        status = STATUS_IN_TEXT.captures(human).map(|c| c[1].to_string());
+        status = status_in(human);
     }
     let original_message_id = returned_headers
         .iter()

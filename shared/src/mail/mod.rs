@@ -432,6 +432,7 @@ fn html_to_text(html: &str) -> String {
         return "[HTML body too large to convert to text; see body_html]".to_string();
     }
     let text = html2text::config::plain_no_decorate()
+        .no_table_borders()
         .string_from_read(html.as_bytes(), 10_000)
         .unwrap_or_default();
     let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
