@@ -687,10 +687,7 @@ pub(crate) fn strip_angles(s: &str) -> &str {
 }
 
 fn find_header_end(bytes: &[u8]) -> usize {
-    bytes
-        .windows(2)
-        .position(|w| w == b"\n\n")
-        .map_or(bytes.len(), |p| p + 1)
+    memchr::memmem::find(bytes, b"\n\n").map_or(bytes.len(), |p| p + 1)
 }
 
 /// CRLF / CR → LF and no NULs (text from base64 keeps the sender's line ends).
