@@ -13,7 +13,7 @@
 //!   chain (profile files, web identity with its STS client, ECS, IMDS); elsewhere (a laptop
 //!   with a profile or SSO) the default chain is used as before.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use aws_smithy_runtime_api::client::http::{
     HttpClient, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector,
@@ -34,6 +34,92 @@ pub async fn load_config() -> aws_config::SdkConfig {
         );
     }
     loader.load().await
+}
+
+/// An AWS SDK client (`aws_sdk_*::Client`) built from the shared config on first use, once per
+/// process; dereferences to the client. Cloning shares the one client.
+///
+/// ```ignore
+/// let sqs = LazyClient::new(&aws, aws_sdk_sqs::Client::new); // nothing built yet
+/// sqs.send_message() /* ← built here */ .queue_url(url).send().await?;
+/// ```
+pub struct LazyClient<C> {
+    inner: Arc<LazyClientInner<C>>,
+}
+
+struct LazyClientInner<C> {
+    client: OnceLock<C>,
+    /// `None` once built from an existing client ([`From`]).
+    config: Option<aws_config::SdkConfig>,
+    build: fn(&aws_config::SdkConfig) -> C,
+}
+
+impl<C> LazyClient<C> {
+    /// A client that `build` (e.g. `aws_sdk_sqs::Client::new`) makes from `config` when it is
+    /// first used.
+    pub fn new(config: &aws_config::SdkConfig, build: fn(&aws_config::SdkConfig) -> C) -> Self {
+        LazyClient {
+            inner: Arc::new(LazyClientInner {
+                client: OnceLock::new(),
+                config: Some(config.clone()),
+                build,
+            }),
+        }
+    }
+
+    /// The client, built now if this is its first use.
+    pub fn get(&self) -> &C {
+        let inner = &*self.inner;
+        inner.client.get_or_init(|| {
+            let config = inner
+                .config
+                .as_ref()
+                .expect("a LazyClient without a config was built from a client");
+            (inner.build)(config)
+        })
+    }
+
+    /// Whether the client has been built yet.
+    pub fn is_built(&self) -> bool {
+        self.inner.client.get().is_some()
+    }
+}
+
+/// An already-built client (tests, the operator CLI).
+impl<C> From<C> for LazyClient<C> {
+    fn from(client: C) -> Self {
+        LazyClient {
+            inner: Arc::new(LazyClientInner {
+                client: OnceLock::from(client),
+                config: None,
+                build: |_| unreachable!("a LazyClient built from a client is never rebuilt"),
+            }),
+        }
+    }
+}
+
+impl<C> std::ops::Deref for LazyClient<C> {
+    type Target = C;
+    fn deref(&self) -> &C {
+        self.get()
+    }
+}
+
+impl<C> Clone for LazyClient<C> {
+    fn clone(&self) -> Self {
+        LazyClient {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<C> std::fmt::Debug for LazyClient<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyClient")
+            .field("client", &std::any::type_name::<C>())
+            .field("built", &self.is_built())
+            .finish()
+    }
 }
 
 /// Whether the environment holds static credentials (as Lambda's does).
@@ -114,6 +200,34 @@ mod tests {
         assert!(credentials_in_environment(|_| true));
         assert!(!credentials_in_environment(|n| n == "AWS_ACCESS_KEY_ID"));
         assert!(!credentials_in_environment(|_| false));
+    }
+
+    #[test]
+    fn a_lazy_sdk_client_is_built_on_first_use_and_shared_by_clones() {
+        let config = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("eu-west-1"))
+            .build();
+        let client = LazyClient::new(&config, aws_sdk_secretsmanager::Client::new);
+        let clone = client.clone();
+        assert!(!client.is_built());
+        assert_eq!(
+            clone.config().region().map(|r| r.as_ref()),
+            Some("eu-west-1")
+        );
+        assert!(client.is_built(), "the clone shares the client it built");
+        assert!(std::ptr::eq(client.get(), clone.get()));
+    }
+
+    #[test]
+    fn a_lazy_client_from_a_built_client_is_that_client() {
+        let config = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("eu-west-1"))
+            .build();
+        let client: LazyClient<_> = aws_sdk_secretsmanager::Client::new(&config).into();
+        assert!(client.is_built());
+        assert!(format!("{client:?}").contains("built: true"));
     }
 
     #[test]

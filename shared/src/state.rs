@@ -132,7 +132,7 @@ pub fn notification_key(id: &str) -> String {
 /// condition fails), and [`IdempotencyStore::complete`] group-commits: while one `BatchWriteItem`
 /// is in flight, completions arriving meanwhile queue up and go out together in the next one.
 pub struct DynamoIdempotencyStore {
-    client: aws_sdk_dynamodb::Client,
+    client: crate::aws::LazyClient<aws_sdk_dynamodb::Client>,
     table: String,
     completions: Mutex<CompletionQueue>,
 }
@@ -158,10 +158,14 @@ impl std::fmt::Debug for DynamoIdempotencyStore {
 }
 
 impl DynamoIdempotencyStore {
-    /// Use `table` (the state table) through `client`.
-    pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+    /// Use `table` (the state table) through `client` (a client, or a
+    /// [`crate::aws::LazyClient`] built on first use).
+    pub fn new(
+        client: impl Into<crate::aws::LazyClient<aws_sdk_dynamodb::Client>>,
+        table: impl Into<String>,
+    ) -> Self {
         DynamoIdempotencyStore {
-            client,
+            client: client.into(),
             table: table.into(),
             completions: Mutex::new(CompletionQueue::default()),
         }

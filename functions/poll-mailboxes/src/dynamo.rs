@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem, Update};
+use mailbridge::aws::LazyClient;
 
 use crate::config::{ConfigError, MailboxConfig};
 use crate::ports::{DedupeRecord, MailboxStatus, StateStore, StoreError};
@@ -37,16 +38,16 @@ type StatusCache = Arc<Mutex<HashMap<String, (MailboxStatus, Option<Instant>)>>>
 /// DynamoDB-backed [`StateStore`].
 #[derive(Clone, Debug)]
 pub struct DynamoStateStore {
-    client: Client,
+    client: LazyClient<Client>,
     table: String,
     statuses: StatusCache,
 }
 
 impl DynamoStateStore {
-    /// Use `table` through `client`.
-    pub fn new(client: Client, table: impl Into<String>) -> Self {
+    /// Use `table` through `client` (a client, or a [`LazyClient`] built on first use).
+    pub fn new(client: impl Into<LazyClient<Client>>, table: impl Into<String>) -> Self {
         DynamoStateStore {
-            client,
+            client: client.into(),
             table: table.into(),
             statuses: Arc::default(),
         }

@@ -7,11 +7,13 @@
 //!
 //! No network in init: the thread key (one Secrets Manager read) is loaded by the first
 //! invocation and kept; if that read fails the invocation fails with `ThreadKeyUnavailable` and
-//! the next one tries again.
+//! the next one tries again. The AWS SDK clients are built on their first use, once per process
+//! (`mailbridge::aws::LazyClient`).
 
 use std::sync::Arc;
 
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
+use mailbridge::aws::LazyClient;
 use poll_mailboxes::PollDeps;
 use poll_mailboxes::config::Settings;
 use poll_mailboxes::convert::ParseContext;
@@ -33,7 +35,7 @@ fn startup(e: impl std::fmt::Display) -> StartupError {
 /// Everything built in init, and the handler's dependencies once the thread key is loaded.
 struct Prepared {
     settings: Settings,
-    secrets: aws_sdk_secretsmanager::Client,
+    secrets: LazyClient<aws_sdk_secretsmanager::Client>,
     tokens: Arc<mailbridge::token::TokenService>,
     connector: Arc<ImapConnector>,
     state: Arc<DynamoStateStore>,
@@ -45,7 +47,8 @@ struct Prepared {
 async fn prepare() -> Result<Prepared, StartupError> {
     let settings = Settings::from_lookup(|k| std::env::var(k).ok()).map_err(startup)?;
     let aws = mailbridge::aws::load_config().await;
-    let secrets = aws_sdk_secretsmanager::Client::new(&aws);
+    // SDK clients are built on first use (`LazyClient`), not in init.
+    let secrets = LazyClient::new(&aws, aws_sdk_secretsmanager::Client::new);
     let tokens = mailbridge::token::TokenService::from_env(&aws).map_err(startup)?;
     let connector = ImapConnector::new(settings.imap_ca_file.as_deref(), settings.imap_timeout)
         .map_err(|e| StartupError(format!("MAILBRIDGE_IMAP_CA_FILE: {e}")))?;
@@ -54,7 +57,7 @@ async fn prepare() -> Result<Prepared, StartupError> {
         tokens: Arc::new(tokens),
         connector: Arc::new(connector),
         state: Arc::new(DynamoStateStore::new(
-            aws_sdk_dynamodb::Client::new(&aws),
+            LazyClient::new(&aws, aws_sdk_dynamodb::Client::new),
             &settings.state_table,
         )),
         sinks: Arc::new(WebhookSinkFactory::new(

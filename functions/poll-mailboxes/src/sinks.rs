@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use mailbridge::aws::LazyClient;
 use mailbridge::ticket_api::{RetryPolicy, TicketApiAuth, TicketSink, WebhookTicketSink};
 use tokio::sync::Mutex;
 
@@ -17,7 +18,7 @@ type SinkKey = (String, Option<String>);
 /// Webhook sinks with credentials from Secrets Manager.
 pub struct WebhookSinkFactory {
     http: reqwest::Client,
-    secrets: aws_sdk_secretsmanager::Client,
+    secrets: LazyClient<aws_sdk_secretsmanager::Client>,
     retry: RetryPolicy,
     cache: Mutex<HashMap<SinkKey, Arc<dyn TicketSink>>>,
 }
@@ -26,12 +27,12 @@ impl WebhookSinkFactory {
     /// Build with a shared HTTP client and Secrets Manager client.
     pub fn new(
         http: reqwest::Client,
-        secrets: aws_sdk_secretsmanager::Client,
+        secrets: impl Into<LazyClient<aws_sdk_secretsmanager::Client>>,
         retry: RetryPolicy,
     ) -> Self {
         WebhookSinkFactory {
             http,
-            secrets,
+            secrets: secrets.into(),
             retry,
             cache: Mutex::new(HashMap::new()),
         }

@@ -6,12 +6,16 @@
 //! network in init: the thread key (one Secrets Manager read) is loaded by the first invocation
 //! and kept; if that read fails the invocation fails with `ThreadKeyUnavailable` (the batch goes
 //! back to the queue) and the next invocation tries again. A warm invocation with a live cached
-//! token touches neither Secrets Manager nor the token endpoint.
+//! token touches neither Secrets Manager nor the token endpoint. The AWS SDK clients are built
+//! once per process too, but on their first use (`mailbridge::aws::LazyClient`): building one
+//! parses that service's copy of the AWS partitions table, which a cold start should pay only
+//! for the services it calls.
 
 use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
+use mailbridge::aws::LazyClient;
 use send_notifications::ports::{SqsParking, SqsVisibility};
 use send_notifications::settings::Settings;
 use send_notifications::thread::ThreadKey;
@@ -90,7 +94,7 @@ struct Prepared {
     idempotency: Arc<mailbridge::state::DynamoIdempotencyStore>,
     parking: Arc<SqsParking>,
     visibility: Arc<SqsVisibility>,
-    secrets: aws_sdk_secretsmanager::Client,
+    secrets: LazyClient<aws_sdk_secretsmanager::Client>,
     settings: Settings,
     deps: tokio::sync::OnceCell<Deps>,
 }
@@ -125,17 +129,19 @@ async fn prepare() -> Result<Prepared, StartupError> {
         .map_err(|e| StartupError::Tokens(e.to_string()))?;
     let graph = mailbridge::graph::GraphClient::new(&settings.graph_url)
         .map_err(|e| StartupError::Tokens(e.to_string()))?;
-    let sqs = aws_sdk_sqs::Client::new(&aws);
+    // SDK clients are built on first use (`LazyClient`): the SQS one only when a message is
+    // parked or its visibility changed, which most cold starts never need.
+    let sqs = LazyClient::new(&aws, aws_sdk_sqs::Client::new);
     Ok(Prepared {
         tokens: Arc::new(tokens),
         graph: Arc::new(graph),
         idempotency: Arc::new(mailbridge::state::DynamoIdempotencyStore::new(
-            aws_sdk_dynamodb::Client::new(&aws),
+            LazyClient::new(&aws, aws_sdk_dynamodb::Client::new),
             settings.state_table.clone(),
         )),
         parking: Arc::new(SqsParking::new(sqs.clone(), settings.dlq_url.clone())),
         visibility: Arc::new(SqsVisibility::new(sqs)),
-        secrets: aws_sdk_secretsmanager::Client::new(&aws),
+        secrets: LazyClient::new(&aws, aws_sdk_secretsmanager::Client::new),
         settings,
         deps: tokio::sync::OnceCell::new(),
     })

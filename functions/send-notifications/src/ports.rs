@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::MessageAttributeValue;
+use mailbridge::aws::LazyClient;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -100,15 +101,18 @@ pub trait Visibility: Send + Sync {
 /// The DLQ adapter: `SendMessage` with the reason as message attributes.
 #[derive(Clone, Debug)]
 pub struct SqsParking {
-    client: aws_sdk_sqs::Client,
+    client: LazyClient<aws_sdk_sqs::Client>,
     dlq_url: String,
 }
 
 impl SqsParking {
     /// Park into `dlq_url`.
-    pub fn new(client: aws_sdk_sqs::Client, dlq_url: impl Into<String>) -> Self {
+    pub fn new(
+        client: impl Into<LazyClient<aws_sdk_sqs::Client>>,
+        dlq_url: impl Into<String>,
+    ) -> Self {
         SqsParking {
-            client,
+            client: client.into(),
             dlq_url: dlq_url.into(),
         }
     }
@@ -144,15 +148,15 @@ impl Parking for SqsParking {
 /// The visibility adapter. Resolves the queue URL from the event's ARN (`GetQueueUrl`, cached).
 #[derive(Debug)]
 pub struct SqsVisibility {
-    client: aws_sdk_sqs::Client,
+    client: LazyClient<aws_sdk_sqs::Client>,
     urls: Mutex<HashMap<String, String>>,
 }
 
 impl SqsVisibility {
-    /// Use `client`.
-    pub fn new(client: aws_sdk_sqs::Client) -> Self {
+    /// Use `client` (a client, or a [`LazyClient`] built on first use).
+    pub fn new(client: impl Into<LazyClient<aws_sdk_sqs::Client>>) -> Self {
         SqsVisibility {
-            client,
+            client: client.into(),
             urls: Mutex::new(HashMap::new()),
         }
     }

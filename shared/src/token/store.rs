@@ -110,18 +110,24 @@ pub trait SecretStore: Send + Sync {
 /// AWS Secrets Manager adapter.
 #[derive(Clone, Debug)]
 pub struct SecretsManagerStore {
-    client: aws_sdk_secretsmanager::Client,
+    client: crate::aws::LazyClient<aws_sdk_secretsmanager::Client>,
 }
 
 impl SecretsManagerStore {
-    /// Wrap an SDK client.
-    pub fn new(client: aws_sdk_secretsmanager::Client) -> Self {
-        Self { client }
+    /// Wrap an SDK client (or a [`crate::aws::LazyClient`] built on first use).
+    pub fn new(client: impl Into<crate::aws::LazyClient<aws_sdk_secretsmanager::Client>>) -> Self {
+        Self {
+            client: client.into(),
+        }
     }
 
-    /// Build from the shared AWS config ([`crate::aws::load_config`]).
+    /// Build from the shared AWS config ([`crate::aws::load_config`]); the SDK client is built
+    /// on the first secret read or write.
     pub fn from_conf(config: &aws_config::SdkConfig) -> Self {
-        Self::new(aws_sdk_secretsmanager::Client::new(config))
+        Self::new(crate::aws::LazyClient::new(
+            config,
+            aws_sdk_secretsmanager::Client::new,
+        ))
     }
 }
 
