@@ -2,6 +2,8 @@
 //! environment (`AWS_ENDPOINT_URL`, `AWS_REGION`, ...), so the same code reaches real AWS and moto.
 //!
 //! Cold start: nothing here touches the network or the trust store.
+//! - In Lambda the region is in `AWS_REGION`, the first place the default region chain looks;
+//!   when it is set it is used directly, without building the chain.
 //! - The SDK's default HTTPS client loads and parses the OS trust store when each SDK client is
 //!   constructed (`validate_base_client_config` builds a connector on purpose, "so that native
 //!   certs load at client initialization time"): with five clients (Secrets Manager twice,
@@ -32,6 +34,11 @@ pub async fn load_config() -> aws_config::SdkConfig {
         loader = loader.credentials_provider(
             aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
         );
+    }
+    // The default region chain looks at `AWS_REGION` first too; when Lambda has set it, use it
+    // without building the chain (profile files, IMDS).
+    if let Some(region) = region_in_environment(|name| std::env::var(name).ok()) {
+        loader = loader.region(aws_config::Region::new(region));
     }
     loader.load().await
 }
@@ -122,6 +129,13 @@ impl<C> std::fmt::Debug for LazyClient<C> {
     }
 }
 
+/// `AWS_REGION` when it is set and not blank (Lambda always sets it).
+fn region_in_environment(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    var("AWS_REGION")
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty())
+}
+
 /// Whether the environment holds static credentials (as Lambda's does).
 fn credentials_in_environment(is_set: impl Fn(&str) -> bool) -> bool {
     is_set("AWS_ACCESS_KEY_ID") && is_set("AWS_SECRET_ACCESS_KEY")
@@ -200,6 +214,19 @@ mod tests {
         assert!(credentials_in_environment(|_| true));
         assert!(!credentials_in_environment(|n| n == "AWS_ACCESS_KEY_ID"));
         assert!(!credentials_in_environment(|_| false));
+    }
+
+    #[test]
+    fn the_region_comes_from_aws_region_when_it_is_set() {
+        let env = |value: &'static str| {
+            move |name: &str| (name == "AWS_REGION").then(|| value.to_owned())
+        };
+        assert_eq!(
+            region_in_environment(env("eu-west-1")).as_deref(),
+            Some("eu-west-1")
+        );
+        assert_eq!(region_in_environment(env(" ")), None);
+        assert_eq!(region_in_environment(|_| None), None);
     }
 
     #[test]
