@@ -4,6 +4,7 @@
 #   bash infra/bench/init-time.sh                          # release profile (deployed), 20 starts each
 #   bash infra/bench/init-time.sh --profile bench --starts 30
 #   bash infra/bench/init-time.sh --bins-dir DIR           # already-built hello-lambda, send-notifications, poll-mailboxes
+#   bash infra/bench/init-time.sh --before DIR             # also start DIR's two bootstraps (before/after, same run)
 #
 # Builds send-notifications, poll-mailboxes and infra/bench/hello-lambda with the same profile,
 # starts moto, then starts each binary N times (interleaved) under the Lambda Runtime API emulator

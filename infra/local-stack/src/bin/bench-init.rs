@@ -5,11 +5,12 @@
 //! ```sh
 //! bash infra/bench/init-time.sh                 # release profile, 20 starts per binary
 //! bash infra/bench/init-time.sh --profile bench --starts 30
+//! bash infra/bench/init-time.sh --before DIR    # also DIR's two bootstraps (an older build)
 //! ```
 //!
-//! Steps: `cargo build --profile <p> --bin send-notifications --bin poll-mailboxes --bin
-//! hello-lambda` (the deploy build's binaries plus the floor, one feature resolution), copy the
-//! executables to a run folder (release and bench share `target/release`), start moto (the
+//! Steps: `cargo build --profile <p> -p <package>` for `send-notifications`, `poll-mailboxes` and
+//! `hello-lambda` (each with its own feature set, as `infra/scripts/build-lambdas.sh` builds the
+//! deployed bootstraps), copy the executables to a run folder (release and bench share `target/release`), start moto (the
 //! functions' `AWS_ENDPOINT_URL`, so nothing in init can reach the network), then start every
 //! binary `--starts` times, interleaved (round r starts the binaries in a rotated order, so load
 //! noise from other processes hits all of them alike). Each start gets the environment a real
@@ -48,6 +49,11 @@ struct Args {
     /// warm-cost run, `MAILBRIDGE_BENCH_BINS`).
     #[arg(long)]
     bins_out: Option<PathBuf>,
+    /// Also start the `send-notifications` and `poll-mailboxes` in this folder (e.g. built from
+    /// an earlier commit), interleaved with the others in the same run: a before/after
+    /// comparison under the same machine load.
+    #[arg(long)]
+    before: Option<PathBuf>,
     /// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` given to every function.
     #[arg(long, default_value_t = 128)]
     memory_mb: u32,
@@ -153,8 +159,23 @@ async fn main() -> anyhow::Result<()> {
         _ => serde_json::json!({"hello": "bench"}),
     };
 
+    // (label, function name, executable): the floor first.
+    let mut starts: Vec<(String, &str, PathBuf)> = BINARIES
+        .iter()
+        .map(|name| (name.to_string(), *name, bins.join(name)))
+        .collect();
+    if let Some(before) = &args.before {
+        for name in &BINARIES[1..] {
+            let path = before.join(name);
+            if !path.is_file() {
+                bail!("{} is missing", path.display());
+            }
+            starts.push((format!("before: {name}"), *name, path));
+        }
+    }
+
     let api = RuntimeApi::start().await?;
-    let mut samples: Vec<Samples> = BINARIES.iter().map(|_| Samples::default()).collect();
+    let mut samples: Vec<Samples> = starts.iter().map(|_| Samples::default()).collect();
     let load_before = load_average();
     println!(
         "bench-init: profile {}, {} starts per binary, {} MB, binaries in {}",
@@ -165,13 +186,14 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("load average before: {load_before}");
     for round in 0..args.starts {
-        for offset in 0..BINARIES.len() {
-            let index = (round + offset) % BINARIES.len();
-            let name = BINARIES[index];
-            let mut function =
-                FunctionConfig::new(name, bins.join(name)).with_env(function_env(name));
+        for offset in 0..starts.len() {
+            let index = (round + offset) % starts.len();
+            let (label, name, path) = &starts[index];
+            let name = *name;
+            let mut function = FunctionConfig::new(name, path).with_env(function_env(name));
             function.memory_mb = args.memory_mb;
-            function.log_path = Some(run_dir.join(format!("{name}-{round}.log")));
+            let log_name = format!("{}-{round}.log", label.replace(": ", "-"));
+            function.log_path = Some(run_dir.join(&log_name));
             let calls_before = counter.counts();
             api.spawn_function(&function)?;
             let init = api
@@ -179,8 +201,8 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| {
                     format!(
-                        "{name} start {round}; log:\n{}",
-                        local_stack::log_tail(&run_dir.join(format!("{name}-{round}.log")), 20)
+                        "{label} start {round}; log:\n{}",
+                        local_stack::log_tail(&run_dir.join(&log_name), 20)
                     )
                 })?;
             let cpu = api.function_cpu_time().unwrap_or_default();
@@ -189,7 +211,7 @@ async fn main() -> anyhow::Result<()> {
             let requests: u64 = calls.values().sum();
             if round == 0 {
                 println!(
-                    "{name}: AWS calls in init: {}",
+                    "{label}: AWS calls in init: {}",
                     local_stack::aws_calls::summarize(&calls)
                 );
             }
@@ -199,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
                     .await?;
                 if !matches!(outcome.result, InvocationResult::Response(_)) {
                     bail!(
-                        "{name}: the validation invocation failed: {:?}\nlog:\n{}",
+                        "{label}: the validation invocation failed: {:?}\nlog:\n{}",
                         outcome.result,
                         outcome.logs()
                     );
@@ -222,15 +244,15 @@ async fn main() -> anyhow::Result<()> {
         "| binary | init median ms | p90 ms | min ms | × floor (median) | CPU median ms | × floor (CPU) | RSS after init MiB | AWS requests in init | size MiB |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (index, name) in BINARIES.iter().enumerate() {
+    for (index, (label, _, path)) in starts.iter().enumerate() {
         let s = &samples[index];
         let wall = median(&s.wall_ms);
         let cpu = median(&s.cpu_ms);
-        let size = std::fs::metadata(bins.join(name))
+        let size = std::fs::metadata(path)
             .map(|m| m.len() as f64 / 1_048_576.0)
             .unwrap_or(0.0);
         println!(
-            "| {name} | {wall:.1} | {:.1} | {:.1} | {:.2} | {cpu:.1} | {:.2} | {:.1} | {} | {size:.1} |",
+            "| {label} | {wall:.1} | {:.1} | {:.1} | {:.2} | {cpu:.1} | {:.2} | {:.1} | {} | {size:.1} |",
             percentile(&s.wall_ms, 0.9),
             min(&s.wall_ms),
             wall / floor_wall,
@@ -245,45 +267,49 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Build the three binaries with `profile` and copy them into `out` (release and bench both
-/// write to `target/release`, so the copies keep each run's binaries apart).
+/// Build the three binaries with `profile`, one `cargo build -p <package>` each as
+/// `infra/scripts/build-lambdas.sh` builds the deployed bootstraps (one package's feature set
+/// per binary, not the whole workspace's), and copy them into `out` (release and bench both write
+/// to `target/release`, so the copies keep each run's binaries apart).
 fn build(profile: &str, out: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(out)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = Command::new(cargo);
-    command
-        .current_dir(local_stack::repo_root())
-        .args([
-            "build",
-            "--profile",
-            profile,
-            "--message-format=json-render-diagnostics",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for name in BINARIES {
-        command.args(["--bin", name]);
-    }
     eprintln!("bench-init: building {BINARIES:?} with --profile {profile} ...");
     let started = std::time::Instant::now();
-    let output = command.output().context("run cargo build")?;
-    if !output.status.success() {
-        bail!("cargo build --profile {profile} failed ({})", output.status);
-    }
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let (Some(exe), Some(name)) = (
-            message.get("executable").and_then(|e| e.as_str()),
-            message.pointer("/target/name").and_then(|n| n.as_str()),
-        ) else {
-            continue;
-        };
-        if BINARIES.contains(&name) {
-            std::fs::copy(exe, out.join(name))
-                .with_context(|| format!("copy {exe} into {}", out.display()))?;
+    for name in BINARIES {
+        let output = Command::new(&cargo)
+            .current_dir(local_stack::repo_root())
+            .args([
+                "build",
+                "--profile",
+                profile,
+                "-p",
+                name,
+                "--bin",
+                name,
+                "--message-format=json-render-diagnostics",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .output()
+            .context("run cargo build")?;
+        if !output.status.success() {
+            bail!(
+                "cargo build --profile {profile} -p {name} failed ({})",
+                output.status
+            );
         }
+        let executable = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find_map(|message| {
+                let target = message.pointer("/target/name")?.as_str()?;
+                let exe = message.get("executable")?.as_str()?;
+                (target == name).then(|| exe.to_owned())
+            })
+            .with_context(|| format!("cargo build -p {name} reported no executable"))?;
+        std::fs::copy(&executable, out.join(name))
+            .with_context(|| format!("copy {executable} into {}", out.display()))?;
     }
     eprintln!(
         "bench-init: built in {:.0} s",
