@@ -384,11 +384,10 @@ impl Walk<'_, '_> {
                     ..(part.offset_end as usize).max(part.offset_body as usize),
             )
             .unwrap_or_default();
-        let significant = body
+        let significant: usize = base64_head(body)
             .iter()
-            .take_while(|&&b| b != b'=')
-            .filter(|b| b.is_ascii_alphanumeric() || **b == b'+' || **b == b'/')
-            .count();
+            .map(|&b| usize::from(BASE64_SYMBOL[usize::from(b)]))
+            .sum();
         significant % 4 == 0 || significant % 4 == 1
     }
 
@@ -705,13 +704,30 @@ pub(crate) fn lf_text(text: Cow<'_, str>) -> String {
         .replace('\0', "")
 }
 
+/// The symbols of the standard base64 alphabet (`A-Z a-z 0-9 + /`; not `=`), as a table: the
+/// base64 scans below run over every attachment's bytes.
+const BASE64_SYMBOL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric() || b == b'+' || b == b'/';
+        i += 1;
+    }
+    table
+};
+
+/// A base64 body up to its first `=` (padding, or junk after it: ignored).
+fn base64_head(body: &[u8]) -> &[u8] {
+    &body[..memchr::memchr(b'=', body).unwrap_or(body.len())]
+}
+
 /// Base64 that tolerates junk characters, missing padding and a dangling last character.
 pub(crate) fn lenient_base64(input: &[u8]) -> Vec<u8> {
-    let mut clean: Vec<u8> = input
+    let mut clean: Vec<u8> = base64_head(input)
         .iter()
         .copied()
-        .take_while(|&b| b != b'=')
-        .filter(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+        .filter(|&b| BASE64_SYMBOL[usize::from(b)])
         .collect();
     if clean.len() % 4 == 1 {
         clean.pop();
