@@ -388,7 +388,7 @@ impl Walk<'_, '_> {
             .iter()
             .map(|&b| usize::from(BASE64_SYMBOL[usize::from(b)]))
             .sum();
-        significant % 4 == 0 || significant % 4 == 1
+        significant.is_multiple_of(4) || significant % 4 == 1
     }
 
     /// The part's content with the transfer encoding undone (leniently: base64 of invalid
