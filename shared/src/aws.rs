@@ -216,6 +216,13 @@ mod tests {
         assert!(!credentials_in_environment(|_| false));
     }
 
+    fn sdk_config(region: &'static str) -> aws_config::SdkConfig {
+        aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(region))
+            .build()
+    }
+
     #[test]
     fn the_region_comes_from_aws_region_when_it_is_set() {
         let env = |value: &'static str| {
@@ -231,10 +238,7 @@ mod tests {
 
     #[test]
     fn a_lazy_sdk_client_is_built_on_first_use_and_shared_by_clones() {
-        let config = aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("eu-west-1"))
-            .build();
+        let config = sdk_config("eu-west-1");
         let client = LazyClient::new(&config, aws_sdk_secretsmanager::Client::new);
         let clone = client.clone();
         assert!(!client.is_built());
@@ -248,10 +252,7 @@ mod tests {
 
     #[test]
     fn a_lazy_client_from_a_built_client_is_that_client() {
-        let config = aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("eu-west-1"))
-            .build();
+        let config = sdk_config("eu-west-1");
         let client: LazyClient<_> = aws_sdk_secretsmanager::Client::new(&config).into();
         assert!(client.is_built());
         assert!(format!("{client:?}").contains("built: true"));
