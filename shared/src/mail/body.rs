@@ -656,7 +656,8 @@ fn uu_begin(line: &str) -> Option<String> {
     (!name.is_empty()).then(|| name.to_string())
 }
 
-/// A content type from a file extension, for attachments that carry none (uuencode).
+/// A content type from a file extension, for attachments that carry none (uuencode, files in a
+/// TNEF without a MIME tag).
 pub(crate) fn content_type_for(name: &str) -> &'static str {
     let ext = name
         .rsplit_once('.')
@@ -674,6 +675,21 @@ pub(crate) fn content_type_for(name: &str) -> &'static str {
         "xls" => "application/vnd.ms-excel",
         "docx" => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
         "xlsx" => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "htm" | "html" => "text/html",
+        "rtf" => "application/rtf",
+        "csv" => "text/csv",
+        "xml" => "application/xml",
+        "ppt" => "application/vnd.ms-powerpoint",
+        "pptx" => "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        "eml" => "message/rfc822",
+        "msg" => "application/vnd.ms-outlook",
+        "ics" => "text/calendar",
+        "vcf" => "text/vcard",
+        "mp3" => "audio/mpeg",
+        "wav" => "audio/wav",
+        "tif" | "tiff" => "image/tiff",
+        "gz" => "application/gzip",
+        "7z" => "application/x-7z-compressed",
         _ => "application/octet-stream",
     }
 }

@@ -378,8 +378,9 @@ pub fn read(bytes: &[u8]) -> Option<Tnef<'_>> {
             .mime_tag
             .map(|t| decode_text(t, encoding).trim().to_ascii_lowercase())
             .filter(|t| valid_mime_type(t));
-        let content_type = mime_tag
-            .unwrap_or_else(|| guess_content_type(filename.as_deref().unwrap_or("")).to_string());
+        let content_type = mime_tag.unwrap_or_else(|| {
+            super::body::content_type_for(filename.as_deref().unwrap_or("")).to_string()
+        });
         let content_id = att
             .content_id
             .map(|t| {
@@ -600,32 +601,6 @@ fn valid_mime_type(value: &str) -> bool {
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
     };
     token(ty) && token(sub)
-}
-
-/// A MIME type from the file extension, for files whose TNEF carries no MIME tag.
-fn guess_content_type(name: &str) -> &'static str {
-    let ext = name
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
-    match ext.as_str() {
-        "htm" | "html" => "text/html",
-        "rtf" => "application/rtf",
-        "csv" => "text/csv",
-        "xml" => "application/xml",
-        "ppt" => "application/vnd.ms-powerpoint",
-        "pptx" => "application/vnd.openxmlformats-officedocument.presentationml.presentation",
-        "eml" => "message/rfc822",
-        "msg" => "application/vnd.ms-outlook",
-        "ics" => "text/calendar",
-        "vcf" => "text/vcard",
-        "mp3" => "audio/mpeg",
-        "wav" => "audio/wav",
-        "tif" | "tiff" => "image/tiff",
-        "gz" => "application/gzip",
-        "7z" => "application/x-7z-compressed",
-        _ => super::body::content_type_for(name),
-    }
 }
 
 /// Whether a draft attachment is a TNEF part (`application/ms-tnef`, or a `winmail.dat` some
