@@ -119,6 +119,49 @@ pub async fn create_queue_with_dlq(
     Ok((url, dlq_url))
 }
 
+/// A user of a new tenant registered at the identity stand-in (with mailbridge's app), and the
+/// account secret `secret_name` (`mailbridge/<unique>`) holding its password, as the operator's
+/// ROPC bootstrap leaves it.
+#[derive(Debug, Clone)]
+pub struct PasswordAccount {
+    /// `<unique>.onmicrosoft.com`.
+    pub tenant: String,
+    /// The app registration's client id.
+    pub client_id: String,
+    /// The user's UPN.
+    pub upn: String,
+    /// The Secrets Manager secret, `mailbridge/<unique>`.
+    pub secret_name: String,
+}
+
+/// Register a new tenant, app and user (`user_prefix`, `password`) and store its account secret.
+pub async fn new_password_account(
+    user_prefix: &str,
+    password: &str,
+) -> anyhow::Result<PasswordAccount> {
+    let idp = stack().identity();
+    let tenant = format!("{}.onmicrosoft.com", unique("tenant"));
+    let client_id = uuid::Uuid::new_v4().to_string();
+    let upn = unique_user(user_prefix);
+    idp.register_app(local_stack::identity::AppRegistration::mailbridge(
+        &tenant, &client_id,
+    ));
+    idp.register_user(local_stack::identity::UserAccount::new(
+        &tenant, &upn, password,
+    ));
+    let secret_name = format!("mailbridge/{}", unique("acct"));
+    let mut secret = mailbridge::token::AccountSecret::new(&tenant, &client_id, &upn);
+    secret.authority_host = idp.base_url.clone();
+    secret.password = Some(password.to_owned().into());
+    put_secret(&secret_name, &secret.to_json()).await?;
+    Ok(PasswordAccount {
+        tenant,
+        client_id,
+        upn,
+        secret_name,
+    })
+}
+
 /// Create (or overwrite) the secret `name` with the string `value`.
 pub async fn put_secret(name: &str, value: &str) -> anyhow::Result<()> {
     let client = secrets();
@@ -291,6 +334,37 @@ pub async fn start_private_dovecot(
 ) -> anyhow::Result<local_stack::dovecot::Dovecot> {
     let dir = local_stack::default_run_dir(label)?;
     local_stack::dovecot::Dovecot::start(&dir, introspection_url).await
+}
+
+/// Receive `n` messages from the queue at `queue_url` (ARN `queue_arn`) as the SQS event Lambda's
+/// event source would deliver them; panics when fewer than `n` arrive within about 30 s.
+pub async fn receive_sqs_event(
+    queue_url: &str,
+    queue_arn: &str,
+    n: usize,
+) -> aws_lambda_events::event::sqs::SqsEvent {
+    let mut records = Vec::new();
+    for _ in 0..30 {
+        if records.len() >= n {
+            break;
+        }
+        let out = sqs()
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages((n - records.len()).min(10) as i32)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive");
+        for m in out.messages() {
+            records.push(sqs_event_record(m, queue_arn));
+        }
+    }
+    assert_eq!(records.len(), n, "messages received from the queue");
+    let mut event = aws_lambda_events::event::sqs::SqsEvent::default();
+    event.records = records;
+    event
 }
 
 /// The record Lambda's SQS event source would deliver for `message`, received from the queue

@@ -15,15 +15,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use aws_lambda_events::event::sqs::SqsEvent;
-use aws_sdk_sqs::types::MessageSystemAttributeName;
 use local_stack::aws_calls::{AwsCallCounter, CallCounts, summarize};
 use local_stack::identity::{AppRegistration, UserAccount};
 use local_stack::runtime_api::{FunctionConfig, InvocationOutcome, RuntimeApi, workspace_binary};
 use mailbridge::token::AccountSecret;
 use mailbridge_tests::{
-    create_queue_with_dlq, create_state_table, dynamodb, put_secret, sqs, sqs_event_record, stack,
-    unique, unique_user,
+    create_queue_with_dlq, create_state_table, dynamodb, put_secret, sqs, stack, unique,
+    unique_user,
 };
 use serde_json::{Value, json};
 
@@ -157,17 +155,13 @@ struct SendWorld {
 
 impl SendWorld {
     async fn new() -> SendWorld {
-        let idp = stack().identity();
-        let tenant = format!("{}.onmicrosoft.com", unique("tenant"));
-        let client_id = uuid::Uuid::new_v4().to_string();
-        let upn = unique_user("bench-sender");
-        idp.register_app(AppRegistration::mailbridge(&tenant, &client_id));
-        idp.register_user(UserAccount::new(&tenant, &upn, PASSWORD));
-        let account = format!("mailbridge/{}", unique("acct"));
-        let mut secret = AccountSecret::new(&tenant, &client_id, &upn);
-        secret.authority_host = idp.base_url.clone();
-        secret.password = Some(PASSWORD.into());
-        put_secret(&account, &secret.to_json()).await.unwrap();
+        let mailbridge_tests::PasswordAccount {
+            upn,
+            secret_name: account,
+            ..
+        } = mailbridge_tests::new_password_account("bench-sender", PASSWORD)
+            .await
+            .unwrap();
         let thread_key_secret = unique("mailbridge/thread-key");
         put_secret(&thread_key_secret, "mailbridge-bench-thread-key-32by")
             .await
@@ -207,27 +201,7 @@ impl SendWorld {
                 .await
                 .unwrap();
         }
-        let mut records = Vec::new();
-        for _ in 0..30 {
-            if records.len() >= n {
-                break;
-            }
-            let out = sqs()
-                .receive_message()
-                .queue_url(&self.queue_url)
-                .max_number_of_messages((n - records.len()).min(10) as i32)
-                .message_system_attribute_names(MessageSystemAttributeName::All)
-                .wait_time_seconds(1)
-                .send()
-                .await
-                .unwrap();
-            for m in out.messages() {
-                records.push(sqs_event_record(m, &self.queue_arn));
-            }
-        }
-        assert_eq!(records.len(), n);
-        let mut event = SqsEvent::default();
-        event.records = records;
+        let event = mailbridge_tests::receive_sqs_event(&self.queue_url, &self.queue_arn, n).await;
         serde_json::to_value(&event).unwrap()
     }
 }

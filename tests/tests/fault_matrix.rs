@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
-use local_stack::identity::{AppRegistration, UserAccount};
 use mailbridge::graph::GraphClient;
 use mailbridge::state::DynamoIdempotencyStore;
 use mailbridge::ticket_api::RetryPolicy;
@@ -22,7 +21,6 @@ use mailbridge::token::{
 };
 use mailbridge_tests::{
     create_queue_with_dlq, create_state_table, dynamodb, put_secret, sqs, stack, unique,
-    unique_user,
 };
 use poll_mailboxes::convert::ParseContext;
 use poll_mailboxes::dynamo::{DynamoStateStore, put_mailbox_config};
@@ -52,20 +50,11 @@ fn token_service() -> Arc<TokenService> {
 
 /// An account secret (password only) for a new user of a new tenant; returns (upn, account).
 async fn new_account(prefix: &str) -> (String, String) {
-    let idp = stack().identity();
-    let tenant = format!("{}.onmicrosoft.com", unique("tenant"));
-    let client_id = uuid::Uuid::new_v4().to_string();
-    idp.register_app(AppRegistration::mailbridge(&tenant, &client_id));
-    let upn = unique_user(prefix);
-    idp.register_user(UserAccount::new(&tenant, &upn, PASSWORD));
-    let account = unique("acct");
-    let mut secret = AccountSecret::new(&tenant, &client_id, &upn);
-    secret.authority_host = idp.base_url.clone();
-    secret.password = Some(PASSWORD.into());
-    put_secret(&format!("mailbridge/{account}"), &secret.to_json())
+    let account = mailbridge_tests::new_password_account(prefix, PASSWORD)
         .await
         .unwrap();
-    (upn, account)
+    let short = account.secret_name["mailbridge/".len()..].to_owned();
+    (account.upn, short)
 }
 
 #[tokio::test]

@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::SqsEvent;
-use aws_sdk_sqs::types::MessageSystemAttributeName;
 use base64::Engine as _;
 use local_stack::identity::{AppRegistration, RequestFilter, UserAccount};
 use mailbridge::graph::GraphClient;
@@ -36,9 +35,7 @@ use mailbridge::token::{
     AccessToken, AccessTokenSource, AccountSecret, Audience, IdentityClient, SecretStore,
     SecretsManagerStore, TokenError, TokenService, TokenServiceConfig,
 };
-use mailbridge_tests::{
-    create_queue_with_dlq, create_state_table, put_secret, sqs, sqs_event_record, unique,
-};
+use mailbridge_tests::{create_queue_with_dlq, create_state_table, put_secret, sqs, unique};
 use poll_mailboxes::PollDeps;
 use poll_mailboxes::convert::ParseContext;
 use poll_mailboxes::dynamo::{DynamoStateStore, put_mailbox_config};
@@ -191,28 +188,7 @@ async fn queue_arn(url: &str) -> String {
 
 /// Receive `n` messages from `queue_url` as the SQS event Lambda would deliver.
 async fn receive_event(queue_url: &str, arn: &str, n: usize) -> SqsEvent {
-    let mut records = Vec::new();
-    for _ in 0..20 {
-        if records.len() >= n {
-            break;
-        }
-        let out = sqs()
-            .receive_message()
-            .queue_url(queue_url)
-            .max_number_of_messages((n - records.len()).min(10) as i32)
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .expect("receive");
-        for m in out.messages() {
-            records.push(sqs_event_record(m, arn));
-        }
-    }
-    assert_eq!(records.len(), n, "messages received from the queue");
-    let mut event = SqsEvent::default();
-    event.records = records;
-    event
+    mailbridge_tests::receive_sqs_event(queue_url, arn, n).await
 }
 
 /// Everything in the DLQ, bodies and attributes, as text.

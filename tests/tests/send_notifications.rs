@@ -13,20 +13,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::SqsEvent;
-use aws_sdk_sqs::types::MessageSystemAttributeName;
 use local_stack::graph::GraphStandIn;
-use local_stack::identity::{AppRegistration, IdentityStandIn, UserAccount};
+use local_stack::identity::{IdentityStandIn, UserAccount};
 use mailbridge::graph::{GraphClient, GraphError, MailSender, MessageExtras, OutgoingMail};
 use mailbridge::notification::Notification;
 use mailbridge::state::DynamoIdempotencyStore;
 use mailbridge::token::store::{SecretStoreError, SecretValue};
 use mailbridge::token::{
-    AccessToken, AccessTokenSource, AccountSecret, Audience, SecretStore, SecretsManagerStore,
-    TokenService, TokenServiceConfig,
+    AccessToken, AccessTokenSource, Audience, SecretStore, SecretsManagerStore, TokenService,
+    TokenServiceConfig,
 };
 use mailbridge_tests::{
-    create_queue_with_dlq, create_state_table, put_secret, sqs, sqs_event_record, stack, unique,
-    unique_user,
+    create_queue_with_dlq, create_state_table, put_secret, sqs, stack, unique, unique_user,
 };
 use secrecy::SecretString;
 use send_notifications::ports::{SqsParking, SqsVisibility};
@@ -86,16 +84,12 @@ impl World {
         let stack = stack();
         let idp = stack.identity().clone();
         let graph = stack.graph().clone();
-        let tenant = format!("{}.onmicrosoft.com", unique("tenant"));
-        let client_id = uuid::Uuid::new_v4().to_string();
-        let upn = unique_user("sender");
-        idp.register_app(AppRegistration::mailbridge(&tenant, &client_id));
-        idp.register_user(UserAccount::new(&tenant, &upn, PASSWORD));
-        let account = format!("mailbridge/{}", unique("acct"));
-        let mut secret = AccountSecret::new(&tenant, &client_id, &upn);
-        secret.authority_host = idp.base_url.clone();
-        secret.password = Some(PASSWORD.into());
-        put_secret(&account, &secret.to_json())
+        let mailbridge_tests::PasswordAccount {
+            tenant,
+            client_id,
+            upn,
+            secret_name: account,
+        } = mailbridge_tests::new_password_account("sender", PASSWORD)
             .await
             .expect("account secret");
         let thread_key_secret = unique("mailbridge/thread-key");
@@ -188,28 +182,7 @@ impl World {
 
     /// Receive up to `n` messages from the real queue and build the SQS event Lambda would send.
     async fn receive_event(&self, n: usize) -> SqsEvent {
-        let mut records = Vec::new();
-        for _ in 0..20 {
-            if records.len() >= n {
-                break;
-            }
-            let out = sqs()
-                .receive_message()
-                .queue_url(&self.queue_url)
-                .max_number_of_messages((n - records.len()).min(10) as i32)
-                .message_system_attribute_names(MessageSystemAttributeName::All)
-                .wait_time_seconds(1)
-                .send()
-                .await
-                .expect("receive");
-            for m in out.messages() {
-                records.push(sqs_event_record(m, &self.queue_arn));
-            }
-        }
-        assert_eq!(records.len(), n, "messages received from the queue");
-        let mut event = SqsEvent::default();
-        event.records = records;
-        event
+        mailbridge_tests::receive_sqs_event(&self.queue_url, &self.queue_arn, n).await
     }
 
     async fn run(&self, event: SqsEvent, budget: Duration, settings: BatchSettings) -> BatchReport {
