@@ -65,6 +65,25 @@ struct Sample {
     response: Value,
 }
 
+/// Print the `bench:` line of a cold start: init (wall and CPU) and the first invocation.
+fn report_cold_start(
+    function: &str,
+    first: &str,
+    init: Duration,
+    init_cpu: Duration,
+    cold: &Sample,
+) {
+    println!(
+        "bench: {function} cold start: init {:.1} ms (CPU {:.1} ms); {first} CPU {:.1} ms, wall {:.1} ms, AWS calls: {}, token requests: {}",
+        init.as_secs_f64() * 1e3,
+        init_cpu.as_secs_f64() * 1e3,
+        cold.cpu_ms,
+        cold.wall_ms,
+        summarize(&cold.calls),
+        cold.token_requests
+    );
+}
+
 fn log_size(api: &RuntimeApi) -> u64 {
     api.log_path()
         .and_then(|p| std::fs::metadata(p).ok())
@@ -249,14 +268,12 @@ async fn bench_warm_cost_send_notifications() {
         "{}",
         api.logs()
     );
-    println!(
-        "bench: send-notifications cold start: init {:.1} ms (CPU {:.1} ms); first invocation (1 notification) CPU {:.1} ms, wall {:.1} ms, AWS calls: {}, token requests: {}",
-        init.as_secs_f64() * 1e3,
-        init_cpu.as_secs_f64() * 1e3,
-        cold.cpu_ms,
-        cold.wall_ms,
-        summarize(&cold.calls),
-        cold.token_requests
+    report_cold_start(
+        "send-notifications",
+        "first invocation (1 notification)",
+        init,
+        init_cpu,
+        &cold,
     );
     for n in [1usize, 10] {
         let mut samples = Vec::new();
@@ -408,14 +425,12 @@ async fn bench_warm_cost_poll_mailboxes() {
         load()
     );
     let cold = measured(&api, &counter, &tokens, schedule.clone()).await;
-    println!(
-        "bench: poll-mailboxes cold start: init {:.1} ms (CPU {:.1} ms); first run (1 mailbox, no mail) CPU {:.1} ms, wall {:.1} ms, AWS calls: {}, token requests: {}",
-        init.as_secs_f64() * 1e3,
-        init_cpu.as_secs_f64() * 1e3,
-        cold.cpu_ms,
-        cold.wall_ms,
-        summarize(&cold.calls),
-        cold.token_requests
+    report_cold_start(
+        "poll-mailboxes",
+        "first run (1 mailbox, no mail)",
+        init,
+        init_cpu,
+        &cold,
     );
 
     // idle runs: one mailbox, nothing new
