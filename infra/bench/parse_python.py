@@ -10,8 +10,11 @@ other processes on a shared machine do not count) and prints one JSON line: {"fi
 "iterations", "seconds" (CPU), "wall_seconds", "mb_per_s" and "mails_per_s" (per CPU second),
 "wall_mb_per_s", "errors"}.
 
-Usage: parse_python.py [--min-seconds S] [--policy compat32|default] [--work parse|full] DIR...
+Usage: parse_python.py [--min-seconds S] [--policy compat32|default] [--work parse|full]
+                       [--per-mail] DIR...
 (compat32, the default, is the faster API; the comparison uses the faster one.)
+--per-mail prints one line per mail instead, `microseconds-per-run bytes path` (wall clock), to
+compare with the Rust bench's MAILBRIDGE_BENCH_PER_MAIL=1 output.
 
 --work full (with compat32) adds the rest of what mailbridge::mail::parse does, written the
 way a careful Python integration would: charset fallbacks for undeclared/mislabelled text,
@@ -463,8 +466,13 @@ def main(argv):
     min_seconds = 3.0
     policy = "compat32"
     work_kind = "parse"
+    per_mail = False
     args = argv[1:]
     while args and args[0].startswith("--"):
+        if args[0] == "--per-mail":
+            per_mail = True
+            args = args[1:]
+            continue
         if args[0] == "--min-seconds" and len(args) > 1:
             min_seconds = float(args[1])
         elif args[0] == "--policy" and len(args) > 1:
@@ -483,6 +491,25 @@ def main(argv):
     if not dirs:
         print(__doc__, file=sys.stderr)
         return 2
+    if per_mail:
+        for d in dirs:
+            for name in sorted(os.listdir(d)):
+                path = os.path.join(d, name)
+                if not (os.path.isfile(path) and (name.endswith(".eml") or "." not in name)):
+                    continue
+                with open(path, "rb") as f:
+                    raw = f.read()
+                if not raw:
+                    continue
+                n, start = 0, time.perf_counter()
+                while n < 5 or time.perf_counter() - start < 0.05:
+                    try:
+                        work(raw)
+                    except Exception:
+                        pass
+                    n += 1
+                print(f"{(time.perf_counter() - start) * 1e6 / n:.1f} {len(raw)} {path}")
+        return 0
     mails = load(dirs)
     total = sum(len(m) for m in mails)
     errors = 0

@@ -10,16 +10,23 @@
 //!
 //! Throughput is per second of CPU time of the measuring thread (both sides), so that a machine
 //! shared with other builds slows neither side's number; wall-clock MB/s is printed as well.
-//! Each side runs until it has used `MIN_TIME` of CPU.
+//! Each side runs until it has used 3 s of CPU (`MAILBRIDGE_BENCH_SECONDS` to change).
 
 use mailbridge::mail::{ParseOptions, parse};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const MIN_TIME: Duration = Duration::from_secs(3);
+/// CPU time each side runs per corpus; `MAILBRIDGE_BENCH_SECONDS` overrides it (short rounds,
+/// repeated and alternated between builds, give steadier A/B comparisons on a shared machine).
+fn min_time() -> Duration {
+    std::env::var("MAILBRIDGE_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .map_or(Duration::from_secs(3), Duration::from_secs_f64)
+}
 
-fn load(dir: &Path) -> Vec<Vec<u8>> {
+fn load(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -33,8 +40,8 @@ fn load(dir: &Path) -> Vec<Vec<u8>> {
     files.sort();
     files
         .into_iter()
-        .filter_map(|p| std::fs::read(p).ok())
-        .filter(|raw| !raw.is_empty())
+        .filter_map(|p| std::fs::read(&p).ok().map(|raw| (p, raw)))
+        .filter(|(_, raw)| !raw.is_empty())
         .collect()
 }
 
@@ -72,11 +79,7 @@ impl Measured {
 }
 
 fn bench_rust(mails: &[Vec<u8>]) -> Measured {
-    let opts = ParseOptions {
-        thread_key: Some(b"bench-thread-key".to_vec()),
-        own_addresses: vec!["helpdesk@mailbridge.test".into()],
-        ..ParseOptions::default()
-    };
+    let opts = bench_options();
     for raw in mails {
         let _ = std::hint::black_box(parse(raw, &opts));
     }
@@ -87,7 +90,8 @@ fn bench_rust(mails: &[Vec<u8>]) -> Measured {
         _ => start.elapsed().as_secs_f64(),
     };
     let mut iterations = 0;
-    while cpu_elapsed() < MIN_TIME.as_secs_f64() {
+    let min_time = min_time().as_secs_f64();
+    while cpu_elapsed() < min_time {
         for raw in mails {
             let _ = std::hint::black_box(parse(std::hint::black_box(raw), &opts));
         }
@@ -102,6 +106,30 @@ fn bench_rust(mails: &[Vec<u8>]) -> Measured {
     }
 }
 
+/// `MAILBRIDGE_BENCH_PER_MAIL=1`: one line per mail, `microseconds-per-parse bytes path`, to find
+/// the mails that cost the most (compare with `parse_python.py --per-mail`).
+fn per_mail(paths: &[PathBuf], mails: &[Vec<u8>]) {
+    let opts = bench_options();
+    for (path, raw) in paths.iter().zip(mails) {
+        let start = Instant::now();
+        let mut n = 0u32;
+        while start.elapsed() < Duration::from_millis(20) || n < 5 {
+            let _ = std::hint::black_box(parse(std::hint::black_box(raw), &opts));
+            n += 1;
+        }
+        let micros = start.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+        println!("{micros:.1} {} {}", raw.len(), path.display());
+    }
+}
+
+fn bench_options() -> ParseOptions {
+    ParseOptions {
+        thread_key: Some(b"bench-thread-key".to_vec()),
+        own_addresses: vec!["helpdesk@mailbridge.test".into()],
+        ..ParseOptions::default()
+    }
+}
+
 /// Python's (MB/s, mails/s) per CPU second, and its wall-clock MB/s.
 fn bench_python(dir: &Path, policy: &str, work: &str) -> Option<(f64, f64, f64)> {
     if std::env::var_os("MAILBRIDGE_BENCH_RUST_ONLY").is_some() {
@@ -110,7 +138,8 @@ fn bench_python(dir: &Path, policy: &str, work: &str) -> Option<(f64, f64, f64)>
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/bench/parse_python.py");
     let out = Command::new("python3")
         .arg(script)
-        .args(["--min-seconds", "3", "--policy", policy, "--work", work])
+        .args(["--min-seconds", &min_time().as_secs_f64().to_string()])
+        .args(["--policy", policy, "--work", work])
         .arg(dir)
         .output()
         .ok()?;
@@ -160,8 +189,12 @@ fn main() {
         "py wall"
     );
     for dir in dirs {
-        let mails = load(&dir);
+        let (paths, mails): (Vec<PathBuf>, Vec<Vec<u8>>) = load(&dir).into_iter().unzip();
         if mails.is_empty() {
+            continue;
+        }
+        if std::env::var_os("MAILBRIDGE_BENCH_PER_MAIL").is_some() {
+            per_mail(&paths, &mails);
             continue;
         }
         let rust = bench_rust(&mails);
