@@ -91,7 +91,12 @@ fn bench_rust(mails: &[Vec<u8>]) -> Measured {
     };
     let mut iterations = 0;
     let min_time = min_time().as_secs_f64();
-    while cpu_elapsed() < min_time {
+    // `MAILBRIDGE_BENCH_ITERATIONS=n`: exactly n passes, for instruction counts under
+    // `valgrind --tool=callgrind` (deterministic, unlike CPU time on a shared machine).
+    let fixed: Option<usize> = std::env::var("MAILBRIDGE_BENCH_ITERATIONS")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    while fixed.map_or(cpu_elapsed() < min_time, |n| iterations < n) {
         for raw in mails {
             let _ = std::hint::black_box(parse(std::hint::black_box(raw), &opts));
         }
