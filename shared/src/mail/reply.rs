@@ -207,7 +207,7 @@ mod tests {
                     format!("On {mid}"),
                     format!("{mid} skrev:"),
                     format!("Le {mid} a écrit :"),
-                    format!("{mid}"),
+                    mid.clone(),
                 ];
                 for line in &lines {
                     for (rule, exact) in rules.iter().zip(&exact) {
