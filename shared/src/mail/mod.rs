@@ -4,14 +4,16 @@
 //! and the tests all call it. MIME decoding is `mail-parser`'s; this module adds what a
 //! helpdesk needs on top: which parts are the body and which attachments, charset repairs,
 //! machine-mail detection (`auto`), bounce details (`bounce`), the new part of a reply
-//! (`reply`), thread detection through our HMAC-signed markers ([`threading`]) and the
-//! expansion of Outlook `winmail.dat` (TNEF) parts into their files ([`tnef`]).
+//! (`reply`), readable text for HTML-only mail (`html`), thread detection through our
+//! HMAC-signed markers ([`threading`]) and the expansion of Outlook `winmail.dat` (TNEF) parts
+//! into their files ([`tnef`]).
 
 mod auto;
 mod body;
 mod bounce;
 mod charset;
 mod draft;
+mod html;
 mod normalize;
 mod reply;
 pub mod threading;
@@ -23,8 +25,8 @@ pub use draft::{
 
 use mail_parser::{Address, HeaderName, HeaderValue, Message, MessageParser, MimeHeaders};
 
-/// HTML above this size is not rendered to text (html2text is not linear on hostile input);
-/// the draft then carries a short note instead of derived text.
+/// HTML above this size is not rendered to text (the rendering is linear, but the text would be
+/// one more copy of a huge body); the draft then carries a short note instead of derived text.
 const MAX_HTML_TO_TEXT: usize = 4 * 1024 * 1024;
 
 /// The MIME parser, configured to parse only the header fields the draft uses (MIME fields,
@@ -426,31 +428,12 @@ fn join_texts(parts: Vec<String>) -> String {
     out
 }
 
-/// Readable text from HTML (no tags), via html2text without decorations.
+/// Readable text from HTML (no tags), or a short note for HTML too large to render.
 fn html_to_text(html: &str) -> String {
     if html.len() > MAX_HTML_TO_TEXT {
         return "[HTML body too large to convert to text; see body_html]".to_string();
     }
-    let text = html2text::config::plain_no_decorate()
-        .no_table_borders()
-        .string_from_read(html.as_bytes(), 10_000)
-        .unwrap_or_default();
-    let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
-    let mut out = String::with_capacity(text.len());
-    let mut blank = 0;
-    for line in lines {
-        if line.trim().is_empty() {
-            blank += 1;
-            if blank > 1 {
-                continue;
-            }
-        } else {
-            blank = 0;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out.trim().to_string()
+    html::html_to_text(html)
 }
 
 #[cfg(test)]
