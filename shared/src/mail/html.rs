@@ -279,13 +279,11 @@ impl Renderer {
                 }
                 self.end_tag(classify(name));
             }
-            CallbackEvent::String { value } => {
-                if !self.hidden() {
-                    if self.pre_depth > 0 {
-                        self.pre_text(value);
-                    } else {
-                        self.text(value);
-                    }
+            CallbackEvent::String { value } if !self.hidden() => {
+                if self.pre_depth > 0 {
+                    self.pre_text(value);
+                } else {
+                    self.text(value);
                 }
             }
             _ => {}
@@ -505,19 +503,19 @@ impl Renderer {
         self.line_open = true;
     }
 
-    /// Ends the open line: trailing spaces trimmed, a second blank line in a row dropped.
+    /// Ends the open line: trailing whitespace trimmed, a second blank line in a row dropped.
     fn end_line(&mut self) {
-        while self.out.len() > self.line_start && self.out.last() == Some(&b' ') {
+        while self.out.len() > self.line_start
+            && matches!(self.out.last(), Some(b' ' | b'\t' | b'\r' | b'\x0c'))
+        {
             self.out.pop();
         }
         let blank = self.out.len() <= self.content_start;
         self.line_open = false;
-        if blank {
-            if self.last_line_blank {
-                self.out.truncate(self.line_start);
-                return;
-            }
-            // A blank quoted line keeps its `>`s: trimmed above to `>` … `>`.
+        // A blank quoted line keeps its `>`s (trimmed above to `>` … `>`), but only one in a row.
+        if blank && self.last_line_blank {
+            self.out.truncate(self.line_start);
+            return;
         }
         self.out.push(b'\n');
         self.last_line_blank = blank;
@@ -554,10 +552,8 @@ impl Renderer {
             let len = rest.iter().take_while(|b| !is_html_space(**b)).count();
             if len > 0 {
                 self.word(&rest[..len]);
-                if !is_alt {
-                    if let Some(link) = &mut self.link {
-                        link.has_words = true;
-                    }
+                if !is_alt && let Some(link) = &mut self.link {
+                    link.has_words = true;
                 }
                 rest = &rest[len..];
             }
@@ -581,10 +577,10 @@ impl Renderer {
         }
         self.pending_space = false;
         self.pending_cell_gap = false;
-        if let Some(link) = &mut self.link {
-            if link.text_start.is_none() {
-                link.text_start = Some(self.out.len());
-            }
+        if let Some(link) = &mut self.link
+            && link.text_start.is_none()
+        {
+            link.text_start = Some(self.out.len());
         }
         self.push_content(word);
         if self.out.len() > self.limit {
@@ -924,5 +920,34 @@ mod tests {
             17:12, Helpdesk &lt;help@example.com&gt; wrote:</div><br><div>Send a photo?</div>\
             </blockquote></div>";
         assert_eq!(reply_text(&html_to_text(apple)), "Photo attached.");
+    }
+
+    proptest::proptest! {
+        /// Tag soup from the pieces the renderer reacts to: never a panic, trimmed lines, no
+        /// more than one blank line in a row, output within the size cap.
+        #[test]
+        fn tag_soup_renders_within_bounds(pieces in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "<p>", "</p>", "<div>", "</div>", "<br>", "</br>", "<hr>", "<blockquote>",
+                "</blockquote>", "<ul>", "</ul>", "<ol start=x>", "</ol>", "<li>", "</li>",
+                "<table>", "</table>", "<tr>", "<td>", "</td>", "<pre>", "</pre>", "\n", " ",
+                "\t", "&nbsp;", "&amp;", "&#0;", "é", "word", "<a href=\"https://x.example\">",
+                "<a href=\"mailto:a@b\">", "</a>", "<img alt=\"pic\">", "<style>", "</style>",
+                "<script>", "</script>", "<template>", "</template>", "<!--", "-->", "<", ">",
+                "<plaintext>", "<title>", "</title>", "\u{a0}", "\r",
+            ]),
+            0..200,
+        )) {
+            let html = pieces.concat();
+            let text = html_to_text(&html);
+            proptest::prop_assert!(text.len() <= html.len() * 4 + 64 * 1024 + 64);
+            let mut blank_run = 0;
+            for line in text.lines() {
+                proptest::prop_assert_eq!(line, line.trim_end());
+                let blank = line.is_empty();
+                blank_run = if blank { blank_run + 1 } else { 0 };
+                proptest::prop_assert!(blank_run <= 1, "{:?}", text);
+            }
+        }
     }
 }
