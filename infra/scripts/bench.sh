@@ -9,7 +9,7 @@
 #   warm    CPU and AWS/token calls per warm invocation (per notification, per polled mail, idle poll)
 #   sender  send-notifications batch latency under stand-in latency L (bench profile)
 #   poller  poll-mailboxes: 1,000 mails + a 20 MB attachment, throughput and peak RSS (bench profile)
-#   parser  parse throughput vs Python's email package
+#   parser  parse throughput vs Python's email package (one run per side, then ROUNDS=8 interleaved rounds)
 #   sizes   bootstrap sizes (target/lambda-<arch>/*/bootstrap), if infra/scripts/build-lambdas.sh built them
 #
 # Needs the local-stack prerequisites (bash infra/scripts/install-prerequisites.sh). Numbers are
@@ -46,6 +46,11 @@ fi
 if want parser; then
   section "parse throughput vs Python"
   cargo bench -q -p mailbridge-shared --bench parse_throughput
+  # The same binary in alternating 1-second rounds with both Python baselines: medians that one
+  # long run per side cannot give on a shared machine (BENCHMARKS.md, parser, session 4).
+  bench_bin=$(cargo bench -p mailbridge-shared --bench parse_throughput --no-run 2>&1 \
+    | sed -n 's/.*(\(.*parse_throughput-[^)]*\)).*/\1/p' | tail -n 1)
+  [ -n "$bench_bin" ] && bash infra/bench/parse-interleaved.sh --rounds "${ROUNDS:-8}" "$bench_bin"
 fi
 if want sizes; then
   section "arm64 bootstrap sizes"
