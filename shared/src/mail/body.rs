@@ -55,6 +55,7 @@ pub(crate) fn collect(
         message,
         raw,
         charset_hint,
+        walked: vec![false; message.parts.len()],
         out: Bodies {
             contents: keep_contents.then(Vec::new),
             ..Bodies::default()
@@ -70,6 +71,11 @@ struct Walk<'m, 'x> {
     message: &'m Message<'x>,
     raw: &'m [u8],
     charset_hint: Option<&'static encoding_rs::Encoding>,
+    /// Parts already walked, by id. A MIME tree has each part once, but on malformed input
+    /// mail-parser can list a part under several parents; walking it again each time made a
+    /// 6 KB fuzz input take minutes (2^depth paths). Each part now counts once, where it is
+    /// first reached.
+    walked: Vec<bool>,
     out: Bodies,
 }
 
@@ -92,7 +98,7 @@ impl Walk<'_, '_> {
         let Some(part) = self.message.parts.get(id as usize) else {
             return;
         };
-        if depth > MAX_DEPTH {
+        if depth > MAX_DEPTH || std::mem::replace(&mut self.walked[id as usize], true) {
             return;
         }
         if let PartType::Multipart(children) = &part.body {
@@ -118,17 +124,19 @@ impl Walk<'_, '_> {
         self.leaf(part, mode);
     }
 
-    fn contains(&self, id: u32, want: &str, depth: usize) -> bool {
+    /// Whether the subtree at `id` has a `text/<want>` body leaf. `seen` keeps a malformed
+    /// tree (a part under several parents) from being searched once per path.
+    fn contains(&self, id: u32, want: &str, depth: usize, seen: &mut Vec<bool>) -> bool {
         let Some(part) = self.get(id) else {
             return false;
         };
-        if depth > MAX_DEPTH {
+        if depth > MAX_DEPTH || std::mem::replace(&mut seen[id as usize], true) {
             return false;
         }
         match &part.body {
-            PartType::Multipart(children) => {
-                children.iter().any(|c| self.contains(*c, want, depth + 1))
-            }
+            PartType::Multipart(children) => children
+                .iter()
+                .any(|c| self.contains(*c, want, depth + 1, seen)),
             _ => {
                 let (t, s) = lower_type(part);
                 t == "text" && s == want && !is_attachment_like(part)
@@ -139,15 +147,20 @@ impl Walk<'_, '_> {
     /// multipart/alternative: the plain branch gives the text, the HTML branch the HTML, and
     /// both give their attachments.
     fn alternative(&mut self, children: &[u32], mode: Mode, depth: usize) {
+        // One `seen` per search: in a tree the children's subtrees are disjoint anyway, and a
+        // part shared by two of them (malformed input) does not hold the leaf if the first
+        // search of it did not find one.
+        let mut seen = vec![false; self.message.parts.len()];
         let text_child = children
             .iter()
             .copied()
-            .find(|c| self.contains(*c, "plain", depth));
+            .find(|c| self.contains(*c, "plain", depth, &mut seen));
+        seen.fill(false);
         let html_child = children
             .iter()
             .copied()
             .rev()
-            .find(|c| self.contains(*c, "html", depth));
+            .find(|c| self.contains(*c, "html", depth, &mut seen));
         for &child in children {
             let m = if Some(child) == text_child {
                 Mode {
