@@ -37,10 +37,10 @@ for _ in $(seq "$rounds"); do
       | awk -v b="$(basename "$bin")" -v d="${dirs[*]}" 'BEGIN{split(d, ds, " ")} {print b, ds[NR], $4}' >> "$out"
   done
   for dir in "${dirs[@]}"; do
-    for side in "full pyfull" "parse py"; do
-      set -- $side
-      python3 infra/bench/parse_python.py --min-seconds 1 --policy compat32 --work "$1" "$dir" \
-        | python3 -c "import json, sys; print('$2', '$dir', json.load(sys.stdin)['mb_per_s'])" >> "$out"
+    for work in full parse; do
+      label=py; [ "$work" = full ] && label=pyfull
+      python3 infra/bench/parse_python.py --min-seconds 1 --policy compat32 --work "$work" "$dir" \
+        | python3 -c "import json, sys; print('$label', '$dir', json.load(sys.stdin)['mb_per_s'])" >> "$out"
     done
   done
 done

@@ -450,6 +450,7 @@ def work_full(raw: bytes) -> dict:
 
 
 def load(dirs):
+    """(path, bytes) of every non-empty .eml (or extension-less file) of the directories."""
     mails = []
     for d in dirs:
         for name in sorted(os.listdir(d)):
@@ -458,7 +459,7 @@ def load(dirs):
                 with open(path, "rb") as f:
                     raw = f.read()
                 if raw:
-                    mails.append(raw)
+                    mails.append((path, raw))
     return mails
 
 
@@ -492,25 +493,17 @@ def main(argv):
         print(__doc__, file=sys.stderr)
         return 2
     if per_mail:
-        for d in dirs:
-            for name in sorted(os.listdir(d)):
-                path = os.path.join(d, name)
-                if not (os.path.isfile(path) and (name.endswith(".eml") or "." not in name)):
-                    continue
-                with open(path, "rb") as f:
-                    raw = f.read()
-                if not raw:
-                    continue
-                n, start = 0, time.perf_counter()
-                while n < 5 or time.perf_counter() - start < 0.05:
-                    try:
-                        work(raw)
-                    except Exception:
-                        pass
-                    n += 1
-                print(f"{(time.perf_counter() - start) * 1e6 / n:.1f} {len(raw)} {path}")
+        for path, raw in load(dirs):
+            n, start = 0, time.perf_counter()
+            while n < 5 or time.perf_counter() - start < 0.05:
+                try:
+                    work(raw)
+                except Exception:
+                    pass
+                n += 1
+            print(f"{(time.perf_counter() - start) * 1e6 / n:.1f} {len(raw)} {path}")
         return 0
-    mails = load(dirs)
+    mails = [raw for _, raw in load(dirs)]
     total = sum(len(m) for m in mails)
     errors = 0
     for raw in mails:  # warm-up, and count failures once
