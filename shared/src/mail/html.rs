@@ -43,8 +43,19 @@ const HR_LINE: &[u8] = b"________________________________";
 /// Appended when the output hits its size cap.
 const TRUNCATED_NOTE: &str = "\n[HTML body text truncated; see body_html]";
 
-/// Readable text from HTML: tags removed, blocks on their own lines, quotes prefixed with `> `.
+/// HTML above this size is not rendered to text; the draft then carries a short note instead.
+/// The rendering is linear, but a text-heavy HTML body costs about 4× its size in memory (the
+/// HTML, its text and the reply text), so a huge one (such as `parse_memory`'s 50 MB test
+/// mail) is kept to the one copy in `body_html`. HTML bulked up by inline `data:` images renders
+/// to little text and fits below this.
+const MAX_HTML_TO_TEXT: usize = 16 * 1024 * 1024;
+
+/// Readable text from HTML: tags removed, blocks on their own lines, quotes prefixed with `> `;
+/// a short note instead for HTML over [`MAX_HTML_TO_TEXT`].
 pub(crate) fn html_to_text(html: &str) -> String {
+    if html.len() > MAX_HTML_TO_TEXT {
+        return "[HTML body too large to convert to text; see body_html]".to_string();
+    }
     let mut renderer = Renderer::new(html.len());
     let mut emitter = CallbackEmitter::new(|event: CallbackEvent<'_>, _: Span<()>| {
         renderer.handle(event);
@@ -701,17 +712,17 @@ fn shown_target<'a>(href: &'a [u8], text: &[u8]) -> Option<&'a [u8]> {
     {
         return None;
     }
-    let lower_scheme = |prefix: &[u8]| {
+    let has_scheme = |prefix: &[u8]| {
         href.len() >= prefix.len() && href[..prefix.len()].eq_ignore_ascii_case(prefix)
     };
-    let (shown, compared) = if lower_scheme(b"mailto:") {
+    let (shown, compared) = if has_scheme(b"mailto:") {
         let address = &href[7..];
         let address = &address[..address
             .iter()
             .position(|b| *b == b'?')
             .unwrap_or(address.len())];
         (address, address)
-    } else if lower_scheme(b"https://") || lower_scheme(b"http://") || lower_scheme(b"ftp://") {
+    } else if has_scheme(b"https://") || has_scheme(b"http://") || has_scheme(b"ftp://") {
         let after_scheme = &href[href.iter().position(|b| *b == b':').unwrap_or(0) + 3..];
         let bare = after_scheme.strip_prefix(b"www.").unwrap_or(after_scheme);
         let bare = bare.strip_suffix(b"/").unwrap_or(bare);

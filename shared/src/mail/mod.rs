@@ -25,13 +25,6 @@ pub use draft::{
 
 use mail_parser::{Address, HeaderName, HeaderValue, Message, MessageParser, MimeHeaders};
 
-/// HTML above this size is not rendered to text; the draft then carries a short note instead.
-/// The rendering is linear, but a text-heavy HTML body costs about 4× its size in memory (the
-/// HTML, its text and the reply text), so a huge one (such as `parse_memory`'s 50 MB test
-/// mail) is kept to the one copy in `body_html`. HTML bulked up by inline `data:` images renders
-/// to little text and fits below this.
-const MAX_HTML_TO_TEXT: usize = 16 * 1024 * 1024;
-
 /// The MIME parser, configured to parse only the header fields the draft uses (MIME fields,
 /// subject, addresses, date, ids) and to skip the rest: `Received:` chains, DKIM/ARC
 /// signatures and list headers were a third of mail-parser's time, and the machine-mail rules
@@ -162,7 +155,7 @@ fn build_draft(
     let body_text = if !bodies.text_parts.is_empty() {
         join_texts(std::mem::take(&mut bodies.text_parts))
     } else if let Some(html) = &bodies.html {
-        html_to_text(html)
+        html::html_to_text(html)
     } else {
         String::new()
     };
@@ -171,7 +164,7 @@ fn build_draft(
         bodies.html = bodies.tnef_body_html.take();
         match (bodies.tnef_body_text.take(), &bodies.html) {
             (Some(text), _) => text.trim_end().to_string(),
-            (None, Some(html)) => html_to_text(html),
+            (None, Some(html)) => html::html_to_text(html),
             (None, None) => body_text,
         }
     } else {
@@ -429,14 +422,6 @@ fn join_texts(parts: Vec<String>) -> String {
         }
     }
     out
-}
-
-/// Readable text from HTML (no tags), or a short note for HTML too large to render.
-fn html_to_text(html: &str) -> String {
-    if html.len() > MAX_HTML_TO_TEXT {
-        return "[HTML body too large to convert to text; see body_html]".to_string();
-    }
-    html::html_to_text(html)
 }
 
 #[cfg(test)]
