@@ -232,7 +232,7 @@ impl Walk<'_, '_> {
             let bytes = self.decoded_bytes(part);
             self.out
                 .delivery_status
-                .push(String::from_utf8_lossy(&bytes).into_owned());
+                .push(utf8_lossy_string(&bytes));
         }
         if (ctype == "message" && (subtype == "rfc822" || subtype == "global"))
             || (ctype == "text" && subtype == "rfc822-headers")
@@ -241,7 +241,7 @@ impl Walk<'_, '_> {
             let head_end = find_header_end(&bytes);
             self.out
                 .returned_headers
-                .push(String::from_utf8_lossy(&bytes[..head_end]).into_owned());
+                .push(utf8_lossy_string(&bytes[..head_end]));
         }
         let attachment = self.attachment(part, ctype, subtype);
         if super::tnef::is_tnef_attachment(&attachment) {
@@ -712,6 +712,15 @@ pub(crate) fn strip_angles(s: &str) -> &str {
         .trim_start_matches('<')
         .trim_end_matches('>')
         .trim()
+}
+
+/// `String::from_utf8_lossy`, with std's fast validation first: the lossy path checks byte by
+/// byte, and these blocks (delivery reports, returned headers) are almost always valid.
+fn utf8_lossy_string(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
 }
 
 fn find_header_end(bytes: &[u8]) -> usize {

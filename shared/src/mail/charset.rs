@@ -20,18 +20,37 @@ pub(crate) fn guess(bytes: &[u8]) -> &'static Encoding {
 /// the header block that is not UTF-8/ASCII (the sender's client used it for the header, so
 /// likely for the body too).
 pub(crate) fn encoded_word_charset(header: &[u8]) -> Option<&'static Encoding> {
-    static WORD: LazyLock<regex::bytes::Regex> = LazyLock::new(|| {
-        regex::bytes::Regex::new(r"=\?([A-Za-z0-9_.:-]{1,40})(\*[A-Za-z-]*)?\?[bBqQ]\?")
-            .expect("static regex")
-    });
-    WORD.captures_iter(header).find_map(|c| {
-        let label = &c[1];
+    memchr::memmem::find_iter(header, b"=?").find_map(|at| {
+        let label = encoded_word_label(&header[at + 2..])?;
         if label.eq_ignore_ascii_case(b"us-ascii") || label.eq_ignore_ascii_case(b"ascii") {
             return None;
         }
         let enc = Encoding::for_label(label)?;
         (enc != UTF_8).then_some(enc)
     })
+}
+
+/// The charset label of an RFC 2047 encoded word whose `=?` ends just before `rest`: the
+/// label (`[A-Za-z0-9_.:-]{1,40}`), an optional RFC 2231 language (`*[A-Za-z-]*`), then
+/// `?B?` or `?Q?`. `None` when `rest` does not continue an encoded word that way.
+fn encoded_word_label(rest: &[u8]) -> Option<&[u8]> {
+    let is_label_byte = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-');
+    let label_len = rest.iter().take_while(|b| is_label_byte(b)).count();
+    if !(1..=40).contains(&label_len) {
+        return None;
+    }
+    let mut tail = &rest[label_len..];
+    if let Some(language) = tail.strip_prefix(b"*") {
+        let skip = language
+            .iter()
+            .take_while(|b| b.is_ascii_alphabetic() || **b == b'-')
+            .count();
+        tail = &language[skip..];
+    }
+    match tail {
+        [b'?', b'b' | b'B' | b'q' | b'Q', b'?', ..] => Some(&rest[..label_len]),
+        _ => None,
+    }
 }
 
 /// Decodes raw ISO-2022-JP runs (`ESC $ B ... ESC ( B`) left inside otherwise decoded text,
@@ -223,19 +242,23 @@ pub(crate) fn decode_iso_2022_jp(bytes: &[u8]) -> String {
     }
     // Rewrite vendor designations to ones the WHATWG decoder knows, and drop an escape
     // sequence that is directly followed by another (WHATWG reports that as an error).
+    // Only ESC, SO and SI can start an escape: copy the runs between them whole.
     let mut fixed = Vec::with_capacity(bytes.len() + 16);
-    let mut i = 0;
-    while i < bytes.len() {
-        if let Some((len, replacement)) = escape_at(bytes, i) {
-            if escape_at(bytes, i + len).is_none() {
-                fixed.extend_from_slice(replacement);
-            }
-            i += len;
-            continue;
+    let mut copied = 0;
+    for i in memchr::memchr3_iter(0x1B, 0x0E, 0x0F, bytes) {
+        if i < copied {
+            continue; // inside an escape sequence already handled
         }
-        fixed.push(bytes[i]);
-        i += 1;
+        let Some((len, replacement)) = escape_at(bytes, i) else {
+            continue;
+        };
+        fixed.extend_from_slice(&bytes[copied..i]);
+        if escape_at(bytes, i + len).is_none() {
+            fixed.extend_from_slice(replacement);
+        }
+        copied = i + len;
     }
+    fixed.extend_from_slice(&bytes[copied..]);
     let (text, _) = ISO_2022_JP.decode_without_bom_handling(&fixed);
     text.into_owned()
 }
@@ -311,6 +334,64 @@ mod tests {
             sniff_decode(&koi, None, None),
             "Здравствуйте, у нас не работает принтер"
         );
+    }
+
+    /// The definition `encoded_word_charset` implements by hand.
+    fn encoded_word_charset_by_regex(header: &[u8]) -> Option<&'static Encoding> {
+        let word = regex::bytes::Regex::new(r"=\?([A-Za-z0-9_.:-]{1,40})(\*[A-Za-z-]*)?\?[bBqQ]\?")
+            .unwrap();
+        word.captures_iter(header).find_map(|c| {
+            let label = &c[1];
+            if label.eq_ignore_ascii_case(b"us-ascii") || label.eq_ignore_ascii_case(b"ascii") {
+                return None;
+            }
+            let enc = Encoding::for_label(label)?;
+            (enc != UTF_8).then_some(enc)
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn encoded_word_charset_agrees_with_its_regex(
+            header in "([ a-z:]{0,5}(=\\?|\\?)(koi8-r|iso-8859-2|utf-8|US-ASCII|bogus|[a-z0-9_.:-]{0,42})(\\*[a-z-]{0,3})?(\\?[bqxQ]\\?|\\?|=\\?)[a-z=?]{0,4}){0,4}"
+        ) {
+            proptest::prop_assert_eq!(
+                encoded_word_charset(header.as_bytes()),
+                encoded_word_charset_by_regex(header.as_bytes())
+            );
+        }
+    }
+
+    /// The vendor-escape rewrite of `decode_iso_2022_jp`, byte by byte (its definition).
+    fn iso_2022_jp_rewrite_by_bytes(bytes: &[u8]) -> Vec<u8> {
+        let mut fixed = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if let Some((len, replacement)) = escape_at(bytes, i) {
+                if escape_at(bytes, i + len).is_none() {
+                    fixed.extend_from_slice(replacement);
+                }
+                i += len;
+                continue;
+            }
+            fixed.push(bytes[i]);
+            i += 1;
+        }
+        fixed
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn iso_2022_jp_decoding_agrees_with_the_bytewise_rewrite(
+            bytes in proptest::collection::vec(
+                proptest::sample::select(b"\x1b\x1b\x0e\x0f$((BJI@OQP!0az\n".to_vec()),
+                0..40,
+            )
+        ) {
+            let rewritten = iso_2022_jp_rewrite_by_bytes(&bytes);
+            let (expected, _) = ISO_2022_JP.decode_without_bom_handling(&rewritten);
+            proptest::prop_assert_eq!(decode_iso_2022_jp(&bytes), expected);
+        }
     }
 
     #[test]

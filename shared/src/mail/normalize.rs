@@ -119,10 +119,11 @@ pub(crate) fn to_lf(raw: &[u8]) -> Cow<'_, [u8]> {
 
 /// Whether a line looks like a header field: a field name of printable ASCII, then a colon.
 pub(crate) fn is_header_line(line: &[u8]) -> bool {
-    let Some(colon) = line.iter().position(|&b| b == b':') else {
+    // The colon must come within the first 77 bytes: no need to look further into body lines.
+    let Some(colon) = line.iter().take(77).position(|&b| b == b':') else {
         return false;
     };
-    if colon == 0 || colon > 76 {
+    if colon == 0 {
         return false;
     }
     let name = trim_end_ws(&line[..colon]);
@@ -132,10 +133,16 @@ pub(crate) fn is_header_line(line: &[u8]) -> bool {
 /// Whether a line is a bare MIME parameter (`name="value"`, `filename*0*=...`), i.e. the tail
 /// of a Content-Type / Content-Disposition whose folding whitespace was lost.
 fn is_param_line(line: &[u8]) -> bool {
-    let Some(eq) = line.iter().position(|&b| b == b'=') else {
+    // The name (`[A-Za-z0-9_*-]+`), optional blanks, then `=`: decided within the first few
+    // bytes, so header and body lines (`Received: ...`) are rejected without scanning them.
+    let name_len = line
+        .iter()
+        .position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'*')))
+        .unwrap_or(line.len());
+    let name = &line[..name_len];
+    if name.is_empty() || trim_start_ws(&line[name_len..]).first() != Some(&b'=') {
         return false;
-    };
-    let name = trim_end_ws(&line[..eq]);
+    }
     let known = [
         &b"boundary"[..],
         b"charset",
@@ -154,11 +161,7 @@ fn is_param_line(line: &[u8]) -> bool {
         b"modification-date",
     ];
     let base = name.split(|&b| b == b'*').next().unwrap_or(name);
-    !name.is_empty()
-        && name
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'*'))
-        && known.iter().any(|k| base.eq_ignore_ascii_case(k))
+    known.iter().any(|k| base.eq_ignore_ascii_case(k))
 }
 
 /// Un-folded MIME parameters in part headers (a line `boundary="..."` without leading
@@ -195,7 +198,7 @@ fn repair_part_headers(data: &[u8], from: usize) -> (Option<Vec<u8>>, usize) {
                 }
                 if in_header && is_param_line(line) {
                     inserts.push(p);
-                } else if !is_header_line(line) && !is_continuation(line) {
+                } else if !is_continuation(line) && !is_header_line(line) {
                     break;
                 }
                 in_header = true;
@@ -276,6 +279,25 @@ fn trim_start_ws(s: &[u8]) -> &[u8] {
     &s[start..]
 }
 
+/// `data.split(|&b| b == b'\n')`, with a SIMD search for each line end instead of a byte
+/// loop (header blocks of bounces and list mail run to tens of kilobytes).
+fn split_lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(data);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match memchr::memchr(b'\n', current) {
+            Some(end) => {
+                rest = Some(&current[end + 1..]);
+                Some(&current[..end])
+            }
+            None => {
+                rest = None;
+                Some(current)
+            }
+        }
+    })
+}
+
 fn line_end(data: &[u8], from: usize) -> usize {
     memchr::memchr(b'\n', &data[from..]).map_or(data.len(), |p| from + p)
 }
@@ -292,8 +314,7 @@ fn repair_header_block(header: &[u8]) -> Option<(Vec<u8>, Option<&'static encodi
     if header_block_is_clean(header) {
         return None;
     }
-    let lines: Vec<&[u8]> = header
-        .split(|&b| b == b'\n')
+    let lines: Vec<&[u8]> = split_lines(header)
         .filter(|l| !l.is_empty())
         .collect();
     let mut out: Vec<u8> = Vec::with_capacity(header.len() + 16);
@@ -305,7 +326,7 @@ fn repair_header_block(header: &[u8]) -> Option<(Vec<u8>, Option<&'static encodi
             out.push(b' ');
             out.extend_from_slice(line);
             changed = true;
-        } else if is_header_line(line) && !is_continuation(line) {
+        } else if !is_continuation(line) && is_header_line(line) {
             seen_header = true;
             match numeric_date_zone(line) {
                 Some(fixed) => {
@@ -379,11 +400,11 @@ fn numeric_date_zone(line: &[u8]) -> Option<Vec<u8>> {
 /// building the copy (most mail needs no repair).
 fn header_block_is_clean(header: &[u8]) -> bool {
     let mut seen_header = false;
-    for line in header.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+    for line in split_lines(header).filter(|l| !l.is_empty()) {
         if seen_header && is_param_line(line) {
             return false;
         }
-        if is_header_line(line) && !is_continuation(line) {
+        if !is_continuation(line) && is_header_line(line) {
             seen_header = true;
             if numeric_date_zone(line).is_some() {
                 return false;
@@ -426,6 +447,82 @@ fn transcode_8bit(block: Vec<u8>) -> Result<(Vec<u8>, &'static encoding_rs::Enco
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The definitions the fast line checks must agree with: the first `:` (`=`) of the line,
+    /// and what comes before it.
+    fn header_line_by_definition(line: &[u8]) -> bool {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return false;
+        };
+        let name = trim_end_ws(&line[..colon]);
+        colon > 0
+            && colon <= 76
+            && !name.is_empty()
+            && name.iter().all(|&b| (33..=126).contains(&b) && b != b':')
+    }
+
+    fn param_line_by_definition(line: &[u8]) -> bool {
+        let Some(eq) = line.iter().position(|&b| b == b'=') else {
+            return false;
+        };
+        let name = trim_end_ws(&line[..eq]);
+        let base = name.split(|&b| b == b'*').next().unwrap_or(name);
+        !name.is_empty()
+            && name
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'*'))
+            && ["boundary", "charset", "name", "filename", "format", "delsp", "type", "start"]
+                .iter()
+                .chain(&["report-type", "protocol", "micalg", "method", "size"])
+                .chain(&["creation-date", "modification-date"])
+                .any(|k| base.eq_ignore_ascii_case(k.as_bytes()))
+    }
+
+    proptest! {
+        #[test]
+        fn line_checks_agree_with_their_definitions(
+            line in "[ \t]{0,2}(boundary|Name|filename\\*0\\*|x-y|Received|[a-z]{0,80})[ \t]{0,2}[:=]?[ \t]{0,2}[=:]?[ -~]{0,100}"
+        ) {
+            let line = line.as_bytes();
+            prop_assert_eq!(is_header_line(line), header_line_by_definition(line));
+            prop_assert_eq!(is_param_line(line), param_line_by_definition(line));
+        }
+    }
+
+    #[test]
+    fn split_lines_is_split_at_lf() {
+        for data in ["", "\n", "a", "a\n", "a\nb", "\n\na\n\nb\n", "a\r\nb"] {
+            let expected: Vec<&[u8]> = data.as_bytes().split(|&b| b == b'\n').collect();
+            assert_eq!(split_lines(data.as_bytes()).collect::<Vec<_>>(), expected, "{data:?}");
+        }
+    }
+
+    #[test]
+    fn line_checks_agree_on_crafted_lines() {
+        let long_name = format!("{}: x", "a".repeat(76));
+        let too_long = format!("{}: x", "a".repeat(77));
+        for line in [
+            "boundary=\"x\"",
+            "boundary =x",
+            "\tboundary=x",
+            "filename*0*=utf-8''a",
+            "Boundary\t= x",
+            "bound ary=x",
+            "name:=x",
+            "x-boundary=y",
+            "Subject: a=b",
+            "Subject : x",
+            ": x",
+            "=",
+            "",
+            long_name.as_str(),
+            too_long.as_str(),
+        ] {
+            assert_eq!(is_header_line(line.as_bytes()), header_line_by_definition(line.as_bytes()), "{line:?}");
+            assert_eq!(is_param_line(line.as_bytes()), param_line_by_definition(line.as_bytes()), "{line:?}");
+        }
+    }
 
     fn norm(s: &[u8]) -> String {
         String::from_utf8(normalize(s).unwrap().data.into_owned()).unwrap()
