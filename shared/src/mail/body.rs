@@ -79,13 +79,19 @@ struct Walk<'m, 'x> {
     out: Bodies,
 }
 
-fn lower_type(part: &MessagePart<'_>) -> (String, String) {
+/// The part's media type and subtype in lower case (borrowed when already lower case, as they
+/// nearly always are); `text/plain` when the part has no Content-Type.
+fn lower_type<'p>(part: &'p MessagePart<'_>) -> (Cow<'p, str>, Cow<'p, str>) {
+    fn lower(s: &str) -> Cow<'_, str> {
+        if s.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(s.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(s)
+        }
+    }
     match part.content_type() {
-        Some(ct) => (
-            ct.ctype().to_ascii_lowercase(),
-            ct.subtype().unwrap_or("").to_ascii_lowercase(),
-        ),
-        None => ("text".into(), "plain".into()),
+        Some(ct) => (lower(ct.ctype()), lower(ct.subtype().unwrap_or(""))),
+        None => (Cow::Borrowed("text"), Cow::Borrowed("plain")),
     }
 }
 
@@ -104,7 +110,7 @@ impl Walk<'_, '_> {
         if let PartType::Multipart(children) = &part.body {
             let (_, subtype) = lower_type(part);
             let children: Vec<u32> = children.clone();
-            match subtype.as_str() {
+            match subtype.as_ref() {
                 "alternative" => self.alternative(&children, mode, depth),
                 "related" => self.related(part, &children, mode, depth),
                 "signed" => {
@@ -230,9 +236,7 @@ impl Walk<'_, '_> {
             && (subtype == "delivery-status" || subtype == "global-delivery-status")
         {
             let bytes = self.decoded_bytes(part);
-            self.out
-                .delivery_status
-                .push(utf8_lossy_string(&bytes));
+            self.out.delivery_status.push(utf8_lossy_string(&bytes));
         }
         if (ctype == "message" && (subtype == "rfc822" || subtype == "global"))
             || (ctype == "text" && subtype == "rfc822-headers")
@@ -243,7 +247,7 @@ impl Walk<'_, '_> {
                 .returned_headers
                 .push(utf8_lossy_string(&bytes[..head_end]));
         }
-        let attachment = self.attachment(part, ctype, subtype);
+        let attachment = self.attachment(part, &ctype, &subtype);
         if super::tnef::is_tnef_attachment(&attachment) {
             let bytes = self.decoded_bytes(part).into_owned();
             super::tnef::expand_into(attachment, &bytes, &mut self.out);
@@ -320,7 +324,7 @@ impl Walk<'_, '_> {
         if found { kept } else { text }
     }
 
-    fn attachment(&self, part: &MessagePart<'_>, ctype: String, subtype: String) -> Attachment {
+    fn attachment(&self, part: &MessagePart<'_>, ctype: &str, subtype: &str) -> Attachment {
         let size = match &part.body {
             PartType::Binary(b) | PartType::InlineBinary(b) if self.decoded_cleanly(part) => {
                 b.len()
@@ -339,7 +343,7 @@ impl Walk<'_, '_> {
         Attachment {
             filename: self.filename(part),
             content_type: if subtype.is_empty() {
-                ctype
+                ctype.to_string()
             } else {
                 format!("{ctype}/{subtype}")
             },

@@ -34,7 +34,8 @@ pub(crate) fn encoded_word_charset(header: &[u8]) -> Option<&'static Encoding> {
 /// label (`[A-Za-z0-9_.:-]{1,40}`), an optional RFC 2231 language (`*[A-Za-z-]*`), then
 /// `?B?` or `?Q?`. `None` when `rest` does not continue an encoded word that way.
 fn encoded_word_label(rest: &[u8]) -> Option<&[u8]> {
-    let is_label_byte = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-');
+    let is_label_byte =
+        |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-');
     let label_len = rest.iter().take_while(|b| is_label_byte(b)).count();
     if !(1..=40).contains(&label_len) {
         return None;

@@ -314,9 +314,7 @@ fn repair_header_block(header: &[u8]) -> Option<(Vec<u8>, Option<&'static encodi
     if header_block_is_clean(header) {
         return None;
     }
-    let lines: Vec<&[u8]> = split_lines(header)
-        .filter(|l| !l.is_empty())
-        .collect();
+    let lines: Vec<&[u8]> = split_lines(header).filter(|l| !l.is_empty()).collect();
     let mut out: Vec<u8> = Vec::with_capacity(header.len() + 16);
     let mut changed = false;
     let mut seen_header = false;
@@ -472,11 +470,13 @@ mod tests {
             && name
                 .iter()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'*'))
-            && ["boundary", "charset", "name", "filename", "format", "delsp", "type", "start"]
-                .iter()
-                .chain(&["report-type", "protocol", "micalg", "method", "size"])
-                .chain(&["creation-date", "modification-date"])
-                .any(|k| base.eq_ignore_ascii_case(k.as_bytes()))
+            && [
+                "boundary", "charset", "name", "filename", "format", "delsp", "type", "start",
+            ]
+            .iter()
+            .chain(&["report-type", "protocol", "micalg", "method", "size"])
+            .chain(&["creation-date", "modification-date"])
+            .any(|k| base.eq_ignore_ascii_case(k.as_bytes()))
     }
 
     proptest! {
@@ -494,7 +494,11 @@ mod tests {
     fn split_lines_is_split_at_lf() {
         for data in ["", "\n", "a", "a\n", "a\nb", "\n\na\n\nb\n", "a\r\nb"] {
             let expected: Vec<&[u8]> = data.as_bytes().split(|&b| b == b'\n').collect();
-            assert_eq!(split_lines(data.as_bytes()).collect::<Vec<_>>(), expected, "{data:?}");
+            assert_eq!(
+                split_lines(data.as_bytes()).collect::<Vec<_>>(),
+                expected,
+                "{data:?}"
+            );
         }
     }
 
@@ -519,8 +523,16 @@ mod tests {
             long_name.as_str(),
             too_long.as_str(),
         ] {
-            assert_eq!(is_header_line(line.as_bytes()), header_line_by_definition(line.as_bytes()), "{line:?}");
-            assert_eq!(is_param_line(line.as_bytes()), param_line_by_definition(line.as_bytes()), "{line:?}");
+            assert_eq!(
+                is_header_line(line.as_bytes()),
+                header_line_by_definition(line.as_bytes()),
+                "{line:?}"
+            );
+            assert_eq!(
+                is_param_line(line.as_bytes()),
+                param_line_by_definition(line.as_bytes()),
+                "{line:?}"
+            );
         }
     }
 
