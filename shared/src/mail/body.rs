@@ -64,7 +64,26 @@ pub(crate) fn collect(
     if !message.parts.is_empty() {
         walk.part(0, BOTH, 0);
     }
+    for attachment in &mut walk.out.attachments {
+        attachment.filename = attachment
+            .filename
+            .take()
+            .and_then(|name| terminal_filename(&name));
+    }
     walk.out
+}
+
+/// A suggested filename reduced to what is safe to store under: its last path component (RFC 2183
+/// 2.3: "The receiving MUA SHOULD NOT respect any directory path information that may seem to be
+/// present in the filename parameter"), without control characters, trimmed. `None` when nothing
+/// is left, or only `.`/`..`. Applies to every attachment: MIME, uuencoded and TNEF.
+pub(crate) fn terminal_filename(name: &str) -> Option<String> {
+    let last = name
+        .split(['/', '\\'])
+        .rfind(|component| !component.trim().is_empty())?;
+    let clean: String = last.chars().filter(|c| !c.is_control()).collect();
+    let clean = clean.trim();
+    (!clean.trim_matches('.').is_empty()).then(|| clean.to_string())
 }
 
 struct Walk<'m, 'x> {
@@ -786,6 +805,34 @@ pub(crate) fn lenient_base64(input: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attachment_filenames_keep_only_their_last_path_component() {
+        let cases = [
+            ("report.pdf", Some("report.pdf")),
+            ("../../etc/passwd", Some("passwd")),
+            (
+                "C:\\Users\\jane\\Desktop\\invoice 2024.xlsx",
+                Some("invoice 2024.xlsx"),
+            ),
+            ("/var/tmp/a.txt", Some("a.txt")),
+            ("folder/", Some("folder")),
+            (
+                "name\u{0}with\ncontrols\u{85}.txt",
+                Some("namewithcontrols.txt"),
+            ),
+            ("  spaced.doc  ", Some("spaced.doc")),
+            ("..", None),
+            ("dir/..", None),
+            ("/", None),
+            ("\u{7}", None),
+            ("...hidden", Some("...hidden")),
+            ("C:file.txt", Some("C:file.txt")),
+        ];
+        for (name, expected) in cases {
+            assert_eq!(terminal_filename(name).as_deref(), expected, "{name:?}");
+        }
+    }
 
     #[test]
     fn flowed_text_is_joined() {

@@ -18,8 +18,9 @@ pub struct MailAddress {
 /// One attachment: every leaf that is not a body part (see issue 5, "What goes where").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
-    /// Decoded filename (Content-Disposition `filename`, else Content-Type `name`); `null` when
-    /// the part has none.
+    /// Decoded filename (Content-Disposition `filename`, else Content-Type `name`), reduced to
+    /// its last path component without control characters (RFC 2183 2.3: a suggested name
+    /// carries no directory); `null` when the part has none.
     pub filename: Option<String>,
     /// Lower-case `type/subtype`.
     pub content_type: String,
