@@ -17,19 +17,30 @@ use std::sync::LazyLock;
 /// read, so the many fields no rule asks about (Received, DKIM-Signature, ...) cost nothing.
 pub(crate) struct Headers<'a>(Vec<(&'a str, &'a str)>);
 
-/// A field value with folding line breaks replaced by single spaces, trimmed.
+/// A field value with folding line breaks replaced by single spaces, trimmed: the pieces between
+/// `\r`/`\n` characters, trimmed, the empty ones dropped, joined by one space.
 fn unfold_value(v: &str) -> Cow<'_, str> {
-    if v.contains(['\r', '\n']) {
-        Cow::Owned(
-            v.split(['\r', '\n'])
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .collect::<Vec<_>>()
-                .join(" "),
-        )
-    } else {
-        Cow::Borrowed(v.trim())
+    let bytes = v.as_bytes();
+    if memchr::memchr2(b'\r', b'\n', bytes).is_none() {
+        return Cow::Borrowed(v.trim());
     }
+    let mut unfolded = String::with_capacity(v.len());
+    let mut push_piece = |piece: &str| {
+        let piece = piece.trim();
+        if !piece.is_empty() {
+            if !unfolded.is_empty() {
+                unfolded.push(' ');
+            }
+            unfolded.push_str(piece);
+        }
+    };
+    let mut piece_start = 0;
+    for line_break in memchr::memchr2_iter(b'\r', b'\n', bytes) {
+        push_piece(&v[piece_start..line_break]);
+        piece_start = line_break + 1;
+    }
+    push_piece(&v[piece_start..]);
+    Cow::Owned(unfolded)
 }
 
 impl<'a> Headers<'a> {
@@ -352,4 +363,75 @@ fn canonical(name: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("-")
+}
+
+/// Haystacks for the tests that pin this module's and its siblings' cheap pre-checks to the
+/// regexes they guard: the fixture mails (`tests/fixtures/mail/*.eml`) as text, plus the `.eml`
+/// files of any directories listed in `MAILBRIDGE_TEST_MAIL_DIRS` (`:`-separated; e.g. a bounce
+/// corpus), each whole and cut at its blank lines (header blocks, bodies).
+#[cfg(test)]
+pub(crate) fn test_texts() -> Vec<String> {
+    let mut dirs =
+        vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/mail")];
+    if let Ok(extra) = std::env::var("MAILBRIDGE_TEST_MAIL_DIRS") {
+        dirs.extend(extra.split(':').filter(|d| !d.is_empty()).map(Into::into));
+    }
+    let mut texts = Vec::new();
+    for dir in dirs {
+        for entry in std::fs::read_dir(&dir).expect("mail directory exists") {
+            let path = entry.expect("directory entry").path();
+            if path.extension().is_some_and(|e| e == "eml") {
+                let text =
+                    String::from_utf8_lossy(&std::fs::read(&path).expect("readable")).into_owned();
+                texts.extend(text.split("\n\n").map(str::to_string));
+                texts.extend(text.split("\r\n\r\n").map(str::to_string));
+                texts.push(text);
+            }
+        }
+    }
+    assert!(texts.len() > 300, "the fixture mails are there");
+    texts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The unfolding before it searched line breaks with `memchr`.
+    fn unfold_value_reference(v: &str) -> String {
+        v.split(['\r', '\n'])
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn unfold_value_joins_the_trimmed_pieces() {
+        let mut values: Vec<String> = [
+            "",
+            " plain ",
+            "a\r\n b",
+            "a\n\tb\r\n\r\n  c  ",
+            "\r\n",
+            "\u{2003}x\u{2003}\ny\r",
+            "Subject: =?utf-8?q?x?=\r\n =?utf-8?q?y?=",
+        ]
+        .map(str::to_string)
+        .to_vec();
+        // Header blocks of the fixtures, field by field (values keep their folding).
+        for text in test_texts() {
+            let mut field = String::new();
+            for line in text.split_inclusive('\n') {
+                if !line.starts_with([' ', '\t']) {
+                    values.push(std::mem::take(&mut field));
+                }
+                field.push_str(line);
+            }
+            values.push(field);
+        }
+        for v in &values {
+            assert_eq!(unfold_value(v), unfold_value_reference(v), "{v:?}");
+        }
+    }
 }

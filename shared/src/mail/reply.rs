@@ -100,10 +100,11 @@ static SIGNATURE_LINE: LazyLock<Regex> = LazyLock::new(|| {
 /// How much of the body is searched for quote headers and signature delimiters.
 const MAX_SCAN_BYTES: usize = 1024 * 1024;
 
-/// Whether a (trimmed) line could start a signature: `--` or a mobile client's line.
+/// Whether a (trimmed) line could start a signature: `--` alone or a mobile client's line.
+/// [`SIGNATURE_LINE`] matches a `--` line only when nothing but whitespace follows the dashes.
 fn maybe_signature(trimmed: &str) -> bool {
     if trimmed.starts_with("--") {
-        return true;
+        return trimmed == "--";
     }
     // Byte-wise ASCII case folding: no non-ASCII character lower-cases into these prefixes.
     let head = trimmed.as_bytes();
@@ -112,68 +113,121 @@ fn maybe_signature(trimmed: &str) -> bool {
         .any(|p| head.len() >= p.len() && head[..p.len()].eq_ignore_ascii_case(p.as_bytes()))
 }
 
-/// The new part of `body`; `body` itself when nothing remains after stripping.
-pub(crate) fn reply_text(body: &str) -> String {
-    let lines: Vec<&str> = body.lines().collect();
-    let mut end = lines.len();
+/// Whether a (trimmed) line could be a [`QUOTE_HEADER_LINE`]: every alternative ends with a
+/// colon, or is a dash rule (`--…--`) or an underscore rule (`__…_`).
+fn maybe_quote_header(trimmed: &str) -> bool {
+    trimmed.ends_with(':')
+        || (trimmed.starts_with("--") && trimmed.ends_with("--"))
+        || (trimmed.starts_with("__") && trimmed.ends_with('_'))
+}
+
+/// Whether a (trimmed) line could be an [`OUTLOOK_FROM`] line: a colon among the first bytes and
+/// a first letter (after an optional `*`) that starts one of the words; none of them has a
+/// non-ASCII case variant besides the Cyrillic `О`.
+fn maybe_outlook_from(trimmed: &str) -> bool {
+    let word = trimmed.strip_prefix('*').unwrap_or(trimmed);
+    word.starts_with(['f', 'F', 'v', 'V', 'd', 'D', 'o', 'O', 'о', 'О'])
+        && trimmed.bytes().take(14).any(|b| b == b':')
+}
+
+/// The byte offset of `line` (a slice of `text`) in `text`.
+fn offset_in(text: &str, line: &str) -> usize {
+    line.as_ptr() as usize - text.as_ptr() as usize
+}
+
+/// What the scan for the start of the quoted history found.
+struct Scan {
+    /// Where the quoted original or the signature starts (the body's length when nowhere).
+    cut: usize,
+    /// Where the first non-blank line starts (`cut` when all lines before it are blank).
+    first_content: usize,
+    /// Whether a line before `cut` may be a `>` quote (a line was one, or not every line
+    /// before `cut` was looked at).
+    may_have_quoted_lines: bool,
+}
+
+/// Finds the first quote header or signature line.
+fn scan(body: &str) -> Scan {
+    let mut lines = body.lines();
+    let mut first_content = None;
+    let mut may_have_quoted_lines = false;
     // Quote headers and signatures sit near the top of a reply: only the first lines are
     // searched, which keeps huge bodies linear and cheap.
     let mut scanned_bytes = 0;
-    for (i, line) in lines.iter().enumerate() {
+    let mut cut = body.len();
+    while let Some(line) = lines.next() {
         scanned_bytes += line.len() + 1;
         if scanned_bytes > MAX_SCAN_BYTES {
+            may_have_quoted_lines = true;
             break;
         }
         let trimmed = line.trim();
-        if trimmed.is_empty() || trimmed.starts_with('>') {
+        if trimmed.is_empty() {
+            continue;
+        }
+        first_content.get_or_insert_with(|| offset_in(body, line));
+        if trimmed.starts_with('>') {
+            may_have_quoted_lines = true;
             continue;
         }
         // Cheap byte checks first; the regexes only see lines that could match.
-        let ends_with_colon = trimmed.ends_with(':');
-        let rule_line = trimmed.starts_with("--") || trimmed.starts_with("__");
-        if (ends_with_colon || rule_line) && QUOTE_HEADER_LINE.is_match(line) {
-            end = i;
+        if maybe_quote_header(trimmed) && QUOTE_HEADER_LINE.is_match(line) {
+            cut = offset_in(body, line);
             break;
         }
-        if lines.get(i + 1).is_some_and(|n| {
+        if lines.clone().next().is_some_and(|n| {
             n.trim_end().ends_with(':')
                 && !n.trim_start().starts_with('>')
                 && WROTE_ALONE.is_match(n)
         }) && WRAPPED_ATTRIBUTION.is_match(line)
         {
-            end = i;
+            cut = offset_in(body, line);
             break;
         }
-        let colon_early = trimmed.bytes().take(14).any(|b| b == b':');
-        if colon_early && OUTLOOK_FROM.is_match(line) {
-            let following = lines[i + 1..]
-                .iter()
+        if maybe_outlook_from(trimmed) && OUTLOOK_FROM.is_match(line) {
+            let following = lines
+                .clone()
                 .take(6)
                 .filter(|l| OUTLOOK_NEXT.is_match(l))
                 .count();
             if following >= 2 {
-                end = i;
+                cut = offset_in(body, line);
                 break;
             }
         }
         if maybe_signature(trimmed) && SIGNATURE_LINE.is_match(line) {
-            end = i;
+            cut = offset_in(body, line);
             break;
         }
     }
-    let mut text = String::new();
-    for line in lines[..end]
-        .iter()
-        .filter(|l| !l.trim_start().starts_with('>'))
-    {
-        if text.is_empty() && line.trim().is_empty() {
-            continue;
-        }
-        text.push_str(line);
-        text.push('\n');
+    Scan {
+        cut,
+        first_content: first_content.unwrap_or(cut).min(cut),
+        may_have_quoted_lines,
     }
-    let trimmed = text.trim_end().len();
-    text.truncate(trimmed);
+}
+
+/// The new part of `body`; `body` itself when nothing remains after stripping.
+pub(crate) fn reply_text(body: &str) -> String {
+    let scan = scan(body);
+    let kept = &body[..scan.cut];
+    let text = if !scan.may_have_quoted_lines && memchr::memchr(b'\r', kept.as_bytes()).is_none() {
+        // Nothing to drop but the leading blank lines, and `\n` is the only line break: the
+        // lines joined by `\n` are the text itself.
+        kept[scan.first_content..].trim_end().to_string()
+    } else {
+        let mut text = String::with_capacity(kept.len());
+        for line in kept.lines().filter(|l| !l.trim_start().starts_with('>')) {
+            if text.is_empty() && line.trim().is_empty() {
+                continue;
+            }
+            text.push_str(line);
+            text.push('\n');
+        }
+        let trimmed = text.trim_end().len();
+        text.truncate(trimmed);
+        text
+    };
     if text.is_empty() {
         body.to_string()
     } else {
@@ -221,6 +275,168 @@ mod tests {
         // Long lines took the exact path: the bound still applies.
         assert!(!QUOTE_HEADER_LINE.is_match(&format!("On {} wrote:", "x".repeat(300))));
         assert!(QUOTE_HEADER_LINE.is_match(&format!("On {} wrote:", "x".repeat(200))));
+    }
+
+    /// The signature gate as it was before (any `--` line passed).
+    fn maybe_signature_before(trimmed: &str) -> bool {
+        if trimmed.starts_with("--") {
+            return true;
+        }
+        // Byte-wise ASCII case folding: no non-ASCII character lower-cases into these prefixes.
+        let head = trimmed.as_bytes();
+        ["sent ", "get ", "von ", "envoy", "enviad"]
+            .iter()
+            .any(|p| head.len() >= p.len() && head[..p.len()].eq_ignore_ascii_case(p.as_bytes()))
+    }
+
+    /// `reply_text` as it was before the scan stopped collecting lines and gated more
+    /// regexes: the oracle for the tests below.
+    fn reply_text_before(body: &str) -> String {
+        let lines: Vec<&str> = body.lines().collect();
+        let mut end = lines.len();
+        // Quote headers and signatures sit near the top of a reply: only the first lines are
+        // searched, which keeps huge bodies linear and cheap.
+        let mut scanned_bytes = 0;
+        for (i, line) in lines.iter().enumerate() {
+            scanned_bytes += line.len() + 1;
+            if scanned_bytes > MAX_SCAN_BYTES {
+                break;
+            }
+            let trimmed = line.trim();
+            if trimmed.is_empty() || trimmed.starts_with('>') {
+                continue;
+            }
+            // Cheap byte checks first; the regexes only see lines that could match.
+            let ends_with_colon = trimmed.ends_with(':');
+            let rule_line = trimmed.starts_with("--") || trimmed.starts_with("__");
+            if (ends_with_colon || rule_line) && QUOTE_HEADER_LINE.is_match(line) {
+                end = i;
+                break;
+            }
+            if lines.get(i + 1).is_some_and(|n| {
+                n.trim_end().ends_with(':')
+                    && !n.trim_start().starts_with('>')
+                    && WROTE_ALONE.is_match(n)
+            }) && WRAPPED_ATTRIBUTION.is_match(line)
+            {
+                end = i;
+                break;
+            }
+            let colon_early = trimmed.bytes().take(14).any(|b| b == b':');
+            if colon_early && OUTLOOK_FROM.is_match(line) {
+                let following = lines[i + 1..]
+                    .iter()
+                    .take(6)
+                    .filter(|l| OUTLOOK_NEXT.is_match(l))
+                    .count();
+                if following >= 2 {
+                    end = i;
+                    break;
+                }
+            }
+            if maybe_signature_before(trimmed) && SIGNATURE_LINE.is_match(line) {
+                end = i;
+                break;
+            }
+        }
+        let mut text = String::new();
+        for line in lines[..end]
+            .iter()
+            .filter(|l| !l.trim_start().starts_with('>'))
+        {
+            if text.is_empty() && line.trim().is_empty() {
+                continue;
+            }
+            text.push_str(line);
+            text.push('\n');
+        }
+        let trimmed = text.trim_end().len();
+        text.truncate(trimmed);
+        if text.is_empty() {
+            body.to_string()
+        } else {
+            text
+        }
+    }
+
+    fn crafted_bodies() -> Vec<String> {
+        [
+            "Hi\n\n-- \nJohn",
+            "Hi\n--boundary\nmore\n--\t\nsig",
+            "  -- \nindented dashes are no signature",
+            "\n\n  \nText\r\nwith CRLF\r\n\r\n",
+            "\u{2003}\nlead\n",
+            "a\n> quoted\nb",
+            "a\n-----Original Message-----\nold",
+            "a\n--- Forwarded message ---\nold",
+            "a\n______________________________\nFrom: x\n",
+            "a\n__ x :\n",
+            "a\n-- x wrote:\n",
+            "a\n*From:* x\n*Sent:* y\n*To:* z\n",
+            "a\nFrom        :  far colon\nSent: y\nTo: z\n",
+            "a\nFrom              :  colon too far for the gate\nSent: y\nTo: z\n",
+            "a\nſent from my iPhone",
+            "a\nОт: Иван\nОтправлено: вчера\nТема: x\n",
+            "a\nod: x\ndata: y\ntemat: z\n",
+            "a\nOn Tue, Jan 2 Someone <a@b>\nwrote:\n> x",
+            "a\nSent from my iPhone",
+            "",
+            "\n\n",
+            "> only quoted",
+            "no newline at end",
+            "trailing blank lines\n\n\n",
+        ]
+        .map(str::to_string)
+        .to_vec()
+    }
+
+    #[test]
+    fn matches_the_line_by_line_reference() {
+        let mut texts = crafted_bodies();
+        texts.extend(crate::mail::auto::test_texts());
+        // A body over the scan limit: the lines past it are never looked at.
+        texts.push(format!(
+            "{}\n> q\n-- \nsig",
+            "line\n".repeat(MAX_SCAN_BYTES / 5)
+        ));
+        for body in &texts {
+            assert_eq!(reply_text(body), reply_text_before(body), "{body:?}");
+        }
+    }
+
+    /// The byte gates in front of the line regexes never reject a line the regex matches and
+    /// the gates before them let through.
+    #[test]
+    fn gates_never_reject_a_regex_match() {
+        let mut lines: Vec<String> = crafted_bodies()
+            .iter()
+            .flat_map(|b| b.lines().map(str::to_string).collect::<Vec<_>>())
+            .collect();
+        lines.extend(
+            crate::mail::auto::test_texts()
+                .iter()
+                .flat_map(|t| t.lines().map(str::to_string).collect::<Vec<_>>()),
+        );
+        let mut matched = [0; 3];
+        for line in &lines {
+            let trimmed = line.trim();
+            // The gates before: `--`/`__` rules or a colon at the end; a colon early.
+            let rule_or_colon =
+                trimmed.ends_with(':') || trimmed.starts_with("--") || trimmed.starts_with("__");
+            if rule_or_colon && QUOTE_HEADER_LINE.is_match(line) {
+                matched[0] += 1;
+                assert!(maybe_quote_header(trimmed), "{line:?}");
+            }
+            if OUTLOOK_FROM.is_match(line) && trimmed.bytes().take(14).any(|b| b == b':') {
+                matched[1] += 1;
+                assert!(maybe_outlook_from(trimmed), "{line:?}");
+            }
+            if maybe_signature_before(trimmed) && SIGNATURE_LINE.is_match(line) {
+                matched[2] += 1;
+                assert!(maybe_signature(trimmed), "{line:?}");
+            }
+        }
+        assert!(matched.iter().all(|&n| n >= 3), "{matched:?}");
     }
 
     #[test]

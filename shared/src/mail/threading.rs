@@ -107,7 +107,7 @@ pub fn message_id_with_unique(reference: &str, unique: &str, domain: &str) -> St
 
 /// The first genuine ticket reference in `text` (a footer `[ref:...]` marker), if any.
 pub fn find_footer_marker(text: &str, key: &[u8]) -> Option<String> {
-    if !contains_ref(text.as_bytes()) {
+    if !contains_ref(text) {
         return None;
     }
     FOOTER_MARKER.captures_iter(text).find_map(|c| {
@@ -128,12 +128,17 @@ pub fn find_reference_in_id(id: &str, key: &[u8]) -> Option<String> {
     })
 }
 
-/// Whether `text` holds "ref" in any ASCII case (the footer regex needs it): SIMD search for the
-/// `r`, then a look at the two bytes after it.
-fn contains_ref(text: &[u8]) -> bool {
-    memchr::memchr2_iter(b'r', b'R', text).any(|i| {
-        text.get(i + 1..i + 3)
-            .is_some_and(|ef| ef.eq_ignore_ascii_case(b"ef"))
+/// Whether `text` holds a `[`, then optional whitespace, then "ref" in any case: the start of
+/// every [`FOOTER_MARKER`] match (`\[\s*ref`; no non-ASCII character folds into "ref", and the
+/// regex's Unicode `\s` is `char::is_whitespace`). `[` is rare in text, so the SIMD search
+/// for it skips almost everything.
+fn contains_ref(text: &str) -> bool {
+    memchr::memchr_iter(b'[', text.as_bytes()).any(|open| {
+        text[open + 1..]
+            .trim_start()
+            .as_bytes()
+            .get(..3)
+            .is_some_and(|word| word.eq_ignore_ascii_case(b"ref"))
     })
 }
 
@@ -143,10 +148,7 @@ fn contains_ref(text: &[u8]) -> bool {
 /// candidate at all, so the regex (and the HMAC per candidate) is skipped.
 fn may_hold_reference(text: &[u8]) -> bool {
     let ticket_char = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
-    let mut from = 0;
-    while let Some(offset) = text[from..].iter().position(|&b| b == b'.') {
-        let dot = from + offset;
-        from = dot + 1;
+    for dot in memchr::memchr_iter(b'.', text) {
         if dot == 0 || !ticket_char(text[dot - 1]) {
             continue;
         }
@@ -213,6 +215,40 @@ mod tests {
             message_id_with_unique(&r, "n-1", "d"),
             message_id_with_unique(&r, "n-1", "d")
         );
+    }
+
+    /// The pre-checks never rule out a text their regex matches (crafted texts and the
+    /// fixture mails, whole and in parts).
+    #[test]
+    fn pre_checks_never_reject_a_regex_match() {
+        let reference = ticket_reference("4711", KEY);
+        let crafted = [
+            format!("[ref:{reference}]"),
+            format!("x [ \u{2003}REF :  {} ]", reference.replace('.', " . ")),
+            format!("[\nRef:{reference}]"),
+            format!("<mb.{reference}.abc@example.com>"),
+            format!("{reference}"),
+            "a.0123456789abcdef".to_string(),
+            "a.0123456789abcdefg".to_string(),
+            "a.0123456789abcde".to_string(),
+            ".0123456789abcdef x-y.0123456789ABCDEF".to_string(),
+            "[re".to_string(),
+            "[".to_string(),
+        ];
+        let mut matches = (0, 0);
+        for text in crafted.into_iter().chain(crate::mail::auto::test_texts()) {
+            if FOOTER_MARKER.is_match(&text) {
+                matches.0 += 1;
+                assert!(contains_ref(&text), "{text:?}");
+            }
+            if REFERENCE_IN_TEXT.is_match(&text) {
+                matches.1 += 1;
+                assert!(may_hold_reference(text.as_bytes()), "{text:?}");
+            }
+        }
+        assert!(matches.0 >= 3 && matches.1 >= 5, "{matches:?}");
+        assert!(!contains_ref("[re") && !contains_ref("ref: no bracket"));
+        assert!(!may_hold_reference(b"a.0123456789abcdefg mail.example.com"));
     }
 
     #[test]
