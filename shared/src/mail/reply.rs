@@ -148,7 +148,7 @@ struct Scan {
 
 /// Finds the first quote header or signature line.
 fn scan(body: &str) -> Scan {
-    let mut lines = body.lines();
+    let mut lines = body.lines().peekable();
     let mut first_content = None;
     let mut may_have_quoted_lines = false;
     // Quote headers and signatures sit near the top of a reply: only the first lines are
@@ -175,7 +175,7 @@ fn scan(body: &str) -> Scan {
             cut = offset_in(body, line);
             break;
         }
-        if lines.clone().next().is_some_and(|n| {
+        if lines.peek().is_some_and(|n| {
             n.trim_end().ends_with(':')
                 && !n.trim_start().starts_with('>')
                 && WROTE_ALONE.is_match(n)
