@@ -28,7 +28,7 @@ fn status_in(text: &str) -> Option<String> {
 /// trimmed but not case-folded (compare them with `eq_ignore_ascii_case`); a value is borrowed
 /// unless a continuation line extends it.
 fn dsn_fields(text: &str) -> Vec<(&str, Cow<'_, str>)> {
-    let mut out: Vec<(&str, Cow<'_, str>)> = Vec::new();
+    let mut out: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(16);
     for line in text.lines() {
         if line.starts_with([' ', '\t']) {
             if let Some((_, value)) = out.last_mut() {
