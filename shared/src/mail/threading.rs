@@ -227,7 +227,7 @@ mod tests {
             format!("x [ \u{2003}REF :  {} ]", reference.replace('.', " . ")),
             format!("[\nRef:{reference}]"),
             format!("<mb.{reference}.abc@example.com>"),
-            format!("{reference}"),
+            reference.clone(),
             "a.0123456789abcdef".to_string(),
             "a.0123456789abcdefg".to_string(),
             "a.0123456789abcde".to_string(),
