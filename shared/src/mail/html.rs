@@ -21,7 +21,9 @@
 //!   the target is a web or mail address that the text does not already show (long tracking
 //!   URLs, `cid:`, `javascript:`, anchors and relative links are left out);
 //! - the content of `<title>`, `<style>`, `<script>`, `<noscript>`, `<iframe>`, `<template>` and
-//!   comments is skipped.
+//!   comments is skipped, and so is an element with the `hidden` attribute or `display:none` in
+//!   its `style` (the preheader text of newsletters and notifications): it is rendered, and the
+//!   rendering discarded at its end tag, so one left unclosed in broken markup hides nothing.
 //!
 //! Hostile input stays linear: quote prefixes and list indentation are capped in depth, and the
 //! output is cut (with a note) once it grows past a fixed multiple of the input.
@@ -40,6 +42,8 @@ const MAX_SHOWN_URL: usize = 200;
 const MAX_SEARCHED_LINK_TEXT: usize = 1024;
 /// The line Outlook's `<hr>` reply separator becomes (the reply extractor matches `_{20,}`).
 const HR_LINE: &[u8] = b"________________________________";
+/// Hidden elements nested deeper than this are shown (each open one keeps a copy of the state).
+const MAX_HIDDEN_DEPTH: usize = 32;
 /// Appended when the output hits its size cap.
 const TRUNCATED_NOTE: &str = "\n[HTML body text truncated; see body_html]";
 
@@ -145,7 +149,52 @@ enum Attr {
     Href,
     Alt,
     Start,
+    Style,
     Ignored,
+}
+
+/// Elements with no content and no end tag: hiding one hides only itself.
+fn is_void(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b"area"
+            | b"base"
+            | b"br"
+            | b"col"
+            | b"embed"
+            | b"hr"
+            | b"img"
+            | b"input"
+            | b"link"
+            | b"meta"
+            | b"param"
+            | b"source"
+            | b"track"
+            | b"wbr"
+    )
+}
+
+/// Whether a `style` attribute says `display: none` (any case and spacing, `!important` or not).
+fn style_hides(style: &[u8]) -> bool {
+    let compact: Vec<u8> = style
+        .iter()
+        .filter(|b| !b.is_ascii_whitespace())
+        .map(u8::to_ascii_lowercase)
+        .collect();
+    compact
+        .split(|&b| b == b';')
+        .any(|declaration| declaration.starts_with(b"display:none"))
+}
+
+/// An open element that is not displayed: the renderer's state and output length from before it,
+/// to go back to at its end tag, and how many elements of the same name opened inside it are
+/// still open.
+#[derive(Clone)]
+struct HiddenElement {
+    name: Vec<u8>,
+    nested_same_name: usize,
+    out_len: usize,
+    before: Box<Renderer>,
 }
 
 /// A line break owed before the next content.
@@ -156,19 +205,24 @@ enum Break {
     Blank,
 }
 
+#[derive(Clone)]
 struct List {
     ordered: bool,
     next_number: u64,
 }
 
 /// The link being rendered: its target and where its text starts in the output.
+#[derive(Clone)]
 struct OpenLink {
     text_start: Option<usize>,
     has_words: bool,
 }
 
+#[derive(Clone)]
 struct Renderer {
     out: Vec<u8>,
+    /// Open elements that are not displayed, innermost last.
+    hidden_elements: Vec<HiddenElement>,
     /// Output size at which rendering stops.
     limit: usize,
     truncated: bool,
@@ -198,6 +252,8 @@ struct Renderer {
     link_href: Vec<u8>,
     // The start tag being read.
     tag: Tag,
+    tag_name: Vec<u8>,
+    tag_hidden: bool,
     in_start_tag: bool,
     attr: Attr,
     href: Vec<u8>,
@@ -215,6 +271,7 @@ impl Renderer {
     fn new(input_len: usize) -> Self {
         Renderer {
             out: Vec::with_capacity(input_len / 4),
+            hidden_elements: Vec::new(),
             limit: input_len.saturating_mul(4).saturating_add(64 * 1024),
             truncated: false,
             line_start: 0,
@@ -236,6 +293,8 @@ impl Renderer {
             link: None,
             link_href: Vec::new(),
             tag: Tag::Other,
+            tag_name: Vec::new(),
+            tag_hidden: false,
             in_start_tag: false,
             attr: Attr::Ignored,
             href: Vec::new(),
@@ -252,6 +311,9 @@ impl Renderer {
         match event {
             CallbackEvent::OpenStartTag { name } => {
                 self.tag = classify(name);
+                self.tag_name.clear();
+                self.tag_name.extend_from_slice(name);
+                self.tag_hidden = false;
                 self.in_start_tag = true;
                 self.attr = Attr::Ignored;
                 self.href.clear();
@@ -263,6 +325,11 @@ impl Renderer {
                     (Tag::Link, b"href") => Attr::Href,
                     (Tag::Img, b"alt") => Attr::Alt,
                     (Tag::List { ordered: true }, b"start") => Attr::Start,
+                    (_, b"style") => Attr::Style,
+                    (_, b"hidden") => {
+                        self.tag_hidden = true;
+                        Attr::Ignored
+                    }
                     _ => Attr::Ignored,
                 };
             }
@@ -272,6 +339,11 @@ impl Renderer {
                     Attr::Href => &mut self.href,
                     Attr::Alt => &mut self.alt,
                     Attr::Start => &mut self.start,
+                    Attr::Style => {
+                        self.tag_hidden |= style_hides(value);
+                        self.attr = Attr::Ignored;
+                        return;
+                    }
                     Attr::Ignored => return,
                 };
                 if target.is_empty() {
@@ -281,6 +353,26 @@ impl Renderer {
             }
             CallbackEvent::CloseStartTag { .. } => {
                 self.in_start_tag = false;
+                let void = is_void(&self.tag_name);
+                if self.tag_hidden && void {
+                    return; // e.g. a hidden tracking `<img>`: not even its alt text
+                }
+                let hide = self.tag_hidden && self.hidden_elements.len() < MAX_HIDDEN_DEPTH;
+                if hide {
+                    let before = self.snapshot();
+                    self.hidden_elements.push(HiddenElement {
+                        name: self.tag_name.clone(),
+                        nested_same_name: 0,
+                        out_len: self.out.len(),
+                        before,
+                    });
+                } else if let Some(open) = self.hidden_elements.last_mut() {
+                    // Its end tag is not the hidden element's (a nested hidden one's end tag
+                    // is taken by that one).
+                    if !void && open.name == self.tag_name {
+                        open.nested_same_name += 1;
+                    }
+                }
                 self.start_tag(self.tag);
             }
             CallbackEvent::EndTag { name } => {
@@ -289,6 +381,15 @@ impl Renderer {
                 if self.raw_hidden {
                     self.raw_hidden = false;
                     return;
+                }
+                if let Some(open) = self.hidden_elements.last_mut() {
+                    if open.name == name {
+                        if open.nested_same_name == 0 {
+                            self.discard_hidden_element();
+                            return;
+                        }
+                        open.nested_same_name -= 1;
+                    }
                 }
                 self.end_tag(classify(name));
             }
@@ -301,6 +402,31 @@ impl Renderer {
             }
             _ => {}
         }
+    }
+
+    /// The state to go back to at the end of a hidden element: all of it but the output (only
+    /// its length matters, kept in [`HiddenElement::out_len`]) and the open hidden elements.
+    fn snapshot(&mut self) -> Box<Renderer> {
+        let out = std::mem::take(&mut self.out);
+        let hidden_elements = std::mem::take(&mut self.hidden_elements);
+        let before = Box::new(self.clone());
+        self.out = out;
+        self.hidden_elements = hidden_elements;
+        before
+    }
+
+    /// The end tag of the innermost hidden element: everything rendered since it opened is cut,
+    /// and the state from before it comes back.
+    fn discard_hidden_element(&mut self) {
+        let Some(element) = self.hidden_elements.pop() else {
+            return;
+        };
+        let mut out = std::mem::take(&mut self.out);
+        let hidden_elements = std::mem::take(&mut self.hidden_elements);
+        *self = *element.before;
+        out.truncate(element.out_len);
+        self.out = out;
+        self.hidden_elements = hidden_elements;
     }
 
     fn start_tag(&mut self, tag: Tag) {
@@ -761,6 +887,46 @@ mod tests {
             "Hi,\n\nit works."
         );
         assert_eq!(html_to_text("<h2>Title</h2>text"), "Title\n\ntext");
+    }
+
+    #[test]
+    fn hidden_elements_are_not_rendered() {
+        // A newsletter preheader, a `hidden` element, a hidden tracking image.
+        assert_eq!(
+            html_to_text(
+                "<div style=\"display:none;font-size:1px;max-height:0\">Preview text</div>\
+                 <p>Hello,</p><p hidden>secret</p><img src=x alt=pixel style='DISPLAY: None !important'>\
+                 <p>your order shipped.</p>"
+            ),
+            "Hello,\n\nyour order shipped."
+        );
+        // Nested elements of the same name inside, and a hidden one inside a hidden one.
+        assert_eq!(
+            html_to_text(
+                "a<div style=display:none>b<div>c</div>d<div hidden>e</div>f</div>g<div>h</div>"
+            ),
+            // As in a browser: an element that is not displayed breaks no line either.
+            "ag\nh"
+        );
+        // Only a `display` of `none` hides, not a property that ends in "display".
+        assert_eq!(
+            html_to_text(
+                "<span style=\"x-display:none\">shown</span> <span style=\"display:block\">too</span>"
+            ),
+            "shown too"
+        );
+        // Left open in broken markup: nothing is hidden rather than the rest of the mail.
+        assert_eq!(
+            html_to_text("<p>Hi</p><span hidden>x<p>all of this"),
+            "Hi\n\nx\n\nall of this"
+        );
+        // Lists and quotes opened inside a hidden element leave no trace.
+        assert_eq!(
+            html_to_text(
+                "<ol><li>one</li><div hidden><li>skipped</li><blockquote>q</div><li>two</li></ol>"
+            ),
+            "1. one\n2. two"
+        );
     }
 
     #[test]
