@@ -382,14 +382,14 @@ impl Renderer {
                     self.raw_hidden = false;
                     return;
                 }
-                if let Some(open) = self.hidden_elements.last_mut() {
-                    if open.name == name {
-                        if open.nested_same_name == 0 {
-                            self.discard_hidden_element();
-                            return;
-                        }
-                        open.nested_same_name -= 1;
+                if let Some(open) = self.hidden_elements.last_mut()
+                    && open.name == name
+                {
+                    if open.nested_same_name == 0 {
+                        self.discard_hidden_element();
+                        return;
                     }
+                    open.nested_same_name -= 1;
                 }
                 self.end_tag(classify(name));
             }
