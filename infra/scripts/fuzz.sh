@@ -11,7 +11,8 @@
 # Environment: MAILBRIDGE_FUZZ_SECONDS (default 30), MAILBRIDGE_FUZZ_TARGET_DIR (build cache,
 # default $HOME/.cache/mailbridge-fuzz-target), MAILBRIDGE_FUZZ_CORPUS (libFuzzer's growing corpus,
 # kept between runs, default $HOME/.cache/mailbridge-fuzz-corpus; minimised with libFuzzer -merge
-# once a target's holds more than MAILBRIDGE_FUZZ_MAX_CORPUS inputs, default 4000), MAILBRIDGE_FUZZ_FEATURES
+# once a target's holds more than MAILBRIDGE_FUZZ_MAX_CORPUS inputs, default 4000, and half again
+# as many as after its last minimisation), MAILBRIDGE_FUZZ_FEATURES
 # (e.g. "graph": the notification target also builds the Graph request; a much larger build).
 # cargo-fuzz needs nightly-only rustc flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain take them.
 set -euo pipefail
@@ -88,13 +89,16 @@ for target in "${targets[@]}"; do
     echo "fuzz: $target built in $(( $(date +%s) - build_start )) s; running ${seconds} s"
     # libFuzzer replays the whole kept corpus before the timed run starts, and every run adds to
     # it: past a few thousand inputs, keep only those that still add coverage (libFuzzer -merge).
+    # A minimised corpus can stay above the limit; it is minimised again once it has grown by half.
     inputs=$(find "$corpus" -type f | wc -l)
-    if [ "$inputs" -gt "$max_corpus" ]; then
+    minimised_size=$(cat "$corpus_root/$target.minimised-size" 2>/dev/null || echo 0)
+    if [ "$inputs" -gt "$max_corpus" ] && [ "$inputs" -gt $(( minimised_size * 3 / 2 )) ]; then
         cmin_start=$(date +%s)
         cargo fuzz cmin --fuzz-dir tests/fuzz "${feature_args[@]}" "$target" "$corpus" -- \
             -rss_limit_mb=2048 -max_len="$max_len" -timeout=20 >"$seeds/$target.cmin.log" 2>&1 \
             || { tail -n 20 "$seeds/$target.cmin.log"; echo "fuzz: $target: corpus minimisation failed" >&2; exit 1; }
-        echo "fuzz: $target: corpus minimised from $inputs to $(find "$corpus" -type f | wc -l) inputs in $(( $(date +%s) - cmin_start )) s"
+        find "$corpus" -type f | wc -l > "$corpus_root/$target.minimised-size"
+        echo "fuzz: $target: corpus minimised from $inputs to $(cat "$corpus_root/$target.minimised-size") inputs in $(( $(date +%s) - cmin_start )) s"
     fi
     log="$seeds/$target.log"
     touch "$seeds/$target.started"
