@@ -184,7 +184,6 @@ pub(crate) fn extract(
 /// Splits a bounce text into the MTA's explanation and the returned copy of the message
 /// (after "Below this line is a copy of the message", "------ This is a copy of the
 /// message", "Original message follows" and the like).
-#[inline(never)]
 fn split_returned_copy(text: &str) -> (&str, Option<&str>) {
     match find_copy_marker(text) {
         Some((start, end)) => {
@@ -245,6 +244,9 @@ mod tests {
             "Message-ID: no-at-sign\n",
             "message-i",
             "-i",
+            "Message-\u{130}D: <dotted-capital-i@x>",
+            "Message-\u{131}d: <dotless-i@x>",
+            "\u{212A}Message-ID: <kelvin@x>",
             "The following message follows.\n------ This is a copy of the message, including all the headers. ------\nx",
             "the following recipients\nReturned meſſage follows:\nx",
             "a\nMESSAGE HEADERS FOLLOW\n",
