@@ -915,11 +915,14 @@ impl CrashingIdempotency {
     }
 }
 
-/// Crash injection through the mail port: hangs before reaching Graph while `hang` is set.
+/// Crash injection through the mail port: hangs before reaching Graph while `hang` is set;
+/// while `lose_answer` is set, Graph gets the request and accepts it, but the answer is lost
+/// (the client sees the timeout it would see when the 202 never arrives).
 struct HangingSender {
     inner: GraphClient,
     hang: std::sync::atomic::AtomicBool,
     entered: std::sync::atomic::AtomicUsize,
+    lose_answer: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -935,7 +938,14 @@ impl mailbridge::graph::MailSender for HangingSender {
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             std::future::pending::<()>().await;
         }
-        self.inner.send_mail(token, mail, timeout).await
+        let sent = self.inner.send_mail(token, mail, timeout).await;
+        if sent.is_ok() && self.lose_answer.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(mailbridge::graph::GraphError::Transport {
+                detail: "operation timed out".into(),
+                timed_out: true,
+            });
+        }
+        sent
     }
 }
 
@@ -1001,6 +1011,7 @@ async fn crash_points(lease: Duration) -> (Arc<CrashingIdempotency>, Arc<Hanging
         inner: GraphClient::new(&stack().graph().v1_url()).unwrap(),
         hang: false.into(),
         entered: 0.into(),
+        lose_answer: false.into(),
     });
     (idempotency, mail)
 }
@@ -1237,6 +1248,90 @@ async fn a_crash_after_graph_accepted_before_the_record_gives_at_most_one_duplic
     for subject in subjects {
         assert_eq!(copies(subject).len(), 2);
     }
+}
+
+/// SQS row "Graph timed out (the 202 may have been sent)": a timeout is ambiguous, so the
+/// notification is retried, but its claim is kept. A redelivery while the lease lives sends
+/// nothing; the one after it (SQS redelivers after the visibility timeout, longer than the
+/// lease) is a named resend — log line and `NotificationsResentAfterUnfinishedClaim` — with
+/// the same Message-ID, never a silent second copy. (Before: the claim was released on the
+/// timeout, and the redelivery sent a second copy as if it were the first.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graph_timeout_after_acceptance_keeps_the_claim_and_the_resend_is_named() {
+    let (upn, account) = new_account("fm-timeout").await;
+    let graph = stack().graph();
+    let lease = Duration::from_secs(600);
+    let (idempotency, mail) = crash_points(lease).await;
+    let deps = sqs_deps(idempotency.clone(), mail.clone()).await;
+    let body = json!({
+        "version": 1,
+        "account": format!("mailbridge/{account}"),
+        "to": [{"address": "customer@example.com"}],
+        "subject": "answer lost",
+        "body": {"content_type": "text", "content": "x"}
+    });
+    let event = event_for(std::slice::from_ref(&body)).await;
+
+    // 1. Graph accepts it, the answer is lost: retried, with the reason saying it may be out.
+    mail.lose_answer
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let report = process_batch(
+        event.clone(),
+        Instant::now() + Duration::from_secs(30),
+        &deps,
+    )
+    .await;
+    mail.lose_answer
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        matches!(&report.messages[0].outcome, Outcome::Retry { reason, .. } if reason.contains("may have accepted")),
+        "{report:?}"
+    );
+    assert_eq!(report.response.batch_item_failures.len(), 1);
+    assert_eq!(graph.accepted(&upn).len(), 1, "Graph has it");
+
+    // 2. An early redelivery (the lease still lives) sends nothing.
+    let report = process_batch(
+        event.clone(),
+        Instant::now() + Duration::from_secs(30),
+        &deps,
+    )
+    .await;
+    assert!(
+        matches!(&report.messages[0].outcome, Outcome::Retry { reason, .. } if reason.contains("another invocation")),
+        "the claim of the timed-out attempt must be kept: {report:?}"
+    );
+    assert_eq!(graph.accepted(&upn).len(), 1, "no silent second copy");
+
+    // 3. After the lease: one named resend with the same Message-ID.
+    let (report, logs) = redeliver_after_the_lease(&idempotency, &event, &deps).await;
+    assert!(
+        matches!(report.messages[0].outcome, Outcome::Sent { .. }),
+        "{report:?}"
+    );
+    assert!(report.messages[0].resumed_unfinished_claim);
+    assert_eq!(report.metrics.resent_after_unfinished_claim, 1);
+    assert!(
+        logs.text()
+            .contains("resending a notification whose earlier attempt never finished"),
+        "{}",
+        logs.text()
+    );
+    let ids: Vec<_> = graph
+        .accepted(&upn)
+        .iter()
+        .map(|a| a.request["message"]["internetMessageId"].clone())
+        .collect();
+    assert_eq!(ids.len(), 2, "exactly one duplicate");
+    assert_eq!(ids[0], ids[1], "both copies carry the same Message-ID");
+
+    // 4. Completed: later redeliveries are duplicates.
+    let report = process_batch(event, Instant::now() + Duration::from_secs(30), &deps).await;
+    assert!(
+        matches!(report.messages[0].outcome, Outcome::Duplicate),
+        "{report:?}"
+    );
+    assert_eq!(graph.accepted(&upn).len(), 2);
 }
 
 /// A mail of about `kib` KiB (a base64 attachment), so its FETCH response is large enough for

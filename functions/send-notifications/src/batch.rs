@@ -23,7 +23,8 @@
 //!   invocation time + 60 s) keeps redeliveries off until it runs out; a redelivery after that
 //!   sends again ([`Claim::Resumed`]: logged as "resending a notification whose earlier attempt
 //!   never finished", metric `NotificationsResentAfterUnfinishedClaim`). A Graph timeout is ambiguous (the mail may have been accepted) and is retried:
-//!   at-least-once, with the same Message-ID for ticket mail so receivers can collapse it.
+//!   at-least-once, with the same Message-ID so receivers can collapse it. Its claim is kept,
+//!   not released, so that redelivery is a [`Claim::Resumed`] too (logged and counted).
 
 use crate::metrics::BatchMetrics;
 use crate::ports::{ParkReason, Parking, Visibility};
@@ -467,9 +468,19 @@ async fn decide(
         (mailbox, total)
     })
     .await;
+    let mut maybe_accepted = false;
     let outcome = match permits {
         Ok((Ok(mailbox), Ok(total))) if remaining(deadline) > margin => {
-            send_claimed(message, n, deadline, deps, throttled, (mailbox, total)).await
+            send_claimed(
+                message,
+                n,
+                deadline,
+                deps,
+                throttled,
+                &mut maybe_accepted,
+                (mailbox, total),
+            )
+            .await
         }
         _ => Outcome::NotStarted,
     };
@@ -491,6 +502,11 @@ async fn decide(
                 tracing::error!(notification_id = n.id(), error = %e, "sent, but the idempotency record could not be completed");
             }
         }
+        // Graph timed out: it may have accepted the mail. The claim is kept (not released), so
+        // the redelivery, which SQS makes after the visibility timeout (longer than the lease),
+        // is a `Claim::Resumed`: logged as a resend and counted, like a crash after the 202.
+        // Releasing it would make that possible second copy silent.
+        _ if maybe_accepted => {}
         _ => {
             if let Err(e) = deps.idempotency.release(n.id(), &lease_token).await {
                 tracing::warn!(notification_id = n.id(), error = %e, "could not release the idempotency lease; a retry waits for it to run out");
@@ -507,6 +523,7 @@ async fn send_claimed(
     deadline: Instant,
     deps: &Deps,
     throttled: &mut u32,
+    maybe_accepted: &mut bool,
     slots: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 ) -> Outcome {
     let _slots = slots;
@@ -538,6 +555,23 @@ async fn send_claimed(
         };
         if matches!(error, GraphError::Throttled { .. }) {
             *throttled += 1;
+        }
+        if matches!(
+            error,
+            GraphError::Transport {
+                timed_out: true,
+                ..
+            }
+        ) {
+            // The request went out and no answer came: Graph may have accepted it. Retried
+            // (at least once), never parked, and the claim stays so a resend is named.
+            *maybe_accepted = true;
+            return Outcome::Retry {
+                reason: format!(
+                    "{error}; Graph may have accepted it, so the redelivery is logged as a resend"
+                ),
+                graph_request_id: None,
+            };
         }
         match (&error, error.class()) {
             (GraphError::Unauthorized { .. }, _) if !refreshed => {
