@@ -665,6 +665,7 @@ async fn poll_dry_run_shows_the_mail_without_posting_or_moving_it() {
             deferred: 1,
             uid_validity: None,
             imap_round_trips: 2,
+            retry_last_uids: Vec::new(),
         })
         .await
         .unwrap();

@@ -268,6 +268,7 @@ async fn dedupe_and_status_records_round_trip_with_a_ttl() {
         deferred: 0,
         uid_validity: None,
         imap_round_trips: 0,
+        retry_last_uids: Vec::new(),
     };
     store.put_status(&status).await.unwrap();
     assert_eq!(store.get_status("m").await.unwrap(), Some(status));

@@ -422,6 +422,7 @@ mod tests {
             deferred: 0,
             uid_validity: Some(7),
             imap_round_trips: 5,
+            retry_last_uids: Vec::new(),
         };
         let later = MailboxStatus {
             last_run_at: "2026-11-28T00:01:00Z".into(),
@@ -458,6 +459,7 @@ mod tests {
             deferred: 0,
             uid_validity: Some(7),
             imap_round_trips: 9,
+            retry_last_uids: vec![3],
         };
         let item = item_from("mailbox-status#m", &status);
         assert_eq!(

@@ -270,6 +270,10 @@ enum SinkMode {
 struct FakeSink {
     mode: Mutex<SinkMode>,
     tickets: Mutex<Vec<(String, TicketPayload)>>,
+    /// Subjects the API always answers 5xx for (a payload that breaks the helpdesk), whatever
+    /// the mode; and how many POSTs it got.
+    poison_subjects: Mutex<Vec<String>>,
+    posts: Mutex<u32>,
 }
 
 #[async_trait]
@@ -280,6 +284,21 @@ impl TicketSink for FakeSink {
         key: &str,
         _deadline: Instant,
     ) -> Result<TicketReceipt, TicketApiError> {
+        *self.posts.lock().unwrap() += 1;
+        let subject = payload.draft["subject"].as_str().unwrap_or_default();
+        if self
+            .poison_subjects
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p == subject)
+        {
+            return Err(TicketApiError::Unavailable {
+                url: "fake".into(),
+                attempts: 6,
+                detail: "HTTP 500: internal error".into(),
+            });
+        }
         match *self.mode.lock().unwrap() {
             SinkMode::Down => Err(TicketApiError::Unavailable {
                 url: "fake".into(),
@@ -367,6 +386,8 @@ fn world(configs: Vec<Result<MailboxConfig, ConfigError>>, tokens: FakeTokens) -
     let sink = Arc::new(FakeSink {
         mode: Mutex::new(SinkMode::Accept),
         tickets: Mutex::new(Vec::new()),
+        poison_subjects: Mutex::new(Vec::new()),
+        posts: Mutex::new(0),
     });
     let deps = PollDeps {
         tokens: Arc::new(tokens),
@@ -442,6 +463,75 @@ async fn ticket_api_down_leaves_the_mail_for_the_next_run() {
     assert_eq!(report.tickets_created, 2);
     assert_eq!(w.sink.tickets.lock().unwrap().len(), 2);
     assert_eq!(w.server.count("help@example.com", "Processed"), 2);
+}
+
+/// A mail the ticket API always fails on with a transient error (5xx, a timeout on its payload)
+/// stays in place but does not hold up the mail behind it: the next mail is tried in the same
+/// run, and the next run tries it after the others. (Before: every run stopped at it, so no
+/// mail of that mailbox was ever ticketed again.)
+#[tokio::test]
+async fn a_mail_the_ticket_api_keeps_failing_on_does_not_block_the_mail_behind_it() {
+    let w = world(
+        vec![Ok(mailbox(
+            "help",
+            "help@example.com",
+            serde_json::json!({}),
+        ))],
+        FakeTokens::default(),
+    );
+    for id in ["poison", "b", "c"] {
+        w.server.deliver("help@example.com", &mail(id, "x"));
+    }
+    w.sink
+        .poison_subjects
+        .lock()
+        .unwrap()
+        .push("Issue poison".into());
+    let report = poll_once(&w.deps, None, later()).await.unwrap();
+    let status = &report.mailboxes[0];
+    assert_eq!(report.tickets_created, 2, "{report:?}");
+    assert_eq!(status.outcome, "partial");
+    assert_eq!(status.deferred, 1);
+    assert_eq!(status.retry_last_uids, vec![1]);
+    assert!(
+        status.reason.as_deref().unwrap().contains("UIDs [1]"),
+        "{status:?}"
+    );
+    assert_eq!(
+        w.server.count("help@example.com", "INBOX"),
+        1,
+        "left in place"
+    );
+
+    // Next run: the new mail goes first, the failing one after it.
+    w.server.deliver("help@example.com", &mail("d", "x"));
+    *w.sink.posts.lock().unwrap() = 0;
+    let report = poll_once(&w.deps, None, later()).await.unwrap();
+    assert_eq!(report.tickets_created, 1, "{report:?}");
+    assert_eq!(*w.sink.posts.lock().unwrap(), 2);
+    assert_eq!(
+        w.sink.tickets.lock().unwrap().last().unwrap().1.draft["subject"],
+        "Issue d"
+    );
+
+    // The API is down for everything: two failures in a row stop the run (no third POST).
+    w.server.deliver("help@example.com", &mail("e", "x"));
+    w.server.deliver("help@example.com", &mail("f", "x"));
+    *w.sink.mode.lock().unwrap() = SinkMode::Down;
+    *w.sink.posts.lock().unwrap() = 0;
+    let report = poll_once(&w.deps, None, later()).await.unwrap();
+    assert_eq!(*w.sink.posts.lock().unwrap(), 2, "{report:?}");
+    assert_eq!(report.mailboxes[0].deferred, 3, "{report:?}");
+
+    // Fixed: everything becomes exactly one ticket.
+    *w.sink.mode.lock().unwrap() = SinkMode::Accept;
+    w.sink.poison_subjects.lock().unwrap().clear();
+    let report = poll_once(&w.deps, None, later()).await.unwrap();
+    assert_eq!(report.tickets_created, 3, "{report:?}");
+    assert_eq!(report.mailboxes[0].outcome, "ok");
+    assert!(report.mailboxes[0].retry_last_uids.is_empty());
+    assert_eq!(w.server.count("help@example.com", "INBOX"), 0);
+    assert_eq!(w.sink.tickets.lock().unwrap().len(), 6);
 }
 
 #[tokio::test]
