@@ -457,10 +457,13 @@ async fn ticket_api_down_leaves_the_mail_for_the_next_run() {
     assert_eq!(report.tickets_created, 0);
     assert_eq!(report.mailboxes[0].outcome, "partial");
     assert_eq!(report.mailboxes[0].deferred, 2);
+    // Counted for the MailboxPollFailed alarm ("ticket API refusing"): no ticket is made.
+    assert_eq!(report.mailboxes_failed, 1, "{report:?}");
     assert_eq!(w.server.count("help@example.com", "INBOX"), 2);
     *w.sink.mode.lock().unwrap() = SinkMode::Accept;
     let report = poll_once(&w.deps, None, later()).await.unwrap();
     assert_eq!(report.tickets_created, 2);
+    assert_eq!(report.mailboxes_failed, 0);
     assert_eq!(w.sink.tickets.lock().unwrap().len(), 2);
     assert_eq!(w.server.count("help@example.com", "Processed"), 2);
 }
@@ -734,6 +737,7 @@ async fn near_the_deadline_no_new_mail_is_started() {
     assert_eq!(report.tickets_created, 0);
     assert_eq!(report.mailboxes[0].outcome, "partial");
     assert_eq!(report.mailboxes[0].deferred, 1);
+    assert_eq!(report.mailboxes_failed, 0, "the deadline is no failure");
     assert_eq!(w.server.count("help@example.com", "INBOX"), 1);
 }
 

@@ -80,7 +80,8 @@ pub struct PollReport {
     pub parked: u32,
     /// Machine mail moved to the auto-generated folder without a ticket.
     pub skipped_auto_generated: u32,
-    /// Mailboxes that failed (any reason, including re-auth and bad config).
+    /// Mailboxes that failed (any reason, including re-auth, bad config, and a ticket API that
+    /// did not take their mail).
     pub mailboxes_failed: u32,
     /// Mailboxes whose account needs re-authentication.
     pub accounts_need_reauth: u32,
@@ -172,10 +173,17 @@ pub async fn poll_once(
         report.tickets_created += status.tickets_created;
         report.parked += status.parked;
         report.skipped_auto_generated += status.skipped_auto_generated;
-        if matches!(
-            status.outcome.as_str(),
-            "failed" | "needs_reauth" | "config_error"
-        ) {
+        // `partial` because the ticket API failed on mail (down, 401/403/404, a payload it
+        // keeps failing on) is a failure too: mail is not becoming tickets, and the
+        // MailboxPollFailed alarm must say so. (`partial` at the deadline or at
+        // max_messages_per_run is not.)
+        let ticket_api_failing = status.outcome == "partial" && !status.retry_last_uids.is_empty();
+        if ticket_api_failing
+            || matches!(
+                status.outcome.as_str(),
+                "failed" | "needs_reauth" | "config_error"
+            )
+        {
             report.mailboxes_failed += 1;
         }
         if status.outcome == "needs_reauth" {
