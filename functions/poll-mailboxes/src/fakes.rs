@@ -537,6 +537,34 @@ async fn a_mail_the_ticket_api_keeps_failing_on_does_not_block_the_mail_behind_i
     assert_eq!(w.sink.tickets.lock().unwrap().len(), 6);
 }
 
+/// The same with `max_messages_per_run: 1`: the failing mail is put last before the cut, so
+/// the run after it takes the next mail instead of the same failing one again.
+#[tokio::test]
+async fn a_failing_mail_is_put_last_before_the_per_run_limit() {
+    let w = world(
+        vec![Ok(mailbox(
+            "help",
+            "help@example.com",
+            serde_json::json!({"max_messages_per_run": 1}),
+        ))],
+        FakeTokens::default(),
+    );
+    for id in ["poison", "b"] {
+        w.server.deliver("help@example.com", &mail(id, "x"));
+    }
+    w.sink
+        .poison_subjects
+        .lock()
+        .unwrap()
+        .push("Issue poison".into());
+    let report = poll_once(&w.deps, None, later()).await.unwrap();
+    assert_eq!(report.tickets_created, 0);
+    assert_eq!(report.mailboxes[0].deferred, 2, "{report:?}");
+    let report = poll_once(&w.deps, None, later()).await.unwrap();
+    assert_eq!(report.tickets_created, 1, "{report:?}");
+    assert_eq!(w.server.count("help@example.com", "INBOX"), 1);
+}
+
 #[tokio::test]
 async fn reused_message_id_gives_two_tickets_and_the_same_mail_twice_gives_one() {
     let w = world(

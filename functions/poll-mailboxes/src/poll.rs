@@ -388,10 +388,13 @@ async fn run_mailbox(
     };
     let mut uids = mailbox.search(scope).await.map_err(Stop::Imap)?;
     let total = uids.len();
+    // Stable: UID order otherwise. Before the cut, so a small max_messages_per_run cannot
+    // keep picking the same failing mail.
+    uids.sort_by_key(|uid| retry_last.contains(uid));
     uids.truncate(config.max_messages_per_run as usize);
     let beyond_limit = (total - uids.len()) as u32;
     let mut sizes = mailbox.sizes(&uids).await.map_err(Stop::Imap)?;
-    sizes.sort_by_key(|(uid, _)| retry_last.contains(uid)); // stable: UID order otherwise
+    sizes.sort_by_key(|(uid, _)| retry_last.contains(uid)); // `sizes` comes back in UID order
     let stop_starting_at = deadline
         .checked_sub(deps.deadline_margin)
         .unwrap_or_else(Instant::now);
