@@ -981,6 +981,88 @@ async fn a_shared_mailbox_is_polled_with_a_delegates_token() {
     assert_eq!(p.count(&shared, "Processed"), 1);
 }
 
+/// Two runs overlap on one mailbox (EventBridge delivered the tick twice, an operator's manual
+/// run during a scheduled one, a run outlasting the interval). While the first run's POST of a
+/// mail is in flight, the second run must not POST the same mail again: on a ticket API that
+/// ignores `Idempotency-Key` that second POST is a second ticket. (Before: the second run found
+/// no dedupe record yet and POSTed it too.) The second run leaves the mailbox to the first,
+/// says so, and is not counted as a failure; the mail becomes one ticket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_runs_never_post_the_same_mail_twice() {
+    let p = Poller::new(stack().dovecot().clone()).await;
+    let user = unique_user("overlap");
+    let account = p.account(&user).await;
+    p.mailbox("overlap", &user, &account, serde_json::json!({}))
+        .await;
+    p.deliver(&user, &mail("ov1", "Overlap 1", "x"));
+    // Run 1's POST is held at the ticket API: run 1 is mid-mail. (A long attempt timeout, so
+    // run 1 never re-POSTs while it waits, however slow run 2 is on a loaded machine.)
+    let mut deps = p.deps.clone();
+    deps.sinks = Arc::new(WebhookSinkFactory::new(
+        reqwest::Client::new(),
+        aws_sdk_secretsmanager::Client::new(&stack().moto().sdk_config()),
+        RetryPolicy {
+            attempt_timeout: Duration::from_secs(120),
+            ..fast_retry()
+        },
+    ));
+    stack().tickets().hold_requests_after(&p.sink, 0);
+    let first = {
+        let deps = deps.clone();
+        tokio::spawn(async move {
+            poll_mailboxes::poll_once(&deps, None, Instant::now() + Duration::from_secs(60))
+                .await
+                .unwrap()
+        })
+    };
+    let held_until = Instant::now() + Duration::from_secs(60);
+    while stack().tickets().requests(&p.sink) < 1 {
+        assert!(Instant::now() < held_until, "run 1 never POSTed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Run 2 while run 1 works on the mail. A second POST would be held too, so wait for
+    // either run 2's end or a second POST, whichever comes first.
+    let second = {
+        let deps = deps.clone();
+        tokio::spawn(async move {
+            poll_mailboxes::poll_once(&deps, None, Instant::now() + Duration::from_secs(30))
+                .await
+                .unwrap()
+        })
+    };
+    let limit = Instant::now() + Duration::from_secs(40);
+    while !second.is_finished() && stack().tickets().requests(&p.sink) < 2 && Instant::now() < limit
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let posts_while_overlapping = stack().tickets().requests(&p.sink);
+    stack().tickets().release_held(&p.sink);
+    let second = second.await.unwrap();
+    let first = first.await.unwrap();
+    assert_eq!(
+        posts_while_overlapping, 1,
+        "the overlapping run POSTed the mail a second time"
+    );
+    let s2 = status(&second, "overlap");
+    assert_eq!(s2.outcome, "partial", "{s2:?}");
+    assert!(
+        s2.reason
+            .as_deref()
+            .unwrap()
+            .contains("another run is polling this mailbox"),
+        "{s2:?}"
+    );
+    assert_eq!(second.mailboxes_failed, 0);
+    assert_eq!(status(&first, "overlap").tickets_created, 1, "{first:?}");
+    assert_eq!(p.tickets().len(), 1);
+    assert_eq!(stack().tickets().requests(&p.sink), 1);
+    assert_eq!(p.count(&user, "INBOX"), 0);
+    // The lease is given back: the next run works normally.
+    p.deliver(&user, &mail("ov2", "Overlap 2", "x"));
+    let report = p.poll().await;
+    assert_eq!(status(&report, "overlap").tickets_created, 1, "{report:?}");
+}
+
 #[tokio::test]
 async fn near_the_deadline_the_remaining_mail_waits_for_the_next_run() {
     let p = Poller::with_margin(stack().dovecot().clone(), Duration::from_secs(3)).await;

@@ -12,6 +12,9 @@
 //!   `duration_ms`, `imap_round_trips`) is written at most every [`STATUS_HEARTBEAT`]. Without
 //!   that, 50 mailboxes polled every minute cost ~2.2 M status writes and reads a month.
 //! - `mail#<mailbox>#<hash>`: dedupe records ([`DedupeRecord`]) with a TTL.
+//! - `mailbox-lease#<name>`: which run is working on a mailbox that has mail, until when
+//!   (`lease_token`, `lease_expires_at`); taken only when a search found mail, so idle runs
+//!   cost no write.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,7 +26,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWr
 use mailbridge::aws::LazyClient;
 
 use crate::config::{ConfigError, MailboxConfig};
-use crate::ports::{DedupeRecord, MailboxStatus, StateStore, StoreError};
+use crate::ports::{DedupeRecord, MailboxLease, MailboxStatus, StateStore, StoreError};
 
 /// Partition key of the mailbox index item.
 pub const MAILBOX_INDEX_KEY: &str = "mailbox-index";
@@ -186,6 +189,72 @@ impl DynamoStateStore {
 
 #[async_trait]
 impl StateStore for DynamoStateStore {
+    async fn acquire_mailbox_lease(
+        &self,
+        mailbox: &str,
+        until: i64,
+    ) -> Result<MailboxLease, StoreError> {
+        let pk = format!("mailbox-lease#{mailbox}");
+        let token = uuid::Uuid::new_v4().to_string();
+        let now = chrono::Utc::now().timestamp();
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", AttributeValue::S(pk.clone()))
+            .item("lease_token", AttributeValue::S(token.clone()))
+            .item("lease_expires_at", AttributeValue::N(until.to_string()))
+            // a day for inspection, then TTL
+            .item(
+                "expires_at",
+                AttributeValue::N((until + 86_400).to_string()),
+            )
+            .condition_expression("attribute_not_exists(pk) OR lease_expires_at < :now")
+            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(MailboxLease::Acquired(token)),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                let held = self.get("GetItem mailbox-lease", &pk).await?;
+                let until = held
+                    .as_ref()
+                    .and_then(|i| i.get("lease_expires_at"))
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(now);
+                Ok(MailboxLease::Held(until))
+            }
+            Err(e) => Err(sdk_err("PutItem mailbox-lease", e)),
+        }
+    }
+
+    async fn release_mailbox_lease(&self, mailbox: &str, token: &str) -> Result<(), StoreError> {
+        let deleted = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(format!("mailbox-lease#{mailbox}")))
+            .condition_expression("lease_token = :token")
+            .expression_attribute_values(":token", AttributeValue::S(token.to_string()))
+            .send()
+            .await;
+        match deleted {
+            Ok(_) => Ok(()),
+            // taken over after it ran out, or gone: nothing of ours to drop
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sdk_err("DeleteItem mailbox-lease", e)),
+        }
+    }
+
     async fn get_dedupe(&self, pk: &str) -> Result<Option<DedupeRecord>, StoreError> {
         let item = self.get("GetItem dedupe", pk).await?;
         Ok(item.as_ref().and_then(item_to))

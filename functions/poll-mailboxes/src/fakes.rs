@@ -16,7 +16,8 @@ use crate::config::{ConfigError, MailboxConfig};
 use crate::convert::ParseContext;
 use crate::poll::{PollDeps, poll_once};
 use crate::ports::{
-    DedupeRecord, Mailbox, MailboxConnector, MailboxStatus, SinkFactory, StateStore, StoreError,
+    DedupeRecord, Mailbox, MailboxConnector, MailboxLease, MailboxStatus, SinkFactory, StateStore,
+    StoreError,
 };
 
 #[derive(Clone, Debug)]
@@ -218,10 +219,35 @@ struct FakeState {
     dedupe: Mutex<HashMap<String, DedupeRecord>>,
     statuses: Mutex<HashMap<String, MailboxStatus>>,
     configs: Mutex<Vec<Result<MailboxConfig, ConfigError>>>,
+    /// mailbox → (lease token, until)
+    leases: Mutex<HashMap<String, (String, i64)>>,
 }
 
 #[async_trait]
 impl StateStore for FakeState {
+    async fn acquire_mailbox_lease(
+        &self,
+        mailbox: &str,
+        until: i64,
+    ) -> Result<MailboxLease, StoreError> {
+        let mut leases = self.leases.lock().unwrap();
+        let now = chrono::Utc::now().timestamp();
+        match leases.get(mailbox) {
+            Some((_, held_until)) if *held_until >= now => Ok(MailboxLease::Held(*held_until)),
+            _ => {
+                let token = format!("lease-{mailbox}-{until}-{}", leases.len());
+                leases.insert(mailbox.to_string(), (token.clone(), until));
+                Ok(MailboxLease::Acquired(token))
+            }
+        }
+    }
+    async fn release_mailbox_lease(&self, mailbox: &str, token: &str) -> Result<(), StoreError> {
+        let mut leases = self.leases.lock().unwrap();
+        if leases.get(mailbox).is_some_and(|(t, _)| t == token) {
+            leases.remove(mailbox);
+        }
+        Ok(())
+    }
     async fn get_dedupe(&self, pk: &str) -> Result<Option<DedupeRecord>, StoreError> {
         Ok(self.dedupe.lock().unwrap().get(pk).cloned())
     }

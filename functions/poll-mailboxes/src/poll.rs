@@ -45,7 +45,8 @@ use crate::config::{AfterAction, ListMail, MailboxConfig};
 use crate::convert::{self, ParseContext};
 use crate::dedupe::{self, DedupeKey};
 use crate::ports::{
-    DedupeRecord, Mailbox, MailboxConnector, MailboxStatus, SinkFactory, StateStore, StoreError,
+    DedupeRecord, Mailbox, MailboxConnector, MailboxLease, MailboxStatus, SinkFactory, StateStore,
+    StoreError,
 };
 
 /// Everything a tick needs, built once per cold start.
@@ -386,7 +387,64 @@ async fn run_mailbox(
         AfterAction::MarkSeen => SearchScope::UnseenUndeleted,
         _ => SearchScope::Undeleted,
     };
-    let mut uids = mailbox.search(scope).await.map_err(Stop::Imap)?;
+    let uids = mailbox.search(scope).await.map_err(Stop::Imap)?;
+    if uids.is_empty() {
+        return Ok(());
+    }
+    // Mail to work on: only one run at a time may (see `StateStore::acquire_mailbox_lease`).
+    // The lease lives until this invocation's deadline, when Lambda would have stopped it.
+    let until = chrono::Utc::now().timestamp()
+        + deadline.saturating_duration_since(Instant::now()).as_secs() as i64
+        + 5;
+    let lease = match deps
+        .state
+        .acquire_mailbox_lease(&config.name, until)
+        .await
+        .map_err(Stop::Store)?
+    {
+        MailboxLease::Acquired(token) => token,
+        MailboxLease::Held(held_until) => {
+            status.outcome = "partial".into();
+            status.deferred = uids.len() as u32;
+            status.reason = Some(format!(
+                "another run is polling this mailbox (lease until {}); its mail is left to that run",
+                chrono::DateTime::from_timestamp(held_until, 0)
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_else(|| held_until.to_string())
+            ));
+            return Ok(());
+        }
+    };
+    let result = work_on(
+        deps,
+        config,
+        deadline,
+        mailbox,
+        status,
+        sink.as_ref(),
+        folder.uid_validity,
+        retry_last,
+        uids,
+    )
+    .await;
+    if let Err(e) = deps.state.release_mailbox_lease(&config.name, &lease).await {
+        tracing::warn!(mailbox = %config.name, error = %e, "could not release the mailbox lease; it runs out at the deadline");
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn work_on(
+    deps: &PollDeps,
+    config: &MailboxConfig,
+    deadline: Instant,
+    mailbox: &mut dyn Mailbox,
+    status: &mut MailboxStatus,
+    sink: &dyn TicketSink,
+    uid_validity: u32,
+    retry_last: Vec<Uid>,
+    mut uids: Vec<Uid>,
+) -> Result<(), Stop> {
     let total = uids.len();
     // Stable: UID order otherwise. Before the cut, so a small max_messages_per_run cannot
     // keep picking the same failing mail.
@@ -425,8 +483,8 @@ async fn run_mailbox(
             deps,
             config,
             mailbox,
-            sink.as_ref(),
-            folder.uid_validity,
+            sink,
+            uid_validity,
             uid,
             size as u64,
             post_deadline,

@@ -114,9 +114,29 @@ pub struct MailboxStatus {
     pub retry_last_uids: Vec<u32>,
 }
 
+/// The answer to a mailbox lease request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MailboxLease {
+    /// This run holds the mailbox; pass the token to `release_mailbox_lease`.
+    Acquired(String),
+    /// Another run holds it until then (epoch seconds).
+    Held(i64),
+}
+
 /// The state table, as the poll loop needs it.
 #[async_trait]
 pub trait StateStore: Send + Sync {
+    /// Take `mailbox` for this run until `until` (epoch seconds): overlapping runs (a duplicate
+    /// scheduler delivery, a manual run during a scheduled one, a run outlasting the interval)
+    /// must not work on the same mail at once, or both POST it (two tickets wherever the ticket
+    /// API ignores `Idempotency-Key`). A lease that ran out (a killed run) is taken over.
+    async fn acquire_mailbox_lease(
+        &self,
+        mailbox: &str,
+        until: i64,
+    ) -> Result<MailboxLease, StoreError>;
+    /// Give the lease back (best effort: it runs out by itself).
+    async fn release_mailbox_lease(&self, mailbox: &str, token: &str) -> Result<(), StoreError>;
     /// Look up a dedupe record.
     async fn get_dedupe(&self, pk: &str) -> Result<Option<DedupeRecord>, StoreError>;
     /// Write a dedupe record.
