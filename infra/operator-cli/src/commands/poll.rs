@@ -258,6 +258,19 @@ struct ReadOnlyState<S>(S);
 
 #[async_trait]
 impl<S: StateStore> StateStore for ReadOnlyState<S> {
+    async fn acquire_mailbox_lease(
+        &self,
+        _mailbox: &str,
+        _until: i64,
+    ) -> Result<poll_mailboxes::ports::MailboxLease, StoreError> {
+        // A dry run changes nothing, so it needs no lease and never holds up a real run.
+        Ok(poll_mailboxes::ports::MailboxLease::Acquired(
+            "dry-run".into(),
+        ))
+    }
+    async fn release_mailbox_lease(&self, _mailbox: &str, _token: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
     async fn get_dedupe(&self, pk: &str) -> Result<Option<DedupeRecord>, StoreError> {
         self.0.get_dedupe(pk).await
     }
