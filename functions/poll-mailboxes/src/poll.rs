@@ -522,9 +522,6 @@ async fn work_on(
                 left_in_place = Some(e);
             }
             Err(stop) => {
-                if matches!(stop, Stop::Imap(_)) {
-                    status.retry_last_uids.push(uid);
-                }
                 status.deferred = (sizes.len() - index) as u32 + beyond_limit + earlier_failures;
                 return Err(stop);
             }

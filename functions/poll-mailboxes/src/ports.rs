@@ -106,10 +106,9 @@ pub struct MailboxStatus {
     pub uid_validity: Option<u32>,
     /// IMAP commands sent.
     pub imap_round_trips: u64,
-    /// UIDs (under `uid_validity`) of mails this run could not finish for what may be a reason
-    /// of their own (the ticket API kept failing on that payload, or the IMAP session broke on
-    /// it): they stay where they are, and the next run tries them after the other mails, so
-    /// one such mail never holds up the mail behind it.
+    /// UIDs (under `uid_validity`) of mails the ticket API did not take this run (down, 401/403,
+    /// or failing on that one payload): they stay where they are, and the next run tries them
+    /// after the other mails, so one such mail never holds up the mail behind it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retry_last_uids: Vec<u32>,
 }
