@@ -107,7 +107,14 @@ fn maybe_signature(trimmed: &str) -> bool {
         return trimmed == "--";
     }
     // Byte-wise ASCII case folding: no non-ASCII character lower-cases into these prefixes.
+    // Their first letters rule out most lines before the prefixes are compared.
     let head = trimmed.as_bytes();
+    if !head
+        .first()
+        .is_some_and(|b| matches!(b.to_ascii_lowercase(), b's' | b'g' | b'v' | b'e'))
+    {
+        return false;
+    }
     ["sent ", "get ", "von ", "envoy", "enviad"]
         .iter()
         .any(|p| head.len() >= p.len() && head[..p.len()].eq_ignore_ascii_case(p.as_bytes()))
