@@ -176,14 +176,20 @@ fn is_void(name: &[u8]) -> bool {
 
 /// Whether a `style` attribute says `display: none` (any case and spacing, `!important` or not).
 fn style_hides(style: &[u8]) -> bool {
-    let compact: Vec<u8> = style
-        .iter()
-        .filter(|b| !b.is_ascii_whitespace())
-        .map(u8::to_ascii_lowercase)
-        .collect();
-    compact
-        .split(|&b| b == b';')
-        .any(|declaration| declaration.starts_with(b"display:none"))
+    fn strip_word<'a>(s: &'a [u8], word: &[u8]) -> Option<&'a [u8]> {
+        let s = s.trim_ascii_start();
+        (s.len() >= word.len() && s[..word.len()].eq_ignore_ascii_case(word))
+            .then(|| &s[word.len()..])
+    }
+    style.split(|&b| b == b';').any(|declaration| {
+        strip_word(declaration, b"display")
+            .and_then(|rest| strip_word(rest, b":"))
+            .and_then(|rest| strip_word(rest, b"none"))
+            .is_some_and(|rest| {
+                let rest = rest.trim_ascii_start();
+                rest.is_empty() || rest.starts_with(b"!")
+            })
+    })
 }
 
 /// An open element that is not displayed: the renderer's state and output length from before it,
@@ -927,6 +933,28 @@ mod tests {
             ),
             "1. one\n2. two"
         );
+    }
+
+    #[test]
+    fn display_none_is_read_like_css() {
+        use super::style_hides;
+        for hides in [
+            "display:none",
+            "display : none ;",
+            "color:red; DISPLAY:None !important",
+            "\tdisplay:\nnone",
+        ] {
+            assert!(style_hides(hides.as_bytes()), "{hides:?}");
+        }
+        for shows in [
+            "display:block",
+            "display:nonesuch",
+            "x-display:none",
+            "",
+            "none",
+        ] {
+            assert!(!style_hides(shows.as_bytes()), "{shows:?}");
+        }
     }
 
     #[test]
