@@ -255,6 +255,18 @@ impl async_imap::Authenticator for Xoauth2 {
     }
 }
 
+/// One message as `UID FETCH (UID RFC822.SIZE INTERNALDATE)` lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListedMessage {
+    /// The message's UID in the selected folder.
+    pub uid: Uid,
+    /// `RFC822.SIZE`: the raw message's size in bytes.
+    pub size: u32,
+    /// `INTERNALDATE`: when the mailbox received the message (RFC 3501 2.3.3), which does not
+    /// change between polls; `None` when the server sent none.
+    pub received_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// Selected folder facts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SelectedFolder {
@@ -554,28 +566,34 @@ where
         Ok(uids)
     }
 
-    /// `UID FETCH <set> (UID RFC822.SIZE)` for many UIDs in one round trip: (uid, size) ascending.
-    /// UIDs that vanished meanwhile are simply absent.
-    pub async fn sizes(&mut self, uids: &[Uid]) -> Result<Vec<(Uid, u32)>, ImapError> {
+    /// `UID FETCH <set> (UID RFC822.SIZE INTERNALDATE)` for many UIDs in one round trip, in
+    /// ascending UID order. UIDs that vanished meanwhile are simply absent.
+    pub async fn list_messages(&mut self, uids: &[Uid]) -> Result<Vec<ListedMessage>, ImapError> {
         if uids.is_empty() {
             return Ok(Vec::new());
         }
         let set = uid_set(uids);
-        let mut sizes = self
-            .run("UID FETCH RFC822.SIZE", move |s| {
+        let mut listed = self
+            .run("UID FETCH RFC822.SIZE INTERNALDATE", move |s| {
                 Box::pin(async move {
-                    let stream = s.uid_fetch(&set, "(UID RFC822.SIZE)").await?;
+                    let stream = s.uid_fetch(&set, "(UID RFC822.SIZE INTERNALDATE)").await?;
                     let fetches: Vec<_> = stream.try_collect().await?;
                     Ok(fetches
                         .iter()
-                        .filter_map(|f| Some((f.uid?, f.size?)))
+                        .filter_map(|f| {
+                            Some(ListedMessage {
+                                uid: f.uid?,
+                                size: f.size?,
+                                received_at: f.internal_date().map(|d| d.to_utc()),
+                            })
+                        })
                         .collect::<Vec<_>>())
                 })
             })
             .await?;
-        sizes.sort_unstable();
-        sizes.dedup_by_key(|(uid, _)| *uid);
-        Ok(sizes)
+        listed.sort_unstable_by_key(|m| m.uid);
+        listed.dedup_by_key(|m| m.uid);
+        Ok(listed)
     }
 
     /// `UID FETCH <uid> BODY.PEEK[]`: the whole raw message (None if it vanished). Does not set

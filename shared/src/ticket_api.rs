@@ -54,7 +54,8 @@ pub struct TicketPayload {
     pub mailbox: String,
     /// The mailbox address.
     pub mailbox_address: String,
-    /// When the poller fetched it (RFC 3339).
+    /// When the mailbox received the mail: its IMAP INTERNALDATE (the poll time if the server
+    /// gave none). The same on every attempt, so a retried POST repeats its payload exactly.
     pub received_at: chrono::DateTime<chrono::Utc>,
     /// The dedupe key; equal to the `Idempotency-Key` header.
     pub idempotency_key: String,

@@ -477,8 +477,13 @@ async fn mail_delivered_into_dovecot_becomes_exactly_one_ticket_and_is_moved() {
          See attached.\r\n--b\r\nContent-Type: application/pdf; name=\"r.pdf\"\r\nContent-Disposition: attachment; filename=\"r.pdf\"\r\n\
          Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n"
     );
+    let delivered_from = chrono::Utc::now().timestamp();
     p.deliver(&user, &mail("one", "Printer on fire", "Please help."));
     p.deliver(&user, attachment_mail.as_bytes());
+    let delivered_until = chrono::Utc::now().timestamp();
+    // Polled well after delivery: `received_at` must be Dovecot's INTERNALDATE (the delivery,
+    // whole seconds), not the poll time.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
 
     let report = p.poll().await;
     assert_eq!(status(&report, "helpdesk").outcome, "ok", "{report:?}");
@@ -486,6 +491,14 @@ async fn mail_delivered_into_dovecot_becomes_exactly_one_ticket_and_is_moved() {
     let tickets = p.tickets();
     assert_eq!(tickets.len(), 2);
     let first = &tickets[0].body;
+    let received_at = chrono::DateTime::parse_from_rfc3339(first["received_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp();
+    assert!(
+        (delivered_from..=delivered_until).contains(&received_at),
+        "received_at {} is not the delivery time ({delivered_from}..={delivered_until})",
+        first["received_at"]
+    );
     assert_eq!(first["schema"], "mailbridge.ticket-payload/1");
     assert_eq!(first["mailbox"], "helpdesk");
     assert_eq!(first["draft"]["subject"], "Printer on fire");

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mailbridge::imap::{ImapError, SearchScope, SelectedFolder, Uid};
+use mailbridge::imap::{ImapError, ListedMessage, SearchScope, SelectedFolder, Uid};
 use mailbridge::ticket_api::{TicketApiError, TicketPayload, TicketReceipt, TicketSink};
 use mailbridge::token::{AccessToken, AccessTokenSource, Audience, TokenError};
 use secrecy::SecretString;
@@ -25,6 +25,8 @@ struct Message {
     uid: Uid,
     raw: Vec<u8>,
     seen: bool,
+    /// INTERNALDATE: set on delivery, kept by MOVE.
+    received_at: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Default)]
@@ -54,6 +56,8 @@ impl FakeServer {
                 uid,
                 raw: raw.to_vec(),
                 seen: false,
+                received_at: chrono::DateTime::from_timestamp(1_700_000_000 + i64::from(uid), 0)
+                    .expect("valid timestamp"),
             });
     }
     fn count(&self, user: &str, folder: &str) -> usize {
@@ -132,12 +136,16 @@ impl Mailbox for FakeMailbox {
                 .collect()
         }))
     }
-    async fn sizes(&mut self, uids: &[Uid]) -> Result<Vec<(Uid, u32)>, ImapError> {
+    async fn list_messages(&mut self, uids: &[Uid]) -> Result<Vec<ListedMessage>, ImapError> {
         self.op()?;
         Ok(self.with_folder(|f| {
             f.iter()
                 .filter(|m| uids.contains(&m.uid))
-                .map(|m| (m.uid, m.raw.len() as u32))
+                .map(|m| ListedMessage {
+                    uid: m.uid,
+                    size: m.raw.len() as u32,
+                    received_at: Some(m.received_at),
+                })
                 .collect()
         }))
     }
@@ -300,6 +308,8 @@ struct FakeSink {
     /// the mode; and how many POSTs it got.
     poison_subjects: Mutex<Vec<String>>,
     posts: Mutex<u32>,
+    /// `received_at` of every POST, failed ones included.
+    received_at_posted: Mutex<Vec<chrono::DateTime<chrono::Utc>>>,
 }
 
 #[async_trait]
@@ -311,6 +321,10 @@ impl TicketSink for FakeSink {
         _deadline: Instant,
     ) -> Result<TicketReceipt, TicketApiError> {
         *self.posts.lock().unwrap() += 1;
+        self.received_at_posted
+            .lock()
+            .unwrap()
+            .push(payload.received_at);
         let subject = payload.draft["subject"].as_str().unwrap_or_default();
         if self
             .poison_subjects
@@ -412,6 +426,7 @@ fn world(configs: Vec<Result<MailboxConfig, ConfigError>>, tokens: FakeTokens) -
     let sink = Arc::new(FakeSink {
         mode: Mutex::new(SinkMode::Accept),
         tickets: Mutex::new(Vec::new()),
+        received_at_posted: Mutex::new(Vec::new()),
         poison_subjects: Mutex::new(Vec::new()),
         posts: Mutex::new(0),
     });
@@ -492,6 +507,33 @@ async fn ticket_api_down_leaves_the_mail_for_the_next_run() {
     assert_eq!(report.mailboxes_failed, 0);
     assert_eq!(w.sink.tickets.lock().unwrap().len(), 2);
     assert_eq!(w.server.count("help@example.com", "Processed"), 2);
+}
+
+/// `received_at` is the mail's INTERNALDATE, the same on every attempt: a POST retried by a later
+/// run carries the same payload under the same Idempotency-Key (a strict API answers 422 to a
+/// key reused with another payload), and the helpdesk's SLA clock starts when the mail arrived.
+/// (Before: the time of each poll.)
+#[tokio::test]
+async fn received_at_is_the_internaldate_on_every_attempt() {
+    let w = world(
+        vec![Ok(mailbox(
+            "help",
+            "help@example.com",
+            serde_json::json!({}),
+        ))],
+        FakeTokens::default(),
+    );
+    w.server.deliver("help@example.com", &mail("a", "x"));
+    *w.sink.mode.lock().unwrap() = SinkMode::Down;
+    poll_once(&w.deps, None, later()).await.unwrap();
+    *w.sink.mode.lock().unwrap() = SinkMode::Accept;
+    let report = poll_once(&w.deps, None, later()).await.unwrap();
+    assert_eq!(report.tickets_created, 1);
+    let internal_date = chrono::DateTime::from_timestamp(1_700_000_001, 0).unwrap();
+    assert_eq!(
+        *w.sink.received_at_posted.lock().unwrap(),
+        vec![internal_date, internal_date]
+    );
 }
 
 /// A mail the ticket API always fails on with a transient error (5xx, a timeout on its payload)

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mailbridge::imap::{
-    self, ImapConnection, ImapEndpoint, ImapError, SearchScope, SelectedFolder, Uid,
+    self, ImapConnection, ImapEndpoint, ImapError, ListedMessage, SearchScope, SelectedFolder, Uid,
 };
 use secrecy::SecretString;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -68,8 +68,8 @@ where
     async fn search(&mut self, scope: SearchScope) -> Result<Vec<Uid>, ImapError> {
         ImapConnection::search(self, scope).await
     }
-    async fn sizes(&mut self, uids: &[Uid]) -> Result<Vec<(Uid, u32)>, ImapError> {
-        ImapConnection::sizes(self, uids).await
+    async fn list_messages(&mut self, uids: &[Uid]) -> Result<Vec<ListedMessage>, ImapError> {
+        ImapConnection::list_messages(self, uids).await
     }
     async fn fetch_raw(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
         ImapConnection::fetch_raw(self, uid).await

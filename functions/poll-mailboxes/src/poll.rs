@@ -2,7 +2,7 @@
 //! what happened to each; [`poll_mailbox`] is the per-mailbox loop.
 //!
 //! Per mailbox: IMAP-audience token → connect + `AUTHENTICATE XOAUTH2` → SELECT → UID SEARCH →
-//! sizes in one round trip → for each message in UID order: size check, `BODY.PEEK[]`, convert,
+//! sizes and INTERNALDATEs in one round trip → for each message in UID order: size check, `BODY.PEEK[]`, convert,
 //! dedupe lookup, POST with `Idempotency-Key`, dedupe record, and only then the after-action.
 //!
 //! # Nothing is lost
@@ -35,7 +35,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use futures::StreamExt as _;
 use mailbridge::error::{Classify as _, ErrorClass};
-use mailbridge::imap::{ImapError, SearchScope, Uid};
+use mailbridge::imap::{ImapError, ListedMessage, SearchScope, Uid};
 use mailbridge::ticket_api::{TICKET_PAYLOAD_SCHEMA, TicketApiError, TicketPayload, TicketSink};
 use mailbridge::token::{AccessTokenSource, Audience, TokenError};
 use serde::Serialize;
@@ -451,8 +451,8 @@ async fn work_on(
     uids.sort_by_key(|uid| retry_last.contains(uid));
     uids.truncate(config.max_messages_per_run as usize);
     let beyond_limit = (total - uids.len()) as u32;
-    let mut sizes = mailbox.sizes(&uids).await.map_err(Stop::Imap)?;
-    sizes.sort_by_key(|(uid, _)| retry_last.contains(uid)); // `sizes` comes back in UID order
+    let mut listed = mailbox.list_messages(&uids).await.map_err(Stop::Imap)?;
+    listed.sort_by_key(|m| retry_last.contains(&m.uid)); // listed in UID order
     let stop_starting_at = deadline
         .checked_sub(deps.deadline_margin)
         .unwrap_or_else(Instant::now);
@@ -465,10 +465,11 @@ async fn work_on(
     // itself is failing: stop, the rest waits for the next run.
     let mut left_in_place: Option<TicketApiError> = None;
     let mut failed_in_a_row = 0;
-    for (index, (uid, size)) in sizes.iter().copied().enumerate() {
+    for (index, message) in listed.iter().copied().enumerate() {
+        let uid = message.uid;
         let earlier_failures = status.retry_last_uids.len() as u32;
         if Instant::now() >= stop_starting_at {
-            status.deferred = (sizes.len() - index) as u32 + beyond_limit + earlier_failures;
+            status.deferred = (listed.len() - index) as u32 + beyond_limit + earlier_failures;
             status.outcome = "partial".into();
             status.reason = Some(match &left_in_place {
                 None => "deadline approaching; the rest waits for the next run".into(),
@@ -485,8 +486,7 @@ async fn work_on(
             mailbox,
             sink,
             uid_validity,
-            uid,
-            size as u64,
+            message,
             post_deadline,
         )
         .await
@@ -510,7 +510,7 @@ async fn work_on(
                 failed_in_a_row += 1;
                 if failed_in_a_row >= 2 {
                     status.deferred =
-                        (sizes.len() - index) as u32 + beyond_limit + earlier_failures;
+                        (listed.len() - index) as u32 + beyond_limit + earlier_failures;
                     return Err(Stop::TicketApi(e));
                 }
                 tracing::warn!(
@@ -522,7 +522,7 @@ async fn work_on(
                 left_in_place = Some(e);
             }
             Err(stop) => {
-                status.deferred = (sizes.len() - index) as u32 + beyond_limit + earlier_failures;
+                status.deferred = (listed.len() - index) as u32 + beyond_limit + earlier_failures;
                 return Err(stop);
             }
         }
@@ -589,17 +589,17 @@ pub fn unticketed_auto_generated_reason(
 fn prepare(
     deps: &PollDeps,
     config: &MailboxConfig,
+    received_at: chrono::DateTime<chrono::Utc>,
     raw: Option<&[u8]>,
     header_block: Option<&[u8]>,
     size: u64,
 ) -> Prepared {
-    let now = chrono::Utc::now();
     let payload =
         |key: &DedupeKey, draft, attachments, problem: Option<String>, raw64| TicketPayload {
             schema: TICKET_PAYLOAD_SCHEMA.to_string(),
             mailbox: config.name.clone(),
             mailbox_address: config.user.clone(),
-            received_at: now,
+            received_at,
             idempotency_key: key.hash.clone(),
             draft,
             attachments,
@@ -679,20 +679,25 @@ async fn handle_message(
     mailbox: &mut dyn Mailbox,
     sink: &dyn TicketSink,
     uid_validity: u32,
-    uid: Uid,
-    size: u64,
+    message: ListedMessage,
     post_deadline: Instant,
 ) -> Result<Handled, Stop> {
+    let uid = message.uid;
+    let size = u64::from(message.size);
+    // INTERNALDATE, when the server gave one: the same on every attempt, so a retried POST
+    // carries the same payload under the same Idempotency-Key, and a helpdesk's SLA clock
+    // starts when the mail arrived, not when it was polled.
+    let received_at = message.received_at.unwrap_or_else(chrono::Utc::now);
     let prepared = if size > config.max_message_bytes {
         let Some(header_block) = mailbox.fetch_header(uid).await.map_err(Stop::Imap)? else {
             return Ok(Handled::Vanished);
         };
-        prepare(deps, config, None, Some(&header_block), size)
+        prepare(deps, config, received_at, None, Some(&header_block), size)
     } else {
         let Some(raw) = mailbox.fetch_raw(uid).await.map_err(Stop::Imap)? else {
             return Ok(Handled::Vanished);
         };
-        prepare(deps, config, Some(&raw), None, size)
+        prepare(deps, config, received_at, Some(&raw), None, size)
         // `raw` is dropped here: one message in memory at a time.
     };
     if let Some(auto_reason) = &prepared.skip_auto_generated {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mailbridge::imap::{ImapError, SearchScope, SelectedFolder, Uid};
+use mailbridge::imap::{ImapError, ListedMessage, SearchScope, SelectedFolder, Uid};
 use mailbridge::ticket_api::TicketSink;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -20,7 +20,7 @@ pub trait Mailbox: Send {
     /// UIDs in the selected folder, ascending.
     async fn search(&mut self, scope: SearchScope) -> Result<Vec<Uid>, ImapError>;
     /// `RFC822.SIZE` of each UID (one round trip), ascending by UID.
-    async fn sizes(&mut self, uids: &[Uid]) -> Result<Vec<(Uid, u32)>, ImapError>;
+    async fn list_messages(&mut self, uids: &[Uid]) -> Result<Vec<ListedMessage>, ImapError>;
     /// The whole raw message (`BODY.PEEK[]`), None when it vanished.
     async fn fetch_raw(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError>;
     /// The header block only, None when it vanished.

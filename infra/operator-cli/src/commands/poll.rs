@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use async_trait::async_trait;
-use mailbridge::imap::{ImapError, SearchScope, SelectedFolder, Uid};
+use mailbridge::imap::{ImapError, ListedMessage, SearchScope, SelectedFolder, Uid};
 use mailbridge::ticket_api::{TicketApiError, TicketPayload, TicketReceipt, TicketSink};
 use poll_mailboxes::config::MailboxConfig;
 use poll_mailboxes::convert::ParseContext;
@@ -182,11 +182,12 @@ impl Mailbox for DryRunMailbox {
     async fn search(&mut self, scope: SearchScope) -> Result<Vec<Uid>, ImapError> {
         self.inner.search(scope).await
     }
-    async fn sizes(&mut self, uids: &[Uid]) -> Result<Vec<(Uid, u32)>, ImapError> {
-        let sizes = self.inner.sizes(uids).await?;
-        self.log
-            .with(&self.name, |l| l.sizes.extend(sizes.iter().copied()));
-        Ok(sizes)
+    async fn list_messages(&mut self, uids: &[Uid]) -> Result<Vec<ListedMessage>, ImapError> {
+        let listed = self.inner.list_messages(uids).await?;
+        self.log.with(&self.name, |l| {
+            l.sizes.extend(listed.iter().map(|m| (m.uid, m.size)));
+        });
+        Ok(listed)
     }
     async fn fetch_raw(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
         self.reading(uid);
