@@ -44,6 +44,11 @@ const MAX_SEARCHED_LINK_TEXT: usize = 1024;
 const HR_LINE: &[u8] = b"________________________________";
 /// Hidden elements nested deeper than this are shown (each open one keeps a copy of the state).
 const MAX_HIDDEN_DEPTH: usize = 32;
+/// A hidden element is only hidden while the state it must copy is small: at most this many open
+/// lists and this many bytes of open-link target. Beyond (hostile nesting, huge `href`s), it is
+/// shown, so that every hidden element costs a bounded copy and the rendering stays linear.
+const MAX_HIDDEN_COPY_LISTS: usize = 32;
+const MAX_HIDDEN_COPY_HREF: usize = 2048;
 /// Appended when the output hits its size cap.
 const TRUNCATED_NOTE: &str = "\n[HTML body text truncated; see body_html]";
 
@@ -363,7 +368,10 @@ impl Renderer {
                 if self.tag_hidden && void {
                     return; // e.g. a hidden tracking `<img>`: not even its alt text
                 }
-                let hide = self.tag_hidden && self.hidden_elements.len() < MAX_HIDDEN_DEPTH;
+                let hide = self.tag_hidden
+                    && self.hidden_elements.len() < MAX_HIDDEN_DEPTH
+                    && self.lists.len() <= MAX_HIDDEN_COPY_LISTS
+                    && self.link_href.len() <= MAX_HIDDEN_COPY_HREF;
                 if hide {
                     let before = self.snapshot();
                     self.hidden_elements.push(HiddenElement {
@@ -412,12 +420,19 @@ impl Renderer {
 
     /// The state to go back to at the end of a hidden element: all of it but the output (only
     /// its length matters, kept in [`HiddenElement::out_len`]) and the open hidden elements.
+    /// The start tag's own attribute buffers are not copied either: the next start tag resets them.
     fn snapshot(&mut self) -> Box<Renderer> {
         let out = std::mem::take(&mut self.out);
         let hidden_elements = std::mem::take(&mut self.hidden_elements);
+        let tag_buffers = (
+            std::mem::take(&mut self.href),
+            std::mem::take(&mut self.alt),
+            std::mem::take(&mut self.start),
+        );
         let before = Box::new(self.clone());
         self.out = out;
         self.hidden_elements = hidden_elements;
+        (self.href, self.alt, self.start) = tag_buffers;
         before
     }
 
@@ -921,6 +936,16 @@ mod tests {
             ),
             "shown too"
         );
+        // Under hostile nesting the hidden element is shown: its copy of the state stays small.
+        let deep = format!("{}<div hidden>x</div>y", "<ul>".repeat(40));
+        assert!(html_to_text(&deep).starts_with('x'));
+        let long_link = format!(
+            "<a href=\"https://e.example/{}\"><span hidden>x</span>y</a>",
+            "q".repeat(3000)
+        );
+        assert_eq!(html_to_text(&long_link), "xy");
+        let shallow = format!("{}<div hidden>x</div>y", "<ul>".repeat(3));
+        assert_eq!(html_to_text(&shallow).trim(), "y");
         // Left open in broken markup: nothing is hidden rather than the rest of the mail.
         assert_eq!(
             html_to_text("<p>Hi</p><span hidden>x<p>all of this"),

@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result, bail};
 use mailbridge::mail::{ParseOptions, parse};
-use std::io::Read;
+use std::io::{Read, Write as _};
 use std::path::PathBuf;
 
 /// Environment variable with the hex HMAC key of thread markers.
@@ -40,8 +40,13 @@ pub fn run(args: &ParseArgs) -> Result<()> {
         serde_json::to_string(&draft)
     }
     .context("cannot serialise the draft")?;
-    println!("{json}");
-    Ok(())
+    // `mailbridge parse x.eml | head`: a reader that stops early is not an error (println!
+    // would panic on the broken pipe).
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{json}").and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write the draft to stdout"),
+    }
 }
 
 fn read_input(path: &PathBuf) -> Result<Vec<u8>> {
