@@ -419,6 +419,18 @@ fn mailbox(name: &str, user: &str, extra: serde_json::Value) -> MailboxConfig {
     MailboxConfig::from_json(name, &item).unwrap()
 }
 
+/// The common world: one mailbox "help" (help@example.com) with the default settings.
+fn help_world() -> World {
+    world(
+        vec![Ok(mailbox(
+            "help",
+            "help@example.com",
+            serde_json::json!({}),
+        ))],
+        FakeTokens::default(),
+    )
+}
+
 fn world(configs: Vec<Result<MailboxConfig, ConfigError>>, tokens: FakeTokens) -> World {
     let server = FakeServer::default();
     let state = Arc::new(FakeState::default());
@@ -458,14 +470,7 @@ fn later() -> Instant {
 
 #[tokio::test]
 async fn a_mail_becomes_exactly_one_ticket_and_is_moved() {
-    let w = world(
-        vec![Ok(mailbox(
-            "help",
-            "help@example.com",
-            serde_json::json!({}),
-        ))],
-        FakeTokens::default(),
-    );
+    let w = help_world();
     w.server
         .deliver("help@example.com", &mail("a", "printer broken"));
     let report = poll_once(&w.deps, None, later()).await.unwrap();
@@ -483,14 +488,7 @@ async fn a_mail_becomes_exactly_one_ticket_and_is_moved() {
 
 #[tokio::test]
 async fn ticket_api_down_leaves_the_mail_for_the_next_run() {
-    let w = world(
-        vec![Ok(mailbox(
-            "help",
-            "help@example.com",
-            serde_json::json!({}),
-        ))],
-        FakeTokens::default(),
-    );
+    let w = help_world();
     w.server.deliver("help@example.com", &mail("a", "x"));
     w.server.deliver("help@example.com", &mail("b", "y"));
     *w.sink.mode.lock().unwrap() = SinkMode::Down;
@@ -515,14 +513,7 @@ async fn ticket_api_down_leaves_the_mail_for_the_next_run() {
 /// (Before: the time of each poll.)
 #[tokio::test]
 async fn received_at_is_the_internaldate_on_every_attempt() {
-    let w = world(
-        vec![Ok(mailbox(
-            "help",
-            "help@example.com",
-            serde_json::json!({}),
-        ))],
-        FakeTokens::default(),
-    );
+    let w = help_world();
     w.server.deliver("help@example.com", &mail("a", "x"));
     *w.sink.mode.lock().unwrap() = SinkMode::Down;
     poll_once(&w.deps, None, later()).await.unwrap();
@@ -542,14 +533,7 @@ async fn received_at_is_the_internaldate_on_every_attempt() {
 /// mail of that mailbox was ever ticketed again.)
 #[tokio::test]
 async fn a_mail_the_ticket_api_keeps_failing_on_does_not_block_the_mail_behind_it() {
-    let w = world(
-        vec![Ok(mailbox(
-            "help",
-            "help@example.com",
-            serde_json::json!({}),
-        ))],
-        FakeTokens::default(),
-    );
+    let w = help_world();
     for id in ["poison", "b", "c"] {
         w.server.deliver("help@example.com", &mail(id, "x"));
     }
@@ -635,14 +619,7 @@ async fn a_failing_mail_is_put_last_before_the_per_run_limit() {
 
 #[tokio::test]
 async fn reused_message_id_gives_two_tickets_and_the_same_mail_twice_gives_one() {
-    let w = world(
-        vec![Ok(mailbox(
-            "help",
-            "help@example.com",
-            serde_json::json!({}),
-        ))],
-        FakeTokens::default(),
-    );
+    let w = help_world();
     w.server
         .deliver("help@example.com", &mail("same", "first content"));
     w.server
@@ -704,14 +681,7 @@ async fn malformed_and_oversize_mail_get_a_ticket_with_a_note_and_are_parked() {
 
 #[tokio::test]
 async fn a_rejected_mail_is_parked_without_blocking_the_rest() {
-    let w = world(
-        vec![Ok(mailbox(
-            "help",
-            "help@example.com",
-            serde_json::json!({}),
-        ))],
-        FakeTokens::default(),
-    );
+    let w = help_world();
     w.server.deliver("help@example.com", &mail("a", "x"));
     *w.sink.mode.lock().unwrap() = SinkMode::Reject;
     let report = poll_once(&w.deps, None, later()).await.unwrap();
@@ -790,14 +760,7 @@ async fn auth_problems_are_per_mailbox_and_the_others_are_polled() {
 
 #[tokio::test]
 async fn a_dropped_connection_is_resumed_next_run_without_loss_or_duplicates() {
-    let w = world(
-        vec![Ok(mailbox(
-            "help",
-            "help@example.com",
-            serde_json::json!({}),
-        ))],
-        FakeTokens::default(),
-    );
+    let w = help_world();
     for i in 0..5 {
         w.server
             .deliver("help@example.com", &mail(&format!("m{i}"), "x"));
@@ -818,14 +781,7 @@ async fn a_dropped_connection_is_resumed_next_run_without_loss_or_duplicates() {
 
 #[tokio::test]
 async fn near_the_deadline_no_new_mail_is_started() {
-    let w = world(
-        vec![Ok(mailbox(
-            "help",
-            "help@example.com",
-            serde_json::json!({}),
-        ))],
-        FakeTokens::default(),
-    );
+    let w = help_world();
     w.server.deliver("help@example.com", &mail("a", "x"));
     let report = poll_once(&w.deps, None, Instant::now() + Duration::from_secs(2))
         .await
