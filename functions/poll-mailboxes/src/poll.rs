@@ -2,8 +2,9 @@
 //! what happened to each; [`poll_mailbox`] is the per-mailbox loop.
 //!
 //! Per mailbox: IMAP-audience token → connect + `AUTHENTICATE XOAUTH2` → SELECT → UID SEARCH →
-//! sizes and INTERNALDATEs in one round trip → for each message in UID order: size check, `BODY.PEEK[]`, convert,
-//! dedupe lookup, POST with `Idempotency-Key`, dedupe record, and only then the after-action.
+//! sizes and INTERNALDATEs in one round trip → for each message in UID order: size check,
+//! `BODY.PEEK[]`, convert, dedupe lookup, POST with `Idempotency-Key`, dedupe record, and only
+//! then the after-action.
 //!
 //! # Nothing is lost
 //! - Ticket API down / throttled beyond the deadline: the mail is left as it was, the mailbox
@@ -465,11 +466,15 @@ async fn work_on(
     // itself is failing: stop, the rest waits for the next run.
     let mut left_in_place: Option<TicketApiError> = None;
     let mut failed_in_a_row = 0;
+    // Mail left for the next run when stopping at `index`: this one and the rest of the list,
+    // those beyond max_messages_per_run, and those the ticket API did not take so far.
+    let deferred_from = |index: usize, status: &MailboxStatus| {
+        (listed.len() - index) as u32 + beyond_limit + status.retry_last_uids.len() as u32
+    };
     for (index, message) in listed.iter().copied().enumerate() {
         let uid = message.uid;
-        let earlier_failures = status.retry_last_uids.len() as u32;
         if Instant::now() >= stop_starting_at {
-            status.deferred = (listed.len() - index) as u32 + beyond_limit + earlier_failures;
+            status.deferred = deferred_from(index, status);
             status.outcome = "partial".into();
             status.reason = Some(match &left_in_place {
                 None => "deadline approaching; the rest waits for the next run".into(),
@@ -506,11 +511,12 @@ async fn work_on(
                 }
             }
             Err(Stop::TicketApi(e)) => {
+                // Counted before this one joins `retry_last_uids` (it is in the rest of the list).
+                let deferred = deferred_from(index, status);
                 status.retry_last_uids.push(uid);
                 failed_in_a_row += 1;
                 if failed_in_a_row >= 2 {
-                    status.deferred =
-                        (listed.len() - index) as u32 + beyond_limit + earlier_failures;
+                    status.deferred = deferred;
                     return Err(Stop::TicketApi(e));
                 }
                 tracing::warn!(
@@ -522,7 +528,7 @@ async fn work_on(
                 left_in_place = Some(e);
             }
             Err(stop) => {
-                status.deferred = (listed.len() - index) as u32 + beyond_limit + earlier_failures;
+                status.deferred = deferred_from(index, status);
                 return Err(stop);
             }
         }
