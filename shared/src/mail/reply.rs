@@ -142,40 +142,6 @@ fn offset_in(text: &str, line: &str) -> usize {
     line.as_ptr() as usize - text.as_ptr() as usize
 }
 
-/// `str::lines` with the line breaks found by `memchr` (SIMD) instead of a search per line:
-/// lines end at `\n`, a `\r` before it is dropped, a last line without `\n` is kept whole.
-#[derive(Clone)]
-struct Lines<'a> {
-    text: &'a str,
-    breaks: memchr::Memchr<'a>,
-    start: usize,
-}
-
-impl<'a> Lines<'a> {
-    fn new(text: &'a str) -> Self {
-        Self {
-            text,
-            breaks: memchr::memchr_iter(b'\n', text.as_bytes()),
-            start: 0,
-        }
-    }
-}
-
-impl<'a> Iterator for Lines<'a> {
-    type Item = &'a str;
-
-    fn next(&mut self) -> Option<&'a str> {
-        let Some(newline) = self.breaks.next() else {
-            let last = &self.text[self.start..];
-            self.start = self.text.len();
-            return (!last.is_empty()).then_some(last);
-        };
-        let line = &self.text[self.start..newline];
-        self.start = newline + 1;
-        Some(line.strip_suffix('\r').unwrap_or(line))
-    }
-}
-
 /// What the scan for the start of the quoted history found.
 struct Scan {
     /// Where the quoted original or the signature starts (the body's length when nowhere).
@@ -189,7 +155,7 @@ struct Scan {
 
 /// Finds the first quote header or signature line.
 fn scan(body: &str) -> Scan {
-    let mut lines = Lines::new(body).peekable();
+    let mut lines = body.lines().peekable();
     let mut first_content = None;
     let mut may_have_quoted_lines = false;
     // Quote headers and signatures sit near the top of a reply: only the first lines are
@@ -397,28 +363,6 @@ mod tests {
             body.to_string()
         } else {
             text
-        }
-    }
-
-    #[test]
-    fn lines_split_like_str_lines() {
-        let mut texts = crafted_bodies();
-        texts.extend(
-            [
-                "",
-                "\n",
-                "\r",
-                "\r\n",
-                "a\r",
-                "a\r\r\n",
-                "\n\nb",
-                "a\nb\r\n\r\nc\r",
-            ]
-            .map(String::from),
-        );
-        texts.extend(crate::mail::auto::test_texts());
-        for text in &texts {
-            assert!(Lines::new(text).eq(text.lines()), "{text:?}");
         }
     }
 
