@@ -228,7 +228,7 @@ fn find_copy_marker(text: &str) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mail::auto::test_texts;
+    use crate::mail::test_texts;
 
     fn crafted() -> Vec<String> {
         [

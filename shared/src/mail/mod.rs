@@ -424,6 +424,34 @@ fn join_texts(parts: Vec<String>) -> String {
     out
 }
 
+/// Haystacks for the tests that pin the cheap pre-checks of the mail modules to the regexes
+/// they guard: the fixture mails (`tests/fixtures/mail/*.eml`) as text, plus the `.eml`
+/// files of any directories listed in `MAILBRIDGE_TEST_MAIL_DIRS` (`:`-separated; e.g. a bounce
+/// corpus), each whole and cut at its blank lines (header blocks, bodies).
+#[cfg(test)]
+pub(crate) fn test_texts() -> Vec<String> {
+    let mut dirs =
+        vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/mail")];
+    if let Ok(extra) = std::env::var("MAILBRIDGE_TEST_MAIL_DIRS") {
+        dirs.extend(extra.split(':').filter(|d| !d.is_empty()).map(Into::into));
+    }
+    let mut texts = Vec::new();
+    for dir in dirs {
+        for entry in std::fs::read_dir(&dir).expect("mail directory exists") {
+            let path = entry.expect("directory entry").path();
+            if path.extension().is_some_and(|e| e == "eml") {
+                let text =
+                    String::from_utf8_lossy(&std::fs::read(&path).expect("readable")).into_owned();
+                texts.extend(text.split("\n\n").map(str::to_string));
+                texts.extend(text.split("\r\n\r\n").map(str::to_string));
+                texts.push(text);
+            }
+        }
+    }
+    assert!(texts.len() > 300, "the fixture mails are there");
+    texts
+}
+
 #[cfg(test)]
 mod tests {
     use super::obsolete_date;

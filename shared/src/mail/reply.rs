@@ -400,7 +400,7 @@ mod tests {
     #[test]
     fn matches_the_line_by_line_reference() {
         let mut texts = crafted_bodies();
-        texts.extend(crate::mail::auto::test_texts());
+        texts.extend(crate::mail::test_texts());
         // A body over the scan limit: the lines past it are never looked at.
         texts.push(format!(
             "{}\n> q\n-- \nsig",
@@ -420,7 +420,7 @@ mod tests {
             .flat_map(|b| b.lines().map(str::to_string).collect::<Vec<_>>())
             .collect();
         lines.extend(
-            crate::mail::auto::test_texts()
+            crate::mail::test_texts()
                 .iter()
                 .flat_map(|t| t.lines().map(str::to_string).collect::<Vec<_>>()),
         );

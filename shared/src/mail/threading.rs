@@ -236,7 +236,7 @@ mod tests {
             "[".to_string(),
         ];
         let mut matches = (0, 0);
-        for text in crafted.into_iter().chain(crate::mail::auto::test_texts()) {
+        for text in crafted.into_iter().chain(crate::mail::test_texts()) {
             if FOOTER_MARKER.is_match(&text) {
                 matches.0 += 1;
                 assert!(contains_ref(&text), "{text:?}");
