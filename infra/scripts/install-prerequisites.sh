@@ -3,6 +3,10 @@
 # and Python 3:
 #   - Debian packages: dovecot-imapd (IMAP server; brings dovecot-core with doveadm), and only if
 #     missing: python3-venv (for the venv), ca-certificates (for pip's downloads)
+#   - Request Tracker 5 (the helpdesk the RT ticket-sink tests land on), only if missing:
+#     request-tracker5, rt5-db-sqlite, rt5-standalone (rt-server with Starlet) and dma (the MTA
+#     request-tracker5 needs; runs no daemon), preseeded so apt asks nothing. Its packaged service is
+#     a no-op and no web server starts: the tests run throwaway instances (own SQLite file and port)
 #   - a project virtualenv <repo>/.local/venv (or $MAILBRIDGE_VENV) with moto[server] from
 #     infra/requirements.txt (the AWS stand-in: SQS, Secrets Manager, DynamoDB)
 # Idempotent: a second run only checks (the venv is rebuilt when infra/requirements.txt changes).
@@ -36,6 +40,31 @@ if [ ${#apt_pkgs[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}" >/dev/null
 fi
+# Request Tracker 5: about 20 s and 230 MiB the first time. The global instance debconf sets up is
+# never used (each test instance gets its own RT_SITE_CONFIG and SQLite file); the preseed only
+# keeps apt from asking.
+if [ ! -x /usr/sbin/rt-setup-database-5 ] || [ ! -x /usr/share/request-tracker5/libexec/rt-server ] \
+   || ! perl -MDBD::SQLite -e1 >/dev/null 2>&1 || ! perl -MStarlet::Server -e1 >/dev/null 2>&1; then
+  echo "installing Request Tracker 5 (request-tracker5 rt5-db-sqlite rt5-standalone dma)"
+  as_root debconf-set-selections <<'PRESEED'
+request-tracker5 request-tracker5/rtname string mailbridge.test
+request-tracker5 request-tracker5/organization string mailbridge.test
+request-tracker5 request-tracker5/correspondaddress string rt@mailbridge.test
+request-tracker5 request-tracker5/commentaddress string rt-comment@mailbridge.test
+request-tracker5 request-tracker5/webbaseurl string http://127.0.0.1
+request-tracker5 request-tracker5/webpath string /rt
+request-tracker5 request-tracker5/handle-siteconfig-permissions boolean true
+request-tracker5 request-tracker5/install-cronjobs boolean false
+request-tracker5 request-tracker5/dbconfig-install boolean true
+request-tracker5 request-tracker5/database-type select sqlite3
+request-tracker5 request-tracker5/initial-root-password password not-used-by-the-tests
+dma dma/mailname string mailbridge.test
+dma dma/relayhost string
+PRESEED
+  [ ${#apt_pkgs[@]} -gt 0 ] || as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+    --no-install-recommends request-tracker5 rt5-db-sqlite rt5-standalone dma >/dev/null
+fi
 if [ "$had_dovecot" = no ] && command -v systemctl >/dev/null 2>&1 \
    && systemctl is-active --quiet dovecot 2>/dev/null; then
   echo "stopping and disabling the system Dovecot service the package started (not needed)"
@@ -51,4 +80,5 @@ if [ ! -x "$venv/bin/moto_server" ] || [ "$want" != "$have" ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
   echo "$want" > "$venv/.requirements.sha256"
 fi
-echo "prerequisites ready: dovecot $(/usr/sbin/dovecot --version | cut -d' ' -f1), moto $("$venv/bin/python" -c 'import moto; print(moto.__version__)') in $venv"
+rt_version=$(dpkg-query -W -f='${Version}' request-tracker5 2>/dev/null || echo '?')
+echo "prerequisites ready: dovecot $(/usr/sbin/dovecot --version | cut -d' ' -f1), request-tracker5 $rt_version, moto $("$venv/bin/python" -c 'import moto; print(moto.__version__)') in $venv"

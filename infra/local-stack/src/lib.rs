@@ -6,6 +6,7 @@
 //! - [`identity`]: the Microsoft identity platform stand-in (token, devicecode, introspection).
 //! - [`graph`]: the Microsoft Graph `sendMail` stand-in.
 //! - [`ticket_api`]: the helpdesk ticket API stand-in.
+//! - [`request_tracker`]: a throwaway Request Tracker 5 (the real helpdesk), started on first use.
 //! - [`runtime_api`]: a Lambda Runtime API emulator to run the real `bootstrap` binaries.
 //! - [`tcp_fault_proxy`]: a TCP proxy that cuts a (TLS) connection at a chosen point.
 //! - [`tls_endpoint`]: an HTTPS endpoint with an untrusted or wrongly named certificate.
@@ -23,6 +24,7 @@ pub mod dovecot;
 pub mod graph;
 pub mod identity;
 pub mod moto;
+pub mod request_tracker;
 pub mod runtime_api;
 pub mod tcp_fault_proxy;
 pub mod ticket_api;
