@@ -9,13 +9,17 @@
 #     a no-op and no web server starts: the tests run throwaway instances (own SQLite file and port)
 #   - a project virtualenv <repo>/.local/venv (or $MAILBRIDGE_VENV) with moto[server] from
 #     infra/requirements.txt (the AWS stand-in: SQS, Secrets Manager, DynamoDB)
-# Idempotent: a second run only checks (the venv is rebuilt when infra/requirements.txt changes).
+#   - a second virtualenv <repo>/.local/venv-helpdesk (or $MAILBRIDGE_HELPDESK_VENV) with
+#     django-helpdesk from infra/requirements-helpdesk.txt (the real helpdesk the django-helpdesk
+#     ticket sink is tested against; its own venv so its pins never move moto's)
+# Idempotent: a second run only checks (a venv is rebuilt when its requirements file changes).
 # apt-get needs root: run as root or with sudo available. Nothing is started as a system service:
 # if the package starts Dovecot's system service, it is stopped and disabled again (the tests
 # run their own throwaway instances on free ports).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 venv=${MAILBRIDGE_VENV:-$root/.local/venv}
+helpdesk_venv=${MAILBRIDGE_HELPDESK_VENV:-$root/.local/venv-helpdesk}
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"
@@ -80,5 +84,14 @@ if [ ! -x "$venv/bin/moto_server" ] || [ "$want" != "$have" ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
   echo "$want" > "$venv/.requirements.sha256"
 fi
+req="$root/infra/requirements-helpdesk.txt"
+want=$(sha256sum "$req" | cut -d' ' -f1)
+have=$(cat "$helpdesk_venv/.requirements.sha256" 2>/dev/null || true)
+if [ ! -x "$helpdesk_venv/bin/python" ] || [ "$want" != "$have" ]; then
+  echo "creating $helpdesk_venv with django-helpdesk (infra/requirements-helpdesk.txt)"
+  python3 -m venv "$helpdesk_venv"
+  "$helpdesk_venv/bin/pip" install -q --disable-pip-version-check -r "$req"
+  echo "$want" > "$helpdesk_venv/.requirements.sha256"
+fi
 rt_version=$(dpkg-query -W -f='${Version}' request-tracker5 2>/dev/null || echo '?')
-echo "prerequisites ready: dovecot $(/usr/sbin/dovecot --version | cut -d' ' -f1), request-tracker5 $rt_version, moto $("$venv/bin/python" -c 'import moto; print(moto.__version__)') in $venv"
+echo "prerequisites ready: dovecot $(/usr/sbin/dovecot --version | cut -d' ' -f1), request-tracker5 $rt_version, moto $("$venv/bin/python" -c 'import moto; print(moto.__version__)') in $venv, django-helpdesk $("$helpdesk_venv/bin/python" -c 'from importlib.metadata import version; print(version("django-helpdesk"))') in $helpdesk_venv"

@@ -3,6 +3,9 @@
 //! - [`moto`]: moto in server mode (SQS, Secrets Manager, DynamoDB), a Python subprocess.
 //! - [`aws_fault_proxy`]: a proxy in front of moto that throttles calls on one secret.
 //! - [`dovecot`]: a throwaway Dovecot (IMAPS, oauth2 passdb) from a generated config.
+//! - [`django_helpdesk`]: a throwaway django-helpdesk (Django on SQLite, REST API on), started
+//!   per test from a template database migrated once per process.
+//! - [`http_fault_proxy`]: an HTTP proxy that drops the answer to a chosen call (or fakes a 5xx).
 //! - [`identity`]: the Microsoft identity platform stand-in (token, devicecode, introspection).
 //! - [`graph`]: the Microsoft Graph `sendMail` stand-in.
 //! - [`ticket_api`]: the helpdesk ticket API stand-in.
@@ -20,8 +23,10 @@
 
 pub mod aws_calls;
 pub mod aws_fault_proxy;
+pub mod django_helpdesk;
 pub mod dovecot;
 pub mod graph;
+pub mod http_fault_proxy;
 pub mod identity;
 pub mod moto;
 pub mod request_tracker;
