@@ -26,10 +26,12 @@ pub mod imap;
 pub mod mail;
 pub mod notification;
 #[cfg(feature = "services")]
+pub mod retry;
+#[cfg(feature = "services")]
 pub mod state;
 #[cfg(feature = "services")]
 pub mod telemetry;
-#[cfg(feature = "services")]
-pub mod ticket_api;
+#[cfg(all(feature = "services", feature = "mail"))]
+pub mod ticket_sink;
 #[cfg(feature = "services")]
 pub mod token;

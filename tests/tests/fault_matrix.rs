@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use mailbridge::graph::GraphClient;
+use mailbridge::retry::RetryPolicy;
 use mailbridge::state::DynamoIdempotencyStore;
-use mailbridge::ticket_api::RetryPolicy;
 use mailbridge::token::{
     AccountSecret, IdentityClient, SecretsManagerStore, TokenService, TokenServiceConfig,
 };
@@ -26,7 +26,7 @@ use poll_mailboxes::convert::ParseContext;
 use poll_mailboxes::dynamo::{DynamoStateStore, put_mailbox_config};
 use poll_mailboxes::imap_adapter::ImapConnector;
 use poll_mailboxes::ports::MailboxStatus;
-use poll_mailboxes::sinks::WebhookSinkFactory;
+use poll_mailboxes::sinks::SecretsSinkFactory;
 use poll_mailboxes::{PollDeps, PollReport};
 use send_notifications::ports::{SqsParking, SqsVisibility};
 use send_notifications::settings::BatchSettings;
@@ -174,7 +174,7 @@ impl Poller {
                 ImapConnector::new(Some(&dovecot.ca_pem_path), Duration::from_secs(10)).unwrap(),
             ),
             state: Arc::new(DynamoStateStore::new(dynamodb(), &table)),
-            sinks: Arc::new(WebhookSinkFactory::new(
+            sinks: Arc::new(SecretsSinkFactory::new(
                 mailbridge::http::default_client().unwrap(),
                 aws_sdk_secretsmanager::Client::new(&aws),
                 RetryPolicy {
@@ -1575,10 +1575,10 @@ async fn https_with_an_untrusted_ca_or_a_wrong_host_name_is_refused_and_nothing_
         };
 
         // Ticket API client.
-        let sink = mailbridge::ticket_api::WebhookTicketSink::new(
+        let sink = mailbridge::ticket_sink::WebhookTicketSink::new(
             http.clone(),
             format!("{}/tickets", endpoint.url("localhost")),
-            mailbridge::ticket_api::TicketApiAuth::None,
+            mailbridge::ticket_sink::WebhookAuth::None,
             RetryPolicy {
                 initial_backoff: Duration::from_millis(20),
                 max_backoff: Duration::from_millis(100),
@@ -1586,20 +1586,23 @@ async fn https_with_an_untrusted_ca_or_a_wrong_host_name_is_refused_and_nothing_
                 attempt_timeout: Duration::from_secs(5),
             },
         );
-        let payload = mailbridge::ticket_api::TicketPayload {
-            schema: mailbridge::ticket_api::TICKET_PAYLOAD_SCHEMA.into(),
+        let payload = mailbridge::ticket_sink::TicketPayload {
+            schema: mailbridge::ticket_sink::TICKET_PAYLOAD_SCHEMA.into(),
             mailbox: "m".into(),
             mailbox_address: "m@example.com".into(),
             received_at: chrono::Utc::now(),
             idempotency_key: "k".repeat(64),
-            draft: json!({"subject": "tls"}),
+            draft: mailbridge::mail::TicketDraft {
+                subject: "tls".into(),
+                ..Default::default()
+            },
             attachments: Vec::new(),
             problem: None,
             raw_message_base64: None,
         };
-        use mailbridge::ticket_api::TicketSink as _;
+        use mailbridge::ticket_sink::TicketSink as _;
         let err = sink
-            .create_ticket(
+            .deliver(
                 &payload,
                 &"k".repeat(64),
                 Instant::now() + Duration::from_secs(10),

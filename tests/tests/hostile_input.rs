@@ -14,9 +14,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use mailbridge::graph::{GraphClient, MailSender as _, MessageExtras, OutgoingMail};
 use mailbridge::notification::{Notification, NotificationError};
-use mailbridge::ticket_api::{
-    RetryPolicy, TICKET_PAYLOAD_SCHEMA, TicketApiAuth, TicketPayload, TicketSink as _,
-    WebhookTicketSink,
+use mailbridge::retry::RetryPolicy;
+use mailbridge::ticket_sink::{
+    TICKET_PAYLOAD_SCHEMA, TicketPayload, TicketSink as _, WebhookAuth, WebhookTicketSink,
 };
 use mailbridge::token::{AccessToken, Audience};
 use serde_json::{Value, json};
@@ -373,7 +373,7 @@ async fn redirect_pair(status: u16) -> (String, Seen) {
 async fn the_ticket_sink_does_not_follow_redirects_with_the_api_key_or_the_mail() {
     for status in [301, 302, 307, 308] {
         let (base, seen) = redirect_pair(status).await;
-        let auth = TicketApiAuth::from_secret_json(
+        let auth = WebhookAuth::from_secret_json(
             "t",
             r#"{"type":"api_key","header":"X-API-Key","key":"k-redirect-secret"}"#,
         )
@@ -395,13 +395,16 @@ async fn the_ticket_sink_does_not_follow_redirects_with_the_api_key_or_the_mail(
             mailbox_address: "m@example.com".into(),
             received_at: chrono::Utc::now(),
             idempotency_key: "k".into(),
-            draft: json!({"subject": "confidential"}),
+            draft: mailbridge::mail::TicketDraft {
+                subject: "confidential".into(),
+                ..Default::default()
+            },
             attachments: Vec::new(),
             problem: None,
             raw_message_base64: None,
         };
         let result = sink
-            .create_ticket(&payload, "k", Instant::now() + Duration::from_secs(10))
+            .deliver(&payload, "k", Instant::now() + Duration::from_secs(10))
             .await;
         let err = result.expect_err("a redirect is not a created ticket");
         assert!(err.to_string().contains(&status.to_string()), "{err}");

@@ -309,7 +309,8 @@ async fn check_is_green_for_a_working_mailbox() {
     assert_eq!(out.status.code(), Some(0), "check failed");
     let human = text(&out.stdout);
     assert!(!human.contains('✗'), "{human}");
-    assert_eq!(human.matches('✓').count(), 5, "{human}");
+    assert_eq!(human.matches('✓').count(), 6, "{human}");
+    assert!(human.contains("✓ helpdesk (webhook at "), "{human}");
 
     let out = w.run(&["check", "--json", "support"]).await;
     assert_eq!(out.status.code(), Some(0));
@@ -734,8 +735,21 @@ async fn mailbox_add_validates_and_lists() {
             "Robots",
             "--list-mail",
             list_mail,
+            "--no-check",
         ]
     };
+    // Without --no-check the helpdesk is asked first: unreachable, nothing is stored.
+    let unchecked = add_group("ticket");
+    let out = w.run(&unchecked[..unchecked.len() - 1]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("the helpdesk check failed")
+            && text(&out.stderr).contains("nothing stored"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = w.run(&["mailbox", "show", "group", "--json"]).await;
+    assert_ne!(out.status.code(), Some(0), "nothing may be stored");
     let out = w.run(&add_group("always")).await;
     assert_eq!(out.status.code(), Some(2), "clap refuses an unknown value");
     assert!(

@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use mailbridge::error::{Classify as _, ErrorClass};
-use mailbridge::ticket_api::{
-    RetryPolicy, TICKET_PAYLOAD_SCHEMA, TicketApiAuth, TicketApiError, TicketPayload, TicketSink,
+use mailbridge::retry::RetryPolicy;
+use mailbridge::ticket_sink::{
+    TICKET_PAYLOAD_SCHEMA, TicketPayload, TicketSink, TicketSinkError, WebhookAuth,
     WebhookTicketSink,
 };
 use mailbridge_tests::{dynamodb, stack, unique};
@@ -30,14 +31,17 @@ fn payload(key: &str) -> TicketPayload {
         mailbox_address: "m@example.com".into(),
         received_at: chrono::Utc::now(),
         idempotency_key: key.into(),
-        draft: serde_json::json!({"subject": "hello"}),
+        draft: mailbridge::mail::TicketDraft {
+            subject: "hello".into(),
+            ..Default::default()
+        },
         attachments: Vec::new(),
         problem: None,
         raw_message_base64: None,
     }
 }
 
-fn sink(url: String, auth: TicketApiAuth) -> WebhookTicketSink {
+fn sink(url: String, auth: WebhookAuth) -> WebhookTicketSink {
     WebhookTicketSink::new(reqwest::Client::new(), url, auth, fast_retry())
 }
 
@@ -50,26 +54,19 @@ async fn webhook_posts_with_idempotency_key_and_bearer_auth() {
     let api = stack().tickets();
     let path = unique("sink");
     api.require_header(&path, "authorization", "Bearer s3cret");
-    let auth =
-        TicketApiAuth::from_secret_json("t", r#"{"type":"bearer","token":"s3cret"}"#).unwrap();
+    let auth = WebhookAuth::from_secret_json("t", r#"{"type":"bearer","token":"s3cret"}"#).unwrap();
     let client = sink(api.sink_url(&path), auth);
-    let first = client
-        .create_ticket(&payload("k1"), "k1", soon())
-        .await
-        .unwrap();
-    let again = client
-        .create_ticket(&payload("k1"), "k1", soon())
-        .await
-        .unwrap();
+    let first = client.deliver(&payload("k1"), "k1", soon()).await.unwrap();
+    let again = client.deliver(&payload("k1"), "k1", soon()).await.unwrap();
     assert_eq!(first.ticket_id, again.ticket_id, "same key, same ticket");
     let tickets = api.tickets(&path);
     assert_eq!(tickets.len(), 1);
     assert_eq!(tickets[0].idempotency_key, "k1");
     assert_eq!(tickets[0].body["draft"]["subject"], "hello");
 
-    let wrong = sink(api.sink_url(&path), TicketApiAuth::None);
+    let wrong = sink(api.sink_url(&path), WebhookAuth::None);
     let err = wrong
-        .create_ticket(&payload("k2"), "k2", soon())
+        .deliver(&payload("k2"), "k2", soon())
         .await
         .unwrap_err();
     assert_eq!(
@@ -85,13 +82,13 @@ async fn webhook_api_key_header_from_the_secret() {
     let api = stack().tickets();
     let path = unique("sink");
     api.require_header(&path, "x-api-key", "k-123");
-    let auth = TicketApiAuth::from_secret_json(
+    let auth = WebhookAuth::from_secret_json(
         "t",
         r#"{"type":"api_key","header":"X-API-Key","key":"k-123"}"#,
     )
     .unwrap();
     sink(api.sink_url(&path), auth)
-        .create_ticket(&payload("a"), "a", soon())
+        .deliver(&payload("a"), "a", soon())
         .await
         .unwrap();
     assert_eq!(api.tickets(&path).len(), 1);
@@ -103,8 +100,8 @@ async fn webhook_retries_429_after_retry_after_and_5xx_with_backoff() {
     let path = unique("sink");
     api.throttle_next(&path, 1, 1);
     api.fail_next(&path, 2, 503);
-    let receipt = sink(api.sink_url(&path), TicketApiAuth::None)
-        .create_ticket(&payload("r"), "r", soon())
+    let receipt = sink(api.sink_url(&path), WebhookAuth::None)
+        .deliver(&payload("r"), "r", soon())
         .await
         .unwrap();
     assert_eq!(receipt.attempts, 4);
@@ -117,13 +114,13 @@ async fn webhook_4xx_is_permanent_and_a_down_api_gives_up_at_the_deadline() {
     let api = stack().tickets();
     let path = unique("sink");
     api.reject_next(&path, 1, 422);
-    let client = sink(api.sink_url(&path), TicketApiAuth::None);
+    let client = sink(api.sink_url(&path), WebhookAuth::None);
     let err = client
-        .create_ticket(&payload("x"), "x", soon())
+        .deliver(&payload("x"), "x", soon())
         .await
         .unwrap_err();
     assert!(
-        matches!(err, TicketApiError::Rejected { status: 422, .. }),
+        matches!(err, TicketSinkError::Rejected { status: 422, .. }),
         "{err}"
     );
     assert_eq!(err.class(), ErrorClass::Permanent);
@@ -131,10 +128,10 @@ async fn webhook_4xx_is_permanent_and_a_down_api_gives_up_at_the_deadline() {
     api.set_down(&path, true);
     let started = Instant::now();
     let err = client
-        .create_ticket(&payload("y"), "y", Instant::now() + Duration::from_secs(1))
+        .deliver(&payload("y"), "y", Instant::now() + Duration::from_secs(1))
         .await
         .unwrap_err();
-    assert!(matches!(err, TicketApiError::Unavailable { .. }), "{err}");
+    assert!(matches!(err, TicketSinkError::Unavailable { .. }), "{err}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "gave up near the deadline"
@@ -147,8 +144,8 @@ async fn webhook_lost_response_is_retried_with_the_same_key_and_makes_one_ticket
     let api = stack().tickets();
     let path = unique("sink");
     api.drop_response_next(&path, 1);
-    let receipt = sink(api.sink_url(&path), TicketApiAuth::None)
-        .create_ticket(&payload("d"), "d", soon())
+    let receipt = sink(api.sink_url(&path), WebhookAuth::None)
+        .deliver(&payload("d"), "d", soon())
         .await
         .unwrap();
     assert_eq!(receipt.attempts, 2);
@@ -291,7 +288,7 @@ use mailbridge_tests::{put_secret, unique_user};
 use poll_mailboxes::PollDeps;
 use poll_mailboxes::convert::ParseContext;
 use poll_mailboxes::imap_adapter::ImapConnector;
-use poll_mailboxes::sinks::WebhookSinkFactory;
+use poll_mailboxes::sinks::SecretsSinkFactory;
 use secrecy::ExposeSecret as _;
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -342,7 +339,7 @@ impl Poller {
                 ImapConnector::new(Some(&dovecot.ca_pem_path), Duration::from_secs(10)).unwrap(),
             ),
             state: Arc::new(DynamoStateStore::new(dynamodb(), &table)),
-            sinks: Arc::new(WebhookSinkFactory::new(
+            sinks: Arc::new(SecretsSinkFactory::new(
                 reqwest::Client::new(),
                 aws_sdk_secretsmanager::Client::new(&aws),
                 fast_retry(),
@@ -1011,7 +1008,7 @@ async fn overlapping_runs_never_post_the_same_mail_twice() {
     // Run 1's POST is held at the ticket API: run 1 is mid-mail. (A long attempt timeout, so
     // run 1 never re-POSTs while it waits, however slow run 2 is on a loaded machine.)
     let mut deps = p.deps.clone();
-    deps.sinks = Arc::new(WebhookSinkFactory::new(
+    deps.sinks = Arc::new(SecretsSinkFactory::new(
         reqwest::Client::new(),
         aws_sdk_secretsmanager::Client::new(&stack().moto().sdk_config()),
         RetryPolicy {

@@ -28,8 +28,9 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use base64::Engine as _;
 use local_stack::identity::{AppRegistration, RequestFilter, UserAccount};
 use mailbridge::graph::GraphClient;
+use mailbridge::retry::RetryPolicy;
 use mailbridge::state::DynamoIdempotencyStore;
-use mailbridge::ticket_api::{RetryPolicy, TicketApiAuth};
+use mailbridge::ticket_sink::WebhookAuth;
 use mailbridge::token::store::{SecretStoreError, SecretValue};
 use mailbridge::token::{
     AccessToken, AccessTokenSource, AccountSecret, Audience, IdentityClient, SecretStore,
@@ -40,7 +41,7 @@ use poll_mailboxes::PollDeps;
 use poll_mailboxes::convert::ParseContext;
 use poll_mailboxes::dynamo::{DynamoStateStore, put_mailbox_config};
 use poll_mailboxes::imap_adapter::ImapConnector;
-use poll_mailboxes::sinks::WebhookSinkFactory;
+use poll_mailboxes::sinks::SecretsSinkFactory;
 use secrecy::{ExposeSecret as _, SecretString};
 use send_notifications::ports::{SqsParking, SqsVisibility};
 use send_notifications::settings::BatchSettings;
@@ -439,7 +440,7 @@ async fn no_secret_value_reaches_logs_errors_or_debug_output() {
             mailbridge_tests::dynamodb(),
             &poll_table,
         )),
-        sinks: Arc::new(WebhookSinkFactory::new(
+        sinks: Arc::new(SecretsSinkFactory::new(
             reqwest::Client::new(),
             aws_sdk_secretsmanager::Client::new(&aws),
             RetryPolicy {
@@ -496,7 +497,7 @@ async fn no_secret_value_reaches_logs_errors_or_debug_output() {
         format!(r#"{{"type":"{api_key}","token":"{api_key}"}}"#),
         format!(r#"{{"type":"bearer","token":["{api_key}"]}}"#),
     ] {
-        let err = TicketApiAuth::from_secret_json(&ticket_secret, &json).unwrap_err();
+        let err = WebhookAuth::from_secret_json(&ticket_secret, &json).unwrap_err();
         assert!(err.contains(&ticket_secret), "{err}");
         record_error(err);
     }
@@ -536,7 +537,7 @@ async fn no_secret_value_reaches_logs_errors_or_debug_output() {
         ),
         format!(
             "{:?}",
-            TicketApiAuth::from_secret_json(
+            WebhookAuth::from_secret_json(
                 "t",
                 &json!({"type": "bearer", "token": api_key}).to_string()
             )
@@ -544,7 +545,7 @@ async fn no_secret_value_reaches_logs_errors_or_debug_output() {
         ),
         format!(
             "{:?}",
-            TicketApiAuth::from_secret_json(
+            WebhookAuth::from_secret_json(
                 "t",
                 &json!({"type": "api_key", "header": "X-API-Key", "key": api_key}).to_string()
             )

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use mailbridge::ticket_sink::SinkConfig;
 use serde::Serialize;
 
 /// Default IMAP host (Exchange Online).
@@ -106,10 +107,9 @@ pub struct MailboxConfig {
     pub max_message_bytes: u64,
     /// Attachment content (decoded bytes) sent inline per ticket; beyond it metadata only.
     pub max_attachment_bytes: u64,
-    /// Ticket API URL (https; http only for loopback hosts).
-    pub ticket_api_url: String,
-    /// Secret holding the ticket API credentials (none: no auth header).
-    pub ticket_api_secret: Option<String>,
+    /// Where the tickets go: the helpdesk adapter, its URL, credential secret and defaults
+    /// (the `sink` object, or the older `ticket_api_url` / `ticket_api_secret` pair: a webhook).
+    pub sink: SinkConfig,
 }
 
 /// A mailbox whose configuration is unusable: which one, which field, what is wrong.
@@ -124,33 +124,7 @@ pub struct ConfigError {
     pub problem: String,
 }
 
-/// Check a URL: https anywhere, http only on loopback hosts, no `user:password@` (credentials
-/// belong in `ticket_api_secret`; a URL is logged and shown in errors).
-pub fn validate_target_url(url: &str) -> Result<(), String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("is not a URL ({e})"))?;
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(
-            "must not contain credentials (user:password@); put them in ticket_api_secret".into(),
-        );
-    }
-    match parsed.scheme() {
-        "https" => Ok(()),
-        "http" => {
-            let loopback = match parsed.host() {
-                Some(url::Host::Domain(d)) => d == "localhost",
-                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                None => false,
-            };
-            if loopback {
-                Ok(())
-            } else {
-                Err("must be https (http is allowed only for localhost/127.0.0.1)".into())
-            }
-        }
-        other => Err(format!("has scheme {other:?}; must be https")),
-    }
-}
+pub use mailbridge::ticket_sink::validate_target_url;
 
 fn valid_folder(name: &str) -> Result<(), String> {
     if name.is_empty() {
@@ -202,6 +176,7 @@ impl MailboxConfig {
             "max_messages_per_run",
             "max_message_bytes",
             "max_attachment_bytes",
+            "sink",
             "ticket_api_url",
             "ticket_api_secret",
             "expires_at",
@@ -330,9 +305,34 @@ impl MailboxConfig {
             100 * 1024 * 1024,
             DEFAULT_MAX_ATTACHMENT_BYTES,
         )?;
-        let ticket_api_url = required("ticket_api_url")?;
-        validate_target_url(&ticket_api_url).map_err(|p| err("ticket_api_url", p))?;
-        let ticket_api_secret = string("ticket_api_secret")?.filter(|s| !s.is_empty());
+        let legacy_url = string("ticket_api_url")?.filter(|s| !s.is_empty());
+        let legacy_secret = string("ticket_api_secret")?.filter(|s| !s.is_empty());
+        let sink = match (object.get("sink").filter(|v| !v.is_null()), legacy_url) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "ticket_api_url",
+                    "must not be set together with `sink` (put the URL in the sink)".into(),
+                ));
+            }
+            (Some(sink), None) => {
+                if legacy_secret.is_some() {
+                    return Err(err(
+                        "ticket_api_secret",
+                        "must not be set together with `sink` (put the secret in the sink)".into(),
+                    ));
+                }
+                SinkConfig::from_json(sink).map_err(|e| err(&e.field, e.problem))?
+            }
+            (None, Some(url)) => {
+                SinkConfig::webhook(&url, legacy_secret).map_err(|e| err(&e.field, e.problem))?
+            }
+            (None, None) => {
+                return Err(err(
+                    "sink",
+                    "is required (or the older `ticket_api_url` of a webhook)".into(),
+                ));
+            }
+        };
         Ok(MailboxConfig {
             name: name.to_string(),
             enabled,
@@ -348,8 +348,7 @@ impl MailboxConfig {
             max_messages_per_run,
             max_message_bytes,
             max_attachment_bytes,
-            ticket_api_url,
-            ticket_api_secret,
+            sink,
         })
     }
 }
@@ -458,7 +457,42 @@ mod tests {
         assert_eq!(cfg.auto_generated_folder, "mailbridge-auto-generated");
         assert_eq!(cfg.list_mail, ListMail::SetAside);
         assert!(cfg.enabled);
-        assert_eq!(cfg.ticket_api_secret, None);
+        assert_eq!(
+            cfg.sink,
+            SinkConfig::Webhook {
+                url: "https://psa.example.com/api/tickets".into(),
+                secret: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_sink_object_or_the_older_webhook_fields_but_not_both() {
+        let mut item = minimal();
+        item["sink"] = json!({"kind": "rt", "url": "https://rt.example.com", "secret": "rt-api",
+            "queue": "General", "rt_name": "example.com"});
+        let err = MailboxConfig::from_json("m", &item).unwrap_err();
+        assert_eq!(err.field, "ticket_api_url", "{err}");
+        item.as_object_mut().unwrap().remove("ticket_api_url");
+        let cfg = MailboxConfig::from_json("m", &item).unwrap();
+        assert_eq!(
+            cfg.sink.kind(),
+            mailbridge::ticket_sink::SinkKind::RequestTracker
+        );
+        assert_eq!(cfg.sink.secret(), Some("rt-api"));
+        // The helpdesk's own subject tag threads replies for this mailbox.
+        assert!(
+            cfg.sink
+                .subject_patterns()
+                .iter()
+                .any(|p| p.is_match("Re: [example.com #42] Printer"))
+        );
+        item["sink"]["queue"] = json!(7);
+        let err = MailboxConfig::from_json("m", &item).unwrap_err();
+        assert_eq!(err.field, "sink.queue", "{err}");
+        item.as_object_mut().unwrap().remove("sink");
+        let err = MailboxConfig::from_json("m", &item).unwrap_err();
+        assert_eq!(err.field, "sink", "{err}");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! parser is a one-line change.
 
 use base64::Engine as _;
-use mailbridge::ticket_api::TicketAttachment;
+use mailbridge::mail::{MailAddress, TicketDraft};
+use mailbridge::ticket_sink::TicketAttachment;
 
 use crate::dedupe::{self, HeaderField};
 
@@ -16,27 +17,30 @@ pub struct ParseContext {
     pub thread_key: Option<Vec<u8>>,
 }
 
-/// Turn raw bytes into the ticket draft JSON (`mailbridge::mail::parse`), or say why it cannot be
-/// parsed. The mailbox's own address counts as "own mail" for loop detection.
+/// Turn raw bytes into the ticket draft (`mailbridge::mail::parse`), or say why it cannot be
+/// parsed. The mailbox's own address counts as "own mail" for loop detection; `subject_patterns`
+/// are the mailbox helpdesk's own ticket tags (e.g. `[rtname #123]`), tried after `[Ticket#N]`.
 pub fn parse_draft(
     raw: &[u8],
     own_address: &str,
+    subject_patterns: &[regex::Regex],
     context: &ParseContext,
-) -> Result<serde_json::Value, String> {
-    let options = mailbridge::mail::ParseOptions {
+) -> Result<TicketDraft, String> {
+    let mut options = mailbridge::mail::ParseOptions {
         thread_key: context.thread_key.clone(),
         own_addresses: vec![own_address.to_string()],
         ..Default::default()
     };
-    let draft = mailbridge::mail::parse(raw, &options).map_err(|e| e.to_string())?;
-    serde_json::to_value(draft).map_err(|e| e.to_string())
+    options
+        .subject_ticket_patterns
+        .extend(subject_patterns.iter().cloned());
+    mailbridge::mail::parse(raw, &options).map_err(|e| e.to_string())
 }
 
 /// A best-effort draft from header fields alone (oversize or unparseable mail).
-pub fn draft_from_headers(fields: &[HeaderField], note: &str) -> serde_json::Value {
+pub fn draft_from_headers(fields: &[HeaderField], note: &str) -> TicketDraft {
     let get = |name| dedupe::header(fields, name).map(str::to_string);
-    let address = |value: Option<String>| -> Option<serde_json::Value> {
-        let value = value?;
+    let address = |value: &str| -> MailAddress {
         let address = match (value.rfind('<'), value.rfind('>')) {
             (Some(start), Some(end)) if start < end => value[start + 1..end].trim().to_string(),
             _ => value.trim().to_string(),
@@ -45,14 +49,14 @@ pub fn draft_from_headers(fields: &[HeaderField], note: &str) -> serde_json::Val
             .find('<')
             .map(|i| value[..i].trim().trim_matches('"').to_string())
             .filter(|n| !n.is_empty());
-        Some(serde_json::json!({"name": name, "address": address}))
+        MailAddress { name, address }
     };
-    let list = |value: Option<String>| -> Vec<serde_json::Value> {
+    let list = |value: Option<String>| -> Vec<MailAddress> {
         value
             .map(|v| {
                 v.split(',')
                     .filter(|s| s.contains('@'))
-                    .filter_map(|s| address(Some(s.to_string())))
+                    .map(address)
                     .collect()
             })
             .unwrap_or_default()
@@ -62,62 +66,48 @@ pub fn draft_from_headers(fields: &[HeaderField], note: &str) -> serde_json::Val
             .ok()
             .map(|d| d.to_rfc3339())
     });
-    serde_json::json!({
-        "message_id": dedupe::message_id(fields),
-        "subject": get("subject").unwrap_or_default(),
-        "from": address(get("from")),
-        "to": list(get("to")),
-        "cc": list(get("cc")),
-        "reply_to": list(get("reply-to")),
-        "date": date,
-        "in_reply_to": get("in-reply-to").map(|v| v.trim().trim_matches(['<', '>']).to_string()),
-        "references": get("references").map(|v| v.split_whitespace().map(|r| r.trim_matches(['<', '>']).to_string()).collect::<Vec<_>>()).unwrap_or_default(),
-        "body_text": note,
-        "body_html": null,
-        "reply_text": note,
-        "attachments": [],
-        "auto_generated": false,
-        "auto_reason": null,
-        "bounce": null,
-        "ticket_number": null,
-        "thread_source": null,
-    })
+    TicketDraft {
+        message_id: dedupe::message_id(fields),
+        subject: get("subject").unwrap_or_default(),
+        from: get("from").map(|f| address(&f)),
+        to: list(get("to")),
+        cc: list(get("cc")),
+        reply_to: list(get("reply-to")),
+        date,
+        in_reply_to: get("in-reply-to").map(|v| v.trim().trim_matches(['<', '>']).to_string()),
+        references: get("references")
+            .map(|v| {
+                v.split_whitespace()
+                    .map(|r| r.trim_matches(['<', '>']).to_string())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        body_text: note.to_string(),
+        reply_text: note.to_string(),
+        ..Default::default()
+    }
 }
 
 /// Attachment contents for the draft's attachments, base64 while the running total stays under
 /// `cap` (decoded bytes); beyond it metadata only with the reason.
 pub fn attachments_with_content(
     raw: &[u8],
-    draft: &serde_json::Value,
+    draft: &TicketDraft,
     cap: u64,
 ) -> Vec<TicketAttachment> {
     let listed: Vec<TicketAttachment> = draft
-        .get("attachments")
-        .and_then(|a| a.as_array())
-        .map(|list| {
-            list.iter()
-                .map(|a| TicketAttachment {
-                    filename: a
-                        .get("filename")
-                        .and_then(|v| v.as_str())
-                        .map(str::to_string),
-                    content_type: a
-                        .get("content_type")
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("application/octet-stream")
-                        .to_string(),
-                    size: a.get("size").and_then(|v| v.as_u64()).unwrap_or(0),
-                    inline: a.get("inline").and_then(|v| v.as_bool()).unwrap_or(false),
-                    content_id: a
-                        .get("content_id")
-                        .and_then(|v| v.as_str())
-                        .map(str::to_string),
-                    content_base64: None,
-                    omitted_reason: None,
-                })
-                .collect()
+        .attachments
+        .iter()
+        .map(|a| TicketAttachment {
+            filename: a.filename.clone(),
+            content_type: a.content_type.clone(),
+            size: a.size,
+            inline: a.inline,
+            content_id: a.content_id.clone(),
+            content_base64: None,
+            omitted_reason: None,
         })
-        .unwrap_or_default();
+        .collect();
     if listed.is_empty() {
         return listed;
     }
@@ -184,11 +174,12 @@ mod tests {
         let draft = parse_draft(
             MAIL.as_bytes(),
             "helpdesk@example.com",
+            &[],
             &ParseContext::default(),
         )
         .unwrap();
-        assert_eq!(draft["subject"], "Printer");
-        assert_eq!(draft["message_id"], "p1@example.com");
+        assert_eq!(draft.subject, "Printer");
+        assert_eq!(draft.message_id.as_deref(), Some("p1@example.com"));
         let attachments = attachments_with_content(MAIL.as_bytes(), &draft, 20);
         assert_eq!(attachments.len(), 2, "{attachments:?}");
         assert_eq!(attachments[0].filename.as_deref(), Some("a.pdf"));
@@ -209,7 +200,13 @@ mod tests {
     #[test]
     fn files_inside_a_winmail_dat_carry_their_content() {
         let raw = include_bytes!("../../../tests/fixtures/mail/401-tnef-outlook-two-files.eml");
-        let draft = parse_draft(raw, "helpdesk@mailbridge.test", &ParseContext::default()).unwrap();
+        let draft = parse_draft(
+            raw,
+            "helpdesk@mailbridge.test",
+            &[],
+            &ParseContext::default(),
+        )
+        .unwrap();
         let attachments = attachments_with_content(raw, &draft, 1_000_000);
         let names: Vec<_> = attachments.iter().map(|a| a.filename.as_deref()).collect();
         assert_eq!(names, [Some("AUTHORS"), Some("README")]);
@@ -225,16 +222,12 @@ mod tests {
     fn header_only_draft_keeps_sender_and_subject() {
         let (fields, _) = dedupe::split_headers(b"From: \"Bob B\" <bob@example.com>\r\nSubject: Huge\r\nMessage-ID: <h@x>\r\nDate: Sat, 28 Nov 2026 10:00:00 +0000\r\n\r\n");
         let draft = draft_from_headers(&fields, "note");
-        assert_eq!(draft["from"]["address"], "bob@example.com");
-        assert_eq!(draft["from"]["name"], "Bob B");
-        assert_eq!(draft["subject"], "Huge");
-        assert_eq!(draft["message_id"], "h@x");
-        assert_eq!(draft["body_text"], "note");
-        assert!(
-            draft["date"]
-                .as_str()
-                .unwrap()
-                .starts_with("2026-11-28T10:00:00")
-        );
+        let from = draft.from.unwrap();
+        assert_eq!(from.address, "bob@example.com");
+        assert_eq!(from.name.as_deref(), Some("Bob B"));
+        assert_eq!(draft.subject, "Huge");
+        assert_eq!(draft.message_id.as_deref(), Some("h@x"));
+        assert_eq!(draft.body_text, "note");
+        assert!(draft.date.unwrap().starts_with("2026-11-28T10:00:00"));
     }
 }

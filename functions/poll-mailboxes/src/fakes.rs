@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mailbridge::imap::{ImapError, ListedMessage, SearchScope, SelectedFolder, Uid};
-use mailbridge::ticket_api::{TicketApiError, TicketPayload, TicketReceipt, TicketSink};
+use mailbridge::ticket_sink::{
+    DeliveryPlan, SinkCheck, TicketPayload, TicketReceipt, TicketSink, TicketSinkError,
+};
 use mailbridge::token::{AccessToken, AccessTokenSource, Audience, TokenError};
 use secrecy::SecretString;
 use tokio::time::Instant;
@@ -314,18 +316,32 @@ struct FakeSink {
 
 #[async_trait]
 impl TicketSink for FakeSink {
-    async fn create_ticket(
+    async fn plan(
+        &self,
+        _payload: &TicketPayload,
+        _deadline: Instant,
+    ) -> Result<DeliveryPlan, TicketSinkError> {
+        Ok(DeliveryPlan::NewTicket { queue: None })
+    }
+
+    async fn check(&self, _deadline: Instant) -> Result<SinkCheck, TicketSinkError> {
+        Ok(SinkCheck {
+            summary: "fake".into(),
+        })
+    }
+
+    async fn deliver(
         &self,
         payload: &TicketPayload,
         key: &str,
         _deadline: Instant,
-    ) -> Result<TicketReceipt, TicketApiError> {
+    ) -> Result<TicketReceipt, TicketSinkError> {
         *self.posts.lock().unwrap() += 1;
         self.received_at_posted
             .lock()
             .unwrap()
             .push(payload.received_at);
-        let subject = payload.draft["subject"].as_str().unwrap_or_default();
+        let subject = payload.draft.subject.as_str();
         if self
             .poison_subjects
             .lock()
@@ -333,32 +349,34 @@ impl TicketSink for FakeSink {
             .iter()
             .any(|p| p == subject)
         {
-            return Err(TicketApiError::Unavailable {
-                url: "fake".into(),
+            return Err(TicketSinkError::Unavailable {
+                target: "fake".into(),
                 attempts: 6,
                 detail: "HTTP 500: internal error".into(),
             });
         }
         match *self.mode.lock().unwrap() {
-            SinkMode::Down => Err(TicketApiError::Unavailable {
-                url: "fake".into(),
+            SinkMode::Down => Err(TicketSinkError::Unavailable {
+                target: "fake".into(),
                 attempts: 1,
                 detail: "503".into(),
             }),
-            SinkMode::Reject => Err(TicketApiError::Rejected {
-                url: "fake".into(),
+            SinkMode::Reject => Err(TicketSinkError::Rejected {
+                target: "fake".into(),
                 status: 422,
                 body: "no".into(),
             }),
             SinkMode::Accept => {
                 let mut tickets = self.tickets.lock().unwrap();
-                if !tickets.iter().any(|(k, _)| k == key) {
+                let replayed = tickets.iter().any(|(k, _)| k == key);
+                if !replayed {
                     tickets.push((key.to_string(), payload.clone()));
                 }
                 Ok(TicketReceipt {
-                    status: 201,
+                    action: DeliveryPlan::NewTicket { queue: None },
                     ticket_id: Some(format!("T-{}", tickets.len())),
                     attempts: 1,
+                    replayed,
                 })
             }
         }
@@ -479,7 +497,7 @@ async fn a_mail_becomes_exactly_one_ticket_and_is_moved() {
     assert_eq!(w.server.count("help@example.com", "Processed"), 1);
     let tickets = w.sink.tickets.lock().unwrap().clone();
     assert_eq!(tickets.len(), 1);
-    assert_eq!(tickets[0].1.draft["subject"], "Issue a");
+    assert_eq!(tickets[0].1.draft.subject, "Issue a");
     assert_eq!(tickets[0].1.idempotency_key, tickets[0].0);
     let again = poll_once(&w.deps, None, later()).await.unwrap();
     assert_eq!(again.outcome(), crate::PollOutcome::Empty);
@@ -565,7 +583,15 @@ async fn a_mail_the_ticket_api_keeps_failing_on_does_not_block_the_mail_behind_i
     assert_eq!(report.tickets_created, 1, "{report:?}");
     assert_eq!(*w.sink.posts.lock().unwrap(), 2);
     assert_eq!(
-        w.sink.tickets.lock().unwrap().last().unwrap().1.draft["subject"],
+        w.sink
+            .tickets
+            .lock()
+            .unwrap()
+            .last()
+            .unwrap()
+            .1
+            .draft
+            .subject,
         "Issue d"
     );
 
@@ -675,7 +701,7 @@ async fn malformed_and_oversize_mail_get_a_ticket_with_a_note_and_are_parked() {
             .unwrap()
             .contains("over the 2048-byte limit")
     );
-    assert_eq!(oversize.draft["subject"], "Issue big");
+    assert_eq!(oversize.draft.subject, "Issue big");
     assert!(oversize.raw_message_base64.is_none());
 }
 
@@ -915,7 +941,7 @@ async fn machine_mail_opens_no_ticket_and_is_set_aside_unless_it_threads_to_one(
         let tickets = w.sink.tickets.lock().unwrap().clone();
         let subjects: Vec<_> = tickets
             .iter()
-            .map(|(_, p)| p.draft["subject"].as_str().unwrap().to_string())
+            .map(|(_, p)| p.draft.subject.clone())
             .collect();
         assert_eq!(
             subjects,
@@ -923,8 +949,8 @@ async fn machine_mail_opens_no_ticket_and_is_set_aside_unless_it_threads_to_one(
             "{after_action}"
         );
         let threaded = &tickets[0].1.draft;
-        assert_eq!(threaded["auto_generated"], true);
-        assert_eq!(threaded["ticket_number"], "4711");
+        assert!(threaded.auto_generated);
+        assert_eq!(threaded.ticket_number.as_deref(), Some("4711"));
         // Set aside, never deleted, whatever the after-action.
         assert_eq!(
             w.server.count(user, "mailbridge-auto-generated"),
@@ -975,7 +1001,12 @@ async fn a_drop_while_setting_machine_mail_aside_loses_nothing() {
 fn list_mail_ticket_lets_only_list_and_bulk_mail_through() {
     use crate::config::ListMail;
     use crate::poll::unticketed_auto_generated_reason;
-    let draft = |reason: &str, ticket: Option<&str>| serde_json::json!({"auto_generated": true, "auto_reason": reason, "ticket_number": ticket});
+    let draft = |reason: &str, ticket: Option<&str>| mailbridge::mail::TicketDraft {
+        auto_generated: true,
+        auto_reason: Some(reason.to_string()),
+        ticket_number: ticket.map(str::to_string),
+        ..Default::default()
+    };
     let list_or_bulk = [
         "mailing_list: List-Id <helpdesk.contoso.com>",
         "mailing_list: Precedence list",
@@ -1022,7 +1053,7 @@ fn list_mail_ticket_lets_only_list_and_bulk_mail_through() {
     assert!(unticketed_auto_generated_reason(&own_loop, ListMail::Ticket).is_some());
     // Threaded machine mail and person mail are posted whatever the setting.
     let threaded = draft("auto_reply: Auto-Submitted auto-replied", Some("7"));
-    let person = serde_json::json!({"auto_generated": false, "auto_reason": null});
+    let person = mailbridge::mail::TicketDraft::default();
     for setting in [ListMail::SetAside, ListMail::Ticket] {
         assert_eq!(unticketed_auto_generated_reason(&threaded, setting), None);
         assert_eq!(unticketed_auto_generated_reason(&person, setting), None);
@@ -1087,16 +1118,19 @@ async fn a_list_helpdesk_address_tickets_list_mail_but_still_sets_auto_replies_a
             let posted = w.sink.tickets.lock().unwrap().clone();
             let list_post = posted
                 .iter()
-                .find(|(_, p)| p.draft["subject"] == "VPN drops every hour")
+                .find(|(_, p)| p.draft.subject == "VPN drops every hour")
                 .expect("the group post is ticketed");
             // The helpdesk still sees that it came through a list.
-            assert_eq!(list_post.1.draft["auto_generated"], true);
+            assert!(list_post.1.draft.auto_generated);
             assert!(
-                list_post.1.draft["auto_reason"]
-                    .as_str()
+                list_post
+                    .1
+                    .draft
+                    .auto_reason
+                    .as_deref()
                     .unwrap()
                     .starts_with("mailing_list:"),
-                "{}",
+                "{:?}",
                 list_post.1.draft
             );
         }

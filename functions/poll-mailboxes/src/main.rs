@@ -20,7 +20,7 @@ use poll_mailboxes::convert::ParseContext;
 use poll_mailboxes::dynamo::DynamoStateStore;
 use poll_mailboxes::handler::{HandlerError, handle};
 use poll_mailboxes::imap_adapter::ImapConnector;
-use poll_mailboxes::sinks::WebhookSinkFactory;
+use poll_mailboxes::sinks::SecretsSinkFactory;
 use serde_json::Value;
 
 /// A cold-start failure, reported to Lambda as an init error.
@@ -39,7 +39,7 @@ struct Prepared {
     tokens: Arc<mailbridge::token::TokenService>,
     connector: Arc<ImapConnector>,
     state: Arc<DynamoStateStore>,
-    sinks: Arc<WebhookSinkFactory>,
+    sinks: Arc<SecretsSinkFactory>,
     deps: tokio::sync::OnceCell<PollDeps>,
 }
 
@@ -60,7 +60,7 @@ async fn prepare() -> Result<Prepared, StartupError> {
             LazyClient::new(&aws, aws_sdk_dynamodb::Client::new),
             &settings.state_table,
         )),
-        sinks: Arc::new(WebhookSinkFactory::new(
+        sinks: Arc::new(SecretsSinkFactory::new(
             http,
             secrets.clone(),
             Default::default(),

@@ -37,7 +37,8 @@ use base64::Engine as _;
 use futures::StreamExt as _;
 use mailbridge::error::{Classify as _, ErrorClass};
 use mailbridge::imap::{ImapError, ListedMessage, SearchScope, Uid};
-use mailbridge::ticket_api::{TICKET_PAYLOAD_SCHEMA, TicketApiError, TicketPayload, TicketSink};
+use mailbridge::mail::TicketDraft;
+use mailbridge::ticket_sink::{TICKET_PAYLOAD_SCHEMA, TicketPayload, TicketSink, TicketSinkError};
 use mailbridge::token::{AccessTokenSource, Audience, TokenError};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -219,7 +220,7 @@ fn new_status(mailbox: &str, started: chrono::DateTime<chrono::Utc>) -> MailboxS
 enum Stop {
     Setup(String),
     Imap(ImapError),
-    TicketApi(TicketApiError),
+    TicketApi(TicketSinkError),
     Store(StoreError),
 }
 
@@ -464,7 +465,7 @@ async fn work_on(
     // A ticket API failure on one mail may be that mail's own (a payload the API always answers
     // 5xx or times out on): the next mail is tried. A second failure in a row means the API
     // itself is failing: stop, the rest waits for the next run.
-    let mut left_in_place: Option<TicketApiError> = None;
+    let mut left_in_place: Option<TicketSinkError> = None;
     let mut failed_in_a_row = 0;
     // Mail left for the next run when stopping at `index`: this one and the rest of the list,
     // those beyond max_messages_per_run, and those the ticket API did not take so far.
@@ -562,21 +563,20 @@ struct Prepared {
 /// mailing-list and bulk mail (`auto_reason` `mailing_list: …` / `bulk: …`) is posted like any
 /// other mail; auto-replies, bounces, reports and loops are still set aside.
 pub fn unticketed_auto_generated_reason(
-    draft: &serde_json::Value,
+    draft: &TicketDraft,
     list_mail: ListMail,
 ) -> Option<String> {
-    if draft.get("auto_generated").and_then(|v| v.as_bool()) != Some(true) {
+    if !draft.auto_generated {
         return None;
     }
     let reason = draft
-        .get("auto_reason")
-        .and_then(|v| v.as_str())
-        .unwrap_or("auto_generated: (no reason given)")
-        .to_string();
+        .auto_reason
+        .clone()
+        .unwrap_or_else(|| "auto_generated: (no reason given)".to_string());
     let threads_to_a_ticket = draft
-        .get("ticket_number")
-        .and_then(|v| v.as_str())
-        .is_some_and(|t| !t.is_empty());
+        .ticket_number
+        .as_deref()
+        .is_some_and(|t| !t.trim().is_empty());
     let is_loop = reason.starts_with("loop:") || reason == "loop";
     if is_loop {
         return Some(reason);
@@ -615,7 +615,12 @@ fn prepare(
     match (raw, header_block) {
         (Some(raw), _) => {
             let key = dedupe::key_for_raw(&config.name, raw);
-            match convert::parse_draft(raw, &config.user, &deps.parse) {
+            match convert::parse_draft(
+                raw,
+                &config.user,
+                &config.sink.subject_patterns(),
+                &deps.parse,
+            ) {
                 Ok(draft) => {
                     if let Some(reason) = unticketed_auto_generated_reason(&draft, config.list_mail)
                     {
@@ -745,17 +750,17 @@ async fn handle_message(
         return Ok(Handled::Duplicate);
     }
     let receipt = match sink
-        .create_ticket(&prepared.payload, &prepared.key.hash, post_deadline)
+        .deliver(&prepared.payload, &prepared.key.hash, post_deadline)
         .await
     {
         Ok(receipt) => receipt,
-        Err(e @ TicketApiError::Rejected { .. }) | Err(e @ TicketApiError::Encode(_)) => {
+        Err(e) if e.parks_the_mail() => {
             tracing::error!(
                 mailbox = %config.name,
                 uid,
                 reason = %e,
                 folder = %config.failed_folder,
-                "ticket API rejected the mail; parked in the failed folder"
+                "the helpdesk rejected the mail; parked in the failed folder"
             );
             mailbox
                 .move_to(uid, &config.failed_folder)
@@ -794,12 +799,24 @@ async fn handle_message(
             "mail could not be fully read: ticket created with a note, mail parked"
         );
         Ok(Handled::Parked)
+    } else if receipt.replayed {
+        // The helpdesk already had this mail (a crash or lost answer after it accepted it):
+        // nothing new was created, so it is not counted as a new ticket.
+        tracing::info!(
+            mailbox = %config.name,
+            uid,
+            ticket_id = receipt.ticket_id.as_deref().unwrap_or(""),
+            action = %receipt.action,
+            "the helpdesk already had this mail; recorded, nothing new created"
+        );
+        Ok(Handled::Duplicate)
     } else {
         tracing::info!(
             mailbox = %config.name,
             uid,
             ticket_id = receipt.ticket_id.as_deref().unwrap_or(""),
-            "ticket created"
+            action = %receipt.action,
+            "mail delivered to the helpdesk"
         );
         Ok(Handled::Ticketed)
     }

@@ -1,12 +1,12 @@
 //! The small traits the poll loop runs on. Real adapters: [`crate::imap_adapter`] (IMAP),
-//! [`crate::dynamo`] (DynamoDB), `mailbridge::ticket_api` (webhook), the shared token layer.
+//! [`crate::dynamo`] (DynamoDB), `mailbridge::ticket_sink` (helpdesk adapters), the shared token layer.
 //! Unit tests use in-memory fakes.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use mailbridge::imap::{ImapError, ListedMessage, SearchScope, SelectedFolder, Uid};
-use mailbridge::ticket_api::TicketSink;
+use mailbridge::ticket_sink::TicketSink;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 

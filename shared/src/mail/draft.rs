@@ -58,7 +58,7 @@ pub enum ThreadSource {
 }
 
 /// The ticket draft one mail turns into.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TicketDraft {
     /// Message-ID without angle brackets.
     pub message_id: Option<String>,

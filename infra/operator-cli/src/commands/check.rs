@@ -188,6 +188,7 @@ async fn resolve_targets(ctx: &Context, names: &[String]) -> Result<Vec<Target>>
 }
 
 async fn check_target(ctx: &Context, target: Target, timeout: Duration) -> TargetReport {
+    let mut sink = None;
     let (kind, name, secret_name, imap) = match target {
         Target::BadMailbox { name, problem } => {
             return TargetReport {
@@ -206,7 +207,10 @@ async fn check_target(ctx: &Context, target: Target, timeout: Duration) -> Targe
         }
         Target::Mailbox(config) => (
             "mailbox",
-            config.name.clone(),
+            {
+                sink = Some(config.sink.clone());
+                config.name.clone()
+            },
             ctx.secret_name(&config.account),
             Some(ImapTarget {
                 host: config.host.clone(),
@@ -222,13 +226,59 @@ async fn check_target(ctx: &Context, target: Target, timeout: Duration) -> Targe
             None,
         ),
     };
-    let steps = run_steps(ctx, &secret_name, imap, timeout).await;
+    let mut steps = run_steps(ctx, &secret_name, imap, timeout).await;
+    if let Some(sink) = &sink {
+        steps.push(sink_probe(ctx, sink, timeout).await);
+    }
     TargetReport {
         kind,
         name,
         ok: steps.iter().all(|s| s.result == "ok"),
         secret: Some(secret_name),
         steps,
+    }
+}
+
+/// The mailbox's helpdesk: reached, credentials accepted, queue present.
+async fn sink_probe(
+    ctx: &Context,
+    sink: &mailbridge::ticket_sink::SinkConfig,
+    timeout: Duration,
+) -> Step {
+    use mailbridge::ticket_sink::TicketSinkError;
+    let label = format!("helpdesk ({} at {})", sink.kind().as_str(), sink.url());
+    let built = match ctx.sink_factory().await {
+        Ok(factory) => factory.build(sink).await,
+        Err(e) => Err(e.to_string()),
+    };
+    let adapter = match built {
+        Ok(adapter) => adapter,
+        Err(e) => {
+            return Step::failed(
+                label,
+                e,
+                "create the sink's credential secret (see docs/helpdesks.md) or fix the named field",
+            );
+        }
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    match adapter.check(deadline).await {
+        Ok(check) => Step::ok(label, check.summary),
+        Err(e) => {
+            let fix = match &e {
+                TicketSinkError::CredentialsRefused { .. } => {
+                    "put working credentials in the sink's secret and give its user the rights docs/helpdesks.md lists"
+                }
+                TicketSinkError::Config { .. } => {
+                    "fix the mailbox's sink (`mailbridge mailbox add ... --sink-json ...`)"
+                }
+                TicketSinkError::Unavailable { .. } => {
+                    "check that the helpdesk is up and reachable from here"
+                }
+                _ => "see the detail",
+            };
+            Step::failed(label, e.to_string(), fix)
+        }
     }
 }
 

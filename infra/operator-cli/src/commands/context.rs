@@ -145,6 +145,16 @@ impl Context {
         Arc::new(SecretsManagerStore::from_conf(self.aws().await))
     }
 
+    /// The poller's own sink factory: each mailbox's helpdesk adapter with its credentials from
+    /// Secrets Manager.
+    pub async fn sink_factory(&self) -> Result<poll_mailboxes::sinks::SecretsSinkFactory> {
+        Ok(poll_mailboxes::sinks::SecretsSinkFactory::new(
+            mailbridge::http::default_client()?,
+            mailbridge::aws::LazyClient::new(self.aws().await, aws_sdk_secretsmanager::Client::new),
+            mailbridge::retry::RetryPolicy::default(),
+        ))
+    }
+
     /// The identity platform client (hosts come from each account secret).
     pub fn identity_client(&self) -> Result<IdentityClient> {
         Ok(IdentityClient::new(mailbridge::http::default_client()?))

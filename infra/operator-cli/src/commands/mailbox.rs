@@ -45,12 +45,22 @@ pub struct AddArgs {
     /// Account secret whose token logs in (for a shared mailbox, a delegate's account).
     #[arg(long, value_name = "ACCOUNT")]
     pub account: String,
-    /// Ticket API URL (https; http only for loopback).
+    /// Where the tickets go, as a `sink` object: `{"kind":"rt","url":…,"secret":…,"queue":…,
+    /// "rt_name":…}`, `{"kind":"django-helpdesk",…}` or `{"kind":"webhook","url":…}` (fields:
+    /// docs/helpdesks.md). The helpdesk is asked before anything is stored (reach, credentials,
+    /// queue) unless --no-check.
+    #[arg(long, value_name = "JSON", required_unless_present = "ticket_api_url", conflicts_with_all = ["ticket_api_url", "ticket_api_secret"])]
+    pub sink_json: Option<String>,
+    /// A generic webhook's URL (https; http only for loopback): the same as
+    /// `--sink-json '{"kind":"webhook","url":URL}'`.
     #[arg(long, value_name = "URL")]
-    pub ticket_api_url: String,
-    /// Secret holding the ticket API credentials (none: no auth header).
+    pub ticket_api_url: Option<String>,
+    /// The webhook's credential secret (none: no auth header).
     #[arg(long, value_name = "SECRET")]
     pub ticket_api_secret: Option<String>,
+    /// Store without asking the helpdesk first (it is down now, or not reachable from here).
+    #[arg(long)]
+    pub no_check: bool,
     /// IMAP host (default outlook.office365.com).
     #[arg(long)]
     pub host: Option<String>,
@@ -93,11 +103,18 @@ pub struct AddArgs {
 }
 
 impl AddArgs {
-    fn fields(&self) -> Value {
+    fn fields(&self) -> Result<Value> {
         let mut o = Map::new();
         o.insert("user".into(), json!(self.user));
         o.insert("account".into(), json!(self.account));
-        o.insert("ticket_api_url".into(), json!(self.ticket_api_url));
+        if let Some(sink) = &self.sink_json {
+            let sink: Value = serde_json::from_str(sink)
+                .map_err(|e| anyhow::anyhow!("--sink-json is not valid JSON: {e}"))?;
+            o.insert("sink".into(), sink);
+        }
+        if let Some(url) = &self.ticket_api_url {
+            o.insert("ticket_api_url".into(), json!(url));
+        }
         o.insert("enabled".into(), json!(!self.disabled));
         let optional: [(&str, Option<Value>); 12] = [
             (
@@ -139,7 +156,32 @@ impl AddArgs {
                 o.insert(k.into(), v);
             }
         }
-        Value::Object(o)
+        Ok(Value::Object(o))
+    }
+}
+
+/// Ask the mailbox's helpdesk (reach, credentials, queue) before storing: on a mistake, a
+/// clear error and nothing stored.
+async fn check_sink(ctx: &Context, config: &MailboxConfig) -> Result<()> {
+    let sink = &config.sink;
+    let adapter = ctx
+        .sink_factory()
+        .await?
+        .build(sink)
+        .await
+        .map_err(|e| anyhow::anyhow!("mailbox {}: {e}; nothing stored", config.name))?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    match adapter.check(deadline).await {
+        Ok(check) => {
+            if !ctx.json() {
+                println!("✓ helpdesk: {}", check.summary);
+            }
+            Ok(())
+        }
+        Err(e) => bail!(
+            "mailbox {}: the helpdesk check failed: {e}; nothing stored (fix it, or store anyway with --no-check)",
+            config.name
+        ),
     }
 }
 
@@ -149,7 +191,12 @@ pub async fn run(ctx: &Context, command: MailboxCommand) -> Result<Exit> {
     let client = ctx.dynamodb().await;
     match command {
         MailboxCommand::Add(args) => {
-            let config = put_mailbox_config(&client, &table, &args.name, &args.fields()).await?;
+            let fields = args.fields()?;
+            let config = MailboxConfig::from_json(&args.name, &fields)?;
+            if !args.no_check {
+                check_sink(ctx, &config).await?;
+            }
+            let config = put_mailbox_config(&client, &table, &args.name, &fields).await?;
             if ctx.json() {
                 print_json(&json!({ "stored": true, "mailbox": config }));
             } else {
@@ -229,7 +276,7 @@ pub async fn run(ctx: &Context, command: MailboxCommand) -> Result<Exit> {
 
 fn summary(c: &MailboxConfig) -> String {
     format!(
-        "{}{} — {} on {}:{} via {}, folder {}, after: {}, list mail: {}, tickets → {}",
+        "{}{} — {} on {}:{} via {}, folder {}, after: {}, list mail: {}, tickets → {} {}",
         c.name,
         if c.enabled { "" } else { " [disabled]" },
         c.user,
@@ -243,6 +290,7 @@ fn summary(c: &MailboxConfig) -> String {
             poll_mailboxes::config::AfterAction::Delete => "delete".into(),
         },
         c.list_mail.as_str(),
-        c.ticket_api_url
+        c.sink.kind().as_str(),
+        c.sink.url()
     )
 }

@@ -4,7 +4,9 @@
 //! It runs poll-mailboxes' own loop ([`poll_mailboxes::poll_once`]) — same token, IMAP, size
 //! check, `BODY.PEEK[]` fetch (never sets `\Seen`), parser, dedupe lookup — over dry-run
 //! adapters of its ports:
-//! - the ticket sink records the payload instead of POSTing it;
+//! - the ticket sink records the payload instead of delivering it, and asks the mailbox's real
+//!   helpdesk adapter which call it would become (`plan`: create, or correspond / comment on
+//!   which ticket; reads only);
 //! - the mailbox records the after-action (move / mark seen / delete) instead of doing it;
 //! - the state store reads (mailbox configs, dedupe records) but writes nothing (no dedupe
 //!   records, no `mailbox-status`).
@@ -19,13 +21,16 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use async_trait::async_trait;
 use mailbridge::imap::{ImapError, ListedMessage, SearchScope, SelectedFolder, Uid};
-use mailbridge::ticket_api::{TicketApiError, TicketPayload, TicketReceipt, TicketSink};
+use mailbridge::ticket_sink::{
+    DeliveryPlan, SinkCheck, TicketPayload, TicketReceipt, TicketSink, TicketSinkError,
+};
 use poll_mailboxes::config::MailboxConfig;
 use poll_mailboxes::convert::ParseContext;
 use poll_mailboxes::imap_adapter::ImapConnector;
 use poll_mailboxes::ports::{
     DedupeRecord, Mailbox, MailboxConnector, MailboxStatus, SinkFactory, StateStore, StoreError,
 };
+use poll_mailboxes::sinks::SecretsSinkFactory;
 use poll_mailboxes::{PollDeps, poll_once};
 use secrecy::SecretString;
 use serde::Serialize;
@@ -65,6 +70,8 @@ pub struct MailPlan {
     pub from: Option<String>,
     /// Ticket number found in the mail (a reply to an existing ticket).
     pub ticket_number: Option<String>,
+    /// The helpdesk call the mail would become (e.g. "correspond on ticket 12").
+    pub helpdesk_call: Option<String>,
     /// Machine mail reason (auto-reply, bounce...).
     pub auto_reason: Option<String>,
     /// Attachments in the ticket.
@@ -101,6 +108,8 @@ struct DryRunMailbox {
     name: String,
     /// The mailbox address (own mail for loop detection when re-parsing).
     user: String,
+    /// The mailbox helpdesk's subject tags (when re-parsing).
+    subject_patterns: Vec<regex::Regex>,
     auto_generated_folder: String,
     /// The last mail read whole: machine mail set aside builds no payload, so its subject,
     /// sender and reason are read from it again.
@@ -159,13 +168,17 @@ impl DryRunMailbox {
             }
             if plan.subject.is_none()
                 && let Some(raw) = raw
-                && let Ok(draft) =
-                    poll_mailboxes::convert::parse_draft(&raw, &self.user, &self.parse)
+                && let Ok(draft) = poll_mailboxes::convert::parse_draft(
+                    &raw,
+                    &self.user,
+                    &self.subject_patterns,
+                    &self.parse,
+                )
             {
-                plan.subject = text(&draft, "/subject");
-                plan.from = text(&draft, "/from/address");
-                plan.ticket_number = text(&draft, "/ticket_number");
-                plan.auto_reason = text(&draft, "/auto_reason");
+                plan.subject = Some(draft.subject);
+                plan.from = draft.from.map(|a| a.address);
+                plan.ticket_number = draft.ticket_number;
+                plan.auto_reason = draft.auto_reason;
             }
             plan.then = Some(what);
         });
@@ -245,6 +258,7 @@ impl MailboxConnector for DryRunConnector {
             inner,
             name: config.name.clone(),
             user: config.user.clone(),
+            subject_patterns: config.sink.subject_patterns(),
             auto_generated_folder: config.auto_generated_folder.clone(),
             last_raw: None,
             parse: self.parse.clone(),
@@ -292,27 +306,39 @@ impl<S: StateStore> StateStore for ReadOnlyState<S> {
     }
 }
 
-/// Records what would be posted.
+/// Records what would be delivered, and which helpdesk call it would become.
 struct RecordingSink {
     log: DryRunLog,
-}
-
-fn text(v: &serde_json::Value, pointer: &str) -> Option<String> {
-    v.pointer(pointer)
-        .and_then(|x| x.as_str())
-        .map(str::to_owned)
+    /// The mailbox's real adapter, asked only for its plan (reads, never writes).
+    real: Arc<dyn TicketSink>,
 }
 
 #[async_trait]
 impl TicketSink for RecordingSink {
-    async fn create_ticket(
+    async fn plan(
+        &self,
+        payload: &TicketPayload,
+        deadline: tokio::time::Instant,
+    ) -> Result<DeliveryPlan, TicketSinkError> {
+        self.real.plan(payload, deadline).await
+    }
+
+    async fn check(&self, deadline: tokio::time::Instant) -> Result<SinkCheck, TicketSinkError> {
+        self.real.check(deadline).await
+    }
+
+    async fn deliver(
         &self,
         payload: &TicketPayload,
         _idempotency_key: &str,
-        _deadline: tokio::time::Instant,
-    ) -> Result<TicketReceipt, TicketApiError> {
+        deadline: tokio::time::Instant,
+    ) -> Result<TicketReceipt, TicketSinkError> {
         let json =
-            serde_json::to_value(payload).map_err(|e| TicketApiError::Encode(e.to_string()))?;
+            serde_json::to_value(payload).map_err(|e| TicketSinkError::Encode(e.to_string()))?;
+        let call = match self.real.plan(payload, deadline).await {
+            Ok(plan) => plan.to_string(),
+            Err(e) => format!("unknown: {e}"),
+        };
         self.log.with(&payload.mailbox, |l| {
             let Some(uid) = l.current_uid else { return };
             let plan = l.mails.entry(uid).or_default();
@@ -322,31 +348,35 @@ impl TicketSink for RecordingSink {
             } else {
                 "ticket".into()
             };
-            plan.subject = text(&payload.draft, "/subject");
-            plan.from = text(&payload.draft, "/from/address");
-            plan.ticket_number = text(&payload.draft, "/ticket_number");
-            plan.auto_reason = text(&payload.draft, "/auto_reason");
+            plan.subject = Some(payload.draft.subject.clone());
+            plan.from = payload.draft.from.as_ref().map(|a| a.address.clone());
+            plan.ticket_number = payload.draft.ticket_number.clone();
+            plan.auto_reason = payload.draft.auto_reason.clone();
+            plan.helpdesk_call = Some(call);
             plan.attachments = payload.attachments.len();
             plan.problem = payload.problem.clone();
             plan.payload = Some(json);
         });
         Ok(TicketReceipt {
-            status: 202,
+            action: DeliveryPlan::NewTicket { queue: None },
             ticket_id: None,
             attempts: 0,
+            replayed: false,
         })
     }
 }
 
 struct RecordingSinks {
     log: DryRunLog,
+    real: SecretsSinkFactory,
 }
 
 #[async_trait]
 impl SinkFactory for RecordingSinks {
-    async fn sink_for(&self, _config: &MailboxConfig) -> Result<Arc<dyn TicketSink>, String> {
+    async fn sink_for(&self, config: &MailboxConfig) -> Result<Arc<dyn TicketSink>, String> {
         Ok(Arc::new(RecordingSink {
             log: self.log.clone(),
+            real: self.real.sink_for(config).await?,
         }))
     }
 }
@@ -394,7 +424,10 @@ pub async fn run(ctx: &Context, args: PollArgs) -> Result<Exit> {
             progress: true,
         }),
         state: Arc::new(ReadOnlyState(state)),
-        sinks: Arc::new(RecordingSinks { log: log.clone() }),
+        sinks: Arc::new(RecordingSinks {
+            log: log.clone(),
+            real: ctx.sink_factory().await?,
+        }),
         parse: ParseContext { thread_key },
         max_concurrent_mailboxes: 4,
         deadline_margin: Duration::from_secs(5),
@@ -474,11 +507,11 @@ fn print_human(previews: &[MailboxPreview]) {
                 }
                 other => other.to_owned(),
             };
-            let reply = m
-                .ticket_number
-                .as_deref()
-                .map(|t| format!(" [reply to ticket {t}]"))
-                .unwrap_or_default();
+            let reply = match (&m.helpdesk_call, &m.ticket_number) {
+                (Some(call), _) => format!(" [helpdesk: {call}]"),
+                (None, Some(t)) => format!(" [reply to ticket {t}]"),
+                (None, None) => String::new(),
+            };
             let auto = m
                 .auto_reason
                 .as_deref()
