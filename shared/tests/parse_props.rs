@@ -251,3 +251,184 @@ proptest! {
         prop_assert_eq!(draft.ticket_number, None);
     }
 }
+
+/// A base64 token wrapped at `width` without folding whitespace (what some tracking and
+/// signature headers look like after a careless gateway).
+fn wrapped_without_folding(token: &str, width: usize) -> String {
+    token
+        .as_bytes()
+        .chunks(width)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A Q-word text of `bytes` as a careless mailer writes it: 8-bit bytes raw (and, in a
+/// multi-byte charset, the byte after a raw lead byte raw as well), ASCII letters and digits
+/// as they are, everything else `=XX`.
+fn q_text_with_raw_bytes(bytes: &[u8], multi_byte: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut trail = false;
+    for &b in bytes {
+        if b >= 0x80 || trail {
+            out.push(b);
+            trail = multi_byte && b >= 0x80 && !trail;
+        } else if b.is_ascii_alphanumeric() {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("={b:02X}").as_bytes());
+        }
+    }
+    out
+}
+
+/// UTF-7 (RFC 2152) with every character that is not an ASCII letter or digit in a
+/// base64 run, as old Outlook versions wrote encoded-words.
+fn utf7(text: &str) -> String {
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    let mut run: Vec<u16> = Vec::new();
+    let flush = |out: &mut String, run: &mut Vec<u16>| {
+        if run.is_empty() {
+            return;
+        }
+        let bytes: Vec<u8> = run.iter().flat_map(|u| u.to_be_bytes()).collect();
+        out.push('+');
+        for chunk in bytes.chunks(3) {
+            let n =
+                chunk.iter().fold(0u32, |n, &b| (n << 8) | u32::from(b)) << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                out.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out.push('-');
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() {
+            flush(&mut out, &mut run);
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            run.extend_from_slice(c.encode_utf16(&mut units));
+        }
+    }
+    flush(&mut out, &mut run);
+    out
+}
+
+/// A charset and text in it whose encoded bytes are never valid UTF-8 (letters from the
+/// 0xC0-0xFF rows, kana with lead bytes 0x82/0x83), so the raw bytes are foreign for sure.
+fn charset_and_text() -> impl Strategy<Value = (&'static str, String)> {
+    prop_oneof![
+        Just(("iso-8859-1", "àáâãäåæçèéêëìíîïñòóôõöøùúûüýþÿ")),
+        Just(("iso-8859-2", "ŕáâăäĺćçčéęëěíîďđńňóôőöřůúűüýţ")),
+        Just(("koi8-r", "абвгдежзийклмнопрстуфхцчшщыьэюяАБВГДЕЖЗИЙКЛМНОП")),
+        Just((
+            "windows-1251",
+            "абвгдежзийклмнопрстуфхцчшщыьэюяАБВГДЕЖЗИЙКЛМНОП"
+        )),
+        Just((
+            "shift_jis",
+            "アイウエオカキクケコサシスセソタチツテトダヂヅデドぁあぃいぅうぇえ"
+        )),
+    ]
+    .prop_flat_map(|(label, letters)| {
+        let letters: Vec<char> = letters.chars().collect();
+        let piece = prop_oneof![
+            3 => proptest::sample::select(letters),
+            1 => proptest::sample::select(b"abcXYZ019 .-_=?".map(char::from).to_vec()),
+        ];
+        (
+            Just(label),
+            proptest::collection::vec(piece, 1..24)
+                .prop_map(|cs| cs.into_iter().collect::<String>()),
+        )
+    })
+    .prop_filter("has a non-ASCII letter", |(_, text)| !text.is_ascii())
+}
+
+fn collapsed(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// A long token wrapped without folding, anywhere in the header block and after an mbox
+    /// `From ` line or not, in LF, CRLF or bare-CR form: every other header is still read.
+    #[test]
+    fn headers_after_a_token_wrapped_without_folding_are_kept(
+        token in "[A-Za-z0-9+/]{60,600}={0,2}",
+        width in 16usize..77,
+        position in 0usize..5,
+        mbox in any::<bool>(),
+        line_end in prop_oneof![Just("\n"), Just("\r\n"), Just("\r")],
+    ) {
+        let mut fields = vec![
+            "Subject: Printer on floor 3 jams".to_string(),
+            "From: Jane Roe <jane@example.com>".to_string(),
+            "To: helpdesk@mailbridge.test".to_string(),
+            "Message-ID: <wrapped.1@example.com>".to_string(),
+            "Date: Tue, 12 Mar 2024 09:14:07 +0100".to_string(),
+        ];
+        fields.insert(position, format!("X-Tracking: {}", wrapped_without_folding(&token, width)));
+        let mut raw = String::new();
+        if mbox {
+            raw.push_str("From jane@example.com Tue Mar 12 09:14:07 2024\n");
+        }
+        raw.push_str(&fields.join("\n"));
+        raw.push_str("\n\nThe printer jams.\n");
+        let raw = raw.replace('\n', line_end);
+        let draft = parse(raw.as_bytes(), &options()).expect("parses");
+        check_draft(&draft);
+        prop_assert_eq!(draft.subject.as_str(), "Printer on floor 3 jams");
+        prop_assert_eq!(draft.from.as_ref().map(|f| f.address.as_str()), Some("jane@example.com"));
+        prop_assert_eq!(draft.to.len(), 1);
+        prop_assert_eq!(draft.message_id.as_deref(), Some("wrapped.1@example.com"));
+        prop_assert_eq!(draft.body_text.as_str(), "The printer jams.");
+    }
+
+    /// Raw 8-bit bytes inside a Q encoded-word (where `=XX` belongs) decode once, in the
+    /// word's charset, in the subject and in a display name.
+    #[test]
+    fn raw_bytes_in_q_words_decode_in_the_words_charset((label, text) in charset_and_text()) {
+        let encoding = mailbridge_encoding(label);
+        let (bytes, _, unmappable) = encoding.encode(&text);
+        prop_assume!(!unmappable);
+        let q = q_text_with_raw_bytes(&bytes, !encoding.is_single_byte());
+        let mut raw = b"Subject: =?".to_vec();
+        raw.extend_from_slice(label.as_bytes());
+        raw.extend_from_slice(b"?Q?");
+        raw.extend_from_slice(&q);
+        raw.extend_from_slice(b"?=\nFrom: =?");
+        raw.extend_from_slice(label.as_bytes());
+        raw.extend_from_slice(b"?Q?");
+        raw.extend_from_slice(&q);
+        raw.extend_from_slice(b"?= <sender@example.com>\nTo: helpdesk@mailbridge.test\n\nbody\n");
+        let draft = parse(&raw, &options()).expect("parses");
+        check_draft(&draft);
+        prop_assert_eq!(&draft.subject, &collapsed(&text));
+        let name = draft.from.as_ref().and_then(|f| f.name.clone()).unwrap_or_default();
+        prop_assert_eq!(collapsed(&name), collapsed(&text).trim_matches(['"', '\'']).to_string());
+    }
+
+    /// UTF-7 encoded-words (B and Q) decode like any other charset.
+    #[test]
+    fn utf7_words_decode(text in "[a-zA-Z0-9äöüßéあ漢😀 .,!-]{1,40}", b_word in any::<bool>()) {
+        use base64::Engine as _;
+        let encoded = utf7(&text);
+        let word = if b_word {
+            format!("=?utf-7?B?{}?=", base64::engine::general_purpose::STANDARD.encode(encoded))
+        } else {
+            format!("=?UTF-7?Q?{encoded}?=")
+        };
+        let raw = format!("Subject: {word}\nFrom: a@example.com\n\nbody\n");
+        let draft = parse(raw.as_bytes(), &options()).expect("parses");
+        prop_assert_eq!(&draft.subject, &collapsed(&text));
+    }
+}
+
+fn mailbridge_encoding(label: &str) -> &'static encoding_rs::Encoding {
+    encoding_rs::Encoding::for_label(label.as_bytes()).expect("known label")
+}

@@ -145,7 +145,23 @@ pub(crate) fn decode_encoded_words(raw: &str) -> Option<String> {
         let whole = c.get(0).expect("match");
         let between = &raw[last..whole.start()];
         let label = c[1].split('*').next().unwrap_or("").to_string();
-        let bytes = if c[2].eq_ignore_ascii_case("b") {
+        let is_b = c[2].eq_ignore_ascii_case("b");
+        if !is_b && !c[3].is_ascii() {
+            // Characters left raw inside a Q word: `normalize` escaped every raw byte that
+            // was not UTF-8, so these are characters already (a gateway re-encoded the header
+            // as UTF-8). They are kept as they are; only the escapes decode in the charset.
+            if let Some((l, buf)) = pending.take() {
+                out.push_str(&decode_word_bytes(&l, &buf));
+            }
+            if !(found && between.trim().is_empty()) {
+                out.push_str(between);
+            }
+            out.push_str(&decode_q_with_raw_characters(&label, &c[3]));
+            found = true;
+            last = whole.end();
+            continue;
+        }
+        let bytes = if is_b {
             super::body::lenient_base64(c[3].as_bytes())
         } else {
             q_decode(c[3].as_bytes())
@@ -177,6 +193,72 @@ pub(crate) fn decode_encoded_words(raw: &str) -> Option<String> {
     found.then_some(out)
 }
 
+/// A Q word's text with raw non-ASCII characters: runs of ASCII decode in the word's
+/// charset, the characters stay.
+fn decode_q_with_raw_characters(label: &str, text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while !rest.is_empty() {
+        let ascii_len = rest.find(|c: char| !c.is_ascii()).unwrap_or(rest.len());
+        if ascii_len > 0 {
+            out.push_str(&decode_word_bytes(
+                label,
+                &q_decode(&rest.as_bytes()[..ascii_len]),
+            ));
+        }
+        let raw_len = rest[ascii_len..]
+            .find(|c: char| c.is_ascii())
+            .unwrap_or(rest.len() - ascii_len);
+        out.push_str(&rest[ascii_len..ascii_len + raw_len]);
+        rest = &rest[ascii_len + raw_len..];
+    }
+    out
+}
+
+/// Raw 8-bit bytes inside the text of RFC 2047 Q words (`=?iso-8859-1?Q?Fr\xF6sche?=`, where
+/// `=F6` belongs) become `=XX` escapes, so the word decodes once, in its own charset, instead
+/// of being transcoded with the header's sniffed charset first. Words whose text is valid
+/// UTF-8 are left alone (a gateway re-encoded the header; see `decode_encoded_words`). In a
+/// multi-byte charset (Shift_JIS, Big5, GBK) the ASCII byte after a raw lead byte is part of
+/// the character and is escaped too (`_` would otherwise become a space). `None` when there
+/// is nothing to escape.
+pub(crate) fn escape_8bit_in_q_words(block: &[u8]) -> Option<Vec<u8>> {
+    static Q_WORD: LazyLock<regex::bytes::Regex> = LazyLock::new(|| {
+        regex::bytes::Regex::new(r"(?-u)=\?([A-Za-z0-9_.:*-]{1,60})\?[qQ]\?([^?\x00-\x20]*)\?=")
+            .expect("static regex")
+    });
+    if block.is_ascii() || memchr::memmem::find(block, b"=?").is_none() {
+        return None;
+    }
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0;
+    for c in Q_WORD.captures_iter(block) {
+        let text = c.get(2).expect("group 2");
+        let bytes = text.as_bytes();
+        if bytes.is_ascii() || std::str::from_utf8(bytes).is_ok() {
+            continue;
+        }
+        let label = c[1].split(|&b| b == b'*').next().unwrap_or_default();
+        let multi_byte =
+            Encoding::for_label(label).is_some_and(|enc| !enc.is_single_byte() && enc != UTF_8);
+        let buf = out.get_or_insert_with(|| Vec::with_capacity(block.len() + 32));
+        buf.extend_from_slice(&block[copied..text.start()]);
+        let mut trail = false;
+        for &b in bytes {
+            if b >= 0x80 || trail {
+                buf.extend_from_slice(format!("={b:02X}").as_bytes());
+                trail = multi_byte && b >= 0x80 && !trail;
+            } else {
+                buf.push(b);
+            }
+        }
+        copied = text.end();
+    }
+    let mut buf = out?;
+    buf.extend_from_slice(&block[copied..]);
+    Some(buf)
+}
+
 fn q_decode(text: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(text.len());
     let mut i = 0;
@@ -203,6 +285,14 @@ fn decode_word_bytes(label: &str, bytes: &[u8]) -> String {
         return decode_iso_2022_jp(bytes);
     }
     match Encoding::for_label(label.trim().as_bytes()) {
+        None => {
+            // Charsets outside the WHATWG set that mail-parser still decodes: UTF-7 above
+            // all (old Outlook wrote `=?utf-7?Q?Fr+APY-sche?=`).
+            match mail_parser::decoders::charsets::map::charset_decoder(label.trim().as_bytes()) {
+                Some(decode) => decode(bytes),
+                None => sniff_decode(bytes, None, None).into_owned(),
+            }
+        }
         Some(enc) if enc != UTF_8 => {
             let (text, had_errors) = enc.decode_without_bom_handling(bytes);
             if had_errors && std::str::from_utf8(bytes).is_ok() {

@@ -318,6 +318,10 @@ fn repair_header_block(header: &[u8]) -> Option<(Vec<u8>, Option<&'static encodi
     let mut out: Vec<u8> = Vec::with_capacity(header.len() + 16);
     let mut changed = false;
     let mut seen_header = false;
+    let mut last_field: &[u8] = b"";
+    // Set while inside a run of stray lines already known to be followed by a header (so
+    // a long wrapped token is looked ahead over once, not once per line).
+    let mut known_header_follows = false;
     for (i, line) in lines.iter().enumerate() {
         if seen_header && is_param_line(line) {
             // A MIME parameter (`boundary="..."`) that lost its folding whitespace.
@@ -326,6 +330,8 @@ fn repair_header_block(header: &[u8]) -> Option<(Vec<u8>, Option<&'static encodi
             changed = true;
         } else if !is_continuation(line) && is_header_line(line) {
             seen_header = true;
+            known_header_follows = false;
+            last_field = field_name(line);
             match numeric_date_zone(line) {
                 Some(fixed) => {
                     out.extend_from_slice(&fixed);
@@ -342,14 +348,21 @@ fn repair_header_block(header: &[u8]) -> Option<(Vec<u8>, Option<&'static encodi
                 seen_header = true;
             }
         } else {
-            let header_follows = lines[i + 1..]
-                .iter()
-                .find(|l| !is_continuation(l))
-                .is_some_and(|l| is_header_line(l));
             changed = true;
-            if header_follows {
-                out.push(b' ');
-                out.extend_from_slice(line);
+            if is_mbox_from_line(line) {
+                continue;
+            }
+            known_header_follows =
+                known_header_follows || header_follows_junk(line, &lines[i + 1..]);
+            if known_header_follows {
+                // A line of a value wrapped without folding whitespace (a long base64 token,
+                // a wrapped subject) or a stray line: the header block goes on after it.
+                if junk_continues(last_field, line) {
+                    out.push(b' ');
+                    out.extend_from_slice(line);
+                } else {
+                    continue;
+                }
             } else {
                 // The blank line between header and body is missing: start the body here.
                 out.push(b'\n');
@@ -359,19 +372,89 @@ fn repair_header_block(header: &[u8]) -> Option<(Vec<u8>, Option<&'static encodi
                 }
                 out.pop();
                 out.push(b'\n');
-                return Some(match transcode_8bit(out) {
-                    Ok((fixed, enc)) => (fixed, Some(enc)),
-                    Err(unchanged) => (unchanged, None),
-                });
+                return finish_header_block(out, true);
             }
         }
         out.push(b'\n');
     }
+    finish_header_block(out, changed)
+}
+
+/// The last repairs of a header block: raw 8-bit inside RFC 2047 Q words escaped, then other
+/// raw 8-bit transcoded. `None` when neither these nor the line repairs (`changed`) did
+/// anything.
+fn finish_header_block(
+    out: Vec<u8>,
+    changed: bool,
+) -> Option<(Vec<u8>, Option<&'static encoding_rs::Encoding>)> {
+    let (out, escaped) = match charset::escape_8bit_in_q_words(&out) {
+        Some(escaped) => (escaped, true),
+        None => (out, false),
+    };
     match transcode_8bit(out) {
         Ok((fixed, enc)) => Some((fixed, Some(enc))),
-        Err(unchanged) if changed => Some((unchanged, None)),
+        Err(unchanged) if changed || escaped => Some((unchanged, None)),
         Err(_) => None,
     }
+}
+
+/// The field name of a header line (`Subject` of `Subject: x`), trimmed.
+fn field_name(line: &[u8]) -> &[u8] {
+    let colon = line.iter().position(|&b| b == b':').unwrap_or(line.len());
+    trim_end_ws(&line[..colon])
+}
+
+/// Whether the header block goes on after a line that is neither a header nor a
+/// continuation: the next line that is not a continuation is a header line, also past more
+/// lines of one wrapped token (a long base64 value or URL wrapped without folding: lines
+/// without blanks). Otherwise the blank line before the body is missing and the body starts
+/// at the stray line.
+fn header_follows_junk(line: &[u8], rest: &[&[u8]]) -> bool {
+    let is_token = |l: &[u8]| !l.is_empty() && !l.iter().any(|b| matches!(b, b' ' | b'\t'));
+    let wrapped_token = is_token(line);
+    for next in rest
+        .iter()
+        .filter(|l| !is_continuation(l) && !is_mbox_from_line(l))
+    {
+        if is_header_line(next) {
+            return true;
+        }
+        if !(wrapped_token && is_token(next)) {
+            return false;
+        }
+    }
+    false
+}
+
+/// An mbox `From ` line (or its `>From ` quoted form) inside the header block: mutt skips
+/// them there too (MH and some MTAs leave one in the middle of the header).
+fn is_mbox_from_line(line: &[u8]) -> bool {
+    line.starts_with(b"From ") || line.starts_with(b">From ")
+}
+
+/// Whether a stray line inside the header block continues the field before it (a value
+/// wrapped without folding whitespace) or is dropped: a line without `@` cannot continue an
+/// address field, a line without `<`, `@` or a digit no Message-ID list or date.
+fn junk_continues(field: &[u8], line: &[u8]) -> bool {
+    let is = |names: &[&[u8]]| names.iter().any(|n| field.eq_ignore_ascii_case(n));
+    if is(&[
+        b"from",
+        b"to",
+        b"cc",
+        b"bcc",
+        b"reply-to",
+        b"sender",
+        b"return-path",
+    ]) {
+        return line.contains(&b'@');
+    }
+    if is(&[b"message-id", b"in-reply-to", b"references"]) {
+        return line.contains(&b'@') || line.contains(&b'<');
+    }
+    if is(&[b"date"]) {
+        return line.iter().any(u8::is_ascii_digit);
+    }
+    true
 }
 
 /// A `Date:` line whose zone is `UT` or a one-letter military zone, with the zone rewritten to
@@ -587,6 +670,28 @@ mod tests {
         assert_eq!(
             norm(b"From x Mon Jan  1 00:00:00 2024\n Subject: x\nFrom: a@b.c\n\nhi"),
             "Subject: x\nFrom: a@b.c\n\nhi"
+        );
+    }
+
+    #[test]
+    fn headers_are_read_past_a_token_wrapped_without_folding() {
+        let wrapped = b"From someone@example.com Mon Jan  1 00:00:00 2024\n\
+            X-Tracking: QUFBQUFBQUFB\nQkJCQkJCQkJC\nQ0NDQ0M=\nSubject: Printer\nTo: a@b.example\n\nhi";
+        assert_eq!(
+            norm(wrapped),
+            "X-Tracking: QUFBQUFBQUFB\n QkJCQkJCQkJC\n Q0NDQ0M=\nSubject: Printer\nTo: a@b.example\n\nhi"
+        );
+        // A stray line, an mbox `From ` line in the middle and a line that cannot continue an
+        // address field: the headers after them are kept.
+        assert_eq!(
+            norm(b"Subject: x\nTo: a@b.example\nstray words\nFrom x@y Mon Jan  1 00:00:00 2024\nFrom: c@d.example\n\nhi"),
+            "Subject: x\nTo: a@b.example\nFrom: c@d.example\n\nhi"
+        );
+        // Text lines without a header after them are the body (the blank line is missing),
+        // even when a quoted header block follows further down.
+        assert_eq!(
+            norm(b"Subject: x\nHi, see below.\n-----Original Message-----\nFrom: Bob\n\nold"),
+            "Subject: x\n\nHi, see below.\n-----Original Message-----\nFrom: Bob\n\nold"
         );
     }
 
