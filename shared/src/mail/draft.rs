@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 pub struct MailAddress {
     /// Decoded display name, `null` when the header has none.
     pub name: Option<String>,
-    /// The address (`local@domain`), as written.
+    /// The address (`local@domain`), as written. Only in `from` can it be less: the address
+    /// text of an odd originator as written (a bare local part such as `MAILER-DAEMON`), or
+    /// empty when the originator has a name only (`"Support" <>`, an empty group).
     pub address: String,
 }
 
@@ -64,7 +66,9 @@ pub struct TicketDraft {
     pub message_id: Option<String>,
     /// Decoded, unfolded subject; empty when the mail has none.
     pub subject: String,
-    /// The author (`From`); `null` when the mail has no usable From address.
+    /// The author: `From`, else `Sender`, else `Reply-To`, else the envelope sender
+    /// (`Return-Path`), read leniently (a name-only or address-less originator is kept, see
+    /// [`MailAddress::address`]); `null` only when none of them has a name or address text.
     pub from: Option<MailAddress>,
     /// `To` recipients.
     pub to: Vec<MailAddress>,

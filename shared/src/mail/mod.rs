@@ -4,7 +4,8 @@
 //! and the tests all call it. MIME decoding is `mail-parser`'s; this module adds what a
 //! helpdesk needs on top: which parts are the body and which attachments, charset repairs,
 //! machine-mail detection (`auto`), bounce details (`bounce`), the new part of a reply
-//! (`reply`), readable text for HTML-only mail (`html`), thread detection through our
+//! (`reply`), readable text for HTML-only mail (`html`), the requester even when `From` is
+//! odd or missing (`originator`), thread detection through our
 //! HMAC-signed markers ([`threading`]) and the expansion of Outlook `winmail.dat` (TNEF) parts
 //! into their files ([`tnef`]).
 
@@ -15,6 +16,7 @@ mod charset;
 mod draft;
 mod html;
 mod normalize;
+mod originator;
 mod reply;
 pub mod threading;
 pub mod tnef;
@@ -119,23 +121,7 @@ fn build_draft(
         .or_else(|| message.subject().map(str::to_string))
         .map(|s| unfold(&charset::fix_embedded_iso_2022_jp(&s)))
         .unwrap_or_default();
-    let from = message
-        .from()
-        .and_then(|a| addresses(a).into_iter().next())
-        .or_else(|| {
-            message
-                .sender()
-                .and_then(|a| addresses(a).into_iter().next())
-        })
-        .map(|mut from| {
-            if let Some(name) = headers
-                .first("from")
-                .and_then(|raw| encoded_display_name(&raw, &from.address))
-            {
-                from.name = Some(name);
-            }
-            from
-        });
+    let from = originator::originator(message, &headers);
     let message_id = message
         .message_id()
         .map(|id| body::strip_angles(id).to_string())
@@ -192,7 +178,10 @@ fn build_draft(
     });
     let evidence = auto::Evidence {
         headers: &headers,
-        from_address: from.as_ref().map(|f| f.address.as_str()),
+        from_address: from
+            .as_ref()
+            .map(|f| f.address.as_str())
+            .filter(|a| !a.is_empty()),
         subject: &subject,
         message_id: message_id.as_deref(),
         report_type,
@@ -315,25 +304,6 @@ fn obsolete_date(value: &str) -> Option<String> {
     chrono::DateTime::parse_from_rfc2822(&with_seconds)
         .ok()
         .map(|d| d.to_rfc3339())
-}
-
-/// The display name of a single-address `From` whose name has encoded-words, decoded by
-/// `charset::decode_encoded_words` (split characters, unpadded base64).
-fn encoded_display_name(raw: &str, address: &str) -> Option<String> {
-    if !raw.contains("=?") || raw.matches('<').count() != 1 {
-        return None;
-    }
-    let (name, rest) = raw.split_once('<')?;
-    if !rest
-        .trim_start()
-        .to_ascii_lowercase()
-        .starts_with(&address.to_ascii_lowercase())
-    {
-        return None;
-    }
-    let decoded = charset::decode_encoded_words(name.trim().trim_matches('"'))?;
-    let name = unfold(&decoded).trim_matches(['"', '\'', ' ']).to_string();
-    (!name.is_empty()).then_some(name)
 }
 
 fn unfold(s: &str) -> String {
