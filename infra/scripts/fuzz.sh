@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Bounded fuzzing (issue 9): builds the cargo-fuzz targets of tests/fuzz with AddressSanitizer and
-# runs each for a fixed number of seconds, seeded from tests/fixtures/mail (parse),
+# runs each for a fixed number of seconds, seeded from tests/fixtures/mail (parse; their header
+# blocks for headers),
 # tests/fixtures/tnef (tnef, and as binary MIME parts for parse) and infra/events
 # (notification). Exits non-zero when libFuzzer finds a crash, a leak, a timeout or an
 # out-of-memory input; the input is printed (base64) and kept in tests/fuzz/artifacts/<target>/.
@@ -20,7 +21,7 @@ cd "$(dirname "$0")/../.."
 
 seconds=${MAILBRIDGE_FUZZ_SECONDS:-30}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(parse tnef notification)
+[ ${#targets[@]} -gt 0 ] || targets=(parse headers tnef notification)
 export CARGO_TARGET_DIR=${MAILBRIDGE_FUZZ_TARGET_DIR:-$HOME/.cache/mailbridge-fuzz-target}
 corpus_root=${MAILBRIDGE_FUZZ_CORPUS:-$HOME/.cache/mailbridge-fuzz-corpus}
 max_corpus=${MAILBRIDGE_FUZZ_MAX_CORPUS:-4000}
@@ -39,8 +40,12 @@ fi
 
 seeds=$(mktemp -d)
 trap 'rm -rf "$seeds"' EXIT
-mkdir -p "$seeds/parse" "$seeds/tnef" "$seeds/notification"
+mkdir -p "$seeds/parse" "$seeds/headers" "$seeds/tnef" "$seeds/notification"
 cp tests/fixtures/mail/*.eml "$seeds/parse/"
+# The header blocks of the fixture mails (up to the first blank line), for the header target.
+for eml in tests/fixtures/mail/*.eml; do
+    awk '/^\r?$/ { exit } { print }' "$eml" >"$seeds/headers/$(basename "$eml" .eml).hdr"
+done
 # TNEF (winmail.dat): the raw files for the reader, and each as a binary MIME part for the
 # parser, so that mutations hit the TNEF bytes rather than their base64.
 cp tests/fixtures/tnef/*.tnef "$seeds/tnef/"
@@ -78,6 +83,7 @@ status=0
 for target in "${targets[@]}"; do
     case "$target" in
         parse) max_len=65536 ;;
+        headers) max_len=16384 ;;
         tnef) max_len=65536 ;;
         notification) max_len=65536 ;;
         *) echo "fuzz: unknown target $target" >&2; exit 2 ;;
