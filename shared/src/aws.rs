@@ -14,6 +14,11 @@
 //!   When they are set, the environment provider is used directly instead of building the whole
 //!   chain (profile files, web identity with its STS client, ECS, IMDS); elsewhere (a laptop
 //!   with a profile or SSO) the default chain is used as before.
+//!
+//! Endpoint variables (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_<SERVICE>`) are checked first: the
+//! SDK panics on an empty one ("URL was unset") and silently ignores one that is not a URL, so
+//! the functions would either crash or reach real AWS instead of the intended endpoint. Either
+//! is a configuration error naming the variable ([`AwsConfigError`]).
 
 use std::sync::{Arc, OnceLock};
 
@@ -25,9 +30,46 @@ use aws_smithy_runtime_api::client::runtime_components::{
 };
 use aws_smithy_types::config_bag::ConfigBag;
 
+/// A problem with the AWS settings in the environment, found before any client is built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AwsConfigError {
+    /// Set to an empty (or blank) value.
+    #[error(
+        "{variable} is set but empty: unset it to reach AWS's own endpoints, or set it to an \
+         endpoint URL such as http://127.0.0.1:5000"
+    )]
+    EmptyEndpointUrl {
+        /// `AWS_ENDPOINT_URL` or `AWS_ENDPOINT_URL_<SERVICE>`.
+        variable: String,
+    },
+    /// Set to something that is not an absolute http(s) URL.
+    #[error(
+        "{variable} is not an http(s) URL ({value:?}); expected e.g. \
+         https://sqs.eu-west-1.amazonaws.com or http://127.0.0.1:5000"
+    )]
+    InvalidEndpointUrl {
+        /// `AWS_ENDPOINT_URL` or `AWS_ENDPOINT_URL_<SERVICE>`.
+        variable: String,
+        /// What it is set to.
+        value: String,
+    },
+}
+
+impl crate::error::Classify for AwsConfigError {
+    fn class(&self) -> crate::error::ErrorClass {
+        crate::error::ErrorClass::Permanent
+    }
+}
+
 /// Load the shared AWS config once per cold start (no I/O beyond reading the environment when
-/// the credentials are in it).
-pub async fn load_config() -> aws_config::SdkConfig {
+/// the credentials are in it). Fails when an endpoint variable is empty or not a URL.
+pub async fn load_config() -> Result<aws_config::SdkConfig, AwsConfigError> {
+    check_endpoint_urls(std::env::vars_os().map(|(k, v)| {
+        (
+            k.to_string_lossy().into_owned(),
+            v.to_string_lossy().into_owned(),
+        )
+    }))?;
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .http_client(LazyHttpClient::default());
     if credentials_in_environment(|name| std::env::var_os(name).is_some()) {
@@ -40,7 +82,30 @@ pub async fn load_config() -> aws_config::SdkConfig {
     if let Some(region) = region_in_environment(|name| std::env::var(name).ok()) {
         loader = loader.region(aws_config::Region::new(region));
     }
-    loader.load().await
+    Ok(loader.load().await)
+}
+
+/// `AWS_ENDPOINT_URL` and every `AWS_ENDPOINT_URL_<SERVICE>` among `vars` must be an absolute
+/// http(s) URL when set.
+fn check_endpoint_urls(
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), AwsConfigError> {
+    let mut endpoint_vars: Vec<(String, String)> = vars
+        .into_iter()
+        .filter(|(name, _)| name == "AWS_ENDPOINT_URL" || name.starts_with("AWS_ENDPOINT_URL_"))
+        .collect();
+    endpoint_vars.sort();
+    for (variable, value) in endpoint_vars {
+        if value.trim().is_empty() {
+            return Err(AwsConfigError::EmptyEndpointUrl { variable });
+        }
+        let is_http_url = url::Url::parse(&value)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if !is_http_url {
+            return Err(AwsConfigError::InvalidEndpointUrl { variable, value });
+        }
+    }
+    Ok(())
 }
 
 /// An AWS SDK client (`aws_sdk_*::Client`) built from the shared config on first use, once per
@@ -208,6 +273,69 @@ impl HttpClient for LazyHttpClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn an_empty_endpoint_url_is_a_configuration_error_naming_it() {
+        for (name, value) in [
+            ("AWS_ENDPOINT_URL", ""),
+            ("AWS_ENDPOINT_URL", "  "),
+            ("AWS_ENDPOINT_URL_SQS", ""),
+        ] {
+            let err = check_endpoint_urls(vars(&[("AWS_REGION", "eu-west-1"), (name, value)]))
+                .unwrap_err();
+            assert_eq!(
+                err,
+                AwsConfigError::EmptyEndpointUrl {
+                    variable: name.into()
+                }
+            );
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("{name} is set but empty"))
+            );
+        }
+    }
+
+    #[test]
+    fn an_endpoint_url_that_is_not_an_http_url_is_refused() {
+        for value in [
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "not a url",
+            "ftp://example.com",
+        ] {
+            let err =
+                check_endpoint_urls(vars(&[("AWS_ENDPOINT_URL_DYNAMODB", value)])).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("AWS_ENDPOINT_URL_DYNAMODB is not an http(s) URL"),
+                "{value}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn endpoint_urls_that_are_urls_or_unset_are_accepted() {
+        assert_eq!(check_endpoint_urls(vars(&[])), Ok(()));
+        assert_eq!(
+            check_endpoint_urls(vars(&[
+                ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"),
+                (
+                    "AWS_ENDPOINT_URL_SQS",
+                    "https://sqs.eu-west-1.amazonaws.com/"
+                ),
+                ("AWS_REGION", ""),
+            ])),
+            Ok(())
+        );
+    }
 
     #[test]
     fn environment_credentials_need_both_keys() {

@@ -3,7 +3,8 @@
 //! already-ticketed mail restored into it, a configured folder that does not exist, and a
 //! malformed ticket API secret, Graph 503s and connection resets inside a batch, an IMAP
 //! server whose certificate is not trusted, Secrets Manager throttling (through
-//! `local_stack::aws_fault_proxy`), and poll-mailboxes' cold start with a bad variable.
+//! `local_stack::aws_fault_proxy`), poll-mailboxes' cold start with a bad variable, and
+//! send-notifications' cold start with an empty endpoint or an unreachable Secrets Manager.
 //!
 //! Each test owns its queue, table, tenant, IMAP user and ticket sink path, so they run in
 //! parallel on the shared stack.
@@ -531,8 +532,10 @@ async fn poll_mailboxes_cold_start_with_a_missing_or_invalid_variable_names_it()
     // (variable, value: None = unset, what the log must also say, fails at init)
     // The thread key is read on the first invocation (no network in init), so a secret that does
     // not exist fails that invocation, with the same naming, and the next invocation retries.
-    let cases: [(&str, Option<&str>, &str, bool); 6] = [
+    let cases: [(&str, Option<&str>, &str, bool); 7] = [
         ("MAILBRIDGE_STATE_TABLE", None, "is required", true),
+        // the AWS SDK would panic ("URL was unset")
+        ("AWS_ENDPOINT_URL", Some(""), "is set but empty", true),
         ("MAILBRIDGE_THREAD_KEY_SECRET", None, "is required", true),
         (
             "MAILBRIDGE_THREAD_KEY_SECRET",
@@ -620,6 +623,121 @@ async fn poll_mailboxes_cold_start_with_a_missing_or_invalid_variable_names_it()
             "a JSON error line: {error_line}"
         );
     }
+}
+
+/// The real send-notifications bootstrap, its path, and its environment on the shared moto with
+/// `AWS_ENDPOINT_URL` replaced by `endpoint`.
+async fn send_notifications_with_endpoint(
+    endpoint: &str,
+    thread_key_secret: &str,
+) -> (std::path::PathBuf, Vec<(String, String)>) {
+    let binary = tokio::task::spawn_blocking(|| {
+        local_stack::runtime_api::workspace_binary("send-notifications", "send-notifications")
+    })
+    .await
+    .unwrap()
+    .expect("build the send-notifications binary");
+    let mut env: Vec<(String, String)> = stack()
+        .moto()
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k != "AWS_ENDPOINT_URL")
+        .collect();
+    env.extend([
+        ("MAILBRIDGE_STATE_TABLE".into(), "fm-send-table".into()),
+        ("MAILBRIDGE_DLQ_URL".into(), "http://127.0.0.1:9/dlq".into()),
+        (
+            "MAILBRIDGE_THREAD_KEY_SECRET".into(),
+            thread_key_secret.into(),
+        ),
+        ("AWS_ENDPOINT_URL".into(), endpoint.into()),
+        ("RUST_LOG".into(), "info".into()),
+    ]);
+    (binary, env)
+}
+
+fn one_record_sqs_event() -> serde_json::Value {
+    json!({"Records": [{"messageId": "m-1", "receiptHandle": "r-1", "body": "{}",
+        "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q"}]})
+}
+
+/// An empty `AWS_ENDPOINT_URL` (what SAM local passes for a variable it cannot resolve) stops
+/// send-notifications' cold start with an error line naming the variable; the AWS SDK itself
+/// would panic ("URL was unset") on the first call.
+#[tokio::test]
+async fn send_notifications_cold_start_with_an_empty_endpoint_url_names_it() {
+    use local_stack::runtime_api::{InvocationResult, invoke_binary};
+    let (binary, env) = send_notifications_with_endpoint("", "fm-unused-thread-key").await;
+    let outcome = invoke_binary(
+        &binary,
+        &env,
+        one_record_sqs_event(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let logs = outcome.logs();
+    assert!(
+        matches!(
+            outcome.result,
+            InvocationResult::ProcessExited(_) | InvocationResult::InitError { .. }
+        ),
+        "init must fail, before any event is taken: {outcome:?}\n{logs}"
+    );
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("send-notifications cannot start")
+                && l.contains("AWS_ENDPOINT_URL is set but empty")),
+        "the startup error line names the variable: {logs}"
+    );
+}
+
+/// A thread-key read that cannot reach Secrets Manager fails the invocation with
+/// `ThreadKeyUnavailable` and the whole cause, in the error and in the JSON log line the
+/// `SendNotificationsErrors` alarm tells operators to read (not the SDK's bare "unhandled
+/// error").
+#[tokio::test]
+async fn send_notifications_names_the_cause_when_the_thread_key_cannot_be_read() {
+    use local_stack::runtime_api::{InvocationResult, invoke_binary};
+    // Nothing listens on this port: every Secrets Manager call is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let unreachable = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let thread_key_secret = unique("fm-send-thread-key");
+    let (binary, env) = send_notifications_with_endpoint(&unreachable, &thread_key_secret).await;
+    let outcome = invoke_binary(
+        &binary,
+        &env,
+        one_record_sqs_event(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let logs = outcome.logs();
+    match &outcome.result {
+        InvocationResult::FunctionError {
+            error_type,
+            error_message,
+            ..
+        } => {
+            assert_eq!(error_type, "ThreadKeyUnavailable", "{outcome:?}");
+            assert!(
+                error_message.starts_with(&format!(
+                    "MAILBRIDGE_THREAD_KEY_SECRET {thread_key_secret}: cannot read it: dispatch failure"
+                )) && error_message.contains("Connection refused"),
+                "the error carries the whole cause: {error_message}"
+            );
+        }
+        other => panic!("the invocation must fail: {other:?}\n{logs}"),
+    }
+    let line = logs
+        .lines()
+        .find(|l| l.contains("send-notifications cannot handle the batch"))
+        .unwrap_or_else(|| panic!("no error line: {logs}"));
+    assert!(
+        line.contains("Connection refused") && !line.contains("unhandled error"),
+        "the log line names the cause: {line}"
+    );
 }
 
 /// A Secrets Manager client that goes through the fault proxy (everything else reaches moto).

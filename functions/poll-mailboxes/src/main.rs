@@ -46,7 +46,7 @@ struct Prepared {
 /// Init: settings and clients, no network.
 async fn prepare() -> Result<Prepared, StartupError> {
     let settings = Settings::from_lookup(|k| std::env::var(k).ok()).map_err(startup)?;
-    let aws = mailbridge::aws::load_config().await;
+    let aws = mailbridge::aws::load_config().await.map_err(startup)?;
     // SDK clients are built on first use (`LazyClient`), not in init.
     let secrets = LazyClient::new(&aws, aws_sdk_secretsmanager::Client::new);
     let tokens = mailbridge::token::TokenService::from_env(&aws).map_err(startup)?;

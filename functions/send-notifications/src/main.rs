@@ -26,16 +26,18 @@ use send_notifications::{Deps, process_batch};
 enum StartupError {
     #[error(transparent)]
     Settings(#[from] send_notifications::settings::SettingsError),
+    #[error(transparent)]
+    Aws(#[from] mailbridge::aws::AwsConfigError),
     #[error("token service: {0}")]
     Tokens(String),
-    #[error("thread key secret {secret}: {problem}")]
+    #[error("MAILBRIDGE_THREAD_KEY_SECRET {secret}: {problem}")]
     ThreadKey { secret: String, problem: String },
 }
 
 impl From<StartupError> for Diagnostic {
     fn from(e: StartupError) -> Diagnostic {
         let error_type = match e {
-            StartupError::Settings(_) => "ConfigurationError",
+            StartupError::Settings(_) | StartupError::Aws(_) => "ConfigurationError",
             StartupError::Tokens(_) => "ConfigurationError",
             StartupError::ThreadKey { .. } => "ThreadKeyUnavailable",
         };
@@ -124,7 +126,7 @@ impl Prepared {
 /// Init: settings and clients, no network.
 async fn prepare() -> Result<Prepared, StartupError> {
     let settings = Settings::from_env()?;
-    let aws = mailbridge::aws::load_config().await;
+    let aws = mailbridge::aws::load_config().await?;
     let tokens = mailbridge::token::TokenService::from_env(&aws)
         .map_err(|e| StartupError::Tokens(e.to_string()))?;
     let graph = mailbridge::graph::GraphClient::new(&settings.graph_url)
@@ -160,7 +162,12 @@ async fn load_thread_key(
         .secret_id(name)
         .send()
         .await
-        .map_err(|e| err(e.into_service_error().to_string()))?;
+        .map_err(|e| {
+            err(format!(
+                "cannot read it: {}",
+                aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
+            ))
+        })?;
     let text = value
         .secret_string()
         .ok_or_else(|| err("has no SecretString".into()))?;
