@@ -257,16 +257,24 @@ impl Walk<'_, '_> {
             let bytes = self.decoded_bytes(part);
             self.out.delivery_status.push(utf8_lossy_string(&bytes));
         }
+        let mut returned_subject = None;
         if (ctype == "message" && (subtype == "rfc822" || subtype == "global"))
-            || (ctype == "text" && subtype == "rfc822-headers")
+            || (ctype == "text" && (subtype == "rfc822-headers" || subtype == "global-headers"))
         {
             let bytes = self.decoded_bytes(part);
             let head_end = find_header_end(&bytes);
-            self.out
-                .returned_headers
-                .push(utf8_lossy_string(&bytes[..head_end]));
+            let head = utf8_lossy_string(&bytes[..head_end]);
+            returned_subject = subject_of(&head);
+            self.out.returned_headers.push(head);
         }
-        let attachment = self.attachment(part, &ctype, &subtype);
+        let mut attachment = self.attachment(part, &ctype, &subtype);
+        if attachment.filename.is_none() {
+            // A returned or forwarded message is one attachment, named after its subject.
+            attachment.filename = returned_subject.map(|subject| format!("{subject}.eml"));
+        }
+        if self.is_empty_leftover(part, &attachment) {
+            return;
+        }
         if super::tnef::is_tnef_attachment(&attachment) {
             let bytes = self.decoded_bytes(part).into_owned();
             super::tnef::expand_into(attachment, &bytes, &mut self.out);
@@ -341,6 +349,26 @@ impl Walk<'_, '_> {
             });
         }
         if found { kept } else { text }
+    }
+
+    /// A leaf with nothing in it and nothing to name it (no filename, no Content-ID): an
+    /// empty part before a closing boundary, a blank alternative. Not an attachment. A
+    /// returned message or report part counts even when empty (nothing was returned).
+    fn is_empty_leftover(&self, part: &MessagePart<'_>, attachment: &Attachment) -> bool {
+        if attachment.filename.is_some()
+            || attachment.content_id.is_some()
+            || attachment.content_type.starts_with("message/")
+            || attachment.content_type.ends_with("rfc822-headers")
+        {
+            return false;
+        }
+        attachment.size == 0
+            || (attachment.size <= 64
+                && attachment.content_type.starts_with("text/")
+                && self
+                    .decoded_bytes(part)
+                    .iter()
+                    .all(|b| b.is_ascii_whitespace()))
     }
 
     fn attachment(&self, part: &MessagePart<'_>, ctype: &str, subtype: &str) -> Attachment {
@@ -678,7 +706,8 @@ fn uudecode_line(line: &[u8], out: &mut Vec<u8>) {
         out.push((get(1) << 4) | (get(2) >> 2));
         out.push((get(2) << 6) | get(3));
     }
-    out.truncate(start + want.min(out.len() - start));
+    // Trailing blanks (zero values) stripped by a mailer: the missing bytes are zero.
+    out.resize(start + want, 0);
 }
 
 /// `begin 644 file name.jpg` → `file name.jpg`.
@@ -744,6 +773,38 @@ fn utf8_lossy_string(bytes: &[u8]) -> String {
         Ok(text) => text.to_owned(),
         Err(_) => String::from_utf8_lossy(bytes).into_owned(),
     }
+}
+
+/// The decoded, unfolded `Subject` of a header block, for naming the message it heads; path
+/// separators become `_` (the name keeps the whole subject). `None` when there is none.
+fn subject_of(head: &str) -> Option<String> {
+    let mut value: Option<String> = None;
+    for line in head.lines() {
+        match value.as_mut() {
+            None => {
+                if let Some((name, rest)) = line.split_once(':')
+                    && name.trim_end().eq_ignore_ascii_case("subject")
+                {
+                    value = Some(rest.to_string());
+                }
+            }
+            Some(v) if line.starts_with([' ', '\t']) => {
+                v.push(' ');
+                v.push_str(line.trim());
+            }
+            Some(_) => break,
+        }
+    }
+    let raw = value?;
+    let decoded = charset::decode_encoded_words(&raw).unwrap_or(raw);
+    let subject: String = charset::fix_embedded_iso_2022_jp(&decoded)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .map(|c| if matches!(c, '/' | '\\') { '_' } else { c })
+        .collect();
+    (!subject.is_empty()).then_some(subject)
 }
 
 fn find_header_end(bytes: &[u8]) -> usize {

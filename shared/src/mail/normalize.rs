@@ -60,6 +60,10 @@ pub(crate) fn normalize(raw: &[u8]) -> Result<Normalized<'_>, ParseError> {
             Cow::Owned(out)
         }
     };
+    let data = match declare_lost_boundary(&data) {
+        Some(fixed) => Cow::Owned(fixed),
+        None => data,
+    };
     // Part headers: only worth a look when some line is a bare `boundary=`-style parameter.
     let (fixed, dash_lines) = repair_part_headers(&data, 0);
     if dash_lines > MAX_PARTS {
@@ -70,6 +74,82 @@ pub(crate) fn normalize(raw: &[u8]) -> Result<Normalized<'_>, ParseError> {
         None => data,
     };
     Ok(Normalized { data, charset_hint })
+}
+
+/// A body laid out as MIME parts whose top-level header lost its multipart `Content-Type`
+/// (a bounce stored without it) or the type's `boundary` parameter: when the body's first
+/// `--` line is a valid boundary delimiter (RFC 2046 5.1.1: 1-70 boundary characters, at least
+/// one letter or digit) that a later `--<boundary>--` line closes, the message gets a
+/// `Content-Type: multipart/mixed; boundary="..."` (or its own multipart type keeps its
+/// parameters and gains the boundary), so the parts are parts again rather than body text.
+/// `data` starts with the (repaired) header block. `None` when nothing needs declaring.
+fn declare_lost_boundary(data: &[u8]) -> Option<Vec<u8>> {
+    let header_end = memchr::memmem::find(data, b"\n\n")? + 1;
+    let header = &data[..header_end];
+    // The top-level Content-Type field: its lines' span.
+    let mut content_type: Option<(usize, usize)> = None;
+    let mut pos = 0;
+    while pos < header.len() {
+        let end = line_end(header, pos);
+        let line = &header[pos..end];
+        if let Some((start, _)) = content_type.filter(|(_, e)| *e + 1 == pos) {
+            if is_continuation(line) {
+                content_type = Some((start, end));
+            }
+        } else if content_type.is_none()
+            && line.len() >= 13
+            && line[..13].eq_ignore_ascii_case(b"content-type:")
+        {
+            content_type = Some((pos, end));
+        }
+        pos = end + 1;
+    }
+    if let Some((start, end)) = content_type {
+        let field = header[start..end].to_ascii_lowercase();
+        let value = trim_start_ws(&field[13..]);
+        if !value.starts_with(b"multipart/") || memchr::memmem::find(&field, b"boundary").is_some()
+        {
+            return None;
+        }
+    }
+    let body = &data[header_end + 1..];
+    let first = if body.starts_with(b"--") {
+        0
+    } else {
+        memchr::memmem::find(body, b"\n--")? + 1
+    };
+    let line = &body[first..line_end(body, first)];
+    let boundary = &line[2..];
+    let is_bchar = |b: &u8| b.is_ascii_alphanumeric() || b"'()+_,-./:=? ".contains(b);
+    if boundary.is_empty()
+        || boundary.len() > 70
+        || boundary.ends_with(b" ")
+        || !boundary.iter().all(is_bchar)
+        || !boundary.iter().any(u8::is_ascii_alphanumeric)
+    {
+        return None;
+    }
+    let mut closing = b"\n--".to_vec();
+    closing.extend_from_slice(boundary);
+    closing.extend_from_slice(b"--");
+    memchr::memmem::find(&body[first..], &closing)?;
+    let boundary = String::from_utf8_lossy(boundary).replace('"', "");
+    let mut out = Vec::with_capacity(data.len() + boundary.len() + 64);
+    match content_type {
+        Some((_, end)) => {
+            out.extend_from_slice(&data[..end]);
+            out.extend_from_slice(format!(";\n boundary=\"{boundary}\"").as_bytes());
+            out.extend_from_slice(&data[end..]);
+        }
+        None => {
+            out.extend_from_slice(&data[..header_end]);
+            out.extend_from_slice(
+                format!("Content-Type: multipart/mixed; boundary=\"{boundary}\"\n").as_bytes(),
+            );
+            out.extend_from_slice(&data[header_end..]);
+        }
+    }
+    Some(out)
 }
 
 /// Text, not binary: no NUL and few control characters in the first 64 KiB.
@@ -693,6 +773,43 @@ mod tests {
             norm(b"Subject: x\nHi, see below.\n-----Original Message-----\nFrom: Bob\n\nold"),
             "Subject: x\n\nHi, see below.\n-----Original Message-----\nFrom: Bob\n\nold"
         );
+    }
+
+    #[test]
+    fn a_lost_multipart_boundary_is_declared_again() {
+        let parts = "\n\npreamble\n--b.1/x\nContent-Type: text/plain\n\nhi\n--b.1/x--\n";
+        assert_eq!(
+            norm(format!("Subject: x{parts}").as_bytes()),
+            format!("Subject: x\nContent-Type: multipart/mixed; boundary=\"b.1/x\"{parts}")
+        );
+        assert_eq!(
+            norm(
+                format!("Content-Type: multipart/report;\n report-type=delivery-status{parts}")
+                    .as_bytes()
+            ),
+            format!(
+                "Content-Type: multipart/report;\n report-type=delivery-status;\n boundary=\"b.1/x\"{parts}"
+            )
+        );
+        // Text with dash lines that no closing delimiter matches stays text; so does a
+        // declared type.
+        for text in [
+            "Subject: x\n\nhi\n-----Original Message-----\nFrom: a\n",
+            "Subject: x\n\nhi\n-- \nsig\n",
+            "Subject: x\n\n--a\n--a--\n--b\n",
+            "Content-Type: text/plain\n\n--a\nx\n--a--\n",
+            "Content-Type: multipart/mixed; boundary=z\n\n--a\nx\n--a--\n",
+        ] {
+            let expected = if text.contains("--a--\n--b") {
+                text.replace(
+                    "x\n\n",
+                    "x\nContent-Type: multipart/mixed; boundary=\"a\"\n\n",
+                )
+            } else {
+                text.to_string()
+            };
+            assert_eq!(norm(text.as_bytes()), expected, "{text:?}");
+        }
     }
 
     #[test]
