@@ -81,6 +81,11 @@ pub(crate) struct Evidence<'a> {
     pub has_delivery_status: bool,
     /// Whether any leaf is a `message/disposition-notification`.
     pub has_disposition_notification: bool,
+    /// Whether a message or its headers come back inside this one (`message/rfc822`,
+    /// `text/rfc822-headers`).
+    pub has_returned_message: bool,
+    /// The text body (for DSN fields written into the text).
+    pub body_text: &'a str,
     pub own_addresses: &'a [String],
     pub thread_key: Option<&'a [u8]>,
 }
@@ -99,15 +104,49 @@ static VACATION_WORDS: LazyLock<Regex> = LazyLock::new(|| {
 
 static BOUNCE_SUBJECT: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r"(?i)^\s*(undeliver(able|ed)( mail| message)?|undelivered mail returned to sender|delivery status notification( \(failure\)| \(delay\))?|delivery (failure|failed|has failed)|mail delivery (failed|failure|subsystem)|returned mail|failure notice|non remis|unzustellbar|nicht zustellbar|message not delivered|mail system error|warning: could not send message|delivery notification|returned to sender)",
+        r"(?i)^\s*(\[\s*)?(undeliver(able|ed)( mail| message)?|undelivered mail returned to sender|delivery status notification( \(failure\)| \(delay\))?|delivery (failure|failed|has failed)|mail delivery (failed|failure|subsystem)|returned mail|failure notice|non remis|unzustellbar|nicht zustellbar|message not delivered|mail system error|warning: could not send message|delivery notification|returned to sender|bounced?(\s*\]|\s*:|\s+(mail|message|notification)\b|\s*$)|non[- ]?deliver(y|able)( report| notification| message)?\b|non recapitabile|no se puede entregar|onbestelbaar|olevererbart|kézbesíthetetlen|nedoručitelné|não entregue)",
     )
     .expect("static regex")
+});
+
+/// Bounce subjects in Japanese, Chinese and Korean mail systems (carriers' Shift_JIS and
+/// ISO-2022-JP bounces among them): words no greeting or question starts with, searched
+/// anywhere in the subject.
+static LOCALIZED_BOUNCE_SUBJECT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(不達|未達|(配信|送信|配送|配達)(不能|エラー|失敗|不可)|エラーメール|返送メール|宛先不明|(送信|配信|配達)できませんでした|届きませんでした|系统退信|退信通知|无法投递|投递失败|邮件退回|반송|전송 실패|배달 실패)",
+    )
+    .expect("static regex")
+});
+
+/// The fields of an RFC 3464 per-recipient block written into the text itself (mailers that
+/// send a DSN without its `message/delivery-status` part): a `Final-Recipient` line and a
+/// `Status` line with a class 4 or 5 code, each at the start of a line (so not quoted).
+static DSN_FIELDS_IN_TEXT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?im)^[ \t]*final-recipient[ \t]*:[^\n]*@(?s:.){0,400}?^[ \t]*status[ \t]*:[ \t]*[45]\.\d")
+        .expect("static regex")
 });
 
 static FEEDBACK_SUBJECT: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)^\s*(complaint about message from|abuse report|spam report|fbl report)")
         .expect("static regex")
 });
+
+/// Whether an originator address reads like a mail system's rather than a person's.
+fn system_sender(address: &str) -> bool {
+    let l = address.to_ascii_lowercase();
+    [
+        "daemon",
+        "postmaster",
+        "mailer",
+        "bounce",
+        "no-reply",
+        "noreply",
+        "mail-delivery",
+    ]
+    .iter()
+    .any(|w| l.contains(w))
+}
 
 fn daemon_sender(address: &str) -> bool {
     let local = address
@@ -214,25 +253,31 @@ pub(crate) fn classify(e: &Evidence<'_>) -> Option<String> {
     {
         return Some("bounce: sent by MAILER-DAEMON".into());
     }
+    // The envelope sender of a bounce delivered locally (`Return-Path: <MAILER-DAEMON>`).
+    if let Some(envelope) = h.all("return-path").find(|v| {
+        let address = v.trim().trim_matches(['<', '>']).trim();
+        !address.is_empty() && daemon_sender(address)
+    }) {
+        return Some(format!("bounce: Return-Path {}", envelope.trim()));
+    }
     let null_sender = h
         .all("return-path")
         .any(|v| v.trim().trim_matches(['<', '>']).trim().is_empty() || v.trim() == "<>");
-    if null_sender && BOUNCE_SUBJECT.is_match(e.subject) {
+    let bounce_subject =
+        BOUNCE_SUBJECT.is_match(e.subject) || LOCALIZED_BOUNCE_SUBJECT.is_match(e.subject);
+    if null_sender && bounce_subject {
         return Some(format!(
             "bounce: Return-Path <> and subject \"{}\"",
             e.subject.trim()
         ));
     }
-    if BOUNCE_SUBJECT.is_match(e.subject)
-        && e.from_address.is_none_or(|f| {
-            let l = f.to_ascii_lowercase();
-            l.contains("daemon")
-                || l.contains("postmaster")
-                || l.contains("mailer")
-                || l.contains("bounce")
-        })
-    {
+    // A bounce subject from a mail system's address, or with the returned message attached
+    // (a person forwarding a bounce writes `Fw:` before it).
+    if bounce_subject && (e.from_address.is_none_or(system_sender) || e.has_returned_message) {
         return Some(format!("bounce: subject \"{}\"", e.subject.trim()));
+    }
+    if DSN_FIELDS_IN_TEXT.is_match(e.body_text) {
+        return Some("bounce: delivery status fields (Final-Recipient, Status) in the text".into());
     }
 
     // 3. Out of office.
@@ -368,6 +413,50 @@ fn canonical(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounce_subjects_are_recognised_and_others_are_not() {
+        let bounce = |s: &str| BOUNCE_SUBJECT.is_match(s) || LOCALIZED_BOUNCE_SUBJECT.is_match(s);
+        for subject in [
+            "[BOUNCE]",
+            "[BOUNCE] Quarterly report",
+            "Bounce: Quarterly report",
+            "Bounced mail",
+            "Non-delivery report: Quarterly report",
+            "Undeliverable: Quarterly report",
+            "Mail System Error - Returned Mail",
+            "メール送信エラーのお知らせ",
+            "【重要】メールが届きませんでした",
+            "不達通知",
+            "系统退信",
+            "Non recapitabile: Report",
+        ] {
+            assert!(bounce(subject), "{subject:?}");
+        }
+        for subject in [
+            "Bounce house rental for Friday",
+            "Re: Undeliverable: Quarterly report",
+            "FW: [BOUNCE] Quarterly report",
+            "Printer does not bounce the paper",
+            "メールの設定について",
+        ] {
+            assert!(!bounce(subject), "{subject:?}");
+        }
+    }
+
+    #[test]
+    fn dsn_fields_count_only_at_line_starts() {
+        let dsn = "Final-Recipient: rfc822; a@b.example\nAction: failed\nStatus: 5.1.1\n";
+        assert!(DSN_FIELDS_IN_TEXT.is_match(dsn));
+        assert!(DSN_FIELDS_IN_TEXT.is_match(&format!("text\n\n  {dsn}")));
+        assert!(
+            !DSN_FIELDS_IN_TEXT
+                .is_match(&dsn.replace('\n', "\n> ").replacen("Final", "> Final", 1))
+        );
+        assert!(
+            !DSN_FIELDS_IN_TEXT.is_match("Final-Recipient: rfc822; a@b.example\nStatus: 2.0.0\n")
+        );
+    }
 
     /// The unfolding before it searched line breaks with `memchr`.
     fn unfold_value_reference(v: &str) -> String {

@@ -4,7 +4,7 @@
 
 use super::auto::Headers;
 use super::body::strip_angles;
-use super::draft::Bounce;
+use super::draft::{Bounce, MailAddress};
 use regex::Regex;
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -103,11 +103,14 @@ fn is_message_id_prefix(before_age: &str) -> bool {
 }
 
 /// Builds the bounce details from the DSN parts, returned header blocks and the body text.
+/// `addressees` are the bounce's own recipients (the sender of the mail that bounced): an
+/// address of theirs in the bounce text is never the one that failed.
 pub(crate) fn extract(
     delivery_status: &[String],
     returned_headers: &[String],
     body_text: &str,
     headers: &Headers,
+    addressees: &[MailAddress],
 ) -> Bounce {
     // One block per recipient; prefer the first whose action is "failed".
     let mut blocks: Vec<RecipientBlock> = Vec::new();
@@ -163,7 +166,9 @@ pub(crate) fn extract(
             })
             .find(|a| {
                 let l = a.to_ascii_lowercase();
-                !l.starts_with("mailer-daemon") && !l.starts_with("postmaster")
+                !l.starts_with("mailer-daemon")
+                    && !l.starts_with("postmaster")
+                    && !addressees.iter().any(|t| t.address.eq_ignore_ascii_case(a))
             });
     }
     if status.is_none() {

@@ -187,10 +187,13 @@ fn build_draft(
         report_type,
         has_delivery_status: !bodies.delivery_status.is_empty(),
         has_disposition_notification,
+        has_returned_message: !bodies.returned_headers.is_empty(),
+        body_text: &body_text,
         own_addresses: &opts.own_addresses,
         thread_key: opts.thread_key.as_deref(),
     };
     let auto_reason = auto::classify(&evidence);
+    let to = message.to().map(addresses).unwrap_or_default();
     let bounce = auto_reason
         .as_deref()
         .filter(|r| r.starts_with("bounce:"))
@@ -200,6 +203,7 @@ fn build_draft(
                 &bodies.returned_headers,
                 &body_text,
                 &headers,
+                &to,
             )
         });
 
@@ -218,7 +222,7 @@ fn build_draft(
         message_id,
         subject,
         from,
-        to: message.to().map(addresses).unwrap_or_default(),
+        to,
         cc: message.cc().map(addresses).unwrap_or_default(),
         reply_to: message.reply_to().map(addresses).unwrap_or_default(),
         date,
