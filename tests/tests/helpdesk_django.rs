@@ -1,11 +1,32 @@
 //! The django-helpdesk ticket sink against a real django-helpdesk (PyPI, REST API on, SQLite) on
-//! 127.0.0.1, started per test by the local stack (`local_stack::django_helpdesk`).
+//! 127.0.0.1, started per test by the local stack (`local_stack::django_helpdesk`), through the
+//! real poller (Dovecot with XOAUTH2, the state table in moto). Every assertion is on what the
+//! helpdesk itself shows through its API.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
 use local_stack::django_helpdesk::{DjangoHelpdesk, NON_STAFF_USER};
 use local_stack::http_fault_proxy::{HttpFault, HttpFaultProxy};
-use mailbridge_tests::init_tracing;
+use local_stack::identity::{AppRegistration, UserAccount};
+use mailbridge::retry::RetryPolicy;
+use mailbridge::ticket_sink::{SinkConfig, TicketSink, TicketSinkError};
+use mailbridge::token::identity::{IdentityClient, RetryPolicy as IdentityRetry};
+use mailbridge::token::secret::AccountSecret;
+use mailbridge::token::service::{TokenService, TokenServiceConfig};
+use mailbridge::token::store::SecretsManagerStore;
+use mailbridge_tests::{dynamodb, init_tracing, put_secret, stack, unique, unique_user};
+use poll_mailboxes::PollDeps;
+use poll_mailboxes::convert::ParseContext;
+use poll_mailboxes::dynamo::{DynamoStateStore, put_mailbox_config};
+use poll_mailboxes::imap_adapter::ImapConnector;
+use poll_mailboxes::ports::MailboxStatus;
+use poll_mailboxes::sinks::SecretsSinkFactory;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+const PASSWORD: &str = "correct horse battery staple";
 
 async fn helpdesk(label: &str) -> DjangoHelpdesk {
     init_tracing();
@@ -15,6 +36,641 @@ async fn helpdesk(label: &str) -> DjangoHelpdesk {
     })
 }
 
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        max_attempts: 3,
+        attempt_timeout: Duration::from_secs(20),
+    }
+}
+
+/// One mailbox on the shared Dovecot whose sink is a django-helpdesk, and the poller around it.
+struct World {
+    hd: DjangoHelpdesk,
+    user: String,
+    table: String,
+    secret: String,
+    deps: PollDeps,
+}
+
+impl World {
+    /// A mailbox `helpdesk` on a fresh helpdesk, with `sink` fields over the defaults (queue
+    /// support, the staff token).
+    async fn new(label: &str, sink: Value) -> World {
+        let hd = helpdesk(label).await;
+        let secret = hd.token_secret_json();
+        Self::with_helpdesk(hd, sink, &secret).await
+    }
+
+    /// The mailbox on `hd`, its sink's secret holding `secret_json`.
+    async fn with_helpdesk(hd: DjangoHelpdesk, sink: Value, secret_json: &str) -> World {
+        let stack = stack();
+        let idp = stack.identity();
+        let tenant = format!("{}.onmicrosoft.com", unique("tenant"));
+        let client_id = uuid::Uuid::new_v4().to_string();
+        idp.register_app(AppRegistration::mailbridge(&tenant, &client_id));
+        let table = mailbridge_tests::create_state_table("hd").await.unwrap();
+        let aws = stack.moto().sdk_config();
+        let identity = IdentityClient::new(mailbridge::http::default_client().unwrap())
+            .with_retry_policy(IdentityRetry {
+                min_delay: Duration::from_millis(50),
+                max_delay: Duration::from_millis(400),
+            });
+        let tokens = TokenService::new(
+            Arc::new(SecretsManagerStore::from_conf(&aws)),
+            identity,
+            TokenServiceConfig {
+                default_timeout: Duration::from_secs(10),
+                ..TokenServiceConfig::default()
+            },
+        );
+        let dovecot = stack.dovecot().clone();
+        let deps = PollDeps {
+            tokens: Arc::new(tokens),
+            connector: Arc::new(
+                ImapConnector::new(Some(&dovecot.ca_pem_path), Duration::from_secs(10)).unwrap(),
+            ),
+            state: Arc::new(DynamoStateStore::new(dynamodb(), &table)),
+            sinks: Arc::new(SecretsSinkFactory::new(
+                reqwest::Client::new(),
+                aws_sdk_secretsmanager::Client::new(&aws),
+                fast_retry(),
+            )),
+            parse: ParseContext {
+                thread_key: Some(b"helpdesk-django-thread-key".to_vec()),
+            },
+            max_concurrent_mailboxes: 4,
+            deadline_margin: Duration::from_secs(2),
+            dedupe_ttl: Duration::from_secs(86_400),
+        };
+        // the mailbox's IMAP account
+        let user = unique_user("hd");
+        idp.register_user(UserAccount::new(&tenant, &user, PASSWORD));
+        let account = unique("acct");
+        let mut account_secret = AccountSecret::new(&tenant, &client_id, &user);
+        account_secret.authority_host = idp.base_url.clone();
+        account_secret.password = Some(PASSWORD.into());
+        put_secret(&format!("mailbridge/{account}"), &account_secret.to_json())
+            .await
+            .unwrap();
+        // the helpdesk credentials
+        let secret = unique("hd-api");
+        put_secret(&secret, secret_json).await.unwrap();
+        let world = World {
+            hd,
+            user,
+            table,
+            secret,
+            deps,
+        };
+        let mut sink_fields = json!({
+            "kind": "django-helpdesk",
+            "url": world.hd.api_url,
+            "secret": world.secret,
+            "queue": "support",
+            "queue_id": 1,
+        });
+        for (k, v) in sink.as_object().unwrap() {
+            sink_fields[k] = v.clone();
+        }
+        let fields = json!({
+            "user": world.user,
+            "account": account,
+            "host": "localhost",
+            "port": stack.dovecot().imaps_port,
+            "sink": sink_fields,
+        });
+        put_mailbox_config(&dynamodb(), &world.table, "helpdesk", &fields)
+            .await
+            .unwrap();
+        world
+    }
+
+    fn deliver(&self, raw: &[u8]) {
+        stack()
+            .dovecot()
+            .deliver_to(&self.user, "INBOX", raw)
+            .unwrap();
+    }
+
+    fn count(&self, folder: &str) -> usize {
+        stack()
+            .dovecot()
+            .list_messages(&self.user, folder)
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    async fn poll(&self) -> poll_mailboxes::PollReport {
+        poll_mailboxes::poll_once(&self.deps, None, Instant::now() + Duration::from_secs(90))
+            .await
+            .unwrap()
+    }
+
+    async fn tickets(&self) -> Vec<Value> {
+        self.hd.tickets().await.unwrap()
+    }
+
+    async fn ticket(&self, id: u64) -> Value {
+        self.hd.ticket(id).await.unwrap()
+    }
+}
+
+fn status(report: &poll_mailboxes::PollReport) -> &MailboxStatus {
+    report
+        .mailboxes
+        .iter()
+        .find(|s| s.mailbox == "helpdesk")
+        .unwrap_or_else(|| panic!("no status for the mailbox: {report:?}"))
+}
+
+fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// A mail from Ann with a text body and `attachments` (name, content type, bytes).
+fn mail(id: &str, subject: &str, body: &str, attachments: &[(&str, &str, &[u8])]) -> Vec<u8> {
+    let mut mail = format!(
+        "From: Ann Example <ann@customer.example>\r\nTo: support@example.com\r\nSubject: {subject}\r\n\
+         Date: Sat, 05 Dec 2026 10:00:00 +0000\r\nMessage-ID: <{id}@customer.example>\r\nMIME-Version: 1.0\r\n"
+    );
+    if attachments.is_empty() {
+        mail.push_str(&format!(
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
+        ));
+        return mail.into_bytes();
+    }
+    mail.push_str("Content-Type: multipart/mixed; boundary=b0\r\n\r\n--b0\r\n");
+    mail.push_str(&format!(
+        "Content-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
+    ));
+    for (name, content_type, bytes) in attachments {
+        mail.push_str(&format!(
+            "--b0\r\nContent-Type: {content_type}; name=\"{name}\"\r\nContent-Disposition: attachment; \
+             filename=\"{name}\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n",
+            b64(bytes)
+        ));
+    }
+    mail.push_str("--b0--\r\n");
+    mail.into_bytes()
+}
+
+/// Every follow-up attachment of a ticket: (filename, mime type, bytes), by name.
+async fn attachments(hd: &DjangoHelpdesk, ticket: &Value) -> Vec<(String, String, Vec<u8>)> {
+    let mut files = Vec::new();
+    for followup in ticket["followup_set"].as_array().unwrap() {
+        for a in followup["followupattachment_set"].as_array().unwrap() {
+            let bytes = hd.file_bytes(a["file"].as_str().unwrap()).await.unwrap();
+            files.push((
+                a["filename"].as_str().unwrap().to_string(),
+                a["mime_type"].as_str().unwrap().to_string(),
+                bytes,
+            ));
+        }
+    }
+    files.sort();
+    files
+}
+
+const PDF: &[u8] = b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n";
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89";
+
+#[tokio::test]
+async fn a_new_mail_opens_a_ticket_with_requestor_text_and_every_attachment() {
+    let w = World::new("hd-new", json!({"priority": 2})).await;
+    w.deliver(&mail(
+        "new-1",
+        "Printer on fire",
+        "The printer on floor 2 is on fire.\r\nTemplates stay: {{ name }} {% if %} {# x #}",
+        &[
+            ("report.pdf", "application/pdf", PDF),
+            ("photo.png", "image/png", PNG),
+        ],
+    ));
+    let report = w.poll().await;
+    assert_eq!(status(&report).outcome, "ok", "{report:?}");
+    assert_eq!(report.tickets_created, 1);
+    assert_eq!(w.count("INBOX"), 0);
+    assert_eq!(w.count("Processed"), 1);
+
+    let tickets = w.tickets().await;
+    assert_eq!(tickets.len(), 1);
+    let ticket = w.ticket(tickets[0]["id"].as_u64().unwrap()).await;
+    assert_eq!(ticket["queue"], 1);
+    assert_eq!(ticket["title"], "Printer on fire");
+    assert_eq!(ticket["submitter_email"], "ann@customer.example");
+    assert_eq!(ticket["priority"], 2);
+    let description = ticket["description"].as_str().unwrap();
+    assert!(
+        description.contains("The printer on floor 2 is on fire.")
+            && description.contains("{{ name }} {% if %} {# x #}"),
+        "{description}"
+    );
+    assert_eq!(
+        ticket["custom_mailbridge_key"].as_str().map(str::len),
+        Some(64),
+        "the idempotency key is kept on the ticket: {ticket}"
+    );
+    let files = attachments(&w.hd, &ticket).await;
+    assert_eq!(
+        files,
+        vec![
+            ("photo.png".into(), "image/png".into(), PNG.to_vec()),
+            ("report.pdf".into(), "application/pdf".into(), PDF.to_vec()),
+        ]
+    );
+    // the helpdesk acknowledged the ticket to the requestor, with its subject tag
+    let sent = w.hd.sent_mail().join("\n");
+    assert!(sent.contains("ann@customer.example"), "{sent}");
+    assert!(sent.contains("[support-1]"), "{sent}");
+}
+
+#[tokio::test]
+async fn a_reply_with_the_subject_tag_is_a_follow_up_on_the_same_ticket() {
+    let w = World::new("hd-reply", json!({})).await;
+    w.deliver(&mail("first", "VPN down", "The VPN is down.", &[]));
+    assert_eq!(w.poll().await.tickets_created, 1);
+    let id = w.tickets().await[0]["id"].as_u64().unwrap();
+
+    // the customer answers the helpdesk's acknowledgement: [support-<id>] in the subject
+    w.deliver(&mail(
+        "second",
+        &format!("Re: [support-{id}] VPN down"),
+        "Still down, see the log. {{ not a template }} 100%}\r\n\r\nOn Sat, someone wrote:\r\n> The VPN is down.",
+        &[("vpn.txt", "text/plain", b"log line 1\nlog line 2\n")],
+    ));
+    let report = w.poll().await;
+    assert_eq!(status(&report).outcome, "ok", "{report:?}");
+    let tickets = w.tickets().await;
+    assert_eq!(tickets.len(), 1, "a reply must not open a ticket");
+    let ticket = w.ticket(id).await;
+    assert_eq!(
+        ticket["title"], "VPN down",
+        "a follow-up must not rename the ticket"
+    );
+    let followups = ticket["followup_set"].as_array().unwrap();
+    assert_eq!(followups.len(), 2, "{ticket}");
+    let reply = &followups[1];
+    assert_eq!(reply["public"], true);
+    let comment = reply["comment"].as_str().unwrap();
+    assert!(
+        comment.contains("Ann Example <ann@customer.example> wrote:")
+            && comment.contains("Still down, see the log. {{ not a template }} 100%}"),
+        "the reply's text is stored as written: {comment}"
+    );
+    assert!(
+        !comment.contains("> The VPN is down."),
+        "quoted history is left out: {comment}"
+    );
+    let files = attachments(&w.hd, &ticket).await;
+    assert_eq!(
+        files,
+        vec![(
+            "vpn.txt".into(),
+            "text/plain".into(),
+            b"log line 1\nlog line 2\n".to_vec()
+        )]
+    );
+}
+
+#[tokio::test]
+async fn a_reply_to_a_ticket_that_does_not_exist_opens_a_new_ticket() {
+    let w = World::new("hd-missing", json!({})).await;
+    w.deliver(&mail(
+        "lost",
+        "Re: [support-77] old thing",
+        "Is this still open?",
+        &[],
+    ));
+    let report = w.poll().await;
+    assert_eq!(status(&report).outcome, "ok", "{report:?}");
+    let tickets = w.tickets().await;
+    assert_eq!(tickets.len(), 1);
+    assert_eq!(tickets[0]["title"], "Re: [support-77] old thing");
+}
+
+#[tokio::test]
+async fn a_reply_to_a_closed_ticket_reopens_it_and_machine_mail_is_an_internal_note() {
+    let w = World::new("hd-machine", json!({})).await;
+    w.deliver(&mail("open", "Order 1234", "Where is my order?", &[]));
+    assert_eq!(w.poll().await.tickets_created, 1);
+    let id = w.tickets().await[0]["id"].as_u64().unwrap();
+    w.hd.patch_ticket(id, json!({"status": 4})).await.unwrap();
+
+    let auto_reply = format!(
+        "From: Ann Example <ann@customer.example>\r\nTo: support@example.com\r\n\
+         Subject: Automatic reply: [support-{id}] Order 1234\r\nAuto-Submitted: auto-replied\r\n\
+         Message-ID: <ooo@customer.example>\r\nContent-Type: text/plain\r\n\r\nI am out of office.\r\n"
+    );
+    w.deliver(auto_reply.as_bytes());
+    let report = w.poll().await;
+    assert_eq!(status(&report).outcome, "ok", "{report:?}");
+    let ticket = w.ticket(id).await;
+    assert_eq!(
+        ticket["status"], 4,
+        "an auto-reply does not reopen: {ticket}"
+    );
+    let note = &ticket["followup_set"].as_array().unwrap()[1];
+    assert_eq!(
+        note["public"], false,
+        "machine mail is an internal comment: {note}"
+    );
+    assert!(
+        note["comment"]
+            .as_str()
+            .unwrap()
+            .contains("I am out of office.")
+    );
+
+    w.deliver(&mail(
+        "again",
+        &format!("Re: [support-{id}] Order 1234"),
+        "It never came.",
+        &[],
+    ));
+    w.poll().await;
+    let ticket = w.ticket(id).await;
+    assert_eq!(
+        ticket["status"], 2,
+        "a person's reply reopens a closed ticket: {ticket}"
+    );
+    assert_eq!(w.tickets().await.len(), 1);
+
+    // unthreaded machine mail never reaches the helpdesk
+    let bounce_like = "From: MAILER-DAEMON@example.net\r\nTo: support@example.com\r\nSubject: Undelivered Mail\r\n\
+         Auto-Submitted: auto-replied\r\nMessage-ID: <md@example.net>\r\nContent-Type: text/plain\r\n\r\nx\r\n";
+    w.deliver(bounce_like.as_bytes());
+    let report = w.poll().await;
+    assert_eq!(report.skipped_auto_generated, 1, "{report:?}");
+    assert_eq!(w.tickets().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_lost_answer_after_the_helpdesk_opened_the_ticket_never_opens_a_second_one() {
+    let hd = helpdesk("hd-lost").await;
+    let proxy = HttpFaultProxy::start(&hd.base_url).await.unwrap();
+    let via_proxy = format!("{}/helpdesk/api/", proxy.base_url);
+    let secret = hd.token_secret_json();
+    let w = World::with_helpdesk(hd, json!({"url": via_proxy}), &secret).await;
+    proxy.arm("POST", "/helpdesk/api/tickets/", HttpFault::DropAnswer, 1);
+    w.deliver(&mail(
+        "lost-answer",
+        "Disk full",
+        "The disk is full.",
+        &[("df.txt", "text/plain", b"100%\n")],
+    ));
+    let first = w.poll().await;
+    assert_ne!(status(&first).outcome, "ok", "{first:?}");
+    assert_eq!(first.tickets_created, 0);
+    assert_eq!(
+        w.count("INBOX"),
+        1,
+        "the mail stays until the ticket is known"
+    );
+    assert!(!proxy.armed());
+    assert_eq!(
+        w.tickets().await.len(),
+        1,
+        "the helpdesk did open the ticket"
+    );
+
+    let second = w.poll().await;
+    assert_eq!(status(&second).outcome, "ok", "{second:?}");
+    assert_eq!(w.count("INBOX"), 0);
+    assert_eq!(w.count("Processed"), 1);
+    let tickets = w.tickets().await;
+    assert_eq!(
+        tickets.len(),
+        1,
+        "found and recorded, not opened again: {tickets:?}"
+    );
+    let creates = proxy
+        .log()
+        .iter()
+        .filter(|l| l.starts_with("POST /helpdesk/api/tickets/ "))
+        .count();
+    assert_eq!(creates, 1, "{:?}", proxy.log());
+    // and the attachments the first run never got to were added by the second
+    let ticket = w.ticket(tickets[0]["id"].as_u64().unwrap()).await;
+    let files = attachments(&w.hd, &ticket).await;
+    assert_eq!(
+        files,
+        vec![("df.txt".into(), "text/plain".into(), b"100%\n".to_vec())]
+    );
+    // a third run has nothing to do
+    let third = w.poll().await;
+    assert_eq!(third.tickets_created, 0);
+    assert_eq!(w.tickets().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_lost_answer_to_a_follow_up_never_adds_it_twice() {
+    let hd = helpdesk("hd-lost-reply").await;
+    let proxy = HttpFaultProxy::start(&hd.base_url).await.unwrap();
+    let via_proxy = format!("{}/helpdesk/api/", proxy.base_url);
+    let secret = hd.token_secret_json();
+    let w = World::with_helpdesk(hd, json!({"url": via_proxy}), &secret).await;
+    w.deliver(&mail("t", "Laptop", "My laptop is slow.", &[]));
+    assert_eq!(w.poll().await.tickets_created, 1);
+    let id = w.tickets().await[0]["id"].as_u64().unwrap();
+    proxy.arm("POST", "/helpdesk/api/followups/", HttpFault::DropAnswer, 1);
+    w.deliver(&mail(
+        "r",
+        &format!("Re: [support-{id}] Laptop"),
+        "Now it is fast.",
+        &[],
+    ));
+    let first = w.poll().await;
+    assert_ne!(status(&first).outcome, "ok", "{first:?}");
+    assert_eq!(w.count("INBOX"), 1);
+    let second = w.poll().await;
+    assert_eq!(status(&second).outcome, "ok", "{second:?}");
+    assert_eq!(w.count("INBOX"), 0);
+    let ticket = w.ticket(id).await;
+    let replies = ticket["followup_set"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| {
+            f["comment"]
+                .as_str()
+                .unwrap_or("")
+                .contains("Now it is fast.")
+        })
+        .count();
+    assert_eq!(replies, 1, "{ticket}");
+}
+
+#[tokio::test]
+async fn refused_credentials_leave_the_mail_and_the_status_says_so() {
+    let hd = helpdesk("hd-creds").await;
+    let wrong_token = json!({"type": "token", "token": "not-the-token"}).to_string();
+    let w = World::with_helpdesk(hd, json!({}), &wrong_token).await;
+    w.deliver(&mail("c1", "Hello", "Anyone there?", &[]));
+    let report = w.poll().await;
+    let s = status(&report);
+    assert_ne!(s.outcome, "ok", "{report:?}");
+    assert_eq!(
+        report.mailboxes_failed, 1,
+        "the MailboxPollFailed alarm counts it"
+    );
+    let reason = s.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("credentials") && reason.contains("401"),
+        "{reason}"
+    );
+    assert_eq!(w.count("INBOX"), 1, "the mail stays");
+    assert!(w.tickets().await.is_empty());
+
+    // a user without staff rights: 403, same outcome
+    let hd = helpdesk("hd-creds-staff").await;
+    let non_staff = hd.basic_secret_json(NON_STAFF_USER);
+    let w = World::with_helpdesk(hd, json!({}), &non_staff).await;
+    w.deliver(&mail("c2", "Hello", "Anyone there?", &[]));
+    let report = w.poll().await;
+    assert_eq!(report.mailboxes_failed, 1, "{report:?}");
+    let reason = status(&report).reason.clone().unwrap_or_default();
+    assert!(reason.contains("403"), "{reason}");
+    assert_eq!(w.count("INBOX"), 1);
+    assert!(w.tickets().await.is_empty());
+}
+
+#[tokio::test]
+async fn an_unknown_queue_parks_the_mail_with_the_helpdesks_answer() {
+    let w = World::new("hd-queue", json!({"queue_id": 99})).await;
+    w.deliver(&mail("q1", "Hello", "Which queue?", &[]));
+    let report = w.poll().await;
+    assert_eq!(report.parked, 1, "{report:?}");
+    assert_eq!(w.count("INBOX"), 0);
+    assert_eq!(w.count("mailbridge-failed"), 1);
+    assert!(w.tickets().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_helpdesk_that_is_down_keeps_the_mail_until_it_is_back() {
+    let w = World::new("hd-down", json!({})).await;
+    w.hd.stop();
+    w.deliver(&mail("d1", "Outage", "Everything is down.", &[]));
+    let report = w.poll().await;
+    assert_ne!(status(&report).outcome, "ok", "{report:?}");
+    assert_eq!(report.mailboxes_failed, 1);
+    assert_eq!(w.count("INBOX"), 1);
+    w.hd.restart().await.unwrap();
+    let report = w.poll().await;
+    assert_eq!(status(&report).outcome, "ok", "{report:?}");
+    assert_eq!(report.tickets_created, 1);
+    assert_eq!(w.tickets().await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_attachment_type_the_helpdesk_refuses_is_listed_in_a_note_and_the_rest_is_delivered() {
+    let w = World::new("hd-ext", json!({})).await;
+    w.deliver(&mail(
+        "z1",
+        "Logs",
+        "Logs attached.",
+        &[
+            (
+                "logs.zip",
+                "application/zip",
+                b"PK\x03\x04 not really a zip",
+            ),
+            ("readme.txt", "text/plain", b"read me\n"),
+        ],
+    ));
+    let report = w.poll().await;
+    assert_eq!(status(&report).outcome, "ok", "{report:?}");
+    assert_eq!(report.tickets_created, 1);
+    let id = w.tickets().await[0]["id"].as_u64().unwrap();
+    let ticket = w.ticket(id).await;
+    let files = attachments(&w.hd, &ticket).await;
+    assert_eq!(
+        files,
+        vec![(
+            "readme.txt".into(),
+            "text/plain".into(),
+            b"read me\n".to_vec()
+        )]
+    );
+    let notes: Vec<&Value> = ticket["followup_set"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["comment"].as_str().unwrap_or("").contains("logs.zip"))
+        .collect();
+    assert_eq!(notes.len(), 1, "{ticket}");
+    assert_eq!(notes[0]["public"], false);
+    let note = notes[0]["comment"].as_str().unwrap();
+    assert!(note.contains("Unsupported file extension: .zip"), "{note}");
+    assert_eq!(w.count("Processed"), 1);
+}
+
+fn sink(hd: &DjangoHelpdesk, fields: Value) -> Arc<dyn TicketSink> {
+    let mut sink = json!({
+        "kind": "django-helpdesk",
+        "url": hd.api_url,
+        "secret": "unused",
+        "queue": "support",
+        "queue_id": 1,
+    });
+    for (k, v) in fields.as_object().unwrap() {
+        sink[k] = v.clone();
+    }
+    SinkConfig::from_json(&sink)
+        .unwrap()
+        .build(
+            reqwest::Client::new(),
+            Some(&hd.token_secret_json()),
+            fast_retry(),
+        )
+        .unwrap()
+}
+
+#[tokio::test]
+async fn check_names_what_the_helpdesk_does_not_accept() {
+    let hd = helpdesk("hd-check").await;
+    let soon = || Instant::now() + Duration::from_secs(30);
+    let ok = sink(&hd, json!({})).check(soon()).await.unwrap();
+    assert!(
+        ok.summary.contains("queue support (id 1)"),
+        "{}",
+        ok.summary
+    );
+    let err = sink(&hd, json!({"queue_id": 99}))
+        .check(soon())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, TicketSinkError::Config { detail, .. } if detail.contains("queue") && detail.contains("99")),
+        "{err}"
+    );
+    let err = sink(&hd, json!({"assigned_to": 42}))
+        .check(soon())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("assigned_to"), "{err}");
+    let err = sink(&hd, json!({"key_field": "no_such_field"}))
+        .check(soon())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no_such_field"), "{err}");
+    let wrong = SinkConfig::from_json(&json!({
+        "kind": "django-helpdesk", "url": hd.api_url, "secret": "s", "queue": "support", "queue_id": 1,
+    }))
+    .unwrap()
+    .build(reqwest::Client::new(), Some(r#"{"type":"token","token":"wrong"}"#), fast_retry())
+    .unwrap();
+    let err = wrong.check(soon()).await.unwrap_err();
+    assert!(
+        matches!(err, TicketSinkError::CredentialsRefused { status: 401, .. }),
+        "{err}"
+    );
+    assert!(
+        hd.tickets().await.unwrap().is_empty(),
+        "check writes nothing"
+    );
+}
 #[tokio::test]
 async fn the_local_helpdesk_answers_staff_only_and_the_proxy_can_drop_an_answer() {
     let hd = helpdesk("hd-smoke").await;

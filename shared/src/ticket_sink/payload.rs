@@ -80,13 +80,19 @@ impl TicketPayload {
     /// The text for the helpdesk: the draft's text body, with the problem note in front (an
     /// unreadable or oversize mail) and a list of attachments whose content was left out.
     pub fn body_text_with_notes(&self) -> String {
+        self.text_with_notes(&self.draft.body_text)
+    }
+
+    /// `body` (e.g. the draft's `reply_text`, for a reply) with the same notes around it as
+    /// [`Self::body_text_with_notes`].
+    pub fn text_with_notes(&self, body: &str) -> String {
         let mut text = String::new();
         if let Some(problem) = &self.problem {
             text.push_str("[mailbridge] ");
             text.push_str(problem);
             text.push_str("\n\n");
         }
-        text.push_str(&self.draft.body_text);
+        text.push_str(body);
         let omitted: Vec<String> = self
             .attachments
             .iter()
