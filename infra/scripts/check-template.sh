@@ -6,6 +6,7 @@
 # The tools live in two virtualenvs under .local/venv-deploy/ (aws-sam-cli pins a boto3 that checkov's
 # pins conflict with, so they cannot share one). The first run installs them from PyPI (about 2.5 min,
 # 630 MB); later runs only check the pinned versions and take about 15 s.
+# `--install-sam-only` installs (or checks) just the SAM CLI venv and exits (used by sam-local.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -27,6 +28,7 @@ ensure_venv() {
   echo "$want" > "$dir/$marker"
 }
 ensure_venv "$venvs/sam" .mailbridge-pins "${sam_pins[@]}"
+[ "${1:-}" != --install-sam-only ] || exit 0
 ensure_venv "$venvs/checkov" .mailbridge-pins "${checkov_pins[@]}"
 
 export SAM_CLI_TELEMETRY=0

@@ -2,7 +2,9 @@
 # Installs what the local stack needs on a Debian/Ubuntu machine that has only the Rust toolchain
 # and Python 3:
 #   - Debian packages: dovecot-imapd (IMAP server; brings dovecot-core with doveadm), and only if
-#     missing: python3-venv (for the venv), ca-certificates (for pip's downloads)
+#     missing: python3-venv (for the venv), ca-certificates (for pip's downloads), docker.io (the
+#     container runtime of `sam local invoke`; skipped when a Docker daemon runs or dockerd is
+#     installed) and debootstrap (builds sam-local's base image when AWS's cannot be pulled)
 #   - Request Tracker 5 (the helpdesk the RT ticket-sink tests land on), only if missing:
 #     request-tracker5, rt5-db-sqlite, rt5-standalone (rt-server with Starlet) and dma (the MTA
 #     request-tracker5 needs; runs no daemon), preseeded so apt asks nothing. Its packaged service is
@@ -14,8 +16,9 @@
 #     ticket sink is tested against; its own venv so its pins never move moto's)
 # Idempotent: a second run only checks (a venv is rebuilt when its requirements file changes).
 # apt-get needs root: run as root or with sudo available. Nothing is started as a system service:
-# if the package starts Dovecot's system service, it is stopped and disabled again (the tests
-# run their own throwaway instances on free ports).
+# if the packages start Dovecot's or Docker's system service, it is stopped and disabled again (the
+# tests run their own throwaway Dovecot instances on free ports; infra/scripts/sam-local.sh starts
+# dockerd, without a bridge network, when it needs one).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 venv=${MAILBRIDGE_VENV:-$root/.local/venv}
@@ -39,6 +42,12 @@ if [ ! -x /usr/sbin/dovecot ] || [ ! -x /usr/bin/doveadm ]; then
 fi
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_pkgs+=(python3-venv)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || apt_pkgs+=(ca-certificates)
+had_docker=yes
+if ! command -v dockerd >/dev/null 2>&1 && ! timeout 10 docker info >/dev/null 2>&1; then
+  apt_pkgs+=(docker.io)
+  had_docker=no
+fi
+command -v debootstrap >/dev/null 2>&1 || apt_pkgs+=(debootstrap)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   echo "installing Debian packages: ${apt_pkgs[*]}"
   as_root apt-get update -qq
@@ -73,6 +82,11 @@ if [ "$had_dovecot" = no ] && command -v systemctl >/dev/null 2>&1 \
    && systemctl is-active --quiet dovecot 2>/dev/null; then
   echo "stopping and disabling the system Dovecot service the package started (not needed)"
   as_root systemctl disable --now dovecot >/dev/null 2>&1 || true
+fi
+if [ "$had_docker" = no ] && command -v systemctl >/dev/null 2>&1 \
+   && systemctl is-active --quiet docker 2>/dev/null; then
+  echo "stopping and disabling the system Docker service the package started (sam-local.sh starts its own)"
+  as_root systemctl disable --now docker.socket docker >/dev/null 2>&1 || true
 fi
 
 req="$root/infra/requirements.txt"

@@ -1,7 +1,9 @@
 //! `local-stack`: start the local stack, or run the demo on it.
 //!
 //! - `local-stack start`: start moto, the identity / Graph / ticket API stand-ins and Dovecot on
-//!   127.0.0.1, print the endpoints and `export` lines for a shell, wait for Ctrl-C.
+//!   127.0.0.1, create the state table, the thread-marker key secret and the notification DLQ,
+//!   print the endpoints and `export` lines for a shell (all the functions need, e.g. for
+//!   infra/scripts/sam-local.sh), wait for Ctrl-C.
 //! - `local-stack demo`: start the stack and walk through it step by step, printing each step;
 //!   exits non-zero if a step fails.
 
@@ -98,14 +100,46 @@ async fn start(stack: &LocalStack, state_table: &str) -> anyhow::Result<()> {
     let moto = stack
         .try_moto()
         .map_err(|e| anyhow::anyhow!("moto is required: {e}"))?;
-    let dynamodb = aws_sdk_dynamodb::Client::new(&moto.sdk_config());
-    local_stack::moto::ensure_state_table(&dynamodb, state_table).await?;
+    let aws = moto.sdk_config();
+    local_stack::moto::ensure_state_table(&aws_sdk_dynamodb::Client::new(&aws), state_table)
+        .await?;
+    // What the functions need besides the table, so that they (e.g. under `sam local invoke`,
+    // infra/scripts/sam-local.sh) run with just these exports.
+    aws_sdk_secretsmanager::Client::new(&aws)
+        .create_secret()
+        .name(START_THREAD_KEY_SECRET)
+        .secret_string(format!(
+            "local-thread-key-{}",
+            uuid::Uuid::new_v4().simple()
+        ))
+        .send()
+        .await
+        .map_err(sdk("create the thread key secret"))?;
+    let dlq_url = aws_sdk_sqs::Client::new(&aws)
+        .create_queue()
+        .queue_name(START_DLQ)
+        .send()
+        .await
+        .map_err(sdk("create the notification DLQ"))?
+        .queue_url
+        .ok_or_else(|| anyhow::anyhow!("no DLQ URL"))?;
     println!("\n# paste into a shell to point the functions and the CLI at the local stack:");
     for (k, v) in moto.env() {
         println!("export {k}={v}");
     }
     println!("export MAILBRIDGE_STATE_TABLE={state_table}");
     println!("export MAILBRIDGE_SECRET_PREFIX=mailbridge/");
+    println!("export MAILBRIDGE_THREAD_KEY_SECRET={START_THREAD_KEY_SECRET}");
+    println!("export MAILBRIDGE_DLQ_URL={dlq_url}");
+    if let Ok(graph) = stack.try_graph() {
+        println!("export MAILBRIDGE_GRAPH_URL={}", graph.v1_url());
+    }
+    if let Ok(dovecot) = stack.try_dovecot() {
+        println!(
+            "export MAILBRIDGE_IMAP_CA_FILE={}",
+            dovecot.ca_pem_path.display()
+        );
+    }
     if let Ok(identity) = stack.try_identity() {
         println!(
             "# identity stand-in (authority host): {}",
@@ -131,6 +165,10 @@ async fn start(stack: &LocalStack, state_table: &str) -> anyhow::Result<()> {
     println!("stopping");
     Ok(())
 }
+
+/// The thread-marker key secret and the notification DLQ `local-stack start` creates.
+const START_THREAD_KEY_SECRET: &str = "mailbridge/thread-marker-key";
+const START_DLQ: &str = "mailbridge-notifications-dlq";
 
 /// Print a numbered step.
 fn step(n: u32, text: &str) {
