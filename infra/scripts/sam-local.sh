@@ -108,6 +108,9 @@ else
   if ! docker_up; then
     data_root=${MAILBRIDGE_DOCKER_DATA:-$root/.local/docker}
     mkdir -p "$data_root"
+    # a pid file left by a dockerd that was killed: dockerd refuses to start if its pid was reused
+    old_pid=$(cat "$own_dir/dockerd.pid" 2>/dev/null || true)
+    if [ -n "$old_pid" ] && ! grep -qsx dockerd "/proc/$old_pid/comm"; then rm -f "$own_dir/dockerd.pid"; fi
     say "Docker: starting dockerd (no bridge network, no iptables; images in $data_root)"
     dockerd --bridge=none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
       --data-root "$data_root" --exec-root "$own_dir/exec" --pidfile "$own_dir/dockerd.pid" \
