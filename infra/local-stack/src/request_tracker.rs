@@ -751,28 +751,30 @@ impl RtClient {
             .collect())
     }
 
-    /// Every attachment (MIME part) of the ticket with its bytes, oldest first.
+    /// Every attachment (MIME part) of the ticket with its bytes, oldest first. (Each is read
+    /// from `/attachment/{id}`: the collection's `Content` field of RT 5.0.3 re-encodes the
+    /// bytes of binary parts stored as quoted-printable as UTF-8.)
     pub async fn attachments(&self, id: &str) -> anyhow::Result<Vec<RtAttachment>> {
         let found = self
-            .get(&format!(
-                "ticket/{id}/attachments?fields=Filename,ContentType,Content,TransactionId&per_page=100"
-            ))
+            .get(&format!("ticket/{id}/attachments?per_page=100"))
             .await?;
         let mut out = Vec::new();
         for item in found["items"].as_array().cloned().unwrap_or_default() {
-            let content = item["Content"].as_str().unwrap_or_default();
+            let attachment_id = id_of(&item)?;
+            let full = self.get(&format!("attachment/{attachment_id}")).await?;
+            let content = full["Content"].as_str().unwrap_or_default();
+            let content = base64::engine::general_purpose::STANDARD
+                .decode(content.replace(['\n', '\r'], ""))
+                .with_context(|| format!("attachment {attachment_id}: Content is not base64"))?;
             out.push(RtAttachment {
-                id: item["id"].as_str().unwrap_or_default().to_string(),
-                transaction: item["TransactionId"]["id"]
+                id: attachment_id,
+                transaction: full["TransactionId"]["id"]
                     .as_str()
                     .map(str::to_string)
-                    .or_else(|| item["TransactionId"].as_str().map(str::to_string))
                     .unwrap_or_default(),
-                filename: item["Filename"].as_str().unwrap_or_default().to_string(),
-                content_type: item["ContentType"].as_str().unwrap_or_default().to_string(),
-                content: base64::engine::general_purpose::STANDARD
-                    .decode(content.replace(['\n', '\r'], ""))
-                    .unwrap_or_else(|_| content.as_bytes().to_vec()),
+                filename: full["Filename"].as_str().unwrap_or_default().to_string(),
+                content_type: full["ContentType"].as_str().unwrap_or_default().to_string(),
+                content,
             });
         }
         Ok(out)
