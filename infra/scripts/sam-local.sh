@@ -146,10 +146,11 @@ build_local_image() {
   [ "$(id -u)" = 0 ] || die "building the base image with debootstrap needs root"
   local rootfs
   rootfs=$(mktemp -d "${TMPDIR:-/tmp}/mailbridge-sam-base.XXXXXX")
-  say "building $local_image: debootstrap bookworm (minbase + ca-certificates) from ${MAILBRIDGE_DEBIAN_MIRROR:-http://deb.debian.org/debian}, once"
+  say "building $local_image: debootstrap bookworm (minbase + ca-certificates) from ${MAILBRIDGE_DEBIAN_MIRROR:-the default Debian mirror of debootstrap}, once"
   local start=$SECONDS
+  # no mirror argument: debootstrap's default Debian mirror, unless MAILBRIDGE_DEBIAN_MIRROR names one
   if ! debootstrap --variant=minbase --include=ca-certificates bookworm "$rootfs" \
-      "${MAILBRIDGE_DEBIAN_MIRROR:-http://deb.debian.org/debian}" >"$rootfs.log" 2>&1; then
+      ${MAILBRIDGE_DEBIAN_MIRROR:+"$MAILBRIDGE_DEBIAN_MIRROR"} >"$rootfs.log" 2>&1; then
     tail -20 "$rootfs.log" >&2; rm -rf "$rootfs"
     die "debootstrap failed (log: $rootfs.log)"
   fi
