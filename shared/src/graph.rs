@@ -5,10 +5,17 @@
 //! `saveToSentItems`. Success is `202 Accepted` with an empty body. Every answer's `request-id`
 //! header is captured (it is what Microsoft support asks for), and we send a `client-request-id`.
 //!
+//! [`MailSender::send_mime`] sends a complete RFC 5322 message instead: the same endpoints with
+//! `Content-Type: text/plain` and the message base64-encoded as the body (Graph's MIME format);
+//! every header of the message travels as it is.
+//!
 //! Errors are classified ([`crate::error::Classify`]): 429 and 5xx are transient (with the
 //! `Retry-After` delay when given), 401 means the token was refused, 400/403/404/413 are
 //! permanent (bad message, `ErrorAccessDenied`, `ErrorSendAsDenied`, `MailboxNotEnabledForRESTAPI`,
-//! too large), transport failures and timeouts are transient.
+//! too large), transport failures and timeouts are transient. Two kinds are told apart by code,
+//! whatever the status: a sending quota of the mailbox (message rate, daily recipients:
+//! [`GraphError::SendingQuota`], transient but for hours) and a full sender mailbox
+//! (`ErrorQuotaExceeded`, permanent until someone makes room).
 
 use crate::error::{Classify, ErrorClass};
 use crate::notification::{BodyType, Importance, Notification, Recipient};
@@ -31,7 +38,44 @@ pub trait MailSender: Send + Sync {
         mail: &OutgoingMail,
         timeout: Duration,
     ) -> Result<SendReceipt, GraphError>;
+
+    /// Submit a raw RFC 5322 message (Graph's MIME format). `timeout` bounds the exchange.
+    async fn send_mime(
+        &self,
+        token: &AccessToken,
+        mail: &OutgoingMime,
+        timeout: Duration,
+    ) -> Result<SendReceipt, GraphError>;
 }
+
+/// One MIME sendMail request: the mailbox plus the raw message.
+#[derive(Clone, Debug)]
+pub struct OutgoingMime {
+    /// `/me` (the From of the message says who sends) or `/users/{id}`.
+    pub send_as: SendAs,
+    /// The RFC 5322 message, as it goes out.
+    pub mime: Vec<u8>,
+}
+
+impl OutgoingMime {
+    /// The request body: the message in standard base64 (Graph's MIME format).
+    pub fn request_body(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&self.mime)
+    }
+}
+
+/// Graph codes for a mailbox's sending quota (Exchange Online's message rate and daily recipient
+/// limits; the names Exchange uses for them). Sending resumes by itself after minutes to a day.
+pub const SENDING_QUOTA_CODES: &[&str] = &[
+    "ErrorExceededMessageLimit",
+    "ErrorSubmissionQuotaExceeded",
+    "ErrorMessageRateLimitExceeded",
+    "ErrorRecipientRateLimitExceeded",
+];
+
+/// Graph's code for a sender mailbox that is full (nothing can be saved or sent from it).
+pub const MAILBOX_FULL_CODE: &str = "ErrorQuotaExceeded";
 
 /// Which mailbox sends.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -318,6 +362,23 @@ pub enum GraphError {
         /// `request-id`.
         request_id: Option<String>,
     },
+    /// The mailbox is over a sending quota (message rate or recipients per day): the same mail
+    /// goes through once the window has passed.
+    #[error(
+        "the sending mailbox is over its sending quota ({status} {code}: {message}) [request-id {request_id:?}]"
+    )]
+    SendingQuota {
+        /// HTTP status.
+        status: u16,
+        /// Graph error code (see [`SENDING_QUOTA_CODES`]).
+        code: String,
+        /// Graph error message.
+        message: String,
+        /// `Retry-After`, when given.
+        retry_after: Option<Duration>,
+        /// `request-id`.
+        request_id: Option<String>,
+    },
     /// No answer: connection refused/reset, timeout. The mail may or may not have been accepted.
     #[error("Graph request failed before an answer: {detail}")]
     Transport {
@@ -325,6 +386,9 @@ pub enum GraphError {
         detail: String,
         /// Whether it was a timeout (the request may have been processed).
         timed_out: bool,
+        /// Whether the whole request had been written when it failed: Graph may have accepted
+        /// the mail (a dropped connection after the request, a timeout).
+        after_request: bool,
     },
 }
 
@@ -335,7 +399,8 @@ impl GraphError {
             GraphError::Throttled { request_id, .. }
             | GraphError::Unavailable { request_id, .. }
             | GraphError::Unauthorized { request_id, .. }
-            | GraphError::Rejected { request_id, .. } => request_id.as_deref(),
+            | GraphError::Rejected { request_id, .. }
+            | GraphError::SendingQuota { request_id, .. } => request_id.as_deref(),
             GraphError::Transport { .. } => None,
         }
     }
@@ -344,7 +409,8 @@ impl GraphError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             GraphError::Throttled { retry_after, .. }
-            | GraphError::Unavailable { retry_after, .. } => *retry_after,
+            | GraphError::Unavailable { retry_after, .. }
+            | GraphError::SendingQuota { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -355,7 +421,8 @@ impl GraphError {
             GraphError::Throttled { code, .. }
             | GraphError::Unavailable { code, .. }
             | GraphError::Unauthorized { code, .. }
-            | GraphError::Rejected { code, .. } => code,
+            | GraphError::Rejected { code, .. }
+            | GraphError::SendingQuota { code, .. } => code,
             GraphError::Transport {
                 timed_out: true, ..
             } => "Timeout",
@@ -369,6 +436,7 @@ impl Classify for GraphError {
         match self {
             GraphError::Throttled { .. }
             | GraphError::Unavailable { .. }
+            | GraphError::SendingQuota { .. }
             | GraphError::Transport { .. } => ErrorClass::Transient,
             // A 401 that survives a fresh token: the grant no longer works for Graph.
             GraphError::Unauthorized { .. } => ErrorClass::NeedsReauth,
@@ -505,20 +573,51 @@ impl MailSender for GraphClient {
         mail: &OutgoingMail,
         timeout: Duration,
     ) -> Result<SendReceipt, GraphError> {
-        let client_request_id = uuid::Uuid::new_v4().to_string();
-        let url = self.send_mail_url(&mail.send_as);
-        let response = self
+        let request = self
             .http
-            .post(url)
+            .post(self.send_mail_url(&mail.send_as))
+            .json(&mail.request);
+        self.submit(token, request, timeout).await
+    }
+
+    async fn send_mime(
+        &self,
+        token: &AccessToken,
+        mail: &OutgoingMime,
+        timeout: Duration,
+    ) -> Result<SendReceipt, GraphError> {
+        let request = self
+            .http
+            .post(self.send_mail_url(&mail.send_as))
+            .header(reqwest::header::CONTENT_TYPE, "text/plain")
+            .body(mail.request_body());
+        self.submit(token, request, timeout).await
+    }
+}
+
+impl GraphClient {
+    /// Send a prepared sendMail request and turn the answer into a receipt or a [`GraphError`].
+    async fn submit(
+        &self,
+        token: &AccessToken,
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<SendReceipt, GraphError> {
+        let client_request_id = uuid::Uuid::new_v4().to_string();
+        let response = request
             .bearer_auth(token.secret.expose_secret())
             .header("client-request-id", &client_request_id)
             .header("return-client-request-id", "true")
-            .json(&mail.request)
             .timeout(timeout)
             .send()
             .await
             .map_err(|e| GraphError::Transport {
                 timed_out: e.is_timeout(),
+                // A timeout, or a connection that broke without a status line after the body
+                // went out (reqwest reports the latter as a request error from hyper's
+                // IncompleteMessage), may mean Graph accepted the mail. A failure to connect
+                // cannot.
+                after_request: e.is_timeout() || (!e.is_connect() && e.is_request()),
                 detail: transport_detail(&e),
             })?;
         let status = response.status().as_u16();
@@ -553,6 +652,23 @@ impl MailSender for GraphClient {
             code
         };
         let message: String = message.chars().take(500).collect();
+        if SENDING_QUOTA_CODES.contains(&code.as_str()) {
+            return Err(GraphError::SendingQuota {
+                status,
+                code,
+                message,
+                retry_after,
+                request_id,
+            });
+        }
+        if code == MAILBOX_FULL_CODE {
+            return Err(GraphError::Rejected {
+                status,
+                code,
+                message,
+                request_id,
+            });
+        }
         Err(match status {
             429 => GraphError::Throttled {
                 retry_after,

@@ -24,6 +24,8 @@ pub mod http;
 pub mod imap;
 #[cfg(feature = "mail")]
 pub mod mail;
+#[cfg(feature = "services")]
+pub mod message_store;
 pub mod notification;
 #[cfg(feature = "services")]
 pub mod retry;

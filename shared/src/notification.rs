@@ -1,9 +1,17 @@
 //! The notification queue message: the public contract of send-notifications, and its validation.
 //!
-//! A producer (the helpdesk) puts one JSON document per SQS message; `shared/schemas/notification.schema.json`
-//! is the same contract as a JSON Schema (a test checks both agree on sample messages). Parsing is
-//! strict (unknown fields are refused) and [`Notification::validate`] reports *every* problem, each
-//! naming the field (a JSON path such as `to[2].address`) and the rule it breaks.
+//! A producer puts one JSON document per SQS message, of one of two kinds ([`QueueMessage`]):
+//! - a [`Notification`] (no `kind` field): the mail described field by field, sent with Graph's
+//!   JSON `sendMail`;
+//! - a [`MimeNotification`] (`"kind": "mime"`): a complete RFC 5322 message as a helpdesk wrote it
+//!   (what `mailbridge sendmail` enqueues), inline in base64 or, when larger than a queue message
+//!   may be, as a reference to an S3 object; sent with Graph's MIME `sendMail`, so every header
+//!   the helpdesk set (Message-ID, In-Reply-To, References) reaches the recipient.
+//!
+//! `shared/schemas/notification.schema.json` is the same contract as a JSON Schema (a test checks
+//! both agree on sample messages). Parsing is strict (unknown fields are refused) and validation
+//! reports *every* problem, each naming the field (a JSON path such as `to[2].address`) and the
+//! rule it breaks.
 //!
 //! # Implementation Notes
 //! - Header injection: CR and LF are refused in the subject, display names, addresses, header
@@ -27,8 +35,14 @@ pub const MAX_ATTACHMENT_BYTES: usize = 3 * 1024 * 1024;
 pub const MAX_REQUEST_BYTES: usize = 4_000_000;
 /// Subject length in characters.
 pub const MAX_SUBJECT_CHARS: usize = 998;
-/// Custom headers per message.
-pub const MAX_HEADERS: usize = 20;
+/// Custom headers per message: Graph refuses a `sendMail` whose `internetMessageHeaders` has
+/// more than 5 entries (`400 InvalidInternetMessageHeaderCollection`). mailbridge's own
+/// `X-Mailbridge-Ref` counts too; it is left out (the reference still travels in the body
+/// footer and the Message-ID) when the notification's headers already use all five.
+pub const MAX_HEADERS: usize = 5;
+/// The largest SQS message body (SQS's maximum, and moto's): a MIME notification whose raw
+/// message does not fit inline goes by S3 reference.
+pub const MAX_QUEUE_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Attachments per message.
 pub const MAX_ATTACHMENTS: usize = 50;
 
@@ -323,7 +337,13 @@ impl Notification {
             );
         }
         if self.headers.len() > MAX_HEADERS {
-            v.push("headers", format!("at most {MAX_HEADERS} headers"));
+            v.push(
+                "headers",
+                format!(
+                    "at most {MAX_HEADERS} headers (Graph's limit per message; got {})",
+                    self.headers.len()
+                ),
+            );
         }
         for (name, value) in &self.headers {
             let field = format!("headers.{name}");
@@ -388,6 +408,247 @@ impl Notification {
     }
 }
 
+/// The kind tag of a [`MimeNotification`] (`"kind": "mime"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MimeKind {
+    /// A raw RFC 5322 message.
+    Mime,
+}
+
+/// A complete RFC 5322 message to send as it is (Graph's MIME `sendMail`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MimeNotification {
+    /// Message format version; must be 1.
+    pub version: u32,
+    /// Always `mime`.
+    pub kind: MimeKind,
+    /// Idempotency key. `mailbridge sendmail` derives it from the message's Message-ID, so a
+    /// helpdesk that hands the same message over twice gets one mail out. When absent, the SQS
+    /// message id is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Name of the account secret whose delegated token sends the mail.
+    pub account: String,
+    /// The address of the message's `From:` (the sending mailbox: the account's own, or a shared
+    /// mailbox it may send as). send-notifications checks that the message agrees.
+    pub from: String,
+    /// Helpdesk ticket number: adds the signed `X-Mailbridge-Ref` header (and the body footer
+    /// where the message's structure allows it) so replies thread back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_number: Option<String>,
+    /// The raw message, standard base64. Exactly one of `raw_base64` and `raw_ref`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_base64: Option<String>,
+    /// The raw message as an S3 object (a message too large for a queue message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_ref: Option<ObjectRef>,
+}
+
+/// An S3 object holding a raw message, with what it must be.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectRef {
+    /// Bucket name.
+    pub bucket: String,
+    /// Object key.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the object, 64 lowercase hex characters.
+    pub sha256: String,
+}
+
+/// Where a MIME notification's raw message is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawMessage<'a> {
+    /// Base64 in the queue message.
+    Inline(&'a str),
+    /// An S3 object.
+    Object(&'a ObjectRef),
+}
+
+impl MimeNotification {
+    /// The idempotency key (the given `id`; after [`QueueMessage::parse`] always present).
+    pub fn id(&self) -> &str {
+        self.id.as_deref().unwrap_or_default()
+    }
+
+    /// Where the raw message is (validation guarantees exactly one).
+    pub fn raw(&self) -> RawMessage<'_> {
+        match (&self.raw_base64, &self.raw_ref) {
+            (_, Some(r)) => RawMessage::Object(r),
+            (Some(b), None) => RawMessage::Inline(b),
+            (None, None) => RawMessage::Inline(""),
+        }
+    }
+
+    /// Size of the raw message in bytes.
+    pub fn raw_size(&self) -> u64 {
+        match self.raw() {
+            RawMessage::Inline(b) => decoded_len(b) as u64,
+            RawMessage::Object(r) => r.size,
+        }
+    }
+
+    /// Check every rule; report all violations at once.
+    pub fn validate(&self) -> Result<(), NotificationError> {
+        use patterns as p;
+        let mut v = Rules::default();
+        if self.version != CURRENT_VERSION {
+            v.push("version", format!("must be {CURRENT_VERSION}"));
+        }
+        if let Some(id) = &self.id
+            && !matches(p::ID, id)
+        {
+            v.push(
+                "id",
+                "must be 1 to 128 characters without whitespace or control characters",
+            );
+        }
+        if !matches(p::ACCOUNT, &self.account) {
+            v.push(
+                "account",
+                "must be an account secret name: 1 to 512 ASCII letters, digits or /_+=.@-",
+            );
+        }
+        check_address(&mut v, "from", &self.from);
+        if let Some(t) = &self.ticket_number
+            && !matches(p::TICKET_NUMBER, t)
+        {
+            v.push(
+                "ticket_number",
+                "must be 1 to 32 ASCII letters, digits, - or _",
+            );
+        }
+        match (&self.raw_base64, &self.raw_ref) {
+            (Some(_), Some(_)) | (None, None) => v.push(
+                "raw_base64",
+                "exactly one of raw_base64 (the message inline) and raw_ref (an S3 object) is required",
+            ),
+            (Some(b64), None) => {
+                if b64.is_empty() {
+                    v.push("raw_base64", "must not be empty");
+                } else if base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .is_err()
+                {
+                    v.push(
+                        "raw_base64",
+                        "must be standard base64 (A-Z a-z 0-9 + /, = padding, no line breaks)",
+                    );
+                }
+            }
+            (None, Some(r)) => {
+                if !matches(p::BUCKET, &r.bucket) {
+                    v.push(
+                        "raw_ref.bucket",
+                        "must be an S3 bucket name: 3 to 63 lowercase letters, digits, . or -",
+                    );
+                }
+                if r.key.is_empty() || r.key.len() > 1024 || !matches(p::LINE, &r.key) {
+                    v.push(
+                        "raw_ref.key",
+                        "must be an S3 key: 1 to 1024 bytes without control characters",
+                    );
+                }
+                if r.size == 0 {
+                    v.push("raw_ref.size", "must be the object's size in bytes (> 0)");
+                }
+                if !matches(p::SHA256, &r.sha256) {
+                    v.push(
+                        "raw_ref.sha256",
+                        "must be the object's SHA-256 as 64 lowercase hex characters",
+                    );
+                }
+            }
+        }
+        v.finish()
+    }
+}
+
+/// One queue message of either kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum QueueMessage {
+    /// The field-by-field JSON notification.
+    Json(Notification),
+    /// A raw RFC 5322 message.
+    Mime(MimeNotification),
+}
+
+impl QueueMessage {
+    /// Parse and validate a queue message body of either kind (`"kind": "mime"` selects the MIME
+    /// kind). `sqs_message_id` becomes the id when none is given.
+    pub fn parse(body: &str, sqs_message_id: &str) -> Result<Self, NotificationError> {
+        #[derive(Deserialize)]
+        struct Peek {
+            #[serde(default)]
+            kind: Option<serde_json::Value>,
+        }
+        let peek: Peek =
+            serde_json::from_str(body).map_err(|e| NotificationError::Malformed(e.to_string()))?;
+        match peek.kind {
+            None => Notification::parse(body, sqs_message_id).map(QueueMessage::Json),
+            Some(serde_json::Value::String(k)) if k == "mime" => {
+                let mut n: MimeNotification = serde_json::from_str(body)
+                    .map_err(|e| NotificationError::Malformed(e.to_string()))?;
+                if n.id.is_none() {
+                    n.id = Some(sqs_message_id.to_owned());
+                }
+                n.validate()?;
+                Ok(QueueMessage::Mime(n))
+            }
+            Some(other) => Err(NotificationError::Invalid(vec![Violation {
+                field: "kind".into(),
+                rule: format!(
+                    "must be \"mime\" (a raw message) or absent (a JSON notification); got {other}"
+                ),
+            }])),
+        }
+    }
+
+    /// The idempotency key.
+    pub fn id(&self) -> &str {
+        match self {
+            QueueMessage::Json(n) => n.id(),
+            QueueMessage::Mime(n) => n.id(),
+        }
+    }
+
+    /// The account secret name.
+    pub fn account(&self) -> &str {
+        match self {
+            QueueMessage::Json(n) => &n.account,
+            QueueMessage::Mime(n) => &n.account,
+        }
+    }
+
+    /// The sending mailbox when it is not the account's own (JSON `from`; for MIME, the From
+    /// address, which may be the account's own: the route decides with the token's user).
+    pub fn from(&self) -> Option<&str> {
+        match self {
+            QueueMessage::Json(n) => n.from.as_deref(),
+            QueueMessage::Mime(n) => Some(&n.from),
+        }
+    }
+
+    /// The per-mailbox concurrency key: the account and the sending address.
+    pub fn sending_mailbox(&self) -> String {
+        match self {
+            QueueMessage::Json(n) => n.sending_mailbox(),
+            QueueMessage::Mime(n) => format!("{}|{}", n.account, n.from.to_ascii_lowercase()),
+        }
+    }
+
+    /// The first offending field of a body that does not parse (for the DLQ `field` attribute).
+    pub fn first_invalid_field(body: &str) -> Option<String> {
+        QueueMessage::parse(body, "x")
+            .err()
+            .and_then(|e| e.first_field().map(str::to_owned))
+    }
+}
+
 #[derive(Default)]
 struct Rules(Vec<Violation>);
 
@@ -433,6 +694,10 @@ pub mod patterns {
     pub const FILE_NAME: &str = r"^[^/\\]*$";
     /// Body content: no NUL.
     pub const NO_NUL: &str = r"^[^\x00]*$";
+    /// S3 bucket name (the general-purpose bucket rules, simplified).
+    pub const BUCKET: &str = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$";
+    /// SHA-256 as lowercase hex.
+    pub const SHA256: &str = r"^[0-9a-f]{64}$";
 }
 
 fn matches(pattern: &'static str, value: &str) -> bool {

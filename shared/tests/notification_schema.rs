@@ -3,7 +3,7 @@
 //! cross-field rules the schema cannot express, which only Rust enforces).
 
 use base64::Engine as _;
-use mailbridge::notification::{MAX_ATTACHMENT_BYTES, Notification};
+use mailbridge::notification::{MAX_ATTACHMENT_BYTES, Notification, QueueMessage};
 use serde_json::{Value, json};
 
 fn schema() -> jsonschema::Validator {
@@ -193,6 +193,129 @@ fn samples() -> Vec<(&'static str, Value, bool)> {
             with(&["from"], json!("support")),
             false,
         ),
+        (
+            "six headers (Graph takes five)",
+            with(
+                &["headers"],
+                json!({"X-1": "a", "X-2": "b", "X-3": "c", "X-4": "d", "X-5": "e", "X-6": "f"}),
+            ),
+            false,
+        ),
+        ("five headers", with(&["headers"], json!({"X-1": "a", "X-2": "b", "X-3": "c", "X-4": "d", "X-5": "e"})), true),
+    ]
+    .into_iter()
+    .chain(mime_samples())
+    .collect()
+}
+
+fn mime_base() -> Value {
+    json!({
+        "version": 1,
+        "kind": "mime",
+        "account": "mailbridge/contoso",
+        "from": "support@contoso.com",
+        "raw_base64": base64::engine::general_purpose::STANDARD
+            .encode("From: support@contoso.com\r\nTo: c@example.com\r\nSubject: x\r\n\r\nhi\r\n")
+    })
+}
+
+fn mime_with(key: &str, value: Value) -> Value {
+    let mut v = mime_base();
+    v[key] = value;
+    v
+}
+
+fn mime_samples() -> Vec<(&'static str, Value, bool)> {
+    let object = json!({"bucket": "mailbridge-messages", "key": "out/1.eml", "size": 2_097_152, "sha256": "a".repeat(64)});
+    let by_ref = {
+        let mut v = mime_base();
+        v.as_object_mut().unwrap().remove("raw_base64");
+        v["raw_ref"] = object.clone();
+        v
+    };
+    let mut full = mime_base();
+    full["id"] = "mid.0123456789abcdef".into();
+    full["ticket_number"] = "42".into();
+    vec![
+        ("mime minimal", mime_base(), true),
+        ("mime every field", full, true),
+        ("mime by reference", by_ref.clone(), true),
+        (
+            "mime both inline and reference",
+            mime_with("raw_ref", object.clone()),
+            false,
+        ),
+        (
+            "mime neither inline nor reference",
+            {
+                let mut v = mime_base();
+                v.as_object_mut().unwrap().remove("raw_base64");
+                v
+            },
+            false,
+        ),
+        (
+            "mime bad base64",
+            mime_with("raw_base64", json!("not base64!")),
+            false,
+        ),
+        (
+            "mime empty base64",
+            mime_with("raw_base64", json!("")),
+            false,
+        ),
+        (
+            "mime without from",
+            {
+                let mut v = mime_base();
+                v.as_object_mut().unwrap().remove("from");
+                v
+            },
+            false,
+        ),
+        (
+            "mime from not an address",
+            mime_with("from", json!("Support <s@contoso.com>")),
+            false,
+        ),
+        (
+            "mime unknown field",
+            mime_with("to", json!([{"address": "c@example.com"}])),
+            false,
+        ),
+        ("unknown kind", mime_with("kind", json!("smtp")), false),
+        (
+            "mime bad ticket",
+            mime_with("ticket_number", json!("1 2")),
+            false,
+        ),
+        (
+            "mime reference with a bad hash",
+            {
+                let mut v = by_ref.clone();
+                v["raw_ref"]["sha256"] = "ABC".into();
+                v
+            },
+            false,
+        ),
+        (
+            "mime reference with an upper-case bucket",
+            {
+                let mut v = by_ref.clone();
+                v["raw_ref"]["bucket"] = "Mailbridge".into();
+                v
+            },
+            false,
+        ),
+        (
+            "mime reference of size 0",
+            {
+                let mut v = by_ref;
+                v["raw_ref"]["size"] = 0.into();
+                v
+            },
+            false,
+        ),
     ]
 }
 
@@ -203,7 +326,7 @@ fn schema_and_rust_validation_agree_on_samples() {
     assert!(samples.len() > 20);
     for (name, sample, expected_valid) in samples {
         let schema_ok = schema.is_valid(&sample);
-        let rust = Notification::parse(&sample.to_string(), "sqs-message-id");
+        let rust = QueueMessage::parse(&sample.to_string(), "sqs-message-id");
         assert_eq!(schema_ok, expected_valid, "schema on sample {name:?}");
         assert_eq!(
             rust.is_ok(),

@@ -62,6 +62,47 @@ pub fn dynamodb() -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::new(&aws_config())
 }
 
+/// S3 client on the shared moto (path-style, as the functions build it against an endpoint).
+pub fn s3() -> aws_sdk_s3::Client {
+    mailbridge::message_store::s3_client(&aws_config())
+}
+
+/// Create a bucket with a unique name (`prefix`) on the shared moto and return its name.
+pub async fn create_bucket(prefix: &str) -> anyhow::Result<String> {
+    let name = unique(prefix);
+    s3().create_bucket()
+        .bucket(&name)
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "create bucket {name}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(e)
+            )
+        })?;
+    Ok(name)
+}
+
+/// The keys in `bucket`.
+pub async fn bucket_keys(bucket: &str) -> anyhow::Result<Vec<String>> {
+    let out = s3()
+        .list_objects_v2()
+        .bucket(bucket)
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "list {bucket}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(e)
+            )
+        })?;
+    Ok(out
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_owned))
+        .collect())
+}
+
 /// Create a queue named `name` and return its URL.
 pub async fn create_queue(name: &str) -> anyhow::Result<String> {
     let out = sqs()

@@ -113,6 +113,9 @@ async fn dlq_unavailable_the_message_is_reported_failed_and_stays_on_the_queue()
             aws_sdk_dynamodb::Client::new(&aws),
             table,
         )),
+        messages: Arc::new(mailbridge::message_store::S3MessageStore::new(
+            mailbridge_tests::s3(),
+        )),
         parking: Arc::new(SqsParking::new(sqs_client.clone(), dlq_url.clone())),
         visibility: Arc::new(SqsVisibility::new(sqs_client)),
         thread_key: ThreadKey::from_secret_value("fault-matrix-thread-key").unwrap(),
@@ -399,12 +402,22 @@ async fn graph_503_and_connection_resets_in_a_batch_lose_nothing_and_send_nothin
         .await
         .unwrap();
     let sqs_client = aws_sdk_sqs::Client::new(&aws);
+    // A 503 or a reset after the request may follow an accepted mail: the claim is kept and
+    // the redelivery waits for the lease (simulated to run out below).
+    let table = create_state_table("fm-graph").await.unwrap();
+    let idempotency = Arc::new(CrashingIdempotency {
+        inner: DynamoIdempotencyStore::new(aws_sdk_dynamodb::Client::new(&aws), table.clone()),
+        table,
+        lease: Duration::from_secs(600),
+        hang_in_complete: false.into(),
+        hung: 0.into(),
+    });
     let deps = Deps {
         tokens: token_service(),
         mail: Arc::new(GraphClient::new(&graph.v1_url()).unwrap()),
-        idempotency: Arc::new(DynamoIdempotencyStore::new(
-            aws_sdk_dynamodb::Client::new(&aws),
-            create_state_table("fm-graph").await.unwrap(),
+        idempotency: idempotency.clone(),
+        messages: Arc::new(mailbridge::message_store::S3MessageStore::new(
+            mailbridge_tests::s3(),
         )),
         parking: Arc::new(SqsParking::new(sqs_client.clone(), dlq_url)),
         visibility: Arc::new(SqsVisibility::new(sqs_client)),
@@ -467,7 +480,9 @@ async fn graph_503_and_connection_resets_in_a_batch_lose_nothing_and_send_nothin
         graph.request_count(&upn)
     );
 
-    // SQS redelivers the whole batch: what was sent is a duplicate, the rest is sent now.
+    // SQS redelivers the whole batch after its visibility timeout (longer than the lease):
+    // what was sent is a duplicate, the rest is sent now.
+    idempotency.expire_leases().await;
     let report = process_batch(
         event.clone(),
         Instant::now() + Duration::from_secs(30),
@@ -849,6 +864,9 @@ async fn secrets_manager_throttling_past_the_retries_retries_the_notification_an
             aws_sdk_dynamodb::Client::new(&aws),
             create_state_table("fm-throttle").await.unwrap(),
         )),
+        messages: Arc::new(mailbridge::message_store::S3MessageStore::new(
+            mailbridge_tests::s3(),
+        )),
         parking: Arc::new(SqsParking::new(sqs_client.clone(), dlq_url.clone())),
         visibility: Arc::new(SqsVisibility::new(sqs_client)),
         thread_key: ThreadKey::from_secret_value("fault-matrix-thread-key").unwrap(),
@@ -1061,9 +1079,19 @@ impl mailbridge::graph::MailSender for HangingSender {
             return Err(mailbridge::graph::GraphError::Transport {
                 detail: "operation timed out".into(),
                 timed_out: true,
+                after_request: true,
             });
         }
         sent
+    }
+
+    async fn send_mime(
+        &self,
+        token: &mailbridge::token::AccessToken,
+        mail: &mailbridge::graph::OutgoingMime,
+        timeout: Duration,
+    ) -> Result<mailbridge::graph::SendReceipt, mailbridge::graph::GraphError> {
+        self.inner.send_mime(token, mail, timeout).await
     }
 }
 
@@ -1105,6 +1133,9 @@ async fn sqs_deps(idempotency: Arc<CrashingIdempotency>, mail: Arc<HangingSender
         tokens: token_service(),
         mail,
         idempotency,
+        messages: Arc::new(mailbridge::message_store::S3MessageStore::new(
+            mailbridge_tests::s3(),
+        )),
         parking: Arc::new(SqsParking::new(sqs_client.clone(), dlq_url)),
         visibility: Arc::new(SqsVisibility::new(sqs_client)),
         thread_key: ThreadKey::from_secret_value("fault-matrix-thread-key").unwrap(),
@@ -1452,6 +1483,160 @@ async fn a_graph_timeout_after_acceptance_keeps_the_claim_and_the_resend_is_name
     assert_eq!(graph.accepted(&upn).len(), 2);
 }
 
+/// Graph row "accept, then fail", made by the stand-in itself: the mail is accepted and
+/// delivered, then the answer is a 504 (once, no Retry-After) or the connection drops. Both keep
+/// the claim; the redelivery after the lease is the one named resend, with the same Message-ID;
+/// a 504 with a Retry-After that fits is resent within the invocation and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_accepting_then_failing_keeps_the_claim_and_every_resend_is_named() {
+    use local_stack::graph::AcceptThenFail;
+    for how in [
+        AcceptThenFail::GatewayTimeout,
+        AcceptThenFail::DropConnection,
+    ] {
+        let (upn, account) = new_account("fm-accept-fail").await;
+        let graph = stack().graph();
+        let (idempotency, _) = crash_points(Duration::from_secs(600)).await;
+        let mail = Arc::new(HangingSender {
+            inner: GraphClient::new(&graph.v1_url()).unwrap(),
+            hang: false.into(),
+            entered: 0.into(),
+            lose_answer: false.into(),
+        });
+        let deps = sqs_deps(idempotency.clone(), mail).await;
+        let body = json!({
+            "version": 1,
+            "account": format!("mailbridge/{account}"),
+            "to": [{"address": "customer@example.com"}],
+            "subject": format!("accepted then {how:?}"),
+            "body": {"content_type": "text", "content": "x"}
+        });
+        let event = event_for(std::slice::from_ref(&body)).await;
+        graph.accept_then_fail(&upn, 1, how);
+        let report = process_batch(
+            event.clone(),
+            Instant::now() + Duration::from_secs(30),
+            &deps,
+        )
+        .await;
+        assert!(
+            matches!(report.messages[0].outcome, Outcome::Retry { .. }),
+            "{how:?}: {report:?}"
+        );
+        assert_eq!(graph.accepted(&upn).len(), 1, "{how:?}: Graph has it");
+        // an early redelivery sends nothing
+        let report = process_batch(
+            event.clone(),
+            Instant::now() + Duration::from_secs(30),
+            &deps,
+        )
+        .await;
+        assert!(
+            matches!(&report.messages[0].outcome, Outcome::Retry { reason, .. } if reason.contains("another invocation")),
+            "{how:?}: the claim is kept: {report:?}"
+        );
+        assert_eq!(graph.accepted(&upn).len(), 1, "{how:?}: no silent copy");
+        // after the lease: one named resend, same Message-ID
+        let (report, logs) = redeliver_after_the_lease(&idempotency, &event, &deps).await;
+        assert!(
+            matches!(report.messages[0].outcome, Outcome::Sent { .. }),
+            "{report:?}"
+        );
+        assert_eq!(report.metrics.resent_after_unfinished_claim, 1);
+        assert!(
+            logs.text()
+                .contains("resending a notification whose earlier attempt never finished"),
+            "{}",
+            logs.text()
+        );
+        let ids: Vec<_> = graph
+            .accepted(&upn)
+            .iter()
+            .map(|a| a.request["message"]["internetMessageId"].clone())
+            .collect();
+        assert_eq!(ids.len(), 2);
+        assert_eq!(ids[0], ids[1]);
+    }
+
+    // A 504 that asks to wait 1 s: resent in the same invocation, named and counted.
+    let (upn, account) = new_account("fm-accept-fail-wait").await;
+    let graph = stack().graph();
+    let (idempotency, mail) = crash_points(Duration::from_secs(600)).await;
+    let deps = sqs_deps(idempotency, mail).await;
+    let event = event_for(&[json!({
+        "version": 1,
+        "account": format!("mailbridge/{account}"),
+        "to": [{"address": "customer@example.com"}],
+        "subject": "503 then resent",
+        "body": {"content_type": "text", "content": "x"}
+    })])
+    .await;
+    graph.fail_503(&upn, 1, Some(1));
+    use tracing::instrument::WithSubscriber as _;
+    let logs = LogCapture::default();
+    let report = process_batch(event, Instant::now() + Duration::from_secs(30), &deps)
+        .with_subscriber(logs.subscriber())
+        .await;
+    assert!(
+        matches!(report.messages[0].outcome, Outcome::Sent { .. }),
+        "{report:?}"
+    );
+    assert_eq!(report.metrics.resent_after_ambiguous_answer, 1);
+    assert!(
+        logs.text()
+            .contains("resending after an answer that may mean Graph accepted the mail"),
+        "{}",
+        logs.text()
+    );
+}
+
+/// Graph rows "sending quota" and "sender mailbox full", against the stand-in: the quota
+/// delays the message (ChangeMessageVisibility on the real queue) and never parks it; the full
+/// mailbox parks it with that reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sending_quota_delays_and_a_full_sender_mailbox_parks() {
+    let (upn, account) = new_account("fm-quota").await;
+    let graph = stack().graph();
+    let (idempotency, mail) = crash_points(Duration::from_secs(600)).await;
+    let deps = sqs_deps(idempotency, mail).await;
+    let notification = |subject: &str| {
+        json!({
+            "version": 1,
+            "account": format!("mailbridge/{account}"),
+            "to": [{"address": "customer@example.com"}],
+            "subject": subject,
+            "body": {"content_type": "text", "content": "x"}
+        })
+    };
+    let event = event_for(&[notification("over quota")]).await;
+    graph.sending_quota(&upn, 1, "ErrorSubmissionQuotaExceeded", None);
+    let report = process_batch(event, Instant::now() + Duration::from_secs(30), &deps).await;
+    assert!(
+        matches!(
+            report.messages[0].outcome,
+            Outcome::Delayed {
+                visibility_seconds: 10800,
+                ..
+            }
+        ),
+        "{report:?}"
+    );
+    assert_eq!(report.metrics.parked, 0);
+    assert_eq!(report.response.batch_item_failures.len(), 1);
+    assert!(graph.accepted(&upn).is_empty());
+
+    graph.fill_mailbox(&upn);
+    let event = event_for(&[notification("mailbox full")]).await;
+    let report = process_batch(event, Instant::now() + Duration::from_secs(30), &deps).await;
+    match &report.messages[0].outcome {
+        Outcome::Parked { reason } => {
+            assert_eq!(reason.kind, "sender-mailbox-full");
+            assert_eq!(reason.graph_code.as_deref(), Some("ErrorQuotaExceeded"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A mail of about `kib` KiB (a base64 attachment), so its FETCH response is large enough for
 /// the TCP proxy to cut inside it.
 fn big_mail(id: &str, subject: &str, kib: usize) -> Vec<u8> {
@@ -1618,6 +1803,9 @@ async fn send_one_through(
         idempotency: Arc::new(DynamoIdempotencyStore::new(
             aws_sdk_dynamodb::Client::new(&aws),
             create_state_table("fm-tls").await.unwrap(),
+        )),
+        messages: Arc::new(mailbridge::message_store::S3MessageStore::new(
+            mailbridge_tests::s3(),
         )),
         parking: Arc::new(SqsParking::new(sqs_client.clone(), dlq_url)),
         visibility: Arc::new(SqsVisibility::new(sqs_client)),

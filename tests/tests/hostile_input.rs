@@ -216,14 +216,14 @@ fn oversized_fields_are_refused_with_the_limit_in_the_message() {
     }
 
     let mut j = valid();
-    j["headers"] = (0..21)
+    j["headers"] = (0..6)
         .map(|i| (format!("X-H{i}"), Value::String("v".into())))
         .collect::<serde_json::Map<_, _>>()
         .into();
     assert!(
         violations(&j)
             .iter()
-            .any(|(f, r)| f == "headers" && r.contains("20"))
+            .any(|(f, r)| f == "headers" && r.contains("at most 5") && r.contains("Graph"))
     );
 
     let mut j = valid();

@@ -346,6 +346,9 @@ async fn no_secret_value_reaches_logs_errors_or_debug_output() {
             aws_sdk_dynamodb::Client::new(&aws),
             table.clone(),
         )),
+        messages: Arc::new(mailbridge::message_store::S3MessageStore::new(
+            mailbridge_tests::s3(),
+        )),
         parking: Arc::new(SqsParking::new(sqs_client.clone(), dlq_url.clone())),
         visibility: Arc::new(SqsVisibility::new(sqs_client)),
         thread_key: ThreadKey::from_secret_value(&thread_key).unwrap(),

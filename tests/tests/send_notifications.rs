@@ -144,6 +144,9 @@ impl World {
                 aws_sdk_dynamodb::Client::new(&aws),
                 self.table.clone(),
             )),
+            messages: Arc::new(mailbridge::message_store::S3MessageStore::new(
+                mailbridge_tests::s3(),
+            )),
             parking: Arc::new(SqsParking::new(sqs.clone(), self.dlq_url.clone())),
             visibility: Arc::new(SqsVisibility::new(sqs)),
             thread_key: ThreadKey::from_secret_value(THREAD_KEY).expect("key"),
@@ -882,4 +885,209 @@ async fn benchmark_batch_latency_and_warm_calls() {
     );
     assert_eq!(sm_calls, 0, "a warm batch reads no secret");
     assert_eq!(token_calls, 0, "a warm batch requests no token");
+}
+
+// ---- MIME notifications (what `mailbridge sendmail` enqueues) ----
+
+/// A helpdesk's reply as it would hand it to sendmail: its own Message-ID, threading headers and
+/// subject tag, `attachment_bytes` of attachment.
+fn helpdesk_reply(from: &str, to: &str, tag: &str, attachment_bytes: usize) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut raw = format!(
+        "From: Helpdesk <{from}>\r\nTo: <{to}>\r\nBcc: <audit-{tag}@example.com>\r\nSubject: [helpdesk #{tag}] Re: printer jam\r\nMessage-ID: <rt-{tag}@helpdesk.example>\r\nIn-Reply-To: <customer-{tag}@example.com>\r\nReferences: <customer-{tag}@example.com>\r\nMIME-Version: 1.0\r\n"
+    );
+    if attachment_bytes == 0 {
+        raw.push_str("Content-Type: text/plain; charset=utf-8\r\n\r\nWe replaced the fuser.\r\n");
+        return raw.into_bytes();
+    }
+    raw.push_str("Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nLog attached.\r\n--b1\r\nContent-Type: application/octet-stream; name=\"log.bin\"\r\nContent-Disposition: attachment; filename=\"log.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\n");
+    let bytes: Vec<u8> = (0..attachment_bytes).map(|i| (i * 7 % 251) as u8).collect();
+    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+    for line in encoded.as_bytes().chunks(76) {
+        raw.push_str(std::str::from_utf8(line).unwrap());
+        raw.push_str("\r\n");
+    }
+    raw.push_str("--b1--\r\n");
+    raw.into_bytes()
+}
+
+/// Poll the customer's INBOX (the stand-in delivers in the background) until `n` messages.
+async fn inbox(user: &str, n: usize) -> Vec<local_stack::dovecot::StoredMessage> {
+    let dovecot = stack().dovecot();
+    for _ in 0..100 {
+        let messages = dovecot.list_messages(user, "INBOX").unwrap_or_default();
+        if messages.len() >= n {
+            return messages;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{user} did not receive {n} message(s)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mime_reply_reaches_the_customer_with_the_helpdesks_threading_headers_and_the_marker() {
+    use base64::Engine as _;
+    let w = World::new().await;
+    let customer = unique_user("customer");
+    let tag = unique("t");
+    let raw = helpdesk_reply(&w.upn, &customer, &tag, 0);
+    w.enqueue(&[json!({
+        "version": 1, "kind": "mime", "account": w.account, "from": w.upn,
+        "ticket_number": "88",
+        "raw_base64": base64::engine::general_purpose::STANDARD.encode(&raw)
+    })])
+    .await;
+    let event = w.receive_event(1).await;
+    let report = w.run(event, Duration::from_secs(30), settings()).await;
+    assert!(failures(&report).is_empty(), "{:?}", report.messages);
+    assert_eq!(report.metrics.sent, 1);
+    let accepted = w.graph.accepted(&w.upn);
+    assert_eq!(accepted.len(), 1);
+    assert_eq!(
+        accepted[0].request["mime"], true,
+        "sent in Graph's MIME format"
+    );
+    let delivered = &inbox(&customer, 1).await[0].raw;
+    let parsed = mail_parser::MessageParser::default()
+        .parse(delivered)
+        .unwrap();
+    assert_eq!(
+        parsed.message_id(),
+        Some(format!("rt-{tag}@helpdesk.example").as_str())
+    );
+    assert_eq!(
+        parsed.in_reply_to().as_text(),
+        Some(format!("customer-{tag}@example.com").as_str())
+    );
+    assert_eq!(
+        parsed.subject(),
+        Some(format!("[helpdesk #{tag}] Re: printer jam").as_str())
+    );
+    let text = String::from_utf8_lossy(delivered);
+    assert!(!text.contains("audit-"), "Bcc is not delivered: {text}");
+    let reference = mailbridge::mail::threading::ticket_reference("88", THREAD_KEY.as_bytes());
+    assert!(
+        text.contains(&format!("X-Mailbridge-Ref: {reference}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("[ref:{reference}]")),
+        "footer in the single text part"
+    );
+    // the Bcc recipient got it too
+    assert_eq!(inbox(&format!("audit-{tag}@example.com"), 1).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_mib_message_travels_by_s3_reference_and_its_object_is_deleted_once_sent() {
+    use mailbridge::message_store::MessageStore as _;
+    let w = World::new().await;
+    let bucket = mailbridge_tests::create_bucket("messages").await.unwrap();
+    let customer = unique_user("customer");
+    let tag = unique("t");
+    let raw = helpdesk_reply(&w.upn, &customer, &tag, 2 * 1024 * 1024);
+    let store = mailbridge::message_store::S3MessageStore::new(mailbridge_tests::s3());
+    let object = store
+        .put(&bucket, &format!("out/{tag}.eml"), &raw)
+        .await
+        .unwrap();
+    assert_eq!(object.size as usize, raw.len());
+    w.enqueue(&[json!({
+        "version": 1, "kind": "mime", "account": w.account, "from": w.upn,
+        "raw_ref": object
+    })])
+    .await;
+    let event = w.receive_event(1).await;
+    let report = w.run(event, Duration::from_secs(60), settings()).await;
+    assert!(failures(&report).is_empty(), "{:?}", report.messages);
+    assert_eq!(report.metrics.sent, 1);
+    let delivered = &inbox(&customer, 1).await[0].raw;
+    let parsed = mail_parser::MessageParser::default()
+        .parse(delivered)
+        .unwrap();
+    assert_eq!(
+        parsed.attachment(0).unwrap().contents().len(),
+        2 * 1024 * 1024
+    );
+    assert!(
+        mailbridge_tests::bucket_keys(&bucket)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the object is deleted after the send"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_graph_stand_in_is_strict_about_the_mime_format() {
+    let w = World::new().await;
+    let token = w
+        .tokens
+        .access_token(&w.account, Audience::Graph)
+        .await
+        .unwrap();
+    use secrecy::ExposeSecret as _;
+    let http = reqwest::Client::new();
+    let url = format!("{}/me/sendMail", w.graph.v1_url());
+    let post = |content_type: &'static str, body: String| {
+        http.post(&url)
+            .bearer_auth(token.secret.expose_secret())
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let code = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or_default();
+        (
+            status,
+            body["error"]["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+    use base64::Engine as _;
+    let mime = base64::engine::general_purpose::STANDARD.encode(helpdesk_reply(
+        &w.upn,
+        &unique_user("c"),
+        "s",
+        0,
+    ));
+    // not base64
+    let r = post("text/plain", "From: x@example.com\r\n\r\nraw MIME".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        code(r).await,
+        (400, "ErrorMimeContentInvalidBase64String".into())
+    );
+    // MIME sent as JSON
+    let r = post("application/json", mime.clone()).await.unwrap();
+    assert_eq!(code(r).await.0, 400);
+    // neither JSON nor text/plain
+    let r = post("message/rfc822", mime.clone()).await.unwrap();
+    assert_eq!(code(r).await.0, 415);
+    // no recipient
+    let nobody = base64::engine::general_purpose::STANDARD
+        .encode(format!("From: <{}>\r\nSubject: x\r\n\r\nx\r\n", w.upn));
+    let r = post("text/plain", nobody).await.unwrap();
+    assert_eq!(code(r).await, (400, "ErrorInvalidRecipients".into()));
+    // a From the user may not send as
+    let other = base64::engine::general_purpose::STANDARD
+        .encode("From: <boss@example.com>\r\nTo: <c@example.com>\r\n\r\nx\r\n");
+    let r = post("text/plain", other).await.unwrap();
+    assert_eq!(code(r).await, (403, "ErrorSendAsDenied".into()));
+    // over 4 MB
+    let r = post("text/plain", "QUFB".repeat(1_100_000)).await.unwrap();
+    assert_eq!(code(r).await.0, 413);
+    // and the real thing, wrapped at 76 like Microsoft's example
+    let wrapped: Vec<&str> = mime
+        .as_bytes()
+        .chunks(76)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let r = post("text/plain", wrapped.join("\r\n")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    assert_eq!(w.graph.accepted(&w.upn).len(), 1);
 }

@@ -10,6 +10,7 @@
 //! | `Duplicate` | a completed record exists: a redelivery, not sent again | no |
 //! | `Parked` | permanent (invalid message, Graph 400/403/404/413, bad account secret): moved to the DLQ with the reason as attributes | no (yes if parking failed) |
 //! | `Retry` | transient (429/5xx/timeouts/token endpoint down/another invocation holds the lease) | yes |
+//! | `Delayed` | the sending mailbox is over a sending quota (message rate, recipients per day): `ChangeMessageVisibility` to `Retry-After` or the quota delay | yes |
 //! | `NeedsReauth` | the account's grant is unusable: `ChangeMessageVisibility` to the long delay | yes |
 //! | `NotStarted` | too little time left before the deadline | yes |
 //!
@@ -25,6 +26,17 @@
 //!   never finished", metric `NotificationsResentAfterUnfinishedClaim`). A Graph timeout is ambiguous (the mail may have been accepted) and is retried:
 //!   at-least-once, with the same Message-ID so receivers can collapse it. Its claim is kept,
 //!   not released, so that redelivery is a [`Claim::Resumed`] too (logged and counted).
+//!   The same holds for every answer that may follow an accepted mail: a 5xx, and a connection
+//!   that broke after the request was written. Graph answering 504 for a mail it queued and
+//!   delivered is reported publicly; a resend within the invocation after such an answer (a
+//!   `Retry-After` that fits) is logged as "resending after an answer that may mean Graph
+//!   accepted the mail" and counted (`NotificationsResentAfterAmbiguousAnswer`).
+//! - Both queue kinds ([`QueueMessage`]) share this logic. A MIME notification's raw message is
+//!   read (inline, or from the message store with its size and SHA-256 checked), checked
+//!   (header syntax, From agrees with `from`, at least one recipient, Graph's request limit),
+//!   stamped with the thread marker when it has a ticket number, and sent with Graph's MIME
+//!   `sendMail`. Its stored object is deleted once the mail is sent; a parked notification keeps
+//!   it (the bucket's lifecycle rule removes it with the DLQ's retention).
 
 use crate::metrics::BatchMetrics;
 use crate::ports::{ParkReason, Parking, Visibility};
@@ -32,8 +44,9 @@ use crate::settings::BatchSettings;
 use crate::thread::{ThreadKey, stamp};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use mailbridge::error::{Classify, ErrorClass};
-use mailbridge::graph::{GraphError, MailSender, OutgoingMail};
-use mailbridge::notification::Notification;
+use mailbridge::graph::{GraphError, MailSender, OutgoingMail, OutgoingMime, SendAs, SendReceipt};
+use mailbridge::message_store::{MessageStore, StoreError};
+use mailbridge::notification::{MimeNotification, QueueMessage, RawMessage};
 use mailbridge::state::{Claim, IdempotencyStore, StateError};
 use mailbridge::token::{AccessToken, AccessTokenSource, Audience, TokenError};
 use sha2::Digest as _;
@@ -51,6 +64,8 @@ pub struct Deps {
     pub mail: Arc<dyn MailSender>,
     /// Idempotency records.
     pub idempotency: Arc<dyn IdempotencyStore>,
+    /// Raw messages sent by S3 reference.
+    pub messages: Arc<dyn MessageStore>,
     /// The DLQ.
     pub parking: Arc<dyn Parking>,
     /// ChangeMessageVisibility.
@@ -88,6 +103,15 @@ pub enum Outcome {
         /// Graph `request-id`, when Graph answered.
         graph_request_id: Option<String>,
     },
+    /// The sending mailbox is over a sending quota; the message waits `visibility_seconds`.
+    Delayed {
+        /// Why (Graph's code and message).
+        reason: String,
+        /// Graph `request-id`.
+        graph_request_id: Option<String>,
+        /// How long the message stays invisible.
+        visibility_seconds: i32,
+    },
     /// The account needs a person; the message waits `reauth_visibility`.
     NeedsReauth {
         /// Why (AADSTS code / Graph error).
@@ -114,6 +138,7 @@ impl Outcome {
             Outcome::Parked { .. } => "parked",
             Outcome::ParkFailed { .. } => "park_failed",
             Outcome::Retry { .. } => "retry",
+            Outcome::Delayed { .. } => "delayed",
             Outcome::NeedsReauth { .. } => "needs_reauth",
             Outcome::NotStarted => "not_started",
         }
@@ -137,6 +162,9 @@ pub struct MessageReport {
     /// its claim, maybe after Graph accepted the mail): if this one is sent, the recipient may
     /// have two copies (with the same Message-ID).
     pub resumed_unfinished_claim: bool,
+    /// Sent again within this invocation after an answer that may mean Graph had accepted it
+    /// (a 5xx, a connection dropped after the request): the recipient may have two copies.
+    pub resent_after_ambiguous_answer: u32,
 }
 
 /// The result of one batch.
@@ -159,12 +187,12 @@ struct Limits {
 /// Process a batch. `deadline` is the invocation's deadline.
 pub async fn process_batch(event: SqsEvent, deadline: Instant, deps: &Deps) -> BatchReport {
     // Parse first (pure): the sending mailbox decides which limiter a message waits for.
-    let parsed: Vec<(SqsMessage, Result<Notification, String>)> = event
+    let parsed: Vec<(SqsMessage, Result<QueueMessage, String>)> = event
         .records
         .into_iter()
         .map(|m| {
             let id = m.message_id.clone().unwrap_or_default();
-            let parsed = Notification::parse(m.body.as_deref().unwrap_or_default(), &id)
+            let parsed = QueueMessage::parse(m.body.as_deref().unwrap_or_default(), &id)
                 .map_err(|e| e.to_string());
             (m, parsed)
         })
@@ -198,6 +226,7 @@ pub async fn process_batch(event: SqsEvent, deadline: Instant, deps: &Deps) -> B
     let mut response = SqsBatchResponse::default();
     for report in &reports {
         metrics.throttled += u64::from(report.throttled);
+        metrics.resent_after_ambiguous_answer += u64::from(report.resent_after_ambiguous_answer);
         match &report.outcome {
             Outcome::Sent { .. } => {
                 metrics.sent += 1;
@@ -207,6 +236,7 @@ pub async fn process_batch(event: SqsEvent, deadline: Instant, deps: &Deps) -> B
             }
             Outcome::Duplicate => metrics.duplicates += 1,
             Outcome::Parked { .. } => metrics.parked += 1,
+            Outcome::Delayed { .. } => metrics.quota_delayed += 1,
             Outcome::NeedsReauth { .. } => {
                 reauth_accounts.insert(report.account.clone().unwrap_or_default());
             }
@@ -231,14 +261,23 @@ pub async fn process_batch(event: SqsEvent, deadline: Instant, deps: &Deps) -> B
 /// where it supports that), before any message waits for a mailbox slot.
 type ClaimResult = Option<(String, Result<Claim, StateError>)>;
 
-fn payload_hash(message: &SqsMessage) -> String {
-    hex::encode(sha2::Sha256::digest(
-        message.body.as_deref().unwrap_or_default().as_bytes(),
-    ))
+/// What the idempotency record remembers of the payload: the SHA-256 of the queue message, or
+/// for a message stored by reference the object's (the same message enqueued twice under
+/// different keys is the same payload).
+fn payload_hash(message: &SqsMessage, parsed: &QueueMessage) -> String {
+    match parsed {
+        QueueMessage::Mime(MimeNotification {
+            raw_ref: Some(object),
+            ..
+        }) => object.sha256.clone(),
+        _ => hex::encode(sha2::Sha256::digest(
+            message.body.as_deref().unwrap_or_default().as_bytes(),
+        )),
+    }
 }
 
 async fn claim_all(
-    parsed: &[(SqsMessage, Result<Notification, String>)],
+    parsed: &[(SqsMessage, Result<QueueMessage, String>)],
     deadline: Instant,
     deps: &Deps,
 ) -> Vec<ClaimResult> {
@@ -251,7 +290,7 @@ async fn claim_all(
         .filter_map(|(i, (m, n))| {
             n.as_ref()
                 .ok()
-                .map(|n| (i, n.id().to_owned(), payload_hash(m)))
+                .map(|n| (i, n.id().to_owned(), payload_hash(m, n)))
         })
         .collect();
     let keys: Vec<(String, String)> = wanted
@@ -273,7 +312,7 @@ fn remaining(deadline: Instant) -> Duration {
 
 async fn process_message(
     message: &SqsMessage,
-    parsed: &Result<Notification, String>,
+    parsed: &Result<QueueMessage, String>,
     claim: ClaimResult,
     deadline: Instant,
     deps: &Deps,
@@ -281,7 +320,7 @@ async fn process_message(
 ) -> MessageReport {
     let sqs_message_id = message.message_id.clone().unwrap_or_default();
     let (notification_id, account) = match parsed {
-        Ok(n) => (Some(n.id().to_owned()), Some(n.account.clone())),
+        Ok(n) => (Some(n.id().to_owned()), Some(n.account().to_owned())),
         Err(_) => (None, None),
     };
     let mut report = MessageReport {
@@ -291,33 +330,37 @@ async fn process_message(
         outcome: Outcome::NotStarted,
         throttled: 0,
         resumed_unfinished_claim: matches!(claim, Some((_, Ok(Claim::Resumed { .. })))),
+        resent_after_ambiguous_answer: 0,
     };
-    report.outcome = decide(
-        message,
-        parsed,
-        claim,
-        deadline,
-        deps,
-        limits,
-        &mut report.throttled,
-    )
-    .await;
+    let mut counts = SendCounts::default();
+    report.outcome = decide(message, parsed, claim, deadline, deps, limits, &mut counts).await;
+    report.throttled = counts.throttled;
+    report.resent_after_ambiguous_answer = counts.resent_after_ambiguous_answer;
     log_outcome(&report, parsed.as_ref().ok());
     report
 }
 
-fn log_outcome(report: &MessageReport, n: Option<&Notification>) {
+fn log_outcome(report: &MessageReport, n: Option<&QueueMessage>) {
     let (graph_request_id, reason): (Option<&str>, Option<&str>) = match &report.outcome {
         Outcome::Sent { graph_request_id } => (graph_request_id.as_deref(), None),
         Outcome::Parked { reason } => (reason.graph_request_id.as_deref(), Some(&reason.reason)),
         Outcome::Retry {
             reason,
             graph_request_id,
+        }
+        | Outcome::Delayed {
+            reason,
+            graph_request_id,
+            ..
         } => (graph_request_id.as_deref(), Some(reason)),
         Outcome::ParkFailed { reason } | Outcome::NeedsReauth { reason } => (None, Some(reason)),
         Outcome::Duplicate | Outcome::NotStarted => (None, None),
     };
-    let mailbox = n.map(|n| n.from.as_deref().unwrap_or("me"));
+    let mailbox = n.map(|n| n.from().unwrap_or("me"));
+    let kind = n.map(|n| match n {
+        QueueMessage::Json(_) => "json",
+        QueueMessage::Mime(_) => "mime",
+    });
     let level_warn =
         report.outcome.is_failure() || matches!(report.outcome, Outcome::Parked { .. });
     if level_warn {
@@ -326,6 +369,7 @@ fn log_outcome(report: &MessageReport, n: Option<&Notification>) {
             notification_id = report.notification_id.as_deref(),
             account = report.account.as_deref(),
             mailbox,
+            kind,
             outcome = report.outcome.name(),
             graph_request_id,
             throttled = report.throttled,
@@ -338,9 +382,11 @@ fn log_outcome(report: &MessageReport, n: Option<&Notification>) {
             notification_id = report.notification_id.as_deref(),
             account = report.account.as_deref(),
             mailbox,
+            kind,
             outcome = report.outcome.name(),
             graph_request_id,
             throttled = report.throttled,
+            resent_after_ambiguous_answer = report.resent_after_ambiguous_answer,
             "notification processed"
         );
     }
@@ -362,7 +408,7 @@ async fn park(deps: &Deps, message: &SqsMessage, reason: ParkReason) -> Outcome 
 
 fn base_reason(
     message: &SqsMessage,
-    n: Option<&Notification>,
+    n: Option<&QueueMessage>,
     kind: &str,
     reason: String,
 ) -> ParkReason {
@@ -371,19 +417,26 @@ fn base_reason(
         reason,
         sqs_message_id: message.message_id.clone().unwrap_or_default(),
         notification_id: n.map(|n| n.id().to_owned()),
-        account: n.map(|n| n.account.clone()),
+        account: n.map(|n| n.account().to_owned()),
         ..ParkReason::default()
     }
 }
 
+/// What happened on the way to Graph, for the report and the metrics.
+#[derive(Default)]
+struct SendCounts {
+    throttled: u32,
+    resent_after_ambiguous_answer: u32,
+}
+
 async fn decide(
     message: &SqsMessage,
-    parsed: &Result<Notification, String>,
+    parsed: &Result<QueueMessage, String>,
     claim: ClaimResult,
     deadline: Instant,
     deps: &Deps,
     limits: &Limits,
-    throttled: &mut u32,
+    counts: &mut SendCounts,
 ) -> Outcome {
     let margin = deps.settings.safety_margin;
     if remaining(deadline) <= margin {
@@ -393,9 +446,8 @@ async fn decide(
         Ok(n) => n,
         Err(reason) => {
             let mut r = base_reason(message, None, "invalid-message", reason.clone());
-            r.field = Notification::parse(message.body.as_deref().unwrap_or_default(), "x")
-                .err()
-                .and_then(|e| e.first_field().map(str::to_owned));
+            r.field =
+                QueueMessage::first_invalid_field(message.body.as_deref().unwrap_or_default());
             return park(deps, message, r).await;
         }
     };
@@ -414,7 +466,7 @@ async fn decide(
             tracing::warn!(
                 sqs_message_id = message.message_id.as_deref().unwrap_or_default(),
                 notification_id = n.id(),
-                account = %n.account,
+                account = n.account(),
                 previous_lease_expires_at,
                 "resending a notification whose earlier attempt never finished (crashed or timed out after its claim; if that attempt reached Graph the recipient gets a second copy with the same Message-ID)"
             );
@@ -476,7 +528,7 @@ async fn decide(
                 n,
                 deadline,
                 deps,
-                throttled,
+                counts,
                 &mut maybe_accepted,
                 (mailbox, total),
             )
@@ -501,6 +553,7 @@ async fn decide(
                 // lease still guards redeliveries until it runs out.
                 tracing::error!(notification_id = n.id(), error = %e, "sent, but the idempotency record could not be completed");
             }
+            delete_stored_message(deps, n).await;
         }
         // Graph timed out: it may have accepted the mail. The claim is kept (not released), so
         // the redelivery, which SQS makes after the visibility timeout (longer than the lease),
@@ -516,13 +569,148 @@ async fn decide(
     outcome
 }
 
+/// The request a queue message becomes.
+enum Prepared {
+    Json(Box<OutgoingMail>),
+    Mime(OutgoingMime),
+}
+
+impl Prepared {
+    async fn submit(
+        &self,
+        deps: &Deps,
+        token: &AccessToken,
+        timeout: Duration,
+    ) -> Result<SendReceipt, GraphError> {
+        match self {
+            Prepared::Json(mail) => deps.mail.send_mail(token, mail, timeout).await,
+            Prepared::Mime(mail) => deps.mail.send_mime(token, mail, timeout).await,
+        }
+    }
+}
+
+/// A sent MIME notification's stored object is not needed any more. A failed delete is only
+/// logged: the bucket's lifecycle rule removes the object later.
+async fn delete_stored_message(deps: &Deps, n: &QueueMessage) {
+    if let QueueMessage::Mime(MimeNotification {
+        raw_ref: Some(object),
+        ..
+    }) = n
+        && let Err(e) = deps.messages.delete(object).await
+    {
+        tracing::warn!(notification_id = n.id(), error = %e, "sent, but the stored message could not be deleted; the bucket's lifecycle rule removes it");
+    }
+}
+
+/// Turn the queue message into the Graph request (for MIME: read, check and stamp the raw
+/// message). An `Err` is the outcome (parked or retried).
+async fn prepare(deps: &Deps, message: &SqsMessage, q: &QueueMessage) -> Result<Prepared, Outcome> {
+    match q {
+        QueueMessage::Json(n) => {
+            let extras = stamp(&deps.thread_key, n);
+            Ok(Prepared::Json(Box::new(OutgoingMail::from_notification(
+                n, extras,
+            ))))
+        }
+        QueueMessage::Mime(n) => prepare_mime(deps, message, q, n).await.map(Prepared::Mime),
+    }
+}
+
+async fn prepare_mime(
+    deps: &Deps,
+    message: &SqsMessage,
+    q: &QueueMessage,
+    n: &MimeNotification,
+) -> Result<OutgoingMime, Outcome> {
+    use base64::Engine as _;
+    use mailbridge::mail::outgoing;
+    let invalid = |field: &str, reason: String| {
+        let mut r = base_reason(message, Some(q), "invalid-message", reason);
+        r.field = Some(field.to_owned());
+        r
+    };
+    let (raw, field) = match n.raw() {
+        RawMessage::Inline(b64) => (
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap_or_default(),
+            "raw_base64",
+        ),
+        RawMessage::Object(object) => match deps.messages.get(object).await {
+            Ok(raw) => (raw, "raw_ref"),
+            Err(e @ StoreError::Unavailable { .. }) => {
+                return Err(Outcome::Retry {
+                    reason: e.to_string(),
+                    graph_request_id: None,
+                });
+            }
+            Err(e) => {
+                let mut r = base_reason(message, Some(q), "message-object", e.to_string());
+                r.field = Some("raw_ref".into());
+                return Err(park(deps, message, r).await);
+            }
+        },
+    };
+    let headers = match outgoing::read_outgoing(&raw) {
+        Ok(h) => h,
+        Err(e) => return Err(park(deps, message, invalid(field, format!("{field}: {e}"))).await),
+    };
+    let from_agrees = headers
+        .from
+        .as_deref()
+        .is_some_and(|f| f.eq_ignore_ascii_case(&n.from));
+    if !from_agrees {
+        let reason = format!(
+            "from: {:?} is not the message's From address ({:?})",
+            n.from, headers.from
+        );
+        return Err(park(deps, message, invalid("from", reason)).await);
+    }
+    if headers.recipients.is_empty() {
+        let reason = format!("{field}: the message names no recipient in To, Cc or Bcc");
+        return Err(park(deps, message, invalid(field, reason)).await);
+    }
+    let raw = match &n.ticket_number {
+        Some(ticket) => {
+            let reference =
+                mailbridge::mail::threading::ticket_reference(ticket, deps.thread_key.expose());
+            let stamped = outgoing::stamp_reference(&raw, &reference);
+            tracing::debug!(
+                notification_id = n.id(),
+                footer = stamped.footer,
+                "thread marker stamped"
+            );
+            stamped.raw
+        }
+        None => raw,
+    };
+    let mail = OutgoingMime {
+        send_as: SendAs::Me,
+        mime: raw,
+    };
+    let request_bytes = mail.mime.len().div_ceil(3) * 4;
+    if request_bytes > MAX_GRAPH_REQUEST_BYTES {
+        let reason = format!(
+            "the message is {} bytes, {request_bytes} as Graph's base64 MIME request; Graph's request limit is {MAX_GRAPH_REQUEST_BYTES}",
+            mail.mime.len()
+        );
+        let mut r = base_reason(message, Some(q), "too-large", reason);
+        r.field = Some(field.to_owned());
+        return Err(park(deps, message, r).await);
+    }
+    Ok(mail)
+}
+
+/// Graph's request size limit (about 4 MB; the body of a MIME `sendMail` is the base64 message).
+pub const MAX_GRAPH_REQUEST_BYTES: usize = 4_000_000;
+
 /// Token → send, with the 401 refresh-once and `Retry-After` rules. The idempotency lease is held.
 async fn send_claimed(
     message: &SqsMessage,
-    n: &Notification,
+    n: &QueueMessage,
     deadline: Instant,
     deps: &Deps,
-    throttled: &mut u32,
+    counts: &mut SendCounts,
     maybe_accepted: &mut bool,
     slots: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 ) -> Outcome {
@@ -532,8 +720,10 @@ async fn send_claimed(
         Ok(t) => t,
         Err(outcome) => return outcome,
     };
-    let extras = stamp(&deps.thread_key, n);
-    let mail = OutgoingMail::from_notification(n, extras);
+    let request = match prepare(deps, message, n).await {
+        Ok(request) => request,
+        Err(outcome) => return outcome,
+    };
     let mut refreshed = false;
     let mut waits = 0;
     loop {
@@ -545,7 +735,16 @@ async fn send_claimed(
             };
         }
         let timeout = settings.send_timeout.min(left);
-        let error = match deps.mail.send_mail(&token, &mail, timeout).await {
+        if *maybe_accepted {
+            counts.resent_after_ambiguous_answer += 1;
+            tracing::warn!(
+                sqs_message_id = message.message_id.as_deref().unwrap_or_default(),
+                notification_id = n.id(),
+                account = n.account(),
+                "resending after an answer that may mean Graph accepted the mail (5xx or a connection dropped after the request); the recipient may get two copies with the same Message-ID"
+            );
+        }
+        let error = match request.submit(deps, &token, timeout).await {
             Ok(receipt) => {
                 return Outcome::Sent {
                     graph_request_id: receipt.request_id,
@@ -554,29 +753,34 @@ async fn send_claimed(
             Err(e) => e,
         };
         if matches!(error, GraphError::Throttled { .. }) {
-            *throttled += 1;
+            counts.throttled += 1;
         }
-        if matches!(
-            error,
+        match &error {
             GraphError::Transport {
-                timed_out: true,
+                after_request: true,
                 ..
+            } => {
+                // The request went out and no answer came: Graph may have accepted it. Retried
+                // (at least once), never parked, and the claim stays so a resend is named.
+                *maybe_accepted = true;
+                return Outcome::Retry {
+                    reason: format!(
+                        "{error}; Graph may have accepted it, so the redelivery is logged as a resend"
+                    ),
+                    graph_request_id: None,
+                };
             }
-        ) {
-            // The request went out and no answer came: Graph may have accepted it. Retried
-            // (at least once), never parked, and the claim stays so a resend is named.
-            *maybe_accepted = true;
-            return Outcome::Retry {
-                reason: format!(
-                    "{error}; Graph may have accepted it, so the redelivery is logged as a resend"
-                ),
-                graph_request_id: None,
-            };
+            // A 5xx may come after Graph queued the mail: a resend is named, the claim kept.
+            GraphError::Unavailable { .. } => *maybe_accepted = true,
+            GraphError::SendingQuota { .. } => {
+                return delayed_for_quota(deps, message, &error).await;
+            }
+            _ => {}
         }
         match (&error, error.class()) {
             (GraphError::Unauthorized { .. }, _) if !refreshed => {
                 refreshed = true;
-                deps.tokens.invalidate(&n.account, Audience::Graph);
+                deps.tokens.invalidate(n.account(), Audience::Graph);
                 token = match self::token(deps, message, n).await {
                     Ok(t) => t,
                     Err(outcome) => return outcome,
@@ -602,7 +806,12 @@ async fn send_claimed(
                 }
             }
             (_, ErrorClass::Permanent) => {
-                let mut r = base_reason(message, Some(n), "graph-rejected", error.to_string());
+                let kind = if error.code() == mailbridge::graph::MAILBOX_FULL_CODE {
+                    "sender-mailbox-full"
+                } else {
+                    "graph-rejected"
+                };
+                let mut r = base_reason(message, Some(n), kind, error.to_string());
                 r.graph_code = Some(error.code().to_owned());
                 r.graph_request_id = error.request_id().map(str::to_owned);
                 return park(deps, message, r).await;
@@ -614,12 +823,38 @@ async fn send_claimed(
     }
 }
 
+/// A sending quota: the message waits (invisible) until the quota's window has likely passed:
+/// Graph's `Retry-After` when given, else a few minutes for the message rate and
+/// `quota_visibility` for the daily recipient limit. Never parked for it.
+async fn delayed_for_quota(deps: &Deps, message: &SqsMessage, error: &GraphError) -> Outcome {
+    let per_minute = matches!(
+        error.code(),
+        "ErrorExceededMessageLimit" | "ErrorMessageRateLimitExceeded"
+    );
+    let wait = error.retry_after().unwrap_or(if per_minute {
+        Duration::from_secs(300)
+    } else {
+        deps.settings.quota_visibility
+    });
+    let seconds = i32::try_from(wait.as_secs().clamp(60, 43200)).unwrap_or(43200);
+    if let (Some(arn), Some(handle)) = (&message.event_source_arn, &message.receipt_handle)
+        && let Err(e) = deps.visibility.delay(arn, handle, seconds).await
+    {
+        tracing::warn!(error = %e, "could not delay a message whose mailbox is over its sending quota");
+    }
+    Outcome::Delayed {
+        reason: format!("{error}; tried again in {seconds} s"),
+        graph_request_id: error.request_id().map(str::to_owned),
+        visibility_seconds: seconds,
+    }
+}
+
 async fn token(
     deps: &Deps,
     message: &SqsMessage,
-    n: &Notification,
+    n: &QueueMessage,
 ) -> Result<AccessToken, Outcome> {
-    match deps.tokens.access_token(&n.account, Audience::Graph).await {
+    match deps.tokens.access_token(n.account(), Audience::Graph).await {
         Ok(t) => Ok(t),
         Err(e @ TokenError::NeedsReauth { .. }) => {
             Err(needs_reauth(deps, message, e.to_string()).await)

@@ -94,6 +94,7 @@ struct Prepared {
     tokens: Arc<mailbridge::token::TokenService>,
     graph: Arc<mailbridge::graph::GraphClient>,
     idempotency: Arc<mailbridge::state::DynamoIdempotencyStore>,
+    messages: Arc<mailbridge::message_store::S3MessageStore>,
     parking: Arc<SqsParking>,
     visibility: Arc<SqsVisibility>,
     secrets: LazyClient<aws_sdk_secretsmanager::Client>,
@@ -113,6 +114,7 @@ impl Prepared {
                     tokens: self.tokens.clone(),
                     mail: self.graph.clone(),
                     idempotency: self.idempotency.clone(),
+                    messages: self.messages.clone(),
                     parking: self.parking.clone(),
                     visibility: self.visibility.clone(),
                     thread_key,
@@ -140,6 +142,10 @@ async fn prepare() -> Result<Prepared, StartupError> {
         idempotency: Arc::new(mailbridge::state::DynamoIdempotencyStore::new(
             LazyClient::new(&aws, aws_sdk_dynamodb::Client::new),
             settings.state_table.clone(),
+        )),
+        // only MIME notifications sent by S3 reference build the S3 client
+        messages: Arc::new(mailbridge::message_store::S3MessageStore::new(
+            LazyClient::new(&aws, mailbridge::message_store::s3_client),
         )),
         parking: Arc::new(SqsParking::new(sqs.clone(), settings.dlq_url.clone())),
         visibility: Arc::new(SqsVisibility::new(sqs)),

@@ -21,6 +21,11 @@ pub struct BatchMetrics {
     pub accounts_need_reauth: u64,
     /// Sent after taking over an earlier attempt that never finished (possible duplicate).
     pub resent_after_unfinished_claim: u64,
+    /// Sends repeated within an invocation after an answer that may mean Graph had accepted the
+    /// mail (5xx, connection dropped after the request): possible duplicates.
+    pub resent_after_ambiguous_answer: u64,
+    /// Delayed because the sending mailbox is over a sending quota.
+    pub quota_delayed: u64,
 }
 
 impl BatchMetrics {
@@ -36,6 +41,11 @@ impl BatchMetrics {
                 "NotificationsResentAfterUnfinishedClaim",
                 self.resent_after_unfinished_claim,
             ),
+            (
+                "NotificationsResentAfterAmbiguousAnswer",
+                self.resent_after_ambiguous_answer,
+            ),
+            ("NotificationsDelayedBySendingQuota", self.quota_delayed),
         ];
         let mut doc = Map::new();
         doc.insert(
@@ -72,6 +82,8 @@ mod tests {
             accounts_need_reauth: 1,
             duplicates: 0,
             resent_after_unfinished_claim: 1,
+            resent_after_ambiguous_answer: 2,
+            quota_delayed: 1,
         };
         let doc = m.emf("send-notifications");
         let defs = &doc["_aws"]["CloudWatchMetrics"][0];

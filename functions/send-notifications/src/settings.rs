@@ -38,6 +38,10 @@ pub struct BatchSettings {
     pub max_retry_after_waits: u32,
     /// Lifetime of a completed idempotency record.
     pub completed_ttl: Duration,
+    /// `MAILBRIDGE_QUOTA_VISIBILITY_SECONDS` (default 10800, at most 43200): how long a
+    /// notification waits when its mailbox hit the daily recipient limit and Graph gave no
+    /// `Retry-After`. With the default 10 receives that covers Exchange's 24 h window.
+    pub quota_visibility: Duration,
 }
 
 impl Default for BatchSettings {
@@ -50,6 +54,7 @@ impl Default for BatchSettings {
             send_timeout: Duration::from_secs(20),
             max_retry_after_waits: 3,
             completed_ttl: mailbridge::state::DEFAULT_COMPLETED_TTL,
+            quota_visibility: Duration::from_secs(10800),
         }
     }
 }
@@ -94,6 +99,14 @@ impl Settings {
                 Ok(n @ 0..=43200) => batch.reauth_visibility = Duration::from_secs(n),
                 _ => problems.push(format!(
                     "MAILBRIDGE_REAUTH_VISIBILITY_SECONDS must be seconds from 0 to 43200, SQS's maximum (got {v:?})"
+                )),
+            }
+        }
+        if let Some(v) = lookup("MAILBRIDGE_QUOTA_VISIBILITY_SECONDS") {
+            match v.trim().parse::<u64>() {
+                Ok(n @ 60..=43200) => batch.quota_visibility = Duration::from_secs(n),
+                _ => problems.push(format!(
+                    "MAILBRIDGE_QUOTA_VISIBILITY_SECONDS must be seconds from 60 to 43200, SQS's maximum (got {v:?})"
                 )),
             }
         }

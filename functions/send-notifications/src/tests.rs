@@ -6,7 +6,8 @@ use crate::settings::BatchSettings;
 use crate::thread::ThreadKey;
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
-use mailbridge::graph::{GraphError, MailSender, OutgoingMail, SendAs, SendReceipt};
+use mailbridge::graph::{GraphError, MailSender, OutgoingMail, OutgoingMime, SendAs, SendReceipt};
+use mailbridge::message_store::{InMemoryMessageStore, MessageStore as _};
 use mailbridge::state::InMemoryIdempotencyStore;
 use mailbridge::token::{AccessToken, AccessTokenSource, Audience, TokenError};
 use std::collections::{HashMap, VecDeque};
@@ -56,6 +57,37 @@ struct FakeGraph {
     sent: Mutex<Vec<(SendAs, String, String)>>,
     in_flight: Mutex<HashMap<String, usize>>,
     max_in_flight: Mutex<HashMap<String, usize>>,
+    /// Raw messages accepted through the MIME format.
+    mimes: Mutex<Vec<Vec<u8>>>,
+}
+
+impl FakeGraph {
+    fn answer(
+        &self,
+        send_as: &SendAs,
+        subject: String,
+        token: &AccessToken,
+    ) -> Result<SendReceipt, GraphError> {
+        use secrecy::ExposeSecret as _;
+        let scripted = self
+            .script
+            .lock()
+            .unwrap()
+            .get_mut(&subject)
+            .and_then(|q| q.pop_front());
+        if let Some(make) = scripted {
+            return Err(make());
+        }
+        self.sent.lock().unwrap().push((
+            send_as.clone(),
+            subject,
+            token.secret.expose_secret().to_owned(),
+        ));
+        Ok(SendReceipt {
+            request_id: Some("req-1".into()),
+            client_request_id: "c".into(),
+        })
+    }
 }
 
 #[async_trait]
@@ -66,7 +98,6 @@ impl MailSender for FakeGraph {
         mail: &OutgoingMail,
         _timeout: Duration,
     ) -> Result<SendReceipt, GraphError> {
-        use secrecy::ExposeSecret as _;
         let key = format!("{:?}", mail.send_as);
         {
             let mut f = self.in_flight.lock().unwrap();
@@ -79,24 +110,24 @@ impl MailSender for FakeGraph {
         tokio::time::sleep(self.latency).await;
         *self.in_flight.lock().unwrap().get_mut(&key).unwrap() -= 1;
         let subject = mail.request.message.subject.clone();
-        let scripted = self
-            .script
-            .lock()
-            .unwrap()
-            .get_mut(&subject)
-            .and_then(|q| q.pop_front());
-        if let Some(make) = scripted {
-            return Err(make());
+        self.answer(&mail.send_as, subject, token)
+    }
+
+    async fn send_mime(
+        &self,
+        token: &AccessToken,
+        mail: &OutgoingMime,
+        _timeout: Duration,
+    ) -> Result<SendReceipt, GraphError> {
+        let subject = mailbridge::mail::outgoing::read_outgoing(&mail.mime)
+            .expect("send-notifications sends only checked messages")
+            .subject
+            .unwrap_or_default();
+        let answer = self.answer(&mail.send_as, subject, token);
+        if answer.is_ok() {
+            self.mimes.lock().unwrap().push(mail.mime.clone());
         }
-        self.sent.lock().unwrap().push((
-            mail.send_as.clone(),
-            subject,
-            token.secret.expose_secret().to_owned(),
-        ));
-        Ok(SendReceipt {
-            request_id: Some("req-1".into()),
-            client_request_id: "c".into(),
-        })
+        answer
     }
 }
 
@@ -143,6 +174,7 @@ struct Harness {
     tokens: Arc<FakeTokens>,
     graph: Arc<FakeGraph>,
     store: Arc<InMemoryIdempotencyStore>,
+    messages: Arc<InMemoryMessageStore>,
     parking: Arc<FakeParking>,
     visibility: Arc<FakeVisibility>,
     settings: BatchSettings,
@@ -154,6 +186,7 @@ impl Harness {
             tokens: Arc::default(),
             graph: Arc::default(),
             store: Arc::default(),
+            messages: Arc::default(),
             parking: Arc::default(),
             visibility: Arc::default(),
             settings: BatchSettings {
@@ -167,6 +200,7 @@ impl Harness {
             tokens: self.tokens.clone(),
             mail: self.graph.clone(),
             idempotency: self.store.clone(),
+            messages: self.messages.clone(),
             parking: self.parking.clone(),
             visibility: self.visibility.clone(),
             thread_key: ThreadKey::new(b"test-key".to_vec()),
@@ -533,4 +567,240 @@ async fn ticket_mail_is_stamped_before_sending() {
     let report = h.run(vec![message("m", n)], Duration::from_secs(30)).await;
     assert!(failures(&report).is_empty());
     assert_eq!(h.graph.sent.lock().unwrap()[0].1, "[Ticket#4711] Update");
+}
+
+// ---- MIME notifications and the send-path faults ----
+
+const RT_REPLY: &str = "From: Support <support@contoso.com>\nTo: customer@example.com\nMessage-ID: <rt-5.0-12-1@contoso.com>\nIn-Reply-To: <customer-1@example.com>\nReferences: <customer-1@example.com>\nSubject: [contoso #12] Re: printer\n\nFixed it.\n";
+
+fn mime_notification(raw: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    serde_json::json!({
+        "version": 1, "kind": "mime", "account": "mailbridge/contoso",
+        "from": "support@contoso.com", "ticket_number": "12",
+        "raw_base64": base64::engine::general_purpose::STANDARD.encode(raw)
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mime_notification_goes_out_as_mime_with_its_headers_and_the_thread_marker() {
+    let h = Harness::new();
+    let report = h
+        .run(
+            vec![message("m1", mime_notification(RT_REPLY))],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(failures(&report).is_empty(), "{:?}", report.messages);
+    let mimes = h.graph.mimes.lock().unwrap().clone();
+    assert_eq!(mimes.len(), 1);
+    let sent = String::from_utf8(mimes[0].clone()).unwrap();
+    let reference = mailbridge::mail::threading::ticket_reference("12", b"test-key");
+    assert!(
+        sent.starts_with(&format!("X-Mailbridge-Ref: {reference}\n")),
+        "{sent}"
+    );
+    for kept in [
+        "Message-ID: <rt-5.0-12-1@contoso.com>",
+        "In-Reply-To: <customer-1@example.com>",
+        "Subject: [contoso #12] Re: printer",
+    ] {
+        assert!(sent.contains(kept), "{kept} kept in {sent}");
+    }
+    assert!(
+        sent.ends_with(&format!("[ref:{reference}]\n")),
+        "footer in a plain single part"
+    );
+    assert_eq!(h.graph.sent.lock().unwrap()[0].0, SendAs::Me);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mime_notification_by_reference_is_read_checked_sent_and_its_object_deleted() {
+    let h = Harness::new();
+    let object = h
+        .messages
+        .put("mailbridge-messages", "m/1.eml", RT_REPLY.as_bytes())
+        .await
+        .unwrap();
+    let mut by_ref = mime_notification(RT_REPLY);
+    by_ref.as_object_mut().unwrap().remove("raw_base64");
+    by_ref["raw_ref"] = serde_json::to_value(&object).unwrap();
+    let mut missing = by_ref.clone();
+    missing["raw_ref"]["key"] = "m/gone.eml".into();
+    missing["id"] = "other".into();
+    let report = h
+        .run(
+            vec![message("r1", by_ref), message("r2", missing)],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(failures(&report).is_empty(), "{:?}", report.messages);
+    assert_eq!(h.graph.mimes.lock().unwrap().len(), 1);
+    assert!(
+        h.messages.is_empty(),
+        "the sent message's object is deleted"
+    );
+    let parked = h.parking.parked.lock().unwrap().clone();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].1.kind, "message-object");
+    assert!(
+        parked[0].1.reason.contains("does not exist"),
+        "{:?}",
+        parked[0].1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mime_message_whose_from_or_recipients_do_not_fit_is_parked_naming_why() {
+    let h = Harness::new();
+    let mut other_from = mime_notification(RT_REPLY);
+    other_from["from"] = "someone@contoso.com".into();
+    let no_recipient = mime_notification("From: support@contoso.com\nSubject: nobody\n\nx\n");
+    let garbage = mime_notification("this is not a mail\n\nat all");
+    let report = h
+        .run(
+            vec![
+                message("a", other_from),
+                message("b", no_recipient),
+                message("c", garbage),
+            ],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(report.metrics.parked, 3, "{:?}", report.messages);
+    let parked = h.parking.parked.lock().unwrap().clone();
+    let reason = |field: &str| {
+        parked
+            .iter()
+            .find(|(_, r)| r.field.as_deref() == Some(field) && r.sqs_message_id != "c")
+            .map(|(_, r)| r.reason.clone())
+    };
+    assert!(
+        reason("from")
+            .unwrap()
+            .contains("is not the message's From")
+    );
+    assert!(reason("raw_base64").unwrap().contains("no recipient"));
+    let garbage = parked
+        .iter()
+        .find(|(_, r)| r.sqs_message_id == "c")
+        .unwrap();
+    assert!(
+        garbage.1.reason.contains("header line 1"),
+        "{:?}",
+        garbage.1
+    );
+    assert!(h.graph.mimes.lock().unwrap().is_empty());
+}
+
+fn gateway_timeout() -> GraphError {
+    GraphError::Unavailable {
+        status: 504,
+        retry_after: Some(Duration::from_secs(1)),
+        code: "UnknownError".into(),
+        message: String::new(),
+        request_id: Some("r504".into()),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resend_after_a_5xx_is_counted_and_a_5xx_without_a_resend_keeps_the_claim() {
+    let h = Harness::new();
+    h.script("maybe sent", vec![gateway_timeout]);
+    let report = h
+        .run(
+            vec![message("a", notification("maybe sent"))],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(failures(&report).is_empty());
+    assert_eq!(report.metrics.resent_after_ambiguous_answer, 1);
+    assert_eq!(report.messages[0].resent_after_ambiguous_answer, 1);
+
+    // no time to wait: retried by SQS, and the claim is kept, so the redelivery waits for the
+    // lease instead of sending a silent second copy
+    h.script("maybe sent too", vec![gateway_timeout]);
+    let mut settings = h.settings.clone();
+    settings.max_retry_after_waits = 0;
+    let h2 = Harness { settings, ..h };
+    let report = h2
+        .run(
+            vec![message("b", notification("maybe sent too"))],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(failures(&report), vec!["b".to_owned()]);
+    let again = h2
+        .run(
+            vec![message("b", notification("maybe sent too"))],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(
+        matches!(&again.messages[0].outcome, Outcome::Retry { reason, .. } if reason.contains("another invocation")),
+        "{:?}",
+        again.messages[0].outcome
+    );
+}
+
+fn daily_quota() -> GraphError {
+    GraphError::SendingQuota {
+        status: 429,
+        code: "ErrorSubmissionQuotaExceeded".into(),
+        message: "over the daily recipient limit".into(),
+        retry_after: None,
+        request_id: Some("rq".into()),
+    }
+}
+
+fn message_rate() -> GraphError {
+    GraphError::SendingQuota {
+        status: 429,
+        code: "ErrorExceededMessageLimit".into(),
+        message: "30 messages per minute".into(),
+        retry_after: None,
+        request_id: None,
+    }
+}
+
+fn mailbox_full() -> GraphError {
+    GraphError::Rejected {
+        status: 403,
+        code: "ErrorQuotaExceeded".into(),
+        message: "The mailbox is full.".into(),
+        request_id: Some("rf".into()),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn sending_quotas_delay_the_message_and_a_full_mailbox_parks_it() {
+    let h = Harness::new();
+    h.script("daily", vec![daily_quota]);
+    h.script("rate", vec![message_rate]);
+    h.script("full", vec![mailbox_full]);
+    let report = h
+        .run(
+            vec![
+                message("d", notification("daily")),
+                message("r", notification("rate")),
+                message("f", notification("full")),
+            ],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(failures(&report), vec!["d".to_owned(), "r".to_owned()]);
+    assert_eq!(report.metrics.quota_delayed, 2);
+    assert_eq!(report.metrics.parked, 1);
+    let mut delays = h.visibility.delays.lock().unwrap().clone();
+    delays.sort();
+    assert_eq!(
+        delays,
+        vec![("rh-d".to_owned(), 10800), ("rh-r".to_owned(), 300)]
+    );
+    let parked = h.parking.parked.lock().unwrap().clone();
+    assert_eq!(parked[0].1.kind, "sender-mailbox-full");
+    assert_eq!(
+        parked[0].1.graph_code.as_deref(),
+        Some("ErrorQuotaExceeded")
+    );
 }

@@ -3,6 +3,10 @@
 //! the `X-Mailbridge-Ref` header, and a Message-ID embedding the reference (Graph lets sendMail
 //! set `internetMessageId`: the message is a draft when sendMail creates it). Replies then thread
 //! back through In-Reply-To/References, the footer or the subject, in that order of trust.
+//!
+//! Graph takes at most 5 custom headers per message and mailbridge's counts: when the
+//! notification's own headers already use all five, `X-Mailbridge-Ref` is left out (the footer
+//! and the Message-ID carry the reference) instead of the whole mail being refused.
 
 use mailbridge::graph::MessageExtras;
 use mailbridge::notification::{BodyType, Notification};
@@ -68,10 +72,15 @@ pub fn stamp(key: &ThreadKey, n: &Notification) -> MessageExtras {
         BodyType::Text => format!("{}{}", n.body.content, t::body_footer_text(&reference)),
         BodyType::Html => insert_html_footer(&n.body.content, &t::body_footer_html(&reference)),
     };
+    let headers = if n.headers.len() < mailbridge::notification::MAX_HEADERS {
+        vec![(REF_HEADER.to_owned(), reference.clone())]
+    } else {
+        Vec::new()
+    };
     MessageExtras {
         subject: Some(subject),
         body_content: Some(body),
-        headers: vec![(REF_HEADER.to_owned(), reference.clone())],
+        headers,
         // deterministic per notification: a retried send reuses the Message-ID
         internet_message_id: Some(t::message_id_with_unique(&reference, n.id(), &domain)),
     }
@@ -130,6 +139,19 @@ mod tests {
         assert!(body.ends_with("</body></html>"));
         let mid = extras.internet_message_id.unwrap();
         assert!(mid.starts_with('<') && mid.ends_with('>') && mid.contains(reference.as_str()));
+    }
+
+    #[test]
+    fn five_own_headers_leave_no_room_for_the_reference_header_but_footer_and_id_carry_it() {
+        let mut n = notification("text", "x");
+        for i in 0..mailbridge::notification::MAX_HEADERS {
+            n.headers.insert(format!("X-H{i}"), "v".into());
+        }
+        let extras = stamp(&ThreadKey::new(b"k".to_vec()), &n);
+        assert!(extras.headers.is_empty());
+        let reference = mailbridge::mail::threading::ticket_reference("4711", b"k");
+        assert!(extras.body_content.unwrap().contains(&reference));
+        assert!(extras.internet_message_id.unwrap().contains(&reference));
     }
 
     #[test]

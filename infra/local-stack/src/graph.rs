@@ -8,13 +8,22 @@
 //!   else 403 `ErrorAccessDenied`; a `from` the caller may not send as → 403 `ErrorSendAsDenied`;
 //! - the body is checked against the message resource: unknown property → 400
 //!   `RequestBodyRead`, a header not starting with `X-` → 400 `InvalidInternetMessageHeader`,
-//!   no valid recipient → 400 `ErrorInvalidRecipients`, a request over 4 MB → 413;
+//!   more than 5 custom headers → 400 `InvalidInternetMessageHeaderCollection`, no valid
+//!   recipient → 400 `ErrorInvalidRecipients`, a request over 4 MB → 413;
+//! - MIME format: `Content-Type: text/plain` and a base64 body (line breaks allowed, as in
+//!   Microsoft's example); anything else that is not base64 → 400
+//!   `ErrorMimeContentInvalidBase64String`. Recipients come from To/Cc/Bcc; a `From:` other
+//!   than the mailbox needs a send-as grant like JSON's `from`. The delivered copy has its Bcc
+//!   field removed and a Message-ID/Date added only when missing, as Exchange does. A body
+//!   that is neither JSON nor text/plain → 415;
 //! - at most 4 concurrent requests per mailbox, beyond that 429 `ApplicationThrottled` with
 //!   `Retry-After`;
 //! - `202 Accepted` with an empty body on success; every answer has a `request-id` header.
 //!
 //! Test controls are scoped per mailbox (the sending mailbox's address, case-insensitive):
-//! latency, 503 bursts, 429 bursts, connection resets, REST API disabled. Accepted messages are
+//! latency, 503 bursts, 429 bursts, connection resets, REST API disabled, "accept, then fail"
+//! (the mail is accepted and delivered, then the answer is a 504 or a dropped connection, as
+//! Graph has been seen to do), sending quota errors and a full mailbox. Accepted messages are
 //! recorded per mailbox; with a [`MailDrop`] each is also built into a real MIME message and
 //! delivered to every recipient's mailbox (Dovecot), so replies can flow back through the poller.
 
@@ -38,6 +47,8 @@ use crate::identity::IdentityStandIn;
 pub const MAX_CONCURRENT_PER_MAILBOX: usize = 4;
 /// Requests above this many bytes get 413.
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+/// Custom `internetMessageHeaders` per message.
+pub const MAX_INTERNET_MESSAGE_HEADERS: usize = 5;
 
 /// Handle to a running Graph stand-in. Cheap to clone; all clones share state.
 #[derive(Clone)]
@@ -81,6 +92,22 @@ struct MailboxControls {
     retry_after_429: u64,
     resets: u32,
     rest_disabled: bool,
+    accept_then_fail: u32,
+    accept_then_fail_how: AcceptThenFail,
+    quota: u32,
+    quota_code: String,
+    quota_retry_after: Option<u64>,
+    mailbox_full: bool,
+}
+
+/// How an "accept, then fail" fault answers after the mail was accepted and delivered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AcceptThenFail {
+    /// `504 Gateway Timeout` with Graph's error body.
+    #[default]
+    GatewayTimeout,
+    /// The connection is closed without an answer.
+    DropConnection,
 }
 
 struct StandInState {
@@ -163,6 +190,32 @@ impl GraphStandIn {
     /// `mailbox` answers 404 `MailboxNotEnabledForRESTAPI` (no Exchange Online licence).
     pub fn disable_rest_api(&self, mailbox: &str) {
         self.with_controls(mailbox, |c| c.rest_disabled = true);
+    }
+
+    /// The next `count` requests for `mailbox` are accepted (recorded, delivered) and then
+    /// answered with a failure: what a client sees when Graph queued the mail but the answer
+    /// was lost.
+    pub fn accept_then_fail(&self, mailbox: &str, count: u32, how: AcceptThenFail) {
+        self.with_controls(mailbox, |c| {
+            c.accept_then_fail = count;
+            c.accept_then_fail_how = how;
+        });
+    }
+
+    /// The next `count` requests for `mailbox` are refused for its sending quota with `code`
+    /// (e.g. `ErrorExceededMessageLimit`, `ErrorSubmissionQuotaExceeded`): 429, with
+    /// `Retry-After` when given.
+    pub fn sending_quota(&self, mailbox: &str, count: u32, code: &str, retry_after: Option<u64>) {
+        self.with_controls(mailbox, |c| {
+            c.quota = count;
+            c.quota_code = code.to_owned();
+            c.quota_retry_after = retry_after;
+        });
+    }
+
+    /// `mailbox` is full: every send answers 403 `ErrorQuotaExceeded`.
+    pub fn fill_mailbox(&self, mailbox: &str) {
+        self.with_controls(mailbox, |c| c.mailbox_full = true);
     }
 
     /// Let `user` send as `mailbox` (`/users/{mailbox}/sendMail`, `from: mailbox`).
@@ -365,6 +418,11 @@ async fn answer(
         let c = controls.entry(mailbox.clone()).or_default();
         let fault = if c.rest_disabled {
             Some(Fault::RestDisabled)
+        } else if c.mailbox_full {
+            Some(Fault::MailboxFull)
+        } else if c.quota > 0 {
+            c.quota -= 1;
+            Some(Fault::Quota(c.quota_code.clone(), c.quota_retry_after))
         } else if c.resets > 0 {
             c.resets -= 1;
             Some(Fault::Reset)
@@ -408,6 +466,26 @@ async fn answer(
         Some(Fault::Throttled(retry_after)) => {
             return throttled(rid, retry_after);
         }
+        Some(Fault::MailboxFull) => {
+            return graph_error(
+                StatusCode::FORBIDDEN,
+                "ErrorQuotaExceeded",
+                "The process failed to get the correct properties.: The mailbox is full.",
+                rid,
+            );
+        }
+        Some(Fault::Quota(code, retry_after)) => {
+            let mut r = graph_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &code,
+                "The message can't be submitted because the sender's submission quota was exceeded.",
+                rid,
+            );
+            if let Some(s) = retry_after {
+                r.headers_mut().insert("retry-after", HeaderValue::from(s));
+            }
+            return r;
+        }
         None => {}
     }
 
@@ -441,22 +519,30 @@ async fn answer(
             rid,
         );
     }
-    let request: SendMailBody = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return graph_error(
-                StatusCode::BAD_REQUEST,
-                "RequestBodyRead",
-                &e.to_string(),
-                rid,
-            );
-        }
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let submission = if content_type.starts_with("application/json") {
+        json_submission(&body, &mailbox)
+    } else if content_type.starts_with("text/plain") {
+        mime_submission(&body)
+    } else {
+        Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!(
+                "Content-Type {content_type:?} is not supported; use application/json or text/plain (MIME)."
+            ),
+        ))
     };
-    if let Err((code, message)) = request.message.check() {
-        return graph_error(StatusCode::BAD_REQUEST, code, &message, rid);
-    }
-    if let Some(from) = &request.message.from {
-        let from = from.email_address.address.to_ascii_lowercase();
+    let submission = match submission {
+        Ok(s) => s,
+        Err((status, code, message)) => return graph_error(status, code, &message, rid),
+    };
+    if let Some(from) = &submission.from {
+        let from = from.to_ascii_lowercase();
         if from != mailbox || !may_send_as(&from) {
             return graph_error(
                 StatusCode::FORBIDDEN,
@@ -468,18 +554,21 @@ async fn answer(
     }
 
     // 5. accept
-    let mime = request.message.to_mime(&mailbox);
-    let raw_json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let Submission {
+        mime,
+        request,
+        recipients,
+        ..
+    } = submission;
     state.accepted.lock().expect("lock").push(AcceptedMail {
         mailbox: mailbox.clone(),
         upn,
         path,
-        request: raw_json,
+        request,
         request_id: rid.to_owned(),
         mime: mime.clone(),
     });
     if let Some(drop) = state.mail_drop.clone() {
-        let recipients = request.message.all_recipients();
         tokio::task::spawn_blocking(move || {
             for r in recipients {
                 if let Err(e) = drop.deliver(&r, &mime) {
@@ -488,7 +577,171 @@ async fn answer(
             }
         });
     }
-    StatusCode::ACCEPTED.into_response()
+
+    // 6. "accept, then fail"
+    let after_accept = {
+        let mut controls = state.controls.lock().expect("lock");
+        let c = controls.entry(mailbox.clone()).or_default();
+        (c.accept_then_fail > 0).then(|| {
+            c.accept_then_fail -= 1;
+            c.accept_then_fail_how
+        })
+    };
+    match after_accept {
+        Some(AcceptThenFail::GatewayTimeout) => {
+            graph_error(StatusCode::GATEWAY_TIMEOUT, "UnknownError", "", rid)
+        }
+        Some(AcceptThenFail::DropConnection) => std::panic::resume_unwind(Box::new(
+            "graph stand-in: connection dropped after accepting",
+        )),
+        None => StatusCode::ACCEPTED.into_response(),
+    }
+}
+
+/// A request that passed the body checks: who it claims to be from, who gets it, and the MIME
+/// that is delivered.
+struct Submission {
+    /// The sender when it is not the mailbox itself by default (`from`, or the MIME `From:`).
+    from: Option<String>,
+    recipients: Vec<String>,
+    mime: Vec<u8>,
+    request: serde_json::Value,
+}
+
+type BodyError = (StatusCode, &'static str, String);
+
+fn json_submission(body: &[u8], mailbox: &str) -> Result<Submission, BodyError> {
+    let request: SendMailBody = serde_json::from_slice(body)
+        .map_err(|e| (StatusCode::BAD_REQUEST, "RequestBodyRead", e.to_string()))?;
+    request
+        .message
+        .check()
+        .map_err(|(code, message)| (StatusCode::BAD_REQUEST, code, message))?;
+    Ok(Submission {
+        from: request
+            .message
+            .from
+            .as_ref()
+            .map(|f| f.email_address.address.clone()),
+        recipients: request.message.all_recipients(),
+        mime: request.message.to_mime(mailbox),
+        request: serde_json::from_slice(body).unwrap_or_default(),
+    })
+}
+
+/// Graph's MIME format: the body is the base64 of an RFC 5322 message.
+fn mime_submission(body: &[u8]) -> Result<Submission, BodyError> {
+    let invalid = || {
+        (
+            StatusCode::BAD_REQUEST,
+            "ErrorMimeContentInvalidBase64String",
+            "Invalid base64 string for MIME content.".to_owned(),
+        )
+    };
+    let compact: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|b| !matches!(b, b'\r' | b'\n'))
+        .collect();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(&compact)
+        .map_err(|_| invalid())?;
+    let message = mail_parser::MessageParser::default()
+        .parse(&raw)
+        .ok_or_else(invalid)?;
+    let addresses = |a: Option<&mail_parser::Address>| -> Vec<String> {
+        a.map(|a| {
+            a.iter()
+                .filter_map(|a| a.address())
+                .map(|a| a.to_ascii_lowercase())
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    let mut recipients = addresses(message.to());
+    recipients.extend(addresses(message.cc()));
+    recipients.extend(addresses(message.bcc()));
+    if recipients.is_empty() {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "ErrorInvalidRecipients",
+            "At least one recipient isn't valid.".into(),
+        ));
+    }
+    if recipients.len() > 500 {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "ErrorExceededMaxRecipientLimit",
+            "The message has too many recipients.".into(),
+        ));
+    }
+    if let Some(bad) = recipients.iter().find(|r| !plausible_address(r)) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "ErrorInvalidRecipients",
+            format!("At least one recipient isn't valid., Recipient '{bad}' isn't resolved."),
+        ));
+    }
+    let from = message
+        .from()
+        .and_then(|a| a.first())
+        .and_then(|a| a.address())
+        .map(str::to_owned);
+    let mut delivered = Vec::with_capacity(raw.len() + 128);
+    let eol: &[u8] = if raw.windows(2).any(|w| w == b"\r\n") {
+        b"\r\n"
+    } else {
+        b"\n"
+    };
+    if message.message_id().is_none() {
+        delivered.extend_from_slice(
+            format!(
+                "Message-ID: <{}@graph-stand-in.local>",
+                uuid::Uuid::new_v4().simple()
+            )
+            .as_bytes(),
+        );
+        delivered.extend_from_slice(eol);
+    }
+    if message.date().is_none() {
+        delivered
+            .extend_from_slice(format!("Date: {}", chrono::Utc::now().to_rfc2822()).as_bytes());
+        delivered.extend_from_slice(eol);
+    }
+    delivered.extend_from_slice(&without_bcc(&raw));
+    Ok(Submission {
+        from,
+        recipients,
+        mime: delivered,
+        request: serde_json::json!({"mime": true, "bytes": raw.len()}),
+    })
+}
+
+/// The message without its Bcc field (and that field's folded lines).
+fn without_bcc(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut in_bcc = false;
+    let mut offset = 0;
+    while offset < raw.len() {
+        let end = raw[offset..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(raw.len(), |i| offset + i + 1);
+        let line = &raw[offset..end];
+        if line == b"\n" || line == b"\r\n" {
+            out.extend_from_slice(&raw[offset..]);
+            return out;
+        }
+        let folded = matches!(line.first(), Some(b' ' | b'\t'));
+        if !folded {
+            in_bcc = line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"bcc:");
+        }
+        if !in_bcc {
+            out.extend_from_slice(line);
+        }
+        offset = end;
+    }
+    out
 }
 
 enum Fault {
@@ -496,6 +749,8 @@ enum Fault {
     Reset,
     Unavailable(Option<u64>),
     Throttled(u64),
+    MailboxFull,
+    Quota(String, Option<u64>),
 }
 
 fn throttled(rid: &str, retry_after: u64) -> Response {
@@ -665,6 +920,14 @@ impl Message {
             return Err((
                 "RequestBodyRead",
                 format!("Requested value '{i}' was not found."),
+            ));
+        }
+        if self.internet_message_headers.len() > MAX_INTERNET_MESSAGE_HEADERS {
+            return Err((
+                "InvalidInternetMessageHeaderCollection",
+                format!(
+                    "Maximum number of headers in one message should be less than or equal to {MAX_INTERNET_MESSAGE_HEADERS}."
+                ),
             ));
         }
         for h in &self.internet_message_headers {

@@ -7,7 +7,8 @@
 //! (`reply`), readable text for HTML-only mail (`html`), the requester even when `From` is
 //! odd or missing (`originator`), thread detection through our
 //! HMAC-signed markers ([`threading`]) and the expansion of Outlook `winmail.dat` (TNEF) parts
-//! into their files ([`tnef`]).
+//! into their files ([`tnef`]). The other direction, a helpdesk's raw outgoing message, is read
+//! and stamped with the thread marker by [`outgoing`].
 
 mod auto;
 mod body;
@@ -17,6 +18,7 @@ mod draft;
 mod html;
 mod normalize;
 mod originator;
+pub mod outgoing;
 mod reply;
 pub mod threading;
 pub mod tnef;
