@@ -654,7 +654,8 @@ fn complete(state: &ServerState, id: &str, result: InvocationResult) -> Response
 }
 
 /// Path of a workspace binary (`<target>/<profile>/<name>`), building every workspace binary
-/// first with `cargo build --workspace --bins` once per process (the same feature set as
+/// first with `cargo build --workspace --bins` once per process, or once per run under cargo
+/// nextest (the same feature set as
 /// `infra/scripts/test.sh`'s build, so after that build this is a no-op; `-p <package>` alone
 /// would resolve different features and rebuild the shared crates). The target/profile
 /// directory is taken from the running executable when it lives in `<target>/<profile>/deps/`
@@ -671,25 +672,29 @@ pub fn workspace_binary(package: &str, name: &str) -> anyhow::Result<PathBuf> {
     let path = profile_dir.join(name);
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if !*built {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut command = Command::new(cargo);
-        command
-            .current_dir(crate::repo_root())
-            .args(["build", "-q", "--workspace", "--bins"]);
-        if let Some(target) = profile_dir.parent() {
-            command.env("CARGO_TARGET_DIR", target);
-        }
-        match profile_dir.file_name().and_then(|p| p.to_str()) {
-            Some("debug") | None => {}
-            Some(profile) => {
-                command.args(["--profile", profile]);
+        // Under cargo nextest every test is its own process: build once per nextest run (the
+        // first test to get here builds, under a file lock; the others find its marker), not
+        // once per test, which cost a cargo invocation per test and serialised them all on
+        // the target directory's lock.
+        let run_marker = std::env::var("NEXTEST_RUN_ID")
+            .ok()
+            .map(|run| profile_dir.join(format!(".workspace-bins-built-{run}")));
+        let _lock = match &run_marker {
+            Some(_) => {
+                let lock = std::fs::File::create(profile_dir.join(".workspace-bins.lock"))
+                    .context("create the workspace-binaries build lock")?;
+                lock.lock()
+                    .context("take the workspace-binaries build lock")?;
+                Some(lock)
             }
-        }
-        let status = command
-            .status()
-            .with_context(|| format!("run cargo build --workspace --bins (for {package})"))?;
-        if !status.success() {
-            bail!("cargo build --workspace --bins failed ({status}) while building {package}");
+            None => None,
+        };
+        if !run_marker.as_ref().is_some_and(|m| m.exists()) {
+            build_workspace_binaries(package, &profile_dir)?;
+            if let Some(marker) = &run_marker {
+                remove_old_run_markers(&profile_dir);
+                std::fs::write(marker, b"").context("write the workspace-binaries build marker")?;
+            }
         }
         *built = true;
     }
@@ -700,4 +705,44 @@ pub fn workspace_binary(package: &str, name: &str) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// `cargo build --workspace --bins` into `profile_dir`'s target directory and profile.
+fn build_workspace_binaries(package: &str, profile_dir: &Path) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(crate::repo_root())
+        .args(["build", "-q", "--workspace", "--bins"]);
+    if let Some(target) = profile_dir.parent() {
+        command.env("CARGO_TARGET_DIR", target);
+    }
+    match profile_dir.file_name().and_then(|p| p.to_str()) {
+        Some("debug") | None => {}
+        Some(profile) => {
+            command.args(["--profile", profile]);
+        }
+    }
+    let status = command
+        .status()
+        .with_context(|| format!("run cargo build --workspace --bins (for {package})"))?;
+    if !status.success() {
+        bail!("cargo build --workspace --bins failed ({status}) while building {package}");
+    }
+    Ok(())
+}
+
+/// Markers of earlier nextest runs (one empty file per run) are removed.
+fn remove_old_run_markers(profile_dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(profile_dir) {
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".workspace-bins-built-")
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
 }

@@ -1,9 +1,18 @@
 //! Helpdesk ticket API stand-in: records tickets, honours `Idempotency-Key`, test controls.
 //!
 //! `POST {base_url}/sinks/<sink>/tickets` with a JSON body creates a ticket (201 `{"id":"T-<n>"}`).
+//! It is as strict as a careful webhook receiver (the contract of
+//! `shared/schemas/ticket-payload.schema.json`), never more lenient:
+//! - the body must be valid against the published schema (with the draft schema it refers to):
+//!   422 with the first problems otherwise;
+//! - `Idempotency-Key` is required (400 without it) and must equal the payload's
+//!   `idempotency_key`;
+//! - a repeated key with the same body returns the first answer again (200,
+//!   `Idempotent-Replayed: true`) and records nothing new; the same key with a different body is
+//!   a client bug: 422.
+//!
 //! Everything is per *sink* (a path segment the test owns), so tests running in parallel against
 //! one stand-in never see each other's tickets or faults:
-//! - a repeated `Idempotency-Key` on a sink returns the first answer again and records nothing new;
 //! - [`TicketApiStandIn::require_header`]: answer 401 unless a header has a value;
 //! - [`TicketApiStandIn::fail_next`] (5xx), [`TicketApiStandIn::throttle_next`] (429 +
 //!   `Retry-After`), [`TicketApiStandIn::reject_next`] (4xx), [`TicketApiStandIn::set_down`]
@@ -14,8 +23,10 @@
 //!   the n-th wait (unanswered) until released, so a test can act at an exact point of a run.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
+
+use sha2::Digest as _;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -38,7 +49,8 @@ pub struct RecordedTicket {
 #[derive(Default)]
 struct SinkState {
     tickets: Vec<RecordedTicket>,
-    answers: HashMap<String, String>,
+    /// Per idempotency key: SHA-256 of the body it came with, and the answer given.
+    answers: HashMap<String, ([u8; 32], String)>,
     requests: u64,
     fail_next: u32,
     fail_status: u16,
@@ -192,10 +204,40 @@ fn decide(state: &mut SinkState, headers: &HeaderMap, body: &[u8], next_id: u64)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    if !key.is_empty()
-        && let Some(previous) = state.answers.get(&key)
-    {
-        return Decision::Answer(StatusCode::OK, HeaderMap::new(), previous.clone());
+    if key.is_empty() {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "the Idempotency-Key header is required"}),
+        );
+    }
+    let problems: Vec<String> = PAYLOAD_SCHEMA
+        .iter_errors(&value)
+        .take(5)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect();
+    if !problems.is_empty() {
+        return json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            serde_json::json!({"error": "the body does not match ticket-payload.schema.json", "problems": problems}),
+        );
+    }
+    if value["idempotency_key"].as_str() != Some(key.as_str()) {
+        return json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            serde_json::json!({"error": "Idempotency-Key differs from the payload's idempotency_key"}),
+        );
+    }
+    let digest: [u8; 32] = sha2::Sha256::digest(body).into();
+    if let Some((first_digest, previous)) = state.answers.get(&key) {
+        if *first_digest != digest {
+            return json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                serde_json::json!({"error": "this Idempotency-Key was used with a different payload"}),
+            );
+        }
+        let mut replayed = HeaderMap::new();
+        replayed.insert("idempotent-replayed", "true".parse().expect("static"));
+        return Decision::Answer(StatusCode::OK, replayed, previous.clone());
     }
     let id = format!("T-{next_id}");
     let answer = serde_json::json!({"id": id}).to_string();
@@ -204,15 +246,38 @@ fn decide(state: &mut SinkState, headers: &HeaderMap, body: &[u8], next_id: u64)
         body: value,
         id,
     });
-    if !key.is_empty() {
-        state.answers.insert(key, answer.clone());
-    }
+    state.answers.insert(key, (digest, answer.clone()));
     if state.drop_next > 0 {
         state.drop_next -= 1;
         return Decision::Drop;
     }
     Decision::Answer(StatusCode::CREATED, HeaderMap::new(), answer)
 }
+
+/// `shared/schemas/ticket-payload.schema.json`, with the draft schema it refers to.
+static PAYLOAD_SCHEMA: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
+    let parse = |text: &str| -> serde_json::Value {
+        serde_json::from_str(text).expect("the published schemas are JSON")
+    };
+    let draft = parse(include_str!(
+        "../../../shared/schemas/ticket-draft.schema.json"
+    ));
+    let payload = parse(include_str!(
+        "../../../shared/schemas/ticket-payload.schema.json"
+    ));
+    let registry = jsonschema::Registry::new()
+        .add(
+            "https://mailbridge.invalid/schemas/ticket-draft.schema.json",
+            draft,
+        )
+        .and_then(|r| r.prepare())
+        .expect("the draft schema registers");
+    let registry: &'static jsonschema::Registry<'static> = Box::leak(Box::new(registry));
+    jsonschema::options()
+        .with_registry(registry)
+        .build(&payload)
+        .expect("the payload schema compiles")
+});
 
 impl TicketApiStandIn {
     /// Bind 127.0.0.1:0 and serve on the current tokio runtime.

@@ -4,7 +4,9 @@
 //! (the draft's `ticket_number`) and must honour `Idempotency-Key`.
 //!
 //! # Answers
-//! 2xx accepts (`{"id": …}` or `{"ticket_id": …}` is kept as the ticket id). 429, 5xx and
+//! 2xx accepts (`{"id": …}` or `{"ticket_id": …}` is kept as the ticket id); a receiver that
+//! answers a repeated `Idempotency-Key` from its record says so with `Idempotent-Replayed: true`
+//! (the convention of idempotent HTTP APIs), and the mail is then not counted as a new ticket. 429, 5xx and
 //! timeouts are retried ([`crate::retry`]); then the mail stays for the next run. 401/403: the
 //! credentials are refused; 404: the URL is wrong; 409: the same key is still being processed —
 //! all leave the mail in place. Other 4xx (400, 413, 422...) mean this payload will never be
@@ -155,6 +157,12 @@ impl TicketSink for WebhookTicketSink {
         .await
         .map_err(|gave_up| TicketSinkError::gave_up(&self.url, gave_up))?;
         let status = answered.response.status();
+        let replayed = answered
+            .response
+            .headers()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
         let text = answered.response.text().await.unwrap_or_default();
         if status.is_success() {
             let ticket_id = serde_json::from_str::<serde_json::Value>(&text)
@@ -172,7 +180,7 @@ impl TicketSink for WebhookTicketSink {
                 },
                 ticket_id,
                 attempts: answered.attempts,
-                replayed: false,
+                replayed,
             });
         }
         let code = status.as_u16();
