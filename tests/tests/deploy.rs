@@ -224,3 +224,191 @@ fn the_template_gives_each_function_the_environment_it_reads() {
     assert!(sender.contains("FunctionResponseTypes: [ReportBatchItemFailures]"));
     assert!(poller.contains("Type: ScheduleV2"));
 }
+
+/// The IAM statements of a role in template.yaml, by `Sid`: each the statement's own lines.
+fn role_statements(template: &str, role: &str) -> Vec<(String, String)> {
+    let resource = template_resource(template, role);
+    let mut statements: Vec<(String, String)> = Vec::new();
+    for line in resource.lines() {
+        if let Some(sid) = line.trim_start().strip_prefix("- Sid: ") {
+            statements.push((sid.trim().to_string(), String::new()));
+        } else if let Some((_, body)) = statements.last_mut() {
+            if line.trim_start().starts_with("- PolicyName:") {
+                break;
+            }
+            body.push_str(line.trim());
+            body.push('\n');
+        }
+    }
+    assert!(!statements.is_empty(), "{role} has no IAM statements");
+    statements
+}
+
+/// The statements of `role` with this effect that name `action`.
+fn statements_with<'a>(
+    statements: &'a [(String, String)],
+    effect: &str,
+    action: &str,
+) -> Vec<&'a (String, String)> {
+    statements
+        .iter()
+        .filter(|(_, body)| body.contains(&format!("Effect: {effect}\n")) && body.contains(action))
+        .collect()
+}
+
+const SECRET_ARN: &str =
+    "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:";
+
+#[test]
+fn the_sender_may_read_account_grants_and_the_thread_key_but_no_ticket_api_credentials() {
+    let template = repo_file("template.yaml");
+    let sender = role_statements(&template, "SendNotificationsRole");
+    let account_prefix = format!("{SECRET_ARN}${{SecretPrefix}}*");
+    let sink_prefix = format!("{SECRET_ARN}${{SinkSecretPrefix}}*");
+    let exact_thread_key = format!("{SECRET_ARN}${{ThreadKeySecretName}}-??????");
+
+    let allowed_writes = statements_with(&sender, "Allow", "secretsmanager:PutSecretValue");
+    assert_eq!(allowed_writes.len(), 1, "{allowed_writes:?}");
+    assert!(allowed_writes[0].1.contains(&account_prefix));
+    for (sid, body) in statements_with(&sender, "Allow", "secretsmanager:") {
+        assert!(
+            !body.contains("SinkSecretPrefix"),
+            "{sid} lets the sender near ticket-API credentials"
+        );
+        assert!(
+            !body.contains("${ThreadKeySecretName}*"),
+            "{sid}: the thread key must be named exactly (`-??????`), not as a prefix"
+        );
+    }
+    let denied = statements_with(&sender, "Deny", "secretsmanager:GetSecretValue");
+    assert!(
+        denied.iter().any(|(_, body)| body.contains(&sink_prefix)),
+        "the sender is not denied the ticket-API credentials (they may lie under SecretPrefix)"
+    );
+    let thread_key_read = statements_with(&sender, "Allow", "secretsmanager:GetSecretValue")
+        .into_iter()
+        .any(|(_, body)| {
+            body.contains("!Ref ThreadKeySecret\n") && body.contains(&exact_thread_key)
+        });
+    assert!(
+        thread_key_read,
+        "the sender cannot read the thread key by its exact name"
+    );
+}
+
+#[test]
+fn the_poller_reads_ticket_api_credentials_but_writes_only_account_grants() {
+    let template = repo_file("template.yaml");
+    let poller = role_statements(&template, "PollMailboxesRole");
+    let account_prefix = format!("{SECRET_ARN}${{SecretPrefix}}*");
+    let sink_prefix = format!("{SECRET_ARN}${{SinkSecretPrefix}}*");
+
+    let allowed_writes = statements_with(&poller, "Allow", "secretsmanager:PutSecretValue");
+    assert_eq!(allowed_writes.len(), 1, "{allowed_writes:?}");
+    assert!(allowed_writes[0].1.contains(&account_prefix));
+    assert!(
+        statements_with(&poller, "Allow", "secretsmanager:GetSecretValue")
+            .iter()
+            .any(|(_, body)| body.contains(&sink_prefix)),
+        "the poller cannot read the ticket-API credentials"
+    );
+    assert!(
+        statements_with(&poller, "Deny", "secretsmanager:PutSecretValue")
+            .iter()
+            .any(|(_, body)| body.contains(&sink_prefix)),
+        "the poller is not denied writing ticket-API credentials (they may lie under SecretPrefix)"
+    );
+}
+
+#[test]
+fn neither_function_may_overwrite_the_thread_key_even_inside_the_account_prefix() {
+    // With the default stack name the generated key is `mailbridge/thread-marker-key`, inside the
+    // default SecretPrefix `mailbridge/` that both roles may write.
+    let template = repo_file("template.yaml");
+    let exact_thread_key = format!("{SECRET_ARN}${{ThreadKeySecretName}}-??????");
+    for role in ["SendNotificationsRole", "PollMailboxesRole"] {
+        let statements = role_statements(&template, role);
+        let denied = statements_with(&statements, "Deny", "secretsmanager:PutSecretValue")
+            .into_iter()
+            .any(|(_, body)| {
+                body.contains("!Ref ThreadKeySecret\n") && body.contains(&exact_thread_key)
+            });
+        assert!(denied, "{role} may overwrite the thread key");
+    }
+}
+
+/// The `dynamodb:LeadingKeys` patterns of a statement (empty when it has no such condition).
+fn leading_keys(body: &str) -> Vec<String> {
+    let Some(line) = body
+        .lines()
+        .find(|l| l.starts_with("dynamodb:LeadingKeys:"))
+    else {
+        return Vec::new();
+    };
+    assert!(
+        body.contains("ForAllValues:StringLike:"),
+        "LeadingKeys must be a ForAllValues:StringLike condition:\n{body}"
+    );
+    let list = line["dynamodb:LeadingKeys:".len()..].trim();
+    list.trim_start_matches('[')
+        .trim_end_matches(']')
+        .split(',')
+        .map(|k| k.trim().trim_matches('"').to_string())
+        .collect()
+}
+
+#[test]
+fn each_function_may_touch_only_its_own_state_table_items() {
+    let template = repo_file("template.yaml");
+    let writes = [
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:BatchWriteItem",
+    ];
+    let cases = [
+        (
+            "SendNotificationsRole",
+            vec!["notification#*"],
+            vec!["notification#*"],
+        ),
+        (
+            "PollMailboxesRole",
+            vec!["mailbox-lease#*", "mailbox-status#*", "mail#*"],
+            vec![
+                "mailbox-index",
+                "mailbox#*",
+                "mailbox-lease#*",
+                "mailbox-status#*",
+                "mail#*",
+            ],
+        ),
+    ];
+    for (role, may_write, may_read) in cases {
+        let statements = role_statements(&template, role);
+        let dynamo: Vec<_> = statements
+            .iter()
+            .filter(|(_, body)| body.contains("dynamodb:"))
+            .collect();
+        assert!(!dynamo.is_empty(), "{role} has no DynamoDB statement");
+        for (sid, body) in dynamo {
+            assert!(body.contains("Effect: Allow\n"), "{role} {sid}");
+            let keys = leading_keys(body);
+            assert!(
+                !keys.is_empty(),
+                "{role} {sid} is not limited by dynamodb:LeadingKeys"
+            );
+            let allowed = if writes.iter().any(|w| body.contains(w)) {
+                &may_write
+            } else {
+                &may_read
+            };
+            for key in &keys {
+                assert!(
+                    allowed.contains(&key.as_str()),
+                    "{role} {sid} reaches items {key}, which are not its own"
+                );
+            }
+        }
+    }
+}
