@@ -5,7 +5,8 @@
 //!   print the endpoints and `export` lines for a shell (all the functions need, e.g. for
 //!   infra/scripts/sam-local.sh), wait for Ctrl-C.
 //! - `local-stack demo`: start the stack and walk through it step by step, printing each step;
-//!   exits non-zero if a step fails.
+//!   exits non-zero if a step fails. `--helpdesk rt` then lands the loop in a real Request
+//!   Tracker 5 too.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,7 +37,12 @@ enum Command {
         state_table: String,
     },
     /// Start the stack and run the demo, printing each step.
-    Demo,
+    Demo {
+        /// `rt`: then also land the loop in a real Request Tracker 5 (a throwaway instance): a
+        /// new mail becomes an RT ticket, the customer's reply its correspondence.
+        #[arg(long, value_parser = ["stand-in", "rt"], default_value = "stand-in")]
+        helpdesk: String,
+    },
 }
 
 #[tokio::main]
@@ -69,7 +75,7 @@ async fn main() -> ExitCode {
     let stack = LocalStack::start(run_dir, tokio::runtime::Handle::current()).await;
     let result = match cli.command {
         Command::Start { state_table } => start(&stack, &state_table).await,
-        Command::Demo => demo(&stack).await,
+        Command::Demo { helpdesk } => demo(&stack, &helpdesk).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -227,7 +233,7 @@ const THREAD_KEY_SECRET: &str = "mailbridge/thread-key";
 const STATE_TABLE: &str = "mailbridge-demo-state";
 const TICKET: &str = "4711";
 
-async fn demo(stack: &LocalStack) -> anyhow::Result<()> {
+async fn demo(stack: &LocalStack, helpdesk: &str) -> anyhow::Result<()> {
     use anyhow::Context;
     use mailbridge::token::{AccountSecret, IdentityClient, SecretsManagerStore, SystemClock};
     use std::time::Duration;
@@ -542,29 +548,7 @@ async fn demo(stack: &LocalStack) -> anyhow::Result<()> {
         ),
         ("RUST_LOG".to_owned(), "info".to_owned()),
     ]);
-    let schedule_path = local_stack::repo_root().join("infra/events/poll-schedule.json");
-    let schedule: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&schedule_path)
-            .with_context(|| format!("read {}", schedule_path.display()))?,
-    )?;
-    let poll_api = local_stack::runtime_api::RuntimeApi::start().await?;
-    poll_api.spawn_function(
-        &local_stack::runtime_api::FunctionConfig::new("poll-mailboxes", &poll_binary)
-            .with_env(poll_env),
-    )?;
-    println!("  bootstrap {}", poll_binary.display());
-    println!("  event {}", schedule_path.display());
-    let outcome = poll_api.invoke(schedule, Duration::from_secs(60)).await?;
-    let (duration, init) = (outcome.duration, outcome.init_duration);
-    let report = outcome.into_response().map_err(|e| {
-        anyhow::anyhow!("poll-mailboxes: {e:#}\nfunction logs:\n{}", poll_api.logs())
-    })?;
-    println!(
-        "  invocation done in {duration:?} (cold start init {:?}); report {report}",
-        init.unwrap_or_default()
-    );
-    let poll_logs = poll_api.logs();
-    poll_api.shutdown();
+    let (report, poll_logs) = invoke_poll(&poll_binary, &poll_env).await?;
     if report["tickets_created"] != 1 {
         anyhow::bail!("poll-mailboxes created no ticket: {report}\nfunction logs:\n{poll_logs}");
     }
@@ -609,9 +593,197 @@ async fn demo(stack: &LocalStack) -> anyhow::Result<()> {
         anyhow::bail!("the reply was not moved out of the INBOX");
     }
 
+    if helpdesk == "rt" {
+        demo_rt(
+            stack,
+            &dovecot,
+            &dynamodb,
+            &secrets,
+            &poll_binary,
+            &poll_env,
+            fields,
+        )
+        .await?;
+    }
     println!(
         "\ndemo finished: notification sent for ticket {TICKET}, the reply came back as ticket {TICKET}"
     );
+    Ok(())
+}
+
+/// Run the poll-mailboxes bootstrap once on the scheduler event (through the Runtime API
+/// emulator); its report and logs.
+async fn invoke_poll(
+    poll_binary: &std::path::Path,
+    env: &[(String, String)],
+) -> anyhow::Result<(serde_json::Value, String)> {
+    use anyhow::Context;
+    let schedule_path = local_stack::repo_root().join("infra/events/poll-schedule.json");
+    let schedule: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&schedule_path)
+            .with_context(|| format!("read {}", schedule_path.display()))?,
+    )?;
+    let poll_api = local_stack::runtime_api::RuntimeApi::start().await?;
+    poll_api.spawn_function(
+        &local_stack::runtime_api::FunctionConfig::new("poll-mailboxes", poll_binary)
+            .with_env(env.to_vec()),
+    )?;
+    println!("  bootstrap {}", poll_binary.display());
+    println!("  event {}", schedule_path.display());
+    let outcome = poll_api
+        .invoke(schedule, std::time::Duration::from_secs(60))
+        .await?;
+    let (duration, init) = (outcome.duration, outcome.init_duration);
+    let report = outcome.into_response().map_err(|e| {
+        anyhow::anyhow!("poll-mailboxes: {e:#}\nfunction logs:\n{}", poll_api.logs())
+    })?;
+    println!(
+        "  invocation done in {duration:?} (cold start init {:?}); report {report}",
+        init.unwrap_or_default()
+    );
+    let logs = poll_api.logs();
+    poll_api.shutdown();
+    Ok((report, logs))
+}
+
+/// `--helpdesk rt`: the mailbox's sink switched to a throwaway Request Tracker 5; a new mail
+/// becomes an RT ticket, and the customer's reply to RT's autoreply its correspondence.
+async fn demo_rt(
+    stack: &LocalStack,
+    dovecot: &std::sync::Arc<local_stack::dovecot::Dovecot>,
+    dynamodb: &aws_sdk_dynamodb::Client,
+    secrets: &aws_sdk_secretsmanager::Client,
+    poll_binary: &std::path::Path,
+    poll_env: &[(String, String)],
+    mut fields: serde_json::Value,
+) -> anyhow::Result<()> {
+    use local_stack::request_tracker::{RequestTracker, RtOptions};
+    const RT_SECRET: &str = "mailbridge-ticket-api/rt-demo";
+    const RT_QUEUE: &str = "General";
+
+    step(
+        7,
+        "Request Tracker 5: a throwaway instance (own SQLite file and port), the mailbox's sink switched to it",
+    );
+    let started = std::time::Instant::now();
+    let rt = RequestTracker::start(
+        &stack.run_dir().join("request-tracker"),
+        RtOptions::default(),
+    )
+    .await?;
+    let root = rt.root_client();
+    let version = root.get("rt").await?;
+    println!(
+        "  RT {} at {} (ready in {:.1} s)",
+        version["Version"].as_str().unwrap_or("?"),
+        rt.base_url,
+        started.elapsed().as_secs_f64()
+    );
+    secrets
+        .create_secret()
+        .name(RT_SECRET)
+        .secret_string(rt.adapter_token_secret())
+        .send()
+        .await
+        .map_err(sdk("store the RT token secret"))?;
+    let sink = serde_json::json!({
+        "kind": "rt", "url": rt.base_url, "secret": RT_SECRET, "queue": RT_QUEUE,
+        "rt_name": rt.options.rtname,
+    });
+    let object = fields
+        .as_object_mut()
+        .ok_or_else(|| anyhow::anyhow!("the mailbox fields are not an object"))?;
+    object.remove("ticket_api_url");
+    object.insert("sink".into(), sink.clone());
+    put_mailbox_config(dynamodb, STATE_TABLE, "helpdesk", &fields).await?;
+    println!("  secret {RT_SECRET}: the token of RT user mailbridge");
+    println!("  mailbox#helpdesk sink = {sink}");
+
+    let new_mail = format!(
+        "From: Alice <{CUSTOMER}>\r\nTo: {HELPDESK}\r\nSubject: Printer on fire\r\n\
+         Date: {}\r\nMessage-ID: <rt-demo-{}@customer.example>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n\
+         The printer on floor 3 is on fire. Photo attached.\r\n--b\r\nContent-Type: image/png; name=\"fire.png\"\r\n\
+         Content-Disposition: attachment; filename=\"fire.png\"\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+         iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==\r\n--b--\r\n",
+        chrono::Utc::now().to_rfc2822(),
+        uuid::Uuid::new_v4().simple(),
+    );
+    deliver(dovecot, new_mail.into_bytes()).await?;
+    println!("  {CUSTOMER} → {HELPDESK}: \"Printer on fire\" with fire.png");
+    let (report, logs) = invoke_poll(poll_binary, poll_env).await?;
+    if report["tickets_created"] != 1 {
+        anyhow::bail!("poll-mailboxes created no RT ticket: {report}\nfunction logs:\n{logs}");
+    }
+    let ids = root.tickets_in_queue(RT_QUEUE).await?;
+    let [ticket] = ids.as_slice() else {
+        anyhow::bail!(
+            "RT queue {RT_QUEUE} holds {} tickets, expected 1",
+            ids.len()
+        );
+    };
+    let record = root.ticket(ticket).await?;
+    let files: Vec<String> = root
+        .attachments(ticket)
+        .await?
+        .into_iter()
+        .filter(|a| !a.filename.is_empty())
+        .map(|a| {
+            format!(
+                "{} ({}, {} bytes)",
+                a.filename,
+                a.content_type,
+                a.content.len()
+            )
+        })
+        .collect();
+    println!(
+        "  RT ticket {ticket} in queue {RT_QUEUE}: subject {}, requestor {}, attachments {files:?}",
+        record["Subject"], record["Requestor"][0]["id"]
+    );
+
+    step(
+        8,
+        "the customer answers RT's autoreply: [rtname #N] in the subject makes it correspondence on ticket N",
+    );
+    let tag = format!("[{} #{ticket}]", rt.options.rtname);
+    let reply = format!(
+        "From: Alice <{CUSTOMER}>\r\nTo: {HELPDESK}\r\nSubject: Re: {tag} Printer on fire\r\n\
+         Date: {}\r\nMessage-ID: <rt-demo-reply-{}@customer.example>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\nThe fire brigade is here now.\r\n",
+        chrono::Utc::now().to_rfc2822(),
+        uuid::Uuid::new_v4().simple(),
+    );
+    deliver(dovecot, reply.into_bytes()).await?;
+    println!("  Subject: Re: {tag} Printer on fire");
+    invoke_poll(poll_binary, poll_env).await?;
+    let ids = root.tickets_in_queue(RT_QUEUE).await?;
+    let kinds: Vec<String> = root
+        .history(ticket)
+        .await?
+        .into_iter()
+        .map(|t| t.kind)
+        .filter(|k| matches!(k.as_str(), "Create" | "Correspond" | "Comment"))
+        .collect();
+    println!(
+        "  RT ticket {ticket}: {kinds:?}; tickets in {RT_QUEUE}: {}",
+        ids.len()
+    );
+    if ids.len() != 1 || kinds != ["Create", "Correspond"] {
+        anyhow::bail!(
+            "the reply did not land as correspondence on ticket {ticket}: {kinds:?}, tickets {ids:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Put `raw` into the helpdesk's INBOX.
+async fn deliver(
+    dovecot: &std::sync::Arc<local_stack::dovecot::Dovecot>,
+    raw: Vec<u8>,
+) -> anyhow::Result<()> {
+    let d = dovecot.clone();
+    tokio::task::spawn_blocking(move || d.deliver_to(HELPDESK, "INBOX", &raw)).await??;
     Ok(())
 }
 
