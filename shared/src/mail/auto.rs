@@ -120,12 +120,18 @@ static LOCALIZED_BOUNCE_SUBJECT: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 /// The fields of an RFC 3464 per-recipient block written into the text itself (mailers that
-/// send a DSN without its `message/delivery-status` part): a `Final-Recipient` line and a
-/// `Status` line with a class 4 or 5 code, each at the start of a line (so not quoted).
-static DSN_FIELDS_IN_TEXT: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?im)^[ \t]*final-recipient[ \t]*:[^\n]*@(?s:.){0,400}?^[ \t]*status[ \t]*:[ \t]*[45]\.\d")
-        .expect("static regex")
+/// send a DSN without its `message/delivery-status` part): a `Final-Recipient` line with an
+/// address and a `Status` line with a class 4 or 5 code, each at the start of a line (so not
+/// quoted). Two plain line patterns, both required (see [`has_dsn_fields_in_text`]).
+static DSN_RECIPIENT_LINE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?im)^[ \t]*final-recipient[ \t]*:[^\n@]*@").expect("static regex")
 });
+static DSN_STATUS_LINE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?im)^[ \t]*status[ \t]*:[ \t]*[45]\.\d").expect("static regex"));
+
+fn has_dsn_fields_in_text(text: &str) -> bool {
+    DSN_RECIPIENT_LINE.is_match(text) && DSN_STATUS_LINE.is_match(text)
+}
 
 static FEEDBACK_SUBJECT: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)^\s*(complaint about message from|abuse report|spam report|fbl report)")
@@ -276,7 +282,7 @@ pub(crate) fn classify(e: &Evidence<'_>) -> Option<String> {
     if bounce_subject && (e.from_address.is_none_or(system_sender) || e.has_returned_message) {
         return Some(format!("bounce: subject \"{}\"", e.subject.trim()));
     }
-    if DSN_FIELDS_IN_TEXT.is_match(e.body_text) {
+    if has_dsn_fields_in_text(e.body_text) {
         return Some("bounce: delivery status fields (Final-Recipient, Status) in the text".into());
     }
 
@@ -447,15 +453,16 @@ mod tests {
     #[test]
     fn dsn_fields_count_only_at_line_starts() {
         let dsn = "Final-Recipient: rfc822; a@b.example\nAction: failed\nStatus: 5.1.1\n";
-        assert!(DSN_FIELDS_IN_TEXT.is_match(dsn));
-        assert!(DSN_FIELDS_IN_TEXT.is_match(&format!("text\n\n  {dsn}")));
-        assert!(
-            !DSN_FIELDS_IN_TEXT
-                .is_match(&dsn.replace('\n', "\n> ").replacen("Final", "> Final", 1))
-        );
-        assert!(
-            !DSN_FIELDS_IN_TEXT.is_match("Final-Recipient: rfc822; a@b.example\nStatus: 2.0.0\n")
-        );
+        assert!(has_dsn_fields_in_text(dsn));
+        assert!(has_dsn_fields_in_text(&format!("text\n\n  {dsn}")));
+        let quoted = format!("> {}", dsn.trim_end().replace('\n', "\n> "));
+        assert!(!has_dsn_fields_in_text(&quoted));
+        assert!(!has_dsn_fields_in_text(
+            "Final-Recipient: rfc822; a@b.example\nStatus: 2.0.0\n"
+        ));
+        assert!(!has_dsn_fields_in_text(
+            "Status: 5.1.1\nno recipient line\n"
+        ));
     }
 
     /// The unfolding before it searched line breaks with `memchr`.
