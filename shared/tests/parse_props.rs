@@ -355,8 +355,9 @@ fn collapsed(text: &str) -> String {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
-    /// A long token wrapped without folding, anywhere in the header block and after an mbox
-    /// `From ` line or not, in LF, CRLF or bare-CR form: every other header is still read.
+    /// A long token wrapped without folding (and maybe a report whose lines with blanks lost
+    /// their folding), anywhere in the header block and after an mbox `From ` line or not, in
+    /// LF, CRLF or bare-CR form: every other header is still read.
     #[test]
     fn headers_after_a_token_wrapped_without_folding_are_kept(
         token in "[A-Za-z0-9+/]{60,600}={0,2}",
@@ -364,6 +365,7 @@ proptest! {
         position in 0usize..5,
         mbox in any::<bool>(),
         line_end in prop_oneof![Just("\n"), Just("\r\n"), Just("\r")],
+        report in proptest::collection::vec("[a-z]{1,8} [A-Z_]{2,12} [0-9]\\.[0-9]", 0..6),
     ) {
         let mut fields = vec![
             "Subject: Printer on floor 3 jams".to_string(),
@@ -373,6 +375,10 @@ proptest! {
             "Date: Tue, 12 Mar 2024 09:14:07 +0100".to_string(),
         ];
         fields.insert(position, format!("X-Tracking: {}", wrapped_without_folding(&token, width)));
+        if !report.is_empty() {
+            // A value with blanks whose lines lost their folding (an unfolded spam report).
+            fields.insert(position, format!("X-Spam-Report: {}", report.join("\n")));
+        }
         let mut raw = String::new();
         if mbox {
             raw.push_str("From jane@example.com Tue Mar 12 09:14:07 2024\n");

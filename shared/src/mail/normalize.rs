@@ -399,6 +399,7 @@ fn repair_header_block(header: &[u8]) -> Option<(Vec<u8>, Option<&'static encodi
     let mut changed = false;
     let mut seen_header = false;
     let mut last_field: &[u8] = b"";
+    let mut seen_fields: Vec<&[u8]> = Vec::new();
     // Set while inside a run of stray lines already known to be followed by a header (so
     // a long wrapped token is looked ahead over once, not once per line).
     let mut known_header_follows = false;
@@ -412,6 +413,7 @@ fn repair_header_block(header: &[u8]) -> Option<(Vec<u8>, Option<&'static encodi
             seen_header = true;
             known_header_follows = false;
             last_field = field_name(line);
+            seen_fields.push(last_field);
             match numeric_date_zone(line) {
                 Some(fixed) => {
                     out.extend_from_slice(&fixed);
@@ -433,7 +435,7 @@ fn repair_header_block(header: &[u8]) -> Option<(Vec<u8>, Option<&'static encodi
                 continue;
             }
             known_header_follows =
-                known_header_follows || header_follows_junk(line, &lines[i + 1..]);
+                known_header_follows || header_follows_junk(line, &lines[i + 1..], &seen_fields);
             if known_header_follows {
                 // A line of a value wrapped without folding whitespace (a long base64 token,
                 // a wrapped subject) or a stray line: the header block goes on after it.
@@ -485,25 +487,69 @@ fn field_name(line: &[u8]) -> &[u8] {
 }
 
 /// Whether the header block goes on after a line that is neither a header nor a
-/// continuation: the next line that is not a continuation is a header line, also past more
-/// lines of one wrapped token (a long base64 value or URL wrapped without folding: lines
-/// without blanks). Otherwise the blank line before the body is missing and the body starts
-/// at the stray line.
-fn header_follows_junk(line: &[u8], rest: &[&[u8]]) -> bool {
+/// continuation (`line`, followed by `rest`), as mail clients keep reading it:
+/// - the next line that is not a continuation is a header line (one stray line, or a value
+///   wrapped onto one more line without folding);
+/// - past more lines of one wrapped token (a long base64 value or URL wrapped without folding:
+///   lines without blanks), the next header line, whatever it is;
+/// - past other stray lines, a header line of a standard field the block has not had yet
+///   (`seen`) within [`MAX_LOOKAHEAD`] lines: a header block goes on to its From, Subject or
+///   Date, while a body whose blank line is missing and which quotes a header block (`From:`
+///   again) does not.
+///
+/// Otherwise the blank line before the body is missing and the body starts at `line`.
+fn header_follows_junk(line: &[u8], rest: &[&[u8]], seen: &[&[u8]]) -> bool {
     let is_token = |l: &[u8]| !l.is_empty() && !l.iter().any(|b| matches!(b, b' ' | b'\t'));
-    let wrapped_token = is_token(line);
+    let mut all_tokens = is_token(line);
+    let mut strays = 0;
+    let mut looked = 0;
     for next in rest
         .iter()
         .filter(|l| !is_continuation(l) && !is_mbox_from_line(l))
     {
+        looked += 1;
         if is_header_line(next) {
-            return true;
+            if strays == 0 || all_tokens {
+                return true;
+            }
+            let name = field_name(next);
+            if is_once_only_field(name) && !seen.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+                return true;
+            }
+        } else {
+            strays += 1;
+            all_tokens = all_tokens && is_token(next);
         }
-        if !(wrapped_token && is_token(next)) {
+        if looked > MAX_LOOKAHEAD && !all_tokens {
             return false;
         }
     }
     false
+}
+
+/// How many lines past a stray line (other than a wrapped token) are searched for a standard
+/// field the header block has not had yet.
+const MAX_LOOKAHEAD: usize = 64;
+
+/// The fields RFC 5322 3.6 and RFC 2045 allow once per header block.
+fn is_once_only_field(name: &[u8]) -> bool {
+    [
+        &b"from"[..],
+        b"sender",
+        b"reply-to",
+        b"to",
+        b"cc",
+        b"subject",
+        b"date",
+        b"message-id",
+        b"in-reply-to",
+        b"references",
+        b"mime-version",
+        b"content-type",
+        b"content-transfer-encoding",
+    ]
+    .iter()
+    .any(|f| name.eq_ignore_ascii_case(f))
 }
 
 /// An mbox `From ` line (or its `>From ` quoted form) inside the header block: mutt skips
@@ -769,9 +815,18 @@ mod tests {
         );
         // Text lines without a header after them are the body (the blank line is missing),
         // even when a quoted header block follows further down.
+        let quoting = "From: a@b.example\nSubject: x\nHi, see below.\n-----Original Message-----\nFrom: Bob\nSent: Monday\n\nold";
         assert_eq!(
-            norm(b"Subject: x\nHi, see below.\n-----Original Message-----\nFrom: Bob\n\nold"),
-            "Subject: x\n\nHi, see below.\n-----Original Message-----\nFrom: Bob\n\nold"
+            norm(quoting.as_bytes()),
+            quoting.replace("x\nHi", "x\n\nHi")
+        );
+        // A value wrapped over several lines with blanks (an unfolded spam report): the
+        // header block goes on to the From and Subject it has not had yet.
+        assert_eq!(
+            norm(
+                b"X-Report: score 5.1\nrule A 1.0\nrule B 4.1\nFrom: a@b.example\nSubject: x\n\nhi"
+            ),
+            "X-Report: score 5.1\n rule A 1.0\n rule B 4.1\nFrom: a@b.example\nSubject: x\n\nhi"
         );
     }
 
