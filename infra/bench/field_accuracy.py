@@ -443,6 +443,12 @@ def careful(path):
                 returned.append("\n".join(f"{k}: {v}" for k, v in inner[0].items()))
             elif isinstance(inner, str):
                 returned.append(inner.split("\n\n", 1)[0])
+            if not filename and ctype in ("message/rfc822", "message/global", "text/rfc822-headers"):
+                # The contract: a returned or forwarded message is named after its subject.
+                head = inner[0] if isinstance(inner, list) and inner else email.message_from_string(
+                    (inner or "").split("\n\n", 1)[0] + "\n\n") if isinstance(inner, str) else None
+                subject = " ".join(decode_words(str((head or {}).get("subject") or "")).split())
+                filename = subject.replace("/", "_").replace("\\", "_") + ".eml" if subject else None
             atts.append([filename or None, ctype, None])
             continue
         payload = careful_payload(part)

@@ -86,6 +86,10 @@ pub(crate) fn normalize(raw: &[u8]) -> Result<Normalized<'_>, ParseError> {
 fn declare_lost_boundary(data: &[u8]) -> Option<Vec<u8>> {
     let header_end = memchr::memmem::find(data, b"\n\n")? + 1;
     let header = &data[..header_end];
+    // Nearly every multipart mail names its boundary: nothing to look for then.
+    if memchr::memmem::find(header, b"oundary").is_some() {
+        return None;
+    }
     // The top-level Content-Type field: its lines' span.
     let mut content_type: Option<(usize, usize)> = None;
     let mut pos = 0;
