@@ -140,6 +140,8 @@ impl World {
             "host": "localhost",
             "port": stack.dovecot().imaps_port,
             "sink": sink_fields,
+            // the benchmark's 200 mails in one run
+            "max_messages_per_run": 1000,
         });
         put_mailbox_config(&dynamodb(), &world.table, "helpdesk", &fields)
             .await
@@ -719,4 +721,108 @@ async fn the_local_helpdesk_answers_staff_only_and_the_proxy_can_drop_an_answer(
     assert_eq!(passed.status(), 201);
     assert_eq!(hd.tickets().await.unwrap().len(), 2);
     assert!(!proxy.armed());
+}
+
+/// Benchmark (BENCHMARKS.md, "django-helpdesk"): 200 mails in one mailbox, one poll, tickets per
+/// second into the real helpdesk, and the helpdesk's own share of the time (its answers timed at
+/// a pass-through proxy in front of it, and its CPU time).
+#[tokio::test]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+async fn bench_200_mails_into_django_helpdesk() {
+    const MAILS: usize = 200;
+    let hd = helpdesk("hd-bench").await;
+    let proxy = HttpFaultProxy::start(&hd.base_url).await.unwrap();
+    let secret = hd.token_secret_json();
+    let w = World::with_helpdesk(
+        hd,
+        json!({"url": format!("{}/helpdesk/api/", proxy.base_url)}),
+        &secret,
+    )
+    .await;
+    for i in 0..MAILS {
+        let body = format!(
+            "Mail {i}: the printer in room {} is jammed again.\r\n",
+            i % 17
+        )
+        .repeat(1 + i % 20);
+        let attachments: &[(&str, &str, &[u8])] = if i % 5 == 0 {
+            &[("report.pdf", "application/pdf", PDF)]
+        } else {
+            &[]
+        };
+        w.deliver(&mail(
+            &format!("bench-{i}"),
+            &format!("Printer {i}"),
+            &body,
+            attachments,
+        ));
+    }
+    let cpu_before = w.hd.cpu_time().unwrap_or_default();
+    let started = std::time::Instant::now();
+    let report =
+        poll_mailboxes::poll_once(&w.deps, None, Instant::now() + Duration::from_secs(1200))
+            .await
+            .unwrap();
+    let wall = started.elapsed();
+    let cpu = w.hd.cpu_time().unwrap_or_default() - cpu_before;
+    assert_eq!(status(&report).outcome, "ok", "{report:?}");
+    assert_eq!(report.tickets_created as usize, MAILS);
+    assert_eq!(w.tickets().await.len(), MAILS);
+    let calls = proxy.upstream_calls();
+    let helpdesk: Duration = calls.iter().map(|c| c.elapsed).sum();
+    println!(
+        "bench: django-helpdesk: {MAILS} mails -> {} tickets in {:.1} s = {:.2} tickets/s",
+        report.tickets_created,
+        wall.as_secs_f64(),
+        MAILS as f64 / wall.as_secs_f64()
+    );
+    println!(
+        "bench: helpdesk answering: {:.1} s = {:.0} % of the wall time ({} calls, {:.1} per ticket); helpdesk CPU {:.1} s",
+        helpdesk.as_secs_f64(),
+        100.0 * helpdesk.as_secs_f64() / wall.as_secs_f64(),
+        calls.len(),
+        calls.len() as f64 / MAILS as f64,
+        cpu.as_secs_f64()
+    );
+    let mut kinds: Vec<(String, usize, Duration)> = Vec::new();
+    for c in &calls {
+        let kind = format!(
+            "{} {}",
+            c.method,
+            if c.path.starts_with("/helpdesk/api/tickets/") && c.path.len() > 22 {
+                "/helpdesk/api/tickets/<id>/"
+            } else {
+                c.path.as_str()
+            }
+        );
+        match kinds.iter_mut().find(|(k, _, _)| *k == kind) {
+            Some((_, n, total)) => {
+                *n += 1;
+                *total += c.elapsed;
+            }
+            None => kinds.push((kind, 1, c.elapsed)),
+        }
+    }
+    for (kind, n, total) in &kinds {
+        println!(
+            "bench:   {kind}: {n} calls, {:.1} ms each, {:.1} s",
+            total.as_secs_f64() * 1000.0 / *n as f64,
+            total.as_secs_f64()
+        );
+    }
+    // the ticket list (the search before each new ticket) slows down as the helpdesk grows
+    let lists: Vec<&_> = calls
+        .iter()
+        .filter(|c| c.method == "GET" && c.path == "/helpdesk/api/tickets/")
+        .collect();
+    if lists.len() >= 100 {
+        let mean = |part: &[&local_stack::http_fault_proxy::UpstreamCall]| {
+            part.iter().map(|c| c.elapsed.as_secs_f64()).sum::<f64>() * 1000.0 / part.len() as f64
+        };
+        println!(
+            "bench:   ticket list: first 50 {:.1} ms each, last 50 {:.1} ms each",
+            mean(&lists[..50]),
+            mean(&lists[lists.len() - 50..])
+        );
+    }
 }

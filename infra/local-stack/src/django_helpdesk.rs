@@ -321,6 +321,24 @@ impl DjangoHelpdesk {
         self.launch().await
     }
 
+    /// CPU time (user + system) the runserver process has used so far, for benchmarks.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let pid = self
+            .child
+            .lock()
+            .expect("django-helpdesk child lock")
+            .as_ref()?
+            .id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // fields after the command name (which is in parentheses and may contain spaces)
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        (per_second > 0).then(|| Duration::from_secs_f64(ticks as f64 / per_second as f64))
+    }
+
     /// The secret JSON of the ticket sink for the staff user's API token.
     pub fn token_secret_json(&self) -> String {
         serde_json::json!({"type": "token", "token": self.token}).to_string()

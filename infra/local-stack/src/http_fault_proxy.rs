@@ -12,6 +12,7 @@
 //! given number of times. Each proxy forwards to one upstream and is owned by one test.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -36,10 +37,24 @@ struct Rule {
     remaining: u32,
 }
 
+/// One request that went to the upstream, and how long the upstream took to answer it in full.
+#[derive(Clone, Debug)]
+pub struct UpstreamCall {
+    /// e.g. `POST`.
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The upstream's status.
+    pub status: u16,
+    /// From sending the request to the last byte of the answer.
+    pub elapsed: Duration,
+}
+
 #[derive(Default)]
 struct Shared {
     rules: Vec<Rule>,
     log: Vec<String>,
+    calls: Vec<UpstreamCall>,
 }
 
 #[derive(Clone)]
@@ -106,6 +121,11 @@ impl HttpFaultProxy {
     pub fn log(&self) -> Vec<String> {
         self.shared.lock().expect("proxy lock").log.clone()
     }
+
+    /// Every request forwarded, with the upstream's time (for benchmarks: the helpdesk's share).
+    pub fn upstream_calls(&self) -> Vec<UpstreamCall> {
+        self.shared.lock().expect("proxy lock").calls.clone()
+    }
 }
 
 fn take_fault(shared: &Mutex<Shared>, method: &Method, path: &str) -> Option<HttpFault> {
@@ -152,6 +172,7 @@ async fn forward(
             request = request.header(name, value);
         }
     }
+    let started = Instant::now();
     let upstream = match request.send().await {
         Ok(resp) => resp,
         Err(e) => {
@@ -162,6 +183,17 @@ async fn forward(
     let status = upstream.status();
     let upstream_headers = upstream.headers().clone();
     let answer = upstream.bytes().await.unwrap_or_default();
+    state
+        .shared
+        .lock()
+        .expect("proxy lock")
+        .calls
+        .push(UpstreamCall {
+            method: method.to_string(),
+            path: uri.path().to_string(),
+            status: status.as_u16(),
+            elapsed: started.elapsed(),
+        });
     if fault == Some(HttpFault::DropAnswer) {
         record(format!("{status} dropped"));
         // Unwind the connection task without the panic hook: hyper drops the connection, the

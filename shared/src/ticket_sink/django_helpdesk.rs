@@ -16,9 +16,9 @@
 //! answers only staff users.
 //!
 //! # Calls
-//! - new ticket: `GET tickets/?page=last` (and earlier pages: the search for an earlier delivery,
-//!   below), `POST tickets/` (JSON: queue, title, description, submitter_email, priority,
-//!   assigned_to, `custom_<key_field>` = the idempotency key, `custom_<name>`), then one
+//! - new ticket: `GET followups/?page=last` (and earlier pages: the search for an earlier
+//!   delivery, below), `POST tickets/` (JSON: queue, title, description, submitter_email,
+//!   priority, assigned_to, `custom_<key_field>` = the idempotency key, `custom_<name>`), then one
 //!   `POST followups-attachments/` per attachment (multipart) onto the ticket's opening follow-up.
 //! - reply / machine mail: `GET tickets/<id>/` (exists? merged into another? already has this
 //!   mail?), `POST followups/` (JSON: ticket, comment, public, new_status), then the attachments
@@ -30,13 +30,17 @@
 //!
 //! # No duplicates without idempotency keys
 //! django-helpdesk has no idempotency keys and its API filters tickets by nothing but status.
-//! A new ticket carries the mail's idempotency key in a custom field (`key_field`), and before
-//! creating one the adapter reads the tickets newest first (`?page=last`, then earlier pages)
-//! until it finds the key or reaches tickets opened before the mail arrived (an hour of clock
-//! margin). A follow-up carries the key in its last line (`mailbridge-key: <key>`) and the
-//! ticket's follow-ups are read first. An attachment that is already there (same name and
-//! size) is not uploaded again. Writes are never retried blind within a run: a write whose answer
-//! was lost is found by the search on the next run.
+//! Everything mailbridge writes ends with the line `mailbridge-key: <key>`: a ticket's
+//! description (which django-helpdesk copies into the ticket's opening follow-up) and each
+//! follow-up; the ticket also keeps the key in a custom field (`key_field`). Before opening a
+//! ticket the adapter reads the follow-ups newest first (`?page=last`, then earlier pages) until
+//! it finds the key line or reaches follow-ups written before the mail arrived (an hour of clock
+//! margin); before adding a follow-up it reads the ticket's follow-ups. An attachment that is
+//! already there (same name and size) is not uploaded again. Writes are never retried blind
+//! within a run: a write whose answer was lost is found by the search on the next run. (The
+//! follow-up list, not the ticket list: django-helpdesk 2.6 loads the custom fields of every
+//! ticket it has for each ticket-list or ticket request, so those cost it in proportion to its
+//! size; the follow-up list costs it only the page.)
 //!
 //! # The helpdesk's quirks handled here
 //! - A follow-up's comment is rendered as a Django template before it is stored: `{{ x }}`
@@ -305,16 +309,6 @@ impl Ticket {
             .get("followup_set")
             .and_then(Value::as_array)
             .map_or(&[], Vec::as_slice)
-    }
-
-    /// When it was opened: its first follow-up ("Ticket Opened"), which the API dates.
-    fn opened_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-        self.followups()
-            .iter()
-            .filter_map(|f| f.get("date")?.as_str())
-            .filter_map(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
-            .map(|d| d.with_timezone(&chrono::Utc))
-            .min()
     }
 
     /// The follow-up the ticket's own attachments go on: the opening one.
@@ -668,21 +662,23 @@ impl DjangoHelpdeskSink {
         Ok(None)
     }
 
-    /// An earlier delivery of the mail with `key`: the ticket whose key field holds it, among
-    /// the tickets opened since the mail arrived (newest first).
-    async fn find_ticket_by_key(
+    /// An earlier delivery of the mail with `key`: the follow-up whose comment has the key line
+    /// (a ticket's opening follow-up is its description, which ends with it), among the
+    /// follow-ups written since the mail arrived, newest first. The follow-up list, unlike the
+    /// ticket list, costs the helpdesk only the page it returns.
+    async fn find_followup_by_key(
         &self,
         key: &str,
         received_at: chrono::DateTime<chrono::Utc>,
         deadline: Instant,
         attempts: &mut u32,
-    ) -> Result<Option<Ticket>, TicketSinkError> {
-        let field = format!("custom_{}", self.config.key_field);
+    ) -> Result<Option<Value>, TicketSinkError> {
+        let marker = key_marker(key);
         let cutoff = received_at - SEARCH_CLOCK_MARGIN;
         let mut page: Option<u64> = None;
         loop {
             let which = page.map_or_else(|| "last".to_string(), |p| p.to_string());
-            let path = format!("tickets/?page={which}&page_size={SEARCH_PAGE_SIZE}");
+            let path = format!("followups/?page={which}&page_size={SEARCH_PAGE_SIZE}");
             let what = format!("GET {path}");
             let (status, body) = self
                 .call(&self.retry, deadline, attempts, &what, || {
@@ -695,20 +691,21 @@ impl DjangoHelpdeskSink {
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
-            let mut reached_older = false;
-            for ticket in results.into_iter().rev().filter_map(Ticket::from_json) {
-                match ticket.json.get(&field) {
-                    None => {
-                        return Err(self.config_error(format!(
-                            "tickets have no `{field}`: the custom field {} is missing",
-                            self.config.key_field
-                        )));
-                    }
-                    Some(Value::String(found)) if found == key => return Ok(Some(ticket)),
-                    Some(_) => {}
+            // oldest first (django-helpdesk orders follow-ups by date)
+            for followup in results.into_iter().rev() {
+                if followup
+                    .get("comment")
+                    .and_then(Value::as_str)
+                    .is_some_and(|c| c.lines().any(|line| line.trim() == marker))
+                {
+                    return Ok(Some(followup));
                 }
-                if ticket.opened_at().is_some_and(|opened| opened < cutoff) {
-                    reached_older = true;
+                let written = followup
+                    .get("date")
+                    .and_then(Value::as_str)
+                    .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok());
+                if written.is_some_and(|d| d < cutoff) {
+                    return Ok(None);
                 }
             }
             let current = match page {
@@ -718,7 +715,7 @@ impl DjangoHelpdeskSink {
                     count.div_ceil(u64::from(SEARCH_PAGE_SIZE)).max(1)
                 }
             };
-            if reached_older || current <= 1 {
+            if current <= 1 {
                 return Ok(None);
             }
             page = Some(current - 1);
@@ -902,29 +899,35 @@ impl DjangoHelpdeskSink {
             queue: Some(self.config.queue.clone()),
         };
         if let Some(earlier) = self
-            .find_ticket_by_key(key, payload.received_at, deadline, attempts)
+            .find_followup_by_key(key, payload.received_at, deadline, attempts)
             .await?
         {
+            let ticket = earlier
+                .get("ticket")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| {
+                    self.config_error("GET followups/: a follow-up without its ticket".to_string())
+                })?;
             tracing::info!(
                 helpdesk = %self.api,
-                ticket = earlier.id,
+                ticket,
                 "an earlier delivery of this mail opened the ticket; completing it, not opening another"
             );
-            if let Some(opening) = earlier.opening_followup() {
-                self.complete(earlier.id, opening, key, payload, deadline, attempts)
-                    .await?;
-            }
+            self.complete(ticket, &earlier, key, payload, deadline, attempts)
+                .await?;
             return Ok(TicketReceipt {
                 action,
-                ticket_id: Some(earlier.id.to_string()),
+                ticket_id: Some(ticket.to_string()),
                 attempts: *attempts,
                 replayed: true,
             });
         }
-        let mut description = payload.body_text_with_notes();
-        if description.trim().is_empty() {
-            description = "(no text)".to_string();
+        let mut text = payload.body_text_with_notes();
+        if text.trim().is_empty() {
+            text = "(no text)".to_string();
         }
+        // the key line makes the opening follow-up (a copy of the description) findable
+        let description = format!("{}\n\n{}", text.trim_end(), key_marker(key));
         let mut ticket = json!({
             "queue": self.config.queue_id,
             "title": ticket_title(&payload.draft.subject),
