@@ -15,7 +15,7 @@ fn samples() -> Vec<(Value, bool)> {
     let rt = json!({"kind": "rt", "url": "https://rt.example.com", "secret": "rt-api",
         "queue": "General", "rt_name": "example.com"});
     let django = json!({"kind": "django-helpdesk", "url": "https://hd.example.com/helpdesk/api/",
-        "secret": "hd-api", "queue": "support"});
+        "secret": "hd-api", "queue": "support", "queue_id": 1});
     let with = |base: &Value, key: &str, value: Value| {
         let mut v = base.clone();
         v[key] = value;
@@ -81,6 +81,28 @@ fn samples() -> Vec<(Value, bool)> {
         (django.clone(), true),
         (with(&django, "machine_mail", json!("comment")), true),
         (without(&django, "queue"), false),
+        (without(&django, "queue_id"), false),
+        (with(&django, "queue_id", json!(0)), false),
+        (with(&django, "queue", json!("Support Desk")), false),
+        (with(&django, "priority", json!(1)), true),
+        (with(&django, "priority", json!(6)), false),
+        (with(&django, "assigned_to", json!(7)), true),
+        (
+            with(
+                &django,
+                "custom_fields",
+                json!({"contract": "gold", "seats": 5}),
+            ),
+            true,
+        ),
+        (
+            with(&django, "custom_fields", json!({"contract": ["gold"]})),
+            false,
+        ),
+        (with(&django, "key_field", json!("mail_key")), true),
+        (with(&django, "key_field", json!("a b")), false),
+        (with(&django, "thread_queues", json!(["billing"])), true),
+        (with(&django, "thread_queues", json!("billing")), false),
         (with(&django, "rt_name", json!("x")), false),
     ]
 }

@@ -6,8 +6,9 @@
 //! that `bash infra/scripts/install-prerequisites.sh` creates from
 //! `infra/requirements-helpdesk.txt`.
 //!
-//! Migrating takes seconds, so it happens once per process: `manage.py migrate` + `seed.py` into
-//! a template SQLite file ([`Template`]); each instance copies it into its own folder and starts
+//! Migrating takes seconds, so it happens once per machine: `manage.py migrate` + `seed.py` into
+//! a template SQLite file under the runs folder ([`Template`]); each instance copies it into its
+//! own folder and starts
 //! `manage.py runserver 127.0.0.1:<free port> --noreload` (one process, `PR_SET_PDEATHSIG`), so
 //! tests get independent helpdesks in about a second each. The seed (see `seed.py`): staff user
 //! `mailbridge` with an API token and a password, non-staff user `customer`, queues `support`
@@ -129,18 +130,56 @@ fn run_checked(mut command: Command, what: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-fn make_template() -> anyhow::Result<Template> {
-    let python = python()?;
-    let dir = crate::default_run_dir("django-template")?;
-    for sub in ["media", "sent-mail"] {
-        std::fs::create_dir_all(dir.join(sub))?;
+/// The template's tag: a hash of what shapes the database (the pinned packages, the project,
+/// the seed), so a change builds a new one.
+fn template_tag() -> anyhow::Result<String> {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    let root = crate::repo_root();
+    for file in [
+        "infra/requirements-helpdesk.txt".to_string(),
+        format!("{PROJECT_DIR}/settings.py"),
+        format!("{PROJECT_DIR}/seed.py"),
+    ] {
+        hasher.update(std::fs::read(root.join(&file)).with_context(|| format!("read {file}"))?);
     }
-    let db = dir.join("template.sqlite3");
+    hasher.update(venv_dir().as_os_str().as_encoded_bytes());
+    Ok(hex::encode(&hasher.finalize()[..8]))
+}
+
+/// The migrated and seeded database, built on first use and then shared by every process on the
+/// machine (cargo nextest runs each test in its own process):
+/// `<runs_parent>/django-template-<tag>/{template.sqlite3,secrets.json}`.
+fn make_template() -> anyhow::Result<Template> {
+    let parent = crate::runs_parent();
+    let dir = parent.join(format!("django-template-{}", template_tag()?));
+    let read = |dir: &Path| -> anyhow::Result<Template> {
+        let secrets: Value = serde_json::from_slice(&std::fs::read(dir.join("secrets.json"))?)?;
+        let field = |name: &str| secrets[name].as_str().unwrap_or_default().to_string();
+        Ok(Template {
+            db: dir.join("template.sqlite3"),
+            token: field("token"),
+            password: field("password"),
+        })
+    };
+    if dir.join("secrets.json").is_file() {
+        return read(&dir);
+    }
+    let python = python()?;
+    std::fs::create_dir_all(&parent)?;
+    let building = tempfile::Builder::new()
+        .prefix("django-template-building-")
+        .tempdir_in(&parent)?;
+    let work = building.path();
+    for sub in ["media", "sent-mail"] {
+        std::fs::create_dir_all(work.join(sub))?;
+    }
+    let db = work.join("template.sqlite3");
     let secret_key = random_hex(32);
     let started = Instant::now();
     let mut migrate = Command::new(&python);
     migrate.args(["manage.py", "migrate", "--noinput", "-v", "0"]);
-    django_env(&mut migrate, &dir, &db, &secret_key);
+    django_env(&mut migrate, work, &db, &secret_key);
     run_checked(migrate, "django-helpdesk `manage.py migrate`")?;
     let token = random_hex(20);
     let password = random_hex(12);
@@ -148,14 +187,19 @@ fn make_template() -> anyhow::Result<Template> {
     seed.arg("seed.py")
         .env("MAILBRIDGE_HELPDESK_TOKEN", &token)
         .env("MAILBRIDGE_HELPDESK_PASSWORD", &password);
-    django_env(&mut seed, &dir, &db, &secret_key);
+    django_env(&mut seed, work, &db, &secret_key);
     let seeded = run_checked(seed, "django-helpdesk seed.py")?;
-    tracing::info!(took = ?started.elapsed(), seeded = seeded.trim(), "django-helpdesk template ready");
-    Ok(Template {
-        db,
-        token,
-        password,
-    })
+    std::fs::write(
+        work.join("secrets.json"),
+        serde_json::to_vec(&serde_json::json!({"token": token, "password": password}))?,
+    )?;
+    tracing::info!(took = ?started.elapsed(), seeded = seeded.trim(), "django-helpdesk template built");
+    let built = building.keep();
+    // another process may have finished the same template first: then use theirs
+    if std::fs::rename(&built, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&built);
+    }
+    read(&dir)
 }
 
 fn template() -> anyhow::Result<Template> {
