@@ -43,6 +43,9 @@ pub const MAX_HEADERS: usize = 5;
 /// The largest SQS message body (SQS's maximum, and moto's): a MIME notification whose raw
 /// message does not fit inline goes by S3 reference.
 pub const MAX_QUEUE_MESSAGE_BYTES: usize = 1024 * 1024;
+/// The largest raw message a MIME notification may carry: its base64 is the body of Graph's
+/// MIME `sendMail`, whose request limit is about 4 MB.
+pub const MAX_MIME_MESSAGE_BYTES: usize = 3_000_000;
 /// Attachments per message.
 pub const MAX_ATTACHMENTS: usize = 50;
 

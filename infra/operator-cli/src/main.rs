@@ -17,6 +17,8 @@ Exit codes:
   3  problems found: `check` had a failing step, `status` shows an account needing
      re-authentication or a mailbox whose last run failed
   4  `login` did not complete (declined, code expired, sign-in refused)
+  `sendmail` exits with sendmail's codes instead: 0 queued, 64 bad command line, 65 a
+  message that can never be sent, 75 AWS unreachable (retry later), 78 incomplete config
 
 AWS endpoint, region and credentials come from the standard environment (AWS_REGION,
 AWS_PROFILE, AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL ...) or --endpoint-url. Identity authority,
@@ -52,13 +54,37 @@ enum Command {
     Mailbox(commands::mailbox::MailboxCommand),
     /// Parse one raw mail (.eml) and print its ticket draft as one JSON object.
     Parse(commands::parse::ParseArgs),
+    /// Drop-in for the `sendmail` command a helpdesk calls: queue the message on stdin for
+    /// send-notifications (-t -i -oi -f -F; exit codes 0/64/65/74/75/78 as sendmail's). Also
+    /// runs when the binary is invoked as `sendmail`.
+    Sendmail {
+        /// sendmail options and recipients (see docs/outbound.md)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
+    // `sendmail ...` (a link named sendmail) or `mailbridge sendmail ...`: sendmail's own
+    // command line, which clap's conventions cannot parse (-oi, -fADDR).
+    let argv: Vec<String> = std::env::args().collect();
+    let invoked_as = argv.first().and_then(|a| {
+        std::path::Path::new(a)
+            .file_name()?
+            .to_str()
+            .map(str::to_owned)
+    });
+    if invoked_as.as_deref() == Some("sendmail") {
+        return ExitCode::from(commands::sendmail::main(&argv[1..]));
+    }
+    if argv.get(1).map(String::as_str) == Some("sendmail") {
+        return ExitCode::from(commands::sendmail::main(&argv[2..]));
+    }
     let cli = Cli::parse();
     commands::context::init_logging();
     let result = match cli.command {
         Command::Parse(args) => commands::parse::run(&args).map(|()| Exit::Ok),
+        Command::Sendmail { args } => return ExitCode::from(commands::sendmail::main(&args)),
         command => run_async(cli.global, command),
     };
     match result {
@@ -90,6 +116,7 @@ fn run_async(global: GlobalArgs, command: Command) -> anyhow::Result<Exit> {
             Command::Status(args) => commands::status::run(&ctx, args).await,
             Command::Mailbox(command) => commands::mailbox::run(&ctx, command).await,
             Command::Parse(_) => unreachable!("parse runs without the async runtime"),
+            Command::Sendmail { .. } => unreachable!("sendmail runs without this runtime"),
         }
     })
 }

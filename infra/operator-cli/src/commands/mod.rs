@@ -8,4 +8,5 @@ pub mod mailbox;
 pub mod parse;
 pub mod poll;
 pub mod send;
+pub mod sendmail;
 pub mod status;

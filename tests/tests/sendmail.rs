@@ -1,0 +1,376 @@
+//! `mailbridge sendmail` run AS A PROCESS, the way a helpdesk runs its `sendmail` command: the
+//! message on stdin, options on the command line, configuration from the environment or a
+//! config file, against moto (SQS, S3). What it queued is then sent by the send-notifications
+//! batch logic through the Graph stand-in into the customer's Dovecot mailbox.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailbridge::state::DynamoIdempotencyStore;
+use mailbridge::token::{SecretsManagerStore, TokenService, TokenServiceConfig};
+use mailbridge_tests::{
+    bucket_keys, create_bucket, create_queue_with_dlq, create_state_table, sqs, stack, unique,
+    unique_user,
+};
+use send_notifications::ports::{SqsParking, SqsVisibility};
+use send_notifications::settings::BatchSettings;
+use send_notifications::thread::ThreadKey;
+use send_notifications::{Deps, process_batch};
+use tokio::io::AsyncWriteExt as _;
+
+const THREAD_KEY: &str = "sendmail-test-thread-key-0123456";
+
+fn cli_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("MAILBRIDGE_CLI_BIN") {
+        return PathBuf::from(path);
+    }
+    local_stack::runtime_api::workspace_binary("mailbridge-cli", "mailbridge")
+        .expect("build the mailbridge CLI")
+}
+
+/// One test's world: an account at the identity stand-in, a queue pair, a bucket.
+struct World {
+    upn: String,
+    account: String,
+    queue_url: String,
+    queue_arn: String,
+    dlq_url: String,
+    bucket: String,
+}
+
+struct Run {
+    code: i32,
+    stderr: String,
+}
+
+impl World {
+    async fn new() -> World {
+        let account = mailbridge_tests::new_password_account("helpdesk", "pw-sendmail-1")
+            .await
+            .expect("account");
+        let (queue_url, dlq_url) = create_queue_with_dlq(&unique("sendmail"), 5).await.unwrap();
+        let queue_arn = mailbridge_tests::queue_arn(&queue_url).await.unwrap();
+        World {
+            upn: account.upn,
+            account: account.secret_name,
+            queue_url,
+            queue_arn,
+            dlq_url,
+            bucket: create_bucket("messages").await.unwrap(),
+        }
+    }
+
+    /// Run `program args` with `stdin`, the moto environment and this world's configuration.
+    async fn sendmail_as(
+        &self,
+        program: &std::path::Path,
+        args: &[&str],
+        stdin: &[u8],
+        env: &[(&str, String)],
+    ) -> Run {
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(stack().moto().env())
+            .env("MAILBRIDGE_QUEUE_URL", &self.queue_url)
+            .env("MAILBRIDGE_ACCOUNT", &self.account)
+            .env("MAILBRIDGE_BUCKET", &self.bucket)
+            .env("MAILBRIDGE_SENDMAIL_CONFIG", "/dev/null")
+            .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("spawn sendmail");
+        let mut input = child.stdin.take().unwrap();
+        let data = stdin.to_vec();
+        let writer = tokio::spawn(async move {
+            // a child that stops reading (a refused message) closes the pipe: not an error here
+            let _ = input.write_all(&data).await;
+            drop(input);
+        });
+        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+            .await
+            .expect("sendmail finished within 120 s")
+            .unwrap();
+        writer.await.unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    async fn sendmail(&self, args: &[&str], stdin: &[u8]) -> Run {
+        let mut full = vec!["sendmail"];
+        full.extend_from_slice(args);
+        self.sendmail_as(&cli_binary(), &full, stdin, &[]).await
+    }
+
+    /// What is on the queue now (bodies), left there.
+    async fn queued(&self) -> Vec<serde_json::Value> {
+        let out = sqs()
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(10)
+            .visibility_timeout(0)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        out.messages()
+            .iter()
+            .map(|m| serde_json::from_str(m.body().unwrap()).unwrap())
+            .collect()
+    }
+
+    /// Run send-notifications over everything queued.
+    async fn send_queued(&self, n: usize) -> send_notifications::BatchReport {
+        let aws = stack().moto().sdk_config();
+        let event = mailbridge_tests::receive_sqs_event(&self.queue_url, &self.queue_arn, n).await;
+        let sqs = aws_sdk_sqs::Client::new(&aws);
+        let deps = Deps {
+            tokens: Arc::new(TokenService::new(
+                Arc::new(SecretsManagerStore::from_conf(&aws)),
+                mailbridge::token::IdentityClient::new(mailbridge::http::default_client().unwrap()),
+                TokenServiceConfig::default(),
+            )),
+            mail: Arc::new(mailbridge::graph::GraphClient::new(&stack().graph().v1_url()).unwrap()),
+            idempotency: Arc::new(DynamoIdempotencyStore::new(
+                aws_sdk_dynamodb::Client::new(&aws),
+                create_state_table("sendmail-state").await.unwrap(),
+            )),
+            messages: Arc::new(mailbridge::message_store::S3MessageStore::new(
+                mailbridge_tests::s3(),
+            )),
+            parking: Arc::new(SqsParking::new(sqs.clone(), self.dlq_url.clone())),
+            visibility: Arc::new(SqsVisibility::new(sqs)),
+            thread_key: ThreadKey::from_secret_value(THREAD_KEY).unwrap(),
+            settings: BatchSettings {
+                safety_margin: Duration::from_secs(1),
+                ..BatchSettings::default()
+            },
+        };
+        process_batch(
+            event,
+            tokio::time::Instant::now() + Duration::from_secs(60),
+            &deps,
+        )
+        .await
+    }
+}
+
+/// A helpdesk reply of about `size` bytes (an attachment makes up the size), LF line ends as a
+/// Unix program writes them.
+fn reply(from: &str, to: &str, tag: &str, size: usize) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut raw = format!(
+        "From: Helpdesk <{from}>\nTo: <{to}>\nSubject: [helpdesk #{tag}] Re: VPN\nMessage-ID: <rt-{tag}@helpdesk.example>\nIn-Reply-To: <cust-{tag}@example.com>\nReferences: <cust-{tag}@example.com>\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"b\"\n\n--b\nContent-Type: text/plain\n\nSee the log.\n--b\nContent-Type: application/octet-stream; name=log.bin\nContent-Transfer-Encoding: base64\n\n"
+    );
+    let bytes: Vec<u8> = (0..size * 3 / 4).map(|i| (i % 253) as u8).collect();
+    for line in base64::engine::general_purpose::STANDARD
+        .encode(bytes)
+        .as_bytes()
+        .chunks(76)
+    {
+        raw.push_str(std::str::from_utf8(line).unwrap());
+        raw.push('\n');
+    }
+    raw.push_str("--b--\n");
+    raw.into_bytes()
+}
+
+async fn inbox(user: &str) -> Vec<local_stack::dovecot::StoredMessage> {
+    for _ in 0..100 {
+        let messages = stack()
+            .dovecot()
+            .list_messages(user, "INBOX")
+            .unwrap_or_default();
+        if !messages.is_empty() {
+            return messages;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{user} received nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_kib_reply_is_queued_inline_and_reaches_the_customer_with_its_headers() {
+    let w = World::new().await;
+    let customer = unique_user("customer");
+    let tag = unique("t");
+    let raw = reply(&w.upn, &customer, &tag, 200 * 1024);
+    let run = w.sendmail(&["-oi", "-t", "-f", &w.upn], &raw).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let queued = w.queued().await;
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0]["kind"], "mime");
+    assert!(queued[0]["raw_base64"].is_string(), "inline");
+    assert!(queued[0]["id"].as_str().unwrap().starts_with("mid."));
+    let report = w.send_queued(1).await;
+    assert_eq!(report.metrics.sent, 1, "{:?}", report.messages);
+    let delivered = &inbox(&customer).await[0].raw;
+    let parsed = mail_parser::MessageParser::default()
+        .parse(delivered)
+        .unwrap();
+    assert_eq!(
+        parsed.message_id(),
+        Some(format!("rt-{tag}@helpdesk.example").as_str())
+    );
+    assert_eq!(
+        parsed.references().as_text(),
+        Some(format!("cust-{tag}@example.com").as_str())
+    );
+    assert_eq!(
+        parsed.attachment(0).unwrap().contents().len(),
+        200 * 1024 * 3 / 4
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2_mib_reply_goes_by_s3_and_larger_ones_are_refused_naming_the_limit() {
+    let w = World::new().await;
+    let customer = unique_user("customer");
+    let tag = unique("t");
+    let run = w
+        .sendmail(
+            &["-i", "-f", &w.upn, "--", &customer],
+            &reply(&w.upn, &customer, &tag, 2 * 1024 * 1024),
+        )
+        .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let queued = w.queued().await;
+    assert_eq!(queued.len(), 1);
+    assert!(queued[0]["raw_ref"]["key"].is_string(), "{:?}", queued[0]);
+    assert_eq!(bucket_keys(&w.bucket).await.unwrap().len(), 1);
+    let report = w.send_queued(1).await;
+    assert_eq!(report.metrics.sent, 1, "{:?}", report.messages);
+    assert_eq!(inbox(&customer).await.len(), 1);
+    assert!(
+        bucket_keys(&w.bucket).await.unwrap().is_empty(),
+        "deleted once sent"
+    );
+    // 20 MiB and 40 MiB: over Graph's request limit for a MIME message; refused up front
+    for mib in [20, 40] {
+        let run = w
+            .sendmail(
+                &["-t", "-i"],
+                &reply(&w.upn, &customer, &tag, mib * 1024 * 1024),
+            )
+            .await;
+        assert_eq!(run.code, 65, "{mib} MiB: {}", run.stderr);
+        assert!(
+            run.stderr.contains("bytes") && run.stderr.contains("at most"),
+            "{mib} MiB names size and limit: {}",
+            run.stderr
+        );
+    }
+    assert!(w.queued().await.is_empty(), "nothing queued");
+    assert!(bucket_keys(&w.bucket).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_exits_65_or_64_and_queues_nothing() {
+    let w = World::new().await;
+    let customer = unique_user("customer");
+    let cases: [(&[&str], &[u8], i32, &str); 5] = [
+        (
+            &["-t"],
+            b"this is not a mail message\nat all\n",
+            65,
+            "malformed",
+        ),
+        (
+            &["-t"],
+            b"To: c@example.com\nSubject: x\n\nbody\n",
+            65,
+            "no sender",
+        ),
+        (
+            &["-t", "-f", "h@contoso.com"],
+            b"Subject: nobody\n\nbody\n",
+            65,
+            "no recipient",
+        ),
+        (&["-bs"], b"", 64, "-bs"),
+        (&["-t", "-Q"], b"", 64, "unknown option"),
+    ];
+    for (args, input, code, says) in cases {
+        let run = w.sendmail(args, input).await;
+        assert_eq!(run.code, code, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(says), "{args:?}: {}", run.stderr);
+        assert_eq!(run.stderr.lines().count(), 1, "one line: {}", run.stderr);
+    }
+    let _ = customer;
+    assert!(w.queued().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_unreachable_exits_75_and_a_retry_later_queues_the_message_once() {
+    let w = World::new().await;
+    let customer = unique_user("customer");
+    let raw = reply(&w.upn, &customer, &unique("t"), 1024);
+    // nothing listens on port 9 of 127.0.0.1
+    let run = w
+        .sendmail_as(
+            &cli_binary(),
+            &["sendmail", "-t", "-i"],
+            &raw,
+            &[("AWS_ENDPOINT_URL", "http://127.0.0.1:9".to_owned())],
+        )
+        .await;
+    assert_eq!(run.code, 75, "{}", run.stderr);
+    assert!(run.stderr.contains("try again later"), "{}", run.stderr);
+    assert!(w.queued().await.is_empty());
+    // the helpdesk retries once AWS is back: queued, and sent once
+    let run = w.sendmail(&["-t", "-i"], &raw).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = w.send_queued(1).await;
+    assert_eq!(report.metrics.sent, 1, "{:?}", report.messages);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoked_as_sendmail_with_a_config_file_it_queues_with_the_ticket_number() {
+    let w = World::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("sendmail");
+    std::os::unix::fs::symlink(cli_binary(), &link).unwrap();
+    let config = dir.path().join("sendmail.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "# as a helpdesk host would have it\nqueue_url = {}\naccount = {}\nticket_pattern = \\[helpdesk #([A-Za-z0-9-]+)\\]\n",
+            w.queue_url, w.account
+        ),
+    )
+    .unwrap();
+    let customer = unique_user("customer");
+    let raw = reply(&w.upn, &customer, "4711", 512);
+    let run = w
+        .sendmail_as(
+            &link,
+            &["-oi", "-t", "-C", config.to_str().unwrap()],
+            &raw,
+            &[
+                ("MAILBRIDGE_QUEUE_URL", String::new()),
+                ("MAILBRIDGE_ACCOUNT", String::new()),
+            ],
+        )
+        .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let queued = w.queued().await;
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0]["ticket_number"], "4711");
+    assert_eq!(queued[0]["from"], w.upn.as_str());
+    let report = w.send_queued(1).await;
+    assert_eq!(report.metrics.sent, 1, "{:?}", report.messages);
+    let delivered = String::from_utf8_lossy(&inbox(&customer).await[0].raw).into_owned();
+    let reference = mailbridge::mail::threading::ticket_reference("4711", THREAD_KEY.as_bytes());
+    assert!(
+        delivered.contains(&format!("X-Mailbridge-Ref: {reference}")),
+        "{delivered}"
+    );
+}
