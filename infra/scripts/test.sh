@@ -15,8 +15,9 @@ fi
 # the Lambda bootstraps that the integration tests run as real processes (through the Runtime
 # API emulator); the tests would build them on demand, this just does it up front
 cargo build --workspace --bins -q
-cargo nextest run --workspace "$@"
-# nextest does not run doc tests: compile and run them too (only for a whole-workspace run)
+# nextest does not run doc tests: compile and run them too (only for a whole-workspace run),
+# first, so the run ends with nextest's summary of the whole suite
 if [ $# -eq 0 ]; then
   cargo test --workspace --doc -q
 fi
+cargo nextest run --workspace "$@"
