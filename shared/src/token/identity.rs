@@ -310,17 +310,26 @@ impl IdentityClient {
             .without_max_times()
             .build();
         let mut attempts = 0u32;
+        // What the last failed attempt said: when the deadline cuts the next one short, that is
+        // the cause a person needs (a TLS or DNS failure), not "deadline reached".
+        let mut last_failure: Option<String> = None;
         loop {
             attempts += 1;
             let outcome = match tokio::time::timeout_at(deadline, attempt()).await {
                 Ok(outcome) => outcome,
                 Err(_) => Err(TokenEndpointError::Transient(TransientFailure {
-                    detail: format!("deadline reached during attempt {attempts}"),
+                    detail: match &last_failure {
+                        Some(cause) => format!(
+                            "deadline reached during attempt {attempts}; the attempt before failed: {cause}"
+                        ),
+                        None => format!("deadline reached during attempt {attempts}"),
+                    },
                     retry_after: None,
                 })),
             };
             match outcome {
                 Err(TokenEndpointError::Transient(failure)) => {
+                    last_failure = Some(failure.detail.clone());
                     let backoff = delays.next().unwrap_or(self.retry.max_delay);
                     let delay = failure.retry_after.map_or(backoff, |ra| ra.max(backoff));
                     if Instant::now() + delay >= deadline {
