@@ -337,6 +337,32 @@ impl<'a> SinkFields<'a> {
     }
 }
 
+/// A credential secret's JSON, read field by field: every error names the secret and the field
+/// and never echoes a value (a key pasted into the wrong field must not reach a log).
+pub struct SecretJson<'a> {
+    name: &'a str,
+    value: serde_json::Value,
+}
+
+impl<'a> SecretJson<'a> {
+    /// Parse the secret `name`'s string value.
+    pub fn parse(name: &'a str, json: &str) -> Result<Self, String> {
+        let value =
+            serde_json::from_str(json).map_err(|_| format!("secret {name}: not valid JSON"))?;
+        Ok(SecretJson { name, value })
+    }
+
+    /// A non-empty string field.
+    pub fn field(&self, field: &str) -> Result<String, String> {
+        self.value
+            .get(field)
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| format!("secret {}: field `{field}` missing or empty", self.name))
+    }
+}
+
 /// Check a target URL: https anywhere, http only on loopback hosts, no `user:password@`
 /// (credentials belong in the secret; a URL is logged and shown in errors).
 pub fn validate_target_url(url: &str) -> Result<(), String> {

@@ -244,16 +244,8 @@ impl std::fmt::Debug for DjangoAuth {
 impl DjangoAuth {
     /// Parse the secret's JSON; errors name the field and never echo a value.
     pub fn from_secret_json(secret_name: &str, json: &str) -> Result<Self, String> {
-        let value: Value = serde_json::from_str(json)
-            .map_err(|_| format!("secret {secret_name}: not valid JSON"))?;
-        let field = |name: &str| -> Result<String, String> {
-            value
-                .get(name)
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .ok_or_else(|| format!("secret {secret_name}: field `{name}` missing or empty"))
-        };
+        let secret = super::SecretJson::parse(secret_name, json)?;
+        let field = |name: &str| secret.field(name);
         match field("type")?.as_str() {
             "token" => Ok(DjangoAuth::Token(field("token")?.into())),
             "basic" => Ok(DjangoAuth::Basic {

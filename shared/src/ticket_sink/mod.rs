@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use crate::error::{Classify, ErrorClass};
 
 pub use config::{
-    MachineMail, SinkConfig, SinkConfigError, SinkFields, SinkKind, validate_target_url,
+    MachineMail, SecretJson, SinkConfig, SinkConfigError, SinkFields, SinkKind, validate_target_url,
 };
 pub use payload::{TICKET_PAYLOAD_SCHEMA, TicketAttachment, TicketPayload};
 pub use webhook::{WebhookAuth, WebhookTicketSink};

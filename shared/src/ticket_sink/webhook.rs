@@ -52,16 +52,8 @@ impl std::fmt::Debug for WebhookAuth {
 impl WebhookAuth {
     /// Parse the secret's JSON; the error names the field and never echoes the value.
     pub fn from_secret_json(secret_name: &str, json: &str) -> Result<Self, String> {
-        let value: serde_json::Value = serde_json::from_str(json)
-            .map_err(|_| format!("secret {secret_name}: not valid JSON"))?;
-        let field = |name: &str| -> Result<String, String> {
-            value
-                .get(name)
-                .and_then(|v| v.as_str())
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .ok_or_else(|| format!("secret {secret_name}: field `{name}` missing or empty"))
-        };
+        let secret = super::SecretJson::parse(secret_name, json)?;
+        let field = |name: &str| secret.field(name);
         match field("type")?.as_str() {
             "none" => Ok(WebhookAuth::None),
             "bearer" => Ok(WebhookAuth::Bearer(SecretString::from(field("token")?))),
