@@ -126,51 +126,53 @@ fn the_poller_reads_the_schedule_event_as_all_mailboxes_and_the_manual_event_as_
     }
 }
 
-/// The single-quoted argument after `flag` in each shell command of README.md (a fenced block may
+/// The single-quoted argument after `flag` in each shell command of docs/deploy.md (a fenced block may
 /// continue it over several lines).
-fn readme_quoted_arguments(flag: &str) -> Vec<String> {
-    let readme = repo_file("README.md");
+fn deploy_guide_quoted_arguments(flag: &str) -> Vec<String> {
+    let guide = repo_file("docs/deploy.md");
     let needle = format!("{flag} '");
-    readme
+    guide
         .match_indices(&needle)
         .map(|(at, _)| {
-            let rest = &readme[at + needle.len()..];
+            let rest = &guide[at + needle.len()..];
             let end = rest
                 .find('\'')
-                .unwrap_or_else(|| panic!("README: unterminated {flag} '...'"));
+                .unwrap_or_else(|| panic!("docs/deploy.md: unterminated {flag} '...'"));
             rest[..end].to_owned()
         })
         .collect()
 }
 
 #[test]
-fn the_readme_send_message_example_is_a_valid_notification() {
-    let bodies = readme_quoted_arguments("--message-body");
+fn the_deploy_guide_send_message_example_is_a_valid_notification() {
+    let bodies = deploy_guide_quoted_arguments("--message-body");
     assert!(
         !bodies.is_empty(),
         "the deploy guide shows an inline `aws sqs send-message --message-body '...'`"
     );
     for body in bodies {
         Notification::parse(&body, "readme-example").unwrap_or_else(|e| {
-            panic!("README send-message body is not a valid notification ({e}):\n{body}")
+            panic!("docs/deploy.md send-message body is not a valid notification ({e}):\n{body}")
         });
     }
 }
 
 #[test]
-fn the_readme_manual_poll_payload_is_accepted_by_the_poller() {
+fn the_deploy_guide_manual_poll_payload_is_accepted_by_the_poller() {
     use poll_mailboxes::handler::{PollRequest, parse_event};
-    let payloads = readme_quoted_arguments("--payload");
+    let payloads = deploy_guide_quoted_arguments("--payload");
     assert!(
         !payloads.is_empty(),
         "the deploy guide shows a manual `aws lambda invoke --payload`"
     );
     for payload in payloads {
         let event: serde_json::Value = serde_json::from_str(&payload)
-            .unwrap_or_else(|e| panic!("README --payload is not JSON ({e}): {payload}"));
+            .unwrap_or_else(|e| panic!("docs/deploy.md --payload is not JSON ({e}): {payload}"));
         match parse_event(&event) {
             Ok(PollRequest::Named(names)) => assert!(!names.is_empty(), "{payload}"),
-            other => panic!("README --payload {payload} should name mailboxes, got {other:?}"),
+            other => {
+                panic!("docs/deploy.md --payload {payload} should name mailboxes, got {other:?}")
+            }
         }
     }
 }

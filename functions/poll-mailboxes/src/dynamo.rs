@@ -1,7 +1,7 @@
 //! The state table adapter (DynamoDB): dedupe records, mailbox status, mailbox configuration.
 //!
 //! Items (partition key `pk`, TTL attribute `expires_at`):
-//! - `mailbox#<name>`: one mailbox's configuration, one attribute per field (see the README).
+//! - `mailbox#<name>`: one mailbox's configuration, one attribute per field (see docs/mailboxes.md).
 //! - `mailbox-index`: attribute `names` (string set) listing the configured mailboxes, so a run
 //!   reads the list with one `GetItem` and the configs with `BatchGetItem` (100 per call) instead
 //!   of scanning a table that also holds every dedupe record. [`put_mailbox_config`] and
@@ -393,7 +393,7 @@ impl StateStore for DynamoStateStore {
 }
 
 /// Add or replace a mailbox configuration (validated first) and list it in the index, atomically.
-/// `fields` is the JSON object of the README's mailbox fields.
+/// `fields` is the JSON object of the mailbox fields of docs/mailboxes.md.
 pub async fn put_mailbox_config(
     client: &Client,
     table: &str,

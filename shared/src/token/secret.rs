@@ -1,5 +1,5 @@
 //! The account secret: one JSON document per Microsoft 365 account in Secrets Manager
-//! (`shared/schemas/account-secret.schema.json`, README section "account-secret").
+//! (`shared/schemas/account-secret.schema.json`, docs/accounts.md).
 //!
 //! Parsing is strict and every error names the field; fields this version does not know are
 //! kept and written back unchanged, so a newer writer's additions survive a write-back.

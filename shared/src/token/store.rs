@@ -234,9 +234,7 @@ impl SecretsManagerStore {
             .create_secret()
             .name(name)
             .secret_string(value.expose_secret())
-            .description(
-                "mailbridge account: Microsoft 365 OAuth2 grant (see README, account-secret)",
-            )
+            .description("mailbridge account: Microsoft 365 OAuth2 grant (see docs/accounts.md)")
             .send()
             .await;
         match result {

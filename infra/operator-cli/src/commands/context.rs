@@ -16,7 +16,7 @@ use mailbridge::token::{
 use secrecy::ExposeSecret as _;
 use tokio::sync::OnceCell;
 
-/// Process exit codes (documented in `--help` and the README).
+/// Process exit codes (documented in `--help` and docs/operator-cli.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Exit {
