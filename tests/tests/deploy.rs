@@ -191,6 +191,7 @@ fn the_template_gives_each_function_the_environment_it_reads() {
         "MAILBRIDGE_MAX_IN_FLIGHT_PER_MAILBOX",
         "MAILBRIDGE_REAUTH_VISIBILITY_SECONDS",
         "MAILBRIDGE_GRAPH_URL",
+        "MAILBRIDGE_MESSAGE_BUCKET",
     ];
     let poller_only = ["MAILBRIDGE_MAX_CONCURRENT_MAILBOXES"];
     let sender = template_resource(&template, "SendNotificationsFunction");
@@ -412,5 +413,140 @@ fn each_function_may_touch_only_its_own_state_table_items() {
                 );
             }
         }
+    }
+}
+
+/// The statements of a resource's `PolicyDocument` (a bucket policy, a managed policy), by `Sid`.
+fn document_statements(template: &str, resource: &str) -> Vec<(String, String)> {
+    let resource = template_resource(template, resource);
+    let mut statements: Vec<(String, String)> = Vec::new();
+    for line in resource.lines() {
+        if let Some(sid) = line.trim_start().strip_prefix("- Sid: ") {
+            statements.push((sid.trim().to_string(), String::new()));
+        } else if let Some((_, body)) = statements.last_mut() {
+            body.push_str(line.trim());
+            body.push('\n');
+        }
+    }
+    assert!(!statements.is_empty(), "{resource} has no statements");
+    statements
+}
+
+#[test]
+fn the_message_bucket_is_private_encrypted_tls_only_and_expires_what_it_keeps() {
+    let template = repo_file("template.yaml");
+    let bucket = template_resource(&template, "MessageBucket");
+    for needle in [
+        "SSEAlgorithm: AES256",
+        "BlockPublicAcls: true",
+        "BlockPublicPolicy: true",
+        "IgnorePublicAcls: true",
+        "RestrictPublicBuckets: true",
+        "ObjectOwnership: BucketOwnerEnforced",
+        "Status: Enabled",
+        "DaysAfterInitiation: 1",
+    ] {
+        assert!(bucket.contains(needle), "MessageBucket lacks `{needle}`");
+    }
+    assert!(
+        !bucket.contains("VersioningConfiguration"),
+        "versioning would keep deleted message bodies"
+    );
+    // A notification lives at most MessageRetentionPeriod in the queue, and a parked one (a new
+    // message in the DLQ) as long again there: its object must outlive both, and no longer.
+    let retention_days = |queue: &str| -> u64 {
+        let section = template_resource(&template, queue);
+        let line = section
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("MessageRetentionPeriod: "))
+            .unwrap_or_else(|| panic!("{queue} has no MessageRetentionPeriod"));
+        line.trim().parse::<u64>().unwrap() / 86_400
+    };
+    let expiry: u64 = bucket
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ExpirationInDays: "))
+        .expect("the bucket expires objects")
+        .trim()
+        .parse()
+        .unwrap();
+    let kept = retention_days("NotificationQueue") + retention_days("NotificationDeadLetterQueue");
+    assert!(
+        expiry > kept && expiry <= kept + 2,
+        "objects expire after {expiry} days; queue + DLQ keep a notification {kept} days"
+    );
+    let policy = document_statements(&template, "MessageBucketPolicy");
+    let tls = policy
+        .iter()
+        .find(|(_, body)| body.contains("aws:SecureTransport: \"false\""))
+        .expect("the bucket policy denies requests without TLS");
+    for needle in [
+        "Effect: Deny",
+        "Principal: \"*\"",
+        "Action: \"s3:*\"",
+        "- !GetAtt MessageBucket.Arn",
+        "- !Sub \"${MessageBucket.Arn}/*\"",
+    ] {
+        assert!(
+            tls.1.contains(needle),
+            "{} lacks `{needle}`:\n{}",
+            tls.0,
+            tls.1
+        );
+    }
+}
+
+#[test]
+fn the_sender_may_only_read_and_delete_stored_messages_and_the_sendmail_host_only_write_them() {
+    let template = repo_file("template.yaml");
+    let objects = "Resource: !Sub \"${MessageBucket.Arn}/*\"";
+    let s3_of = |statements: &[(String, String)]| -> Vec<(String, String)> {
+        statements
+            .iter()
+            .filter(|(_, body)| body.contains("s3:"))
+            .cloned()
+            .collect()
+    };
+    let sender = s3_of(&role_statements(&template, "SendNotificationsRole"));
+    assert_eq!(sender.len(), 1, "{sender:?}");
+    assert!(sender[0].1.contains("Effect: Allow\n"));
+    assert!(
+        sender[0]
+            .1
+            .contains("Action: [s3:GetObject, s3:DeleteObject]\n"),
+        "{:?}",
+        sender[0]
+    );
+    assert!(sender[0].1.contains(objects), "{:?}", sender[0]);
+    assert!(
+        template_resource(&template, "PollMailboxesRole")
+            .lines()
+            .all(|l| !l.contains("s3:")),
+        "the poller has no business with stored messages"
+    );
+    let host = document_statements(&template, "SendmailHostPolicy");
+    assert!(
+        template_resource(&template, "SendmailHostPolicy")
+            .contains("Type: AWS::IAM::ManagedPolicy")
+    );
+    let actions: Vec<&str> = host
+        .iter()
+        .filter_map(|(_, body)| {
+            assert!(body.contains("Effect: Allow\n"), "{body}");
+            body.lines().find_map(|l| l.strip_prefix("Action: "))
+        })
+        .collect();
+    assert_eq!(actions, ["sqs:SendMessage", "s3:PutObject"], "{host:?}");
+    assert!(
+        host[0]
+            .1
+            .contains("Resource: !GetAtt NotificationQueue.Arn\n")
+    );
+    assert!(host[1].1.contains(objects), "{:?}", host[1]);
+    for name in ["MessageBucketName", "SendmailHostPolicyArn"] {
+        let outputs = template.split("\nOutputs:\n").nth(1).expect("Outputs");
+        assert!(
+            outputs.contains(&format!("\n  {name}:\n")),
+            "the stack does not output {name} (sendmail's configuration needs it)"
+        );
     }
 }

@@ -636,6 +636,22 @@ async fn prepare_mime(
                 .unwrap_or_default(),
             "raw_base64",
         ),
+        RawMessage::Object(object)
+            if deps
+                .settings
+                .message_bucket
+                .as_ref()
+                .is_some_and(|b| *b != object.bucket) =>
+        {
+            let reason = format!(
+                "raw_ref.bucket: {:?} is not this stack's message bucket ({:?}); the object was not read",
+                object.bucket,
+                deps.settings.message_bucket.as_deref().unwrap_or_default()
+            );
+            let mut r = base_reason(message, Some(q), "message-object", reason);
+            r.field = Some("raw_ref.bucket".into());
+            return Err(park(deps, message, r).await);
+        }
         RawMessage::Object(object) => match deps.messages.get(object).await {
             Ok(raw) => (raw, "raw_ref"),
             Err(e @ StoreError::Unavailable { .. }) => {

@@ -38,6 +38,9 @@ pub struct BatchSettings {
     pub max_retry_after_waits: u32,
     /// Lifetime of a completed idempotency record.
     pub completed_ttl: Duration,
+    /// `MAILBRIDGE_MESSAGE_BUCKET`: the stack's message bucket. When set, a notification whose
+    /// stored message names another bucket is parked (`message-object`) without reading it.
+    pub message_bucket: Option<String>,
     /// `MAILBRIDGE_QUOTA_VISIBILITY_SECONDS` (default 10800, at most 43200): how long a
     /// notification waits when its mailbox hit the daily recipient limit and Graph gave no
     /// `Retry-After`. With the default 10 receives that covers Exchange's 24 h window.
@@ -55,6 +58,7 @@ impl Default for BatchSettings {
             max_retry_after_waits: 3,
             completed_ttl: mailbridge::state::DEFAULT_COMPLETED_TTL,
             quota_visibility: Duration::from_secs(10800),
+            message_bucket: None,
         }
     }
 }
@@ -110,6 +114,9 @@ impl Settings {
                 )),
             }
         }
+        batch.message_bucket = lookup("MAILBRIDGE_MESSAGE_BUCKET")
+            .map(|b| b.trim().to_owned())
+            .filter(|b| !b.is_empty());
         if let Err(e) = mailbridge::graph::GraphClient::new(&graph_url) {
             problems.push(format!("MAILBRIDGE_GRAPH_URL: {e}"));
         }

@@ -651,6 +651,35 @@ async fn a_mime_notification_by_reference_is_read_checked_sent_and_its_object_de
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_stored_message_in_another_bucket_is_parked_unread() {
+    let mut h = Harness::new();
+    h.settings.message_bucket = Some("mailbridge-messages".into());
+    let object = h
+        .messages
+        .put("someone-elses-bucket", "m/1.eml", RT_REPLY.as_bytes())
+        .await
+        .unwrap();
+    let mut by_ref = mime_notification(RT_REPLY);
+    by_ref.as_object_mut().unwrap().remove("raw_base64");
+    by_ref["raw_ref"] = serde_json::to_value(&object).unwrap();
+    let report = h
+        .run(vec![message("r1", by_ref)], Duration::from_secs(30))
+        .await;
+    assert_eq!(report.metrics.parked, 1, "{:?}", report.messages);
+    let parked = h.parking.parked.lock().unwrap().clone();
+    assert_eq!(parked[0].1.kind, "message-object");
+    assert_eq!(parked[0].1.field.as_deref(), Some("raw_ref.bucket"));
+    assert!(
+        parked[0].1.reason.contains("someone-elses-bucket")
+            && parked[0].1.reason.contains("mailbridge-messages"),
+        "{:?}",
+        parked[0].1
+    );
+    assert!(h.graph.mimes.lock().unwrap().is_empty());
+    assert_eq!(h.messages.len(), 1, "neither read nor deleted");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_mime_message_whose_from_or_recipients_do_not_fit_is_parked_naming_why() {
     let h = Harness::new();
     let mut other_from = mime_notification(RT_REPLY);
