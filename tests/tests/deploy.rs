@@ -550,3 +550,212 @@ fn the_sender_may_only_read_and_delete_stored_messages_and_the_sendmail_host_onl
         );
     }
 }
+
+/// The Mailbridge metrics the functions emit: (metric, dimension name, dimension value) for
+/// every dimension set of every EMF directive, read from the functions' own EMF lines.
+fn emitted_metrics() -> Vec<(String, String, String)> {
+    let poller = poll_mailboxes::handler::emf_line(
+        &poll_mailboxes::PollReport::default(),
+        Some("${PollMailboxesFunction}".into()),
+        0,
+    );
+    let sender = send_notifications::metrics::BatchMetrics::default()
+        .emf("send-notifications")
+        .to_string();
+    let mut emitted = Vec::new();
+    for line in [poller, sender] {
+        let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+        for directive in line["_aws"]["CloudWatchMetrics"].as_array().unwrap() {
+            assert_eq!(directive["Namespace"], "Mailbridge");
+            for set in directive["Dimensions"].as_array().unwrap() {
+                let [dimension] = set.as_array().unwrap().as_slice() else {
+                    panic!("one dimension per set: {set}");
+                };
+                let dimension = dimension.as_str().unwrap();
+                for metric in directive["Metrics"].as_array().unwrap() {
+                    emitted.push((
+                        metric["Name"].as_str().unwrap().to_owned(),
+                        dimension.to_owned(),
+                        line[dimension].as_str().unwrap().to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+    emitted
+}
+
+/// The value of `key: value` on the first line of `section` that has it.
+fn yaml_value(section: &str, key: &str) -> String {
+    section
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no `{key}:` in\n{section}"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn the_heartbeat_alarm_watches_what_the_poller_emits_and_missing_data_breaches() {
+    let template = repo_file("template.yaml");
+    let alarm = template_resource(&template, "PollHeartbeatAlarm");
+    // Missing data is the schedule stopped or the function dying before it reports.
+    assert_eq!(yaml_value(&alarm, "TreatMissingData"), "breaching");
+    assert_eq!(yaml_value(&alarm, "Namespace"), "Mailbridge");
+    let metric = yaml_value(&alarm, "MetricName");
+    assert_eq!(metric, poll_mailboxes::handler::HEARTBEAT_METRIC);
+    // This deployment's poller only: another stack's heartbeat must not keep it quiet.
+    assert_eq!(
+        yaml_value(&alarm, "- Name"),
+        poll_mailboxes::handler::HEARTBEAT_DIMENSION
+    );
+    assert_eq!(yaml_value(&alarm, "Value"), "!Ref PollMailboxesFunction");
+    assert!(
+        emitted_metrics().contains(&(
+            metric,
+            poll_mailboxes::handler::HEARTBEAT_DIMENSION.to_owned(),
+            "${PollMailboxesFunction}".to_owned()
+        )),
+        "the poller's EMF line carries the heartbeat with the alarm's dimension"
+    );
+    assert_eq!(yaml_value(&alarm, "Statistic"), "Maximum");
+    assert_eq!(
+        yaml_value(&alarm, "ComparisonOperator"),
+        "GreaterThanThreshold"
+    );
+    assert_eq!(yaml_value(&alarm, "Threshold"), "!Ref HeartbeatSeconds");
+    assert_eq!(yaml_value(&alarm, "Period"), "!Ref HeartbeatSeconds");
+    assert_eq!(yaml_value(&alarm, "EvaluationPeriods"), "1");
+    assert!(alarm.contains("AlarmActions: !If [HasAlarmTopic"));
+
+    // Every allowed period is one CloudWatch accepts, and the default spans several runs of the
+    // default schedule (one late run must not look like a stopped schedule).
+    let parameter = template_resource(&template, "HeartbeatSeconds");
+    let allowed: Vec<u64> = yaml_value(&parameter, "AllowedValues")
+        .trim_matches(['[', ']'])
+        .split(',')
+        .map(|v| v.trim().parse().unwrap())
+        .collect();
+    assert!(
+        allowed
+            .iter()
+            .all(|p| p % 60 == 0 && *p >= 600 && *p <= 86_400)
+    );
+    let default: u64 = yaml_value(&parameter, "Default").parse().unwrap();
+    assert!(allowed.contains(&default));
+    let schedule = template_resource(&template, "PollSchedule");
+    let minutes: u64 = yaml_value(&schedule, "Default")
+        .trim_start_matches("rate(")
+        .trim_end_matches(" minutes)")
+        .parse()
+        .expect("the default schedule is rate(N minutes)");
+    assert!(
+        default >= 3 * minutes * 60,
+        "HeartbeatSeconds {default} is under 3 schedule periods"
+    );
+}
+
+/// The dashboard body (the `!Sub |` JSON) with every `${...}` replaced by a placeholder,
+/// parsed; panics on a `${...}` that names nothing the template defines.
+fn dashboard_body(template: &str) -> serde_json::Value {
+    let dashboard = template_resource(template, "OperationsDashboard");
+    let body: Vec<&str> = dashboard
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("DashboardBody: !Sub |"))
+        .skip(1)
+        .collect();
+    let mut text = body.join("\n");
+    while let Some(start) = text.find("${") {
+        let end = start + text[start..].find('}').expect("closing brace");
+        let name = text[start + 2..end].to_owned();
+        let logical = name.split('.').next().unwrap();
+        assert!(
+            logical.starts_with("AWS::") || template.contains(&format!("\n  {logical}:\n")),
+            "the dashboard names ${{{name}}}, which the template does not define"
+        );
+        let value = if name == "HeartbeatSeconds" {
+            "1200".to_owned()
+        } else {
+            format!("<{name}>")
+        };
+        text.replace_range(start..=end, &value);
+    }
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("the dashboard body is not JSON: {e}"))
+}
+
+#[test]
+fn the_dashboard_shows_what_an_admin_needs_from_metrics_that_exist() {
+    let template = repo_file("template.yaml");
+    let body = dashboard_body(&template);
+    let emitted: Vec<(String, String, String)> = emitted_metrics()
+        .into_iter()
+        .map(|(m, d, v)| {
+            (
+                m,
+                d,
+                v.replace("${PollMailboxesFunction}", "<PollMailboxesFunction>"),
+            )
+        })
+        .collect();
+    let mut shown = Vec::new();
+    let mut queries = Vec::new();
+    for widget in body["widgets"].as_array().unwrap() {
+        let properties = &widget["properties"];
+        assert!(properties["title"].is_string(), "{widget}");
+        if widget["type"] == "log" {
+            queries.push(properties["query"].as_str().unwrap().to_owned());
+            continue;
+        }
+        for row in properties["metrics"].as_array().unwrap() {
+            let row = row.as_array().unwrap();
+            let text = |i: usize| row[i].as_str().unwrap().to_owned();
+            let (namespace, metric, dimension, value) = (text(0), text(1), text(2), text(3));
+            if namespace == "Mailbridge" {
+                assert!(
+                    emitted.contains(&(metric.clone(), dimension.clone(), value.clone())),
+                    "the dashboard shows {metric} {dimension}={value}, which no function emits"
+                );
+            }
+            shown.push(format!("{namespace}/{metric}/{value}"));
+        }
+    }
+    for wanted in [
+        "Mailbridge/NotificationsSent/send-notifications",
+        "Mailbridge/NotificationsParked/send-notifications",
+        "Mailbridge/TicketsCreated/poll-mailboxes",
+        "Mailbridge/MailboxPollFailed/poll-mailboxes",
+        "Mailbridge/AccountNeedsReauth/poll-mailboxes",
+        "Mailbridge/AccountNeedsReauth/send-notifications",
+        "Mailbridge/OldestMailboxSuccessAgeSeconds/<PollMailboxesFunction>",
+        "AWS/SQS/ApproximateAgeOfOldestMessage/<NotificationQueue.QueueName>",
+        "AWS/Lambda/Errors/<SendNotificationsFunction>",
+        "AWS/Lambda/Errors/<PollMailboxesFunction>",
+        "AWS/Lambda/Duration/<SendNotificationsFunction>",
+        "AWS/Lambda/Duration/<PollMailboxesFunction>",
+    ] {
+        assert!(
+            shown.iter().any(|s| s == wanted),
+            "the dashboard lacks {wanted}"
+        );
+    }
+    // Failed polls per mailbox: a Logs Insights table over the poller's own log lines.
+    let [per_mailbox] = queries.as_slice() else {
+        panic!("one log widget: {queries:?}");
+    };
+    assert!(per_mailbox.starts_with("SOURCE '<PollMailboxesLogGroup>'"));
+    assert!(per_mailbox.contains("by fields.mailbox"));
+    let poller = repo_file("functions/poll-mailboxes/src/poll.rs");
+    for message in [
+        "mailbox poll failed",
+        "mailbox partly polled; the rest waits for the next run",
+    ] {
+        assert!(
+            per_mailbox.contains(&format!("'{message}'")),
+            "{per_mailbox}"
+        );
+        assert!(
+            poller.contains(&format!("\"{message}\"")),
+            "the poller no longer logs {message:?}"
+        );
+    }
+}

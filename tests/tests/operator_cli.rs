@@ -323,7 +323,14 @@ async fn check_is_green_for_a_working_mailbox() {
     }
     // the Graph probe sent nothing
     assert!(stack().graph().accepted(&w.upn).is_empty());
-    // no targets: every configured mailbox (its account is not checked twice)
+    // no targets: every configured mailbox (its account is not checked twice), and no other
+    // secret under the prefix: the thread-marker key lives there in the demo's setup
+    mailbridge_tests::put_secret(
+        &format!("{}thread-marker-key", w.prefix),
+        "0123456789abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQR",
+    )
+    .await
+    .unwrap();
     let out = w.run(&["check", "--json"]).await;
     assert_eq!(out.status.code(), Some(0));
     let all = json(&out);
@@ -667,6 +674,8 @@ async fn poll_dry_run_shows_the_mail_without_posting_or_moving_it() {
             uid_validity: None,
             imap_round_trips: 2,
             retry_last_uids: Vec::new(),
+            last_success_at: None,
+            first_run_at: None,
         })
         .await
         .unwrap();
@@ -685,6 +694,79 @@ async fn poll_dry_run_shows_the_mail_without_posting_or_moving_it() {
     // without --dry-run the CLI refuses (real polls are the Lambda's job)
     let out = w.run(&["poll", "inbox"]).await;
     assert_eq!(out.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn status_shows_the_last_success_and_a_run_that_never_reported() {
+    use poll_mailboxes::ports::{MailboxLease, StateStore as _};
+    let w = World::new(|_| {}).await;
+    w.login_with_password().await;
+    w.add_mailbox("inbox", &unique("sink")).await;
+    let store =
+        poll_mailboxes::dynamo::DynamoStateStore::new(mailbridge_tests::dynamodb(), &w.table);
+    // the last recorded run: ok, ten minutes ago
+    let ten_minutes_ago = (chrono::Utc::now() - chrono::Duration::seconds(600)).to_rfc3339();
+    store
+        .put_status(&poll_mailboxes::ports::MailboxStatus {
+            mailbox: "inbox".into(),
+            outcome: "ok".into(),
+            reason: None,
+            last_run_at: ten_minutes_ago.clone(),
+            duration_ms: 900,
+            tickets_created: 1,
+            parked: 0,
+            duplicates: 0,
+            skipped_auto_generated: 0,
+            deferred: 0,
+            uid_validity: Some(1),
+            imap_round_trips: 9,
+            retry_last_uids: Vec::new(),
+            last_success_at: Some(ten_minutes_ago.clone()),
+            first_run_at: Some(ten_minutes_ago.clone()),
+        })
+        .await
+        .unwrap();
+    let out = w.run(&["status", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let row = json(&out)["mailboxes"][0].clone();
+    assert_eq!(row["last_run"]["last_success_at"], ten_minutes_ago.as_str());
+    let age = row["last_success_age_seconds"].as_i64().expect("an age");
+    assert!((600..900).contains(&age), "{row:#}");
+    assert!(row["run_without_result"].is_null(), "{row:#}");
+    let human = text(&w.run(&["status"]).await.stdout);
+    assert!(
+        human.contains(&format!("last success: {ten_minutes_ago} (10 min ago)")),
+        "{human}"
+    );
+
+    // A run takes the mailbox (as the poller does when it finds mail) and is killed: no status
+    // is written, the lease stays. Status must not just show the old `ok`.
+    let until = chrono::Utc::now().timestamp() + 240;
+    let MailboxLease::Acquired(_) = store.acquire_mailbox_lease("inbox", until).await.unwrap()
+    else {
+        panic!("the lease is free");
+    };
+    let out = w.run(&["status", "--json"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a run in progress is no failure"
+    );
+    let row = json(&out)["mailboxes"][0].clone();
+    let run = &row["run_without_result"];
+    assert_eq!(run["lease_active"], true, "{row:#}");
+    let started =
+        chrono::DateTime::parse_from_rfc3339(run["started_at"].as_str().unwrap()).unwrap();
+    assert!((chrono::Utc::now() - started.with_timezone(&chrono::Utc)).num_seconds() < 120);
+    let lease_until = chrono::DateTime::from_timestamp(until, 0)
+        .unwrap()
+        .to_rfc3339();
+    assert_eq!(run["lease_until"], lease_until.as_str());
+    let human = text(&w.run(&["status"]).await.stdout);
+    assert!(
+        human.contains("no result yet") && human.contains(&format!("lease until {lease_until}")),
+        "{human}"
+    );
 }
 
 #[tokio::test]

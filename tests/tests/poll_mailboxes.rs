@@ -339,6 +339,8 @@ async fn dedupe_and_status_records_round_trip_with_a_ttl() {
         uid_validity: None,
         imap_round_trips: 0,
         retry_last_uids: Vec::new(),
+        last_success_at: Some("2026-11-27T23:55:00+00:00".into()),
+        first_run_at: Some("2026-11-01T08:00:00+00:00".into()),
     };
     store.put_status(&status).await.unwrap();
     assert_eq!(store.get_status("m").await.unwrap(), Some(status));
@@ -1029,6 +1031,87 @@ async fn a_revoked_grant_is_a_clear_per_mailbox_error_and_other_mailboxes_are_po
 }
 
 #[tokio::test]
+async fn a_stuck_mailbox_keeps_its_last_success_and_ages_the_heartbeat() {
+    let p = Poller::new(stack().dovecot().clone()).await;
+    let steady_user = unique_user("steady");
+    let stuck_user = unique_user("stuck");
+    let steady = p.account(&steady_user).await;
+    let stuck = p.account(&stuck_user).await;
+    // the stuck mailbox posts to a ticket API of its own, which goes down after the first run
+    let stuck_sink = unique("stuck-sink");
+    p.mailbox("steady", &steady_user, &steady, serde_json::json!({}))
+        .await;
+    p.mailbox(
+        "stuck",
+        &stuck_user,
+        &stuck,
+        serde_json::json!({"ticket_api_url": stack().tickets().sink_url(&stuck_sink)}),
+    )
+    .await;
+    p.deliver(&stuck_user, &mail("st1", "Before the outage", "x"));
+
+    let first = p.poll().await;
+    let stuck_first = status(&first, "stuck").clone();
+    assert_eq!(stuck_first.outcome, "ok", "{stuck_first:?}");
+    assert_eq!(
+        stuck_first.last_success_at.as_deref(),
+        Some(stuck_first.last_run_at.as_str()),
+        "a successful run is its own last success"
+    );
+    assert_eq!(
+        stuck_first.first_run_at.as_deref(),
+        Some(stuck_first.last_run_at.as_str())
+    );
+
+    // Whole seconds apart, so an age measured from the wrong run shows.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    stack().tickets().set_down(&stuck_sink, true);
+    p.deliver(&stuck_user, &mail("st2", "During the outage", "y"));
+    let second = p.poll().await;
+    stack().tickets().set_down(&stuck_sink, false);
+    let stuck_second = status(&second, "stuck");
+    assert_eq!(stuck_second.outcome, "partial", "{stuck_second:?}");
+    assert_eq!(
+        stuck_second.last_success_at, stuck_first.last_success_at,
+        "a run whose mail the ticket API did not take is no success: {stuck_second:?}"
+    );
+    assert_eq!(stuck_second.first_run_at, stuck_first.first_run_at);
+    let steady_second = status(&second, "steady");
+    assert_eq!(
+        steady_second.last_success_at.as_deref(),
+        Some(steady_second.last_run_at.as_str())
+    );
+    // the heartbeat is the stuck mailbox's age, not the steady one's
+    let since_first = (chrono::Utc::now()
+        - chrono::DateTime::parse_from_rfc3339(&stuck_first.last_run_at)
+            .unwrap()
+            .with_timezone(&chrono::Utc))
+    .num_seconds() as u64;
+    assert!(
+        second.oldest_success_age_seconds >= 2 && second.oldest_success_age_seconds <= since_first,
+        "heartbeat {} s, the stuck mailbox last succeeded {since_first} s ago",
+        second.oldest_success_age_seconds
+    );
+    // what `mailbridge status` reads: the table has it too
+    let stored = DynamoStateStore::new(dynamodb(), &p.table)
+        .get_status("stuck")
+        .await
+        .unwrap()
+        .expect("status written");
+    assert_eq!(stored.last_success_at, stuck_first.last_success_at);
+
+    // back up: the next run succeeds and the mail is ticketed
+    let third = p.poll().await;
+    let stuck_third = status(&third, "stuck");
+    assert_eq!(stuck_third.outcome, "ok", "{stuck_third:?}");
+    assert_eq!(
+        stuck_third.last_success_at.as_deref(),
+        Some(stuck_third.last_run_at.as_str())
+    );
+    assert_eq!(stack().tickets().tickets(&stuck_sink).len(), 2);
+}
+
+#[tokio::test]
 async fn access_revoked_at_the_imap_server_is_authenticate_failed_for_that_mailbox() {
     let p = Poller::new(stack().dovecot().clone()).await;
     let user = unique_user("denied");
@@ -1136,6 +1219,10 @@ async fn overlapping_runs_never_post_the_same_mail_twice() {
         "{s2:?}"
     );
     assert_eq!(second.mailboxes_failed, 0);
+    assert_eq!(
+        s2.last_success_at, None,
+        "leaving the mail to another run is no successful poll: {s2:?}"
+    );
     assert_eq!(status(&first, "overlap").tickets_created, 1, "{first:?}");
     assert_eq!(p.tickets().len(), 1);
     assert_eq!(stack().tickets().requests(&p.sink), 1);
@@ -1345,6 +1432,22 @@ async fn the_bootstrap_binary_polls_on_a_scheduler_event() {
         "the skip names its reason: {logs}"
     );
     assert_eq!(p.count(&user, "mailbridge-auto-generated"), 1);
+    // The heartbeat is in the scheduled run's metrics line only: a manual run of some
+    // mailboxes proves nothing about the others or about the schedule.
+    let metric_lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter(|l| l.contains("\"_aws\""))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(metric_lines.len(), 2, "{logs}");
+    let heartbeat = poll_mailboxes::handler::HEARTBEAT_METRIC;
+    assert!(metric_lines[0][heartbeat].is_u64(), "{}", metric_lines[0]);
+    assert!(metric_lines[0][poll_mailboxes::handler::HEARTBEAT_DIMENSION].is_string());
+    assert!(
+        metric_lines[1].get(heartbeat).is_none(),
+        "{}",
+        metric_lines[1]
+    );
     api.shutdown();
 }
 

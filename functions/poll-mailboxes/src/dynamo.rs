@@ -7,14 +7,18 @@
 //!   of scanning a table that also holds every dedupe record. [`put_mailbox_config`] and
 //!   [`delete_mailbox_config`] keep both in one transaction (the CLI uses them).
 //! - `mailbox-status#<name>`: the last run's outcome ([`MailboxStatus`]). A warm process
-//!   remembers what it last wrote: it reads a status from the table only once, and an idle run
-//!   whose status differs from the last written one only in timing fields (`last_run_at`,
-//!   `duration_ms`, `imap_round_trips`) is written at most every [`STATUS_HEARTBEAT`]. Without
-//!   that, 50 mailboxes polled every minute cost ~2.2 M status writes and reads a month.
+//!   remembers the last status (it reads one from the table only once), and an idle run whose
+//!   status differs from the last written one only in timing fields (`last_run_at`,
+//!   `duration_ms`, `imap_round_trips`, `last_success_at`) is written at most every
+//!   [`STATUS_HEARTBEAT`]. Without that, 50 mailboxes polled every minute cost ~2.2 M status
+//!   writes and reads a month. The heartbeat metric comes from the remembered status, so it is
+//!   exact; the table's `last_success_at` may lag by up to [`STATUS_HEARTBEAT`].
 //! - `mail#<mailbox>#<hash>`: dedupe records ([`DedupeRecord`]) with a TTL.
-//! - `mailbox-lease#<name>`: which run is working on a mailbox that has mail, until when
-//!   (`lease_token`, `lease_expires_at`); taken only when a search found mail, so idle runs
-//!   cost no write.
+//! - `mailbox-lease#<name>`: which run is working on a mailbox that has mail, since and until
+//!   when (`lease_token`, `started_at`, `lease_expires_at`); taken only when a search found
+//!   mail, so idle runs cost no write. Deleted when the run ends; a run that was killed leaves
+//!   it behind, which is how `mailbridge status` can tell a run that never reported
+//!   ([`DynamoStateStore::get_mailbox_lease`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,7 +30,9 @@ use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWr
 use mailbridge::aws::LazyClient;
 
 use crate::config::{ConfigError, MailboxConfig};
-use crate::ports::{DedupeRecord, MailboxLease, MailboxStatus, StateStore, StoreError};
+use crate::ports::{
+    DedupeRecord, LeaseRecord, MailboxLease, MailboxStatus, StateStore, StoreError,
+};
 
 /// Partition key of the mailbox index item.
 pub const MAILBOX_INDEX_KEY: &str = "mailbox-index";
@@ -63,6 +69,7 @@ fn same_news(old: &MailboxStatus, new: &MailboxStatus) -> bool {
         last_run_at: String::new(),
         duration_ms: 0,
         imap_round_trips: 0,
+        last_success_at: None,
         ..s.clone()
     };
     timeless(old) == timeless(new)
@@ -171,6 +178,26 @@ impl DynamoStateStore {
         Ok(output.item)
     }
 
+    /// The mailbox's lease item, if one is stored: a run working on the mailbox now, or one
+    /// that never ended properly (killed, timed out) and left it behind (kept a day past its
+    /// end, then removed by TTL). Released leases are deleted.
+    pub async fn get_mailbox_lease(
+        &self,
+        mailbox: &str,
+    ) -> Result<Option<LeaseRecord>, StoreError> {
+        let item = self
+            .get("GetItem mailbox-lease", &format!("mailbox-lease#{mailbox}"))
+            .await?;
+        Ok(item.map(|item| LeaseRecord {
+            started_at: item.get("started_at").and_then(|v| v.as_s().ok()).cloned(),
+            until: item
+                .get("lease_expires_at")
+                .and_then(|v| v.as_n().ok())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
+        }))
+    }
+
     /// Names listed in the mailbox index.
     pub async fn mailbox_names(&self) -> Result<Vec<String>, StoreError> {
         let item = self.get("GetItem mailbox-index", MAILBOX_INDEX_KEY).await?;
@@ -204,6 +231,10 @@ impl StateStore for DynamoStateStore {
             .item("pk", AttributeValue::S(pk.clone()))
             .item("lease_token", AttributeValue::S(token.clone()))
             .item("lease_expires_at", AttributeValue::N(until.to_string()))
+            .item(
+                "started_at",
+                AttributeValue::S(chrono::Utc::now().to_rfc3339()),
+            )
             // a day for inspection, then TTL
             .item(
                 "expires_at",
@@ -292,15 +323,17 @@ impl StateStore for DynamoStateStore {
     }
 
     async fn put_status(&self, status: &MailboxStatus) -> Result<(), StoreError> {
-        if let Some((written, Some(at))) = self
-            .statuses
-            .lock()
-            .expect("status cache")
-            .get(&status.mailbox)
-            && at.elapsed() < STATUS_HEARTBEAT
-            && same_news(written, status)
         {
-            return Ok(());
+            let mut statuses = self.statuses.lock().expect("status cache");
+            if let Some((written, Some(at))) = statuses.get_mut(&status.mailbox)
+                && at.elapsed() < STATUS_HEARTBEAT
+                && same_news(written, status)
+            {
+                // Not written, but remembered (with the time of the last write): the next
+                // run carries over its history fields.
+                *written = status.clone();
+                return Ok(());
+            }
         }
         self.client
             .put_item()
@@ -492,6 +525,8 @@ mod tests {
             uid_validity: Some(7),
             imap_round_trips: 5,
             retry_last_uids: Vec::new(),
+            last_success_at: None,
+            first_run_at: None,
         };
         let later = MailboxStatus {
             last_run_at: "2026-11-28T00:01:00Z".into(),
@@ -529,6 +564,8 @@ mod tests {
             uid_validity: Some(7),
             imap_round_trips: 9,
             retry_last_uids: vec![3],
+            last_success_at: Some("2026-11-27T23:55:00Z".into()),
+            first_run_at: Some("2026-11-01T08:00:00Z".into()),
         };
         let item = item_from("mailbox-status#m", &status);
         assert_eq!(

@@ -88,6 +88,10 @@ pub struct PollReport {
     pub mailboxes_failed: u32,
     /// Mailboxes whose account needs re-authentication.
     pub accounts_need_reauth: u32,
+    /// The heartbeat: over the enabled mailboxes this run considered (an invalid configuration
+    /// counts as enabled), the longest time in seconds since one was last polled successfully
+    /// (never successful: since its first recorded run). 0 when there are none.
+    pub oldest_success_age_seconds: u64,
 }
 
 impl PollReport {
@@ -140,16 +144,28 @@ pub async fn poll_once(
         configs.extend(unknown);
     }
     let concurrency = deps.max_concurrent_mailboxes.max(1);
-    let statuses: Vec<MailboxStatus> = futures::stream::iter(configs)
+    let statuses: Vec<(MailboxStatus, bool)> = futures::stream::iter(configs)
         .map(|entry| async move {
             let started = chrono::Utc::now();
+            let name = match &entry {
+                Ok(config) => config.name.as_str(),
+                Err(config_error) => config_error.mailbox.as_str(),
+            };
+            // The last run's status: its history fields carry over, its UIDVALIDITY and
+            // left-in-place UIDs steer this run.
+            let previous = deps.state.get_status(name).await.unwrap_or_else(|e| {
+                tracing::warn!(mailbox = %name, error = %e, "could not read the last mailbox status");
+                None
+            });
+            let counts_for_heartbeat = !matches!(&entry, Ok(config) if !config.enabled);
             let status = match entry {
                 Ok(config) if !config.enabled => {
                     let mut status = new_status(&config.name, started);
                     status.outcome = "disabled".into();
+                    status.carry_history(previous.as_ref(), false);
                     status
                 }
-                Ok(config) => poll_mailbox(deps, &config, deadline).await,
+                Ok(config) => poll_mailbox(deps, &config, deadline, previous.as_ref()).await,
                 Err(config_error) => {
                     tracing::error!(
                         mailbox = %config_error.mailbox,
@@ -160,19 +176,29 @@ pub async fn poll_once(
                     let mut status = new_status(&config_error.mailbox, started);
                     status.outcome = "config_error".into();
                     status.reason = Some(config_error.to_string());
+                    status.carry_history(previous.as_ref(), false);
                     status
                 }
             };
             if let Err(e) = deps.state.put_status(&status).await {
                 tracing::warn!(mailbox = %status.mailbox, error = %e, "could not record mailbox status");
             }
-            status
+            (status, counts_for_heartbeat)
         })
         .buffer_unordered(concurrency)
         .collect()
         .await;
     let mut report = PollReport::default();
-    for status in statuses {
+    let now = chrono::Utc::now();
+    for (status, counts_for_heartbeat) in statuses {
+        if counts_for_heartbeat {
+            // Unreadable times (never the case for statuses written by this code) count as
+            // "no success": a heartbeat must err towards alarming.
+            let age = status
+                .seconds_without_success(now)
+                .map_or(u64::MAX, |s| s as u64);
+            report.oldest_success_age_seconds = report.oldest_success_age_seconds.max(age);
+        }
         report.tickets_created += status.tickets_created;
         report.parked += status.parked;
         report.skipped_auto_generated += status.skipped_auto_generated;
@@ -213,7 +239,17 @@ fn new_status(mailbox: &str, started: chrono::DateTime<chrono::Utc>) -> MailboxS
         uid_validity: None,
         imap_round_trips: 0,
         retry_last_uids: Vec::new(),
+        last_success_at: None,
+        first_run_at: None,
     }
+}
+
+/// How far a run got with a mailbox it reached.
+enum Progress {
+    /// It worked on the mailbox (or found nothing to do).
+    Worked,
+    /// Another run holds the mailbox's lease: its mail is left to that run.
+    LeaseHeldElsewhere,
 }
 
 /// Why a mailbox stopped early.
@@ -280,17 +316,21 @@ fn imap_reason(error: &ImapError) -> String {
     }
 }
 
-/// Poll one mailbox; never fails: the status says what happened.
+/// Poll one mailbox; never fails: the status says what happened. `previous` is the mailbox's
+/// last recorded status (history fields, UIDVALIDITY, UIDs to try last).
 pub async fn poll_mailbox(
     deps: &PollDeps,
     config: &MailboxConfig,
     deadline: Instant,
+    previous: Option<&MailboxStatus>,
 ) -> MailboxStatus {
     let started = chrono::Utc::now();
     let clock = Instant::now();
     let mut status = new_status(&config.name, started);
-    let finish = |mut status: MailboxStatus| {
+    let finish = |mut status: MailboxStatus, lease_held_elsewhere: bool| {
         status.duration_ms = clock.elapsed().as_millis() as u64;
+        let succeeded = status.succeeded(lease_held_elsewhere);
+        status.carry_history(previous, succeeded);
         match status.outcome.as_str() {
             "ok" => tracing::info!(
                 mailbox = %status.mailbox,
@@ -320,11 +360,20 @@ pub async fn poll_mailbox(
         Err((outcome, reason)) => {
             status.outcome = outcome;
             status.reason = Some(reason);
-            return finish(status);
+            return finish(status, false);
         }
     };
-    let result = run_mailbox(deps, config, deadline, mailbox.as_mut(), &mut status).await;
+    let result = run_mailbox(
+        deps,
+        config,
+        deadline,
+        mailbox.as_mut(),
+        &mut status,
+        previous,
+    )
+    .await;
     status.imap_round_trips = mailbox.round_trips();
+    let lease_held_elsewhere = matches!(result, Ok(Progress::LeaseHeldElsewhere));
     if let Err(stop) = result {
         match stop {
             Stop::Setup(reason) => {
@@ -353,7 +402,7 @@ pub async fn poll_mailbox(
         }
     }
     mailbox.logout().await;
-    finish(status)
+    finish(status, lease_held_elsewhere)
 }
 
 async fn run_mailbox(
@@ -362,12 +411,12 @@ async fn run_mailbox(
     deadline: Instant,
     mailbox: &mut dyn Mailbox,
     status: &mut MailboxStatus,
-) -> Result<(), Stop> {
+    previous: Option<&MailboxStatus>,
+) -> Result<Progress, Stop> {
     let sink = deps.sinks.sink_for(config).await.map_err(Stop::Setup)?;
     let folder = mailbox.select(&config.folder).await.map_err(Stop::Imap)?;
     status.uid_validity = Some(folder.uid_validity);
-    let previous = deps.state.get_status(&config.name).await.ok().flatten();
-    if let Some(old) = previous.as_ref().and_then(|p| p.uid_validity)
+    if let Some(old) = previous.and_then(|p| p.uid_validity)
         && old != folder.uid_validity
     {
         tracing::warn!(
@@ -378,12 +427,12 @@ async fn run_mailbox(
         );
     }
     if folder.exists == 0 {
-        return Ok(());
+        return Ok(Progress::Worked);
     }
     // Mails the last run could not finish (same UIDVALIDITY) go after the others.
     let retry_last: Vec<Uid> = previous
         .filter(|p| p.uid_validity == Some(folder.uid_validity))
-        .map(|p| p.retry_last_uids)
+        .map(|p| p.retry_last_uids.clone())
         .unwrap_or_default();
     let scope = match config.after_action {
         AfterAction::MarkSeen => SearchScope::UnseenUndeleted,
@@ -391,7 +440,7 @@ async fn run_mailbox(
     };
     let uids = mailbox.search(scope).await.map_err(Stop::Imap)?;
     if uids.is_empty() {
-        return Ok(());
+        return Ok(Progress::Worked);
     }
     // Mail to work on: only one run at a time may (see `StateStore::acquire_mailbox_lease`).
     // The lease lives until this invocation's deadline, when Lambda would have stopped it.
@@ -414,7 +463,7 @@ async fn run_mailbox(
                     .map(|t| t.to_rfc3339())
                     .unwrap_or_else(|| held_until.to_string())
             ));
-            return Ok(());
+            return Ok(Progress::LeaseHeldElsewhere);
         }
     };
     let result = work_on(
@@ -432,7 +481,7 @@ async fn run_mailbox(
     if let Err(e) = deps.state.release_mailbox_lease(&config.name, &lease).await {
         tracing::warn!(mailbox = %config.name, error = %e, "could not release the mailbox lease; it runs out at the deadline");
     }
-    result
+    result.map(|()| Progress::Worked)
 }
 
 #[allow(clippy::too_many_arguments)]

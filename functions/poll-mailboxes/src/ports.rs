@@ -111,6 +111,60 @@ pub struct MailboxStatus {
     /// after the other mails, so one such mail never holds up the mail behind it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retry_last_uids: Vec<u32>,
+    /// Start (RFC 3339) of the last run that polled this mailbox successfully (this run when it
+    /// did): carried over by runs that did not. None: never polled successfully.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_at: Option<String>,
+    /// Start (RFC 3339) of the first run recorded for this mailbox: the heartbeat counts a
+    /// mailbox that never succeeded from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_run_at: Option<String>,
+}
+
+impl MailboxStatus {
+    /// Whether this run polled the mailbox successfully: it reached the mailbox and every mail
+    /// it took on went somewhere (`ok`, or `partial` only because of the deadline or
+    /// `max_messages_per_run`). A ticket API not taking mail, a lease held by another run, a
+    /// failure, `needs_reauth`, `config_error` and `disabled` are not.
+    pub fn succeeded(&self, lease_held_elsewhere: bool) -> bool {
+        match self.outcome.as_str() {
+            "ok" => true,
+            "partial" => self.retry_last_uids.is_empty() && !lease_held_elsewhere,
+            _ => false,
+        }
+    }
+
+    /// Carry the history fields over from the mailbox's `previous` status: `first_run_at`
+    /// always, `last_success_at` unless this run succeeded (then it is this run's start).
+    pub fn carry_history(&mut self, previous: Option<&MailboxStatus>, succeeded: bool) {
+        self.first_run_at = previous
+            .and_then(|p| {
+                p.first_run_at
+                    .clone()
+                    .or_else(|| Some(p.last_run_at.clone()))
+            })
+            .or_else(|| Some(self.last_run_at.clone()));
+        self.last_success_at = if succeeded {
+            Some(self.last_run_at.clone())
+        } else {
+            previous.and_then(|p| p.last_success_at.clone())
+        };
+    }
+
+    /// Seconds from the last successful poll (or, never successful, from the first recorded run)
+    /// to `now`; None when neither time is readable.
+    pub fn seconds_without_success(&self, now: chrono::DateTime<chrono::Utc>) -> Option<i64> {
+        let since = self
+            .last_success_at
+            .as_deref()
+            .or(self.first_run_at.as_deref())?;
+        let since = chrono::DateTime::parse_from_rfc3339(since).ok()?;
+        Some(
+            (now - since.with_timezone(&chrono::Utc))
+                .num_seconds()
+                .max(0),
+        )
+    }
 }
 
 /// The answer to a mailbox lease request.
@@ -120,6 +174,16 @@ pub enum MailboxLease {
     Acquired(String),
     /// Another run holds it until then (epoch seconds).
     Held(i64),
+}
+
+/// A stored mailbox lease (see `DynamoStateStore::get_mailbox_lease`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// When the run that took it took it (RFC 3339; None for leases written before this was
+    /// recorded).
+    pub started_at: Option<String>,
+    /// Until when it holds the mailbox (epoch seconds).
+    pub until: i64,
 }
 
 /// The state table, as the poll loop needs it.

@@ -159,7 +159,9 @@ async fn resolve_targets(ctx: &Context, names: &[String]) -> Result<Vec<Target>>
                 }),
             }
         }
-        for secret in super::status::account_secret_names(ctx).await? {
+        // Only account secrets: the thread-marker key or ticket-API credentials may share the
+        // prefix, and checking them as accounts would always fail.
+        for (secret, _) in super::status::account_secrets(ctx).await? {
             if !used_accounts.contains(&secret) {
                 targets.push(Target::Account(secret));
             }

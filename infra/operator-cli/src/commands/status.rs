@@ -1,7 +1,9 @@
 //! `mailbridge status`: every account secret under the prefix (user, status and reason, age of
 //! the stored refresh token) and every configured mailbox with its last run's outcome (from the
-//! `mailbox-status#<name>` items poll-mailboxes writes). Reads only; exit code 3 when an account
-//! needs re-authentication or a mailbox's last run failed.
+//! `mailbox-status#<name>` items poll-mailboxes writes), when it was last polled successfully,
+//! and a run that started but wrote no result (its lease is still in the table: the run is going
+//! on, or it was killed and the mailbox waits until the lease runs out). Reads only; exit code 3
+//! when an account needs re-authentication or a mailbox's last run failed.
 
 use anyhow::{Context as _, Result};
 use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
@@ -57,6 +59,53 @@ pub struct MailboxRow {
     pub config_error: Option<String>,
     /// Last run (None: never polled).
     pub last_run: Option<poll_mailboxes::ports::MailboxStatus>,
+    /// Seconds since the last successful poll (`last_run.last_success_at`), None if never.
+    pub last_success_age_seconds: Option<i64>,
+    /// A run that took the mailbox after the last recorded run ended and has recorded no result.
+    pub run_without_result: Option<RunWithoutResult>,
+}
+
+/// A run that started working on a mailbox (it took the mailbox's lease) after the last
+/// recorded run, and has not recorded a result: still running, or killed (Lambda timeout, out of
+/// memory, a crash), in which case the mailbox waits until the lease runs out.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunWithoutResult {
+    /// When it took the lease (RFC 3339), if recorded.
+    pub started_at: Option<String>,
+    /// Until when the lease holds the mailbox (RFC 3339).
+    pub lease_until: String,
+    /// Whether the lease still holds the mailbox now.
+    pub lease_active: bool,
+}
+
+/// The run behind `lease`, when it started after `last_run` ended (a lease left from a
+/// finished run whose release failed is not one).
+pub fn run_without_result(
+    lease: &poll_mailboxes::ports::LeaseRecord,
+    last_run: Option<&poll_mailboxes::ports::MailboxStatus>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<RunWithoutResult> {
+    let parse = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc))
+    };
+    let started = lease.started_at.as_deref().and_then(parse);
+    let last_run_ended = last_run.and_then(|r| {
+        parse(&r.last_run_at).map(|t| t + chrono::Duration::milliseconds(r.duration_ms as i64))
+    });
+    let after_last_run = match (started, last_run_ended) {
+        (Some(started), Some(ended)) => started > ended,
+        // an older lease without its start time, or no run recorded yet: say what is known
+        _ => true,
+    };
+    after_last_run.then(|| RunWithoutResult {
+        started_at: lease.started_at.clone(),
+        lease_until: chrono::DateTime::from_timestamp(lease.until, 0)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_else(|| lease.until.to_string()),
+        lease_active: lease.until > now.timestamp(),
+    })
 }
 
 /// Names of the secrets under the prefix (paginated `ListSecrets` with a name filter).
@@ -101,9 +150,24 @@ pub async fn account_secret_names(ctx: &Context) -> Result<Vec<String>> {
     Ok(names)
 }
 
-async fn account_rows(ctx: &Context) -> Result<Vec<AccountRow>> {
+/// Whether a secret's value is an account secret (a JSON object with `tenant_id` or
+/// `client_id`). Other secrets may share the prefix: the thread-marker key (a plain string, kept
+/// there by the demo and by deployments that chose such a name), ticket-API credentials.
+pub fn looks_like_account(value: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(value)
+        .ok()
+        .and_then(|v| {
+            v.as_object()
+                .map(|o| o.contains_key("tenant_id") || o.contains_key("client_id"))
+        })
+        .unwrap_or(false)
+}
+
+/// The account secrets under the prefix: (name, value) of each secret whose value
+/// [`looks_like_account`].
+pub async fn account_secrets(ctx: &Context) -> Result<Vec<(String, String)>> {
     let client = aws_sdk_secretsmanager::Client::new(ctx.aws().await);
-    let mut rows = Vec::new();
+    let mut secrets = Vec::new();
     for secret in account_secret_names(ctx).await? {
         let value = client
             .get_secret_value()
@@ -116,20 +180,18 @@ async fn account_rows(ctx: &Context) -> Result<Vec<AccountRow>> {
                     aws_sdk_secretsmanager::error::DisplayErrorContext(e)
                 )
             })?;
-        let Some(text) = value.secret_string() else {
-            continue;
-        };
-        // Only account secrets (other secrets may share the prefix: ticket API, thread key).
-        let looks_like_account = serde_json::from_str::<serde_json::Value>(text)
-            .ok()
-            .and_then(|v| {
-                v.as_object()
-                    .map(|o| o.contains_key("tenant_id") || o.contains_key("client_id"))
-            })
-            .unwrap_or(false);
-        if !looks_like_account {
-            continue;
+        match value.secret_string() {
+            Some(text) if looks_like_account(text) => secrets.push((secret, text.to_owned())),
+            _ => {}
         }
+    }
+    Ok(secrets)
+}
+
+async fn account_rows(ctx: &Context) -> Result<Vec<AccountRow>> {
+    let mut rows = Vec::new();
+    for (secret, text) in account_secrets(ctx).await? {
+        let text = text.as_str();
         let account = ctx.account_name(&secret).to_owned();
         let row = match AccountSecret::parse(&secret, text) {
             Err(e) => AccountRow {
@@ -188,12 +250,24 @@ async fn mailbox_rows(ctx: &Context) -> Result<Vec<MailboxRow>> {
             .get_status(&name)
             .await
             .context("read the mailbox status")?;
+        let lease = state
+            .get_mailbox_lease(&name)
+            .await
+            .context("read the mailbox lease")?;
+        let now = chrono::Utc::now();
         rows.push(MailboxRow {
             mailbox: name,
             user: config.as_ref().map(|c| c.user.clone()),
             account: config.as_ref().map(|c| c.account.clone()),
             enabled: config.as_ref().map(|c| c.enabled),
             config_error,
+            last_success_age_seconds: last_run.as_ref().and_then(|r| {
+                r.last_success_at.as_ref()?;
+                r.seconds_without_success(now)
+            }),
+            run_without_result: lease
+                .as_ref()
+                .and_then(|l| run_without_result(l, last_run.as_ref(), now)),
             last_run,
         });
     }
@@ -302,6 +376,27 @@ fn print_human(ctx: &Context, accounts: &[AccountRow], mailboxes: Option<&[Mailb
                         if let Some(reason) = &r.reason {
                             println!("      reason: {reason}");
                         }
+                        match (&r.last_success_at, m.last_success_age_seconds) {
+                            (Some(at), Some(age)) => println!(
+                                "      last success: {at} ({} ago)",
+                                human_duration(chrono::Duration::seconds(age))
+                            ),
+                            _ => println!("      last success: never"),
+                        }
+                    }
+                }
+                if let Some(run) = &m.run_without_result {
+                    let started = run.started_at.as_deref().unwrap_or("(time not recorded)");
+                    if run.lease_active {
+                        println!(
+                            "      ⚠ run started {started}, no result yet; lease until {}: still running, or killed (then the mailbox waits until the lease runs out)",
+                            run.lease_until
+                        );
+                    } else {
+                        println!(
+                            "      ⚠ run started {started} recorded no result (killed or timed out?); its lease ran out {}",
+                            run.lease_until
+                        );
                     }
                 }
             }
