@@ -95,15 +95,37 @@ impl Dovecot {
     /// Start an instance in `dir` (created; its `run/` is wiped) validating tokens at
     /// `introspection_url` (RFC 7662, POST).
     pub async fn start(dir: &Path, introspection_url: &str) -> anyhow::Result<Dovecot> {
+        Self::start_with_settings(dir, introspection_url, "").await
+    }
+
+    /// Like [`Dovecot::start`], with `settings` (lines of `dovecot.conf`) appended to the
+    /// generated config, e.g. an `imap_capability` that leaves out `MOVE`.
+    pub async fn start_with_settings(
+        dir: &Path,
+        introspection_url: &str,
+        settings: &str,
+    ) -> anyhow::Result<Dovecot> {
         let dir = dir.to_path_buf();
         let introspection_url = introspection_url.to_string();
-        tokio::task::spawn_blocking(move || Self::start_blocking(&dir, &introspection_url))
-            .await
-            .context("dovecot start task panicked")?
+        let settings = settings.to_string();
+        tokio::task::spawn_blocking(move || {
+            Self::start_blocking_with_settings(&dir, &introspection_url, &settings)
+        })
+        .await
+        .context("dovecot start task panicked")?
     }
 
     /// Blocking variant of [`Dovecot::start`].
     pub fn start_blocking(dir: &Path, introspection_url: &str) -> anyhow::Result<Dovecot> {
+        Self::start_blocking_with_settings(dir, introspection_url, "")
+    }
+
+    /// Blocking variant of [`Dovecot::start_with_settings`].
+    pub fn start_blocking_with_settings(
+        dir: &Path,
+        introspection_url: &str,
+        settings: &str,
+    ) -> anyhow::Result<Dovecot> {
         for bin in [DOVECOT_BIN, DOVEADM_BIN] {
             if !Path::new(bin).exists() {
                 bail!(
@@ -128,7 +150,7 @@ impl Dovecot {
             if imap_port == imaps_port {
                 continue;
             }
-            write_config(dir, imap_port, imaps_port, introspection_url)?;
+            write_config(dir, imap_port, imaps_port, introspection_url, settings)?;
             let dovecot = Dovecot {
                 imaps_port,
                 imap_port,
@@ -331,6 +353,29 @@ impl Dovecot {
             Err(e) if format!("{e}").contains("already exists") => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// The names of `user`'s folders (`doveadm mailbox list`).
+    pub fn folders(&self, user: &str) -> anyhow::Result<Vec<String>> {
+        let out = self.doveadm(&["mailbox", "list", "-u", user], None)?;
+        Ok(out
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Add `flags` (e.g. `\Seen`) to message `uid` of `user`'s `folder`, as a mail client would.
+    pub fn add_flags(&self, user: &str, folder: &str, uid: u32, flags: &str) -> anyhow::Result<()> {
+        let uid = uid.to_string();
+        self.doveadm(
+            &[
+                "flags", "add", "-u", user, flags, "mailbox", folder, "uid", &uid,
+            ],
+            None,
+        )?;
+        Ok(())
     }
 
     /// `doveadm mailbox status` of `user`'s `folder`.
@@ -601,6 +646,7 @@ fn write_config(
     imap_port: u16,
     imaps_port: u16,
     introspection_url: &str,
+    settings: &str,
 ) -> anyhow::Result<()> {
     let d = dir.display();
     let (_, _, user, group) = mail_user();
@@ -680,6 +726,7 @@ service anvil {{
     mode = 0
   }}
 }}
+{settings}
 "#
     );
     std::fs::write(dir.join("dovecot.conf"), conf)?;
