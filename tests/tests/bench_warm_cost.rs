@@ -367,6 +367,7 @@ async fn bench_warm_cost_poll_mailboxes() {
                 &table,
                 &format!("bench{n}"),
                 &fields,
+                &poll_mailboxes::targets::TargetPolicy::local(),
             )
             .await
             .unwrap();
@@ -380,6 +381,10 @@ async fn bench_warm_cost_poll_mailboxes() {
     let mut env = aws_env(&counter);
     env.extend([
         ("MAILBRIDGE_STATE_TABLE".to_owned(), table.clone()),
+        (
+            "MAILBRIDGE_ALLOW_LOCAL_TARGETS".to_owned(),
+            "true".to_owned(),
+        ),
         ("MAILBRIDGE_THREAD_KEY_SECRET".to_owned(), thread_key_secret),
         (
             "MAILBRIDGE_SECRET_PREFIX".to_owned(),

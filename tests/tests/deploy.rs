@@ -193,7 +193,12 @@ fn the_template_gives_each_function_the_environment_it_reads() {
         "MAILBRIDGE_GRAPH_URL",
         "MAILBRIDGE_MESSAGE_BUCKET",
     ];
-    let poller_only = ["MAILBRIDGE_MAX_CONCURRENT_MAILBOXES"];
+    let poller_only = [
+        "MAILBRIDGE_MAX_CONCURRENT_MAILBOXES",
+        "MAILBRIDGE_SINK_HOSTS",
+        "MAILBRIDGE_IMAP_HOSTS",
+        "MAILBRIDGE_ALLOW_LOCAL_TARGETS",
+    ];
     let sender = template_resource(&template, "SendNotificationsFunction");
     let poller = template_resource(&template, "PollMailboxesFunction");
     let has = |section: &str, var: &str| {
@@ -756,6 +761,74 @@ fn the_dashboard_shows_what_an_admin_needs_from_metrics_that_exist() {
         assert!(
             poller.contains(&format!("\"{message}\"")),
             "the poller no longer logs {message:?}"
+        );
+    }
+}
+
+/// The lines of one parameter of template.yaml (from `  Name:` to the next parameter).
+fn template_parameter(template: &str, name: &str) -> String {
+    let parameters: String = template
+        .lines()
+        .skip_while(|l| *l != "Parameters:")
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with(' '))
+        .collect::<Vec<_>>()
+        .join("\n");
+    template_resource(&format!("Parameters:\n{parameters}\n"), name)
+}
+
+#[test]
+fn config_targets_are_allowlisted_and_loopback_stays_refused_in_lambda() {
+    use poll_mailboxes::targets::{
+        ALLOW_LOCAL_VAR, IMAP_HOSTS_VAR, MICROSOFT_IMAP_HOSTS, SINK_HOSTS_VAR,
+    };
+    let template = repo_file("template.yaml");
+    let poller = template_resource(&template, "PollMailboxesFunction");
+    let env = |var: &str| -> String {
+        poller
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{var}: ")))
+            .unwrap_or_else(|| panic!("PollMailboxesFunction lacks {var}"))
+            .to_string()
+    };
+    assert_eq!(env(SINK_HOSTS_VAR), "!Ref TicketApiHosts");
+    assert_eq!(env(IMAP_HOSTS_VAR), "!Ref ImapHosts");
+    assert_eq!(
+        env(ALLOW_LOCAL_VAR),
+        "\"false\"",
+        "inside Lambda 127.0.0.1:9001 is the Runtime API: loopback targets must stay refused"
+    );
+    // The ticket API hosts are the deployment's own: no default, `sam deploy --guided` asks.
+    let sink_hosts = template_parameter(&template, "TicketApiHosts");
+    assert!(
+        !sink_hosts.contains("Default:"),
+        "TicketApiHosts must have no default:\n{sink_hosts}"
+    );
+    // The IMAP default is the code's default: Microsoft's hosts, sovereign clouds included.
+    let imap_hosts = template_parameter(&template, "ImapHosts");
+    let default = imap_hosts
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Default: "))
+        .expect("ImapHosts has a default");
+    assert_eq!(default.split(',').collect::<Vec<_>>(), MICROSOFT_IMAP_HOSTS);
+}
+
+#[test]
+fn secret_prefixes_must_end_with_a_slash() {
+    // `prefix*` in IAM also matches unrelated longer names (`mailbridge*` matches
+    // `mailbridge-ticket-api/...`), so a prefix is a folder.
+    let template = repo_file("template.yaml");
+    for name in ["SecretPrefix", "SinkSecretPrefix"] {
+        let parameter = template_parameter(&template, name);
+        let pattern = parameter
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("AllowedPattern: "))
+            .unwrap_or_else(|| panic!("{name} has no AllowedPattern"))
+            .trim_matches('"')
+            .to_string();
+        assert!(
+            pattern.starts_with('^') && pattern.ends_with("/$"),
+            "{name} may be a prefix without a closing `/`: {pattern}"
         );
     }
 }

@@ -192,6 +192,7 @@ impl Poller {
             max_concurrent_mailboxes: 4,
             deadline_margin: Duration::from_secs(2),
             dedupe_ttl: Duration::from_secs(3600),
+            targets: poll_mailboxes::targets::TargetPolicy::local(),
         };
         Poller {
             table,
@@ -211,9 +212,15 @@ impl Poller {
         for (k, v) in extra.as_object().unwrap() {
             fields[k] = v.clone();
         }
-        put_mailbox_config(&dynamodb(), &self.table, name, &fields)
-            .await
-            .unwrap();
+        put_mailbox_config(
+            &dynamodb(),
+            &self.table,
+            name,
+            &fields,
+            &poll_mailboxes::targets::TargetPolicy::local(),
+        )
+        .await
+        .unwrap();
     }
 
     async fn poll(&self) -> PollReport {

@@ -103,6 +103,7 @@ impl World {
             max_concurrent_mailboxes: 4,
             deadline_margin: Duration::from_secs(2),
             dedupe_ttl: Duration::from_secs(86_400),
+            targets: poll_mailboxes::targets::TargetPolicy::local(),
         };
         // the mailbox's IMAP account
         let user = unique_user("hd");
@@ -143,9 +144,15 @@ impl World {
             // the benchmark's 200 mails in one run
             "max_messages_per_run": 1000,
         });
-        put_mailbox_config(&dynamodb(), &world.table, "helpdesk", &fields)
-            .await
-            .unwrap();
+        put_mailbox_config(
+            &dynamodb(),
+            &world.table,
+            "helpdesk",
+            &fields,
+            &poll_mailboxes::targets::TargetPolicy::local(),
+        )
+        .await
+        .unwrap();
         world
     }
 

@@ -114,6 +114,7 @@ impl RtWorld {
             max_concurrent_mailboxes: 2,
             deadline_margin: Duration::from_secs(2),
             dedupe_ttl: Duration::from_secs(86_400),
+            targets: poll_mailboxes::targets::TargetPolicy::local(),
         };
         let world = RtWorld {
             rt,
@@ -154,9 +155,15 @@ impl RtWorld {
             "port": dovecot.imaps_port,
             "sink": self.sink_json(extra),
         });
-        put_mailbox_config(&dynamodb(), &self.table, "helpdesk", &fields)
-            .await
-            .unwrap();
+        put_mailbox_config(
+            &dynamodb(),
+            &self.table,
+            "helpdesk",
+            &fields,
+            &poll_mailboxes::targets::TargetPolicy::local(),
+        )
+        .await
+        .unwrap();
     }
 
     /// A sink built from this world's config and secret (what `mailbridge check` uses).

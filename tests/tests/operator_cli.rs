@@ -66,6 +66,8 @@ impl World {
             .envs(stack.moto().env())
             .env("MAILBRIDGE_SECRET_PREFIX", &self.prefix)
             .env("MAILBRIDGE_STATE_TABLE", &self.table)
+            .env("MAILBRIDGE_ALLOW_LOCAL_TARGETS", "true")
+            .env("MAILBRIDGE_SINK_HOSTS", "psa.example.com")
             .env(
                 "MAILBRIDGE_GRAPH_URL",
                 format!("{}/v1.0", stack.graph().base_url),
@@ -791,6 +793,45 @@ async fn mailbox_add_validates_and_lists() {
         "{}",
         text(&out.stderr)
     );
+    // Hosts off the allowlists are refused before the helpdesk is asked or anything is stored,
+    // naming the host and the setting that would allow it.
+    for (flag, value, host, setting) in [
+        (
+            "--ticket-api-url",
+            "https://collector.attacker.example/t",
+            "collector.attacker.example",
+            "MAILBRIDGE_SINK_HOSTS",
+        ),
+        (
+            "--host",
+            "imap.attacker.example",
+            "imap.attacker.example",
+            "MAILBRIDGE_IMAP_HOSTS",
+        ),
+    ] {
+        let mut args = vec![
+            "mailbox",
+            "add",
+            "elsewhere",
+            "--user",
+            "x@example.com",
+            "--account",
+            "helpdesk",
+            flag,
+            value,
+        ];
+        if flag == "--host" {
+            args.extend(["--ticket-api-url", "https://psa.example.com/t"]);
+        }
+        let out = w.run(&args).await;
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains(host) && stderr.contains(setting),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("helpdesk check"), "{stderr}");
+    }
     w.add_mailbox("listed", "sink").await;
     let out = w.run(&["mailbox", "list", "--json"]).await;
     assert_eq!(out.status.code(), Some(0));

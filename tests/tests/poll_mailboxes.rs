@@ -234,11 +234,15 @@ async fn mailbox_configs_load_from_the_state_table_and_a_bad_one_is_named() {
     let table = mailbridge_tests::create_state_table("poll").await.unwrap();
     let client = dynamodb();
     let url = "https://psa.example.com/api/tickets";
+    let targets = poll_mailboxes::targets::TargetPolicy::local()
+        .with_sink_hosts(&["psa.example.com"])
+        .unwrap();
     put_mailbox_config(
         &client,
         &table,
         "sales",
         &mailbox_fields("sales@example.com", url),
+        &targets,
     )
     .await
     .unwrap();
@@ -247,6 +251,7 @@ async fn mailbox_configs_load_from_the_state_table_and_a_bad_one_is_named() {
         &table,
         "support",
         &mailbox_fields("support@example.com", url),
+        &targets,
     )
     .await
     .unwrap();
@@ -267,17 +272,46 @@ async fn mailbox_configs_load_from_the_state_table_and_a_bad_one_is_named() {
         .send()
         .await
         .unwrap();
-    let err = put_mailbox_config(&client, &table, "bad", &serde_json::json!({"user": "x"}))
-        .await
-        .unwrap_err();
+    let err = put_mailbox_config(
+        &client,
+        &table,
+        "bad",
+        &serde_json::json!({"user": "x"}),
+        &targets,
+    )
+    .await
+    .unwrap_err();
     assert!(
         err.to_string().contains("mailbox bad: field `user`"),
         "{err}"
     );
+    // A ticket API host off the allowlist is refused before anything is written.
+    let err = put_mailbox_config(
+        &client,
+        &table,
+        "elsewhere",
+        &mailbox_fields("x@example.com", "https://collector.attacker.example/t"),
+        &targets,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("\"collector.attacker.example\"")
+            && err.to_string().contains("MAILBRIDGE_SINK_HOSTS"),
+        "{err}"
+    );
+    // Read with a deployment that no longer allows psa.example.com: refused on read too.
+    let strict = DynamoStateStore::new(client.clone(), &table)
+        .with_targets(poll_mailboxes::targets::TargetPolicy::from_lookup(|_| None).unwrap());
+    let refused = strict
+        .load_mailboxes(Some(&["sales".to_string()]))
+        .await
+        .unwrap();
+    assert_eq!(refused[0].as_ref().unwrap_err().field, "sink.url");
 
     let store = DynamoStateStore::new(client.clone(), &table);
     let loaded = store.load_mailboxes(None).await.unwrap();
-    assert_eq!(loaded.len(), 2);
+    assert_eq!(loaded.len(), 2, "nothing of `elsewhere` was stored");
     let sales = loaded[0].as_ref().unwrap();
     assert_eq!(sales.name, "sales");
     assert_eq!(sales.host, "outlook.office365.com");
@@ -425,6 +459,7 @@ impl Poller {
             max_concurrent_mailboxes: 4,
             deadline_margin,
             dedupe_ttl: Duration::from_secs(86_400),
+            targets: poll_mailboxes::targets::TargetPolicy::local(),
         };
         Poller {
             tenant,
@@ -487,9 +522,15 @@ impl Poller {
         for (k, v) in extra.as_object().unwrap() {
             fields[k] = v.clone();
         }
-        put_mailbox_config(&dynamodb(), &self.table, name, &fields)
-            .await
-            .unwrap();
+        put_mailbox_config(
+            &dynamodb(),
+            &self.table,
+            name,
+            &fields,
+            &poll_mailboxes::targets::TargetPolicy::local(),
+        )
+        .await
+        .unwrap();
     }
 
     async fn poll(&self) -> poll_mailboxes::PollReport {
@@ -1465,6 +1506,10 @@ async fn the_bootstrap_binary_polls_on_a_scheduler_event() {
     env.extend([
         ("MAILBRIDGE_STATE_TABLE".to_string(), p.table.clone()),
         (
+            "MAILBRIDGE_ALLOW_LOCAL_TARGETS".to_string(),
+            "true".to_string(),
+        ),
+        (
             "MAILBRIDGE_THREAD_KEY_SECRET".to_string(),
             thread_key_secret,
         ),
@@ -1748,6 +1793,10 @@ async fn poll_generated_mails_at_128_mb(
     let mut env = stack().moto().env();
     env.extend([
         ("MAILBRIDGE_STATE_TABLE".to_string(), p.table.clone()),
+        (
+            "MAILBRIDGE_ALLOW_LOCAL_TARGETS".to_string(),
+            "true".to_string(),
+        ),
         (
             "MAILBRIDGE_THREAD_KEY_SECRET".to_string(),
             thread_key_secret,

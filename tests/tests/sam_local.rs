@@ -124,6 +124,8 @@ async fn sam_local_invoke_runs_both_functions_against_the_local_stack() {
             "MAILBRIDGE_THREAD_KEY_SECRET": thread_key_secret,
             // a host path: the script copies it under the function's CodeUri (/var/task)
             "MAILBRIDGE_IMAP_CA_FILE": stack().dovecot().ca_pem_path,
+            // Dovecot and the ticket stand-in listen on loopback
+            "MAILBRIDGE_ALLOW_LOCAL_TARGETS": "true",
         },
     });
     let env_file = work.path().join("env-vars.json");
@@ -203,6 +205,7 @@ async fn sam_local_invoke_runs_both_functions_against_the_local_stack() {
             "port": stack().dovecot().imaps_port,
             "ticket_api_url": stack().tickets().sink_url(&sink),
         }),
+        &poll_mailboxes::targets::TargetPolicy::local(),
     )
     .await
     .unwrap();

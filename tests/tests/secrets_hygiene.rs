@@ -430,6 +430,7 @@ async fn no_secret_value_reaches_logs_errors_or_debug_output() {
                 "ticket_api_url": stack.tickets().sink_url(&sink),
                 "ticket_api_secret": ticket_secret,
             }),
+            &poll_mailboxes::targets::TargetPolicy::local(),
         )
         .await
         .unwrap();
@@ -459,6 +460,7 @@ async fn no_secret_value_reaches_logs_errors_or_debug_output() {
         max_concurrent_mailboxes: 2,
         deadline_margin: Duration::from_secs(2),
         dedupe_ttl: Duration::from_secs(3600),
+        targets: poll_mailboxes::targets::TargetPolicy::local(),
     };
     // The notification above reaches the helpdesk mailbox from its own address: a mail loop,
     // which the poller sets aside without a ticket. A customer's reply makes the ticket.
@@ -709,6 +711,7 @@ async fn the_cli_writes_no_secret_to_disk() {
             .envs(stack.moto().env())
             .env("MAILBRIDGE_SECRET_PREFIX", &prefix)
             .env("MAILBRIDGE_STATE_TABLE", &table)
+            .env("MAILBRIDGE_ALLOW_LOCAL_TARGETS", "true")
             .env(
                 "MAILBRIDGE_GRAPH_URL",
                 format!("{}/v1.0", stack.graph().base_url),

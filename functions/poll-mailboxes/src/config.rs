@@ -371,6 +371,9 @@ pub struct Settings {
     pub imap_ca_file: Option<std::path::PathBuf>,
     /// `MAILBRIDGE_DEDUPE_TTL_DAYS` (default 30): how long dedupe records live.
     pub dedupe_ttl: Duration,
+    /// `MAILBRIDGE_IMAP_HOSTS`, `MAILBRIDGE_SINK_HOSTS`, `MAILBRIDGE_ALLOW_LOCAL_TARGETS`: where
+    /// mailbox configurations may point ([`crate::targets`]).
+    pub targets: crate::targets::TargetPolicy,
 }
 
 /// A missing or invalid environment variable.
@@ -410,7 +413,9 @@ impl Settings {
                 name: "MAILBRIDGE_THREAD_KEY_SECRET",
                 problem: "is required (the secret holding the thread-marker HMAC key)".into(),
             })?;
+        let targets = crate::targets::TargetPolicy::from_lookup(&get)?;
         Ok(Settings {
+            targets,
             state_table,
             thread_key_secret,
             max_concurrent_mailboxes: number("MAILBRIDGE_MAX_CONCURRENT_MAILBOXES", 8, 1, 256)?

@@ -50,6 +50,7 @@ pub struct DynamoStateStore {
     client: LazyClient<Client>,
     table: String,
     statuses: StatusCache,
+    targets: Option<crate::targets::TargetPolicy>,
 }
 
 impl DynamoStateStore {
@@ -59,7 +60,15 @@ impl DynamoStateStore {
             client: client.into(),
             table: table.into(),
             statuses: Arc::default(),
+            targets: None,
         }
+    }
+
+    /// Also refuse, on every read, configurations that point where `targets` does not allow
+    /// (the operator CLI reads through this; the poll loop checks them itself).
+    pub fn with_targets(mut self, targets: crate::targets::TargetPolicy) -> Self {
+        self.targets = Some(targets);
+        self
     }
 }
 
@@ -418,22 +427,30 @@ impl StateStore for DynamoStateStore {
                         .iter()
                         .map(|(k, v)| (k.clone(), attr_to_json(v)))
                         .collect();
-                    MailboxConfig::from_json(name, &serde_json::Value::Object(object))
+                    let config =
+                        MailboxConfig::from_json(name, &serde_json::Value::Object(object))?;
+                    if let Some(targets) = &self.targets {
+                        targets.check(&config)?;
+                    }
+                    Ok(config)
                 }
             })
             .collect())
     }
 }
 
-/// Add or replace a mailbox configuration (validated first) and list it in the index, atomically.
-/// `fields` is the JSON object of the mailbox fields of docs/mailboxes.md.
+/// Add or replace a mailbox configuration (validated first, its hosts checked against
+/// `targets`) and list it in the index, atomically. `fields` is the JSON object of the mailbox
+/// fields of docs/mailboxes.md.
 pub async fn put_mailbox_config(
     client: &Client,
     table: &str,
     name: &str,
     fields: &serde_json::Value,
+    targets: &crate::targets::TargetPolicy,
 ) -> Result<MailboxConfig, PutConfigError> {
     let config = MailboxConfig::from_json(name, fields).map_err(PutConfigError::Invalid)?;
+    targets.check(&config).map_err(PutConfigError::Invalid)?;
     let mut item: HashMap<String, AttributeValue> = fields
         .as_object()
         .map(|o| {

@@ -469,6 +469,9 @@ fn world(configs: Vec<Result<MailboxConfig, ConfigError>>, tokens: FakeTokens) -
         max_concurrent_mailboxes: 4,
         deadline_margin: Duration::from_secs(5),
         dedupe_ttl: Duration::from_secs(86_400),
+        targets: crate::targets::TargetPolicy::local()
+            .with_sink_hosts(&["psa.example.com"])
+            .unwrap(),
     };
     World {
         server,
@@ -1135,4 +1138,50 @@ async fn a_list_helpdesk_address_tickets_list_mail_but_still_sets_auto_replies_a
             );
         }
     }
+}
+
+#[tokio::test]
+async fn a_config_pointing_at_a_host_off_the_allowlists_is_refused_when_read() {
+    // Written straight into the table (not through the CLI): the poll run checks it again.
+    let w = world(
+        vec![
+            Ok(mailbox(
+                "stolen-token",
+                "a@example.com",
+                serde_json::json!({"host": "imap.attacker.example"}),
+            )),
+            Ok(mailbox(
+                "stolen-mail",
+                "b@example.com",
+                serde_json::json!({"ticket_api_url": "https://collector.attacker.example/t"}),
+            )),
+            Ok(mailbox("good", "c@example.com", serde_json::json!({}))),
+        ],
+        FakeTokens::default(),
+    );
+    for user in ["a@example.com", "b@example.com", "c@example.com"] {
+        w.server.deliver(user, &mail(user, "hello"));
+    }
+    let report = poll_once(&w.deps, None, Instant::now() + Duration::from_secs(30))
+        .await
+        .unwrap();
+    let by_name: HashMap<_, _> = report
+        .mailboxes
+        .iter()
+        .map(|s| (s.mailbox.as_str(), s))
+        .collect();
+    for (name, field, host) in [
+        ("stolen-token", "`host`", "imap.attacker.example"),
+        ("stolen-mail", "`sink.url`", "collector.attacker.example"),
+    ] {
+        let status = by_name[name];
+        assert_eq!(status.outcome, "config_error", "{status:?}");
+        let reason = status.reason.as_deref().unwrap();
+        assert!(reason.contains(field) && reason.contains(host), "{reason}");
+    }
+    assert_eq!(by_name["good"].outcome, "ok");
+    // Only the good mailbox's mail went anywhere; the others stay in their inboxes.
+    assert_eq!(w.sink.tickets.lock().unwrap().len(), 1);
+    assert_eq!(w.server.count("a@example.com", "INBOX"), 1);
+    assert_eq!(w.server.count("b@example.com", "INBOX"), 1);
 }

@@ -6,6 +6,7 @@
 //! - [`dedupe`]: which mails are the same mail.
 //! - [`convert`]: raw mail → ticket draft and attachment contents.
 //! - [`dynamo`], [`imap_adapter`], [`sinks`]: the real adapters (DynamoDB, IMAP, webhook).
+//! - [`targets`]: the IMAP and ticket API hosts a mailbox configuration may point at.
 //! - [`handler`]: the Lambda event → tick → response + metrics.
 
 pub mod config;
@@ -17,6 +18,7 @@ pub mod imap_adapter;
 pub mod poll;
 pub mod ports;
 pub mod sinks;
+pub mod targets;
 
 #[cfg(test)]
 mod fakes;

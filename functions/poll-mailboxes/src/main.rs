@@ -89,6 +89,7 @@ impl Prepared {
                     max_concurrent_mailboxes: self.settings.max_concurrent_mailboxes,
                     deadline_margin: self.settings.deadline_margin,
                     dedupe_ttl: self.settings.dedupe_ttl,
+                    targets: self.settings.targets.clone(),
                 })
             })
             .await

@@ -50,6 +50,7 @@ use crate::ports::{
     DedupeRecord, Mailbox, MailboxConnector, MailboxLease, MailboxStatus, SinkFactory, StateStore,
     StoreError,
 };
+use crate::targets::TargetPolicy;
 
 /// Everything a tick needs, built once per cold start.
 #[derive(Clone)]
@@ -70,6 +71,8 @@ pub struct PollDeps {
     pub deadline_margin: Duration,
     /// Dedupe record lifetime.
     pub dedupe_ttl: Duration,
+    /// The hosts a mailbox configuration may point at (checked again on every read).
+    pub targets: TargetPolicy,
 }
 
 /// What one tick did.
@@ -122,6 +125,15 @@ pub async fn poll_once(
     deadline: Instant,
 ) -> Result<PollReport, StoreError> {
     let mut configs = deps.state.load_mailboxes(None).await?;
+    // Whoever can write the state table must not be able to send the account's token or the
+    // mail anywhere: the allowlists are checked on every read, not only when the CLI wrote it.
+    for entry in &mut configs {
+        if let Ok(config) = entry
+            && let Err(refused) = deps.targets.check(config)
+        {
+            *entry = Err(refused);
+        }
+    }
     if let Some(wanted) = names {
         // A manual run may name mailboxes by configuration name or by address.
         let matches =

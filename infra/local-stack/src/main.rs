@@ -137,6 +137,8 @@ async fn start(stack: &LocalStack, state_table: &str) -> anyhow::Result<()> {
     println!("export MAILBRIDGE_SECRET_PREFIX=mailbridge/");
     println!("export MAILBRIDGE_THREAD_KEY_SECRET={START_THREAD_KEY_SECRET}");
     println!("export MAILBRIDGE_DLQ_URL={dlq_url}");
+    // The stand-ins listen on loopback: allowed only with this (never set in Lambda).
+    println!("export MAILBRIDGE_ALLOW_LOCAL_TARGETS=true");
     if let Ok(graph) = stack.try_graph() {
         println!("export MAILBRIDGE_GRAPH_URL={}", graph.v1_url());
     }
@@ -547,6 +549,11 @@ async fn demo(stack: &LocalStack, helpdesk: &str) -> anyhow::Result<()> {
             dovecot.ca_pem_path.display().to_string(),
         ),
         ("RUST_LOG".to_owned(), "info".to_owned()),
+        // Dovecot and the ticket stand-in listen on loopback.
+        (
+            "MAILBRIDGE_ALLOW_LOCAL_TARGETS".to_owned(),
+            "true".to_owned(),
+        ),
     ]);
     let (report, poll_logs) = invoke_poll(&poll_binary, &poll_env).await?;
     if report["tickets_created"] != 1 {

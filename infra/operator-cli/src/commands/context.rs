@@ -205,10 +205,19 @@ impl Context {
     /// The state table adapter of poll-mailboxes.
     pub async fn state_store(&self) -> Result<poll_mailboxes::dynamo::DynamoStateStore> {
         let table = self.state_table()?.to_owned();
-        Ok(poll_mailboxes::dynamo::DynamoStateStore::new(
-            self.dynamodb().await,
-            table,
-        ))
+        Ok(
+            poll_mailboxes::dynamo::DynamoStateStore::new(self.dynamodb().await, table)
+                .with_targets(self.targets()?),
+        )
+    }
+
+    /// Where mailbox configurations may point: the same variables the poller reads
+    /// (`MAILBRIDGE_IMAP_HOSTS`, `MAILBRIDGE_SINK_HOSTS`, `MAILBRIDGE_ALLOW_LOCAL_TARGETS`), so a
+    /// configuration the CLI stores is one the poller accepts.
+    pub fn targets(&self) -> Result<poll_mailboxes::targets::TargetPolicy> {
+        Ok(poll_mailboxes::targets::TargetPolicy::from_lookup(|k| {
+            std::env::var(k).ok()
+        })?)
     }
 
     /// Graph v1.0 root for `account`: `--graph-url` / `MAILBRIDGE_GRAPH_URL`, else the

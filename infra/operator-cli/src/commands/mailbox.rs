@@ -51,7 +51,8 @@ pub struct AddArgs {
     /// queue) unless --no-check.
     #[arg(long, value_name = "JSON", required_unless_present = "ticket_api_url", conflicts_with_all = ["ticket_api_url", "ticket_api_secret"])]
     pub sink_json: Option<String>,
-    /// A generic webhook's URL (https; http only for loopback): the same as
+    /// A generic webhook's URL (https, its host in MAILBRIDGE_SINK_HOSTS; plain http and
+    /// loopback only with MAILBRIDGE_ALLOW_LOCAL_TARGETS=true): the same as
     /// `--sink-json '{"kind":"webhook","url":URL}'`.
     #[arg(long, value_name = "URL")]
     pub ticket_api_url: Option<String>,
@@ -61,7 +62,8 @@ pub struct AddArgs {
     /// Store without asking the helpdesk first (it is down now, or not reachable from here).
     #[arg(long)]
     pub no_check: bool,
-    /// IMAP host (default outlook.office365.com).
+    /// IMAP host (default outlook.office365.com); must be in MAILBRIDGE_IMAP_HOSTS (default:
+    /// Microsoft's IMAP hosts).
     #[arg(long)]
     pub host: Option<String>,
     /// IMAP port, implicit TLS (default 993).
@@ -193,10 +195,13 @@ pub async fn run(ctx: &Context, command: MailboxCommand) -> Result<Exit> {
         MailboxCommand::Add(args) => {
             let fields = args.fields()?;
             let config = MailboxConfig::from_json(&args.name, &fields)?;
+            // Before the helpdesk is asked: a refused host is never contacted.
+            ctx.targets()?.check(&config)?;
             if !args.no_check {
                 check_sink(ctx, &config).await?;
             }
-            let config = put_mailbox_config(&client, &table, &args.name, &fields).await?;
+            let config =
+                put_mailbox_config(&client, &table, &args.name, &fields, &ctx.targets()?).await?;
             if ctx.json() {
                 print_json(&json!({ "stored": true, "mailbox": config }));
             } else {

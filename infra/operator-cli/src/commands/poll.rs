@@ -432,6 +432,7 @@ pub async fn run(ctx: &Context, args: PollArgs) -> Result<Exit> {
         max_concurrent_mailboxes: 4,
         deadline_margin: Duration::from_secs(5),
         dedupe_ttl: Duration::from_secs(86_400),
+        targets: ctx.targets()?,
     };
     let names = (!args.mailboxes.is_empty()).then_some(args.mailboxes.as_slice());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout.max(10));
