@@ -193,6 +193,7 @@ impl Poller {
             deadline_margin: Duration::from_secs(2),
             dedupe_ttl: Duration::from_secs(3600),
             targets: poll_mailboxes::targets::TargetPolicy::local(),
+            memory: std::sync::Arc::new(poll_mailboxes::memory::MemoryBudget::unlimited()),
         };
         Poller {
             table,

@@ -104,6 +104,7 @@ impl World {
             deadline_margin: Duration::from_secs(2),
             dedupe_ttl: Duration::from_secs(86_400),
             targets: poll_mailboxes::targets::TargetPolicy::local(),
+            memory: std::sync::Arc::new(poll_mailboxes::memory::MemoryBudget::unlimited()),
         };
         // the mailbox's IMAP account
         let user = unique_user("hd");

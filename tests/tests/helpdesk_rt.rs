@@ -115,6 +115,7 @@ impl RtWorld {
             deadline_margin: Duration::from_secs(2),
             dedupe_ttl: Duration::from_secs(86_400),
             targets: poll_mailboxes::targets::TargetPolicy::local(),
+            memory: std::sync::Arc::new(poll_mailboxes::memory::MemoryBudget::unlimited()),
         };
         let world = RtWorld {
             rt,

@@ -744,7 +744,7 @@ async fn status_shows_the_last_success_and_a_run_that_never_reported() {
     // A run takes the mailbox (as the poller does when it finds mail) and is killed: no status
     // is written, the lease stays. Status must not just show the old `ok`.
     let until = chrono::Utc::now().timestamp() + 240;
-    let MailboxLease::Acquired(_) = store.acquire_mailbox_lease("inbox", until).await.unwrap()
+    let MailboxLease::Acquired { .. } = store.acquire_mailbox_lease("inbox", until).await.unwrap()
     else {
         panic!("the lease is free");
     };

@@ -460,6 +460,7 @@ impl Poller {
             deadline_margin,
             dedupe_ttl: Duration::from_secs(86_400),
             targets: poll_mailboxes::targets::TargetPolicy::local(),
+            memory: std::sync::Arc::new(poll_mailboxes::memory::MemoryBudget::unlimited()),
         };
         Poller {
             tenant,

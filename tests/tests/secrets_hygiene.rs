@@ -461,6 +461,7 @@ async fn no_secret_value_reaches_logs_errors_or_debug_output() {
         deadline_margin: Duration::from_secs(2),
         dedupe_ttl: Duration::from_secs(3600),
         targets: poll_mailboxes::targets::TargetPolicy::local(),
+        memory: std::sync::Arc::new(poll_mailboxes::memory::MemoryBudget::unlimited()),
     };
     // The notification above reaches the helpdesk mailbox from its own address: a mail loop,
     // which the poller sets aside without a ticket. A customer's reply makes the ticket.

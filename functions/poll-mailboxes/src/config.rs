@@ -371,6 +371,9 @@ pub struct Settings {
     pub imap_ca_file: Option<std::path::PathBuf>,
     /// `MAILBRIDGE_DEDUPE_TTL_DAYS` (default 30): how long dedupe records live.
     pub dedupe_ttl: Duration,
+    /// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` (MB, set by Lambda): bounds the mail read whole
+    /// ([`crate::memory`]). None outside Lambda: no bound beyond each mailbox's own.
+    pub function_memory_mb: Option<u64>,
     /// `MAILBRIDGE_IMAP_HOSTS`, `MAILBRIDGE_SINK_HOSTS`, `MAILBRIDGE_ALLOW_LOCAL_TARGETS`: where
     /// mailbox configurations may point ([`crate::targets`]).
     pub targets: crate::targets::TargetPolicy,
@@ -414,7 +417,13 @@ impl Settings {
                 problem: "is required (the secret holding the thread-marker HMAC key)".into(),
             })?;
         let targets = crate::targets::TargetPolicy::from_lookup(&get)?;
+        let function_memory_mb =
+            match get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").filter(|v| !v.trim().is_empty()) {
+                None => None,
+                Some(_) => Some(number("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 128, 128, 10_240)?),
+            };
         Ok(Settings {
+            function_memory_mb,
             targets,
             state_table,
             thread_key_secret,

@@ -37,6 +37,25 @@ pub fn parse_draft(
     mailbridge::mail::parse(raw, &options).map_err(|e| e.to_string())
 }
 
+/// [`parse_draft`] and the decoded content of each attachment, from one parse (what the poller
+/// posts; parsing twice cost a second pass and a second peak of memory).
+pub fn parse_mail(
+    raw: &[u8],
+    own_address: &str,
+    subject_patterns: &[regex::Regex],
+    context: &ParseContext,
+) -> Result<mailbridge::mail::ParsedMail, String> {
+    let mut options = mailbridge::mail::ParseOptions {
+        thread_key: context.thread_key.clone(),
+        own_addresses: vec![own_address.to_string()],
+        ..Default::default()
+    };
+    options
+        .subject_ticket_patterns
+        .extend(subject_patterns.iter().cloned());
+    mailbridge::mail::parse_with_attachments(raw, &options).map_err(|e| e.to_string())
+}
+
 /// A best-effort draft from header fields alone (oversize or unparseable mail).
 pub fn draft_from_headers(fields: &[HeaderField], note: &str) -> TicketDraft {
     let get = |name| dedupe::header(fields, name).map(str::to_string);
@@ -88,11 +107,12 @@ pub fn draft_from_headers(fields: &[HeaderField], note: &str) -> TicketDraft {
     }
 }
 
-/// Attachment contents for the draft's attachments, base64 while the running total stays under
+/// Attachment contents for the draft's attachments (`contents`: the decoded bytes from the same
+/// parse, in the order of `draft.attachments`), base64 while the running total stays under
 /// `cap` (decoded bytes); beyond it metadata only with the reason.
 pub fn attachments_with_content(
-    raw: &[u8],
     draft: &TicketDraft,
+    contents: Vec<Vec<u8>>,
     cap: u64,
 ) -> Vec<TicketAttachment> {
     let listed: Vec<TicketAttachment> = draft
@@ -112,25 +132,9 @@ pub fn attachments_with_content(
         return listed;
     }
     let total_wanted: u64 = listed.iter().map(|a| a.size).sum();
-    if listed.iter().all(|a| a.size > cap) {
-        // Nothing fits: do not decode the MIME tree again (a 20 MB attachment would cost 20 MB).
-        return listed
-            .into_iter()
-            .map(|mut a| {
-                a.omitted_reason = Some(format!(
-                    "attachment content over the {cap}-byte cap per ticket (attachments total {total_wanted} bytes); metadata only"
-                ));
-                a
-            })
-            .collect();
-    }
-    // The contents come from the same parser as the draft, in the order of its list, so that
+    // The contents come from the same parse as the draft, in the order of its list, so that
     // files the parser takes out of other parts (winmail.dat/TNEF, uuencode) carry their bytes.
-    // The attachment list does not depend on the options.
-    let contents = mailbridge::mail::parse_with_attachments(raw, &Default::default())
-        .ok()
-        .map(|parsed| parsed.attachment_contents)
-        .filter(|contents| contents.len() == listed.len());
+    let contents = (contents.len() == listed.len()).then_some(contents);
     let Some(contents) = contents else {
         return listed
             .into_iter()
@@ -180,7 +184,15 @@ mod tests {
         .unwrap();
         assert_eq!(draft.subject, "Printer");
         assert_eq!(draft.message_id.as_deref(), Some("p1@example.com"));
-        let attachments = attachments_with_content(MAIL.as_bytes(), &draft, 20);
+        let parsed = parse_mail(
+            MAIL.as_bytes(),
+            "helpdesk@example.com",
+            &[],
+            &ParseContext::default(),
+        )
+        .unwrap();
+        assert_eq!(parsed.draft, draft, "one parse gives the same draft");
+        let attachments = attachments_with_content(&draft, parsed.attachment_contents, 20);
         assert_eq!(attachments.len(), 2, "{attachments:?}");
         assert_eq!(attachments[0].filename.as_deref(), Some("a.pdf"));
         assert_eq!(
@@ -200,14 +212,15 @@ mod tests {
     #[test]
     fn files_inside_a_winmail_dat_carry_their_content() {
         let raw = include_bytes!("../../../tests/fixtures/mail/401-tnef-outlook-two-files.eml");
-        let draft = parse_draft(
+        let parsed = parse_mail(
             raw,
             "helpdesk@mailbridge.test",
             &[],
             &ParseContext::default(),
         )
         .unwrap();
-        let attachments = attachments_with_content(raw, &draft, 1_000_000);
+        let attachments =
+            attachments_with_content(&parsed.draft, parsed.attachment_contents, 1_000_000);
         let names: Vec<_> = attachments.iter().map(|a| a.filename.as_deref()).collect();
         assert_eq!(names, [Some("AUTHORS"), Some("README")]);
         let authors = base64::engine::general_purpose::STANDARD

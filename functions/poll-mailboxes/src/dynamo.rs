@@ -18,7 +18,9 @@
 //!   when (`lease_token`, `started_at`, `lease_expires_at`); taken only when a search found
 //!   mail, so idle runs cost no write. Deleted when the run ends; a run that was killed leaves
 //!   it behind, which is how `mailbridge status` can tell a run that never reported
-//!   ([`DynamoStateStore::get_mailbox_lease`]).
+//!   ([`DynamoStateStore::get_mailbox_lease`]). While the run reads a mail, `in_flight_uid` /
+//!   `in_flight_uid_validity` name it, so a lease taken over with these still set names the
+//!   mail a killed run was reading (the next run parks it unread).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,7 +33,7 @@ use mailbridge::aws::LazyClient;
 
 use crate::config::{ConfigError, MailboxConfig};
 use crate::ports::{
-    DedupeRecord, LeaseRecord, MailboxLease, MailboxStatus, StateStore, StoreError,
+    DedupeRecord, InFlightMail, LeaseRecord, MailboxLease, MailboxStatus, StateStore, StoreError,
 };
 
 /// Partition key of the mailbox index item.
@@ -251,10 +253,21 @@ impl StateStore for DynamoStateStore {
             )
             .condition_expression("attribute_not_exists(pk) OR lease_expires_at < :now")
             .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
             .send()
             .await;
         match put {
-            Ok(_) => Ok(MailboxLease::Acquired(token)),
+            Ok(output) => {
+                let old = output.attributes.unwrap_or_default();
+                let number =
+                    |name: &str| -> Option<u32> { old.get(name)?.as_n().ok()?.parse().ok() };
+                let interrupted = match (number("in_flight_uid_validity"), number("in_flight_uid"))
+                {
+                    (Some(uid_validity), Some(uid)) => Some(InFlightMail { uid_validity, uid }),
+                    _ => None,
+                };
+                Ok(MailboxLease::Acquired { token, interrupted })
+            }
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
@@ -293,6 +306,30 @@ impl StateStore for DynamoStateStore {
             }
             Err(e) => Err(sdk_err("DeleteItem mailbox-lease", e)),
         }
+    }
+
+    async fn mark_in_flight(
+        &self,
+        mailbox: &str,
+        token: &str,
+        mail: InFlightMail,
+    ) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(format!("mailbox-lease#{mailbox}")))
+            .update_expression("SET in_flight_uid = :uid, in_flight_uid_validity = :validity")
+            .condition_expression("lease_token = :token")
+            .expression_attribute_values(":uid", AttributeValue::N(mail.uid.to_string()))
+            .expression_attribute_values(
+                ":validity",
+                AttributeValue::N(mail.uid_validity.to_string()),
+            )
+            .expression_attribute_values(":token", AttributeValue::S(token.to_string()))
+            .send()
+            .await
+            .map_err(|e| sdk_err("UpdateItem mailbox-lease (in flight)", e))?;
+        Ok(())
     }
 
     async fn get_dedupe(&self, pk: &str) -> Result<Option<DedupeRecord>, StoreError> {

@@ -18,8 +18,8 @@ use crate::config::{ConfigError, MailboxConfig};
 use crate::convert::ParseContext;
 use crate::poll::{PollDeps, poll_once};
 use crate::ports::{
-    DedupeRecord, Mailbox, MailboxConnector, MailboxLease, MailboxStatus, SinkFactory, StateStore,
-    StoreError,
+    DedupeRecord, InFlightMail, Mailbox, MailboxConnector, MailboxLease, MailboxStatus,
+    SinkFactory, StateStore, StoreError,
 };
 
 #[derive(Clone, Debug)]
@@ -231,6 +231,8 @@ struct FakeState {
     configs: Mutex<Vec<Result<MailboxConfig, ConfigError>>>,
     /// mailbox → (lease token, until)
     leases: Mutex<HashMap<String, (String, i64)>>,
+    /// mailbox → the mail marked in flight (kept when a run "dies" without releasing)
+    in_flight: Mutex<HashMap<String, InFlightMail>>,
 }
 
 #[async_trait]
@@ -247,7 +249,8 @@ impl StateStore for FakeState {
             _ => {
                 let token = format!("lease-{mailbox}-{until}-{}", leases.len());
                 leases.insert(mailbox.to_string(), (token.clone(), until));
-                Ok(MailboxLease::Acquired(token))
+                let interrupted = self.in_flight.lock().unwrap().remove(mailbox);
+                Ok(MailboxLease::Acquired { token, interrupted })
             }
         }
     }
@@ -255,7 +258,20 @@ impl StateStore for FakeState {
         let mut leases = self.leases.lock().unwrap();
         if leases.get(mailbox).is_some_and(|(t, _)| t == token) {
             leases.remove(mailbox);
+            self.in_flight.lock().unwrap().remove(mailbox);
         }
+        Ok(())
+    }
+    async fn mark_in_flight(
+        &self,
+        mailbox: &str,
+        _token: &str,
+        mail: InFlightMail,
+    ) -> Result<(), StoreError> {
+        self.in_flight
+            .lock()
+            .unwrap()
+            .insert(mailbox.to_string(), mail);
         Ok(())
     }
     async fn get_dedupe(&self, pk: &str) -> Result<Option<DedupeRecord>, StoreError> {
@@ -472,6 +488,7 @@ fn world(configs: Vec<Result<MailboxConfig, ConfigError>>, tokens: FakeTokens) -
         targets: crate::targets::TargetPolicy::local()
             .with_sink_hosts(&["psa.example.com"])
             .unwrap(),
+        memory: Arc::new(crate::memory::MemoryBudget::unlimited()),
     };
     World {
         server,
@@ -1184,4 +1201,65 @@ async fn a_config_pointing_at_a_host_off_the_allowlists_is_refused_when_read() {
     assert_eq!(w.sink.tickets.lock().unwrap().len(), 1);
     assert_eq!(w.server.count("a@example.com", "INBOX"), 1);
     assert_eq!(w.server.count("b@example.com", "INBOX"), 1);
+}
+
+#[tokio::test]
+async fn a_mail_a_run_died_reading_is_parked_unread_and_the_others_go_on() {
+    let w = help_world();
+    for i in 0..3 {
+        w.server
+            .deliver("help@example.com", &mail(&format!("m{i}"), "hello"));
+    }
+    // A run took the lease, marked the second mail in flight, and died (no release).
+    let poison = 2;
+    let token = match w
+        .deps
+        .state
+        .acquire_mailbox_lease("help", chrono::Utc::now().timestamp() - 1)
+        .await
+        .unwrap()
+    {
+        MailboxLease::Acquired { token, interrupted } => {
+            assert_eq!(interrupted, None);
+            token
+        }
+        MailboxLease::Held(_) => panic!("free"),
+    };
+    let uid_validity = {
+        let mut mailbox = w
+            .server
+            .connect(
+                &mailbox("help", "help@example.com", serde_json::json!({})),
+                &SecretString::from("t"),
+            )
+            .await
+            .unwrap();
+        mailbox.select("INBOX").await.unwrap().uid_validity
+    };
+    w.deps
+        .state
+        .mark_in_flight(
+            "help",
+            &token,
+            InFlightMail {
+                uid_validity,
+                uid: poison,
+            },
+        )
+        .await
+        .unwrap();
+
+    let report = poll_once(&w.deps, None, Instant::now() + Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(report.tickets_created, 2, "{report:?}");
+    assert_eq!(report.parked, 1, "{report:?}");
+    assert_eq!(w.sink.tickets.lock().unwrap().len(), 2);
+    assert_eq!(w.server.count("help@example.com", "mailbridge-failed"), 1);
+    assert_eq!(w.server.count("help@example.com", "Processed"), 2);
+    // The next run has nothing left to park: the normal end of a run forgets the mark.
+    let again = poll_once(&w.deps, None, Instant::now() + Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!((again.parked, again.tickets_created), (0, 0));
 }

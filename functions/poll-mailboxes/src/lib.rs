@@ -7,6 +7,7 @@
 //! - [`convert`]: raw mail → ticket draft and attachment contents.
 //! - [`dynamo`], [`imap_adapter`], [`sinks`]: the real adapters (DynamoDB, IMAP, webhook).
 //! - [`targets`]: the IMAP and ticket API hosts a mailbox configuration may point at.
+//! - [`memory`]: how large a mail may be read whole, from the function's memory.
 //! - [`handler`]: the Lambda event → tick → response + metrics.
 
 pub mod config;
@@ -15,6 +16,7 @@ pub mod dedupe;
 pub mod dynamo;
 pub mod handler;
 pub mod imap_adapter;
+pub mod memory;
 pub mod poll;
 pub mod ports;
 pub mod sinks;

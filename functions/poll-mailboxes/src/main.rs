@@ -40,6 +40,7 @@ struct Prepared {
     connector: Arc<ImapConnector>,
     state: Arc<DynamoStateStore>,
     sinks: Arc<SecretsSinkFactory>,
+    memory: Arc<poll_mailboxes::memory::MemoryBudget>,
     deps: tokio::sync::OnceCell<PollDeps>,
 }
 
@@ -53,7 +54,17 @@ async fn prepare() -> Result<Prepared, StartupError> {
     let connector = ImapConnector::new(settings.imap_ca_file.as_deref(), settings.imap_timeout)
         .map_err(|e| StartupError(format!("MAILBRIDGE_IMAP_CA_FILE: {e}")))?;
     let http = mailbridge::http::default_client().map_err(startup)?;
+    let memory = match settings.function_memory_mb {
+        Some(mb) => poll_mailboxes::memory::MemoryBudget::for_function_memory(mb),
+        None => poll_mailboxes::memory::MemoryBudget::unlimited(),
+    };
+    tracing::info!(
+        function_memory_mb = settings.function_memory_mb,
+        max_message_bytes = memory.max_message_bytes(),
+        "mail larger than max_message_bytes (or a mailbox's own limit) becomes a header-only ticket"
+    );
     Ok(Prepared {
+        memory: Arc::new(memory),
         tokens: Arc::new(tokens),
         connector: Arc::new(connector),
         state: Arc::new(DynamoStateStore::new(
@@ -90,6 +101,7 @@ impl Prepared {
                     deadline_margin: self.settings.deadline_margin,
                     dedupe_ttl: self.settings.dedupe_ttl,
                     targets: self.settings.targets.clone(),
+                    memory: self.memory.clone(),
                 })
             })
             .await

@@ -47,8 +47,8 @@ use crate::config::{AfterAction, ListMail, MailboxConfig};
 use crate::convert::{self, ParseContext};
 use crate::dedupe::{self, DedupeKey};
 use crate::ports::{
-    DedupeRecord, Mailbox, MailboxConnector, MailboxLease, MailboxStatus, SinkFactory, StateStore,
-    StoreError,
+    DedupeRecord, InFlightMail, Mailbox, MailboxConnector, MailboxLease, MailboxStatus,
+    SinkFactory, StateStore, StoreError,
 };
 use crate::targets::TargetPolicy;
 
@@ -73,6 +73,9 @@ pub struct PollDeps {
     pub dedupe_ttl: Duration,
     /// The hosts a mailbox configuration may point at (checked again on every read).
     pub targets: TargetPolicy,
+    /// How large a mail may be read whole, and how much of the memory mails read at once
+    /// may take (from `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`).
+    pub memory: Arc<crate::memory::MemoryBudget>,
 }
 
 /// What one tick did.
@@ -465,7 +468,7 @@ async fn run_mailbox(
         .await
         .map_err(Stop::Store)?
     {
-        MailboxLease::Acquired(token) => token,
+        MailboxLease::Acquired { token, interrupted } => (token, interrupted),
         MailboxLease::Held(held_until) => {
             status.outcome = "partial".into();
             status.deferred = uids.len() as u32;
@@ -478,6 +481,7 @@ async fn run_mailbox(
             return Ok(Progress::LeaseHeldElsewhere);
         }
     };
+    let (lease, interrupted) = lease;
     let result = work_on(
         deps,
         config,
@@ -485,7 +489,7 @@ async fn run_mailbox(
         mailbox,
         status,
         sink.as_ref(),
-        folder.uid_validity,
+        (folder.uid_validity, &lease, interrupted),
         retry_last,
         uids,
     )
@@ -504,10 +508,33 @@ async fn work_on(
     mailbox: &mut dyn Mailbox,
     status: &mut MailboxStatus,
     sink: &dyn TicketSink,
-    uid_validity: u32,
+    (uid_validity, lease, interrupted): (u32, &str, Option<InFlightMail>),
     retry_last: Vec<Uid>,
     mut uids: Vec<Uid>,
 ) -> Result<(), Stop> {
+    // A mail an earlier run was reading when it died (out of memory, a panic outside the
+    // parser's guard, the timeout) is not read again: it could end this run the same way, for
+    // every mailbox, run after run. It goes to the failed folder unread, with the reason logged.
+    if let Some(killer) = interrupted
+        && killer.uid_validity == uid_validity
+        && let Some(at) = uids.iter().position(|u| *u == killer.uid)
+    {
+        uids.remove(at);
+        mailbox
+            .move_to(killer.uid, &config.failed_folder)
+            .await
+            .map_err(Stop::Imap)?;
+        status.parked += 1;
+        tracing::error!(
+            mailbox = %config.name,
+            uid = killer.uid,
+            folder = %config.failed_folder,
+            "a run ended while reading this mail (out of memory, a crash or the timeout): parked unread in the failed folder, no ticket made, so it cannot end every run"
+        );
+        if uids.is_empty() {
+            return Ok(());
+        }
+    }
     let total = uids.len();
     // Stable: UID order otherwise. Before the cut, so a small max_messages_per_run cannot
     // keep picking the same failing mail.
@@ -552,7 +579,7 @@ async fn work_on(
             config,
             mailbox,
             sink,
-            uid_validity,
+            (uid_validity, lease),
             message,
             post_deadline,
         )
@@ -659,7 +686,7 @@ fn prepare(
     received_at: chrono::DateTime<chrono::Utc>,
     raw: Option<&[u8]>,
     header_block: Option<&[u8]>,
-    size: u64,
+    (size, limit): (u64, u64),
 ) -> Prepared {
     let payload =
         |key: &DedupeKey, draft, attachments, problem: Option<String>, raw64| TicketPayload {
@@ -676,13 +703,17 @@ fn prepare(
     match (raw, header_block) {
         (Some(raw), _) => {
             let key = dedupe::key_for_raw(&config.name, raw);
-            match convert::parse_draft(
+            // One parse gives the draft and the attachment contents.
+            match convert::parse_mail(
                 raw,
                 &config.user,
                 &config.sink.subject_patterns(),
                 &deps.parse,
             ) {
-                Ok(draft) => {
+                Ok(mailbridge::mail::ParsedMail {
+                    draft,
+                    attachment_contents,
+                }) => {
                     if let Some(reason) = unticketed_auto_generated_reason(&draft, config.list_mail)
                     {
                         // Not posted: no attachment contents needed.
@@ -693,8 +724,11 @@ fn prepare(
                             skip_auto_generated: Some(reason),
                         };
                     }
-                    let attachments =
-                        convert::attachments_with_content(raw, &draft, config.max_attachment_bytes);
+                    let attachments = convert::attachments_with_content(
+                        &draft,
+                        attachment_contents,
+                        config.max_attachment_bytes,
+                    );
                     Prepared {
                         payload: payload(&key, draft, attachments, None, None),
                         key,
@@ -729,9 +763,14 @@ fn prepare(
             let header_block = header_block.unwrap_or_default();
             let key = dedupe::key_for_header_only(&config.name, header_block, size);
             let (fields, _) = dedupe::split_headers(header_block);
+            let by_memory = if limit < config.max_message_bytes {
+                " (the poller's memory allows no more: raise PollMemorySize)"
+            } else {
+                ""
+            };
             let note = format!(
-                "this mail is {size} bytes, over the {}-byte limit of mailbox {}: only its headers were read; the full mail is in folder {:?}",
-                config.max_message_bytes, config.name, config.failed_folder
+                "this mail is {size} bytes, over the {limit}-byte limit of mailbox {}{by_memory}: only its headers were read; the full mail is in folder {:?}",
+                config.name, config.failed_folder
             );
             let draft = convert::draft_from_headers(&fields, &note);
             Prepared {
@@ -750,26 +789,46 @@ async fn handle_message(
     config: &MailboxConfig,
     mailbox: &mut dyn Mailbox,
     sink: &dyn TicketSink,
-    uid_validity: u32,
+    (uid_validity, lease): (u32, &str),
     message: ListedMessage,
     post_deadline: Instant,
 ) -> Result<Handled, Stop> {
     let uid = message.uid;
     let size = u64::from(message.size);
+    let limit = config
+        .max_message_bytes
+        .min(deps.memory.max_message_bytes());
+    // Its share of the memory while it is read, then its name in the state table: a run that
+    // dies reading it leaves the name for the next run, which parks it unread.
+    let _reading = deps
+        .memory
+        .reserve(if size > limit { 0 } else { size })
+        .await;
+    deps.state
+        .mark_in_flight(&config.name, lease, InFlightMail { uid_validity, uid })
+        .await
+        .map_err(Stop::Store)?;
     // INTERNALDATE, when the server gave one: the same on every attempt, so a retried POST
     // carries the same payload under the same Idempotency-Key, and a helpdesk's SLA clock
     // starts when the mail arrived, not when it was polled.
     let received_at = message.received_at.unwrap_or_else(chrono::Utc::now);
-    let prepared = if size > config.max_message_bytes {
+    let prepared = if size > limit {
         let Some(header_block) = mailbox.fetch_header(uid).await.map_err(Stop::Imap)? else {
             return Ok(Handled::Vanished);
         };
-        prepare(deps, config, received_at, None, Some(&header_block), size)
+        prepare(
+            deps,
+            config,
+            received_at,
+            None,
+            Some(&header_block),
+            (size, limit),
+        )
     } else {
         let Some(raw) = mailbox.fetch_raw(uid).await.map_err(Stop::Imap)? else {
             return Ok(Handled::Vanished);
         };
-        prepare(deps, config, received_at, Some(&raw), None, size)
+        prepare(deps, config, received_at, Some(&raw), None, (size, limit))
         // `raw` is dropped here: one message in memory at a time.
     };
     if let Some(auto_reason) = &prepared.skip_auto_generated {

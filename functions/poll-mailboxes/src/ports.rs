@@ -171,9 +171,25 @@ impl MailboxStatus {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MailboxLease {
     /// This run holds the mailbox; pass the token to `release_mailbox_lease`.
-    Acquired(String),
+    Acquired {
+        /// The lease token.
+        token: String,
+        /// The mail an earlier run was reading when it ended without releasing the lease
+        /// (killed: out of memory, a panic outside the parser's guard, the timeout).
+        interrupted: Option<InFlightMail>,
+    },
     /// Another run holds it until then (epoch seconds).
     Held(i64),
+}
+
+/// The mail a run is reading (fetch, parse, delivery), remembered in the state table before
+/// its bytes are fetched, so that a run that dies on it leaves its name behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InFlightMail {
+    /// UIDVALIDITY of the folder.
+    pub uid_validity: u32,
+    /// The mail's UID.
+    pub uid: u32,
 }
 
 /// A stored mailbox lease (see `DynamoStateStore::get_mailbox_lease`).
@@ -198,8 +214,17 @@ pub trait StateStore: Send + Sync {
         mailbox: &str,
         until: i64,
     ) -> Result<MailboxLease, StoreError>;
-    /// Give the lease back (best effort: it runs out by itself).
+    /// Give the lease back (best effort: it runs out by itself). This also forgets the mail in
+    /// flight: the run ended normally.
     async fn release_mailbox_lease(&self, mailbox: &str, token: &str) -> Result<(), StoreError>;
+    /// Remember, under the lease `token`, the mail this run is about to fetch and parse (the
+    /// next mark replaces it; releasing the lease forgets it).
+    async fn mark_in_flight(
+        &self,
+        mailbox: &str,
+        token: &str,
+        mail: InFlightMail,
+    ) -> Result<(), StoreError>;
     /// Look up a dedupe record.
     async fn get_dedupe(&self, pk: &str) -> Result<Option<DedupeRecord>, StoreError>;
     /// Write a dedupe record.

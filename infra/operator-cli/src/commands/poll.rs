@@ -279,11 +279,20 @@ impl<S: StateStore> StateStore for ReadOnlyState<S> {
         _until: i64,
     ) -> Result<poll_mailboxes::ports::MailboxLease, StoreError> {
         // A dry run changes nothing, so it needs no lease and never holds up a real run.
-        Ok(poll_mailboxes::ports::MailboxLease::Acquired(
-            "dry-run".into(),
-        ))
+        Ok(poll_mailboxes::ports::MailboxLease::Acquired {
+            token: "dry-run".into(),
+            interrupted: None,
+        })
     }
     async fn release_mailbox_lease(&self, _mailbox: &str, _token: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn mark_in_flight(
+        &self,
+        _mailbox: &str,
+        _token: &str,
+        _mail: poll_mailboxes::ports::InFlightMail,
+    ) -> Result<(), StoreError> {
         Ok(())
     }
     async fn get_dedupe(&self, pk: &str) -> Result<Option<DedupeRecord>, StoreError> {
@@ -433,6 +442,7 @@ pub async fn run(ctx: &Context, args: PollArgs) -> Result<Exit> {
         deadline_margin: Duration::from_secs(5),
         dedupe_ttl: Duration::from_secs(86_400),
         targets: ctx.targets()?,
+        memory: Arc::new(poll_mailboxes::memory::MemoryBudget::unlimited()),
     };
     let names = (!args.mailboxes.is_empty()).then_some(args.mailboxes.as_slice());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout.max(10));
