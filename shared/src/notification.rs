@@ -644,12 +644,41 @@ impl QueueMessage {
         }
     }
 
+    /// What can still be read from a body that does not parse as a queue message, so that a
+    /// parked message is named in the log and the DLQ: its `id` and `account` when each is a
+    /// string that passes its own rule (the other fields may be what is wrong). Not a JSON
+    /// object, or the field missing or invalid: None.
+    pub fn readable_names(body: &str) -> ReadableNames {
+        let value: Option<serde_json::Value> = serde_json::from_str(body).ok();
+        let field = |name: &str, pattern: &'static str| {
+            value
+                .as_ref()
+                .and_then(|v| v.get(name))
+                .and_then(|v| v.as_str())
+                .filter(|s| matches(pattern, s))
+                .map(str::to_owned)
+        };
+        ReadableNames {
+            id: field("id", patterns::ID),
+            account: field("account", patterns::ACCOUNT),
+        }
+    }
+
     /// The first offending field of a body that does not parse (for the DLQ `field` attribute).
     pub fn first_invalid_field(body: &str) -> Option<String> {
         QueueMessage::parse(body, "x")
             .err()
             .and_then(|e| e.first_field().map(str::to_owned))
     }
+}
+
+/// The names [`QueueMessage::readable_names`] could read from an invalid body.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadableNames {
+    /// The notification's `id`, when given and valid.
+    pub id: Option<String>,
+    /// The account secret name, when given and valid.
+    pub account: Option<String>,
 }
 
 #[derive(Default)]
@@ -747,6 +776,35 @@ fn decoded_len(b64: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_invalid_body_is_still_named_by_its_valid_id_and_account() {
+        let mut body = valid_json();
+        body["id"] = "ticket-9-reply-2".into();
+        body["to"] = serde_json::json!([{"address": "a@example.com\r\nBcc: b@example.com"}]);
+        assert!(QueueMessage::parse(&body.to_string(), "sqs-1").is_err());
+        let names = QueueMessage::readable_names(&body.to_string());
+        assert_eq!(names.id.as_deref(), Some("ticket-9-reply-2"));
+        assert_eq!(
+            names.account.as_deref(),
+            Some("mailbridge/contoso-helpdesk")
+        );
+        // an id or account that breaks its own rule is not a name
+        body["id"] = "two words".into();
+        body["account"] = serde_json::json!(7);
+        assert_eq!(
+            QueueMessage::readable_names(&body.to_string()),
+            ReadableNames::default()
+        );
+        assert_eq!(
+            QueueMessage::readable_names("not json"),
+            ReadableNames::default()
+        );
+        assert_eq!(
+            QueueMessage::readable_names("[1]"),
+            ReadableNames::default()
+        );
+    }
 
     fn valid_json() -> serde_json::Value {
         serde_json::json!({

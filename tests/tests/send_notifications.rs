@@ -339,6 +339,7 @@ async fn a_mixed_batch_reports_exactly_the_throttled_item_and_parks_the_invalid_
     let mut throttled = w.notification("throttled one");
     throttled["from"] = busy.clone().into();
     let mut invalid = w.notification("invalid one");
+    invalid["id"] = "ticket-9-reply-2".into();
     invalid["to"] = json!([{"address": "customer@example.com\r\nBcc: evil@example.com"}]);
     let mut denied = w.notification("denied one");
     denied["from"] = noperm.clone().into();
@@ -382,6 +383,26 @@ async fn a_mixed_batch_reports_exactly_the_throttled_item_and_parks_the_invalid_
     assert_eq!(
         crlf.0["subject"], "invalid one",
         "the original body is kept"
+    );
+    // named by what could be read, in the DLQ and in the report the log line is made from
+    assert_eq!(crlf.1["mailbridge.notification-id"], "ticket-9-reply-2");
+    assert_eq!(crlf.1["mailbridge.account"], w.account.as_str());
+    let logged = report
+        .messages
+        .iter()
+        .find(|m| m.sqs_message_id == invalid_id)
+        .expect("reported");
+    assert_eq!(logged.notification_id.as_deref(), Some("ticket-9-reply-2"));
+    assert_eq!(logged.account.as_deref(), Some(w.account.as_str()));
+    // nothing readable: no id attribute, rather than a made-up one
+    let unreadable = invalid_parked
+        .iter()
+        .find(|(_, a)| a["mailbridge.sqs-message-id"] != invalid_id)
+        .expect("the non-notification is parked");
+    assert!(
+        !unreadable.1.contains_key("mailbridge.notification-id"),
+        "{:?}",
+        unreadable.1
     );
     let graph_parked = by_kind("graph-rejected");
     assert_eq!(

@@ -321,7 +321,11 @@ async fn process_message(
     let sqs_message_id = message.message_id.clone().unwrap_or_default();
     let (notification_id, account) = match parsed {
         Ok(n) => (Some(n.id().to_owned()), Some(n.account().to_owned())),
-        Err(_) => (None, None),
+        Err(_) => {
+            let readable =
+                QueueMessage::readable_names(message.body.as_deref().unwrap_or_default());
+            (readable.id, readable.account)
+        }
     };
     let mut report = MessageReport {
         sqs_message_id,
@@ -445,9 +449,14 @@ async fn decide(
     let n = match parsed {
         Ok(n) => n,
         Err(reason) => {
+            let body = message.body.as_deref().unwrap_or_default();
             let mut r = base_reason(message, None, "invalid-message", reason.clone());
-            r.field =
-                QueueMessage::first_invalid_field(message.body.as_deref().unwrap_or_default());
+            r.field = QueueMessage::first_invalid_field(body);
+            // Named in the DLQ by what could still be read, so the sender can find its own
+            // notification.
+            let readable = QueueMessage::readable_names(body);
+            r.notification_id = readable.id;
+            r.account = readable.account;
             return park(deps, message, r).await;
         }
     };
