@@ -518,3 +518,115 @@ async fn dovecot_accepts_an_imap_token_from_the_identity_stand_in_and_rejects_a_
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn the_graph_stand_in_takes_faults_over_http_from_another_process() {
+    use local_stack::graph_control::{GraphControl, GraphFault};
+    let graph = stack().graph();
+    // only the URL, as a demo or a `sam local invoke` run in another process has it
+    let control = GraphControl::new(&graph.base_url);
+    let tenant = format!("{}.onmicrosoft.com", unique("tenant"));
+    let upn = mailbridge_tests::unique_user("controlled");
+    let token = stack().identity().mint_access_token(
+        &tenant,
+        &uuid::Uuid::new_v4().to_string(),
+        &upn,
+        "https://graph.microsoft.com",
+        &["Mail.Send"],
+        std::time::Duration::from_secs(600),
+    );
+    control
+        .inject(
+            &upn,
+            GraphFault::Throttle429 {
+                count: 1,
+                retry_after_secs: 7,
+            },
+        )
+        .await
+        .unwrap();
+    let send = || {
+        reqwest::Client::new()
+            .post(format!("{}/me/sendMail", graph.v1_url()))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"message": {
+                "subject": "controlled",
+                "body": {"contentType": "Text", "content": "hi"},
+                "toRecipients": [{"emailAddress": {"address": "customer@example.com"}}]
+            }}))
+            .send()
+    };
+    let throttled = send().await.unwrap();
+    assert_eq!(throttled.status(), 429);
+    assert_eq!(throttled.headers()["retry-after"], "7");
+    let accepted = send().await.unwrap();
+    assert_eq!(accepted.status(), 202, "the fault was for one request");
+    assert_eq!(control.request_count(&upn).await.unwrap(), 2);
+    let mails = control.accepted(&upn).await.unwrap();
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].request["message"]["subject"], "controlled");
+    assert!(!mails[0].mime_base64.is_empty());
+    // a fault the stand-in does not know is refused, naming it
+    let refused = reqwest::Client::new()
+        .post(format!("{}/_control/faults", graph.base_url))
+        .json(&serde_json::json!({"mailbox": upn, "fault": "melt_down"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    assert!(refused.text().await.unwrap().contains("melt_down"));
+}
+
+#[tokio::test]
+async fn the_ticket_api_stand_in_takes_faults_over_http_from_another_process() {
+    use local_stack::ticket_api_control::{TicketApiControl, TicketApiFault};
+    let tickets = stack().tickets();
+    let control = TicketApiControl::new(&tickets.base_url);
+    let sink = unique("controlled-sink");
+    control
+        .inject(
+            &sink,
+            TicketApiFault::FailNext {
+                count: 1,
+                status: 503,
+            },
+        )
+        .await
+        .unwrap();
+    let post = || {
+        reqwest::Client::new()
+            .post(tickets.sink_url(&sink))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+    };
+    assert_eq!(post().await.unwrap().status(), 503, "the injected 503");
+    assert_eq!(
+        post().await.unwrap().status(),
+        400,
+        "then the stand-in's own rules (no Idempotency-Key)"
+    );
+    control
+        .inject(&sink, TicketApiFault::Down { down: true })
+        .await
+        .unwrap();
+    assert_eq!(post().await.unwrap().status(), 503);
+    control
+        .inject(&sink, TicketApiFault::Down { down: false })
+        .await
+        .unwrap();
+    assert_eq!(control.requests(&sink).await.unwrap(), 3);
+    assert!(control.tickets(&sink).await.unwrap().is_empty());
+    // a status outside the fault's class is refused with the reason
+    let e = control
+        .inject(
+            &sink,
+            TicketApiFault::RejectNext {
+                count: 1,
+                status: 503,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("must be a 4xx"), "{e}");
+}

@@ -20,7 +20,8 @@
 //!   `Retry-After`;
 //! - `202 Accepted` with an empty body on success; every answer has a `request-id` header.
 //!
-//! Test controls are scoped per mailbox (the sending mailbox's address, case-insensitive):
+//! Test controls are scoped per mailbox (the sending mailbox's address, case-insensitive), and
+//! reachable over HTTP too ([`crate::graph_control`], `/_control/...`):
 //! latency, 503 bursts, 429 bursts, connection resets, REST API disabled, "accept, then fail"
 //! (the mail is accepted and delivered, then the answer is a 504 or a dropped connection, as
 //! Graph has been seen to do), sending quota errors and a full mailbox. Accepted messages are
@@ -136,19 +137,22 @@ impl GraphStandIn {
             accepted: Mutex::default(),
             requests: Mutex::default(),
         });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base_url = format!("http://{}", listener.local_addr()?);
+        let stand_in = GraphStandIn { base_url, state };
         let app = Router::new()
             .route("/v1.0/me/sendMail", post(send_me))
             .route("/v1.0/users/{id}/sendMail", post(send_user))
             .layer(DefaultBodyLimit::max(3 * MAX_REQUEST_BYTES))
-            .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let base_url = format!("http://{}", listener.local_addr()?);
+            .with_state(stand_in.state.clone())
+            // the test controls over HTTP, for a stack in another process
+            .merge(crate::graph_control::routes(stand_in.clone()));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "graph stand-in stopped");
             }
         });
-        Ok(GraphStandIn { base_url, state })
+        Ok(stand_in)
     }
 
     /// Graph's v1.0 root (what `MAILBRIDGE_GRAPH_URL` points at).

@@ -7,8 +7,8 @@
 //!   per test from a template database migrated once per process.
 //! - [`http_fault_proxy`]: an HTTP proxy that drops the answer to a chosen call (or fakes a 5xx).
 //! - [`identity`]: the Microsoft identity platform stand-in (token, devicecode, introspection).
-//! - [`graph`]: the Microsoft Graph `sendMail` stand-in.
-//! - [`ticket_api`]: the helpdesk ticket API stand-in.
+//! - [`graph`]: the Microsoft Graph `sendMail` stand-in ([`graph_control`]: its HTTP controls).
+//! - [`ticket_api`]: the helpdesk ticket API stand-in ([`ticket_api_control`]: its HTTP controls).
 //! - [`request_tracker`]: a throwaway Request Tracker 5 (the real helpdesk), started on first use.
 //! - [`runtime_api`]: a Lambda Runtime API emulator to run the real `bootstrap` binaries.
 //! - [`tcp_fault_proxy`]: a TCP proxy that cuts a (TLS) connection at a chosen point.
@@ -26,6 +26,7 @@ pub mod aws_fault_proxy;
 pub mod django_helpdesk;
 pub mod dovecot;
 pub mod graph;
+pub mod graph_control;
 pub mod http_fault_proxy;
 pub mod identity;
 pub mod moto;
@@ -33,6 +34,7 @@ pub mod request_tracker;
 pub mod runtime_api;
 pub mod tcp_fault_proxy;
 pub mod ticket_api;
+pub mod ticket_api_control;
 pub mod tls_endpoint;
 mod upstream;
 

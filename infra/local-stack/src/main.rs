@@ -155,10 +155,16 @@ async fn start(stack: &LocalStack, state_table: &str) -> anyhow::Result<()> {
         );
     }
     if let Ok(graph) = stack.try_graph() {
-        println!("# Graph stand-in (graph host): {}", graph.base_url);
+        println!(
+            "# Graph stand-in (graph host): {} (faults: POST /_control/faults, docs/local-stack.md)",
+            graph.base_url
+        );
     }
     if let Ok(tickets) = stack.try_tickets() {
-        println!("# ticket API stand-in: {}", tickets.base_url);
+        println!(
+            "# ticket API stand-in: {} (faults: POST /_control/faults, docs/local-stack.md)",
+            tickets.base_url
+        );
     }
     if let Ok(dovecot) = stack.try_dovecot() {
         println!(

@@ -21,6 +21,9 @@
 //!   answering: the client cannot know it was accepted);
 //! - [`TicketApiStandIn::hold_requests_after`] / [`TicketApiStandIn::release_held`]: requests past
 //!   the n-th wait (unanswered) until released, so a test can act at an exact point of a run.
+//!
+//! The same controls answer over HTTP ([`crate::ticket_api_control`], `/_control/...`), so a
+//! stack in another process can be driven.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -283,16 +286,22 @@ impl TicketApiStandIn {
     /// Bind 127.0.0.1:0 and serve on the current tokio runtime.
     pub async fn start() -> anyhow::Result<Self> {
         let shared = Arc::new(Mutex::new(Shared::default()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base_url = format!("http://{}", listener.local_addr()?);
+        let stand_in = TicketApiStandIn {
+            base_url,
+            shared: shared.clone(),
+        };
         let app = Router::new()
             .route("/sinks/{sink}/tickets", post(create_ticket))
             .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
-            .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let base_url = format!("http://{}", listener.local_addr()?);
+            .with_state(shared)
+            // the test controls over HTTP, for a stack in another process
+            .merge(crate::ticket_api_control::routes(stand_in.clone()));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(TicketApiStandIn { base_url, shared })
+        Ok(stand_in)
     }
 
     /// The URL to POST tickets for `sink` to.
