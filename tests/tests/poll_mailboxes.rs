@@ -1979,3 +1979,163 @@ async fn a_uidvalidity_change_does_not_duplicate_tickets() {
     assert_eq!(p.tickets().len(), 1);
     assert!(p.dovecot.list_messages(&user, "INBOX").unwrap()[0].is_seen());
 }
+
+/// A mail whose reading kills the process (SIGKILL, as Lambda's out-of-memory kill does) while
+/// its UID is marked in flight: the next run, in a fresh process, parks it unread in the failed
+/// folder and tickets the mail behind it.
+#[tokio::test]
+async fn a_mail_that_killed_the_bootstrap_is_parked_by_the_next_run() {
+    use local_stack::runtime_api::{
+        FunctionConfig, InvocationResult, RuntimeApi, workspace_binary,
+    };
+    let binary =
+        tokio::task::spawn_blocking(|| workspace_binary("poll-mailboxes", "poll-mailboxes"))
+            .await
+            .unwrap()
+            .expect("build the poll-mailboxes binary");
+    let p = Poller::new(stack().dovecot().clone()).await;
+    let user = unique_user("crash");
+    let account = p.account(&user).await;
+    let name = unique("crash");
+    p.mailbox(&name, &user, &account, serde_json::json!({}))
+        .await;
+    p.deliver(&user, &mail("c1", "Before", "x"));
+    // Large enough that reading it takes a while in a debug build: the test kills it then.
+    let big_body = "Grüße, the quick brown fox jumps over the lazy dog.\r\n".repeat(200_000);
+    p.deliver(&user, &mail("c2", "The killer", &big_body));
+    p.deliver(&user, &mail("c3", "After", "z"));
+    let thread_key_secret = unique("thread-key");
+    put_secret(&thread_key_secret, "0123456789abcdef0123456789abcdef")
+        .await
+        .unwrap();
+    let mut env = stack().moto().env();
+    env.extend([
+        ("MAILBRIDGE_STATE_TABLE".to_string(), p.table.clone()),
+        (
+            "MAILBRIDGE_ALLOW_LOCAL_TARGETS".to_string(),
+            "true".to_string(),
+        ),
+        (
+            "MAILBRIDGE_THREAD_KEY_SECRET".to_string(),
+            thread_key_secret,
+        ),
+        (
+            "MAILBRIDGE_SECRET_PREFIX".to_string(),
+            "mailbridge/".to_string(),
+        ),
+        (
+            "MAILBRIDGE_IMAP_CA_FILE".to_string(),
+            p.dovecot.ca_pem_path.display().to_string(),
+        ),
+        ("RUST_LOG".to_string(), "info".to_string()),
+    ]);
+    let mut function = FunctionConfig::new("poll-mailboxes", binary).with_env(env);
+    function.memory_mb = 512;
+    let api = RuntimeApi::start().await.expect("runtime api");
+    api.spawn_function(&function).expect("spawn bootstrap");
+    let event = serde_json::json!({"source": "mailbridge.manual", "mailboxes": [name.clone()]});
+    let lease_key = format!("mailbox-lease#{name}");
+    let table = p.table.clone();
+    let pid = api.function_pid().expect("running");
+    let killer = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            let item = dynamodb()
+                .get_item()
+                .table_name(&table)
+                .key(
+                    "pk",
+                    aws_sdk_dynamodb::types::AttributeValue::S(lease_key.clone()),
+                )
+                .consistent_read(true)
+                .send()
+                .await
+                .unwrap()
+                .item;
+            let in_flight = item
+                .as_ref()
+                .and_then(|i| i.get("in_flight_uid"))
+                .and_then(|v| v.as_n().ok())
+                .cloned();
+            if in_flight.as_deref() == Some("2") {
+                std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status()
+                    .unwrap();
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    });
+    // A short invocation (the poller keeps a 20 s margin): its lease runs out soon after, as
+    // it does before the next tick.
+    let first = api
+        .invoke(event.clone(), Duration::from_secs(35))
+        .await
+        .unwrap();
+    assert!(killer.await.unwrap(), "the killer mail was never in flight");
+    assert!(
+        matches!(first.result, InvocationResult::ProcessExited(_)),
+        "{:?}",
+        first.result
+    );
+    assert_eq!(p.count(&user, "mailbridge-failed"), 0);
+
+    // The killed run never released its lease: wait until it runs out.
+    let held_until: i64 = dynamodb()
+        .get_item()
+        .table_name(&p.table)
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("mailbox-lease#{name}")),
+        )
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .and_then(|i| {
+            i.get("lease_expires_at")
+                .and_then(|v| v.as_n().ok())
+                .cloned()
+        })
+        .and_then(|n| n.parse().ok())
+        .expect("the killed run's lease is left behind");
+    let wait = (held_until + 2 - chrono::Utc::now().timestamp()).max(0) as u64;
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    // A fresh process, as Lambda starts after a kill.
+    api.spawn_function(&function).expect("respawn bootstrap");
+    let second = api.invoke(event, Duration::from_secs(120)).await.unwrap();
+    let report = second
+        .into_response()
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", api.logs()));
+    assert_eq!(report["parked"], 1, "{report}");
+    assert_eq!(
+        p.count(&user, "mailbridge-failed"),
+        1,
+        "the killer is parked"
+    );
+    assert_eq!(p.count(&user, "INBOX"), 0);
+    let subjects: Vec<String> = p
+        .tickets()
+        .iter()
+        .map(|t| {
+            t.body["draft"]["subject"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert!(subjects.contains(&"After".to_string()), "{subjects:?}");
+    assert!(
+        !subjects.contains(&"The killer".to_string()),
+        "{subjects:?}"
+    );
+    assert!(
+        api.logs().contains("a run ended while reading this mail"),
+        "{}",
+        api.logs()
+    );
+    api.shutdown();
+}
