@@ -510,7 +510,9 @@ async fn the_same_notification_delivered_twice_is_sent_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_deadline_comes_mid_batch_the_unsent_items_are_reported() {
     let w = World::new().await;
-    w.graph.set_latency(&w.upn, Duration::from_millis(700));
+    // The first send goes through; the second waits at the stand-in's hold point until after
+    // the run: the deadline comes while it is in flight, whatever the machine's load.
+    w.graph.hold_after(&w.upn, 1);
     let subjects: Vec<String> = (0..5).map(|i| format!("deadline {i}")).collect();
     w.enqueue(
         &subjects
@@ -529,12 +531,13 @@ async fn when_the_deadline_comes_mid_batch_the_unsent_items_are_reported() {
         max_in_flight_per_mailbox: 1,
         ..settings()
     };
-    let report = w.run(event, Duration::from_millis(3000), settings).await;
+    let report = w.run(event, Duration::from_secs(5), settings).await;
     let sent = w.graph.accepted(&w.upn).len();
     let failed = failures(&report);
-    assert!(
-        sent >= 1 && !failed.is_empty(),
-        "sent {sent}, failed {failed:?}"
+    assert_eq!(
+        (sent, failed.len()),
+        (1, 4),
+        "one sent; the one in flight at the deadline and the three behind it reported"
     );
     // Every item is sent or reported (a send whose answer came too late is both: the ambiguous
     // timeout the README documents).
@@ -560,12 +563,17 @@ async fn when_the_deadline_comes_mid_batch_the_unsent_items_are_reported() {
         );
     }
     assert_eq!(report.metrics.sent as usize, sent);
-    assert!(
+    assert_eq!(
         report
             .messages
             .iter()
-            .any(|m| m.outcome == Outcome::NotStarted)
+            .filter(|m| m.outcome == Outcome::NotStarted)
+            .count(),
+        3,
+        "{:?}",
+        report.messages
     );
+    w.graph.release(&w.upn);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -576,14 +584,18 @@ async fn graph_permanent_errors_are_parked_and_an_account_needing_reauth_waits_l
     let mut n = w.notification("to an on-prem mailbox");
     n["from"] = disabled.into();
     w.enqueue(&[n]).await;
-    let report = w
-        .run(
-            w.receive_event(1).await,
-            Duration::from_secs(30),
-            settings(),
-        )
-        .await;
+    let event = w.receive_event(1).await;
+    let receipt = event.records[0].receipt_handle.clone().unwrap();
+    let report = w.run(event, Duration::from_secs(30), settings()).await;
     assert!(failures(&report).is_empty());
+    // Done (parked): Lambda's event source deletes it from the queue.
+    sqs()
+        .delete_message()
+        .queue_url(&w.queue_url)
+        .receipt_handle(receipt)
+        .send()
+        .await
+        .unwrap();
     let parked = w.parked(1).await;
     assert_eq!(
         parked[0].1["mailbridge.graph-code"],
@@ -597,9 +609,28 @@ async fn graph_permanent_errors_are_parked_and_an_account_needing_reauth_waits_l
     w.idp.revoke_refresh_tokens(&w.upn).ok();
     w.idp.revoke_access_tokens(&w.upn);
     w.tokens.invalidate(&w.account, Audience::Graph);
+    // Received with a short visibility, as Lambda's event source does with the function's
+    // timeout: unless the handler changes it to the long delay, the message is back after it.
+    const RECEIVE_VISIBILITY: Duration = Duration::from_secs(6);
+    sqs()
+        .set_queue_attributes()
+        .queue_url(&w.queue_url)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            RECEIVE_VISIBILITY.as_secs().to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
     w.enqueue(&[w.notification("needs reauth")]).await;
     let event = w.receive_event(1).await;
+    let received = std::time::Instant::now();
     let report = w.run(event, Duration::from_secs(30), settings()).await;
+    assert!(
+        received.elapsed() < RECEIVE_VISIBILITY,
+        "the run took {:?}, longer than the receive visibility: the check below would prove nothing",
+        received.elapsed()
+    );
     assert_eq!(failures(&report).len(), 1);
     assert!(
         matches!(report.messages[0].outcome, Outcome::NeedsReauth { .. }),
@@ -607,15 +638,42 @@ async fn graph_permanent_errors_are_parked_and_an_account_needing_reauth_waits_l
         report.messages[0]
     );
     assert_eq!(report.metrics.accounts_need_reauth, 1);
-    // the message stays invisible (visibility changed to an hour), so it is not received again
+    // The message stays in flight (not deleted, not parked) and invisible past the receive
+    // visibility: SQS took the change to the long delay.
+    tokio::time::sleep(
+        RECEIVE_VISIBILITY.saturating_sub(received.elapsed()) + Duration::from_secs(1),
+    )
+    .await;
     let again = sqs()
         .receive_message()
         .queue_url(&w.queue_url)
-        .wait_time_seconds(2)
+        .wait_time_seconds(1)
         .send()
         .await
         .unwrap();
-    assert!(again.messages().is_empty());
+    assert!(
+        again.messages().is_empty(),
+        "the message came back after the receive visibility: the long delay was not applied"
+    );
+    let counts = sqs()
+        .get_queue_attributes()
+        .queue_url(&w.queue_url)
+        .attribute_names(
+            aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+        )
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+        .send()
+        .await
+        .unwrap();
+    let count = |name| counts.attributes().and_then(|a| a.get(&name)).cloned();
+    assert_eq!(
+        (
+            count(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            count(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+        ),
+        (Some("1".to_string()), Some("0".to_string())),
+        "one message in flight, none visible"
+    );
     let _ = &w.client_id;
 }
 
@@ -697,19 +755,24 @@ async fn the_graph_stand_in_is_strict_like_graph() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 413);
-    // five concurrent requests to one mailbox: the fifth is throttled with Retry-After
-    w.graph.set_latency(&w.upn, Duration::from_millis(500));
-    let results =
-        futures::future::join_all((0..5).map(|_| graph.send_mail(&graph_token, &mail, t))).await;
-    let throttled: Vec<_> = results
-        .iter()
-        .filter_map(|r| r.as_ref().err())
-        .filter(|e| matches!(e, GraphError::Throttled { .. }))
+    // five concurrent requests to one mailbox: four take its slots and wait at the hold point,
+    // so the first answer is the fifth's, throttled with Retry-After; then the four go through
+    w.graph.hold_after(&w.upn, 0);
+    let mut sends: futures::stream::FuturesUnordered<_> = (0..5)
+        .map(|_| graph.send_mail(&graph_token, &mail, t))
         .collect();
-    assert_eq!(throttled.len(), 1, "{results:?}");
-    assert_eq!(throttled[0].retry_after(), Some(Duration::from_secs(1)));
+    let first = futures::StreamExt::next(&mut sends).await.unwrap();
+    assert_eq!(w.graph.held(&w.upn), 4);
+    let throttled = first.unwrap_err();
+    assert!(
+        matches!(throttled, GraphError::Throttled { .. }),
+        "{throttled}"
+    );
+    assert_eq!(throttled.retry_after(), Some(Duration::from_secs(1)));
+    w.graph.release(&w.upn);
+    let rest: Vec<_> = futures::StreamExt::collect(sends).await;
+    assert!(rest.iter().all(Result::is_ok), "{rest:?}");
     // a 503 burst, then a connection reset: transient
-    w.graph.set_latency(&w.upn, Duration::ZERO);
     w.graph.fail_503(&w.upn, 1, Some(2));
     let e = graph.send_mail(&graph_token, &mail, t).await.unwrap_err();
     assert!(

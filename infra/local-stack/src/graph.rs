@@ -99,6 +99,15 @@ struct MailboxControls {
     quota_code: String,
     quota_retry_after: Option<u64>,
     mailbox_full: bool,
+    /// Requests still let through before the hold point closes (`None`: no hold).
+    pass_before_hold: Option<u32>,
+}
+
+/// A hold point per mailbox: requests wait at it until the test releases them.
+#[derive(Default)]
+struct HoldPoint {
+    released: Option<tokio::sync::watch::Sender<bool>>,
+    held: usize,
 }
 
 /// How an "accept, then fail" fault answers after the mail was accepted and delivered.
@@ -119,6 +128,7 @@ struct StandInState {
     send_as: Mutex<HashSet<(String, String)>>,
     accepted: Mutex<Vec<AcceptedMail>>,
     requests: Mutex<HashMap<String, u64>>,
+    holds: Mutex<HashMap<String, HoldPoint>>,
 }
 
 impl GraphStandIn {
@@ -136,6 +146,7 @@ impl GraphStandIn {
             send_as: Mutex::default(),
             accepted: Mutex::default(),
             requests: Mutex::default(),
+            holds: Mutex::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base_url = format!("http://{}", listener.local_addr()?);
@@ -215,6 +226,46 @@ impl GraphStandIn {
             c.quota_code = code.to_owned();
             c.quota_retry_after = retry_after;
         });
+    }
+
+    /// A hold point: after the next `pass` requests, requests for `mailbox` wait (each in one
+    /// of its 4 slots) until [`GraphStandIn::release`]. Tests order events with it instead of
+    /// with latencies and wall-clock budgets.
+    pub fn hold_after(&self, mailbox: &str, pass: u32) {
+        let (released, _) = tokio::sync::watch::channel(false);
+        self.state.holds.lock().expect("lock").insert(
+            mailbox.to_ascii_lowercase(),
+            HoldPoint {
+                released: Some(released),
+                held: 0,
+            },
+        );
+        self.with_controls(mailbox, |c| c.pass_before_hold = Some(pass));
+    }
+
+    /// Open `mailbox`'s hold point: the waiting requests go on, later ones pass.
+    pub fn release(&self, mailbox: &str) {
+        self.with_controls(mailbox, |c| c.pass_before_hold = None);
+        if let Some(hold) = self
+            .state
+            .holds
+            .lock()
+            .expect("lock")
+            .get_mut(&mailbox.to_ascii_lowercase())
+            && let Some(released) = &hold.released
+        {
+            released.send_replace(true);
+        }
+    }
+
+    /// How many requests for `mailbox` wait at its hold point now.
+    pub fn held(&self, mailbox: &str) -> usize {
+        self.state
+            .holds
+            .lock()
+            .expect("lock")
+            .get(&mailbox.to_ascii_lowercase())
+            .map_or(0, |h| h.held)
     }
 
     /// `mailbox` is full: every send answers 403 `ErrorQuotaExceeded`.
@@ -304,6 +355,26 @@ impl Drop for Slot {
             .get_mut(&self.mailbox)
         {
             *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// Counts a request out of its hold point (answered, or dropped with its connection).
+struct Unheld {
+    state: Arc<StandInState>,
+    mailbox: String,
+}
+
+impl Drop for Unheld {
+    fn drop(&mut self) {
+        if let Some(point) = self
+            .state
+            .holds
+            .lock()
+            .expect("lock")
+            .get_mut(&self.mailbox)
+        {
+            point.held = point.held.saturating_sub(1);
         }
     }
 }
@@ -417,9 +488,17 @@ async fn answer(
         .or_default() += 1;
 
     // 2. scoped fault injection
-    let (latency, fault) = {
+    let (latency, fault, hold) = {
         let mut controls = state.controls.lock().expect("lock");
         let c = controls.entry(mailbox.clone()).or_default();
+        let hold = match &mut c.pass_before_hold {
+            Some(0) => true,
+            Some(pass) => {
+                *pass -= 1;
+                false
+            }
+            None => false,
+        };
         let fault = if c.rest_disabled {
             Some(Fault::RestDisabled)
         } else if c.mailbox_full {
@@ -439,7 +518,7 @@ async fn answer(
         } else {
             None
         };
-        (c.latency, fault)
+        (c.latency, fault, hold)
     };
     match fault {
         Some(Fault::RestDisabled) => {
@@ -507,6 +586,21 @@ async fn answer(
             mailbox: mailbox.clone(),
         }
     };
+    if hold {
+        let released = {
+            let mut holds = state.holds.lock().expect("lock");
+            let point = holds.entry(mailbox.clone()).or_default();
+            point.held += 1;
+            point.released.as_ref().map(|r| r.subscribe())
+        };
+        let _unheld = Unheld {
+            state: state.clone(),
+            mailbox: mailbox.clone(),
+        };
+        if let Some(mut released) = released {
+            let _ = released.wait_for(|open| *open).await;
+        }
+    }
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
