@@ -454,6 +454,83 @@ async fn check_names_the_fix_when_imap_consent_is_missing() {
     assert!(human.contains("fix: "), "{human}");
 }
 
+/// A send-only account (no IMAP consent): `check` finds the IMAP problem, and Graph sends go on.
+#[tokio::test]
+async fn a_missing_imap_consent_never_holds_graph_sends() {
+    let w = World::new(|app| app.consented_scopes.retain(|s| !s.contains("IMAP"))).await;
+    w.login_with_password().await;
+    let out = w.run(&["check", "--json", "helpdesk"]).await;
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        step(&json(&out)["targets"][0], "token (IMAP)")["result"],
+        "failed"
+    );
+
+    // The second check still gets a Graph token; only IMAP is held, with its reason.
+    let out = w.run(&["check", "--json", "helpdesk"]).await;
+    assert_eq!(out.status.code(), Some(3));
+    let target = json(&out)["targets"][0].clone();
+    assert_eq!(
+        step(&target, "account secret")["result"],
+        "ok",
+        "{target:#}"
+    );
+    assert_eq!(step(&target, "token (Graph)")["result"], "ok", "{target:#}");
+    assert_eq!(step(&target, "Graph")["result"], "ok", "{target:#}");
+    let imap = step(&target, "token (IMAP)");
+    assert_eq!(imap["result"], "failed");
+    assert!(
+        imap["detail"].as_str().unwrap().contains("AADSTS65001"),
+        "{imap:#}"
+    );
+    assert!(
+        imap["fix"]
+            .as_str()
+            .unwrap()
+            .contains("IMAP.AccessAsUser.All"),
+        "{imap:#}"
+    );
+
+    // status: per audience
+    let out = w.run(&["status", "--json"]).await;
+    assert_eq!(out.status.code(), Some(3));
+    let account = json(&out)["accounts"][0].clone();
+    assert_eq!(account["status"], "needs_reauth", "{account:#}");
+    assert_eq!(account["audiences"]["graph"]["status"], "ok", "{account:#}");
+    assert_eq!(
+        account["audiences"]["imap"]["status"], "needs_reauth",
+        "{account:#}"
+    );
+    assert!(
+        account["audiences"]["imap"]["code"]
+            .as_str()
+            .unwrap()
+            .contains("65001"),
+        "{account:#}"
+    );
+    let human = text(&w.run(&["status"]).await.stdout);
+    assert!(human.contains("IMAP"), "{human}");
+
+    // and a notification still goes out through Graph
+    let recipient = unique_user("customer");
+    let out = w
+        .run(&[
+            "send",
+            "--direct",
+            "--account",
+            "helpdesk",
+            "--to",
+            &recipient,
+            "--subject",
+            "held?",
+            "--body",
+            "no",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stack().graph().accepted(&w.upn).len(), 1);
+}
+
 #[tokio::test]
 async fn check_after_the_refresh_token_was_revoked_says_to_sign_in_again() {
     let w = World::new(|_| {}).await;

@@ -507,6 +507,7 @@ async fn each_needs_person_error_sets_the_status_once_and_stops_token_requests()
         let since = stored.status.since;
 
         // Same instance (negative cache) and a cold-started one (status check): no request.
+        // (Whether the other audience is held too: a_missing_imap_consent_never_holds_graph_tokens.)
         let again = service.access_token(&w.secret_name, case.audience).await;
         assert!(
             matches!(again, Err(TokenError::NeedsReauth { .. })),
@@ -515,7 +516,7 @@ async fn each_needs_person_error_sets_the_status_once_and_stops_token_requests()
         );
         let cold = w
             .service()
-            .access_token(&w.secret_name, Audience::Imap)
+            .access_token(&w.secret_name, case.audience)
             .await;
         match cold {
             Err(TokenError::NeedsReauth { reason, .. }) => {
@@ -1217,4 +1218,82 @@ async fn device_code_login_as_the_wrong_user_stores_nothing() {
         other => panic!("expected WrongUser, got {other:?}"),
     }
     assert!(get_secret(&w.secret_name).await.is_err(), "nothing stored");
+}
+
+#[tokio::test]
+async fn a_missing_imap_consent_never_holds_graph_tokens() {
+    let w = World::new().await;
+    let mut app = AppRegistration::mailbridge(&w.tenant, &w.client_id);
+    app.consented_scopes.retain(|s| !s.contains("IMAP"));
+    w.idp.register_app(app);
+    w.with_refresh_token(chrono::Duration::hours(1)).await;
+
+    // The IMAP audience fails for want of consent: a person must act, for IMAP only.
+    let service = w.service();
+    let err = service
+        .access_token(&w.secret_name, Audience::Imap)
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::NeedsReauth, "{err}");
+    assert!(err.to_string().contains("AADSTS65001"), "{err}");
+    let stored = w.read_secret().await;
+    assert_eq!(stored.status.state, AccountState::NeedsReauth);
+    assert_eq!(stored.status.audience, Some(Audience::Imap), "{stored:?}");
+    assert!(stored.status.applies_to(Audience::Imap));
+    assert!(!stored.status.applies_to(Audience::Graph));
+
+    // Graph still works: in this instance (negative cache) and in a fresh one (stored status).
+    service
+        .access_token(&w.secret_name, Audience::Graph)
+        .await
+        .expect("Graph token despite the IMAP consent problem");
+    w.service()
+        .access_token(&w.secret_name, Audience::Graph)
+        .await
+        .expect("Graph token in a new instance");
+    // ... and IMAP stays stopped without asking the identity platform again.
+    let before = w.token_requests();
+    let again = w
+        .service()
+        .access_token(&w.secret_name, Audience::Imap)
+        .await
+        .unwrap_err();
+    assert_eq!(again.class(), ErrorClass::NeedsReauth);
+    assert_eq!(w.token_requests(), before);
+
+    // A dead grant then stops every audience.
+    w.idp.revoke_refresh_tokens(&w.upn).unwrap();
+    let fresh = w.service();
+    let dead = fresh
+        .access_token(&w.secret_name, Audience::Graph)
+        .await
+        .unwrap_err();
+    assert_eq!(dead.class(), ErrorClass::NeedsReauth);
+    let stored = w.read_secret().await;
+    assert_eq!(stored.status.audience, None, "{stored:?}");
+    assert!(stored.status.applies_to(Audience::Graph));
+    assert!(stored.status.applies_to(Audience::Imap));
+}
+
+#[tokio::test]
+async fn a_status_without_audience_holds_every_audience() {
+    let w = World::new().await;
+    w.with_refresh_token(chrono::Duration::hours(1)).await;
+    let mut json: Value = serde_json::from_str(&get_secret(&w.secret_name).await.unwrap()).unwrap();
+    json["status"] = serde_json::json!({
+        "state": "needs_reauth",
+        "reason": "consent missing",
+        "code": "AADSTS65001",
+        "since": "2026-01-01T00:00:00Z"
+    });
+    put_secret(&w.secret_name, &json.to_string()).await.unwrap();
+    for audience in [Audience::Graph, Audience::Imap] {
+        let err = w
+            .service()
+            .access_token(&w.secret_name, audience)
+            .await
+            .unwrap_err();
+        assert_eq!(err.class(), ErrorClass::NeedsReauth, "{audience:?}: {err}");
+    }
+    assert_eq!(w.token_requests(), 0);
 }

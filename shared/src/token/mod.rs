@@ -31,6 +31,24 @@ pub enum Audience {
     Imap,
 }
 
+impl Audience {
+    /// The JSON spelling (`graph`, `imap`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Audience::Graph => "graph",
+            Audience::Imap => "imap",
+        }
+    }
+
+    /// How operators read it (`Graph`, `IMAP`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Audience::Graph => "Graph",
+            Audience::Imap => "IMAP",
+        }
+    }
+}
+
 /// A bearer token for one audience. `Debug` never shows the token.
 #[derive(Clone)]
 pub struct AccessToken {

@@ -75,6 +75,26 @@ pub struct NeedsPerson {
     pub grant_rejected: bool,
 }
 
+/// Codes whose cause is one resource's permissions or policy (consent, scope, a Conditional
+/// Access policy or MFA requirement aimed at one cloud app): the other audience may still work.
+const AUDIENCE_SPECIFIC: &[u64] = &[
+    65001, 65004, 90094, 90095, 70011, 500011, 53003, 530032, 530035, 53000, 53001, 50076, 50079,
+    50072, 50074, 50158,
+];
+
+impl NeedsPerson {
+    /// Whether only the audience that was asked for is affected (consent, scope, a policy on
+    /// one resource), rather than the whole grant or user (revoked or expired refresh token,
+    /// disabled or locked user, wrong app registration).
+    pub fn audience_specific(&self) -> bool {
+        self.code
+            .strip_prefix("AADSTS")
+            .and_then(|digits| digits.parse::<u64>().ok())
+            .is_some_and(|code| AUDIENCE_SPECIFIC.contains(&code))
+            || self.code == "consent_required"
+    }
+}
+
 /// A failure worth retrying.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TransientFailure {

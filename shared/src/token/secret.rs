@@ -56,6 +56,9 @@ pub struct AccountStatus {
     pub code: Option<String>,
     /// When the state was entered.
     pub since: Option<DateTime<Utc>>,
+    /// The one audience that needs a person (e.g. IMAP consent missing), or `None`: every
+    /// audience (a dead grant, a disabled user; also every status written before audiences).
+    pub audience: Option<Audience>,
 }
 
 impl AccountStatus {
@@ -66,7 +69,19 @@ impl AccountStatus {
             reason: None,
             code: None,
             since: None,
+            audience: None,
         }
+    }
+
+    /// Whether `audience` must wait for a person.
+    pub fn applies_to(&self, audience: Audience) -> bool {
+        self.state == AccountState::NeedsReauth && self.audience.is_none_or(|only| only == audience)
+    }
+
+    /// needs_reauth for `audience` only (`None`: every audience).
+    pub fn for_audience(mut self, audience: Option<Audience>) -> Self {
+        self.audience = audience;
+        self
     }
 
     /// needs_reauth with a reason and code, since `now`.
@@ -80,6 +95,7 @@ impl AccountStatus {
             reason: Some(reason.into()),
             code: Some(code.into()),
             since: Some(now),
+            audience: None,
         }
     }
 }
@@ -349,11 +365,27 @@ impl AccountSecret {
                 let since = s
                     .opt_time("since")
                     .map_err(|_| r.bad("status.since", "expected an RFC 3339 timestamp"))?;
+                let audience = match s
+                    .opt_string("audience")
+                    .map_err(|_| r.bad("status.audience", "expected a string"))?
+                    .as_deref()
+                {
+                    None => None,
+                    Some("graph") => Some(Audience::Graph),
+                    Some("imap") => Some(Audience::Imap),
+                    Some(other) => {
+                        return Err(r.bad(
+                            "status.audience",
+                            format!("expected \"graph\" or \"imap\", got {other:?}"),
+                        ));
+                    }
+                };
                 AccountStatus {
                     state,
                     reason,
                     code,
                     since,
+                    audience,
                 }
             }
             Some(other) => {
@@ -439,6 +471,9 @@ impl AccountSecret {
         }
         if let Some(s) = self.status.since {
             status.insert("since".into(), Value::from(rfc3339(s)));
+        }
+        if let Some(a) = self.status.audience {
+            status.insert("audience".into(), Value::from(a.as_str()));
         }
         o.insert("status".into(), Value::Object(status));
         Value::Object(o).to_string()
@@ -641,6 +676,26 @@ mod tests {
         assert!(err.to_string().contains("not valid JSON"), "{err}");
         let err = AccountSecret::parse("mailbridge/acme", "[1]").unwrap_err();
         assert!(err.to_string().contains("JSON object"), "{err}");
+    }
+
+    #[test]
+    fn a_status_names_its_audience_and_one_without_applies_to_all() {
+        let mut v = minimal();
+        v["status"] = serde_json::json!({"state": "needs_reauth", "code": "AADSTS65001"});
+        let old = AccountSecret::parse("a", &v.to_string()).unwrap();
+        assert!(old.status.applies_to(Audience::Graph));
+        assert!(old.status.applies_to(Audience::Imap));
+        v["status"]["audience"] = "imap".into();
+        let imap = AccountSecret::parse("a", &v.to_string()).unwrap();
+        assert_eq!(imap.status.audience, Some(Audience::Imap));
+        assert!(imap.status.applies_to(Audience::Imap));
+        assert!(!imap.status.applies_to(Audience::Graph));
+        let again = AccountSecret::parse("a", &imap.to_json()).unwrap();
+        assert_eq!(again.status, imap.status);
+        v["status"]["audience"] = "smtp".into();
+        let err = AccountSecret::parse("a", &v.to_string()).unwrap_err();
+        assert!(err.to_string().contains("`status.audience`"), "{err}");
+        assert!(!AccountStatus::ok().applies_to(Audience::Graph));
     }
 
     #[test]

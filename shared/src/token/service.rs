@@ -15,9 +15,11 @@
 //!   loses nothing, and the stored token is never older than the interval plus the gap between
 //!   two runs — far inside the 90-day inactivity window.
 //! - Needs-a-person failures set the secret's `status` to `needs_reauth` once (re-read, then
-//!   write), are logged at error level (never a token), and stop all token requests for the
-//!   account until the status is `ok` again (re-checked from the secret at most every
-//!   `reauth_recheck_interval`).
+//!   write), are logged at error level (never a token), and stop token requests until the
+//!   status is `ok` again (re-checked from the secret at most every `reauth_recheck_interval`).
+//!   A failure of one resource's permissions or policy (consent, scope, Conditional Access on
+//!   one app) holds only that audience (`status.audience`): a missing IMAP consent never holds
+//!   Graph sends. A dead grant or user holds every audience.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -129,8 +131,8 @@ struct Blocked {
 struct AccountRuntime {
     /// The newest refresh token this instance received, and when.
     newest_refresh_token: Option<(SecretString, DateTime<Utc>)>,
-    /// Negative cache while the account needs a person.
-    blocked: Option<Blocked>,
+    /// Negative cache per audience while it needs a person.
+    blocked: HashMap<Audience, Blocked>,
 }
 
 struct Inner {
@@ -267,7 +269,7 @@ impl TokenService {
         if let Some(token) = self.cached(&name, audience) {
             return Ok(token);
         }
-        if let Some(blocked) = &state.blocked
+        if let Some(blocked) = state.blocked.get(&audience)
             && blocked.checked_at.elapsed() < self.inner.config.reauth_recheck_interval
         {
             return Err(TokenError::NeedsReauth {
@@ -284,18 +286,21 @@ impl TokenService {
             .map_err(|e| store_error(&name, e))?;
         let secret =
             AccountSecret::parse(&name, secrecy::ExposeSecret::expose_secret(&stored.value))?;
-        if secret.status.state == AccountState::NeedsReauth {
+        if secret.status.applies_to(audience) {
             let reason = status_reason(&secret.status);
-            state.blocked = Some(Blocked {
-                reason: reason.clone(),
-                checked_at: Instant::now(),
-            });
+            state.blocked.insert(
+                audience,
+                Blocked {
+                    reason: reason.clone(),
+                    checked_at: Instant::now(),
+                },
+            );
             return Err(TokenError::NeedsReauth {
                 account: name,
                 reason,
             });
         }
-        state.blocked = None;
+        state.blocked.remove(&audience);
         self.refresh_locked(&name, audience, deadline, &mut state, &stored, &secret)
             .await
     }
@@ -365,7 +370,9 @@ impl TokenService {
         let response = match outcome {
             Ok(response) => response,
             Err(TokenEndpointError::NeedsPerson(person)) => {
-                return Err(self.mark_needs_reauth(name, state, secret, &person).await);
+                return Err(self
+                    .mark_needs_reauth(name, audience, state, secret, &person)
+                    .await);
             }
             Err(TokenEndpointError::Transient(t)) => {
                 tracing::warn!(account = name, ?audience, detail = %t.detail, "token refresh failed (transient)");
@@ -408,7 +415,8 @@ impl TokenService {
                     .refresh_token_stored_at
                     .is_none_or(|stored_at| now - stored_at >= interval);
             if due {
-                self.write_back(name, stored, secret, rotated, now).await;
+                self.write_back(name, audience, stored, secret, rotated, now)
+                    .await;
             }
         }
         Ok(token)
@@ -418,6 +426,7 @@ impl TokenService {
     async fn write_back(
         &self,
         name: &str,
+        audience: Audience,
         base: &SecretValue,
         base_secret: &AccountSecret,
         rotated: &SecretString,
@@ -450,7 +459,7 @@ impl TokenService {
             );
             return;
         }
-        if secret.status.state != AccountState::Ok {
+        if secret.status.applies_to(audience) {
             tracing::info!(
                 account = name,
                 "refresh token write-back skipped: status changed concurrently"
@@ -479,11 +488,12 @@ impl TokenService {
         }
     }
 
-    /// Record that a person must act: status `needs_reauth` (once), an error log, the negative
-    /// cache. Returns the error for the caller.
+    /// Record that a person must act: status `needs_reauth` (once) for `audience` or for every
+    /// audience, an error log, the negative cache. Returns the error for the caller.
     async fn mark_needs_reauth(
         &self,
         name: &str,
+        audience: Audience,
         state: &mut AccountRuntime,
         used: &AccountSecret,
         person: &NeedsPerson,
@@ -491,6 +501,7 @@ impl TokenService {
         let store = &self.inner.store;
         let now = self.inner.clock.now();
         let reason = format!("{} [{}]", person.reason, person.code);
+        let only = person.audience_specific().then_some(audience);
         match store.get(name).await {
             Ok(current) => {
                 match AccountSecret::parse(
@@ -508,14 +519,16 @@ impl TokenService {
                                     .to_owned(),
                             };
                         }
-                        if secret.status.state == AccountState::NeedsReauth {
-                            tracing::info!(account = name, "account already marked needs_reauth");
-                        } else {
-                            secret.status = AccountStatus::needs_reauth(
-                                person.reason.clone(),
-                                person.code.clone(),
-                                now,
+                        let already = secret.status.applies_to(audience)
+                            && (only.is_some() || secret.status.audience.is_none());
+                        if already {
+                            tracing::info!(
+                                account = name,
+                                ?audience,
+                                "account already marked needs_reauth"
                             );
+                        } else {
+                            secret.status = merged_status(&secret.status, person, only, now);
                             let value = SecretString::from(secret.to_json());
                             let request_token =
                                 client_request_token(name, &current.version_id, &value);
@@ -535,19 +548,59 @@ impl TokenService {
         }
         tracing::error!(
             account = name,
+            audience = only.map_or("all", Audience::as_str),
             code = %person.code,
             reason = %person.reason,
             "account needs re-authentication by a person; token requests stopped until `mailbridge login`"
         );
-        state.newest_refresh_token = None;
-        state.blocked = Some(Blocked {
-            reason: reason.clone(),
-            checked_at: Instant::now(),
-        });
+        let held: &[Audience] = match only {
+            Some(_) => std::slice::from_ref(&audience),
+            None => {
+                state.newest_refresh_token = None;
+                &[Audience::Graph, Audience::Imap]
+            }
+        };
+        for held in held {
+            state.blocked.insert(
+                *held,
+                Blocked {
+                    reason: reason.clone(),
+                    checked_at: Instant::now(),
+                },
+            );
+        }
         TokenError::NeedsReauth {
             account: name.to_owned(),
             reason,
         }
+    }
+}
+
+/// The status after `person` failed for `only` (or every audience), given the stored one: an
+/// audience-specific failure on top of the other audience's holds every audience, and keeps
+/// both reasons.
+fn merged_status(
+    stored: &AccountStatus,
+    person: &NeedsPerson,
+    only: Option<Audience>,
+    now: DateTime<Utc>,
+) -> AccountStatus {
+    let fresh = AccountStatus::needs_reauth(person.reason.clone(), person.code.clone(), now)
+        .for_audience(only);
+    match (
+        stored.state == AccountState::NeedsReauth,
+        stored.audience,
+        only,
+    ) {
+        (true, Some(other), Some(this)) if other != this => {
+            let earlier = format!("{}: {}", other.label(), status_reason(stored));
+            AccountStatus::needs_reauth(
+                format!("{earlier}; {}: {}", this.label(), person.reason),
+                person.code.clone(),
+                now,
+            )
+        }
+        _ => fresh,
     }
 }
 

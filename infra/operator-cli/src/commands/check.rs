@@ -1,7 +1,8 @@
 //! `mailbridge check [ACCOUNT|MAILBOX...]`: is everything a mailbox needs in working order?
 //!
 //! Per target, in order (a step that cannot run because an earlier one failed is "skipped"):
-//! 1. the account secret reads and parses, and its status is `ok`;
+//! 1. the account secret reads and parses, and its status is `ok` (a status held for one
+//!    audience only fails that audience's token step, below);
 //! 2. an access token for each audience (Graph, IMAP), through the same [`TokenService`] the
 //!    functions use (so a dead grant sets the account's status exactly as they would);
 //! 3. Graph reachable with the Graph token — a **harmless** call the granted scope allows. With
@@ -345,7 +346,21 @@ async fn run_steps(
             return steps;
         }
     };
+    let held_for = account.status.audience.filter(|_| {
+        account.status.state == mailbridge::token::AccountState::NeedsReauth
+            && account.refresh_token.is_some()
+    });
     match account.status.state {
+        _ if held_for.is_some() => {
+            let held = held_for.map_or("", |a| a.label());
+            steps.push(Step::ok(
+                step_secret,
+                format!(
+                    "user {}, tenant {}, status needs_reauth for {held} only (the other audience is not held)",
+                    account.username, account.tenant_id
+                ),
+            ));
+        }
         mailbridge::token::AccountState::Ok if account.refresh_token.is_some() => {
             let age = account
                 .refresh_token_stored_at

@@ -7,7 +7,7 @@
 
 use anyhow::{Context as _, Result};
 use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
-use mailbridge::token::{AccountSecret, AccountState};
+use mailbridge::token::{AccountSecret, AccountState, Audience};
 use poll_mailboxes::ports::StateStore as _;
 use serde::Serialize;
 
@@ -38,6 +38,9 @@ pub struct AccountRow {
     pub code: Option<String>,
     /// When the status was entered.
     pub since: Option<String>,
+    /// The status of each audience (`graph`, `imap`): `ok` or `needs_reauth` with its reason
+    /// and code; a status held for one audience leaves the other `ok`.
+    pub audiences: Option<serde_json::Map<String, serde_json::Value>>,
     /// When the refresh token was stored.
     pub token_stored_at: Option<String>,
     /// Its age in seconds.
@@ -202,6 +205,7 @@ async fn account_rows(ctx: &Context) -> Result<Vec<AccountRow>> {
                 reason: Some(e.to_string()),
                 code: None,
                 since: None,
+                audiences: None,
                 token_stored_at: None,
                 token_age_seconds: None,
             },
@@ -222,6 +226,7 @@ async fn account_rows(ctx: &Context) -> Result<Vec<AccountRow>> {
                     }),
                     code: a.status.code.clone(),
                     since: a.status.since.map(|t| t.to_rfc3339()),
+                    audiences: Some(audience_rows(&a, status)),
                     token_stored_at: a.refresh_token_stored_at.map(|t| t.to_rfc3339()),
                     token_age_seconds: a
                         .refresh_token_stored_at
@@ -232,6 +237,27 @@ async fn account_rows(ctx: &Context) -> Result<Vec<AccountRow>> {
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// `{"graph": {"status": ...}, "imap": {...}}` for one account.
+fn audience_rows(a: &AccountSecret, status: &str) -> serde_json::Map<String, serde_json::Value> {
+    [Audience::Graph, Audience::Imap]
+        .into_iter()
+        .map(|audience| {
+            let row = if a.status.applies_to(audience) {
+                serde_json::json!({
+                    "status": "needs_reauth",
+                    "reason": a.status.reason,
+                    "code": a.status.code,
+                })
+            } else if status == "not_signed_in" {
+                serde_json::json!({ "status": "not_signed_in" })
+            } else {
+                serde_json::json!({ "status": "ok" })
+            };
+            (audience.as_str().to_owned(), row)
+        })
+        .collect()
 }
 
 async fn mailbox_rows(ctx: &Context) -> Result<Vec<MailboxRow>> {
@@ -319,8 +345,28 @@ fn print_human(ctx: &Context, accounts: &[AccountRow], mailboxes: Option<&[Mailb
                 )
             })
             .unwrap_or_default();
+        // "needs_reauth (IMAP only; Graph ok)" when one audience is held.
+        let per_audience = a
+            .audiences
+            .as_ref()
+            .filter(|rows| a.status == "needs_reauth" && rows.values().any(|r| r["status"] == "ok"))
+            .map(|rows| {
+                let label = |key: &str| if key == "imap" { "IMAP" } else { "Graph" };
+                let held: Vec<&str> = rows
+                    .iter()
+                    .filter(|(_, r)| r["status"] != "ok")
+                    .map(|(k, _)| label(k))
+                    .collect();
+                let fine: Vec<&str> = rows
+                    .iter()
+                    .filter(|(_, r)| r["status"] == "ok")
+                    .map(|(k, _)| label(k))
+                    .collect();
+                format!(" ({} only; {} ok)", held.join(", "), fine.join(", "))
+            })
+            .unwrap_or_default();
         println!(
-            "  {mark} {} ({}) — {}{age}",
+            "  {mark} {} ({}) — {}{per_audience}{age}",
             a.account,
             a.user.as_deref().unwrap_or("?"),
             a.status
