@@ -46,6 +46,16 @@ pub trait MailSender: Send + Sync {
         mail: &OutgoingMime,
         timeout: Duration,
     ) -> Result<SendReceipt, GraphError>;
+
+    /// Send a message too large for one request through a draft: create it, add the
+    /// attachments (upload sessions from 3 MB), send it ([`crate::graph_draft`]). `timeout`
+    /// bounds each request.
+    async fn send_draft(
+        &self,
+        token: &AccessToken,
+        mail: &crate::graph_draft::DraftMail,
+        timeout: Duration,
+    ) -> Result<SendReceipt, crate::graph_draft::DraftFailure>;
 }
 
 /// One MIME sendMail request: the mailbox plus the raw message.
@@ -464,8 +474,8 @@ pub enum GraphConfigError {
 /// The real Graph client.
 #[derive(Clone, Debug)]
 pub struct GraphClient {
-    http: reqwest::Client,
-    base_url: url::Url,
+    pub(crate) http: reqwest::Client,
+    pub(crate) base_url: url::Url,
 }
 
 impl GraphClient {
@@ -593,6 +603,15 @@ impl MailSender for GraphClient {
             .body(mail.request_body());
         self.submit(token, request, timeout).await
     }
+
+    async fn send_draft(
+        &self,
+        token: &AccessToken,
+        mail: &crate::graph_draft::DraftMail,
+        timeout: Duration,
+    ) -> Result<SendReceipt, crate::graph_draft::DraftFailure> {
+        crate::graph_draft::send_draft(self, token, mail, timeout).await
+    }
 }
 
 impl GraphClient {
@@ -628,7 +647,7 @@ impl GraphClient {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let mut request_id = header("request-id");
+        let request_id = header("request-id");
         let retry_after = header("retry-after").as_deref().and_then(parse_retry_after);
         if status == 202 || status == 200 {
             return Ok(SendReceipt {
@@ -637,67 +656,77 @@ impl GraphClient {
             });
         }
         let body = response.bytes().await.unwrap_or_default();
-        let envelope: ErrorEnvelope = serde_json::from_slice(&body).unwrap_or_default();
-        let ErrorBody {
-            code,
-            message,
-            inner_error,
-        } = envelope.error;
-        if request_id.is_none() {
-            request_id = inner_error.and_then(|i| i.request_id);
-        }
-        let code = if code.is_empty() {
-            format!("HTTP{status}")
-        } else {
-            code
-        };
-        let message: String = message.chars().take(500).collect();
-        if SENDING_QUOTA_CODES.contains(&code.as_str()) {
-            return Err(GraphError::SendingQuota {
-                status,
-                code,
-                message,
-                retry_after,
-                request_id,
-            });
-        }
-        if code == MAILBOX_FULL_CODE {
-            return Err(GraphError::Rejected {
-                status,
-                code,
-                message,
-                request_id,
-            });
-        }
-        Err(match status {
-            429 => GraphError::Throttled {
-                retry_after,
-                code,
-                request_id,
-            },
-            401 => GraphError::Unauthorized {
-                code,
-                message,
-                request_id,
-            },
-            408 | 500..=599 => GraphError::Unavailable {
-                status,
-                retry_after,
-                code,
-                message,
-                request_id,
-            },
-            _ => GraphError::Rejected {
-                status,
-                code,
-                message,
-                request_id,
-            },
-        })
+        Err(error_from_answer(status, request_id, retry_after, &body))
     }
 }
 
-fn transport_detail(e: &reqwest::Error) -> String {
+/// Graph's answer `status` with error `body` as a [`GraphError`].
+pub(crate) fn error_from_answer(
+    status: u16,
+    mut request_id: Option<String>,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> GraphError {
+    let envelope: ErrorEnvelope = serde_json::from_slice(body).unwrap_or_default();
+    let ErrorBody {
+        code,
+        message,
+        inner_error,
+    } = envelope.error;
+    if request_id.is_none() {
+        request_id = inner_error.and_then(|i| i.request_id);
+    }
+    let code = if code.is_empty() {
+        format!("HTTP{status}")
+    } else {
+        code
+    };
+    let message: String = message.chars().take(500).collect();
+    if SENDING_QUOTA_CODES.contains(&code.as_str()) {
+        return GraphError::SendingQuota {
+            status,
+            code,
+            message,
+            retry_after,
+            request_id,
+        };
+    }
+    if code == MAILBOX_FULL_CODE {
+        return GraphError::Rejected {
+            status,
+            code,
+            message,
+            request_id,
+        };
+    }
+    match status {
+        429 => GraphError::Throttled {
+            retry_after,
+            code,
+            request_id,
+        },
+        401 => GraphError::Unauthorized {
+            code,
+            message,
+            request_id,
+        },
+        408 | 500..=599 => GraphError::Unavailable {
+            status,
+            retry_after,
+            code,
+            message,
+            request_id,
+        },
+        _ => GraphError::Rejected {
+            status,
+            code,
+            message,
+            request_id,
+        },
+    }
+}
+
+pub(crate) fn transport_detail(e: &reqwest::Error) -> String {
     // reqwest's Display includes the URL (no secrets in it); add the root cause.
     let mut detail = e.to_string();
     let mut source = std::error::Error::source(e);

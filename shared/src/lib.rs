@@ -19,6 +19,8 @@ pub mod error;
 #[cfg(feature = "services")]
 pub mod graph;
 #[cfg(feature = "services")]
+pub mod graph_draft;
+#[cfg(feature = "services")]
 pub mod http;
 #[cfg(feature = "services")]
 pub mod imap;

@@ -43,9 +43,11 @@ pub const MAX_HEADERS: usize = 5;
 /// The largest SQS message body (SQS's maximum, and moto's): a MIME notification whose raw
 /// message does not fit inline goes by S3 reference.
 pub const MAX_QUEUE_MESSAGE_BYTES: usize = 1024 * 1024;
-/// The largest raw message a MIME notification may carry: its base64 is the body of Graph's
-/// MIME `sendMail`, whose request limit is about 4 MB.
-pub const MAX_MIME_MESSAGE_BYTES: usize = 3_000_000;
+/// The largest raw message a MIME notification may carry: 150 MB, the largest send size
+/// Exchange Online allows a mailbox. Up to Graph's request limit (about 4 MB as base64) it goes
+/// out with one MIME `sendMail`, above through a draft with its attachments uploaded; the
+/// stack's own limit (`MAILBRIDGE_MAX_MESSAGE_BYTES`, Exchange's default 35 MB) parks larger ones.
+pub const MAX_MIME_MESSAGE_BYTES: usize = 150 * 1024 * 1024;
 /// Attachments per message.
 pub const MAX_ATTACHMENTS: usize = 50;
 

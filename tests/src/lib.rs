@@ -180,13 +180,27 @@ pub async fn new_password_account(
     user_prefix: &str,
     password: &str,
 ) -> anyhow::Result<PasswordAccount> {
+    new_password_account_consented(user_prefix, password, &[]).await
+}
+
+/// As [`new_password_account`], with the app also consented for `extra` Graph permissions
+/// (e.g. `Mail.ReadWrite`, which the draft route for large messages needs).
+pub async fn new_password_account_consented(
+    user_prefix: &str,
+    password: &str,
+    extra: &[&str],
+) -> anyhow::Result<PasswordAccount> {
     let idp = stack().identity();
     let tenant = format!("{}.onmicrosoft.com", unique("tenant"));
     let client_id = uuid::Uuid::new_v4().to_string();
     let upn = unique_user(user_prefix);
-    idp.register_app(local_stack::identity::AppRegistration::mailbridge(
-        &tenant, &client_id,
-    ));
+    let mut app = local_stack::identity::AppRegistration::mailbridge(&tenant, &client_id);
+    app.consented_scopes.extend(
+        extra
+            .iter()
+            .map(|p| format!("https://graph.microsoft.com/{p}")),
+    );
+    idp.register_app(app);
     idp.register_user(local_stack::identity::UserAccount::new(
         &tenant, &upn, password,
     ));

@@ -192,6 +192,7 @@ fn the_template_gives_each_function_the_environment_it_reads() {
         "MAILBRIDGE_REAUTH_VISIBILITY_SECONDS",
         "MAILBRIDGE_GRAPH_URL",
         "MAILBRIDGE_MESSAGE_BUCKET",
+        "MAILBRIDGE_MAX_MESSAGE_BYTES",
     ];
     let poller_only = [
         "MAILBRIDGE_MAX_CONCURRENT_MAILBOXES",

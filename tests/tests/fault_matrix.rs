@@ -1101,6 +1101,15 @@ impl mailbridge::graph::MailSender for HangingSender {
     ) -> Result<mailbridge::graph::SendReceipt, mailbridge::graph::GraphError> {
         self.inner.send_mime(token, mail, timeout).await
     }
+
+    async fn send_draft(
+        &self,
+        token: &mailbridge::token::AccessToken,
+        mail: &mailbridge::graph_draft::DraftMail,
+        timeout: Duration,
+    ) -> Result<mailbridge::graph::SendReceipt, mailbridge::graph_draft::DraftFailure> {
+        self.inner.send_draft(token, mail, timeout).await
+    }
 }
 
 /// Everything written through `tracing` while a future runs, as text.

@@ -47,9 +47,14 @@ struct Run {
 
 impl World {
     async fn new() -> World {
-        let account = mailbridge_tests::new_password_account("helpdesk", "pw-sendmail-1")
-            .await
-            .expect("account");
+        // Mail.ReadWrite: messages over Graph's request limit go through a draft
+        let account = mailbridge_tests::new_password_account_consented(
+            "helpdesk",
+            "pw-sendmail-1",
+            &["Mail.ReadWrite"],
+        )
+        .await
+        .expect("account");
         let (queue_url, dlq_url) = create_queue_with_dlq(&unique("sendmail"), 5).await.unwrap();
         let queue_arn = mailbridge_tests::queue_arn(&queue_url).await.unwrap();
         World {
@@ -129,6 +134,39 @@ impl World {
 
     /// Run send-notifications over everything queued.
     async fn send_queued(&self, n: usize) -> send_notifications::BatchReport {
+        self.send_queued_with(n, BatchSettings::default()).await
+    }
+
+    /// The parked notifications' bodies, taken off the DLQ.
+    async fn take_parked(&self) -> Vec<String> {
+        let out = sqs()
+            .receive_message()
+            .queue_url(&self.dlq_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        let mut bodies = Vec::new();
+        for m in out.messages() {
+            bodies.push(m.body().unwrap().to_owned());
+            sqs()
+                .delete_message()
+                .queue_url(&self.dlq_url)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+        bodies
+    }
+
+    /// Run send-notifications over everything queued, with `settings`.
+    async fn send_queued_with(
+        &self,
+        n: usize,
+        settings: BatchSettings,
+    ) -> send_notifications::BatchReport {
         let aws = stack().moto().sdk_config();
         let event = mailbridge_tests::receive_sqs_event(&self.queue_url, &self.queue_arn, n).await;
         let sqs = aws_sdk_sqs::Client::new(&aws);
@@ -151,12 +189,13 @@ impl World {
             thread_key: ThreadKey::from_secret_value(THREAD_KEY).unwrap(),
             settings: BatchSettings {
                 safety_margin: Duration::from_secs(1),
-                ..BatchSettings::default()
+                message_bucket: Some(self.bucket.clone()),
+                ..settings
             },
         };
         process_batch(
             event,
-            tokio::time::Instant::now() + Duration::from_secs(60),
+            tokio::time::Instant::now() + Duration::from_secs(120),
             &deps,
         )
         .await
@@ -184,7 +223,7 @@ fn reply(from: &str, to: &str, tag: &str, size: usize) -> Vec<u8> {
 }
 
 async fn inbox(user: &str) -> Vec<local_stack::dovecot::StoredMessage> {
-    for _ in 0..100 {
+    for _ in 0..600 {
         let messages = stack()
             .dovecot()
             .list_messages(user, "INBOX")
@@ -230,8 +269,38 @@ async fn a_200_kib_reply_is_queued_inline_and_reaches_the_customer_with_its_head
     );
 }
 
+/// The delivered message carries the helpdesk's headers and its attachment whole.
+fn assert_arrived_whole(delivered: &[u8], tag: &str, size: usize) {
+    let parsed = mail_parser::MessageParser::default()
+        .parse(delivered)
+        .unwrap();
+    assert_eq!(
+        parsed.message_id(),
+        Some(format!("rt-{tag}@helpdesk.example").as_str())
+    );
+    assert_eq!(
+        parsed.in_reply_to().as_text(),
+        Some(format!("cust-{tag}@example.com").as_str())
+    );
+    assert_eq!(
+        parsed.references().as_text(),
+        Some(format!("cust-{tag}@example.com").as_str())
+    );
+    assert_eq!(
+        parsed.subject(),
+        Some(format!("[helpdesk #{tag}] Re: VPN").as_str())
+    );
+    let attachment = parsed.attachment(0).expect("the attachment arrived");
+    let bytes = attachment.contents();
+    assert_eq!(bytes.len(), size * 3 / 4);
+    assert!(
+        bytes.iter().enumerate().all(|(i, b)| *b == (i % 253) as u8),
+        "the attachment's bytes are the helpdesk's"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_2_mib_reply_goes_by_s3_and_larger_ones_are_refused_naming_the_limit() {
+async fn a_2_mib_reply_goes_by_s3_in_one_mime_request_and_its_object_is_deleted() {
     let w = World::new().await;
     let customer = unique_user("customer");
     let tag = unique("t");
@@ -248,27 +317,104 @@ async fn a_2_mib_reply_goes_by_s3_and_larger_ones_are_refused_naming_the_limit()
     assert_eq!(bucket_keys(&w.bucket).await.unwrap().len(), 1);
     let report = w.send_queued(1).await;
     assert_eq!(report.metrics.sent, 1, "{:?}", report.messages);
-    assert_eq!(inbox(&customer).await.len(), 1);
+    let accepted = stack().graph().accepted(&w.upn);
+    assert_eq!(accepted.len(), 1);
+    assert_eq!(accepted[0].path, "me", "one MIME sendMail");
+    assert_arrived_whole(&inbox(&customer).await[0].raw, &tag, 2 * 1024 * 1024);
     assert!(
         bucket_keys(&w.bucket).await.unwrap().is_empty(),
         "deleted once sent"
     );
-    // 20 MiB and 40 MiB: over Graph's request limit for a MIME message; refused up front
-    for mib in [20, 40] {
-        let run = w
-            .sendmail(
-                &["-t", "-i"],
-                &reply(&w.upn, &customer, &tag, mib * 1024 * 1024),
-            )
-            .await;
-        assert_eq!(run.code, 65, "{mib} MiB: {}", run.stderr);
-        assert!(
-            run.stderr.contains("bytes") && run.stderr.contains("at most"),
-            "{mib} MiB names size and limit: {}",
-            run.stderr
-        );
-    }
-    assert!(w.queued().await.is_empty(), "nothing queued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_20_mib_reply_goes_through_a_draft_and_upload_session_and_arrives_whole() {
+    let w = World::new().await;
+    let customer = unique_user("customer");
+    let tag = unique("t");
+    let size = 20 * 1024 * 1024;
+    let run = w
+        .sendmail(&["-oi", "-t"], &reply(&w.upn, &customer, &tag, size))
+        .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = w.send_queued(1).await;
+    assert_eq!(report.metrics.sent, 1, "{:?}", report.messages);
+    let accepted = stack().graph().accepted(&w.upn);
+    assert_eq!(accepted.len(), 1);
+    assert!(
+        accepted[0].path.starts_with("messages/") && accepted[0].path.ends_with("/send"),
+        "sent as a draft: {}",
+        accepted[0].path
+    );
+    assert_eq!(accepted[0].request["attachments"], 1);
+    assert_eq!(stack().graph().draft_count(&w.upn), 0, "no draft left");
+    assert_arrived_whole(&inbox(&customer).await[0].raw, &tag, size);
+    assert!(bucket_keys(&w.bucket).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_40_mib_reply_is_parked_naming_size_and_limit_and_a_redrive_sends_it() {
+    let w = World::new().await;
+    let customer = unique_user("customer");
+    let tag = unique("t");
+    let size = 40 * 1024 * 1024;
+    let raw = reply(&w.upn, &customer, &tag, size);
+    let run = w.sendmail(&["-oi", "-t"], &raw).await;
+    assert_eq!(
+        run.code, 0,
+        "queued: the stack's limit decides: {}",
+        run.stderr
+    );
+    let report = w.send_queued(1).await;
+    assert_eq!(report.metrics.parked, 1, "{:?}", report.messages);
+    let send_notifications::Outcome::Parked { reason } = &report.messages[0].outcome else {
+        panic!("{:?}", report.messages[0]);
+    };
+    assert_eq!(reason.kind, "too-large");
+    let limit = send_notifications::settings::DEFAULT_MAX_MESSAGE_BYTES;
+    let named_size: usize = reason
+        .reason
+        .strip_prefix("the message is ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("names the size: {}", reason.reason));
+    assert!(
+        named_size >= raw.len() && named_size < raw.len() + 200,
+        "{named_size} vs {}",
+        raw.len()
+    );
+    assert!(
+        reason.reason.contains(&format!("at most {limit} bytes")),
+        "names the limit: {}",
+        reason.reason
+    );
+    assert_eq!(stack().graph().request_count(&w.upn), 0, "nothing sent");
+    assert!(stack().graph().accepted(&w.upn).is_empty());
+    assert_eq!(stack().graph().draft_count(&w.upn), 0);
+    // the parked notification keeps its object: once the mailbox may send 45 MiB, a redrive
+    // of the DLQ message sends it, and only then is the object deleted
+    assert_eq!(bucket_keys(&w.bucket).await.unwrap().len(), 1);
+    let parked = w.take_parked().await;
+    assert_eq!(parked.len(), 1);
+    sqs()
+        .send_message()
+        .queue_url(&w.queue_url)
+        .message_body(&parked[0])
+        .send()
+        .await
+        .unwrap();
+    stack().graph().set_max_send_bytes(&w.upn, 45 * 1024 * 1024);
+    let report = w
+        .send_queued_with(
+            1,
+            BatchSettings {
+                max_message_bytes: 45 * 1024 * 1024,
+                ..BatchSettings::default()
+            },
+        )
+        .await;
+    assert_eq!(report.metrics.sent, 1, "{:?}", report.messages);
+    assert_eq!(stack().graph().accepted(&w.upn).len(), 1);
     assert!(bucket_keys(&w.bucket).await.unwrap().is_empty());
 }
 

@@ -45,6 +45,7 @@ use crate::thread::{ThreadKey, stamp};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use mailbridge::error::{Classify, ErrorClass};
 use mailbridge::graph::{GraphError, MailSender, OutgoingMail, OutgoingMime, SendAs, SendReceipt};
+use mailbridge::graph_draft::{DraftAttachment, DraftContent, DraftFailure, DraftMail};
 use mailbridge::message_store::{MessageStore, StoreError};
 use mailbridge::notification::{MimeNotification, QueueMessage, RawMessage};
 use mailbridge::state::{Claim, IdempotencyStore, StateError};
@@ -578,10 +579,19 @@ async fn decide(
     outcome
 }
 
-/// The request a queue message becomes.
+/// The request(s) a queue message becomes.
 enum Prepared {
     Json(Box<OutgoingMail>),
     Mime(OutgoingMime),
+    /// Too large for one request: Graph's draft route (create, attach, send).
+    Draft(Box<DraftMail>),
+}
+
+/// A failed submission, and whether the request that sends (sendMail, or the draft's `send`)
+/// went out: only then may Graph have accepted the mail.
+struct Failed {
+    error: GraphError,
+    reached_send: bool,
 }
 
 impl Prepared {
@@ -590,11 +600,73 @@ impl Prepared {
         deps: &Deps,
         token: &AccessToken,
         timeout: Duration,
-    ) -> Result<SendReceipt, GraphError> {
+    ) -> Result<SendReceipt, Failed> {
+        let sent = |error| Failed {
+            error,
+            reached_send: true,
+        };
         match self {
-            Prepared::Json(mail) => deps.mail.send_mail(token, mail, timeout).await,
-            Prepared::Mime(mail) => deps.mail.send_mime(token, mail, timeout).await,
+            Prepared::Json(mail) => deps
+                .mail
+                .send_mail(token, mail, timeout)
+                .await
+                .map_err(sent),
+            Prepared::Mime(mail) => deps
+                .mail
+                .send_mime(token, mail, timeout)
+                .await
+                .map_err(sent),
+            Prepared::Draft(mail) => {
+                deps.mail
+                    .send_draft(token, mail, timeout)
+                    .await
+                    .map_err(|f| Failed {
+                        reached_send: f.reached_send,
+                        error: with_step(f),
+                    })
+            }
         }
+    }
+}
+
+/// The draft route's error, its message naming the step that failed.
+fn with_step(failure: DraftFailure) -> GraphError {
+    let DraftFailure { step, error, .. } = failure;
+    match error {
+        GraphError::Rejected {
+            status,
+            code,
+            message,
+            request_id,
+        } => GraphError::Rejected {
+            status,
+            code,
+            message: format!("{step}: {message}"),
+            request_id,
+        },
+        GraphError::Unavailable {
+            status,
+            retry_after,
+            code,
+            message,
+            request_id,
+        } => GraphError::Unavailable {
+            status,
+            retry_after,
+            code,
+            message: format!("{step}: {message}"),
+            request_id,
+        },
+        GraphError::Transport {
+            detail,
+            timed_out,
+            after_request,
+        } => GraphError::Transport {
+            detail: format!("{step}: {detail}"),
+            timed_out,
+            after_request,
+        },
+        other => other,
     }
 }
 
@@ -621,7 +693,7 @@ async fn prepare(deps: &Deps, message: &SqsMessage, q: &QueueMessage) -> Result<
                 n, extras,
             ))))
         }
-        QueueMessage::Mime(n) => prepare_mime(deps, message, q, n).await.map(Prepared::Mime),
+        QueueMessage::Mime(n) => prepare_mime(deps, message, q, n).await,
     }
 }
 
@@ -630,7 +702,7 @@ async fn prepare_mime(
     message: &SqsMessage,
     q: &QueueMessage,
     n: &MimeNotification,
-) -> Result<OutgoingMime, Outcome> {
+) -> Result<Prepared, Outcome> {
     use base64::Engine as _;
     use mailbridge::mail::outgoing;
     let invalid = |field: &str, reason: String| {
@@ -709,25 +781,80 @@ async fn prepare_mime(
         }
         None => raw,
     };
+    let too_large = |reason: String| {
+        let mut r = base_reason(message, Some(q), "too-large", reason);
+        r.field = Some(field.to_owned());
+        r
+    };
+    let size = raw.len();
+    let limit = deps.settings.max_message_bytes;
+    if size > limit {
+        let reason = format!(
+            "the message is {size} bytes; the sending mailbox accepts at most {limit} bytes (MAILBRIDGE_MAX_MESSAGE_BYTES, Exchange Online's MaxSendSize); nothing was sent"
+        );
+        return Err(park(deps, message, too_large(reason)).await);
+    }
     let mail = OutgoingMime {
         send_as: SendAs::Me,
         mime: raw,
     };
-    let request_bytes = mail.mime.len().div_ceil(3) * 4;
-    if request_bytes > MAX_GRAPH_REQUEST_BYTES {
-        let reason = format!(
-            "the message is {} bytes, {request_bytes} as Graph's base64 MIME request; Graph's request limit is {MAX_GRAPH_REQUEST_BYTES}",
-            mail.mime.len()
-        );
-        let mut r = base_reason(message, Some(q), "too-large", reason);
-        r.field = Some(field.to_owned());
-        return Err(park(deps, message, r).await);
+    if mail.mime.len().div_ceil(3) * 4 <= MAX_GRAPH_REQUEST_BYTES {
+        return Ok(Prepared::Mime(mail));
     }
-    Ok(mail)
+    // Over Graph's request limit: a draft from the message without its largest attachments,
+    // which are then added one by one (upload sessions from 3 MB).
+    let split = match mailbridge::mail::large::split_for_request(&mail.mime, MAX_DRAFT_MIME_BYTES) {
+        Ok(split) => split,
+        Err(e) => {
+            let reason = format!(
+                "the message is {size} bytes, {} as a base64 MIME request (Graph's request limit is {MAX_GRAPH_REQUEST_BYTES}), and it cannot go through a draft: {e}",
+                size.div_ceil(3) * 4
+            );
+            return Err(park(deps, message, too_large(reason)).await);
+        }
+    };
+    if let Some(a) = split
+        .attachments
+        .iter()
+        .find(|a| a.bytes.len() > mailbridge::graph_draft::MAX_ATTACHMENT_BYTES)
+    {
+        let reason = format!(
+            "attachment {:?} is {} bytes; Graph takes attachments of at most {} bytes",
+            a.name,
+            a.bytes.len(),
+            mailbridge::graph_draft::MAX_ATTACHMENT_BYTES
+        );
+        return Err(park(deps, message, too_large(reason)).await);
+    }
+    tracing::debug!(
+        notification_id = n.id(),
+        bytes = size,
+        attachments = split.attachments.len(),
+        "over Graph's request limit: sending through a draft"
+    );
+    Ok(Prepared::Draft(Box::new(DraftMail {
+        send_as: mail.send_as,
+        content: DraftContent::Mime(split.message),
+        attachments: split
+            .attachments
+            .into_iter()
+            .map(|a| DraftAttachment {
+                name: a.name,
+                content_type: a.content_type,
+                content_id: a.content_id,
+                inline: a.inline,
+                bytes: a.bytes,
+            })
+            .collect(),
+        internet_message_id: headers.message_id.as_ref().map(|id| format!("<{id}>")),
+    })))
 }
 
 /// Graph's request size limit (about 4 MB; the body of a MIME `sendMail` is the base64 message).
 pub const MAX_GRAPH_REQUEST_BYTES: usize = 4_000_000;
+
+/// The largest MIME a draft is created from: its base64 (4/3) stays under Graph's request limit.
+pub const MAX_DRAFT_MIME_BYTES: usize = 2_900_000;
 
 /// Token → send, with the 401 refresh-once and `Retry-After` rules. The idempotency lease is held.
 async fn send_claimed(
@@ -769,13 +896,16 @@ async fn send_claimed(
                 "resending after an answer that may mean Graph accepted the mail (5xx or a connection dropped after the request); the recipient may get two copies with the same Message-ID"
             );
         }
-        let error = match request.submit(deps, &token, timeout).await {
+        let (error, reached_send) = match request.submit(deps, &token, timeout).await {
             Ok(receipt) => {
                 return Outcome::Sent {
                     graph_request_id: receipt.request_id,
                 };
             }
-            Err(e) => e,
+            Err(Failed {
+                error,
+                reached_send,
+            }) => (error, reached_send),
         };
         if matches!(error, GraphError::Throttled { .. }) {
             counts.throttled += 1;
@@ -784,7 +914,7 @@ async fn send_claimed(
             GraphError::Transport {
                 after_request: true,
                 ..
-            } => {
+            } if reached_send => {
                 // The request went out and no answer came: Graph may have accepted it. Retried
                 // (at least once), never parked, and the claim stays so a resend is named.
                 *maybe_accepted = true;
@@ -796,7 +926,7 @@ async fn send_claimed(
                 };
             }
             // A 5xx may come after Graph queued the mail: a resend is named, the claim kept.
-            GraphError::Unavailable { .. } => *maybe_accepted = true,
+            GraphError::Unavailable { .. } if reached_send => *maybe_accepted = true,
             GraphError::SendingQuota { .. } => {
                 return delayed_for_quota(deps, message, &error).await;
             }
@@ -831,10 +961,11 @@ async fn send_claimed(
                 }
             }
             (_, ErrorClass::Permanent) => {
-                let kind = if error.code() == mailbridge::graph::MAILBOX_FULL_CODE {
-                    "sender-mailbox-full"
-                } else {
-                    "graph-rejected"
+                let kind = match error.code() {
+                    mailbridge::graph::MAILBOX_FULL_CODE => "sender-mailbox-full",
+                    // the mailbox's own MaxSendSize is below MAILBRIDGE_MAX_MESSAGE_BYTES
+                    "ErrorMessageSizeExceeded" => "too-large",
+                    _ => "graph-rejected",
                 };
                 let mut r = base_reason(message, Some(n), kind, error.to_string());
                 r.graph_code = Some(error.code().to_owned());

@@ -41,11 +41,20 @@ pub struct BatchSettings {
     /// `MAILBRIDGE_MESSAGE_BUCKET`: the stack's message bucket. When set, a notification whose
     /// stored message names another bucket is parked (`message-object`) without reading it.
     pub message_bucket: Option<String>,
+    /// `MAILBRIDGE_MAX_MESSAGE_BYTES` (default 36,700,160: Exchange Online's default
+    /// `MaxSendSize` of 35 MB; at most 157,286,400, the largest Exchange Online allows): a
+    /// larger message is parked as `too-large` before anything is sent.
+    pub max_message_bytes: usize,
     /// `MAILBRIDGE_QUOTA_VISIBILITY_SECONDS` (default 10800, at most 43200): how long a
     /// notification waits when its mailbox hit the daily recipient limit and Graph gave no
     /// `Retry-After`. With the default 10 receives that covers Exchange's 24 h window.
     pub quota_visibility: Duration,
 }
+
+/// Exchange Online's default `MaxSendSize`: 35 MB (36,700,160 bytes).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 35 * 1024 * 1024;
+/// The largest `MaxSendSize` Exchange Online allows: 150 MB.
+pub const LARGEST_MAX_MESSAGE_BYTES: usize = 150 * 1024 * 1024;
 
 impl Default for BatchSettings {
     fn default() -> Self {
@@ -59,6 +68,7 @@ impl Default for BatchSettings {
             completed_ttl: mailbridge::state::DEFAULT_COMPLETED_TTL,
             quota_visibility: Duration::from_secs(10800),
             message_bucket: None,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -111,6 +121,14 @@ impl Settings {
                 Ok(n @ 60..=43200) => batch.quota_visibility = Duration::from_secs(n),
                 _ => problems.push(format!(
                     "MAILBRIDGE_QUOTA_VISIBILITY_SECONDS must be seconds from 60 to 43200, SQS's maximum (got {v:?})"
+                )),
+            }
+        }
+        if let Some(v) = lookup("MAILBRIDGE_MAX_MESSAGE_BYTES") {
+            match v.trim().parse::<usize>() {
+                Ok(n @ 1_000_000..=LARGEST_MAX_MESSAGE_BYTES) => batch.max_message_bytes = n,
+                _ => problems.push(format!(
+                    "MAILBRIDGE_MAX_MESSAGE_BYTES must be bytes from 1000000 to {LARGEST_MAX_MESSAGE_BYTES}, Exchange Online's largest MaxSendSize (got {v:?})"
                 )),
             }
         }

@@ -59,6 +59,8 @@ struct FakeGraph {
     max_in_flight: Mutex<HashMap<String, usize>>,
     /// Raw messages accepted through the MIME format.
     mimes: Mutex<Vec<Vec<u8>>>,
+    /// Messages sent through the draft route.
+    drafts: Mutex<Vec<mailbridge::graph_draft::DraftMail>>,
 }
 
 impl FakeGraph {
@@ -126,6 +128,34 @@ impl MailSender for FakeGraph {
         let answer = self.answer(&mail.send_as, subject, token);
         if answer.is_ok() {
             self.mimes.lock().unwrap().push(mail.mime.clone());
+        }
+        answer
+    }
+
+    async fn send_draft(
+        &self,
+        token: &AccessToken,
+        mail: &mailbridge::graph_draft::DraftMail,
+        _timeout: Duration,
+    ) -> Result<SendReceipt, mailbridge::graph_draft::DraftFailure> {
+        let subject = match &mail.content {
+            mailbridge::graph_draft::DraftContent::Mime(raw) => {
+                mailbridge::mail::outgoing::read_outgoing(raw)
+                    .expect("a checked message")
+                    .subject
+                    .unwrap_or_default()
+            }
+            mailbridge::graph_draft::DraftContent::Json(m) => m.subject.clone(),
+        };
+        let answer = self.answer(&mail.send_as, subject, token).map_err(|error| {
+            mailbridge::graph_draft::DraftFailure {
+                step: "send draft".into(),
+                error,
+                reached_send: true,
+            }
+        });
+        if answer.is_ok() {
+            self.drafts.lock().unwrap().push(mail.clone());
         }
         answer
     }

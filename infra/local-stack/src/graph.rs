@@ -1,4 +1,5 @@
-//! Microsoft Graph stand-in: `POST /v1.0/me/sendMail` and `/v1.0/users/{id}/sendMail`.
+//! Microsoft Graph stand-in: `POST /v1.0/me/sendMail` and `/v1.0/users/{id}/sendMail`, and
+//! the draft route for large messages (drafts, attachments, upload sessions, send: [`drafts`]).
 //!
 //! Strict like Graph:
 //! - the bearer token must be a live access token issued by the identity stand-in for the
@@ -43,6 +44,12 @@ use serde::Deserialize;
 
 use crate::MailDrop;
 use crate::identity::IdentityStandIn;
+
+mod drafts;
+pub use drafts::{
+    DEFAULT_MAX_SEND_BYTES, DEFAULT_UPLOAD_SESSION_LIFETIME, MAX_CHUNK_BYTES,
+    MAX_UPLOAD_SESSION_BYTES, MIN_UPLOAD_SESSION_BYTES,
+};
 
 /// Graph's concurrency limit per mailbox.
 pub const MAX_CONCURRENT_PER_MAILBOX: usize = 4;
@@ -129,6 +136,7 @@ struct StandInState {
     accepted: Mutex<Vec<AcceptedMail>>,
     requests: Mutex<HashMap<String, u64>>,
     holds: Mutex<HashMap<String, HoldPoint>>,
+    drafts: drafts::Drafts,
 }
 
 impl GraphStandIn {
@@ -147,6 +155,7 @@ impl GraphStandIn {
             accepted: Mutex::default(),
             requests: Mutex::default(),
             holds: Mutex::default(),
+            drafts: drafts::Drafts::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base_url = format!("http://{}", listener.local_addr()?);
@@ -154,6 +163,7 @@ impl GraphStandIn {
         let app = Router::new()
             .route("/v1.0/me/sendMail", post(send_me))
             .route("/v1.0/users/{id}/sendMail", post(send_user))
+            .merge(drafts::routes())
             .layer(DefaultBodyLimit::max(3 * MAX_REQUEST_BYTES))
             .with_state(stand_in.state.clone())
             // the test controls over HTTP, for a stack in another process

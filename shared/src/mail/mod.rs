@@ -8,7 +8,8 @@
 //! odd or missing (`originator`), thread detection through our
 //! HMAC-signed markers ([`threading`]) and the expansion of Outlook `winmail.dat` (TNEF) parts
 //! into their files ([`tnef`]). The other direction, a helpdesk's raw outgoing message, is read
-//! and stamped with the thread marker by [`outgoing`].
+//! and stamped with the thread marker by [`outgoing`], and split for Graph's draft route when it is
+//! too large for one request by [`large`].
 
 mod auto;
 mod body;
@@ -16,6 +17,7 @@ mod bounce;
 mod charset;
 mod draft;
 mod html;
+pub mod large;
 mod normalize;
 mod originator;
 pub mod outgoing;

@@ -280,7 +280,7 @@ pub fn read_message(
         return Err(fail(
             exit::DATAERR,
             format!(
-                "the message is {} bytes; mailbridge sends at most {limit} (Graph's request limit for a MIME message)",
+                "the message is {} bytes; mailbridge sends at most {limit} (the largest send size an Exchange Online mailbox can have)",
                 raw.len() as u64 + rest
             ),
         ));
@@ -541,8 +541,10 @@ fn run(args: &[String]) -> Result<(), SendmailError> {
     Ok(())
 }
 
-/// The largest message accepted: what send-notifications can send (Graph's request limit for
-/// the base64 MIME), less room for the thread marker it may add.
+/// The largest message accepted: the largest send size any Exchange Online mailbox can have,
+/// less room for the thread marker send-notifications may add. The stack's own limit
+/// (`MaxMessageBytes`, 35 MB by default) is applied by send-notifications, which parks a larger
+/// message naming its size and the limit.
 pub const MAX_SENDMAIL_BYTES: usize = MAX_MIME_MESSAGE_BYTES - 1024;
 
 async fn aws_config(config: &SendmailConfig) -> aws_config::SdkConfig {
