@@ -32,6 +32,8 @@ pub mod notification;
 #[cfg(feature = "services")]
 pub mod retry;
 #[cfg(feature = "services")]
+pub mod send_rights;
+#[cfg(feature = "services")]
 pub mod state;
 #[cfg(feature = "services")]
 pub mod telemetry;

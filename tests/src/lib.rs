@@ -217,6 +217,17 @@ pub async fn new_password_account_consented(
     })
 }
 
+/// Set the account secret's `shared_mailbox_route` (`send_as` or `full_access`).
+pub async fn set_shared_mailbox_route(
+    secret_name: &str,
+    route: mailbridge::send_rights::SharedMailboxRoute,
+) -> anyhow::Result<()> {
+    let json = get_secret(secret_name).await?;
+    let mut secret = mailbridge::token::AccountSecret::parse(secret_name, &json)?;
+    secret.shared_mailbox_route = route;
+    put_secret(secret_name, &secret.to_json()).await
+}
+
 /// Create (or overwrite) the secret `name` with the string `value`.
 pub async fn put_secret(name: &str, value: &str) -> anyhow::Result<()> {
     let client = secrets();

@@ -431,11 +431,11 @@ async fn the_graph_client_does_not_follow_redirects_with_the_token_or_the_mail()
     )
     .unwrap();
     let mail = OutgoingMail::from_notification(&notification, MessageExtras::default());
-    let token = AccessToken {
-        secret: "graph-token-redirect-secret".to_string().into(),
-        expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
-        audience: Audience::Graph,
-    };
+    let token = AccessToken::new(
+        "graph-token-redirect-secret".to_string().into(),
+        chrono::Utc::now() + chrono::Duration::hours(1),
+        Audience::Graph,
+    );
     for status in [301, 302, 307, 308] {
         let (base, seen) = redirect_pair(status).await;
         let graph = GraphClient::new(&format!("{base}/v1.0")).unwrap();

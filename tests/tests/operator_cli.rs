@@ -532,6 +532,152 @@ async fn a_missing_imap_consent_never_holds_graph_sends() {
 }
 
 #[tokio::test]
+async fn check_names_the_missing_right_for_sending_from_a_shared_mailbox() {
+    let w = World::new(|_| {}).await;
+    w.login_with_password().await;
+    let graph = stack().graph();
+    let granted = unique_user("support");
+    let refused = unique_user("sales");
+    graph.grant_send_as(&w.upn, &granted);
+    let from =
+        |target: &Value, mailbox: &str| step(target, &format!("send from {mailbox} ")).clone();
+
+    // send_as (default): Send As is all it takes; without it, Send As is named
+    let out = w
+        .run(&[
+            "check", "--json", "--from", &granted, "--from", &refused, "helpdesk",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(3));
+    let target = &json(&out)["targets"][0];
+    let ok = from(target, &granted);
+    assert_eq!(ok["result"], "ok", "{ok:#}");
+    assert!(
+        ok["step"]
+            .as_str()
+            .unwrap()
+            .contains("POST /me/sendMail with from")
+    );
+    let denied = from(target, &refused);
+    assert_eq!(denied["result"], "failed");
+    assert!(
+        denied["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ErrorSendAsDenied"),
+        "{denied:#}"
+    );
+    let fix = denied["fix"].as_str().unwrap();
+    assert!(
+        fix.contains(&format!("lacks Send As on {refused}")),
+        "{fix}"
+    );
+    assert!(fix.contains("Add-RecipientPermission"), "{fix}");
+    // one line, in the human output too
+    let out = w.run(&["check", "--from", &refused, "helpdesk"]).await;
+    let human = text(&out.stdout);
+    assert!(
+        human.lines().any(|l| l.trim_start().starts_with(&format!(
+            "fix: the signed-in user lacks Send As on {refused}"
+        ))),
+        "{human}"
+    );
+
+    // full_access (set by signing in again with the flag): Send As is not enough; Full
+    // Access is named, and then suffices
+    let mut args = w.login_args();
+    args.extend([
+        "--shared-mailbox-route".into(),
+        "full_access".into(),
+        "--password-stdin".into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = w.run_with_stdin(&args, &format!("{PASSWORD}\n")).await;
+    assert_eq!(out.status.code(), Some(0), "login failed");
+    let stored: Value = serde_json::from_str(&get_secret(&w.secret_name()).await.unwrap()).unwrap();
+    assert_eq!(stored["shared_mailbox_route"], "full_access");
+    let out = w
+        .run(&["check", "--json", "--from", &granted, "helpdesk"])
+        .await;
+    assert_eq!(out.status.code(), Some(3));
+    let target = &json(&out)["targets"][0];
+    let token = step(target, "token (Graph)");
+    assert!(
+        token["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Mail.Send.Shared"),
+        "{token:#}"
+    );
+    let denied = from(target, &granted);
+    assert!(
+        denied["step"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("POST /users/{granted}/sendMail"))
+    );
+    assert!(
+        denied["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ErrorAccessDenied"),
+        "{denied:#}"
+    );
+    let fix = denied["fix"].as_str().unwrap();
+    assert!(
+        fix.contains(&format!("lacks Full Access on {granted}")),
+        "{fix}"
+    );
+    graph.grant_full_access(&w.upn, &granted);
+    let out = w
+        .run(&["check", "--json", "--from", &granted, "helpdesk"])
+        .await;
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        graph.accepted(&granted).is_empty(),
+        "the probes sent nothing"
+    );
+}
+
+#[tokio::test]
+async fn check_names_the_missing_mail_send_shared_consent() {
+    let w = World::new(|app| {
+        app.consented_scopes
+            .retain(|s| !s.ends_with("/Mail.Send.Shared"))
+    })
+    .await;
+    let shared = unique_user("support");
+    stack().graph().grant_full_access(&w.upn, &shared);
+    stack().graph().grant_send_as(&w.upn, &shared);
+    // signing in works (the send_as route does not ask for Mail.Send.Shared) ...
+    w.login_with_password().await;
+    // ... the full_access route asks for it, and the identity platform refuses (AADSTS65001)
+    mailbridge_tests::set_shared_mailbox_route(
+        &w.secret_name(),
+        mailbridge::send_rights::SharedMailboxRoute::FullAccess,
+    )
+    .await
+    .unwrap();
+
+    let out = w
+        .run(&["check", "--json", "--from", &shared, "helpdesk"])
+        .await;
+    assert_eq!(out.status.code(), Some(3));
+    let target = &json(&out)["targets"][0];
+    let failed: Vec<&Value> = target["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["result"] == "failed")
+        .collect();
+    let named = failed.iter().any(|s| {
+        let fix = s["fix"].as_str().unwrap_or_default();
+        fix.contains("Mail.Send.Shared") && fix.contains("consent")
+    });
+    assert!(named, "{target:#}");
+}
+
+#[tokio::test]
 async fn check_after_the_refresh_token_was_revoked_says_to_sign_in_again() {
     let w = World::new(|_| {}).await;
     w.login_with_password().await;

@@ -92,6 +92,14 @@ impl World {
         } = mailbridge_tests::new_password_account("sender", PASSWORD)
             .await
             .expect("account secret");
+        // Shared mailboxes here are sent through `/users/{mailbox}` (Graph's per-mailbox limits
+        // and the stand-in's faults are the mailbox's own); shared_mailbox.rs tests both routes.
+        mailbridge_tests::set_shared_mailbox_route(
+            &account,
+            mailbridge::send_rights::SharedMailboxRoute::FullAccess,
+        )
+        .await
+        .expect("route");
         let thread_key_secret = unique("mailbridge/thread-key");
         put_secret(&thread_key_secret, THREAD_KEY)
             .await
@@ -154,9 +162,10 @@ impl World {
         }
     }
 
-    /// A shared mailbox this world's user may send as.
+    /// A shared mailbox this world's user has Full Access and Send As on.
     fn shared_mailbox(&self, name: &str) -> String {
         let mailbox = unique_user(name);
+        self.graph.grant_full_access(&self.upn, &mailbox);
         self.graph.grant_send_as(&self.upn, &mailbox);
         mailbox
     }
@@ -683,20 +692,21 @@ async fn the_graph_stand_in_is_strict_like_graph() {
     let graph = GraphClient::new(&w.graph.v1_url()).unwrap();
     let n = Notification::parse(&w.notification("strict").to_string(), "m").unwrap();
     let mail = OutgoingMail::from_notification(&n, MessageExtras::default());
-    let token = |audience: &str, scopes: &[&str]| AccessToken {
-        secret: w
-            .idp
-            .mint_access_token(
-                &w.tenant,
-                &w.client_id,
-                &w.upn,
-                audience,
-                scopes,
-                Duration::from_secs(600),
-            )
-            .into(),
-        expires_at: chrono::Utc::now() + chrono::Duration::minutes(10),
-        audience: Audience::Graph,
+    let token = |audience: &str, scopes: &[&str]| {
+        AccessToken::new(
+            w.idp
+                .mint_access_token(
+                    &w.tenant,
+                    &w.client_id,
+                    &w.upn,
+                    audience,
+                    scopes,
+                    Duration::from_secs(600),
+                )
+                .into(),
+            chrono::Utc::now() + chrono::Duration::minutes(10),
+            Audience::Graph,
+        )
     };
     let graph_token = token("https://graph.microsoft.com", &["Mail.Send"]);
     let t = Duration::from_secs(10);

@@ -427,11 +427,11 @@ impl AccessTokenSource for FakeTokens {
                 reason: "AADSTS70008: refresh token expired".into(),
             });
         }
-        Ok(AccessToken {
-            secret: SecretString::from("tok"),
-            expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
+        Ok(AccessToken::new(
+            SecretString::from("tok"),
+            chrono::Utc::now() + chrono::Duration::hours(1),
             audience,
-        })
+        ))
     }
     fn invalidate(&self, _account: &str, _audience: Audience) {
         *self.invalidations.lock().unwrap() += 1;

@@ -179,10 +179,29 @@ pub struct BatchReport {
     pub metrics: BatchMetrics,
 }
 
-/// Per-mailbox and overall concurrency limits for one batch.
+/// Per-mailbox and overall concurrency limits for one batch. The mailbox is the one Graph
+/// counts: the account's user for `/me/sendMail` (also when `from` is a shared mailbox on the
+/// `send_as` route), the shared mailbox for `/users/{mailbox}/sendMail`.
 struct Limits {
-    per_mailbox: HashMap<String, Arc<Semaphore>>,
+    per_mailbox: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
+    per_mailbox_max: usize,
     total: Arc<Semaphore>,
+}
+
+impl Limits {
+    /// The limiter of the Graph mailbox `n` is sent through with `token`'s route.
+    fn for_mailbox(&self, n: &QueueMessage, token: &AccessToken) -> Arc<Semaphore> {
+        let mailbox = match token.shared_mailbox_route.endpoint(n.from()) {
+            SendAs::Me => "me".to_owned(),
+            SendAs::User(mailbox) => mailbox.to_ascii_lowercase(),
+        };
+        self.per_mailbox
+            .lock()
+            .expect("limits lock")
+            .entry(format!("{}|{mailbox}", n.account()))
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_mailbox_max)))
+            .clone()
+    }
 }
 
 /// Process a batch. `deadline` is the invocation's deadline.
@@ -198,23 +217,11 @@ pub async fn process_batch(event: SqsEvent, deadline: Instant, deps: &Deps) -> B
             (m, parsed)
         })
         .collect();
-    let mut limits = Limits {
-        per_mailbox: HashMap::new(),
+    let limits = &Limits {
+        per_mailbox: Default::default(),
+        per_mailbox_max: deps.settings.max_in_flight_per_mailbox.max(1),
         total: Arc::new(Semaphore::new(deps.settings.max_in_flight_total.max(1))),
     };
-    for (_, n) in &parsed {
-        if let Ok(n) = n {
-            limits
-                .per_mailbox
-                .entry(n.sending_mailbox())
-                .or_insert_with(|| {
-                    Arc::new(Semaphore::new(
-                        deps.settings.max_in_flight_per_mailbox.max(1),
-                    ))
-                });
-        }
-    }
-    let limits = &limits;
     let claims = claim_all(&parsed, deadline, deps).await;
     let reports =
         futures::future::join_all(parsed.iter().zip(claims).map(|((message, parsed), claim)| {
@@ -519,32 +526,39 @@ async fn decide(
         }
     };
 
-    // Claimed (all messages of the batch claim concurrently); now wait for a slot of this
+    // Claimed (all messages of the batch claim concurrently); the token says the account's
+    // route, so which Graph mailbox the send counts against. Now wait for a slot of that
     // mailbox and an overall slot, but never past the safety margin. The slots are freed as
     // soon as Graph has answered, before the record is completed.
-    let mailbox_limit = limits.per_mailbox[&n.sending_mailbox()].clone();
-    let start_by = deadline.checked_sub(margin).unwrap_or(deadline);
-    let permits = tokio::time::timeout_at(start_by, async {
-        let mailbox = mailbox_limit.acquire_owned().await;
-        let total = limits.total.clone().acquire_owned().await;
-        (mailbox, total)
-    })
-    .await;
     let mut maybe_accepted = false;
-    let outcome = match permits {
-        Ok((Ok(mailbox), Ok(total))) if remaining(deadline) > margin => {
-            send_claimed(
-                message,
-                n,
-                deadline,
-                deps,
-                counts,
-                &mut maybe_accepted,
-                (mailbox, total),
-            )
-            .await
+    let outcome = match token(deps, message, n).await {
+        Err(outcome) => outcome,
+        Ok(token) => {
+            let mailbox_limit = limits.for_mailbox(n, &token);
+            let start_by = deadline.checked_sub(margin).unwrap_or(deadline);
+            let permits = tokio::time::timeout_at(start_by, async {
+                let mailbox = mailbox_limit.acquire_owned().await;
+                let total = limits.total.clone().acquire_owned().await;
+                (mailbox, total)
+            })
+            .await;
+            match permits {
+                Ok((Ok(mailbox), Ok(total))) if remaining(deadline) > margin => {
+                    send_claimed(
+                        message,
+                        n,
+                        token,
+                        deadline,
+                        deps,
+                        counts,
+                        &mut maybe_accepted,
+                        (mailbox, total),
+                    )
+                    .await
+                }
+                _ => Outcome::NotStarted,
+            }
         }
-        _ => Outcome::NotStarted,
     };
     match &outcome {
         Outcome::Sent { graph_request_id } => {
@@ -685,15 +699,22 @@ async fn delete_stored_message(deps: &Deps, n: &QueueMessage) {
 
 /// Turn the queue message into the Graph request (for MIME: read, check and stamp the raw
 /// message). An `Err` is the outcome (parked or retried).
-async fn prepare(deps: &Deps, message: &SqsMessage, q: &QueueMessage) -> Result<Prepared, Outcome> {
+/// The endpoint follows the account's shared mailbox route (`token.shared_mailbox_route`).
+async fn prepare(
+    deps: &Deps,
+    message: &SqsMessage,
+    q: &QueueMessage,
+    token: &AccessToken,
+) -> Result<Prepared, Outcome> {
+    let send_as = token.shared_mailbox_route.endpoint(q.from());
     match q {
         QueueMessage::Json(n) => {
             let extras = stamp(&deps.thread_key, n);
-            Ok(Prepared::Json(Box::new(OutgoingMail::from_notification(
-                n, extras,
-            ))))
+            let mut mail = OutgoingMail::from_notification(n, extras);
+            mail.send_as = send_as;
+            Ok(Prepared::Json(Box::new(mail)))
         }
-        QueueMessage::Mime(n) => prepare_mime(deps, message, q, n).await,
+        QueueMessage::Mime(n) => prepare_mime(deps, message, q, n, send_as).await,
     }
 }
 
@@ -702,6 +723,7 @@ async fn prepare_mime(
     message: &SqsMessage,
     q: &QueueMessage,
     n: &MimeNotification,
+    send_as: SendAs,
 ) -> Result<Prepared, Outcome> {
     use base64::Engine as _;
     use mailbridge::mail::outgoing;
@@ -794,10 +816,7 @@ async fn prepare_mime(
         );
         return Err(park(deps, message, too_large(reason)).await);
     }
-    let mail = OutgoingMime {
-        send_as: SendAs::Me,
-        mime: raw,
-    };
+    let mail = OutgoingMime { send_as, mime: raw };
     if mail.mime.len().div_ceil(3) * 4 <= MAX_GRAPH_REQUEST_BYTES {
         return Ok(Prepared::Mime(mail));
     }
@@ -856,10 +875,12 @@ pub const MAX_GRAPH_REQUEST_BYTES: usize = 4_000_000;
 /// The largest MIME a draft is created from: its base64 (4/3) stays under Graph's request limit.
 pub const MAX_DRAFT_MIME_BYTES: usize = 2_900_000;
 
-/// Token → send, with the 401 refresh-once and `Retry-After` rules. The idempotency lease is held.
+/// Send with `token`, with the 401 refresh-once and `Retry-After` rules. The idempotency lease is held.
+#[allow(clippy::too_many_arguments)]
 async fn send_claimed(
     message: &SqsMessage,
     n: &QueueMessage,
+    mut token: AccessToken,
     deadline: Instant,
     deps: &Deps,
     counts: &mut SendCounts,
@@ -868,11 +889,7 @@ async fn send_claimed(
 ) -> Outcome {
     let _slots = slots;
     let settings = &deps.settings;
-    let mut token = match token(deps, message, n).await {
-        Ok(t) => t,
-        Err(outcome) => return outcome,
-    };
-    let request = match prepare(deps, message, n).await {
+    let request = match prepare(deps, message, n, &token).await {
         Ok(request) => request,
         Err(outcome) => return outcome,
     };
@@ -967,7 +984,19 @@ async fn send_claimed(
                     "ErrorMessageSizeExceeded" => "too-large",
                     _ => "graph-rejected",
                 };
-                let mut r = base_reason(message, Some(n), kind, error.to_string());
+                let missing = n.from().and_then(|from| {
+                    mailbridge::send_rights::diagnose(
+                        error.code(),
+                        token.shared_mailbox_route,
+                        from,
+                        &token.scopes,
+                    )
+                });
+                let reason = match missing {
+                    Some(right) => format!("{error}; {right}"),
+                    None => error.to_string(),
+                };
+                let mut r = base_reason(message, Some(n), kind, reason);
                 r.graph_code = Some(error.code().to_owned());
                 r.graph_request_id = error.request_id().map(str::to_owned);
                 return park(deps, message, r).await;

@@ -25,6 +25,8 @@ struct FakeTokens {
     invalidations: AtomicUsize,
     /// account → error to return
     failing: Mutex<HashMap<String, TokenFailure>>,
+    /// The accounts' shared mailbox route.
+    route: mailbridge::send_rights::SharedMailboxRoute,
 }
 
 #[async_trait]
@@ -38,11 +40,13 @@ impl AccessTokenSource for FakeTokens {
         if let Some(f) = self.failing.lock().unwrap().get(account) {
             return Err(f(account));
         }
-        Ok(AccessToken {
-            secret: format!("token-{n}").into(),
-            expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
+        let mut token = AccessToken::new(
+            format!("token-{n}").into(),
+            chrono::Utc::now() + chrono::Duration::hours(1),
             audience,
-        })
+        );
+        token.shared_mailbox_route = self.route;
+        Ok(token)
     }
     fn invalidate(&self, _account: &str, _audience: Audience) {
         self.invalidations.fetch_add(1, Ordering::SeqCst);
@@ -547,6 +551,11 @@ async fn at_most_n_sends_are_in_flight_per_mailbox() {
         latency: Duration::from_millis(100),
         ..Default::default()
     });
+    // `/users/{mailbox}/sendMail`: the shared mailbox is a Graph mailbox of its own
+    h.tokens = Arc::new(FakeTokens {
+        route: mailbridge::send_rights::SharedMailboxRoute::FullAccess,
+        ..Default::default()
+    });
     let mut messages = Vec::new();
     for i in 0..10 {
         messages.push(message(&format!("me{i}"), notification(&format!("me {i}"))));
@@ -560,6 +569,34 @@ async fn at_most_n_sends_are_in_flight_per_mailbox() {
     let max = h.graph.max_in_flight.lock().unwrap().clone();
     assert_eq!(max.values().copied().collect::<Vec<_>>(), vec![4, 4]);
     // 10 per mailbox at 4 in flight = 3 waves; both mailboxes in parallel
+    let elapsed = Instant::now() - started;
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(400),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_the_send_as_route_a_shared_from_shares_the_users_graph_mailbox_limit() {
+    // `/me/sendMail` with `from`: Graph counts every send against the user's own mailbox
+    let mut h = Harness::new();
+    h.graph = Arc::new(FakeGraph {
+        latency: Duration::from_millis(100),
+        ..Default::default()
+    });
+    let mut messages = Vec::new();
+    for i in 0..6 {
+        messages.push(message(&format!("me{i}"), notification(&format!("me {i}"))));
+        let mut shared = notification(&format!("shared {i}"));
+        shared["from"] = "support@contoso.com".into();
+        messages.push(message(&format!("sh{i}"), shared));
+    }
+    let started = Instant::now();
+    let report = h.run(messages, Duration::from_secs(30)).await;
+    assert!(failures(&report).is_empty());
+    let max = h.graph.max_in_flight.lock().unwrap().clone();
+    assert_eq!(max.values().copied().collect::<Vec<_>>(), vec![4]);
+    // 12 through one mailbox at 4 in flight = 3 waves
     let elapsed = Instant::now() - started;
     assert!(
         elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(400),

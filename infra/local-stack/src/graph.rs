@@ -5,8 +5,12 @@
 //! - the bearer token must be a live access token issued by the identity stand-in for the
 //!   Graph audience with `Mail.Send` (an IMAP-audience, unknown or expired token → 401
 //!   `InvalidAuthenticationToken`; no `Mail.Send` → 403 `ErrorAccessDenied`);
-//! - `/users/{id}` for another mailbox needs a send-as grant ([`GraphStandIn::grant_send_as`]),
-//!   else 403 `ErrorAccessDenied`; a `from` the caller may not send as → 403 `ErrorSendAsDenied`;
+//! - sending from another mailbox, as Exchange Online rules it: `/users/{id}/sendMail` for a
+//!   mailbox other than the token's user needs `Mail.Send.Shared` in the token and Full Access
+//!   on the mailbox ([`GraphStandIn::grant_full_access`]), else 403 `ErrorAccessDenied`, and Send
+//!   As on it; `/me/sendMail` with a `from` (or MIME `From:`) other than the user needs only Send
+//!   As ([`GraphStandIn::grant_send_as`]); without it 403 `ErrorSendAsDenied` with Microsoft's
+//!   message. The rights are judged before the message's content (recipients...);
 //! - the body is checked against the message resource: unknown property → 400
 //!   `RequestBodyRead`, a header not starting with `X-` → 400 `InvalidInternetMessageHeader`,
 //!   more than 5 custom headers → 400 `InvalidInternetMessageHeaderCollection`, no valid
@@ -133,6 +137,7 @@ struct StandInState {
     controls: Mutex<HashMap<String, MailboxControls>>,
     in_flight: Mutex<HashMap<String, usize>>,
     send_as: Mutex<HashSet<(String, String)>>,
+    full_access: Mutex<HashSet<(String, String)>>,
     accepted: Mutex<Vec<AcceptedMail>>,
     requests: Mutex<HashMap<String, u64>>,
     holds: Mutex<HashMap<String, HoldPoint>>,
@@ -152,6 +157,7 @@ impl GraphStandIn {
             controls: Mutex::default(),
             in_flight: Mutex::default(),
             send_as: Mutex::default(),
+            full_access: Mutex::default(),
             accepted: Mutex::default(),
             requests: Mutex::default(),
             holds: Mutex::default(),
@@ -283,10 +289,21 @@ impl GraphStandIn {
         self.with_controls(mailbox, |c| c.mailbox_full = true);
     }
 
-    /// Let `user` send as `mailbox` (`/users/{mailbox}/sendMail`, `from: mailbox`).
+    /// Give `user` Send As on `mailbox`: `/me/sendMail` with `from: mailbox` (and, with Full
+    /// Access too, `/users/{mailbox}/sendMail`).
     pub fn grant_send_as(&self, user: &str, mailbox: &str) {
         self.state
             .send_as
+            .lock()
+            .expect("lock")
+            .insert((user.to_ascii_lowercase(), mailbox.to_ascii_lowercase()));
+    }
+
+    /// Give `user` Full Access on `mailbox` (what `/users/{mailbox}/sendMail` needs besides
+    /// Send As and `Mail.Send.Shared`).
+    pub fn grant_full_access(&self, user: &str, mailbox: &str) {
+        self.state
+            .full_access
             .lock()
             .expect("lock")
             .insert((user.to_ascii_lowercase(), mailbox.to_ascii_lowercase()));
@@ -457,38 +474,41 @@ async fn answer(
             rid,
         );
     }
-    if !issued.scopes.iter().any(|s| {
-        s.rsplit('/').next().is_some_and(|s| {
-            s.eq_ignore_ascii_case("Mail.Send") || s.eq_ignore_ascii_case("Mail.Send.Shared")
+    let granted = |permission: &str| {
+        issued.scopes.iter().any(|s| {
+            s.rsplit('/')
+                .next()
+                .is_some_and(|s| s.eq_ignore_ascii_case(permission))
         })
-    }) {
-        return graph_error(
+    };
+    let access_denied = || {
+        graph_error(
             StatusCode::FORBIDDEN,
             "ErrorAccessDenied",
             "Access is denied. Check credentials and try again.",
             rid,
-        );
+        )
+    };
+    if !granted("Mail.Send") && !granted("Mail.Send.Shared") {
+        return access_denied();
     }
     let upn = issued.upn.to_ascii_lowercase();
     let (mailbox, path) = match &user_path {
         None => (upn.clone(), "me".to_owned()),
         Some(id) => (id.to_ascii_lowercase(), format!("users/{id}")),
     };
-    let may_send_as = |target: &str| {
+    let holds = |rights: &Mutex<HashSet<(String, String)>>, target: &str| {
         target == upn
-            || state
-                .send_as
+            || rights
                 .lock()
                 .expect("lock")
                 .contains(&(upn.clone(), target.to_owned()))
     };
-    if !may_send_as(&mailbox) {
-        return graph_error(
-            StatusCode::FORBIDDEN,
-            "ErrorAccessDenied",
-            "Access is denied. Check credentials and try again.",
-            rid,
-        );
+    let may_send_as = |target: &str| holds(&state.send_as, target);
+    // Another user's mailbox in the path: the delegated Mail.Send.Shared permission, then Full
+    // Access on the mailbox (both answer ErrorAccessDenied, as Graph does).
+    if mailbox != upn && (!granted("Mail.Send.Shared") || !holds(&state.full_access, &mailbox)) {
+        return access_denied();
     }
     *state
         .requests
@@ -632,6 +652,24 @@ async fn answer(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_ascii_lowercase();
+    // Send As, judged before the message's content: `/me` (or the user's own `/users/{id}`)
+    // sends as any mailbox the user has Send As on; another user's `/users/{id}` only as that
+    // mailbox. A message without a sender is from the path's mailbox.
+    let sender_allowed = |from: Option<&str>| {
+        let sender = from.map_or_else(|| mailbox.clone(), str::to_ascii_lowercase);
+        (mailbox == upn || sender == mailbox) && may_send_as(&sender)
+    };
+    let send_as_denied = || {
+        graph_error(
+            StatusCode::FORBIDDEN,
+            "ErrorSendAsDenied",
+            "The user account which was used to submit this request does not have the right to send mail on behalf of the specified sending account. Cannot submit message.",
+            rid,
+        )
+    };
+    if !sender_allowed(claimed_sender(&content_type, &body).as_deref()) {
+        return send_as_denied();
+    }
     let submission = if content_type.starts_with("application/json") {
         json_submission(&body, &mailbox)
     } else if content_type.starts_with("text/plain") {
@@ -649,16 +687,8 @@ async fn answer(
         Ok(s) => s,
         Err((status, code, message)) => return graph_error(status, code, &message, rid),
     };
-    if let Some(from) = &submission.from {
-        let from = from.to_ascii_lowercase();
-        if from != mailbox || !may_send_as(&from) {
-            return graph_error(
-                StatusCode::FORBIDDEN,
-                "ErrorSendAsDenied",
-                "The user account which was used to submit this request does not have the right to send mail on behalf of the specified sending account.",
-                rid,
-            );
-        }
+    if !sender_allowed(submission.from.as_deref()) {
+        return send_as_denied();
     }
 
     // 5. accept
@@ -704,6 +734,31 @@ async fn answer(
         )),
         None => StatusCode::ACCEPTED.into_response(),
     }
+}
+
+/// The sender a request body names (JSON `message.from`, or the MIME `From:`), read leniently
+/// so the rights can be judged before the body is validated.
+fn claimed_sender(content_type: &str, body: &[u8]) -> Option<String> {
+    if content_type.starts_with("application/json") {
+        let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+        return value["message"]["from"]["emailAddress"]["address"]
+            .as_str()
+            .map(str::to_owned);
+    }
+    let compact: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|b| !matches!(b, b'\r' | b'\n'))
+        .collect();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(&compact)
+        .ok()?;
+    let message = mail_parser::MessageParser::default().parse_headers(&raw)?;
+    message
+        .from()
+        .and_then(|a| a.first())
+        .and_then(|a| a.address())
+        .map(str::to_owned)
 }
 
 /// A request that passed the body checks: who it claims to be from, who gets it, and the MIME

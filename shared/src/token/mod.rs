@@ -58,6 +58,28 @@ pub struct AccessToken {
     pub expires_at: chrono::DateTime<chrono::Utc>,
     /// What it is for.
     pub audience: Audience,
+    /// The permissions the identity platform granted (names without the resource, e.g.
+    /// `Mail.Send`; empty when unknown).
+    pub scopes: Vec<String>,
+    /// The account's route for mail from a shared mailbox (its secret's `shared_mailbox_route`).
+    pub shared_mailbox_route: crate::send_rights::SharedMailboxRoute,
+}
+
+impl AccessToken {
+    /// A token with no recorded scopes, for the default route (tests and fakes).
+    pub fn new(
+        secret: SecretString,
+        expires_at: chrono::DateTime<chrono::Utc>,
+        audience: Audience,
+    ) -> Self {
+        AccessToken {
+            secret,
+            expires_at,
+            audience,
+            scopes: Vec::new(),
+            shared_mailbox_route: Default::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for AccessToken {
@@ -66,6 +88,8 @@ impl std::fmt::Debug for AccessToken {
             .field("secret", &"[redacted]")
             .field("expires_at", &self.expires_at)
             .field("audience", &self.audience)
+            .field("scopes", &self.scopes)
+            .field("shared_mailbox_route", &self.shared_mailbox_route)
             .finish()
     }
 }

@@ -9,6 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
 use super::{Audience, TokenError};
+use crate::send_rights::{SHARED_SEND_SCOPE, SharedMailboxRoute};
 
 /// The only schema version this code reads and writes.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -121,6 +122,8 @@ pub struct AccountSecret {
     pub graph_host: String,
     /// Graph permission names requested for the Graph audience.
     pub graph_scopes: Vec<String>,
+    /// How mail from a shared mailbox is sent (`shared_mailbox_route`, default `send_as`).
+    pub shared_mailbox_route: SharedMailboxRoute,
     /// Resource whose `IMAP.AccessAsUser.All` permission IMAP tokens carry.
     pub imap_resource: String,
     /// IMAP server host (optionally `host:port`).
@@ -146,6 +149,7 @@ impl std::fmt::Debug for AccountSecret {
             .field("authority_host", &self.authority_host)
             .field("graph_host", &self.graph_host)
             .field("graph_scopes", &self.graph_scopes)
+            .field("shared_mailbox_route", &self.shared_mailbox_route)
             .field("imap_resource", &self.imap_resource)
             .field("imap_host", &self.imap_host)
             .field("status", &self.status)
@@ -322,6 +326,11 @@ impl AccountSecret {
                 ));
             }
         };
+        let shared_mailbox_route = match r.opt_string("shared_mailbox_route")? {
+            None => SharedMailboxRoute::default(),
+            Some(value) => SharedMailboxRoute::parse(&value)
+                .map_err(|problem| r.bad("shared_mailbox_route", problem))?,
+        };
         let imap_resource = r
             .opt_string("imap_resource")?
             .unwrap_or_else(|| DEFAULT_IMAP_RESOURCE.to_owned());
@@ -405,6 +414,7 @@ impl AccountSecret {
             authority_host,
             graph_host,
             graph_scopes,
+            shared_mailbox_route,
             imap_resource,
             imap_host,
             status,
@@ -424,6 +434,7 @@ impl AccountSecret {
             authority_host: DEFAULT_AUTHORITY_HOST.to_owned(),
             graph_host: DEFAULT_GRAPH_HOST.to_owned(),
             graph_scopes: DEFAULT_GRAPH_SCOPES.iter().map(|s| s.to_string()).collect(),
+            shared_mailbox_route: SharedMailboxRoute::default(),
             imap_resource: DEFAULT_IMAP_RESOURCE.to_owned(),
             imap_host: DEFAULT_IMAP_HOST.to_owned(),
             status: AccountStatus::ok(),
@@ -456,6 +467,12 @@ impl AccountSecret {
             "graph_scopes".into(),
             Value::from(self.graph_scopes.clone()),
         );
+        if self.shared_mailbox_route != SharedMailboxRoute::default() {
+            o.insert(
+                "shared_mailbox_route".into(),
+                Value::from(self.shared_mailbox_route.as_str()),
+            );
+        }
         o.insert(
             "imap_resource".into(),
             Value::from(self.imap_resource.clone()),
@@ -487,13 +504,27 @@ impl AccountSecret {
         }
     }
 
+    /// The Graph permission names a token request asks for: `graph_scopes`, plus
+    /// `Mail.Send.Shared` when the shared mailbox route needs it (and only then).
+    pub fn graph_permissions(&self) -> Vec<String> {
+        let mut permissions = self.graph_scopes.clone();
+        if self.shared_mailbox_route.needs_shared_scope()
+            && !permissions
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(SHARED_SEND_SCOPE))
+        {
+            permissions.push(SHARED_SEND_SCOPE.to_owned());
+        }
+        permissions
+    }
+
     /// The `scope` parameter for a token request for `audience`: fully-qualified permissions
     /// of ONE resource plus `offline_access` (so a refresh token comes back).
     pub fn scope_for(&self, audience: Audience) -> String {
         let resource = self.resource(audience);
         let mut parts: Vec<String> = match audience {
             Audience::Graph => self
-                .graph_scopes
+                .graph_permissions()
                 .iter()
                 .map(|p| format!("{resource}/{p}"))
                 .collect(),
@@ -556,6 +587,38 @@ mod tests {
         let again = AccountSecret::parse("x", &s.to_json()).unwrap();
         assert_eq!(again.extra["future_field"], serde_json::json!({"x": 1}));
         assert_eq!(again.refresh_token.unwrap().expose_secret(), "rt-1");
+    }
+
+    #[test]
+    fn the_shared_mailbox_route_decides_whether_mail_send_shared_is_asked_for() {
+        let s = AccountSecret::parse("x", &minimal().to_string()).unwrap();
+        assert_eq!(s.shared_mailbox_route, SharedMailboxRoute::SendAs);
+        assert!(!s.scope_for(Audience::Graph).contains("Mail.Send.Shared"));
+        assert!(!s.to_json().contains("shared_mailbox_route"));
+        let mut v = minimal();
+        v["shared_mailbox_route"] = "full_access".into();
+        let s = AccountSecret::parse("x", &v.to_string()).unwrap();
+        assert_eq!(
+            s.scope_for(Audience::Graph),
+            "https://graph.microsoft.com/Mail.Send https://graph.microsoft.com/Mail.Send.Shared offline_access"
+        );
+        assert_eq!(
+            s.scope_for(Audience::Imap),
+            "https://outlook.office.com/IMAP.AccessAsUser.All offline_access"
+        );
+        let again = AccountSecret::parse("x", &s.to_json()).unwrap();
+        assert_eq!(again.shared_mailbox_route, SharedMailboxRoute::FullAccess);
+        v["shared_mailbox_route"] = "users".into();
+        let e = AccountSecret::parse("mailbridge/contoso", &v.to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mailbridge/contoso")
+                && e.contains("field `shared_mailbox_route`")
+                && e.contains("\"send_as\"")
+                && e.contains("\"full_access\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -393,6 +393,8 @@ impl TokenService {
             secret: response.access_token.clone(),
             expires_at: now + chrono::Duration::seconds(response.expires_in as i64),
             audience,
+            scopes: granted_permissions(&response.scope),
+            shared_mailbox_route: secret.shared_mailbox_route,
         };
         self.inner
             .tokens
@@ -634,4 +636,14 @@ impl AccessTokenSource for TokenService {
             .expect("token cache lock")
             .remove(&(name, audience));
     }
+}
+
+/// The permission names in a token response's `scope` (`https://graph.microsoft.com/Mail.Send
+/// offline_access` → `Mail.Send`); OpenID scopes are not permissions of the resource.
+fn granted_permissions(scope: &str) -> Vec<String> {
+    scope
+        .split_whitespace()
+        .filter(|s| !matches!(*s, "offline_access" | "openid" | "profile" | "email"))
+        .map(|s| s.rsplit('/').next().unwrap_or(s).to_owned())
+        .collect()
 }

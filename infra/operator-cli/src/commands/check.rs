@@ -13,7 +13,13 @@
 //!    `400 ErrorInvalidRecipients` — which proves everything up to sending works, and nothing is
 //!    sent or saved;
 //! 4. IMAP: TLS (verified), `AUTHENTICATE XOAUTH2` with the IMAP token and `SELECT` of the folder
-//!    (a mailbox's own host/user/folder; for a bare account its `imap_host`, user and INBOX).
+//!    (a mailbox's own host/user/folder; for a bare account its `imap_host`, user and INBOX);
+//! 5. per `--from MAILBOX`: may the account send from that (shared) mailbox on its
+//!    `shared_mailbox_route`? The same recipient-less probe, with the mailbox as `from` on the
+//!    route's endpoint: Graph judges the rights first (`403 ErrorSendAsDenied`: no Send As;
+//!    `403 ErrorAccessDenied` on `/users/{mailbox}`: no Full Access, or no `Mail.Send.Shared` in
+//!    the token, told apart by the token's granted scopes), and the step names the missing
+//!    right and its fix in one line ([`mailbridge::send_rights::diagnose`]).
 //!
 //! Each step prints ✓ or ✗ with the reason, and for ✗ the fix. Exit code 3 when any step failed.
 
@@ -21,8 +27,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use mailbridge::graph::{
-    GraphBody, GraphClient, GraphError, GraphMessage, MailSender as _, OutgoingMail, SendAs,
-    SendMailRequest,
+    GraphBody, GraphClient, GraphEmailAddress, GraphError, GraphMessage, GraphRecipient,
+    MailSender as _, OutgoingMail, SendAs, SendMailRequest,
 };
 use mailbridge::imap::{ImapEndpoint, ImapError};
 use mailbridge::token::{AccessToken, AccessTokenSource as _, AccountSecret, Audience, TokenError};
@@ -45,6 +51,10 @@ pub struct CheckArgs {
     /// Seconds allowed per step.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub timeout: u64,
+    /// Also check that the account may send from this (shared) mailbox on its
+    /// shared_mailbox_route (repeatable; nothing is sent).
+    #[arg(long, value_name = "MAILBOX")]
+    pub from: Vec<String>,
 }
 
 /// One check result.
@@ -123,7 +133,7 @@ pub async fn run(ctx: &Context, args: CheckArgs) -> Result<Exit> {
     let timeout = Duration::from_secs(args.timeout.max(1));
     let mut reports = Vec::new();
     for target in targets {
-        let report = check_target(ctx, target, timeout).await;
+        let report = check_target(ctx, target, timeout, &args.from).await;
         if !ctx.json() {
             print_report(&report);
         }
@@ -190,7 +200,12 @@ async fn resolve_targets(ctx: &Context, names: &[String]) -> Result<Vec<Target>>
     Ok(targets)
 }
 
-async fn check_target(ctx: &Context, target: Target, timeout: Duration) -> TargetReport {
+async fn check_target(
+    ctx: &Context,
+    target: Target,
+    timeout: Duration,
+    send_from: &[String],
+) -> TargetReport {
     let mut sink = None;
     let (kind, name, secret_name, imap) = match target {
         Target::BadMailbox { name, problem } => {
@@ -229,7 +244,7 @@ async fn check_target(ctx: &Context, target: Target, timeout: Duration) -> Targe
             None,
         ),
     };
-    let mut steps = run_steps(ctx, &secret_name, imap, timeout).await;
+    let mut steps = run_steps(ctx, &secret_name, imap, timeout, send_from).await;
     if let Some(sink) = &sink {
         steps.push(sink_probe(ctx, sink, timeout).await);
     }
@@ -297,6 +312,7 @@ async fn run_steps(
     secret_name: &str,
     imap: Option<ImapTarget>,
     timeout: Duration,
+    send_from: &[String],
 ) -> Vec<Step> {
     let mut steps = Vec::new();
     let step_secret = format!("account secret {secret_name}");
@@ -399,7 +415,13 @@ async fn run_steps(
             steps.push(Step::failed(
                 step_secret,
                 format!("status needs_reauth{since}: {reason} [{code}]"),
-                token_fix(ctx, secret_name, None, &format!("{reason} {code}")),
+                token_fix(
+                    ctx,
+                    secret_name,
+                    None,
+                    &account.graph_permissions(),
+                    &format!("{reason} {code}"),
+                ),
             ));
             skip_rest(&mut steps, &imap, "the account needs re-authentication");
             return steps;
@@ -453,9 +475,13 @@ async fn run_steps(
             }
             Ok(Err(e)) => {
                 let fix = match &e {
-                    TokenError::NeedsReauth { reason, .. } => {
-                        token_fix(ctx, secret_name, Some(audience), reason)
-                    }
+                    TokenError::NeedsReauth { reason, .. } => token_fix(
+                        ctx,
+                        secret_name,
+                        Some(audience),
+                        &account.graph_permissions(),
+                        reason,
+                    ),
                     TokenError::Transient { .. } => format!(
                         "the identity platform ({}) or Secrets Manager did not answer; check the network and authority_host, then retry",
                         account.authority_host
@@ -488,7 +514,103 @@ async fn run_steps(
         Some(token) => steps.push(imap_probe(ctx, &imap, token, imap_step, timeout).await),
         None => steps.push(Step::skipped(imap_step, "no IMAP token")),
     }
+
+    // 5. sending from shared mailboxes
+    for mailbox in send_from {
+        let step = send_from_step_name(&account, mailbox);
+        match &graph_token {
+            Some(token) => steps
+                .push(send_from_probe(&graph_url, token, &account, mailbox, step, timeout).await),
+            None => steps.push(Step::skipped(step, "no Graph token")),
+        }
+    }
     steps
+}
+
+fn send_from_step_name(account: &AccountSecret, mailbox: &str) -> String {
+    let route = account.shared_mailbox_route;
+    let endpoint = match route.endpoint(Some(mailbox)) {
+        SendAs::Me => "POST /me/sendMail with from".to_owned(),
+        SendAs::User(m) => format!("POST /users/{m}/sendMail"),
+    };
+    format!(
+        "send from {mailbox} (shared_mailbox_route {}: {endpoint}; probe without recipients, nothing sent)",
+        route.as_str()
+    )
+}
+
+/// May the account send from `mailbox`? A recipient-less sendMail with the mailbox as `from`
+/// on the route's endpoint: the rights are judged before the recipients.
+async fn send_from_probe(
+    graph_url: &str,
+    token: &AccessToken,
+    account: &AccountSecret,
+    mailbox: &str,
+    step: String,
+    timeout: Duration,
+) -> Step {
+    let client = match GraphClient::new(graph_url) {
+        Ok(c) => c,
+        Err(e) => return Step::failed(step, e.to_string(), "fix the Graph URL"),
+    };
+    let mut probe = recipientless_probe();
+    probe.send_as = account.shared_mailbox_route.endpoint(Some(mailbox));
+    probe.request.message.from = Some(GraphRecipient {
+        email_address: GraphEmailAddress {
+            address: mailbox.to_owned(),
+            name: None,
+        },
+    });
+    match client.send_mail(token, &probe, timeout).await {
+        Ok(_) | Err(GraphError::Rejected { status: 400, .. }) => Step::ok(
+            step,
+            format!(
+                "{} may send from {mailbox}: Graph judged the rights and refused only the recipient-less probe",
+                account.username
+            ),
+        ),
+        Err(e) => {
+            let missing = mailbridge::send_rights::diagnose(
+                e.code(),
+                account.shared_mailbox_route,
+                mailbox,
+                &token.scopes,
+            );
+            let fix = match missing {
+                Some(right) => right.to_string(),
+                None if e.code() == "ErrorAccessDenied" => "the token lacks Mail.Send, or an Exchange application access policy blocks the app: grant admin consent for Mail.Send (Microsoft Graph, delegated)".to_owned(),
+                None => "see the Graph error code; Microsoft support needs the request-id".to_owned(),
+            };
+            Step::failed(step, e.to_string(), fix)
+        }
+    }
+}
+
+/// A sendMail request without recipients: Graph refuses it (400) after checking the token, the
+/// permissions and the mailbox, so nothing can be sent or saved.
+fn recipientless_probe() -> OutgoingMail {
+    OutgoingMail {
+        send_as: SendAs::Me,
+        request: SendMailRequest {
+            message: GraphMessage {
+                subject: "mailbridge check (never delivered: no recipients)".to_owned(),
+                body: GraphBody {
+                    content_type: "text",
+                    content: String::new(),
+                },
+                to_recipients: Vec::new(),
+                cc_recipients: Vec::new(),
+                bcc_recipients: Vec::new(),
+                reply_to: Vec::new(),
+                from: None,
+                importance: None,
+                attachments: Vec::new(),
+                internet_message_headers: Vec::new(),
+                internet_message_id: None,
+            },
+            save_to_sent_items: false,
+        },
+    }
 }
 
 fn split_host_port(host: &str) -> (String, u16) {
@@ -499,7 +621,14 @@ fn split_host_port(host: &str) -> (String, u16) {
 }
 
 /// The fix for a needs-a-person token failure, from the AADSTS code in `reason`.
-fn token_fix(ctx: &Context, secret_name: &str, audience: Option<Audience>, reason: &str) -> String {
+fn token_fix(
+    ctx: &Context,
+    secret_name: &str,
+    audience: Option<Audience>,
+    graph_permissions: &[String],
+    reason: &str,
+) -> String {
+    let graph = graph_permissions.join(" + ");
     let login = login_fix(ctx, secret_name);
     let code = regex::Regex::new(r"AADSTS(\d+)")
         .ok()
@@ -509,10 +638,11 @@ fn token_fix(ctx: &Context, secret_name: &str, audience: Option<Audience>, reaso
         Some(Audience::Imap) => {
             "IMAP.AccessAsUser.All (Office 365 Exchange Online, delegated)".to_owned()
         }
-        Some(Audience::Graph) => "Mail.Send (Microsoft Graph, delegated)".to_owned(),
+        Some(Audience::Graph) => format!("{graph} (Microsoft Graph, delegated)"),
         None => {
-            "Mail.Send (Microsoft Graph) and IMAP.AccessAsUser.All (Office 365 Exchange Online)"
-                .to_owned()
+            format!(
+                "{graph} (Microsoft Graph) and IMAP.AccessAsUser.All (Office 365 Exchange Online)"
+            )
         }
     };
     match code {
@@ -558,28 +688,7 @@ async fn graph_probe(
             );
         }
     };
-    let probe = OutgoingMail {
-        send_as: SendAs::Me,
-        request: SendMailRequest {
-            message: GraphMessage {
-                subject: "mailbridge check (never delivered: no recipients)".to_owned(),
-                body: GraphBody {
-                    content_type: "text",
-                    content: String::new(),
-                },
-                to_recipients: Vec::new(),
-                cc_recipients: Vec::new(),
-                bcc_recipients: Vec::new(),
-                reply_to: Vec::new(),
-                from: None,
-                importance: None,
-                attachments: Vec::new(),
-                internet_message_headers: Vec::new(),
-                internet_message_id: None,
-            },
-            save_to_sent_items: false,
-        },
-    };
+    let probe = recipientless_probe();
     match client.send_mail(token, &probe, timeout).await {
         Err(GraphError::Rejected {
             status: 400,

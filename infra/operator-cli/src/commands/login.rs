@@ -60,6 +60,11 @@ pub struct LoginArgs {
     /// IMAP server, `host` or `host:port` (default outlook.office365.com).
     #[arg(long, value_name = "HOST[:PORT]")]
     pub imap_host: Option<String>,
+    /// How mail from a shared mailbox is sent: `send_as` (POST /me/sendMail with from; needs
+    /// Send As) or `full_access` (POST /users/{mailbox}/sendMail; needs Full Access, Send As
+    /// and Mail.Send.Shared). Kept when omitted; default send_as.
+    #[arg(long, value_name = "ROUTE", value_parser = ["send_as", "full_access"])]
+    pub shared_mailbox_route: Option<String>,
 }
 
 /// Run `mailbridge login`.
@@ -156,6 +161,10 @@ fn build_account(
     };
     if let Some(h) = &args.authority_host {
         account.authority_host = h.clone();
+    }
+    if let Some(route) = &args.shared_mailbox_route {
+        account.shared_mailbox_route = mailbridge::send_rights::SharedMailboxRoute::parse(route)
+            .map_err(|problem| anyhow::anyhow!("--shared-mailbox-route: {problem}"))?;
     }
     if let Some(h) = &args.graph_host {
         account.graph_host = h.clone();

@@ -40,7 +40,7 @@ pub struct SendArgs {
     /// Bcc recipient (repeatable).
     #[arg(long, value_name = "ADDRESS")]
     pub bcc: Vec<String>,
-    /// Send as this shared mailbox (needs Send As rights and Mail.Send.Shared).
+    /// Send from this shared mailbox (the account's shared_mailbox_route says which rights).
     #[arg(long, value_name = "ADDRESS")]
     pub from: Option<String>,
     /// Reply-To address (repeatable).
@@ -264,10 +264,11 @@ async fn send_direct(ctx: &Context, n: &Notification) -> Result<Exit> {
     })?;
     let graph_url = ctx.graph_url(&account);
     let client = GraphClient::new(&graph_url)?;
-    let mail = OutgoingMail::from_notification(n, extras(ctx, n).await?);
+    let mut mail = OutgoingMail::from_notification(n, extras(ctx, n).await?);
     let tokens = ctx.token_service().await?;
     let timeout = Duration::from_secs(60);
     let mut token = tokens.access_token(&n.account, Audience::Graph).await?;
+    mail.send_as = token.shared_mailbox_route.endpoint(n.from.as_deref());
     let mut result = client.send_mail(&token, &mail, timeout).await;
     if let Err(GraphError::Unauthorized { .. }) = &result {
         // The cached token may be stale: refresh once and retry once, as the function does.
