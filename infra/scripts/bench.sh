@@ -11,6 +11,7 @@
 #   poller  poll-mailboxes: 1,000 mails + a 20 MB attachment, throughput and peak RSS (bench profile)
 #   parser  parse throughput vs Python's email package (one run per side, then ROUNDS=8 interleaved rounds)
 #   sizes   bootstrap sizes (target/lambda-<arch>/*/bootstrap), if infra/scripts/build-lambdas.sh built them
+#   outbound  `mailbridge sendmail` entry latency; send-notifications CPU per MIME vs JSON notification (bench profile)
 #
 # Needs the local-stack prerequisites (bash infra/scripts/install-prerequisites.sh). Numbers are
 # noisy on a shared machine: the load average is printed with each part.
@@ -20,7 +21,7 @@ PROFILE=${PROFILE:-release}
 STARTS=${STARTS:-20}
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(init warm sender poller parser sizes)
+[ ${#steps[@]} -eq 0 ] && steps=(init warm sender poller parser sizes outbound)
 want() { local s; for s in "${steps[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 section() { echo; echo "=== $1 ($(date -u '+%H:%M:%S UTC'), load $(cut -d' ' -f1-3 /proc/loadavg))"; }
 
@@ -42,6 +43,10 @@ fi
 if want poller; then
   section "poll-mailboxes throughput and peak RSS"
   cargo test -q --profile bench -p mailbridge-tests --test poll_mailboxes -- --ignored --nocapture bench_ 2>&1 | grep -E '^bench|test result|panicked'
+fi
+if want outbound; then
+  section "outbound: sendmail entry latency, CPU per MIME vs JSON notification"
+  cargo test -q --profile bench -p mailbridge-tests --test bench_outbound -- --ignored --nocapture --test-threads 1 2>&1 | grep -E '^bench|test result|panicked'
 fi
 if want parser; then
   section "parse throughput vs Python"
