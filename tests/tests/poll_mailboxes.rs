@@ -726,7 +726,7 @@ async fn machine_mail_never_opens_a_ticket_and_threaded_machine_mail_reaches_its
         serde_json::json!({"after_action": "delete"}),
     )
     .await;
-    // Threaded (subject ticket number): posted.
+    // Threaded (by the subject's ticket number, or the NDR's returned Message-ID): posted.
     p.deliver(&user, &corpus_mail("305-gmail-vacation-responder.eml"));
     p.deliver(&user, &corpus_mail("307-office365-ndr-bounce.eml"));
     // Unthreaded: set aside.
@@ -748,8 +748,10 @@ async fn machine_mail_never_opens_a_ticket_and_threaded_machine_mail_reaches_its
         .iter()
         .map(|t| {
             (
+                // the signed layers' number, else the subject's (kept apart)
                 t.body["draft"]["ticket_number"]
                     .as_str()
+                    .or(t.body["draft"]["subject_ticket_number"].as_str())
                     .unwrap_or("-")
                     .to_string(),
                 t.body["draft"]["auto_generated"].as_bool().unwrap(),

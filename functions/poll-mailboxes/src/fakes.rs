@@ -970,7 +970,9 @@ async fn machine_mail_opens_no_ticket_and_is_set_aside_unless_it_threads_to_one(
         );
         let threaded = &tickets[0].1.draft;
         assert!(threaded.auto_generated);
-        assert_eq!(threaded.ticket_number.as_deref(), Some("4711"));
+        // threaded by the subject tag, which is kept apart from the signed `ticket_number`
+        assert_eq!(threaded.subject_ticket_number.as_deref(), Some("4711"));
+        assert_eq!(threaded.ticket_number, None);
         // Set aside, never deleted, whatever the after-action.
         assert_eq!(
             w.server.count(user, "mailbridge-auto-generated"),

@@ -661,10 +661,9 @@ pub fn unticketed_auto_generated_reason(
         .auto_reason
         .clone()
         .unwrap_or_else(|| "auto_generated: (no reason given)".to_string());
-    let threads_to_a_ticket = draft
-        .ticket_number
-        .as_deref()
-        .is_some_and(|t| !t.trim().is_empty());
+    let threads_to_a_ticket = [&draft.ticket_number, &draft.subject_ticket_number]
+        .into_iter()
+        .any(|t| t.as_deref().is_some_and(|t| !t.trim().is_empty()));
     let is_loop = reason.starts_with("loop:") || reason == "loop";
     if is_loop {
         return Some(reason);

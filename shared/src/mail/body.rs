@@ -73,17 +73,67 @@ pub(crate) fn collect(
     walk.out
 }
 
-/// A suggested filename reduced to what is safe to store under: its last path component (RFC 2183
-/// 2.3: "The receiving MUA SHOULD NOT respect any directory path information that may seem to be
-/// present in the filename parameter"), without control characters, trimmed. `None` when nothing
-/// is left, or only `.`/`..`. Applies to every attachment: MIME, uuencoded and TNEF.
+/// A suggested filename reduced to what is safe to store and show: its last path component (RFC
+/// 2183 2.3: "The receiving MUA SHOULD NOT respect any directory path information that may seem
+/// to be present in the filename parameter"), without control characters and without the
+/// invisible format characters that reorder or hide text (`invoice` + U+202E + `fdp.exe` reads
+/// as `invoiceexe.pdf`), with the characters Windows refuses in names as `_` (`:` opens an NTFS
+/// stream; `<>"|?*`), trimmed, and at most [`MAX_FILENAME_BYTES`] of UTF-8 with its extension
+/// kept. `None` when nothing is left, or only `.`/`..`. Applies to every attachment: MIME,
+/// uuencoded and TNEF.
 pub(crate) fn terminal_filename(name: &str) -> Option<String> {
     let last = name
         .split(['/', '\\'])
         .rfind(|component| !component.trim().is_empty())?;
-    let clean: String = last.chars().filter(|c| !c.is_control()).collect();
+    let clean: String = last
+        .chars()
+        .filter(|&c| !c.is_control() && !is_invisible_format(c))
+        .map(|c| {
+            if matches!(c, ':' | '<' | '>' | '"' | '|' | '?' | '*') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
     let clean = clean.trim();
-    (!clean.trim_matches('.').is_empty()).then(|| clean.to_string())
+    (!clean.trim_matches('.').is_empty()).then(|| bounded_filename(clean))
+}
+
+/// The longest attachment name kept, in bytes of UTF-8: below the 255 bytes file systems and
+/// helpdesk databases (RT's `Attachments.Filename`) take.
+pub(crate) const MAX_FILENAME_BYTES: usize = 200;
+
+/// Bidi embeddings, overrides and isolates, marks, zero-width characters and the BOM: format
+/// characters with no glyph that change how the rest of a name reads.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
+}
+
+/// `name` cut to [`MAX_FILENAME_BYTES`], keeping its extension (up to 16 bytes) visible: the
+/// stem is shortened and ends in `…`.
+fn bounded_filename(name: &str) -> String {
+    if name.len() <= MAX_FILENAME_BYTES {
+        return name.to_string();
+    }
+    let extension = name
+        .rfind('.')
+        .filter(|&dot| dot > 0 && name.len() - dot <= 16)
+        .map_or("", |dot| &name[dot..]);
+    let stem = &name[..name.len() - extension.len()];
+    let mut room = MAX_FILENAME_BYTES - extension.len() - '…'.len_utf8();
+    while !stem.is_char_boundary(room) {
+        room -= 1;
+    }
+    format!("{}…{extension}", stem[..room].trim_end())
 }
 
 struct Walk<'m, 'x> {
@@ -899,11 +949,38 @@ mod tests {
             ("/", None),
             ("\u{7}", None),
             ("...hidden", Some("...hidden")),
-            ("C:file.txt", Some("C:file.txt")),
+            ("C:file.txt", Some("C_file.txt")),
+            ("invoice\u{202E}fdp.exe", Some("invoicefdp.exe")),
+            ("\u{2067}report\u{2069}\u{200F}.pdf", Some("report.pdf")),
+            ("doc.txt:Zone.Identifier", Some("doc.txt_Zone.Identifier")),
+            ("a<b>\"c|d?e*.png", Some("a_b__c_d_e_.png")),
+            ("\u{202E}", None),
         ];
         for (name, expected) in cases {
             assert_eq!(terminal_filename(name).as_deref(), expected, "{name:?}");
         }
+    }
+
+    #[test]
+    fn long_attachment_names_are_cut_with_their_extension_kept() {
+        let long = format!("{}.pdf", "a".repeat(300));
+        let cut = terminal_filename(&long).unwrap();
+        assert_eq!(cut.len(), MAX_FILENAME_BYTES);
+        assert!(cut.ends_with("a….pdf"), "{cut}");
+        let wide = format!("{}.xlsx", "é".repeat(150));
+        let cut = terminal_filename(&wide).unwrap();
+        assert!(
+            cut.len() <= MAX_FILENAME_BYTES && cut.ends_with("é….xlsx"),
+            "{cut}"
+        );
+        let no_extension = "b".repeat(400);
+        assert!(terminal_filename(&no_extension).unwrap().ends_with("b…"));
+        let odd_extension = format!("x.{}", "c".repeat(300));
+        assert_eq!(
+            terminal_filename(&odd_extension).unwrap().len(),
+            MAX_FILENAME_BYTES
+        );
+        assert_eq!(terminal_filename("short.txt").as_deref(), Some("short.txt"));
     }
 
     #[test]

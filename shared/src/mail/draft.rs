@@ -46,17 +46,22 @@ pub struct Bounce {
     pub status: Option<String>,
 }
 
-/// Which layer found the ticket a reply belongs to, most trusted first.
+/// Which signed layer found the ticket a reply belongs to, most trusted first. A subject match
+/// is not one of them: it goes to [`TicketDraft::subject_ticket_number`].
+///
+/// Both layers prove the same thing: the ticket number was issued by this deployment (the mail
+/// answers, quotes or forwards a notification mailbridge sent about that ticket). Neither proves
+/// who sent the mail: everyone who received or was forwarded the notification holds the marker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ThreadSource {
-    /// A verified (HMAC) reference in the body footer or the `X-Mailbridge-Ref` header.
+    /// A verified (HMAC) reference in the `X-Mailbridge-Ref` header or in the text as a reader
+    /// sees it (the text body, or the displayed text of the HTML: not inside hidden elements,
+    /// comments or attributes).
     Marker,
-    /// A verified reference inside a Message-ID in In-Reply-To / References.
+    /// A verified reference inside a Message-ID in In-Reply-To / References, or, for a bounce
+    /// or delivery report only, in the returned headers of the mail it reports on.
     References,
-    /// A ticket number in the subject (`[Ticket#123]` or a configured pattern): anyone can type
-    /// it, so the ticket API should check that the sender belongs to the ticket.
-    Subject,
 }
 
 /// The ticket draft one mail turns into.
@@ -83,9 +88,17 @@ pub struct TicketDraft {
     /// Message-IDs of References, oldest first, without angle brackets.
     pub references: Vec<String>,
     /// The text body: inline text/plain leaves joined in order, or text derived from the HTML.
+    /// Verified thread markers (`[ref:…]`, quoted from our notifications) are taken out.
     pub body_text: String,
-    /// The HTML body, when the mail has one.
+    /// The HTML body exactly as the mail has it, when it has one. **Untrusted**: scripts, event
+    /// handlers, forms and remote images are all still there; show it only sandboxed, or show
+    /// [`Self::body_html_sanitized`] instead.
     pub body_html: Option<String>,
+    /// `body_html` passed through an allowlist sanitiser (`ammonia`): no scripts, event handlers,
+    /// forms, frames, styles sheets or remote images; links only to web, mail and phone
+    /// addresses; inline `cid:` images kept. What a helpdesk may render. `null` when the mail has
+    /// no HTML body, or one too large to sanitise (see `mail::sanitize`).
+    pub body_html_sanitized: Option<String>,
     /// The new part of a reply (quoted history and signature removed); equals `body_text`
     /// when nothing can be told apart.
     pub reply_text: String,
@@ -99,10 +112,15 @@ pub struct TicketDraft {
     pub auto_reason: Option<String>,
     /// For bounces: what the delivery report says.
     pub bounce: Option<Bounce>,
-    /// The ticket this mail belongs to, when one was found.
+    /// The ticket this mail belongs to, found by a signed layer (a verified marker or
+    /// reference): proves the ticket was issued by this deployment, not who the sender is.
     pub ticket_number: Option<String>,
-    /// Which layer found `ticket_number`.
+    /// Which signed layer found `ticket_number`.
     pub thread_source: Option<ThreadSource>,
+    /// A ticket number in the subject (`[Ticket#123]` or the helpdesk's own tag). Anyone can
+    /// type it: it is kept apart from `ticket_number` so that a consumer reading only that one
+    /// never threads on it. Set whenever the subject has one, whatever the signed layers found.
+    pub subject_ticket_number: Option<String>,
 }
 
 /// Options of [`crate::mail::parse`].

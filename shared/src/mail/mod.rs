@@ -6,7 +6,8 @@
 //! machine-mail detection (`auto`), bounce details (`bounce`), the new part of a reply
 //! (`reply`), readable text for HTML-only mail (`html`), the requester even when `From` is
 //! odd or missing (`originator`), thread detection through our
-//! HMAC-signed markers ([`threading`]) and the expansion of Outlook `winmail.dat` (TNEF) parts
+//! HMAC-signed markers ([`threading`]), an HTML body safe to render in a helpdesk (`sanitize`)
+//! and the expansion of Outlook `winmail.dat` (TNEF) parts
 //! into their files ([`tnef`]). The other direction, a helpdesk's raw outgoing message, is read
 //! and stamped with the thread marker by [`outgoing`], and split for Graph's draft route when it is
 //! too large for one request by [`large`].
@@ -22,6 +23,7 @@ mod normalize;
 mod originator;
 pub mod outgoing;
 mod reply;
+mod sanitize;
 pub mod threading;
 pub mod tnef;
 
@@ -103,6 +105,15 @@ fn parse_inner(
     }));
     let (mut draft, contents) = built.map_err(|_| ParseError::InconsistentMime)??;
     draft.reply_text = reply::reply_text(&draft.body_text);
+    draft.body_html_sanitized =
+        draft
+            .body_html
+            .as_deref()
+            .and_then(sanitize::sanitize)
+            .map(|html| match opts.thread_key.as_deref() {
+                Some(key) => threading::strip_footer_markers(&html, key).into_owned(),
+                None => html,
+            });
     Ok(ParsedMail {
         draft,
         attachment_contents: contents.unwrap_or_default(),
@@ -142,6 +153,8 @@ fn build_draft(
         .or_else(|| headers.first("date").and_then(|d| obsolete_date(&d)));
 
     let mut bodies = body::collect(message, raw, charset_hint, keep_contents);
+    // Whether `body_text` is the HTML body's displayed text (no text/plain body).
+    let mut html_only = bodies.text_parts.is_empty() && bodies.html.is_some();
     let body_text = if !bodies.text_parts.is_empty() {
         join_texts(std::mem::take(&mut bodies.text_parts))
     } else if let Some(html) = &bodies.html {
@@ -154,7 +167,10 @@ fn build_draft(
         bodies.html = bodies.tnef_body_html.take();
         match (bodies.tnef_body_text.take(), &bodies.html) {
             (Some(text), _) => text.trim_end().to_string(),
-            (None, Some(html)) => html::html_to_text(html),
+            (None, Some(html)) => {
+                html_only = true;
+                html::html_to_text(html)
+            }
             (None, None) => body_text,
         }
     } else {
@@ -211,16 +227,38 @@ fn build_draft(
             )
         });
 
-    let (ticket_number, thread_source) = find_thread(
-        opts,
-        &headers,
-        in_reply_to.as_deref(),
-        &references,
-        &body_text,
-        bodies.html.as_deref(),
-        &bodies.returned_headers,
-        &subject,
-    );
+    // A bounce or delivery report names the mail it reports on in its returned headers; in any
+    // other mail those are a forwarded message's (or a crafted part's), not a reply to ours.
+    let is_report = auto_reason
+        .as_deref()
+        .is_some_and(|r| r.starts_with("bounce:") || r.starts_with("delivery_report:"));
+    let (ticket_number, thread_source) = match opts.thread_key.as_deref() {
+        Some(key) => signed_thread(
+            key,
+            &SignedLayers {
+                headers: &headers,
+                in_reply_to: in_reply_to.as_deref(),
+                references: &references,
+                body_text: &body_text,
+                // HTML-only mail: `body_text` is already the HTML's displayed text.
+                body_html: bodies.html.as_deref().filter(|_| !html_only),
+                returned_headers: if is_report {
+                    &bodies.returned_headers
+                } else {
+                    &[]
+                },
+            },
+        ),
+        None => (None, None),
+    };
+    let subject_ticket_number = subject_ticket(opts, &subject);
+    let body_text = match opts.thread_key.as_deref() {
+        Some(key) => match threading::strip_footer_markers(&body_text, key) {
+            std::borrow::Cow::Owned(stripped) => stripped,
+            std::borrow::Cow::Borrowed(_) => body_text,
+        },
+        None => body_text,
+    };
 
     let draft = TicketDraft {
         message_id,
@@ -235,6 +273,7 @@ fn build_draft(
         body_text,
         body_html: bodies.html,
         // Filled in by `parse` once the MIME tree is freed.
+        body_html_sanitized: None,
         reply_text: String::new(),
         attachments: bodies.attachments,
         auto_generated: auto_reason.is_some(),
@@ -242,59 +281,70 @@ fn build_draft(
         bounce,
         ticket_number,
         thread_source,
+        subject_ticket_number,
     };
     (draft, bodies.contents)
 }
 
-/// Thread detection in order of trust: verified marker (header or body footer), verified
-/// reference in In-Reply-To/References, then the subject patterns.
-#[allow(clippy::too_many_arguments)]
-fn find_thread(
-    opts: &ParseOptions,
-    headers: &auto::Headers,
-    in_reply_to: Option<&str>,
-    references: &[String],
-    body_text: &str,
-    body_html: Option<&str>,
-    returned_headers: &[String],
-    subject: &str,
-) -> (Option<String>, Option<ThreadSource>) {
-    if let Some(key) = opts.thread_key.as_deref() {
-        let header_ref = headers
-            .all(&threading::REFERENCE_HEADER.to_ascii_lowercase())
-            .find_map(|v| threading::verify_reference(&v, key));
-        let marker = header_ref
-            .or_else(|| threading::find_footer_marker(body_text, key))
-            .or_else(|| body_html.and_then(|h| threading::find_footer_marker(h, key)));
-        if let Some(ticket) = marker {
-            return (Some(ticket), Some(ThreadSource::Marker));
-        }
-        let by_reference = in_reply_to
-            .into_iter()
-            .chain(references.iter().rev().map(String::as_str))
-            .find_map(|id| threading::find_reference_in_id(id, key))
-            .or_else(|| {
-                // A bounce of our own notification: the returned headers carry our Message-ID.
-                returned_headers
-                    .iter()
-                    .find_map(|h| threading::find_reference_in_id(h, key))
-            });
-        if let Some(ticket) = by_reference {
-            return (Some(ticket), Some(ThreadSource::References));
-        }
+/// Where the signed layers may carry a thread reference.
+struct SignedLayers<'a> {
+    headers: &'a auto::Headers<'a>,
+    in_reply_to: Option<&'a str>,
+    references: &'a [String],
+    body_text: &'a str,
+    /// The HTML body, when `body_text` is not already its displayed text.
+    body_html: Option<&'a str>,
+    /// Returned header blocks, for bounces and delivery reports only.
+    returned_headers: &'a [String],
+}
+
+/// Thread detection through the signed layers, in order of trust: a verified marker (header,
+/// text footer, or the HTML's displayed text: a marker in a hidden element, a comment or an
+/// attribute is not read), then a verified reference in In-Reply-To/References or in the
+/// returned headers of a report.
+fn signed_thread(key: &[u8], layers: &SignedLayers<'_>) -> (Option<String>, Option<ThreadSource>) {
+    let header_ref = layers
+        .headers
+        .all(&threading::REFERENCE_HEADER.to_ascii_lowercase())
+        .find_map(|v| threading::verify_reference(&v, key));
+    let marker = header_ref
+        .or_else(|| threading::find_footer_marker(layers.body_text, key))
+        .or_else(|| {
+            // Rendering costs a pass over the HTML: only when it may hold a marker at all.
+            layers
+                .body_html
+                .filter(|html| threading::find_footer_marker(html, key).is_some())
+                .and_then(|html| threading::find_footer_marker(&html::html_to_text(html), key))
+        });
+    if let Some(ticket) = marker {
+        return (Some(ticket), Some(ThreadSource::Marker));
     }
-    for pattern in &opts.subject_ticket_patterns {
-        if let Some(c) = pattern.captures(subject) {
-            let m = c.name("ticket").or_else(|| c.get(1)).or_else(|| c.get(0));
-            if let Some(m) = m {
-                let ticket = m.as_str().trim();
-                if !ticket.is_empty() {
-                    return (Some(ticket.to_string()), Some(ThreadSource::Subject));
-                }
-            }
-        }
+    let by_reference = layers
+        .in_reply_to
+        .into_iter()
+        .chain(layers.references.iter().rev().map(String::as_str))
+        .find_map(|id| threading::find_reference_in_id(id, key))
+        .or_else(|| {
+            // A bounce of our own notification: the returned headers carry our Message-ID.
+            layers
+                .returned_headers
+                .iter()
+                .find_map(|h| threading::find_reference_in_id(h, key))
+        });
+    match by_reference {
+        Some(ticket) => (Some(ticket), Some(ThreadSource::References)),
+        None => (None, None),
     }
-    (None, None)
+}
+
+/// The ticket number in the subject, by the configured patterns (first match wins).
+fn subject_ticket(opts: &ParseOptions, subject: &str) -> Option<String> {
+    opts.subject_ticket_patterns.iter().find_map(|pattern| {
+        let c = pattern.captures(subject)?;
+        let m = c.name("ticket").or_else(|| c.get(1)).or_else(|| c.get(0))?;
+        let ticket = m.as_str().trim();
+        (!ticket.is_empty()).then(|| ticket.to_string())
+    })
 }
 
 /// A `Date` that mail-parser rejects, in the obsolete RFC 5322 forms old clients still send

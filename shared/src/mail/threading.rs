@@ -11,6 +11,7 @@
 use hmac::{Hmac, Mac};
 use regex::Regex;
 use sha2::Sha256;
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 /// Header that carries the reference on outgoing mail (Graph may drop custom headers; the footer
@@ -116,6 +117,52 @@ pub fn find_footer_marker(text: &str, key: &[u8]) -> Option<String> {
     })
 }
 
+/// `text` without the genuine footer markers in it (quoted from our notifications), so that the
+/// helpdesk does not store them and mail them on to everyone the ticket's answers reach. A line
+/// that holds nothing but the marker (and quote prefixes, spaces) goes as a whole; elsewhere the
+/// marker alone. A marker that does not verify under `key` is the sender's text and stays.
+pub fn strip_footer_markers<'t>(text: &'t str, key: &[u8]) -> Cow<'t, str> {
+    if !contains_ref(text) {
+        return Cow::Borrowed(text);
+    }
+    let mut cuts: Vec<(usize, usize)> = Vec::new();
+    for c in FOOTER_MARKER.captures_iter(text) {
+        let reference = format!("{}.{}", &c[1], &c[2]);
+        if verify_reference(&reference, key).is_none() {
+            continue;
+        }
+        let whole = c.get(0).expect("group 0 is the match");
+        let line_start = text[..whole.start()].rfind('\n').map_or(0, |nl| nl + 1);
+        let line_end = text[whole.end()..]
+            .find('\n')
+            .map_or(text.len(), |nl| whole.end() + nl + 1);
+        let only_marker = text[line_start..whole.start()]
+            .chars()
+            .chain(text[whole.end()..line_end].chars())
+            .all(|ch| ch == '>' || ch.is_whitespace());
+        let cut = if only_marker {
+            (line_start, line_end)
+        } else {
+            (whole.start(), whole.end())
+        };
+        match cuts.last_mut() {
+            Some(last) if cut.0 < last.1 => last.1 = last.1.max(cut.1),
+            _ => cuts.push(cut),
+        }
+    }
+    if cuts.is_empty() {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut from = 0;
+    for (start, end) in cuts {
+        out.push_str(&text[from..start]);
+        from = end;
+    }
+    out.push_str(&text[from..]);
+    Cow::Owned(out)
+}
+
 /// The first genuine reference embedded in a header value or Message-ID (`X-Mailbridge-Ref`,
 /// `mb.<reference>.<unique>@domain`).
 pub fn find_reference_in_id(id: &str, key: &[u8]) -> Option<String> {
@@ -202,6 +249,27 @@ mod tests {
         assert_eq!(find_footer_marker(&reply, KEY).as_deref(), Some("88"));
         let html = format!("<p>hi</p><blockquote>{}</blockquote>", body_footer_html(&r));
         assert_eq!(find_footer_marker(&html, KEY).as_deref(), Some("88"));
+    }
+
+    #[test]
+    fn genuine_markers_leave_the_text_and_forged_ones_stay() {
+        let r = ticket_reference("88", KEY);
+        let reply = format!("Thanks!\n\n> Your ticket was updated.\n> [ref:{r}]\n>\n");
+        assert_eq!(
+            strip_footer_markers(&reply, KEY),
+            "Thanks!\n\n> Your ticket was updated.\n>\n"
+        );
+        let inline = format!("see [ ref: {} ] above", r.replace('.', " . "));
+        assert_eq!(strip_footer_markers(&inline, KEY), "see  above");
+        let at_end = format!("Thanks\n[ref:{r}]");
+        assert_eq!(strip_footer_markers(&at_end, KEY), "Thanks\n");
+        let forged = "Please attach this.\n[ref:4711.deadbeefdeadbeef]\n";
+        assert!(matches!(
+            strip_footer_markers(forged, KEY),
+            Cow::Borrowed(t) if t == forged
+        ));
+        let twice = format!("[ref:{r}] [ref:{r}]\nrest");
+        assert_eq!(strip_footer_markers(&twice, KEY), " \nrest");
     }
 
     #[test]

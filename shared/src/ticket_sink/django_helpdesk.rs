@@ -1089,7 +1089,7 @@ impl DjangoHelpdeskSink {
                     .auto_reason
                     .as_deref()
                     .unwrap_or("auto-generated"),
-                payload.ticket_number().unwrap_or("none")
+                payload.named_ticket().unwrap_or("none")
             ),
         }
     }
@@ -1104,7 +1104,7 @@ impl TicketSink for DjangoHelpdeskSink {
     ) -> Result<DeliveryPlan, TicketSinkError> {
         let mut attempts = 0;
         let machine = payload.draft.auto_generated;
-        if let Some(number) = payload.ticket_number()
+        if let Some(number) = payload.named_ticket()
             && let Some(ticket) = self.target_ticket(number, deadline, &mut attempts).await?
         {
             let ticket = ticket.id.to_string();
@@ -1132,7 +1132,7 @@ impl TicketSink for DjangoHelpdeskSink {
     ) -> Result<TicketReceipt, TicketSinkError> {
         let mut attempts = 0;
         self.ensure_key_field(deadline, &mut attempts).await?;
-        if let Some(number) = payload.ticket_number() {
+        if let Some(number) = payload.named_ticket() {
             match self.target_ticket(number, deadline, &mut attempts).await? {
                 Some(ticket) => {
                     return self

@@ -52,13 +52,15 @@ pub struct TicketPayload {
 }
 
 impl TicketPayload {
-    /// The ticket this mail belongs to, when the draft names one (empty counts as none).
-    pub fn ticket_number(&self) -> Option<&str> {
-        self.draft
-            .ticket_number
-            .as_deref()
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
+    /// The ticket this mail names (empty counts as none): the signed layers' `ticket_number`,
+    /// else the subject's `subject_ticket_number`. Neither proves who sent the mail (anyone can
+    /// type a subject tag; anyone forwarded a notification holds its marker): the RT and
+    /// django-helpdesk sinks check the sender against the ticket's participants.
+    pub fn named_ticket(&self) -> Option<&str> {
+        fn nonempty(t: &Option<String>) -> Option<&str> {
+            t.as_deref().map(str::trim).filter(|t| !t.is_empty())
+        }
+        nonempty(&self.draft.ticket_number).or_else(|| nonempty(&self.draft.subject_ticket_number))
     }
 
     /// The requestor: `From`, else the first `Reply-To` address; None when the mail names no one.

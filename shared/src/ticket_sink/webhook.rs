@@ -1,7 +1,8 @@
 //! The generic JSON webhook: `POST <url>` with the [`TicketPayload`] as JSON (schema:
 //! `shared/schemas/ticket-payload.schema.json`), an `Idempotency-Key` header, and an auth header
 //! taken from a secret ([`WebhookAuth`]). The receiver decides between a new ticket and a reply
-//! (the draft's `ticket_number`) and must honour `Idempotency-Key`.
+//! (the draft's signed `ticket_number`; the subject's `subject_ticket_number` only once it has
+//! checked the sender, as neither proves who sent the mail) and must honour `Idempotency-Key`.
 //!
 //! # Answers
 //! 2xx accepts (`{"id": …}` or `{"ticket_id": …}` is kept as the ticket id); a receiver that
