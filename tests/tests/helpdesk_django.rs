@@ -11,7 +11,10 @@ use local_stack::django_helpdesk::{DjangoHelpdesk, NON_STAFF_USER};
 use local_stack::http_fault_proxy::{HttpFault, HttpFaultProxy};
 use local_stack::identity::{AppRegistration, UserAccount};
 use mailbridge::retry::RetryPolicy;
-use mailbridge::ticket_sink::{SinkConfig, TicketSink, TicketSinkError};
+use mailbridge::ticket_sink::{
+    DeliveryPlan, SenderCheck, SinkConfig, TICKET_PAYLOAD_SCHEMA, TicketPayload, TicketSink,
+    TicketSinkError,
+};
 use mailbridge::token::identity::{IdentityClient, RetryPolicy as IdentityRetry};
 use mailbridge::token::secret::AccountSecret;
 use mailbridge::token::service::{TokenService, TokenServiceConfig};
@@ -414,6 +417,134 @@ async fn a_reply_to_a_closed_ticket_reopens_it_and_machine_mail_is_an_internal_n
     let report = w.poll().await;
     assert_eq!(report.skipped_auto_generated, 1, "{report:?}");
     assert_eq!(w.tickets().await.len(), 1);
+}
+
+/// The thread marker proves the ticket, not the sender: a stranger's mail with a genuine marker
+/// (a forwarded notification) is an internal follow-up with a note and does not reopen the
+/// ticket; the submitter's own reply, in any letter case, is public and reopens it.
+/// `non_participant` chooses, and the receipt says what was found.
+#[tokio::test]
+async fn a_strangers_reply_with_a_valid_marker_is_an_internal_note_and_reopens_nothing() {
+    let w = World::new("hd-stranger", json!({})).await;
+    w.deliver(&mail("open", "Invoice 77", "The invoice is wrong.", &[]));
+    assert_eq!(w.poll().await.tickets_created, 1);
+    let id = w.tickets().await[0]["id"].as_u64().unwrap();
+    w.hd.patch_ticket(id, json!({"status": 4})).await.unwrap();
+    let marker = mailbridge::mail::threading::body_footer_text(
+        &mailbridge::mail::threading::ticket_reference(
+            &id.to_string(),
+            b"helpdesk-django-thread-key",
+        ),
+    );
+    let stranger = format!(
+        "From: Mallory <mallory@evil.example>\r\nTo: support@example.com\r\nSubject: Re: Invoice 77\r\n\
+         Message-ID: <fwd-1@evil.example>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+         Please pay to my account instead.\r\n{marker}"
+    );
+    w.deliver(stranger.as_bytes());
+    let report = w.poll().await;
+    assert_eq!(status(&report).outcome, "ok", "{report:?}");
+    assert_eq!(w.tickets().await.len(), 1, "no new ticket");
+    let ticket = w.ticket(id).await;
+    assert_eq!(ticket["status"], 4, "a stranger does not reopen: {ticket}");
+    let note = &ticket["followup_set"].as_array().unwrap()[1];
+    assert_eq!(note["public"], false, "{note}");
+    let comment = note["comment"].as_str().unwrap();
+    assert!(
+        comment.contains("The sender mallory@evil.example is not the submitter of this ticket"),
+        "{comment}"
+    );
+    assert!(
+        !comment.contains("[ref:"),
+        "the marker is not stored: {comment}"
+    );
+
+    // The submitter, her address in other letters, with the marker: public, reopens.
+    let own = format!(
+        "From: Ann <ANN@Customer.Example>\r\nTo: support@example.com\r\nSubject: Re: Invoice 77\r\n\
+         Message-ID: <own-1@customer.example>\r\nContent-Type: text/plain\r\n\r\nStill wrong.\r\n{marker}"
+    );
+    w.deliver(own.as_bytes());
+    w.poll().await;
+    let ticket = w.ticket(id).await;
+    assert_eq!(ticket["status"], 2, "{ticket}");
+    assert_eq!(
+        ticket["followup_set"].as_array().unwrap()[2]["public"],
+        true
+    );
+
+    // Per sink: the plan and the receipt.
+    let payload = |key: &str, from: &str| TicketPayload {
+        schema: TICKET_PAYLOAD_SCHEMA.into(),
+        mailbox: "helpdesk".into(),
+        mailbox_address: "support@example.com".into(),
+        received_at: chrono::Utc::now(),
+        idempotency_key: key.into(),
+        draft: mailbridge::mail::TicketDraft {
+            subject: "Re: Invoice 77".into(),
+            from: Some(mailbridge::mail::MailAddress {
+                name: None,
+                address: from.into(),
+            }),
+            body_text: "About the invoice.".into(),
+            ticket_number: Some(id.to_string()),
+            ..Default::default()
+        },
+        attachments: Vec::new(),
+        problem: None,
+        raw_message_base64: None,
+    };
+    let deadline = || Instant::now() + Duration::from_secs(60);
+    let stranger = payload("p1", "mallory@evil.example");
+    assert_eq!(
+        sink(&w.hd, json!({}))
+            .plan(&stranger, deadline())
+            .await
+            .unwrap(),
+        DeliveryPlan::Comment {
+            ticket: id.to_string()
+        }
+    );
+    assert_eq!(
+        sink(&w.hd, json!({"non_participant": "correspond"}))
+            .plan(&stranger, deadline())
+            .await
+            .unwrap(),
+        DeliveryPlan::Reply {
+            ticket: id.to_string()
+        }
+    );
+    let key = unique("key");
+    let receipt = sink(&w.hd, json!({"non_participant": "new_ticket"}))
+        .deliver(&payload(&key, "mallory@evil.example"), &key, deadline())
+        .await
+        .unwrap();
+    assert!(
+        matches!(receipt.action, DeliveryPlan::NewTicket { .. }),
+        "{receipt:?}"
+    );
+    assert_eq!(receipt.sender, SenderCheck::NotParticipant);
+    let opened: u64 = receipt.ticket_id.unwrap().parse().unwrap();
+    let description = w.ticket(opened).await["description"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        description.contains(&format!("This mail names ticket {id}, but its sender")),
+        "{description}"
+    );
+    let key = unique("key");
+    let receipt = sink(&w.hd, json!({}))
+        .deliver(&payload(&key, "ann@customer.example"), &key, deadline())
+        .await
+        .unwrap();
+    assert_eq!(receipt.sender, SenderCheck::Participant);
+    assert_eq!(
+        receipt.action,
+        DeliveryPlan::Reply {
+            ticket: id.to_string()
+        }
+    );
 }
 
 #[tokio::test]

@@ -10,7 +10,8 @@ use local_stack::identity::{AppRegistration, UserAccount};
 use local_stack::request_tracker::{self, RequestTracker, RtClient};
 use mailbridge::retry::RetryPolicy;
 use mailbridge::ticket_sink::{
-    DeliveryPlan, SinkConfig, TICKET_PAYLOAD_SCHEMA, TicketPayload, TicketSink, TicketSinkError,
+    DeliveryPlan, SenderCheck, SinkConfig, TICKET_PAYLOAD_SCHEMA, TicketPayload, TicketSink,
+    TicketSinkError,
 };
 use mailbridge::token::identity::{IdentityClient, RetryPolicy as IdentityRetry};
 use mailbridge::token::secret::AccountSecret;
@@ -417,6 +418,53 @@ async fn an_html_mail_lands_as_html_and_text_when_configured() {
     );
 }
 
+/// RT stores the HTML it is given and renders it to agents: it gets the sanitised HTML, never
+/// the sender's scripts, event handlers, forms or remote images; `cid:` images stay.
+#[tokio::test]
+async fn an_html_mail_reaches_rt_sanitised() {
+    let w = RtWorld::new().await;
+    let html = "<p onmouseover=\"alert(1)\">The <b>printer</b> is down.</p>\
+        <script>alert(document.cookie)</script>\
+        <img src=\"https://tracker.example/open.gif?u=7\" alt=\"logo\">\
+        <img src=\"cid:shot@customer.example\" alt=\"screenshot\">\
+        <a href=\"javascript:alert(2)\">details</a>\
+        <form action=\"https://evil.example/\"><input name=\"password\"></form>";
+    let raw = format!(
+        "From: ann@customer.example\r\nTo: helpdesk@example.com\r\nSubject: Styled\r\n\
+         Message-ID: <xss-1@customer.example>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/html; charset=utf-8\r\n\r\n{html}\r\n"
+    );
+    w.deliver(raw.as_bytes());
+    let report = w.poll().await;
+    assert_eq!(status(&report, "helpdesk").outcome, "ok", "{report:?}");
+    let tickets = w.tickets().await;
+    assert_eq!(tickets.len(), 1);
+    let stored: Vec<String> = message_parts(&w.root, &tickets[0])
+        .await
+        .into_iter()
+        .filter(|a| a.content_type == "text/html")
+        .map(|a| String::from_utf8_lossy(&a.content).into_owned())
+        .collect();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let stored = &stored[0];
+    assert!(stored.contains("<b>printer</b>"), "{stored}");
+    assert!(
+        stored.contains("src=\"cid:shot@customer.example\""),
+        "{stored}"
+    );
+    for gone in [
+        "onmouseover",
+        "<script",
+        "document.cookie",
+        "tracker.example",
+        "javascript:",
+        "<form",
+        "<input",
+    ] {
+        assert!(!stored.contains(gone), "{gone} reached RT: {stored}");
+    }
+}
+
 #[tokio::test]
 async fn a_reply_with_rts_subject_tag_is_correspondence_on_the_same_ticket() {
     let w = RtWorld::new().await;
@@ -452,6 +500,102 @@ async fn a_reply_with_rts_subject_tag_is_correspondence_on_the_same_ticket() {
     let now = w.tickets().await;
     assert_eq!(now.len(), 2, "{now:?}");
     assert_eq!(message_transactions(&w.root, &now[1]).await, ["Create"]);
+}
+
+/// The thread marker proves the ticket, not the sender: a stranger's mail carrying a genuine
+/// marker (a forwarded notification) becomes a comment with a note, never correspondence that
+/// RT would mail to the requestor; the requestor's own reply, in any letter case, is
+/// correspondence. `non_participant` chooses, and the receipt says what was found.
+#[tokio::test]
+async fn a_strangers_reply_with_a_valid_marker_is_a_comment_not_correspondence() {
+    let w = RtWorld::new().await;
+    w.deliver(&mail("owner", "VPN down", "Nothing connects."));
+    w.poll().await;
+    let tickets = w.tickets().await;
+    let n = tickets[0].clone();
+    let marker = mailbridge::mail::threading::body_footer_text(
+        &mailbridge::mail::threading::ticket_reference(&n, b"rt-test-thread-key"),
+    );
+    let stranger = format!(
+        "From: Mallory <mallory@evil.example>\r\nTo: helpdesk@example.com\r\nSubject: Re: VPN down\r\n\
+         Message-ID: <fwd-1@evil.example>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+         Please send the VPN password to me instead.\r\n{marker}"
+    );
+    w.deliver(stranger.as_bytes());
+    let report = w.poll().await;
+    assert_eq!(status(&report, "helpdesk").outcome, "ok", "{report:?}");
+    assert_eq!(w.tickets().await, tickets, "no new ticket");
+    assert_eq!(
+        message_transactions(&w.root, &n).await,
+        ["Create", "Comment"]
+    );
+    let text = body_text(&w.root, &n).await;
+    assert!(
+        text.contains("The sender mallory@evil.example is not a requestor, Cc or AdminCc"),
+        "{text}"
+    );
+    assert!(!text.contains("[ref:"), "the marker is not stored: {text}");
+
+    // The requestor, her address in other letters, by the subject tag: correspondence.
+    let own = format!(
+        "From: Ann <ANN@Customer.Example>\r\nTo: helpdesk@example.com\r\n\
+         Subject: Re: [{RT_NAME} #{n}] VPN down\r\nMessage-ID: <own-1@customer.example>\r\n\
+         Content-Type: text/plain\r\n\r\nIt works again.\r\n"
+    );
+    w.deliver(own.as_bytes());
+    w.poll().await;
+    assert_eq!(
+        message_transactions(&w.root, &n).await,
+        ["Create", "Comment", "Correspond"]
+    );
+
+    // Per sink: the plan and the receipt.
+    let from_stranger = |key: &str| {
+        let mut p = payload(key, "Re: VPN down", Some(&n), false);
+        p.draft.from = Some(mailbridge::mail::MailAddress {
+            name: None,
+            address: "mallory@evil.example".into(),
+        });
+        p
+    };
+    let comment = DeliveryPlan::Comment { ticket: n.clone() };
+    assert_eq!(
+        w.sink(json!({}))
+            .plan(&from_stranger("p1"), soon())
+            .await
+            .unwrap(),
+        comment
+    );
+    assert_eq!(
+        w.sink(json!({"non_participant": "correspond"}))
+            .plan(&from_stranger("p2"), soon())
+            .await
+            .unwrap(),
+        DeliveryPlan::Reply { ticket: n.clone() }
+    );
+    let new_ticket_sink = w.sink(json!({"non_participant": "new_ticket"}));
+    let key = unique("key");
+    let receipt = new_ticket_sink
+        .deliver(&from_stranger(&key), &key, soon())
+        .await
+        .unwrap();
+    assert!(
+        matches!(receipt.action, DeliveryPlan::NewTicket { .. }),
+        "{receipt:?}"
+    );
+    assert_eq!(receipt.sender, SenderCheck::NotParticipant);
+    let opened = receipt.ticket_id.unwrap();
+    assert_ne!(opened, n);
+    let text = body_text(&w.root, &opened).await;
+    assert!(
+        text.contains(&format!("This mail names ticket {n}, but its sender")),
+        "{text}"
+    );
+    let key = unique("key");
+    let own = payload(&key, "Re: VPN down", Some(&n), false);
+    let receipt = w.sink(json!({})).deliver(&own, &key, soon()).await.unwrap();
+    assert_eq!(receipt.sender, SenderCheck::Participant);
+    assert_eq!(receipt.action, DeliveryPlan::Reply { ticket: n.clone() });
 }
 
 #[tokio::test]

@@ -393,6 +393,7 @@ impl TicketSink for FakeSink {
                     ticket_id: Some(format!("T-{}", tickets.len())),
                     attempts: 1,
                     replayed,
+                    sender: mailbridge::ticket_sink::SenderCheck::NotChecked,
                 })
             }
         }

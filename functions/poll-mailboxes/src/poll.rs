@@ -935,6 +935,7 @@ async fn handle_message(
             uid,
             ticket_id = receipt.ticket_id.as_deref().unwrap_or(""),
             action = %receipt.action,
+            sender = receipt.sender.as_str(),
             "mail delivered to the helpdesk"
         );
         Ok(Handled::Ticketed)

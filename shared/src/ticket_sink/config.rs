@@ -68,6 +68,23 @@ pub enum MachineMail {
     Correspond,
 }
 
+/// What a human reply becomes when its sender is not among the participants of the ticket it
+/// names (the thread marker or subject tag proves the ticket, not the sender: a forwarded
+/// notification, a quoted thread, or a typed subject tag reach anyone).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NonParticipant {
+    /// An internal comment on the ticket, with a note naming the sender (default): agents see
+    /// it, the helpdesk does not mail a stranger's text to the customer, the stranger is not
+    /// added to the ticket, a closed ticket stays closed.
+    #[default]
+    Comment,
+    /// Correspondence, like a participant's reply (trust the thread reference alone).
+    Correspond,
+    /// A new ticket, with a note naming the ticket the mail referred to.
+    NewTicket,
+}
+
 /// Where a mailbox's tickets go.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind")]
@@ -318,6 +335,19 @@ impl<'a> SinkFields<'a> {
             Some(other) => Err(Self::error(
                 "machine_mail",
                 format!("is {other:?}; must be \"comment\" or \"correspond\""),
+            )),
+        }
+    }
+
+    /// `non_participant`: `comment` (default), `correspond` or `new_ticket`.
+    pub fn non_participant(&mut self) -> Result<NonParticipant, SinkConfigError> {
+        match self.string("non_participant")?.as_deref() {
+            None | Some("comment") => Ok(NonParticipant::Comment),
+            Some("correspond") => Ok(NonParticipant::Correspond),
+            Some("new_ticket") => Ok(NonParticipant::NewTicket),
+            Some(other) => Err(Self::error(
+                "non_participant",
+                format!("is {other:?}; must be \"comment\", \"correspond\" or \"new_ticket\""),
             )),
         }
     }

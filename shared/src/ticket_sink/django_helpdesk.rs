@@ -6,7 +6,8 @@
 //! {"kind": "django-helpdesk", "url": "https://helpdesk.example.com/helpdesk/api/",
 //!  "secret": "helpdesk-api", "queue": "support", "queue_id": 1,
 //!  "priority": 3, "assigned_to": 7, "custom_fields": {"contract": "gold"},
-//!  "key_field": "mailbridge_key", "thread_queues": ["billing"], "machine_mail": "comment"}
+//!  "key_field": "mailbridge_key", "thread_queues": ["billing"], "machine_mail": "comment",
+//!  "non_participant": "comment"}
 //! ```
 //!
 //! `queue` is the queue's slug (its subject tag is `[<slug>-<ticket id>]`) and `queue_id` its
@@ -21,8 +22,14 @@
 //!   priority, assigned_to, `custom_<key_field>` = the idempotency key, `custom_<name>`), then one
 //!   `POST followups-attachments/` per attachment (multipart) onto the ticket's opening follow-up.
 //! - reply / machine mail: `GET tickets/<id>/` (exists? merged into another? already has this
-//!   mail?), `POST followups/` (JSON: ticket, comment, public, new_status), then the attachments
-//!   onto that follow-up. Never a follow-up `title`: django-helpdesk renames the ticket to it.
+//!   mail? is the sender a participant?), `POST followups/` (JSON: ticket, comment, public,
+//!   new_status), then the attachments onto that follow-up. Never a follow-up `title`:
+//!   django-helpdesk renames the ticket to it.
+//! - a reply whose sender is not a participant (the ticket's `submitter_email`, or an address in
+//!   the `email_recipients` of one of its follow-ups, the addresses the helpdesk mailed about
+//!   it; the API lists no CCs otherwise): an internal follow-up with a note naming the sender
+//!   (`non_participant`: `comment`, the default), a public one (`correspond`) or a new ticket
+//!   (`new_ticket`). The thread reference proves the ticket, not the sender.
 //! - check: `OPTIONS tickets/` (credentials, staff, the custom fields exist and are long
 //!   enough) and a `POST tickets/` without a title (rejected by validation before anything is
 //!   written) that names the queue, owner and custom field values: the answer's field errors say
@@ -64,8 +71,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::config::{MachineMail, SinkConfigError, SinkFields};
-use super::{DeliveryPlan, SinkCheck, TicketPayload, TicketReceipt, TicketSink, TicketSinkError};
+use super::config::{MachineMail, NonParticipant, SinkConfigError, SinkFields};
+use super::{
+    DeliveryPlan, SenderCheck, SinkCheck, TicketPayload, TicketReceipt, TicketSink, TicketSinkError,
+};
 use crate::retry::{RetryPolicy, excerpt, send_with_retry};
 
 /// The custom field the idempotency key goes in, unless `key_field` says otherwise.
@@ -104,6 +113,8 @@ pub struct DjangoHelpdeskConfig {
     pub thread_queues: Vec<String>,
     /// What threaded machine mail becomes.
     pub machine_mail: MachineMail,
+    /// What a reply becomes when its sender is not a participant of the ticket.
+    pub non_participant: NonParticipant,
 }
 
 fn is_slug(s: &str) -> bool {
@@ -186,6 +197,7 @@ impl DjangoHelpdeskConfig {
             key_field,
             thread_queues,
             machine_mail: fields.machine_mail()?,
+            non_participant: fields.non_participant()?,
         })
     }
 
@@ -308,6 +320,24 @@ impl Ticket {
         self.followups()
             .iter()
             .min_by_key(|f| f.get("id").and_then(Value::as_u64).unwrap_or(u64::MAX))
+    }
+
+    /// Whether `address` is a participant: the ticket's submitter, or an address the helpdesk
+    /// mailed about one of its follow-ups (`email_recipients`: the submitter, its CCs, the
+    /// queue's CC addresses and the assigned agent, as far as they were notified). The API shows
+    /// no other list of the ticket's CCs.
+    fn has_participant(&self, address: &str) -> bool {
+        let same = |value: &Value| {
+            value
+                .as_str()
+                .is_some_and(|a| a.trim().eq_ignore_ascii_case(address.trim()))
+        };
+        self.json.get("submitter_email").is_some_and(same)
+            || self.followups().iter().any(|f| {
+                f.get("email_recipients")
+                    .and_then(Value::as_array)
+                    .is_some_and(|recipients| recipients.iter().any(same))
+            })
     }
 
     /// The follow-up whose comment ends with `marker` (an earlier delivery of this mail).
@@ -884,6 +914,7 @@ impl DjangoHelpdeskSink {
         &self,
         payload: &TicketPayload,
         key: &str,
+        note: Option<&str>,
         deadline: Instant,
         attempts: &mut u32,
     ) -> Result<TicketReceipt, TicketSinkError> {
@@ -912,11 +943,15 @@ impl DjangoHelpdeskSink {
                 ticket_id: Some(ticket.to_string()),
                 attempts: *attempts,
                 replayed: true,
+                sender: SenderCheck::NotChecked,
             });
         }
         let mut text = payload.body_text_with_notes();
         if text.trim().is_empty() {
             text = "(no text)".to_string();
+        }
+        if let Some(note) = note {
+            text = format!("{note}\n\n{text}");
         }
         // the key line makes the opening follow-up (a copy of the description) findable
         let description = format!("{}\n\n{}", text.trim_end(), key_marker(key));
@@ -1001,11 +1036,12 @@ impl DjangoHelpdeskSink {
             ticket_id: Some(created.id.to_string()),
             attempts: *attempts,
             replayed: false,
+            sender: SenderCheck::NotChecked,
         })
     }
 
     /// The text of a follow-up: who wrote, the new part of the mail, notes, and the key line.
-    fn followup_text(&self, payload: &TicketPayload, key: &str) -> String {
+    fn followup_text(&self, payload: &TicketPayload, key: &str, note: Option<&str>) -> String {
         let draft = &payload.draft;
         let new_part = if draft.reply_text.trim().is_empty() {
             &draft.body_text
@@ -1013,33 +1049,31 @@ impl DjangoHelpdeskSink {
             &draft.reply_text
         };
         let text = payload.text_with_notes(new_part);
+        let note = note.map(|n| format!("{n}\n\n")).unwrap_or_default();
         format!(
-            "{} wrote:\n\n{}\n\n{}",
+            "{note}{} wrote:\n\n{}\n\n{}",
             sender(payload),
             text.trim_end(),
             key_marker(key)
         )
     }
 
+    /// Adds the mail to `ticket` as `action` says (`Reply`: a public follow-up, `Comment`: an
+    /// internal one), with `note` for the agents in front of it.
+    #[allow(clippy::too_many_arguments)]
     async fn add_to_ticket(
         &self,
         payload: &TicketPayload,
         key: &str,
         ticket: Ticket,
+        action: DeliveryPlan,
+        note: Option<&str>,
+        sender: SenderCheck,
         deadline: Instant,
         attempts: &mut u32,
     ) -> Result<TicketReceipt, TicketSinkError> {
         let machine = payload.draft.auto_generated;
-        let public = !machine || self.config.machine_mail == MachineMail::Correspond;
-        let action = if public {
-            DeliveryPlan::Reply {
-                ticket: ticket.id.to_string(),
-            }
-        } else {
-            DeliveryPlan::Comment {
-                ticket: ticket.id.to_string(),
-            }
-        };
+        let public = matches!(action, DeliveryPlan::Reply { .. });
         if let Some(earlier) = ticket.followup_with(&key_marker(key)) {
             tracing::info!(
                 helpdesk = %self.api,
@@ -1054,14 +1088,17 @@ impl DjangoHelpdeskSink {
                 ticket_id: Some(ticket.id.to_string()),
                 attempts: *attempts,
                 replayed: true,
+                sender,
             });
         }
-        // A person writing to a closed ticket reopens it, as django-helpdesk's own mail import does.
-        let new_status = (!machine && ticket.status == STATUS_CLOSED).then_some(STATUS_REOPENED);
+        // A person writing to a closed ticket reopens it, as django-helpdesk's own mail import
+        // does; an internal follow-up (machine mail, a non-participant's mail) does not.
+        let new_status =
+            (!machine && public && ticket.status == STATUS_CLOSED).then_some(STATUS_REOPENED);
         let followup = self
             .post_followup(
                 ticket.id,
-                &self.followup_text(payload, key),
+                &self.followup_text(payload, key, note),
                 public,
                 new_status,
                 deadline,
@@ -1075,7 +1112,49 @@ impl DjangoHelpdeskSink {
             ticket_id: Some(ticket.id.to_string()),
             attempts: *attempts,
             replayed: false,
+            sender,
         })
+    }
+
+    /// Whether the mail's sender is a participant of `ticket` (see [`Ticket::has_participant`]).
+    fn sender_check(ticket: &Ticket, payload: &TicketPayload) -> SenderCheck {
+        match payload.requestor() {
+            Some(sender) if ticket.has_participant(sender) => SenderCheck::Participant,
+            _ => SenderCheck::NotParticipant,
+        }
+    }
+
+    /// What a mail on an existing ticket becomes: the plan (`Reply` = public follow-up,
+    /// `Comment` = internal one, `NewTicket`), and the note for the agents in front of it.
+    fn on_ticket(
+        &self,
+        ticket: &Ticket,
+        payload: &TicketPayload,
+        sender: SenderCheck,
+    ) -> (DeliveryPlan, Option<String>) {
+        let machine = payload.draft.auto_generated;
+        let id = ticket.id.to_string();
+        let stranger = sender == SenderCheck::NotParticipant
+            && self.config.non_participant != NonParticipant::Correspond;
+        if stranger && !machine {
+            let who = payload.requestor().unwrap_or("(no address)");
+            if self.config.non_participant == NonParticipant::NewTicket {
+                let note = format!(
+                    "[mailbridge] This mail names ticket {id}, but its sender {who} is not the submitter of that ticket nor an address the helpdesk mailed about it: opened as a new ticket."
+                );
+                let queue = Some(self.config.queue.clone());
+                return (DeliveryPlan::NewTicket { queue }, Some(note));
+            }
+            let note = format!(
+                "[mailbridge] The sender {who} is not the submitter of this ticket nor an address the helpdesk mailed about it: added as an internal follow-up, not a public one (the thread reference proves the ticket, not the sender)."
+            );
+            return (DeliveryPlan::Comment { ticket: id }, Some(note));
+        }
+        if machine && (stranger || self.config.machine_mail == MachineMail::Comment) {
+            (DeliveryPlan::Comment { ticket: id }, None)
+        } else {
+            (DeliveryPlan::Reply { ticket: id }, None)
+        }
     }
 
     fn machine_mail_without_ticket(&self, payload: &TicketPayload) -> TicketSinkError {
@@ -1107,14 +1186,8 @@ impl TicketSink for DjangoHelpdeskSink {
         if let Some(number) = payload.named_ticket()
             && let Some(ticket) = self.target_ticket(number, deadline, &mut attempts).await?
         {
-            let ticket = ticket.id.to_string();
-            return Ok(
-                if machine && self.config.machine_mail == MachineMail::Comment {
-                    DeliveryPlan::Comment { ticket }
-                } else {
-                    DeliveryPlan::Reply { ticket }
-                },
-            );
+            let sender = Self::sender_check(&ticket, payload);
+            return Ok(self.on_ticket(&ticket, payload, sender).0);
         }
         if machine {
             return Err(self.machine_mail_without_ticket(payload));
@@ -1135,8 +1208,32 @@ impl TicketSink for DjangoHelpdeskSink {
         if let Some(number) = payload.named_ticket() {
             match self.target_ticket(number, deadline, &mut attempts).await? {
                 Some(ticket) => {
+                    let sender = Self::sender_check(&ticket, payload);
+                    let (action, note) = self.on_ticket(&ticket, payload, sender);
+                    if matches!(action, DeliveryPlan::NewTicket { .. }) {
+                        let mut receipt = self
+                            .open_ticket(
+                                payload,
+                                idempotency_key,
+                                note.as_deref(),
+                                deadline,
+                                &mut attempts,
+                            )
+                            .await?;
+                        receipt.sender = sender;
+                        return Ok(receipt);
+                    }
                     return self
-                        .add_to_ticket(payload, idempotency_key, ticket, deadline, &mut attempts)
+                        .add_to_ticket(
+                            payload,
+                            idempotency_key,
+                            ticket,
+                            action,
+                            note.as_deref(),
+                            sender,
+                            deadline,
+                            &mut attempts,
+                        )
                         .await;
                 }
                 None if payload.draft.auto_generated => {
@@ -1151,7 +1248,7 @@ impl TicketSink for DjangoHelpdeskSink {
         } else if payload.draft.auto_generated {
             return Err(self.machine_mail_without_ticket(payload));
         }
-        self.open_ticket(payload, idempotency_key, deadline, &mut attempts)
+        self.open_ticket(payload, idempotency_key, None, deadline, &mut attempts)
             .await
     }
 
@@ -1314,6 +1411,21 @@ mod tests {
         let err =
             DjangoAuth::from_secret_json("s", r#"{"type":"basic","username":"mb"}"#).unwrap_err();
         assert!(err.contains("password"), "{err}");
+    }
+
+    #[test]
+    fn participants_are_the_submitter_and_the_addresses_the_helpdesk_mailed() {
+        let ticket = Ticket::from_json(json!({"id": 5, "status": 1,
+            "submitter_email": "Ann@Customer.example",
+            "followup_set": [{"id": 1, "email_recipients": null},
+                {"id": 2, "email_recipients": ["bob@customer.example", "it-cc@example.com"]}]}))
+        .unwrap();
+        assert!(ticket.has_participant("ann@customer.example"));
+        assert!(ticket.has_participant("BOB@customer.example"));
+        assert!(ticket.has_participant("it-cc@example.com"));
+        assert!(!ticket.has_participant("mallory@evil.example"));
+        let bare = Ticket::from_json(json!({"id": 6, "submitter_email": null})).unwrap();
+        assert!(!bare.has_participant("ann@customer.example"));
     }
 
     #[test]

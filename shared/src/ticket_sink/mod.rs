@@ -33,7 +33,8 @@ use tokio::time::Instant;
 use crate::error::{Classify, ErrorClass};
 
 pub use config::{
-    MachineMail, SecretJson, SinkConfig, SinkConfigError, SinkFields, SinkKind, validate_target_url,
+    MachineMail, NonParticipant, SecretJson, SinkConfig, SinkConfigError, SinkFields, SinkKind,
+    validate_target_url,
 };
 pub use payload::{TICKET_PAYLOAD_SCHEMA, TicketAttachment, TicketPayload};
 pub use webhook::{WebhookAuth, WebhookTicketSink};
@@ -90,6 +91,36 @@ pub struct TicketReceipt {
     /// An earlier delivery of the same mail was found (a crash or lost answer after the helpdesk
     /// accepted it): nothing new was created this time.
     pub replayed: bool,
+    /// Whether the sender was among the participants of the ticket the mail names.
+    pub sender: SenderCheck,
+}
+
+/// Whether a mail's sender is among the participants of the ticket it names: the thread
+/// reference proves which ticket a mail belongs to, never who sent it, so the sinks that can ask
+/// the helpdesk do (the RT and django-helpdesk adapters), and a non-participant's reply becomes
+/// what the sink's `non_participant` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SenderCheck {
+    /// Not checked: the mail names no ticket the helpdesk has, or the sink cannot ask (webhook:
+    /// the receiver must check).
+    NotChecked,
+    /// The sender is a participant (RT: a requestor, Cc or AdminCc; django-helpdesk: the
+    /// submitter, or an address the helpdesk mailed about the ticket).
+    Participant,
+    /// The sender is not a participant (or the mail names no sender address).
+    NotParticipant,
+}
+
+impl SenderCheck {
+    /// The value logged.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SenderCheck::NotChecked => "not_checked",
+            SenderCheck::Participant => "participant",
+            SenderCheck::NotParticipant => "not_participant",
+        }
+    }
 }
 
 /// What [`TicketSink::check`] found.

@@ -3,12 +3,16 @@
 //! Configuration (`sink` of a mailbox, kind `rt`): `url` (RT's web root), `secret` (credentials:
 //! `{"type":"token","token":"..."}` or `{"type":"basic","username":"...","password":"..."}`),
 //! `queue`, `rt_name` (RT's `$rtname`, for the `[rtname #123]` subject tag), and optionally
-//! `machine_mail`, `priority`, `owner`, `custom_fields` (ticket custom fields of new tickets, by
+//! `machine_mail`, `non_participant`, `priority`, `owner`, `custom_fields` (ticket custom fields of new tickets, by
 //! name), `key_field` (default `Mailbridge-Key`) and `body` (`html`, the default, or `text`).
 //!
 //! # Calls
 //! - a new mail: `POST /ticket` (Queue, Requestor, Subject, Content, Attachments, the defaults);
-//! - a reply (the draft names a ticket RT has): `POST /ticket/{id}/correspond`;
+//! - a reply (the draft names a ticket RT has) from a requestor, Cc or AdminCc of the ticket
+//!   (a TicketSQL search for the sender among them): `POST /ticket/{id}/correspond`;
+//! - a reply from anyone else (the thread reference proves the ticket, not the sender):
+//!   `POST /ticket/{id}/comment` with a note naming the sender (`non_participant`: `comment`,
+//!   the default), correspondence (`correspond`) or a new ticket (`new_ticket`);
 //! - machine mail about a ticket: `POST /ticket/{id}/comment` (or correspond, per `machine_mail`);
 //!   machine mail about a ticket RT does not have is refused (parked), never a new ticket;
 //! - a ticket number RT does not have (deleted, or someone else's number), or one the account may
@@ -41,8 +45,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::config::{MachineMail, SinkConfigError, SinkFields};
-use super::{DeliveryPlan, SinkCheck, TicketPayload, TicketReceipt, TicketSink, TicketSinkError};
+use super::config::{MachineMail, NonParticipant, SinkConfigError, SinkFields};
+use super::{
+    DeliveryPlan, SenderCheck, SinkCheck, TicketPayload, TicketReceipt, TicketSink, TicketSinkError,
+};
 use crate::retry::{RetryPolicy, excerpt, send_with_retry};
 
 /// The default ticket custom field holding the idempotency keys.
@@ -61,6 +67,8 @@ pub struct RtConfig {
     pub rt_name: String,
     /// What threaded machine mail becomes.
     pub machine_mail: MachineMail,
+    /// What a reply becomes when its sender is not a requestor, Cc or AdminCc of the ticket.
+    pub non_participant: NonParticipant,
     /// Priority of new tickets (RT's default when absent).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub priority: Option<u64>,
@@ -72,7 +80,7 @@ pub struct RtConfig {
     pub custom_fields: BTreeMap<String, String>,
     /// The ticket custom field holding the keys of the mails delivered to a ticket.
     pub key_field: String,
-    /// Send the HTML body (`html`) when the mail has one, or always the text (`text`).
+    /// Send the sanitised HTML body (`html`) when the mail has one, or always the text (`text`).
     pub body: RtBody,
 }
 
@@ -80,7 +88,8 @@ pub struct RtConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RtBody {
-    /// The HTML body (`text/html`) when the mail has one, else the text.
+    /// The HTML body (`text/html`, the draft's `body_html_sanitized`) when the mail has one,
+    /// else the text.
     #[default]
     Html,
     /// Always the text body (`text/plain`).
@@ -95,6 +104,7 @@ impl RtConfig {
         let queue = fields.required("queue")?;
         let rt_name = fields.required("rt_name")?;
         let machine_mail = fields.machine_mail()?;
+        let non_participant = fields.non_participant()?;
         let priority = fields.number("priority", 0, 999)?;
         let owner = fields.string("owner")?;
         let custom_fields = fields.string_map("custom_fields")?;
@@ -123,6 +133,7 @@ impl RtConfig {
             queue,
             rt_name,
             machine_mail,
+            non_participant,
             priority,
             owner,
             custom_fields,
@@ -251,11 +262,23 @@ enum TicketLookup {
     Missing { why: String },
 }
 
-/// A message to add to a ticket: which, as `correspond` or `comment`, and the keys already on it.
+/// A message to add to a ticket: which, as `correspond` or `comment`, the keys already on it,
+/// and a note for the agents in front of it.
 struct OnTicket<'a> {
     ticket: &'a str,
     kind: &'static str,
     keys: Vec<String>,
+    note: Option<&'a str>,
+}
+
+/// What one delivery writes, decided before writing.
+struct Decision {
+    plan: DeliveryPlan,
+    /// For a message on a ticket: the keys already on it.
+    keys: Vec<String>,
+    sender: SenderCheck,
+    /// For the agents, in front of the message (a non-participant's mail).
+    note: Option<String>,
 }
 
 /// One answered call: status, parsed body (`null` when not JSON), raw start, attempts.
@@ -626,24 +649,105 @@ impl RtTicketSink {
         }
     }
 
-    /// The plan, and for a message on a ticket the keys already on it.
+    /// Whether the sender is a requestor, Cc or AdminCc of `ticket` (members of a group in those
+    /// roles included): one TicketSQL search, which RT answers from its watcher tables whatever
+    /// the user's name, in any case of the address.
+    async fn sender_check(
+        &self,
+        ticket: &str,
+        payload: &TicketPayload,
+        deadline: Instant,
+        attempts: &mut u32,
+    ) -> Result<SenderCheck, TicketSinkError> {
+        let Some(sender) = payload.requestor() else {
+            return Ok(SenderCheck::NotParticipant);
+        };
+        let address = ticket_sql_escape(sender);
+        let query = format!(
+            "id = {ticket} AND ( Requestor.EmailAddress = '{address}' OR Cc.EmailAddress = '{address}' OR AdminCc.EmailAddress = '{address}' )"
+        );
+        let path = format!(
+            "tickets?query={}&per_page=1",
+            url::form_urlencoded::byte_serialize(query.as_bytes()).collect::<String>()
+        );
+        let answer = self
+            .call(reqwest::Method::GET, &path, None, false, deadline, attempts)
+            .await?;
+        if answer.status != 200 {
+            return Err(self.unexpected(
+                &format!("reading the watchers of ticket {ticket}"),
+                &answer,
+                *attempts,
+            ));
+        }
+        let found = answer.json["items"]
+            .as_array()
+            .is_some_and(|items| !items.is_empty());
+        Ok(if found {
+            SenderCheck::Participant
+        } else {
+            SenderCheck::NotParticipant
+        })
+    }
+
+    /// What a mail on an existing ticket becomes, and the note for the agents in front of it.
+    fn on_ticket(
+        &self,
+        ticket: &str,
+        payload: &TicketPayload,
+        sender: SenderCheck,
+    ) -> (DeliveryPlan, Option<String>) {
+        let machine = payload.draft.auto_generated;
+        let ticket = ticket.to_string();
+        let stranger = sender == SenderCheck::NotParticipant
+            && self.config.non_participant != NonParticipant::Correspond;
+        if stranger && !machine {
+            let who = payload.requestor().unwrap_or("(no address)");
+            if self.config.non_participant == NonParticipant::NewTicket {
+                let note = format!(
+                    "[mailbridge] This mail names ticket {ticket}, but its sender {who} is not a requestor, Cc or AdminCc of that ticket: opened as a new ticket."
+                );
+                let queue = Some(self.config.queue.clone());
+                return (DeliveryPlan::NewTicket { queue }, Some(note));
+            }
+            let note = format!(
+                "[mailbridge] The sender {who} is not a requestor, Cc or AdminCc of this ticket: added as a comment, not as correspondence (the thread reference proves the ticket, not the sender)."
+            );
+            return (DeliveryPlan::Comment { ticket }, Some(note));
+        }
+        if machine && (stranger || self.config.machine_mail == MachineMail::Comment) {
+            (DeliveryPlan::Comment { ticket }, None)
+        } else {
+            (DeliveryPlan::Reply { ticket }, None)
+        }
+    }
+
+    /// What the mail becomes, with the keys already on its ticket and the sender check.
     async fn decide(
         &self,
         payload: &TicketPayload,
         deadline: Instant,
         attempts: &mut u32,
-    ) -> Result<(DeliveryPlan, Vec<String>), TicketSinkError> {
+    ) -> Result<Decision, TicketSinkError> {
         let machine = payload.draft.auto_generated;
-        if let Some(ticket) = payload.ticket_number() {
+        if let Some(ticket) = payload.named_ticket() {
             match self.lookup_ticket(ticket, deadline, attempts).await? {
                 TicketLookup::Exists { keys } => {
-                    let ticket = ticket.to_string();
-                    let plan = if machine && self.config.machine_mail == MachineMail::Comment {
-                        DeliveryPlan::Comment { ticket }
+                    let sender = self
+                        .sender_check(ticket, payload, deadline, attempts)
+                        .await?;
+                    let (plan, note) = self.on_ticket(ticket, payload, sender);
+                    let keys = if matches!(plan, DeliveryPlan::NewTicket { .. }) {
+                        Vec::new()
                     } else {
-                        DeliveryPlan::Reply { ticket }
+                        keys
                     };
-                    return Ok((plan, keys));
+                    return Ok(Decision {
+                        plan,
+                        keys,
+                        sender,
+                        note,
+                    });
                 }
                 TicketLookup::Missing { why } if machine => {
                     return Err(TicketSinkError::Rejected {
@@ -677,16 +781,22 @@ impl RtTicketSink {
                 ),
             });
         }
-        Ok((
-            DeliveryPlan::NewTicket {
+        Ok(Decision {
+            plan: DeliveryPlan::NewTicket {
                 queue: Some(self.config.queue.clone()),
             },
-            Vec::new(),
-        ))
+            keys: Vec::new(),
+            sender: SenderCheck::NotChecked,
+            note: None,
+        })
     }
 
     /// Content, ContentType and Attachments of the mail, in RT's REST 2.0 form.
-    fn message_fields(&self, payload: &TicketPayload) -> serde_json::Map<String, Value> {
+    fn message_fields(
+        &self,
+        payload: &TicketPayload,
+        note: Option<&str>,
+    ) -> serde_json::Map<String, Value> {
         let mut notes = Vec::new();
         let mut attachments = Vec::new();
         for (i, a) in payload.attachments.iter().enumerate() {
@@ -732,14 +842,19 @@ impl RtTicketSink {
                 notes.join("\n")
             );
         }
+        // The sanitised HTML, never the sender's own (scripts, handlers, remote images); a mail
+        // whose HTML could not be sanitised (too large) gets its text.
         let html = payload
             .draft
-            .body_html
+            .body_html_sanitized
             .as_deref()
             .filter(|h| !h.trim().is_empty() && self.config.body == RtBody::Html);
         let (content, content_type) = match html {
             Some(html) => {
                 let mut content = String::new();
+                if let Some(note) = note {
+                    content.push_str(&format!("<p>{}</p>\n", html_escape(note)));
+                }
                 if let Some(problem) = &payload.problem {
                     content.push_str(&format!("<p>[mailbridge] {}</p>\n", html_escape(problem)));
                 }
@@ -751,6 +866,10 @@ impl RtTicketSink {
             }
             None => {
                 let mut content = String::new();
+                if let Some(note) = note {
+                    content.push_str(note);
+                    content.push_str("\n\n");
+                }
                 if let Some(problem) = &payload.problem {
                     content.push_str(&format!("[mailbridge] {problem}\n\n"));
                 }
@@ -778,10 +897,11 @@ impl RtTicketSink {
         &self,
         payload: &TicketPayload,
         key: &str,
+        note: Option<&str>,
         deadline: Instant,
         attempts: &mut u32,
     ) -> Result<String, TicketSinkError> {
-        let mut body = self.message_fields(payload);
+        let mut body = self.message_fields(payload, note);
         body.insert("Queue".into(), json!(self.config.queue));
         body.insert("Subject".into(), json!(payload.draft.subject));
         if let Some(requestor) = payload.requestor() {
@@ -853,8 +973,13 @@ impl RtTicketSink {
         deadline: Instant,
         attempts: &mut u32,
     ) -> Result<(), TicketSinkError> {
-        let OnTicket { ticket, kind, keys } = on;
-        let mut body = self.message_fields(payload);
+        let OnTicket {
+            ticket,
+            kind,
+            keys,
+            note,
+        } = on;
+        let mut body = self.message_fields(payload, note);
         if !payload.draft.subject.is_empty() {
             body.insert("Subject".into(), json!(payload.draft.subject));
         }
@@ -915,7 +1040,7 @@ impl TicketSink for RtTicketSink {
         deadline: Instant,
     ) -> Result<DeliveryPlan, TicketSinkError> {
         let mut attempts = 0;
-        Ok(self.decide(payload, deadline, &mut attempts).await?.0)
+        Ok(self.decide(payload, deadline, &mut attempts).await?.plan)
     }
 
     async fn deliver(
@@ -930,23 +1055,19 @@ impl TicketSink for RtTicketSink {
             .find_key(idempotency_key, deadline, &mut attempts)
             .await?
         {
-            let action = match payload.ticket_number() {
+            let (action, sender) = match payload.named_ticket() {
                 Some(named) if named == ticket => {
-                    if payload.draft.auto_generated
-                        && self.config.machine_mail == MachineMail::Comment
-                    {
-                        DeliveryPlan::Comment {
-                            ticket: ticket.clone(),
-                        }
-                    } else {
-                        DeliveryPlan::Reply {
-                            ticket: ticket.clone(),
-                        }
-                    }
+                    let sender = self
+                        .sender_check(&ticket, payload, deadline, &mut attempts)
+                        .await?;
+                    (self.on_ticket(&ticket, payload, sender).0, sender)
                 }
-                _ => DeliveryPlan::NewTicket {
-                    queue: Some(self.config.queue.clone()),
-                },
+                _ => (
+                    DeliveryPlan::NewTicket {
+                        queue: Some(self.config.queue.clone()),
+                    },
+                    SenderCheck::NotChecked,
+                ),
             };
             tracing::info!(
                 mailbox = %payload.mailbox,
@@ -958,29 +1079,32 @@ impl TicketSink for RtTicketSink {
                 ticket_id: Some(ticket),
                 attempts,
                 replayed: true,
+                sender,
             });
         }
-        let (plan, keys) = self.decide(payload, deadline, &mut attempts).await?;
+        let Decision {
+            plan,
+            keys,
+            sender,
+            note,
+        } = self.decide(payload, deadline, &mut attempts).await?;
+        let note = note.as_deref();
         let ticket_id = match &plan {
             DeliveryPlan::NewTicket { .. } => {
-                self.create(payload, idempotency_key, deadline, &mut attempts)
+                self.create(payload, idempotency_key, note, deadline, &mut attempts)
                     .await?
             }
-            DeliveryPlan::Reply { ticket } => {
-                let on = OnTicket {
-                    ticket,
-                    kind: "correspond",
-                    keys,
+            DeliveryPlan::Reply { ticket } | DeliveryPlan::Comment { ticket } => {
+                let kind = if matches!(plan, DeliveryPlan::Reply { .. }) {
+                    "correspond"
+                } else {
+                    "comment"
                 };
-                self.add_message(payload, idempotency_key, on, deadline, &mut attempts)
-                    .await?;
-                ticket.clone()
-            }
-            DeliveryPlan::Comment { ticket } => {
                 let on = OnTicket {
                     ticket,
-                    kind: "comment",
+                    kind,
                     keys,
+                    note,
                 };
                 self.add_message(payload, idempotency_key, on, deadline, &mut attempts)
                     .await?;
@@ -995,6 +1119,7 @@ impl TicketSink for RtTicketSink {
             ticket_id: Some(ticket_id),
             attempts,
             replayed: false,
+            sender,
         })
     }
 

@@ -174,6 +174,8 @@ impl TicketSink for WebhookTicketSink {
                 ticket_id,
                 attempts: answered.attempts,
                 replayed,
+                // the receiver has the ticket's participants, not mailbridge
+                sender: super::SenderCheck::NotChecked,
             });
         }
         let code = status.as_u16();

@@ -359,7 +359,8 @@ impl TicketSink for RecordingSink {
             };
             plan.subject = Some(payload.draft.subject.clone());
             plan.from = payload.draft.from.as_ref().map(|a| a.address.clone());
-            plan.ticket_number = payload.draft.ticket_number.clone();
+            // the signed number, else the subject's (the sink threads on either)
+            plan.ticket_number = payload.named_ticket().map(str::to_string);
             plan.auto_reason = payload.draft.auto_reason.clone();
             plan.helpdesk_call = Some(call);
             plan.attachments = payload.attachments.len();
@@ -371,6 +372,7 @@ impl TicketSink for RecordingSink {
             ticket_id: None,
             attempts: 0,
             replayed: false,
+            sender: mailbridge::ticket_sink::SenderCheck::NotChecked,
         })
     }
 }
