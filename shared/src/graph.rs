@@ -239,7 +239,9 @@ fn recipients(list: &[Recipient]) -> Vec<GraphRecipient> {
 }
 
 impl OutgoingMail {
-    /// Build the Graph request for a validated notification.
+    /// Build the Graph request for a validated notification. An attachment stored as an S3
+    /// object (`content_ref`) gets empty `contentBytes`: the caller reads the object and sets
+    /// them (or sends through a draft).
     pub fn from_notification(n: &Notification, extras: MessageExtras) -> Self {
         let send_as = match &n.from {
             Some(from) => SendAs::User(from.clone()),
@@ -292,7 +294,8 @@ impl OutgoingMail {
                     odata_type: "#microsoft.graph.fileAttachment",
                     name: a.name.clone(),
                     content_type: a.content_type.clone(),
-                    content_bytes: a.content_base64.clone(),
+                    // a file by `content_ref` is read by the sender, which fills this in
+                    content_bytes: a.content_base64.clone().unwrap_or_default(),
                     is_inline: a.inline,
                     content_id: a.content_id.clone(),
                 })

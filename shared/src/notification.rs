@@ -2,7 +2,8 @@
 //!
 //! A producer puts one JSON document per SQS message, of one of two kinds ([`QueueMessage`]):
 //! - a [`Notification`] (no `kind` field): the mail described field by field, sent with Graph's
-//!   JSON `sendMail`;
+//!   JSON `sendMail`; a file too large for a queue message travels as a reference to an S3
+//!   object (`content_ref`), and a message over Graph's request limit goes through a draft;
 //! - a [`MimeNotification`] (`"kind": "mime"`): a complete RFC 5322 message as a helpdesk wrote it
 //!   (what `mailbridge sendmail` enqueues), inline in base64 or, when larger than a queue message
 //!   may be, as a reference to an S3 object; sent with Graph's MIME `sendMail`, so every header
@@ -17,9 +18,10 @@
 //! - Header injection: CR and LF are refused in the subject, display names, addresses, header
 //!   names/values and attachment names/content ids. Graph builds the MIME itself, but the Graph
 //!   stand-in and any future SMTP path would not, and a CR/LF in a subject is never intended.
-//! - Size: Graph's sendMail request limit is about 4 MB. Attachments are limited to 3 MiB of raw
-//!   bytes in total (base64 inflates by 4/3), and the whole Graph request is estimated and kept
-//!   under [`MAX_REQUEST_BYTES`].
+//! - Size: what the queue message carries is bounded like one Graph request (about 4 MB):
+//!   inline attachments at most 3 MiB of raw bytes in total (base64 inflates by 4/3), the
+//!   request estimated and kept under [`MAX_REQUEST_BYTES`]. Attachments by `content_ref` are
+//!   bounded only by Graph (150 MB each) and, when sent, by the mailbox's send size.
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -149,8 +151,14 @@ pub struct Attachment {
     pub name: String,
     /// MIME type, e.g. `application/pdf`.
     pub content_type: String,
-    /// Standard base64 (RFC 4648 §4, with padding) of the file bytes.
-    pub content_base64: String,
+    /// Standard base64 (RFC 4648 §4, with padding) of the file bytes, in the queue message.
+    /// Exactly one of `content_base64` and `content_ref`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_base64: Option<String>,
+    /// The file as an S3 object in the stack's message bucket: for a file too large for a queue
+    /// message (up to Graph's 150 MB per attachment). Deleted once the mail is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_ref: Option<ObjectRef>,
     /// Shown inline (referenced from the HTML body as `cid:<content_id>`).
     #[serde(default)]
     pub inline: bool,
@@ -234,12 +242,42 @@ impl Notification {
         }
     }
 
-    /// Total decoded attachment bytes (invalid base64 counts as its encoded length).
+    /// Decoded bytes of the attachments carried in the queue message (invalid base64 counts as
+    /// its encoded length).
     pub fn attachment_bytes(&self) -> usize {
         self.attachments
             .iter()
-            .map(|a| decoded_len(&a.content_base64))
+            .filter_map(|a| a.content_base64.as_deref())
+            .map(decoded_len)
             .sum()
+    }
+
+    /// Bytes of the attachments stored as S3 objects.
+    pub fn referenced_attachment_bytes(&self) -> u64 {
+        self.object_refs().map(|r| r.size).sum()
+    }
+
+    /// The S3 objects the attachments reference.
+    pub fn object_refs(&self) -> impl Iterator<Item = &ObjectRef> {
+        self.attachments
+            .iter()
+            .filter_map(|a| a.content_ref.as_ref())
+    }
+
+    /// The size of the message as Exchange counts it against a mailbox's send size: the
+    /// request estimate ([`Notification::estimated_request_bytes`]) plus every referenced
+    /// attachment in base64.
+    pub fn message_bytes(&self) -> usize {
+        self.estimated_request_bytes()
+            + self
+                .attachments
+                .iter()
+                .filter_map(|a| {
+                    a.content_ref
+                        .as_ref()
+                        .map(|r| (r.size as usize).div_ceil(3) * 4 + a.name.len() + 160)
+                })
+                .sum::<usize>()
     }
 
     /// Check every rule; report all violations at once.
@@ -313,14 +351,35 @@ impl Notification {
             if !matches(p::MIME_TYPE, &a.content_type) {
                 v.push(f("content_type"), "must be a MIME type like type/subtype");
             }
-            if base64::engine::general_purpose::STANDARD
-                .decode(&a.content_base64)
-                .is_err()
-            {
-                v.push(
+            match (&a.content_base64, &a.content_ref) {
+                (Some(_), Some(_)) | (None, None) => v.push(
                     f("content_base64"),
-                    "must be standard base64 (A-Z a-z 0-9 + /, = padding, no line breaks)",
-                );
+                    "exactly one of content_base64 (the file inline) and content_ref (an S3 object) is required",
+                ),
+                (Some(b64), None) => {
+                    if base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .is_err()
+                    {
+                        v.push(
+                            f("content_base64"),
+                            "must be standard base64 (A-Z a-z 0-9 + /, = padding, no line breaks)",
+                        );
+                    }
+                }
+                (None, Some(r)) => {
+                    check_object_ref(&mut v, &f("content_ref"), r);
+                    if r.size > crate::graph_draft::MAX_ATTACHMENT_BYTES as u64 {
+                        v.push(
+                            f("content_ref.size"),
+                            format!(
+                                "must be at most {} bytes (Graph's largest attachment; got {})",
+                                crate::graph_draft::MAX_ATTACHMENT_BYTES,
+                                r.size
+                            ),
+                        );
+                    }
+                }
             }
             match &a.content_id {
                 Some(cid) if !matches(p::CONTENT_ID, cid) => v.push(
@@ -337,7 +396,16 @@ impl Notification {
             v.push(
                 "attachments",
                 format!(
-                    "decoded attachments must total at most {MAX_ATTACHMENT_BYTES} bytes (got {raw})"
+                    "decoded attachments in the queue message must total at most {MAX_ATTACHMENT_BYTES} bytes (got {raw}); larger files go by content_ref"
+                ),
+            );
+        }
+        let total = raw as u64 + self.referenced_attachment_bytes();
+        if total > MAX_MIME_MESSAGE_BYTES as u64 {
+            v.push(
+                "attachments",
+                format!(
+                    "attachments must total at most {MAX_MIME_MESSAGE_BYTES} bytes (the largest send size Exchange Online allows; got {total})"
                 ),
             );
         }
@@ -386,7 +454,8 @@ impl Notification {
         v.finish()
     }
 
-    /// A generous estimate of the Graph request size: JSON of this message with base64 attachments.
+    /// A generous estimate of the Graph request size: JSON of this message with its base64
+    /// attachments (those in the queue message; see [`Notification::message_bytes`] for all).
     pub fn estimated_request_bytes(&self) -> usize {
         let recipients: usize = [&self.to, &self.cc, &self.bcc, &self.reply_to]
             .iter()
@@ -396,7 +465,11 @@ impl Notification {
         let attachments: usize = self
             .attachments
             .iter()
-            .map(|a| a.content_base64.len() + a.name.len() + a.content_type.len() + 160)
+            .filter_map(|a| {
+                a.content_base64
+                    .as_ref()
+                    .map(|b| b.len() + a.name.len() + a.content_type.len() + 160)
+            })
             .sum();
         let headers: usize = self
             .headers
@@ -545,29 +618,7 @@ impl MimeNotification {
                     );
                 }
             }
-            (None, Some(r)) => {
-                if !matches(p::BUCKET, &r.bucket) {
-                    v.push(
-                        "raw_ref.bucket",
-                        "must be an S3 bucket name: 3 to 63 lowercase letters, digits, . or -",
-                    );
-                }
-                if r.key.is_empty() || r.key.len() > 1024 || !matches(p::LINE, &r.key) {
-                    v.push(
-                        "raw_ref.key",
-                        "must be an S3 key: 1 to 1024 bytes without control characters",
-                    );
-                }
-                if r.size == 0 {
-                    v.push("raw_ref.size", "must be the object's size in bytes (> 0)");
-                }
-                if !matches(p::SHA256, &r.sha256) {
-                    v.push(
-                        "raw_ref.sha256",
-                        "must be the object's SHA-256 as 64 lowercase hex characters",
-                    );
-                }
-            }
+            (None, Some(r)) => check_object_ref(&mut v, "raw_ref", r),
         }
         v.finish()
     }
@@ -755,6 +806,35 @@ fn check_line(v: &mut Rules, field: &str, value: &str, max: usize) {
     let n = value.chars().count();
     if n > max {
         v.push(field, format!("must be at most {max} characters (got {n})"));
+    }
+}
+
+/// An S3 object reference: bucket and key names, a size, a SHA-256.
+fn check_object_ref(v: &mut Rules, field: &str, r: &ObjectRef) {
+    use patterns as p;
+    if !matches(p::BUCKET, &r.bucket) {
+        v.push(
+            format!("{field}.bucket"),
+            "must be an S3 bucket name: 3 to 63 lowercase letters, digits, . or -",
+        );
+    }
+    if r.key.is_empty() || r.key.len() > 1024 || !matches(p::LINE, &r.key) {
+        v.push(
+            format!("{field}.key"),
+            "must be an S3 key: 1 to 1024 bytes without control characters",
+        );
+    }
+    if r.size == 0 {
+        v.push(
+            format!("{field}.size"),
+            "must be the object's size in bytes (> 0)",
+        );
+    }
+    if !matches(p::SHA256, &r.sha256) {
+        v.push(
+            format!("{field}.sha256"),
+            "must be the object's SHA-256 as 64 lowercase hex characters",
+        );
     }
 }
 

@@ -202,10 +202,56 @@ fn samples() -> Vec<(&'static str, Value, bool)> {
             false,
         ),
         ("five headers", with(&["headers"], json!({"X-1": "a", "X-2": "b", "X-3": "c", "X-4": "d", "X-5": "e"})), true),
+        (
+            "attachment by reference",
+            with(
+                &["attachments"],
+                json!([{"name": "big.zip", "content_type": "application/zip", "content_ref": file_ref()}]),
+            ),
+            true,
+        ),
+        (
+            "attachment both inline and by reference",
+            with(
+                &["attachments"],
+                json!([{"name": "big.zip", "content_type": "application/zip", "content_base64": "AAAA", "content_ref": file_ref()}]),
+            ),
+            false,
+        ),
+        (
+            "attachment neither inline nor by reference",
+            with(
+                &["attachments"],
+                json!([{"name": "big.zip", "content_type": "application/zip"}]),
+            ),
+            false,
+        ),
+        (
+            "attachment reference with a bad hash",
+            with(&["attachments"], {
+                let mut r = file_ref();
+                r["sha256"] = "ABC".into();
+                json!([{"name": "big.zip", "content_type": "application/zip", "content_ref": r}])
+            }),
+            false,
+        ),
+        (
+            "attachment reference over Graph's 150 MB",
+            with(&["attachments"], {
+                let mut r = file_ref();
+                r["size"] = 157_286_401u64.into();
+                json!([{"name": "big.zip", "content_type": "application/zip", "content_ref": r}])
+            }),
+            false,
+        ),
     ]
     .into_iter()
     .chain(mime_samples())
     .collect()
+}
+
+fn file_ref() -> Value {
+    json!({"bucket": "mailbridge-messages", "key": "files/1.zip", "size": 20_971_520, "sha256": "b".repeat(64)})
 }
 
 fn mime_base() -> Value {

@@ -35,8 +35,12 @@
 //!   read (inline, or from the message store with its size and SHA-256 checked), checked
 //!   (header syntax, From agrees with `from`, at least one recipient, Graph's request limit),
 //!   stamped with the thread marker when it has a ticket number, and sent with Graph's MIME
-//!   `sendMail`. Its stored object is deleted once the mail is sent; a parked notification keeps
-//!   it (the bucket's lifecycle rule removes it with the DLQ's retention).
+//!   `sendMail`. A JSON notification's attachments by `content_ref` are read from the message
+//!   store the same way. Either kind over Graph's request limit goes through a draft
+//!   ([`mailbridge::graph_draft`]), over the send size limit (the account's
+//!   `max_message_bytes`, else `MAILBRIDGE_MAX_MESSAGE_BYTES`) it is parked as `too-large`. The
+//!   stored objects are deleted once the mail is sent; a parked notification keeps them for a
+//!   redrive (the bucket's lifecycle rule removes them with the DLQ's retention).
 
 use crate::metrics::BatchMetrics;
 use crate::ports::{ParkReason, Parking, Visibility};
@@ -47,7 +51,9 @@ use mailbridge::error::{Classify, ErrorClass};
 use mailbridge::graph::{GraphError, MailSender, OutgoingMail, OutgoingMime, SendAs, SendReceipt};
 use mailbridge::graph_draft::{DraftAttachment, DraftContent, DraftFailure, DraftMail};
 use mailbridge::message_store::{MessageStore, StoreError};
-use mailbridge::notification::{MimeNotification, QueueMessage, RawMessage};
+use mailbridge::notification::{
+    MimeNotification, Notification, ObjectRef, QueueMessage, RawMessage,
+};
 use mailbridge::state::{Claim, IdempotencyStore, StateError};
 use mailbridge::token::{AccessToken, AccessTokenSource, Audience, TokenError};
 use sha2::Digest as _;
@@ -577,7 +583,7 @@ async fn decide(
                 // lease still guards redeliveries until it runs out.
                 tracing::error!(notification_id = n.id(), error = %e, "sent, but the idempotency record could not be completed");
             }
-            delete_stored_message(deps, n).await;
+            delete_stored_objects(deps, n).await;
         }
         // Graph timed out: it may have accepted the mail. The claim is kept (not released), so
         // the redelivery, which SQS makes after the visibility timeout (longer than the lease),
@@ -684,17 +690,75 @@ fn with_step(failure: DraftFailure) -> GraphError {
     }
 }
 
-/// A sent MIME notification's stored object is not needed any more. A failed delete is only
-/// logged: the bucket's lifecycle rule removes the object later.
-async fn delete_stored_message(deps: &Deps, n: &QueueMessage) {
-    if let QueueMessage::Mime(MimeNotification {
-        raw_ref: Some(object),
-        ..
-    }) = n
-        && let Err(e) = deps.messages.delete(object).await
-    {
-        tracing::warn!(notification_id = n.id(), error = %e, "sent, but the stored message could not be deleted; the bucket's lifecycle rule removes it");
+/// A sent notification's stored objects (a MIME message's `raw_ref`, a JSON notification's
+/// attachments by `content_ref`) are not needed any more. A failed delete is only logged: the
+/// bucket's lifecycle rule removes the object later.
+async fn delete_stored_objects(deps: &Deps, n: &QueueMessage) {
+    let objects: Vec<&ObjectRef> = match n {
+        QueueMessage::Mime(m) => m.raw_ref.iter().collect(),
+        QueueMessage::Json(j) => j.object_refs().collect(),
+    };
+    for object in objects {
+        if let Err(e) = deps.messages.delete(object).await {
+            tracing::warn!(notification_id = n.id(), error = %e, "sent, but a stored object could not be deleted; the bucket's lifecycle rule removes it");
+        }
     }
+}
+
+/// Read a stored object the notification references (`field` names it), checked against this
+/// stack's bucket, its size and SHA-256. S3 unavailable: retried; anything else: parked.
+async fn read_object(
+    deps: &Deps,
+    message: &SqsMessage,
+    q: &QueueMessage,
+    object: &ObjectRef,
+    field: &str,
+) -> Result<Vec<u8>, Outcome> {
+    if let Some(bucket) = &deps.settings.message_bucket
+        && *bucket != object.bucket
+    {
+        let reason = format!(
+            "{field}.bucket: {:?} is not this stack's message bucket ({bucket:?}); the object was not read",
+            object.bucket
+        );
+        let mut r = base_reason(message, Some(q), "message-object", reason);
+        r.field = Some(format!("{field}.bucket"));
+        return Err(park(deps, message, r).await);
+    }
+    match deps.messages.get(object).await {
+        Ok(raw) => Ok(raw),
+        Err(e @ StoreError::Unavailable { .. }) => Err(Outcome::Retry {
+            reason: e.to_string(),
+            graph_request_id: None,
+        }),
+        Err(e) => {
+            let mut r = base_reason(message, Some(q), "message-object", format!("{field}: {e}"));
+            r.field = Some(field.to_owned());
+            Err(park(deps, message, r).await)
+        }
+    }
+}
+
+/// The send size limit of the account behind `token`: its own `max_message_bytes` when set,
+/// else the stack's, with the name of the setting for the park reason.
+fn send_size_limit(deps: &Deps, token: &AccessToken) -> (usize, &'static str) {
+    match token.max_message_bytes {
+        Some(limit) => (
+            limit,
+            "the account's max_message_bytes, its mailbox's MaxSendSize",
+        ),
+        None => (
+            deps.settings.max_message_bytes,
+            "MAILBRIDGE_MAX_MESSAGE_BYTES, Exchange Online's MaxSendSize",
+        ),
+    }
+}
+
+/// The park reason of a message over the send size limit.
+fn over_limit(size: usize, limit: usize, setting: &str) -> String {
+    format!(
+        "the message is {size} bytes; the sending mailbox accepts at most {limit} bytes ({setting}); nothing was sent"
+    )
 }
 
 /// Turn the queue message into the Graph request (for MIME: read, check and stamp the raw
@@ -708,14 +772,91 @@ async fn prepare(
 ) -> Result<Prepared, Outcome> {
     let send_as = token.shared_mailbox_route.endpoint(q.from());
     match q {
-        QueueMessage::Json(n) => {
-            let extras = stamp(&deps.thread_key, n);
-            let mut mail = OutgoingMail::from_notification(n, extras);
-            mail.send_as = send_as;
-            Ok(Prepared::Json(Box::new(mail)))
-        }
-        QueueMessage::Mime(n) => prepare_mime(deps, message, q, n, send_as).await,
+        QueueMessage::Json(n) => prepare_json(deps, message, q, n, send_as, token).await,
+        QueueMessage::Mime(n) => prepare_mime(deps, message, q, n, send_as, token).await,
     }
+}
+
+/// A JSON notification: its attachments by `content_ref` read from the message store; up to
+/// Graph's request limit one JSON `sendMail`, above through a draft (the message resource
+/// without attachments, then each attachment), above the send size limit parked.
+async fn prepare_json(
+    deps: &Deps,
+    message: &SqsMessage,
+    q: &QueueMessage,
+    n: &Notification,
+    send_as: SendAs,
+    token: &AccessToken,
+) -> Result<Prepared, Outcome> {
+    use base64::Engine as _;
+    let extras = stamp(&deps.thread_key, n);
+    let mut mail = OutgoingMail::from_notification(n, extras);
+    mail.send_as = send_as;
+    let size = n.message_bytes();
+    let (limit, setting) = send_size_limit(deps, token);
+    if size > limit {
+        let mut r = base_reason(
+            message,
+            Some(q),
+            "too-large",
+            over_limit(size, limit, setting),
+        );
+        r.field = Some("attachments".into());
+        return Err(park(deps, message, r).await);
+    }
+    // the files by reference, in attachment order
+    let mut files: Vec<Option<Vec<u8>>> = Vec::with_capacity(n.attachments.len());
+    for (i, a) in n.attachments.iter().enumerate() {
+        files.push(match &a.content_ref {
+            Some(object) => Some(
+                read_object(
+                    deps,
+                    message,
+                    q,
+                    object,
+                    &format!("attachments[{i}].content_ref"),
+                )
+                .await?,
+            ),
+            None => None,
+        });
+    }
+    if size <= MAX_GRAPH_REQUEST_BYTES {
+        for (attachment, file) in mail.request.message.attachments.iter_mut().zip(files) {
+            if let Some(bytes) = file {
+                attachment.content_bytes = base64::engine::general_purpose::STANDARD.encode(bytes);
+            }
+        }
+        return Ok(Prepared::Json(Box::new(mail)));
+    }
+    tracing::debug!(
+        notification_id = n.id(),
+        bytes = size,
+        attachments = n.attachments.len(),
+        "over Graph's request limit: sending through a draft"
+    );
+    let mut resource = mail.request.message;
+    let attachments = std::mem::take(&mut resource.attachments)
+        .into_iter()
+        .zip(files)
+        .map(|(a, file)| DraftAttachment {
+            bytes: file.unwrap_or_else(|| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(&a.content_bytes)
+                    .unwrap_or_default()
+            }),
+            name: a.name,
+            content_type: a.content_type,
+            content_id: a.content_id,
+            inline: a.is_inline,
+        })
+        .collect();
+    Ok(Prepared::Draft(Box::new(DraftMail {
+        send_as: mail.send_as,
+        internet_message_id: resource.internet_message_id.clone(),
+        content: DraftContent::Json(Box::new(resource)),
+        attachments,
+    })))
 }
 
 async fn prepare_mime(
@@ -724,6 +865,7 @@ async fn prepare_mime(
     q: &QueueMessage,
     n: &MimeNotification,
     send_as: SendAs,
+    token: &AccessToken,
 ) -> Result<Prepared, Outcome> {
     use base64::Engine as _;
     use mailbridge::mail::outgoing;
@@ -739,36 +881,10 @@ async fn prepare_mime(
                 .unwrap_or_default(),
             "raw_base64",
         ),
-        RawMessage::Object(object)
-            if deps
-                .settings
-                .message_bucket
-                .as_ref()
-                .is_some_and(|b| *b != object.bucket) =>
-        {
-            let reason = format!(
-                "raw_ref.bucket: {:?} is not this stack's message bucket ({:?}); the object was not read",
-                object.bucket,
-                deps.settings.message_bucket.as_deref().unwrap_or_default()
-            );
-            let mut r = base_reason(message, Some(q), "message-object", reason);
-            r.field = Some("raw_ref.bucket".into());
-            return Err(park(deps, message, r).await);
-        }
-        RawMessage::Object(object) => match deps.messages.get(object).await {
-            Ok(raw) => (raw, "raw_ref"),
-            Err(e @ StoreError::Unavailable { .. }) => {
-                return Err(Outcome::Retry {
-                    reason: e.to_string(),
-                    graph_request_id: None,
-                });
-            }
-            Err(e) => {
-                let mut r = base_reason(message, Some(q), "message-object", e.to_string());
-                r.field = Some("raw_ref".into());
-                return Err(park(deps, message, r).await);
-            }
-        },
+        RawMessage::Object(object) => (
+            read_object(deps, message, q, object, "raw_ref").await?,
+            "raw_ref",
+        ),
     };
     let headers = match outgoing::read_outgoing(&raw) {
         Ok(h) => h,
@@ -809,12 +925,9 @@ async fn prepare_mime(
         r
     };
     let size = raw.len();
-    let limit = deps.settings.max_message_bytes;
+    let (limit, setting) = send_size_limit(deps, token);
     if size > limit {
-        let reason = format!(
-            "the message is {size} bytes; the sending mailbox accepts at most {limit} bytes (MAILBRIDGE_MAX_MESSAGE_BYTES, Exchange Online's MaxSendSize); nothing was sent"
-        );
-        return Err(park(deps, message, too_large(reason)).await);
+        return Err(park(deps, message, too_large(over_limit(size, limit, setting))).await);
     }
     let mail = OutgoingMime { send_as, mime: raw };
     if mail.mime.len().div_ceil(3) * 4 <= MAX_GRAPH_REQUEST_BYTES {

@@ -63,6 +63,8 @@ pub struct AccessToken {
     pub scopes: Vec<String>,
     /// The account's route for mail from a shared mailbox (its secret's `shared_mailbox_route`).
     pub shared_mailbox_route: crate::send_rights::SharedMailboxRoute,
+    /// The account's send size limit in bytes (its secret's `max_message_bytes`), when set.
+    pub max_message_bytes: Option<usize>,
 }
 
 impl AccessToken {
@@ -78,6 +80,7 @@ impl AccessToken {
             audience,
             scopes: Vec::new(),
             shared_mailbox_route: Default::default(),
+            max_message_bytes: None,
         }
     }
 }
@@ -90,6 +93,7 @@ impl std::fmt::Debug for AccessToken {
             .field("audience", &self.audience)
             .field("scopes", &self.scopes)
             .field("shared_mailbox_route", &self.shared_mailbox_route)
+            .field("max_message_bytes", &self.max_message_bytes)
             .finish()
     }
 }

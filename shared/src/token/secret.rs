@@ -24,6 +24,11 @@ pub const DEFAULT_IMAP_HOST: &str = "outlook.office365.com";
 /// Default Graph permission names requested for the Graph audience. Microsoft returns every
 /// permission already consented for the resource (e.g. `Mail.Send.Shared`) in the token.
 pub const DEFAULT_GRAPH_SCOPES: &[&str] = &["Mail.Send"];
+/// The smallest `max_message_bytes` an account may set (1 MB: below that even a reply with a
+/// logo would not go out).
+pub const MIN_MAX_MESSAGE_BYTES: usize = 1_000_000;
+/// The largest `max_message_bytes`: 150 MB, the largest `MaxSendSize` Exchange Online allows.
+pub const MAX_MAX_MESSAGE_BYTES: usize = crate::notification::MAX_MIME_MESSAGE_BYTES;
 /// Permission requested for the IMAP audience.
 pub const IMAP_SCOPE: &str = "IMAP.AccessAsUser.All";
 
@@ -124,6 +129,10 @@ pub struct AccountSecret {
     pub graph_scopes: Vec<String>,
     /// How mail from a shared mailbox is sent (`shared_mailbox_route`, default `send_as`).
     pub shared_mailbox_route: SharedMailboxRoute,
+    /// The largest message this account's mailbox may send, in bytes (`max_message_bytes`:
+    /// its Exchange `MaxSendSize`, when the tenant changed it from the 35 MB default). Overrides
+    /// send-notifications' `MAILBRIDGE_MAX_MESSAGE_BYTES` for this account.
+    pub max_message_bytes: Option<usize>,
     /// Resource whose `IMAP.AccessAsUser.All` permission IMAP tokens carry.
     pub imap_resource: String,
     /// IMAP server host (optionally `host:port`).
@@ -150,6 +159,7 @@ impl std::fmt::Debug for AccountSecret {
             .field("graph_host", &self.graph_host)
             .field("graph_scopes", &self.graph_scopes)
             .field("shared_mailbox_route", &self.shared_mailbox_route)
+            .field("max_message_bytes", &self.max_message_bytes)
             .field("imap_resource", &self.imap_resource)
             .field("imap_host", &self.imap_host)
             .field("status", &self.status)
@@ -331,6 +341,25 @@ impl AccountSecret {
             Some(value) => SharedMailboxRoute::parse(&value)
                 .map_err(|problem| r.bad("shared_mailbox_route", problem))?,
         };
+        let max_message_bytes = match r.take("max_message_bytes") {
+            None | Some(Value::Null) => None,
+            Some(value) => match value.as_u64() {
+                Some(n)
+                    if (MIN_MAX_MESSAGE_BYTES as u64..=MAX_MAX_MESSAGE_BYTES as u64)
+                        .contains(&n) =>
+                {
+                    Some(n as usize)
+                }
+                _ => {
+                    return Err(r.bad(
+                        "max_message_bytes",
+                        format!(
+                            "expected bytes from {MIN_MAX_MESSAGE_BYTES} to {MAX_MAX_MESSAGE_BYTES} (the largest MaxSendSize Exchange Online allows), got {value}"
+                        ),
+                    ));
+                }
+            },
+        };
         let imap_resource = r
             .opt_string("imap_resource")?
             .unwrap_or_else(|| DEFAULT_IMAP_RESOURCE.to_owned());
@@ -415,6 +444,7 @@ impl AccountSecret {
             graph_host,
             graph_scopes,
             shared_mailbox_route,
+            max_message_bytes,
             imap_resource,
             imap_host,
             status,
@@ -435,6 +465,7 @@ impl AccountSecret {
             graph_host: DEFAULT_GRAPH_HOST.to_owned(),
             graph_scopes: DEFAULT_GRAPH_SCOPES.iter().map(|s| s.to_string()).collect(),
             shared_mailbox_route: SharedMailboxRoute::default(),
+            max_message_bytes: None,
             imap_resource: DEFAULT_IMAP_RESOURCE.to_owned(),
             imap_host: DEFAULT_IMAP_HOST.to_owned(),
             status: AccountStatus::ok(),
@@ -472,6 +503,9 @@ impl AccountSecret {
                 "shared_mailbox_route".into(),
                 Value::from(self.shared_mailbox_route.as_str()),
             );
+        }
+        if let Some(bytes) = self.max_message_bytes {
+            o.insert("max_message_bytes".into(), Value::from(bytes));
         }
         o.insert(
             "imap_resource".into(),
@@ -587,6 +621,34 @@ mod tests {
         let again = AccountSecret::parse("x", &s.to_json()).unwrap();
         assert_eq!(again.extra["future_field"], serde_json::json!({"x": 1}));
         assert_eq!(again.refresh_token.unwrap().expose_secret(), "rt-1");
+    }
+
+    #[test]
+    fn max_message_bytes_is_kept_and_checked_against_exchanges_range() {
+        let s = AccountSecret::parse("x", &minimal().to_string()).unwrap();
+        assert_eq!(s.max_message_bytes, None);
+        assert!(!s.to_json().contains("max_message_bytes"));
+        let mut v = minimal();
+        v["max_message_bytes"] = 26_214_400.into();
+        let s = AccountSecret::parse("x", &v.to_string()).unwrap();
+        assert_eq!(s.max_message_bytes, Some(26_214_400));
+        let again = AccountSecret::parse("x", &s.to_json()).unwrap();
+        assert_eq!(again.max_message_bytes, Some(26_214_400));
+        for bad in [
+            serde_json::json!(999_999),
+            serde_json::json!(157_286_401u64),
+            serde_json::json!("35MB"),
+            serde_json::json!(-1),
+        ] {
+            v["max_message_bytes"] = bad.clone();
+            let e = AccountSecret::parse("mailbridge/contoso", &v.to_string())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("field `max_message_bytes`") && e.contains("157286400"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

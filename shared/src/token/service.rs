@@ -395,6 +395,7 @@ impl TokenService {
             audience,
             scopes: granted_permissions(&response.scope),
             shared_mailbox_route: secret.shared_mailbox_route,
+            max_message_bytes: secret.max_message_bytes,
         };
         self.inner
             .tokens

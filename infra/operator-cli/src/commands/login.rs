@@ -65,6 +65,11 @@ pub struct LoginArgs {
     /// and Mail.Send.Shared). Kept when omitted; default send_as.
     #[arg(long, value_name = "ROUTE", value_parser = ["send_as", "full_access"])]
     pub shared_mailbox_route: Option<String>,
+    /// The largest message the account's mailbox may send, in bytes (its Exchange
+    /// MaxSendSize, when not the 35 MB default); larger messages are parked as too-large.
+    /// Kept when omitted.
+    #[arg(long, value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
 }
 
 /// Run `mailbridge login`.
@@ -165,6 +170,10 @@ fn build_account(
     if let Some(route) = &args.shared_mailbox_route {
         account.shared_mailbox_route = mailbridge::send_rights::SharedMailboxRoute::parse(route)
             .map_err(|problem| anyhow::anyhow!("--shared-mailbox-route: {problem}"))?;
+    }
+    if let Some(bytes) = args.max_message_bytes {
+        // checked (with the field named) by the round trip below
+        account.max_message_bytes = Some(bytes);
     }
     if let Some(h) = &args.graph_host {
         account.graph_host = h.clone();

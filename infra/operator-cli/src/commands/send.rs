@@ -146,7 +146,8 @@ pub fn build_notification(args: &SendArgs) -> Result<Notification> {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "attachment".into()),
             content_type: content_type_of(path).to_owned(),
-            content_base64: base64::engine::general_purpose::STANDARD.encode(&bytes),
+            content_base64: Some(base64::engine::general_purpose::STANDARD.encode(&bytes)),
+            content_ref: None,
             inline: false,
             content_id: None,
         });

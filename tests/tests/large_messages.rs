@@ -1,0 +1,327 @@
+//! Large outgoing messages of the JSON kind, end to end: attachments stored in the message
+//! bucket (moto S3) and referenced by `content_ref`, sent by the send-notifications batch logic
+//! through the Graph stand-in (one `sendMail`, or the draft route with upload sessions) into the
+//! recipient's Dovecot mailbox; the send size limit (the stack's, or the account's own
+//! `max_message_bytes`); and the draft route's faults as Graph produces them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use mail_parser::MimeHeaders as _;
+use mailbridge::message_store::{MessageStore as _, S3MessageStore};
+use mailbridge::notification::ObjectRef;
+use mailbridge::state::DynamoIdempotencyStore;
+use mailbridge::token::{SecretsManagerStore, TokenService, TokenServiceConfig};
+use mailbridge_tests::{
+    bucket_keys, create_bucket, create_queue_with_dlq, create_state_table, sqs, stack, unique,
+    unique_user,
+};
+use send_notifications::ports::{SqsParking, SqsVisibility};
+use send_notifications::settings::BatchSettings;
+use send_notifications::thread::ThreadKey;
+use send_notifications::{BatchReport, Deps, Outcome, process_batch};
+
+const THREAD_KEY: &str = "large-messages-test-thread-key-01";
+
+/// One test's world: an account at the identity stand-in (with `Mail.ReadWrite` for the draft
+/// route), a queue pair, a bucket, a state table.
+struct World {
+    upn: String,
+    account: String,
+    queue_url: String,
+    queue_arn: String,
+    dlq_url: String,
+    bucket: String,
+    table: String,
+}
+
+impl World {
+    async fn new() -> World {
+        let account = mailbridge_tests::new_password_account_consented(
+            "helpdesk",
+            "pw-large-1",
+            &["Mail.ReadWrite"],
+        )
+        .await
+        .expect("account");
+        let (queue_url, dlq_url) = create_queue_with_dlq(&unique("large"), 5).await.unwrap();
+        World {
+            upn: account.upn,
+            account: account.secret_name,
+            queue_arn: mailbridge_tests::queue_arn(&queue_url).await.unwrap(),
+            queue_url,
+            dlq_url,
+            bucket: create_bucket("files").await.unwrap(),
+            table: create_state_table("large-state").await.unwrap(),
+        }
+    }
+
+    /// Store `bytes` in the bucket, as a producer does before it enqueues the reference.
+    async fn store(&self, bytes: &[u8]) -> ObjectRef {
+        S3MessageStore::new(mailbridge_tests::s3())
+            .put(&self.bucket, &format!("files/{}", unique("f")), bytes)
+            .await
+            .unwrap()
+    }
+
+    /// A JSON notification to `to` with one file by reference and a small one inline.
+    fn notification(&self, to: &str, file: &ObjectRef, ticket: &str) -> serde_json::Value {
+        serde_json::json!({
+            "version": 1,
+            "id": unique("n"),
+            "account": self.account,
+            "to": [{"address": to}],
+            "subject": "Your logs",
+            "body": {"content_type": "text", "content": "The logs you asked for are attached."},
+            "ticket_number": ticket,
+            "attachments": [
+                {"name": "notes.txt", "content_type": "text/plain",
+                 "content_base64": base64::engine::general_purpose::STANDARD.encode("see the zip")},
+                {"name": "logs.bin", "content_type": "application/octet-stream", "content_ref": file}
+            ]
+        })
+    }
+
+    async fn enqueue(&self, notification: &serde_json::Value) {
+        sqs()
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(notification.to_string())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Run send-notifications over `n` queued messages with `settings`.
+    async fn send_queued(&self, n: usize, settings: BatchSettings) -> BatchReport {
+        let aws = stack().moto().sdk_config();
+        let event = mailbridge_tests::receive_sqs_event(&self.queue_url, &self.queue_arn, n).await;
+        let sqs = aws_sdk_sqs::Client::new(&aws);
+        let deps = Deps {
+            tokens: Arc::new(TokenService::new(
+                Arc::new(SecretsManagerStore::from_conf(&aws)),
+                mailbridge::token::IdentityClient::new(mailbridge::http::default_client().unwrap()),
+                TokenServiceConfig::default(),
+            )),
+            mail: Arc::new(mailbridge::graph::GraphClient::new(&stack().graph().v1_url()).unwrap()),
+            idempotency: Arc::new(DynamoIdempotencyStore::new(
+                aws_sdk_dynamodb::Client::new(&aws),
+                self.table.clone(),
+            )),
+            messages: Arc::new(S3MessageStore::new(mailbridge_tests::s3())),
+            parking: Arc::new(SqsParking::new(sqs.clone(), self.dlq_url.clone())),
+            visibility: Arc::new(SqsVisibility::new(sqs)),
+            thread_key: ThreadKey::from_secret_value(THREAD_KEY).unwrap(),
+            settings: BatchSettings {
+                safety_margin: Duration::from_secs(1),
+                message_bucket: Some(self.bucket.clone()),
+                ..settings
+            },
+        };
+        process_batch(
+            event,
+            tokio::time::Instant::now() + Duration::from_secs(120),
+            &deps,
+        )
+        .await
+    }
+
+    /// Set the account secret's `max_message_bytes`.
+    async fn set_max_message_bytes(&self, bytes: usize) {
+        let json = mailbridge_tests::get_secret(&self.account).await.unwrap();
+        let mut secret = mailbridge::token::AccountSecret::parse(&self.account, &json).unwrap();
+        secret.max_message_bytes = Some(bytes);
+        mailbridge_tests::put_secret(&self.account, &secret.to_json())
+            .await
+            .unwrap();
+    }
+}
+
+/// Bytes that show any reordering or loss.
+fn file(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i % 251) as u8).collect()
+}
+
+async fn inbox(user: &str) -> Vec<local_stack::dovecot::StoredMessage> {
+    for _ in 0..600 {
+        let messages = stack()
+            .dovecot()
+            .list_messages(user, "INBOX")
+            .unwrap_or_default();
+        if !messages.is_empty() {
+            return messages;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{user} received nothing");
+}
+
+/// The delivered message has both attachments whole and the ticket's thread marker.
+fn assert_arrived_whole(delivered: &[u8], size: usize, ticket: &str) {
+    let parsed = mail_parser::MessageParser::default()
+        .parse(delivered)
+        .unwrap();
+    assert_eq!(
+        parsed.subject(),
+        Some(format!("[Ticket#{ticket}] Your logs").as_str())
+    );
+    let attachments: Vec<_> = parsed.attachments().collect();
+    assert_eq!(attachments.len(), 2, "both attachments arrived");
+    let notes = attachments
+        .iter()
+        .find(|a| a.attachment_name() == Some("notes.txt"))
+        .expect("notes.txt");
+    assert_eq!(notes.contents(), b"see the zip");
+    let logs = attachments
+        .iter()
+        .find(|a| a.attachment_name() == Some("logs.bin"))
+        .expect("logs.bin");
+    assert_eq!(logs.contents().len(), size);
+    assert!(
+        logs.contents() == file(size).as_slice(),
+        "the file's bytes are the producer's"
+    );
+}
+
+fn parked_reason(report: &BatchReport) -> &send_notifications::ports::ParkReason {
+    match &report.messages[0].outcome {
+        Outcome::Parked { reason } => reason,
+        other => panic!("expected parked, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1_mib_json_attachment_by_reference_goes_in_one_send_mail_and_its_object_is_deleted() {
+    let w = World::new().await;
+    let customer = unique_user("customer");
+    let size = 1024 * 1024;
+    let object = w.store(&file(size)).await;
+    w.enqueue(&w.notification(&customer, &object, "7001")).await;
+    let report = w.send_queued(1, BatchSettings::default()).await;
+    assert_eq!(report.metrics.sent, 1, "{:?}", report.messages);
+    let accepted = stack().graph().accepted(&w.upn);
+    assert_eq!(accepted.len(), 1);
+    assert_eq!(accepted[0].path, "me", "one JSON sendMail");
+    assert_arrived_whole(&inbox(&customer).await[0].raw, size, "7001");
+    assert!(
+        bucket_keys(&w.bucket).await.unwrap().is_empty(),
+        "deleted once sent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_20_mib_json_attachment_goes_through_a_draft_and_upload_session_and_arrives_whole() {
+    let w = World::new().await;
+    let customer = unique_user("customer");
+    let size = 20 * 1024 * 1024;
+    let object = w.store(&file(size)).await;
+    w.enqueue(&w.notification(&customer, &object, "7002")).await;
+    let report = w.send_queued(1, BatchSettings::default()).await;
+    assert_eq!(report.metrics.sent, 1, "{:?}", report.messages);
+    let accepted = stack().graph().accepted(&w.upn);
+    assert_eq!(accepted.len(), 1);
+    assert!(
+        accepted[0].path.starts_with("messages/") && accepted[0].path.ends_with("/send"),
+        "sent as a draft: {}",
+        accepted[0].path
+    );
+    assert_eq!(accepted[0].request["attachments"], 2);
+    assert_eq!(stack().graph().draft_count(&w.upn), 0, "no draft left");
+    assert_arrived_whole(&inbox(&customer).await[0].raw, size, "7002");
+    assert!(
+        bucket_keys(&w.bucket).await.unwrap().is_empty(),
+        "deleted once sent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_notification_over_the_send_size_limit_is_parked_naming_size_and_limit() {
+    let w = World::new().await;
+    let customer = unique_user("customer");
+    let object = w.store(&file(6 * 1024 * 1024)).await;
+    w.enqueue(&w.notification(&customer, &object, "7003")).await;
+    let report = w
+        .send_queued(
+            1,
+            BatchSettings {
+                max_message_bytes: 5_000_000,
+                ..BatchSettings::default()
+            },
+        )
+        .await;
+    assert_eq!(report.metrics.parked, 1, "{:?}", report.messages);
+    let reason = parked_reason(&report);
+    assert_eq!(reason.kind, "too-large");
+    let named_size: usize = reason
+        .reason
+        .strip_prefix("the message is ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("names the size: {}", reason.reason));
+    // as Exchange counts it: the file in base64
+    let base64_size = (6 * 1024 * 1024usize).div_ceil(3) * 4;
+    assert!(
+        named_size > base64_size && named_size < base64_size + 4096,
+        "{named_size} vs {base64_size}"
+    );
+    assert!(
+        reason.reason.contains("at most 5000000 bytes")
+            && reason.reason.contains("MAILBRIDGE_MAX_MESSAGE_BYTES"),
+        "names the limit: {}",
+        reason.reason
+    );
+    assert_eq!(stack().graph().request_count(&w.upn), 0, "nothing sent");
+    assert_eq!(stack().graph().draft_count(&w.upn), 0);
+    // kept for a redrive once the limit is raised (the lifecycle rule removes it otherwise)
+    assert_eq!(bucket_keys(&w.bucket).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accounts_max_message_bytes_overrides_the_stacks_limit() {
+    let w = World::new().await;
+    w.set_max_message_bytes(2_000_000).await;
+    let customer = unique_user("customer");
+    // 1.6 MiB: under the stack's 35 MB and under Graph's request limit, over the account's 2 MB
+    let object = w.store(&file(1_600_000)).await;
+    w.enqueue(&w.notification(&customer, &object, "7004")).await;
+    let report = w.send_queued(1, BatchSettings::default()).await;
+    assert_eq!(report.metrics.parked, 1, "{:?}", report.messages);
+    let reason = parked_reason(&report);
+    assert_eq!(reason.kind, "too-large");
+    assert!(
+        reason.reason.contains("at most 2000000 bytes")
+            && reason.reason.contains("the account's max_message_bytes"),
+        "names the account's limit: {}",
+        reason.reason
+    );
+    assert_eq!(stack().graph().request_count(&w.upn), 0, "nothing sent");
+    // raised above the message: the same notification goes out
+    w.set_max_message_bytes(3_000_000).await;
+    let parked = take_parked(&w).await;
+    w.enqueue(&serde_json::from_str(&parked).unwrap()).await;
+    let report = w.send_queued(1, BatchSettings::default()).await;
+    assert_eq!(report.metrics.sent, 1, "{:?}", report.messages);
+    assert!(bucket_keys(&w.bucket).await.unwrap().is_empty());
+}
+
+/// The one parked notification's body, taken off the DLQ.
+async fn take_parked(w: &World) -> String {
+    let out = sqs()
+        .receive_message()
+        .queue_url(&w.dlq_url)
+        .max_number_of_messages(1)
+        .wait_time_seconds(2)
+        .send()
+        .await
+        .unwrap();
+    let m = &out.messages()[0];
+    sqs()
+        .delete_message()
+        .queue_url(&w.dlq_url)
+        .receipt_handle(m.receipt_handle().unwrap())
+        .send()
+        .await
+        .unwrap();
+    m.body().unwrap().to_owned()
+}
