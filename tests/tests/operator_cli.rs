@@ -313,6 +313,8 @@ async fn check_is_green_for_a_working_mailbox() {
     assert!(!human.contains('✗'), "{human}");
     assert_eq!(human.matches('✓').count(), 6, "{human}");
     assert!(human.contains("✓ helpdesk (webhook at "), "{human}");
+    // no Mail.ReadWrite consented: a warning, not a failure
+    assert_eq!(human.matches('⚠').count(), 1, "{human}");
 
     let out = w.run(&["check", "--json", "support"]).await;
     assert_eq!(out.status.code(), Some(0));
@@ -321,8 +323,25 @@ async fn check_is_green_for_a_working_mailbox() {
     let target = &report["targets"][0];
     assert_eq!(target["kind"], "mailbox");
     for s in target["steps"].as_array().unwrap() {
-        assert_eq!(s["result"], "ok", "{s:#}");
+        let expected = if s["step"].as_str().unwrap().starts_with("large messages") {
+            "warning"
+        } else {
+            "ok"
+        };
+        assert_eq!(s["result"], expected, "{s:#}");
     }
+    let large = step(target, "large messages");
+    let detail = large["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("lacks Mail.ReadWrite")
+            && detail.contains("403 ErrorAccessDenied")
+            && detail.contains("parked as graph-rejected"),
+        "names what large messages will do: {detail}"
+    );
+    assert!(
+        large["fix"].as_str().unwrap().contains("Mail.ReadWrite"),
+        "{large:#}"
+    );
     // the Graph probe sent nothing
     assert!(stack().graph().accepted(&w.upn).is_empty());
     // no targets: every configured mailbox (its account is not checked twice), and no other
@@ -421,6 +440,28 @@ async fn send_direct_is_delivered_through_graph() {
             .contains("4711."),
         "{message:#}"
     );
+}
+
+#[tokio::test]
+async fn check_passes_the_draft_route_when_mail_readwrite_is_consented() {
+    let w = World::new(|app| {
+        app.consented_scopes
+            .push("https://graph.microsoft.com/Mail.ReadWrite".to_owned())
+    })
+    .await;
+    w.login_with_password().await;
+    let out = w.run(&["check", "--json", "helpdesk"]).await;
+    let report = json(&out);
+    let large = step(&report["targets"][0], "large messages");
+    assert_eq!(large["result"], "ok", "{report:#}");
+    assert!(
+        large["detail"]
+            .as_str()
+            .unwrap()
+            .contains("go through a draft"),
+        "{large:#}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
 }
 
 #[tokio::test]

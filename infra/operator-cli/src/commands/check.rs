@@ -21,7 +21,12 @@
 //!    the token, told apart by the token's granted scopes), and the step names the missing
 //!    right and its fix in one line ([`mailbridge::send_rights::diagnose`]).
 //!
-//! Each step prints ✓ or ✗ with the reason, and for ✗ the fix. Exit code 3 when any step failed.
+//! 6. large messages: a message over Graph's request limit goes through a draft, which needs
+//!    `Mail.ReadWrite`; a Graph token without it is a **warning** (the rest works; such messages
+//!    would be parked as `graph-rejected` with 403 `ErrorAccessDenied`, nothing sent).
+//!
+//! Each step prints ✓, ⚠ (a warning) or ✗ with the reason, and for ⚠ and ✗ the fix. Exit code 3
+//! when any step failed; warnings alone keep 0.
 
 use std::time::Duration;
 
@@ -62,7 +67,7 @@ pub struct CheckArgs {
 pub struct Step {
     /// What was checked.
     pub step: String,
-    /// `ok`, `failed` or `skipped`.
+    /// `ok`, `warning` (works, with a limit named in `detail`), `failed` or `skipped`.
     pub result: &'static str,
     /// What was found (or why it failed).
     pub detail: String,
@@ -87,6 +92,17 @@ impl Step {
             detail: detail.into(),
             fix: Some(fix.into()),
         }
+    }
+    fn warning(step: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Step {
+            step: step.into(),
+            result: "warning",
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+    fn passed(&self) -> bool {
+        matches!(self.result, "ok" | "warning")
     }
     fn skipped(step: impl Into<String>, why: impl Into<String>) -> Self {
         Step {
@@ -251,7 +267,7 @@ async fn check_target(
     TargetReport {
         kind,
         name,
-        ok: steps.iter().all(|s| s.result == "ok"),
+        ok: steps.iter().all(Step::passed),
         secret: Some(secret_name),
         steps,
     }
@@ -327,6 +343,7 @@ async fn run_steps(
         steps.push(Step::skipped("token (Graph)", why));
         steps.push(Step::skipped("token (IMAP)", why));
         steps.push(Step::skipped(graph_step.clone(), why));
+        steps.push(Step::skipped(LARGE_MESSAGES_STEP, why));
         steps.push(Step::skipped(
             imap.as_ref()
                 .map_or("IMAP login + SELECT".to_owned(), imap_step_name),
@@ -509,6 +526,12 @@ async fn run_steps(
         None => steps.push(Step::skipped(graph_step, "no Graph token")),
     }
 
+    // 3b. large messages (the draft route)
+    match &graph_token {
+        Some(token) => steps.push(large_messages_step(&account, token)),
+        None => steps.push(Step::skipped(LARGE_MESSAGES_STEP, "no Graph token")),
+    }
+
     // 4. IMAP
     match &imap_token {
         Some(token) => steps.push(imap_probe(ctx, &imap, token, imap_step, timeout).await),
@@ -525,6 +548,49 @@ async fn run_steps(
         }
     }
     steps
+}
+
+const LARGE_MESSAGES_STEP: &str = "large messages (Graph's draft route needs Mail.ReadWrite)";
+
+/// Does the Graph token carry `Mail.ReadWrite`, which the draft route (messages over Graph's
+/// request limit, about 3 MB of mail) needs? Without it everything else works: a warning.
+fn large_messages_step(account: &AccountSecret, token: &AccessToken) -> Step {
+    let limit = match account.max_message_bytes {
+        Some(bytes) => format!("{bytes} bytes (the account's max_message_bytes)"),
+        None => {
+            "the send size limit (MAILBRIDGE_MAX_MESSAGE_BYTES, default 36700160 bytes)".to_owned()
+        }
+    };
+    if token.scopes.is_empty() {
+        return Step::skipped(
+            LARGE_MESSAGES_STEP,
+            "the identity platform did not say which permissions it granted",
+        );
+    }
+    if token
+        .scopes
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case("Mail.ReadWrite"))
+    {
+        Step::ok(
+            LARGE_MESSAGES_STEP,
+            format!(
+                "Mail.ReadWrite granted: messages over Graph's request limit (about 3 MB) up to {limit} go through a draft"
+            ),
+        )
+    } else {
+        Step::warning(
+            LARGE_MESSAGES_STEP,
+            format!(
+                "the Graph token of {} lacks Mail.ReadWrite: messages up to about 3 MB are sent, but a larger one (up to {limit}) cannot go through a draft: Graph refuses the draft with 403 ErrorAccessDenied and the notification is parked as graph-rejected, nothing sent",
+                account.username
+            ),
+            format!(
+                "if this account sends messages over about 3 MB: grant admin consent for Mail.ReadWrite (Microsoft Graph, delegated; tokens carry every consented permission), or add it to the account secret's graph_scopes (now {}) so that sign-in asks for it",
+                account.graph_permissions().join(" + ")
+            ),
+        )
+    }
 }
 
 fn send_from_step_name(account: &AccountSecret, mailbox: &str) -> String {
@@ -825,6 +891,7 @@ fn print_report(report: &TargetReport) {
     for step in &report.steps {
         let mark = match step.result {
             "ok" => "✓",
+            "warning" => "⚠",
             "failed" => "✗",
             _ => "–",
         };
