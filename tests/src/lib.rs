@@ -457,3 +457,70 @@ pub fn sqs_event_record(
     record.aws_region = Some("us-east-1".into());
     record
 }
+
+/// What the identity stand-in's sign-in page did with a posted form.
+#[derive(Debug)]
+pub enum SignInPage {
+    /// Sent the browser on to the redirect URI (with a code or an error).
+    Redirect(String),
+    /// Showed a page instead (an error page: its status and text).
+    Page(u16, String),
+}
+
+/// A test playing the browser of a browser sign-in: open `authorize_url` on the identity
+/// stand-in, fill in its sign-in form as `login`/`password`, press Accept (`accept`) or Cancel,
+/// and return where the page sends the browser next. Redirects are not followed.
+pub async fn browser_sign_in(
+    authorize_url: &str,
+    login: &str,
+    password: &str,
+    accept: bool,
+) -> anyhow::Result<SignInPage> {
+    let http = browser_http();
+    let page = http.get(authorize_url).send().await?;
+    let status = page.status().as_u16();
+    if let Some(location) = page.headers().get("location") {
+        return Ok(SignInPage::Redirect(location.to_str()?.to_owned()));
+    }
+    let html = page.text().await?;
+    if status != 200 {
+        return Ok(SignInPage::Page(status, html));
+    }
+    let attribute = |marker: &str| -> anyhow::Result<String> {
+        let start = html
+            .find(marker)
+            .ok_or_else(|| anyhow::anyhow!("no {marker} in the sign-in page: {html}"))?
+            + marker.len();
+        let end = html[start..]
+            .find('"')
+            .ok_or_else(|| anyhow::anyhow!("unterminated {marker}"))?;
+        Ok(html[start..start + end].replace("&amp;", "&"))
+    };
+    let action = attribute("action=\"")?;
+    let flow = attribute("name=\"flow\" value=\"")?;
+    let base = url::Url::parse(authorize_url)?;
+    let target = base.join(&action)?;
+    let posted = http
+        .post(target)
+        .form(&[
+            ("flow", flow.as_str()),
+            ("login", login),
+            ("passwd", password),
+            ("consent", if accept { "accept" } else { "decline" }),
+        ])
+        .send()
+        .await?;
+    let status = posted.status().as_u16();
+    if let Some(location) = posted.headers().get("location") {
+        return Ok(SignInPage::Redirect(location.to_str()?.to_owned()));
+    }
+    Ok(SignInPage::Page(status, posted.text().await?))
+}
+
+/// The browser's HTTP client: no redirects followed (the test looks at each hop).
+pub fn browser_http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("HTTP client")
+}

@@ -1164,3 +1164,256 @@ async fn mailbox_add_validates_and_lists() {
     let out = w.run(&["mailbox", "list", "--json"]).await;
     assert_eq!(json(&out)["mailboxes"].as_array().unwrap().len(), 0);
 }
+
+/// `mailbridge login --browser` running: the sign-in URL it printed, and the rest of its run.
+struct BrowserLogin {
+    child: tokio::process::Child,
+    authorize_url: String,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+impl World {
+    /// Start `login --browser` (plus `extra`) and wait for the sign-in URL on its stderr.
+    async fn start_browser_login(&self, extra: &[&str]) -> BrowserLogin {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut args = self.login_args();
+        args.push("--browser".into());
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = self
+            .command(&args)
+            .spawn()
+            .expect("start mailbridge login --browser");
+        let stderr = child.stderr.take().expect("stderr");
+        let (url_tx, url_rx) = tokio::sync::oneshot::channel();
+        let stderr = tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            let mut url_tx = Some(url_tx);
+            let mut all = String::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("/oauth2/v2.0/authorize?")
+                    && let Some(start) = line.find("http")
+                    && let Some(tx) = url_tx.take()
+                {
+                    let _ = tx.send(line[start..].trim().to_owned());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let authorize_url = tokio::time::timeout(Duration::from_secs(60), url_rx)
+            .await
+            .expect("the CLI printed the sign-in URL within 60 s")
+            .expect("the CLI printed the sign-in URL");
+        BrowserLogin {
+            child,
+            authorize_url,
+            stderr,
+        }
+    }
+}
+
+impl BrowserLogin {
+    /// The browser arrives at the redirect `location` (the CLI's loopback listener): the page.
+    async fn arrive(&self, location: &str) -> (u16, String) {
+        let response = mailbridge_tests::browser_http()
+            .get(location)
+            .send()
+            .await
+            .expect("the CLI's listener answers the redirect");
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    }
+
+    /// Wait for the CLI to end: exit code, stdout, stderr.
+    async fn finish(self) -> (Option<i32>, String, String) {
+        let out = tokio::time::timeout(Duration::from_secs(60), self.child.wait_with_output())
+            .await
+            .expect("login finished within 60 s")
+            .expect("wait for login");
+        let stderr = self.stderr.await.expect("stderr reader");
+        let stdout = text(&out.stdout);
+        eprintln!(
+            "--- exit {:?}\n--- stdout\n{stdout}--- stderr\n{stderr}",
+            out.status.code()
+        );
+        (out.status.code(), stdout, stderr)
+    }
+}
+
+/// Where the sign-in page sent the browser (panics on an error page).
+fn redirected(page: mailbridge_tests::SignInPage) -> String {
+    match page {
+        mailbridge_tests::SignInPage::Redirect(location) => location,
+        other => panic!("the sign-in page did not redirect: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn login_in_the_browser_redeems_the_code_once_and_stores_the_grant() {
+    let w = World::new(|_| {}).await;
+    // MFA on: ROPC cannot sign this user in; the browser can.
+    w.idp
+        .update_user(&w.upn, |u| u.mfa_required = true)
+        .unwrap();
+    let login = w.start_browser_login(&["--no-open"]).await;
+    let authorize = url::Url::parse(&login.authorize_url).expect("a URL");
+    let query: std::collections::HashMap<String, String> =
+        authorize.query_pairs().into_owned().collect();
+    assert_eq!(query["code_challenge_method"], "S256");
+    assert_eq!(query["response_type"], "code");
+    assert!(
+        query["redirect_uri"].starts_with("http://localhost:"),
+        "{query:?}"
+    );
+    assert_eq!(query["login_hint"], w.upn);
+
+    let location = redirected(
+        mailbridge_tests::browser_sign_in(&login.authorize_url, &w.upn, PASSWORD, true)
+            .await
+            .unwrap(),
+    );
+    assert!(location.starts_with(&query["redirect_uri"]), "{location}");
+    let (status, page) = login.arrive(&location).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Sign-in received"), "{page}");
+    let (code, stdout, stderr) = login.finish().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("signed in as"), "{stdout}");
+
+    let stored: Value = serde_json::from_str(&get_secret(&w.secret_name()).await.unwrap()).unwrap();
+    let refresh_token = stored["refresh_token"]
+        .as_str()
+        .expect("refresh token stored");
+    assert_eq!(stored["status"]["state"], "ok");
+    assert!(!stdout.contains(refresh_token) && !stderr.contains(refresh_token));
+    let auth_code = url::Url::parse(&location)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .expect("code in the redirect");
+    assert!(!stdout.contains(&auth_code) && !stderr.contains(&auth_code));
+
+    // The CLI redeemed the code: a second redemption is refused (single use).
+    let again = reqwest::Client::new()
+        .post(format!("{}/{}/oauth2/v2.0/token", w.idp.base_url, w.tenant))
+        .form(&[
+            ("client_id", w.client_id.as_str()),
+            ("grant_type", "authorization_code"),
+            ("code", auth_code.as_str()),
+            ("redirect_uri", query["redirect_uri"].as_str()),
+            (
+                "code_verifier",
+                "not-the-cli-verifier-but-the-code-is-spent-first",
+            ),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 400);
+    let body: Value = again.json().await.unwrap();
+    assert_eq!(body["error_codes"][0], 54005, "{body}");
+
+    // The stored grant works: `check` gets a Graph token for the MFA user.
+    let out = w.run(&["check", "--json", "helpdesk"]).await;
+    let report = json(&out);
+    let target = &report["targets"][0];
+    assert_eq!(step(target, "token (Graph)")["result"], "ok", "{report:#}");
+    assert_eq!(step(target, "token (IMAP)")["result"], "ok", "{report:#}");
+}
+
+#[tokio::test]
+async fn login_in_the_browser_refuses_a_redirect_with_another_state() {
+    let w = World::new(|_| {}).await;
+    let login = w.start_browser_login(&["--no-open"]).await;
+    let location = redirected(
+        mailbridge_tests::browser_sign_in(&login.authorize_url, &w.upn, PASSWORD, true)
+            .await
+            .unwrap(),
+    );
+    let mut forged = url::Url::parse(&location).unwrap();
+    let pairs: Vec<(String, String)> = forged
+        .query_pairs()
+        .into_owned()
+        .map(|(k, v)| {
+            if k == "state" {
+                (k, "forged".to_owned())
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    forged.query_pairs_mut().clear().extend_pairs(pairs);
+    login.arrive(forged.as_str()).await;
+    let (code, _, stderr) = login.finish().await;
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(stderr.contains("state does not match"), "{stderr}");
+    assert!(
+        get_secret(&w.secret_name()).await.is_err(),
+        "nothing stored"
+    );
+    let redemptions = w.idp.requests(&local_stack::identity::RequestFilter {
+        endpoint: Some("token".into()),
+        tenant: Some(w.tenant.clone()),
+        grant_type: Some("authorization_code".into()),
+        ..Default::default()
+    });
+    assert!(
+        redemptions.is_empty(),
+        "the code was not redeemed: {redemptions:?}"
+    );
+}
+
+#[tokio::test]
+async fn login_in_the_browser_names_the_fix_for_a_declined_consent() {
+    let w = World::new(|_| {}).await;
+    let login = w.start_browser_login(&["--no-open"]).await;
+    let location = redirected(
+        mailbridge_tests::browser_sign_in(&login.authorize_url, &w.upn, PASSWORD, false)
+            .await
+            .unwrap(),
+    );
+    let (_, page) = login.arrive(&location).await;
+    assert!(page.contains("access_denied"), "{page}");
+    let (code, _, stderr) = login.finish().await;
+    assert_eq!(code, Some(4), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("AADSTS65004") && last.contains("Grant admin consent"),
+        "{stderr}"
+    );
+    assert!(
+        get_secret(&w.secret_name()).await.is_err(),
+        "nothing stored"
+    );
+}
+
+#[tokio::test]
+async fn login_in_the_browser_names_the_fix_for_an_unregistered_redirect_uri() {
+    let w = World::new(|app| app.redirect_uris.clear()).await;
+    let login = w
+        .start_browser_login(&["--no-open", "--timeout", "3"])
+        .await;
+    // Microsoft shows AADSTS50011 in the browser and never redirects to an unregistered URI.
+    match mailbridge_tests::browser_sign_in(&login.authorize_url, &w.upn, PASSWORD, true)
+        .await
+        .unwrap()
+    {
+        mailbridge_tests::SignInPage::Page(400, html) => {
+            assert!(html.contains("AADSTS50011"), "{html}")
+        }
+        other => panic!("expected the AADSTS50011 page, got {other:?}"),
+    }
+    let (code, _, stderr) = login.finish().await;
+    assert_eq!(code, Some(4), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("AADSTS50011")
+            && last.contains("http://localhost")
+            && last.contains(&w.client_id)
+            && last.contains("Mobile and desktop applications"),
+        "{stderr}"
+    );
+}

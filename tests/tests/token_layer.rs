@@ -13,15 +13,19 @@ use local_stack::identity::{
     TenantSettings, UserAccount,
 };
 use mailbridge::error::{Classify, ErrorClass};
+use mailbridge::token::authorization_code::{AuthorizationRequest, RedirectError};
 use mailbridge::token::identity::{DeviceCodeError, DeviceCodeEvent, RetryPolicy};
 use mailbridge::token::login::{self, LoginError};
+use mailbridge::token::oauth_error::TokenEndpointError;
 use mailbridge::token::store::{SecretValue, client_request_token};
 use mailbridge::token::{
     AccessTokenSource, AccountSecret, AccountState, Audience, Clock, IdentityClient, OffsetClock,
     SecretStore, SecretStoreError, SecretsManagerStore, SystemClock, TokenError, TokenService,
     TokenServiceConfig,
 };
-use mailbridge_tests::{get_secret, put_secret, stack, unique, unique_user};
+use mailbridge_tests::{
+    SignInPage, browser_sign_in, get_secret, put_secret, stack, unique, unique_user,
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -1296,4 +1300,147 @@ async fn a_status_without_audience_holds_every_audience() {
         assert_eq!(err.class(), ErrorClass::NeedsReauth, "{audience:?}: {err}");
     }
     assert_eq!(w.token_requests(), 0);
+}
+
+/// The code of a browser sign-in's redirect (`Location`), after checking its state.
+fn code_of(request: &AuthorizationRequest, location: &str) -> SecretString {
+    let url = url::Url::parse(location).expect("redirect URL");
+    let query = url.query_pairs().into_owned().collect();
+    request
+        .code_from_redirect(&query)
+        .expect("a code with this sign-in's state")
+}
+
+fn aadsts(result: Result<mailbridge::token::TokenResponse, TokenEndpointError>) -> String {
+    match result {
+        Err(TokenEndpointError::NeedsPerson(p)) => p.code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn authorization_codes_are_single_use_and_bound_to_verifier_redirect_and_client() {
+    let w = World::new().await;
+    // MFA on: ROPC is refused, an interactive browser sign-in satisfies it.
+    w.idp
+        .update_user(&w.upn, |u| u.mfa_required = true)
+        .unwrap();
+    let account = w.account();
+    let identity = identity_client();
+    let redirect = "http://localhost:4711";
+    let request = AuthorizationRequest::new(&account, Audience::Graph, redirect);
+    let SignInPage::Redirect(location) = browser_sign_in(&request.url, &w.upn, PASSWORD, true)
+        .await
+        .unwrap()
+    else {
+        panic!("the sign-in page did not redirect");
+    };
+    assert!(
+        location.starts_with("http://localhost:4711/?"),
+        "{location}"
+    );
+    let code = code_of(&request, &location);
+    let redeem = |code: &SecretString, redirect: &str, verifier: &str| {
+        let identity = identity.clone();
+        let account = account.clone();
+        let code = code.clone();
+        let redirect = redirect.to_owned();
+        let verifier = verifier.to_owned();
+        async move {
+            identity
+                .redeem_authorization_code(&account, Audience::Graph, &code, &redirect, &verifier)
+                .await
+        }
+    };
+    // the verifier of another sign-in, and none at all
+    let other = AuthorizationRequest::new(&account, Audience::Graph, redirect);
+    assert_eq!(
+        aadsts(redeem(&code, redirect, other.code_verifier()).await),
+        "AADSTS501481"
+    );
+    assert_eq!(aadsts(redeem(&code, redirect, "").await), "AADSTS501481");
+    // another redirect URI than the one the code was issued to
+    assert_eq!(
+        aadsts(redeem(&code, "http://localhost:4712", request.code_verifier()).await),
+        "AADSTS50011"
+    );
+    // another client (an app of the same tenant)
+    let other_app = AppRegistration::mailbridge(&w.tenant, &uuid::Uuid::new_v4().to_string());
+    w.idp.register_app(other_app.clone());
+    let mut other_account = account.clone();
+    other_account.client_id = other_app.client_id.clone();
+    let foreign = identity
+        .redeem_authorization_code(
+            &other_account,
+            Audience::Graph,
+            &code,
+            redirect,
+            request.code_verifier(),
+        )
+        .await;
+    assert_eq!(aadsts(foreign), "AADSTS9002313");
+    // the right verifier, redirect URI and client: a grant for an MFA user
+    let tokens = redeem(&code, redirect, request.code_verifier())
+        .await
+        .expect("the code redeems once");
+    assert_eq!(tokens.signed_in_user().as_deref(), Some(w.upn.as_str()));
+    let refresh_token = tokens.refresh_token.expect("offline_access");
+    identity
+        .refresh(&account, Audience::Imap, &refresh_token)
+        .await
+        .expect("the browser grant refreshes for IMAP despite MFA");
+    // single use
+    assert_eq!(
+        aadsts(redeem(&code, redirect, request.code_verifier()).await),
+        "AADSTS54005"
+    );
+}
+
+#[tokio::test]
+async fn the_sign_in_page_checks_the_redirect_uri_and_reports_a_declined_consent() {
+    let w = World::new().await;
+    let account = w.account();
+    // Registered `http://localhost` matches any port, not another path or host.
+    for unregistered in [
+        "http://localhost:4711/callback",
+        "http://127.0.0.1:4711",
+        "https://localhost:4711",
+    ] {
+        let request = AuthorizationRequest::new(&account, Audience::Graph, unregistered);
+        match browser_sign_in(&request.url, &w.upn, PASSWORD, true)
+            .await
+            .unwrap()
+        {
+            SignInPage::Page(400, html) => {
+                assert!(html.contains("AADSTS50011"), "{unregistered}: {html}")
+            }
+            other => panic!("{unregistered}: expected the AADSTS50011 page, got {other:?}"),
+        }
+    }
+    // Cancel at the consent: access_denied with AADSTS65004 back to the redirect URI.
+    let request = AuthorizationRequest::new(&account, Audience::Graph, "http://localhost:4711");
+    let SignInPage::Redirect(location) = browser_sign_in(&request.url, &w.upn, PASSWORD, false)
+        .await
+        .unwrap()
+    else {
+        panic!("a declined consent goes back to the app");
+    };
+    let url = url::Url::parse(&location).unwrap();
+    let query = url.query_pairs().into_owned().collect();
+    match request.code_from_redirect(&query) {
+        Err(RedirectError::Refused(e)) => {
+            assert_eq!(e.error, "access_denied");
+            assert_eq!(e.code, Some(65004));
+        }
+        other => panic!("expected access_denied, got {other:?}"),
+    }
+    // A wrong password is an error page, no redirect.
+    let request = AuthorizationRequest::new(&account, Audience::Graph, "http://localhost:4711");
+    match browser_sign_in(&request.url, &w.upn, "wrong", true)
+        .await
+        .unwrap()
+    {
+        SignInPage::Page(400, html) => assert!(html.contains("AADSTS50126"), "{html}"),
+        other => panic!("expected the AADSTS50126 page, got {other:?}"),
+    }
 }

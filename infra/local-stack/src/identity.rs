@@ -1,5 +1,7 @@
 //! Microsoft identity platform stand-in: `/{tenant}/oauth2/v2.0/token` (password,
-//! refresh_token with rotation, device_code), `/{tenant}/oauth2/v2.0/devicecode`,
+//! refresh_token with rotation, device_code, authorization_code with PKCE),
+//! `/{tenant}/oauth2/v2.0/authorize` (a sign-in and consent form a test posts, as a browser
+//! would), `/{tenant}/oauth2/v2.0/devicecode`,
 //! `/introspect` for Dovecot's oauth2 passdb, and test controls. Strict, Microsoft-shaped errors.
 //!
 //! Behaviour modelled on Entra ID (`shared/notes/platform-facts.md` §A):
@@ -111,6 +113,10 @@ pub struct AppRegistration {
     /// (`https://graph.microsoft.com/Mail.Send`). Their resources become known resources.
     #[serde(default)]
     pub consented_scopes: Vec<String>,
+    /// Redirect URIs of the "Mobile and desktop applications" platform. `http://localhost`
+    /// matches any port (Microsoft ignores the port of a localhost redirect URI).
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -130,9 +136,15 @@ impl AppRegistration {
                 "https://graph.microsoft.com/Mail.Send.Shared".to_owned(),
                 "https://outlook.office.com/IMAP.AccessAsUser.All".to_owned(),
             ],
+            redirect_uris: vec![LOOPBACK_REDIRECT_URI.to_owned()],
         }
     }
 }
+
+/// The loopback redirect URI the deploy guide registers for `mailbridge login --browser`.
+pub const LOOPBACK_REDIRECT_URI: &str = "http://localhost";
+/// Authorization codes expire after about 10 minutes (Microsoft's auth code flow reference).
+const AUTHORIZATION_CODE_LIFETIME_SECS: i64 = 600;
 
 /// A user account (registering again updates the flags; refresh tokens survive).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -403,12 +415,41 @@ struct DeviceRecord {
     slow_downs: u32,
 }
 
+/// An `/authorize` request waiting for the user to sign in and consent.
+#[derive(Clone, Debug)]
+struct AuthorizeFlow {
+    tenant: String,
+    client_id: String,
+    redirect_uri: String,
+    scope: String,
+    state: Option<String>,
+    /// (method, challenge) when PKCE was used.
+    pkce: Option<(String, String)>,
+}
+
+/// An authorization code: single use, bound to its client, redirect URI and PKCE challenge.
+#[derive(Clone, Debug)]
+struct CodeRecord {
+    tenant: String,
+    client_id: String,
+    redirect_uri: String,
+    scope: String,
+    upn: String,
+    pkce: Option<(String, String)>,
+    expires_at: DateTime<Utc>,
+    redeemed: bool,
+}
+
 #[derive(Default)]
 struct StandInState {
     tenants: HashMap<String, Tenant>,
     refresh_tokens: HashMap<String, RefreshRecord>,
     access_tokens: HashMap<String, AccessRecord>,
     device_codes: HashMap<String, DeviceRecord>,
+    /// Browser sign-ins between `/authorize` and the posted sign-in form, by flow id.
+    authorize_flows: HashMap<String, AuthorizeFlow>,
+    /// Authorization codes handed to redirect URIs.
+    authorization_codes: HashMap<String, CodeRecord>,
     failures: Vec<FailureInjection>,
     requests: Vec<RequestRecord>,
     /// (delegate upn, shared mailbox address), lower case.
@@ -939,6 +980,10 @@ fn router(shared: Arc<Shared>) -> Router {
             "/{tenant}/oauth2/v2.0/devicecode",
             post(devicecode_endpoint),
         )
+        .route(
+            "/{tenant}/oauth2/v2.0/authorize",
+            get(authorize_page).post(authorize_submit),
+        )
         .route("/introspect", post(introspect_post).get(introspect_get))
         .route("/_control/apps", post(control_app))
         .route("/_control/users", post(control_user))
@@ -1093,6 +1138,10 @@ fn request_user(state: &StandInState, form: &HashMap<String, String>) -> Option<
             .get("refresh_token")
             .and_then(|t| state.refresh_tokens.get(t))
             .map(|r| r.upn.to_lowercase()),
+        Some("authorization_code") => form
+            .get("code")
+            .and_then(|c| state.authorization_codes.get(c))
+            .map(|c| c.upn.to_lowercase()),
         Some(g) if g.ends_with("device_code") => form
             .get("device_code")
             .and_then(|c| state.device_codes.get(c))
@@ -1141,7 +1190,11 @@ fn check_client<'a>(
             "Invalid client secret provided.",
         ));
     }
-    if !app.public_client_flows {
+    // "Allow public client flows" governs ROPC, device code and refresh without a secret; the
+    // authorization code grant of a "Mobile and desktop applications" redirect URI is public
+    // by its platform and does not need it.
+    let code_grant = form.get("grant_type").map(String::as_str) == Some("authorization_code");
+    if !app.public_client_flows && !code_grant {
         return Err(AadError::new(
             401,
             "invalid_client",
@@ -1457,12 +1510,472 @@ fn handle_token(
                 }
             }
         }
+        "authorization_code" => redeem_code(state, tenant, &app, form, outcome, now),
         other => Err(AadError::bad(
             "unsupported_grant_type",
             70003,
             format!("The app requested an unsupported grant type '{other}'."),
         )),
     }
+}
+
+/// `grant_type=authorization_code`: the code is single use (AADSTS54005 when reused), expires
+/// after 10 minutes (AADSTS70008), and is bound to its client, its redirect URI and its PKCE
+/// challenge (AADSTS501481 for a missing or wrong `code_verifier`).
+fn redeem_code(
+    state: &mut StandInState,
+    tenant: &str,
+    app: &AppRegistration,
+    form: &HashMap<String, String>,
+    outcome: &mut Outcome,
+    now: DateTime<Utc>,
+) -> Result<Response, AadError> {
+    let code = form.get("code").ok_or_else(|| AadError::missing("code"))?;
+    let redirect_uri = form
+        .get("redirect_uri")
+        .ok_or_else(|| AadError::missing("redirect_uri"))?;
+    let invalid = || {
+        AadError::bad(
+            "invalid_grant",
+            9002313,
+            "Invalid request. Request is malformed or invalid.",
+        )
+    };
+    let record = state
+        .authorization_codes
+        .get(code)
+        .cloned()
+        .ok_or_else(invalid)?;
+    outcome.user = Some(record.upn.to_lowercase());
+    if record.tenant != tenant || record.client_id != app.client_id {
+        return Err(invalid());
+    }
+    if record.redeemed {
+        return Err(AadError::bad(
+            "invalid_grant",
+            54005,
+            "OAuth2 Authorization code was already redeemed, please retry with a new valid code or use an existing refresh token.",
+        ));
+    }
+    if record.expires_at <= now {
+        return Err(AadError::bad(
+            "invalid_grant",
+            70008,
+            "The provided authorization code or refresh token has expired due to inactivity. Send a new interactive authorization request for this user and resource.",
+        ));
+    }
+    if *redirect_uri != record.redirect_uri {
+        return Err(AadError::bad(
+            "invalid_grant",
+            50011,
+            format!(
+                "The redirect URI '{redirect_uri}' specified in the request does not match the redirect URI used to obtain the authorization code."
+            ),
+        ));
+    }
+    if let Some((method, challenge)) = &record.pkce {
+        let verifier = form.get("code_verifier").map(String::as_str).unwrap_or("");
+        let computed = if method == "S256" {
+            use sha2::Digest;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(sha2::Sha256::digest(verifier.as_bytes()))
+        } else {
+            verifier.to_owned()
+        };
+        if verifier.is_empty() || computed != *challenge {
+            return Err(AadError::bad(
+                "invalid_grant",
+                501481,
+                "The Code_Verifier does not match the code_challenge supplied in the authorization request.",
+            ));
+        }
+    }
+    let t = state.tenants.get(tenant).ok_or_else(invalid)?;
+    let user = t
+        .users
+        .get(&record.upn.to_lowercase())
+        .ok_or_else(invalid)?;
+    user_blocks(user, false)?;
+    let upn = user.upn.clone();
+    // The token is for one resource: the `scope` of this request, else the code's first.
+    let scope = form.get("scope").cloned().unwrap_or(record.scope.clone());
+    let request = parse_scope(state, &scope)?;
+    let (resource, perms) = grant_scopes(app, &request)?;
+    let authorized = parse_scope(state, &record.scope)?;
+    if !authorized.resources.iter().any(|(r, _)| *r == resource) {
+        return Err(AadError::bad(
+            "invalid_grant",
+            70000,
+            "The request was denied because one or more scopes requested are unauthorized or expired. The user must first sign in and grant the client application access to the requested scope.",
+        ));
+    }
+    if let Some(r) = state.authorization_codes.get_mut(code) {
+        r.redeemed = true;
+    }
+    Ok(issue(
+        state,
+        tenant,
+        &app.client_id,
+        &upn,
+        &resource,
+        perms,
+        (
+            authorized.offline_access || request.offline_access,
+            request.openid,
+        ),
+        true,
+        now,
+    ))
+}
+
+/// Whether `asked` matches a registered redirect URI: exactly, or as `http://localhost` /
+/// `http://127.0.0.1` with any port and the same path.
+fn redirect_uri_registered(app: &AppRegistration, asked: &str) -> bool {
+    let Ok(asked_url) = url::Url::parse(asked) else {
+        return false;
+    };
+    app.redirect_uris.iter().any(|registered| {
+        if registered == asked {
+            return true;
+        }
+        let Ok(reg) = url::Url::parse(registered) else {
+            return false;
+        };
+        let loopback = matches!(reg.host_str(), Some("localhost" | "127.0.0.1"));
+        loopback
+            && reg.scheme() == "http"
+            && asked_url.scheme() == "http"
+            && reg.host_str() == asked_url.host_str()
+            && reg.path() == asked_url.path()
+            && reg.query() == asked_url.query()
+    })
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// An error page the browser shows (no redirect: the redirect URI is not trusted, or the
+/// request cannot be tied to an app).
+fn error_page(code: u64, message: &str) -> Response {
+    let body = format!(
+        "<!doctype html><html><head><title>Sign in to your account</title></head><body>\
+         <h1>Sorry, but we're having trouble signing you in.</h1>\
+         <p id=\"error\">AADSTS{code}: {}</p></body></html>",
+        html_escape(message)
+    );
+    (
+        StatusCode::BAD_REQUEST,
+        [("content-type", "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// `302` to the redirect URI with `params` (plus `state` when the request had one).
+fn redirect_to(redirect_uri: &str, params: &[(&str, &str)], state: Option<&str>) -> Response {
+    let mut url = match url::Url::parse(redirect_uri) {
+        Ok(url) => url,
+        Err(_) => return error_page(90102, "'redirect_uri' value must be a valid absolute URI."),
+    };
+    {
+        let mut pairs = url.query_pairs_mut();
+        for (k, v) in params {
+            pairs.append_pair(k, v);
+        }
+        if let Some(state) = state {
+            pairs.append_pair("state", state);
+        }
+    }
+    (StatusCode::FOUND, [("location", url.to_string())]).into_response()
+}
+
+fn redirect_error(flow: &AuthorizeFlow, err: &AadError) -> Response {
+    redirect_to(
+        &flow.redirect_uri,
+        &[
+            ("error", err.error),
+            (
+                "error_description",
+                &format!("AADSTS{}: {}", err.code, err.message),
+            ),
+        ],
+        flow.state.as_deref(),
+    )
+}
+
+/// `GET /{tenant}/oauth2/v2.0/authorize`: check the app and the redirect URI (errors here are a
+/// page, never a redirect), then the rest (errors redirected), then the sign-in and consent form.
+async fn authorize_page(
+    State(shared): State<Arc<Shared>>,
+    Path(tenant): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let q = parse_form(query.unwrap_or_default().as_bytes());
+    let mut state = shared.lock();
+    let outcome = Outcome {
+        grant_type: Some("authorize".to_owned()),
+        ..Outcome::default()
+    };
+    let page = |state: &mut StandInState, code: u64, message: String| {
+        state.requests.push(RequestRecord {
+            endpoint: "authorize".into(),
+            tenant: Some(tenant.clone()),
+            grant_type: outcome.grant_type.clone(),
+            user: None,
+            status: 400,
+            error: Some("error_page".into()),
+            error_code: Some(code),
+        });
+        error_page(code, &message)
+    };
+    let Some(t) = state.tenants.get(&tenant) else {
+        let message = format!(
+            "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+        );
+        return page(&mut state, 90002, message);
+    };
+    let Some(client_id) = q.get("client_id") else {
+        return page(
+            &mut state,
+            900144,
+            "The request body must contain the following parameter: 'client_id'.".into(),
+        );
+    };
+    let Some(app) = t.apps.get(client_id).cloned() else {
+        let message = format!(
+            "Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."
+        );
+        return page(&mut state, 700016, message);
+    };
+    let Some(redirect_uri) = q.get("redirect_uri") else {
+        return page(
+            &mut state,
+            900144,
+            "The request body must contain the following parameter: 'redirect_uri'.".into(),
+        );
+    };
+    if !redirect_uri_registered(&app, redirect_uri) {
+        let message = format!(
+            "The redirect URI '{redirect_uri}' specified in the request does not match the redirect URIs configured for the application '{client_id}'. Make sure the redirect URI sent in the request matches one added to your application in the Azure portal. Navigate to https://aka.ms/redirectUriMismatchError to learn more about how to fix this."
+        );
+        return page(&mut state, 50011, message);
+    }
+    let mut flow = AuthorizeFlow {
+        tenant: tenant.clone(),
+        client_id: client_id.clone(),
+        redirect_uri: redirect_uri.clone(),
+        scope: q.get("scope").cloned().unwrap_or_default(),
+        state: q.get("state").cloned(),
+        pkce: None,
+    };
+    let checked: Result<(), AadError> = (|| {
+        match q.get("response_type").map(String::as_str) {
+            Some("code") => {}
+            Some(_) => {
+                return Err(AadError::bad(
+                    "unsupported_response_type",
+                    700054,
+                    "response_type is not enabled for the application.",
+                ));
+            }
+            None => return Err(AadError::missing("response_type")),
+        }
+        if flow.scope.is_empty() {
+            return Err(AadError::missing("scope"));
+        }
+        parse_scope(&state, &flow.scope)?;
+        let method = q
+            .get("code_challenge_method")
+            .cloned()
+            .unwrap_or_else(|| "plain".to_owned());
+        match (q.get("code_challenge"), method.as_str()) {
+            (Some(challenge), "S256" | "plain") => {
+                flow.pkce = Some((method.clone(), challenge.clone()));
+            }
+            (Some(_), other) => {
+                return Err(AadError::bad(
+                    "invalid_request",
+                    501491,
+                    format!("Invalid code_challenge_method '{other}'."),
+                ));
+            }
+            (None, _) if q.contains_key("code_challenge_method") => {
+                return Err(AadError::missing("code_challenge"));
+            }
+            (None, _) => {}
+        }
+        Ok(())
+    })();
+    if let Err(err) = checked {
+        state.requests.push(RequestRecord {
+            endpoint: "authorize".into(),
+            tenant: Some(tenant.clone()),
+            grant_type: outcome.grant_type.clone(),
+            user: None,
+            status: 302,
+            error: Some(err.error.to_owned()),
+            error_code: Some(err.code),
+        });
+        return redirect_error(&flow, &err);
+    }
+    let flow_id = random_token(24);
+    let scopes = flow.scope.clone();
+    state.authorize_flows.insert(flow_id.clone(), flow);
+    state.requests.push(RequestRecord {
+        endpoint: "authorize".into(),
+        tenant: Some(tenant.clone()),
+        grant_type: outcome.grant_type.clone(),
+        user: q.get("login_hint").map(|u| u.to_lowercase()),
+        status: 200,
+        error: None,
+        error_code: None,
+    });
+    let hint = q.get("login_hint").cloned().unwrap_or_default();
+    let body = format!(
+        "<!doctype html><html><head><title>Sign in to your account</title></head><body>\
+         <form id=\"signin\" method=\"post\" action=\"/{tenant}/oauth2/v2.0/authorize\">\
+         <input type=\"hidden\" name=\"flow\" value=\"{flow_id}\">\
+         <label>Email <input name=\"login\" value=\"{hint}\"></label>\
+         <label>Password <input type=\"password\" name=\"passwd\"></label>\
+         <p>Permissions requested by {client}: <span id=\"scopes\">{scopes}</span></p>\
+         <button name=\"consent\" value=\"accept\">Accept</button>\
+         <button name=\"consent\" value=\"decline\">Cancel</button>\
+         </form></body></html>",
+        tenant = html_escape(&tenant),
+        hint = html_escape(&hint),
+        client = html_escape(client_id),
+        scopes = html_escape(&scopes),
+    );
+    (
+        StatusCode::OK,
+        [("content-type", "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// `POST /{tenant}/oauth2/v2.0/authorize`: the sign-in and consent form (`flow`, `login`,
+/// `passwd`, `consent=accept|decline`). An interactive sign-in satisfies MFA. Accept: a code to
+/// the redirect URI; decline: `access_denied` (AADSTS65004) to the redirect URI.
+async fn authorize_submit(
+    State(shared): State<Arc<Shared>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !is_form(&headers) {
+        return error_page(
+            900144,
+            "The request body must contain the following parameter: 'flow'.",
+        );
+    }
+    let form = parse_form(&body);
+    let mut state = shared.lock();
+    let Some(flow) = form
+        .get("flow")
+        .and_then(|id| state.authorize_flows.get(id))
+        .filter(|f| f.tenant == tenant)
+        .cloned()
+    else {
+        return error_page(
+            90015,
+            "The sign-in session is not valid or has expired. Start the sign-in again.",
+        );
+    };
+    let login = form.get("login").cloned().unwrap_or_default();
+    let record = |state: &mut StandInState, status: u16, error: Option<&AadError>| {
+        state.requests.push(RequestRecord {
+            endpoint: "authorize".into(),
+            tenant: Some(tenant.clone()),
+            grant_type: Some("authorize_submit".into()),
+            user: Some(login.to_lowercase()),
+            status,
+            error: error.map(|e| e.error.to_owned()),
+            error_code: error.map(|e| e.code),
+        });
+    };
+    let Some(t) = state.tenants.get(&tenant) else {
+        return error_page(90002, "Tenant not found.");
+    };
+    let now = t.now();
+    let Some(user) = t.users.get(&login.to_lowercase()).cloned() else {
+        record(&mut state, 400, None);
+        return error_page(50034, "The user account does not exist in this directory.");
+    };
+    if form.get("passwd") != Some(&user.password) {
+        record(&mut state, 400, None);
+        return error_page(
+            50126,
+            "Error validating credentials due to invalid username or password.",
+        );
+    }
+    if let Err(err) = user_blocks(&user, true) {
+        record(&mut state, 400, Some(&err));
+        return error_page(err.code, &err.message);
+    }
+    if let Some(id) = form.get("flow") {
+        state.authorize_flows.remove(id);
+    }
+    if form.get("consent").map(String::as_str) != Some("accept") {
+        let err = AadError::bad(
+            "access_denied",
+            65004,
+            "User declined to consent to access the app.",
+        );
+        record(&mut state, 302, Some(&err));
+        return redirect_to(
+            &flow.redirect_uri,
+            &[
+                ("error", "access_denied"),
+                ("error_subcode", "cancel"),
+                (
+                    "error_description",
+                    &format!("AADSTS{}: {}", err.code, err.message),
+                ),
+            ],
+            flow.state.as_deref(),
+        );
+    }
+    let code = format!("1.{}", random_token(96));
+    state.authorization_codes.insert(
+        code.clone(),
+        CodeRecord {
+            tenant: tenant.clone(),
+            client_id: flow.client_id.clone(),
+            redirect_uri: flow.redirect_uri.clone(),
+            scope: flow.scope.clone(),
+            upn: user.upn.clone(),
+            pkce: flow.pkce.clone(),
+            expires_at: now + chrono::Duration::seconds(AUTHORIZATION_CODE_LIFETIME_SECS),
+            redeemed: false,
+        },
+    );
+    record(&mut state, 302, None);
+    redirect_to(
+        &flow.redirect_uri,
+        &[
+            ("code", &code),
+            ("session_state", &uuid::Uuid::new_v4().to_string()),
+        ],
+        flow.state.as_deref(),
+    )
+}
+
+/// The body is `application/x-www-form-urlencoded` (what every OAuth endpoint takes).
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
 }
 
 #[allow(clippy::too_many_arguments)]

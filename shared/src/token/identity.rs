@@ -1,5 +1,6 @@
 //! Client for the Microsoft identity platform's v2.0 endpoints: refresh-token grant, ROPC
-//! (password) bootstrap, and the device authorization grant (device code flow).
+//! (password) bootstrap, the device authorization grant (device code flow), and the redemption
+//! of a browser sign-in's authorization code (PKCE).
 //!
 //! One attempt = one HTTP request. [`IdentityClient::with_retries`] repeats transient failures
 //! with exponential backoff and jitter (backon), honouring `Retry-After`, and never sleeps past
@@ -285,6 +286,33 @@ impl IdentityClient {
                 ("grant_type", "password"),
                 ("username", secret.username.as_str()),
                 ("password", password.expose_secret()),
+                ("scope", scope.as_str()),
+            ],
+        )
+        .await
+    }
+
+    /// `grant_type=authorization_code` for a public client: the code from the browser
+    /// redirect, the same `redirect_uri`, and the PKCE `code_verifier` (no client secret:
+    /// Microsoft refuses one from a public client). Scope: `audience`'s permissions plus
+    /// `offline_access openid profile`, so the answer names who signed in.
+    pub async fn redeem_authorization_code(
+        &self,
+        secret: &AccountSecret,
+        audience: Audience,
+        code: &SecretString,
+        redirect_uri: &str,
+        code_verifier: &str,
+    ) -> Result<TokenResponse, TokenEndpointError> {
+        let scope = format!("{} openid profile", secret.scope_for(audience));
+        self.token_request(
+            &secret.token_endpoint(),
+            &[
+                ("client_id", secret.client_id.as_str()),
+                ("grant_type", "authorization_code"),
+                ("code", code.expose_secret()),
+                ("redirect_uri", redirect_uri),
+                ("code_verifier", code_verifier),
                 ("scope", scope.as_str()),
             ],
         )

@@ -1,9 +1,11 @@
-//! Interactive sign-in for the operator CLI (`mailbridge login`): device code flow (works for
-//! MFA accounts) or ROPC with a password, then store the refresh token in the account secret
+//! Interactive sign-in for the operator CLI (`mailbridge login`): the browser (authorization
+//! code with PKCE; works with MFA and where Conditional Access blocks the device code flow), the
+//! device code flow (headless machines), or ROPC with a password, then store the refresh token in the account secret
 //! with status `ok` — creating the secret when it does not exist yet.
 
 use secrecy::{ExposeSecret, SecretString};
 
+use super::authorization_code::AuthorizationRequest;
 use super::clock::Clock;
 use super::identity::{DeviceCodeError, DeviceCodeEvent, IdentityClient, TokenResponse};
 use super::oauth_error::TokenEndpointError;
@@ -113,6 +115,30 @@ pub async fn device_code_login(
                 source,
             },
         })?;
+    store_login(store, secret_name, account, &tokens, clock).await
+}
+
+/// Browser sign-in: redeem the `code` the redirect of `request` carried (same redirect URI,
+/// the request's PKCE verifier), then store the grant.
+pub async fn authorization_code_login(
+    store: &dyn SecretStore,
+    identity: &IdentityClient,
+    secret_name: &str,
+    account: AccountSecret,
+    request: &AuthorizationRequest,
+    code: &SecretString,
+    clock: &dyn Clock,
+) -> Result<LoginOutcome, LoginError> {
+    let tokens = identity
+        .redeem_authorization_code(
+            &account,
+            request.audience,
+            code,
+            &request.redirect_uri,
+            request.code_verifier(),
+        )
+        .await
+        .map_err(|e| refused(secret_name, e))?;
     store_login(store, secret_name, account, &tokens, clock).await
 }
 

@@ -1,7 +1,8 @@
 //! OAuth2 token layer: account secrets in Secrets Manager, the Microsoft identity platform
-//! client (refresh, ROPC bootstrap, device code), a per-(account, audience) access-token cache
+//! client (refresh, ROPC bootstrap, device code, browser sign-in with PKCE), a per-(account, audience) access-token cache
 //! with single-flight refresh, and rate-limited write-back of rotated refresh tokens.
 
+pub mod authorization_code;
 pub mod clock;
 pub mod identity;
 pub mod login;

@@ -137,7 +137,7 @@ const TRANSIENT_CODES: &[u64] = &[
 pub fn explain(code: u64) -> Option<&'static str> {
     Some(match code {
         50076 => {
-            "multi-factor authentication is required for this account; sign in with `mailbridge login` (device code flow)"
+            "multi-factor authentication is required for this account; sign in with `mailbridge login --browser` (or the device code flow)"
         }
         50079 | 50072 => {
             "the user must register for multi-factor authentication, then sign in with `mailbridge login`"
@@ -167,7 +167,18 @@ pub fn explain(code: u64) -> Option<&'static str> {
         65001 => {
             "the application has not been granted consent for the requested permissions; an admin must grant consent"
         }
-        65004 => "the user declined consent to the application",
+        65004 => {
+            "the user declined consent to the application; sign in again and accept, or have an administrator grant consent"
+        }
+        50011 => {
+            "the redirect URI is not registered: add http://localhost to the app registration (Authentication → Mobile and desktop applications)"
+        }
+        54005 => {
+            "the authorization code was already redeemed; sign in again (`mailbridge login --browser`)"
+        }
+        501481 => {
+            "the PKCE code verifier does not match the sign-in that issued the code; sign in again"
+        }
         90094 | 90095 => "admin consent is required for the requested permissions",
         53003 | 530032 | 530035 => "sign-in blocked by Conditional Access / security policy",
         53000 | 53001 => "Conditional Access requires a compliant or domain-joined device",

@@ -1,8 +1,12 @@
 //! `mailbridge login`: sign a Microsoft 365 account in and write (or update) its account
 //! secret through the token layer (`mailbridge::token::login`).
 //!
-//! - Default: the device code flow (works with MFA): the identity platform's message is shown on
-//!   stderr, then progress while waiting for the user to finish in a browser.
+//! - `--browser` (the recommended interactive sign-in): authorization code with PKCE; the CLI
+//!   prints the sign-in URL (and opens a browser where there is one), listens on 127.0.0.1 for
+//!   the redirect to `http://localhost:<port>`, checks its `state`, and redeems the code. Works
+//!   with MFA and where Conditional Access blocks the device code flow.
+//! - Default: the device code flow (headless machines; works with MFA): the identity platform's
+//!   message is shown on stderr, then progress while waiting for the user to finish in a browser.
 //! - `--password-stdin`: ROPC (accounts without MFA); the password is read from stdin, never
 //!   echoed or printed, and stored only with `--keep-password` (for ROPC re-bootstrap).
 //! - An existing secret keeps its fields (hosts, scopes, unknown fields) unless a flag
@@ -15,8 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use mailbridge::token::login::{LoginError, LoginOutcome, device_code_login, password_login};
-use mailbridge::token::{AccountSecret, DeviceCodeEvent, SystemClock};
+use mailbridge::token::authorization_code::{
+    AuthorizationRequest, RedirectError, redirect_uri_fix,
+};
+use mailbridge::token::login::{
+    LoginError, LoginOutcome, authorization_code_login, device_code_login, password_login,
+};
+use mailbridge::token::{AccountSecret, Audience, DeviceCodeEvent, SystemClock};
 use secrecy::SecretString;
 
 use super::context::{Context, Exit, ExitError, print_json, stderr_is_terminal};
@@ -25,7 +34,8 @@ use super::context::{Context, Exit, ExitError, print_json, stderr_is_terminal};
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Examples:
-  mailbridge login --tenant contoso.onmicrosoft.com --client-id 1111... --user helpdesk@contoso.com
+  mailbridge login --browser --tenant contoso.onmicrosoft.com --client-id 1111... --user helpdesk@contoso.com
+  mailbridge login --tenant contoso.onmicrosoft.com --client-id 1111... --user helpdesk@contoso.com   # device code (headless)
   mailbridge login --account helpdesk@contoso.com          # sign in again (re-consent)
   printf '%s' \"$PW\" | mailbridge login --user svc@contoso.com --tenant ... --client-id ... --password-stdin")]
 pub struct LoginArgs {
@@ -41,6 +51,24 @@ pub struct LoginArgs {
     /// The user (UPN) to sign in: the sending / IMAP login user. Required for a new account.
     #[arg(long, value_name = "UPN")]
     pub user: Option<String>,
+    /// Sign in in a browser (authorization code with PKCE, loopback redirect to
+    /// http://localhost:<port>, which the app registration must list as `http://localhost`).
+    #[arg(long, conflicts_with = "password_stdin")]
+    pub browser: bool,
+    /// `--browser`: the loopback port to listen on (default: any free port).
+    #[arg(long, value_name = "PORT", requires = "browser", default_value_t = 0)]
+    pub redirect_port: u16,
+    /// `--browser`: how long to wait for the sign-in to come back, in seconds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        requires = "browser",
+        default_value_t = 300
+    )]
+    pub timeout: u64,
+    /// `--browser`: only print the sign-in URL, do not try to open a browser.
+    #[arg(long, requires = "browser")]
+    pub no_open: bool,
     /// Read a password from stdin and use ROPC instead of the device code flow (no MFA).
     #[arg(long)]
     pub password_stdin: bool,
@@ -95,6 +123,19 @@ pub async fn run(ctx: &Context, args: LoginArgs) -> Result<Exit> {
     let identity = ctx.identity_client()?;
     let clock = SystemClock;
 
+    if args.browser {
+        let outcome = browser(
+            ctx,
+            store.as_ref(),
+            &identity,
+            &secret_name,
+            account.clone(),
+            &args,
+        )
+        .await?;
+        report(ctx, &account, &outcome);
+        return Ok(Exit::Ok);
+    }
     let outcome = if args.password_stdin {
         let password = read_password()?;
         password_login(
@@ -286,6 +327,83 @@ async fn device_code(
         eprintln!();
     }
     result
+}
+
+/// `login --browser`: print (and try to open) the sign-in URL, wait for the redirect on
+/// 127.0.0.1, check its state, redeem the code, store the grant.
+async fn browser(
+    ctx: &Context,
+    store: &dyn mailbridge::token::SecretStore,
+    identity: &mailbridge::token::IdentityClient,
+    secret_name: &str,
+    account: AccountSecret,
+    args: &LoginArgs,
+) -> Result<LoginOutcome> {
+    let mut listener = super::loopback::Loopback::bind(args.redirect_port).await?;
+    let redirect_uri = listener.redirect_uri();
+    let request = AuthorizationRequest::new(&account, Audience::Graph, &redirect_uri);
+    let timeout = Duration::from_secs(args.timeout);
+    let opened = !args.no_open && super::loopback::open_browser(&request.url);
+    if ctx.json() {
+        let line = serde_json::json!({
+            "event": "browser_sign_in",
+            "authorize_url": request.url,
+            "redirect_uri": redirect_uri,
+            "browser_opened": opened,
+            "timeout": args.timeout,
+        });
+        eprintln!("{line}");
+    } else {
+        eprintln!(
+            "Sign in as {} {}:",
+            account.username,
+            if opened {
+                "in the browser that just opened (or open this URL)"
+            } else {
+                "by opening this URL in a browser"
+            }
+        );
+        eprintln!("  {}", request.url);
+        eprintln!(
+            "Waiting up to {} for the sign-in to return to {redirect_uri} ... (a page showing AADSTS50011 means: {})",
+            super::context::human_duration(chrono::Duration::seconds(args.timeout as i64)),
+            redirect_uri_fix(&account.client_id)
+        );
+    }
+    let incomplete = |message: String| -> anyhow::Error {
+        ExitError {
+            exit: Exit::LoginIncomplete,
+            message,
+        }
+        .into()
+    };
+    let Some(query) = listener.wait(timeout).await else {
+        listener.close().await;
+        return Err(incomplete(format!(
+            "sign-in for {secret_name} did not return to {redirect_uri} within {} s — nothing stored. If the sign-in page showed AADSTS50011, {}; otherwise run the login again",
+            args.timeout,
+            redirect_uri_fix(&account.client_id)
+        )));
+    };
+    listener.close().await;
+    let code = request.code_from_redirect(&query).map_err(|e| match e {
+        RedirectError::Refused(refused) => incomplete(format!(
+            "sign-in for {secret_name} was refused: {refused} — {}; nothing stored",
+            refused.fix(&account.client_id)
+        )),
+        other => incomplete(format!("sign-in for {secret_name}: {other}")),
+    })?;
+    authorization_code_login(
+        store,
+        identity,
+        secret_name,
+        account,
+        &request,
+        &code,
+        &SystemClock,
+    )
+    .await
+    .map_err(|e| login_failed(secret_name, e))
 }
 
 fn login_failed(secret_name: &str, error: LoginError) -> anyhow::Error {

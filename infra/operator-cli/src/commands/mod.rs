@@ -4,6 +4,7 @@
 pub mod check;
 pub mod context;
 pub mod login;
+pub mod loopback;
 pub mod mailbox;
 pub mod parse;
 pub mod poll;
