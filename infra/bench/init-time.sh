@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Init time of each Lambda bootstrap vs a hello-world lambda_runtime floor (issue 8, item 1).
+# Init time of each Lambda bootstrap vs a hello-world lambda_runtime floor.
 #
 #   bash infra/bench/init-time.sh                          # release profile (deployed), 20 starts each
 #   bash infra/bench/init-time.sh --profile bench --starts 30

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every benchmark of issue 8 in one go; prints the numbers (BENCHMARKS.md explains each).
+# Every benchmark in one go; prints the numbers (BENCHMARKS.md explains each).
 #
 #   bash infra/scripts/bench.sh                 # all, bootstraps built with the release profile
 #   bash infra/scripts/bench.sh init warm       # only some: init warm sender poller parser sizes

@@ -1,6 +1,6 @@
 //! Benchmark (ignored by default; prints numbers, never asserts timings): the warm invocation
 //! cost of the real `bootstrap` binaries under the Lambda Runtime API emulator, with every
-//! stand-in at zero latency (issue 8, item 2).
+//! stand-in at zero latency.
 //!
 //! ```sh
 //! cargo test -p mailbridge-tests --test bench_warm_cost -- --ignored --nocapture

@@ -1,4 +1,4 @@
-//! Fault-matrix rows of issue 9 not covered by the function helpers' tests (see RELIABILITY.md):
+//! Fault-matrix rows not covered by the function helpers' tests (see RELIABILITY.md):
 //! the DLQ unavailable while a message must be parked, a folder whose UIDVALIDITY changed with
 //! already-ticketed mail restored into it, a configured folder that does not exist, and a
 //! malformed ticket API secret, Graph 503s and connection resets inside a batch, an IMAP

@@ -1,4 +1,4 @@
-//! Hostile and malformed input (issue 9): header injection and oversized fields in queue
+//! Hostile and malformed input: header injection and oversized fields in queue
 //! messages, service URL validation, and redirects that would carry credentials or mail to
 //! another host.
 //!

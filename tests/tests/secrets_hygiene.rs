@@ -1,4 +1,4 @@
-//! Secrets hygiene (issue 9): the whole flow against the local stack with every log line captured
+//! Secrets hygiene: the whole flow against the local stack with every log line captured
 //! at TRACE, then a search of the logs, the reports, the DLQ and every returned error for the
 //! secret values the flow handled.
 //!

@@ -7,6 +7,7 @@
 //! names the best category: `loop`, `bounce`, `read_receipt`, `feedback_report`,
 //! `delivery_report`, `out_of_office`, `auto_reply`, `auto_generated`, `mailing_list`, `bulk`.
 
+use super::codec::unfold_value;
 use super::threading;
 use regex::Regex;
 use std::borrow::Cow;
@@ -16,32 +17,6 @@ use std::sync::LazyLock;
 /// case-insensitively (callers pass lower-case names); values are unfolded and trimmed when
 /// read, so the many fields no rule asks about (Received, DKIM-Signature, ...) cost nothing.
 pub(crate) struct Headers<'a>(Vec<(&'a str, &'a str)>);
-
-/// A field value with folding line breaks replaced by single spaces, trimmed: the pieces between
-/// `\r`/`\n` characters, trimmed, the empty ones dropped, joined by one space.
-fn unfold_value(v: &str) -> Cow<'_, str> {
-    let bytes = v.as_bytes();
-    if memchr::memchr2(b'\r', b'\n', bytes).is_none() {
-        return Cow::Borrowed(v.trim());
-    }
-    let mut unfolded = String::with_capacity(v.len());
-    let mut push_piece = |piece: &str| {
-        let piece = piece.trim();
-        if !piece.is_empty() {
-            if !unfolded.is_empty() {
-                unfolded.push(' ');
-            }
-            unfolded.push_str(piece);
-        }
-    };
-    let mut piece_start = 0;
-    for line_break in memchr::memchr2_iter(b'\r', b'\n', bytes) {
-        push_piece(&v[piece_start..line_break]);
-        piece_start = line_break + 1;
-    }
-    push_piece(&v[piece_start..]);
-    Cow::Owned(unfolded)
-}
 
 impl<'a> Headers<'a> {
     pub(crate) fn new(raw: impl Iterator<Item = (&'a str, &'a str)>) -> Self {
@@ -463,43 +438,5 @@ mod tests {
         assert!(!has_dsn_fields_in_text(
             "Status: 5.1.1\nno recipient line\n"
         ));
-    }
-
-    /// The unfolding before it searched line breaks with `memchr`.
-    fn unfold_value_reference(v: &str) -> String {
-        v.split(['\r', '\n'])
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-
-    #[test]
-    fn unfold_value_joins_the_trimmed_pieces() {
-        let mut values: Vec<String> = [
-            "",
-            " plain ",
-            "a\r\n b",
-            "a\n\tb\r\n\r\n  c  ",
-            "\r\n",
-            "\u{2003}x\u{2003}\ny\r",
-            "Subject: =?utf-8?q?x?=\r\n =?utf-8?q?y?=",
-        ]
-        .map(str::to_string)
-        .to_vec();
-        // Header blocks of the fixtures, field by field (values keep their folding).
-        for text in crate::mail::test_texts() {
-            let mut field = String::new();
-            for line in text.split_inclusive('\n') {
-                if !line.starts_with([' ', '\t']) {
-                    values.push(std::mem::take(&mut field));
-                }
-                field.push_str(line);
-            }
-            values.push(field);
-        }
-        for v in &values {
-            assert_eq!(unfold_value(v), unfold_value_reference(v), "{v:?}");
-        }
     }
 }

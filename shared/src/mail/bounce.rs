@@ -3,7 +3,7 @@
 //! that send no DSN (qmail, old Exim) — the bounce text itself.
 
 use super::auto::Headers;
-use super::body::strip_angles;
+use super::codec::strip_angles;
 use super::draft::{Bounce, MailAddress};
 use regex::Regex;
 use std::borrow::Cow;

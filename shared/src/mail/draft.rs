@@ -1,5 +1,5 @@
 //! The ticket draft (the parser's output, printed by `mailbridge parse` and posted by the poller),
-//! the parse options and the parse error. Field names are the contract of issue 5 and of
+//! the parse options and the parse error. Field names are the contract of
 //! `shared/schemas/ticket-draft.schema.json`.
 
 use crate::error::{Classify, ErrorClass};
@@ -17,7 +17,7 @@ pub struct MailAddress {
     pub address: String,
 }
 
-/// One attachment: every leaf that is not a body part (see issue 5, "What goes where").
+/// One attachment: every leaf that is not a body part.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
     /// Decoded filename (Content-Disposition `filename`, else Content-Type `name`), reduced to

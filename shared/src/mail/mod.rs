@@ -2,20 +2,31 @@
 //!
 //! [`parse`] never panics and never does I/O: the poller, the operator CLI (`mailbridge parse`)
 //! and the tests all call it. MIME decoding is `mail-parser`'s; this module adds what a
-//! helpdesk needs on top: which parts are the body and which attachments, charset repairs,
-//! machine-mail detection (`auto`), bounce details (`bounce`), the new part of a reply
-//! (`reply`), readable text for HTML-only mail (`html`), the requester even when `From` is
-//! odd or missing (`originator`), thread detection through our
-//! HMAC-signed markers ([`threading`]), an HTML body safe to render in a helpdesk (`sanitize`)
-//! and the expansion of Outlook `winmail.dat` (TNEF) parts
-//! into their files ([`tnef`]). The other direction, a helpdesk's raw outgoing message, is read
-//! and stamped with the thread marker by [`outgoing`], and split for Graph's draft route when it is
-//! too large for one request by [`large`].
+//! helpdesk needs on top. A mail flows through it one way, in stages:
+//!
+//! 1. `normalize`: line ends, 8-bit bytes in headers and other damage repaired before parsing;
+//! 2. headers (here): subject, addresses, dates and ids, with the requester found even when
+//!    `From` is odd or missing (`originator`);
+//! 3. `body`: the MIME walk, which parts are the text and HTML bodies and which attachments,
+//!    with Outlook `winmail.dat` (TNEF) parts expanded into their files by the [`tnef`] reader and
+//!    each file's name made safe by `attachment_names`;
+//! 4. analysis: machine mail (`auto`), bounce details (`bounce`), the new part of a reply
+//!    (`reply`), readable text for HTML-only mail (`html`), an HTML body safe to render in a
+//!    helpdesk (`sanitize`) and thread detection through our HMAC-signed markers ([`threading`]);
+//!    `draft` holds the types they fill.
+//!
+//! `codec` holds the decoders every stage shares (charsets, encoded words, lenient base64,
+//! percent-encoding, header unfolding), so no stage reaches back into another.
+//!
+//! The other direction, a helpdesk's raw outgoing message, is read and stamped with the thread
+//! marker by [`outgoing`], and split for Graph's draft route when it is too large for one request
+//! by [`large`].
 
+mod attachment_names;
 mod auto;
 mod body;
 mod bounce;
-mod charset;
+mod codec;
 mod draft;
 mod html;
 pub mod large;
@@ -31,6 +42,7 @@ pub use draft::{
     Attachment, Bounce, MailAddress, ParseError, ParseOptions, ThreadSource, TicketDraft,
 };
 
+use codec::unfold;
 use mail_parser::{Address, HeaderName, HeaderValue, Message, MessageParser, MimeHeaders};
 
 /// The MIME parser, configured to parse only the header fields the draft uses (MIME fields,
@@ -129,17 +141,17 @@ fn build_draft(
 ) -> (TicketDraft, Option<Vec<Vec<u8>>>) {
     let headers = auto::Headers::new(message.headers_raw());
     // Our own RFC 2047 decoding of the raw Subject when it has encoded-words (see
-    // `charset::decode_encoded_words` for what mail-parser gets wrong there).
+    // `codec::decode_encoded_words` for what mail-parser gets wrong there).
     let subject = headers
         .first("subject")
-        .and_then(|raw| charset::decode_encoded_words(&raw))
+        .and_then(|raw| codec::decode_encoded_words(&raw))
         .or_else(|| message.subject().map(str::to_string))
-        .map(|s| unfold(&charset::fix_embedded_iso_2022_jp(&s)))
+        .map(|s| unfold(&codec::fix_embedded_iso_2022_jp(&s)))
         .unwrap_or_default();
     let from = originator::originator(message, &headers);
     let message_id = message
         .message_id()
-        .map(|id| body::strip_angles(id).to_string())
+        .map(|id| codec::strip_angles(id).to_string())
         .filter(|id| !id.is_empty());
     let in_reply_to = ids(message.in_reply_to()).into_iter().next();
     let references = ids(message.references());
@@ -364,33 +376,6 @@ fn obsolete_date(value: &str) -> Option<String> {
         .map(|d| d.to_rfc3339())
 }
 
-fn unfold(s: &str) -> String {
-    let s: String = s
-        .chars()
-        .map(|c| {
-            if matches!(c, '\n' | '\r' | '\t') {
-                ' '
-            } else {
-                c
-            }
-        })
-        .collect();
-    let mut out = String::with_capacity(s.len());
-    let mut last_space = false;
-    for c in s.trim().chars() {
-        if c == ' ' {
-            if !last_space {
-                out.push(c);
-            }
-            last_space = true;
-        } else {
-            out.push(c);
-            last_space = false;
-        }
-    }
-    out
-}
-
 fn addresses(address: &Address<'_>) -> Vec<MailAddress> {
     let list: Vec<&mail_parser::Addr<'_>> = match address {
         Address::List(list) => list.iter().collect(),
@@ -406,7 +391,7 @@ fn addresses(address: &Address<'_>) -> Vec<MailAddress> {
                 .name
                 .as_deref()
                 .map(|n| {
-                    unfold(&charset::fix_embedded_iso_2022_jp(n))
+                    unfold(&codec::fix_embedded_iso_2022_jp(n))
                         .trim_matches(['"', '\'', ' '])
                         .to_string()
                 })
@@ -426,7 +411,7 @@ fn ids(value: &HeaderValue<'_>) -> Vec<String> {
         _ => Vec::new(),
     };
     raw.into_iter()
-        .map(|id| body::strip_angles(id).to_string())
+        .map(|id| codec::strip_angles(id).to_string())
         .filter(|id| !id.is_empty() && !id.contains(char::is_whitespace))
         .collect()
 }

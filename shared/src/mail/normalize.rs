@@ -4,7 +4,7 @@
 //! Output uses LF line ends. Only the header block is rewritten beyond line ends; the body is
 //! copied (or borrowed, when nothing needs changing).
 
-use super::charset;
+use super::codec;
 use super::draft::ParseError;
 use std::borrow::Cow;
 
@@ -48,7 +48,7 @@ pub(crate) fn normalize(raw: &[u8]) -> Result<Normalized<'_>, ParseError> {
         }
     };
     let header = &lf[header_start..header_end];
-    let mut charset_hint = charset::encoded_word_charset(header);
+    let mut charset_hint = codec::encoded_word_charset(header);
     let data = match repair_header_block(header) {
         None if header_start == 0 => lf,
         None => slice_cow(lf, header_start),
@@ -473,7 +473,7 @@ fn finish_header_block(
     out: Vec<u8>,
     changed: bool,
 ) -> Option<(Vec<u8>, Option<&'static encoding_rs::Encoding>)> {
-    let (out, escaped) = match charset::escape_8bit_in_q_words(&out) {
+    let (out, escaped) = match codec::escape_8bit_in_q_words(&out) {
         Some(escaped) => (escaped, true),
         None => (out, false),
     };
@@ -639,7 +639,7 @@ fn transcode_8bit(block: Vec<u8>) -> Result<(Vec<u8>, &'static encoding_rs::Enco
         .filter(|l| std::str::from_utf8(l).is_err())
         .flat_map(|l| l.iter().copied().chain([b'\n']))
         .collect();
-    let enc = charset::guess(&foreign);
+    let enc = codec::guess(&foreign);
     let mut out = Vec::with_capacity(block.len() + block.len() / 2);
     for (i, line) in block.split(|&b| b == b'\n').enumerate() {
         if i > 0 {

@@ -10,7 +10,7 @@
 //! address text (`From: <>`), and the next one is tried.
 
 use super::auto::Headers;
-use super::charset;
+use super::codec;
 use super::draft::MailAddress;
 use mail_parser::Message;
 
@@ -44,7 +44,7 @@ pub(crate) fn originator(message: &Message<'_>, headers: &Headers<'_>) -> Option
 }
 
 /// The display name of a single-address field whose name has encoded-words, decoded by
-/// `charset::decode_encoded_words` (split characters, unpadded base64).
+/// `codec::decode_encoded_words` (split characters, unpadded base64).
 fn encoded_display_name(raw: &str, address: &str) -> Option<String> {
     if !raw.contains("=?") || raw.matches('<').count() != 1 {
         return None;
@@ -68,8 +68,8 @@ fn clean_name(raw: &str) -> Option<String> {
         Some(inner) => unescape_quoted_pairs(inner),
         None => raw.replace('"', ""),
     };
-    let decoded = charset::decode_encoded_words(&unquoted).unwrap_or(unquoted);
-    let name = super::unfold(&charset::fix_embedded_iso_2022_jp(&decoded))
+    let decoded = codec::decode_encoded_words(&unquoted).unwrap_or(unquoted);
+    let name = codec::unfold(&codec::fix_embedded_iso_2022_jp(&decoded))
         .trim_matches(['"', '\'', ' '])
         .to_string();
     (!name.is_empty()).then_some(name)

@@ -34,9 +34,8 @@
 //!
 //! [MS-OXTNEF]: https://learn.microsoft.com/en-us/openspecs/exchange_server_protocols/ms-oxtnef/
 
-use super::body::Bodies;
-use super::charset;
-use super::draft::Attachment;
+use super::attachment_names;
+use super::codec;
 use encoding_rs::Encoding;
 
 /// The TNEF stream signature (little-endian `78 9F 3E 22`).
@@ -379,12 +378,12 @@ pub fn read(bytes: &[u8]) -> Option<Tnef<'_>> {
             .map(|t| decode_text(t, encoding).trim().to_ascii_lowercase())
             .filter(|t| valid_mime_type(t));
         let content_type = mime_tag.unwrap_or_else(|| {
-            super::body::content_type_for(filename.as_deref().unwrap_or("")).to_string()
+            attachment_names::content_type_for(filename.as_deref().unwrap_or("")).to_string()
         });
         let content_id = att
             .content_id
             .map(|t| {
-                super::body::strip_angles(&decode_text(t, encoding))
+                codec::strip_angles(&decode_text(t, encoding))
                     .trim()
                     .to_string()
             })
@@ -409,7 +408,7 @@ pub fn read(bytes: &[u8]) -> Option<Tnef<'_>> {
             } else {
                 let cpid = html_cpid.and_then(encoding_for_codepage).or(encoding);
                 let html = trim_nuls(html);
-                charset::sniff_decode(html, cpid.map(Encoding::name), cpid).into_owned()
+                codec::sniff_decode(html, cpid.map(Encoding::name), cpid).into_owned()
             }
         })
         .filter(|t| !t.trim().is_empty());
@@ -545,8 +544,8 @@ fn decode_8bit(bytes: &[u8], encoding: Option<&'static Encoding>) -> String {
     let bytes = trim_nuls(bytes);
     match encoding {
         // UTF-8 first (valid UTF-8 is rarely anything else), then the stream's code page.
-        Some(enc) => charset::sniff_decode(bytes, Some(enc.name()), Some(enc)).into_owned(),
-        None => charset::sniff_decode(bytes, None, None).into_owned(),
+        Some(enc) => codec::sniff_decode(bytes, Some(enc.name()), Some(enc)).into_owned(),
+        None => codec::sniff_decode(bytes, None, None).into_owned(),
     }
 }
 
@@ -601,65 +600,6 @@ fn valid_mime_type(value: &str) -> bool {
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
     };
     token(ty) && token(sub)
-}
-
-/// Whether a draft attachment is a TNEF part (`application/ms-tnef`, or a `winmail.dat` some
-/// gateway relabelled, e.g. as `application/octet-stream`).
-pub(crate) fn is_tnef_attachment(attachment: &Attachment) -> bool {
-    matches!(
-        attachment.content_type.as_str(),
-        "application/ms-tnef" | "application/vnd.ms-tnef"
-    ) || attachment
-        .filename
-        .as_deref()
-        .is_some_and(|n| n.eq_ignore_ascii_case("winmail.dat"))
-}
-
-/// Puts a TNEF part into `out`: each file inside becomes an attachment (with its bytes when
-/// contents are collected), in place of the part; the part itself stays too in the cases the
-/// module docs list. The first TNEF's body is kept for a mail without one.
-pub(crate) fn expand_into(original: Attachment, bytes: &[u8], out: &mut Bodies) {
-    let outer_has_body = !out.text_parts.is_empty() || out.html.is_some();
-    let tnef = if is_tnef_data(bytes) {
-        read(bytes)
-    } else {
-        None
-    };
-    let Some(tnef) = tnef else {
-        push(out, original, bytes);
-        return;
-    };
-    let keep_original = !tnef.complete
-        || !tnef.is_plain_message()
-        || (tnef.rtf_body_only && !outer_has_body)
-        || (tnef.attachments.is_empty()
-            && tnef.body_text.is_none()
-            && tnef.body_html.is_none()
-            && !tnef.rtf_body_only);
-    for file in &tnef.attachments {
-        let attachment = Attachment {
-            filename: file.filename.clone(),
-            content_type: file.content_type.clone(),
-            size: file.data.len() as u64,
-            inline: file.content_id.is_some(),
-            content_id: file.content_id.clone(),
-        };
-        push(out, attachment, file.data);
-    }
-    if keep_original {
-        push(out, original, bytes);
-    }
-    if out.tnef_body_text.is_none() && out.tnef_body_html.is_none() {
-        out.tnef_body_text = tnef.body_text;
-        out.tnef_body_html = tnef.body_html;
-    }
-}
-
-fn push(out: &mut Bodies, attachment: Attachment, bytes: &[u8]) {
-    out.attachments.push(attachment);
-    if let Some(contents) = out.contents.as_mut() {
-        contents.push(bytes.to_vec());
-    }
 }
 
 #[cfg(test)]
