@@ -27,6 +27,13 @@
 //!
 //! Hostile input stays linear: quote prefixes and list indentation are capped in depth, and the
 //! output is cut (with a note) once it grows past a fixed multiple of the input.
+//!
+//! Why not a crate such as `html2text`: it renders for a terminal (every line hard-wrapped to a
+//! fixed width, which a helpdesk then wraps again; links as numbered footnotes), it builds an
+//! html5ever DOM of the whole document first (memory in proportion to the markup, where this
+//! pass holds only the output), and hidden elements need its optional CSS engine. What this
+//! module must keep is narrow and tested here: the `> ` quote prefixes and `___` separators the
+//! reply extractor reads, hidden preheaders (and thread markers) left out, and linear time.
 
 use html5gum::emitters::callback::{Callback, CallbackEmitter, CallbackEvent};
 use html5gum::{Emitter, ForwardingEmitter, Span, Tokenizer};
