@@ -1444,3 +1444,293 @@ async fn the_sign_in_page_checks_the_redirect_uri_and_reports_a_declined_consent
         other => panic!("expected the AADSTS50126 page, got {other:?}"),
     }
 }
+
+/// A raw token-endpoint POST of `form` for the world's tenant: status and JSON body.
+async fn token_post(w: &World, form: &[(&str, &str)]) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/{}/oauth2/v2.0/token", w.idp.base_url, w.tenant))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+async fn refresh_raw(w: &World, refresh_token: &str, scope: &str) -> (u16, Value) {
+    token_post(
+        w,
+        &[
+            ("client_id", w.client_id.as_str()),
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("scope", scope),
+        ],
+    )
+    .await
+}
+
+const GRAPH_SCOPE: &str = "https://graph.microsoft.com/Mail.Send offline_access";
+
+#[tokio::test]
+async fn mfa_and_consent_failures_carry_suberror_claims_and_the_fix() {
+    let w = World::new().await;
+    let rt = w.with_refresh_token(chrono::Duration::hours(1)).await;
+    set_user(&w, |u| u.mfa_required = true);
+    // A silent refresh with a token that never passed MFA: interaction_required.
+    let (s, body) = refresh_raw(&w, &rt, GRAPH_SCOPE).await;
+    assert_eq!(s, 400);
+    assert_eq!(body["error"], "interaction_required", "{body}");
+    assert_eq!(body["error_codes"], serde_json::json!([50076]));
+    assert_eq!(body["suberror"], "basic_action");
+    let claims: Value = serde_json::from_str(body["claims"].as_str().expect("claims")).unwrap();
+    assert_eq!(
+        claims["access_token"]["capolids"]["values"][0],
+        local_stack::identity::MFA_POLICY_ID
+    );
+    // A password sign-in for the same user: invalid_grant, no suberror.
+    let (_, body) = token_post(
+        &w,
+        &[
+            ("client_id", w.client_id.as_str()),
+            ("grant_type", "password"),
+            ("username", w.upn.as_str()),
+            ("password", PASSWORD),
+            ("scope", GRAPH_SCOPE),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (body["error"].as_str(), body["error_codes"][0].as_u64()),
+        (Some("invalid_grant"), Some(50076))
+    );
+    assert!(body.get("suberror").is_none(), "{body}");
+    // What the functions make of it: needs a person, only for this audience, the browser fix.
+    let err = w
+        .service()
+        .access_token(&w.secret_name, Audience::Graph)
+        .await
+        .expect_err("MFA required");
+    assert!(
+        err.to_string().contains("login --browser") && err.to_string().contains("AADSTS50076"),
+        "{err}"
+    );
+    assert_eq!(w.read_secret().await.status.audience, Some(Audience::Graph));
+
+    // Consent missing for IMAP: invalid_grant + consent_required.
+    let w = World::new().await;
+    let rt = w.with_refresh_token(chrono::Duration::hours(1)).await;
+    let mut app = AppRegistration::mailbridge(&w.tenant, &w.client_id);
+    app.consented_scopes.retain(|s| !s.contains("IMAP"));
+    w.idp.register_app(app);
+    let (_, body) = refresh_raw(
+        &w,
+        &rt,
+        "https://outlook.office.com/IMAP.AccessAsUser.All offline_access",
+    )
+    .await;
+    assert_eq!(
+        (body["error"].as_str(), body["suberror"].as_str()),
+        (Some("invalid_grant"), Some("consent_required")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_refresh_token_expires_90_days_after_its_issue_even_when_used() {
+    use local_stack::identity::IdentityControl;
+    let w = World::new().await;
+    let control = IdentityControl::new(&w.idp.base_url);
+    let first = w.fresh_refresh_token().await;
+    // Day 60: the first token still works, and returns a rotated one.
+    control
+        .advance_tenant_clock(&w.tenant, chrono::Duration::days(60))
+        .await
+        .unwrap();
+    let (s, body) = refresh_raw(&w, &first, GRAPH_SCOPE).await;
+    assert_eq!(s, 200, "{body}");
+    let rotated = body["refresh_token"].as_str().unwrap().to_owned();
+    // Day 89: used again (use does not extend it).
+    control
+        .advance_tenant_clock(&w.tenant, chrono::Duration::days(29))
+        .await
+        .unwrap();
+    assert_eq!(refresh_raw(&w, &first, GRAPH_SCOPE).await.0, 200);
+    // Day 91: the first token is dead though used two days ago; the rotated one (31 days old)
+    // lives.
+    control
+        .advance_tenant_clock(&w.tenant, chrono::Duration::days(2))
+        .await
+        .unwrap();
+    let (s, body) = refresh_raw(&w, &first, GRAPH_SCOPE).await;
+    assert_eq!(s, 400);
+    assert_eq!(body["error_codes"][0], 700082, "{body}");
+    assert_eq!(body["suberror"], "bad_token");
+    assert_eq!(refresh_raw(&w, &rotated, GRAPH_SCOPE).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_password_change_or_an_admin_revoke_kills_outstanding_refresh_tokens() {
+    use local_stack::identity::IdentityControl;
+    let w = World::new().await;
+    let control = IdentityControl::new(&w.idp.base_url);
+    let before = [w.fresh_refresh_token().await, w.fresh_refresh_token().await];
+    // A flag change is not a password change: tokens live on.
+    set_user(&w, |u| u.locked = false);
+    assert_eq!(refresh_raw(&w, &before[0], GRAPH_SCOPE).await.0, 200);
+    control
+        .change_password(&w.upn, "a new password")
+        .await
+        .unwrap();
+    for rt in &before {
+        let (s, body) = refresh_raw(&w, rt, GRAPH_SCOPE).await;
+        assert_eq!(
+            (s, body["error_codes"][0].as_u64()),
+            (400, Some(50173)),
+            "{body}"
+        );
+        assert_eq!(body["suberror"], "bad_token");
+    }
+    // Signed in again with the new password: a new token, killed by an admin revoke.
+    let (s, body) = token_post(
+        &w,
+        &[
+            ("client_id", w.client_id.as_str()),
+            ("grant_type", "password"),
+            ("username", w.upn.as_str()),
+            ("password", "a new password"),
+            ("scope", GRAPH_SCOPE),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let after = body["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(refresh_raw(&w, &after, GRAPH_SCOPE).await.0, 200);
+    control.revoke_refresh_tokens(&w.upn).await.unwrap();
+    assert_eq!(
+        refresh_raw(&w, &after, GRAPH_SCOPE).await.1["error_codes"][0],
+        50173
+    );
+}
+
+#[tokio::test]
+async fn the_token_endpoint_reads_only_form_encoded_bodies() {
+    let w = World::new().await;
+    let url = format!("{}/{}/oauth2/v2.0/token", w.idp.base_url, w.tenant);
+    let form = serde_json::json!({
+        "client_id": w.client_id, "grant_type": "password", "username": w.upn,
+        "password": PASSWORD, "scope": GRAPH_SCOPE,
+    });
+    let r = reqwest::Client::new()
+        .post(&url)
+        .json(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error_codes"][0], 900144, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("'grant_type'")
+    );
+    // Form-encoded parameters under another Content-Type are not read either.
+    let fields: Vec<(String, String)> = form
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect();
+    let encoded = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(&fields)
+        .finish();
+    let r = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "text/plain")
+        .body(encoded.clone())
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error_codes"][0], 900144, "{body}");
+    // The same body as application/x-www-form-urlencoded is fine.
+    let ok = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(encoded)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn device_code_polls_sooner_than_the_interval_get_slow_down() {
+    let w = World::new().await;
+    w.idp.set_tenant_settings(
+        &w.tenant,
+        TenantSettings {
+            device_code_interval_secs: Some(2),
+            ..TenantSettings::default()
+        },
+    );
+    let account = w.account();
+    let identity = identity_client();
+    let (device_code, prompt) = identity
+        .start_device_code(&account, GRAPH_SCOPE)
+        .await
+        .unwrap();
+    assert_eq!(prompt.interval, Duration::from_secs(2));
+    let form = [
+        ("client_id", w.client_id.as_str()),
+        ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+        ("device_code", device_code.as_str()),
+    ];
+    // At once: too soon, and the interval is now 7 s: 2.2 s later is still too soon (now 12 s).
+    assert_eq!(token_post(&w, &form).await.1["error"], "slow_down");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(token_post(&w, &form).await.1["error"], "slow_down");
+    // 12.2 s later: in time, pending.
+    tokio::time::sleep(Duration::from_millis(12_200)).await;
+    assert_eq!(
+        token_post(&w, &form).await.1["error"],
+        "authorization_pending"
+    );
+    // The client's flow keeps the interval (+5 s per slow_down) and is never told to slow down.
+    let w2 = World::new().await;
+    w2.idp.set_tenant_settings(
+        &w2.tenant,
+        TenantSettings {
+            device_code_interval_secs: Some(1),
+            ..TenantSettings::default()
+        },
+    );
+    let idp = w2.idp.clone();
+    let (tenant, upn) = (w2.tenant.clone(), w2.upn.clone());
+    let approve = tokio::spawn(async move {
+        loop {
+            if let Some(code) = idp
+                .device_codes(&tenant)
+                .into_iter()
+                .find(|c| c.state == "pending")
+            {
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+                idp.approve_device_code(&code.user_code, &upn).unwrap();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut slow_downs = 0;
+    identity_client()
+        .device_code_flow(&w2.account(), Audience::Graph, |e| {
+            if matches!(e, DeviceCodeEvent::SlowDown(_)) {
+                slow_downs += 1;
+            }
+        })
+        .await
+        .expect("approved");
+    approve.await.unwrap();
+    assert_eq!(slow_downs, 0);
+}

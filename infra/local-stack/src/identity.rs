@@ -15,7 +15,14 @@
 //!   70016 / expired 70019 / bad code 70018.
 //! - One access token per resource; its scopes are every permission the app is consented for on
 //!   that resource (as Microsoft does). Refresh tokens rotate on every use and the old one stays
-//!   valid (until revoked or inactive for the inactivity window, default 90 days).
+//!   valid until revoked (admin revoke, password change) or 90 days after its own issue (the
+//!   window setting): using a token does not extend it, only the rotated one starts anew.
+//! - `suberror` and `claims` where Entra sends them: MFA on a silent refresh is
+//!   `interaction_required` + `basic_action` + a claims challenge (ROPC gets `invalid_grant`),
+//!   missing consent `consent_required`, revoked or expired grant `bad_token`, expired password
+//!   `user_password_expired`.
+//! - Only form-encoded bodies carry parameters (a JSON body fails with AADSTS900144); a device
+//!   code polled sooner than its `interval` gets `slow_down`, and its interval grows by 5 s.
 //! - Tokens are opaque random strings.
 //!
 //! Test controls are methods on [`IdentityStandIn`], mirrored as JSON endpoints under
@@ -382,9 +389,9 @@ struct RefreshRecord {
     tenant: String,
     client_id: String,
     upn: String,
+    /// Its expiry window (90 days by default) runs from here; using it does not extend it.
     issued_at: DateTime<Utc>,
-    last_used_at: DateTime<Utc>,
-    /// Obtained with MFA (device code), so MFA policies are satisfied.
+    /// Obtained with MFA (device code, browser), so MFA policies are satisfied.
     mfa: bool,
 }
 
@@ -413,6 +420,11 @@ struct DeviceRecord {
     expires_at: DateTime<Utc>,
     state: DeviceState,
     slow_downs: u32,
+    /// The poll interval this code must keep (grows by 5 s with each `slow_down`, RFC 8628
+    /// §3.5).
+    interval: Duration,
+    /// When it was issued or last polled (real time: the interval is wall-clock seconds).
+    last_poll: std::time::Instant,
 }
 
 /// An `/authorize` request waiting for the user to sign in and consent.
@@ -490,6 +502,12 @@ struct AadError {
     code: u64,
     message: String,
     retry_after: Option<u64>,
+    /// Entra's `suberror` (what the client should do): `basic_action`, `consent_required`,
+    /// `bad_token`, `user_password_expired` ...
+    suberror: Option<&'static str>,
+    /// A claims challenge (JSON text) for the next interactive sign-in, e.g. which Conditional
+    /// Access policy asked for MFA.
+    claims: Option<String>,
 }
 
 impl AadError {
@@ -500,7 +518,13 @@ impl AadError {
             code,
             message: message.into(),
             retry_after: None,
+            suberror: None,
+            claims: None,
         }
+    }
+    fn with_suberror(mut self, suberror: &'static str) -> Self {
+        self.suberror = Some(suberror);
+        self
     }
     fn bad(error: &'static str, code: u64, message: impl Into<String>) -> Self {
         Self::new(400, error, code, message)
@@ -516,7 +540,7 @@ impl AadError {
         let trace_id = uuid::Uuid::new_v4().to_string();
         let correlation_id = uuid::Uuid::new_v4().to_string();
         let timestamp = Utc::now().format("%Y-%m-%d %H:%M:%SZ").to_string();
-        let body = json!({
+        let mut body = json!({
             "error": self.error,
             "error_description": format!(
                 "AADSTS{}: {} Trace ID: {trace_id} Correlation ID: {correlation_id} Timestamp: {timestamp}",
@@ -528,6 +552,12 @@ impl AadError {
             "correlation_id": correlation_id,
             "error_uri": format!("https://login.microsoftonline.com/error?code={}", self.code),
         });
+        if let Some(suberror) = self.suberror {
+            body["suberror"] = json!(suberror);
+        }
+        if let Some(claims) = &self.claims {
+            body["claims"] = json!(claims);
+        }
         let mut response = (self.status, Json(body)).into_response();
         if let Some(ra) = self.retry_after
             && let Ok(v) = HeaderValue::from_str(&ra.to_string())
@@ -691,10 +721,20 @@ impl IdentityStandIn {
             .tenants
             .entry(user.tenant.clone())
             .or_insert_with(Tenant::new);
-        tenant.users.insert(user.upn.to_lowercase(), user);
+        let key = user.upn.to_lowercase();
+        let changed = tenant
+            .users
+            .get(&key)
+            .is_some_and(|old| old.password != user.password);
+        if changed {
+            let now = tenant.now();
+            tenant.tokens_valid_from.insert(key.clone(), now);
+        }
+        tenant.users.insert(key, user);
     }
 
-    /// Change a registered user's flags/password with `edit`.
+    /// Change a registered user's flags/password with `edit`. A new password revokes the
+    /// user's refresh tokens (Microsoft: a password change revokes password-based tokens).
     pub fn update_user(
         &self,
         upn: &str,
@@ -702,12 +742,18 @@ impl IdentityStandIn {
     ) -> Result<(), ControlError> {
         let mut state = self.shared.lock();
         let key = upn.to_lowercase();
-        let user = state
+        let tenant = state
             .tenants
             .values_mut()
-            .find_map(|t| t.users.get_mut(&key))
+            .find(|t| t.users.contains_key(&key))
             .ok_or_else(|| ControlError(format!("unknown user {upn}")))?;
+        let now = tenant.now();
+        let user = tenant.users.get_mut(&key).expect("found above");
+        let before = user.password.clone();
         edit(user);
+        if user.password != before {
+            tenant.tokens_valid_from.insert(key, now);
+        }
         Ok(())
     }
 
@@ -753,7 +799,7 @@ impl IdentityStandIn {
             .values_mut()
             .find(|t| t.users.contains_key(&key))
             .ok_or_else(|| ControlError(format!("unknown user {upn}")))?;
-        let now = tenant.now() + chrono::Duration::seconds(1);
+        let now = tenant.now();
         tenant.tokens_valid_from.insert(key, now);
         Ok(())
     }
@@ -775,7 +821,7 @@ impl IdentityStandIn {
                     .get(&record.tenant)
                     .copied()
                     .unwrap_or(chrono::Duration::days(90));
-                record.last_used_at -= window + chrono::Duration::days(1);
+                record.issued_at -= window + chrono::Duration::days(1);
                 found = true;
             }
         }
@@ -989,6 +1035,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_control/users", post(control_user))
         .route("/_control/users/revoke", post(control_revoke))
         .route(
+            "/_control/users/change-password",
+            post(control_change_password),
+        )
+        .route(
             "/_control/users/expire-refresh-tokens",
             post(control_expire_rt),
         )
@@ -1096,9 +1146,10 @@ fn respond(
 async fn token_endpoint(
     State(shared): State<Arc<Shared>>,
     Path(tenant): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form = parse_form(&body);
+    let form = form_body(&headers, &body);
     let mut outcome = Outcome {
         grant_type: form.get("grant_type").cloned(),
         ..Outcome::default()
@@ -1244,7 +1295,8 @@ fn consented_for(
                 "The user or administrator has not consented to use the application with ID '{}'. Send an interactive authorization request for this user and resource.",
                 app.client_id
             ),
-        ));
+        )
+        .with_suberror("consent_required"));
     }
     Ok(consented.into_iter().collect())
 }
@@ -1265,11 +1317,10 @@ fn user_blocks(user: &UserAccount, check_password_flags: bool) -> Result<(), Aad
         ));
     }
     if check_password_flags && user.password_expired {
-        return Err(AadError::bad(
-            "invalid_grant",
-            50055,
-            "The password is expired.",
-        ));
+        return Err(
+            AadError::bad("invalid_grant", 50055, "The password is expired.")
+                .with_suberror("user_password_expired"),
+        );
     }
     if user.ca_blocked {
         return Err(AadError::bad(
@@ -1281,15 +1332,33 @@ fn user_blocks(user: &UserAccount, check_password_flags: bool) -> Result<(), Aad
     Ok(())
 }
 
-fn mfa_error(resource: &str) -> AadError {
-    AadError::bad(
-        "invalid_grant",
+/// MFA required. A password sign-in (ROPC) is refused as `invalid_grant`; a refresh with a
+/// token that never passed MFA as `interaction_required` with `suberror: basic_action` and a
+/// claims challenge naming the Conditional Access policy, as Entra answers a silent request.
+fn mfa_error(resource: &str, silent: bool) -> AadError {
+    let mut err = AadError::bad(
+        if silent {
+            "interaction_required"
+        } else {
+            "invalid_grant"
+        },
         50076,
         format!(
             "Due to a configuration change made by your administrator, or because you moved to a new location, you must use multi-factor authentication to access '{resource}'."
         ),
-    )
+    );
+    if silent {
+        err = err.with_suberror("basic_action");
+        err.claims = Some(
+            json!({"access_token": {"capolids": {"essential": true, "values": [MFA_POLICY_ID]}}})
+                .to_string(),
+        );
+    }
+    err
 }
+
+/// The Conditional Access policy id the stand-in names in MFA claims challenges.
+pub const MFA_POLICY_ID: &str = "9d8c3e5f-0b1a-4c2d-8e7f-6a5b4c3d2e1f";
 
 fn handle_token(
     state: &mut StandInState,
@@ -1337,7 +1406,7 @@ fn handle_token(
             let request = parse_scope(state, scope)?;
             let (resource, perms) = grant_scopes(&app, &request)?;
             if user.mfa_required {
-                return Err(mfa_error(&resource));
+                return Err(mfa_error(&resource, false));
             }
             let upn = user.upn.clone();
             Ok(issue(
@@ -1388,10 +1457,13 @@ fn handle_token(
                         record.issued_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
                         valid_from.format("%Y-%m-%dT%H:%M:%S%.3fZ")
                     ),
-                ));
+                )
+                .with_suberror("bad_token"));
             }
+            // 90 days from the token's own issue, however often it was used: using a refresh
+            // token does not extend it; only the rotated token it returns starts a new window.
             let window = t.inactivity_window();
-            if now - record.last_used_at > window {
+            if now - record.issued_at > window {
                 return Err(AadError::bad(
                     "invalid_grant",
                     700082,
@@ -1400,16 +1472,14 @@ fn handle_token(
                         record.issued_at.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
                         window.num_days()
                     ),
-                ));
+                )
+                .with_suberror("bad_token"));
             }
             user_blocks(user, false)?;
             let request = parse_scope(state, scope)?;
             let (resource, perms) = grant_scopes(&app, &request)?;
             if user.mfa_required && !record.mfa {
-                return Err(mfa_error(&resource));
-            }
-            if let Some(r) = state.refresh_tokens.get_mut(token) {
-                r.last_used_at = now;
+                return Err(mfa_error(&resource, true));
             }
             let upn = record.upn.clone();
             Ok(issue(
@@ -1449,9 +1519,15 @@ fn handle_token(
                     "Verification code expired.",
                 ));
             }
-            if record.slow_downs > 0 {
+            // A poll sooner than `interval` after the previous one (or the code's issue), or an
+            // injected one: `slow_down`, and this code's interval grows by 5 s for good.
+            let polled = std::time::Instant::now();
+            let too_soon = polled.duration_since(record.last_poll) < record.interval;
+            if record.slow_downs > 0 || too_soon {
                 if let Some(r) = state.device_codes.get_mut(code) {
-                    r.slow_downs -= 1;
+                    r.last_poll = polled;
+                    r.slow_downs = r.slow_downs.saturating_sub(1);
+                    r.interval += Duration::from_secs(5);
                 }
                 return Err(AadError::bad(
                     "slow_down",
@@ -1460,11 +1536,16 @@ fn handle_token(
                 ));
             }
             match &record.state {
-                DeviceState::Pending => Err(AadError::bad(
-                    "authorization_pending",
-                    70016,
-                    "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
-                )),
+                DeviceState::Pending => {
+                    if let Some(r) = state.device_codes.get_mut(code) {
+                        r.last_poll = polled;
+                    }
+                    Err(AadError::bad(
+                        "authorization_pending",
+                        70016,
+                        "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
+                    ))
+                }
                 DeviceState::Declined => Err(AadError::bad(
                     "authorization_declined",
                     70000,
@@ -1966,6 +2047,17 @@ async fn authorize_submit(
     )
 }
 
+/// The parameters of a token or devicecode request. Only an
+/// `application/x-www-form-urlencoded` body carries any: a JSON (or untyped) body reads as no
+/// parameters at all, so the request fails with AADSTS900144 naming the first one missing.
+fn form_body(headers: &HeaderMap, body: &[u8]) -> HashMap<String, String> {
+    if is_form(headers) {
+        parse_form(body)
+    } else {
+        HashMap::new()
+    }
+}
+
 /// The body is `application/x-www-form-urlencoded` (what every OAuth endpoint takes).
 fn is_form(headers: &HeaderMap) -> bool {
     headers
@@ -2027,7 +2119,6 @@ fn issue(
                 client_id: client_id.to_owned(),
                 upn: upn.to_owned(),
                 issued_at: now,
-                last_used_at: now,
                 mfa,
             },
         );
@@ -2089,9 +2180,10 @@ fn id_token(
 async fn devicecode_endpoint(
     State(shared): State<Arc<Shared>>,
     Path(tenant): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form = parse_form(&body);
+    let form = form_body(&headers, &body);
     let outcome = Outcome::default();
     let mut state = shared.lock();
     if let Some(kind) = take_failure(&mut state, FailureTarget::TokenEndpoint, Some(&tenant), &[])
@@ -2122,6 +2214,8 @@ async fn devicecode_endpoint(
                 expires_at: now + chrono::Duration::seconds(lifetime as i64),
                 state: DeviceState::Pending,
                 slow_downs: 0,
+                interval: Duration::from_secs(interval),
+                last_poll: std::time::Instant::now(),
             },
         );
         Ok((StatusCode::OK, Json(json!({
@@ -2318,6 +2412,22 @@ async fn control_revoke(State(shared): State<Arc<Shared>>, Json(user): Json<User
     control_result(handle(&shared).revoke_refresh_tokens(&user.upn))
 }
 
+/// Body of `/_control/users/change-password`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PasswordChange {
+    /// User principal name.
+    pub upn: String,
+    /// The new password.
+    pub password: String,
+}
+
+async fn control_change_password(
+    State(shared): State<Arc<Shared>>,
+    Json(req): Json<PasswordChange>,
+) -> Response {
+    control_result(handle(&shared).update_user(&req.upn, |u| u.password = req.password.clone()))
+}
+
 async fn control_expire_rt(
     State(shared): State<Arc<Shared>>,
     Json(user): Json<UserRef>,
@@ -2492,6 +2602,33 @@ impl IdentityControl {
     pub async fn revoke_refresh_tokens(&self, upn: &str) -> anyhow::Result<()> {
         self.post("users/revoke", &UserRef { upn: upn.into() })
             .await
+    }
+    /// The user changes their password (revokes their refresh tokens); see
+    /// [`IdentityStandIn::update_user`].
+    pub async fn change_password(&self, upn: &str, password: &str) -> anyhow::Result<()> {
+        self.post(
+            "users/change-password",
+            &PasswordChange {
+                upn: upn.into(),
+                password: password.into(),
+            },
+        )
+        .await
+    }
+    /// See [`IdentityStandIn::advance_tenant_clock`].
+    pub async fn advance_tenant_clock(
+        &self,
+        tenant: &str,
+        by: chrono::Duration,
+    ) -> anyhow::Result<()> {
+        self.post(
+            "tenants/advance-clock",
+            &AdvanceClockRequest {
+                tenant: tenant.into(),
+                seconds: by.num_seconds(),
+            },
+        )
+        .await
     }
     /// See [`IdentityStandIn::expire_refresh_tokens`].
     pub async fn expire_refresh_tokens(&self, upn: &str) -> anyhow::Result<()> {

@@ -36,12 +36,22 @@ pub struct OAuthErrorBody {
 impl OAuthErrorBody {
     /// First AADSTS code, from `error_codes` or the description prefix.
     pub fn code(&self) -> Option<u64> {
-        self.error_codes.first().copied().or_else(|| {
+        self.codes().first().copied()
+    }
+
+    /// Every AADSTS code: `error_codes` (older responses list several), else the one at the
+    /// start of the description.
+    pub fn codes(&self) -> Vec<u64> {
+        if !self.error_codes.is_empty() {
+            return self.error_codes.clone();
+        }
+        let from_description = || {
             let d = self.error_description.as_deref()?;
             let rest = d.strip_prefix("AADSTS")?;
             let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
             digits.parse().ok()
-        })
+        };
+        from_description().into_iter().collect()
     }
 
     /// The description without the `AADSTSnnnnn: ` prefix and the Trace ID / Timestamp tail,
@@ -73,6 +83,8 @@ pub struct NeedsPerson {
     /// password may re-bootstrap it with ROPC. False for MFA, consent, locked, etc., where
     /// ROPC would fail the same way.
     pub grant_rejected: bool,
+    /// Entra's `suberror` (`basic_action`, `consent_required`, `bad_token` ...), when sent.
+    pub suberror: Option<String>,
 }
 
 /// Codes whose cause is one resource's permissions or policy (consent, scope, a Conditional
@@ -92,8 +104,54 @@ impl NeedsPerson {
             .and_then(|digits| digits.parse::<u64>().ok())
             .is_some_and(|code| AUDIENCE_SPECIFIC.contains(&code))
             || self.code == "consent_required"
+            || matches!(
+                self.suberror.as_deref(),
+                Some("consent_required" | "basic_action")
+            )
     }
 }
+
+/// What Entra's `suberror` asks of a person, in operator words (MSAL's suberror classes).
+pub fn explain_suberror(suberror: &str) -> Option<&'static str> {
+    Some(match suberror {
+        "basic_action" => {
+            "the user must sign in interactively again (multi-factor authentication or another Conditional Access requirement); run `mailbridge login --browser`"
+        }
+        "additional_action" => {
+            "the user must first complete a step outside the sign-in (register for MFA, accept terms of use, enrol the device), then run `mailbridge login --browser`"
+        }
+        "message_only" => {
+            "no sign-in can fix this now; follow Microsoft's message (an administrator may have to act)"
+        }
+        "consent_required" => {
+            "consent for the requested permissions is missing or was revoked; an administrator must grant it (App registration → API permissions → Grant admin consent), then run `mailbridge login --browser`"
+        }
+        "user_password_expired" => {
+            "the user's password has expired; change it, then run `mailbridge login --browser`"
+        }
+        "bad_token" => {
+            "the stored refresh token is invalid, expired or revoked; run `mailbridge login --browser`"
+        }
+        "token_expired" => "the stored refresh token has expired; run `mailbridge login --browser`",
+        "protection_policy_required" => {
+            "an Intune app protection policy is required for this app; an administrator must exempt or configure it"
+        }
+        _ => return None,
+    })
+}
+
+/// `suberror` values saying the grant itself is dead (a stored password may re-bootstrap it).
+const SUBERROR_GRANT_DEAD: &[&str] = &["bad_token", "token_expired"];
+/// `suberror` values saying the grant is fine but a person must act (re-bootstrapping with a
+/// stored password would fail the same way).
+const SUBERROR_PERSON: &[&str] = &[
+    "basic_action",
+    "additional_action",
+    "message_only",
+    "consent_required",
+    "user_password_expired",
+    "protection_policy_required",
+];
 
 /// A failure worth retrying.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -219,10 +277,18 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &str) -> Token
                     "the token endpoint answered HTTP {status} without an OAuth error (check authority_host)"
                 ),
                 grant_rejected: false,
+                suberror: None,
             })
         };
     };
-    let code = err.code();
+    let codes = err.codes();
+    // The code that names the fix: the first one of the list this module can explain.
+    let code = codes
+        .iter()
+        .copied()
+        .find(|c| explain(*c).is_some())
+        .or_else(|| codes.first().copied());
+    let suberror = err.suberror.clone().filter(|s| !s.is_empty());
     let code_text = code.map(|c| format!("AADSTS{c}"));
     let with_code = |s: &str| match &code_text {
         Some(c) => format!("{s} [{c}]"),
@@ -242,8 +308,14 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &str) -> Token
     if status == 429 || status >= 500 || code.is_some_and(|c| TRANSIENT_CODES.contains(&c)) {
         return transient(with_code(&format!("HTTP {status} {}", err.error)));
     }
-    let explanation = code
-        .and_then(explain)
+    // The fix: `message_only` says no sign-in helps, whatever the code; otherwise the first
+    // explained code, then the suberror, then the OAuth error.
+    let by_suberror = suberror.as_deref().and_then(explain_suberror);
+    let explanation = (suberror.as_deref() == Some("message_only"))
+        .then_some(by_suberror)
+        .flatten()
+        .or_else(|| code.and_then(explain))
+        .or(by_suberror)
         .map(str::to_owned)
         .unwrap_or_else(|| match err.error.as_str() {
             "interaction_required" => {
@@ -264,14 +336,17 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &str) -> Token
     } else {
         format!("{explanation}. Microsoft said: {message}")
     };
-    let grant_rejected = match code {
-        Some(c) => GRANT_DEAD.contains(&c),
-        None => err.error == "invalid_grant",
+    let grant_rejected = match suberror.as_deref() {
+        Some(s) if SUBERROR_PERSON.contains(&s) => false,
+        Some(s) if SUBERROR_GRANT_DEAD.contains(&s) => true,
+        _ if codes.is_empty() => err.error == "invalid_grant",
+        _ => codes.iter().any(|c| GRANT_DEAD.contains(c)),
     };
     TokenEndpointError::NeedsPerson(NeedsPerson {
         code: code_text.unwrap_or_else(|| err.error.clone()),
         reason,
         grant_rejected,
+        suberror,
     })
 }
 
@@ -335,6 +410,77 @@ mod tests {
                 .reason
                 .contains("public client flows")
         );
+    }
+
+    #[test]
+    fn the_fix_comes_from_the_suberror_and_every_code() {
+        let classify_json = |v: serde_json::Value| match classify(400, None, &v.to_string()) {
+            TokenEndpointError::NeedsPerson(p) => p,
+            other => panic!("{other:?}"),
+        };
+        // MFA on a silent refresh: interaction_required + basic_action; the grant is fine.
+        let mfa = classify_json(serde_json::json!({
+            "error": "interaction_required",
+            "error_description": "AADSTS50076: Due to a configuration change ... Trace ID: x",
+            "error_codes": [50076],
+            "suberror": "basic_action",
+            "claims": "{\"access_token\":{\"capolids\":{\"essential\":true,\"values\":[\"p\"]}}}",
+        }));
+        assert_eq!(mfa.code, "AADSTS50076");
+        assert!(mfa.reason.contains("multi-factor"), "{}", mfa.reason);
+        assert!(!mfa.grant_rejected);
+        assert!(mfa.audience_specific());
+        assert_eq!(mfa.suberror.as_deref(), Some("basic_action"));
+        // An unknown first code: the second, known one names the fix.
+        let listed = classify_json(serde_json::json!({
+            "error": "invalid_grant",
+            "error_description": "AADSTS9999999: new text",
+            "error_codes": [9999999, 50173],
+        }));
+        assert_eq!(listed.code, "AADSTS50173");
+        assert!(listed.reason.contains("revoked"), "{}", listed.reason);
+        assert!(listed.grant_rejected);
+        // Only the suberror is known: it names the fix and decides the grant is dead.
+        let bad_token = classify_json(serde_json::json!({
+            "error": "invalid_grant",
+            "error_description": "AADSTS9999998: new text",
+            "error_codes": [9999998],
+            "suberror": "bad_token",
+        }));
+        assert!(
+            bad_token.reason.contains("refresh token is invalid"),
+            "{}",
+            bad_token.reason
+        );
+        assert!(bad_token.grant_rejected);
+        // consent_required: audience-specific, not a dead grant, even with an unknown code.
+        let consent = classify_json(serde_json::json!({
+            "error": "invalid_grant",
+            "error_description": "AADSTS9999997: new text",
+            "error_codes": [9999997],
+            "suberror": "consent_required",
+        }));
+        assert!(
+            consent.reason.contains("Grant admin consent"),
+            "{}",
+            consent.reason
+        );
+        assert!(consent.audience_specific() && !consent.grant_rejected);
+        // message_only: no sign-in helps, whatever the code says.
+        let message_only = classify_json(serde_json::json!({
+            "error": "invalid_grant",
+            "error_description": "AADSTS50173: text",
+            "error_codes": [50173],
+            "suberror": "message_only",
+        }));
+        assert!(
+            message_only
+                .reason
+                .starts_with("no sign-in can fix this now"),
+            "{}",
+            message_only.reason
+        );
+        assert!(!message_only.grant_rejected);
     }
 
     #[test]

@@ -365,6 +365,7 @@ impl TokenService {
                 reason: "the account has no refresh token and no password; run `mailbridge login`"
                     .to_owned(),
                 grant_rejected: false,
+                suberror: None,
             })),
         };
         let response = match outcome {
