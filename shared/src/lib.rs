@@ -20,6 +20,9 @@ pub mod error;
 pub mod graph;
 #[cfg(feature = "services")]
 pub mod graph_draft;
+/// Reading a mailbox through Graph: delta sync, MIME, after-actions, folders.
+#[cfg(feature = "services")]
+pub mod graph_mail;
 #[cfg(feature = "services")]
 pub mod http;
 #[cfg(feature = "services")]

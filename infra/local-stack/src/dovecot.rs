@@ -531,6 +531,152 @@ impl crate::MailDrop for Dovecot {
     }
 }
 
+/// The Graph stand-in's mail-reading routes read and change the store through `doveadm`.
+impl crate::graph::MailStore for Dovecot {
+    fn folder_names(&self, user: &str) -> anyhow::Result<Vec<String>> {
+        self.folders(user)
+    }
+
+    fn create_folder(&self, user: &str, folder: &str) -> anyhow::Result<()> {
+        Dovecot::create_folder(self, user, folder)
+    }
+
+    fn folder_uidvalidity(&self, user: &str, folder: &str) -> anyhow::Result<u32> {
+        Ok(self.mailbox_status(user, folder)?.uidvalidity)
+    }
+
+    fn summaries(
+        &self,
+        user: &str,
+        folder: &str,
+    ) -> anyhow::Result<Vec<crate::graph::StoredSummary>> {
+        // TZ=UTC: doveadm prints dates in local time without a zone
+        let out = Command::new(DOVEADM_BIN)
+            .env("TZ", "UTC")
+            .arg("-c")
+            .arg(&self.conf_path)
+            .args([
+                "-f",
+                "tab",
+                "fetch",
+                "-u",
+                user,
+                "uid flags size.virtual date.received",
+                "mailbox",
+                folder,
+                "all",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .context("run doveadm fetch")?;
+        if !out.status.success() {
+            bail!(
+                "doveadm fetch of {user}/{folder} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut messages = Vec::new();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split('\t').collect();
+            let [uid, flags, size, received] = cols.as_slice() else {
+                bail!("unexpected doveadm fetch line {line:?}");
+            };
+            let received =
+                chrono::NaiveDateTime::parse_from_str(received.trim(), "%Y-%m-%d %H:%M:%S")
+                    .with_context(|| format!("date.received {received:?}"))?
+                    .and_utc();
+            messages.push(crate::graph::StoredSummary {
+                uid: uid.trim().parse().context("uid")?,
+                seen: flags
+                    .split_whitespace()
+                    .any(|f| f.eq_ignore_ascii_case("\\Seen")),
+                size: size.trim().parse().context("size.virtual")?,
+                received,
+            });
+        }
+        messages.sort_by_key(|m| m.uid);
+        Ok(messages)
+    }
+
+    fn message(&self, user: &str, folder: &str, uid: u32) -> anyhow::Result<Option<Vec<u8>>> {
+        let listed = self.doveadm(
+            &[
+                "-f",
+                "tab",
+                "fetch",
+                "-u",
+                user,
+                "uid",
+                "mailbox",
+                folder,
+                "uid",
+                &uid.to_string(),
+            ],
+            None,
+        )?;
+        if listed.lines().skip(1).all(|l| l.trim().is_empty()) {
+            return Ok(None);
+        }
+        self.fetch_raw(user, folder, uid).map(Some)
+    }
+
+    fn move_message(
+        &self,
+        user: &str,
+        folder: &str,
+        uid: u32,
+        dest: &str,
+    ) -> anyhow::Result<Option<u32>> {
+        if self.message(user, folder, uid)?.is_none() {
+            return Ok(None);
+        }
+        let next = self.mailbox_status(user, dest)?.uidnext;
+        self.doveadm(
+            &[
+                "move",
+                "-u",
+                user,
+                dest,
+                "mailbox",
+                folder,
+                "uid",
+                &uid.to_string(),
+            ],
+            None,
+        )?;
+        Ok(Some(next))
+    }
+
+    fn set_seen(&self, user: &str, folder: &str, uid: u32, seen: bool) -> anyhow::Result<()> {
+        let uid = uid.to_string();
+        let verb = if seen { "add" } else { "remove" };
+        self.doveadm(
+            &[
+                "flags", verb, "-u", user, "\\Seen", "mailbox", folder, "uid", &uid,
+            ],
+            None,
+        )?;
+        Ok(())
+    }
+
+    fn expunge(&self, user: &str, folder: &str, uid: u32) -> anyhow::Result<()> {
+        self.doveadm(
+            &[
+                "expunge",
+                "-u",
+                user,
+                "mailbox",
+                folder,
+                "uid",
+                &uid.to_string(),
+            ],
+            None,
+        )?;
+        Ok(())
+    }
+}
+
 impl Drop for Dovecot {
     fn drop(&mut self) {
         self.stop();

@@ -50,9 +50,14 @@ use crate::MailDrop;
 use crate::identity::IdentityStandIn;
 
 mod drafts;
+mod mailbox;
 pub use drafts::{
     DEFAULT_MAX_SEND_BYTES, DEFAULT_UPLOAD_SESSION_LIFETIME, MAX_CHUNK_BYTES,
     MAX_UPLOAD_SESSION_BYTES, MIN_UPLOAD_SESSION_BYTES,
+};
+pub use mailbox::{
+    DEFAULT_DELTA_PAGE_SIZE, DEFAULT_FOLDER_PAGE_SIZE, DELETED_ITEMS, MESSAGE_SIZE_PROPERTY,
+    MailStore, StoredSummary,
 };
 
 /// Graph's concurrency limit per mailbox.
@@ -134,6 +139,9 @@ pub enum AcceptThenFail {
 struct StandInState {
     identity: IdentityStandIn,
     mail_drop: Option<Arc<dyn MailDrop>>,
+    /// The same store, read by the mail-reading routes ([`mailbox`]).
+    mail_store: Option<Arc<dyn MailStore>>,
+    mail: mailbox::MailState,
     controls: Mutex<HashMap<String, MailboxControls>>,
     in_flight: Mutex<HashMap<String, usize>>,
     send_as: Mutex<HashSet<(String, String)>>,
@@ -146,14 +154,17 @@ struct StandInState {
 
 impl GraphStandIn {
     /// Bind 127.0.0.1:0 and serve on the current tokio runtime. Tokens are checked against
-    /// `identity`; sent mail is delivered into `mail_drop` (Dovecot) when given.
+    /// `identity`; sent mail is delivered into `mail_store` (Dovecot) when given, and the
+    /// mail-reading routes read it.
     pub async fn start(
         identity: IdentityStandIn,
-        mail_drop: Option<Arc<dyn MailDrop>>,
+        mail_store: Option<Arc<dyn MailStore>>,
     ) -> anyhow::Result<Self> {
         let state = Arc::new(StandInState {
             identity,
-            mail_drop,
+            mail_drop: mail_store.clone().map(|s| s as Arc<dyn MailDrop>),
+            mail_store,
+            mail: mailbox::MailState::default(),
             controls: Mutex::default(),
             in_flight: Mutex::default(),
             send_as: Mutex::default(),
@@ -170,6 +181,7 @@ impl GraphStandIn {
             .route("/v1.0/me/sendMail", post(send_me))
             .route("/v1.0/users/{id}/sendMail", post(send_user))
             .merge(drafts::routes())
+            .merge(mailbox::routes())
             .layer(DefaultBodyLimit::max(3 * MAX_REQUEST_BYTES))
             .with_state(stand_in.state.clone())
             // the test controls over HTTP, for a stack in another process

@@ -131,7 +131,7 @@ impl LocalStack {
                 let drop = dovecot
                     .as_ref()
                     .ok()
-                    .map(|d| d.clone() as Arc<dyn MailDrop>);
+                    .map(|d| d.clone() as Arc<dyn graph::MailStore>);
                 graph::GraphStandIn::start(identity.clone(), drop)
                     .await
                     .map_err(|e| format!("{e:#}"))

@@ -33,8 +33,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post, put};
 use base64::Engine as _;
@@ -136,15 +136,21 @@ pub(super) fn routes() -> Router<Arc<StandInState>> {
     Router::new()
         .route("/v1.0/me/messages", post(create_me))
         .route("/v1.0/users/{id}/messages", post(create_user))
-        .route("/v1.0/me/messages/{mid}", delete(delete_me).patch(patch_me))
+        .route(
+            "/v1.0/me/messages/{mid}",
+            delete(delete_me).patch(patch_me).get(get_me),
+        )
         .route(
             "/v1.0/users/{id}/messages/{mid}",
-            delete(delete_user).patch(patch_user),
+            delete(delete_user).patch(patch_user).get(get_user),
         )
-        .route("/v1.0/me/messages/{mid}/{*action}", post(action_me))
+        .route(
+            "/v1.0/me/messages/{mid}/{*action}",
+            post(action_me).get(action_me),
+        )
         .route(
             "/v1.0/users/{id}/messages/{mid}/{*action}",
-            post(action_user),
+            post(action_user).get(action_user),
         )
         .route("/upload/{session}", put(upload).delete(cancel_upload))
 }
@@ -166,46 +172,112 @@ async fn create_user(
         create(s, mailbox, &headers, &body, rid)
     })
 }
-async fn delete_me(State(s): S, Path(mid): Path<String>, headers: HeaderMap) -> Response {
+async fn get_me(
+    State(s): S,
+    method: Method,
+    Path(mid): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    super::mailbox::message_route(s, method, None, mid, None, q, headers, Bytes::new()).await
+}
+async fn get_user(
+    State(s): S,
+    method: Method,
+    Path((id, mid)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    super::mailbox::message_route(s, method, Some(id), mid, None, q, headers, Bytes::new()).await
+}
+async fn delete_me(
+    State(s): S,
+    method: Method,
+    Path(mid): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if super::mailbox::is_stored_id(&mid) {
+        return super::mailbox::message_route(
+            s,
+            method,
+            None,
+            mid,
+            None,
+            None,
+            headers,
+            Bytes::new(),
+        )
+        .await;
+    }
     with_auth(&s, None, &headers, |s, mailbox, rid| {
         remove(s, mailbox, &mid, rid)
     })
 }
 async fn delete_user(
     State(s): S,
+    method: Method,
     Path((id, mid)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
+    if super::mailbox::is_stored_id(&mid) {
+        return super::mailbox::message_route(
+            s,
+            method,
+            Some(id),
+            mid,
+            None,
+            None,
+            headers,
+            Bytes::new(),
+        )
+        .await;
+    }
     with_auth(&s, Some(id), &headers, |s, mailbox, rid| {
         remove(s, mailbox, &mid, rid)
     })
 }
 async fn patch_me(
     State(s): S,
+    method: Method,
     Path(mid): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if super::mailbox::is_stored_id(&mid) {
+        return super::mailbox::message_route(s, method, None, mid, None, None, headers, body)
+            .await;
+    }
     with_auth(&s, None, &headers, |s, mailbox, rid| {
         patch(s, mailbox, &mid, &body, rid)
     })
 }
 async fn patch_user(
     State(s): S,
+    method: Method,
     Path((id, mid)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if super::mailbox::is_stored_id(&mid) {
+        return super::mailbox::message_route(s, method, Some(id), mid, None, None, headers, body)
+            .await;
+    }
     with_auth(&s, Some(id), &headers, |s, mailbox, rid| {
         patch(s, mailbox, &mid, &body, rid)
     })
 }
 async fn action_me(
     State(s): S,
+    method: Method,
     Path((mid, action)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if super::mailbox::is_stored_id(&mid) || method == Method::GET {
+        return super::mailbox::message_route(s, method, None, mid, Some(action), q, headers, body)
+            .await;
+    }
     let base = format!("http://{}", host(&headers));
     with_auth(&s, None, &headers, |s, mailbox, rid| {
         draft_action(s, mailbox, &mid, &action, &body, &base, rid)
@@ -213,10 +285,25 @@ async fn action_me(
 }
 async fn action_user(
     State(s): S,
+    method: Method,
     Path((id, mid, action)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if super::mailbox::is_stored_id(&mid) || method == Method::GET {
+        return super::mailbox::message_route(
+            s,
+            method,
+            Some(id),
+            mid,
+            Some(action),
+            q,
+            headers,
+            body,
+        )
+        .await;
+    }
     let base = format!("http://{}", host(&headers));
     with_auth(&s, Some(id), &headers, |s, mailbox, rid| {
         draft_action(s, mailbox, &mid, &action, &body, &base, rid)

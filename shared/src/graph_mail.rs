@@ -1,0 +1,623 @@
+//! Reading a mailbox through Microsoft Graph (for tenants that switched IMAP off): delta sync of
+//! one folder, the raw MIME of a message, and the after-actions (move, mark read, delete), plus
+//! finding or creating a folder by display name.
+//!
+//! - Delta: `GET /users/{mailbox}/mailFolders/{folder}/messages/delta` with `$select` of what the
+//!   poller needs and the size (`PidTagMessageSize`, through `$expand` of the extended property)
+//!   on the first request of a round; then the `@odata.nextLink` pages until the
+//!   `@odata.deltaLink`, which is kept for the next round. A 410 Gone, or an error code
+//!   `SyncStateNotFound`/`SyncStateInvalid`/`resyncRequired`, means the state token is no
+//!   longer valid ([`GraphError::is_sync_reset`]): the caller starts a full round.
+//! - `GET /users/{mailbox}/messages/{id}/$value`: the message as MIME; 404 → it is gone.
+//! - `POST …/messages/{id}/move` `{destinationId}`, `PATCH …/messages/{id}` `{isRead: true}`,
+//!   `DELETE …/messages/{id}`; a 404 means the message is no longer there (already moved).
+//! - Folders: `GET …/mailFolders/{parent}/childFolders?$filter=displayName eq '…'` per path
+//!   segment (`/` separates nested folders), created with `POST` when missing (a 409 from a
+//!   concurrent creation is looked up again).
+//!
+//! Errors are [`GraphError`] (the sendMail client's classification). 429 and 5xx are retried
+//! after `Retry-After` (never less) or a backoff, until the attempts or the deadline run out;
+//! every request holds one of the mailbox's 4 slots ([`MAX_CONCURRENT_REQUESTS`], Outlook's
+//! concurrency limit per app and mailbox).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::ExposeSecret as _;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::graph::{GraphConfigError, GraphError, error_from_answer, parse_retry_after};
+use crate::retry::RetryPolicy;
+use crate::token::AccessToken;
+
+/// Outlook's limit of concurrent requests per app and mailbox.
+pub const MAX_CONCURRENT_REQUESTS: usize = 4;
+/// Messages per delta page asked for (`Prefer: odata.maxpagesize`).
+pub const DELTA_PAGE_SIZE: usize = 100;
+/// `PidTagMessageSize` as a Graph single-value extended property.
+pub const MESSAGE_SIZE_PROPERTY: &str = "Integer 0x0E08";
+
+/// One change of a delta round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeltaChange {
+    /// A message in the folder (new, or changed: read state).
+    Message(DeltaMessage),
+    /// The message left the folder (moved or deleted).
+    Removed {
+        /// Its id.
+        id: String,
+    },
+}
+
+/// A message as the delta round lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeltaMessage {
+    /// Graph id.
+    pub id: String,
+    /// When the mailbox received it.
+    pub received_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Read.
+    pub is_read: bool,
+    /// Size in bytes (`PidTagMessageSize`), when given.
+    pub size: Option<u64>,
+}
+
+/// A finished delta round: its changes (in the order Graph gave them) and the link for the next.
+#[derive(Clone, Debug, Default)]
+pub struct DeltaRound {
+    /// Changes.
+    pub changes: Vec<DeltaChange>,
+    /// `@odata.deltaLink`.
+    pub delta_link: String,
+    /// Requests it took.
+    pub requests: u32,
+}
+
+/// Where a delta round starts.
+#[derive(Clone, Debug)]
+pub enum DeltaStart<'a> {
+    /// A full round of the folder (`folder` is an id or a well-known name like `inbox`).
+    Full {
+        /// Folder id or well-known name.
+        folder: &'a str,
+        /// Only messages received at or after this time (`$filter=receivedDateTime ge …`).
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// The `@odata.deltaLink` of the last round.
+    Link(&'a str),
+}
+
+impl GraphError {
+    /// The delta state token is no longer valid: 410 Gone, or Graph's sync-state codes.
+    pub fn is_sync_reset(&self) -> bool {
+        match self {
+            GraphError::Rejected { status, code, .. } => {
+                *status == 410
+                    || ["syncstatenotfound", "syncstateinvalid", "resyncrequired"]
+                        .contains(&code.to_ascii_lowercase().as_str())
+            }
+            _ => false,
+        }
+    }
+
+    /// 404 `ErrorItemNotFound` (or any 404 that is not the mailbox): the item is not there.
+    pub fn is_item_not_found(&self) -> bool {
+        matches!(self, GraphError::Rejected { status: 404, code, .. } if code != "MailboxNotEnabledForRESTAPI")
+    }
+}
+
+/// The Graph client for one mailbox's mail, for one run: at most
+/// [`MAX_CONCURRENT_REQUESTS`] requests at a time.
+#[derive(Clone)]
+pub struct GraphMailbox {
+    http: reqwest::Client,
+    base: url::Url,
+    mailbox: String,
+    token: AccessToken,
+    policy: RetryPolicy,
+    slots: Arc<Semaphore>,
+    requests: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for GraphMailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphMailbox")
+            .field("base", &self.base.as_str())
+            .field("mailbox", &self.mailbox)
+            .finish()
+    }
+}
+
+enum Body {
+    None,
+    Json(serde_json::Value),
+}
+
+impl GraphMailbox {
+    /// `base_url` like `https://graph.microsoft.com/v1.0` (plain http only for loopback);
+    /// `mailbox` the address (`/users/{mailbox}`); `token` a Graph token with `Mail.ReadWrite`
+    /// (another user's mailbox: `Mail.ReadWrite.Shared`).
+    pub fn new(
+        http: reqwest::Client,
+        base_url: &str,
+        mailbox: &str,
+        token: AccessToken,
+        policy: RetryPolicy,
+    ) -> Result<Self, GraphConfigError> {
+        let client = crate::graph::GraphClient::with_http(http, base_url)?;
+        Ok(GraphMailbox {
+            http: client.http,
+            base: client.base_url,
+            mailbox: mailbox.to_owned(),
+            token,
+            policy,
+            slots: Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS)),
+            requests: Arc::default(),
+        })
+    }
+
+    /// Requests sent so far (each attempt counts).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `{base}/users/{mailbox}/{segments…}`.
+    fn url(&self, segments: &[&str]) -> url::Url {
+        let mut url = self.base.clone();
+        {
+            let mut path = url.path_segments_mut().expect("checked in with_http");
+            path.pop_if_empty().push("users").push(&self.mailbox);
+            for s in segments {
+                path.push(s);
+            }
+        }
+        url
+    }
+
+    /// Send with retries of 429/5xx/transport failures; the answer's status and body.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        url: url::Url,
+        body: Body,
+        prefer: Option<&str>,
+        deadline: Instant,
+    ) -> Result<(u16, bytes::Bytes), GraphError> {
+        let _slot = self.slots.acquire().await.expect("never closed");
+        let mut attempt = 0u32;
+        let mut backoff = self.policy.initial_backoff;
+        loop {
+            attempt += 1;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(GraphError::Transport {
+                    detail: "deadline reached before the request".into(),
+                    timed_out: true,
+                    after_request: false,
+                });
+            }
+            let mut request = self
+                .http
+                .request(method.clone(), url.clone())
+                .bearer_auth(self.token.secret.expose_secret())
+                .timeout(remaining.min(self.policy.attempt_timeout));
+            if let Some(p) = prefer {
+                request = request.header("prefer", p);
+            }
+            if let Body::Json(v) = &body {
+                request = request.json(v);
+            }
+            self.requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let error = match request.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let header = |name: &str| {
+                        response
+                            .headers()
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned)
+                    };
+                    let request_id = header("request-id");
+                    let retry_after = header("retry-after").as_deref().and_then(parse_retry_after);
+                    let bytes = response.bytes().await.map_err(|e| GraphError::Transport {
+                        detail: crate::graph::transport_detail(&e),
+                        timed_out: e.is_timeout(),
+                        after_request: true,
+                    })?;
+                    if (200..300).contains(&status) {
+                        return Ok((status, bytes));
+                    }
+                    error_from_answer(status, request_id, retry_after, &bytes)
+                }
+                Err(e) => GraphError::Transport {
+                    detail: crate::graph::transport_detail(&e),
+                    timed_out: e.is_timeout(),
+                    after_request: e.is_timeout() || (!e.is_connect() && e.is_request()),
+                },
+            };
+            let retryable = matches!(
+                error,
+                GraphError::Throttled { .. }
+                    | GraphError::Unavailable { .. }
+                    | GraphError::Transport { .. }
+            );
+            if !retryable || attempt >= self.policy.max_attempts {
+                return Err(error);
+            }
+            // Never less than the server asked for.
+            let wait = error
+                .retry_after()
+                .map_or(backoff, |asked| asked.max(backoff));
+            if Instant::now() + wait >= deadline {
+                return Err(error);
+            }
+            tracing::debug!(
+                mailbox = %self.mailbox,
+                attempt,
+                wait_ms = wait.as_millis() as u64,
+                code = error.code(),
+                "Graph request failed in a retryable way; retrying"
+            );
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(self.policy.max_backoff);
+        }
+    }
+
+    /// One delta round from `start` through every page.
+    pub async fn delta(
+        &self,
+        start: DeltaStart<'_>,
+        deadline: Instant,
+    ) -> Result<DeltaRound, GraphError> {
+        let mut next = match start {
+            DeltaStart::Link(link) => url::Url::parse(link).map_err(|e| GraphError::Rejected {
+                status: 410,
+                code: "SyncStateInvalid".into(),
+                message: format!("the stored delta link is not a URL: {e}"),
+                request_id: None,
+            })?,
+            DeltaStart::Full { folder, since } => {
+                let mut url = self.url(&["mailFolders", folder, "messages", "delta"]);
+                {
+                    let mut q = url.query_pairs_mut();
+                    q.append_pair("$select", "receivedDateTime,isRead");
+                    q.append_pair(
+                        "$expand",
+                        &format!(
+                            "singleValueExtendedProperties($filter=id eq '{MESSAGE_SIZE_PROPERTY}')"
+                        ),
+                    );
+                    if let Some(since) = since {
+                        q.append_pair(
+                            "$filter",
+                            &format!("receivedDateTime ge {}", since.format("%Y-%m-%dT%H:%M:%SZ")),
+                        );
+                    }
+                }
+                url
+            }
+        };
+        // The links Graph hands out must stay on Graph: the token goes with them.
+        let same_origin = |u: &url::Url| u.origin() == self.base.origin();
+        let prefer = format!("odata.maxpagesize={DELTA_PAGE_SIZE}");
+        let mut round = DeltaRound::default();
+        loop {
+            if !same_origin(&next) {
+                return Err(GraphError::Rejected {
+                    status: 410,
+                    code: "SyncStateInvalid".into(),
+                    message: format!(
+                        "the delta link points at {}, not at Graph ({})",
+                        next.origin().ascii_serialization(),
+                        self.base.origin().ascii_serialization()
+                    ),
+                    request_id: None,
+                });
+            }
+            let (_, body) = self
+                .call(
+                    reqwest::Method::GET,
+                    next.clone(),
+                    Body::None,
+                    Some(&prefer),
+                    deadline,
+                )
+                .await?;
+            round.requests += 1;
+            let page: DeltaPage = serde_json::from_slice(&body).map_err(|e| bad_answer(&e))?;
+            for item in page.value {
+                round.changes.push(item.into_change());
+            }
+            match (page.next_link, page.delta_link) {
+                (Some(link), _) => {
+                    next = url::Url::parse(&link).map_err(|e| bad_answer(&e))?;
+                }
+                (None, Some(link)) => {
+                    round.delta_link = link;
+                    return Ok(round);
+                }
+                (None, None) => {
+                    return Err(GraphError::Rejected {
+                        status: 200,
+                        code: "NoDeltaLink".into(),
+                        message: "a delta page had neither @odata.nextLink nor @odata.deltaLink"
+                            .into(),
+                        request_id: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The raw MIME of message `id`; None when it is gone (404).
+    pub async fn mime(&self, id: &str, deadline: Instant) -> Result<Option<Vec<u8>>, GraphError> {
+        let url = self.url(&["messages", id, "$value"]);
+        match self
+            .call(reqwest::Method::GET, url, Body::None, None, deadline)
+            .await
+        {
+            Ok((_, body)) => Ok(Some(body.to_vec())),
+            Err(e) if e.is_item_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Move message `id` to folder `destination` (an id); false when the message was not there.
+    pub async fn move_to(
+        &self,
+        id: &str,
+        destination: &str,
+        deadline: Instant,
+    ) -> Result<bool, GraphError> {
+        let url = self.url(&["messages", id, "move"]);
+        let body = Body::Json(serde_json::json!({ "destinationId": destination }));
+        not_found_is_false(
+            self.call(reqwest::Method::POST, url, body, None, deadline)
+                .await,
+        )
+    }
+
+    /// Mark message `id` read; false when it was not there.
+    pub async fn mark_read(&self, id: &str, deadline: Instant) -> Result<bool, GraphError> {
+        let url = self.url(&["messages", id]);
+        let body = Body::Json(serde_json::json!({ "isRead": true }));
+        not_found_is_false(
+            self.call(reqwest::Method::PATCH, url, body, None, deadline)
+                .await,
+        )
+    }
+
+    /// Delete message `id` (Outlook moves it to Deleted Items); false when it was not there.
+    pub async fn delete(&self, id: &str, deadline: Instant) -> Result<bool, GraphError> {
+        let url = self.url(&["messages", id]);
+        not_found_is_false(
+            self.call(reqwest::Method::DELETE, url, Body::None, None, deadline)
+                .await,
+        )
+    }
+
+    /// The id of the folder at `path` (display names separated by `/`, from the top of the
+    /// mailbox); created when `create` and missing. None: missing and not created.
+    pub async fn folder_id(
+        &self,
+        path: &str,
+        create: bool,
+        deadline: Instant,
+    ) -> Result<Option<String>, GraphError> {
+        if path.eq_ignore_ascii_case("INBOX") {
+            return Ok(Some("inbox".into()));
+        }
+        let mut parent = "msgfolderroot".to_owned();
+        for name in path.split('/').map(str::trim).filter(|s| !s.is_empty()) {
+            let found = match self.child_folder(&parent, name, deadline).await? {
+                Some(id) => id,
+                None if create => match self.create_child(&parent, name, deadline).await {
+                    Ok(id) => id,
+                    // Created meanwhile (another run): look it up again.
+                    Err(GraphError::Rejected { status: 409, .. }) => self
+                        .child_folder(&parent, name, deadline)
+                        .await?
+                        .ok_or_else(|| GraphError::Rejected {
+                            status: 409,
+                            code: "ErrorFolderExists".into(),
+                            message: format!(
+                                "folder {name:?} exists but cannot be found by display name"
+                            ),
+                            request_id: None,
+                        })?,
+                    Err(e) => return Err(e),
+                },
+                None => return Ok(None),
+            };
+            parent = found;
+        }
+        Ok(Some(parent))
+    }
+
+    async fn child_folder(
+        &self,
+        parent: &str,
+        name: &str,
+        deadline: Instant,
+    ) -> Result<Option<String>, GraphError> {
+        let mut url = self.url(&["mailFolders", parent, "childFolders"]);
+        url.query_pairs_mut().append_pair(
+            "$filter",
+            &format!("displayName eq '{}'", name.replace('\'', "''")),
+        );
+        let (_, body) = self
+            .call(reqwest::Method::GET, url, Body::None, None, deadline)
+            .await?;
+        let page: FolderPage = serde_json::from_slice(&body).map_err(|e| bad_answer(&e))?;
+        Ok(page
+            .value
+            .into_iter()
+            .find(|f| f.display_name.eq_ignore_ascii_case(name))
+            .map(|f| f.id))
+    }
+
+    async fn create_child(
+        &self,
+        parent: &str,
+        name: &str,
+        deadline: Instant,
+    ) -> Result<String, GraphError> {
+        let url = self.url(&["mailFolders", parent, "childFolders"]);
+        let body = Body::Json(serde_json::json!({ "displayName": name }));
+        let (_, body) = self
+            .call(reqwest::Method::POST, url, body, None, deadline)
+            .await?;
+        let folder: Folder = serde_json::from_slice(&body).map_err(|e| bad_answer(&e))?;
+        Ok(folder.id)
+    }
+}
+
+fn not_found_is_false(result: Result<(u16, bytes::Bytes), GraphError>) -> Result<bool, GraphError> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_item_not_found() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn bad_answer(e: &dyn std::fmt::Display) -> GraphError {
+    GraphError::Unavailable {
+        status: 200,
+        retry_after: None,
+        code: "UnreadableAnswer".into(),
+        message: format!("Graph's answer could not be read: {e}"),
+        request_id: None,
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct DeltaPage {
+    #[serde(default)]
+    value: Vec<DeltaItem>,
+    #[serde(rename = "@odata.nextLink")]
+    next_link: Option<String>,
+    #[serde(rename = "@odata.deltaLink")]
+    delta_link: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeltaItem {
+    id: String,
+    #[serde(rename = "@removed")]
+    removed: Option<serde_json::Value>,
+    received_date_time: Option<String>,
+    is_read: Option<bool>,
+    #[serde(default)]
+    single_value_extended_properties: Vec<ExtendedProperty>,
+}
+
+#[derive(serde::Deserialize)]
+struct ExtendedProperty {
+    id: String,
+    value: Option<String>,
+}
+
+impl DeltaItem {
+    fn into_change(self) -> DeltaChange {
+        if self.removed.is_some() {
+            return DeltaChange::Removed { id: self.id };
+        }
+        let size = self
+            .single_value_extended_properties
+            .iter()
+            .find(|p| {
+                // Graph answers the tag in its own spelling (`Integer 0xe08`)
+                let normal = |s: &str| {
+                    s.to_ascii_lowercase()
+                        .replace("0x0e08", "0xe08")
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                normal(&p.id) == normal(MESSAGE_SIZE_PROPERTY)
+            })
+            .and_then(|p| p.value.as_deref()?.trim().parse().ok());
+        DeltaChange::Message(DeltaMessage {
+            id: self.id,
+            received_at: self
+                .received_date_time
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc)),
+            is_read: self.is_read.unwrap_or(false),
+            size,
+        })
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct FolderPage {
+    #[serde(default)]
+    value: Vec<Folder>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Folder {
+    id: String,
+    #[serde(default)]
+    display_name: String,
+}
+
+/// Retry policy for mailbox reads: like the default, with room for `Retry-After`.
+pub fn default_policy() -> RetryPolicy {
+    RetryPolicy {
+        initial_backoff: Duration::from_millis(200),
+        max_backoff: Duration::from_secs(20),
+        max_attempts: 6,
+        attempt_timeout: Duration::from_secs(60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delta_items_become_changes() {
+        let page: DeltaPage = serde_json::from_value(serde_json::json!({
+            "@odata.deltaLink": "https://graph.microsoft.com/v1.0/x?$deltatoken=1",
+            "value": [
+                {"id": "a", "receivedDateTime": "2026-12-01T10:00:00Z", "isRead": false,
+                 "singleValueExtendedProperties": [{"id": "Integer 0xe08", "value": "1234"}]},
+                {"id": "b", "@removed": {"reason": "deleted"}}
+            ]
+        }))
+        .unwrap();
+        let changes: Vec<_> = page.value.into_iter().map(DeltaItem::into_change).collect();
+        assert_eq!(
+            changes[0],
+            DeltaChange::Message(DeltaMessage {
+                id: "a".into(),
+                received_at: Some("2026-12-01T10:00:00Z".parse().unwrap()),
+                is_read: false,
+                size: Some(1234),
+            })
+        );
+        assert_eq!(changes[1], DeltaChange::Removed { id: "b".into() });
+    }
+
+    #[test]
+    fn sync_reset_is_410_or_the_sync_state_codes() {
+        let rejected = |status, code: &str| GraphError::Rejected {
+            status,
+            code: code.into(),
+            message: String::new(),
+            request_id: None,
+        };
+        assert!(rejected(410, "SyncStateNotFound").is_sync_reset());
+        assert!(rejected(400, "syncStateNotFound").is_sync_reset());
+        assert!(!rejected(400, "BadRequest").is_sync_reset());
+        assert!(rejected(404, "ErrorItemNotFound").is_item_not_found());
+        assert!(!rejected(404, "MailboxNotEnabledForRESTAPI").is_item_not_found());
+    }
+}
