@@ -365,6 +365,58 @@ impl GraphMailbox {
         }
     }
 
+    /// `GET …/mailFolders/inbox`: proves the token opens the mailbox.
+    pub async fn delta_probe(&self, deadline: Instant) -> Result<(), GraphError> {
+        let url = self.url(&["mailFolders", "inbox"]);
+        self.call(reqwest::Method::GET, url, Body::None, None, deadline)
+            .await
+            .map(|_| ())
+    }
+
+    /// The header block of message `id` (`internetMessageHeaders`, written back as RFC 5322
+    /// fields), for mail too large to read whole; None when it is gone.
+    pub async fn header_block(
+        &self,
+        id: &str,
+        deadline: Instant,
+    ) -> Result<Option<Vec<u8>>, GraphError> {
+        let mut url = self.url(&["messages", id]);
+        url.query_pairs_mut()
+            .append_pair("$select", "internetMessageHeaders");
+        let body = match self
+            .call(reqwest::Method::GET, url, Body::None, None, deadline)
+            .await
+        {
+            Ok((_, body)) => body,
+            Err(e) if e.is_item_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Headers {
+            #[serde(default)]
+            internet_message_headers: Vec<Header>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Header {
+            name: String,
+            value: String,
+        }
+        let headers: Headers = serde_json::from_slice(&body).map_err(|e| bad_answer(&e))?;
+        let mut block = Vec::new();
+        for h in headers.internet_message_headers {
+            if h.name.is_empty() || h.name.contains([':', '\r', '\n']) {
+                continue;
+            }
+            block.extend_from_slice(h.name.as_bytes());
+            block.extend_from_slice(b": ");
+            block.extend_from_slice(h.value.replace(['\r', '\n'], " ").as_bytes());
+            block.extend_from_slice(b"\r\n");
+        }
+        block.extend_from_slice(b"\r\n");
+        Ok(Some(block))
+    }
+
     /// Move message `id` to folder `destination` (an id); false when the message was not there.
     pub async fn move_to(
         &self,

@@ -376,3 +376,400 @@ async fn stand_in_checks_permissions_content_type_and_throttles() {
         0
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The poller's Graph source end to end: the real token layer (account secrets in moto, tokens
+// from the identity stand-in), the state table in moto, the Graph stand-in over Dovecot, the
+// ticket API stand-in.
+
+use std::sync::Arc;
+
+use local_stack::identity::{AppRegistration, UserAccount};
+use mailbridge::token::identity::{IdentityClient, RetryPolicy as IdentityRetry};
+use mailbridge::token::secret::AccountSecret;
+use mailbridge::token::service::{TokenService, TokenServiceConfig};
+use mailbridge::token::store::SecretsManagerStore;
+use mailbridge_tests::{dynamodb, put_secret};
+use poll_mailboxes::PollDeps;
+use poll_mailboxes::convert::ParseContext;
+use poll_mailboxes::dynamo::{DynamoStateStore, put_mailbox_config};
+use poll_mailboxes::graph_adapter::{GraphConnector, ProtocolConnector};
+use poll_mailboxes::imap_adapter::ImapConnector;
+use poll_mailboxes::ports::MailboxStatus;
+use poll_mailboxes::sinks::SecretsSinkFactory;
+use tokio::time::Instant;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn fast_retry() -> mailbridge::retry::RetryPolicy {
+    mailbridge::retry::RetryPolicy {
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_secs(2),
+        max_attempts: 5,
+        attempt_timeout: Duration::from_secs(5),
+    }
+}
+
+struct Poller {
+    tenant: String,
+    client_id: String,
+    table: String,
+    sink: String,
+    deps: PollDeps,
+}
+
+impl Poller {
+    /// A tenant whose app is consented for `permissions` (full URIs).
+    async fn new(permissions: &[&str]) -> Poller {
+        let idp = stack().identity();
+        let tenant = format!("{}.onmicrosoft.com", unique("tenant"));
+        let client_id = uuid::Uuid::new_v4().to_string();
+        let mut app = AppRegistration::mailbridge(&tenant, &client_id);
+        app.consented_scopes = permissions.iter().map(|p| p.to_string()).collect();
+        idp.register_app(app);
+        let table = mailbridge_tests::create_state_table("graphin")
+            .await
+            .unwrap();
+        let aws = stack().moto().sdk_config();
+        let tokens = TokenService::new(
+            Arc::new(SecretsManagerStore::from_conf(&aws)),
+            IdentityClient::new(mailbridge::http::default_client().unwrap()).with_retry_policy(
+                IdentityRetry {
+                    min_delay: Duration::from_millis(50),
+                    max_delay: Duration::from_millis(400),
+                },
+            ),
+            TokenServiceConfig {
+                default_timeout: Duration::from_secs(10),
+                ..TokenServiceConfig::default()
+            },
+        );
+        let state = Arc::new(DynamoStateStore::new(dynamodb(), &table));
+        let dovecot = stack().dovecot();
+        let deps = PollDeps {
+            tokens: Arc::new(tokens),
+            connector: Arc::new(ProtocolConnector {
+                imap: Arc::new(
+                    ImapConnector::new(Some(&dovecot.ca_pem_path), Duration::from_secs(10))
+                        .unwrap(),
+                ),
+                graph: Arc::new(GraphConnector::new(
+                    reqwest::Client::new(),
+                    &stack().graph().v1_url(),
+                    state.clone(),
+                    Duration::from_secs(10),
+                )),
+            }),
+            state,
+            sinks: Arc::new(SecretsSinkFactory::new(
+                reqwest::Client::new(),
+                aws_sdk_secretsmanager::Client::new(&aws),
+                fast_retry(),
+            )),
+            parse: ParseContext {
+                thread_key: Some(b"graph-inbound-thread-key".to_vec()),
+            },
+            max_concurrent_mailboxes: 4,
+            deadline_margin: Duration::from_secs(2),
+            dedupe_ttl: Duration::from_secs(86_400),
+            targets: poll_mailboxes::targets::TargetPolicy::local(),
+            memory: Arc::new(poll_mailboxes::memory::MemoryBudget::unlimited()),
+        };
+        Poller {
+            tenant,
+            client_id,
+            table,
+            sink: unique("sink"),
+            deps,
+        }
+    }
+
+    /// A user with a password account secret; returns the account name.
+    async fn account(&self, upn: &str) -> String {
+        let idp = stack().identity();
+        idp.register_user(UserAccount::new(&self.tenant, upn, PASSWORD));
+        let mut secret = AccountSecret::new(&self.tenant, &self.client_id, upn);
+        secret.authority_host = idp.base_url.clone();
+        secret.password = Some(PASSWORD.into());
+        let account = unique("acct");
+        put_secret(&format!("mailbridge/{account}"), &secret.to_json())
+            .await
+            .unwrap();
+        account
+    }
+
+    async fn mailbox(&self, name: &str, user: &str, account: &str, extra: Value) {
+        let mut fields = json!({
+            "user": user,
+            "account": account,
+            "protocol": "graph",
+            "ticket_api_url": stack().tickets().sink_url(&self.sink),
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                fields.as_object_mut().unwrap().remove(k);
+            } else {
+                fields[k] = v.clone();
+            }
+        }
+        put_mailbox_config(
+            &dynamodb(),
+            &self.table,
+            name,
+            &fields,
+            &poll_mailboxes::targets::TargetPolicy::local(),
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn poll(&self) -> poll_mailboxes::PollReport {
+        poll_mailboxes::poll_once(&self.deps, None, Instant::now() + Duration::from_secs(60))
+            .await
+            .unwrap()
+    }
+
+    fn tickets(&self) -> Vec<local_stack::ticket_api::RecordedTicket> {
+        stack().tickets().tickets(&self.sink)
+    }
+}
+
+const GRAPH_MAIL: &str = "https://graph.microsoft.com/Mail.ReadWrite";
+const GRAPH_MAIL_SHARED: &str = "https://graph.microsoft.com/Mail.ReadWrite.Shared";
+const IMAP: &str = "https://outlook.office.com/IMAP.AccessAsUser.All";
+
+fn status<'a>(report: &'a poll_mailboxes::PollReport, name: &str) -> &'a MailboxStatus {
+    report
+        .mailboxes
+        .iter()
+        .find(|s| s.mailbox == name)
+        .unwrap_or_else(|| panic!("no status for {name}: {report:?}"))
+}
+
+fn count(user: &str, folder: &str) -> u32 {
+    dovecot()
+        .mailbox_status(user, folder)
+        .map(|s| s.messages)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graph_mail_becomes_one_ticket_and_is_moved_and_later_mail_comes_by_delta() {
+    let p = Poller::new(&[GRAPH_MAIL]).await;
+    let user = unique_user("graphdesk");
+    let account = p.account(&user).await;
+    p.mailbox("graphdesk", &user, &account, json!({})).await;
+    dovecot()
+        .deliver_to(&user, "INBOX", &mail("Printer on fire", &unique("mid")))
+        .unwrap();
+    dovecot()
+        .deliver_to(&user, "INBOX", &mail("VPN down", &unique("mid")))
+        .unwrap();
+    let report = p.poll().await;
+    let s = status(&report, "graphdesk");
+    assert_eq!((s.outcome.as_str(), s.tickets_created), ("ok", 2), "{s:?}");
+    let subjects: Vec<String> = p
+        .tickets()
+        .iter()
+        .map(|t| t.body["draft"]["subject"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        subjects,
+        ["Printer on fire", "VPN down"],
+        "order of arrival"
+    );
+    assert_eq!((count(&user, "INBOX"), count(&user, "Processed")), (0, 2));
+
+    // Nothing new: no ticket, one delta request.
+    let report = p.poll().await;
+    assert_eq!(status(&report, "graphdesk").tickets_created, 0);
+    assert_eq!(p.tickets().len(), 2);
+
+    dovecot()
+        .deliver_to(&user, "INBOX", &mail("Mouse broken", &unique("mid")))
+        .unwrap();
+    let report = p.poll().await;
+    assert_eq!(status(&report, "graphdesk").tickets_created, 1);
+    assert_eq!(p.tickets().len(), 3);
+    assert_eq!((count(&user, "INBOX"), count(&user, "Processed")), (0, 3));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_between_ticket_and_move_then_an_expired_delta_token_open_no_second_ticket() {
+    let p = Poller::new(&[GRAPH_MAIL]).await;
+    let user = unique_user("graphcrash");
+    let account = p.account(&user).await;
+    p.mailbox("graphcrash", &user, &account, json!({})).await;
+    dovecot()
+        .deliver_to(&user, "INBOX", &mail("Server down", &unique("mid")))
+        .unwrap();
+    // The ticket POST waits; meanwhile Graph starts failing, so once the ticket is accepted the
+    // move cannot be made: the run ends with the ticket made and the mail still in the folder.
+    stack().tickets().hold_requests_after(&p.sink, 0);
+    let run = {
+        let deps = p.deps.clone();
+        tokio::spawn(async move {
+            poll_mailboxes::poll_once(&deps, None, Instant::now() + Duration::from_secs(60))
+                .await
+                .unwrap()
+        })
+    };
+    let limit = Instant::now() + Duration::from_secs(30);
+    while stack().tickets().requests(&p.sink) < 1 {
+        assert!(Instant::now() < limit, "the run never POSTed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stack().graph().fail_503(&user, 1000, None);
+    stack().tickets().release_held(&p.sink);
+    let report = run.await.unwrap();
+    let s = status(&report, "graphcrash");
+    assert_eq!(s.outcome, "failed", "{s:?}");
+    assert_eq!(p.tickets().len(), 1);
+    assert_eq!(count(&user, "INBOX"), 1, "left in place");
+    stack().graph().fail_503(&user, 0, None);
+    // The delta token expires before the next run: a full resync lists the mail again.
+    stack().graph().expire_delta_tokens(&user);
+    let report = p.poll().await;
+    let s = status(&report, "graphcrash");
+    assert_eq!((s.outcome.as_str(), s.duplicates), ("ok", 1), "{s:?}");
+    assert_eq!(p.tickets().len(), 1, "the same ticket, not a second one");
+    assert_eq!((count(&user, "INBOX"), count(&user, "Processed")), (0, 1));
+    // And once more after the move: nothing.
+    stack().graph().expire_delta_tokens(&user);
+    p.poll().await;
+    assert_eq!(p.tickets().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_429_storm_is_waited_out_and_mail_removed_before_its_fetch_is_skipped() {
+    let p = Poller::new(&[GRAPH_MAIL]).await;
+    let user = unique_user("graphstorm");
+    let account = p.account(&user).await;
+    p.mailbox("graphstorm", &user, &account, json!({})).await;
+    for n in 0..3 {
+        dovecot()
+            .deliver_to(&user, "INBOX", &mail(&format!("storm {n}"), &unique("mid")))
+            .unwrap();
+    }
+    // The first of them goes before its $value is read.
+    stack().graph().remove_before_fetch(&user, 1);
+    stack().graph().throttle_429(&user, 3, 1);
+    let started = std::time::Instant::now();
+    let report = p.poll().await;
+    let s = status(&report, "graphstorm");
+    assert_eq!((s.outcome.as_str(), s.tickets_created), ("ok", 2), "{s:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "Retry-After: 1 honoured three times"
+    );
+    assert_eq!(p.tickets().len(), 2);
+    assert!(stack().graph().max_mail_requests_in_flight(&user) <= 4);
+    assert_eq!((count(&user, "INBOX"), count(&user, "Processed")), (0, 2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shared_mailbox_is_read_through_a_delegate_with_full_access() {
+    // The token for a shared mailbox asks for Mail.ReadWrite.Shared: without that consent the
+    // account needs a person (and says which permission), it does not fail at Graph.
+    let unconsented = Poller::new(&[GRAPH_MAIL]).await;
+    let shared = unique_user("graphshared");
+    let delegate = unique_user("graphagent");
+    let account = unconsented.account(&delegate).await;
+    unconsented
+        .mailbox("graphshared", &shared, &account, json!({"shared": true}))
+        .await;
+    let report = unconsented.poll().await;
+    let s = status(&report, "graphshared");
+    assert_eq!(s.outcome, "needs_reauth", "{s:?}");
+
+    let p = Poller::new(&[GRAPH_MAIL, GRAPH_MAIL_SHARED]).await;
+    let account = p.account(&delegate).await;
+    p.mailbox("graphshared", &shared, &account, json!({"shared": true}))
+        .await;
+    dovecot()
+        .deliver_to(&shared, "INBOX", &mail("Shared help", &unique("mid")))
+        .unwrap();
+    let report = p.poll().await;
+    let s = status(&report, "graphshared");
+    assert_eq!(s.outcome, "failed", "no Full Access yet: {s:?}");
+    assert!(
+        s.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("Mail.ReadWrite.Shared"),
+        "{s:?}"
+    );
+    stack().graph().grant_full_access(&delegate, &shared);
+    let report = p.poll().await;
+    assert_eq!(status(&report, "graphshared").tickets_created, 1);
+    assert_eq!(p.tickets()[0].body["mailbox_address"], json!(shared));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_imap_off_graph_reads_the_same_account_and_the_drafts_match_imap() {
+    // The account's app has no IMAP consent (IMAP switched off for the tenant); a second
+    // account with IMAP reads the same mail over IMAP.
+    let graph_only = Poller::new(&[GRAPH_MAIL]).await;
+    let user = unique_user("imapoff");
+    let account = graph_only.account(&user).await;
+    graph_only
+        .mailbox(
+            "imap-off-over-imap",
+            &user,
+            &account,
+            json!({"protocol": "imap", "host": "localhost", "port": dovecot().imaps_port}),
+        )
+        .await;
+    let raw = format!(
+        "From: Ann Example <ann@customer.example>\r\nTo: {user}\r\nSubject: Same mail\r\nMessage-ID: <{}@customer.example>\r\nDate: Sun, 06 Dec 2026 05:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>Hello <b>there</b></p>\r\n--b\r\nContent-Type: application/pdf; name=\"r.pdf\"\r\nContent-Disposition: attachment; filename=\"r.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b--\r\n",
+        unique("same")
+    );
+    dovecot()
+        .deliver_to(&user, "INBOX", raw.as_bytes())
+        .unwrap();
+    let report = graph_only.poll().await;
+    let over_imap = status(&report, "imap-off-over-imap");
+    assert_ne!(over_imap.outcome, "ok", "no IMAP token: {over_imap:?}");
+    assert!(graph_only.tickets().is_empty());
+    // The same account through Graph.
+    graph_only
+        .mailbox("imap-off", &user, &account, json!({}))
+        .await;
+    poll_mailboxes::dynamo::delete_mailbox_config(
+        &dynamodb(),
+        &graph_only.table,
+        "imap-off-over-imap",
+    )
+    .await
+    .unwrap();
+    let report = graph_only.poll().await;
+    assert_eq!(status(&report, "imap-off").tickets_created, 1, "{report:?}");
+    let graph_ticket = graph_only.tickets().remove(0).body;
+
+    // The same mail read over IMAP by an IMAP mailbox.
+    let imap = Poller::new(&[IMAP]).await;
+    let imap_user = unique_user("imapon");
+    let imap_account = imap.account(&imap_user).await;
+    imap.mailbox(
+        "imap-on",
+        &imap_user,
+        &imap_account,
+        json!({"protocol": null, "host": "localhost", "port": dovecot().imaps_port}),
+    )
+    .await;
+    dovecot()
+        .deliver_to(&imap_user, "INBOX", raw.as_bytes())
+        .unwrap();
+    let report = imap.poll().await;
+    assert_eq!(status(&report, "imap-on").tickets_created, 1, "{report:?}");
+    let imap_ticket = imap.tickets().remove(0).body;
+    assert_eq!(
+        graph_ticket["draft"], imap_ticket["draft"],
+        "the same draft"
+    );
+    assert_eq!(graph_ticket["attachments"], imap_ticket["attachments"]);
+    assert_eq!(
+        graph_ticket["received_at"].is_string(),
+        imap_ticket["received_at"].is_string()
+    );
+}

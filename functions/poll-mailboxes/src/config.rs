@@ -76,6 +76,27 @@ impl ListMail {
     }
 }
 
+/// How a mailbox is read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// IMAP with XOAUTH2 (the default).
+    #[default]
+    Imap,
+    /// Microsoft Graph (delta sync of the folder), for tenants that switched IMAP off.
+    Graph,
+}
+
+impl Protocol {
+    /// The configuration value (`imap` / `graph`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Imap => "imap",
+            Protocol::Graph => "graph",
+        }
+    }
+}
+
 /// One mailbox to poll.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MailboxConfig {
@@ -83,6 +104,11 @@ pub struct MailboxConfig {
     pub name: String,
     /// Polled at all.
     pub enabled: bool,
+    /// IMAP (default) or Graph.
+    pub protocol: Protocol,
+    /// Graph only: `user` is a shared mailbox (or another user's) that the account's user opens
+    /// with Full Access, so the token carries `Mail.ReadWrite.Shared`.
+    pub shared: bool,
     /// IMAP host.
     pub host: String,
     /// IMAP port (implicit TLS).
@@ -163,6 +189,8 @@ impl MailboxConfig {
             "pk",
             "name",
             "enabled",
+            "protocol",
+            "shared",
             "host",
             "port",
             "user",
@@ -229,6 +257,35 @@ impl MailboxConfig {
             Some(serde_json::Value::Bool(b)) => *b,
             Some(_) => return Err(err("enabled", "must be true or false".into())),
         };
+        let protocol = match string("protocol")?.as_deref() {
+            None | Some("") | Some("imap") => Protocol::Imap,
+            Some("graph") => Protocol::Graph,
+            Some(other) => {
+                return Err(err(
+                    "protocol",
+                    format!("is {other:?}; must be \"imap\" or \"graph\""),
+                ));
+            }
+        };
+        let shared = match object.get("shared") {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(_) => return Err(err("shared", "must be true or false".into())),
+        };
+        if shared && protocol == Protocol::Imap {
+            return Err(err(
+                "shared",
+                "applies to protocol \"graph\" only (over IMAP a shared mailbox is just its address in `user`)".into(),
+            ));
+        }
+        if protocol == Protocol::Graph
+            && (object.contains_key("host") || object.contains_key("port"))
+        {
+            return Err(err(
+                if object.contains_key("host") { "host" } else { "port" },
+                "is an IMAP setting; a mailbox with protocol \"graph\" is read through Microsoft Graph (MAILBRIDGE_GRAPH_URL)".into(),
+            ));
+        }
         let host = string("host")?
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| DEFAULT_HOST.to_string());
@@ -336,6 +393,8 @@ impl MailboxConfig {
         Ok(MailboxConfig {
             name: name.to_string(),
             enabled,
+            protocol,
+            shared,
             host,
             port,
             user,
@@ -367,6 +426,9 @@ pub struct Settings {
     pub deadline_margin: Duration,
     /// `MAILBRIDGE_IMAP_TIMEOUT_SECONDS` (default 30): per IMAP operation.
     pub imap_timeout: Duration,
+    /// `MAILBRIDGE_GRAPH_URL` (default `https://graph.microsoft.com/v1.0`): where mailboxes with
+    /// `protocol: graph` are read.
+    pub graph_url: String,
     /// `MAILBRIDGE_IMAP_CA_FILE`: extra PEM trust anchors for IMAP TLS (private CA).
     pub imap_ca_file: Option<std::path::PathBuf>,
     /// `MAILBRIDGE_DEDUPE_TTL_DAYS` (default 30): how long dedupe records live.
@@ -441,6 +503,10 @@ impl Settings {
                 1,
                 600,
             )?),
+            graph_url: get("MAILBRIDGE_GRAPH_URL")
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| mailbridge::graph::DEFAULT_GRAPH_URL.to_owned()),
             imap_ca_file: get("MAILBRIDGE_IMAP_CA_FILE")
                 .filter(|v| !v.trim().is_empty())
                 .map(Into::into),
@@ -458,6 +524,30 @@ mod tests {
 
     fn minimal() -> serde_json::Value {
         json!({"user": "helpdesk@contoso.com", "account": "contoso", "ticket_api_url": "https://psa.example.com/api/tickets"})
+    }
+
+    #[test]
+    fn protocol_is_imap_by_default_and_graph_when_asked() {
+        let cfg = MailboxConfig::from_json("helpdesk", &minimal()).unwrap();
+        assert_eq!((cfg.protocol, cfg.shared), (Protocol::Imap, false));
+        let mut graph = minimal();
+        graph["protocol"] = json!("graph");
+        graph["shared"] = json!(true);
+        let cfg = MailboxConfig::from_json("helpdesk", &graph).unwrap();
+        assert_eq!((cfg.protocol, cfg.shared), (Protocol::Graph, true));
+        let problem = |v: serde_json::Value| MailboxConfig::from_json("helpdesk", &v).unwrap_err();
+        let mut bad = minimal();
+        bad["protocol"] = json!("pop3");
+        assert_eq!(problem(bad).field, "protocol");
+        let mut imap_shared = minimal();
+        imap_shared["shared"] = json!(true);
+        assert_eq!(problem(imap_shared).field, "shared");
+        let mut graph_host = minimal();
+        graph_host["protocol"] = json!("graph");
+        graph_host["host"] = json!("outlook.office365.com");
+        let e = problem(graph_host);
+        assert_eq!(e.field, "host");
+        assert!(e.to_string().contains("Microsoft Graph"), "{e}");
     }
 
     #[test]

@@ -476,6 +476,43 @@ impl StateStore for DynamoStateStore {
     }
 }
 
+/// The Graph sync state of a mailbox: item `graph-sync#<mailbox>`, the state as one JSON string
+/// (`state`).
+#[async_trait::async_trait]
+impl crate::graph_adapter::GraphSyncStore for DynamoStateStore {
+    async fn get_graph_sync(
+        &self,
+        mailbox: &str,
+    ) -> Result<Option<crate::graph_adapter::GraphSyncState>, StoreError> {
+        let item = self
+            .get("GetItem graph-sync", &format!("graph-sync#{mailbox}"))
+            .await?;
+        match item.as_ref().and_then(|i| i.get("state")) {
+            Some(AttributeValue::S(json)) => serde_json::from_str(json)
+                .map(Some)
+                .map_err(|e| store_err("GetItem graph-sync", format!("unreadable state: {e}"))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn put_graph_sync(
+        &self,
+        mailbox: &str,
+        state: &crate::graph_adapter::GraphSyncState,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(state).map_err(|e| store_err("PutItem graph-sync", e))?;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", AttributeValue::S(format!("graph-sync#{mailbox}")))
+            .item("state", AttributeValue::S(json))
+            .send()
+            .await
+            .map_err(|e| sdk_err("PutItem graph-sync", e))?;
+        Ok(())
+    }
+}
+
 /// Add or replace a mailbox configuration (validated first, its hosts checked against
 /// `targets`) and list it in the index, atomically. `fields` is the JSON object of the mailbox
 /// fields of docs/mailboxes.md.

@@ -5,7 +5,8 @@
 //! - [`poll`]: one tick, [`poll::poll_once`], and the per-mailbox loop.
 //! - [`dedupe`]: which mails are the same mail.
 //! - [`convert`]: raw mail → ticket draft and attachment contents.
-//! - [`dynamo`], [`imap_adapter`], [`sinks`]: the real adapters (DynamoDB, IMAP, webhook).
+//! - [`dynamo`], [`imap_adapter`], [`graph_adapter`], [`sinks`]: the real adapters (DynamoDB,
+//!   IMAP, Microsoft Graph, webhook).
 //! - [`targets`]: the IMAP and ticket API hosts a mailbox configuration may point at.
 //! - [`memory`]: how large a mail may be read whole, from the function's memory.
 //! - [`handler`]: the Lambda event → tick → response + metrics.
@@ -14,6 +15,7 @@ pub mod config;
 pub mod convert;
 pub mod dedupe;
 pub mod dynamo;
+pub mod graph_adapter;
 pub mod handler;
 pub mod imap_adapter;
 pub mod memory;

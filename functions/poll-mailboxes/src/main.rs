@@ -18,6 +18,7 @@ use poll_mailboxes::PollDeps;
 use poll_mailboxes::config::Settings;
 use poll_mailboxes::convert::ParseContext;
 use poll_mailboxes::dynamo::DynamoStateStore;
+use poll_mailboxes::graph_adapter::{GraphConnector, ProtocolConnector};
 use poll_mailboxes::handler::{HandlerError, handle};
 use poll_mailboxes::imap_adapter::ImapConnector;
 use poll_mailboxes::sinks::SecretsSinkFactory;
@@ -37,7 +38,7 @@ struct Prepared {
     settings: Settings,
     secrets: LazyClient<aws_sdk_secretsmanager::Client>,
     tokens: Arc<mailbridge::token::TokenService>,
-    connector: Arc<ImapConnector>,
+    connector: Arc<ProtocolConnector>,
     state: Arc<DynamoStateStore>,
     sinks: Arc<SecretsSinkFactory>,
     memory: Arc<poll_mailboxes::memory::MemoryBudget>,
@@ -54,6 +55,21 @@ async fn prepare() -> Result<Prepared, StartupError> {
     let connector = ImapConnector::new(settings.imap_ca_file.as_deref(), settings.imap_timeout)
         .map_err(|e| StartupError(format!("MAILBRIDGE_IMAP_CA_FILE: {e}")))?;
     let http = mailbridge::http::default_client().map_err(startup)?;
+    let state = Arc::new(DynamoStateStore::new(
+        LazyClient::new(&aws, aws_sdk_dynamodb::Client::new),
+        &settings.state_table,
+    ));
+    mailbridge::graph::GraphClient::with_http(http.clone(), &settings.graph_url)
+        .map_err(|e| StartupError(format!("MAILBRIDGE_GRAPH_URL: {e}")))?;
+    let connector = ProtocolConnector {
+        imap: Arc::new(connector),
+        graph: Arc::new(GraphConnector::new(
+            http.clone(),
+            &settings.graph_url,
+            state.clone(),
+            settings.imap_timeout,
+        )),
+    };
     let memory = match settings.function_memory_mb {
         Some(mb) => poll_mailboxes::memory::MemoryBudget::for_function_memory(mb),
         None => poll_mailboxes::memory::MemoryBudget::unlimited(),
@@ -67,10 +83,7 @@ async fn prepare() -> Result<Prepared, StartupError> {
         memory: Arc::new(memory),
         tokens: Arc::new(tokens),
         connector: Arc::new(connector),
-        state: Arc::new(DynamoStateStore::new(
-            LazyClient::new(&aws, aws_sdk_dynamodb::Client::new),
-            &settings.state_table,
-        )),
+        state,
         sinks: Arc::new(SecretsSinkFactory::new(
             http,
             secrets.clone(),

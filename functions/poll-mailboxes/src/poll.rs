@@ -43,7 +43,7 @@ use mailbridge::token::{AccessTokenSource, Audience, TokenError};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::config::{AfterAction, ListMail, MailboxConfig};
+use crate::config::{AfterAction, ListMail, MailboxConfig, Protocol};
 use crate::convert::{self, ParseContext};
 use crate::dedupe::{self, DedupeKey};
 use crate::ports::{
@@ -295,27 +295,54 @@ async fn connect(
         };
         (outcome.to_string(), e.to_string())
     };
+    let audience = mailbox_audience(config);
     let token = deps
         .tokens
-        .access_token(&config.account, Audience::Imap)
+        .access_token(&config.account, audience)
         .await
         .map_err(token_failure)?;
     match deps.connector.connect(config, &token.secret).await {
         Ok(mailbox) => Ok(mailbox),
         Err(ImapError::AuthenticateFailed { .. }) => {
             // The cached token may be stale or revoked: refresh once and retry.
-            deps.tokens.invalidate(&config.account, Audience::Imap);
+            deps.tokens.invalidate(&config.account, audience);
             let token = deps
                 .tokens
-                .access_token(&config.account, Audience::Imap)
+                .access_token(&config.account, audience)
                 .await
                 .map_err(token_failure)?;
             deps.connector
                 .connect(config, &token.secret)
                 .await
-                .map_err(|e| ("failed".to_string(), imap_reason(&e)))
+                .map_err(|e| ("failed".to_string(), mailbox_reason(config, &e)))
         }
-        Err(e) => Err(("failed".to_string(), imap_reason(&e))),
+        Err(e) => Err(("failed".to_string(), mailbox_reason(config, &e))),
+    }
+}
+
+/// The token audience a mailbox is read with: IMAP, or Graph with `Mail.ReadWrite` (and
+/// `Mail.ReadWrite.Shared` for a shared mailbox). Only Graph mailboxes ask for the Graph mail
+/// permissions.
+pub fn mailbox_audience(config: &MailboxConfig) -> Audience {
+    match (config.protocol, config.shared) {
+        (Protocol::Imap, _) => Audience::Imap,
+        (Protocol::Graph, false) => Audience::GraphMailbox,
+        (Protocol::Graph, true) => Audience::GraphSharedMailbox,
+    }
+}
+
+fn mailbox_reason(config: &MailboxConfig, error: &ImapError) -> String {
+    if config.protocol == Protocol::Imap {
+        return imap_reason(error);
+    }
+    match error {
+        ImapError::AuthenticateFailed { .. } => format!(
+            "{error} — check that the account consented to Mail.ReadWrite (Microsoft Graph, delegated), and for a shared mailbox (`shared: true`) to Mail.ReadWrite.Shared with Full Access on the mailbox"
+        ),
+        ImapError::NotConnected { .. } => format!(
+            "{error} — Graph answered MailboxNotEnabledForRESTAPI: the mailbox has no Exchange Online licence, is inactive or on-premises"
+        ),
+        _ => error.to_string(),
     }
 }
 
@@ -397,7 +424,7 @@ pub async fn poll_mailbox(
             }
             Stop::Imap(e) => {
                 status.outcome = "failed".into();
-                status.reason = Some(imap_reason(&e));
+                status.reason = Some(mailbox_reason(config, &e));
             }
             Stop::Store(e) => {
                 status.outcome = "failed".into();

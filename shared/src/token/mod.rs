@@ -30,22 +30,46 @@ pub enum Audience {
     Graph,
     /// Exchange Online IMAP (`https://outlook.office.com/IMAP.AccessAsUser.All`).
     Imap,
+    /// Microsoft Graph for reading the user's own mailbox (`Mail.ReadWrite`): mailboxes polled
+    /// with `protocol: graph`. Asked for only by the poller of such a mailbox, so an account
+    /// that only sends never needs the consent.
+    GraphMailbox,
+    /// Microsoft Graph for reading a shared mailbox through a delegate with Full Access
+    /// (`Mail.ReadWrite` and `Mail.ReadWrite.Shared`).
+    GraphSharedMailbox,
 }
 
 impl Audience {
-    /// The JSON spelling (`graph`, `imap`).
+    /// Every audience.
+    pub const ALL: [Audience; 4] = [
+        Audience::Graph,
+        Audience::Imap,
+        Audience::GraphMailbox,
+        Audience::GraphSharedMailbox,
+    ];
+
+    /// The JSON spelling (`graph`, `imap`, `graph_mailbox`, `graph_shared_mailbox`).
     pub fn as_str(self) -> &'static str {
         match self {
             Audience::Graph => "graph",
             Audience::Imap => "imap",
+            Audience::GraphMailbox => "graph_mailbox",
+            Audience::GraphSharedMailbox => "graph_shared_mailbox",
         }
     }
 
-    /// How operators read it (`Graph`, `IMAP`).
+    /// The audience of a JSON spelling.
+    pub fn parse(value: &str) -> Option<Audience> {
+        Audience::ALL.into_iter().find(|a| a.as_str() == value)
+    }
+
+    /// How operators read it (`Graph`, `IMAP`, ...).
     pub fn label(self) -> &'static str {
         match self {
             Audience::Graph => "Graph",
             Audience::Imap => "IMAP",
+            Audience::GraphMailbox => "Graph mailbox reading",
+            Audience::GraphSharedMailbox => "Graph shared mailbox reading",
         }
     }
 }

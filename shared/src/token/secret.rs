@@ -31,6 +31,10 @@ pub const MIN_MAX_MESSAGE_BYTES: usize = 1_000_000;
 pub const MAX_MAX_MESSAGE_BYTES: usize = crate::notification::MAX_MIME_MESSAGE_BYTES;
 /// Permission requested for the IMAP audience.
 pub const IMAP_SCOPE: &str = "IMAP.AccessAsUser.All";
+/// Graph permission for reading (and moving, flagging, deleting) mail of the user's mailbox.
+pub const MAILBOX_READ_SCOPE: &str = "Mail.ReadWrite";
+/// Graph permission for the same in a mailbox shared with the user (Full Access).
+pub const SHARED_MAILBOX_READ_SCOPE: &str = "Mail.ReadWrite.Shared";
 
 /// Whether the account's grant is usable.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -409,14 +413,17 @@ impl AccountSecret {
                     .as_deref()
                 {
                     None => None,
-                    Some("graph") => Some(Audience::Graph),
-                    Some("imap") => Some(Audience::Imap),
-                    Some(other) => {
-                        return Err(r.bad(
-                            "status.audience",
-                            format!("expected \"graph\" or \"imap\", got {other:?}"),
-                        ));
-                    }
+                    Some(value) => match Audience::parse(value) {
+                        Some(audience) => Some(audience),
+                        None => {
+                            return Err(r.bad(
+                                "status.audience",
+                                format!(
+                                    "expected \"graph\", \"imap\", \"graph_mailbox\" or \"graph_shared_mailbox\", got {value:?}"
+                                ),
+                            ));
+                        }
+                    },
                 };
                 AccountStatus {
                     state,
@@ -533,7 +540,9 @@ impl AccountSecret {
     /// The resource (audience URI) tokens for `audience` are minted for.
     pub fn resource(&self, audience: Audience) -> &str {
         match audience {
-            Audience::Graph => &self.graph_host,
+            Audience::Graph | Audience::GraphMailbox | Audience::GraphSharedMailbox => {
+                &self.graph_host
+            }
             Audience::Imap => &self.imap_resource,
         }
     }
@@ -563,6 +572,11 @@ impl AccountSecret {
                 .map(|p| format!("{resource}/{p}"))
                 .collect(),
             Audience::Imap => vec![format!("{resource}/{IMAP_SCOPE}")],
+            Audience::GraphMailbox => vec![format!("{resource}/{MAILBOX_READ_SCOPE}")],
+            Audience::GraphSharedMailbox => vec![
+                format!("{resource}/{MAILBOX_READ_SCOPE}"),
+                format!("{resource}/{SHARED_MAILBOX_READ_SCOPE}"),
+            ],
         };
         parts.push("offline_access".to_owned());
         parts.join(" ")
@@ -588,6 +602,23 @@ impl AccountSecret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn graph_mailbox_audiences_ask_for_mail_read_write_and_shared_only_when_shared() {
+        let s = AccountSecret::new("contoso.com", "client", "agent@contoso.com");
+        assert_eq!(
+            s.scope_for(Audience::GraphMailbox),
+            "https://graph.microsoft.com/Mail.ReadWrite offline_access"
+        );
+        assert_eq!(
+            s.scope_for(Audience::GraphSharedMailbox),
+            "https://graph.microsoft.com/Mail.ReadWrite https://graph.microsoft.com/Mail.ReadWrite.Shared offline_access"
+        );
+        assert!(!s.scope_for(Audience::Graph).contains("ReadWrite"));
+        for audience in Audience::ALL {
+            assert_eq!(Audience::parse(audience.as_str()), Some(audience));
+        }
+    }
 
     fn minimal() -> Value {
         serde_json::json!({

@@ -561,7 +561,7 @@ impl TokenService {
             Some(_) => std::slice::from_ref(&audience),
             None => {
                 state.newest_refresh_token = None;
-                &[Audience::Graph, Audience::Imap]
+                &Audience::ALL
             }
         };
         for held in held {

@@ -675,7 +675,7 @@ pub(super) async fn dispatch(
             value(&state, &admitted, id).await
         }
         (&Method::GET, ["messages", id]) | (&Method::GET, ["mailFolders", _, "messages", id]) => {
-            get_message(&admitted, id).await
+            get_message(&admitted, id, &query).await
         }
         (&Method::POST, ["messages", id, "move"])
         | (&Method::POST, ["mailFolders", _, "messages", id, "move"]) => {
@@ -1103,11 +1103,32 @@ async fn value(state: &Arc<StandInState>, admitted: &Admitted, id: &str) -> Resp
     }
 }
 
-async fn get_message(admitted: &Admitted, id: &str) -> Response {
+async fn get_message(admitted: &Admitted, id: &str, query: &HashMap<String, String>) -> Response {
     let rid = &admitted.rid;
     let Some((folder, uid_validity, uid)) = parse_message_id(id) else {
         return malformed_id(rid);
     };
+    let headers_only = query
+        .get("$select")
+        .is_some_and(|s| s.split(',').any(|p| p.trim() == "internetMessageHeaders"));
+    if headers_only {
+        let store = admitted.store.clone();
+        let (user, name) = (admitted.mailbox.clone(), folder.clone());
+        let raw = match summary_of(admitted, &folder, uid_validity, uid).await {
+            Ok(Some(_)) => blocking(move || store.message(&user, &name, uid)).await,
+            Ok(None) => return item_not_found(rid),
+            Err(e) => return store_failed(rid, &e),
+        };
+        return match raw {
+            Ok(Some(raw)) => axum::Json(serde_json::json!({
+                "id": id,
+                "internetMessageHeaders": header_fields(&raw),
+            }))
+            .into_response(),
+            Ok(None) => item_not_found(rid),
+            Err(e) => store_failed(rid, &e),
+        };
+    }
     match summary_of(admitted, &folder, uid_validity, uid).await {
         Ok(Some(m)) => {
             axum::Json(message_json(&folder, uid_validity, &m, None, false)).into_response()
@@ -1115,6 +1136,21 @@ async fn get_message(admitted: &Admitted, id: &str) -> Response {
         Ok(None) => item_not_found(rid),
         Err(e) => store_failed(rid, &e),
     }
+}
+
+/// The message's header fields as Graph lists them (`{name, value}`, folded lines joined).
+fn header_fields(raw: &[u8]) -> Vec<serde_json::Value> {
+    let text = String::from_utf8_lossy(raw);
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .replace("\r\n ", " ")
+        .replace("\r\n\t", " ");
+    head.split("\r\n")
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| serde_json::json!({"name": name.trim(), "value": value.trim()}))
+        .collect()
 }
 
 #[derive(Deserialize)]

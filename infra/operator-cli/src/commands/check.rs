@@ -471,8 +471,8 @@ async fn run_steps(
     let mut imap_token = None;
     for audience in [Audience::Graph, Audience::Imap] {
         let label = match audience {
-            Audience::Graph => "token (Graph)",
             Audience::Imap => "token (IMAP)",
+            _ => "token (Graph)",
         };
         match tokio::time::timeout(timeout, tokens.access_token(secret_name, audience)).await {
             Ok(Ok(token)) => {
@@ -486,8 +486,8 @@ async fn run_steps(
                     ),
                 ));
                 match audience {
-                    Audience::Graph => graph_token = Some(token),
                     Audience::Imap => imap_token = Some(token),
+                    _ => graph_token = Some(token),
                 }
             }
             Ok(Err(e)) => {
@@ -705,6 +705,10 @@ fn token_fix(
             "IMAP.AccessAsUser.All (Office 365 Exchange Online, delegated)".to_owned()
         }
         Some(Audience::Graph) => format!("{graph} (Microsoft Graph, delegated)"),
+        Some(Audience::GraphMailbox) => "Mail.ReadWrite (Microsoft Graph, delegated)".to_owned(),
+        Some(Audience::GraphSharedMailbox) => {
+            "Mail.ReadWrite + Mail.ReadWrite.Shared (Microsoft Graph, delegated)".to_owned()
+        }
         None => {
             format!(
                 "{graph} (Microsoft Graph) and IMAP.AccessAsUser.All (Office 365 Exchange Online)"

@@ -1,0 +1,510 @@
+//! The [`Mailbox`] of a mailbox read through Microsoft Graph (`protocol: graph`), for tenants
+//! that switched IMAP off. The poll loop runs on it unchanged: the same lease, dedupe, parser,
+//! machine-mail policy, ticket sinks and "after-action only once the ticket was accepted".
+//!
+//! Graph has string ids where IMAP has UIDs, and delta rounds where IMAP has SEARCH. The sync
+//! state of each mailbox ([`GraphSyncState`], item `graph-sync#<mailbox>` of the state table)
+//! bridges the two:
+//! - the `@odata.deltaLink` of the last round;
+//! - the messages in the polled folder still to be handled (`pending`), each with a UID this
+//!   side gives it (ascending in order of arrival, never reused under the state's
+//!   `uid_validity`), so the loop's UID order, `retry_last_uids` and the mail-in-flight record
+//!   work as with IMAP.
+//!
+//! `select` runs a delta round from the stored link (or a full round: first run, an expired or
+//! invalid token → Graph's 410 `SyncStateNotFound`, or a `pending` list too long to store) and
+//! saves the new link with `pending` before any mail is touched. A full round keeps the UIDs of
+//! messages it already knew. Nothing here decides whether a mail became a ticket: the dedupe
+//! records do, so a resync or a run that died after the ticket and before the move opens no
+//! second ticket. Handled mail leaves `pending` (moved, deleted, or read under `mark_seen`);
+//! a run that dies before saving leaves it to the next round, whose `@removed` entries drop it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mailbridge::graph::GraphError;
+use mailbridge::graph_mail::{DeltaChange, DeltaStart, GraphMailbox};
+use mailbridge::imap::{ImapError, ListedMessage, SearchScope, SelectedFolder, Uid};
+use mailbridge::token::AccessToken;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::config::{AfterAction, MailboxConfig};
+use crate::ports::{Mailbox, MailboxConnector, StoreError};
+
+/// Most pending messages kept with a delta link: beyond it (a DynamoDB item holds 400 KB) the
+/// link is not stored and the next run makes a full round, which lists the folder anyway.
+pub const MAX_PENDING_WITH_LINK: usize = 1000;
+
+/// What a mailbox's Graph sync remembers between runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphSyncState {
+    /// Changes when the UIDs below start over (a new state).
+    pub uid_validity: u32,
+    /// The next UID to give.
+    pub next_uid: u32,
+    /// `@odata.deltaLink` of the last round, if it could be kept.
+    pub delta_link: Option<String>,
+    /// Messages in the folder still to be handled, ascending by UID.
+    pub pending: Vec<PendingMessage>,
+}
+
+/// One message still to be handled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingMessage {
+    /// The UID this side gave it.
+    pub uid: u32,
+    /// Graph id.
+    pub id: String,
+    /// When the mailbox received it.
+    pub received_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Size in bytes, when Graph gave it.
+    pub size: Option<u64>,
+}
+
+/// Where the sync states live (the state table).
+#[async_trait]
+pub trait GraphSyncStore: Send + Sync {
+    /// The mailbox's sync state, if any.
+    async fn get_graph_sync(&self, mailbox: &str) -> Result<Option<GraphSyncState>, StoreError>;
+    /// Replace it.
+    async fn put_graph_sync(&self, mailbox: &str, state: &GraphSyncState)
+    -> Result<(), StoreError>;
+}
+
+/// Opens Graph mailboxes.
+pub struct GraphConnector {
+    http: reqwest::Client,
+    base_url: String,
+    sync: Arc<dyn GraphSyncStore>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for GraphConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphConnector")
+            .field("base_url", &self.base_url)
+            .finish()
+    }
+}
+
+impl GraphConnector {
+    /// Graph at `base_url` (`https://graph.microsoft.com/v1.0`), sync states in `sync`,
+    /// `timeout` per request attempt.
+    pub fn new(
+        http: reqwest::Client,
+        base_url: &str,
+        sync: Arc<dyn GraphSyncStore>,
+        timeout: Duration,
+    ) -> Self {
+        GraphConnector {
+            http,
+            base_url: base_url.to_owned(),
+            sync,
+            timeout,
+        }
+    }
+}
+
+/// Graph's answer as the loop's error type: what a person must fix stays recognisable.
+pub fn to_imap_error(operation: &'static str, user: &str, e: GraphError) -> ImapError {
+    match &e {
+        GraphError::Unauthorized { .. } => ImapError::AuthenticateFailed {
+            user: user.to_owned(),
+            detail: format!("Graph: {e}"),
+        },
+        GraphError::Rejected { status: 403, .. } => ImapError::AuthenticateFailed {
+            user: user.to_owned(),
+            detail: format!("Graph: {e}"),
+        },
+        GraphError::Rejected { code, .. } if code == "MailboxNotEnabledForRESTAPI" => {
+            ImapError::NotConnected {
+                user: user.to_owned(),
+            }
+        }
+        GraphError::Transport {
+            timed_out: true, ..
+        } => ImapError::Timeout {
+            operation,
+            seconds: 0,
+        },
+        GraphError::Throttled { .. }
+        | GraphError::Unavailable { .. }
+        | GraphError::Transport { .. }
+        | GraphError::SendingQuota { .. } => ImapError::ConnectionLost {
+            operation,
+            detail: format!("Graph: {e}"),
+        },
+        GraphError::Rejected { .. } => ImapError::Command {
+            operation,
+            detail: format!("Graph: {e}"),
+        },
+    }
+}
+
+#[async_trait]
+impl MailboxConnector for GraphConnector {
+    async fn connect(
+        &self,
+        config: &MailboxConfig,
+        access_token: &SecretString,
+    ) -> Result<Box<dyn Mailbox>, ImapError> {
+        let token = AccessToken::new(
+            access_token.clone(),
+            chrono::Utc::now() + chrono::Duration::minutes(5),
+            mailbridge::token::Audience::Graph,
+        );
+        let mut policy = mailbridge::graph_mail::default_policy();
+        policy.attempt_timeout = self.timeout;
+        let client = GraphMailbox::new(
+            self.http.clone(),
+            &self.base_url,
+            &config.user,
+            token,
+            policy,
+        )
+        .map_err(|e| ImapError::Connect {
+            host: self.base_url.clone(),
+            port: 443,
+            detail: e.to_string(),
+        })?;
+        // The polled folder, found now: a refused token shows here, where the loop refreshes
+        // it once.
+        let deadline = Instant::now() + self.timeout * 4;
+        let folder = client
+            .folder_id(&config.folder, false, deadline)
+            .await
+            .map_err(|e| to_imap_error("find folder", &config.user, e))?
+            .ok_or_else(|| ImapError::NoSuchFolder {
+                folder: config.folder.clone(),
+                detail: "no folder with this display name in the mailbox (Graph)".into(),
+            })?;
+        if folder == "inbox" {
+            // well-known name: still prove the token opens the mailbox
+            client
+                .delta_probe(deadline)
+                .await
+                .map_err(|e| to_imap_error("open mailbox", &config.user, e))?;
+        }
+        Ok(Box::new(GraphSession {
+            client,
+            user: config.user.clone(),
+            name: config.name.clone(),
+            unread_only: config.after_action == AfterAction::MarkSeen,
+            folder_id: folder,
+            folders: HashMap::new(),
+            sync: self.sync.clone(),
+            state: GraphSyncState::default(),
+            timeout: self.timeout,
+        }))
+    }
+}
+
+struct GraphSession {
+    client: GraphMailbox,
+    user: String,
+    name: String,
+    /// `mark_seen`: read mail is done with.
+    unread_only: bool,
+    folder_id: String,
+    /// Display-name path → folder id (found or created this run).
+    folders: HashMap<String, String>,
+    sync: Arc<dyn GraphSyncStore>,
+    state: GraphSyncState,
+    timeout: Duration,
+}
+
+impl GraphSession {
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.timeout * 6
+    }
+
+    fn err(&self, operation: &'static str, e: GraphError) -> ImapError {
+        to_imap_error(operation, &self.user, e)
+    }
+
+    fn id_of(&self, uid: Uid) -> Option<String> {
+        self.state
+            .pending
+            .iter()
+            .find(|m| m.uid == uid)
+            .map(|m| m.id.clone())
+    }
+
+    fn forget(&mut self, uid: Uid) {
+        self.state.pending.retain(|m| m.uid != uid);
+    }
+
+    async fn save(&self) -> Result<(), StoreError> {
+        let mut state = self.state.clone();
+        if state.pending.len() > MAX_PENDING_WITH_LINK {
+            // Too many to store with the link: the next run lists the folder in full.
+            state.delta_link = None;
+            state.pending.truncate(MAX_PENDING_WITH_LINK);
+        }
+        self.sync.put_graph_sync(&self.name, &state).await
+    }
+
+    /// Apply a round's changes; `full`: the round listed the whole folder.
+    fn apply(&mut self, changes: Vec<DeltaChange>, full: bool) {
+        let mut known: HashMap<String, PendingMessage> = std::mem::take(&mut self.state.pending)
+            .into_iter()
+            .map(|m| (m.id.clone(), m))
+            .collect();
+        let mut listed: Vec<PendingMessage> = Vec::new();
+        let mut fresh = Vec::new();
+        for change in changes {
+            match change {
+                DeltaChange::Removed { id } => {
+                    known.remove(&id);
+                    listed.retain(|m| m.id != id);
+                    fresh.retain(|m: &mailbridge::graph_mail::DeltaMessage| m.id != id);
+                }
+                DeltaChange::Message(m) if m.is_read && self.unread_only => {
+                    known.remove(&m.id);
+                    listed.retain(|p| p.id != m.id);
+                    fresh.retain(|f: &mailbridge::graph_mail::DeltaMessage| f.id != m.id);
+                }
+                DeltaChange::Message(m) => match known.remove(&m.id) {
+                    Some(mut p) => {
+                        p.size = m.size.or(p.size);
+                        p.received_at = m.received_at.or(p.received_at);
+                        listed.push(p);
+                    }
+                    None if listed.iter().any(|p| p.id == m.id) => {}
+                    None => {
+                        fresh.retain(|f: &mailbridge::graph_mail::DeltaMessage| f.id != m.id);
+                        fresh.push(m);
+                    }
+                },
+            }
+        }
+        if !full {
+            // an incremental round: what it did not mention is unchanged
+            listed.extend(known.into_values());
+        }
+        // New mail gets UIDs in order of arrival.
+        fresh.sort_by(|a, b| (a.received_at, &a.id).cmp(&(b.received_at, &b.id)));
+        for m in fresh {
+            listed.push(PendingMessage {
+                uid: self.state.next_uid,
+                id: m.id,
+                received_at: m.received_at,
+                size: m.size,
+            });
+            self.state.next_uid += 1;
+        }
+        listed.sort_by_key(|m| m.uid);
+        self.state.pending = listed;
+    }
+
+    async fn resolve(&mut self, path: &str) -> Result<String, ImapError> {
+        if let Some(id) = self.folders.get(path) {
+            return Ok(id.clone());
+        }
+        let id = self
+            .client
+            .folder_id(path, true, self.deadline())
+            .await
+            .map_err(|e| self.err("find or create folder", e))?
+            .ok_or_else(|| ImapError::NoSuchFolder {
+                folder: path.to_owned(),
+                detail: "could not be created (Graph)".into(),
+            })?;
+        self.folders.insert(path.to_owned(), id.clone());
+        Ok(id)
+    }
+}
+
+#[async_trait]
+impl Mailbox for GraphSession {
+    async fn select(&mut self, _folder: &str) -> Result<SelectedFolder, ImapError> {
+        let stored =
+            self.sync
+                .get_graph_sync(&self.name)
+                .await
+                .map_err(|e| ImapError::Command {
+                    operation: "read the Graph sync state",
+                    detail: e.to_string(),
+                })?;
+        self.state = stored.unwrap_or_else(|| GraphSyncState {
+            // any non-zero value; a new state starts new UIDs
+            uid_validity: (chrono::Utc::now().timestamp() as u32).max(1),
+            next_uid: 1,
+            delta_link: None,
+            pending: Vec::new(),
+        });
+        let link = self.state.delta_link.clone();
+        let round = match &link {
+            Some(link) => match self
+                .client
+                .delta(DeltaStart::Link(link), self.deadline())
+                .await
+            {
+                Ok(round) => Some(round),
+                Err(e) if e.is_sync_reset() => {
+                    tracing::warn!(
+                        mailbox = %self.name,
+                        code = e.code(),
+                        "Graph delta token expired or invalid: full resync of the folder (the dedupe records keep it from opening tickets twice)"
+                    );
+                    None
+                }
+                Err(e) => return Err(self.err("delta", e)),
+            },
+            None => None,
+        };
+        match round {
+            Some(round) => {
+                self.apply(round.changes, false);
+                self.state.delta_link = Some(round.delta_link);
+            }
+            None => {
+                let round = self
+                    .client
+                    .delta(
+                        DeltaStart::Full {
+                            folder: &self.folder_id,
+                            since: None,
+                        },
+                        self.deadline(),
+                    )
+                    .await
+                    .map_err(|e| self.err("delta (full)", e))?;
+                self.apply(round.changes, true);
+                self.state.delta_link = Some(round.delta_link);
+            }
+        }
+        self.save().await.map_err(|e| ImapError::Command {
+            operation: "store the Graph sync state",
+            detail: e.to_string(),
+        })?;
+        Ok(SelectedFolder {
+            uid_validity: self.state.uid_validity,
+            exists: self.state.pending.len() as u32,
+        })
+    }
+
+    async fn search(&mut self, _scope: SearchScope) -> Result<Vec<Uid>, ImapError> {
+        // `pending` holds only unread mail under mark_seen (read mail left it).
+        Ok(self.state.pending.iter().map(|m| m.uid).collect())
+    }
+
+    async fn list_messages(&mut self, uids: &[Uid]) -> Result<Vec<ListedMessage>, ImapError> {
+        Ok(self
+            .state
+            .pending
+            .iter()
+            .filter(|m| uids.contains(&m.uid))
+            .map(|m| ListedMessage {
+                uid: m.uid,
+                size: m.size.unwrap_or(0).min(u64::from(u32::MAX)) as u32,
+                received_at: m.received_at,
+            })
+            .collect())
+    }
+
+    async fn fetch_raw(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
+        let Some(id) = self.id_of(uid) else {
+            return Ok(None);
+        };
+        match self.client.mime(&id, self.deadline()).await {
+            Ok(Some(raw)) => Ok(Some(raw)),
+            Ok(None) => {
+                self.forget(uid);
+                Ok(None)
+            }
+            Err(e) => Err(self.err("fetch $value", e)),
+        }
+    }
+
+    async fn fetch_header(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
+        let Some(id) = self.id_of(uid) else {
+            return Ok(None);
+        };
+        match self.client.header_block(&id, self.deadline()).await {
+            Ok(Some(block)) => Ok(Some(block)),
+            Ok(None) => {
+                self.forget(uid);
+                Ok(None)
+            }
+            Err(e) => Err(self.err("fetch headers", e)),
+        }
+    }
+
+    async fn move_to(&mut self, uid: Uid, folder: &str) -> Result<(), ImapError> {
+        let Some(id) = self.id_of(uid) else {
+            return Ok(());
+        };
+        let destination = self.resolve(folder).await?;
+        let moved = self
+            .client
+            .move_to(&id, &destination, self.deadline())
+            .await
+            .map_err(|e| self.err("move", e))?;
+        if !moved {
+            tracing::warn!(mailbox = %self.name, uid, "message no longer in the folder when moving it (moved meanwhile)");
+        }
+        self.forget(uid);
+        Ok(())
+    }
+
+    async fn mark_seen(&mut self, uid: Uid) -> Result<(), ImapError> {
+        let Some(id) = self.id_of(uid) else {
+            return Ok(());
+        };
+        self.client
+            .mark_read(&id, self.deadline())
+            .await
+            .map_err(|e| self.err("mark read", e))?;
+        self.forget(uid);
+        Ok(())
+    }
+
+    async fn delete(&mut self, uid: Uid) -> Result<(), ImapError> {
+        let Some(id) = self.id_of(uid) else {
+            return Ok(());
+        };
+        self.client
+            .delete(&id, self.deadline())
+            .await
+            .map_err(|e| self.err("delete", e))?;
+        self.forget(uid);
+        Ok(())
+    }
+
+    fn round_trips(&self) -> u64 {
+        self.client.requests()
+    }
+
+    async fn logout(self: Box<Self>) {
+        if let Err(e) = self.save().await {
+            tracing::warn!(mailbox = %self.name, error = %e, "could not store the Graph sync state; the next round replays from the last stored link");
+        }
+    }
+}
+
+/// Picks the IMAP or the Graph connector by the mailbox's `protocol`.
+pub struct ProtocolConnector {
+    /// IMAP mailboxes.
+    pub imap: Arc<dyn MailboxConnector>,
+    /// Graph mailboxes.
+    pub graph: Arc<dyn MailboxConnector>,
+}
+
+#[async_trait]
+impl MailboxConnector for ProtocolConnector {
+    async fn connect(
+        &self,
+        config: &MailboxConfig,
+        access_token: &SecretString,
+    ) -> Result<Box<dyn Mailbox>, ImapError> {
+        match config.protocol {
+            crate::config::Protocol::Imap => self.imap.connect(config, access_token).await,
+            crate::config::Protocol::Graph => self.graph.connect(config, access_token).await,
+        }
+    }
+}
