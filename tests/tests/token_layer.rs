@@ -1734,3 +1734,129 @@ async fn device_code_polls_sooner_than_the_interval_get_slow_down() {
     approve.await.unwrap();
     assert_eq!(slow_downs, 0);
 }
+
+/// A client credentials request for `scope`, authenticated with `secret` (when given).
+async fn client_credentials_raw(
+    w: &World,
+    client_id: &str,
+    secret: Option<&str>,
+    scope: &str,
+) -> (u16, Value) {
+    let mut form = vec![
+        ("client_id", client_id),
+        ("grant_type", "client_credentials"),
+        ("scope", scope),
+    ];
+    if let Some(secret) = secret {
+        form.push(("client_secret", secret));
+    }
+    token_post(w, &form).await
+}
+
+#[tokio::test]
+async fn app_only_tokens_carry_roles_and_work_only_where_microsoft_accepts_them() {
+    let w = World::new().await;
+    let app_id = uuid::Uuid::new_v4().to_string();
+    let secret = "app-secret-value";
+    w.idp
+        .register_app(AppRegistration::app_only(&w.tenant, &app_id, secret));
+    const GRAPH_DEFAULT: &str = "https://graph.microsoft.com/.default";
+    const IMAP_DEFAULT: &str = "https://outlook.office365.com/.default";
+    // Client authentication and the /.default scope, as Entra demands.
+    let (s, body) = client_credentials_raw(&w, &app_id, None, GRAPH_DEFAULT).await;
+    assert_eq!(
+        (s, body["error_codes"][0].as_u64()),
+        (401, Some(7000218)),
+        "{body}"
+    );
+    let (s, body) = client_credentials_raw(&w, &app_id, Some("wrong"), GRAPH_DEFAULT).await;
+    assert_eq!(
+        (s, body["error_codes"][0].as_u64()),
+        (401, Some(7000215)),
+        "{body}"
+    );
+    let (_, body) = client_credentials_raw(
+        &w,
+        &app_id,
+        Some(secret),
+        "https://graph.microsoft.com/Mail.Send",
+    )
+    .await;
+    assert_eq!(body["error_codes"][0], 1002012, "{body}");
+    // A public client cannot use the grant.
+    let (s, _) = client_credentials_raw(&w, &w.client_id, None, GRAPH_DEFAULT).await;
+    assert_eq!(s, 401);
+
+    // The Graph token: roles, no scp, no user, no refresh token.
+    let (s, body) = client_credentials_raw(&w, &app_id, Some(secret), GRAPH_DEFAULT).await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.get("refresh_token").is_none(), "{body}");
+    let graph_token = body["access_token"].as_str().unwrap().to_owned();
+    let issued = w.idp.lookup_access_token(&graph_token).unwrap();
+    assert!(issued.app_only && issued.scopes.is_empty() && issued.upn.is_empty());
+    assert_eq!(issued.roles, vec!["Mail.Send".to_owned()]);
+
+    // Graph: no /me for an app; /users/{mailbox}/sendMail with the Mail.Send role.
+    let mailbox = unique_user("app-mailbox");
+    let graph = &stack().graph().base_url;
+    let message = serde_json::json!({"message": {
+        "subject": "app-only", "body": {"contentType": "Text", "content": "hello"},
+        "toRecipients": [{"emailAddress": {"address": "someone@example.com"}}],
+    }});
+    let send = |path: String, token: String| {
+        let message = message.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(format!("{graph}/v1.0/{path}/sendMail"))
+                .bearer_auth(token)
+                .json(&message)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (s, text) = send("me".into(), graph_token.clone()).await;
+    assert_eq!(s, 400, "{text}");
+    assert!(text.contains("delegated authentication flow"), "{text}");
+    let (s, text) = send(format!("users/{mailbox}"), graph_token.clone()).await;
+    assert_eq!(s, 202, "{text}");
+    // Without the Mail.Send application permission the token has no roles: 403.
+    let mut bare = AppRegistration::app_only(&w.tenant, &app_id, secret);
+    bare.application_permissions.clear();
+    w.idp.register_app(bare);
+    let (_, body) = client_credentials_raw(&w, &app_id, Some(secret), GRAPH_DEFAULT).await;
+    let no_roles = body["access_token"].as_str().unwrap().to_owned();
+    let (s, text) = send(format!("users/{mailbox}"), no_roles).await;
+    assert_eq!(s, 403, "{text}");
+    assert!(text.contains("ErrorAccessDenied"), "{text}");
+
+    // IMAP: an Outlook-audience app token opens only the mailboxes the service principal was
+    // given; a Graph-audience one never.
+    w.idp
+        .register_app(AppRegistration::app_only(&w.tenant, &app_id, secret));
+    let (s, body) = client_credentials_raw(&w, &app_id, Some(secret), IMAP_DEFAULT).await;
+    assert_eq!(s, 200, "{body}");
+    let imap_token = body["access_token"].as_str().unwrap().to_owned();
+    let dovecot = stack().dovecot();
+    assert!(
+        mailbridge_tests::imap_login_xoauth2(dovecot, &mailbox, &imap_token)
+            .await
+            .is_err(),
+        "no mailbox access yet"
+    );
+    let mut granted = AppRegistration::app_only(&w.tenant, &app_id, secret);
+    granted.imap_mailboxes.push(mailbox.clone());
+    w.idp.register_app(granted);
+    let mut session = mailbridge_tests::imap_login_xoauth2(dovecot, &mailbox, &imap_token)
+        .await
+        .expect("the service principal opens its mailbox");
+    session.select("INBOX").await.unwrap();
+    session.logout().await.unwrap();
+    assert!(
+        mailbridge_tests::imap_login_xoauth2(dovecot, &mailbox, &graph_token)
+            .await
+            .is_err(),
+        "a Graph-audience token never logs in to IMAP"
+    );
+}

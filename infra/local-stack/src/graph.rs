@@ -501,10 +501,32 @@ async fn answer(
             rid,
         )
     };
-    if !granted("Mail.Send") && !granted("Mail.Send.Shared") {
-        return access_denied();
-    }
-    let upn = issued.upn.to_ascii_lowercase();
+    // An app-only token (client credentials) has no user, so no `/me`; its `Mail.Send`
+    // application permission (`roles`) sends as the mailbox named in the path, which then
+    // stands in for the user below.
+    let upn = if issued.app_only {
+        let Some(id) = &user_path else {
+            return graph_error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "/me request is only valid with delegated authentication flow.",
+                rid,
+            );
+        };
+        if !issued
+            .roles
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case("Mail.Send"))
+        {
+            return access_denied();
+        }
+        id.to_ascii_lowercase()
+    } else {
+        if !granted("Mail.Send") && !granted("Mail.Send.Shared") {
+            return access_denied();
+        }
+        issued.upn.to_ascii_lowercase()
+    };
     let (mailbox, path) = match &user_path {
         None => (upn.clone(), "me".to_owned()),
         Some(id) => (id.to_ascii_lowercase(), format!("users/{id}")),

@@ -55,8 +55,12 @@ const GRAPH_PERMISSIONS: &[&str] = &[
     "User.Read",
 ];
 /// Permissions the stand-in knows on Outlook (Exchange Online) resources.
-const OUTLOOK_PERMISSIONS: &[&str] =
-    &["IMAP.AccessAsUser.All", "POP.AccessAsUser.All", "SMTP.Send"];
+const OUTLOOK_PERMISSIONS: &[&str] = &[
+    "IMAP.AccessAsUser.All",
+    "POP.AccessAsUser.All",
+    "SMTP.Send",
+    "IMAP.AccessAsApp",
+];
 /// The IMAP permission Dovecot logins need.
 pub const IMAP_PERMISSION: &str = "IMAP.AccessAsUser.All";
 /// Built-in Graph resources (global and national clouds).
@@ -100,10 +104,17 @@ pub struct IssuedAccessToken {
     pub audience: String,
     /// Granted scopes, e.g. `Mail.Send`.
     pub scopes: Vec<String>,
-    /// The user principal name the token was issued to.
+    /// The user principal name the token was issued to (empty for an app-only token).
     pub upn: String,
     /// Expiry.
     pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// Application permissions (`roles` claim) of an app-only token, e.g. `Mail.Send`; an
+    /// app-only token has no `scp` (`scopes` is empty) and no user.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Issued by the client credentials grant (no user).
+    #[serde(default)]
+    pub app_only: bool,
 }
 
 /// An app registration.
@@ -124,6 +135,18 @@ pub struct AppRegistration {
     /// matches any port (Microsoft ignores the port of a localhost redirect URI).
     #[serde(default)]
     pub redirect_uris: Vec<String>,
+    /// Client secrets (a confidential client: the client credentials grant).
+    #[serde(default)]
+    pub client_secrets: Vec<String>,
+    /// Admin-consented application permissions, fully qualified
+    /// (`https://graph.microsoft.com/Mail.Send`, `https://outlook.office365.com/IMAP.AccessAsApp`):
+    /// the `roles` of its app-only tokens.
+    #[serde(default)]
+    pub application_permissions: Vec<String>,
+    /// Mailboxes its service principal may open over IMAP (Exchange Online
+    /// `Add-MailboxPermission` for the service principal).
+    #[serde(default)]
+    pub imap_mailboxes: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -144,9 +167,34 @@ impl AppRegistration {
                 "https://outlook.office.com/IMAP.AccessAsUser.All".to_owned(),
             ],
             redirect_uris: vec![LOOPBACK_REDIRECT_URI.to_owned()],
+            client_secrets: Vec::new(),
+            application_permissions: Vec::new(),
+            imap_mailboxes: Vec::new(),
+        }
+    }
+
+    /// A confidential app for app-only access: `secret`, the application permissions Graph
+    /// `Mail.Send` and Exchange Online `IMAP.AccessAsApp`, no delegated permissions, no public
+    /// client flows.
+    pub fn app_only(tenant: &str, client_id: &str, secret: &str) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            client_id: client_id.to_owned(),
+            public_client_flows: false,
+            consented_scopes: Vec::new(),
+            redirect_uris: Vec::new(),
+            client_secrets: vec![secret.to_owned()],
+            application_permissions: vec![
+                "https://graph.microsoft.com/Mail.Send".to_owned(),
+                format!("https://outlook.office365.com/{IMAP_APP_PERMISSION}"),
+            ],
+            imap_mailboxes: Vec::new(),
         }
     }
 }
+
+/// The application permission app-only IMAP logins need.
+pub const IMAP_APP_PERMISSION: &str = "IMAP.AccessAsApp";
 
 /// The loopback redirect URI the deploy guide registers for `mailbridge login --browser`.
 pub const LOOPBACK_REDIRECT_URI: &str = "http://localhost";
@@ -893,6 +941,8 @@ impl IdentityStandIn {
                     scopes: scopes.iter().map(|s| s.to_string()).collect(),
                     upn: upn.to_owned(),
                     expires_at: now + chrono::Duration::from_std(lifetime).unwrap_or_default(),
+                    roles: Vec::new(),
+                    app_only: false,
                 },
                 revoked: false,
             },
@@ -1226,6 +1276,28 @@ fn check_client<'a>(
             format!("Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."),
         )
     })?;
+    if let Some(secret) = form.get("client_secret")
+        && !app.client_secrets.is_empty()
+    {
+        // A confidential client authenticating with one of its secrets.
+        if app.client_secrets.contains(secret) {
+            return Ok((t, app));
+        }
+        return Err(AadError::new(
+            401,
+            "invalid_client",
+            7000215,
+            "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app.",
+        ));
+    }
+    if form.get("grant_type").map(String::as_str) == Some("client_credentials") {
+        return Err(AadError::new(
+            401,
+            "invalid_client",
+            7000218,
+            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+        ));
+    }
     if form.contains_key("client_secret") || form.contains_key("client_assertion") {
         if app.public_client_flows {
             return Err(AadError::bad(
@@ -1592,12 +1664,83 @@ fn handle_token(
             }
         }
         "authorization_code" => redeem_code(state, tenant, &app, form, outcome, now),
+        "client_credentials" => client_credentials(state, tenant, &app, form, now),
         other => Err(AadError::bad(
             "unsupported_grant_type",
             70003,
             format!("The app requested an unsupported grant type '{other}'."),
         )),
     }
+}
+
+/// `grant_type=client_credentials` (client authenticated by `check_client`): the scope must be
+/// one resource's `/.default` (AADSTS1002012 otherwise); the token carries the application
+/// permissions consented on that resource as `roles` (none: a token without roles, as Entra
+/// issues it), no user, no refresh token.
+fn client_credentials(
+    state: &mut StandInState,
+    tenant: &str,
+    app: &AppRegistration,
+    form: &HashMap<String, String>,
+    now: DateTime<Utc>,
+) -> Result<Response, AadError> {
+    let scope = form
+        .get("scope")
+        .ok_or_else(|| AadError::missing("scope"))?;
+    let items: Vec<&str> = scope.split_whitespace().collect();
+    let resource = match items.as_slice() {
+        [one] if one.ends_with("/.default") && one.contains("://") => {
+            one.trim_end_matches("/.default").to_owned()
+        }
+        _ => {
+            return Err(AadError::bad(
+                "invalid_scope",
+                1002012,
+                format!(
+                    "The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
+                ),
+            ));
+        }
+    };
+    parse_scope(state, &format!("{resource}/.default"))?;
+    let prefix = format!("{resource}/");
+    let roles: Vec<String> = app
+        .application_permissions
+        .iter()
+        .filter_map(|p| p.strip_prefix(&prefix).map(str::to_owned))
+        .collect();
+    let lifetime = state
+        .tenants
+        .get(tenant)
+        .and_then(|t| t.settings.access_token_lifetime_secs)
+        .unwrap_or(3599);
+    let access_token = random_token(48);
+    state.access_tokens.insert(
+        access_token.clone(),
+        AccessRecord {
+            tenant: tenant.to_owned(),
+            client_id: app.client_id.clone(),
+            issued: IssuedAccessToken {
+                audience: resource,
+                scopes: Vec::new(),
+                upn: String::new(),
+                expires_at: now + chrono::Duration::seconds(lifetime as i64),
+                roles,
+                app_only: true,
+            },
+            revoked: false,
+        },
+    );
+    Ok((
+        StatusCode::OK,
+        Json(json!({
+            "token_type": "Bearer",
+            "expires_in": lifetime,
+            "ext_expires_in": lifetime,
+            "access_token": access_token,
+        })),
+    )
+        .into_response())
 }
 
 /// `grant_type=authorization_code`: the code is single use (AADSTS54005 when reused), expires
@@ -2098,6 +2241,8 @@ fn issue(
                 scopes: perms.clone(),
                 upn: upn.to_owned(),
                 expires_at: now + chrono::Duration::seconds(lifetime as i64),
+                roles: Vec::new(),
+                app_only: false,
             },
             revoked: false,
         },
@@ -2277,6 +2422,34 @@ async fn introspect(shared: &Shared, token: Option<String>, user: Option<String>
     let mut state = shared.lock();
     let answer = token.as_deref().and_then(|token| {
         let record = live_access_token(&state, token)?;
+        if record.issued.app_only {
+            // App-only IMAP (Exchange Online): the IMAP.AccessAsApp role, an Outlook audience,
+            // and a mailbox the service principal was given access to, named as `user`.
+            let mailbox = user.as_deref()?.to_lowercase();
+            let app = state
+                .tenants
+                .get(&record.tenant)?
+                .apps
+                .get(&record.client_id)?;
+            let allowed = record.issued.roles.iter().any(|r| r == IMAP_APP_PERMISSION)
+                && OUTLOOK_RESOURCES.contains(&record.issued.audience.trim_end_matches('/'))
+                && app
+                    .imap_mailboxes
+                    .iter()
+                    .any(|m| m.eq_ignore_ascii_case(&mailbox));
+            return allowed.then(|| {
+                json!({
+                    "active": true,
+                    "email": mailbox,
+                    "sub": record.client_id,
+                    "roles": record.issued.roles.join(" "),
+                    "client_id": record.client_id,
+                    "aud": record.issued.audience,
+                    "exp": record.issued.expires_at.timestamp(),
+                    "token_type": "Bearer",
+                })
+            });
+        }
         if !record.issued.scopes.iter().any(|s| s == IMAP_PERMISSION) {
             return None;
         }
