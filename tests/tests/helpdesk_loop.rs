@@ -48,30 +48,6 @@ fn cli_binary() -> std::path::PathBuf {
         .expect("build the mailbridge CLI")
 }
 
-/// A POSIX shell single-quoted word.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// The `sendmail` RT runs: a wrapper giving `mailbridge sendmail` its configuration (a web
-/// server's children get no useful environment) and keeping its stderr for the test's report.
-fn write_sendmail_wrapper(dir: &std::path::Path, env: &[(String, String)]) -> std::path::PathBuf {
-    let mut script = String::from("#!/bin/sh\n");
-    for (name, value) in env {
-        script.push_str(&format!("export {name}={}\n", sh_quote(value)));
-    }
-    script.push_str(&format!(
-        "exec {} sendmail \"$@\" 2>>{}\n",
-        sh_quote(&cli_binary().display().to_string()),
-        sh_quote(&dir.join("sendmail.log").display().to_string())
-    ));
-    let path = dir.join("sendmail");
-    std::fs::write(&path, script).expect("write the sendmail wrapper");
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
 fn header<'a>(message: &'a mail_parser::Message<'a>, name: &str) -> Option<String> {
     message
         .header_raw(name)
@@ -126,7 +102,9 @@ async fn an_agents_reply_reaches_the_customer_and_the_answer_lands_on_the_same_r
             format!(r"\[{} #(\d+)\]", RT_NAME.replace('.', r"\.")),
         ),
     ]);
-    let sendmail = write_sendmail_wrapper(dir.path(), &env);
+    let sendmail =
+        local_stack::request_tracker::write_sendmail_wrapper(dir.path(), &cli_binary(), &env)
+            .expect("write the sendmail wrapper");
     let rt = RequestTracker::start(
         &dir.path().join("rt"),
         RtOptions {

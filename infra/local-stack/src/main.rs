@@ -244,7 +244,6 @@ const TICKET: &str = "4711";
 async fn demo(stack: &LocalStack, helpdesk: &str) -> anyhow::Result<()> {
     use anyhow::Context;
     use mailbridge::token::{AccountSecret, IdentityClient, SecretsManagerStore, SystemClock};
-    use std::time::Duration;
 
     println!("\nlocal stack:");
     if !print_summary(stack) {
@@ -374,47 +373,6 @@ async fn demo(stack: &LocalStack, helpdesk: &str) -> anyhow::Result<()> {
         3,
         "send-notifications bootstrap under the Lambda Runtime API emulator, SQS event from the queue",
     );
-    let received = sqs
-        .receive_message()
-        .queue_url(&queue_url)
-        .max_number_of_messages(10)
-        .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
-        .wait_time_seconds(2)
-        .send()
-        .await
-        .map_err(sdk("receive from the queue"))?;
-    let records: Vec<serde_json::Value> = received
-        .messages()
-        .iter()
-        .map(|m| {
-            let attributes: serde_json::Map<String, serde_json::Value> = m
-                .attributes()
-                .map(|a| {
-                    a.iter()
-                        .map(|(k, v)| (k.as_str().to_owned(), v.clone().into()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            serde_json::json!({
-                "messageId": m.message_id(),
-                "receiptHandle": m.receipt_handle(),
-                "body": m.body(),
-                "attributes": attributes,
-                "messageAttributes": {},
-                "md5OfBody": m.md5_of_body(),
-                "eventSource": "aws:sqs",
-                "eventSourceARN": queue_arn,
-                "awsRegion": "us-east-1"
-            })
-        })
-        .collect();
-    if records.len() != 1 {
-        anyhow::bail!(
-            "expected 1 message on the queue, received {}",
-            records.len()
-        );
-    }
-    let sqs_event = serde_json::json!({ "Records": records });
     let mut send_env = moto.env();
     send_env.extend([
         ("MAILBRIDGE_STATE_TABLE".to_owned(), STATE_TABLE.to_owned()),
@@ -430,30 +388,14 @@ async fn demo(stack: &LocalStack, helpdesk: &str) -> anyhow::Result<()> {
         ("MAILBRIDGE_GRAPH_URL".to_owned(), graph.v1_url()),
         ("RUST_LOG".to_owned(), "info".to_owned()),
     ]);
-    let send_api = local_stack::runtime_api::RuntimeApi::start().await?;
-    send_api.spawn_function(
-        &local_stack::runtime_api::FunctionConfig::new("send-notifications", &send_binary)
-            .with_env(send_env),
-    )?;
-    println!("  bootstrap {}", send_binary.display());
-    let outcome = send_api.invoke(sqs_event, Duration::from_secs(60)).await?;
-    let (duration, init) = (outcome.duration, outcome.init_duration);
-    let response = outcome.into_response().map_err(|e| {
-        anyhow::anyhow!(
-            "send-notifications: {e:#}\nfunction logs:\n{}",
-            send_api.logs()
-        )
-    })?;
-    println!(
-        "  invocation done in {duration:?} (cold start init {:?}); response {response}",
-        init.unwrap_or_default()
-    );
-    if response["batchItemFailures"] != serde_json::json!([]) {
-        anyhow::bail!(
-            "send-notifications reported failures: {response}\nfunction logs:\n{}",
-            send_api.logs()
-        );
-    }
+    let outbound = Outbound {
+        sqs: sqs.clone(),
+        queue_url: queue_url.clone(),
+        queue_arn,
+        send_binary,
+        send_env,
+    };
+    outbound.send_queued(1).await?;
     let accepted = graph.accepted(HELPDESK);
     if accepted.len() != 1 {
         anyhow::bail!(
@@ -465,7 +407,6 @@ async fn demo(stack: &LocalStack, helpdesk: &str) -> anyhow::Result<()> {
         "  Graph stand-in accepted sendMail for {HELPDESK} (request-id {})",
         accepted[0].request_id
     );
-    send_api.shutdown();
     let delivered = wait_for_mail(&dovecot, CUSTOMER, "INBOX").await?;
     let delivered_raw = delivered[0].raw.clone();
     let parsed = mail_parser::MessageParser::default()
@@ -612,8 +553,8 @@ async fn demo(stack: &LocalStack, helpdesk: &str) -> anyhow::Result<()> {
             &dovecot,
             &dynamodb,
             &secrets,
-            &poll_binary,
-            &poll_env,
+            &outbound,
+            (&poll_binary, &poll_env),
             fields,
         )
         .await?;
@@ -622,6 +563,98 @@ async fn demo(stack: &LocalStack, helpdesk: &str) -> anyhow::Result<()> {
         "\ndemo finished: notification sent for ticket {TICKET}, the reply came back as ticket {TICKET}"
     );
     Ok(())
+}
+
+/// The send side of the demo: the notification queue and the send-notifications bootstrap.
+struct Outbound {
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    queue_arn: String,
+    send_binary: PathBuf,
+    send_env: Vec<(String, String)>,
+}
+
+impl Outbound {
+    /// Receives the `expected` messages waiting on the queue and runs the send-notifications
+    /// bootstrap once on them (an SQS event, through the Runtime API emulator); its response.
+    async fn send_queued(&self, expected: usize) -> anyhow::Result<serde_json::Value> {
+        let mut messages = Vec::new();
+        for _ in 0..10 {
+            let received = self
+                .sqs
+                .receive_message()
+                .queue_url(&self.queue_url)
+                .max_number_of_messages(10)
+                .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+                .wait_time_seconds(2)
+                .send()
+                .await
+                .map_err(sdk("receive from the queue"))?;
+            messages.extend(received.messages().iter().cloned());
+            if messages.len() >= expected {
+                break;
+            }
+        }
+        let records: Vec<serde_json::Value> = messages
+            .iter()
+            .map(|m| {
+                let attributes: serde_json::Map<String, serde_json::Value> = m
+                    .attributes()
+                    .map(|a| {
+                        a.iter()
+                            .map(|(k, v)| (k.as_str().to_owned(), v.clone().into()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                serde_json::json!({
+                    "messageId": m.message_id(),
+                    "receiptHandle": m.receipt_handle(),
+                    "body": m.body(),
+                    "attributes": attributes,
+                    "messageAttributes": {},
+                    "md5OfBody": m.md5_of_body(),
+                    "eventSource": "aws:sqs",
+                    "eventSourceARN": self.queue_arn,
+                    "awsRegion": "us-east-1"
+                })
+            })
+            .collect();
+        if records.len() != expected {
+            anyhow::bail!(
+                "expected {expected} message(s) on the queue, received {}",
+                records.len()
+            );
+        }
+        let sqs_event = serde_json::json!({ "Records": records });
+        let send_api = local_stack::runtime_api::RuntimeApi::start().await?;
+        send_api.spawn_function(
+            &local_stack::runtime_api::FunctionConfig::new("send-notifications", &self.send_binary)
+                .with_env(self.send_env.clone()),
+        )?;
+        println!("  bootstrap {}", self.send_binary.display());
+        let outcome = send_api
+            .invoke(sqs_event, std::time::Duration::from_secs(60))
+            .await?;
+        let (duration, init) = (outcome.duration, outcome.init_duration);
+        let response = outcome.into_response().map_err(|e| {
+            anyhow::anyhow!(
+                "send-notifications: {e:#}\nfunction logs:\n{}",
+                send_api.logs()
+            )
+        })?;
+        println!(
+            "  invocation done in {duration:?} (cold start init {:?}); response {response}",
+            init.unwrap_or_default()
+        );
+        if response["batchItemFailures"] != serde_json::json!([]) {
+            anyhow::bail!(
+                "send-notifications reported failures: {response}\nfunction logs:\n{}",
+                send_api.logs()
+            );
+        }
+        send_api.shutdown();
+        Ok(response)
+    }
 }
 
 /// Run the poll-mailboxes bootstrap once on the scheduler event (through the Runtime API
@@ -659,15 +692,18 @@ async fn invoke_poll(
     Ok((report, logs))
 }
 
-/// `--helpdesk rt`: the mailbox's sink switched to a throwaway Request Tracker 5; a new mail
-/// becomes an RT ticket, and the customer's reply to RT's autoreply its correspondence.
+/// `--helpdesk rt`: the mailbox's sink switched to a throwaway Request Tracker 5 whose outgoing
+/// mail goes through `mailbridge sendmail` (as docs/outbound.md configures it). A new mail becomes
+/// an RT ticket; an agent's answer in RT goes out through the queue, send-notifications and
+/// Graph to the customer, with RT's own headers; the customer's reply to it lands on the same
+/// ticket as correspondence.
 async fn demo_rt(
     stack: &LocalStack,
     dovecot: &std::sync::Arc<local_stack::dovecot::Dovecot>,
     dynamodb: &aws_sdk_dynamodb::Client,
     secrets: &aws_sdk_secretsmanager::Client,
-    poll_binary: &std::path::Path,
-    poll_env: &[(String, String)],
+    outbound: &Outbound,
+    (poll_binary, poll_env): (&std::path::Path, &[(String, String)]),
     mut fields: serde_json::Value,
 ) -> anyhow::Result<()> {
     use local_stack::request_tracker::{RequestTracker, RtOptions};
@@ -676,12 +712,24 @@ async fn demo_rt(
 
     step(
         7,
-        "Request Tracker 5: a throwaway instance (own SQLite file and port), the mailbox's sink switched to it",
+        "Request Tracker 5: a throwaway instance (own SQLite file and port) sending its mail through `mailbridge sendmail`, the mailbox's sink switched to it",
     );
     let started = std::time::Instant::now();
+    let rt_dir = stack.run_dir().join("request-tracker");
+    let rt_options = RtOptions {
+        correspond_address: HELPDESK.into(),
+        ..RtOptions::default()
+    };
+    let sendmail = write_sendmail_wrapper(&rt_dir, outbound, &rt_options.rtname)?;
     let rt = RequestTracker::start(
-        &stack.run_dir().join("request-tracker"),
-        RtOptions::default(),
+        &rt_dir,
+        RtOptions {
+            site_config_extra: format!(
+                "Set($MailCommand, 'sendmailpipe');\nSet($SendmailPath, '{}');\nSet($SendmailArguments, '-oi -t');\n",
+                sendmail.display()
+            ),
+            ..rt_options
+        },
     )
     .await?;
     let root = rt.root_client();
@@ -755,20 +803,75 @@ async fn demo_rt(
         record["Subject"], record["Requestor"][0]["id"]
     );
 
+    println!("  RT mailed its autoreply to {CUSTOMER} through `mailbridge sendmail`: queued");
+
     step(
         8,
-        "the customer answers RT's autoreply: [rtname #N] in the subject makes it correspondence on ticket N",
+        "an agent answers in RT; RT runs `mailbridge sendmail`, send-notifications sends both mails through Graph",
     );
-    let tag = format!("[{} #{ticket}]", rt.options.rtname);
+    let agent_words = "A technician is on the way with an extinguisher.";
+    root.post(
+        &format!("ticket/{ticket}/correspond"),
+        &serde_json::json!({"Content": format!("Hello Alice,\n\n{agent_words}\n\nContoso helpdesk"), "ContentType": "text/plain"}),
+    )
+    .await?;
+    println!("  RT ticket {ticket}: correspondence by root: {agent_words:?}");
+    outbound.send_queued(2).await?;
+    let rt_reply = {
+        let mut found = None;
+        for _ in 0..50 {
+            let (d, u) = (dovecot.clone(), CUSTOMER.to_owned());
+            let listed =
+                tokio::task::spawn_blocking(move || d.list_messages(&u, "INBOX")).await??;
+            found = listed
+                .into_iter()
+                .find(|m| String::from_utf8_lossy(&m.raw).contains(agent_words));
+            if found.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let found =
+            found.ok_or_else(|| anyhow::anyhow!("RT's answer did not reach {CUSTOMER}'s INBOX"))?;
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&found.raw)
+            .ok_or_else(|| anyhow::anyhow!("RT's answer does not parse"))?;
+        let header = |name: &str| {
+            parsed
+                .header_raw(name)
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        [
+            ("Subject", header("Subject")),
+            ("Message-ID", header("Message-ID")),
+            ("In-Reply-To", header("In-Reply-To")),
+            ("References", header("References")),
+        ]
+    };
+    println!("  delivered into {CUSTOMER}'s Dovecot INBOX with RT's own headers:");
+    for (name, value) in rt_reply.iter().filter(|(_, value)| !value.is_empty()) {
+        println!("    {name}: {value}");
+    }
+    let [(_, subject), (_, message_id), _, (_, references)] = &rt_reply;
+    if !subject.contains(&format!("[{} #{ticket}]", rt.options.rtname)) {
+        anyhow::bail!("RT's subject tag is missing from the delivered answer: {subject}");
+    }
+
+    step(
+        9,
+        "the customer answers RT's mail (threaded on RT's headers); poll-mailboxes lands it on the same RT ticket",
+    );
     let reply = format!(
-        "From: Alice <{CUSTOMER}>\r\nTo: {HELPDESK}\r\nSubject: Re: {tag} Printer on fire\r\n\
-         Date: {}\r\nMessage-ID: <rt-demo-reply-{}@customer.example>\r\nMIME-Version: 1.0\r\n\
-         Content-Type: text/plain; charset=utf-8\r\n\r\nThe fire brigade is here now.\r\n",
+        "From: Alice <{CUSTOMER}>\r\nTo: {HELPDESK}\r\nSubject: Re: {subject}\r\n\
+         Date: {}\r\nMessage-ID: <rt-demo-reply-{}@customer.example>\r\n\
+         In-Reply-To: {message_id}\r\nReferences: {references} {message_id}\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\nThe fire brigade is here now.\r\n\r\n> {agent_words}\r\n",
         chrono::Utc::now().to_rfc2822(),
         uuid::Uuid::new_v4().simple(),
     );
     deliver(dovecot, reply.into_bytes()).await?;
-    println!("  Subject: Re: {tag} Printer on fire");
+    println!("  Subject: Re: {subject}");
     invoke_poll(poll_binary, poll_env).await?;
     let ids = root.tickets_in_queue(RT_QUEUE).await?;
     let kinds: Vec<String> = root
@@ -782,12 +885,48 @@ async fn demo_rt(
         "  RT ticket {ticket}: {kinds:?}; tickets in {RT_QUEUE}: {}",
         ids.len()
     );
-    if ids.len() != 1 || kinds != ["Create", "Correspond"] {
+    if ids.len() != 1 || kinds != ["Create", "Correspond", "Correspond"] {
         anyhow::bail!(
             "the reply did not land as correspondence on ticket {ticket}: {kinds:?}, tickets {ids:?}"
         );
     }
     Ok(())
+}
+
+/// The `sendmail` RT runs (docs/outbound.md): `mailbridge sendmail` with the queue, the account
+/// and RT's subject tag, and the local stack's AWS settings.
+fn write_sendmail_wrapper(
+    dir: &std::path::Path,
+    outbound: &Outbound,
+    rtname: &str,
+) -> anyhow::Result<PathBuf> {
+    let mut env: Vec<(String, String)> = outbound
+        .send_env
+        .iter()
+        .filter(|(name, _)| name.starts_with("AWS_"))
+        .cloned()
+        .collect();
+    env.extend([
+        (
+            "MAILBRIDGE_SENDMAIL_CONFIG".to_owned(),
+            "/dev/null".to_owned(),
+        ),
+        (
+            "MAILBRIDGE_QUEUE_URL".to_owned(),
+            outbound.queue_url.clone(),
+        ),
+        ("MAILBRIDGE_ACCOUNT".to_owned(), ACCOUNT.to_owned()),
+        (
+            "MAILBRIDGE_TICKET_PATTERN".to_owned(),
+            format!(r"\[{} #(\d+)\]", rtname.replace('.', r"\.")),
+        ),
+    ]);
+    std::fs::create_dir_all(dir)?;
+    Ok(local_stack::request_tracker::write_sendmail_wrapper(
+        dir,
+        &bootstrap("mailbridge")?,
+        &env,
+    )?)
 }
 
 /// Put `raw` into the helpdesk's INBOX.

@@ -82,6 +82,31 @@ impl Default for RtOptions {
     }
 }
 
+/// Writes `dir/sendmail`, the program RT's `$SendmailPath` names (docs/outbound.md): it runs
+/// `cli sendmail` with `env` exported (a web server's children get none of the operator's
+/// environment) and appends its stderr to `dir/sendmail.log`.
+pub fn write_sendmail_wrapper(
+    dir: &Path,
+    cli: &Path,
+    env: &[(String, String)],
+) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let mut script = String::from("#!/bin/sh\n");
+    for (name, value) in env {
+        script.push_str(&format!("export {name}={}\n", quote(value)));
+    }
+    script.push_str(&format!(
+        "exec {} sendmail \"$@\" 2>>{}\n",
+        quote(&cli.display().to_string()),
+        quote(&dir.join("sendmail.log").display().to_string())
+    ));
+    let path = dir.join("sendmail");
+    std::fs::write(&path, script)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(path)
+}
+
 /// What the template's seeding created (kept next to its SQLite file).
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct TemplateSecrets {
