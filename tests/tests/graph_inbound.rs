@@ -270,8 +270,15 @@ async fn stand_in_delta_rounds_follow_the_mail_store() {
     let found: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(found["value"][0]["id"], folder["id"]);
 
-    // An expired delta token: 410 Gone, SyncStateNotFound, Location = the initial query.
-    stack().graph().expire_delta_tokens(&user);
+    // An expired delta token (through the HTTP control, as from another process): 410 Gone,
+    // SyncStateNotFound, Location = the initial query.
+    local_stack::graph_control::GraphControl::new(&stack().graph().base_url)
+        .inject(
+            &user,
+            local_stack::graph_control::GraphFault::ExpireDeltaTokens,
+        )
+        .await
+        .unwrap();
     let (status, headers, body) = me.get(&link).await;
     assert_eq!(status, 410);
     assert!(String::from_utf8_lossy(&body).contains("SyncStateNotFound"));
@@ -369,7 +376,13 @@ async fn stand_in_checks_permissions_content_type_and_throttles() {
         (status, headers["retry-after"].to_str().unwrap()),
         (429, "3")
     );
-    stack().graph().remove_before_fetch(&user, 1);
+    local_stack::graph_control::GraphControl::new(&stack().graph().base_url)
+        .inject(
+            &user,
+            local_stack::graph_control::GraphFault::RemoveBeforeFetch { count: 1 },
+        )
+        .await
+        .unwrap();
     assert_eq!(writer.get(&format!("messages/{id}/$value")).await.0, 404);
     assert_eq!(
         dovecot().mailbox_status(&user, "INBOX").unwrap().messages,

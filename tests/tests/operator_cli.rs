@@ -1417,3 +1417,89 @@ async fn login_in_the_browser_names_the_fix_for_an_unregistered_redirect_uri() {
         "{stderr}"
     );
 }
+
+/// A mailbox with IMAP switched off, read through Graph: `mailbox add --protocol graph` looks
+/// the folder up through Graph first, `check` opens the mailbox through Graph (no IMAP step
+/// fails), and `poll --dry-run` shows the mail without posting, moving or storing anything.
+#[tokio::test]
+async fn a_graph_mailbox_is_added_checked_and_dry_run_through_graph() {
+    let w = World::new(|app| {
+        app.consented_scopes = vec![
+            "https://graph.microsoft.com/Mail.Send".to_owned(),
+            "https://graph.microsoft.com/Mail.ReadWrite".to_owned(),
+        ]
+    })
+    .await;
+    w.login_with_password().await;
+    let sink = unique("sink");
+    let url = stack().tickets().sink_url(&sink);
+    let account = w.account();
+    let add = |folder: &'static str| {
+        vec![
+            "mailbox",
+            "add",
+            "graphbox",
+            "--protocol",
+            "graph",
+            "--user",
+            &w.upn,
+            "--account",
+            &account,
+            "--ticket-api-url",
+            &url,
+            "--folder",
+            folder,
+        ]
+    };
+    let out = w.run(&add("Tickets")).await;
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("no folder \"Tickets\""),
+        "the folder is looked up through Graph"
+    );
+    let out = w.run(&add("INBOX")).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("Graph"), "{}", text(&out.stdout));
+
+    let subject = format!("Graph only {}", unique("g"));
+    let raw = format!(
+        "From: Alice <alice@example.com>\r\nTo: {}\r\nSubject: {subject}\r\nMessage-ID: <{}@example.com>\r\nDate: Sat, 28 Nov 2026 10:00:00 +0000\r\n\r\nIMAP is off here.\r\n",
+        w.upn,
+        unique("m")
+    );
+    stack()
+        .dovecot()
+        .deliver_to(&w.upn, "INBOX", raw.as_bytes())
+        .unwrap();
+
+    let out = w.run(&["check", "--json", "graphbox"]).await;
+    let target = &json(&out)["targets"][0];
+    let probe = step(target, "Graph mailbox");
+    assert_eq!(probe["result"], "ok", "{target:#}");
+    assert_eq!(
+        step(target, "token (Graph mailbox reading)")["result"],
+        "ok",
+        "{target:#}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{target:#}");
+
+    let out = w.run(&["poll", "--dry-run", "--json", "graphbox"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let mailbox = &json(&out)["mailboxes"][0];
+    assert_eq!(mailbox["outcome"], "ok", "{mailbox:#}");
+    assert_eq!(mailbox["would_create"], 1, "{mailbox:#}");
+    assert_eq!(mailbox["mails"][0]["subject"], serde_json::json!(subject));
+    assert!(
+        stack().tickets().tickets(&sink).is_empty(),
+        "nothing posted"
+    );
+    assert_eq!(
+        stack()
+            .dovecot()
+            .mailbox_status(&w.upn, "INBOX")
+            .unwrap()
+            .messages,
+        1,
+        "nothing moved"
+    );
+}

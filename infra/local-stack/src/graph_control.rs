@@ -5,7 +5,7 @@
 //!
 //! | route | body / query | does |
 //! |---|---|---|
-//! | `POST /_control/faults` | `{"mailbox": "...", "fault": "...", ...}` ([`GraphFault`]) | inject a fault for one sending mailbox |
+//! | `POST /_control/faults` | `{"mailbox": "...", "fault": "...", ...}` ([`GraphFault`]) | inject a fault for one mailbox (sending, and reading: latency, 503, 429, resets, REST disabled apply to the mail-reading routes too) |
 //! | `POST /_control/send-as` | `{"user": "...", "mailbox": "..."}` | let `user` send as `mailbox` |
 //! | `GET /_control/accepted?mailbox=...` | | the mails accepted for `mailbox` ([`AcceptedMailView`]) |
 //! | `GET /_control/requests?mailbox=...` | | `{"mailbox", "requests"}`: sendMail calls that reached it |
@@ -78,6 +78,15 @@ pub enum GraphFault {
     },
     /// The mailbox is full: 403 `ErrorQuotaExceeded` ([`GraphStandIn::fill_mailbox`]).
     FillMailbox,
+    /// Every delta token of the mailbox expires: the next round with one answers 410 Gone
+    /// `SyncStateNotFound` ([`GraphStandIn::expire_delta_tokens`]).
+    ExpireDeltaTokens,
+    /// The next `count` `$value` reads find their message expunged just before
+    /// ([`GraphStandIn::remove_before_fetch`]).
+    RemoveBeforeFetch {
+        /// How many.
+        count: u32,
+    },
 }
 
 /// How an `accept_then_fail` fault answers.
@@ -122,6 +131,8 @@ impl GraphFault {
                 retry_after_secs,
             } => graph.sending_quota(mailbox, *count, code, *retry_after_secs),
             GraphFault::FillMailbox => graph.fill_mailbox(mailbox),
+            GraphFault::ExpireDeltaTokens => graph.expire_delta_tokens(mailbox),
+            GraphFault::RemoveBeforeFetch { count } => graph.remove_before_fetch(mailbox, *count),
         }
     }
 }

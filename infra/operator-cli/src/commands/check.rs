@@ -13,7 +13,10 @@
 //!    `400 ErrorInvalidRecipients` — which proves everything up to sending works, and nothing is
 //!    sent or saved;
 //! 4. IMAP: TLS (verified), `AUTHENTICATE XOAUTH2` with the IMAP token and `SELECT` of the folder
-//!    (a mailbox's own host/user/folder; for a bare account its `imap_host`, user and INBOX);
+//!    (a mailbox's own host/user/folder; for a bare account its `imap_host`, user and INBOX).
+//!    A mailbox with `protocol: graph` is checked through Graph instead, with its own token
+//!    (`Mail.ReadWrite`, and `.Shared` for `shared: true`): the mailbox opens and the folder is
+//!    found by display name;
 //! 5. per `--from MAILBOX`: may the account send from that (shared) mailbox on its
 //!    `shared_mailbox_route`? The same recipient-less probe, with the mailbox as `from` on the
 //!    route's endpoint: Graph judges the rights first (`403 ErrorSendAsDenied`: no Send As;
@@ -129,12 +132,15 @@ pub struct TargetReport {
     pub steps: Vec<Step>,
 }
 
-/// Where IMAP is checked.
+/// Where the mailbox is checked: over IMAP, or (a mailbox with `protocol: graph`) through
+/// Graph.
 struct ImapTarget {
     host: String,
     port: u16,
     user: String,
     folder: String,
+    /// `protocol: graph`: the token audience it is read with (Mail.ReadWrite[.Shared]).
+    graph_mailbox: Option<Audience>,
 }
 
 enum Target {
@@ -251,6 +257,8 @@ async fn check_target(
                 port: config.port,
                 user: config.user.clone(),
                 folder: config.folder.clone(),
+                graph_mailbox: (config.protocol == poll_mailboxes::config::Protocol::Graph)
+                    .then(|| poll_mailboxes::poll::mailbox_audience(&config)),
             }),
         ),
         Target::Account(secret) => (
@@ -333,11 +341,12 @@ async fn run_steps(
     let mut steps = Vec::new();
     let step_secret = format!("account secret {secret_name}");
     let graph_step = "Graph reachable (sendMail probe, nothing sent)".to_owned();
-    let imap_step_name = |t: &ImapTarget| {
-        format!(
+    let imap_step_name = |t: &ImapTarget| match t.graph_mailbox {
+        Some(_) => format!("Graph mailbox {} + folder {}", t.user, t.folder),
+        None => format!(
             "IMAP {}:{} login as {} + SELECT {}",
             t.host, t.port, t.user, t.folder
-        )
+        ),
     };
     let skip_rest = |steps: &mut Vec<Step>, imap: &Option<ImapTarget>, why: &str| {
         steps.push(Step::skipped("token (Graph)", why));
@@ -451,6 +460,7 @@ async fn run_steps(
             port,
             user: account.username.clone(),
             folder: "INBOX".to_owned(),
+            graph_mailbox: None,
         }
     });
     let imap_step = imap_step_name(&imap);
@@ -469,10 +479,13 @@ async fn run_steps(
     };
     let mut graph_token = None;
     let mut imap_token = None;
-    for audience in [Audience::Graph, Audience::Imap] {
+    // A Graph mailbox is read with a Graph token (Mail.ReadWrite), not IMAP.
+    let reading = imap.graph_mailbox.unwrap_or(Audience::Imap);
+    for audience in [Audience::Graph, reading] {
         let label = match audience {
             Audience::Imap => "token (IMAP)",
-            _ => "token (Graph)",
+            Audience::Graph => "token (Graph)",
+            _ => "token (Graph mailbox reading)",
         };
         match tokio::time::timeout(timeout, tokens.access_token(secret_name, audience)).await {
             Ok(Ok(token)) => {
@@ -486,8 +499,8 @@ async fn run_steps(
                     ),
                 ));
                 match audience {
-                    Audience::Imap => imap_token = Some(token),
-                    _ => graph_token = Some(token),
+                    Audience::Graph => graph_token = Some(token),
+                    _ => imap_token = Some(token),
                 }
             }
             Ok(Err(e)) => {
@@ -532,10 +545,16 @@ async fn run_steps(
         None => steps.push(Step::skipped(LARGE_MESSAGES_STEP, "no Graph token")),
     }
 
-    // 4. IMAP
-    match &imap_token {
-        Some(token) => steps.push(imap_probe(ctx, &imap, token, imap_step, timeout).await),
-        None => steps.push(Step::skipped(imap_step, "no IMAP token")),
+    // 4. IMAP, or the mailbox through Graph
+    match (&imap_token, imap.graph_mailbox) {
+        (Some(token), None) => steps.push(imap_probe(ctx, &imap, token, imap_step, timeout).await),
+        (Some(token), Some(_)) => {
+            steps.push(graph_mailbox_probe(&graph_url, &imap, token, imap_step, timeout).await)
+        }
+        (None, _) => steps.push(Step::skipped(
+            imap_step,
+            "no token to read the mailbox with",
+        )),
     }
 
     // 5. sending from shared mailboxes
@@ -548,6 +567,71 @@ async fn run_steps(
         }
     }
     steps
+}
+
+/// A mailbox read through Graph: the token opens it (`GET …/mailFolders/inbox`) and the polled
+/// folder is found by display name. Nothing is changed.
+async fn graph_mailbox_probe(
+    graph_url: &str,
+    target: &ImapTarget,
+    token: &AccessToken,
+    step: String,
+    timeout: Duration,
+) -> Step {
+    let http = match mailbridge::http::default_client() {
+        Ok(http) => http,
+        Err(e) => return Step::failed(step, e.to_string(), "fix the TLS setup named"),
+    };
+    let client = match mailbridge::graph_mail::GraphMailbox::new(
+        http,
+        graph_url,
+        &target.user,
+        token.clone(),
+        mailbridge::graph_mail::default_policy(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            return Step::failed(
+                step,
+                e.to_string(),
+                "fix --graph-url / MAILBRIDGE_GRAPH_URL",
+            );
+        }
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let shared = target.graph_mailbox == Some(Audience::GraphSharedMailbox);
+    let rights = if shared {
+        "the account's consent to Mail.ReadWrite and Mail.ReadWrite.Shared (Microsoft Graph, delegated) and Full Access on the mailbox"
+    } else {
+        "the account's consent to Mail.ReadWrite (Microsoft Graph, delegated); for another user's or a shared mailbox set `shared: true` and grant Full Access"
+    };
+    if let Err(e) = client.delta_probe(deadline).await {
+        let fix = match &e {
+            GraphError::Unauthorized { .. } | GraphError::Rejected { status: 403, .. } => {
+                format!("check {rights}")
+            }
+            GraphError::Rejected { code, .. } if code == "MailboxNotEnabledForRESTAPI" => {
+                "the mailbox has no Exchange Online licence, is inactive or on-premises".to_owned()
+            }
+            _ => format!("check that {graph_url} is reachable, then retry"),
+        };
+        return Step::failed(step, e.to_string(), fix);
+    }
+    match client.folder_id(&target.folder, false, deadline).await {
+        Ok(Some(_)) => Step::ok(
+            step,
+            format!(
+                "{} opened through Graph, folder {:?} found",
+                target.user, target.folder
+            ),
+        ),
+        Ok(None) => Step::failed(
+            step,
+            format!("no folder {:?} in {} (Graph)", target.folder, target.user),
+            "fix the mailbox's `folder` (display names, `/` between nested folders)",
+        ),
+        Err(e) => Step::failed(step, e.to_string(), format!("check {rights}")),
+    }
 }
 
 const LARGE_MESSAGES_STEP: &str = "large messages (Graph's draft route needs Mail.ReadWrite)";

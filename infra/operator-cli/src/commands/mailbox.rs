@@ -62,6 +62,15 @@ pub struct AddArgs {
     /// Store without asking the helpdesk first (it is down now, or not reachable from here).
     #[arg(long)]
     pub no_check: bool,
+    /// How the mailbox is read: imap (default) or graph (Microsoft Graph, for tenants that
+    /// switched IMAP off; needs the account's consent to Mail.ReadWrite). With graph the folder
+    /// is looked up through Graph before anything is stored (unless --no-check).
+    #[arg(long, value_parser = ["imap", "graph"])]
+    pub protocol: Option<String>,
+    /// With --protocol graph: USER is a shared mailbox that the account's user opens with Full
+    /// Access (the token then asks for Mail.ReadWrite.Shared too).
+    #[arg(long)]
+    pub shared: bool,
     /// IMAP host (default outlook.office365.com); must be in MAILBRIDGE_IMAP_HOSTS (default:
     /// Microsoft's IMAP hosts).
     #[arg(long)]
@@ -118,6 +127,12 @@ impl AddArgs {
             o.insert("ticket_api_url".into(), json!(url));
         }
         o.insert("enabled".into(), json!(!self.disabled));
+        if let Some(protocol) = &self.protocol {
+            o.insert("protocol".into(), json!(protocol));
+        }
+        if self.shared {
+            o.insert("shared".into(), json!(true));
+        }
         let optional: [(&str, Option<Value>); 12] = [
             (
                 "ticket_api_secret",
@@ -187,6 +202,70 @@ async fn check_sink(ctx: &Context, config: &MailboxConfig) -> Result<()> {
     }
 }
 
+/// A mailbox read through Graph: its folder must be found there with the account's token
+/// (`Mail.ReadWrite`, `.Shared` for a shared mailbox) before it is stored.
+async fn check_graph_folder(ctx: &Context, config: &MailboxConfig) -> Result<()> {
+    use mailbridge::token::AccessTokenSource as _;
+    let secret = ctx.secret_name(&config.account);
+    let audience = poll_mailboxes::poll::mailbox_audience(config);
+    let token = ctx
+        .token_service()
+        .await?
+        .access_token(&secret, audience)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "mailbox {}: no {} token for account {}: {e}; nothing stored",
+                config.name,
+                audience.label(),
+                config.account
+            )
+        })?;
+    let graph_url = match ctx.read_account(&secret).await? {
+        Some(account) => ctx.graph_url(&account),
+        None => bail!(
+            "mailbox {}: no account secret {secret}; nothing stored",
+            config.name
+        ),
+    };
+    let client = mailbridge::graph_mail::GraphMailbox::new(
+        mailbridge::http::default_client()?,
+        &graph_url,
+        &config.user,
+        token,
+        mailbridge::graph_mail::default_policy(),
+    )?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    match client.folder_id(&config.folder, false, deadline).await {
+        Ok(Some(_)) => {
+            if !ctx.json() {
+                println!(
+                    "✓ Graph: folder {:?} found in {}",
+                    config.folder, config.user
+                );
+            }
+            Ok(())
+        }
+        Ok(None) => bail!(
+            "mailbox {}: no folder {:?} in {} (looked up through Graph by display name, `/` between nested folders); nothing stored",
+            config.name,
+            config.folder,
+            config.user
+        ),
+        Err(e) => bail!(
+            "mailbox {}: Graph refused to look up folder {:?} in {}: {e} — check the account's consent to Mail.ReadWrite{} ; nothing stored (or store anyway with --no-check)",
+            config.name,
+            config.folder,
+            config.user,
+            if config.shared {
+                " and Mail.ReadWrite.Shared with Full Access on the mailbox"
+            } else {
+                " (a shared mailbox needs --shared)"
+            }
+        ),
+    }
+}
+
 /// Run `mailbridge mailbox ...`.
 pub async fn run(ctx: &Context, command: MailboxCommand) -> Result<Exit> {
     let table = ctx.state_table()?.to_owned();
@@ -198,6 +277,9 @@ pub async fn run(ctx: &Context, command: MailboxCommand) -> Result<Exit> {
             // Before the helpdesk is asked: a refused host is never contacted.
             ctx.targets()?.check(&config)?;
             if !args.no_check {
+                if config.protocol == poll_mailboxes::config::Protocol::Graph {
+                    check_graph_folder(ctx, &config).await?;
+                }
                 check_sink(ctx, &config).await?;
             }
             let config =
@@ -206,11 +288,10 @@ pub async fn run(ctx: &Context, command: MailboxCommand) -> Result<Exit> {
                 print_json(&json!({ "stored": true, "mailbox": config }));
             } else {
                 println!(
-                    "✓ mailbox {} stored in {table}: {} on {}:{} via account {}, folder {}",
+                    "✓ mailbox {} stored in {table}: {} on {} via account {}, folder {}",
                     config.name,
                     config.user,
-                    config.host,
-                    config.port,
+                    read_through(&config),
                     config.account,
                     config.folder
                 );
@@ -279,14 +360,22 @@ pub async fn run(ctx: &Context, command: MailboxCommand) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
+/// Where a mailbox is read: `IMAP host:port`, or `Graph` (`Graph, shared`).
+fn read_through(c: &MailboxConfig) -> String {
+    match (c.protocol, c.shared) {
+        (poll_mailboxes::config::Protocol::Imap, _) => format!("IMAP {}:{}", c.host, c.port),
+        (poll_mailboxes::config::Protocol::Graph, false) => "Graph".into(),
+        (poll_mailboxes::config::Protocol::Graph, true) => "Graph (shared mailbox)".into(),
+    }
+}
+
 fn summary(c: &MailboxConfig) -> String {
     format!(
-        "{}{} — {} on {}:{} via {}, folder {}, after: {}, list mail: {}, tickets → {} {}",
+        "{}{} — {} on {} via {}, folder {}, after: {}, list mail: {}, tickets → {} {}",
         c.name,
         if c.enabled { "" } else { " [disabled]" },
         c.user,
-        c.host,
-        c.port,
+        read_through(c),
         c.account,
         c.folder,
         match &c.after_action {

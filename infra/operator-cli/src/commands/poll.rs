@@ -26,6 +26,9 @@ use mailbridge::ticket_sink::{
 };
 use poll_mailboxes::config::MailboxConfig;
 use poll_mailboxes::convert::ParseContext;
+use poll_mailboxes::graph_adapter::{
+    GraphConnector, GraphSyncState, GraphSyncStore, ProtocolConnector,
+};
 use poll_mailboxes::imap_adapter::ImapConnector;
 use poll_mailboxes::ports::{
     DedupeRecord, Mailbox, MailboxConnector, MailboxStatus, SinkFactory, StateStore, StoreError,
@@ -240,7 +243,7 @@ impl Mailbox for DryRunMailbox {
 }
 
 struct DryRunConnector {
-    inner: ImapConnector,
+    inner: Arc<dyn MailboxConnector>,
     parse: ParseContext,
     log: DryRunLog,
     progress: bool,
@@ -265,6 +268,24 @@ impl MailboxConnector for DryRunConnector {
             log: self.log.clone(),
             progress: self.progress,
         }))
+    }
+}
+
+/// A Graph mailbox's sync state is read, never written: a dry run leaves the next real round
+/// where it was.
+struct ReadOnlyGraphSync<S>(S);
+
+#[async_trait]
+impl<S: GraphSyncStore> GraphSyncStore for ReadOnlyGraphSync<S> {
+    async fn get_graph_sync(&self, mailbox: &str) -> Result<Option<GraphSyncState>, StoreError> {
+        self.0.get_graph_sync(mailbox).await
+    }
+    async fn put_graph_sync(
+        &self,
+        _mailbox: &str,
+        _state: &GraphSyncState,
+    ) -> Result<(), StoreError> {
+        Ok(())
     }
 }
 
@@ -421,13 +442,29 @@ pub async fn run(ctx: &Context, args: PollArgs) -> Result<Exit> {
     let state = ctx.state_store().await?;
     let log = DryRunLog::default();
     let tokens = ctx.token_service().await?.clone();
-    let connector =
-        ImapConnector::new(ctx.global.imap_ca_file.as_deref(), Duration::from_secs(30))?;
+    let graph_url = ctx
+        .global
+        .graph_url
+        .clone()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| mailbridge::graph::DEFAULT_GRAPH_URL.to_owned());
+    let connector = ProtocolConnector {
+        imap: Arc::new(ImapConnector::new(
+            ctx.global.imap_ca_file.as_deref(),
+            Duration::from_secs(30),
+        )?),
+        graph: Arc::new(GraphConnector::new(
+            mailbridge::http::default_client()?,
+            graph_url.trim_end_matches('/'),
+            Arc::new(ReadOnlyGraphSync(ctx.state_store().await?)),
+            Duration::from_secs(30),
+        )),
+    };
     let thread_key = ctx.thread_key().await?;
     let deps = PollDeps {
         tokens: Arc::new(tokens),
         connector: Arc::new(DryRunConnector {
-            inner: connector,
+            inner: Arc::new(connector),
             parse: ParseContext {
                 thread_key: thread_key.clone(),
             },
