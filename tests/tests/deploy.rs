@@ -185,12 +185,13 @@ fn the_template_gives_each_function_the_environment_it_reads() {
         "MAILBRIDGE_STATE_TABLE",
         "MAILBRIDGE_SECRET_PREFIX",
         "MAILBRIDGE_THREAD_KEY_SECRET",
+        // sendMail, and the mailboxes read through Graph
+        "MAILBRIDGE_GRAPH_URL",
     ];
     let sender_only = [
         "MAILBRIDGE_DLQ_URL",
         "MAILBRIDGE_MAX_IN_FLIGHT_PER_MAILBOX",
         "MAILBRIDGE_REAUTH_VISIBILITY_SECONDS",
-        "MAILBRIDGE_GRAPH_URL",
         "MAILBRIDGE_MESSAGE_BUCKET",
         "MAILBRIDGE_MAX_MESSAGE_BYTES",
     ];
