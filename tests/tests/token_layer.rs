@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use local_stack::aws_fault_proxy::AwsFaultProxy;
 use local_stack::identity::{
     AppRegistration, FailureInjection, FailureKind, FailureScope, IdentityStandIn, RequestFilter,
     TenantSettings, UserAccount,
@@ -567,8 +568,13 @@ async fn a_dead_refresh_token_is_re_bootstrapped_with_the_stored_password() {
     assert_eq!(stored.status.state, AccountState::Ok);
 }
 
+/// Three transient failures (503, `temporarily_unavailable`, 429 with `Retry-After: 1`), then
+/// success. The waits are read from the stand-in's recorded answer times: each is at least the
+/// backoff (50 ms, then 100 ms: exponential, jitter only adds), and the wait after the 429 is
+/// at least its `Retry-After` (1 s, more than any backoff of the policy, which caps at 400 ms
+/// plus jitter), so a client that ignores the header fails here.
 #[tokio::test]
-async fn transient_errors_are_retried_with_backoff() {
+async fn transient_errors_are_retried_with_backoff_honouring_retry_after() {
     let w = World::new().await;
     w.with_refresh_token(chrono::Duration::hours(1)).await;
     w.inject(FailureKind::Status { status: 503 }, 1);
@@ -579,16 +585,35 @@ async fn transient_errors_are_retried_with_backoff() {
         },
         1,
     );
-    let started = std::time::Instant::now();
     w.service()
         .access_token(&w.secret_name, Audience::Graph)
         .await
         .expect("succeeds after three transient failures");
-    println!(
-        "3 transient failures then success in {:?}",
-        started.elapsed()
+    let answers = w.idp.requests(&RequestFilter {
+        grant_type: Some("refresh_token".into()),
+        ..RequestFilter::token_requests_for(&w.upn)
+    });
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [503, 400, 429, 200], "{answers:?}");
+    assert_eq!(answers[2].retry_after_secs, Some(1), "the 429 said when");
+    let waits: Vec<Duration> = answers
+        .windows(2)
+        .map(|pair| {
+            (pair[1].answered_at - pair[0].answered_at)
+                .to_std()
+                .expect("answers in order")
+        })
+        .collect();
+    println!("waits between attempts: {waits:?}");
+    assert!(
+        waits[0] >= Duration::from_millis(50),
+        "first backoff: {waits:?}"
     );
-    assert_eq!(w.token_requests(), 4);
+    assert!(waits[1] >= Duration::from_millis(100), "doubled: {waits:?}");
+    assert!(
+        waits[2] >= Duration::from_secs(1),
+        "Retry-After honoured: {waits:?}"
+    );
     assert_eq!(w.read_secret().await.status.state, AccountState::Ok);
 }
 
@@ -607,9 +632,17 @@ async fn transient_errors_surface_at_the_deadline_without_marking_the_account() 
         .await
         .expect_err("keeps failing");
     assert_eq!(err.class(), ErrorClass::Transient, "{err}");
+    // However many attempts the machine's speed allowed, the error names them all and the
+    // stand-in saw exactly those (retrying itself is proven by the backoff test above).
     let attempts = w.token_requests();
-    println!("attempts within 1.5 s: {attempts}");
-    assert!(attempts >= 2, "retried: {attempts}");
+    // (An attempt the deadline cut short may or may not have reached the stand-in.)
+    let said = err.to_string();
+    assert!(
+        said.contains(&format!("gave up after {attempts} attempts"))
+            || said.contains(&format!("during attempt {attempts};"))
+            || said.contains(&format!("during attempt {}", attempts + 1)),
+        "{attempts} attempts seen by the stand-in: {err}"
+    );
     assert_eq!(w.read_secret().await.status.state, AccountState::Ok);
 
     // A request that hangs past the deadline is cut off too.
@@ -953,23 +986,76 @@ async fn write_back_never_overwrites_a_newer_token_written_concurrently() {
     );
 }
 
+/// The service's write-back of a rotated refresh token when Secrets Manager's answer is lost
+/// after the write happened (a fault proxy in front of moto forwards the first
+/// `PutSecretValue`, then answers `InternalServiceError`). The retry carries the same
+/// `ClientRequestToken`, the service's own (derived from the version it wrote on and the value),
+/// so the secret gets exactly one new version holding the rotated token.
 #[tokio::test]
-async fn write_back_is_idempotent_with_a_client_request_token() {
+async fn write_back_whose_answer_is_lost_writes_one_version() {
     let w = World::new().await;
-    w.with_refresh_token(chrono::Duration::hours(1)).await;
-    let current = w.store.get(&w.secret_name).await.unwrap();
-    let mut a = w.read_secret().await;
-    a.refresh_token = Some("rotated".into());
-    let value: SecretString = a.to_json().into();
-    let token = client_request_token(&w.secret_name, &current.version_id, &value);
-    let first = w.store.put(&w.secret_name, &value, &token).await.unwrap();
-    let retry = w.store.put(&w.secret_name, &value, &token).await.unwrap();
-    assert_eq!(first, retry, "a retried write creates no new version");
-    let other: SecretString = "{\"different\": true}".to_string().into();
-    assert!(matches!(
-        w.store.put(&w.secret_name, &other, &token).await,
-        Err(SecretStoreError::TokenReused { .. })
+    let seeded = w.with_refresh_token(chrono::Duration::hours(30)).await;
+    let base = w.store.get(&w.secret_name).await.unwrap();
+    let versions_before = secret_versions(&w.secret_name).await;
+    let proxy = AwsFaultProxy::start(&stack().moto().endpoint_url)
+        .await
+        .expect("fault proxy");
+    let conf = aws_sdk_secretsmanager::config::Builder::from(&stack().moto().sdk_config())
+        .endpoint_url(&proxy.endpoint_url)
+        .build();
+    let store = Arc::new(SecretsManagerStore::new(
+        aws_sdk_secretsmanager::Client::from_conf(conf),
     ));
+    proxy.lose_answers("PutSecretValue", &w.secret_name, 1);
+    TokenService::new(store, identity_client(), config())
+        .access_token(&w.secret_name, Audience::Graph)
+        .await
+        .expect("token");
+
+    let puts: Vec<_> = proxy
+        .calls(&w.secret_name)
+        .into_iter()
+        .filter(|c| c.operation == "PutSecretValue")
+        .collect();
+    assert_eq!(puts.len(), 2, "the lost answer was retried: {puts:?}");
+    assert!(puts[0].answer_lost && !puts[1].answer_lost, "{puts:?}");
+    let current = w.store.get(&w.secret_name).await.unwrap();
+    let expected_token = client_request_token(&w.secret_name, &base.version_id, &current.value);
+    for put in &puts {
+        assert_eq!(
+            put.client_request_token.as_deref(),
+            Some(expected_token.as_str()),
+            "every attempt carries the write-back's own token"
+        );
+    }
+    let versions_after = secret_versions(&w.secret_name).await;
+    assert_eq!(
+        versions_after.len(),
+        versions_before.len() + 1,
+        "one write-back, one version: {versions_before:?} -> {versions_after:?}"
+    );
+    let stored = w.read_secret().await;
+    assert_ne!(
+        stored.refresh_token.unwrap().expose_secret(),
+        seeded,
+        "the rotated token is stored"
+    );
+}
+
+/// Every version id of a secret (deprecated ones too).
+async fn secret_versions(name: &str) -> Vec<String> {
+    mailbridge_tests::secrets()
+        .list_secret_version_ids()
+        .secret_id(name)
+        .include_deprecated(true)
+        .send()
+        .await
+        .expect("list secret versions")
+        .versions
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|v| v.version_id)
+        .collect()
 }
 
 #[tokio::test]

@@ -8,6 +8,10 @@
 //! recorded (operation, secret id, throttled or not, when), so a test can see the retries and
 //! the backoff between them.
 //!
+//! A second fault loses the answer: the request reaches moto (the write happens), the client
+//! gets `InternalServiceError` (HTTP 500) instead of moto's answer, as when a connection drops
+//! after the server acted. A client that retries must not write twice.
+//!
 //! The throttling answer has the real AWS shape (JSON 1.1 protocol): HTTP 400,
 //! `Content-Type: application/x-amz-json-1.1`, `x-amzn-RequestId`, and the body
 //! `{"__type":"ThrottlingException","message":"Rate exceeded"}`, so the SDK's own error
@@ -32,6 +36,10 @@ pub struct ProxyCall {
     pub secret_id: Option<String>,
     /// Answered with `ThrottlingException` instead of forwarded.
     pub throttled: bool,
+    /// Forwarded, but moto's answer was replaced by `InternalServiceError`.
+    pub answer_lost: bool,
+    /// `ClientRequestToken` of the request body, when it has one.
+    pub client_request_token: Option<String>,
     /// When it arrived.
     pub at: Instant,
 }
@@ -40,6 +48,8 @@ pub struct ProxyCall {
 struct Faults {
     /// (operation, secret id) → throttled answers left.
     throttle: HashMap<(String, String), u32>,
+    /// (operation, secret id) → answers left to lose after forwarding.
+    lose_answer: HashMap<(String, String), u32>,
     calls: Vec<ProxyCall>,
 }
 
@@ -92,12 +102,28 @@ impl AwsFaultProxy {
             .insert((operation.to_string(), secret_id.to_string()), times);
     }
 
+    /// Forward the next `times` calls of `operation` on `secret_id` to moto, but answer the
+    /// client `InternalServiceError` instead of moto's answer (the write happened, the client
+    /// cannot know).
+    pub fn lose_answers(&self, operation: &str, secret_id: &str, times: u32) {
+        self.faults
+            .lock()
+            .expect("proxy lock")
+            .lose_answer
+            .insert((operation.to_string(), secret_id.to_string()), times);
+    }
+
     /// Forward everything on `secret_id` again.
     pub fn stop_throttling(&self, secret_id: &str) {
         self.faults
             .lock()
             .expect("proxy lock")
             .throttle
+            .retain(|(_, id), _| id != secret_id);
+        self.faults
+            .lock()
+            .expect("proxy lock")
+            .lose_answer
             .retain(|(_, id), _| id != secret_id);
     }
 
@@ -138,35 +164,37 @@ async fn proxy(
         .and_then(|t| t.rsplit('.').next())
         .unwrap_or("")
         .to_string();
-    let secret_id = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| {
-            v.get("SecretId")
-                .and_then(|s| s.as_str())
-                .map(str::to_string)
-        });
-    let throttled = {
-        let mut faults = state.faults.lock().expect("proxy lock");
-        let throttled = secret_id
+    let request = serde_json::from_slice::<serde_json::Value>(&body).ok();
+    let field = |name: &str| {
+        request
             .as_ref()
-            .and_then(|id| faults.throttle.get_mut(&(operation.clone(), id.clone())))
-            .is_some_and(|left| {
-                if *left == 0 {
-                    false
-                } else {
-                    if *left != u32::MAX {
-                        *left -= 1;
-                    }
-                    true
-                }
-            });
+            .and_then(|v| v.get(name))
+            .and_then(|s| s.as_str())
+            .map(str::to_string)
+    };
+    let secret_id = field("SecretId");
+    let client_request_token = field("ClientRequestToken");
+    let (throttled, answer_lost) = {
+        let mut faults = state.faults.lock().expect("proxy lock");
+        let key = secret_id.as_ref().map(|id| (operation.clone(), id.clone()));
+        let throttled = key
+            .as_ref()
+            .and_then(|key| faults.throttle.get_mut(key))
+            .is_some_and(take_one);
+        let answer_lost = !throttled
+            && key
+                .as_ref()
+                .and_then(|key| faults.lose_answer.get_mut(key))
+                .is_some_and(take_one);
         faults.calls.push(ProxyCall {
             operation: operation.clone(),
             secret_id: secret_id.clone(),
             throttled,
+            answer_lost,
+            client_request_token,
             at: Instant::now(),
         });
-        throttled
+        (throttled, answer_lost)
     };
     if throttled {
         tracing::info!(operation, secret_id = ?secret_id, "aws fault proxy: ThrottlingException");
@@ -180,7 +208,7 @@ async fn proxy(
         )
             .into_response();
     }
-    crate::upstream::forward(
+    let answer = crate::upstream::forward(
         &state.http,
         &state.upstream,
         "aws fault proxy",
@@ -189,5 +217,29 @@ async fn proxy(
         &headers,
         body,
     )
-    .await
+    .await;
+    if answer_lost {
+        tracing::info!(operation, secret_id = ?secret_id, status = %answer.status(), "aws fault proxy: answer lost");
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [
+                ("content-type", "application/x-amz-json-1.1".to_string()),
+                ("x-amzn-requestid", uuid::Uuid::new_v4().to_string()),
+            ],
+            r#"{"__type":"InternalServiceError","message":"An error occurred on the server side."}"#,
+        )
+            .into_response();
+    }
+    answer
+}
+
+/// Count one use of a fault down; false when none is left (`u32::MAX` never runs out).
+fn take_one(left: &mut u32) -> bool {
+    if *left == 0 {
+        return false;
+    }
+    if *left != u32::MAX {
+        *left -= 1;
+    }
+    true
 }

@@ -332,6 +332,12 @@ pub struct RequestRecord {
     pub error: Option<String>,
     /// AADSTS code answered, if any.
     pub error_code: Option<u64>,
+    /// `Retry-After` answered (seconds), if any.
+    #[serde(default)]
+    pub retry_after_secs: Option<u64>,
+    /// When the answer was decided (wall clock of the stand-in, not a tenant's shifted clock),
+    /// so a test can measure the waits between a client's attempts.
+    pub answered_at: DateTime<Utc>,
 }
 
 /// Filter for [`IdentityStandIn::requests`]; `None` matches anything.
@@ -1166,9 +1172,14 @@ fn record(
     outcome: &Outcome,
     response: &Result<Response, AadError>,
 ) {
-    let (status, error, error_code) = match response {
-        Ok(r) => (r.status().as_u16(), None, None),
-        Err(e) => (e.status.as_u16(), Some(e.error.to_owned()), Some(e.code)),
+    let (status, error, error_code, retry_after_secs) = match response {
+        Ok(r) => (r.status().as_u16(), None, None, None),
+        Err(e) => (
+            e.status.as_u16(),
+            Some(e.error.to_owned()),
+            Some(e.code),
+            e.retry_after,
+        ),
     };
     state.requests.push(RequestRecord {
         endpoint: endpoint.to_owned(),
@@ -1178,6 +1189,8 @@ fn record(
         status,
         error,
         error_code,
+        retry_after_secs,
+        answered_at: Utc::now(),
     });
 }
 
@@ -1954,6 +1967,8 @@ async fn authorize_page(
             status: 400,
             error: Some("error_page".into()),
             error_code: Some(code),
+            retry_after_secs: None,
+            answered_at: Utc::now(),
         });
         error_page(code, &message)
     };
@@ -2044,6 +2059,8 @@ async fn authorize_page(
             status: 302,
             error: Some(err.error.to_owned()),
             error_code: Some(err.code),
+            retry_after_secs: None,
+            answered_at: Utc::now(),
         });
         return redirect_error(&flow, &err);
     }
@@ -2058,6 +2075,8 @@ async fn authorize_page(
         status: 200,
         error: None,
         error_code: None,
+        retry_after_secs: None,
+        answered_at: Utc::now(),
     });
     let hint = q.get("login_hint").cloned().unwrap_or_default();
     let body = format!(
@@ -2121,6 +2140,8 @@ async fn authorize_submit(
             status,
             error: error.map(|e| e.error.to_owned()),
             error_code: error.map(|e| e.code),
+            retry_after_secs: None,
+            answered_at: Utc::now(),
         });
     };
     let Some(t) = state.tenants.get(&tenant) else {
@@ -2414,6 +2435,8 @@ async fn introspect(shared: &Shared, token: Option<String>, user: Option<String>
                 status: status.as_u16(),
                 error: Some("injected".into()),
                 error_code: None,
+                retry_after_secs: None,
+                answered_at: Utc::now(),
             });
             return (status, "injected failure").into_response();
         }
