@@ -36,6 +36,10 @@ if want warm; then
   section "warm invocation cost ($PROFILE bootstraps in $bins)"
   MAILBRIDGE_BENCH_BINS="$bins" cargo test -q -p mailbridge-tests --test bench_warm_cost -- --ignored --nocapture --test-threads 1 2>&1 | grep -E '^bench:|test result|panicked'
 fi
+if want sender || want poller || want outbound; then
+  # the tests run these bootstraps and the CLI as processes; they never build them themselves
+  cargo build -q --profile bench --workspace --bins
+fi
 if want sender; then
   section "send-notifications batch latency"
   cargo test -q --profile bench -p mailbridge-tests --test send_notifications benchmark -- --nocapture 2>&1 | grep -Ei 'bench|L =|test result|panicked'

@@ -13,7 +13,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 # the Lambda bootstraps that the integration tests run as real processes (through the Runtime
-# API emulator); the tests would build them on demand, this just does it up front
+# API emulator): built here, before the tests (a test never runs cargo; a missing binary fails
+# naming this command)
 cargo build --workspace --bins -q
 # nextest does not run doc tests: compile and run them too (only for a whole-workspace run),
 # first, so the run ends with nextest's summary of the whole suite

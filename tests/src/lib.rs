@@ -29,6 +29,14 @@ pub fn unique_user(prefix: &str) -> String {
     format!("{}@example.com", unique(prefix))
 }
 
+/// A unique recipient address whose mail the Graph stand-in delivers into Dovecot, for a test
+/// that reads it back over IMAP (mail to any other recipient is only recorded).
+pub fn mail_recipient(prefix: &str) -> String {
+    let address = unique_user(prefix);
+    stack().graph().deliver_mail_for(&address);
+    address
+}
+
 /// Test logging to the test's captured output; level from `RUST_LOG` (default `info`).
 pub fn init_tracing() {
     static INIT: Once = Once::new();

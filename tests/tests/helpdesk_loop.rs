@@ -125,7 +125,7 @@ async fn an_agents_reply_reaches_the_customer_and_the_answer_lands_on_the_same_r
     root.create_queue(&queue).await.unwrap();
 
     // A ticket of a customer (RT mails its autoreply through mailbridge too).
-    let customer = unique_user("customer");
+    let customer = mailbridge_tests::mail_recipient("customer");
     let created = root
         .post(
             "ticket",

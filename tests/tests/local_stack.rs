@@ -253,7 +253,10 @@ async fn dovecot_deliver_status_list_uidvalidity_and_restart() {
         .unwrap()
         .insert("admin-token".into(), user.clone());
     let raw = b"From: a@example.com\r\nTo: helpdesk@example.com\r\nSubject: hello\r\nMessage-ID: <m1@example.com>\r\n\r\nbody line\r\n";
-    dovecot_arc(&dovecot).deliver(&user, raw).unwrap();
+    dovecot_arc(&dovecot)
+        .deliver(&user, raw.to_vec())
+        .await
+        .unwrap();
     dovecot.deliver_to(&user, "Archive", raw).unwrap();
 
     let status = dovecot.mailbox_status(&user, "INBOX").unwrap();
@@ -629,4 +632,57 @@ async fn the_ticket_api_stand_in_takes_faults_over_http_from_another_process() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("must be a 4xx"), "{e}");
+}
+
+/// The Graph stand-in delivers sent mail into Dovecot only for the recipients a test asked for
+/// (here over HTTP, as another process would): mailboxes nobody reads never grow. The recipient
+/// nobody asked for comes first, and one mail is delivered recipient after recipient, so once
+/// the asked-for copy is there the other would be too.
+#[tokio::test]
+async fn the_graph_stand_in_delivers_only_to_the_recipients_a_test_asked_for() {
+    use local_stack::graph_control::GraphControl;
+    let graph = stack().graph();
+    let control = GraphControl::new(&graph.base_url);
+    let upn = mailbridge_tests::unique_user("sender");
+    let ignored = mailbridge_tests::unique_user("nobody-reads");
+    let wanted = mailbridge_tests::unique_user("reader");
+    control.deliver_mail_for(&wanted).await.unwrap();
+    let token = stack().identity().mint_access_token(
+        &format!("{}.onmicrosoft.com", unique("tenant")),
+        &uuid::Uuid::new_v4().to_string(),
+        &upn,
+        "https://graph.microsoft.com",
+        &["Mail.Send"],
+        std::time::Duration::from_secs(600),
+    );
+    let sent = reqwest::Client::new()
+        .post(format!("{}/me/sendMail", graph.v1_url()))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"message": {
+            "subject": "to two",
+            "body": {"contentType": "Text", "content": "hi"},
+            "toRecipients": [
+                {"emailAddress": {"address": ignored}},
+                {"emailAddress": {"address": wanted}}
+            ]
+        }}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202);
+    let dovecot = stack().dovecot();
+    let mut arrived = Vec::new();
+    for _ in 0..300 {
+        arrived = dovecot.list_messages(&wanted, "INBOX").unwrap_or_default();
+        if !arrived.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(arrived.len(), 1, "the asked-for recipient got the mail");
+    assert!(
+        !dovecot.home_of(&ignored).exists(),
+        "no mailbox was made for a recipient nobody reads"
+    );
+    assert_eq!(graph.accepted(&upn).len(), 1, "still recorded");
 }

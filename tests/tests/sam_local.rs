@@ -19,7 +19,7 @@ use std::time::Duration;
 use local_stack::runtime_api::workspace_binary;
 use mailbridge_tests::{
     create_queue_with_dlq, create_state_table, dynamodb, new_password_account, put_secret,
-    queue_arn, receive_sqs_event, sqs, stack, unique, unique_user,
+    queue_arn, receive_sqs_event, sqs, stack, unique,
 };
 use serde_json::{Value, json};
 
@@ -106,7 +106,7 @@ async fn sam_local_invoke_runs_both_functions_against_the_local_stack() {
         .await
         .unwrap();
     let arn = queue_arn(&queue_url).await.unwrap();
-    let customer = unique_user("sam-customer");
+    let customer = mailbridge_tests::mail_recipient("sam-customer");
     let ticket = "7301";
     let sink = unique("sam-sink");
     let mailbox = unique("sam-mailbox");

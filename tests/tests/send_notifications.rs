@@ -1022,8 +1022,10 @@ async fn inbox(user: &str, n: usize) -> Vec<local_stack::dovecot::StoredMessage>
 async fn a_mime_reply_reaches_the_customer_with_the_helpdesks_threading_headers_and_the_marker() {
     use base64::Engine as _;
     let w = World::new().await;
-    let customer = unique_user("customer");
+    let customer = mailbridge_tests::mail_recipient("customer");
     let tag = unique("t");
+    w.graph
+        .deliver_mail_for(&format!("audit-{tag}@example.com"));
     let raw = helpdesk_reply(&w.upn, &customer, &tag, 0);
     w.enqueue(&[json!({
         "version": 1, "kind": "mime", "account": w.account, "from": w.upn,
@@ -1077,7 +1079,7 @@ async fn a_two_mib_message_travels_by_s3_reference_and_its_object_is_deleted_onc
     use mailbridge::message_store::MessageStore as _;
     let w = World::new().await;
     let bucket = mailbridge_tests::create_bucket("messages").await.unwrap();
-    let customer = unique_user("customer");
+    let customer = mailbridge_tests::mail_recipient("customer");
     let tag = unique("t");
     let raw = helpdesk_reply(&w.upn, &customer, &tag, 2 * 1024 * 1024);
     let store = mailbridge::message_store::S3MessageStore::new(mailbridge_tests::s3());

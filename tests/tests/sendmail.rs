@@ -12,7 +12,6 @@ use mailbridge::state::DynamoIdempotencyStore;
 use mailbridge::token::{SecretsManagerStore, TokenService, TokenServiceConfig};
 use mailbridge_tests::{
     bucket_keys, create_bucket, create_queue_with_dlq, create_state_table, sqs, stack, unique,
-    unique_user,
 };
 use send_notifications::ports::{SqsParking, SqsVisibility};
 use send_notifications::settings::BatchSettings;
@@ -239,7 +238,7 @@ async fn inbox(user: &str) -> Vec<local_stack::dovecot::StoredMessage> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_kib_reply_is_queued_inline_and_reaches_the_customer_with_its_headers() {
     let w = World::new().await;
-    let customer = unique_user("customer");
+    let customer = mailbridge_tests::mail_recipient("customer");
     let tag = unique("t");
     let raw = reply(&w.upn, &customer, &tag, 200 * 1024);
     let run = w.sendmail(&["-oi", "-t", "-f", &w.upn], &raw).await;
@@ -302,7 +301,7 @@ fn assert_arrived_whole(delivered: &[u8], tag: &str, size: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_2_mib_reply_goes_by_s3_in_one_mime_request_and_its_object_is_deleted() {
     let w = World::new().await;
-    let customer = unique_user("customer");
+    let customer = mailbridge_tests::mail_recipient("customer");
     let tag = unique("t");
     let run = w
         .sendmail(
@@ -330,7 +329,7 @@ async fn a_2_mib_reply_goes_by_s3_in_one_mime_request_and_its_object_is_deleted(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_20_mib_reply_goes_through_a_draft_and_upload_session_and_arrives_whole() {
     let w = World::new().await;
-    let customer = unique_user("customer");
+    let customer = mailbridge_tests::mail_recipient("customer");
     let tag = unique("t");
     let size = 20 * 1024 * 1024;
     let run = w
@@ -355,7 +354,7 @@ async fn a_20_mib_reply_goes_through_a_draft_and_upload_session_and_arrives_whol
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_40_mib_reply_is_parked_naming_size_and_limit_and_a_redrive_sends_it() {
     let w = World::new().await;
-    let customer = unique_user("customer");
+    let customer = mailbridge_tests::mail_recipient("customer");
     let tag = unique("t");
     let size = 40 * 1024 * 1024;
     let raw = reply(&w.upn, &customer, &tag, size);
@@ -421,7 +420,7 @@ async fn a_40_mib_reply_is_parked_naming_size_and_limit_and_a_redrive_sends_it()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_exits_65_or_64_and_queues_nothing() {
     let w = World::new().await;
-    let customer = unique_user("customer");
+    let customer = mailbridge_tests::mail_recipient("customer");
     let cases: [(&[&str], &[u8], i32, &str); 5] = [
         (
             &["-t"],
@@ -457,7 +456,7 @@ async fn bad_input_exits_65_or_64_and_queues_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_unreachable_exits_75_and_a_retry_later_queues_the_message_once() {
     let w = World::new().await;
-    let customer = unique_user("customer");
+    let customer = mailbridge_tests::mail_recipient("customer");
     let raw = reply(&w.upn, &customer, &unique("t"), 1024);
     // nothing listens on port 9 of 127.0.0.1
     let run = w
@@ -493,7 +492,7 @@ async fn invoked_as_sendmail_with_a_config_file_it_queues_with_the_ticket_number
         ),
     )
     .unwrap();
-    let customer = unique_user("customer");
+    let customer = mailbridge_tests::mail_recipient("customer");
     let raw = reply(&w.upn, &customer, "4711", 512);
     let run = w
         .sendmail_as(

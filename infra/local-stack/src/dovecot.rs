@@ -48,6 +48,8 @@ pub struct Dovecot {
     /// The introspection URL as written into the config.
     pub introspection_url: String,
     child: Mutex<Option<Child>>,
+    /// The two ports, leased until the instance is dropped (see [`crate::PortLease`]).
+    _port_leases: [crate::PortLease; 2],
 }
 
 impl std::fmt::Debug for Dovecot {
@@ -145,11 +147,9 @@ impl Dovecot {
         let log_path = dir.join("log/dovecot.log");
         let mut last_error = None;
         for attempt in 1..=3 {
-            let imap_port = crate::free_port()?;
-            let imaps_port = crate::free_port()?;
-            if imap_port == imaps_port {
-                continue;
-            }
+            // leased for the instance's life: a restart finds its ports still its own
+            let (imap, imaps) = (crate::lease_port()?, crate::lease_port()?);
+            let (imap_port, imaps_port) = (imap.port, imaps.port);
             write_config(dir, imap_port, imaps_port, introspection_url, settings)?;
             let dovecot = Dovecot {
                 imaps_port,
@@ -160,6 +160,7 @@ impl Dovecot {
                 log_path: log_path.clone(),
                 introspection_url: introspection_url.to_string(),
                 child: Mutex::new(None),
+                _port_leases: [imap, imaps],
             };
             match dovecot.launch() {
                 Ok(()) => {
@@ -243,7 +244,8 @@ impl Dovecot {
     }
 
     /// Stop the instance (SIGTERM to the master, which stops its children; SIGKILL after 5 s).
-    /// Mail and config stay; [`Dovecot::restart`] brings it back on the same ports.
+    /// Mail, config and the port leases stay; [`Dovecot::restart`] brings it back on the same
+    /// ports, which nothing else could take meanwhile.
     pub fn stop(&self) {
         let Some(mut child) = self.child.lock().expect("dovecot child lock").take() else {
             return;
@@ -526,8 +528,39 @@ impl Dovecot {
 }
 
 impl crate::MailDrop for Dovecot {
-    fn deliver(&self, recipient: &str, raw: &[u8]) -> anyhow::Result<()> {
-        self.deliver_to(recipient, "INBOX", raw)
+    fn deliver(
+        &self,
+        recipient: &str,
+        raw: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send + 'static>>
+    {
+        let conf_path = self.conf_path.clone();
+        let user = recipient.to_owned();
+        Box::pin(async move {
+            use tokio::io::AsyncWriteExt as _;
+            let mut child = tokio::process::Command::new(DOVEADM_BIN)
+                .arg("-c")
+                .arg(&conf_path)
+                .args(["save", "-u", &user, "-m", "INBOX"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .context("spawn doveadm save")?;
+            let mut stdin = child.stdin.take().expect("piped stdin");
+            stdin.write_all(&raw).await.context("write to doveadm")?;
+            drop(stdin);
+            let out = child.wait_with_output().await.context("wait for doveadm")?;
+            if !out.status.success() {
+                bail!(
+                    "doveadm save -u {user} -m INBOX failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            Ok(())
+        })
     }
 }
 

@@ -31,7 +31,10 @@
 //! (the mail is accepted and delivered, then the answer is a 504 or a dropped connection, as
 //! Graph has been seen to do), sending quota errors and a full mailbox. Accepted messages are
 //! recorded per mailbox; with a [`MailDrop`] each is also built into a real MIME message and
-//! delivered to every recipient's mailbox (Dovecot), so replies can flow back through the poller.
+//! delivered to the mailbox (Dovecot) of each recipient a test asked for
+//! ([`GraphStandIn::deliver_mail_for`], or `POST /_control/deliver-to`), so replies can flow back
+//! through the poller. Mail for every other recipient is only recorded: mailboxes no test reads
+//! never grow.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -142,6 +145,8 @@ struct StandInState {
     /// The same store, read by the mail-reading routes ([`mailbox`]).
     mail_store: Option<Arc<dyn MailStore>>,
     mail: mailbox::MailState,
+    /// Recipients (lower case) whose mail is delivered into `mail_drop`.
+    deliver_to: Mutex<HashSet<String>>,
     controls: Mutex<HashMap<String, MailboxControls>>,
     in_flight: Mutex<HashMap<String, usize>>,
     send_as: Mutex<HashSet<(String, String)>>,
@@ -150,6 +155,32 @@ struct StandInState {
     requests: Mutex<HashMap<String, u64>>,
     holds: Mutex<HashMap<String, HoldPoint>>,
     drafts: drafts::Drafts,
+}
+
+impl StandInState {
+    /// Deliver `mime` in the background to those of `recipients` a test asked for.
+    fn deliver(&self, recipients: Vec<String>, mime: Vec<u8>) {
+        let Some(drop) = self.mail_drop.clone() else {
+            return;
+        };
+        let wanted: Vec<String> = {
+            let deliver_to = self.deliver_to.lock().expect("lock");
+            recipients
+                .into_iter()
+                .filter(|r| deliver_to.contains(&r.to_lowercase()))
+                .collect()
+        };
+        if wanted.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            for r in wanted {
+                if let Err(e) = drop.deliver(&r, mime.clone()).await {
+                    tracing::warn!(recipient = %r, error = %e, "graph stand-in: delivery into the mail drop failed");
+                }
+            }
+        });
+    }
 }
 
 impl GraphStandIn {
@@ -165,6 +196,7 @@ impl GraphStandIn {
             mail_drop: mail_store.clone().map(|s| s as Arc<dyn MailDrop>),
             mail_store,
             mail: mailbox::MailState::default(),
+            deliver_to: Mutex::default(),
             controls: Mutex::default(),
             in_flight: Mutex::default(),
             send_as: Mutex::default(),
@@ -202,6 +234,16 @@ impl GraphStandIn {
     fn with_controls(&self, mailbox: &str, f: impl FnOnce(&mut MailboxControls)) {
         let mut controls = self.state.controls.lock().expect("lock");
         f(controls.entry(mailbox.to_ascii_lowercase()).or_default());
+    }
+
+    /// Deliver the mail sent to `recipient` from now on into its mailbox (Dovecot's INBOX), for
+    /// a test that reads it back. Mail to recipients nobody asked for is only recorded.
+    pub fn deliver_mail_for(&self, recipient: &str) {
+        self.state
+            .deliver_to
+            .lock()
+            .expect("lock")
+            .insert(recipient.to_lowercase());
     }
 
     /// Every request for `mailbox` takes `latency` (while holding one of its 4 slots).
@@ -740,15 +782,7 @@ async fn answer(
         request_id: rid.to_owned(),
         mime: mime.clone(),
     });
-    if let Some(drop) = state.mail_drop.clone() {
-        tokio::task::spawn_blocking(move || {
-            for r in recipients {
-                if let Err(e) = drop.deliver(&r, &mime) {
-                    tracing::warn!(recipient = %r, error = %e, "graph stand-in: delivery into the mail drop failed");
-                }
-            }
-        });
-    }
+    state.deliver(recipients, mime);
 
     // 6. "accept, then fail"
     let after_accept = {

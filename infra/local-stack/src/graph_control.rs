@@ -173,6 +173,14 @@ pub struct AcceptedMailView {
     pub mime_base64: String,
 }
 
+/// Body of `POST /_control/deliver-to`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverTo {
+    /// The recipient whose mail is delivered into its Dovecot INBOX from now on.
+    pub recipient: String,
+}
+
 #[derive(Deserialize)]
 struct MailboxQuery {
     mailbox: String,
@@ -183,6 +191,7 @@ pub fn routes(graph: GraphStandIn) -> Router {
     Router::new()
         .route("/_control/faults", post(inject))
         .route("/_control/send-as", post(send_as))
+        .route("/_control/deliver-to", post(deliver_to))
         .route("/_control/accepted", get(accepted))
         .route("/_control/requests", get(requests))
         .route("/_control/health", get(|| async { "ok" }))
@@ -217,6 +226,19 @@ async fn send_as(
     match body {
         Ok(Json(grant)) => {
             graph.grant_send_as(&grant.user, &grant.mailbox);
+            Json(serde_json::json!({"ok": true})).into_response()
+        }
+        Err(e) => refused(e),
+    }
+}
+
+async fn deliver_to(
+    State(graph): State<GraphStandIn>,
+    body: Result<Json<DeliverTo>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(request)) => {
+            graph.deliver_mail_for(&request.recipient);
             Json(serde_json::json!({"ok": true})).into_response()
         }
         Err(e) => refused(e),
@@ -312,6 +334,17 @@ impl GraphControl {
             &SendAsGrant {
                 user: user.to_owned(),
                 mailbox: mailbox.to_owned(),
+            },
+        )
+        .await
+    }
+
+    /// See [`GraphStandIn::deliver_mail_for`].
+    pub async fn deliver_mail_for(&self, recipient: &str) -> anyhow::Result<()> {
+        self.post(
+            "deliver-to",
+            &DeliverTo {
+                recipient: recipient.to_owned(),
             },
         )
         .await

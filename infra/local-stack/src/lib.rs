@@ -44,9 +44,13 @@ use std::sync::{Arc, OnceLock, mpsc};
 /// Somewhere a stand-in can put a message for a mailbox (the Graph stand-in delivers the mail it
 /// "sends" into Dovecot through this, so a test can read it back over IMAP).
 pub trait MailDrop: Send + Sync {
-    /// Deliver the raw RFC 5322 message `raw` into `recipient`'s INBOX. Blocking (Dovecot's
-    /// implementation runs `doveadm save`, ~10 ms): call it from `spawn_blocking` in a server.
-    fn deliver(&self, recipient: &str, raw: &[u8]) -> anyhow::Result<()>;
+    /// Deliver the raw RFC 5322 message `raw` into `recipient`'s INBOX. Dovecot's implementation
+    /// awaits `doveadm save` as a child process (no thread of the blocking pool waits on it).
+    fn deliver(
+        &self,
+        recipient: &str,
+        raw: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send + 'static>>;
 }
 
 /// The whole local stack. Get the process-wide one with [`LocalStack::shared`].
@@ -354,6 +358,58 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// A TCP port on 127.0.0.1 held for a server that must come back on the same port after a
+/// restart (Dovecot). [`free_port`] is not enough there: between the stop and the restart, the
+/// kernel may hand the freed port to any outgoing connection (ports from 0 come from the same
+/// ephemeral range) or another local stack may pick it. A lease is taken outside the ephemeral
+/// range (`/proc/sys/net/ipv4/ip_local_port_range`), so no outgoing connection ever gets it, and
+/// under an exclusive file lock every local stack on the machine respects, held until the lease
+/// is dropped.
+#[derive(Debug)]
+pub struct PortLease {
+    /// The port.
+    pub port: u16,
+    _lock: std::fs::File,
+}
+
+/// Lowest port a lease is taken from.
+const LEASED_PORTS_FROM: u16 = 10_000;
+
+/// Lease a free port (see [`PortLease`]).
+pub fn lease_port() -> anyhow::Result<PortLease> {
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    anyhow::ensure!(
+        ephemeral_from > LEASED_PORTS_FROM + 1_000,
+        "the ephemeral port range starts at {ephemeral_from}: no room below it for leased ports"
+    );
+    for _ in 0..200 {
+        let port = rand::random_range(LEASED_PORTS_FROM..ephemeral_from);
+        if let Some(lease) = try_lease_port(port)? {
+            return Ok(lease);
+        }
+    }
+    anyhow::bail!("no free port between {LEASED_PORTS_FROM} and {ephemeral_from} after 200 tries")
+}
+
+/// Lease `port` if no other lease holds it and it can be bound now.
+fn try_lease_port(port: u16) -> anyhow::Result<Option<PortLease>> {
+    let dir = std::env::temp_dir().join("mailbridge-port-leases");
+    std::fs::create_dir_all(&dir)?;
+    let lock = std::fs::File::create(dir.join(format!("{port}.lock")))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+    }
+    if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+        return Ok(None);
+    }
+    Ok(Some(PortLease { port, _lock: lock }))
+}
+
 type SpawnJob = Box<dyn FnOnce() + Send>;
 
 /// Spawn a child process from one long-lived thread, with `PR_SET_PDEATHSIG(signal)` so the child
@@ -433,4 +489,32 @@ pub async fn serve_not_implemented(what: &'static str) -> anyhow::Result<String>
         }
     });
     Ok(base_url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leased_port_is_outside_the_ephemeral_range_and_held_until_dropped() {
+        let lease = lease_port().unwrap();
+        let ephemeral_from: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((LEASED_PORTS_FROM..ephemeral_from).contains(&lease.port));
+        assert!(
+            try_lease_port(lease.port).unwrap().is_none(),
+            "held while leased"
+        );
+        let port = lease.port;
+        drop(lease);
+        assert!(
+            try_lease_port(port).unwrap().is_some(),
+            "free after the drop"
+        );
+    }
 }

@@ -653,96 +653,44 @@ fn complete(state: &ServerState, id: &str, result: InvocationResult) -> Response
     }
 }
 
-/// Path of a workspace binary (`<target>/<profile>/<name>`), building every workspace binary
-/// first with `cargo build --workspace --bins` once per process, or once per run under cargo
-/// nextest (the same feature set as
-/// `infra/scripts/test.sh`'s build, so after that build this is a no-op; `-p <package>` alone
-/// would resolve different features and rebuild the shared crates). The target/profile
-/// directory is taken from the running executable when it lives in `<target>/<profile>/deps/`
-/// (a test), else from [`crate::target_dir`] + `debug`. `package` is only used in messages.
+/// Path of a workspace binary (`<target>/<profile>/<name>`), which must already be built:
+/// `infra/scripts/test.sh` runs `cargo build --workspace --bins` before the tests (a test never
+/// runs cargo itself). The target/profile directory is taken from the running executable when it
+/// lives in `<target>/<profile>/deps/` (a test), else from [`crate::target_dir`] + `debug`. A
+/// missing binary is an error naming the command that builds it; one older than the running test
+/// executable gets a warning (it may predate the code under test). `package` names the binary's
+/// package in messages.
 pub fn workspace_binary(package: &str, name: &str) -> anyhow::Result<PathBuf> {
-    static BUILT: Mutex<bool> = Mutex::new(false);
-    let profile_dir = std::env::current_exe()
-        .ok()
+    let test_exe = std::env::current_exe().ok();
+    let profile_dir = test_exe
+        .as_deref()
         .and_then(|exe| {
             let deps = exe.parent()?;
             (deps.file_name()? == "deps").then(|| deps.parent().map(Path::to_path_buf))?
         })
         .unwrap_or_else(|| crate::target_dir().join("debug"));
     let path = profile_dir.join(name);
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !*built {
-        // Under cargo nextest every test is its own process: build once per nextest run (the
-        // first test to get here builds, under a file lock; the others find its marker), not
-        // once per test, which cost a cargo invocation per test and serialised them all on
-        // the target directory's lock.
-        let run_marker = std::env::var("NEXTEST_RUN_ID")
-            .ok()
-            .map(|run| profile_dir.join(format!(".workspace-bins-built-{run}")));
-        let _lock = match &run_marker {
-            Some(_) => {
-                let lock = std::fs::File::create(profile_dir.join(".workspace-bins.lock"))
-                    .context("create the workspace-binaries build lock")?;
-                lock.lock()
-                    .context("take the workspace-binaries build lock")?;
-                Some(lock)
-            }
-            None => None,
-        };
-        if !run_marker.as_ref().is_some_and(|m| m.exists()) {
-            build_workspace_binaries(package, &profile_dir)?;
-            if let Some(marker) = &run_marker {
-                remove_old_run_markers(&profile_dir);
-                std::fs::write(marker, b"").context("write the workspace-binaries build marker")?;
-            }
-        }
-        *built = true;
-    }
-    if !path.exists() {
-        bail!(
-            "{} is missing after cargo build (is `{name}` a binary of {package}?)",
-            path.display()
+    let build = match profile_dir.file_name().and_then(|p| p.to_str()) {
+        Some("debug") | None => "cargo build --workspace --bins".to_owned(),
+        Some(profile) => format!("cargo build --workspace --bins --profile {profile}"),
+    };
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{} ({name} of {package}) is not built ({e}): run `{build}` first \
+                 (infra/scripts/test.sh does)",
+                path.display()
+            )
+        })?;
+    let test_built = test_exe
+        .and_then(|exe| std::fs::metadata(exe).ok())
+        .and_then(|m| m.modified().ok());
+    if test_built.is_some_and(|test_built| built < test_built) {
+        tracing::warn!(
+            binary = %path.display(),
+            "the binary is older than this test executable: if you changed its code, run `{build}`"
         );
     }
     Ok(path)
-}
-
-/// `cargo build --workspace --bins` into `profile_dir`'s target directory and profile.
-fn build_workspace_binaries(package: &str, profile_dir: &Path) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = Command::new(cargo);
-    command
-        .current_dir(crate::repo_root())
-        .args(["build", "-q", "--workspace", "--bins"]);
-    if let Some(target) = profile_dir.parent() {
-        command.env("CARGO_TARGET_DIR", target);
-    }
-    match profile_dir.file_name().and_then(|p| p.to_str()) {
-        Some("debug") | None => {}
-        Some(profile) => {
-            command.args(["--profile", profile]);
-        }
-    }
-    let status = command
-        .status()
-        .with_context(|| format!("run cargo build --workspace --bins (for {package})"))?;
-    if !status.success() {
-        bail!("cargo build --workspace --bins failed ({status}) while building {package}");
-    }
-    Ok(())
-}
-
-/// Markers of earlier nextest runs (one empty file per run) are removed.
-fn remove_old_run_markers(profile_dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(profile_dir) {
-        for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(".workspace-bins-built-")
-            {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-    }
 }

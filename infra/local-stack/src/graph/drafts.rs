@@ -981,16 +981,7 @@ fn send(state: &Arc<StandInState>, mailbox: &str, mid: &str, rid: &str) -> Respo
         request_id: rid.to_owned(),
         mime: mime.clone(),
     });
-    if let Some(drop) = state.mail_drop.clone() {
-        let recipients = submission.recipients;
-        tokio::task::spawn_blocking(move || {
-            for r in recipients {
-                if let Err(e) = drop.deliver(&r, &mime) {
-                    tracing::warn!(recipient = %r, error = %e, "graph stand-in: delivery into the mail drop failed");
-                }
-            }
-        });
-    }
+    state.deliver(submission.recipients, mime);
     StatusCode::ACCEPTED.into_response()
 }
 
