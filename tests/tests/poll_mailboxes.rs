@@ -1727,15 +1727,16 @@ struct BootstrapRun {
 /// `small` helpdesk-like mails (10 % with a 0.3–1 MB attachment, 20 % with a 20–300 KB one) plus
 /// one with a `big_attachment`-byte attachment in the middle, delivered into a private Dovecot and
 /// polled by `binary` (the real bootstrap) under the Runtime API emulator with
-/// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE=128`, the production token layer, the state table on moto and
-/// the ticket API stand-in (default caps: the big attachment goes as metadata only). Asserts that
-/// every mail became a ticket and the big one carries no content.
-async fn poll_generated_mails_at_128_mb(
+/// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE=memory_mb`, the production token layer, the state table on
+/// moto and the ticket API stand-in. Asserts that every mail became a ticket; returns the run and
+/// the big mail's ticket.
+async fn poll_generated_mails(
     binary: std::path::PathBuf,
     label: &str,
     small: usize,
     big_attachment: usize,
-) -> BootstrapRun {
+    memory_mb: u32,
+) -> (BootstrapRun, local_stack::ticket_api::RecordedTicket) {
     use local_stack::runtime_api::{FunctionConfig, RuntimeApi};
     let dovecot = Arc::new(
         mailbridge_tests::start_private_dovecot(label, &stack().identity().introspection_url())
@@ -1814,8 +1815,9 @@ async fn poll_generated_mails_at_128_mb(
         ("RUST_LOG".to_string(), "warn".to_string()),
     ]);
     let api = RuntimeApi::start().await.expect("runtime api");
-    api.spawn_function(&FunctionConfig::new("poll-mailboxes", binary).with_env(env))
-        .expect("spawn bootstrap");
+    let mut function = FunctionConfig::new("poll-mailboxes", binary).with_env(env);
+    function.memory_mb = memory_mb;
+    api.spawn_function(&function).expect("spawn bootstrap");
     let pid = api.function_pid().expect("function pid");
     let outcome = api
         .invoke(
@@ -1855,81 +1857,103 @@ async fn poll_generated_mails_at_128_mb(
                 .starts_with(&format!("Issue #{big_index}:"))
         })
         .expect("the big mail became a ticket");
-    assert!(big.body["attachments"][0]["content_base64"].is_null());
-    run
+    (run, big)
 }
 
-/// A 128 MB Lambda in KiB: Lambda's "MB" are MiB.
-const LAMBDA_128_MB_KIB: u64 = 128 * 1024;
+/// A Lambda's memory in KiB: Lambda's "MB" are MiB.
+const fn lambda_kib(memory_mb: u64) -> u64 {
+    memory_mb * 1024
+}
 
-/// The memory bound, checked on every test run: the real bootstrap (this build's) polls a mailbox
-/// holding a mail with a 20 MiB attachment (27 MB on the wire) among 40 ordinary ones, at 128 MB.
-/// Peak RSS is set by the largest mail in flight (one at a time), not by the number of mails, so
-/// this is the benchmark below scaled to CI's time; the throughput figure stays in the benchmark.
-#[tokio::test]
-async fn the_bootstrap_polls_a_20_mb_mail_within_128_mb() {
+/// The largest mail the poller reads whole at `memory_mb`: (M − 48 MiB) / 6 (its `memory`
+/// module; 128 MB: 13.3 MiB, 256 MB: 34.7 MiB).
+fn max_whole_mail_bytes(memory_mb: u64) -> u64 {
+    (memory_mb - 48) * 1024 * 1024 / 6
+}
+
+/// The 20 MiB attachment of the memory checks: 27 MB on the wire (base64).
+const BIG_ATTACHMENT: usize = 20 * 1024 * 1024;
+
+/// The real bootstrap (this build's) at `memory_mb`, `small` ordinary mails and the big one.
+async fn poll_the_big_mail(
+    label: &str,
+    small: usize,
+    memory_mb: u32,
+) -> (BootstrapRun, serde_json::Value) {
     let binary = tokio::task::spawn_blocking(|| {
         local_stack::runtime_api::workspace_binary("poll-mailboxes", "poll-mailboxes")
     })
     .await
     .unwrap()
-    .expect("build the poll-mailboxes binary");
-    let run = poll_generated_mails_at_128_mb(binary, "poll-rss", 40, 20 * 1024 * 1024).await;
+    .expect("the poll-mailboxes binary");
+    let (run, big) = poll_generated_mails(binary, label, small, BIG_ATTACHMENT, memory_mb).await;
     let rss = run.peak_rss_kib.expect("VmHWM of the bootstrap");
     println!(
-        "peak RSS {:.1} MiB polling {} mails ({:.1} MB) in {:.1} s",
+        "peak RSS {:.1} MiB at {memory_mb} MB polling {} mails ({:.1} MB) in {:.1} s",
         rss as f64 / 1024.0,
         run.mails,
         run.total_bytes as f64 / 1e6,
         run.wall.as_secs_f64()
     );
     assert!(
-        rss < LAMBDA_128_MB_KIB,
-        "peak RSS {:.1} MiB is over a 128 MB Lambda",
+        rss < lambda_kib(u64::from(memory_mb)),
+        "peak RSS {:.1} MiB is over a {memory_mb} MB Lambda",
         rss as f64 / 1024.0
     );
+    (run, big.body)
+}
+
+/// The memory bound with the full read, checked on every test run: at 256 MB the poller reads
+/// the mail with a 20 MiB attachment (27 MB on the wire, under 256 MB's 34.7 MiB limit) whole,
+/// among 40 ordinary ones, and stays under 256 MB. Peak RSS is set by the largest mail in flight
+/// (one at a time), not by the number of mails, so this is the benchmark scaled to CI's time.
+#[tokio::test]
+async fn the_bootstrap_reads_a_27_mb_mail_whole_within_256_mb() {
+    let (run, big) = poll_the_big_mail("poll-rss-256", 40, 256).await;
+    assert!(run.total_bytes as u64 > 27_000_000);
+    assert!(BIG_ATTACHMENT as u64 * 4 / 3 < max_whole_mail_bytes(256));
+    assert!(
+        big["problem"].is_null(),
+        "read whole, not header-only: {}",
+        big["problem"]
+    );
+    let attachment = &big["attachments"][0];
+    assert_eq!(
+        attachment["size"].as_u64(),
+        Some(BIG_ATTACHMENT as u64),
+        "the attachment was decoded: {attachment}"
+    );
+    assert!(
+        attachment["content_base64"].is_null() && !attachment["omitted_reason"].is_null(),
+        "over the attachment cap: listed without content: {attachment}"
+    );
+}
+
+/// The memory bound at 128 MB: the same mail is over 128 MB's limit (13.3 MiB), so the poller
+/// reads only its headers (a ticket that says so and names the memory setting) and stays under
+/// 128 MB with the ordinary mails around it.
+#[tokio::test]
+async fn the_bootstrap_at_128_mb_makes_a_27_mb_mail_a_header_only_ticket_within_128_mb() {
+    let (_run, big) = poll_the_big_mail("poll-rss-128", 20, 128).await;
+    assert!(BIG_ATTACHMENT as u64 > max_whole_mail_bytes(128));
+    let problem = big["problem"].as_str().unwrap_or_default();
+    assert!(
+        problem.contains("only its headers were read") && problem.contains("PollMemorySize"),
+        "{problem}"
+    );
+    assert_eq!(big["attachments"].as_array().map(Vec::len), Some(0));
 }
 
 /// Benchmark (prints numbers; recorded in BENCHMARKS.md): 1,000 realistic mails plus one with a
 /// 20 MB attachment in one mailbox, polled by the real bootstrap (bench profile) at 128 MB.
-/// Run: `cargo test --profile bench -p mailbridge-tests --test poll_mailboxes -- --ignored --nocapture bench_`
+/// Run: `cargo build --profile bench --workspace --bins && cargo test --profile bench -p mailbridge-tests --test poll_mailboxes -- --ignored --nocapture bench_`
 #[tokio::test]
 #[ignore = "benchmark: run explicitly (see BENCHMARKS.md)"]
 async fn bench_poll_1000_mails_and_a_20_mb_attachment() {
-    // Build the bootstrap with the bench profile (thin LTO) next to this test binary.
-    let profile_dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let status = tokio::task::spawn_blocking({
-        let target = profile_dir.parent().unwrap().to_path_buf();
-        move || {
-            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .current_dir(local_stack::repo_root())
-                .env("CARGO_TARGET_DIR", target)
-                .args([
-                    "build",
-                    "-q",
-                    "--profile",
-                    "bench",
-                    "-p",
-                    "poll-mailboxes",
-                    "--bin",
-                    "poll-mailboxes",
-                ])
-                .status()
-        }
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(status.success());
-    let binary = profile_dir.join("poll-mailboxes");
-    assert!(binary.exists(), "{} missing", binary.display());
-    let run = poll_generated_mails_at_128_mb(binary, "poll-bench", 1000, 20 * 1024 * 1024).await;
+    // The bootstrap of this test's profile (bench: thin LTO), built beforehand.
+    let binary = local_stack::runtime_api::workspace_binary("poll-mailboxes", "poll-mailboxes")
+        .expect("the poll-mailboxes binary");
+    let (run, _big) = poll_generated_mails(binary, "poll-bench", 1000, BIG_ATTACHMENT, 128).await;
     println!(
         "bench: {} mails in {:.2} s = {:.1} mails/s; init {:?}; peak RSS {:.1} MiB (limit 128); \
          IMAP round trips {} = {:.2} per mail; outcome {}",
@@ -1943,7 +1967,7 @@ async fn bench_poll_1000_mails_and_a_20_mb_attachment() {
         run.outcome
     );
     assert!(
-        run.peak_rss_kib.unwrap_or(u64::MAX) < LAMBDA_128_MB_KIB,
+        run.peak_rss_kib.unwrap_or(u64::MAX) < lambda_kib(128),
         "peak RSS {:?} KiB is over a 128 MB Lambda",
         run.peak_rss_kib
     );
