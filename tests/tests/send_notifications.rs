@@ -1187,3 +1187,87 @@ async fn the_graph_stand_in_is_strict_about_the_mime_format() {
     assert_eq!(r.status().as_u16(), 202);
     assert_eq!(w.graph.accepted(&w.upn).len(), 1);
 }
+
+/// A tenant in a national cloud (US Government L4): the account secret's `graph_host` is
+/// `https://graph.microsoft.us` and the deployment's Graph is that cloud's (a stand-in that takes
+/// only tokens for graph.microsoft.us). The notification goes out with a token for that audience;
+/// the global Graph refuses the same token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_national_cloud_account_sends_through_its_own_graph_host() {
+    const US_GRAPH: &str = "https://graph.microsoft.us";
+    let mut w = World::new().await;
+    let mut app = local_stack::identity::AppRegistration::mailbridge(&w.tenant, &w.client_id);
+    for scope in &mut app.consented_scopes {
+        *scope = scope.replace("https://graph.microsoft.com", US_GRAPH);
+    }
+    w.idp.register_app(app);
+    let json = mailbridge_tests::get_secret(&w.account).await.unwrap();
+    let mut secret = mailbridge::token::AccountSecret::parse(&w.account, &json).unwrap();
+    secret.graph_host = US_GRAPH.to_owned();
+    put_secret(&w.account, &secret.to_json()).await.unwrap();
+    w.graph = GraphStandIn::start_for_audience(w.idp.clone(), None, US_GRAPH)
+        .await
+        .expect("the US Graph stand-in");
+
+    w.enqueue(&[w.notification("national cloud")]).await;
+    let event = w.receive_event(1).await;
+    let report = w.run(event, Duration::from_secs(30), settings()).await;
+    assert!(failures(&report).is_empty(), "{:?}", report.messages);
+    assert_eq!(report.metrics.sent, 1);
+    assert_eq!(
+        w.graph.accepted(&w.upn).len(),
+        1,
+        "sent through the US Graph"
+    );
+
+    let token = w
+        .tokens
+        .access_token(&w.account, Audience::Graph)
+        .await
+        .unwrap();
+    let global = reqwest::Client::new()
+        .post(format!("{}/me/sendMail", stack().graph().v1_url()))
+        .bearer_auth(secrecy::ExposeSecret::expose_secret(&token.secret))
+        .json(&json!({"message": {
+            "subject": "wrong cloud",
+            "body": {"contentType": "Text", "content": "x"},
+            "toRecipients": [{"emailAddress": {"address": "customer@example.com"}}]
+        }}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        global.status(),
+        401,
+        "a US token is not for the global Graph"
+    );
+}
+
+/// `saveToSentItems` reaches Graph as the notification asks: false when it says so, Graph's
+/// default (a copy in Sent Items) otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn save_to_sent_items_reaches_graph_as_the_notification_asks() {
+    let w = World::new().await;
+    let mut unsaved = w.notification("not saved");
+    unsaved["save_to_sent_items"] = json!(false);
+    w.enqueue(&[w.notification("saved"), unsaved]).await;
+    let event = w.receive_event(2).await;
+    let report = w.run(event, Duration::from_secs(30), settings()).await;
+    assert!(failures(&report).is_empty(), "{:?}", report.messages);
+    let saved: HashMap<String, bool> = w
+        .graph
+        .accepted(&w.upn)
+        .into_iter()
+        .map(|m| {
+            (
+                m.request["message"]["subject"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                m.save_to_sent_items,
+            )
+        })
+        .collect();
+    assert_eq!(saved.get("saved"), Some(&true), "{saved:?}");
+    assert_eq!(saved.get("not saved"), Some(&false), "{saved:?}");
+}

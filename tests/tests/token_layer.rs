@@ -1136,6 +1136,38 @@ async fn strict_stand_in_errors_have_microsoft_shape() {
         body["scope"],
         "https://graph.microsoft.com/Mail.Send https://graph.microsoft.com/Mail.Send.Shared offline_access"
     );
+
+    // The same parameters as JSON, or form-encoded without the Content-Type: Microsoft reads
+    // parameters only from a form-encoded body, so the request has none.
+    let params: serde_json::Map<String, Value> = base("https://graph.microsoft.com/Mail.Send")
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), Value::from(v)))
+        .collect();
+    let url = format!("{}/{}/oauth2/v2.0/token", w.idp.base_url, w.tenant);
+    let as_json = http.post(&url).json(&params).send().await.unwrap();
+    let unlabelled = http
+        .post(&url)
+        .body(
+            url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(params.iter().map(|(k, v)| (k, v.as_str().unwrap())))
+                .finish(),
+        )
+        .send()
+        .await
+        .unwrap();
+    for answer in [as_json, unlabelled] {
+        assert_eq!(answer.status(), 400);
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_request", "{body}");
+        assert_eq!(body["error_codes"][0], 900144, "{body}");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("'grant_type'"),
+            "{body}"
+        );
+    }
 }
 
 #[tokio::test]

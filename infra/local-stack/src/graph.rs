@@ -2,8 +2,9 @@
 //! the draft route for large messages (drafts, attachments, upload sessions, send: [`drafts`]).
 //!
 //! Strict like Graph:
-//! - the bearer token must be a live access token issued by the identity stand-in for the
-//!   Graph audience with `Mail.Send` (an IMAP-audience, unknown or expired token → 401
+//! - the bearer token must be a live access token issued by the identity stand-in for this
+//!   Graph's audience (`https://graph.microsoft.com`, or a national cloud's Graph host given to
+//!   [`GraphStandIn::start_for_audience`]) with `Mail.Send` (an IMAP-audience, unknown or expired token → 401
 //!   `InvalidAuthenticationToken`; no `Mail.Send` → 403 `ErrorAccessDenied`);
 //! - sending from another mailbox, as Exchange Online rules it: `/users/{id}/sendMail` for a
 //!   mailbox other than the token's user needs `Mail.Send.Shared` in the token and Full Access
@@ -24,6 +25,7 @@
 //! - at most 4 concurrent requests per mailbox, beyond that 429 `ApplicationThrottled` with
 //!   `Retry-After`;
 //! - `202 Accepted` with an empty body on success; every answer has a `request-id` header.
+//!   Each accepted mail records whether Graph would keep it in Sent Items (`saveToSentItems`).
 //!
 //! Test controls are scoped per mailbox (the sending mailbox's address, case-insensitive), and
 //! reachable over HTTP too ([`crate::graph_control`], `/_control/...`):
@@ -67,6 +69,9 @@ pub use mailbox::{
 pub const MAX_CONCURRENT_PER_MAILBOX: usize = 4;
 /// Requests above this many bytes get 413.
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// The audience of tokens for the global Microsoft Graph.
+pub const GLOBAL_GRAPH_AUDIENCE: &str = "https://graph.microsoft.com";
 /// Custom `internetMessageHeaders` per message.
 pub const MAX_INTERNET_MESSAGE_HEADERS: usize = 5;
 
@@ -101,6 +106,9 @@ pub struct AcceptedMail {
     pub request_id: String,
     /// The MIME message built from it (what the mail drop received).
     pub mime: Vec<u8>,
+    /// Whether Graph keeps a copy in the mailbox's Sent Items: the JSON body's
+    /// `saveToSentItems` (default true); always true for MIME and for a sent draft.
+    pub save_to_sent_items: bool,
 }
 
 #[derive(Default)]
@@ -141,6 +149,9 @@ pub enum AcceptThenFail {
 
 struct StandInState {
     identity: IdentityStandIn,
+    /// The audience a token must be for (`https://graph.microsoft.com`, or a national cloud's
+    /// Graph host).
+    audience: String,
     mail_drop: Option<Arc<dyn MailDrop>>,
     /// The same store, read by the mail-reading routes ([`mailbox`]).
     mail_store: Option<Arc<dyn MailStore>>,
@@ -191,8 +202,20 @@ impl GraphStandIn {
         identity: IdentityStandIn,
         mail_store: Option<Arc<dyn MailStore>>,
     ) -> anyhow::Result<Self> {
+        Self::start_for_audience(identity, mail_store, GLOBAL_GRAPH_AUDIENCE).await
+    }
+
+    /// Like [`GraphStandIn::start`], as the Graph of the cloud whose tokens are for `audience`
+    /// (e.g. `https://graph.microsoft.us`, US Government L4): a token for any other Graph host
+    /// is refused with 401 `InvalidAuthenticationToken`, as each national cloud's Graph does.
+    pub async fn start_for_audience(
+        identity: IdentityStandIn,
+        mail_store: Option<Arc<dyn MailStore>>,
+        audience: &str,
+    ) -> anyhow::Result<Self> {
         let state = Arc::new(StandInState {
             identity,
+            audience: audience.trim_end_matches('/').to_owned(),
             mail_drop: mail_store.clone().map(|s| s as Arc<dyn MailDrop>),
             mail_store,
             mail: mailbox::MailState::default(),
@@ -520,7 +543,7 @@ async fn answer(
             rid,
         );
     }
-    if issued.audience.trim_end_matches('/') != "https://graph.microsoft.com" {
+    if issued.audience.trim_end_matches('/') != state.audience {
         return graph_error(
             StatusCode::UNAUTHORIZED,
             "InvalidAuthenticationToken",
@@ -772,6 +795,7 @@ async fn answer(
         mime,
         request,
         recipients,
+        save_to_sent_items,
         ..
     } = submission;
     state.accepted.lock().expect("lock").push(AcceptedMail {
@@ -781,6 +805,7 @@ async fn answer(
         request,
         request_id: rid.to_owned(),
         mime: mime.clone(),
+        save_to_sent_items,
     });
     state.deliver(recipients, mime);
 
@@ -837,6 +862,7 @@ struct Submission {
     recipients: Vec<String>,
     mime: Vec<u8>,
     request: serde_json::Value,
+    save_to_sent_items: bool,
 }
 
 type BodyError = (StatusCode, &'static str, String);
@@ -857,6 +883,7 @@ fn json_submission(body: &[u8], mailbox: &str) -> Result<Submission, BodyError> 
         recipients: request.message.all_recipients(),
         mime: request.message.to_mime(mailbox),
         request: serde_json::from_slice(body).unwrap_or_default(),
+        save_to_sent_items: request.save_to_sent_items.unwrap_or(true),
     })
 }
 
@@ -945,6 +972,7 @@ fn mime_submission(body: &[u8]) -> Result<Submission, BodyError> {
         recipients,
         mime: delivered,
         request: serde_json::json!({"mime": true, "bytes": raw.len()}),
+        save_to_sent_items: true,
     })
 }
 
@@ -1003,7 +1031,6 @@ fn throttled(rid: &str, retry_after: u64) -> Response {
 struct SendMailBody {
     message: Message,
     #[serde(default)]
-    #[allow(dead_code)]
     save_to_sent_items: Option<bool>,
 }
 

@@ -171,6 +171,13 @@ pub struct AcceptedMailView {
     pub request_id: String,
     /// The MIME message built from it, base64.
     pub mime_base64: String,
+    /// See [`crate::graph::AcceptedMail::save_to_sent_items`].
+    #[serde(default = "saved_by_default")]
+    pub save_to_sent_items: bool,
+}
+
+fn saved_by_default() -> bool {
+    true
 }
 
 /// Body of `POST /_control/deliver-to`.
@@ -256,6 +263,7 @@ async fn accepted(State(graph): State<GraphStandIn>, Query(q): Query<MailboxQuer
             request: m.request,
             request_id: m.request_id,
             mime_base64: base64::engine::general_purpose::STANDARD.encode(&m.mime),
+            save_to_sent_items: m.save_to_sent_items,
         })
         .collect();
     Json(mails).into_response()

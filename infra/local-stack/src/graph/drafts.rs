@@ -353,7 +353,7 @@ fn with_auth(
         Some(issued) if issued.expires_at <= chrono::Utc::now() => {
             unauthorized("Lifetime validation failed, the token is expired.")
         }
-        Some(issued) if issued.audience.trim_end_matches('/') != "https://graph.microsoft.com" => {
+        Some(issued) if issued.audience.trim_end_matches('/') != state.audience => {
             unauthorized("Access token validation failure. Invalid audience.")
         }
         Some(issued) => {
@@ -980,6 +980,7 @@ fn send(state: &Arc<StandInState>, mailbox: &str, mid: &str, rid: &str) -> Respo
         request: serde_json::json!({"draft": mid, "attachments": draft.attachments.len(), "bytes": assembled.len()}),
         request_id: rid.to_owned(),
         mime: mime.clone(),
+        save_to_sent_items: true,
     });
     state.deliver(submission.recipients, mime);
     StatusCode::ACCEPTED.into_response()

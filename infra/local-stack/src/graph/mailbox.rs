@@ -345,7 +345,7 @@ async fn admit(
             "Lifetime validation failed, the token is expired.",
         ));
     }
-    if issued.audience.trim_end_matches('/') != "https://graph.microsoft.com" {
+    if issued.audience.trim_end_matches('/') != state.audience {
         return Err(unauthorized(
             "Access token validation failure. Invalid audience.",
         ));
