@@ -102,8 +102,8 @@ for target in "${targets[@]}"; do
     cargo fuzz build --fuzz-dir tests/fuzz "${feature_args[@]}" "$target"
     echo "fuzz: $target built in $(( $(date +%s) - build_start )) s"
     # the starting inputs: the seeds and the newest kept inputs (names are content hashes)
-    find "$corpus" -type f -printf '%T@ %p\n' | sort -rn | head -n "$sample" | cut -d' ' -f2- \
-        | xargs -r cp -t "$seeds/$target/"
+    find "$corpus" -type f -printf '%T@ %p\n' | sort -rn >"$seeds/$target.kept"
+    head -n "$sample" "$seeds/$target.kept" | cut -d' ' -f2- | xargs -r cp -t "$seeds/$target/"
     log="$seeds/$target.log"
     touch "$seeds/$target.started"
     run_start=$(date +%s)
@@ -143,7 +143,7 @@ for target in "${targets[@]}"; do
         echo "fuzz: $target: FAILED (reproduce: RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir tests/fuzz $target <input>)" >&2
     fi
     # keep the newest inputs only (the kept corpus seeds later runs; it is not replayed whole)
-    find "$corpus" -type f -printf '%T@ %p\n' | sort -rn | tail -n +"$(( max_corpus + 1 ))" \
-        | cut -d' ' -f2- | xargs -r rm -f
+    find "$corpus" -type f -printf '%T@ %p\n' | sort -rn >"$seeds/$target.kept"
+    tail -n +"$(( max_corpus + 1 ))" "$seeds/$target.kept" | cut -d' ' -f2- | xargs -r rm -f
 done
 exit $status

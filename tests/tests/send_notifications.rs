@@ -1271,3 +1271,237 @@ async fn save_to_sent_items_reaches_graph_as_the_notification_asks() {
     assert_eq!(saved.get("saved"), Some(&true), "{saved:?}");
     assert_eq!(saved.get("not saved"), Some(&false), "{saved:?}");
 }
+
+/// In-progress claims of the state table `table`: (key, `lease_expires_at` epoch seconds).
+async fn in_progress_claims(table: &str) -> Vec<(String, i64)> {
+    let items = mailbridge_tests::dynamodb()
+        .scan()
+        .table_name(table)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    items
+        .into_iter()
+        .filter(|i| {
+            i.get("status")
+                .and_then(|v| v.as_s().ok())
+                .map(String::as_str)
+                == Some("in_progress")
+        })
+        .map(|i| {
+            (
+                i["pk"].as_s().unwrap().clone(),
+                i["lease_expires_at"].as_n().unwrap().parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Claims whose record says the send finished.
+async fn completed_claims(table: &str) -> usize {
+    let items = mailbridge_tests::dynamodb()
+        .scan()
+        .table_name(table)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    items
+        .iter()
+        .filter(|i| {
+            i.get("status")
+                .and_then(|v| v.as_s().ok())
+                .map(String::as_str)
+                == Some("completed")
+        })
+        .count()
+}
+
+/// "The lease ran out", without waiting for it: each in-progress claim's lease is set to have
+/// ended 10 s ago, which is what the claim condition (`lease_expires_at < now`) sees once the
+/// real lease has passed.
+async fn expire_claims(table: &str) {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let past = chrono::Utc::now().timestamp() - 10;
+    for (pk, _) in in_progress_claims(table).await {
+        mailbridge_tests::dynamodb()
+            .update_item()
+            .table_name(table)
+            .key("pk", AttributeValue::S(pk))
+            .update_expression("SET lease_expires_at = :past")
+            .expression_attribute_values(":past", AttributeValue::N(past.to_string()))
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+/// The real send-notifications bootstrap is killed (SIGKILL, under the Runtime API emulator)
+/// mid-batch: two of five notifications were accepted by Graph and recorded, the other three
+/// are claimed and their requests wait at the Graph stand-in's hold point. The claims carry the
+/// production lease (the invocation's deadline + 60 s), so a redelivery while it lives sends
+/// nothing and retries those three; after it (its end simulated in the state table) a fresh
+/// process sends them, each resend named in the log and in
+/// `NotificationsResentAfterUnfinishedClaim`. Nothing is lost, and the only copies beyond one
+/// are those named resends of mail Graph may have accepted from the killed process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_killed_mid_batch_loses_nothing_and_names_every_resend() {
+    use local_stack::runtime_api::{
+        FunctionConfig, InvocationResult, RuntimeApi, workspace_binary,
+    };
+    const TIMEOUT: Duration = Duration::from_secs(30);
+    let w = World::new().await;
+    let binary = tokio::task::spawn_blocking(|| {
+        workspace_binary("send-notifications", "send-notifications")
+    })
+    .await
+    .unwrap()
+    .expect("the send-notifications binary");
+    let mut env: Vec<(String, String)> = stack().moto().env().into_iter().collect();
+    env.extend([
+        ("MAILBRIDGE_STATE_TABLE".to_owned(), w.table.clone()),
+        ("MAILBRIDGE_DLQ_URL".to_owned(), w.dlq_url.clone()),
+        (
+            "MAILBRIDGE_THREAD_KEY_SECRET".to_owned(),
+            w.thread_key_secret.clone(),
+        ),
+        ("MAILBRIDGE_GRAPH_URL".to_owned(), w.graph.v1_url()),
+        ("RUST_LOG".to_owned(), "info".to_owned()),
+    ]);
+    let function = FunctionConfig::new("send-notifications", binary).with_env(env);
+    let subjects: Vec<String> = (1..=5).map(|i| format!("crash {i}")).collect();
+    let bodies: Vec<Value> = subjects.iter().map(|s| w.notification(s)).collect();
+    w.enqueue(&bodies).await;
+    let event = serde_json::to_value(w.receive_event(5).await).unwrap();
+
+    // 1. The first process: two sends pass, the next wait at the hold point; kill it there.
+    w.graph.hold_after(&w.upn, 2);
+    let first = RuntimeApi::start().await.expect("runtime api");
+    first.spawn_function(&function).expect("spawn bootstrap");
+    let invoked_at = chrono::Utc::now().timestamp();
+    let invocation = {
+        let (first, event) = (Arc::new(first), event.clone());
+        let api = first.clone();
+        (
+            first,
+            tokio::spawn(async move { api.invoke(event, TIMEOUT).await }),
+        )
+    };
+    let (first, running) = invocation;
+    let mut waited = 0;
+    while (w.graph.held(&w.upn) == 0 || completed_claims(&w.table).await < 2) && waited < 600 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert!(
+        w.graph.held(&w.upn) > 0,
+        "a send reached the hold point: {} accepted\n{}",
+        w.graph.accepted(&w.upn).len(),
+        first.logs()
+    );
+    assert_eq!(
+        completed_claims(&w.table).await,
+        2,
+        "two sends recorded\n{}",
+        first.logs()
+    );
+    first.kill_function().expect("kill -9");
+    let outcome = running.await.unwrap().expect("the invocation ends");
+    assert!(
+        matches!(outcome.result, InvocationResult::ProcessExited(_)),
+        "{outcome:?}"
+    );
+    // What the killed process had in flight is Graph's to accept or not, as on a real crash.
+    w.graph.release(&w.upn);
+
+    // 2. The production lease: the deadline of the killed invocation + 60 s, on each of the
+    // three claims it could not finish.
+    let claims = in_progress_claims(&w.table).await;
+    assert_eq!(claims.len(), 3, "{claims:?}");
+    let expected = invoked_at + TIMEOUT.as_secs() as i64 + 60;
+    for (pk, lease_expires_at) in &claims {
+        assert!(
+            (lease_expires_at - expected).abs() <= 3,
+            "{pk}: lease until {lease_expires_at}, expected deadline + 60 s = {expected}"
+        );
+    }
+
+    // 3. Redelivered while the lease lives (a fresh process): nothing is sent; the three are
+    // retried, the two sent ones are duplicates.
+    let accepted_after_crash = w.graph.accepted(&w.upn).len();
+    let second = RuntimeApi::start().await.expect("runtime api");
+    second.spawn_function(&function).expect("spawn bootstrap");
+    let response = second
+        .invoke(event.clone(), TIMEOUT)
+        .await
+        .unwrap()
+        .into_response()
+        .unwrap_or_else(|e| panic!("{e}\n{}", second.logs()));
+    assert_eq!(
+        response["batchItemFailures"].as_array().map(Vec::len),
+        Some(3),
+        "{response}"
+    );
+    assert_eq!(w.graph.accepted(&w.upn).len(), accepted_after_crash);
+
+    // 4. After the lease: the three are sent, each resend named.
+    expire_claims(&w.table).await;
+    let response = second
+        .invoke(event.clone(), TIMEOUT)
+        .await
+        .unwrap()
+        .into_response()
+        .unwrap();
+    assert_eq!(
+        response["batchItemFailures"],
+        json!([]),
+        "{}",
+        second.logs()
+    );
+    let logs = second.logs();
+    assert!(
+        logs.contains("\"NotificationsResentAfterUnfinishedClaim\":3"),
+        "{logs}"
+    );
+    assert_eq!(
+        logs.matches("resending a notification whose earlier attempt never finished")
+            .count(),
+        3,
+        "{logs}"
+    );
+
+    // 5. Nothing lost, no unnamed copy, nothing parked; a further redelivery sends nothing.
+    let mut copies: HashMap<String, usize> = HashMap::new();
+    for mail in w.graph.accepted(&w.upn) {
+        let subject = mail.request["message"]["subject"]
+            .as_str()
+            .unwrap_or_default();
+        *copies.entry(subject.to_owned()).or_default() += 1;
+    }
+    let extra: usize = copies.values().map(|n| n - 1).sum();
+    for subject in &subjects {
+        assert!(
+            copies.get(subject).is_some_and(|n| *n >= 1),
+            "{subject} lost: {copies:?}"
+        );
+    }
+    assert_eq!(
+        extra,
+        accepted_after_crash - 2,
+        "the only second copies are of sends the killed process had made: {copies:?}"
+    );
+    assert!(extra <= 3);
+    let response = second
+        .invoke(event, TIMEOUT)
+        .await
+        .unwrap()
+        .into_response()
+        .unwrap();
+    assert_eq!(response["batchItemFailures"], json!([]));
+    assert_eq!(w.graph.accepted(&w.upn).len(), 5 + extra);
+    assert!(w.parked(0).await.is_empty());
+    second.shutdown();
+}

@@ -296,6 +296,19 @@ impl RuntimeApi {
             .map(|p| p.child.id())
     }
 
+    /// SIGKILL the function process now, as Lambda ends a function at its timeout or out of
+    /// memory: nothing of it runs any more (no answer, no cleanup). The invocation in flight
+    /// ends as [`InvocationResult::ProcessExited`].
+    pub fn kill_function(&self) -> anyhow::Result<()> {
+        let pid = self.function_pid().context("no function process to kill")?;
+        // SAFETY: kill(2) on the pid of our own child process, which has not been reaped (the
+        // `Child` is still held), so the pid cannot belong to another process.
+        if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } != 0 {
+            bail!("kill -9 {pid}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Wait (at most `timeout`) until the running process makes its first `/next` request and
     /// return its init time (spawn → first `/next`), without handing it an event. Does not
     /// consume the init time: the next [`RuntimeApi::invoke`] still reports it. Fails when the
