@@ -15,7 +15,6 @@ use mailbridge::state::DynamoIdempotencyStore;
 use mailbridge::token::{SecretsManagerStore, TokenService, TokenServiceConfig};
 use mailbridge_tests::{
     bucket_keys, create_bucket, create_queue_with_dlq, create_state_table, sqs, stack, unique,
-    unique_user,
 };
 use send_notifications::ports::{SqsParking, SqsVisibility};
 use send_notifications::settings::BatchSettings;
@@ -194,7 +193,7 @@ fn parked_reason(report: &BatchReport) -> &send_notifications::ports::ParkReason
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_1_mib_json_attachment_by_reference_goes_in_one_send_mail_and_its_object_is_deleted() {
     let w = World::new().await;
-    let customer = unique_user("customer");
+    let customer = mailbridge_tests::mail_recipient("customer");
     let size = 1024 * 1024;
     let object = w.store(&file(size)).await;
     w.enqueue(&w.notification(&customer, &object, "7001")).await;
@@ -213,7 +212,7 @@ async fn a_1_mib_json_attachment_by_reference_goes_in_one_send_mail_and_its_obje
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_20_mib_json_attachment_goes_through_a_draft_and_upload_session_and_arrives_whole() {
     let w = World::new().await;
-    let customer = unique_user("customer");
+    let customer = mailbridge_tests::mail_recipient("customer");
     let size = 20 * 1024 * 1024;
     let object = w.store(&file(size)).await;
     w.enqueue(&w.notification(&customer, &object, "7002")).await;
@@ -238,7 +237,7 @@ async fn a_20_mib_json_attachment_goes_through_a_draft_and_upload_session_and_ar
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_json_notification_over_the_send_size_limit_is_parked_naming_size_and_limit() {
     let w = World::new().await;
-    let customer = unique_user("customer");
+    let customer = mailbridge_tests::mail_recipient("customer");
     let object = w.store(&file(6 * 1024 * 1024)).await;
     w.enqueue(&w.notification(&customer, &object, "7003")).await;
     let report = w
@@ -281,7 +280,7 @@ async fn a_json_notification_over_the_send_size_limit_is_parked_naming_size_and_
 async fn an_accounts_max_message_bytes_overrides_the_stacks_limit() {
     let w = World::new().await;
     w.set_max_message_bytes(2_000_000).await;
-    let customer = unique_user("customer");
+    let customer = mailbridge_tests::mail_recipient("customer");
     // 1.6 MiB: under the stack's 35 MB and under Graph's request limit, over the account's 2 MB
     let object = w.store(&file(1_600_000)).await;
     w.enqueue(&w.notification(&customer, &object, "7004")).await;
