@@ -65,6 +65,9 @@ struct SinkState {
     latency: Duration,
     drop_next: u32,
     required_header: Option<(String, String)>,
+    /// Every request whose body contains this text gets this status ("one mail the API always
+    /// fails on").
+    poison: Option<(String, u16)>,
     /// Requests numbered above this wait until [`TicketApiStandIn::release_held`].
     hold_after: Option<u64>,
 }
@@ -164,6 +167,17 @@ fn decide(state: &mut SinkState, headers: &HeaderMap, body: &[u8], next_id: u64)
         return json(
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({"error": "down for maintenance"}),
+        );
+    }
+    if let Some((needle, status)) = &state.poison
+        && body
+            .windows(needle.len().max(1))
+            .any(|w| w == needle.as_bytes())
+    {
+        let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
+        return json(
+            status,
+            serde_json::json!({"error": "this payload always fails"}),
         );
     }
     if state.fail_next > 0 {
@@ -336,6 +350,13 @@ impl TicketApiStandIn {
             s.fail_next = count;
             s.fail_status = status;
         });
+    }
+
+    /// Answer every request whose body contains `needle` with `status` (e.g. 503), however
+    /// often it is retried: one mail the API always fails on.
+    pub fn fail_payloads_containing(&self, sink: &str, needle: &str, status: u16) {
+        let needle = needle.to_owned();
+        self.with_sink(sink, |s| s.poison = Some((needle, status)));
     }
 
     /// Answer the next `count` requests with 429 and `Retry-After: retry_after_seconds`.
