@@ -258,6 +258,8 @@ async fn demo(stack: &LocalStack, helpdesk: &str) -> anyhow::Result<()> {
     let graph = stack
         .try_graph()
         .map_err(|e| anyhow::anyhow!("Graph stand-in did not start: {e}"))?;
+    // the demo reads the customer's copy back over IMAP
+    graph.deliver_mail_for(CUSTOMER);
     let tickets = stack
         .try_tickets()
         .map_err(|e| anyhow::anyhow!("ticket API stand-in did not start: {e}"))?;
