@@ -235,7 +235,7 @@ async fn no_secret_value_reaches_logs_errors_or_debug_output() {
     let tenant = format!("{}.onmicrosoft.com", unique("tenant"));
     let client_id = uuid::Uuid::new_v4().to_string();
     idp.register_app(AppRegistration::mailbridge(&tenant, &client_id));
-    let upn = mailbridge_tests::unique_user("hygiene");
+    let upn = mailbridge_tests::mail_recipient("hygiene");
     let password = random_secret("pw");
     idp.register_user(UserAccount::new(&tenant, &upn, &password));
     let other_upn = mailbridge_tests::unique_user("hygiene-other");
