@@ -40,6 +40,8 @@ pub mod send_rights;
 pub mod state;
 #[cfg(feature = "services")]
 pub mod telemetry;
+#[cfg(feature = "services")]
+pub mod thread_key;
 #[cfg(all(feature = "services", feature = "mail"))]
 pub mod ticket_sink;
 #[cfg(feature = "services")]

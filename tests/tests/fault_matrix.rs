@@ -545,6 +545,12 @@ async fn poll_mailboxes_cold_start_with_a_missing_or_invalid_variable_names_it()
     put_secret(&thread_key_secret, "0123456789abcdef0123456789abcdef")
         .await
         .unwrap();
+    // send-notifications refuses a key shorter than 16 bytes; the poller, which verifies the
+    // same markers, must too (one loader for both).
+    let short_thread_key_secret = unique("fm-short-thread-key");
+    put_secret(&short_thread_key_secret, "0123456789abcde")
+        .await
+        .unwrap();
     let good = |name: &str| -> Option<String> {
         match name {
             "MAILBRIDGE_STATE_TABLE" => Some("fm-cold-start-table".into()),
@@ -555,7 +561,7 @@ async fn poll_mailboxes_cold_start_with_a_missing_or_invalid_variable_names_it()
     // (variable, value: None = unset, what the log must also say, fails at init)
     // The thread key is read on the first invocation (no network in init), so a secret that does
     // not exist fails that invocation, with the same naming, and the next invocation retries.
-    let cases: [(&str, Option<&str>, &str, bool); 7] = [
+    let cases: [(&str, Option<&str>, &str, bool); 8] = [
         ("MAILBRIDGE_STATE_TABLE", None, "is required", true),
         // the AWS SDK would panic ("URL was unset")
         ("AWS_ENDPOINT_URL", Some(""), "is set but empty", true),
@@ -564,6 +570,12 @@ async fn poll_mailboxes_cold_start_with_a_missing_or_invalid_variable_names_it()
             "MAILBRIDGE_THREAD_KEY_SECRET",
             Some("fm-no-such-secret"),
             "cannot read it",
+            false,
+        ),
+        (
+            "MAILBRIDGE_THREAD_KEY_SECRET",
+            Some(short_thread_key_secret.as_str()),
+            "at least 16 bytes (got 15)",
             false,
         ),
         (

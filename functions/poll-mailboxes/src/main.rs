@@ -121,27 +121,10 @@ impl Prepared {
     }
 
     async fn thread_key(&self) -> Result<Vec<u8>, StartupError> {
-        let name = &self.settings.thread_key_secret;
-        self.secrets
-            .get_secret_value()
-            .secret_id(name)
-            .version_stage("AWSCURRENT")
-            .send()
+        mailbridge::thread_key::load(&self.secrets, &self.settings.thread_key_secret)
             .await
-            .map_err(|e| {
-                StartupError(format!(
-                    "MAILBRIDGE_THREAD_KEY_SECRET {name}: cannot read it: {}",
-                    aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
-                ))
-            })?
-            .secret_string()
-            .map(|s| s.as_bytes().to_vec())
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| {
-                StartupError(format!(
-                    "MAILBRIDGE_THREAD_KEY_SECRET {name}: the secret has no string value"
-                ))
-            })
+            .map(|key| key.expose().to_vec())
+            .map_err(|e| StartupError(e.to_string()))
     }
 }
 

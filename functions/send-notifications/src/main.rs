@@ -18,7 +18,6 @@ use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use mailbridge::aws::LazyClient;
 use send_notifications::ports::{SqsParking, SqsVisibility};
 use send_notifications::settings::Settings;
-use send_notifications::thread::ThreadKey;
 use send_notifications::{Deps, process_batch};
 
 /// Startup failures, with a stable `errorType` for CloudWatch and the Lambda console.
@@ -30,8 +29,8 @@ enum StartupError {
     Aws(#[from] mailbridge::aws::AwsConfigError),
     #[error("token service: {0}")]
     Tokens(String),
-    #[error("MAILBRIDGE_THREAD_KEY_SECRET {secret}: {problem}")]
-    ThreadKey { secret: String, problem: String },
+    #[error(transparent)]
+    ThreadKey(#[from] mailbridge::thread_key::ThreadKeyError),
 }
 
 impl From<StartupError> for Diagnostic {
@@ -39,7 +38,7 @@ impl From<StartupError> for Diagnostic {
         let error_type = match e {
             StartupError::Settings(_) | StartupError::Aws(_) => "ConfigurationError",
             StartupError::Tokens(_) => "ConfigurationError",
-            StartupError::ThreadKey { .. } => "ThreadKeyUnavailable",
+            StartupError::ThreadKey(_) => "ThreadKeyUnavailable",
         };
         Diagnostic {
             error_type: error_type.into(),
@@ -109,7 +108,8 @@ impl Prepared {
         self.deps
             .get_or_try_init(|| async {
                 let thread_key =
-                    load_thread_key(&self.secrets, &self.settings.thread_key_secret).await?;
+                    mailbridge::thread_key::load(&self.secrets, &self.settings.thread_key_secret)
+                        .await?;
                 Ok(Deps {
                     tokens: self.tokens.clone(),
                     mail: self.graph.clone(),
@@ -153,31 +153,6 @@ async fn prepare() -> Result<Prepared, StartupError> {
         settings,
         deps: tokio::sync::OnceCell::new(),
     })
-}
-
-async fn load_thread_key(
-    secrets: &aws_sdk_secretsmanager::Client,
-    name: &str,
-) -> Result<ThreadKey, StartupError> {
-    let err = |problem: String| StartupError::ThreadKey {
-        secret: name.to_owned(),
-        problem,
-    };
-    let value = secrets
-        .get_secret_value()
-        .secret_id(name)
-        .send()
-        .await
-        .map_err(|e| {
-            err(format!(
-                "cannot read it: {}",
-                aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
-            ))
-        })?;
-    let text = value
-        .secret_string()
-        .ok_or_else(|| err("has no SecretString".into()))?;
-    ThreadKey::from_secret_value(text).map_err(err)
 }
 
 async fn handle(

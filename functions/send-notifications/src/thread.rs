@@ -10,43 +10,9 @@
 
 use mailbridge::graph::MessageExtras;
 use mailbridge::notification::{BodyType, Notification};
-use secrecy::{ExposeSecret as _, SecretSlice};
 
-/// The HMAC key for thread references (from the secret named by `MAILBRIDGE_THREAD_KEY_SECRET`).
-#[derive(Clone)]
-pub struct ThreadKey(SecretSlice<u8>);
-
-impl std::fmt::Debug for ThreadKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ThreadKey([redacted])")
-    }
-}
-
-impl ThreadKey {
-    /// Wrap key bytes.
-    pub fn new(bytes: Vec<u8>) -> Self {
-        ThreadKey(SecretSlice::from(bytes))
-    }
-
-    /// The key from a secret's string value: the string's bytes as they are (the same rule as
-    /// poll-mailboxes, which verifies the markers), at least 16 bytes. Generate one with
-    /// `openssl rand -hex 32`.
-    pub fn from_secret_value(value: &str) -> Result<Self, String> {
-        if value.len() >= 16 {
-            Ok(ThreadKey::new(value.as_bytes().to_vec()))
-        } else {
-            Err(format!(
-                "must be at least 16 characters (got {}); e.g. `openssl rand -hex 32`",
-                value.len()
-            ))
-        }
-    }
-
-    /// The key bytes (only for the HMAC).
-    pub fn expose(&self) -> &[u8] {
-        self.0.expose_secret()
-    }
-}
+/// The HMAC key for thread references (one loader and length rule for both functions).
+pub use mailbridge::thread_key::ThreadKey;
 
 /// The header carrying the signed reference.
 pub const REF_HEADER: &str = mailbridge::mail::threading::REFERENCE_HEADER;
