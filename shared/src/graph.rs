@@ -658,8 +658,13 @@ impl GraphClient {
                 client_request_id,
             });
         }
-        let body = response.bytes().await.unwrap_or_default();
-        Err(error_from_answer(status, request_id, retry_after, &body))
+        let body = crate::http::read_excerpt(response).await;
+        Err(error_from_answer(
+            status,
+            request_id,
+            retry_after,
+            body.as_bytes(),
+        ))
     }
 }
 

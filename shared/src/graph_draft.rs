@@ -184,7 +184,14 @@ async fn call(
     let request_id = header("request-id");
     let retry_after = header("retry-after").as_deref().and_then(parse_retry_after);
     let location = header("location");
-    let body = response.bytes().await.unwrap_or_default().to_vec();
+    // Graph answered: whatever was asked may have happened (`after_request`).
+    let body = crate::http::read_body(response, crate::http::MAX_ANSWER_BYTES)
+        .await
+        .map_err(|e| GraphError::Transport {
+            timed_out: false,
+            after_request: true,
+            detail: format!("HTTP {status}: {e}"),
+        })?;
     Ok(Answer {
         status,
         request_id,

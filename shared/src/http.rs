@@ -194,6 +194,75 @@ pub fn client(options: &HttpOptions) -> Result<reqwest::Client, HttpClientError>
     builder.build().map_err(|e| HttpClientError(e.to_string()))
 }
 
+/// Largest answer body read from Graph, the identity platform or a ticket API. Their real
+/// answers are a few KiB (a created draft echoes the message's body, at most a few MiB); a broken
+/// or hostile server answering with gigabytes must not take the function's memory.
+pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
+/// How much of an error answer is kept for the log and the error message.
+pub const MAX_ERROR_EXCERPT_BYTES: usize = 64 * 1024;
+
+/// An answer body could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The body is larger than the limit (by its `Content-Length` or as it arrived): reading
+    /// stopped there and the connection is dropped.
+    #[error("the answer is larger than {limit} bytes: not read (a broken or hostile server)")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The connection failed while reading.
+    #[error("reading the answer: {0}")]
+    Read(String),
+}
+
+/// Read `response`'s body, at most `limit` bytes: a longer one is an error as soon as the
+/// `Content-Length` or the bytes received pass the limit, never buffered whole.
+pub async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, BodyError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge { limit });
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| BodyError::Read(crate::retry::error_chain(&e)))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// [`read_body`] as text (invalid UTF-8 replaced).
+pub async fn read_text(response: reqwest::Response, limit: usize) -> Result<String, BodyError> {
+    read_body(response, limit)
+        .await
+        .map(|body| String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The first [`MAX_ERROR_EXCERPT_BYTES`] of an (error) answer's body as text, for a message: the
+/// rest is not read. Empty when the connection fails.
+pub async fn read_excerpt(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < MAX_ERROR_EXCERPT_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = MAX_ERROR_EXCERPT_BYTES - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -116,7 +116,7 @@ pub async fn send_with_retry(
             Ok(response) => {
                 let wait = retry_after(response.headers());
                 let status = response.status().as_u16();
-                let body = excerpt(&response.text().await.unwrap_or_default());
+                let body = excerpt(&crate::http::read_excerpt(response).await);
                 (format!("HTTP {status}: {body}"), wait)
             }
             Err(e) if e.is_timeout() => ("request timed out".to_string(), None),

@@ -451,3 +451,213 @@ async fn the_graph_client_does_not_follow_redirects_with_the_token_or_the_mail()
         );
     }
 }
+
+/// What a flooding server sent: bytes of body written before the client hung up.
+#[derive(Clone, Default)]
+struct Flooded(Arc<std::sync::atomic::AtomicU64>);
+
+impl Flooded {
+    fn bytes(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Offered by [`flooding_server`]: far more than any client may read, small enough that a client
+/// without a cap reads it all quickly (and the test sees that) instead of running out of memory.
+const FLOOD_BYTES: u64 = 256 * 1024 * 1024;
+
+/// A server that answers every request with `status` and a JSON-whitespace body of
+/// [`FLOOD_BYTES`], chunked (no length known in advance) or with its `Content-Length`.
+async fn flooding_server(status: u16, chunked: bool) -> (String, Flooded) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let flooded = Flooded::default();
+    let counter = flooded.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let framing = if chunked {
+                    "Transfer-Encoding: chunked".to_string()
+                } else {
+                    format!("Content-Length: {FLOOD_BYTES}")
+                };
+                let head = format!(
+                    "HTTP/1.1 {status} Flood\r\nContent-Type: application/json\r\n{framing}\r\n\r\n"
+                );
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let piece = vec![b' '; 1024 * 1024];
+                let mut sent = 0u64;
+                while sent < FLOOD_BYTES {
+                    let written = if chunked {
+                        let frame = format!("{:x}\r\n", piece.len());
+                        socket.write_all(frame.as_bytes()).await.is_ok()
+                            && socket.write_all(&piece).await.is_ok()
+                            && socket.write_all(b"\r\n").await.is_ok()
+                    } else {
+                        socket.write_all(&piece).await.is_ok()
+                    };
+                    if !written {
+                        return;
+                    }
+                    sent += piece.len() as u64;
+                    counter
+                        .0
+                        .fetch_add(piece.len() as u64, std::sync::atomic::Ordering::SeqCst);
+                }
+                if chunked {
+                    let _ = socket.write_all(b"0\r\n\r\n").await;
+                }
+            });
+        }
+    });
+    (base, flooded)
+}
+
+/// A client that stopped at the cap: what the server got out before the client hung up is
+/// the cap plus what the two sockets' buffers hold, nowhere near the flood.
+fn assert_stopped_reading(what: &str, flooded: &Flooded) {
+    let limit = (mailbridge::http::MAX_ANSWER_BYTES + 32 * 1024 * 1024) as u64;
+    assert!(
+        flooded.bytes() <= limit,
+        "{what}: the client read {} MiB of a {} MiB answer (cap {} MiB)",
+        flooded.bytes() >> 20,
+        FLOOD_BYTES >> 20,
+        mailbridge::http::MAX_ANSWER_BYTES >> 20
+    );
+}
+
+fn one_attempt() -> RetryPolicy {
+    RetryPolicy {
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        max_attempts: 1,
+        attempt_timeout: Duration::from_secs(60),
+    }
+}
+
+fn flood_payload() -> TicketPayload {
+    TicketPayload {
+        schema: TICKET_PAYLOAD_SCHEMA.into(),
+        mailbox: "m".into(),
+        mailbox_address: "m@example.com".into(),
+        received_at: chrono::Utc::now(),
+        idempotency_key: "k".into(),
+        draft: mailbridge::mail::TicketDraft {
+            subject: "flood".into(),
+            ..Default::default()
+        },
+        attachments: Vec::new(),
+        problem: None,
+        raw_message_base64: None,
+    }
+}
+
+/// A broken or hostile server answering with hundreds of MiB (here 256 MiB; the same for 1 GB)
+/// must not take the function's memory: the identity platform, Graph and every ticket sink read
+/// at most `mailbridge::http::MAX_ANSWER_BYTES` of an answer.
+#[tokio::test]
+async fn a_server_answering_with_hundreds_of_mib_is_cut_off_at_the_cap() {
+    let too_large = format!("larger than {} bytes", mailbridge::http::MAX_ANSWER_BYTES);
+    for chunked in [true, false] {
+        let framing = if chunked { "chunked" } else { "Content-Length" };
+
+        // Identity platform: a 200 token answer.
+        let (base, flooded) = flooding_server(200, chunked).await;
+        let identity = mailbridge::token::identity::IdentityClient::new(
+            mailbridge::http::default_client().unwrap(),
+        );
+        let err = identity
+            .token_request(
+                &format!("{base}/tenant/oauth2/v2.0/token"),
+                &[("grant_type", "refresh_token")],
+            )
+            .await
+            .expect_err("no token in a flood");
+        assert!(
+            format!("{err:?}").contains(&too_large),
+            "{framing}: {err:?}"
+        );
+        assert_stopped_reading(&format!("identity ({framing})"), &flooded);
+
+        // Graph sendMail: an error answer (only an excerpt is read).
+        let (base, flooded) = flooding_server(400, chunked).await;
+        let notification = Notification::parse(
+            &json!({"version": 1, "account": "mailbridge/contoso",
+                    "to": [{"address": "customer@example.com"}], "subject": "s",
+                    "body": {"content_type": "text", "content": "b"}})
+            .to_string(),
+            "sqs-1",
+        )
+        .unwrap();
+        let mail = OutgoingMail::from_notification(&notification, MessageExtras::default());
+        let token = AccessToken::new(
+            "graph-token".to_string().into(),
+            chrono::Utc::now() + chrono::Duration::hours(1),
+            Audience::Graph,
+        );
+        let graph = GraphClient::new(&format!("{base}/v1.0")).unwrap();
+        graph
+            .send_mail(&token, &mail, Duration::from_secs(60))
+            .await
+            .expect_err("a 400 is no sent mail");
+        assert_stopped_reading(&format!("Graph sendMail ({framing})"), &flooded);
+
+        // Ticket sinks: a webhook (error answer), RT and django-helpdesk (their first GET).
+        let sinks = [
+            (json!({"kind": "webhook"}), 422, None),
+            (
+                json!({"kind": "rt", "secret": "s", "queue": "General", "rt_name": "example"}),
+                200,
+                Some(r#"{"type":"token","token":"1-2-abc"}"#),
+            ),
+            (
+                json!({"kind": "django-helpdesk", "secret": "s", "queue": "support", "queue_id": 1}),
+                200,
+                Some(r#"{"type":"token","token":"t0k"}"#),
+            ),
+        ];
+        for (mut config, status, secret) in sinks {
+            let (base, flooded) = flooding_server(status, chunked).await;
+            config["url"] = json!(format!("{base}/helpdesk"));
+            let kind = config["kind"].as_str().unwrap().to_string();
+            let sink = mailbridge::ticket_sink::SinkConfig::from_json(&config)
+                .unwrap()
+                .build(
+                    mailbridge::http::default_client().unwrap(),
+                    secret,
+                    one_attempt(),
+                )
+                .unwrap();
+            let err = sink
+                .deliver(
+                    &flood_payload(),
+                    "k",
+                    Instant::now() + Duration::from_secs(120),
+                )
+                .await
+                .expect_err("no ticket from a flood");
+            if kind != "webhook" {
+                assert!(
+                    err.to_string().contains(&too_large),
+                    "{kind} ({framing}): {err}"
+                );
+            }
+            assert_stopped_reading(&format!("{kind} ({framing})"), &flooded);
+        }
+    }
+}

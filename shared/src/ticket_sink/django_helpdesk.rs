@@ -528,14 +528,12 @@ impl DjangoHelpdeskSink {
             })?;
         *attempts += answered.attempts;
         let status = answered.response.status();
-        let body = answered
-            .response
-            .text()
+        let body = crate::http::read_text(answered.response, crate::http::MAX_ANSWER_BYTES)
             .await
             .map_err(|e| TicketSinkError::Unavailable {
                 target: self.api.clone(),
                 attempts: *attempts,
-                detail: format!("{what}: reading the answer: {e}"),
+                detail: format!("{what}: {e}"),
             })?;
         if matches!(status.as_u16(), 401 | 403) {
             return Err(TicketSinkError::CredentialsRefused {

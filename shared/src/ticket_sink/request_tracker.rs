@@ -366,7 +366,18 @@ impl RtTicketSink {
             break answered;
         };
         let status = answered.response.status().as_u16();
-        let text = answered.response.text().await.unwrap_or_default();
+        let text =
+            match crate::http::read_text(answered.response, crate::http::MAX_ANSWER_BYTES).await {
+                Ok(text) => text,
+                Err(e @ crate::http::BodyError::TooLarge { .. }) => {
+                    return Err(TicketSinkError::Unavailable {
+                        target: self.target(),
+                        attempts: *attempts,
+                        detail: format!("{method} {path}: HTTP {status}: {e}"),
+                    });
+                }
+                Err(_) => String::new(),
+            };
         if status == 401 {
             return Err(TicketSinkError::CredentialsRefused {
                 target: self.target(),
@@ -537,11 +548,13 @@ impl RtTicketSink {
             })
             .await;
             let logged_in = match verified {
-                Ok(answered) if answered.response.url().as_str() == rt => answered
-                    .response
-                    .json::<Value>()
-                    .await
-                    .is_ok_and(|v| v.get("Version").is_some()),
+                Ok(answered) if answered.response.url().as_str() == rt => {
+                    crate::http::read_body(answered.response, crate::http::MAX_ANSWER_BYTES)
+                        .await
+                        .ok()
+                        .and_then(|body| serde_json::from_slice::<Value>(&body).ok())
+                        .is_some_and(|v| v.get("Version").is_some())
+                }
                 _ => false,
             };
             if logged_in && let Ok(mut session) = self.session.write() {

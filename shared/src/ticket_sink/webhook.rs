@@ -156,7 +156,18 @@ impl TicketSink for WebhookTicketSink {
             .get("idempotent-replayed")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-        let text = answered.response.text().await.unwrap_or_default();
+        let text = if status.is_success() {
+            // Only the ticket id is read from a success answer: one too large to read is still
+            // an accepted mail, without an id.
+            crate::http::read_text(answered.response, crate::http::MAX_ANSWER_BYTES)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(target_url = %self.url, error = %e, "webhook answer not read; no ticket id");
+                    String::new()
+                })
+        } else {
+            crate::http::read_excerpt(answered.response).await
+        };
         if status.is_success() {
             let ticket_id = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()

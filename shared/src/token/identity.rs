@@ -217,12 +217,14 @@ impl IdentityClient {
             })?;
         let status = response.status().as_u16();
         let after = retry_after(response.headers());
-        let body = response.text().await.map_err(|e| {
-            TokenEndpointError::Transient(TransientFailure {
-                detail: format!("reading the response from {url}: {e}"),
-                retry_after: None,
-            })
-        })?;
+        let body = crate::http::read_text(response, crate::http::MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| {
+                TokenEndpointError::Transient(TransientFailure {
+                    detail: format!("{url}: {e}"),
+                    retry_after: None,
+                })
+            })?;
         Ok((status, after, body))
     }
 
