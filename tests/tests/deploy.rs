@@ -530,7 +530,11 @@ fn the_sender_may_only_read_and_delete_stored_messages_and_the_sendmail_host_onl
             .all(|l| !l.contains("s3:")),
         "the poller has no business with stored messages"
     );
-    let host = document_statements(&template, "SendmailHostPolicy");
+    // Besides these, only the queue's KMS key when one is given (checked with the queues).
+    let host: Vec<_> = document_statements(&template, "SendmailHostPolicy")
+        .into_iter()
+        .filter(|(_, body)| !body.contains("Resource: !Ref QueueKmsKeyArn"))
+        .collect();
     assert!(
         template_resource(&template, "SendmailHostPolicy")
             .contains("Type: AWS::IAM::ManagedPolicy")
@@ -832,5 +836,138 @@ fn secret_prefixes_must_end_with_a_slash() {
             pattern.starts_with('^') && pattern.ends_with("/$"),
             "{name} may be a prefix without a closing `/`: {pattern}"
         );
+    }
+}
+
+#[test]
+fn the_queues_take_an_optional_kms_key_that_every_reader_and_writer_may_use() {
+    // Parked notifications keep bodies and attachments in the DLQ for 14 days: a customer managed
+    // key lets an account decide (and log) who may read them.
+    let template = repo_file("template.yaml");
+    let key = template_parameter(&template, "QueueKmsKeyArn");
+    assert!(key.contains("Default: \"\""), "opt-in:\n{key}");
+    for queue in [
+        "NotificationQueue",
+        "NotificationDeadLetterQueue",
+        "PollDeadLetterQueue",
+    ] {
+        let section = template_resource(&template, queue);
+        for needle in [
+            "KmsMasterKeyId: !If [HasQueueKmsKey, !Ref QueueKmsKeyArn, !Ref AWS::NoValue]",
+            "SqsManagedSseEnabled: !If [HasQueueKmsKey, !Ref AWS::NoValue, true]",
+            "MessageRetentionPeriod: 1209600",
+        ] {
+            assert!(section.contains(needle), "{queue} lacks `{needle}`");
+        }
+    }
+    // Who sends to or receives from a queue needs the key: the sender (receives, parks), the
+    // poller and the scheduler (poll DLQ), the sendmail host (enqueues). Only when a key is given.
+    let kms_statement = |resource: &str, statements: Vec<(String, String)>, actions: &[&str]| {
+        let section = template_resource(&template, resource);
+        let (sid, body) = statements
+            .iter()
+            .find(|(_, body)| body.contains("Resource: !Ref QueueKmsKeyArn"))
+            .unwrap_or_else(|| panic!("{resource} may not use the queue key"));
+        for action in actions {
+            assert!(body.contains(action), "{resource} {sid} lacks {action}");
+        }
+        let lines: Vec<&str> = section.lines().map(str::trim).collect();
+        let at = lines
+            .iter()
+            .position(|l| *l == format!("- Sid: {sid}"))
+            .unwrap();
+        assert_eq!(
+            lines[at - 1],
+            "- HasQueueKmsKey",
+            "{resource} {sid} must exist only when QueueKmsKeyArn is set"
+        );
+    };
+    let both = ["kms:GenerateDataKey", "kms:Decrypt"];
+    kms_statement(
+        "SendNotificationsRole",
+        role_statements(&template, "SendNotificationsRole"),
+        &both,
+    );
+    for role in ["PollMailboxesRole", "PollScheduleRole"] {
+        kms_statement(
+            role,
+            role_statements(&template, role),
+            &["kms:GenerateDataKey"],
+        );
+    }
+    kms_statement(
+        "SendmailHostPolicy",
+        document_statements(&template, "SendmailHostPolicy"),
+        &["kms:GenerateDataKey"],
+    );
+    let security = repo_file("SECURITY.md");
+    assert!(
+        security.contains("QueueKmsKeyArn"),
+        "SECURITY.md must say how to encrypt the queues with a key of your own"
+    );
+}
+
+#[test]
+fn the_mail_parked_alarm_says_what_to_do_for_every_reason_a_mail_is_parked() {
+    let template = repo_file("template.yaml");
+    let alarm = template_resource(&template, "MailParkedAlarm");
+    let description: String = alarm
+        .lines()
+        .skip_while(|l| !l.contains("AlarmDescription: >-"))
+        .skip(1)
+        .take_while(|l| l.starts_with("        "))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let poller = repo_file("functions/poll-mailboxes/src/poll.rs");
+    let operations = repo_file("docs/operations.md");
+    // The start of each log line that goes with a parked mail (MailParked counts them).
+    for reason in [
+        "the helpdesk rejected the mail",
+        "a run ended while reading this mail",
+        "mail could not be fully read",
+    ] {
+        assert!(
+            poller.contains(&format!("\"{reason}")),
+            "poll.rs no longer logs {reason:?}: update the alarm and this test"
+        );
+        assert!(
+            description.contains(reason),
+            "MailParkedAlarm does not name {reason:?}:\n{description}"
+        );
+        assert!(
+            operations.contains(reason),
+            "docs/operations.md does not name {reason:?}"
+        );
+    }
+    for step in ["move the mail back", "PollMemorySize", "NO ticket made"] {
+        assert!(description.contains(step), "{step:?}:\n{description}");
+    }
+}
+
+#[test]
+fn a_secret_a_function_may_not_write_it_may_not_restage_either() {
+    // The refresh-token write-back is conditional (a new version staged, then AWSCURRENT moved
+    // from the version read), so it needs UpdateSecretVersionStage where it may write; where
+    // writes are denied, moving AWSCURRENT (back to an older key or credential) is denied too.
+    let template = repo_file("template.yaml");
+    for role in ["SendNotificationsRole", "PollMailboxesRole"] {
+        let statements = role_statements(&template, role);
+        for effect in ["Allow", "Deny"] {
+            let writes = statements_with(&statements, effect, "secretsmanager:PutSecretValue");
+            assert!(!writes.is_empty(), "{role}: no {effect} of writes");
+            for (sid, body) in writes {
+                assert!(
+                    body.contains("secretsmanager:UpdateSecretVersionStage"),
+                    "{role} {sid}: {effect} PutSecretValue without UpdateSecretVersionStage"
+                );
+            }
+        }
+        for (sid, body) in statements_with(&statements, "Allow", "UpdateSecretVersionStage") {
+            assert!(
+                body.contains("${SecretPrefix}*") && !body.contains("SinkSecretPrefix"),
+                "{role} {sid}: only account grants are written back"
+            );
+        }
     }
 }

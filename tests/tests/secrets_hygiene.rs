@@ -137,6 +137,18 @@ impl SecretStore for RecordingStore {
         self.seen.add_account_json(value.expose_secret());
         self.inner.create(name, value).await
     }
+    async fn replace(
+        &self,
+        name: &str,
+        value: &SecretString,
+        token: &str,
+        expected_version: &str,
+    ) -> Result<String, SecretStoreError> {
+        self.seen.add_account_json(value.expose_secret());
+        self.inner
+            .replace(name, value, token, expected_version)
+            .await
+    }
 }
 
 /// The token service, recording every access token it hands out (and the XOAUTH2 string an IMAP

@@ -60,6 +60,17 @@ impl SecretStore for CountingStore {
     async fn create(&self, name: &str, value: &SecretString) -> Result<String, SecretStoreError> {
         self.inner.create(name, value).await
     }
+    async fn replace(
+        &self,
+        name: &str,
+        value: &SecretString,
+        token: &str,
+        expected_version: &str,
+    ) -> Result<String, SecretStoreError> {
+        self.inner
+            .replace(name, value, token, expected_version)
+            .await
+    }
 }
 
 /// One test's world.

@@ -928,12 +928,24 @@ async fn the_90_day_inactivity_window_never_lapses_while_the_functions_run() {
 }
 
 /// A store that lets another "instance" write a newer refresh token right before the
-/// write-back's re-read.
+/// write-back's re-read (`race_on_get`: that read), or right before its write (`race_on_write`:
+/// after the re-read, so only a conditional write can notice).
 struct RacingStore {
     inner: Arc<SecretsManagerStore>,
     gets: AtomicUsize,
     race_on_get: usize,
+    race_on_write: bool,
     newer_value: String,
+}
+
+impl RacingStore {
+    async fn race_before_write(&self, name: &str) {
+        if self.race_on_write {
+            put_secret(name, &self.newer_value)
+                .await
+                .expect("concurrent write");
+        }
+    }
 }
 
 #[async_trait]
@@ -952,10 +964,23 @@ impl SecretStore for RacingStore {
         value: &SecretString,
         token: &str,
     ) -> Result<String, SecretStoreError> {
+        self.race_before_write(name).await;
         self.inner.put(name, value, token).await
     }
     async fn create(&self, name: &str, value: &SecretString) -> Result<String, SecretStoreError> {
         self.inner.create(name, value).await
+    }
+    async fn replace(
+        &self,
+        name: &str,
+        value: &SecretString,
+        token: &str,
+        expected_version: &str,
+    ) -> Result<String, SecretStoreError> {
+        self.race_before_write(name).await;
+        self.inner
+            .replace(name, value, token, expected_version)
+            .await
     }
 }
 
@@ -972,6 +997,7 @@ async fn write_back_never_overwrites_a_newer_token_written_concurrently() {
         inner: w.store.clone(),
         gets: AtomicUsize::new(0),
         race_on_get: 2, // 1 = initial read, 2 = write-back's re-read
+        race_on_write: false,
         newer_value: newer.to_json(),
     });
     TokenService::new(store, identity_client(), config())
@@ -983,6 +1009,89 @@ async fn write_back_never_overwrites_a_newer_token_written_concurrently() {
         stored.refresh_token.unwrap().expose_secret(),
         theirs,
         "newer token kept"
+    );
+}
+
+/// The other instance (or `mailbridge login`) stores its grant after the write-back re-read the
+/// secret and before it writes: only a conditional write keeps the newer grant.
+#[tokio::test]
+async fn write_back_never_overwrites_a_grant_stored_between_its_re_read_and_its_write() {
+    let w = World::new().await;
+    w.with_refresh_token(chrono::Duration::hours(30)).await;
+    let theirs = w.fresh_refresh_token().await;
+    let mut newer = w.read_secret().await;
+    newer.refresh_token = Some(theirs.clone().into());
+    newer.refresh_token_stored_at = Some(chrono::Utc::now());
+    let store = Arc::new(RacingStore {
+        inner: w.store.clone(),
+        gets: AtomicUsize::new(0),
+        race_on_get: 0,
+        race_on_write: true,
+        newer_value: newer.to_json(),
+    });
+    TokenService::new(store, identity_client(), config())
+        .access_token(&w.secret_name, Audience::Graph)
+        .await
+        .expect("token");
+    let stored = w.read_secret().await;
+    assert_eq!(
+        stored.refresh_token.unwrap().expose_secret(),
+        theirs,
+        "the grant stored concurrently stays current"
+    );
+}
+
+/// Two writers that read the same version: Secrets Manager (moto) makes the first one's value
+/// current and refuses the second, whose value never becomes current.
+#[tokio::test]
+async fn of_two_writers_that_read_the_same_version_only_the_first_replaces_it() {
+    let w = World::new().await;
+    w.with_refresh_token(chrono::Duration::hours(30)).await;
+    let read = w.store.get(&w.secret_name).await.unwrap();
+    let value = |rt: &str| -> SecretString {
+        let mut secret =
+            mailbridge::token::AccountSecret::parse(&w.secret_name, read.value.expose_secret())
+                .unwrap();
+        secret.refresh_token = Some(rt.to_string().into());
+        secret.to_json().into()
+    };
+    let (first, second) = (value("first-writer"), value("second-writer"));
+    let first_token = client_request_token(&w.secret_name, &read.version_id, &first);
+    let written = w
+        .store
+        .replace(&w.secret_name, &first, &first_token, &read.version_id)
+        .await
+        .expect("the first writer replaces the version it read");
+    let second_token = client_request_token(&w.secret_name, &read.version_id, &second);
+    let refused = w
+        .store
+        .replace(&w.secret_name, &second, &second_token, &read.version_id)
+        .await;
+    assert!(
+        matches!(refused, Err(SecretStoreError::Superseded { .. })),
+        "{refused:?}"
+    );
+    let current = w.store.get(&w.secret_name).await.unwrap();
+    assert_eq!(current.version_id, written);
+    assert_eq!(
+        w.read_secret().await.refresh_token.unwrap().expose_secret(),
+        "first-writer"
+    );
+    // A retry of the first write (its answer lost) is still the same, current version.
+    let again = w
+        .store
+        .replace(&w.secret_name, &first, &first_token, &read.version_id)
+        .await
+        .expect("retry");
+    assert_eq!(again, written);
+    // As on AWS, the version AWSCURRENT was moved to is current for a later plain write too
+    // (moto alone would leave the label on two versions: infra/local-stack/src/moto_fidelity.py).
+    put_secret(&w.secret_name, "{\"later\": \"plain write\"}")
+        .await
+        .unwrap();
+    assert_eq!(
+        get_secret(&w.secret_name).await.unwrap(),
+        "{\"later\": \"plain write\"}"
     );
 }
 

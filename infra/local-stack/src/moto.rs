@@ -24,6 +24,9 @@ pub const SECRET_ACCESS_KEY: &str = "test";
 /// The account id moto always uses.
 pub const ACCOUNT_ID: &str = "123456789012";
 
+/// Python that starts moto_server with its deviations from AWS that mailbridge relies on fixed.
+const MOTO_FIDELITY: &str = include_str!("moto_fidelity.py");
+
 /// A running moto server. The process is killed on drop and when this process exits.
 pub struct Moto {
     /// e.g. `http://127.0.0.1:41235`.
@@ -96,8 +99,11 @@ impl Moto {
             format!("moto-{attempt}.log")
         });
         let log = std::fs::File::create(&log_path)?;
-        let mut command = Command::new(bin);
+        // moto_server's own entry point, behind the fidelity patches (moto_fidelity.py).
+        let python = bin.with_file_name("python");
+        let mut command = Command::new(&python);
         command
+            .args(["-c", MOTO_FIDELITY])
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -195,19 +195,34 @@ pub async fn store_login(
             detail: e.to_string(),
         })
     };
-    match store.get(secret_name).await {
-        Ok(current) => {
-            if let Ok(existing) = AccountSecret::parse(secret_name, current.value.expose_secret()) {
-                for (k, v) in existing.extra {
-                    account.extra.entry(k).or_insert(v);
-                }
+    // The operator's new grant wins, but is written on top of the version just read (keeping
+    // the fields others stored there): when another writer slips in between, read again.
+    let mut attempts = 0;
+    let current = loop {
+        attempts += 1;
+        let current = match store.get(secret_name).await {
+            Ok(current) => current,
+            Err(e) => break Err(e),
+        };
+        let mut merged = account.clone();
+        if let Ok(existing) = AccountSecret::parse(secret_name, current.value.expose_secret()) {
+            for (k, v) in existing.extra {
+                merged.extra.entry(k).or_insert(v);
             }
-            let value = SecretString::from(account.to_json());
-            let token = client_request_token(secret_name, &current.version_id, &value);
-            let version_id = store
-                .put(secret_name, &value, &token)
-                .await
-                .map_err(store_err)?;
+        }
+        let value = SecretString::from(merged.to_json());
+        let token = client_request_token(secret_name, &current.version_id, &value);
+        match store
+            .replace(secret_name, &value, &token, &current.version_id)
+            .await
+        {
+            Err(SecretStoreError::Superseded { .. }) if attempts < 3 => continue,
+            written => break Ok(written),
+        }
+    };
+    match current {
+        Ok(written) => {
+            let version_id = written.map_err(store_err)?;
             Ok(LoginOutcome {
                 secret_name: secret_name.to_owned(),
                 version_id,

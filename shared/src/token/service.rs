@@ -10,7 +10,9 @@
 //! - Write-back of the rotated refresh token only when the stored one is older than
 //!   `write_back_interval` (default 24 h; AWS advises against writing a secret more than about
 //!   once per 10 minutes). The secret is re-read first; a newer token written by a concurrent
-//!   instance is never overwritten; the write carries a deterministic `ClientRequestToken`.
+//!   instance is never overwritten: the write is conditional on the version just re-read
+//!   ([`SecretStore::replace`]), so one stored between the re-read and the write is kept too;
+//!   the write carries a deterministic `ClientRequestToken`.
 //!   Microsoft does not revoke old refresh tokens on rotation, so a skipped or failed write-back
 //!   loses nothing, and the stored token is never older than the interval plus the gap between
 //!   two runs — far inside the 90-day inactivity window.
@@ -477,12 +479,21 @@ impl TokenService {
         secret.refresh_token_stored_at = Some(now);
         let value = SecretString::from(secret.to_json());
         let request_token = client_request_token(name, &current.version_id, &value);
-        match store.put(name, &value, &request_token).await {
+        // Conditional: only on top of the version just read, so a grant stored after that read
+        // (`mailbridge login`, another instance) is never overwritten.
+        match store
+            .replace(name, &value, &request_token, &current.version_id)
+            .await
+        {
             Ok(version) => tracing::info!(
                 account = name,
                 version,
                 previous_age_hours,
                 "rotated refresh token written back"
+            ),
+            Err(SecretStoreError::Superseded { .. }) => tracing::info!(
+                account = name,
+                "refresh token write-back skipped: the secret changed concurrently"
             ),
             Err(e) => tracing::warn!(
                 account = name,
@@ -536,7 +547,10 @@ impl TokenService {
                             let value = SecretString::from(secret.to_json());
                             let request_token =
                                 client_request_token(name, &current.version_id, &value);
-                            if let Err(e) = store.put(name, &value, &request_token).await {
+                            if let Err(e) = store
+                                .replace(name, &value, &request_token, &current.version_id)
+                                .await
+                            {
                                 tracing::warn!(account = name, error = %e, "could not record needs_reauth status in the secret");
                             }
                         }

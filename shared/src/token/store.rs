@@ -4,6 +4,12 @@
 //! Reads always ask for the `AWSCURRENT` stage explicitly (harmless on AWS; moto returns a stale
 //! version without it after a stage move). Writes carry a `ClientRequestToken`, so a retried
 //! write of the same value is a no-op and two different values can never share a version.
+//!
+//! [`SecretStore::replace`] is a compare-and-swap for the functions' write-backs: the new version
+//! is stored under [`PENDING_STAGE`] (not current), and `AWSCURRENT` is moved to it from the
+//! version the writer read with `UpdateSecretVersionStage`'s `RemoveFromVersionId`, which fails
+//! when `AWSCURRENT` is no longer on that version. A grant stored meanwhile (`mailbridge login`,
+//! another instance) therefore stays current.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -47,6 +53,13 @@ pub enum SecretStoreError {
     /// The client request token was already used with a different value.
     #[error("secret {name}: a different value was already written with this request token")]
     TokenReused {
+        /// Secret name.
+        name: String,
+    },
+    /// [`SecretStore::replace`]: another version became current after the writer read the
+    /// secret; nothing was replaced (the newer value stays current).
+    #[error("secret {name}: a newer version became current meanwhile; not replaced")]
+    Superseded {
         /// Secret name.
         name: String,
     },
@@ -105,7 +118,23 @@ pub trait SecretStore: Send + Sync {
     /// Create a new secret `name` with `value` (fails with `AlreadyExists`). Returns the
     /// version id.
     async fn create(&self, name: &str, value: &SecretString) -> Result<String, SecretStoreError>;
+
+    /// Store `value` as the new current version of `name` only while `expected_version` (the
+    /// version the caller read and changed) is still current: otherwise
+    /// [`SecretStoreError::Superseded`] and the current value stays. `client_request_token` as
+    /// for [`SecretStore::put`]. Returns the new version id.
+    async fn replace(
+        &self,
+        name: &str,
+        value: &SecretString,
+        client_request_token: &str,
+        expected_version: &str,
+    ) -> Result<String, SecretStoreError>;
 }
+
+/// The staging label of a version [`SecretStore::replace`] wrote and is about to make current
+/// (Secrets Manager keeps a version only while it has a label).
+pub const PENDING_STAGE: &str = "MAILBRIDGE_PENDING";
 
 /// AWS Secrets Manager adapter.
 #[derive(Clone, Debug)]
@@ -219,6 +248,50 @@ impl SecretStore for SecretsManagerStore {
 
     async fn create(&self, name: &str, value: &SecretString) -> Result<String, SecretStoreError> {
         self.create_secret(name, value).await
+    }
+
+    async fn replace(
+        &self,
+        name: &str,
+        value: &SecretString,
+        client_request_token: &str,
+        expected_version: &str,
+    ) -> Result<String, SecretStoreError> {
+        let written = self
+            .client
+            .put_secret_value()
+            .secret_id(name)
+            .secret_string(value.expose_secret())
+            .client_request_token(client_request_token)
+            .version_stages(PENDING_STAGE)
+            .send()
+            .await
+            .map_err(|err| classify_sdk_error(name, &err))?
+            .version_id
+            .unwrap_or_default();
+        let moved = self
+            .client
+            .update_secret_version_stage()
+            .secret_id(name)
+            .version_stage("AWSCURRENT")
+            .remove_from_version_id(expected_version)
+            .move_to_version_id(&written)
+            .send()
+            .await;
+        match moved {
+            Ok(_) => Ok(written),
+            // `AWSCURRENT` is not on `expected_version` (any more): ours already (a retry of
+            // this write), or someone else's.
+            Err(err) => match self.get(name).await {
+                Ok(current) if current.version_id == written => Ok(written),
+                Ok(current) if current.version_id != expected_version => {
+                    Err(SecretStoreError::Superseded {
+                        name: name.to_owned(),
+                    })
+                }
+                _ => Err(classify_sdk_error(name, &err)),
+            },
+        }
     }
 }
 
@@ -367,6 +440,35 @@ impl SecretStore for InMemorySecretStore {
         ));
         Ok(version)
     }
+
+    async fn replace(
+        &self,
+        name: &str,
+        value: &SecretString,
+        client_request_token: &str,
+        expected_version: &str,
+    ) -> Result<String, SecretStoreError> {
+        {
+            let secrets = self.secrets.lock().expect("store lock");
+            let secret = secrets
+                .get(name)
+                .ok_or_else(|| SecretStoreError::NotFound {
+                    name: name.to_owned(),
+                })?;
+            let current = secret.versions.last().map(|v| v.0.as_str());
+            let ours = secret
+                .versions
+                .iter()
+                .find(|(_, _, token)| token == client_request_token)
+                .map(|v| v.0.as_str());
+            if current != Some(expected_version) && (ours.is_none() || ours != current) {
+                return Err(SecretStoreError::Superseded {
+                    name: name.to_owned(),
+                });
+            }
+        }
+        self.put(name, value, client_request_token).await
+    }
 }
 
 /// A deterministic client request token for writing `value` on top of `base_version`: a
@@ -412,5 +514,30 @@ mod tests {
             Err(SecretStoreError::NotFound { .. })
         ));
         assert_ne!(token, client_request_token("a", "base", &other));
+    }
+
+    #[tokio::test]
+    async fn memory_store_replaces_only_the_version_it_was_given() {
+        let store = InMemorySecretStore::new();
+        store.insert("a", "v1");
+        let read = store.get("a").await.unwrap().version_id;
+        let mine: SecretString = "mine".into();
+        let theirs: SecretString = "theirs".into();
+        store
+            .replace("a", &mine, &client_request_token("a", &read, &mine), &read)
+            .await
+            .unwrap();
+        assert!(matches!(
+            store
+                .replace(
+                    "a",
+                    &theirs,
+                    &client_request_token("a", &read, &theirs),
+                    &read
+                )
+                .await,
+            Err(SecretStoreError::Superseded { .. })
+        ));
+        assert_eq!(store.current("a").as_deref(), Some("mine"));
     }
 }

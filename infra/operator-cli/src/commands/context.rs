@@ -253,6 +253,7 @@ impl Context {
             let out = client
                 .get_secret_value()
                 .secret_id(&name)
+                .version_stage("AWSCURRENT")
                 .send()
                 .await
                 .map_err(|e| {

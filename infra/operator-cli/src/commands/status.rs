@@ -175,6 +175,7 @@ pub async fn account_secrets(ctx: &Context) -> Result<Vec<(String, String)>> {
         let value = client
             .get_secret_value()
             .secret_id(&secret)
+            .version_stage("AWSCURRENT")
             .send()
             .await
             .map_err(|e| {
