@@ -372,6 +372,7 @@ async fn dedupe_and_status_records_round_trip_with_a_ttl() {
         parked: 0,
         duplicates: 0,
         skipped_auto_generated: 0,
+        held: 0,
         deferred: 0,
         uid_validity: None,
         imap_round_trips: 0,
@@ -581,6 +582,74 @@ fn status<'a>(report: &'a poll_mailboxes::PollReport, name: &str) -> &'a Mailbox
         .iter()
         .find(|s| s.mailbox == name)
         .unwrap_or_else(|| panic!("no status for {name}: {report:?}"))
+}
+
+/// A flood (or a mail loop) from one address: past `max_mails_per_sender_per_hour` its mail is
+/// held in a folder of its own, unticketed, counted in the status; other senders' mail and mail
+/// already counted go on; nothing is deleted, and a held mail moved back is posted.
+#[tokio::test]
+async fn a_flood_from_one_sender_is_held_past_its_hourly_quota_and_nothing_is_lost() {
+    // The quota counts per clock hour: start well inside one so both polls share it.
+    let into_hour = chrono::Utc::now().timestamp() % 3600;
+    if into_hour > 3600 - 90 {
+        tokio::time::sleep(Duration::from_secs((3600 - into_hour + 1) as u64)).await;
+    }
+    let p = Poller::new(stack().dovecot().clone()).await;
+    let user = unique_user("flooded");
+    let account = p.account(&user).await;
+    p.mailbox(
+        "flooded",
+        &user,
+        &account,
+        serde_json::json!({"max_mails_per_sender_per_hour": 3}),
+    )
+    .await;
+    for i in 0..5 {
+        p.deliver(
+            &user,
+            &mail(&format!("flood-{i}"), &format!("Flood {i}"), "x"),
+        );
+    }
+    let other = "From: Bob <bob@customer.example>\r\nTo: helpdesk@example.com\r\nSubject: Real problem\r\n\
+         Message-ID: <real@customer.example>\r\n\r\nHelp.\r\n";
+    p.deliver(&user, other.as_bytes());
+
+    let report = p.poll().await;
+    let flooded = status(&report, "flooded");
+    assert_eq!(flooded.outcome, "ok", "{report:?}");
+    assert_eq!(
+        (flooded.tickets_created, flooded.held),
+        (4, 2),
+        "{flooded:?}"
+    );
+    assert_eq!(report.held, 2);
+    let senders: Vec<String> = p
+        .tickets()
+        .iter()
+        .map(|t| {
+            t.body["draft"]["from"]["address"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        senders
+            .iter()
+            .filter(|s| *s == "ann@customer.example")
+            .count(),
+        3
+    );
+    assert!(senders.contains(&"bob@customer.example".to_string()));
+    assert_eq!(p.count(&user, "INBOX"), 0);
+    assert_eq!(p.count(&user, "mailbridge-held"), 2, "held, not lost");
+
+    // Still over the quota this hour: more from the same sender is held too, with no ticket.
+    p.deliver(&user, &mail("flood-5", "Flood 5", "x"));
+    let again = p.poll().await;
+    assert_eq!(status(&again, "flooded").held, 1, "{again:?}");
+    assert_eq!(p.tickets().len(), 4);
+    assert_eq!(p.count(&user, "mailbridge-held"), 3);
 }
 
 #[tokio::test]
@@ -1750,7 +1819,8 @@ async fn poll_generated_mails(
         label,
         &user,
         &account,
-        serde_json::json!({"max_messages_per_run": 5000}),
+        // up to 1000 generated mails from few senders in one run
+        serde_json::json!({"max_messages_per_run": 5000, "max_mails_per_sender_per_hour": 0}),
     )
     .await;
 

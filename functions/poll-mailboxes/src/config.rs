@@ -23,6 +23,11 @@ pub const DEFAULT_FAILED_FOLDER: &str = "mailbridge-failed";
 /// Folder for machine mail (auto-replies, bounces, lists, loops) that threads to no ticket: it
 /// opens no ticket and is moved here, never deleted.
 pub const DEFAULT_AUTO_GENERATED_FOLDER: &str = "mailbridge-auto-generated";
+/// Default folder for mail held back by the per-sender quota.
+pub const DEFAULT_HELD_FOLDER: &str = "mailbridge-held";
+/// Default per-sender quota: mails from one address that may reach the helpdesk per hour and
+/// mailbox. A person does not write 100 mails an hour to a helpdesk; a loop or a flood does.
+pub const DEFAULT_MAX_MAILS_PER_SENDER_PER_HOUR: u32 = 100;
 /// Default messages per mailbox per run.
 pub const DEFAULT_MAX_MESSAGES_PER_RUN: u32 = 200;
 /// Default largest message fetched whole (bytes).
@@ -127,6 +132,11 @@ pub struct MailboxConfig {
     pub auto_generated_folder: String,
     /// Whether unthreaded mailing-list / bulk mail opens tickets or is set aside.
     pub list_mail: ListMail,
+    /// Mails from one sender address that may reach the helpdesk per clock hour (0: no
+    /// quota). The rest of that hour's mail from the address goes to `held_folder`.
+    pub max_mails_per_sender_per_hour: u32,
+    /// Where mail over the per-sender quota goes, unticketed (move it back to post it).
+    pub held_folder: String,
     /// Most messages handled per run.
     pub max_messages_per_run: u32,
     /// Larger messages are not fetched whole: a ticket is made from their headers.
@@ -201,6 +211,8 @@ impl MailboxConfig {
             "failed_folder",
             "auto_generated_folder",
             "list_mail",
+            "max_mails_per_sender_per_hour",
+            "held_folder",
             "max_messages_per_run",
             "max_message_bytes",
             "max_attachment_bytes",
@@ -324,6 +336,17 @@ impl MailboxConfig {
                 "must differ from `folder`".into(),
             ));
         }
+        let held_folder = string("held_folder")?.unwrap_or_else(|| DEFAULT_HELD_FOLDER.to_string());
+        valid_folder(&held_folder).map_err(|p| err("held_folder", p))?;
+        if held_folder.eq_ignore_ascii_case(&folder) {
+            return Err(err("held_folder", "must differ from `folder`".into()));
+        }
+        let max_mails_per_sender_per_hour = number(
+            "max_mails_per_sender_per_hour",
+            0,
+            1_000_000,
+            u64::from(DEFAULT_MAX_MAILS_PER_SENDER_PER_HOUR),
+        )? as u32;
         let list_mail = match string("list_mail")?.as_deref() {
             None | Some("") => ListMail::default(),
             Some(value) => ListMail::parse(value).map_err(|p| err("list_mail", p))?,
@@ -404,6 +427,8 @@ impl MailboxConfig {
             failed_folder,
             auto_generated_folder,
             list_mail,
+            max_mails_per_sender_per_hour,
+            held_folder,
             max_messages_per_run,
             max_message_bytes,
             max_attachment_bytes,

@@ -14,6 +14,8 @@
 //!   writes and reads a month. The heartbeat metric comes from the remembered status, so it is
 //!   exact; the table's `last_success_at` may lag by up to [`STATUS_HEARTBEAT`].
 //! - `mail#<mailbox>#<hash>`: dedupe records ([`DedupeRecord`]) with a TTL.
+//! - `mail#<mailbox>#sender#<hash of the address>#<YYYYMMDDHH>`: the per-sender quota's count
+//!   for one clock hour (attribute `mails`), expiring an hour after it.
 //! - `mailbox-lease#<name>`: which run is working on a mailbox that has mail, since and until
 //!   when (`lease_token`, `started_at`, `lease_expires_at`); taken only when a search found
 //!   mail, so idle runs cost no write. Deleted when the run ends; a run that was killed leaves
@@ -348,6 +350,36 @@ impl StateStore for DynamoStateStore {
         Ok(())
     }
 
+    async fn take_sender_quota(
+        &self,
+        pk: &str,
+        max: u32,
+        expires_at: i64,
+    ) -> Result<bool, StoreError> {
+        let counted = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(pk.to_string()))
+            .update_expression("ADD mails :one SET expires_at = :expires")
+            .condition_expression("attribute_not_exists(mails) OR mails < :max")
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .expression_attribute_values(":max", AttributeValue::N(max.to_string()))
+            .expression_attribute_values(":expires", AttributeValue::N(expires_at.to_string()))
+            .send()
+            .await;
+        match counted {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(sdk_err("UpdateItem sender quota", e)),
+        }
+    }
+
     async fn get_status(&self, mailbox: &str) -> Result<Option<MailboxStatus>, StoreError> {
         if let Some((status, _)) = self.statuses.lock().expect("status cache").get(mailbox) {
             return Ok(Some(status.clone()));
@@ -612,6 +644,7 @@ mod tests {
             parked: 0,
             duplicates: 0,
             skipped_auto_generated: 0,
+            held: 0,
             deferred: 0,
             uid_validity: Some(7),
             imap_round_trips: 5,
@@ -651,6 +684,7 @@ mod tests {
             parked: 0,
             duplicates: 1,
             skipped_auto_generated: 0,
+            held: 0,
             deferred: 0,
             uid_validity: Some(7),
             imap_round_trips: 9,

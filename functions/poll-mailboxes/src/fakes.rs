@@ -233,6 +233,8 @@ struct FakeState {
     leases: Mutex<HashMap<String, (String, i64)>>,
     /// mailbox → the mail marked in flight (kept when a run "dies" without releasing)
     in_flight: Mutex<HashMap<String, InFlightMail>>,
+    /// per-sender quota item → mails counted
+    sender_quota: Mutex<HashMap<String, u32>>,
 }
 
 #[async_trait]
@@ -283,6 +285,21 @@ impl StateStore for FakeState {
             .unwrap()
             .insert(record.pk.clone(), record.clone());
         Ok(())
+    }
+    async fn take_sender_quota(
+        &self,
+        pk: &str,
+        max: u32,
+        _expires_at: i64,
+    ) -> Result<bool, StoreError> {
+        let mut quota = self.sender_quota.lock().unwrap();
+        let counted = quota.entry(pk.to_string()).or_default();
+        if *counted < max {
+            *counted += 1;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
     }
     async fn get_status(&self, mailbox: &str) -> Result<Option<MailboxStatus>, StoreError> {
         Ok(self.statuses.lock().unwrap().get(mailbox).cloned())

@@ -100,6 +100,9 @@ pub struct MailboxStatus {
     /// Machine mail that threads to no ticket: moved to `auto_generated_folder`, no ticket.
     #[serde(default)]
     pub skipped_auto_generated: u32,
+    /// Mail over the per-sender quota: moved to `held_folder`, no ticket.
+    #[serde(default)]
+    pub held: u32,
     /// Mails left for the next run.
     pub deferred: u32,
     /// UIDVALIDITY of the folder.
@@ -229,6 +232,15 @@ pub trait StateStore: Send + Sync {
     async fn get_dedupe(&self, pk: &str) -> Result<Option<DedupeRecord>, StoreError>;
     /// Write a dedupe record.
     async fn put_dedupe(&self, record: &DedupeRecord) -> Result<(), StoreError>;
+    /// Count one mail against a per-sender quota item `pk` (created on first use, expiring at
+    /// `expires_at`): true when it was under `max` and is now counted, false when the quota is
+    /// used up (nothing counted).
+    async fn take_sender_quota(
+        &self,
+        pk: &str,
+        max: u32,
+        expires_at: i64,
+    ) -> Result<bool, StoreError>;
     /// Read a mailbox's last status (UIDVALIDITY comparison).
     async fn get_status(&self, mailbox: &str) -> Result<Option<MailboxStatus>, StoreError>;
     /// Write a mailbox's last status.

@@ -322,6 +322,15 @@ impl<S: StateStore> StateStore for ReadOnlyState<S> {
     async fn put_dedupe(&self, _record: &DedupeRecord) -> Result<(), StoreError> {
         Ok(())
     }
+    async fn take_sender_quota(
+        &self,
+        _pk: &str,
+        _max: u32,
+        _expires_at: i64,
+    ) -> Result<bool, StoreError> {
+        // Counts nothing: a dry run shows every mail as it would go within the quota.
+        Ok(true)
+    }
     async fn get_status(&self, mailbox: &str) -> Result<Option<MailboxStatus>, StoreError> {
         self.0.get_status(mailbox).await
     }

@@ -423,6 +423,12 @@ fn print_human(ctx: &Context, accounts: &[AccountRow], mailboxes: Option<&[Mailb
                         if let Some(reason) = &r.reason {
                             println!("      reason: {reason}");
                         }
+                        if r.held > 0 {
+                            println!(
+                                "      held: {} mail(s) over their sender's hourly quota, in `held_folder` (move back to post)",
+                                r.held
+                            );
+                        }
                         match (&r.last_success_at, m.last_success_age_seconds) {
                             (Some(at), Some(age)) => println!(
                                 "      last success: {at} ({} ago)",
