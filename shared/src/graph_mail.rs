@@ -33,6 +33,9 @@ use crate::token::AccessToken;
 
 /// Outlook's limit of concurrent requests per app and mailbox.
 pub const MAX_CONCURRENT_REQUESTS: usize = 4;
+/// Largest MIME answer read: above the largest `max_message_bytes` a mailbox may set (150 MiB;
+/// the poller asks only for messages whose size is within its limit).
+pub const MAX_MIME_ANSWER_BYTES: usize = 151 * 1024 * 1024;
 /// Messages per delta page asked for (`Prefer: odata.maxpagesize`).
 pub const DELTA_PAGE_SIZE: usize = 100;
 /// `PidTagMessageSize` as a Graph single-value extended property.
@@ -175,7 +178,8 @@ impl GraphMailbox {
         url
     }
 
-    /// Send with retries of 429/5xx/transport failures; the answer's status and body.
+    /// [`Self::call_capped`] for answers other than a message's MIME: at most
+    /// [`crate::http::MAX_ANSWER_BYTES`].
     async fn call(
         &self,
         method: reqwest::Method,
@@ -183,6 +187,28 @@ impl GraphMailbox {
         body: Body,
         prefer: Option<&str>,
         deadline: Instant,
+    ) -> Result<(u16, bytes::Bytes), GraphError> {
+        self.call_capped(
+            method,
+            url,
+            body,
+            prefer,
+            deadline,
+            crate::http::MAX_ANSWER_BYTES,
+        )
+        .await
+    }
+
+    /// Send with retries of 429/5xx/transport failures; the answer's status and body, read up to
+    /// `limit` bytes (a longer answer is refused, not retried).
+    async fn call_capped(
+        &self,
+        method: reqwest::Method,
+        url: url::Url,
+        body: Body,
+        prefer: Option<&str>,
+        deadline: Instant,
+        limit: usize,
     ) -> Result<(u16, bytes::Bytes), GraphError> {
         let _slot = self.slots.acquire().await.expect("never closed");
         let mut attempt = 0u32;
@@ -222,11 +248,24 @@ impl GraphMailbox {
                     };
                     let request_id = header("request-id");
                     let retry_after = header("retry-after").as_deref().and_then(parse_retry_after);
-                    let bytes = response.bytes().await.map_err(|e| GraphError::Transport {
-                        detail: crate::graph::transport_detail(&e),
-                        timed_out: e.is_timeout(),
-                        after_request: true,
-                    })?;
+                    let bytes = match crate::http::read_body(response, limit).await {
+                        Ok(body) => bytes::Bytes::from(body),
+                        Err(e @ crate::http::BodyError::TooLarge { .. }) => {
+                            return Err(GraphError::Rejected {
+                                status,
+                                code: "AnswerTooLarge".into(),
+                                message: e.to_string(),
+                                request_id,
+                            });
+                        }
+                        Err(e) => {
+                            return Err(GraphError::Transport {
+                                detail: e.to_string(),
+                                timed_out: false,
+                                after_request: true,
+                            });
+                        }
+                    };
                     if (200..300).contains(&status) {
                         return Ok((status, bytes));
                     }
@@ -356,7 +395,14 @@ impl GraphMailbox {
     pub async fn mime(&self, id: &str, deadline: Instant) -> Result<Option<Vec<u8>>, GraphError> {
         let url = self.url(&["messages", id, "$value"]);
         match self
-            .call(reqwest::Method::GET, url, Body::None, None, deadline)
+            .call_capped(
+                reqwest::Method::GET,
+                url,
+                Body::None,
+                None,
+                deadline,
+                MAX_MIME_ANSWER_BYTES,
+            )
             .await
         {
             Ok((_, body)) => Ok(Some(body.to_vec())),

@@ -617,6 +617,26 @@ async fn a_server_answering_with_hundreds_of_mib_is_cut_off_at_the_cap() {
             .expect_err("a 400 is no sent mail");
         assert_stopped_reading(&format!("Graph sendMail ({framing})"), &flooded);
 
+        // Graph mail (protocol: graph): a 200 answer to a mailbox read.
+        let (base, flooded) = flooding_server(200, chunked).await;
+        let mailbox = mailbridge::graph_mail::GraphMailbox::new(
+            mailbridge::http::default_client().unwrap(),
+            &format!("{base}/v1.0"),
+            "helpdesk@example.com",
+            token.clone(),
+            one_attempt(),
+        )
+        .unwrap();
+        let err = mailbox
+            .delta_probe(Instant::now() + Duration::from_secs(60))
+            .await
+            .expect_err("no mailbox in a flood");
+        assert!(
+            format!("{err:?}").contains(&too_large),
+            "{framing}: {err:?}"
+        );
+        assert_stopped_reading(&format!("Graph mail ({framing})"), &flooded);
+
         // Ticket sinks: a webhook (error answer), RT and django-helpdesk (their first GET).
         let sinks = [
             (json!({"kind": "webhook"}), 422, None),
