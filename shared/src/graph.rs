@@ -48,13 +48,13 @@ pub trait MailSender: Send + Sync {
     ) -> Result<SendReceipt, GraphError>;
 
     /// Send a message too large for one request through a draft: create it, add the
-    /// attachments (upload sessions from 3 MB), send it ([`crate::graph_draft`]). `timeout`
-    /// bounds each request.
+    /// attachments (upload sessions from 3 MB), send it ([`crate::graph_draft`]); each step
+    /// retried where Graph says it may be, all of it before `deadline`.
     async fn send_draft(
         &self,
         token: &AccessToken,
         mail: &crate::graph_draft::DraftMail,
-        timeout: Duration,
+        deadline: tokio::time::Instant,
     ) -> Result<SendReceipt, crate::graph_draft::DraftFailure>;
 }
 
@@ -458,6 +458,18 @@ impl Classify for GraphError {
     }
 }
 
+/// The draft route's default retry policy: a step refused with 429 or 5xx is tried again up to
+/// 5 times (Graph's `Retry-After` honoured in full, within the deadline); an upload chunk may
+/// take up to a minute.
+pub fn draft_retry_policy() -> crate::retry::RetryPolicy {
+    crate::retry::RetryPolicy {
+        initial_backoff: Duration::from_millis(500),
+        max_backoff: Duration::from_secs(10),
+        max_attempts: 5,
+        attempt_timeout: Duration::from_secs(60),
+    }
+}
+
 /// Configuration problems when building the client.
 #[derive(Debug, thiserror::Error)]
 pub enum GraphConfigError {
@@ -479,6 +491,8 @@ pub enum GraphConfigError {
 pub struct GraphClient {
     pub(crate) http: reqwest::Client,
     pub(crate) base_url: url::Url,
+    /// How the draft route retries a step Graph refused for now ([`crate::retry`]).
+    pub(crate) retry: crate::retry::RetryPolicy,
 }
 
 impl GraphClient {
@@ -522,7 +536,14 @@ impl GraphClient {
         Ok(GraphClient {
             http,
             base_url: url,
+            retry: draft_retry_policy(),
         })
+    }
+
+    /// Change how the draft route retries its steps (default [`draft_retry_policy`]).
+    pub fn with_retry_policy(mut self, retry: crate::retry::RetryPolicy) -> Self {
+        self.retry = retry;
+        self
     }
 
     /// The sendMail URL for a mailbox.
@@ -567,17 +588,6 @@ struct InnerError {
     request_id: Option<String>,
 }
 
-/// Parse `Retry-After`: delta-seconds or an HTTP date.
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let delta = date.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(delta.to_std().unwrap_or(Duration::ZERO))
-}
-
 #[async_trait]
 impl MailSender for GraphClient {
     async fn send_mail(
@@ -611,9 +621,9 @@ impl MailSender for GraphClient {
         &self,
         token: &AccessToken,
         mail: &crate::graph_draft::DraftMail,
-        timeout: Duration,
+        deadline: tokio::time::Instant,
     ) -> Result<SendReceipt, crate::graph_draft::DraftFailure> {
-        crate::graph_draft::send_draft(self, token, mail, timeout).await
+        crate::graph_draft::send_draft(self, token, mail, deadline).await
     }
 }
 
@@ -651,7 +661,7 @@ impl GraphClient {
                 .map(str::to_owned)
         };
         let request_id = header("request-id");
-        let retry_after = header("retry-after").as_deref().and_then(parse_retry_after);
+        let retry_after = crate::retry::retry_after(response.headers());
         if status == 202 || status == 200 {
             return Ok(SendReceipt {
                 request_id,
@@ -823,15 +833,5 @@ mod tests {
         assert!(GraphClient::new("http://graph.example.com/v1.0").is_err());
         assert!(GraphClient::new("https://graph.microsoft.com/v1.0").is_ok());
         assert!(GraphClient::new("http://localhost:1/v1.0").is_ok());
-    }
-
-    #[test]
-    fn retry_after_in_seconds_and_dates() {
-        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon"), None);
     }
 }

@@ -14,8 +14,17 @@
 //!    {start}-{end}/{total}` → 200 with `nextExpectedRanges` until the last chunk → 201.
 //! 3. `POST {mailbox}/messages/{id}/send` → 202: from here on the mail may be out.
 //!
-//! A failure before step 3 deletes the draft (best effort) and reports
-//! [`DraftFailure::reached_send`] = false: nothing was sent, a retry starts over. The route needs
+//! Each step Graph refuses for now (429, 503, a connection that never opened; for steps that do
+//! no harm twice also other 5xx and lost answers) is retried on the same draft through
+//! [`crate::retry`] — Graph's `Retry-After` in full, within the caller's deadline. An upload
+//! session that expired (404 on a chunk) is replaced by a new one for that attachment; a chunk
+//! the session already has (416) moves on to the range it names. After a lost answer to `send`
+//! (a 5xx, a dropped connection) the draft is looked at: gone from Drafts, it was
+//! sent (not sent again); still a draft, it is sent again — the mail never goes out twice.
+//!
+//! A failure where nothing was sent deletes the draft (best effort) and reports
+//! [`DraftFailure::reached_send`] = false: a retry starts over. Only when the answer to `send` was
+//! lost and the draft could not be looked at is `reached_send` true. The route needs
 //! `Mail.ReadWrite` on top of `Mail.Send` (without it Graph answers 403 `ErrorAccessDenied` at
 //! step 1). Sources: Microsoft Graph "Attach large files to Outlook messages or events",
 //! `attachment: createUploadSession`, `user: Create message` (MIME format).
@@ -26,10 +35,12 @@ use base64::Engine as _;
 use secrecy::ExposeSecret as _;
 use serde::Deserialize;
 
+use tokio::time::Instant;
+
 use crate::graph::{
-    GraphClient, GraphError, GraphMessage, SendAs, SendReceipt, error_from_answer,
-    parse_retry_after, transport_detail,
+    GraphClient, GraphError, GraphMessage, SendAs, SendReceipt, error_from_answer, transport_detail,
 };
+use crate::retry::Verdict;
 use crate::token::AccessToken;
 
 /// Attachments from this size go through an upload session; Graph refuses a session for a
@@ -110,7 +121,9 @@ pub struct DraftFailure {
     pub step: String,
     /// Graph's answer or the transport failure.
     pub error: GraphError,
-    /// Whether the `send` request went out: only then may the mail have been sent.
+    /// Whether the mail may have been sent: the answer to `send` was lost and the draft could
+    /// not be looked at. False for every failure known to have sent nothing (the draft is then
+    /// deleted).
     pub reached_send: bool,
 }
 
@@ -130,12 +143,11 @@ struct UploadSession {
     next_expected_ranges: Vec<String>,
 }
 
-/// An answer: status, `request-id`, `Retry-After`, `Location`, body.
+/// An answer: status, `request-id`, `Retry-After`, body.
 struct Answer {
     status: u16,
     request_id: Option<String>,
     retry_after: Option<Duration>,
-    location: Option<String>,
     body: Vec<u8>,
 }
 
@@ -158,6 +170,13 @@ async fn call(
     token: Option<&AccessToken>,
     timeout: Duration,
 ) -> Result<Answer, GraphError> {
+    if timeout.is_zero() {
+        return Err(GraphError::Transport {
+            detail: "the deadline was reached before the request".into(),
+            timed_out: true,
+            after_request: false,
+        });
+    }
     let request = match token {
         Some(token) => request
             .bearer_auth(token.secret.expose_secret())
@@ -173,17 +192,13 @@ async fn call(
             after_request: e.is_timeout() || (!e.is_connect() && e.is_request()),
             detail: transport_detail(&e),
         })?;
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
     let status = response.status().as_u16();
-    let request_id = header("request-id");
-    let retry_after = header("retry-after").as_deref().and_then(parse_retry_after);
-    let location = header("location");
+    let request_id = response
+        .headers()
+        .get("request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let retry_after = crate::retry::retry_after(response.headers());
     // Graph answered: whatever was asked may have happened (`after_request`).
     let body = crate::http::read_body(response, crate::http::MAX_ANSWER_BYTES)
         .await
@@ -196,9 +211,37 @@ async fn call(
         status,
         request_id,
         retry_after,
-        location,
         body,
     })
+}
+
+/// Whether a step may be sent again after a failure that may have followed its effect.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Doing it twice does no harm (set a property, open another upload session, a chunk the
+    /// session confirms by its ranges, a read): retried after any 429, 5xx or transport failure.
+    Harmless,
+    /// Doing it twice leaves a trace (a second draft, an attachment twice): retried only when
+    /// Graph said it did nothing (429, 503) or the connection never opened.
+    Once,
+}
+
+/// What Graph said about a failed step: retry (after its `Retry-After`), or not.
+fn verdict(error: &GraphError, repeat: Repeat) -> Verdict {
+    let retry = Verdict::Retry {
+        after: error.retry_after(),
+    };
+    match error {
+        GraphError::Throttled { .. } => retry,
+        GraphError::Unavailable { status: 503, .. } => retry,
+        GraphError::Unavailable { .. } if repeat == Repeat::Harmless => retry,
+        GraphError::Transport {
+            after_request: false,
+            ..
+        } => retry,
+        GraphError::Transport { .. } if repeat == Repeat::Harmless => retry,
+        _ => Verdict::Stop,
+    }
 }
 
 fn messages_url(client: &GraphClient, send_as: &SendAs, rest: &[&str]) -> url::Url {
@@ -222,43 +265,122 @@ fn messages_url(client: &GraphClient, send_as: &SendAs, rest: &[&str]) -> url::U
     url
 }
 
+/// One run of the draft route: the client, the token, the mail, the deadline.
+struct Route<'a> {
+    client: &'a GraphClient,
+    token: &'a AccessToken,
+    mail: &'a DraftMail,
+    deadline: Instant,
+}
+
+impl Route<'_> {
+    fn url(&self, rest: &[&str]) -> url::Url {
+        messages_url(self.client, &self.mail.send_as, rest)
+    }
+
+    /// One step: the request `build` makes, retried per [`verdict`] within the policy and the
+    /// deadline, until Graph answers one of `done` (handed back) or refuses for good.
+    async fn step(
+        &self,
+        repeat: Repeat,
+        done: &[u16],
+        authorized: bool,
+        mut build: impl FnMut() -> reqwest::RequestBuilder,
+    ) -> Result<Answer, GraphError> {
+        let policy = &self.client.retry;
+        let result = crate::retry::retry(
+            policy,
+            self.deadline,
+            || {
+                let request = build();
+                let timeout = self
+                    .deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(policy.attempt_timeout);
+                async move {
+                    let answer = call(request, authorized.then_some(self.token), timeout).await?;
+                    if done.contains(&answer.status) {
+                        Ok(answer)
+                    } else {
+                        Err(answer.error())
+                    }
+                }
+            },
+            |e| verdict(e, repeat),
+        )
+        .await;
+        result.map(|(answer, _)| answer).map_err(|f| f.error)
+    }
+
+    /// Is the draft still one? After a lost answer to `send`: a draft that is gone was sent
+    /// (Exchange moves it to Sent Items, under another id).
+    async fn draft_state(&self, id: &str) -> Result<DraftState, GraphError> {
+        let answer = self
+            .step(Repeat::Harmless, &[200, 404], true, || {
+                self.client
+                    .http
+                    .get(self.url(&[id]))
+                    .query(&[("$select", "isDraft")])
+            })
+            .await?;
+        if answer.status == 404 {
+            return Ok(DraftState::Sent);
+        }
+        let draft: serde_json::Value = answer.json("get draft")?;
+        Ok(match draft.get("isDraft").and_then(|d| d.as_bool()) {
+            Some(false) => DraftState::Sent,
+            _ => DraftState::Draft,
+        })
+    }
+}
+
+enum DraftState {
+    /// Still in Drafts: not sent.
+    Draft,
+    /// Sent (gone from Drafts, or no longer a draft).
+    Sent,
+}
+
 /// The draft route (see the module documentation).
 pub async fn send_draft(
     client: &GraphClient,
     token: &AccessToken,
     mail: &DraftMail,
-    timeout: Duration,
+    deadline: Instant,
 ) -> Result<SendReceipt, DraftFailure> {
+    let route = Route {
+        client,
+        token,
+        mail,
+        deadline,
+    };
     let failed = |step: &str, error: GraphError| DraftFailure {
         step: step.to_owned(),
         error,
         reached_send: false,
     };
     // 1. the draft
-    let create = client.http.post(messages_url(client, &mail.send_as, &[]));
-    let create = match &mail.content {
-        DraftContent::Mime(raw) => create
-            .header(reqwest::header::CONTENT_TYPE, "text/plain")
-            .body(base64::engine::general_purpose::STANDARD.encode(raw)),
-        DraftContent::Json(message) => create.json(message),
-    };
-    let answer = call(create, Some(token), timeout)
+    let answer = route
+        .step(Repeat::Once, &[201], true, || {
+            let create = client.http.post(route.url(&[]));
+            match &mail.content {
+                DraftContent::Mime(raw) => create
+                    .header(reqwest::header::CONTENT_TYPE, "text/plain")
+                    .body(base64::engine::general_purpose::STANDARD.encode(raw)),
+                DraftContent::Json(message) => create.json(message),
+            }
+        })
         .await
         .map_err(|e| failed("create draft", e))?;
-    if answer.status != 201 {
-        return Err(failed("create draft", answer.error()));
-    }
     let draft: CreatedMessage = answer
         .json("create draft")
         .map_err(|e| failed("create draft", e))?;
-    let result = fill_and_send(client, token, mail, &draft, timeout).await;
+    let result = fill_and_send(&route, &draft).await;
     if let Err(f) = &result
         && !f.reached_send
     {
         // nothing was sent: leave no half-built draft behind
-        let delete = client
-            .http
-            .delete(messages_url(client, &mail.send_as, &[&draft.id]));
+        let delete = client.http.delete(route.url(&[&draft.id]));
         match call(delete, Some(token), Duration::from_secs(10)).await {
             Ok(a) if a.status == 204 || a.status == 404 => {}
             Ok(a) => {
@@ -276,73 +398,143 @@ pub async fn send_draft(
 }
 
 async fn fill_and_send(
-    client: &GraphClient,
-    token: &AccessToken,
-    mail: &DraftMail,
+    route: &Route<'_>,
     draft: &CreatedMessage,
-    timeout: Duration,
 ) -> Result<SendReceipt, DraftFailure> {
     let failed = |step: String, error: GraphError| DraftFailure {
         step,
         error,
         reached_send: false,
     };
-    if let Some(wanted) = &mail.internet_message_id
+    let client = route.client;
+    if let Some(wanted) = &route.mail.internet_message_id
         && draft.internet_message_id.as_deref() != Some(wanted.as_str())
     {
-        let patch = client
-            .http
-            .patch(messages_url(client, &mail.send_as, &[&draft.id]))
-            .json(&serde_json::json!({ "internetMessageId": wanted }));
-        let answer = call(patch, Some(token), timeout)
+        route
+            .step(Repeat::Harmless, &[200], true, || {
+                client
+                    .http
+                    .patch(route.url(&[&draft.id]))
+                    .json(&serde_json::json!({ "internetMessageId": wanted }))
+            })
             .await
             .map_err(|e| failed("set internetMessageId".into(), e))?;
-        if answer.status != 200 {
-            return Err(failed("set internetMessageId".into(), answer.error()));
-        }
     }
-    for attachment in &mail.attachments {
+    for attachment in &route.mail.attachments {
         let step = format!(
             "attach {:?} ({} bytes)",
             attachment.name,
             attachment.bytes.len()
         );
-        attach(client, token, mail, draft, attachment, timeout)
+        attach(route, draft, attachment)
             .await
             .map_err(|e| failed(step, e))?;
     }
-    let send = client
-        .http
-        .post(messages_url(client, &mail.send_as, &[&draft.id, "send"]))
-        .header(reqwest::header::CONTENT_LENGTH, "0");
-    let answer = call(send, Some(token), timeout)
-        .await
-        .map_err(|error| DraftFailure {
-            step: "send draft".into(),
-            error,
-            reached_send: true,
-        })?;
-    if answer.status == 202 || answer.status == 200 {
-        return Ok(SendReceipt {
-            request_id: answer.request_id,
-            client_request_id: String::new(),
-        });
-    }
+    send(route, draft).await
+}
+
+/// How one `send` attempt ended, for the retry loop.
+enum SendError {
+    /// Graph did not send it (429, no connection, or a 5xx or lost answer with the draft still
+    /// in Drafts): the same draft may be sent again.
+    NotSent(GraphError),
+    /// Graph refused it for good: nothing was sent.
+    Refused(GraphError),
+    /// The answer was lost and whether the draft went out cannot be told.
+    Unknown(GraphError),
+}
+
+/// Step 3: `POST …/send`, and after a lost answer a look at the draft: gone means sent (the
+/// mail is never sent twice), still a draft means not sent (sent again, the same draft).
+async fn send(route: &Route<'_>, draft: &CreatedMessage) -> Result<SendReceipt, DraftFailure> {
+    let policy = &route.client.retry;
+    let result = crate::retry::retry(
+        policy,
+        route.deadline,
+        || async {
+            let timeout = route
+                .deadline
+                .saturating_duration_since(Instant::now())
+                .min(policy.attempt_timeout);
+            let request = route
+                .client
+                .http
+                .post(route.url(&[&draft.id, "send"]))
+                .header(reqwest::header::CONTENT_LENGTH, "0");
+            let error = match call(request, Some(route.token), timeout).await {
+                Ok(a) if a.status == 202 || a.status == 200 => {
+                    return Ok(SendReceipt {
+                        request_id: a.request_id,
+                        client_request_id: String::new(),
+                    });
+                }
+                Ok(a) => a.error(),
+                Err(e) => e,
+            };
+            // a 5xx may follow an accepted mail (Graph has answered 504 for mail it
+            // delivered), and so may a dropped connection: look before sending again
+            match &error {
+                GraphError::Unavailable { .. } => {}
+                GraphError::Transport {
+                    after_request: true,
+                    ..
+                } => {}
+                _ if verdict(&error, Repeat::Once) != Verdict::Stop => {
+                    return Err(SendError::NotSent(error));
+                }
+                _ => return Err(SendError::Refused(error)),
+            }
+            // the answer may have followed the send: look at the draft
+            match route.draft_state(&draft.id).await {
+                Ok(DraftState::Sent) => {
+                    tracing::info!(
+                        error = %error,
+                        "Graph's answer to send was lost, but the draft has left Drafts: it was sent (not sent again)"
+                    );
+                    Ok(SendReceipt {
+                        request_id: error.request_id().map(str::to_owned),
+                        client_request_id: String::new(),
+                    })
+                }
+                Ok(DraftState::Draft) => Err(SendError::NotSent(error)),
+                Err(look) => {
+                    tracing::warn!(error = %look, "after a lost answer to send, the draft could not be looked at");
+                    Err(SendError::Unknown(error))
+                }
+            }
+        },
+        |e| match e {
+            SendError::NotSent(error) => Verdict::Retry {
+                after: error.retry_after(),
+            },
+            _ => Verdict::Stop,
+        },
+    )
+    .await;
+    let failure = match result {
+        Ok((receipt, _)) => return Ok(receipt),
+        Err(failure) => failure,
+    };
+    let (error, reached_send) = match failure.error {
+        SendError::NotSent(e) | SendError::Refused(e) => (e, false),
+        SendError::Unknown(e) => (e, true),
+    };
     Err(DraftFailure {
         step: "send draft".into(),
-        error: answer.error(),
-        reached_send: true,
+        error,
+        reached_send,
     })
 }
 
+/// The most upload sessions one attachment may take (a session that expired is replaced).
+const MAX_UPLOAD_SESSIONS: u32 = 3;
+
 async fn attach(
-    client: &GraphClient,
-    token: &AccessToken,
-    mail: &DraftMail,
+    route: &Route<'_>,
     draft: &CreatedMessage,
     attachment: &DraftAttachment,
-    timeout: Duration,
 ) -> Result<(), GraphError> {
+    let client = route.client;
     let size = attachment.bytes.len();
     if size < UPLOAD_SESSION_MIN_BYTES {
         let mut body = serde_json::json!({
@@ -355,20 +547,15 @@ async fn attach(
         if let Some(cid) = &attachment.content_id {
             body["contentId"] = cid.clone().into();
         }
-        let post = client
-            .http
-            .post(messages_url(
-                client,
-                &mail.send_as,
-                &[&draft.id, "attachments"],
-            ))
-            .json(&body);
-        let answer = call(post, Some(token), timeout).await?;
-        return if answer.status == 201 {
-            Ok(())
-        } else {
-            Err(answer.error())
-        };
+        route
+            .step(Repeat::Once, &[201], true, || {
+                client
+                    .http
+                    .post(route.url(&[&draft.id, "attachments"]))
+                    .json(&body)
+            })
+            .await?;
+        return Ok(());
     }
     let mut item = serde_json::json!({
         "attachmentType": "file",
@@ -380,64 +567,74 @@ async fn attach(
     if let Some(cid) = &attachment.content_id {
         item["contentId"] = cid.clone().into();
     }
-    let create = client
-        .http
-        .post(messages_url(
-            client,
-            &mail.send_as,
-            &[&draft.id, "attachments", "createUploadSession"],
-        ))
-        .json(&serde_json::json!({ "AttachmentItem": item }));
-    let answer = call(create, Some(token), timeout).await?;
-    if answer.status != 201 {
-        return Err(answer.error());
-    }
-    let session: UploadSession = answer.json("createUploadSession")?;
-    let upload_url = checked_upload_url(client, &session.upload_url)?;
-    let mut start = next_start(&session.next_expected_ranges).unwrap_or(0);
-    loop {
-        let end = (start + UPLOAD_CHUNK_BYTES).min(size);
-        let put = client
-            .http
-            .put(upload_url.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .header(
-                reqwest::header::CONTENT_RANGE,
-                format!("bytes {start}-{}/{size}", end - 1),
-            )
-            .body(attachment.bytes[start..end].to_vec());
-        // no Authorization: the URL carries its own token
-        let answer = call(put, None, timeout).await?;
-        match answer.status {
-            201 => return Ok(()),
-            200 => {
-                let progress: UploadSession = match answer.json::<serde_json::Value>("upload") {
-                    Ok(v) => UploadSession {
-                        upload_url: String::new(),
-                        next_expected_ranges: v
-                            .get("nextExpectedRanges")
-                            .and_then(|r| serde_json::from_value(r.clone()).ok())
-                            .unwrap_or_default(),
-                    },
-                    Err(e) => return Err(e),
-                };
-                let next = next_start(&progress.next_expected_ranges).unwrap_or(end);
-                if next <= start || next >= size {
-                    return Err(GraphError::Rejected {
-                        status: 200,
-                        code: "UnexpectedAnswer".into(),
-                        message: format!(
-                            "upload session: after bytes {start}-{} the server expects byte {next} of {size}",
-                            end - 1
-                        ),
-                        request_id: answer.request_id,
-                    });
+    let mut sessions = 0;
+    'session: loop {
+        sessions += 1;
+        let answer = route
+            .step(Repeat::Harmless, &[201], true, || {
+                client
+                    .http
+                    .post(route.url(&[&draft.id, "attachments", "createUploadSession"]))
+                    .json(&serde_json::json!({ "AttachmentItem": item }))
+            })
+            .await?;
+        let session: UploadSession = answer.json("createUploadSession")?;
+        let upload_url = checked_upload_url(client, &session.upload_url)?;
+        let mut start = next_start(&session.next_expected_ranges).unwrap_or(0);
+        loop {
+            let end = (start + UPLOAD_CHUNK_BYTES).min(size);
+            // no Authorization: the URL carries its own token. 416: the session already has
+            // these bytes (an answer was lost) and names the next; 404: the session expired.
+            let answer = route
+                .step(Repeat::Harmless, &[200, 201, 404, 416], false, || {
+                    client
+                        .http
+                        .put(upload_url.clone())
+                        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                        .header(
+                            reqwest::header::CONTENT_RANGE,
+                            format!("bytes {start}-{}/{size}", end - 1),
+                        )
+                        .body(attachment.bytes[start..end].to_vec())
+                })
+                .await?;
+            match answer.status {
+                201 => return Ok(()),
+                404 if sessions < MAX_UPLOAD_SESSIONS => {
+                    tracing::info!(
+                        attachment = %attachment.name,
+                        "the upload session expired; uploading the attachment again in a new one"
+                    );
+                    continue 'session;
                 }
-                start = next;
+                404 => return Err(answer.error()),
+                _ => {
+                    let ranges = answer
+                        .json::<serde_json::Value>("upload")
+                        .ok()
+                        .and_then(|v| v.get("nextExpectedRanges").cloned())
+                        .and_then(|r| serde_json::from_value::<Vec<String>>(r).ok())
+                        .unwrap_or_default();
+                    let next = match (answer.status, next_start(&ranges)) {
+                        (_, Some(next)) => next,
+                        (200, None) => end,
+                        (_, None) => return Err(answer.error()),
+                    };
+                    if next == start || next >= size {
+                        return Err(GraphError::Rejected {
+                            status: answer.status,
+                            code: "UnexpectedAnswer".into(),
+                            message: format!(
+                                "upload session: after bytes {start}-{} the server expects byte {next} of {size}",
+                                end - 1
+                            ),
+                            request_id: answer.request_id,
+                        });
+                    }
+                    start = next;
+                }
             }
-            _ => return Err(answer.error()),
         }
-        let _ = answer.location;
     }
 }
 

@@ -27,7 +27,7 @@ use secrecy::ExposeSecret as _;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::graph::{GraphConfigError, GraphError, error_from_answer, parse_retry_after};
+use crate::graph::{GraphConfigError, GraphError, error_from_answer};
 use crate::retry::RetryPolicy;
 use crate::token::AccessToken;
 
@@ -247,7 +247,7 @@ impl GraphMailbox {
                             .map(str::to_owned)
                     };
                     let request_id = header("request-id");
-                    let retry_after = header("retry-after").as_deref().and_then(parse_retry_after);
+                    let retry_after = crate::retry::retry_after(response.headers());
                     let bytes = match crate::http::read_body(response, limit).await {
                         Ok(body) => bytes::Bytes::from(body),
                         Err(e @ crate::http::BodyError::TooLarge { .. }) => {

@@ -1,15 +1,20 @@
-//! Retrying HTTP requests: one policy type, one `Retry-After` reader, one loop.
+//! Retrying: one policy type, one `Retry-After` reader, one deadline cap, one loop. Every HTTP
+//! client of the project retries through here: Graph (sendMail's in-invocation waits in the
+//! sender's batch loop, each step of the draft route), the identity platform client, and the
+//! ticket sinks ([`send_with_retry`]).
 //!
-//! [`send_with_retry`] sends a request (rebuilt for every attempt, so multipart bodies work) and
-//! retries what a later attempt can fix — 408, 425, 429, 5xx, timeouts and connection errors —
-//! with exponential backoff and jitter (backon), until the policy's attempts or the caller's
-//! deadline run out. Every other answer (2xx, and the 4xx that mean "this request is wrong or not
-//! allowed") is handed back for the caller to interpret.
+//! [`retry`] runs an attempt until it succeeds, the caller's verdict says stop, the policy's
+//! attempts run out, or the next wait would end past the deadline. The wait is exponential backoff
+//! with jitter (backon) — or the server's `Retry-After` when that is longer: a server's
+//! `Retry-After` is never undercut, and not capped by [`RetryPolicy::max_backoff`]. When the wait
+//! would end past the deadline ([`wait_fits`], the one deadline cap) the loop gives up at once
+//! (the caller leaves its work for the next run) instead of sleeping into it.
 //!
-//! A server's `Retry-After` is never undercut: the wait is the larger of it and the backoff, and
-//! it is not capped by [`RetryPolicy::max_backoff`]. When the wait would end past the deadline the
-//! loop gives up at once (the caller leaves its work for the next run) instead of sleeping into it.
+//! [`send_with_retry`] is that loop for one HTTP request (rebuilt for every attempt, so
+//! multipart bodies work): it retries what a later attempt can fix — 408, 425, 429, 5xx, timeouts
+//! and connection errors — and hands every other answer back for the caller to interpret.
 
+use std::future::Future;
 use std::time::Duration;
 
 use backon::BackoffBuilder as _;
@@ -39,6 +44,20 @@ impl Default for RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// The backoffs between attempts: exponential from `initial_backoff`, at most
+    /// `max_backoff`, with jitter.
+    pub fn backoffs(&self) -> impl Iterator<Item = Duration> + use<> {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(self.initial_backoff)
+            .with_max_delay(self.max_backoff)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+}
+
 /// `Retry-After` as a wait: delta-seconds or an HTTP date (RFC 9110 10.2.3); a date in the past
 /// is a zero wait. None when absent or unreadable.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
@@ -54,6 +73,106 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
     let delta = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
     Some(delta.to_std().unwrap_or(Duration::ZERO))
+}
+
+/// The wait before the next attempt: the backoff, or what the server asked when that is longer.
+pub fn next_wait(backoff: Duration, asked: Option<Duration>) -> Duration {
+    asked.map_or(backoff, |asked| asked.max(backoff))
+}
+
+/// The one deadline cap: whether a wait of `wait` from now ends before `deadline`.
+pub fn wait_fits(wait: Duration, deadline: Instant) -> bool {
+    Instant::now() + wait < deadline
+}
+
+/// What the caller makes of a failed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Worth another attempt, after at least `after` when the server said so.
+    Retry {
+        /// The server's `Retry-After`, when given.
+        after: Option<Duration>,
+    },
+    /// Not worth another attempt.
+    Stop,
+}
+
+/// Why [`retry`] gave up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GaveUpBecause {
+    /// The verdict was [`Verdict::Stop`].
+    NotRetryable,
+    /// The policy's `max_attempts` were used.
+    Attempts,
+    /// The next attempt, `wait` away, would start after the deadline.
+    Deadline {
+        /// The wait it would have taken.
+        wait: Duration,
+    },
+}
+
+/// The last failure of [`retry`], and the one before it (when the last is only a cut-off, the
+/// one before says what was wrong).
+#[derive(Debug)]
+pub struct Failure<E> {
+    /// The last attempt's error.
+    pub error: E,
+    /// The error of the attempt before, if any.
+    pub previous: Option<E>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Why there was no further attempt.
+    pub because: GaveUpBecause,
+}
+
+/// Run `attempt` (called once per attempt) until it succeeds, `verdict` says stop, the policy's
+/// attempts run out, or the next wait would end after `deadline`. On success: the value and the
+/// attempts it took.
+pub async fn retry<T, E, F, Fut>(
+    policy: &RetryPolicy,
+    deadline: Instant,
+    mut attempt: F,
+    verdict: impl Fn(&E) -> Verdict,
+) -> Result<(T, u32), Failure<E>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut backoffs = policy.backoffs();
+    let mut attempts = 0;
+    let mut previous = None;
+    loop {
+        attempts += 1;
+        let error = match attempt().await {
+            Ok(value) => return Ok((value, attempts)),
+            Err(error) => error,
+        };
+        let fail = |error, previous, because| Failure {
+            error,
+            previous,
+            attempts,
+            because,
+        };
+        let asked = match verdict(&error) {
+            Verdict::Stop => return Err(fail(error, previous, GaveUpBecause::NotRetryable)),
+            Verdict::Retry { after } => after,
+        };
+        if attempts >= policy.max_attempts {
+            return Err(fail(error, previous, GaveUpBecause::Attempts));
+        }
+        let wait = next_wait(backoffs.next().unwrap_or(policy.max_backoff), asked);
+        if !wait_fits(wait, deadline) {
+            return Err(fail(error, previous, GaveUpBecause::Deadline { wait }));
+        }
+        tracing::debug!(
+            attempt = attempts,
+            wait_ms = wait.as_millis() as u64,
+            server_asked_ms = asked.map(|a| a.as_millis() as u64),
+            "attempt failed in a retryable way; retrying"
+        );
+        tokio::time::sleep(wait).await;
+        previous = Some(error);
+    }
 }
 
 /// Whether an HTTP status is worth another attempt of the same request.
@@ -81,6 +200,12 @@ pub struct Answered {
     pub attempts: u32,
 }
 
+/// A retryable HTTP failure: what went wrong, and the server's `Retry-After`.
+struct HttpFailure {
+    detail: String,
+    server_wait: Option<Duration>,
+}
+
 /// Send the request `build` makes (called once per attempt) until it gets an answer that is not
 /// retryable, or gives up at `deadline` / after `policy.max_attempts`.
 pub async fn send_with_retry(
@@ -88,61 +213,68 @@ pub async fn send_with_retry(
     deadline: Instant,
     mut build: impl FnMut() -> reqwest::RequestBuilder,
 ) -> Result<Answered, GaveUp> {
-    let mut backoffs = backon::ExponentialBuilder::default()
-        .with_min_delay(policy.initial_backoff)
-        .with_max_delay(policy.max_backoff)
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .build();
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(GaveUp {
-                attempts: attempts - 1,
-                detail: "deadline reached".into(),
-            });
-        }
-        let (detail, server_wait) = match build()
-            .timeout(remaining.min(policy.attempt_timeout))
-            .send()
-            .await
-        {
-            Ok(response) if !is_retryable_status(response.status()) => {
-                return Ok(Answered { response, attempts });
+    let result = retry(
+        policy,
+        deadline,
+        || {
+            let request = build();
+            async move {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    return Err(HttpFailure {
+                        detail: "deadline reached".into(),
+                        server_wait: None,
+                    });
+                }
+                match request
+                    .timeout(remaining.min(policy.attempt_timeout))
+                    .send()
+                    .await
+                {
+                    Ok(response) if !is_retryable_status(response.status()) => Ok(response),
+                    Ok(response) => {
+                        let server_wait = retry_after(response.headers());
+                        let status = response.status().as_u16();
+                        let body = excerpt(&crate::http::read_excerpt(response).await);
+                        Err(HttpFailure {
+                            detail: format!("HTTP {status}: {body}"),
+                            server_wait,
+                        })
+                    }
+                    Err(e) if e.is_timeout() => Err(HttpFailure {
+                        detail: "request timed out".into(),
+                        server_wait: None,
+                    }),
+                    Err(e) => Err(HttpFailure {
+                        detail: format!("request failed: {}", error_chain(&e)),
+                        server_wait: None,
+                    }),
+                }
             }
-            Ok(response) => {
-                let wait = retry_after(response.headers());
-                let status = response.status().as_u16();
-                let body = excerpt(&crate::http::read_excerpt(response).await);
-                (format!("HTTP {status}: {body}"), wait)
-            }
-            Err(e) if e.is_timeout() => ("request timed out".to_string(), None),
-            Err(e) => (format!("request failed: {}", error_chain(&e)), None),
-        };
-        if attempts >= policy.max_attempts {
-            return Err(GaveUp { attempts, detail });
-        }
-        let backoff = backoffs.next().unwrap_or(policy.max_backoff);
-        let wait = server_wait.map_or(backoff, |asked| asked.max(backoff));
-        if Instant::now() + wait >= deadline {
-            return Err(GaveUp {
-                attempts,
-                detail: format!(
-                    "{detail} (the next attempt, {} ms away, would end after the deadline)",
+        },
+        |failure| Verdict::Retry {
+            after: failure.server_wait,
+        },
+    )
+    .await;
+    match result {
+        Ok((response, attempts)) => Ok(Answered { response, attempts }),
+        Err(Failure {
+            error,
+            attempts,
+            because,
+            ..
+        }) => Err(GaveUp {
+            attempts,
+            detail: match because {
+                GaveUpBecause::Deadline { wait } => format!(
+                    "{} (the next attempt, {} ms away, would end after the deadline)",
+                    error.detail,
                     wait.as_millis()
                 ),
-            });
-        }
-        tracing::debug!(
-            attempt = attempts,
-            wait_ms = wait.as_millis() as u64,
-            detail = %detail,
-            "HTTP request failed in a retryable way; retrying"
-        );
-        tokio::time::sleep(wait).await;
+                _ => error.detail,
+            },
+        }),
     }
 }
 

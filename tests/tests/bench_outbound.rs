@@ -124,7 +124,7 @@ impl MailSender for SerialisingSender {
         &self,
         _: &AccessToken,
         _: &mailbridge::graph_draft::DraftMail,
-        _: Duration,
+        _: tokio::time::Instant,
     ) -> Result<SendReceipt, mailbridge::graph_draft::DraftFailure> {
         panic!("the benchmark's messages fit one request");
     }

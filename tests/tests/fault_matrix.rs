@@ -1118,9 +1118,9 @@ impl mailbridge::graph::MailSender for HangingSender {
         &self,
         token: &mailbridge::token::AccessToken,
         mail: &mailbridge::graph_draft::DraftMail,
-        timeout: Duration,
+        deadline: tokio::time::Instant,
     ) -> Result<mailbridge::graph::SendReceipt, mailbridge::graph_draft::DraftFailure> {
-        self.inner.send_draft(token, mail, timeout).await
+        self.inner.send_draft(token, mail, deadline).await
     }
 }
 

@@ -398,7 +398,7 @@ async fn stand_in_checks_permissions_content_type_and_throttles() {
 use std::sync::Arc;
 
 use local_stack::identity::{AppRegistration, UserAccount};
-use mailbridge::token::identity::{IdentityClient, RetryPolicy as IdentityRetry};
+use mailbridge::token::identity::{IdentityClient, default_retry_policy};
 use mailbridge::token::secret::AccountSecret;
 use mailbridge::token::service::{TokenService, TokenServiceConfig};
 use mailbridge::token::store::SecretsManagerStore;
@@ -447,9 +447,10 @@ impl Poller {
         let tokens = TokenService::new(
             Arc::new(SecretsManagerStore::from_conf(&aws)),
             IdentityClient::new(mailbridge::http::default_client().unwrap()).with_retry_policy(
-                IdentityRetry {
-                    min_delay: Duration::from_millis(50),
-                    max_delay: Duration::from_millis(400),
+                mailbridge::retry::RetryPolicy {
+                    initial_backoff: Duration::from_millis(50),
+                    max_backoff: Duration::from_millis(400),
+                    ..default_retry_policy()
                 },
             ),
             TokenServiceConfig {

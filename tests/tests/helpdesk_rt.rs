@@ -13,7 +13,7 @@ use mailbridge::ticket_sink::{
     DeliveryPlan, SenderCheck, SinkConfig, TICKET_PAYLOAD_SCHEMA, TicketPayload, TicketSink,
     TicketSinkError,
 };
-use mailbridge::token::identity::{IdentityClient, RetryPolicy as IdentityRetry};
+use mailbridge::token::identity::{IdentityClient, default_retry_policy};
 use mailbridge::token::secret::AccountSecret;
 use mailbridge::token::service::{TokenService, TokenServiceConfig};
 use mailbridge::token::store::SecretsManagerStore;
@@ -85,9 +85,10 @@ impl RtWorld {
         let table = mailbridge_tests::create_state_table("rt").await.unwrap();
         let aws = stack.moto().sdk_config();
         let identity = IdentityClient::new(mailbridge::http::default_client().unwrap())
-            .with_retry_policy(IdentityRetry {
-                min_delay: Duration::from_millis(50),
-                max_delay: Duration::from_millis(400),
+            .with_retry_policy(RetryPolicy {
+                initial_backoff: Duration::from_millis(50),
+                max_backoff: Duration::from_millis(400),
+                ..default_retry_policy()
             });
         let tokens = TokenService::new(
             Arc::new(SecretsManagerStore::from_conf(&aws)),

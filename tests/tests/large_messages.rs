@@ -324,3 +324,217 @@ async fn take_parked(w: &World) -> String {
         .unwrap();
     m.body().unwrap().to_owned()
 }
+
+// ---- the draft route's faults, as Graph produces them ----
+
+use local_stack::graph::{DraftFault, DraftStep, RecordedRequest};
+
+/// A 4 MiB file: over Graph's request limit as base64 (a draft), over 3 MB (an upload session
+/// of two chunks).
+const DRAFT_FILE: usize = 4 * 1024 * 1024;
+
+impl World {
+    /// Queue a notification with a [`DRAFT_FILE`] and send it; the recipient.
+    async fn send_through_a_draft(&self, ticket: &str) -> (String, BatchReport) {
+        let customer = mailbridge_tests::mail_recipient("customer");
+        let object = self.store(&file(DRAFT_FILE)).await;
+        self.enqueue(&self.notification(&customer, &object, ticket))
+            .await;
+        (
+            customer,
+            self.send_queued(1, BatchSettings::default()).await,
+        )
+    }
+
+    /// The requests of one kind that reached this world's mailbox, in order.
+    fn requests(&self, what: &str) -> Vec<RecordedRequest> {
+        stack()
+            .graph()
+            .request_log(&self.upn)
+            .into_iter()
+            .filter(|r| r.what == what)
+            .collect()
+    }
+
+    fn statuses(&self, what: &str) -> Vec<u16> {
+        self.requests(what).iter().map(|r| r.status).collect()
+    }
+
+    /// Sent once, through one draft, nothing left behind, arrived whole and once.
+    async fn assert_sent_once(&self, customer: &str, report: &BatchReport, ticket: &str) {
+        assert_eq!(report.metrics.sent, 1, "{:?}", report.messages);
+        assert_eq!(
+            report.messages[0].resent_after_ambiguous_answer, 0,
+            "{:?}",
+            report.messages
+        );
+        assert_eq!(stack().graph().accepted(&self.upn).len(), 1, "one copy out");
+        assert_eq!(
+            self.statuses("create draft"),
+            vec![201],
+            "one draft, reused"
+        );
+        assert_eq!(stack().graph().draft_count(&self.upn), 0, "no draft left");
+        let delivered = inbox(customer).await;
+        assert_arrived_whole(&delivered[0].raw, DRAFT_FILE, ticket);
+        assert!(bucket_keys(&self.bucket).await.unwrap().is_empty());
+    }
+}
+
+/// The time between the first request of `what` (refused) and the next one.
+fn gap(requests: &[RecordedRequest]) -> Duration {
+    assert!(requests.len() >= 2, "{requests:?}");
+    requests[1].at - requests[0].at
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_on_create_upload_session_is_waited_out_and_the_draft_reused() {
+    let w = World::new().await;
+    stack().graph().draft_fault(
+        &w.upn,
+        DraftStep::CreateUploadSession,
+        DraftFault::Throttle429 {
+            retry_after_secs: 2,
+        },
+        1,
+    );
+    let (customer, report) = w.send_through_a_draft("7101").await;
+    w.assert_sent_once(&customer, &report, "7101").await;
+    assert_eq!(w.statuses("createUploadSession"), vec![429, 201]);
+    // Graph's Retry-After is never undercut: the stand-in's own arrival times
+    let waited = gap(&w.requests("createUploadSession"));
+    assert!(
+        waited >= Duration::from_secs(2),
+        "asked to wait 2 s, came back after {waited:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_on_create_draft_is_waited_out() {
+    let w = World::new().await;
+    stack().graph().draft_fault(
+        &w.upn,
+        DraftStep::CreateDraft,
+        DraftFault::Throttle429 {
+            retry_after_secs: 1,
+        },
+        1,
+    );
+    let (customer, report) = w.send_through_a_draft("7102").await;
+    assert_eq!(report.metrics.sent, 1, "{:?}", report.messages);
+    assert_eq!(w.statuses("create draft"), vec![429, 201]);
+    assert!(gap(&w.requests("create draft")) >= Duration::from_secs(1));
+    assert_eq!(stack().graph().accepted(&w.upn).len(), 1);
+    assert_eq!(stack().graph().draft_count(&w.upn), 0);
+    assert_arrived_whole(&inbox(&customer).await[0].raw, DRAFT_FILE, "7102");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_on_an_upload_chunk_is_retried_and_the_upload_goes_on() {
+    let w = World::new().await;
+    stack().graph().draft_fault(
+        &w.upn,
+        DraftStep::UploadChunk,
+        DraftFault::Fail503 {
+            retry_after_secs: Some(1),
+        },
+        1,
+    );
+    let (customer, report) = w.send_through_a_draft("7103").await;
+    w.assert_sent_once(&customer, &report, "7103").await;
+    assert_eq!(w.statuses("createUploadSession"), vec![201], "same session");
+    assert_eq!(w.statuses("upload chunk"), vec![503, 200, 201]);
+    assert!(gap(&w.requests("upload chunk")) >= Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_upload_session_is_replaced_and_the_mail_arrives_once() {
+    let w = World::new().await;
+    stack()
+        .graph()
+        .draft_fault(&w.upn, DraftStep::UploadChunk, DraftFault::ExpireSession, 1);
+    let (customer, report) = w.send_through_a_draft("7104").await;
+    w.assert_sent_once(&customer, &report, "7104").await;
+    assert_eq!(
+        w.statuses("createUploadSession"),
+        vec![201, 201],
+        "a new session for the attachment, on the same draft"
+    );
+    assert_eq!(w.statuses("upload chunk"), vec![404, 200, 201]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_then_fail_on_send_is_recognised_and_the_mail_delivered_once() {
+    let w = World::new().await;
+    stack()
+        .graph()
+        .draft_fault(&w.upn, DraftStep::SendDraft, DraftFault::AcceptThenFail, 1);
+    let (customer, report) = w.send_through_a_draft("7105").await;
+    w.assert_sent_once(&customer, &report, "7105").await;
+    // the lost answer: the draft is gone from Drafts, so it was sent; never sent again
+    assert_eq!(w.statuses("send draft"), vec![504]);
+    assert_eq!(w.statuses("get draft"), vec![404]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_on_send_leaves_the_draft_which_is_sent_once_after_the_wait() {
+    let w = World::new().await;
+    stack().graph().draft_fault(
+        &w.upn,
+        DraftStep::SendDraft,
+        DraftFault::Fail503 {
+            retry_after_secs: Some(1),
+        },
+        1,
+    );
+    let (customer, report) = w.send_through_a_draft("7106").await;
+    w.assert_sent_once(&customer, &report, "7106").await;
+    // the draft is still a draft: not sent, so sending it again cannot make a second copy
+    assert_eq!(w.statuses("get draft"), vec![200]);
+    assert_eq!(w.statuses("send draft"), vec![503, 202]);
+    assert!(gap(&w.requests("send draft")) >= Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draft_step_refused_for_good_is_parked_naming_the_step_and_leaves_no_draft() {
+    let w = World::new().await;
+    // the mailbox's own MaxSendSize is below the message: Graph refuses the upload session
+    stack().graph().set_max_send_bytes(&w.upn, 3_500_000);
+    let (_, report) = w.send_through_a_draft("7107").await;
+    assert_eq!(report.metrics.parked, 1, "{:?}", report.messages);
+    let reason = parked_reason(&report);
+    assert_eq!(reason.kind, "too-large");
+    assert_eq!(
+        reason.graph_code.as_deref(),
+        Some("ErrorMessageSizeExceeded")
+    );
+    assert!(
+        reason.reason.contains("attach \"logs.bin\""),
+        "names the step: {}",
+        reason.reason
+    );
+    assert!(stack().graph().accepted(&w.upn).is_empty());
+    assert_eq!(
+        stack().graph().draft_count(&w.upn),
+        0,
+        "the draft was deleted"
+    );
+    assert!(w.statuses("send draft").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_on_send_mail_is_waited_out_for_the_time_graph_asked() {
+    let w = World::new().await;
+    let customer = mailbridge_tests::mail_recipient("customer");
+    let object = w.store(b"small").await;
+    stack().graph().throttle_429(&w.upn, 1, 2);
+    w.enqueue(&w.notification(&customer, &object, "7108")).await;
+    let report = w.send_queued(1, BatchSettings::default()).await;
+    assert_eq!(report.metrics.sent, 1, "{:?}", report.messages);
+    assert_eq!(w.statuses("sendMail"), vec![429, 202]);
+    let waited = gap(&w.requests("sendMail"));
+    assert!(
+        waited >= Duration::from_secs(2),
+        "asked to wait 2 s, came back after {waited:?}"
+    );
+}

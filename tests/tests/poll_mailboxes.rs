@@ -393,7 +393,7 @@ use std::sync::Arc;
 use local_stack::dovecot::Dovecot;
 use local_stack::identity::{AppRegistration, UserAccount};
 use mailbridge::token::Audience;
-use mailbridge::token::identity::{IdentityClient, RetryPolicy as IdentityRetry};
+use mailbridge::token::identity::{IdentityClient, default_retry_policy};
 use mailbridge::token::secret::AccountSecret;
 use mailbridge::token::service::{TokenService, TokenServiceConfig};
 use mailbridge::token::store::SecretsManagerStore;
@@ -408,9 +408,10 @@ const PASSWORD: &str = "correct horse battery staple";
 
 fn identity_client() -> IdentityClient {
     IdentityClient::new(mailbridge::http::default_client().expect("http client")).with_retry_policy(
-        IdentityRetry {
-            min_delay: Duration::from_millis(50),
-            max_delay: Duration::from_millis(400),
+        RetryPolicy {
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(400),
+            ..default_retry_policy()
         },
     )
 }

@@ -14,8 +14,9 @@ use local_stack::identity::{
     TenantSettings, UserAccount,
 };
 use mailbridge::error::{Classify, ErrorClass};
+use mailbridge::retry::RetryPolicy;
 use mailbridge::token::authorization_code::{AuthorizationRequest, RedirectError};
-use mailbridge::token::identity::{DeviceCodeError, DeviceCodeEvent, RetryPolicy};
+use mailbridge::token::identity::{DeviceCodeError, DeviceCodeEvent};
 use mailbridge::token::login::{self, LoginError};
 use mailbridge::token::oauth_error::TokenEndpointError;
 use mailbridge::token::store::{SecretValue, client_request_token};
@@ -48,8 +49,9 @@ struct World {
 fn identity_client() -> IdentityClient {
     IdentityClient::new(mailbridge::http::default_client().expect("http client")).with_retry_policy(
         RetryPolicy {
-            min_delay: Duration::from_millis(50),
-            max_delay: Duration::from_millis(400),
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(400),
+            ..mailbridge::token::identity::default_retry_policy()
         },
     )
 }

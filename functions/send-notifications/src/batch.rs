@@ -620,6 +620,7 @@ impl Prepared {
         deps: &Deps,
         token: &AccessToken,
         timeout: Duration,
+        left: Duration,
     ) -> Result<SendReceipt, Failed> {
         let sent = |error| Failed {
             error,
@@ -637,8 +638,10 @@ impl Prepared {
                 .await
                 .map_err(sent),
             Prepared::Draft(mail) => {
+                // each step is bounded by the draft route's own policy; all of them by the
+                // time left
                 deps.mail
-                    .send_draft(token, mail, timeout)
+                    .send_draft(token, mail, Instant::now() + left)
                     .await
                     .map_err(|f| Failed {
                         reached_send: f.reached_send,
@@ -1026,7 +1029,7 @@ async fn send_claimed(
                 "resending after an answer that may mean Graph accepted the mail (5xx or a connection dropped after the request); the recipient may get two copies with the same Message-ID"
             );
         }
-        let (error, reached_send) = match request.submit(deps, &token, timeout).await {
+        let (error, reached_send) = match request.submit(deps, &token, timeout, left).await {
             Ok(receipt) => {
                 return Outcome::Sent {
                     graph_request_id: receipt.request_id,
@@ -1072,10 +1075,14 @@ async fn send_claimed(
                 };
             }
             (_, ErrorClass::Transient) => {
+                // Graph's Retry-After (read by mailbridge::retry) in full, when the wait and a
+                // send still fit before the deadline; else the queue delivers it again
+                let send_by = deadline
+                    .checked_sub(settings.safety_margin + Duration::from_millis(500))
+                    .unwrap_or(deadline);
                 let fits = error.retry_after().filter(|wait| {
                     waits < settings.max_retry_after_waits
-                        && *wait + settings.safety_margin + Duration::from_millis(500)
-                            < remaining(deadline)
+                        && mailbridge::retry::wait_fits(*wait, send_by)
                 });
                 match fits {
                     Some(wait) => {

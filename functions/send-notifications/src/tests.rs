@@ -140,7 +140,7 @@ impl MailSender for FakeGraph {
         &self,
         token: &AccessToken,
         mail: &mailbridge::graph_draft::DraftMail,
-        _timeout: Duration,
+        _deadline: tokio::time::Instant,
     ) -> Result<SendReceipt, mailbridge::graph_draft::DraftFailure> {
         let subject = match &mail.content {
             mailbridge::graph_draft::DraftContent::Mime(raw) => {

@@ -57,8 +57,8 @@ use crate::identity::IdentityStandIn;
 mod drafts;
 mod mailbox;
 pub use drafts::{
-    DEFAULT_MAX_SEND_BYTES, DEFAULT_UPLOAD_SESSION_LIFETIME, MAX_CHUNK_BYTES,
-    MAX_UPLOAD_SESSION_BYTES, MIN_UPLOAD_SESSION_BYTES,
+    DEFAULT_MAX_SEND_BYTES, DEFAULT_UPLOAD_SESSION_LIFETIME, DraftFault, DraftStep,
+    MAX_CHUNK_BYTES, MAX_UPLOAD_SESSION_BYTES, MIN_UPLOAD_SESSION_BYTES,
 };
 pub use mailbox::{
     DEFAULT_DELTA_PAGE_SIZE, DEFAULT_FOLDER_PAGE_SIZE, DELETED_ITEMS, MESSAGE_SIZE_PROPERTY,
@@ -166,6 +166,34 @@ struct StandInState {
     requests: Mutex<HashMap<String, u64>>,
     holds: Mutex<HashMap<String, HoldPoint>>,
     drafts: drafts::Drafts,
+    log: Mutex<Vec<RecordedRequest>>,
+}
+
+/// One request that reached a mailbox (sendMail or a step of the draft route), with when it
+/// arrived: tests judge waits (a `Retry-After` honoured) by these times, not by wall-clock
+/// budgets of their own.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    /// The mailbox (lowercase).
+    pub mailbox: String,
+    /// `sendMail`, `create draft`, `get draft`, `add attachment`, `createUploadSession`,
+    /// `upload chunk`, `send draft`, `delete draft`.
+    pub what: &'static str,
+    /// When it arrived.
+    pub at: std::time::Instant,
+    /// The status answered.
+    pub status: u16,
+}
+
+impl StandInState {
+    fn record(&self, mailbox: &str, what: &'static str, at: std::time::Instant, status: u16) {
+        self.log.lock().expect("lock").push(RecordedRequest {
+            mailbox: mailbox.to_owned(),
+            what,
+            at,
+            status,
+        });
+    }
 }
 
 impl StandInState {
@@ -228,6 +256,7 @@ impl GraphStandIn {
             requests: Mutex::default(),
             holds: Mutex::default(),
             drafts: drafts::Drafts::default(),
+            log: Mutex::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base_url = format!("http://{}", listener.local_addr()?);
@@ -395,6 +424,19 @@ impl GraphStandIn {
             .expect("lock")
             .iter()
             .filter(|m| m.mailbox == mailbox)
+            .cloned()
+            .collect()
+    }
+
+    /// The requests that reached `mailbox` (sendMail and the draft route's), in arrival order.
+    pub fn request_log(&self, mailbox: &str) -> Vec<RecordedRequest> {
+        let mailbox = mailbox.to_ascii_lowercase();
+        self.state
+            .log
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| r.mailbox == mailbox)
             .cloned()
             .collect()
     }
@@ -603,7 +645,6 @@ async fn answer(
                 .expect("lock")
                 .contains(&(upn.clone(), target.to_owned()))
     };
-    let may_send_as = |target: &str| holds(&state.send_as, target);
     // Another user's mailbox in the path: the delegated Mail.Send.Shared permission, then Full
     // Access on the mailbox (both answer ErrorAccessDenied, as Graph does).
     if mailbox != upn && (!granted("Mail.Send.Shared") || !holds(&state.full_access, &mailbox)) {
@@ -615,6 +656,32 @@ async fn answer(
         .expect("lock")
         .entry(mailbox.clone())
         .or_default() += 1;
+    let arrived = std::time::Instant::now();
+    let response = answer_for_mailbox(state, &mailbox, upn, path, headers, body, rid).await;
+    state.record(&mailbox, "sendMail", arrived, response.status().as_u16());
+    response
+}
+
+/// [`answer`] once the token and the path's mailbox are judged.
+#[allow(clippy::too_many_arguments)]
+async fn answer_for_mailbox(
+    state: &Arc<StandInState>,
+    mailbox: &str,
+    upn: String,
+    path: String,
+    headers: &HeaderMap,
+    body: Bytes,
+    rid: &str,
+) -> Response {
+    let mailbox = mailbox.to_owned();
+    let may_send_as = |target: &str| {
+        target == upn
+            || state
+                .send_as
+                .lock()
+                .expect("lock")
+                .contains(&(upn.clone(), target.to_owned()))
+    };
 
     // 2. scoped fault injection
     let (latency, fault, hold) = {

@@ -87,6 +87,17 @@ pub enum GraphFault {
         /// How many.
         count: u32,
     },
+    /// The next `count` requests of one step of the draft route answer with `draft_fault`
+    /// ([`GraphStandIn::draft_fault`]), e.g. `{"fault": "draft", "step": "upload_chunk",
+    /// "draft_fault": {"how": "expire_session"}, "count": 1}`.
+    Draft {
+        /// The step.
+        step: crate::graph::DraftStep,
+        /// What it answers.
+        draft_fault: crate::graph::DraftFault,
+        /// How many.
+        count: u32,
+    },
 }
 
 /// How an `accept_then_fail` fault answers.
@@ -133,6 +144,11 @@ impl GraphFault {
             GraphFault::FillMailbox => graph.fill_mailbox(mailbox),
             GraphFault::ExpireDeltaTokens => graph.expire_delta_tokens(mailbox),
             GraphFault::RemoveBeforeFetch { count } => graph.remove_before_fetch(mailbox, *count),
+            GraphFault::Draft {
+                step,
+                draft_fault,
+                count,
+            } => graph.draft_fault(mailbox, *step, *draft_fault, *count),
         }
     }
 }

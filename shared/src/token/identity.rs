@@ -3,13 +3,12 @@
 //! of a browser sign-in's authorization code (PKCE).
 //!
 //! One attempt = one HTTP request. [`IdentityClient::with_retries`] repeats transient failures
-//! with exponential backoff and jitter (backon), honouring `Retry-After`, and never sleeps past
-//! the caller's deadline.
+//! through the project's one retry loop ([`crate::retry`]): backoff with jitter, a server's
+//! `Retry-After` never undercut, and no sleep past the caller's deadline.
 
 use std::future::Future;
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -17,6 +16,9 @@ use tokio::time::Instant;
 use super::Audience;
 use super::oauth_error::{TokenEndpointError, TransientFailure, classify};
 use super::secret::AccountSecret;
+
+/// The detail of an attempt the caller's deadline cut short.
+const DEADLINE_DURING_ATTEMPT: &str = "deadline reached during an attempt";
 
 /// Grant type of the device authorization grant.
 pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
@@ -139,32 +141,16 @@ fn json_u64(v: &serde_json::Value) -> Option<u64> {
         .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }
 
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
-}
+use crate::retry::RetryPolicy;
 
-/// Backoff policy for transient failures.
-#[derive(Clone, Debug)]
-pub struct RetryPolicy {
-    /// First delay.
-    pub min_delay: Duration,
-    /// Cap on one delay (a larger `Retry-After` still wins, within the deadline).
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            min_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(8),
-        }
+/// The identity client's default policy: quick first retries, at most 8 s of backoff (a
+/// `Retry-After` may ask for more), as many attempts as the caller's deadline allows.
+pub fn default_retry_policy() -> RetryPolicy {
+    RetryPolicy {
+        initial_backoff: Duration::from_millis(200),
+        max_backoff: Duration::from_secs(8),
+        max_attempts: u32::MAX,
+        attempt_timeout: Duration::from_secs(30),
     }
 }
 
@@ -180,11 +166,11 @@ impl IdentityClient {
     pub fn new(http: reqwest::Client) -> Self {
         Self {
             http,
-            retry: RetryPolicy::default(),
+            retry: default_retry_policy(),
         }
     }
 
-    /// Change the backoff policy.
+    /// Change the backoff policy (see [`default_retry_policy`]).
     pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
@@ -216,7 +202,7 @@ impl IdentityClient {
                 })
             })?;
         let status = response.status().as_u16();
-        let after = retry_after(response.headers());
+        let after = crate::retry::retry_after(response.headers());
         let body = crate::http::read_text(response, crate::http::MAX_ANSWER_BYTES)
             .await
             .map_err(|e| {
@@ -332,56 +318,65 @@ impl IdentityClient {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, TokenEndpointError>>,
     {
-        let mut delays = backon::ExponentialBuilder::default()
-            .with_min_delay(self.retry.min_delay)
-            .with_max_delay(self.retry.max_delay)
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times()
-            .build();
-        let mut attempts = 0u32;
-        // What the last failed attempt said: when the deadline cuts the next one short, that is
-        // the cause a person needs (a TLS or DNS failure), not "deadline reached".
-        let mut last_failure: Option<String> = None;
-        loop {
-            attempts += 1;
-            let outcome = match tokio::time::timeout_at(deadline, attempt()).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(TokenEndpointError::Transient(TransientFailure {
-                    detail: match &last_failure {
-                        Some(cause) => format!(
-                            "deadline reached during attempt {attempts}; the attempt before failed: {cause}"
-                        ),
-                        None => format!("deadline reached during attempt {attempts}"),
-                    },
-                    retry_after: None,
-                })),
-            };
-            match outcome {
-                Err(TokenEndpointError::Transient(failure)) => {
-                    last_failure = Some(failure.detail.clone());
-                    let backoff = delays.next().unwrap_or(self.retry.max_delay);
-                    let delay = failure.retry_after.map_or(backoff, |ra| ra.max(backoff));
-                    if Instant::now() + delay >= deadline {
-                        return Err(TokenEndpointError::Transient(TransientFailure {
-                            detail: format!(
-                                "{} (gave up after {attempts} attempts)",
-                                failure.detail
-                            ),
-                            retry_after: failure.retry_after,
-                        }));
+        use crate::retry::{Failure, GaveUpBecause, Verdict};
+        let result = crate::retry::retry(
+            &self.retry,
+            deadline,
+            || {
+                let attempt = attempt();
+                async move {
+                    match tokio::time::timeout_at(deadline, attempt).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => Err(TokenEndpointError::Transient(TransientFailure {
+                            detail: DEADLINE_DURING_ATTEMPT.to_owned(),
+                            retry_after: None,
+                        })),
                     }
-                    tracing::warn!(
-                        attempt = attempts,
-                        delay_ms = delay.as_millis() as u64,
-                        detail = %failure.detail,
-                        "identity platform transient failure; retrying"
-                    );
-                    tokio::time::sleep(delay).await;
                 }
-                other => return other,
-            }
+            },
+            |e| match e {
+                TokenEndpointError::Transient(failure) => Verdict::Retry {
+                    after: failure.retry_after,
+                },
+                _ => Verdict::Stop,
+            },
+        )
+        .await;
+        let Failure {
+            error,
+            previous,
+            attempts,
+            because,
+        } = match result {
+            Ok((value, _)) => return Ok(value),
+            Err(failure) => failure,
+        };
+        let TokenEndpointError::Transient(failure) = error else {
+            return Err(error);
+        };
+        if because == GaveUpBecause::NotRetryable {
+            return Err(TokenEndpointError::Transient(failure));
         }
+        // When the deadline cut an attempt short, what the attempt before said is the cause a
+        // person needs (a TLS or DNS failure), not "deadline reached".
+        let detail = match previous {
+            Some(TokenEndpointError::Transient(before))
+                if failure.detail == DEADLINE_DURING_ATTEMPT =>
+            {
+                format!(
+                    "deadline reached during attempt {attempts}; the attempt before failed: {}",
+                    before.detail
+                )
+            }
+            _ if failure.detail == DEADLINE_DURING_ATTEMPT => {
+                format!("deadline reached during attempt {attempts}")
+            }
+            _ => format!("{} (gave up after {attempts} attempts)", failure.detail),
+        };
+        Err(TokenEndpointError::Transient(TransientFailure {
+            detail,
+            retry_after: failure.retry_after,
+        }))
     }
 
     /// Start a device code sign-in: `POST /devicecode` with `scope`.
@@ -473,8 +468,13 @@ impl IdentityClient {
                 Err(TokenEndpointError::ExpiredToken) => return Err(DeviceCodeError::Expired),
                 Err(TokenEndpointError::Transient(t)) => {
                     tracing::warn!(detail = %t.detail, "device code poll failed; polling again");
+                    // the server's wait in full, never past the code's expiry (then: expired)
                     if let Some(ra) = t.retry_after {
-                        tokio::time::sleep(ra.min(Duration::from_secs(60))).await;
+                        if crate::retry::wait_fits(ra, expires_at) {
+                            tokio::time::sleep(ra).await;
+                        } else {
+                            tokio::time::sleep_until(expires_at).await;
+                        }
                     }
                 }
                 Err(other) => return Err(DeviceCodeError::Failed(other)),

@@ -26,6 +26,14 @@
 //!
 //! The size of a message is counted as Exchange sees it: the MIME of the draft plus each
 //! attachment in base64.
+//!
+//! `GET …/messages/{id}` answers the draft while it is one and 404 once it was sent (Exchange
+//! moves a sent draft to Sent Items, under another id): how a client tells, after a lost answer
+//! to `send`, whether the mail went out. Faults per mailbox and step
+//! ([`GraphStandIn::draft_fault`]): 429 with `Retry-After` and 503 on create draft,
+//! createUploadSession, an upload chunk or send (nothing done), "accept, then fail" on send (sent,
+//! then 504), an upload session that expired (404 on the chunk). Every request is recorded with
+//! its arrival time ([`GraphStandIn::request_log`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -64,6 +72,87 @@ pub(super) struct Drafts {
     uploads: Mutex<HashMap<String, Upload>>,
     max_send: Mutex<HashMap<String, usize>>,
     upload_lifetime: Mutex<Option<Duration>>,
+    faults: Mutex<HashMap<(String, DraftStep), Vec<DraftFault>>>,
+}
+
+/// A step of the draft route a fault can be put on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DraftStep {
+    /// `POST …/messages`.
+    CreateDraft,
+    /// `POST …/attachments/createUploadSession`.
+    CreateUploadSession,
+    /// A `PUT` to an upload session's URL.
+    UploadChunk,
+    /// `POST …/messages/{id}/send`.
+    SendDraft,
+}
+
+/// What a step answers instead of doing its work (what Graph has been seen to do).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "how", rename_all = "snake_case")]
+pub enum DraftFault {
+    /// 429 `ApplicationThrottled` with `Retry-After`; nothing done.
+    Throttle429 {
+        /// `Retry-After` seconds.
+        retry_after_secs: u64,
+    },
+    /// 503 `ServiceUnavailable` (with `Retry-After` when given); nothing done.
+    Fail503 {
+        /// `Retry-After` seconds, if any.
+        #[serde(default)]
+        retry_after_secs: Option<u64>,
+    },
+    /// `send draft` only: the mail is sent (delivered, the draft gone), then the answer is a
+    /// 504, as if it was lost on the way back.
+    AcceptThenFail,
+    /// `upload chunk` only: the upload session has expired (404 `ErrorItemNotFound`, the
+    /// session gone; the draft stays).
+    ExpireSession,
+}
+
+impl GraphStandIn {
+    /// The next `count` requests of `step` for `mailbox` answer with `fault`.
+    pub fn draft_fault(&self, mailbox: &str, step: DraftStep, fault: DraftFault, count: u32) {
+        self.state.drafts.faults.lock().expect("lock").insert(
+            (mailbox.to_ascii_lowercase(), step),
+            vec![fault; count as usize],
+        );
+    }
+}
+
+/// The fault the next `step` request of `mailbox` gets, if one is set.
+fn take_fault(state: &StandInState, mailbox: &str, step: DraftStep) -> Option<DraftFault> {
+    state
+        .drafts
+        .faults
+        .lock()
+        .expect("lock")
+        .get_mut(&(mailbox.to_owned(), step))
+        .and_then(Vec::pop)
+}
+
+/// The answer of a 429 or 503 fault (nothing was done).
+fn refused_by_fault(fault: DraftFault, rid: &str) -> Option<Response> {
+    match fault {
+        DraftFault::Throttle429 { retry_after_secs } => {
+            Some(super::throttled(rid, retry_after_secs))
+        }
+        DraftFault::Fail503 { retry_after_secs } => {
+            let mut r = graph_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "Service is temporarily unavailable.",
+                rid,
+            );
+            if let Some(s) = retry_after_secs {
+                r.headers_mut().insert("retry-after", HeaderValue::from(s));
+            }
+            Some(r)
+        }
+        DraftFault::AcceptThenFail | DraftFault::ExpireSession => None,
+    }
 }
 
 struct Draft {
@@ -158,7 +247,7 @@ pub(super) fn routes() -> Router<Arc<StandInState>> {
 type S = State<Arc<StandInState>>;
 
 async fn create_me(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
-    with_auth(&s, None, &headers, |s, mailbox, rid| {
+    with_auth(&s, None, &headers, "create draft", |s, mailbox, rid| {
         create(s, mailbox, &headers, &body, rid)
     })
 }
@@ -168,7 +257,7 @@ async fn create_user(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    with_auth(&s, Some(id), &headers, |s, mailbox, rid| {
+    with_auth(&s, Some(id), &headers, "create draft", |s, mailbox, rid| {
         create(s, mailbox, &headers, &body, rid)
     })
 }
@@ -179,7 +268,13 @@ async fn get_me(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    super::mailbox::message_route(s, method, None, mid, None, q, headers, Bytes::new()).await
+    if super::mailbox::is_stored_id(&mid) {
+        return super::mailbox::message_route(s, method, None, mid, None, q, headers, Bytes::new())
+            .await;
+    }
+    with_auth(&s, None, &headers, "get draft", |s, mailbox, rid| {
+        get(s, mailbox, &mid, rid)
+    })
 }
 async fn get_user(
     State(s): S,
@@ -188,7 +283,22 @@ async fn get_user(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    super::mailbox::message_route(s, method, Some(id), mid, None, q, headers, Bytes::new()).await
+    if super::mailbox::is_stored_id(&mid) {
+        return super::mailbox::message_route(
+            s,
+            method,
+            Some(id),
+            mid,
+            None,
+            q,
+            headers,
+            Bytes::new(),
+        )
+        .await;
+    }
+    with_auth(&s, Some(id), &headers, "get draft", |s, mailbox, rid| {
+        get(s, mailbox, &mid, rid)
+    })
 }
 async fn delete_me(
     State(s): S,
@@ -209,7 +319,7 @@ async fn delete_me(
         )
         .await;
     }
-    with_auth(&s, None, &headers, |s, mailbox, rid| {
+    with_auth(&s, None, &headers, "delete draft", |s, mailbox, rid| {
         remove(s, mailbox, &mid, rid)
     })
 }
@@ -232,7 +342,7 @@ async fn delete_user(
         )
         .await;
     }
-    with_auth(&s, Some(id), &headers, |s, mailbox, rid| {
+    with_auth(&s, Some(id), &headers, "delete draft", |s, mailbox, rid| {
         remove(s, mailbox, &mid, rid)
     })
 }
@@ -247,9 +357,13 @@ async fn patch_me(
         return super::mailbox::message_route(s, method, None, mid, None, None, headers, body)
             .await;
     }
-    with_auth(&s, None, &headers, |s, mailbox, rid| {
-        patch(s, mailbox, &mid, &body, rid)
-    })
+    with_auth(
+        &s,
+        None,
+        &headers,
+        "set internetMessageId",
+        |s, mailbox, rid| patch(s, mailbox, &mid, &body, rid),
+    )
 }
 async fn patch_user(
     State(s): S,
@@ -262,9 +376,13 @@ async fn patch_user(
         return super::mailbox::message_route(s, method, Some(id), mid, None, None, headers, body)
             .await;
     }
-    with_auth(&s, Some(id), &headers, |s, mailbox, rid| {
-        patch(s, mailbox, &mid, &body, rid)
-    })
+    with_auth(
+        &s,
+        Some(id),
+        &headers,
+        "set internetMessageId",
+        |s, mailbox, rid| patch(s, mailbox, &mid, &body, rid),
+    )
 }
 async fn action_me(
     State(s): S,
@@ -279,9 +397,13 @@ async fn action_me(
             .await;
     }
     let base = format!("http://{}", host(&headers));
-    with_auth(&s, None, &headers, |s, mailbox, rid| {
-        draft_action(s, mailbox, &mid, &action, &body, &base, rid)
-    })
+    with_auth(
+        &s,
+        None,
+        &headers,
+        action_name(&action),
+        |s, mailbox, rid| draft_action(s, mailbox, &mid, &action, &body, &base, rid),
+    )
 }
 async fn action_user(
     State(s): S,
@@ -305,9 +427,22 @@ async fn action_user(
         .await;
     }
     let base = format!("http://{}", host(&headers));
-    with_auth(&s, Some(id), &headers, |s, mailbox, rid| {
-        draft_action(s, mailbox, &mid, &action, &body, &base, rid)
-    })
+    with_auth(
+        &s,
+        Some(id),
+        &headers,
+        action_name(&action),
+        |s, mailbox, rid| draft_action(s, mailbox, &mid, &action, &body, &base, rid),
+    )
+}
+
+fn action_name(action: &str) -> &'static str {
+    match action {
+        "attachments" => "add attachment",
+        "attachments/createUploadSession" => "createUploadSession",
+        "send" => "send draft",
+        _ => "unknown action",
+    }
 }
 
 fn host(headers: &HeaderMap) -> String {
@@ -331,8 +466,10 @@ fn with_auth(
     state: &Arc<StandInState>,
     user_path: Option<String>,
     headers: &HeaderMap,
+    what: &'static str,
     f: impl FnOnce(&Arc<StandInState>, &str, &str) -> Response,
 ) -> Response {
+    let arrived = std::time::Instant::now();
     let rid = uuid::Uuid::new_v4().to_string();
     let unauthorized = |message: &str| {
         graph_error(
@@ -381,7 +518,9 @@ fn with_auth(
                         .contains(&(upn.clone(), mailbox.clone()))
             };
             if allowed {
-                f(state, &mailbox, &rid)
+                let response = f(state, &mailbox, &rid);
+                state.record(&mailbox, what, arrived, response.status().as_u16());
+                response
             } else {
                 graph_error(
                     StatusCode::FORBIDDEN,
@@ -434,6 +573,11 @@ fn create(
     rid: &str,
 ) -> Response {
     if let Some(r) = too_large(rid, body.len()) {
+        return r;
+    }
+    if let Some(r) =
+        take_fault(state, mailbox, DraftStep::CreateDraft).and_then(|f| refused_by_fault(f, rid))
+    {
         return r;
     }
     let content_type = headers
@@ -522,6 +666,18 @@ fn with_message_id(raw: &[u8]) -> Vec<u8> {
     .into_bytes();
     out.extend_from_slice(raw);
     out
+}
+
+/// `GET …/messages/{id}`: the draft while it is one; once sent it has moved to Sent Items under
+/// another id, so the draft's id answers 404 (as Exchange's ids do when an item changes folder).
+fn get(state: &Arc<StandInState>, mailbox: &str, mid: &str, rid: &str) -> Response {
+    let drafts = state.drafts.drafts.lock().expect("lock");
+    match drafts.get(mid) {
+        Some(d) if d.mailbox == mailbox => {
+            (StatusCode::OK, axum::Json(draft_json(mid, d))).into_response()
+        }
+        _ => not_found(rid),
+    }
 }
 
 fn remove(state: &Arc<StandInState>, mailbox: &str, mid: &str, rid: &str) -> Response {
@@ -707,6 +863,11 @@ fn create_session(
             );
         }
     };
+    if let Some(r) = take_fault(state, mailbox, DraftStep::CreateUploadSession)
+        .and_then(|f| refused_by_fault(f, rid))
+    {
+        return r;
+    }
     let item = request.item;
     if item.attachment_type != "file" {
         return graph_error(
@@ -794,8 +955,24 @@ async fn upload(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let arrived = std::time::Instant::now();
     let rid = uuid::Uuid::new_v4().to_string();
+    let mailbox = state
+        .drafts
+        .uploads
+        .lock()
+        .expect("lock")
+        .get(&session)
+        .map(|u| u.mailbox.clone());
     let response = upload_chunk(&state, &session, &headers, &body, &rid);
+    if let Some(mailbox) = mailbox {
+        state.record(
+            &mailbox,
+            "upload chunk",
+            arrived,
+            response.status().as_u16(),
+        );
+    }
     with_request_id(response, &rid)
 }
 
@@ -820,6 +997,15 @@ fn upload_chunk(
     let Some(upload) = uploads.get_mut(session) else {
         return not_found(rid);
     };
+    match take_fault(state, &upload.mailbox.clone(), DraftStep::UploadChunk) {
+        Some(DraftFault::ExpireSession) => upload.expires = chrono::Utc::now(),
+        Some(fault) => {
+            if let Some(r) = refused_by_fault(fault, rid) {
+                return r;
+            }
+        }
+        None => {}
+    }
     if upload.expires <= chrono::Utc::now() {
         uploads.remove(session);
         return graph_error(
@@ -943,6 +1129,18 @@ async fn cancel_upload(State(state): S, Path(session): Path<String>) -> Response
 }
 
 fn send(state: &Arc<StandInState>, mailbox: &str, mid: &str, rid: &str) -> Response {
+    let fault = take_fault(state, mailbox, DraftStep::SendDraft);
+    if let Some(r) = fault.and_then(|f| refused_by_fault(f, rid)) {
+        return r;
+    }
+    let answer = send_now(state, mailbox, mid, rid);
+    if fault == Some(DraftFault::AcceptThenFail) && answer.status() == StatusCode::ACCEPTED {
+        return graph_error(StatusCode::GATEWAY_TIMEOUT, "UnknownError", "", rid);
+    }
+    answer
+}
+
+fn send_now(state: &Arc<StandInState>, mailbox: &str, mid: &str, rid: &str) -> Response {
     let max = max_send(state, mailbox);
     let draft = {
         let mut drafts = state.drafts.drafts.lock().expect("lock");
