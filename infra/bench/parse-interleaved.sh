@@ -9,7 +9,7 @@
 #   bash infra/bench/parse-interleaved.sh [--rounds N] BENCH_BINARY [OTHER_BENCH_BINARY ...] [-- DIR ...]
 #
 # Several binaries (e.g. before/after a change, copied aside) are measured in the same rounds.
-# Default directories: tests/fixtures/mail and ../shared/corpus/{bounces,rt,not-bounces} if present.
+# Default directory: tests/fixtures/mail; name others (e.g. a corpus of real mail) after `--`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rounds=12
@@ -25,7 +25,6 @@ done
 [ ${#bins[@]} -gt 0 ] || { sed -n '2,12p' "$0"; exit 2; }
 if [ ${#dirs[@]} -eq 0 ]; then
   dirs=(tests/fixtures/mail)
-  for sub in bounces rt not-bounces; do [ -d "../shared/corpus/$sub" ] && dirs+=("../shared/corpus/$sub"); done
 fi
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT

@@ -4,7 +4,7 @@
 //! would), `/{tenant}/oauth2/v2.0/devicecode`,
 //! `/introspect` for Dovecot's oauth2 passdb, and test controls. Strict, Microsoft-shaped errors.
 //!
-//! Behaviour modelled on Entra ID (`shared/notes/platform-facts.md` §A):
+//! Behaviour modelled on Entra ID, from Microsoft identity platform documentation:
 //! - Errors are `{"error", "error_description": "AADSTSnnnnn: … Trace ID: … Correlation ID: …
 //!   Timestamp: …", "error_codes", "timestamp", "trace_id", "correlation_id", "error_uri"}` with
 //!   real AADSTS codes: unknown tenant 90002, unknown client 700016, public client flows off

@@ -276,12 +276,14 @@ static PAYLOAD_SCHEMA: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
     let parse = |text: &str| -> serde_json::Value {
         serde_json::from_str(text).expect("the published schemas are JSON")
     };
-    let draft = parse(include_str!(
-        "../../../shared/schemas/ticket-draft.schema.json"
-    ));
-    let payload = parse(include_str!(
-        "../../../shared/schemas/ticket-payload.schema.json"
-    ));
+    let draft = parse(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/schemas/ticket-draft.schema.json"
+    )));
+    let payload = parse(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/schemas/ticket-payload.schema.json"
+    )));
     let registry = jsonschema::Registry::new()
         .add(
             "https://mailbridge.invalid/schemas/ticket-draft.schema.json",
