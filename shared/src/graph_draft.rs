@@ -58,7 +58,7 @@ const _: () = assert!(
 );
 
 /// Graph's largest attachment (upload sessions take files "between 3 MB and 150 MB").
-pub const MAX_ATTACHMENT_BYTES: usize = 150 * 1024 * 1024;
+pub use crate::notification::GRAPH_MAX_ATTACHMENT_BYTES as MAX_ATTACHMENT_BYTES;
 
 /// What the draft is created from.
 #[derive(Clone, Debug)]
