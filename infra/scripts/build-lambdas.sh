@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds both Lambda bootstraps for provided.al2023 with cargo-lambda (zig as the cross linker):
-#   target/lambda-<arch>/send-notifications/bootstrap and target/lambda-<arch>/poll-mailboxes/bootstrap
+# Builds the Lambda bootstraps for provided.al2023 with cargo-lambda (zig as the cross linker):
+#   target/lambda-<arch>/{send-notifications,poll-mailboxes,receive-notifications}/bootstrap
 # (under $CARGO_TARGET_DIR when it is set) and prints their sizes.
 #
 #   bash infra/scripts/build-lambdas.sh            # arm64 (what template.yaml deploys), x86_64 if arm64 is impossible
@@ -16,7 +16,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 venv=${MAILBRIDGE_LAMBDA_VENV:-$root/.local/venv-lambda}
 pins=(cargo-lambda==1.9.2 ziglang==0.17.1)
-bins=(send-notifications poll-mailboxes)
+bins=(send-notifications poll-mailboxes receive-notifications)
 
 arch=arm64
 case "${1:-}" in

@@ -33,6 +33,8 @@ pub mod mail;
 pub mod message_store;
 pub mod notification;
 #[cfg(feature = "services")]
+pub mod push;
+#[cfg(feature = "services")]
 pub mod retry;
 #[cfg(feature = "services")]
 pub mod send_rights;

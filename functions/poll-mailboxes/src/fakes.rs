@@ -1283,3 +1283,64 @@ async fn a_mail_a_run_died_reading_is_parked_unread_and_the_others_go_on() {
         .unwrap();
     assert_eq!((again.parked, again.tickets_created), (0, 0));
 }
+
+/// Records the gates a queued run disarms.
+#[derive(Default)]
+struct FakeGate {
+    disarmed: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl mailbridge::push::PollGate for FakeGate {
+    async fn arm(&self, _: &str) -> Result<bool, mailbridge::state::StateError> {
+        unreachable!("only the receiver arms gates")
+    }
+    async fn disarm(&self, mailbox: &str) -> Result<(), mailbridge::state::StateError> {
+        self.disarmed.lock().unwrap().push(mailbox.to_owned());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_queued_poll_request_held_off_by_the_lease_is_delivered_again() {
+    let w = help_world();
+    let gate = Arc::new(FakeGate::default());
+    let push = crate::push::PushDeps { gate: gate.clone() };
+    w.server.deliver("help@example.com", &mail("a", "x"));
+    let event = serde_json::json!({"Records": [
+        {"messageId": "m1", "eventSource": "aws:sqs", "body": "{\"mailbox\":\"help\"}"},
+        {"messageId": "m2", "eventSource": "aws:sqs", "body": "{\"mailbox\":\"help\"}"},
+        {"messageId": "m3", "eventSource": "aws:sqs", "body": "garbage"},
+    ]});
+    // a scheduled run holds the mailbox
+    let held = w
+        .state
+        .acquire_mailbox_lease("help", chrono::Utc::now().timestamp() + 60)
+        .await
+        .unwrap();
+    let answer = crate::handler::handle_event(&w.deps, Some(&push), &event, later())
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["batchItemFailures"],
+        serde_json::json!([{"itemIdentifier": "m1"}, {"itemIdentifier": "m2"}])
+    );
+    assert_eq!(*gate.disarmed.lock().unwrap(), vec!["help".to_owned()]);
+    assert!(w.sink.tickets.lock().unwrap().is_empty());
+    let MailboxLease::Acquired { token, .. } = held else {
+        panic!("the lease was free")
+    };
+    w.state.release_mailbox_lease("help", &token).await.unwrap();
+    let answer = crate::handler::handle_event(&w.deps, Some(&push), &event, later())
+        .await
+        .unwrap();
+    assert_eq!(answer["batchItemFailures"], serde_json::json!([]));
+    assert_eq!(answer["tickets_created"], 1);
+    assert_eq!(w.sink.tickets.lock().unwrap().len(), 1);
+    // without push deps a queue event is an error, not a silent full run
+    assert!(
+        crate::handler::handle_event(&w.deps, None, &event, later())
+            .await
+            .is_err()
+    );
+}

@@ -1,8 +1,9 @@
 //! The Lambda event → one tick → the response, plus EMF metrics.
 //!
 //! Events: an EventBridge Scheduler (or legacy scheduled rule) event polls every configured
-//! mailbox; a manual event `{"mailboxes": ["name", ...]}` polls only those now. Any other JSON
-//! object polls everything (schedulers differ in what payload they send).
+//! mailbox; a manual event `{"mailboxes": ["name", ...]}` polls only those now; an SQS event
+//! from the poll-request queue polls the mailboxes its requests name ([`crate::push`]). Any other
+//! JSON object polls everything (schedulers differ in what payload they send).
 
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -78,6 +79,31 @@ pub enum HandlerError {
     /// The mailbox list could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Handle one invocation of the Lambda function: a queue event through [`crate::push`], any
+/// other through [`handle`]. The answer is the run's report (plus `batchItemFailures` for a
+/// queue event).
+pub async fn handle_event(
+    deps: &PollDeps,
+    push: Option<&crate::push::PushDeps>,
+    event: &serde_json::Value,
+    deadline: Instant,
+) -> Result<serde_json::Value, HandlerError> {
+    if !crate::push::is_queue_event(event) {
+        let report = handle(deps, event, deadline).await?;
+        return Ok(serde_json::to_value(&report).unwrap_or_default());
+    }
+    let push = push.ok_or_else(|| {
+        EventError("an SQS event, but this build of the poller takes no poll requests".into())
+    })?;
+    let polls = crate::push::parse_queue_event(event)?;
+    let answer = crate::push::run_queued(deps, push, &polls, deadline).await?;
+    println!(
+        "{}",
+        emf_line(&answer.report, None, chrono::Utc::now().timestamp_millis())
+    );
+    Ok(serde_json::to_value(&answer).unwrap_or_default())
 }
 
 /// Handle one invocation; emits the metrics line.

@@ -10,6 +10,7 @@
 //! - [`targets`]: the IMAP and ticket API hosts a mailbox configuration may point at.
 //! - [`memory`]: how large a mail may be read whole, from the function's memory.
 //! - [`handler`]: the Lambda event → tick → response + metrics.
+//! - [`push`]: poll requests from Graph change notifications (the poll-request queue).
 
 pub mod config;
 pub mod convert;
@@ -21,6 +22,7 @@ pub mod imap_adapter;
 pub mod memory;
 pub mod poll;
 pub mod ports;
+pub mod push;
 pub mod sinks;
 pub mod targets;
 

@@ -19,7 +19,7 @@ use poll_mailboxes::config::Settings;
 use poll_mailboxes::convert::ParseContext;
 use poll_mailboxes::dynamo::DynamoStateStore;
 use poll_mailboxes::graph_adapter::{GraphConnector, ProtocolConnector};
-use poll_mailboxes::handler::{HandlerError, handle};
+use poll_mailboxes::handler::{HandlerError, handle_event};
 use poll_mailboxes::imap_adapter::ImapConnector;
 use poll_mailboxes::sinks::SecretsSinkFactory;
 use serde_json::Value;
@@ -42,6 +42,7 @@ struct Prepared {
     state: Arc<DynamoStateStore>,
     sinks: Arc<SecretsSinkFactory>,
     memory: Arc<poll_mailboxes::memory::MemoryBudget>,
+    push: Option<poll_mailboxes::push::PushDeps>,
     deps: tokio::sync::OnceCell<PollDeps>,
 }
 
@@ -79,7 +80,16 @@ async fn prepare() -> Result<Prepared, StartupError> {
         max_message_bytes = memory.max_message_bytes(),
         "mail larger than max_message_bytes (or a mailbox's own limit) becomes a header-only ticket"
     );
+    // Poll requests from Graph change notifications (an SQS event): their gates live in the
+    // state table.
+    let push = Some(poll_mailboxes::push::PushDeps {
+        gate: Arc::new(mailbridge::push::DynamoPushStore::new(
+            LazyClient::new(&aws, aws_sdk_dynamodb::Client::new),
+            &settings.state_table,
+        )),
+    });
     Ok(Prepared {
+        push,
         memory: Arc::new(memory),
         tokens: Arc::new(tokens),
         connector: Arc::new(connector),
@@ -163,11 +173,9 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         let remaining_ms = (context.deadline as i64 - chrono::Utc::now().timestamp_millis()).max(0);
         let deadline =
             tokio::time::Instant::now() + std::time::Duration::from_millis(remaining_ms as u64);
-        let report = handle(deps, &payload, deadline).await.map_err(diagnostic)?;
-        serde_json::to_value(&report).map_err(|e| Diagnostic {
-            error_type: "EncodeResponse".into(),
-            error_message: e.to_string(),
-        })
+        handle_event(deps, prepared.push.as_ref(), &payload, deadline)
+            .await
+            .map_err(diagnostic)
     }))
     .await
 }
