@@ -132,7 +132,7 @@ impl std::fmt::Debug for GraphMailbox {
     }
 }
 
-enum Body {
+pub(crate) enum Body {
     None,
     Json(serde_json::Value),
 }
@@ -160,6 +160,16 @@ impl GraphMailbox {
         })
     }
 
+    /// Graph's root (`…/v1.0`).
+    pub(crate) fn base_url(&self) -> &url::Url {
+        &self.base
+    }
+
+    /// The mailbox's address.
+    pub fn mailbox_address(&self) -> &str {
+        &self.mailbox
+    }
+
     /// Requests sent so far (each attempt counts).
     pub fn requests(&self) -> u64 {
         self.requests.load(std::sync::atomic::Ordering::Relaxed)
@@ -180,7 +190,7 @@ impl GraphMailbox {
 
     /// [`Self::call_capped`] for answers other than a message's MIME: at most
     /// [`crate::http::MAX_ANSWER_BYTES`].
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         url: url::Url,
@@ -581,7 +591,7 @@ fn not_found_is_false(result: Result<(u16, bytes::Bytes), GraphError>) -> Result
     }
 }
 
-fn bad_answer(e: &dyn std::fmt::Display) -> GraphError {
+pub(crate) fn bad_answer(e: &dyn std::fmt::Display) -> GraphError {
     GraphError::Unavailable {
         status: 200,
         retry_after: None,

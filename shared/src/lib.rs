@@ -24,6 +24,8 @@ pub mod graph_draft;
 #[cfg(feature = "services")]
 pub mod graph_mail;
 #[cfg(feature = "services")]
+pub mod graph_subscriptions;
+#[cfg(feature = "services")]
 pub mod http;
 #[cfg(feature = "services")]
 pub mod imap;

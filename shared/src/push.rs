@@ -5,8 +5,10 @@
 //!   for, the SHA-256 of its `clientState` secret (the secret itself is stored nowhere: only
 //!   Graph and the hash know it), the subscribed resource and when it expires. The notification
 //!   receiver reads these, and nothing else.
-//! - `mailbox-subscription#<mailbox>`: the id of the mailbox's subscription, so the poller finds
-//!   it by mailbox. Written and deleted together with `subscription#<id>` (one transaction).
+//! - `mailbox-subscription#<mailbox>`: the same record under the mailbox's name, so the poller
+//!   finds it by mailbox, and `subscription-index` (string set `mailboxes`): the mailboxes that
+//!   have one, so a scheduled run finds the subscriptions of removed mailboxes. All three are
+//!   written and deleted together (one transaction).
 //! - `poll-request#<mailbox>`: the poll-request gate ([`PollGate`]). `queued_at` is set while a
 //!   "poll this mailbox now" request waits in the queue and no poll has taken it yet.
 //!
@@ -21,7 +23,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 use base64::Engine as _;
 use sha2::Digest as _;
 
@@ -44,6 +46,10 @@ pub struct SubscriptionRecord {
     pub id: String,
     /// The mailbox (configuration name) it watches.
     pub mailbox: String,
+    /// The account (token) it was created with: what deletes it after the mailbox is gone.
+    pub account: String,
+    /// The mailbox's address.
+    pub user: String,
     /// Hex SHA-256 of the subscription's `clientState`.
     pub client_state_sha256: String,
     /// The subscribed resource, e.g. `/users/helpdesk@contoso.com/mailFolders('inbox')/messages`.
@@ -122,6 +128,9 @@ pub fn mailbox_subscription_key(mailbox: &str) -> String {
     format!("mailbox-subscription#{mailbox}")
 }
 
+/// Partition key of the list of mailboxes with a subscription.
+pub const SUBSCRIPTION_INDEX_KEY: &str = "subscription-index";
+
 /// Partition key of a mailbox's poll-request gate.
 pub fn poll_request_key(mailbox: &str) -> String {
     format!("poll-request#{mailbox}")
@@ -141,6 +150,8 @@ pub trait SubscriptionStore: Send + Sync {
     async fn put_subscription(&self, record: &SubscriptionRecord) -> Result<(), StateError>;
     /// Remove a record and its mailbox pointer.
     async fn delete_subscription(&self, record: &SubscriptionRecord) -> Result<(), StateError>;
+    /// The mailboxes that have a subscription record.
+    async fn subscribed_mailboxes(&self) -> Result<Vec<String>, StateError>;
 }
 
 /// Port: the poll-request gate of each mailbox.
@@ -209,6 +220,8 @@ fn record_from(item: &HashMap<String, AttributeValue>) -> Option<SubscriptionRec
     Some(SubscriptionRecord {
         id: text(item, "subscription_id")?,
         mailbox: text(item, "mailbox")?,
+        account: text(item, "account")?,
+        user: text(item, "user")?,
         client_state_sha256: text(item, "client_state_sha256")?,
         resource: text(item, "resource")?,
         expires_at: item
@@ -245,6 +258,8 @@ impl SubscriptionStore for DynamoPushStore {
                 ("pk".to_owned(), s(pk)),
                 ("subscription_id".to_owned(), s(&record.id)),
                 ("mailbox".to_owned(), s(&record.mailbox)),
+                ("account".to_owned(), s(&record.account)),
+                ("user".to_owned(), s(&record.user)),
                 (
                     "client_state_sha256".to_owned(),
                     s(&record.client_state_sha256),
@@ -263,9 +278,17 @@ impl SubscriptionStore for DynamoPushStore {
                 .build()
                 .map(|p| TransactWriteItem::builder().put(p).build())
         };
+        let index = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(SUBSCRIPTION_INDEX_KEY))
+            .update_expression("ADD mailboxes :name")
+            .expression_attribute_values(":name", AttributeValue::Ss(vec![record.mailbox.clone()]))
+            .build()
+            .map(|u| TransactWriteItem::builder().update(u).build());
         let items = [
             put(subscription_key(&record.id)),
             put(mailbox_subscription_key(&record.mailbox)),
+            index,
         ]
         .into_iter()
         .collect::<Result<Vec<_>, _>>()
@@ -284,6 +307,10 @@ impl SubscriptionStore for DynamoPushStore {
             })
     }
 
+    async fn subscribed_mailboxes(&self) -> Result<Vec<String>, StateError> {
+        self.index().await
+    }
+
     async fn delete_subscription(&self, record: &SubscriptionRecord) -> Result<(), StateError> {
         let delete = |pk: String| {
             Delete::builder()
@@ -292,7 +319,19 @@ impl SubscriptionStore for DynamoPushStore {
                 .build()
                 .map(|d| TransactWriteItem::builder().delete(d).build())
         };
-        let mut items = vec![delete(subscription_key(&record.id))];
+        let mut items = vec![
+            delete(subscription_key(&record.id)),
+            Update::builder()
+                .table_name(&self.table)
+                .key("pk", s(SUBSCRIPTION_INDEX_KEY))
+                .update_expression("DELETE mailboxes :name")
+                .expression_attribute_values(
+                    ":name",
+                    AttributeValue::Ss(vec![record.mailbox.clone()]),
+                )
+                .build()
+                .map(|u| TransactWriteItem::builder().update(u).build()),
+        ];
         // The pointer only while it still names this subscription (a newer one may replace it).
         items.push(
             Delete::builder()
@@ -318,7 +357,8 @@ impl SubscriptionStore for DynamoPushStore {
             Err(e) => {
                 let e = e.into_service_error();
                 if e.is_transaction_canceled_exception() {
-                    // the pointer names a newer subscription: remove this one's record alone
+                    // the pointer names a newer subscription (the index keeps the mailbox):
+                    // remove this one's record alone
                     return self
                         .client
                         .delete_item()
@@ -337,6 +377,18 @@ impl SubscriptionStore for DynamoPushStore {
                 Err(self.error(format!("delete subscription#{}", record.id), e))
             }
         }
+    }
+}
+
+impl DynamoPushStore {
+    async fn index(&self) -> Result<Vec<String>, StateError> {
+        let mut names: Vec<String> = self
+            .get(SUBSCRIPTION_INDEX_KEY)
+            .await?
+            .and_then(|item| item.get("mailboxes").and_then(|v| v.as_ss().ok()).cloned())
+            .unwrap_or_default();
+        names.sort();
+        Ok(names)
     }
 }
 

@@ -114,6 +114,9 @@ pub struct MailboxConfig {
     /// Graph only: `user` is a shared mailbox (or another user's) that the account's user opens
     /// with Full Access, so the token carries `Mail.ReadWrite.Shared`.
     pub shared: bool,
+    /// Push: subscribe to Graph change notifications for `folder` and poll when one arrives
+    /// (docs/push.md). For an IMAP mailbox the account needs Graph read rights too.
+    pub push: bool,
     /// IMAP host.
     pub host: String,
     /// IMAP port (implicit TLS).
@@ -201,6 +204,7 @@ impl MailboxConfig {
             "enabled",
             "protocol",
             "shared",
+            "push",
             "host",
             "port",
             "user",
@@ -283,6 +287,11 @@ impl MailboxConfig {
             None | Some(serde_json::Value::Null) => false,
             Some(serde_json::Value::Bool(b)) => *b,
             Some(_) => return Err(err("shared", "must be true or false".into())),
+        };
+        let push = match object.get("push") {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(_) => return Err(err("push", "must be true or false".into())),
         };
         if shared && protocol == Protocol::Imap {
             return Err(err(
@@ -418,6 +427,7 @@ impl MailboxConfig {
             enabled,
             protocol,
             shared,
+            push,
             host,
             port,
             user,
@@ -461,6 +471,10 @@ pub struct Settings {
     /// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` (MB, set by Lambda): bounds the mail read whole
     /// ([`crate::memory`]). None outside Lambda: no bound beyond each mailbox's own.
     pub function_memory_mb: Option<u64>,
+    /// `MAILBRIDGE_NOTIFICATION_URL`: the receive-notifications Function URL that Graph
+    /// subscriptions of mailboxes with `push: true` notify (docs/push.md). Unset: no push
+    /// subscriptions are made. https only (http on loopback with `MAILBRIDGE_ALLOW_LOCAL_TARGETS`).
+    pub notification_url: Option<String>,
     /// `MAILBRIDGE_IMAP_HOSTS`, `MAILBRIDGE_SINK_HOSTS`, `MAILBRIDGE_ALLOW_LOCAL_TARGETS`: where
     /// mailbox configurations may point ([`crate::targets`]).
     pub targets: crate::targets::TargetPolicy,
@@ -509,7 +523,27 @@ impl Settings {
                 None => None,
                 Some(_) => Some(number("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 128, 128, 10_240)?),
             };
+        let notification_url = match get("MAILBRIDGE_NOTIFICATION_URL")
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+        {
+            None => None,
+            Some(v) => {
+                let bad = |problem: &str| SettingsError {
+                    name: "MAILBRIDGE_NOTIFICATION_URL",
+                    problem: format!("{v:?} {problem}"),
+                };
+                let url = url::Url::parse(&v).map_err(|e| bad(&format!("is not a URL ({e})")))?;
+                match url.scheme() {
+                    "https" => {}
+                    "http" if targets.allows_local() => {}
+                    _ => return Err(bad("must be an https URL (Graph notifies https only)")),
+                }
+                Some(v)
+            }
+        };
         Ok(Settings {
+            notification_url,
             function_memory_mb,
             targets,
             state_table,

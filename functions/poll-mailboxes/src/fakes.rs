@@ -1305,7 +1305,10 @@ impl mailbridge::push::PollGate for FakeGate {
 async fn a_queued_poll_request_held_off_by_the_lease_is_delivered_again() {
     let w = help_world();
     let gate = Arc::new(FakeGate::default());
-    let push = crate::push::PushDeps { gate: gate.clone() };
+    let push = crate::push::PushDeps {
+        gate: gate.clone(),
+        subscriptions: None,
+    };
     w.server.deliver("help@example.com", &mail("a", "x"));
     let event = serde_json::json!({"Records": [
         {"messageId": "m1", "eventSource": "aws:sqs", "body": "{\"mailbox\":\"help\"}"},
@@ -1343,4 +1346,192 @@ async fn a_queued_poll_request_held_off_by_the_lease_is_delivered_again() {
             .await
             .is_err()
     );
+}
+
+/// Subscription records and Graph's `/subscriptions` in memory.
+#[derive(Default)]
+struct FakeSubscriptions {
+    records: Mutex<HashMap<String, mailbridge::push::SubscriptionRecord>>,
+    graph: Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>,
+    renewals_fail: Mutex<bool>,
+    next: Mutex<u32>,
+}
+
+#[async_trait]
+impl mailbridge::push::SubscriptionStore for FakeSubscriptions {
+    async fn subscription(
+        &self,
+        id: &str,
+    ) -> Result<Option<mailbridge::push::SubscriptionRecord>, mailbridge::state::StateError> {
+        Ok(self
+            .records
+            .lock()
+            .unwrap()
+            .values()
+            .find(|r| r.id == id)
+            .cloned())
+    }
+    async fn subscription_of(
+        &self,
+        mailbox: &str,
+    ) -> Result<Option<mailbridge::push::SubscriptionRecord>, mailbridge::state::StateError> {
+        Ok(self.records.lock().unwrap().get(mailbox).cloned())
+    }
+    async fn put_subscription(
+        &self,
+        record: &mailbridge::push::SubscriptionRecord,
+    ) -> Result<(), mailbridge::state::StateError> {
+        self.records
+            .lock()
+            .unwrap()
+            .insert(record.mailbox.clone(), record.clone());
+        Ok(())
+    }
+    async fn delete_subscription(
+        &self,
+        record: &mailbridge::push::SubscriptionRecord,
+    ) -> Result<(), mailbridge::state::StateError> {
+        self.records.lock().unwrap().remove(&record.mailbox);
+        Ok(())
+    }
+    async fn subscribed_mailboxes(&self) -> Result<Vec<String>, mailbridge::state::StateError> {
+        Ok(self.records.lock().unwrap().keys().cloned().collect())
+    }
+}
+
+#[async_trait]
+impl crate::push::SubscriptionApi for FakeSubscriptions {
+    async fn resource(
+        &self,
+        config: &MailboxConfig,
+        _: &AccessToken,
+        _: Instant,
+    ) -> Result<String, mailbridge::graph::GraphError> {
+        Ok(format!(
+            "/users/{}/mailFolders('inbox')/messages",
+            config.user
+        ))
+    }
+    async fn create(
+        &self,
+        _: &str,
+        _: &AccessToken,
+        _: &str,
+        url: &str,
+        client_state: &str,
+        expires: chrono::DateTime<chrono::Utc>,
+        _: Instant,
+    ) -> Result<mailbridge::graph_subscriptions::CreatedSubscription, mailbridge::graph::GraphError>
+    {
+        assert!(url.starts_with("https://"));
+        assert_eq!(client_state.len(), 43);
+        let mut next = self.next.lock().unwrap();
+        *next += 1;
+        let id = format!("sub-{next}");
+        self.graph.lock().unwrap().insert(id.clone(), expires);
+        Ok(mailbridge::graph_subscriptions::CreatedSubscription {
+            id,
+            expires_at: expires,
+        })
+    }
+    async fn renew(
+        &self,
+        _: &str,
+        _: &AccessToken,
+        id: &str,
+        expires: chrono::DateTime<chrono::Utc>,
+        _: Instant,
+    ) -> Result<chrono::DateTime<chrono::Utc>, mailbridge::graph::GraphError> {
+        if *self.renewals_fail.lock().unwrap() {
+            return Err(mailbridge::graph::GraphError::Rejected {
+                status: 403,
+                code: "ExtensionError".into(),
+                message: "Operation: Update; Exception: [Status Code: Forbidden]".into(),
+                request_id: None,
+            });
+        }
+        match self.graph.lock().unwrap().get_mut(id) {
+            Some(at) => {
+                *at = expires;
+                Ok(expires)
+            }
+            None => Err(mailbridge::graph::GraphError::Rejected {
+                status: 404,
+                code: "ResourceNotFound".into(),
+                message: "subscription not found".into(),
+                request_id: None,
+            }),
+        }
+    }
+    async fn delete(
+        &self,
+        _: &str,
+        _: &AccessToken,
+        id: &str,
+        _: Instant,
+    ) -> Result<(), mailbridge::graph::GraphError> {
+        self.graph.lock().unwrap().remove(id);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn scheduled_runs_create_renew_recreate_and_delete_push_subscriptions() {
+    let w = world(
+        vec![
+            Ok(mailbox(
+                "help",
+                "help@example.com",
+                serde_json::json!({"push": true}),
+            )),
+            Ok(mailbox("quiet", "quiet@example.com", serde_json::json!({}))),
+        ],
+        FakeTokens::default(),
+    );
+    let fake = Arc::new(FakeSubscriptions::default());
+    let subs = crate::push::SubscriptionDeps {
+        store: fake.clone(),
+        api: fake.clone(),
+        notification_url: "https://abc.lambda-url.eu-west-1.on.aws/".into(),
+    };
+    let run = || crate::push::maintain_subscriptions(&w.deps, &subs, later());
+    let report = run().await.unwrap();
+    assert_eq!((report.created, report.failed), (1, 0));
+    let first = fake.records.lock().unwrap()["help"].clone();
+    assert_eq!(first.id, "sub-1");
+    // a quiet second run does nothing
+    assert_eq!(run().await.unwrap(), Default::default());
+    // near its expiry it is renewed; a failed renewal is counted and tried again next run
+    fake.records
+        .lock()
+        .unwrap()
+        .get_mut("help")
+        .unwrap()
+        .expires_at = chrono::Utc::now().timestamp() + 3600;
+    *fake.renewals_fail.lock().unwrap() = true;
+    assert_eq!(run().await.unwrap().failed, 1);
+    *fake.renewals_fail.lock().unwrap() = false;
+    let report = run().await.unwrap();
+    assert_eq!((report.renewed, report.failed), (1, 0));
+    assert!(
+        fake.records.lock().unwrap()["help"].expires_at
+            > chrono::Utc::now().timestamp() + 86_400 * 6
+    );
+    // Graph forgot it (subscriptionRemoved, or expired): renewing creates a new one
+    fake.graph.lock().unwrap().clear();
+    fake.records
+        .lock()
+        .unwrap()
+        .get_mut("help")
+        .unwrap()
+        .expires_at = chrono::Utc::now().timestamp() + 3600;
+    let report = run().await.unwrap();
+    assert_eq!((report.created, report.failed), (1, 0));
+    assert_eq!(fake.records.lock().unwrap()["help"].id, "sub-2");
+    // the mailbox is removed: its subscription is deleted in Graph and in the table
+    let _removed = w.state.configs.lock().unwrap().remove(0);
+    let report = run().await.unwrap();
+    assert_eq!(report.deleted, 1);
+    assert!(fake.records.lock().unwrap().is_empty());
+    assert!(fake.graph.lock().unwrap().is_empty());
 }

@@ -92,6 +92,28 @@ pub async fn handle_event(
 ) -> Result<serde_json::Value, HandlerError> {
     if !crate::push::is_queue_event(event) {
         let report = handle(deps, event, deadline).await?;
+        // A scheduled run keeps the push subscriptions, after its polls.
+        if let (Ok(PollRequest::All), Some(subs)) = (
+            parse_event(event),
+            push.and_then(|p| p.subscriptions.as_ref()),
+        ) {
+            match crate::push::maintain_subscriptions(deps, subs, deadline).await {
+                Ok(upkeep) => {
+                    println!("{}", upkeep.emf_line(chrono::Utc::now().timestamp_millis()))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "push subscriptions not kept this run");
+                    println!(
+                        "{}",
+                        crate::push::SubscriptionReport {
+                            failed: 1,
+                            ..Default::default()
+                        }
+                        .emf_line(chrono::Utc::now().timestamp_millis())
+                    );
+                }
+            }
+        }
         return Ok(serde_json::to_value(&report).unwrap_or_default());
     }
     let push = push.ok_or_else(|| {

@@ -81,12 +81,25 @@ async fn prepare() -> Result<Prepared, StartupError> {
         "mail larger than max_message_bytes (or a mailbox's own limit) becomes a header-only ticket"
     );
     // Poll requests from Graph change notifications (an SQS event): their gates live in the
-    // state table.
+    // state table;
+    // with MAILBRIDGE_NOTIFICATION_URL also the subscriptions (scheduled runs keep them).
+    let push_store = Arc::new(mailbridge::push::DynamoPushStore::new(
+        LazyClient::new(&aws, aws_sdk_dynamodb::Client::new),
+        &settings.state_table,
+    ));
     let push = Some(poll_mailboxes::push::PushDeps {
-        gate: Arc::new(mailbridge::push::DynamoPushStore::new(
-            LazyClient::new(&aws, aws_sdk_dynamodb::Client::new),
-            &settings.state_table,
-        )),
+        gate: push_store.clone(),
+        subscriptions: settings.notification_url.clone().map(|notification_url| {
+            poll_mailboxes::push::SubscriptionDeps {
+                store: push_store,
+                api: Arc::new(poll_mailboxes::push::GraphSubscriptionApi::new(
+                    http.clone(),
+                    &settings.graph_url,
+                    settings.imap_timeout,
+                )),
+                notification_url,
+            }
+        }),
     });
     Ok(Prepared {
         push,

@@ -11,22 +11,516 @@
 //! SQS delivers it again after the queue's visibility timeout. A mailbox that failed outright
 //! (needs a person, misconfigured) is not retried from the queue: the schedule and its alarms
 //! deal with it.
+//!
+//! Subscriptions ([`maintain_subscriptions`], in each scheduled run, after the polls): every
+//! enabled mailbox with `push: true` gets a Graph subscription to messages created in its
+//! folder, renewed when less than [`RENEW_WITHIN`] of it is left, created again when Graph no
+//! longer knows it; the subscriptions of mailboxes removed (or no longer `push`) are deleted. A
+//! lifecycle event from the queue is acted on before its mailbox is polled:
+//! `reauthorizationRequired` renews the subscription, `subscriptionRemoved` creates a new one.
+//! A subscription that could not be created or renewed is counted
+//! (`PushSubscriptionsFailed`, its alarm); the scheduled poll goes on regardless.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use mailbridge::push::{PollGate, PollRequestMessage};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mailbridge::graph::GraphError;
+use mailbridge::graph_subscriptions::CreatedSubscription;
+use mailbridge::push::{
+    LifecycleEvent, PollGate, PollRequestMessage, SubscriptionRecord, SubscriptionStore,
+};
+use mailbridge::token::{AccessToken, Audience};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::config::{MailboxConfig, Protocol};
 use crate::handler::EventError;
 use crate::poll::{PollDeps, PollReport, poll_once};
 use crate::ports::StoreError;
+
+/// How long a new (or renewed) subscription lives: 10 minutes under Graph's 10,080.
+pub const SUBSCRIPTION_LIFETIME: Duration =
+    Duration::from_secs((mailbridge::push::MAX_SUBSCRIPTION_MINUTES as u64 - 10) * 60);
+
+/// A subscription is renewed when less than this is left of it.
+pub const RENEW_WITHIN: Duration = Duration::from_secs(3 * 24 * 3600);
 
 /// What the poller needs for push.
 #[derive(Clone)]
 pub struct PushDeps {
     /// The poll-request gates.
     pub gate: Arc<dyn PollGate>,
+    /// Subscription upkeep; None when no notification URL is configured.
+    pub subscriptions: Option<SubscriptionDeps>,
+}
+
+/// What subscription upkeep needs.
+#[derive(Clone)]
+pub struct SubscriptionDeps {
+    /// The subscription records.
+    pub store: Arc<dyn SubscriptionStore>,
+    /// Graph's `/subscriptions`.
+    pub api: Arc<dyn SubscriptionApi>,
+    /// The receive-notifications Function URL.
+    pub notification_url: String,
+}
+
+/// Port: Graph's `/subscriptions` for one mailbox.
+#[async_trait]
+pub trait SubscriptionApi: Send + Sync {
+    /// The resource to subscribe to: new messages in the mailbox's folder.
+    async fn resource(
+        &self,
+        config: &MailboxConfig,
+        token: &AccessToken,
+        deadline: Instant,
+    ) -> Result<String, GraphError>;
+    /// Create a subscription.
+    #[allow(clippy::too_many_arguments)]
+    async fn create(
+        &self,
+        user: &str,
+        token: &AccessToken,
+        resource: &str,
+        notification_url: &str,
+        client_state: &str,
+        expires: DateTime<Utc>,
+        deadline: Instant,
+    ) -> Result<CreatedSubscription, GraphError>;
+    /// Renew one until `expires`.
+    async fn renew(
+        &self,
+        user: &str,
+        token: &AccessToken,
+        id: &str,
+        expires: DateTime<Utc>,
+        deadline: Instant,
+    ) -> Result<DateTime<Utc>, GraphError>;
+    /// Delete one (gone already is fine).
+    async fn delete(
+        &self,
+        user: &str,
+        token: &AccessToken,
+        id: &str,
+        deadline: Instant,
+    ) -> Result<(), GraphError>;
+}
+
+/// The token audience a mailbox's subscription is made with: a Graph mailbox's own; for an
+/// IMAP mailbox, Graph's mail-reading audience of the same account.
+pub fn subscription_audience(config: &MailboxConfig) -> Audience {
+    match config.protocol {
+        Protocol::Graph => crate::poll::mailbox_audience(config),
+        Protocol::Imap => Audience::GraphMailbox,
+    }
+}
+
+/// What subscription upkeep did in one run.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct SubscriptionReport {
+    /// Subscriptions created.
+    pub created: u32,
+    /// Renewed.
+    pub renewed: u32,
+    /// Deleted (mailbox removed or push turned off).
+    pub deleted: u32,
+    /// Mailboxes whose subscription could not be created, renewed or deleted.
+    pub failed: u32,
+}
+
+impl SubscriptionReport {
+    /// One CloudWatch EMF line (namespace `Mailbridge`, dimension `Function`).
+    pub fn emf_line(&self, timestamp_ms: i64) -> String {
+        let metrics = [
+            ("PushSubscriptionsCreated", self.created),
+            ("PushSubscriptionsRenewed", self.renewed),
+            ("PushSubscriptionsDeleted", self.deleted),
+            ("PushSubscriptionsFailed", self.failed),
+        ];
+        let mut line = serde_json::json!({"Function": "poll-mailboxes"});
+        for (name, value) in metrics {
+            line[name] = value.into();
+        }
+        line["_aws"] = serde_json::json!({
+            "Timestamp": timestamp_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": "Mailbridge",
+                "Dimensions": [["Function"]],
+                "Metrics": metrics.iter().map(|(name, _)| serde_json::json!({"Name": name, "Unit": "Count"})).collect::<Vec<_>>(),
+            }],
+        });
+        line.to_string()
+    }
+}
+
+fn graph_failure(what: &str, mailbox: &str, e: &dyn std::fmt::Display) {
+    tracing::error!(mailbox, error = %e, "push subscription could not be {what}; the scheduled poll still runs");
+}
+
+/// Create `config`'s subscription and store its record.
+async fn create(
+    deps: &PollDeps,
+    subs: &SubscriptionDeps,
+    config: &MailboxConfig,
+    deadline: Instant,
+) -> Result<SubscriptionRecord, String> {
+    let token = deps
+        .tokens
+        .access_token(&config.account, subscription_audience(config))
+        .await
+        .map_err(|e| e.to_string())?;
+    let resource = subs
+        .api
+        .resource(config, &token, deadline)
+        .await
+        .map_err(|e| e.to_string())?;
+    let client_state = mailbridge::push::new_client_state();
+    let expires =
+        Utc::now() + chrono::Duration::from_std(SUBSCRIPTION_LIFETIME).expect("a few days fit");
+    let created = subs
+        .api
+        .create(
+            &config.user,
+            &token,
+            &resource,
+            &subs.notification_url,
+            &client_state,
+            expires,
+            deadline,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let record = SubscriptionRecord {
+        id: created.id,
+        mailbox: config.name.clone(),
+        account: config.account.clone(),
+        user: config.user.clone(),
+        client_state_sha256: mailbridge::push::client_state_sha256(&client_state),
+        resource,
+        expires_at: created.expires_at.timestamp(),
+    };
+    subs.store
+        .put_subscription(&record)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(mailbox = %config.name, subscription = %record.id, expires_at = record.expires_at, "push subscription created");
+    Ok(record)
+}
+
+/// Renew `record`; when Graph no longer knows it, create a new one.
+async fn renew(
+    deps: &PollDeps,
+    subs: &SubscriptionDeps,
+    config: &MailboxConfig,
+    record: &SubscriptionRecord,
+    report: &mut SubscriptionReport,
+    deadline: Instant,
+) {
+    let token = match deps
+        .tokens
+        .access_token(&config.account, subscription_audience(config))
+        .await
+    {
+        Ok(token) => token,
+        Err(e) => {
+            graph_failure("renewed", &config.name, &e);
+            report.failed += 1;
+            return;
+        }
+    };
+    let expires =
+        Utc::now() + chrono::Duration::from_std(SUBSCRIPTION_LIFETIME).expect("a few days fit");
+    match subs
+        .api
+        .renew(&config.user, &token, &record.id, expires, deadline)
+        .await
+    {
+        Ok(expires_at) => {
+            let renewed = SubscriptionRecord {
+                expires_at: expires_at.timestamp(),
+                ..record.clone()
+            };
+            match subs.store.put_subscription(&renewed).await {
+                Ok(()) => {
+                    tracing::info!(mailbox = %config.name, subscription = %record.id, expires_at = renewed.expires_at, "push subscription renewed");
+                    report.renewed += 1;
+                }
+                Err(e) => {
+                    graph_failure("renewed", &config.name, &e);
+                    report.failed += 1;
+                }
+            }
+        }
+        Err(e) if e.is_item_not_found() => {
+            tracing::warn!(mailbox = %config.name, subscription = %record.id, "Graph no longer knows the subscription; creating a new one");
+            recreate(deps, subs, config, record, report, deadline).await;
+        }
+        Err(e) => {
+            graph_failure("renewed", &config.name, &e);
+            report.failed += 1;
+        }
+    }
+}
+
+async fn recreate(
+    deps: &PollDeps,
+    subs: &SubscriptionDeps,
+    config: &MailboxConfig,
+    record: &SubscriptionRecord,
+    report: &mut SubscriptionReport,
+    deadline: Instant,
+) {
+    if let Err(e) = subs.store.delete_subscription(record).await {
+        graph_failure("recreated", &config.name, &e);
+        report.failed += 1;
+        return;
+    }
+    match create(deps, subs, config, deadline).await {
+        Ok(_) => report.created += 1,
+        Err(e) => {
+            graph_failure("created", &config.name, &e);
+            report.failed += 1;
+        }
+    }
+}
+
+/// Delete the subscription of a mailbox that is gone or no longer `push`.
+async fn retire(
+    deps: &PollDeps,
+    subs: &SubscriptionDeps,
+    record: &SubscriptionRecord,
+    report: &mut SubscriptionReport,
+    deadline: Instant,
+) {
+    let deleted = async {
+        let token = deps
+            .tokens
+            .access_token(&record.account, Audience::GraphMailbox)
+            .await
+            .map_err(|e| e.to_string())?;
+        subs.api
+            .delete(&record.user, &token, &record.id, deadline)
+            .await
+            .map_err(|e| e.to_string())?;
+        subs.store
+            .delete_subscription(record)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    match deleted {
+        Ok(()) => {
+            tracing::info!(mailbox = %record.mailbox, subscription = %record.id, "push subscription deleted with its mailbox");
+            report.deleted += 1;
+        }
+        Err(e) => {
+            graph_failure("deleted", &record.mailbox, &e);
+            report.failed += 1;
+        }
+    }
+}
+
+/// Subscription upkeep for every configured mailbox (a scheduled run).
+pub async fn maintain_subscriptions(
+    deps: &PollDeps,
+    subs: &SubscriptionDeps,
+    deadline: Instant,
+) -> Result<SubscriptionReport, StoreError> {
+    let mut report = SubscriptionReport::default();
+    let configs: Vec<MailboxConfig> = deps
+        .state
+        .load_mailboxes(None)
+        .await?
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|c| deps.targets.check(c).is_ok())
+        .collect();
+    let wanted: Vec<&MailboxConfig> = configs.iter().filter(|c| c.enabled && c.push).collect();
+    let store_err = |e: mailbridge::state::StateError| StoreError {
+        operation: "push subscriptions",
+        detail: e.to_string(),
+    };
+    let now = Utc::now().timestamp();
+    for config in &wanted {
+        if Instant::now() >= deadline {
+            break;
+        }
+        match subs.store.subscription_of(&config.name).await {
+            Ok(None) => match create(deps, subs, config, deadline).await {
+                Ok(_) => report.created += 1,
+                Err(e) => {
+                    graph_failure("created", &config.name, &e);
+                    report.failed += 1;
+                }
+            },
+            Ok(Some(record)) if record.expires_at - now < RENEW_WITHIN.as_secs() as i64 => {
+                renew(deps, subs, config, &record, &mut report, deadline).await;
+            }
+            Ok(Some(_)) => {}
+            Err(e) => {
+                graph_failure("read", &config.name, &e);
+                report.failed += 1;
+            }
+        }
+    }
+    for name in subs.store.subscribed_mailboxes().await.map_err(store_err)? {
+        if wanted.iter().any(|c| c.name == name) {
+            continue;
+        }
+        if let Some(record) = subs.store.subscription_of(&name).await.map_err(store_err)? {
+            retire(deps, subs, &record, &mut report, deadline).await;
+        }
+    }
+    Ok(report)
+}
+
+/// Act on a lifecycle event before the mailbox is polled.
+async fn on_lifecycle(
+    deps: &PollDeps,
+    subs: &SubscriptionDeps,
+    request: &PollRequestMessage,
+    report: &mut SubscriptionReport,
+    deadline: Instant,
+) {
+    let Some(event) = request.lifecycle else {
+        return;
+    };
+    let config = match deps
+        .state
+        .load_mailboxes(Some(std::slice::from_ref(&request.mailbox)))
+        .await
+    {
+        Ok(configs) => configs.into_iter().find_map(Result::ok),
+        Err(e) => {
+            tracing::warn!(mailbox = %request.mailbox, error = %e, "could not read the mailbox for its lifecycle event");
+            None
+        }
+    };
+    let record = subs
+        .store
+        .subscription_of(&request.mailbox)
+        .await
+        .ok()
+        .flatten()
+        .filter(|r| Some(&r.id) == request.subscription_id.as_ref());
+    let (Some(config), Some(record)) = (config, record) else {
+        tracing::info!(mailbox = %request.mailbox, event = event.as_str(), "lifecycle event for a subscription no longer current; nothing to do");
+        return;
+    };
+    match event {
+        LifecycleEvent::ReauthorizationRequired => {
+            renew(deps, subs, &config, &record, report, deadline).await
+        }
+        LifecycleEvent::SubscriptionRemoved => {
+            recreate(deps, subs, &config, &record, report, deadline).await
+        }
+        LifecycleEvent::Missed => {}
+    }
+}
+
+/// The real [`SubscriptionApi`]: Graph through [`mailbridge::graph_mail::GraphMailbox`].
+#[derive(Clone, Debug)]
+pub struct GraphSubscriptionApi {
+    http: reqwest::Client,
+    base_url: String,
+    timeout: Duration,
+}
+
+impl GraphSubscriptionApi {
+    /// Graph at `base_url` (`MAILBRIDGE_GRAPH_URL`), `timeout` per attempt.
+    pub fn new(http: reqwest::Client, base_url: &str, timeout: Duration) -> Self {
+        GraphSubscriptionApi {
+            http,
+            base_url: base_url.to_owned(),
+            timeout,
+        }
+    }
+
+    fn mailbox(
+        &self,
+        user: &str,
+        token: &AccessToken,
+    ) -> Result<mailbridge::graph_mail::GraphMailbox, GraphError> {
+        let mut policy = mailbridge::graph_mail::default_policy();
+        policy.attempt_timeout = self.timeout;
+        mailbridge::graph_mail::GraphMailbox::new(
+            self.http.clone(),
+            &self.base_url,
+            user,
+            token.clone(),
+            policy,
+        )
+        .map_err(|e| GraphError::Rejected {
+            status: 0,
+            code: "Configuration".into(),
+            message: e.to_string(),
+            request_id: None,
+        })
+    }
+}
+
+#[async_trait]
+impl SubscriptionApi for GraphSubscriptionApi {
+    async fn resource(
+        &self,
+        config: &MailboxConfig,
+        token: &AccessToken,
+        deadline: Instant,
+    ) -> Result<String, GraphError> {
+        let mailbox = self.mailbox(&config.user, token)?;
+        let folder = mailbox
+            .folder_id(&config.folder, false, deadline)
+            .await?
+            .ok_or_else(|| GraphError::Rejected {
+                status: 404,
+                code: "ErrorItemNotFound".into(),
+                message: format!("no folder {:?} in the mailbox (Graph)", config.folder),
+                request_id: None,
+            })?;
+        Ok(mailbox.messages_resource(&folder))
+    }
+
+    async fn create(
+        &self,
+        user: &str,
+        token: &AccessToken,
+        resource: &str,
+        notification_url: &str,
+        client_state: &str,
+        expires: DateTime<Utc>,
+        deadline: Instant,
+    ) -> Result<CreatedSubscription, GraphError> {
+        self.mailbox(user, token)?
+            .create_subscription(resource, notification_url, client_state, expires, deadline)
+            .await
+    }
+
+    async fn renew(
+        &self,
+        user: &str,
+        token: &AccessToken,
+        id: &str,
+        expires: DateTime<Utc>,
+        deadline: Instant,
+    ) -> Result<DateTime<Utc>, GraphError> {
+        self.mailbox(user, token)?
+            .renew_subscription(id, expires, deadline)
+            .await
+    }
+
+    async fn delete(
+        &self,
+        user: &str,
+        token: &AccessToken,
+        id: &str,
+        deadline: Instant,
+    ) -> Result<(), GraphError> {
+        self.mailbox(user, token)?
+            .delete_subscription(id, deadline)
+            .await
+    }
 }
 
 /// One record of a queue event.
@@ -114,6 +608,17 @@ pub async fn run_queued(
     names.dedup();
     if names.is_empty() {
         return Ok(QueueRunReport::default());
+    }
+    if let Some(subs) = &push.subscriptions {
+        let mut report = SubscriptionReport::default();
+        for poll in polls {
+            if let Ok(request) = &poll.request {
+                on_lifecycle(deps, subs, request, &mut report, deadline).await;
+            }
+        }
+        if report != SubscriptionReport::default() {
+            println!("{}", report.emf_line(Utc::now().timestamp_millis()));
+        }
     }
     // Taken before listing: a notification from now on asks for a poll of its own.
     for name in &names {

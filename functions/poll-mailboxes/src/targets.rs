@@ -133,6 +133,11 @@ impl TargetPolicy {
             .expect("the local policy is valid")
     }
 
+    /// Whether plain http and loopback hosts are allowed ([`ALLOW_LOCAL_VAR`]).
+    pub fn allows_local(&self) -> bool {
+        self.allow_local
+    }
+
     /// Also allow these ticket API hosts (entries as in [`SINK_HOSTS_VAR`]).
     pub fn with_sink_hosts(mut self, hosts: &[&str]) -> Result<Self, String> {
         for host in hosts {

@@ -32,6 +32,9 @@ impl SubscriptionStore for Fakes {
     async fn delete_subscription(&self, _: &SubscriptionRecord) -> Result<(), StateError> {
         unreachable!("the receiver never writes subscriptions")
     }
+    async fn subscribed_mailboxes(&self) -> Result<Vec<String>, StateError> {
+        unreachable!("the receiver looks subscriptions up by id")
+    }
 }
 
 #[async_trait]
@@ -68,6 +71,8 @@ fn setup() -> (Arc<Fakes>, Receiver) {
             SubscriptionRecord {
                 id: id.into(),
                 mailbox: mailbox.into(),
+                account: "contoso".into(),
+                user: format!("{mailbox}@contoso.com"),
                 client_state_sha256: client_state_sha256(SECRET),
                 resource: format!("/users/{mailbox}@contoso.com/mailFolders('inbox')/messages"),
                 expires_at: 0,
