@@ -384,14 +384,32 @@ fn each_function_may_touch_only_its_own_state_table_items() {
         ),
         (
             "PollMailboxesRole",
-            vec!["mailbox-lease#*", "mailbox-status#*", "mail#*"],
+            vec![
+                "mailbox-lease#*",
+                "mailbox-status#*",
+                "mail#*",
+                "subscription#*",
+                "mailbox-subscription#*",
+                "subscription-index",
+                "poll-request#*",
+            ],
             vec![
                 "mailbox-index",
                 "mailbox#*",
                 "mailbox-lease#*",
                 "mailbox-status#*",
                 "mail#*",
+                "subscription#*",
+                "mailbox-subscription#*",
+                "subscription-index",
+                "poll-request#*",
             ],
+        ),
+        // reads subscription records, arms poll-request gates: nothing else
+        (
+            "ReceiveNotificationsRole",
+            vec!["poll-request#*"],
+            vec!["subscription#*"],
         ),
     ];
     for (role, may_write, may_read) in cases {
