@@ -25,6 +25,17 @@ pub enum ConfigError {
     },
 }
 
+/// A missing or invalid environment variable, read through a lookup (a function's settings,
+/// the mailbox target policy).
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable {name}: {problem}")]
+pub struct SettingsError {
+    /// Variable name.
+    pub name: &'static str,
+    /// What is wrong.
+    pub problem: String,
+}
+
 impl crate::error::Classify for ConfigError {
     fn class(&self) -> crate::error::ErrorClass {
         crate::error::ErrorClass::Permanent

@@ -31,21 +31,25 @@ pub mod http;
 pub mod imap;
 #[cfg(feature = "mail")]
 pub mod mail;
+#[cfg(all(feature = "services", feature = "mail"))]
+pub mod mailbox;
 #[cfg(feature = "services")]
 pub mod message_store;
 pub mod notification;
-#[cfg(feature = "services")]
+#[cfg(all(feature = "services", feature = "mail"))]
 pub mod push;
 #[cfg(feature = "services")]
 pub mod retry;
 #[cfg(feature = "services")]
 pub mod send_rights;
-#[cfg(feature = "services")]
-pub mod state;
+#[cfg(all(feature = "services", feature = "mail"))]
+pub mod state_table;
 #[cfg(feature = "services")]
 pub mod telemetry;
 #[cfg(feature = "services")]
 pub mod thread_key;
+#[cfg(all(feature = "services", feature = "mail"))]
+pub mod thread_stamp;
 #[cfg(all(feature = "services", feature = "mail"))]
 pub mod ticket_sink;
 #[cfg(feature = "services")]

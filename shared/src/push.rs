@@ -28,7 +28,7 @@ use base64::Engine as _;
 use sha2::Digest as _;
 
 use crate::aws::LazyClient;
-use crate::state::StateError;
+use crate::state_table::StateError;
 
 /// A gate armed this long (seconds) without a poll taking it counts as disarmed.
 pub const GATE_STALE_AFTER: i64 = 300;

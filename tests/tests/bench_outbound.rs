@@ -23,10 +23,10 @@ use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use base64::Engine as _;
 use mailbridge::graph::{GraphError, MailSender, OutgoingMail, OutgoingMime, SendReceipt};
+use mailbridge::thread_key::ThreadKey;
 use mailbridge::token::{AccessToken, AccessTokenSource, Audience, TokenError};
 use send_notifications::ports::{ParkError, ParkReason, Parking, Visibility, VisibilityError};
 use send_notifications::settings::BatchSettings;
-use send_notifications::thread::ThreadKey;
 use send_notifications::{Deps, process_batch};
 use serde_json::json;
 
@@ -180,7 +180,7 @@ fn cpu_per_notification(body: &str, rounds: usize) -> Duration {
     let deps = Deps {
         tokens: Arc::new(StaticTokens),
         mail: Arc::new(SerialisingSender::default()),
-        idempotency: Arc::new(mailbridge::state::InMemoryIdempotencyStore::default()),
+        idempotency: Arc::new(mailbridge::state_table::InMemoryIdempotencyStore::default()),
         messages: Arc::new(mailbridge::message_store::InMemoryMessageStore::default()),
         parking: Arc::new(NoParking),
         visibility: Arc::new(NoDelay),

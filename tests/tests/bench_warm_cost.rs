@@ -362,12 +362,12 @@ async fn bench_warm_cost_poll_mailboxes() {
                 "port": port,
                 "ticket_api_url": sink_url,
             });
-            poll_mailboxes::dynamo::put_mailbox_config(
+            mailbridge::state_table::put_mailbox_config(
                 &dynamodb(),
                 &table,
                 &format!("bench{n}"),
                 &fields,
-                &poll_mailboxes::targets::TargetPolicy::local(),
+                &mailbridge::mailbox::TargetPolicy::local(),
             )
             .await
             .unwrap();

@@ -803,7 +803,7 @@ fn template_parameter(template: &str, name: &str) -> String {
 
 #[test]
 fn config_targets_are_allowlisted_and_loopback_stays_refused_in_lambda() {
-    use poll_mailboxes::targets::{
+    use mailbridge::mailbox::targets::{
         ALLOW_LOCAL_VAR, IMAP_HOSTS_VAR, MICROSOFT_IMAP_HOSTS, SINK_HOSTS_VAR,
     };
     let template = repo_file("template.yaml");

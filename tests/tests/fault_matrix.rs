@@ -16,7 +16,10 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use mailbridge::graph::GraphClient;
 use mailbridge::retry::RetryPolicy;
-use mailbridge::state::DynamoIdempotencyStore;
+use mailbridge::state_table::DynamoIdempotencyStore;
+use mailbridge::state_table::MailboxStatus;
+use mailbridge::state_table::{DynamoStateStore, put_mailbox_config};
+use mailbridge::thread_key::ThreadKey;
 use mailbridge::token::{
     AccountSecret, IdentityClient, SecretsManagerStore, TokenService, TokenServiceConfig,
 };
@@ -24,14 +27,11 @@ use mailbridge_tests::{
     create_queue_with_dlq, create_state_table, dynamodb, put_secret, sqs, stack, unique,
 };
 use poll_mailboxes::convert::ParseContext;
-use poll_mailboxes::dynamo::{DynamoStateStore, put_mailbox_config};
 use poll_mailboxes::imap_adapter::ImapConnector;
-use poll_mailboxes::ports::MailboxStatus;
 use poll_mailboxes::sinks::SecretsSinkFactory;
 use poll_mailboxes::{PollDeps, PollReport};
 use send_notifications::ports::{SqsParking, SqsVisibility};
 use send_notifications::settings::BatchSettings;
-use send_notifications::thread::ThreadKey;
 use send_notifications::{Deps, Outcome, process_batch};
 use serde_json::json;
 use tokio::time::Instant;
@@ -192,7 +192,7 @@ impl Poller {
             max_concurrent_mailboxes: 4,
             deadline_margin: Duration::from_secs(2),
             dedupe_ttl: Duration::from_secs(3600),
-            targets: poll_mailboxes::targets::TargetPolicy::local(),
+            targets: mailbridge::mailbox::TargetPolicy::local(),
             memory: std::sync::Arc::new(poll_mailboxes::memory::MemoryBudget::unlimited()),
         };
         Poller {
@@ -218,7 +218,7 @@ impl Poller {
             &self.table,
             name,
             &fields,
-            &poll_mailboxes::targets::TargetPolicy::local(),
+            &mailbridge::mailbox::TargetPolicy::local(),
         )
         .await
         .unwrap();
@@ -986,20 +986,20 @@ struct CrashingIdempotency {
 }
 
 #[async_trait::async_trait]
-impl mailbridge::state::IdempotencyStore for CrashingIdempotency {
+impl mailbridge::state_table::IdempotencyStore for CrashingIdempotency {
     async fn claim(
         &self,
         id: &str,
         payload_hash: &str,
         _lease: Duration,
-    ) -> Result<mailbridge::state::Claim, mailbridge::state::StateError> {
+    ) -> Result<mailbridge::state_table::Claim, mailbridge::state_table::StateError> {
         self.inner.claim(id, payload_hash, self.lease).await
     }
     async fn claim_many(
         &self,
         keys: &[(String, String)],
         _lease: Duration,
-    ) -> Vec<Result<mailbridge::state::Claim, mailbridge::state::StateError>> {
+    ) -> Vec<Result<mailbridge::state_table::Claim, mailbridge::state_table::StateError>> {
         self.inner.claim_many(keys, self.lease).await
     }
     async fn complete(
@@ -1009,7 +1009,7 @@ impl mailbridge::state::IdempotencyStore for CrashingIdempotency {
         lease_token: &str,
         graph_request_id: Option<&str>,
         ttl: Duration,
-    ) -> Result<(), mailbridge::state::StateError> {
+    ) -> Result<(), mailbridge::state_table::StateError> {
         if self
             .hang_in_complete
             .load(std::sync::atomic::Ordering::SeqCst)
@@ -1025,7 +1025,7 @@ impl mailbridge::state::IdempotencyStore for CrashingIdempotency {
         &self,
         id: &str,
         lease_token: &str,
-    ) -> Result<(), mailbridge::state::StateError> {
+    ) -> Result<(), mailbridge::state_table::StateError> {
         self.inner.release(id, lease_token).await
     }
 }

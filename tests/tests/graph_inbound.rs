@@ -398,6 +398,8 @@ async fn stand_in_checks_permissions_content_type_and_throttles() {
 use std::sync::Arc;
 
 use local_stack::identity::{AppRegistration, UserAccount};
+use mailbridge::state_table::MailboxStatus;
+use mailbridge::state_table::{DynamoStateStore, put_mailbox_config};
 use mailbridge::token::identity::{IdentityClient, default_retry_policy};
 use mailbridge::token::secret::AccountSecret;
 use mailbridge::token::service::{TokenService, TokenServiceConfig};
@@ -405,10 +407,8 @@ use mailbridge::token::store::SecretsManagerStore;
 use mailbridge_tests::{dynamodb, put_secret};
 use poll_mailboxes::PollDeps;
 use poll_mailboxes::convert::ParseContext;
-use poll_mailboxes::dynamo::{DynamoStateStore, put_mailbox_config};
 use poll_mailboxes::graph_adapter::{GraphConnector, ProtocolConnector};
 use poll_mailboxes::imap_adapter::ImapConnector;
-use poll_mailboxes::ports::MailboxStatus;
 use poll_mailboxes::sinks::SecretsSinkFactory;
 use tokio::time::Instant;
 
@@ -486,7 +486,7 @@ impl Poller {
             max_concurrent_mailboxes: 4,
             deadline_margin: Duration::from_secs(2),
             dedupe_ttl: Duration::from_secs(86_400),
-            targets: poll_mailboxes::targets::TargetPolicy::local(),
+            targets: mailbridge::mailbox::TargetPolicy::local(),
             memory: Arc::new(poll_mailboxes::memory::MemoryBudget::unlimited()),
         };
         Poller {
@@ -531,7 +531,7 @@ impl Poller {
             &self.table,
             name,
             &fields,
-            &poll_mailboxes::targets::TargetPolicy::local(),
+            &mailbridge::mailbox::TargetPolicy::local(),
         )
         .await
         .unwrap();
@@ -749,7 +749,7 @@ async fn with_imap_off_graph_reads_the_same_account_and_the_drafts_match_imap() 
     graph_only
         .mailbox("imap-off", &user, &account, json!({}))
         .await;
-    poll_mailboxes::dynamo::delete_mailbox_config(
+    mailbridge::state_table::delete_mailbox_config(
         &dynamodb(),
         &graph_only.table,
         "imap-off-over-imap",

@@ -11,6 +11,8 @@ use local_stack::django_helpdesk::{DjangoHelpdesk, NON_STAFF_USER};
 use local_stack::http_fault_proxy::{HttpFault, HttpFaultProxy};
 use local_stack::identity::{AppRegistration, UserAccount};
 use mailbridge::retry::RetryPolicy;
+use mailbridge::state_table::MailboxStatus;
+use mailbridge::state_table::{DynamoStateStore, put_mailbox_config};
 use mailbridge::ticket_sink::{
     DeliveryPlan, SenderCheck, SinkConfig, TICKET_PAYLOAD_SCHEMA, TicketPayload, TicketSink,
     TicketSinkError,
@@ -22,9 +24,7 @@ use mailbridge::token::store::SecretsManagerStore;
 use mailbridge_tests::{dynamodb, init_tracing, put_secret, stack, unique, unique_user};
 use poll_mailboxes::PollDeps;
 use poll_mailboxes::convert::ParseContext;
-use poll_mailboxes::dynamo::{DynamoStateStore, put_mailbox_config};
 use poll_mailboxes::imap_adapter::ImapConnector;
-use poll_mailboxes::ports::MailboxStatus;
 use poll_mailboxes::sinks::SecretsSinkFactory;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -107,7 +107,7 @@ impl World {
             max_concurrent_mailboxes: 4,
             deadline_margin: Duration::from_secs(2),
             dedupe_ttl: Duration::from_secs(86_400),
-            targets: poll_mailboxes::targets::TargetPolicy::local(),
+            targets: mailbridge::mailbox::TargetPolicy::local(),
             memory: std::sync::Arc::new(poll_mailboxes::memory::MemoryBudget::unlimited()),
         };
         // the mailbox's IMAP account
@@ -155,7 +155,7 @@ impl World {
             &world.table,
             "helpdesk",
             &fields,
-            &poll_mailboxes::targets::TargetPolicy::local(),
+            &mailbridge::mailbox::TargetPolicy::local(),
         )
         .await
         .unwrap();

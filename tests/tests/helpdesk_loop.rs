@@ -18,19 +18,19 @@ use base64::Engine as _;
 use local_stack::identity::{AppRegistration, UserAccount};
 use local_stack::request_tracker::{RequestTracker, RtOptions};
 use mailbridge::retry::RetryPolicy;
-use mailbridge::state::DynamoIdempotencyStore;
+use mailbridge::state_table::DynamoIdempotencyStore;
+use mailbridge::state_table::{DynamoStateStore, put_mailbox_config};
+use mailbridge::thread_key::ThreadKey;
 use mailbridge::token::{AccountSecret, SecretsManagerStore, TokenService, TokenServiceConfig};
 use mailbridge_tests::{
     create_queue_with_dlq, create_state_table, dynamodb, put_secret, stack, unique, unique_user,
 };
 use poll_mailboxes::PollDeps;
 use poll_mailboxes::convert::ParseContext;
-use poll_mailboxes::dynamo::{DynamoStateStore, put_mailbox_config};
 use poll_mailboxes::imap_adapter::ImapConnector;
 use poll_mailboxes::sinks::SecretsSinkFactory;
 use send_notifications::ports::{SqsParking, SqsVisibility};
 use send_notifications::settings::BatchSettings;
-use send_notifications::thread::ThreadKey;
 use send_notifications::{Deps, process_batch};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -262,7 +262,7 @@ async fn an_agents_reply_reaches_the_customer_and_the_answer_lands_on_the_same_r
             "port": stack.dovecot().imaps_port,
             "sink": {"kind": "rt", "url": rt.base_url, "secret": rt_secret, "queue": queue, "rt_name": RT_NAME},
         }),
-        &poll_mailboxes::targets::TargetPolicy::local(),
+        &mailbridge::mailbox::TargetPolicy::local(),
     )
     .await
     .unwrap();
@@ -289,7 +289,7 @@ async fn an_agents_reply_reaches_the_customer_and_the_answer_lands_on_the_same_r
         max_concurrent_mailboxes: 1,
         deadline_margin: Duration::from_secs(2),
         dedupe_ttl: Duration::from_secs(86_400),
-        targets: poll_mailboxes::targets::TargetPolicy::local(),
+        targets: mailbridge::mailbox::TargetPolicy::local(),
         memory: Arc::new(poll_mailboxes::memory::MemoryBudget::unlimited()),
     };
     let polled = poll_mailboxes::poll_once(&poll, None, Instant::now() + Duration::from_secs(90))

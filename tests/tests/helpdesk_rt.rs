@@ -9,6 +9,8 @@ use base64::Engine as _;
 use local_stack::identity::{AppRegistration, UserAccount};
 use local_stack::request_tracker::{self, RequestTracker, RtClient};
 use mailbridge::retry::RetryPolicy;
+use mailbridge::state_table::MailboxStatus;
+use mailbridge::state_table::{DynamoStateStore, put_mailbox_config};
 use mailbridge::ticket_sink::{
     DeliveryPlan, SenderCheck, SinkConfig, TICKET_PAYLOAD_SCHEMA, TicketPayload, TicketSink,
     TicketSinkError,
@@ -20,9 +22,7 @@ use mailbridge::token::store::SecretsManagerStore;
 use mailbridge_tests::{dynamodb, put_secret, stack, unique, unique_user};
 use poll_mailboxes::PollDeps;
 use poll_mailboxes::convert::ParseContext;
-use poll_mailboxes::dynamo::{DynamoStateStore, put_mailbox_config};
 use poll_mailboxes::imap_adapter::ImapConnector;
-use poll_mailboxes::ports::MailboxStatus;
 use poll_mailboxes::sinks::SecretsSinkFactory;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -116,7 +116,7 @@ impl RtWorld {
             max_concurrent_mailboxes: 2,
             deadline_margin: Duration::from_secs(2),
             dedupe_ttl: Duration::from_secs(86_400),
-            targets: poll_mailboxes::targets::TargetPolicy::local(),
+            targets: mailbridge::mailbox::TargetPolicy::local(),
             memory: std::sync::Arc::new(poll_mailboxes::memory::MemoryBudget::unlimited()),
         };
         let world = RtWorld {
@@ -163,7 +163,7 @@ impl RtWorld {
             &self.table,
             "helpdesk",
             &fields,
-            &poll_mailboxes::targets::TargetPolicy::local(),
+            &mailbridge::mailbox::TargetPolicy::local(),
         )
         .await
         .unwrap();
@@ -966,7 +966,7 @@ struct TimedSinks {
 impl poll_mailboxes::ports::SinkFactory for TimedSinks {
     async fn sink_for(
         &self,
-        config: &poll_mailboxes::config::MailboxConfig,
+        config: &mailbridge::mailbox::MailboxConfig,
     ) -> Result<Arc<dyn TicketSink>, String> {
         Ok(Arc::new(TimedSink {
             inner: self.inner.sink_for(config).await?,

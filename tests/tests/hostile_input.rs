@@ -281,7 +281,7 @@ fn a_message_that_is_not_a_notification_is_a_clear_error_not_a_panic() {
 
 #[test]
 fn ticket_api_urls_must_be_https_outside_loopback_and_carry_no_credentials() {
-    use poll_mailboxes::config::validate_target_url;
+    use mailbridge::ticket_sink::validate_target_url;
     assert!(validate_target_url("https://psa.example.com/api/tickets").is_ok());
     assert!(validate_target_url("http://127.0.0.1:8080/t").is_ok());
     assert!(validate_target_url("http://[::1]:8080/t").is_ok());
@@ -297,7 +297,7 @@ fn ticket_api_urls_must_be_https_outside_loopback_and_carry_no_credentials() {
     ] {
         assert!(validate_target_url(bad).is_err(), "{bad} accepted");
     }
-    let err = poll_mailboxes::config::MailboxConfig::from_json(
+    let err = mailbridge::mailbox::MailboxConfig::from_json(
         "helpdesk",
         &json!({"user": "helpdesk@contoso.com", "account": "contoso",
                 "ticket_api_url": "https://user:s3cr3t-pw@psa.example.com/t"}),

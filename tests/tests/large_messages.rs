@@ -11,14 +11,14 @@ use base64::Engine as _;
 use mail_parser::MimeHeaders as _;
 use mailbridge::message_store::{MessageStore as _, S3MessageStore};
 use mailbridge::notification::ObjectRef;
-use mailbridge::state::DynamoIdempotencyStore;
+use mailbridge::state_table::DynamoIdempotencyStore;
+use mailbridge::thread_key::ThreadKey;
 use mailbridge::token::{SecretsManagerStore, TokenService, TokenServiceConfig};
 use mailbridge_tests::{
     bucket_keys, create_bucket, create_queue_with_dlq, create_state_table, sqs, stack, unique,
 };
 use send_notifications::ports::{SqsParking, SqsVisibility};
 use send_notifications::settings::BatchSettings;
-use send_notifications::thread::ThreadKey;
 use send_notifications::{BatchReport, Deps, Outcome, process_batch};
 
 const THREAD_KEY: &str = "large-messages-test-thread-key-01";

@@ -924,9 +924,9 @@ async fn poll_dry_run_shows_the_mail_without_posting_or_moving_it() {
     let status = json(&out);
     assert_eq!(status["mailboxes"][0]["mailbox"], "inbox");
     assert!(status["mailboxes"][0]["last_run"].is_null(), "{status:#}");
-    use poll_mailboxes::ports::StateStore as _;
-    poll_mailboxes::dynamo::DynamoStateStore::new(mailbridge_tests::dynamodb(), &w.table)
-        .put_status(&poll_mailboxes::ports::MailboxStatus {
+    use mailbridge::state_table::StateStore as _;
+    mailbridge::state_table::DynamoStateStore::new(mailbridge_tests::dynamodb(), &w.table)
+        .put_status(&mailbridge::state_table::MailboxStatus {
             mailbox: "inbox".into(),
             outcome: "failed".into(),
             reason: Some("AUTHENTICATE XOAUTH2 failed for the test".into()),
@@ -965,16 +965,16 @@ async fn poll_dry_run_shows_the_mail_without_posting_or_moving_it() {
 
 #[tokio::test]
 async fn status_shows_the_last_success_and_a_run_that_never_reported() {
-    use poll_mailboxes::ports::{MailboxLease, StateStore as _};
+    use mailbridge::state_table::{MailboxLease, StateStore as _};
     let w = World::new(|_| {}).await;
     w.login_with_password().await;
     w.add_mailbox("inbox", &unique("sink")).await;
     let store =
-        poll_mailboxes::dynamo::DynamoStateStore::new(mailbridge_tests::dynamodb(), &w.table);
+        mailbridge::state_table::DynamoStateStore::new(mailbridge_tests::dynamodb(), &w.table);
     // the last recorded run: ok, ten minutes ago
     let ten_minutes_ago = (chrono::Utc::now() - chrono::Duration::seconds(600)).to_rfc3339();
     store
-        .put_status(&poll_mailboxes::ports::MailboxStatus {
+        .put_status(&mailbridge::state_table::MailboxStatus {
             mailbox: "inbox".into(),
             outcome: "ok".into(),
             reason: None,

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use mailbridge::error::{Classify as _, ErrorClass};
 use mailbridge::retry::RetryPolicy;
+use mailbridge::state_table::{DedupeRecord, MailboxStatus, StateStore};
+use mailbridge::state_table::{DynamoStateStore, put_mailbox_config};
 use mailbridge::ticket_sink::{
     TICKET_PAYLOAD_SCHEMA, TicketPayload, TicketSink, TicketSinkError, WebhookAuth,
     WebhookTicketSink,
 };
 use mailbridge_tests::{dynamodb, stack, unique};
-use poll_mailboxes::dynamo::{DynamoStateStore, put_mailbox_config};
-use poll_mailboxes::ports::{DedupeRecord, MailboxStatus, StateStore};
 use tokio::time::Instant;
 
 fn fast_retry() -> RetryPolicy {
@@ -237,7 +237,7 @@ async fn mailbox_configs_load_from_the_state_table_and_a_bad_one_is_named() {
     let table = mailbridge_tests::create_state_table("poll").await.unwrap();
     let client = dynamodb();
     let url = "https://psa.example.com/api/tickets";
-    let targets = poll_mailboxes::targets::TargetPolicy::local()
+    let targets = mailbridge::mailbox::TargetPolicy::local()
         .with_sink_hosts(&["psa.example.com"])
         .unwrap();
     put_mailbox_config(
@@ -305,7 +305,7 @@ async fn mailbox_configs_load_from_the_state_table_and_a_bad_one_is_named() {
     );
     // Read with a deployment that no longer allows psa.example.com: refused on read too.
     let strict = DynamoStateStore::new(client.clone(), &table)
-        .with_targets(poll_mailboxes::targets::TargetPolicy::from_lookup(|_| None).unwrap());
+        .with_targets(mailbridge::mailbox::TargetPolicy::from_lookup(|_| None).unwrap());
     let refused = strict
         .load_mailboxes(Some(&["sales".to_string()]))
         .await
@@ -337,7 +337,7 @@ async fn mailbox_configs_load_from_the_state_table_and_a_bad_one_is_named() {
             .contains("mailbox#ghost")
     );
 
-    poll_mailboxes::dynamo::delete_mailbox_config(&client, &table, "sales")
+    mailbridge::state_table::delete_mailbox_config(&client, &table, "sales")
         .await
         .unwrap();
     assert_eq!(
@@ -464,7 +464,7 @@ impl Poller {
             max_concurrent_mailboxes: 4,
             deadline_margin,
             dedupe_ttl: Duration::from_secs(86_400),
-            targets: poll_mailboxes::targets::TargetPolicy::local(),
+            targets: mailbridge::mailbox::TargetPolicy::local(),
             memory: std::sync::Arc::new(poll_mailboxes::memory::MemoryBudget::unlimited()),
         };
         Poller {
@@ -533,7 +533,7 @@ impl Poller {
             &self.table,
             name,
             &fields,
-            &poll_mailboxes::targets::TargetPolicy::local(),
+            &mailbridge::mailbox::TargetPolicy::local(),
         )
         .await
         .unwrap();

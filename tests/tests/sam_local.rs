@@ -194,7 +194,7 @@ async fn sam_local_invoke_runs_both_functions_against_the_local_stack() {
         .await
         .unwrap()
         .unwrap();
-    poll_mailboxes::dynamo::put_mailbox_config(
+    mailbridge::state_table::put_mailbox_config(
         &dynamodb(),
         &table,
         &mailbox,
@@ -205,7 +205,7 @@ async fn sam_local_invoke_runs_both_functions_against_the_local_stack() {
             "port": stack().dovecot().imaps_port,
             "ticket_api_url": stack().tickets().sink_url(&sink),
         }),
-        &poll_mailboxes::targets::TargetPolicy::local(),
+        &mailbridge::mailbox::TargetPolicy::local(),
     )
     .await
     .unwrap();

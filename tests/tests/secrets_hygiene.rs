@@ -29,7 +29,9 @@ use base64::Engine as _;
 use local_stack::identity::{AppRegistration, RequestFilter, UserAccount};
 use mailbridge::graph::GraphClient;
 use mailbridge::retry::RetryPolicy;
-use mailbridge::state::DynamoIdempotencyStore;
+use mailbridge::state_table::DynamoIdempotencyStore;
+use mailbridge::state_table::{DynamoStateStore, put_mailbox_config};
+use mailbridge::thread_key::ThreadKey;
 use mailbridge::ticket_sink::WebhookAuth;
 use mailbridge::token::store::{SecretStoreError, SecretValue};
 use mailbridge::token::{
@@ -39,13 +41,11 @@ use mailbridge::token::{
 use mailbridge_tests::{create_queue_with_dlq, create_state_table, put_secret, sqs, unique};
 use poll_mailboxes::PollDeps;
 use poll_mailboxes::convert::ParseContext;
-use poll_mailboxes::dynamo::{DynamoStateStore, put_mailbox_config};
 use poll_mailboxes::imap_adapter::ImapConnector;
 use poll_mailboxes::sinks::SecretsSinkFactory;
 use secrecy::{ExposeSecret as _, SecretString};
 use send_notifications::ports::{SqsParking, SqsVisibility};
 use send_notifications::settings::BatchSettings;
-use send_notifications::thread::ThreadKey;
 use send_notifications::{Deps, Outcome, process_batch};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -442,7 +442,7 @@ async fn no_secret_value_reaches_logs_errors_or_debug_output() {
                 "ticket_api_url": stack.tickets().sink_url(&sink),
                 "ticket_api_secret": ticket_secret,
             }),
-            &poll_mailboxes::targets::TargetPolicy::local(),
+            &mailbridge::mailbox::TargetPolicy::local(),
         )
         .await
         .unwrap();
@@ -472,7 +472,7 @@ async fn no_secret_value_reaches_logs_errors_or_debug_output() {
         max_concurrent_mailboxes: 2,
         deadline_margin: Duration::from_secs(2),
         dedupe_ttl: Duration::from_secs(3600),
-        targets: poll_mailboxes::targets::TargetPolicy::local(),
+        targets: mailbridge::mailbox::TargetPolicy::local(),
         memory: std::sync::Arc::new(poll_mailboxes::memory::MemoryBudget::unlimited()),
     };
     // The notification above reaches the helpdesk mailbox from its own address: a mail loop,

@@ -17,7 +17,8 @@ use local_stack::graph::GraphStandIn;
 use local_stack::identity::{IdentityStandIn, UserAccount};
 use mailbridge::graph::{GraphClient, GraphError, MailSender, MessageExtras, OutgoingMail};
 use mailbridge::notification::Notification;
-use mailbridge::state::DynamoIdempotencyStore;
+use mailbridge::state_table::DynamoIdempotencyStore;
+use mailbridge::thread_key::ThreadKey;
 use mailbridge::token::store::{SecretStoreError, SecretValue};
 use mailbridge::token::{
     AccessToken, AccessTokenSource, Audience, SecretStore, SecretsManagerStore, TokenService,
@@ -29,7 +30,6 @@ use mailbridge_tests::{
 use secrecy::SecretString;
 use send_notifications::ports::{SqsParking, SqsVisibility};
 use send_notifications::settings::BatchSettings;
-use send_notifications::thread::ThreadKey;
 use send_notifications::{BatchReport, Deps, Outcome, process_batch};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -915,7 +915,8 @@ async fn benchmark_batch_latency_and_warm_calls() {
     }
     let moto_deps = w.deps(settings());
     let mut memory_deps = w.deps(settings());
-    memory_deps.idempotency = Arc::new(mailbridge::state::InMemoryIdempotencyStore::default());
+    memory_deps.idempotency =
+        Arc::new(mailbridge::state_table::InMemoryIdempotencyStore::default());
 
     let one_mailbox = |tag: String| -> Vec<Value> {
         (0..10)

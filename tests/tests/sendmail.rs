@@ -8,14 +8,14 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mailbridge::state::DynamoIdempotencyStore;
+use mailbridge::state_table::DynamoIdempotencyStore;
+use mailbridge::thread_key::ThreadKey;
 use mailbridge::token::{SecretsManagerStore, TokenService, TokenServiceConfig};
 use mailbridge_tests::{
     bucket_keys, create_bucket, create_queue_with_dlq, create_state_table, sqs, stack, unique,
 };
 use send_notifications::ports::{SqsParking, SqsVisibility};
 use send_notifications::settings::BatchSettings;
-use send_notifications::thread::ThreadKey;
 use send_notifications::{Deps, process_batch};
 use tokio::io::AsyncWriteExt as _;
 

@@ -17,14 +17,14 @@ use std::time::Duration;
 use local_stack::identity::{AppRegistration, UserAccount};
 use mailbridge::graph::{GraphClient, GraphError, MailSender as _, OutgoingMime, SendAs};
 use mailbridge::send_rights::SharedMailboxRoute;
-use mailbridge::state::DynamoIdempotencyStore;
+use mailbridge::state_table::DynamoIdempotencyStore;
+use mailbridge::thread_key::ThreadKey;
 use mailbridge::token::{AccessToken, Audience, SecretsManagerStore, TokenService};
 use mailbridge_tests::{
     create_queue_with_dlq, create_state_table, put_secret, sqs, stack, unique, unique_user,
 };
 use send_notifications::ports::{SqsParking, SqsVisibility};
 use send_notifications::settings::BatchSettings;
-use send_notifications::thread::ThreadKey;
 use send_notifications::{BatchReport, Deps, Outcome, process_batch};
 use serde_json::{Value, json};
 use tokio::time::Instant;

@@ -14,13 +14,14 @@ use mailbridge::token::{AccessToken, AccessTokenSource, Audience, TokenError};
 use secrecy::SecretString;
 use tokio::time::Instant;
 
-use crate::config::{ConfigError, MailboxConfig};
+use mailbridge::mailbox::{ConfigError, MailboxConfig};
+use mailbridge::state_table::{
+    DedupeRecord, InFlightMail, MailboxLease, MailboxStatus, StateStore, StoreError,
+};
+
 use crate::convert::ParseContext;
 use crate::poll::{PollDeps, poll_once};
-use crate::ports::{
-    DedupeRecord, InFlightMail, Mailbox, MailboxConnector, MailboxLease, MailboxStatus,
-    SinkFactory, StateStore, StoreError,
-};
+use crate::ports::{Mailbox, MailboxConnector, SinkFactory};
 
 #[derive(Clone, Debug)]
 struct Message {
@@ -503,7 +504,7 @@ fn world(configs: Vec<Result<MailboxConfig, ConfigError>>, tokens: FakeTokens) -
         max_concurrent_mailboxes: 4,
         deadline_margin: Duration::from_secs(5),
         dedupe_ttl: Duration::from_secs(86_400),
-        targets: crate::targets::TargetPolicy::local()
+        targets: mailbridge::mailbox::TargetPolicy::local()
             .with_sink_hosts(&["psa.example.com"])
             .unwrap(),
         memory: Arc::new(crate::memory::MemoryBudget::unlimited()),
@@ -1039,8 +1040,8 @@ async fn a_drop_while_setting_machine_mail_aside_loses_nothing() {
 
 #[test]
 fn list_mail_ticket_lets_only_list_and_bulk_mail_through() {
-    use crate::config::ListMail;
     use crate::poll::unticketed_auto_generated_reason;
+    use mailbridge::mailbox::ListMail;
     let draft = |reason: &str, ticket: Option<&str>| mailbridge::mail::TicketDraft {
         auto_generated: true,
         auto_reason: Some(reason.to_string()),
@@ -1292,10 +1293,10 @@ struct FakeGate {
 
 #[async_trait]
 impl mailbridge::push::PollGate for FakeGate {
-    async fn arm(&self, _: &str) -> Result<bool, mailbridge::state::StateError> {
+    async fn arm(&self, _: &str) -> Result<bool, mailbridge::state_table::StateError> {
         unreachable!("only the receiver arms gates")
     }
-    async fn disarm(&self, mailbox: &str) -> Result<(), mailbridge::state::StateError> {
+    async fn disarm(&self, mailbox: &str) -> Result<(), mailbridge::state_table::StateError> {
         self.disarmed.lock().unwrap().push(mailbox.to_owned());
         Ok(())
     }
@@ -1362,7 +1363,8 @@ impl mailbridge::push::SubscriptionStore for FakeSubscriptions {
     async fn subscription(
         &self,
         id: &str,
-    ) -> Result<Option<mailbridge::push::SubscriptionRecord>, mailbridge::state::StateError> {
+    ) -> Result<Option<mailbridge::push::SubscriptionRecord>, mailbridge::state_table::StateError>
+    {
         Ok(self
             .records
             .lock()
@@ -1374,13 +1376,14 @@ impl mailbridge::push::SubscriptionStore for FakeSubscriptions {
     async fn subscription_of(
         &self,
         mailbox: &str,
-    ) -> Result<Option<mailbridge::push::SubscriptionRecord>, mailbridge::state::StateError> {
+    ) -> Result<Option<mailbridge::push::SubscriptionRecord>, mailbridge::state_table::StateError>
+    {
         Ok(self.records.lock().unwrap().get(mailbox).cloned())
     }
     async fn put_subscription(
         &self,
         record: &mailbridge::push::SubscriptionRecord,
-    ) -> Result<(), mailbridge::state::StateError> {
+    ) -> Result<(), mailbridge::state_table::StateError> {
         self.records
             .lock()
             .unwrap()
@@ -1390,11 +1393,13 @@ impl mailbridge::push::SubscriptionStore for FakeSubscriptions {
     async fn delete_subscription(
         &self,
         record: &mailbridge::push::SubscriptionRecord,
-    ) -> Result<(), mailbridge::state::StateError> {
+    ) -> Result<(), mailbridge::state_table::StateError> {
         self.records.lock().unwrap().remove(&record.mailbox);
         Ok(())
     }
-    async fn subscribed_mailboxes(&self) -> Result<Vec<String>, mailbridge::state::StateError> {
+    async fn subscribed_mailboxes(
+        &self,
+    ) -> Result<Vec<String>, mailbridge::state_table::StateError> {
         Ok(self.records.lock().unwrap().keys().cloned().collect())
     }
 }

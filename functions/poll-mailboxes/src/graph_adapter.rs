@@ -3,7 +3,7 @@
 //! machine-mail policy, ticket sinks and "after-action only once the ticket was accepted".
 //!
 //! Graph has string ids where IMAP has UIDs, and delta rounds where IMAP has SEARCH. The sync
-//! state of each mailbox ([`GraphSyncState`], item `graph-sync#<mailbox>` of the state table)
+//! state of each mailbox (`GraphSyncState`, item `graph-sync#<mailbox>` of the state table)
 //! bridges the two:
 //! - the `@odata.deltaLink` of the last round;
 //! - the messages in the polled folder still to be handled (`pending`), each with a UID this
@@ -27,53 +27,17 @@ use async_trait::async_trait;
 use mailbridge::graph::GraphError;
 use mailbridge::graph_mail::{DeltaChange, DeltaStart, GraphMailbox};
 use mailbridge::imap::{ImapError, ListedMessage, SearchScope, SelectedFolder, Uid};
+use mailbridge::mailbox::{AfterAction, MailboxConfig, Protocol};
+use mailbridge::state_table::{GraphSyncState, GraphSyncStore, PendingMessage, StoreError};
 use mailbridge::token::AccessToken;
 use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::config::{AfterAction, MailboxConfig};
-use crate::ports::{Mailbox, MailboxConnector, StoreError};
+use crate::ports::{Mailbox, MailboxConnector};
 
 /// Most pending messages kept with a delta link: beyond it (a DynamoDB item holds 400 KB) the
 /// link is not stored and the next run makes a full round, which lists the folder anyway.
 pub const MAX_PENDING_WITH_LINK: usize = 1000;
-
-/// What a mailbox's Graph sync remembers between runs.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GraphSyncState {
-    /// Changes when the UIDs below start over (a new state).
-    pub uid_validity: u32,
-    /// The next UID to give.
-    pub next_uid: u32,
-    /// `@odata.deltaLink` of the last round, if it could be kept.
-    pub delta_link: Option<String>,
-    /// Messages in the folder still to be handled, ascending by UID.
-    pub pending: Vec<PendingMessage>,
-}
-
-/// One message still to be handled.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingMessage {
-    /// The UID this side gave it.
-    pub uid: u32,
-    /// Graph id.
-    pub id: String,
-    /// When the mailbox received it.
-    pub received_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// Size in bytes, when Graph gave it.
-    pub size: Option<u64>,
-}
-
-/// Where the sync states live (the state table).
-#[async_trait]
-pub trait GraphSyncStore: Send + Sync {
-    /// The mailbox's sync state, if any.
-    async fn get_graph_sync(&self, mailbox: &str) -> Result<Option<GraphSyncState>, StoreError>;
-    /// Replace it.
-    async fn put_graph_sync(&self, mailbox: &str, state: &GraphSyncState)
-    -> Result<(), StoreError>;
-}
 
 /// Opens Graph mailboxes.
 pub struct GraphConnector {
@@ -503,8 +467,8 @@ impl MailboxConnector for ProtocolConnector {
         access_token: &SecretString,
     ) -> Result<Box<dyn Mailbox>, ImapError> {
         match config.protocol {
-            crate::config::Protocol::Imap => self.imap.connect(config, access_token).await,
-            crate::config::Protocol::Graph => self.graph.connect(config, access_token).await,
+            Protocol::Imap => self.imap.connect(config, access_token).await,
+            Protocol::Graph => self.graph.connect(config, access_token).await,
         }
     }
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::poll::{PollDeps, PollReport, poll_once};
-use crate::ports::StoreError;
+use mailbridge::state_table::StoreError;
 
 /// What to poll.
 #[derive(Clone, Debug, PartialEq, Eq)]

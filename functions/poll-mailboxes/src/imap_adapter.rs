@@ -10,8 +10,8 @@ use mailbridge::imap::{
 use secrecy::SecretString;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::config::MailboxConfig;
 use crate::ports::{Mailbox, MailboxConnector};
+use mailbridge::mailbox::MailboxConfig;
 
 /// Connects to each mailbox's host with one shared rustls config.
 #[derive(Clone)]

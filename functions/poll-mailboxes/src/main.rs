@@ -1,6 +1,6 @@
 //! Lambda glue only: build clients once per cold start, then hand each event to the library.
 //!
-//! Environment: see `poll_mailboxes::config::Settings` (`MAILBRIDGE_STATE_TABLE`,
+//! Environment: see `poll_mailboxes::settings::Settings` (`MAILBRIDGE_STATE_TABLE`,
 //! `MAILBRIDGE_THREAD_KEY_SECRET`, `MAILBRIDGE_MAX_CONCURRENT_MAILBOXES`, ...), the token layer's
 //! `MAILBRIDGE_SECRET_PREFIX`, and the standard AWS variables. A missing or invalid variable stops
 //! the cold start with an error naming it.
@@ -14,13 +14,13 @@ use std::sync::Arc;
 
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use mailbridge::aws::LazyClient;
+use mailbridge::state_table::DynamoStateStore;
 use poll_mailboxes::PollDeps;
-use poll_mailboxes::config::Settings;
 use poll_mailboxes::convert::ParseContext;
-use poll_mailboxes::dynamo::DynamoStateStore;
 use poll_mailboxes::graph_adapter::{GraphConnector, ProtocolConnector};
 use poll_mailboxes::handler::{HandlerError, handle_event};
 use poll_mailboxes::imap_adapter::ImapConnector;
+use poll_mailboxes::settings::Settings;
 use poll_mailboxes::sinks::SecretsSinkFactory;
 use serde_json::Value;
 

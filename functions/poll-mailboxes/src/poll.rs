@@ -43,14 +43,14 @@ use mailbridge::token::{AccessTokenSource, Audience, TokenError};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::config::{AfterAction, ListMail, MailboxConfig, Protocol};
+use mailbridge::mailbox::{AfterAction, ListMail, MailboxConfig, Protocol, TargetPolicy};
+use mailbridge::state_table::{
+    DedupeRecord, InFlightMail, MailboxLease, MailboxStatus, StateStore, StoreError,
+};
+
 use crate::convert::{self, ParseContext};
 use crate::dedupe::{self, DedupeKey};
-use crate::ports::{
-    DedupeRecord, InFlightMail, Mailbox, MailboxConnector, MailboxLease, MailboxStatus,
-    SinkFactory, StateStore, StoreError,
-};
-use crate::targets::TargetPolicy;
+use crate::ports::{Mailbox, MailboxConnector, SinkFactory};
 
 /// Everything a tick needs, built once per cold start.
 #[derive(Clone)]
@@ -141,16 +141,17 @@ pub async fn poll_once(
     }
     if let Some(wanted) = names {
         // A manual run may name mailboxes by configuration name or by address.
-        let matches =
-            |entry: &Result<MailboxConfig, crate::config::ConfigError>, w: &str| match entry {
+        let matches = |entry: &Result<MailboxConfig, mailbridge::mailbox::ConfigError>, w: &str| {
+            match entry {
                 Ok(c) => c.name == w || c.user.eq_ignore_ascii_case(w),
                 Err(e) => e.mailbox == w,
-            };
+            }
+        };
         let unknown: Vec<_> = wanted
             .iter()
             .filter(|w| !configs.iter().any(|c| matches(c, w)))
             .map(|w| {
-                Err(crate::config::ConfigError {
+                Err(mailbridge::mailbox::ConfigError {
                     mailbox: w.clone(),
                     field: "(name)".into(),
                     problem: "matches no configured mailbox (name or address)".into(),

@@ -35,10 +35,10 @@ use mailbridge::token::{AccessToken, Audience};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::config::{MailboxConfig, Protocol};
 use crate::handler::EventError;
 use crate::poll::{PollDeps, PollReport, poll_once};
-use crate::ports::StoreError;
+use mailbridge::mailbox::{MailboxConfig, Protocol};
+use mailbridge::state_table::StoreError;
 
 /// How long a new (or renewed) subscription lives: 10 minutes under Graph's 10,080.
 pub const SUBSCRIPTION_LIFETIME: Duration =
@@ -338,7 +338,7 @@ pub async fn maintain_subscriptions(
         .filter(|c| deps.targets.check(c).is_ok())
         .collect();
     let wanted: Vec<&MailboxConfig> = configs.iter().filter(|c| c.enabled && c.push).collect();
-    let store_err = |e: mailbridge::state::StateError| StoreError {
+    let store_err = |e: mailbridge::state_table::StateError| StoreError {
         operation: "push subscriptions",
         detail: e.to_string(),
     };

@@ -11,8 +11,8 @@ use mailbridge::retry::RetryPolicy;
 use mailbridge::ticket_sink::{SinkConfig, TicketSink};
 use tokio::sync::Mutex;
 
-use crate::config::MailboxConfig;
 use crate::ports::SinkFactory;
+use mailbridge::mailbox::MailboxConfig;
 
 /// Sinks with credentials from Secrets Manager, cached by their whole configuration.
 pub struct SecretsSinkFactory {

@@ -31,7 +31,7 @@ use mailbridge::push::{
     LifecycleEvent, PollGate, PollRequestMessage, SubscriptionRecord, SubscriptionStore,
     client_state_matches,
 };
-use mailbridge::state::StateError;
+use mailbridge::state_table::StateError;
 use serde::Deserialize;
 
 /// The largest request body read (bytes). Graph batches notifications; a basic Outlook

@@ -45,7 +45,6 @@
 use crate::metrics::BatchMetrics;
 use crate::ports::{ParkReason, Parking, Visibility};
 use crate::settings::BatchSettings;
-use crate::thread::{ThreadKey, stamp};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use mailbridge::error::{Classify, ErrorClass};
 use mailbridge::graph::{GraphError, MailSender, OutgoingMail, OutgoingMime, SendAs, SendReceipt};
@@ -54,7 +53,9 @@ use mailbridge::message_store::{MessageStore, StoreError};
 use mailbridge::notification::{
     MimeNotification, Notification, ObjectRef, QueueMessage, RawMessage,
 };
-use mailbridge::state::{Claim, IdempotencyStore, StateError};
+use mailbridge::state_table::{Claim, IdempotencyStore, StateError};
+use mailbridge::thread_key::ThreadKey;
+use mailbridge::thread_stamp::stamp;
 use mailbridge::token::{AccessToken, AccessTokenSource, Audience, TokenError};
 use sha2::Digest as _;
 use std::collections::{HashMap, HashSet};

@@ -3,7 +3,6 @@
 //! - [`settings`]: typed environment.
 //! - [`batch`]: SQS batch → per-message outcome → `SqsBatchResponse` (the heart).
 //! - [`ports`]: DLQ parking and message visibility ports with their SQS adapters.
-//! - [`thread`]: ticket thread markers on outgoing mail.
 //! - [`metrics`]: the EMF line per invocation.
 #![warn(missing_docs)]
 
@@ -11,7 +10,6 @@ pub mod batch;
 pub mod metrics;
 pub mod ports;
 pub mod settings;
-pub mod thread;
 
 pub use batch::{BatchReport, Deps, Outcome, process_batch};
 

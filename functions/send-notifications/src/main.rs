@@ -92,7 +92,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
 struct Prepared {
     tokens: Arc<mailbridge::token::TokenService>,
     graph: Arc<mailbridge::graph::GraphClient>,
-    idempotency: Arc<mailbridge::state::DynamoIdempotencyStore>,
+    idempotency: Arc<mailbridge::state_table::DynamoIdempotencyStore>,
     messages: Arc<mailbridge::message_store::S3MessageStore>,
     parking: Arc<SqsParking>,
     visibility: Arc<SqsVisibility>,
@@ -139,7 +139,7 @@ async fn prepare() -> Result<Prepared, StartupError> {
     Ok(Prepared {
         tokens: Arc::new(tokens),
         graph: Arc::new(graph),
-        idempotency: Arc::new(mailbridge::state::DynamoIdempotencyStore::new(
+        idempotency: Arc::new(mailbridge::state_table::DynamoIdempotencyStore::new(
             LazyClient::new(&aws, aws_sdk_dynamodb::Client::new),
             settings.state_table.clone(),
         )),

@@ -65,7 +65,7 @@ impl Default for BatchSettings {
             safety_margin: Duration::from_secs(3),
             send_timeout: Duration::from_secs(20),
             max_retry_after_waits: 3,
-            completed_ttl: mailbridge::state::DEFAULT_COMPLETED_TTL,
+            completed_ttl: mailbridge::state_table::DEFAULT_COMPLETED_TTL,
             quota_visibility: Duration::from_secs(10800),
             message_bucket: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,

@@ -3,12 +3,12 @@
 use crate::batch::{Deps, Outcome, process_batch};
 use crate::ports::{ParkError, ParkReason, Parking, Visibility, VisibilityError};
 use crate::settings::BatchSettings;
-use crate::thread::ThreadKey;
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use mailbridge::graph::{GraphError, MailSender, OutgoingMail, OutgoingMime, SendAs, SendReceipt};
 use mailbridge::message_store::{InMemoryMessageStore, MessageStore as _};
-use mailbridge::state::InMemoryIdempotencyStore;
+use mailbridge::state_table::InMemoryIdempotencyStore;
+use mailbridge::thread_key::ThreadKey;
 use mailbridge::token::{AccessToken, AccessTokenSource, Audience, TokenError};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -941,51 +941,21 @@ async fn deliver(
     Ok(())
 }
 
-/// The poller's mailbox config format (`poll_mailboxes::dynamo::put_mailbox_config`, which this
-/// crate cannot link): item `mailbox#<name>` with one attribute per field plus `name`, and the
-/// name added to the `mailbox-index` item's `names` string set, in one transaction.
+/// Store a mailbox configuration the way `mailbridge mailbox add` does: validated, its hosts
+/// checked against the local stack's target policy (loopback allowed), listed in the index.
 async fn put_mailbox_config(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
     name: &str,
     fields: &serde_json::Value,
 ) -> anyhow::Result<()> {
-    use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
-    fn attr(value: &serde_json::Value) -> AttributeValue {
-        match value {
-            serde_json::Value::Null => AttributeValue::Null(true),
-            serde_json::Value::Bool(b) => AttributeValue::Bool(*b),
-            serde_json::Value::Number(n) => AttributeValue::N(n.to_string()),
-            serde_json::Value::String(s) => AttributeValue::S(s.clone()),
-            serde_json::Value::Array(a) => AttributeValue::L(a.iter().map(attr).collect()),
-            serde_json::Value::Object(o) => {
-                AttributeValue::M(o.iter().map(|(k, v)| (k.clone(), attr(v))).collect())
-            }
-        }
-    }
-    let mut item: std::collections::HashMap<String, AttributeValue> = fields
-        .as_object()
-        .map(|o| o.iter().map(|(k, v)| (k.clone(), attr(v))).collect())
-        .unwrap_or_default();
-    item.insert("pk".into(), AttributeValue::S(format!("mailbox#{name}")));
-    item.insert("name".into(), AttributeValue::S(name.to_owned()));
-    let put = Put::builder()
-        .table_name(table)
-        .set_item(Some(item))
-        .build()?;
-    let index = Update::builder()
-        .table_name(table)
-        .key("pk", AttributeValue::S("mailbox-index".into()))
-        .update_expression("ADD #names :name")
-        .expression_attribute_names("#names", "names")
-        .expression_attribute_values(":name", AttributeValue::Ss(vec![name.to_owned()]))
-        .build()?;
-    client
-        .transact_write_items()
-        .transact_items(TransactWriteItem::builder().put(put).build())
-        .transact_items(TransactWriteItem::builder().update(index).build())
-        .send()
-        .await
-        .map_err(sdk("write the mailbox config"))?;
+    mailbridge::state_table::put_mailbox_config(
+        client,
+        table,
+        name,
+        fields,
+        &mailbridge::mailbox::TargetPolicy::local(),
+    )
+    .await?;
     Ok(())
 }

@@ -39,9 +39,9 @@ use mailbridge::graph::{
     MailSender as _, OutgoingMail, SendAs, SendMailRequest,
 };
 use mailbridge::imap::{ImapEndpoint, ImapError};
+use mailbridge::mailbox::MailboxConfig;
+use mailbridge::state_table::StateStore as _;
 use mailbridge::token::{AccessToken, AccessTokenSource as _, AccountSecret, Audience, TokenError};
-use poll_mailboxes::config::MailboxConfig;
-use poll_mailboxes::ports::StateStore as _;
 use serde::Serialize;
 
 use super::context::{Context, Exit, human_duration, print_json};
@@ -257,7 +257,7 @@ async fn check_target(
                 port: config.port,
                 user: config.user.clone(),
                 folder: config.folder.clone(),
-                graph_mailbox: (config.protocol == poll_mailboxes::config::Protocol::Graph)
+                graph_mailbox: (config.protocol == mailbridge::mailbox::Protocol::Graph)
                     .then(|| poll_mailboxes::poll::mailbox_audience(&config)),
             }),
         ),

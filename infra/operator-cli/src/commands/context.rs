@@ -203,10 +203,10 @@ impl Context {
     }
 
     /// The state table adapter of poll-mailboxes.
-    pub async fn state_store(&self) -> Result<poll_mailboxes::dynamo::DynamoStateStore> {
+    pub async fn state_store(&self) -> Result<mailbridge::state_table::DynamoStateStore> {
         let table = self.state_table()?.to_owned();
         Ok(
-            poll_mailboxes::dynamo::DynamoStateStore::new(self.dynamodb().await, table)
+            mailbridge::state_table::DynamoStateStore::new(self.dynamodb().await, table)
                 .with_targets(self.targets()?),
         )
     }
@@ -214,8 +214,8 @@ impl Context {
     /// Where mailbox configurations may point: the same variables the poller reads
     /// (`MAILBRIDGE_IMAP_HOSTS`, `MAILBRIDGE_SINK_HOSTS`, `MAILBRIDGE_ALLOW_LOCAL_TARGETS`), so a
     /// configuration the CLI stores is one the poller accepts.
-    pub fn targets(&self) -> Result<poll_mailboxes::targets::TargetPolicy> {
-        Ok(poll_mailboxes::targets::TargetPolicy::from_lookup(|k| {
+    pub fn targets(&self) -> Result<mailbridge::mailbox::TargetPolicy> {
+        Ok(mailbridge::mailbox::TargetPolicy::from_lookup(|k| {
             std::env::var(k).ok()
         })?)
     }
@@ -265,7 +265,7 @@ impl Context {
             let value = out.secret_string().with_context(|| {
                 format!("{THREAD_KEY_SECRET_ENV} {name}: the secret has no string value")
             })?;
-            let key = send_notifications::thread::ThreadKey::from_secret_value(value)
+            let key = mailbridge::thread_key::ThreadKey::from_secret_value(value)
                 .map_err(|e| anyhow::anyhow!("{THREAD_KEY_SECRET_ENV} {name}: {e}"))?;
             return Ok(Some(key.expose().to_vec()));
         }

@@ -4,9 +4,9 @@
 //! validated by exactly the code that will use it (errors name the mailbox and the field).
 
 use anyhow::{Result, bail};
-use poll_mailboxes::config::MailboxConfig;
-use poll_mailboxes::dynamo::{delete_mailbox_config, put_mailbox_config};
-use poll_mailboxes::ports::StateStore as _;
+use mailbridge::mailbox::MailboxConfig;
+use mailbridge::state_table::StateStore as _;
+use mailbridge::state_table::{delete_mailbox_config, put_mailbox_config};
 use serde_json::{Map, Value, json};
 
 use super::context::{Context, Exit, print_json};
@@ -277,7 +277,7 @@ pub async fn run(ctx: &Context, command: MailboxCommand) -> Result<Exit> {
             // Before the helpdesk is asked: a refused host is never contacted.
             ctx.targets()?.check(&config)?;
             if !args.no_check {
-                if config.protocol == poll_mailboxes::config::Protocol::Graph {
+                if config.protocol == mailbridge::mailbox::Protocol::Graph {
                     check_graph_folder(ctx, &config).await?;
                 }
                 check_sink(ctx, &config).await?;
@@ -363,9 +363,9 @@ pub async fn run(ctx: &Context, command: MailboxCommand) -> Result<Exit> {
 /// Where a mailbox is read: `IMAP host:port`, or `Graph` (`Graph, shared`).
 fn read_through(c: &MailboxConfig) -> String {
     match (c.protocol, c.shared) {
-        (poll_mailboxes::config::Protocol::Imap, _) => format!("IMAP {}:{}", c.host, c.port),
-        (poll_mailboxes::config::Protocol::Graph, false) => "Graph".into(),
-        (poll_mailboxes::config::Protocol::Graph, true) => "Graph (shared mailbox)".into(),
+        (mailbridge::mailbox::Protocol::Imap, _) => format!("IMAP {}:{}", c.host, c.port),
+        (mailbridge::mailbox::Protocol::Graph, false) => "Graph".into(),
+        (mailbridge::mailbox::Protocol::Graph, true) => "Graph (shared mailbox)".into(),
     }
 }
 
@@ -379,9 +379,9 @@ fn summary(c: &MailboxConfig) -> String {
         c.account,
         c.folder,
         match &c.after_action {
-            poll_mailboxes::config::AfterAction::Move(f) => format!("move to {f}"),
-            poll_mailboxes::config::AfterAction::MarkSeen => "mark seen".into(),
-            poll_mailboxes::config::AfterAction::Delete => "delete".into(),
+            mailbridge::mailbox::AfterAction::Move(f) => format!("move to {f}"),
+            mailbridge::mailbox::AfterAction::MarkSeen => "mark seen".into(),
+            mailbridge::mailbox::AfterAction::Delete => "delete".into(),
         },
         c.list_mail.as_str(),
         c.sink.kind().as_str(),

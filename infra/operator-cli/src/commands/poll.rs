@@ -21,18 +21,17 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use async_trait::async_trait;
 use mailbridge::imap::{ImapError, ListedMessage, SearchScope, SelectedFolder, Uid};
+use mailbridge::mailbox::MailboxConfig;
+use mailbridge::state_table::{
+    DedupeRecord, GraphSyncState, GraphSyncStore, MailboxStatus, StateStore, StoreError,
+};
 use mailbridge::ticket_sink::{
     DeliveryPlan, SinkCheck, TicketPayload, TicketReceipt, TicketSink, TicketSinkError,
 };
-use poll_mailboxes::config::MailboxConfig;
 use poll_mailboxes::convert::ParseContext;
-use poll_mailboxes::graph_adapter::{
-    GraphConnector, GraphSyncState, GraphSyncStore, ProtocolConnector,
-};
+use poll_mailboxes::graph_adapter::{GraphConnector, ProtocolConnector};
 use poll_mailboxes::imap_adapter::ImapConnector;
-use poll_mailboxes::ports::{
-    DedupeRecord, Mailbox, MailboxConnector, MailboxStatus, SinkFactory, StateStore, StoreError,
-};
+use poll_mailboxes::ports::{Mailbox, MailboxConnector, SinkFactory};
 use poll_mailboxes::sinks::SecretsSinkFactory;
 use poll_mailboxes::{PollDeps, poll_once};
 use secrecy::SecretString;
@@ -298,9 +297,9 @@ impl<S: StateStore> StateStore for ReadOnlyState<S> {
         &self,
         _mailbox: &str,
         _until: i64,
-    ) -> Result<poll_mailboxes::ports::MailboxLease, StoreError> {
+    ) -> Result<mailbridge::state_table::MailboxLease, StoreError> {
         // A dry run changes nothing, so it needs no lease and never holds up a real run.
-        Ok(poll_mailboxes::ports::MailboxLease::Acquired {
+        Ok(mailbridge::state_table::MailboxLease::Acquired {
             token: "dry-run".into(),
             interrupted: None,
         })
@@ -312,7 +311,7 @@ impl<S: StateStore> StateStore for ReadOnlyState<S> {
         &self,
         _mailbox: &str,
         _token: &str,
-        _mail: poll_mailboxes::ports::InFlightMail,
+        _mail: mailbridge::state_table::InFlightMail,
     ) -> Result<(), StoreError> {
         Ok(())
     }
@@ -340,7 +339,7 @@ impl<S: StateStore> StateStore for ReadOnlyState<S> {
     async fn load_mailboxes(
         &self,
         names: Option<&[String]>,
-    ) -> Result<Vec<Result<MailboxConfig, poll_mailboxes::config::ConfigError>>, StoreError> {
+    ) -> Result<Vec<Result<MailboxConfig, mailbridge::mailbox::ConfigError>>, StoreError> {
         self.0.load_mailboxes(names).await
     }
 }

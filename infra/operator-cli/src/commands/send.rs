@@ -252,8 +252,8 @@ async fn extras(ctx: &Context, n: &Notification) -> Result<MessageExtras> {
             super::parse::THREAD_KEY_ENV
         )
     })?;
-    Ok(send_notifications::thread::stamp(
-        &send_notifications::thread::ThreadKey::new(key),
+    Ok(mailbridge::thread_stamp::stamp(
+        &mailbridge::thread_key::ThreadKey::new(key),
         n,
     ))
 }

@@ -7,8 +7,8 @@
 
 use anyhow::{Context as _, Result};
 use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
+use mailbridge::state_table::StateStore as _;
 use mailbridge::token::{AccountSecret, AccountState, Audience};
-use poll_mailboxes::ports::StateStore as _;
 use serde::Serialize;
 
 use super::context::{Context, Exit, human_duration, print_json};
@@ -61,7 +61,7 @@ pub struct MailboxRow {
     /// Configuration problem, if any.
     pub config_error: Option<String>,
     /// Last run (None: never polled).
-    pub last_run: Option<poll_mailboxes::ports::MailboxStatus>,
+    pub last_run: Option<mailbridge::state_table::MailboxStatus>,
     /// Seconds since the last successful poll (`last_run.last_success_at`), None if never.
     pub last_success_age_seconds: Option<i64>,
     /// A run that took the mailbox after the last recorded run ended and has recorded no result.
@@ -84,8 +84,8 @@ pub struct RunWithoutResult {
 /// The run behind `lease`, when it started after `last_run` ended (a lease left from a
 /// finished run whose release failed is not one).
 pub fn run_without_result(
-    lease: &poll_mailboxes::ports::LeaseRecord,
-    last_run: Option<&poll_mailboxes::ports::MailboxStatus>,
+    lease: &mailbridge::state_table::LeaseRecord,
+    last_run: Option<&mailbridge::state_table::MailboxStatus>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Option<RunWithoutResult> {
     let parse = |t: &str| {

@@ -8,14 +8,12 @@
 //! notification's own headers already use all five, `X-Mailbridge-Ref` is left out (the footer
 //! and the Message-ID carry the reference) instead of the whole mail being refused.
 
-use mailbridge::graph::MessageExtras;
-use mailbridge::notification::{BodyType, Notification};
-
-/// The HMAC key for thread references (one loader and length rule for both functions).
-pub use mailbridge::thread_key::ThreadKey;
+use crate::graph::MessageExtras;
+use crate::notification::{BodyType, Notification};
+use crate::thread_key::ThreadKey;
 
 /// The header carrying the signed reference.
-pub const REF_HEADER: &str = mailbridge::mail::threading::REFERENCE_HEADER;
+pub const REF_HEADER: &str = crate::mail::threading::REFERENCE_HEADER;
 
 /// What to change in the outgoing message for `n`. Without a ticket number only the
 /// deterministic `internetMessageId` (see [`plain_message_id`]).
@@ -31,14 +29,14 @@ pub fn stamp(key: &ThreadKey, n: &Notification) -> MessageExtras {
             ..MessageExtras::default()
         };
     };
-    use mailbridge::mail::threading as t;
+    use crate::mail::threading as t;
     let reference = t::ticket_reference(ticket, key.expose());
     let subject = t::subject_with_ticket(&n.subject, ticket);
     let body = match n.body.content_type {
         BodyType::Text => format!("{}{}", n.body.content, t::body_footer_text(&reference)),
         BodyType::Html => insert_html_footer(&n.body.content, &t::body_footer_html(&reference)),
     };
-    let headers = if n.headers.len() < mailbridge::notification::MAX_HEADERS {
+    let headers = if n.headers.len() < crate::notification::MAX_HEADERS {
         vec![(REF_HEADER.to_owned(), reference.clone())]
     } else {
         Vec::new()
@@ -110,12 +108,12 @@ mod tests {
     #[test]
     fn five_own_headers_leave_no_room_for_the_reference_header_but_footer_and_id_carry_it() {
         let mut n = notification("text", "x");
-        for i in 0..mailbridge::notification::MAX_HEADERS {
+        for i in 0..crate::notification::MAX_HEADERS {
             n.headers.insert(format!("X-H{i}"), "v".into());
         }
         let extras = stamp(&ThreadKey::new(b"k".to_vec()), &n);
         assert!(extras.headers.is_empty());
-        let reference = mailbridge::mail::threading::ticket_reference("4711", b"k");
+        let reference = crate::mail::threading::ticket_reference("4711", b"k");
         assert!(extras.body_content.unwrap().contains(&reference));
         assert!(extras.internet_message_id.unwrap().contains(&reference));
     }

@@ -5,14 +5,15 @@
 //! `mailbox#` item could otherwise send both anywhere, so each host must be on an allowlist of the
 //! deployment: IMAP hosts default to Microsoft's ([`MICROSOFT_IMAP_HOSTS`]), ticket API hosts
 //! have no default (each deployment names its helpdesks). The same check runs when a
-//! configuration is written (`mailbridge mailbox add`, [`crate::dynamo::put_mailbox_config`]) and
+//! configuration is written (`mailbridge mailbox add`, [`crate::state_table::put_mailbox_config`]) and
 //! when the poller reads it (a refused mailbox is a per-mailbox `config_error`).
 //!
 //! Plain `http://` and loopback hosts (`localhost`, 127.0.0.0/8, `::1`) are refused unless
 //! `MAILBRIDGE_ALLOW_LOCAL_TARGETS` is true: inside Lambda, 127.0.0.1:9001 is the Runtime API.
 //! Only the local stack, the demo and the tests set it.
 
-use crate::config::{ConfigError, MailboxConfig, SettingsError};
+use super::config::{ConfigError, MailboxConfig};
+use crate::config::SettingsError;
 
 /// IMAP hosts allowed by default: Exchange Online worldwide (also GCC), US Government GCC High,
 /// US Government DoD, and Microsoft 365 operated by 21Vianet.
@@ -156,9 +157,7 @@ impl TargetPolicy {
         };
         let imap_host = config.host.trim_end_matches('.').to_ascii_lowercase();
         let imap_is_loopback = match url::Host::parse(&imap_host) {
-            Ok(url::Host::Domain(d)) => {
-                mailbridge::config::is_loopback_host(&url::Host::Domain(&d))
-            }
+            Ok(url::Host::Domain(d)) => crate::config::is_loopback_host(&url::Host::Domain(&d)),
             Ok(url::Host::Ipv4(ip)) => ip.is_loopback(),
             Ok(url::Host::Ipv6(ip)) => ip.is_loopback(),
             Err(_) => false,
@@ -182,7 +181,7 @@ impl TargetPolicy {
             return Err(err("sink.url", "has no host".into()));
         };
         let sink_host = host.to_string().to_ascii_lowercase();
-        if url.scheme() != "https" || mailbridge::config::is_loopback_host(&host) {
+        if url.scheme() != "https" || crate::config::is_loopback_host(&host) {
             if !self.allow_local {
                 return Err(err(
                     "sink.url",

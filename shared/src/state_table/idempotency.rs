@@ -1,8 +1,5 @@
-//! The DynamoDB state table: idempotency records for notifications, dedupe records for mail.
-//!
-//! One table (env `MAILBRIDGE_STATE_TABLE`): partition key `pk` (S), TTL attribute `expires_at`
-//! (N, epoch seconds). This module holds the notification idempotency records
-//! (`notification#<id>`), modelled on Powertools' idempotency utility:
+//! Notification idempotency records (`notification#<id>`), modelled on Powertools' idempotency
+//! utility:
 //!
 //! - [`IdempotencyStore::claim`] writes an `in_progress` record with a lease (conditional put:
 //!   only if no record exists, the previous lease ran out, or the record expired). A record that is
@@ -16,10 +13,12 @@
 //! apart from a redelivery ([`Claim::CompletedWithDifferentPayload`]).
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
+
+use super::item::{Item, get_n, get_s, n, s};
+use super::lease::{Taken, give_back, take};
 
 /// The state of an idempotency key after a claim attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,10 +137,7 @@ pub struct DynamoIdempotencyStore {
 }
 
 /// A completed record waiting to be written, and who to tell when it is.
-type PendingCompletion = (
-    HashMap<String, AttributeValue>,
-    tokio::sync::oneshot::Sender<Result<(), StateError>>,
-);
+type PendingCompletion = (Item, tokio::sync::oneshot::Sender<Result<(), StateError>>);
 
 #[derive(Default)]
 struct CompletionQueue {
@@ -177,7 +173,7 @@ impl DynamoIdempotencyStore {
         payload_hash: &str,
         lease_token: &str,
         lease_expires_at: i64,
-    ) -> HashMap<String, AttributeValue> {
+    ) -> Item {
         HashMap::from([
             ("pk".to_owned(), s(notification_key(id))),
             ("status".to_owned(), s(IN_PROGRESS)),
@@ -279,22 +275,6 @@ impl DynamoIdempotencyStore {
     }
 }
 
-fn n(v: i64) -> AttributeValue {
-    AttributeValue::N(v.to_string())
-}
-
-fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
-}
-
-fn get_n(item: &HashMap<String, AttributeValue>, k: &str) -> Option<i64> {
-    item.get(k)?.as_n().ok()?.parse().ok()
-}
-
-fn get_s<'a>(item: &'a HashMap<String, AttributeValue>, k: &str) -> Option<&'a str> {
-    item.get(k)?.as_s().ok().map(String::as_str)
-}
-
 #[async_trait]
 impl IdempotencyStore for DynamoIdempotencyStore {
     async fn claim(
@@ -320,14 +300,10 @@ impl IdempotencyStore for DynamoIdempotencyStore {
             .condition_expression(CLAIM_CONDITION)
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":in_progress", s(IN_PROGRESS))
-            .expression_attribute_values(":now", n(now))
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
-            .send()
-            .await;
-        match put {
-            Ok(out) => {
-                // The record we replaced, if any: an in-progress one is an unfinished attempt.
-                let previous = out.attributes.unwrap_or_default();
+            .expression_attribute_values(":now", n(now));
+        match take(put).await {
+            // The record we replaced, if any: an in-progress one is an unfinished attempt.
+            Ok(Taken::Replaced(previous)) => {
                 return Ok(match get_s(&previous, "status") {
                     Some(IN_PROGRESS) => Claim::Resumed {
                         lease_token,
@@ -337,12 +313,8 @@ impl IdempotencyStore for DynamoIdempotencyStore {
                     _ => Claim::Acquired { lease_token },
                 });
             }
-            Err(e) => {
-                let service = e.into_service_error();
-                if !service.is_conditional_check_failed_exception() {
-                    return Err(self.error(format!("claim {key}"), service));
-                }
-            }
+            Ok(Taken::Refused) => {}
+            Err(e) => return Err(self.error(format!("claim {key}"), e.into_service_error())),
         }
         let existing = self
             .client
@@ -476,28 +448,18 @@ impl IdempotencyStore for DynamoIdempotencyStore {
 
     async fn release(&self, id: &str, lease_token: &str) -> Result<(), StateError> {
         let key = notification_key(id);
-        let deleted = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .key("pk", s(&key))
-            .condition_expression("#status = :in_progress AND lease_token = :token")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":in_progress", s(IN_PROGRESS))
-            .expression_attribute_values(":token", s(lease_token))
-            .send()
-            .await;
-        match deleted {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let service = e.into_service_error();
-                if service.is_conditional_check_failed_exception() {
-                    Ok(()) // someone else's lease now, or already gone: nothing of ours to drop
-                } else {
-                    Err(self.error(format!("release {key}"), service))
-                }
-            }
-        }
+        give_back(
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .key("pk", s(&key))
+                .condition_expression("#status = :in_progress AND lease_token = :token")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":in_progress", s(IN_PROGRESS))
+                .expression_attribute_values(":token", s(lease_token)),
+        )
+        .await
+        .map_err(|e| self.error(format!("release {key}"), e.into_service_error()))
     }
 }
 

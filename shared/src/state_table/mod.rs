@@ -1,0 +1,104 @@
+//! The DynamoDB state table: one table for every record both functions and the operator CLI
+//! keep, one file per record kind.
+//!
+//! The table (env `MAILBRIDGE_STATE_TABLE`) has partition key `pk` (S) and TTL attribute
+//! `expires_at` (N, epoch seconds). Its items, by `pk`:
+//!
+//! | `pk` | record | file |
+//! |---|---|---|
+//! | `notification#<id>` | a notification's idempotency record: claimed, sent | [`idempotency`] |
+//! | `mail#<mailbox>#<hash>` | a mail that became a ticket ([`DedupeRecord`]) | [`dedupe`] |
+//! | `mail#<mailbox>#sender#<hash>#<YYYYMMDDHH>` | one sender's mails in a clock hour | [`dedupe`] |
+//! | `mailbox#<name>` | a mailbox's configuration, one attribute per field | [`mailboxes`] |
+//! | `mailbox-index` | the names of the configured mailboxes (string set `names`) | [`mailboxes`] |
+//! | `mailbox-status#<name>` | the last run's outcome ([`MailboxStatus`]) | [`status`] |
+//! | `mailbox-lease#<name>` | which run works on a mailbox that has mail | [`lease`] |
+//! | `graph-sync#<mailbox>` | a Graph mailbox's sync state ([`GraphSyncState`]) | [`graph_sync`] |
+//!
+//! Leases (notifications, mailboxes) are taken one way, [`lease`]: a conditional put that
+//! returns the item it replaced, given back by a delete conditioned on the lease token.
+//!
+//! [`store`] holds [`DynamoStateStore`], the poller's store ([`StateStore`]); [`item`] the
+//! conversion between records and DynamoDB attributes.
+
+pub mod dedupe;
+pub mod graph_sync;
+pub mod idempotency;
+pub mod item;
+pub mod lease;
+pub mod mailboxes;
+pub mod status;
+pub mod store;
+
+pub use dedupe::DedupeRecord;
+pub use graph_sync::{GraphSyncState, GraphSyncStore, PendingMessage};
+pub use idempotency::{
+    Claim, DEFAULT_COMPLETED_TTL, DynamoIdempotencyStore, IdempotencyStore,
+    InMemoryIdempotencyStore, StateError, notification_key,
+};
+pub use lease::{InFlightMail, LeaseRecord, MailboxLease};
+pub use mailboxes::{MAILBOX_INDEX_KEY, PutConfigError, delete_mailbox_config, put_mailbox_config};
+pub use status::{MailboxStatus, STATUS_HEARTBEAT};
+pub use store::DynamoStateStore;
+
+use async_trait::async_trait;
+
+use crate::mailbox::{ConfigError, MailboxConfig};
+
+/// A state table read or write of the poller failed: transient for the mailbox.
+#[derive(Debug, thiserror::Error)]
+#[error("state table {operation} failed: {detail}")]
+pub struct StoreError {
+    /// What was attempted.
+    pub operation: &'static str,
+    /// What failed.
+    pub detail: String,
+}
+
+/// The state table, as the poll loop needs it.
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// Take `mailbox` for this run until `until` (epoch seconds): overlapping runs (a duplicate
+    /// scheduler delivery, a manual run during a scheduled one, a run outlasting the interval)
+    /// must not work on the same mail at once, or both POST it (two tickets wherever the ticket
+    /// API ignores `Idempotency-Key`). A lease that ran out (a killed run) is taken over.
+    async fn acquire_mailbox_lease(
+        &self,
+        mailbox: &str,
+        until: i64,
+    ) -> Result<MailboxLease, StoreError>;
+    /// Give the lease back (best effort: it runs out by itself). This also forgets the mail in
+    /// flight: the run ended normally.
+    async fn release_mailbox_lease(&self, mailbox: &str, token: &str) -> Result<(), StoreError>;
+    /// Remember, under the lease `token`, the mail this run is about to fetch and parse (the
+    /// next mark replaces it; releasing the lease forgets it).
+    async fn mark_in_flight(
+        &self,
+        mailbox: &str,
+        token: &str,
+        mail: InFlightMail,
+    ) -> Result<(), StoreError>;
+    /// Look up a dedupe record.
+    async fn get_dedupe(&self, pk: &str) -> Result<Option<DedupeRecord>, StoreError>;
+    /// Write a dedupe record.
+    async fn put_dedupe(&self, record: &DedupeRecord) -> Result<(), StoreError>;
+    /// Count one mail against a per-sender quota item `pk` (created on first use, expiring at
+    /// `expires_at`): true when it was under `max` and is now counted, false when the quota is
+    /// used up (nothing counted).
+    async fn take_sender_quota(
+        &self,
+        pk: &str,
+        max: u32,
+        expires_at: i64,
+    ) -> Result<bool, StoreError>;
+    /// Read a mailbox's last status (UIDVALIDITY comparison).
+    async fn get_status(&self, mailbox: &str) -> Result<Option<MailboxStatus>, StoreError>;
+    /// Write a mailbox's last status.
+    async fn put_status(&self, status: &MailboxStatus) -> Result<(), StoreError>;
+    /// Load mailbox configurations: all (None) or the named ones. Each entry is a config or the
+    /// reason that one mailbox is unusable.
+    async fn load_mailboxes(
+        &self,
+        names: Option<&[String]>,
+    ) -> Result<Vec<Result<MailboxConfig, ConfigError>>, StoreError>;
+}
