@@ -29,6 +29,8 @@ pub mod graph_subscriptions;
 pub mod http;
 #[cfg(feature = "services")]
 pub mod imap;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 #[cfg(feature = "mail")]
 pub mod mail;
 #[cfg(all(feature = "services", feature = "mail"))]

@@ -36,3 +36,69 @@ pub fn init_json_logging() {
         .with_target(false)
         .try_init();
 }
+
+/// The CloudWatch namespace of every mailbridge metric.
+pub const METRICS_NAMESPACE: &str = "Mailbridge";
+
+/// One CloudWatch Embedded Metric Format (EMF) line: metrics, each group under its one
+/// dimension, plus plain properties. Printed on stdout, CloudWatch Logs turns it into metrics: no
+/// API call, no agent.
+#[derive(Clone, Debug)]
+pub struct EmfLine {
+    timestamp_ms: i64,
+    directives: Vec<serde_json::Value>,
+    fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl EmfLine {
+    /// An empty line stamped `timestamp_ms` (epoch milliseconds).
+    pub fn new(timestamp_ms: i64) -> Self {
+        EmfLine {
+            timestamp_ms,
+            directives: Vec::new(),
+            fields: serde_json::Map::new(),
+        }
+    }
+
+    /// Metrics of one `unit` (`Count`, `Seconds`) under the dimension `(name, value)`.
+    pub fn metrics(mut self, dimension: (&str, &str), unit: &str, values: &[(&str, u64)]) -> Self {
+        self.directives.push(serde_json::json!({
+            "Namespace": METRICS_NAMESPACE,
+            "Dimensions": [[dimension.0]],
+            "Metrics": values
+                .iter()
+                .map(|(name, _)| serde_json::json!({"Name": name, "Unit": unit}))
+                .collect::<Vec<_>>(),
+        }));
+        self.fields.insert(dimension.0.into(), dimension.1.into());
+        for (name, value) in values {
+            self.fields.insert((*name).into(), (*value).into());
+        }
+        self
+    }
+
+    /// A value that is logged with the line but is no metric.
+    pub fn property(mut self, name: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.fields.insert(name.into(), value.into());
+        self
+    }
+
+    /// The EMF document (one JSON object).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut doc = self.fields.clone();
+        doc.insert(
+            "_aws".into(),
+            serde_json::json!({
+                "Timestamp": self.timestamp_ms,
+                "CloudWatchMetrics": self.directives,
+            }),
+        );
+        serde_json::Value::Object(doc)
+    }
+}
+
+impl std::fmt::Display for EmfLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.to_json())
+    }
+}

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::poll::{PollDeps, PollReport, poll_once};
 use mailbridge::state_table::StoreError;
+use mailbridge::telemetry::EmfLine;
 
 /// What to poll.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,39 +184,28 @@ pub const COUNT_METRICS: [&str; 5] = [
 /// run polled every configured mailbox, so the line carries the heartbeat metric too, for the
 /// deployment of this function name.
 pub fn emf_line(report: &PollReport, heartbeat_of: Option<String>, timestamp_ms: i64) -> String {
-    let counts = [
-        report.tickets_created,
-        report.parked,
-        report.skipped_auto_generated,
-        report.mailboxes_failed,
-        report.accounts_need_reauth,
-    ];
-    let definitions: Vec<serde_json::Value> = COUNT_METRICS
-        .iter()
-        .map(|name| serde_json::json!({"Name": name, "Unit": "Count"}))
+    let counts: Vec<(&str, u64)> = COUNT_METRICS
+        .into_iter()
+        .zip(
+            [
+                report.tickets_created,
+                report.parked,
+                report.skipped_auto_generated,
+                report.mailboxes_failed,
+                report.accounts_need_reauth,
+            ]
+            .map(u64::from),
+        )
         .collect();
-    let mut line = serde_json::json!({"Function": "poll-mailboxes"});
-    for (name, value) in COUNT_METRICS.iter().zip(counts) {
-        line[*name] = value.into();
-    }
-    let mut directives = vec![serde_json::json!({
-        "Namespace": "Mailbridge",
-        "Dimensions": [["Function"]],
-        "Metrics": definitions,
-    })];
+    let mut line =
+        EmfLine::new(timestamp_ms).metrics(("Function", "poll-mailboxes"), "Count", &counts);
     if let Some(function_name) = heartbeat_of {
-        directives.push(serde_json::json!({
-            "Namespace": "Mailbridge",
-            "Dimensions": [[HEARTBEAT_DIMENSION]],
-            "Metrics": [{"Name": HEARTBEAT_METRIC, "Unit": "Seconds"}],
-        }));
-        line[HEARTBEAT_DIMENSION] = function_name.into();
-        line[HEARTBEAT_METRIC] = report.oldest_success_age_seconds.into();
+        line = line.metrics(
+            (HEARTBEAT_DIMENSION, &function_name),
+            "Seconds",
+            &[(HEARTBEAT_METRIC, report.oldest_success_age_seconds)],
+        );
     }
-    line["_aws"] = serde_json::json!({
-        "Timestamp": timestamp_ms,
-        "CloudWatchMetrics": directives,
-    });
     line.to_string()
 }
 

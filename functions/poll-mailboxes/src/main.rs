@@ -3,91 +3,84 @@
 //! Environment: see `poll_mailboxes::settings::Settings` (`MAILBRIDGE_STATE_TABLE`,
 //! `MAILBRIDGE_THREAD_KEY_SECRET`, `MAILBRIDGE_MAX_CONCURRENT_MAILBOXES`, ...), the token layer's
 //! `MAILBRIDGE_SECRET_PREFIX`, and the standard AWS variables. A missing or invalid variable stops
-//! the cold start with an error naming it.
-//!
-//! No network in init: the thread key (one Secrets Manager read) is loaded by the first
-//! invocation and kept; if that read fails the invocation fails with `ThreadKeyUnavailable` and
-//! the next one tries again. The AWS SDK clients are built on their first use, once per process
-//! (`mailbridge::aws::LazyClient`).
+//! the cold start with an error naming it. No network in init; the thread key is read by the
+//! first invocation (`mailbridge::lambda`, which also gives the error shapes).
 
 use std::sync::Arc;
 
-use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
+use lambda_runtime::LambdaEvent;
 use mailbridge::aws::LazyClient;
+use mailbridge::lambda::{Function, FunctionError, WithThreadKey};
 use mailbridge::state_table::DynamoStateStore;
-use poll_mailboxes::PollDeps;
-use poll_mailboxes::convert::ParseContext;
 use poll_mailboxes::graph_adapter::{GraphConnector, ProtocolConnector};
 use poll_mailboxes::handler::{HandlerError, handle_event};
-use poll_mailboxes::imap_adapter::ImapConnector;
-use poll_mailboxes::settings::Settings;
-use poll_mailboxes::sinks::SecretsSinkFactory;
-use serde_json::Value;
+use poll_mailboxes::memory::MemoryBudget;
+use poll_mailboxes::push::PushDeps;
+use poll_mailboxes::{PollDeps, convert::ParseContext, settings::Settings};
 
-/// A cold-start failure, reported to Lambda as an init error.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct StartupError(String);
-
-fn startup(e: impl std::fmt::Display) -> StartupError {
-    StartupError(e.to_string())
-}
-
-/// Everything built in init, and the handler's dependencies once the thread key is loaded.
-struct Prepared {
-    settings: Settings,
-    secrets: LazyClient<aws_sdk_secretsmanager::Client>,
-    tokens: Arc<mailbridge::token::TokenService>,
-    connector: Arc<ProtocolConnector>,
-    state: Arc<DynamoStateStore>,
-    sinks: Arc<SecretsSinkFactory>,
-    memory: Arc<poll_mailboxes::memory::MemoryBudget>,
-    push: Option<poll_mailboxes::push::PushDeps>,
-    deps: tokio::sync::OnceCell<PollDeps>,
+/// What init builds: the poll loop's dependencies (complete once the thread key is read) and
+/// the poll-request gates of Graph change notifications (SQS events).
+struct Poller {
+    deps: WithThreadKey<PollDeps>,
+    push: PushDeps,
 }
 
 /// Init: settings and clients, no network.
-async fn prepare() -> Result<Prepared, StartupError> {
-    let settings = Settings::from_lookup(|k| std::env::var(k).ok()).map_err(startup)?;
-    let aws = mailbridge::aws::load_config().await.map_err(startup)?;
-    // SDK clients are built on first use (`LazyClient`), not in init.
+async fn prepare() -> Result<Poller, FunctionError> {
+    let settings =
+        Settings::from_lookup(|k| std::env::var(k).ok()).map_err(FunctionError::configuration)?;
+    let aws = mailbridge::aws::load_config()
+        .await
+        .map_err(FunctionError::configuration)?;
     let secrets = LazyClient::new(&aws, aws_sdk_secretsmanager::Client::new);
-    let tokens = mailbridge::token::TokenService::from_env(&aws).map_err(startup)?;
-    let connector = ImapConnector::new(settings.imap_ca_file.as_deref(), settings.imap_timeout)
-        .map_err(|e| StartupError(format!("MAILBRIDGE_IMAP_CA_FILE: {e}")))?;
-    let http = mailbridge::http::default_client().map_err(startup)?;
+    let tokens =
+        mailbridge::token::TokenService::from_env(&aws).map_err(FunctionError::configuration)?;
+    let imap = poll_mailboxes::imap_adapter::ImapConnector::new(
+        settings.imap_ca_file.as_deref(),
+        settings.imap_timeout,
+    )
+    .map_err(|e| FunctionError::configuration(format!("MAILBRIDGE_IMAP_CA_FILE: {e}")))?;
+    let http = mailbridge::http::default_client().map_err(FunctionError::configuration)?;
+    mailbridge::graph::GraphClient::with_http(http.clone(), &settings.graph_url)
+        .map_err(|e| FunctionError::configuration(format!("MAILBRIDGE_GRAPH_URL: {e}")))?;
     let state = Arc::new(DynamoStateStore::new(
         LazyClient::new(&aws, aws_sdk_dynamodb::Client::new),
         &settings.state_table,
     ));
-    mailbridge::graph::GraphClient::with_http(http.clone(), &settings.graph_url)
-        .map_err(|e| StartupError(format!("MAILBRIDGE_GRAPH_URL: {e}")))?;
-    let connector = ProtocolConnector {
-        imap: Arc::new(connector),
-        graph: Arc::new(GraphConnector::new(
-            http.clone(),
-            &settings.graph_url,
-            state.clone(),
-            settings.imap_timeout,
-        )),
-    };
-    let memory = match settings.function_memory_mb {
-        Some(mb) => poll_mailboxes::memory::MemoryBudget::for_function_memory(mb),
-        None => poll_mailboxes::memory::MemoryBudget::unlimited(),
-    };
-    tracing::info!(
-        function_memory_mb = settings.function_memory_mb,
-        max_message_bytes = memory.max_message_bytes(),
-        "mail larger than max_message_bytes (or a mailbox's own limit) becomes a header-only ticket"
+    let graph = GraphConnector::new(
+        http.clone(),
+        &settings.graph_url,
+        state.clone(),
+        settings.imap_timeout,
     );
+    let sinks = poll_mailboxes::sinks::SecretsSinkFactory::new(
+        http.clone(),
+        secrets.clone(),
+        Default::default(),
+    );
+    let deps = PollDeps {
+        tokens: Arc::new(tokens),
+        connector: Arc::new(ProtocolConnector {
+            imap: Arc::new(imap),
+            graph: Arc::new(graph),
+        }),
+        state,
+        sinks: Arc::new(sinks),
+        parse: ParseContext { thread_key: None },
+        max_concurrent_mailboxes: settings.max_concurrent_mailboxes,
+        deadline_margin: settings.deadline_margin,
+        dedupe_ttl: settings.dedupe_ttl,
+        targets: settings.targets,
+        memory: Arc::new(MemoryBudget::for_function(settings.function_memory_mb)),
+    };
     // Poll requests from Graph change notifications (an SQS event): their gates live in the
-    // state table;
-    // with MAILBRIDGE_NOTIFICATION_URL also the subscriptions (scheduled runs keep them).
+    // state table; with MAILBRIDGE_NOTIFICATION_URL also the subscriptions (scheduled runs
+    // keep them).
     let push_store = Arc::new(mailbridge::push::DynamoPushStore::new(
         LazyClient::new(&aws, aws_sdk_dynamodb::Client::new),
         &settings.state_table,
     ));
-    let push = Some(poll_mailboxes::push::PushDeps {
+    let push = PushDeps {
         gate: push_store.clone(),
         subscriptions: settings.notification_url.clone().map(|notification_url| {
             poll_mailboxes::push::SubscriptionDeps {
@@ -100,95 +93,35 @@ async fn prepare() -> Result<Prepared, StartupError> {
                 notification_url,
             }
         }),
-    });
-    Ok(Prepared {
-        push,
-        memory: Arc::new(memory),
-        tokens: Arc::new(tokens),
-        connector: Arc::new(connector),
-        state,
-        sinks: Arc::new(SecretsSinkFactory::new(
-            http,
-            secrets.clone(),
-            Default::default(),
-        )),
-        secrets,
-        settings,
-        deps: tokio::sync::OnceCell::new(),
-    })
-}
-
-impl Prepared {
-    /// The handler's dependencies; the first call reads the thread key (retried by the next
-    /// invocation when it fails).
-    async fn deps(&self) -> Result<&PollDeps, StartupError> {
-        self.deps
-            .get_or_try_init(|| async {
-                let thread_key = self.thread_key().await?;
-                Ok(PollDeps {
-                    tokens: self.tokens.clone(),
-                    connector: self.connector.clone(),
-                    state: self.state.clone(),
-                    sinks: self.sinks.clone(),
-                    parse: ParseContext {
-                        thread_key: Some(thread_key),
-                    },
-                    max_concurrent_mailboxes: self.settings.max_concurrent_mailboxes,
-                    deadline_margin: self.settings.deadline_margin,
-                    dedupe_ttl: self.settings.dedupe_ttl,
-                    targets: self.settings.targets.clone(),
-                    memory: self.memory.clone(),
-                })
-            })
-            .await
-    }
-
-    async fn thread_key(&self) -> Result<Vec<u8>, StartupError> {
-        mailbridge::thread_key::load(&self.secrets, &self.settings.thread_key_secret)
-            .await
-            .map(|key| key.expose().to_vec())
-            .map_err(|e| StartupError(e.to_string()))
-    }
-}
-
-fn diagnostic(e: HandlerError) -> Diagnostic {
-    let error_type = match &e {
-        HandlerError::Event(_) => "InvalidEvent",
-        HandlerError::Store(_) => "StateTableUnavailable",
     };
-    Diagnostic {
-        error_type: error_type.into(),
-        error_message: e.to_string(),
-    }
+    let deps = WithThreadKey::new(secrets, settings.thread_key_secret, move |key| PollDeps {
+        parse: ParseContext {
+            thread_key: Some(key.expose().to_vec()),
+        },
+        ..deps.clone()
+    });
+    Ok(Poller { deps, push })
+}
+
+async fn poll(
+    poller: &Poller,
+    event: LambdaEvent<serde_json::Value>,
+) -> Result<serde_json::Value, FunctionError> {
+    let deadline = mailbridge::lambda::deadline(&event.context);
+    let deps = poller.deps.get().await?;
+    handle_event(deps, Some(&poller.push), &event.payload, deadline)
+        .await
+        .map_err(|e| match e {
+            HandlerError::Event(_) => FunctionError::new("InvalidEvent", e),
+            HandlerError::Store(_) => FunctionError::new("StateTableUnavailable", e),
+        })
 }
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    mailbridge::telemetry::init_json_logging();
-    let prepared = match prepare().await {
-        Ok(prepared) => prepared,
-        Err(e) => {
-            tracing::error!(error = %e, "poll-mailboxes cannot start");
-            return Err(e.into());
-        }
+    let function = Function {
+        name: "poll-mailboxes",
+        doing: "poll",
     };
-    let prepared = &prepared;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        let deps = prepared.deps().await.map_err(|e| {
-            tracing::error!(error = %e, "poll-mailboxes cannot poll");
-            Diagnostic {
-                error_type: "ThreadKeyUnavailable".into(),
-                error_message: e.to_string(),
-            }
-        })?;
-        let (payload, context) = event.into_parts();
-        // Lambda's deadline (epoch ms) → a monotonic instant.
-        let remaining_ms = (context.deadline as i64 - chrono::Utc::now().timestamp_millis()).max(0);
-        let deadline =
-            tokio::time::Instant::now() + std::time::Duration::from_millis(remaining_ms as u64);
-        handle_event(deps, prepared.push.as_ref(), &payload, deadline)
-            .await
-            .map_err(diagnostic)
-    }))
-    .await
+    mailbridge::lambda::run(function, prepare(), poll).await
 }

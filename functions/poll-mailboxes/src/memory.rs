@@ -34,6 +34,21 @@ pub struct MemoryBudget {
 }
 
 impl MemoryBudget {
+    /// The budget of a function with `function_memory_mb` (None outside Lambda: unlimited),
+    /// logged once at cold start.
+    pub fn for_function(function_memory_mb: Option<u64>) -> Self {
+        let budget = match function_memory_mb {
+            Some(mb) => Self::for_function_memory(mb),
+            None => Self::unlimited(),
+        };
+        tracing::info!(
+            function_memory_mb,
+            max_message_bytes = budget.max_message_bytes(),
+            "mail larger than max_message_bytes (or a mailbox's own limit) becomes a header-only ticket"
+        );
+        budget
+    }
+
     /// For a function with `memory_mb` MB (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`).
     pub fn for_function_memory(memory_mb: u64) -> Self {
         let usable = memory_mb.saturating_sub(RESERVED_MB).max(16) * MIB;

@@ -11,22 +11,18 @@ use aws_lambda_events::event::lambda_function_urls::{
     LambdaFunctionUrlRequest, LambdaFunctionUrlResponse,
 };
 use base64::Engine as _;
-use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
+use lambda_runtime::LambdaEvent;
 use mailbridge::aws::LazyClient;
+use mailbridge::lambda::{Function, FunctionError};
 use mailbridge::push::DynamoPushStore;
 use receive_notifications::{Receiver, Request, Settings, SqsPollQueue, emf_line};
 
-/// A cold-start failure, reported to Lambda as an init error.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct StartupError(String);
-
-async fn prepare() -> Result<Receiver, StartupError> {
-    let settings = Settings::from_lookup(|k| std::env::var(k).ok())
-        .map_err(|e| StartupError(e.to_string()))?;
+async fn prepare() -> Result<Receiver, FunctionError> {
+    let settings =
+        Settings::from_lookup(|k| std::env::var(k).ok()).map_err(FunctionError::configuration)?;
     let aws = mailbridge::aws::load_config()
         .await
-        .map_err(|e| StartupError(e.to_string()))?;
+        .map_err(FunctionError::configuration)?;
     let store = Arc::new(DynamoPushStore::new(
         LazyClient::new(&aws, aws_sdk_dynamodb::Client::new),
         &settings.state_table,
@@ -68,45 +64,42 @@ fn request_from(event: LambdaFunctionUrlRequest) -> Request {
     }
 }
 
+async fn receive(
+    receiver: &Receiver,
+    event: LambdaEvent<LambdaFunctionUrlRequest>,
+) -> Result<LambdaFunctionUrlResponse, FunctionError> {
+    let request = request_from(event.payload);
+    let (response, outcome) = receiver.receive(&request).await;
+    println!(
+        "{}",
+        emf_line(
+            &outcome,
+            response.status,
+            chrono::Utc::now().timestamp_millis()
+        )
+    );
+    let mut headers = aws_lambda_events::http::HeaderMap::new();
+    headers.insert(
+        "content-type",
+        aws_lambda_events::http::HeaderValue::from_static(response.content_type),
+    );
+    // the echoed token is never rendered as anything but text
+    headers.insert(
+        "x-content-type-options",
+        aws_lambda_events::http::HeaderValue::from_static("nosniff"),
+    );
+    let mut answer = LambdaFunctionUrlResponse::default();
+    answer.status_code = i64::from(response.status);
+    answer.headers = headers;
+    answer.body = Some(response.body);
+    Ok(answer)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    mailbridge::telemetry::init_json_logging();
-    let receiver = match prepare().await {
-        Ok(receiver) => receiver,
-        Err(e) => {
-            tracing::error!(error = %e, "receive-notifications cannot start");
-            return Err(e.into());
-        }
+    let function = Function {
+        name: "receive-notifications",
+        doing: "answer",
     };
-    let receiver = &receiver;
-    lambda_runtime::run(service_fn(
-        move |event: LambdaEvent<LambdaFunctionUrlRequest>| async move {
-            let request = request_from(event.payload);
-            let (response, outcome) = receiver.receive(&request).await;
-            println!(
-                "{}",
-                emf_line(
-                    &outcome,
-                    response.status,
-                    chrono::Utc::now().timestamp_millis()
-                )
-            );
-            let mut headers = aws_lambda_events::http::HeaderMap::new();
-            headers.insert(
-                "content-type",
-                aws_lambda_events::http::HeaderValue::from_static(response.content_type),
-            );
-            // the echoed token is never rendered as anything but text
-            headers.insert(
-                "x-content-type-options",
-                aws_lambda_events::http::HeaderValue::from_static("nosniff"),
-            );
-            let mut answer = LambdaFunctionUrlResponse::default();
-            answer.status_code = i64::from(response.status);
-            answer.headers = headers;
-            answer.body = Some(response.body);
-            Ok::<_, Diagnostic>(answer)
-        },
-    ))
-    .await
+    mailbridge::lambda::run(function, prepare(), receive).await
 }

@@ -1,8 +1,8 @@
-//! CloudWatch metrics for one invocation, written as one Embedded Metric Format (EMF) line on
-//! stdout: namespace `Mailbridge`, dimension `Function`. CloudWatch Logs turns it into metrics; no
-//! API call, no agent.
+//! CloudWatch metrics for one invocation: one EMF line (`mailbridge::telemetry::EmfLine`) on
+//! stdout, namespace `Mailbridge`, dimension `Function`.
 
-use serde_json::{Map, Value, json};
+use mailbridge::telemetry::EmfLine;
+use serde_json::Value;
 
 /// Counts of one batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -47,24 +47,10 @@ impl BatchMetrics {
             ),
             ("NotificationsDelayedBySendingQuota", self.quota_delayed),
         ];
-        let mut doc = Map::new();
-        doc.insert(
-            "_aws".into(),
-            json!({
-                "Timestamp": chrono::Utc::now().timestamp_millis(),
-                "CloudWatchMetrics": [{
-                    "Namespace": "Mailbridge",
-                    "Dimensions": [["Function"]],
-                    "Metrics": metrics.iter().map(|(name, _)| json!({"Name": name, "Unit": "Count"})).collect::<Vec<_>>(),
-                }],
-            }),
-        );
-        doc.insert("Function".into(), function_name.into());
-        for (name, value) in metrics {
-            doc.insert(name.into(), value.into());
-        }
-        doc.insert("NotificationsDuplicate".into(), self.duplicates.into());
-        Value::Object(doc)
+        EmfLine::new(chrono::Utc::now().timestamp_millis())
+            .metrics(("Function", function_name), "Count", &metrics)
+            .property("NotificationsDuplicate", self.duplicates)
+            .to_json()
     }
 }
 
