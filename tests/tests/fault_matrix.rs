@@ -257,7 +257,11 @@ async fn uidvalidity_change_with_restored_mail_makes_no_duplicate_tickets() {
     let first = mail(&unique("uv-1"), "Printer on fire");
     dovecot.deliver_to(&user, "INBOX", &first).unwrap();
     let report = p.poll().await;
-    assert_eq!(status(&report, "uv").outcome, "ok", "{report:?}");
+    assert_eq!(
+        status(&report, "uv").outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(stack().tickets().tickets(&p.sink).len(), 1);
     let before = dovecot.mailbox_status(&user, "INBOX").unwrap().uidvalidity;
 
@@ -272,7 +276,11 @@ async fn uidvalidity_change_with_restored_mail_makes_no_duplicate_tickets() {
         .unwrap();
     let report = p.poll().await;
     let s = status(&report, "uv");
-    assert_eq!(s.outcome, "ok", "{report:?}");
+    assert_eq!(
+        s.outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(s.tickets_created, 1, "only the new mail: {s:?}");
     assert_eq!(s.duplicates, 1, "the restored mail is a duplicate: {s:?}");
     assert_ne!(s.uid_validity, Some(before), "{s:?}");
@@ -304,10 +312,18 @@ async fn a_missing_folder_fails_that_mailbox_with_its_name_and_the_others_are_po
         .unwrap();
     let report = p.poll().await;
     let s = status(&report, "nofolder");
-    assert_eq!(s.outcome, "failed", "{report:?}");
+    assert_eq!(
+        s.outcome,
+        mailbridge::state_table::MailboxOutcome::Failed,
+        "{report:?}"
+    );
     let reason = s.reason.as_deref().unwrap_or_default();
     assert!(reason.contains("Helpdesk/DoesNotExist"), "{reason}");
-    assert_eq!(status(&report, "good").outcome, "ok", "{report:?}");
+    assert_eq!(
+        status(&report, "good").outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(stack().tickets().tickets(&p.sink).len(), 1);
     assert_eq!(report.mailboxes_failed, 1);
     assert_eq!(dovecot.list_messages(&user, "INBOX").unwrap().len(), 1);
@@ -350,7 +366,11 @@ async fn a_malformed_or_missing_ticket_api_secret_leaves_the_mail_and_names_the_
         ("missing", &missing, &other_user),
     ] {
         let s = status(&report, name);
-        assert_ne!(s.outcome, "ok", "{report:?}");
+        assert_ne!(
+            s.outcome,
+            mailbridge::state_table::MailboxOutcome::Ok,
+            "{report:?}"
+        );
         let reason = s.reason.as_deref().unwrap_or_default();
         assert!(reason.contains(secret.as_str()), "{name}: {reason}");
         assert_eq!(
@@ -520,7 +540,11 @@ async fn an_imap_server_with_an_untrusted_certificate_is_refused_and_the_mail_st
         .unwrap();
     let report = p.poll().await;
     let s = status(&report, "untrusted");
-    assert_eq!(s.outcome, "failed", "{report:?}");
+    assert_eq!(
+        s.outcome,
+        mailbridge::state_table::MailboxOutcome::Failed,
+        "{report:?}"
+    );
     let reason = s.reason.as_deref().unwrap_or_default();
     assert!(
         reason.contains("TLS") && reason.contains("certificate"),
@@ -942,7 +966,11 @@ async fn secrets_manager_throttling_past_the_retries_retries_the_notification_an
         .unwrap();
     let report = p.poll().await;
     let s = status(&report, "throttled");
-    assert_eq!(s.outcome, "failed", "{s:?}");
+    assert_eq!(
+        s.outcome,
+        mailbridge::state_table::MailboxOutcome::Failed,
+        "{s:?}"
+    );
     assert!(
         s.reason
             .as_deref()
@@ -1727,7 +1755,11 @@ async fn imap_cut_mid_fetch_and_mid_move_then_every_mail_is_exactly_one_ticket()
         "the cut point was reached: {:?}",
         proxy.stats()
     );
-    assert_eq!(s.outcome, "failed", "{s:?}");
+    assert_eq!(
+        s.outcome,
+        mailbridge::state_table::MailboxOutcome::Failed,
+        "{s:?}"
+    );
     assert!(
         s.reason
             .as_deref()
@@ -1746,7 +1778,11 @@ async fn imap_cut_mid_fetch_and_mid_move_then_every_mail_is_exactly_one_ticket()
     let report = p.poll().await;
     let s = status(&report, "cut");
     assert!(!proxy.armed(), "{:?}", proxy.stats());
-    assert_eq!(s.outcome, "failed", "{s:?}");
+    assert_eq!(
+        s.outcome,
+        mailbridge::state_table::MailboxOutcome::Failed,
+        "{s:?}"
+    );
     assert!(
         s.reason.as_deref().unwrap_or("").contains("UID MOVE"),
         "{s:?}"
@@ -1762,7 +1798,11 @@ async fn imap_cut_mid_fetch_and_mid_move_then_every_mail_is_exactly_one_ticket()
     let report = p.poll().await;
     let s = status(&report, "cut");
     assert!(!proxy.armed(), "{:?}", proxy.stats());
-    assert_eq!(s.outcome, "failed", "{s:?}");
+    assert_eq!(
+        s.outcome,
+        mailbridge::state_table::MailboxOutcome::Failed,
+        "{s:?}"
+    );
     assert!(
         s.reason.as_deref().unwrap_or("").contains("UID MOVE"),
         "{s:?}"
@@ -1777,7 +1817,11 @@ async fn imap_cut_mid_fetch_and_mid_move_then_every_mail_is_exactly_one_ticket()
 
     // 4. A clean run finishes the rest.
     let report = p.poll().await;
-    assert_eq!(status(&report, "cut").outcome, "ok", "{report:?}");
+    assert_eq!(
+        status(&report, "cut").outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     let mut subjects: Vec<String> = tickets()
         .iter()
         .map(|t| t.body["draft"]["subject"].as_str().unwrap().to_string())
@@ -2010,7 +2054,11 @@ async fn https_with_an_untrusted_ca_or_a_wrong_host_name_is_refused_and_nothing_
         .unwrap();
     let report = p.poll().await;
     let s = status(&report, "tls");
-    assert_eq!(s.outcome, "partial", "{s:?}");
+    assert_eq!(
+        s.outcome,
+        mailbridge::state_table::MailboxOutcome::Partial,
+        "{s:?}"
+    );
     let reason = s.reason.as_deref().unwrap_or("");
     assert!(reason.contains("UnknownIssuer"), "{s:?}");
     assert_eq!(
@@ -2060,7 +2108,11 @@ async fn an_account_secret_deleted_while_the_poller_runs_leaves_the_mail_and_nam
         )
         .unwrap();
     let report = p.poll().await;
-    assert_eq!(status(&report, "deleted").outcome, "ok", "{report:?}");
+    assert_eq!(
+        status(&report, "deleted").outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(tickets(), 2);
 
     // The token runs out (forced): the secret must be read again.
@@ -2076,7 +2128,11 @@ async fn an_account_secret_deleted_while_the_poller_runs_leaves_the_mail_and_nam
         .unwrap();
     let report = p.poll().await;
     let s = status(&report, "deleted");
-    assert_eq!(s.outcome, "failed", "{s:?}");
+    assert_eq!(
+        s.outcome,
+        mailbridge::state_table::MailboxOutcome::Failed,
+        "{s:?}"
+    );
     let reason = s.reason.as_deref().unwrap_or("");
     assert!(
         reason.contains(&name) && reason.contains("deletion"),
@@ -2092,7 +2148,11 @@ async fn an_account_secret_deleted_while_the_poller_runs_leaves_the_mail_and_nam
         .await
         .unwrap();
     let report = p.poll().await;
-    assert_eq!(status(&report, "deleted").outcome, "ok", "{report:?}");
+    assert_eq!(
+        status(&report, "deleted").outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(tickets(), 3, "each mail exactly one ticket");
     assert_eq!(inbox(), 0);
 }

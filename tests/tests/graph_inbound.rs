@@ -637,7 +637,11 @@ async fn a_crash_between_ticket_and_move_then_an_expired_delta_token_open_no_sec
     stack().tickets().release_held(&p.sink);
     let report = run.await.unwrap();
     let s = status(&report, "graphcrash");
-    assert_eq!(s.outcome, "failed", "{s:?}");
+    assert_eq!(
+        s.outcome,
+        mailbridge::state_table::MailboxOutcome::Failed,
+        "{s:?}"
+    );
     assert_eq!(p.tickets().len(), 1);
     assert_eq!(count(&user, "INBOX"), 1, "left in place");
     stack().graph().fail_503(&user, 0, None);
@@ -694,7 +698,11 @@ async fn a_shared_mailbox_is_read_through_a_delegate_with_full_access() {
         .await;
     let report = unconsented.poll().await;
     let s = status(&report, "graphshared");
-    assert_eq!(s.outcome, "needs_reauth", "{s:?}");
+    assert_eq!(
+        s.outcome,
+        mailbridge::state_table::MailboxOutcome::NeedsReauth,
+        "{s:?}"
+    );
 
     let p = Poller::new(&[GRAPH_MAIL, GRAPH_MAIL_SHARED]).await;
     let account = p.account(&delegate).await;
@@ -705,7 +713,11 @@ async fn a_shared_mailbox_is_read_through_a_delegate_with_full_access() {
         .unwrap();
     let report = p.poll().await;
     let s = status(&report, "graphshared");
-    assert_eq!(s.outcome, "failed", "no Full Access yet: {s:?}");
+    assert_eq!(
+        s.outcome,
+        mailbridge::state_table::MailboxOutcome::Failed,
+        "no Full Access yet: {s:?}"
+    );
     assert!(
         s.reason
             .as_deref()
@@ -743,7 +755,11 @@ async fn with_imap_off_graph_reads_the_same_account_and_the_drafts_match_imap() 
         .unwrap();
     let report = graph_only.poll().await;
     let over_imap = status(&report, "imap-off-over-imap");
-    assert_ne!(over_imap.outcome, "ok", "no IMAP token: {over_imap:?}");
+    assert_ne!(
+        over_imap.outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "no IMAP token: {over_imap:?}"
+    );
     assert!(graph_only.tickets().is_empty());
     // The same account through Graph.
     graph_only

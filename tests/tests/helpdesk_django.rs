@@ -264,7 +264,11 @@ async fn a_new_mail_opens_a_ticket_with_requestor_text_and_every_attachment() {
         ],
     ));
     let report = w.poll().await;
-    assert_eq!(status(&report).outcome, "ok", "{report:?}");
+    assert_eq!(
+        status(&report).outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(report.tickets_created, 1);
     assert_eq!(w.count("INBOX"), 0);
     assert_eq!(w.count("Processed"), 1);
@@ -316,7 +320,11 @@ async fn a_reply_with_the_subject_tag_is_a_follow_up_on_the_same_ticket() {
         &[("vpn.txt", "text/plain", b"log line 1\nlog line 2\n")],
     ));
     let report = w.poll().await;
-    assert_eq!(status(&report).outcome, "ok", "{report:?}");
+    assert_eq!(
+        status(&report).outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     let tickets = w.tickets().await;
     assert_eq!(tickets.len(), 1, "a reply must not open a ticket");
     let ticket = w.ticket(id).await;
@@ -359,7 +367,11 @@ async fn a_reply_to_a_ticket_that_does_not_exist_opens_a_new_ticket() {
         &[],
     ));
     let report = w.poll().await;
-    assert_eq!(status(&report).outcome, "ok", "{report:?}");
+    assert_eq!(
+        status(&report).outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     let tickets = w.tickets().await;
     assert_eq!(tickets.len(), 1);
     assert_eq!(tickets[0]["title"], "Re: [support-77] old thing");
@@ -380,7 +392,11 @@ async fn a_reply_to_a_closed_ticket_reopens_it_and_machine_mail_is_an_internal_n
     );
     w.deliver(auto_reply.as_bytes());
     let report = w.poll().await;
-    assert_eq!(status(&report).outcome, "ok", "{report:?}");
+    assert_eq!(
+        status(&report).outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     let ticket = w.ticket(id).await;
     assert_eq!(
         ticket["status"], 4,
@@ -445,7 +461,11 @@ async fn a_strangers_reply_with_a_valid_marker_is_an_internal_note_and_reopens_n
     );
     w.deliver(stranger.as_bytes());
     let report = w.poll().await;
-    assert_eq!(status(&report).outcome, "ok", "{report:?}");
+    assert_eq!(
+        status(&report).outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(w.tickets().await.len(), 1, "no new ticket");
     let ticket = w.ticket(id).await;
     assert_eq!(ticket["status"], 4, "a stranger does not reopen: {ticket}");
@@ -564,7 +584,11 @@ async fn a_lost_answer_after_the_helpdesk_opened_the_ticket_never_opens_a_second
         &[("df.txt", "text/plain", b"100%\n")],
     ));
     let first = w.poll().await;
-    assert_ne!(status(&first).outcome, "ok", "{first:?}");
+    assert_ne!(
+        status(&first).outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{first:?}"
+    );
     assert_eq!(first.tickets_created, 0);
     assert_eq!(
         w.count("INBOX"),
@@ -579,7 +603,11 @@ async fn a_lost_answer_after_the_helpdesk_opened_the_ticket_never_opens_a_second
     );
 
     let second = w.poll().await;
-    assert_eq!(status(&second).outcome, "ok", "{second:?}");
+    assert_eq!(
+        status(&second).outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{second:?}"
+    );
     assert_eq!(w.count("INBOX"), 0);
     assert_eq!(w.count("Processed"), 1);
     let tickets = w.tickets().await;
@@ -625,10 +653,18 @@ async fn a_lost_answer_to_a_follow_up_never_adds_it_twice() {
         &[],
     ));
     let first = w.poll().await;
-    assert_ne!(status(&first).outcome, "ok", "{first:?}");
+    assert_ne!(
+        status(&first).outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{first:?}"
+    );
     assert_eq!(w.count("INBOX"), 1);
     let second = w.poll().await;
-    assert_eq!(status(&second).outcome, "ok", "{second:?}");
+    assert_eq!(
+        status(&second).outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{second:?}"
+    );
     assert_eq!(w.count("INBOX"), 0);
     let ticket = w.ticket(id).await;
     let replies = ticket["followup_set"]
@@ -653,7 +689,11 @@ async fn refused_credentials_leave_the_mail_and_the_status_says_so() {
     w.deliver(&mail("c1", "Hello", "Anyone there?", &[]));
     let report = w.poll().await;
     let s = status(&report);
-    assert_ne!(s.outcome, "ok", "{report:?}");
+    assert_ne!(
+        s.outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(
         report.mailboxes_failed, 1,
         "the MailboxPollFailed alarm counts it"
@@ -696,12 +736,20 @@ async fn a_helpdesk_that_is_down_keeps_the_mail_until_it_is_back() {
     w.hd.stop();
     w.deliver(&mail("d1", "Outage", "Everything is down.", &[]));
     let report = w.poll().await;
-    assert_ne!(status(&report).outcome, "ok", "{report:?}");
+    assert_ne!(
+        status(&report).outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(report.mailboxes_failed, 1);
     assert_eq!(w.count("INBOX"), 1);
     w.hd.restart().await.unwrap();
     let report = w.poll().await;
-    assert_eq!(status(&report).outcome, "ok", "{report:?}");
+    assert_eq!(
+        status(&report).outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(report.tickets_created, 1);
     assert_eq!(w.tickets().await.len(), 1);
 }
@@ -723,7 +771,11 @@ async fn an_attachment_type_the_helpdesk_refuses_is_listed_in_a_note_and_the_res
         ],
     ));
     let report = w.poll().await;
-    assert_eq!(status(&report).outcome, "ok", "{report:?}");
+    assert_eq!(
+        status(&report).outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(report.tickets_created, 1);
     let id = w.tickets().await[0]["id"].as_u64().unwrap();
     let ticket = w.ticket(id).await;
@@ -906,7 +958,11 @@ async fn bench_200_mails_into_django_helpdesk() {
             .unwrap();
     let wall = started.elapsed();
     let cpu = w.hd.cpu_time().unwrap_or_default() - cpu_before;
-    assert_eq!(status(&report).outcome, "ok", "{report:?}");
+    assert_eq!(
+        status(&report).outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(report.tickets_created as usize, MAILS);
     assert_eq!(w.tickets().await.len(), MAILS);
     let calls = proxy.upstream_calls();

@@ -295,7 +295,11 @@ async fn an_agents_reply_reaches_the_customer_and_the_answer_lands_on_the_same_r
     let polled = poll_mailboxes::poll_once(&poll, None, Instant::now() + Duration::from_secs(90))
         .await
         .unwrap();
-    assert_eq!(polled.mailboxes[0].outcome, "ok", "{polled:?}");
+    assert_eq!(
+        polled.mailboxes[0].outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{polled:?}"
+    );
     assert_eq!(polled.mailboxes[0].parked, 0, "{polled:?}");
 
     // 7. RT shows the customer's answer as correspondence on the same ticket.

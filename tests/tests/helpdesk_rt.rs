@@ -326,7 +326,11 @@ async fn a_new_mail_opens_a_ticket_with_queue_requestor_subject_body_and_attachm
     let w = RtWorld::new().await;
     w.deliver(&mail_with_attachments("att", "Scanner jams"));
     let report = w.poll().await;
-    assert_eq!(status(&report, "helpdesk").outcome, "ok", "{report:?}");
+    assert_eq!(
+        status(&report, "helpdesk").outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(report.tickets_created, 1, "{report:?}");
     assert_eq!(w.count("INBOX"), 0, "the mail is moved once RT has it");
 
@@ -437,7 +441,11 @@ async fn an_html_mail_reaches_rt_sanitised() {
     );
     w.deliver(raw.as_bytes());
     let report = w.poll().await;
-    assert_eq!(status(&report, "helpdesk").outcome, "ok", "{report:?}");
+    assert_eq!(
+        status(&report, "helpdesk").outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     let tickets = w.tickets().await;
     assert_eq!(tickets.len(), 1);
     let stored: Vec<String> = message_parts(&w.root, &tickets[0])
@@ -481,7 +489,11 @@ async fn a_reply_with_rts_subject_tag_is_correspondence_on_the_same_ticket() {
         "It is still burning.",
     ));
     let report = w.poll().await;
-    assert_eq!(status(&report, "helpdesk").outcome, "ok", "{report:?}");
+    assert_eq!(
+        status(&report, "helpdesk").outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(w.tickets().await, tickets, "no new ticket for a reply");
     assert_eq!(
         message_transactions(&w.root, n).await,
@@ -524,7 +536,11 @@ async fn a_strangers_reply_with_a_valid_marker_is_a_comment_not_correspondence()
     );
     w.deliver(stranger.as_bytes());
     let report = w.poll().await;
-    assert_eq!(status(&report, "helpdesk").outcome, "ok", "{report:?}");
+    assert_eq!(
+        status(&report, "helpdesk").outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(w.tickets().await, tickets, "no new ticket");
     assert_eq!(
         message_transactions(&w.root, &n).await,
@@ -620,7 +636,11 @@ async fn threaded_machine_mail_is_a_comment_and_unthreaded_machine_mail_opens_no
     ));
     w.deliver(&auto_reply("ooo-2", "Out of office"));
     let report = w.poll().await;
-    assert_eq!(status(&report, "helpdesk").outcome, "ok", "{report:?}");
+    assert_eq!(
+        status(&report, "helpdesk").outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(report.skipped_auto_generated, 1, "{report:?}");
     assert_eq!(
         w.tickets().await,
@@ -660,7 +680,11 @@ async fn a_crash_after_rt_accepted_the_mail_finds_the_first_ticket_instead_of_op
     lose_the_dedupe_records(&w.table).await;
     w.deliver(&raw);
     let again = w.poll().await;
-    assert_eq!(status(&again, "helpdesk").outcome, "ok", "{again:?}");
+    assert_eq!(
+        status(&again, "helpdesk").outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{again:?}"
+    );
     assert_eq!(
         again.tickets_created, 0,
         "a replayed delivery is not a new ticket"
@@ -842,7 +866,11 @@ async fn refused_credentials_leave_the_mail_and_the_status_says_so() {
     w.deliver(&mail("refused", "Hello", "Anyone?"));
     let report = w.poll().await;
     let s = status(&report, "helpdesk");
-    assert_ne!(s.outcome, "ok", "{report:?}");
+    assert_ne!(
+        s.outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     let reason = s.reason.clone().unwrap_or_default();
     assert!(reason.contains("credentials"), "{reason}");
     assert!(
@@ -860,7 +888,11 @@ async fn an_unknown_queue_leaves_the_mail_and_the_status_names_the_queue() {
     w.deliver(&mail("unknown-queue", "Hello", "Anyone?"));
     let report = w.poll().await;
     let s = status(&report, "helpdesk");
-    assert_ne!(s.outcome, "ok", "{report:?}");
+    assert_ne!(
+        s.outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     let reason = s.reason.clone().unwrap_or_default();
     assert!(reason.contains("no-such-queue"), "{reason}");
     assert_eq!(
@@ -887,12 +919,20 @@ async fn rt_down_leaves_the_mail_for_the_next_run() {
     w.mailbox(json!({"url": closed})).await;
     w.deliver(&mail("down", "Hello", "Anyone?"));
     let report = w.poll().await;
-    assert_ne!(status(&report, "helpdesk").outcome, "ok", "{report:?}");
+    assert_ne!(
+        status(&report, "helpdesk").outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(w.count("INBOX"), 1, "the mail stays");
 
     w.mailbox(json!({})).await;
     let report = w.poll().await;
-    assert_eq!(status(&report, "helpdesk").outcome, "ok", "{report:?}");
+    assert_eq!(
+        status(&report, "helpdesk").outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(w.tickets().await.len(), 1);
     assert_eq!(w.count("INBOX"), 0);
 }

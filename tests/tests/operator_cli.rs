@@ -928,7 +928,7 @@ async fn poll_dry_run_shows_the_mail_without_posting_or_moving_it() {
     mailbridge::state_table::DynamoStateStore::new(mailbridge_tests::dynamodb(), &w.table)
         .put_status(&mailbridge::state_table::MailboxStatus {
             mailbox: "inbox".into(),
-            outcome: "failed".into(),
+            outcome: mailbridge::state_table::MailboxOutcome::Failed,
             reason: Some("AUTHENTICATE XOAUTH2 failed for the test".into()),
             last_run_at: chrono::Utc::now().to_rfc3339(),
             duration_ms: 12,
@@ -976,7 +976,7 @@ async fn status_shows_the_last_success_and_a_run_that_never_reported() {
     store
         .put_status(&mailbridge::state_table::MailboxStatus {
             mailbox: "inbox".into(),
-            outcome: "ok".into(),
+            outcome: mailbridge::state_table::MailboxOutcome::Ok,
             reason: None,
             last_run_at: ten_minutes_ago.clone(),
             duration_ms: 900,

@@ -364,7 +364,7 @@ async fn dedupe_and_status_records_round_trip_with_a_ttl() {
     assert_eq!(store.get_dedupe(&record.pk).await.unwrap(), Some(record));
     let status = MailboxStatus {
         mailbox: "m".into(),
-        outcome: "needs_reauth".into(),
+        outcome: mailbridge::state_table::MailboxOutcome::NeedsReauth,
         reason: Some("AADSTS70008".into()),
         last_run_at: chrono::Utc::now().to_rfc3339(),
         duration_ms: 1,
@@ -617,7 +617,11 @@ async fn a_flood_from_one_sender_is_held_past_its_hourly_quota_and_nothing_is_lo
 
     let report = p.poll().await;
     let flooded = status(&report, "flooded");
-    assert_eq!(flooded.outcome, "ok", "{report:?}");
+    assert_eq!(
+        flooded.outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(
         (flooded.tickets_created, flooded.held),
         (4, 2),
@@ -675,7 +679,11 @@ async fn mail_delivered_into_dovecot_becomes_exactly_one_ticket_and_is_moved() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
 
     let report = p.poll().await;
-    assert_eq!(status(&report, "helpdesk").outcome, "ok", "{report:?}");
+    assert_eq!(
+        status(&report, "helpdesk").outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(report.tickets_created, 2);
     let tickets = p.tickets();
     assert_eq!(tickets.len(), 2);
@@ -715,7 +723,7 @@ async fn mail_delivered_into_dovecot_becomes_exactly_one_ticket_and_is_moved() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(stored.outcome, "ok");
+    assert_eq!(stored.outcome, mailbridge::state_table::MailboxOutcome::Ok);
     assert!(stored.uid_validity.is_some());
 }
 
@@ -741,7 +749,11 @@ async fn winmail_dat_reaches_the_ticket_api_as_the_files_inside_it() {
     p.deliver(&user, &corpus_mail("404-tnef-garbage-at-end-kept.eml"));
 
     let report = p.poll().await;
-    assert_eq!(status(&report, "helpdesk").outcome, "ok", "{report:?}");
+    assert_eq!(
+        status(&report, "helpdesk").outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(report.tickets_created, 2, "{report:?}");
     let tickets = p.tickets();
     let by_subject = |subject: &str| {
@@ -811,7 +823,11 @@ async fn machine_mail_never_opens_a_ticket_and_threaded_machine_mail_reaches_its
 
     let report = p.poll().await;
     let s = status(&report, "helpdesk");
-    assert_eq!(s.outcome, "ok", "{report:?}");
+    assert_eq!(
+        s.outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(report.tickets_created, 3, "{report:?}");
     assert_eq!(report.skipped_auto_generated, 3, "{report:?}");
     assert_eq!(s.skipped_auto_generated, 3);
@@ -892,7 +908,11 @@ async fn list_mail_opens_tickets_only_on_a_mailbox_with_list_mail_ticket() {
     }
     let report = p.poll().await;
     let default = status(&report, "group-default");
-    assert_eq!(default.outcome, "ok", "{report:?}");
+    assert_eq!(
+        default.outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(
         (default.tickets_created, default.skipped_auto_generated),
         (0, 3),
@@ -900,7 +920,11 @@ async fn list_mail_opens_tickets_only_on_a_mailbox_with_list_mail_ticket() {
     );
     assert_eq!(p.count(&users[0], "mailbridge-auto-generated"), 3);
     let ticket = status(&report, "group-ticket");
-    assert_eq!(ticket.outcome, "ok", "{report:?}");
+    assert_eq!(
+        ticket.outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(
         (ticket.tickets_created, ticket.skipped_auto_generated),
         (2, 1),
@@ -1080,7 +1104,11 @@ async fn ticket_api_down_for_one_run_then_the_ticket_is_created_next_run() {
     stack().tickets().set_down(&p.sink, true);
     let report = p.poll_until(Instant::now() + Duration::from_secs(8)).await;
     let s = status(&report, "down");
-    assert_eq!(s.outcome, "partial", "{s:?}");
+    assert_eq!(
+        s.outcome,
+        mailbridge::state_table::MailboxOutcome::Partial,
+        "{s:?}"
+    );
     assert_eq!(s.deferred, 2);
     assert_eq!(
         p.count(&user, "INBOX"),
@@ -1216,9 +1244,16 @@ async fn a_revoked_grant_is_a_clear_per_mailbox_error_and_other_mailboxes_are_po
 
     let report = p.poll().await;
     let r = status(&report, "revoked");
-    assert_eq!(r.outcome, "needs_reauth", "{r:?}");
+    assert_eq!(
+        r.outcome,
+        mailbridge::state_table::MailboxOutcome::NeedsReauth,
+        "{r:?}"
+    );
     assert!(r.reason.as_deref().unwrap().contains(&revoked), "{r:?}");
-    assert_eq!(status(&report, "broken").outcome, "config_error");
+    assert_eq!(
+        status(&report, "broken").outcome,
+        mailbridge::state_table::MailboxOutcome::ConfigError
+    );
     assert!(
         status(&report, "broken")
             .reason
@@ -1226,7 +1261,10 @@ async fn a_revoked_grant_is_a_clear_per_mailbox_error_and_other_mailboxes_are_po
             .unwrap()
             .contains("field `user`")
     );
-    assert_eq!(status(&report, "good").outcome, "ok");
+    assert_eq!(
+        status(&report, "good").outcome,
+        mailbridge::state_table::MailboxOutcome::Ok
+    );
     assert_eq!(report.tickets_created, 1);
     assert_eq!(report.accounts_need_reauth, 1);
     assert_eq!(report.mailboxes_failed, 2);
@@ -1259,7 +1297,11 @@ async fn a_stuck_mailbox_keeps_its_last_success_and_ages_the_heartbeat() {
 
     let first = p.poll().await;
     let stuck_first = status(&first, "stuck").clone();
-    assert_eq!(stuck_first.outcome, "ok", "{stuck_first:?}");
+    assert_eq!(
+        stuck_first.outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{stuck_first:?}"
+    );
     assert_eq!(
         stuck_first.last_success_at.as_deref(),
         Some(stuck_first.last_run_at.as_str()),
@@ -1277,7 +1319,11 @@ async fn a_stuck_mailbox_keeps_its_last_success_and_ages_the_heartbeat() {
     let second = p.poll().await;
     stack().tickets().set_down(&stuck_sink, false);
     let stuck_second = status(&second, "stuck");
-    assert_eq!(stuck_second.outcome, "partial", "{stuck_second:?}");
+    assert_eq!(
+        stuck_second.outcome,
+        mailbridge::state_table::MailboxOutcome::Partial,
+        "{stuck_second:?}"
+    );
     assert_eq!(
         stuck_second.last_success_at, stuck_first.last_success_at,
         "a run whose mail the ticket API did not take is no success: {stuck_second:?}"
@@ -1310,7 +1356,11 @@ async fn a_stuck_mailbox_keeps_its_last_success_and_ages_the_heartbeat() {
     // back up: the next run succeeds and the mail is ticketed
     let third = p.poll().await;
     let stuck_third = status(&third, "stuck");
-    assert_eq!(stuck_third.outcome, "ok", "{stuck_third:?}");
+    assert_eq!(
+        stuck_third.outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{stuck_third:?}"
+    );
     assert_eq!(
         stuck_third.last_success_at.as_deref(),
         Some(stuck_third.last_run_at.as_str())
@@ -1330,7 +1380,11 @@ async fn access_revoked_at_the_imap_server_is_authenticate_failed_for_that_mailb
     p.deliver(&shared, &mail("x", "x", "x"));
     let report = p.poll().await;
     let s = status(&report, "denied");
-    assert_eq!(s.outcome, "failed", "{s:?}");
+    assert_eq!(
+        s.outcome,
+        mailbridge::state_table::MailboxOutcome::Failed,
+        "{s:?}"
+    );
     let reason = s.reason.as_deref().unwrap();
     assert!(reason.contains("AUTHENTICATE XOAUTH2 failed"), "{reason}");
     assert!(reason.contains("FullAccess"), "{reason}");
@@ -1348,7 +1402,11 @@ async fn a_shared_mailbox_is_polled_with_a_delegates_token() {
         .await;
     p.deliver(&shared, &mail("s1", "Shared mailbox mail", "x"));
     let report = p.poll().await;
-    assert_eq!(status(&report, "support").outcome, "ok", "{report:?}");
+    assert_eq!(
+        status(&report, "support").outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(p.tickets().len(), 1);
     assert_eq!(p.tickets()[0].body["mailbox_address"], shared.as_str());
     assert_eq!(p.count(&shared, "Processed"), 1);
@@ -1417,7 +1475,11 @@ async fn overlapping_runs_never_post_the_same_mail_twice() {
         "the overlapping run POSTed the mail a second time"
     );
     let s2 = status(&second, "overlap");
-    assert_eq!(s2.outcome, "partial", "{s2:?}");
+    assert_eq!(
+        s2.outcome,
+        mailbridge::state_table::MailboxOutcome::Partial,
+        "{s2:?}"
+    );
     assert!(
         s2.reason
             .as_deref()
@@ -1468,7 +1530,11 @@ async fn near_the_deadline_the_remaining_mail_waits_for_the_next_run() {
     let report = p.poll_until(deadline).await;
     releaser.await.unwrap();
     let s = status(&report, "deadline");
-    assert_eq!(s.outcome, "partial", "{s:?}");
+    assert_eq!(
+        s.outcome,
+        mailbridge::state_table::MailboxOutcome::Partial,
+        "{s:?}"
+    );
     assert_eq!((s.tickets_created, s.deferred), (2, 4), "{s:?}");
     assert_eq!(p.count(&user, "INBOX") as u32, s.deferred);
     p.poll().await;
@@ -1527,7 +1593,11 @@ async fn dovecot_restarted_mid_run_then_the_next_run_completes_without_loss_or_d
     let report = p.poll().await;
     killer.await.unwrap();
     let s = status(&report, "restart");
-    assert_eq!(s.outcome, "failed", "{s:?}");
+    assert_eq!(
+        s.outcome,
+        mailbridge::state_table::MailboxOutcome::Failed,
+        "{s:?}"
+    );
     assert!(
         s.reason.as_deref().unwrap_or("").contains("UID MOVE"),
         "the status names the IMAP step that failed: {s:?}"
@@ -1542,7 +1612,11 @@ async fn dovecot_restarted_mid_run_then_the_next_run_completes_without_loss_or_d
         .unwrap();
     let report = p.poll().await;
     let s = status(&report, "restart");
-    assert_eq!(s.outcome, "ok", "{report:?}");
+    assert_eq!(
+        s.outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{report:?}"
+    );
     assert_eq!(
         (s.tickets_created, s.duplicates),
         (4, 1),
@@ -2261,7 +2335,11 @@ async fn a_mail_the_ticket_api_always_fails_on_does_not_block_the_mail_behind_it
     let report = p.poll().await;
     let s = status(&report, "poison");
     assert_eq!(s.tickets_created, 2, "{s:?}");
-    assert_eq!(s.outcome, "partial", "{s:?}");
+    assert_eq!(
+        s.outcome,
+        mailbridge::state_table::MailboxOutcome::Partial,
+        "{s:?}"
+    );
     assert_eq!(s.retry_last_uids, vec![1], "{s:?}");
     assert!(
         s.reason.as_deref().unwrap_or_default().contains("UIDs [1]"),
@@ -2312,7 +2390,11 @@ async fn a_ticket_api_refusing_with_401_403_404_leaves_the_mail_and_counts_for_t
         assert_eq!(report.mailboxes_failed, 1, "{refusal}: {report:?}");
         assert_eq!(report.tickets_created, 0, "{refusal}");
         let s = status(&report, "refused");
-        assert_eq!(s.outcome, "partial", "{refusal}: {s:?}");
+        assert_eq!(
+            s.outcome,
+            mailbridge::state_table::MailboxOutcome::Partial,
+            "{refusal}: {s:?}"
+        );
         assert_eq!(p.count(&user, "INBOX"), 1, "{refusal}: the mail stays");
         assert_eq!(
             p.count(&user, "mailbridge-failed"),

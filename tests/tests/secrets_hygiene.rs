@@ -496,8 +496,16 @@ async fn no_secret_value_reaches_logs_errors_or_debug_output() {
             .find(|s| s.mailbox == name)
             .unwrap_or_else(|| panic!("no status for {name}: {poll:?}"))
     };
-    assert_eq!(status("helpdesk").outcome, "ok", "{poll:?}");
-    assert_eq!(status("other").outcome, "needs_reauth", "{poll:?}");
+    assert_eq!(
+        status("helpdesk").outcome,
+        mailbridge::state_table::MailboxOutcome::Ok,
+        "{poll:?}"
+    );
+    assert_eq!(
+        status("other").outcome,
+        mailbridge::state_table::MailboxOutcome::NeedsReauth,
+        "{poll:?}"
+    );
     let tickets = stack.tickets().tickets(&sink);
     assert_eq!(tickets.len(), 1, "{poll:?}");
     assert_eq!(

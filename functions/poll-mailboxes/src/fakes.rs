@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use mailbridge::mailbox::{ConfigError, MailboxConfig};
 use mailbridge::state_table::{
-    DedupeRecord, InFlightMail, MailboxLease, MailboxStatus, StateStore, StoreError,
+    DedupeRecord, InFlightMail, MailboxLease, MailboxOutcome, MailboxStatus, StateStore, StoreError,
 };
 
 use crate::convert::ParseContext;
@@ -540,7 +540,10 @@ async fn a_mail_becomes_exactly_one_ticket_and_is_moved() {
     assert_eq!(tickets[0].1.idempotency_key, tickets[0].0);
     let again = poll_once(&w.deps, None, later()).await.unwrap();
     assert_eq!(again.outcome(), crate::PollOutcome::Empty);
-    assert_eq!(w.state.statuses.lock().unwrap()["help"].outcome, "ok");
+    assert_eq!(
+        w.state.statuses.lock().unwrap()["help"].outcome,
+        MailboxOutcome::Ok
+    );
 }
 
 #[tokio::test]
@@ -551,7 +554,7 @@ async fn ticket_api_down_leaves_the_mail_for_the_next_run() {
     *w.sink.mode.lock().unwrap() = SinkMode::Down;
     let report = poll_once(&w.deps, None, later()).await.unwrap();
     assert_eq!(report.tickets_created, 0);
-    assert_eq!(report.mailboxes[0].outcome, "partial");
+    assert_eq!(report.mailboxes[0].outcome, MailboxOutcome::Partial);
     assert_eq!(report.mailboxes[0].deferred, 2);
     // Counted for the MailboxPollFailed alarm ("ticket API refusing"): no ticket is made.
     assert_eq!(report.mailboxes_failed, 1, "{report:?}");
@@ -602,7 +605,7 @@ async fn a_mail_the_ticket_api_keeps_failing_on_does_not_block_the_mail_behind_i
     let report = poll_once(&w.deps, None, later()).await.unwrap();
     let status = &report.mailboxes[0];
     assert_eq!(report.tickets_created, 2, "{report:?}");
-    assert_eq!(status.outcome, "partial");
+    assert_eq!(status.outcome, MailboxOutcome::Partial);
     assert_eq!(status.deferred, 1);
     assert_eq!(status.retry_last_uids, vec![1]);
     assert!(
@@ -648,7 +651,7 @@ async fn a_mail_the_ticket_api_keeps_failing_on_does_not_block_the_mail_behind_i
     w.sink.poison_subjects.lock().unwrap().clear();
     let report = poll_once(&w.deps, None, later()).await.unwrap();
     assert_eq!(report.tickets_created, 3, "{report:?}");
-    assert_eq!(report.mailboxes[0].outcome, "ok");
+    assert_eq!(report.mailboxes[0].outcome, MailboxOutcome::Ok);
     assert!(report.mailboxes[0].retry_last_uids.is_empty());
     assert_eq!(w.server.count("help@example.com", "INBOX"), 0);
     assert_eq!(w.sink.tickets.lock().unwrap().len(), 6);
@@ -796,7 +799,7 @@ async fn auth_problems_are_per_mailbox_and_the_others_are_polled() {
         .iter()
         .map(|s| (s.mailbox.as_str(), s))
         .collect();
-    assert_eq!(by_name["expired"].outcome, "needs_reauth");
+    assert_eq!(by_name["expired"].outcome, MailboxOutcome::NeedsReauth);
     assert!(
         by_name["expired"]
             .reason
@@ -804,7 +807,7 @@ async fn auth_problems_are_per_mailbox_and_the_others_are_polled() {
             .unwrap()
             .contains("AADSTS70008")
     );
-    assert_eq!(by_name["denied"].outcome, "failed");
+    assert_eq!(by_name["denied"].outcome, MailboxOutcome::Failed);
     assert!(
         by_name["denied"]
             .reason
@@ -812,7 +815,7 @@ async fn auth_problems_are_per_mailbox_and_the_others_are_polled() {
             .unwrap()
             .contains("IMAP.AccessAsUser.All")
     );
-    assert_eq!(by_name["broken"].outcome, "config_error");
+    assert_eq!(by_name["broken"].outcome, MailboxOutcome::ConfigError);
     assert!(
         by_name["broken"]
             .reason
@@ -820,7 +823,7 @@ async fn auth_problems_are_per_mailbox_and_the_others_are_polled() {
             .unwrap()
             .contains("field `user`")
     );
-    assert_eq!(by_name["good"].outcome, "ok");
+    assert_eq!(by_name["good"].outcome, MailboxOutcome::Ok);
 }
 
 #[tokio::test]
@@ -835,7 +838,11 @@ async fn a_dropped_connection_is_resumed_next_run_without_loss_or_duplicates() {
     for budget in [7, 3, 8] {
         w.server.0.lock().unwrap().drop_after = Some(budget);
         let report = poll_once(&w.deps, None, later()).await.unwrap();
-        assert_eq!(report.mailboxes[0].outcome, "failed", "{report:?}");
+        assert_eq!(
+            report.mailboxes[0].outcome,
+            MailboxOutcome::Failed,
+            "{report:?}"
+        );
     }
     w.server.0.lock().unwrap().drop_after = None;
     poll_once(&w.deps, None, later()).await.unwrap();
@@ -852,7 +859,7 @@ async fn near_the_deadline_no_new_mail_is_started() {
         .await
         .unwrap();
     assert_eq!(report.tickets_created, 0);
-    assert_eq!(report.mailboxes[0].outcome, "partial");
+    assert_eq!(report.mailboxes[0].outcome, MailboxOutcome::Partial);
     assert_eq!(report.mailboxes[0].deferred, 1);
     assert_eq!(report.mailboxes_failed, 0, "the deadline is no failure");
     assert_eq!(w.server.count("help@example.com", "INBOX"), 1);
@@ -907,7 +914,7 @@ async fn a_manual_event_polls_only_the_named_mailboxes() {
         .iter()
         .find(|s| s.mailbox == "nobody")
         .unwrap();
-    assert_eq!(unknown.outcome, "config_error");
+    assert_eq!(unknown.outcome, MailboxOutcome::ConfigError);
 }
 
 fn machine_mail(id: &str, from: &str, subject: &str, extra_headers: &str) -> Vec<u8> {
@@ -1028,7 +1035,7 @@ async fn a_drop_while_setting_machine_mail_aside_loses_nothing() {
     // select, search, sizes, fetch: the MOVE is the fifth command and fails.
     w.server.0.lock().unwrap().drop_after = Some(4);
     let report = poll_once(&w.deps, None, later()).await.unwrap();
-    assert_eq!(report.mailboxes[0].outcome, "failed");
+    assert_eq!(report.mailboxes[0].outcome, MailboxOutcome::Failed);
     assert_eq!(w.server.count(user, "INBOX"), 1);
     w.server.0.lock().unwrap().drop_after = None;
     let report = poll_once(&w.deps, None, later()).await.unwrap();
@@ -1213,11 +1220,11 @@ async fn a_config_pointing_at_a_host_off_the_allowlists_is_refused_when_read() {
         ("stolen-mail", "`sink.url`", "collector.attacker.example"),
     ] {
         let status = by_name[name];
-        assert_eq!(status.outcome, "config_error", "{status:?}");
+        assert_eq!(status.outcome, MailboxOutcome::ConfigError, "{status:?}");
         let reason = status.reason.as_deref().unwrap();
         assert!(reason.contains(field) && reason.contains(host), "{reason}");
     }
-    assert_eq!(by_name["good"].outcome, "ok");
+    assert_eq!(by_name["good"].outcome, MailboxOutcome::Ok);
     // Only the good mailbox's mail went anywhere; the others stay in their inboxes.
     assert_eq!(w.sink.tickets.lock().unwrap().len(), 1);
     assert_eq!(w.server.count("a@example.com", "INBOX"), 1);

@@ -45,7 +45,7 @@ use tokio::time::Instant;
 
 use mailbridge::mailbox::{AfterAction, ListMail, MailboxConfig, Protocol, TargetPolicy};
 use mailbridge::state_table::{
-    DedupeRecord, InFlightMail, MailboxLease, MailboxStatus, StateStore, StoreError,
+    DedupeRecord, InFlightMail, MailboxLease, MailboxOutcome, MailboxStatus, StateStore, StoreError,
 };
 
 use crate::convert::{self, ParseContext};
@@ -179,7 +179,7 @@ pub async fn poll_once(
             let status = match entry {
                 Ok(config) if !config.enabled => {
                     let mut status = new_status(&config.name, started);
-                    status.outcome = "disabled".into();
+                    status.outcome = MailboxOutcome::Disabled;
                     status.carry_history(previous.as_ref(), false);
                     status
                 }
@@ -192,7 +192,7 @@ pub async fn poll_once(
                         "mailbox configuration invalid; skipped"
                     );
                     let mut status = new_status(&config_error.mailbox, started);
-                    status.outcome = "config_error".into();
+                    status.outcome = MailboxOutcome::ConfigError;
                     status.reason = Some(config_error.to_string());
                     status.carry_history(previous.as_ref(), false);
                     status
@@ -225,16 +225,17 @@ pub async fn poll_once(
         // keeps failing on) is a failure too: mail is not becoming tickets, and the
         // MailboxPollFailed alarm must say so. (`partial` at the deadline or at
         // max_messages_per_run is not.)
-        let ticket_api_failing = status.outcome == "partial" && !status.retry_last_uids.is_empty();
+        let ticket_api_failing =
+            status.outcome == MailboxOutcome::Partial && !status.retry_last_uids.is_empty();
         if ticket_api_failing
             || matches!(
-                status.outcome.as_str(),
-                "failed" | "needs_reauth" | "config_error"
+                status.outcome,
+                MailboxOutcome::Failed | MailboxOutcome::NeedsReauth | MailboxOutcome::ConfigError
             )
         {
             report.mailboxes_failed += 1;
         }
-        if status.outcome == "needs_reauth" {
+        if status.outcome == MailboxOutcome::NeedsReauth {
             report.accounts_need_reauth += 1;
         }
         report.mailboxes.push(status);
@@ -246,7 +247,7 @@ pub async fn poll_once(
 fn new_status(mailbox: &str, started: chrono::DateTime<chrono::Utc>) -> MailboxStatus {
     MailboxStatus {
         mailbox: mailbox.to_string(),
-        outcome: "ok".into(),
+        outcome: MailboxOutcome::Ok,
         reason: None,
         last_run_at: started.to_rfc3339(),
         duration_ms: 0,
@@ -292,14 +293,14 @@ enum Handled {
 async fn connect(
     deps: &PollDeps,
     config: &MailboxConfig,
-) -> Result<Box<dyn Mailbox>, (String, String)> {
+) -> Result<Box<dyn Mailbox>, (MailboxOutcome, String)> {
     let token_failure = |e: TokenError| {
         let outcome = if e.class() == ErrorClass::NeedsReauth {
-            "needs_reauth"
+            MailboxOutcome::NeedsReauth
         } else {
-            "failed"
+            MailboxOutcome::Failed
         };
-        (outcome.to_string(), e.to_string())
+        (outcome, e.to_string())
     };
     let audience = mailbox_audience(config);
     let token = deps
@@ -320,9 +321,9 @@ async fn connect(
             deps.connector
                 .connect(config, &token.secret)
                 .await
-                .map_err(|e| ("failed".to_string(), mailbox_reason(config, &e)))
+                .map_err(|e| (MailboxOutcome::Failed, mailbox_reason(config, &e)))
         }
-        Err(e) => Err(("failed".to_string(), mailbox_reason(config, &e))),
+        Err(e) => Err((MailboxOutcome::Failed, mailbox_reason(config, &e))),
     }
 }
 
@@ -379,8 +380,8 @@ pub async fn poll_mailbox(
         status.duration_ms = clock.elapsed().as_millis() as u64;
         let succeeded = status.succeeded(lease_held_elsewhere);
         status.carry_history(previous, succeeded);
-        match status.outcome.as_str() {
-            "ok" => tracing::info!(
+        match status.outcome {
+            MailboxOutcome::Ok => tracing::info!(
                 mailbox = %status.mailbox,
                 tickets = status.tickets_created,
                 parked = status.parked,
@@ -388,7 +389,7 @@ pub async fn poll_mailbox(
                 skipped_auto_generated = status.skipped_auto_generated,
                 "mailbox polled"
             ),
-            "partial" => tracing::warn!(
+            MailboxOutcome::Partial => tracing::warn!(
                 mailbox = %status.mailbox,
                 reason = status.reason.as_deref().unwrap_or(""),
                 deferred = status.deferred,
@@ -425,19 +426,19 @@ pub async fn poll_mailbox(
     if let Err(stop) = result {
         match stop {
             Stop::Setup(reason) => {
-                status.outcome = "failed".into();
+                status.outcome = MailboxOutcome::Failed;
                 status.reason = Some(reason);
             }
             Stop::Imap(e) => {
-                status.outcome = "failed".into();
+                status.outcome = MailboxOutcome::Failed;
                 status.reason = Some(mailbox_reason(config, &e));
             }
             Stop::Store(e) => {
-                status.outcome = "failed".into();
+                status.outcome = MailboxOutcome::Failed;
                 status.reason = Some(e.to_string());
             }
             Stop::TicketApi(e) => {
-                status.outcome = "partial".into();
+                status.outcome = MailboxOutcome::Partial;
                 status.reason = Some(if status.retry_last_uids.is_empty() {
                     format!("mail left in place for the next run: {e}")
                 } else {
@@ -503,7 +504,7 @@ async fn run_mailbox(
     {
         MailboxLease::Acquired { token, interrupted } => (token, interrupted),
         MailboxLease::Held(held_until) => {
-            status.outcome = "partial".into();
+            status.outcome = MailboxOutcome::Partial;
             status.deferred = uids.len() as u32;
             status.reason = Some(format!(
                 "another run is polling this mailbox (lease until {}); its mail is left to that run",
@@ -597,7 +598,7 @@ async fn work_on(
         let uid = message.uid;
         if Instant::now() >= stop_starting_at {
             status.deferred = deferred_from(index, status);
-            status.outcome = "partial".into();
+            status.outcome = MailboxOutcome::Partial;
             status.reason = Some(match &left_in_place {
                 None => "deadline approaching; the rest waits for the next run".into(),
                 Some(e) => format!(
@@ -661,7 +662,7 @@ async fn work_on(
         return Err(Stop::TicketApi(e));
     }
     if beyond_limit > 0 {
-        status.outcome = "partial".into();
+        status.outcome = MailboxOutcome::Partial;
         status.reason = Some(format!(
             "max_messages_per_run ({}) reached; the rest waits for the next run",
             config.max_messages_per_run

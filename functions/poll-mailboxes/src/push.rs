@@ -629,7 +629,9 @@ pub async fn run_queued(
     let report = poll_once(deps, Some(&names), deadline).await?;
     let unfinished = |mailbox: &str| {
         report.mailboxes.iter().any(|status| {
-            status.mailbox == mailbox && (status.outcome == "partial" || status.deferred > 0)
+            status.mailbox == mailbox
+                && (status.outcome == mailbridge::state_table::MailboxOutcome::Partial
+                    || status.deferred > 0)
         })
     };
     let batch_item_failures = polls

@@ -38,7 +38,7 @@ pub use idempotency::{
 };
 pub use lease::{InFlightMail, LeaseRecord, MailboxLease};
 pub use mailboxes::{MAILBOX_INDEX_KEY, PutConfigError, delete_mailbox_config, put_mailbox_config};
-pub use status::{MailboxStatus, STATUS_HEARTBEAT};
+pub use status::{MailboxOutcome, MailboxStatus, STATUS_HEARTBEAT};
 pub use store::DynamoStateStore;
 
 use async_trait::async_trait;

@@ -23,14 +23,52 @@ pub const STATUS_HEARTBEAT: Duration = Duration::from_secs(600);
 /// Per mailbox: the status this process last wrote (with when) or read (no time).
 pub(super) type StatusCache = Arc<Mutex<HashMap<String, (MailboxStatus, Option<Instant>)>>>;
 
+/// How one mailbox's run ended (stored as its snake_case name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MailboxOutcome {
+    /// Every mail it took on went somewhere.
+    Ok,
+    /// Stopped early (the deadline, `max_messages_per_run`, a ticket API not taking mail, a
+    /// lease held by another run): the rest is left for the next run.
+    Partial,
+    /// The mailbox could not be polled (connect, login, a folder, the state table).
+    Failed,
+    /// The account's sign-in must be renewed by a person.
+    NeedsReauth,
+    /// The mailbox's configuration is unusable (or points where it may not).
+    ConfigError,
+    /// `enabled: false`.
+    Disabled,
+}
+
+impl MailboxOutcome {
+    /// The stored name: `ok`, `partial`, `failed`, `needs_reauth`, `config_error`, `disabled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MailboxOutcome::Ok => "ok",
+            MailboxOutcome::Partial => "partial",
+            MailboxOutcome::Failed => "failed",
+            MailboxOutcome::NeedsReauth => "needs_reauth",
+            MailboxOutcome::ConfigError => "config_error",
+            MailboxOutcome::Disabled => "disabled",
+        }
+    }
+}
+
+impl std::fmt::Display for MailboxOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The last run of one mailbox, for `mailbridge status`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailboxStatus {
     /// Mailbox name.
     pub mailbox: String,
-    /// `ok`, `partial` (stopped early: deadline, ticket API down), `failed`, `needs_reauth`,
-    /// `config_error` or `disabled`.
-    pub outcome: String,
+    /// How the run ended.
+    pub outcome: MailboxOutcome,
     /// Why, when not `ok`.
     pub reason: Option<String>,
     /// Run start (RFC 3339).
@@ -76,9 +114,9 @@ impl MailboxStatus {
     /// `max_messages_per_run`). A ticket API not taking mail, a lease held by another run, a
     /// failure, `needs_reauth`, `config_error` and `disabled` are not.
     pub fn succeeded(&self, lease_held_elsewhere: bool) -> bool {
-        match self.outcome.as_str() {
-            "ok" => true,
-            "partial" => self.retry_last_uids.is_empty() && !lease_held_elsewhere,
+        match self.outcome {
+            MailboxOutcome::Ok => true,
+            MailboxOutcome::Partial => self.retry_last_uids.is_empty() && !lease_held_elsewhere,
             _ => false,
         }
     }
@@ -192,7 +230,7 @@ mod tests {
     fn only_timing_fields_make_an_idle_status_the_same_news() {
         let idle = MailboxStatus {
             mailbox: "m".into(),
-            outcome: "ok".into(),
+            outcome: MailboxOutcome::Ok,
             reason: None,
             last_run_at: "2026-11-28T00:00:00Z".into(),
             duration_ms: 5,
@@ -221,7 +259,7 @@ mod tests {
         };
         assert!(!same_news(&idle, &ticket));
         let failed = MailboxStatus {
-            outcome: "failed".into(),
+            outcome: MailboxOutcome::Failed,
             reason: Some("connect".into()),
             ..later
         };
@@ -232,7 +270,7 @@ mod tests {
     fn status_round_trips_through_attributes() {
         let status = MailboxStatus {
             mailbox: "m".into(),
-            outcome: "ok".into(),
+            outcome: MailboxOutcome::Ok,
             reason: None,
             last_run_at: "2026-11-28T00:00:00Z".into(),
             duration_ms: 5,
@@ -253,6 +291,7 @@ mod tests {
             item.get("pk"),
             Some(&AttributeValue::S("mailbox-status#m".into()))
         );
+        assert_eq!(item.get("outcome"), Some(&AttributeValue::S("ok".into())));
         let back: MailboxStatus = item_to(&item).unwrap();
         assert_eq!(back, status);
     }

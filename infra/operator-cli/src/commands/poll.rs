@@ -427,7 +427,7 @@ pub struct MailboxPreview {
     /// Mailbox name.
     pub mailbox: String,
     /// How the run went (`ok`, `partial`, `failed`, `needs_reauth`, `config_error`, `disabled`).
-    pub outcome: String,
+    pub outcome: mailbridge::state_table::MailboxOutcome,
     /// Why, when not ok.
     pub reason: Option<String>,
     /// Mails that would become tickets.
@@ -505,7 +505,7 @@ pub async fn run(ctx: &Context, args: PollArgs) -> Result<Exit> {
         });
         previews.push(MailboxPreview {
             mailbox: status.mailbox.clone(),
-            outcome: status.outcome.clone(),
+            outcome: status.outcome,
             reason: status.reason.clone(),
             would_create: mails
                 .iter()
