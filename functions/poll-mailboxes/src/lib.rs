@@ -26,6 +26,6 @@ pub mod settings;
 pub mod sinks;
 
 #[cfg(test)]
-mod fakes;
+mod tests;
 
 pub use poll::{PollDeps, PollOutcome, PollReport, poll_once};

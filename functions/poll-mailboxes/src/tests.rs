@@ -1,5 +1,6 @@
-//! In-memory fakes of the ports, and unit tests of the poll loop against them. The same
-//! scenarios run against Dovecot, moto and the stand-ins in `tests/tests/poll_mailboxes.rs`.
+//! The poller's unit tests: the poll loop against in-memory doubles of its ports (mailbox,
+//! state table, sinks). The same scenarios run against Dovecot, moto and the stand-ins in
+//! `tests/tests/poll_mailboxes.rs`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
