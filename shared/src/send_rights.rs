@@ -83,6 +83,15 @@ pub enum MissingRight {
     },
     /// The `Mail.Send.Shared` permission is not in the token (not consented for the app).
     SharedScopeConsent,
+    /// An app-only account: the application permission `Mail.Send` is missing from the token
+    /// (`roles`), or Exchange Online scopes the app away from `mailbox` (RBAC for
+    /// Applications, an application access policy).
+    ApplicationMailSend {
+        /// The mailbox in `/users/{mailbox}`.
+        mailbox: String,
+        /// Whether the token's `roles` are known to lack `Mail.Send` (else: the scope).
+        role_missing: bool,
+    },
 }
 
 impl std::fmt::Display for MissingRight {
@@ -96,12 +105,33 @@ impl std::fmt::Display for MissingRight {
                 f,
                 "the signed-in user lacks Full Access on {mailbox} (needed by shared_mailbox_route \"full_access\"): grant it (`Add-MailboxPermission {mailbox} -User <user> -AccessRights FullAccess`), or set shared_mailbox_route to \"send_as\", which needs only Send As"
             ),
+            MissingRight::ApplicationMailSend {
+                mailbox,
+                role_missing: true,
+            } => write!(
+                f,
+                "the app-only token lacks the application permission Mail.Send: add Microsoft Graph → Application permissions → Mail.Send to the app registration and grant admin consent (or, with RBAC for Applications, `New-ManagementRoleAssignment -App <service principal> -Role \"Application Mail.Send\" -CustomResourceScope <scope>` covering {mailbox})"
+            ),
+            MissingRight::ApplicationMailSend { mailbox, .. } => write!(
+                f,
+                "the app may not send as {mailbox}: Exchange Online scopes it to other mailboxes (RBAC for Applications: add {mailbox} to the management scope of its \"Application Mail.Send\" role assignment, or the application access policy's group)"
+            ),
             MissingRight::SharedScopeConsent => write!(
                 f,
                 "the token lacks {SHARED_SEND_SCOPE} (needed by shared_mailbox_route \"full_access\"): add the delegated Microsoft Graph permission {SHARED_SEND_SCOPE} to the app registration and grant admin consent, then run `mailbridge login`; or set shared_mailbox_route to \"send_as\""
             ),
         }
     }
+}
+
+/// Which right a refused app-only send from `mailbox` lacks: `403 ErrorAccessDenied` is the
+/// missing `Mail.Send` application permission when the token's `roles` are known to lack it,
+/// else a management scope (or access policy) that leaves the mailbox out.
+pub fn diagnose_app_only(code: &str, mailbox: &str, roles: &[String]) -> Option<MissingRight> {
+    (code == "ErrorAccessDenied").then(|| MissingRight::ApplicationMailSend {
+        mailbox: mailbox.to_owned(),
+        role_missing: !roles.iter().any(|r| r.eq_ignore_ascii_case("Mail.Send")),
+    })
 }
 
 /// Which right a refused send lacks, from Graph's code, the route, the sending mailbox and the

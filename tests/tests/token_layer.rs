@@ -2074,9 +2074,21 @@ async fn app_only_tokens_carry_roles_and_work_only_where_microsoft_accepts_them(
             .is_err(),
         "no mailbox access yet"
     );
+    // Exchange: Add-MailboxPermission counts only for a service principal registered with
+    // the Enterprise application's object id (New-ServicePrincipal).
     let mut granted = AppRegistration::app_only(&w.tenant, &app_id, secret);
     granted.imap_mailboxes.push(mailbox.clone());
-    w.idp.register_app(granted);
+    granted.exchange_service_principal = Some(uuid::Uuid::new_v4().to_string());
+    w.idp.register_app(granted.clone());
+    assert!(
+        mailbridge_tests::imap_login_xoauth2(dovecot, &mailbox, &imap_token)
+            .await
+            .is_err(),
+        "New-ServicePrincipal with another object id (the app registration's) gives no access"
+    );
+    granted.exchange_service_principal = None;
+    w.idp
+        .register_app(granted.with_exchange_mailbox_access(&[]));
     let mut session = mailbridge_tests::imap_login_xoauth2(dovecot, &mailbox, &imap_token)
         .await
         .expect("the service principal opens its mailbox");

@@ -109,12 +109,19 @@ async fn poll(
 ) -> Result<serde_json::Value, FunctionError> {
     let deadline = mailbridge::lambda::deadline(&event.context);
     let deps = poller.deps.get().await?;
-    handle_event(deps, Some(&poller.push), &event.payload, deadline)
+    let answer = handle_event(deps, Some(&poller.push), &event.payload, deadline)
         .await
         .map_err(|e| match e {
             HandlerError::Event(_) => FunctionError::new("InvalidEvent", e),
             HandlerError::Store(_) => FunctionError::new("StateTableUnavailable", e),
-        })
+        });
+    let expiries = deps.tokens.credential_expiries();
+    if let Some(line) =
+        mailbridge::token::expiry::emf_line("poll-mailboxes", &expiries, chrono::Utc::now())
+    {
+        println!("{line}");
+    }
+    answer
 }
 
 #[tokio::main]

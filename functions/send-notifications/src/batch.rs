@@ -198,7 +198,7 @@ struct Limits {
 impl Limits {
     /// The limiter of the Graph mailbox `n` is sent through with `token`'s route.
     fn for_mailbox(&self, n: &QueueMessage, token: &AccessToken) -> Arc<Semaphore> {
-        let mailbox = match token.shared_mailbox_route.endpoint(n.from()) {
+        let mailbox = match token.send_endpoint(n.from()) {
             SendAs::Me => "me".to_owned(),
             SendAs::User(mailbox) => mailbox.to_ascii_lowercase(),
         };
@@ -767,14 +767,15 @@ fn over_limit(size: usize, limit: usize, setting: &str) -> String {
 
 /// Turn the queue message into the Graph request (for MIME: read, check and stamp the raw
 /// message). An `Err` is the outcome (parked or retried).
-/// The endpoint follows the account's shared mailbox route (`token.shared_mailbox_route`).
+/// The endpoint follows the account's shared mailbox route (`token.shared_mailbox_route`); an
+/// app-only account always names the mailbox (`/users/{from or its mailbox}`).
 async fn prepare(
     deps: &Deps,
     message: &SqsMessage,
     q: &QueueMessage,
     token: &AccessToken,
 ) -> Result<Prepared, Outcome> {
-    let send_as = token.shared_mailbox_route.endpoint(q.from());
+    let send_as = token.send_endpoint(q.from());
     match q {
         QueueMessage::Json(n) => prepare_json(deps, message, q, n, send_as, token).await,
         QueueMessage::Mime(n) => prepare_mime(deps, message, q, n, send_as, token).await,
@@ -1105,14 +1106,21 @@ async fn send_claimed(
                     "ErrorMessageSizeExceeded" => "too-large",
                     _ => "graph-rejected",
                 };
-                let missing = n.from().and_then(|from| {
-                    mailbridge::send_rights::diagnose(
+                let missing = match &token.app_only_mailbox {
+                    Some(mailbox) => mailbridge::send_rights::diagnose_app_only(
                         error.code(),
-                        token.shared_mailbox_route,
-                        from,
+                        n.from().unwrap_or(mailbox),
                         &token.scopes,
-                    )
-                });
+                    ),
+                    None => n.from().and_then(|from| {
+                        mailbridge::send_rights::diagnose(
+                            error.code(),
+                            token.shared_mailbox_route,
+                            from,
+                            &token.scopes,
+                        )
+                    }),
+                };
                 let reason = match missing {
                     Some(right) => format!("{error}; {right}"),
                     None => error.to_string(),

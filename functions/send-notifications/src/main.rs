@@ -87,6 +87,12 @@ async fn send(
     let deadline = mailbridge::lambda::deadline(&event.context);
     let report = process_batch(event.payload, deadline, deps).await;
     println!("{}", report.metrics.emf(FUNCTION.name));
+    let expiries = deps.tokens.credential_expiries();
+    if let Some(line) =
+        mailbridge::token::expiry::emf_line(FUNCTION.name, &expiries, chrono::Utc::now())
+    {
+        println!("{line}");
+    }
     Ok(report.response)
 }
 

@@ -620,10 +620,17 @@ async fn answer(
                 rid,
             );
         };
+        // The Mail.Send application permission (every mailbox), or Exchange RBAC for
+        // Applications' "Application Mail.Send" on this mailbox.
         if !issued
             .roles
             .iter()
             .any(|r| r.eq_ignore_ascii_case("Mail.Send"))
+            && !state
+                .identity
+                .exchange_app_permissions(token, id)
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case("Mail.Send"))
         {
             return access_denied();
         }

@@ -144,9 +144,47 @@ pub struct AppRegistration {
     #[serde(default)]
     pub application_permissions: Vec<String>,
     /// Mailboxes its service principal may open over IMAP (Exchange Online
-    /// `Add-MailboxPermission` for the service principal).
+    /// `Add-MailboxPermission -User <service principal> -AccessRights FullAccess`). Counts only
+    /// once the service principal is registered in Exchange Online
+    /// ([`AppRegistration::exchange_service_principal`]), as in Exchange.
     #[serde(default)]
     pub imap_mailboxes: Vec<String>,
+    /// Certificates (PEM) uploaded under "Certificates & secrets": client assertions signed
+    /// with their keys authenticate the app (`keyCredentials`).
+    #[serde(default)]
+    pub certificates: Vec<String>,
+    /// Client secrets past their end date: Entra refuses them with AADSTS7000222.
+    #[serde(default)]
+    pub expired_client_secrets: Vec<String>,
+    /// Object id of the app's service principal (its Enterprise application) in the tenant.
+    #[serde(default = "new_object_id")]
+    pub service_principal_id: String,
+    /// The object id given to Exchange Online's `New-ServicePrincipal -AppId <client_id>
+    /// -ObjectId <id>`, once run. Exchange takes any id there, but only the Enterprise
+    /// application's object id ([`AppRegistration::service_principal_id`]) makes app-only IMAP
+    /// work; the app registration's own object id (a classic mistake) does not.
+    #[serde(default)]
+    pub exchange_service_principal: Option<String>,
+    /// Exchange Online RBAC for Applications: `New-ManagementRoleAssignment -App <service
+    /// principal> -Role "Application Mail.Send" -CustomResourceScope <scope>`. Grants the
+    /// permission on the scope's mailboxes only, without any `roles` in the token; counts
+    /// only for a registered service principal, like [`AppRegistration::imap_mailboxes`].
+    #[serde(default)]
+    pub exchange_role_assignments: Vec<ExchangeAppRoleAssignment>,
+}
+
+/// One Exchange Online application role assignment, scoped to a set of mailboxes (the
+/// members of its management scope).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExchangeAppRoleAssignment {
+    /// `Application Mail.Send`, `Application Mail.ReadWrite`, ...
+    pub role: String,
+    /// The mailboxes its management scope matches.
+    pub mailboxes: Vec<String>,
+}
+
+fn new_object_id() -> String {
+    uuid::Uuid::new_v4().to_string()
 }
 
 fn yes() -> bool {
@@ -170,6 +208,11 @@ impl AppRegistration {
             client_secrets: Vec::new(),
             application_permissions: Vec::new(),
             imap_mailboxes: Vec::new(),
+            certificates: Vec::new(),
+            expired_client_secrets: Vec::new(),
+            service_principal_id: new_object_id(),
+            exchange_service_principal: None,
+            exchange_role_assignments: Vec::new(),
         }
     }
 
@@ -189,8 +232,56 @@ impl AppRegistration {
                 format!("https://outlook.office365.com/{IMAP_APP_PERMISSION}"),
             ],
             imap_mailboxes: Vec::new(),
+            certificates: Vec::new(),
+            expired_client_secrets: Vec::new(),
+            service_principal_id: new_object_id(),
+            exchange_service_principal: None,
+            exchange_role_assignments: Vec::new(),
         }
     }
+
+    /// The same app authenticating with `certificate_pem` (uploaded under "Certificates &
+    /// secrets") instead of a client secret.
+    pub fn app_only_with_certificate(tenant: &str, client_id: &str, certificate_pem: &str) -> Self {
+        let mut app = Self::app_only(tenant, client_id, "unused");
+        app.client_secrets.clear();
+        app.certificates.push(certificate_pem.to_owned());
+        app
+    }
+
+    /// Exchange Online: `New-ServicePrincipal` with the Enterprise application's object id,
+    /// then `Add-MailboxPermission -AccessRights FullAccess` on `mailboxes`: what app-only IMAP
+    /// needs.
+    pub fn with_exchange_mailbox_access(mut self, mailboxes: &[&str]) -> Self {
+        self.exchange_service_principal = Some(self.service_principal_id.clone());
+        self.imap_mailboxes
+            .extend(mailboxes.iter().map(|m| m.to_string()));
+        self
+    }
+}
+
+/// A self-signed RSA certificate (PEM) and its private key (PKCS#8 PEM) for an app-only app,
+/// valid until `not_after`, as `New-SelfSignedCertificate` or `openssl req -x509` make them.
+pub fn app_certificate(
+    common_name: &str,
+    not_after: DateTime<Utc>,
+) -> anyhow::Result<(String, String)> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    let to_offset = |t: DateTime<Utc>| {
+        rcgen::date_time_ymd(
+            t.format("%Y").to_string().parse().unwrap_or(2030),
+            t.format("%m").to_string().parse().unwrap_or(1),
+            t.format("%d").to_string().parse().unwrap_or(1),
+        )
+    };
+    params.not_before = to_offset(not_after.min(Utc::now()) - chrono::Duration::days(400));
+    params.not_after = to_offset(not_after);
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// The application permission app-only IMAP logins need.
@@ -520,6 +611,10 @@ struct StandInState {
     requests: Vec<RequestRecord>,
     /// (delegate upn, shared mailbox address), lower case.
     mailbox_grants: HashSet<(String, String)>,
+    /// `http://127.0.0.1:port`: client assertions must be addressed to its token endpoint.
+    base_url: String,
+    /// `jti` of client assertions already used, with their `exp` (a replay is refused).
+    used_assertions: HashMap<String, i64>,
 }
 
 struct Shared {
@@ -735,7 +830,10 @@ impl IdentityStandIn {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let base_url = format!("http://{}", listener.local_addr()?);
         let shared = Arc::new(Shared {
-            state: Mutex::new(StandInState::default()),
+            state: Mutex::new(StandInState {
+                base_url: base_url.clone(),
+                ..StandInState::default()
+            }),
         });
         let app = router(shared.clone());
         tokio::spawn(async move {
@@ -756,6 +854,31 @@ impl IdentityStandIn {
     pub fn lookup_access_token(&self, token: &str) -> Option<IssuedAccessToken> {
         let state = self.shared.lock();
         live_access_token(&state, token).map(|r| r.issued.clone())
+    }
+
+    /// Exchange Online's answer for an app-only `token` on `mailbox`: the permissions its
+    /// service principal holds there through RBAC for Applications (e.g. `Mail.Send`), empty
+    /// for a user's token, an unregistered service principal or a mailbox out of scope.
+    pub fn exchange_app_permissions(&self, token: &str, mailbox: &str) -> Vec<String> {
+        let state = self.shared.lock();
+        let Some(record) = live_access_token(&state, token).filter(|r| r.issued.app_only) else {
+            return Vec::new();
+        };
+        let Some(app) = state
+            .tenants
+            .get(&record.tenant)
+            .and_then(|t| t.apps.get(&record.client_id))
+        else {
+            return Vec::new();
+        };
+        if app.exchange_service_principal.as_deref() != Some(app.service_principal_id.as_str()) {
+            return Vec::new();
+        }
+        app.exchange_role_assignments
+            .iter()
+            .filter(|a| a.mailboxes.iter().any(|m| m.eq_ignore_ascii_case(mailbox)))
+            .filter_map(|a| a.role.strip_prefix("Application ").map(str::to_owned))
+            .collect()
     }
 
     /// Register (or update) an app registration.
@@ -1289,6 +1412,26 @@ fn check_client<'a>(
             format!("Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."),
         )
     })?;
+    if form.contains_key("client_assertion")
+        && (!app.certificates.is_empty() || !app.public_client_flows)
+    {
+        // A confidential client authenticating with a certificate.
+        verify_client_assertion(&state.base_url, tenant, t.now(), app, form)?;
+        return Ok((t, app));
+    }
+    if let Some(secret) = form.get("client_secret")
+        && app.expired_client_secrets.contains(secret)
+    {
+        return Err(AadError::new(
+            401,
+            "invalid_client",
+            7000222,
+            format!(
+                "The provided client secret keys for app '{}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds.",
+                app.client_id
+            ),
+        ));
+    }
     if let Some(secret) = form.get("client_secret")
         && !app.client_secrets.is_empty()
     {
@@ -1339,6 +1482,209 @@ fn check_client<'a>(
         ));
     }
     Ok((t, app))
+}
+
+/// The claims Entra reads from a client assertion.
+#[derive(Deserialize)]
+struct AssertionClaims {
+    #[serde(default)]
+    aud: Option<String>,
+    #[serde(default)]
+    iss: Option<String>,
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    jti: Option<String>,
+    #[serde(default)]
+    exp: Option<i64>,
+    #[serde(default)]
+    nbf: Option<i64>,
+}
+
+/// Clock skew Entra tolerates on a client assertion's `nbf` / `exp` (5 minutes).
+const ASSERTION_SKEW_SECS: i64 = 300;
+
+/// Check a `client_assertion` (Microsoft's "certificate credentials" reference): type
+/// `jwt-bearer`; `alg` RS256 or PS256; the certificate named by `x5t#S256` (or the SHA-1
+/// `x5t`) registered on the app and not expired (AADSTS700027); the signature by its key
+/// (AADSTS700027); `iss` = `sub` = the client id (AADSTS700021); `aud` = this tenant's token
+/// endpoint (AADSTS700023); `nbf` <= now < `exp`, give or take 5 minutes (AADSTS700024); a
+/// `jti` (AADSTS50027 without one). Replays are refused in [`handle_token`].
+fn verify_client_assertion(
+    base_url: &str,
+    tenant: &str,
+    now: DateTime<Utc>,
+    app: &AppRegistration,
+    form: &HashMap<String, String>,
+) -> Result<(), AadError> {
+    let malformed = |why: &str| {
+        AadError::new(
+            401,
+            "invalid_client",
+            50027,
+            format!("JWT token is invalid or malformed: {why}"),
+        )
+    };
+    match form.get("client_assertion_type").map(String::as_str) {
+        Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer") => {}
+        None => return Err(AadError::missing("client_assertion_type")),
+        Some(other) => {
+            return Err(malformed(&format!(
+                "unsupported client_assertion_type '{other}'"
+            )));
+        }
+    }
+    let assertion = &form["client_assertion"];
+    let header = jsonwebtoken::decode_header(assertion).map_err(|_| malformed("bad header"))?;
+    if !matches!(
+        header.alg,
+        jsonwebtoken::Algorithm::RS256 | jsonwebtoken::Algorithm::PS256
+    ) {
+        return Err(malformed(&format!(
+            "algorithm {:?} is not supported for client assertions",
+            header.alg
+        )));
+    }
+    let presented = header
+        .x5t_s256
+        .clone()
+        .or_else(|| header.x5t.clone())
+        .unwrap_or_default();
+    let key_failure = |reason: &str| {
+        AadError::new(
+            401,
+            "invalid_client",
+            700027,
+            format!(
+                "Client assertion failed signature validation. [Reason - {reason}, Thumbprint of key used by client: '{presented}', Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '{}'.]",
+                app.client_id
+            ),
+        )
+    };
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let certificate = app.certificates.iter().find_map(|pem_text| {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pem_text.as_bytes()).ok()?;
+        let b64 = |d: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d);
+        let matches = match (&header.x5t_s256, &header.x5t) {
+            (Some(t), _) => *t == b64(&sha2::Sha256::digest(&pem.contents)),
+            (None, Some(t)) => *t == b64(&sha1::Sha1::digest(&pem.contents)),
+            (None, None) => false,
+        };
+        matches.then_some(pem)
+    });
+    let Some(pem) = certificate else {
+        return Err(key_failure("The key was not found."));
+    };
+    let cert = pem
+        .parse_x509()
+        .map_err(|_| key_failure("The key was not found."))?;
+    if cert.validity().not_after.timestamp() <= now.timestamp() {
+        return Err(key_failure("The key used is expired."));
+    }
+    let Ok(x509_parser::public_key::PublicKey::RSA(rsa)) = cert.public_key().parsed() else {
+        return Err(key_failure("The key was not found."));
+    };
+    // DER integers carry a leading zero byte when the top bit is set; JWK components do not.
+    let unsigned = |b: &[u8]| -> Vec<u8> {
+        let start = b.iter().position(|x| *x != 0).unwrap_or(b.len());
+        b[start..].to_vec()
+    };
+    let key = jsonwebtoken::DecodingKey::from_rsa_raw_components(
+        &unsigned(rsa.modulus),
+        &unsigned(rsa.exponent),
+    );
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    // Times are checked below against the tenant's clock, with Entra's error codes.
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    let claims = jsonwebtoken::decode::<AssertionClaims>(assertion, &key, &validation)
+        .map_err(|_| {
+            key_failure("Key was found, but use of the key to verify the signature failed.")
+        })?
+        .claims;
+    if claims.iss.as_deref() != Some(app.client_id.as_str())
+        || claims.sub.as_deref() != Some(app.client_id.as_str())
+    {
+        return Err(AadError::new(
+            401,
+            "invalid_client",
+            700021,
+            "Client assertion application identifier doesn't match 'client_id' parameter. Review the documentation at https://docs.microsoft.com/en-us/azure/active-directory/develop/active-directory-certificate-credentials .",
+        ));
+    }
+    let audiences = [
+        format!("{base_url}/{tenant}/oauth2/v2.0/token"),
+        format!("{base_url}/{tenant}/oauth2/token"),
+    ];
+    if !claims.aud.as_ref().is_some_and(|a| audiences.contains(a)) {
+        return Err(AadError::new(
+            401,
+            "invalid_client",
+            700023,
+            format!(
+                "Client assertion audience claim does not match Realm issuer. Review the documentation at https://docs.microsoft.com/en-us/azure/active-directory/develop/active-directory-certificate-credentials . The audience should be '{}'.",
+                audiences[0]
+            ),
+        ));
+    }
+    let Some(exp) = claims.exp else {
+        return Err(malformed("the assertion has no 'exp' claim"));
+    };
+    let nbf = claims.nbf.unwrap_or(i64::MIN);
+    let at = now.timestamp();
+    if at + ASSERTION_SKEW_SECS < nbf || at - ASSERTION_SKEW_SECS >= exp {
+        return Err(AadError::new(
+            401,
+            "invalid_client",
+            700024,
+            format!(
+                "Client assertion is not within its valid time range. Current time: {}, assertion valid from {}, expiry time of assertion {}. Review the documentation at https://docs.microsoft.com/en-us/azure/active-directory/develop/active-directory-certificate-credentials .",
+                now.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
+                DateTime::<Utc>::from_timestamp(nbf.max(0), 0)
+                    .unwrap_or_default()
+                    .format("%Y-%m-%dT%H:%M:%S%.6fZ"),
+                DateTime::<Utc>::from_timestamp(exp.max(0), 0)
+                    .unwrap_or_default()
+                    .format("%Y-%m-%dT%H:%M:%S%.6fZ"),
+            ),
+        ));
+    }
+    if claims.jti.as_deref().is_none_or(str::is_empty) {
+        return Err(malformed("the assertion has no 'jti' claim"));
+    }
+    Ok(())
+}
+
+/// Remember a verified assertion's `jti`; `Err` when it was used before (a replay).
+fn spend_assertion(
+    state: &mut StandInState,
+    form: &HashMap<String, String>,
+    now: DateTime<Utc>,
+) -> Result<(), AadError> {
+    let Some(assertion) = form.get("client_assertion") else {
+        return Ok(());
+    };
+    let Ok(data) = jsonwebtoken::dangerous::insecure_decode::<AssertionClaims>(assertion) else {
+        return Ok(());
+    };
+    let (Some(jti), Some(exp)) = (data.claims.jti, data.claims.exp) else {
+        return Ok(());
+    };
+    state
+        .used_assertions
+        .retain(|_, e| *e + ASSERTION_SKEW_SECS > now.timestamp());
+    if state.used_assertions.insert(jti, exp).is_some() {
+        return Err(AadError::new(
+            401,
+            "invalid_client",
+            50027,
+            "JWT token is invalid or malformed: the client assertion's 'jti' was already used (an assertion is good for one request).",
+        ));
+    }
+    Ok(())
 }
 
 /// The permissions to grant for a single-resource request, after consent checks.
@@ -1677,7 +2023,10 @@ fn handle_token(
             }
         }
         "authorization_code" => redeem_code(state, tenant, &app, form, outcome, now),
-        "client_credentials" => client_credentials(state, tenant, &app, form, now),
+        "client_credentials" => {
+            spend_assertion(state, form, now)?;
+            client_credentials(state, tenant, &app, form, now)
+        }
         other => Err(AadError::bad(
             "unsupported_grant_type",
             70003,
@@ -1727,7 +2076,39 @@ fn client_credentials(
         .get(tenant)
         .and_then(|t| t.settings.access_token_lifetime_secs)
         .unwrap_or(3599);
-    let access_token = random_token(48);
+    // Graph tokens are shaped like Entra's: a JWT whose payload names the app, the tenant and
+    // the `roles` (its signature is random: only this stand-in's lookup validates it, as only
+    // the resource can validate Entra's). Outlook (IMAP) tokens stay opaque: Dovecot's oauth2
+    // passdb would try to validate a JWT locally instead of asking the introspection endpoint.
+    let expires_at = now + chrono::Duration::seconds(lifetime as i64);
+    let outlook = OUTLOOK_RESOURCES.contains(&resource.as_str());
+    let access_token = if outlook {
+        random_token(48)
+    } else {
+        use base64::Engine as _;
+        let b64 = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        format!(
+            "{}.{}.{}",
+            b64(json!({"typ": "JWT", "alg": "RS256"})),
+            b64(json!({
+                "aud": resource,
+                "iss": format!("https://sts.windows.net/{tenant}/"),
+                "appid": app.client_id,
+                "oid": app.service_principal_id,
+                "sub": app.service_principal_id,
+                "tid": tenant,
+                "idtyp": "app",
+                "roles": roles,
+                "iat": now.timestamp(),
+                "nbf": now.timestamp(),
+                "exp": expires_at.timestamp(),
+                "uti": random_token(16),
+            })),
+            random_token(64)
+        )
+    };
     state.access_tokens.insert(
         access_token.clone(),
         AccessRecord {
@@ -2447,7 +2828,9 @@ async fn introspect(shared: &Shared, token: Option<String>, user: Option<String>
         let record = live_access_token(&state, token)?;
         if record.issued.app_only {
             // App-only IMAP (Exchange Online): the IMAP.AccessAsApp role, an Outlook audience,
-            // and a mailbox the service principal was given access to, named as `user`.
+            // the service principal registered in Exchange with the Enterprise application's
+            // object id (`New-ServicePrincipal`), and a mailbox it was given Full Access to
+            // (`Add-MailboxPermission`), named as `user`.
             let mailbox = user.as_deref()?.to_lowercase();
             let app = state
                 .tenants
@@ -2456,6 +2839,8 @@ async fn introspect(shared: &Shared, token: Option<String>, user: Option<String>
                 .get(&record.client_id)?;
             let allowed = record.issued.roles.iter().any(|r| r == IMAP_APP_PERMISSION)
                 && OUTLOOK_RESOURCES.contains(&record.issued.audience.trim_end_matches('/'))
+                && app.exchange_service_principal.as_deref()
+                    == Some(app.service_principal_id.as_str())
                 && app
                     .imap_mailboxes
                     .iter()

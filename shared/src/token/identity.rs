@@ -259,6 +259,44 @@ impl IdentityClient {
         .await
     }
 
+    /// `grant_type=client_credentials` for `audience` of an app-only account: scope
+    /// `{resource}/.default`, the client authenticated with its client secret or a client
+    /// assertion signed with its certificate (fresh for every request). No refresh token.
+    pub async fn client_credentials(
+        &self,
+        secret: &AccountSecret,
+        audience: Audience,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<TokenResponse, TokenEndpointError> {
+        let credential = secret.app_only.as_ref().ok_or_else(|| {
+            TokenEndpointError::NeedsPerson(super::oauth_error::NeedsPerson {
+                code: "not_app_only".to_owned(),
+                reason: "the account is not in app_only mode".to_owned(),
+                grant_rejected: false,
+                suberror: None,
+            })
+        })?;
+        let endpoint = secret.token_endpoint();
+        let auth = credential
+            .client_auth(&secret.client_id, &endpoint, now)
+            .map_err(|problem| {
+                TokenEndpointError::NeedsPerson(super::oauth_error::NeedsPerson {
+                    code: "bad_credential".to_owned(),
+                    reason: problem,
+                    grant_rejected: false,
+                    suberror: None,
+                })
+            })?;
+        let scope = secret.scope_for(audience);
+        let mut form: Vec<(&str, &str)> = vec![
+            ("client_id", secret.client_id.as_str()),
+            ("grant_type", "client_credentials"),
+            ("scope", scope.as_str()),
+        ];
+        form.extend(auth.iter().map(|(k, v)| (*k, v.expose_secret())));
+        self.token_request(&endpoint, &form).await
+    }
+
     /// `grant_type=password` (ROPC) for `audience`. Not for MFA accounts.
     pub async fn password(
         &self,

@@ -160,6 +160,18 @@ pub async fn password_login(
     store_login(store, secret_name, account, &tokens, clock).await
 }
 
+/// Store an app-only account (its credential checked by the caller) with status ok: creates the
+/// secret if missing, otherwise replaces the stored value on top of the version just read,
+/// keeping only stored fields this version does not know.
+pub async fn store_account(
+    store: &dyn SecretStore,
+    secret_name: &str,
+    mut account: AccountSecret,
+) -> Result<LoginOutcome, LoginError> {
+    account.status = AccountStatus::ok();
+    write_account(store, secret_name, account, String::new()).await
+}
+
 /// Store a fresh grant: refresh token, stored-at, status ok. Refuses (`WrongUser`) when the
 /// ID token says another user signed in. Creates the secret if missing;
 /// otherwise `account` replaces the stored value, keeping only stored fields this version does not
@@ -189,6 +201,16 @@ pub async fn store_login(
     account.refresh_token = Some(refresh_token);
     account.refresh_token_stored_at = Some(clock.now());
     account.status = AccountStatus::ok();
+    write_account(store, secret_name, account, tokens.scope.clone()).await
+}
+
+/// Write `account` (create, or replace on top of the version just read).
+async fn write_account(
+    store: &dyn SecretStore,
+    secret_name: &str,
+    account: AccountSecret,
+    granted_scope: String,
+) -> Result<LoginOutcome, LoginError> {
     let store_err = |e: SecretStoreError| {
         LoginError::Token(TokenError::Transient {
             account: secret_name.to_owned(),
@@ -227,7 +249,7 @@ pub async fn store_login(
                 secret_name: secret_name.to_owned(),
                 version_id,
                 created: false,
-                granted_scope: tokens.scope.clone(),
+                granted_scope: granted_scope.clone(),
             })
         }
         Err(SecretStoreError::NotFound { .. }) => {
@@ -237,7 +259,7 @@ pub async fn store_login(
                 secret_name: secret_name.to_owned(),
                 version_id,
                 created: true,
-                granted_scope: tokens.scope.clone(),
+                granted_scope,
             })
         }
         Err(e) => Err(store_err(e)),

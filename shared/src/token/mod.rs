@@ -2,8 +2,10 @@
 //! client (refresh, ROPC bootstrap, device code, browser sign-in with PKCE), a per-(account, audience) access-token cache
 //! with single-flight refresh, and rate-limited write-back of rotated refresh tokens.
 
+pub mod app_credential;
 pub mod authorization_code;
 pub mod clock;
+pub mod expiry;
 pub mod identity;
 pub mod login;
 pub mod oauth_error;
@@ -90,6 +92,9 @@ pub struct AccessToken {
     pub shared_mailbox_route: crate::send_rights::SharedMailboxRoute,
     /// The account's send size limit in bytes (its secret's `max_message_bytes`), when set.
     pub max_message_bytes: Option<usize>,
+    /// An app-only account's mailbox (its secret's `username`): such a token has no user, so
+    /// there is no `/me`; mail goes through `/users/{mailbox}`. `None`: a user's token.
+    pub app_only_mailbox: Option<String>,
 }
 
 impl AccessToken {
@@ -106,6 +111,18 @@ impl AccessToken {
             scopes: Vec::new(),
             shared_mailbox_route: Default::default(),
             max_message_bytes: None,
+            app_only_mailbox: None,
+        }
+    }
+
+    /// The sendMail / drafts endpoint for mail from `from` (`None`: the account's own
+    /// mailbox). A user's token follows the shared mailbox route; an app-only token always
+    /// names the mailbox (`/users/{from or the account's mailbox}`), with its application
+    /// permission `Mail.Send`.
+    pub fn send_endpoint(&self, from: Option<&str>) -> crate::graph::SendAs {
+        match &self.app_only_mailbox {
+            Some(mailbox) => crate::graph::SendAs::User(from.unwrap_or(mailbox).to_owned()),
+            None => self.shared_mailbox_route.endpoint(from),
         }
     }
 }
@@ -119,6 +136,7 @@ impl std::fmt::Debug for AccessToken {
             .field("scopes", &self.scopes)
             .field("shared_mailbox_route", &self.shared_mailbox_route)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("app_only_mailbox", &self.app_only_mailbox)
             .finish()
     }
 }
@@ -136,6 +154,12 @@ pub trait AccessTokenSource: Send + Sync {
 
     /// Forget the cached token (after a 401), so the next call refreshes.
     fn invalidate(&self, account: &str, audience: Audience);
+
+    /// End dates of the app-only credentials tokens were minted with (for the invocation's
+    /// [`expiry::METRIC`]); none by default.
+    fn credential_expiries(&self) -> Vec<expiry::CredentialExpiry> {
+        Vec::new()
+    }
 }
 
 /// Why no access token could be had.

@@ -244,7 +244,26 @@ pub fn explain(code: u64) -> Option<&'static str> {
         7000218 => {
             "public client flows are disabled: set \"Allow public client flows\" = Yes in the app registration"
         }
-        700025 => "the app registration is public but a client secret was sent",
+        700025 => {
+            "the app registration is a public client, so it cannot use app-only credentials: use an app registration with a certificate or client secret (Certificates & secrets)"
+        }
+        7000215 => {
+            "the client secret is wrong: store the secret's Value (not its Secret ID) with `mailbridge login --app`"
+        }
+        7000222 => {
+            "the client secret has expired: add a new one (App registration → Certificates & secrets) and store it with `mailbridge login --app`"
+        }
+        700027 => {
+            "the client assertion was refused: the certificate is not registered on the app (upload it under Certificates & secrets), has expired, or the key does not match it; then `mailbridge login --app`"
+        }
+        700024 => {
+            "the client assertion is outside its valid time range: check this machine's clock (NTP)"
+        }
+        700021 | 700023 => {
+            "the client assertion names the wrong client or token endpoint (check client_id, tenant_id and authority_host)"
+        }
+        1002012 => "client credential requests need a /.default scope (mailbridge bug)",
+        50027 => "the client assertion is malformed (mailbridge bug, or a damaged certificate/key)",
         700022 => "the requested scope spans more than one resource (mailbridge bug)",
         70011 => {
             "the requested scope is not valid (check graph_host / imap_resource for your cloud)"

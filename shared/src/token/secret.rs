@@ -8,6 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
+use super::app_credential::{AppCertificate, AppCredential};
 use super::{Audience, TokenError};
 use crate::send_rights::{SHARED_SEND_SCOPE, SharedMailboxRoute};
 
@@ -19,6 +20,9 @@ pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 pub const DEFAULT_GRAPH_HOST: &str = "https://graph.microsoft.com";
 /// Default resource (audience) for Exchange Online IMAP tokens.
 pub const DEFAULT_IMAP_RESOURCE: &str = "https://outlook.office.com";
+/// Default resource of app-only IMAP tokens (`https://outlook.office365.com/.default`, as
+/// Microsoft's app-only IMAP guide asks for them).
+pub const DEFAULT_APP_ONLY_IMAP_RESOURCE: &str = "https://outlook.office365.com";
 /// Default Exchange Online IMAP server.
 pub const DEFAULT_IMAP_HOST: &str = "outlook.office365.com";
 /// Default Graph permission names requested for the Graph audience. Microsoft returns every
@@ -121,7 +125,7 @@ pub struct AccountSecret {
     pub username: String,
     /// Optional password, only for ROPC bootstrap (accounts without MFA).
     pub password: Option<SecretString>,
-    /// Current refresh token (absent before the first login).
+    /// Current refresh token (absent before the first login; never in app-only mode).
     pub refresh_token: Option<SecretString>,
     /// When `refresh_token` was stored.
     pub refresh_token_stored_at: Option<DateTime<Utc>>,
@@ -143,6 +147,10 @@ pub struct AccountSecret {
     pub imap_host: String,
     /// ok / needs_reauth.
     pub status: AccountStatus,
+    /// `mode: app_only`: the application's own credential (client credentials grant, no user,
+    /// no refresh token; `username` is then the mailbox it sends as and reads). `None`:
+    /// `mode: delegated`, a user's grant.
+    pub app_only: Option<AppCredential>,
     /// Fields this version does not know; written back unchanged.
     pub extra: Map<String, Value>,
 }
@@ -167,6 +175,7 @@ impl std::fmt::Debug for AccountSecret {
             .field("imap_resource", &self.imap_resource)
             .field("imap_host", &self.imap_host)
             .field("status", &self.status)
+            .field("app_only", &self.app_only)
             .finish_non_exhaustive()
     }
 }
@@ -199,6 +208,55 @@ impl FieldReader<'_> {
             }
             Some(Value::String(s)) => Ok(Some(s)),
             Some(other) => Err(self.bad(field, format!("expected a string, got {}", kind(&other)))),
+        }
+    }
+
+    /// The app-only credential: `client_secret` (+ `client_secret_expires_at`), or
+    /// `certificate` + `private_key`.
+    fn app_credential(&mut self) -> Result<AppCredential, TokenError> {
+        let client_secret = self.opt_string("client_secret")?;
+        let secret_expires = self.opt_time("client_secret_expires_at")?;
+        let certificate = self.opt_string("certificate")?;
+        let private_key = self.opt_string("private_key")?;
+        match (client_secret, certificate, private_key) {
+            (Some(secret), None, None) => Ok(AppCredential::ClientSecret {
+                secret: SecretString::from(secret),
+                expires_at: secret_expires,
+            }),
+            (None, Some(certificate), Some(key)) => {
+                if secret_expires.is_some() {
+                    return Err(self.bad(
+                        "client_secret_expires_at",
+                        "belongs to a client secret; a certificate's end date is its notAfter",
+                    ));
+                }
+                AppCertificate::from_pem(&certificate, SecretString::from(key))
+                    .map(|c| AppCredential::Certificate(Box::new(c)))
+                    .map_err(|problem| {
+                        let field = if problem.starts_with("private_key") {
+                            "private_key"
+                        } else {
+                            "certificate"
+                        };
+                        self.bad(field, problem)
+                    })
+            }
+            (None, Some(_), None) => Err(self.bad(
+                "private_key",
+                "is required with `certificate` (the PEM private key the client assertion is signed with)",
+            )),
+            (None, None, Some(_)) => Err(self.bad(
+                "certificate",
+                "is required with `private_key` (the PEM certificate registered on the app)",
+            )),
+            (Some(_), Some(_), _) | (Some(_), None, Some(_)) => Err(self.bad(
+                "client_secret",
+                "give either `client_secret` or `certificate` + `private_key`, not both",
+            )),
+            (None, None, None) => Err(self.bad(
+                "client_secret",
+                "app_only mode needs a credential: `client_secret` (with `client_secret_expires_at`), or `certificate` + `private_key` (PEM)",
+            )),
         }
     }
 
@@ -287,6 +345,16 @@ impl AccountSecret {
             return Err(r.bad("tenant_id", "must be a tenant GUID or domain name"));
         }
         let client_id = r.req_string("client_id")?;
+        let app_only_mode = match r.opt_string("mode")?.as_deref() {
+            None | Some("delegated") => false,
+            Some("app_only") => true,
+            Some(other) => {
+                return Err(r.bad(
+                    "mode",
+                    format!("expected \"delegated\" (a user's sign-in) or \"app_only\" (the application's own certificate or client secret), got {other:?}"),
+                ));
+            }
+        };
         let username = r.req_string("username")?;
         if !username.contains('@') {
             return Err(r.bad(
@@ -297,6 +365,36 @@ impl AccountSecret {
         let password = r.opt_string("password")?.map(SecretString::from);
         let refresh_token = r.opt_string("refresh_token")?.map(SecretString::from);
         let refresh_token_stored_at = r.opt_time("refresh_token_stored_at")?;
+        let app_only = if app_only_mode {
+            for field in ["password", "refresh_token"] {
+                let present = match field {
+                    "password" => password.is_some(),
+                    _ => refresh_token.is_some(),
+                };
+                if present {
+                    return Err(r.bad(
+                        field,
+                        "must not be set in app_only mode (no user signs in; the application's certificate or client secret gets the tokens)",
+                    ));
+                }
+            }
+            Some(r.app_credential()?)
+        } else {
+            for field in [
+                "client_secret",
+                "client_secret_expires_at",
+                "certificate",
+                "private_key",
+            ] {
+                if r.object.get(field).is_some_and(|v| !v.is_null()) {
+                    return Err(r.bad(
+                        field,
+                        "belongs to mode \"app_only\"; set `mode` to \"app_only\" or remove it",
+                    ));
+                }
+            }
+            None
+        };
         if refresh_token.is_some() && refresh_token_stored_at.is_none() {
             return Err(r.bad(
                 "refresh_token_stored_at",
@@ -364,9 +462,14 @@ impl AccountSecret {
                 }
             },
         };
-        let imap_resource = r
-            .opt_string("imap_resource")?
-            .unwrap_or_else(|| DEFAULT_IMAP_RESOURCE.to_owned());
+        let imap_resource = r.opt_string("imap_resource")?.unwrap_or_else(|| {
+            if app_only.is_some() {
+                DEFAULT_APP_ONLY_IMAP_RESOURCE
+            } else {
+                DEFAULT_IMAP_RESOURCE
+            }
+            .to_owned()
+        });
         match url::Url::parse(&imap_resource) {
             Ok(u) if u.scheme() == "https" && u.host().is_some() => {}
             _ => {
@@ -455,6 +558,7 @@ impl AccountSecret {
             imap_resource,
             imap_host,
             status,
+            app_only,
             extra: r.object,
         })
     }
@@ -476,7 +580,22 @@ impl AccountSecret {
             imap_resource: DEFAULT_IMAP_RESOURCE.to_owned(),
             imap_host: DEFAULT_IMAP_HOST.to_owned(),
             status: AccountStatus::ok(),
+            app_only: None,
             extra: Map::new(),
+        }
+    }
+
+    /// A new app-only account: `mailbox` is the mailbox it sends as and reads.
+    pub fn new_app_only(
+        tenant_id: &str,
+        client_id: &str,
+        mailbox: &str,
+        credential: AppCredential,
+    ) -> Self {
+        Self {
+            app_only: Some(credential),
+            imap_resource: DEFAULT_APP_ONLY_IMAP_RESOURCE.to_owned(),
+            ..Self::new(tenant_id, client_id, mailbox)
         }
     }
 
@@ -487,6 +606,24 @@ impl AccountSecret {
         o.insert("tenant_id".into(), Value::from(self.tenant_id.clone()));
         o.insert("client_id".into(), Value::from(self.client_id.clone()));
         o.insert("username".into(), Value::from(self.username.clone()));
+        match &self.app_only {
+            None => {}
+            Some(AppCredential::ClientSecret { secret, expires_at }) => {
+                o.insert("mode".into(), Value::from("app_only"));
+                o.insert("client_secret".into(), Value::from(secret.expose_secret()));
+                if let Some(at) = expires_at {
+                    o.insert("client_secret_expires_at".into(), Value::from(rfc3339(*at)));
+                }
+            }
+            Some(AppCredential::Certificate(c)) => {
+                o.insert("mode".into(), Value::from("app_only"));
+                o.insert("certificate".into(), Value::from(c.certificate_pem.clone()));
+                o.insert(
+                    "private_key".into(),
+                    Value::from(c.private_key_pem.expose_secret()),
+                );
+            }
+        }
         if let Some(p) = &self.password {
             o.insert("password".into(), Value::from(p.expose_secret()));
         }
@@ -562,9 +699,14 @@ impl AccountSecret {
     }
 
     /// The `scope` parameter for a token request for `audience`: fully-qualified permissions
-    /// of ONE resource plus `offline_access` (so a refresh token comes back).
+    /// of ONE resource plus `offline_access` (so a refresh token comes back). App-only:
+    /// `{resource}/.default` (the client credentials grant takes nothing else; the token
+    /// carries every application permission consented on the resource).
     pub fn scope_for(&self, audience: Audience) -> String {
         let resource = self.resource(audience);
+        if self.app_only.is_some() {
+            return format!("{resource}/.default");
+        }
         let mut parts: Vec<String> = match audience {
             Audience::Graph => self
                 .graph_permissions()

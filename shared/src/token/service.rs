@@ -143,6 +143,8 @@ struct Inner {
     config: TokenServiceConfig,
     clock: Arc<dyn Clock>,
     tokens: Mutex<HashMap<(String, Audience), AccessToken>>,
+    /// End dates of the app-only credentials tokens were minted with, by account.
+    expiries: Mutex<HashMap<String, super::expiry::CredentialExpiry>>,
     accounts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<AccountRuntime>>>>,
 }
 
@@ -207,6 +209,7 @@ impl TokenService {
                 config,
                 clock,
                 tokens: Mutex::new(HashMap::new()),
+                expiries: Mutex::new(HashMap::new()),
                 accounts: Mutex::new(HashMap::new()),
             }),
         }
@@ -229,6 +232,18 @@ impl TokenService {
     /// The configuration in use.
     pub fn config(&self) -> &TokenServiceConfig {
         &self.inner.config
+    }
+
+    /// The end dates of the app-only credentials this instance minted tokens with (for the
+    /// invocation's [`super::expiry::METRIC`]).
+    pub fn app_credential_expiries(&self) -> Vec<super::expiry::CredentialExpiry> {
+        self.inner
+            .expiries
+            .lock()
+            .expect("expiry lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     fn cached(&self, name: &str, audience: Audience) -> Option<AccessToken> {
@@ -325,50 +340,58 @@ impl TokenService {
             (_, stored_rt) => stored_rt.clone(),
         };
         let mut bootstrapped = false;
-        let outcome: Result<TokenResponse, TokenEndpointError> = match (
-            &refresh_token,
-            &secret.password,
-        ) {
-            (Some(rt), password) => {
-                let refreshed = identity
-                    .with_retries(deadline, || identity.refresh(secret, audience, rt))
-                    .await;
-                match (refreshed, password) {
-                    (Err(TokenEndpointError::NeedsPerson(p)), Some(password))
-                        if p.grant_rejected =>
-                    {
-                        tracing::warn!(
-                            account = name,
-                            code = %p.code,
-                            "refresh token rejected; re-bootstrapping with the stored password (ROPC)"
-                        );
-                        bootstrapped = true;
-                        identity
-                            .with_retries(deadline, || {
-                                identity.password(secret, audience, password)
-                            })
-                            .await
+        let outcome: Result<TokenResponse, TokenEndpointError> = if secret.app_only.is_some() {
+            // App-only: the application's own credential, no refresh token to keep.
+            let clock = &self.inner.clock;
+            identity
+                .with_retries(deadline, || {
+                    identity.client_credentials(secret, audience, clock.now())
+                })
+                .await
+        } else {
+            match (&refresh_token, &secret.password) {
+                (Some(rt), password) => {
+                    let refreshed = identity
+                        .with_retries(deadline, || identity.refresh(secret, audience, rt))
+                        .await;
+                    match (refreshed, password) {
+                        (Err(TokenEndpointError::NeedsPerson(p)), Some(password))
+                            if p.grant_rejected =>
+                        {
+                            tracing::warn!(
+                                account = name,
+                                code = %p.code,
+                                "refresh token rejected; re-bootstrapping with the stored password (ROPC)"
+                            );
+                            bootstrapped = true;
+                            identity
+                                .with_retries(deadline, || {
+                                    identity.password(secret, audience, password)
+                                })
+                                .await
+                        }
+                        (other, _) => other,
                     }
-                    (other, _) => other,
                 }
+                (None, Some(password)) => {
+                    tracing::info!(
+                        account = name,
+                        "no refresh token stored; bootstrapping with ROPC"
+                    );
+                    bootstrapped = true;
+                    identity
+                        .with_retries(deadline, || identity.password(secret, audience, password))
+                        .await
+                }
+                (None, None) => Err(TokenEndpointError::NeedsPerson(NeedsPerson {
+                    code: "no_refresh_token".to_owned(),
+                    reason:
+                        "the account has no refresh token and no password; run `mailbridge login`"
+                            .to_owned(),
+                    grant_rejected: false,
+                    suberror: None,
+                })),
             }
-            (None, Some(password)) => {
-                tracing::info!(
-                    account = name,
-                    "no refresh token stored; bootstrapping with ROPC"
-                );
-                bootstrapped = true;
-                identity
-                    .with_retries(deadline, || identity.password(secret, audience, password))
-                    .await
-            }
-            (None, None) => Err(TokenEndpointError::NeedsPerson(NeedsPerson {
-                code: "no_refresh_token".to_owned(),
-                reason: "the account has no refresh token and no password; run `mailbridge login`"
-                    .to_owned(),
-                grant_rejected: false,
-                suberror: None,
-            })),
         };
         let response = match outcome {
             Ok(response) => response,
@@ -396,15 +419,45 @@ impl TokenService {
             secret: response.access_token.clone(),
             expires_at: now + chrono::Duration::seconds(response.expires_in as i64),
             audience,
-            scopes: granted_permissions(&response.scope),
+            scopes: match &secret.app_only {
+                // the `roles` claim, when the token is a readable JWT (diagnostics only)
+                Some(_) => super::app_credential::token_roles(
+                    secrecy::ExposeSecret::expose_secret(&response.access_token),
+                )
+                .unwrap_or_default(),
+                None => granted_permissions(&response.scope),
+            },
             shared_mailbox_route: secret.shared_mailbox_route,
             max_message_bytes: secret.max_message_bytes,
+            app_only_mailbox: secret
+                .app_only
+                .as_ref()
+                .map(|_| secret.username.to_ascii_lowercase()),
         };
         self.inner
             .tokens
             .lock()
             .expect("token cache lock")
             .insert((name.to_owned(), audience), token.clone());
+        if let Some(expires_at) = secret.app_only.as_ref().and_then(|c| c.expires_at()) {
+            let expiry = super::expiry::CredentialExpiry {
+                account: name.to_owned(),
+                credential: secret
+                    .app_only
+                    .as_ref()
+                    .map(|c| c.describe())
+                    .unwrap_or_default(),
+                expires_at,
+            };
+            if let Some(warning) = expiry.warning(now) {
+                tracing::warn!(account = name, %expires_at, "{warning}");
+            }
+            self.inner
+                .expiries
+                .lock()
+                .expect("expiry lock")
+                .insert(name.to_owned(), expiry);
+        }
         tracing::info!(
             account = name,
             ?audience,
@@ -642,6 +695,10 @@ impl AccessTokenSource for TokenService {
     ) -> Result<AccessToken, TokenError> {
         let deadline = Instant::now() + self.inner.config.default_timeout;
         self.access_token_until(account, audience, deadline).await
+    }
+
+    fn credential_expiries(&self) -> Vec<super::expiry::CredentialExpiry> {
+        self.app_credential_expiries()
     }
 
     fn invalidate(&self, account: &str, audience: Audience) {

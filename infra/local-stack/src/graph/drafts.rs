@@ -493,6 +493,44 @@ fn with_auth(
         Some(issued) if issued.audience.trim_end_matches('/') != state.audience => {
             unauthorized("Access token validation failure. Invalid audience.")
         }
+        Some(issued) if issued.app_only => {
+            // An application permission: no `/me`; Mail.ReadWrite on any mailbox named in
+            // the path (sending the draft also takes Mail.Send), as Graph has it.
+            let scoped = user_path
+                .as_deref()
+                .zip(token)
+                .map(|(id, t)| state.identity.exchange_app_permissions(t, id))
+                .unwrap_or_default();
+            let role = |p: &str| {
+                issued
+                    .roles
+                    .iter()
+                    .chain(scoped.iter())
+                    .any(|r| r.eq_ignore_ascii_case(p))
+            };
+            match user_path.as_deref() {
+                None => graph_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "/me request is only valid with delegated authentication flow.",
+                    &rid,
+                ),
+                Some(id)
+                    if role("Mail.ReadWrite") && (what != "send draft" || role("Mail.Send")) =>
+                {
+                    let mailbox = id.to_ascii_lowercase();
+                    let response = f(state, &mailbox, &rid);
+                    state.record(&mailbox, what, arrived, response.status().as_u16());
+                    response
+                }
+                Some(_) => graph_error(
+                    StatusCode::FORBIDDEN,
+                    "ErrorAccessDenied",
+                    "Access is denied. Check credentials and try again.",
+                    &rid,
+                ),
+            }
+        }
         Some(issued) => {
             let upn = issued.upn.to_ascii_lowercase();
             let mailbox = user_path

@@ -357,6 +357,40 @@ async fn admit(
                 .is_some_and(|s| s.eq_ignore_ascii_case(permission))
         })
     };
+    if issued.app_only {
+        // Application permissions: no `/me` (no user); Mail.Read (reading) or Mail.ReadWrite
+        // (also moving, flagging, deleting) on the mailbox named in the path. There are no
+        // `.Shared` application permissions: an app reads any mailbox it is not scoped out of.
+        let Some(id) = user_path else {
+            return Err(graph_error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "/me request is only valid with delegated authentication flow.",
+                &rid,
+            ));
+        };
+        let scoped = state.identity.exchange_app_permissions(token, id);
+        let role = |p: &str| {
+            issued
+                .roles
+                .iter()
+                .chain(scoped.iter())
+                .any(|r| r.eq_ignore_ascii_case(p))
+        };
+        let permitted = match need {
+            Need::Read => role("Mail.Read") || role("Mail.ReadWrite"),
+            Need::Write => role("Mail.ReadWrite"),
+        };
+        if !permitted {
+            return Err(graph_error(
+                StatusCode::FORBIDDEN,
+                "ErrorAccessDenied",
+                "Access is denied. Check credentials and try again.",
+                &rid,
+            ));
+        }
+        return admitted(state, id.to_ascii_lowercase(), rid).await;
+    }
     let upn = issued.upn.to_ascii_lowercase();
     let mailbox = user_path.map_or_else(|| upn.clone(), str::to_ascii_lowercase);
     let own = mailbox == upn;
@@ -381,6 +415,15 @@ async fn admit(
             &rid,
         ));
     }
+    admitted(state, mailbox, rid).await
+}
+
+/// Faults and the concurrency limit of `mailbox`, once the token is judged.
+async fn admitted(
+    state: &Arc<StandInState>,
+    mailbox: String,
+    rid: String,
+) -> Result<Admitted, Response> {
     *state
         .mail
         .requests
