@@ -641,7 +641,7 @@ async fn the_bootstrap_polls_app_only_over_imap_only_where_exchange_grants_it() 
     let table = mailbridge_tests::create_state_table("poll").await.unwrap();
     let sink = unique("sink");
     for (name, user) in [("granted", &w.mailbox), ("not-granted", &not_granted)] {
-        poll_mailboxes::dynamo::put_mailbox_config(
+        mailbridge::state_table::put_mailbox_config(
             &mailbridge_tests::dynamodb(),
             &table,
             name,
@@ -652,7 +652,7 @@ async fn the_bootstrap_polls_app_only_over_imap_only_where_exchange_grants_it() 
                 "port": dovecot.imaps_port,
                 "ticket_api_url": stack().tickets().sink_url(&sink),
             }),
-            &poll_mailboxes::targets::TargetPolicy::local(),
+            &mailbridge::mailbox::TargetPolicy::local(),
         )
         .await
         .unwrap();

@@ -1505,3 +1505,120 @@ async fn a_graph_mailbox_is_added_checked_and_dry_run_through_graph() {
         "nothing moved"
     );
 }
+
+/// `login --app`: a certificate Entra does not know is refused (nothing stored, exit 4); the
+/// registered one is validated with a token per audience and stored; a Graph token without the
+/// Mail.Send role is a warning naming the permission; `check` then works app-only (Graph probe
+/// on `/users/{mailbox}`, IMAP as the mailbox) and warns that the certificate expires in 10 days.
+#[tokio::test]
+async fn login_app_validates_each_audience_and_check_warns_before_the_certificate_expires() {
+    let w = World::new(|_| {}).await;
+    let app_id = uuid::Uuid::new_v4().to_string();
+    let mailbox = unique_user("app-mailbox");
+    let days = |d: i64| chrono::Utc::now() + chrono::Duration::days(d);
+    let (cert, key) = local_stack::identity::app_certificate("mailbridge", days(10)).unwrap();
+    let (other_cert, other_key) =
+        local_stack::identity::app_certificate("unregistered", days(300)).unwrap();
+    let app = AppRegistration::app_only_with_certificate(&w.tenant, &app_id, &cert)
+        .with_exchange_mailbox_access(&[&mailbox]);
+    w.idp.register_app(app.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let (cert_file, key_file) = (write("app.pem", &cert), write("app.key", &key));
+    let (other_cert_file, other_key_file) = (
+        write("other.pem", &other_cert),
+        write("other.key", &other_key),
+    );
+    let imap_host = format!("localhost:{}", stack().dovecot().imaps_port);
+    let login = |cert: &str, key: &str| {
+        vec![
+            "--json".to_owned(),
+            "login".into(),
+            "--app".into(),
+            "--account".into(),
+            "app".into(),
+            "--tenant".into(),
+            w.tenant.clone(),
+            "--client-id".into(),
+            app_id.clone(),
+            "--user".into(),
+            mailbox.clone(),
+            "--authority-host".into(),
+            w.idp.base_url.clone(),
+            "--imap-host".into(),
+            imap_host.clone(),
+            "--certificate".into(),
+            cert.to_owned(),
+            "--private-key".into(),
+            key.to_owned(),
+        ]
+    };
+    let secret = format!("{}app", w.prefix);
+
+    let args = login(&other_cert_file, &other_key_file);
+    let out = w
+        .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        text(&out.stderr).contains("AADSTS700027"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(get_secret(&secret).await.is_err(), "nothing stored");
+
+    let args = login(&cert_file, &key_file);
+    let out = w
+        .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    assert_eq!(out.status.code(), Some(0));
+    let report = json(&out);
+    assert_eq!(report["audiences"][0]["result"], "ok", "{report:#}");
+    assert_eq!(report["audiences"][1]["result"], "ok", "{report:#}");
+    let stored: Value = serde_json::from_str(&get_secret(&secret).await.unwrap()).unwrap();
+    assert_eq!(stored["mode"], "app_only");
+    assert!(!text(&out.stdout).contains("PRIVATE KEY"));
+
+    let out = w.run(&["check", "--json", "app"]).await;
+    let report = json(&out);
+    let target = &report["targets"][0];
+    let secret_step = step(target, "account secret");
+    assert_eq!(secret_step["result"], "warning", "{target:#}");
+    assert!(
+        secret_step["detail"]
+            .as_str()
+            .unwrap()
+            .contains("days left")
+            && secret_step["fix"].as_str().unwrap().contains("login --app"),
+        "{secret_step:#}"
+    );
+    assert_eq!(step(target, "Graph")["result"], "ok", "{target:#}");
+    assert_eq!(step(target, "IMAP")["result"], "ok", "{target:#}");
+    assert_eq!(out.status.code(), Some(0), "warnings alone keep 0");
+
+    // Entra consent without Mail.Send: a warning naming the permission (RBAC may grant it).
+    let mut no_send = app.clone();
+    no_send
+        .application_permissions
+        .retain(|p| !p.ends_with("/Mail.Send"));
+    w.idp.register_app(no_send);
+    let out = w
+        .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    assert_eq!(out.status.code(), Some(0));
+    let report = json(&out);
+    let graph = &report["audiences"][0];
+    assert_eq!(graph["result"], "warning", "{report:#}");
+    assert!(
+        graph["fix"].as_str().unwrap().contains("Mail.Send")
+            && graph["fix"]
+                .as_str()
+                .unwrap()
+                .contains("Application Mail.Send"),
+        "{graph:#}"
+    );
+}

@@ -388,6 +388,14 @@ async fn run_steps(
             return steps;
         }
     };
+    let app_only_expiry = account.app_only.as_ref().and_then(|c| {
+        c.expires_at()
+            .map(|expires_at| mailbridge::token::expiry::CredentialExpiry {
+                account: secret_name.to_owned(),
+                credential: c.describe(),
+                expires_at,
+            })
+    });
     let held_for = account.status.audience.filter(|_| {
         account.status.state == mailbridge::token::AccountState::NeedsReauth
             && account.refresh_token.is_some()
@@ -402,6 +410,47 @@ async fn run_steps(
                     account.username, account.tenant_id
                 ),
             ));
+        }
+        mailbridge::token::AccountState::Ok if account.app_only.is_some() => {
+            let credential = account
+                .app_only
+                .as_ref()
+                .map(|c| c.describe())
+                .unwrap_or_default();
+            let now = chrono::Utc::now();
+            match &app_only_expiry {
+                Some(expiry) if expiry.warning(now).is_some() => steps.push(Step::warning(
+                    step_secret.clone(),
+                    format!(
+                        "app-only mailbox {}, tenant {}: {}",
+                        account.username,
+                        account.tenant_id,
+                        expiry.warning(now).unwrap_or_default()
+                    ),
+                    format!(
+                        "add a new one, then store it: `mailbridge login --app --account {} --certificate FILE --private-key FILE` (or --client-secret-stdin --secret-expires DATE)",
+                        ctx.account_name(secret_name)
+                    ),
+                )),
+                Some(expiry) => steps.push(Step::ok(
+                    step_secret.clone(),
+                    format!(
+                        "app-only mailbox {}, tenant {}, status ok, {credential} valid until {} ({} days)",
+                        account.username,
+                        account.tenant_id,
+                        expiry.expires_at.format("%Y-%m-%d"),
+                        expiry.days_left(now)
+                    ),
+                )),
+                None => steps.push(Step::warning(
+                    step_secret.clone(),
+                    format!(
+                        "app-only mailbox {}, tenant {}, status ok, {credential} with no stored end date",
+                        account.username, account.tenant_id
+                    ),
+                    "store the client secret's end date (client_secret_expires_at, or `mailbridge login --app --secret-expires ...`) so its expiry is warned about 14 days ahead",
+                )),
+            }
         }
         mailbridge::token::AccountState::Ok if account.refresh_token.is_some() => {
             let age = account
@@ -704,7 +753,10 @@ async fn send_from_probe(
         Err(e) => return Step::failed(step, e.to_string(), "fix the Graph URL"),
     };
     let mut probe = recipientless_probe();
-    probe.send_as = account.shared_mailbox_route.endpoint(Some(mailbox));
+    probe.send_as = match account.app_only {
+        Some(_) => SendAs::User(mailbox.to_owned()),
+        None => account.shared_mailbox_route.endpoint(Some(mailbox)),
+    };
     probe.request.message.from = Some(GraphRecipient {
         email_address: GraphEmailAddress {
             address: mailbox.to_owned(),
@@ -842,7 +894,9 @@ async fn graph_probe(
             );
         }
     };
-    let probe = recipientless_probe();
+    let mut probe = recipientless_probe();
+    // an app-only token has no `/me`: its mailbox is named
+    probe.send_as = token.send_endpoint(None);
     match client.send_mail(token, &probe, timeout).await {
         Err(GraphError::Rejected {
             status: 400,

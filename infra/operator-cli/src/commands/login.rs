@@ -7,6 +7,9 @@
 //!   with MFA and where Conditional Access blocks the device code flow.
 //! - Default: the device code flow (headless machines; works with MFA): the identity platform's
 //!   message is shown on stderr, then progress while waiting for the user to finish in a browser.
+//! - `--app` (see `login_app`): an app-only account, the application's certificate
+//!   (`--certificate`, `--private-key`) or client secret (`--client-secret-stdin`,
+//!   `--secret-expires`); validated with a token per audience before it is stored.
 //! - `--password-stdin`: ROPC (accounts without MFA); the password is read from stdin, never
 //!   echoed or printed, and stored only with `--keep-password` (for ROPC re-bootstrap).
 //! - An existing secret keeps its fields (hosts, scopes, unknown fields) unless a flag
@@ -37,7 +40,9 @@ Examples:
   mailbridge login --browser --tenant contoso.onmicrosoft.com --client-id 1111... --user helpdesk@contoso.com
   mailbridge login --tenant contoso.onmicrosoft.com --client-id 1111... --user helpdesk@contoso.com   # device code (headless)
   mailbridge login --account helpdesk@contoso.com          # sign in again (re-consent)
-  printf '%s' \"$PW\" | mailbridge login --user svc@contoso.com --tenant ... --client-id ... --password-stdin")]
+  printf '%s' \"$PW\" | mailbridge login --user svc@contoso.com --tenant ... --client-id ... --password-stdin
+  mailbridge login --app --tenant ... --client-id 2222... --user helpdesk@contoso.com --certificate app.pem --private-key app.key
+  printf '%s' \"$SECRET\" | mailbridge login --app --tenant ... --client-id ... --user helpdesk@contoso.com --client-secret-stdin --secret-expires 2027-06-01")]
 pub struct LoginArgs {
     /// Account name: the secret is `<prefix><account>`. Default: the user address.
     #[arg(long, value_name = "NAME")]
@@ -72,6 +77,26 @@ pub struct LoginArgs {
     /// Read a password from stdin and use ROPC instead of the device code flow (no MFA).
     #[arg(long)]
     pub password_stdin: bool,
+    /// An app-only account (no user): the application's certificate or client secret. `--user`
+    /// is then the mailbox it sends as and reads.
+    #[arg(long, conflicts_with_all = ["browser", "password_stdin"])]
+    pub app: bool,
+    /// `--app`: the certificate (PEM) uploaded to the app registration.
+    #[arg(long, value_name = "FILE", requires = "app")]
+    pub certificate: Option<std::path::PathBuf>,
+    /// `--app`: the certificate's RSA private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "app")]
+    pub private_key: Option<std::path::PathBuf>,
+    /// `--app`: read the client secret's Value from stdin instead of a certificate.
+    #[arg(long, requires = "app")]
+    pub client_secret_stdin: bool,
+    /// `--app`: the client secret's end date (YYYY-MM-DD or RFC 3339), warned about 14 days ahead.
+    #[arg(long, value_name = "DATE", requires = "app")]
+    pub secret_expires: Option<String>,
+    /// `--app`: an audience the account will use, validated before storing (repeatable: graph,
+    /// imap, graph_mailbox; default graph and imap).
+    #[arg(long, value_name = "AUDIENCE", requires = "app")]
+    pub audience: Vec<String>,
     /// Also store the password, so the functions can re-bootstrap with ROPC if the refresh
     /// token dies (as the seed product did). Off by default.
     #[arg(long, requires = "password_stdin")]
@@ -102,6 +127,9 @@ pub struct LoginArgs {
 
 /// Run `mailbridge login`.
 pub async fn run(ctx: &Context, args: LoginArgs) -> Result<Exit> {
+    if args.app {
+        return super::login_app::run(ctx, &args).await;
+    }
     let account_name = args
         .account
         .clone()

@@ -4,6 +4,7 @@
 pub mod check;
 pub mod context;
 pub mod login;
+pub mod login_app;
 pub mod loopback;
 pub mod mailbox;
 pub mod parse;
