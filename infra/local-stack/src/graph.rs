@@ -56,6 +56,7 @@ use crate::identity::IdentityStandIn;
 
 mod drafts;
 mod mailbox;
+mod subscriptions;
 pub use drafts::{
     DEFAULT_MAX_SEND_BYTES, DEFAULT_UPLOAD_SESSION_LIFETIME, DraftFault, DraftStep,
     MAX_CHUNK_BYTES, MAX_UPLOAD_SESSION_BYTES, MIN_UPLOAD_SESSION_BYTES,
@@ -64,6 +65,7 @@ pub use mailbox::{
     DEFAULT_DELTA_PAGE_SIZE, DEFAULT_FOLDER_PAGE_SIZE, DELETED_ITEMS, MESSAGE_SIZE_PROPERTY,
     MailStore, StoredSummary,
 };
+pub use subscriptions::{SentNotification, SubscriptionView};
 
 /// Graph's concurrency limit per mailbox.
 pub const MAX_CONCURRENT_PER_MAILBOX: usize = 4;
@@ -166,6 +168,7 @@ struct StandInState {
     requests: Mutex<HashMap<String, u64>>,
     holds: Mutex<HashMap<String, HoldPoint>>,
     drafts: drafts::Drafts,
+    subscriptions: subscriptions::SubscriptionState,
     log: Mutex<Vec<RecordedRequest>>,
 }
 
@@ -256,6 +259,7 @@ impl GraphStandIn {
             requests: Mutex::default(),
             holds: Mutex::default(),
             drafts: drafts::Drafts::default(),
+            subscriptions: subscriptions::SubscriptionState::default(),
             log: Mutex::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -266,6 +270,7 @@ impl GraphStandIn {
             .route("/v1.0/users/{id}/sendMail", post(send_user))
             .merge(drafts::routes())
             .merge(mailbox::routes())
+            .merge(subscriptions::routes())
             .layer(DefaultBodyLimit::max(3 * MAX_REQUEST_BYTES))
             .with_state(stand_in.state.clone())
             // the test controls over HTTP, for a stack in another process

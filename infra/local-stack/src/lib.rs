@@ -25,6 +25,7 @@ pub mod aws_calls;
 pub mod aws_fault_proxy;
 pub mod django_helpdesk;
 pub mod dovecot;
+pub mod function_url;
 pub mod graph;
 pub mod graph_control;
 pub mod http_fault_proxy;

@@ -209,7 +209,7 @@ fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
 }
 
-fn message_id(folder: &str, uid_validity: u32, uid: u32) -> String {
+pub(super) fn message_id(folder: &str, uid_validity: u32, uid: u32) -> String {
     format!(
         "{MESSAGE_ID_PREFIX}{}",
         b64().encode(format!("{folder}\n{uid_validity}\n{uid}"))
@@ -231,7 +231,7 @@ fn folder_id(folder: &str) -> String {
 
 /// The store folder a path's folder segment names: a well-known name or an id. `Ok(None)`: the
 /// root (`msgfolderroot`).
-fn folder_from_segment(segment: &str) -> Result<Option<String>, ()> {
+pub(super) fn folder_from_segment(segment: &str) -> Result<Option<String>, ()> {
     let well_known = match segment.to_ascii_lowercase().as_str() {
         "msgfolderroot" => return Ok(None),
         "inbox" => Some("INBOX"),
@@ -297,21 +297,21 @@ fn store_failed(rid: &str, e: &anyhow::Error) -> Response {
 
 /// What a route needs of the token.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Need {
+pub(super) enum Need {
     Read,
     Write,
 }
 
 /// A request let through: its mailbox, request id, concurrency slot and store.
-struct Admitted {
-    mailbox: String,
-    rid: String,
-    store: Arc<dyn MailStore>,
+pub(super) struct Admitted {
+    pub(super) mailbox: String,
+    pub(super) rid: String,
+    pub(super) store: Arc<dyn MailStore>,
     _slot: super::Slot,
 }
 
 /// Token, permissions, faults and the concurrency limit, in Graph's order.
-async fn admit(
+pub(super) async fn admit(
     state: &Arc<StandInState>,
     user_path: Option<&str>,
     headers: &HeaderMap,
@@ -514,7 +514,7 @@ async fn admitted(
     })
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
     tokio::task::spawn_blocking(f)
