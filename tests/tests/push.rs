@@ -11,9 +11,9 @@ use local_stack::function_url::FunctionUrl;
 use local_stack::identity::{AppRegistration, UserAccount};
 use local_stack::runtime_api::{FunctionConfig, RuntimeApi, workspace_binary};
 use mailbridge::push::{DynamoPushStore, SubscriptionRecord, SubscriptionStore};
+use mailbridge::state_table::put_mailbox_config;
 use mailbridge::token::secret::AccountSecret;
 use mailbridge_tests::{dynamodb, put_secret, sqs, stack, unique, unique_user};
-use poll_mailboxes::dynamo::put_mailbox_config;
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -147,7 +147,7 @@ impl Push {
                 "push": true,
                 "ticket_api_url": stack().tickets().sink_url(&self.sink),
             }),
-            &poll_mailboxes::targets::TargetPolicy::local(),
+            &mailbridge::mailbox::TargetPolicy::local(),
         )
         .await
         .unwrap();
