@@ -56,7 +56,7 @@ if want parser; then
   section "parse throughput vs Python"
   cargo bench -q -p mailbridge-shared --bench parse_throughput
   # The same binary in alternating 1-second rounds with both Python baselines: medians that one
-  # long run per side cannot give on a shared machine (BENCHMARKS.md, parser, session 4).
+  # long run per side cannot give on a shared machine (BENCHMARKS.md, parser).
   bench_bin=$(cargo bench -p mailbridge-shared --bench parse_throughput --no-run 2>&1 \
     | sed -n 's/.*(\(.*parse_throughput-[^)]*\)).*/\1/p' | tail -n 1)
   [ -n "$bench_bin" ] && bash infra/bench/parse-interleaved.sh --rounds "${ROUNDS:-8}" "$bench_bin"

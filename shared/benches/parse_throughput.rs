@@ -5,8 +5,7 @@
 //! rules, bounce details, reply stripping, marker checks), `py(default)` = policy.default parse.
 //!
 //! `cargo bench -p mailbridge-shared --bench parse_throughput [-- DIR ...]`
-//! Default corpus: `tests/fixtures/mail`, plus `../shared/corpus/{bounces,rt,not-bounces}` when
-//! present. Single-threaded on both sides. Prints numbers; asserts nothing.
+//! Default corpus: `tests/fixtures/mail`; other folders of .eml files as arguments. Single-threaded on both sides. Prints numbers; asserts nothing.
 //!
 //! Throughput is per second of CPU time of the measuring thread (both sides), so that a machine
 //! shared with other builds slows neither side's number; wall-clock MB/s is printed as well.
@@ -169,14 +168,7 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let dirs: Vec<PathBuf> = if args.is_empty() {
-        let mut d = vec![root.join("tests/fixtures/mail")];
-        for sub in ["bounces", "rt", "not-bounces"] {
-            let p = root.join("../shared/corpus").join(sub);
-            if p.is_dir() {
-                d.push(p);
-            }
-        }
-        d
+        vec![root.join("tests/fixtures/mail")]
     } else {
         args.iter().map(PathBuf::from).collect()
     };
