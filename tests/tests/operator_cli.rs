@@ -212,7 +212,8 @@ fn step<'a>(target: &'a Value, prefix: &str) -> &'a Value {
 #[tokio::test]
 async fn login_with_device_code_approved_through_the_identity_control_then_status() {
     let w = World::new(|_| {}).await;
-    let args = w.login_args();
+    let mut args = w.login_args();
+    args.push("--device-code".into());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let child = w.command(&args).spawn().expect("start mailbridge login");
 
@@ -271,7 +272,7 @@ async fn login_with_device_code_approved_through_the_identity_control_then_statu
 
     // a declined sign-in stores nothing new and exits 4
     let child = w
-        .command(&["login", "--account", "helpdesk"])
+        .command(&["login", "--device-code", "--account", "helpdesk"])
         .spawn()
         .expect("start the second login");
     let mut declined = false;
@@ -1177,9 +1178,16 @@ struct BrowserLogin {
 impl World {
     /// Start `login --browser` (plus `extra`) and wait for the sign-in URL on its stderr.
     async fn start_browser_login(&self, extra: &[&str]) -> BrowserLogin {
+        let mut args = vec!["--browser"];
+        args.extend_from_slice(extra);
+        self.start_login_in_a_browser(&args).await
+    }
+
+    /// Start `login` with the account's arguments plus `extra` and wait for the sign-in URL on
+    /// its stderr.
+    async fn start_login_in_a_browser(&self, extra: &[&str]) -> BrowserLogin {
         use tokio::io::AsyncBufReadExt as _;
         let mut args = self.login_args();
-        args.push("--browser".into());
         args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut child = self
@@ -1324,6 +1332,38 @@ async fn login_in_the_browser_redeems_the_code_once_and_stores_the_grant() {
     let target = &report["targets"][0];
     assert_eq!(step(target, "token (Graph)")["result"], "ok", "{report:#}");
     assert_eq!(step(target, "token (IMAP)")["result"], "ok", "{report:#}");
+}
+
+/// No flow flag: the browser is the default interactive sign-in. Without a desktop session (the
+/// CLI runs with a cleared environment: no DISPLAY) it only prints the URL and says how to
+/// finish from another machine or to use `--device-code`; no device code is requested.
+#[tokio::test]
+async fn login_without_a_flow_flag_signs_in_in_the_browser_and_names_device_code_for_headless() {
+    let w = World::new(|_| {}).await;
+    let login = w.start_login_in_a_browser(&[]).await;
+    let location = redirected(
+        mailbridge_tests::browser_sign_in(&login.authorize_url, &w.upn, PASSWORD, true)
+            .await
+            .unwrap(),
+    );
+    let (status, page) = login.arrive(&location).await;
+    assert_eq!(status, 200, "{page}");
+    let (code, stdout, stderr) = login.finish().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("signed in as"), "{stdout}");
+    assert!(
+        stderr.contains("No browser here?")
+            && stderr.contains("ssh -L")
+            && stderr.contains("--device-code"),
+        "{stderr}"
+    );
+    assert!(
+        w.idp.device_codes(&w.tenant).is_empty(),
+        "no device code was requested"
+    );
+    let stored: Value = serde_json::from_str(&get_secret(&w.secret_name()).await.unwrap()).unwrap();
+    assert_eq!(stored["status"]["state"], "ok");
+    assert!(stored["refresh_token"].as_str().is_some());
 }
 
 #[tokio::test]

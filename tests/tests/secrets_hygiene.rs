@@ -796,7 +796,8 @@ async fn the_cli_writes_no_secret_to_disk() {
     finish(out, &args, &mut outputs);
 
     // login by device code, approved through the identity stand-in's control
-    let args = login("device");
+    let mut args = login("device");
+    args.push("--device-code".into());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let child = command(&args).spawn().unwrap();
     let mut approved = false;

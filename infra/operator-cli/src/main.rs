@@ -24,9 +24,9 @@ AWS endpoint, region and credentials come from the standard environment (AWS_REG
 AWS_PROFILE, AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL ...) or --endpoint-url. Identity authority,
 Graph host and IMAP host of an account come from its account secret (set them with `login`).";
 
-/// Operator tool for mailbridge: sign accounts in (device code or password), check that
-/// tokens, Graph and IMAP work, send a test notification, preview a poll, show status, manage
-/// mailbox configurations, and parse a raw mail into a ticket draft.
+/// Operator tool for mailbridge: sign accounts in (browser, device code, password or app-only),
+/// check that tokens, Graph and IMAP work, send a test notification, preview a poll, show status,
+/// manage mailbox configurations, and parse a raw mail into a ticket draft.
 #[derive(Debug, Parser)]
 #[command(name = "mailbridge", version, after_help = AFTER_HELP)]
 struct Cli {

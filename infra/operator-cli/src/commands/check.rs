@@ -865,12 +865,12 @@ fn token_fix(
         Some(50057) => "enable the user account in Entra ID, then ".to_owned() + &login,
         Some(50053) => "unlock the account (or wait), then ".to_owned() + &login,
         Some(50055 | 50144) => "change the user's password, then ".to_owned() + &login,
-        Some(50126) => format!("the stored password is wrong: {login} (device code, no password needed)"),
+        Some(50126) => format!("the stored password is wrong: {login} (in a browser, no password needed)"),
         Some(53003 | 530032 | 530035 | 53000 | 53001) => format!(
             "a Conditional Access policy blocks this sign-in: exclude the app/user or allow the location/device, then {login}"
         ),
         Some(70011 | 700022) => "the scope is wrong for this cloud: check graph_host / imap_resource in the account secret (login --graph-host/--imap-resource)".to_owned(),
-        _ => format!("{login} (device code flow, MFA works)"),
+        _ => format!("{login} (in a browser, MFA works; --device-code where there is none)"),
     }
 }
 

@@ -1,12 +1,14 @@
 //! `mailbridge login`: sign a Microsoft 365 account in and write (or update) its account
 //! secret through the token layer (`mailbridge::token::login`).
 //!
-//! - `--browser` (the recommended interactive sign-in): authorization code with PKCE; the CLI
-//!   prints the sign-in URL (and opens a browser where there is one), listens on 127.0.0.1 for
-//!   the redirect to `http://localhost:<port>`, checks its `state`, and redeems the code. Works
-//!   with MFA and where Conditional Access blocks the device code flow.
-//! - Default: the device code flow (headless machines; works with MFA): the identity platform's
-//!   message is shown on stderr, then progress while waiting for the user to finish in a browser.
+//! - Default (or `--browser`): authorization code with PKCE; the CLI prints the sign-in URL (and
+//!   opens a browser where there is one), listens on 127.0.0.1 for the redirect to
+//!   `http://localhost:<port>`, checks its `state`, and redeems the code. Works with MFA and where
+//!   Conditional Access blocks the device code flow. Where no browser could be opened it says how
+//!   to finish from another machine, or to use `--device-code` instead.
+//! - `--device-code`: the device code flow (headless machines; works with MFA): the identity
+//!   platform's message is shown on stderr, then progress while waiting for the user to finish in
+//!   a browser anywhere.
 //! - `--app` (see `login_app`): an app-only account, the application's certificate
 //!   (`--certificate`, `--private-key`) or client secret (`--client-secret-stdin`,
 //!   `--secret-expires`); validated with a token per audience before it is stored.
@@ -33,13 +35,17 @@ use secrecy::SecretString;
 
 use super::context::{Context, Exit, ExitError, print_json, stderr_is_terminal};
 
+/// The flags that name another sign-in than the browser's: the browser-only options conflict
+/// with them.
+const BROWSER_ONLY_CONFLICTS: [&str; 3] = ["device_code", "password_stdin", "app"];
+
 /// Arguments of `mailbridge login`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Examples:
-  mailbridge login --browser --tenant contoso.onmicrosoft.com --client-id 1111... --user helpdesk@contoso.com
-  mailbridge login --tenant contoso.onmicrosoft.com --client-id 1111... --user helpdesk@contoso.com   # device code (headless)
-  mailbridge login --account helpdesk@contoso.com          # sign in again (re-consent)
+  mailbridge login --tenant contoso.onmicrosoft.com --client-id 1111... --user helpdesk@contoso.com   # in a browser
+  mailbridge login --device-code --tenant contoso.onmicrosoft.com --client-id 1111... --user helpdesk@contoso.com   # headless
+  mailbridge login --account helpdesk@contoso.com          # sign in again (re-consent), in a browser
   printf '%s' \"$PW\" | mailbridge login --user svc@contoso.com --tenant ... --client-id ... --password-stdin
   mailbridge login --app --tenant ... --client-id 2222... --user helpdesk@contoso.com --certificate app.pem --private-key app.key
   printf '%s' \"$SECRET\" | mailbridge login --app --tenant ... --client-id ... --user helpdesk@contoso.com --client-secret-stdin --secret-expires 2027-06-01")]
@@ -56,30 +62,30 @@ pub struct LoginArgs {
     /// The user (UPN) to sign in: the sending / IMAP login user. Required for a new account.
     #[arg(long, value_name = "UPN")]
     pub user: Option<String>,
-    /// Sign in in a browser (authorization code with PKCE, loopback redirect to
-    /// http://localhost:<port>, which the app registration must list as `http://localhost`).
-    #[arg(long, conflicts_with = "password_stdin")]
+    /// Sign in in a browser (the default): authorization code with PKCE, loopback redirect to
+    /// http://localhost:<port>, which the app registration must list as `http://localhost`.
+    #[arg(long, conflicts_with_all = ["password_stdin", "device_code"])]
     pub browser: bool,
-    /// `--browser`: the loopback port to listen on (default: any free port).
-    #[arg(long, value_name = "PORT", requires = "browser", default_value_t = 0)]
+    /// Sign in with the device code flow instead of the browser: for a machine without a browser
+    /// (SSH, CI); the code is entered in a browser anywhere. Conditional Access blocks it in
+    /// some tenants.
+    #[arg(long, conflicts_with = "password_stdin")]
+    pub device_code: bool,
+    /// Browser sign-in: the loopback port to listen on (default: any free port).
+    #[arg(long, value_name = "PORT", default_value_t = 0, conflicts_with_all = BROWSER_ONLY_CONFLICTS)]
     pub redirect_port: u16,
-    /// `--browser`: how long to wait for the sign-in to come back, in seconds.
-    #[arg(
-        long,
-        value_name = "SECONDS",
-        requires = "browser",
-        default_value_t = 300
-    )]
+    /// Browser sign-in: how long to wait for the sign-in to come back, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, conflicts_with_all = BROWSER_ONLY_CONFLICTS)]
     pub timeout: u64,
-    /// `--browser`: only print the sign-in URL, do not try to open a browser.
-    #[arg(long, requires = "browser")]
+    /// Browser sign-in: only print the sign-in URL, do not try to open a browser.
+    #[arg(long, conflicts_with_all = BROWSER_ONLY_CONFLICTS)]
     pub no_open: bool,
-    /// Read a password from stdin and use ROPC instead of the device code flow (no MFA).
+    /// Read a password from stdin and use ROPC instead of the browser (accounts without MFA).
     #[arg(long)]
     pub password_stdin: bool,
     /// An app-only account (no user): the application's certificate or client secret. `--user`
     /// is then the mailbox it sends as and reads.
-    #[arg(long, conflicts_with_all = ["browser", "password_stdin"])]
+    #[arg(long, conflicts_with_all = ["browser", "device_code", "password_stdin"])]
     pub app: bool,
     /// `--app`: the certificate (PEM) uploaded to the app registration.
     #[arg(long, value_name = "FILE", requires = "app")]
@@ -151,7 +157,8 @@ pub async fn run(ctx: &Context, args: LoginArgs) -> Result<Exit> {
     let identity = ctx.identity_client()?;
     let clock = SystemClock;
 
-    if args.browser {
+    if !args.device_code && !args.password_stdin {
+        // The browser is the default interactive sign-in (`--browser` only says so explicitly).
         let outcome = browser(
             ctx,
             store.as_ref(),
@@ -177,6 +184,7 @@ pub async fn run(ctx: &Context, args: LoginArgs) -> Result<Exit> {
         )
         .await
     } else {
+        // --device-code
         device_code(
             ctx,
             store.as_ref(),
@@ -379,6 +387,7 @@ async fn browser(
             "redirect_uri": redirect_uri,
             "browser_opened": opened,
             "timeout": args.timeout,
+            "device_code_alternative": "mailbridge login --device-code",
         });
         eprintln!("{line}");
     } else {
@@ -392,6 +401,14 @@ async fn browser(
             }
         );
         eprintln!("  {}", request.url);
+        if !opened {
+            // A headless machine (SSH, CI): the browser may be on another machine, but the
+            // redirect must reach this one's loopback.
+            let port = redirect_uri.rsplit(':').next().unwrap_or_default();
+            eprintln!(
+                "No browser here? Open the URL on your own machine through an `ssh -L {port}:127.0.0.1:{port} <this host>` tunnel, so the redirect reaches this one; or stop (Ctrl-C) and run the same command with --device-code."
+            );
+        }
         eprintln!(
             "Waiting up to {} for the sign-in to return to {redirect_uri} ... (a page showing AADSTS50011 means: {})",
             super::context::human_duration(chrono::Duration::seconds(args.timeout as i64)),
@@ -408,7 +425,7 @@ async fn browser(
     let Some(query) = listener.wait(timeout).await else {
         listener.close().await;
         return Err(incomplete(format!(
-            "sign-in for {secret_name} did not return to {redirect_uri} within {} s — nothing stored. If the sign-in page showed AADSTS50011, {}; otherwise run the login again",
+            "sign-in for {secret_name} did not return to {redirect_uri} within {} s — nothing stored. If the sign-in page showed AADSTS50011, {}; otherwise run the login again (on a machine without a browser: with --device-code)",
             args.timeout,
             redirect_uri_fix(&account.client_id)
         )));
@@ -439,7 +456,7 @@ fn login_failed(secret_name: &str, error: LoginError) -> anyhow::Error {
         LoginError::Token(e) => anyhow::Error::new(e).context(format!("login for {secret_name}")),
         other => {
             let hint = match &other {
-                LoginError::DeviceCode { .. } => " — run `mailbridge login` again",
+                LoginError::DeviceCode { .. } => " — run `mailbridge login --device-code` again",
                 LoginError::NoRefreshToken { .. } => {
                     " — the app registration must allow the offline_access permission"
                 }
