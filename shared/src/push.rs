@@ -54,6 +54,10 @@ pub struct SubscriptionRecord {
     pub client_state_sha256: String,
     /// The subscribed resource, e.g. `/users/helpdesk@contoso.com/mailFolders('inbox')/messages`.
     pub resource: String,
+    /// The mailbox's `folder` setting the resource was made for (empty in records written
+    /// before it was kept): a subscription whose folder or user no longer matches the mailbox
+    /// is replaced.
+    pub folder: String,
     /// When Graph ends it unless renewed (epoch seconds).
     pub expires_at: i64,
 }
@@ -224,6 +228,7 @@ fn record_from(item: &HashMap<String, AttributeValue>) -> Option<SubscriptionRec
         user: text(item, "user")?,
         client_state_sha256: text(item, "client_state_sha256")?,
         resource: text(item, "resource")?,
+        folder: text(item, "folder").unwrap_or_default(),
         expires_at: item
             .get("subscription_expires_at")
             .and_then(|v| v.as_n().ok())
@@ -265,6 +270,7 @@ impl SubscriptionStore for DynamoPushStore {
                     s(&record.client_state_sha256),
                 ),
                 ("resource".to_owned(), s(&record.resource)),
+                ("folder".to_owned(), s(&record.folder)),
                 ("subscription_expires_at".to_owned(), n(record.expires_at)),
             ]);
             // Graph forgets an expired subscription; the table does a day later (TTL).

@@ -127,31 +127,40 @@ impl Push {
     /// A Graph mailbox with `push: true`; its address.
     async fn mailbox(&self, name: &str) -> String {
         let user = unique_user(name);
+        self.mailbox_for(name, &user, None).await;
+        user
+    }
+
+    /// Store (or replace) mailbox `name` on `user`, polling `folder` (None: the default).
+    async fn mailbox_for(&self, name: &str, user: &str, folder: Option<&str>) {
         let idp = stack().identity();
-        idp.register_user(UserAccount::new(&self.tenant, &user, PASSWORD));
-        let mut secret = AccountSecret::new(&self.tenant, &self.client_id, &user);
+        idp.register_user(UserAccount::new(&self.tenant, user, PASSWORD));
+        let mut secret = AccountSecret::new(&self.tenant, &self.client_id, user);
         secret.authority_host = idp.base_url.clone();
         secret.password = Some(PASSWORD.into());
-        let account = unique("acct");
+        let account = format!("{}-{name}", self.sink);
         put_secret(&format!("mailbridge/{account}"), &secret.to_json())
             .await
             .unwrap();
+        let mut config = json!({
+            "user": user,
+            "account": account,
+            "protocol": "graph",
+            "push": true,
+            "ticket_api_url": stack().tickets().sink_url(&self.sink),
+        });
+        if let Some(folder) = folder {
+            config["folder"] = json!(folder);
+        }
         put_mailbox_config(
             &dynamodb(),
             &self.table,
             name,
-            &json!({
-                "user": user,
-                "account": account,
-                "protocol": "graph",
-                "push": true,
-                "ticket_api_url": stack().tickets().sink_url(&self.sink),
-            }),
+            &config,
             &mailbridge::mailbox::TargetPolicy::local(),
         )
         .await
         .unwrap();
-        user
     }
 
     fn store(&self) -> DynamoPushStore {
@@ -237,6 +246,36 @@ impl Push {
             .unwrap_or_else(|e| panic!("{e:#}\n{}", api.logs()))
     }
 
+    /// Run the operator CLI `mailbridge` against this deployment's table and secrets.
+    async fn cli(&self, args: &[&str]) -> std::process::Output {
+        let cli = tokio::task::spawn_blocking(|| workspace_binary("mailbridge-cli", "mailbridge"))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let output = tokio::process::Command::new(cli)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(stack().moto().env())
+            .env("MAILBRIDGE_SECRET_PREFIX", "mailbridge/")
+            .env("MAILBRIDGE_STATE_TABLE", &self.table)
+            .env("MAILBRIDGE_ALLOW_LOCAL_TARGETS", "true")
+            .env("MAILBRIDGE_GRAPH_URL", stack().graph().v1_url())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("run mailbridge");
+        eprintln!(
+            "$ mailbridge {}\n--- exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            args.join(" "),
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
     fn poller_logs(&self) -> String {
         self.poller.as_ref().map(|p| p.logs()).unwrap_or_default()
     }
@@ -276,6 +315,7 @@ async fn the_receiver_echoes_the_handshake_refuses_forgeries_and_coalesces_a_sto
             user: "helpdesk@contoso.com".into(),
             client_state_sha256: mailbridge::push::client_state_sha256(&secret),
             resource: "/users/helpdesk@contoso.com/mailFolders('inbox')/messages".into(),
+            folder: "INBOX".into(),
             expires_at: chrono::Utc::now().timestamp() + 3600,
         })
         .await
@@ -447,4 +487,93 @@ async fn a_missed_notification_is_recovered_by_the_schedule_and_renewal_failures
         .unwrap();
     assert_eq!(renewed.id, record.id);
     assert!(renewed.expires_at > chrono::Utc::now().timestamp() + 6 * 86_400);
+}
+
+/// `mailbridge mailbox remove` deletes the mailbox's subscription in Graph at once: no
+/// notification for it queues a poll request after the command returns.
+#[tokio::test(flavor = "multi_thread")]
+async fn removing_a_mailbox_deletes_its_graph_subscription_at_once() {
+    let push = Push::start().await.with_poller().await;
+    let user = push.mailbox("leaving").await;
+    push.scheduled_run().await;
+    let subscription = stack().graph().subscriptions(&user);
+    assert_eq!(subscription.len(), 1, "{}", push.poller_logs());
+
+    let out = push.cli(&["mailbox", "remove", "leaving", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stack().graph().subscriptions(&user).is_empty(),
+        "the subscription is gone in Graph"
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        answer["push_subscription"]["id"],
+        subscription[0].id.as_str()
+    );
+    assert_eq!(answer["push_subscription"]["deleted"], true, "{answer}");
+    assert_eq!(push.store().subscription_of("leaving").await.unwrap(), None);
+    assert!(
+        !push
+            .store()
+            .subscribed_mailboxes()
+            .await
+            .unwrap()
+            .contains(&"leaving".to_string())
+    );
+    stack()
+        .dovecot()
+        .deliver_to(&user, "INBOX", &mail("After the mailbox left"))
+        .unwrap();
+    assert!(push.drain_queue(Duration::from_secs(3)).await.is_empty());
+    assert!(stack().graph().sent_notifications(&user).is_empty());
+}
+
+/// A mailbox that now polls another folder gets a subscription to that folder at the next
+/// scheduled run (the resource names the folder); the old one is deleted in Graph.
+#[tokio::test(flavor = "multi_thread")]
+async fn changing_the_polled_folder_replaces_the_subscription() {
+    let push = Push::start().await.with_poller().await;
+    let user = unique_user("moving");
+    push.mailbox_for("moving", &user, None).await;
+    push.scheduled_run().await;
+    let before = stack().graph().subscriptions(&user);
+    assert_eq!(before.len(), 1, "{}", push.poller_logs());
+    assert!(before[0].resource.contains("mailFolders('inbox')"));
+
+    stack().dovecot().create_folder(&user, "Support").unwrap();
+    push.mailbox_for("moving", &user, Some("Support")).await;
+    push.scheduled_run().await;
+    let after = stack().graph().subscriptions(&user);
+    assert_eq!(after.len(), 1, "the old subscription is deleted: {after:?}");
+    assert_ne!(after[0].id, before[0].id, "{}", push.poller_logs());
+    assert!(
+        !after[0].resource.contains("mailFolders('inbox')"),
+        "{}",
+        after[0].resource
+    );
+    let record = push
+        .store()
+        .subscription_of("moving")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (record.id.as_str(), record.folder.as_str()),
+        (after[0].id.as_str(), "Support")
+    );
+
+    // mail in the new folder is announced and becomes a ticket
+    stack()
+        .dovecot()
+        .deliver_to(&user, "Support", &mail("Filed under support"))
+        .unwrap();
+    let requests = push.drain_queue(Duration::from_secs(20)).await;
+    assert_eq!(requests.len(), 1, "{}", push.receiver.logs());
+    let answer = push.poll_requests(&requests).await;
+    assert_eq!(
+        answer["tickets_created"],
+        1,
+        "{answer}\n{}",
+        push.poller_logs()
+    );
 }

@@ -294,13 +294,35 @@ impl Mailbox for GraphSession {
                     operation: "read the Graph sync state",
                     detail: e.to_string(),
                 })?;
-        self.state = stored.unwrap_or_else(|| GraphSyncState {
-            // any non-zero value; a new state starts new UIDs
-            uid_validity: (chrono::Utc::now().timestamp() as u32).max(1),
+        let fresh = |previous: u32| GraphSyncState {
+            // any non-zero value, never the previous one: a new state starts new UIDs
+            uid_validity: (chrono::Utc::now().timestamp() as u32)
+                .max(previous.wrapping_add(1))
+                .max(1),
             next_uid: 1,
             delta_link: None,
             pending: Vec::new(),
-        });
+            folder_id: None,
+        };
+        self.state = match stored {
+            Some(state)
+                if state
+                    .folder_id
+                    .as_ref()
+                    .is_none_or(|id| *id == self.folder_id) =>
+            {
+                state
+            }
+            Some(state) => {
+                tracing::warn!(
+                    mailbox = %self.name,
+                    "the polled folder changed: its Graph sync starts over in the new folder (mail left in the old one is no longer polled)"
+                );
+                fresh(state.uid_validity)
+            }
+            None => fresh(0),
+        };
+        self.state.folder_id = Some(self.folder_id.clone());
         let link = self.state.delta_link.clone();
         let round = match &link {
             Some(link) => match self

@@ -15,7 +15,9 @@
 //! Subscriptions ([`maintain_subscriptions`], in each scheduled run, after the polls): every
 //! enabled mailbox with `push: true` gets a Graph subscription to messages created in its
 //! folder, renewed when less than [`RENEW_WITHIN`] of it is left, created again when Graph no
-//! longer knows it; the subscriptions of mailboxes removed (or no longer `push`) are deleted. A
+//! longer knows it, replaced when the mailbox now polls another folder or address; the
+//! subscriptions of mailboxes removed (or no longer `push`) are deleted (`mailbridge mailbox
+//! remove` deletes its mailbox's at once, through [`delete_subscription`]). A
 //! lifecycle event from the queue is acted on before its mailbox is polled:
 //! `reauthorizationRequired` renews the subscription, `subscriptionRemoved` creates a new one.
 //! A subscription that could not be created or renewed is counted
@@ -199,6 +201,7 @@ async fn create(
         user: config.user.clone(),
         client_state_sha256: mailbridge::push::client_state_sha256(&client_state),
         resource,
+        folder: config.folder.clone(),
         expires_at: created.expires_at.timestamp(),
     };
     subs.store
@@ -286,6 +289,47 @@ async fn recreate(
     }
 }
 
+/// Delete `record`'s subscription in Graph (gone there already is fine), then its records.
+/// `token` is a Graph token of the account that made it (`record.account`). Used by the
+/// scheduled run and by `mailbridge mailbox remove`.
+pub async fn delete_subscription(
+    api: &dyn SubscriptionApi,
+    store: &dyn SubscriptionStore,
+    record: &SubscriptionRecord,
+    token: &AccessToken,
+    deadline: Instant,
+) -> Result<(), String> {
+    api.delete(&record.user, token, &record.id, deadline)
+        .await
+        .map_err(|e| e.to_string())?;
+    store
+        .delete_subscription(record)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Delete `record`'s subscription with a token of its account.
+async fn delete_with_token(
+    deps: &PollDeps,
+    subs: &SubscriptionDeps,
+    record: &SubscriptionRecord,
+    deadline: Instant,
+) -> Result<(), String> {
+    let token = deps
+        .tokens
+        .access_token(&record.account, Audience::GraphMailbox)
+        .await
+        .map_err(|e| e.to_string())?;
+    delete_subscription(
+        subs.api.as_ref(),
+        subs.store.as_ref(),
+        record,
+        &token,
+        deadline,
+    )
+    .await
+}
+
 /// Delete the subscription of a mailbox that is gone or no longer `push`.
 async fn retire(
     deps: &PollDeps,
@@ -294,29 +338,45 @@ async fn retire(
     report: &mut SubscriptionReport,
     deadline: Instant,
 ) {
-    let deleted = async {
-        let token = deps
-            .tokens
-            .access_token(&record.account, Audience::GraphMailbox)
-            .await
-            .map_err(|e| e.to_string())?;
-        subs.api
-            .delete(&record.user, &token, &record.id, deadline)
-            .await
-            .map_err(|e| e.to_string())?;
-        subs.store
-            .delete_subscription(record)
-            .await
-            .map_err(|e| e.to_string())
-    }
-    .await;
-    match deleted {
+    match delete_with_token(deps, subs, record, deadline).await {
         Ok(()) => {
             tracing::info!(mailbox = %record.mailbox, subscription = %record.id, "push subscription deleted with its mailbox");
             report.deleted += 1;
         }
         Err(e) => {
             graph_failure("deleted", &record.mailbox, &e);
+            report.failed += 1;
+        }
+    }
+}
+
+/// Whether `record` was made for what `config` polls now (its folder and address: both are
+/// named in the subscribed resource).
+fn matches_config(record: &SubscriptionRecord, config: &MailboxConfig) -> bool {
+    record.folder == config.folder && record.user.eq_ignore_ascii_case(&config.user)
+}
+
+/// The mailbox now polls another folder (or address): delete the old subscription, which
+/// watches the wrong folder, and create one for the new.
+async fn replace(
+    deps: &PollDeps,
+    subs: &SubscriptionDeps,
+    config: &MailboxConfig,
+    record: &SubscriptionRecord,
+    report: &mut SubscriptionReport,
+    deadline: Instant,
+) {
+    tracing::info!(mailbox = %config.name, subscription = %record.id, old_folder = %record.folder, folder = %config.folder, "the mailbox's folder or address changed; replacing its push subscription");
+    if let Err(e) = delete_with_token(deps, subs, record, deadline).await {
+        graph_failure("replaced", &config.name, &e);
+        report.failed += 1;
+        return;
+    }
+    report.deleted += 1;
+    match create(deps, subs, config, deadline).await {
+        Ok(_) => report.created += 1,
+        Err(e) => {
+            graph_failure("created", &config.name, &e);
             report.failed += 1;
         }
     }
@@ -355,6 +415,9 @@ pub async fn maintain_subscriptions(
                     report.failed += 1;
                 }
             },
+            Ok(Some(record)) if !matches_config(&record, config) => {
+                replace(deps, subs, config, &record, &mut report, deadline).await;
+            }
             Ok(Some(record)) if record.expires_at - now < RENEW_WITHIN.as_secs() as i64 => {
                 renew(deps, subs, config, &record, &mut report, deadline).await;
             }

@@ -75,6 +75,7 @@ fn setup() -> (Arc<Fakes>, Receiver) {
                 user: format!("{mailbox}@contoso.com"),
                 client_state_sha256: client_state_sha256(SECRET),
                 resource: format!("/users/{mailbox}@contoso.com/mailFolders('inbox')/messages"),
+                folder: "INBOX".into(),
                 expires_at: 0,
             },
         );

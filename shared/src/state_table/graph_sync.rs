@@ -19,6 +19,10 @@ pub struct GraphSyncState {
     pub delta_link: Option<String>,
     /// Messages in the folder still to be handled, ascending by UID.
     pub pending: Vec<PendingMessage>,
+    /// The Graph id of the folder the link and `pending` belong to (None in states written
+    /// before it was kept). When the mailbox's folder changes, the sync starts over there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder_id: Option<String>,
 }
 
 /// One message still to be handled.

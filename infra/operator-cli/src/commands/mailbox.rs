@@ -23,7 +23,8 @@ pub enum MailboxCommand {
         /// Mailbox name.
         name: String,
     },
-    /// Remove a mailbox configuration (its dedupe records expire on their own).
+    /// Remove a mailbox configuration and delete its push subscription in Graph (its dedupe
+    /// records expire on their own).
     Remove {
         /// Mailbox name.
         name: String,
@@ -341,23 +342,99 @@ pub async fn run(ctx: &Context, command: MailboxCommand) -> Result<Exit> {
         }
         MailboxCommand::Remove { name } => {
             let state = ctx.state_store().await?;
-            if let Some(Err(e)) = state
+            let config = match state
                 .load_mailboxes(Some(std::slice::from_ref(&name)))
                 .await?
                 .pop()
-                && e.field == "(item)"
             {
-                bail!("mailbox {name} is not configured in {table}");
-            }
+                Some(Err(e)) if e.field == "(item)" => {
+                    bail!("mailbox {name} is not configured in {table}")
+                }
+                Some(Ok(config)) => Some(config),
+                _ => None,
+            };
+            let subscription =
+                delete_push_subscription(ctx, &table, &name, config.as_ref()).await?;
             delete_mailbox_config(&client, &table, &name).await?;
             if ctx.json() {
-                print_json(&json!({ "removed": name }));
+                let subscription = match &subscription {
+                    None => Value::Null,
+                    Some((id, Ok(()))) => json!({ "id": id, "deleted": true }),
+                    Some((id, Err(e))) => json!({ "id": id, "deleted": false, "error": e }),
+                };
+                print_json(&json!({ "removed": name, "push_subscription": subscription }));
             } else {
+                match &subscription {
+                    None => {}
+                    Some((id, Ok(()))) => println!("✓ push subscription {id} deleted in Graph"),
+                    Some((id, Err(e))) => println!(
+                        "! push subscription {id} could not be deleted now ({e}); the next scheduled run deletes it"
+                    ),
+                }
                 println!("✓ mailbox {name} removed from {table}");
             }
         }
     }
     Ok(Exit::Ok)
+}
+
+/// A `push` mailbox's Graph subscription goes with it, so its notifications stop now rather
+/// than at the next scheduled run. None: it had none; else its id and whether Graph and the
+/// state table let go of it. When Graph could not be asked (token, network), its records stay
+/// and the next scheduled run deletes it.
+async fn delete_push_subscription(
+    ctx: &Context,
+    table: &str,
+    name: &str,
+    config: Option<&MailboxConfig>,
+) -> Result<Option<(String, Result<(), String>)>> {
+    use mailbridge::push::SubscriptionStore as _;
+    use mailbridge::token::AccessTokenSource as _;
+    let store = mailbridge::push::DynamoPushStore::new(ctx.dynamodb().await, table);
+    let Some(record) = store.subscription_of(name).await? else {
+        return Ok(None);
+    };
+    let deleted = async {
+        let secret = ctx.secret_name(&record.account);
+        let audience = config.map_or(
+            mailbridge::token::Audience::GraphMailbox,
+            poll_mailboxes::push::subscription_audience,
+        );
+        let token = ctx
+            .token_service()
+            .await
+            .map_err(|e| e.to_string())?
+            .access_token(&secret, audience)
+            .await
+            .map_err(|e| {
+                format!(
+                    "no {} token for account {}: {e}",
+                    audience.label(),
+                    record.account
+                )
+            })?;
+        let account = ctx
+            .read_account(&secret)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no account secret {secret}"))?;
+        let timeout = std::time::Duration::from_secs(30);
+        let api = poll_mailboxes::push::GraphSubscriptionApi::new(
+            mailbridge::http::default_client().map_err(|e| e.to_string())?,
+            &ctx.graph_url(&account),
+            timeout,
+        );
+        poll_mailboxes::push::delete_subscription(
+            &api,
+            &store,
+            &record,
+            &token,
+            tokio::time::Instant::now() + timeout,
+        )
+        .await
+    }
+    .await;
+    Ok(Some((record.id, deleted)))
 }
 
 /// Where a mailbox is read: `IMAP host:port`, or `Graph` (`Graph, shared`).
