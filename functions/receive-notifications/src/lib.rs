@@ -8,7 +8,11 @@
 //! - `POST` with a change-notification collection: every notification must name a
 //!   subscription the state table knows ([`mailbridge::push::SubscriptionStore`]) and carry its
 //!   `clientState` (compared in constant time with the stored hash). Notifications that do not
-//!   are dropped and counted; when none is authentic the answer is 403 and nothing was done, the
+//!   are dropped, counted and logged (their subscription ids, never a clientState); a batch
+//!   mixing authentic and other notifications is answered 202 and only the authentic ones are
+//!   acted on (Graph puts notifications of several subscriptions in one POST, and would deliver
+//!   the authentic ones again for hours after any other answer); when none is authentic the
+//!   answer is 403 and nothing was done, the
 //!   same 403 for an unknown subscription and a wrong secret (a caller learns nothing about
 //!   which subscriptions exist). An oversized body is 413, malformed JSON 400, both before any
 //!   lookup.
@@ -40,6 +44,9 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The most distinct subscriptions one request may name (each is one state-table read).
 pub const MAX_SUBSCRIPTIONS_PER_REQUEST: usize = 200;
+
+/// The most rejected notifications named in the log line of one request.
+pub const MAX_REJECTED_LOGGED: usize = 10;
 
 /// The longest validation token echoed (characters).
 pub const MAX_VALIDATION_TOKEN_CHARS: usize = 4096;
@@ -262,6 +269,7 @@ impl Receiver {
         }
         // mailbox → what its notifications ask for (polls coalesce, lifecycle events do not)
         let mut asks: BTreeMap<String, Vec<(Ask, String)>> = BTreeMap::new();
+        let mut rejected: Vec<String> = Vec::new();
         for n in &collection.value {
             let authentic = records
                 .get(n.subscription_id.as_str())
@@ -273,6 +281,18 @@ impl Receiver {
                 });
             let Some(record) = authentic else {
                 outcome.rejected += 1;
+                if rejected.len() < MAX_REJECTED_LOGGED {
+                    let known = records
+                        .get(n.subscription_id.as_str())
+                        .is_some_and(Option::is_some);
+                    // the id as sent (the caller's text), cut short; never the clientState
+                    let id: String = n.subscription_id.chars().take(64).collect();
+                    rejected.push(if known {
+                        format!("{id} (wrong clientState)")
+                    } else {
+                        format!("{id} (unknown subscription)")
+                    });
+                }
                 continue;
             };
             outcome.accepted += 1;
@@ -304,7 +324,8 @@ impl Receiver {
             tracing::warn!(
                 rejected = outcome.rejected,
                 accepted = outcome.accepted,
-                "notifications with an unknown subscription or a wrong clientState dropped"
+                subscriptions = ?rejected,
+                "notifications with an unknown subscription or a wrong clientState dropped; nothing done for them"
             );
         }
         if outcome.accepted == 0 {

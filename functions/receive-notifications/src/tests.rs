@@ -188,18 +188,25 @@ async fn forged_or_unknown_notifications_are_403_and_do_nothing() {
     }
     assert!(fakes.queued.lock().unwrap().is_empty());
     assert!(fakes.armed.lock().unwrap().is_empty());
-    // a batch mixing one authentic notification with forged ones acts on the authentic one only
+    // a batch mixing one authentic notification with forged ones (a change and a lifecycle
+    // event of another mailbox, an unknown subscription) acts on the authentic one only
     let (response, outcome) = receiver
         .receive(&post(json!({"value": [
             created("sub-2", "guessed"),
+            {"subscriptionId": "sub-2", "clientState": "guessed", "lifecycleEvent": "subscriptionRemoved"},
+            created("sub-404", SECRET),
             created("sub-1", SECRET),
         ]})))
         .await;
     assert_eq!(response.status, 202);
-    assert_eq!((outcome.accepted, outcome.rejected), (1, 1));
+    assert_eq!((outcome.accepted, outcome.rejected), (1, 3));
+    assert_eq!((outcome.lifecycle, outcome.polls_requested), (0, 1));
     let queued = fakes.queued.lock().unwrap().clone();
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].0.mailbox, "helpdesk");
+    assert_eq!(queued[0].0.lifecycle, None);
+    let armed: Vec<String> = fakes.armed.lock().unwrap().keys().cloned().collect();
+    assert_eq!(armed, ["helpdesk"], "the forged notifications arm no gate");
 }
 
 #[tokio::test]
