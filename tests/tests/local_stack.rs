@@ -165,7 +165,9 @@ fn moto_env_points_child_processes_at_moto() {
 
 /// A minimal RFC 7662 introspection endpoint for the Dovecot harness tests (independent of the
 /// identity stand-in): `tokens` maps token → e-mail, `grants` maps (token, mailbox) → allowed;
-/// every request's URI and body is recorded.
+/// every request's URI and body is recorded. `/introspect` answers the token alone (Dovecot's
+/// first oauth2 passdb); `/introspect/mailbox` the token and the login user in the
+/// password-grant form of the second one (a token response, or `400 invalid_grant`).
 #[derive(Clone, Default)]
 struct FakeIntrospection {
     tokens: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
@@ -207,11 +209,50 @@ impl FakeIntrospection {
             };
             axum::Json(serde_json::json!({"active": true, "email": email}))
         }
+        async fn mailbox(
+            State(fake): State<FakeIntrospection>,
+            body: String,
+        ) -> axum::response::Response {
+            use axum::response::IntoResponse as _;
+            fake.requests
+                .lock()
+                .unwrap()
+                .push(format!("/introspect/mailbox {body}"));
+            let form: std::collections::HashMap<String, String> =
+                url::form_urlencoded::parse(body.as_bytes())
+                    .into_owned()
+                    .collect();
+            let token = form.get("password").cloned().unwrap_or_default();
+            let user = form
+                .get("username")
+                .cloned()
+                .unwrap_or_default()
+                .to_lowercase();
+            let owner = fake.tokens.lock().unwrap().get(&token).cloned();
+            let granted = fake
+                .grants
+                .lock()
+                .unwrap()
+                .contains(&(token.clone(), user.clone()));
+            if owner.as_deref() == Some(user.as_str()) || (owner.is_some() && granted) {
+                axum::Json(serde_json::json!({
+                    "access_token": token, "token_type": "Bearer", "active": true, "email": user,
+                }))
+                .into_response()
+            } else {
+                (
+                    axum::http::StatusCode::BAD_REQUEST,
+                    axum::Json(serde_json::json!({"error": "invalid_grant"})),
+                )
+                    .into_response()
+            }
+        }
         let app = axum::Router::new()
             .route(
                 "/introspect",
                 axum::routing::get(introspect).post(introspect),
             )
+            .route("/introspect/mailbox", axum::routing::post(mailbox))
             .with_state(self.clone());
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await

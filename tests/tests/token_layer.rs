@@ -1326,7 +1326,7 @@ async fn imap_token_logs_in_to_dovecot_with_xoauth2_and_a_graph_token_does_not()
     w.idp.inject_failure(FailureInjection {
         scope: FailureScope::User(w.upn.clone()),
         failure: FailureKind::Status { status: 500 },
-        // the oauth2 passdb and then the shared-mailbox checkpassword passdb both introspect
+        // both oauth2 passdbs introspect (token alone, then token and mailbox)
         times: 2,
         target: local_stack::identity::FailureTarget::Introspection,
     });

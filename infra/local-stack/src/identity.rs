@@ -2,7 +2,8 @@
 //! refresh_token with rotation, device_code, authorization_code with PKCE),
 //! `/{tenant}/oauth2/v2.0/authorize` (a sign-in and consent form a test posts, as a browser
 //! would), `/{tenant}/oauth2/v2.0/devicecode`,
-//! `/introspect` for Dovecot's oauth2 passdb, and test controls. Strict, Microsoft-shaped errors.
+//! `/introspect` and `/introspect/mailbox` for Dovecot's oauth2 passdbs, and test controls.
+//! Strict, Microsoft-shaped errors.
 //!
 //! Behaviour modelled on Entra ID, from Microsoft identity platform documentation:
 //! - Errors are `{"error", "error_description": "AADSTSnnnnn: … Trace ID: … Correlation ID: …
@@ -23,7 +24,10 @@
 //!   `user_password_expired`.
 //! - Only form-encoded bodies carry parameters (a JSON body fails with AADSTS900144); a device
 //!   code polled sooner than its `interval` gets `slow_down`, and its interval grows by 5 s.
-//! - Tokens are opaque random strings.
+//! - Delegated tokens are opaque random strings. App-only (client credentials) access tokens are
+//!   JWT-shaped like Entra's: the payload names the app and tenant and carries the application
+//!   permissions as `roles` (no `scp`), which a client may read; the signature is random, so
+//!   only this stand-in's lookup (as only the resource, for Entra's) can validate one.
 //!
 //! Test controls are methods on [`IdentityStandIn`], mirrored as JSON endpoints under
 //! `/_control/...` (see [`IdentityControl`]) so a stack in another process can be driven.
@@ -1210,6 +1214,7 @@ fn router(shared: Arc<Shared>) -> Router {
             get(authorize_page).post(authorize_submit),
         )
         .route("/introspect", post(introspect_post).get(introspect_get))
+        .route("/introspect/mailbox", post(introspect_mailbox_post))
         .route("/_control/apps", post(control_app))
         .route("/_control/users", post(control_user))
         .route("/_control/users/revoke", post(control_revoke))
@@ -2076,15 +2081,13 @@ fn client_credentials(
         .get(tenant)
         .and_then(|t| t.settings.access_token_lifetime_secs)
         .unwrap_or(3599);
-    // Graph tokens are shaped like Entra's: a JWT whose payload names the app, the tenant and
-    // the `roles` (its signature is random: only this stand-in's lookup validates it, as only
-    // the resource can validate Entra's). Outlook (IMAP) tokens stay opaque: Dovecot's oauth2
-    // passdb would try to validate a JWT locally instead of asking the introspection endpoint.
+    // Every app-only token (Graph and Outlook alike) is shaped like Entra's: a JWT whose payload
+    // names the app, the tenant and the `roles` (its signature is random: only this stand-in's
+    // lookup validates it, as only the resource can validate Entra's). Dovecot introspects it
+    // like any token; the mailbox check (`/introspect/mailbox`) gets it through the oauth2
+    // passdb's password-grant form, which has no length limit.
     let expires_at = now + chrono::Duration::seconds(lifetime as i64);
-    let outlook = OUTLOOK_RESOURCES.contains(&resource.as_str());
-    let access_token = if outlook {
-        random_token(48)
-    } else {
+    let access_token = {
         use base64::Engine as _;
         let b64 = |v: serde_json::Value| {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
@@ -2779,7 +2782,23 @@ async fn devicecode_endpoint(
     result.unwrap_or_else(AadError::into_response)
 }
 
-async fn introspect(shared: &Shared, token: Option<String>, user: Option<String>) -> Response {
+/// How an introspection answers a token that may not open the mailbox.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// RFC 7662: `200 {"active": false}`.
+    Inactive,
+    /// The password-grant form Dovecot's second oauth2 passdb reads: an answer is a token
+    /// response (with `access_token`), a refusal `400 invalid_grant`, which Dovecot counts as a
+    /// wrong password (`NO [AUTHENTICATIONFAILED]`), not a server fault.
+    InvalidGrant,
+}
+
+async fn introspect(
+    shared: &Shared,
+    token: Option<String>,
+    user: Option<String>,
+    refusal: Refusal,
+) -> Response {
     let injected = {
         let mut state = shared.lock();
         let owner = token
@@ -2894,8 +2913,26 @@ async fn introspect(shared: &Shared, token: Option<String>, user: Option<String>
             .or(user),
         grant_type: None,
     };
-    let body = answer.unwrap_or_else(|| json!({"active": false}));
-    let response = (StatusCode::OK, Json(body)).into_response();
+    let response = match (answer, refusal) {
+        (Some(mut body), Refusal::InvalidGrant) => {
+            // Dovecot reads the answer as a token response: it needs the `access_token` (the
+            // token it sent) beside the introspection fields.
+            body["access_token"] = json!(token);
+            (StatusCode::OK, Json(body)).into_response()
+        }
+        (Some(body), Refusal::Inactive) => (StatusCode::OK, Json(body)).into_response(),
+        (None, Refusal::Inactive) => {
+            (StatusCode::OK, Json(json!({"active": false}))).into_response()
+        }
+        (None, Refusal::InvalidGrant) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({
+                "error": "invalid_grant",
+                "error_description": "the token is not valid for this mailbox",
+            })),
+        )
+            .into_response(),
+    };
     respond(&mut state, "introspect", None, &outcome, Ok(response))
 }
 
@@ -2927,7 +2964,41 @@ async fn introspect_post(
         .or_else(|| query.get("user"))
         .cloned()
         .filter(|u| !u.is_empty());
-    introspect(&shared, token, user).await
+    introspect(&shared, token, user, Refusal::Inactive).await
+}
+
+/// `POST /introspect/mailbox`: the token and the mailbox being opened, as Dovecot's oauth2 passdb
+/// sends them in its password-grant mode (`grant_type=password&username=<login user>&password=
+/// <token>`). Used for the logins the token-only introspection cannot answer: a shared mailbox
+/// opened with a delegate's token, and an app-only token opening a mailbox it was granted.
+async fn introspect_mailbox_post(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form_encoded = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let form = parse_form(&body);
+    let field = |name: &str| form.get(name).cloned().filter(|v| !v.is_empty());
+    if !form_encoded || field("grant_type").as_deref() != Some("password") {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({
+                "error": "invalid_request",
+                "error_description": "expected a form-encoded grant_type=password with username and password",
+            })),
+        )
+            .into_response();
+    }
+    introspect(
+        &shared,
+        field("password"),
+        field("username"),
+        Refusal::InvalidGrant,
+    )
+    .await
 }
 
 async fn introspect_get(
@@ -2942,7 +3013,7 @@ async fn introspect_get(
         .filter(|t| !t.is_empty())
         .or_else(|| bearer(&headers));
     let user = query.get("user").cloned().filter(|u| !u.is_empty());
-    introspect(&shared, token, user).await
+    introspect(&shared, token, user, Refusal::Inactive).await
 }
 
 // ---------------------------------------------------------------------------------------------
