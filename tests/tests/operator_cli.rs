@@ -1662,3 +1662,105 @@ async fn login_app_validates_each_audience_and_check_warns_before_the_certificat
         "{graph:#}"
     );
 }
+
+/// `login --app` and IMAP: the Outlook token's `roles` are read (a JWT, as Entra issues it), a
+/// missing `IMAP.AccessAsApp` is named with its fix, and with the role the CLI logs in to the
+/// mailbox over IMAP: only a service principal Exchange lets into that mailbox passes; one
+/// without mailbox access gets the Exchange fix (New-ServicePrincipal, Add-MailboxPermission).
+#[tokio::test]
+async fn login_app_reads_the_imap_roles_and_proves_the_mailbox_over_imap() {
+    let w = World::new(|_| {}).await;
+    let app_id = uuid::Uuid::new_v4().to_string();
+    let mailbox = unique_user("app-imap");
+    let elsewhere = unique_user("other-mailbox");
+    let imap_host = format!("localhost:{}", stack().dovecot().imaps_port);
+    let login = |account: &str| {
+        let args = [
+            "--json",
+            "login",
+            "--app",
+            "--account",
+            account,
+            "--tenant",
+            &w.tenant,
+            "--client-id",
+            &app_id,
+            "--user",
+            &mailbox,
+            "--authority-host",
+            &w.idp.base_url,
+            "--imap-host",
+            &imap_host,
+            "--client-secret-stdin",
+            "--secret-expires",
+            "2099-01-01",
+        ]
+        .map(str::to_owned);
+        let w = &w;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = w.run_with_stdin(&args, "app-imap-secret\n").await;
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+            let report = json(&out);
+            assert_eq!(report["audiences"][1]["audience"], "imap", "{report:#}");
+            report["audiences"][1].clone()
+        }
+    };
+    let app = || AppRegistration::app_only(&w.tenant, &app_id, "app-imap-secret");
+
+    // Granted in Entra and in Exchange: the role is read and the mailbox accepts the token.
+    w.idp
+        .register_app(app().with_exchange_mailbox_access(&[&mailbox]));
+    let imap = login("granted").await;
+    assert_eq!(imap["result"], "ok", "{imap:#}");
+    let detail = imap["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("roles IMAP.AccessAsApp") && detail.contains("XOAUTH2 login to"),
+        "{imap:#}"
+    );
+
+    // The role without mailbox access in Exchange: the IMAP login is refused, the fix is
+    // Exchange's.
+    w.idp
+        .register_app(app().with_exchange_mailbox_access(&[&elsewhere]));
+    let imap = login("no-mailbox").await;
+    assert_eq!(imap["result"], "warning", "{imap:#}");
+    let fix = imap["fix"].as_str().unwrap();
+    assert!(
+        fix.contains("New-ServicePrincipal")
+            && fix.contains("Add-MailboxPermission")
+            && fix.contains(&mailbox),
+        "{imap:#}"
+    );
+    // `check` on that account names the app-only fix too, not the delegated one.
+    let out = w.run(&["check", "--json", "no-mailbox"]).await;
+    let report = json(&out);
+    let imap_step = step(&report["targets"][0], "IMAP");
+    assert_eq!(imap_step["result"], "failed", "{report:#}");
+    let fix = imap_step["fix"].as_str().unwrap();
+    assert!(
+        fix.contains("IMAP.AccessAsApp")
+            && fix.contains("Add-MailboxPermission")
+            && !fix.contains("IMAP.AccessAsUser.All"),
+        "{imap_step:#}"
+    );
+
+    // Exchange grants the mailbox but Entra has no IMAP.AccessAsApp consent: the token says so.
+    let mut no_role = app().with_exchange_mailbox_access(&[&mailbox]);
+    no_role
+        .application_permissions
+        .retain(|p| !p.ends_with("/IMAP.AccessAsApp"));
+    w.idp.register_app(no_role);
+    let imap = login("no-role").await;
+    assert_eq!(imap["result"], "warning", "{imap:#}");
+    assert!(
+        imap["detail"]
+            .as_str()
+            .unwrap()
+            .contains("without the IMAP.AccessAsApp role")
+            && imap["fix"].as_str().unwrap().contains(
+                "Office 365 Exchange Online → Application permissions → IMAP.AccessAsApp"
+            ),
+        "{imap:#}"
+    );
+}

@@ -596,7 +596,13 @@ async fn run_steps(
 
     // 4. IMAP, or the mailbox through Graph
     match (&imap_token, imap.graph_mailbox) {
-        (Some(token), None) => steps.push(imap_probe(ctx, &imap, token, imap_step, timeout).await),
+        (Some(token), None) => {
+            let app_client_id = account
+                .app_only
+                .is_some()
+                .then_some(account.client_id.as_str());
+            steps.push(imap_probe(ctx, &imap, token, imap_step, timeout, app_client_id).await)
+        }
         (Some(token), Some(_)) => {
             steps.push(graph_mailbox_probe(&graph_url, &imap, token, imap_step, timeout).await)
         }
@@ -815,7 +821,7 @@ fn recipientless_probe() -> OutgoingMail {
     }
 }
 
-fn split_host_port(host: &str) -> (String, u16) {
+pub(super) fn split_host_port(host: &str) -> (String, u16) {
     match host.rsplit_once(':') {
         Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_owned(), p.parse().unwrap_or(993)),
         _ => (host.to_owned(), 993),
@@ -954,6 +960,7 @@ async fn imap_probe(
     token: &AccessToken,
     step: String,
     timeout: Duration,
+    app_client_id: Option<&str>,
 ) -> Step {
     let tls = match ctx.imap_tls() {
         Ok(tls) => tls,
@@ -975,7 +982,7 @@ async fn imap_probe(
     let mut connection = match connection {
         Ok(c) => c,
         Err(e) => {
-            let fix = imap_fix(&e, target);
+            let fix = imap_fix(&e, target, app_client_id);
             return Step::failed(step, e.to_string(), fix);
         }
     };
@@ -990,13 +997,21 @@ async fn imap_probe(
             ),
         ),
         Err(e) => {
-            let fix = imap_fix(&e, target);
+            let fix = imap_fix(&e, target, app_client_id);
             Step::failed(step, e.to_string(), fix)
         }
     }
 }
 
-fn imap_fix(error: &ImapError, target: &ImapTarget) -> String {
+/// The fix for an IMAP failure; `app_client_id`: the account is app-only (this application).
+fn imap_fix(error: &ImapError, target: &ImapTarget, app_client_id: Option<&str>) -> String {
+    if let (ImapError::AuthenticateFailed { .. }, Some(client_id)) = (error, app_client_id) {
+        return format!(
+            "the app-only IMAP token was refused for {}: check admin consent for IMAP.AccessAsApp (Office 365 Exchange Online, application permission), then {}",
+            target.user,
+            super::login_app::exchange_mailbox_fix(client_id, &target.user)
+        );
+    }
     match error {
         ImapError::AuthenticateFailed { .. } => format!(
             "the IMAP token was refused for {}: check admin consent for IMAP.AccessAsUser.All, that IMAP is enabled for the mailbox (Exchange admin center → mailbox → Email apps), and for a shared mailbox that the signing-in user has FullAccess",

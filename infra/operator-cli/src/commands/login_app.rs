@@ -1,7 +1,10 @@
 //! `mailbridge login --app`: store an app-only account (the application's certificate or
 //! client secret, no user) after proving it works: a token for each audience the account will
-//! use, and the application permission each one needs named with its fix when the token lacks
-//! it. Nothing is stored when the identity platform refuses the credential.
+//! use, and the application permission each one needs (the token's `roles`) named with its fix
+//! when the token lacks it. For IMAP it then logs in to the mailbox with the token (XOAUTH2,
+//! nothing read): only that proves Exchange Online lets the service principal in. Nothing is
+//! stored when the identity platform refuses the credential; a missing permission or mailbox
+//! access is a warning (the account is stored, `mailbridge check` shows it again).
 
 use std::io::BufRead as _;
 
@@ -15,6 +18,73 @@ use secrecy::{ExposeSecret as _, SecretString};
 
 use super::context::{Context, Exit, ExitError, print_json};
 use super::login::LoginArgs;
+
+/// How long the IMAP login probe may take.
+const IMAP_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The Exchange Online side of app-only IMAP: the service principal registered in Exchange and
+/// given access to the mailbox (Microsoft's "Authenticate an IMAP, POP or SMTP connection using
+/// OAuth", client credentials section).
+pub(super) fn exchange_mailbox_fix(client_id: &str, mailbox: &str) -> String {
+    format!(
+        "in Exchange Online PowerShell register the app's service principal and give it the mailbox: New-ServicePrincipal -AppId {client_id} -ServiceId <Object ID of the Enterprise application, not of the app registration>; Add-MailboxPermission -Identity {mailbox} -User <that service principal> -AccessRights FullAccess; and check that IMAP is enabled for the mailbox"
+    )
+}
+
+/// Log in to the account's IMAP server as the mailbox with the app-only token (XOAUTH2, then
+/// LOGOUT): the check (ok/warning), its detail and fix.
+async fn imap_login_probe(
+    ctx: &Context,
+    account: &AccountSecret,
+    token: &SecretString,
+) -> (&'static str, String, Option<String>) {
+    use mailbridge::imap::{ImapEndpoint, ImapError};
+    let (host, port) = super::check::split_host_port(&account.imap_host);
+    let tls = match ctx.imap_tls() {
+        Ok(tls) => tls,
+        Err(e) => {
+            return (
+                "warning",
+                format!("no IMAP login tried: {e:#}"),
+                Some("fix --imap-ca-file / MAILBRIDGE_IMAP_CA_FILE".to_owned()),
+            );
+        }
+    };
+    let endpoint = ImapEndpoint {
+        host: host.clone(),
+        port,
+        timeout: IMAP_PROBE_TIMEOUT,
+    };
+    match mailbridge::imap::connect_and_login(&endpoint, tls, &account.username, token).await {
+        Ok(connection) => {
+            connection.logout().await;
+            (
+                "ok",
+                format!(
+                    "XOAUTH2 login to {} on {host}:{port} accepted",
+                    account.username
+                ),
+                None,
+            )
+        }
+        Err(e @ ImapError::AuthenticateFailed { .. }) => (
+            "warning",
+            format!(
+                "{host}:{port} refused the token for {}: {e}",
+                account.username
+            ),
+            Some(exchange_mailbox_fix(&account.client_id, &account.username)),
+        ),
+        Err(e) => (
+            "warning",
+            format!("no IMAP login to {host}:{port}: {e}"),
+            Some(
+                "check the IMAP host and the network, then `mailbridge check` (or --audience graph for a send-only account)"
+                    .to_owned(),
+            ),
+        ),
+    }
+}
 
 /// The application permission an audience's app-only token must carry, and where it lives.
 fn needed_role(audience: Audience) -> (&'static [&'static str], &'static str) {
@@ -188,17 +258,32 @@ pub async fn run(ctx: &Context, args: &LoginArgs) -> Result<Exit> {
             .await;
         let (roles_needed, where_) = needed_role(audience);
         let check = match answer {
+            // The roles are read from the token's payload without checking its signature: only
+            // the resource (Graph, Exchange) can validate a token; the client reads the one it
+            // was just issued over TLS, for a diagnostic, never for an access decision.
             Ok(tokens) => match token_roles(tokens.access_token.expose_secret()) {
                 Some(roles) if roles_needed.iter().any(|r| roles.contains(&r.to_string())) => {
-                    AudienceCheck {
-                        audience: audience.as_str(),
-                        result: "ok",
-                        detail: format!(
-                            "token for {} with roles {}",
-                            account.resource(audience),
-                            roles.join(", ")
-                        ),
-                        fix: None,
+                    let detail = format!(
+                        "token for {} with roles {}",
+                        account.resource(audience),
+                        roles.join(", ")
+                    );
+                    if audience == Audience::Imap {
+                        let (result, probe, fix) =
+                            imap_login_probe(ctx, &account, &tokens.access_token).await;
+                        AudienceCheck {
+                            audience: audience.as_str(),
+                            result,
+                            detail: format!("{detail}; {probe}"),
+                            fix,
+                        }
+                    } else {
+                        AudienceCheck {
+                            audience: audience.as_str(),
+                            result: "ok",
+                            detail,
+                            fix: None,
+                        }
                     }
                 }
                 Some(roles) => AudienceCheck {
@@ -218,11 +303,30 @@ pub async fn run(ctx: &Context, args: &LoginArgs) -> Result<Exit> {
                         Audience::Graph => format!(
                             "add {where_} and grant admin consent — unless Exchange RBAC for Applications grants \"Application Mail.Send\" on {mailbox} (then `mailbridge check {account_name}` proves it)"
                         ),
+                        Audience::Imap => format!(
+                            "add {where_} to the app registration and grant admin consent; Exchange Online also needs the service principal and the mailbox: {}",
+                            exchange_mailbox_fix(&account.client_id, &mailbox)
+                        ),
                         _ => {
                             format!("add {where_} to the app registration and grant admin consent")
                         }
                     }),
                 },
+                // Not a readable JWT (Microsoft may make access tokens opaque or encrypted at any
+                // time): the IMAP login still proves the mailbox access.
+                None if audience == Audience::Imap => {
+                    let (result, probe, fix) =
+                        imap_login_probe(ctx, &account, &tokens.access_token).await;
+                    AudienceCheck {
+                        audience: audience.as_str(),
+                        result,
+                        detail: format!(
+                            "token for {} (roles not readable); {probe}",
+                            account.resource(audience)
+                        ),
+                        fix,
+                    }
+                }
                 None => AudienceCheck {
                     audience: audience.as_str(),
                     result: "ok",
