@@ -989,3 +989,47 @@ fn a_secret_a_function_may_not_write_it_may_not_restage_either() {
         }
     }
 }
+
+/// An app-only certificate or client secret reaches a person 14 days before its end date: the
+/// alarm reads the smallest days-left of the metric the token layer's EMF line carries, at the
+/// token layer's own warning threshold; no app-only account (no data) is no alarm.
+#[test]
+fn the_app_credential_alarm_fires_when_the_token_layer_starts_warning() {
+    use mailbridge::token::expiry::{CredentialExpiry, METRIC, WARN_DAYS, emf_line};
+    let template = repo_file("template.yaml");
+    let alarm = template_resource(&template, "AppCredentialExpiringAlarm");
+    assert_eq!(
+        yaml_value(&alarm, "Expression"),
+        format!(
+            "SELECT MIN({METRIC}) FROM {}",
+            mailbridge::telemetry::METRICS_NAMESPACE
+        )
+    );
+    assert_eq!(yaml_value(&alarm, "Threshold"), WARN_DAYS.to_string());
+    assert_eq!(
+        yaml_value(&alarm, "ComparisonOperator"),
+        "LessThanOrEqualToThreshold"
+    );
+    assert_eq!(yaml_value(&alarm, "TreatMissingData"), "notBreaching");
+    assert!(alarm.contains("AlarmActions: !If [HasAlarmTopic"));
+
+    let now = chrono::Utc::now();
+    let line = emf_line(
+        "poll-mailboxes",
+        &[CredentialExpiry {
+            account: "mailbridge/app".into(),
+            credential: "client secret".into(),
+            expires_at: now + chrono::Duration::days(WARN_DAYS),
+        }],
+        now,
+    )
+    .expect("an EMF line for an app-only account");
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let directive = &line["_aws"]["CloudWatchMetrics"][0];
+    assert_eq!(
+        directive["Namespace"],
+        mailbridge::telemetry::METRICS_NAMESPACE
+    );
+    assert_eq!(directive["Metrics"][0]["Name"], METRIC);
+    assert_eq!(line[METRIC], WARN_DAYS, "{line}");
+}
