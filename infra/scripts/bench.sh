@@ -12,6 +12,7 @@
 #   parser  parse throughput vs Python's email package (one run per side, then ROUNDS=8 interleaved rounds)
 #   sizes   bootstrap sizes (target/lambda-<arch>/*/bootstrap), if infra/scripts/build-lambdas.sh built them
 #   outbound  `mailbridge sendmail` entry latency; send-notifications CPU per MIME vs JSON notification (bench profile)
+#   push    time to ticket, push vs scheduled polling every 60 s: 200 mails at random times over 270 s (dev profile, ~5 min)
 #
 # Needs the local-stack prerequisites (bash infra/scripts/install-prerequisites.sh). Numbers are
 # noisy on a shared machine: the load average is printed with each part.
@@ -21,7 +22,7 @@ PROFILE=${PROFILE:-release}
 STARTS=${STARTS:-20}
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(init warm sender poller parser sizes outbound)
+[ ${#steps[@]} -eq 0 ] && steps=(init warm sender poller parser sizes outbound push)
 want() { local s; for s in "${steps[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 section() { echo; echo "=== $1 ($(date -u '+%H:%M:%S UTC'), load $(cut -d' ' -f1-3 /proc/loadavg))"; }
 
@@ -51,6 +52,11 @@ fi
 if want outbound; then
   section "outbound: sendmail entry latency, CPU per MIME vs JSON notification"
   cargo test -q --profile bench -p mailbridge-tests --test bench_outbound -- --ignored --nocapture --test-threads 1 2>&1 | grep -E '^bench|test result|panicked'
+fi
+if want push; then
+  section "time to ticket, push vs scheduled polling (dev profile bootstraps)"
+  cargo build -q --workspace --bins
+  cargo test -q -p mailbridge-tests --test push -- --ignored --nocapture bench_ 2>&1 | grep -E '^bench|test result|panicked'
 fi
 if want parser; then
   section "parse throughput vs Python"

@@ -4,7 +4,9 @@
 //! stand-in. The test plays Lambda's SQS event source: it receives the poll requests from the
 //! queue and hands them to the poller as the SQS event Lambda would.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use local_stack::function_url::FunctionUrl;
@@ -26,6 +28,7 @@ struct Push {
     receiver: Arc<RuntimeApi>,
     url: String,
     poller: Option<RuntimeApi>,
+    poller_env: Vec<(String, String)>,
     tenant: String,
     client_id: String,
     sink: String,
@@ -39,8 +42,15 @@ async fn binary(name: &'static str) -> std::path::PathBuf {
 }
 
 impl Push {
-    /// The receiver behind its Function URL, with a state table and a poll-request queue of its own.
+    /// The receiver behind its Function URL, with a state table and a poll-request queue of its
+    /// own; poll requests wait no time in the queue.
     async fn start() -> Push {
+        Push::start_with_delay(0).await
+    }
+
+    /// [`Push::start`] with poll requests waiting `delay_seconds` in the queue
+    /// (`MAILBRIDGE_POLL_REQUEST_DELAY_SECONDS`; the template's is 2).
+    async fn start_with_delay(delay_seconds: u32) -> Push {
         stack().graph().allow_local_notification_urls();
         let table = mailbridge_tests::create_state_table("push").await.unwrap();
         let queue_url = mailbridge_tests::create_queue(&unique("poll-requests"))
@@ -56,7 +66,7 @@ impl Push {
             ),
             (
                 "MAILBRIDGE_POLL_REQUEST_DELAY_SECONDS".to_string(),
-                "0".to_string(),
+                delay_seconds.to_string(),
             ),
             ("RUST_LOG".to_string(), "info".to_string()),
         ]);
@@ -84,6 +94,7 @@ impl Push {
             receiver,
             url,
             poller: None,
+            poller_env: Vec::new(),
             tenant,
             client_id,
             sink: unique("sink"),
@@ -115,13 +126,21 @@ impl Push {
             ("MAILBRIDGE_NOTIFICATION_URL".to_string(), self.url.clone()),
             ("RUST_LOG".to_string(), "info".to_string()),
         ]);
+        self.poller_env = env;
+        self.poller = Some(self.spawn_poller().await);
+        self
+    }
+
+    /// One more poller process (another Lambda execution environment), set up like the first.
+    async fn spawn_poller(&self) -> RuntimeApi {
+        assert!(!self.poller_env.is_empty(), "with_poller first");
         let api = RuntimeApi::start().await.expect("runtime api");
         api.spawn_function(
-            &FunctionConfig::new("poll-mailboxes", binary("poll-mailboxes").await).with_env(env),
+            &FunctionConfig::new("poll-mailboxes", binary("poll-mailboxes").await)
+                .with_env(self.poller_env.clone()),
         )
         .expect("spawn the poller");
-        self.poller = Some(api);
-        self
+        api
     }
 
     /// A Graph mailbox with `push: true`; its address.
@@ -131,8 +150,14 @@ impl Push {
         user
     }
 
-    /// Store (or replace) mailbox `name` on `user`, polling `folder` (None: the default).
+    /// Store (or replace) mailbox `name` on `user` with `push: true`, polling `folder` (None:
+    /// the default).
     async fn mailbox_for(&self, name: &str, user: &str, folder: Option<&str>) {
+        self.mailbox_with(name, user, folder, true).await
+    }
+
+    /// Store (or replace) mailbox `name` on `user`, polling `folder`, pushed or not.
+    async fn mailbox_with(&self, name: &str, user: &str, folder: Option<&str>, push: bool) {
         let idp = stack().identity();
         idp.register_user(UserAccount::new(&self.tenant, user, PASSWORD));
         let mut secret = AccountSecret::new(&self.tenant, &self.client_id, user);
@@ -146,7 +171,7 @@ impl Push {
             "user": user,
             "account": account,
             "protocol": "graph",
-            "push": true,
+            "push": push,
             "ticket_api_url": stack().tickets().sink_url(&self.sink),
         });
         if let Some(folder) = folder {
@@ -227,14 +252,7 @@ impl Push {
     }
 
     async fn scheduled_run(&self) -> Value {
-        let schedule: Value = serde_json::from_str(
-            &std::fs::read_to_string(
-                local_stack::repo_root().join("infra/events/poll-schedule.json"),
-            )
-            .unwrap(),
-        )
-        .unwrap();
-        self.invoke_poller(schedule).await
+        self.invoke_poller(schedule_event()).await
     }
 
     async fn invoke_poller(&self, event: Value) -> Value {
@@ -279,6 +297,15 @@ impl Push {
     fn poller_logs(&self) -> String {
         self.poller.as_ref().map(|p| p.logs()).unwrap_or_default()
     }
+}
+
+/// The event EventBridge Scheduler sends the poller (infra/events/poll-schedule.json).
+fn schedule_event() -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(local_stack::repo_root().join("infra/events/poll-schedule.json"))
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 fn notification(subscription: &str, client_state: &str) -> Value {
@@ -575,5 +602,315 @@ async fn changing_the_polled_folder_replaces_the_subscription() {
         1,
         "{answer}\n{}",
         push.poller_logs()
+    );
+}
+
+/// A whole number from the environment, else `default`.
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v:?}: not a number"))
+        })
+        .unwrap_or(default)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Nearest-rank percentile `p` (0–100) of `sorted`, in seconds.
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1].as_secs_f64()
+}
+
+fn summary(mut times: Vec<Duration>) -> String {
+    times.sort();
+    format!(
+        "n={} p50 {:.1} s, p95 {:.1} s, max {:.1} s",
+        times.len(),
+        percentile(&times, 50.0),
+        percentile(&times, 95.0),
+        percentile(&times, 100.0)
+    )
+}
+
+/// Sleep until `at`; false when `stop` was set first (checked every 200 ms).
+async fn sleep_until_unless(at: tokio::time::Instant, stop: &AtomicBool) -> bool {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= at {
+            return true;
+        }
+        tokio::time::sleep((at - now).min(Duration::from_millis(200))).await;
+    }
+}
+
+/// What the emulated SQS event source saw.
+#[derive(Default, Debug)]
+struct EventSourceStats {
+    invocations: u64,
+    records: u64,
+    batch_item_failures: u64,
+    tickets: u64,
+    invocation_times: Vec<Duration>,
+}
+
+/// Lambda's SQS event source for the poll-request queue, as template.yaml configures it: batches
+/// of up to 10, a record the poller reports as failed is left on the queue and comes back after
+/// the visibility timeout (PollTimeout, 240 s), the others are deleted. One of these per unit of
+/// `ScalingConfig.MaximumConcurrency`.
+async fn sqs_event_source(
+    poller: &RuntimeApi,
+    queue_url: &str,
+    queue_arn: &str,
+    stop: &AtomicBool,
+    stats: &std::sync::Mutex<EventSourceStats>,
+) {
+    const VISIBILITY_TIMEOUT_SECONDS: i32 = 240;
+    while !stop.load(Ordering::SeqCst) {
+        let out = sqs()
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .visibility_timeout(VISIBILITY_TIMEOUT_SECONDS)
+            .send()
+            .await
+            .expect("receive poll requests");
+        let messages = out.messages().to_vec();
+        if messages.is_empty() {
+            continue;
+        }
+        let mut event = aws_lambda_events::event::sqs::SqsEvent::default();
+        event.records = messages
+            .iter()
+            .map(|m| mailbridge_tests::sqs_event_record(m, queue_arn))
+            .collect();
+        let started = std::time::Instant::now();
+        let answer = poller
+            .invoke(
+                serde_json::to_value(event).unwrap(),
+                Duration::from_secs(VISIBILITY_TIMEOUT_SECONDS as u64),
+            )
+            .await
+            .unwrap()
+            .into_response()
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", poller.logs()));
+        let took = started.elapsed();
+        let failed: Vec<&str> = answer["batchItemFailures"]
+            .as_array()
+            .map(|f| {
+                f.iter()
+                    .filter_map(|i| i["itemIdentifier"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for m in &messages {
+            if !failed.contains(&m.message_id().unwrap_or_default()) {
+                sqs()
+                    .delete_message()
+                    .queue_url(queue_url)
+                    .receipt_handle(m.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .expect("delete a handled poll request");
+            }
+        }
+        let mut stats = stats.lock().unwrap();
+        stats.invocations += 1;
+        stats.records += messages.len() as u64;
+        stats.batch_item_failures += failed.len() as u64;
+        stats.tickets += answer["tickets_created"].as_u64().unwrap_or(0);
+        stats.invocation_times.push(took);
+    }
+}
+
+/// Time to ticket (mail delivered into the mailbox → ticket accepted by the ticket API), push vs
+/// scheduled polling, in one run: two Graph mailboxes of one deployment, `pushed` (`push: true`)
+/// and `scheduled`; every mail arrives in both at the same moment, at random times (uniform,
+/// seeded) over the window. Everything runs through the real bootstraps: the Graph stand-in's
+/// watcher notifies the receiver behind the Function URL emulator, which queues poll requests
+/// (2 s delay, as deployed); two poller processes play the SQS event source (MaximumConcurrency
+/// 2); a third gets the scheduled event every period (the whole deployment, so the pushed
+/// mailbox keeps its safety net, as deployed).
+///
+/// Run: `cargo build --workspace --bins && cargo test -p mailbridge-tests --test push -- --ignored --nocapture bench_`
+/// (MAILBRIDGE_BENCH_MAILS, _WINDOW_SECONDS, _SCHEDULE_SECONDS, _SEED change the defaults
+/// 200, 270, 60, 22).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark: run explicitly (see BENCHMARKS.md)"]
+async fn bench_time_to_ticket_push_vs_schedule() {
+    use rand::{Rng as _, SeedableRng as _};
+    let mails = env_number("MAILBRIDGE_BENCH_MAILS", 200) as usize;
+    let window = Duration::from_secs(env_number("MAILBRIDGE_BENCH_WINDOW_SECONDS", 270));
+    let period = Duration::from_secs(env_number("MAILBRIDGE_BENCH_SCHEDULE_SECONDS", 60));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(env_number("MAILBRIDGE_BENCH_SEED", 22));
+    let load_before = load_average();
+
+    let push = Push::start_with_delay(2).await.with_poller().await;
+    let (pushed, scheduled) = (unique_user("pushed"), unique_user("scheduled"));
+    push.mailbox_with("pushed", &pushed, None, true).await;
+    push.mailbox_with("scheduled", &scheduled, None, false)
+        .await;
+    let first = push.scheduled_run().await;
+    assert_eq!(first["mailboxes_failed"], 0, "{first}");
+    assert_eq!(stack().graph().subscriptions(&pushed).len(), 1);
+    assert!(stack().graph().subscriptions(&scheduled).is_empty());
+    let sources = [push.spawn_poller().await, push.spawn_poller().await];
+    let schedule_poller = push.spawn_poller().await;
+
+    let mut offsets: Vec<Duration> = (0..mails)
+        .map(|_| window.mul_f64(rng.random::<f64>()))
+        .collect();
+    offsets.sort();
+    let phase = period.mul_f64(rng.random::<f64>());
+    let stop = AtomicBool::new(false);
+    let source_stats = std::sync::Mutex::new(EventSourceStats::default());
+    let schedule_stats = std::sync::Mutex::new((0u64, 0u64)); // runs, pushed-mailbox tickets
+    let delivered: std::sync::Mutex<HashMap<(usize, &str), std::time::Instant>> =
+        Default::default();
+    let t0 = tokio::time::Instant::now();
+
+    let deliver_all = async {
+        for (i, offset) in offsets.iter().enumerate() {
+            tokio::time::sleep_until(t0 + *offset).await;
+            for (kind, user) in [("pushed", &pushed), ("scheduled", &scheduled)] {
+                let user = user.clone();
+                // one customer each: the per-sender quota (100 an hour) is not what is measured
+                let raw = String::from_utf8(mail(&format!("bench-{i:04}-{kind}")))
+                    .unwrap()
+                    .replace("customer@example.com", &format!("customer-{i}@example.com"))
+                    .into_bytes();
+                tokio::task::spawn_blocking(move || {
+                    stack().dovecot().deliver_to(&user, "INBOX", &raw)
+                })
+                .await
+                .unwrap()
+                .expect("deliver");
+                delivered
+                    .lock()
+                    .unwrap()
+                    .insert((i, kind), std::time::Instant::now());
+            }
+        }
+    };
+    let schedule = async {
+        let mut k = 0u32;
+        while sleep_until_unless(t0 + phase + period * k, &stop).await {
+            let run = schedule_poller
+                .invoke(schedule_event(), Duration::from_secs(240))
+                .await
+                .unwrap()
+                .into_response()
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            let pushed_tickets = run["mailboxes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|m| m["mailbox"] == "pushed")
+                .filter_map(|m| m["tickets_created"].as_u64())
+                .sum::<u64>();
+            let mut stats = schedule_stats.lock().unwrap();
+            stats.0 += 1;
+            stats.1 += pushed_tickets;
+            k += 1;
+        }
+    };
+    let wait_for_tickets = async {
+        deliver_all.await;
+        let give_up = tokio::time::Instant::now() + period + Duration::from_secs(120);
+        while tokio::time::Instant::now() < give_up
+            && stack().tickets().tickets(&push.sink).len() < 2 * mails
+        {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        stop.store(true, Ordering::SeqCst);
+    };
+    let event_sources = futures::future::join_all(
+        sources
+            .iter()
+            .map(|p| sqs_event_source(p, &push.queue_url, &push.queue_arn, &stop, &source_stats)),
+    );
+    tokio::join!(wait_for_tickets, schedule, event_sources);
+    let load_after = load_average();
+
+    let delivered = delivered.into_inner().unwrap();
+    let mut times: HashMap<&str, Vec<Duration>> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for ticket in stack().tickets().tickets(&push.sink) {
+        let body = ticket.body.to_string();
+        let Some(at) = body.find("bench-") else {
+            continue;
+        };
+        let marker = &body[at + "bench-".len()..];
+        let Ok(i) = marker[..4].parse::<usize>() else {
+            continue;
+        };
+        let kind = if marker[4..].starts_with("-pushed") {
+            "pushed"
+        } else {
+            "scheduled"
+        };
+        if !seen.insert((i, kind)) {
+            continue;
+        }
+        let mailed = delivered[&(i, kind)];
+        times
+            .entry(kind)
+            .or_default()
+            .push(ticket.accepted_at.saturating_duration_since(mailed));
+    }
+    // delivery → the stand-in's notification answered by the receiver (one per mail, in order)
+    let mut announced: Vec<std::time::Instant> = stack()
+        .graph()
+        .sent_notifications(&pushed)
+        .iter()
+        .filter(|n| n.kind == "created")
+        .map(|n| n.at)
+        .collect();
+    announced.sort();
+    let notify_times: Vec<Duration> = (0..mails)
+        .zip(announced.iter())
+        .map(|(i, at)| at.saturating_duration_since(delivered[&(i, "pushed")]))
+        .collect();
+    let source = source_stats.into_inner().unwrap();
+    let (runs, schedule_pushed_tickets) = schedule_stats.into_inner().unwrap();
+
+    println!(
+        "bench: time to ticket over {mails} mails at random times in {} s (seeded), dev profile, load {load_before} before / {load_after} after",
+        window.as_secs()
+    );
+    println!(
+        "bench: push (stand-in notification → receiver → queue, 2 s delay → poller): {}",
+        summary(times.remove("pushed").unwrap_or_default())
+    );
+    println!(
+        "bench: scheduled polling every {} s (first run {:.1} s into the window): {}",
+        period.as_secs(),
+        phase.as_secs_f64(),
+        summary(times.remove("scheduled").unwrap_or_default())
+    );
+    println!(
+        "bench: push detail: delivery → notification answered {} ({} notifications); {} poller invocations from the queue ({} records, {} batch item failures, {} tickets, invocation {}); {} scheduled runs opened {} of the pushed mailbox's tickets",
+        summary(notify_times),
+        announced.len(),
+        source.invocations,
+        source.records,
+        source.batch_item_failures,
+        source.tickets,
+        summary(source.invocation_times),
+        runs,
+        schedule_pushed_tickets,
     );
 }

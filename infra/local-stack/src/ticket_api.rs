@@ -47,6 +47,8 @@ pub struct RecordedTicket {
     pub body: serde_json::Value,
     /// The id it was given.
     pub id: String,
+    /// When it was accepted (what a time-to-ticket benchmark measures to).
+    pub accepted_at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -262,6 +264,7 @@ fn decide(state: &mut SinkState, headers: &HeaderMap, body: &[u8], next_id: u64)
         idempotency_key: key.clone(),
         body: value,
         id,
+        accepted_at: std::time::Instant::now(),
     });
     state.answers.insert(key, (digest, answer.clone()));
     if state.drop_next > 0 {
