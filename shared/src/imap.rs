@@ -552,12 +552,22 @@ where
         }
     }
 
-    /// `UID SEARCH` in the selected folder; UIDs ascending.
-    pub async fn search(&mut self, scope: SearchScope) -> Result<Vec<Uid>, ImapError> {
-        let query = match scope {
+    /// `UID SEARCH` in the selected folder; UIDs ascending. With `since`, only mail whose
+    /// INTERNALDATE falls on that day or later (`SINCE`: the date of the INTERNALDATE in its own
+    /// time zone, so the caller asks a day early and filters the exact time itself).
+    pub async fn search(
+        &mut self,
+        scope: SearchScope,
+        since: Option<chrono::NaiveDate>,
+    ) -> Result<Vec<Uid>, ImapError> {
+        let mut query = match scope {
             SearchScope::Undeleted => "UNDELETED",
             SearchScope::UnseenUndeleted => "UNSEEN UNDELETED",
-        };
+        }
+        .to_string();
+        if let Some(day) = since {
+            query.push_str(&format!(" SINCE {}", day.format("%-d-%b-%Y")));
+        }
         let found = self
             .run("UID SEARCH", move |s| Box::pin(s.uid_search(query)))
             .await?;
@@ -959,7 +969,7 @@ mod tests {
         let err = conn.select("INBOX").await.unwrap_err();
         assert!(matches!(err, ImapError::NotConnected { .. }), "{err:?}");
         server.await.unwrap();
-        let err = conn.search(SearchScope::Undeleted).await.unwrap_err();
+        let err = conn.search(SearchScope::Undeleted, None).await.unwrap_err();
         assert!(matches!(err, ImapError::ConnectionLost { .. }), "{err:?}");
         assert_eq!(err.class(), ErrorClass::Transient);
         let err = conn.fetch_raw(1).await.unwrap_err();

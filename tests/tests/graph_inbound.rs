@@ -608,6 +608,177 @@ async fn graph_mail_becomes_one_ticket_and_is_moved_and_later_mail_comes_by_delt
     assert_eq!((count(&user, "INBOX"), count(&user, "Processed")), (0, 3));
 }
 
+/// The delta round writes the mailbox's sync state (link, messages to handle), so it runs under
+/// the mailbox lease: while another run holds it, this run neither reads nor writes that state.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_delta_round_runs_only_under_the_mailbox_lease() {
+    use mailbridge::state_table::GraphSyncStore as _;
+    use mailbridge::state_table::{MailboxLease, StateStore as _};
+    let p = Poller::new(&[GRAPH_MAIL]).await;
+    let user = unique_user("graphlease");
+    let account = p.account(&user).await;
+    p.mailbox("graphlease", &user, &account, json!({})).await;
+    dovecot()
+        .deliver_to(&user, "INBOX", &mail("Printer on fire", &unique("mid")))
+        .unwrap();
+    let store = DynamoStateStore::new(dynamodb(), &p.table);
+    let other_run = store
+        .acquire_mailbox_lease("graphlease", chrono::Utc::now().timestamp() + 120)
+        .await
+        .unwrap();
+    let MailboxLease::Acquired { token, .. } = other_run else {
+        panic!("{other_run:?}")
+    };
+    let report = p.poll().await;
+    let s = status(&report, "graphlease");
+    assert_eq!(s.outcome.as_str(), "partial", "{s:?}");
+    assert!(
+        s.reason.as_deref().unwrap_or("").contains("another run"),
+        "{s:?}"
+    );
+    assert_eq!(
+        store.get_graph_sync("graphlease").await.unwrap(),
+        None,
+        "no delta round without the lease"
+    );
+    assert!(p.tickets().is_empty());
+    store
+        .release_mailbox_lease("graphlease", &token)
+        .await
+        .unwrap();
+    let report = p.poll().await;
+    assert_eq!(status(&report, "graphlease").tickets_created, 1);
+    assert!(store.get_graph_sync("graphlease").await.unwrap().is_some());
+}
+
+/// More mail waiting than is kept with the delta link (1,000; 3 here): the link is dropped, the
+/// next run lists the folder in full, and run after run every mail becomes a ticket, in order
+/// of arrival, none lost and none twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_over_the_pending_cap_drains_run_after_run_in_order() {
+    use mailbridge::state_table::GraphSyncStore as _;
+    let mut p = Poller::new(&[GRAPH_MAIL]).await;
+    let state = Arc::new(DynamoStateStore::new(dynamodb(), &p.table));
+    p.deps.connector = Arc::new(ProtocolConnector {
+        imap: Arc::new(
+            ImapConnector::new(Some(&dovecot().ca_pem_path), Duration::from_secs(10)).unwrap(),
+        ),
+        graph: Arc::new(
+            GraphConnector::new(
+                reqwest::Client::new(),
+                &stack().graph().v1_url(),
+                state.clone(),
+                Duration::from_secs(10),
+            )
+            .with_max_pending_with_link(3),
+        ),
+    });
+    let user = unique_user("graphcap");
+    let account = p.account(&user).await;
+    p.mailbox(
+        "graphcap",
+        &user,
+        &account,
+        json!({"max_messages_per_run": 1}),
+    )
+    .await;
+    let subjects: Vec<String> = (1..=5).map(|i| format!("Request {i}")).collect();
+    for subject in &subjects {
+        dovecot()
+            .deliver_to(&user, "INBOX", &mail(subject, &unique("mid")))
+            .unwrap();
+    }
+    let report = p.poll().await;
+    assert_eq!(status(&report, "graphcap").tickets_created, 1);
+    let stored = state.get_graph_sync("graphcap").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.delta_link.is_none(), stored.pending.len()),
+        (true, 3),
+        "over the cap: no link, the first 3 kept: {stored:?}"
+    );
+    for _ in 0..6 {
+        if p.tickets().len() == subjects.len() {
+            break;
+        }
+        let report = p.poll().await;
+        let s = status(&report, "graphcap");
+        assert!(s.succeeded(false), "{s:?}");
+    }
+    let ticketed: Vec<String> = p
+        .tickets()
+        .iter()
+        .map(|t| t.body["draft"]["subject"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ticketed, subjects, "every mail once, in order of arrival");
+    assert_eq!((count(&user, "INBOX"), count(&user, "Processed")), (0, 5));
+}
+
+/// `since` on a Graph mailbox: mail received before it is neither listed nor touched, in the
+/// first (full) round and the incremental ones after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn graph_mail_received_before_since_is_left_untouched() {
+    let p = Poller::new(&[GRAPH_MAIL]).await;
+    let user = unique_user("graphsince");
+    let account = p.account(&user).await;
+    let now = chrono::Utc::now();
+    let since = now - chrono::Duration::minutes(30);
+    p.mailbox(
+        "graphsince",
+        &user,
+        &account,
+        json!({"since": since.to_rfc3339()}),
+    )
+    .await;
+    dovecot()
+        .deliver_received_at(
+            &user,
+            &mail("Old backlog", &unique("mid")),
+            now - chrono::Duration::days(7),
+        )
+        .unwrap();
+    dovecot()
+        .deliver_received_at(
+            &user,
+            &mail("Just before", &unique("mid")),
+            since - chrono::Duration::seconds(5),
+        )
+        .unwrap();
+    dovecot()
+        .deliver_to(&user, "INBOX", &mail("New request", &unique("mid")))
+        .unwrap();
+    let report = p.poll().await;
+    let s = status(&report, "graphsince");
+    assert_eq!((s.outcome.as_str(), s.tickets_created), ("ok", 1), "{s:?}");
+    assert_eq!((count(&user, "INBOX"), count(&user, "Processed")), (2, 1));
+
+    // Later rounds are incremental: older mail still stays, newer mail comes.
+    dovecot()
+        .deliver_received_at(
+            &user,
+            &mail("Restored old mail", &unique("mid")),
+            since - chrono::Duration::minutes(1),
+        )
+        .unwrap();
+    dovecot()
+        .deliver_to(&user, "INBOX", &mail("Second request", &unique("mid")))
+        .unwrap();
+    let report = p.poll().await;
+    assert_eq!(status(&report, "graphsince").tickets_created, 1);
+    let subjects: Vec<String> = p
+        .tickets()
+        .iter()
+        .map(|t| t.body["draft"]["subject"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(subjects, ["New request", "Second request"]);
+    assert_eq!((count(&user, "INBOX"), count(&user, "Processed")), (3, 2));
+    let unread = dovecot()
+        .list_messages(&user, "INBOX")
+        .unwrap()
+        .iter()
+        .all(|m| !m.is_seen());
+    assert!(unread, "the older mail is not even read");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_between_ticket_and_move_then_an_expired_delta_token_open_no_second_ticket() {
     let p = Poller::new(&[GRAPH_MAIL]).await;

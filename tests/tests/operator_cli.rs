@@ -1109,6 +1109,49 @@ async fn mailbox_add_validates_and_lists() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(json(&out)["list_mail"], "set_aside", "the default is shown");
 
+    // `--since now` is the moment of the command; a date is midnight UTC; anything else is named.
+    let add_since = |name: &'static str, since: &'static str| {
+        [
+            "mailbox",
+            "add",
+            name,
+            "--user",
+            "since@example.com",
+            "--account",
+            "helpdesk",
+            "--ticket-api-url",
+            "https://psa.example.com/t",
+            "--since",
+            since,
+            "--no-check",
+        ]
+    };
+    let before = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let out = w.run(&add_since("since-now", "now")).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = json(&w.run(&["mailbox", "show", "since-now"]).await);
+    let since = chrono::DateTime::parse_from_rfc3339(shown["since"].as_str().unwrap()).unwrap();
+    assert!(
+        since >= before && since <= chrono::Utc::now(),
+        "{}",
+        shown["since"]
+    );
+    let out = w.run(&add_since("since-day", "2026-12-01")).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = json(&w.run(&["mailbox", "show", "since-day"]).await);
+    assert_eq!(shown["since"], "2026-12-01T00:00:00Z");
+    let out = w.run(&add_since("since-bad", "last tuesday")).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("--since") && text(&out.stderr).contains("last tuesday"),
+        "{}",
+        text(&out.stderr)
+    );
+    for name in ["since-now", "since-day"] {
+        let out = w.run(&["mailbox", "remove", name]).await;
+        assert_eq!(out.status.code(), Some(0));
+    }
+
     // A helpdesk address that is itself a group: list mail opens tickets.
     let add_group = |list_mail: &'static str| {
         [

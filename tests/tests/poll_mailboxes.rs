@@ -657,6 +657,57 @@ async fn a_flood_from_one_sender_is_held_past_its_hourly_quota_and_nothing_is_lo
     assert_eq!(p.count(&user, "mailbridge-held"), 3);
 }
 
+/// `since`: mail received before it is left untouched, to the second (IMAP's SINCE is by the
+/// day, so a mail earlier on the same day is found by the search and must still be left).
+#[tokio::test]
+async fn mail_received_before_since_is_left_untouched() {
+    let p = Poller::new(stack().dovecot().clone()).await;
+    let user = unique_user("since");
+    let account = p.account(&user).await;
+    let now = chrono::Utc::now();
+    let since = now - chrono::Duration::minutes(30);
+    p.mailbox(
+        "since",
+        &user,
+        &account,
+        serde_json::json!({"since": since.to_rfc3339()}),
+    )
+    .await;
+    let dovecot = &p.dovecot;
+    dovecot
+        .deliver_received_at(
+            &user,
+            &mail("last-week", "Old backlog", "Dealt with long ago."),
+            now - chrono::Duration::days(7),
+        )
+        .unwrap();
+    dovecot
+        .deliver_received_at(
+            &user,
+            &mail("this-morning", "Just before", "Dealt with already."),
+            since - chrono::Duration::seconds(5),
+        )
+        .unwrap();
+    p.deliver(&user, &mail("new", "New request", "Please help."));
+
+    let report = p.poll().await;
+    let s = status(&report, "since");
+    assert_eq!((s.outcome.as_str(), s.tickets_created), ("ok", 1), "{s:?}");
+    let subjects: Vec<_> = p
+        .tickets()
+        .iter()
+        .map(|t| t.body["draft"]["subject"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(subjects, ["New request"]);
+    let left = p.dovecot.list_messages(&user, "INBOX").unwrap();
+    assert_eq!(left.len(), 2, "the older mail stays in the folder");
+    assert!(left.iter().all(|m| !m.is_seen()), "and is not even read");
+    // And stays so run after run.
+    let again = p.poll().await;
+    assert_eq!(again.tickets_created, 0);
+    assert_eq!(p.count(&user, "INBOX"), 2);
+}
+
 #[tokio::test]
 async fn mail_delivered_into_dovecot_becomes_exactly_one_ticket_and_is_moved() {
     let p = Poller::new(stack().dovecot().clone()).await;

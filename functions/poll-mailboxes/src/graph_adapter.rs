@@ -36,7 +36,9 @@ use tokio::time::Instant;
 use crate::ports::{Mailbox, MailboxConnector};
 
 /// Most pending messages kept with a delta link: beyond it (a DynamoDB item holds 400 KB) the
-/// link is not stored and the next run makes a full round, which lists the folder anyway.
+/// link is not stored and the next run makes a full round, which lists the folder anyway, so
+/// nothing is lost: the messages kept keep their UIDs, the others get new ones after them (in
+/// order of arrival), and a backlog of any size drains run after run.
 pub const MAX_PENDING_WITH_LINK: usize = 1000;
 
 /// Opens Graph mailboxes.
@@ -45,6 +47,7 @@ pub struct GraphConnector {
     base_url: String,
     sync: Arc<dyn GraphSyncStore>,
     timeout: Duration,
+    max_pending_with_link: usize,
 }
 
 impl std::fmt::Debug for GraphConnector {
@@ -69,7 +72,15 @@ impl GraphConnector {
             base_url: base_url.to_owned(),
             sync,
             timeout,
+            max_pending_with_link: MAX_PENDING_WITH_LINK,
         }
+    }
+
+    /// Keep at most `max` pending messages with the delta link (default
+    /// [`MAX_PENDING_WITH_LINK`]; tests reach the cap with a few mails).
+    pub fn with_max_pending_with_link(mut self, max: usize) -> Self {
+        self.max_pending_with_link = max.max(1);
+        self
     }
 }
 
@@ -158,10 +169,13 @@ impl MailboxConnector for GraphConnector {
             user: config.user.clone(),
             name: config.name.clone(),
             unread_only: config.after_action == AfterAction::MarkSeen,
+            since: config.since,
             folder_id: folder,
             folders: HashMap::new(),
             sync: self.sync.clone(),
             state: GraphSyncState::default(),
+            selected: false,
+            max_pending_with_link: self.max_pending_with_link,
             timeout: self.timeout,
         }))
     }
@@ -173,11 +187,16 @@ struct GraphSession {
     name: String,
     /// `mark_seen`: read mail is done with.
     unread_only: bool,
+    /// Mail received before this is left alone (the mailbox's `since`).
+    since: Option<chrono::DateTime<chrono::Utc>>,
     folder_id: String,
     /// Display-name path → folder id (found or created this run).
     folders: HashMap<String, String>,
     sync: Arc<dyn GraphSyncStore>,
     state: GraphSyncState,
+    /// `state` was read (and the round run) this session: only then is it saved at logout.
+    selected: bool,
+    max_pending_with_link: usize,
     timeout: Duration,
 }
 
@@ -204,10 +223,10 @@ impl GraphSession {
 
     async fn save(&self) -> Result<(), StoreError> {
         let mut state = self.state.clone();
-        if state.pending.len() > MAX_PENDING_WITH_LINK {
+        if state.pending.len() > self.max_pending_with_link {
             // Too many to store with the link: the next run lists the folder in full.
             state.delta_link = None;
-            state.pending.truncate(MAX_PENDING_WITH_LINK);
+            state.pending.truncate(self.max_pending_with_link);
         }
         self.sync.put_graph_sync(&self.name, &state).await
     }
@@ -227,7 +246,12 @@ impl GraphSession {
                     listed.retain(|m| m.id != id);
                     fresh.retain(|m: &mailbridge::graph_mail::DeltaMessage| m.id != id);
                 }
-                DeltaChange::Message(m) if m.is_read && self.unread_only => {
+                DeltaChange::Message(m)
+                    if (m.is_read && self.unread_only)
+                        || self
+                            .since
+                            .is_some_and(|since| m.received_at.is_some_and(|at| at < since)) =>
+                {
                     known.remove(&m.id);
                     listed.retain(|p| p.id != m.id);
                     fresh.retain(|f: &mailbridge::graph_mail::DeltaMessage| f.id != m.id);
@@ -251,7 +275,9 @@ impl GraphSession {
             listed.extend(known.into_values());
         }
         // New mail gets UIDs in order of arrival.
-        fresh.sort_by(|a, b| (a.received_at, &a.id).cmp(&(b.received_at, &b.id)));
+        // Stable: mail received in the same second (Graph's times are to the second) keeps the
+        // order the round listed it in; ids are opaque and say nothing about order.
+        fresh.sort_by_key(|m| m.received_at);
         for m in fresh {
             listed.push(PendingMessage {
                 uid: self.state.next_uid,
@@ -294,6 +320,7 @@ impl Mailbox for GraphSession {
                     operation: "read the Graph sync state",
                     detail: e.to_string(),
                 })?;
+        self.selected = true;
         let fresh = |previous: u32| GraphSyncState {
             // any non-zero value, never the previous one: a new state starts new UIDs
             uid_validity: (chrono::Utc::now().timestamp() as u32)
@@ -354,7 +381,7 @@ impl Mailbox for GraphSession {
                     .delta(
                         DeltaStart::Full {
                             folder: &self.folder_id,
-                            since: None,
+                            since: self.since,
                         },
                         self.deadline(),
                     )
@@ -363,6 +390,14 @@ impl Mailbox for GraphSession {
                 self.apply(round.changes, true);
                 self.state.delta_link = Some(round.delta_link);
             }
+        }
+        if self.state.pending.len() > self.max_pending_with_link {
+            tracing::info!(
+                mailbox = %self.name,
+                waiting = self.state.pending.len(),
+                kept_with_the_delta_link = self.max_pending_with_link,
+                "more mail waits in the folder than is kept with the delta link: unless this run drains it, the next run lists the folder in full (nothing is lost)"
+            );
         }
         self.save().await.map_err(|e| ImapError::Command {
             operation: "store the Graph sync state",
@@ -374,7 +409,11 @@ impl Mailbox for GraphSession {
         })
     }
 
-    async fn search(&mut self, _scope: SearchScope) -> Result<Vec<Uid>, ImapError> {
+    async fn search(
+        &mut self,
+        _scope: SearchScope,
+        _since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<Uid>, ImapError> {
         // `pending` holds only unread mail under mark_seen (read mail left it).
         Ok(self.state.pending.iter().map(|m| m.uid).collect())
     }
@@ -466,7 +505,14 @@ impl Mailbox for GraphSession {
         self.client.requests()
     }
 
+    fn lists_under_lease(&self) -> bool {
+        true
+    }
+
     async fn logout(self: Box<Self>) {
+        if !self.selected {
+            return;
+        }
         if let Err(e) = self.save().await {
             tracing::warn!(mailbox = %self.name, error = %e, "could not store the Graph sync state; the next round replays from the last stored link");
         }

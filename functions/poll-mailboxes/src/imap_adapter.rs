@@ -65,8 +65,15 @@ where
     async fn select(&mut self, folder: &str) -> Result<SelectedFolder, ImapError> {
         ImapConnection::select(self, folder).await
     }
-    async fn search(&mut self, scope: SearchScope) -> Result<Vec<Uid>, ImapError> {
-        ImapConnection::search(self, scope).await
+    async fn search(
+        &mut self,
+        scope: SearchScope,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<Uid>, ImapError> {
+        // SINCE compares the day of INTERNALDATE in its own zone (up to 14 hours off UTC):
+        // a day early finds every mail at or after `since`.
+        let day = since.map(|at| (at - chrono::Duration::days(1)).date_naive());
+        ImapConnection::search(self, scope, day).await
     }
     async fn list_messages(&mut self, uids: &[Uid]) -> Result<Vec<ListedMessage>, ImapError> {
         ImapConnection::list_messages(self, uids).await

@@ -463,6 +463,79 @@ async fn run_mailbox(
     previous: Option<&MailboxStatus>,
 ) -> Result<Progress, Stop> {
     let sink = deps.sinks.sink_for(config).await.map_err(Stop::Setup)?;
+    // A mailbox whose listing writes state (Graph's delta round) lists under the lease;
+    // an IMAP mailbox takes it only once there is mail, so an idle poll writes nothing.
+    let mut lease = None;
+    if mailbox.lists_under_lease() {
+        match take_lease(deps, config, deadline, status, 0).await? {
+            Some(taken) => lease = Some(taken),
+            None => return Ok(Progress::LeaseHeldElsewhere),
+        }
+    }
+    let result = list_and_work(
+        deps,
+        config,
+        deadline,
+        mailbox,
+        status,
+        previous,
+        sink.as_ref(),
+        &mut lease,
+    )
+    .await;
+    if let Some((token, _)) = &lease
+        && let Err(e) = deps.state.release_mailbox_lease(&config.name, token).await
+    {
+        tracing::warn!(mailbox = %config.name, error = %e, "could not release the mailbox lease; it runs out at the deadline");
+    }
+    result
+}
+
+/// The mailbox's lease until this invocation's deadline (when Lambda would have stopped it),
+/// with the mail an earlier run died reading; None when another run holds it (`status` says
+/// so, with `waiting` mails left to that run).
+async fn take_lease(
+    deps: &PollDeps,
+    config: &MailboxConfig,
+    deadline: Instant,
+    status: &mut MailboxStatus,
+    waiting: usize,
+) -> Result<Option<(String, Option<InFlightMail>)>, Stop> {
+    let until = chrono::Utc::now().timestamp()
+        + deadline.saturating_duration_since(Instant::now()).as_secs() as i64
+        + 5;
+    match deps
+        .state
+        .acquire_mailbox_lease(&config.name, until)
+        .await
+        .map_err(Stop::Store)?
+    {
+        MailboxLease::Acquired { token, interrupted } => Ok(Some((token, interrupted))),
+        MailboxLease::Held(held_until) => {
+            status.outcome = MailboxOutcome::Partial;
+            status.deferred = waiting as u32;
+            status.reason = Some(format!(
+                "another run is polling this mailbox (lease until {}); its mail is left to that run",
+                chrono::DateTime::from_timestamp(held_until, 0)
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_else(|| held_until.to_string())
+            ));
+            Ok(None)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn list_and_work(
+    deps: &PollDeps,
+    config: &MailboxConfig,
+    deadline: Instant,
+    mailbox: &mut dyn Mailbox,
+    status: &mut MailboxStatus,
+    previous: Option<&MailboxStatus>,
+    sink: &dyn TicketSink,
+    lease: &mut Option<(String, Option<InFlightMail>)>,
+) -> Result<Progress, Stop> {
     let folder = mailbox.select(&config.folder).await.map_err(Stop::Imap)?;
     status.uid_validity = Some(folder.uid_validity);
     if let Some(old) = previous.and_then(|p| p.uid_validity)
@@ -487,51 +560,54 @@ async fn run_mailbox(
         AfterAction::MarkSeen => SearchScope::UnseenUndeleted,
         _ => SearchScope::Undeleted,
     };
-    let uids = mailbox.search(scope).await.map_err(Stop::Imap)?;
+    let mut uids = mailbox
+        .search(scope, config.since)
+        .await
+        .map_err(Stop::Imap)?;
+    if let Some(since) = config.since
+        && !uids.is_empty()
+    {
+        // The search may be by the day: the exact time decides. Older mail is left as it is.
+        let listed = mailbox.list_messages(&uids).await.map_err(Stop::Imap)?;
+        let before = uids.len();
+        uids = listed
+            .iter()
+            .filter(|m| m.received_at.is_none_or(|at| at >= since))
+            .map(|m| m.uid)
+            .collect();
+        if uids.len() < before {
+            tracing::debug!(
+                mailbox = %config.name,
+                ignored = before - uids.len(),
+                since = %since.to_rfc3339(),
+                "mail received before the mailbox's `since` left untouched"
+            );
+        }
+    }
     if uids.is_empty() {
         return Ok(Progress::Worked);
     }
     // Mail to work on: only one run at a time may (see `StateStore::acquire_mailbox_lease`).
-    // The lease lives until this invocation's deadline, when Lambda would have stopped it.
-    let until = chrono::Utc::now().timestamp()
-        + deadline.saturating_duration_since(Instant::now()).as_secs() as i64
-        + 5;
-    let lease = match deps
-        .state
-        .acquire_mailbox_lease(&config.name, until)
-        .await
-        .map_err(Stop::Store)?
-    {
-        MailboxLease::Acquired { token, interrupted } => (token, interrupted),
-        MailboxLease::Held(held_until) => {
-            status.outcome = MailboxOutcome::Partial;
-            status.deferred = uids.len() as u32;
-            status.reason = Some(format!(
-                "another run is polling this mailbox (lease until {}); its mail is left to that run",
-                chrono::DateTime::from_timestamp(held_until, 0)
-                    .map(|t| t.to_rfc3339())
-                    .unwrap_or_else(|| held_until.to_string())
-            ));
-            return Ok(Progress::LeaseHeldElsewhere);
+    if lease.is_none() {
+        match take_lease(deps, config, deadline, status, uids.len()).await? {
+            Some(taken) => *lease = Some(taken),
+            None => return Ok(Progress::LeaseHeldElsewhere),
         }
-    };
-    let (lease, interrupted) = lease;
-    let result = work_on(
+    }
+    let (token, interrupted) = lease.as_ref().expect("taken above");
+    work_on(
         deps,
         config,
         deadline,
         mailbox,
         status,
-        sink.as_ref(),
-        (folder.uid_validity, &lease, interrupted),
+        sink,
+        (folder.uid_validity, token, *interrupted),
         retry_last,
         uids,
     )
-    .await;
-    if let Err(e) = deps.state.release_mailbox_lease(&config.name, &lease).await {
-        tracing::warn!(mailbox = %config.name, error = %e, "could not release the mailbox lease; it runs out at the deadline");
-    }
-    result.map(|()| Progress::Worked)
+    .await
+    .map(|()| Progress::Worked)
 }
 
 #[allow(clippy::too_many_arguments)]

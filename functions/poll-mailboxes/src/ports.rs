@@ -16,8 +16,14 @@ use secrecy::SecretString;
 pub trait Mailbox: Send {
     /// Select the folder.
     async fn select(&mut self, folder: &str) -> Result<SelectedFolder, ImapError>;
-    /// UIDs in the selected folder, ascending.
-    async fn search(&mut self, scope: SearchScope) -> Result<Vec<Uid>, ImapError>;
+    /// UIDs in the selected folder, ascending; with `since`, at least every mail received at or
+    /// after it (a coarser search may return older mail too: the caller filters on the
+    /// `received_at` of [`Mailbox::list_messages`]).
+    async fn search(
+        &mut self,
+        scope: SearchScope,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<Uid>, ImapError>;
     /// `RFC822.SIZE` of each UID (one round trip), ascending by UID.
     async fn list_messages(&mut self, uids: &[Uid]) -> Result<Vec<ListedMessage>, ImapError>;
     /// The whole raw message (`BODY.PEEK[]`), None when it vanished.
@@ -32,6 +38,12 @@ pub trait Mailbox: Send {
     async fn delete(&mut self, uid: Uid) -> Result<(), ImapError>;
     /// Commands sent so far.
     fn round_trips(&self) -> u64;
+    /// Whether `select` and `search` write state of their own (Graph: the delta link and the
+    /// messages still to handle), so that they must run under the mailbox lease, like the work
+    /// on the mail. IMAP only reads there: its lease is taken once there is mail.
+    fn lists_under_lease(&self) -> bool {
+        false
+    }
     /// Log out (best effort).
     async fn logout(self: Box<Self>);
 }

@@ -131,11 +131,18 @@ impl Mailbox for FakeMailbox {
             exists,
         })
     }
-    async fn search(&mut self, scope: SearchScope) -> Result<Vec<Uid>, ImapError> {
+    async fn search(
+        &mut self,
+        scope: SearchScope,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<Uid>, ImapError> {
         self.op()?;
+        // as coarse as IMAP's SINCE: by the day
+        let day = since.map(|at| at.date_naive());
         Ok(self.with_folder(|f| {
             f.iter()
                 .filter(|m| scope == SearchScope::Undeleted || !m.seen)
+                .filter(|m| day.is_none_or(|day| m.received_at.date_naive() >= day))
                 .map(|m| m.uid)
                 .collect()
         }))

@@ -353,6 +353,42 @@ impl Dovecot {
         Ok(())
     }
 
+    /// Put `raw` into `user`'s INBOX as received at `received` (its INTERNALDATE, Graph's
+    /// `receivedDateTime`): the way a maildir delivery agent delivers (a file written in
+    /// `tmp/`, renamed into `new/`), with the file's modification time, which is what Dovecot
+    /// reports as the received date of maildir mail, set first. (`doveadm save` has no date.)
+    pub fn deliver_received_at(
+        &self,
+        user: &str,
+        raw: &[u8],
+        received: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<()> {
+        // the user's Maildir exists once something was saved or the folder listed
+        self.mailbox_status(user, "INBOX")?;
+        let maildir = self.home_of(user).join("Maildir");
+        let name = format!(
+            "{}.M{}P{}.mailbridge-test",
+            received.timestamp(),
+            uuid::Uuid::new_v4().simple(),
+            std::process::id()
+        );
+        let tmp = maildir.join("tmp").join(&name);
+        std::fs::write(&tmp, raw).with_context(|| format!("write {}", tmp.display()))?;
+        let file = std::fs::File::options().write(true).open(&tmp)?;
+        file.set_modified(received.into())
+            .with_context(|| format!("set the mtime of {}", tmp.display()))?;
+        drop(file);
+        let (uid, gid, ..) = mail_user();
+        // SAFETY: plain libc call.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
+                .with_context(|| format!("chown {}", tmp.display()))?;
+        }
+        let new = maildir.join("new").join(&name);
+        std::fs::rename(&tmp, &new).with_context(|| format!("move into {}", new.display()))?;
+        Ok(())
+    }
+
     /// Create `folder` for `user` (no error if it exists).
     pub fn create_folder(&self, user: &str, folder: &str) -> anyhow::Result<()> {
         match self.doveadm(&["mailbox", "create", "-u", user, folder], None) {

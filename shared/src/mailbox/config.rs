@@ -139,6 +139,9 @@ pub struct MailboxConfig {
     pub held_folder: String,
     /// Most messages handled per run.
     pub max_messages_per_run: u32,
+    /// Mail received before this instant is ignored: left where it is, never read (a mailbox
+    /// added with a full folder whose old mail is already dealt with).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
     /// Larger messages are not fetched whole: a ticket is made from their headers.
     pub max_message_bytes: u64,
     /// Attachment content (decoded bytes) sent inline per ticket; beyond it metadata only.
@@ -216,6 +219,7 @@ impl MailboxConfig {
             "max_mails_per_sender_per_hour",
             "held_folder",
             "max_messages_per_run",
+            "since",
             "max_message_bytes",
             "max_attachment_bytes",
             "sink",
@@ -380,6 +384,10 @@ impl MailboxConfig {
             100_000,
             DEFAULT_MAX_MESSAGES_PER_RUN as u64,
         )? as u32;
+        let since = string("since")?
+            .filter(|s| !s.is_empty())
+            .map(|s| parse_since(&s).map_err(|p| err("since", p)))
+            .transpose()?;
         let max_message_bytes = number(
             "max_message_bytes",
             1024,
@@ -438,11 +446,27 @@ impl MailboxConfig {
             max_mails_per_sender_per_hour,
             held_folder,
             max_messages_per_run,
+            since,
             max_message_bytes,
             max_attachment_bytes,
             sink,
         })
     }
+}
+
+/// A mailbox's `since`: an RFC 3339 date-time (`2026-12-01T08:00:00Z`, any offset) or a date
+/// (`2026-12-01`, midnight UTC).
+pub fn parse_since(value: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let value = value.trim();
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(value) {
+        return Ok(at.to_utc());
+    }
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+        return Ok(day.and_time(chrono::NaiveTime::MIN).and_utc());
+    }
+    Err(format!(
+        "is {value:?}; must be a date (2026-12-01, midnight UTC) or an RFC 3339 date-time (2026-12-01T08:00:00Z)"
+    ))
 }
 
 #[cfg(test)]
@@ -452,6 +476,28 @@ mod tests {
 
     fn minimal() -> serde_json::Value {
         json!({"user": "helpdesk@contoso.com", "account": "contoso", "ticket_api_url": "https://psa.example.com/api/tickets"})
+    }
+
+    #[test]
+    fn since_is_a_date_or_a_date_time_and_anything_else_is_named() {
+        assert_eq!(
+            MailboxConfig::from_json("helpdesk", &minimal())
+                .unwrap()
+                .since,
+            None
+        );
+        let mut with = minimal();
+        with["since"] = json!("2026-12-01");
+        let cfg = MailboxConfig::from_json("helpdesk", &with).unwrap();
+        assert_eq!(cfg.since.unwrap().to_rfc3339(), "2026-12-01T00:00:00+00:00");
+        with["since"] = json!("2026-12-01T09:30:00+01:00");
+        let cfg = MailboxConfig::from_json("helpdesk", &with).unwrap();
+        assert_eq!(cfg.since.unwrap().to_rfc3339(), "2026-12-01T08:30:00+00:00");
+        for bad in [json!("yesterday"), json!("01.12.2026"), json!(20261201)] {
+            with["since"] = bad.clone();
+            let e = MailboxConfig::from_json("helpdesk", &with).unwrap_err();
+            assert_eq!(e.field, "since", "{bad}: {e}");
+        }
     }
 
     #[test]

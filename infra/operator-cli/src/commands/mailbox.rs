@@ -103,6 +103,10 @@ pub struct AddArgs {
     /// Most messages per run (default 200).
     #[arg(long)]
     pub max_messages_per_run: Option<u32>,
+    /// Ignore mail received before this: `now` (the moment of this command), a date
+    /// (2026-12-01, midnight UTC) or an RFC 3339 date-time. Older mail is left untouched.
+    #[arg(long, value_name = "DATE|now")]
+    pub since: Option<String>,
     /// Larger messages become header-only tickets (bytes, default 32 MiB).
     #[arg(long)]
     pub max_message_bytes: Option<u64>,
@@ -133,6 +137,18 @@ impl AddArgs {
         }
         if self.shared {
             o.insert("shared".into(), json!(true));
+        }
+        if let Some(since) = &self.since {
+            let at = if since.trim().eq_ignore_ascii_case("now") {
+                chrono::Utc::now()
+            } else {
+                mailbridge::mailbox::config::parse_since(since)
+                    .map_err(|p| anyhow::anyhow!("--since {p}"))?
+            };
+            o.insert(
+                "since".into(),
+                json!(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            );
         }
         let optional: [(&str, Option<Value>); 12] = [
             (

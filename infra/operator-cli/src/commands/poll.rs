@@ -194,8 +194,12 @@ impl Mailbox for DryRunMailbox {
         // MOVE, EXPUNGE and a fetch without PEEK do, and none of those reach the server here.
         self.inner.select(folder).await
     }
-    async fn search(&mut self, scope: SearchScope) -> Result<Vec<Uid>, ImapError> {
-        self.inner.search(scope).await
+    async fn search(
+        &mut self,
+        scope: SearchScope,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<Uid>, ImapError> {
+        self.inner.search(scope, since).await
     }
     async fn list_messages(&mut self, uids: &[Uid]) -> Result<Vec<ListedMessage>, ImapError> {
         let listed = self.inner.list_messages(uids).await?;
