@@ -108,6 +108,37 @@ pub fn env_bool_or(name: &str, default: bool) -> Result<bool, ConfigError> {
     }
 }
 
+/// Environment variable: `true` (or `1`) lets configured targets be plain `http://` or loopback
+/// hosts (`localhost`, 127.0.0.0/8, `::1`): mailbox configurations, an account secret's
+/// `authority_host`, `MAILBRIDGE_GRAPH_URL`. Only the local stack and the tests set it; inside
+/// Lambda 127.0.0.1:9001 is the Runtime API.
+pub const ALLOW_LOCAL_TARGETS_VAR: &str = "MAILBRIDGE_ALLOW_LOCAL_TARGETS";
+
+static LOCAL_TARGETS_ALLOWED_HERE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Let this process use loopback and plain http service URLs whatever the environment says: the
+/// test harness and the local stack call it (their stand-ins listen on loopback). A deployed
+/// function never does.
+pub fn allow_local_targets_in_this_process() {
+    LOCAL_TARGETS_ALLOWED_HERE.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether this process lets service URLs be plain http or loopback: [`ALLOW_LOCAL_TARGETS_VAR`]
+/// (read from the environment once) or [`allow_local_targets_in_this_process`].
+pub fn local_targets_allowed() -> bool {
+    static FROM_ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    LOCAL_TARGETS_ALLOWED_HERE.load(std::sync::atomic::Ordering::Relaxed)
+        || *FROM_ENV.get_or_init(|| {
+            matches!(
+                std::env::var(ALLOW_LOCAL_TARGETS_VAR)
+                    .as_deref()
+                    .map(str::trim),
+                Ok("true") | Ok("1")
+            )
+        })
+}
+
 /// True for `localhost`, `127.0.0.0/8` and `::1`.
 pub fn is_loopback_host(host: &url::Host<&str>) -> bool {
     match host {
@@ -119,10 +150,20 @@ pub fn is_loopback_host(host: &url::Host<&str>) -> bool {
 
 /// Validate the base URL of a service mailbridge talks to (identity platform, Graph, ticket API).
 ///
-/// `https` is required; plain `http` is accepted only for loopback hosts (the local stand-ins).
-/// No credentials, query or fragment. Returns the parsed URL. `field` names the variable or
-/// secret field in the error message.
+/// `https` is required and loopback hosts are refused, unless this process allows local targets
+/// ([`local_targets_allowed`]; then plain `http` is accepted for loopback hosts: the local
+/// stand-ins). No credentials, query or fragment. Returns the parsed URL. `field` names the
+/// variable or secret field in the error message.
 pub fn validate_service_url(url: &str, field: &str) -> Result<url::Url, ConfigError> {
+    validate_service_url_in(url, field, local_targets_allowed())
+}
+
+/// [`validate_service_url`] with the local-targets setting given.
+pub fn validate_service_url_in(
+    url: &str,
+    field: &str,
+    allow_local: bool,
+) -> Result<url::Url, ConfigError> {
     let invalid = |problem: String| ConfigError::Invalid {
         field: field.to_owned(),
         problem,
@@ -132,6 +173,11 @@ pub fn validate_service_url(url: &str, field: &str) -> Result<url::Url, ConfigEr
     let host = parsed
         .host()
         .ok_or_else(|| invalid(format!("{url:?} has no host")))?;
+    if is_loopback_host(&host) && !allow_local {
+        return Err(invalid(format!(
+            "{url:?} is a loopback host: allowed only with {ALLOW_LOCAL_TARGETS_VAR}=true (local stack and tests; inside Lambda 127.0.0.1:9001 is the Runtime API)"
+        )));
+    }
     match parsed.scheme() {
         "https" => {}
         "http" if is_loopback_host(&host) => {}
@@ -189,8 +235,14 @@ mod tests {
             "http://[::1]:9",
             "http://127.0.0.2",
         ] {
-            assert!(validate_service_url(ok, "f").is_ok(), "{ok}");
+            assert!(validate_service_url_in(ok, "f", true).is_ok(), "{ok}");
+            let refused = validate_service_url_in(ok, "f", false).unwrap_err();
+            assert!(
+                refused.to_string().contains(ALLOW_LOCAL_TARGETS_VAR),
+                "{ok}: {refused}"
+            );
         }
+        assert!(validate_service_url_in("https://127.0.0.1:4000", "f", false).is_err());
         let err = validate_service_url("http://login.example.com", "authority_host").unwrap_err();
         assert!(err.to_string().starts_with("authority_host:"), "{err}");
         assert!(err.to_string().contains("https"), "{err}");

@@ -520,6 +520,12 @@ impl GraphClient {
             Some(url::Host::Ipv4(ip)) if ip.is_loopback()
         ) || matches!(url.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
             || url.host_str() == Some("localhost");
+        if loopback && !crate::config::local_targets_allowed() {
+            return Err(bad(&format!(
+                "is a loopback host: allowed only with {}=true (local stack and tests)",
+                crate::config::ALLOW_LOCAL_TARGETS_VAR
+            )));
+        }
         match url.scheme() {
             "https" => {}
             "http" if loopback => {}

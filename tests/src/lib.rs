@@ -12,6 +12,8 @@ pub use local_stack::LocalStack;
 /// Also initialises test logging.
 pub fn stack() -> &'static LocalStack {
     init_tracing();
+    // the stand-ins listen on loopback: service URLs pointing at them are allowed here
+    mailbridge::config::allow_local_targets_in_this_process();
     LocalStack::shared()
 }
 

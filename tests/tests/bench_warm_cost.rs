@@ -245,6 +245,10 @@ async fn bench_warm_cost_send_notifications() {
             w.thread_key_secret.clone(),
         ),
         ("MAILBRIDGE_GRAPH_URL".to_owned(), graph.v1_url()),
+        (
+            "MAILBRIDGE_ALLOW_LOCAL_TARGETS".to_owned(),
+            "true".to_owned(),
+        ),
         ("RUST_LOG".to_owned(), "info".to_owned()),
     ]);
     let api = RuntimeApi::start().await.unwrap();

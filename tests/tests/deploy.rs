@@ -187,6 +187,8 @@ fn the_template_gives_each_function_the_environment_it_reads() {
         "MAILBRIDGE_THREAD_KEY_SECRET",
         // sendMail, and the mailboxes read through Graph
         "MAILBRIDGE_GRAPH_URL",
+        // "false" in Lambda: loopback and plain http targets refused
+        "MAILBRIDGE_ALLOW_LOCAL_TARGETS",
     ];
     let sender_only = [
         "MAILBRIDGE_DLQ_URL",
@@ -199,7 +201,6 @@ fn the_template_gives_each_function_the_environment_it_reads() {
         "MAILBRIDGE_MAX_CONCURRENT_MAILBOXES",
         "MAILBRIDGE_SINK_HOSTS",
         "MAILBRIDGE_IMAP_HOSTS",
-        "MAILBRIDGE_ALLOW_LOCAL_TARGETS",
     ];
     let sender = template_resource(&template, "SendNotificationsFunction");
     let poller = template_resource(&template, "PollMailboxesFunction");

@@ -585,7 +585,7 @@ async fn poll_mailboxes_cold_start_with_a_missing_or_invalid_variable_names_it()
     // (variable, value: None = unset, what the log must also say, fails at init)
     // The thread key is read on the first invocation (no network in init), so a secret that does
     // not exist fails that invocation, with the same naming, and the next invocation retries.
-    let cases: [(&str, Option<&str>, &str, bool); 8] = [
+    let cases: [(&str, Option<&str>, &str, bool); 9] = [
         ("MAILBRIDGE_STATE_TABLE", None, "is required", true),
         // the AWS SDK would panic ("URL was unset")
         ("AWS_ENDPOINT_URL", Some(""), "is set but empty", true),
@@ -618,6 +618,14 @@ async fn poll_mailboxes_cold_start_with_a_missing_or_invalid_variable_names_it()
             "MAILBRIDGE_IMAP_CA_FILE",
             Some("/nonexistent/ca.pem"),
             "/nonexistent/ca.pem",
+            true,
+        ),
+        // production (the setting unset, as in Lambda) refuses a loopback Graph URL: inside
+        // Lambda 127.0.0.1:9001 is the Runtime API
+        (
+            "MAILBRIDGE_GRAPH_URL",
+            Some("http://127.0.0.1:9/v1.0"),
+            "MAILBRIDGE_ALLOW_LOCAL_TARGETS",
             true,
         ),
     ];

@@ -117,6 +117,8 @@ async fn sam_local_invoke_runs_both_functions_against_the_local_stack() {
             "MAILBRIDGE_DLQ_URL": dlq_url,
             "MAILBRIDGE_THREAD_KEY_SECRET": thread_key_secret,
             "MAILBRIDGE_GRAPH_URL": stack().graph().v1_url(),
+            // the Graph and identity stand-ins listen on loopback
+            "MAILBRIDGE_ALLOW_LOCAL_TARGETS": "true",
         },
         "PollMailboxesFunction": {
             "AWS_ENDPOINT_URL": stack().moto().endpoint_url,

@@ -831,6 +831,10 @@ async fn the_bootstrap_binary_sends_a_batch_from_the_real_queue() {
             w.thread_key_secret.clone(),
         ),
         ("MAILBRIDGE_GRAPH_URL".to_owned(), w.graph.v1_url()),
+        (
+            "MAILBRIDGE_ALLOW_LOCAL_TARGETS".to_owned(),
+            "true".to_owned(),
+        ),
         ("RUST_LOG".to_owned(), "info".to_owned()),
     ]);
     let api = RuntimeApi::start().await.expect("runtime api");
@@ -1381,6 +1385,10 @@ async fn a_bootstrap_killed_mid_batch_loses_nothing_and_names_every_resend() {
             w.thread_key_secret.clone(),
         ),
         ("MAILBRIDGE_GRAPH_URL".to_owned(), w.graph.v1_url()),
+        (
+            "MAILBRIDGE_ALLOW_LOCAL_TARGETS".to_owned(),
+            "true".to_owned(),
+        ),
         ("RUST_LOG".to_owned(), "info".to_owned()),
     ]);
     let function = FunctionConfig::new("send-notifications", binary).with_env(env);

@@ -48,6 +48,8 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // the stand-ins listen on loopback: service URLs pointing at them are allowed here
+    mailbridge::config::allow_local_targets_in_this_process();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -388,6 +390,10 @@ async fn demo(stack: &LocalStack, helpdesk: &str) -> anyhow::Result<()> {
             THREAD_KEY_SECRET.to_owned(),
         ),
         ("MAILBRIDGE_GRAPH_URL".to_owned(), graph.v1_url()),
+        (
+            "MAILBRIDGE_ALLOW_LOCAL_TARGETS".to_owned(),
+            "true".to_owned(),
+        ),
         ("RUST_LOG".to_owned(), "info".to_owned()),
     ]);
     let outbound = Outbound {

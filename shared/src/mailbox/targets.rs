@@ -30,7 +30,7 @@ pub const IMAP_HOSTS_VAR: &str = "MAILBRIDGE_IMAP_HOSTS";
 /// Environment variable: the allowed ticket API hosts (same form). Unset: none.
 pub const SINK_HOSTS_VAR: &str = "MAILBRIDGE_SINK_HOSTS";
 /// Environment variable: `true` allows plain http and loopback hosts (local stack, tests).
-pub const ALLOW_LOCAL_VAR: &str = "MAILBRIDGE_ALLOW_LOCAL_TARGETS";
+pub const ALLOW_LOCAL_VAR: &str = crate::config::ALLOW_LOCAL_TARGETS_VAR;
 
 /// One allowlist entry: a host name, or `*.domain` for every subdomain of `domain`.
 #[derive(Clone, Debug, PartialEq, Eq)]
