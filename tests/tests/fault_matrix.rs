@@ -1924,6 +1924,8 @@ async fn send_one_through(
 /// refusals are the certificate's doing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_with_an_untrusted_ca_or_a_wrong_host_name_is_refused_and_nothing_is_lost() {
+    // its servers listen on loopback
+    mailbridge::config::allow_local_targets_in_this_process();
     use local_stack::tls_endpoint::TlsEndpoint;
     let untrusted = TlsEndpoint::start(&["localhost", "127.0.0.1"])
         .await

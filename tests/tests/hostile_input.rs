@@ -309,6 +309,10 @@ fn ticket_api_urls_must_be_https_outside_loopback_and_carry_no_credentials() {
 
 #[test]
 fn graph_and_identity_urls_must_be_https_outside_loopback() {
+    // without the setting (production) a loopback Graph URL is refused, with it accepted
+    assert!(mailbridge::config::validate_service_url_in("http://127.0.0.1:1", "f", false).is_err());
+    // its servers listen on loopback
+    mailbridge::config::allow_local_targets_in_this_process();
     assert!(GraphClient::new("https://graph.microsoft.com/v1.0").is_ok());
     assert!(GraphClient::new("http://127.0.0.1:1/v1.0").is_ok());
     for bad in [
@@ -418,6 +422,8 @@ async fn the_ticket_sink_does_not_follow_redirects_with_the_api_key_or_the_mail(
 
 #[tokio::test]
 async fn the_graph_client_does_not_follow_redirects_with_the_token_or_the_mail() {
+    // its servers listen on loopback
+    mailbridge::config::allow_local_targets_in_this_process();
     let notification = Notification::parse(
         &json!({
             "version": 1,
@@ -572,6 +578,8 @@ fn flood_payload() -> TicketPayload {
 /// at most `mailbridge::http::MAX_ANSWER_BYTES` of an answer.
 #[tokio::test]
 async fn a_server_answering_with_hundreds_of_mib_is_cut_off_at_the_cap() {
+    // its servers listen on loopback
+    mailbridge::config::allow_local_targets_in_this_process();
     let too_large = format!("larger than {} bytes", mailbridge::http::MAX_ANSWER_BYTES);
     for chunked in [true, false] {
         let framing = if chunked { "chunked" } else { "Content-Length" };
