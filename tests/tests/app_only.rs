@@ -454,6 +454,10 @@ impl SendWorld {
                 self.thread_key_secret.clone(),
             ),
             ("MAILBRIDGE_GRAPH_URL".to_owned(), stack().graph().v1_url()),
+            (
+                "MAILBRIDGE_ALLOW_LOCAL_TARGETS".to_owned(),
+                "true".to_owned(),
+            ),
             ("RUST_LOG".to_owned(), "info".to_owned()),
         ]);
         env

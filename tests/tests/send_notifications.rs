@@ -349,6 +349,45 @@ async fn happy_path_html_with_attachments_and_ticket_marker_is_sent_and_recorded
     );
 }
 
+/// Graph refuses more than five custom headers per message (400
+/// `InvalidInternetMessageHeaderCollection`, which the stand-in answers too). A notification
+/// that already uses all five is sent without mailbridge's reference header, not parked; the
+/// reference still travels in the footer and the Message-ID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_helpdesk_headers_leave_out_the_reference_header_and_the_mail_is_still_sent() {
+    let w = World::new().await;
+    let mut n = w.notification("Five headers of its own");
+    n["ticket_number"] = "78".into();
+    n["headers"] = json!({
+        "X-Helpdesk": "psa",
+        "X-Helpdesk-Queue": "support",
+        "X-Helpdesk-Ticket": "78",
+        "X-Helpdesk-Agent": "agent-7",
+        "X-Helpdesk-Kind": "reply"
+    });
+    w.enqueue(&[n]).await;
+    let event = w.receive_event(1).await;
+    let report = w.run(event, Duration::from_secs(30), settings()).await;
+    assert!(failures(&report).is_empty(), "{:?}", report.messages);
+    assert_eq!(report.metrics.sent, 1, "{:?}", report.messages);
+    assert_eq!(report.metrics.parked, 0, "{:?}", report.messages);
+    let accepted = w.graph.accepted(&w.upn);
+    assert_eq!(accepted.len(), 1);
+    let m = &accepted[0].request["message"];
+    let names: Vec<&str> = m["internetMessageHeaders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 5, "{names:?}");
+    assert!(!names.contains(&"X-Mailbridge-Ref"), "{names:?}");
+    let body = m["body"]["content"].as_str().unwrap();
+    assert!(body.contains("[ref:78."), "{body}");
+    let message_id = m["internetMessageId"].as_str().unwrap();
+    assert!(message_id.contains("78."), "{message_id}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mixed_batch_reports_exactly_the_throttled_item_and_parks_the_invalid_ones_with_reasons()
 {
