@@ -19,3 +19,37 @@ pub trait Classify {
     /// The class of this error.
     fn class(&self) -> ErrorClass;
 }
+
+/// An error's message followed by each of its causes, `": "`-separated. The top level alone
+/// often hides what went wrong: reqwest says "error sending request for url" (the cause is a
+/// refused connection or `invalid peer certificate: UnknownIssuer`), the AWS SDK says "service
+/// error".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("error sending request")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn error_chain_names_every_cause() {
+        let inner =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        assert_eq!(
+            error_chain(&Outer(inner)),
+            "error sending request: connection refused"
+        );
+    }
+}

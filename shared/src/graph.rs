@@ -17,7 +17,7 @@
 //! [`GraphError::SendingQuota`], transient but for hours) and a full sender mailbox
 //! (`ErrorQuotaExceeded`, permanent until someone makes room).
 
-use crate::error::{Classify, ErrorClass};
+use crate::error::{Classify, ErrorClass, error_chain};
 use crate::notification::{BodyType, Importance, Notification, Recipient};
 use crate::token::AccessToken;
 use async_trait::async_trait;
@@ -656,7 +656,7 @@ impl GraphClient {
                 // IncompleteMessage), may mean Graph accepted the mail. A failure to connect
                 // cannot.
                 after_request: e.is_timeout() || (!e.is_connect() && e.is_request()),
-                detail: transport_detail(&e),
+                detail: error_chain(&e),
             })?;
         let status = response.status().as_u16();
         let header = |name: &str| {
@@ -748,18 +748,6 @@ pub(crate) fn error_from_answer(
             request_id,
         },
     }
-}
-
-pub(crate) fn transport_detail(e: &reqwest::Error) -> String {
-    // reqwest's Display includes the URL (no secrets in it); add the root cause.
-    let mut detail = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        detail.push_str(": ");
-        detail.push_str(&s.to_string());
-        source = s.source();
-    }
-    detail
 }
 
 #[cfg(test)]

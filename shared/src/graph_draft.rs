@@ -37,9 +37,7 @@ use serde::Deserialize;
 
 use tokio::time::Instant;
 
-use crate::graph::{
-    GraphClient, GraphError, GraphMessage, SendAs, SendReceipt, error_from_answer, transport_detail,
-};
+use crate::graph::{GraphClient, GraphError, GraphMessage, SendAs, SendReceipt, error_from_answer};
 use crate::retry::Verdict;
 use crate::token::AccessToken;
 
@@ -190,7 +188,7 @@ async fn call(
         .map_err(|e| GraphError::Transport {
             timed_out: e.is_timeout(),
             after_request: e.is_timeout() || (!e.is_connect() && e.is_request()),
-            detail: transport_detail(&e),
+            detail: crate::error::error_chain(&e),
         })?;
     let status = response.status().as_u16();
     let request_id = response

@@ -282,7 +282,7 @@ impl GraphMailbox {
                     error_from_answer(status, request_id, retry_after, &bytes)
                 }
                 Err(e) => GraphError::Transport {
-                    detail: crate::graph::transport_detail(&e),
+                    detail: crate::error::error_chain(&e),
                     timed_out: e.is_timeout(),
                     after_request: e.is_timeout() || (!e.is_connect() && e.is_request()),
                 },

@@ -230,7 +230,7 @@ pub async fn read_body(
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| BodyError::Read(crate::retry::error_chain(&e)))?
+        .map_err(|e| BodyError::Read(crate::error::error_chain(&e)))?
     {
         if body.len() + chunk.len() > limit {
             return Err(BodyError::TooLarge { limit });

@@ -17,6 +17,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::error::error_chain;
 use backon::BackoffBuilder as _;
 use tokio::time::Instant;
 
@@ -282,19 +283,6 @@ pub async fn send_with_retry(
 pub fn excerpt(body: &str) -> String {
     let trimmed: String = body.chars().take(300).collect();
     trimmed.replace(['\r', '\n'], " ")
-}
-
-/// reqwest's message plus its causes: the top level alone ("error sending request for url")
-/// hides what went wrong (a refused connection, `invalid peer certificate: UnknownIssuer`).
-pub fn error_chain(e: &reqwest::Error) -> String {
-    let mut detail = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        detail.push_str(": ");
-        detail.push_str(&s.to_string());
-        source = s.source();
-    }
-    detail
 }
 
 #[cfg(test)]

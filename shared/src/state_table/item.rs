@@ -118,13 +118,8 @@ where
     E: std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    use std::error::Error as _;
-    let mut detail = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        detail.push_str(": ");
-        detail.push_str(&s.to_string());
-        source = s.source();
+    StoreError {
+        operation,
+        detail: crate::error::error_chain(&e),
     }
-    StoreError { operation, detail }
 }

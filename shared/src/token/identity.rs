@@ -141,6 +141,7 @@ fn json_u64(v: &serde_json::Value) -> Option<u64> {
         .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }
 
+use crate::error::error_chain;
 use crate::retry::RetryPolicy;
 
 /// The identity client's default policy: quick first retries, at most 8 s of backoff (a
@@ -522,15 +523,4 @@ impl IdentityClient {
             }
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
