@@ -101,12 +101,7 @@ fn extract(draft: &TicketDraft, field: &str) -> Value {
                 .collect::<Vec<_>>()
         ),
         "auto" => json!(draft.auto_generated),
-        "auto_class" => json!(
-            draft
-                .auto_reason
-                .as_deref()
-                .map(|r| r.split(':').next().unwrap_or(r).to_string())
-        ),
+        "auto_class" => json!(draft.auto_reason.as_ref().map(|r| r.kind.as_str())),
         "b_rcpt" => json!(draft.bounce.as_ref().and_then(|b| b.recipient.clone())),
         "b_status" => json!(draft.bounce.as_ref().and_then(|b| b.status.clone())),
         other => panic!("unknown truth field {other}"),

@@ -100,8 +100,8 @@ fn returned_headers_thread_bounces_only() {
     assert!(
         bounce
             .auto_reason
-            .as_deref()
-            .is_some_and(|r| r.starts_with("bounce:")),
+            .as_ref()
+            .is_some_and(|r| r.kind == mailbridge::mail::MachineMailKind::Bounce),
         "{bounce:?}"
     );
     assert_eq!(bounce.ticket_number.as_deref(), Some("88"));

@@ -6,6 +6,7 @@
 //! - [`ports`]: the small traits the loop runs on (mailbox, sink factory).
 //! - [`poll`]: one tick, [`poll::poll_once`], and the per-mailbox loop.
 //! - [`dedupe`]: which mails are the same mail.
+//! - [`machine_mail`]: which machine mail is set aside instead of posted.
 //! - [`convert`]: raw mail → ticket draft and attachment contents.
 //! - [`imap_adapter`], [`graph_adapter`], [`sinks`]: the real adapters (IMAP, Microsoft Graph,
 //!   ticket sinks).
@@ -18,6 +19,7 @@ pub mod dedupe;
 pub mod graph_adapter;
 pub mod handler;
 pub mod imap_adapter;
+pub mod machine_mail;
 pub mod memory;
 pub mod poll;
 pub mod ports;

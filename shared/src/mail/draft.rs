@@ -106,10 +106,10 @@ pub struct TicketDraft {
     pub attachments: Vec<Attachment>,
     /// Machine mail: auto-replies, out-of-office, bounces, receipts, lists, bulk, own loops.
     pub auto_generated: bool,
-    /// Why the mail counts as machine mail: `<category>: <evidence>`, category one of
-    /// `loop`, `bounce`, `delivery_report`, `read_receipt`, `feedback_report`, `out_of_office`,
-    /// `auto_reply`, `auto_generated`, `mailing_list`, `bulk`.
-    pub auto_reason: Option<String>,
+    /// Why the mail counts as machine mail: its kind and evidence, written `<kind>: <evidence>`
+    /// (kind one of `loop`, `bounce`, `delivery_report`, `read_receipt`, `feedback_report`,
+    /// `out_of_office`, `auto_reply`, `auto_generated`, `mailing_list`, `bulk`).
+    pub auto_reason: Option<super::auto::AutoReason>,
     /// For bounces: what the delivery report says.
     pub bounce: Option<Bounce>,
     /// The ticket this mail belongs to, found by a signed layer (a verified marker or
@@ -121,6 +121,15 @@ pub struct TicketDraft {
     /// type it: it is kept apart from `ticket_number` so that a consumer reading only that one
     /// never threads on it. Set whenever the subject has one, whatever the signed layers found.
     pub subject_ticket_number: Option<String>,
+}
+
+impl TicketDraft {
+    /// What to tell a person about machine mail: its `auto_reason`, or "auto-generated".
+    pub fn auto_reason_text(&self) -> String {
+        self.auto_reason
+            .as_ref()
+            .map_or_else(|| "auto-generated".to_owned(), ToString::to_string)
+    }
 }
 
 /// Options of [`crate::mail::parse`].

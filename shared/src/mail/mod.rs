@@ -38,6 +38,7 @@ mod sanitize;
 pub mod threading;
 pub mod tnef;
 
+pub use auto::{AutoReason, AutoReasonError, MachineMailKind};
 pub use draft::{
     Attachment, Bounce, MailAddress, ParseError, ParseOptions, ThreadSource, TicketDraft,
 };
@@ -227,8 +228,8 @@ fn build_draft(
     let auto_reason = auto::classify(&evidence);
     let to = message.to().map(addresses).unwrap_or_default();
     let bounce = auto_reason
-        .as_deref()
-        .filter(|r| r.starts_with("bounce:"))
+        .as_ref()
+        .filter(|r| r.kind == MachineMailKind::Bounce)
         .map(|_| {
             bounce::extract(
                 &bodies.delivery_status,
@@ -241,9 +242,7 @@ fn build_draft(
 
     // A bounce or delivery report names the mail it reports on in its returned headers; in any
     // other mail those are a forwarded message's (or a crafted part's), not a reply to ours.
-    let is_report = auto_reason
-        .as_deref()
-        .is_some_and(|r| r.starts_with("bounce:") || r.starts_with("delivery_report:"));
+    let is_report = auto_reason.as_ref().is_some_and(|r| r.kind.is_report());
     let (ticket_number, thread_source) = match opts.thread_key.as_deref() {
         Some(key) => signed_thread(
             key,

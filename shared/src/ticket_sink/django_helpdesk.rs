@@ -1161,11 +1161,7 @@ impl DjangoHelpdeskSink {
             status: 404,
             body: format!(
                 "machine mail ({}) names no ticket that exists (ticket {}); machine mail never opens a ticket",
-                payload
-                    .draft
-                    .auto_reason
-                    .as_deref()
-                    .unwrap_or("auto-generated"),
+                payload.draft.auto_reason_text(),
                 payload.named_ticket().unwrap_or("none")
             ),
         }

@@ -768,11 +768,7 @@ impl RtTicketSink {
                         status: 404,
                         body: format!(
                             "machine mail ({}) about a ticket RT does not have: {why}; machine mail never opens a ticket",
-                            payload
-                                .draft
-                                .auto_reason
-                                .as_deref()
-                                .unwrap_or("auto-generated")
+                            payload.draft.auto_reason_text()
                         ),
                     });
                 }
@@ -786,11 +782,7 @@ impl RtTicketSink {
                 status: 422,
                 body: format!(
                     "machine mail ({}) names no ticket; machine mail never opens a ticket",
-                    payload
-                        .draft
-                        .auto_reason
-                        .as_deref()
-                        .unwrap_or("auto-generated")
+                    payload.draft.auto_reason_text()
                 ),
             });
         }

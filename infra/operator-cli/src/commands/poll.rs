@@ -75,7 +75,7 @@ pub struct MailPlan {
     /// The helpdesk call the mail would become (e.g. "correspond on ticket 12").
     pub helpdesk_call: Option<String>,
     /// Machine mail reason (auto-reply, bounce...).
-    pub auto_reason: Option<String>,
+    pub auto_reason: Option<mailbridge::mail::AutoReason>,
     /// Attachments in the ticket.
     pub attachments: usize,
     /// Why the ticket carries a problem note.
@@ -576,7 +576,7 @@ fn print_human(previews: &[MailboxPreview]) {
             };
             let auto = m
                 .auto_reason
-                .as_deref()
+                .as_ref()
                 .map(|a| format!(" [machine mail: {a}]"))
                 .unwrap_or_default();
             println!(
