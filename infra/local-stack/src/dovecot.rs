@@ -605,24 +605,14 @@ impl crate::MailDrop for Dovecot {
     }
 }
 
-/// The Graph stand-in's mail-reading routes read and change the store through `doveadm`.
-impl crate::graph::MailStore for Dovecot {
-    fn folder_names(&self, user: &str) -> anyhow::Result<Vec<String>> {
-        self.folders(user)
-    }
-
-    fn create_folder(&self, user: &str, folder: &str) -> anyhow::Result<()> {
-        Dovecot::create_folder(self, user, folder)
-    }
-
-    fn folder_uidvalidity(&self, user: &str, folder: &str) -> anyhow::Result<u32> {
-        Ok(self.mailbox_status(user, folder)?.uidvalidity)
-    }
-
-    fn summaries(
+impl Dovecot {
+    /// `uid flags size.virtual date.received` of the messages of `user`'s `folder` that match
+    /// the doveadm search `query`, in UID order.
+    fn summaries_of(
         &self,
         user: &str,
         folder: &str,
+        query: &[&str],
     ) -> anyhow::Result<Vec<crate::graph::StoredSummary>> {
         // TZ=UTC: doveadm prints dates in local time without a zone
         let out = Command::new(DOVEADM_BIN)
@@ -638,8 +628,8 @@ impl crate::graph::MailStore for Dovecot {
                 "uid flags size.virtual date.received",
                 "mailbox",
                 folder,
-                "all",
             ])
+            .args(query)
             .stdin(Stdio::null())
             .output()
             .context("run doveadm fetch")?;
@@ -672,27 +662,46 @@ impl crate::graph::MailStore for Dovecot {
         messages.sort_by_key(|m| m.uid);
         Ok(messages)
     }
+}
+
+/// The Graph stand-in's mail-reading routes read and change the store through `doveadm`.
+impl crate::graph::MailStore for Dovecot {
+    fn folder_names(&self, user: &str) -> anyhow::Result<Vec<String>> {
+        self.folders(user)
+    }
+
+    fn create_folder(&self, user: &str, folder: &str) -> anyhow::Result<()> {
+        Dovecot::create_folder(self, user, folder)
+    }
+
+    fn folder_uidvalidity(&self, user: &str, folder: &str) -> anyhow::Result<u32> {
+        Ok(self.mailbox_status(user, folder)?.uidvalidity)
+    }
+
+    fn summaries(
+        &self,
+        user: &str,
+        folder: &str,
+    ) -> anyhow::Result<Vec<crate::graph::StoredSummary>> {
+        self.summaries_of(user, folder, &["all"])
+    }
+
+    fn summary(
+        &self,
+        user: &str,
+        folder: &str,
+        uid: u32,
+    ) -> anyhow::Result<Option<crate::graph::StoredSummary>> {
+        Ok(self
+            .summaries_of(user, folder, &["uid", &uid.to_string()])?
+            .into_iter()
+            .find(|m| m.uid == uid))
+    }
 
     fn message(&self, user: &str, folder: &str, uid: u32) -> anyhow::Result<Option<Vec<u8>>> {
-        let listed = self.doveadm(
-            &[
-                "-f",
-                "tab",
-                "fetch",
-                "-u",
-                user,
-                "uid",
-                "mailbox",
-                folder,
-                "uid",
-                &uid.to_string(),
-            ],
-            None,
-        )?;
-        if listed.lines().skip(1).all(|l| l.trim().is_empty()) {
-            return Ok(None);
-        }
-        self.fetch_raw(user, folder, uid).map(Some)
+        // No such UID: doveadm prints nothing and succeeds (a message has at least a header).
+        let raw = self.fetch_raw(user, folder, uid)?;
+        Ok((!raw.is_empty()).then_some(raw))
     }
 
     fn move_message(
@@ -702,7 +711,7 @@ impl crate::graph::MailStore for Dovecot {
         uid: u32,
         dest: &str,
     ) -> anyhow::Result<Option<u32>> {
-        if self.message(user, folder, uid)?.is_none() {
+        if crate::graph::MailStore::summary(self, user, folder, uid)?.is_none() {
             return Ok(None);
         }
         let next = self.mailbox_status(user, dest)?.uidnext;

@@ -84,6 +84,14 @@ pub trait MailStore: crate::MailDrop {
     fn folder_uidvalidity(&self, user: &str, folder: &str) -> anyhow::Result<u32>;
     /// Every message of the folder, in UID order.
     fn summaries(&self, user: &str, folder: &str) -> anyhow::Result<Vec<StoredSummary>>;
+    /// One message of the folder, None when there is no such UID (a store that can look one
+    /// message up answers without listing the folder).
+    fn summary(&self, user: &str, folder: &str, uid: u32) -> anyhow::Result<Option<StoredSummary>> {
+        Ok(self
+            .summaries(user, folder)?
+            .into_iter()
+            .find(|m| m.uid == uid))
+    }
     /// The raw message (CRLF), None when there is no such UID.
     fn message(&self, user: &str, folder: &str, uid: u32) -> anyhow::Result<Option<Vec<u8>>>;
     /// Move one message; its UID in `dest`, None when there was no such message.
@@ -1098,10 +1106,7 @@ async fn summary_of(
         {
             return Ok(None);
         }
-        Ok(store
-            .summaries(&user, &folder)?
-            .into_iter()
-            .find(|m| m.uid == uid))
+        store.summary(&user, &folder, uid)
     })
     .await
 }
@@ -1265,17 +1270,14 @@ async fn move_to(
         Ok(Some((new_uid, validity))) => {
             let listed = {
                 let (store, user, dest) = (store.clone(), user.clone(), dest.clone());
-                blocking(move || store.summaries(&user, &dest)).await
+                blocking(move || store.summary(&user, &dest, new_uid)).await
             };
-            let summary = listed
-                .ok()
-                .and_then(|l| l.into_iter().find(|m| m.uid == new_uid))
-                .unwrap_or(StoredSummary {
-                    uid: new_uid,
-                    seen: false,
-                    size: 0,
-                    received: chrono::Utc::now(),
-                });
+            let summary = listed.ok().flatten().unwrap_or(StoredSummary {
+                uid: new_uid,
+                seen: false,
+                size: 0,
+                received: chrono::Utc::now(),
+            });
             (
                 StatusCode::CREATED,
                 axum::Json(message_json(&dest, validity, &summary, None, false)),
