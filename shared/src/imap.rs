@@ -612,6 +612,34 @@ where
         self.fetch_section(uid, "BODY.PEEK[]", false).await
     }
 
+    /// `UID FETCH <set> BODY.PEEK[]`: whole raw messages in one round trip, in the order of
+    /// `uids` (None for a UID that vanished). Does not set `\Seen`.
+    pub async fn fetch_raw_many(
+        &mut self,
+        uids: &[Uid],
+    ) -> Result<Vec<(Uid, Option<Vec<u8>>)>, ImapError> {
+        if uids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let set = uid_set(uids);
+        let mut found = self
+            .run("UID FETCH BODY.PEEK", move |s| {
+                Box::pin(async move {
+                    let mut stream = s.uid_fetch(&set, "BODY.PEEK[]").await?;
+                    let mut found = std::collections::HashMap::new();
+                    // Drain to the end (the tagged OK) before the next command.
+                    while let Some(fetch) = stream.try_next().await? {
+                        if let (Some(uid), Some(body)) = (fetch.uid, fetch.body()) {
+                            found.insert(uid, body.to_vec());
+                        }
+                    }
+                    Ok(found)
+                })
+            })
+            .await?;
+        Ok(uids.iter().map(|uid| (*uid, found.remove(uid))).collect())
+    }
+
     /// `UID FETCH <uid> BODY.PEEK[HEADER]`: the header block only (None if it vanished).
     pub async fn fetch_header(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
         self.fetch_section(uid, "BODY.PEEK[HEADER]", true).await
@@ -644,30 +672,41 @@ where
 
     /// Move one message to `folder`, creating the folder when missing.
     pub async fn move_to(&mut self, uid: Uid, folder: &str) -> Result<(), ImapError> {
-        match self.move_once(uid, folder).await {
+        self.move_many(&[uid], folder).await
+    }
+
+    /// Move these messages to `folder` with one `UID MOVE <set>` (RFC 6851), creating the
+    /// folder when missing. UIDs that vanished meanwhile are skipped by the server.
+    pub async fn move_many(&mut self, uids: &[Uid], folder: &str) -> Result<(), ImapError> {
+        if uids.is_empty() {
+            return Ok(());
+        }
+        let set = uid_set(uids);
+        match self.move_once(&set, folder).await {
             Err(ImapError::Command { .. }) => {
                 // Most likely [TRYCREATE]: create and retry once. A failing CREATE (it exists
                 // after all) is fine; the retry tells.
                 let _ = self.create_folder(folder).await;
-                self.move_once(uid, folder).await
+                self.move_once(&set, folder).await
             }
             other => other,
         }
     }
 
-    async fn move_once(&mut self, uid: Uid, folder: &str) -> Result<(), ImapError> {
+    async fn move_once(&mut self, set: &str, folder: &str) -> Result<(), ImapError> {
         let folder_owned = folder.to_string();
+        let set_owned = set.to_string();
         if self.has_move() {
             self.run("UID MOVE", move |s| {
-                Box::pin(async move { s.uid_mv(uid.to_string(), &folder_owned).await })
+                Box::pin(async move { s.uid_mv(&set_owned, &folder_owned).await })
             })
             .await
         } else {
             self.run("UID COPY", move |s| {
-                Box::pin(async move { s.uid_copy(uid.to_string(), &folder_owned).await })
+                Box::pin(async move { s.uid_copy(&set_owned, &folder_owned).await })
             })
             .await?;
-            self.delete(uid).await
+            self.delete_set(set).await
         }
     }
 
@@ -696,11 +735,14 @@ where
 
     /// Flag one message `\Deleted` and expunge only it (`UID EXPUNGE` when `UIDPLUS` is there).
     pub async fn delete(&mut self, uid: Uid) -> Result<(), ImapError> {
+        self.delete_set(&uid.to_string()).await
+    }
+
+    async fn delete_set(&mut self, set: &str) -> Result<(), ImapError> {
+        let (set, set_again) = (set.to_string(), set.to_string());
         self.run("UID STORE +FLAGS (\\Deleted)", move |s| {
             Box::pin(async move {
-                let stream = s
-                    .uid_store(uid.to_string(), "+FLAGS.SILENT (\\Deleted)")
-                    .await?;
+                let stream = s.uid_store(&set, "+FLAGS.SILENT (\\Deleted)").await?;
                 let _: Vec<_> = stream.try_collect().await?;
                 Ok(())
             })
@@ -709,7 +751,7 @@ where
         if self.capabilities.contains("UIDPLUS") {
             self.run("UID EXPUNGE", move |s| {
                 Box::pin(async move {
-                    let stream = s.uid_expunge(uid.to_string()).await?;
+                    let stream = s.uid_expunge(&set_again).await?;
                     let _: Vec<_> = stream.try_collect().await?;
                     Ok(())
                 })

@@ -526,7 +526,11 @@ impl Poller {
             "ticket_api_url": stack().tickets().sink_url(&self.sink),
         });
         for (k, v) in extra.as_object().unwrap() {
-            fields[k] = v.clone();
+            if v.is_null() {
+                fields.as_object_mut().unwrap().remove(k);
+            } else {
+                fields[k] = v.clone();
+            }
         }
         put_mailbox_config(
             &dynamodb(),
@@ -655,6 +659,67 @@ async fn a_flood_from_one_sender_is_held_past_its_hourly_quota_and_nothing_is_lo
     assert_eq!(status(&again, "flooded").held, 1, "{again:?}");
     assert_eq!(p.tickets().len(), 4);
     assert_eq!(p.count(&user, "mailbridge-held"), 3);
+}
+
+/// Tickets of different conversations are posted side by side, those of one conversation one
+/// after the other in the order of arrival: a reply that arrives right after its original is
+/// posted only once the original's ticket was made (so the helpdesk threads it into that ticket
+/// instead of opening a new one), however slow the original's POST, while unrelated mail is
+/// not held back by it.
+#[tokio::test]
+async fn a_reply_right_after_its_original_is_posted_after_the_originals_ticket() {
+    let p = Poller::new(stack().dovecot().clone()).await;
+    let user = unique_user("order");
+    let account = p.account(&user).await;
+    p.mailbox(
+        "order",
+        &user,
+        &account,
+        serde_json::json!({"max_mails_per_sender_per_hour": 0}),
+    )
+    .await;
+    // The run posts one ticket alone until the API took one: a quick one first.
+    p.deliver(&user, &mail("other-0", "Other 0", "quick"));
+    p.deliver(&user, &mail("original", "Printer on fire", "SLOW-TO-POST"));
+    let reply = String::from_utf8(mail("reply", "Re: Printer on fire", "It is out now."))
+        .unwrap()
+        .replace(
+            "MIME-Version",
+            "In-Reply-To: <original@customer.example>\r\nReferences: <original@customer.example>\r\nMIME-Version",
+        );
+    p.deliver(&user, reply.as_bytes());
+    for i in 1..3 {
+        p.deliver(
+            &user,
+            &mail(&format!("other-{i}"), &format!("Other {i}"), "quick"),
+        );
+    }
+    stack().tickets().slow_payloads_containing(
+        &p.sink,
+        "SLOW-TO-POST",
+        Duration::from_millis(1500),
+    );
+    let report = p.poll().await;
+    let s = status(&report, "order");
+    assert_eq!((s.outcome.as_str(), s.tickets_created), ("ok", 5), "{s:?}");
+    let ticketed: Vec<String> = p
+        .tickets()
+        .iter()
+        .map(|t| t.body["draft"]["subject"].as_str().unwrap().to_owned())
+        .collect();
+    let at = |subject: &str| ticketed.iter().position(|t| t == subject).unwrap();
+    assert!(
+        at("Printer on fire") < at("Re: Printer on fire"),
+        "the reply was posted before its original's ticket was made: {ticketed:?}"
+    );
+    assert!(
+        at("Other 1") < at("Printer on fire") && at("Other 2") < at("Printer on fire"),
+        "unrelated mail waited for a slow POST of another conversation: {ticketed:?}"
+    );
+    assert_eq!(
+        (p.count(&user, "INBOX"), p.count(&user, "Processed")),
+        (0, 5)
+    );
 }
 
 /// `since`: mail received before it is left untouched, to the second (IMAP's SINCE is by the
@@ -1137,9 +1202,9 @@ async fn without_move_the_poller_copies_and_expunges_only_its_own_mail() {
     }
     assert_eq!(
         round_trips[0],
-        round_trips[1] + 2 * 3,
-        "without MOVE each mail takes COPY, STORE and UID EXPUNGE instead of one UID MOVE \
-         (no MOVE, MOVE): {round_trips:?}"
+        round_trips[1] + 2,
+        "without MOVE the window's mails take one UID COPY, UID STORE and UID EXPUNGE (of their \
+         set) instead of one UID MOVE (no MOVE, MOVE): {round_trips:?}"
     );
 }
 
@@ -1560,8 +1625,19 @@ async fn near_the_deadline_the_remaining_mail_waits_for_the_next_run() {
     let account = p.account(&user).await;
     p.mailbox("deadline", &user, &account, serde_json::json!({}))
         .await;
+    // One conversation (each mail answers the first), so its tickets are posted one after the
+    // other: different conversations would be posted side by side.
     for i in 0..6 {
-        p.deliver(&user, &mail(&format!("dl{i}"), &format!("Mail {i}"), "x"));
+        let raw = String::from_utf8(mail(&format!("dl{i}"), &format!("Mail {i}"), "x")).unwrap();
+        let raw = if i == 0 {
+            raw
+        } else {
+            raw.replace(
+                "MIME-Version",
+                "In-Reply-To: <dl0@customer.example>\r\nMIME-Version",
+            )
+        };
+        p.deliver(&user, raw.as_bytes());
     }
     // A concrete point instead of a race with the machine's load: the 2nd POST is held until
     // the "stop starting new mail" point (deadline - 3 s margin) has passed, then answered.
@@ -1613,9 +1689,9 @@ async fn dovecot_restarted_mid_run_then_the_next_run_completes_without_loss_or_d
         p.deliver(&user, &mail(&format!("rs{i}"), &format!("Mail {i}"), "x"));
     }
     // A concrete stop point, whatever the machine's load: the 4th POST is held unanswered at the
-    // ticket API; Dovecot is kicked and stopped while the poller waits for it; then the answer
-    // goes out. So 3 mails are ticketed and moved, the 4th is ticketed (the helpdesk accepted it)
-    // but its UID MOVE meets a dead connection, and mails 5..8 were never started.
+    // ticket API; Dovecot is kicked and stopped while the poller waits for it; then the answers
+    // go out. The 8 mails are one window: all are ticketed (the helpdesk accepted them), and the
+    // window's UID MOVE meets a dead connection, so none is moved.
     stack.tickets().hold_requests_after(&p.sink, 3);
     let sink = p.sink.clone();
     let killer = {
@@ -1653,9 +1729,9 @@ async fn dovecot_restarted_mid_run_then_the_next_run_completes_without_loss_or_d
         s.reason.as_deref().unwrap_or("").contains("UID MOVE"),
         "the status names the IMAP step that failed: {s:?}"
     );
-    assert_eq!(s.tickets_created, 3, "{s:?}");
-    assert_eq!(s.deferred, 5, "the cut mail and the 4 never started: {s:?}");
-    assert_eq!(p.tickets().len(), 4, "the 4th was accepted before the cut");
+    assert_eq!(s.tickets_created, 0, "none moved: {s:?}");
+    assert_eq!(s.deferred, 8, "the whole window: {s:?}");
+    assert_eq!(p.tickets().len(), 8, "all accepted before the cut");
     let d = dovecot.clone();
     tokio::task::spawn_blocking(move || d.restart())
         .await
@@ -1670,8 +1746,8 @@ async fn dovecot_restarted_mid_run_then_the_next_run_completes_without_loss_or_d
     );
     assert_eq!(
         (s.tickets_created, s.duplicates),
-        (4, 1),
-        "the accepted-but-unmoved mail is only moved, not ticketed again: {s:?}"
+        (0, 8),
+        "the accepted-but-unmoved mails are only moved, not ticketed again: {s:?}"
     );
     let tickets = p.tickets();
     assert_eq!(tickets.len(), 8, "every mail exactly one ticket");
@@ -1924,31 +2000,42 @@ struct BootstrapRun {
 /// polled by `binary` (the real bootstrap) under the Runtime API emulator with
 /// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE=memory_mb`, the production token layer, the state table on
 /// moto and the ticket API stand-in. Asserts that every mail became a ticket; returns the run and
-/// the big mail's ticket.
+/// the big mail's ticket. With `graph`, the mailbox is read through the Graph stand-in (over the
+/// stack's Dovecot, where the mail is delivered then) instead of IMAP.
 async fn poll_generated_mails(
     binary: std::path::PathBuf,
     label: &str,
     small: usize,
     big_attachment: usize,
     memory_mb: u32,
+    graph: bool,
 ) -> (BootstrapRun, local_stack::ticket_api::RecordedTicket) {
     use local_stack::runtime_api::{FunctionConfig, RuntimeApi};
-    let dovecot = Arc::new(
-        mailbridge_tests::start_private_dovecot(label, &stack().identity().introspection_url())
-            .await
-            .unwrap(),
-    );
+    let dovecot = if graph {
+        stack().dovecot().clone()
+    } else {
+        Arc::new(
+            mailbridge_tests::start_private_dovecot(label, &stack().identity().introspection_url())
+                .await
+                .unwrap(),
+        )
+    };
     let p = Poller::new(dovecot.clone()).await;
     let user = unique_user(label);
     let account = p.account(&user).await;
-    p.mailbox(
-        label,
-        &user,
-        &account,
-        // up to 1000 generated mails from few senders in one run
-        serde_json::json!({"max_messages_per_run": 5000, "max_mails_per_sender_per_hour": 0}),
-    )
-    .await;
+    // up to 1000 generated mails from few senders in one run
+    let mut fields =
+        serde_json::json!({"max_messages_per_run": 5000, "max_mails_per_sender_per_hour": 0});
+    if graph {
+        let mut app = AppRegistration::mailbridge(&p.tenant, &p.client_id);
+        app.consented_scopes
+            .push("https://graph.microsoft.com/Mail.ReadWrite".to_owned());
+        stack().identity().register_app(app);
+        fields["protocol"] = "graph".into();
+        fields["host"] = serde_json::Value::Null;
+        fields["port"] = serde_json::Value::Null;
+    }
+    p.mailbox(label, &user, &account, fields).await;
 
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut mails = Vec::with_capacity(small + 1);
@@ -2009,6 +2096,7 @@ async fn poll_generated_mails(
             dovecot.ca_pem_path.display().to_string(),
         ),
         ("RUST_LOG".to_string(), "warn".to_string()),
+        ("MAILBRIDGE_GRAPH_URL".to_string(), stack().graph().v1_url()),
     ]);
     let api = RuntimeApi::start().await.expect("runtime api");
     let mut function = FunctionConfig::new("poll-mailboxes", binary).with_env(env);
@@ -2082,7 +2170,8 @@ async fn poll_the_big_mail(
     .await
     .unwrap()
     .expect("the poll-mailboxes binary");
-    let (run, big) = poll_generated_mails(binary, label, small, BIG_ATTACHMENT, memory_mb).await;
+    let (run, big) =
+        poll_generated_mails(binary, label, small, BIG_ATTACHMENT, memory_mb, false).await;
     let rss = run.peak_rss_kib.expect("VmHWM of the bootstrap");
     println!(
         "peak RSS {:.1} MiB at {memory_mb} MB polling {} mails ({:.1} MB) in {:.1} s",
@@ -2141,32 +2230,59 @@ async fn the_bootstrap_at_128_mb_makes_a_27_mb_mail_a_header_only_ticket_within_
 }
 
 /// Benchmark (prints numbers; recorded in BENCHMARKS.md): 1,000 realistic mails plus one with a
-/// 20 MB attachment in one mailbox, polled by the real bootstrap (bench profile) at 128 MB.
+/// 20 MB attachment in one mailbox, polled by the real bootstrap (bench profile) at 128 MB, read
+/// over IMAP and then (the same mails, a new mailbox) through Graph, in the same run.
 /// Run: `cargo build --profile bench --workspace --bins && cargo test --profile bench -p mailbridge-tests --test poll_mailboxes -- --ignored --nocapture bench_`
 #[tokio::test]
 #[ignore = "benchmark: run explicitly (see BENCHMARKS.md)"]
 async fn bench_poll_1000_mails_and_a_20_mb_attachment() {
-    // The bootstrap of this test's profile (bench: thin LTO), built beforehand.
-    let binary = local_stack::runtime_api::workspace_binary("poll-mailboxes", "poll-mailboxes")
-        .expect("the poll-mailboxes binary");
-    let (run, _big) = poll_generated_mails(binary, "poll-bench", 1000, BIG_ATTACHMENT, 128).await;
-    println!(
-        "bench: {} mails in {:.2} s = {:.1} mails/s; init {:?}; peak RSS {:.1} MiB (limit 128); \
-         IMAP round trips {} = {:.2} per mail; outcome {}",
-        run.handled,
-        run.wall.as_secs_f64(),
-        run.handled as f64 / run.wall.as_secs_f64(),
-        run.init,
-        run.peak_rss_kib.unwrap_or(0) as f64 / 1024.0,
-        run.imap_round_trips,
-        run.imap_round_trips as f64 / run.handled as f64,
-        run.outcome
-    );
-    assert!(
-        run.peak_rss_kib.unwrap_or(u64::MAX) < lambda_kib(128),
-        "peak RSS {:?} KiB is over a 128 MB Lambda",
-        run.peak_rss_kib
-    );
+    // The bootstrap of this test's profile (bench: thin LTO), built beforehand, or the one
+    // MAILBRIDGE_BENCH_POLLER names (a bench-profile bootstrap measured by a dev-profile test);
+    // MAILBRIDGE_BENCH_BASELINE_POLLER: an earlier build, run over IMAP first, side by side.
+    let binary = match std::env::var_os("MAILBRIDGE_BENCH_POLLER") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => local_stack::runtime_api::workspace_binary("poll-mailboxes", "poll-mailboxes")
+            .expect("the poll-mailboxes binary"),
+    };
+    let baseline =
+        std::env::var_os("MAILBRIDGE_BENCH_BASELINE_POLLER").map(std::path::PathBuf::from);
+    let load = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    let runs = baseline
+        .iter()
+        .map(|b| ("IMAP", "baseline", b, false))
+        .chain([
+            ("IMAP", "this build", &binary, false),
+            ("Graph", "this build", &binary, true),
+        ]);
+    for (protocol, build, binary, graph) in runs {
+        let label = format!("poll-bench-{}", protocol.to_lowercase());
+        let load_before = load();
+        let (run, _big) =
+            poll_generated_mails(binary.clone(), &label, 1000, BIG_ATTACHMENT, 128, graph).await;
+        println!(
+            "bench {protocol} ({build}): {} mails in {:.2} s = {:.1} mails/s; init {:?}; peak RSS {:.1} MiB \
+             (limit 128); {protocol} round trips {} = {:.2} per mail; outcome {}; load average \
+             {load_before} before, {} after",
+            run.handled,
+            run.wall.as_secs_f64(),
+            run.handled as f64 / run.wall.as_secs_f64(),
+            run.init,
+            run.peak_rss_kib.unwrap_or(0) as f64 / 1024.0,
+            run.imap_round_trips,
+            run.imap_round_trips as f64 / run.handled as f64,
+            run.outcome,
+            load()
+        );
+        assert!(
+            run.peak_rss_kib.unwrap_or(u64::MAX) < lambda_kib(128),
+            "{protocol}: peak RSS {:?} KiB is over a 128 MB Lambda",
+            run.peak_rss_kib
+        );
+    }
 }
 
 #[tokio::test]

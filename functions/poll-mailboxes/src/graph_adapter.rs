@@ -24,8 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt as _;
 use mailbridge::graph::GraphError;
-use mailbridge::graph_mail::{DeltaChange, DeltaStart, GraphMailbox};
+use mailbridge::graph_mail::{DeltaChange, DeltaStart, GraphMailbox, MAX_CONCURRENT_REQUESTS};
 use mailbridge::imap::{ImapError, ListedMessage, SearchScope, SelectedFolder, Uid};
 use mailbridge::mailbox::{AfterAction, MailboxConfig, Protocol};
 use mailbridge::state_table::{GraphSyncState, GraphSyncStore, PendingMessage, StoreError};
@@ -475,6 +476,70 @@ impl Mailbox for GraphSession {
         }
         self.forget(uid);
         Ok(())
+    }
+
+    async fn fetch_raw_many(
+        &mut self,
+        uids: &[Uid],
+    ) -> Result<Vec<(Uid, Option<Vec<u8>>)>, ImapError> {
+        // Side by side, as many as Graph lets one mailbox have in flight (the client's limit).
+        let deadline = self.deadline();
+        let client = &self.client;
+        let ids: Vec<(Uid, Option<String>)> = uids.iter().map(|u| (*u, self.id_of(*u))).collect();
+        let fetched: Vec<(Uid, Result<Option<Vec<u8>>, GraphError>)> = futures::stream::iter(ids)
+            .map(|(uid, id)| async move {
+                match id {
+                    Some(id) => (uid, client.mime(&id, deadline).await),
+                    None => (uid, Ok(None)),
+                }
+            })
+            .buffered(MAX_CONCURRENT_REQUESTS)
+            .collect()
+            .await;
+        let mut out = Vec::with_capacity(fetched.len());
+        for (uid, result) in fetched {
+            match result {
+                Ok(Some(raw)) => out.push((uid, Some(raw))),
+                Ok(None) => {
+                    self.forget(uid);
+                    out.push((uid, None));
+                }
+                Err(e) => return Err(self.err("fetch $value", e)),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn move_many(&mut self, uids: &[Uid], folder: &str) -> Result<(), ImapError> {
+        let destination = self.resolve(folder).await?;
+        let deadline = self.deadline();
+        let client = &self.client;
+        let ids: Vec<(Uid, String)> = uids
+            .iter()
+            .filter_map(|u| self.id_of(*u).map(|id| (*u, id)))
+            .collect();
+        let destination = &destination;
+        let moved: Vec<(Uid, Result<bool, GraphError>)> = futures::stream::iter(ids)
+            .map(|(uid, id)| async move { (uid, client.move_to(&id, destination, deadline).await) })
+            .buffer_unordered(MAX_CONCURRENT_REQUESTS)
+            .collect()
+            .await;
+        let mut failed = None;
+        for (uid, result) in moved {
+            match result {
+                Ok(moved) => {
+                    if !moved {
+                        tracing::warn!(mailbox = %self.name, uid, "message no longer in the folder when moving it (moved meanwhile)");
+                    }
+                    self.forget(uid);
+                }
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        match failed {
+            Some(e) => Err(self.err("move", e)),
+            None => Ok(()),
+        }
     }
 
     async fn mark_seen(&mut self, uid: Uid) -> Result<(), ImapError> {

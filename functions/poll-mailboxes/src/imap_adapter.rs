@@ -81,11 +81,20 @@ where
     async fn fetch_raw(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
         ImapConnection::fetch_raw(self, uid).await
     }
+    async fn fetch_raw_many(
+        &mut self,
+        uids: &[Uid],
+    ) -> Result<Vec<(Uid, Option<Vec<u8>>)>, ImapError> {
+        ImapConnection::fetch_raw_many(self, uids).await
+    }
     async fn fetch_header(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
         ImapConnection::fetch_header(self, uid).await
     }
     async fn move_to(&mut self, uid: Uid, folder: &str) -> Result<(), ImapError> {
         ImapConnection::move_to(self, uid, folder).await
+    }
+    async fn move_many(&mut self, uids: &[Uid], folder: &str) -> Result<(), ImapError> {
+        ImapConnection::move_many(self, uids, folder).await
     }
     async fn mark_seen(&mut self, uid: Uid) -> Result<(), ImapError> {
         ImapConnection::mark_seen(self, uid).await

@@ -5,7 +5,8 @@
 //!   reads and writes them too.
 //! - [`ports`]: the small traits the loop runs on (mailbox, sink factory).
 //! - [`poll`]: one tick, [`poll::poll_once`], and the per-mailbox loop.
-//! - [`dedupe`]: which mails are the same mail.
+//! - [`dedupe`]: which mails are the same mail; [`conversation`]: which mails of a window are one
+//!   conversation (posted in order, other conversations beside them).
 //! - [`machine_mail`]: which machine mail is set aside instead of posted.
 //! - [`convert`]: raw mail → ticket draft and attachment contents.
 //! - [`imap_adapter`], [`graph_adapter`], [`sinks`]: the real adapters (IMAP, Microsoft Graph,
@@ -14,6 +15,7 @@
 //! - [`handler`]: the Lambda event → tick → response + metrics.
 //! - [`push`]: poll requests from Graph change notifications (the poll-request queue).
 
+pub mod conversation;
 pub mod convert;
 pub mod dedupe;
 pub mod graph_adapter;

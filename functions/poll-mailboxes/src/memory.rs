@@ -76,14 +76,21 @@ impl MemoryBudget {
     /// Take the estimated peak of reading a mail of `size` bytes, waiting while other mails
     /// hold the budget; given back when the permit is dropped.
     pub async fn reserve(&self, size: u64) -> SemaphorePermit<'_> {
-        let want = size
-            .saturating_mul(PEAK_FACTOR)
-            .div_ceil(KIB)
-            .clamp(1, u64::from(self.total_kib)) as u32;
         self.permits
-            .acquire_many(want)
+            .acquire_many(self.share_of(size))
             .await
             .expect("the budget's semaphore is never closed")
+    }
+
+    /// Like [`MemoryBudget::reserve`], without waiting: None while other mails hold too much.
+    pub fn try_reserve(&self, size: u64) -> Option<SemaphorePermit<'_>> {
+        self.permits.try_acquire_many(self.share_of(size)).ok()
+    }
+
+    fn share_of(&self, size: u64) -> u32 {
+        size.saturating_mul(PEAK_FACTOR)
+            .div_ceil(KIB)
+            .clamp(1, u64::from(self.total_kib)) as u32
     }
 }
 

@@ -28,10 +28,30 @@ pub trait Mailbox: Send {
     async fn list_messages(&mut self, uids: &[Uid]) -> Result<Vec<ListedMessage>, ImapError>;
     /// The whole raw message (`BODY.PEEK[]`), None when it vanished.
     async fn fetch_raw(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError>;
+    /// Whole raw messages, in the order of `uids` (None: vanished), fetched in as few round
+    /// trips or as many requests side by side as the protocol allows.
+    async fn fetch_raw_many(
+        &mut self,
+        uids: &[Uid],
+    ) -> Result<Vec<(Uid, Option<Vec<u8>>)>, ImapError> {
+        let mut out = Vec::with_capacity(uids.len());
+        for uid in uids {
+            out.push((*uid, self.fetch_raw(*uid).await?));
+        }
+        Ok(out)
+    }
     /// The header block only, None when it vanished.
     async fn fetch_header(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError>;
     /// Move to a folder (created if missing).
     async fn move_to(&mut self, uid: Uid, folder: &str) -> Result<(), ImapError>;
+    /// Move these (ascending) to a folder (created if missing), in as few commands as the
+    /// protocol allows.
+    async fn move_many(&mut self, uids: &[Uid], folder: &str) -> Result<(), ImapError> {
+        for uid in uids {
+            self.move_to(*uid, folder).await?;
+        }
+        Ok(())
+    }
     /// Set `\Seen`.
     async fn mark_seen(&mut self, uid: Uid) -> Result<(), ImapError>;
     /// Delete this one message.

@@ -242,6 +242,8 @@ struct FakeState {
     leases: Mutex<HashMap<String, (String, i64)>>,
     /// mailbox → the mail marked in flight (kept when a run "dies" without releasing)
     in_flight: Mutex<HashMap<String, InFlightMail>>,
+    /// every mark, in order
+    in_flight_marks: Mutex<Vec<InFlightMail>>,
     /// per-sender quota item → mails counted
     sender_quota: Mutex<HashMap<String, u32>>,
 }
@@ -283,6 +285,7 @@ impl StateStore for FakeState {
             .lock()
             .unwrap()
             .insert(mailbox.to_string(), mail);
+        self.in_flight_marks.lock().unwrap().push(mail);
         Ok(())
     }
     async fn get_dedupe(&self, pk: &str) -> Result<Option<DedupeRecord>, StoreError> {
@@ -1272,14 +1275,7 @@ async fn a_mail_a_run_died_reading_is_parked_unread_and_the_others_go_on() {
     };
     w.deps
         .state
-        .mark_in_flight(
-            "help",
-            &token,
-            InFlightMail {
-                uid_validity,
-                uid: poison,
-            },
-        )
+        .mark_in_flight("help", &token, InFlightMail::one(uid_validity, poison))
         .await
         .unwrap();
 
@@ -1296,6 +1292,70 @@ async fn a_mail_a_run_died_reading_is_parked_unread_and_the_others_go_on() {
         .await
         .unwrap();
     assert_eq!((again.parked, again.tickets_created), (0, 0));
+}
+
+/// A window of small mails a run died in: none is parked (which one ended the run is not
+/// known); they are read again one at a time, each named alone, so the one that ends a run is
+/// known the next time.
+#[tokio::test]
+async fn a_window_a_run_died_in_is_read_again_one_mail_at_a_time() {
+    let w = help_world();
+    for i in 0..3 {
+        w.server
+            .deliver("help@example.com", &mail(&format!("m{i}"), "hello"));
+    }
+    w.server
+        .deliver("help@example.com", &mail("after", "hello"));
+    let token = match w
+        .deps
+        .state
+        .acquire_mailbox_lease("help", chrono::Utc::now().timestamp() - 1)
+        .await
+        .unwrap()
+    {
+        MailboxLease::Acquired { token, .. } => token,
+        MailboxLease::Held(_) => panic!("free"),
+    };
+    let uid_validity = {
+        let mut mailbox = w
+            .server
+            .connect(
+                &mailbox("help", "help@example.com", serde_json::json!({})),
+                &SecretString::from("t"),
+            )
+            .await
+            .unwrap();
+        mailbox.select("INBOX").await.unwrap().uid_validity
+    };
+    let window = InFlightMail {
+        uid_validity,
+        uid: 1,
+        last_uid: 3,
+    };
+    w.deps
+        .state
+        .mark_in_flight("help", &token, window)
+        .await
+        .unwrap();
+    let report = poll_once(&w.deps, None, Instant::now() + Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.tickets_created, report.parked),
+        (4, 0),
+        "{report:?}"
+    );
+    let marks = w.state.in_flight_marks.lock().unwrap().clone();
+    assert_eq!(
+        marks[1..],
+        [
+            InFlightMail::one(uid_validity, 1),
+            InFlightMail::one(uid_validity, 2),
+            InFlightMail::one(uid_validity, 3),
+            InFlightMail::one(uid_validity, 4),
+        ],
+        "each mail of the window named alone, then the rest as a window"
+    );
 }
 
 /// Records the gates a queued run disarms.

@@ -72,6 +72,9 @@ struct SinkState {
     poison: Option<(String, u16)>,
     /// Requests numbered above this wait until [`TicketApiStandIn::release_held`].
     hold_after: Option<u64>,
+    /// Every request whose body contains this text is answered (and its ticket made) only
+    /// after this delay: one slow mail among quick ones.
+    slow: Option<(String, Duration)>,
 }
 
 #[derive(Default)]
@@ -111,7 +114,12 @@ async fn create_ticket(
         let mut guard = shared.lock().expect("stand-in state");
         let state = guard.sinks.entry(sink.clone()).or_default();
         state.requests += 1;
-        (state.latency, state.requests)
+        let slow = state.slow.as_ref().and_then(|(needle, delay)| {
+            body.windows(needle.len().max(1))
+                .any(|w| w == needle.as_bytes())
+                .then_some(*delay)
+        });
+        (state.latency + slow.unwrap_or_default(), state.requests)
     };
     loop {
         let held = {
@@ -383,6 +391,13 @@ impl TicketApiStandIn {
     /// Answer every request with 503 while `down`.
     pub fn set_down(&self, sink: &str, down: bool) {
         self.with_sink(sink, |s| s.down = down);
+    }
+
+    /// Make every request whose body contains `needle` wait `delay` before its ticket is made
+    /// and answered.
+    pub fn slow_payloads_containing(&self, sink: &str, needle: &str, delay: Duration) {
+        let needle = needle.to_owned();
+        self.with_sink(sink, |s| s.slow = Some((needle, delay)));
     }
 
     /// Delay every answer on `sink`.

@@ -10,9 +10,10 @@
 //!   when (`lease_token`, `started_at`, `lease_expires_at`); taken only when a search found
 //!   mail, so idle runs cost no write. Deleted when the run ends; a run that was killed leaves
 //!   it behind, which is how `mailbridge status` can tell a run that never reported
-//!   ([`DynamoStateStore::get_mailbox_lease`]). While the run reads a mail, `in_flight_uid` /
-//!   `in_flight_uid_validity` name it, so a lease taken over with these still set names the
-//!   mail a killed run was reading (the next run parks it unread).
+//!   ([`DynamoStateStore::get_mailbox_lease`]). While the run reads mail, `in_flight_uid` /
+//!   `in_flight_uid_last` / `in_flight_uid_validity` name it (one mail, or a window of small
+//!   ones), so a lease taken over with these still set names the mail a killed run was reading
+//!   (the next run parks a single mail unread, and reads a window's mails one by one).
 
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::SdkError;
@@ -87,13 +88,33 @@ pub enum MailboxLease {
 }
 
 /// The mail a run is reading (fetch, parse, delivery), remembered in the state table before
-/// its bytes are fetched, so that a run that dies on it leaves its name behind.
+/// its bytes are fetched, so that a run that dies on it leaves its name behind. The poller reads
+/// small mails a window at a time and names the window (`uid` through `last_uid`, one write per
+/// window); a large mail is always a window of its own, named alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InFlightMail {
     /// UIDVALIDITY of the folder.
     pub uid_validity: u32,
-    /// The mail's UID.
+    /// The mail's UID (the window's first).
     pub uid: u32,
+    /// The window's last UID (`uid` when one mail is in flight).
+    pub last_uid: u32,
+}
+
+impl InFlightMail {
+    /// One mail in flight.
+    pub fn one(uid_validity: u32, uid: u32) -> Self {
+        InFlightMail {
+            uid_validity,
+            uid,
+            last_uid: uid,
+        }
+    }
+
+    /// Whether exactly one mail was in flight.
+    pub fn is_one_mail(&self) -> bool {
+        self.uid == self.last_uid
+    }
 }
 
 /// A stored mailbox lease (see [`DynamoStateStore::get_mailbox_lease`]).
@@ -156,7 +177,12 @@ impl DynamoStateStore {
                     get_n(&old, "in_flight_uid_validity"),
                     get_n(&old, "in_flight_uid"),
                 ) {
-                    (Some(uid_validity), Some(uid)) => Some(InFlightMail { uid_validity, uid }),
+                    (Some(uid_validity), Some(uid)) => Some(InFlightMail {
+                        uid_validity,
+                        uid,
+                        // written before windows: one mail
+                        last_uid: get_n(&old, "in_flight_uid_last").unwrap_or(uid),
+                    }),
                     _ => None,
                 };
                 Ok(MailboxLease::Acquired { token, interrupted })
@@ -195,9 +221,12 @@ impl DynamoStateStore {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(mailbox_lease_key(mailbox)))
-            .update_expression("SET in_flight_uid = :uid, in_flight_uid_validity = :validity")
+            .update_expression(
+                "SET in_flight_uid = :uid, in_flight_uid_last = :last, in_flight_uid_validity = :validity",
+            )
             .condition_expression("lease_token = :token")
             .expression_attribute_values(":uid", n(mail.uid))
+            .expression_attribute_values(":last", n(mail.last_uid))
             .expression_attribute_values(":validity", n(mail.uid_validity))
             .expression_attribute_values(":token", s(token))
             .send()

@@ -82,6 +82,26 @@ pub trait StateStore: Send + Sync {
     async fn get_dedupe(&self, pk: &str) -> Result<Option<DedupeRecord>, StoreError>;
     /// Write a dedupe record.
     async fn put_dedupe(&self, record: &DedupeRecord) -> Result<(), StoreError>;
+    /// The dedupe records of `pks` that exist, by `pk` (one round trip per 100 keys).
+    async fn get_dedupes(
+        &self,
+        pks: &[String],
+    ) -> Result<std::collections::HashMap<String, DedupeRecord>, StoreError> {
+        let mut found = std::collections::HashMap::new();
+        for pk in pks {
+            if let Some(record) = self.get_dedupe(pk).await? {
+                found.insert(pk.clone(), record);
+            }
+        }
+        Ok(found)
+    }
+    /// Write dedupe records (one round trip per 25).
+    async fn put_dedupes(&self, records: &[DedupeRecord]) -> Result<(), StoreError> {
+        for record in records {
+            self.put_dedupe(record).await?;
+        }
+        Ok(())
+    }
     /// Count one mail against a per-sender quota item `pk` (created on first use, expiring at
     /// `expires_at`): true when it was under `max` and is now counted, false when the quota is
     /// used up (nothing counted).

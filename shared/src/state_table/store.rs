@@ -88,6 +88,17 @@ impl StateStore for DynamoStateStore {
         self.write_dedupe(record).await
     }
 
+    async fn get_dedupes(
+        &self,
+        pks: &[String],
+    ) -> Result<std::collections::HashMap<String, DedupeRecord>, StoreError> {
+        self.read_dedupes(pks).await
+    }
+
+    async fn put_dedupes(&self, records: &[DedupeRecord]) -> Result<(), StoreError> {
+        self.write_dedupes(records).await
+    }
+
     async fn take_sender_quota(
         &self,
         pk: &str,
