@@ -733,86 +733,114 @@ async fn work_on(
     let deferred_from = |index: usize, status: &MailboxStatus| {
         (listed.len() - index) as u32 + beyond_limit + status.retry_last_uids.len() as u32
     };
+    // The pipeline: while one window's tickets are posted, the next window is read (fetched and
+    // parsed) on the connection; then the first is settled (its after-actions) and the next one
+    // posted. Two windows at most, both within the memory budget.
     let mut index = 0;
-    while index < listed.len() {
-        if Instant::now() >= stop_starting_at {
-            status.deferred = deferred_from(index, status);
-            status.outcome = MailboxOutcome::Partial;
-            status.reason = Some(deadline_reason(&left_in_place, status));
-            return Ok(());
-        }
-        // The window: mails in order while they are small, not to be read one by one, and fit
-        // the memory budget beside each other (the first one waits for its share).
-        let mut window: Vec<(ListedMessage, SemaphorePermit<'_>)> = Vec::new();
-        for message in &listed[index..] {
-            let size = u64::from(message.size);
-            let reads = if size > limit { 0 } else { size };
-            let alone =
-                size > ALONE_ABOVE_BYTES && size <= limit || one_by_one.contains(&message.uid);
-            if window.is_empty() {
-                window.push((*message, deps.memory.reserve(reads).await));
-                if alone {
-                    break;
-                }
-                continue;
-            }
-            if alone || window.len() >= WINDOW_MAILS {
-                break;
-            }
-            match deps.memory.try_reserve(reads) {
-                Some(share) => window.push((*message, share)),
-                None => break,
-            }
-        }
-        let first = index;
-        index += window.len();
-        let outcomes = async {
-            let read =
-                read_window(deps, config, mailbox, (uid_validity, lease), window, limit).await?;
-            let delivered = deliver_window(
+    let mut in_hand: Option<(ReadWindow<'_>, usize)> = None;
+    loop {
+        let deadline_near = Instant::now() >= stop_starting_at;
+        let next = if index < listed.len() && !deadline_near {
+            next_window(
                 deps,
-                config,
-                (sink, &gate),
-                uid_validity,
-                &read.mails,
-                (stop_starting_at, post_deadline),
+                &listed[index..],
+                limit,
+                &one_by_one,
+                in_hand.is_none(),
             )
-            .await?;
-            settle_window(config, mailbox, status, &read.mails, delivered).await
+            .await
+        } else {
+            None
+        };
+        if in_hand.is_none() && next.is_none() {
+            if index < listed.len() {
+                status.deferred = deferred_from(index, status);
+                status.outcome = MailboxOutcome::Partial;
+                status.reason = Some(deadline_reason(&left_in_place, status));
+                return Ok(());
+            }
+            break;
         }
-        .await
-        .inspect_err(|_| status.deferred = deferred_from(first, status))?;
-        // In the order of arrival: the ticket API's answers, for the failures-in-a-row rule.
-        let (mut not_started, mut not_tried) = (0, 0);
-        for (uid, outcome) in outcomes {
-            match outcome {
-                PostOutcome::Accepted => {}
-                PostOutcome::NotStarted => not_started += 1,
-                PostOutcome::NotTried => not_tried += 1,
-                PostOutcome::HeldBack => status.retry_last_uids.push(uid),
-                PostOutcome::Failed(e) => {
-                    status.retry_last_uids.push(uid);
-                    tracing::warn!(
-                        mailbox = %config.name,
-                        uid,
-                        reason = %e,
-                        "ticket API did not take this mail; left in place, trying the next one (it goes after the others next run)"
-                    );
-                    left_in_place = Some(e);
+        let next_first = index;
+        index += next.as_ref().map_or(0, Vec::len);
+        let (read_next, delivered) = tokio::join!(
+            async {
+                match next {
+                    Some(window) => Some(
+                        read_window(deps, config, mailbox, (uid_validity, lease), window, limit)
+                            .await,
+                    ),
+                    None => None,
+                }
+            },
+            async {
+                match &in_hand {
+                    Some((read, _)) => Some(
+                        deliver_window(
+                            deps,
+                            config,
+                            (sink, &gate),
+                            uid_validity,
+                            &read.mails,
+                            (stop_starting_at, post_deadline),
+                        )
+                        .await,
+                    ),
+                    None => None,
                 }
             }
+        );
+        if let (Some((read, first)), Some(delivered)) = (in_hand.take(), delivered) {
+            let outcomes = match delivered {
+                Ok(delivered) => {
+                    settle_window(config, mailbox, status, &read.mails, delivered).await
+                }
+                Err(stop) => Err(stop),
+            }
+            .inspect_err(|_| status.deferred = deferred_from(first, status))?;
+            drop(read);
+            // In the order of arrival: what the ticket API made of each mail.
+            let (mut not_started, mut not_tried) = (0, 0);
+            for (uid, outcome) in outcomes {
+                match outcome {
+                    PostOutcome::Accepted => {}
+                    PostOutcome::NotStarted => not_started += 1,
+                    PostOutcome::NotTried => not_tried += 1,
+                    PostOutcome::HeldBack => status.retry_last_uids.push(uid),
+                    PostOutcome::Failed(e) => {
+                        status.retry_last_uids.push(uid);
+                        tracing::warn!(
+                            mailbox = %config.name,
+                            uid,
+                            reason = %e,
+                            "ticket API did not take this mail; left in place, trying the next one (it goes after the others next run)"
+                        );
+                        left_in_place = Some(e);
+                    }
+                }
+            }
+            // Left for the next run when stopping here: the window read ahead and the rest.
+            let rest = deferred_from(next_first, status) + not_started + not_tried;
+            if gate.api_failing() {
+                status.deferred = rest;
+                return Err(Stop::TicketApi(
+                    left_in_place.expect("a failure was recorded"),
+                ));
+            }
+            if not_started > 0 {
+                status.deferred = rest;
+                status.outcome = MailboxOutcome::Partial;
+                status.reason = Some(deadline_reason(&left_in_place, status));
+                return Ok(());
+            }
         }
-        if gate.api_failing() {
-            status.deferred = deferred_from(index, status) + not_started + not_tried;
-            return Err(Stop::TicketApi(
-                left_in_place.expect("a failure was recorded"),
-            ));
-        }
-        if not_started > 0 {
-            status.deferred = deferred_from(index, status) + not_started;
-            status.outcome = MailboxOutcome::Partial;
-            status.reason = Some(deadline_reason(&left_in_place, status));
-            return Ok(());
+        match read_next {
+            Some(Ok(read)) => in_hand = Some((read, next_first)),
+            Some(Err(stop)) => {
+                status.deferred = deferred_from(next_first, status);
+                return Err(stop);
+            }
+            None => {}
         }
     }
     status.deferred = beyond_limit + status.retry_last_uids.len() as u32;
@@ -857,6 +885,44 @@ enum Then {
 struct ReadMail {
     uid: Uid,
     prepared: Prepared,
+}
+
+/// The next window: mails in order while they are small, not to be read one by one, and fit
+/// the memory budget beside each other. Its first mail waits for its share when `may_wait`
+/// (nothing else of this mailbox holds memory); otherwise None when it does not fit now.
+async fn next_window<'b>(
+    deps: &'b PollDeps,
+    listed: &[ListedMessage],
+    limit: u64,
+    one_by_one: &[Uid],
+    may_wait: bool,
+) -> Option<Vec<(ListedMessage, SemaphorePermit<'b>)>> {
+    let mut window: Vec<(ListedMessage, SemaphorePermit<'b>)> = Vec::new();
+    for message in listed {
+        let size = u64::from(message.size);
+        let reads = if size > limit { 0 } else { size };
+        let alone = size > ALONE_ABOVE_BYTES && size <= limit || one_by_one.contains(&message.uid);
+        if window.is_empty() {
+            let share = if may_wait {
+                deps.memory.reserve(reads).await
+            } else {
+                deps.memory.try_reserve(reads)?
+            };
+            window.push((*message, share));
+            if alone {
+                break;
+            }
+            continue;
+        }
+        if alone || window.len() >= WINDOW_MAILS {
+            break;
+        }
+        match deps.memory.try_reserve(reads) {
+            Some(share) => window.push((*message, share)),
+            None => break,
+        }
+    }
+    (!window.is_empty()).then_some(window)
 }
 
 /// A window read: its mails (those that vanished left out) and their memory shares, kept until
