@@ -1971,6 +1971,19 @@ fn realistic_mail(rng: &mut Rng, i: usize, to: &str, attachment: Option<usize>) 
     }
 }
 
+/// CPU time (user + system) a process used so far, and that of its children it waited for
+/// (the doveadm processes of the Graph stand-in), from `/proc/<pid>/stat` (ticks of 10 ms).
+fn cpu_seconds(pid: &str) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // after the command name in parentheses: utime, stime, cutime, cstime are fields 14..=17
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    Some((
+        (tick(11)? + tick(12)?) as f64 / 100.0,
+        (tick(13)? + tick(14)?) as f64 / 100.0,
+    ))
+}
+
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -1993,6 +2006,11 @@ struct BootstrapRun {
     outcome: serde_json::Value,
     mails: usize,
     total_bytes: usize,
+    /// CPU seconds of the bootstrap (init and the run).
+    poller_cpu: Option<f64>,
+    /// CPU seconds of this test process during the run (the ticket API and Graph stand-ins), and
+    /// of the doveadm processes the Graph stand-in ran; moto and Dovecot are not counted.
+    stand_ins_cpu: Option<(f64, f64)>,
 }
 
 /// `small` helpdesk-like mails (10 % with a 0.3–1 MB attachment, 20 % with a 20–300 KB one) plus
@@ -2103,6 +2121,7 @@ async fn poll_generated_mails(
     function.memory_mb = memory_mb;
     api.spawn_function(&function).expect("spawn bootstrap");
     let pid = api.function_pid().expect("function pid");
+    let stand_ins_cpu_before = cpu_seconds("self");
     let outcome = api
         .invoke(
             serde_json::json!({"source": "mailbridge.schedule"}),
@@ -2110,6 +2129,10 @@ async fn poll_generated_mails(
         )
         .await
         .unwrap();
+    let poller_cpu = cpu_seconds(&pid.to_string()).map(|(own, _)| own);
+    let stand_ins_cpu = cpu_seconds("self")
+        .zip(stand_ins_cpu_before)
+        .map(|(after, before)| (after.0 - before.0, after.1 - before.1));
     let wall = outcome.duration;
     let init = outcome.init_duration;
     let peak_rss_kib = peak_rss_kib(pid);
@@ -2128,6 +2151,8 @@ async fn poll_generated_mails(
         outcome: s["outcome"].clone(),
         mails: mails.len(),
         total_bytes,
+        poller_cpu,
+        stand_ins_cpu,
     };
     assert_eq!(handled, mails.len() as u64, "{report}");
     assert_eq!(p.tickets().len(), mails.len());
@@ -2265,8 +2290,8 @@ async fn bench_poll_1000_mails_and_a_20_mb_attachment() {
             poll_generated_mails(binary.clone(), &label, 1000, BIG_ATTACHMENT, 128, graph).await;
         println!(
             "bench {protocol} ({build}): {} mails in {:.2} s = {:.1} mails/s; init {:?}; peak RSS {:.1} MiB \
-             (limit 128); {protocol} round trips {} = {:.2} per mail; outcome {}; load average \
-             {load_before} before, {} after",
+             (limit 128); {protocol} round trips {} = {:.2} per mail; outcome {}; CPU s: poller {:?}, \
+             stand-ins (own, their doveadm) {:?}; load average {load_before} before, {} after",
             run.handled,
             run.wall.as_secs_f64(),
             run.handled as f64 / run.wall.as_secs_f64(),
@@ -2275,6 +2300,8 @@ async fn bench_poll_1000_mails_and_a_20_mb_attachment() {
             run.imap_round_trips,
             run.imap_round_trips as f64 / run.handled as f64,
             run.outcome,
+            run.poller_cpu,
+            run.stand_ins_cpu,
             load()
         );
         assert!(
