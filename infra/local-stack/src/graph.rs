@@ -266,8 +266,8 @@ impl GraphStandIn {
         let base_url = format!("http://{}", listener.local_addr()?);
         let stand_in = GraphStandIn { base_url, state };
         let app = Router::new()
-            .route("/v1.0/me/sendMail", post(send_me))
-            .route("/v1.0/users/{id}/sendMail", post(send_user))
+            .route("/v1.0/me/sendMail", post(send_mail))
+            .route("/v1.0/users/{id}/sendMail", post(send_mail))
             .merge(drafts::routes())
             .merge(mailbox::routes())
             .merge(subscriptions::routes())
@@ -458,21 +458,20 @@ impl GraphStandIn {
     }
 }
 
-async fn send_me(
-    State(state): State<Arc<StandInState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(state, None, headers, body).await
+/// The mailbox a route's path names: `/users/{id}/...` gives `id`, `/me/...` none (the token's
+/// user), so one handler serves both routes of an operation.
+#[derive(Deserialize)]
+struct MailboxPath {
+    id: Option<String>,
 }
 
-async fn send_user(
+async fn send_mail(
     State(state): State<Arc<StandInState>>,
-    Path(id): Path<String>,
+    Path(MailboxPath { id }): Path<MailboxPath>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    handle(state, Some(id), headers, body).await
+    handle(state, id, headers, body).await
 }
 
 fn graph_error(status: StatusCode, code: &str, message: &str, request_id: &str) -> Response {

@@ -49,8 +49,8 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use super::{
-    AcceptedMail, FileAttachment, GraphStandIn, MAX_REQUEST_BYTES, Message, StandInState,
-    graph_error, mime_submission, wrap_base64,
+    AcceptedMail, FileAttachment, GraphStandIn, MAX_REQUEST_BYTES, MailboxPath, Message,
+    StandInState, graph_error, mime_submission, wrap_base64,
 };
 
 /// Exchange Online's default `MaxSendSize`: 35 MB (36,700,160 bytes).
@@ -223,94 +223,83 @@ impl GraphStandIn {
 
 pub(super) fn routes() -> Router<Arc<StandInState>> {
     Router::new()
-        .route("/v1.0/me/messages", post(create_me))
-        .route("/v1.0/users/{id}/messages", post(create_user))
+        .route("/v1.0/me/messages", post(create_draft))
+        .route("/v1.0/users/{id}/messages", post(create_draft))
         .route(
             "/v1.0/me/messages/{mid}",
-            delete(delete_me).patch(patch_me).get(get_me),
+            delete(delete_message).patch(patch_message).get(get_message),
         )
         .route(
             "/v1.0/users/{id}/messages/{mid}",
-            delete(delete_user).patch(patch_user).get(get_user),
+            delete(delete_message).patch(patch_message).get(get_message),
         )
         .route(
             "/v1.0/me/messages/{mid}/{*action}",
-            post(action_me).get(action_me),
+            post(message_action).get(message_action),
         )
         .route(
             "/v1.0/users/{id}/messages/{mid}/{*action}",
-            post(action_user).get(action_user),
+            post(message_action).get(message_action),
         )
         .route("/upload/{session}", put(upload).delete(cancel_upload))
 }
 
 type S = State<Arc<StandInState>>;
 
-async fn create_me(State(s): S, headers: HeaderMap, body: Bytes) -> Response {
-    with_auth(&s, None, &headers, "create draft", |s, mailbox, rid| {
-        create(s, mailbox, &headers, &body, rid)
-    })
+/// `/messages/{mid}` under `/me` (no `id`) or `/users/{id}`.
+#[derive(Deserialize)]
+struct MessagePath {
+    id: Option<String>,
+    mid: String,
 }
-async fn create_user(
+
+/// `/messages/{mid}/{*action}` under `/me` (no `id`) or `/users/{id}`.
+#[derive(Deserialize)]
+struct ActionPath {
+    id: Option<String>,
+    mid: String,
+    action: String,
+}
+
+async fn create_draft(
     State(s): S,
-    Path(id): Path<String>,
+    Path(MailboxPath { id }): Path<MailboxPath>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    with_auth(&s, Some(id), &headers, "create draft", |s, mailbox, rid| {
+    with_auth(&s, id, &headers, "create draft", |s, mailbox, rid| {
         create(s, mailbox, &headers, &body, rid)
     })
 }
-async fn get_me(
+
+/// A stored message's id goes to the mail-reading routes, any other to the drafts.
+async fn get_message(
     State(s): S,
     method: Method,
-    Path(mid): Path<String>,
+    Path(MessagePath { id, mid }): Path<MessagePath>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
     if super::mailbox::is_stored_id(&mid) {
-        return super::mailbox::message_route(s, method, None, mid, None, q, headers, Bytes::new())
+        return super::mailbox::message_route(s, method, id, mid, None, q, headers, Bytes::new())
             .await;
     }
-    with_auth(&s, None, &headers, "get draft", |s, mailbox, rid| {
+    with_auth(&s, id, &headers, "get draft", |s, mailbox, rid| {
         get(s, mailbox, &mid, rid)
     })
 }
-async fn get_user(
+
+async fn delete_message(
     State(s): S,
     method: Method,
-    Path((id, mid)): Path<(String, String)>,
-    RawQuery(q): RawQuery,
+    Path(MessagePath { id, mid }): Path<MessagePath>,
     headers: HeaderMap,
 ) -> Response {
     if super::mailbox::is_stored_id(&mid) {
         return super::mailbox::message_route(
             s,
             method,
-            Some(id),
-            mid,
-            None,
-            q,
-            headers,
-            Bytes::new(),
-        )
-        .await;
-    }
-    with_auth(&s, Some(id), &headers, "get draft", |s, mailbox, rid| {
-        get(s, mailbox, &mid, rid)
-    })
-}
-async fn delete_me(
-    State(s): S,
-    method: Method,
-    Path(mid): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if super::mailbox::is_stored_id(&mid) {
-        return super::mailbox::message_route(
-            s,
-            method,
-            None,
+            id,
             mid,
             None,
             None,
@@ -319,121 +308,46 @@ async fn delete_me(
         )
         .await;
     }
-    with_auth(&s, None, &headers, "delete draft", |s, mailbox, rid| {
+    with_auth(&s, id, &headers, "delete draft", |s, mailbox, rid| {
         remove(s, mailbox, &mid, rid)
     })
 }
-async fn delete_user(
+
+async fn patch_message(
     State(s): S,
     method: Method,
-    Path((id, mid)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if super::mailbox::is_stored_id(&mid) {
-        return super::mailbox::message_route(
-            s,
-            method,
-            Some(id),
-            mid,
-            None,
-            None,
-            headers,
-            Bytes::new(),
-        )
-        .await;
-    }
-    with_auth(&s, Some(id), &headers, "delete draft", |s, mailbox, rid| {
-        remove(s, mailbox, &mid, rid)
-    })
-}
-async fn patch_me(
-    State(s): S,
-    method: Method,
-    Path(mid): Path<String>,
+    Path(MessagePath { id, mid }): Path<MessagePath>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     if super::mailbox::is_stored_id(&mid) {
-        return super::mailbox::message_route(s, method, None, mid, None, None, headers, body)
-            .await;
+        return super::mailbox::message_route(s, method, id, mid, None, None, headers, body).await;
     }
     with_auth(
         &s,
-        None,
+        id,
         &headers,
         "set internetMessageId",
         |s, mailbox, rid| patch(s, mailbox, &mid, &body, rid),
     )
 }
-async fn patch_user(
+
+async fn message_action(
     State(s): S,
     method: Method,
-    Path((id, mid)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if super::mailbox::is_stored_id(&mid) {
-        return super::mailbox::message_route(s, method, Some(id), mid, None, None, headers, body)
-            .await;
-    }
-    with_auth(
-        &s,
-        Some(id),
-        &headers,
-        "set internetMessageId",
-        |s, mailbox, rid| patch(s, mailbox, &mid, &body, rid),
-    )
-}
-async fn action_me(
-    State(s): S,
-    method: Method,
-    Path((mid, action)): Path<(String, String)>,
+    Path(ActionPath { id, mid, action }): Path<ActionPath>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     if super::mailbox::is_stored_id(&mid) || method == Method::GET {
-        return super::mailbox::message_route(s, method, None, mid, Some(action), q, headers, body)
+        return super::mailbox::message_route(s, method, id, mid, Some(action), q, headers, body)
             .await;
     }
     let base = format!("http://{}", host(&headers));
-    with_auth(
-        &s,
-        None,
-        &headers,
-        action_name(&action),
-        |s, mailbox, rid| draft_action(s, mailbox, &mid, &action, &body, &base, rid),
-    )
-}
-async fn action_user(
-    State(s): S,
-    method: Method,
-    Path((id, mid, action)): Path<(String, String, String)>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if super::mailbox::is_stored_id(&mid) || method == Method::GET {
-        return super::mailbox::message_route(
-            s,
-            method,
-            Some(id),
-            mid,
-            Some(action),
-            q,
-            headers,
-            body,
-        )
-        .await;
-    }
-    let base = format!("http://{}", host(&headers));
-    with_auth(
-        &s,
-        Some(id),
-        &headers,
-        action_name(&action),
-        |s, mailbox, rid| draft_action(s, mailbox, &mid, &action, &body, &base, rid),
-    )
+    with_auth(&s, id, &headers, action_name(&action), |s, mailbox, rid| {
+        draft_action(s, mailbox, &mid, &action, &body, &base, rid)
+    })
 }
 
 fn action_name(action: &str) -> &'static str {
