@@ -167,6 +167,12 @@ where
     aws_sdk_secretsmanager::error::DisplayErrorContext(err).to_string()
 }
 
+fn not_found(name: &str) -> SecretStoreError {
+    SecretStoreError::NotFound {
+        name: name.to_owned(),
+    }
+}
+
 /// Maps a Secrets Manager SDK error (of any operation) to the store's error, by error code.
 fn classify_sdk_error<E>(
     name: &str,
@@ -212,11 +218,7 @@ impl SecretStore for SecretsManagerStore {
             .await;
         match result {
             Ok(out) => {
-                let value = out
-                    .secret_string
-                    .ok_or_else(|| SecretStoreError::NotFound {
-                        name: name.to_owned(),
-                    })?;
+                let value = out.secret_string.ok_or_else(|| not_found(name))?;
                 Ok(SecretValue {
                     value: SecretString::from(value),
                     version_id: out.version_id.unwrap_or_default(),
@@ -233,11 +235,7 @@ impl SecretStore for SecretsManagerStore {
         client_request_token: &str,
     ) -> Result<String, SecretStoreError> {
         let result = self
-            .client
-            .put_secret_value()
-            .secret_id(name)
-            .secret_string(value.expose_secret())
-            .client_request_token(client_request_token)
+            .put_value(name, value, client_request_token)
             .send()
             .await;
         match result {
@@ -258,11 +256,7 @@ impl SecretStore for SecretsManagerStore {
         expected_version: &str,
     ) -> Result<String, SecretStoreError> {
         let written = self
-            .client
-            .put_secret_value()
-            .secret_id(name)
-            .secret_string(value.expose_secret())
-            .client_request_token(client_request_token)
+            .put_value(name, value, client_request_token)
             .version_stages(PENDING_STAGE)
             .send()
             .await
@@ -296,6 +290,21 @@ impl SecretStore for SecretsManagerStore {
 }
 
 impl SecretsManagerStore {
+    /// A `PutSecretValue` of `value` whose retries `client_request_token` makes idempotent.
+    fn put_value(
+        &self,
+        name: &str,
+        value: &SecretString,
+        client_request_token: &str,
+    ) -> aws_sdk_secretsmanager::operation::put_secret_value::builders::PutSecretValueFluentBuilder
+    {
+        self.client
+            .put_secret_value()
+            .secret_id(name)
+            .secret_string(value.expose_secret())
+            .client_request_token(client_request_token)
+    }
+
     /// Create a secret (used by the operator CLI's login).
     async fn create_secret(
         &self,
@@ -381,9 +390,7 @@ impl SecretStore for InMemorySecretStore {
         let (version_id, value, _) = secrets
             .get(name)
             .and_then(|s| s.versions.last())
-            .ok_or_else(|| SecretStoreError::NotFound {
-                name: name.to_owned(),
-            })?;
+            .ok_or_else(|| not_found(name))?;
         Ok(SecretValue {
             value: SecretString::from(value.clone()),
             version_id: version_id.clone(),
@@ -397,11 +404,7 @@ impl SecretStore for InMemorySecretStore {
         client_request_token: &str,
     ) -> Result<String, SecretStoreError> {
         let mut secrets = self.secrets.lock().expect("store lock");
-        let secret = secrets
-            .get_mut(name)
-            .ok_or_else(|| SecretStoreError::NotFound {
-                name: name.to_owned(),
-            })?;
+        let secret = secrets.get_mut(name).ok_or_else(|| not_found(name))?;
         if let Some((version, existing, _)) = secret
             .versions
             .iter()
@@ -450,11 +453,7 @@ impl SecretStore for InMemorySecretStore {
     ) -> Result<String, SecretStoreError> {
         {
             let secrets = self.secrets.lock().expect("store lock");
-            let secret = secrets
-                .get(name)
-                .ok_or_else(|| SecretStoreError::NotFound {
-                    name: name.to_owned(),
-                })?;
+            let secret = secrets.get(name).ok_or_else(|| not_found(name))?;
             let current = secret.versions.last().map(|v| v.0.as_str());
             let ours = secret
                 .versions
