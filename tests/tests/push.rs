@@ -12,8 +12,8 @@ use std::time::Duration;
 use local_stack::function_url::FunctionUrl;
 use local_stack::identity::{AppRegistration, UserAccount};
 use local_stack::runtime_api::{FunctionConfig, RuntimeApi, workspace_binary};
-use mailbridge::push::{DynamoPushStore, SubscriptionRecord, SubscriptionStore};
 use mailbridge::state_table::put_mailbox_config;
+use mailbridge::state_table::{DynamoStateStore, SubscriptionRecord, SubscriptionStore};
 use mailbridge::token::secret::AccountSecret;
 use mailbridge_tests::{dynamodb, put_secret, sqs, stack, unique, unique_user};
 use serde_json::{Value, json};
@@ -188,8 +188,8 @@ impl Push {
         .unwrap();
     }
 
-    fn store(&self) -> DynamoPushStore {
-        DynamoPushStore::new(dynamodb(), &self.table)
+    fn store(&self) -> DynamoStateStore {
+        DynamoStateStore::new(dynamodb(), &self.table)
     }
 
     async fn post(&self, query: &str, body: Value) -> (u16, String, String) {

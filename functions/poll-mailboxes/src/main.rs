@@ -76,7 +76,7 @@ async fn prepare() -> Result<Poller, FunctionError> {
     // Poll requests from Graph change notifications (an SQS event): their gates live in the
     // state table; with MAILBRIDGE_NOTIFICATION_URL also the subscriptions (scheduled runs
     // keep them).
-    let push_store = Arc::new(mailbridge::push::DynamoPushStore::new(
+    let push_store = Arc::new(mailbridge::state_table::DynamoStateStore::new(
         LazyClient::new(&aws, aws_sdk_dynamodb::Client::new),
         &settings.state_table,
     ));

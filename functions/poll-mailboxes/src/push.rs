@@ -30,9 +30,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mailbridge::graph::GraphError;
 use mailbridge::graph_subscriptions::CreatedSubscription;
-use mailbridge::push::{
-    LifecycleEvent, PollGate, PollRequestMessage, SubscriptionRecord, SubscriptionStore,
-};
+use mailbridge::push::{LifecycleEvent, PollRequestMessage};
 use mailbridge::token::{AccessToken, Audience};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -40,7 +38,7 @@ use tokio::time::Instant;
 use crate::handler::EventError;
 use crate::poll::{PollDeps, PollReport, poll_once};
 use mailbridge::mailbox::{MailboxConfig, Protocol};
-use mailbridge::state_table::StoreError;
+use mailbridge::state_table::{PollGate, StoreError, SubscriptionRecord, SubscriptionStore};
 
 /// How long a new (or renewed) subscription lives: 10 minutes under Graph's 10,080.
 pub const SUBSCRIPTION_LIFETIME: Duration =

@@ -1365,7 +1365,7 @@ struct FakeGate {
 }
 
 #[async_trait]
-impl mailbridge::push::PollGate for FakeGate {
+impl mailbridge::state_table::PollGate for FakeGate {
     async fn arm(&self, _: &str) -> Result<bool, mailbridge::state_table::StateError> {
         unreachable!("only the receiver arms gates")
     }
@@ -1425,19 +1425,21 @@ async fn a_queued_poll_request_held_off_by_the_lease_is_delivered_again() {
 /// Subscription records and Graph's `/subscriptions` in memory.
 #[derive(Default)]
 struct FakeSubscriptions {
-    records: Mutex<HashMap<String, mailbridge::push::SubscriptionRecord>>,
+    records: Mutex<HashMap<String, mailbridge::state_table::SubscriptionRecord>>,
     graph: Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>,
     renewals_fail: Mutex<bool>,
     next: Mutex<u32>,
 }
 
 #[async_trait]
-impl mailbridge::push::SubscriptionStore for FakeSubscriptions {
+impl mailbridge::state_table::SubscriptionStore for FakeSubscriptions {
     async fn subscription(
         &self,
         id: &str,
-    ) -> Result<Option<mailbridge::push::SubscriptionRecord>, mailbridge::state_table::StateError>
-    {
+    ) -> Result<
+        Option<mailbridge::state_table::SubscriptionRecord>,
+        mailbridge::state_table::StateError,
+    > {
         Ok(self
             .records
             .lock()
@@ -1449,13 +1451,15 @@ impl mailbridge::push::SubscriptionStore for FakeSubscriptions {
     async fn subscription_of(
         &self,
         mailbox: &str,
-    ) -> Result<Option<mailbridge::push::SubscriptionRecord>, mailbridge::state_table::StateError>
-    {
+    ) -> Result<
+        Option<mailbridge::state_table::SubscriptionRecord>,
+        mailbridge::state_table::StateError,
+    > {
         Ok(self.records.lock().unwrap().get(mailbox).cloned())
     }
     async fn put_subscription(
         &self,
-        record: &mailbridge::push::SubscriptionRecord,
+        record: &mailbridge::state_table::SubscriptionRecord,
     ) -> Result<(), mailbridge::state_table::StateError> {
         self.records
             .lock()
@@ -1465,7 +1469,7 @@ impl mailbridge::push::SubscriptionStore for FakeSubscriptions {
     }
     async fn delete_subscription(
         &self,
-        record: &mailbridge::push::SubscriptionRecord,
+        record: &mailbridge::state_table::SubscriptionRecord,
     ) -> Result<(), mailbridge::state_table::StateError> {
         self.records.lock().unwrap().remove(&record.mailbox);
         Ok(())

@@ -6,7 +6,7 @@
 //! - `POST ?validationToken=…`: the validation handshake. The URL-decoded token comes back as
 //!   `text/plain` with 200, nothing else is read or written (Graph allows 10 s for it).
 //! - `POST` with a change-notification collection: every notification must name a
-//!   subscription the state table knows ([`mailbridge::push::SubscriptionStore`]) and carry its
+//!   subscription the state table knows ([`mailbridge::state_table::SubscriptionStore`]) and carry its
 //!   `clientState` (compared in constant time with the stored hash). Notifications that do not
 //!   are dropped, counted and logged (their subscription ids, never a clientState); a batch
 //!   mixing authentic and other notifications is answered 202 and only the authentic ones are
@@ -17,7 +17,7 @@
 //!   which subscriptions exist). An oversized body is 413, malformed JSON 400, both before any
 //!   lookup.
 //! - Each authentic change notification (and `missed`) asks for a poll of its mailbox through
-//!   the poll-request gate ([`mailbridge::push::PollGate`]): only the notification that arms the
+//!   the poll-request gate ([`mailbridge::state_table::PollGate`]): only the notification that arms the
 //!   gate enqueues a request, so a burst for one mailbox is one poll, and the poller disarms the
 //!   gate before it lists the mailbox, so a notification arriving during a poll leads to another.
 //!   `reauthorizationRequired` and `subscriptionRemoved` are enqueued as they are (rare; the
@@ -31,11 +31,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mailbridge::error::{Classify, ErrorClass};
-use mailbridge::push::{
-    LifecycleEvent, PollGate, PollRequestMessage, SubscriptionRecord, SubscriptionStore,
-    client_state_matches,
-};
-use mailbridge::state_table::StateError;
+use mailbridge::push::{LifecycleEvent, PollRequestMessage, client_state_matches};
+use mailbridge::state_table::{PollGate, StateError, SubscriptionRecord, SubscriptionStore};
 use serde::Deserialize;
 
 /// The largest request body read (bytes). Graph batches notifications; a basic Outlook

@@ -14,7 +14,7 @@ use base64::Engine as _;
 use lambda_runtime::LambdaEvent;
 use mailbridge::aws::LazyClient;
 use mailbridge::lambda::{Function, FunctionError};
-use mailbridge::push::DynamoPushStore;
+use mailbridge::state_table::DynamoStateStore;
 use receive_notifications::{Receiver, Request, Settings, SqsPollQueue, emf_line};
 
 async fn prepare() -> Result<Receiver, FunctionError> {
@@ -23,7 +23,7 @@ async fn prepare() -> Result<Receiver, FunctionError> {
     let aws = mailbridge::aws::load_config()
         .await
         .map_err(FunctionError::configuration)?;
-    let store = Arc::new(DynamoPushStore::new(
+    let store = Arc::new(DynamoStateStore::new(
         LazyClient::new(&aws, aws_sdk_dynamodb::Client::new),
         &settings.state_table,
     ));

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::StoreError;
+use super::{StateError, StoreError};
 
 /// A DynamoDB item.
 pub type Item = HashMap<String, AttributeValue>;
@@ -104,6 +104,15 @@ pub(crate) fn get_s<'a>(item: &'a Item, k: &str) -> Option<&'a str> {
 
 pub(crate) fn store_err(operation: &'static str, e: impl std::fmt::Display) -> StoreError {
     StoreError {
+        operation,
+        detail: e.to_string(),
+    }
+}
+
+/// A failed read or write of the push records (table, operation and what the SDK said).
+pub(crate) fn state_err(table: &str, operation: String, e: impl std::fmt::Display) -> StateError {
+    StateError {
+        table: table.to_owned(),
         operation,
         detail: e.to_string(),
     }

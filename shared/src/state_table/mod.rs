@@ -14,12 +14,17 @@
 //! | `mailbox-status#<name>` | the last run's outcome ([`MailboxStatus`]) | [`status`] |
 //! | `mailbox-lease#<name>` | which run works on a mailbox that has mail | [`lease`] |
 //! | `graph-sync#<mailbox>` | a Graph mailbox's sync state ([`GraphSyncState`]) | [`graph_sync`] |
+//! | `subscription#<id>` | a Graph subscription ([`SubscriptionRecord`]) | [`subscription`] |
+//! | `mailbox-subscription#<mailbox>` | the same record, found by mailbox | [`subscription`] |
+//! | `subscription-index` | the mailboxes with a subscription (string set `mailboxes`) | [`subscription`] |
+//! | `poll-request#<mailbox>` | the poll-request gate ([`PollGate`]) | [`poll_request`] |
 //!
 //! Leases (notifications, mailboxes) are taken one way, [`lease`]: a conditional put that
 //! returns the item it replaced, given back by a delete conditioned on the lease token.
 //!
-//! [`store`] holds [`DynamoStateStore`], the poller's store ([`StateStore`]); [`item`] the
-//! conversion between records and DynamoDB attributes.
+//! [`store`] holds [`DynamoStateStore`], the poller's store ([`StateStore`]), which is also the
+//! adapter of the push ports ([`SubscriptionStore`], [`PollGate`]); [`item`] the conversion
+//! between records and DynamoDB attributes.
 
 pub mod dedupe;
 pub mod graph_sync;
@@ -27,8 +32,10 @@ pub mod idempotency;
 pub mod item;
 pub mod lease;
 pub mod mailboxes;
+pub mod poll_request;
 pub mod status;
 pub mod store;
+pub mod subscription;
 
 pub use dedupe::DedupeRecord;
 pub use graph_sync::{GraphSyncState, GraphSyncStore, PendingMessage};
@@ -38,8 +45,13 @@ pub use idempotency::{
 };
 pub use lease::{InFlightMail, LeaseRecord, MailboxLease};
 pub use mailboxes::{MAILBOX_INDEX_KEY, PutConfigError, delete_mailbox_config, put_mailbox_config};
+pub use poll_request::{GATE_STALE_AFTER, PollGate, poll_request_key};
 pub use status::{MailboxOutcome, MailboxStatus, STATUS_HEARTBEAT};
 pub use store::DynamoStateStore;
+pub use subscription::{
+    SUBSCRIPTION_INDEX_KEY, SubscriptionRecord, SubscriptionStore, mailbox_subscription_key,
+    subscription_key,
+};
 
 use async_trait::async_trait;
 

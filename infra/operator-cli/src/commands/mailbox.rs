@@ -404,9 +404,9 @@ async fn delete_push_subscription(
     name: &str,
     config: Option<&MailboxConfig>,
 ) -> Result<Option<(String, Result<(), String>)>> {
-    use mailbridge::push::SubscriptionStore as _;
+    use mailbridge::state_table::SubscriptionStore as _;
     use mailbridge::token::AccessTokenSource as _;
-    let store = mailbridge::push::DynamoPushStore::new(ctx.dynamodb().await, table);
+    let store = mailbridge::state_table::DynamoStateStore::new(ctx.dynamodb().await, table);
     let Some(record) = store.subscription_of(name).await? else {
         return Ok(None);
     };
