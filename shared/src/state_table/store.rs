@@ -4,6 +4,9 @@
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::get_item::GetItemError;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
 use super::item::{Item, s, sdk_err};
 use super::status::StatusCache;
@@ -44,6 +47,14 @@ impl DynamoStateStore {
         operation: &'static str,
         pk: &str,
     ) -> Result<Option<Item>, StoreError> {
+        self.read_item(pk).await.map_err(|e| sdk_err(operation, e))
+    }
+
+    /// One item by `pk`, read consistently, with the SDK's error.
+    pub(super) async fn read_item(
+        &self,
+        pk: &str,
+    ) -> Result<Option<Item>, SdkError<GetItemError, HttpResponse>> {
         let output = self
             .client
             .get_item()
@@ -51,8 +62,7 @@ impl DynamoStateStore {
             .key("pk", s(pk))
             .consistent_read(true)
             .send()
-            .await
-            .map_err(|e| sdk_err(operation, e))?;
+            .await?;
         Ok(output.item)
     }
 }

@@ -79,14 +79,8 @@ pub trait SubscriptionStore: Send + Sync {
 impl DynamoStateStore {
     /// One subscription item by `pk`, read consistently.
     async fn subscription_item(&self, pk: &str) -> Result<Option<Item>, StateError> {
-        self.client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .consistent_read(true)
-            .send()
+        self.read_item(pk)
             .await
-            .map(|out| out.item)
             .map_err(|e| state_err(&self.table, format!("get {pk}"), e.into_service_error()))
     }
 }
