@@ -139,19 +139,13 @@ impl SubscriptionReport {
             ("PushSubscriptionsDeleted", self.deleted),
             ("PushSubscriptionsFailed", self.failed),
         ];
-        let mut line = serde_json::json!({"Function": "poll-mailboxes"});
-        for (name, value) in metrics {
-            line[name] = value.into();
-        }
-        line["_aws"] = serde_json::json!({
-            "Timestamp": timestamp_ms,
-            "CloudWatchMetrics": [{
-                "Namespace": "Mailbridge",
-                "Dimensions": [["Function"]],
-                "Metrics": metrics.iter().map(|(name, _)| serde_json::json!({"Name": name, "Unit": "Count"})).collect::<Vec<_>>(),
-            }],
-        });
-        line.to_string()
+        mailbridge::telemetry::EmfLine::new(timestamp_ms)
+            .metrics(
+                ("Function", "poll-mailboxes"),
+                "Count",
+                &metrics.map(|(name, value)| (name, u64::from(value))),
+            )
+            .to_string()
     }
 }
 
@@ -726,6 +720,37 @@ mod tests {
         assert_eq!(polls[0].request.as_ref().unwrap().mailbox, "helpdesk");
         assert!(polls[1].request.is_err());
         assert!(parse_queue_event(&json!({"Records": [{"eventSource": "aws:sqs"}]})).is_err());
+    }
+
+    #[test]
+    fn the_subscription_metrics_line_is_the_emf_document_it_always_was() {
+        let report = SubscriptionReport {
+            created: 1,
+            renewed: 2,
+            deleted: 3,
+            failed: 4,
+        };
+        let line: serde_json::Value =
+            serde_json::from_str(&report.emf_line(1_700_000_000_000)).unwrap();
+        let metric = |name: &str| json!({"Name": name, "Unit": "Count"});
+        assert_eq!(
+            line,
+            json!({
+                "Function": "poll-mailboxes",
+                "PushSubscriptionsCreated": 1,
+                "PushSubscriptionsRenewed": 2,
+                "PushSubscriptionsDeleted": 3,
+                "PushSubscriptionsFailed": 4,
+                "_aws": {
+                    "Timestamp": 1_700_000_000_000_i64,
+                    "CloudWatchMetrics": [{
+                        "Namespace": "Mailbridge",
+                        "Dimensions": [["Function"]],
+                        "Metrics": (["PushSubscriptionsCreated", "PushSubscriptionsRenewed", "PushSubscriptionsDeleted", "PushSubscriptionsFailed"].map(metric)),
+                    }],
+                },
+            })
+        );
     }
 
     #[test]

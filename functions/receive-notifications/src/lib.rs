@@ -493,19 +493,10 @@ pub fn emf_line(outcome: &Outcome, status: u16, timestamp_ms: i64) -> String {
         ("LifecycleNotifications", outcome.lifecycle),
         ("NotificationRequestsFailed", u64::from(status >= 500)),
     ];
-    let mut line = serde_json::json!({"Function": "receive-notifications", "status": status});
-    for (name, value) in metrics {
-        line[name] = value.into();
-    }
-    line["_aws"] = serde_json::json!({
-        "Timestamp": timestamp_ms,
-        "CloudWatchMetrics": [{
-            "Namespace": "Mailbridge",
-            "Dimensions": [["Function"]],
-            "Metrics": metrics.iter().map(|(name, _)| serde_json::json!({"Name": name, "Unit": "Count"})).collect::<Vec<_>>(),
-        }],
-    });
-    line.to_string()
+    mailbridge::telemetry::EmfLine::new(timestamp_ms)
+        .metrics(("Function", "receive-notifications"), "Count", &metrics)
+        .property("status", status)
+        .to_string()
 }
 
 #[cfg(test)]

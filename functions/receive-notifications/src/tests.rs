@@ -343,3 +343,39 @@ fn the_metrics_line_defines_what_it_carries() {
         assert!(line[m["Name"].as_str().unwrap()].is_u64(), "{line}");
     }
 }
+
+#[test]
+fn the_metrics_line_is_the_emf_document_it_always_was() {
+    let outcome = Outcome {
+        accepted: 3,
+        rejected: 1,
+        polls_requested: 1,
+        coalesced: 2,
+        lifecycle: 4,
+        ..Default::default()
+    };
+    let line: serde_json::Value =
+        serde_json::from_str(&emf_line(&outcome, 503, 1_700_000_000_000)).unwrap();
+    let metric = |name: &str| json!({"Name": name, "Unit": "Count"});
+    assert_eq!(
+        line,
+        json!({
+            "Function": "receive-notifications",
+            "status": 503,
+            "NotificationsAccepted": 3,
+            "NotificationsRejected": 1,
+            "PollRequestsQueued": 1,
+            "PollRequestsCoalesced": 2,
+            "LifecycleNotifications": 4,
+            "NotificationRequestsFailed": 1,
+            "_aws": {
+                "Timestamp": 1_700_000_000_000_i64,
+                "CloudWatchMetrics": [{
+                    "Namespace": "Mailbridge",
+                    "Dimensions": [["Function"]],
+                    "Metrics": (["NotificationsAccepted", "NotificationsRejected", "PollRequestsQueued", "PollRequestsCoalesced", "LifecycleNotifications", "NotificationRequestsFailed"].map(metric)),
+                }],
+            },
+        })
+    );
+}
