@@ -14,7 +14,7 @@
 //! So a mail shown as "ticket" here is exactly what the next real run would post, and one shown
 //! as "duplicate" already has a ticket (the real run would only apply the after-action).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -92,6 +92,20 @@ struct MailboxLog {
     current_uid: Option<Uid>,
     sizes: BTreeMap<Uid, u32>,
     mails: BTreeMap<Uid, MailPlan>,
+    /// The UIDs read with each Message-ID, oldest first: the poller reads a window of mail
+    /// before it posts any of it, so a payload is matched to its mail by its Message-ID, not by
+    /// the mail read last.
+    read_with_message_id: HashMap<Option<String>, VecDeque<Uid>>,
+}
+
+impl MailboxLog {
+    /// The mail a payload was built from.
+    fn uid_of(&mut self, payload: &TicketPayload) -> Option<Uid> {
+        self.read_with_message_id
+            .get_mut(&payload.draft.message_id)
+            .and_then(VecDeque::pop_front)
+            .or(self.current_uid)
+    }
 }
 
 /// Per mailbox, what the dry run saw.
@@ -113,9 +127,6 @@ struct DryRunMailbox {
     /// The mailbox helpdesk's subject tags (when re-parsing).
     subject_patterns: Vec<regex::Regex>,
     auto_generated_folder: String,
-    /// The last mail read whole: machine mail set aside builds no payload, so its subject,
-    /// sender and reason are read from it again.
-    last_raw: Option<(Uid, Vec<u8>)>,
     parse: ParseContext,
     log: DryRunLog,
     progress: bool,
@@ -148,11 +159,36 @@ impl DryRunMailbox {
         }
     }
 
-    fn then(&mut self, uid: Uid, what: String) {
-        let raw = match self.last_raw.take() {
-            Some((last, raw)) if last == uid => Some(raw),
-            _ => None,
+    /// Note what a mail says as soon as it is read (machine mail set aside builds no payload),
+    /// and its Message-ID, which matches it to its payload later.
+    fn read(&mut self, uid: Uid, bytes: &[u8]) {
+        let Ok(draft) = poll_mailboxes::convert::parse_draft(
+            bytes,
+            &self.user,
+            &self.subject_patterns,
+            &self.parse,
+        ) else {
+            return;
         };
+        self.log.with(&self.name, |l| {
+            l.read_with_message_id
+                .entry(draft.message_id.clone())
+                .or_default()
+                .push_back(uid);
+            let plan = l.mails.entry(uid).or_insert_with(|| MailPlan {
+                uid,
+                ..MailPlan::default()
+            });
+            if plan.subject.is_none() {
+                plan.subject = Some(draft.subject);
+                plan.from = draft.from.map(|a| a.address);
+                plan.ticket_number = draft.ticket_number;
+                plan.auto_reason = draft.auto_reason;
+            }
+        });
+    }
+
+    fn then(&mut self, uid: Uid, what: String) {
         let set_aside = what == format!("move to {}", self.auto_generated_folder);
         self.log.with(&self.name, |l| {
             let plan = l.mails.entry(uid).or_insert_with(|| MailPlan {
@@ -167,20 +203,6 @@ impl DryRunMailbox {
                 } else {
                     "duplicate".into()
                 };
-            }
-            if plan.subject.is_none()
-                && let Some(raw) = raw
-                && let Ok(draft) = poll_mailboxes::convert::parse_draft(
-                    &raw,
-                    &self.user,
-                    &self.subject_patterns,
-                    &self.parse,
-                )
-            {
-                plan.subject = Some(draft.subject);
-                plan.from = draft.from.map(|a| a.address);
-                plan.ticket_number = draft.ticket_number;
-                plan.auto_reason = draft.auto_reason;
             }
             plan.then = Some(what);
         });
@@ -210,17 +232,19 @@ impl Mailbox for DryRunMailbox {
     }
     async fn fetch_raw(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
         self.reading(uid);
-        self.last_raw = None;
         let raw = self.inner.fetch_raw(uid).await?;
         if let Some(raw) = &raw {
-            self.last_raw = Some((uid, raw.clone()));
+            self.read(uid, raw);
         }
         Ok(raw)
     }
     async fn fetch_header(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
         self.reading(uid);
-        self.last_raw = None;
-        self.inner.fetch_header(uid).await
+        let header = self.inner.fetch_header(uid).await?;
+        if let Some(header) = &header {
+            self.read(uid, header);
+        }
+        Ok(header)
     }
     async fn move_to(&mut self, uid: Uid, folder: &str) -> Result<(), ImapError> {
         self.then(uid, format!("move to {folder}"));
@@ -266,7 +290,6 @@ impl MailboxConnector for DryRunConnector {
             user: config.user.clone(),
             subject_patterns: config.sink.subject_patterns(),
             auto_generated_folder: config.auto_generated_folder.clone(),
-            last_raw: None,
             parse: self.parse.clone(),
             log: self.log.clone(),
             progress: self.progress,
@@ -382,7 +405,7 @@ impl TicketSink for RecordingSink {
             Err(e) => format!("unknown: {e}"),
         };
         self.log.with(&payload.mailbox, |l| {
-            let Some(uid) = l.current_uid else { return };
+            let Some(uid) = l.uid_of(payload) else { return };
             let plan = l.mails.entry(uid).or_default();
             plan.uid = uid;
             plan.action = if payload.problem.is_some() {
