@@ -149,8 +149,28 @@ impl SubscriptionReport {
     }
 }
 
-fn graph_failure(what: &str, mailbox: &str, e: &dyn std::fmt::Display) {
-    tracing::error!(mailbox, error = %e, "push subscription could not be {what}; the scheduled poll still runs");
+impl SubscriptionReport {
+    /// Count a subscription that could not be `what` (created, renewed, ...), and log why.
+    fn fail(&mut self, what: &str, mailbox: &str, e: &dyn std::fmt::Display) {
+        tracing::error!(mailbox, error = %e, "push subscription could not be {what}; the scheduled poll still runs");
+        self.failed += 1;
+    }
+}
+
+/// A token for `config`'s subscription.
+async fn subscription_token(
+    deps: &PollDeps,
+    config: &MailboxConfig,
+) -> Result<AccessToken, String> {
+    deps.tokens
+        .access_token(&config.account, subscription_audience(config))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// When a subscription made (or renewed) now should end.
+fn new_expiry() -> DateTime<Utc> {
+    Utc::now() + chrono::Duration::from_std(SUBSCRIPTION_LIFETIME).expect("a few days fit")
 }
 
 /// Create `config`'s subscription and store its record.
@@ -160,19 +180,13 @@ async fn create(
     config: &MailboxConfig,
     deadline: Instant,
 ) -> Result<SubscriptionRecord, String> {
-    let token = deps
-        .tokens
-        .access_token(&config.account, subscription_audience(config))
-        .await
-        .map_err(|e| e.to_string())?;
+    let token = subscription_token(deps, config).await?;
     let resource = subs
         .api
         .resource(config, &token, deadline)
         .await
         .map_err(|e| e.to_string())?;
     let client_state = mailbridge::push::new_client_state();
-    let expires =
-        Utc::now() + chrono::Duration::from_std(SUBSCRIPTION_LIFETIME).expect("a few days fit");
     let created = subs
         .api
         .create(
@@ -181,7 +195,7 @@ async fn create(
             &resource,
             &subs.notification_url,
             &client_state,
-            expires,
+            new_expiry(),
             deadline,
         )
         .await
@@ -204,6 +218,20 @@ async fn create(
     Ok(record)
 }
 
+/// [`create`], counted in `report`.
+async fn create_counted(
+    deps: &PollDeps,
+    subs: &SubscriptionDeps,
+    config: &MailboxConfig,
+    report: &mut SubscriptionReport,
+    deadline: Instant,
+) {
+    match create(deps, subs, config, deadline).await {
+        Ok(_) => report.created += 1,
+        Err(e) => report.fail("created", &config.name, &e),
+    }
+}
+
 /// Renew `record`; when Graph no longer knows it, create a new one.
 async fn renew(
     deps: &PollDeps,
@@ -213,49 +241,40 @@ async fn renew(
     report: &mut SubscriptionReport,
     deadline: Instant,
 ) {
-    let token = match deps
-        .tokens
-        .access_token(&config.account, subscription_audience(config))
-        .await
-    {
-        Ok(token) => token,
-        Err(e) => {
-            graph_failure("renewed", &config.name, &e);
-            report.failed += 1;
-            return;
-        }
-    };
-    let expires =
-        Utc::now() + chrono::Duration::from_std(SUBSCRIPTION_LIFETIME).expect("a few days fit");
-    match subs
-        .api
-        .renew(&config.user, &token, &record.id, expires, deadline)
-        .await
-    {
-        Ok(expires_at) => {
-            let renewed = SubscriptionRecord {
-                expires_at: expires_at.timestamp(),
-                ..record.clone()
-            };
-            match subs.store.put_subscription(&renewed).await {
-                Ok(()) => {
-                    tracing::info!(mailbox = %config.name, subscription = %record.id, expires_at = renewed.expires_at, "push subscription renewed");
-                    report.renewed += 1;
-                }
-                Err(e) => {
-                    graph_failure("renewed", &config.name, &e);
-                    report.failed += 1;
-                }
+    // Some(renewed record), or None when Graph no longer knows the subscription.
+    let renewed = async {
+        let token = subscription_token(deps, config).await?;
+        match subs
+            .api
+            .renew(&config.user, &token, &record.id, new_expiry(), deadline)
+            .await
+        {
+            Ok(expires_at) => {
+                let renewed = SubscriptionRecord {
+                    expires_at: expires_at.timestamp(),
+                    ..record.clone()
+                };
+                subs.store
+                    .put_subscription(&renewed)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Some(renewed))
             }
+            Err(e) if e.is_item_not_found() => Ok(None),
+            Err(e) => Err(e.to_string()),
         }
-        Err(e) if e.is_item_not_found() => {
+    }
+    .await;
+    match renewed {
+        Ok(Some(renewed)) => {
+            tracing::info!(mailbox = %config.name, subscription = %record.id, expires_at = renewed.expires_at, "push subscription renewed");
+            report.renewed += 1;
+        }
+        Ok(None) => {
             tracing::warn!(mailbox = %config.name, subscription = %record.id, "Graph no longer knows the subscription; creating a new one");
             recreate(deps, subs, config, record, report, deadline).await;
         }
-        Err(e) => {
-            graph_failure("renewed", &config.name, &e);
-            report.failed += 1;
-        }
+        Err(e) => report.fail("renewed", &config.name, &e),
     }
 }
 
@@ -268,17 +287,10 @@ async fn recreate(
     deadline: Instant,
 ) {
     if let Err(e) = subs.store.delete_subscription(record).await {
-        graph_failure("recreated", &config.name, &e);
-        report.failed += 1;
+        report.fail("recreated", &config.name, &e);
         return;
     }
-    match create(deps, subs, config, deadline).await {
-        Ok(_) => report.created += 1,
-        Err(e) => {
-            graph_failure("created", &config.name, &e);
-            report.failed += 1;
-        }
-    }
+    create_counted(deps, subs, config, report, deadline).await;
 }
 
 /// Delete `record`'s subscription in Graph (gone there already is fine), then its records.
@@ -335,10 +347,7 @@ async fn retire(
             tracing::info!(mailbox = %record.mailbox, subscription = %record.id, "push subscription deleted with its mailbox");
             report.deleted += 1;
         }
-        Err(e) => {
-            graph_failure("deleted", &record.mailbox, &e);
-            report.failed += 1;
-        }
+        Err(e) => report.fail("deleted", &record.mailbox, &e),
     }
 }
 
@@ -360,18 +369,11 @@ async fn replace(
 ) {
     tracing::info!(mailbox = %config.name, subscription = %record.id, old_folder = %record.folder, folder = %config.folder, "the mailbox's folder or address changed; replacing its push subscription");
     if let Err(e) = delete_with_token(deps, subs, record, deadline).await {
-        graph_failure("replaced", &config.name, &e);
-        report.failed += 1;
+        report.fail("replaced", &config.name, &e);
         return;
     }
     report.deleted += 1;
-    match create(deps, subs, config, deadline).await {
-        Ok(_) => report.created += 1,
-        Err(e) => {
-            graph_failure("created", &config.name, &e);
-            report.failed += 1;
-        }
-    }
+    create_counted(deps, subs, config, report, deadline).await;
 }
 
 /// Subscription upkeep for every configured mailbox (a scheduled run).
@@ -400,13 +402,7 @@ pub async fn maintain_subscriptions(
             break;
         }
         match subs.store.subscription_of(&config.name).await {
-            Ok(None) => match create(deps, subs, config, deadline).await {
-                Ok(_) => report.created += 1,
-                Err(e) => {
-                    graph_failure("created", &config.name, &e);
-                    report.failed += 1;
-                }
-            },
+            Ok(None) => create_counted(deps, subs, config, &mut report, deadline).await,
             Ok(Some(record)) if !matches_config(&record, config) => {
                 replace(deps, subs, config, &record, &mut report, deadline).await;
             }
@@ -414,10 +410,7 @@ pub async fn maintain_subscriptions(
                 renew(deps, subs, config, &record, &mut report, deadline).await;
             }
             Ok(Some(_)) => {}
-            Err(e) => {
-                graph_failure("read", &config.name, &e);
-                report.failed += 1;
-            }
+            Err(e) => report.fail("read", &config.name, &e),
         }
     }
     for name in subs.store.subscribed_mailboxes().await.map_err(store_err)? {
