@@ -2,6 +2,9 @@
 //!
 //! Every test binary shares one [`stack()`] (started on first use on its own runtime thread);
 //! tests isolate themselves with [`unique`] names for queues, secrets, tables and IMAP users.
+//! [`cli`] finds the operator CLI binary.
+
+pub mod cli;
 
 use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};

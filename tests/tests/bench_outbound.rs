@@ -267,11 +267,7 @@ fn bench_send_notifications_cpu_mime_vs_json() {
 #[ignore = "benchmark: prints numbers"]
 async fn bench_sendmail_entry_latency() {
     let stack = mailbridge_tests::stack();
-    let binary = match std::env::var_os("MAILBRIDGE_CLI_BIN") {
-        Some(path) => std::path::PathBuf::from(path),
-        None => local_stack::runtime_api::workspace_binary("mailbridge-cli", "mailbridge")
-            .expect("build the mailbridge CLI"),
-    };
+    let binary = mailbridge_tests::cli::binary();
     let queue_url = mailbridge_tests::create_queue(&mailbridge_tests::unique("bench-sendmail"))
         .await
         .unwrap();

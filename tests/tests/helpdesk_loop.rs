@@ -40,14 +40,6 @@ const PASSWORD: &str = "correct horse battery staple";
 const THREAD_KEY: &str = "helpdesk-loop-thread-key-0123456";
 const RT_NAME: &str = "loop.example";
 
-fn cli_binary() -> std::path::PathBuf {
-    if let Some(path) = std::env::var_os("MAILBRIDGE_CLI_BIN") {
-        return path.into();
-    }
-    local_stack::runtime_api::workspace_binary("mailbridge-cli", "mailbridge")
-        .expect("build the mailbridge CLI")
-}
-
 fn header<'a>(message: &'a mail_parser::Message<'a>, name: &str) -> Option<String> {
     message
         .header_raw(name)
@@ -102,9 +94,12 @@ async fn an_agents_reply_reaches_the_customer_and_the_answer_lands_on_the_same_r
             format!(r"\[{} #(\d+)\]", RT_NAME.replace('.', r"\.")),
         ),
     ]);
-    let sendmail =
-        local_stack::request_tracker::write_sendmail_wrapper(dir.path(), &cli_binary(), &env)
-            .expect("write the sendmail wrapper");
+    let sendmail = local_stack::request_tracker::write_sendmail_wrapper(
+        dir.path(),
+        &mailbridge_tests::cli::binary(),
+        &env,
+    )
+    .expect("write the sendmail wrapper");
     let rt = RequestTracker::start(
         &dir.path().join("rt"),
         RtOptions {

@@ -4,7 +4,6 @@
 //!
 //! Each test owns its tenant, app, user, secret prefix, state table and queue.
 
-use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
@@ -13,16 +12,6 @@ use mailbridge_tests::{create_queue, create_state_table, get_secret, stack, uniq
 use serde_json::Value;
 
 const PASSWORD: &str = "correct horse battery staple";
-
-/// The `mailbridge` binary: `$MAILBRIDGE_CLI_BIN` when set (e.g. a release build to test),
-/// else the workspace build, built first if needed.
-fn cli_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("MAILBRIDGE_CLI_BIN") {
-        return PathBuf::from(path);
-    }
-    local_stack::runtime_api::workspace_binary("mailbridge-cli", "mailbridge")
-        .expect("build the mailbridge CLI")
-}
 
 /// One test's world.
 struct World {
@@ -58,7 +47,7 @@ impl World {
 
     fn command(&self, args: &[&str]) -> tokio::process::Command {
         let stack = stack();
-        let mut command = tokio::process::Command::new(cli_binary());
+        let mut command = tokio::process::Command::new(mailbridge_tests::cli::binary());
         command
             .args(args)
             .env_clear()

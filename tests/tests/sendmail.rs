@@ -3,7 +3,6 @@
 //! config file, against moto (SQS, S3). What it queued is then sent by the send-notifications
 //! batch logic through the Graph stand-in into the customer's Dovecot mailbox.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,14 +19,6 @@ use send_notifications::{Deps, process_batch};
 use tokio::io::AsyncWriteExt as _;
 
 const THREAD_KEY: &str = "sendmail-test-thread-key-0123456";
-
-fn cli_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("MAILBRIDGE_CLI_BIN") {
-        return PathBuf::from(path);
-    }
-    local_stack::runtime_api::workspace_binary("mailbridge-cli", "mailbridge")
-        .expect("build the mailbridge CLI")
-}
 
 /// One test's world: an account at the identity stand-in, a queue pair, a bucket.
 struct World {
@@ -111,7 +102,8 @@ impl World {
     async fn sendmail(&self, args: &[&str], stdin: &[u8]) -> Run {
         let mut full = vec!["sendmail"];
         full.extend_from_slice(args);
-        self.sendmail_as(&cli_binary(), &full, stdin, &[]).await
+        self.sendmail_as(&mailbridge_tests::cli::binary(), &full, stdin, &[])
+            .await
     }
 
     /// What is on the queue now (bodies), left there.
@@ -461,7 +453,7 @@ async fn aws_unreachable_exits_75_and_a_retry_later_queues_the_message_once() {
     // nothing listens on port 9 of 127.0.0.1
     let run = w
         .sendmail_as(
-            &cli_binary(),
+            &mailbridge_tests::cli::binary(),
             &["sendmail", "-t", "-i"],
             &raw,
             &[("AWS_ENDPOINT_URL", "http://127.0.0.1:9".to_owned())],
@@ -482,7 +474,7 @@ async fn invoked_as_sendmail_with_a_config_file_it_queues_with_the_ticket_number
     let w = World::new().await;
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("sendmail");
-    std::os::unix::fs::symlink(cli_binary(), &link).unwrap();
+    std::os::unix::fs::symlink(mailbridge_tests::cli::binary(), &link).unwrap();
     let config = dir.path().join("sendmail.conf");
     std::fs::write(
         &config,
