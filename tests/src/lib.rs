@@ -2,9 +2,10 @@
 //!
 //! Every test binary shares one [`stack()`] (started on first use on its own runtime thread);
 //! tests isolate themselves with [`unique`] names for queues, secrets, tables and IMAP users.
-//! [`cli`] finds the operator CLI binary.
+//! [`cli`] finds the operator CLI binary; [`parked`] reads a dead-letter queue.
 
 pub mod cli;
+pub mod parked;
 
 use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};

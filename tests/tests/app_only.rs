@@ -16,6 +16,7 @@ use mailbridge::token::{
     AccessTokenSource, AccountSecret, Audience, IdentityClient, SecretsManagerStore, TokenError,
     TokenService, TokenServiceConfig,
 };
+use mailbridge_tests::parked::parked_messages;
 use mailbridge_tests::{get_secret, put_secret, stack, unique, unique_user};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
@@ -479,30 +480,16 @@ impl SendWorld {
     /// The park reasons (`mailbridge.reason`) of the parked messages (at least `expected`,
     /// waiting up to ~10 s).
     async fn parked(&self, expected: usize) -> Vec<String> {
-        let mut out = Vec::new();
-        for _ in 0..10 {
-            if out.len() >= expected {
-                break;
-            }
-            let received = mailbridge_tests::sqs()
-                .receive_message()
-                .queue_url(&self.dlq_url)
-                .max_number_of_messages(10)
-                .message_attribute_names("All")
-                .wait_time_seconds(1)
-                .send()
-                .await
-                .expect("receive DLQ");
-            for m in received.messages() {
-                let reason = m
-                    .message_attributes()
-                    .and_then(|a| a.get("mailbridge.reason"))
-                    .and_then(|v| v.string_value())
-                    .unwrap_or_default();
-                out.push(reason.to_owned());
-            }
-        }
-        out
+        parked_messages(&self.dlq_url, expected)
+            .await
+            .into_iter()
+            .map(|m| {
+                m.attributes
+                    .get("mailbridge.reason")
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect()
     }
 }
 

@@ -206,28 +206,9 @@ async fn receive_event(queue_url: &str, arn: &str, n: usize) -> SqsEvent {
 
 /// Everything in the DLQ, bodies and attributes, as text.
 async fn dlq_text(dlq_url: &str, expected: usize) -> String {
-    let mut out = String::new();
-    let mut count = 0;
-    for _ in 0..10 {
-        if count >= expected {
-            break;
-        }
-        let received = sqs()
-            .receive_message()
-            .queue_url(dlq_url)
-            .max_number_of_messages(10)
-            .message_attribute_names("All")
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .expect("receive DLQ");
-        for m in received.messages() {
-            count += 1;
-            out.push_str(&format!("{m:?}\n"));
-        }
-    }
-    assert_eq!(count, expected, "parked messages");
-    out
+    let parked = mailbridge_tests::parked::receive_parked(dlq_url, expected).await;
+    assert_eq!(parked.len(), expected, "parked messages");
+    parked.iter().map(|m| format!("{m:?}\n")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

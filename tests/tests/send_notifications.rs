@@ -24,6 +24,7 @@ use mailbridge::token::{
     AccessToken, AccessTokenSource, Audience, SecretStore, SecretsManagerStore, TokenService,
     TokenServiceConfig,
 };
+use mailbridge_tests::parked::parked_messages;
 use mailbridge_tests::{
     create_queue_with_dlq, create_state_table, put_secret, sqs, stack, unique, unique_user,
 };
@@ -214,36 +215,14 @@ impl World {
 
     /// Everything parked in the DLQ: (body, attributes).
     async fn parked(&self, expected: usize) -> Vec<(Value, HashMap<String, String>)> {
-        let mut out = Vec::new();
-        for _ in 0..10 {
-            if out.len() >= expected {
-                break;
-            }
-            let received = sqs()
-                .receive_message()
-                .queue_url(&self.dlq_url)
-                .max_number_of_messages(10)
-                .message_attribute_names("All")
-                .wait_time_seconds(1)
-                .send()
-                .await
-                .expect("receive DLQ");
-            for m in received.messages() {
-                let attrs = m
-                    .message_attributes()
-                    .map(|a| {
-                        a.iter()
-                            .map(|(k, v)| {
-                                (k.clone(), v.string_value().unwrap_or_default().to_owned())
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let body = serde_json::from_str(m.body().unwrap_or("null")).unwrap_or(Value::Null);
-                out.push((body, attrs));
-            }
-        }
-        out
+        parked_messages(&self.dlq_url, expected)
+            .await
+            .into_iter()
+            .map(|m| {
+                let body = serde_json::from_str(&m.body).unwrap_or(Value::Null);
+                (body, m.attributes)
+            })
+            .collect()
     }
 
     fn sqs_id_of(event: &SqsEvent, subject: &str) -> String {

@@ -20,6 +20,7 @@ use mailbridge::send_rights::SharedMailboxRoute;
 use mailbridge::state_table::DynamoIdempotencyStore;
 use mailbridge::thread_key::ThreadKey;
 use mailbridge::token::{AccessToken, Audience, SecretsManagerStore, TokenService};
+use mailbridge_tests::parked::parked_messages;
 use mailbridge_tests::{
     create_queue_with_dlq, create_state_table, put_secret, sqs, stack, unique, unique_user,
 };
@@ -164,35 +165,11 @@ impl World {
 
     /// The DLQ's messages by subject (or MIME raw) → their attributes.
     async fn parked(&self, expected: usize) -> Vec<HashMap<String, String>> {
-        let mut out = Vec::new();
-        for _ in 0..10 {
-            if out.len() >= expected {
-                break;
-            }
-            let received = sqs()
-                .receive_message()
-                .queue_url(&self.dlq_url)
-                .max_number_of_messages(10)
-                .message_attribute_names("All")
-                .wait_time_seconds(1)
-                .send()
-                .await
-                .expect("receive DLQ");
-            for m in received.messages() {
-                out.push(
-                    m.message_attributes()
-                        .map(|a| {
-                            a.iter()
-                                .map(|(k, v)| {
-                                    (k.clone(), v.string_value().unwrap_or_default().to_owned())
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                );
-            }
-        }
-        out
+        parked_messages(&self.dlq_url, expected)
+            .await
+            .into_iter()
+            .map(|m| m.attributes)
+            .collect()
     }
 
     /// A Graph token for this world's user with exactly `permissions`.
