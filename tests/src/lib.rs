@@ -2,10 +2,12 @@
 //!
 //! Every test binary shares one [`stack()`] (started on first use on its own runtime thread);
 //! tests isolate themselves with [`unique`] names for queues, secrets, tables and IMAP users.
-//! [`cli`] finds the operator CLI binary; [`parked`] reads a dead-letter queue.
+//! [`cli`] finds the operator CLI binary; [`parked`] reads a dead-letter queue; [`poller`]
+//! builds the real IMAP poller.
 
 pub mod cli;
 pub mod parked;
+pub mod poller;
 
 use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -187,6 +189,14 @@ pub struct PasswordAccount {
     pub upn: String,
     /// The Secrets Manager secret, `mailbridge/<unique>`.
     pub secret_name: String,
+}
+
+impl PasswordAccount {
+    /// The account's name, as a mailbox's `account` field names it (the secret's name without
+    /// `mailbridge/`).
+    pub fn account(&self) -> &str {
+        self.secret_name.trim_start_matches("mailbridge/")
+    }
 }
 
 /// Register a new tenant, app and user (`user_prefix`, `password`) and store its account secret.

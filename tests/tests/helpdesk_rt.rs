@@ -6,24 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use local_stack::identity::{AppRegistration, UserAccount};
 use local_stack::request_tracker::{self, RequestTracker, RtClient};
 use mailbridge::retry::RetryPolicy;
 use mailbridge::state_table::MailboxStatus;
-use mailbridge::state_table::{DynamoStateStore, put_mailbox_config};
+use mailbridge::state_table::put_mailbox_config;
 use mailbridge::ticket_sink::{
     DeliveryPlan, SenderCheck, SinkConfig, TICKET_PAYLOAD_SCHEMA, TicketPayload, TicketSink,
     TicketSinkError,
 };
-use mailbridge::token::identity::{IdentityClient, default_retry_policy};
-use mailbridge::token::secret::AccountSecret;
-use mailbridge::token::service::{TokenService, TokenServiceConfig};
-use mailbridge::token::store::SecretsManagerStore;
-use mailbridge_tests::{dynamodb, put_secret, stack, unique, unique_user};
+use mailbridge_tests::poller::ImapPoller;
+use mailbridge_tests::{dynamodb, new_password_account, put_secret, stack, unique};
 use poll_mailboxes::PollDeps;
-use poll_mailboxes::convert::ParseContext;
-use poll_mailboxes::imap_adapter::ImapConnector;
-use poll_mailboxes::sinks::SecretsSinkFactory;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -58,7 +51,8 @@ struct RtWorld {
 
 impl RtWorld {
     async fn new() -> RtWorld {
-        let stack = stack();
+        // the local stack first: logging, and loopback targets allowed
+        stack();
         let rt = request_tracker::shared();
         let root = rt.root_client();
         let queue = unique("q");
@@ -68,57 +62,17 @@ impl RtWorld {
             .await
             .unwrap();
 
-        let idp = stack.identity();
-        let tenant = format!("{}.onmicrosoft.com", unique("tenant"));
-        let client_id = uuid::Uuid::new_v4().to_string();
-        idp.register_app(AppRegistration::mailbridge(&tenant, &client_id));
-        let user = unique_user("helpdesk");
-        idp.register_user(UserAccount::new(&tenant, &user, PASSWORD));
-        let mut account_secret = AccountSecret::new(&tenant, &client_id, &user);
-        account_secret.authority_host = idp.base_url.clone();
-        account_secret.password = Some(PASSWORD.into());
-        let account = unique("acct");
-        put_secret(&format!("mailbridge/{account}"), &account_secret.to_json())
-            .await
-            .unwrap();
-
+        let account = new_password_account("helpdesk", PASSWORD).await.unwrap();
+        let user = account.upn.clone();
+        let account = account.account().to_owned();
         let table = mailbridge_tests::create_state_table("rt").await.unwrap();
-        let aws = stack.moto().sdk_config();
-        let identity = IdentityClient::new(mailbridge::http::default_client().unwrap())
-            .with_retry_policy(RetryPolicy {
-                initial_backoff: Duration::from_millis(50),
-                max_backoff: Duration::from_millis(400),
-                ..default_retry_policy()
-            });
-        let tokens = TokenService::new(
-            Arc::new(SecretsManagerStore::from_conf(&aws)),
-            identity,
-            TokenServiceConfig {
-                default_timeout: Duration::from_secs(10),
-                ..TokenServiceConfig::default()
-            },
-        );
-        let dovecot = stack.dovecot().clone();
-        let deps = PollDeps {
-            tokens: Arc::new(tokens),
-            connector: Arc::new(
-                ImapConnector::new(Some(&dovecot.ca_pem_path), Duration::from_secs(10)).unwrap(),
-            ),
-            state: Arc::new(DynamoStateStore::new(dynamodb(), &table)),
-            sinks: Arc::new(SecretsSinkFactory::new(
-                reqwest::Client::new(),
-                aws_sdk_secretsmanager::Client::new(&aws),
-                fast_retry(),
-            )),
-            parse: ParseContext {
-                thread_key: Some(b"rt-test-thread-key".to_vec()),
-            },
+        let deps = ImapPoller {
+            table: &table,
+            thread_key: b"rt-test-thread-key",
             max_concurrent_mailboxes: 2,
-            deadline_margin: Duration::from_secs(2),
-            dedupe_ttl: Duration::from_secs(86_400),
-            targets: mailbridge::mailbox::TargetPolicy::local(),
-            memory: std::sync::Arc::new(poll_mailboxes::memory::MemoryBudget::unlimited()),
-        };
+            sink_retry: fast_retry(),
+        }
+        .deps();
         let world = RtWorld {
             rt,
             root,
