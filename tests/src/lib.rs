@@ -3,11 +3,12 @@
 //! Every test binary shares one [`stack()`] (started on first use on its own runtime thread);
 //! tests isolate themselves with [`unique`] names for queues, secrets, tables and IMAP users.
 //! [`cli`] finds the operator CLI binary; [`parked`] reads a dead-letter queue; [`poller`]
-//! builds the real IMAP poller.
+//! builds the real IMAP poller; [`sender`] the real send-notifications.
 
 pub mod cli;
 pub mod parked;
 pub mod poller;
+pub mod sender;
 
 use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -18,10 +18,9 @@ use base64::Engine as _;
 use local_stack::identity::{AppRegistration, UserAccount};
 use local_stack::request_tracker::{RequestTracker, RtOptions};
 use mailbridge::retry::RetryPolicy;
-use mailbridge::state_table::DynamoIdempotencyStore;
 use mailbridge::state_table::{DynamoStateStore, put_mailbox_config};
-use mailbridge::thread_key::ThreadKey;
-use mailbridge::token::{AccountSecret, SecretsManagerStore, TokenService, TokenServiceConfig};
+use mailbridge::token::AccountSecret;
+use mailbridge_tests::sender::Sender;
 use mailbridge_tests::{
     create_queue_with_dlq, create_state_table, dynamodb, put_secret, stack, unique, unique_user,
 };
@@ -29,9 +28,8 @@ use poll_mailboxes::PollDeps;
 use poll_mailboxes::convert::ParseContext;
 use poll_mailboxes::imap_adapter::ImapConnector;
 use poll_mailboxes::sinks::SecretsSinkFactory;
-use send_notifications::ports::{SqsParking, SqsVisibility};
+use send_notifications::process_batch;
 use send_notifications::settings::BatchSettings;
-use send_notifications::{Deps, process_batch};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -171,28 +169,11 @@ async fn an_agents_reply_reaches_the_customer_and_the_answer_lands_on_the_same_r
     let rt_reply = parser.parse(rt_reply_raw).unwrap();
 
     // 3. send-notifications sends both through Graph.
-    let deps = Deps {
-        tokens: Arc::new(TokenService::new(
-            Arc::new(SecretsManagerStore::from_conf(&aws)),
-            mailbridge::token::IdentityClient::new(mailbridge::http::default_client().unwrap()),
-            TokenServiceConfig::default(),
-        )),
-        mail: Arc::new(mailbridge::graph::GraphClient::new(&stack.graph().v1_url()).unwrap()),
-        idempotency: Arc::new(DynamoIdempotencyStore::new(
-            aws_sdk_dynamodb::Client::new(&aws),
-            create_state_table("loop-send").await.unwrap(),
-        )),
-        messages: Arc::new(mailbridge::message_store::S3MessageStore::new(
-            mailbridge_tests::s3(),
-        )),
-        parking: Arc::new(SqsParking::new(aws_sdk_sqs::Client::new(&aws), dlq_url)),
-        visibility: Arc::new(SqsVisibility::new(aws_sdk_sqs::Client::new(&aws))),
-        thread_key: ThreadKey::from_secret_value(THREAD_KEY).unwrap(),
-        settings: BatchSettings {
-            safety_margin: Duration::from_secs(1),
-            ..BatchSettings::default()
-        },
-    };
+    let send_table = create_state_table("loop-send").await.unwrap();
+    let deps = Sender::on_stack(&send_table, &dlq_url, THREAD_KEY).deps(BatchSettings {
+        safety_margin: Duration::from_secs(1),
+        ..BatchSettings::default()
+    });
     let report = process_batch(event, Instant::now() + Duration::from_secs(60), &deps).await;
     assert_eq!(report.metrics.sent, 2, "{:?}", report.messages);
 

@@ -4,22 +4,18 @@
 //! recipient's Dovecot mailbox; the send size limit (the stack's, or the account's own
 //! `max_message_bytes`); and the draft route's faults as Graph produces them.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use mail_parser::MimeHeaders as _;
 use mailbridge::message_store::{MessageStore as _, S3MessageStore};
 use mailbridge::notification::ObjectRef;
-use mailbridge::state_table::DynamoIdempotencyStore;
-use mailbridge::thread_key::ThreadKey;
-use mailbridge::token::{SecretsManagerStore, TokenService, TokenServiceConfig};
+use mailbridge_tests::sender::Sender;
 use mailbridge_tests::{
     bucket_keys, create_bucket, create_queue_with_dlq, create_state_table, sqs, stack, unique,
 };
-use send_notifications::ports::{SqsParking, SqsVisibility};
 use send_notifications::settings::BatchSettings;
-use send_notifications::{BatchReport, Deps, Outcome, process_batch};
+use send_notifications::{BatchReport, Outcome, process_batch};
 
 const THREAD_KEY: &str = "large-messages-test-thread-key-01";
 
@@ -94,30 +90,12 @@ impl World {
 
     /// Run send-notifications over `n` queued messages with `settings`.
     async fn send_queued(&self, n: usize, settings: BatchSettings) -> BatchReport {
-        let aws = stack().moto().sdk_config();
         let event = mailbridge_tests::receive_sqs_event(&self.queue_url, &self.queue_arn, n).await;
-        let sqs = aws_sdk_sqs::Client::new(&aws);
-        let deps = Deps {
-            tokens: Arc::new(TokenService::new(
-                Arc::new(SecretsManagerStore::from_conf(&aws)),
-                mailbridge::token::IdentityClient::new(mailbridge::http::default_client().unwrap()),
-                TokenServiceConfig::default(),
-            )),
-            mail: Arc::new(mailbridge::graph::GraphClient::new(&stack().graph().v1_url()).unwrap()),
-            idempotency: Arc::new(DynamoIdempotencyStore::new(
-                aws_sdk_dynamodb::Client::new(&aws),
-                self.table.clone(),
-            )),
-            messages: Arc::new(S3MessageStore::new(mailbridge_tests::s3())),
-            parking: Arc::new(SqsParking::new(sqs.clone(), self.dlq_url.clone())),
-            visibility: Arc::new(SqsVisibility::new(sqs)),
-            thread_key: ThreadKey::from_secret_value(THREAD_KEY).unwrap(),
-            settings: BatchSettings {
-                safety_margin: Duration::from_secs(1),
-                message_bucket: Some(self.bucket.clone()),
-                ..settings
-            },
-        };
+        let deps = Sender::on_stack(&self.table, &self.dlq_url, THREAD_KEY).deps(BatchSettings {
+            safety_margin: Duration::from_secs(1),
+            message_bucket: Some(self.bucket.clone()),
+            ..settings
+        });
         process_batch(
             event,
             tokio::time::Instant::now() + Duration::from_secs(120),

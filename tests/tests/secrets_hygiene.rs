@@ -27,9 +27,7 @@ use async_trait::async_trait;
 use aws_lambda_events::event::sqs::SqsEvent;
 use base64::Engine as _;
 use local_stack::identity::{AppRegistration, RequestFilter, UserAccount};
-use mailbridge::graph::GraphClient;
 use mailbridge::retry::RetryPolicy;
-use mailbridge::state_table::DynamoIdempotencyStore;
 use mailbridge::state_table::{DynamoStateStore, put_mailbox_config};
 use mailbridge::thread_key::ThreadKey;
 use mailbridge::ticket_sink::WebhookAuth;
@@ -38,15 +36,15 @@ use mailbridge::token::{
     AccessToken, AccessTokenSource, AccountSecret, Audience, IdentityClient, SecretStore,
     SecretsManagerStore, TokenError, TokenService, TokenServiceConfig,
 };
+use mailbridge_tests::sender::Sender;
 use mailbridge_tests::{create_queue_with_dlq, create_state_table, put_secret, sqs, unique};
 use poll_mailboxes::PollDeps;
 use poll_mailboxes::convert::ParseContext;
 use poll_mailboxes::imap_adapter::ImapConnector;
 use poll_mailboxes::sinks::SecretsSinkFactory;
 use secrecy::{ExposeSecret as _, SecretString};
-use send_notifications::ports::{SqsParking, SqsVisibility};
 use send_notifications::settings::BatchSettings;
-use send_notifications::{Deps, Outcome, process_batch};
+use send_notifications::{Outcome, process_batch};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -331,25 +329,17 @@ async fn no_secret_value_reaches_logs_errors_or_debug_output() {
             .unwrap();
     }
     let event = receive_event(&queue_url, &arn, 4).await;
-    let sqs_client = aws_sdk_sqs::Client::new(&aws);
-    let deps = Deps {
+    let deps = Sender {
         tokens: tokens.clone(),
-        mail: Arc::new(GraphClient::new(&graph.v1_url()).unwrap()),
-        idempotency: Arc::new(DynamoIdempotencyStore::new(
-            aws_sdk_dynamodb::Client::new(&aws),
-            table.clone(),
-        )),
-        messages: Arc::new(mailbridge::message_store::S3MessageStore::new(
-            mailbridge_tests::s3(),
-        )),
-        parking: Arc::new(SqsParking::new(sqs_client.clone(), dlq_url.clone())),
-        visibility: Arc::new(SqsVisibility::new(sqs_client)),
-        thread_key: ThreadKey::from_secret_value(&thread_key).unwrap(),
-        settings: BatchSettings {
-            safety_margin: Duration::from_secs(1),
-            ..BatchSettings::default()
-        },
-    };
+        graph_url: graph.v1_url(),
+        table: &table,
+        dlq_url: &dlq_url,
+        thread_key: &thread_key,
+    }
+    .deps(BatchSettings {
+        safety_margin: Duration::from_secs(1),
+        ..BatchSettings::default()
+    });
     let report = process_batch(event, Instant::now() + Duration::from_secs(60), &deps).await;
     let outcomes: Vec<&str> = report.messages.iter().map(|m| m.outcome.name()).collect();
     assert!(

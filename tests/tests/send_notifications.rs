@@ -17,19 +17,17 @@ use local_stack::graph::GraphStandIn;
 use local_stack::identity::{IdentityStandIn, UserAccount};
 use mailbridge::graph::{GraphClient, GraphError, MailSender, MessageExtras, OutgoingMail};
 use mailbridge::notification::Notification;
-use mailbridge::state_table::DynamoIdempotencyStore;
-use mailbridge::thread_key::ThreadKey;
 use mailbridge::token::store::{SecretStoreError, SecretValue};
 use mailbridge::token::{
     AccessToken, AccessTokenSource, Audience, SecretStore, SecretsManagerStore, TokenService,
     TokenServiceConfig,
 };
 use mailbridge_tests::parked::parked_messages;
+use mailbridge_tests::sender::Sender;
 use mailbridge_tests::{
     create_queue_with_dlq, create_state_table, put_secret, sqs, stack, unique, unique_user,
 };
 use secrecy::SecretString;
-use send_notifications::ports::{SqsParking, SqsVisibility};
 use send_notifications::settings::BatchSettings;
 use send_notifications::{BatchReport, Deps, Outcome, process_batch};
 use serde_json::{Value, json};
@@ -155,23 +153,14 @@ impl World {
     }
 
     fn deps(&self, settings: BatchSettings) -> Deps {
-        let aws = stack().moto().sdk_config();
-        let sqs = aws_sdk_sqs::Client::new(&aws);
-        Deps {
+        Sender {
             tokens: self.tokens.clone(),
-            mail: Arc::new(GraphClient::new(&self.graph.v1_url()).expect("graph client")),
-            idempotency: Arc::new(DynamoIdempotencyStore::new(
-                aws_sdk_dynamodb::Client::new(&aws),
-                self.table.clone(),
-            )),
-            messages: Arc::new(mailbridge::message_store::S3MessageStore::new(
-                mailbridge_tests::s3(),
-            )),
-            parking: Arc::new(SqsParking::new(sqs.clone(), self.dlq_url.clone())),
-            visibility: Arc::new(SqsVisibility::new(sqs)),
-            thread_key: ThreadKey::from_secret_value(THREAD_KEY).expect("key"),
-            settings,
+            graph_url: self.graph.v1_url(),
+            table: &self.table,
+            dlq_url: &self.dlq_url,
+            thread_key: THREAD_KEY,
         }
+        .deps(settings)
     }
 
     /// A shared mailbox this world's user has Full Access and Send As on.

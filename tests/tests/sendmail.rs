@@ -4,18 +4,14 @@
 //! batch logic through the Graph stand-in into the customer's Dovecot mailbox.
 
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
-use mailbridge::state_table::DynamoIdempotencyStore;
-use mailbridge::thread_key::ThreadKey;
-use mailbridge::token::{SecretsManagerStore, TokenService, TokenServiceConfig};
+use mailbridge_tests::sender::Sender;
 use mailbridge_tests::{
     bucket_keys, create_bucket, create_queue_with_dlq, create_state_table, sqs, stack, unique,
 };
-use send_notifications::ports::{SqsParking, SqsVisibility};
+use send_notifications::process_batch;
 use send_notifications::settings::BatchSettings;
-use send_notifications::{Deps, process_batch};
 use tokio::io::AsyncWriteExt as _;
 
 const THREAD_KEY: &str = "sendmail-test-thread-key-0123456";
@@ -158,32 +154,13 @@ impl World {
         n: usize,
         settings: BatchSettings,
     ) -> send_notifications::BatchReport {
-        let aws = stack().moto().sdk_config();
         let event = mailbridge_tests::receive_sqs_event(&self.queue_url, &self.queue_arn, n).await;
-        let sqs = aws_sdk_sqs::Client::new(&aws);
-        let deps = Deps {
-            tokens: Arc::new(TokenService::new(
-                Arc::new(SecretsManagerStore::from_conf(&aws)),
-                mailbridge::token::IdentityClient::new(mailbridge::http::default_client().unwrap()),
-                TokenServiceConfig::default(),
-            )),
-            mail: Arc::new(mailbridge::graph::GraphClient::new(&stack().graph().v1_url()).unwrap()),
-            idempotency: Arc::new(DynamoIdempotencyStore::new(
-                aws_sdk_dynamodb::Client::new(&aws),
-                create_state_table("sendmail-state").await.unwrap(),
-            )),
-            messages: Arc::new(mailbridge::message_store::S3MessageStore::new(
-                mailbridge_tests::s3(),
-            )),
-            parking: Arc::new(SqsParking::new(sqs.clone(), self.dlq_url.clone())),
-            visibility: Arc::new(SqsVisibility::new(sqs)),
-            thread_key: ThreadKey::from_secret_value(THREAD_KEY).unwrap(),
-            settings: BatchSettings {
-                safety_margin: Duration::from_secs(1),
-                message_bucket: Some(self.bucket.clone()),
-                ..settings
-            },
-        };
+        let table = create_state_table("sendmail-state").await.unwrap();
+        let deps = Sender::on_stack(&table, &self.dlq_url, THREAD_KEY).deps(BatchSettings {
+            safety_margin: Duration::from_secs(1),
+            message_bucket: Some(self.bucket.clone()),
+            ..settings
+        });
         process_batch(
             event,
             tokio::time::Instant::now() + Duration::from_secs(120),

@@ -11,20 +11,17 @@
 //!   parked notification's reason names the missing right.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use local_stack::identity::{AppRegistration, UserAccount};
 use mailbridge::graph::{GraphClient, GraphError, MailSender as _, OutgoingMime, SendAs};
 use mailbridge::send_rights::SharedMailboxRoute;
-use mailbridge::state_table::DynamoIdempotencyStore;
-use mailbridge::thread_key::ThreadKey;
-use mailbridge::token::{AccessToken, Audience, SecretsManagerStore, TokenService};
+use mailbridge::token::{AccessToken, Audience};
 use mailbridge_tests::parked::parked_messages;
+use mailbridge_tests::sender::Sender;
 use mailbridge_tests::{
     create_queue_with_dlq, create_state_table, put_secret, sqs, stack, unique, unique_user,
 };
-use send_notifications::ports::{SqsParking, SqsVisibility};
 use send_notifications::settings::BatchSettings;
 use send_notifications::{BatchReport, Deps, Outcome, process_batch};
 use serde_json::{Value, json};
@@ -88,32 +85,10 @@ impl World {
     }
 
     fn deps(&self) -> Deps {
-        let aws = stack().moto().sdk_config();
-        let sqs = aws_sdk_sqs::Client::new(&aws);
-        Deps {
-            tokens: Arc::new(TokenService::new(
-                Arc::new(SecretsManagerStore::from_conf(&aws)),
-                mailbridge::token::IdentityClient::new(
-                    mailbridge::http::default_client().expect("http client"),
-                ),
-                Default::default(),
-            )),
-            mail: Arc::new(GraphClient::new(&stack().graph().v1_url()).expect("graph client")),
-            idempotency: Arc::new(DynamoIdempotencyStore::new(
-                aws_sdk_dynamodb::Client::new(&aws),
-                self.table.clone(),
-            )),
-            messages: Arc::new(mailbridge::message_store::S3MessageStore::new(
-                mailbridge_tests::s3(),
-            )),
-            parking: Arc::new(SqsParking::new(sqs.clone(), self.dlq_url.clone())),
-            visibility: Arc::new(SqsVisibility::new(sqs)),
-            thread_key: ThreadKey::from_secret_value(THREAD_KEY).expect("key"),
-            settings: BatchSettings {
-                safety_margin: Duration::from_secs(1),
-                ..BatchSettings::default()
-            },
-        }
+        Sender::on_stack(&self.table, &self.dlq_url, THREAD_KEY).deps(BatchSettings {
+            safety_margin: Duration::from_secs(1),
+            ..BatchSettings::default()
+        })
     }
 
     fn json_from(&self, from: &str, subject: &str) -> Value {
