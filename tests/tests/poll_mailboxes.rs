@@ -850,7 +850,7 @@ fn corpus_mail(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Issue 5 (stretch): an Outlook `winmail.dat` (TNEF) reaches the ticket API as the files inside
+/// An Outlook `winmail.dat` (TNEF) reaches the ticket API as the files inside
 /// it, each with its bytes; a TNEF that cannot be fully expanded is posted as the winmail.dat
 /// itself, byte for byte.
 #[tokio::test]
@@ -911,7 +911,7 @@ async fn winmail_dat_reaches_the_ticket_api_as_the_files_inside_it() {
     assert_eq!(decode(&files[0]), raw);
 }
 
-/// Issue 5: auto-replies, bounces and list mail never open a ticket. Machine mail that threads
+/// Auto-replies, bounces and list mail never open a ticket. Machine mail that threads
 /// to a ticket is posted to it (flagged `auto_generated`); the rest is moved, unticketed, to the
 /// auto-generated folder and counted. Nothing is deleted, nothing is sent.
 #[tokio::test]

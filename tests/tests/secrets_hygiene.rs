@@ -649,7 +649,7 @@ fn files_under(
     out
 }
 
-/// Issue 9, secrets hygiene: "secrets never written to disk by the CLI except through Secrets
+/// Secrets hygiene: "secrets never written to disk by the CLI except through Secrets
 /// Manager". The operator CLI runs as a process with `HOME`, `TMPDIR` and every `XDG_*`
 /// directory in a fresh temp dir and its working directory in another: `login` with a password
 /// on stdin (ROPC), `login` by device code, `status`, `mailbox add/list/remove`, `check`,

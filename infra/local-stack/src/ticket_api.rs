@@ -287,14 +287,8 @@ static PAYLOAD_SCHEMA: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
     let parse = |text: &str| -> serde_json::Value {
         serde_json::from_str(text).expect("the published schemas are JSON")
     };
-    let draft = parse(include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/schemas/ticket-draft.schema.json"
-    )));
-    let payload = parse(include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/schemas/ticket-payload.schema.json"
-    )));
+    let draft = parse(mailbridge::ticket_sink::TICKET_DRAFT_JSON_SCHEMA);
+    let payload = parse(mailbridge::ticket_sink::TICKET_PAYLOAD_JSON_SCHEMA);
     let registry = jsonschema::Registry::new()
         .add(
             "https://mailbridge.invalid/schemas/ticket-draft.schema.json",

@@ -36,7 +36,10 @@ pub use config::{
     MachineMail, NonParticipant, SecretJson, SinkConfig, SinkConfigError, SinkFields, SinkKind,
     validate_target_url,
 };
-pub use payload::{TICKET_PAYLOAD_SCHEMA, TicketAttachment, TicketPayload};
+pub use payload::{
+    TICKET_DRAFT_JSON_SCHEMA, TICKET_PAYLOAD_JSON_SCHEMA, TICKET_PAYLOAD_SCHEMA, TicketAttachment,
+    TicketPayload,
+};
 pub use webhook::{WebhookAuth, WebhookTicketSink};
 
 /// Which helpdesk call a mail becomes.

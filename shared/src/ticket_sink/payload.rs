@@ -7,6 +7,11 @@ use crate::mail::TicketDraft;
 
 /// Schema identifier carried in every payload.
 pub const TICKET_PAYLOAD_SCHEMA: &str = "mailbridge.ticket-payload/1";
+/// The published JSON Schema of the payload (`shared/schemas/ticket-payload.schema.json`).
+pub const TICKET_PAYLOAD_JSON_SCHEMA: &str =
+    include_str!("../../schemas/ticket-payload.schema.json");
+/// The published JSON Schema of the draft a payload carries (`ticket-draft.schema.json`).
+pub const TICKET_DRAFT_JSON_SCHEMA: &str = include_str!("../../schemas/ticket-draft.schema.json");
 
 /// One attachment in the payload: content inline (base64) when under the cap, metadata only beyond.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -126,8 +131,7 @@ mod tests {
 
     #[test]
     fn payload_fields_match_the_json_schema() {
-        let schema: serde_json::Value =
-            serde_json::from_str(include_str!("../../schemas/ticket-payload.schema.json")).unwrap();
+        let schema: serde_json::Value = serde_json::from_str(TICKET_PAYLOAD_JSON_SCHEMA).unwrap();
         let payload = TicketPayload {
             schema: TICKET_PAYLOAD_SCHEMA.into(),
             mailbox: "m".into(),

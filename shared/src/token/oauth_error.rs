@@ -2,8 +2,8 @@
 //! and decide what the caller must do — wait for a person (and say why, in words an operator
 //! understands), or retry with backoff.
 //!
-//! Codes and meanings: `shared/notes/platform-facts.md` §A8 (Microsoft's reference-error-codes
-//! page). Microsoft warns that codes and texts change, so the `error` field decides first and
+//! Codes and meanings: Microsoft's "Microsoft Entra authentication and authorization error
+//! codes" page (learn.microsoft.com/entra/identity-platform/reference-error-codes). Microsoft warns that codes and texts change, so the `error` field decides first and
 //! the AADSTS code only refines the explanation and the ROPC-fallback decision.
 
 use std::time::Duration;
