@@ -16,6 +16,27 @@ fn repo_file(relative: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
+/// The Rust sources of one folder of the repository, one after the other.
+fn repo_folder_sources(relative: &str) -> String {
+    let folder = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&folder)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", folder.display()))
+        .map(|entry| entry.expect("a folder entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "rs"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no Rust sources in {}", folder.display());
+    files
+        .iter()
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+        })
+        .collect()
+}
+
 fn json_file(relative: &str) -> serde_json::Value {
     serde_json::from_str(&repo_file(relative))
         .unwrap_or_else(|e| panic!("{relative} is not valid JSON: {e}"))
@@ -774,7 +795,7 @@ fn the_dashboard_shows_what_an_admin_needs_from_metrics_that_exist() {
     };
     assert!(per_mailbox.starts_with("SOURCE '<PollMailboxesLogGroup>'"));
     assert!(per_mailbox.contains("by fields.mailbox"));
-    let poller = repo_file("functions/poll-mailboxes/src/poll.rs");
+    let poller = repo_folder_sources("functions/poll-mailboxes/src/poll");
     for message in [
         "mailbox poll failed",
         "mailbox partly polled; the rest waits for the next run",
@@ -938,7 +959,7 @@ fn the_mail_parked_alarm_says_what_to_do_for_every_reason_a_mail_is_parked() {
         .map(str::trim)
         .collect::<Vec<_>>()
         .join(" ");
-    let poller = repo_file("functions/poll-mailboxes/src/poll.rs");
+    let poller = repo_folder_sources("functions/poll-mailboxes/src/poll");
     let operations = repo_file("docs/operations.md");
     // The start of each log line that goes with a parked mail (MailParked counts them).
     for reason in [
@@ -948,7 +969,7 @@ fn the_mail_parked_alarm_says_what_to_do_for_every_reason_a_mail_is_parked() {
     ] {
         assert!(
             poller.contains(&format!("\"{reason}")),
-            "poll.rs no longer logs {reason:?}: update the alarm and this test"
+            "the poller (functions/poll-mailboxes/src/poll/) no longer logs {reason:?}: update the alarm and this test"
         );
         assert!(
             description.contains(reason),

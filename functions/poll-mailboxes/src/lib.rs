@@ -4,7 +4,9 @@
 //!   the state table (`mailbridge::state_table`) are the shared library's: the operator CLI
 //!   reads and writes them too.
 //! - [`ports`]: the small traits the loop runs on (mailbox, sink factory).
-//! - [`poll`]: one tick, [`poll::poll_once`], and the per-mailbox loop.
+//! - [`poll`]: one tick, [`poll::poll_once`], over every mailbox; in its folder one mailbox's run
+//!   ([`poll::poll_mailbox`]) and its stages: windows of mail, payloads, POSTs, after-actions
+//!   (the map in `poll/mod.rs`).
 //! - [`dedupe`]: which mails are the same mail; [`conversation`]: which mails of a window are one
 //!   conversation (posted in order, other conversations beside them).
 //! - [`machine_mail`]: which machine mail is set aside instead of posted.
