@@ -47,7 +47,7 @@ if want sender; then
 fi
 if want poller; then
   section "poll-mailboxes throughput and peak RSS"
-  cargo test -q --profile bench -p mailbridge-tests --test poll_mailboxes -- --ignored --nocapture bench_ 2>&1 | grep -E '^bench|test result|panicked'
+  cargo test -q --profile bench -p mailbridge-tests --test bench_poll -- --ignored --nocapture 2>&1 | grep -E '^bench|test result|panicked'
 fi
 if want outbound; then
   section "outbound: sendmail entry latency, CPU per MIME vs JSON notification"

@@ -3,9 +3,11 @@
 //! Every test binary shares one [`stack()`] (started on first use on its own runtime thread);
 //! tests isolate themselves with [`unique`] names for queues, secrets, tables and IMAP users.
 //! [`cli`] finds the operator CLI binary; [`parked`] reads a dead-letter queue; [`poller`]
-//! builds the real IMAP poller; [`sender`] the real send-notifications.
+//! builds the real IMAP poller; [`measured_poll`] runs the real poller bootstrap over generated
+//! mail and measures it; [`sender`] the real send-notifications.
 
 pub mod cli;
+pub mod measured_poll;
 pub mod parked;
 pub mod poller;
 pub mod sender;

@@ -1,19 +1,28 @@
-//! The real poller over IMAP against the local stack, as the helpdesk tests run it: tokens
-//! from the identity stand-in, mail from the shared Dovecot, the state table and sink secrets
-//! in moto.
+//! The real poller over IMAP against the local stack, in plain code (no Lambda): tokens from the
+//! identity stand-in, mail from Dovecot, the state table and sink secrets in moto. [`ImapPoller`]
+//! is the helpdesk tests' poller on the shared tenant; [`Poller`] brings its own tenant, state
+//! table and ticket sink path (the poller tests).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use local_stack::dovecot::Dovecot;
+use local_stack::identity::{AppRegistration, UserAccount};
 use mailbridge::retry::RetryPolicy;
-use mailbridge::state_table::DynamoStateStore;
+use mailbridge::state_table::{DynamoStateStore, put_mailbox_config};
+use mailbridge::token::Audience;
 use mailbridge::token::identity::{IdentityClient, default_retry_policy};
+use mailbridge::token::secret::AccountSecret;
 use mailbridge::token::service::{TokenService, TokenServiceConfig};
 use mailbridge::token::store::SecretsManagerStore;
 use poll_mailboxes::PollDeps;
 use poll_mailboxes::convert::ParseContext;
 use poll_mailboxes::imap_adapter::ImapConnector;
 use poll_mailboxes::sinks::SecretsSinkFactory;
+use secrecy::ExposeSecret as _;
+use tokio::time::Instant;
+
+use crate::{dynamodb, put_secret, stack, unique};
 
 /// What sets one test's poller apart.
 #[derive(Clone, Debug)]
@@ -31,42 +40,228 @@ pub struct ImapPoller<'a> {
 impl ImapPoller<'_> {
     /// The poller's dependencies (sign-in retries quickly: 50 ms to 400 ms).
     pub fn deps(&self) -> PollDeps {
-        let stack = crate::stack();
-        let aws = stack.moto().sdk_config();
-        let identity = IdentityClient::new(mailbridge::http::default_client().unwrap())
-            .with_retry_policy(RetryPolicy {
-                initial_backoff: Duration::from_millis(50),
-                max_backoff: Duration::from_millis(400),
-                ..default_retry_policy()
-            });
-        let tokens = TokenService::new(
-            Arc::new(SecretsManagerStore::from_conf(&aws)),
-            identity,
-            TokenServiceConfig {
-                default_timeout: Duration::from_secs(10),
-                ..TokenServiceConfig::default()
-            },
+        poll_deps(
+            stack().dovecot(),
+            self.table,
+            self.thread_key,
+            self.sink_retry.clone(),
+            self.max_concurrent_mailboxes,
+            Duration::from_secs(2),
+        )
+    }
+}
+
+/// The poller's dependencies against `dovecot` and the state table `table`: the production
+/// token layer (account secrets in moto, sign-in retried quickly), the IMAP connector trusting
+/// the stack's CA, the ticket sinks with `sink_retry`, no memory limit.
+fn poll_deps(
+    dovecot: &Dovecot,
+    table: &str,
+    thread_key: &[u8],
+    sink_retry: RetryPolicy,
+    max_concurrent_mailboxes: usize,
+    deadline_margin: Duration,
+) -> PollDeps {
+    let aws = stack().moto().sdk_config();
+    let tokens = TokenService::new(
+        Arc::new(SecretsManagerStore::from_conf(&aws)),
+        identity_client(),
+        TokenServiceConfig {
+            default_timeout: Duration::from_secs(10),
+            ..TokenServiceConfig::default()
+        },
+    );
+    PollDeps {
+        tokens: Arc::new(tokens),
+        connector: Arc::new(
+            ImapConnector::new(Some(&dovecot.ca_pem_path), Duration::from_secs(10)).unwrap(),
+        ),
+        state: Arc::new(DynamoStateStore::new(dynamodb(), table)),
+        sinks: Arc::new(SecretsSinkFactory::new(
+            reqwest::Client::new(),
+            aws_sdk_secretsmanager::Client::new(&aws),
+            sink_retry,
+        )),
+        parse: ParseContext {
+            thread_key: Some(thread_key.to_vec()),
+        },
+        max_concurrent_mailboxes,
+        deadline_margin,
+        dedupe_ttl: Duration::from_secs(86_400),
+        targets: mailbridge::mailbox::TargetPolicy::local(),
+        memory: Arc::new(poll_mailboxes::memory::MemoryBudget::unlimited()),
+    }
+}
+
+/// The identity client of the poller tests: sign-in retried quickly (50 ms to 400 ms).
+pub fn identity_client() -> IdentityClient {
+    IdentityClient::new(mailbridge::http::default_client().expect("http client")).with_retry_policy(
+        RetryPolicy {
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(400),
+            ..default_retry_policy()
+        },
+    )
+}
+
+/// The ticket sinks' retry policy of the poller tests: 20 ms to 2 s, five attempts.
+pub fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_secs(2),
+        max_attempts: 5,
+        attempt_timeout: Duration::from_secs(5),
+    }
+}
+
+/// The password of every user a [`Poller`] registers.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// One tenant + app, a state table, a ticket sink path, and poller deps wired to `dovecot`.
+pub struct Poller {
+    /// The tenant its accounts sign in to.
+    pub tenant: String,
+    /// Its app registration in that tenant.
+    pub client_id: String,
+    /// Its state table.
+    pub table: String,
+    /// Its ticket sink path at the ticket API stand-in.
+    pub sink: String,
+    /// The Dovecot its mailboxes are on.
+    pub dovecot: Arc<Dovecot>,
+    /// The poller's dependencies.
+    pub deps: PollDeps,
+}
+
+impl Poller {
+    /// A poller that stops starting new mail 2 s before the deadline.
+    pub async fn new(dovecot: Arc<Dovecot>) -> Poller {
+        Self::with_margin(dovecot, Duration::from_secs(2)).await
+    }
+
+    /// A poller that stops starting new mail `deadline_margin` before the deadline.
+    pub async fn with_margin(dovecot: Arc<Dovecot>, deadline_margin: Duration) -> Poller {
+        let idp = stack().identity();
+        let tenant = format!("{}.onmicrosoft.com", unique("tenant"));
+        let client_id = uuid::Uuid::new_v4().to_string();
+        idp.register_app(AppRegistration::mailbridge(&tenant, &client_id));
+        let table = crate::create_state_table("poll").await.unwrap();
+        let deps = poll_deps(
+            &dovecot,
+            &table,
+            b"poll-test-thread-key",
+            fast_retry(),
+            4,
+            deadline_margin,
         );
-        let dovecot = stack.dovecot();
-        PollDeps {
-            tokens: Arc::new(tokens),
-            connector: Arc::new(
-                ImapConnector::new(Some(&dovecot.ca_pem_path), Duration::from_secs(10)).unwrap(),
-            ),
-            state: Arc::new(DynamoStateStore::new(crate::dynamodb(), self.table)),
-            sinks: Arc::new(SecretsSinkFactory::new(
-                reqwest::Client::new(),
-                aws_sdk_secretsmanager::Client::new(&aws),
-                self.sink_retry.clone(),
-            )),
-            parse: ParseContext {
-                thread_key: Some(self.thread_key.to_vec()),
-            },
-            max_concurrent_mailboxes: self.max_concurrent_mailboxes,
-            deadline_margin: Duration::from_secs(2),
-            dedupe_ttl: Duration::from_secs(86_400),
-            targets: mailbridge::mailbox::TargetPolicy::local(),
-            memory: Arc::new(poll_mailboxes::memory::MemoryBudget::unlimited()),
+        Poller {
+            tenant,
+            client_id,
+            table,
+            sink: unique("sink"),
+            dovecot,
+            deps,
         }
+    }
+
+    /// An account secret for `upn` in this poller's tenant, without credentials.
+    pub fn account_secret(&self, upn: &str) -> AccountSecret {
+        let mut a = AccountSecret::new(&self.tenant, &self.client_id, upn);
+        a.authority_host = stack().identity().base_url.clone();
+        a
+    }
+
+    /// A user with a password-only account secret (ROPC bootstrap); returns the account name.
+    pub async fn account(&self, upn: &str) -> String {
+        stack()
+            .identity()
+            .register_user(UserAccount::new(&self.tenant, upn, PASSWORD));
+        let account = unique("acct");
+        let mut secret = self.account_secret(upn);
+        secret.password = Some(PASSWORD.into());
+        put_secret(&format!("mailbridge/{account}"), &secret.to_json())
+            .await
+            .unwrap();
+        account
+    }
+
+    /// A user whose secret holds only a refresh token (as after a device-code login).
+    pub async fn account_with_refresh_token(&self, upn: &str) -> String {
+        stack()
+            .identity()
+            .register_user(UserAccount::new(&self.tenant, upn, PASSWORD));
+        let mut secret = self.account_secret(upn);
+        let tokens = identity_client()
+            .password(&secret, Audience::Imap, &PASSWORD.into())
+            .await
+            .expect("seed a refresh token");
+        let refresh = tokens.refresh_token.expect("refresh token");
+        secret.refresh_token = Some(refresh.expose_secret().to_string().into());
+        secret.refresh_token_stored_at = Some(chrono::Utc::now());
+        let account = unique("acct");
+        put_secret(&format!("mailbridge/{account}"), &secret.to_json())
+            .await
+            .unwrap();
+        account
+    }
+
+    /// Configure mailbox `name` for `user` on this Dovecot, posting to this poller's ticket sink
+    /// path; `extra` overrides or (null) removes fields.
+    pub async fn mailbox(&self, name: &str, user: &str, account: &str, extra: serde_json::Value) {
+        let mut fields = serde_json::json!({
+            "user": user,
+            "account": account,
+            "host": "localhost",
+            "port": self.dovecot.imaps_port,
+            "ticket_api_url": stack().tickets().sink_url(&self.sink),
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                fields.as_object_mut().unwrap().remove(k);
+            } else {
+                fields[k] = v.clone();
+            }
+        }
+        put_mailbox_config(
+            &dynamodb(),
+            &self.table,
+            name,
+            &fields,
+            &mailbridge::mailbox::TargetPolicy::local(),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// One run, with a minute to go.
+    pub async fn poll(&self) -> poll_mailboxes::PollReport {
+        self.poll_until(Instant::now() + Duration::from_secs(60))
+            .await
+    }
+
+    /// One run that ends by `deadline`.
+    pub async fn poll_until(&self, deadline: Instant) -> poll_mailboxes::PollReport {
+        poll_mailboxes::poll_once(&self.deps, None, deadline)
+            .await
+            .unwrap()
+    }
+
+    /// The tickets the stand-in made on this poller's sink path.
+    pub fn tickets(&self) -> Vec<local_stack::ticket_api::RecordedTicket> {
+        stack().tickets().tickets(&self.sink)
+    }
+
+    /// The number of mails in `user`'s `folder`; a failing `doveadm` (a folder that does not
+    /// exist, a broken instance) fails the test instead of reading as 0.
+    pub fn count(&self, user: &str, folder: &str) -> usize {
+        self.dovecot
+            .list_messages(user, folder)
+            .unwrap_or_else(|e| panic!("count the mail in {user}/{folder}: {e:#}"))
+            .len()
+    }
+
+    /// Deliver `raw` into `user`'s INBOX.
+    pub fn deliver(&self, user: &str, raw: &[u8]) {
+        self.dovecot.deliver_to(user, "INBOX", raw).unwrap();
     }
 }

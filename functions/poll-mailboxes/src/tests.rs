@@ -1,6 +1,6 @@
 //! The poller's unit tests: the poll loop against in-memory doubles of its ports (mailbox,
 //! state table, sinks). The same scenarios run against Dovecot, moto and the stand-ins in
-//! `tests/tests/poll_mailboxes.rs`.
+//! `tests/tests/poll_mailboxes/`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
