@@ -776,3 +776,173 @@ async fn the_graph_stand_in_delivers_only_to_the_recipients_a_test_asked_for() {
     );
     assert_eq!(graph.accepted(&upn).len(), 1, "still recorded");
 }
+
+/// A plain-port IMAP client of `dovecot`, greeting read.
+async fn plain_imap_client(
+    dovecot: &local_stack::dovecot::Dovecot,
+) -> async_imap::Client<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", dovecot.imap_port))
+        .await
+        .unwrap();
+    let mut client = async_imap::Client::new(stream);
+    client.read_response().await.unwrap().unwrap();
+    client
+}
+
+/// Dovecot takes a password from its master user only (the Graph stand-in's login to every
+/// user's mail); users log in with tokens, as before.
+#[tokio::test]
+async fn dovecot_takes_a_password_login_from_its_master_user_only() {
+    let fake = FakeIntrospection::default();
+    let url = fake.serve().await;
+    let dovecot = mailbridge_tests::start_private_dovecot("dovecot-master", &url)
+        .await
+        .unwrap();
+    let user = mailbridge_tests::unique_user("helpdesk");
+    dovecot
+        .deliver_to(&user, "INBOX", b"Subject: hello\r\n\r\nbody\r\n")
+        .unwrap();
+    let (login, password) = dovecot.master_login(&user);
+    let mut session = plain_imap_client(&dovecot)
+        .await
+        .login(&login, password)
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    assert_eq!(session.select("INBOX").await.unwrap().exists, 1);
+    session.logout().await.unwrap();
+    for (name, secret) in [
+        (login.as_str(), "wrong"),
+        (user.as_str(), password),
+        (user.as_str(), "anything"),
+    ] {
+        let refused = plain_imap_client(&dovecot)
+            .await
+            .login(name, secret)
+            .await
+            .is_err();
+        assert!(refused, "LOGIN {name} with a password must be refused");
+    }
+}
+
+/// The Graph stand-in's mail store reads and changes Dovecot's mail over at most 4 long-lived
+/// IMAP sessions per user, speaks modified UTF-7 folder names, takes a moved message's new UID
+/// from `COPYUID`, and logs in again when Dovecot dropped its sessions.
+#[tokio::test]
+async fn the_graph_mail_store_reuses_few_imap_sessions_and_logs_in_again_when_dropped() {
+    use local_stack::dovecot::graph_store::{ImapStore, SESSIONS_PER_USER};
+    use local_stack::graph::MailStore as _;
+    let fake = FakeIntrospection::default();
+    let url = fake.serve().await;
+    let dovecot = std::sync::Arc::new(
+        mailbridge_tests::start_private_dovecot("graph-store", &url)
+            .await
+            .unwrap(),
+    );
+    let store = ImapStore::new(dovecot.clone());
+    let user = mailbridge_tests::unique_user("graph-store");
+    let mails: Vec<Vec<u8>> = (0..6)
+        .map(|i| {
+            format!("Subject: mail {i}\r\nMessage-ID: <m{i}@example.com>\r\n\r\nbody {i}\r\n")
+                .into_bytes()
+        })
+        .collect();
+    for raw in &mails {
+        dovecot.deliver_to(&user, "INBOX", raw).unwrap();
+    }
+    let (validity, listed) = store.summaries(&user, "INBOX").await.unwrap().unwrap();
+    assert_eq!(
+        validity,
+        dovecot.mailbox_status(&user, "INBOX").unwrap().uidvalidity
+    );
+    let uids: Vec<u32> = listed.iter().map(|m| m.uid).collect();
+    assert_eq!(uids, [1, 2, 3, 4, 5, 6]);
+    assert!(listed.iter().all(|m| !m.seen));
+    assert_eq!(listed[0].size, mails[0].len() as u64);
+
+    // 48 reads at once: the sessions are reused, never more than 4
+    let reads = futures::future::join_all(
+        (0..48).map(|i| store.message(&user, "INBOX", validity, uids[i % 6])),
+    )
+    .await;
+    for (i, read) in reads.into_iter().enumerate() {
+        assert_eq!(read.unwrap().as_deref(), Some(&mails[i % 6][..]));
+    }
+    let logins = store.logins();
+    assert!(
+        (1..=SESSIONS_PER_USER as u64).contains(&logins),
+        "{logins} logins for 49 operations"
+    );
+    // another UIDVALIDITY, no such UID, no such folder: nothing
+    assert_eq!(
+        store
+            .message(&user, "INBOX", validity + 1, 1)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.summary(&user, "INBOX", validity, 99).await.unwrap(),
+        None
+    );
+    assert_eq!(store.summaries(&user, "Nowhere").await.unwrap(), None);
+
+    // a folder name beyond ASCII: modified UTF-7 on the wire, UTF-8 in the store
+    store.create_folder(&user, "Erledigt ✓ & so").await.unwrap();
+    store.create_folder(&user, "Erledigt ✓ & so").await.unwrap();
+    assert!(
+        dovecot
+            .folders(&user)
+            .unwrap()
+            .contains(&"Erledigt ✓ & so".to_owned())
+    );
+    assert!(
+        store
+            .folder_names(&user)
+            .await
+            .unwrap()
+            .contains(&"Erledigt ✓ & so".to_owned())
+    );
+
+    // a move: the new UID from COPYUID, flags and received date kept
+    store.set_seen(&user, "INBOX", 1, true).await.unwrap();
+    let (dest_validity, moved) = store
+        .move_message(&user, "INBOX", validity, 1, "Erledigt ✓ & so")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        dest_validity,
+        dovecot
+            .mailbox_status(&user, "Erledigt ✓ & so")
+            .unwrap()
+            .uidvalidity
+    );
+    assert_eq!((moved.uid, moved.seen), (1, true));
+    assert_eq!(moved.received, listed[0].received);
+    assert_eq!(
+        store
+            .message(&user, "Erledigt ✓ & so", dest_validity, moved.uid)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&mails[0][..])
+    );
+    let again = store
+        .move_message(&user, "INBOX", validity, 1, "Erledigt ✓ & so")
+        .await
+        .unwrap();
+    assert!(again.is_none(), "a message moved away is gone: {again:?}");
+    store.expunge(&user, "INBOX", 2).await.unwrap();
+    assert_eq!(
+        store.summary(&user, "INBOX", validity, 2).await.unwrap(),
+        None
+    );
+
+    // Dovecot drops the pooled sessions (`doveadm kick`): the next operation logs in again
+    let before = store.logins();
+    dovecot.doveadm(&["kick", &user], None).unwrap();
+    let (_, left) = store.summaries(&user, "INBOX").await.unwrap().unwrap();
+    assert_eq!(left.iter().map(|m| m.uid).collect::<Vec<_>>(), [3, 4, 5, 6]);
+    assert!(store.logins() > before);
+}

@@ -31,10 +31,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod graph_store;
+
 /// The Dovecot master binary (Debian `dovecot-core`).
 pub const DOVECOT_BIN: &str = "/usr/sbin/dovecot";
 /// `doveadm` (Debian `dovecot-core`).
 pub const DOVEADM_BIN: &str = "/usr/bin/doveadm";
+/// The master user the Graph stand-in logs in as ([`Dovecot::master_login`]).
+pub const MASTER_USER: &str = "graph-stand-in";
 
 /// A running Dovecot instance. Stopped on drop and when this process exits.
 pub struct Dovecot {
@@ -52,6 +56,8 @@ pub struct Dovecot {
     pub log_path: PathBuf,
     /// The introspection URL as written into the config.
     pub introspection_url: String,
+    /// The master user's password ([`MASTER_USER`]), random per instance.
+    master_password: String,
     child: Mutex<Option<Child>>,
     /// The two ports, leased until the instance is dropped (see [`crate::PortLease`]).
     _port_leases: [crate::PortLease; 2],
@@ -150,12 +156,20 @@ impl Dovecot {
         let ca_pem_path = write_certificates(&dir.join("tls"))?;
         let conf_path = dir.join("dovecot.conf");
         let log_path = dir.join("log/dovecot.log");
+        let master_password = format!("{:032x}", rand::random::<u128>());
         let mut last_error = None;
         for attempt in 1..=3 {
             // leased for the instance's life: a restart finds its ports still its own
             let (imap, imaps) = (crate::lease_port()?, crate::lease_port()?);
             let (imap_port, imaps_port) = (imap.port, imaps.port);
-            write_config(dir, imap_port, imaps_port, introspection_url, settings)?;
+            write_config(
+                dir,
+                imap_port,
+                imaps_port,
+                introspection_url,
+                settings,
+                &master_password,
+            )?;
             let dovecot = Dovecot {
                 imaps_port,
                 imap_port,
@@ -164,6 +178,7 @@ impl Dovecot {
                 conf_path: conf_path.clone(),
                 log_path: log_path.clone(),
                 introspection_url: introspection_url.to_string(),
+                master_password: master_password.clone(),
                 child: Mutex::new(None),
                 _port_leases: [imap, imaps],
             };
@@ -305,6 +320,12 @@ impl Dovecot {
             self.ca_pem_path.display(),
             self.log_path.display()
         )
+    }
+
+    /// The login name and password that open `user`'s mail as the master user, with IMAP
+    /// `LOGIN` on the plain port (what the Graph stand-in's mail store does).
+    pub fn master_login(&self, user: &str) -> (String, &str) {
+        (format!("{user}*{MASTER_USER}"), &self.master_password)
     }
 
     /// The folder holding `user`'s Maildir (Dovecot lower-cases the user name).
@@ -605,161 +626,6 @@ impl crate::MailDrop for Dovecot {
     }
 }
 
-impl Dovecot {
-    /// `uid flags size.virtual date.received` of the messages of `user`'s `folder` that match
-    /// the doveadm search `query`, in UID order.
-    fn summaries_of(
-        &self,
-        user: &str,
-        folder: &str,
-        query: &[&str],
-    ) -> anyhow::Result<Vec<crate::graph::StoredSummary>> {
-        // TZ=UTC: doveadm prints dates in local time without a zone
-        let out = Command::new(DOVEADM_BIN)
-            .env("TZ", "UTC")
-            .arg("-c")
-            .arg(&self.conf_path)
-            .args([
-                "-f",
-                "tab",
-                "fetch",
-                "-u",
-                user,
-                "uid flags size.virtual date.received",
-                "mailbox",
-                folder,
-            ])
-            .args(query)
-            .stdin(Stdio::null())
-            .output()
-            .context("run doveadm fetch")?;
-        if !out.status.success() {
-            bail!(
-                "doveadm fetch of {user}/{folder} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut messages = Vec::new();
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split('\t').collect();
-            let [uid, flags, size, received] = cols.as_slice() else {
-                bail!("unexpected doveadm fetch line {line:?}");
-            };
-            let received =
-                chrono::NaiveDateTime::parse_from_str(received.trim(), "%Y-%m-%d %H:%M:%S")
-                    .with_context(|| format!("date.received {received:?}"))?
-                    .and_utc();
-            messages.push(crate::graph::StoredSummary {
-                uid: uid.trim().parse().context("uid")?,
-                seen: flags
-                    .split_whitespace()
-                    .any(|f| f.eq_ignore_ascii_case("\\Seen")),
-                size: size.trim().parse().context("size.virtual")?,
-                received,
-            });
-        }
-        messages.sort_by_key(|m| m.uid);
-        Ok(messages)
-    }
-}
-
-/// The Graph stand-in's mail-reading routes read and change the store through `doveadm`.
-impl crate::graph::MailStore for Dovecot {
-    fn folder_names(&self, user: &str) -> anyhow::Result<Vec<String>> {
-        self.folders(user)
-    }
-
-    fn create_folder(&self, user: &str, folder: &str) -> anyhow::Result<()> {
-        Dovecot::create_folder(self, user, folder)
-    }
-
-    fn folder_uidvalidity(&self, user: &str, folder: &str) -> anyhow::Result<u32> {
-        Ok(self.mailbox_status(user, folder)?.uidvalidity)
-    }
-
-    fn summaries(
-        &self,
-        user: &str,
-        folder: &str,
-    ) -> anyhow::Result<Vec<crate::graph::StoredSummary>> {
-        self.summaries_of(user, folder, &["all"])
-    }
-
-    fn summary(
-        &self,
-        user: &str,
-        folder: &str,
-        uid: u32,
-    ) -> anyhow::Result<Option<crate::graph::StoredSummary>> {
-        Ok(self
-            .summaries_of(user, folder, &["uid", &uid.to_string()])?
-            .into_iter()
-            .find(|m| m.uid == uid))
-    }
-
-    fn message(&self, user: &str, folder: &str, uid: u32) -> anyhow::Result<Option<Vec<u8>>> {
-        // No such UID: doveadm prints nothing and succeeds (a message has at least a header).
-        let raw = self.fetch_raw(user, folder, uid)?;
-        Ok((!raw.is_empty()).then_some(raw))
-    }
-
-    fn move_message(
-        &self,
-        user: &str,
-        folder: &str,
-        uid: u32,
-        dest: &str,
-    ) -> anyhow::Result<Option<u32>> {
-        if crate::graph::MailStore::summary(self, user, folder, uid)?.is_none() {
-            return Ok(None);
-        }
-        let next = self.mailbox_status(user, dest)?.uidnext;
-        self.doveadm(
-            &[
-                "move",
-                "-u",
-                user,
-                dest,
-                "mailbox",
-                folder,
-                "uid",
-                &uid.to_string(),
-            ],
-            None,
-        )?;
-        Ok(Some(next))
-    }
-
-    fn set_seen(&self, user: &str, folder: &str, uid: u32, seen: bool) -> anyhow::Result<()> {
-        let uid = uid.to_string();
-        let verb = if seen { "add" } else { "remove" };
-        self.doveadm(
-            &[
-                "flags", verb, "-u", user, "\\Seen", "mailbox", folder, "uid", &uid,
-            ],
-            None,
-        )?;
-        Ok(())
-    }
-
-    fn expunge(&self, user: &str, folder: &str, uid: u32) -> anyhow::Result<()> {
-        self.doveadm(
-            &[
-                "expunge",
-                "-u",
-                user,
-                "mailbox",
-                folder,
-                "uid",
-                &uid.to_string(),
-            ],
-            None,
-        )?;
-        Ok(())
-    }
-}
-
 impl Drop for Dovecot {
     fn drop(&mut self) {
         self.stop();
@@ -799,6 +665,20 @@ fn mail_user() -> (u32, u32, String, String) {
         let name = std::env::var("USER").unwrap_or_else(|_| euid.to_string());
         (euid, egid, name.clone(), name)
     }
+}
+
+/// uid and gid of the system account `name`, if there is one.
+fn system_user(name: &str) -> Option<(u32, u32)> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getpwnam(3) with a valid C string; the entry is read at once, before any other
+    // call could reuse its static buffer.
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    if entry.is_null() {
+        return None;
+    }
+    // SAFETY: non-null pointer returned by getpwnam.
+    let entry = unsafe { &*entry };
+    Some((entry.pw_uid, entry.pw_gid))
 }
 
 fn chown_to_mail_user(dir: &Path) -> anyhow::Result<()> {
@@ -861,6 +741,7 @@ fn write_config(
     imaps_port: u16,
     introspection_url: &str,
     settings: &str,
+    master_password: &str,
 ) -> anyhow::Result<()> {
     let d = dir.display();
     let (_, _, user, group) = mail_user();
@@ -899,11 +780,22 @@ ssl_key  = <{d}/tls/server.key
 {ssl_dh}ssl_min_protocol = TLSv1.2
 disable_plaintext_auth = no
 
-auth_mechanisms = xoauth2 oauthbearer
+auth_mechanisms = xoauth2 oauthbearer plain
+auth_master_user_separator = *
 auth_verbose = yes
 auth_debug = {debug}
 auth_cache_size = 0
 auth_failure_delay = 0
+
+# The Graph stand-in reads and changes every user's mail as this master user
+# (`LOGIN <user>*{MASTER_USER} <password>`). PLAIN logs in nobody else: the oauth2 passdbs
+# take only xoauth2 and oauthbearer.
+passdb {{
+  driver = passwd-file
+  master = yes
+  mechanisms = plain
+  args = {d}/master-users
+}}
 
 passdb {{
   driver = oauth2
@@ -945,6 +837,22 @@ service anvil {{
 "#
     );
     std::fs::write(dir.join("dovecot.conf"), conf)?;
+    let master_users = dir.join("master-users");
+    std::fs::write(
+        &master_users,
+        format!("{MASTER_USER}:{{PLAIN}}{master_password}\n"),
+    )?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&master_users, std::fs::Permissions::from_mode(0o600))?;
+    }
+    // as root the auth process runs as Dovecot's internal user: the file is its own
+    if user == "nobody"
+        && let Some((uid, gid)) = system_user("dovecot")
+    {
+        std::os::unix::fs::chown(&master_users, Some(uid), Some(gid))
+            .with_context(|| format!("chown {}", master_users.display()))?;
+    }
     let mode = "post";
     let oauth2 = format!(
         "# oauth2 passdb -> identity stand-in (RFC 7662 introspection)\n\

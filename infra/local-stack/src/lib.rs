@@ -133,10 +133,10 @@ impl LocalStack {
         }
         let graph = match (&identity, &dovecot) {
             (Ok(identity), dovecot) => {
-                let drop = dovecot
-                    .as_ref()
-                    .ok()
-                    .map(|d| d.clone() as Arc<dyn graph::MailStore>);
+                let drop = dovecot.as_ref().ok().map(|d| {
+                    Arc::new(dovecot::graph_store::ImapStore::new(d.clone()))
+                        as Arc<dyn graph::MailStore>
+                });
                 graph::GraphStandIn::start(identity.clone(), drop)
                     .await
                     .map_err(|e| format!("{e:#}"))

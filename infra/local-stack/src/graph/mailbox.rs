@@ -1,5 +1,5 @@
-//! The mail-reading side of the Graph stand-in, backed by a real mail store (Dovecot through
-//! `doveadm`, [`MailStore`]): what a client that reads a mailbox through Graph instead of IMAP
+//! The mail-reading side of the Graph stand-in, backed by a real mail store (Dovecot over IMAP,
+//! [`MailStore`]): what a client that reads a mailbox through Graph instead of IMAP
 //! calls.
 //!
 //! | request | answers |
@@ -73,39 +73,52 @@ pub struct StoredSummary {
     pub received: chrono::DateTime<chrono::Utc>,
 }
 
-/// The mail store behind the reading routes. Blocking (Dovecot's runs `doveadm`): called from
-/// `spawn_blocking`.
+/// The mail store behind the reading routes (Dovecot's:
+/// [`crate::dovecot::graph_store::ImapStore`]). A message is named by its folder, the folder's
+/// UIDVALIDITY and its UID; a look-up with a UIDVALIDITY the folder no longer has finds nothing.
+#[async_trait::async_trait]
 pub trait MailStore: crate::MailDrop {
     /// `user`'s folder names (the store's full names, `.`-separated).
-    fn folder_names(&self, user: &str) -> anyhow::Result<Vec<String>>;
+    async fn folder_names(&self, user: &str) -> anyhow::Result<Vec<String>>;
     /// Create `folder` (no error when it exists).
-    fn create_folder(&self, user: &str, folder: &str) -> anyhow::Result<()>;
-    /// The folder's UIDVALIDITY (changes when the folder is recreated).
-    fn folder_uidvalidity(&self, user: &str, folder: &str) -> anyhow::Result<u32>;
-    /// Every message of the folder, in UID order.
-    fn summaries(&self, user: &str, folder: &str) -> anyhow::Result<Vec<StoredSummary>>;
-    /// One message of the folder, None when there is no such UID (a store that can look one
-    /// message up answers without listing the folder).
-    fn summary(&self, user: &str, folder: &str, uid: u32) -> anyhow::Result<Option<StoredSummary>> {
-        Ok(self
-            .summaries(user, folder)?
-            .into_iter()
-            .find(|m| m.uid == uid))
-    }
-    /// The raw message (CRLF), None when there is no such UID.
-    fn message(&self, user: &str, folder: &str, uid: u32) -> anyhow::Result<Option<Vec<u8>>>;
-    /// Move one message; its UID in `dest`, None when there was no such message.
-    fn move_message(
+    async fn create_folder(&self, user: &str, folder: &str) -> anyhow::Result<()>;
+    /// The folder's UIDVALIDITY (changes when the folder is recreated) and every message of it
+    /// in UID order; None when there is no such folder.
+    async fn summaries(
         &self,
         user: &str,
         folder: &str,
+    ) -> anyhow::Result<Option<(u32, Vec<StoredSummary>)>>;
+    /// One message, None when there is no such folder, UIDVALIDITY or UID.
+    async fn summary(
+        &self,
+        user: &str,
+        folder: &str,
+        uid_validity: u32,
+        uid: u32,
+    ) -> anyhow::Result<Option<StoredSummary>>;
+    /// The raw message (CRLF), None when there is no such folder, UIDVALIDITY or UID.
+    async fn message(
+        &self,
+        user: &str,
+        folder: &str,
+        uid_validity: u32,
+        uid: u32,
+    ) -> anyhow::Result<Option<Vec<u8>>>;
+    /// Move one message to `dest` (which exists): `dest`'s UIDVALIDITY and the message there,
+    /// None when there was no such message.
+    async fn move_message(
+        &self,
+        user: &str,
+        folder: &str,
+        uid_validity: u32,
         uid: u32,
         dest: &str,
-    ) -> anyhow::Result<Option<u32>>;
+    ) -> anyhow::Result<Option<(u32, StoredSummary)>>;
     /// Set or clear `\Seen`.
-    fn set_seen(&self, user: &str, folder: &str, uid: u32, seen: bool) -> anyhow::Result<()>;
+    async fn set_seen(&self, user: &str, folder: &str, uid: u32, seen: bool) -> anyhow::Result<()>;
     /// Remove one message for good.
-    fn expunge(&self, user: &str, folder: &str, uid: u32) -> anyhow::Result<()>;
+    async fn expunge(&self, user: &str, folder: &str, uid: u32) -> anyhow::Result<()>;
 }
 
 /// The delta rounds and faults of the reading routes.
@@ -121,8 +134,6 @@ pub(super) struct MailState {
     max_in_flight: Mutex<HashMap<String, usize>>,
     /// Per mailbox: reading requests answered (any status).
     requests: Mutex<HashMap<String, u64>>,
-    /// Serialises moves (the new UID is the destination's UIDNEXT).
-    moves: tokio::sync::Mutex<()>,
 }
 
 #[derive(Clone, Debug)]
@@ -522,14 +533,6 @@ async fn admitted(
     })
 }
 
-pub(super) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| anyhow::anyhow!("mail store task failed: {e}"))?
-}
-
 fn with_rid(mut response: Response, rid: &str) -> Response {
     response.headers_mut().insert(
         "request-id",
@@ -730,7 +733,7 @@ pub(super) async fn dispatch(
         }
         (&Method::POST, ["messages", id, "move"])
         | (&Method::POST, ["mailFolders", _, "messages", id, "move"]) => {
-            move_message(&state, &admitted, id, &body).await
+            move_message(&admitted, id, &body).await
         }
         (&Method::PATCH, ["messages", id])
         | (&Method::PATCH, ["mailFolders", _, "messages", id]) => {
@@ -738,7 +741,7 @@ pub(super) async fn dispatch(
         }
         (&Method::DELETE, ["messages", id])
         | (&Method::DELETE, ["mailFolders", _, "messages", id]) => {
-            delete_message(&state, &admitted, id).await
+            delete_message(&admitted, id).await
         }
         (&Method::GET, ["mailFolders"]) => list_folders(&admitted, &base, None, &query).await,
         (&Method::GET, ["mailFolders", folder, "childFolders"]) => {
@@ -967,20 +970,7 @@ async fn delta(
             Err(message) => return bad_request(rid, &message),
         },
     };
-    let store = admitted.store.clone();
-    let (user, name) = (mailbox.clone(), folder.clone());
-    let listed = blocking(move || {
-        if !store
-            .folder_names(&user)?
-            .iter()
-            .any(|f| f.eq_ignore_ascii_case(&name))
-        {
-            return Ok(None);
-        }
-        let uid_validity = store.folder_uidvalidity(&user, &name)?;
-        Ok(Some((uid_validity, store.summaries(&user, &name)?)))
-    })
-    .await;
+    let listed = admitted.store.summaries(&mailbox, &folder).await;
     let (uid_validity, messages) = match listed {
         Ok(Some(listed)) => listed,
         Ok(None) => return item_not_found(rid),
@@ -1095,20 +1085,10 @@ async fn summary_of(
     uid_validity: u32,
     uid: u32,
 ) -> Result<Option<StoredSummary>, anyhow::Error> {
-    let store = admitted.store.clone();
-    let (user, folder) = (admitted.mailbox.clone(), folder.to_owned());
-    blocking(move || {
-        if !store
-            .folder_names(&user)?
-            .iter()
-            .any(|f| f.eq_ignore_ascii_case(&folder))
-            || store.folder_uidvalidity(&user, &folder)? != uid_validity
-        {
-            return Ok(None);
-        }
-        store.summary(&user, &folder, uid)
-    })
-    .await
+    admitted
+        .store
+        .summary(&admitted.mailbox, folder, uid_validity, uid)
+        .await
 }
 
 async fn value(state: &Arc<StandInState>, admitted: &Admitted, id: &str) -> Response {
@@ -1126,20 +1106,11 @@ async fn value(state: &Arc<StandInState>, admitted: &Admitted, id: &str) -> Resp
             _ => false,
         }
     };
-    let store = admitted.store.clone();
-    let (user, name) = (admitted.mailbox.clone(), folder.clone());
-    if remove_first {
-        let (store, user, name) = (store.clone(), user.clone(), name.clone());
-        if let Err(e) = blocking(move || store.expunge(&user, &name, uid)).await {
-            return store_failed(rid, &e);
-        }
+    let (store, user) = (&admitted.store, &admitted.mailbox);
+    if remove_first && let Err(e) = store.expunge(user, &folder, uid).await {
+        return store_failed(rid, &e);
     }
-    match summary_of(admitted, &folder, uid_validity, uid).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return item_not_found(rid),
-        Err(e) => return store_failed(rid, &e),
-    }
-    match blocking(move || store.message(&user, &name, uid)).await {
+    match store.message(user, &folder, uid_validity, uid).await {
         Ok(Some(raw)) => {
             let mut r = (StatusCode::OK, raw).into_response();
             r.headers_mut()
@@ -1160,13 +1131,10 @@ async fn get_message(admitted: &Admitted, id: &str, query: &HashMap<String, Stri
         .get("$select")
         .is_some_and(|s| s.split(',').any(|p| p.trim() == "internetMessageHeaders"));
     if headers_only {
-        let store = admitted.store.clone();
-        let (user, name) = (admitted.mailbox.clone(), folder.clone());
-        let raw = match summary_of(admitted, &folder, uid_validity, uid).await {
-            Ok(Some(_)) => blocking(move || store.message(&user, &name, uid)).await,
-            Ok(None) => return item_not_found(rid),
-            Err(e) => return store_failed(rid, &e),
-        };
+        let raw = admitted
+            .store
+            .message(&admitted.mailbox, &folder, uid_validity, uid)
+            .await;
         return match raw {
             Ok(Some(raw)) => axum::Json(serde_json::json!({
                 "id": id,
@@ -1223,78 +1191,34 @@ fn body_error(rid: &str, e: &serde_json::Error) -> Response {
 }
 
 /// Move the message at `id` to store folder `dest`; answers like Graph's move (201, new id).
-async fn move_to(
-    state: &Arc<StandInState>,
-    admitted: &Admitted,
-    id: &str,
-    dest: String,
-) -> Response {
+async fn move_to(admitted: &Admitted, id: &str, dest: String) -> Response {
     let rid = &admitted.rid;
     let Some((folder, uid_validity, uid)) = parse_message_id(id) else {
         return malformed_id(rid);
     };
-    match summary_of(admitted, &folder, uid_validity, uid).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return item_not_found(rid),
+    let (store, user) = (&admitted.store, &admitted.mailbox);
+    let dest = match store.folder_names(user).await {
+        Ok(names) => match names.into_iter().find(|f| f.eq_ignore_ascii_case(&dest)) {
+            Some(dest) => dest,
+            None => return item_not_found(rid),
+        },
         Err(e) => return store_failed(rid, &e),
-    }
-    let store = admitted.store.clone();
-    let user = admitted.mailbox.clone();
-    let exists = {
-        let (store, user, dest) = (store.clone(), user.clone(), dest.clone());
-        blocking(move || {
-            Ok(store
-                .folder_names(&user)?
-                .iter()
-                .any(|f| f.eq_ignore_ascii_case(&dest)))
-        })
-        .await
     };
-    match exists {
-        Ok(true) => {}
-        Ok(false) => return item_not_found(rid),
-        Err(e) => return store_failed(rid, &e),
-    }
-    let moved = {
-        let _one_at_a_time = state.mail.moves.lock().await;
-        let (store, user, dest, folder) =
-            (store.clone(), user.clone(), dest.clone(), folder.clone());
-        blocking(move || {
-            let new_uid = store.move_message(&user, &folder, uid, &dest)?;
-            let validity = store.folder_uidvalidity(&user, &dest)?;
-            Ok(new_uid.map(|u| (u, validity)))
-        })
+    match store
+        .move_message(user, &folder, uid_validity, uid, &dest)
         .await
-    };
-    match moved {
-        Ok(Some((new_uid, validity))) => {
-            let listed = {
-                let (store, user, dest) = (store.clone(), user.clone(), dest.clone());
-                blocking(move || store.summary(&user, &dest, new_uid)).await
-            };
-            let summary = listed.ok().flatten().unwrap_or(StoredSummary {
-                uid: new_uid,
-                seen: false,
-                size: 0,
-                received: chrono::Utc::now(),
-            });
-            (
-                StatusCode::CREATED,
-                axum::Json(message_json(&dest, validity, &summary, None, false)),
-            )
-                .into_response()
-        }
+    {
+        Ok(Some((validity, moved))) => (
+            StatusCode::CREATED,
+            axum::Json(message_json(&dest, validity, &moved, None, false)),
+        )
+            .into_response(),
         Ok(None) => item_not_found(rid),
         Err(e) => store_failed(rid, &e),
     }
 }
 
-async fn move_message(
-    state: &Arc<StandInState>,
-    admitted: &Admitted,
-    id: &str,
-    body: &[u8],
-) -> Response {
+async fn move_message(admitted: &Admitted, id: &str, body: &[u8]) -> Response {
     let rid = &admitted.rid;
     let request: MoveBody = match serde_json::from_slice(body) {
         Ok(b) => b,
@@ -1305,7 +1229,7 @@ async fn move_message(
         Ok(None) => return bad_request(rid, "A message cannot be moved to the root folder."),
         Err(()) => return malformed_id(rid),
     };
-    move_to(state, admitted, id, dest).await
+    move_to(admitted, id, dest).await
 }
 
 async fn patch_message(admitted: &Admitted, id: &str, body: &[u8]) -> Response {
@@ -1322,9 +1246,11 @@ async fn patch_message(admitted: &Admitted, id: &str, body: &[u8]) -> Response {
         Ok(None) => return item_not_found(rid),
         Err(e) => return store_failed(rid, &e),
     }
-    let store = admitted.store.clone();
-    let (user, name) = (admitted.mailbox.clone(), folder.clone());
-    if let Err(e) = blocking(move || store.set_seen(&user, &name, uid, patch.is_read)).await {
+    if let Err(e) = admitted
+        .store
+        .set_seen(&admitted.mailbox, &folder, uid, patch.is_read)
+        .await
+    {
         return store_failed(rid, &e);
     }
     match summary_of(admitted, &folder, uid_validity, uid).await {
@@ -1336,13 +1262,15 @@ async fn patch_message(admitted: &Admitted, id: &str, body: &[u8]) -> Response {
     }
 }
 
-async fn delete_message(state: &Arc<StandInState>, admitted: &Admitted, id: &str) -> Response {
-    let store = admitted.store.clone();
-    let user = admitted.mailbox.clone();
-    if let Err(e) = blocking(move || store.create_folder(&user, DELETED_ITEMS)).await {
+async fn delete_message(admitted: &Admitted, id: &str) -> Response {
+    if let Err(e) = admitted
+        .store
+        .create_folder(&admitted.mailbox, DELETED_ITEMS)
+        .await
+    {
         return store_failed(&admitted.rid, &e);
     }
-    let moved = move_to(state, admitted, id, DELETED_ITEMS.to_owned()).await;
+    let moved = move_to(admitted, id, DELETED_ITEMS.to_owned()).await;
     if moved.status() == StatusCode::CREATED {
         StatusCode::NO_CONTENT.into_response()
     } else {
@@ -1365,9 +1293,7 @@ fn folder_json(folder: &str, all: &[String]) -> serde_json::Value {
 }
 
 async fn folder_names(admitted: &Admitted) -> anyhow::Result<Vec<String>> {
-    let store = admitted.store.clone();
-    let user = admitted.mailbox.clone();
-    blocking(move || store.folder_names(&user)).await
+    admitted.store.folder_names(&admitted.mailbox).await
 }
 
 fn parse_display_name_filter(filter: &str) -> Result<String, ()> {
@@ -1540,10 +1466,7 @@ async fn create_folder(admitted: &Admitted, parent: Option<String>, body: &[u8])
             rid,
         );
     }
-    let store = admitted.store.clone();
-    let user = admitted.mailbox.clone();
-    let created = full.clone();
-    if let Err(e) = blocking(move || store.create_folder(&user, &created)).await {
+    if let Err(e) = admitted.store.create_folder(&admitted.mailbox, &full).await {
         return store_failed(rid, &e);
     }
     let mut all = all;

@@ -44,7 +44,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 
-use super::mailbox::{Need, admit, blocking, folder_from_segment, message_id};
+use super::mailbox::{Need, admit, folder_from_segment, message_id};
 use super::{GraphStandIn, StandInState, graph_error};
 
 /// The longest subscription to Outlook messages (minutes).
@@ -502,20 +502,17 @@ async fn create(State(state): S, headers: HeaderMap, body: Bytes) -> Response {
             &rid,
         );
     };
-    let (mailbox, store) = (admitted.mailbox.clone(), admitted.store.clone());
-    let listed = {
-        let (m, f, store) = (mailbox.clone(), folder.clone(), store.clone());
-        blocking(move || {
-            let names = store.folder_names(&m)?;
-            if !names.iter().any(|n| n.eq_ignore_ascii_case(&f)) {
-                return Ok(None);
-            }
-            let validity = store.folder_uidvalidity(&m, &f)?;
-            let uids: BTreeSet<u32> = store.summaries(&m, &f)?.iter().map(|s| s.uid).collect();
-            Ok(Some((validity, uids)))
-        })
+    let mailbox = admitted.mailbox.clone();
+    let listed = admitted
+        .store
+        .summaries(&mailbox, &folder)
         .await
-    };
+        .map(|listed| {
+            listed.map(|(validity, messages)| {
+                let uids: BTreeSet<u32> = messages.iter().map(|s| s.uid).collect();
+                (validity, uids)
+            })
+        });
     let (uid_validity, known) = match listed {
         Ok(Some(found)) => found,
         Ok(None) => {
@@ -734,16 +731,11 @@ async fn watch(state: Arc<StandInState>) {
                 .collect()
         };
         for sub in subs {
-            let (m, f, store) = (sub.mailbox.clone(), sub.folder.clone(), store.clone());
-            let Ok((validity, uids)) = blocking(move || {
-                let validity = store.folder_uidvalidity(&m, &f)?;
-                let uids: Vec<u32> = store.summaries(&m, &f)?.iter().map(|s| s.uid).collect();
-                Ok((validity, uids))
-            })
-            .await
+            let Ok(Some((validity, messages))) = store.summaries(&sub.mailbox, &sub.folder).await
             else {
                 continue;
             };
+            let uids: Vec<u32> = messages.iter().map(|s| s.uid).collect();
             let new: Vec<u32> = {
                 let mut all = state.subscriptions.subscriptions.lock().expect("lock");
                 let Some(live) = all.get_mut(&sub.id) else {
