@@ -25,16 +25,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt as _;
+use mailbridge::error::{Classify, ErrorClass};
 use mailbridge::graph::GraphError;
 use mailbridge::graph_mail::{DeltaChange, DeltaStart, GraphMailbox, MAX_CONCURRENT_REQUESTS};
-use mailbridge::imap::{ImapError, ListedMessage, SearchScope, SelectedFolder, Uid};
+use mailbridge::imap::{ListedMessage, SearchScope, SelectedFolder, Uid};
 use mailbridge::mailbox::{AfterAction, MailboxConfig, Protocol};
 use mailbridge::state_table::{GraphSyncState, GraphSyncStore, PendingMessage, StoreError};
 use mailbridge::token::AccessToken;
 use secrecy::SecretString;
 use tokio::time::Instant;
 
-use crate::ports::{Mailbox, MailboxConnector};
+use crate::ports::{Mailbox, MailboxConnector, MailboxError};
 
 /// Most pending messages kept with a delta link: beyond it (a DynamoDB item holds 400 KB) the
 /// link is not stored and the next run makes a full round, which lists the folder anyway, so
@@ -85,39 +86,95 @@ impl GraphConnector {
     }
 }
 
-/// Graph's answer as the loop's error type: what a person must fix stays recognisable.
-pub fn to_imap_error(operation: &'static str, user: &str, e: GraphError) -> ImapError {
-    match &e {
-        GraphError::Unauthorized { .. } => ImapError::AuthenticateFailed {
+/// Why a mailbox read through Graph could not be opened, read or changed. What a person must
+/// fix (consent, Full Access, a licence, the folder) is named by the poll loop from these.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphMailboxError {
+    /// Graph answered an operation on the mailbox with an error (or did not answer).
+    #[error("Graph {operation} for mailbox {user} failed: {error}")]
+    Request {
+        /// What was asked (`delta`, `move`, ...).
+        operation: &'static str,
+        /// The mailbox's address.
+        user: String,
+        /// Graph's answer.
+        error: GraphError,
+    },
+    /// The Graph client could not be built for the mailbox (the Graph URL).
+    #[error("Graph at {url} cannot be used: {detail}")]
+    Client {
+        /// The Graph base URL.
+        url: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A folder of the mailbox is not there (the polled one) or could not be created (a target
+    /// of the after-actions).
+    #[error("Graph folder {folder:?} of mailbox {user}: {detail}")]
+    NoSuchFolder {
+        /// The mailbox's address.
+        user: String,
+        /// The folder's display-name path.
+        folder: String,
+        /// Why it is not there.
+        detail: &'static str,
+    },
+    /// The mailbox's sync state (delta link, messages still to handle) in the state table could
+    /// not be read or stored.
+    #[error("Graph sync state of mailbox {mailbox}: could not {operation}: {error}")]
+    SyncState {
+        /// The mailbox's configuration name.
+        mailbox: String,
+        /// `read` or `store`.
+        operation: &'static str,
+        /// The state table's answer.
+        error: StoreError,
+    },
+}
+
+impl GraphMailboxError {
+    fn request(operation: &'static str, user: &str, error: GraphError) -> Self {
+        GraphMailboxError::Request {
+            operation,
             user: user.to_owned(),
-            detail: format!("Graph: {e}"),
-        },
-        GraphError::Rejected { status: 403, .. } => ImapError::AuthenticateFailed {
-            user: user.to_owned(),
-            detail: format!("Graph: {e}"),
-        },
-        GraphError::Rejected { code, .. } if code == "MailboxNotEnabledForRESTAPI" => {
-            ImapError::NotConnected {
-                user: user.to_owned(),
-            }
+            error,
         }
-        GraphError::Transport {
-            timed_out: true, ..
-        } => ImapError::Timeout {
-            operation,
-            seconds: 0,
-        },
-        GraphError::Throttled { .. }
-        | GraphError::Unavailable { .. }
-        | GraphError::Transport { .. }
-        | GraphError::SendingQuota { .. } => ImapError::ConnectionLost {
-            operation,
-            detail: format!("Graph: {e}"),
-        },
-        GraphError::Rejected { .. } => ImapError::Command {
-            operation,
-            detail: format!("Graph: {e}"),
-        },
+    }
+
+    /// Graph refused the access token (401) or the mailbox to this token (403): a fresh token
+    /// may do, or the consent or Full Access is missing.
+    pub fn token_refused(&self) -> bool {
+        matches!(
+            self,
+            GraphMailboxError::Request {
+                error: GraphError::Unauthorized { .. } | GraphError::Rejected { status: 403, .. },
+                ..
+            }
+        )
+    }
+
+    /// Graph's `MailboxNotEnabledForRESTAPI`: the mailbox has no Exchange Online licence, is
+    /// inactive or on-premises.
+    pub fn mailbox_not_enabled(&self) -> bool {
+        matches!(
+            self,
+            GraphMailboxError::Request { error: GraphError::Rejected { code, .. }, .. }
+                if code == "MailboxNotEnabledForRESTAPI"
+        )
+    }
+}
+
+impl Classify for GraphMailboxError {
+    /// A missing folder waits for a person; anything else is tried again on the next run (a
+    /// refused token is refreshed first, and the account's own state says when it needs a
+    /// person).
+    fn class(&self) -> ErrorClass {
+        match self {
+            GraphMailboxError::NoSuchFolder { .. } => ErrorClass::Permanent,
+            GraphMailboxError::Request { .. }
+            | GraphMailboxError::Client { .. }
+            | GraphMailboxError::SyncState { .. } => ErrorClass::Transient,
+        }
     }
 }
 
@@ -127,7 +184,7 @@ impl MailboxConnector for GraphConnector {
         &self,
         config: &MailboxConfig,
         access_token: &SecretString,
-    ) -> Result<Box<dyn Mailbox>, ImapError> {
+    ) -> Result<Box<dyn Mailbox>, MailboxError> {
         let token = AccessToken::new(
             access_token.clone(),
             chrono::Utc::now() + chrono::Duration::minutes(5),
@@ -142,9 +199,8 @@ impl MailboxConnector for GraphConnector {
             token,
             policy,
         )
-        .map_err(|e| ImapError::Connect {
-            host: self.base_url.clone(),
-            port: 443,
+        .map_err(|e| GraphMailboxError::Client {
+            url: self.base_url.clone(),
             detail: e.to_string(),
         })?;
         // The polled folder, found now: a refused token shows here, where the loop refreshes
@@ -153,17 +209,18 @@ impl MailboxConnector for GraphConnector {
         let folder = client
             .folder_id(&config.folder, false, deadline)
             .await
-            .map_err(|e| to_imap_error("find folder", &config.user, e))?
-            .ok_or_else(|| ImapError::NoSuchFolder {
+            .map_err(|e| GraphMailboxError::request("find folder", &config.user, e))?
+            .ok_or_else(|| GraphMailboxError::NoSuchFolder {
+                user: config.user.clone(),
                 folder: config.folder.clone(),
-                detail: "no folder with this display name in the mailbox (Graph)".into(),
+                detail: "no folder with this display name in the mailbox",
             })?;
         if folder == "inbox" {
             // well-known name: still prove the token opens the mailbox
             client
                 .delta_probe(deadline)
                 .await
-                .map_err(|e| to_imap_error("open mailbox", &config.user, e))?;
+                .map_err(|e| GraphMailboxError::request("open mailbox", &config.user, e))?;
         }
         Ok(Box::new(GraphSession {
             client,
@@ -206,8 +263,8 @@ impl GraphSession {
         Instant::now() + self.timeout * 6
     }
 
-    fn err(&self, operation: &'static str, e: GraphError) -> ImapError {
-        to_imap_error(operation, &self.user, e)
+    fn err(&self, operation: &'static str, e: GraphError) -> MailboxError {
+        GraphMailboxError::request(operation, &self.user, e).into()
     }
 
     fn id_of(&self, uid: Uid) -> Option<String> {
@@ -292,7 +349,7 @@ impl GraphSession {
         self.state.pending = listed;
     }
 
-    async fn resolve(&mut self, path: &str) -> Result<String, ImapError> {
+    async fn resolve(&mut self, path: &str) -> Result<String, MailboxError> {
         if let Some(id) = self.folders.get(path) {
             return Ok(id.clone());
         }
@@ -301,9 +358,10 @@ impl GraphSession {
             .folder_id(path, true, self.deadline())
             .await
             .map_err(|e| self.err("find or create folder", e))?
-            .ok_or_else(|| ImapError::NoSuchFolder {
+            .ok_or_else(|| GraphMailboxError::NoSuchFolder {
+                user: self.user.clone(),
                 folder: path.to_owned(),
-                detail: "could not be created (Graph)".into(),
+                detail: "could not be created",
             })?;
         self.folders.insert(path.to_owned(), id.clone());
         Ok(id)
@@ -312,15 +370,16 @@ impl GraphSession {
 
 #[async_trait]
 impl Mailbox for GraphSession {
-    async fn select(&mut self, _folder: &str) -> Result<SelectedFolder, ImapError> {
-        let stored =
-            self.sync
-                .get_graph_sync(&self.name)
-                .await
-                .map_err(|e| ImapError::Command {
-                    operation: "read the Graph sync state",
-                    detail: e.to_string(),
-                })?;
+    async fn select(&mut self, _folder: &str) -> Result<SelectedFolder, MailboxError> {
+        let stored = self
+            .sync
+            .get_graph_sync(&self.name)
+            .await
+            .map_err(|error| GraphMailboxError::SyncState {
+                mailbox: self.name.clone(),
+                operation: "read",
+                error,
+            })?;
         self.selected = true;
         let fresh = |previous: u32| GraphSyncState {
             // any non-zero value, never the previous one: a new state starts new UIDs
@@ -400,10 +459,13 @@ impl Mailbox for GraphSession {
                 "more mail waits in the folder than is kept with the delta link: unless this run drains it, the next run lists the folder in full (nothing is lost)"
             );
         }
-        self.save().await.map_err(|e| ImapError::Command {
-            operation: "store the Graph sync state",
-            detail: e.to_string(),
-        })?;
+        self.save()
+            .await
+            .map_err(|error| GraphMailboxError::SyncState {
+                mailbox: self.name.clone(),
+                operation: "store",
+                error,
+            })?;
         Ok(SelectedFolder {
             uid_validity: self.state.uid_validity,
             exists: self.state.pending.len() as u32,
@@ -414,12 +476,12 @@ impl Mailbox for GraphSession {
         &mut self,
         _scope: SearchScope,
         _since: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> Result<Vec<Uid>, ImapError> {
+    ) -> Result<Vec<Uid>, MailboxError> {
         // `pending` holds only unread mail under mark_seen (read mail left it).
         Ok(self.state.pending.iter().map(|m| m.uid).collect())
     }
 
-    async fn list_messages(&mut self, uids: &[Uid]) -> Result<Vec<ListedMessage>, ImapError> {
+    async fn list_messages(&mut self, uids: &[Uid]) -> Result<Vec<ListedMessage>, MailboxError> {
         Ok(self
             .state
             .pending
@@ -433,7 +495,7 @@ impl Mailbox for GraphSession {
             .collect())
     }
 
-    async fn fetch_raw(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
+    async fn fetch_raw(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, MailboxError> {
         let Some(id) = self.id_of(uid) else {
             return Ok(None);
         };
@@ -447,7 +509,7 @@ impl Mailbox for GraphSession {
         }
     }
 
-    async fn fetch_header(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
+    async fn fetch_header(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, MailboxError> {
         let Some(id) = self.id_of(uid) else {
             return Ok(None);
         };
@@ -461,7 +523,7 @@ impl Mailbox for GraphSession {
         }
     }
 
-    async fn move_to(&mut self, uid: Uid, folder: &str) -> Result<(), ImapError> {
+    async fn move_to(&mut self, uid: Uid, folder: &str) -> Result<(), MailboxError> {
         let Some(id) = self.id_of(uid) else {
             return Ok(());
         };
@@ -481,7 +543,7 @@ impl Mailbox for GraphSession {
     async fn fetch_raw_many(
         &mut self,
         uids: &[Uid],
-    ) -> Result<Vec<(Uid, Option<Vec<u8>>)>, ImapError> {
+    ) -> Result<Vec<(Uid, Option<Vec<u8>>)>, MailboxError> {
         // Side by side, as many as Graph lets one mailbox have in flight (the client's limit).
         let deadline = self.deadline();
         let client = &self.client;
@@ -510,7 +572,7 @@ impl Mailbox for GraphSession {
         Ok(out)
     }
 
-    async fn move_many(&mut self, uids: &[Uid], folder: &str) -> Result<(), ImapError> {
+    async fn move_many(&mut self, uids: &[Uid], folder: &str) -> Result<(), MailboxError> {
         let destination = self.resolve(folder).await?;
         let deadline = self.deadline();
         let client = &self.client;
@@ -542,7 +604,7 @@ impl Mailbox for GraphSession {
         }
     }
 
-    async fn mark_seen(&mut self, uid: Uid) -> Result<(), ImapError> {
+    async fn mark_seen(&mut self, uid: Uid) -> Result<(), MailboxError> {
         let Some(id) = self.id_of(uid) else {
             return Ok(());
         };
@@ -554,7 +616,7 @@ impl Mailbox for GraphSession {
         Ok(())
     }
 
-    async fn delete(&mut self, uid: Uid) -> Result<(), ImapError> {
+    async fn delete(&mut self, uid: Uid) -> Result<(), MailboxError> {
         let Some(id) = self.id_of(uid) else {
             return Ok(());
         };
@@ -598,7 +660,7 @@ impl MailboxConnector for ProtocolConnector {
         &self,
         config: &MailboxConfig,
         access_token: &SecretString,
-    ) -> Result<Box<dyn Mailbox>, ImapError> {
+    ) -> Result<Box<dyn Mailbox>, MailboxError> {
         match config.protocol {
             Protocol::Imap => self.imap.connect(config, access_token).await,
             Protocol::Graph => self.graph.connect(config, access_token).await,

@@ -10,7 +10,7 @@ use mailbridge::imap::{
 use secrecy::SecretString;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::ports::{Mailbox, MailboxConnector};
+use crate::ports::{Mailbox, MailboxConnector, MailboxError};
 use mailbridge::mailbox::MailboxConfig;
 
 /// Connects to each mailbox's host with one shared rustls config.
@@ -44,7 +44,7 @@ impl MailboxConnector for ImapConnector {
         &self,
         config: &MailboxConfig,
         access_token: &SecretString,
-    ) -> Result<Box<dyn Mailbox>, ImapError> {
+    ) -> Result<Box<dyn Mailbox>, MailboxError> {
         let endpoint = ImapEndpoint {
             host: config.host.clone(),
             port: config.port,
@@ -62,45 +62,45 @@ impl<S> Mailbox for ImapConnection<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + std::fmt::Debug + Send + Sync + 'static,
 {
-    async fn select(&mut self, folder: &str) -> Result<SelectedFolder, ImapError> {
-        ImapConnection::select(self, folder).await
+    async fn select(&mut self, folder: &str) -> Result<SelectedFolder, MailboxError> {
+        Ok(ImapConnection::select(self, folder).await?)
     }
     async fn search(
         &mut self,
         scope: SearchScope,
         since: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> Result<Vec<Uid>, ImapError> {
+    ) -> Result<Vec<Uid>, MailboxError> {
         // SINCE compares the day of INTERNALDATE in its own zone (up to 14 hours off UTC):
         // a day early finds every mail at or after `since`.
         let day = since.map(|at| (at - chrono::Duration::days(1)).date_naive());
-        ImapConnection::search(self, scope, day).await
+        Ok(ImapConnection::search(self, scope, day).await?)
     }
-    async fn list_messages(&mut self, uids: &[Uid]) -> Result<Vec<ListedMessage>, ImapError> {
-        ImapConnection::list_messages(self, uids).await
+    async fn list_messages(&mut self, uids: &[Uid]) -> Result<Vec<ListedMessage>, MailboxError> {
+        Ok(ImapConnection::list_messages(self, uids).await?)
     }
-    async fn fetch_raw(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
-        ImapConnection::fetch_raw(self, uid).await
+    async fn fetch_raw(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, MailboxError> {
+        Ok(ImapConnection::fetch_raw(self, uid).await?)
     }
     async fn fetch_raw_many(
         &mut self,
         uids: &[Uid],
-    ) -> Result<Vec<(Uid, Option<Vec<u8>>)>, ImapError> {
-        ImapConnection::fetch_raw_many(self, uids).await
+    ) -> Result<Vec<(Uid, Option<Vec<u8>>)>, MailboxError> {
+        Ok(ImapConnection::fetch_raw_many(self, uids).await?)
     }
-    async fn fetch_header(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
-        ImapConnection::fetch_header(self, uid).await
+    async fn fetch_header(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, MailboxError> {
+        Ok(ImapConnection::fetch_header(self, uid).await?)
     }
-    async fn move_to(&mut self, uid: Uid, folder: &str) -> Result<(), ImapError> {
-        ImapConnection::move_to(self, uid, folder).await
+    async fn move_to(&mut self, uid: Uid, folder: &str) -> Result<(), MailboxError> {
+        Ok(ImapConnection::move_to(self, uid, folder).await?)
     }
-    async fn move_many(&mut self, uids: &[Uid], folder: &str) -> Result<(), ImapError> {
-        ImapConnection::move_many(self, uids, folder).await
+    async fn move_many(&mut self, uids: &[Uid], folder: &str) -> Result<(), MailboxError> {
+        Ok(ImapConnection::move_many(self, uids, folder).await?)
     }
-    async fn mark_seen(&mut self, uid: Uid) -> Result<(), ImapError> {
-        ImapConnection::mark_seen(self, uid).await
+    async fn mark_seen(&mut self, uid: Uid) -> Result<(), MailboxError> {
+        Ok(ImapConnection::mark_seen(self, uid).await?)
     }
-    async fn delete(&mut self, uid: Uid) -> Result<(), ImapError> {
-        ImapConnection::delete(self, uid).await
+    async fn delete(&mut self, uid: Uid) -> Result<(), MailboxError> {
+        Ok(ImapConnection::delete(self, uid).await?)
     }
     fn round_trips(&self) -> u64 {
         ImapConnection::round_trips(self)

@@ -22,7 +22,7 @@ use mailbridge::state_table::{
 
 use crate::convert::ParseContext;
 use crate::poll::{PollDeps, poll_once};
-use crate::ports::{Mailbox, MailboxConnector, SinkFactory};
+use crate::ports::{Mailbox, MailboxConnector, MailboxError, SinkFactory};
 
 #[derive(Clone, Debug)]
 struct Message {
@@ -122,7 +122,7 @@ impl FakeMailbox {
 
 #[async_trait]
 impl Mailbox for FakeMailbox {
-    async fn select(&mut self, folder: &str) -> Result<SelectedFolder, ImapError> {
+    async fn select(&mut self, folder: &str) -> Result<SelectedFolder, MailboxError> {
         self.op()?;
         self.folder = folder.into();
         let exists = self.with_folder(|f| f.len() as u32);
@@ -135,7 +135,7 @@ impl Mailbox for FakeMailbox {
         &mut self,
         scope: SearchScope,
         since: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> Result<Vec<Uid>, ImapError> {
+    ) -> Result<Vec<Uid>, MailboxError> {
         self.op()?;
         // as coarse as IMAP's SINCE: by the day
         let day = since.map(|at| at.date_naive());
@@ -147,7 +147,7 @@ impl Mailbox for FakeMailbox {
                 .collect()
         }))
     }
-    async fn list_messages(&mut self, uids: &[Uid]) -> Result<Vec<ListedMessage>, ImapError> {
+    async fn list_messages(&mut self, uids: &[Uid]) -> Result<Vec<ListedMessage>, MailboxError> {
         self.op()?;
         Ok(self.with_folder(|f| {
             f.iter()
@@ -160,11 +160,11 @@ impl Mailbox for FakeMailbox {
                 .collect()
         }))
     }
-    async fn fetch_raw(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
+    async fn fetch_raw(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, MailboxError> {
         self.op()?;
         Ok(self.with_folder(|f| f.iter().find(|m| m.uid == uid).map(|m| m.raw.clone())))
     }
-    async fn fetch_header(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
+    async fn fetch_header(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, MailboxError> {
         self.op()?;
         Ok(self.with_folder(|f| {
             f.iter().find(|m| m.uid == uid).map(|m| {
@@ -173,7 +173,7 @@ impl Mailbox for FakeMailbox {
             })
         }))
     }
-    async fn move_to(&mut self, uid: Uid, folder: &str) -> Result<(), ImapError> {
+    async fn move_to(&mut self, uid: Uid, folder: &str) -> Result<(), MailboxError> {
         self.op()?;
         if let Some(m) = self.take(uid) {
             let mut s = self.server.0.lock().unwrap();
@@ -186,7 +186,7 @@ impl Mailbox for FakeMailbox {
         }
         Ok(())
     }
-    async fn mark_seen(&mut self, uid: Uid) -> Result<(), ImapError> {
+    async fn mark_seen(&mut self, uid: Uid) -> Result<(), MailboxError> {
         self.op()?;
         self.with_folder(|f| {
             if let Some(m) = f.iter_mut().find(|m| m.uid == uid) {
@@ -195,7 +195,7 @@ impl Mailbox for FakeMailbox {
         });
         Ok(())
     }
-    async fn delete(&mut self, uid: Uid) -> Result<(), ImapError> {
+    async fn delete(&mut self, uid: Uid) -> Result<(), MailboxError> {
         self.op()?;
         self.take(uid);
         Ok(())
@@ -212,14 +212,15 @@ impl MailboxConnector for FakeServer {
         &self,
         config: &MailboxConfig,
         _token: &SecretString,
-    ) -> Result<Box<dyn Mailbox>, ImapError> {
+    ) -> Result<Box<dyn Mailbox>, MailboxError> {
         let budget = {
             let s = self.0.lock().unwrap();
             if s.auth_fails_for.contains(&config.user) {
                 return Err(ImapError::AuthenticateFailed {
                     user: config.user.clone(),
                     detail: "AUTHENTICATE failed.".into(),
-                });
+                }
+                .into());
             }
             s.drop_after
         };

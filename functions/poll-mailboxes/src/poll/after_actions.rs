@@ -170,5 +170,5 @@ async fn apply_after(
             result
         }
     };
-    result.map_err(Stop::Imap)
+    result.map_err(Stop::Mailbox)
 }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::windows::work_on;
 use super::{PollDeps, new_status};
-use crate::ports::Mailbox;
+use crate::ports::{Mailbox, MailboxError};
 
 /// How far a run got with a mailbox it reached.
 enum Progress {
@@ -27,7 +27,7 @@ enum Progress {
 /// Why a mailbox stopped early.
 pub(super) enum Stop {
     Setup(String),
-    Imap(ImapError),
+    Mailbox(MailboxError),
     TicketApi(TicketSinkError),
     Store(StoreError),
 }
@@ -52,7 +52,7 @@ async fn connect(
         .map_err(token_failure)?;
     match deps.connector.connect(config, &token.secret).await {
         Ok(mailbox) => Ok(mailbox),
-        Err(ImapError::AuthenticateFailed { .. }) => {
+        Err(e) if e.token_refused() => {
             // The cached token may be stale or revoked: refresh once and retry.
             deps.tokens.invalidate(&config.account, audience);
             let token = deps
@@ -63,9 +63,9 @@ async fn connect(
             deps.connector
                 .connect(config, &token.secret)
                 .await
-                .map_err(|e| (MailboxOutcome::Failed, mailbox_reason(config, &e)))
+                .map_err(|e| (MailboxOutcome::Failed, mailbox_reason(&e)))
         }
-        Err(e) => Err((MailboxOutcome::Failed, mailbox_reason(config, &e))),
+        Err(e) => Err((MailboxOutcome::Failed, mailbox_reason(&e))),
     }
 }
 
@@ -80,29 +80,22 @@ pub fn mailbox_audience(config: &MailboxConfig) -> Audience {
     }
 }
 
-fn mailbox_reason(config: &MailboxConfig, error: &ImapError) -> String {
-    if config.protocol == Protocol::Imap {
-        return imap_reason(error);
-    }
+/// The reason an operator reads in `status`: the error, and what to check when a person can fix
+/// it, for the protocol the mailbox is read with.
+fn mailbox_reason(error: &MailboxError) -> String {
     match error {
-        ImapError::AuthenticateFailed { .. } => format!(
-            "{error} — check that the account consented to Mail.ReadWrite (Microsoft Graph, delegated), and for a shared mailbox (`shared: true`) to Mail.ReadWrite.Shared with Full Access on the mailbox"
+        MailboxError::Imap(e @ ImapError::AuthenticateFailed { .. }) => format!(
+            "{e} — check that the account consented to IMAP.AccessAsUser.All, that IMAP is enabled for the mailbox, and for a shared mailbox that the signing-in user has FullAccess"
         ),
-        ImapError::NotConnected { .. } => format!(
-            "{error} — Graph answered MailboxNotEnabledForRESTAPI: the mailbox has no Exchange Online licence, is inactive or on-premises"
+        MailboxError::Imap(e @ ImapError::NotConnected { .. }) => format!(
+            "{e} — enable IMAP for this mailbox (Exchange admin center → mailbox → Email apps) or check the mailbox exists"
         ),
-        _ => error.to_string(),
-    }
-}
-
-fn imap_reason(error: &ImapError) -> String {
-    match error {
-        ImapError::AuthenticateFailed { .. } => format!(
-            "{error} — check that the account consented to IMAP.AccessAsUser.All, that IMAP is enabled for the mailbox, and for a shared mailbox that the signing-in user has FullAccess"
+        MailboxError::Graph(e) if e.token_refused() => format!(
+            "{e} — check that the account consented to Mail.ReadWrite (Microsoft Graph, delegated), and for a shared mailbox (`shared: true`) to Mail.ReadWrite.Shared with Full Access on the mailbox"
         ),
-        ImapError::NotConnected { .. } => format!(
-            "{error} — enable IMAP for this mailbox (Exchange admin center → mailbox → Email apps) or check the mailbox exists"
-        ),
+        MailboxError::Graph(e) if e.mailbox_not_enabled() => {
+            format!("{e} — the mailbox has no Exchange Online licence, is inactive or on-premises")
+        }
         _ => error.to_string(),
     }
 }
@@ -171,9 +164,9 @@ pub async fn poll_mailbox(
                 status.outcome = MailboxOutcome::Failed;
                 status.reason = Some(reason);
             }
-            Stop::Imap(e) => {
+            Stop::Mailbox(e) => {
                 status.outcome = MailboxOutcome::Failed;
-                status.reason = Some(mailbox_reason(config, &e));
+                status.reason = Some(mailbox_reason(&e));
             }
             Stop::Store(e) => {
                 status.outcome = MailboxOutcome::Failed;
@@ -278,7 +271,10 @@ async fn list_and_work(
     sink: &dyn TicketSink,
     lease: &mut Option<(String, Option<InFlightMail>)>,
 ) -> Result<Progress, Stop> {
-    let folder = mailbox.select(&config.folder).await.map_err(Stop::Imap)?;
+    let folder = mailbox
+        .select(&config.folder)
+        .await
+        .map_err(Stop::Mailbox)?;
     status.uid_validity = Some(folder.uid_validity);
     if let Some(old) = previous.and_then(|p| p.uid_validity)
         && old != folder.uid_validity
@@ -305,12 +301,12 @@ async fn list_and_work(
     let mut uids = mailbox
         .search(scope, config.since)
         .await
-        .map_err(Stop::Imap)?;
+        .map_err(Stop::Mailbox)?;
     if let Some(since) = config.since
         && !uids.is_empty()
     {
         // The search may be by the day: the exact time decides. Older mail is left as it is.
-        let listed = mailbox.list_messages(&uids).await.map_err(Stop::Imap)?;
+        let listed = mailbox.list_messages(&uids).await.map_err(Stop::Mailbox)?;
         let before = uids.len();
         uids = listed
             .iter()

@@ -62,7 +62,7 @@ pub(super) async fn work_on(
             mailbox
                 .move_to(killer.uid, &config.failed_folder)
                 .await
-                .map_err(Stop::Imap)?;
+                .map_err(Stop::Mailbox)?;
             status.parked += 1;
             tracing::error!(
                 mailbox = %config.name,
@@ -81,7 +81,7 @@ pub(super) async fn work_on(
     uids.sort_by_key(|uid| retry_last.contains(uid));
     uids.truncate(config.max_messages_per_run as usize);
     let beyond_limit = (total - uids.len()) as u32;
-    let mut listed = mailbox.list_messages(&uids).await.map_err(Stop::Imap)?;
+    let mut listed = mailbox.list_messages(&uids).await.map_err(Stop::Mailbox)?;
     listed.sort_by_key(|m| retry_last.contains(&m.uid)); // listed in UID order
     let stop_starting_at = deadline
         .checked_sub(deps.deadline_margin)
@@ -316,7 +316,7 @@ async fn read_window<'b>(
     let mut raws: std::collections::HashMap<Uid, Option<Vec<u8>>> = mailbox
         .fetch_raw_many(&whole)
         .await
-        .map_err(Stop::Imap)?
+        .map_err(Stop::Mailbox)?
         .into_iter()
         .collect();
     let mut read: Vec<ReadMail> = Vec::with_capacity(window.len());
@@ -330,7 +330,7 @@ async fn read_window<'b>(
         // starts when the mail arrived, not when it was polled.
         let received_at = message.received_at.unwrap_or_else(chrono::Utc::now);
         let prepared = if size > limit {
-            let Some(header_block) = mailbox.fetch_header(uid).await.map_err(Stop::Imap)? else {
+            let Some(header_block) = mailbox.fetch_header(uid).await.map_err(Stop::Mailbox)? else {
                 vanished(config, uid);
                 continue;
             };

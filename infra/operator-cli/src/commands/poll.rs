@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use async_trait::async_trait;
-use mailbridge::imap::{ImapError, ListedMessage, SearchScope, SelectedFolder, Uid};
+use mailbridge::imap::{ListedMessage, SearchScope, SelectedFolder, Uid};
 use mailbridge::mailbox::MailboxConfig;
 use mailbridge::state_table::{
     DedupeRecord, GraphSyncState, GraphSyncStore, MailboxStatus, StateStore, StoreError,
@@ -31,7 +31,7 @@ use mailbridge::ticket_sink::{
 use poll_mailboxes::convert::ParseContext;
 use poll_mailboxes::graph_adapter::{GraphConnector, ProtocolConnector};
 use poll_mailboxes::imap_adapter::ImapConnector;
-use poll_mailboxes::ports::{Mailbox, MailboxConnector, SinkFactory};
+use poll_mailboxes::ports::{Mailbox, MailboxConnector, MailboxError, SinkFactory};
 use poll_mailboxes::sinks::SecretsSinkFactory;
 use poll_mailboxes::{PollDeps, poll_once};
 use secrecy::SecretString;
@@ -211,7 +211,7 @@ impl DryRunMailbox {
 
 #[async_trait]
 impl Mailbox for DryRunMailbox {
-    async fn select(&mut self, folder: &str) -> Result<SelectedFolder, ImapError> {
+    async fn select(&mut self, folder: &str) -> Result<SelectedFolder, MailboxError> {
         // EXAMINE would be stricter, but SELECT alone changes nothing either: only STORE,
         // MOVE, EXPUNGE and a fetch without PEEK do, and none of those reach the server here.
         self.inner.select(folder).await
@@ -220,17 +220,17 @@ impl Mailbox for DryRunMailbox {
         &mut self,
         scope: SearchScope,
         since: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> Result<Vec<Uid>, ImapError> {
+    ) -> Result<Vec<Uid>, MailboxError> {
         self.inner.search(scope, since).await
     }
-    async fn list_messages(&mut self, uids: &[Uid]) -> Result<Vec<ListedMessage>, ImapError> {
+    async fn list_messages(&mut self, uids: &[Uid]) -> Result<Vec<ListedMessage>, MailboxError> {
         let listed = self.inner.list_messages(uids).await?;
         self.log.with(&self.name, |l| {
             l.sizes.extend(listed.iter().map(|m| (m.uid, m.size)));
         });
         Ok(listed)
     }
-    async fn fetch_raw(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
+    async fn fetch_raw(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, MailboxError> {
         self.reading(uid);
         let raw = self.inner.fetch_raw(uid).await?;
         if let Some(raw) = &raw {
@@ -238,7 +238,7 @@ impl Mailbox for DryRunMailbox {
         }
         Ok(raw)
     }
-    async fn fetch_header(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, ImapError> {
+    async fn fetch_header(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, MailboxError> {
         self.reading(uid);
         let header = self.inner.fetch_header(uid).await?;
         if let Some(header) = &header {
@@ -246,15 +246,15 @@ impl Mailbox for DryRunMailbox {
         }
         Ok(header)
     }
-    async fn move_to(&mut self, uid: Uid, folder: &str) -> Result<(), ImapError> {
+    async fn move_to(&mut self, uid: Uid, folder: &str) -> Result<(), MailboxError> {
         self.then(uid, format!("move to {folder}"));
         Ok(())
     }
-    async fn mark_seen(&mut self, uid: Uid) -> Result<(), ImapError> {
+    async fn mark_seen(&mut self, uid: Uid) -> Result<(), MailboxError> {
         self.then(uid, "mark seen".into());
         Ok(())
     }
-    async fn delete(&mut self, uid: Uid) -> Result<(), ImapError> {
+    async fn delete(&mut self, uid: Uid) -> Result<(), MailboxError> {
         self.then(uid, "delete".into());
         Ok(())
     }
@@ -282,7 +282,7 @@ impl MailboxConnector for DryRunConnector {
         &self,
         config: &MailboxConfig,
         access_token: &SecretString,
-    ) -> Result<Box<dyn Mailbox>, ImapError> {
+    ) -> Result<Box<dyn Mailbox>, MailboxError> {
         let inner = self.inner.connect(config, access_token).await?;
         Ok(Box::new(DryRunMailbox {
             inner,
