@@ -132,6 +132,34 @@ fn cpu_seconds(pid: &str) -> Option<(f64, f64)> {
     ))
 }
 
+/// CPU seconds of process `pid` and every process under it (own time of the living, the waited
+/// for time of those that ended): for Dovecot, its master, logins and IMAP sessions.
+fn process_tree_cpu_seconds(pid: u32) -> Option<f64> {
+    let parent_of = |stat: &str| -> Option<u32> {
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let (own, waited) = cpu_seconds(&pid.to_string())?;
+    let mut total = own + waited;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(child) = name.parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        if parent_of(&stat) == Some(pid) {
+            total += process_tree_cpu_seconds(child).unwrap_or(0.0);
+        }
+    }
+    Some(total)
+}
+
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -164,8 +192,11 @@ pub struct BootstrapRun {
     /// CPU seconds of the bootstrap (init and the run).
     pub poller_cpu: Option<f64>,
     /// CPU seconds of this test process during the run (the ticket API and Graph stand-ins), and
-    /// of the doveadm processes the Graph stand-in ran; moto and Dovecot are not counted.
+    /// of the child processes it waited for meanwhile (doveadm); moto is not counted.
     pub stand_ins_cpu: Option<(f64, f64)>,
+    /// CPU seconds of Dovecot during the run (its master and every process under it: the
+    /// poller's IMAP session, or the Graph stand-in's sessions).
+    pub dovecot_cpu: Option<f64>,
 }
 
 /// `small` helpdesk-like mails (10 % with a 0.3–1 MB attachment, 20 % with a 20–300 KB one) plus
@@ -277,6 +308,8 @@ pub async fn poll_generated_mails(
     api.spawn_function(&function).expect("spawn bootstrap");
     let pid = api.function_pid().expect("function pid");
     let stand_ins_cpu_before = cpu_seconds("self");
+    let dovecot_pid = dovecot.pid();
+    let dovecot_cpu_before = dovecot_pid.and_then(process_tree_cpu_seconds);
     let outcome = api
         .invoke(
             serde_json::json!({"source": "mailbridge.schedule"}),
@@ -285,6 +318,10 @@ pub async fn poll_generated_mails(
         .await
         .unwrap();
     let poller_cpu = cpu_seconds(&pid.to_string()).map(|(own, _)| own);
+    let dovecot_cpu = dovecot_pid
+        .and_then(process_tree_cpu_seconds)
+        .zip(dovecot_cpu_before)
+        .map(|(after, before)| after - before);
     let stand_ins_cpu = cpu_seconds("self")
         .zip(stand_ins_cpu_before)
         .map(|(after, before)| (after.0 - before.0, after.1 - before.1));
@@ -308,6 +345,7 @@ pub async fn poll_generated_mails(
         total_bytes,
         poller_cpu,
         stand_ins_cpu,
+        dovecot_cpu,
     };
     assert_eq!(handled, mails.len() as u64, "{report}");
     assert_eq!(p.tickets().len(), mails.len());

@@ -41,7 +41,7 @@ async fn bench_poll_1000_mails_and_a_20_mb_attachment() {
         println!(
             "bench {protocol} ({build}): {} mails in {:.2} s = {:.1} mails/s; init {:?}; peak RSS {:.1} MiB \
              (limit 128); {protocol} round trips {} = {:.2} per mail; outcome {}; CPU s: poller {:?}, \
-             stand-ins (own, their doveadm) {:?}; load average {load_before} before, {} after",
+             stand-ins (own, their doveadm) {:?}, Dovecot {:?}; load average {load_before} before, {} after",
             run.handled,
             run.wall.as_secs_f64(),
             run.handled as f64 / run.wall.as_secs_f64(),
@@ -52,6 +52,7 @@ async fn bench_poll_1000_mails_and_a_20_mb_attachment() {
             run.outcome,
             run.poller_cpu,
             run.stand_ins_cpu,
+            run.dovecot_cpu,
             load()
         );
         assert!(

@@ -904,7 +904,12 @@ async fn the_graph_mail_store_reuses_few_imap_sessions_and_logs_in_again_when_dr
             .contains(&"Erledigt ✓ & so".to_owned())
     );
 
-    // a move: the new UID from COPYUID, flags and received date kept
+    // a move: nowhere (nothing moves), then the new UID from COPYUID, flags and date kept
+    let nowhere = store
+        .move_message(&user, "INBOX", validity, 1, "Nowhere")
+        .await
+        .unwrap();
+    assert!(nowhere.is_none(), "no such folder: {nowhere:?}");
     store.set_seen(&user, "INBOX", 1, true).await.unwrap();
     let (dest_validity, moved) = store
         .move_message(&user, "INBOX", validity, 1, "Erledigt ✓ & so")

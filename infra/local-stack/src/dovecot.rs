@@ -255,6 +255,13 @@ impl Dovecot {
         guard.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// The master process's pid while it runs (its children serve the logins).
+    pub fn pid(&self) -> Option<u32> {
+        let mut guard = self.child.lock().expect("dovecot child lock");
+        let child = guard.as_mut()?;
+        matches!(child.try_wait(), Ok(None)).then(|| child.id())
+    }
+
     /// True while the master process runs.
     pub fn is_running(&self) -> bool {
         let mut guard = self.child.lock().expect("dovecot child lock");

@@ -420,7 +420,13 @@ impl MailStore for ImapStore {
                 };
                 // what earlier commands set aside must not be read as this move's COPYUID
                 while s.unsolicited_responses.try_recv().is_ok() {}
-                s.uid_mv(uid.to_string(), &dest).await?;
+                match s.uid_mv(uid.to_string(), &dest).await {
+                    // no such destination (`NO [TRYCREATE]`): nothing moved
+                    Err(ImapError::No(text)) if text.to_ascii_lowercase().contains("trycreate") => {
+                        return Ok(None);
+                    }
+                    other => other?,
+                }
                 // moving keeps flags and the received date: the message as the source had it
                 Ok(copied_uid(s).map(|(validity, new_uid)| {
                     (

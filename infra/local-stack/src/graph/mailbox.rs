@@ -105,8 +105,8 @@ pub trait MailStore: crate::MailDrop {
         uid_validity: u32,
         uid: u32,
     ) -> anyhow::Result<Option<Vec<u8>>>;
-    /// Move one message to `dest` (which exists): `dest`'s UIDVALIDITY and the message there,
-    /// None when there was no such message.
+    /// Move one message to `dest`: `dest`'s UIDVALIDITY and the message there, None when
+    /// there was no such message or no folder `dest`.
     async fn move_message(
         &self,
         user: &str,
@@ -1197,13 +1197,6 @@ async fn move_to(admitted: &Admitted, id: &str, dest: String) -> Response {
         return malformed_id(rid);
     };
     let (store, user) = (&admitted.store, &admitted.mailbox);
-    let dest = match store.folder_names(user).await {
-        Ok(names) => match names.into_iter().find(|f| f.eq_ignore_ascii_case(&dest)) {
-            Some(dest) => dest,
-            None => return item_not_found(rid),
-        },
-        Err(e) => return store_failed(rid, &e),
-    };
     match store
         .move_message(user, &folder, uid_validity, uid, &dest)
         .await
