@@ -15,8 +15,9 @@
 //!   segment (`/` separates nested folders), created with `POST` when missing (a 409 from a
 //!   concurrent creation is looked up again).
 //!
-//! Errors are [`GraphError`] (the sendMail client's classification). 429 and 5xx are retried
-//! after `Retry-After` (never less) or a backoff, until the attempts or the deadline run out;
+//! Errors are [`GraphError`] (the sendMail client's classification). 429, 5xx and transport
+//! failures are retried through the shared retry loop ([`crate::retry`]): after `Retry-After`
+//! (never less) or a backoff, until the attempts or the deadline run out;
 //! every request holds one of the mailbox's 4 slots ([`MAX_CONCURRENT_REQUESTS`], Outlook's
 //! concurrency limit per app and mailbox).
 
@@ -28,7 +29,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::graph::{GraphConfigError, GraphError, error_from_answer};
-use crate::retry::RetryPolicy;
+use crate::retry::{RetryPolicy, Verdict};
 use crate::token::AccessToken;
 
 /// Outlook's limit of concurrent requests per app and mailbox.
@@ -137,6 +138,29 @@ pub(crate) enum Body {
     Json(serde_json::Value),
 }
 
+/// A failed attempt of a request: Graph's error, and whether another attempt may be made (429,
+/// 5xx and transport failures may be retried; an answer that could not be read may not).
+struct FailedAttempt {
+    error: GraphError,
+    retryable: bool,
+}
+
+impl FailedAttempt {
+    fn retryable(error: GraphError) -> Self {
+        FailedAttempt {
+            error,
+            retryable: true,
+        }
+    }
+
+    fn last(error: GraphError) -> Self {
+        FailedAttempt {
+            error,
+            retryable: false,
+        }
+    }
+}
+
 impl GraphMailbox {
     /// `base_url` like `https://graph.microsoft.com/v1.0` (plain http only for loopback);
     /// `mailbox` the address (`/users/{mailbox}`); `token` a Graph token with `Mail.ReadWrite`
@@ -221,98 +245,111 @@ impl GraphMailbox {
         limit: usize,
     ) -> Result<(u16, bytes::Bytes), GraphError> {
         let _slot = self.slots.acquire().await.expect("never closed");
-        let mut attempt = 0u32;
-        let mut backoff = self.policy.initial_backoff;
-        loop {
-            attempt += 1;
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Err(GraphError::Transport {
-                    detail: "deadline reached before the request".into(),
-                    timed_out: true,
-                    after_request: false,
-                });
-            }
-            let mut request = self
-                .http
-                .request(method.clone(), url.clone())
-                .bearer_auth(self.token.secret.expose_secret())
-                .timeout(remaining.min(self.policy.attempt_timeout));
-            if let Some(p) = prefer {
-                request = request.header("prefer", p);
-            }
-            if let Body::Json(v) = &body {
-                request = request.json(v);
-            }
-            self.requests
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let error = match request.send().await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let header = |name: &str| {
-                        response
-                            .headers()
-                            .get(name)
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_owned)
-                    };
-                    let request_id = header("request-id");
-                    let retry_after = crate::retry::retry_after(response.headers());
-                    let bytes = match crate::http::read_body(response, limit).await {
-                        Ok(body) => bytes::Bytes::from(body),
-                        Err(e @ crate::http::BodyError::TooLarge { .. }) => {
-                            return Err(GraphError::Rejected {
-                                status,
-                                code: "AnswerTooLarge".into(),
-                                message: e.to_string(),
-                                request_id,
-                            });
-                        }
-                        Err(e) => {
-                            return Err(GraphError::Transport {
-                                detail: e.to_string(),
-                                timed_out: false,
-                                after_request: true,
-                            });
-                        }
-                    };
-                    if (200..300).contains(&status) {
-                        return Ok((status, bytes));
+        let result = crate::retry::retry(
+            &self.policy,
+            deadline,
+            || self.attempt(&method, &url, &body, prefer, deadline, limit),
+            |failed: &FailedAttempt| {
+                let retryable = failed.retryable
+                    && matches!(
+                        failed.error,
+                        GraphError::Throttled { .. }
+                            | GraphError::Unavailable { .. }
+                            | GraphError::Transport { .. }
+                    );
+                if retryable {
+                    tracing::debug!(
+                        mailbox = %self.mailbox,
+                        code = failed.error.code(),
+                        "Graph request failed in a retryable way"
+                    );
+                    Verdict::Retry {
+                        after: failed.error.retry_after(),
                     }
-                    error_from_answer(status, request_id, retry_after, &bytes)
+                } else {
+                    Verdict::Stop
                 }
-                Err(e) => GraphError::Transport {
-                    detail: crate::error::error_chain(&e),
-                    timed_out: e.is_timeout(),
-                    after_request: e.is_timeout() || (!e.is_connect() && e.is_request()),
-                },
-            };
-            let retryable = matches!(
-                error,
-                GraphError::Throttled { .. }
-                    | GraphError::Unavailable { .. }
-                    | GraphError::Transport { .. }
-            );
-            if !retryable || attempt >= self.policy.max_attempts {
-                return Err(error);
-            }
-            // Never less than the server asked for.
-            let wait = error
-                .retry_after()
-                .map_or(backoff, |asked| asked.max(backoff));
-            if Instant::now() + wait >= deadline {
-                return Err(error);
-            }
-            tracing::debug!(
-                mailbox = %self.mailbox,
-                attempt,
-                wait_ms = wait.as_millis() as u64,
-                code = error.code(),
-                "Graph request failed in a retryable way; retrying"
-            );
-            tokio::time::sleep(wait).await;
-            backoff = (backoff * 2).min(self.policy.max_backoff);
+            },
+        )
+        .await;
+        result
+            .map(|(answer, _attempts)| answer)
+            .map_err(|failure| failure.error.error)
+    }
+
+    /// One attempt of [`Self::call_capped`].
+    async fn attempt(
+        &self,
+        method: &reqwest::Method,
+        url: &url::Url,
+        body: &Body,
+        prefer: Option<&str>,
+        deadline: Instant,
+        limit: usize,
+    ) -> Result<(u16, bytes::Bytes), FailedAttempt> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(FailedAttempt::retryable(GraphError::Transport {
+                detail: "deadline reached before the request".into(),
+                timed_out: true,
+                after_request: false,
+            }));
         }
+        let mut request = self
+            .http
+            .request(method.clone(), url.clone())
+            .bearer_auth(self.token.secret.expose_secret())
+            .timeout(remaining.min(self.policy.attempt_timeout));
+        if let Some(p) = prefer {
+            request = request.header("prefer", p);
+        }
+        if let Body::Json(v) = body {
+            request = request.json(v);
+        }
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let response = request.send().await.map_err(|e| {
+            FailedAttempt::retryable(GraphError::Transport {
+                detail: crate::error::error_chain(&e),
+                timed_out: e.is_timeout(),
+                after_request: e.is_timeout() || (!e.is_connect() && e.is_request()),
+            })
+        })?;
+        let status = response.status().as_u16();
+        let request_id = response
+            .headers()
+            .get("request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let retry_after = crate::retry::retry_after(response.headers());
+        // An answer that cannot be read whole is not asked for again.
+        let bytes = match crate::http::read_body(response, limit).await {
+            Ok(body) => bytes::Bytes::from(body),
+            Err(e @ crate::http::BodyError::TooLarge { .. }) => {
+                return Err(FailedAttempt::last(GraphError::Rejected {
+                    status,
+                    code: "AnswerTooLarge".into(),
+                    message: e.to_string(),
+                    request_id,
+                }));
+            }
+            Err(e) => {
+                return Err(FailedAttempt::last(GraphError::Transport {
+                    detail: e.to_string(),
+                    timed_out: false,
+                    after_request: true,
+                }));
+            }
+        };
+        if (200..300).contains(&status) {
+            return Ok((status, bytes));
+        }
+        Err(FailedAttempt::retryable(error_from_answer(
+            status,
+            request_id,
+            retry_after,
+            &bytes,
+        )))
     }
 
     /// One delta round from `start` through every page.
@@ -689,6 +726,109 @@ pub fn default_policy() -> RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A loopback server that answers each request with the next of `answers`; returns its
+    /// base URL and, at the end, when each request arrived.
+    async fn scripted_graph(
+        answers: Vec<&'static str>,
+    ) -> (String, tokio::task::JoinHandle<Vec<std::time::Instant>>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/v1.0", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let mut arrivals = Vec::new();
+            for answer in answers {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                arrivals.push(std::time::Instant::now());
+                let mut buffer = [0u8; 4096];
+                let _ = socket.read(&mut buffer).await.unwrap();
+                socket.write_all(answer.as_bytes()).await.unwrap();
+                socket.shutdown().await.ok();
+            }
+            arrivals
+        });
+        (base, server)
+    }
+
+    fn mailbox_at(base: &str, policy: RetryPolicy) -> GraphMailbox {
+        crate::config::allow_local_targets_in_this_process();
+        let token = AccessToken::new(
+            "token".to_owned().into(),
+            chrono::Utc::now() + chrono::Duration::minutes(5),
+            crate::token::Audience::GraphMailbox,
+        );
+        GraphMailbox::new(
+            reqwest::Client::new(),
+            base,
+            "ann@example.com",
+            token,
+            policy,
+        )
+        .unwrap()
+    }
+
+    /// Graph answers 429 with `Retry-After: 2`, then 200: the second request must not start
+    /// before the two seconds are up, even with a backoff cap of 50 ms.
+    #[tokio::test]
+    async fn graphs_retry_after_is_never_undercut() {
+        let (base, server) = scripted_graph(vec![
+            "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 2\r\nContent-Type: application/json\r\nContent-Length: 71\r\nConnection: close\r\n\r\n{\"error\":{\"code\":\"ApplicationThrottled\",\"message\":\"Too many requests\"}}",
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+        ])
+        .await;
+        let mailbox = mailbox_at(
+            &base,
+            RetryPolicy {
+                initial_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(50),
+                max_attempts: 3,
+                attempt_timeout: Duration::from_secs(5),
+            },
+        );
+        let (status, _) = mailbox
+            .call(
+                reqwest::Method::GET,
+                mailbox.url(&["messages"]),
+                Body::None,
+                None,
+                Instant::now() + Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(mailbox.requests(), 2);
+        let arrivals = server.await.unwrap();
+        let waited = arrivals[1] - arrivals[0];
+        assert!(
+            waited >= Duration::from_secs(2),
+            "the second request came {waited:?} after the first; Graph asked for 2 s"
+        );
+    }
+
+    /// A `Retry-After` that would end past the deadline: no second request, Graph's answer back
+    /// at once.
+    #[tokio::test]
+    async fn a_retry_after_past_the_deadline_gives_up_at_once() {
+        let (base, _server) = scripted_graph(vec![
+            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 3600\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        ])
+        .await;
+        let mailbox = mailbox_at(&base, default_policy());
+        let started = Instant::now();
+        let error = mailbox
+            .call(
+                reqwest::Method::GET,
+                mailbox.url(&["messages"]),
+                Body::None,
+                None,
+                Instant::now() + Duration::from_secs(30),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(error, GraphError::Unavailable { .. }), "{error:?}");
+        assert_eq!(mailbox.requests(), 1);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
 
     #[test]
     fn delta_items_become_changes() {

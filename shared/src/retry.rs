@@ -1,7 +1,7 @@
 //! Retrying: one policy type, one `Retry-After` reader, one deadline cap, one loop. Every HTTP
 //! client of the project retries through here: Graph (sendMail's in-invocation waits in the
-//! sender's batch loop, each step of the draft route), the identity platform client, and the
-//! ticket sinks ([`send_with_retry`]).
+//! sender's batch loop, each step of the draft route, every request of a mailbox read through
+//! Graph), the identity platform client, and the ticket sinks ([`send_with_retry`]).
 //!
 //! [`retry`] runs an attempt until it succeeds, the caller's verdict says stop, the policy's
 //! attempts run out, or the next wait would end past the deadline. The wait is exponential backoff
