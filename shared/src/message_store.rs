@@ -96,8 +96,8 @@ impl S3MessageStore {
     }
 }
 
-fn detail<E: std::error::Error>(e: E) -> String {
-    aws_sdk_s3::error::DisplayErrorContext(e).to_string()
+fn detail<E: std::error::Error + 'static>(e: E) -> String {
+    crate::error::error_chain(&e)
 }
 
 #[async_trait]

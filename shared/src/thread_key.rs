@@ -80,7 +80,7 @@ pub async fn load(
         .map_err(|e| {
             err(format!(
                 "cannot read it: {}",
-                aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
+                crate::error::error_chain(&e)
             ))
         })?;
     let text = value

@@ -96,7 +96,7 @@ pub async fn create_bucket(prefix: &str) -> anyhow::Result<String> {
         .map_err(|e| {
             anyhow::anyhow!(
                 "create bucket {name}: {}",
-                aws_sdk_s3::error::DisplayErrorContext(e)
+                mailbridge::error::error_chain(&e)
             )
         })?;
     Ok(name)
@@ -112,7 +112,7 @@ pub async fn bucket_keys(bucket: &str) -> anyhow::Result<Vec<String>> {
         .map_err(|e| {
             anyhow::anyhow!(
                 "list {bucket}: {}",
-                aws_sdk_s3::error::DisplayErrorContext(e)
+                mailbridge::error::error_chain(&e)
             )
         })?;
     Ok(out
@@ -417,6 +417,23 @@ pub async fn imap_login_oauthbearer(
         .authenticate("OAUTHBEARER", OAuthBearer::new(user, token))
         .await
         .map_err(|(e, _)| anyhow::anyhow!("OAUTHBEARER login as {user} failed: {e}"))
+}
+
+/// The messages in `user`'s INBOX of the shared Dovecot once there are at least `at_least` (the
+/// Graph stand-in delivers in the background): waits up to 60 s, then fails naming the user.
+pub async fn wait_for_inbox(
+    user: &str,
+    at_least: usize,
+) -> Vec<local_stack::dovecot::StoredMessage> {
+    let dovecot = stack().dovecot();
+    for _ in 0..600 {
+        let messages = dovecot.list_messages(user, "INBOX").unwrap_or_default();
+        if messages.len() >= at_least {
+            return messages;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{user}'s INBOX did not get {at_least} message(s) within 60 s");
 }
 
 /// Start a private Dovecot instance (for tests that stop/restart it or need their own

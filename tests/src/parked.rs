@@ -60,3 +60,20 @@ pub async fn parked_messages(dlq_url: &str, expected: usize) -> Vec<ParkedMessag
         .map(ParkedMessage::from)
         .collect()
 }
+
+/// The bodies of the parked messages on `dlq_url`, taken off the queue (deleted): at least
+/// `expected`, waiting up to ~10 s for them.
+pub async fn take_parked(dlq_url: &str, expected: usize) -> Vec<String> {
+    let mut bodies = Vec::new();
+    for m in receive_parked(dlq_url, expected).await {
+        bodies.push(m.body().unwrap_or_default().to_owned());
+        crate::sqs()
+            .delete_message()
+            .queue_url(dlq_url)
+            .receipt_handle(m.receipt_handle().unwrap_or_default())
+            .send()
+            .await
+            .expect("delete from DLQ");
+    }
+    bodies
+}

@@ -44,20 +44,6 @@ fn header<'a>(message: &'a mail_parser::Message<'a>, name: &str) -> Option<Strin
         .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
-async fn wait_for_inbox(user: &str, at_least: usize) -> Vec<Vec<u8>> {
-    for _ in 0..150 {
-        let messages = stack()
-            .dovecot()
-            .list_messages(user, "INBOX")
-            .unwrap_or_default();
-        if messages.len() >= at_least {
-            return messages.into_iter().map(|m| m.raw).collect();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{user}'s INBOX did not get {at_least} message(s)");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agents_reply_reaches_the_customer_and_the_answer_lands_on_the_same_rt_ticket() {
     local_stack::request_tracker::check_installed().expect("Request Tracker 5");
@@ -178,9 +164,10 @@ async fn an_agents_reply_reaches_the_customer_and_the_answer_lands_on_the_same_r
     assert_eq!(report.metrics.sent, 2, "{:?}", report.messages);
 
     // 4. The customer's mailbox has RT's reply with RT's headers as RT wrote them.
-    let inbox = wait_for_inbox(&customer, 2).await;
+    let inbox = mailbridge_tests::wait_for_inbox(&customer, 2).await;
     let received_raw = inbox
         .iter()
+        .map(|m| &m.raw)
         .find(|raw| {
             parser
                 .parse(raw)

@@ -13,6 +13,7 @@ use mailbridge::notification::ObjectRef;
 use mailbridge_tests::sender::Sender;
 use mailbridge_tests::{
     bucket_keys, create_bucket, create_queue_with_dlq, create_state_table, sqs, stack, unique,
+    wait_for_inbox,
 };
 use send_notifications::settings::BatchSettings;
 use send_notifications::{BatchReport, Outcome, process_batch};
@@ -120,20 +121,6 @@ fn file(size: usize) -> Vec<u8> {
     (0..size).map(|i| (i % 251) as u8).collect()
 }
 
-async fn inbox(user: &str) -> Vec<local_stack::dovecot::StoredMessage> {
-    for _ in 0..600 {
-        let messages = stack()
-            .dovecot()
-            .list_messages(user, "INBOX")
-            .unwrap_or_default();
-        if !messages.is_empty() {
-            return messages;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{user} received nothing");
-}
-
 /// The delivered message has both attachments whole and the ticket's thread marker.
 fn assert_arrived_whole(delivered: &[u8], size: usize, ticket: &str) {
     let parsed = mail_parser::MessageParser::default()
@@ -180,7 +167,7 @@ async fn a_1_mib_json_attachment_by_reference_goes_in_one_send_mail_and_its_obje
     let accepted = stack().graph().accepted(&w.upn);
     assert_eq!(accepted.len(), 1);
     assert_eq!(accepted[0].path, "me", "one JSON sendMail");
-    assert_arrived_whole(&inbox(&customer).await[0].raw, size, "7001");
+    assert_arrived_whole(&wait_for_inbox(&customer, 1).await[0].raw, size, "7001");
     assert!(
         bucket_keys(&w.bucket).await.unwrap().is_empty(),
         "deleted once sent"
@@ -205,7 +192,7 @@ async fn a_20_mib_json_attachment_goes_through_a_draft_and_upload_session_and_ar
     );
     assert_eq!(accepted[0].request["attachments"], 2);
     assert_eq!(stack().graph().draft_count(&w.upn), 0, "no draft left");
-    assert_arrived_whole(&inbox(&customer).await[0].raw, size, "7002");
+    assert_arrived_whole(&wait_for_inbox(&customer, 1).await[0].raw, size, "7002");
     assert!(
         bucket_keys(&w.bucket).await.unwrap().is_empty(),
         "deleted once sent"
@@ -275,32 +262,13 @@ async fn an_accounts_max_message_bytes_overrides_the_stacks_limit() {
     assert_eq!(stack().graph().request_count(&w.upn), 0, "nothing sent");
     // raised above the message: the same notification goes out
     w.set_max_message_bytes(3_000_000).await;
-    let parked = take_parked(&w).await;
+    let parked = mailbridge_tests::parked::take_parked(&w.dlq_url, 1)
+        .await
+        .remove(0);
     w.enqueue(&serde_json::from_str(&parked).unwrap()).await;
     let report = w.send_queued(1, BatchSettings::default()).await;
     assert_eq!(report.metrics.sent, 1, "{:?}", report.messages);
     assert!(bucket_keys(&w.bucket).await.unwrap().is_empty());
-}
-
-/// The one parked notification's body, taken off the DLQ.
-async fn take_parked(w: &World) -> String {
-    let out = sqs()
-        .receive_message()
-        .queue_url(&w.dlq_url)
-        .max_number_of_messages(1)
-        .wait_time_seconds(2)
-        .send()
-        .await
-        .unwrap();
-    let m = &out.messages()[0];
-    sqs()
-        .delete_message()
-        .queue_url(&w.dlq_url)
-        .receipt_handle(m.receipt_handle().unwrap())
-        .send()
-        .await
-        .unwrap();
-    m.body().unwrap().to_owned()
 }
 
 // ---- the draft route's faults, as Graph produces them ----
@@ -353,7 +321,7 @@ impl World {
             "one draft, reused"
         );
         assert_eq!(stack().graph().draft_count(&self.upn), 0, "no draft left");
-        let delivered = inbox(customer).await;
+        let delivered = wait_for_inbox(customer, 1).await;
         assert_arrived_whole(&delivered[0].raw, DRAFT_FILE, ticket);
         assert!(bucket_keys(&self.bucket).await.unwrap().is_empty());
     }
@@ -404,7 +372,11 @@ async fn a_429_on_create_draft_is_waited_out() {
     assert!(gap(&w.requests("create draft")) >= Duration::from_secs(1));
     assert_eq!(stack().graph().accepted(&w.upn).len(), 1);
     assert_eq!(stack().graph().draft_count(&w.upn), 0);
-    assert_arrived_whole(&inbox(&customer).await[0].raw, DRAFT_FILE, "7102");
+    assert_arrived_whole(
+        &wait_for_inbox(&customer, 1).await[0].raw,
+        DRAFT_FILE,
+        "7102",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1028,19 +1028,6 @@ fn helpdesk_reply(from: &str, to: &str, tag: &str, attachment_bytes: usize) -> V
     raw.into_bytes()
 }
 
-/// Poll the customer's INBOX (the stand-in delivers in the background) until `n` messages.
-async fn inbox(user: &str, n: usize) -> Vec<local_stack::dovecot::StoredMessage> {
-    let dovecot = stack().dovecot();
-    for _ in 0..100 {
-        let messages = dovecot.list_messages(user, "INBOX").unwrap_or_default();
-        if messages.len() >= n {
-            return messages;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{user} did not receive {n} message(s)");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mime_reply_reaches_the_customer_with_the_helpdesks_threading_headers_and_the_marker() {
     use base64::Engine as _;
@@ -1066,7 +1053,7 @@ async fn a_mime_reply_reaches_the_customer_with_the_helpdesks_threading_headers_
         accepted[0].request["mime"], true,
         "sent in Graph's MIME format"
     );
-    let delivered = &inbox(&customer, 1).await[0].raw;
+    let delivered = &mailbridge_tests::wait_for_inbox(&customer, 1).await[0].raw;
     let parsed = mail_parser::MessageParser::default()
         .parse(delivered)
         .unwrap();
@@ -1094,7 +1081,12 @@ async fn a_mime_reply_reaches_the_customer_with_the_helpdesks_threading_headers_
         "footer in the single text part"
     );
     // the Bcc recipient got it too
-    assert_eq!(inbox(&format!("audit-{tag}@example.com"), 1).await.len(), 1);
+    assert_eq!(
+        mailbridge_tests::wait_for_inbox(&format!("audit-{tag}@example.com"), 1)
+            .await
+            .len(),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1120,7 +1112,7 @@ async fn a_two_mib_message_travels_by_s3_reference_and_its_object_is_deleted_onc
     let report = w.run(event, Duration::from_secs(60), settings()).await;
     assert!(failures(&report).is_empty(), "{:?}", report.messages);
     assert_eq!(report.metrics.sent, 1);
-    let delivered = &inbox(&customer, 1).await[0].raw;
+    let delivered = &mailbridge_tests::wait_for_inbox(&customer, 1).await[0].raw;
     let parsed = mail_parser::MessageParser::default()
         .parse(delivered)
         .unwrap();

@@ -9,6 +9,7 @@ use std::time::Duration;
 use mailbridge_tests::sender::Sender;
 use mailbridge_tests::{
     bucket_keys, create_bucket, create_queue_with_dlq, create_state_table, sqs, stack, unique,
+    wait_for_inbox,
 };
 use send_notifications::process_batch;
 use send_notifications::settings::BatchSettings;
@@ -124,30 +125,6 @@ impl World {
         self.send_queued_with(n, BatchSettings::default()).await
     }
 
-    /// The parked notifications' bodies, taken off the DLQ.
-    async fn take_parked(&self) -> Vec<String> {
-        let out = sqs()
-            .receive_message()
-            .queue_url(&self.dlq_url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .unwrap();
-        let mut bodies = Vec::new();
-        for m in out.messages() {
-            bodies.push(m.body().unwrap().to_owned());
-            sqs()
-                .delete_message()
-                .queue_url(&self.dlq_url)
-                .receipt_handle(m.receipt_handle().unwrap())
-                .send()
-                .await
-                .unwrap();
-        }
-        bodies
-    }
-
     /// Run send-notifications over everything queued, with `settings`.
     async fn send_queued_with(
         &self,
@@ -190,20 +167,6 @@ fn reply(from: &str, to: &str, tag: &str, size: usize) -> Vec<u8> {
     raw.into_bytes()
 }
 
-async fn inbox(user: &str) -> Vec<local_stack::dovecot::StoredMessage> {
-    for _ in 0..600 {
-        let messages = stack()
-            .dovecot()
-            .list_messages(user, "INBOX")
-            .unwrap_or_default();
-        if !messages.is_empty() {
-            return messages;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{user} received nothing");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_kib_reply_is_queued_inline_and_reaches_the_customer_with_its_headers() {
     let w = World::new().await;
@@ -219,7 +182,7 @@ async fn a_200_kib_reply_is_queued_inline_and_reaches_the_customer_with_its_head
     assert!(queued[0]["id"].as_str().unwrap().starts_with("mid."));
     let report = w.send_queued(1).await;
     assert_eq!(report.metrics.sent, 1, "{:?}", report.messages);
-    let delivered = &inbox(&customer).await[0].raw;
+    let delivered = &wait_for_inbox(&customer, 1).await[0].raw;
     let parsed = mail_parser::MessageParser::default()
         .parse(delivered)
         .unwrap();
@@ -288,7 +251,11 @@ async fn a_2_mib_reply_goes_by_s3_in_one_mime_request_and_its_object_is_deleted(
     let accepted = stack().graph().accepted(&w.upn);
     assert_eq!(accepted.len(), 1);
     assert_eq!(accepted[0].path, "me", "one MIME sendMail");
-    assert_arrived_whole(&inbox(&customer).await[0].raw, &tag, 2 * 1024 * 1024);
+    assert_arrived_whole(
+        &wait_for_inbox(&customer, 1).await[0].raw,
+        &tag,
+        2 * 1024 * 1024,
+    );
     assert!(
         bucket_keys(&w.bucket).await.unwrap().is_empty(),
         "deleted once sent"
@@ -316,7 +283,7 @@ async fn a_20_mib_reply_goes_through_a_draft_and_upload_session_and_arrives_whol
     );
     assert_eq!(accepted[0].request["attachments"], 1);
     assert_eq!(stack().graph().draft_count(&w.upn), 0, "no draft left");
-    assert_arrived_whole(&inbox(&customer).await[0].raw, &tag, size);
+    assert_arrived_whole(&wait_for_inbox(&customer, 1).await[0].raw, &tag, size);
     assert!(bucket_keys(&w.bucket).await.unwrap().is_empty());
 }
 
@@ -362,7 +329,7 @@ async fn a_40_mib_reply_is_parked_naming_size_and_limit_and_a_redrive_sends_it()
     // the parked notification keeps its object: once the mailbox may send 45 MiB, a redrive
     // of the DLQ message sends it, and only then is the object deleted
     assert_eq!(bucket_keys(&w.bucket).await.unwrap().len(), 1);
-    let parked = w.take_parked().await;
+    let parked = mailbridge_tests::parked::take_parked(&w.dlq_url, 1).await;
     assert_eq!(parked.len(), 1);
     sqs()
         .send_message()
@@ -481,7 +448,8 @@ async fn invoked_as_sendmail_with_a_config_file_it_queues_with_the_ticket_number
     assert_eq!(queued[0]["from"], w.upn.as_str());
     let report = w.send_queued(1).await;
     assert_eq!(report.metrics.sent, 1, "{:?}", report.messages);
-    let delivered = String::from_utf8_lossy(&inbox(&customer).await[0].raw).into_owned();
+    let delivered =
+        String::from_utf8_lossy(&wait_for_inbox(&customer, 1).await[0].raw).into_owned();
     let reference = mailbridge::mail::threading::ticket_reference("4711", THREAD_KEY.as_bytes());
     assert!(
         delivered.contains(&format!("X-Mailbridge-Ref: {reference}")),

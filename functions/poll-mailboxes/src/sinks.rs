@@ -64,7 +64,7 @@ async fn read_secret(
         .map_err(|e| {
             format!(
                 "cannot read the sink's credential secret {secret}: {}",
-                aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
+                mailbridge::error::error_chain(&e)
             )
         })?;
     value

@@ -139,7 +139,7 @@ impl Parking for SqsParking {
         }
         request.send().await.map_err(|e| ParkError {
             queue: self.dlq_url.clone(),
-            detail: aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
+            detail: mailbridge::error::error_chain(&e),
         })?;
         Ok(())
     }
@@ -181,7 +181,7 @@ impl SqsVisibility {
             .queue_owner_aws_account_id(*account)
             .send()
             .await
-            .map_err(|e| err(aws_sdk_sqs::error::DisplayErrorContext(&e).to_string()))?
+            .map_err(|e| err(mailbridge::error::error_chain(&e)))?
             .queue_url
             .ok_or_else(|| err("GetQueueUrl returned no URL".into()))?;
         self.urls
@@ -210,7 +210,7 @@ impl Visibility for SqsVisibility {
             .await
             .map_err(|e| VisibilityError {
                 queue_arn: queue_arn.to_owned(),
-                detail: aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
+                detail: mailbridge::error::error_chain(&e),
             })?;
         Ok(())
     }

@@ -274,25 +274,10 @@ impl Dovecot {
     /// Mail, config and the port leases stay; [`Dovecot::restart`] brings it back on the same
     /// ports, which nothing else could take meanwhile.
     pub fn stop(&self) {
-        let Some(mut child) = self.child.lock().expect("dovecot child lock").take() else {
+        let Some(child) = self.child.lock().expect("dovecot child lock").take() else {
             return;
         };
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
-                Ok(None) if Instant::now() > deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
+        crate::terminate_child(child);
         // the listeners belong to child processes that exit right after the master
         let deadline = Instant::now() + Duration::from_secs(5);
         while greeting(self.imap_port).is_ok() && Instant::now() < deadline {

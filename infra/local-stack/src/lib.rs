@@ -466,6 +466,27 @@ pub fn spawn_child(
         .map_err(|_| std::io::Error::other("the spawner thread dropped the request"))?
 }
 
+/// Stop a server we started: SIGTERM (a master process stops its workers), SIGKILL when it is
+/// still there after 5 s, and reap it.
+pub(crate) fn terminate_child(mut child: std::process::Child) {
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => break,
+            Ok(None) if std::time::Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+}
+
 /// Last `lines` lines of a log file (for error messages); empty when unreadable.
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();

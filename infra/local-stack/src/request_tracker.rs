@@ -299,25 +299,10 @@ impl RequestTracker {
     /// Stop rt-server (SIGTERM to the master, which stops its workers; SIGKILL after 5 s). The
     /// database stays; [`RequestTracker::restart`] serves it again on the same port.
     pub fn stop(&self) {
-        let Some(mut child) = self.child.lock().expect("rt child lock").take() else {
+        let Some(child) = self.child.lock().expect("rt child lock").take() else {
             return;
         };
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
-                Ok(None) if Instant::now() > deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
+        crate::terminate_child(child);
         // workers may hold the listening socket a moment longer
         let deadline = Instant::now() + Duration::from_secs(5);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()

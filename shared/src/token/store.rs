@@ -164,7 +164,7 @@ fn sdk_detail<E>(err: &aws_sdk_secretsmanager::error::SdkError<E>) -> String
 where
     E: std::error::Error + 'static,
 {
-    aws_sdk_secretsmanager::error::DisplayErrorContext(err).to_string()
+    crate::error::error_chain(err)
 }
 
 fn not_found(name: &str) -> SecretStoreError {

@@ -53,6 +53,59 @@ async fn redeliver_after_the_lease(
     (report, logs)
 }
 
+/// After an ambiguous first attempt (Graph has the mail, the claim was kept): an early
+/// redelivery, while the lease lives, sends nothing; the one after the lease is a named resend
+/// (log line and metric) with the same Message-ID. `what` labels the assertions.
+async fn the_claim_holds_then_one_named_resend_follows(
+    what: &str,
+    graph: &local_stack::graph::GraphStandIn,
+    upn: &str,
+    idempotency: &CrashingIdempotency,
+    event: &SqsEvent,
+    deps: &Deps,
+) -> send_notifications::BatchReport {
+    let report = process_batch(
+        event.clone(),
+        Instant::now() + Duration::from_secs(30),
+        deps,
+    )
+    .await;
+    assert!(
+        matches!(&report.messages[0].outcome, Outcome::Retry { reason, .. } if reason.contains("another invocation")),
+        "{what}: the claim of the unfinished attempt must be kept: {report:?}"
+    );
+    assert_eq!(
+        graph.accepted(upn).len(),
+        1,
+        "{what}: no silent second copy"
+    );
+
+    let (report, logs) = redeliver_after_the_lease(idempotency, event, deps).await;
+    assert!(
+        matches!(report.messages[0].outcome, Outcome::Sent { .. }),
+        "{what}: {report:?}"
+    );
+    assert!(report.messages[0].resumed_unfinished_claim, "{what}");
+    assert_eq!(report.metrics.resent_after_unfinished_claim, 1, "{what}");
+    assert!(
+        logs.text()
+            .contains("resending a notification whose earlier attempt never finished"),
+        "{what}: {}",
+        logs.text()
+    );
+    let ids: Vec<_> = graph
+        .accepted(upn)
+        .iter()
+        .map(|a| a.request["message"]["internetMessageId"].clone())
+        .collect();
+    assert_eq!(ids.len(), 2, "{what}: exactly one duplicate");
+    assert_eq!(
+        ids[0], ids[1],
+        "{what}: both copies carry the same Message-ID"
+    );
+    report
+}
+
 async fn run_until_crash(deps: Arc<Deps>, event: SqsEvent, crashed: impl Fn() -> bool) {
     let task = tokio::spawn(async move {
         process_batch(event, Instant::now() + Duration::from_secs(60), &deps).await
@@ -305,40 +358,17 @@ async fn a_graph_timeout_after_acceptance_keeps_the_claim_and_the_resend_is_name
     assert_eq!(report.response.batch_item_failures.len(), 1);
     assert_eq!(graph.accepted(&upn).len(), 1, "Graph has it");
 
-    // 2. An early redelivery (the lease still lives) sends nothing.
-    let report = process_batch(
-        event.clone(),
-        Instant::now() + Duration::from_secs(30),
+    // 2. An early redelivery (the lease still lives) sends nothing; 3. after the lease: one
+    // named resend with the same Message-ID.
+    the_claim_holds_then_one_named_resend_follows(
+        "answer lost",
+        graph,
+        &upn,
+        &idempotency,
+        &event,
         &deps,
     )
     .await;
-    assert!(
-        matches!(&report.messages[0].outcome, Outcome::Retry { reason, .. } if reason.contains("another invocation")),
-        "the claim of the timed-out attempt must be kept: {report:?}"
-    );
-    assert_eq!(graph.accepted(&upn).len(), 1, "no silent second copy");
-
-    // 3. After the lease: one named resend with the same Message-ID.
-    let (report, logs) = redeliver_after_the_lease(&idempotency, &event, &deps).await;
-    assert!(
-        matches!(report.messages[0].outcome, Outcome::Sent { .. }),
-        "{report:?}"
-    );
-    assert!(report.messages[0].resumed_unfinished_claim);
-    assert_eq!(report.metrics.resent_after_unfinished_claim, 1);
-    assert!(
-        logs.text()
-            .contains("resending a notification whose earlier attempt never finished"),
-        "{}",
-        logs.text()
-    );
-    let ids: Vec<_> = graph
-        .accepted(&upn)
-        .iter()
-        .map(|a| a.request["message"]["internetMessageId"].clone())
-        .collect();
-    assert_eq!(ids.len(), 2, "exactly one duplicate");
-    assert_eq!(ids[0], ids[1], "both copies carry the same Message-ID");
 
     // 4. Completed: later redeliveries are duplicates.
     let report = process_batch(event, Instant::now() + Duration::from_secs(30), &deps).await;
@@ -390,38 +420,16 @@ async fn graph_accepting_then_failing_keeps_the_claim_and_every_resend_is_named(
             "{how:?}: {report:?}"
         );
         assert_eq!(graph.accepted(&upn).len(), 1, "{how:?}: Graph has it");
-        // an early redelivery sends nothing
-        let report = process_batch(
-            event.clone(),
-            Instant::now() + Duration::from_secs(30),
+        // an early redelivery sends nothing; after the lease: one named resend, same Message-ID
+        the_claim_holds_then_one_named_resend_follows(
+            &format!("{how:?}"),
+            graph,
+            &upn,
+            &idempotency,
+            &event,
             &deps,
         )
         .await;
-        assert!(
-            matches!(&report.messages[0].outcome, Outcome::Retry { reason, .. } if reason.contains("another invocation")),
-            "{how:?}: the claim is kept: {report:?}"
-        );
-        assert_eq!(graph.accepted(&upn).len(), 1, "{how:?}: no silent copy");
-        // after the lease: one named resend, same Message-ID
-        let (report, logs) = redeliver_after_the_lease(&idempotency, &event, &deps).await;
-        assert!(
-            matches!(report.messages[0].outcome, Outcome::Sent { .. }),
-            "{report:?}"
-        );
-        assert_eq!(report.metrics.resent_after_unfinished_claim, 1);
-        assert!(
-            logs.text()
-                .contains("resending a notification whose earlier attempt never finished"),
-            "{}",
-            logs.text()
-        );
-        let ids: Vec<_> = graph
-            .accepted(&upn)
-            .iter()
-            .map(|a| a.request["message"]["internetMessageId"].clone())
-            .collect();
-        assert_eq!(ids.len(), 2);
-        assert_eq!(ids[0], ids[1]);
     }
 
     // A 504 that asks to wait 1 s: resent in the same invocation, named and counted.

@@ -42,6 +42,15 @@ impl AadError {
     pub(super) fn bad(error: &'static str, code: u64, message: impl Into<String>) -> Self {
         Self::new(400, error, code, message)
     }
+    /// AADSTS9002313: an unknown, foreign or malformed refresh token or authorization code
+    /// (Entra answers the same for each, so a client learns nothing about which it was).
+    pub(super) fn malformed_grant() -> Self {
+        Self::bad(
+            "invalid_grant",
+            9002313,
+            "Invalid request. Request is malformed or invalid.",
+        )
+    }
     pub(super) fn missing(param: &str) -> Self {
         Self::bad(
             "invalid_request",

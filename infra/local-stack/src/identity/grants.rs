@@ -71,13 +71,7 @@ pub(super) fn handle_token(
             let scope = form
                 .get("scope")
                 .ok_or_else(|| AadError::missing("scope"))?;
-            let invalid = || {
-                AadError::bad(
-                    "invalid_grant",
-                    9002313,
-                    "Invalid request. Request is malformed or invalid.",
-                )
-            };
+            let invalid = AadError::malformed_grant;
             let record = state
                 .refresh_tokens
                 .get(token)
@@ -362,13 +356,7 @@ pub(super) fn redeem_code(
     let redirect_uri = form
         .get("redirect_uri")
         .ok_or_else(|| AadError::missing("redirect_uri"))?;
-    let invalid = || {
-        AadError::bad(
-            "invalid_grant",
-            9002313,
-            "Invalid request. Request is malformed or invalid.",
-        )
-    };
+    let invalid = AadError::malformed_grant;
     let record = state
         .authorization_codes
         .get(code)

@@ -259,7 +259,7 @@ impl Context {
                 .map_err(|e| {
                     anyhow::anyhow!(
                         "{THREAD_KEY_SECRET_ENV} {name}: cannot read it: {}",
-                        aws_sdk_secretsmanager::error::DisplayErrorContext(e)
+                        mailbridge::error::error_chain(&e)
                     )
                 })?;
             let value = out.secret_string().with_context(|| {

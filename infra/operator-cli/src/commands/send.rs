@@ -220,7 +220,7 @@ pub async fn run(ctx: &Context, args: SendArgs) -> Result<Exit> {
             .map_err(|e| {
                 anyhow::anyhow!(
                     "SendMessage to {queue_url}: {}",
-                    aws_sdk_sqs::error::DisplayErrorContext(e)
+                    mailbridge::error::error_chain(&e)
                 )
             })?;
         let message_id = out.message_id().unwrap_or_default().to_owned();

@@ -640,7 +640,7 @@ async fn enqueue(
                 exit::TEMPFAIL,
                 format!(
                     "SendMessage to {queue_url}: {}; nothing was queued, try again later",
-                    aws_sdk_sqs::error::DisplayErrorContext(e)
+                    mailbridge::error::error_chain(&e)
                 ),
             ))
         }

@@ -133,7 +133,7 @@ pub async fn account_secret_names(ctx: &Context) -> Result<Vec<String>> {
             .map_err(|e| {
                 anyhow::anyhow!(
                     "ListSecrets (prefix {prefix}): {}",
-                    aws_sdk_secretsmanager::error::DisplayErrorContext(e)
+                    mailbridge::error::error_chain(&e)
                 )
             })?;
         for secret in out.secret_list() {
@@ -181,7 +181,7 @@ pub async fn account_secrets(ctx: &Context) -> Result<Vec<(String, String)>> {
             .map_err(|e| {
                 anyhow::anyhow!(
                     "GetSecretValue {secret}: {}",
-                    aws_sdk_secretsmanager::error::DisplayErrorContext(e)
+                    mailbridge::error::error_chain(&e)
                 )
             })?;
         match value.secret_string() {
