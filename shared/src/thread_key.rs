@@ -77,12 +77,7 @@ pub async fn load(
         .version_stage("AWSCURRENT")
         .send()
         .await
-        .map_err(|e| {
-            err(format!(
-                "cannot read it: {}",
-                crate::error::error_chain(&e)
-            ))
-        })?;
+        .map_err(|e| err(format!("cannot read it: {}", crate::error::error_chain(&e))))?;
     let text = value
         .secret_string()
         .ok_or_else(|| err("has no string value (SecretString)".into()))?;

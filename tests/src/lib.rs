@@ -2,11 +2,12 @@
 //!
 //! Every test binary shares one [`stack()`] (started on first use on its own runtime thread);
 //! tests isolate themselves with [`unique`] names for queues, secrets, tables and IMAP users.
-//! [`cli`] finds the operator CLI binary; [`parked`] reads a dead-letter queue; [`poller`]
+//! [`cli`] finds the operator CLI binary; [`mail`] builds customer mail; [`parked`] reads a dead-letter queue; [`poller`]
 //! builds the real IMAP poller; [`measured_poll`] runs the real poller bootstrap over generated
 //! mail and measures it; [`sender`] the real send-notifications.
 
 pub mod cli;
+pub mod mail;
 pub mod measured_poll;
 pub mod parked;
 pub mod poller;
@@ -109,12 +110,7 @@ pub async fn bucket_keys(bucket: &str) -> anyhow::Result<Vec<String>> {
         .bucket(bucket)
         .send()
         .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "list {bucket}: {}",
-                mailbridge::error::error_chain(&e)
-            )
-        })?;
+        .map_err(|e| anyhow::anyhow!("list {bucket}: {}", mailbridge::error::error_chain(&e)))?;
     Ok(out
         .contents()
         .iter()

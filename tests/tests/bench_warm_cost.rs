@@ -314,14 +314,12 @@ async fn bench_warm_cost_send_notifications() {
 // poll-mailboxes
 
 fn mail(id: &str, subject: &str) -> Vec<u8> {
-    let body = "Hello helpdesk,\r\n\r\nthe printer on the second floor shows error 0x80070005 \
-                again since this morning. Could you have a look?\r\n\r\nThanks,\r\nAnn\r\n";
-    format!(
-        "From: Ann Example <ann@customer.example>\r\nTo: helpdesk@example.com\r\nSubject: {subject}\r\n\
-         Date: Sat, 28 Nov 2026 10:00:00 +0000\r\nMessage-ID: <{id}@customer.example>\r\n\
-         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}"
+    mailbridge_tests::mail::customer_mail(
+        id,
+        subject,
+        "Hello helpdesk,\r\n\r\nthe printer on the second floor shows error 0x80070005 \
+         again since this morning. Could you have a look?\r\n\r\nThanks,\r\nAnn",
     )
-    .into_bytes()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use local_stack::django_helpdesk::{DjangoHelpdesk, NON_STAFF_USER};
 use local_stack::http_fault_proxy::{HttpFault, HttpFaultProxy};
 use mailbridge::retry::RetryPolicy;
@@ -16,6 +15,7 @@ use mailbridge::ticket_sink::{
     DeliveryPlan, SenderCheck, SinkConfig, TICKET_PAYLOAD_SCHEMA, TicketPayload, TicketSink,
     TicketSinkError,
 };
+use mailbridge_tests::mail::customer_mail_with_attachments;
 use mailbridge_tests::poller::ImapPoller;
 use mailbridge_tests::{dynamodb, init_tracing, new_password_account, put_secret, stack, unique};
 use poll_mailboxes::PollDeps;
@@ -154,35 +154,15 @@ fn status(report: &poll_mailboxes::PollReport) -> &MailboxStatus {
         .unwrap_or_else(|| panic!("no status for the mailbox: {report:?}"))
 }
 
-fn b64(data: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(data)
-}
-
-/// A mail from Ann with a text body and `attachments` (name, content type, bytes).
-fn mail(id: &str, subject: &str, body: &str, attachments: &[(&str, &str, &[u8])]) -> Vec<u8> {
-    let mut mail = format!(
-        "From: Ann Example <ann@customer.example>\r\nTo: support@example.com\r\nSubject: {subject}\r\n\
-         Date: Sat, 05 Dec 2026 10:00:00 +0000\r\nMessage-ID: <{id}@customer.example>\r\nMIME-Version: 1.0\r\n"
-    );
-    if attachments.is_empty() {
-        mail.push_str(&format!(
-            "Content-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
-        ));
-        return mail.into_bytes();
-    }
-    mail.push_str("Content-Type: multipart/mixed; boundary=b0\r\n\r\n--b0\r\n");
-    mail.push_str(&format!(
-        "Content-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
-    ));
-    for (name, content_type, bytes) in attachments {
-        mail.push_str(&format!(
-            "--b0\r\nContent-Type: {content_type}; name=\"{name}\"\r\nContent-Disposition: attachment; \
-             filename=\"{name}\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n",
-            b64(bytes)
-        ));
-    }
-    mail.push_str("--b0--\r\n");
-    mail.into_bytes()
+/// A mail from Ann to the support mailbox with a text body and `attachments` (name, content
+/// type, bytes).
+fn mail_to_support(
+    id: &str,
+    subject: &str,
+    body: &str,
+    attachments: &[(&str, &str, &[u8])],
+) -> Vec<u8> {
+    customer_mail_with_attachments("support@example.com", id, subject, body, attachments)
 }
 
 /// Every follow-up attachment of a ticket: (filename, mime type, bytes), by name.
@@ -208,7 +188,7 @@ const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00
 #[tokio::test]
 async fn a_new_mail_opens_a_ticket_with_requestor_text_and_every_attachment() {
     let w = World::new("hd-new", json!({"priority": 2})).await;
-    w.deliver(&mail(
+    w.deliver(&mail_to_support(
         "new-1",
         "Printer on fire",
         "The printer on floor 2 is on fire.\r\nTemplates stay: {{ name }} {% if %} {# x #}",
@@ -262,12 +242,17 @@ async fn a_new_mail_opens_a_ticket_with_requestor_text_and_every_attachment() {
 #[tokio::test]
 async fn a_reply_with_the_subject_tag_is_a_follow_up_on_the_same_ticket() {
     let w = World::new("hd-reply", json!({})).await;
-    w.deliver(&mail("first", "VPN down", "The VPN is down.", &[]));
+    w.deliver(&mail_to_support(
+        "first",
+        "VPN down",
+        "The VPN is down.",
+        &[],
+    ));
     assert_eq!(w.poll().await.tickets_created, 1);
     let id = w.tickets().await[0]["id"].as_u64().unwrap();
 
     // the customer answers the helpdesk's acknowledgement: [support-<id>] in the subject
-    w.deliver(&mail(
+    w.deliver(&mail_to_support(
         "second",
         &format!("Re: [support-{id}] VPN down"),
         "Still down, see the log. {{ not a template }} 100%}\r\n\r\nOn Sat, someone wrote:\r\n> The VPN is down.",
@@ -314,7 +299,7 @@ async fn a_reply_with_the_subject_tag_is_a_follow_up_on_the_same_ticket() {
 #[tokio::test]
 async fn a_reply_to_a_ticket_that_does_not_exist_opens_a_new_ticket() {
     let w = World::new("hd-missing", json!({})).await;
-    w.deliver(&mail(
+    w.deliver(&mail_to_support(
         "lost",
         "Re: [support-77] old thing",
         "Is this still open?",
@@ -334,7 +319,12 @@ async fn a_reply_to_a_ticket_that_does_not_exist_opens_a_new_ticket() {
 #[tokio::test]
 async fn a_reply_to_a_closed_ticket_reopens_it_and_machine_mail_is_an_internal_note() {
     let w = World::new("hd-machine", json!({})).await;
-    w.deliver(&mail("open", "Order 1234", "Where is my order?", &[]));
+    w.deliver(&mail_to_support(
+        "open",
+        "Order 1234",
+        "Where is my order?",
+        &[],
+    ));
     assert_eq!(w.poll().await.tickets_created, 1);
     let id = w.tickets().await[0]["id"].as_u64().unwrap();
     w.hd.patch_ticket(id, json!({"status": 4})).await.unwrap();
@@ -368,7 +358,7 @@ async fn a_reply_to_a_closed_ticket_reopens_it_and_machine_mail_is_an_internal_n
             .contains("I am out of office.")
     );
 
-    w.deliver(&mail(
+    w.deliver(&mail_to_support(
         "again",
         &format!("Re: [support-{id}] Order 1234"),
         "It never came.",
@@ -398,7 +388,12 @@ async fn a_reply_to_a_closed_ticket_reopens_it_and_machine_mail_is_an_internal_n
 #[tokio::test]
 async fn a_strangers_reply_with_a_valid_marker_is_an_internal_note_and_reopens_nothing() {
     let w = World::new("hd-stranger", json!({})).await;
-    w.deliver(&mail("open", "Invoice 77", "The invoice is wrong.", &[]));
+    w.deliver(&mail_to_support(
+        "open",
+        "Invoice 77",
+        "The invoice is wrong.",
+        &[],
+    ));
     assert_eq!(w.poll().await.tickets_created, 1);
     let id = w.tickets().await[0]["id"].as_u64().unwrap();
     w.hd.patch_ticket(id, json!({"status": 4})).await.unwrap();
@@ -531,7 +526,7 @@ async fn a_lost_answer_after_the_helpdesk_opened_the_ticket_never_opens_a_second
     let secret = hd.token_secret_json();
     let w = World::with_helpdesk(hd, json!({"url": via_proxy}), &secret).await;
     proxy.arm("POST", "/helpdesk/api/tickets/", HttpFault::DropAnswer, 1);
-    w.deliver(&mail(
+    w.deliver(&mail_to_support(
         "lost-answer",
         "Disk full",
         "The disk is full.",
@@ -596,11 +591,11 @@ async fn a_lost_answer_to_a_follow_up_never_adds_it_twice() {
     let via_proxy = format!("{}/helpdesk/api/", proxy.base_url);
     let secret = hd.token_secret_json();
     let w = World::with_helpdesk(hd, json!({"url": via_proxy}), &secret).await;
-    w.deliver(&mail("t", "Laptop", "My laptop is slow.", &[]));
+    w.deliver(&mail_to_support("t", "Laptop", "My laptop is slow.", &[]));
     assert_eq!(w.poll().await.tickets_created, 1);
     let id = w.tickets().await[0]["id"].as_u64().unwrap();
     proxy.arm("POST", "/helpdesk/api/followups/", HttpFault::DropAnswer, 1);
-    w.deliver(&mail(
+    w.deliver(&mail_to_support(
         "r",
         &format!("Re: [support-{id}] Laptop"),
         "Now it is fast.",
@@ -640,7 +635,7 @@ async fn refused_credentials_leave_the_mail_and_the_status_says_so() {
     let hd = helpdesk("hd-creds").await;
     let wrong_token = json!({"type": "token", "token": "not-the-token"}).to_string();
     let w = World::with_helpdesk(hd, json!({}), &wrong_token).await;
-    w.deliver(&mail("c1", "Hello", "Anyone there?", &[]));
+    w.deliver(&mail_to_support("c1", "Hello", "Anyone there?", &[]));
     let report = w.poll().await;
     let s = status(&report);
     assert_ne!(
@@ -664,7 +659,7 @@ async fn refused_credentials_leave_the_mail_and_the_status_says_so() {
     let hd = helpdesk("hd-creds-staff").await;
     let non_staff = hd.basic_secret_json(NON_STAFF_USER);
     let w = World::with_helpdesk(hd, json!({}), &non_staff).await;
-    w.deliver(&mail("c2", "Hello", "Anyone there?", &[]));
+    w.deliver(&mail_to_support("c2", "Hello", "Anyone there?", &[]));
     let report = w.poll().await;
     assert_eq!(report.mailboxes_failed, 1, "{report:?}");
     let reason = status(&report).reason.clone().unwrap_or_default();
@@ -676,7 +671,7 @@ async fn refused_credentials_leave_the_mail_and_the_status_says_so() {
 #[tokio::test]
 async fn an_unknown_queue_parks_the_mail_with_the_helpdesks_answer() {
     let w = World::new("hd-queue", json!({"queue_id": 99})).await;
-    w.deliver(&mail("q1", "Hello", "Which queue?", &[]));
+    w.deliver(&mail_to_support("q1", "Hello", "Which queue?", &[]));
     let report = w.poll().await;
     assert_eq!(report.parked, 1, "{report:?}");
     assert_eq!(w.count("INBOX"), 0);
@@ -688,7 +683,7 @@ async fn an_unknown_queue_parks_the_mail_with_the_helpdesks_answer() {
 async fn a_helpdesk_that_is_down_keeps_the_mail_until_it_is_back() {
     let w = World::new("hd-down", json!({})).await;
     w.hd.stop();
-    w.deliver(&mail("d1", "Outage", "Everything is down.", &[]));
+    w.deliver(&mail_to_support("d1", "Outage", "Everything is down.", &[]));
     let report = w.poll().await;
     assert_ne!(
         status(&report).outcome,
@@ -711,7 +706,7 @@ async fn a_helpdesk_that_is_down_keeps_the_mail_until_it_is_back() {
 #[tokio::test]
 async fn an_attachment_type_the_helpdesk_refuses_is_listed_in_a_note_and_the_rest_is_delivered() {
     let w = World::new("hd-ext", json!({})).await;
-    w.deliver(&mail(
+    w.deliver(&mail_to_support(
         "z1",
         "Logs",
         "Logs attached.",
@@ -897,7 +892,7 @@ async fn bench_200_mails_into_django_helpdesk() {
         } else {
             &[]
         };
-        w.deliver(&mail(
+        w.deliver(&mail_to_support(
             &format!("bench-{i}"),
             &format!("Printer {i}"),
             &body,

@@ -14,6 +14,7 @@ use mailbridge::ticket_sink::{
     DeliveryPlan, SenderCheck, SinkConfig, TICKET_PAYLOAD_SCHEMA, TicketPayload, TicketSink,
     TicketSinkError,
 };
+use mailbridge_tests::mail::{HELPDESK, customer_mail, customer_mail_with_attachments};
 use mailbridge_tests::poller::ImapPoller;
 use mailbridge_tests::{dynamodb, new_password_account, put_secret, stack, unique};
 use poll_mailboxes::PollDeps;
@@ -169,15 +170,6 @@ fn status<'a>(report: &'a poll_mailboxes::PollReport, name: &str) -> &'a Mailbox
         .unwrap_or_else(|| panic!("no status for {name}: {report:?}"))
 }
 
-fn mail(id: &str, subject: &str, body: &str) -> Vec<u8> {
-    format!(
-        "From: Ann Example <ann@customer.example>\r\nTo: helpdesk@example.com\r\nSubject: {subject}\r\n\
-         Date: Sat, 28 Nov 2026 10:00:00 +0000\r\nMessage-ID: <{id}@customer.example>\r\n\
-         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
-    )
-    .into_bytes()
-}
-
 /// Every byte value, so a lossy text conversion anywhere shows.
 fn binary_bytes() -> Vec<u8> {
     (0..=255u8).cycle().take(3000).collect()
@@ -186,20 +178,16 @@ fn binary_bytes() -> Vec<u8> {
 const PDF: &[u8] = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n";
 
 fn mail_with_attachments(id: &str, subject: &str) -> Vec<u8> {
-    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
-    format!(
-        "From: Ann Example <ann@customer.example>\r\nTo: helpdesk@example.com\r\nSubject: {subject}\r\n\
-         Message-ID: <{id}@customer.example>\r\nMIME-Version: 1.0\r\n\
-         Content-Type: multipart/mixed; boundary=b\r\n\r\n\
-         --b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nThe scanner jams on page two. Grüße!\r\n\
-         --b\r\nContent-Type: application/pdf; name=\"report.pdf\"\r\nContent-Disposition: attachment; filename=\"report.pdf\"\r\n\
-         Content-Transfer-Encoding: base64\r\n\r\n{}\r\n\
-         --b\r\nContent-Type: application/octet-stream; name=\"dump.bin\"\r\nContent-Disposition: attachment; filename=\"dump.bin\"\r\n\
-         Content-Transfer-Encoding: base64\r\n\r\n{}\r\n--b--\r\n",
-        b64(PDF),
-        b64(&binary_bytes())
+    customer_mail_with_attachments(
+        HELPDESK,
+        id,
+        subject,
+        "The scanner jams on page two. Grüße!",
+        &[
+            ("report.pdf", "application/pdf", PDF),
+            ("dump.bin", "application/octet-stream", &binary_bytes()),
+        ],
     )
-    .into_bytes()
 }
 
 fn id_of(value: &Value) -> String {
@@ -431,13 +419,13 @@ async fn an_html_mail_reaches_rt_sanitised() {
 #[tokio::test]
 async fn a_reply_with_rts_subject_tag_is_correspondence_on_the_same_ticket() {
     let w = RtWorld::new().await;
-    w.deliver(&mail("first", "Printer on fire", "Please help."));
+    w.deliver(&customer_mail("first", "Printer on fire", "Please help."));
     w.poll().await;
     let tickets = w.tickets().await;
     assert_eq!(tickets.len(), 1);
     let n = &tickets[0];
 
-    w.deliver(&mail(
+    w.deliver(&customer_mail(
         "reply",
         &format!("Re: [{RT_NAME} #{n}] Printer on fire"),
         "It is still burning.",
@@ -458,7 +446,7 @@ async fn a_reply_with_rts_subject_tag_is_correspondence_on_the_same_ticket() {
     assert_eq!(w.count("INBOX"), 0);
 
     // A number RT does not have (deleted, or another system's): a new ticket, not lost.
-    w.deliver(&mail(
+    w.deliver(&customer_mail(
         "stranger",
         &format!("Re: [{RT_NAME} #987654321] Old thing"),
         "About that old thing.",
@@ -476,7 +464,7 @@ async fn a_reply_with_rts_subject_tag_is_correspondence_on_the_same_ticket() {
 #[tokio::test]
 async fn a_strangers_reply_with_a_valid_marker_is_a_comment_not_correspondence() {
     let w = RtWorld::new().await;
-    w.deliver(&mail("owner", "VPN down", "Nothing connects."));
+    w.deliver(&customer_mail("owner", "VPN down", "Nothing connects."));
     w.poll().await;
     let tickets = w.tickets().await;
     let n = tickets[0].clone();
@@ -572,7 +560,7 @@ async fn a_strangers_reply_with_a_valid_marker_is_a_comment_not_correspondence()
 #[tokio::test]
 async fn threaded_machine_mail_is_a_comment_and_unthreaded_machine_mail_opens_nothing() {
     let w = RtWorld::new().await;
-    w.deliver(&mail("human", "Password reset", "I forgot it."));
+    w.deliver(&customer_mail("human", "Password reset", "I forgot it."));
     w.poll().await;
     let tickets = w.tickets().await;
     let n = &tickets[0];
@@ -622,7 +610,7 @@ async fn threaded_machine_mail_is_a_comment_and_unthreaded_machine_mail_opens_no
 #[tokio::test]
 async fn a_crash_after_rt_accepted_the_mail_finds_the_first_ticket_instead_of_opening_another() {
     let w = RtWorld::new().await;
-    let raw = mail("crash", "Server down", "Nothing answers.");
+    let raw = customer_mail("crash", "Server down", "Nothing answers.");
     w.deliver(&raw);
     let first = w.poll().await;
     assert_eq!(first.tickets_created, 1);
@@ -656,7 +644,7 @@ async fn a_crash_after_rt_accepted_the_mail_finds_the_first_ticket_instead_of_op
 
     // The same for a reply: one correspondence, however often it is handed over.
     let n = &tickets[0];
-    let reply = mail(
+    let reply = customer_mail(
         "crash-reply",
         &format!("Re: [{RT_NAME} #{n}] Server down"),
         "Still down.",
@@ -817,7 +805,7 @@ async fn refused_credentials_leave_the_mail_and_the_status_says_so() {
     )
     .await
     .unwrap();
-    w.deliver(&mail("refused", "Hello", "Anyone?"));
+    w.deliver(&customer_mail("refused", "Hello", "Anyone?"));
     let report = w.poll().await;
     let s = status(&report, "helpdesk");
     assert_ne!(
@@ -839,7 +827,7 @@ async fn refused_credentials_leave_the_mail_and_the_status_says_so() {
 async fn an_unknown_queue_leaves_the_mail_and_the_status_names_the_queue() {
     let w = RtWorld::new().await;
     w.mailbox(json!({"queue": "no-such-queue"})).await;
-    w.deliver(&mail("unknown-queue", "Hello", "Anyone?"));
+    w.deliver(&customer_mail("unknown-queue", "Hello", "Anyone?"));
     let report = w.poll().await;
     let s = status(&report, "helpdesk");
     assert_ne!(
@@ -871,7 +859,7 @@ async fn rt_down_leaves_the_mail_for_the_next_run() {
     let w = RtWorld::new().await;
     let closed = format!("http://127.0.0.1:{}", local_stack::free_port().unwrap());
     w.mailbox(json!({"url": closed})).await;
-    w.deliver(&mail("down", "Hello", "Anyone?"));
+    w.deliver(&customer_mail("down", "Hello", "Anyone?"));
     let report = w.poll().await;
     assert_ne!(
         status(&report, "helpdesk").outcome,
@@ -995,7 +983,7 @@ async fn bench_rt_200_mails_from_one_mailbox() {
             )
             .into_bytes()
         } else {
-            mail(
+            customer_mail(
                 &format!("bench-{i}"),
                 &format!("Bench {i}"),
                 &"The printer on floor 3 is jammed again and nobody can print. ".repeat(12),

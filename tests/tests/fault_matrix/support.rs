@@ -111,12 +111,7 @@ pub(crate) fn status<'a>(report: &'a PollReport, name: &str) -> &'a MailboxStatu
 }
 
 pub(crate) fn mail(id: &str, subject: &str) -> Vec<u8> {
-    format!(
-        "From: Ann Example <ann@customer.example>\r\nTo: helpdesk@example.com\r\nSubject: {subject}\r\n\
-         Date: Sat, 28 Nov 2026 10:00:00 +0000\r\nMessage-ID: <{id}@customer.example>\r\n\
-         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nPlease help.\r\n"
-    )
-    .into_bytes()
+    mailbridge_tests::mail::customer_mail(id, subject, "Please help.")
 }
 
 /// Build the SQS event for `bodies` sent to a fresh queue (records as Lambda delivers them).

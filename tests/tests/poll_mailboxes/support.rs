@@ -3,14 +3,7 @@
 
 use super::*;
 
-pub(crate) fn mail(id: &str, subject: &str, body: &str) -> Vec<u8> {
-    format!(
-        "From: Ann Example <ann@customer.example>\r\nTo: helpdesk@example.com\r\nSubject: {subject}\r\n\
-         Date: Sat, 28 Nov 2026 10:00:00 +0000\r\nMessage-ID: <{id}@customer.example>\r\n\
-         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
-    )
-    .into_bytes()
-}
+pub(crate) use mailbridge_tests::mail::customer_mail as mail;
 
 pub(crate) fn status<'a>(report: &'a poll_mailboxes::PollReport, name: &str) -> &'a MailboxStatus {
     report
