@@ -950,4 +950,43 @@ async fn the_graph_mail_store_reuses_few_imap_sessions_and_logs_in_again_when_dr
     let (_, left) = store.summaries(&user, "INBOX").await.unwrap().unwrap();
     assert_eq!(left.iter().map(|m| m.uid).collect::<Vec<_>>(), [3, 4, 5, 6]);
     assert!(store.logins() > before);
+
+    // another client changes the folder a pooled session keeps selected: the next operation
+    // sees it (an expunge; a new UIDVALIDITY, after which Dovecot ends that session)
+    assert!(
+        store
+            .summary(&user, "INBOX", validity, 3)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    dovecot
+        .doveadm(
+            &["expunge", "-u", &user, "mailbox", "INBOX", "uid", "3"],
+            None,
+        )
+        .unwrap();
+    assert_eq!(
+        store.summary(&user, "INBOX", validity, 3).await.unwrap(),
+        None
+    );
+    assert!(
+        store
+            .summary(&user, "INBOX", validity, 4)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    dovecot
+        .set_uidvalidity(&user, "INBOX", validity + 7)
+        .unwrap();
+    assert_eq!(
+        store.summary(&user, "INBOX", validity, 4).await.unwrap(),
+        None
+    );
+    let renewed = store
+        .summary(&user, "INBOX", validity + 7, 4)
+        .await
+        .unwrap();
+    assert_eq!(renewed.map(|m| m.uid), Some(4));
 }

@@ -6,11 +6,12 @@
 //! mail without their token and without going through the identity stand-in (whose
 //! introspection faults belong to the tests of the IMAP path). Up to [`SESSIONS_PER_USER`]
 //! sessions per user are kept open (Graph admits 4 requests per mailbox at once) and reused;
-//! one idle for [`IDLE_SESSION_LIFETIME`] is closed. Each operation selects its folder afresh
-//! (`EXAMINE` to read, `SELECT` to change), which also shows it what other sessions, `doveadm`
-//! and deliveries changed meanwhile, and takes one or two more commands: `UID FETCH` of the
-//! summaries or the text, `UID MOVE` (the new UID from its `COPYUID`), `UID STORE`,
-//! `UID EXPUNGE`. A session found broken (Dovecot restarted) is replaced once.
+//! one idle for [`IDLE_SESSION_LIFETIME`] is closed. Each operation first brings its folder up to
+//! date: `SELECT`, or `NOOP` when the session has it selected already (a delta round always
+//! selects afresh), which shows what other sessions, `doveadm` and deliveries changed meanwhile;
+//! then one or two more commands: `UID FETCH` of the summaries or the text, `UID MOVE` (the new
+//! UID from its `COPYUID`), `UID STORE`, `UID EXPUNGE`. A session found broken (Dovecot dropped
+//! it, or ended it because its selected folder got another UIDVALIDITY) is replaced once.
 //!
 //! Folder names travel in IMAP's modified UTF-7 (RFC 3501 §5.1.3); the store speaks UTF-8.
 
@@ -39,7 +40,25 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(120);
 
 const SUMMARY_ITEMS: &str = "(UID FLAGS RFC822.SIZE INTERNALDATE)";
 
-type Session = async_imap::Session<TcpStream>;
+/// An IMAP session and the folder it has selected, with that folder's UIDVALIDITY.
+struct Session {
+    imap: async_imap::Session<TcpStream>,
+    selected: Option<(String, u32)>,
+}
+
+impl std::ops::Deref for Session {
+    type Target = async_imap::Session<TcpStream>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.imap
+    }
+}
+
+impl std::ops::DerefMut for Session {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.imap
+    }
+}
 
 /// Dovecot's store over pooled IMAP sessions: the Graph stand-in's [`MailStore`].
 pub struct ImapStore {
@@ -141,7 +160,10 @@ impl ImapStore {
             .map_err(|(e, _)| e)
             .with_context(|| format!("log in to Dovecot as {login}"))?;
         self.logins.fetch_add(1, Ordering::Relaxed);
-        Ok(session)
+        Ok(Session {
+            imap: session,
+            selected: None,
+        })
     }
 
     /// Run `op` on one of `user`'s sessions (a pooled one, or a new one; a pooled one found
@@ -214,21 +236,35 @@ fn is_missing_folder(e: &ImapError) -> bool {
     }
 }
 
-/// Select (`write`) or examine `folder`: its UIDVALIDITY and message count, None when there is
-/// no such folder.
+/// Select `folder`: its UIDVALIDITY and message count (None when the session kept the folder
+/// selected and `fresh` was not asked for), or None when there is no such folder. A folder the
+/// session has selected already is only synchronised (`NOOP`: what other sessions, `doveadm`
+/// and deliveries changed shows, expunged messages included); Dovecot ends a session whose
+/// selected folder got another UIDVALIDITY, so a new session selects it afresh.
 async fn open(
     session: &mut Session,
     folder: &str,
-    write: bool,
-) -> Result<Option<(u32, u32)>, ImapError> {
-    let name = encode_folder_name(folder);
-    let opened = if write {
-        session.select(&name).await
-    } else {
-        session.examine(&name).await
-    };
-    match opened {
-        Ok(mailbox) => Ok(Some((mailbox.uid_validity.unwrap_or(0), mailbox.exists))),
+    fresh: bool,
+) -> Result<Option<(u32, Option<u32>)>, ImapError> {
+    if !fresh
+        && let Some((selected, validity)) = &session.selected
+        && selected == folder
+    {
+        let validity = *validity;
+        if let Err(e) = session.imap.noop().await {
+            session.selected = None;
+            tracing::debug!(error = %e, "graph store: NOOP failed, the session is dropped");
+            return Err(ImapError::ConnectionLost);
+        }
+        return Ok(Some((validity, None)));
+    }
+    session.selected = None;
+    match session.imap.select(encode_folder_name(folder)).await {
+        Ok(mailbox) => {
+            let validity = mailbox.uid_validity.unwrap_or(0);
+            session.selected = Some((folder.to_owned(), validity));
+            Ok(Some((validity, Some(mailbox.exists))))
+        }
         Err(e) if is_missing_folder(&e) => Ok(None),
         Err(e) => Err(e),
     }
@@ -239,9 +275,8 @@ async fn open_at(
     session: &mut Session,
     folder: &str,
     uid_validity: u32,
-    write: bool,
 ) -> Result<bool, ImapError> {
-    Ok(open(session, folder, write)
+    Ok(open(session, folder, false)
         .await?
         .is_some_and(|(validity, _)| validity == uid_validity))
 }
@@ -338,10 +373,10 @@ impl MailStore for ImapStore {
         self.run(user, "list a folder", &|s| {
             let folder = folder.to_owned();
             Box::pin(async move {
-                let Some((validity, exists)) = open(s, &folder, false).await? else {
+                let Some((validity, exists)) = open(s, &folder, true).await? else {
                     return Ok(None);
                 };
-                let mut summaries = if exists == 0 {
+                let mut summaries = if exists == Some(0) {
                     Vec::new()
                 } else {
                     fetch(s, "1:*", SUMMARY_ITEMS)
@@ -368,7 +403,7 @@ impl MailStore for ImapStore {
         self.run(user, "look a message up", &|s| {
             let folder = folder.to_owned();
             Box::pin(async move {
-                if !open_at(s, &folder, uid_validity, false).await? {
+                if !open_at(s, &folder, uid_validity).await? {
                     return Ok(None);
                 }
                 summary_in_open(s, uid).await
@@ -387,7 +422,7 @@ impl MailStore for ImapStore {
         self.run(user, "read a message", &|s| {
             let folder = folder.to_owned();
             Box::pin(async move {
-                if !open_at(s, &folder, uid_validity, false).await? {
+                if !open_at(s, &folder, uid_validity).await? {
                     return Ok(None);
                 }
                 Ok(fetch(s, &uid.to_string(), "(UID BODY.PEEK[])")
@@ -412,7 +447,7 @@ impl MailStore for ImapStore {
         self.run(user, "move a message", &|s| {
             let (folder, dest) = (folder.to_owned(), dest.clone());
             Box::pin(async move {
-                if !open_at(s, &folder, uid_validity, true).await? {
+                if !open_at(s, &folder, uid_validity).await? {
                     return Ok(None);
                 }
                 let Some(summary) = summary_in_open(s, uid).await? else {
@@ -451,7 +486,7 @@ impl MailStore for ImapStore {
         self.run(user, "flag a message", &|s| {
             let folder = folder.to_owned();
             Box::pin(async move {
-                if open(s, &folder, true).await?.is_none() {
+                if open(s, &folder, false).await?.is_none() {
                     return Ok(());
                 }
                 let _: Vec<Fetch> = s
@@ -469,7 +504,7 @@ impl MailStore for ImapStore {
         self.run(user, "expunge a message", &|s| {
             let folder = folder.to_owned();
             Box::pin(async move {
-                if open(s, &folder, true).await?.is_none() {
+                if open(s, &folder, false).await?.is_none() {
                     return Ok(());
                 }
                 let _: Vec<Fetch> = s
