@@ -15,7 +15,7 @@ use sha2::Digest as _;
 
 /// Why a stored message could not be written, read or removed.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum MessageStoreError {
     /// The object does not exist (expired, deleted, never written): retrying cannot help.
     #[error("message object s3://{bucket}/{key} does not exist")]
     Missing {
@@ -48,11 +48,13 @@ pub enum StoreError {
     },
 }
 
-impl Classify for StoreError {
+impl Classify for MessageStoreError {
     fn class(&self) -> ErrorClass {
         match self {
-            StoreError::Missing { .. } | StoreError::Mismatch { .. } => ErrorClass::Permanent,
-            StoreError::Unavailable { .. } => ErrorClass::Transient,
+            MessageStoreError::Missing { .. } | MessageStoreError::Mismatch { .. } => {
+                ErrorClass::Permanent
+            }
+            MessageStoreError::Unavailable { .. } => ErrorClass::Transient,
         }
     }
 }
@@ -61,11 +63,16 @@ impl Classify for StoreError {
 #[async_trait]
 pub trait MessageStore: Send + Sync {
     /// Store `raw` under `bucket`/`key` (encrypted at rest by the bucket) and describe it.
-    async fn put(&self, bucket: &str, key: &str, raw: &[u8]) -> Result<ObjectRef, StoreError>;
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        raw: &[u8],
+    ) -> Result<ObjectRef, MessageStoreError>;
     /// Read the object and check its size and SHA-256.
-    async fn get(&self, object: &ObjectRef) -> Result<Vec<u8>, StoreError>;
+    async fn get(&self, object: &ObjectRef) -> Result<Vec<u8>, MessageStoreError>;
     /// Remove the object (a missing object is no error).
-    async fn delete(&self, object: &ObjectRef) -> Result<(), StoreError>;
+    async fn delete(&self, object: &ObjectRef) -> Result<(), MessageStoreError>;
 }
 
 /// The SHA-256 of `raw`, lowercase hex (what [`ObjectRef::sha256`] holds).
@@ -102,7 +109,12 @@ fn detail<E: std::error::Error + 'static>(e: E) -> String {
 
 #[async_trait]
 impl MessageStore for S3MessageStore {
-    async fn put(&self, bucket: &str, key: &str, raw: &[u8]) -> Result<ObjectRef, StoreError> {
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        raw: &[u8],
+    ) -> Result<ObjectRef, MessageStoreError> {
         let sha256 = sha256_hex(raw);
         self.client
             .put_object()
@@ -112,7 +124,7 @@ impl MessageStore for S3MessageStore {
             .body(aws_sdk_s3::primitives::ByteStream::from(raw.to_vec()))
             .send()
             .await
-            .map_err(|e| StoreError::Unavailable {
+            .map_err(|e| MessageStoreError::Unavailable {
                 operation: "PutObject",
                 bucket: bucket.to_owned(),
                 key: key.to_owned(),
@@ -126,8 +138,8 @@ impl MessageStore for S3MessageStore {
         })
     }
 
-    async fn get(&self, object: &ObjectRef) -> Result<Vec<u8>, StoreError> {
-        let unavailable = |detail: String| StoreError::Unavailable {
+    async fn get(&self, object: &ObjectRef) -> Result<Vec<u8>, MessageStoreError> {
+        let unavailable = |detail: String| MessageStoreError::Unavailable {
             operation: "GetObject",
             bucket: object.bucket.clone(),
             key: object.key.clone(),
@@ -143,7 +155,7 @@ impl MessageStore for S3MessageStore {
         {
             Ok(out) => out,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                return Err(StoreError::Missing {
+                return Err(MessageStoreError::Missing {
                     bucket: object.bucket.clone(),
                     key: object.key.clone(),
                 });
@@ -157,7 +169,7 @@ impl MessageStore for S3MessageStore {
             .map_err(|e| unavailable(e.to_string()))?
             .into_bytes()
             .to_vec();
-        let mismatch = |problem: String| StoreError::Mismatch {
+        let mismatch = |problem: String| MessageStoreError::Mismatch {
             bucket: object.bucket.clone(),
             key: object.key.clone(),
             problem,
@@ -179,14 +191,14 @@ impl MessageStore for S3MessageStore {
         Ok(raw)
     }
 
-    async fn delete(&self, object: &ObjectRef) -> Result<(), StoreError> {
+    async fn delete(&self, object: &ObjectRef) -> Result<(), MessageStoreError> {
         self.client
             .delete_object()
             .bucket(&object.bucket)
             .key(&object.key)
             .send()
             .await
-            .map_err(|e| StoreError::Unavailable {
+            .map_err(|e| MessageStoreError::Unavailable {
                 operation: "DeleteObject",
                 bucket: object.bucket.clone(),
                 key: object.key.clone(),
@@ -216,7 +228,12 @@ impl InMemoryMessageStore {
 
 #[async_trait]
 impl MessageStore for InMemoryMessageStore {
-    async fn put(&self, bucket: &str, key: &str, raw: &[u8]) -> Result<ObjectRef, StoreError> {
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        raw: &[u8],
+    ) -> Result<ObjectRef, MessageStoreError> {
         self.objects
             .lock()
             .expect("lock")
@@ -229,19 +246,19 @@ impl MessageStore for InMemoryMessageStore {
         })
     }
 
-    async fn get(&self, object: &ObjectRef) -> Result<Vec<u8>, StoreError> {
+    async fn get(&self, object: &ObjectRef) -> Result<Vec<u8>, MessageStoreError> {
         let raw = self
             .objects
             .lock()
             .expect("lock")
             .get(&(object.bucket.clone(), object.key.clone()))
             .cloned()
-            .ok_or_else(|| StoreError::Missing {
+            .ok_or_else(|| MessageStoreError::Missing {
                 bucket: object.bucket.clone(),
                 key: object.key.clone(),
             })?;
         if raw.len() as u64 != object.size || sha256_hex(&raw) != object.sha256 {
-            return Err(StoreError::Mismatch {
+            return Err(MessageStoreError::Mismatch {
                 bucket: object.bucket.clone(),
                 key: object.key.clone(),
                 problem: "size or SHA-256 differ".into(),
@@ -250,7 +267,7 @@ impl MessageStore for InMemoryMessageStore {
         Ok(raw)
     }
 
-    async fn delete(&self, object: &ObjectRef) -> Result<(), StoreError> {
+    async fn delete(&self, object: &ObjectRef) -> Result<(), MessageStoreError> {
         self.objects
             .lock()
             .expect("lock")

@@ -392,10 +392,6 @@ pub async fn maintain_subscriptions(
         .filter(|c| deps.targets.check(c).is_ok())
         .collect();
     let wanted: Vec<&MailboxConfig> = configs.iter().filter(|c| c.enabled && c.push).collect();
-    let store_err = |e: mailbridge::state_table::StateError| StoreError {
-        operation: "push subscriptions",
-        detail: e.to_string(),
-    };
     let now = Utc::now().timestamp();
     for config in &wanted {
         if Instant::now() >= deadline {
@@ -413,11 +409,11 @@ pub async fn maintain_subscriptions(
             Err(e) => report.fail("read", &config.name, &e),
         }
     }
-    for name in subs.store.subscribed_mailboxes().await.map_err(store_err)? {
+    for name in subs.store.subscribed_mailboxes().await? {
         if wanted.iter().any(|c| c.name == name) {
             continue;
         }
-        if let Some(record) = subs.store.subscription_of(&name).await.map_err(store_err)? {
+        if let Some(record) = subs.store.subscription_of(&name).await? {
             retire(deps, subs, &record, &mut report, deadline).await;
         }
     }

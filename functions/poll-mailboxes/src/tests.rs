@@ -1367,10 +1367,10 @@ struct FakeGate {
 
 #[async_trait]
 impl mailbridge::state_table::PollGate for FakeGate {
-    async fn arm(&self, _: &str) -> Result<bool, mailbridge::state_table::StateError> {
+    async fn arm(&self, _: &str) -> Result<bool, mailbridge::state_table::StoreError> {
         unreachable!("only the receiver arms gates")
     }
-    async fn disarm(&self, mailbox: &str) -> Result<(), mailbridge::state_table::StateError> {
+    async fn disarm(&self, mailbox: &str) -> Result<(), mailbridge::state_table::StoreError> {
         self.disarmed.lock().unwrap().push(mailbox.to_owned());
         Ok(())
     }
@@ -1439,7 +1439,7 @@ impl mailbridge::state_table::SubscriptionStore for FakeSubscriptions {
         id: &str,
     ) -> Result<
         Option<mailbridge::state_table::SubscriptionRecord>,
-        mailbridge::state_table::StateError,
+        mailbridge::state_table::StoreError,
     > {
         Ok(self
             .records
@@ -1454,14 +1454,14 @@ impl mailbridge::state_table::SubscriptionStore for FakeSubscriptions {
         mailbox: &str,
     ) -> Result<
         Option<mailbridge::state_table::SubscriptionRecord>,
-        mailbridge::state_table::StateError,
+        mailbridge::state_table::StoreError,
     > {
         Ok(self.records.lock().unwrap().get(mailbox).cloned())
     }
     async fn put_subscription(
         &self,
         record: &mailbridge::state_table::SubscriptionRecord,
-    ) -> Result<(), mailbridge::state_table::StateError> {
+    ) -> Result<(), mailbridge::state_table::StoreError> {
         self.records
             .lock()
             .unwrap()
@@ -1471,13 +1471,13 @@ impl mailbridge::state_table::SubscriptionStore for FakeSubscriptions {
     async fn delete_subscription(
         &self,
         record: &mailbridge::state_table::SubscriptionRecord,
-    ) -> Result<(), mailbridge::state_table::StateError> {
+    ) -> Result<(), mailbridge::state_table::StoreError> {
         self.records.lock().unwrap().remove(&record.mailbox);
         Ok(())
     }
     async fn subscribed_mailboxes(
         &self,
-    ) -> Result<Vec<String>, mailbridge::state_table::StateError> {
+    ) -> Result<Vec<String>, mailbridge::state_table::StoreError> {
         Ok(self.records.lock().unwrap().keys().cloned().collect())
     }
 }

@@ -32,7 +32,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mailbridge::error::{Classify, ErrorClass};
 use mailbridge::push::{LifecycleEvent, PollRequestMessage, client_state_matches};
-use mailbridge::state_table::{PollGate, StateError, SubscriptionRecord, SubscriptionStore};
+use mailbridge::state_table::{PollGate, StoreError, SubscriptionRecord, SubscriptionStore};
 use serde::Deserialize;
 
 /// The largest request body read (bytes). Graph batches notifications; a basic Outlook
@@ -100,7 +100,7 @@ pub enum ReceiveError {
     NotAuthentic(usize),
     /// The state table failed.
     #[error(transparent)]
-    State(#[from] StateError),
+    State(#[from] StoreError),
     /// The poll-request queue failed.
     #[error("poll-request queue: {0}")]
     Queue(String),

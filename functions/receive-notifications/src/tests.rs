@@ -19,32 +19,32 @@ struct Fakes {
 
 #[async_trait]
 impl SubscriptionStore for Fakes {
-    async fn subscription(&self, id: &str) -> Result<Option<SubscriptionRecord>, StateError> {
+    async fn subscription(&self, id: &str) -> Result<Option<SubscriptionRecord>, StoreError> {
         *self.lookups.lock().unwrap() += 1;
         Ok(self.subscriptions.lock().unwrap().get(id).cloned())
     }
-    async fn subscription_of(&self, _: &str) -> Result<Option<SubscriptionRecord>, StateError> {
+    async fn subscription_of(&self, _: &str) -> Result<Option<SubscriptionRecord>, StoreError> {
         unreachable!("the receiver looks subscriptions up by id")
     }
-    async fn put_subscription(&self, _: &SubscriptionRecord) -> Result<(), StateError> {
+    async fn put_subscription(&self, _: &SubscriptionRecord) -> Result<(), StoreError> {
         unreachable!("the receiver never writes subscriptions")
     }
-    async fn delete_subscription(&self, _: &SubscriptionRecord) -> Result<(), StateError> {
+    async fn delete_subscription(&self, _: &SubscriptionRecord) -> Result<(), StoreError> {
         unreachable!("the receiver never writes subscriptions")
     }
-    async fn subscribed_mailboxes(&self) -> Result<Vec<String>, StateError> {
+    async fn subscribed_mailboxes(&self) -> Result<Vec<String>, StoreError> {
         unreachable!("the receiver looks subscriptions up by id")
     }
 }
 
 #[async_trait]
 impl PollGate for Fakes {
-    async fn arm(&self, mailbox: &str) -> Result<bool, StateError> {
+    async fn arm(&self, mailbox: &str) -> Result<bool, StoreError> {
         let mut armed = self.armed.lock().unwrap();
         let was = armed.insert(mailbox.to_owned(), true).unwrap_or(false);
         Ok(!was)
     }
-    async fn disarm(&self, mailbox: &str) -> Result<(), StateError> {
+    async fn disarm(&self, mailbox: &str) -> Result<(), StoreError> {
         self.armed.lock().unwrap().insert(mailbox.to_owned(), false);
         Ok(())
     }

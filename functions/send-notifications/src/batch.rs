@@ -49,11 +49,11 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use mailbridge::error::{Classify, ErrorClass};
 use mailbridge::graph::{GraphError, MailSender, OutgoingMail, OutgoingMime, SendAs, SendReceipt};
 use mailbridge::graph_draft::{DraftAttachment, DraftContent, DraftFailure, DraftMail};
-use mailbridge::message_store::{MessageStore, StoreError};
+use mailbridge::message_store::{MessageStore, MessageStoreError};
 use mailbridge::notification::{
     MimeNotification, Notification, ObjectRef, QueueMessage, RawMessage,
 };
-use mailbridge::state_table::{Claim, IdempotencyStore, StateError};
+use mailbridge::state_table::{Claim, IdempotencyStore, StoreError};
 use mailbridge::thread_key::ThreadKey;
 use mailbridge::thread_stamp::stamp;
 use mailbridge::token::{AccessToken, AccessTokenSource, Audience, TokenError};
@@ -274,7 +274,7 @@ pub async fn process_batch(event: SqsEvent, deadline: Instant, deps: &Deps) -> B
 
 /// A message's idempotency claim, made for the whole batch at once (one round trip to the store
 /// where it supports that), before any message waits for a mailbox slot.
-type ClaimResult = Option<(String, Result<Claim, StateError>)>;
+type ClaimResult = Option<(String, Result<Claim, StoreError>)>;
 
 /// What the idempotency record remembers of the payload: the SHA-256 of the queue message, or
 /// for a message stored by reference the object's (the same message enqueued twice under
@@ -731,7 +731,7 @@ async fn read_object(
     }
     match deps.messages.get(object).await {
         Ok(raw) => Ok(raw),
-        Err(e @ StoreError::Unavailable { .. }) => Err(Outcome::Retry {
+        Err(e @ MessageStoreError::Unavailable { .. }) => Err(Outcome::Retry {
             reason: e.to_string(),
             graph_request_id: None,
         }),

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use super::StoreError;
 use super::item::{Item, get_n, get_s, n, s};
 use super::lease::{Taken, give_back, take};
 
@@ -61,14 +62,14 @@ pub trait IdempotencyStore: Send + Sync {
         id: &str,
         payload_hash: &str,
         lease: Duration,
-    ) -> Result<Claim, StateError>;
+    ) -> Result<Claim, StoreError>;
     /// Claim several keys (`(id, payload_hash)`) with one lease; one result per key, in order.
     /// Stores that can do it in one round trip override this (DynamoDB: one transaction).
     async fn claim_many(
         &self,
         keys: &[(String, String)],
         lease: Duration,
-    ) -> Vec<Result<Claim, StateError>> {
+    ) -> Vec<Result<Claim, StoreError>> {
         futures::future::join_all(keys.iter().map(|(id, hash)| self.claim(id, hash, lease))).await
     }
 
@@ -80,27 +81,9 @@ pub trait IdempotencyStore: Send + Sync {
         lease_token: &str,
         graph_request_id: Option<&str>,
         ttl: Duration,
-    ) -> Result<(), StateError>;
+    ) -> Result<(), StoreError>;
     /// Drop our in-progress record (nothing was sent), so a retry can claim it at once.
-    async fn release(&self, id: &str, lease_token: &str) -> Result<(), StateError>;
-}
-
-/// The state table could not be read or written.
-#[derive(Debug, thiserror::Error)]
-#[error("state table {table}: {operation} failed: {detail}")]
-pub struct StateError {
-    /// Table name.
-    pub table: String,
-    /// e.g. `claim notification#123`.
-    pub operation: String,
-    /// What the SDK said.
-    pub detail: String,
-}
-
-impl crate::error::Classify for StateError {
-    fn class(&self) -> crate::error::ErrorClass {
-        crate::error::ErrorClass::Transient
-    }
+    async fn release(&self, id: &str, lease_token: &str) -> Result<(), StoreError>;
 }
 
 const IN_PROGRESS: &str = "in_progress";
@@ -137,7 +120,7 @@ pub struct DynamoIdempotencyStore {
 }
 
 /// A completed record waiting to be written, and who to tell when it is.
-type PendingCompletion = (Item, tokio::sync::oneshot::Sender<Result<(), StateError>>);
+type PendingCompletion = (Item, tokio::sync::oneshot::Sender<Result<(), StoreError>>);
 
 #[derive(Default)]
 struct CompletionQueue {
@@ -266,12 +249,8 @@ impl DynamoIdempotencyStore {
         }
     }
 
-    fn error(&self, operation: String, e: impl std::fmt::Display) -> StateError {
-        StateError {
-            table: self.table.clone(),
-            operation,
-            detail: e.to_string(),
-        }
+    fn error(&self, operation: String, e: impl std::fmt::Display) -> StoreError {
+        super::item::store_err_in(&self.table, operation, e)
     }
 }
 
@@ -282,7 +261,7 @@ impl IdempotencyStore for DynamoIdempotencyStore {
         id: &str,
         payload_hash: &str,
         lease: Duration,
-    ) -> Result<Claim, StateError> {
+    ) -> Result<Claim, StoreError> {
         let key = notification_key(id);
         let now = now_epoch();
         let lease_expires_at = now + lease.as_secs() as i64;
@@ -351,7 +330,7 @@ impl IdempotencyStore for DynamoIdempotencyStore {
         &self,
         keys: &[(String, String)],
         lease: Duration,
-    ) -> Vec<Result<Claim, StateError>> {
+    ) -> Vec<Result<Claim, StoreError>> {
         // Distinct ids go into one transaction (DynamoDB refuses two operations on one item in
         // a transaction, and allows 100 per transaction); repeats are claimed afterwards.
         let mut seen = std::collections::HashSet::new();
@@ -417,7 +396,7 @@ impl IdempotencyStore for DynamoIdempotencyStore {
         _lease_token: &str,
         graph_request_id: Option<&str>,
         ttl: Duration,
-    ) -> Result<(), StateError> {
+    ) -> Result<(), StoreError> {
         let now = now_epoch();
         let mut item = HashMap::from([
             ("pk".to_owned(), s(notification_key(id))),
@@ -446,7 +425,7 @@ impl IdempotencyStore for DynamoIdempotencyStore {
         })
     }
 
-    async fn release(&self, id: &str, lease_token: &str) -> Result<(), StateError> {
+    async fn release(&self, id: &str, lease_token: &str) -> Result<(), StoreError> {
         let key = notification_key(id);
         give_back(
             self.client
@@ -496,7 +475,7 @@ impl IdempotencyStore for InMemoryIdempotencyStore {
         id: &str,
         payload_hash: &str,
         lease: Duration,
-    ) -> Result<Claim, StateError> {
+    ) -> Result<Claim, StoreError> {
         let now = now_epoch();
         let mut records = self.records.lock().expect("lock");
         let mut previous_lease_expires_at = None;
@@ -544,7 +523,7 @@ impl IdempotencyStore for InMemoryIdempotencyStore {
         lease_token: &str,
         graph_request_id: Option<&str>,
         _ttl: Duration,
-    ) -> Result<(), StateError> {
+    ) -> Result<(), StoreError> {
         self.records.lock().expect("lock").insert(
             id.to_owned(),
             MemoryRecord {
@@ -558,7 +537,7 @@ impl IdempotencyStore for InMemoryIdempotencyStore {
         Ok(())
     }
 
-    async fn release(&self, id: &str, lease_token: &str) -> Result<(), StateError> {
+    async fn release(&self, id: &str, lease_token: &str) -> Result<(), StoreError> {
         let mut records = self.records.lock().expect("lock");
         if records
             .get(id)

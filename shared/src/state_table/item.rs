@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::{StateError, StoreError};
+use super::StoreError;
 
 /// A DynamoDB item.
 pub type Item = HashMap<String, AttributeValue>;
@@ -104,16 +104,19 @@ pub(crate) fn get_s<'a>(item: &'a Item, k: &str) -> Option<&'a str> {
 
 pub(crate) fn store_err(operation: &'static str, e: impl std::fmt::Display) -> StoreError {
     StoreError {
-        operation,
+        operation: operation.to_owned(),
         detail: e.to_string(),
     }
 }
 
-/// A failed read or write of the push records (table, operation and what the SDK said).
-pub(crate) fn state_err(table: &str, operation: String, e: impl std::fmt::Display) -> StateError {
-    StateError {
-        table: table.to_owned(),
-        operation,
+/// [`store_err`] naming the table and the item (`{table}: get {pk}`).
+pub(crate) fn store_err_in(
+    table: &str,
+    operation: String,
+    e: impl std::fmt::Display,
+) -> StoreError {
+    StoreError {
+        operation: format!("{table}: {operation}"),
         detail: e.to_string(),
     }
 }
@@ -128,7 +131,7 @@ where
     R: std::fmt::Debug,
 {
     StoreError {
-        operation,
+        operation: operation.to_owned(),
         detail: crate::error::error_chain(&e),
     }
 }

@@ -41,7 +41,7 @@ pub use dedupe::DedupeRecord;
 pub use graph_sync::{GraphSyncState, GraphSyncStore, PendingMessage};
 pub use idempotency::{
     Claim, DEFAULT_COMPLETED_TTL, DynamoIdempotencyStore, IdempotencyStore,
-    InMemoryIdempotencyStore, StateError, notification_key,
+    InMemoryIdempotencyStore, notification_key,
 };
 pub use lease::{InFlightMail, LeaseRecord, MailboxLease};
 pub use mailboxes::{MAILBOX_INDEX_KEY, PutConfigError, delete_mailbox_config, put_mailbox_config};
@@ -57,14 +57,22 @@ use async_trait::async_trait;
 
 use crate::mailbox::{ConfigError, MailboxConfig};
 
-/// A state table read or write of the poller failed: transient for the mailbox.
+/// The state table could not be read or written (what the SDK said, or an item that is not what
+/// this code writes). Transient: the caller leaves its work for the next run or a retry.
 #[derive(Debug, thiserror::Error)]
 #[error("state table {operation} failed: {detail}")]
 pub struct StoreError {
-    /// What was attempted.
-    pub operation: &'static str,
+    /// What was attempted, with the table when the caller knows it
+    /// (`mailbridge-state: claim notification#123`).
+    pub operation: String,
     /// What failed.
     pub detail: String,
+}
+
+impl crate::error::Classify for StoreError {
+    fn class(&self) -> crate::error::ErrorClass {
+        crate::error::ErrorClass::Transient
+    }
 }
 
 /// The state table, as the poll loop needs it.

@@ -12,8 +12,8 @@
 
 use async_trait::async_trait;
 
-use super::item::{n, s, state_err};
-use super::{DynamoStateStore, StateError};
+use super::item::{n, s, store_err_in};
+use super::{DynamoStateStore, StoreError};
 
 /// A gate armed this long (seconds) without a poll taking it counts as disarmed.
 pub const GATE_STALE_AFTER: i64 = 300;
@@ -28,14 +28,14 @@ pub fn poll_request_key(mailbox: &str) -> String {
 pub trait PollGate: Send + Sync {
     /// Arm `mailbox`'s gate. True: it was not armed (or was stale), so the caller must enqueue a
     /// request; false: a queued request no poll has taken yet will see the mail.
-    async fn arm(&self, mailbox: &str) -> Result<bool, StateError>;
+    async fn arm(&self, mailbox: &str) -> Result<bool, StoreError>;
     /// Disarm it: a poll is about to list the mailbox (or an enqueue failed after arming).
-    async fn disarm(&self, mailbox: &str) -> Result<(), StateError>;
+    async fn disarm(&self, mailbox: &str) -> Result<(), StoreError>;
 }
 
 #[async_trait]
 impl PollGate for DynamoStateStore {
-    async fn arm(&self, mailbox: &str) -> Result<bool, StateError> {
+    async fn arm(&self, mailbox: &str) -> Result<bool, StoreError> {
         let now = chrono::Utc::now().timestamp();
         let result = self
             .client
@@ -57,7 +57,7 @@ impl PollGate for DynamoStateStore {
                 if e.is_conditional_check_failed_exception() {
                     Ok(false)
                 } else {
-                    Err(state_err(
+                    Err(store_err_in(
                         &self.table,
                         format!("arm poll-request#{mailbox}"),
                         e,
@@ -67,7 +67,7 @@ impl PollGate for DynamoStateStore {
         }
     }
 
-    async fn disarm(&self, mailbox: &str) -> Result<(), StateError> {
+    async fn disarm(&self, mailbox: &str) -> Result<(), StoreError> {
         self.client
             .update_item()
             .table_name(&self.table)
@@ -82,7 +82,7 @@ impl PollGate for DynamoStateStore {
                 if e.is_conditional_check_failed_exception() {
                     Ok(())
                 } else {
-                    Err(state_err(
+                    Err(store_err_in(
                         &self.table,
                         format!("disarm poll-request#{mailbox}"),
                         e,

@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 use serde::{Deserialize, Serialize};
 
-use super::item::{Item, item_from, item_to, n, s, state_err};
-use super::{DynamoStateStore, StateError};
+use super::item::{Item, item_from, item_to, n, s, store_err_in};
+use super::{DynamoStateStore, StoreError};
 
 /// One Graph subscription, as the state table keeps it (its serde form is the item's
 /// attributes).
@@ -62,26 +62,26 @@ pub const SUBSCRIPTION_INDEX_KEY: &str = "subscription-index";
 #[async_trait]
 pub trait SubscriptionStore: Send + Sync {
     /// The record of subscription `id`, if there is one.
-    async fn subscription(&self, id: &str) -> Result<Option<SubscriptionRecord>, StateError>;
+    async fn subscription(&self, id: &str) -> Result<Option<SubscriptionRecord>, StoreError>;
     /// The record of `mailbox`'s subscription, if it has one.
     async fn subscription_of(
         &self,
         mailbox: &str,
-    ) -> Result<Option<SubscriptionRecord>, StateError>;
+    ) -> Result<Option<SubscriptionRecord>, StoreError>;
     /// Store (or replace) a record and its mailbox pointer.
-    async fn put_subscription(&self, record: &SubscriptionRecord) -> Result<(), StateError>;
+    async fn put_subscription(&self, record: &SubscriptionRecord) -> Result<(), StoreError>;
     /// Remove a record and its mailbox pointer.
-    async fn delete_subscription(&self, record: &SubscriptionRecord) -> Result<(), StateError>;
+    async fn delete_subscription(&self, record: &SubscriptionRecord) -> Result<(), StoreError>;
     /// The mailboxes that have a subscription record.
-    async fn subscribed_mailboxes(&self) -> Result<Vec<String>, StateError>;
+    async fn subscribed_mailboxes(&self) -> Result<Vec<String>, StoreError>;
 }
 
 impl DynamoStateStore {
     /// One subscription item by `pk`, read consistently.
-    async fn subscription_item(&self, pk: &str) -> Result<Option<Item>, StateError> {
+    async fn subscription_item(&self, pk: &str) -> Result<Option<Item>, StoreError> {
         self.read_item(pk)
             .await
-            .map_err(|e| state_err(&self.table, format!("get {pk}"), e.into_service_error()))
+            .map_err(|e| store_err_in(&self.table, format!("get {pk}"), e.into_service_error()))
     }
 }
 
@@ -95,7 +95,7 @@ fn item_of(pk: &str, record: &SubscriptionRecord) -> Item {
 
 #[async_trait]
 impl SubscriptionStore for DynamoStateStore {
-    async fn subscription(&self, id: &str) -> Result<Option<SubscriptionRecord>, StateError> {
+    async fn subscription(&self, id: &str) -> Result<Option<SubscriptionRecord>, StoreError> {
         Ok(self
             .subscription_item(&subscription_key(id))
             .await?
@@ -106,7 +106,7 @@ impl SubscriptionStore for DynamoStateStore {
     async fn subscription_of(
         &self,
         mailbox: &str,
-    ) -> Result<Option<SubscriptionRecord>, StateError> {
+    ) -> Result<Option<SubscriptionRecord>, StoreError> {
         Ok(self
             .subscription_item(&mailbox_subscription_key(mailbox))
             .await?
@@ -114,7 +114,7 @@ impl SubscriptionStore for DynamoStateStore {
             .and_then(item_to))
     }
 
-    async fn put_subscription(&self, record: &SubscriptionRecord) -> Result<(), StateError> {
+    async fn put_subscription(&self, record: &SubscriptionRecord) -> Result<(), StoreError> {
         let operation = || format!("put subscription#{}", record.id);
         let put = |pk: String| {
             Put::builder()
@@ -137,17 +137,17 @@ impl SubscriptionStore for DynamoStateStore {
         ]
         .into_iter()
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| state_err(&self.table, operation(), e))?;
+        .map_err(|e| store_err_in(&self.table, operation(), e))?;
         self.client
             .transact_write_items()
             .set_transact_items(Some(items))
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| state_err(&self.table, operation(), e.into_service_error()))
+            .map_err(|e| store_err_in(&self.table, operation(), e.into_service_error()))
     }
 
-    async fn subscribed_mailboxes(&self) -> Result<Vec<String>, StateError> {
+    async fn subscribed_mailboxes(&self) -> Result<Vec<String>, StoreError> {
         let mut names: Vec<String> = self
             .subscription_item(SUBSCRIPTION_INDEX_KEY)
             .await?
@@ -157,7 +157,7 @@ impl SubscriptionStore for DynamoStateStore {
         Ok(names)
     }
 
-    async fn delete_subscription(&self, record: &SubscriptionRecord) -> Result<(), StateError> {
+    async fn delete_subscription(&self, record: &SubscriptionRecord) -> Result<(), StoreError> {
         let operation = || format!("delete subscription#{}", record.id);
         let items = [
             Delete::builder()
@@ -187,7 +187,7 @@ impl SubscriptionStore for DynamoStateStore {
         ]
         .into_iter()
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| state_err(&self.table, operation(), e))?;
+        .map_err(|e| store_err_in(&self.table, operation(), e))?;
         match self
             .client
             .transact_write_items()
@@ -209,9 +209,11 @@ impl SubscriptionStore for DynamoStateStore {
                         .send()
                         .await
                         .map(|_| ())
-                        .map_err(|e| state_err(&self.table, operation(), e.into_service_error()));
+                        .map_err(|e| {
+                            store_err_in(&self.table, operation(), e.into_service_error())
+                        });
                 }
-                Err(state_err(&self.table, operation(), e))
+                Err(store_err_in(&self.table, operation(), e))
             }
         }
     }

@@ -172,14 +172,14 @@ impl mailbridge::state_table::IdempotencyStore for CrashingIdempotency {
         id: &str,
         payload_hash: &str,
         _lease: Duration,
-    ) -> Result<mailbridge::state_table::Claim, mailbridge::state_table::StateError> {
+    ) -> Result<mailbridge::state_table::Claim, mailbridge::state_table::StoreError> {
         self.inner.claim(id, payload_hash, self.lease).await
     }
     async fn claim_many(
         &self,
         keys: &[(String, String)],
         _lease: Duration,
-    ) -> Vec<Result<mailbridge::state_table::Claim, mailbridge::state_table::StateError>> {
+    ) -> Vec<Result<mailbridge::state_table::Claim, mailbridge::state_table::StoreError>> {
         self.inner.claim_many(keys, self.lease).await
     }
     async fn complete(
@@ -189,7 +189,7 @@ impl mailbridge::state_table::IdempotencyStore for CrashingIdempotency {
         lease_token: &str,
         graph_request_id: Option<&str>,
         ttl: Duration,
-    ) -> Result<(), mailbridge::state_table::StateError> {
+    ) -> Result<(), mailbridge::state_table::StoreError> {
         if self
             .hang_in_complete
             .load(std::sync::atomic::Ordering::SeqCst)
@@ -205,7 +205,7 @@ impl mailbridge::state_table::IdempotencyStore for CrashingIdempotency {
         &self,
         id: &str,
         lease_token: &str,
-    ) -> Result<(), mailbridge::state_table::StateError> {
+    ) -> Result<(), mailbridge::state_table::StoreError> {
         self.inner.release(id, lease_token).await
     }
 }
