@@ -9,7 +9,7 @@ use std::time::Duration;
 use local_stack::identity::AppRegistration;
 
 use crate::poller::Poller;
-use crate::{put_secret, stack, unique, unique_user};
+use crate::{stack, unique_user};
 
 /// Deterministic pseudo-random numbers for the benchmark's mail generator (xorshift64*).
 struct Rng(u64);
@@ -280,26 +280,13 @@ pub async fn poll_generated_mails(
         deliver_started.elapsed().as_secs_f64()
     );
 
-    let thread_key_secret = unique("thread-key");
-    put_secret(&thread_key_secret, "0123456789abcdef0123456789abcdef")
-        .await
-        .unwrap();
-    let mut env = stack().moto().env();
+    let mut env = crate::poller::bootstrap_env(&p.table, "warn").await;
+
     env.extend([
-        ("MAILBRIDGE_STATE_TABLE".to_string(), p.table.clone()),
-        (
-            "MAILBRIDGE_ALLOW_LOCAL_TARGETS".to_string(),
-            "true".to_string(),
-        ),
-        (
-            "MAILBRIDGE_THREAD_KEY_SECRET".to_string(),
-            thread_key_secret,
-        ),
         (
             "MAILBRIDGE_IMAP_CA_FILE".to_string(),
             dovecot.ca_pem_path.display().to_string(),
         ),
-        ("RUST_LOG".to_string(), "warn".to_string()),
         ("MAILBRIDGE_GRAPH_URL".to_string(), stack().graph().v1_url()),
     ]);
     let api = RuntimeApi::start().await.expect("runtime api");

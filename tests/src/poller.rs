@@ -114,6 +114,35 @@ pub fn fast_retry() -> RetryPolicy {
     }
 }
 
+/// The environment of the real poll-mailboxes bootstrap on the local stack: moto, the state
+/// table `table`, a new thread-key secret, local targets allowed, account secrets under
+/// `mailbridge/`, and `RUST_LOG=log`. A test adds what only it needs (the IMAP CA file, the
+/// Graph URL, ...).
+pub async fn bootstrap_env(table: &str, log: &str) -> Vec<(String, String)> {
+    let thread_key_secret = unique("thread-key");
+    put_secret(&thread_key_secret, "0123456789abcdef0123456789abcdef")
+        .await
+        .unwrap();
+    let mut env = stack().moto().env();
+    env.extend([
+        ("MAILBRIDGE_STATE_TABLE".to_string(), table.to_string()),
+        (
+            "MAILBRIDGE_ALLOW_LOCAL_TARGETS".to_string(),
+            "true".to_string(),
+        ),
+        (
+            "MAILBRIDGE_THREAD_KEY_SECRET".to_string(),
+            thread_key_secret,
+        ),
+        (
+            "MAILBRIDGE_SECRET_PREFIX".to_string(),
+            "mailbridge/".to_string(),
+        ),
+        ("RUST_LOG".to_string(), log.to_string()),
+    ]);
+    env
+}
+
 /// The password of every user a [`Poller`] registers.
 pub const PASSWORD: &str = "correct horse battery staple";
 

@@ -103,28 +103,10 @@ impl Push {
 
     /// The real poller, keeping subscriptions that notify the receiver's URL.
     async fn with_poller(mut self) -> Push {
-        let thread_key_secret = unique("thread-key");
-        put_secret(&thread_key_secret, "0123456789abcdef0123456789abcdef")
-            .await
-            .unwrap();
-        let mut env = stack().moto().env();
+        let mut env = mailbridge_tests::poller::bootstrap_env(&self.table, "info").await;
         env.extend([
-            ("MAILBRIDGE_STATE_TABLE".to_string(), self.table.clone()),
-            (
-                "MAILBRIDGE_ALLOW_LOCAL_TARGETS".to_string(),
-                "true".to_string(),
-            ),
-            (
-                "MAILBRIDGE_THREAD_KEY_SECRET".to_string(),
-                thread_key_secret,
-            ),
-            (
-                "MAILBRIDGE_SECRET_PREFIX".to_string(),
-                "mailbridge/".to_string(),
-            ),
             ("MAILBRIDGE_GRAPH_URL".to_string(), stack().graph().v1_url()),
             ("MAILBRIDGE_NOTIFICATION_URL".to_string(), self.url.clone()),
-            ("RUST_LOG".to_string(), "info".to_string()),
         ]);
         self.poller_env = env;
         self.poller = Some(self.spawn_poller().await);

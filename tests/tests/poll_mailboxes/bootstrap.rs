@@ -19,31 +19,11 @@ async fn the_bootstrap_binary_polls_on_a_scheduler_event() {
     p.mailbox("bootstrap", &user, &account, serde_json::json!({}))
         .await;
     p.deliver(&user, &mail("b1", "Via the bootstrap", "x"));
-    let thread_key_secret = unique("thread-key");
-    put_secret(&thread_key_secret, "0123456789abcdef0123456789abcdef")
-        .await
-        .unwrap();
-    let mut env = stack().moto().env();
-    env.extend([
-        ("MAILBRIDGE_STATE_TABLE".to_string(), p.table.clone()),
-        (
-            "MAILBRIDGE_ALLOW_LOCAL_TARGETS".to_string(),
-            "true".to_string(),
-        ),
-        (
-            "MAILBRIDGE_THREAD_KEY_SECRET".to_string(),
-            thread_key_secret,
-        ),
-        (
-            "MAILBRIDGE_SECRET_PREFIX".to_string(),
-            "mailbridge/".to_string(),
-        ),
-        (
-            "MAILBRIDGE_IMAP_CA_FILE".to_string(),
-            p.dovecot.ca_pem_path.display().to_string(),
-        ),
-        ("RUST_LOG".to_string(), "info".to_string()),
-    ]);
+    let mut env = mailbridge_tests::poller::bootstrap_env(&p.table, "info").await;
+    env.push((
+        "MAILBRIDGE_IMAP_CA_FILE".to_string(),
+        p.dovecot.ca_pem_path.display().to_string(),
+    ));
     let api = RuntimeApi::start().await.expect("runtime api");
     api.spawn_function(&FunctionConfig::new("poll-mailboxes", binary).with_env(env))
         .expect("spawn bootstrap");

@@ -295,31 +295,11 @@ async fn a_mail_that_killed_the_bootstrap_is_parked_by_the_next_run() {
     let big_body = "Grüße, the quick brown fox jumps over the lazy dog.\r\n".repeat(200_000);
     p.deliver(&user, &mail("c2", "The killer", &big_body));
     p.deliver(&user, &mail("c3", "After", "z"));
-    let thread_key_secret = unique("thread-key");
-    put_secret(&thread_key_secret, "0123456789abcdef0123456789abcdef")
-        .await
-        .unwrap();
-    let mut env = stack().moto().env();
-    env.extend([
-        ("MAILBRIDGE_STATE_TABLE".to_string(), p.table.clone()),
-        (
-            "MAILBRIDGE_ALLOW_LOCAL_TARGETS".to_string(),
-            "true".to_string(),
-        ),
-        (
-            "MAILBRIDGE_THREAD_KEY_SECRET".to_string(),
-            thread_key_secret,
-        ),
-        (
-            "MAILBRIDGE_SECRET_PREFIX".to_string(),
-            "mailbridge/".to_string(),
-        ),
-        (
-            "MAILBRIDGE_IMAP_CA_FILE".to_string(),
-            p.dovecot.ca_pem_path.display().to_string(),
-        ),
-        ("RUST_LOG".to_string(), "info".to_string()),
-    ]);
+    let mut env = mailbridge_tests::poller::bootstrap_env(&p.table, "info").await;
+    env.push((
+        "MAILBRIDGE_IMAP_CA_FILE".to_string(),
+        p.dovecot.ca_pem_path.display().to_string(),
+    ));
     let mut function = FunctionConfig::new("poll-mailboxes", binary).with_env(env);
     function.memory_mb = 512;
     let api = RuntimeApi::start().await.expect("runtime api");

@@ -32,7 +32,7 @@ use mailbridge::ticket_sink::{
     WebhookTicketSink,
 };
 use mailbridge_tests::poller::{Poller, fast_retry};
-use mailbridge_tests::{dynamodb, put_secret, stack, unique, unique_user};
+use mailbridge_tests::{dynamodb, stack, unique, unique_user};
 use poll_mailboxes::sinks::SecretsSinkFactory;
 use tokio::time::Instant;
 
