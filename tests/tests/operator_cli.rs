@@ -46,26 +46,8 @@ impl World {
     }
 
     fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let stack = stack();
-        let mut command = tokio::process::Command::new(mailbridge_tests::cli::binary());
-        command
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(stack.moto().env())
-            .env("MAILBRIDGE_SECRET_PREFIX", &self.prefix)
-            .env("MAILBRIDGE_STATE_TABLE", &self.table)
-            .env("MAILBRIDGE_ALLOW_LOCAL_TARGETS", "true")
-            .env("MAILBRIDGE_SINK_HOSTS", "psa.example.com")
-            .env(
-                "MAILBRIDGE_GRAPH_URL",
-                format!("{}/v1.0", stack.graph().base_url),
-            )
-            .env("MAILBRIDGE_IMAP_CA_FILE", &stack.dovecot().ca_pem_path)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
+        let mut command = mailbridge_tests::cli::command_on_stack(args, &self.prefix, &self.table);
+        command.env("MAILBRIDGE_SINK_HOSTS", "psa.example.com");
         command
     }
 

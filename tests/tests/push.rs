@@ -248,21 +248,7 @@ impl Push {
 
     /// Run the operator CLI `mailbridge` against this deployment's table and secrets.
     async fn cli(&self, args: &[&str]) -> std::process::Output {
-        let cli = tokio::task::spawn_blocking(|| workspace_binary("mailbridge-cli", "mailbridge"))
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        let output = tokio::process::Command::new(cli)
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(stack().moto().env())
-            .env("MAILBRIDGE_SECRET_PREFIX", "mailbridge/")
-            .env("MAILBRIDGE_STATE_TABLE", &self.table)
-            .env("MAILBRIDGE_ALLOW_LOCAL_TARGETS", "true")
-            .env("MAILBRIDGE_GRAPH_URL", stack().graph().v1_url())
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
+        let output = mailbridge_tests::cli::command_on_stack(args, "mailbridge/", &self.table)
             .output()
             .await
             .expect("run mailbridge");

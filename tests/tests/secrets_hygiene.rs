@@ -680,39 +680,17 @@ async fn the_cli_writes_no_secret_to_disk() {
     for sub in ["tmp", "config", "cache", "data", "state", "runtime"] {
         std::fs::create_dir_all(home.path().join(sub)).unwrap();
     }
-    let binary = tokio::task::spawn_blocking(|| {
-        local_stack::runtime_api::workspace_binary("mailbridge-cli", "mailbridge")
-    })
-    .await
-    .unwrap()
-    .expect("build the mailbridge CLI");
     let command = |args: &[&str]| {
-        let mut command = tokio::process::Command::new(&binary);
+        let mut command = mailbridge_tests::cli::command_on_stack(args, &prefix, &table);
         command
-            .args(args)
             .current_dir(work.path())
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", home.path())
             .env("TMPDIR", home.path().join("tmp"))
             .env("XDG_CONFIG_HOME", home.path().join("config"))
             .env("XDG_CACHE_HOME", home.path().join("cache"))
             .env("XDG_DATA_HOME", home.path().join("data"))
             .env("XDG_STATE_HOME", home.path().join("state"))
-            .env("XDG_RUNTIME_DIR", home.path().join("runtime"))
-            .envs(stack.moto().env())
-            .env("MAILBRIDGE_SECRET_PREFIX", &prefix)
-            .env("MAILBRIDGE_STATE_TABLE", &table)
-            .env("MAILBRIDGE_ALLOW_LOCAL_TARGETS", "true")
-            .env(
-                "MAILBRIDGE_GRAPH_URL",
-                format!("{}/v1.0", stack.graph().base_url),
-            )
-            .env("MAILBRIDGE_IMAP_CA_FILE", &stack.dovecot().ca_pem_path)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
+            .env("XDG_RUNTIME_DIR", home.path().join("runtime"));
         command
     };
     let mut outputs = String::new();
