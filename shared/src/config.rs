@@ -6,105 +6,124 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-/// A configuration value is missing or invalid.
+/// A configured value (a URL, a secret's field) is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    /// A required environment variable is not set (or is empty).
-    #[error("environment variable {name} is required but not set")]
-    Missing {
-        /// The variable's name.
-        name: String,
-    },
-    /// A value is present but unusable.
-    #[error("{field}: {problem}")]
-    Invalid {
-        /// The environment variable or field name.
-        field: String,
-        /// What is wrong, including the offending value when it is not a secret.
-        problem: String,
-    },
+#[error("{field}: {problem}")]
+pub struct ConfigError {
+    /// The environment variable or field name.
+    pub field: String,
+    /// What is wrong, including the offending value when it is not a secret.
+    pub problem: String,
 }
 
-/// A missing or invalid environment variable, read through a lookup (a function's settings,
-/// the mailbox target policy).
-#[derive(Debug, thiserror::Error)]
-#[error("environment variable {name}: {problem}")]
+/// A function's environment is unusable: every missing or invalid variable, each named, so one
+/// cold start reports all of them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("environment: {}", .problems.join("; "))]
 pub struct SettingsError {
-    /// Variable name.
-    pub name: &'static str,
-    /// What is wrong.
-    pub problem: String,
+    /// One entry per problem, each starting with the variable's name.
+    pub problems: Vec<String>,
+}
+
+/// Reads variables through a lookup (the process environment in `main`, a map in tests) and
+/// collects what is wrong with them: each function's settings are read with one of these and
+/// end with [`EnvReader::finish`]. A variable set to blank space counts as unset.
+pub struct EnvReader<F> {
+    get: F,
+    problems: Vec<String>,
+}
+
+impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
+    /// A reader over `get`.
+    pub fn new(get: F) -> Self {
+        EnvReader {
+            get,
+            problems: Vec::new(),
+        }
+    }
+
+    /// The variable's value, trimmed; None when unset or blank.
+    pub fn get(&self, name: &str) -> Option<String> {
+        (self.get)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Note a problem with `name`'s value (`problem` says what is wrong).
+    pub fn problem(&mut self, name: &str, problem: impl std::fmt::Display) {
+        self.problems.push(format!("{name}: {problem}"));
+    }
+
+    /// A required variable; `what` says what it holds (for the message when it is missing).
+    pub fn required(&mut self, name: &str, what: &str) -> String {
+        self.get(name).unwrap_or_else(|| {
+            self.problem(name, format_args!("is required ({what})"));
+            String::new()
+        })
+    }
+
+    /// An optional whole number in `range`, `default` when unset.
+    pub fn number<T>(&mut self, name: &str, default: T, range: std::ops::RangeInclusive<T>) -> T
+    where
+        T: FromStr + PartialOrd + std::fmt::Display + Copy,
+    {
+        let Some(raw) = self.get(name) else {
+            return default;
+        };
+        match raw.parse::<T>() {
+            Ok(n) if range.contains(&n) => n,
+            _ => {
+                self.problem(
+                    name,
+                    format_args!(
+                        "{raw:?} is not a whole number from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    /// An optional duration in whole seconds within `range` (seconds), `default` when unset.
+    pub fn seconds(
+        &mut self,
+        name: &str,
+        default: Duration,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Duration {
+        Duration::from_secs(self.number(name, default.as_secs(), range))
+    }
+
+    /// An optional `true`/`false` (also `1`/`0`), `default` when unset.
+    pub fn flag(&mut self, name: &str, default: bool) -> bool {
+        match self.get(name).as_deref() {
+            None => default,
+            Some("true") | Some("1") => true,
+            Some("false") | Some("0") => false,
+            Some(other) => {
+                self.problem(name, format_args!("{other:?} is not true or false"));
+                default
+            }
+        }
+    }
+
+    /// `value` when no variable was missing or invalid, else every problem.
+    pub fn finish<T>(self, value: T) -> Result<T, SettingsError> {
+        if self.problems.is_empty() {
+            Ok(value)
+        } else {
+            Err(SettingsError {
+                problems: self.problems,
+            })
+        }
+    }
 }
 
 impl crate::error::Classify for ConfigError {
     fn class(&self) -> crate::error::ErrorClass {
         crate::error::ErrorClass::Permanent
-    }
-}
-
-fn lookup(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-/// A required string variable.
-pub fn env_required(name: &str) -> Result<String, ConfigError> {
-    lookup(name).ok_or_else(|| ConfigError::Missing {
-        name: name.to_owned(),
-    })
-}
-
-/// An optional string variable with a default.
-pub fn env_or(name: &str, default: &str) -> String {
-    lookup(name).unwrap_or_else(|| default.to_owned())
-}
-
-/// An optional variable parsed with `FromStr`, with a default when unset.
-pub fn env_parse_or<T>(name: &str, default: T) -> Result<T, ConfigError>
-where
-    T: FromStr,
-    T::Err: std::fmt::Display,
-{
-    match lookup(name) {
-        None => Ok(default),
-        Some(raw) => raw.trim().parse::<T>().map_err(|e| ConfigError::Invalid {
-            field: name.to_owned(),
-            problem: format!("cannot parse {raw:?}: {e}"),
-        }),
-    }
-}
-
-/// An optional positive integer (>= 1) with a default.
-pub fn env_positive_or(name: &str, default: u64) -> Result<u64, ConfigError> {
-    let value = env_parse_or::<u64>(name, default)?;
-    if value == 0 {
-        return Err(ConfigError::Invalid {
-            field: name.to_owned(),
-            problem: "must be at least 1".to_owned(),
-        });
-    }
-    Ok(value)
-}
-
-/// An optional duration in whole seconds with a default.
-pub fn env_seconds_or(name: &str, default: Duration) -> Result<Duration, ConfigError> {
-    Ok(Duration::from_secs(env_parse_or::<u64>(
-        name,
-        default.as_secs(),
-    )?))
-}
-
-/// An optional boolean (`true/false/1/0/yes/no`) with a default.
-pub fn env_bool_or(name: &str, default: bool) -> Result<bool, ConfigError> {
-    match lookup(name) {
-        None => Ok(default),
-        Some(raw) => match raw.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => Ok(true),
-            "false" | "0" | "no" | "off" => Ok(false),
-            _ => Err(ConfigError::Invalid {
-                field: name.to_owned(),
-                problem: format!("expected true or false, got {raw:?}"),
-            }),
-        },
     }
 }
 
@@ -164,7 +183,7 @@ pub fn validate_service_url_in(
     field: &str,
     allow_local: bool,
 ) -> Result<url::Url, ConfigError> {
-    let invalid = |problem: String| ConfigError::Invalid {
+    let invalid = |problem: String| ConfigError {
         field: field.to_owned(),
         problem,
     };
@@ -215,6 +234,33 @@ pub fn service_base_url(url: &str, field: &str) -> Result<String, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_env_reader_names_every_missing_or_invalid_variable_at_once() {
+        let vars = [("N", "70"), ("B", "maybe"), ("S", " 5 "), ("BLANK", "  ")];
+        let mut env = EnvReader::new(|k: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        });
+        assert_eq!(env.required("BLANK", "a table"), "");
+        assert_eq!(env.number("N", 8u32, 1..=64), 8);
+        assert!(env.flag("B", true));
+        assert_eq!(
+            env.seconds("S", Duration::from_secs(1), 1..=10),
+            Duration::from_secs(5)
+        );
+        assert_eq!(env.number("UNSET", 3u64, 1..=9), 3);
+        let e = env.finish(()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "environment: BLANK: is required (a table); N: \"70\" is not a whole number from 1 \
+             to 64; B: \"maybe\" is not true or false"
+        );
+        let mut ok = EnvReader::new(|_: &str| None);
+        assert!(!ok.flag("X", false));
+        assert_eq!(ok.finish(7).unwrap(), 7);
+    }
 
     #[test]
     fn https_urls_are_accepted() {

@@ -27,14 +27,13 @@ struct Poller {
 
 /// Init: settings and clients, no network.
 async fn prepare() -> Result<Poller, FunctionError> {
-    let settings =
-        Settings::from_lookup(|k| std::env::var(k).ok()).map_err(FunctionError::configuration)?;
+    let settings = Settings::from_env().map_err(FunctionError::configuration)?;
     let aws = mailbridge::aws::load_config()
         .await
         .map_err(FunctionError::configuration)?;
     let secrets = LazyClient::new(&aws, aws_sdk_secretsmanager::Client::new);
-    let tokens =
-        mailbridge::token::TokenService::from_env(&aws).map_err(FunctionError::configuration)?;
+    let tokens = mailbridge::token::TokenService::production(&aws, settings.tokens.clone())
+        .map_err(FunctionError::configuration)?;
     let imap = poll_mailboxes::imap_adapter::ImapConnector::new(
         settings.imap_ca_file.as_deref(),
         settings.imap_timeout,

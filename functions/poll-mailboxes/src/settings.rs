@@ -36,91 +36,70 @@ pub struct Settings {
     /// `MAILBRIDGE_IMAP_HOSTS`, `MAILBRIDGE_SINK_HOSTS`, `MAILBRIDGE_ALLOW_LOCAL_TARGETS`: where
     /// mailbox configurations may point (`mailbridge::mailbox::targets`).
     pub targets: mailbridge::mailbox::TargetPolicy,
+    /// `MAILBRIDGE_SECRET_PREFIX`, `MAILBRIDGE_TOKEN_WRITE_BACK_SECONDS`: the token layer's.
+    pub tokens: mailbridge::token::TokenServiceConfig,
 }
 
 impl Settings {
-    /// Read from a variable lookup (the process environment in `main`).
+    /// Read the process environment.
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Read from a variable lookup; every missing or invalid variable is named at once.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
-        let number = |name: &'static str, default: u64, min: u64, max: u64| match get(name)
-            .filter(|v| !v.trim().is_empty())
-        {
-            None => Ok(default),
-            Some(v) => match v.trim().parse::<u64>() {
-                Ok(n) if (min..=max).contains(&n) => Ok(n),
-                _ => Err(SettingsError {
-                    name,
-                    problem: format!("{v:?} is not a whole number between {min} and {max}"),
-                }),
-            },
-        };
-        let state_table = get("MAILBRIDGE_STATE_TABLE")
-            .filter(|v| !v.trim().is_empty())
-            .ok_or(SettingsError {
-                name: "MAILBRIDGE_STATE_TABLE",
-                problem: "is required (the DynamoDB state table name)".into(),
-            })?;
-        let thread_key_secret = get("MAILBRIDGE_THREAD_KEY_SECRET")
-            .filter(|v| !v.trim().is_empty())
-            .ok_or(SettingsError {
-                name: "MAILBRIDGE_THREAD_KEY_SECRET",
-                problem: "is required (the secret holding the thread-marker HMAC key)".into(),
-            })?;
-        let targets = mailbridge::mailbox::TargetPolicy::from_lookup(&get)?;
-        let function_memory_mb =
-            match get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE").filter(|v| !v.trim().is_empty()) {
-                None => None,
-                Some(_) => Some(number("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 128, 128, 10_240)?),
+        let mut env = mailbridge::config::EnvReader::new(get);
+        let state_table = env.required("MAILBRIDGE_STATE_TABLE", "the DynamoDB state table name");
+        let thread_key_secret = env.required(
+            "MAILBRIDGE_THREAD_KEY_SECRET",
+            "the secret holding the thread-marker HMAC key",
+        );
+        let targets = mailbridge::mailbox::TargetPolicy::from_env(&mut env);
+        let function_memory_mb = env
+            .get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+            .is_some()
+            .then(|| env.number("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 128, 128..=10_240));
+        let notification_url = env.get("MAILBRIDGE_NOTIFICATION_URL").filter(|v| {
+            let problem = match url::Url::parse(v) {
+                Err(e) => format!("{v:?} is not a URL ({e})"),
+                Ok(url) if url.scheme() == "https" => return true,
+                Ok(url) if url.scheme() == "http" && targets.allows_local() => return true,
+                Ok(_) => format!("{v:?} must be an https URL (Graph notifies https only)"),
             };
-        let notification_url = match get("MAILBRIDGE_NOTIFICATION_URL")
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
-        {
-            None => None,
-            Some(v) => {
-                let bad = |problem: &str| SettingsError {
-                    name: "MAILBRIDGE_NOTIFICATION_URL",
-                    problem: format!("{v:?} {problem}"),
-                };
-                let url = url::Url::parse(&v).map_err(|e| bad(&format!("is not a URL ({e})")))?;
-                match url.scheme() {
-                    "https" => {}
-                    "http" if targets.allows_local() => {}
-                    _ => return Err(bad("must be an https URL (Graph notifies https only)")),
-                }
-                Some(v)
-            }
-        };
-        Ok(Settings {
+            env.problem("MAILBRIDGE_NOTIFICATION_URL", problem);
+            false
+        });
+        let graph_url = env
+            .get("MAILBRIDGE_GRAPH_URL")
+            .unwrap_or_else(|| mailbridge::graph::DEFAULT_GRAPH_URL.to_owned());
+        if let Err(e) = mailbridge::graph::GraphClient::new(&graph_url) {
+            env.problem("MAILBRIDGE_GRAPH_URL", e);
+        }
+        let settings = Settings {
+            max_concurrent_mailboxes: env.number("MAILBRIDGE_MAX_CONCURRENT_MAILBOXES", 8, 1..=256),
+            deadline_margin: env.seconds(
+                "MAILBRIDGE_POLL_DEADLINE_MARGIN_SECONDS",
+                Duration::from_secs(20),
+                1..=600,
+            ),
+            imap_timeout: env.seconds(
+                "MAILBRIDGE_IMAP_TIMEOUT_SECONDS",
+                Duration::from_secs(30),
+                1..=600,
+            ),
+            imap_ca_file: env.get("MAILBRIDGE_IMAP_CA_FILE").map(Into::into),
+            dedupe_ttl: Duration::from_secs(
+                env.number("MAILBRIDGE_DEDUPE_TTL_DAYS", 30, 1..=3650) * 86_400,
+            ),
+            tokens: mailbridge::token::TokenServiceConfig::from_env_reader(&mut env),
             notification_url,
             function_memory_mb,
             targets,
             state_table,
             thread_key_secret,
-            max_concurrent_mailboxes: number("MAILBRIDGE_MAX_CONCURRENT_MAILBOXES", 8, 1, 256)?
-                as usize,
-            deadline_margin: Duration::from_secs(number(
-                "MAILBRIDGE_POLL_DEADLINE_MARGIN_SECONDS",
-                20,
-                1,
-                600,
-            )?),
-            imap_timeout: Duration::from_secs(number(
-                "MAILBRIDGE_IMAP_TIMEOUT_SECONDS",
-                30,
-                1,
-                600,
-            )?),
-            graph_url: get("MAILBRIDGE_GRAPH_URL")
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| mailbridge::graph::DEFAULT_GRAPH_URL.to_owned()),
-            imap_ca_file: get("MAILBRIDGE_IMAP_CA_FILE")
-                .filter(|v| !v.trim().is_empty())
-                .map(Into::into),
-            dedupe_ttl: Duration::from_secs(
-                number("MAILBRIDGE_DEDUPE_TTL_DAYS", 30, 1, 3650)? * 86_400,
-            ),
-        })
+            graph_url,
+        };
+        env.finish(settings)
     }
 }
 
@@ -129,19 +108,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn settings_name_the_variable() {
-        let err = Settings::from_lookup(|_| None).unwrap_err();
-        assert_eq!(err.name, "MAILBRIDGE_STATE_TABLE");
+    fn settings_name_every_missing_or_invalid_variable() {
+        let err = Settings::from_lookup(|_| None).unwrap_err().to_string();
+        for name in ["MAILBRIDGE_STATE_TABLE", "MAILBRIDGE_THREAD_KEY_SECRET"] {
+            assert!(err.contains(&format!("{name}: is required")), "{err}");
+        }
         let err = Settings::from_lookup(|k| match k {
             "MAILBRIDGE_STATE_TABLE" | "MAILBRIDGE_THREAD_KEY_SECRET" => Some("t".into()),
             "MAILBRIDGE_MAX_CONCURRENT_MAILBOXES" => Some("0".into()),
+            "MAILBRIDGE_NOTIFICATION_URL" => Some("ftp://x".into()),
             _ => None,
         })
         .unwrap_err();
-        assert_eq!(err.name, "MAILBRIDGE_MAX_CONCURRENT_MAILBOXES");
-        let err = Settings::from_lookup(|k| (k == "MAILBRIDGE_STATE_TABLE").then(|| "t".into()))
-            .unwrap_err();
-        assert_eq!(err.name, "MAILBRIDGE_THREAD_KEY_SECRET");
+        assert_eq!(err.problems.len(), 2, "{err}");
+        for name in [
+            "MAILBRIDGE_MAX_CONCURRENT_MAILBOXES",
+            "MAILBRIDGE_NOTIFICATION_URL",
+        ] {
+            let named = |p: &String| p.starts_with(&format!("{name}: "));
+            assert!(err.problems.iter().any(named), "{name}: {err}");
+        }
         let ok = Settings::from_lookup(|k| {
             matches!(k, "MAILBRIDGE_STATE_TABLE" | "MAILBRIDGE_THREAD_KEY_SECRET")
                 .then(|| "t".into())

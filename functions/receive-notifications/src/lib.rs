@@ -437,49 +437,31 @@ pub struct Settings {
     pub poll_delay: Duration,
 }
 
-/// A missing or invalid environment variable.
-#[derive(Debug, thiserror::Error)]
-#[error("environment variable {name}: {problem}")]
-pub struct SettingsError {
-    /// Variable name.
-    pub name: &'static str,
-    /// What is wrong.
-    pub problem: String,
-}
+pub use mailbridge::config::SettingsError;
 
 impl Settings {
-    /// Read from a variable lookup (the process environment in `main`).
+    /// Read the process environment.
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Read from a variable lookup; every missing or invalid variable is named at once.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
-        let required = |name: &'static str, what: &str| {
-            get(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-                .ok_or(SettingsError {
-                    name,
-                    problem: format!("is required ({what})"),
-                })
-        };
-        let delay =
-            match get("MAILBRIDGE_POLL_REQUEST_DELAY_SECONDS").filter(|v| !v.trim().is_empty()) {
-                None => 2,
-                Some(v) => match v.trim().parse::<u64>() {
-                    Ok(n) if n <= 900 => n,
-                    _ => {
-                        return Err(SettingsError {
-                            name: "MAILBRIDGE_POLL_REQUEST_DELAY_SECONDS",
-                            problem: format!("{v:?} is not a whole number between 0 and 900"),
-                        });
-                    }
-                },
-            };
-        Ok(Settings {
-            state_table: required("MAILBRIDGE_STATE_TABLE", "the DynamoDB state table name")?,
-            poll_request_queue_url: required(
+        let mut env = mailbridge::config::EnvReader::new(get);
+        let settings = Settings {
+            state_table: env.required("MAILBRIDGE_STATE_TABLE", "the DynamoDB state table name"),
+            poll_request_queue_url: env.required(
                 "MAILBRIDGE_POLL_REQUEST_QUEUE_URL",
                 "the URL of the SQS queue the poller takes poll requests from",
-            )?,
-            poll_delay: Duration::from_secs(delay),
-        })
+            ),
+            // SQS's longest message delay: 900 s
+            poll_delay: env.seconds(
+                "MAILBRIDGE_POLL_REQUEST_DELAY_SECONDS",
+                Duration::from_secs(2),
+                0..=900,
+            ),
+        };
+        env.finish(settings)
     }
 }
 

@@ -18,8 +18,7 @@ use mailbridge::state_table::DynamoStateStore;
 use receive_notifications::{Receiver, Request, Settings, SqsPollQueue, emf_line};
 
 async fn prepare() -> Result<Receiver, FunctionError> {
-    let settings =
-        Settings::from_lookup(|k| std::env::var(k).ok()).map_err(FunctionError::configuration)?;
+    let settings = Settings::from_env().map_err(FunctionError::configuration)?;
     let aws = mailbridge::aws::load_config()
         .await
         .map_err(FunctionError::configuration)?;

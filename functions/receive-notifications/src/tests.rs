@@ -308,7 +308,11 @@ fn settings_name_what_is_missing() {
         }
     };
     let e = Settings::from_lookup(env(&[("MAILBRIDGE_STATE_TABLE", "t")])).unwrap_err();
-    assert_eq!(e.name, "MAILBRIDGE_POLL_REQUEST_QUEUE_URL");
+    assert_eq!(e.problems.len(), 1, "{e}");
+    assert!(
+        e.problems[0].starts_with("MAILBRIDGE_POLL_REQUEST_QUEUE_URL: is required"),
+        "{e}"
+    );
     let s = Settings::from_lookup(env(&[
         ("MAILBRIDGE_STATE_TABLE", "t"),
         ("MAILBRIDGE_POLL_REQUEST_QUEUE_URL", "http://q"),
@@ -321,7 +325,11 @@ fn settings_name_what_is_missing() {
         ("MAILBRIDGE_POLL_REQUEST_DELAY_SECONDS", "901"),
     ]))
     .unwrap_err();
-    assert_eq!(e.name, "MAILBRIDGE_POLL_REQUEST_DELAY_SECONDS");
+    assert_eq!(e.problems.len(), 1, "{e}");
+    assert!(
+        e.problems[0].starts_with("MAILBRIDGE_POLL_REQUEST_DELAY_SECONDS: "),
+        "{e}"
+    );
 }
 
 #[test]

@@ -31,7 +31,7 @@ async fn prepare() -> Result<WithThreadKey<Deps>, FunctionError> {
     let aws = mailbridge::aws::load_config()
         .await
         .map_err(FunctionError::configuration)?;
-    let tokens = mailbridge::token::TokenService::from_env(&aws)
+    let tokens = mailbridge::token::TokenService::production(&aws, settings.tokens.clone())
         .map_err(|e| FunctionError::configuration(format!("token service: {e}")))?;
     let graph = mailbridge::graph::GraphClient::new(&settings.graph_url)
         .map_err(|e| FunctionError::configuration(format!("MAILBRIDGE_GRAPH_URL: {e}")))?;

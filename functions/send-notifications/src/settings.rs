@@ -1,7 +1,7 @@
 //! Typed settings for send-notifications, parsed from the environment once per cold start.
 //!
-//! Every missing or invalid variable is reported at once, each naming the variable.
-//! (`MAILBRIDGE_SECRET_PREFIX` is read by the token layer's own configuration.)
+//! Every missing or invalid variable is reported at once, each naming the variable
+//! ([`mailbridge::config::EnvReader`]).
 
 use std::time::Duration;
 
@@ -18,6 +18,8 @@ pub struct Settings {
     pub graph_url: String,
     /// Limits and timings used by the batch logic.
     pub batch: BatchSettings,
+    /// `MAILBRIDGE_SECRET_PREFIX`, `MAILBRIDGE_TOKEN_WRITE_BACK_SECONDS`: the token layer's.
+    pub tokens: mailbridge::token::TokenServiceConfig,
 }
 
 /// The knobs of the batch logic (plain values so tests can build them).
@@ -73,10 +75,7 @@ impl Default for BatchSettings {
     }
 }
 
-/// Some variables are missing or invalid; the message lists every one.
-#[derive(Debug, thiserror::Error)]
-#[error("send-notifications configuration: {}", .0.join("; "))]
-pub struct SettingsError(pub Vec<String>);
+pub use mailbridge::config::SettingsError;
 
 impl Settings {
     /// Read the process environment.
@@ -86,69 +85,58 @@ impl Settings {
 
     /// Read variables through `lookup` (testable without touching the process environment).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
-        let mut problems = Vec::new();
-        let mut required = |name: &str| match lookup(name) {
-            Some(v) if !v.trim().is_empty() => v,
-            _ => {
-                problems.push(format!("{name} is required"));
-                String::new()
-            }
-        };
-        let state_table = required("MAILBRIDGE_STATE_TABLE");
-        let dlq_url = required("MAILBRIDGE_DLQ_URL");
-        let thread_key_secret = required("MAILBRIDGE_THREAD_KEY_SECRET");
-        let graph_url = lookup("MAILBRIDGE_GRAPH_URL")
+        let mut env = mailbridge::config::EnvReader::new(lookup);
+        let state_table = env.required("MAILBRIDGE_STATE_TABLE", "the DynamoDB state table name");
+        let dlq_url = env.required(
+            "MAILBRIDGE_DLQ_URL",
+            "the dead-letter queue failed notifications are parked on",
+        );
+        let thread_key_secret = env.required(
+            "MAILBRIDGE_THREAD_KEY_SECRET",
+            "the secret holding the thread-marker HMAC key",
+        );
+        let graph_url = env
+            .get("MAILBRIDGE_GRAPH_URL")
             .unwrap_or_else(|| mailbridge::graph::DEFAULT_GRAPH_URL.to_owned());
-        let mut batch = BatchSettings::default();
-        if let Some(v) = lookup("MAILBRIDGE_MAX_IN_FLIGHT_PER_MAILBOX") {
-            match v.trim().parse::<usize>() {
-                Ok(n @ 1..=64) => batch.max_in_flight_per_mailbox = n,
-                _ => problems.push(format!(
-                    "MAILBRIDGE_MAX_IN_FLIGHT_PER_MAILBOX must be a whole number from 1 to 64 (got {v:?})"
-                )),
-            }
-        }
-        if let Some(v) = lookup("MAILBRIDGE_REAUTH_VISIBILITY_SECONDS") {
-            match v.trim().parse::<u64>() {
-                Ok(n @ 0..=43200) => batch.reauth_visibility = Duration::from_secs(n),
-                _ => problems.push(format!(
-                    "MAILBRIDGE_REAUTH_VISIBILITY_SECONDS must be seconds from 0 to 43200, SQS's maximum (got {v:?})"
-                )),
-            }
-        }
-        if let Some(v) = lookup("MAILBRIDGE_QUOTA_VISIBILITY_SECONDS") {
-            match v.trim().parse::<u64>() {
-                Ok(n @ 60..=43200) => batch.quota_visibility = Duration::from_secs(n),
-                _ => problems.push(format!(
-                    "MAILBRIDGE_QUOTA_VISIBILITY_SECONDS must be seconds from 60 to 43200, SQS's maximum (got {v:?})"
-                )),
-            }
-        }
-        if let Some(v) = lookup("MAILBRIDGE_MAX_MESSAGE_BYTES") {
-            match v.trim().parse::<usize>() {
-                Ok(n @ 1_000_000..=LARGEST_MAX_MESSAGE_BYTES) => batch.max_message_bytes = n,
-                _ => problems.push(format!(
-                    "MAILBRIDGE_MAX_MESSAGE_BYTES must be bytes from 1000000 to {LARGEST_MAX_MESSAGE_BYTES}, Exchange Online's largest MaxSendSize (got {v:?})"
-                )),
-            }
-        }
-        batch.message_bucket = lookup("MAILBRIDGE_MESSAGE_BUCKET")
-            .map(|b| b.trim().to_owned())
-            .filter(|b| !b.is_empty());
         if let Err(e) = mailbridge::graph::GraphClient::new(&graph_url) {
-            problems.push(format!("MAILBRIDGE_GRAPH_URL: {e}"));
+            env.problem("MAILBRIDGE_GRAPH_URL", e);
         }
-        if problems.is_empty() {
-            Ok(Settings {
-                state_table,
-                dlq_url,
-                thread_key_secret,
-                graph_url,
-                batch,
-            })
-        } else {
-            Err(SettingsError(problems))
-        }
+        let defaults = BatchSettings::default();
+        let batch = BatchSettings {
+            max_in_flight_per_mailbox: env.number(
+                "MAILBRIDGE_MAX_IN_FLIGHT_PER_MAILBOX",
+                defaults.max_in_flight_per_mailbox,
+                1..=64,
+            ),
+            // SQS's longest visibility timeout: 43,200 s
+            reauth_visibility: env.seconds(
+                "MAILBRIDGE_REAUTH_VISIBILITY_SECONDS",
+                defaults.reauth_visibility,
+                0..=43_200,
+            ),
+            quota_visibility: env.seconds(
+                "MAILBRIDGE_QUOTA_VISIBILITY_SECONDS",
+                defaults.quota_visibility,
+                60..=43_200,
+            ),
+            // Exchange Online's largest MaxSendSize
+            max_message_bytes: env.number(
+                "MAILBRIDGE_MAX_MESSAGE_BYTES",
+                defaults.max_message_bytes,
+                1_000_000..=LARGEST_MAX_MESSAGE_BYTES,
+            ),
+            message_bucket: env.get("MAILBRIDGE_MESSAGE_BUCKET"),
+            ..defaults
+        };
+        let tokens = mailbridge::token::TokenServiceConfig::from_env_reader(&mut env);
+        env.finish(Settings {
+            state_table,
+            dlq_url,
+            thread_key_secret,
+            graph_url,
+            batch,
+            tokens,
+        })
     }
 }
 

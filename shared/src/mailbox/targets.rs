@@ -13,7 +13,7 @@
 //! Only the local stack, the demo and the tests set it.
 
 use super::config::{ConfigError, MailboxConfig};
-use crate::config::SettingsError;
+use crate::config::{EnvReader, SettingsError};
 
 /// IMAP hosts allowed by default: Exchange Online worldwide (also GCC), US Government GCC High,
 /// US Government DoD, and Microsoft 365 operated by 21Vianet.
@@ -91,40 +91,42 @@ pub struct TargetPolicy {
 }
 
 impl TargetPolicy {
-    /// From a variable lookup (the process environment): [`IMAP_HOSTS_VAR`],
-    /// [`SINK_HOSTS_VAR`], [`ALLOW_LOCAL_VAR`].
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
-        let list = |name: &'static str| -> Result<Option<Vec<HostPattern>>, SettingsError> {
-            let Some(value) = get(name).filter(|v| !v.trim().is_empty()) else {
-                return Ok(None);
-            };
-            value
+    /// From the environment: [`IMAP_HOSTS_VAR`], [`SINK_HOSTS_VAR`], [`ALLOW_LOCAL_VAR`]
+    /// (problems are noted in `env`).
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &mut EnvReader<F>) -> Self {
+        let mut list = |name: &'static str| -> Option<Vec<HostPattern>> {
+            let value = env.get(name)?;
+            let mut hosts = Vec::new();
+            for entry in value
                 .split([',', ' ', '\n', '\t'])
                 .filter(|e| !e.trim().is_empty())
-                .map(|e| HostPattern::parse(e).map_err(|problem| SettingsError { name, problem }))
-                .collect::<Result<Vec<_>, _>>()
-                .map(Some)
-        };
-        let allow_local = match get(ALLOW_LOCAL_VAR).as_deref().map(str::trim) {
-            None | Some("") | Some("false") | Some("0") => false,
-            Some("true") | Some("1") => true,
-            Some(other) => {
-                return Err(SettingsError {
-                    name: ALLOW_LOCAL_VAR,
-                    problem: format!("{other:?} is not true or false"),
-                });
+            {
+                match HostPattern::parse(entry) {
+                    Ok(host) => hosts.push(host),
+                    Err(problem) => env.problem(name, problem),
+                }
             }
+            Some(hosts)
         };
-        Ok(TargetPolicy {
-            imap_hosts: list(IMAP_HOSTS_VAR)?.unwrap_or_else(|| {
-                MICROSOFT_IMAP_HOSTS
-                    .iter()
-                    .map(|h| HostPattern::Exact((*h).to_string()))
-                    .collect()
-            }),
-            sink_hosts: list(SINK_HOSTS_VAR)?.unwrap_or_default(),
-            allow_local,
-        })
+        let imap_hosts = list(IMAP_HOSTS_VAR).unwrap_or_else(|| {
+            MICROSOFT_IMAP_HOSTS
+                .iter()
+                .map(|h| HostPattern::Exact((*h).to_string()))
+                .collect()
+        });
+        let sink_hosts = list(SINK_HOSTS_VAR).unwrap_or_default();
+        TargetPolicy {
+            imap_hosts,
+            sink_hosts,
+            allow_local: env.flag(ALLOW_LOCAL_VAR, false),
+        }
+    }
+
+    /// [`TargetPolicy::from_env`] over a variable lookup alone.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+        let mut env = EnvReader::new(get);
+        let policy = Self::from_env(&mut env);
+        env.finish(policy)
     }
 
     /// The policy of the local stack and the tests: Microsoft's IMAP hosts, no ticket API host,
@@ -368,7 +370,8 @@ mod tests {
         ] {
             let err =
                 TargetPolicy::from_lookup(|k| (k == name).then(|| value.to_string())).unwrap_err();
-            assert_eq!(err.name, name, "{value}");
+            assert_eq!(err.problems.len(), 1, "{value}: {err}");
+            assert!(err.problems[0].starts_with(&format!("{name}: ")), "{err}");
         }
     }
 }

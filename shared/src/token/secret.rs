@@ -283,10 +283,7 @@ impl FieldReader<'_> {
         let raw = self
             .opt_string(field)?
             .unwrap_or_else(|| default.to_owned());
-        crate::config::service_base_url(&raw, field).map_err(|e| match e {
-            crate::config::ConfigError::Invalid { problem, .. } => self.bad(field, problem),
-            other => self.bad(field, other),
-        })
+        crate::config::service_base_url(&raw, field).map_err(|e| self.bad(field, e.problem))
     }
 }
 

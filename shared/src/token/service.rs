@@ -79,19 +79,36 @@ impl Default for TokenServiceConfig {
 
 impl TokenServiceConfig {
     /// Defaults overridden by `MAILBRIDGE_SECRET_PREFIX` and
-    /// `MAILBRIDGE_TOKEN_WRITE_BACK_SECONDS`.
-    pub fn from_env() -> Result<Self, ConfigError> {
+    /// `MAILBRIDGE_TOKEN_WRITE_BACK_SECONDS` (problems are noted in `env`).
+    pub fn from_env_reader<F: Fn(&str) -> Option<String>>(
+        env: &mut crate::config::EnvReader<F>,
+    ) -> Self {
         let defaults = Self::default();
         let config = Self {
-            secret_prefix: crate::config::env_or(SECRET_PREFIX_ENV, &defaults.secret_prefix),
-            write_back_interval: crate::config::env_seconds_or(
+            secret_prefix: env
+                .get(SECRET_PREFIX_ENV)
+                .unwrap_or_else(|| defaults.secret_prefix.clone()),
+            write_back_interval: env.seconds(
                 WRITE_BACK_INTERVAL_ENV,
                 defaults.write_back_interval,
-            )?,
+                0..=u64::MAX,
+            ),
             ..defaults
         };
-        config.validate(WRITE_BACK_INTERVAL_ENV)?;
-        Ok(config)
+        match config.validate(WRITE_BACK_INTERVAL_ENV) {
+            Ok(()) => config,
+            Err(ConfigError { field, problem }) => {
+                env.problem(&field, problem);
+                Self::default()
+            }
+        }
+    }
+
+    /// [`TokenServiceConfig::from_env_reader`] over the process environment.
+    pub fn from_env() -> Result<Self, crate::config::SettingsError> {
+        let mut env = crate::config::EnvReader::new(|k: &str| std::env::var(k).ok());
+        let config = Self::from_env_reader(&mut env);
+        env.finish(config)
     }
 
     /// Check the write-back interval is inside [10 min, 30 days].
@@ -99,7 +116,7 @@ impl TokenServiceConfig {
         if self.write_back_interval < MIN_WRITE_BACK_INTERVAL
             || self.write_back_interval > MAX_WRITE_BACK_INTERVAL
         {
-            return Err(ConfigError::Invalid {
+            return Err(ConfigError {
                 field: field.to_owned(),
                 problem: format!(
                     "{} s is outside [{} s, {} s]: Secrets Manager should not be written more than \
@@ -215,10 +232,13 @@ impl TokenService {
         }
     }
 
-    /// Production wiring: Secrets Manager from `aws`, the default HTTP client, config from env.
-    pub fn from_env(aws: &aws_config::SdkConfig) -> Result<Self, ConfigError> {
-        let config = TokenServiceConfig::from_env()?;
-        let http = crate::http::default_client().map_err(|e| ConfigError::Invalid {
+    /// Production wiring: Secrets Manager from `aws`, the default HTTP client, `config` (read
+    /// with the function's settings: [`TokenServiceConfig::from_env_reader`]).
+    pub fn production(
+        aws: &aws_config::SdkConfig,
+        config: TokenServiceConfig,
+    ) -> Result<Self, ConfigError> {
+        let http = crate::http::default_client().map_err(|e| ConfigError {
             field: "http client".to_owned(),
             problem: e.to_string(),
         })?;

@@ -54,7 +54,7 @@ async fn poll_mailboxes_cold_start_with_a_missing_or_invalid_variable_names_it()
         (
             "MAILBRIDGE_MAX_CONCURRENT_MAILBOXES",
             Some("0"),
-            "between 1 and 256",
+            "from 1 to 256",
             true,
         ),
         (
