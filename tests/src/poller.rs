@@ -143,6 +143,35 @@ pub async fn bootstrap_env(table: &str, log: &str) -> Vec<(String, String)> {
     env
 }
 
+/// Write mailbox `name` of the state table `table`: `user` on the stack's Dovecot read with
+/// `account`'s secret, plus `fields` (the sink, limits, ...).
+pub async fn put_stack_mailbox(
+    table: &str,
+    name: &str,
+    user: &str,
+    account: &str,
+    fields: serde_json::Value,
+) {
+    let mut config = serde_json::json!({
+        "user": user,
+        "account": account,
+        "host": "localhost",
+        "port": stack().dovecot().imaps_port,
+    });
+    for (k, v) in fields.as_object().expect("fields are an object") {
+        config[k] = v.clone();
+    }
+    put_mailbox_config(
+        &dynamodb(),
+        table,
+        name,
+        &config,
+        &mailbridge::mailbox::TargetPolicy::local(),
+    )
+    .await
+    .unwrap();
+}
+
 /// The password of every user a [`Poller`] registers.
 pub const PASSWORD: &str = "correct horse battery staple";
 

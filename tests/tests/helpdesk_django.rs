@@ -10,14 +10,13 @@ use local_stack::django_helpdesk::{DjangoHelpdesk, NON_STAFF_USER};
 use local_stack::http_fault_proxy::{HttpFault, HttpFaultProxy};
 use mailbridge::retry::RetryPolicy;
 use mailbridge::state_table::MailboxStatus;
-use mailbridge::state_table::put_mailbox_config;
 use mailbridge::ticket_sink::{
     DeliveryPlan, SenderCheck, SinkConfig, TICKET_PAYLOAD_SCHEMA, TicketPayload, TicketSink,
     TicketSinkError,
 };
 use mailbridge_tests::mail::customer_mail_with_attachments;
 use mailbridge_tests::poller::ImapPoller;
-use mailbridge_tests::{dynamodb, init_tracing, new_password_account, put_secret, stack, unique};
+use mailbridge_tests::{init_tracing, new_password_account, put_secret, stack, unique};
 use poll_mailboxes::PollDeps;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -61,7 +60,6 @@ impl World {
 
     /// The mailbox on `hd`, its sink's secret holding `secret_json`.
     async fn with_helpdesk(hd: DjangoHelpdesk, sink: Value, secret_json: &str) -> World {
-        let stack = stack();
         let table = mailbridge_tests::create_state_table("hd").await.unwrap();
         let deps = ImapPoller {
             table: &table,
@@ -94,25 +92,19 @@ impl World {
         for (k, v) in sink.as_object().unwrap() {
             sink_fields[k] = v.clone();
         }
-        let fields = json!({
-            "user": world.user,
-            "account": account,
-            "host": "localhost",
-            "port": stack.dovecot().imaps_port,
-            "sink": sink_fields,
-            // the benchmark's 200 mails (from one sender) in one run
-            "max_messages_per_run": 1000,
-            "max_mails_per_sender_per_hour": 0,
-        });
-        put_mailbox_config(
-            &dynamodb(),
+        mailbridge_tests::poller::put_stack_mailbox(
             &world.table,
             "helpdesk",
-            &fields,
-            &mailbridge::mailbox::TargetPolicy::local(),
+            &world.user,
+            &account,
+            json!({
+                "sink": sink_fields,
+                // the benchmark's 200 mails (from one sender) in one run
+                "max_messages_per_run": 1000,
+                "max_mails_per_sender_per_hour": 0,
+            }),
         )
-        .await
-        .unwrap();
+        .await;
         world
     }
 

@@ -9,7 +9,6 @@ use base64::Engine as _;
 use local_stack::request_tracker::{self, RequestTracker, RtClient};
 use mailbridge::retry::RetryPolicy;
 use mailbridge::state_table::MailboxStatus;
-use mailbridge::state_table::put_mailbox_config;
 use mailbridge::ticket_sink::{
     DeliveryPlan, SenderCheck, SinkConfig, TICKET_PAYLOAD_SCHEMA, TicketPayload, TicketSink,
     TicketSinkError,
@@ -105,23 +104,14 @@ impl RtWorld {
 
     /// (Re)write the mailbox `helpdesk` with the sink fields `extra`.
     async fn mailbox(&self, extra: Value) {
-        let dovecot = stack().dovecot();
-        let fields = json!({
-            "user": self.user,
-            "account": self.account,
-            "host": "localhost",
-            "port": dovecot.imaps_port,
-            "sink": self.sink_json(extra),
-        });
-        put_mailbox_config(
-            &dynamodb(),
+        mailbridge_tests::poller::put_stack_mailbox(
             &self.table,
             "helpdesk",
-            &fields,
-            &mailbridge::mailbox::TargetPolicy::local(),
+            &self.user,
+            &self.account,
+            json!({"sink": self.sink_json(extra)}),
         )
-        .await
-        .unwrap();
+        .await;
     }
 
     /// A sink built from this world's config and secret (what `mailbridge check` uses).
