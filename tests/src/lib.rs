@@ -4,13 +4,15 @@
 //! tests isolate themselves with [`unique`] names for queues, secrets, tables and IMAP users.
 //! [`cli`] finds the operator CLI binary; [`mail`] builds customer mail; [`parked`] reads a dead-letter queue; [`poller`]
 //! builds the real IMAP poller; [`measured_poll`] runs the real poller bootstrap over generated
-//! mail and measures it; [`sender`] the real send-notifications.
+//! mail and measures it; [`process_cpu`] says where a benchmark's CPU went, per process tree;
+//! [`sender`] the real send-notifications.
 
 pub mod cli;
 pub mod mail;
 pub mod measured_poll;
 pub mod parked;
 pub mod poller;
+pub mod process_cpu;
 pub mod sender;
 
 use std::sync::Once;

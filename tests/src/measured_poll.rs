@@ -119,45 +119,13 @@ fn realistic_mail(rng: &mut Rng, i: usize, to: &str, attachment: Option<usize>) 
     }
 }
 
-/// CPU time (user + system) a process used so far, and that of its children it waited for
-/// (the doveadm processes of the Graph stand-in), from `/proc/<pid>/stat` (ticks of 10 ms).
-fn cpu_seconds(pid: &str) -> Option<(f64, f64)> {
+/// CPU time (user + system) a process used so far, from `/proc/<pid>/stat` (ticks of 10 ms).
+fn cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // after the command name in parentheses: utime, stime, cutime, cstime are fields 14..=17
+    // after the command name in parentheses: utime, stime are fields 14 and 15
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    Some((
-        (tick(11)? + tick(12)?) as f64 / 100.0,
-        (tick(13)? + tick(14)?) as f64 / 100.0,
-    ))
-}
-
-/// CPU seconds of process `pid` and every process under it (own time of the living, the waited
-/// for time of those that ended): for Dovecot, its master, logins and IMAP sessions.
-fn process_tree_cpu_seconds(pid: u32) -> Option<f64> {
-    let parent_of = |stat: &str| -> Option<u32> {
-        stat.rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    let (own, waited) = cpu_seconds(&pid.to_string())?;
-    let mut total = own + waited;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Ok(child) = name.parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        if parent_of(&stat) == Some(pid) {
-            total += process_tree_cpu_seconds(child).unwrap_or(0.0);
-        }
-    }
-    Some(total)
+    Some((tick(11)? + tick(12)?) as f64 / 100.0)
 }
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
@@ -191,12 +159,12 @@ pub struct BootstrapRun {
     pub total_bytes: usize,
     /// CPU seconds of the bootstrap (init and the run).
     pub poller_cpu: Option<f64>,
-    /// CPU seconds of this test process during the run (the ticket API and Graph stand-ins), and
-    /// of the child processes it waited for meanwhile (doveadm); moto is not counted.
-    pub stand_ins_cpu: Option<(f64, f64)>,
-    /// CPU seconds of Dovecot during the run (its master and every process under it: the
-    /// poller's IMAP session, or the Graph stand-in's sessions).
-    pub dovecot_cpu: Option<f64>,
+    /// CPU seconds during the run of this test process (the ticket API, identity and Graph
+    /// stand-ins, the AWS call counter), the tools it ran (the Graph stand-in's doveadm) and
+    /// each process tree it started (the bootstrap, moto, Dovecot).
+    pub cpu_by_process: Vec<crate::process_cpu::TreeCpu>,
+    /// The bootstrap's AWS calls (moto) during the run, per operation.
+    pub aws_calls: local_stack::aws_calls::CallCounts,
 }
 
 /// `small` helpdesk-like mails (10 % with a 0.3–1 MB attachment, 20 % with a 20–300 KB one) plus
@@ -281,7 +249,15 @@ pub async fn poll_generated_mails(
     );
 
     let mut env = crate::poller::bootstrap_env(&p.table, "warn").await;
-
+    // The bootstrap reaches moto through a counting proxy: its AWS calls per operation.
+    let aws_calls = local_stack::aws_calls::AwsCallCounter::start(&stack().moto().endpoint_url)
+        .await
+        .expect("AWS call counter");
+    for (key, value) in &mut env {
+        if key == "AWS_ENDPOINT_URL" {
+            *value = aws_calls.endpoint_url.clone();
+        }
+    }
     env.extend([
         (
             "MAILBRIDGE_IMAP_CA_FILE".to_string(),
@@ -294,9 +270,8 @@ pub async fn poll_generated_mails(
     function.memory_mb = memory_mb;
     api.spawn_function(&function).expect("spawn bootstrap");
     let pid = api.function_pid().expect("function pid");
-    let stand_ins_cpu_before = cpu_seconds("self");
-    let dovecot_pid = dovecot.pid();
-    let dovecot_cpu_before = dovecot_pid.and_then(process_tree_cpu_seconds);
+    let cpu_before = crate::process_cpu::CpuSnapshot::now();
+    let calls_before = aws_calls.counts();
     let outcome = api
         .invoke(
             serde_json::json!({"source": "mailbridge.schedule"}),
@@ -304,14 +279,9 @@ pub async fn poll_generated_mails(
         )
         .await
         .unwrap();
-    let poller_cpu = cpu_seconds(&pid.to_string()).map(|(own, _)| own);
-    let dovecot_cpu = dovecot_pid
-        .and_then(process_tree_cpu_seconds)
-        .zip(dovecot_cpu_before)
-        .map(|(after, before)| after - before);
-    let stand_ins_cpu = cpu_seconds("self")
-        .zip(stand_ins_cpu_before)
-        .map(|(after, before)| (after.0 - before.0, after.1 - before.1));
+    let poller_cpu = cpu_seconds(&pid.to_string());
+    let cpu_by_process = crate::process_cpu::CpuSnapshot::now().since(&cpu_before);
+    let aws_calls = aws_calls.since(&calls_before);
     let wall = outcome.duration;
     let init = outcome.init_duration;
     let peak_rss_kib = peak_rss_kib(pid);
@@ -331,8 +301,8 @@ pub async fn poll_generated_mails(
         mails: mails.len(),
         total_bytes,
         poller_cpu,
-        stand_ins_cpu,
-        dovecot_cpu,
+        cpu_by_process,
+        aws_calls,
     };
     assert_eq!(handled, mails.len() as u64, "{report}");
     assert_eq!(p.tickets().len(), mails.len());

@@ -40,8 +40,9 @@ async fn bench_poll_1000_mails_and_a_20_mb_attachment() {
             poll_generated_mails(binary.clone(), &label, 1000, BIG_ATTACHMENT, 128, graph).await;
         println!(
             "bench {protocol} ({build}): {} mails in {:.2} s = {:.1} mails/s; init {:?}; peak RSS {:.1} MiB \
-             (limit 128); {protocol} round trips {} = {:.2} per mail; outcome {}; CPU s: poller {:?}, \
-             stand-ins (own, their doveadm) {:?}, Dovecot {:?}; load average {load_before} before, {} after",
+             (limit 128); {protocol} round trips {} = {:.2} per mail; outcome {}; CPU s: poller {:?} \
+             (with its init); during the run, by process tree: {}; the poller's AWS calls: {} \
+             ({:.3} per mail); load average {load_before} before, {} after",
             run.handled,
             run.wall.as_secs_f64(),
             run.handled as f64 / run.wall.as_secs_f64(),
@@ -51,8 +52,9 @@ async fn bench_poll_1000_mails_and_a_20_mb_attachment() {
             run.imap_round_trips as f64 / run.handled as f64,
             run.outcome,
             run.poller_cpu,
-            run.stand_ins_cpu,
-            run.dovecot_cpu,
+            mailbridge_tests::process_cpu::describe(&run.cpu_by_process),
+            local_stack::aws_calls::summarize(&run.aws_calls),
+            run.aws_calls.values().sum::<u64>() as f64 / run.handled as f64,
             load()
         );
         assert!(
