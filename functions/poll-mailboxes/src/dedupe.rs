@@ -97,18 +97,17 @@ impl DedupeKey {
     }
 }
 
-fn normalise_body(body: &[u8]) -> Vec<u8> {
-    // Same text with LF or CRLF line ends, with or without trailing blank lines, is the same body.
-    let mut out = Vec::with_capacity(body.len());
-    for &b in body {
-        if b != b'\r' {
-            out.push(b);
-        }
+/// Hash the body so that the same text with LF or CRLF line ends, with or without trailing
+/// blank lines, is the same body: without its CRs and its trailing line ends. In place, piece by
+/// piece between CRs (no copy of a body of many megabytes).
+fn hash_normalised_body(hasher: &mut Sha256, body: &[u8]) {
+    let end = body
+        .iter()
+        .rposition(|&b| b != b'\r' && b != b'\n')
+        .map_or(0, |last| last + 1);
+    for piece in body[..end].split(|&b| b == b'\r') {
+        hasher.update(piece);
     }
-    while out.last() == Some(&b'\n') {
-        out.pop();
-    }
-    out
 }
 
 /// Key for a mail whose whole raw message was read.
@@ -132,7 +131,7 @@ pub fn key_for_raw(mailbox: &str, raw: &[u8]) -> DedupeKey {
                 }
             }
             hasher.update(b"\0");
-            hasher.update(normalise_body(&raw[body_start.min(raw.len())..]));
+            hash_normalised_body(&mut hasher, &raw[body_start.min(raw.len())..]);
             DedupeKey {
                 hash: hex::encode(hasher.finalize()),
                 message_id: Some(id),
@@ -211,6 +210,27 @@ mod tests {
         assert_eq!(
             key_for_raw("a", MAIL).item_key("a").len(),
             "mail#a#".len() + 64
+        );
+    }
+
+    /// Keys are stored (dedupe records) and sent (`Idempotency-Key`): the same mail must keep
+    /// its key across versions, or mail ticketed before an upgrade is ticketed again after it.
+    #[test]
+    fn keys_stay_what_they_were() {
+        let crlf_trailing = [MAIL, b"\r\n\r\n".as_slice()].concat();
+        let bare_cr =
+            b"Message-ID: <cr@x>\r\nFrom: a@x\r\n\r\nLine\rwith a bare CR\r\n\n\r".as_slice();
+        let keys: Vec<String> = [MAIL, crlf_trailing.as_slice(), bare_cr]
+            .iter()
+            .map(|raw| key_for_raw("m", raw).hash)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "bccb0da95ee5b0ef05817a278e4e0e80b21b491d7f2a3f8376ecf24784658766",
+                "bccb0da95ee5b0ef05817a278e4e0e80b21b491d7f2a3f8376ecf24784658766",
+                "77246f6214d59a3caddbdf29239d559ab674b244d18ab9e5b7154c1daefb4676",
+            ]
         );
     }
 
