@@ -149,6 +149,43 @@ fn removed(items: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// `/me/...` is the token's own mailbox, the same one as `/users/{its upn}/...`: the folder list,
+/// one folder by path, and a delta round of its messages.
+#[tokio::test(flavor = "multi_thread")]
+async fn stand_in_me_and_users_upn_read_the_same_mailbox() {
+    let user = unique_user("graphme");
+    dovecot()
+        .deliver_to(&user, "INBOX", &mail("only", &unique("mid")))
+        .unwrap();
+    let token = token(&user, &["Mail.ReadWrite"]);
+    let me = Caller::new("me", token.clone());
+    let by_upn = Caller::new(&format!("users/{user}"), token);
+    for path in [
+        "mailFolders",
+        "mailFolders/inbox",
+        "mailFolders/inbox/messages/delta",
+    ] {
+        let (status, _, via_me) = me.get(path).await;
+        assert_eq!(
+            status,
+            200,
+            "/me/{path}: {}",
+            String::from_utf8_lossy(&via_me)
+        );
+        let (status, _, via_upn) = by_upn.get(path).await;
+        assert_eq!(status, 200, "/users/{{upn}}/{path}");
+        let value = |raw: &[u8]| serde_json::from_slice::<Value>(raw).unwrap()["value"].clone();
+        let folder = |raw: &[u8]| serde_json::from_slice::<Value>(raw).unwrap()["id"].clone();
+        if path == "mailFolders/inbox" {
+            assert_eq!(folder(&via_me), folder(&via_upn), "{path}");
+            assert!(folder(&via_me).is_string(), "{path}");
+        } else {
+            assert_eq!(value(&via_me), value(&via_upn), "{path}");
+            assert!(!value(&via_me).as_array().unwrap().is_empty(), "{path}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn stand_in_delta_rounds_follow_the_mail_store() {
     let user = unique_user("graphread");

@@ -546,86 +546,45 @@ fn with_rid(mut response: Response, rid: &str) -> Response {
 pub(super) fn routes() -> Router<Arc<StandInState>> {
     use axum::routing::get;
     Router::new()
-        .route("/v1.0/me/mailFolders", get(folders_me).post(folders_me))
-        .route(
-            "/v1.0/me/mailFolders/{*rest}",
-            get(folder_me).post(folder_me),
-        )
-        .route(
-            "/v1.0/users/{id}/mailFolders",
-            get(folders_user).post(folders_user),
-        )
+        .route("/v1.0/me/mailFolders", get(folders).post(folders))
+        .route("/v1.0/me/mailFolders/{*rest}", get(folders).post(folders))
+        .route("/v1.0/users/{id}/mailFolders", get(folders).post(folders))
         .route(
             "/v1.0/users/{id}/mailFolders/{*rest}",
-            get(folder_user).post(folder_user),
+            get(folders).post(folders),
         )
 }
 
 type S = State<Arc<StandInState>>;
 
-async fn folders_me(
-    State(s): S,
-    method: Method,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    run(
-        s,
-        method,
-        None,
-        vec!["mailFolders".into()],
-        q,
-        headers,
-        body,
-    )
-    .await
+/// The parameters of the folder routes: the user (None on `/me`) and the path after
+/// `mailFolders/`.
+#[derive(serde::Deserialize)]
+struct FolderPath {
+    id: Option<String>,
+    rest: Option<String>,
 }
 
-async fn folder_me(
+async fn folders(
     State(s): S,
     method: Method,
-    Path(rest): Path<String>,
+    path: Option<Path<FolderPath>>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let FolderPath { id, rest } = path.map_or(
+        FolderPath {
+            id: None,
+            rest: None,
+        },
+        |p| p.0,
+    );
     let mut segments = vec!["mailFolders".to_owned()];
-    segments.extend(rest.split('/').map(str::to_owned));
-    run(s, method, None, segments, q, headers, body).await
-}
-
-async fn folders_user(
-    State(s): S,
-    method: Method,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    run(
-        s,
-        method,
-        Some(id),
-        vec!["mailFolders".into()],
-        q,
-        headers,
-        body,
-    )
-    .await
-}
-
-async fn folder_user(
-    State(s): S,
-    method: Method,
-    Path((id, rest)): Path<(String, String)>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let mut segments = vec!["mailFolders".to_owned()];
-    segments.extend(rest.split('/').map(str::to_owned));
-    run(s, method, Some(id), segments, q, headers, body).await
+    if let Some(rest) = rest {
+        segments.extend(rest.split('/').map(str::to_owned));
+    }
+    run(s, method, id, segments, q, headers, body).await
 }
 
 /// A request on `…/messages/{mid}[/{action}]` for a stored message (not a draft).
