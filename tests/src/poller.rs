@@ -143,23 +143,23 @@ pub async fn bootstrap_env(table: &str, log: &str) -> Vec<(String, String)> {
     env
 }
 
-/// Write mailbox `name` of the state table `table`: `user` on the stack's Dovecot read with
-/// `account`'s secret, plus `fields` (the sink, limits, ...).
-pub async fn put_stack_mailbox(
+/// Write mailbox `name` of the state table `table` (local targets allowed): the fields of
+/// `config`, with those of `extra` over them (a null in `extra` removes the field).
+pub async fn put_mailbox(
     table: &str,
     name: &str,
-    user: &str,
-    account: &str,
-    fields: serde_json::Value,
+    mut config: serde_json::Value,
+    extra: serde_json::Value,
 ) {
-    let mut config = serde_json::json!({
-        "user": user,
-        "account": account,
-        "host": "localhost",
-        "port": stack().dovecot().imaps_port,
-    });
-    for (k, v) in fields.as_object().expect("fields are an object") {
-        config[k] = v.clone();
+    let fields = config
+        .as_object_mut()
+        .expect("the configuration is an object");
+    for (k, v) in extra.as_object().expect("extra fields are an object") {
+        if v.is_null() {
+            fields.remove(k);
+        } else {
+            fields.insert(k.clone(), v.clone());
+        }
     }
     put_mailbox_config(
         &dynamodb(),
@@ -170,6 +170,24 @@ pub async fn put_stack_mailbox(
     )
     .await
     .unwrap();
+}
+
+/// Write mailbox `name` of the state table `table`: `user` on the stack's Dovecot read with
+/// `account`'s secret, plus `fields` (the sink, limits, ...).
+pub async fn put_stack_mailbox(
+    table: &str,
+    name: &str,
+    user: &str,
+    account: &str,
+    fields: serde_json::Value,
+) {
+    let config = serde_json::json!({
+        "user": user,
+        "account": account,
+        "host": "localhost",
+        "port": stack().dovecot().imaps_port,
+    });
+    put_mailbox(table, name, config, fields).await;
 }
 
 /// The password of every user a [`Poller`] registers.
@@ -266,29 +284,14 @@ impl Poller {
     /// Configure mailbox `name` for `user` on this Dovecot, posting to this poller's ticket sink
     /// path; `extra` overrides or (null) removes fields.
     pub async fn mailbox(&self, name: &str, user: &str, account: &str, extra: serde_json::Value) {
-        let mut fields = serde_json::json!({
+        let config = serde_json::json!({
             "user": user,
             "account": account,
             "host": "localhost",
             "port": self.dovecot.imaps_port,
             "ticket_api_url": stack().tickets().sink_url(&self.sink),
         });
-        for (k, v) in extra.as_object().unwrap() {
-            if v.is_null() {
-                fields.as_object_mut().unwrap().remove(k);
-            } else {
-                fields[k] = v.clone();
-            }
-        }
-        put_mailbox_config(
-            &dynamodb(),
-            &self.table,
-            name,
-            &fields,
-            &mailbridge::mailbox::TargetPolicy::local(),
-        )
-        .await
-        .unwrap();
+        put_mailbox(&self.table, name, config, extra).await;
     }
 
     /// One run, with a minute to go.

@@ -435,8 +435,8 @@ async fn stand_in_checks_permissions_content_type_and_throttles() {
 use std::sync::Arc;
 
 use local_stack::identity::{AppRegistration, UserAccount};
+use mailbridge::state_table::DynamoStateStore;
 use mailbridge::state_table::MailboxStatus;
-use mailbridge::state_table::{DynamoStateStore, put_mailbox_config};
 use mailbridge::token::identity::{IdentityClient, default_retry_policy};
 use mailbridge::token::secret::AccountSecret;
 use mailbridge::token::service::{TokenService, TokenServiceConfig};
@@ -550,28 +550,13 @@ impl Poller {
     }
 
     async fn mailbox(&self, name: &str, user: &str, account: &str, extra: Value) {
-        let mut fields = json!({
+        let config = json!({
             "user": user,
             "account": account,
             "protocol": "graph",
             "ticket_api_url": stack().tickets().sink_url(&self.sink),
         });
-        for (k, v) in extra.as_object().unwrap() {
-            if v.is_null() {
-                fields.as_object_mut().unwrap().remove(k);
-            } else {
-                fields[k] = v.clone();
-            }
-        }
-        put_mailbox_config(
-            &dynamodb(),
-            &self.table,
-            name,
-            &fields,
-            &mailbridge::mailbox::TargetPolicy::local(),
-        )
-        .await
-        .unwrap();
+        mailbridge_tests::poller::put_mailbox(&self.table, name, config, extra).await;
     }
 
     async fn poll(&self) -> poll_mailboxes::PollReport {
