@@ -289,23 +289,13 @@ impl Notification {
     pub fn validate(&self) -> Result<(), NotificationError> {
         use patterns as p;
         let mut v = Rules::default();
-        if self.version != CURRENT_VERSION {
-            v.push("version", format!("must be {CURRENT_VERSION}"));
-        }
-        if let Some(id) = &self.id
-            && !matches(p::ID, id)
-        {
-            v.push(
-                "id",
-                "must be 1 to 128 characters without whitespace or control characters",
-            );
-        }
-        if !matches(p::ACCOUNT, &self.account) {
-            v.push(
-                "account",
-                "must be an account secret name: 1 to 512 ASCII letters, digits or /_+=.@-",
-            );
-        }
+        check_envelope(
+            &mut v,
+            self.version,
+            self.id.as_deref(),
+            &self.account,
+            self.ticket_number.as_deref(),
+        );
         if let Some(from) = &self.from {
             check_address(&mut v, "from", from);
         }
@@ -439,14 +429,6 @@ impl Notification {
             }
             check_line(&mut v, &field, value, 998);
         }
-        if let Some(t) = &self.ticket_number
-            && !matches(p::TICKET_NUMBER, t)
-        {
-            v.push(
-                "ticket_number",
-                "must be 1 to 32 ASCII letters, digits, - or _",
-            );
-        }
         let estimate = self.estimated_request_bytes();
         if estimate > MAX_REQUEST_BYTES {
             v.push(
@@ -577,34 +559,15 @@ impl MimeNotification {
 
     /// Check every rule; report all violations at once.
     pub fn validate(&self) -> Result<(), NotificationError> {
-        use patterns as p;
         let mut v = Rules::default();
-        if self.version != CURRENT_VERSION {
-            v.push("version", format!("must be {CURRENT_VERSION}"));
-        }
-        if let Some(id) = &self.id
-            && !matches(p::ID, id)
-        {
-            v.push(
-                "id",
-                "must be 1 to 128 characters without whitespace or control characters",
-            );
-        }
-        if !matches(p::ACCOUNT, &self.account) {
-            v.push(
-                "account",
-                "must be an account secret name: 1 to 512 ASCII letters, digits or /_+=.@-",
-            );
-        }
+        check_envelope(
+            &mut v,
+            self.version,
+            self.id.as_deref(),
+            &self.account,
+            self.ticket_number.as_deref(),
+        );
         check_address(&mut v, "from", &self.from);
-        if let Some(t) = &self.ticket_number
-            && !matches(p::TICKET_NUMBER, t)
-        {
-            v.push(
-                "ticket_number",
-                "must be 1 to 32 ASCII letters, digits, - or _",
-            );
-        }
         match (&self.raw_base64, &self.raw_ref) {
             (Some(_), Some(_)) | (None, None) => v.push(
                 "raw_base64",
@@ -839,6 +802,42 @@ fn check_object_ref(v: &mut Rules, field: &str, r: &ObjectRef) {
         v.push(
             format!("{field}.sha256"),
             "must be the object's SHA-256 as 64 lowercase hex characters",
+        );
+    }
+}
+
+/// The rules both kinds share: version, id, account, ticket number.
+fn check_envelope(
+    v: &mut Rules,
+    version: u32,
+    id: Option<&str>,
+    account: &str,
+    ticket_number: Option<&str>,
+) {
+    use patterns as p;
+    if version != CURRENT_VERSION {
+        v.push("version", format!("must be {CURRENT_VERSION}"));
+    }
+    if let Some(id) = id
+        && !matches(p::ID, id)
+    {
+        v.push(
+            "id",
+            "must be 1 to 128 characters without whitespace or control characters",
+        );
+    }
+    if !matches(p::ACCOUNT, account) {
+        v.push(
+            "account",
+            "must be an account secret name: 1 to 512 ASCII letters, digits or /_+=.@-",
+        );
+    }
+    if let Some(t) = ticket_number
+        && !matches(p::TICKET_NUMBER, t)
+    {
+        v.push(
+            "ticket_number",
+            "must be 1 to 32 ASCII letters, digits, - or _",
         );
     }
 }
