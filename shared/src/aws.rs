@@ -30,6 +30,9 @@ use aws_smithy_runtime_api::client::runtime_components::{
 };
 use aws_smithy_types::config_bag::ConfigBag;
 
+/// The SDK configuration [`load_config`] gives, for the crates that build clients from it.
+pub use aws_config::SdkConfig;
+
 /// A problem with the AWS settings in the environment, found before any client is built.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AwsConfigError {

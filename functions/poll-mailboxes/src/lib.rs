@@ -14,7 +14,8 @@
 //! - [`imap_adapter`], [`graph_adapter`], [`sinks`]: the real adapters (IMAP, Microsoft Graph,
 //!   ticket sinks).
 //! - [`memory`]: how large a mail may be read whole, from the function's memory.
-//! - [`handler`]: the Lambda event → tick → response + metrics.
+//! - [`handler`]: the Lambda event → tick → response + metrics; [`production`]: the real
+//!   adapters built from the settings at cold start (what `main.rs` runs them with).
 //! - [`push`]: poll requests from Graph change notifications (the poll-request queue).
 
 pub mod conversation;
@@ -27,6 +28,7 @@ pub mod machine_mail;
 pub mod memory;
 pub mod poll;
 pub mod ports;
+pub mod production;
 pub mod push;
 pub mod settings;
 pub mod sinks;
