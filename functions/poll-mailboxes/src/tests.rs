@@ -11,7 +11,7 @@ use mailbridge::imap::{ImapError, ListedMessage, SearchScope, SelectedFolder, Ui
 use mailbridge::ticket_sink::{
     DeliveryPlan, SinkCheck, TicketPayload, TicketReceipt, TicketSink, TicketSinkError,
 };
-use mailbridge::token::{AccessToken, AccessTokenSource, Audience, TokenError};
+use mailbridge::token::{AccessToken, ScriptedTokens, TokenError};
 use secrecy::SecretString;
 use tokio::time::Instant;
 
@@ -439,36 +439,6 @@ impl SinkFactory for FakeSinks {
     }
 }
 
-#[derive(Default)]
-struct FakeTokens {
-    needs_reauth: Vec<String>,
-    invalidations: Mutex<u32>,
-}
-
-#[async_trait]
-impl AccessTokenSource for FakeTokens {
-    async fn access_token(
-        &self,
-        account: &str,
-        audience: Audience,
-    ) -> Result<AccessToken, TokenError> {
-        if self.needs_reauth.iter().any(|a| a == account) {
-            return Err(TokenError::NeedsReauth {
-                account: account.into(),
-                reason: "AADSTS70008: refresh token expired".into(),
-            });
-        }
-        Ok(AccessToken::new(
-            SecretString::from("tok"),
-            chrono::Utc::now() + chrono::Duration::hours(1),
-            audience,
-        ))
-    }
-    fn invalidate(&self, _account: &str, _audience: Audience) {
-        *self.invalidations.lock().unwrap() += 1;
-    }
-}
-
 struct World {
     server: FakeServer,
     state: Arc<FakeState>,
@@ -492,11 +462,11 @@ fn help_world() -> World {
             "help@example.com",
             serde_json::json!({}),
         ))],
-        FakeTokens::default(),
+        ScriptedTokens::default(),
     )
 }
 
-fn world(configs: Vec<Result<MailboxConfig, ConfigError>>, tokens: FakeTokens) -> World {
+fn world(configs: Vec<Result<MailboxConfig, ConfigError>>, tokens: ScriptedTokens) -> World {
     let server = FakeServer::default();
     let state = Arc::new(FakeState::default());
     *state.configs.lock().unwrap() = configs;
@@ -679,7 +649,7 @@ async fn a_failing_mail_is_put_last_before_the_per_run_limit() {
             "help@example.com",
             serde_json::json!({"max_messages_per_run": 1}),
         ))],
-        FakeTokens::default(),
+        ScriptedTokens::default(),
     );
     for id in ["poison", "b"] {
         w.server.deliver("help@example.com", &mail(id, "x"));
@@ -723,7 +693,7 @@ async fn malformed_and_oversize_mail_get_a_ticket_with_a_note_and_are_parked() {
             "help@example.com",
             serde_json::json!({"max_message_bytes": 2048}),
         ))],
-        FakeTokens::default(),
+        ScriptedTokens::default(),
     );
     w.server.deliver(
         "help@example.com",
@@ -771,10 +741,11 @@ async fn a_rejected_mail_is_parked_without_blocking_the_rest() {
 
 #[tokio::test]
 async fn auth_problems_are_per_mailbox_and_the_others_are_polled() {
-    let tokens = FakeTokens {
-        needs_reauth: vec!["acct-expired".into()],
-        ..Default::default()
-    };
+    let tokens = ScriptedTokens::default();
+    tokens.fail("acct-expired", |account| TokenError::NeedsReauth {
+        account: account.into(),
+        reason: "AADSTS70008: refresh token expired".into(),
+    });
     let bad_config =
         MailboxConfig::from_json("broken", &serde_json::json!({"user": "x"})).unwrap_err();
     let w = world(
@@ -885,7 +856,7 @@ async fn mark_seen_mode_only_polls_unseen_mail() {
             "help@example.com",
             serde_json::json!({"after_action": "mark_seen"}),
         ))],
-        FakeTokens::default(),
+        ScriptedTokens::default(),
     );
     w.server.deliver("help@example.com", &mail("a", "x"));
     poll_once(&w.deps, None, later()).await.unwrap();
@@ -901,7 +872,7 @@ async fn a_manual_event_polls_only_the_named_mailboxes() {
             Ok(mailbox("a", "a@example.com", serde_json::json!({}))),
             Ok(mailbox("b", "b@example.com", serde_json::json!({}))),
         ],
-        FakeTokens::default(),
+        ScriptedTokens::default(),
     );
     w.server.deliver("a@example.com", &mail("1", "x"));
     w.server.deliver("b@example.com", &mail("2", "x"));
@@ -942,7 +913,7 @@ async fn machine_mail_opens_no_ticket_and_is_set_aside_unless_it_threads_to_one(
                 "help@example.com",
                 serde_json::json!({"after_action": after_action}),
             ))],
-            FakeTokens::default(),
+            ScriptedTokens::default(),
         );
         let user = "help@example.com";
         // Unthreaded out-of-office and bounce: never a ticket.
@@ -1032,7 +1003,7 @@ async fn a_drop_while_setting_machine_mail_aside_loses_nothing() {
             "help@example.com",
             serde_json::json!({"auto_generated_folder": "Robots"}),
         ))],
-        FakeTokens::default(),
+        ScriptedTokens::default(),
     );
     let user = "help@example.com";
     w.server.deliver(
@@ -1136,7 +1107,7 @@ async fn a_list_helpdesk_address_tickets_list_mail_but_still_sets_auto_replies_a
         };
         let w = world(
             vec![Ok(mailbox("group", "group@example.com", extra))],
-            FakeTokens::default(),
+            ScriptedTokens::default(),
         );
         let user = "group@example.com";
         // A Google Group post and a web form sending with `Precedence: bulk`.
@@ -1212,7 +1183,7 @@ async fn a_config_pointing_at_a_host_off_the_allowlists_is_refused_when_read() {
             )),
             Ok(mailbox("good", "c@example.com", serde_json::json!({}))),
         ],
-        FakeTokens::default(),
+        ScriptedTokens::default(),
     );
     for user in ["a@example.com", "b@example.com", "c@example.com"] {
         w.server.deliver(user, &mail(user, "hello"));
@@ -1569,7 +1540,7 @@ async fn scheduled_runs_create_renew_recreate_and_delete_push_subscriptions() {
             )),
             Ok(mailbox("quiet", "quiet@example.com", serde_json::json!({}))),
         ],
-        FakeTokens::default(),
+        ScriptedTokens::default(),
     );
     let fake = Arc::new(FakeSubscriptions::default());
     let subs = crate::push::SubscriptionDeps {

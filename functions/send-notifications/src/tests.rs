@@ -9,49 +9,14 @@ use mailbridge::graph::{GraphError, MailSender, OutgoingMail, OutgoingMime, Send
 use mailbridge::message_store::{InMemoryMessageStore, MessageStore as _};
 use mailbridge::state_table::InMemoryIdempotencyStore;
 use mailbridge::thread_key::ThreadKey;
-use mailbridge::token::{AccessToken, AccessTokenSource, Audience, TokenError};
+use mailbridge::token::{AccessToken, ScriptedTokens, TokenError};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-type TokenFailure = fn(&str) -> TokenError;
 type ScriptedError = fn() -> GraphError;
-
-#[derive(Default)]
-struct FakeTokens {
-    calls: AtomicUsize,
-    invalidations: AtomicUsize,
-    /// account → error to return
-    failing: Mutex<HashMap<String, TokenFailure>>,
-    /// The accounts' shared mailbox route.
-    route: mailbridge::send_rights::SharedMailboxRoute,
-}
-
-#[async_trait]
-impl AccessTokenSource for FakeTokens {
-    async fn access_token(
-        &self,
-        account: &str,
-        audience: Audience,
-    ) -> Result<AccessToken, TokenError> {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst);
-        if let Some(f) = self.failing.lock().unwrap().get(account) {
-            return Err(f(account));
-        }
-        let mut token = AccessToken::new(
-            format!("token-{n}").into(),
-            chrono::Utc::now() + chrono::Duration::hours(1),
-            audience,
-        );
-        token.shared_mailbox_route = self.route;
-        Ok(token)
-    }
-    fn invalidate(&self, _account: &str, _audience: Audience) {
-        self.invalidations.fetch_add(1, Ordering::SeqCst);
-    }
-}
 
 /// Scripted Graph: per subject, a queue of errors to return before succeeding.
 #[derive(Default)]
@@ -205,7 +170,7 @@ impl Visibility for FakeVisibility {
 }
 
 struct Harness {
-    tokens: Arc<FakeTokens>,
+    tokens: Arc<ScriptedTokens>,
     graph: Arc<FakeGraph>,
     store: Arc<InMemoryIdempotencyStore>,
     messages: Arc<InMemoryMessageStore>,
@@ -552,7 +517,7 @@ async fn at_most_n_sends_are_in_flight_per_mailbox() {
         ..Default::default()
     });
     // `/users/{mailbox}/sendMail`: the shared mailbox is a Graph mailbox of its own
-    h.tokens = Arc::new(FakeTokens {
+    h.tokens = Arc::new(ScriptedTokens {
         route: mailbridge::send_rights::SharedMailboxRoute::FullAccess,
         ..Default::default()
     });

@@ -9,12 +9,14 @@ pub mod expiry;
 pub mod identity;
 pub mod login;
 pub mod oauth_error;
+pub mod scripted;
 pub mod secret;
 pub mod service;
 pub mod store;
 
 pub use clock::{Clock, OffsetClock, SystemClock};
 pub use identity::{DeviceCodeEvent, DeviceCodePrompt, IdentityClient, TokenResponse};
+pub use scripted::ScriptedTokens;
 pub use secret::{AccountSecret, AccountState, AccountStatus};
 pub use service::{TokenService, TokenServiceConfig};
 pub use store::{InMemorySecretStore, SecretStore, SecretStoreError, SecretsManagerStore};
