@@ -363,8 +363,9 @@ pub enum GraphError {
         /// `request-id`.
         request_id: Option<String>,
     },
-    /// 4xx other than 401/408/429: the message or the mailbox's permissions are wrong.
-    #[error("Graph rejected the message ({status} {code}: {message}) [request-id {request_id:?}]")]
+    /// 4xx other than 401/408/429: the request (a message sent, a mailbox read) or the mailbox's
+    /// permissions are wrong.
+    #[error("Graph rejected the request ({status} {code}: {message}) [request-id {request_id:?}]")]
     Rejected {
         /// HTTP status.
         status: u16,
