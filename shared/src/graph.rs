@@ -650,24 +650,9 @@ impl GraphClient {
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| GraphError::Transport {
-                timed_out: e.is_timeout(),
-                // A timeout, or a connection that broke without a status line after the body
-                // went out (reqwest reports the latter as a request error from hyper's
-                // IncompleteMessage), may mean Graph accepted the mail. A failure to connect
-                // cannot.
-                after_request: e.is_timeout() || (!e.is_connect() && e.is_request()),
-                detail: error_chain(&e),
-            })?;
+            .map_err(|e| GraphError::transport(&e))?;
         let status = response.status().as_u16();
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let request_id = header("request-id");
+        let request_id = request_id(response.headers());
         let retry_after = crate::retry::retry_after(response.headers());
         if status == 202 || status == 200 {
             return Ok(SendReceipt {
@@ -683,6 +668,28 @@ impl GraphClient {
             body.as_bytes(),
         ))
     }
+}
+
+impl GraphError {
+    /// A request that got no HTTP answer. A timeout, or a connection that broke without a
+    /// status line after the body went out (reqwest reports the latter as a request error from
+    /// hyper's IncompleteMessage), may mean Graph did what was asked (`after_request`); a failure
+    /// to connect cannot.
+    pub(crate) fn transport(e: &reqwest::Error) -> Self {
+        GraphError::Transport {
+            timed_out: e.is_timeout(),
+            after_request: e.is_timeout() || (!e.is_connect() && e.is_request()),
+            detail: error_chain(e),
+        }
+    }
+}
+
+/// Graph's `request-id` answer header (what Microsoft support asks for).
+pub(crate) fn request_id(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers
+        .get("request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// Graph's answer `status` with error `body` as a [`GraphError`].

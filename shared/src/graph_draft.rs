@@ -185,17 +185,9 @@ async fn call(
         .timeout(timeout)
         .send()
         .await
-        .map_err(|e| GraphError::Transport {
-            timed_out: e.is_timeout(),
-            after_request: e.is_timeout() || (!e.is_connect() && e.is_request()),
-            detail: crate::error::error_chain(&e),
-        })?;
+        .map_err(|e| GraphError::transport(&e))?;
     let status = response.status().as_u16();
-    let request_id = response
-        .headers()
-        .get("request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let request_id = crate::graph::request_id(response.headers());
     let retry_after = crate::retry::retry_after(response.headers());
     // Graph answered: whatever was asked may have happened (`after_request`).
     let body = crate::http::read_body(response, crate::http::MAX_ANSWER_BYTES)

@@ -308,19 +308,12 @@ impl GraphMailbox {
         }
         self.requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let response = request.send().await.map_err(|e| {
-            FailedAttempt::retryable(GraphError::Transport {
-                detail: crate::error::error_chain(&e),
-                timed_out: e.is_timeout(),
-                after_request: e.is_timeout() || (!e.is_connect() && e.is_request()),
-            })
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| FailedAttempt::retryable(GraphError::transport(&e)))?;
         let status = response.status().as_u16();
-        let request_id = response
-            .headers()
-            .get("request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let request_id = crate::graph::request_id(response.headers());
         let retry_after = crate::retry::retry_after(response.headers());
         // An answer that cannot be read whole is not asked for again.
         let bytes = match crate::http::read_body(response, limit).await {
