@@ -648,41 +648,14 @@ async fn the_bootstrap_polls_app_only_over_imap_only_where_exchange_grants_it() 
         .await
         .unwrap();
     }
-    let raw = "From: Ann Example <ann@customer.example>\r\nTo: helpdesk@example.com\r\n\
-               Subject: App-only poll\r\nDate: Sat, 28 Nov 2026 10:00:00 +0000\r\n\
-               Message-ID: <app-only-1@customer.example>\r\nMIME-Version: 1.0\r\n\
-               Content-Type: text/plain; charset=utf-8\r\n\r\nPlease help.\r\n";
-    dovecot
-        .deliver_to(&w.mailbox, "INBOX", raw.as_bytes())
-        .unwrap();
-    dovecot
-        .deliver_to(&not_granted, "INBOX", raw.as_bytes())
-        .unwrap();
-    let thread_key_secret = unique("thread-key");
-    put_secret(&thread_key_secret, "0123456789abcdef0123456789abcdef")
-        .await
-        .unwrap();
-    let mut env = stack().moto().env();
-    env.extend([
-        ("MAILBRIDGE_STATE_TABLE".to_string(), table.clone()),
-        (
-            "MAILBRIDGE_ALLOW_LOCAL_TARGETS".to_string(),
-            "true".to_string(),
-        ),
-        (
-            "MAILBRIDGE_THREAD_KEY_SECRET".to_string(),
-            thread_key_secret,
-        ),
-        (
-            "MAILBRIDGE_SECRET_PREFIX".to_string(),
-            "mailbridge/".to_string(),
-        ),
-        (
-            "MAILBRIDGE_IMAP_CA_FILE".to_string(),
-            dovecot.ca_pem_path.display().to_string(),
-        ),
-        ("RUST_LOG".to_string(), "info".to_string()),
-    ]);
+    let raw = mailbridge_tests::mail::customer_mail("app-only-1", "App-only poll", "Please help.");
+    dovecot.deliver_to(&w.mailbox, "INBOX", &raw).unwrap();
+    dovecot.deliver_to(&not_granted, "INBOX", &raw).unwrap();
+    let mut env = mailbridge_tests::poller::bootstrap_env(&table, "info").await;
+    env.push((
+        "MAILBRIDGE_IMAP_CA_FILE".to_string(),
+        dovecot.ca_pem_path.display().to_string(),
+    ));
     let api = RuntimeApi::start().await.expect("runtime api");
     api.spawn_function(&FunctionConfig::new("poll-mailboxes", binary).with_env(env))
         .expect("spawn bootstrap");
