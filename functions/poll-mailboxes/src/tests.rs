@@ -302,17 +302,29 @@ impl StateStore for FakeState {
     async fn take_sender_quota(
         &self,
         pk: &str,
+        wanted: u32,
         max: u32,
         _expires_at: i64,
-    ) -> Result<bool, StoreError> {
-        let mut quota = self.sender_quota.lock().unwrap();
-        let counted = quota.entry(pk.to_string()).or_default();
-        if *counted < max {
-            *counted += 1;
-            Ok(true)
-        } else {
-            Ok(false)
+    ) -> Result<u32, StoreError> {
+        // The state table's conditional add, on a count in memory.
+        mailbridge::state_table::sender_quota::take_what_fits(wanted, max, |units| {
+            let mut quota = self.sender_quota.lock().unwrap();
+            let counted = quota.entry(pk.to_string()).or_default();
+            let answer = if *counted <= max - units {
+                *counted += units;
+                None
+            } else {
+                Some(*counted)
+            };
+            async move { Ok(answer) }
+        })
+        .await
+    }
+    async fn give_back_sender_quota(&self, pk: &str, units: u32) -> Result<(), StoreError> {
+        if let Some(counted) = self.sender_quota.lock().unwrap().get_mut(pk) {
+            *counted = counted.saturating_sub(units);
         }
+        Ok(())
     }
     async fn get_status(&self, mailbox: &str) -> Result<Option<MailboxStatus>, StoreError> {
         Ok(self.statuses.lock().unwrap().get(mailbox).cloned())
@@ -547,6 +559,27 @@ async fn ticket_api_down_leaves_the_mail_for_the_next_run() {
     assert_eq!(report.mailboxes_failed, 0);
     assert_eq!(w.sink.tickets.lock().unwrap().len(), 2);
     assert_eq!(w.server.count("help@example.com", "Processed"), 2);
+}
+
+/// The sender quota counts the mails tried, as when each mail took its own unit: a window takes
+/// its sender's units before its POSTs and gives back those of mails never tried (the ticket API
+/// failing), while a mail tried and not delivered counts again when it is tried again.
+#[tokio::test]
+async fn the_quota_of_mails_not_tried_is_given_back() {
+    let w = help_world();
+    for id in ["a", "b", "c", "d", "e"] {
+        w.server.deliver("help@example.com", &mail(id, "x"));
+    }
+    let counted = || -> u32 { w.state.sender_quota.lock().unwrap().values().sum() };
+    *w.sink.mode.lock().unwrap() = SinkMode::Down;
+    let report = poll_once(&w.deps, None, later()).await.unwrap();
+    assert_eq!(report.mailboxes[0].deferred, 5, "{report:?}");
+    // Two POSTs failed (the API is failing after two in a row), three never tried.
+    assert_eq!(counted(), 2);
+    *w.sink.mode.lock().unwrap() = SinkMode::Accept;
+    let report = poll_once(&w.deps, None, later()).await.unwrap();
+    assert_eq!(report.tickets_created, 5);
+    assert_eq!(counted(), 7);
 }
 
 /// `received_at` is the mail's INTERNALDATE, the same on every attempt: a POST retried by a later

@@ -1,8 +1,5 @@
-//! Mail records: which mails already became tickets, and how many mails one sender sent.
-//!
-//! - `mail#<mailbox>#<hash>`: a dedupe record ([`DedupeRecord`]) with a TTL.
-//! - `mail#<mailbox>#sender#<hash of the address>#<YYYYMMDDHH>`: the per-sender quota's count
-//!   for one clock hour (attribute `mails`), expiring an hour after it.
+//! Dedupe records, `mail#<mailbox>#<hash>`: which mails already became tickets
+//! ([`DedupeRecord`], with a TTL).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,7 +7,7 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
 use serde::{Deserialize, Serialize};
 
-use super::item::{Item, item_from, item_to, n, s, sdk_err, store_err};
+use super::item::{Item, item_from, item_to, sdk_err, store_err};
 use super::{DynamoStateStore, StoreError};
 
 /// A dedupe record: this mail already became a ticket.
@@ -148,35 +145,5 @@ impl DynamoStateStore {
             }
         }
         Ok(())
-    }
-
-    pub(super) async fn count_sender_mail(
-        &self,
-        pk: &str,
-        max: u32,
-        expires_at: i64,
-    ) -> Result<bool, StoreError> {
-        let counted = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(pk))
-            .update_expression("ADD mails :one SET expires_at = :expires")
-            .condition_expression("attribute_not_exists(mails) OR mails < :max")
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":max", n(max))
-            .expression_attribute_values(":expires", n(expires_at))
-            .send()
-            .await;
-        match counted {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(sdk_err("UpdateItem sender quota", e)),
-        }
     }
 }

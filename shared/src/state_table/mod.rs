@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `notification#<id>` | a notification's idempotency record: claimed, sent | [`idempotency`] |
 //! | `mail#<mailbox>#<hash>` | a mail that became a ticket ([`DedupeRecord`]) | [`dedupe`] |
-//! | `mail#<mailbox>#sender#<hash>#<YYYYMMDDHH>` | one sender's mails in a clock hour | [`dedupe`] |
+//! | `mail#<mailbox>#sender#<hash>#<YYYYMMDDHH>` | one sender's mails in a clock hour | [`sender_quota`] |
 //! | `mailbox#<name>` | a mailbox's configuration, one attribute per field | [`mailboxes`] |
 //! | `mailbox-index` | the names of the configured mailboxes (string set `names`) | [`mailboxes`] |
 //! | `mailbox-status#<name>` | the last run's outcome ([`MailboxStatus`]) | [`status`] |
@@ -33,6 +33,7 @@ pub mod item;
 pub mod lease;
 pub mod mailboxes;
 pub mod poll_request;
+pub mod sender_quota;
 pub mod status;
 pub mod store;
 pub mod subscription;
@@ -59,7 +60,7 @@ use crate::mailbox::{ConfigError, MailboxConfig};
 
 /// The state table could not be read or written (what the SDK said, or an item that is not what
 /// this code writes). Transient: the caller leaves its work for the next run or a retry.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("state table {operation} failed: {detail}")]
 pub struct StoreError {
     /// What was attempted, with the table when the caller knows it
@@ -122,15 +123,19 @@ pub trait StateStore: Send + Sync {
         }
         Ok(())
     }
-    /// Count one mail against a per-sender quota item `pk` (created on first use, expiring at
-    /// `expires_at`): true when it was under `max` and is now counted, false when the quota is
-    /// used up (nothing counted).
+    /// Take up to `wanted` units of the per-sender quota item `pk` (created on first use,
+    /// expiring at `expires_at`), whose count never passes `max`: all of them when they fit,
+    /// else what is left, 0 when the quota is used up. One conditional update, two when only
+    /// some fit ([`sender_quota::take_what_fits`]). Returns the units taken.
     async fn take_sender_quota(
         &self,
         pk: &str,
+        wanted: u32,
         max: u32,
         expires_at: i64,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<u32, StoreError>;
+    /// Give back `units` taken from the per-sender quota item `pk` and not used.
+    async fn give_back_sender_quota(&self, pk: &str, units: u32) -> Result<(), StoreError>;
     /// Read a mailbox's last status (UIDVALIDITY comparison).
     async fn get_status(&self, mailbox: &str) -> Result<Option<MailboxStatus>, StoreError>;
     /// Write a mailbox's last status.

@@ -112,10 +112,15 @@ impl StateStore for DynamoStateStore {
     async fn take_sender_quota(
         &self,
         pk: &str,
+        wanted: u32,
         max: u32,
         expires_at: i64,
-    ) -> Result<bool, StoreError> {
-        self.count_sender_mail(pk, max, expires_at).await
+    ) -> Result<u32, StoreError> {
+        self.take_sender_units(pk, wanted, max, expires_at).await
+    }
+
+    async fn give_back_sender_quota(&self, pk: &str, units: u32) -> Result<(), StoreError> {
+        self.give_back_sender_units(pk, units).await
     }
 
     async fn get_status(&self, mailbox: &str) -> Result<Option<MailboxStatus>, StoreError> {

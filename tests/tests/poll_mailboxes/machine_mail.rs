@@ -252,3 +252,154 @@ async fn a_flood_from_one_sender_is_held_past_its_hourly_quota_and_nothing_is_lo
     assert_eq!(p.tickets().len(), 4);
     assert_eq!(p.count(&user, "mailbridge-held"), 3);
 }
+
+/// A window takes each sender's quota at once: one state table update per sender for the window,
+/// not one per mail (counted by a proxy in front of moto, against the same mails polled with the
+/// quota off), the first mails in the order of arrival ticketed and the rest held; a sender
+/// with some of the quota left gets what is left.
+#[tokio::test]
+async fn a_window_takes_each_senders_quota_in_one_update_and_holds_the_latest_mails() {
+    let into_hour = chrono::Utc::now().timestamp() % 3600;
+    if into_hour > 3600 - 90 {
+        tokio::time::sleep(Duration::from_secs((3600 - into_hour + 1) as u64)).await;
+    }
+    let counter = local_stack::aws_calls::AwsCallCounter::start(&stack().moto().endpoint_url)
+        .await
+        .unwrap();
+    let mut p = Poller::new(stack().dovecot().clone()).await;
+    let counted = aws_sdk_dynamodb::config::Builder::from(&stack().moto().sdk_config())
+        .endpoint_url(&counter.endpoint_url)
+        .build();
+    p.deps.state = Arc::new(DynamoStateStore::new(
+        aws_sdk_dynamodb::Client::from_conf(counted),
+        &p.table,
+    ));
+    let bob = |id: &str, subject: &str| {
+        format!(
+            "From: Bob <bob@customer.example>\r\nTo: helpdesk@example.com\r\nSubject: {subject}\r\n\
+             Message-ID: <{id}@customer.example>\r\n\r\nHelp.\r\n"
+        )
+        .into_bytes()
+    };
+    // The same mails in a mailbox with the quota off and in one with a quota of 3.
+    let mut users = Vec::new();
+    for (name, quota) in [("unlimited", 0), ("limited", 3)] {
+        let user = unique_user(name);
+        let account = p.account(&user).await;
+        p.mailbox(
+            name,
+            &user,
+            &account,
+            serde_json::json!({"max_mails_per_sender_per_hour": quota}),
+        )
+        .await;
+        users.push((name, user));
+    }
+    // UpdateItem calls of one run of mailbox `name`, and its status.
+    let poll = |name: &'static str| {
+        let (p, counter) = (&p, &counter);
+        async move {
+            let before = counter.counts();
+            let report = poll_mailboxes::poll_once(
+                &p.deps,
+                Some(&[name.to_string()]),
+                Instant::now() + Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+            let updates = counter
+                .since(&before)
+                .get("DynamoDB_20120810.UpdateItem")
+                .copied()
+                .unwrap_or(0);
+            (updates, status(&report, name).clone())
+        }
+    };
+    let subjects = |sender: &str| -> Vec<String> {
+        let mut subjects: Vec<String> = p
+            .tickets()
+            .iter()
+            .filter(|t| t.body["draft"]["from"]["address"] == sender)
+            .map(|t| t.body["draft"]["subject"].as_str().unwrap().to_string())
+            .collect();
+        subjects.sort();
+        subjects
+    };
+
+    // One window: five mails from Ann, two from Bob.
+    for (name, user) in &users {
+        for i in 0..5 {
+            p.deliver(
+                user,
+                &mail(&format!("{name}-ann-{i}"), &format!("{name} Ann {i}"), "x"),
+            );
+        }
+        for i in 0..2 {
+            p.deliver(
+                user,
+                &bob(&format!("{name}-bob-{i}"), &format!("{name} Bob {i}")),
+            );
+        }
+    }
+    let (updates_off, unlimited) = poll("unlimited").await;
+    assert_eq!(unlimited.tickets_created, 7, "{unlimited:?}");
+    let (updates_on, limited) = poll("limited").await;
+    assert_eq!(
+        (limited.tickets_created, limited.held),
+        (5, 2),
+        "{limited:?}"
+    );
+    assert_eq!(
+        updates_on - updates_off,
+        2,
+        "one quota update per sender for the window ({updates_on} UpdateItem calls with the quota, {updates_off} without)"
+    );
+    let ann = subjects("ann@customer.example");
+    let ann: Vec<&String> = ann.iter().filter(|s| s.starts_with("limited")).collect();
+    assert_eq!(
+        ann,
+        ["limited Ann 0", "limited Ann 1", "limited Ann 2"],
+        "the first mails in the order of arrival are ticketed"
+    );
+    let limited_user = &users[1].1;
+    assert_eq!(p.count(limited_user, "mailbridge-held"), 2);
+
+    // Next window: Ann's quota is used up (one refused update), Bob has one of three left
+    // (a refused update that finds the count, then one that takes what is left).
+    for (name, user) in &users {
+        p.deliver(
+            user,
+            &mail(&format!("{name}-ann-5"), &format!("{name} Ann 5"), "x"),
+        );
+        for i in 2..4 {
+            p.deliver(
+                user,
+                &bob(&format!("{name}-bob-{i}"), &format!("{name} Bob {i}")),
+            );
+        }
+    }
+    let (updates_off, unlimited) = poll("unlimited").await;
+    assert_eq!(unlimited.tickets_created, 3, "{unlimited:?}");
+    let (updates_on, limited) = poll("limited").await;
+    assert_eq!(
+        (limited.tickets_created, limited.held),
+        (1, 2),
+        "{limited:?}"
+    );
+    assert_eq!(updates_on - updates_off, 3, "{updates_on} vs {updates_off}");
+    let bob_tickets = subjects("bob@customer.example");
+    let bob_tickets: Vec<&String> = bob_tickets
+        .iter()
+        .filter(|s| s.starts_with("limited"))
+        .collect();
+    assert_eq!(
+        bob_tickets,
+        ["limited Bob 0", "limited Bob 1", "limited Bob 2"]
+    );
+    assert_eq!(
+        p.count(limited_user, "mailbridge-held"),
+        4,
+        "held, not lost"
+    );
+    assert_eq!(p.count(limited_user, "INBOX"), 0);
+}

@@ -158,3 +158,68 @@ async fn dedupe_and_status_records_round_trip_with_a_ttl() {
     store.put_status(&status).await.unwrap();
     assert_eq!(store.get_status("m").await.unwrap(), Some(status));
 }
+
+/// The per-sender quota item: a share taken in one conditional update (what is left when not
+/// all fit, read from the refused update), units given back, never below zero.
+#[tokio::test]
+async fn a_sender_quota_gives_what_is_left_and_takes_back_what_was_not_used() {
+    let table = mailbridge_tests::create_state_table("poll").await.unwrap();
+    let store = DynamoStateStore::new(dynamodb(), &table);
+    let pk = "mail#m#sender#abc#2026120617";
+    let expires_at = chrono::Utc::now().timestamp() + 7200;
+    let mails = || async {
+        let item = dynamodb()
+            .get_item()
+            .table_name(&table)
+            .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(pk.into()))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .item
+            .expect("the quota item");
+        let mails = item["mails"].as_n().unwrap().parse::<i64>().unwrap();
+        assert_eq!(item["expires_at"].as_n().unwrap(), &expires_at.to_string());
+        mails
+    };
+    assert_eq!(
+        store.take_sender_quota(pk, 2, 5, expires_at).await.unwrap(),
+        2
+    );
+    assert_eq!(mails().await, 2);
+    // 4 wanted, 3 left.
+    assert_eq!(
+        store.take_sender_quota(pk, 4, 5, expires_at).await.unwrap(),
+        3
+    );
+    assert_eq!(mails().await, 5);
+    assert_eq!(
+        store.take_sender_quota(pk, 1, 5, expires_at).await.unwrap(),
+        0
+    );
+    store.give_back_sender_quota(pk, 2).await.unwrap();
+    assert_eq!(mails().await, 3);
+    assert_eq!(
+        store.take_sender_quota(pk, 9, 5, expires_at).await.unwrap(),
+        2
+    );
+    assert_eq!(mails().await, 5);
+    // More than is counted (the hour's item reset by hand): left as it is.
+    store.give_back_sender_quota(pk, 6).await.unwrap();
+    assert_eq!(mails().await, 5);
+    // An item that is not there (expired) is not created by a give-back.
+    let gone = "mail#m#sender#def#2026120617";
+    store.give_back_sender_quota(gone, 1).await.unwrap();
+    let item = dynamodb()
+        .get_item()
+        .table_name(&table)
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(gone.into()),
+        )
+        .send()
+        .await
+        .unwrap()
+        .item;
+    assert!(item.is_none(), "{item:?}");
+}

@@ -1,6 +1,7 @@
-//! Posting a read window: one dedupe lookup for the window, each sender's hourly quota, the
-//! ticket POSTs (conversations side by side, each in the order of arrival, gated by how the
-//! ticket API is doing), and one dedupe write for the tickets made.
+//! Posting a read window: one dedupe lookup for the window, each sender's hourly quota (one
+//! state table call per sender for the window), the ticket POSTs (conversations side by side,
+//! each in the order of arrival, gated by how the ticket API is doing), and one dedupe write for
+//! the tickets made.
 
 use futures::StreamExt as _;
 use mailbridge::mailbox::MailboxConfig;
@@ -59,8 +60,9 @@ impl PostGate {
 /// arrival; and a state table failure that stops the mailbox once the window is settled.
 pub(super) type Deliveries = (Vec<(usize, Delivery)>, Option<StoreError>);
 
-/// Deliver a read window: look its dedupe records up at once, post the tickets (conversations
-/// side by side, each in the order of arrival), write the dedupe records at once.
+/// Deliver a read window: look its dedupe records up at once, take each sender's quota for the
+/// window, post the tickets (conversations side by side, each in the order of arrival), give
+/// back the quota of mails not tried, write the dedupe records at once.
 pub(super) async fn deliver_window(
     deps: &PollDeps,
     config: &MailboxConfig,
@@ -88,7 +90,8 @@ pub(super) async fn deliver_window(
         })
         .collect();
     let conversations = crate::conversation::conversations(&ids);
-    let known = &known;
+    let quota = WindowQuota::take(deps, config, read, &known).await;
+    let (known, quota) = (&known, &quota);
     // Each conversation in order; up to POSTS_IN_FLIGHT conversations at once.
     let delivered: Vec<Vec<(usize, Delivery)>> = futures::stream::iter(conversations)
         .map(|conversation| async move {
@@ -110,8 +113,15 @@ pub(super) async fn deliver_window(
                     if gate.api_failing() {
                         Delivery::NotTried
                     } else {
-                        let delivery =
-                            deliver_one(deps, config, sink, mail, already, post_deadline).await;
+                        let delivery = deliver_one(
+                            config,
+                            sink,
+                            mail,
+                            already,
+                            || quota.within(i),
+                            post_deadline,
+                        )
+                        .await;
                         match &delivery {
                             Delivery::Posted { .. } | Delivery::Rejected => gate.taken(),
                             Delivery::Failed(_) => gate.failed(),
@@ -138,6 +148,7 @@ pub(super) async fn deliver_window(
         .await;
     let mut delivered: Vec<(usize, Delivery)> = delivered.into_iter().flatten().collect();
     delivered.sort_by_key(|(i, _)| *i);
+    quota.give_back_unused(deps, config, &delivered).await;
     // The dedupe records of the tickets made, then the after-actions: a mail leaves the folder
     // only once its ticket was accepted and recorded.
     let now = chrono::Utc::now();
@@ -202,13 +213,14 @@ pub(super) enum Delivery {
     Stopped(StoreError),
 }
 
-/// The sender quota and the POST of one mail (its dedupe lookup was done for the window).
+/// The sender quota and the POST of one mail (its dedupe lookup was done for the window, its
+/// sender's quota taken for the window: `within_quota`).
 async fn deliver_one(
-    deps: &PollDeps,
     config: &MailboxConfig,
     sink: &dyn TicketSink,
     mail: &ReadMail,
     already_ticketed: bool,
+    within_quota: impl FnOnce() -> Result<bool, StoreError>,
     post_deadline: Instant,
 ) -> Delivery {
     let (uid, prepared) = (mail.uid, &mail.prepared);
@@ -234,7 +246,7 @@ async fn deliver_one(
         );
         return Delivery::Duplicate;
     }
-    match within_sender_quota(deps, config, &prepared.payload).await {
+    match within_quota() {
         Ok(true) => {}
         Ok(false) => {
             tracing::warn!(
@@ -303,29 +315,162 @@ async fn deliver_one(
     }
 }
 
-/// Count this mail against its sender's quota for the current clock hour (one item per mailbox,
-/// sender and hour). A mail counted and then not delivered (the helpdesk down) counts again when
-/// it is tried again: the quota errs towards holding a flood.
-async fn within_sender_quota(
-    deps: &PollDeps,
+/// The window's share of each sender's hourly quota (one item per mailbox, sender and clock
+/// hour), taken before its POSTs: one state table call per sender (two when only some of its
+/// mails fit), senders side by side. The first mails of a sender in the order of arrival get
+/// the units, the rest are over the quota. Machine mail set aside and mails already ticketed
+/// need none. A unit counts a mail tried (its POST, whatever came of it): a mail counted and
+/// then not delivered (the helpdesk down) counts again when it is tried again, so the quota errs
+/// towards holding a flood; the units of mails not tried (the deadline, the ticket API failing,
+/// behind a mail of their conversation, a copy of a mail just ticketed) are given back.
+struct WindowQuota {
+    /// Per mail of the window: its sender (index into `senders`) when it needs a unit.
+    sender_of: Vec<Option<usize>>,
+    senders: Vec<SenderShare>,
+}
+
+/// One sender's mails in a window and the units taken for them.
+struct SenderShare {
+    pk: String,
+    /// The window's mails of this sender that need a unit, in the order of arrival.
+    mails: Vec<usize>,
+    /// Units taken: the first `taken` of `mails` are within the quota. A failed call leaves
+    /// them all out, and the mailbox stops after the window.
+    taken: Result<u32, StoreError>,
+}
+
+impl WindowQuota {
+    async fn take(
+        deps: &PollDeps,
+        config: &MailboxConfig,
+        read: &[ReadMail],
+        known: &std::collections::HashMap<String, DedupeRecord>,
+    ) -> WindowQuota {
+        let max = config.max_mails_per_sender_per_hour;
+        let mut quota = WindowQuota {
+            sender_of: vec![None; read.len()],
+            senders: Vec::new(),
+        };
+        if max == 0 {
+            return quota;
+        }
+        let now = chrono::Utc::now();
+        for (i, mail) in read.iter().enumerate() {
+            if mail.prepared.skip_auto_generated.is_some()
+                || known.contains_key(&mail.prepared.key.item_key(&config.name))
+            {
+                continue;
+            }
+            let pk = sender_quota_key(config, &mail.prepared.payload, now);
+            let at = match quota.senders.iter().position(|s| s.pk == pk) {
+                Some(at) => at,
+                None => {
+                    quota.senders.push(SenderShare {
+                        pk,
+                        mails: Vec::new(),
+                        taken: Ok(0),
+                    });
+                    quota.senders.len() - 1
+                }
+            };
+            quota.senders[at].mails.push(i);
+            quota.sender_of[i] = Some(at);
+        }
+        let expires_at = now.timestamp() + 2 * 3600;
+        let taken = futures::future::join_all(quota.senders.iter().map(|sender| {
+            let wanted = u32::try_from(sender.mails.len()).unwrap_or(u32::MAX);
+            deps.state
+                .take_sender_quota(&sender.pk, wanted, max, expires_at)
+        }))
+        .await;
+        for (sender, taken) in quota.senders.iter_mut().zip(taken) {
+            sender.taken = taken;
+        }
+        quota
+    }
+
+    /// Whether mail `i` of the window is within its sender's quota (a mail that needs no unit
+    /// is), or the state table failure that left it out.
+    fn within(&self, i: usize) -> Result<bool, StoreError> {
+        let Some(at) = self.sender_of[i] else {
+            return Ok(true);
+        };
+        let sender = &self.senders[at];
+        let taken = sender.taken.clone()?;
+        let rank = sender
+            .mails
+            .iter()
+            .position(|&m| m == i)
+            .unwrap_or(usize::MAX);
+        Ok(rank < taken as usize)
+    }
+
+    /// Give back the units of mails within the quota that were not tried (best effort: a unit
+    /// not given back errs towards holding).
+    async fn give_back_unused(
+        &self,
+        deps: &PollDeps,
+        config: &MailboxConfig,
+        delivered: &[(usize, Delivery)],
+    ) {
+        let tried = |i: &usize| {
+            delivered
+                .binary_search_by_key(i, |(at, _)| *at)
+                .is_ok_and(|at| {
+                    matches!(
+                        delivered[at].1,
+                        Delivery::Posted { .. } | Delivery::Rejected | Delivery::Failed(_)
+                    )
+                })
+        };
+        let unused: Vec<(&str, u32)> = self
+            .senders
+            .iter()
+            .filter_map(|sender| {
+                let taken = *sender.taken.as_ref().ok()?;
+                let used = sender
+                    .mails
+                    .iter()
+                    .take(taken as usize)
+                    .filter(|i| tried(i));
+                let unused = taken - used.count() as u32;
+                (unused > 0).then_some((sender.pk.as_str(), unused))
+            })
+            .collect();
+        let given_back = futures::future::join_all(
+            unused
+                .iter()
+                .map(|(pk, units)| deps.state.give_back_sender_quota(pk, *units)),
+        )
+        .await;
+        for ((_, units), result) in unused.iter().zip(given_back) {
+            if let Err(e) = result {
+                tracing::warn!(
+                    mailbox = %config.name,
+                    units,
+                    error = %e,
+                    "the sender quota of mails not tried could not be given back: they count this hour"
+                );
+            }
+        }
+    }
+}
+
+/// The quota item of a mail's sender for the clock hour of `now`: the `From` address in lower
+/// case (empty without one), hashed.
+fn sender_quota_key(
     config: &MailboxConfig,
     payload: &TicketPayload,
-) -> Result<bool, StoreError> {
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
     use sha2::Digest as _;
-    let max = config.max_mails_per_sender_per_hour;
-    if max == 0 {
-        return Ok(true);
-    }
     let sender = payload
         .draft
         .from
         .as_ref()
         .map(|a| a.address.to_ascii_lowercase())
         .unwrap_or_default();
-    let now = chrono::Utc::now();
     let hour = now.format("%Y%m%d%H");
     let sender_hash = hex::encode(&sha2::Sha256::digest(sender.as_bytes())[..16]);
-    let pk = format!("mail#{}#sender#{sender_hash}#{hour}", config.name);
-    let expires_at = now.timestamp() + 2 * 3600;
-    deps.state.take_sender_quota(&pk, max, expires_at).await
+    format!("mail#{}#sender#{sender_hash}#{hour}", config.name)
 }

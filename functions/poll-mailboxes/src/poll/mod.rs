@@ -4,10 +4,11 @@
 //! Per mailbox: IMAP-audience token → connect + `AUTHENTICATE XOAUTH2` → SELECT → UID SEARCH →
 //! sizes and INTERNALDATEs in one round trip → the messages in UID order, a window at a time
 //! (`windows::WINDOW_MAILS`, bounded by the memory budget; a large mail alone): the window named
-//! as the mail in flight, its mails fetched together and converted, one dedupe lookup, the POSTs
-//! with `Idempotency-Key` (conversations side by side, each in order of arrival:
-//! [`crate::conversation`]), one dedupe write, and only then the after-actions, one command
-//! per folder (docs/mailboxes.md, "Windows and the order of tickets").
+//! as the mail in flight, its mails fetched together and converted, one dedupe lookup, one
+//! sender-quota update per sender, the POSTs with `Idempotency-Key` (conversations side by side,
+//! each in order of arrival: [`crate::conversation`]), one dedupe write, and only then the
+//! after-actions, one command per folder (docs/mailboxes.md, "Windows and the order of
+//! tickets").
 //!
 //! The files, in the order a mail meets them:
 //! - here: the tick over all mailboxes, its dependencies ([`PollDeps`]) and report;

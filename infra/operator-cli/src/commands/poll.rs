@@ -351,11 +351,15 @@ impl<S: StateStore> StateStore for ReadOnlyState<S> {
     async fn take_sender_quota(
         &self,
         _pk: &str,
+        wanted: u32,
         _max: u32,
         _expires_at: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<u32, StoreError> {
         // Counts nothing: a dry run shows every mail as it would go within the quota.
-        Ok(true)
+        Ok(wanted)
+    }
+    async fn give_back_sender_quota(&self, _pk: &str, _units: u32) -> Result<(), StoreError> {
+        Ok(())
     }
     async fn get_status(&self, mailbox: &str) -> Result<Option<MailboxStatus>, StoreError> {
         self.0.get_status(mailbox).await
