@@ -10,7 +10,10 @@
 //!   longer valid ([`GraphError::is_sync_reset`]): the caller starts a full round.
 //! - `GET /users/{mailbox}/messages/{id}/$value`: the message as MIME; 404 → it is gone.
 //! - `POST …/messages/{id}/move` `{destinationId}`, `PATCH …/messages/{id}` `{isRead: true}`,
-//!   `DELETE …/messages/{id}`; a 404 means the message is no longer there (already moved).
+//!   `DELETE …/messages/{id}`; a 404 means the message is no longer there (already moved). Many
+//!   moves go as JSON batches (`POST /$batch`, [`MAX_BATCH_REQUESTS`] each,
+//!   [`GraphMailbox::move_many`]): one round trip, each move still its own request for Graph's
+//!   limits and answered on its own.
 //! - Folders: `GET …/mailFolders/{parent}/childFolders?$filter=displayName eq '…'` per path
 //!   segment (`/` separates nested folders), created with `POST` when missing (a 409 from a
 //!   concurrent creation is looked up again).
@@ -21,6 +24,7 @@
 //! every request holds one of the mailbox's 4 slots ([`MAX_CONCURRENT_REQUESTS`], Outlook's
 //! concurrency limit per app and mailbox).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +45,8 @@ pub const MAX_MIME_ANSWER_BYTES: usize = 151 * 1024 * 1024;
 pub const DELTA_PAGE_SIZE: usize = 100;
 /// `PidTagMessageSize` as a Graph single-value extended property.
 pub const MESSAGE_SIZE_PROPERTY: &str = "Integer 0x0E08";
+/// Requests in one JSON batch (`POST /$batch`): Graph takes at most 20.
+pub const MAX_BATCH_REQUESTS: usize = 20;
 
 /// One change of a delta round.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -245,11 +251,21 @@ impl GraphMailbox {
         limit: usize,
     ) -> Result<(u16, bytes::Bytes), GraphError> {
         let _slot = self.slots.acquire().await.expect("never closed");
-        let result = crate::retry::retry(
-            &self.policy,
-            deadline,
-            || self.attempt(&method, &url, &body, prefer, deadline, limit),
-            |failed: &FailedAttempt| {
+        self.with_retries(deadline, || {
+            self.attempt(&method, &url, &body, prefer, deadline, limit)
+        })
+        .await
+    }
+
+    /// `attempt` until it succeeds, through the shared retry loop: 429, 5xx and transport
+    /// failures again after `Retry-After` (never less) or a backoff.
+    async fn with_retries<T, F, Fut>(&self, deadline: Instant, attempt: F) -> Result<T, GraphError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, FailedAttempt>>,
+    {
+        let result =
+            crate::retry::retry(&self.policy, deadline, attempt, |failed: &FailedAttempt| {
                 let retryable = failed.retryable
                     && matches!(
                         failed.error,
@@ -269,9 +285,8 @@ impl GraphMailbox {
                 } else {
                     Verdict::Stop
                 }
-            },
-        )
-        .await;
+            })
+            .await;
         result
             .map(|(answer, _attempts)| answer)
             .map_err(|failure| failure.error.error)
@@ -518,6 +533,178 @@ impl GraphMailbox {
         )
     }
 
+    /// Move messages `ids` to folder `destination` (an id) through JSON batches of up to
+    /// [`MAX_BATCH_REQUESTS`] moves: for each id, in that order, whether it moved (false: it
+    /// was no longer there), or Graph's error. A batch holds all the mailbox's slots while it
+    /// runs: Graph hands up to 4 of its requests to the mailbox at once, each counting against
+    /// the mailbox's 4 concurrent requests. Moves answered 429, 503 or another 5xx inside a
+    /// batch go again in the next batch, after their `Retry-After` (never less) or a backoff;
+    /// so does a batch that failed as a whole; until the policy's attempts or the deadline run
+    /// out, as a request of their own would.
+    pub async fn move_many(
+        &self,
+        ids: &[String],
+        destination: &str,
+        deadline: Instant,
+    ) -> Vec<Result<bool, GraphError>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_BATCH_REQUESTS) {
+            let mut results = self.move_batch(chunk, destination, deadline).await;
+            out.extend(chunk.iter().enumerate().map(|(i, _)| {
+                results
+                    .remove(&i)
+                    .unwrap_or_else(|| Err(bad_answer(&"the batch answered nothing for this move")))
+            }));
+        }
+        out
+    }
+
+    /// One batch of moves (at most [`MAX_BATCH_REQUESTS`]), with its retries: each move's
+    /// result by its position in `ids`.
+    async fn move_batch(
+        &self,
+        ids: &[String],
+        destination: &str,
+        deadline: Instant,
+    ) -> HashMap<usize, Result<bool, GraphError>> {
+        use std::sync::Mutex;
+        let base_path = self.base.path().trim_end_matches('/').to_owned();
+        let requests: Vec<serde_json::Value> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let url = self.url(&["messages", id, "move"]);
+                let relative = url.path().strip_prefix(&base_path).unwrap_or(url.path());
+                serde_json::json!({
+                    "id": i.to_string(),
+                    "method": "POST",
+                    "url": relative,
+                    "headers": {"Content-Type": "application/json"},
+                    "body": {"destinationId": destination},
+                })
+            })
+            .collect();
+        let mut batch_url = self.base.clone();
+        batch_url
+            .path_segments_mut()
+            .expect("checked in with_http")
+            .pop_if_empty()
+            .push("$batch");
+        // moves still to make, and the last error of each
+        let pending: Mutex<Vec<usize>> = Mutex::new((0..ids.len()).collect());
+        let done: Mutex<HashMap<usize, Result<bool, GraphError>>> = Mutex::default();
+        let last_errors: Mutex<HashMap<usize, GraphError>> = Mutex::default();
+        let attempt = || async {
+            let now: Vec<usize> = pending.lock().expect("lock").clone();
+            let body = Body::Json(serde_json::json!({
+                "requests": now.iter().map(|&i| requests[i].clone()).collect::<Vec<_>>(),
+            }));
+            let answer = {
+                let _slots = self
+                    .slots
+                    .acquire_many(MAX_CONCURRENT_REQUESTS as u32)
+                    .await
+                    .expect("never closed");
+                self.attempt(
+                    &reqwest::Method::POST,
+                    &batch_url,
+                    &body,
+                    None,
+                    deadline,
+                    crate::http::MAX_ANSWER_BYTES,
+                )
+                .await
+            };
+            let (_, bytes) = answer?;
+            let answers: BatchAnswer =
+                serde_json::from_slice(&bytes).map_err(|e| FailedAttempt::last(bad_answer(&e)))?;
+            let mut again = Vec::new();
+            let mut answered: HashMap<usize, BatchItemAnswer> = answers
+                .responses
+                .into_iter()
+                .filter_map(|a| Some((a.id.parse::<usize>().ok()?, a)))
+                .collect();
+            for i in now {
+                let Some(a) = answered.remove(&i) else {
+                    last_errors.lock().expect("lock").insert(
+                        i,
+                        GraphError::Unavailable {
+                            status: 200,
+                            retry_after: None,
+                            code: "NoBatchAnswer".into(),
+                            message: "the batch answered nothing for this move".into(),
+                            request_id: None,
+                        },
+                    );
+                    again.push(i);
+                    continue;
+                };
+                if (200..300).contains(&a.status) {
+                    done.lock().expect("lock").insert(i, Ok(true));
+                    continue;
+                }
+                let header = |name: &str| {
+                    a.headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.clone())
+                };
+                let retry_after = header("retry-after")
+                    .as_deref()
+                    .and_then(crate::retry::parse_retry_after);
+                let body = a.body.map(|b| b.to_string()).unwrap_or_default();
+                let error =
+                    error_from_answer(a.status, header("request-id"), retry_after, body.as_bytes());
+                if error.is_item_not_found() {
+                    done.lock().expect("lock").insert(i, Ok(false));
+                } else if matches!(
+                    error,
+                    GraphError::Throttled { .. } | GraphError::Unavailable { .. }
+                ) {
+                    last_errors.lock().expect("lock").insert(i, error);
+                    again.push(i);
+                } else {
+                    done.lock().expect("lock").insert(i, Err(error));
+                }
+            }
+            // the longest wait any of them was asked for, as the batch's
+            let waits = again
+                .iter()
+                .filter_map(|i| {
+                    last_errors
+                        .lock()
+                        .expect("lock")
+                        .get(i)
+                        .and_then(GraphError::retry_after)
+                })
+                .max();
+            let retry = again.is_empty().then_some(()).ok_or_else(|| {
+                FailedAttempt::retryable(GraphError::Throttled {
+                    retry_after: waits,
+                    code: "BatchRequestsToRetry".into(),
+                    request_id: None,
+                })
+            });
+            *pending.lock().expect("lock") = again;
+            retry
+        };
+        let outcome = self.with_retries(deadline, attempt).await;
+        let mut done = done.into_inner().expect("lock");
+        let mut last_errors = last_errors.into_inner().expect("lock");
+        if let Err(error) = outcome {
+            // what was not answered for good keeps its own last error, or the batch's
+            let mut error = Some(error);
+            for i in pending.into_inner().expect("lock") {
+                let e = last_errors
+                    .remove(&i)
+                    .or_else(|| error.take())
+                    .unwrap_or_else(|| bad_answer(&"the batch failed"));
+                done.insert(i, Err(e));
+            }
+        }
+        done
+    }
+
     /// Mark message `id` read; false when it was not there.
     pub async fn mark_read(&self, id: &str, deadline: Instant) -> Result<bool, GraphError> {
         let url = self.url(&["messages", id]);
@@ -629,6 +816,22 @@ pub(crate) fn bad_answer(e: &dyn std::fmt::Display) -> GraphError {
         message: format!("Graph's answer could not be read: {e}"),
         request_id: None,
     }
+}
+
+/// The answer to a `$batch`: each request's own answer.
+#[derive(serde::Deserialize)]
+struct BatchAnswer {
+    #[serde(default)]
+    responses: Vec<BatchItemAnswer>,
+}
+
+#[derive(serde::Deserialize)]
+struct BatchItemAnswer {
+    id: String,
+    status: u16,
+    #[serde(default)]
+    headers: HashMap<String, String>,
+    body: Option<serde_json::Value>,
 }
 
 #[derive(serde::Deserialize)]
@@ -795,6 +998,57 @@ mod tests {
         assert!(
             waited >= Duration::from_secs(2),
             "the second request came {waited:?} after the first; Graph asked for 2 s"
+        );
+    }
+
+    /// Moves go out as one `$batch`; a move Graph throttled inside it goes again in the next
+    /// batch, alone and not before its `Retry-After`; a 404 inside is "no longer there".
+    #[tokio::test]
+    async fn moves_in_a_batch_send_again_only_what_was_throttled_after_its_retry_after() {
+        let answer = |body: &str| -> &'static str {
+            Box::leak(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_boxed_str(),
+            )
+        };
+        let (base, server) = scripted_graph(vec![
+            answer(
+                r#"{"responses":[
+                {"id":"2","status":404,"headers":{},"body":{"error":{"code":"ErrorItemNotFound","message":"gone"}}},
+                {"id":"0","status":201,"headers":{"Content-Type":"application/json"},"body":{"id":"n0"}},
+                {"id":"1","status":429,"headers":{"Retry-After":"2"},"body":{"error":{"code":"ApplicationThrottled","message":"busy"}}}]}"#,
+            ),
+            answer(r#"{"responses":[{"id":"1","status":201,"headers":{},"body":{"id":"n1"}}]}"#),
+        ])
+        .await;
+        let mailbox = mailbox_at(
+            &base,
+            RetryPolicy {
+                initial_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(50),
+                max_attempts: 3,
+                attempt_timeout: Duration::from_secs(5),
+            },
+        );
+        let ids: Vec<String> = ["a", "b", "c"].into_iter().map(String::from).collect();
+        let moved = mailbox
+            .move_many(&ids, "processed", Instant::now() + Duration::from_secs(20))
+            .await;
+        let moved: Vec<bool> = moved.into_iter().map(Result::unwrap).collect();
+        assert_eq!(moved, [true, true, false]);
+        assert_eq!(
+            mailbox.requests(),
+            2,
+            "one batch, then the throttled move alone"
+        );
+        let arrivals = server.await.unwrap();
+        let waited = arrivals[1] - arrivals[0];
+        assert!(
+            waited >= Duration::from_secs(2),
+            "the throttled move went again {waited:?} after the batch; Graph asked for 2 s"
         );
     }
 

@@ -427,6 +427,225 @@ async fn stand_in_checks_permissions_content_type_and_throttles() {
     );
 }
 
+/// `POST /$batch` as Graph has it: at most 20 requests with unique ids (else 400 for the whole
+/// batch, in Graph's error shape), each request answered on its own (201 moves with new ids, 404
+/// for a message gone, base64 `$value`, 424 after a failed dependency), throttled on its own
+/// (an injected 429 hits one request, with its `Retry-After`), and counted against the
+/// mailbox's 4 concurrent requests (3 requests in flight: of a batch's first 4, 3 get 429).
+#[tokio::test(flavor = "multi_thread")]
+async fn stand_in_batch_is_as_strict_as_graphs() {
+    let user = unique_user("graphbatch");
+    let mails: Vec<Vec<u8>> = (0..4)
+        .map(|n| mail(&format!("batch {n}"), &unique("mid")))
+        .collect();
+    for m in &mails {
+        dovecot().deliver_to(&user, "INBOX", m).unwrap();
+    }
+    let me = Caller::new("me", token(&user, &["Mail.ReadWrite"]));
+    let (items, _, _) = me.delta_round("mailFolders/inbox/messages/delta", 10).await;
+    let all = ids(&items);
+    assert_eq!(all.len(), 4);
+    let (status, folder) = me
+        .json(
+            reqwest::Method::POST,
+            "mailFolders",
+            json!({"displayName": "Processed"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{folder}");
+    let batch_url = format!("{}/$batch", stack().graph().v1_url());
+    let batch = |requests: Value| {
+        let me = &me;
+        let batch_url = batch_url.clone();
+        async move {
+            let (status, _, body) = me
+                .send(
+                    me.http
+                        .post(batch_url)
+                        .json(&json!({ "requests": requests })),
+                )
+                .await;
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            (status, body)
+        }
+    };
+    let answer = |body: &Value, id: &str| -> Value {
+        body["responses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no answer for request {id}: {body}"))
+    };
+    let move_of = |id: &str, n: usize| {
+        json!({"id": n.to_string(), "method": "POST", "url": format!("/me/messages/{id}/move"),
+               "headers": {"Content-Type": "application/json"},
+               "body": {"destinationId": folder["id"]}})
+    };
+    let get = |id: &str, url: String| json!({"id": id, "method": "GET", "url": url});
+
+    // The whole batch refused: 21 requests, an id used twice, an unknown dependency.
+    let many: Vec<Value> = (0..21)
+        .map(|n| get(&n.to_string(), "/me/mailFolders".into()))
+        .collect();
+    let (status, body) = batch(Value::from(many)).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (400, json!("BadRequest")),
+        "{body}"
+    );
+    let (status, body) = batch(json!([
+        get("a", "/me/mailFolders".into()),
+        get("A", "/me/mailFolders".into())
+    ]))
+    .await;
+    assert_eq!(status, 400, "ids are unique without regard to case: {body}");
+    let mut dependent = get("1", "/me/mailFolders".into());
+    dependent["dependsOn"] = json!(["9"]);
+    assert_eq!(batch(json!([dependent])).await.0, 400);
+    let (status, _, _) = me
+        .send(
+            me.http
+                .post(&batch_url)
+                .header("content-type", "text/plain")
+                .body("{}"),
+        )
+        .await;
+    assert_eq!(status, 415);
+
+    // Three moves, one with a malformed id, and a $value: each its own answer.
+    let mut requests: Vec<Value> = all[..3]
+        .iter()
+        .enumerate()
+        .map(|(n, id)| move_of(id, n))
+        .collect();
+    requests.push(move_of("AAMkAGIsnot-an-id", 3));
+    requests.push(get("value", format!("/me/messages/{}/$value", all[3])));
+    let (status, body) = batch(Value::from(requests)).await;
+    assert_eq!(status, 200, "{body}");
+    for (n, id) in all[..3].iter().enumerate() {
+        let moved = answer(&body, &n.to_string());
+        assert_eq!(moved["status"], 201, "{moved}");
+        assert_ne!(
+            moved["body"]["id"],
+            json!(id),
+            "a moved message has a new id"
+        );
+    }
+    assert_eq!(
+        answer(&body, "3")["body"]["error"]["code"],
+        "ErrorInvalidIdMalformed"
+    );
+    let value = answer(&body, "value");
+    assert_eq!(
+        (
+            value["status"].clone(),
+            value["headers"]["content-type"].clone()
+        ),
+        (json!(200), json!("text/plain"))
+    );
+    {
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(value["body"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(
+            raw, mails[3],
+            "$value in a batch is the MIME, base64-encoded"
+        );
+    }
+    assert_eq!((count(&user, "INBOX"), count(&user, "Processed")), (1, 3));
+    // Moved already: 404 each; what depends on a failed request: 424.
+    let mut requests: Vec<Value> = all[..2]
+        .iter()
+        .enumerate()
+        .map(|(n, id)| move_of(id, n))
+        .collect();
+    let mut after = get("after", "/me/mailFolders".into());
+    after["dependsOn"] = json!(["0"]);
+    requests.push(after);
+    let (_, body) = batch(Value::from(requests)).await;
+    for n in 0..2 {
+        assert_eq!(
+            answer(&body, &n.to_string())["body"]["error"]["code"],
+            "ErrorItemNotFound",
+            "{body}"
+        );
+    }
+    assert_eq!(answer(&body, "after")["status"], 424, "{body}");
+
+    // Throttling is per request: one 429 with its Retry-After, the other answered.
+    stack().graph().throttle_429(&user, 1, 3);
+    let (_, body) = batch(json!([
+        get("x", "/me/mailFolders".into()),
+        get("y", "/me/mailFolders".into())
+    ]))
+    .await;
+    let mut statuses: Vec<u64> = ["x", "y"]
+        .iter()
+        .map(|id| answer(&body, id)["status"].as_u64().unwrap())
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 429], "{body}");
+    let throttled = ["x", "y"]
+        .iter()
+        .map(|id| answer(&body, id))
+        .find(|a| a["status"] == 429)
+        .unwrap();
+    assert_eq!(throttled["headers"]["retry-after"], "3", "{throttled}");
+
+    // Three requests of a mailbox in flight: of the batch's first four, three find no slot.
+    let busy = unique_user("graphbatchbusy");
+    dovecot()
+        .deliver_to(&busy, "INBOX", &mail("busy", &unique("mid")))
+        .unwrap();
+    let other = Caller::new(&format!("users/{busy}"), token(&busy, &["Mail.ReadWrite"]));
+    stack().graph().set_latency(&busy, Duration::from_secs(2));
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let http = other.http.clone();
+            let url = format!("{}/mailFolders", other.base);
+            let token = other.token.clone();
+            tokio::spawn(async move { http.get(url).bearer_auth(token).send().await })
+        })
+        .collect();
+    let limit = std::time::Instant::now() + Duration::from_secs(20);
+    while stack().graph().max_mail_requests_in_flight(&busy) < 3 {
+        assert!(
+            std::time::Instant::now() < limit,
+            "the slow requests never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let requests: Vec<Value> = (0..4)
+        .map(|n| get(&n.to_string(), format!("/users/{busy}/mailFolders")))
+        .collect();
+    let (status, _, body) = other
+        .send(
+            other
+                .http
+                .post(&batch_url)
+                .json(&json!({ "requests": requests })),
+        )
+        .await;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let statuses: Vec<u64> = (0..4)
+        .map(|n| answer(&body, &n.to_string())["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [429, 429, 429, 200], "{body}");
+    assert_eq!(
+        answer(&body, "0")["body"]["error"]["code"],
+        "ApplicationThrottled"
+    );
+    assert!(stack().graph().max_mail_requests_in_flight(&busy) <= 4);
+    for s in slow {
+        assert_eq!(s.await.unwrap().unwrap().status(), 200);
+    }
+    stack().graph().set_latency(&busy, Duration::ZERO);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The poller's Graph source end to end: the real token layer (account secrets in moto, tokens
 // from the identity stand-in), the state table in moto, the Graph stand-in over Dovecot, the

@@ -574,20 +574,17 @@ impl Mailbox for GraphSession {
 
     async fn move_many(&mut self, uids: &[Uid], folder: &str) -> Result<(), MailboxError> {
         let destination = self.resolve(folder).await?;
-        let deadline = self.deadline();
-        let client = &self.client;
-        let ids: Vec<(Uid, String)> = uids
+        // JSON batches of up to 20 moves (one request each for Graph's limits, one round trip)
+        let (uids, ids): (Vec<Uid>, Vec<String>) = uids
             .iter()
             .filter_map(|u| self.id_of(*u).map(|id| (*u, id)))
-            .collect();
-        let destination = &destination;
-        let moved: Vec<(Uid, Result<bool, GraphError>)> = futures::stream::iter(ids)
-            .map(|(uid, id)| async move { (uid, client.move_to(&id, destination, deadline).await) })
-            .buffer_unordered(MAX_CONCURRENT_REQUESTS)
-            .collect()
+            .unzip();
+        let moved = self
+            .client
+            .move_many(&ids, &destination, self.deadline())
             .await;
         let mut failed = None;
-        for (uid, result) in moved {
+        for (uid, result) in uids.into_iter().zip(moved) {
             match result {
                 Ok(moved) => {
                     if !moved {

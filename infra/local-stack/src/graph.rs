@@ -54,9 +54,11 @@ use serde::Deserialize;
 use crate::MailDrop;
 use crate::identity::IdentityStandIn;
 
+mod batch;
 mod drafts;
 mod mailbox;
 mod subscriptions;
+pub use batch::MAX_BATCH_REQUESTS;
 pub use drafts::{
     DEFAULT_MAX_SEND_BYTES, DEFAULT_UPLOAD_SESSION_LIFETIME, DraftFault, DraftStep,
     MAX_CHUNK_BYTES, MAX_UPLOAD_SESSION_BYTES, MIN_UPLOAD_SESSION_BYTES,
@@ -270,6 +272,7 @@ impl GraphStandIn {
             .route("/v1.0/users/{id}/sendMail", post(send_mail))
             .merge(drafts::routes())
             .merge(mailbox::routes())
+            .merge(batch::routes())
             .merge(subscriptions::routes())
             .layer(DefaultBodyLimit::max(3 * MAX_REQUEST_BYTES))
             .with_state(stand_in.state.clone())

@@ -9,8 +9,9 @@
 //! one idle for [`IDLE_SESSION_LIFETIME`] is closed. Each operation first brings its folder up to
 //! date: `SELECT`, or `NOOP` when the session has it selected already (a delta round always
 //! selects afresh), which shows what other sessions, `doveadm` and deliveries changed meanwhile;
-//! then one or two more commands: `UID FETCH` of the summaries or the text, `UID MOVE` (the new
-//! UID from its `COPYUID`), `UID STORE`, `UID EXPUNGE`. A session found broken (Dovecot dropped
+//! then one or two more commands: `UID FETCH` of the summaries or the text, `UID MOVE` of one
+//! message or of several (those a `$batch` moves together; the new UIDs from its `COPYUID`),
+//! `UID STORE`, `UID EXPUNGE`. A session found broken (Dovecot dropped
 //! it, or ended it because its selected folder got another UIDVALIDITY) is replaced once.
 //!
 //! Folder names travel in IMAP's modified UTF-7 (RFC 3501 §5.1.3); the store speaks UTF-8.
@@ -311,23 +312,37 @@ async fn summary_in_open(
         .transpose()
 }
 
-/// The first destination UID of a `COPYUID` among the answers a session set aside, and the
-/// destination's UIDVALIDITY.
-fn copied_uid(session: &Session) -> Option<(u32, u32)> {
+/// An IMAP sequence set of `uids` (`4,7,9`).
+fn uid_set(uids: &[u32]) -> String {
+    uids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn uids_of(set: &[UidSetMember]) -> Vec<u32> {
+    set.iter()
+        .flat_map(|member| match member {
+            UidSetMember::Uid(uid) => *uid..=*uid,
+            UidSetMember::UidRange(range) => range.clone(),
+        })
+        .collect()
+}
+
+/// The `COPYUID` among the answers a session set aside: the destination's UIDVALIDITY and each
+/// source UID with its destination UID (RFC 4315 §3: the two sets name them in the same order).
+fn copied_uids(session: &Session) -> Option<(u32, Vec<(u32, u32)>)> {
     let mut found = None;
     while let Ok(answer) = session.unsolicited_responses.try_recv() {
         if let UnsolicitedResponse::Other(data) = answer
             && let Response::Data {
                 status: Status::Ok,
-                code: Some(ResponseCode::CopyUid(validity, _, destination)),
+                code: Some(ResponseCode::CopyUid(validity, source, destination)),
                 ..
             } = data.parsed()
         {
-            let uid = destination.first().map(|member| match member {
-                UidSetMember::Uid(uid) => *uid,
-                UidSetMember::UidRange(range) => *range.start(),
-            });
-            found = uid.map(|uid| (*validity, uid));
+            let pairs = uids_of(source).into_iter().zip(uids_of(destination));
+            found = Some((*validity, pairs.collect()));
         }
     }
     found
@@ -435,43 +450,62 @@ impl MailStore for ImapStore {
         .await
     }
 
-    async fn move_message(
+    async fn move_messages(
         &self,
         user: &str,
         folder: &str,
         uid_validity: u32,
-        uid: u32,
+        uids: &[u32],
         dest: &str,
-    ) -> anyhow::Result<Option<(u32, StoredSummary)>> {
+    ) -> anyhow::Result<Vec<Option<(u32, StoredSummary)>>> {
         let dest = encode_folder_name(dest);
-        self.run(user, "move a message", &|s| {
-            let (folder, dest) = (folder.to_owned(), dest.clone());
+        self.run(user, "move messages", &|s| {
+            let (folder, dest, uids) = (folder.to_owned(), dest.clone(), uids.to_vec());
             Box::pin(async move {
-                if !open_at(s, &folder, uid_validity).await? {
-                    return Ok(None);
+                let none = || uids.iter().map(|_| None).collect::<Vec<_>>();
+                if uids.is_empty() || !open_at(s, &folder, uid_validity).await? {
+                    return Ok(none());
                 }
-                let Some(summary) = summary_in_open(s, uid).await? else {
-                    return Ok(None);
-                };
+                let set = uid_set(&uids);
+                let found: HashMap<u32, StoredSummary> = fetch(s, &set, SUMMARY_ITEMS)
+                    .await?
+                    .iter()
+                    .filter(|f| f.uid.is_some_and(|uid| uids.contains(&uid)))
+                    .map(|f| summary_of(f).map(|m| (m.uid, m)))
+                    .collect::<Result<_, _>>()?;
+                if found.is_empty() {
+                    return Ok(none());
+                }
+                let mut present: Vec<u32> = found.keys().copied().collect();
+                present.sort_unstable();
                 // what earlier commands set aside must not be read as this move's COPYUID
                 while s.unsolicited_responses.try_recv().is_ok() {}
-                match s.uid_mv(uid.to_string(), &dest).await {
+                match s.uid_mv(uid_set(&present), &dest).await {
                     // no such destination (`NO [TRYCREATE]`): nothing moved
                     Err(ImapError::No(text)) if text.to_ascii_lowercase().contains("trycreate") => {
-                        return Ok(None);
+                        return Ok(none());
                     }
                     other => other?,
                 }
-                // moving keeps flags and the received date: the message as the source had it
-                Ok(copied_uid(s).map(|(validity, new_uid)| {
-                    (
-                        validity,
-                        StoredSummary {
-                            uid: new_uid,
-                            ..summary
-                        },
-                    )
-                }))
+                let Some((validity, pairs)) = copied_uids(s) else {
+                    return Ok(none());
+                };
+                let mut moved: HashMap<u32, u32> = pairs.into_iter().collect();
+                // moving keeps flags and the received date: each message as the source had it
+                Ok(uids
+                    .iter()
+                    .map(|uid| {
+                        let new_uid = moved.remove(uid)?;
+                        let summary = found.get(uid)?.clone();
+                        Some((
+                            validity,
+                            StoredSummary {
+                                uid: new_uid,
+                                ..summary
+                            },
+                        ))
+                    })
+                    .collect())
             })
         })
         .await

@@ -10,6 +10,7 @@
 //! | `PATCH …/messages/{id}` `{"isRead"}` | 200 with the message |
 //! | `DELETE …/messages/{id}` | 204; the message goes to Deleted Items, as Outlook does |
 //! | `GET`/`POST …/mailFolders`, `…/mailFolders/{folder}/childFolders` | folders, `$filter=displayName eq '…'`, `$top` paging; create (409 `ErrorFolderExists` when taken) |
+//! | `POST /v1.0/$batch` | any of the above, up to 20 in a JSON batch ([`super::batch`]) |
 //!
 //! `…` is `/v1.0/me` or `/v1.0/users/{id|userPrincipalName}`. Strict like Graph (the `message:
 //! delta`, `message: move`, `Get MIME content of a message`, `mailFolder` pages and "Use delta
@@ -105,8 +106,18 @@ pub trait MailStore: crate::MailDrop {
         uid_validity: u32,
         uid: u32,
     ) -> anyhow::Result<Option<Vec<u8>>>;
-    /// Move one message to `dest`: `dest`'s UIDVALIDITY and the message there, None when
-    /// there was no such message or no folder `dest`.
+    /// Move messages to `dest` together: for each of `uids`, in that order, `dest`'s
+    /// UIDVALIDITY and the message there; None for a UID with no such message (or named a
+    /// second time: it moves once), and for all when there is no folder `dest`.
+    async fn move_messages(
+        &self,
+        user: &str,
+        folder: &str,
+        uid_validity: u32,
+        uids: &[u32],
+        dest: &str,
+    ) -> anyhow::Result<Vec<Option<(u32, StoredSummary)>>>;
+    /// Move one message ([`MailStore::move_messages`] of one UID).
     async fn move_message(
         &self,
         user: &str,
@@ -114,7 +125,12 @@ pub trait MailStore: crate::MailDrop {
         uid_validity: u32,
         uid: u32,
         dest: &str,
-    ) -> anyhow::Result<Option<(u32, StoredSummary)>>;
+    ) -> anyhow::Result<Option<(u32, StoredSummary)>> {
+        let mut moved = self
+            .move_messages(user, folder, uid_validity, &[uid], dest)
+            .await?;
+        Ok(moved.pop().flatten())
+    }
     /// Set or clear `\Seen`.
     async fn set_seen(&self, user: &str, folder: &str, uid: u32, seen: bool) -> anyhow::Result<()>;
     /// Remove one message for good.
@@ -321,12 +337,22 @@ pub(super) enum Need {
     Write,
 }
 
-/// A request let through: its mailbox, request id, concurrency slot and store.
+/// A request let through: its mailbox, request id, concurrency slot (a request of a `$batch`
+/// runs in one of the batch's slots) and store.
 pub(super) struct Admitted {
     pub(super) mailbox: String,
     pub(super) rid: String,
     pub(super) store: Arc<dyn MailStore>,
-    _slot: super::Slot,
+    _slot: Option<super::Slot>,
+}
+
+/// Where a request's concurrency slot comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum SlotFrom {
+    /// Its own: taken here (429 when the mailbox has none free).
+    Own,
+    /// The `$batch` it is part of, which holds the mailbox's slots it runs in.
+    Batch,
 }
 
 /// Token, permissions, faults and the concurrency limit, in Graph's order.
@@ -335,6 +361,17 @@ pub(super) async fn admit(
     user_path: Option<&str>,
     headers: &HeaderMap,
     need: Need,
+) -> Result<Admitted, Response> {
+    admit_with(state, user_path, headers, need, SlotFrom::Own).await
+}
+
+/// [`admit`], the slot from `slot`.
+pub(super) async fn admit_with(
+    state: &Arc<StandInState>,
+    user_path: Option<&str>,
+    headers: &HeaderMap,
+    need: Need,
+    slot: SlotFrom,
 ) -> Result<Admitted, Response> {
     let rid = uuid::Uuid::new_v4().to_string();
     let unauthorized = |message: &str| {
@@ -408,7 +445,7 @@ pub(super) async fn admit(
                 &rid,
             ));
         }
-        return admitted(state, id.to_ascii_lowercase(), rid).await;
+        return admitted(state, id.to_ascii_lowercase(), rid, slot).await;
     }
     let upn = issued.upn.to_ascii_lowercase();
     let mailbox = user_path.map_or_else(|| upn.clone(), str::to_ascii_lowercase);
@@ -434,7 +471,46 @@ pub(super) async fn admit(
             &rid,
         ));
     }
-    admitted(state, mailbox, rid).await
+    admitted(state, mailbox, rid, slot).await
+}
+
+/// The mailbox a request path names: the user in `/users/{id}/…`, else the token's user
+/// (`/me`); None when the token is not one of this Graph's.
+pub(super) fn mailbox_of(
+    state: &StandInState,
+    user_path: Option<&str>,
+    headers: &HeaderMap,
+) -> Option<String> {
+    if let Some(id) = user_path {
+        return Some(id.to_ascii_lowercase());
+    }
+    let token = headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")?
+        .trim();
+    let issued = state.identity.lookup_access_token(token)?;
+    Some(issued.upn.to_ascii_lowercase())
+}
+
+/// One of `mailbox`'s concurrency slots; None when all are taken (429 `ApplicationThrottled`).
+pub(super) fn take_slot(state: &Arc<StandInState>, mailbox: &str) -> Option<super::Slot> {
+    let mut in_flight = state.in_flight.lock().expect("lock");
+    let n = in_flight.entry(mailbox.to_owned()).or_default();
+    if *n >= MAX_CONCURRENT_PER_MAILBOX {
+        return None;
+    }
+    *n += 1;
+    let now = *n;
+    drop(in_flight);
+    let mut max = state.mail.max_in_flight.lock().expect("lock");
+    let seen = max.entry(mailbox.to_owned()).or_default();
+    *seen = (*seen).max(now);
+    Some(super::Slot {
+        state: state.clone(),
+        mailbox: mailbox.to_owned(),
+    })
 }
 
 /// Faults and the concurrency limit of `mailbox`, once the token is judged.
@@ -442,6 +518,7 @@ async fn admitted(
     state: &Arc<StandInState>,
     mailbox: String,
     rid: String,
+    slot: SlotFrom,
 ) -> Result<Admitted, Response> {
     *state
         .mail
@@ -496,23 +573,9 @@ async fn admitted(
         Some(super::Fault::Throttled(retry_after)) => return Err(throttled(&rid, retry_after)),
         _ => {}
     }
-    let slot = {
-        let mut in_flight = state.in_flight.lock().expect("lock");
-        let n = in_flight.entry(mailbox.clone()).or_default();
-        if *n >= MAX_CONCURRENT_PER_MAILBOX {
-            drop(in_flight);
-            return Err(throttled(&rid, 1));
-        }
-        *n += 1;
-        let now = *n;
-        drop(in_flight);
-        let mut max = state.mail.max_in_flight.lock().expect("lock");
-        let seen = max.entry(mailbox.clone()).or_default();
-        *seen = (*seen).max(now);
-        super::Slot {
-            state: state.clone(),
-            mailbox: mailbox.clone(),
-        }
+    let slot = match slot {
+        SlotFrom::Own => Some(take_slot(state, &mailbox).ok_or_else(|| throttled(&rid, 1))?),
+        SlotFrom::Batch => None,
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -635,7 +698,6 @@ pub(super) async fn dispatch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let need = if method == Method::GET {
         Need::Read
     } else {
@@ -645,6 +707,26 @@ pub(super) async fn dispatch(
         Ok(a) => a,
         Err(r) => return r,
     };
+    execute(
+        &state, &admitted, method, user_path, segments, query, raw_query, headers, body,
+    )
+    .await
+}
+
+/// A reading route's work once the request was admitted; its answer carries the request id.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn execute(
+    state: &Arc<StandInState>,
+    admitted: &Admitted,
+    method: Method,
+    user_path: Option<String>,
+    segments: Vec<String>,
+    query: HashMap<String, String>,
+    raw_query: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let rid = admitted.rid.clone();
     let base = format!(
         "http://{}/v1.0/{}",
@@ -678,42 +760,39 @@ pub(super) async fn dispatch(
     }
     let response = match (&method, segs.as_slice()) {
         (&Method::GET, ["mailFolders", folder, "messages", "delta"]) => {
-            delta(
-                &state, &admitted, &base, folder, &query, &raw_query, &headers,
-            )
-            .await
+            delta(state, admitted, &base, folder, &query, &raw_query, &headers).await
         }
         (&Method::GET, ["messages", id, "$value"])
         | (&Method::GET, ["mailFolders", _, "messages", id, "$value"]) => {
-            value(&state, &admitted, id).await
+            value(state, admitted, id).await
         }
         (&Method::GET, ["messages", id]) | (&Method::GET, ["mailFolders", _, "messages", id]) => {
-            get_message(&admitted, id, &query).await
+            get_message(admitted, id, &query).await
         }
         (&Method::POST, ["messages", id, "move"])
         | (&Method::POST, ["mailFolders", _, "messages", id, "move"]) => {
-            move_message(&admitted, id, &body).await
+            move_message(admitted, id, &body).await
         }
         (&Method::PATCH, ["messages", id])
         | (&Method::PATCH, ["mailFolders", _, "messages", id]) => {
-            patch_message(&admitted, id, &body).await
+            patch_message(admitted, id, &body).await
         }
         (&Method::DELETE, ["messages", id])
         | (&Method::DELETE, ["mailFolders", _, "messages", id]) => {
-            delete_message(&admitted, id).await
+            delete_message(admitted, id).await
         }
-        (&Method::GET, ["mailFolders"]) => list_folders(&admitted, &base, None, &query).await,
+        (&Method::GET, ["mailFolders"]) => list_folders(admitted, &base, None, &query).await,
         (&Method::GET, ["mailFolders", folder, "childFolders"]) => {
             match folder_from_segment(folder) {
-                Ok(parent) => list_folders(&admitted, &base, Some(parent), &query).await,
+                Ok(parent) => list_folders(admitted, &base, Some(parent), &query).await,
                 Err(()) => malformed_id(&rid),
             }
         }
-        (&Method::GET, ["mailFolders", folder]) => get_folder(&admitted, folder).await,
-        (&Method::POST, ["mailFolders"]) => create_folder(&admitted, None, &body).await,
+        (&Method::GET, ["mailFolders", folder]) => get_folder(admitted, folder).await,
+        (&Method::POST, ["mailFolders"]) => create_folder(admitted, None, &body).await,
         (&Method::POST, ["mailFolders", folder, "childFolders"]) => {
             match folder_from_segment(folder) {
-                Ok(parent) => create_folder(&admitted, parent, &body).await,
+                Ok(parent) => create_folder(admitted, parent, &body).await,
                 Err(()) => malformed_id(&rid),
             }
         }
@@ -1168,6 +1247,78 @@ async fn move_to(admitted: &Admitted, id: &str, dest: String) -> Response {
         Ok(None) => item_not_found(rid),
         Err(e) => store_failed(rid, &e),
     }
+}
+
+/// A `…/messages/{id}/move` request that a `$batch` may run together with others.
+pub(super) struct MoveRequest {
+    pub(super) folder: String,
+    pub(super) uid_validity: u32,
+    pub(super) uid: u32,
+    pub(super) dest: String,
+}
+
+/// The move a request asks for, when it is a well-formed one (anything else, a move with
+/// something wrong included, gets its answer from [`execute`]).
+pub(super) fn move_request(
+    method: &Method,
+    segments: &[String],
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<MoveRequest> {
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let id = match (method, segs.as_slice()) {
+        (&Method::POST, ["messages", id, "move"])
+        | (&Method::POST, ["mailFolders", _, "messages", id, "move"]) => *id,
+        _ => return None,
+    };
+    let json = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
+    if !json {
+        return None;
+    }
+    let request: MoveBody = serde_json::from_slice(body).ok()?;
+    let dest = folder_from_segment(&request.destination_id).ok()??;
+    let (folder, uid_validity, uid) = parse_message_id(id)?;
+    Some(MoveRequest {
+        folder,
+        uid_validity,
+        uid,
+        dest,
+    })
+}
+
+/// Moves of messages of one folder of one mailbox to one destination, as one store operation:
+/// each request answers as a move of its own ([`move_to`]) would.
+pub(super) async fn move_together(requests: &[(&Admitted, &MoveRequest)]) -> Vec<Response> {
+    let Some((first, m)) = requests.first() else {
+        return Vec::new();
+    };
+    let uids: Vec<u32> = requests.iter().map(|(_, m)| m.uid).collect();
+    let moved = first
+        .store
+        .move_messages(&first.mailbox, &m.folder, m.uid_validity, &uids, &m.dest)
+        .await;
+    requests
+        .iter()
+        .enumerate()
+        .map(|(i, (admitted, _))| {
+            let rid = &admitted.rid;
+            let response = match &moved {
+                Ok(moved) => match &moved[i] {
+                    Some((validity, message)) => (
+                        StatusCode::CREATED,
+                        axum::Json(message_json(&m.dest, *validity, message, None, false)),
+                    )
+                        .into_response(),
+                    None => item_not_found(rid),
+                },
+                Err(e) => store_failed(rid, e),
+            };
+            with_rid(response, rid)
+        })
+        .collect()
 }
 
 async fn move_message(admitted: &Admitted, id: &str, body: &[u8]) -> Response {
