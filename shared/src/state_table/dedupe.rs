@@ -108,40 +108,49 @@ impl DynamoStateStore {
         if let [one] = records {
             return self.write_dedupe(one).await;
         }
-        for chunk in records.chunks(25) {
-            let mut requests: Vec<WriteRequest> = chunk
-                .iter()
-                .map(|record| {
-                    PutRequest::builder()
-                        .set_item(Some(item_from(&record.pk, record)))
-                        .build()
-                        .map(|put| WriteRequest::builder().put_request(put).build())
-                        .map_err(|e| store_err("BatchWriteItem dedupe", e))
-                })
-                .collect::<Result<_, _>>()?;
-            let mut attempt = 0;
-            while !requests.is_empty() {
-                let output = self
-                    .client
-                    .batch_write_item()
-                    .request_items(&self.table, requests)
-                    .send()
-                    .await
-                    .map_err(|e| sdk_err("BatchWriteItem dedupe", e))?;
-                requests = output
-                    .unprocessed_items
-                    .and_then(|mut u| u.remove(&self.table))
-                    .unwrap_or_default();
-                if !requests.is_empty() {
-                    attempt += 1;
-                    if attempt > 8 {
-                        return Err(store_err(
-                            "BatchWriteItem dedupe",
-                            "items left unprocessed after 8 attempts (throttled)",
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(50 << attempt.min(4))).await;
+        // 25 items per BatchWriteItem (DynamoDB's limit); the chunks side by side.
+        futures::future::try_join_all(
+            records
+                .chunks(25)
+                .map(|chunk| self.write_dedupe_chunk(chunk)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn write_dedupe_chunk(&self, chunk: &[DedupeRecord]) -> Result<(), StoreError> {
+        let mut requests: Vec<WriteRequest> = chunk
+            .iter()
+            .map(|record| {
+                PutRequest::builder()
+                    .set_item(Some(item_from(&record.pk, record)))
+                    .build()
+                    .map(|put| WriteRequest::builder().put_request(put).build())
+                    .map_err(|e| store_err("BatchWriteItem dedupe", e))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut attempt = 0;
+        while !requests.is_empty() {
+            let output = self
+                .client
+                .batch_write_item()
+                .request_items(&self.table, requests)
+                .send()
+                .await
+                .map_err(|e| sdk_err("BatchWriteItem dedupe", e))?;
+            requests = output
+                .unprocessed_items
+                .and_then(|mut u| u.remove(&self.table))
+                .unwrap_or_default();
+            if !requests.is_empty() {
+                attempt += 1;
+                if attempt > 8 {
+                    return Err(store_err(
+                        "BatchWriteItem dedupe",
+                        "items left unprocessed after 8 attempts (throttled)",
+                    ));
                 }
+                tokio::time::sleep(Duration::from_millis(50 << attempt.min(4))).await;
             }
         }
         Ok(())
