@@ -165,6 +165,58 @@ pub struct BootstrapRun {
     pub cpu_by_process: Vec<crate::process_cpu::TreeCpu>,
     /// The bootstrap's AWS calls (moto) during the run, per operation.
     pub aws_calls: local_stack::aws_calls::CallCounts,
+    /// The windows the run read its mail in (from the poller's debug log).
+    pub windows: WindowSteps,
+}
+
+/// The windows of a run, from the poller's per-window debug line: how many, their mails, and
+/// the median time of each step (reading the next window while posting the one before, then
+/// settling it).
+#[derive(Debug, Default)]
+pub struct WindowSteps {
+    /// Windows read.
+    pub windows: usize,
+    /// Mails per window, on average.
+    pub mails_per_window: f64,
+    /// Median milliseconds: reading a window (in-flight mark, fetch, parse).
+    pub read_ms: u64,
+    /// Median milliseconds: posting a window (dedupe lookup, POSTs, dedupe write).
+    pub deliver_ms: u64,
+    /// Median milliseconds: settling a window (its after-actions), after both.
+    pub settle_ms: u64,
+}
+
+impl WindowSteps {
+    /// From the bootstrap's JSON log lines.
+    pub fn from_log(log: &str) -> Self {
+        let steps: Vec<serde_json::Map<String, serde_json::Value>> = log
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter_map(|line| line.get("fields").and_then(|f| f.as_object()).cloned())
+            .filter(|fields| fields.contains_key("read_mails"))
+            .collect();
+        let median = |name: &str| {
+            let mut values: Vec<u64> = steps
+                .iter()
+                .filter(|f| f["read_mails"].as_u64() > Some(0) || name != "read_ms")
+                .filter_map(|f| f.get(name).and_then(|v| v.as_u64()))
+                .collect();
+            values.sort_unstable();
+            values.get(values.len() / 2).copied().unwrap_or(0)
+        };
+        let read: Vec<u64> = steps
+            .iter()
+            .filter_map(|f| f["read_mails"].as_u64())
+            .filter(|n| *n > 0)
+            .collect();
+        WindowSteps {
+            windows: read.len(),
+            mails_per_window: read.iter().sum::<u64>() as f64 / read.len().max(1) as f64,
+            read_ms: median("read_ms"),
+            deliver_ms: median("deliver_ms"),
+            settle_ms: median("settle_ms"),
+        }
+    }
 }
 
 /// `small` helpdesk-like mails (10 % with a 0.3–1 MB attachment, 20 % with a 20–300 KB one) plus
@@ -248,7 +300,9 @@ pub async fn poll_generated_mails(
         deliver_started.elapsed().as_secs_f64()
     );
 
-    let mut env = crate::poller::bootstrap_env(&p.table, "warn").await;
+    // The poller's per-window line (debug) for the window figures.
+    let mut env =
+        crate::poller::bootstrap_env(&p.table, "warn,poll_mailboxes::poll::windows=debug").await;
     // The bootstrap reaches moto through a counting proxy: its AWS calls per operation.
     let aws_calls = local_stack::aws_calls::AwsCallCounter::start(&stack().moto().endpoint_url)
         .await
@@ -285,6 +339,7 @@ pub async fn poll_generated_mails(
     let wall = outcome.duration;
     let init = outcome.init_duration;
     let peak_rss_kib = peak_rss_kib(pid);
+    let windows = WindowSteps::from_log(&api.logs());
     let report = outcome
         .into_response()
         .unwrap_or_else(|e| panic!("{e:#}\n{}", api.logs()));
@@ -303,6 +358,7 @@ pub async fn poll_generated_mails(
         poller_cpu,
         cpu_by_process,
         aws_calls,
+        windows,
     };
     assert_eq!(handled, mails.len() as u64, "{report}");
     assert_eq!(p.tickets().len(), mails.len());

@@ -42,7 +42,7 @@ async fn bench_poll_1000_mails_and_a_20_mb_attachment() {
             "bench {protocol} ({build}): {} mails in {:.2} s = {:.1} mails/s; init {:?}; peak RSS {:.1} MiB \
              (limit 128); {protocol} round trips {} = {:.2} per mail; outcome {}; CPU s: poller {:?} \
              (with its init); during the run, by process tree: {}; the poller's AWS calls: {} \
-             ({:.3} per mail); load average {load_before} before, {} after",
+             ({:.3} per mail); {:?}; load average {load_before} before, {} after",
             run.handled,
             run.wall.as_secs_f64(),
             run.handled as f64 / run.wall.as_secs_f64(),
@@ -55,6 +55,7 @@ async fn bench_poll_1000_mails_and_a_20_mb_attachment() {
             mailbridge_tests::process_cpu::describe(&run.cpu_by_process),
             local_stack::aws_calls::summarize(&run.aws_calls),
             run.aws_calls.values().sum::<u64>() as f64 / run.handled as f64,
+            run.windows,
             load()
         );
         assert!(

@@ -21,6 +21,8 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 pub const PEAK_FACTOR: u64 = 6;
 /// Memory kept for the process itself (MB).
 pub const RESERVED_MB: u64 = 48;
+/// A mail whose reading takes more than this fraction (1/n) of the budget is read alone.
+const ALONE_ABOVE_SHARE_OF: u64 = 8;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
@@ -87,6 +89,15 @@ impl MemoryBudget {
         self.permits.try_acquire_many(self.share_of(size)).ok()
     }
 
+    /// Whether reading a mail of `size` bytes whole takes more than an eighth of the budget
+    /// (128 MB: above 1.67 MiB; 256 MB: 4.33 MiB): such a mail is read as a window of its own,
+    /// named alone as the mail in flight, so that one whose size ends a run (memory, time) is
+    /// known to the next run and parked unread. Smaller mail shares a window; a window a run
+    /// died in is read again one mail at a time.
+    pub fn reads_alone(&self, size: u64) -> bool {
+        u64::from(self.share_of(size)) * ALONE_ABOVE_SHARE_OF > u64::from(self.total_kib)
+    }
+
     fn share_of(&self, size: u64) -> u32 {
         size.saturating_mul(PEAK_FACTOR)
             .div_ceil(KIB)
@@ -129,5 +140,21 @@ mod tests {
         drop(budget.reserve(max / 2).await);
         // Larger than everything: takes the whole budget instead of waiting forever.
         drop(budget.reserve(u64::MAX).await);
+    }
+
+    #[test]
+    fn a_mail_taking_an_eighth_of_the_budget_is_read_alone() {
+        let mib = |m: f64| (m * MIB as f64) as u64;
+        let at_128 = MemoryBudget::for_function_memory(128);
+        assert!(
+            !at_128.reads_alone(mib(1.3)),
+            "a mail with a 1 MB attachment"
+        );
+        assert!(!at_128.reads_alone(mib(1.66)));
+        assert!(at_128.reads_alone(mib(1.67)));
+        assert!(at_128.reads_alone(at_128.max_message_bytes()));
+        let at_256 = MemoryBudget::for_function_memory(256);
+        assert!(!at_256.reads_alone(mib(4.3)));
+        assert!(at_256.reads_alone(mib(4.34)));
     }
 }

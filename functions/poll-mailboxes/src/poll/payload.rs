@@ -7,8 +7,7 @@ use mailbridge::mail::AutoReason;
 use mailbridge::mailbox::MailboxConfig;
 use mailbridge::ticket_sink::{TICKET_PAYLOAD_SCHEMA, TicketPayload};
 
-use super::PollDeps;
-use crate::convert;
+use crate::convert::{self, ParseContext};
 use crate::dedupe::{self, DedupeKey};
 
 pub(super) struct Prepared {
@@ -19,9 +18,20 @@ pub(super) struct Prepared {
     pub(super) skip_auto_generated: Option<AutoReason>,
 }
 
+/// What converting a mail of a mailbox needs, built once per window.
+pub(super) struct MailContext<'a> {
+    pub(super) config: &'a MailboxConfig,
+    /// The mailbox's helpdesk's own ticket tags in subjects (compiled once per window).
+    pub(super) subject_patterns: &'a [regex::Regex],
+    pub(super) parse: &'a ParseContext,
+}
+
 pub(super) fn prepare(
-    deps: &PollDeps,
-    config: &MailboxConfig,
+    MailContext {
+        config,
+        subject_patterns,
+        parse,
+    }: &MailContext<'_>,
     received_at: chrono::DateTime<chrono::Utc>,
     raw: Option<&[u8]>,
     header_block: Option<&[u8]>,
@@ -43,12 +53,7 @@ pub(super) fn prepare(
         (Some(raw), _) => {
             let key = dedupe::key_for_raw(&config.name, raw);
             // One parse gives the draft and the attachment contents.
-            match convert::parse_mail(
-                raw,
-                &config.user,
-                &config.sink.subject_patterns(),
-                &deps.parse,
-            ) {
+            match convert::parse_mail(raw, &config.user, subject_patterns, parse) {
                 Ok(mailbridge::mail::ParsedMail {
                     draft,
                     attachment_contents,

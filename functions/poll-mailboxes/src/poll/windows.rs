@@ -14,15 +14,12 @@ use super::PollDeps;
 use super::after_actions::{PostOutcome, settle_window};
 use super::delivery::{PostGate, deliver_window};
 use super::mailbox_run::Stop;
-use super::payload::{Prepared, prepare};
+use super::payload::{MailContext, Prepared, prepare};
 use crate::ports::Mailbox;
 
 /// Mails read and delivered together: one in-flight mark, one dedupe lookup, one dedupe write
 /// (per 25) and one after-action command per folder for the whole window.
 const WINDOW_MAILS: usize = 32;
-/// A mail read whole above this size is a window of its own, named alone as the mail in
-/// flight: a mail large enough to end a run (memory, time) is parked by the next run unread.
-const ALONE_ABOVE_BYTES: u64 = 1024 * 1024;
 
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn work_on(
@@ -133,18 +130,21 @@ pub(super) async fn work_on(
         }
         let next_first = index;
         index += next.as_ref().map_or(0, Vec::len);
-        let (read_next, delivered) = tokio::join!(
+        let step_started = Instant::now();
+        let next_mails = next.as_ref().map_or(0, Vec::len);
+        let ((read_next, read_took), (delivered, deliver_took)) = tokio::join!(
             async {
-                match next {
+                let read = match next {
                     Some(window) => Some(
                         read_window(deps, config, mailbox, (uid_validity, lease), window, limit)
                             .await,
                     ),
                     None => None,
-                }
+                };
+                (read, step_started.elapsed())
             },
             async {
-                match &in_hand {
+                let delivered = match &in_hand {
                     Some((read, _)) => Some(
                         deliver_window(
                             deps,
@@ -157,9 +157,11 @@ pub(super) async fn work_on(
                         .await,
                     ),
                     None => None,
-                }
+                };
+                (delivered, step_started.elapsed())
             }
         );
+        let settle_started = Instant::now();
         if let (Some((read, first)), Some(delivered)) = (in_hand.take(), delivered) {
             let outcomes = match delivered {
                 Ok(delivered) => {
@@ -204,6 +206,14 @@ pub(super) async fn work_on(
                 return Ok(());
             }
         }
+        tracing::debug!(
+            mailbox = %config.name,
+            read_mails = next_mails,
+            read_ms = read_took.as_millis() as u64,
+            deliver_ms = deliver_took.as_millis() as u64,
+            settle_ms = settle_started.elapsed().as_millis() as u64,
+            "a window read while the one before was posted and settled"
+        );
         match read_next {
             Some(Ok(read)) => in_hand = Some((read, next_first)),
             Some(Err(stop)) => {
@@ -247,7 +257,8 @@ async fn next_window<'b>(
     for message in listed {
         let size = u64::from(message.size);
         let reads = if size > limit { 0 } else { size };
-        let alone = size > ALONE_ABOVE_BYTES && size <= limit || one_by_one.contains(&message.uid);
+        let alone =
+            size <= limit && deps.memory.reads_alone(size) || one_by_one.contains(&message.uid);
         if window.is_empty() {
             let share = if may_wait {
                 deps.memory.reserve(reads).await
@@ -319,43 +330,110 @@ async fn read_window<'b>(
         .map_err(Stop::Mailbox)?
         .into_iter()
         .collect();
-    let mut read: Vec<ReadMail> = Vec::with_capacity(window.len());
+    // What each mail is read from: the whole mail, or the header block of one over the limit.
+    let mut inputs: Vec<(ListedMessage, Read)> = Vec::with_capacity(window.len());
     let mut shares = Vec::with_capacity(window.len());
     for (message, share) in window {
         shares.push(share);
         let uid = message.uid;
-        let size = u64::from(message.size);
-        // INTERNALDATE, when the server gave one: the same on every attempt, so a retried POST
-        // carries the same payload under the same Idempotency-Key, and a helpdesk's SLA clock
-        // starts when the mail arrived, not when it was polled.
-        let received_at = message.received_at.unwrap_or_else(chrono::Utc::now);
-        let prepared = if size > limit {
-            let Some(header_block) = mailbox.fetch_header(uid).await.map_err(Stop::Mailbox)? else {
-                vanished(config, uid);
-                continue;
-            };
-            prepare(
-                deps,
-                config,
-                received_at,
-                None,
-                Some(&header_block),
-                (size, limit),
-            )
+        let read = if u64::from(message.size) > limit {
+            mailbox
+                .fetch_header(uid)
+                .await
+                .map_err(Stop::Mailbox)?
+                .map(Read::HeaderBlock)
         } else {
-            let Some(raw) = raws.remove(&uid).flatten() else {
-                vanished(config, uid);
-                continue;
-            };
-            prepare(deps, config, received_at, Some(&raw), None, (size, limit))
-            // `raw` is dropped here: only the payload waits for the window's POSTs.
+            raws.remove(&uid).flatten().map(Read::Whole)
         };
-        read.push(ReadMail { uid, prepared });
+        match read {
+            Some(read) => inputs.push((message, read)),
+            None => vanished(config, uid),
+        }
+    }
+    // Parsed off the async threads (a large mail takes milliseconds of CPU), so the posts of
+    // the window before go on meanwhile; in runs of about equal bytes side by side, one per
+    // CPU. Each mail's memory share is already held, so mails parsed at once stay within the
+    // budget.
+    let mut mails = Vec::with_capacity(inputs.len());
+    let parsing: Vec<_> = in_order_runs(inputs, parse_threads())
+        .into_iter()
+        .map(|run| {
+            let (parse, config) = (deps.parse.clone(), config.clone());
+            tokio::task::spawn_blocking(move || {
+                let subject_patterns = config.sink.subject_patterns();
+                let mail = MailContext {
+                    config: &config,
+                    subject_patterns: &subject_patterns,
+                    parse: &parse,
+                };
+                run.into_iter()
+                    .map(|(message, read)| read_mail(&mail, message, read, limit))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for run in parsing {
+        mails.extend(
+            run.await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+        );
     }
     Ok(ReadWindow {
-        mails: read,
+        mails,
         _shares: shares,
     })
+}
+
+/// A mail fetched → what is posted for it.
+fn read_mail(mail: &MailContext<'_>, message: ListedMessage, read: Read, limit: u64) -> ReadMail {
+    let size = u64::from(message.size);
+    // INTERNALDATE, when the server gave one: the same on every attempt, so a retried POST
+    // carries the same payload under the same Idempotency-Key, and a helpdesk's SLA clock starts
+    // when the mail arrived, not when it was polled.
+    let received_at = message.received_at.unwrap_or_else(chrono::Utc::now);
+    let prepared = match read {
+        // `raw` is dropped after this: only the payload waits for the window's POSTs.
+        Read::Whole(raw) => prepare(mail, received_at, Some(&raw), None, (size, limit)),
+        Read::HeaderBlock(block) => prepare(mail, received_at, None, Some(&block), (size, limit)),
+    };
+    ReadMail {
+        uid: message.uid,
+        prepared,
+    }
+}
+
+/// Threads a window's mails are parsed on: one per CPU the process may use.
+fn parse_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+/// `mails` cut into at most `runs` runs of consecutive mails of about equal size.
+fn in_order_runs<T>(mails: Vec<(ListedMessage, T)>, runs: usize) -> Vec<Vec<(ListedMessage, T)>> {
+    let total: u64 = mails.iter().map(|(m, _)| u64::from(m.size)).sum();
+    let per_run = total.div_ceil(runs.max(1) as u64).max(1);
+    let mut cut: Vec<Vec<(ListedMessage, T)>> = vec![Vec::new()];
+    let mut bytes = 0;
+    for mail in mails {
+        let size = u64::from(mail.0.size);
+        // A new run when this mail's middle would lie past the current run's share.
+        let past_share = 2 * bytes + size > 2 * per_run;
+        if past_share && bytes > 0 && cut.len() < runs {
+            cut.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        cut.last_mut().expect("never empty").push(mail);
+    }
+    cut.retain(|run| !run.is_empty());
+    cut
+}
+
+/// What a mail of a window is read from.
+enum Read {
+    /// The whole mail.
+    Whole(Vec<u8>),
+    /// The header block of a mail over the size limit.
+    HeaderBlock(Vec<u8>),
 }
 
 fn deadline_reason(left_in_place: &Option<TicketSinkError>, status: &MailboxStatus) -> String {
@@ -374,4 +452,45 @@ fn vanished(config: &MailboxConfig, uid: Uid) {
         uid,
         "the server returned no message for this UID (expunged meanwhile?); skipped"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sized(sizes: &[u32]) -> Vec<(ListedMessage, usize)> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, size)| {
+                let listed = ListedMessage {
+                    uid: i as Uid + 1,
+                    size: *size,
+                    received_at: None,
+                };
+                (listed, i)
+            })
+            .collect()
+    }
+
+    fn cut(sizes: &[u32], runs: usize) -> Vec<Vec<usize>> {
+        in_order_runs(sized(sizes), runs)
+            .into_iter()
+            .map(|run| run.into_iter().map(|(_, i)| i).collect())
+            .collect()
+    }
+
+    #[test]
+    fn a_window_is_parsed_in_runs_of_consecutive_mails_of_about_equal_bytes() {
+        assert_eq!(cut(&[10, 10, 10, 10], 2), vec![vec![0, 1], vec![2, 3]]);
+        assert_eq!(cut(&[100, 1, 1, 1], 2), vec![vec![0], vec![1, 2, 3]]);
+        assert_eq!(cut(&[1, 1, 1, 100], 2), vec![vec![0, 1, 2], vec![3]]);
+        assert_eq!(cut(&[5, 5, 5], 1), vec![vec![0, 1, 2]]);
+        assert_eq!(cut(&[5, 5], 8), vec![vec![0], vec![1]]);
+        assert_eq!(
+            cut(&[3, 1, 1, 1, 3, 3], 3),
+            vec![vec![0, 1], vec![2, 3, 4], vec![5]]
+        );
+        assert!(cut(&[], 2).is_empty());
+    }
 }
