@@ -8,7 +8,8 @@
 //!   `@odata.deltaLink`, which is kept for the next round. A 410 Gone, or an error code
 //!   `SyncStateNotFound`/`SyncStateInvalid`/`resyncRequired`, means the state token is no
 //!   longer valid ([`GraphError::is_sync_reset`]): the caller starts a full round.
-//! - `GET /users/{mailbox}/messages/{id}/$value`: the message as MIME; 404 → it is gone.
+//! - `GET /users/{mailbox}/messages/{id}/$value`: the message as MIME; 404 → it is gone. Small
+//!   mail goes in JSON batches ([`GraphMailbox::mime_many`]), which answer it base64-encoded.
 //! - `POST …/messages/{id}/move` `{destinationId}`, `PATCH …/messages/{id}` `{isRead: true}`,
 //!   `DELETE …/messages/{id}`; a 404 means the message is no longer there (already moved). Many
 //!   moves go as JSON batches (`POST /$batch`, [`MAX_BATCH_REQUESTS`] each,
@@ -534,54 +535,140 @@ impl GraphMailbox {
     }
 
     /// Move messages `ids` to folder `destination` (an id) through JSON batches of up to
-    /// [`MAX_BATCH_REQUESTS`] moves: for each id, in that order, whether it moved (false: it
-    /// was no longer there), or Graph's error. A batch holds all the mailbox's slots while it
-    /// runs: Graph hands up to 4 of its requests to the mailbox at once, each counting against
-    /// the mailbox's 4 concurrent requests. Moves answered 429, 503 or another 5xx inside a
-    /// batch go again in the next batch, after their `Retry-After` (never less) or a backoff;
-    /// so does a batch that failed as a whole; until the policy's attempts or the deadline run
-    /// out, as a request of their own would.
+    /// [`MAX_BATCH_REQUESTS`] moves ([`Self::batched`]): for each id, in that order, whether it
+    /// moved (false: it was no longer there), or Graph's error.
     pub async fn move_many(
         &self,
         ids: &[String],
         destination: &str,
         deadline: Instant,
     ) -> Vec<Result<bool, GraphError>> {
+        let calls: Vec<BatchCall> = ids
+            .iter()
+            .map(|id| BatchCall {
+                method: "POST",
+                url: self.url(&["messages", id, "move"]),
+                body: Some(serde_json::json!({ "destinationId": destination })),
+            })
+            .collect();
+        let answers = self
+            .batched(&calls, deadline, crate::http::MAX_ANSWER_BYTES)
+            .await;
+        answers
+            .into_iter()
+            .map(|answer| not_found_is_false(answer.map(|_| (200, bytes::Bytes::new()))))
+            .collect()
+    }
+
+    /// The raw MIME of messages `ids` (each None when it is gone) through JSON batches
+    /// ([`Self::batched`]) of up to [`MAX_BATCH_REQUESTS`] and at most `max_batch_bytes` of mail
+    /// (`sizes`, as the delta round gave them) each: Graph answers `$value` inside a batch
+    /// base64-encoded. For small mail: one round trip for many.
+    pub async fn mime_many(
+        &self,
+        ids: &[(String, u64)],
+        max_batch_bytes: u64,
+        deadline: Instant,
+    ) -> Vec<Result<Option<Vec<u8>>, GraphError>> {
+        use base64::Engine as _;
         let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(MAX_BATCH_REQUESTS) {
-            let mut results = self.move_batch(chunk, destination, deadline).await;
-            out.extend(chunk.iter().enumerate().map(|(i, _)| {
-                results
-                    .remove(&i)
-                    .unwrap_or_else(|| Err(bad_answer(&"the batch answered nothing for this move")))
+        let mut start = 0;
+        while start < ids.len() {
+            // as many as fit the byte budget (at least one), at most a batch
+            let mut end = start + 1;
+            let mut bytes = ids[start].1;
+            while end < ids.len()
+                && end - start < MAX_BATCH_REQUESTS
+                && bytes + ids[end].1 <= max_batch_bytes
+            {
+                bytes += ids[end].1;
+                end += 1;
+            }
+            let calls: Vec<BatchCall> = ids[start..end]
+                .iter()
+                .map(|(id, _)| BatchCall {
+                    method: "GET",
+                    url: self.url(&["messages", id, "$value"]),
+                    body: None,
+                })
+                .collect();
+            // base64 and the JSON around it: a third more than the mail, and room
+            let limit = (bytes as usize).saturating_mul(3) / 2 + crate::http::MAX_ANSWER_BYTES;
+            for answer in self.batched(&calls, deadline, limit).await {
+                out.push(match answer {
+                    Ok(Some(serde_json::Value::String(encoded))) => {
+                        base64::engine::general_purpose::STANDARD
+                            .decode(encoded)
+                            .map(Some)
+                            .map_err(|e| bad_answer(&format!("a $value in a batch: {e}")))
+                    }
+                    Ok(_) => Err(bad_answer(
+                        &"a $value in a batch came without its base64 body",
+                    )),
+                    Err(e) if e.is_item_not_found() => Ok(None),
+                    Err(e) => Err(e),
+                });
+            }
+            start = end;
+        }
+        out
+    }
+
+    /// Send `calls` as JSON batches (`POST /$batch`) of up to [`MAX_BATCH_REQUESTS`]: for each
+    /// call, in order, the body of its 2xx answer (None when empty) or Graph's error. A batch
+    /// holds all the mailbox's slots while it runs: Graph hands up to 4 of its requests to the
+    /// mailbox at once, each counting against the mailbox's 4 concurrent requests. Calls
+    /// answered 429, 503 or another 5xx inside a batch go again in the next batch, after their
+    /// `Retry-After` (never less) or a backoff; so does a batch that failed as a whole; until the
+    /// policy's attempts or the deadline run out, as a request of their own would. An answer
+    /// over `limit` bytes is refused.
+    async fn batched(
+        &self,
+        calls: &[BatchCall],
+        deadline: Instant,
+        limit: usize,
+    ) -> Vec<Result<Option<serde_json::Value>, GraphError>> {
+        let mut out = Vec::with_capacity(calls.len());
+        for chunk in calls.chunks(MAX_BATCH_REQUESTS) {
+            let mut answers = self.one_batch(chunk, deadline, limit).await;
+            out.extend((0..chunk.len()).map(|i| {
+                answers.remove(&i).unwrap_or_else(|| {
+                    Err(bad_answer(&"the batch answered nothing for this request"))
+                })
             }));
         }
         out
     }
 
-    /// One batch of moves (at most [`MAX_BATCH_REQUESTS`]), with its retries: each move's
-    /// result by its position in `ids`.
-    async fn move_batch(
+    /// One batch (at most [`MAX_BATCH_REQUESTS`] calls), with its retries: each call's answer
+    /// by its position.
+    async fn one_batch(
         &self,
-        ids: &[String],
-        destination: &str,
+        calls: &[BatchCall],
         deadline: Instant,
-    ) -> HashMap<usize, Result<bool, GraphError>> {
+        limit: usize,
+    ) -> HashMap<usize, Result<Option<serde_json::Value>, GraphError>> {
         use std::sync::Mutex;
         let base_path = self.base.path().trim_end_matches('/').to_owned();
-        let requests: Vec<serde_json::Value> = ids
+        let requests: Vec<serde_json::Value> = calls
             .iter()
             .enumerate()
-            .map(|(i, id)| {
-                let url = self.url(&["messages", id, "move"]);
-                let relative = url.path().strip_prefix(&base_path).unwrap_or(url.path());
-                serde_json::json!({
+            .map(|(i, call)| {
+                let relative = call
+                    .url
+                    .path()
+                    .strip_prefix(&base_path)
+                    .unwrap_or(call.url.path());
+                let mut request = serde_json::json!({
                     "id": i.to_string(),
-                    "method": "POST",
+                    "method": call.method,
                     "url": relative,
-                    "headers": {"Content-Type": "application/json"},
-                    "body": {"destinationId": destination},
-                })
+                });
+                if let Some(body) = &call.body {
+                    request["headers"] = serde_json::json!({"Content-Type": "application/json"});
+                    request["body"] = body.clone();
+                }
+                request
             })
             .collect();
         let mut batch_url = self.base.clone();
@@ -590,9 +677,10 @@ impl GraphMailbox {
             .expect("checked in with_http")
             .pop_if_empty()
             .push("$batch");
-        // moves still to make, and the last error of each
-        let pending: Mutex<Vec<usize>> = Mutex::new((0..ids.len()).collect());
-        let done: Mutex<HashMap<usize, Result<bool, GraphError>>> = Mutex::default();
+        type Answers = HashMap<usize, Result<Option<serde_json::Value>, GraphError>>;
+        // calls still to make, and the last error of each
+        let pending: Mutex<Vec<usize>> = Mutex::new((0..calls.len()).collect());
+        let done: Mutex<Answers> = Mutex::default();
         let last_errors: Mutex<HashMap<usize, GraphError>> = Mutex::default();
         let attempt = || async {
             let now: Vec<usize> = pending.lock().expect("lock").clone();
@@ -611,13 +699,14 @@ impl GraphMailbox {
                     &body,
                     None,
                     deadline,
-                    crate::http::MAX_ANSWER_BYTES,
+                    limit,
                 )
                 .await
             };
             let (_, bytes) = answer?;
             let answers: BatchAnswer =
                 serde_json::from_slice(&bytes).map_err(|e| FailedAttempt::last(bad_answer(&e)))?;
+            drop(bytes);
             let mut again = Vec::new();
             let mut answered: HashMap<usize, BatchItemAnswer> = answers
                 .responses
@@ -632,7 +721,7 @@ impl GraphMailbox {
                             status: 200,
                             retry_after: None,
                             code: "NoBatchAnswer".into(),
-                            message: "the batch answered nothing for this move".into(),
+                            message: "the batch answered nothing for this request".into(),
                             request_id: None,
                         },
                     );
@@ -640,7 +729,7 @@ impl GraphMailbox {
                     continue;
                 };
                 if (200..300).contains(&a.status) {
-                    done.lock().expect("lock").insert(i, Ok(true));
+                    done.lock().expect("lock").insert(i, Ok(a.body));
                     continue;
                 }
                 let header = |name: &str| {
@@ -652,12 +741,10 @@ impl GraphMailbox {
                 let retry_after = header("retry-after")
                     .as_deref()
                     .and_then(crate::retry::parse_retry_after);
-                let body = a.body.map(|b| b.to_string()).unwrap_or_default();
+                let body = a.body.as_ref().map(ToString::to_string).unwrap_or_default();
                 let error =
                     error_from_answer(a.status, header("request-id"), retry_after, body.as_bytes());
-                if error.is_item_not_found() {
-                    done.lock().expect("lock").insert(i, Ok(false));
-                } else if matches!(
+                if matches!(
                     error,
                     GraphError::Throttled { .. } | GraphError::Unavailable { .. }
                 ) {
@@ -816,6 +903,14 @@ pub(crate) fn bad_answer(e: &dyn std::fmt::Display) -> GraphError {
         message: format!("Graph's answer could not be read: {e}"),
         request_id: None,
     }
+}
+
+/// One request of a JSON batch.
+struct BatchCall {
+    method: &'static str,
+    /// Its URL as a request of its own would have it (the batch sends it relative).
+    url: url::Url,
+    body: Option<serde_json::Value>,
 }
 
 /// The answer to a `$batch`: each request's own answer.
@@ -1050,6 +1145,50 @@ mod tests {
             waited >= Duration::from_secs(2),
             "the throttled move went again {waited:?} after the batch; Graph asked for 2 s"
         );
+    }
+
+    /// `$value` reads through batches: the base64 body decoded, a 404 is "gone", and a batch
+    /// holds no more mail than the byte budget (600 KB + 600 KB do not share a 1 MiB batch).
+    #[tokio::test]
+    async fn mime_reads_in_batches_decode_base64_and_keep_to_the_byte_budget() {
+        let answer = |body: &str| -> &'static str {
+            Box::leak(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_boxed_str(),
+            )
+        };
+        let (base, server) = scripted_graph(vec![
+            answer(r#"{"responses":[{"id":"0","status":200,"headers":{"Content-Type":"text/plain"},"body":"RnJvbTogYQ0KDQpoaQ=="}]}"#),
+            answer(
+                r#"{"responses":[
+                {"id":"1","status":404,"headers":{},"body":{"error":{"code":"ErrorItemNotFound","message":"gone"}}},
+                {"id":"0","status":200,"headers":{"Content-Type":"text/plain"},"body":"aGk="}]}"#,
+            ),
+        ])
+        .await;
+        let mailbox = mailbox_at(&base, default_policy());
+        let ids = vec![
+            ("a".to_owned(), 600_000),
+            ("b".to_owned(), 600_000),
+            ("c".to_owned(), 10),
+        ];
+        let read = mailbox
+            .mime_many(&ids, 1024 * 1024, Instant::now() + Duration::from_secs(20))
+            .await;
+        let read: Vec<Option<Vec<u8>>> = read.into_iter().map(Result::unwrap).collect();
+        assert_eq!(
+            read,
+            [
+                Some(b"From: a\r\n\r\nhi".to_vec()),
+                Some(b"hi".to_vec()),
+                None
+            ]
+        );
+        assert_eq!(mailbox.requests(), 2);
+        server.await.unwrap();
     }
 
     /// A `Retry-After` that would end past the deadline: no second request, Graph's answer back

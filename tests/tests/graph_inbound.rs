@@ -565,15 +565,26 @@ async fn stand_in_batch_is_as_strict_as_graphs() {
     let mut after = get("after", "/me/mailFolders".into());
     after["dependsOn"] = json!(["0"]);
     requests.push(after);
+    // reads: of a message moved away (404), and of one message twice (the MIME each time)
+    requests.push(get("gone", format!("/me/messages/{}/$value", all[0])));
+    requests.push(get("twice", format!("/me/messages/{}/$value", all[3])));
+    requests.push(get("again", format!("/me/messages/{}/$value", all[3])));
     let (_, body) = batch(Value::from(requests)).await;
-    for n in 0..2 {
+    for n in ["0", "1", "gone"] {
         assert_eq!(
-            answer(&body, &n.to_string())["body"]["error"]["code"],
+            answer(&body, n)["body"]["error"]["code"],
             "ErrorItemNotFound",
             "{body}"
         );
     }
     assert_eq!(answer(&body, "after")["status"], 424, "{body}");
+    for n in ["twice", "again"] {
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(answer(&body, n)["body"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(raw, mails[3]);
+    }
 
     // Throttling is per request: one 429 with its Retry-After, the other answered.
     stack().graph().throttle_429(&user, 1, 3);

@@ -43,6 +43,12 @@ use crate::ports::{Mailbox, MailboxConnector, MailboxError};
 /// order of arrival), and a backlog of any size drains run after run.
 pub const MAX_PENDING_WITH_LINK: usize = 1000;
 
+/// Mail up to this size (as the delta round gave it) is read through JSON batches, whose
+/// answers carry it base64-encoded; larger mail, or of no known size, with a request of its own.
+pub const BATCH_READ_MAIL_BYTES: u64 = 256 * 1024;
+/// Mail read through one JSON batch, at most (its answer is about a third larger).
+pub const BATCH_READ_BYTES: u64 = 1024 * 1024;
+
 /// Opens Graph mailboxes.
 pub struct GraphConnector {
     http: reqwest::Client,
@@ -544,27 +550,45 @@ impl Mailbox for GraphSession {
         &mut self,
         uids: &[Uid],
     ) -> Result<Vec<(Uid, Option<Vec<u8>>)>, MailboxError> {
-        // Side by side, as many as Graph lets one mailbox have in flight (the client's limit).
         let deadline = self.deadline();
         let client = &self.client;
-        let ids: Vec<(Uid, Option<String>)> = uids.iter().map(|u| (*u, self.id_of(*u))).collect();
-        let fetched: Vec<(Uid, Result<Option<Vec<u8>>, GraphError>)> = futures::stream::iter(ids)
-            .map(|(uid, id)| async move {
-                match id {
-                    Some(id) => (uid, client.mime(&id, deadline).await),
-                    None => (uid, Ok(None)),
+        // Small mail of a known size through JSON batches (many in one round trip); the rest
+        // with a request each, side by side, as many as Graph lets one mailbox have in flight.
+        let mut small: Vec<(usize, (String, u64))> = Vec::new();
+        let mut single: Vec<(usize, String)> = Vec::new();
+        for (at, uid) in uids.iter().enumerate() {
+            let Some(m) = self.state.pending.iter().find(|m| m.uid == *uid) else {
+                continue;
+            };
+            match m.size {
+                Some(size) if size <= BATCH_READ_MAIL_BYTES => {
+                    small.push((at, (m.id.clone(), size)));
                 }
-            })
+                _ => single.push((at, m.id.clone())),
+            }
+        }
+        let mut fetched: Vec<Option<Result<Option<Vec<u8>>, GraphError>>> =
+            uids.iter().map(|_| None).collect();
+        let ids: Vec<(String, u64)> = small.iter().map(|(_, id)| id.clone()).collect();
+        let read = client.mime_many(&ids, BATCH_READ_BYTES, deadline).await;
+        for ((at, _), result) in small.iter().zip(read) {
+            fetched[*at] = Some(result);
+        }
+        let read: Vec<(usize, Result<Option<Vec<u8>>, GraphError>)> = futures::stream::iter(single)
+            .map(|(at, id)| async move { (at, client.mime(&id, deadline).await) })
             .buffered(MAX_CONCURRENT_REQUESTS)
             .collect()
             .await;
-        let mut out = Vec::with_capacity(fetched.len());
-        for (uid, result) in fetched {
-            match result {
-                Ok(Some(raw)) => out.push((uid, Some(raw))),
+        for (at, result) in read {
+            fetched[at] = Some(result);
+        }
+        let mut out = Vec::with_capacity(uids.len());
+        for (uid, result) in uids.iter().zip(fetched) {
+            match result.unwrap_or(Ok(None)) {
+                Ok(Some(raw)) => out.push((*uid, Some(raw))),
                 Ok(None) => {
-                    self.forget(uid);
-                    out.push((uid, None));
+                    self.forget(*uid);
+                    out.push((*uid, None));
                 }
                 Err(e) => return Err(self.err("fetch $value", e)),
             }

@@ -450,6 +450,42 @@ impl MailStore for ImapStore {
         .await
     }
 
+    async fn messages(
+        &self,
+        user: &str,
+        folder: &str,
+        uid_validity: u32,
+        uids: &[u32],
+    ) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
+        self.run(user, "read messages", &|s| {
+            let (folder, uids) = (folder.to_owned(), uids.to_vec());
+            Box::pin(async move {
+                if uids.is_empty() || !open_at(s, &folder, uid_validity).await? {
+                    return Ok(uids.iter().map(|_| None).collect());
+                }
+                let mut bodies: HashMap<u32, Vec<u8>> =
+                    fetch(s, &uid_set(&uids), "(UID BODY.PEEK[])")
+                        .await?
+                        .iter()
+                        .filter_map(|f| Some((f.uid?, f.body()?.to_vec())))
+                        .collect();
+                // a UID named twice is read twice, as two requests would
+                Ok(uids
+                    .iter()
+                    .enumerate()
+                    .map(|(at, uid)| {
+                        if uids[at + 1..].contains(uid) {
+                            bodies.get(uid).cloned()
+                        } else {
+                            bodies.remove(uid)
+                        }
+                    })
+                    .collect())
+            })
+        })
+        .await
+    }
+
     async fn move_messages(
         &self,
         user: &str,

@@ -20,7 +20,8 @@
 //!   400, naming the stand-in's limit).
 //!
 //! Moves of messages of one folder to one destination that run side by side are one store
-//! operation (one IMAP `UID MOVE`); each still answers as a move of its own.
+//! operation (one IMAP `UID MOVE`), and so are `$value` reads of one folder (one `UID FETCH`);
+//! each still answers as a request of its own.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -65,6 +66,10 @@ struct BatchRequest {
 
 /// Moves that run together: of one mailbox's folder at one UIDVALIDITY to one destination.
 type MoveGroup = (String, String, u32, String);
+/// `$value` reads that run together: of one mailbox's folder at one UIDVALIDITY.
+type ReadGroup = (String, String, u32);
+/// A stored message: its folder, the folder's UIDVALIDITY and its UID.
+type StoredMessage = (String, u32, u32);
 
 /// One request of the batch, read.
 struct Item {
@@ -267,13 +272,17 @@ async fn answer(
                 }
             }
         }
-        // Moves of one folder to one destination together; everything else one by one.
+        // Moves of one folder to one destination together, reads of one folder together;
+        // everything else one by one.
         let mut moves: HashMap<MoveGroup, Vec<(usize, MoveRequest)>> = HashMap::new();
+        let mut reads: HashMap<ReadGroup, Vec<(usize, StoredMessage)>> = HashMap::new();
         let mut single = Vec::new();
         for (i, a) in &admitted {
             let item = &items[*i];
-            match mailbox::move_request(&item.method, &item.segments, &item.headers, &item.body) {
-                Some(m) => moves
+            if let Some(m) =
+                mailbox::move_request(&item.method, &item.segments, &item.headers, &item.body)
+            {
+                moves
                     .entry((
                         a.mailbox.clone(),
                         m.folder.clone(),
@@ -281,8 +290,16 @@ async fn answer(
                         m.dest.clone(),
                     ))
                     .or_default()
-                    .push((*i, m)),
-                None => single.push(*i),
+                    .push((*i, m));
+            } else if let Some(r) =
+                mailbox::value_request(state, &a.mailbox, &item.method, &item.segments)
+            {
+                reads
+                    .entry((a.mailbox.clone(), r.0.clone(), r.1))
+                    .or_default()
+                    .push((*i, r));
+            } else {
+                single.push(*i);
             }
         }
         let admitted_at: HashMap<usize, &Admitted> =
@@ -291,6 +308,14 @@ async fn answer(
             let requests: Vec<(&Admitted, &MoveRequest)> =
                 group.iter().map(|(i, m)| (admitted_at[i], m)).collect();
             let responses = mailbox::move_together(&requests).await;
+            for ((i, _), response) in group.iter().zip(responses) {
+                answers[*i] = Some(response);
+            }
+        }
+        for group in reads.values() {
+            let requests: Vec<(&Admitted, &StoredMessage)> =
+                group.iter().map(|(i, r)| (admitted_at[i], r)).collect();
+            let responses = mailbox::values_together(&requests).await;
             for ((i, _), response) in group.iter().zip(responses) {
                 answers[*i] = Some(response);
             }

@@ -106,6 +106,15 @@ pub trait MailStore: crate::MailDrop {
         uid_validity: u32,
         uid: u32,
     ) -> anyhow::Result<Option<Vec<u8>>>;
+    /// Several raw messages of a folder together: for each of `uids`, in that order, the
+    /// message, None when there is no such folder, UIDVALIDITY or UID.
+    async fn messages(
+        &self,
+        user: &str,
+        folder: &str,
+        uid_validity: u32,
+        uids: &[u32],
+    ) -> anyhow::Result<Vec<Option<Vec<u8>>>>;
     /// Move messages to `dest` together: for each of `uids`, in that order, `dest`'s
     /// UIDVALIDITY and the message there; None for a UID with no such message (or named a
     /// second time: it moves once), and for all when there is no folder `dest`.
@@ -1287,6 +1296,70 @@ pub(super) fn move_request(
         uid,
         dest,
     })
+}
+
+/// A `…/messages/{id}/$value` request that a `$batch` may run together with others: the
+/// message's folder, UIDVALIDITY and UID. None for anything else, and while the mailbox has
+/// messages to remove before their fetch ([`GraphStandIn::remove_before_fetch`]: those run one by
+/// one).
+pub(super) fn value_request(
+    state: &StandInState,
+    mailbox: &str,
+    method: &Method,
+    segments: &[String],
+) -> Option<(String, u32, u32)> {
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let id = match (method, segs.as_slice()) {
+        (&Method::GET, ["messages", id, "$value"])
+        | (&Method::GET, ["mailFolders", _, "messages", id, "$value"]) => *id,
+        _ => return None,
+    };
+    let removing = state
+        .mail
+        .remove_before_fetch
+        .lock()
+        .expect("lock")
+        .get(mailbox)
+        .is_some_and(|n| *n > 0);
+    if removing {
+        return None;
+    }
+    parse_message_id(id)
+}
+
+/// `$value` reads of messages of one folder of one mailbox, as one store operation: each request
+/// answers as a read of its own ([`value`]) would.
+pub(super) async fn values_together(
+    requests: &[(&Admitted, &(String, u32, u32))],
+) -> Vec<Response> {
+    let Some((first, (folder, uid_validity, _))) = requests.first() else {
+        return Vec::new();
+    };
+    let uids: Vec<u32> = requests.iter().map(|(_, (_, _, uid))| *uid).collect();
+    let read = first
+        .store
+        .messages(&first.mailbox, folder, *uid_validity, &uids)
+        .await;
+    let mut read = read.map(Vec::into_iter);
+    requests
+        .iter()
+        .map(|(admitted, _)| {
+            let rid = &admitted.rid;
+            let response = match &mut read {
+                Ok(messages) => match messages.next().flatten() {
+                    Some(raw) => {
+                        let mut r = (StatusCode::OK, raw).into_response();
+                        r.headers_mut()
+                            .insert("content-type", HeaderValue::from_static("text/plain"));
+                        r
+                    }
+                    None => item_not_found(rid),
+                },
+                Err(e) => store_failed(rid, e),
+            };
+            with_rid(response, rid)
+        })
+        .collect()
 }
 
 /// Moves of messages of one folder of one mailbox to one destination, as one store operation:
