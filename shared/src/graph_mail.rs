@@ -461,7 +461,8 @@ impl GraphMailbox {
             )
             .await
         {
-            Ok((_, body)) => Ok(Some(body.to_vec())),
+            // the answer's own buffer, not a copy of it
+            Ok((_, body)) => Ok(Some(Vec::from(body))),
             Err(e) if e.is_item_not_found() => Ok(None),
             Err(e) => Err(e),
         }
