@@ -267,6 +267,9 @@ pub struct ListedMessage {
     pub received_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// Where whole raw messages go as they arrive: `(uid, raw)`.
+pub type RawMailSender = tokio::sync::mpsc::UnboundedSender<(Uid, Vec<u8>)>;
+
 /// Selected folder facts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SelectedFolder {
@@ -612,32 +615,31 @@ where
         self.fetch_section(uid, "BODY.PEEK[]", false).await
     }
 
-    /// `UID FETCH <set> BODY.PEEK[]`: whole raw messages in one round trip, in the order of
-    /// `uids` (None for a UID that vanished). Does not set `\Seen`.
-    pub async fn fetch_raw_many(
+    /// `UID FETCH <set> BODY.PEEK[]`: whole raw messages in one round trip, each handed to `to`
+    /// as soon as it arrived (a UID never handed over vanished). Does not set `\Seen`.
+    pub async fn fetch_raw_each(
         &mut self,
         uids: &[Uid],
-    ) -> Result<Vec<(Uid, Option<Vec<u8>>)>, ImapError> {
+        to: RawMailSender,
+    ) -> Result<(), ImapError> {
         if uids.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let set = uid_set(uids);
-        let mut found = self
-            .run("UID FETCH BODY.PEEK", move |s| {
-                Box::pin(async move {
-                    let mut stream = s.uid_fetch(&set, "BODY.PEEK[]").await?;
-                    let mut found = std::collections::HashMap::new();
-                    // Drain to the end (the tagged OK) before the next command.
-                    while let Some(fetch) = stream.try_next().await? {
-                        if let (Some(uid), Some(body)) = (fetch.uid, fetch.body()) {
-                            found.insert(uid, body.to_vec());
-                        }
+        self.run("UID FETCH BODY.PEEK", move |s| {
+            Box::pin(async move {
+                let mut stream = s.uid_fetch(&set, "BODY.PEEK[]").await?;
+                // Drain to the end (the tagged OK) before the next command, even once the
+                // receiver is gone.
+                while let Some(fetch) = stream.try_next().await? {
+                    if let (Some(uid), Some(body)) = (fetch.uid, fetch.body()) {
+                        let _ = to.send((uid, body.to_vec()));
                     }
-                    Ok(found)
-                })
+                }
+                Ok(())
             })
-            .await?;
-        Ok(uids.iter().map(|uid| (*uid, found.remove(uid))).collect())
+        })
+        .await
     }
 
     /// `UID FETCH <uid> BODY.PEEK[HEADER]`: the header block only (None if it vanished).

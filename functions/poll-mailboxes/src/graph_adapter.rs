@@ -28,7 +28,7 @@ use futures::StreamExt as _;
 use mailbridge::error::{Classify, ErrorClass};
 use mailbridge::graph::GraphError;
 use mailbridge::graph_mail::{DeltaChange, DeltaStart, GraphMailbox, MAX_CONCURRENT_REQUESTS};
-use mailbridge::imap::{ListedMessage, SearchScope, SelectedFolder, Uid};
+use mailbridge::imap::{ListedMessage, RawMailSender, SearchScope, SelectedFolder, Uid};
 use mailbridge::mailbox::{AfterAction, MailboxConfig, Protocol};
 use mailbridge::state_table::{GraphSyncState, GraphSyncStore, PendingMessage, StoreError};
 use mailbridge::token::AccessToken;
@@ -546,54 +546,69 @@ impl Mailbox for GraphSession {
         Ok(())
     }
 
-    async fn fetch_raw_many(
+    async fn fetch_raw_each(
         &mut self,
         uids: &[Uid],
-    ) -> Result<Vec<(Uid, Option<Vec<u8>>)>, MailboxError> {
+        to: RawMailSender,
+    ) -> Result<(), MailboxError> {
         let deadline = self.deadline();
         let client = &self.client;
         // Small mail of a known size through JSON batches (many in one round trip); the rest
         // with a request each, side by side, as many as Graph lets one mailbox have in flight.
-        let mut small: Vec<(usize, (String, u64))> = Vec::new();
-        let mut single: Vec<(usize, String)> = Vec::new();
-        for (at, uid) in uids.iter().enumerate() {
+        // Each mail is handed over as soon as its answer is in.
+        let mut small: Vec<(Uid, (String, u64))> = Vec::new();
+        let mut single: Vec<(Uid, String)> = Vec::new();
+        let mut vanished = Vec::new();
+        for uid in uids {
             let Some(m) = self.state.pending.iter().find(|m| m.uid == *uid) else {
+                vanished.push(*uid);
                 continue;
             };
             match m.size {
                 Some(size) if size <= BATCH_READ_MAIL_BYTES => {
-                    small.push((at, (m.id.clone(), size)));
+                    small.push((*uid, (m.id.clone(), size)));
                 }
-                _ => single.push((at, m.id.clone())),
+                _ => single.push((*uid, m.id.clone())),
             }
         }
-        let mut fetched: Vec<Option<Result<Option<Vec<u8>>, GraphError>>> =
-            uids.iter().map(|_| None).collect();
+        let mut failed = None;
         let ids: Vec<(String, u64)> = small.iter().map(|(_, id)| id.clone()).collect();
         let read = client.mime_many(&ids, BATCH_READ_BYTES, deadline).await;
-        for ((at, _), result) in small.iter().zip(read) {
-            fetched[*at] = Some(result);
-        }
-        let read: Vec<(usize, Result<Option<Vec<u8>>, GraphError>)> = futures::stream::iter(single)
-            .map(|(at, id)| async move { (at, client.mime(&id, deadline).await) })
-            .buffered(MAX_CONCURRENT_REQUESTS)
-            .collect()
-            .await;
-        for (at, result) in read {
-            fetched[at] = Some(result);
-        }
-        let mut out = Vec::with_capacity(uids.len());
-        for (uid, result) in uids.iter().zip(fetched) {
-            match result.unwrap_or(Ok(None)) {
-                Ok(Some(raw)) => out.push((*uid, Some(raw))),
-                Ok(None) => {
-                    self.forget(*uid);
-                    out.push((*uid, None));
+        for ((uid, _), result) in small.iter().zip(read) {
+            match result {
+                Ok(Some(raw)) => {
+                    let _ = to.send((*uid, raw));
                 }
-                Err(e) => return Err(self.err("fetch $value", e)),
+                Ok(None) => vanished.push(*uid),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
             }
         }
-        Ok(out)
+        if failed.is_none() {
+            let mut read = futures::stream::iter(single)
+                .map(|(uid, id)| async move { (uid, client.mime(&id, deadline).await) })
+                .buffer_unordered(MAX_CONCURRENT_REQUESTS);
+            while let Some((uid, result)) = read.next().await {
+                match result {
+                    Ok(Some(raw)) => {
+                        let _ = to.send((uid, raw));
+                    }
+                    Ok(None) => vanished.push(uid),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        for uid in vanished {
+            self.forget(uid);
+        }
+        match failed {
+            Some(e) => Err(self.err("fetch $value", e)),
+            None => Ok(()),
+        }
     }
 
     async fn move_many(&mut self, uids: &[Uid], folder: &str) -> Result<(), MailboxError> {

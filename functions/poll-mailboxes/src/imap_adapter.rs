@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mailbridge::imap::{
-    self, ImapConnection, ImapEndpoint, ImapError, ListedMessage, SearchScope, SelectedFolder, Uid,
+    self, ImapConnection, ImapEndpoint, ImapError, ListedMessage, RawMailSender, SearchScope,
+    SelectedFolder, Uid,
 };
 use secrecy::SecretString;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -81,11 +82,12 @@ where
     async fn fetch_raw(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, MailboxError> {
         Ok(ImapConnection::fetch_raw(self, uid).await?)
     }
-    async fn fetch_raw_many(
+    async fn fetch_raw_each(
         &mut self,
         uids: &[Uid],
-    ) -> Result<Vec<(Uid, Option<Vec<u8>>)>, MailboxError> {
-        Ok(ImapConnection::fetch_raw_many(self, uids).await?)
+        to: RawMailSender,
+    ) -> Result<(), MailboxError> {
+        Ok(ImapConnection::fetch_raw_each(self, uids, to).await?)
     }
     async fn fetch_header(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, MailboxError> {
         Ok(ImapConnection::fetch_header(self, uid).await?)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use mailbridge::error::{Classify, ErrorClass};
-use mailbridge::imap::{ImapError, ListedMessage, SearchScope, SelectedFolder, Uid};
+use mailbridge::imap::{ImapError, ListedMessage, RawMailSender, SearchScope, SelectedFolder, Uid};
 use mailbridge::mailbox::MailboxConfig;
 use mailbridge::ticket_sink::TicketSink;
 use secrecy::SecretString;
@@ -62,17 +62,20 @@ pub trait Mailbox: Send {
     async fn list_messages(&mut self, uids: &[Uid]) -> Result<Vec<ListedMessage>, MailboxError>;
     /// The whole raw message (`BODY.PEEK[]`), None when it vanished.
     async fn fetch_raw(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, MailboxError>;
-    /// Whole raw messages, in the order of `uids` (None: vanished), fetched in as few round
-    /// trips or as many requests side by side as the protocol allows.
-    async fn fetch_raw_many(
+    /// Whole raw messages, each handed to `to` as soon as it arrived (a UID never handed over
+    /// vanished), fetched in as few round trips or as many requests side by side as the
+    /// protocol allows.
+    async fn fetch_raw_each(
         &mut self,
         uids: &[Uid],
-    ) -> Result<Vec<(Uid, Option<Vec<u8>>)>, MailboxError> {
-        let mut out = Vec::with_capacity(uids.len());
+        to: RawMailSender,
+    ) -> Result<(), MailboxError> {
         for uid in uids {
-            out.push((*uid, self.fetch_raw(*uid).await?));
+            if let Some(raw) = self.fetch_raw(*uid).await? {
+                let _ = to.send((*uid, raw));
+            }
         }
-        Ok(out)
+        Ok(())
     }
     /// The header block only, None when it vanished.
     async fn fetch_header(&mut self, uid: Uid) -> Result<Option<Vec<u8>>, MailboxError>;

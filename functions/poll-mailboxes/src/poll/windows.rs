@@ -3,11 +3,15 @@
 //! flight first), and the pipeline that reads the next window while the tickets of the one before
 //! are posted. A mail an earlier run died reading is parked here, unread.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use mailbridge::imap::{ListedMessage, Uid};
 use mailbridge::mailbox::MailboxConfig;
 use mailbridge::state_table::{InFlightMail, MailboxOutcome, MailboxStatus};
 use mailbridge::ticket_sink::{TicketSink, TicketSinkError};
-use tokio::sync::SemaphorePermit;
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::PollDeps;
@@ -15,6 +19,7 @@ use super::after_actions::{PostOutcome, settle_window};
 use super::delivery::{PostGate, deliver_window};
 use super::mailbox_run::Stop;
 use super::payload::{MailContext, Prepared, prepare};
+use crate::convert::ParseContext;
 use crate::ports::Mailbox;
 
 /// Mails read and delivered together: one in-flight mark, one dedupe lookup, one dedupe write
@@ -318,65 +323,71 @@ async fn read_window<'b>(
         )
         .await
         .map_err(Stop::Store)?;
-    // The mails read whole, fetched together (one round trip over IMAP, side by side over Graph).
+    // The mails read whole, fetched together (one round trip over IMAP, side by side over
+    // Graph), each parsed as soon as it arrived, off the async threads (a large mail takes
+    // milliseconds of CPU) and one per CPU at most: the fetch and the posts of the window
+    // before go on meanwhile. Each mail's memory share is already held.
+    let mut listed: HashMap<Uid, ListedMessage> = window
+        .iter()
+        .map(|(m, _)| (m.uid, *m))
+        .filter(|(_, m)| u64::from(m.size) <= limit)
+        .collect();
     let whole: Vec<Uid> = window
         .iter()
-        .filter(|(m, _)| u64::from(m.size) <= limit)
         .map(|(m, _)| m.uid)
+        .filter(|uid| listed.contains_key(uid))
         .collect();
-    let mut raws: std::collections::HashMap<Uid, Option<Vec<u8>>> = mailbox
-        .fetch_raw_many(&whole)
-        .await
-        .map_err(Stop::Mailbox)?
-        .into_iter()
-        .collect();
-    // What each mail is read from: the whole mail, or the header block of one over the limit.
-    let mut inputs: Vec<(ListedMessage, Read)> = Vec::with_capacity(window.len());
+    let context = Arc::new(WindowContext::new(deps, config));
+    let parse_slots = Arc::new(Semaphore::new(parse_threads()));
+    let mut parsing: HashMap<Uid, JoinHandle<ReadMail>> = HashMap::with_capacity(window.len());
+    let (to_parse, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+    let (fetched, ()) = tokio::join!(mailbox.fetch_raw_each(&whole, to_parse), async {
+        while let Some((uid, raw)) = arrived.recv().await {
+            let Some(message) = listed.remove(&uid) else {
+                continue; // not asked for, or handed over twice
+            };
+            let slot = parse_slots.clone().acquire_owned().await;
+            let context = context.clone();
+            parsing.insert(
+                uid,
+                tokio::task::spawn_blocking(move || {
+                    let _slot = slot;
+                    // `raw` is dropped after this: only the payload waits for the posts.
+                    read_mail(&context.mail(), message, Read::Whole(raw), limit)
+                }),
+            );
+        }
+    });
+    fetched.map_err(Stop::Mailbox)?;
+    // Mail over the limit: its header block.
+    for (message, _) in window.iter().filter(|(m, _)| u64::from(m.size) > limit) {
+        if let Some(block) = mailbox
+            .fetch_header(message.uid)
+            .await
+            .map_err(Stop::Mailbox)?
+        {
+            let (context, message) = (context.clone(), *message);
+            parsing.insert(
+                message.uid,
+                tokio::task::spawn_blocking(move || {
+                    read_mail(&context.mail(), message, Read::HeaderBlock(block), limit)
+                }),
+            );
+        }
+    }
+    // In the order of the window.
+    let mut mails = Vec::with_capacity(window.len());
     let mut shares = Vec::with_capacity(window.len());
     for (message, share) in window {
         shares.push(share);
-        let uid = message.uid;
-        let read = if u64::from(message.size) > limit {
-            mailbox
-                .fetch_header(uid)
-                .await
-                .map_err(Stop::Mailbox)?
-                .map(Read::HeaderBlock)
-        } else {
-            raws.remove(&uid).flatten().map(Read::Whole)
-        };
-        match read {
-            Some(read) => inputs.push((message, read)),
-            None => vanished(config, uid),
+        match parsing.remove(&message.uid) {
+            Some(parsed) => mails.push(
+                parsed
+                    .await
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+            ),
+            None => vanished(config, message.uid),
         }
-    }
-    // Parsed off the async threads (a large mail takes milliseconds of CPU), so the posts of
-    // the window before go on meanwhile; in runs of about equal bytes side by side, one per
-    // CPU. Each mail's memory share is already held, so mails parsed at once stay within the
-    // budget.
-    let mut mails = Vec::with_capacity(inputs.len());
-    let parsing: Vec<_> = in_order_runs(inputs, parse_threads())
-        .into_iter()
-        .map(|run| {
-            let (parse, config) = (deps.parse.clone(), config.clone());
-            tokio::task::spawn_blocking(move || {
-                let subject_patterns = config.sink.subject_patterns();
-                let mail = MailContext {
-                    config: &config,
-                    subject_patterns: &subject_patterns,
-                    parse: &parse,
-                };
-                run.into_iter()
-                    .map(|(message, read)| read_mail(&mail, message, read, limit))
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    for run in parsing {
-        mails.extend(
-            run.await
-                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
-        );
     }
     Ok(ReadWindow {
         mails,
@@ -402,30 +413,34 @@ fn read_mail(mail: &MailContext<'_>, message: ListedMessage, read: Read, limit: 
     }
 }
 
-/// Threads a window's mails are parsed on: one per CPU the process may use.
+/// Mails of a window parsed at once: one per CPU the process may use.
 fn parse_threads() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
-/// `mails` cut into at most `runs` runs of consecutive mails of about equal size.
-fn in_order_runs<T>(mails: Vec<(ListedMessage, T)>, runs: usize) -> Vec<Vec<(ListedMessage, T)>> {
-    let total: u64 = mails.iter().map(|(m, _)| u64::from(m.size)).sum();
-    let per_run = total.div_ceil(runs.max(1) as u64).max(1);
-    let mut cut: Vec<Vec<(ListedMessage, T)>> = vec![Vec::new()];
-    let mut bytes = 0;
-    for mail in mails {
-        let size = u64::from(mail.0.size);
-        // A new run when this mail's middle would lie past the current run's share.
-        let past_share = 2 * bytes + size > 2 * per_run;
-        if past_share && bytes > 0 && cut.len() < runs {
-            cut.push(Vec::new());
-            bytes = 0;
+/// What parsing the mails of a window needs, shared by the threads that parse them.
+struct WindowContext {
+    config: MailboxConfig,
+    subject_patterns: Vec<regex::Regex>,
+    parse: ParseContext,
+}
+
+impl WindowContext {
+    fn new(deps: &PollDeps, config: &MailboxConfig) -> Self {
+        WindowContext {
+            subject_patterns: config.sink.subject_patterns(),
+            config: config.clone(),
+            parse: deps.parse.clone(),
         }
-        bytes += size;
-        cut.last_mut().expect("never empty").push(mail);
     }
-    cut.retain(|run| !run.is_empty());
-    cut
+
+    fn mail(&self) -> MailContext<'_> {
+        MailContext {
+            config: &self.config,
+            subject_patterns: &self.subject_patterns,
+            parse: &self.parse,
+        }
+    }
 }
 
 /// What a mail of a window is read from.
@@ -452,45 +467,4 @@ fn vanished(config: &MailboxConfig, uid: Uid) {
         uid,
         "the server returned no message for this UID (expunged meanwhile?); skipped"
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sized(sizes: &[u32]) -> Vec<(ListedMessage, usize)> {
-        sizes
-            .iter()
-            .enumerate()
-            .map(|(i, size)| {
-                let listed = ListedMessage {
-                    uid: i as Uid + 1,
-                    size: *size,
-                    received_at: None,
-                };
-                (listed, i)
-            })
-            .collect()
-    }
-
-    fn cut(sizes: &[u32], runs: usize) -> Vec<Vec<usize>> {
-        in_order_runs(sized(sizes), runs)
-            .into_iter()
-            .map(|run| run.into_iter().map(|(_, i)| i).collect())
-            .collect()
-    }
-
-    #[test]
-    fn a_window_is_parsed_in_runs_of_consecutive_mails_of_about_equal_bytes() {
-        assert_eq!(cut(&[10, 10, 10, 10], 2), vec![vec![0, 1], vec![2, 3]]);
-        assert_eq!(cut(&[100, 1, 1, 1], 2), vec![vec![0], vec![1, 2, 3]]);
-        assert_eq!(cut(&[1, 1, 1, 100], 2), vec![vec![0, 1, 2], vec![3]]);
-        assert_eq!(cut(&[5, 5, 5], 1), vec![vec![0, 1, 2]]);
-        assert_eq!(cut(&[5, 5], 8), vec![vec![0], vec![1]]);
-        assert_eq!(
-            cut(&[3, 1, 1, 1, 3, 3], 3),
-            vec![vec![0, 1], vec![2, 3, 4], vec![5]]
-        );
-        assert!(cut(&[], 2).is_empty());
-    }
 }
