@@ -1558,6 +1558,28 @@ async fn a_graph_mailbox_is_added_checked_and_dry_run_through_graph() {
         1,
         "nothing moved"
     );
+
+    // Without the account secret every later step is skipped, each named for what a Graph
+    // mailbox uses: no IMAP token step.
+    mailbridge_tests::secrets()
+        .delete_secret()
+        .secret_id(w.secret_name())
+        .force_delete_without_recovery(true)
+        .send()
+        .await
+        .unwrap();
+    let out = w.run(&["check", "--json", "graphbox"]).await;
+    let target = &json(&out)["targets"][0];
+    assert_eq!(
+        step(target, "token (Graph mailbox reading)")["result"],
+        "skipped",
+        "{target:#}"
+    );
+    let steps = target["steps"].as_array().expect("steps");
+    assert!(
+        !steps.iter().any(|s| s["step"] == "token (IMAP)"),
+        "{target:#}"
+    );
 }
 
 /// `login --app`: a certificate Entra does not know is refused (nothing stored, exit 4); the

@@ -350,7 +350,12 @@ async fn run_steps(
     };
     let skip_rest = |steps: &mut Vec<Step>, imap: &Option<ImapTarget>, why: &str| {
         steps.push(Step::skipped("token (Graph)", why));
-        steps.push(Step::skipped("token (IMAP)", why));
+        // The token the mailbox is read with: a Graph mailbox's is not an IMAP token.
+        let reading = match imap.as_ref().and_then(|t| t.graph_mailbox) {
+            Some(_) => "token (Graph mailbox reading)",
+            None => "token (IMAP)",
+        };
+        steps.push(Step::skipped(reading, why));
         steps.push(Step::skipped(graph_step.clone(), why));
         steps.push(Step::skipped(LARGE_MESSAGES_STEP, why));
         steps.push(Step::skipped(
