@@ -10,7 +10,7 @@ use mailbridge::imap::{ListedMessage, Uid};
 use mailbridge::mailbox::MailboxConfig;
 use mailbridge::state_table::{InFlightMail, MailboxOutcome, MailboxStatus};
 use mailbridge::ticket_sink::{TicketSink, TicketSinkError};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::SemaphorePermit;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -327,7 +327,7 @@ async fn read_window<'b>(
     // Graph), each parsed as soon as it arrived, off the async threads (a large mail takes
     // milliseconds of CPU) and one per CPU at most: the fetch and the posts of the window
     // before go on meanwhile. Each mail's memory share is already held.
-    let mut listed: HashMap<Uid, ListedMessage> = window
+    let listed: HashMap<Uid, ListedMessage> = window
         .iter()
         .map(|(m, _)| (m.uid, *m))
         .filter(|(_, m)| u64::from(m.size) <= limit)
@@ -338,26 +338,41 @@ async fn read_window<'b>(
         .filter(|uid| listed.contains_key(uid))
         .collect();
     let context = Arc::new(WindowContext::new(deps, config));
-    let parse_slots = Arc::new(Semaphore::new(parse_threads()));
-    let mut parsing: HashMap<Uid, JoinHandle<ReadMail>> = HashMap::with_capacity(window.len());
-    let (to_parse, mut arrived) = tokio::sync::mpsc::unbounded_channel();
-    let (fetched, ()) = tokio::join!(mailbox.fetch_raw_each(&whole, to_parse), async {
-        while let Some((uid, raw)) = arrived.recv().await {
-            let Some(message) = listed.remove(&uid) else {
-                continue; // not asked for, or handed over twice
-            };
-            let slot = parse_slots.clone().acquire_owned().await;
-            let context = context.clone();
-            parsing.insert(
-                uid,
-                tokio::task::spawn_blocking(move || {
-                    let _slot = slot;
+    let listed = Arc::new(std::sync::Mutex::new(listed));
+    let (to_parse, arrived) = tokio::sync::mpsc::unbounded_channel::<(Uid, Vec<u8>)>();
+    let arrived = Arc::new(std::sync::Mutex::new(arrived));
+    // A few long-lived parse threads rather than a thread per mail: each thread that allocates
+    // keeps a malloc arena of its own, and the process's peak memory grows with them.
+    let workers: Vec<JoinHandle<Vec<(Uid, ReadMail)>>> = (0..parse_threads().min(whole.len()))
+        .map(|_| {
+            let (context, listed, arrived) = (context.clone(), listed.clone(), arrived.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut parsed = Vec::new();
+                loop {
+                    // One thread waits for the next mail at a time; the others parse.
+                    let next = arrived.lock().expect("never poisoned").blocking_recv();
+                    let Some((uid, raw)) = next else {
+                        return parsed; // the fetch is over
+                    };
+                    let Some(message) = listed.lock().expect("never poisoned").remove(&uid) else {
+                        continue; // not asked for, or handed over twice
+                    };
                     // `raw` is dropped after this: only the payload waits for the posts.
-                    read_mail(&context.mail(), message, Read::Whole(raw), limit)
-                }),
-            );
-        }
-    });
+                    let mail = read_mail(&context.mail(), message, Read::Whole(raw), limit);
+                    parsed.push((uid, mail));
+                }
+            })
+        })
+        .collect();
+    let fetched = mailbox.fetch_raw_each(&whole, to_parse).await;
+    let mut parsed: HashMap<Uid, ReadMail> = HashMap::with_capacity(window.len());
+    for worker in workers {
+        parsed.extend(
+            worker
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+        );
+    }
     fetched.map_err(Stop::Mailbox)?;
     // Mail over the limit: its header block.
     for (message, _) in window.iter().filter(|(m, _)| u64::from(m.size) > limit) {
@@ -366,13 +381,8 @@ async fn read_window<'b>(
             .await
             .map_err(Stop::Mailbox)?
         {
-            let (context, message) = (context.clone(), *message);
-            parsing.insert(
-                message.uid,
-                tokio::task::spawn_blocking(move || {
-                    read_mail(&context.mail(), message, Read::HeaderBlock(block), limit)
-                }),
-            );
+            let mail = read_mail(&context.mail(), *message, Read::HeaderBlock(block), limit);
+            parsed.insert(message.uid, mail);
         }
     }
     // In the order of the window.
@@ -380,12 +390,8 @@ async fn read_window<'b>(
     let mut shares = Vec::with_capacity(window.len());
     for (message, share) in window {
         shares.push(share);
-        match parsing.remove(&message.uid) {
-            Some(parsed) => mails.push(
-                parsed
-                    .await
-                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
-            ),
+        match parsed.remove(&message.uid) {
+            Some(mail) => mails.push(mail),
             None => vanished(config, message.uid),
         }
     }
