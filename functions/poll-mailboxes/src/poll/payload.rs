@@ -18,12 +18,23 @@ pub(super) struct Prepared {
     pub(super) skip_auto_generated: Option<AutoReason>,
 }
 
-/// What converting a mail of a mailbox needs, built once per window.
-pub(super) struct MailContext<'a> {
-    pub(super) config: &'a MailboxConfig,
+/// What converting a mail of a mailbox needs: built once per window, shared by the threads
+/// that parse its mails.
+pub(super) struct MailContext {
+    config: MailboxConfig,
     /// The mailbox's helpdesk's own ticket tags in subjects (compiled once per window).
-    pub(super) subject_patterns: &'a [regex::Regex],
-    pub(super) parse: &'a ParseContext,
+    subject_patterns: Vec<regex::Regex>,
+    parse: ParseContext,
+}
+
+impl MailContext {
+    pub(super) fn new(config: &MailboxConfig, parse: &ParseContext) -> Self {
+        MailContext {
+            subject_patterns: config.sink.subject_patterns(),
+            config: config.clone(),
+            parse: parse.clone(),
+        }
+    }
 }
 
 pub(super) fn prepare(
@@ -31,7 +42,7 @@ pub(super) fn prepare(
         config,
         subject_patterns,
         parse,
-    }: &MailContext<'_>,
+    }: &MailContext,
     received_at: chrono::DateTime<chrono::Utc>,
     raw: Option<&[u8]>,
     header_block: Option<&[u8]>,

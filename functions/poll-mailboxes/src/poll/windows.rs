@@ -19,7 +19,6 @@ use super::after_actions::{PostOutcome, settle_window};
 use super::delivery::{PostGate, deliver_window};
 use super::mailbox_run::Stop;
 use super::payload::{MailContext, Prepared, prepare};
-use crate::convert::ParseContext;
 use crate::ports::Mailbox;
 
 /// Mails read and delivered together: one in-flight mark, one dedupe lookup, one dedupe write
@@ -337,7 +336,7 @@ async fn read_window<'b>(
         .map(|(m, _)| m.uid)
         .filter(|uid| listed.contains_key(uid))
         .collect();
-    let context = Arc::new(WindowContext::new(deps, config));
+    let context = Arc::new(MailContext::new(config, &deps.parse));
     let listed = Arc::new(std::sync::Mutex::new(listed));
     let (to_parse, arrived) = tokio::sync::mpsc::unbounded_channel::<(Uid, Vec<u8>)>();
     let arrived = Arc::new(std::sync::Mutex::new(arrived));
@@ -358,7 +357,7 @@ async fn read_window<'b>(
                         continue; // not asked for, or handed over twice
                     };
                     // `raw` is dropped after this: only the payload waits for the posts.
-                    let mail = read_mail(&context.mail(), message, Read::Whole(raw), limit);
+                    let mail = read_mail(&context, message, Read::Whole(raw), limit);
                     parsed.push((uid, mail));
                 }
             })
@@ -381,7 +380,7 @@ async fn read_window<'b>(
             .await
             .map_err(Stop::Mailbox)?
         {
-            let mail = read_mail(&context.mail(), *message, Read::HeaderBlock(block), limit);
+            let mail = read_mail(&context, *message, Read::HeaderBlock(block), limit);
             parsed.insert(message.uid, mail);
         }
     }
@@ -402,7 +401,7 @@ async fn read_window<'b>(
 }
 
 /// A mail fetched → what is posted for it.
-fn read_mail(mail: &MailContext<'_>, message: ListedMessage, read: Read, limit: u64) -> ReadMail {
+fn read_mail(mail: &MailContext, message: ListedMessage, read: Read, limit: u64) -> ReadMail {
     let size = u64::from(message.size);
     // INTERNALDATE, when the server gave one: the same on every attempt, so a retried POST
     // carries the same payload under the same Idempotency-Key, and a helpdesk's SLA clock starts
@@ -422,31 +421,6 @@ fn read_mail(mail: &MailContext<'_>, message: ListedMessage, read: Read, limit: 
 /// Mails of a window parsed at once: one per CPU the process may use.
 fn parse_threads() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-}
-
-/// What parsing the mails of a window needs, shared by the threads that parse them.
-struct WindowContext {
-    config: MailboxConfig,
-    subject_patterns: Vec<regex::Regex>,
-    parse: ParseContext,
-}
-
-impl WindowContext {
-    fn new(deps: &PollDeps, config: &MailboxConfig) -> Self {
-        WindowContext {
-            subject_patterns: config.sink.subject_patterns(),
-            config: config.clone(),
-            parse: deps.parse.clone(),
-        }
-    }
-
-    fn mail(&self) -> MailContext<'_> {
-        MailContext {
-            config: &self.config,
-            subject_patterns: &self.subject_patterns,
-            parse: &self.parse,
-        }
-    }
 }
 
 /// What a mail of a window is read from.
