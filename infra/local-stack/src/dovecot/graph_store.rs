@@ -427,29 +427,6 @@ impl MailStore for ImapStore {
         .await
     }
 
-    async fn message(
-        &self,
-        user: &str,
-        folder: &str,
-        uid_validity: u32,
-        uid: u32,
-    ) -> anyhow::Result<Option<Vec<u8>>> {
-        self.run(user, "read a message", &|s| {
-            let folder = folder.to_owned();
-            Box::pin(async move {
-                if !open_at(s, &folder, uid_validity).await? {
-                    return Ok(None);
-                }
-                Ok(fetch(s, &uid.to_string(), "(UID BODY.PEEK[])")
-                    .await?
-                    .iter()
-                    .find(|f| f.uid == Some(uid))
-                    .and_then(|f| f.body().map(<[u8]>::to_vec)))
-            })
-        })
-        .await
-    }
-
     async fn messages(
         &self,
         user: &str,

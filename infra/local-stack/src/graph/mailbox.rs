@@ -98,14 +98,18 @@ pub trait MailStore: crate::MailDrop {
         uid_validity: u32,
         uid: u32,
     ) -> anyhow::Result<Option<StoredSummary>>;
-    /// The raw message (CRLF), None when there is no such folder, UIDVALIDITY or UID.
+    /// The raw message (CRLF), None when there is no such folder, UIDVALIDITY or UID
+    /// ([`MailStore::messages`] of one UID).
     async fn message(
         &self,
         user: &str,
         folder: &str,
         uid_validity: u32,
         uid: u32,
-    ) -> anyhow::Result<Option<Vec<u8>>>;
+    ) -> anyhow::Result<Option<Vec<u8>>> {
+        let mut read = self.messages(user, folder, uid_validity, &[uid]).await?;
+        Ok(read.pop().flatten())
+    }
     /// Several raw messages of a folder together: for each of `uids`, in that order, the
     /// message, None when there is no such folder, UIDVALIDITY or UID.
     async fn messages(
