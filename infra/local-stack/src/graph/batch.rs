@@ -32,9 +32,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
-use super::mailbox::{self, Admitted, MoveRequest, Need, SlotFrom};
+use super::mailbox::{self, Admitted, MoveRequest, Need, RouteRequest, SlotFrom};
 use super::{MAX_CONCURRENT_PER_MAILBOX, StandInState, graph_error, throttled};
 
 /// Most requests in one batch.
@@ -74,13 +75,7 @@ type StoredMessage = (String, u32, u32);
 /// One request of the batch, read.
 struct Item {
     id: String,
-    method: Method,
-    user_path: Option<String>,
-    segments: Vec<String>,
-    query: HashMap<String, String>,
-    raw_query: String,
-    headers: HeaderMap,
-    body: Bytes,
+    request: RouteRequest,
     /// Positions of the requests it depends on.
     depends_on: Vec<usize>,
 }
@@ -190,7 +185,11 @@ async fn answer(
     let mut by_mailbox: HashMap<String, Vec<usize>> = HashMap::new();
     for (i, item) in items.iter().enumerate() {
         if answers[i].is_none()
-            && let Some(m) = mailbox::mailbox_of(state, item.user_path.as_deref(), &item.headers)
+            && let Some(m) = mailbox::mailbox_of(
+                state,
+                item.request.user_path.as_deref(),
+                &item.request.headers,
+            )
         {
             by_mailbox.entry(m).or_default().push(i);
         }
@@ -251,15 +250,15 @@ async fn answer(
                 answers[i] = Some(with_rid(failed, &item_rid));
                 continue;
             }
-            let need = if item.method == Method::GET {
+            let need = if item.request.method == Method::GET {
                 Need::Read
             } else {
                 Need::Write
             };
             match mailbox::admit_with(
                 state,
-                item.user_path.as_deref(),
-                &item.headers,
+                item.request.user_path.as_deref(),
+                &item.request.headers,
                 need,
                 SlotFrom::Batch,
             )
@@ -279,9 +278,12 @@ async fn answer(
         let mut single = Vec::new();
         for (i, a) in &admitted {
             let item = &items[*i];
-            if let Some(m) =
-                mailbox::move_request(&item.method, &item.segments, &item.headers, &item.body)
-            {
+            if let Some(m) = mailbox::move_request(
+                &item.request.method,
+                &item.request.segments,
+                &item.request.headers,
+                &item.request.body,
+            ) {
                 moves
                     .entry((
                         a.mailbox.clone(),
@@ -291,9 +293,12 @@ async fn answer(
                     ))
                     .or_default()
                     .push((*i, m));
-            } else if let Some(r) =
-                mailbox::value_request(state, &a.mailbox, &item.method, &item.segments)
-            {
+            } else if let Some(r) = mailbox::value_request(
+                state,
+                &a.mailbox,
+                &item.request.method,
+                &item.request.segments,
+            ) {
                 reads
                     .entry((a.mailbox.clone(), r.0.clone(), r.1))
                     .or_default()
@@ -322,18 +327,7 @@ async fn answer(
         }
         for i in single {
             let item = &items[i];
-            let response = mailbox::execute(
-                state,
-                admitted_at[&i],
-                item.method.clone(),
-                item.user_path.clone(),
-                item.segments.clone(),
-                item.query.clone(),
-                item.raw_query.clone(),
-                item.headers.clone(),
-                item.body.clone(),
-            )
-            .await;
+            let response = mailbox::execute(state, admitted_at[&i], item.request.clone()).await;
             answers[i] = Some(response);
         }
         drop(admitted_at);
@@ -360,13 +354,15 @@ fn read_item(
 ) -> (Item, Option<Response>) {
     let mut item = Item {
         id: r.id,
-        method: Method::GET,
-        user_path: None,
-        segments: Vec::new(),
-        query: HashMap::new(),
-        raw_query: String::new(),
-        headers: HeaderMap::new(),
-        body: Bytes::new(),
+        request: RouteRequest {
+            method: Method::GET,
+            user_path: None,
+            segments: Vec::new(),
+            query: HashMap::new(),
+            raw_query: String::new(),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+        },
         depends_on,
     };
     let item_rid = uuid::Uuid::new_v4().to_string();
@@ -374,7 +370,7 @@ fn read_item(
         let r = with_rid(bad_batch(&item_rid, &message), &item_rid);
         (item, Some(r))
     };
-    item.method = match Method::from_bytes(r.method.to_ascii_uppercase().as_bytes()) {
+    item.request.method = match Method::from_bytes(r.method.to_ascii_uppercase().as_bytes()) {
         Ok(m) if [Method::GET, Method::POST, Method::PATCH, Method::DELETE].contains(&m) => m,
         _ => {
             return refuse(
@@ -385,7 +381,7 @@ fn read_item(
     };
     for name in ["authorization", "host"] {
         if let Some(v) = batch_headers.get(name) {
-            item.headers.insert(name, v.clone());
+            item.request.headers.insert(name, v.clone());
         }
     }
     for (name, value) in &r.headers {
@@ -396,17 +392,17 @@ fn read_item(
             return refuse(item, format!("Invalid header {name:?} in a batch request."));
         };
         if name != "authorization" {
-            item.headers.insert(name, value);
+            item.request.headers.insert(name, value);
         }
     }
     if let Some(body) = &r.body {
-        if !item.headers.contains_key("content-type") {
+        if !item.request.headers.contains_key("content-type") {
             return refuse(
                 item,
                 "A batch request with a body must have a Content-Type header.".into(),
             );
         }
-        item.body = Bytes::from(serde_json::to_vec(body).expect("a JSON value serialises"));
+        item.request.body = Bytes::from(serde_json::to_vec(body).expect("a JSON value serialises"));
     }
     let url = r.url.trim();
     if url.contains("://") {
@@ -419,13 +415,16 @@ fn read_item(
     }
     let url = url.strip_prefix('/').unwrap_or(url);
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
-    let mut segments: Vec<String> = path.split('/').map(percent_decode).collect();
+    let mut segments: Vec<String> = path
+        .split('/')
+        .map(|segment| percent_decode_str(segment).decode_utf8_lossy().into_owned())
+        .collect();
     match segments.first().map(String::as_str) {
         Some("me") => {
             segments.remove(0);
         }
         Some("users") if segments.len() > 1 => {
-            item.user_path = Some(segments[1].clone());
+            item.request.user_path = Some(segments[1].clone());
             segments.drain(..2);
         }
         _ => {
@@ -448,32 +447,12 @@ fn read_item(
             ),
         );
     }
-    item.segments = segments;
-    item.raw_query = query.to_owned();
-    item.query = url::form_urlencoded::parse(query.as_bytes())
+    item.request.segments = segments;
+    item.request.raw_query = query.to_owned();
+    item.request.query = url::form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect();
     (item, None)
-}
-
-fn percent_decode(segment: &str) -> String {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn has_cycle(items: &[Item]) -> bool {

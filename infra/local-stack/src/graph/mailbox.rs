@@ -693,52 +693,61 @@ async fn run(
     let query: HashMap<String, String> = url::form_urlencoded::parse(raw_query.as_bytes())
         .into_owned()
         .collect();
-    dispatch(
-        state, method, user_path, segments, query, raw_query, headers, body,
-    )
-    .await
+    let request = RouteRequest {
+        method,
+        user_path,
+        segments,
+        query,
+        raw_query,
+        headers,
+        body,
+    };
+    dispatch(state, request).await
 }
 
-/// Every reading route: `segments` is the path after `/v1.0/me/` or `/v1.0/users/{id}/`.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn dispatch(
-    state: Arc<StandInState>,
-    method: Method,
-    user_path: Option<String>,
-    segments: Vec<String>,
-    query: HashMap<String, String>,
-    raw_query: String,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let need = if method == Method::GET {
+/// A request on a reading route, as the routes and each request of a `$batch` hand it over.
+#[derive(Clone)]
+pub(super) struct RouteRequest {
+    pub(super) method: Method,
+    /// `{id}` of `/users/{id}/`; None for `/me/`.
+    pub(super) user_path: Option<String>,
+    /// The path after `/v1.0/me/` or `/v1.0/users/{id}/`.
+    pub(super) segments: Vec<String>,
+    pub(super) query: HashMap<String, String>,
+    pub(super) raw_query: String,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Bytes,
+}
+
+/// Every reading route: admitted (token, permissions, throttling), then run.
+pub(super) async fn dispatch(state: Arc<StandInState>, request: RouteRequest) -> Response {
+    let need = if request.method == Method::GET {
         Need::Read
     } else {
         Need::Write
     };
-    let admitted = match admit(&state, user_path.as_deref(), &headers, need).await {
+    let admitted = match admit(&state, request.user_path.as_deref(), &request.headers, need).await {
         Ok(a) => a,
         Err(r) => return r,
     };
-    execute(
-        &state, &admitted, method, user_path, segments, query, raw_query, headers, body,
-    )
-    .await
+    execute(&state, &admitted, request).await
 }
 
 /// A reading route's work once the request was admitted; its answer carries the request id.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn execute(
     state: &Arc<StandInState>,
     admitted: &Admitted,
-    method: Method,
-    user_path: Option<String>,
-    segments: Vec<String>,
-    query: HashMap<String, String>,
-    raw_query: String,
-    headers: HeaderMap,
-    body: Bytes,
+    request: RouteRequest,
 ) -> Response {
+    let RouteRequest {
+        method,
+        user_path,
+        segments,
+        query,
+        raw_query,
+        headers,
+        body,
+    } = request;
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let rid = admitted.rid.clone();
     let base = format!(
