@@ -1042,6 +1042,27 @@ mod tests {
         (base, server)
     }
 
+    /// A scripted `200 OK` answer with a JSON body.
+    fn ok_json(body: &str) -> &'static str {
+        Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        )
+    }
+
+    /// Backoff capped at 50 ms: a wait longer than that is Graph's `Retry-After`.
+    fn quick_backoff() -> RetryPolicy {
+        RetryPolicy {
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+            max_attempts: 3,
+            attempt_timeout: Duration::from_secs(5),
+        }
+    }
+
     fn mailbox_at(base: &str, policy: RetryPolicy) -> GraphMailbox {
         crate::config::allow_local_targets_in_this_process();
         let token = AccessToken::new(
@@ -1068,15 +1089,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
         ])
         .await;
-        let mailbox = mailbox_at(
-            &base,
-            RetryPolicy {
-                initial_backoff: Duration::from_millis(10),
-                max_backoff: Duration::from_millis(50),
-                max_attempts: 3,
-                attempt_timeout: Duration::from_secs(5),
-            },
-        );
+        let mailbox = mailbox_at(&base, quick_backoff());
         let (status, _) = mailbox
             .call(
                 reqwest::Method::GET,
@@ -1101,34 +1114,17 @@ mod tests {
     /// batch, alone and not before its `Retry-After`; a 404 inside is "no longer there".
     #[tokio::test]
     async fn moves_in_a_batch_send_again_only_what_was_throttled_after_its_retry_after() {
-        let answer = |body: &str| -> &'static str {
-            Box::leak(
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-                .into_boxed_str(),
-            )
-        };
         let (base, server) = scripted_graph(vec![
-            answer(
+            ok_json(
                 r#"{"responses":[
                 {"id":"2","status":404,"headers":{},"body":{"error":{"code":"ErrorItemNotFound","message":"gone"}}},
                 {"id":"0","status":201,"headers":{"Content-Type":"application/json"},"body":{"id":"n0"}},
                 {"id":"1","status":429,"headers":{"Retry-After":"2"},"body":{"error":{"code":"ApplicationThrottled","message":"busy"}}}]}"#,
             ),
-            answer(r#"{"responses":[{"id":"1","status":201,"headers":{},"body":{"id":"n1"}}]}"#),
+            ok_json(r#"{"responses":[{"id":"1","status":201,"headers":{},"body":{"id":"n1"}}]}"#),
         ])
         .await;
-        let mailbox = mailbox_at(
-            &base,
-            RetryPolicy {
-                initial_backoff: Duration::from_millis(10),
-                max_backoff: Duration::from_millis(50),
-                max_attempts: 3,
-                attempt_timeout: Duration::from_secs(5),
-            },
-        );
+        let mailbox = mailbox_at(&base, quick_backoff());
         let ids: Vec<String> = ["a", "b", "c"].into_iter().map(String::from).collect();
         let moved = mailbox
             .move_many(&ids, "processed", Instant::now() + Duration::from_secs(20))
@@ -1152,18 +1148,9 @@ mod tests {
     /// holds no more mail than the byte budget (600 KB + 600 KB do not share a 1 MiB batch).
     #[tokio::test]
     async fn mime_reads_in_batches_decode_base64_and_keep_to_the_byte_budget() {
-        let answer = |body: &str| -> &'static str {
-            Box::leak(
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-                .into_boxed_str(),
-            )
-        };
         let (base, server) = scripted_graph(vec![
-            answer(r#"{"responses":[{"id":"0","status":200,"headers":{"Content-Type":"text/plain"},"body":"RnJvbTogYQ0KDQpoaQ=="}]}"#),
-            answer(
+            ok_json(r#"{"responses":[{"id":"0","status":200,"headers":{"Content-Type":"text/plain"},"body":"RnJvbTogYQ0KDQpoaQ=="}]}"#),
+            ok_json(
                 r#"{"responses":[
                 {"id":"1","status":404,"headers":{},"body":{"error":{"code":"ErrorItemNotFound","message":"gone"}}},
                 {"id":"0","status":200,"headers":{"Content-Type":"text/plain"},"body":"aGk="}]}"#,
