@@ -418,9 +418,12 @@ fn read_mail(mail: &MailContext, message: ListedMessage, read: Read, limit: u64)
     }
 }
 
-/// Mails of a window parsed at once: one per CPU the process may use.
+/// Mails of a window parsed at once: one per CPU the process may use (read once: it looks
+/// at the cgroup's CPU quota).
 fn parse_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS
+        .get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
 }
 
 /// What a mail of a window is read from.
